@@ -1,0 +1,151 @@
+"""x86_64 specifics: syscall numbers and the ptrace register layout.
+
+Numbers are from arch/x86/entry/syscalls/syscall_64.tbl; only those ckpt uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+__all__ = ["NR", "user_regs_struct", "SYSCALL_INSN", "INT3", "PAGE_SIZE", "TASK_SIZE_MAX"]
+
+PAGE_SIZE = 4096
+#: Highest user address + 1 that munmap/PAGEMAP_SCAN accept (1 << 47 minus a page).
+TASK_SIZE_MAX = 0x7FFFFFFFF000
+#: Machine code of the ``syscall`` instruction.
+SYSCALL_INSN = b"\x0f\x05"
+INT3 = b"\xcc"
+
+
+class NR(enum.IntEnum):
+    """Syscall numbers (x86_64)."""
+
+    read = 0
+    write = 1
+    open = 2
+    close = 3
+    stat = 4
+    fstat = 5
+    lseek = 8
+    mmap = 9
+    mprotect = 10
+    munmap = 11
+    brk = 12
+    rt_sigaction = 13
+    rt_sigprocmask = 14
+    rt_sigreturn = 15
+    ioctl = 16
+    pread64 = 17
+    pwrite64 = 18
+    madvise = 28
+    dup = 32
+    dup2 = 33
+    pause = 34
+    nanosleep = 35
+    getpid = 39
+    socket = 41
+    clone = 56
+    fork = 57
+    execve = 59
+    exit = 60
+    wait4 = 61
+    kill = 62
+    uname = 63
+    fcntl = 72
+    ftruncate = 77
+    getcwd = 79
+    chdir = 80
+    fchdir = 81
+    umask = 95
+    getrlimit = 97
+    getuid = 102
+    getgid = 104
+    setuid = 105
+    setgid = 106
+    geteuid = 107
+    getegid = 108
+    setpgid = 109
+    getppid = 110
+    setsid = 112
+    setreuid = 113
+    setregid = 114
+    setgroups = 116
+    setresuid = 117
+    setresgid = 119
+    getpgid = 121
+    getsid = 124
+    capget = 125
+    capset = 126
+    rt_sigpending = 127
+    rt_sigqueueinfo = 129
+    sigaltstack = 131
+    personality = 135
+    prctl = 157
+    arch_prctl = 158
+    setrlimit = 160
+    chroot = 161
+    gettid = 186
+    tkill = 200
+    futex = 202
+    set_tid_address = 218
+    restart_syscall = 219
+    clock_gettime = 228
+    clock_nanosleep = 230
+    exit_group = 231
+    tgkill = 234
+    openat = 257
+    set_robust_list = 273
+    get_robust_list = 274
+    dup3 = 292
+    pipe2 = 293
+    rt_tgsigqueueinfo = 297
+    prlimit64 = 302
+    process_vm_readv = 310
+    process_vm_writev = 311
+    kcmp = 312
+    memfd_create = 319
+    userfaultfd = 323
+    membarrier = 324
+    rseq = 334
+    pidfd_send_signal = 424
+    pidfd_open = 434
+    clone3 = 435
+    close_range = 436
+    pidfd_getfd = 438
+    process_madvise = 440
+
+
+class user_regs_struct(ctypes.Structure):
+    """``struct user_regs_struct`` from <sys/user.h> (PTRACE_GETREGS layout)."""
+
+    _fields_ = [
+        (name, ctypes.c_ulonglong)
+        for name in (
+            "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+            "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+            "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+        )
+    ]
+
+    def copy(self) -> "user_regs_struct":
+        new = user_regs_struct()
+        ctypes.memmove(ctypes.byref(new), ctypes.byref(self), ctypes.sizeof(self))
+        return new
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name, _ in self._fields_}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> "user_regs_struct":
+        r = cls()
+        for name, _ in cls._fields_:
+            setattr(r, name, d.get(name, 0))
+        return r
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+
+#: Argument registers of the syscall ABI, in order.
+SYSCALL_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
