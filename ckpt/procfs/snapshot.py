@@ -1,0 +1,116 @@
+"""One consistent view of a process's /proc files: each file read at most once.
+
+psutil's ``oneshot()`` taught the idea (STYLE principle 3): when the target is
+frozen, reading ``stat`` three times gives the same bytes three times, so
+read it once and hand out the parsed record.  A :class:`Snapshot` is a cache
+with lazy properties; nothing is read until asked for.
+
+It also pins the process: the ``/proc/PID`` directory is opened once and every
+file is read through that directory fd, so a snapshot can never read a
+different process that got the same pid after the target died — the reads
+fail with TargetGone instead.  Creating a snapshot from a
+:class:`~ckpt.procfs.task.ProcessRef` additionally checks the start time.
+
+The cache is only as fresh as the target is still: take a new snapshot after
+thawing it.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ..errors import TargetGone
+from ._proc import ProcDir
+from .auxv import Auxv, read_auxv
+from .fdinfo import FdInfo, list_fds, read_fdinfo
+from .maps import SmapsVma, Vma, read_maps, read_smaps
+from .stat import Stat, read_stat, read_task_stat
+from .status import Status, read_status, read_task_status
+from .task import ProcessRef, list_tids
+
+__all__ = ["Snapshot", "snapshot"]
+
+
+class Snapshot:
+    """Lazily read, cached /proc records of one process; use as a context manager."""
+
+    def __init__(self, target: int | ProcessRef) -> None:
+        pid = target.pid if isinstance(target, ProcessRef) else target
+        self.pid = pid
+        self._proc = ProcDir(pid, pinned=True)
+        self._fdinfo: dict[int, FdInfo] = {}
+        self._task_stat: dict[int, Stat] = {}
+        self._task_status: dict[int, Status] = {}
+        try:
+            if isinstance(target, ProcessRef) and self.stat.starttime != target.starttime:
+                raise TargetGone(pid, f"process {pid} has exited and its pid was reused")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._proc.close()
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- whole-process files --------------------------------------------
+
+    @cached_property
+    def stat(self) -> Stat:
+        return read_stat(self.pid, proc=self._proc)
+
+    @cached_property
+    def ref(self) -> ProcessRef:
+        """(pid, starttime) of the snapshotted process."""
+        return ProcessRef(self.pid, self.stat.starttime)
+
+    @cached_property
+    def status(self) -> Status:
+        return read_status(self.pid, proc=self._proc)
+
+    @cached_property
+    def maps(self) -> list[Vma]:
+        return read_maps(self.pid, proc=self._proc)
+
+    @cached_property
+    def smaps(self) -> list[SmapsVma]:
+        return read_smaps(self.pid, proc=self._proc)
+
+    @cached_property
+    def auxv(self) -> Auxv:
+        return read_auxv(self.pid, proc=self._proc)
+
+    @cached_property
+    def tids(self) -> list[int]:
+        return list_tids(self.pid, proc=self._proc)
+
+    @cached_property
+    def fds(self) -> list[tuple[int, str]]:
+        """(fd, readlink target) pairs."""
+        return list_fds(self.pid, proc=self._proc)
+
+    # -- per-object files -----------------------------------------------
+
+    def fdinfo(self, fd: int) -> FdInfo:
+        if fd not in self._fdinfo:
+            self._fdinfo[fd] = read_fdinfo(self.pid, fd, proc=self._proc)
+        return self._fdinfo[fd]
+
+    def task_stat(self, tid: int) -> Stat:
+        if tid not in self._task_stat:
+            self._task_stat[tid] = read_task_stat(self.pid, tid, proc=self._proc)
+        return self._task_stat[tid]
+
+    def task_status(self, tid: int) -> Status:
+        if tid not in self._task_status:
+            self._task_status[tid] = read_task_status(self.pid, tid, proc=self._proc)
+        return self._task_status[tid]
+
+
+def snapshot(target: int | ProcessRef) -> Snapshot:
+    """Open a :class:`Snapshot` of ``target`` (``with snapshot(pid) as snap: ...``)."""
+    return Snapshot(target)
