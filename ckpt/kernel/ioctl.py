@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 
-__all__ = ["_IOC", "_IO", "_IOR", "_IOW", "_IOWR", "IOC_NONE", "IOC_WRITE", "IOC_READ"]
+from .libc import check, libc
+
+__all__ = ["_IOC", "_IO", "_IOR", "_IOW", "_IOWR", "IOC_NONE", "IOC_WRITE", "IOC_READ", "ioctl"]
 
 _IOC_NRBITS = 8
 _IOC_TYPEBITS = 8
@@ -42,3 +44,16 @@ def _IOW(type_: str | int, nr: int, t: type | int) -> int:
 
 def _IOWR(type_: str | int, nr: int, t: type | int) -> int:
     return _IOC(IOC_READ | IOC_WRITE, type_, nr, _size(t))
+
+
+# A private function object: ``libc.ioctl`` is shared, and its argtypes are global.
+_ioctl = libc["ioctl"]
+_ioctl.restype = ctypes.c_int
+_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+
+
+def ioctl(fd: int, request: int, arg: ctypes.Structure | ctypes.Array | int, call: str) -> int:
+    """``ioctl(fd, request, &arg)`` (or a plain integer ``arg``); -1 raises OSError naming ``call``."""
+    ptr = arg if isinstance(arg, int) else ctypes.addressof(arg)
+    ctypes.set_errno(0)
+    return check(_ioctl(fd, request, ptr), call)

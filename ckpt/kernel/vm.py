@@ -8,6 +8,7 @@ ranges per call) but fails with EFAULT on PROT_NONE and exec-only pages;
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Sequence
 from typing import Union
@@ -15,7 +16,7 @@ from typing import Union
 from .arch_x86_64 import NR
 from .libc import libc, raise_errno
 
-__all__ = ["iovec", "IOV_MAX", "process_vm_readv", "process_vm_writev", "read_memory", "ProcMem", "buffer_address"]
+__all__ = ["iovec", "IOV_MAX", "process_vm_readv", "process_vm_writev", "read_memory", "ProcMem", "buffer_address", "pread_exact"]
 
 #: The kernel accepts at most this many iovecs per call (UIO_MAXIOV).
 IOV_MAX = 1024
@@ -97,8 +98,22 @@ def read_memory(pid: int, addr: int, length: int) -> bytes:
     buf = bytearray(length)
     got = process_vm_readv(pid, [(buffer_address(buf), length)], [(addr, length)])
     if got != length:
-        raise OSError(14, f"process_vm_readv(pid={pid}, remote={addr:#x}): short read {got}/{length}")
+        raise OSError(errno.EFAULT, f"process_vm_readv(pid={pid}, remote={addr:#x}): short read {got}/{length}")
     return bytes(buf)
+
+
+def pread_exact(fd: int, buf: memoryview, offset: int, what: str) -> None:
+    """Fill ``buf`` from ``offset`` of ``fd`` (a /proc file where offset = address); errors name ``what``."""
+    done = 0
+    while done < len(buf):
+        where = f"pread({what}, {offset + done:#x})"
+        try:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{where}: {exc.strerror}") from None
+        if n <= 0:
+            raise OSError(errno.EIO, f"{where}: short read")
+        done += n
 
 
 class ProcMem:
@@ -106,7 +121,11 @@ class ProcMem:
 
     def __init__(self, pid: int, writable: bool = False) -> None:
         self.pid = pid
-        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR if writable else os.O_RDONLY)
+        self.fd = -1
+        try:
+            self.fd = os.open(f"/proc/{pid}/mem", (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OSError(exc.errno, f"open(/proc/{pid}/mem): {exc.strerror}") from None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -126,18 +145,17 @@ class ProcMem:
 
     def readinto(self, addr: int, buf: memoryview) -> None:
         """Fill ``buf`` from ``addr``; raises OSError on an unmapped or short range."""
-        done = 0
-        while done < len(buf):
-            n = os.preadv(self.fd, [buf[done:]], addr + done)
-            if n <= 0:
-                raise OSError(5, f"read /proc/{self.pid}/mem at {addr + done:#x}: short read")
-            done += n
+        pread_exact(self.fd, buf, addr, f"/proc/{self.pid}/mem")
 
     def write(self, addr: int, data: bytes | memoryview) -> None:
         mv = memoryview(data)
         done = 0
         while done < len(mv):
-            n = os.pwrite(self.fd, mv[done:], addr + done)
+            where = f"pwrite(/proc/{self.pid}/mem, {addr + done:#x})"
+            try:
+                n = os.pwrite(self.fd, mv[done:], addr + done)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{where}: {exc.strerror}") from None
             if n <= 0:
-                raise OSError(5, f"write /proc/{self.pid}/mem at {addr + done:#x}: short write")
+                raise OSError(errno.EIO, f"{where}: short write")
             done += n

@@ -1,0 +1,298 @@
+"""Running single syscalls inside a stopped thread of the target, without parasite code.
+
+An :class:`Injector` points the thread's ``rip`` at a ``syscall`` instruction
+that is already mapped executable (the vDSO has one; the restorer passes its
+own trampoline), loads ``rax`` and the argument registers, sets ``orig_rax = -1``
+and single-steps: the SIGTRAP stop after the instruction holds the result in
+``rax`` (DESIGN §3).  The thread's own registers are written back when the
+:class:`~ckpt.control.seize.FrozenProcess` releases it.
+
+Single-stepping makes the kernel *force* a SIGTRAP, which resets a SIGTRAP
+disposition of SIG_IGN to SIG_DFL (kernel/signal.c, force_sig_info_to_task).
+For a target that ignores SIGTRAP the injector therefore runs each syscall
+between PTRACE_SYSCALL entry/exit stops instead, and parks the thread in a
+PTRACE_INTERRUPT stop afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..errors import CkptError
+from ..kernel import ptrace
+from ..kernel.arch_x86_64 import NR, PAGE_SIZE, SYSCALL_ARG_REGS, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
+from ..kernel.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+from ..kernel.ptrace import StopKind
+from ..kernel.vm import ProcMem
+from ..procfs.maps import Vma, read_maps
+from .seize import DeferredSignal, FrozenThread
+
+__all__ = [
+    "ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ERESTART_RESTARTBLOCK", "MAX_ERRNO",
+    "syscall_restart_frame", "find_syscall_insn", "Injector", "Scratch",
+]
+
+# Kernel-internal errnos a syscall returns when a signal interrupts it
+# (include/linux/errno.h); user space never sees them unless a tracer leaks them.
+ERESTARTSYS = 512
+ERESTARTNOINTR = 513
+ERESTARTNOHAND = 514
+ERESTART_RESTARTBLOCK = 516
+#: Results in [-MAX_ERRNO, -1] are errors (include/linux/err.h).
+MAX_ERRNO = 4095
+
+_U64 = (1 << 64) - 1
+_NO_SYSCALL = _U64  # orig_rax = -1: "not in a syscall", so the kernel does no restart handling
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def syscall_restart_frame(regs: user_regs_struct) -> user_regs_struct:
+    """The frame to resume a thread with when the kernel will not finish an interrupted syscall.
+
+    A thread stopped while blocked in a syscall shows ``orig_rax`` = the syscall
+    and ``rax`` = -ERESTART*.  Normally the kernel rewrites that frame on its way
+    back to user space through ``get_signal()`` — which every ptrace stop the
+    controller uses, and PTRACE_DETACH itself, lead through.  A thread resumed
+    with PTRACE_CONT or PTRACE_SYSCALL from a syscall-exit stop while no signal
+    is pending skips that step, and the program sees errno 512 (measured; see
+    tests/kernel/test_inject.py).  For such a resume (the restorer's final frame
+    set at the trampoline's syscall-exit stop is the case in view), redo here
+    what arch_do_signal_or_restart() does when no handler runs:
+
+    * -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND: ``rax = orig_rax; rip -= 2``
+      (back onto the 2-byte ``syscall`` instruction: it runs again);
+    * -ERESTART_RESTARTBLOCK (relative nanosleep, timed futex wait): the kernel
+      would call ``restart_syscall`` with a restart block that lives in the old
+      task, so return -EINTR instead (the remaining time was already written
+      back; callers that loop on EINTR carry on);
+    * anything else — not in a syscall, or caught at syscall *exit* with its real
+      result — is left alone: rewinding it would run the syscall twice.
+
+    ``orig_rax`` is set to -1 so the kernel does not apply the rules a second time.
+    Returns a new frame; ``regs`` is not modified.
+    """
+    out = regs.copy()
+    if regs.orig_rax >= 1 << 63:  # orig_rax < 0: not inside a syscall
+        return out
+    result = _signed(regs.rax)
+    if result in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
+        out.rax = regs.orig_rax
+        out.rip = regs.rip - len(SYSCALL_INSN)
+    elif result == -ERESTART_RESTARTBLOCK:
+        out.rax = -errno.EINTR & _U64
+    else:
+        return out
+    out.orig_rax = _NO_SYSCALL
+    return out
+
+
+def _executable_mappings(pid: int) -> list[Vma]:
+    """Readable, executable mappings below TASK_SIZE_MAX ([vsyscall] is not readable), [vdso] first."""
+    found = [v for v in read_maps(pid) if v.exec and v.read and v.end <= TASK_SIZE_MAX]
+    found.sort(key=lambda v: v.path != "[vdso]")
+    return found
+
+
+def find_syscall_insn(pid: int, mem: ProcMem) -> int:
+    """Address of a ``syscall`` (0f 05) byte pair in an executable mapping, the vDSO first.
+
+    Any such pair will do, even inside another instruction: the CPU decodes
+    from wherever ``rip`` points.
+    """
+    chunk = 1 << 20
+    for vma in _executable_mappings(pid):
+        addr = vma.start
+        while addr < vma.end:
+            n = min(chunk + 1, vma.end - addr)  # +1 so a pair split across chunks is seen
+            data = mem.read(addr, n)
+            i = data.find(SYSCALL_INSN)
+            if i >= 0:
+                return addr + i
+            addr += chunk
+    raise CkptError(f"no syscall instruction found in the executable mappings of process {pid}")
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """An anonymous read-write area mapped in the target by :meth:`Injector.scratch`."""
+
+    addr: int
+    size: int
+    mem: ProcMem
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        return self.mem.read(self.addr + offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data))
+        self.mem.write(self.addr + offset, data)
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or offset + length > self.size:
+            raise ValueError(f"scratch access {offset}+{length} outside its {self.size} bytes")
+
+
+class Injector:
+    """Runs syscalls inside one frozen thread; obtain it from ``FrozenProcess.injector()``.
+
+    ``syscall_insn`` overrides the instruction used (the restorer's trampoline).
+
+    Caveats: a thread seized in a relative sleep (-ERESTART_RESTARTBLOCK) is
+    resumed through ``restart_syscall``, which reads the task's restart block;
+    injecting a syscall that sets one (nanosleep, a timed futex wait, poll)
+    into that thread would replace it.  And moving ``rip`` out of an rseq
+    critical section lets the kernel clear the thread's ``rseq_cs`` pointer, so
+    a section interrupted there is not aborted on resume (glibc itself has none).
+    """
+
+    def __init__(self, thread: FrozenThread, *, syscall_insn: int | None = None) -> None:
+        self.thread = thread
+        self._insn = syscall_insn
+        #: (PTRACE_EVENT_*, event message) seen during the last call, e.g. the new tid of a clone.
+        self.events: list[tuple[int, int]] = []
+        self.single_step = not thread.process.sigtrap_ignored
+
+    @property
+    def pid(self) -> int:
+        return self.thread.pid
+
+    @property
+    def tid(self) -> int:
+        return self.thread.tid
+
+    @property
+    def syscall_insn(self) -> int:
+        if self._insn is None:
+            self._insn = self.thread.process.syscall_insn
+        return self._insn
+
+    def call(self, nr: int, *args: int, name: str | None = None) -> int:
+        """Run syscall ``nr`` with up to six integer ``args`` in the thread; the raw result.
+
+        A result in [-4095, -1] raises ``OSError(-result, "injected NAME(...) in PID/TID: ...")``.
+        """
+        if len(args) > len(SYSCALL_ARG_REGS):
+            raise ValueError(f"a syscall takes at most {len(SYSCALL_ARG_REGS)} arguments")
+        label = name or (NR(nr).name if nr in NR._value2member_map_ else f"syscall {nr}")
+        insn = self.syscall_insn
+        t = self.thread
+        if t.gone:
+            raise OSError(errno.ESRCH, f"injected {label} in {self.pid}/{self.tid}: thread exited")
+        regs = t.snapshot.regs
+        regs.rip = insn
+        regs.rax = nr
+        regs.orig_rax = _NO_SYSCALL
+        for reg, value in zip(SYSCALL_ARG_REGS, args):
+            setattr(regs, reg, value & _U64)
+        self.events = []
+        ptrace.setregs(self.tid, regs)
+        t.regs_changed = True
+        out = self._run_single_step(insn, label) if self.single_step else self._run_syscall_stops(label)
+        result = _signed(out.rax)
+        if -MAX_ERRNO <= result < 0:
+            err = -result
+            if err in (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK):
+                err = errno.EINTR
+            shown = ", ".join(hex(a) if a > 0xFFFF else str(a) for a in args)
+            raise OSError(err, f"injected {label}({shown}) in {self.pid}/{self.tid}: {os.strerror(err)}")
+        return result
+
+    def _stopped(self, label: str) -> ptrace.WaitStatus:
+        st = self.thread.wait()
+        if st.gone:
+            raise OSError(errno.ESRCH, f"injected {label} in {self.pid}/{self.tid}: thread exited ({st})")
+        return st
+
+    def _defer(self, st: ptrace.WaitStatus) -> None:
+        """Hold back a signal dequeued before our instruction ran (see FrozenThread)."""
+        self.thread.deferred.append(DeferredSignal(st.stopsig or 0, ptrace.getsiginfo(self.tid)))
+
+    def _run_single_step(self, insn: int, label: str) -> user_regs_struct:
+        while True:
+            self.thread.resume(ptrace.singlestep)
+            st = self._stopped(label)
+            kind = st.kind
+            if kind is StopKind.SIGNAL_DELIVERY:
+                if st.stopsig == signal.SIGTRAP:
+                    regs = ptrace.getregs(self.tid)
+                    if regs.rip == insn + len(SYSCALL_INSN):
+                        return regs
+                self._defer(st)
+            elif kind is StopKind.PTRACE_EVENT:
+                self.events.append((st.event, ptrace.geteventmsg(self.tid)))
+            # an event-stop, group-stop or syscall stop that is not ours: step again
+
+    def _run_syscall_stops(self, label: str) -> user_regs_struct:
+        entered = False
+        while True:
+            self.thread.resume(ptrace.syscall_step)
+            st = self._stopped(label)
+            kind = st.kind
+            if kind is StopKind.SYSCALL:
+                if entered:
+                    regs = ptrace.getregs(self.tid)
+                    break
+                entered = True
+            elif kind is StopKind.SIGNAL_DELIVERY:
+                self._defer(st)
+            elif kind is StopKind.PTRACE_EVENT:
+                self.events.append((st.event, ptrace.geteventmsg(self.tid)))
+        # Park the thread in an interrupt stop, inside get_signal(), like a freshly seized one.
+        ptrace.interrupt(self.tid)
+        while True:
+            self.thread.resume(ptrace.cont)
+            st = self._stopped(label)
+            if st.kind in (StopKind.EVENT_STOP, StopKind.GROUP_STOP):
+                return regs
+            if st.kind is StopKind.SIGNAL_DELIVERY:
+                self._defer(st)
+
+    # --- helpers, named after the syscalls ---
+
+    def getpid(self) -> int:
+        return self.call(NR.getpid)
+
+    def gettid(self) -> int:
+        return self.call(NR.gettid)
+
+    def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+        return self.call(NR.mmap, addr, length, prot, flags, fd, offset)
+
+    def munmap(self, addr: int, length: int) -> None:
+        self.call(NR.munmap, addr, length)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        self.call(NR.mprotect, addr, length, prot)
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        self.call(NR.madvise, addr, length, advice)
+
+    def fcntl(self, fd: int, cmd: int, arg: int = 0) -> int:
+        return self.call(NR.fcntl, fd, cmd, arg)
+
+    def close(self, fd: int) -> None:
+        self.call(NR.close, fd)
+
+    def userfaultfd(self, flags: int = os.O_CLOEXEC) -> int:
+        """A userfaultfd created *by the target*, so it acts on the target's memory."""
+        return self.call(NR.userfaultfd, flags)
+
+    @contextmanager
+    def scratch(self, size: int) -> Iterator[Scratch]:
+        """Map an anonymous RW area of ``size`` bytes (page-rounded) in the target; unmapped after."""
+        length = -(-size // PAGE_SIZE) * PAGE_SIZE
+        addr = self.mmap(0, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        try:
+            yield Scratch(addr, length, self.thread.process.mem)
+        finally:
+            if not self.thread.gone:
+                self.munmap(addr, length)

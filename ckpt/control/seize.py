@@ -1,0 +1,464 @@
+"""Freezing a process: seize every thread, hold it stopped, and put it back exactly.
+
+``with freeze(pid) as proc:`` attaches to every thread with PTRACE_SEIZE
+(TRACECLONE so threads created meanwhile are caught too), interrupts each,
+and repeats until ``/proc/PID/task`` stops changing (DESIGN §4).  Leaving the
+block — normally, by an exception or by Ctrl-C — writes each thread's original
+registers back and PTRACE_DETACHes it, so the target carries on as before.
+
+Why putting a thread back needs no syscall-restart fix-up here: every stop the
+controller leaves a thread in (the PTRACE_INTERRUPT event-stop, the SIGTRAP of
+an injected single step) is reported from inside the kernel's ``get_signal()``.
+When such a thread resumes with its original frame (``orig_rax`` >= 0 and
+``rax`` = -ERESTART*), the kernel finishes ``arch_do_signal_or_restart()`` on it
+and applies its own restart rules: it honours SA_RESTART for a signal that
+arrived while frozen, and turns -ERESTART_RESTARTBLOCK into ``restart_syscall``
+with the task's own restart block.  Rewriting the frame ourselves instead
+(``rip -= 2``, ``orig_rax = -1``) was measured to be worse: a pause()d thread
+whose signal arrived while frozen ran its handler and then paused again for
+ever, and relative sleeps saw EINTR.  :func:`ckpt.control.inject.syscall_restart_frame`
+is for the one path where the kernel skips its rules: resuming with
+PTRACE_CONT/PTRACE_SYSCALL from a syscall-exit stop with no signal pending.
+
+Signals: a signal that reaches a thread while it is being seized is let
+through (delivered as it would have been) before the thread stops; one that
+arrives while injecting is held back and re-sent on release (see
+:class:`FrozenThread`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import CkptError, TargetGone, translate_oserror
+from ..kernel import ptrace
+from ..kernel.arch_x86_64 import NR, user_regs_struct
+from ..kernel.libc import syscall
+from ..kernel.ptrace import StopKind, WaitStatus
+from ..kernel.vm import ProcMem
+from ..procfs.stat import read_stat, read_task_stat
+from ..procfs.status import read_status
+from ..procfs.task import list_tids, read_starttime
+
+if TYPE_CHECKING:
+    from .inject import Injector
+
+__all__ = [
+    "SEIZE_OPTIONS", "STOP_TIMEOUT", "ThreadSnapshot", "DeferredSignal", "FrozenThread", "FrozenProcess",
+    "freeze",
+]
+
+#: Options for every seized thread: catch new threads, tell syscall stops apart.
+SEIZE_OPTIONS = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACESYSGOOD
+#: Seconds to wait for a thread to stop (one in uninterruptible sleep may not).
+STOP_TIMEOUT = 10.0
+
+_SI_TKILL = -6  # siginfo si_code of tgkill(): may not be forged by another process
+
+
+def _thread_state(pid: int, tid: int) -> str | None:
+    """One-letter state of a thread, or None when it is gone."""
+    try:
+        return read_task_stat(pid, tid).state
+    except TargetGone:
+        return None
+
+
+def _is_tracer_of(tid: int, tracer: int) -> bool:
+    try:
+        return read_status(tid).tracerpid == tracer  # /proc/TID resolves for any thread
+    except TargetGone:
+        return False
+
+
+@dataclass(frozen=True)
+class ThreadSnapshot:
+    """A thread as it was when seized: the state to put back on release."""
+
+    tid: int
+    regs_raw: bytes
+    sigmask: int
+    stop: WaitStatus  # the event-stop (or group-stop) it was frozen in
+
+    @property
+    def regs(self) -> user_regs_struct:
+        """A fresh, mutable copy of the saved registers."""
+        return user_regs_struct.from_buffer_copy(self.regs_raw)
+
+    @property
+    def in_syscall(self) -> bool:
+        """Seized inside a syscall (``orig_rax`` >= 0); ``regs.rax`` then holds its return value."""
+        return self.regs.orig_rax < (1 << 63)
+
+
+@dataclass(frozen=True)
+class DeferredSignal:
+    """A signal dequeued while we injected syscalls; re-sent on release."""
+
+    signo: int
+    siginfo: bytes
+
+    @property
+    def si_code(self) -> int:
+        return int.from_bytes(self.siginfo[8:12], "little", signed=True)
+
+
+@dataclass
+class FrozenThread:
+    """One thread held stopped by a :class:`FrozenProcess` (the controller's mutable view).
+
+    ``deferred`` collects signals the thread dequeued while an injected syscall
+    was stepped: delivering them then would run a handler on the injected frame.
+    On release the first is delivered by PTRACE_DETACH itself (with its original
+    siginfo, from the signal-delivery-stop a single step leaves the thread in);
+    the rest are queued again with ``rt_tgsigqueueinfo`` (or ``tgkill`` where
+    the kernel forbids forging the siginfo, which loses the sender's pid).
+    """
+
+    process: "FrozenProcess"
+    snapshot: ThreadSnapshot
+    last_stop: WaitStatus
+    regs_changed: bool = False
+    gone: bool = False
+    #: Resumed by us and not yet waited for (an exception may strike between the two).
+    running: bool = False
+    deferred: list[DeferredSignal] = field(default_factory=list)
+
+    @property
+    def tid(self) -> int:
+        return self.snapshot.tid
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait(self) -> WaitStatus:
+        """Wait for this thread's next stop and remember it (``gone`` once it exited)."""
+        st = ptrace.waitpid(self.tid)
+        assert st is not None
+        self.running = False
+        self.last_stop = st
+        if st.gone:
+            self.gone = True
+        return st
+
+    def resume(self, request: Callable[[int, int], None], sig: int = 0) -> None:
+        """Resume with ``request`` (ptrace.singlestep, cont, syscall_step); pair with :meth:`wait`."""
+        request(self.tid, sig)
+        self.running = True
+
+    def _put_back(self) -> None:
+        """Original registers, deferred signals, PTRACE_DETACH (clears any trap flag)."""
+        if self.running:  # interrupted between a resume and its wait: collect the stop first
+            st = self.wait()
+            if st.kind is StopKind.SIGNAL_DELIVERY and st.stopsig != signal.SIGTRAP:
+                self.deferred.append(DeferredSignal(st.stopsig or 0, ptrace.getsiginfo(self.tid)))
+        if self.gone:
+            return
+        tid = self.tid
+        if self.regs_changed:
+            ptrace.setregs(tid, self.snapshot.regs)
+        pending = list(self.deferred)
+        detach_sig = 0
+        if pending and self.last_stop.kind is StopKind.SIGNAL_DELIVERY:
+            first = pending.pop(0)
+            ptrace.setsiginfo(tid, first.siginfo)
+            detach_sig = first.signo
+        for sig in pending:
+            _requeue(self.pid, tid, sig)
+        ptrace.detach(tid, detach_sig)
+
+
+def _requeue(pid: int, tid: int, sig: DeferredSignal) -> None:
+    """Queue ``sig`` on thread ``tid`` again, with its siginfo where the kernel allows it."""
+    if sig.si_code < 0 and sig.si_code != _SI_TKILL:
+        buf = ctypes.create_string_buffer(sig.siginfo, len(sig.siginfo))
+        syscall(NR.rt_tgsigqueueinfo, pid, tid, sig.signo, ctypes.addressof(buf),
+                name=f"rt_tgsigqueueinfo({pid}, {tid}, {sig.signo})")
+    else:
+        syscall(NR.tgkill, pid, tid, sig.signo, name=f"tgkill({pid}, {tid}, {sig.signo})")
+
+
+class FrozenProcess:
+    """Every thread of ``pid`` stopped under our control; see :func:`freeze`."""
+
+    def __init__(self, pid: int, start_time: int) -> None:
+        self.pid = pid
+        self.start_time = start_time
+        self.threads: dict[int, FrozenThread] = {}
+        #: Threads that were already zombies (an exited leader of a live group).
+        self.zombies: frozenset[int] = frozenset()
+        self.sigtrap_ignored = False
+        self._syscall_insn: int | None = None
+        self._mem: ProcMem | None = None
+        self._injectors: dict[int, Injector] = {}
+        self.released = False
+
+    # --- access ---
+
+    @property
+    def main_thread(self) -> FrozenThread:
+        """The leader if it is alive, else the lowest live tid."""
+        if self.pid in self.threads:
+            return self.threads[self.pid]
+        return self.threads[min(self.threads)]
+
+    def thread(self, tid: int) -> FrozenThread:
+        return self.threads[tid]
+
+    @property
+    def mem(self) -> ProcMem:
+        """/proc/PID/mem opened read-write once (reads and writes any mapped page)."""
+        if self._mem is None:
+            self._mem = ProcMem(self.pid, writable=True)
+        return self._mem
+
+    @property
+    def syscall_insn(self) -> int:
+        """Address of a ``syscall`` instruction mapped executable in the target (cached)."""
+        if self._syscall_insn is None:
+            from .inject import find_syscall_insn
+            self._syscall_insn = find_syscall_insn(self.pid, self.mem)
+        return self._syscall_insn
+
+    def injector(self, tid: int | None = None) -> Injector:
+        """The (cached) :class:`~ckpt.control.inject.Injector` of ``tid`` (default: main thread)."""
+        from .inject import Injector
+        t = self.main_thread if tid is None else self.threads[tid]
+        if t.tid not in self._injectors:
+            self._injectors[t.tid] = Injector(t)
+        return self._injectors[t.tid]
+
+    # --- release ---
+
+    def release(self) -> None:
+        """Put every thread back and detach it; idempotent.
+
+        SIGINT/SIGTERM/SIGHUP/SIGQUIT are held off meanwhile: a tracer that dies
+        half-way leaves single-stepped threads to die of SIGTRAP (DESIGN §4).
+        """
+        if self.released:
+            return
+        self.released = True
+        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        first_error: OSError | None = None
+        try:
+            for t in self.threads.values():
+                try:
+                    t._put_back()
+                except OSError as exc:
+                    if exc.errno == errno.ESRCH:  # killed while frozen: collect it if it is a zombie now
+                        _reap_nohang(t.tid)
+                    elif first_error is None:
+                        first_error = exc
+            if self._mem is not None:
+                self._mem.close()
+                self._mem = None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if first_error is not None:
+            raise translate_oserror(first_error, self.pid, "releasing") from first_error
+
+    def __enter__(self) -> "FrozenProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _reap_nohang(tid: int) -> None:
+    try:
+        ptrace.waitpid(tid, os.WNOHANG)
+    except OSError:
+        pass
+
+
+class _Seizer:
+    """The seize loop: attach, interrupt, collect stops, until the thread list is stable."""
+
+    def __init__(self, proc: FrozenProcess) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.me = os.getpid()
+        self.seized: set[int] = set()
+        self.stops: dict[int, WaitStatus] = {}
+        self.gone: set[int] = set()
+        self.zombies: set[int] = set()
+        self.foreign: set[int] = set()  # clone() children that are not threads: detach them
+
+    def run(self) -> None:
+        while True:
+            listing = set(list_tids(self.pid))
+            new = listing - self.seized - self.gone - self.zombies
+            for tid in sorted(new):
+                self._attach(tid)
+            if not (self.seized - self.gone) and not self.zombies:
+                raise TargetGone(self.pid, f"process {self.pid} exited while seizing it")
+            waiting = self.seized - self.gone - set(self.stops)
+            if waiting or self.foreign:
+                self._collect(waiting)
+                continue
+            if not new:
+                return  # every listed thread is stopped and the listing did not change
+
+    def _attach(self, tid: int) -> None:
+        state = _thread_state(self.pid, tid)
+        if state is None:
+            return
+        if state in ("Z", "X"):
+            self.zombies.add(tid)
+            return
+        try:
+            ptrace.seize(tid, SEIZE_OPTIONS)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return  # exited meanwhile; it drops out of the next listing
+            if exc.errno == errno.EPERM and _is_tracer_of(tid, self.me):
+                self.seized.add(tid)  # already ours: auto-attached through PTRACE_O_TRACECLONE
+                return
+            if exc.errno == errno.EPERM and _thread_state(self.pid, tid) in ("Z", "X", None):
+                self.zombies.add(tid)
+                return
+            raise
+        self.seized.add(tid)
+        try:
+            ptrace.interrupt(tid)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    def _collect(self, waiting: set[int]) -> None:
+        """Poll the threads in ``waiting`` (and foreign clones) until each reported something."""
+        deadline = time.monotonic() + STOP_TIMEOUT
+        delay = 20e-6
+        pending = set(waiting) | self.foreign
+        while pending:
+            progressed = False
+            for tid in sorted(pending):
+                st = ptrace.waitpid(tid, os.WNOHANG)
+                if st is None:
+                    if _thread_state(self.pid, tid) in ("Z", "X") and tid == self.pid:
+                        # An exited leader is not reported while other threads live.
+                        self.zombies.add(tid)
+                        self.seized.discard(tid)
+                        pending.discard(tid)
+                    continue
+                progressed = True
+                if self._handle(tid, st):
+                    pending.discard(tid)
+            if not pending:
+                return
+            if not progressed:
+                if time.monotonic() > deadline:
+                    stuck = {tid: _thread_state(self.pid, tid) for tid in pending}
+                    raise CkptError(f"threads of {self.pid} did not stop within {STOP_TIMEOUT:.0f}s: {stuck}")
+                time.sleep(delay)
+                delay = min(delay * 2, 2e-3)
+
+    def _handle(self, tid: int, st: WaitStatus) -> bool:
+        """React to one stop; True when ``tid`` needs no more waiting in this round."""
+        kind = st.kind
+        if tid in self.foreign:
+            if kind in (StopKind.EVENT_STOP, StopKind.GROUP_STOP, StopKind.SIGNAL_DELIVERY):
+                ptrace.detach(tid, st.stopsig if kind is StopKind.SIGNAL_DELIVERY else 0)
+            self.foreign.discard(tid)
+            return True
+        if st.gone:
+            self.gone.add(tid)
+            return True
+        if kind in (StopKind.EVENT_STOP, StopKind.GROUP_STOP):
+            self.stops[tid] = st
+            return True
+        sig = 0
+        if kind is StopKind.PTRACE_EVENT and st.event == ptrace.PTRACE_EVENT_CLONE:
+            child = ptrace.geteventmsg(tid)
+            if os.path.exists(f"/proc/{self.pid}/task/{child}"):
+                self.seized.add(child)  # a new thread, attached for us; it starts with an event-stop
+            else:
+                self.foreign.add(child)  # clone() of a new process without SIGCHLD: let it go
+        elif kind is StopKind.SIGNAL_DELIVERY:
+            sig = st.stopsig or 0  # deliver it now, as without us; the pending interrupt stops it right after
+        ptrace.cont(tid, sig)
+        ptrace.interrupt(tid)
+        return False
+
+    def abandon(self) -> None:
+        """After a failure, detach whatever was seized (a thread must be stopped to detach)."""
+        for tid in self.seized - self.gone:
+            try:
+                st = self.stops.get(tid)
+                if st is None:
+                    ptrace.interrupt(tid)
+                    deadline = time.monotonic() + 1.0
+                    while st is None and time.monotonic() < deadline:
+                        st = ptrace.waitpid(tid, os.WNOHANG)
+                        if st is None:
+                            time.sleep(1e-4)
+                if st is None or st.gone:
+                    continue
+                ptrace.detach(tid, st.stopsig if st.kind is StopKind.SIGNAL_DELIVERY else 0)
+            except OSError:
+                pass  # gone meanwhile; our exit would detach anything left
+
+
+def _seize(pid: int, start_time: int | None) -> FrozenProcess:
+    stat = read_stat(pid)  # TargetGone when there is no such process
+    current = stat.starttime
+    if start_time is not None and current != start_time:
+        raise TargetGone(pid, f"process {pid} is not the one seen before (start time {current}, expected {start_time}): the pid was reused")
+    if stat.state in ("Z", "X") and set(list_tids(pid)) <= {pid}:
+        raise TargetGone(pid, f"process {pid} is a zombie (it exited; its parent has not reaped it)")
+
+    proc = FrozenProcess(pid, current)
+    seizer = _Seizer(proc)
+    try:
+        seizer.run()
+        # The pid could have been reused between the first check and the seize.
+        if read_starttime(pid) != current:
+            raise TargetGone(pid, f"process {pid} was replaced while seizing it")
+        for tid, st in sorted(seizer.stops.items()):
+            if tid in seizer.gone:
+                continue
+            regs = ptrace.getregs(tid)
+            snap = ThreadSnapshot(tid, bytes(regs), ptrace.getsigmask(tid), st)
+            proc.threads[tid] = FrozenThread(proc, snap, st)
+        proc.zombies = frozenset(seizer.zombies)
+        proc.sigtrap_ignored = _sigtrap_ignored(pid)
+    except OSError as exc:
+        seizer.abandon()
+        raise translate_oserror(exc, pid, "seizing") from exc
+    except BaseException:
+        seizer.abandon()
+        raise
+    if not proc.threads:
+        raise TargetGone(pid, f"process {pid} has no live thread to seize")
+    return proc
+
+
+def _sigtrap_ignored(pid: int) -> bool:
+    """SigIgn has SIGTRAP: a single step's forced SIGTRAP would reset it to SIG_DFL."""
+    return bool(read_status(pid).sigign & (1 << (signal.SIGTRAP - 1)))
+
+
+@contextmanager
+def freeze(pid: int, *, start_time: int | None = None) -> Iterator[FrozenProcess]:
+    """Stop every thread of ``pid`` for the duration of the ``with`` block.
+
+    ``start_time`` (field 22 of /proc/PID/stat, :func:`ckpt.procfs.task.read_starttime`)
+    makes sure the pid still names the process seen earlier.  Raises
+    :class:`~ckpt.errors.TargetGone` / :class:`~ckpt.errors.AccessDenied`.
+    """
+    proc = _seize(pid, start_time)
+    try:
+        yield proc
+    finally:
+        proc.release()

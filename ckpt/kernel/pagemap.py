@@ -1,0 +1,219 @@
+"""/proc/PID/pagemap: the PAGEMAP_SCAN ioctl (Linux 6.7) and the classic 8-byte entries.
+
+``PAGEMAP_SCAN`` walks a range of the target's page tables and reports runs of
+pages by category; with ``PM_SCAN_WP_MATCHING`` it write-protects the pages it
+reports in the same walk, the atomic get-and-clear the uffd-wp tracker is built
+on (DESIGN §2).  Debian 12's headers lack it; the layout and values are from the
+kernel's include/uapi/linux/fs.h.
+
+The classic entries (Documentation/admin-guide/mm/pagemap.rst) are one u64 per
+page at offset ``vaddr / PAGE_SIZE * 8``.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
+from .ioctl import _IOWR, ioctl
+from .vm import pread_exact
+
+__all__ = [
+    "pm_scan_arg", "page_region", "PAGEMAP_SCAN",
+    "PAGE_IS_WPALLOWED", "PAGE_IS_WRITTEN", "PAGE_IS_FILE", "PAGE_IS_PRESENT", "PAGE_IS_SWAPPED",
+    "PAGE_IS_PFNZERO", "PAGE_IS_HUGE", "PAGE_IS_SOFT_DIRTY", "PAGE_IS_GUARD", "PM_SCAN_WP_MATCHING",
+    "PM_SCAN_CHECK_WPASYNC", "PageRegion", "pagemap_scan",
+    "PM_PFRAME_MASK", "PM_SOFT_DIRTY", "PM_MMAP_EXCLUSIVE", "PM_UFFD_WP", "PM_GUARD_REGION",
+    "PM_FILE", "PM_SWAP", "PM_PRESENT", "PagemapEntry", "read_pagemap_entries",
+    "pm_present", "pm_swapped", "pm_file", "pm_exclusive", "pm_soft_dirty", "pm_uffd_wp", "pm_pfn",
+]
+
+# --- PAGEMAP_SCAN categories (a page_region's ``categories`` bits) ---
+PAGE_IS_WPALLOWED = 1 << 0   # the VMA is registered for async uffd-wp
+PAGE_IS_WRITTEN = 1 << 1     # written since last write-protected (or never protected)
+PAGE_IS_FILE = 1 << 2        # file-backed or shared anonymous page
+PAGE_IS_PRESENT = 1 << 3
+PAGE_IS_SWAPPED = 1 << 4
+PAGE_IS_PFNZERO = 1 << 5     # the shared zero page (read but never written)
+PAGE_IS_HUGE = 1 << 6
+PAGE_IS_SOFT_DIRTY = 1 << 7
+PAGE_IS_GUARD = 1 << 8       # Linux 6.15: MADV_GUARD_INSTALL marker
+
+# --- PAGEMAP_SCAN flags ---
+#: Write-protect the pages that match (get-and-clear).
+PM_SCAN_WP_MATCHING = 1 << 0
+#: Fail with EPERM unless the whole range is registered with UFFD_FEATURE_WP_ASYNC.
+PM_SCAN_CHECK_WPASYNC = 1 << 1
+
+
+class page_region(ctypes.Structure):
+    """``struct page_region``: one run of pages with identical categories."""
+
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
+
+
+class pm_scan_arg(ctypes.Structure):
+    """``struct pm_scan_arg`` (12 u64s); the kernel writes back ``walk_end``."""
+
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+            "category_inverted", "category_mask", "category_anyof_mask", "return_mask",
+        )
+    ]
+
+
+PAGEMAP_SCAN = _IOWR("f", 16, pm_scan_arg)
+
+
+@dataclass(frozen=True)
+class PageRegion:
+    """Pages ``[start, end)`` sharing ``categories`` (PAGE_IS_* bits, limited to return_mask)."""
+
+    start: int
+    end: int
+    categories: int
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) // PAGE_SIZE
+
+
+def pagemap_scan(
+    fd: int,
+    start: int,
+    end: int,
+    *,
+    flags: int = 0,
+    category_mask: int = 0,
+    category_anyof_mask: int = 0,
+    category_inverted: int = 0,
+    return_mask: int,
+    max_pages: int = 0,
+    vec_len: int = 512,
+) -> Iterator[PageRegion]:
+    """Run PAGEMAP_SCAN over ``[start, end)`` of the pagemap opened as ``fd``.
+
+    Loops on ``walk_end`` with one ``vec_len`` buffer reused for every call: a
+    single call returning many regions can stop short, and an unbounded buffer
+    would cost fresh memory (DESIGN §2).  ``end`` is clamped to
+    ``TASK_SIZE_MAX`` (0x7ffffffff000; 1 << 47 gives EFAULT).  ``max_pages`` (0 =
+    no limit) bounds the pages reported over the *whole* scan; with
+    ``PM_SCAN_WP_MATCHING`` only the reported pages are write-protected again.
+    A run that crosses a call boundary is merged back into one region.
+
+    Note: with ``PM_SCAN_CHECK_WPASYNC`` the kernel fails with EPERM at the first
+    unregistered VMA *after* clearing what it walked before it: scan one VMA at a time.
+    """
+    end = min(end, TASK_SIZE_MAX)
+    if start >= end:
+        return
+    vec = (page_region * vec_len)()
+    arg = pm_scan_arg()
+    arg.size = ctypes.sizeof(pm_scan_arg)
+    arg.flags = flags
+    arg.end = end
+    arg.vec = ctypes.addressof(vec)
+    arg.vec_len = vec_len
+    arg.category_inverted = category_inverted
+    arg.category_mask = category_mask
+    arg.category_anyof_mask = category_anyof_mask
+    arg.return_mask = return_mask
+    remaining = max_pages
+    pending: PageRegion | None = None
+    cursor = start
+    while cursor < end:
+        arg.start = cursor
+        arg.walk_end = 0
+        arg.max_pages = remaining
+        n = ioctl(fd, PAGEMAP_SCAN, arg, f"ioctl(PAGEMAP_SCAN, {cursor:#x}-{end:#x}, flags={flags:#x})")
+        for i in range(n):
+            r = vec[i]
+            if pending is not None and pending.end == r.start and pending.categories == r.categories:
+                pending = PageRegion(pending.start, r.end, r.categories)
+                continue
+            if pending is not None:
+                yield pending
+            pending = PageRegion(r.start, r.end, r.categories)
+        if max_pages:
+            remaining -= sum((vec[i].end - vec[i].start) // PAGE_SIZE for i in range(n))
+            if remaining <= 0:
+                break
+        if arg.walk_end <= cursor:  # no progress: would loop forever
+            raise OSError(errno.EIO, f"ioctl(PAGEMAP_SCAN, {cursor:#x}-{end:#x}): walk_end did not advance")
+        cursor = arg.walk_end
+    if pending is not None:
+        yield pending
+
+
+# --- classic pagemap entries ---
+
+PM_PFRAME_MASK = (1 << 55) - 1  # bits 0-54: pfn (present) or swap type/offset (swapped); 0 without CAP_SYS_ADMIN
+PM_SOFT_DIRTY = 1 << 55
+PM_MMAP_EXCLUSIVE = 1 << 56     # page mapped exclusively (Linux 4.2)
+PM_UFFD_WP = 1 << 57            # pte is uffd-wp write-protected (Linux 5.13)
+PM_GUARD_REGION = 1 << 58       # guard region marker (Linux 6.15)
+PM_FILE = 1 << 61               # file page or shared anonymous
+PM_SWAP = 1 << 62
+PM_PRESENT = 1 << 63
+
+
+def pm_present(entry: int) -> bool:
+    return bool(entry & PM_PRESENT)
+
+
+def pm_swapped(entry: int) -> bool:
+    return bool(entry & PM_SWAP)
+
+
+def pm_file(entry: int) -> bool:
+    """File-backed or shared-anonymous page; clear on a private mapping's written (COW) pages."""
+    return bool(entry & PM_FILE)
+
+
+def pm_exclusive(entry: int) -> bool:
+    return bool(entry & PM_MMAP_EXCLUSIVE)
+
+
+def pm_soft_dirty(entry: int) -> bool:
+    return bool(entry & PM_SOFT_DIRTY)
+
+
+def pm_uffd_wp(entry: int) -> bool:
+    return bool(entry & PM_UFFD_WP)
+
+
+def pm_pfn(entry: int) -> int:
+    """Page frame number of a present page (0 when hidden from unprivileged readers)."""
+    return entry & PM_PFRAME_MASK if entry & PM_PRESENT else 0
+
+
+@dataclass(frozen=True)
+class PagemapEntry:
+    """One decoded pagemap entry."""
+
+    present: bool
+    swapped: bool
+    file: bool
+    exclusive: bool
+    soft_dirty: bool
+    uffd_wp: bool
+    pfn: int
+
+    @classmethod
+    def decode(cls, entry: int) -> "PagemapEntry":
+        return cls(pm_present(entry), pm_swapped(entry), pm_file(entry), pm_exclusive(entry),
+                   pm_soft_dirty(entry), pm_uffd_wp(entry), pm_pfn(entry))
+
+
+def read_pagemap_entries(fd: int, start_vaddr: int, npages: int) -> array.array:
+    """The raw u64 entries of ``npages`` pages from ``start_vaddr`` (page-aligned down)."""
+    out = array.array("Q", bytes(npages * 8))
+    # The pagemap offset of a page is its index * 8; errors name the address asked for.
+    pread_exact(fd, memoryview(out).cast("B"), start_vaddr // PAGE_SIZE * 8, f"pagemap @{start_vaddr:#x}")
+    return out

@@ -1,0 +1,48 @@
+"""Fixtures shared by every test tier: target processes that are always cleaned up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from targets import Target, build_c, python_argv, spawn, traced_threads
+
+StartTarget = Callable[..., Target]
+
+
+class _Pool:
+    """The targets one test started; ``close`` kills and reaps them all."""
+
+    def __init__(self) -> None:
+        self.targets: list[Target] = []
+
+    def add(self, target: Target) -> Target:
+        self.targets.append(target)
+        return target
+
+    def close(self) -> None:
+        # A target still traced by us when the test ends is a controller bug:
+        # note it, but kill and reap every target before failing.
+        traced = {t.pid: traced_threads(t.pid, os.getpid()) for t in self.targets if t.alive()}
+        for t in self.targets:
+            t.close()
+        traced = {pid: tids for pid, tids in traced.items() if tids}
+        assert not traced, f"threads left traced by the test process: {traced}"
+
+
+@pytest.fixture
+def c_target() -> Iterator[StartTarget]:
+    """``c_target(name, *args, stdin_pipe=False)`` builds and starts scenarios/NAME.c."""
+    pool = _Pool()
+    yield lambda name, *args, stdin_pipe=False: pool.add(spawn([build_c(name), *args], stdin_pipe=stdin_pipe))
+    pool.close()
+
+
+@pytest.fixture
+def py_target() -> Iterator[StartTarget]:
+    """``py_target(script, *args, stdin_pipe=False)`` starts scenarios/SCRIPT under this Python."""
+    pool = _Pool()
+    yield lambda script, *args, stdin_pipe=False: pool.add(spawn(python_argv(script, *args), stdin_pipe=stdin_pipe))
+    pool.close()
