@@ -1,0 +1,185 @@
+"""The byte layout shared by every image file: header, records, end marker.
+
+Every file of an image starts with a 12-byte header::
+
+    offset 0  4 bytes  b"CKPT"          common to all ckpt files
+    offset 4  4 bytes  kind magic        e.g. b"MMAP" (see kinds.py)
+    offset 8  u32 LE   format version    FORMAT_VERSION of the writer
+
+A *record file* then holds length-prefixed protobuf messages, each a u32 LE
+length followed by that many bytes, and ends with an end marker: the length
+0xFFFFFFFF followed by the SHA-256 of every byte before the marker.  The marker
+makes each file checkable on its own (inventory.img has nobody else to vouch
+for it) and tells a file cut at a record boundary from a complete one.
+
+The page-data file (``pages-*.img``) has the same header followed by raw
+chunks located through the pagemap, so it has no records and no end marker.
+
+Everything that reads or writes these bytes is in this module; errors name the
+file and what is wrong in one line (``CorruptImage``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Iterator
+
+from ckpt.errors import CorruptImage
+
+__all__ = [
+    "FILE_MAGIC",
+    "FORMAT_VERSION",
+    "MIN_FORMAT_VERSION",
+    "HEADER_SIZE",
+    "END_MARKER",
+    "TRAILER_SIZE",
+    "MAX_RECORD_SIZE",
+    "pack_header",
+    "parse_header",
+    "pack_record",
+    "pack_trailer",
+    "encode_file",
+    "split_records",
+]
+
+#: First four bytes of every ckpt image file.
+FILE_MAGIC = b"CKPT"
+#: The format this ckpt writes.  Bump it only when an older ckpt would misread
+#: the new files; adding fields or file kinds does not need a bump.
+FORMAT_VERSION = 1
+#: The oldest format this ckpt still reads.
+MIN_FORMAT_VERSION = 1
+
+_HEADER = struct.Struct("<4s4sI")
+_LEN = struct.Struct("<I")
+HEADER_SIZE = _HEADER.size
+#: Length value that announces the end marker instead of a record.
+END_MARKER = 0xFFFFFFFF
+TRAILER_SIZE = _LEN.size + hashlib.sha256().digest_size
+#: No record may be larger (a corrupt length must not make us allocate GiBs).
+MAX_RECORD_SIZE = 256 << 20
+
+
+def _show_magic(magic: bytes) -> str:
+    text = magic.decode("ascii", "backslashreplace")
+    return text if text.isprintable() else repr(magic)
+
+
+def pack_header(kind_magic: bytes, version: int = FORMAT_VERSION) -> bytes:
+    """The 12-byte header of a file of the given kind."""
+    if len(kind_magic) != 4:
+        raise ValueError(f"kind magic must be 4 bytes, got {kind_magic!r}")
+    return _HEADER.pack(FILE_MAGIC, kind_magic, version)
+
+
+def parse_header(
+    path: str | os.PathLike[str],
+    data: bytes | bytearray | memoryview,
+    expect: bytes | None = None,
+    *,
+    names: dict[bytes, str] | None = None,
+) -> tuple[bytes, int]:
+    """Check the header at the start of ``data``; return (kind magic, version).
+
+    ``expect`` is the kind magic the caller needs; ``names`` maps magics to
+    kind names, only to make the message readable.  Raises ``CorruptImage``
+    naming ``path`` for a short file, a wrong magic, or an unreadable version.
+    """
+    if len(data) < HEADER_SIZE:
+        raise CorruptImage(path, f"truncated: {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    common, magic, version = _HEADER.unpack_from(data, 0)
+    if common != FILE_MAGIC:
+        raise CorruptImage(
+            path, f"wrong magic {_show_magic(common)!s} (expected {FILE_MAGIC.decode()}): not a ckpt image file"
+        )
+    if expect is not None and magic != expect:
+        names = names or {}
+        found = names.get(magic, "unknown kind")
+        raise CorruptImage(
+            path,
+            f"wrong file kind: magic {_show_magic(magic)} ({found}) "
+            f"where {_show_magic(expect)} ({names.get(expect, 'expected kind')}) belongs",
+        )
+    if version > FORMAT_VERSION:
+        raise CorruptImage(
+            path,
+            f"written by a newer ckpt (format {version}), this ckpt reads ≤ {FORMAT_VERSION}",
+            hint="use a newer ckpt to read this image",
+        )
+    if version < MIN_FORMAT_VERSION:
+        raise CorruptImage(path, f"invalid format version {version} (this ckpt reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION})")
+    return magic, version
+
+
+def pack_record(payload: bytes) -> bytes:
+    """One record: u32 LE length + payload."""
+    if len(payload) > MAX_RECORD_SIZE:
+        raise ValueError(f"record of {len(payload)} bytes exceeds the {MAX_RECORD_SIZE}-byte limit")
+    return _LEN.pack(len(payload)) + payload
+
+
+def pack_trailer(sha256_of_preceding: bytes) -> bytes:
+    """The end marker, given the SHA-256 of every byte before it."""
+    return _LEN.pack(END_MARKER) + sha256_of_preceding
+
+
+def encode_file(kind_magic: bytes, payloads: Iterable[bytes], version: int = FORMAT_VERSION) -> bytes:
+    """A whole record file in memory (header, records, end marker)."""
+    parts = [pack_header(kind_magic, version)]
+    parts.extend(pack_record(p) for p in payloads)
+    body = b"".join(parts)
+    return body + pack_trailer(hashlib.sha256(body).digest())
+
+
+def _walk(data: memoryview) -> Iterator[tuple[int, int]]:
+    """Yield (offset, length) of each record; stop at the end marker (yield it as length -1)."""
+    pos = HEADER_SIZE
+    end = len(data)
+    while pos + _LEN.size <= end:
+        (length,) = _LEN.unpack_from(data, pos)
+        if length == END_MARKER:
+            yield pos, -1
+            return
+        yield pos, length
+        pos += _LEN.size + length
+    yield pos, -2  # ran off the end
+
+
+def split_records(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> list[memoryview]:
+    """The record payloads of a record file whose header was already checked.
+
+    Verifies the end marker.  The messages say which of these happened:
+    the file was cut short, altered in place (checksum mismatch), or has
+    bytes after its end marker.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    intact = (
+        size >= HEADER_SIZE + TRAILER_SIZE
+        and _LEN.unpack_from(view, size - TRAILER_SIZE)[0] == END_MARKER
+        and hashlib.sha256(view[: size - TRAILER_SIZE]).digest() == view[size - hashlib.sha256().digest_size :]
+    )
+    payloads: list[memoryview] = []
+    for index, (pos, length) in enumerate(_walk(view)):
+        if length == -1:
+            marker_end = pos + TRAILER_SIZE
+            if marker_end > size:
+                raise CorruptImage(path, f"truncated inside the end marker after {index} records")
+            if marker_end < size:
+                raise CorruptImage(path, f"{size - marker_end} unexpected bytes after the end marker")
+            if not intact:
+                raise CorruptImage(path, "checksum mismatch: the content does not match the SHA-256 in its end marker (file altered)")
+            return payloads
+        if length == -2:
+            if pos == size:
+                raise CorruptImage(path, f"truncated after {index} complete records: no end marker")
+            raise CorruptImage(path, f"truncated inside the length of record {index}")
+        if length > MAX_RECORD_SIZE or pos + _LEN.size + length > size:
+            if not intact and size >= TRAILER_SIZE and _LEN.unpack_from(view, size - TRAILER_SIZE)[0] == END_MARKER:
+                raise CorruptImage(path, "checksum mismatch: the content does not match the SHA-256 in its end marker (file altered)")
+            remaining = size - pos - _LEN.size
+            raise CorruptImage(path, f"truncated: record {index} claims {length} bytes, only {max(remaining, 0)} remain")
+        payloads.append(view[pos + _LEN.size : pos + _LEN.size + length])
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,39 @@
+# Regenerate with `python -m ckpt.image.protogen` (or `make proto`); do not edit.
+from ckpt.image.pb import options_pb2 as _options_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FileIdentity(_message.Message):
+    __slots__ = ("dev", "ino", "size", "mtime_ns", "ctime_ns", "mode")
+    DEV_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    mode: int
+    def __init__(self, dev: _Optional[int] = ..., ino: _Optional[int] = ..., size: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class ContentRef(_message.Message):
+    __slots__ = ("owner", "size")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    size: int
+    def __init__(self, owner: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class PendingSignal(_message.Message):
+    __slots__ = ("signo", "siginfo")
+    SIGNO_FIELD_NUMBER: _ClassVar[int]
+    SIGINFO_FIELD_NUMBER: _ClassVar[int]
+    signo: int
+    siginfo: bytes
+    def __init__(self, signo: _Optional[int] = ..., siginfo: _Optional[bytes] = ...) -> None: ...

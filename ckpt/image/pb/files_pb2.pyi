@@ -1,0 +1,291 @@
+# Regenerate with `python -m ckpt.image.protogen` (or `make proto`); do not edit.
+from ckpt.image.pb import common_pb2 as _common_pb2
+from ckpt.image.pb import options_pb2 as _options_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FdEntry(_message.Message):
+    __slots__ = ("fd", "fd_flags", "file_id")
+    FD_FIELD_NUMBER: _ClassVar[int]
+    FD_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    fd: int
+    fd_flags: int
+    file_id: int
+    def __init__(self, fd: _Optional[int] = ..., fd_flags: _Optional[int] = ..., file_id: _Optional[int] = ...) -> None: ...
+
+class FileEntry(_message.Message):
+    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[FileEntry.Kind]
+        REG: _ClassVar[FileEntry.Kind]
+        DIR: _ClassVar[FileEntry.Kind]
+        PIPE: _ClassVar[FileEntry.Kind]
+        FIFO: _ClassVar[FileEntry.Kind]
+        CHR: _ClassVar[FileEntry.Kind]
+        BLK: _ClassVar[FileEntry.Kind]
+        UNIX: _ClassVar[FileEntry.Kind]
+        INET: _ClassVar[FileEntry.Kind]
+        NETLINK: _ClassVar[FileEntry.Kind]
+        PACKET: _ClassVar[FileEntry.Kind]
+        EVENTFD: _ClassVar[FileEntry.Kind]
+        EPOLL: _ClassVar[FileEntry.Kind]
+        TIMERFD: _ClassVar[FileEntry.Kind]
+        SIGNALFD: _ClassVar[FileEntry.Kind]
+        INOTIFY: _ClassVar[FileEntry.Kind]
+        FANOTIFY: _ClassVar[FileEntry.Kind]
+        MEMFD: _ClassVar[FileEntry.Kind]
+        PIDFD: _ClassVar[FileEntry.Kind]
+        USERFAULTFD: _ClassVar[FileEntry.Kind]
+        OTHER: _ClassVar[FileEntry.Kind]
+    KIND_UNSPECIFIED: FileEntry.Kind
+    REG: FileEntry.Kind
+    DIR: FileEntry.Kind
+    PIPE: FileEntry.Kind
+    FIFO: FileEntry.Kind
+    CHR: FileEntry.Kind
+    BLK: FileEntry.Kind
+    UNIX: FileEntry.Kind
+    INET: FileEntry.Kind
+    NETLINK: FileEntry.Kind
+    PACKET: FileEntry.Kind
+    EVENTFD: FileEntry.Kind
+    EPOLL: FileEntry.Kind
+    TIMERFD: FileEntry.Kind
+    SIGNALFD: FileEntry.Kind
+    INOTIFY: FileEntry.Kind
+    FANOTIFY: FileEntry.Kind
+    MEMFD: FileEntry.Kind
+    PIDFD: FileEntry.Kind
+    USERFAULTFD: FileEntry.Kind
+    OTHER: FileEntry.Kind
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    POS_FIELD_NUMBER: _ClassVar[int]
+    MNT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    FOWN_FIELD_NUMBER: _ClassVar[int]
+    PIPE_FIELD_NUMBER: _ClassVar[int]
+    UNIX_FIELD_NUMBER: _ClassVar[int]
+    INET_FIELD_NUMBER: _ClassVar[int]
+    EVENTFD_FIELD_NUMBER: _ClassVar[int]
+    EPOLL_FIELD_NUMBER: _ClassVar[int]
+    TIMERFD_FIELD_NUMBER: _ClassVar[int]
+    SIGNALFD_FIELD_NUMBER: _ClassVar[int]
+    INOTIFY_FIELD_NUMBER: _ClassVar[int]
+    MEMFD_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    kind: FileEntry.Kind
+    path: str
+    flags: int
+    pos: int
+    mnt_id: int
+    identity: _common_pb2.FileIdentity
+    deleted: bool
+    content: _common_pb2.ContentRef
+    fown: Fown
+    pipe: Pipe
+    unix: UnixSocket
+    inet: InetSocket
+    eventfd: EventFd
+    epoll: Epoll
+    timerfd: TimerFd
+    signalfd: SignalFd
+    inotify: Inotify
+    memfd: MemFd
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ...) -> None: ...
+
+class Fown(_message.Message):
+    __slots__ = ("pid", "pid_type", "signum", "uid", "euid")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PID_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIGNUM_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    EUID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    pid_type: int
+    signum: int
+    uid: int
+    euid: int
+    def __init__(self, pid: _Optional[int] = ..., pid_type: _Optional[int] = ..., signum: _Optional[int] = ..., uid: _Optional[int] = ..., euid: _Optional[int] = ...) -> None: ...
+
+class Pipe(_message.Message):
+    __slots__ = ("pipe_id", "capacity", "data")
+    PIPE_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    pipe_id: int
+    capacity: int
+    data: bytes
+    def __init__(self, pipe_id: _Optional[int] = ..., capacity: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UnixSocket(_message.Message):
+    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_INO_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    type: int
+    state: int
+    name: bytes
+    peer_ino: int
+    backlog: int
+    shutdown: int
+    queue: _containers.RepeatedScalarFieldContainer[bytes]
+    options: _containers.RepeatedCompositeFieldContainer[SockOpt]
+    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ...) -> None: ...
+
+class InetSocket(_message.Message):
+    __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SRC_ADDR_FIELD_NUMBER: _ClassVar[int]
+    SRC_PORT_FIELD_NUMBER: _ClassVar[int]
+    DST_ADDR_FIELD_NUMBER: _ClassVar[int]
+    DST_PORT_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    TCP_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    family: int
+    type: int
+    protocol: int
+    state: int
+    src_addr: bytes
+    src_port: int
+    dst_addr: bytes
+    dst_port: int
+    backlog: int
+    shutdown: int
+    tcp: TcpRepair
+    options: _containers.RepeatedCompositeFieldContainer[SockOpt]
+    def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ...) -> None: ...
+
+class TcpRepair(_message.Message):
+    __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd")
+    SND_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RCV_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SEND_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    RECV_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    MSS_FIELD_NUMBER: _ClassVar[int]
+    SND_WSCALE_FIELD_NUMBER: _ClassVar[int]
+    RCV_WSCALE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SND_WND_FIELD_NUMBER: _ClassVar[int]
+    RCV_WND_FIELD_NUMBER: _ClassVar[int]
+    snd_seq: int
+    rcv_seq: int
+    send_queue: bytes
+    recv_queue: bytes
+    mss: int
+    snd_wscale: int
+    rcv_wscale: int
+    timestamp: int
+    options: int
+    snd_wnd: int
+    rcv_wnd: int
+    def __init__(self, snd_seq: _Optional[int] = ..., rcv_seq: _Optional[int] = ..., send_queue: _Optional[bytes] = ..., recv_queue: _Optional[bytes] = ..., mss: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., options: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., rcv_wnd: _Optional[int] = ...) -> None: ...
+
+class SockOpt(_message.Message):
+    __slots__ = ("level", "name", "value")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    level: int
+    name: int
+    value: bytes
+    def __init__(self, level: _Optional[int] = ..., name: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class EventFd(_message.Message):
+    __slots__ = ("counter", "flags")
+    COUNTER_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    counter: int
+    flags: int
+    def __init__(self, counter: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class Epoll(_message.Message):
+    __slots__ = ("targets",)
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    targets: _containers.RepeatedCompositeFieldContainer[EpollTarget]
+    def __init__(self, targets: _Optional[_Iterable[_Union[EpollTarget, _Mapping]]] = ...) -> None: ...
+
+class EpollTarget(_message.Message):
+    __slots__ = ("fd", "file_id", "events", "data")
+    FD_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    fd: int
+    file_id: int
+    events: int
+    data: int
+    def __init__(self, fd: _Optional[int] = ..., file_id: _Optional[int] = ..., events: _Optional[int] = ..., data: _Optional[int] = ...) -> None: ...
+
+class TimerFd(_message.Message):
+    __slots__ = ("clockid", "settime_flags", "ticks", "value_ns", "interval_ns")
+    CLOCKID_FIELD_NUMBER: _ClassVar[int]
+    SETTIME_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TICKS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_NS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_NS_FIELD_NUMBER: _ClassVar[int]
+    clockid: int
+    settime_flags: int
+    ticks: int
+    value_ns: int
+    interval_ns: int
+    def __init__(self, clockid: _Optional[int] = ..., settime_flags: _Optional[int] = ..., ticks: _Optional[int] = ..., value_ns: _Optional[int] = ..., interval_ns: _Optional[int] = ...) -> None: ...
+
+class SignalFd(_message.Message):
+    __slots__ = ("sigmask",)
+    SIGMASK_FIELD_NUMBER: _ClassVar[int]
+    sigmask: int
+    def __init__(self, sigmask: _Optional[int] = ...) -> None: ...
+
+class Inotify(_message.Message):
+    __slots__ = ("watches",)
+    WATCHES_FIELD_NUMBER: _ClassVar[int]
+    watches: _containers.RepeatedCompositeFieldContainer[InotifyWatch]
+    def __init__(self, watches: _Optional[_Iterable[_Union[InotifyWatch, _Mapping]]] = ...) -> None: ...
+
+class InotifyWatch(_message.Message):
+    __slots__ = ("wd", "mask", "path", "target")
+    WD_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    wd: int
+    mask: int
+    path: str
+    target: _common_pb2.FileIdentity
+    def __init__(self, wd: _Optional[int] = ..., mask: _Optional[int] = ..., path: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ...) -> None: ...
+
+class MemFd(_message.Message):
+    __slots__ = ("name", "seals", "shmem_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SEALS_FIELD_NUMBER: _ClassVar[int]
+    SHMEM_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    seals: int
+    shmem_id: int
+    def __init__(self, name: _Optional[str] = ..., seals: _Optional[int] = ..., shmem_id: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,102 @@
+# Regenerate with `python -m ckpt.image.protogen` (or `make proto`); do not edit.
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Inventory(_message.Message):
+    __slots__ = ("format_version", "ckpt_version", "kernel_release", "created_ns", "image_id", "kind", "tracking", "processes", "parent", "files", "arch", "page_size", "hostname", "boot_id", "extra")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[Inventory.Kind]
+        FULL: _ClassVar[Inventory.Kind]
+        PRE_DUMP: _ClassVar[Inventory.Kind]
+        INCREMENTAL: _ClassVar[Inventory.Kind]
+    KIND_UNSPECIFIED: Inventory.Kind
+    FULL: Inventory.Kind
+    PRE_DUMP: Inventory.Kind
+    INCREMENTAL: Inventory.Kind
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CKPT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_NS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    ckpt_version: str
+    kernel_release: str
+    created_ns: int
+    image_id: str
+    kind: Inventory.Kind
+    tracking: str
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessRef]
+    parent: ParentLink
+    files: _containers.RepeatedCompositeFieldContainer[FileDigest]
+    arch: str
+    page_size: int
+    hostname: str
+    boot_id: str
+    extra: _containers.ScalarMap[str, str]
+    def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ProcessRef(_message.Message):
+    __slots__ = ("pid", "ppid", "threads", "start_time", "tracking")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PPID_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    ppid: int
+    threads: _containers.RepeatedScalarFieldContainer[int]
+    start_time: int
+    tracking: TrackingState
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., start_time: _Optional[int] = ..., tracking: _Optional[_Union[TrackingState, _Mapping]] = ...) -> None: ...
+
+class TrackingState(_message.Message):
+    __slots__ = ("method", "parked_fd", "uffd_inode")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PARKED_FD_FIELD_NUMBER: _ClassVar[int]
+    UFFD_INODE_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    parked_fd: int
+    uffd_inode: int
+    def __init__(self, method: _Optional[str] = ..., parked_fd: _Optional[int] = ..., uffd_inode: _Optional[int] = ...) -> None: ...
+
+class ParentLink(_message.Message):
+    __slots__ = ("path", "image_id")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    image_id: str
+    def __init__(self, path: _Optional[str] = ..., image_id: _Optional[str] = ...) -> None: ...
+
+class FileDigest(_message.Message):
+    __slots__ = ("name", "size", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: bytes
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...

@@ -1,0 +1,377 @@
+"""Reading an image directory, checking as it goes.
+
+:meth:`Image.open` reads and checks ``inventory.img`` (magic, kind, format
+version, end-marker checksum).  Every record file is checked against the
+inventory (size and SHA-256) before it is decoded.  Page data is read chunk by
+chunk: each chunk's CRC-32, zstd content checksum and size are checked before
+any of its bytes are handed out, so restore can stream a large image and still
+never use a corrupt page.  Problems raise ``NotAnImage`` / ``CorruptImage``
+with the file and the problem on one line.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+import zstandard
+from google.protobuf.message import DecodeError, Message
+
+from ckpt.errors import CorruptImage, NotAnImage
+from ckpt.image import framing, kinds
+from ckpt.image.kinds import Kind
+from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
+from ckpt.image.records import (
+    Codec,
+    FileDigest,
+    ImageKind,
+    PageChunk,
+    Pagemap,
+    PageRange,
+    PageState,
+    ParentLink,
+    ProcessInfo,
+)
+
+if TYPE_CHECKING:
+    from ckpt.image.verify import Problem
+
+__all__ = ["Image", "ChunkReader", "decode_records", "read_record_file", "iter_stream"]
+
+
+def _read_all(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise CorruptImage(path, "missing: listed in inventory.img but not in the directory") from None
+    except IsADirectoryError:
+        raise CorruptImage(path, "is a directory, not an image file") from None
+    except OSError as exc:
+        raise CorruptImage(path, f"cannot read: {exc.strerror}") from exc
+
+
+def decode_records(path: str, kind: Kind, payloads: Sequence[memoryview]) -> list[Message]:
+    """Decode record payloads as the kind's message types (head first when it has one)."""
+    out: list[Message] = []
+    if kind.head is not None and not payloads:
+        raise CorruptImage(path, f"no {kind.head.__name__} record: the file holds no records")
+    for index, payload in enumerate(payloads):
+        cls = kind.head if (index == 0 and kind.head is not None) else kind.record
+        assert cls is not None
+        message = cls()
+        try:
+            message.ParseFromString(payload)
+        except DecodeError as exc:
+            raise CorruptImage(path, f"record {index} does not decode as {cls.__name__}: {exc}") from None
+        out.append(message)
+    return out
+
+
+def read_record_file(path: str, kind: Kind, data: bytes | None = None) -> tuple[int, list[Message]]:
+    """Check header and end marker of one record file and decode it; return (version, messages).
+
+    Does not consult the inventory (``show`` uses it on single files).
+    """
+    if data is None:
+        data = _read_all(path)
+    _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
+    return version, decode_records(path, kind, framing.split_records(path, data))
+
+
+class ChunkReader:
+    """Loads and checks chunks of one pages file, reusing two buffers.
+
+    The memoryview returned by :meth:`load` is valid until the next call.
+    """
+
+    def __init__(self, path: str, pagemap: Pagemap, expected_size: int | None) -> None:
+        self.path = path
+        self._pagemap = pagemap
+        try:
+            self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            raise CorruptImage(path, "missing: listed in the pagemap but not in the directory") from None
+        except OSError as exc:
+            raise CorruptImage(path, f"cannot read: {exc.strerror}") from exc
+        try:
+            head = self._file.read(framing.HEADER_SIZE)
+            framing.parse_header(path, head, kinds.PAGES.magic, names=kinds.MAGIC_NAMES)
+            self.size = os.fstat(self._file.fileno()).st_size
+            if expected_size is not None and self.size != expected_size:
+                raise CorruptImage(path, f"size is {self.size} bytes, inventory.img says {expected_size} (truncated or extended)")
+        except BaseException:
+            self._file.close()
+            raise
+        biggest = max((c.length for c in pagemap.chunks), default=0)
+        self._in = bytearray(biggest)
+        self._out = bytearray(max((c.raw_length for c in pagemap.chunks if c.codec is Codec.ZSTD), default=0))
+        self._dctx = zstandard.ZstdDecompressor()
+        self.loaded: int | None = None
+        self._view = memoryview(self._out)[:0]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ChunkReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def load(self, index: int) -> memoryview:
+        """Read, check and decompress chunk ``index``; return its raw bytes."""
+        if self.loaded == index:
+            return self._view
+        chunk = self._pagemap.chunks[index]
+        where = f"chunk {index} (offset {chunk.offset:#x})"
+        if chunk.offset < framing.HEADER_SIZE or chunk.offset + chunk.length > self.size:
+            raise CorruptImage(self.path, f"{where}: {chunk.length} bytes past the end of the file ({self.size} bytes)")
+        if chunk.raw_length > self._pagemap.chunk_size:
+            raise CorruptImage(self.path, f"{where}: raw length {chunk.raw_length} exceeds the chunk size {self._pagemap.chunk_size}")
+        stored = memoryview(self._in)[: chunk.length]
+        self._file.seek(chunk.offset)
+        got = self._file.readinto(stored)
+        if got != chunk.length:
+            raise CorruptImage(self.path, f"{where}: truncated, read {got} of {chunk.length} bytes")
+        if zlib.crc32(stored) != chunk.crc32:
+            raise CorruptImage(self.path, f"{where}: CRC-32 mismatch, the stored bytes were altered")
+        if chunk.codec is Codec.NONE:
+            if chunk.length != chunk.raw_length:
+                raise CorruptImage(self.path, f"{where}: uncompressed chunk of {chunk.length} bytes, pagemap says {chunk.raw_length}")
+            out = stored  # already the raw bytes: no copy
+        elif chunk.codec is Codec.ZSTD:
+            out = memoryview(self._out)[: chunk.raw_length]
+            self._decompress(where, stored, out)
+        else:  # pragma: no cover - Pagemap construction rejects other codecs
+            raise CorruptImage(self.path, f"{where}: unknown codec {chunk.codec}")
+        self.loaded, self._view = index, out
+        return out
+
+    def _decompress(self, where: str, stored: memoryview, out: memoryview) -> None:
+        try:
+            size = zstandard.frame_content_size(stored)
+        except zstandard.ZstdError as exc:
+            raise CorruptImage(self.path, f"{where}: not a zstd frame ({exc})") from None
+        if size != out.nbytes:
+            raise CorruptImage(self.path, f"{where}: zstd frame holds {size} bytes, pagemap says {out.nbytes}")
+        try:
+            reader = self._dctx.stream_reader(stored, read_across_frames=False)
+            done = 0
+            while done < out.nbytes:
+                n = reader.readinto(out[done:])
+                if not n:
+                    break
+                done += n
+            extra = reader.read(1)  # also makes zstd check the frame's content checksum
+        except zstandard.ZstdError as exc:
+            raise CorruptImage(self.path, f"{where}: zstd: {exc}") from None
+        if done != out.nbytes or extra:
+            raise CorruptImage(self.path, f"{where}: decompressed to a different size than the {out.nbytes} bytes recorded")
+
+
+def _pagemap_from(path: str, messages: list[Message]) -> Pagemap:
+    """The Pagemap record of decoded pagemap messages (head first)."""
+    head = cast(pagemap_pb2.PagemapHead, messages[0])
+    chunks = []
+    for i, c in enumerate(head.chunks):
+        try:
+            codec = Codec(c.codec)
+        except ValueError:
+            raise CorruptImage(path, f"chunk {i}: unknown codec {c.codec}") from None
+        chunks.append(PageChunk(c.offset, c.length, c.data_offset, c.raw_length, codec, c.crc32))
+    ranges = []
+    for i, m in enumerate(messages[1:]):
+        r = cast(pagemap_pb2.PageRange, m)
+        try:
+            state = PageState(r.state)
+        except ValueError:
+            raise CorruptImage(path, f"record {i + 1}: page range with invalid state {r.state}") from None
+        ranges.append(PageRange(r.vaddr, r.nr_pages, state, r.data_offset))
+    return Pagemap(head.owner, head.pages_file, head.page_size, head.chunk_size, tuple(chunks), tuple(ranges))
+
+
+def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]) -> Iterator[tuple[int, memoryview]]:
+    """Yield (vaddr, bytes) for ``wanted`` = sorted (data_offset, vaddr, nbytes) pieces.
+
+    Each chunk is loaded (and checked) at most once; a piece that spans chunks
+    is yielded in parts.  Views are valid until the next item.
+    """
+    starts = [c.data_offset for c in pagemap.chunks]
+    for data_offset, vaddr, nbytes in wanted:
+        while nbytes > 0:
+            index = bisect.bisect_right(starts, data_offset) - 1
+            if index < 0:
+                raise CorruptImage(reader.path, f"page data at stream offset {data_offset:#x} is in no chunk")
+            chunk = pagemap.chunks[index]
+            start = data_offset - chunk.data_offset
+            if start >= chunk.raw_length:
+                raise CorruptImage(reader.path, f"page data at stream offset {data_offset:#x} is past the last chunk")
+            raw = reader.load(index)
+            take = min(nbytes, chunk.raw_length - start)
+            yield vaddr, raw[start : start + take]
+            data_offset += take
+            vaddr += take
+            nbytes -= take
+
+
+class Image:
+    """An image directory whose inventory has been read and checked."""
+
+    def __init__(self, path: str, inventory: inventory_pb2.Inventory, format_version: int) -> None:
+        self.path = path
+        self.inventory = inventory
+        self.format_version = format_version
+        self.files: dict[str, FileDigest] = {
+            f.name: FileDigest(f.name, f.size, bytes(f.sha256)) for f in inventory.files
+        }
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Image:
+        """Read ``path/inventory.img``; raise NotAnImage / CorruptImage when it is not a usable image."""
+        path = os.path.abspath(os.fspath(path))
+        if not os.path.exists(path):
+            raise NotAnImage(path, "no such directory")
+        if not os.path.isdir(path):
+            raise NotAnImage(path, "not a directory (an image is a directory holding inventory.img)")
+        inv_path = os.path.join(path, kinds.INVENTORY.template)
+        if not os.path.exists(inv_path):
+            raise NotAnImage(path, "not a ckpt image: no inventory.img")
+        data = _read_all(inv_path)
+        version, messages = read_record_file(inv_path, kinds.INVENTORY, data)
+        if len(messages) != 1:
+            raise CorruptImage(inv_path, f"holds {len(messages)} records, expected exactly 1 Inventory")
+        inv = messages[0]
+        assert isinstance(inv, inventory_pb2.Inventory)
+        if inv.format_version != version:
+            raise CorruptImage(inv_path, f"records format {inv.format_version} but its header says {version}")
+        if inv.kind not in (k.value for k in ImageKind):
+            raise CorruptImage(inv_path, f"invalid image kind {inv.kind}")
+        if inv.page_size <= 0 or inv.page_size & (inv.page_size - 1):
+            raise CorruptImage(inv_path, f"invalid page size {inv.page_size}")
+        for f in inv.files:
+            if os.path.basename(f.name) != f.name or f.name in ("", ".", "..", kinds.INVENTORY.template):
+                raise CorruptImage(inv_path, f"lists an invalid file name {f.name!r}")
+        return cls(path, inv, version)
+
+    # -- inventory -----------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.inventory.image_id
+
+    @property
+    def kind(self) -> ImageKind:
+        return ImageKind(self.inventory.kind)
+
+    @property
+    def page_size(self) -> int:
+        return self.inventory.page_size
+
+    @property
+    def created_ns(self) -> int:
+        return self.inventory.created_ns
+
+    @property
+    def parent(self) -> ParentLink | None:
+        if not self.inventory.HasField("parent"):
+            return None
+        return ParentLink(self.inventory.parent.path, self.inventory.parent.image_id)
+
+    @property
+    def processes(self) -> tuple[ProcessInfo, ...]:
+        return tuple(ProcessInfo.from_pb(p) for p in self.inventory.processes)
+
+    @property
+    def inventory_path(self) -> str:
+        return os.path.join(self.path, kinds.INVENTORY.template)
+
+    def file_path(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def owners(self) -> list[str]:
+        """Owners (pids and shared-memory names) that have a pagemap in this image."""
+        return sorted(
+            (key for key in (kinds.PAGEMAP.match(n) for n in self.files) if key is not None),
+            key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k),
+        )
+
+    def has(self, name: str) -> bool:
+        return name in self.files
+
+    # -- record files ----------------------------------------------------------
+
+    def records(self, name: str) -> list[Message]:
+        """Decode one record file of this image (head first) after checking it against the inventory."""
+        found = kinds.kind_of_file(name)
+        path = self.file_path(name)
+        if found is None or not found[0].is_records:
+            raise CorruptImage(path, "not a record file of a known kind")
+        kind = found[0]
+        if kind is kinds.INVENTORY:
+            return [self.inventory]
+        digest = self.files.get(name)
+        if digest is None:
+            raise CorruptImage(path, "not in this image (inventory.img does not list it)")
+        data = _read_all(path)
+        framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
+        if len(data) != digest.size:
+            raise CorruptImage(path, f"size is {len(data)} bytes, inventory.img says {digest.size} (truncated or extended)")
+        if hashlib.sha256(data).digest() != digest.sha256:
+            raise CorruptImage(path, "SHA-256 does not match inventory.img: the file was altered")
+        return decode_records(path, kind, framing.split_records(path, data))
+
+    def process(self, pid: int) -> process_pb2.ProcessEntry:
+        return cast(process_pb2.ProcessEntry, self.records(kinds.PROCESS.file_name(pid))[0])
+
+    def threads(self, pid: int) -> list[core_pb2.ThreadCore]:
+        return cast(list[core_pb2.ThreadCore], self.records(kinds.CORE.file_name(pid)))
+
+    def mm(self, pid: int) -> tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]:
+        messages = self.records(kinds.MM.file_name(pid))
+        return cast(mm_pb2.MmEntry, messages[0]), cast(list[mm_pb2.Vma], messages[1:])
+
+    def fds(self, pid: int) -> list[files_pb2.FdEntry]:
+        return cast(list[files_pb2.FdEntry], self.records(kinds.FDS.file_name(pid)))
+
+    def file_entries(self) -> list[files_pb2.FileEntry]:
+        return cast(list[files_pb2.FileEntry], self.records(kinds.FILES.file_name()))
+
+    # -- pages -----------------------------------------------------------------
+
+    def pagemap(self, owner: int | str) -> Pagemap:
+        """The decoded pagemap of a pid or shared-memory owner."""
+        name = kinds.PAGEMAP.file_name(owner)
+        return _pagemap_from(self.file_path(name), self.records(name))
+
+    def chunk_reader(self, pagemap: Pagemap) -> ChunkReader:
+        digest = self.files.get(pagemap.pages_file)
+        path = self.file_path(pagemap.pages_file)
+        if digest is None or kinds.PAGES.match(pagemap.pages_file) != pagemap.owner:
+            raise CorruptImage(path, "named by the pagemap but not listed in inventory.img")
+        return ChunkReader(path, pagemap, digest.size)
+
+    def iter_pages(self, owner: int | str) -> Iterator[tuple[int, memoryview]]:
+        """Yield (vaddr, bytes) for the HERE pages of ``owner``, in address order.
+
+        The bytes come chunk by chunk, each checked before use; a range that
+        spans chunks comes in several parts.  Each view is only valid until the
+        next item (buffers are reused): copy what you keep.
+        """
+        pm = self.pagemap(owner)
+        wanted = [(r.data_offset, r.vaddr, r.nr_pages * pm.page_size) for r in pm.ranges if r.state is PageState.HERE]
+        with self.chunk_reader(pm) as reader:
+            yield from iter_stream(reader, pm, wanted)
+
+    def verify(self) -> list[Problem]:
+        """Every problem of this image's own files (not its parents); see :mod:`ckpt.image.verify`."""
+        from ckpt.image.verify import verify_image
+
+        return verify_image(self)
+
+    def __repr__(self) -> str:
+        return f"Image({self.path!r}, id={self.id}, kind={self.kind.name})"

@@ -1,0 +1,167 @@
+"""Typed, immutable views of the image metadata that the store layer defines.
+
+The per-resource messages (VMAs, threads, files...) are used as the protobuf
+classes of ``ckpt.image.pb``; what the store itself interprets — processes,
+parent links, file digests, pagemaps — is exposed as frozen dataclasses here,
+so callers never depend on protobuf's mutable objects for it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ckpt.image.pb import inventory_pb2, pagemap_pb2
+
+__all__ = [
+    "ImageKind",
+    "PageState",
+    "Codec",
+    "TrackingInfo",
+    "ProcessInfo",
+    "ParentLink",
+    "FileDigest",
+    "PageRange",
+    "PageChunk",
+    "Pagemap",
+    "PageSource",
+]
+
+
+class ImageKind(enum.IntEnum):
+    """What an image holds (values are those of ``Inventory.Kind``)."""
+
+    FULL = inventory_pb2.Inventory.FULL
+    PRE_DUMP = inventory_pb2.Inventory.PRE_DUMP
+    INCREMENTAL = inventory_pb2.Inventory.INCREMENTAL
+
+
+class PageState(enum.IntEnum):
+    """Where the bytes of a page range are (values of ``PageRange.State``)."""
+
+    HERE = pagemap_pb2.PageRange.HERE
+    PARENT = pagemap_pb2.PageRange.PARENT
+    ZERO = pagemap_pb2.PageRange.ZERO
+
+
+class Codec(enum.IntEnum):
+    """How a chunk of page data is stored (values of ``ckpt.v1.Codec``)."""
+
+    NONE = pagemap_pb2.CODEC_NONE
+    ZSTD = pagemap_pb2.CODEC_ZSTD
+
+
+@dataclass(frozen=True)
+class TrackingInfo:
+    """How dirty tracking of one process is kept alive until the next dump."""
+
+    method: str
+    parked_fd: int = -1
+    uffd_inode: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A process listed in the inventory."""
+
+    pid: int
+    ppid: int
+    threads: tuple[int, ...]
+    start_time: int = 0
+    tracking: TrackingInfo | None = None
+
+    def to_pb(self) -> inventory_pb2.ProcessRef:
+        ref = inventory_pb2.ProcessRef(pid=self.pid, ppid=self.ppid, threads=self.threads, start_time=self.start_time)
+        if self.tracking is not None:
+            ref.tracking.CopyFrom(
+                inventory_pb2.TrackingState(
+                    method=self.tracking.method,
+                    parked_fd=self.tracking.parked_fd,
+                    uffd_inode=self.tracking.uffd_inode,
+                )
+            )
+        return ref
+
+    @classmethod
+    def from_pb(cls, ref: inventory_pb2.ProcessRef) -> ProcessInfo:
+        tracking = None
+        if ref.HasField("tracking"):
+            t = ref.tracking
+            tracking = TrackingInfo(t.method, t.parked_fd, t.uffd_inode)
+        return cls(ref.pid, ref.ppid, tuple(ref.threads), ref.start_time, tracking)
+
+
+@dataclass(frozen=True)
+class ParentLink:
+    """A delta's reference to its parent: where it is and which image it must be."""
+
+    path: str      # relative to the child's directory
+    image_id: str
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """Size and SHA-256 of one file of an image, as recorded in the inventory."""
+
+    name: str
+    size: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class PageRange:
+    """``nr_pages`` pages from ``vaddr`` in one state; HERE ranges say where their bytes are."""
+
+    vaddr: int
+    nr_pages: int
+    state: PageState
+    data_offset: int = 0  # HERE: position of the first byte in the page-data stream
+
+    def end(self, page_size: int) -> int:
+        return self.vaddr + self.nr_pages * page_size
+
+
+@dataclass(frozen=True)
+class PageChunk:
+    """One stored chunk of the page-data stream (see pagemap.proto)."""
+
+    offset: int       # in the pages file
+    length: int       # stored bytes
+    data_offset: int  # position in the page-data stream
+    raw_length: int
+    codec: Codec
+    crc32: int
+
+
+@dataclass(frozen=True)
+class Pagemap:
+    """The decoded ``pagemap-<owner>.img`` of one image."""
+
+    owner: str
+    pages_file: str
+    page_size: int
+    chunk_size: int
+    chunks: tuple[PageChunk, ...]
+    ranges: tuple[PageRange, ...]
+
+    def count(self, state: PageState) -> int:
+        """Number of pages in ``state``."""
+        return sum(r.nr_pages for r in self.ranges if r.state is state)
+
+
+@dataclass(frozen=True)
+class PageSource:
+    """Where restore gets a run of pages after resolving a chain.
+
+    ``image`` indexes the chain list (0 = base); None means the pages are zero.
+    ``data_offset`` is the position in that image's page-data stream.
+    """
+
+    vaddr: int
+    nr_pages: int
+    image: int | None
+    data_offset: int = 0
+
+    @property
+    def is_zero(self) -> bool:
+        return self.image is None
