@@ -1,0 +1,171 @@
+"""Build and drive ``bench/workload.c``, the target process of every benchmark.
+
+The workload is compiled on demand into ``bench/bin/`` (gitignored).  A
+:class:`Workload` is a context manager: leaving it — normally, by an
+exception, or by Ctrl-C — kills and reaps the process.  As a second line of
+defence every live workload is killed at interpreter exit, and the C side asks
+for SIGKILL when its parent dies (PR_SET_PDEATHSIG), which covers a bench that
+is itself SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Region", "Workload", "build_workload", "WORKLOAD_SRC", "WORKLOAD_BIN"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+WORKLOAD_SRC = BENCH_DIR / "workload.c"
+WORKLOAD_BIN = BENCH_DIR / "bin" / "workload"
+
+
+def build_workload(cc: str = "gcc") -> Path:
+    """Compile the workload if the binary is missing or older than its source."""
+    if WORKLOAD_BIN.exists() and WORKLOAD_BIN.stat().st_mtime >= WORKLOAD_SRC.stat().st_mtime:
+        return WORKLOAD_BIN
+    WORKLOAD_BIN.parent.mkdir(parents=True, exist_ok=True)
+    tmp = WORKLOAD_BIN.with_name(f".workload.{os.getpid()}")
+    cmd = [cc, "-O2", "-g", "-Wall", "-Wextra", "-pthread", "-o", str(tmp), str(WORKLOAD_SRC)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise RuntimeError(f"{cc} not found: the benchmarks compile bench/workload.c (apt-get install gcc)") from None
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"building the workload failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    os.replace(tmp, WORKLOAD_BIN)  # atomic: a concurrent bench never runs a half-written binary
+    return WORKLOAD_BIN
+
+
+@dataclass(frozen=True)
+class Region:
+    kind: str  # "heap", "zero" or "random"
+    addr: int
+    length: int
+
+
+_LIVE: set["Workload"] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for wl in list(_LIVE):
+        wl.stop()
+
+
+class Workload:
+    """A running workload process with ``size_mib`` MiB of resident memory.
+
+    ``rate_mbs`` > 0 starts ``threads`` writer threads that dirty that many
+    MB/s of pages (for incremental and migration benches); ``mix`` is the
+    heap/zero/random split in percent.
+    """
+
+    def __init__(self, size_mib: int, *, rate_mbs: float = 0, threads: int = 1,
+                 mix: tuple[int, int, int] = (60, 25, 15), seed: int = 0x5EED,
+                 ready_timeout: float = 300.0) -> None:
+        self.size_mib = size_mib
+        self.rate_mbs = rate_mbs
+        self.threads = threads
+        self.mix = mix
+        self.seed = seed
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.regions: list[Region] = []
+        self._buf = b""
+
+    # -- lifetime -------------------------------------------------------
+
+    def start(self) -> "Workload":
+        binary = build_workload()
+        argv = [str(binary), "-s", str(self.size_mib), "-r", str(self.rate_mbs), "-t", str(self.threads),
+                "-m", ",".join(map(str, self.mix)), "-S", str(self.seed)]
+        # Only fds 0, 1, 2 (close_fds): the workload refuses anything else, and
+        # a checkpoint target must not carry our descriptors (DESIGN §3).
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True,
+                                     bufsize=0)
+        _LIVE.add(self)
+        try:
+            deadline = time.monotonic() + self.ready_timeout
+            while True:
+                words = self._readline(deadline).split()
+                if words[:1] == ["REGION"]:
+                    self.regions.append(Region(words[1], int(words[2], 16), int(words[3])))
+                elif words[:1] == ["READY"]:
+                    break
+                else:
+                    raise RuntimeError(f"workload said {' '.join(words)!r}")
+            self.regions = [r for r in self.regions if r.length]
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Kill and reap (idempotent)."""
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # D state: report rather than hang forever
+            raise RuntimeError(f"workload {p.pid} did not die within 30 s of SIGKILL") from None
+        finally:
+            if p.stdout:
+                p.stdout.close()
+            _LIVE.discard(self)
+        self.proc = None
+
+    def __enter__(self) -> "Workload":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- facts ----------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("workload not running")
+        return self.proc.pid
+
+    @property
+    def total(self) -> int:
+        return sum(r.length for r in self.regions)
+
+    def pages_written(self, timeout: float = 10.0) -> tuple[int, float]:
+        """(pages dirtied by the writer threads, seconds since start), asked via SIGUSR1."""
+        os.kill(self.pid, signal.SIGUSR1)
+        words = self._readline(time.monotonic() + timeout).split()
+        if words[:1] != ["WRITTEN"]:
+            raise RuntimeError(f"workload said {' '.join(words)!r}")
+        return int(words[1]), float(words[2])
+
+    def _readline(self, deadline: float) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("workload did not answer in time")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RuntimeError(f"workload exited (status {self.proc.wait()})")
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
