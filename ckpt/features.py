@@ -1,0 +1,386 @@
+"""Kernel facilities ckpt relies on, found by trying each one (behind ``ckpt check``).
+
+Version numbers lie (back-ports, config options, sysctls, missing
+capabilities), so every probe *does* the thing once on a throw-away object:
+seizes and injects into a short-lived child, scans a page of our own memory,
+creates a userfaultfd, forks with a chosen pid, puts a socket in repair mode.
+The result is one frozen record, computed once per run.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import mmap
+import os
+import platform
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from .errors import Unsupported, UsageError
+from .kernel import pagemap as pm
+from .kernel import uffd
+from .kernel.arch_x86_64 import NR, PAGE_SIZE
+from .kernel.vm import ProcMem, buffer_address, read_memory
+
+__all__ = ["Probe", "Features", "probe_features", "select_tracking", "TRACKING_METHODS"]
+
+#: Dirty-tracking back-ends in order of preference (DESIGN §2).
+TRACKING_METHODS = ("uffd-wp", "soft-dirty", "hash")
+
+TCP_REPAIR = 19  # <linux/tcp.h>
+PR_SET_MM = 35
+PR_SET_MM_MAP_SIZE = 15
+#: Linux writes the xfeatures mask (XCR0) into the first software-reserved bytes of
+#: the FXSAVE area it hands to PTRACE_GETREGSET NT_X86_XSTATE (gdb reads it there too).
+XSTATE_XCR0_OFFSET = 464
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The outcome of trying one facility."""
+
+    name: str
+    ok: bool
+    detail: str
+    #: True when dump/restore cannot work without it.
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Features:
+    """Everything ``ckpt check`` found, plus the choices that follow from it."""
+
+    kernel: str
+    machine: str
+    probes: tuple[Probe, ...]
+    tracking: str
+    xstate_size: int | None = None
+    xcr0: int | None = None
+    pid_max: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def probe(self, name: str) -> Probe | None:
+        return next((p for p in self.probes if p.name == name), None)
+
+    def has(self, name: str) -> bool:
+        p = self.probe(name)
+        return bool(p and p.ok)
+
+    @property
+    def can_dump_restore(self) -> bool:
+        return all(p.ok for p in self.probes if p.required)
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["probes"] = [asdict(p) for p in self.probes]
+        d["can_dump_restore"] = self.can_dump_restore
+        return d
+
+    def format_table(self) -> str:
+        width = max(len(p.name) for p in self.probes)
+        lines = [f"kernel {self.kernel} ({self.machine})", ""]
+        for p in self.probes:
+            mark = "yes" if p.ok else ("NO " if p.required else "no ")
+            lines.append(f"  {p.name:<{width}}  {mark}  {p.detail}")
+        lines.append("")
+        lines.append(f"dirty tracking: {self.tracking}")
+        if self.can_dump_restore:
+            lines.append("dump/restore: supported on this machine")
+        else:
+            missing = ", ".join(p.name for p in self.probes if p.required and not p.ok)
+            lines.append(f"dump/restore: NOT possible here (missing: {missing})")
+        return "\n".join(lines)
+
+
+def _try(name: str, fn: Callable[[], str], *, required: bool = False) -> Probe:
+    """Run one probe; any exception becomes a failed probe carrying its message."""
+    try:
+        return Probe(name, True, fn(), required)
+    except Exception as e:  # a probe must never abort the whole check
+        return Probe(name, False, f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e), required)
+
+
+class _Anon:
+    """A few pages of our own anonymous memory, for probes that scan or protect memory."""
+
+    def __init__(self, npages: int) -> None:
+        self.size = npages * PAGE_SIZE
+        self.map = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.addr = buffer_address(memoryview(self.map))
+
+    def touch(self, page: int) -> None:
+        self.map[page * PAGE_SIZE] = 1
+
+    def close(self) -> None:
+        self.map.close()
+
+
+def _probe_pagemap_scan() -> str:
+    area = _Anon(4)
+    try:
+        area.touch(1)
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            regions = list(pm.pagemap_scan(
+                f.fileno(), area.addr, area.addr + area.size,
+                category_mask=pm.PAGE_IS_PRESENT, return_mask=pm.PAGE_IS_PRESENT))
+        pages = sum((r.end - r.start) // PAGE_SIZE for r in regions)
+        if pages != 1:
+            raise OSError(errno.EINVAL, f"PAGEMAP_SCAN saw {pages} present pages, expected 1")
+        return "ioctl on /proc/PID/pagemap reports present pages"
+    finally:
+        area.close()
+
+
+def _probe_uffd_wp_async() -> str:
+    """Register our own pages for async write-protect, write one, get+clear it."""
+    area = _Anon(8)
+    fd = -1
+    try:
+        for p in range(8):
+            area.touch(p)
+        fd = uffd.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
+        want = uffd.UFFD_FEATURE_WP_ASYNC | uffd.UFFD_FEATURE_WP_UNPOPULATED
+        features, _ = uffd.uffd_api(fd, want)
+        if features & want != want:
+            raise OSError(errno.ENOTSUP, f"UFFDIO_API lacks WP_ASYNC/WP_UNPOPULATED (features {features:#x})")
+        uffd.register(fd, area.addr, area.size, uffd.UFFDIO_REGISTER_MODE_WP)
+        flags = pm.PM_SCAN_WP_MATCHING | pm.PM_SCAN_CHECK_WPASYNC
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            # First get+clear write-protects everything (all pages count as written once).
+            list(pm.pagemap_scan(f.fileno(), area.addr, area.addr + area.size, flags=flags,
+                                 category_mask=pm.PAGE_IS_WRITTEN, return_mask=pm.PAGE_IS_WRITTEN))
+            area.touch(3)
+            area.touch(5)
+            regions = list(pm.pagemap_scan(f.fileno(), area.addr, area.addr + area.size, flags=flags,
+                                           category_mask=pm.PAGE_IS_WRITTEN, return_mask=pm.PAGE_IS_WRITTEN))
+            again = list(pm.pagemap_scan(f.fileno(), area.addr, area.addr + area.size, flags=flags,
+                                         category_mask=pm.PAGE_IS_WRITTEN, return_mask=pm.PAGE_IS_WRITTEN))
+        written = sorted({(a - area.addr) // PAGE_SIZE for r in regions for a in range(r.start, r.end, PAGE_SIZE)})
+        if written != [3, 5] or again:
+            raise OSError(errno.EIO, f"get+clear saw pages {written}, then {len(again)} regions; expected [3, 5] then none")
+        return "userfaultfd async write-protect + PAGEMAP_SCAN get+clear exact"
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        area.close()
+
+
+def _probe_soft_dirty() -> str:
+    """Clear soft-dirty bits of our own process, write a page, look for bit 55."""
+    area = _Anon(2)
+    try:
+        area.touch(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("4")
+        area.touch(1)
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            entries = pm.read_pagemap_entries(f.fileno(), area.addr, 2)
+        if not any(pm.pm_soft_dirty(e) for e in entries):
+            raise OSError(errno.ENOTSUP, "no soft-dirty bit after a write (kernel built without CONFIG_MEM_SOFT_DIRTY)")
+        return "clear_refs 4 + pagemap bit 55 (whole-process clear, not atomic)"
+    finally:
+        area.close()
+
+
+def _probe_tcp_repair() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        s.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+    return "setsockopt(TCP_REPAIR) accepted"
+
+
+def _probe_clone3_set_tid() -> str:
+    from .kernel import clone
+
+    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    # A pid well away from the allocator's cursor, free now; retry a few on a race.
+    last = int(open("/proc/sys/kernel/ns_last_pid").read())
+    for attempt in range(16):
+        want = (last + 1000 + 97 * attempt) % (pid_max - 300) + 300
+        if os.path.exists(f"/proc/{want}"):
+            continue
+        try:
+            got = clone.clone3(0, set_tid=[want])
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                continue
+            raise
+        if got == 0:  # the child: leave at once, touching nothing of Python's state
+            os._exit(0)
+        os.waitpid(got, 0)
+        if got != want:
+            raise OSError(errno.EINVAL, f"clone3 gave pid {got}, asked for {want}")
+        return f"a child got the requested pid {want} (pid_max {pid_max})"
+    raise OSError(errno.EEXIST, "no free pid found to try")
+
+
+def _vdso_detail() -> str:
+    sizes = {}
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].startswith("["):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if parts[5] in ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"):
+                    sizes[parts[5]] = (hi - lo) // PAGE_SIZE
+    if "[vdso]" not in sizes:
+        raise OSError(errno.ENOENT, "no [vdso] mapping")
+    return ", ".join(f"{k} {v} pages" for k, v in sizes.items())
+
+
+class _Target:
+    """A short-lived child to seize and inject into: ``sleep``, parked in clock_nanosleep."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+        # Let it reach its sleep (and register rseq) before we seize it.
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{self.proc.pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "S":
+                        break
+            except OSError:
+                break
+            time.sleep(0.005)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _probe_target(results: dict[str, object]) -> list[Probe]:
+    """Probes that need a live process: ptrace, injection, memory access, registers."""
+    from .control.seize import freeze
+    from .kernel import pidfd, ptrace
+
+    probes: list[Probe] = []
+    target = _Target()
+    try:
+        pid = target.pid
+
+        def seize_inject() -> str:
+            t0 = time.perf_counter()
+            with freeze(pid) as frozen:
+                inj = frozen.injector()
+                got = inj.getpid()
+                with inj.scratch(PAGE_SIZE) as scratch:
+                    inj.call(NR.prctl, PR_SET_MM, PR_SET_MM_MAP_SIZE, scratch.addr, 0, 0, name="prctl")
+                    results["prctl_mm_map_size"] = struct.unpack("I", scratch.read(0, 4))[0]
+                tid = frozen.main_thread.tid
+                xstate = ptrace.get_xstate(tid)
+                results["xstate_size"] = len(xstate)
+                results["xcr0"] = struct.unpack_from("<Q", xstate, XSTATE_XCR0_OFFSET)[0]
+                try:
+                    rseq = ptrace.get_rseq_configuration(tid)
+                    results["rseq"] = f"registered, {rseq.rseq_abi_size} bytes at {rseq.rseq_abi_pointer:#x}" \
+                        if rseq.rseq_abi_pointer else "not registered by this libc"
+                except OSError as e:
+                    results["rseq"] = f"PTRACE_GET_RSEQ_CONFIGURATION failed: {e}"
+            ms = (time.perf_counter() - t0) * 1e3
+            if got != pid:
+                raise OSError(errno.EINVAL, f"injected getpid returned {got}, expected {pid}")
+            return f"seize, inject getpid/mmap/prctl, release: {ms:.1f} ms"
+
+        probes.append(_try("ptrace + syscall injection", seize_inject, required=True))
+
+        def vm_readv() -> str:
+            with open(f"/proc/{pid}/maps") as f:
+                lo = int(next(line for line in f if "[stack]" in line).split("-")[0], 16)
+            return f"read {len(read_memory(pid, lo, PAGE_SIZE))} bytes of the target's stack"
+
+        probes.append(_try("process_vm_readv", vm_readv, required=True))
+
+        def proc_mem() -> str:
+            with open(f"/proc/{pid}/maps") as f:
+                line = next(line for line in f if " r--p " in line or " r-xp " in line)
+            lo = int(line.split("-")[0], 16)
+            with ProcMem(pid, writable=True) as m:
+                data = m.read(lo, 16)
+                m.write(lo, data)  # forced write to a read-only page, same bytes
+            return "read and forced write of a read-only page"
+
+        probes.append(_try("/proc/PID/mem", proc_mem, required=True))
+
+        def pidfd_getfd() -> str:
+            pfd = pidfd.pidfd_open(pid)
+            try:
+                fd = pidfd.pidfd_getfd(pfd, 0)
+                os.close(fd)
+            finally:
+                os.close(pfd)
+            return "pidfd_open + pidfd_getfd took a descriptor from the target"
+
+        probes.append(_try("pidfd_getfd", pidfd_getfd))
+    finally:
+        target.close()
+    return probes
+
+
+def _from_results(name: str, results: dict[str, object], key: str, fmt: Callable[[object], str],
+                  *, required: bool = False) -> Probe:
+    """A probe whose value was measured by :func:`_probe_target` (absent: it failed there)."""
+    if key in results:
+        return Probe(name, True, fmt(results[key]), required)
+    return Probe(name, False, "not measured: the target probe failed", required)
+
+
+@functools.cache
+def probe_features() -> Features:
+    """Try every facility once; the result is cached for the life of the process."""
+    results: dict[str, object] = {}
+    probes = _probe_target(results)
+    probes += [
+        _from_results("xstate (NT_X86_XSTATE)", results, "xstate_size",
+                      lambda n: f"{n} bytes, XCR0 {results['xcr0']:#x}", required=True),
+        _from_results("rseq", results, "rseq", str),
+        _from_results("PR_SET_MM_MAP", results, "prctl_mm_map_size",
+                      lambda n: f"struct prctl_mm_map is {n} bytes", required=True),
+        _try("clone3 set_tid (same pid)", _probe_clone3_set_tid, required=True),
+        _try("vDSO", _vdso_detail),
+        _try("PAGEMAP_SCAN", _probe_pagemap_scan),
+        _try("userfaultfd WP_ASYNC", _probe_uffd_wp_async),
+        _try("soft-dirty", _probe_soft_dirty),
+        _try("TCP_REPAIR", _probe_tcp_repair),
+    ]
+    ok = {p.name for p in probes if p.ok}
+    return Features(
+        kernel=platform.release(),
+        machine=platform.machine(),
+        probes=tuple(probes),
+        tracking=select_tracking(ok),
+        xstate_size=results.get("xstate_size"),  # type: ignore[arg-type]
+        xcr0=results.get("xcr0"),  # type: ignore[arg-type]
+        pid_max=int(open("/proc/sys/kernel/pid_max").read()),
+        extra={k: v for k, v in results.items() if k not in ("xstate_size", "xcr0")},
+    )
+
+
+def select_tracking(working: set[str], requested: str | None = None) -> str:
+    """The dirty-tracking back-end: ``requested`` if it works here, else the best that does.
+
+    ``working`` holds the names of the probes that succeeded.
+    """
+    usable = {
+        "uffd-wp": {"userfaultfd WP_ASYNC", "PAGEMAP_SCAN", "ptrace + syscall injection", "pidfd_getfd"} <= working,
+        "soft-dirty": "soft-dirty" in working,
+        "hash": True,
+    }
+    if requested is not None:
+        if requested not in usable:
+            raise UsageError(f"unknown tracking method {requested!r} (choose from {', '.join(TRACKING_METHODS)})")
+        if not usable[requested]:
+            raise Unsupported(f"tracking method {requested!r} does not work on this kernel (see `ckpt check`)")
+        return requested
+    return next(m for m in TRACKING_METHODS if usable[m])
