@@ -59,13 +59,14 @@ __all__ = ["MAX_CHAIN_LENGTH", "walk_chain", "open_chain", "resolve_pages", "ite
 MAX_CHAIN_LENGTH = 10_000
 
 
-def walk_chain(path: str | os.PathLike[str]) -> tuple[list[Image], ImageError | None]:
+def walk_chain(path: str | os.PathLike[str], *, check_sizes: bool = True) -> tuple[list[Image], ImageError | None]:
     """Open ``path`` and its ancestors; return ([base, ..., newest], the error that stopped the walk).
 
     Opening ``path`` itself raises as :meth:`Image.open` does; problems further
     up the chain are returned, so ``verify`` can still check what it reached.
+    ``check_sizes`` is passed to :meth:`Image.open`.
     """
-    newest = Image.open(path)
+    newest = Image.open(path, check_sizes=check_sizes)
     images = [newest]
     seen = {os.path.realpath(newest.path): newest}
     child = newest
@@ -78,7 +79,7 @@ def walk_chain(path: str | os.PathLike[str]) -> tuple[list[Image], ImageError | 
         if len(images) >= MAX_CHAIN_LENGTH:
             return images[::-1], ChainError(where, f"parent chain longer than {MAX_CHAIN_LENGTH} images")
         try:
-            parent = Image.open(parent_path)
+            parent = Image.open(parent_path, check_sizes=check_sizes)
         except NotAnImage as exc:
             return images[::-1], ChainError(where, f"parent {link.path} is missing: {exc.path}: {exc.problem}")
         except ImageError as exc:

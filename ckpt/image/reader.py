@@ -231,8 +231,12 @@ class Image:
         }
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Image:
-        """Read ``path/inventory.img``; raise NotAnImage / CorruptImage when it is not a usable image."""
+    def open(cls, path: str | os.PathLike[str], *, check_sizes: bool = True) -> Image:
+        """Read ``path/inventory.img``; raise NotAnImage / CorruptImage when it is not a usable image.
+
+        With ``check_sizes`` every listed file must exist with its recorded size
+        (``verify`` turns it off: it examines each file itself and lists them all).
+        """
         path = os.path.abspath(os.fspath(path))
         if not os.path.exists(path):
             raise NotAnImage(path, "no such directory")
@@ -256,6 +260,17 @@ class Image:
         for f in inv.files:
             if os.path.basename(f.name) != f.name or f.name in ("", ".", "..", kinds.INVENTORY.template):
                 raise CorruptImage(inv_path, f"lists an invalid file name {f.name!r}")
+            if not check_sizes:
+                continue
+            # A stat per file is cheap and catches a cut-off copy before any command
+            # (even `show`, which never reads page data) trusts the image.
+            file_path = os.path.join(path, f.name)
+            try:
+                size = os.stat(file_path).st_size
+            except FileNotFoundError:
+                raise CorruptImage(file_path, "missing (listed in inventory.img)") from None
+            if size != f.size:
+                raise CorruptImage(file_path, f"size is {size} bytes, inventory.img says {f.size} (truncated or extended)")
         return cls(path, inv, version)
 
     # -- inventory -----------------------------------------------------------
