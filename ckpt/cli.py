@@ -63,6 +63,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ckpt",
@@ -87,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("verify", _cmd_verify, "check every file of an image and its whole parent chain")
     sp.add_argument("dir", metavar="DIR", help="image directory")
+
+    add("demo", _cmd_demo, "a short real session with a sample process (what `make demo` runs)")
 
     return p
 
