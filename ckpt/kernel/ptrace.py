@@ -26,7 +26,8 @@ __all__ = [
     "PTRACE_ATTACH", "PTRACE_DETACH", "PTRACE_SYSCALL", "PTRACE_SETOPTIONS",
     "PTRACE_GETEVENTMSG", "PTRACE_GETSIGINFO", "PTRACE_SETSIGINFO", "PTRACE_GETREGSET",
     "PTRACE_SETREGSET", "PTRACE_SEIZE", "PTRACE_INTERRUPT", "PTRACE_LISTEN",
-    "PTRACE_GETSIGMASK", "PTRACE_SETSIGMASK", "PTRACE_GET_RSEQ_CONFIGURATION",
+    "PTRACE_GETSIGMASK", "PTRACE_SETSIGMASK", "PTRACE_GET_RSEQ_CONFIGURATION", "PTRACE_PEEKSIGINFO",
+    "PTRACE_PEEKSIGINFO_SHARED",
     # options and events
     "PTRACE_O_TRACESYSGOOD", "PTRACE_O_TRACEFORK", "PTRACE_O_TRACEVFORK", "PTRACE_O_TRACECLONE",
     "PTRACE_O_TRACEEXEC", "PTRACE_O_TRACEVFORKDONE", "PTRACE_O_TRACEEXIT", "PTRACE_O_TRACESECCOMP",
@@ -41,7 +42,7 @@ __all__ = [
     "seize", "interrupt", "cont", "detach", "singlestep", "syscall_step", "setoptions",
     "getregs", "setregs", "getregset", "setregset", "xstate_size", "get_xstate", "set_xstate",
     "getsigmask", "setsigmask", "get_rseq_configuration", "geteventmsg", "getsiginfo",
-    "setsiginfo", "peekdata", "pokedata", "waitpid",
+    "setsiginfo", "peeksiginfo", "peekdata", "pokedata", "waitpid",
 ]
 
 # --- requests (include/uapi/linux/ptrace.h, arch/x86/include/uapi/asm/ptrace-abi.h) ---
@@ -66,6 +67,7 @@ PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
+PTRACE_PEEKSIGINFO = 0x4209  # Linux 3.10
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # Linux 5.13
@@ -98,6 +100,9 @@ NT_PRFPREG = 2
 NT_X86_XSTATE = 0x202
 #: Upper bound for an XSAVE area; the kernel reports the real size (2,432 with AVX-512).
 XSTATE_MAX = 1 << 16
+
+#: PTRACE_PEEKSIGINFO flag: read the process-wide (shared) queue instead of the thread's.
+PTRACE_PEEKSIGINFO_SHARED = 1
 
 #: sizeof(siginfo_t) on every Linux architecture.
 SIGINFO_SIZE = 128
@@ -229,6 +234,27 @@ def getsiginfo(tid: int) -> bytes:
 def setsiginfo(tid: int, info: bytes) -> None:
     buf = ctypes.create_string_buffer(bytes(info), SIGINFO_SIZE)
     _call(PTRACE_SETSIGINFO, tid, 0, ctypes.addressof(buf))
+
+
+class _ptrace_peeksiginfo_args(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+
+
+def peeksiginfo(tid: int, *, shared: bool = False, batch: int = 32) -> list[bytes]:
+    """Every queued ``siginfo_t`` of the thread (or, ``shared``, of its process), oldest first.
+
+    Non-destructive: the signals stay queued.  Signals pending without a queue
+    entry (the queue was full) are not listed: compare with SigPnd/ShdPnd.
+    """
+    out: list[bytes] = []
+    buf = ctypes.create_string_buffer(SIGINFO_SIZE * batch)
+    while True:
+        args = _ptrace_peeksiginfo_args(len(out), PTRACE_PEEKSIGINFO_SHARED if shared else 0, batch)
+        n = _call(PTRACE_PEEKSIGINFO, tid, ctypes.addressof(args), ctypes.addressof(buf))
+        raw = buf.raw
+        out.extend(raw[i * SIGINFO_SIZE:(i + 1) * SIGINFO_SIZE] for i in range(n))
+        if n < batch:
+            return out
 
 
 def geteventmsg(tid: int) -> int:

@@ -93,6 +93,10 @@ class Snapshot:
         """(fd, readlink target) pairs."""
         return list_fds(self.pid, proc=self._proc)
 
+    def readlink(self, rel: str) -> str:
+        """A symlink below the pinned ``/proc/PID`` (``cwd``, ``root``, ``exe``, ``fd/N``); not cached."""
+        return self._proc.readlink(rel)
+
     # -- per-object files -----------------------------------------------
 
     def fdinfo(self, fd: int) -> FdInfo:

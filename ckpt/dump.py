@@ -1,0 +1,214 @@
+"""Dump orchestration: freeze, write every record and the pages, commit, then end or release the target.
+
+``dump()`` is all-or-nothing for the target: on any failure — an error, the
+target dying, a full disk, Ctrl-C — the ``freeze`` context puts every thread
+back running exactly as before and the ImageWriter context removes the
+temporary directory, so neither a half image nor a stopped target is left.
+Only after the image is committed is the target killed (the default, like
+CRIU) or released (``leave_running``).
+
+``restore()`` lives in :mod:`ckpt.restore`; it is re-exported here so the API
+layer has one module to import.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .control.seize import FrozenProcess, freeze
+from .errors import translate_oserror
+from .image.pb import process_pb2
+from .image.records import ImageKind, ProcessInfo
+from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
+from .kernel import ptrace
+from .kernel.arch_x86_64 import PAGE_SIZE
+from .procfs.snapshot import snapshot
+from .resources import memory, threads
+from .resources.context import DumpContext
+from .restore import RestoreStats, restore, wait_restored
+
+__all__ = ["DumpStats", "PROCESS_DUMPERS", "dump", "restore", "wait_restored", "RestoreStats", "GONE_TIMEOUT"]
+
+#: Seconds to wait for a killed target to vanish from /proc (its parent reaps it, not us).
+GONE_TIMEOUT = 5.0
+
+
+def note_files(ctx: DumpContext) -> None:
+    """Files are not dumped yet (ckpt.resources.files will replace this): an empty fd table, and a note."""
+    ctx.writer.write_fds(ctx.pid, [])
+    fds = ctx.snap.fds
+    if fds:
+        shown = ", ".join(f"{fd}→{target}" for fd, target in fds[:8]) + (" …" if len(fds) > 8 else "")
+        ctx.notes.append(f"file descriptors are not saved yet; the restored process starts with none ({shown})")
+
+
+#: Process-wide resources, dumped in this order while frozen, with a scratch area
+#: mapped; each fills its part of ``ctx.entry`` (sigactions, creds, rlimits, umask,
+#: cwd/root, personality…) or writes its own files through ``ctx.writer``.
+#: ckpt.resources.{signals,creds,limits,fs,files,pipes} plug in here.
+PROCESS_DUMPERS: list[tuple[str, Callable[[DumpContext], None]]] = [
+    ("files (not saved yet)", note_files),
+]
+
+
+@dataclass(frozen=True)
+class DumpStats:
+    """What one dump saved and how long it took (seconds)."""
+
+    pid: int
+    image_dir: str
+    threads: int
+    vmas: int
+    pages_stored: int
+    pages_zero: int
+    bytes_read: int
+    stored_bytes: int
+    frozen_seconds: float    # from the first thread stopped to the last one let go (or killed)
+    memory_read_seconds: float  # reading pages and handing them to the writer (compression included)
+    write_seconds: float     # records, commit (fsync + rename)
+    total_seconds: float
+    left_running: bool
+    notes: tuple[str, ...] = field(default=())
+
+
+def _kill_frozen(proc: FrozenProcess) -> None:
+    """SIGKILL a frozen target and collect its traced threads (non-leaders first, DESIGN §4)."""
+    pid = proc.pid
+    os.kill(pid, signal.SIGKILL)
+    for tid in sorted(proc.threads, key=lambda t: t == pid):
+        t = proc.threads[tid]
+        if t.gone:
+            continue
+        try:
+            while not t.wait().gone:
+                pass
+        except ChildProcessError:
+            pass
+    proc.released = True
+    if proc._mem is not None:
+        proc._mem.close()
+        proc._mem = None
+
+
+def _collect_if_dead(proc: FrozenProcess, timeout: float = 2.0) -> None:
+    """The target died while frozen: collect the exits of the threads we traced, non-leaders first.
+
+    Until the tracer has waited for them, a killed traced thread stays a zombie,
+    and the leader is not reported (nor reapable by its parent) while one exists.
+    """
+    if os.path.exists(f"/proc/{proc.pid}") and _state(proc.pid) not in ("Z", "X", None):
+        return
+    deadline = time.monotonic() + timeout
+    for tid in sorted(proc.threads, key=lambda t: t == proc.pid):
+        while time.monotonic() < deadline:
+            try:
+                st = ptrace.waitpid(tid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if st is not None and st.gone:
+                break
+            time.sleep(0.002)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].split()[0].decode()
+
+
+def _wait_gone(pid: int, start_time: int, timeout: float = GONE_TIMEOUT) -> bool:
+    """Wait until the killed target left /proc (or is a zombie its parent has not reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        fields = data[data.rindex(b")") + 2:].split()
+        if int(fields[19]) != start_time:
+            return True  # the pid names another process already
+        time.sleep(0.005)
+    return False
+
+
+def dump(
+    pid: int,
+    image_dir: str | os.PathLike[str],
+    *,
+    leave_running: bool = False,
+    compress_level: int | None = DEFAULT_COMPRESS_LEVEL,
+    progress: Callable[[str], None] | None = None,
+) -> DumpStats:
+    """Checkpoint process ``pid`` into the new directory ``image_dir`` (a FULL image).
+
+    The target is killed once the image is committed unless ``leave_running``.
+    ``progress(phase)`` is called at "frozen", "records", "memory", "committed"
+    (a hook for UIs and for tests that inject failures).  Raises TargetGone,
+    AccessDenied, Unsupported (naming the resource) or CkptError; on any of
+    them, and on KeyboardInterrupt, the target runs on and no image is left.
+    """
+    step = progress or (lambda _phase: None)
+    t0 = time.monotonic()
+    image_dir = os.fspath(image_dir)
+    buffer = memory.ReadBuffer()
+    notes: list[str] = []
+    proc: FrozenProcess | None = None
+    try:
+        with freeze(pid) as proc:
+            t_frozen = time.monotonic()
+            step("frozen")
+            with snapshot(pid) as snap, ImageWriter(image_dir, kind=ImageKind.FULL, compress_level=compress_level) as w:
+                t_rec = time.monotonic()
+                vmas = memory.dump_vmas(pid, snap)  # before the scratch area exists in the target
+                stat = snap.stat
+                entry = process_pb2.ProcessEntry(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session,
+                                                 comm=stat.comm, start_time=stat.starttime,
+                                                 exit_signal=stat.exit_signal)
+                inj = proc.injector()
+                with inj.scratch(PAGE_SIZE) as scratch:
+                    mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
+                    cores = threads.dump_threads(proc, scratch)
+                    ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch)
+                    for _name, fn in PROCESS_DUMPERS:
+                        fn(ctx)
+                    notes.extend(ctx.notes)
+                step("records")
+                w.write_process(pid, entry)
+                w.write_threads(pid, cores)
+                w.write_mm(pid, mm, vmas)
+                t_mem = time.monotonic()
+                step("memory")
+                pw = w.pages(pid)
+                pstats = memory.dump_pages(pid, vmas, pw, buffer, proc.mem)
+                t_commit = time.monotonic()
+                w.commit(processes=[ProcessInfo(pid, stat.ppid, tuple(c.tid for c in cores), stat.starttime)])
+                stored = pw.close()  # already closed by commit: returns its stats
+                step("committed")
+            if not leave_running:
+                _kill_frozen(proc)
+            t_thawed = time.monotonic()
+    except BaseException as exc:
+        if proc is not None:
+            _collect_if_dead(proc)
+        if isinstance(exc, OSError):
+            raise translate_oserror(exc, pid, "dumping") from exc
+        raise
+    if not leave_running and not _wait_gone(pid, stat.starttime):
+        notes.append(f"process {pid} was killed but its parent has not reaped it yet")
+    t_end = time.monotonic()
+    return DumpStats(
+        pid=pid, image_dir=os.path.abspath(image_dir), threads=len(cores), vmas=len(vmas),
+        pages_stored=pstats.pages_stored, pages_zero=pstats.pages_zero, bytes_read=pstats.bytes_read,
+        stored_bytes=stored.stored_bytes, frozen_seconds=t_thawed - t_frozen,
+        memory_read_seconds=t_commit - t_mem, write_seconds=(t_mem - t_rec) + (t_thawed - t_commit),
+        total_seconds=t_end - t0, left_running=leave_running, notes=tuple(notes),
+    )
+

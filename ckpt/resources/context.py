@@ -1,0 +1,63 @@
+"""What a resource module gets handed when it dumps or restores its part of a process.
+
+Each resource module (memory, threads, signals, creds, files…) exposes a dump
+function taking a :class:`DumpContext` and a restore function taking a
+:class:`RestoreContext`; the orchestrators (:mod:`ckpt.dump`,
+:mod:`ckpt.restore`) build one context per process and call the modules in
+their fixed order.  The contexts are mutable on purpose: a dumper fills
+``entry`` (the ProcessEntry record) and ``notes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..control.inject import Injector, Scratch
+    from ..control.seize import FrozenProcess
+    from ..image.pb import process_pb2
+    from ..image.reader import Image
+    from ..image.store import ImageWriter
+    from ..procfs.snapshot import Snapshot
+
+__all__ = ["DumpContext", "RestoreContext"]
+
+
+@dataclass
+class DumpContext:
+    """One frozen process being written into an image."""
+
+    pid: int
+    proc: "FrozenProcess"
+    snap: "Snapshot"
+    writer: "ImageWriter"
+    #: The process record; resource dumpers fill their fields, the orchestrator writes it.
+    entry: "process_pb2.ProcessEntry"
+    #: A read-write area mapped in the target for injected syscalls that return structs.
+    scratch: "Scratch"
+    #: What was not saved and why, for the user (DumpStats.notes).
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RestoreContext:
+    """The helper process being turned into the image's process (DESIGN §4).
+
+    ``inj`` runs syscalls in the main thread from the trampoline; ``scratch``
+    is a read-write area of the helper for syscall arguments.  Both disappear
+    at the end of the restore, so a restorer must not leave pointers to them.
+    """
+
+    pid: int
+    chain: "list[Image]"
+    entry: "process_pb2.ProcessEntry"
+    proc: "FrozenProcess"
+    inj: "Injector"
+    scratch: "Scratch"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def image(self) -> "Image":
+        """The newest image of the chain (the one being restored)."""
+        return self.chain[-1]

@@ -1,0 +1,441 @@
+"""Open files: a registry that classifies every descriptor once, dumps each open file once, and reopens them.
+
+Dump: for each fd, ``readlink /proc/PID/fd/N`` + ``stat`` through that link +
+fdinfo (pos, flags) decide its kind.  Descriptors that share one open file
+description (dup, fork) become one :class:`FileEntry` — ``kcmp(KCMP_FILE)``
+tells, checked only between fds on the same inode.  Every kind is handled or
+refused with :class:`~ckpt.errors.Unsupported` naming the fd and what it is;
+nothing is skipped silently.
+
+Kinds handled: regular files (by path, checked unchanged at restore:
+device, inode, size, mtime), deleted-but-open regular files (content saved,
+up to :data:`DELETED_MAX`), directories, /dev/null, /dev/zero, /dev/full,
+/dev/random, /dev/urandom, pipes and FIFOs with every end in the process
+(:mod:`ckpt.resources.pipes`), terminals and external stdio through a
+:class:`StdioPolicy`.  Refused: sockets, anon inodes (eventfd, epoll, …),
+memfd, other devices, and any pipe or FIFO with an end held by another
+process (named, with that process) — DESIGN §3: stray descriptors happen.
+
+Restore runs in the helper, which has closed all its descriptors: each file
+is opened inside it (so the open is checked against the target's own
+credentials — call this before dropping them), moved to its fd number with
+``dup3`` (placing is safe: nothing else is open), and given its offset and
+FD_CLOEXEC.  Not restored yet: F_SETOWN/F_SETSIG owners, file locks, leases.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..control.inject import Injector, Scratch
+from ..control.seize import FrozenProcess
+from ..errors import RestoreError, Unsupported
+from ..image.pb import common_pb2, files_pb2
+from ..kernel.arch_x86_64 import NR, PAGE_SIZE
+from ..kernel.kcmp import same_file
+from ..procfs.fdinfo import FdInfo
+from ..procfs.snapshot import Snapshot
+from . import pipes
+from ._scratch import scratch_for
+
+__all__ = [
+    "DELETED_MAX", "SIMPLE_DEVICES", "StdioPolicy", "OpenFd", "FilesDump", "classify", "dump", "restore",
+    "content_from_image",
+]
+
+FileEntry = files_pb2.FileEntry
+K = FileEntry.Kind
+
+#: Largest deleted-but-open file whose content a dump stores.
+DELETED_MAX = 64 << 20
+#: Character devices reopened by path: they carry no state of their own.
+SIMPLE_DEVICES = MappingProxyType({(1, 3): "/dev/null", (1, 5): "/dev/zero", (1, 7): "/dev/full",
+                                   (1, 8): "/dev/random", (1, 9): "/dev/urandom"})
+_TTY_MAJORS = frozenset({4, *range(136, 144)})   # vt/serial, and Unix98 pty slaves
+_TTY_DEVICES = frozenset({(5, 0), (5, 1)})       # /dev/tty, /dev/console
+_DELETED = " (deleted)"
+_OPEN_IGNORED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
+_AT_FDCWD = -100
+_STDIO = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class StdioPolicy:
+    """What to do with descriptors that point outside the process (CRIU's --shell-job and --inherit-fd).
+
+    ``shell_job``: a descriptor on a terminal is re-attached to ``tty`` (default:
+    the restorer's own terminal); without it a terminal is refused.  ``inherit``:
+    for a stdio fd (0-2) whose pipe or FIFO peer is another process, the
+    restorer's descriptor to install there instead (target fd → our fd).
+    """
+
+    shell_job: bool = False
+    tty: str | None = None
+    inherit: Mapping[int, int] = field(default_factory=dict)
+
+    def terminal(self) -> str:
+        if self.tty:
+            return self.tty
+        for fd in _STDIO:
+            if os.isatty(fd):
+                return os.ttyname(fd)
+        raise Unsupported("--shell-job: the restorer has no terminal to attach the process to",
+                          hint="run the restore from a terminal")
+
+
+@dataclass(frozen=True)
+class OpenFd:
+    """One descriptor as the registry saw it."""
+
+    fd: int
+    link: str
+    st: os.stat_result
+    info: FdInfo
+
+    @property
+    def dev_ino(self) -> tuple[int, int]:
+        return self.st.st_dev, self.st.st_ino
+
+
+@dataclass(frozen=True)
+class FilesDump:
+    """The fds of one process, the open files they name, and the saved contents of deleted files."""
+
+    fds: tuple[files_pb2.FdEntry, ...]
+    files: tuple[FileEntry, ...]
+    contents: Mapping[str, bytes]
+
+    def content(self, ref: common_pb2.ContentRef) -> bytes:
+        return self.contents[ref.owner]
+
+    def write(self, writer: object, pid: int) -> None:
+        """Into an ImageWriter: fds-<pid>.img, files.img, and the contents as page data."""
+        writer.write_fds(pid, self.fds)  # type: ignore[attr-defined]
+        writer.write_files(self.files)  # type: ignore[attr-defined]
+        for owner, data in self.contents.items():
+            with writer.pages(owner) as pw:  # type: ignore[attr-defined]
+                pw.add(0, data.ljust(-(-len(data) // PAGE_SIZE) * PAGE_SIZE, b"\0"))
+
+
+def content_from_image(image: object) -> Callable[[common_pb2.ContentRef], bytes]:
+    """A content loader for :func:`restore` reading an image's page data (absent pages are zeros)."""
+    def load(ref: common_pb2.ContentRef) -> bytes:
+        buf = bytearray(-(-ref.size // PAGE_SIZE) * PAGE_SIZE)
+        for vaddr, view in image.iter_pages(ref.owner):  # type: ignore[attr-defined]
+            buf[vaddr:vaddr + len(view)] = view
+        return bytes(buf[:ref.size])
+    return load
+
+
+# --- classification -------------------------------------------------------
+
+def _unsupported(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
+    return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
+
+
+def classify(pid: int, o: OpenFd) -> int:
+    """The FileEntry.Kind of a descriptor, or Unsupported naming it."""
+    link, mode = o.link, o.st.st_mode
+    if link.startswith("pipe:["):
+        return K.PIPE
+    if link.startswith("socket:["):
+        raise _unsupported(pid, o.fd, f"a socket ({link})", "sockets are not supported yet")
+    if link.startswith("anon_inode:"):
+        raise _unsupported(pid, o.fd, f"an anonymous inode ({link[len('anon_inode:'):]})")
+    if link.startswith("/memfd:"):
+        raise _unsupported(pid, o.fd, f"a memfd ({link})")
+    if stat.S_ISREG(mode):
+        return K.REG
+    if stat.S_ISDIR(mode):
+        return K.DIR
+    if stat.S_ISFIFO(mode):
+        return K.FIFO
+    if stat.S_ISCHR(mode):
+        rdev = (os.major(o.st.st_rdev), os.minor(o.st.st_rdev))
+        if rdev in SIMPLE_DEVICES or rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES:
+            return K.CHR
+        raise _unsupported(pid, o.fd, f"the character device {link} ({rdev[0]}:{rdev[1]})")
+    raise _unsupported(pid, o.fd, f"{link} (mode {mode:o})")
+
+
+def _is_tty(o: OpenFd) -> bool:
+    rdev = (os.major(o.st.st_rdev), os.minor(o.st.st_rdev))
+    return stat.S_ISCHR(o.st.st_mode) and (rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES)
+
+
+def _holders_index(target: int, links: set[str]) -> dict[str, list[str]]:
+    """For each of ``links`` (pipe:[N], FIFO paths), the processes other than ``target`` holding it, as
+    "pid (comm) fd N".  One walk of /proc for all of them; only run when the target has pipes."""
+    out: dict[str, list[str]] = {link: [] for link in links}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == target:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{name}/fd/{fd}")
+                if link in out:
+                    with open(f"/proc/{name}/comm") as f:
+                        out[link].append(f"process {name} ({f.read().strip()}) fd {fd}")
+            except OSError:
+                continue
+    return out
+
+
+def _identity(st: os.stat_result) -> common_pb2.FileIdentity:
+    return common_pb2.FileIdentity(dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                   ctime_ns=st.st_ctime_ns, mode=st.st_mode)
+
+
+# --- dump -----------------------------------------------------------------
+
+def _open_fds(pid: int, snap: Snapshot) -> list[OpenFd]:
+    out = []
+    for fd, link in snap.fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError as exc:
+            raise _unsupported(pid, fd, f"{link} and cannot be examined ({exc.strerror})") from exc
+        out.append(OpenFd(fd, link, st, snap.fdinfo(fd)))
+    return out
+
+
+def _group(pid: int, fds: list[OpenFd]) -> list[list[OpenFd]]:
+    """Descriptors grouped by open file description, each group in fd order, groups by first fd."""
+    by_inode: dict[tuple[int, int], list[list[OpenFd]]] = {}
+    groups: list[list[OpenFd]] = []
+    for o in fds:
+        candidates = by_inode.setdefault(o.dev_ino, [])
+        for g in candidates:
+            if same_file(pid, g[0].fd, o.fd):
+                g.append(o)
+                break
+        else:
+            g = [o]
+            candidates.append(g)
+            groups.append(g)
+    return groups
+
+
+def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPolicy(),
+         first_id: int = 1, deleted_max: int = DELETED_MAX) -> FilesDump:
+    """Classify and record every fd of the frozen process; refuses (Unsupported) before touching anything."""
+    pid = proc.pid
+    groups = _group(pid, _open_fds(pid, snap))
+    entries: list[FileEntry] = []
+    fd_entries: list[files_pb2.FdEntry] = []
+    contents: dict[str, bytes] = {}
+    pipe_ends: dict[int, list[tuple[FileEntry, OpenFd]]] = {}
+
+    # Pass 1: decide every kind and refuse what cannot be done, before any pipe is touched.
+    for n, g in enumerate(groups):
+        o = g[0]
+        kind = classify(pid, o)
+        e = FileEntry(id=first_id + n, kind=kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
+                      mnt_id=o.info.mnt_id, identity=_identity(o.st))
+        e.path = o.link[:-len(_DELETED)] if o.link.endswith(_DELETED) else o.link
+        if kind == K.CHR and _is_tty(o):
+            if not policy.shell_job:
+                raise _unsupported(pid, o.fd, f"the terminal {o.link}",
+                                   "use --shell-job to re-attach it to the restoring terminal")
+            e.tty = True
+        elif kind == K.REG and o.link.endswith(_DELETED) and o.st.st_nlink == 0:
+            if o.st.st_size > deleted_max:
+                raise _unsupported(pid, o.fd, f"the deleted file {o.link} of {o.st.st_size} bytes "
+                                   f"(more than the {deleted_max} bytes ckpt saves)")
+            e.deleted = True
+        elif kind in (K.PIPE, K.FIFO):
+            e.pipe.pipe_id = o.st.st_ino
+            pipe_ends.setdefault(o.st.st_ino, []).append((e, o))
+        for o2 in g:
+            fd_entries.append(files_pb2.FdEntry(fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0,
+                                                file_id=e.id))
+        entries.append(e)
+
+    holders = _holders_index(pid, {ends[0][1].link for ends in pipe_ends.values()}) if pipe_ends else {}
+    for ino, ends in pipe_ends.items():
+        link = ends[0][1].link
+        readers = [(e, o) for e, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
+        writers = [(e, o) for e, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
+        others = holders.get(link, [])
+        if others or not (readers and writers):
+            if others and all(o.fd in _STDIO for _, o in ends):
+                for e, _ in ends:
+                    e.external = link  # the restorer must hand over a descriptor (StdioPolicy.inherit)
+                continue
+            peer = ", ".join(others) or "no process (its other end is closed)"
+            fds = ", ".join(str(o.fd) for _, o in ends)
+            raise Unsupported(f"process {pid}: fd {fds} is {link}, whose other end is held by {peer}",
+                              hint="ckpt dumps a pipe only when the process holds every end of it; "
+                                   "let the peer exit, or restore stdio with an inherited descriptor")
+        data, capacity = pipes.steal_and_put_back(pid, readers[0][1].fd, writers[0][1].fd)
+        for e, _ in ends:
+            e.pipe.capacity = capacity
+        min(ends, key=lambda eo: eo[0].id)[0].pipe.data = data
+
+    for e, g in zip(entries, groups):
+        if e.deleted:
+            with open(f"/proc/{pid}/fd/{g[0].fd}", "rb") as f:
+                data = f.read(deleted_max + 1)
+            owner = f"file-{e.id}"
+            contents[owner] = data
+            e.content.owner, e.content.size = owner, len(data)
+    return FilesDump(tuple(fd_entries), tuple(entries), MappingProxyType(contents))
+
+
+# --- restore --------------------------------------------------------------
+
+@dataclass
+class _Restorer:
+    inj: Injector
+    s: Scratch
+    policy: StdioPolicy
+    content: Callable[[common_pb2.ContentRef], bytes]
+    wanted: frozenset[int]
+    high: int
+    warnings: list[str]
+    pipes: pipes.PipeRestorer
+    created: list[str] = field(default_factory=list)
+
+    def openat(self, path: str, flags: int, what: str) -> int:
+        raw = os.fsencode(path) + b"\0"
+        if len(raw) > self.s.size:
+            raise RestoreError(f"{what} {path!r}: path too long")
+        self.s.write(0, raw)
+        try:
+            return self.inj.call(NR.openat, _AT_FDCWD, self.s.addr, flags, 0, name=f"openat({path!r})")
+        except OSError as exc:
+            raise RestoreError(f"cannot reopen {what} {path!r}: {exc.strerror}",
+                               hint="the file must still exist where it was when the process was dumped") from exc
+
+    def open(self, e: FileEntry, fds: list[int]) -> int:
+        flags = (e.flags & ~_OPEN_IGNORED) | os.O_CLOEXEC
+        if e.external:
+            ours = [self.policy.inherit.get(fd) for fd in fds]
+            if None in ours:
+                raise Unsupported(f"fd {fds[0]} of the image is {e.external}, connected to a process outside the "
+                                  "image", hint=f"pass an inherited descriptor for fd {fds[0]} (--inherit-fd)")
+            return self.openat(f"/proc/{os.getpid()}/fd/{ours[0]}", flags, f"inherited fd {ours[0]} as")
+        if e.tty:
+            return self.openat(self.policy.terminal(), flags | os.O_NOCTTY, "the terminal")
+        if e.kind in (K.PIPE, K.FIFO):
+            return self.pipes.open(e)
+        if e.kind == K.REG and e.deleted:
+            return self.open_deleted(e, flags)
+        if e.kind in (K.REG, K.DIR, K.CHR):
+            fd = self.openat(e.path, flags, "file")
+            self.check_same(e, fd)
+            if e.kind != K.CHR and e.pos:
+                self.inj.call(NR.lseek, fd, e.pos, os.SEEK_SET, name=f"lseek({e.path!r}, {e.pos})")
+            return fd
+        raise Unsupported(f"file {e.id} ({e.path}) is of kind {K.Name(e.kind)}, which ckpt cannot restore")
+
+    def check_same(self, e: FileEntry, fd: int) -> None:
+        st = os.stat(f"/proc/{self.inj.pid}/fd/{fd}")
+        want = e.identity
+        if e.kind in (K.CHR, K.DIR):  # a directory's size and mtime change with its entries: only its identity counts
+            same = stat.S_IFMT(st.st_mode) == stat.S_IFMT(want.mode) and st.st_ino == want.ino and st.st_dev == want.dev
+            changed = [] if same else ["device or inode"]
+        else:
+            changed = [name for name, got, was in (("device", st.st_dev, want.dev), ("inode", st.st_ino, want.ino),
+                                                   ("size", st.st_size, want.size),
+                                                   ("mtime", st.st_mtime_ns, want.mtime_ns)) if got != was]
+        if changed:
+            self.inj.close(fd)
+            raise RestoreError(f"{e.path!r} changed since the dump ({', '.join(changed)} differ): "
+                               "the restored program would see another file",
+                               hint="restore the file as it was, or dump again")
+
+    def open_deleted(self, e: FileEntry, flags: int) -> int:
+        """Recreate the content under its old name (else a temporary one), open it in the target, unlink it."""
+        data = self.content(e.content)
+        mode = e.identity.mode & 0o7777 or 0o600
+        for path in (e.path, os.path.join(os.path.dirname(e.path), f".ckpt-deleted-{e.id}-{os.getpid()}"),
+                     f"/tmp/.ckpt-deleted-{e.id}-{os.getpid()}"):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOENT, errno.EACCES, errno.EROFS):
+                    raise
+        else:
+            raise RestoreError(f"no place to recreate the deleted file {e.path!r}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            tfd = self.openat(path, flags, "the recreated deleted file")
+        finally:
+            os.unlink(path)
+        if e.pos:
+            self.inj.call(NR.lseek, tfd, e.pos, os.SEEK_SET, name=f"lseek({e.pos})")
+        return tfd
+
+    def place(self, t: int, fds: list[files_pb2.FdEntry]) -> None:
+        """Put temporary fd ``t`` at every number of ``fds`` (with its FD_CLOEXEC), then drop ``t``."""
+        numbers = [f.fd for f in fds]
+        for f in fds:
+            cloexec = bool(f.fd_flags & fcntl.FD_CLOEXEC)
+            if f.fd == t:
+                self.inj.call(NR.fcntl, t, fcntl.F_SETFD, fcntl.FD_CLOEXEC if cloexec else 0, name="fcntl(F_SETFD)")
+            else:
+                self.inj.call(NR.dup3, t, f.fd, os.O_CLOEXEC if cloexec else 0, name=f"dup3({t}, {f.fd})")
+        if t not in numbers:
+            self.inj.close(t)
+
+    def out_of_the_way(self, t: int, mine: list[int]) -> int:
+        """A temporary fd on a number another file still needs is moved above every wanted number."""
+        if t in self.wanted and t not in mine:
+            moved = self.inj.call(NR.fcntl, t, fcntl.F_DUPFD_CLOEXEC, self.high, name="fcntl(F_DUPFD_CLOEXEC)")
+            self.inj.close(t)
+            return moved
+        return t
+
+
+def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEntry, ...]",
+            files: "list[FileEntry] | tuple[FileEntry, ...]", *,
+            content: Callable[[common_pb2.ContentRef], bytes] | None = None,
+            policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None) -> list[str]:
+    """Open every file of ``files`` that ``fds`` names inside the process of ``inj`` at its fd numbers.
+
+    ``content`` loads a deleted file's bytes (:func:`content_from_image`,
+    or ``FilesDump.content``).  Returns warnings (e.g. a pipe capacity that
+    could not be set).  Fds are placed over whatever the helper has there.
+    """
+    by_id = {e.id: e for e in files}
+    users: dict[int, list[files_pb2.FdEntry]] = {}
+    for f in fds:
+        if f.file_id not in by_id:
+            raise RestoreError(f"fd {f.fd} names file {f.file_id}, which the image does not have")
+        users.setdefault(f.file_id, []).append(f)
+    wanted = frozenset(f.fd for f in fds)
+
+    def no_content(ref: common_pb2.ContentRef) -> bytes:
+        raise RestoreError(f"the content of a deleted file ({ref.owner}) was not handed to the restore")
+
+    warnings: list[str] = []
+    with scratch_for(inj, scratch, PAGE_SIZE) as s:
+        pr = pipes.PipeRestorer(inj, s, warnings, high=max(wanted, default=0) + 1)
+        for e in files:
+            if e.kind in (K.PIPE, K.FIFO) and e.pipe.data:
+                pr.data[e.pipe.pipe_id] = bytes(e.pipe.data)
+        r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr)
+        try:
+            for file_id, its in sorted(users.items(), key=lambda kv: min(f.fd for f in kv[1])):
+                mine = [f.fd for f in its]
+                t = r.out_of_the_way(r.open(by_id[file_id], mine), mine)
+                for ends in pr.ends.values():  # the other end of a new pipe must not sit on a wanted number
+                    for k, fd in list(ends.items()):
+                        ends[k] = r.out_of_the_way(fd, [])
+                r.place(t, its)
+        finally:
+            pr.close()
+    return warnings

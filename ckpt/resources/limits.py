@@ -1,0 +1,266 @@
+"""Process attributes: rlimits, umask, cwd, root, comm, personality, oom_score_adj, prctl flags, session and
+process group; and per thread the scheduling state (nice, policy, CPU affinity).
+
+Everything is restored *as far as the kernel allows* and what could not be is
+returned as a list of warnings instead of failing the restore: raising a hard
+rlimit needs CAP_SYS_RESOURCE (root lacks it here, DESIGN §4), lowering
+oom_score_adj below the inherited minimum needs it too, a CPU may not exist
+on this machine, and a session or process group of another process can only
+be joined if that group exists in our session.  Paths (cwd, root) that are
+gone are errors: the program would run in the wrong place.
+
+Dump reads /proc and injects only what /proc does not show (rlimits — from
+outside prlimit64 needs matching uids or CAP_SYS_RESOURCE —, personality,
+prctl flags).  Restore injects everything, in this order:
+
+* ``chdir`` before ``chroot`` (the recorded cwd is a path in *our* root);
+* rlimits after files and memory are in place (a lowered RLIMIT_NOFILE or
+  RLIMIT_AS would stop them) and before credentials (raising needs privilege);
+* sessions: a session leader gets ``setsid()``, a group leader
+  ``setpgid(0, 0)``, a member ``setpgid(0, pgid)`` when that group exists in
+  the helper's session; otherwise a warning (a whole tree restored under one
+  restorer keeps its sessions only when their leaders are restored first).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from ..control.inject import Injector, Scratch
+from ..control.seize import FrozenProcess
+from ..errors import RestoreError, Unsupported
+from ..image.pb import core_pb2, process_pb2
+from ..kernel.arch_x86_64 import NR
+from ..kernel.prctl import (
+    PR_GET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_GET_PDEATHSIG, PR_GET_THP_DISABLE, PR_SET_CHILD_SUBREAPER,
+    PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_THP_DISABLE, TASK_COMM_LEN,
+)
+from ..kernel.resource import PRIO_PROCESS, RLIM_INFINITY, RLIM_NLIMITS, RLIMIT_NAMES, rlimit64
+from ..kernel.sched import SCHED_RESET_ON_FORK, sched_getaffinity
+from ..procfs.snapshot import Snapshot
+from ..procfs.stat import read_stat
+from ._scratch import scratch_for
+
+__all__ = [
+    "PERSONALITY_QUERY", "dump", "dump_rlimits", "dump_sched", "restore", "restore_rlimits", "restore_sched",
+    "restore_session",
+]
+
+#: personality(0xffffffff) only reports the current persona.
+PERSONALITY_QUERY = 0xFFFFFFFF
+_RL_SIZE = ctypes.sizeof(rlimit64)
+
+
+def _fmt(v: int) -> str:
+    return "unlimited" if v == RLIM_INFINITY else str(v)
+
+
+# --- dump ---
+
+def dump_rlimits(proc: FrozenProcess, *, scratch: Scratch | None = None) -> list[process_pb2.Rlimit]:
+    """Every resource limit, in RLIMIT_* order, by injected prlimit64(0, …)."""
+    inj = proc.injector()
+    return [process_pb2.Rlimit(resource=r, name=RLIMIT_NAMES[r], cur=cur, max=max_)
+            for r, (cur, max_) in enumerate(_get_rlimits(inj, scratch))]
+
+
+def _get_rlimits(inj: Injector, scratch: Scratch | None) -> list[tuple[int, int]]:
+    with scratch_for(inj, scratch, RLIM_NLIMITS * _RL_SIZE) as s:
+        for r in range(RLIM_NLIMITS):
+            inj.call(NR.prlimit64, 0, r, 0, s.addr + r * _RL_SIZE, name=f"prlimit64(RLIMIT_{RLIMIT_NAMES[r]})")
+        raw = s.read(0, RLIM_NLIMITS * _RL_SIZE)
+    return [(lim.rlim_cur, lim.rlim_max) for lim in
+            (rlimit64.from_buffer_copy(raw, r * _RL_SIZE) for r in range(RLIM_NLIMITS))]
+
+
+def _read_oom_score_adj(pid: int) -> int:
+    with open(f"/proc/{pid}/oom_score_adj", "rb") as f:
+        return int(f.read())
+
+
+def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None) -> process_pb2.ProcessEntry:
+    """A ProcessEntry fragment: ids, comm, rlimits, umask, cwd, root, personality, oom_score_adj, prctl flags."""
+    st = snap.stat
+    inj = proc.injector()
+    cwd = snap.readlink("cwd")
+    root = snap.readlink("root")
+    for what, path in (("working directory", cwd), ("root directory", root)):
+        if path.endswith(" (deleted)"):
+            raise Unsupported(f"process {proc.pid}: its {what} {path!r} was deleted; it cannot be entered again")
+    entry = process_pb2.ProcessEntry(
+        pid=proc.pid, ppid=st.ppid, pgid=st.pgrp, sid=st.session, comm=st.comm, start_time=st.starttime,
+        exit_signal=st.exit_signal, umask=snap.status.umask or 0, cwd=cwd, root=root,
+        personality=inj.call(NR.personality, PERSONALITY_QUERY, name="personality(query)"),
+        oom_score_adj=_read_oom_score_adj(proc.pid),
+    )
+    entry.rlimits.extend(dump_rlimits(proc, scratch=scratch))
+    f = entry.flags
+    f.dumpable = inj.call(NR.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, name="prctl(PR_GET_DUMPABLE)")
+    f.thp_disabled = bool(inj.call(NR.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0, name="prctl(PR_GET_THP_DISABLE)"))
+    with scratch_for(inj, scratch, 8) as s:
+        inj.call(NR.prctl, PR_GET_CHILD_SUBREAPER, s.addr, 0, 0, 0, name="prctl(PR_GET_CHILD_SUBREAPER)")
+        f.child_subreaper = bool(int.from_bytes(s.read(0, 4), "little"))
+        inj.call(NR.prctl, PR_GET_PDEATHSIG, s.addr, 0, 0, 0, name="prctl(PR_GET_PDEATHSIG)")
+        f.pdeath_signal = int.from_bytes(s.read(0, 4), "little", signed=True)
+    return entry
+
+
+def dump_sched(tid: int) -> core_pb2.SchedState:
+    """Scheduling state of one thread, read from outside (the threads module stores it per thread)."""
+    policy = os.sched_getscheduler(tid)
+    return core_pb2.SchedState(
+        policy=policy & ~SCHED_RESET_ON_FORK, nice=os.getpriority(os.PRIO_PROCESS, tid),
+        rt_priority=os.sched_getparam(tid).sched_priority, cpu_affinity=sched_getaffinity(tid),
+        reset_on_fork=bool(policy & SCHED_RESET_ON_FORK),
+    )
+
+
+# --- restore ---
+
+def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None) -> list[str]:
+    """Restore the attributes of ``entry`` into the process of ``inj``; returns warnings for what could not be."""
+    warnings: list[str] = []
+    with scratch_for(inj, scratch, 4096) as s:
+        if entry.cwd:
+            _call_path(inj, s, NR.chdir, entry.cwd, "working directory")
+        if entry.root and entry.root != "/":
+            _call_path(inj, s, NR.chroot, entry.root, "root directory")
+        inj.call(NR.umask, entry.umask & 0o777, name=f"umask({entry.umask:o})")
+        comm = entry.comm.encode(errors="surrogateescape")[:TASK_COMM_LEN - 1]
+        s.write(0, comm + b"\0")
+        inj.call(NR.prctl, PR_SET_NAME, s.addr, 0, 0, 0, name=f"prctl(PR_SET_NAME, {entry.comm!r})")
+        try:
+            inj.call(NR.personality, entry.personality, name=f"personality({entry.personality:#x})")
+        except OSError as exc:
+            warnings.append(f"personality {entry.personality:#x} not set: {exc.strerror}")
+        warnings += _restore_flags(inj, entry.flags)
+        warnings += restore_rlimits(inj, entry.rlimits, scratch=s)
+    warnings += _restore_oom_score_adj(inj.pid, entry.oom_score_adj)
+    warnings += restore_session(inj, entry)
+    return warnings
+
+
+def _call_path(inj: Injector, s: Scratch, nr: int, path: str, what: str) -> None:
+    raw = os.fsencode(path) + b"\0"
+    if len(raw) > s.size:
+        raise RestoreError(f"{what} {path!r}: path longer than {s.size} bytes")
+    s.write(0, raw)
+    try:
+        inj.call(nr, s.addr, name=f"{NR(nr).name}({path!r})")
+    except OSError as exc:
+        raise RestoreError(f"cannot enter the {what} {path!r} of the image: {exc.strerror}",
+                           hint="the directory must exist where it was when the process was dumped") from exc
+
+
+def _restore_flags(inj: Injector, f: process_pb2.ProcessFlags) -> list[str]:
+    out = []
+    for option, value, what in ((PR_SET_DUMPABLE, f.dumpable, "PR_SET_DUMPABLE"),
+                                (PR_SET_CHILD_SUBREAPER, int(f.child_subreaper), "PR_SET_CHILD_SUBREAPER"),
+                                (PR_SET_PDEATHSIG, f.pdeath_signal, "PR_SET_PDEATHSIG"),
+                                (PR_SET_THP_DISABLE, int(f.thp_disabled), "PR_SET_THP_DISABLE")):
+        if option == PR_SET_DUMPABLE and value not in (0, 1):
+            value = 1  # SUID_DUMP_ROOT (2) cannot be set by prctl
+        try:
+            inj.call(NR.prctl, option, value, 0, 0, 0, name=f"prctl({what}, {value})")
+        except OSError as exc:
+            out.append(f"prctl({what}, {value}) failed: {exc.strerror}")
+    return out
+
+
+def restore_rlimits(inj: Injector, rlimits: "list[process_pb2.Rlimit] | object",
+                    *, scratch: Scratch | None = None) -> list[str]:
+    """Set each limit; where the hard limit cannot be raised, keep today's hard limit and warn."""
+    warnings = []
+    with scratch_for(inj, scratch, RLIM_NLIMITS * _RL_SIZE) as s:
+        current = _get_rlimits(inj, s)
+        for rl in rlimits:  # type: ignore[attr-defined]
+            if not 0 <= rl.resource < RLIM_NLIMITS:
+                warnings.append(f"rlimit {rl.resource} ({rl.name}) is unknown to this kernel: not restored")
+                continue
+            name = RLIMIT_NAMES[rl.resource]
+            if (rl.cur, rl.max) == current[rl.resource]:
+                continue
+            s.write(0, bytes(rlimit64(rl.cur, rl.max)))
+            try:
+                inj.call(NR.prlimit64, 0, rl.resource, s.addr, 0, name=f"prlimit64(RLIMIT_{name})")
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EPERM:
+                    raise RestoreError(f"RLIMIT_{name} {_fmt(rl.cur)}/{_fmt(rl.max)}: {exc.strerror}") from exc
+            hard = current[rl.resource][1]  # raising the hard limit needs CAP_SYS_RESOURCE
+            soft = min(rl.cur, hard)
+            s.write(0, bytes(rlimit64(soft, hard)))
+            inj.call(NR.prlimit64, 0, rl.resource, s.addr, 0, name=f"prlimit64(RLIMIT_{name})")
+            warnings.append(f"RLIMIT_{name}: hard limit {_fmt(rl.max)} could not be raised from {_fmt(hard)} "
+                            f"(needs CAP_SYS_RESOURCE); set to {_fmt(soft)}/{_fmt(hard)}")
+    return warnings
+
+
+def _restore_oom_score_adj(pid: int, value: int) -> list[str]:
+    """Written from outside: the writer's CAP_SYS_RESOURCE decides whether it may go below the inherited minimum."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as exc:
+        return [f"oom_score_adj {value} not set ({exc.strerror}); it stays {_read_oom_score_adj(pid)}"]
+    return []
+
+
+def restore_session(inj: Injector, entry: process_pb2.ProcessEntry) -> list[str]:
+    """Session and process group, by relation to the dumped pid (see the module doc)."""
+    me = read_stat(inj.pid)
+    pid = inj.pid
+    if entry.sid == entry.pid:  # a session leader (and so a group leader)
+        if me.session == pid:
+            return []
+        try:
+            inj.call(NR.setsid, name="setsid()")
+        except OSError as exc:
+            return [f"setsid() failed ({exc.strerror}): the process is not a session leader as it was"]
+        return []
+    if entry.pgid == entry.pid:  # a group leader inside someone else's session
+        if me.pgrp == pid:
+            return []
+        try:
+            inj.call(NR.setpgid, 0, 0, name="setpgid(0, 0)")
+        except OSError as exc:
+            return [f"setpgid(0, 0) failed ({exc.strerror}): the process does not lead a group as it did"]
+        return []
+    if me.pgrp == entry.pgid:
+        return []
+    try:
+        inj.call(NR.setpgid, 0, entry.pgid, name=f"setpgid(0, {entry.pgid})")
+    except OSError as exc:
+        return [f"process group {entry.pgid} (session {entry.sid}) not joined ({exc.strerror}); "
+                f"the process stays in group {me.pgrp} of session {me.session}"]
+    return []
+
+
+def restore_sched(inj: Injector, sched: core_pb2.SchedState, *, scratch: Scratch | None = None) -> list[str]:
+    """Nice value, policy and CPU affinity of the injector's thread; warnings for what the kernel refused."""
+    warnings = []
+    tid = inj.tid
+    try:
+        inj.call(NR.setpriority, PRIO_PROCESS, 0, sched.nice & 0xFFFFFFFF, name=f"setpriority({sched.nice})")
+    except OSError as exc:
+        warnings.append(f"thread {tid}: nice {sched.nice} not set: {exc.strerror}")
+    with scratch_for(inj, scratch, max(len(sched.cpu_affinity), 8)) as s:
+        policy = sched.policy | (SCHED_RESET_ON_FORK if sched.reset_on_fork else 0)
+        s.write(0, sched.rt_priority.to_bytes(4, "little"))
+        current = os.sched_getscheduler(tid)
+        if policy != current or os.sched_getparam(tid).sched_priority != sched.rt_priority:
+            try:
+                inj.call(NR.sched_setscheduler, 0, policy, s.addr, name=f"sched_setscheduler({policy})")
+            except OSError as exc:
+                warnings.append(f"thread {tid}: policy {sched.policy}/{sched.rt_priority} not set: {exc.strerror}")
+        if sched.cpu_affinity:
+            mask = bytes(sched.cpu_affinity)
+            s.write(0, mask)
+            try:
+                inj.call(NR.sched_setaffinity, 0, len(mask), s.addr, name="sched_setaffinity")
+            except OSError as exc:
+                cpus = [i for i in range(len(mask) * 8) if mask[i // 8] >> (i % 8) & 1]
+                warnings.append(f"thread {tid}: CPU affinity {cpus} not set ({exc.strerror}): no such CPU here?")
+    return warnings

@@ -1,0 +1,482 @@
+"""The address space of a process: its VMAs, the mm_struct fields and the page contents.
+
+Dump (target frozen):
+
+* every VMA of ``/proc/PID/smaps`` becomes a ``Vma`` record with the mmap flags
+  that recreate it and, for a file, the file's identity (dev, ino, size, mtime)
+  taken through ``/proc/PID/map_files`` — the file really mapped, not whatever
+  the path names now;
+* page contents go into the pid's PageWriter, VMA by VMA in address order.
+  PAGEMAP_SCAN tells which pages exist: pages never touched (neither present
+  nor swapped) are not stored; the shared zero page is stored as ZERO; in a
+  private file mapping only pages that are no longer file pages (written, so
+  anonymous copies) are stored — the rest comes from the file on restore.
+  ``[vdso]``/``[vvar]``/``[vvar_vclock]``/``[vsyscall]`` are never stored.
+* pages are read with ``process_vm_readv`` into one pre-faulted buffer reused
+  for the whole dump (fresh destination memory is 5-20x slower, DESIGN §3);
+  PROT_NONE and exec-only areas through ``/proc/PID/mem`` (process_vm_readv
+  gives EFAULT there).
+
+Restore (helper stopped, its own mappings gone, DESIGN §4): :func:`check_files`
+refuses changed files before anything is created, :func:`move_vdso` puts the
+vDSO and vvar pages where the image had them, :func:`map_vmas` recreates every
+VMA with MAP_FIXED and its final backing and protection, :func:`fill_pages`
+streams the pages chunk by chunk from the image (``process_vm_writev`` where
+writable, ``/proc/PID/mem`` elsewhere), and :func:`set_mm_map` sets the
+mm_struct fields and the exe link with ``prctl(PR_SET_MM, PR_SET_MM_MAP)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..control.inject import Injector, Scratch
+
+from ..errors import CkptError, RestoreError, Unsupported
+from ..image.chain import iter_chain_pages, resolve_pages
+from ..image.pb import common_pb2, mm_pb2
+from ..image.reader import Image
+from ..image.store import PageWriter
+from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
+from ..kernel.mman import (
+    MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
+    MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
+)
+from ..kernel.pagemap import PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, pagemap_scan
+from ..kernel.prctl import PR_SET_MM
+from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
+from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
+from ..procfs.maps import SmapsVma
+from ..procfs.snapshot import Snapshot
+
+__all__ = [
+    "READ_BUFFER_SIZE", "Kind", "SPECIAL_KINDS", "PageStats", "ReadBuffer", "classify", "file_identity",
+    "dump_vmas", "dump_mm", "dump_pages", "check_files", "special_vmas", "move_vdso", "map_vmas",
+    "fill_pages", "set_mm_map", "free_area",
+]
+
+Kind = mm_pb2.Vma.Kind
+#: Areas the kernel installs: never stored, never mapped by us.
+SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL})
+_SPECIAL_NAMES = {"[vdso]": Kind.VDSO, "[vvar]": Kind.VVAR, "[vvar_vclock]": Kind.VVAR_VCLOCK,
+                  "[vsyscall]": Kind.VSYSCALL}
+#: One reused, pre-faulted read buffer; a few MiB keeps process_vm_readv near its 10 GB/s here.
+READ_BUFFER_SIZE = 4 << 20
+_AT_FDCWD = -100
+
+
+# ---------------------------------------------------------------------------
+# dump
+# ---------------------------------------------------------------------------
+
+
+def classify(v: SmapsVma) -> int:
+    """The Vma.Kind of one mapping; Unsupported for what restore cannot recreate yet."""
+    vma = v.vma
+    name = vma.path
+    if name in _SPECIAL_NAMES:
+        return _SPECIAL_NAMES[name]
+    if name == "[uprobes]":
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is [uprobes] (a uprobe is attached to the target)")
+    if "ht" in v.vmflags:
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is hugetlbfs memory")
+    if vma.inode == 0 or name.startswith("[anon"):
+        if vma.shared:
+            return Kind.ANON_SHARED
+        if name == "[heap]":
+            return Kind.HEAP
+        if vma.is_stack:
+            return Kind.STACK
+        return Kind.ANON_PRIVATE
+    if vma.shared and vma.deleted and name == "/dev/zero":
+        return Kind.ANON_SHARED  # MAP_SHARED|MAP_ANONYMOUS shows as the shmem file "/dev/zero (deleted)"
+    if name.startswith("/SYSV"):
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is System V shared memory ({name})")
+    if name.startswith("/memfd:"):
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is a memfd ({name})")
+    if vma.deleted:
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is of a deleted file ({name})")
+    if not name.startswith("/"):
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} has a backing ckpt does not know: {name!r}")
+    return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE
+
+
+def file_identity(st: os.stat_result) -> common_pb2.FileIdentity:
+    return common_pb2.FileIdentity(dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                   ctime_ns=st.st_ctime_ns, mode=st.st_mode)
+
+
+def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
+    """One Vma record per mapping, address order; raises Unsupported for unknown backings."""
+    out: list[mm_pb2.Vma] = []
+    for v in snap.smaps:
+        vma = v.vma
+        kind = classify(v)
+        flags = MAP_SHARED if vma.shared else MAP_PRIVATE
+        if kind in (Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK):
+            flags |= MAP_ANONYMOUS
+        if "gd" in v.vmflags:
+            flags |= MAP_GROWSDOWN
+        if "nr" in v.vmflags:
+            flags |= MAP_NORESERVE
+        rec = mm_pb2.Vma(start=vma.start, end=vma.end, prot=vma.prot, flags=flags, kind=kind, name=vma.path,
+                         pgoff=vma.offset, vm_flags=" ".join(sorted(v.vmflags)))
+        if kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+            try:
+                st = os.stat(f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}")
+            except OSError as exc:
+                raise CkptError(f"cannot stat the file mapped at {vma.start:#x} in process {pid}: {exc.strerror}") from exc
+            rec.file.CopyFrom(file_identity(st))
+        if kind is Kind.ANON_SHARED:
+            rec.content_owner = str(pid)
+        out.append(rec)
+    return out
+
+
+def dump_mm(pid: int, snap: Snapshot, inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma]) -> mm_pb2.MmEntry:
+    """The mm_struct fields: /proc/PID/stat, brk(0) injected (stat has no current brk), auxv, exe."""
+    st = snap.stat
+    brk = inj.call(NR.brk, 0)
+    exe_path = os.readlink(f"/proc/{pid}/exe")
+    mm = mm_pb2.MmEntry(
+        start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
+        start_brk=st.start_brk, brk=brk, start_stack=st.start_stack, arg_start=st.arg_start, arg_end=st.arg_end,
+        env_start=st.env_start, env_end=st.env_end, auxv=snap.auxv.raw, exe_path=exe_path,
+    )
+    mm.exe.CopyFrom(file_identity(os.stat(f"/proc/{pid}/exe")))
+    for v in vmas:
+        if v.kind == Kind.VDSO:
+            mm.vdso_sha256 = hashlib.sha256(mem.read(v.start, v.end - v.start)).digest()
+    return mm
+
+
+@dataclass(frozen=True)
+class PageStats:
+    """What a page dump or fill moved."""
+
+    pages_stored: int = 0
+    pages_zero: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+
+class ReadBuffer:
+    """One pre-faulted buffer for process_vm_readv, reused for every batch and every dump."""
+
+    def __init__(self, size: int = READ_BUFFER_SIZE) -> None:
+        self.buf = bytearray(size)
+        self.buf[::PAGE_SIZE] = b"\x01" * (size // PAGE_SIZE)  # fault every page in now, once
+        self.view = memoryview(self.buf)
+        self.addr = buffer_address(self.buf)
+        self.size = size
+
+
+def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
+    """(start, end, zero) runs of pages to save in ``v`` (address order)."""
+    anyof = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
+    for r in pagemap_scan(pagemap_fd, v.start, v.end, category_anyof_mask=anyof,
+                          return_mask=anyof | PAGE_IS_FILE | PAGE_IS_PFNZERO):
+        if v.kind == Kind.FILE_PRIVATE and r.categories & PAGE_IS_FILE:
+            continue  # still the file's page: restore maps the file
+        yield r.start, r.end, bool(r.categories & PAGE_IS_PFNZERO)
+
+
+def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: ReadBuffer, mem: ProcMem) -> PageStats:
+    """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: one buffer)."""
+    t0 = time.monotonic()
+    stored = zero = nbytes = 0
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for v in vmas:
+            if v.kind in SPECIAL_KINDS or v.kind == Kind.FILE_SHARED:
+                continue
+            readable = bool(v.prot & PROT_READ)
+            batch: list[tuple[int, int]] = []  # (vaddr, length) queued in the buffer
+            fill = 0
+            for start, end, is_zero in _scan(fd, v):
+                if is_zero:
+                    fill = _flush(pid, batch, buffer, pages, mem, readable)
+                    batch = []
+                    pages.add_zero(start, (end - start) // PAGE_SIZE)
+                    zero += (end - start) // PAGE_SIZE
+                    continue
+                while start < end:
+                    take = min(end - start, buffer.size - fill)
+                    batch.append((start, take))
+                    fill += take
+                    start += take
+                    stored += take // PAGE_SIZE
+                    nbytes += take
+                    if fill == buffer.size:
+                        fill = _flush(pid, batch, buffer, pages, mem, readable)
+                        batch = []
+            _flush(pid, batch, buffer, pages, mem, readable)
+    finally:
+        os.close(fd)
+    return PageStats(stored, zero, nbytes, time.monotonic() - t0)
+
+
+def _flush(pid: int, batch: list[tuple[int, int]], buffer: ReadBuffer, pages: PageWriter, mem: ProcMem,
+           readable: bool) -> int:
+    """Read the queued ranges into the buffer, hand them to the PageWriter; returns the new fill (0)."""
+    if not batch:
+        return 0
+    total = sum(n for _, n in batch)
+    got = 0
+    if readable:
+        local, off = [], 0
+        for _, n in batch:
+            local.append((buffer.addr + off, n))
+            off += n
+        got = process_vm_readv(pid, local, batch)
+    # The rest (PROT_NONE, exec-only, or a short read) through /proc/PID/mem, which forces access.
+    off = 0
+    for vaddr, n in batch:
+        if off + n > got:
+            skip = max(0, got - off)
+            mem.readinto(vaddr + skip, buffer.view[off + skip:off + n])
+        pages.add(vaddr, buffer.view[off:off + n])
+        off += n
+    assert off == total
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# restore
+# ---------------------------------------------------------------------------
+
+
+def _same_file(st: os.stat_result, want: common_pb2.FileIdentity) -> bool:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (want.dev, want.ino, want.size, want.mtime_ns)
+
+
+def _identity_problem(path: str, st: os.stat_result, want: common_pb2.FileIdentity) -> str:
+    return (f"{path} changed since the dump (now dev={st.st_dev:#x} ino={st.st_ino} size={st.st_size} "
+            f"mtime_ns={st.st_mtime_ns}; image has dev={want.dev:#x} ino={want.ino} size={want.size} "
+            f"mtime_ns={want.mtime_ns})")
+
+
+def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma]) -> None:
+    """Refuse (RestoreError) before creating anything if a mapped file or the exe changed."""
+    wanted = [(v.name, v.file) for v in vmas if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED)]
+    wanted.append((mm.exe_path, mm.exe))
+    for path, ident in wanted:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise RestoreError(f"mapped file {path} cannot be opened: {exc.strerror}") from exc
+        if not _same_file(st, ident):
+            raise RestoreError(_identity_problem(path, st, ident),
+                               hint="a file the process had mapped was replaced or modified; restore would corrupt it")
+
+
+def special_vmas(vmas: Sequence[mm_pb2.Vma]) -> dict[int, mm_pb2.Vma]:
+    """The recorded kernel-installed areas by kind (VDSO, VVAR, VVAR_VCLOCK)."""
+    return {v.kind: v for v in vmas if v.kind in (Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK)}
+
+
+def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], mm: mm_pb2.MmEntry,
+              vmas: Sequence[mm_pb2.Vma], temp: int) -> None:
+    """mremap [vdso]/[vvar]/[vvar_vclock] of the helper to the image's addresses.
+
+    ``current`` maps kind → (start, end) in the helper; ``temp`` is a free area
+    (large enough for all of them) used as a stop-over, because the image's
+    place of one area may be where another one is now.  Refuses a vDSO of
+    another size or content (another kernel: the image's code may call into it).
+    """
+    recorded = special_vmas(vmas)
+    for kind, v in recorded.items():
+        if kind not in current:
+            raise RestoreError(f"the image has a {mm_pb2.Vma.Kind.Name(kind)} area but this kernel gives none")
+        start, end = current[kind]
+        if end - start != v.end - v.start:
+            raise Unsupported(f"this kernel's {v.name} is {end - start} bytes, the image's {v.end - v.start}: "
+                              "restore needs the kernel the image was taken on")
+    if Kind.VDSO in recorded and recorded[Kind.VDSO].start != 0 and mm.vdso_sha256:
+        s, e = current[Kind.VDSO]
+        if hashlib.sha256(mem.read(s, e - s)).digest() != mm.vdso_sha256:
+            raise Unsupported("this kernel's vDSO differs from the image's: restore needs the kernel the image was taken on")
+    parked: dict[int, int] = {}
+    at = temp
+    for kind in recorded:
+        start, end = current[kind]
+        inj.call(NR.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED, at)
+        parked[kind] = at
+        at += end - start
+    for kind, v in recorded.items():
+        inj.call(NR.mremap, parked[kind], v.end - v.start, v.end - v.start, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+
+
+class _FileOpener:
+    """Opens files by path inside the target (so the mapping's file is the target's own); one fd per path."""
+
+    def __init__(self, inj: Injector, scratch: Scratch, pid: int) -> None:
+        self.inj, self.scratch, self.pid = inj, scratch, pid
+        self.fds: dict[tuple[str, int], int] = {}
+
+    def open(self, path: str, flags: int, ident: common_pb2.FileIdentity | None) -> int:
+        key = (path, flags)
+        if key in self.fds:
+            return self.fds[key]
+        raw = os.fsencode(path) + b"\0"
+        if len(raw) > self.scratch.size:
+            raise Unsupported(f"path of mapped file too long: {path[:80]}…")
+        self.scratch.write(0, raw)
+        try:
+            fd = self.inj.call(NR.openat, _AT_FDCWD & ((1 << 64) - 1), self.scratch.addr, flags | os.O_CLOEXEC, 0)
+        except OSError as exc:
+            raise RestoreError(f"cannot open {path} in the restored process: {os.strerror(exc.errno or 0)}") from exc
+        self.fds[key] = fd
+        if ident is not None:  # what was opened, not what the path names now: the check is race-free
+            st = os.stat(f"/proc/{self.pid}/fd/{fd}")
+            if not _same_file(st, ident):
+                raise RestoreError(_identity_problem(path, st, ident))
+        return fd
+
+    def close_all(self) -> None:
+        for fd in self.fds.values():
+            self.inj.call(NR.close, fd)
+        self.fds.clear()
+
+
+def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vma]) -> int:
+    """mmap every non-special VMA at its address with its final backing and protection; count mapped.
+
+    Mapping with the final protection right away is enough: pages are filled
+    afterwards through process_vm_writev (writable areas) or /proc/PID/mem,
+    which writes read-only and PROT_NONE pages too (a private one gets its COW copy).
+    """
+    opener = _FileOpener(inj, scratch, pid)
+    n = 0
+    try:
+        for v in vmas:
+            if v.kind in SPECIAL_KINDS:
+                continue
+            length = v.end - v.start
+            flags = (v.flags & ~MAP_GROWSDOWN if v.kind != Kind.STACK else v.flags) | MAP_FIXED
+            fd, offset = -1, 0
+            if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+                writable_shared = v.kind == Kind.FILE_SHARED and "mw" in v.vm_flags.split()
+                fd = opener.open(v.name, os.O_RDWR if writable_shared else os.O_RDONLY, v.file)
+                offset = v.pgoff
+            elif v.kind not in (Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK):
+                raise Unsupported(f"restoring a {mm_pb2.Vma.Kind.Name(v.kind)} mapping at {v.start:#x}")
+            try:
+                got = inj.mmap(v.start, length, v.prot, flags, fd, offset)
+            except OSError as exc:
+                raise RestoreError(f"mmap of {v.name or 'anonymous memory'} at {v.start:#x}-{v.end:#x} failed: "
+                                   f"{os.strerror(exc.errno or 0)}") from exc
+            if got != v.start:
+                raise RestoreError(f"mmap placed {v.start:#x} at {got:#x}")
+            n += 1
+    finally:
+        opener.close_all()
+    return n
+
+
+def _writable(v: mm_pb2.Vma) -> bool:
+    return bool(v.prot & PROT_WRITE) and bool(v.prot & PROT_READ)
+
+
+def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma]) -> PageStats:
+    """Write every stored page of ``pid`` from the image chain into the mapped VMAs.
+
+    Pages arrive chunk by chunk as memoryviews of the reader's reused buffers
+    (no copies); a piece crossing a VMA boundary is split so each part goes
+    the right way.  ZERO pages need a write only in private file mappings
+    (anonymous memory is zero already).
+    """
+    t0 = time.monotonic()
+    mapped = [v for v in vmas if v.kind not in SPECIAL_KINDS]
+    starts = [v.start for v in mapped]
+
+    def vma_at(addr: int) -> mm_pb2.Vma:
+        i = bisect.bisect_right(starts, addr) - 1
+        if i < 0 or addr >= mapped[i].end:
+            raise RestoreError(f"the image has page data at {addr:#x}, outside every mapping it records")
+        return mapped[i]
+
+    def write(vaddr: int, view: memoryview) -> None:
+        off, n = 0, len(view)
+        while off < n:
+            v = vma_at(vaddr + off)
+            take = min(n - off, v.end - (vaddr + off))
+            piece = view[off:off + take]
+            if _writable(v):
+                done = process_vm_writev(pid, [(buffer_address(piece), take)], [(vaddr + off, take)])
+                if done != take:
+                    mem.write(vaddr + off + done, piece[done:])
+            else:
+                mem.write(vaddr + off, piece)
+            off += take
+
+    sources = resolve_pages(chain, pid)
+    stored = zero = nbytes = 0
+    for vaddr, view in iter_chain_pages(chain, pid, sources):
+        write(vaddr, view)
+        stored += len(view) // PAGE_SIZE
+        nbytes += len(view)
+    zeros = memoryview(bytearray(1 << 20))
+    for s in sources:
+        if s.image is not None:
+            continue
+        zero += s.nr_pages
+        addr, end = s.vaddr, s.vaddr + s.nr_pages * PAGE_SIZE
+        while addr < end:
+            v = vma_at(addr)
+            stop = min(end, v.end)
+            if v.kind == Kind.FILE_PRIVATE:
+                while addr < stop:
+                    take = min(stop - addr, len(zeros))
+                    write(addr, zeros[:take])
+                    addr += take
+            addr = stop
+    return PageStats(stored, zero, nbytes, time.monotonic() - t0)
+
+
+def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEntry) -> None:
+    """prctl(PR_SET_MM, PR_SET_MM_MAP) with the exe file opened inside the target.
+
+    Must run after the helper's own mappings are gone: the kernel refuses to
+    change exe_file (EBUSY) while the old executable is still mapped.
+    """
+    opener = _FileOpener(inj, scratch, opener_pid)
+    try:
+        exe_fd = opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
+        auxv = bytes(mm.auxv)
+        head = prctl_mm_map(
+            start_code=mm.start_code, end_code=mm.end_code, start_data=mm.start_data, end_data=mm.end_data,
+            start_brk=mm.start_brk, brk=mm.brk, start_stack=mm.start_stack, arg_start=mm.arg_start,
+            arg_end=mm.arg_end, env_start=mm.env_start, env_end=mm.env_end,
+            auxv=scratch.addr + 512, auxv_size=len(auxv), exe_fd=exe_fd,
+        )
+        if len(auxv) > scratch.size - 512:
+            raise Unsupported(f"auxv of {len(auxv)} bytes")
+        scratch.write(0, bytes(head))
+        scratch.write(512, auxv)
+        try:
+            inj.call(NR.prctl, PR_SET_MM, PR_SET_MM_MAP, scratch.addr, len(bytes(head)), 0)
+        except OSError as exc:
+            raise RestoreError(f"prctl(PR_SET_MM_MAP) refused the image's mm fields: {os.strerror(exc.errno or 0)}") from exc
+    finally:
+        opener.close_all()
+
+
+def free_area(size: int, taken: Iterable[tuple[int, int]], *, low: int = 1 << 32, high: int = TASK_SIZE_MAX - (1 << 32)) -> int:
+    """Lowest page-aligned address >= ``low`` where ``size`` bytes overlap none of ``taken``."""
+    addr = low
+    for s, e in sorted(taken):
+        if e <= addr:
+            continue
+        if s >= addr + size:
+            break
+        addr = -(-e // PAGE_SIZE) * PAGE_SIZE
+    if addr + size > high:
+        raise RestoreError(f"no free {size}-byte area in the address space")
+    return addr
+

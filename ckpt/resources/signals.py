@@ -1,0 +1,144 @@
+"""Signal dispositions and pending signals: dump through injected rt_sigaction and PTRACE_PEEKSIGINFO, restore by injection.
+
+What is process-wide lives here: the 64 dispositions (``struct sigaction``:
+handler, flags, restorer, mask) and the shared pending queue (``ShdPnd``, what
+kill(2) and sigqueue(3) aim at).  Per-thread pending signals (``SigPnd``,
+tgkill) are dumped and restored per thread with :func:`dump_thread_pending` /
+:func:`restore_pending` ``(thread=True)``; the per-thread *blocked* mask
+belongs to the threads module.
+
+Why each step is done the way it is:
+
+* Dispositions can only be read from inside (/proc shows SigCgt/SigIgn bits,
+  not handlers): ``rt_sigaction(sig, NULL, scratch)`` for every signal.
+* PTRACE_PEEKSIGINFO leaves the signals queued, so a dump that lets the target
+  run on changes nothing.  A signal pending without a queue entry (the queue
+  was full: RLIMIT_SIGPENDING) has no siginfo; it is saved with the zeroed
+  siginfo the kernel itself would hand out (si_code SI_USER, pid 0).
+* Restore queues each signal again with ``rt_sigqueueinfo`` /
+  ``rt_tgsigqueueinfo`` *injected into the restored process itself*.  The
+  kernel forbids forging si_code >= 0 (kill) or SI_TKILL (tgkill) for another
+  process, even for root (kernel/signal.c, do_rt_sigqueueinfo: "Not even root
+  can pretend to send signals from the kernel"), but not for the caller's own
+  pid/tid — so from inside, every siginfo, sender pid and uid included, goes
+  back unchanged.  A per-thread signal must therefore be queued by an injector
+  of that very thread.
+* Order: dispositions before pending signals (setting SIG_IGN discards
+  pending ones), and pending signals after the thread's blocked mask is in
+  place: a signal that is not blocked is delivered at the next injected
+  syscall (the injector holds it back and re-sends it on release).
+* A single step forces SIGTRAP, which resets an ignored SIGTRAP to SIG_DFL:
+  when the image ignores SIGTRAP, the injector is switched to syscall stops
+  before that disposition is set (see :mod:`ckpt.control.inject`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from ..control.inject import Injector, Scratch
+from ..control.seize import FrozenProcess
+from ..image.pb import common_pb2, process_pb2
+from ..kernel import ptrace
+from ..kernel.arch_x86_64 import NR
+from ..kernel.signals import (
+    NSIG, SIG_IGN, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction, make_siginfo,
+    sigbit, siginfo_signo,
+)
+from ..procfs.snapshot import Snapshot
+from ._scratch import scratch_for
+
+__all__ = [
+    "UNCHANGEABLE", "dump", "dump_sigactions", "dump_shared_pending", "dump_thread_pending",
+    "restore", "restore_sigactions", "restore_pending",
+]
+
+#: Signals whose disposition cannot be changed (rt_sigaction gives EINVAL).
+UNCHANGEABLE = frozenset({SIGKILL, SIGSTOP})
+_ACT_SIZE = ctypes.sizeof(kernel_sigaction)
+
+
+def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None) -> process_pb2.ProcessEntry:
+    """A ProcessEntry fragment with ``sigactions`` and ``shared_pending`` (merge it with MergeFrom)."""
+    entry = process_pb2.ProcessEntry()
+    entry.sigactions.extend(dump_sigactions(proc, scratch=scratch))
+    entry.shared_pending.extend(dump_shared_pending(proc, snap))
+    return entry
+
+
+def dump_sigactions(proc: FrozenProcess, *, scratch: Scratch | None = None) -> list[process_pb2.SigAction]:
+    """Signals 1..64 in order (entry i is signal i+1), read by injected rt_sigaction."""
+    inj = proc.injector()
+    with scratch_for(inj, scratch, NSIG * _ACT_SIZE) as s:
+        for signo in range(1, NSIG + 1):
+            inj.call(NR.rt_sigaction, signo, 0, s.addr + (signo - 1) * _ACT_SIZE, SIGSET_SIZE,
+                     name=f"rt_sigaction({signo})")
+        raw = s.read(0, NSIG * _ACT_SIZE)
+    out = []
+    for signo in range(1, NSIG + 1):
+        act = kernel_sigaction.from_buffer_copy(raw, (signo - 1) * _ACT_SIZE)
+        out.append(process_pb2.SigAction(signo=signo, handler=act.sa_handler, flags=act.sa_flags,
+                                         restorer=act.sa_restorer, mask=act.sa_mask))
+    return out
+
+
+def _pending(tid: int, bits: int, *, shared: bool) -> list[common_pb2.PendingSignal]:
+    queued = ptrace.peeksiginfo(tid, shared=shared)
+    out = [common_pb2.PendingSignal(signo=siginfo_signo(info), siginfo=info) for info in queued]
+    # Pending bits without a queue entry (queue full): what collect_signal() would report.
+    seen = {p.signo for p in out}
+    for signo in range(1, NSIG + 1):
+        if bits & sigbit(signo) and signo not in seen:
+            out.append(common_pb2.PendingSignal(signo=signo, siginfo=make_siginfo(signo, SI_USER)))
+    return out
+
+
+def dump_shared_pending(proc: FrozenProcess, snap: Snapshot) -> list[common_pb2.PendingSignal]:
+    """The process-wide queue (ShdPnd), oldest first, with each raw siginfo."""
+    return _pending(proc.main_thread.tid, snap.status.shdpnd, shared=True)
+
+
+def dump_thread_pending(proc: FrozenProcess, snap: Snapshot, tid: int) -> list[common_pb2.PendingSignal]:
+    """Signals queued for thread ``tid`` only (its SigPnd), oldest first."""
+    return _pending(proc.thread(tid).tid, snap.task_status(tid).sigpnd, shared=False)
+
+
+def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None) -> None:
+    """Dispositions, then the shared pending queue, of ``entry`` into the process of ``inj``."""
+    restore_sigactions(inj, entry.sigactions, scratch=scratch)
+    restore_pending(inj, entry.shared_pending, scratch=scratch)
+
+
+def restore_sigactions(inj: Injector, actions: "list[process_pb2.SigAction] | object",
+                       *, scratch: Scratch | None = None) -> None:
+    """Set every saved disposition (SIGKILL/SIGSTOP skipped; SIGTRAP last, see the module doc)."""
+    acts = sorted((a for a in actions if a.signo not in UNCHANGEABLE), key=lambda a: a.signo == SIGTRAP)  # type: ignore[attr-defined]
+    with scratch_for(inj, scratch, NSIG * _ACT_SIZE) as s:
+        for a in acts:
+            if not 1 <= a.signo <= NSIG:
+                raise ValueError(f"sigaction for signal {a.signo}: not in 1..{NSIG}")
+            s.write((a.signo - 1) * _ACT_SIZE, bytes(kernel_sigaction(a.handler, a.flags, a.restorer, a.mask)))
+        for a in acts:
+            if a.signo == SIGTRAP and a.handler == SIG_IGN:
+                inj.single_step = False  # a forced single-step SIGTRAP would reset SIG_IGN
+            inj.call(NR.rt_sigaction, a.signo, s.addr + (a.signo - 1) * _ACT_SIZE, 0, SIGSET_SIZE,
+                     name=f"rt_sigaction({a.signo})")
+
+
+def restore_pending(inj: Injector, pending: "list[common_pb2.PendingSignal] | object", *, thread: bool = False,
+                    scratch: Scratch | None = None) -> None:
+    """Queue ``pending`` again, in order: process-wide, or (``thread``) for the injector's thread."""
+    items = list(pending)  # type: ignore[call-overload]
+    if not items:
+        return
+    with scratch_for(inj, scratch, SIGINFO_SIZE) as s:
+        for p in items:
+            info = bytes(p.siginfo)
+            if len(info) != SIGINFO_SIZE or siginfo_signo(info) != p.signo:
+                raise ValueError(f"pending signal {p.signo}: malformed siginfo ({len(info)} bytes)")
+            s.write(0, info)
+            if thread:
+                inj.call(NR.rt_tgsigqueueinfo, inj.pid, inj.tid, p.signo, s.addr,
+                         name=f"rt_tgsigqueueinfo({inj.pid}, {inj.tid}, {p.signo})")
+            else:
+                inj.call(NR.rt_sigqueueinfo, inj.pid, p.signo, s.addr, name=f"rt_sigqueueinfo({inj.pid}, {p.signo})")

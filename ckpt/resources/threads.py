@@ -1,0 +1,203 @@
+"""Threads: registers, xstate, signal mask and the per-thread kernel registrations.
+
+Dump: per frozen thread, the registers saved when it was seized, the XSAVE
+area (its size depends on XCR0: 11,008 bytes with AMX here), the blocked mask,
+the rseq registration (PTRACE_GET_RSEQ_CONFIGURATION), the robust futex list
+(get_robust_list works from outside), and — by syscalls injected into that
+very thread, because only the thread can ask — its clear-child-tid address
+(PR_GET_TID_ADDRESS), sigaltstack and timer slack.
+
+Restore (DESIGN §4): every thread but the leader is recreated by ``clone3``
+injected into the main thread with ``set_tid = [tid]``.  The helper is traced
+with PTRACE_O_TRACECLONE, so the new thread is attached before it runs and
+stops at once: without that it would run into the trampoline's ``int3`` and the
+whole process would die of SIGTRAP.  Each thread then registers its rseq area,
+robust list, tid address, timer slack and sigaltstack itself; last, the final
+frame, xstate and mask are set and every thread is PTRACE_DETACHed explicitly.
+
+A thread seized inside a blocking syscall: the new task has no kernel restart
+state (and the helper's restart block is not the target's), so the frame is
+rewritten here as :func:`ckpt.control.inject.syscall_restart_frame` does —
+-ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND run the syscall again
+(``rip -= 2; rax = orig_rax``), -ERESTART_RESTARTBLOCK returns -EINTR (the
+remaining time was already written back; callers that loop carry on).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from collections.abc import Sequence
+
+from ..control.inject import (
+    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Injector, Scratch, syscall_restart_frame,
+)
+from ..control.seize import FrozenProcess, FrozenThread, ThreadSnapshot
+from ..errors import RestoreError, Unsupported
+from ..image.pb import core_pb2
+from ..kernel import clone, ptrace
+from ..kernel.arch_x86_64 import NR, user_regs_struct
+from ..kernel.libc import syscall
+from ..kernel.prctl import PR_GET_TID_ADDRESS, PR_GET_TIMERSLACK, PR_SET_TIMERSLACK
+from ..kernel.task_abi import SS_DISABLE, SS_ONSTACK, stack_t
+from ..kernel.ptrace import StopKind
+
+__all__ = [
+    "THREAD_CLONE_FLAGS", "regs_to_pb", "regs_from_pb", "syscall_state", "dump_thread", "dump_threads",
+    "check_xstate", "create_threads", "restore_thread_state", "final_frame", "finish_thread",
+]
+
+#: How a thread of the restored process is created (what pthread_create asks for, plus SETTID/CLEARTID).
+THREAD_CLONE_FLAGS = (clone.CLONE_VM | clone.CLONE_FS | clone.CLONE_FILES | clone.CLONE_SIGHAND
+                      | clone.CLONE_THREAD | clone.CLONE_SYSVSEM | clone.CLONE_SETTLS)
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def regs_to_pb(regs: user_regs_struct) -> core_pb2.UserRegsX86_64:
+    return core_pb2.UserRegsX86_64(**regs.as_dict())
+
+
+def regs_from_pb(pb: core_pb2.UserRegsX86_64) -> user_regs_struct:
+    return user_regs_struct.from_dict({name: getattr(pb, name) for name, _ in user_regs_struct._fields_})
+
+
+def syscall_state(regs: user_regs_struct) -> core_pb2.SyscallState:
+    """What the thread was doing in the kernel, and how restore will resume it (for readers and tests)."""
+    nr, result = _signed(regs.orig_rax), _signed(regs.rax)
+    st = core_pb2.SyscallState(nr=nr, result=result, resume=core_pb2.SyscallState.AS_IS)
+    if nr >= 0 and result in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
+        st.resume = core_pb2.SyscallState.RESTART
+    elif nr >= 0 and result == -ERESTART_RESTARTBLOCK:
+        st.resume = core_pb2.SyscallState.EINTR
+    return st
+
+
+def _robust_list(tid: int) -> tuple[int, int]:
+    head, length = ctypes.c_uint64(), ctypes.c_size_t()
+    syscall(NR.get_robust_list, tid, ctypes.addressof(head), ctypes.addressof(length),
+            name=f"get_robust_list({tid})")
+    return head.value, length.value
+
+
+def _comm(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
+            return os.fsdecode(f.read().rstrip(b"\n"))
+    except OSError:
+        return ""
+
+
+def dump_thread(t: FrozenThread, inj: Injector, scratch: Scratch) -> core_pb2.ThreadCore:
+    """The ThreadCore of one frozen thread; ``inj`` injects into that thread, ``scratch`` is mapped in the target."""
+    tid = t.tid
+    regs = t.snapshot.regs
+    core = core_pb2.ThreadCore(tid=tid, comm=_comm(t.pid, tid), regs=regs_to_pb(regs),
+                               xstate=ptrace.get_xstate(tid), sigmask=t.snapshot.sigmask,
+                               syscall=syscall_state(regs))
+    rseq = ptrace.get_rseq_configuration(tid)
+    if rseq.rseq_abi_pointer:
+        core.rseq.CopyFrom(core_pb2.Rseq(abi_pointer=rseq.rseq_abi_pointer, size=rseq.rseq_abi_size,
+                                         signature=rseq.signature, flags=rseq.flags))
+    head, length = _robust_list(tid)
+    core.robust_list.CopyFrom(core_pb2.RobustList(head=head, len=length))
+    inj.call(NR.prctl, PR_GET_TID_ADDRESS, scratch.addr, 0, 0, 0)
+    core.clear_child_tid = struct.unpack("<Q", scratch.read(0, 8))[0]
+    inj.call(NR.sigaltstack, 0, scratch.addr)
+    ss = stack_t.from_buffer_copy(scratch.read(0, ctypes.sizeof(stack_t)))
+    core.sigaltstack.CopyFrom(core_pb2.SigAltStack(sp=ss.ss_sp, flags=ss.ss_flags, size=ss.ss_size))
+    core.timer_slack_ns = inj.call(NR.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    return core
+
+
+def dump_threads(proc: FrozenProcess, scratch: Scratch) -> list[core_pb2.ThreadCore]:
+    """Every live thread, the leader first; Unsupported for an exited leader (zombie) of a live group."""
+    if proc.zombies:
+        raise Unsupported(f"process {proc.pid} has exited threads still listed ({sorted(proc.zombies)}): "
+                          "an exited group leader cannot be recreated")
+    order = sorted(proc.threads, key=lambda tid: (tid != proc.pid, tid))
+    return [dump_thread(proc.threads[tid], proc.injector(tid), scratch) for tid in order]
+
+
+# ---------------------------------------------------------------------------
+# restore
+# ---------------------------------------------------------------------------
+
+
+def check_xstate(tid: int, cores: Sequence[core_pb2.ThreadCore]) -> None:
+    """Refuse an image whose XSAVE layout (XCR0) differs from this CPU's: SETREGSET needs the full buffer."""
+    here = ptrace.xstate_size(tid)
+    for c in cores:
+        if len(c.xstate) != here:
+            raise Unsupported(f"thread {c.tid} has an xstate of {len(c.xstate)} bytes, this CPU's is {here}: "
+                              "the image comes from a CPU with other extended state (XCR0)")
+
+
+def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: Sequence[core_pb2.ThreadCore],
+                   trampoline: int) -> dict[int, Injector]:
+    """clone3 every non-leader thread from the main thread with its old tid; their injectors by tid.
+
+    The new thread starts right after the trampoline's ``syscall`` with the
+    main thread's registers (``stack = 0``), ``fs_base = tls``, no rseq, and is
+    held in its first ptrace stop (PTRACE_O_TRACECLONE) until its final frame is set.
+    """
+    out: dict[int, Injector] = {proc.pid: inj}
+    for core in cores:
+        if core.tid == proc.pid:
+            continue
+        flags = THREAD_CLONE_FLAGS
+        if core.clear_child_tid:
+            flags |= clone.CLONE_PARENT_SETTID | clone.CLONE_CHILD_CLEARTID
+        blob = clone.clone_args_bytes(flags, child_tid=core.clear_child_tid, parent_tid=core.clear_child_tid,
+                                      tls=core.regs.fs_base, set_tid=[core.tid], at=scratch.addr)
+        scratch.write(0, blob)
+        try:
+            tid = inj.call(NR.clone3, scratch.addr, clone.CLONE_ARGS_SIZE_VER2)
+        except OSError as exc:
+            raise RestoreError(f"clone3 of thread {core.tid} failed: {os.strerror(exc.errno or 0)}"
+                               + (" (the tid is taken)" if exc.errno == 17 else "")) from exc
+        if tid != core.tid:
+            raise RestoreError(f"clone3 gave thread {tid}, wanted {core.tid}")
+        st = ptrace.waitpid(tid)
+        if st is None or st.kind is not StopKind.EVENT_STOP:
+            raise RestoreError(f"new thread {tid} did not stop as expected: {st}")
+        regs = ptrace.getregs(tid)
+        thread = FrozenThread(proc, ThreadSnapshot(tid, bytes(regs), ptrace.getsigmask(tid), st), st)
+        proc.threads[tid] = thread
+        out[tid] = Injector(thread, syscall_insn=trampoline)
+    return out
+
+
+def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) -> None:
+    """rseq, robust list, clear-child-tid, timer slack and sigaltstack, set by the thread itself."""
+    if core.HasField("rseq") and core.rseq.abi_pointer:
+        inj.call(NR.rseq, core.rseq.abi_pointer, core.rseq.size, 0, core.rseq.signature)
+    if core.robust_list.head:
+        inj.call(NR.set_robust_list, core.robust_list.head, core.robust_list.len)
+    inj.call(NR.set_tid_address, core.clear_child_tid)
+    if core.timer_slack_ns:
+        inj.call(NR.prctl, PR_SET_TIMERSLACK, core.timer_slack_ns, 0, 0, 0)
+    ss = core.sigaltstack
+    if ss.sp or ss.size:
+        flags = ss.flags & ~SS_ONSTACK  # SS_ONSTACK is reported, never set
+        want = stack_t(ss_sp=ss.sp, ss_flags=flags, ss_size=ss.size) if not flags & SS_DISABLE else stack_t(ss_flags=SS_DISABLE)
+        scratch.write(0, bytes(want))
+        inj.call(NR.sigaltstack, scratch.addr, 0)
+
+
+def final_frame(core: core_pb2.ThreadCore) -> user_regs_struct:
+    """The registers the thread resumes with: the saved ones, with an interrupted syscall rewound."""
+    return syscall_restart_frame(regs_from_pb(core.regs))
+
+
+def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:
+    """Final frame, xstate and signal mask; then PTRACE_DETACH (which also clears a single-step trap flag)."""
+    tid = thread.tid
+    ptrace.setregs(tid, final_frame(core))
+    ptrace.set_xstate(tid, bytes(core.xstate))
+    ptrace.setsigmask(tid, core.sigmask)
+    ptrace.detach(tid, 0)
+    thread.gone = True  # no longer ours: release() must not touch it
