@@ -443,11 +443,14 @@ def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEn
     """prctl(PR_SET_MM, PR_SET_MM_MAP) with the exe file opened inside the target.
 
     Must run after the helper's own mappings are gone: the kernel refuses to
-    change exe_file (EBUSY) while the old executable is still mapped.
+    change exe_file (EBUSY) while the old executable is still mapped.  When the
+    helper already runs the image's executable (a Python target restored by a
+    Python ckpt), the restored VMAs map that very file, so changing it would
+    give EBUSY too; it is already right, and ``exe_fd = -1`` leaves it as is.
     """
     opener = _FileOpener(inj, scratch, opener_pid)
     try:
-        exe_fd = opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
+        exe_fd = -1 if _same_inode(f"/proc/{inj.pid}/exe", mm.exe_path) else opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
         auxv = bytes(mm.auxv)
         head = prctl_mm_map(
             start_code=mm.start_code, end_code=mm.end_code, start_data=mm.start_data, end_data=mm.end_data,
@@ -465,6 +468,15 @@ def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEn
             raise RestoreError(f"prctl(PR_SET_MM_MAP) refused the image's mm fields: {os.strerror(exc.errno or 0)}") from exc
     finally:
         opener.close_all()
+
+
+def _same_inode(a: str, b: str) -> bool:
+    """True when two paths name the same inode (False if either cannot be stat'ed)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def free_area(size: int, taken: Iterable[tuple[int, int]], *, low: int = 1 << 32, high: int = TASK_SIZE_MAX - (1 << 32)) -> int:
