@@ -63,10 +63,96 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def _warn_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        print(f"ckpt: warning: {note}", file=sys.stderr)
+
+
+def _write_json_stats(path: str | None, stats: object) -> None:
+    if path:
+        from dataclasses import asdict
+
+        with open(path, "w") as f:
+            json.dump(asdict(stats), f, indent=2)  # type: ignore[call-overload]
+            f.write("\n")
+
+
+def _cmd_dump(args: argparse.Namespace) -> int:
+    from . import api
+
+    level = None if args.no_compress else args.compress
+    stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running, compress_level=level)
+    _warn_notes(stats.notes)
+    _write_json_stats(args.json_stats, stats)
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from . import api
+
+    stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile)
+    _warn_notes(stats.notes)
+    _write_json_stats(args.json_stats, stats)
+    if args.restore_detached:
+        return 0
+    # Like CRIU without -d: stay the parent and report how the process ended.
+    return api.wait_restored(stats.pid)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
     return demo.main()
+
+
+def _fmt_pages(n: int) -> str:
+    return f"{n} pages ({n * 4096 / 1e6:.1f} MB)"
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from . import api
+    from .track.base import parse_ranges
+
+    ranges = parse_ranges(args.ranges) if args.ranges else None
+    exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
+    samples = api.watch(args.target, interval=args.interval, count=args.count, ranges=ranges, exclude=exclude,
+                        method=args.track)
+    with contextlib.closing(samples):  # tracking leaves the target on every way out, Ctrl-C included
+        try:
+            for s in samples:
+                if args.json:
+                    print(json.dumps(s.as_dict()), flush=True)
+                    continue
+                print(f"interval {s.interval}: {s.seconds:.2f} s, written {_fmt_pages(s.written_pages)}, "
+                      f"{s.mb_s:.2f} MB/s, holes {s.hole_pages}, ranges {len(s.ranges)} "
+                      f"({s.new_ranges} new, {s.gone_ranges} gone), get+clear {s.scan_ms:.2f} ms [{s.method}]")
+                for r in s.ranges:
+                    if r.written_pages or r.hole_pages or args.all:
+                        print(f"  {r.start:#014x}-{r.end:#014x} {r.path or '[anon]':<28.28} "
+                              f"{r.written_pages:>8} pages {r.mb_s:>9.2f} MB/s"
+                              f"{'  new' if r.new else ''}{f'  holes {r.hole_pages}' if r.hole_pages else ''}")
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            samples.close()
+            print("ckpt: watch interrupted; tracking removed", file=sys.stderr)
+    return 0
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    from . import api
+    from .track.base import parse_ranges
+
+    if args.stop:
+        print(api.track_stop(args.target, fd=args.fd))
+        return 0
+    ranges = parse_ranges(args.ranges) if args.ranges else None
+    exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
+    state = api.track_start(args.target, method=args.track, ranges=ranges, exclude=exclude)
+    where = f"userfaultfd parked at fd {state.parked_fd}" if state.method == "uffd-wp" else state.digests_path
+    print(f"tracking process {args.target} with {state.method} ({where}); state in {api.tracking_state_path(args.target)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +179,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("verify", _cmd_verify, "check every file of an image and its whole parent chain")
     sp.add_argument("dir", metavar="DIR", help="image directory")
+
+    sp = add("dump", _cmd_dump, "checkpoint a running process into an image directory")
+    sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process to dump")
+    sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="image directory to create")
+    sp.add_argument("-R", "--leave-running", action="store_true",
+                    help="keep the process running after the dump (default: end it, like CRIU)")
+    level = sp.add_mutually_exclusive_group()
+    level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
+    level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
+    sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
+
+    sp = add("restore", _cmd_restore, "recreate a process from an image directory, with its pid")
+    sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="image directory (newest of a chain)")
+    sp.add_argument("-d", "--restore-detached", action="store_true",
+                    help="detach once restored (default: wait and exit with the process's status)")
+    sp.add_argument("--pidfile", metavar="FILE", help="write the restored process's pid here")
+    sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
+
+    sp = add("watch", _cmd_watch, "print the pages a process writes per interval and its dirty rate (MB/s)")
+    sp.add_argument("-t", "--target", type=int, required=True, metavar="PID")
+    sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds per interval (default 1)")
+    sp.add_argument("--count", type=int, default=None, metavar="N", help="stop after N intervals (default: Ctrl-C)")
+    sp.add_argument("--ranges", metavar="A-B,...", help="track only these hex address ranges")
+    sp.add_argument("--exclude-ranges", metavar="A-B,...", help="do not track these hex address ranges")
+    sp.add_argument("--track", choices=("uffd-wp", "soft-dirty", "hash"), help="tracking method (default: best here)")
+    sp.add_argument("--all", action="store_true", help="list ranges with no writes too")
+    sp.add_argument("--json", action="store_true", help="one JSON object per interval")
+
+    sp = add("track", _cmd_track, "leave dirty tracking running in a process between ckpt runs, or remove it")
+    sp.add_argument("-t", "--target", type=int, required=True, metavar="PID")
+    mode = sp.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--start", action="store_true", help="start tracking and park it in the target")
+    mode.add_argument("--stop", action="store_true", help="remove the tracking ckpt left in the target")
+    sp.add_argument("--fd", type=int, help="with --stop and no saved state: the userfaultfd to close")
+    sp.add_argument("--ranges", metavar="A-B,...")
+    sp.add_argument("--exclude-ranges", metavar="A-B,...")
+    sp.add_argument("--track", choices=("uffd-wp", "soft-dirty", "hash"))
 
     add("demo", _cmd_demo, "a short real session with a sample process (what `make demo` runs)")
 

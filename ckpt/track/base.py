@@ -1,0 +1,348 @@
+"""The seam every dirty-tracking back-end plugs into: range selection, the result record, the protocol.
+
+Back-ends (``uffd_wp``, ``soft_dirty``, ``hash``) differ only in how they *get*
+and *clear* the written state of a range; which ranges are tracked
+(:func:`select_ranges`) and what a collection reports (:class:`DirtySet`) are
+shared, so the dumper writes one kind of image whatever the method.
+
+THE CALLER'S RULE — CLEAR, THEN COPY (DESIGN §2, "Tracking lifecycle"):
+    ``collect()`` *is* the clear.  Call it first, and only then read the pages
+    it names out of the target.  A write that lands after the clear is seen by
+    the next ``collect()``, whatever the copy read.  Reading the pages first and
+    clearing afterwards loses every write that falls between the two: measured
+    29,265 of 65,536 pages lost under two busy writers.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+from ..errors import CkptError, UsageError
+from ..kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
+from ..procfs.maps import SPECIAL_MAPPINGS, Vma
+
+__all__ = [
+    "Run", "Interval", "RangeSpec", "VmaDirty", "DirtySet", "TrackingState", "TrackingLost", "Tracker",
+    "select_ranges", "parse_ranges", "runs_from_pages", "merge_runs", "subtract_intervals",
+]
+
+#: ``(start address, number of pages)``.
+Run = tuple[int, int]
+#: ``(start, end)`` addresses, end exclusive.
+Interval = tuple[int, int]
+
+
+class TrackingLost(CkptError):
+    """The tracking state of a process is gone: the next pre-dump must be a full one.
+
+    Raised when the parked userfaultfd was closed or replaced, the target exec'd
+    (its address space is a new one), or the saved digests do not belong to it.
+    ``reason`` says which, for the warning the caller prints.
+    """
+
+    def __init__(self, pid: int, reason: str) -> None:
+        super().__init__(f"dirty tracking of process {pid} was lost: {reason}",
+                         hint="the next pre-dump will be a full one")
+        self.pid = pid
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RangeSpec:
+    """Which parts of the address space to track: ``include`` (None = all selected VMAs) minus ``exclude``."""
+
+    include: tuple[Interval, ...] | None = None
+    exclude: tuple[Interval, ...] = ()
+
+
+def parse_ranges(text: str) -> tuple[Interval, ...]:
+    """``"ADDR-ADDR,ADDR-ADDR"`` (hex, with or without 0x) → intervals; UsageError on anything else."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            if not sep:
+                raise ValueError
+            start, end = int(lo, 16), int(hi, 16)
+        except ValueError:
+            raise UsageError(f"bad address range {part!r}: expected START-END in hex, e.g. 7f0000000000-7f0000100000") from None
+        if start >= end or start % PAGE_SIZE or end % PAGE_SIZE:
+            raise UsageError(f"bad address range {part!r}: start must be below end and both page-aligned")
+        out.append((start, end))
+    if not out:
+        raise UsageError(f"no address range in {text!r}")
+    return tuple(sorted(out))
+
+
+def subtract_intervals(base: Interval, holes: Iterable[Interval]) -> list[Interval]:
+    """``base`` minus every interval of ``holes``."""
+    pieces = [base]
+    for hs, he in holes:
+        nxt = []
+        for s, e in pieces:
+            if he <= s or hs >= e:
+                nxt.append((s, e))
+                continue
+            if s < hs:
+                nxt.append((s, hs))
+            if he < e:
+                nxt.append((he, e))
+        pieces = nxt
+    return pieces
+
+
+def _trackable(v: Vma) -> bool:
+    """Writable private memory, or shared anonymous memory (``/dev/zero (deleted)``, SysV shm).
+
+    Special mappings refuse write-protect (EINVAL) and a read-only shared file
+    has no VM_MAYWRITE (EPERM), DESIGN §2; a writable shared *file* mapping's
+    content lives in the file, which the dump handles as a file, not as pages.
+    """
+    if v.path in SPECIAL_MAPPINGS or v.end > TASK_SIZE_MAX or not v.write:
+        return False
+    if not v.shared:
+        return True
+    return v.deleted and (v.path == "/dev/zero" or v.path.startswith("/SYSV"))
+
+
+def select_ranges(maps: Sequence[Vma], include: Sequence[Interval] | None = None,
+                  exclude: Sequence[Interval] = ()) -> list[tuple[Interval, Vma]]:
+    """The pieces of ``maps`` to track: trackable VMAs, clipped to ``include``, minus ``exclude``.
+
+    Returns ``((start, end), vma)`` pairs sorted by address, one VMA per piece —
+    never a piece spanning two VMAs, because a uffd-wp scan must cover one VMA
+    at a time.
+    """
+    out: list[tuple[Interval, Vma]] = []
+    for v in maps:
+        if not _trackable(v):
+            continue
+        if include is None:
+            pieces = [(v.start, v.end)]
+        else:
+            pieces = [(max(v.start, s), min(v.end, e)) for s, e in include if s < v.end and e > v.start]
+        for p in pieces:
+            out.extend((q, v) for q in subtract_intervals(p, exclude))
+    out.sort(key=lambda x: x[0])
+    return out
+
+
+def runs_from_pages(pages: Iterable[int]) -> tuple[Run, ...]:
+    """Sorted page addresses → ``(start, npages)`` runs."""
+    runs: list[list[int]] = []
+    for a in sorted(pages):
+        if runs and runs[-1][0] + runs[-1][1] * PAGE_SIZE == a:
+            runs[-1][1] += 1
+        else:
+            runs.append([a, 1])
+    return tuple((s, n) for s, n in runs)
+
+
+def merge_runs(runs: Iterable[Run]) -> tuple[Run, ...]:
+    """Sorted runs with touching neighbours joined."""
+    out: list[list[int]] = []
+    for s, n in runs:
+        if out and out[-1][0] + out[-1][1] * PAGE_SIZE == s:
+            out[-1][1] += n
+        else:
+            out.append([s, n])
+    return tuple((s, n) for s, n in out)
+
+
+def _npages(runs: Iterable[Run]) -> int:
+    return sum(n for _, n in runs)
+
+
+@dataclass(frozen=True)
+class VmaDirty:
+    """What one collection found in one tracked range.
+
+    ``written``: runs of pages written since the last collection and present —
+    copy them.  ``holes``: written but no longer present (MADV_DONTNEED) and not
+    swapped — their content is what the backing gives again: zero for anonymous
+    memory (record a zero run), the file's page for a private file mapping.
+    ``new``: the range was not tracked before (new mmap, brk growth, thread
+    stack, moved by mremap, replaced by MAP_FIXED): *every* page is dirty, and
+    ``written`` + ``holes`` cover the whole range.  ``untracked``: the kernel
+    refused to track it; it is reported wholly dirty every time.
+    """
+
+    start: int
+    end: int
+    path: str
+    written: tuple[Run, ...] = ()
+    holes: tuple[Run, ...] = ()
+    new: bool = False
+    untracked: bool = False
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) // PAGE_SIZE
+
+    @property
+    def written_pages(self) -> int:
+        return _npages(self.written)
+
+    @property
+    def hole_pages(self) -> int:
+        return _npages(self.holes)
+
+    @property
+    def dirty_pages(self) -> int:
+        return self.written_pages + self.hole_pages
+
+
+@dataclass(frozen=True)
+class DirtySet:
+    """The result of one get-and-clear over every tracked range.
+
+    ``gone``: ranges tracked at the previous collection of *this* tracker object
+    that are no longer mapped (or no longer selected); after a re-attach the
+    first collection knows of no previous ranges, and the image's own VMA list
+    is what tells the dumper what disappeared.
+    """
+
+    method: str
+    vmas: tuple[VmaDirty, ...]
+    gone: tuple[Interval, ...] = ()
+    #: Seconds the get-and-clear took (not counting reading /proc/PID/maps).
+    elapsed: float = 0.0
+    #: CLOCK_MONOTONIC at the end of the collection.
+    timestamp: float = 0.0
+
+    @property
+    def written_pages(self) -> int:
+        return sum(v.written_pages for v in self.vmas)
+
+    @property
+    def hole_pages(self) -> int:
+        return sum(v.hole_pages for v in self.vmas)
+
+    @property
+    def dirty_pages(self) -> int:
+        return sum(v.dirty_pages for v in self.vmas)
+
+    @property
+    def new_vmas(self) -> tuple[VmaDirty, ...]:
+        return tuple(v for v in self.vmas if v.new)
+
+    @property
+    def tracked_pages(self) -> int:
+        return sum(v.npages for v in self.vmas)
+
+    def pages(self, *, holes: bool = True) -> Iterator[int]:
+        """Every dirty page address (written, and holes unless ``holes=False``)."""
+        for v in self.vmas:
+            for s, n in (v.written + v.holes) if holes else v.written:
+                yield from range(s, s + n * PAGE_SIZE, PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class TrackingState:
+    """What a later ``ckpt`` process needs to take over tracking; the caller saves it.
+
+    uffd-wp: the target's copy of the userfaultfd is parked at ``parked_fd`` and
+    recognised by ``uffd_inode`` (unique per userfaultfd).  hash: the digests
+    live in ``digests_path``.  ``start_time`` pins the pid to one process.
+    The image inventory keeps (method, parked_fd, uffd_inode) as TrackingState.
+    """
+
+    method: str
+    pid: int
+    start_time: int
+    parked_fd: int = -1
+    uffd_inode: int = 0
+    digests_path: str = ""
+    include: tuple[Interval, ...] | None = None
+    exclude: tuple[Interval, ...] = ()
+
+    @property
+    def ranges(self) -> RangeSpec:
+        return RangeSpec(self.include, self.exclude)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrackingState":
+        d = json.loads(text)
+        inc = d.get("include")
+        d["include"] = None if inc is None else tuple(tuple(x) for x in inc)
+        d["exclude"] = tuple(tuple(x) for x in d.get("exclude", ()))
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (tmp + rename): a crash never leaves half a state file."""
+        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "TrackingState":
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+
+@dataclass
+class _Previous:
+    """The ranges seen at the last collection, to report ``gone`` ones."""
+
+    ranges: list[Interval] = field(default_factory=list)
+
+    def gone(self, now: Sequence[Interval]) -> tuple[Interval, ...]:
+        out: list[Interval] = []
+        for r in self.ranges:
+            out.extend(subtract_intervals(r, now))
+        self.ranges = list(now)
+        return tuple(out)
+
+
+class Tracker(abc.ABC):
+    """One back-end tracking the written pages of one process (``pid``).
+
+    Life cycle: ``start(ranges)`` (or attach from a saved :class:`TrackingState`),
+    then ``collect()`` as often as needed, then either ``stop()`` (tracking ends,
+    the target is left as it was) or ``detach()`` (tracking stays alive in the
+    target for the next ``ckpt`` process; save the returned state).
+    Follow the clear-then-copy rule in this module's docstring.
+    """
+
+    method: str = ""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.ranges = RangeSpec()
+        self._previous = _Previous()
+
+    @abc.abstractmethod
+    def start(self, ranges: RangeSpec | None = None) -> None:
+        """Begin tracking; every selected page counts as written until the first collect."""
+
+    @abc.abstractmethod
+    def collect(self) -> DirtySet:
+        """Get and clear: the pages written since the previous collect (or start)."""
+
+    def peek(self) -> DirtySet:
+        """Get without clearing (not every back-end can)."""
+        raise CkptError(f"the {self.method} tracker cannot report written pages without clearing them")
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """End tracking and remove every trace of it from the target."""
+
+    @abc.abstractmethod
+    def detach(self) -> TrackingState:
+        """Leave tracking running in the target; the state lets a later process take over."""
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

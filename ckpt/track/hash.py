@@ -1,0 +1,249 @@
+"""hash: per-page content digests; works on any kernel, at the price of reading all tracked memory.
+
+Each collection reads every selected page with ``process_vm_readv`` into one
+reused, pre-faulted buffer (first touch of fresh memory runs at ~2 GB/s here,
+DESIGN §3) and compares a 64-bit digest per page with the previous one.
+
+Digest: the first 8 bytes of SHA-1.  Measured per 4 KiB page from Python on
+this machine: sha1 3.0 µs (1.37 GB/s), blake2b-64 5.1 µs (0.80 GB/s), md5
+6.3 µs, crc32 1.3 µs but only 32 bits.  Collision resistance against an
+adversary is not the point — a page and its own later content — so the
+fastest 64-bit digest wins; 2^-64 per changed page of missing a change.
+
+The digests persist between ``ckpt`` invocations in the image file kind
+``digests-<owner>.img`` (proto/ckpt/v1/digests.proto: one DigestHead, then one
+PageDigests per range, in ckpt's framed-record format), at a path the caller
+names.  Not atomic with the target's writes, so the caller follows the same
+clear-then-copy rule (base module): a page that changes after it was hashed
+shows up again at the next collection.  One gap remains: if the caller copies
+content X' of a page hashed as X and the page later returns to exactly X, the
+change back is not seen; :meth:`HashTracker.note_copied` closes it by hashing
+what was really copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import time
+from dataclasses import dataclass
+
+from ..errors import CkptError, CorruptImage, TargetGone, translate_oserror
+from ..image import framing, kinds
+from ..image.pb import digests_pb2
+from ..kernel.arch_x86_64 import PAGE_SIZE
+from ..kernel.vm import buffer_address, process_vm_readv
+from ..procfs.maps import read_maps
+from ..procfs.task import read_starttime
+from .base import DirtySet, Interval, RangeSpec, Tracker, TrackingLost, TrackingState, VmaDirty, runs_from_pages, select_ranges
+
+__all__ = ["ALGORITHM", "DIGEST_SIZE", "CHUNK", "HashTracker", "page_digests", "save_digests", "load_digests"]
+
+ALGORITHM = "sha1-64"
+DIGEST_SIZE = 8
+#: Bytes read per process_vm_readv call: big enough to amortise the call, small enough to stay in cache.
+CHUNK = 4 << 20
+_NO_DIGEST = b"\xff" * DIGEST_SIZE  # an unreadable page: never equal to a real digest of the next round
+
+
+def page_digests(data: memoryview, npages: int) -> bytearray:
+    """``npages`` digests of the pages at the start of ``data``, back to back."""
+    out = bytearray(npages * DIGEST_SIZE)
+    sha1 = hashlib.sha1
+    for i in range(npages):
+        o = i * PAGE_SIZE
+        out[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] = sha1(data[o:o + PAGE_SIZE]).digest()[:DIGEST_SIZE]
+    return out
+
+
+@dataclass
+class _Range:
+    start: int
+    end: int
+    digests: bytearray
+
+    def digest_at(self, addr: int) -> bytes:
+        i = (addr - self.start) // PAGE_SIZE * DIGEST_SIZE
+        return bytes(self.digests[i:i + DIGEST_SIZE])
+
+
+def save_digests(path: str | os.PathLike[str], owner: str, ranges: list[_Range]) -> None:
+    """Write a ``digests-<owner>.img`` file atomically."""
+    head = digests_pb2.DigestHead(owner=owner, algorithm=ALGORITHM, digest_size=DIGEST_SIZE, page_size=PAGE_SIZE)
+    recs = [head.SerializeToString()] + [
+        digests_pb2.PageDigests(vaddr=r.start, nr_pages=(r.end - r.start) // PAGE_SIZE,
+                                digests=bytes(r.digests)).SerializeToString() for r in ranges]
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(framing.encode_file(kinds.DIGESTS.magic, recs))
+    os.replace(tmp, path)
+
+
+def load_digests(path: str | os.PathLike[str]) -> tuple[str, list[_Range]]:
+    """``(owner, ranges)`` from a digests file; CorruptImage on a foreign algorithm or size."""
+    with open(path, "rb") as f:
+        data = f.read()
+    framing.parse_header(path, data, kinds.DIGESTS.magic, names=kinds.MAGIC_NAMES)
+    recs = framing.split_records(path, data)
+    if not recs:
+        raise CorruptImage(path, "no DigestHead record")
+    head = digests_pb2.DigestHead.FromString(bytes(recs[0]))
+    if head.algorithm != ALGORITHM or head.digest_size != DIGEST_SIZE or head.page_size != PAGE_SIZE:
+        raise CorruptImage(path, f"digests are {head.algorithm}/{head.digest_size}/{head.page_size}, "
+                                 f"this ckpt uses {ALGORITHM}/{DIGEST_SIZE}/{PAGE_SIZE}")
+    out = []
+    for raw in recs[1:]:
+        pd = digests_pb2.PageDigests.FromString(bytes(raw))
+        if len(pd.digests) != pd.nr_pages * DIGEST_SIZE:
+            raise CorruptImage(path, f"range {pd.vaddr:#x}: {len(pd.digests)} digest bytes for {pd.nr_pages} pages")
+        out.append(_Range(pd.vaddr, pd.vaddr + pd.nr_pages * PAGE_SIZE, bytearray(pd.digests)))
+    return head.owner, out
+
+
+class HashTracker(Tracker):
+    """Tracks ``pid`` by comparing page digests; ``digests_path`` is where :meth:`detach` keeps them."""
+
+    method = "hash"
+
+    def __init__(self, pid: int, digests_path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(pid)
+        self.start_time = read_starttime(pid)
+        self.digests_path = os.fspath(digests_path) if digests_path is not None else ""
+        self._ranges: list[_Range] = []
+        self._buf = mmap.mmap(-1, CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._buf.write(b"\0" * CHUNK)  # pre-fault once; every round reuses these pages
+        self._view = memoryview(self._buf)
+        self._addr = buffer_address(self._view)
+        self._running = False
+
+    def start(self, ranges: RangeSpec | None = None) -> None:
+        """Hash every selected page: the first "clear"."""
+        self.ranges = ranges or RangeSpec()
+        self._running = True
+        self.collect()
+
+    @classmethod
+    def attach(cls, state: TrackingState) -> "HashTracker":
+        self = cls(state.pid, state.digests_path)
+        if self.start_time != state.start_time:
+            raise TargetGone(state.pid, f"process {state.pid} is not the one tracked (its pid was reused)")
+        self.ranges = state.ranges
+        try:
+            owner, self._ranges = load_digests(state.digests_path)
+        except FileNotFoundError:
+            raise TrackingLost(state.pid, f"the digests file {state.digests_path} is gone") from None
+        except CkptError as e:
+            raise TrackingLost(state.pid, f"the digests file is unusable: {e}") from None
+        if owner != str(state.pid):
+            raise TrackingLost(state.pid, f"the digests file belongs to process {owner}")
+        self._previous.ranges = [(r.start, r.end) for r in self._ranges]
+        self._running = True
+        return self
+
+    def _read(self, start: int, npages: int) -> int:
+        """Read ``npages`` from ``start`` into the buffer; pages actually read (a range may vanish meanwhile)."""
+        try:
+            got = process_vm_readv(self.pid, [(self._addr, npages * PAGE_SIZE)], [(start, npages * PAGE_SIZE)])
+        except OSError as e:
+            if not os.path.exists(f"/proc/{self.pid}"):
+                raise TargetGone(self.pid, f"process {self.pid} exited while its pages were hashed") from e
+            return 0
+        return got // PAGE_SIZE
+
+    def _hash_range(self, start: int, end: int) -> bytearray:
+        out = bytearray()
+        step = CHUNK // PAGE_SIZE
+        addr = start
+        while addr < end:
+            n = min(step, (end - addr) // PAGE_SIZE)
+            got = self._read(addr, n)
+            out += page_digests(self._view, got)
+            out += _NO_DIGEST * (n - got)
+            addr += n * PAGE_SIZE
+        return out
+
+    def _old_digests(self, start: int, end: int) -> bytearray | None:
+        """The previous digests of ``[start, end)`` when every page of it was tracked before, else None."""
+        out = bytearray()
+        addr = start
+        for r in self._ranges:  # sorted by address
+            if r.end <= addr or r.start >= end:
+                continue
+            if r.start > addr:
+                return None
+            hi = min(r.end, end)
+            i, j = (addr - r.start) // PAGE_SIZE, (hi - r.start) // PAGE_SIZE
+            out += r.digests[i * DIGEST_SIZE:j * DIGEST_SIZE]
+            addr = hi
+            if addr >= end:
+                return out
+        return None
+
+    def collect(self) -> DirtySet:
+        """Pages whose digest changed since the last collection, plus ranges not tracked before."""
+        if not self._running:
+            raise CkptError(f"tracking of process {self.pid} is not running (stopped, or never started)")
+        try:
+            maps = read_maps(self.pid)
+        except OSError as e:
+            raise translate_oserror(e, self.pid, "reading the maps of") from e
+        if read_starttime(self.pid) != self.start_time:
+            raise TargetGone(self.pid, f"process {self.pid} exited and its pid was reused")
+        selected = select_ranges(maps, self.ranges.include, self.ranges.exclude)
+        t0 = time.perf_counter()
+        found: list[VmaDirty] = []
+        new_ranges: list[_Range] = []
+        for (start, end), vma in selected:
+            now = self._hash_range(start, end)
+            old = self._old_digests(start, end)
+            new_ranges.append(_Range(start, end, now))
+            if old is None:
+                found.append(VmaDirty(start, end, vma.path, ((start, (end - start) // PAGE_SIZE),), (), new=True))
+                continue
+            if old == now:
+                found.append(VmaDirty(start, end, vma.path))
+                continue
+            pages = [start + i * PAGE_SIZE for i in range(len(now) // DIGEST_SIZE)
+                     if now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] != old[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+                     or now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] == _NO_DIGEST]
+            found.append(VmaDirty(start, end, vma.path, runs_from_pages(pages)))
+        self._ranges = new_ranges
+        elapsed = time.perf_counter() - t0
+        gone = self._previous.gone([r for r, _ in selected])
+        return DirtySet(self.method, tuple(found), gone, elapsed, time.monotonic())
+
+    def note_copied(self, addr: int, data: bytes | memoryview) -> None:
+        """Record the digests of pages as the caller copied them (closes the X → X' → X gap)."""
+        mv = memoryview(data)
+        n = len(mv) // PAGE_SIZE
+        digests = page_digests(mv, n)
+        for k in range(n):
+            a = addr + k * PAGE_SIZE
+            for r in self._ranges:
+                if r.start <= a < r.end:
+                    i = (a - r.start) // PAGE_SIZE * DIGEST_SIZE
+                    r.digests[i:i + DIGEST_SIZE] = digests[k * DIGEST_SIZE:(k + 1) * DIGEST_SIZE]
+                    break
+
+    def state(self) -> TrackingState:
+        return TrackingState(self.method, self.pid, self.start_time, digests_path=self.digests_path,
+                             include=self.ranges.include, exclude=self.ranges.exclude)
+
+    def detach(self) -> TrackingState:
+        """Save the digests at ``digests_path`` for the next process."""
+        if not self.digests_path:
+            raise CkptError("the hash tracker needs a digests path to keep its state")
+        save_digests(self.digests_path, str(self.pid), self._ranges)
+        self._running = False
+        return self.state()
+
+    def stop(self) -> None:
+        """Forget the digests (the target never knew it was tracked)."""
+        self._running = False
+        self._ranges = []
+
+    @property
+    def tracked(self) -> list[Interval]:
+        return [(r.start, r.end) for r in self._ranges]
+

@@ -1,0 +1,347 @@
+"""uffd-wp: asynchronous userfaultfd write-protect + PAGEMAP_SCAN, the atomic get-and-clear (DESIGN §2).
+
+How a target is tracked, and why each step is as it is:
+
+1. ``userfaultfd(O_CLOEXEC|O_NONBLOCK)`` is *injected*: a userfaultfd acts on
+   the memory of the process that created it.  The target is frozen only for
+   the three short injections (create, park, close), about a millisecond.
+2. We take it with ``pidfd_getfd`` and do ``UFFDIO_API`` (WP_ASYNC |
+   WP_UNPOPULATED) and every ``UFFDIO_REGISTER`` from our side; WP faults are
+   then resolved inside the kernel and the target never waits for us.
+3. The target's copy is *parked* at a high descriptor with an injected
+   ``fcntl(fd, F_DUPFD_CLOEXEC, N)``, N ≤ soft RLIMIT_NOFILE − 1 (larger gives
+   EINVAL), and the original closed.  Never ``dup3`` onto a number: it silently
+   closes whatever the target had there.  The parked copy keeps tracking alive
+   between ``ckpt`` invocations; a later process re-attaches with
+   ``pidfd_getfd(parked)`` after checking that it is still
+   ``anon_inode:[userfaultfd]`` with the inode recorded at creation.  A second
+   ``UFFDIO_API`` on it gives EINVAL, so it is skipped.
+4. Each collection walks ``/proc/PID/maps`` and scans ONE VMA at a time with
+   ``PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC``.  The kernel is asked, not
+   our memory, whether a VMA is registered: CHECK_WPASYNC fails with EPERM on an
+   unregistered one (new mmap, brk growth, thread stack, moved by mremap,
+   replaced by MAP_FIXED).  Such a VMA is registered (re-registering an already
+   registered range with the same userfaultfd succeeds and keeps its
+   protection: measured) and reported wholly dirty.  A scan that failed after
+   clearing part of a range that changed under us is covered the same way: the
+   whole range is reported dirty, so the writes it cleared are not lost.
+5. Written-but-not-present pages (MADV_DONTNEED) are reported as holes.
+
+Tracking is lost — :class:`~ckpt.track.base.TrackingLost` — when the parked
+copy is closed or replaced while nobody else holds one (the kernel then drops
+every registration at once), or when the target execs (the descriptor is
+CLOEXEC; an old pagemap descriptor then gives ESRCH).
+
+The calling process can be tracked too (``pid=None``): ``userfaultfd()`` is
+called directly and ``/proc/self/pagemap`` scanned; nothing is parked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..control.seize import freeze
+from ..errors import CkptError, TargetGone, translate_oserror
+from ..kernel import pagemap as pm
+from ..kernel import uffd
+from ..kernel.arch_x86_64 import PAGE_SIZE
+from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..procfs.maps import Vma, read_maps
+from ..procfs.task import read_starttime
+from .base import DirtySet, RangeSpec, Run, Tracker, TrackingLost, TrackingState, VmaDirty, select_ranges, subtract_intervals
+
+__all__ = ["UFFD_FEATURES", "PARK_FD_HIGHEST", "UFFD_LINK", "UffdWpTracker", "find_userfaultfds"]
+
+#: Asked of UFFDIO_API: in-kernel fault resolution, markers on never-populated ptes.
+UFFD_FEATURES = uffd.UFFD_FEATURE_WP_ASYNC | uffd.UFFD_FEATURE_WP_UNPOPULATED
+#: Highest descriptor we park at: a larger number would grow the target's fd
+#: table to that size (8 bytes per slot) even under a limit of 1 M.
+PARK_FD_HIGHEST = 1023
+UFFD_LINK = "anon_inode:[userfaultfd]"
+
+_SCAN_CLEAR = pm.PM_SCAN_WP_MATCHING | pm.PM_SCAN_CHECK_WPASYNC
+_RETURN = pm.PAGE_IS_WRITTEN | pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED | pm.PAGE_IS_PFNZERO
+_HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C off while the target has a half-made tracker (created but not parked)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def find_userfaultfds(pid: int) -> dict[int, int]:
+    """``{fd: inode}`` of every userfaultfd open in ``pid`` (from /proc/PID/fd)."""
+    out: dict[int, int] = {}
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        raise TargetGone(pid, f"process {pid} does not exist") from None
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") == UFFD_LINK:
+                out[int(name)] = os.stat(f"/proc/{pid}/fd/{name}").st_ino
+        except OSError:
+            continue  # closed meanwhile
+    return out
+
+
+def _parked_inode(pid: int, fd: int) -> int | None:
+    """Inode of the userfaultfd at ``fd`` in ``pid``, or None when that fd is anything else (or closed)."""
+    try:
+        if os.readlink(f"/proc/{pid}/fd/{fd}") != UFFD_LINK:
+            return None
+        return os.stat(f"/proc/{pid}/fd/{fd}").st_ino
+    except OSError:
+        return None
+
+
+class UffdWpTracker(Tracker):
+    """Tracks one process (``pid``; None = the calling process) with async uffd-wp."""
+
+    method = "uffd-wp"
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.own = pid is None
+        super().__init__(os.getpid() if pid is None else pid)
+        self.start_time = read_starttime(self.pid)
+        self.uffd = -1
+        self.inode = 0
+        self.parked_fd = -1
+        self._pagemap = -1
+
+    # --- setting up ---
+
+    def start(self, ranges: RangeSpec | None = None) -> None:
+        """Create the userfaultfd, register every selected VMA and write-protect it (the first clear)."""
+        self.ranges = ranges or RangeSpec()
+        try:
+            if self.own:
+                self.uffd = uffd.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
+                uffd.uffd_api(self.uffd, UFFD_FEATURES)
+            else:
+                self._inject_and_park()
+                uffd.uffd_api(self.uffd, UFFD_FEATURES)
+            self.inode = os.fstat(self.uffd).st_ino
+            self._open_pagemap()
+            self._walk(clear=True)
+        except BaseException:
+            self.stop()
+            raise
+
+    @classmethod
+    def attach(cls, state: TrackingState) -> "UffdWpTracker":
+        """Take over tracking left parked by an earlier process (TrackingLost when it is gone)."""
+        self = cls(state.pid)
+        if self.start_time != state.start_time:
+            raise TargetGone(state.pid, f"process {state.pid} is not the one tracked (its pid was reused)")
+        self.ranges = state.ranges
+        pidfd = pidfd_open(state.pid)
+        try:
+            fd = pidfd_getfd(pidfd, state.parked_fd)
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                raise TrackingLost(state.pid, f"the target closed its userfaultfd (fd {state.parked_fd}), or exec'd") from None
+            raise translate_oserror(e, state.pid, "taking the userfaultfd of") from e
+        finally:
+            os.close(pidfd)
+        link = os.readlink(f"/proc/self/fd/{fd}")
+        inode = os.fstat(fd).st_ino
+        if link != UFFD_LINK or inode != state.uffd_inode:
+            os.close(fd)
+            raise TrackingLost(state.pid, f"fd {state.parked_fd} is now {link} (inode {inode}), "
+                                          f"not the userfaultfd with inode {state.uffd_inode}")
+        self.uffd, self.inode, self.parked_fd = fd, inode, state.parked_fd
+        self._open_pagemap()
+        return self
+
+    def _open_pagemap(self) -> None:
+        path = "/proc/self/pagemap" if self.own else f"/proc/{self.pid}/pagemap"
+        try:
+            self._pagemap = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise translate_oserror(e, self.pid, "opening the pagemap of") from e
+
+    def _inject_and_park(self) -> None:
+        soft, _ = resource.prlimit(self.pid, resource.RLIMIT_NOFILE)
+        highest = min(PARK_FD_HIGHEST, (soft if soft != resource.RLIM_INFINITY else 1 << 20) - 1)
+        with _signals_held(), freeze(self.pid, start_time=self.start_time) as frozen:
+            inj = frozen.injector()
+            try:
+                tfd = inj.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError as e:
+                raise translate_oserror(e, self.pid, "creating a userfaultfd in") from e
+            try:
+                pidfd = pidfd_open(self.pid)
+                try:
+                    self.uffd = pidfd_getfd(pidfd, tfd)
+                finally:
+                    os.close(pidfd)
+                want = highest
+                while True:
+                    try:
+                        self.parked_fd = inj.fcntl(tfd, fcntl.F_DUPFD_CLOEXEC, want)
+                        break
+                    except OSError as e:  # every number from `want` up is taken: look lower
+                        if e.errno not in (errno.EMFILE, errno.EINVAL) or want <= tfd + 1:
+                            raise translate_oserror(e, self.pid, "parking the userfaultfd in") from e
+                        want = max(tfd + 1, want - 64)
+            finally:
+                inj.close(tfd)
+
+    # --- collecting ---
+
+    def collect(self) -> DirtySet:
+        """Get and clear the pages written since the last collection (see base: clear, then copy)."""
+        return self._walk(clear=True)
+
+    def peek(self) -> DirtySet:
+        """The pages written since the last collection, without clearing (PAGEMAP_SCAN without WP_MATCHING)."""
+        return self._walk(clear=False)
+
+    def _lost_or_gone(self, e: OSError) -> CkptError:
+        """An ESRCH from the pagemap: the target exited, or exec'd into a new address space."""
+        try:
+            same = read_starttime(self.pid) == self.start_time
+        except TargetGone:
+            same = False
+        if same:
+            return TrackingLost(self.pid, "the target exec'd (its address space was replaced)")
+        return TargetGone(self.pid, f"process {self.pid} exited while its written pages were collected")
+
+    def _maps(self) -> list[Vma]:
+        if self.uffd < 0:
+            raise CkptError(f"tracking of process {self.pid} is not running (stopped, or never started)")
+        try:
+            return read_maps(self.pid)
+        except OSError as e:
+            raise translate_oserror(e, self.pid, "reading the maps of") from e
+
+    def _walk(self, *, clear: bool) -> DirtySet:
+        maps = self._maps()
+        selected = select_ranges(maps, self.ranges.include, self.ranges.exclude)
+        t0 = time.perf_counter()
+        out = [self._one(start, end, vma, clear) for (start, end), vma in selected]
+        elapsed = time.perf_counter() - t0
+        gone = self._previous.gone([r for r, _ in selected])
+        return DirtySet(self.method, tuple(v for v in out if v is not None), gone, elapsed, time.monotonic())
+
+    def _scan(self, start: int, end: int, flags: int) -> tuple[list[Run], list[Run]]:
+        written: list[Run] = []
+        holes: list[Run] = []
+        for r in pm.pagemap_scan(self._pagemap, start, end, flags=flags, category_mask=pm.PAGE_IS_WRITTEN,
+                                 return_mask=_RETURN, vec_len=512):
+            run = (r.start, r.npages)
+            (written if r.categories & (pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED) else holes).append(run)
+        return written, holes
+
+    def _one(self, start: int, end: int, vma: Vma, clear: bool) -> VmaDirty | None:
+        flags = _SCAN_CLEAR if clear else pm.PM_SCAN_CHECK_WPASYNC
+        try:
+            written, holes = self._scan(start, end, flags)
+            return VmaDirty(start, end, vma.path, tuple(written), tuple(holes))
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise self._lost_or_gone(e) from e
+            if e.errno != errno.EPERM:
+                return self._vanished_or_untracked(start, end, vma, e)
+        # Not registered (yet, or any more): register it, protect it, report all of it.
+        try:
+            uffd.register(self.uffd, start, end - start, uffd.UFFDIO_REGISTER_MODE_WP)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise self._lost_or_gone(e) from e
+            return self._vanished_or_untracked(start, end, vma, e)
+        try:
+            _, holes = self._scan(start, end, flags)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise self._lost_or_gone(e) from e
+            return self._vanished_or_untracked(start, end, vma, e)
+        # Every page is dirty: copy what is not a hole (a scan that failed half-way may
+        # have cleared part of this range before, so do not trust the scan's "written").
+        written = [(s, (e - s) // PAGE_SIZE) for s, e in
+                   subtract_intervals((start, end), [(h, h + n * PAGE_SIZE) for h, n in holes]) if e > s]
+        return VmaDirty(start, end, vma.path, tuple(written), tuple(holes), new=True)
+
+    def _vanished_or_untracked(self, start: int, end: int, vma: Vma, err: OSError) -> VmaDirty | None:
+        """A range the kernel will not scan or register: gone meanwhile (None), or tracked by nobody."""
+        try:
+            still = any(v.start <= start and end <= v.end for v in read_maps(self.pid))
+        except TargetGone:
+            raise TargetGone(self.pid, f"process {self.pid} exited while its written pages were collected") from err
+        if not still:
+            return None
+        # Wholly dirty every time (DESIGN §2: ranges refusing write-protect are handled without tracking).
+        return VmaDirty(start, end, vma.path, ((start, (end - start) // PAGE_SIZE),), (), new=True, untracked=True)
+
+    # --- ending ---
+
+    def state(self) -> TrackingState:
+        return TrackingState(self.method, self.pid, self.start_time, self.parked_fd, self.inode,
+                             include=self.ranges.include, exclude=self.ranges.exclude)
+
+    def detach(self) -> TrackingState:
+        """Close our copy; the parked one keeps tracking alive.  TrackingLost if the target lost it."""
+        if self.own:
+            raise CkptError("tracking of the calling process cannot outlive its tracker: use stop()")
+        state = self.state()
+        parked_ok = _parked_inode(self.pid, self.parked_fd) == self.inode
+        self._close_ours()
+        if not parked_ok:
+            raise TrackingLost(self.pid, f"the target closed its copy of the userfaultfd (fd {self.parked_fd})")
+        return state
+
+    def stop(self) -> None:
+        """Unregister, close the parked copy (checked to be ours first) and ours; idempotent.
+
+        When the last copy closes the kernel drops every registration and
+        write-protection; the target carries on unharmed.  A target that exited
+        meanwhile is no error here.
+        """
+        if self.uffd >= 0:
+            try:
+                for (start, end), _ in select_ranges(read_maps(self.pid), self.ranges.include, self.ranges.exclude):
+                    try:
+                        uffd.unregister(self.uffd, start, end - start)
+                    except OSError:
+                        pass  # not ours, or gone meanwhile
+            except (TargetGone, OSError):
+                pass
+        if self.parked_fd >= 0 and not self.own:
+            self._close_parked()
+        self._close_ours()
+
+    def _close_parked(self) -> None:
+        try:
+            with _signals_held(), freeze(self.pid, start_time=self.start_time) as frozen:
+                # Checked while frozen: the target cannot swap the fd under us now.
+                if _parked_inode(self.pid, self.parked_fd) == self.inode:
+                    frozen.injector().close(self.parked_fd)
+        except TargetGone:
+            pass
+        self.parked_fd = -1
+
+    def _close_ours(self) -> None:
+        for fd in (self._pagemap, self.uffd):
+            if fd >= 0:
+                os.close(fd)
+        self._pagemap = self.uffd = -1
+
+    def __del__(self) -> None:  # a forgotten tracker must not keep a registration alive
+        try:
+            self._close_ours()
+        except Exception:
+            pass
+

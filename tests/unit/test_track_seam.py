@@ -1,0 +1,125 @@
+"""The seam shared by all tracking back-ends: range selection, DirtySet, and soft-dirty over a fake kernel.
+
+Soft-dirty cannot run on these machines (no CONFIG_MEM_SOFT_DIRTY); its logic is
+checked here against a fake kernel — the one place in the suite that mocks.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from ckpt.errors import UsageError
+from ckpt.kernel import pagemap as pm
+from ckpt.procfs.maps import parse_maps
+from ckpt.track.base import DirtySet, RangeSpec, TrackingState, VmaDirty, parse_ranges, select_ranges
+from ckpt.track.soft_dirty import SoftDirtyTracker
+
+P = 4096
+MAPS = b"""\
+555555554000-555555556000 r--p 00000000 fe:01 123 /usr/bin/prog
+555555556000-555555558000 rw-p 00002000 fe:01 123 /usr/bin/prog
+555555558000-555555579000 rw-p 00000000 00:00 0 [heap]
+7f0000000000-7f0000010000 rw-p 00000000 00:00 0
+7f0000010000-7f0000020000 rw-s 00000000 00:01 9 /dev/zero (deleted)
+7f0000020000-7f0000030000 rw-s 00000000 fe:01 77 /data/file
+7f0000030000-7f0000040000 r--s 00000000 fe:01 78 /data/ro
+7f0000040000-7f0000050000 ---p 00000000 00:00 0
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0 [stack]
+7ffc00100000-7ffc00104000 r--p 00000000 00:00 0 [vvar]
+7ffc00104000-7ffc00106000 r-xp 00000000 00:00 0 [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
+"""
+
+
+def test_select_ranges_default_include_exclude() -> None:
+    maps = parse_maps(MAPS)
+    got = [(hex(s), hex(e), v.path) for (s, e), v in select_ranges(maps)]
+    assert got == [
+        ("0x555555556000", "0x555555558000", "/usr/bin/prog"),
+        ("0x555555558000", "0x555555579000", "[heap]"),
+        ("0x7f0000000000", "0x7f0000010000", ""),
+        ("0x7f0000010000", "0x7f0000020000", "/dev/zero"),
+        ("0x7ffc00000000", "0x7ffc00021000", "[stack]"),
+    ]
+    # include spanning two VMAs gives one piece per VMA; exclude cuts a hole
+    inc = parse_ranges("7f0000008000-7f0000018000")
+    exc = parse_ranges("0x7f000000a000-7f000000b000")
+    got = [(hex(s), hex(e)) for (s, e), _ in select_ranges(maps, inc, exc)]
+    assert got == [("0x7f0000008000", "0x7f000000a000"), ("0x7f000000b000", "0x7f0000010000"),
+                   ("0x7f0000010000", "0x7f0000018000")]
+
+
+@pytest.mark.parametrize("bad", ["", "zz-10", "1000", "2000-1000", "1001-2000", "1000-2000,,x"])
+def test_parse_ranges_rejects(bad: str) -> None:
+    with pytest.raises(UsageError):
+        parse_ranges(bad)
+
+
+def test_dirty_set_counts_and_state_round_trip() -> None:
+    v = VmaDirty(0x1000, 0x9000, "", written=((0x1000, 2),), holes=((0x5000, 1),))
+    ds = DirtySet("x", (v, VmaDirty(0x10000, 0x12000, "", ((0x10000, 2),), new=True)))
+    assert (ds.written_pages, ds.hole_pages, ds.dirty_pages, ds.tracked_pages) == (4, 1, 5, 10)
+    assert list(ds.pages(holes=False))[:2] == [0x1000, 0x2000] and len(ds.new_vmas) == 1
+    st = TrackingState("uffd-wp", 42, 7, 1023, 99, include=((0x1000, 0x2000),))
+    assert TrackingState.from_json(st.to_json()) == st
+
+
+class FakeKernel:
+    """Maps + per-page (soft_dirty, present) bits; clear_refs clears every bit (whole process)."""
+
+    def __init__(self) -> None:
+        self.maps = parse_maps(MAPS)
+        self.bits: dict[int, tuple[bool, bool]] = {}
+        self.log: list[str] = []
+        self.frozen_now = False
+
+    def read_maps(self, pid: int):
+        self.log.append("maps")
+        return self.maps
+
+    @contextmanager
+    def frozen(self, pid: int):
+        self.log.append("freeze")
+        self.frozen_now = True
+        yield
+        self.frozen_now = False
+        self.log.append("thaw")
+
+    def scan(self, pid: int, start: int, end: int):
+        assert self.frozen_now, "soft-dirty must get and clear with the target frozen"
+        self.log.append("scan")
+        out = []
+        for a in range(start, end, P):
+            sd, present = self.bits.get(a, (False, True))
+            cats = (pm.PAGE_IS_SOFT_DIRTY if sd else 0) | (pm.PAGE_IS_PRESENT if present else 0)
+            out.append(pm.PageRegion(a, a + P, cats))
+        return out
+
+    def clear_refs(self, pid: int) -> None:
+        assert self.frozen_now
+        self.log.append("clear")
+        self.bits = {a: (False, p) for a, (_, p) in self.bits.items()}
+
+
+def test_soft_dirty_through_the_seam() -> None:
+    k = FakeKernel()
+    heap = 0x555555558000
+    tr = SoftDirtyTracker(1234, kernel=k)
+    tr.start(RangeSpec())
+    assert k.log == ["freeze", "maps"] + ["scan"] * 5 + ["clear", "thaw"]  # one clear, after every get
+    k.bits[heap + 2 * P] = (True, True)
+    k.bits[heap + 3 * P] = (True, True)
+    k.bits[heap + 5 * P] = (False, False)  # zapped: a hole every time
+    ds = tr.collect()
+    assert [r for v in ds.vmas for r in v.written] == [(heap + 2 * P, 2)]
+    assert [r for v in ds.vmas for r in v.holes] == [(heap + 5 * P, 1)]
+    assert ds.new_vmas == () and ds.gone == ()
+    # a new mapping is wholly dirty (minus holes); an unmapped one is gone
+    k.maps = [v for v in k.maps if v.path != "/dev/zero"] + parse_maps(
+        b"7f0000100000-7f0000104000 rw-p 00000000 00:00 0\n")
+    ds = tr.collect()
+    assert [(v.start, v.written) for v in ds.new_vmas] == [(0x7f0000100000, ((0x7f0000100000, 4),))]
+    assert ds.gone == ((0x7f0000010000, 0x7f0000020000),)
+    assert tr.collect().written_pages == 0
