@@ -117,7 +117,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     ranges = parse_ranges(args.ranges) if args.ranges else None
     exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
-    samples = api.watch(args.target, interval=args.interval, count=args.count, ranges=ranges, exclude=exclude,
+    samples = api.watch(args.tree, interval=args.interval, count=args.count, ranges=ranges, exclude=exclude,
                         method=args.track)
     with contextlib.closing(samples):  # tracking leaves the target on every way out, Ctrl-C included
         try:
@@ -145,13 +145,13 @@ def _cmd_track(args: argparse.Namespace) -> int:
     from .track.base import parse_ranges
 
     if args.stop:
-        print(api.track_stop(args.target, fd=args.fd))
+        print(api.track_stop(args.tree, fd=args.fd))
         return 0
     ranges = parse_ranges(args.ranges) if args.ranges else None
     exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
-    state = api.track_start(args.target, method=args.track, ranges=ranges, exclude=exclude)
+    state = api.track_start(args.tree, method=args.track, ranges=ranges, exclude=exclude)
     where = f"userfaultfd parked at fd {state.parked_fd}" if state.method == "uffd-wp" else state.digests_path
-    print(f"tracking process {args.target} with {state.method} ({where}); state in {api.tracking_state_path(args.target)}")
+    print(f"tracking process {args.tree} with {state.method} ({where}); state in {api.tracking_state_path(args.tree)}")
     return 0
 
 
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("watch", _cmd_watch, "print the pages a process writes per interval and its dirty rate (MB/s)")
-    sp.add_argument("-t", "--target", type=int, required=True, metavar="PID")
+    sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
     sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="seconds per interval (default 1)")
     sp.add_argument("--count", type=int, default=None, metavar="N", help="stop after N intervals (default: Ctrl-C)")
     sp.add_argument("--ranges", metavar="A-B,...", help="track only these hex address ranges")
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="one JSON object per interval")
 
     sp = add("track", _cmd_track, "leave dirty tracking running in a process between ckpt runs, or remove it")
-    sp.add_argument("-t", "--target", type=int, required=True, metavar="PID")
+    sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
     mode = sp.add_mutually_exclusive_group(required=True)
     mode.add_argument("--start", action="store_true", help="start tracking and park it in the target")
     mode.add_argument("--stop", action="store_true", help="remove the tracking ckpt left in the target")
