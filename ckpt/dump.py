@@ -135,6 +135,8 @@ def _wait_gone(pid: int, start_time: int, timeout: float = GONE_TIMEOUT) -> bool
         fields = data[data.rindex(b")") + 2:].split()
         if int(fields[19]) != start_time:
             return True  # the pid names another process already
+        if fields[0] in (b"Z", b"X"):
+            return True  # dead; reaping it is its parent's business, not ours
         time.sleep(0.005)
     return False
 
