@@ -68,12 +68,22 @@ def _warn_notes(notes: Sequence[str]) -> None:
         print(f"ckpt: warning: {note}", file=sys.stderr)
 
 
+def _peak_rss_bytes() -> int:
+    """This process's own peak RSS (VmHWM: reset at exec, unlike getrusage's ru_maxrss,
+    which keeps the high-water mark of whatever process forked us)."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _write_json_stats(path: str | None, stats: object) -> None:
     if path:
         from dataclasses import asdict
 
         with open(path, "w") as f:
-            json.dump(asdict(stats), f, indent=2)  # type: ignore[call-overload]
+            json.dump({**asdict(stats), "peak_rss_bytes": _peak_rss_bytes()}, f, indent=2)  # type: ignore[call-overload]
             f.write("\n")
 
 
