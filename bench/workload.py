@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import atexit
 import os
-import select
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +80,8 @@ class Workload:
         self.proc: subprocess.Popen[bytes] | None = None
         self.regions: list[Region] = []
         self._buf = b""
+        self._log: int = -1  # read side of the workload's stdout file
+        self.log_path: str | None = None
 
     # -- lifetime -------------------------------------------------------
 
@@ -88,9 +90,15 @@ class Workload:
         argv = [str(binary), "-s", str(self.size_mib), "-r", str(self.rate_mbs), "-t", str(self.threads),
                 "-m", ",".join(map(str, self.mix)), "-S", str(self.seed)]
         # Only fds 0, 1, 2 (close_fds): the workload refuses anything else, and
-        # a checkpoint target must not carry our descriptors (DESIGN §3).
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True,
-                                     bufsize=0)
+        # a checkpoint target must not carry our descriptors (DESIGN §3).  Its
+        # stdout is a regular file we tail, not a pipe to us: ckpt refuses a pipe
+        # to another process, and the dump/restore benches checkpoint this process.
+        fd, self.log_path = tempfile.mkstemp(prefix="ckpt-workload-", suffix=".log")
+        try:
+            self._log = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, close_fds=True)
+        finally:
+            os.close(fd)
         _LIVE.add(self)
         try:
             deadline = time.monotonic() + self.ready_timeout
@@ -123,9 +131,30 @@ class Workload:
         except subprocess.TimeoutExpired:  # D state: report rather than hang forever
             raise RuntimeError(f"workload {p.pid} did not die within 30 s of SIGKILL") from None
         finally:
-            if p.stdout:
-                p.stdout.close()
+            self._close_log()
             _LIVE.discard(self)
+        self.proc = None
+
+    def _close_log(self) -> None:
+        if self._log >= 0:
+            os.close(self._log)
+            self._log = -1
+        if self.log_path:
+            try:
+                os.unlink(self.log_path)
+            except FileNotFoundError:
+                pass
+            self.log_path = None
+
+    def forget(self) -> None:
+        """The process was ended by someone else (a dump): drop it without killing its pid again."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=30)
+            except ChildProcessError:
+                pass
+        self._close_log()
+        _LIVE.discard(self)
         self.proc = None
 
     def __enter__(self) -> "Workload":
@@ -155,17 +184,17 @@ class Workload:
         return int(words[1]), float(words[2])
 
     def _readline(self, deadline: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
+        """The next line of the workload's stdout file (polled: a regular file never blocks)."""
+        assert self.proc is not None
         while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("workload did not answer in time")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise RuntimeError(f"workload exited (status {self.proc.wait()})")
+            chunk = os.read(self._log, 4096)
+            if chunk:
                 self._buf += chunk
+                continue
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"workload exited (status {self.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError("workload did not answer in time")
+            time.sleep(0.002)
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode()

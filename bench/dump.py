@@ -1,0 +1,113 @@
+"""Full dump and restore of the workload (issue 3): wall and frozen time, GB/s, image bytes, peak RSS.
+
+Each dump and restore runs as its own ``ckpt`` process, exactly as a user runs
+it; its peak RSS is the ``peak_rss_bytes`` it reports in ``--json-stats``
+(VmHWM, its own), not ``wait4``'s ru_maxrss, which would carry over the bench's
+own high-water mark (a 1 GiB buffer) through fork and exec.  Frozen time and the
+phase timings come from ``--json-stats``.  Rates count the workload's memory
+(the bytes a dump must read).  A dump is compared with zstd -1 on one thread,
+its real ceiling on this machine (memory reads are ~5x faster); a restore with
+zstd decompression into pre-faulted memory.
+
+Rows: a dump with ``-R`` of the shared workload; then, on a fresh workload of
+the same size (it must end to free its pid), a dump that ends it and a restore
+of that image under the same pid; the same pair for an 8-thread workload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.framework import Context, Row, bench
+from bench.workload import Workload
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _ckpt(*args: str) -> tuple[float, int, dict]:
+    """Run ``ckpt ARGS --json-stats`` in a child; (wall seconds, peak RSS bytes, stats)."""
+    stats_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ckpt-bench-stats-{os.getpid()}.json"
+    argv = [sys.executable, "-m", "ckpt.cli", *args, "--json-stats", str(stats_path)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=REPO)
+    proc.wait()
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"ckpt {' '.join(args)} failed ({proc.returncode}): {err.strip()}")
+    stats = json.loads(stats_path.read_text())
+    stats_path.unlink()
+    return wall, stats["peak_rss_bytes"], stats
+
+
+def _image_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir())
+
+
+def _kill_restored(pid: int) -> None:
+    """End a detached restored workload (not our child) and wait until its pid is free."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _notes(stats: dict, rss: int, image: int | None = None) -> str:
+    parts = [f"frozen {stats['frozen_seconds'] * 1e3:.0f} ms"] if "frozen_seconds" in stats else []
+    if image is not None:
+        parts.append(f"image {image / 2**20:.0f} MiB")
+    parts.append(f"peak RSS {rss / 2**20:.0f} MiB")
+    return ", ".join(parts)
+
+
+def _dump_restore_pair(ctx: Context, key: str, label: str, workload: Workload) -> Iterator[Row]:
+    """Dump (ending it) and restore one workload; the restored process is killed afterwards."""
+    image = ctx.tmpdir / f"dump-{key}"
+    shutil.rmtree(image, ignore_errors=True)
+    with workload as wl:
+        pid, total = wl.pid, wl.total
+        wall, rss, stats = _ckpt("dump", "-t", str(pid), "-D", str(image))
+        wl.forget()  # ckpt ended it; the pid will be the restored process's
+    size = _image_bytes(image)
+    yield Row(f"dump.{key}", f"ckpt dump, {label}", total, (wall,), baseline="limit.zstd1_t1",
+              notes=_notes(stats, rss, size))
+    try:
+        wall, rss, stats = _ckpt("restore", "-D", str(image), "-d")
+        yield Row(f"restore.{key}", f"ckpt restore, {label}", total, (wall,), baseline="limit.unzstd1",
+                  notes=f"memory {stats['memory_seconds'] * 1e3:.0f} ms, pid wait {stats['pid_wait_seconds'] * 1e3:.0f} ms, "
+                        f"peak RSS {rss / 2**20:.0f} MiB")
+    finally:
+        _kill_restored(pid)
+        shutil.rmtree(image, ignore_errors=True)
+
+
+@bench("dump", order=200)
+def dump_and_restore(ctx: Context) -> Iterator[Row]:
+    wl = ctx.workload
+    image = ctx.tmpdir / "dump-R"
+    times, rss, stats, size = [], 0, {}, 0
+    for _ in range(ctx.runs):
+        shutil.rmtree(image, ignore_errors=True)
+        wall, rss, stats = _ckpt("dump", "-t", str(wl.pid), "-D", str(image), "-R")
+        times.append(wall)
+        size = _image_bytes(image)
+    shutil.rmtree(image, ignore_errors=True)
+    yield Row("dump.R", "ckpt dump -R (target keeps running)", wl.total, tuple(times), baseline="limit.zstd1_t1",
+              notes=_notes(stats, rss, size))
+    size_mib = max(1, wl.total >> 20)
+    yield from _dump_restore_pair(ctx, "1t", "1 thread", Workload(size_mib))
+    yield from _dump_restore_pair(ctx, "8t", "8 threads", Workload(size_mib, threads=8, rate_mbs=1))
