@@ -47,6 +47,16 @@ CHUNK = 4 << 20
 _NO_DIGEST = b"\xff" * DIGEST_SIZE  # an unreadable page: never equal to a real digest of the next round
 
 
+def _has_no_digest(digests: bytes | bytearray) -> bool:
+    """Whether any page-aligned digest in ``digests`` is ``_NO_DIGEST`` (an unreadable page)."""
+    i = digests.find(_NO_DIGEST)
+    while i >= 0:
+        if i % DIGEST_SIZE == 0:
+            return True
+        i = digests.find(_NO_DIGEST, i + 1)
+    return False
+
+
 def page_digests(data: memoryview, npages: int) -> bytearray:
     """``npages`` digests of the pages at the start of ``data``, back to back."""
     out = bytearray(npages * DIGEST_SIZE)
@@ -142,7 +152,13 @@ class HashTracker(Tracker):
         return self
 
     def _read(self, start: int, npages: int) -> int:
-        """Read ``npages`` from ``start`` into the buffer; pages actually read (a range may vanish meanwhile)."""
+        """Read ``npages`` from ``start`` into the buffer; the pages read before the first unreadable one.
+
+        ``process_vm_readv`` stops at the first page it cannot read: EFAULT when
+        that is the very first page, a short count otherwise.  Under mapping
+        churn this is routine — the maps were read a moment ago and the target
+        keeps unmapping and moving regions meanwhile.
+        """
         try:
             got = process_vm_readv(self.pid, [(self._addr, npages * PAGE_SIZE)], [(start, npages * PAGE_SIZE)])
         except OSError as e:
@@ -152,6 +168,13 @@ class HashTracker(Tracker):
         return got // PAGE_SIZE
 
     def _hash_range(self, start: int, end: int) -> bytearray:
+        """Digests of ``[start, end)``; ``_NO_DIGEST`` for exactly the pages that could not be read.
+
+        A read that fails at one page marks that page alone and goes on after it:
+        giving up on the rest of the chunk would record readable (and possibly
+        written) pages as unreadable — the unmapped first page of a stale maps
+        entry used to hide every page behind it.
+        """
         out = bytearray()
         step = CHUNK // PAGE_SIZE
         addr = start
@@ -159,8 +182,10 @@ class HashTracker(Tracker):
             n = min(step, (end - addr) // PAGE_SIZE)
             got = self._read(addr, n)
             out += page_digests(self._view, got)
-            out += _NO_DIGEST * (n - got)
-            addr += n * PAGE_SIZE
+            addr += got * PAGE_SIZE
+            if got < n:
+                out += _NO_DIGEST
+                addr += PAGE_SIZE
         return out
 
     def _old_digests(self, start: int, end: int) -> bytearray | None:
@@ -201,7 +226,9 @@ class HashTracker(Tracker):
             if old is None:
                 found.append(VmaDirty(start, end, vma.path, ((start, (end - start) // PAGE_SIZE),), (), new=True))
                 continue
-            if old == now:
+            # The shortcut must not swallow unreadable pages: _NO_DIGEST == _NO_DIGEST, yet a
+            # page unreadable in two rounds (e.g. behind an unmapped page) may have been written.
+            if old == now and not _has_no_digest(now):
                 found.append(VmaDirty(start, end, vma.path))
                 continue
             pages = [start + i * PAGE_SIZE for i in range(len(now) // DIGEST_SIZE)

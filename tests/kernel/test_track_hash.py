@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -50,3 +51,54 @@ def test_digests_survive_in_an_image_file(c_target, tmp_path) -> None:
     with pytest.raises(TrackingLost, match="gone"):
         open_tracker(t.pid, state=state)
     assert CorruptImage  # the error the loader raises inside, turned into TrackingLost
+
+
+@pytest.mark.parametrize("unmapped", [(0,), (0, 2)], ids=["first-page", "first-and-middle"])
+def test_unreadable_pages_never_hide_a_write(monkeypatch, unmapped) -> None:
+    """Maps read a moment before the pages: a range whose first page is gone must not hide the rest.
+
+    Seen under load against the churning writer: /proc/PID/maps listed a region,
+    its first page was unmapped before process_vm_readv reached it (EFAULT), so
+    the whole chunk was recorded as unreadable; the next round the same again,
+    and ``old == now`` (unreadable == unreadable) reported nothing although a
+    page behind it had been rewritten.  Reproduced here by handing the tracker a
+    stale maps list, on this very process.
+    """
+    import ctypes
+    import mmap as _mmap
+
+    from ckpt.kernel.arch_x86_64 import PAGE_SIZE
+    from ckpt.procfs.maps import read_maps
+    from ckpt.track import RangeSpec
+    from ckpt.track import hash as hash_mod
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    n = 4
+    base = libc.mmap(None, n * PAGE_SIZE, _mmap.PROT_READ | _mmap.PROT_WRITE,
+                     _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS, -1, 0)
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    try:
+        for i in range(n):
+            ctypes.memset(base + i * PAGE_SIZE, 0x40 + i, PAGE_SIZE)
+        stale = read_maps(os.getpid())  # lists [base, base + 4 pages) as one VMA
+        assert any(v.start <= base and base + n * PAGE_SIZE <= v.end for v in stale)
+        for i in unmapped:
+            assert libc.munmap(base + i * PAGE_SIZE, PAGE_SIZE) == 0
+        monkeypatch.setattr(hash_mod, "read_maps", lambda pid, **kw: stale)
+        tracker = hash_mod.HashTracker(os.getpid())
+        tracker.start(RangeSpec(include=((base, base + n * PAGE_SIZE),)))
+        readable = [i for i in range(n) if i not in unmapped]
+        written = readable[0]  # the first page behind an unmapped one
+        ctypes.memset(base + written * PAGE_SIZE, 0x7f, 16)
+        dirty = set(tracker.collect().pages())
+        pages = {base + i * PAGE_SIZE for i in range(n)}
+        assert base + written * PAGE_SIZE in dirty                      # the write is seen
+        assert {base + i * PAGE_SIZE for i in unmapped} <= dirty        # unreadable: always dirty
+        assert dirty <= pages and base + readable[-1] * PAGE_SIZE not in dirty  # readable and unchanged: clean
+        assert set(tracker.collect().pages()) == {base + i * PAGE_SIZE for i in unmapped}
+        tracker.stop()
+    finally:
+        libc.munmap(base, n * PAGE_SIZE)
