@@ -81,7 +81,7 @@ def _dump_restore_pair(ctx: Context, key: str, label: str, workload: Workload) -
     with workload as wl:
         pid, total = wl.pid, wl.total
         wall, rss, stats = _ckpt("dump", "-t", str(pid), "-D", str(image))
-        wl.forget()  # ckpt ended it; the pid will be the restored process's
+        log = wl.forget(keep_log=True)  # ckpt ended it; the pid will be the restored process's (which reopens the log)
     size = _image_bytes(image)
     yield Row(f"dump.{key}", f"ckpt dump, {label}", total, (wall,), baseline="limit.zstd1_t1",
               notes=_notes(stats, rss, size))
@@ -93,6 +93,8 @@ def _dump_restore_pair(ctx: Context, key: str, label: str, workload: Workload) -
     finally:
         _kill_restored(pid)
         shutil.rmtree(image, ignore_errors=True)
+        if log:
+            os.unlink(log)
 
 
 @bench("dump", order=200)

@@ -96,7 +96,8 @@ class Workload:
         fd, self.log_path = tempfile.mkstemp(prefix="ckpt-workload-", suffix=".log")
         try:
             self._log = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, close_fds=True)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.DEVNULL,
+                                         close_fds=True)  # no stdio pipe to us: a restore reopens each fd
         finally:
             os.close(fd)
         _LIVE.add(self)
@@ -146,16 +147,24 @@ class Workload:
                 pass
             self.log_path = None
 
-    def forget(self) -> None:
-        """The process was ended by someone else (a dump): drop it without killing its pid again."""
+    def forget(self, *, keep_log: bool = False) -> str | None:
+        """The process was ended by someone else (a dump): drop it without killing its pid again.
+
+        ``keep_log``: leave the stdout file in place (a restore reopens it) and return its path,
+        for the caller to remove once the restored process is gone.
+        """
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=30)
             except ChildProcessError:
                 pass
+        kept = self.log_path if keep_log else None
+        if keep_log:
+            self.log_path = None  # _close_log closes our read side but leaves the file
         self._close_log()
         _LIVE.discard(self)
         self.proc = None
+        return kept
 
     def __enter__(self) -> "Workload":
         return self.start() if self.proc is None else self

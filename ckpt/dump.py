@@ -27,7 +27,7 @@ from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
 from .kernel import ptrace
 from .kernel.arch_x86_64 import PAGE_SIZE
 from .procfs.snapshot import snapshot
-from .resources import memory, threads
+from .resources import creds, files, limits, memory, signals, threads
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -37,21 +37,37 @@ __all__ = ["DumpStats", "PROCESS_DUMPERS", "dump", "restore", "wait_restored", "
 GONE_TIMEOUT = 5.0
 
 
-def note_files(ctx: DumpContext) -> None:
-    """Files are not dumped yet (ckpt.resources.files will replace this): an empty fd table, and a note."""
-    ctx.writer.write_fds(ctx.pid, [])
-    fds = ctx.snap.fds
-    if fds:
-        shown = ", ".join(f"{fd}→{target}" for fd, target in fds[:8]) + (" …" if len(fds) > 8 else "")
-        ctx.notes.append(f"file descriptors are not saved yet; the restored process starts with none ({shown})")
+def dump_files(ctx: DumpContext) -> None:
+    """Every fd (files, pipes, sockets…): classified and refused before anything is written."""
+    policy = files.StdioPolicy(shell_job=ctx.shell_job)
+    files.dump(ctx.proc, ctx.snap, policy=policy, tcp_close=ctx.tcp_close).write(ctx.writer, ctx.pid)
+
+
+def dump_limits(ctx: DumpContext) -> None:
+    """rlimits, umask, cwd/root, personality, oom_score_adj, prctl flags (session ids come with the entry)."""
+    ctx.entry.MergeFrom(limits.dump(ctx.proc, ctx.snap, scratch=ctx.scratch))
+
+
+def dump_signals(ctx: DumpContext) -> None:
+    """Dispositions and the process-wide pending queue (per-thread queues go with the threads)."""
+    ctx.entry.MergeFrom(signals.dump(ctx.proc, ctx.snap, scratch=ctx.scratch))
+
+
+def dump_creds(ctx: DumpContext) -> None:
+    ctx.entry.MergeFrom(creds.dump(ctx.proc, ctx.snap))
 
 
 #: Process-wide resources, dumped in this order while frozen, with a scratch area
-#: mapped; each fills its part of ``ctx.entry`` (sigactions, creds, rlimits, umask,
-#: cwd/root, personality…) or writes its own files through ``ctx.writer``.
-#: ckpt.resources.{signals,creds,limits,fs,files,pipes} plug in here.
+#: mapped; each fills its part of ``ctx.entry`` or writes its own files through
+#: ``ctx.writer``.  Files come first: they are the most likely to be refused
+#: (a socket, a pipe to an outside process), and a refusal should come before
+#: anything else is asked of the target.  Memory and threads (with their
+#: per-thread pending signals and scheduling) are dumped by the orchestrator.
 PROCESS_DUMPERS: list[tuple[str, Callable[[DumpContext], None]]] = [
-    ("files (not saved yet)", note_files),
+    ("files", dump_files),
+    ("limits", dump_limits),
+    ("signals", dump_signals),
+    ("creds", dump_creds),
 ]
 
 
@@ -148,6 +164,8 @@ def dump(
     leave_running: bool = False,
     compress_level: int | None = DEFAULT_COMPRESS_LEVEL,
     progress: Callable[[str], None] | None = None,
+    shell_job: bool = False,
+    tcp_close: bool = False,
 ) -> DumpStats:
     """Checkpoint process ``pid`` into the new directory ``image_dir`` (a FULL image).
 
@@ -156,6 +174,10 @@ def dump(
     (a hook for UIs and for tests that inject failures).  Raises TargetGone,
     AccessDenied, Unsupported (naming the resource) or CkptError; on any of
     them, and on KeyboardInterrupt, the target runs on and no image is left.
+    ``shell_job``: descriptors on a terminal are allowed (restored onto the
+    restorer's terminal); without it they are refused.  ``tcp_close``: an
+    established TCP connection is dumped as a connection to be restored
+    closed, instead of refusing the dump (CRIU's ``--tcp-close``).
     """
     step = progress or (lambda _phase: None)
     t0 = time.monotonic()
@@ -177,8 +199,9 @@ def dump(
                 inj = proc.injector()
                 with inj.scratch(PAGE_SIZE) as scratch:
                     mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
-                    cores = threads.dump_threads(proc, scratch)
-                    ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch)
+                    cores = threads.dump_threads(proc, scratch, snap)
+                    ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
+                                      shell_job=shell_job, tcp_close=tcp_close)
                     for _name, fn in PROCESS_DUMPERS:
                         fn(ctx)
                     notes.extend(ctx.notes)

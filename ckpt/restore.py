@@ -28,7 +28,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .control.inject import Injector, Scratch
@@ -41,36 +41,65 @@ from .kernel.libc import libc
 from .kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .procfs.maps import read_maps
-from .resources import memory, threads
+from .resources import creds, files, limits, memory, signals, threads
 from .resources.context import RestoreContext
 
-__all__ = ["RestoreStats", "PROCESS_RESTORERS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT"]
+__all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT"]
 
 #: Seconds to wait for a just-killed process to release its pid (its parent reaps about once a second).
 PID_FREE_TIMEOUT = 5.0
 _SCRATCH_PAGES = 4
-_SIGNALS = range(1, 65)
 
 
-def reset_helper_sigactions(ctx: RestoreContext) -> None:
-    """Set every disposition to SIG_DFL: the helper's are ckpt's own (handlers now unmapped).
-
-    Stands in until ``ckpt.resources.signals`` restores the image's sigactions;
-    a process with default dispositions runs normally until a signal arrives.
-    """
-    ctx.scratch.write(0, bytes(32))  # struct kernel_sigaction {handler=SIG_DFL, flags=0, restorer=0, mask=0}
-    for sig in _SIGNALS:
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        ctx.inj.call(NR.rt_sigaction, sig, ctx.scratch.addr, 0, 8)
+def restore_files(ctx: RestoreContext) -> None:
+    """Every fd at its number, opened by the helper itself while it still has the restorer's credentials."""
+    policy = files.StdioPolicy(shell_job=ctx.shell_job, inherit=dict(ctx.inherit_fds))
+    ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
+                                   content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch))
 
 
-#: Process-wide resources, restored in this order after memory is filled and before
-#: PR_SET_MM_MAP and the threads (DESIGN §4: setsid, chdir, umask, sigactions, fds,
-#: PR_SET_NAME).  ckpt.resources.{signals,creds,limits,fs,files} plug in here; each
-#: gets the RestoreContext (``ctx.entry`` is the image's ProcessEntry).
-PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None]]] = [
-    ("sigactions (reset to default until ckpt.resources.signals lands)", reset_helper_sigactions),
+def restore_sigactions(ctx: RestoreContext) -> None:
+    """The image's dispositions replace the helper's (its handlers are unmapped by now)."""
+    signals.restore_sigactions(ctx.inj, ctx.entry.sigactions, scratch=ctx.scratch)
+
+
+def restore_limits(ctx: RestoreContext) -> None:
+    """cwd, root, umask, comm, personality, prctl flags, rlimits (after files and memory), session."""
+    ctx.notes.extend(limits.restore(ctx.inj, ctx.entry, scratch=ctx.scratch))
+
+
+def restore_creds(ctx: RestoreContext) -> None:
+    """Credentials are per thread: each thread drops to the image's, leader last."""
+    for tid in sorted(ctx.injectors, key=lambda t: t == ctx.pid):
+        creds.restore(ctx.injectors[tid], ctx.entry, scratch=ctx.scratch)
+
+
+def restore_pending(ctx: RestoreContext) -> None:
+    """Queued signals, after every thread's blocked mask is set: per thread first, then the shared queue."""
+    for core in ctx.cores:
+        threads.restore_pending(ctx.injectors[core.tid], ctx.scratch, core)
+    signals.restore_pending(ctx.inj, ctx.entry.shared_pending, scratch=ctx.scratch)
+
+
+#: Marks where in :data:`PROCESS_RESTORERS` the orchestrator sets the mm fields
+#: (PR_SET_MM_MAP) and creates the threads with their per-thread state
+#: (registrations, scheduling, blocked mask); after it, ``ctx.injectors`` has every thread.
+THREADS = "threads"
+
+#: Process-wide resources in restore order, after memory is filled (DESIGN §4).
+#: Files before credentials (they are opened with the restorer's rights, and the
+#: pipes' bytes written from outside); sigactions before pending signals
+#: (SIG_IGN discards pending ones); limits after files and memory (a lowered
+#: RLIMIT_NOFILE/AS would stop them); credentials after the threads exist
+#: (clone3 with set_tid needs CAP_SYS_ADMIN, and each thread has its own);
+#: pending signals last, once every blocked mask is in place.
+PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
+    ("files", restore_files),
+    ("sigactions", restore_sigactions),
+    ("limits", restore_limits),
+    ("mm and threads", THREADS),
+    ("creds", restore_creds),
+    ("pending signals", restore_pending),
 ]
 
 
@@ -180,12 +209,17 @@ def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
             pass
 
 
-def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None) -> RestoreStats:
+def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
+            shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
     :func:`wait_restored` for it.  ``detached``: it is reparented to init (or
     the nearest subreaper) like a daemon.  ``pidfile`` receives the pid.
+    ``shell_job``: terminal descriptors are re-attached to the caller's terminal.
+    ``inherit_fds`` maps an image fd whose pipe peer was outside the image (a
+    stdio pipe to the parent) to a descriptor of the caller on that pipe —
+    either end: it is reopened through /proc with the image's access mode.
     """
     t_start = time.monotonic()
     chain = open_chain(image_dir)
@@ -207,7 +241,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     try:
         cm = freeze(pid)
         proc = cm.__enter__()
-        stats = _build(proc, pid, chain, mm, vmas, cores, entry)
+        stats = _build(proc, pid, chain, mm, vmas, cores, entry, shell_job, dict(inherit_fds or {}))
     except BaseException as exc:
         _kill_helper(proc, pid, ours=not detached)
         if isinstance(exc, CkptError) and not isinstance(exc, RestoreError):
@@ -224,7 +258,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
                         total_seconds=time.monotonic() - t_start, detached=detached, notes=tuple(notes))
 
 
-def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry) -> tuple[int, int, int, float, list[str]]:  # noqa: ANN001
+def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_job: bool,  # noqa: ANN001
+           inherit_fds: dict[int, int]) -> tuple[int, int, int, float, list[str]]:
     main = proc.threads[pid]
     ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL)
     threads.check_xstate(pid, cores)
@@ -268,14 +303,16 @@ def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry) -> tupl
     filled = memory.fill_pages(pid, mem, chain, vmas)
     mem_s = time.monotonic() - t_mem
 
-    ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch)
+    ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
+                         shell_job=shell_job, inherit_fds=inherit_fds, cores=list(cores))
     for _name, fn in PROCESS_RESTORERS:
-        fn(ctx)
-    memory.set_mm_map(inj, scratch, pid, mm)
-
-    injectors = threads.create_threads(proc, inj, scratch, cores, tramp)
-    for core in cores:
-        threads.restore_thread_state(injectors[core.tid], scratch, core)
+        if fn != THREADS:
+            fn(ctx)  # type: ignore[operator]
+            continue
+        memory.set_mm_map(inj, scratch, pid, mm)
+        ctx.injectors = threads.create_threads(proc, inj, scratch, cores, tramp)
+        for core in cores:
+            ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
 
     # The last injected call removes the trampoline itself: run it from the relocated vDSO.
     recorded = memory.special_vmas(vmas)

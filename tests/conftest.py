@@ -34,9 +34,9 @@ class _Pool:
 
 @pytest.fixture
 def c_target() -> Iterator[StartTarget]:
-    """``c_target(name, *args, stdin_pipe=False)`` builds and starts scenarios/NAME.c."""
+    """``c_target(name, *args, stdin_pipe=False, stderr=None)`` builds and starts scenarios/NAME.c."""
     pool = _Pool()
-    yield lambda name, *args, stdin_pipe=False: pool.add(spawn([build_c(name), *args], stdin_pipe=stdin_pipe))
+    yield lambda name, *args, stdin_pipe=False, **kw: pool.add(spawn([build_c(name), *args], stdin_pipe=stdin_pipe, **kw))
     pool.close()
 
 
@@ -44,5 +44,6 @@ def c_target() -> Iterator[StartTarget]:
 def py_target() -> Iterator[StartTarget]:
     """``py_target(script, *args, stdin_pipe=False)`` starts scenarios/SCRIPT under this Python."""
     pool = _Pool()
-    yield lambda script, *args, stdin_pipe=False: pool.add(spawn(python_argv(script, *args), stdin_pipe=stdin_pipe))
+    yield lambda script, *args, stdin_pipe=False, **kw: pool.add(spawn(python_argv(script, *args), stdin_pipe=stdin_pipe,
+                                                                      **kw))
     pool.close()

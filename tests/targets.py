@@ -58,6 +58,11 @@ class Target:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid
+        #: What a restore of this target hands over for its stdio pipes (``restore(inherit_fds=...)``):
+        #: our end of each pipe, which the restored process reopens with its own access mode.
+        self.stdio_fds: dict[int, int] = {1: proc.stdout.fileno()} if proc.stdout is not None else {}
+        if proc.stdin is not None:
+            self.stdio_fds[0] = proc.stdin.fileno()
         self._buf = b""
         self.lines: list[str] = []  # every line read so far, for failure messages
 
@@ -125,13 +130,18 @@ class Target:
 
 
 def spawn(argv: Sequence[str | os.PathLike[str]], *, stdin_pipe: bool = False,
-          env: dict[str, str] | None = None) -> Target:
-    """Start ``argv`` with only fds 0, 1, 2 and in its own session."""
+          env: dict[str, str] | None = None, stderr: int | None = None) -> Target:
+    """Start ``argv`` with only fds 0, 1, 2 and in its own session.
+
+    ``stderr=subprocess.DEVNULL`` for targets that are dumped and restored:
+    pytest's own stderr is a deleted capture file or a pipe to a process
+    outside the test, neither of which a restore should have to recreate.
+    """
     proc = subprocess.Popen(
         [os.fspath(a) for a in argv],
         stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=None,
+        stderr=stderr,
         close_fds=True,
         start_new_session=True,
         env=env,

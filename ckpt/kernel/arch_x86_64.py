@@ -46,6 +46,10 @@ class NR(enum.IntEnum):
     nanosleep = 35
     getpid = 39
     socket = 41
+    connect = 42
+    bind = 49
+    listen = 50
+    setsockopt = 54
     clone = 56
     fork = 57
     execve = 59
@@ -111,11 +115,14 @@ class NR(enum.IntEnum):
     clock_gettime = 228
     clock_nanosleep = 230
     exit_group = 231
+    epoll_ctl = 233
     tgkill = 234
     openat = 257
     unlinkat = 263
     set_robust_list = 273
     get_robust_list = 274
+    eventfd2 = 290
+    epoll_create1 = 291
     dup3 = 292
     pipe2 = 293
     rt_tgsigqueueinfo = 297

@@ -10,6 +10,7 @@ their fixed order.  The contexts are mutable on purpose: a dumper fills
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,10 @@ class DumpContext:
     scratch: "Scratch"
     #: What was not saved and why, for the user (DumpStats.notes).
     notes: list[str] = field(default_factory=list)
+    #: A descriptor on a terminal may be dumped (re-attached to the restorer's terminal later).
+    shell_job: bool = False
+    #: An established TCP connection may be dumped; it is restored closed (CRIU's --tcp-close).
+    tcp_close: bool = False
 
 
 @dataclass
@@ -56,6 +61,14 @@ class RestoreContext:
     inj: "Injector"
     scratch: "Scratch"
     notes: list[str] = field(default_factory=list)
+    #: Re-attach terminal descriptors to the restorer's own terminal (CRIU's --shell-job).
+    shell_job: bool = False
+    #: Image fd → restorer fd to install for a stdio pipe whose peer was outside the image (--inherit-fd).
+    inherit_fds: Mapping[int, int] = field(default_factory=dict)
+    #: One injector per thread by tid, filled when the threads exist (the leader's is ``inj``).
+    injectors: "dict[int, Injector]" = field(default_factory=dict)
+    #: The image's ThreadCore records, leader first.
+    cores: list = field(default_factory=list)
 
     @property
     def image(self) -> "Image":

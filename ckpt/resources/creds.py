@@ -42,7 +42,7 @@ from ..kernel.prctl import (
     SECBIT_KEEP_CAPS_LOCKED, cap_last_cap, cap_user_data, cap_user_header,
 )
 from ..procfs.snapshot import Snapshot
-from ..procfs.status import Status, read_status
+from ..procfs.status import Status, read_task_status
 from ._scratch import scratch_for
 
 __all__ = ["dump", "dump_creds", "restore", "caps"]
@@ -104,10 +104,14 @@ def _refuse_more(c: process_pb2.Creds, cur: Status, no_new_privs: bool) -> None:
 
 
 def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None) -> None:
-    """Give the process of ``inj`` the credentials of ``entry`` (see the module doc for the order)."""
+    """Give the thread of ``inj`` the credentials of ``entry`` (see the module doc for the order).
+
+    Credentials belong to each thread (glibc's setuid() broadcasts to all of
+    them): a multi-threaded process needs this once per thread.
+    """
     c = entry.creds
     want_nnp = entry.flags.no_new_privs
-    cur = read_status(inj.pid)
+    cur = read_task_status(inj.pid, inj.tid)
     _refuse_more(c, cur, want_nnp)
     with scratch_for(inj, scratch, 256) as s:
         groups = list(c.groups)
@@ -146,11 +150,11 @@ def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch 
         if want_nnp and not cur.nonewprivs:
             _prctl(inj, PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS, 1")
         final_bits = _prctl(inj, PR_GET_SECUREBITS, what="PR_GET_SECUREBITS")
-    _verify(inj.pid, c, want_nnp, final_bits)
+    _verify(inj.pid, inj.tid, c, want_nnp, final_bits)
 
 
-def _verify(pid: int, c: process_pb2.Creds, nnp: bool, securebits: int) -> None:
-    st = read_status(pid)
+def _verify(pid: int, tid: int, c: process_pb2.Creds, nnp: bool, securebits: int) -> None:
+    st = read_task_status(pid, tid)
     got = {
         "uids": st.uid, "gids": st.gid, "groups": st.groups, "CapInh": st.capinh, "CapPrm": st.capprm,
         "CapEff": st.capeff, "CapBnd": st.capbnd, "CapAmb": st.capamb or 0, "NoNewPrivs": bool(st.nonewprivs),
@@ -164,4 +168,4 @@ def _verify(pid: int, c: process_pb2.Creds, nnp: bool, securebits: int) -> None:
     }
     diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     if diff:
-        raise RestoreError(f"credentials of {pid} differ after restore (got, wanted): {diff}")
+        raise RestoreError(f"credentials of {pid}/{tid} differ after restore (got, wanted): {diff}")

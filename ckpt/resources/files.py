@@ -12,9 +12,12 @@ device, inode, size, mtime), deleted-but-open regular files (content saved,
 up to :data:`DELETED_MAX`), directories, /dev/null, /dev/zero, /dev/full,
 /dev/random, /dev/urandom, pipes and FIFOs with every end in the process
 (:mod:`ckpt.resources.pipes`), terminals and external stdio through a
-:class:`StdioPolicy`.  Refused: sockets, anon inodes (eventfd, epoll, …),
-memfd, other devices, and any pipe or FIFO with an end held by another
-process (named, with that process) — DESIGN §3: stray descriptors happen.
+:class:`StdioPolicy`, listening/bound sockets (:mod:`ckpt.resources.sockets`,
+which refuses the rest), eventfds (:mod:`ckpt.resources.eventfd`) and epoll
+instances with their watches (:mod:`ckpt.resources.epoll`).  Refused: other
+anon inodes (timerfd, signalfd, …), memfd, other devices, and any pipe or
+FIFO with an end held by another process (named, with that process) —
+DESIGN §3: stray descriptors happen.
 
 Restore runs in the helper, which has closed all its descriptors: each file
 is opened inside it (so the open is checked against the target's own
@@ -41,7 +44,7 @@ from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.kcmp import same_file
 from ..procfs.fdinfo import FdInfo
 from ..procfs.snapshot import Snapshot
-from . import pipes
+from . import epoll, eventfd, pipes, sockets
 from ._scratch import scratch_for
 
 __all__ = [
@@ -145,7 +148,9 @@ def classify(pid: int, o: OpenFd) -> int:
     if link.startswith("pipe:["):
         return K.PIPE
     if link.startswith("socket:["):
-        raise _unsupported(pid, o.fd, f"a socket ({link})", "sockets are not supported yet")
+        return K.INET  # refined (INET/UNIX) or refused by ckpt.resources.sockets
+    if link in ("anon_inode:[eventpoll]", "anon_inode:[eventfd]"):
+        return K.EPOLL if link == "anon_inode:[eventpoll]" else K.EVENTFD
     if link.startswith("anon_inode:"):
         raise _unsupported(pid, o.fd, f"an anonymous inode ({link[len('anon_inode:'):]})")
     if link.startswith("/memfd:"):
@@ -227,7 +232,7 @@ def _group(pid: int, fds: list[OpenFd]) -> list[list[OpenFd]]:
 
 
 def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPolicy(),
-         first_id: int = 1, deleted_max: int = DELETED_MAX) -> FilesDump:
+         first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False) -> FilesDump:
     """Classify and record every fd of the frozen process; refuses (Unsupported) before touching anything."""
     pid = proc.pid
     groups = _group(pid, _open_fds(pid, snap))
@@ -235,6 +240,7 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
     fd_entries: list[files_pb2.FdEntry] = []
     contents: dict[str, bytes] = {}
     pipe_ends: dict[int, list[tuple[FileEntry, OpenFd]]] = {}
+    epolls: list[tuple[FileEntry, OpenFd]] = []
 
     # Pass 1: decide every kind and refuse what cannot be done, before any pipe is touched.
     for n, g in enumerate(groups):
@@ -256,10 +262,22 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
         elif kind in (K.PIPE, K.FIFO):
             e.pipe.pipe_id = o.st.st_ino
             pipe_ends.setdefault(o.st.st_ino, []).append((e, o))
+        elif kind == K.INET:
+            sockets.dump(pid, o.fd, e, tcp_close=tcp_close)
+        elif kind == K.EVENTFD:
+            eventfd.dump(pid, o.fd, o.info, e)
+        elif kind == K.EPOLL:
+            epolls.append((e, o))
         for o2 in g:
             fd_entries.append(files_pb2.FdEntry(fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0,
                                                 file_id=e.id))
         entries.append(e)
+
+    if epolls:  # watches name fds: resolved once every fd has its FileEntry
+        file_of = {f.fd: f.file_id for f in fd_entries}
+        inode_of = {o.fd: (o.st.st_ino, file_of[o.fd]) for g in groups for o in g}
+        for e, o in epolls:
+            epoll.dump(pid, o.fd, o.info, e, inode_of, file_of)
 
     holders = _holders_index(pid, {ends[0][1].link for ends in pipe_ends.values()}) if pipe_ends else {}
     for ino, ends in pipe_ends.items():
@@ -305,6 +323,8 @@ class _Restorer:
     warnings: list[str]
     pipes: pipes.PipeRestorer
     created: list[str] = field(default_factory=list)
+    #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
+    epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
 
     def openat(self, path: str, flags: int, what: str) -> int:
         raw = os.fsencode(path) + b"\0"
@@ -329,6 +349,16 @@ class _Restorer:
             return self.openat(self.policy.terminal(), flags | os.O_NOCTTY, "the terminal")
         if e.kind in (K.PIPE, K.FIFO):
             return self.pipes.open(e)
+        if e.kind in (K.INET, K.UNIX):
+            fd = sockets.restore(self.inj, self.s, e)
+            if e.flags & os.O_NONBLOCK:
+                self.inj.call(NR.fcntl, fd, fcntl.F_SETFL, os.O_NONBLOCK, name=f"fcntl({fd}, F_SETFL)")
+            return fd
+        if e.kind == K.EVENTFD:
+            return eventfd.restore(self.inj, e)
+        if e.kind == K.EPOLL:
+            self.epolls.append((e, fds[0]))
+            return epoll.create(self.inj)
         if e.kind == K.REG and e.deleted:
             return self.open_deleted(e, flags)
         if e.kind in (K.REG, K.DIR, K.CHR):
@@ -436,6 +466,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                     for k, fd in list(ends.items()):
                         ends[k] = r.out_of_the_way(fd, [])
                 r.place(t, its)
+            for e, epfd in r.epolls:
+                epoll.add_watches(inj, s, epfd, e)
         finally:
             pr.close()
     return warnings

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from ..control.inject import (
     ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Injector, Scratch, syscall_restart_frame,
 )
-from ..control.seize import FrozenProcess, FrozenThread, ThreadSnapshot
+from ..control.seize import FrozenProcess, FrozenThread, ThreadSnapshot, _requeue
 from ..errors import RestoreError, Unsupported
 from ..image.pb import core_pb2
 from ..kernel import clone, ptrace
@@ -42,10 +42,12 @@ from ..kernel.libc import syscall
 from ..kernel.prctl import PR_GET_TID_ADDRESS, PR_GET_TIMERSLACK, PR_SET_TIMERSLACK
 from ..kernel.task_abi import SS_DISABLE, SS_ONSTACK, stack_t
 from ..kernel.ptrace import StopKind
+from ..procfs.snapshot import Snapshot
+from . import limits, signals
 
 __all__ = [
     "THREAD_CLONE_FLAGS", "regs_to_pb", "regs_from_pb", "syscall_state", "dump_thread", "dump_threads",
-    "check_xstate", "create_threads", "restore_thread_state", "final_frame", "finish_thread",
+    "check_xstate", "create_threads", "restore_thread_state", "restore_pending", "final_frame", "finish_thread",
 ]
 
 #: How a thread of the restored process is created (what pthread_create asks for, plus SETTID/CLEARTID).
@@ -113,13 +115,22 @@ def dump_thread(t: FrozenThread, inj: Injector, scratch: Scratch) -> core_pb2.Th
     return core
 
 
-def dump_threads(proc: FrozenProcess, scratch: Scratch) -> list[core_pb2.ThreadCore]:
-    """Every live thread, the leader first; Unsupported for an exited leader (zombie) of a live group."""
+def dump_threads(proc: FrozenProcess, scratch: Scratch, snap: Snapshot | None = None) -> list[core_pb2.ThreadCore]:
+    """Every live thread, the leader first; Unsupported for an exited leader (zombie) of a live group.
+
+    With ``snap``, each ThreadCore also gets the thread's own pending signals
+    (SigPnd, :mod:`.signals`) and its scheduling state (:mod:`.limits`).
+    """
     if proc.zombies:
         raise Unsupported(f"process {proc.pid} has exited threads still listed ({sorted(proc.zombies)}): "
                           "an exited group leader cannot be recreated")
     order = sorted(proc.threads, key=lambda tid: (tid != proc.pid, tid))
-    return [dump_thread(proc.threads[tid], proc.injector(tid), scratch) for tid in order]
+    cores = [dump_thread(proc.threads[tid], proc.injector(tid), scratch) for tid in order]
+    if snap is not None:
+        for core in cores:
+            core.pending.extend(signals.dump_thread_pending(proc, snap, core.tid))
+            core.sched.CopyFrom(limits.dump_sched(core.tid))
+    return cores
 
 
 # ---------------------------------------------------------------------------
@@ -171,8 +182,15 @@ def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: 
     return out
 
 
-def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) -> None:
-    """rseq, robust list, clear-child-tid, timer slack and sigaltstack, set by the thread itself."""
+def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) -> list[str]:
+    """rseq, robust list, clear-child-tid, timer slack, sigaltstack and scheduling, set by the thread itself.
+
+    The blocked mask is set here already (and again by :func:`finish_thread`):
+    pending signals are queued later and must find it in place, or an unblocked
+    one would be dequeued at the next injected syscall.  Returns warnings
+    (a nice value or CPU the kernel refused).
+    """
+    ptrace.setsigmask(inj.tid, core.sigmask)
     if core.HasField("rseq") and core.rseq.abi_pointer:
         inj.call(NR.rseq, core.rseq.abi_pointer, core.rseq.size, 0, core.rseq.signature)
     if core.robust_list.head:
@@ -180,12 +198,20 @@ def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadC
     inj.call(NR.set_tid_address, core.clear_child_tid)
     if core.timer_slack_ns:
         inj.call(NR.prctl, PR_SET_TIMERSLACK, core.timer_slack_ns, 0, 0, 0)
+    # Always set, disabled included: the helper inherited the restorer's own alternate stack (pytest's
+    # faulthandler has one), and a handler with SA_ONSTACK (CPython sets it) would run on unmapped memory.
     ss = core.sigaltstack
-    if ss.sp or ss.size:
-        flags = ss.flags & ~SS_ONSTACK  # SS_ONSTACK is reported, never set
-        want = stack_t(ss_sp=ss.sp, ss_flags=flags, ss_size=ss.size) if not flags & SS_DISABLE else stack_t(ss_flags=SS_DISABLE)
-        scratch.write(0, bytes(want))
-        inj.call(NR.sigaltstack, scratch.addr, 0)
+    flags = ss.flags & ~SS_ONSTACK  # SS_ONSTACK is reported, never set
+    enabled = (ss.sp or ss.size) and not flags & SS_DISABLE
+    want = stack_t(ss_sp=ss.sp, ss_flags=flags, ss_size=ss.size) if enabled else stack_t(ss_flags=SS_DISABLE)
+    scratch.write(0, bytes(want))
+    inj.call(NR.sigaltstack, scratch.addr, 0)
+    return limits.restore_sched(inj, core.sched, scratch=scratch) if core.HasField("sched") else []
+
+
+def restore_pending(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) -> None:
+    """Queue the signals pending for this thread only, from the thread itself (the kernel keeps the siginfo)."""
+    signals.restore_pending(inj, core.pending, thread=True, scratch=scratch)
 
 
 def final_frame(core: core_pb2.ThreadCore) -> user_regs_struct:
@@ -194,10 +220,18 @@ def final_frame(core: core_pb2.ThreadCore) -> user_regs_struct:
 
 
 def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:
-    """Final frame, xstate and signal mask; then PTRACE_DETACH (which also clears a single-step trap flag)."""
+    """Final frame, xstate and signal mask; then PTRACE_DETACH (which also clears a single-step trap flag).
+
+    A signal the thread dequeued during an injected syscall (a restored pending
+    signal it does not block) was held back by the injector: it is queued again
+    now, so the handler runs on the restored frame, not on an injected one.
+    """
     tid = thread.tid
     ptrace.setregs(tid, final_frame(core))
     ptrace.set_xstate(tid, bytes(core.xstate))
     ptrace.setsigmask(tid, core.sigmask)
+    for sig in thread.deferred:
+        _requeue(thread.pid, tid, sig)
+    thread.deferred.clear()
     ptrace.detach(tid, 0)
     thread.gone = True  # no longer ours: release() must not touch it

@@ -1,29 +1,32 @@
-"""Dump and restore real processes with the same pid and tids (issue 3: memory and threads).
+"""Dump and restore real processes with the same pid and tids: memory, threads and every process resource.
 
 The target (scenarios/cr_target.c) checks its own memory, AVX-512 and MXCSR
-state and thread ids for ever and writes PASS/FAIL into a result file it opens
-afresh each time, so no descriptor has to survive the restore (files are
-another module's job).  A new PASS line written after the restore, with a
-round counter that went on counting, proves the restored process runs on the
-saved state.
+state and thread ids for ever and writes PASS/FAIL into a result file.  A new
+PASS line written after the restore, with a round counter that went on
+counting, proves the restored process runs on the saved state.  SIGUSR1 then
+makes it check its process-wide state — fds and offsets, an internal pipe's
+bytes, cwd, rlimits, handlers, a SIGUSR2 left pending and blocked across the
+checkpoint — and answer on its stdout pipe, which the test hands back to the
+restore (``inherit_fds``), like a shell's pipe with CRIU's --inherit-fd.
 """
 
 from __future__ import annotations
 
-import errno
 import os
+import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ckpt.dump import dump, restore
-from ckpt.errors import CkptError, RestoreError, TargetGone
+from ckpt.dump import PROCESS_DUMPERS, dump, restore
+from ckpt.errors import CkptError, RestoreError, TargetGone, Unsupported
 from ckpt.image.reader import Image
-from targets import Target, tracer_of, wait_until
+from targets import Target, spawn, tracer_of, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 
@@ -32,21 +35,20 @@ def _parse(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
 
 
-def _result(path: Path, after: float = 0.0, timeout: float = 5.0) -> dict[str, str]:
-    """The next PASS line written after ``after`` (mtime); AssertionError on FAIL or timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if path.stat().st_mtime > after:
-                line = path.read_text().strip()
-                if line.startswith("FAIL"):
-                    raise AssertionError(f"target reported: {line}")
-                if line.startswith("PASS"):
-                    return _parse(line)
-        except FileNotFoundError:
-            pass
-        time.sleep(0.01)
-    raise AssertionError(f"no new result in {path} within {timeout}s")
+def _drain(t: Target) -> None:
+    """Drop the lines already waiting in the target's stdout pipe: the next one read is fresh."""
+    fd = t.proc.stdout.fileno()
+    while select.select([fd], [], [], 0)[0]:
+        if not os.read(fd, 1 << 16):
+            break
+    t._buf = b""
+
+
+def _result(t: Target, fresh: bool = False, timeout: float = 5.0) -> dict[str, str]:
+    """The next PASS line on the target's stdout (after the ones already written, if ``fresh``)."""
+    if fresh:
+        _drain(t)
+    return _parse(t.expect("PASS", timeout))
 
 
 @pytest.fixture
@@ -65,9 +67,9 @@ def restored() -> Iterator[list[int]]:
 def _start(c_target, tmp_path: Path, nthreads: int, blocked: bool) -> tuple[Target, Path]:  # noqa: ANN001
     result = tmp_path / "result"
     args = [str(result), str(nthreads)] + (["blocked"] if blocked else [])
-    t = c_target("cr_target", *args, stdin_pipe=True)
+    t = c_target("cr_target", *args, stdin_pipe=True, stderr=subprocess.DEVNULL)
     t.ready(timeout=20)
-    _result(result)
+    _result(t)
     return t, result
 
 
@@ -80,25 +82,44 @@ def _tids(pid: int) -> list[int]:
     return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
 
 
+def _status(pid: int, key: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key + ":"))
+
+
+def _session(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return int(data[data.rindex(b")") + 2:].split()[3])
+
+
+def _queue_blocked_usr2(pid: int) -> None:
+    """One SIGUSR2 (blocked by every thread) left in the shared queue: the image must carry it."""
+    os.kill(pid, signal.SIGUSR2)
+    wait_until(lambda: int(_status(pid, "ShdPnd"), 16) & (1 << (signal.SIGUSR2 - 1)), "SIGUSR2 is pending")
+
+
 @pytest.mark.parametrize("leave_running", [False, True], ids=["kill", "R"])
 @pytest.mark.parametrize("nthreads,blocked", [(0, False), (8, False), (2, True)], ids=["single", "8threads", "blocked"])
 def test_dump_restore_same_pid(c_target, tmp_path: Path, restored: list[int], nthreads: int, blocked: bool,  # noqa: ANN001
                                leave_running: bool) -> None:
     t, result = _start(c_target, tmp_path, nthreads, blocked)
     pid = t.pid
-    before = _result(result)
+    before = _result(t)
     tids_before = _tids(pid)
     assert len(tids_before) == 1 + nthreads + (2 if blocked else 0)
+    _queue_blocked_usr2(pid)
     if leave_running:
         first = dump(pid, tmp_path / "img1", leave_running=True)
         assert first.left_running and tracer_of(pid) == 0
-        mid = _result(result, after=time.time())  # still running and still checking itself
+        mid = _result(t, fresh=True)  # still running and still checking itself
         assert int(mid["round"]) > int(before["round"])
         with pytest.raises(RestoreError, match="taken"):  # the pid is still in use
-            restore(tmp_path / "img1")
+            restore(tmp_path / "img1", inherit_fds=t.stdio_fds)
         stats = dump(pid, tmp_path / "img2", leave_running=True)  # a second dump of the same live process
         image = tmp_path / "img2"
-        t.close()  # now end it ourselves; the restore waits for the pid to be free
+        os.kill(pid, signal.SIGKILL)  # now end it ourselves (keeping our pipe ends); the restore waits for the pid
+        t.proc.wait(timeout=10)
     else:
         stats = dump(pid, tmp_path / "img")
         image = tmp_path / "img"
@@ -106,31 +127,35 @@ def test_dump_restore_same_pid(c_target, tmp_path: Path, restored: list[int], nt
         assert not os.path.exists(f"/proc/{pid}")
     assert stats.threads == len(tids_before) and stats.pages_stored >= (64 << 20) // 4096
     assert Image.open(image).verify() == []
-    last = _result(result)
-    result.unlink()
+    _drain(t)
 
-    r = restore(image)
+    r = restore(image, inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     assert r.pid == pid and list(r.tids) == [pid] + sorted(x for x in tids_before if x != pid)
-    after = _result(result, timeout=10)
+    after = _result(t, timeout=10)
     assert after["pid"] == str(pid)
     assert sorted(int(x) for x in after["tids"].split(",")) == tids_before  # gettid() of each thread
     assert _tids(pid) == tids_before
-    assert int(after["round"]) >= int(last["round"])  # memory (the round counter) carried over
+    assert int(after["round"]) > int(before["round"])  # memory (the round counter) carried over
     assert tracer_of(pid) == 0
+    assert _session(pid) == pid  # started with setsid: still a session leader
     if nthreads:
         counters = [int(c) for c in after["counters"].split(",")]
-        wait_until(lambda: all(int(c) > o for c, o in zip(_result(result)["counters"].split(","), counters)),
+        wait_until(lambda: all(int(c) > o for c, o in zip(_result(t)["counters"].split(","), counters)),
                    "every worker thread makes progress after the restore")
     if blocked:
         # nanosleep seized with -ERESTART_RESTARTBLOCK: returns EINTR (the loop goes on with the remaining time);
-        # read() seized with -ERESTARTSYS: run again — fds are not restored yet, so it now fails with EBADF,
-        # never with EINTR or the kernel-internal 512.
-        wait_until(lambda: _result(result)["readres"] != "-2" and _result(result)["eintr"] != before["eintr"],
-                   "the blocked threads return from their syscalls")
-        final = _result(result)
+        # read() seized with -ERESTARTSYS: run again on the restored stdin pipe, and gets what we write now.
+        wait_until(lambda: _result(t)["eintr"] != before["eintr"], "the sleeping thread returns EINTR")
+        assert _result(t)["readres"] == "-2"  # still blocked in read(), not failed
+        t.write(b"after-restore-42")
+        wait_until(lambda: _result(t)["readres"] != "-2", "the blocked read() returns")
+        final = _result(t)
+        assert (final["readres"], final["readbuf"]) == ("16", "after-restore-42")
         assert int(final["eintr"]) == int(before["eintr"]) + 1
-        assert (final["readres"], final["readerr"]) == ("-1", str(errno.EBADF))
+    os.kill(pid, signal.SIGUSR1)  # the handler survived; the main loop checks fds, cwd, limits, pending SIGUSR2
+    check = _parse(t.expect("CHECK", timeout=10))
+    assert check["threads"] == str(len(tids_before)) and check["usr2"] == "1"
     assert stats.frozen_seconds < 2.0
 
 
@@ -149,7 +174,7 @@ def test_dump_interrupted_leaves_target_running(c_target, tmp_path: Path) -> Non
         dump(t.pid, tmp_path / "img", progress=interrupt)
     _no_image_left(tmp_path)
     assert t.alive() and tracer_of(t.pid) == 0
-    _result(result, after=time.time())  # still running, still consistent
+    _result(t, fresh=True)  # still running, still consistent
 
 
 def test_dump_target_killed_meanwhile(c_target, tmp_path: Path) -> None:  # noqa: ANN001
@@ -176,7 +201,7 @@ def test_dump_disk_full_leaves_target_running(c_target, tmp_path: Path) -> None:
             dump(t.pid, small / "img", compress_level=None)
         assert os.listdir(small) == []
         assert t.alive() and tracer_of(t.pid) == 0
-        _result(result, after=time.time())
+        _result(t, fresh=True)
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
@@ -196,14 +221,46 @@ def test_restore_detached_with_pidfile(c_target, tmp_path: Path) -> None:  # noq
     t, result = _start(c_target, tmp_path, 1, False)
     dump(t.pid, tmp_path / "img")
     _forget(t)
-    result.unlink()
-    r = restore(tmp_path / "img", detached=True, pidfile=tmp_path / "pid")
+    _drain(t)
+    r = restore(tmp_path / "img", detached=True, pidfile=tmp_path / "pid", inherit_fds=t.stdio_fds)
     try:
         assert r.detached and (tmp_path / "pid").read_text().strip() == str(t.pid)
-        _result(result, timeout=10)
+        _result(t, timeout=10)
         with open(f"/proc/{r.pid}/stat", "rb") as f:
             data = f.read()
         ppid = int(data[data.rindex(b")") + 2:].split()[1])
         assert ppid != os.getpid()  # reparented like a daemon, not our child
     finally:
         os.kill(r.pid, signal.SIGKILL)
+
+
+def test_dump_refused_by_a_resource_leaves_target_running(tmp_path: Path) -> None:
+    """A socket ckpt cannot dump (netlink): Unsupported naming the fd, before anything is written."""
+    code = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\n"
+            "print('READY fd=%d' % s.fileno(), flush=True)\n"
+            "while True:\n    time.sleep(0.01)\n    print('PASS', flush=True)\n")
+    with spawn([sys.executable, "-c", code], stderr=subprocess.DEVNULL) as t:
+        fd = t.ready()["fd"]
+        with pytest.raises(Unsupported, match=rf"fd {fd} is a socket"):
+            dump(t.pid, tmp_path / "img")
+        _no_image_left(tmp_path)
+        assert t.alive() and tracer_of(t.pid) == 0
+        _result(t, fresh=True)
+
+
+def test_dump_failing_late_leaves_target_running(c_target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A resource that fails after the others ran (files already read, pipes put back): all-or-nothing still."""
+    t, _ = _start(c_target, tmp_path, 1, False)
+
+    def refuse(ctx) -> None:  # noqa: ANN001
+        raise Unsupported("a resource that refuses")
+
+    monkeypatch.setattr("ckpt.dump.PROCESS_DUMPERS", [*PROCESS_DUMPERS, ("refuses", refuse)])
+    with pytest.raises(Unsupported, match="refuses"):
+        dump(t.pid, tmp_path / "img")
+    _no_image_left(tmp_path)
+    assert t.alive() and tracer_of(t.pid) == 0
+    _result(t, fresh=True)
+    os.kill(t.pid, signal.SIGUSR1)  # the internal pipe still holds its bytes, offsets unchanged — but SIGUSR2
+    assert "CHECK FAIL SIGUSR2 not pending" in t.expect("CHECK", timeout=10)  # was never queued in this test

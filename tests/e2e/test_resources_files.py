@@ -152,7 +152,7 @@ def test_external_stdio_needs_a_descriptor(procs, tmp_path) -> None:
 
 @pytest.mark.parametrize("extra, message", [
     ("external", r"fd 13 is pipe:\[\d+\], whose other end is held by process \d+ \(resources\) fd 100"),
-    ("socket", r"fd 13 is a socket"),
+    ("socket", r"fd 13 is a unix stream socket that is not listening"),
 ])
 def test_refusals_leave_the_target_running(procs, tmp_path, extra: str, message: str) -> None:
     t = procs("files", str(tmp_path), extra)

@@ -15,7 +15,7 @@
  *                     close-on-exec; 5 O_NONBLOCK; 6 O_APPEND), /dev/null at 7, a deleted
  *                     file at 8, DIR at 9, a pipe 10/11 holding 3 KiB, a FIFO at 12
  *                     (O_RDWR, 100 bytes), /dev/urandom at 20; EXTRA "external" adds fd
- *                     13, a pipe to a child process, "socket" a socket at 13; READY
+ *                     13, a pipe to a child process, "socket" a unix socket (not listening) at 13; READY
  *   helper files      a helper whose SIGUSR1 report is the files one
  *   limits DIR        rlimits lowered, umask 027, cwd DIR, comm "ckpt-limits",
  *                     oom_score_adj 300, nice 5, affinity CPU 0; READY
@@ -181,7 +181,10 @@ static void setup_files(const char *dir, const char *extra) {
         close(sync[0]);
         at(p[1], 13);
     } else if (extra && !strcmp(extra, "socket")) {
-        at(socket(AF_INET, SOCK_STREAM, 0), 13);
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("socketpair");
+        at(sv[0], 13);
+        close(sv[1]);
     }
     files_mode = 1;
     ksig(SIGUSR1, (void *)on_usr1, SA_SIGINFO | SA_RESTART, 0);

@@ -1,0 +1,235 @@
+"""Sockets: bound and listening TCP/UDP (IPv4/IPv6) and listening unix sockets, re-created with their options.
+
+Dump looks at the socket from outside: ``pidfd_getfd`` lends the dumper a
+duplicate of the target's descriptor, on which getsockname, getpeername and
+getsockopt (SO_TYPE, SO_PROTOCOL, SO_DOMAIN, SO_ACCEPTCONN, TCP_INFO's state)
+answer exactly what the kernel holds — no parsing of /proc/net/* and no
+injection.  The duplicate is closed at once; the target's socket is untouched.
+
+What can be re-created is a socket whose state lives in its local address and
+options: a TCP listener (its queue of not-yet-accepted connections is *not*
+kept: those clients see a reset), a UDP socket (bound, and connected to a
+peer if it was), a listening unix socket.  An established TCP connection would
+need TCP_REPAIR and the peer's cooperation; it is refused, naming the fd,
+unless ``tcp_close`` — then, like CRIU's ``--tcp-close``, it comes back as a
+closed socket of the same family (never connected: read gives ENOTCONN,
+write EPIPE), and the program handles it as a dropped connection.
+
+Restore is injected into the helper: ``socket``, each saved option with
+``setsockopt``, ``bind``, ``listen`` (or ``connect`` for a connected UDP
+socket).  A unix socket's path is left on disk when its owner dies; a stale
+one (nobody accepts on it) is removed first, or ``bind`` would fail.
+
+Not kept: the listen backlog exactly (the kernel does not report the one a
+program asked for without sock_diag; ``SOMAXCONN`` is used), SO_RCVBUF /
+SO_SNDBUF, socket filters, multicast memberships, queued datagrams.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+
+from ..control.inject import Injector, Scratch
+from ..errors import RestoreError, Unsupported
+from ..image.pb import files_pb2
+from ..kernel.arch_x86_64 import NR
+from ..kernel.pidfd import pidfd_getfd, pidfd_open
+
+__all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "dump", "restore"]
+
+K = files_pb2.FileEntry.Kind
+#: TCP_* states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
+_SO_DOMAIN, _SO_PROTOCOL = 39, 38
+#: (level, option) pairs saved and set again, in this order, when the socket family/type has them.
+SAVED_OPTIONS: tuple[tuple[int, int], ...] = (
+    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
+    (socket.SOL_SOCKET, socket.SO_REUSEPORT),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    (socket.SOL_SOCKET, socket.SO_BROADCAST),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+)
+_INT = struct.Struct("<i")
+
+
+@dataclass(frozen=True)
+class _Peek:
+    """What the dumper's duplicate of the socket told."""
+
+    family: int
+    type: int
+    protocol: int
+    listening: bool
+    tcp_state: int
+    local: bytes
+    peer: bytes
+
+
+def _sockaddr(family: int, addr: object) -> bytes:
+    """Python's getsockname() result back into the struct sockaddr the kernel wants."""
+    if family == socket.AF_INET:
+        host, port = addr  # type: ignore[misc]
+        return struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_pton(socket.AF_INET, host) + bytes(8)
+    if family == socket.AF_INET6:
+        host, port, flowinfo, scope = addr  # type: ignore[misc]
+        host = host.split("%", 1)[0]
+        return (struct.pack("<H", socket.AF_INET6) + struct.pack(">H", port) + struct.pack(">I", flowinfo)
+                + socket.inet_pton(socket.AF_INET6, host) + struct.pack("<I", scope))
+    raise ValueError(f"address family {family}")
+
+
+def _peek(pid: int, fd: int) -> tuple[_Peek, list[files_pb2.SockOpt]]:
+    pidfd = pidfd_open(pid)
+    try:
+        ours = pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    s = socket.socket(fileno=ours)
+    try:
+        family = s.getsockopt(socket.SOL_SOCKET, _SO_DOMAIN)
+        stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        proto = s.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL)
+        listening = bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        tcp_state = 0
+        if family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_STREAM:
+            tcp_state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+        if family == socket.AF_UNIX:
+            local = os.fsencode(s.getsockname()) if isinstance(s.getsockname(), str) else bytes(s.getsockname())
+            peer = b""
+        elif family in (socket.AF_INET, socket.AF_INET6):
+            local = _sockaddr(family, s.getsockname())
+            try:
+                peer = _sockaddr(family, s.getpeername())
+            except OSError:
+                peer = b""
+        else:
+            local = peer = b""
+        opts = []
+        for level, name in SAVED_OPTIONS:
+            try:
+                value = s.getsockopt(level, name, 4)
+            except OSError:
+                continue  # not an option of this family/type
+            opts.append(files_pb2.SockOpt(level=level, name=name, value=value))
+        return _Peek(family, stype, proto, listening, tcp_state, local, peer), opts
+    finally:
+        s.close()
+
+
+def _refuse(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
+    return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
+
+
+def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False) -> None:
+    """Fill ``entry`` (kind, inet/unix details) for the socket at ``fd``; Unsupported for what cannot be re-created."""
+    p, opts = _peek(pid, fd)
+    kinds = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
+    if p.family in (socket.AF_INET, socket.AF_INET6):
+        fam = "IPv4" if p.family == socket.AF_INET else "IPv6"
+        inet = files_pb2.InetSocket(family=p.family, type=p.type, protocol=p.protocol, state=p.tcp_state,
+                                    src_addr=p.local, dst_addr=p.peer, backlog=socket.SOMAXCONN if p.listening else 0)
+        inet.options.extend(opts)
+        if p.type == socket.SOCK_STREAM and not p.listening and p.tcp_state != TCP_CLOSE:
+            if not tcp_close:
+                raise _refuse(pid, fd, f"an established {fam} TCP connection (state {p.tcp_state})",
+                              "a live connection cannot be re-created; use --tcp-close (tcp_close=True) "
+                              "to restore it closed, as a dropped connection")
+            inet.state = TCP_CLOSE
+            inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
+        elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            raise _refuse(pid, fd, f"an {fam} socket of type {p.type}")
+        entry.kind = K.INET
+        entry.inet.CopyFrom(inet)
+        return
+    if p.family == socket.AF_UNIX:
+        if not p.listening:
+            raise _refuse(pid, fd, f"a unix {kinds.get(p.type, p.type)} socket that is not listening "
+                          f"(name {p.local!r})", "only listening unix sockets are re-created")
+        unix = files_pb2.UnixSocket(type=p.type, state=TCP_LISTEN, name=p.local, backlog=socket.SOMAXCONN)
+        unix.options.extend(o for o in opts if o.level == socket.SOL_SOCKET)
+        entry.kind = K.UNIX
+        entry.unix.CopyFrom(unix)
+        return
+    raise _refuse(pid, fd, f"a socket of address family {p.family}")
+
+
+# --- restore -----------------------------------------------------------------
+
+def _setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] | object") -> None:
+    for o in opts:  # type: ignore[attr-defined]
+        s.write(0, bytes(o.value))
+        inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {o.level}, {o.name})")
+
+
+def _clear_stale_unix_path(path: bytes) -> None:
+    """A listening unix socket's file outlives its owner: remove it if nobody accepts on it any more."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise RestoreError(f"{os.fsdecode(path)!r} exists and is not a socket: the listening socket cannot bind there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # stale: its listener is gone
+        return
+    except OSError as exc:
+        if exc.errno == errno.EPROTOTYPE:  # a seqpacket listener: not ours to judge; let bind say
+            return
+        raise
+    finally:
+        probe.close()
+    raise RestoreError(f"another process accepts on the unix socket {os.fsdecode(path)!r}",
+                       hint="stop it, or restore when the socket path is free")
+
+
+def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
+    """Create the socket of ``entry`` in the process of ``inj``; its (temporary) fd."""
+    if entry.kind == K.INET:
+        i = entry.inet
+        fd = inj.call(NR.socket, i.family, i.type | socket.SOCK_CLOEXEC, i.protocol, name="socket")
+        try:
+            _setopts(inj, s, fd, i.options)
+            if i.state == TCP_CLOSE and i.type == socket.SOCK_STREAM:
+                return fd  # --tcp-close: a closed socket
+            if i.src_addr:
+                s.write(0, bytes(i.src_addr))
+                try:
+                    inj.call(NR.bind, fd, s.addr, len(i.src_addr), name="bind")
+                except OSError as exc:
+                    raise RestoreError(f"cannot bind the socket of file {entry.id} again: {exc.strerror}",
+                                       hint="the address must be free (is the dumped process still running?)") from exc
+            if i.type == socket.SOCK_STREAM and i.state == TCP_LISTEN:
+                inj.call(NR.listen, fd, i.backlog or socket.SOMAXCONN, name="listen")
+            elif i.type == socket.SOCK_DGRAM and i.dst_addr:
+                s.write(0, bytes(i.dst_addr))
+                inj.call(NR.connect, fd, s.addr, len(i.dst_addr), name="connect")
+        except BaseException:
+            inj.close(fd)
+            raise
+        return fd
+    if entry.kind == K.UNIX:
+        u = entry.unix
+        fd = inj.call(NR.socket, socket.AF_UNIX, u.type | socket.SOCK_CLOEXEC, 0, name="socket(AF_UNIX)")
+        try:
+            _setopts(inj, s, fd, u.options)
+            name = bytes(u.name)
+            if name and name[0] != 0:
+                _clear_stale_unix_path(name)
+            addr = struct.pack("<H", socket.AF_UNIX) + name + (b"\0" if name and name[0] != 0 else b"")
+            s.write(0, addr)
+            inj.call(NR.bind, fd, s.addr, len(addr), name=f"bind({name!r})")
+            inj.call(NR.listen, fd, u.backlog or socket.SOMAXCONN, name="listen")
+        except BaseException:
+            inj.close(fd)
+            raise
+        return fd
+    raise RestoreError(f"file {entry.id} is not a socket kind ckpt restores ({K.Name(entry.kind)})")

@@ -1,0 +1,209 @@
+"""Listening sockets, epoll and eventfd through dump and restore; an established connection; redis-server."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ckpt.dump import dump, restore
+from ckpt.errors import Unsupported
+from targets import Target, spawn, tracer_of, wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
+
+
+def _fields(line: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+
+
+@pytest.fixture
+def restored() -> Iterator[list[int]]:
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _ask(family: int, addr: object, kind: int = socket.SOCK_STREAM, msg: bytes = b"ping") -> str:
+    with socket.socket(family, kind) as c:
+        c.settimeout(5)
+        if kind == socket.SOCK_DGRAM:
+            c.sendto(msg, addr)
+            return c.recv(100).decode()
+        c.connect(addr)
+        c.sendall(msg)
+        return c.recv(100).decode().strip()
+
+
+def _all_answer(ports: dict[str, str], unix_path: str) -> list[int]:
+    out = [_ask(socket.AF_INET, ("127.0.0.1", int(ports["tcp4"]))),
+           _ask(socket.AF_INET6, ("::1", int(ports["tcp6"]))),
+           _ask(socket.AF_UNIX, unix_path),
+           _ask(socket.AF_INET, ("127.0.0.1", int(ports["udp"])), socket.SOCK_DGRAM).split()[0] + " "
+           + _ask(socket.AF_INET, ("127.0.0.1", int(ports["udp"])), socket.SOCK_DGRAM).split()[1]]
+    assert all(a.startswith("pong ") for a in out), out
+    return [int(a.split()[1]) for a in out]
+
+
+@pytest.mark.parametrize("leave_running", [False, True], ids=["kill", "R"])
+def test_listeners_epoll_eventfd_round_trip(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                            leave_running: bool) -> None:
+    unix_path = str(tmp_path / "srv.sock")
+    t = py_target("py_server.py", unix_path, stderr=subprocess.DEVNULL)
+    ports = _fields(t.expect("READY", timeout=20))
+    counts = _all_answer(ports, unix_path)
+    if leave_running:
+        dump(t.pid, tmp_path / "img1", leave_running=True)
+        assert tracer_of(t.pid) == 0 and _all_answer(ports, unix_path)[0] > counts[-1]
+        dump(t.pid, tmp_path / "img", leave_running=True)
+        os.kill(t.pid, signal.SIGKILL)
+        t.proc.wait(timeout=10)
+    else:
+        dump(t.pid, tmp_path / "img")
+        t.proc.returncode = -signal.SIGKILL
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    after = _all_answer(ports, unix_path)  # every listener accepts again, from the same epoll loop
+    assert after[0] > counts[-1] and after == sorted(after)
+    efd = _ask(socket.AF_INET, ("127.0.0.1", int(ports["udp"])), socket.SOCK_DGRAM, b"efd")
+    assert efd.endswith("efd=3"), efd  # the eventfd counter came back
+
+
+def test_established_tcp_needs_tcp_close(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    unix_path = str(tmp_path / "srv.sock")
+    t = py_target("py_server.py", unix_path, stderr=subprocess.DEVNULL)
+    ports = _fields(t.expect("READY", timeout=20))
+    client = socket.create_connection(("127.0.0.1", int(ports["tcp4"])), timeout=5)
+    client.sendall(b"hold")
+    assert client.recv(10) == b"held\n"
+    with pytest.raises(Unsupported, match=r"fd \d+ is an established IPv4 TCP connection") as exc:
+        dump(t.pid, tmp_path / "img")
+    assert "--tcp-close" in (exc.value.hint or "")
+    assert t.alive() and tracer_of(t.pid) == 0 and not (tmp_path / "img").exists()
+    dump(t.pid, tmp_path / "img", tcp_close=True)
+    t.proc.returncode = -signal.SIGKILL
+    assert client.recv(10) == b""  # the dump ended the process: our side sees the connection closed
+    client.close()
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert _ask(socket.AF_INET, ("127.0.0.1", int(ports["tcp4"]))).startswith("pong ")
+
+
+# --- redis -------------------------------------------------------------------
+
+REDIS = shutil.which("redis-server")
+NKEYS = 100_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A minimal RESP client: pipelined commands, one reply each."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @staticmethod
+    def encode(*args: str | bytes) -> bytes:
+        parts = [b"*%d\r\n" % len(args)]
+        for a in args:
+            b = a.encode() if isinstance(a, str) else a
+            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(parts)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(1 << 16)
+            assert chunk, "redis closed the connection"
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> object:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b"-"):
+            return rest.decode()
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self.buf += self.sock.recv(1 << 16)
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data
+        raise AssertionError(f"unexpected reply {line!r}")
+
+    def pipeline(self, commands: list[bytes]) -> list[object]:
+        self.sock.sendall(b"".join(commands))
+        return [self.reply() for _ in commands]
+
+    def call(self, *args: str | bytes) -> object:
+        return self.pipeline([self.encode(*args)])[0]
+
+
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
+def test_redis_keeps_its_keys_and_serves_after_restore(tmp_path: Path, restored: list[int]) -> None:
+    port = _free_port()
+    conf = tmp_path / "redis.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
+                    "logfile \"\"\nprotected-mode no\n")
+    with spawn([REDIS, str(conf)], stderr=subprocess.DEVNULL) as t:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r = Redis(port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.05)
+        for start in range(0, NKEYS, 10_000):
+            replies = r.pipeline([Redis.encode("SET", f"key:{i}", f"value-{i}-{i * 7919 % 1000003}")
+                                  for i in range(start, start + 10_000)])
+            assert replies == ["OK"] * 10_000
+        assert r.call("DBSIZE") == NKEYS
+        r.close()
+        wait_until(lambda: all(not os.readlink(f"/proc/{t.pid}/fd/{fd}").startswith("socket:") or fd == min(
+            int(f) for f in os.listdir(f"/proc/{t.pid}/fd") if os.readlink(f"/proc/{t.pid}/fd/{f}").startswith("socket:"))
+            for fd in map(int, os.listdir(f"/proc/{t.pid}/fd"))), "redis closed our client connection")
+
+        stats = dump(t.pid, tmp_path / "img")
+        t.proc.returncode = -signal.SIGKILL
+        res = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(res.pid)
+        assert res.pid == t.pid and tracer_of(t.pid) == 0
+        r = Redis(port)
+        assert r.call("DBSIZE") == NKEYS
+        for i in random.Random(7).sample(range(NKEYS), 200):
+            assert r.call("GET", f"key:{i}") == f"value-{i}-{i * 7919 % 1000003}".encode()
+        assert r.call("SET", "after", "restore") == "OK" and r.call("GET", "after") == b"restore"
+        r2 = Redis(port)  # a second client at the same time: the epoll loop serves both
+        assert r2.call("INCR", "counter") == 1 and r.call("INCR", "counter") == 2
+        r.close()
+        r2.close()
+        print(f"redis {NKEYS} keys: dump {stats.total_seconds * 1e3:.0f} ms (frozen {stats.frozen_seconds * 1e3:.0f} ms, "
+              f"{stats.bytes_read / 2**20:.0f} MiB read, {stats.stored_bytes / 2**20:.1f} MiB stored), "
+              f"restore {res.total_seconds * 1e3:.0f} ms, {stats.threads} threads")
