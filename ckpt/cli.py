@@ -91,7 +91,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     from . import api
 
     level = None if args.no_compress else args.compress
-    stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running, compress_level=level)
+    stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running, compress_level=level,
+                     shell_job=args.shell_job, tcp_close=args.tcp_close)
     _warn_notes(stats.notes)
     _write_json_stats(args.json_stats, stats)
     return 0
@@ -100,7 +101,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
-    stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile)
+    stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
+                        shell_job=args.shell_job, inherit_fds=args.inherit_fd)
     _warn_notes(stats.notes)
     _write_json_stats(args.json_stats, stats)
     if args.restore_detached:
@@ -198,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     level = sp.add_mutually_exclusive_group()
     level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
+    sp.add_argument("--shell-job", action="store_true",
+                    help="the process is attached to a terminal (it is re-attached to the restoring one)")
+    sp.add_argument("--tcp-close", action="store_true",
+                    help="save established TCP connections as closed sockets instead of refusing them")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("restore", _cmd_restore, "recreate a process from an image directory, with its pid")
@@ -205,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-d", "--restore-detached", action="store_true",
                     help="detach once restored (default: wait and exit with the process's status)")
     sp.add_argument("--pidfile", metavar="FILE", help="write the restored process's pid here")
+    sp.add_argument("--shell-job", action="store_true", help="re-attach terminal fds to this terminal")
+    sp.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:RES",
+                    help="give the restored process our fd N in place of RES, an fd that pointed outside "
+                         "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "
+                         "fd number in the image; may be repeated")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("watch", _cmd_watch, "print the pages a process writes per interval and its dirty rate (MB/s)")

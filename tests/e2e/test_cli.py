@@ -152,3 +152,52 @@ def test_broken_chains(tmp_path: Path) -> None:
     # A different image where the parent should be (wrong id).
     shutil.copytree(GOLDEN / "simple", chain / "0")
     assert_one_line_error(run("verify", str(chain / "1")), 2, "parent")
+
+
+COUNTER = "import itertools, sys, time\nfor n in itertools.count():\n    print(n, flush=True)\n    time.sleep(0.01)\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore need root")
+def test_dump_restore_with_inherit_fd(tmp_path: Path) -> None:
+    """A process whose stdout is a pipe to us: CRIU's --inherit-fd gives the restored one a new pipe."""
+    proc = subprocess.Popen([sys.executable, "-c", COUNTER], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, close_fds=True)
+    r2 = w2 = -1
+    try:
+        assert proc.stdout is not None
+        first = int(proc.stdout.readline())
+        pipe = os.readlink(f"/proc/{proc.pid}/fd/1")
+        assert pipe.startswith("pipe:[")
+        images = tmp_path / "img"
+        res = run("dump", "-t", str(proc.pid), "-D", str(images))
+        assert res.returncode == 0, res.stderr
+        proc.wait()
+        last = max(int(x) for x in proc.stdout.read().split()) if proc.stdout else first
+
+        # A bad spec and an unknown resource are one-line usage errors.
+        assert_one_line_error(run("restore", "-D", str(images), "-d", "--inherit-fd", "1:2"), 2, "fd[N]:RES")
+        assert_one_line_error(run("restore", "-D", str(images), "-d", "--inherit-fd", "fd[1]:pipe:[1]"), 2,
+                              "no fd", pipe)
+
+        r2, w2 = os.pipe()
+        res = subprocess.run([*CKPT, "restore", "-D", str(images), "-d", "--inherit-fd", f"fd[{w2}]:{pipe}"],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, pass_fds=(w2,))
+        assert res.returncode == 0, res.stderr
+        os.close(w2)
+        w2 = -1
+        with os.fdopen(r2, "rb", buffering=0) as out:
+            r2 = -1
+            line = b""
+            while not line.endswith(b"\n"):
+                line += out.read(1)
+            # It carries on counting where it stopped, into the pipe we handed over.
+            assert int(line) == last + 1
+    finally:
+        for fd in (r2, w2):
+            if fd >= 0:
+                os.close(fd)
+        try:
+            os.kill(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()
