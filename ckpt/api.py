@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .features import Features, probe_features
 from .track.watch import WatchRange, WatchSample, track_start, track_stop, tracking_state_path, watch
 
+from .progress import ProgressEvent
+
 if TYPE_CHECKING:
     from .dump import DumpStats, RestoreStats
     from .image.verify import Report
 
-__all__ = ["check", "show", "verify", "dump", "restore", "wait_restored", "resolve_inherit_fds", "DumpStats", "RestoreStats",
+__all__ = ["ProgressEvent", "check", "show", "verify", "dump", "restore", "wait_restored", "resolve_inherit_fds", "DumpStats", "RestoreStats",
            "WatchRange", "WatchSample", "watch", "track_start", "track_stop", "tracking_state_path"]
 
 
@@ -42,36 +44,46 @@ def verify(image_dir: str | os.PathLike[str]) -> "Report":
     return _verify(image_dir)
 
 
-def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = False,
-         compress_level: int | None = 1, shell_job: bool = False, tcp_close: bool = False) -> "DumpStats":
+def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = False, leave_stopped: bool = False,
+         compress_level: int | None = 1, shell_job: bool = False, tcp_close: bool = False,
+         progress: "Callable[[ProgressEvent], None] | None" = None, deleted_max: int | None = None) -> "DumpStats":
     """Checkpoint process ``pid`` into the new directory ``image_dir``.
 
     The process is ended after a successful dump (as CRIU does) unless
-    ``leave_running``.  On any failure it keeps running exactly as before and
+    ``leave_running``, or left stopped (SIGSTOP, detached: ``kill -CONT``
+    resumes it) with ``leave_stopped`` — the two exclude each other.
+    ``progress`` receives :class:`ckpt.progress.ProgressEvent`s (phases and
+    bytes copied); nothing is printed by the API.  ``deleted_max`` caps the
+    content of deleted-but-open files saved (bytes; default 64 MiB).  On any failure it keeps running exactly as before and
     no image is left behind.  ``shell_job``: terminal fds are allowed (they are
     re-attached to the restoring terminal); ``tcp_close``: established TCP
     connections are saved as closed sockets instead of being refused.
     """
     from .dump import dump as _dump
 
-    return _dump(pid, image_dir, leave_running=leave_running, compress_level=compress_level,
-                 shell_job=shell_job, tcp_close=tcp_close)
+    return _dump(pid, image_dir, leave_running=leave_running, leave_stopped=leave_stopped,
+                 compress_level=compress_level, shell_job=shell_job, tcp_close=tcp_close, progress=progress,
+                 deleted_max=deleted_max)
 
 
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
             pidfile: str | os.PathLike[str] | None = None, shell_job: bool = False,
-            inherit_fds: Mapping[int, int] | Sequence[str] = ()) -> "RestoreStats":
+            inherit_fds: Mapping[int, int] | Sequence[str] = (),
+            progress: "Callable[[ProgressEvent], None] | None" = None) -> "RestoreStats":
     """Recreate the process saved in ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the caller is its parent and should :func:`wait_restored`.
     ``inherit_fds`` hands the process descriptors of ours for fds that pointed
     outside the image (a stdio pipe to its parent): a mapping {image fd: our fd},
     or CRIU-style ``"fd[N]:RES"`` strings (see :func:`resolve_inherit_fds`).
+    ``progress`` receives :class:`ckpt.progress.ProgressEvent`s while memory is filled.
     """
     from .restore import restore as _restore
 
+    image_dir = resolve_image_dir(image_dir)  # a numbered store: its newest checkpoint
     mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(image_dir, inherit_fds)
-    return _restore(image_dir, detached=detached, pidfile=pidfile, shell_job=shell_job, inherit_fds=mapping)
+    return _restore(image_dir, detached=detached, pidfile=pidfile, shell_job=shell_job, inherit_fds=mapping,
+                    progress=progress)
 
 
 _INHERIT_RE = re.compile(r"fd\[(\d+)\]:(.+)")
@@ -111,3 +123,75 @@ def wait_restored(pid: int) -> int:
     from .restore import wait_restored as _wait
 
     return _wait(pid)
+
+
+# --- pre-dumps, delta chains, numbered stores (issue 4) ---------------------------------------------
+
+
+def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
+             track: str | None = None, incremental: bool = False, compress_level: int | None = 1) -> "PreDumpStats":
+    """Copy the memory of ``pid`` while it runs into a PRE_DUMP image; tracking stays parked in it.
+
+    The first pre-dump (no ``prev_images_dir``) copies every page and starts
+    tracking (``track``: uffd-wp, soft-dirty or hash; default the best here);
+    later ones copy only the pages written since the parent.  ``incremental``:
+    ``image_dir`` is a store of numbered checkpoints; the next number is
+    created with the newest as parent.  A lost tracking state gives a full
+    image and a note (``stats.notes``), never a wrong delta.
+    """
+    from .incremental import pre_dump as _pre_dump, store_next
+
+    if incremental:
+        if prev_images_dir is not None:
+            raise UsageError("--incremental picks the parent itself; leave out --prev-images-dir")
+        image_dir, prev_images_dir = store_next(image_dir)
+    return _pre_dump(pid, image_dir, parent=prev_images_dir, method=track, compress_level=compress_level)
+
+
+def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
+               track_mem: bool = False, track: str | None = None, incremental: bool = False,
+               leave_running: bool = False, compress_level: int | None = 1, shell_job: bool = False,
+               tcp_close: bool = False) -> "DumpStats":
+    """The final, frozen, complete checkpoint as a delta of ``prev_images_dir`` (an INCREMENTAL image).
+
+    Tracking ends with it unless ``track_mem`` (and the target is left
+    running): then it stays parked and the image records it, for the next
+    delta.  ``incremental``: ``image_dir`` is a numbered store (first call: a
+    FULL image); it implies ``track_mem`` when the target is left running.
+    """
+    from .dump import dump as _dump
+    from .incremental import store_next
+
+    if incremental:
+        if prev_images_dir is not None:
+            raise UsageError("--incremental picks the parent itself; leave out --prev-images-dir")
+        image_dir, prev_images_dir = store_next(image_dir)
+        track_mem = track_mem or leave_running
+    return _dump(pid, image_dir, leave_running=leave_running, compress_level=compress_level, shell_job=shell_job,
+                 tcp_close=tcp_close, parent=prev_images_dir, track_mem=track_mem, track_method=track)
+
+
+def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+          compress_level: int | None = 1) -> "MergeStats":
+    """Squash the chain ending at ``image_dir`` (or a store's newest) into one standalone image ``out_dir``."""
+    from .chain_ops import merge as _merge
+    from .incremental import store_latest
+
+    src = os.fspath(image_dir)
+    if not os.path.exists(os.path.join(src, "inventory.img")):
+        src = store_latest(src) or src
+    return _merge(src, out_dir, compress_level=compress_level)
+
+
+def resolve_image_dir(image_dir: str | os.PathLike[str]) -> str:
+    """``image_dir`` itself, or the newest checkpoint when it is a numbered store (``restore -D STORE``)."""
+    from .incremental import resolve_image_dir as _resolve
+
+    return _resolve(image_dir)
+
+
+if TYPE_CHECKING:
+    from .chain_ops import MergeStats
+    from .incremental import PreDumpStats
+
+__all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir"]

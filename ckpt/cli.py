@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_USAGE, CkptError
+from .errors import EXIT_FAILURE, EXIT_USAGE, CkptError, UsageError
+from .progress import progress_for
 
 __all__ = ["main", "build_parser"]
 
@@ -87,12 +88,42 @@ def _write_json_stats(path: str | None, stats: object) -> None:
             f.write("\n")
 
 
+def _size(text: str) -> int:
+    """argparse type for sizes: bytes, or a number with K, M or G (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in "KMG" else (t, "")
+    try:
+        value = int(float(num) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4096, 512K, 100M, 2G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return value
+
+
 def _cmd_dump(args: argparse.Namespace) -> int:
     from . import api
 
     level = None if args.no_compress else args.compress
-    stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running, compress_level=level,
-                     shell_job=args.shell_job, tcp_close=args.tcp_close)
+    if args.prev_images_dir or args.track_mem or args.incremental or args.track:
+        if args.leave_stopped:
+            raise UsageError("-s with --prev-images-dir/--track-mem/--incremental is not supported yet")
+        stats = api.dump_delta(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
+                               track_mem=args.track_mem, track=args.track, incremental=args.incremental,
+                               leave_running=args.leave_running, compress_level=level, shell_job=args.shell_job,
+                               tcp_close=args.tcp_close)
+        _warn_notes(stats.notes)
+        _write_json_stats(args.json_stats, stats)
+        return 0
+    bar = progress_for(sys.stderr, "dump: read")  # None unless stderr is a terminal
+    try:
+        stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running,
+                         leave_stopped=args.leave_stopped, compress_level=level, shell_job=args.shell_job,
+                         tcp_close=args.tcp_close, progress=bar, deleted_max=args.deleted_max)
+    finally:
+        if bar is not None:
+            bar.close()
     _warn_notes(stats.notes)
     _write_json_stats(args.json_stats, stats)
     return 0
@@ -101,8 +132,13 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
-    stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
-                        shell_job=args.shell_job, inherit_fds=args.inherit_fd)
+    bar = progress_for(sys.stderr, "restore: write")
+    try:
+        stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
+                            shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     _warn_notes(stats.notes)
     _write_json_stats(args.json_stats, stats)
     if args.restore_detached:
@@ -167,6 +203,35 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delta_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--prev-images-dir", metavar="PARENT", help="image to take a delta against (its tracking is taken over)")
+    sp.add_argument("--incremental", action="store_true",
+                    help="-D is a store of numbered checkpoints: create N+1 with parent N (first: all pages)")
+    sp.add_argument("--track", choices=("uffd-wp", "soft-dirty", "hash"), help="tracking method (default: best here)")
+
+
+def _cmd_pre_dump(args: argparse.Namespace) -> int:
+    from . import api
+
+    level = None if args.no_compress else args.compress
+    s = api.pre_dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir, track=args.track,
+                     incremental=args.incremental, compress_level=level)
+    _warn_notes(s.notes)
+    print(f"pre-dump {s.image_dir}: {'full' if s.full else 'delta'} [{s.method}], {s.pages_stored} pages copied, "
+          f"{s.pages_parent} in parent, {s.pages_zero} zero; get+clear {s.collect_seconds * 1e3:.1f} ms, "
+          f"copy {s.copy_seconds * 1e3:.1f} ms")
+    _write_json_stats(args.json_stats, s)
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from . import api
+
+    m = api.merge(args.images_dir, args.output)
+    print(f"merged {len(m.images)} image(s) into {m.out_dir}: {m.pages_stored} pages, {m.pages_zero} zero")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ckpt",
@@ -195,8 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("dump", _cmd_dump, "checkpoint a running process into an image directory")
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process to dump")
     sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="image directory to create")
-    sp.add_argument("-R", "--leave-running", action="store_true",
-                    help="keep the process running after the dump (default: end it, like CRIU)")
+    _delta_flags(sp)
+    sp.add_argument("--track-mem", action="store_true",
+                    help="keep dirty tracking after the dump (with -R), for a later delta against this image")
+    after = sp.add_mutually_exclusive_group()
+    after.add_argument("-R", "--leave-running", action="store_true",
+                       help="keep the process running after the dump (default: end it, like CRIU)")
+    after.add_argument("-s", "--leave-stopped", action="store_true",
+                       help="leave the process stopped (SIGSTOP) after the dump; `kill -CONT PID` resumes it")
     level = sp.add_mutually_exclusive_group()
     level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
@@ -204,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the process is attached to a terminal (it is re-attached to the restoring one)")
     sp.add_argument("--tcp-close", action="store_true",
                     help="save established TCP connections as closed sockets instead of refusing them")
+    sp.add_argument("--deleted-max", type=_size, default=None, metavar="SIZE",
+                    help="largest deleted-but-open file whose content is saved, in bytes or with K/M/G "
+                         "(default 64M); a bigger one makes the dump fail, naming it")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("restore", _cmd_restore, "recreate a process from an image directory, with its pid")
@@ -237,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ranges", metavar="A-B,...")
     sp.add_argument("--exclude-ranges", metavar="A-B,...")
     sp.add_argument("--track", choices=("uffd-wp", "soft-dirty", "hash"))
+
+    sp = add("pre-dump", _cmd_pre_dump, "copy a process's memory while it runs (first: all pages; then: written since the parent)")
+    sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
+    sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="image directory to create (a store with --incremental)")
+    _delta_flags(sp)
+    level = sp.add_mutually_exclusive_group()
+    level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
+    level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
+    sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
+
+    sp = add("merge", _cmd_merge, "squash an image chain (base + deltas) into one standalone image")
+    sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="newest image of the chain (or a store)")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT", help="image directory to create")
 
     add("demo", _cmd_demo, "a short real session with a sample process (what `make demo` runs)")
 

@@ -20,13 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .control.seize import FrozenProcess, freeze
-from .errors import translate_oserror
+from .errors import UsageError, translate_oserror
 from .image.pb import process_pb2
 from .image.records import ImageKind, ProcessInfo
 from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
 from .kernel import ptrace
 from .kernel.arch_x86_64 import PAGE_SIZE
 from .procfs.snapshot import snapshot
+from .progress import ProgressEvent
+from . import incremental
 from .resources import creds, files, limits, memory, signals, threads
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
@@ -40,7 +42,9 @@ GONE_TIMEOUT = 5.0
 def dump_files(ctx: DumpContext) -> None:
     """Every fd (files, pipes, sockets…): classified and refused before anything is written."""
     policy = files.StdioPolicy(shell_job=ctx.shell_job)
-    files.dump(ctx.proc, ctx.snap, policy=policy, tcp_close=ctx.tcp_close).write(ctx.writer, ctx.pid)
+    cap = files.DELETED_MAX if ctx.deleted_max is None else ctx.deleted_max
+    files.dump(ctx.proc, ctx.snap, policy=policy, tcp_close=ctx.tcp_close,
+               skip_fds=ctx.skip_fds, deleted_max=cap).write(ctx.writer, ctx.pid)
 
 
 def dump_limits(ctx: DumpContext) -> None:
@@ -88,6 +92,7 @@ class DumpStats:
     write_seconds: float     # records, commit (fsync + rename)
     total_seconds: float
     left_running: bool
+    left_stopped: bool = False  # -s: SIGSTOPped and detached; ``kill -CONT`` resumes it
     notes: tuple[str, ...] = field(default=())
 
 
@@ -162,34 +167,57 @@ def dump(
     image_dir: str | os.PathLike[str],
     *,
     leave_running: bool = False,
+    leave_stopped: bool = False,
     compress_level: int | None = DEFAULT_COMPRESS_LEVEL,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
     shell_job: bool = False,
     tcp_close: bool = False,
+    deleted_max: int | None = None,
+    parent: str | os.PathLike[str] | None = None,
+    track_mem: bool = False,
+    track_method: str | None = None,
 ) -> DumpStats:
     """Checkpoint process ``pid`` into the new directory ``image_dir`` (a FULL image).
 
-    The target is killed once the image is committed unless ``leave_running``.
-    ``progress(phase)`` is called at "frozen", "records", "memory", "committed"
-    (a hook for UIs and for tests that inject failures).  Raises TargetGone,
+    The target is killed once the image is committed unless ``leave_running``
+    or ``leave_stopped`` (CRIU's -s: left in a group stop, detached, for a
+    later SIGCONT — e.g. to restore elsewhere while keeping the original).
+    ``progress(event)`` gets a :class:`ProgressEvent` at "frozen", "records",
+    "memory" (repeated with the bytes read so far), "committed" (a hook for
+    UIs and for tests that inject failures).  Raises TargetGone,
     AccessDenied, Unsupported (naming the resource) or CkptError; on any of
     them, and on KeyboardInterrupt, the target runs on and no image is left.
     ``shell_job``: descriptors on a terminal are allowed (restored onto the
     restorer's terminal); without it they are refused.  ``tcp_close``: an
     established TCP connection is dumped as a connection to be restored
     closed, instead of refusing the dump (CRIU's ``--tcp-close``).
+    ``deleted_max``: bytes of a deleted-but-open file's content the image may
+    hold (default :data:`ckpt.resources.files.DELETED_MAX`); a bigger one is
+    refused, naming the fd and the size.
     """
-    step = progress or (lambda _phase: None)
+    if leave_running and leave_stopped:
+        raise UsageError("leave_running and leave_stopped exclude each other (-R / -s)")
+    report = progress or (lambda _event: None)
+
+    def step(phase: str, done: int = 0) -> None:
+        report(ProgressEvent(phase, done))
+
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
     buffer = memory.ReadBuffer()
     notes: list[str] = []
     proc: FrozenProcess | None = None
+    # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
+    inc = incremental.begin_dump(pid, parent, track_method) if (parent is not None or track_mem) else None
+    if inc is not None:
+        notes.extend(inc.notes)
     try:
         with freeze(pid) as proc:
             t_frozen = time.monotonic()
             step("frozen")
-            with snapshot(pid) as snap, ImageWriter(image_dir, kind=ImageKind.FULL, compress_level=compress_level) as w:
+            with snapshot(pid) as snap, ImageWriter(
+                    image_dir, kind=ImageKind.INCREMENTAL if inc and inc.delta else ImageKind.FULL,
+                    parent=inc.parent_dir if inc else None, compress_level=compress_level) as w:
                 t_rec = time.monotonic()
                 vmas = memory.dump_vmas(pid, snap)  # before the scratch area exists in the target
                 stat = snap.stat
@@ -201,7 +229,8 @@ def dump(
                     mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
                     cores = threads.dump_threads(proc, scratch, snap)
                     ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
-                                      shell_job=shell_job, tcp_close=tcp_close)
+                                      shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
+                                      skip_fds=incremental.parked_tracker_fds(pid, inc.tracker if inc else None))
                     for _name, fn in PROCESS_DUMPERS:
                         fn(ctx)
                     notes.extend(ctx.notes)
@@ -212,21 +241,41 @@ def dump(
                 t_mem = time.monotonic()
                 step("memory")
                 pw = w.pages(pid)
-                pstats = memory.dump_pages(pid, vmas, pw, buffer, proc.mem)
+                if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
+                    _, dirty, in_parent = inc.plan(vmas)
+                    pstats = memory.dump_pages_delta(pid, vmas, pw, buffer, proc.mem, dirty=dirty, in_parent=in_parent,
+                                                     on_copied=inc.on_copied())
+                else:
+                    pstats = memory.dump_pages(pid, vmas, pw, buffer, proc.mem,
+                                               on_bytes=(lambda n: step("memory", n)) if progress else None)
+                keep = inc is not None and track_mem and (leave_running or leave_stopped)
+                tracking = inc.tracking_info(w) if keep and inc is not None else None
                 t_commit = time.monotonic()
-                w.commit(processes=[ProcessInfo(pid, stat.ppid, tuple(c.tid for c in cores), stat.starttime)])
+                w.commit(processes=[ProcessInfo(pid, stat.ppid, tuple(c.tid for c in cores), stat.starttime,
+                                                tracking)])
                 stored = pw.close()  # already closed by commit: returns its stats
                 step("committed")
-            if not leave_running:
+            if leave_stopped:
+                # Queued while every thread is still frozen, so the target runs no instruction
+                # after the image: the first thread let go takes the SIGSTOP into a group stop.
+                os.kill(pid, signal.SIGSTOP)
+            elif not leave_running:
                 _kill_frozen(proc)
             t_thawed = time.monotonic()
     except BaseException as exc:
         if proc is not None:
             _collect_if_dead(proc)
+        if inc is not None:  # its get+clear may have run: the parent's tracking is spent
+            inc.end(target_alive=os.path.exists(f"/proc/{pid}") and _state(pid) not in ("Z", "X", None))
         if isinstance(exc, OSError):
             raise translate_oserror(exc, pid, "dumping") from exc
         raise
-    if not leave_running and not _wait_gone(pid, stat.starttime):
+    if inc is not None:
+        if keep:
+            notes.extend(inc.keep())
+        else:
+            inc.end(target_alive=leave_running or leave_stopped)
+    if not (leave_running or leave_stopped) and not _wait_gone(pid, stat.starttime):
         notes.append(f"process {pid} was killed but its parent has not reaped it yet")
     t_end = time.monotonic()
     return DumpStats(
@@ -234,6 +283,7 @@ def dump(
         pages_stored=pstats.pages_stored, pages_zero=pstats.pages_zero, bytes_read=pstats.bytes_read,
         stored_bytes=stored.stored_bytes, frozen_seconds=t_thawed - t_frozen,
         memory_read_seconds=t_commit - t_mem, write_seconds=(t_mem - t_rec) + (t_thawed - t_commit),
-        total_seconds=t_end - t0, left_running=leave_running, notes=tuple(notes),
+        total_seconds=t_end - t0, left_running=leave_running,
+        left_stopped=leave_stopped, notes=tuple(notes),
     )
 

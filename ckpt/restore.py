@@ -41,6 +41,7 @@ from .kernel.libc import libc
 from .kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .procfs.maps import read_maps
+from .progress import ProgressEvent
 from .resources import creds, files, limits, memory, signals, threads
 from .resources.context import RestoreContext
 
@@ -210,7 +211,8 @@ def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
 
 
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
-            shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None) -> RestoreStats:
+            shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
+            progress: Callable[[ProgressEvent], None] | None = None) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
@@ -220,6 +222,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     ``inherit_fds`` maps an image fd whose pipe peer was outside the image (a
     stdio pipe to the parent) to a descriptor of the caller on that pipe —
     either end: it is reopened through /proc with the image's access mode.
+    ``progress`` gets :class:`ProgressEvent`s ("memory" with bytes written, "done").
     """
     t_start = time.monotonic()
     chain = open_chain(image_dir)
@@ -241,7 +244,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     try:
         cm = freeze(pid)
         proc = cm.__enter__()
-        stats = _build(proc, pid, chain, mm, vmas, cores, entry, shell_job, dict(inherit_fds or {}))
+        stats = _build(proc, pid, chain, mm, vmas, cores, entry, shell_job, dict(inherit_fds or {}), progress)
     except BaseException as exc:
         _kill_helper(proc, pid, ours=not detached)
         if isinstance(exc, CkptError) and not isinstance(exc, RestoreError):
@@ -259,7 +262,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
 
 
 def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_job: bool,  # noqa: ANN001
-           inherit_fds: dict[int, int]) -> tuple[int, int, int, float, list[str]]:
+           inherit_fds: dict[int, int], progress: Callable[[ProgressEvent], None] | None = None,
+           ) -> tuple[int, int, int, float, list[str]]:
     main = proc.threads[pid]
     ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL)
     threads.check_xstate(pid, cores)
@@ -300,7 +304,10 @@ def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_j
 
     t_mem = time.monotonic()
     nvmas = memory.map_vmas(inj, scratch, pid, vmas)
-    filled = memory.fill_pages(pid, mem, chain, vmas)
+    on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
+    filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes)
+    if progress:
+        progress(ProgressEvent("filled", filled.bytes_read))
     mem_s = time.monotonic() - t_mem
 
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,

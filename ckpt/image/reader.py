@@ -14,8 +14,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 import zstandard
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
     from ckpt.image.verify import Problem
 
 __all__ = ["Image", "ChunkReader", "decode_records", "read_record_file", "iter_stream"]
+
+#: Threads reading and decompressing chunks ahead of the consumer (see ChunkReader.plan).
+READ_AHEAD_WORKERS = 2
 
 
 def _read_all(path: str) -> bytes:
@@ -84,9 +89,14 @@ def read_record_file(path: str, kind: Kind, data: bytes | None = None) -> tuple[
 
 
 class ChunkReader:
-    """Loads and checks chunks of one pages file, reusing two buffers.
+    """Loads and checks chunks of one pages file into reused buffers.
 
     The memoryview returned by :meth:`load` is valid until the next call.
+    After :meth:`plan` (the chunks the caller will load, in order), chunks are
+    read, checked and decompressed ahead on a few threads while the caller uses
+    the previous one: zstandard, zlib and ``os.preadv`` all release the GIL, so
+    decompression runs beside restore's process_vm_writev instead of in turn.
+    Memory stays bounded: one buffer pair per chunk in flight.
     """
 
     def __init__(self, path: str, pagemap: Pagemap, expected_size: int | None) -> None:
@@ -107,14 +117,25 @@ class ChunkReader:
         except BaseException:
             self._file.close()
             raise
-        biggest = max((c.length for c in pagemap.chunks), default=0)
-        self._in = bytearray(biggest)
-        self._out = bytearray(max((c.raw_length for c in pagemap.chunks if c.codec is Codec.ZSTD), default=0))
-        self._dctx = zstandard.ZstdDecompressor()
+        self._fd = self._file.fileno()
+        self._in_size = max((c.length for c in pagemap.chunks), default=0)
+        self._out_size = max((c.raw_length for c in pagemap.chunks if c.codec is Codec.ZSTD), default=0)
+        self._sync_bufs: tuple[bytearray, bytearray] | None = None  # for loads outside the plan
+        self._local = threading.local()  # one ZstdDecompressor per thread (they are not thread-safe)
         self.loaded: int | None = None
-        self._view = memoryview(self._out)[:0]
+        self._view = memoryview(b"")
+        # Read-ahead state (plan()).
+        self._order: list[int] = []
+        self._next = 0  # position in _order of the next expected load
+        self._slots: list[tuple[bytearray, bytearray]] = []
+        self._futures: dict[int, Future[memoryview]] = {}  # position in _order -> its chunk
+        self._pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)  # no thread may read a closed fd
+            self._pool = None
+        self._futures.clear()
         self._file.close()
 
     def __enter__(self) -> ChunkReader:
@@ -123,19 +144,65 @@ class ChunkReader:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def plan(self, order: Sequence[int], workers: int = READ_AHEAD_WORKERS) -> None:
+        """Announce that :meth:`load` will be called for the chunks ``order``, in that order.
+
+        Starts reading ahead: ``workers`` chunks are prepared while the caller
+        uses the current one (``workers + 1`` buffer pairs).  A load outside the
+        plan still works, synchronously.
+        """
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._futures.clear()
+        self._order, self._next = list(order), 0
+        if len(self._order) < 2 or workers < 1:
+            self._order = []
+            return
+        nslots = workers + 1
+        while len(self._slots) < nslots:
+            self._slots.append((bytearray(self._in_size), bytearray(self._out_size)))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckpt-unzstd")
+        for pos in range(min(workers, len(self._order))):
+            self._submit(pos)
+
+    def _submit(self, pos: int) -> None:
+        assert self._pool is not None
+        inbuf, outbuf = self._slots[pos % len(self._slots)]
+        self._futures[pos] = self._pool.submit(self._fetch, self._order[pos], inbuf, outbuf)
+
     def load(self, index: int) -> memoryview:
         """Read, check and decompress chunk ``index``; return its raw bytes."""
         if self.loaded == index:
             return self._view
+        pos = self._next
+        if pos < len(self._order) and self._order[pos] == index:
+            # The slot of position pos - 1 (the view handed out last) is free now.
+            self._next = pos + 1
+            ahead = pos + len(self._slots) - 1
+            if ahead < len(self._order):
+                self._submit(ahead)
+            out = self._futures.pop(pos).result()
+        else:
+            if self._sync_bufs is None:
+                self._sync_bufs = (bytearray(self._in_size), bytearray(self._out_size))
+            out = self._fetch(index, *self._sync_bufs)
+        self.loaded, self._view = index, out
+        return out
+
+    def _fetch(self, index: int, inbuf: bytearray, outbuf: bytearray) -> memoryview:
+        """Read chunk ``index`` into ``inbuf``, check it, decompress into ``outbuf`` (any thread)."""
         chunk = self._pagemap.chunks[index]
         where = f"chunk {index} (offset {chunk.offset:#x})"
         if chunk.offset < framing.HEADER_SIZE or chunk.offset + chunk.length > self.size:
             raise CorruptImage(self.path, f"{where}: {chunk.length} bytes past the end of the file ({self.size} bytes)")
         if chunk.raw_length > self._pagemap.chunk_size:
             raise CorruptImage(self.path, f"{where}: raw length {chunk.raw_length} exceeds the chunk size {self._pagemap.chunk_size}")
-        stored = memoryview(self._in)[: chunk.length]
-        self._file.seek(chunk.offset)
-        got = self._file.readinto(stored)
+        stored = memoryview(inbuf)[: chunk.length]
+        try:
+            got = os.preadv(self._fd, [stored], chunk.offset)  # positioned: threads share the fd
+        except OSError as exc:
+            raise CorruptImage(self.path, f"{where}: cannot read: {exc.strerror}") from exc
         if got != chunk.length:
             raise CorruptImage(self.path, f"{where}: truncated, read {got} of {chunk.length} bytes")
         if zlib.crc32(stored) != chunk.crc32:
@@ -143,14 +210,13 @@ class ChunkReader:
         if chunk.codec is Codec.NONE:
             if chunk.length != chunk.raw_length:
                 raise CorruptImage(self.path, f"{where}: uncompressed chunk of {chunk.length} bytes, pagemap says {chunk.raw_length}")
-            out = stored  # already the raw bytes: no copy
-        elif chunk.codec is Codec.ZSTD:
-            out = memoryview(self._out)[: chunk.raw_length]
+            return stored  # already the raw bytes: no copy
+        if chunk.codec is Codec.ZSTD:
+            out = memoryview(outbuf)[: chunk.raw_length]
             self._decompress(where, stored, out)
-        else:  # pragma: no cover - Pagemap construction rejects other codecs
-            raise CorruptImage(self.path, f"{where}: unknown codec {chunk.codec}")
-        self.loaded, self._view = index, out
-        return out
+            return out
+        # pragma: no cover - Pagemap construction rejects other codecs
+        raise CorruptImage(self.path, f"{where}: unknown codec {chunk.codec}")
 
     def _decompress(self, where: str, stored: memoryview, out: memoryview) -> None:
         try:
@@ -159,8 +225,11 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: not a zstd frame ({exc})") from None
         if size != out.nbytes:
             raise CorruptImage(self.path, f"{where}: zstd frame holds {size} bytes, pagemap says {out.nbytes}")
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor()
         try:
-            reader = self._dctx.stream_reader(stored, read_across_frames=False)
+            reader = dctx.stream_reader(stored, read_across_frames=False)
             done = 0
             while done < out.nbytes:
                 n = reader.readinto(out[done:])
@@ -199,9 +268,12 @@ def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[in
     """Yield (vaddr, bytes) for ``wanted`` = sorted (data_offset, vaddr, nbytes) pieces.
 
     Each chunk is loaded (and checked) at most once; a piece that spans chunks
-    is yielded in parts.  Views are valid until the next item.
+    is yielded in parts.  Views are valid until the next item.  The chunks
+    needed are announced to the reader first (:meth:`ChunkReader.plan`), so the
+    next ones are decompressed while the caller handles the current one.
     """
     starts = [c.data_offset for c in pagemap.chunks]
+    reader.plan(_chunk_order(starts, pagemap, wanted))
     for data_offset, vaddr, nbytes in wanted:
         while nbytes > 0:
             index = bisect.bisect_right(starts, data_offset) - 1
@@ -217,6 +289,20 @@ def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[in
             data_offset += take
             vaddr += take
             nbytes -= take
+
+
+def _chunk_order(starts: Sequence[int], pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]) -> list[int]:
+    """The chunks iter_stream will load for ``wanted``, in order, each once (bad offsets are left to it)."""
+    order: list[int] = []
+    for data_offset, _, nbytes in wanted:
+        if nbytes <= 0:
+            continue
+        first = max(0, bisect.bisect_right(starts, data_offset) - 1)
+        last = bisect.bisect_right(starts, data_offset + nbytes - 1) - 1
+        for index in range(first, last + 1):
+            if not order or index > order[-1]:
+                order.append(index)
+    return order
 
 
 class Image:

@@ -43,6 +43,10 @@ class DumpContext:
     shell_job: bool = False
     #: An established TCP connection may be dumped; it is restored closed (CRIU's --tcp-close).
     tcp_close: bool = False
+    #: Largest deleted-but-open file whose content is saved (``--deleted-max``); None: the default.
+    deleted_max: int | None = None
+    #: Descriptors that belong to ckpt (the parked tracking userfaultfd): never dumped.
+    skip_fds: frozenset[int] = frozenset()
 
 
 @dataclass

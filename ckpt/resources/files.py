@@ -138,6 +138,11 @@ def content_from_image(image: object) -> Callable[[common_pb2.ContentRef], bytes
 
 # --- classification -------------------------------------------------------
 
+def _size_text(n: int) -> str:
+    """The smallest whole M (or K) at least ``n`` bytes, as --deleted-max takes it."""
+    return f"{-(-n // (1 << 20))}M" if n >= 1 << 20 else f"{-(-n // 1024)}K"
+
+
 def _unsupported(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
     return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
 
@@ -203,9 +208,11 @@ def _identity(st: os.stat_result) -> common_pb2.FileIdentity:
 
 # --- dump -----------------------------------------------------------------
 
-def _open_fds(pid: int, snap: Snapshot) -> list[OpenFd]:
+def _open_fds(pid: int, snap: Snapshot, skip: frozenset[int] = frozenset()) -> list[OpenFd]:
     out = []
     for fd, link in snap.fds:
+        if fd in skip:
+            continue  # ckpt's own parked dirty-tracking userfaultfd: never part of the image
         try:
             st = os.stat(f"/proc/{pid}/fd/{fd}")
         except OSError as exc:
@@ -232,10 +239,15 @@ def _group(pid: int, fds: list[OpenFd]) -> list[list[OpenFd]]:
 
 
 def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPolicy(),
-         first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False) -> FilesDump:
-    """Classify and record every fd of the frozen process; refuses (Unsupported) before touching anything."""
+         first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False,
+         skip_fds: frozenset[int] = frozenset()) -> FilesDump:
+    """Classify and record every fd of the frozen process; refuses (Unsupported) before touching anything.
+
+    ``skip_fds``: descriptors that are ckpt's, not the target's (the parked
+    tracking userfaultfd, checked by inode by the caller): left out of the image.
+    """
     pid = proc.pid
-    groups = _group(pid, _open_fds(pid, snap))
+    groups = _group(pid, _open_fds(pid, snap, skip_fds))
     entries: list[FileEntry] = []
     fd_entries: list[files_pb2.FdEntry] = []
     contents: dict[str, bytes] = {}
@@ -257,7 +269,8 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
         elif kind == K.REG and o.link.endswith(_DELETED) and o.st.st_nlink == 0:
             if o.st.st_size > deleted_max:
                 raise _unsupported(pid, o.fd, f"the deleted file {o.link} of {o.st.st_size} bytes "
-                                   f"(more than the {deleted_max} bytes ckpt saves)")
+                                   f"(more than the {deleted_max} bytes ckpt saves)",
+                                   f"raise the cap with --deleted-max (e.g. --deleted-max {_size_text(o.st.st_size)})")
             e.deleted = True
         elif kind in (K.PIPE, K.FIFO):
             e.pipe.pipe_id = o.st.st_ino

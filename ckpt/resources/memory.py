@@ -32,7 +32,7 @@ import bisect
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..control.inject import Injector, Scratch
@@ -44,6 +44,7 @@ from ..image.reader import Image
 from ..image.store import PageWriter
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
 from ..kernel.mman import (
+    MADV_DONTDUMP, MADV_DONTFORK, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_WIPEONFORK,
     MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
     MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
@@ -134,6 +135,8 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
             rec.file.CopyFrom(file_identity(st))
         if kind is Kind.ANON_SHARED:
             rec.content_owner = str(pid)
+            if vma.inode:  # the shmem object: two VMAs with one inode are two views of the same pages
+                rec.file.CopyFrom(common_pb2.FileIdentity(ino=vma.inode))
         out.append(rec)
     return out
 
@@ -186,8 +189,12 @@ def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
         yield r.start, r.end, bool(r.categories & PAGE_IS_PFNZERO)
 
 
-def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: ReadBuffer, mem: ProcMem) -> PageStats:
-    """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: one buffer)."""
+def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: ReadBuffer, mem: ProcMem,
+               on_bytes: Callable[[int], None] | None = None) -> PageStats:
+    """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: one buffer).
+
+    ``on_bytes(total so far)`` after each buffer handed to the writer: the CLI's progress line.
+    """
     t0 = time.monotonic()
     stored = zero = nbytes = 0
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
@@ -215,7 +222,11 @@ def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: 
                     if fill == buffer.size:
                         fill = _flush(pid, batch, buffer, pages, mem, readable)
                         batch = []
+                        if on_bytes is not None:
+                            on_bytes(nbytes)
             _flush(pid, batch, buffer, pages, mem, readable)
+            if on_bytes is not None:
+                on_bytes(nbytes)
     finally:
         os.close(fd)
     return PageStats(stored, zero, nbytes, time.monotonic() - t0)
@@ -353,12 +364,13 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     """
     opener = _FileOpener(inj, scratch, pid)
     n = 0
+    shmem: dict[int, list[tuple[int, int, int]]] = {}  # shmem inode -> (start, end, pgoff) mapped fresh
     try:
         for v in vmas:
             if v.kind in SPECIAL_KINDS:
                 continue
             length = v.end - v.start
-            flags = (v.flags & ~MAP_GROWSDOWN if v.kind != Kind.STACK else v.flags) | MAP_FIXED
+            flags = v.flags | MAP_FIXED  # MAP_GROWSDOWN kept: a growsdown area must still grow after restore
             fd, offset = -1, 0
             if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
                 writable_shared = v.kind == Kind.FILE_SHARED and "mw" in v.vm_flags.split()
@@ -366,6 +378,16 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 offset = v.pgoff
             elif v.kind not in (Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK):
                 raise Unsupported(f"restoring a {mm_pb2.Vma.Kind.Name(v.kind)} mapping at {v.start:#x}")
+            alias = _shmem_alias(shmem, v) if v.kind == Kind.ANON_SHARED else None
+            if alias is not None:
+                # A second view of a shmem object mapped already (mremap old_size 0 makes one):
+                # a fresh MAP_SHARED|MAP_ANONYMOUS would split what the process shares with itself.
+                inj.call(NR.mremap, alias, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+                inj.mprotect(v.start, length, v.prot)
+                n += 1
+                continue
+            if v.kind == Kind.ANON_SHARED and v.file.ino:
+                shmem.setdefault(v.file.ino, []).append((v.start, v.end, v.pgoff))
             try:
                 got = inj.mmap(v.start, length, v.prot, flags, fd, offset)
             except OSError as exc:
@@ -373,23 +395,43 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                                    f"{os.strerror(exc.errno or 0)}") from exc
             if got != v.start:
                 raise RestoreError(f"mmap placed {v.start:#x} at {got:#x}")
+            for flag in v.vm_flags.split():
+                if flag in _MADVISED:  # per-VMA advice lives in vm_flags only: the image's smaps letters
+                    inj.madvise(v.start, length, _MADVISED[flag])
             n += 1
     finally:
         opener.close_all()
     return n
 
 
+#: VmFlags letters (smaps) set by madvise, and the advice that sets each again.
+_MADVISED = {"hg": MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, "dd": MADV_DONTDUMP, "dc": MADV_DONTFORK,
+             "wf": MADV_WIPEONFORK}
+
+
+def _shmem_alias(shmem: dict[int, list[tuple[int, int, int]]], v: mm_pb2.Vma) -> int | None:
+    """Address where an already mapped view of ``v``'s shmem object holds ``v``'s first byte, if one covers it."""
+    if not v.file.ino:
+        return None
+    for start, end, pgoff in shmem.get(v.file.ino, ()):
+        if pgoff <= v.pgoff and v.pgoff + (v.end - v.start) <= pgoff + (end - start):
+            return start + (v.pgoff - pgoff)
+    return None
+
+
 def _writable(v: mm_pb2.Vma) -> bool:
     return bool(v.prot & PROT_WRITE) and bool(v.prot & PROT_READ)
 
 
-def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma]) -> PageStats:
+def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
+               on_bytes: Callable[[int, int], None] | None = None) -> PageStats:
     """Write every stored page of ``pid`` from the image chain into the mapped VMAs.
 
     Pages arrive chunk by chunk as memoryviews of the reader's reused buffers
     (no copies); a piece crossing a VMA boundary is split so each part goes
     the right way.  ZERO pages need a write only in private file mappings
-    (anonymous memory is zero already).
+    (anonymous memory is zero already).  ``on_bytes(done, total)`` reports progress,
+    at most once per MiB written.
     """
     t0 = time.monotonic()
     mapped = [v for v in vmas if v.kind not in SPECIAL_KINDS]
@@ -417,10 +459,17 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
 
     sources = resolve_pages(chain, pid)
     stored = zero = nbytes = 0
+    total = sum(s.nr_pages for s in sources if s.image is not None) * PAGE_SIZE
+    reported = 0
     for vaddr, view in iter_chain_pages(chain, pid, sources):
         write(vaddr, view)
         stored += len(view) // PAGE_SIZE
         nbytes += len(view)
+        if on_bytes is not None and nbytes - reported >= 1 << 20:
+            on_bytes(nbytes, total)
+            reported = nbytes
+    if on_bytes is not None:
+        on_bytes(nbytes, total)
     zeros = memoryview(bytearray(1 << 20))
     for s in sources:
         if s.image is not None:
@@ -492,3 +541,150 @@ def free_area(size: int, taken: Iterable[tuple[int, int]], *, low: int = 1 << 32
         raise RestoreError(f"no free {size}-byte area in the address space")
     return addr
 
+
+
+# ---------------------------------------------------------------------------
+# dump: a delta against a parent image (pre-dumps, incremental dumps)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeltaStats:
+    """What :func:`dump_pages_delta` wrote: copied (HERE), left to the parent, zero, and unreadable."""
+
+    pages_stored: int = 0
+    pages_parent: int = 0
+    pages_zero: int = 0
+    pages_skipped: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+
+def _split(start: int, end: int, intervals: Sequence[tuple[int, int]], starts: Sequence[int]) -> Iterable[tuple[int, int, bool]]:
+    """``[start, end)`` cut into (s, e, inside) pieces by sorted, disjoint ``intervals``."""
+    i = max(0, bisect.bisect_right(starts, start) - 1)
+    pos = start
+    while pos < end:
+        while i < len(intervals) and intervals[i][1] <= pos:
+            i += 1
+        if i == len(intervals) or intervals[i][0] >= end:
+            yield pos, end, False
+            return
+        s, e = intervals[i]
+        if s > pos:
+            yield pos, s, False
+            pos = s
+        stop = min(e, end)
+        yield pos, stop, True
+        pos = stop
+
+
+def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: ReadBuffer, mem: ProcMem, *,
+                     dirty: Sequence[tuple[int, int]], in_parent: Sequence[tuple[int, int]],
+                     running: bool = False,
+                     on_copied: "Callable[[int, memoryview], None] | None" = None) -> DeltaStats:
+    """Like :func:`dump_pages`, but only pages in ``dirty`` are copied; the rest are PARENT.
+
+    Which pages exist comes from PAGEMAP_SCAN now, as for a full dump, so the
+    layout is the current one whatever the parent had.  A populated page is
+    copied when it is in ``dirty`` (sorted, disjoint intervals: written since
+    the parent, or in a VMA nobody tracks) *or* when the parent chain lacks it
+    (``in_parent``): PARENT is written only where the parent really has the page.
+    Call this after the tracker's get+clear (clear, then copy).  ``running``:
+    the target is not frozen, so a page unmapped meanwhile is skipped (left
+    out of the pagemap; the next delta copies it if it comes back) instead of
+    failing the dump.  ``on_copied(vaddr, bytes)`` sees exactly what was stored.
+    """
+    t0 = time.monotonic()
+    dstarts = [s for s, _ in dirty]
+    pstarts = [s for s, _ in in_parent]
+    st = {"here": 0, "parent": 0, "zero": 0, "skipped": 0, "bytes": 0}
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for v in vmas:
+            if v.kind in SPECIAL_KINDS or v.kind == Kind.FILE_SHARED:
+                continue
+            readable = bool(v.prot & PROT_READ)
+            batch: list[tuple[int, int]] = []
+            fill = 0
+
+            def flush() -> None:
+                nonlocal batch, fill
+                _flush_delta(pid, batch, buffer, pages, mem, readable, running, on_copied, st)
+                batch, fill = [], 0
+
+            try:
+                runs = list(_scan(fd, v))
+            except OSError:
+                if not running:
+                    raise
+                continue  # the VMA went away between maps and the scan
+            for start, end, is_zero in runs:
+                if is_zero:
+                    flush()
+                    pages.add_zero(start, (end - start) // PAGE_SIZE)
+                    st["zero"] += (end - start) // PAGE_SIZE
+                    continue
+                for ds, de, is_dirty in _split(start, end, dirty, dstarts):
+                    for ps_, pe, have in ((ds, de, False),) if is_dirty else _split(ds, de, in_parent, pstarts):
+                        if have:
+                            flush()
+                            pages.add_parent(ps_, (pe - ps_) // PAGE_SIZE)
+                            st["parent"] += (pe - ps_) // PAGE_SIZE
+                            continue
+                        while ps_ < pe:
+                            take = min(pe - ps_, buffer.size - fill)
+                            batch.append((ps_, take))
+                            fill += take
+                            ps_ += take
+                            if fill == buffer.size:
+                                flush()
+            flush()
+    finally:
+        os.close(fd)
+    return DeltaStats(st["here"], st["parent"], st["zero"], st["skipped"], st["bytes"], time.monotonic() - t0)
+
+
+def _flush_delta(pid: int, batch: list[tuple[int, int]], buffer: ReadBuffer, pages: PageWriter, mem: ProcMem,
+                 readable: bool, running: bool, on_copied: "Callable[[int, memoryview], None] | None",
+                 st: dict[str, int]) -> None:
+    """Read the queued ranges and store them; with ``running``, pages that cannot be read are skipped."""
+    if not batch:
+        return
+    got = 0
+    if readable:
+        local, off = [], 0
+        for _, n in batch:
+            local.append((buffer.addr + off, n))
+            off += n
+        try:
+            got = process_vm_readv(pid, local, batch)
+        except OSError:
+            if not running:
+                raise
+            got = 0
+    off = 0
+    for vaddr, n in batch:
+        ok = n if off + n <= got else max(0, got - off)
+        if ok < n:  # PROT_NONE, exec-only, or a short read: /proc/PID/mem, page by page when running
+            try:
+                mem.readinto(vaddr + ok, buffer.view[off + ok:off + n])
+                ok = n
+            except OSError:
+                if not running:
+                    raise
+                while ok < n:
+                    try:
+                        mem.readinto(vaddr + ok, buffer.view[off + ok:off + ok + PAGE_SIZE])
+                    except OSError:
+                        break
+                    ok += PAGE_SIZE
+        if ok:
+            view = buffer.view[off:off + ok]
+            pages.add(vaddr, view)
+            if on_copied is not None:
+                on_copied(vaddr, view)
+            st["here"] += ok // PAGE_SIZE
+            st["bytes"] += ok
+        st["skipped"] += (n - ok) // PAGE_SIZE
+        off += n

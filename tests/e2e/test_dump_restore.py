@@ -26,6 +26,7 @@ import pytest
 from ckpt.dump import PROCESS_DUMPERS, dump, restore
 from ckpt.errors import CkptError, RestoreError, TargetGone, Unsupported
 from ckpt.image.reader import Image
+from ckpt.progress import ProgressEvent
 from targets import Target, spawn, tracer_of, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
@@ -166,8 +167,8 @@ def _no_image_left(parent: Path) -> None:
 def test_dump_interrupted_leaves_target_running(c_target, tmp_path: Path) -> None:  # noqa: ANN001
     t, result = _start(c_target, tmp_path, 2, False)
 
-    def interrupt(phase: str) -> None:
-        if phase == "memory":
+    def interrupt(ev: ProgressEvent) -> None:
+        if ev.phase == "memory":
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -180,8 +181,11 @@ def test_dump_interrupted_leaves_target_running(c_target, tmp_path: Path) -> Non
 def test_dump_target_killed_meanwhile(c_target, tmp_path: Path) -> None:  # noqa: ANN001
     t, _ = _start(c_target, tmp_path, 2, False)
 
-    def kill(phase: str) -> None:
-        if phase == "memory":
+    killed: list[bool] = []
+
+    def kill(ev: ProgressEvent) -> None:
+        if ev.phase == "memory" and not killed:  # once: later byte-count events would hit a reused pid
+            killed.append(True)
             os.kill(t.pid, signal.SIGKILL)
 
     with pytest.raises((TargetGone, CkptError)):

@@ -1,0 +1,402 @@
+"""Pre-dumps and delta chains (issue 4): copy memory while the target runs, then dump only what changed.
+
+A chain is base → deltas.  Each image records in its inventory how tracking
+of the process is kept alive (``ProcessRef.tracking``: method, parked fd,
+userfaultfd inode; for ``hash`` the digests travel as ``digests-<pid>.img`` in
+the image), so the next ``pre-dump``/``dump --prev-images-dir PARENT`` re-attaches
+from the PARENT image, not from a side file.
+
+The rules of DESIGN §2 ("Tracking lifecycle") that this module obeys:
+
+* clear, then copy — ``collect()`` (get+clear) runs before any page is read;
+* the tracker re-registers every VMA before each scan, and a new VMA is wholly
+  dirty (done by the back-end); VMAs nobody tracks (read-only, refused) are
+  copied every time;
+* a page is marked PARENT only when it is clean *and* the parent chain really
+  holds it (:func:`ckpt.resources.memory.dump_pages_delta`); otherwise it is copied.
+
+When the parent's tracking cannot be trusted (another process behind the pid,
+the parked fd closed or replaced, the target exec'd, no tracking recorded)
+the delta becomes a full copy and a warning says why — never a silently wrong
+delta.  A failed pre-dump stops tracking altogether (the get+clear it did
+would make a later delta from the same parent miss writes), so the next one
+from that parent is a full one, with the warning.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import CkptError, TargetGone, UsageError
+from .image import kinds
+from .image.chain import open_chain, resolve_pages
+from .image.pb import digests_pb2, mm_pb2
+from .image.reader import Image
+from .image.records import ImageKind, ProcessInfo, TrackingInfo
+from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
+from .kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
+from .kernel.mman import PROT_EXEC, PROT_READ, PROT_WRITE
+from .kernel.vm import ProcMem
+from .procfs.maps import SPECIAL_MAPPINGS, read_maps
+from .procfs.stat import read_stat
+from .procfs.task import list_tids, read_starttime
+from .resources import memory
+from .track import DirtySet, Tracker, TrackingLost, TrackingState, open_tracker
+from .track.base import merge_runs
+from .track.hash import ALGORITHM, DIGEST_SIZE, HashTracker
+from .track.uffd_wp import UffdWpTracker, _parked_inode
+from .track.watch import tracking_state_path
+
+__all__ = ["PreDumpStats", "DeltaSession", "pre_dump", "begin_dump", "store_next", "store_latest",
+           "resolve_image_dir", "parked_tracker_fds", "Interval"]
+
+Interval = tuple[int, int]
+_EVERYTHING: list[Interval] = [(0, TASK_SIZE_MAX)]
+
+
+@dataclass(frozen=True)
+class PreDumpStats:
+    """One pre-dump: what was copied while the target ran, and how long each part took (seconds)."""
+
+    pid: int
+    image_dir: str
+    parent: str | None
+    full: bool               # every page copied (first pre-dump, or tracking lost)
+    method: str
+    dirty_pages: int         # reported written since the parent (full: every tracked page)
+    pages_stored: int        # HERE
+    pages_parent: int        # PARENT
+    pages_zero: int
+    pages_skipped: int       # unmapped while being read; the next delta copies them if they come back
+    stored_bytes: int
+    collect_seconds: float   # attach + get+clear (start: creating the tracker)
+    copy_seconds: float
+    total_seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+
+# --- numbered stores (--incremental) ----------------------------------------
+
+
+def _numbered(store: str) -> list[int]:
+    try:
+        names = os.listdir(store)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and os.path.exists(os.path.join(store, n, kinds.INVENTORY.template)))
+
+
+def store_latest(store: str | os.PathLike[str]) -> str | None:
+    """The newest numbered image ``STORE/N`` (None when the store holds none)."""
+    nums = _numbered(os.fspath(store))
+    return os.path.join(os.fspath(store), str(nums[-1])) if nums else None
+
+
+def store_next(store: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """(``STORE/N+1``, ``STORE/N`` or None): where the next checkpoint of a store goes, and its parent."""
+    store = os.fspath(store)
+    os.makedirs(store, mode=0o700, exist_ok=True)
+    latest = store_latest(store)
+    n = int(os.path.basename(latest)) + 1 if latest else 1
+    return os.path.join(store, str(n)), latest
+
+
+def resolve_image_dir(path: str | os.PathLike[str]) -> str:
+    """An image directory, or a store's newest image when ``path`` is a store (``restore -D STORE``)."""
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, kinds.INVENTORY.template)):
+        return path
+    latest = store_latest(path)
+    if latest is None:
+        return path  # let the reader report what is wrong with it
+    if Image.open(latest).kind is ImageKind.PRE_DUMP:
+        raise UsageError(f"{path}: the newest checkpoint {latest} is a pre-dump (memory only)",
+                         hint="finish the chain with `ckpt dump --incremental` (or --prev-images-dir) first")
+    return latest
+
+
+# --- tracking carried by images -------------------------------------------------
+
+
+def _digests_file(image_dir: str, pid: int) -> str:
+    return os.path.join(image_dir, kinds.DIGESTS.file_name(pid))
+
+
+def _state_from_image(image: Image, pid: int, start_time: int) -> tuple[TrackingState | None, str]:
+    """The tracking state recorded for ``pid`` in ``image``, or (None, why it cannot be used)."""
+    info = next((p for p in image.processes if p.pid == pid), None)
+    if info is None:
+        return None, f"the parent image {image.path} has no process {pid}"
+    if info.start_time != start_time:
+        return None, f"process {pid} is not the one in the parent image {image.path} (its pid was reused)"
+    if info.tracking is None or not info.tracking.method:
+        return None, f"the parent image {image.path} records no dirty tracking of process {pid}"
+    t = info.tracking
+    digests = _digests_file(image.path, pid) if t.method == "hash" else ""
+    return TrackingState(t.method, pid, start_time, t.parked_fd, t.uffd_inode, digests_path=digests), ""
+
+
+def _in_parent(chain: Sequence[Image], pid: int) -> list[Interval]:
+    """Address intervals of every page of ``pid`` the chain can give back (HERE or ZERO somewhere)."""
+    ps = chain[-1].page_size
+    return [(s, s + n * ps) for s, n in merge_runs((src.vaddr, src.nr_pages) for src in resolve_pages(chain, pid))]
+
+
+def _dirty_intervals(ds: DirtySet, vmas: Sequence[mm_pb2.Vma]) -> list[Interval]:
+    """Written (and dropped) runs, plus every part of a VMA that no tracker watched: copy all of that."""
+    runs: list[Interval] = []
+    for v in ds.vmas:
+        runs.extend((s, s + n * PAGE_SIZE) for s, n in v.written + v.holes)
+        if v.untracked:
+            runs.append((v.start, v.end))
+    tracked = sorted((v.start, v.end) for v in ds.vmas if not v.untracked)
+    for vma in vmas:
+        pos = vma.start
+        for s, e in tracked:
+            if e <= pos or s >= vma.end:
+                continue
+            if s > pos:
+                runs.append((pos, s))
+            pos = max(pos, e)
+        if pos < vma.end:
+            runs.append((pos, vma.end))
+    runs.sort()
+    out: list[list[int]] = []
+    for s, e in runs:
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _vmas_now(pid: int) -> list[mm_pb2.Vma]:
+    """The current VMAs as the minimal records :func:`memory.dump_pages_delta` needs (kind, prot)."""
+    K = mm_pb2.Vma.Kind
+    out = []
+    for v in read_maps(pid):
+        if v.path in SPECIAL_MAPPINGS:
+            kind = K.VDSO
+        elif v.shared:
+            kind = K.ANON_SHARED if (v.inode == 0 or (v.deleted and v.path == "/dev/zero")) else K.FILE_SHARED
+        elif v.inode != 0 and v.path.startswith("/"):
+            kind = K.FILE_PRIVATE
+        else:
+            kind = K.ANON_PRIVATE
+        prot = (PROT_READ if v.read else 0) | (PROT_WRITE if v.write else 0) | (PROT_EXEC if v.exec else 0)
+        out.append(mm_pb2.Vma(start=v.start, end=v.end, kind=kind, prot=prot, name=v.path))
+    return out
+
+
+def _write_digests(w: ImageWriter, tracker: HashTracker) -> None:
+    """The hash tracker's digests go into the image, so the next delta re-attaches from it."""
+    pid = tracker.pid
+    rw = w.records(kinds.DIGESTS.file_name(pid), kinds.DIGESTS)
+    rw.write(digests_pb2.DigestHead(owner=str(pid), algorithm=ALGORITHM, digest_size=DIGEST_SIZE, page_size=PAGE_SIZE))
+    for r in tracker._ranges:
+        rw.write(digests_pb2.PageDigests(vaddr=r.start, nr_pages=(r.end - r.start) // PAGE_SIZE, digests=bytes(r.digests)))
+    rw.close()
+
+
+def parked_tracker_fds(pid: int, tracker: Tracker | None = None) -> frozenset[int]:
+    """Descriptors of ``pid`` that are ckpt's parked userfaultfd, each checked by inode: never dump them.
+
+    From the tracker in hand and from the state file ``ckpt track --start`` /
+    ``pre-dump`` left (a plain ``dump`` of a tracked process must not save it either).
+    """
+    found: set[int] = set()
+    cands: list[tuple[int, int]] = []
+    if isinstance(tracker, UffdWpTracker) and tracker.parked_fd >= 0:
+        cands.append((tracker.parked_fd, tracker.inode))
+    try:
+        st = TrackingState.load(tracking_state_path(pid))
+        if st.method == "uffd-wp" and st.pid == pid:
+            cands.append((st.parked_fd, st.uffd_inode))
+    except (OSError, ValueError, TypeError):
+        pass
+    for fd, inode in cands:
+        if fd >= 0 and _parked_inode(pid, fd) == inode:
+            found.add(fd)
+    return frozenset(found)
+
+
+def _forget_state_file(pid: int) -> None:
+    try:
+        os.unlink(tracking_state_path(pid))
+    except OSError:
+        pass
+
+
+def _save_state_file(state: TrackingState) -> str | None:
+    """So that ``ckpt track --stop -t PID`` can end tracking left by a pre-dump; returns a note on failure."""
+    path = tracking_state_path(state.pid)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state.save(path)
+    except OSError as e:
+        return f"could not save the tracking state file {path} ({e.strerror}); `ckpt track --stop` will need --fd"
+    return None
+
+
+@dataclass
+class DeltaSession:
+    """Tracking of one process taken over from a parent image (or started afresh) for one new image.
+
+    ``delta``: pages are compared with the parent (else every page is copied
+    and ``parent_dir`` is None: the new image stands alone).  ``notes`` hold
+    the warnings (why a delta became a full copy).
+    """
+
+    pid: int
+    start_time: int
+    tracker: Tracker
+    parent_dir: str | None
+    chain: list[Image] | None
+    delta: bool
+    notes: list[str]
+    collect_seconds: float = 0.0
+    dirty_pages: int = 0
+
+    @property
+    def method(self) -> str:
+        return self.tracker.method
+
+    def plan(self, vmas: "Sequence[mm_pb2.Vma] | Callable[[], Sequence[mm_pb2.Vma]]"
+             ) -> tuple[Sequence[mm_pb2.Vma], list[Interval], list[Interval]]:
+        """Get+clear now (the clear before the copy), then (vmas, dirty, in_parent) for ``dump_pages_delta``.
+
+        ``vmas`` may be a function reading the layout: it is called *after* the
+        clear, so a VMA born in between counts as untracked (copied in full).
+        """
+        if not self.delta:
+            layout = vmas() if callable(vmas) else vmas
+            self.dirty_pages = sum((v.end - v.start) // PAGE_SIZE for v in layout)
+            return layout, _EVERYTHING, []
+        t0 = time.monotonic()
+        ds = self.tracker.collect()
+        self.collect_seconds += time.monotonic() - t0
+        layout = vmas() if callable(vmas) else vmas
+        self.dirty_pages = ds.dirty_pages
+        assert self.chain is not None
+        return layout, _dirty_intervals(ds, layout), _in_parent(self.chain, self.pid)
+
+    def on_copied(self):  # noqa: ANN201 - the hash tracker's note_copied, or None
+        """Hash: record the digest of what was really copied (closes the X → X' → X gap)."""
+        return self.tracker.note_copied if isinstance(self.tracker, HashTracker) else None
+
+    def tracking_info(self, w: ImageWriter) -> TrackingInfo:
+        """What the image records so the next delta re-attaches; hash digests are written into ``w``."""
+        if isinstance(self.tracker, HashTracker):
+            _write_digests(w, self.tracker)
+            return TrackingInfo("hash")
+        assert isinstance(self.tracker, UffdWpTracker)
+        return TrackingInfo(self.tracker.method, self.tracker.parked_fd, self.tracker.inode)
+
+    def check_alive(self) -> None:
+        """Before commit: the target is still the same process and (uffd) still holds the parked fd."""
+        try:
+            same = read_starttime(self.pid) == self.start_time
+        except (TargetGone, OSError):
+            same = False
+        if not same:
+            raise TargetGone(self.pid, f"process {self.pid} exited while its memory was copied; no image written")
+        t = self.tracker
+        if isinstance(t, UffdWpTracker) and _parked_inode(self.pid, t.parked_fd) != t.inode:
+            raise TrackingLost(self.pid, "the target exec'd or closed the tracking fd while its memory was copied; "
+                                         "no image written")
+
+    def keep(self) -> list[str]:
+        """Leave tracking parked in the target for the next ckpt run (after the commit)."""
+        notes: list[str] = []
+        if isinstance(self.tracker, HashTracker):
+            self.tracker.stop()  # the digests are in the image now
+            return notes
+        try:
+            state = self.tracker.detach()
+        except TrackingLost as e:
+            return [f"{e}; the next pre-dump will be a full one"]
+        note = _save_state_file(state)
+        return [note] if note else notes
+
+    def end(self, target_alive: bool) -> None:
+        """Stop tracking for good: unregister and close the parked fd (or only our copies if the target is gone)."""
+        t = self.tracker
+        if isinstance(t, UffdWpTracker) and not target_alive:
+            t._close_ours()
+            t.parked_fd = -1
+        else:
+            t.stop()
+        _forget_state_file(self.pid)
+
+
+def _open_session(pid: int, parent: str | os.PathLike[str] | None, method: str | None,
+                  *, require_method: bool = False) -> DeltaSession:
+    """Re-attach to the tracking recorded in ``parent``, or start tracking (full copy, with a warning if needed)."""
+    start_time = read_starttime(pid)
+    notes: list[str] = []
+    if parent is not None:
+        parent = os.path.abspath(os.fspath(parent))
+        chain = open_chain(parent)  # a broken chain is an error, not a reason for a silent full copy
+        state, why = _state_from_image(chain[-1], pid, start_time)
+        if state is not None and method is not None and state.method != method:
+            state, why = None, f"the parent was tracked with {state.method}, --track asks for {method}"
+        if state is not None:
+            t0 = time.monotonic()
+            try:
+                tracker = open_tracker(pid, state=state)
+                return DeltaSession(pid, start_time, tracker, parent, chain, True, notes, time.monotonic() - t0)
+            except TrackingLost as e:
+                why = e.reason
+        notes.append(f"{why}: writing a full image instead of a delta")
+    t0 = time.monotonic()
+    tracker = open_tracker(pid, method)
+    return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0)
+
+
+def begin_dump(pid: int, parent: str | os.PathLike[str] | None, method: str | None) -> DeltaSession:
+    """For the final ``dump``: take over (or start) tracking before the freeze; see :meth:`DeltaSession.plan`."""
+    return _open_session(pid, parent, method)
+
+
+def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.PathLike[str] | None = None,
+             method: str | None = None, compress_level: int | None = DEFAULT_COMPRESS_LEVEL) -> PreDumpStats:
+    """Copy the memory of ``pid`` into a PRE_DUMP image while it runs; leave tracking parked for the next one.
+
+    Without ``parent`` (or when the parent's tracking is gone) every page is
+    copied and tracking starts; with it, only pages written since the parent
+    are copied and the rest are PARENT.  The target is stopped only for the
+    tracker's short injections.  Raises TargetGone when the target exits, and
+    TrackingLost when it execs, during the copy (no image is left).
+    """
+    t0 = time.monotonic()
+    image_dir = os.fspath(image_dir)
+    sess = _open_session(pid, parent, method)
+    try:
+        st = read_stat(pid)
+        vmas, dirty, in_parent = sess.plan(lambda: _vmas_now(pid))
+        t_copy = time.monotonic()
+        with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=sess.parent_dir, tracking=sess.method,
+                         compress_level=compress_level) as w:
+            pw = w.pages(pid)
+            with ProcMem(pid) as mem:
+                ds = memory.dump_pages_delta(pid, vmas, pw, memory.ReadBuffer(), mem, dirty=dirty,
+                                             in_parent=in_parent, running=True, on_copied=sess.on_copied())
+            t_done = time.monotonic()
+            sess.check_alive()
+            info = sess.tracking_info(w)
+            w.commit(processes=[ProcessInfo(pid, st.ppid, tuple(list_tids(pid)), sess.start_time, info)])
+            stored = pw.close()  # closed by commit: returns its stats
+    except BaseException:
+        try:
+            sess.end(target_alive=os.path.exists(f"/proc/{pid}"))
+        except CkptError:
+            pass
+        raise
+    notes = sess.notes + sess.keep()
+    return PreDumpStats(pid, os.path.abspath(image_dir), sess.parent_dir, not sess.delta, sess.method, sess.dirty_pages,
+                        ds.pages_stored, ds.pages_parent, ds.pages_zero, ds.pages_skipped, stored.stored_bytes,
+                        sess.collect_seconds, t_done - t_copy, time.monotonic() - t0, tuple(notes))
+
