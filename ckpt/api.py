@@ -128,9 +128,19 @@ def wait_restored(pid: int) -> int:
 # --- pre-dumps, delta chains, numbered stores (issue 4) ---------------------------------------------
 
 
+def _parent_dir(image_dir: str | os.PathLike[str], prev: str | os.PathLike[str] | None) -> str | None:
+    """CRIU's rule: a relative ``--prev-images-dir`` is relative to the images directory (``../1``)."""
+    if prev is None:
+        return None
+    prev = os.fspath(prev)
+    return prev if os.path.isabs(prev) else os.path.normpath(os.path.join(os.fspath(image_dir), prev))
+
+
 def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
              track: str | None = None, incremental: bool = False, compress_level: int | None = 1) -> "PreDumpStats":
     """Copy the memory of ``pid`` while it runs into a PRE_DUMP image; tracking stays parked in it.
+
+    A relative ``prev_images_dir`` is taken relative to ``image_dir``, as CRIU does.
 
     The first pre-dump (no ``prev_images_dir``) copies every page and starts
     tracking (``track``: uffd-wp, soft-dirty or hash; default the best here);
@@ -145,7 +155,8 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: st
         if prev_images_dir is not None:
             raise UsageError("--incremental picks the parent itself; leave out --prev-images-dir")
         image_dir, prev_images_dir = store_next(image_dir)
-    return _pre_dump(pid, image_dir, parent=prev_images_dir, method=track, compress_level=compress_level)
+    return _pre_dump(pid, image_dir, parent=_parent_dir(image_dir, prev_images_dir), method=track,
+                     compress_level=compress_level)
 
 
 def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
@@ -168,7 +179,8 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
         image_dir, prev_images_dir = store_next(image_dir)
         track_mem = track_mem or leave_running
     return _dump(pid, image_dir, leave_running=leave_running, compress_level=compress_level, shell_job=shell_job,
-                 tcp_close=tcp_close, parent=prev_images_dir, track_mem=track_mem, track_method=track)
+                 tcp_close=tcp_close, parent=_parent_dir(image_dir, prev_images_dir), track_mem=track_mem,
+                 track_method=track)
 
 
 def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
