@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -47,3 +48,16 @@ def py_target() -> Iterator[StartTarget]:
     yield lambda script, *args, stdin_pipe=False, **kw: pool.add(spawn(python_argv(script, *args), stdin_pipe=stdin_pipe,
                                                                       **kw))
     pool.close()
+
+
+@pytest.fixture
+def restored() -> Iterator[list[int]]:
+    """Pids of restored processes (our children): killed and reaped after the test."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass

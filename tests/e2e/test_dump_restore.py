@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,19 +49,6 @@ def _result(t: Target, fresh: bool = False, timeout: float = 5.0) -> dict[str, s
     if fresh:
         _drain(t)
     return _parse(t.expect("PASS", timeout))
-
-
-@pytest.fixture
-def restored() -> Iterator[list[int]]:
-    """Pids of restored processes (our children): killed and reaped after the test."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def _start(c_target, tmp_path: Path, nthreads: int, blocked: bool) -> tuple[Target, Path]:  # noqa: ANN001

@@ -7,7 +7,6 @@ import signal
 import select
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,18 +18,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs ro
 
 def _fields(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
-
-
-@pytest.fixture
-def restored() -> Iterator[list[int]]:
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def _next(t, prefix: str, timeout: float = 10.0) -> dict[str, str]:  # noqa: ANN001

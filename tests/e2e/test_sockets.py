@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,18 +22,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs ro
 
 def _fields(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
-
-
-@pytest.fixture
-def restored() -> Iterator[list[int]]:
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def _ask(family: int, addr: object, kind: int = socket.SOCK_STREAM, msg: bytes = b"ping") -> str:
