@@ -188,22 +188,26 @@ class HashTracker(Tracker):
                 addr += PAGE_SIZE
         return out
 
-    def _old_digests(self, start: int, end: int) -> bytearray | None:
-        """The previous digests of ``[start, end)`` when every page of it was tracked before, else None."""
-        out = bytearray()
-        addr = start
+    def _old_digests(self, start: int, end: int) -> tuple[bytearray, int]:
+        """The previous digests of ``[start, end)``, page by page, and how many pages had one.
+
+        A page no earlier collection hashed (the VMA grew: brk, mremap in place,
+        a new mapping or thread stack merged with it) gets ``_NO_DIGEST``, which
+        never equals a real digest: that page alone is dirty, not the whole VMA.
+        The comparison is by address and content, so a page whose VMA changed
+        identity but whose bytes are the ones recorded is rightly unchanged.
+        """
+        out = bytearray(_NO_DIGEST * ((end - start) // PAGE_SIZE))
+        known = 0
         for r in self._ranges:  # sorted by address
-            if r.end <= addr or r.start >= end:
+            if r.end <= start or r.start >= end:
                 continue
-            if r.start > addr:
-                return None
-            hi = min(r.end, end)
-            i, j = (addr - r.start) // PAGE_SIZE, (hi - r.start) // PAGE_SIZE
-            out += r.digests[i * DIGEST_SIZE:j * DIGEST_SIZE]
-            addr = hi
-            if addr >= end:
-                return out
-        return None
+            lo, hi = max(r.start, start), min(r.end, end)
+            i, j = (lo - r.start) // PAGE_SIZE, (hi - r.start) // PAGE_SIZE
+            o = (lo - start) // PAGE_SIZE
+            out[o * DIGEST_SIZE:(o + j - i) * DIGEST_SIZE] = r.digests[i * DIGEST_SIZE:j * DIGEST_SIZE]
+            known += j - i
+        return out, known
 
     def collect(self) -> DirtySet:
         """Pages whose digest changed since the last collection, plus ranges not tracked before."""
@@ -221,9 +225,9 @@ class HashTracker(Tracker):
         new_ranges: list[_Range] = []
         for (start, end), vma in selected:
             now = self._hash_range(start, end)
-            old = self._old_digests(start, end)
+            old, known = self._old_digests(start, end)
             new_ranges.append(_Range(start, end, now))
-            if old is None:
+            if known == 0:
                 found.append(VmaDirty(start, end, vma.path, ((start, (end - start) // PAGE_SIZE),), (), new=True))
                 continue
             # The shortcut must not swallow unreadable pages: _NO_DIGEST == _NO_DIGEST, yet a

@@ -26,7 +26,7 @@ from ckpt.api import dump, restore
 from ckpt.errors import UsageError
 from ckpt.progress import ProgressEvent, progress_for
 from targets import Target, tracer_of, wait_until
-from test_dump_restore import _drain, _forget, _result, _start, restored  # noqa: F401 (fixture)
+from test_dump_restore import _drain, _forget, _result, _start
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 CKPT = [sys.executable, "-m", "ckpt.cli"]

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,18 +36,6 @@ from writer_check import read_versions, snapshot  # noqa: E402
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pre-dump/restore needs root (ptrace, clone3 set_tid)")
 
 NPAGES, THREADS, RATE = 4096, 2, 2000  # writes per second per thread
-
-
-@pytest.fixture
-def restored() -> Iterator[list[int]]:
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def _writer(c_target) -> tuple[Target, tuple[int, int]]:  # noqa: ANN001
@@ -114,8 +101,6 @@ def test_predump_chain_restore(c_target, tmp_path: Path, restored: list[int], me
     writes = THREADS * RATE * (pause + 0.1)  # generous: the interval between two pre-dumps is pause + ~60 ms
     for i, s in enumerate(stats[1:], 2):
         assert not s.full and s.parent is not None
-        if method == "hash" and i == 3:
-            continue  # the new thread's stack merged with an anonymous VMA: hash sees the whole VMA as new
         assert s.pages_parent > NPAGES // 2, s  # only what was written is copied again
         assert s.pages_stored <= 1.5 * (THREADS + 1) * writes + 400, s  # written pages + churn + stacks
     truth, final = _final_dump(t, area, tmp_path / "final", parent)

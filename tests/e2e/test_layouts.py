@@ -20,7 +20,7 @@ from ckpt.errors import CkptError, Unsupported
 from ckpt.procfs.task import read_starttime
 from ckpt.image.reader import Image
 from targets import Target, build_c, tracer_of, wait_until
-from test_dump_restore import _drain, _forget, _parse, restored  # noqa: F401 (fixture)
+from test_dump_restore import _drain, _forget, _parse
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")

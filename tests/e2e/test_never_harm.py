@@ -20,7 +20,7 @@ import pytest
 from ckpt.dump import dump, restore
 from ckpt.errors import CkptError, RestoreError
 from targets import Target, tracer_of, traced_threads
-from test_dump_restore import _drain, _forget, _parse, restored  # noqa: F401 (fixture)
+from test_dump_restore import _drain, _forget, _parse
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 CKPT = [sys.executable, "-m", "ckpt.cli"]

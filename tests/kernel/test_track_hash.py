@@ -102,3 +102,49 @@ def test_unreadable_pages_never_hide_a_write(monkeypatch, unmapped) -> None:
         tracker.stop()
     finally:
         libc.munmap(base, n * PAGE_SIZE)
+
+
+def test_grown_vma_reports_only_the_pages_it_had_no_digest_for() -> None:
+    """A tracked VMA that grew (brk, mremap in place, a thread stack or new mmap merging with it)
+    is not "new" as a whole: only the pages no earlier round hashed are dirty, plus real writes.
+
+    Seen in test_predump_chain_restore[hash]: a churn region merging with the 4096-page main
+    area made the hash tracker report the whole area new, so the pre-dump copied every page.
+    """
+    import ctypes
+    import mmap as _mmap
+
+    from ckpt.kernel.arch_x86_64 import PAGE_SIZE
+    from ckpt.procfs.maps import read_maps
+    from ckpt.track import RangeSpec
+    from ckpt.track import hash as hash_mod
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    n, grow = 8, 4
+    prot, flags = _mmap.PROT_READ | _mmap.PROT_WRITE, _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS
+    base = libc.mmap(None, (n + grow) * PAGE_SIZE, prot, flags, -1, 0)
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    try:
+        top = base + n * PAGE_SIZE
+        assert libc.munmap(top, grow * PAGE_SIZE) == 0
+        for i in range(n):
+            ctypes.memset(base + i * PAGE_SIZE, 0x40 + i, PAGE_SIZE)
+        tracker = hash_mod.HashTracker(os.getpid())
+        tracker.start(RangeSpec(include=((base, base + (n + grow) * PAGE_SIZE),)))
+        # the VMA grows: a new mapping right above it merges into one VMA
+        assert libc.mmap(top, grow * PAGE_SIZE, prot, flags | 0x10, -1, 0) == top  # MAP_FIXED
+        for i in range(grow):
+            ctypes.memset(top + i * PAGE_SIZE, 0x60 + i, PAGE_SIZE)
+        ctypes.memset(base + 2 * PAGE_SIZE, 0x7f, 16)
+        assert any(v.start <= base and base + (n + grow) * PAGE_SIZE <= v.end for v in read_maps(os.getpid()))
+        ds = tracker.collect()
+        want = {base + 2 * PAGE_SIZE} | {top + i * PAGE_SIZE for i in range(grow)}
+        assert set(ds.pages()) == want
+        assert not any(v.new for v in ds.vmas)
+        assert set(tracker.collect().pages()) == set()
+        tracker.stop()
+    finally:
+        libc.munmap(base, (n + grow) * PAGE_SIZE)
