@@ -1,10 +1,12 @@
-"""``make demo`` / ``ckpt demo``: a short, real checkpoint → restore of a live sample process.
+"""``make demo`` / ``ckpt demo``: a short, real incremental checkpoint → restore of a live process.
 
 Steps: ``ckpt check`` on this machine; a sample Python process (64 MiB of
-patterned memory, counting into a log file) is dumped — frozen, saved,
-ended — and restored under the same pid; it carries on counting from where
-it was, and on SIGUSR1 re-checks every page of its pattern and logs PASS or
-FAIL.  Everything goes through the same API the ``ckpt`` command uses.
+patterned memory, counting into a log file) is pre-dumped twice while it runs
+(the second copies only what it wrote since the first), then dumped as a
+frozen delta and ended, and restored from the chain under the same pid; it
+carries on counting from where it was, and on SIGUSR1 re-checks every page of
+its pattern and logs PASS or FAIL.  Everything goes through the same API the
+``ckpt`` command uses.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def _wait_for(log: Path, predicate, timeout: float = 10.0) -> str | None:
     return None
 
 
+def _mib(path: Path) -> str:
+    return f"{sum(f.stat().st_size for f in path.iterdir()) / 2**20:.1f} MiB"
+
+
 def _last_count(log: Path) -> int:
     line = _wait_for(log, lambda ln: ln.startswith("count "))
     return int(line.split()[1]) if line else -1
@@ -75,7 +81,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="ckpt-demo-"))
     log = work / "sample.log"
-    images = work / "image"
+    images = work / "3"
     pid = -1
     _step(f"start a sample process (Python, 64 MiB of patterned memory, counting into {log})")
     with open(log, "w") as out:
@@ -90,13 +96,20 @@ def main() -> int:
         before = _last_count(log)
         print(f"pid {pid}, counter at {before}")
 
-        _step(f"ckpt dump -t {pid} -D {images}   (freeze, save everything, end the process)")
-        stats = api.dump(pid, images)
+        _step("ckpt pre-dump, twice, while it keeps running (memory only; tracking starts with the first)")
+        first = api.pre_dump(pid, work / "1")
+        time.sleep(0.3)
+        second = api.pre_dump(pid, work / "2", prev_images_dir=work / "1")
+        for p, s in (("1", first), ("2", second)):
+            print(f"{work / p}: {'all pages' if s.full else 'pages written since the parent'} [{s.method}]: "
+                  f"{s.pages_stored} copied, {s.pages_parent} left in the parent, "
+                  f"image {_mib(work / p)}; {s.total_seconds * 1e3:.0f} ms")
+
+        _step(f"ckpt dump -t {pid} -D {images} --prev-images-dir ../2   (frozen: the last delta + all other state; ends it)")
+        stats = api.dump_delta(pid, images, prev_images_dir=work / "2")
         proc.wait()  # we are its parent: collect it so the pid can be reused
-        size = sum(f.stat().st_size for f in images.iterdir())
-        print(f"{stats.threads} thread(s), {stats.vmas} VMAs, {stats.bytes_read / 2**20:.1f} MiB of memory read; "
-              f"frozen {stats.frozen_seconds * 1e3:.0f} ms; image {size / 2**20:.1f} MiB "
-              f"(zero pages are not stored, the rest is zstd level 1)")
+        print(f"{stats.threads} thread(s), {stats.vmas} VMAs, {stats.pages_stored} pages copied; "
+              f"frozen {stats.frozen_seconds * 1e3:.0f} ms; image {_mib(images)}")
         for note in stats.notes:
             print(f"note: {note}")
         print(f"process {pid} is gone: {not Path(f'/proc/{pid}').exists()}")
@@ -105,7 +118,7 @@ def main() -> int:
         print(api.verify(images).summary())
         print("\n".join(api.show(images).splitlines()[:6]))
 
-        _step(f"ckpt restore -D {images} -d   (same pid, detached)")
+        _step(f"ckpt restore -D {images} -d   (replays 1 → 2 → 3; same pid, detached)")
         rstats = api.restore(images, detached=True)
         print(f"restored as pid {rstats.pid} (the same: {'yes' if rstats.pid == pid else 'NO'}) "
               f"in {rstats.total_seconds * 1e3:.0f} ms")
@@ -120,7 +133,8 @@ def main() -> int:
 
         ok = rstats.pid == pid and after > before and bool(verdict and verdict.startswith("PASS"))
         _step("summary")
-        print("PASS: dumped, restored under the same pid, memory intact, still running" if ok else "FAIL")
+        print("PASS: pre-dumped twice, dumped a delta, restored the chain under the same pid, memory intact, "
+              "still running" if ok else "FAIL")
         return 0 if ok else 1
     finally:
         try:

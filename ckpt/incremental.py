@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from .errors import CkptError, TargetGone, UsageError
 from .image import kinds
-from .image.chain import open_chain, resolve_pages
+from .image.chain import open_chain
 from .image.pb import digests_pb2, mm_pb2
 from .image.reader import Image
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
@@ -140,9 +140,16 @@ def _state_from_image(image: Image, pid: int, start_time: int) -> tuple[Tracking
 
 
 def _in_parent(chain: Sequence[Image], pid: int) -> list[Interval]:
-    """Address intervals of every page of ``pid`` the chain can give back (HERE or ZERO somewhere)."""
-    ps = chain[-1].page_size
-    return [(s, s + n * ps) for s, n in merge_runs((src.vaddr, src.nr_pages) for src in resolve_pages(chain, pid))]
+    """Address intervals of every page of ``pid`` the chain can give back.
+
+    The newest image's pagemap alone says it: it lists every page the process
+    had then, as HERE, ZERO, or PARENT — and in a chain that verifies, a PARENT
+    range resolves further up.  Reading one pagemap instead of resolving the
+    whole chain keeps a final delta's frozen time independent of chain depth;
+    a broken chain still fails loudly at restore and in ``verify``.
+    """
+    pm = chain[-1].pagemap(pid)
+    return [(s, s + n * pm.page_size) for s, n in merge_runs((r.vaddr, r.nr_pages) for r in pm.ranges)]
 
 
 def _dirty_intervals(ds: DirtySet, vmas: Sequence[mm_pb2.Vma]) -> list[Interval]:

@@ -605,7 +605,10 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, bu
             if v.kind in SPECIAL_KINDS or v.kind == Kind.FILE_SHARED:
                 continue
             readable = bool(v.prot & PROT_READ)
-            batch: list[tuple[int, int]] = []
+            # Runs in address order, each _COPY, _PARENT or _ZERO: PARENT and ZERO runs wait
+            # in the batch too, so scattered dirty pages are read with one process_vm_readv
+            # per buffer-full instead of one per page (and the PageWriter still sees order).
+            batch: list[tuple[int, int, int]] = []
             fill = 0
 
             def flush() -> None:
@@ -621,20 +624,16 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, bu
                 continue  # the VMA went away between maps and the scan
             for start, end, is_zero in runs:
                 if is_zero:
-                    flush()
-                    pages.add_zero(start, (end - start) // PAGE_SIZE)
-                    st["zero"] += (end - start) // PAGE_SIZE
+                    batch.append((start, end - start, _ZERO))
                     continue
                 for ds, de, is_dirty in _split(start, end, dirty, dstarts):
                     for ps_, pe, have in ((ds, de, False),) if is_dirty else _split(ds, de, in_parent, pstarts):
                         if have:
-                            flush()
-                            pages.add_parent(ps_, (pe - ps_) // PAGE_SIZE)
-                            st["parent"] += (pe - ps_) // PAGE_SIZE
+                            batch.append((ps_, pe - ps_, _PARENT))
                             continue
                         while ps_ < pe:
                             take = min(pe - ps_, buffer.size - fill)
-                            batch.append((ps_, take))
+                            batch.append((ps_, take, _COPY))
                             fill += take
                             ps_ += take
                             if fill == buffer.size:
@@ -645,26 +644,39 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, bu
     return DeltaStats(st["here"], st["parent"], st["zero"], st["skipped"], st["bytes"], time.monotonic() - t0)
 
 
-def _flush_delta(pid: int, batch: list[tuple[int, int]], buffer: ReadBuffer, pages: PageWriter, mem: ProcMem,
+_COPY, _PARENT, _ZERO = range(3)  # what dump_pages_delta queues for each run
+
+
+def _flush_delta(pid: int, batch: list[tuple[int, int, int]], buffer: ReadBuffer, pages: PageWriter, mem: ProcMem,
                  readable: bool, running: bool, on_copied: "Callable[[int, memoryview], None] | None",
                  st: dict[str, int]) -> None:
-    """Read the queued ranges and store them; with ``running``, pages that cannot be read are skipped."""
+    """Read the queued copy runs in one go and store every run in order; with ``running``,
+    pages that cannot be read are skipped."""
     if not batch:
         return
+    reads = [(vaddr, n) for vaddr, n, what in batch if what == _COPY]
     got = 0
-    if readable:
+    if readable and reads:
         local, off = [], 0
-        for _, n in batch:
+        for _, n in reads:
             local.append((buffer.addr + off, n))
             off += n
         try:
-            got = process_vm_readv(pid, local, batch)
+            got = process_vm_readv(pid, local, reads)
         except OSError:
             if not running:
                 raise
             got = 0
     off = 0
-    for vaddr, n in batch:
+    for vaddr, n, what in batch:
+        if what == _PARENT:
+            pages.add_parent(vaddr, n // PAGE_SIZE)
+            st["parent"] += n // PAGE_SIZE
+            continue
+        if what == _ZERO:
+            pages.add_zero(vaddr, n // PAGE_SIZE)
+            st["zero"] += n // PAGE_SIZE
+            continue
         ok = n if off + n <= got else max(0, got - off)
         if ok < n:  # PROT_NONE, exec-only, or a short read: /proc/PID/mem, page by page when running
             try:
