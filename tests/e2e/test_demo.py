@@ -15,4 +15,5 @@ def test_demo_passes() -> None:
                          timeout=120, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS:" in res.stdout and "still running" in res.stdout
-    assert "OK (1 image(s) in the chain" in res.stdout
+    assert "OK (3 image(s) in the chain" in res.stdout  # two pre-dumps and the final delta
+    assert "the same: yes" in res.stdout
