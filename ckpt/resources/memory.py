@@ -193,68 +193,16 @@ def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: 
                on_bytes: Callable[[int], None] | None = None) -> PageStats:
     """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: one buffer).
 
-    ``on_bytes(total so far)`` after each buffer handed to the writer: the CLI's progress line.
+    A full dump is the delta case with every page dirty and no parent: one
+    code path reads and stores pages for both.  ``on_bytes(total so far)``
+    after each buffer handed to the writer: the CLI's progress line.
     """
-    t0 = time.monotonic()
-    stored = zero = nbytes = 0
-    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for v in vmas:
-            if v.kind in SPECIAL_KINDS or v.kind == Kind.FILE_SHARED:
-                continue
-            readable = bool(v.prot & PROT_READ)
-            batch: list[tuple[int, int]] = []  # (vaddr, length) queued in the buffer
-            fill = 0
-            for start, end, is_zero in _scan(fd, v):
-                if is_zero:
-                    fill = _flush(pid, batch, buffer, pages, mem, readable)
-                    batch = []
-                    pages.add_zero(start, (end - start) // PAGE_SIZE)
-                    zero += (end - start) // PAGE_SIZE
-                    continue
-                while start < end:
-                    take = min(end - start, buffer.size - fill)
-                    batch.append((start, take))
-                    fill += take
-                    start += take
-                    stored += take // PAGE_SIZE
-                    nbytes += take
-                    if fill == buffer.size:
-                        fill = _flush(pid, batch, buffer, pages, mem, readable)
-                        batch = []
-                        if on_bytes is not None:
-                            on_bytes(nbytes)
-            _flush(pid, batch, buffer, pages, mem, readable)
-            if on_bytes is not None:
-                on_bytes(nbytes)
-    finally:
-        os.close(fd)
-    return PageStats(stored, zero, nbytes, time.monotonic() - t0)
+    d = dump_pages_delta(pid, vmas, pages, buffer, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes)
+    return PageStats(d.pages_stored, d.pages_zero, d.bytes_read, d.seconds)
 
 
-def _flush(pid: int, batch: list[tuple[int, int]], buffer: ReadBuffer, pages: PageWriter, mem: ProcMem,
-           readable: bool) -> int:
-    """Read the queued ranges into the buffer, hand them to the PageWriter; returns the new fill (0)."""
-    if not batch:
-        return 0
-    total = sum(n for _, n in batch)
-    got = 0
-    if readable:
-        local, off = [], 0
-        for _, n in batch:
-            local.append((buffer.addr + off, n))
-            off += n
-        got = process_vm_readv(pid, local, batch)
-    # The rest (PROT_NONE, exec-only, or a short read) through /proc/PID/mem, which forces access.
-    off = 0
-    for vaddr, n in batch:
-        if off + n > got:
-            skip = max(0, got - off)
-            mem.readinto(vaddr + skip, buffer.view[off + skip:off + n])
-        pages.add(vaddr, buffer.view[off:off + n])
-        off += n
-    assert off == total
-    return 0
+#: The whole address space as one interval: "every page is dirty" for a full dump.
+_EVERYTHING = ((0, 1 << 64),)
 
 
 # ---------------------------------------------------------------------------
@@ -582,7 +530,8 @@ def _split(start: int, end: int, intervals: Sequence[tuple[int, int]], starts: S
 def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: ReadBuffer, mem: ProcMem, *,
                      dirty: Sequence[tuple[int, int]], in_parent: Sequence[tuple[int, int]],
                      running: bool = False,
-                     on_copied: "Callable[[int, memoryview], None] | None" = None) -> DeltaStats:
+                     on_copied: "Callable[[int, memoryview], None] | None" = None,
+                     on_bytes: Callable[[int], None] | None = None) -> DeltaStats:
     """Like :func:`dump_pages`, but only pages in ``dirty`` are copied; the rest are PARENT.
 
     Which pages exist comes from PAGEMAP_SCAN now, as for a full dump, so the
@@ -593,7 +542,8 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, bu
     Call this after the tracker's get+clear (clear, then copy).  ``running``:
     the target is not frozen, so a page unmapped meanwhile is skipped (left
     out of the pagemap; the next delta copies it if it comes back) instead of
-    failing the dump.  ``on_copied(vaddr, bytes)`` sees exactly what was stored.
+    failing the dump.  ``on_copied(vaddr, bytes)`` sees exactly what was stored;
+    ``on_bytes(total so far)`` is called after each buffer-full (progress).
     """
     t0 = time.monotonic()
     dstarts = [s for s, _ in dirty]
@@ -615,6 +565,8 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, bu
                 nonlocal batch, fill
                 _flush_delta(pid, batch, buffer, pages, mem, readable, running, on_copied, st)
                 batch, fill = [], 0
+                if on_bytes is not None:
+                    on_bytes(st["bytes"])
 
             try:
                 runs = list(_scan(fd, v))
