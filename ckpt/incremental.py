@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from .errors import CkptError, TargetGone, UsageError
 from .image import kinds
 from .image.chain import open_chain
-from .image.pb import digests_pb2, mm_pb2
+from .image.pb import mm_pb2
 from .image.reader import Image
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
 from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
@@ -46,7 +46,7 @@ from .procfs.task import list_tids, read_starttime
 from .resources import memory
 from .track import DirtySet, Tracker, TrackingLost, TrackingState, open_tracker
 from .track.base import merge_runs
-from .track.hash import ALGORITHM, DIGEST_SIZE, HashTracker
+from .track.hash import HashTracker
 from .track.uffd_wp import UffdWpTracker, _parked_inode
 from .track.watch import tracking_state_path
 
@@ -200,12 +200,7 @@ def _vmas_now(pid: int) -> list[mm_pb2.Vma]:
 
 def _write_digests(w: ImageWriter, tracker: HashTracker) -> None:
     """The hash tracker's digests go into the image, so the next delta re-attaches from it."""
-    pid = tracker.pid
-    rw = w.records(kinds.DIGESTS.file_name(pid), kinds.DIGESTS)
-    rw.write(digests_pb2.DigestHead(owner=str(pid), algorithm=ALGORITHM, digest_size=DIGEST_SIZE, page_size=PAGE_SIZE))
-    for r in tracker._ranges:
-        rw.write(digests_pb2.PageDigests(vaddr=r.start, nr_pages=(r.end - r.start) // PAGE_SIZE, digests=bytes(r.digests)))
-    rw.close()
+    w.write_records(kinds.DIGESTS.file_name(tracker.pid), kinds.DIGESTS, tracker.records())
 
 
 def parked_tracker_fds(pid: int, tracker: Tracker | None = None) -> frozenset[int]:
@@ -332,8 +327,7 @@ class DeltaSession:
         """Stop tracking for good: unregister and close the parked fd (or only our copies if the target is gone)."""
         t = self.tracker
         if isinstance(t, UffdWpTracker) and not target_alive:
-            t._close_ours()
-            t.parked_fd = -1
+            t.abandon()
         else:
             t.stop()
         _forget_state_file(self.pid)

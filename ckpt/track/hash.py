@@ -78,12 +78,16 @@ class _Range:
         return bytes(self.digests[i:i + DIGEST_SIZE])
 
 
+def digest_records(owner: str, ranges: list[_Range]) -> list[object]:
+    """The records of a ``digests-<owner>.img`` file: one DigestHead, then one PageDigests per range."""
+    head = digests_pb2.DigestHead(owner=owner, algorithm=ALGORITHM, digest_size=DIGEST_SIZE, page_size=PAGE_SIZE)
+    return [head] + [digests_pb2.PageDigests(vaddr=r.start, nr_pages=(r.end - r.start) // PAGE_SIZE,
+                                             digests=bytes(r.digests)) for r in ranges]
+
+
 def save_digests(path: str | os.PathLike[str], owner: str, ranges: list[_Range]) -> None:
     """Write a ``digests-<owner>.img`` file atomically."""
-    head = digests_pb2.DigestHead(owner=owner, algorithm=ALGORITHM, digest_size=DIGEST_SIZE, page_size=PAGE_SIZE)
-    recs = [head.SerializeToString()] + [
-        digests_pb2.PageDigests(vaddr=r.start, nr_pages=(r.end - r.start) // PAGE_SIZE,
-                                digests=bytes(r.digests)).SerializeToString() for r in ranges]
+    recs = [m.SerializeToString() for m in digest_records(owner, ranges)]  # type: ignore[attr-defined]
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(framing.encode_file(kinds.DIGESTS.magic, recs))
@@ -268,6 +272,10 @@ class HashTracker(Tracker):
         save_digests(self.digests_path, str(self.pid), self._ranges)
         self._running = False
         return self.state()
+
+    def records(self) -> list[object]:
+        """The digests as image records, for an image that carries the tracking state."""
+        return digest_records(str(self.pid), self._ranges)
 
     def stop(self) -> None:
         """Forget the digests (the target never knew it was tracked)."""

@@ -333,6 +333,12 @@ class UffdWpTracker(Tracker):
             pass
         self.parked_fd = -1
 
+    def abandon(self) -> None:
+        """Drop our copies of the tracker without touching the target (it is gone or dying:
+        freezing it to close the parked fd could hang, and its exit closes that fd anyway)."""
+        self._close_ours()
+        self.parked_fd = -1
+
     def _close_ours(self) -> None:
         for fd in (self._pagemap, self.uffd):
             if fd >= 0:
