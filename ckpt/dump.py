@@ -53,7 +53,7 @@ def dump_limits(ctx: DumpContext) -> None:
 
 
 def dump_signals(ctx: DumpContext) -> None:
-    """Dispositions and the process-wide pending queue (per-thread queues go with the threads)."""
+    """Dispositions (the pending queues are read last: :func:`ckpt.resources.signals.dump_pending`)."""
     ctx.entry.MergeFrom(signals.dump(ctx.proc, ctx.snap, scratch=ctx.scratch))
 
 
@@ -204,7 +204,6 @@ def dump(
 
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
-    buffer = memory.ReadBuffer()
     notes: list[str] = []
     proc: FrozenProcess | None = None
     # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
@@ -234,6 +233,8 @@ def dump(
                     for _name, fn in PROCESS_DUMPERS:
                         fn(ctx)
                     notes.extend(ctx.notes)
+                # After the scratch area is gone: no syscall is injected any more (see dump_pending).
+                signals.dump_pending(proc, entry, cores)
                 step("records")
                 w.write_process(pid, entry)
                 w.write_threads(pid, cores)
@@ -243,10 +244,10 @@ def dump(
                 pw = w.pages(pid)
                 if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
                     _, dirty, in_parent = inc.plan(vmas)
-                    pstats = memory.dump_pages_delta(pid, vmas, pw, buffer, proc.mem, dirty=dirty, in_parent=in_parent,
+                    pstats = memory.dump_pages_delta(pid, vmas, pw, proc.mem, dirty=dirty, in_parent=in_parent,
                                                      on_copied=inc.on_copied())
                 else:
-                    pstats = memory.dump_pages(pid, vmas, pw, buffer, proc.mem,
+                    pstats = memory.dump_pages(pid, vmas, pw, proc.mem,
                                                on_bytes=(lambda n: step("memory", n)) if progress else None)
                 keep = inc is not None and track_mem and (leave_running or leave_stopped)
                 tracking = inc.tracking_info(w) if keep and inc is not None else None

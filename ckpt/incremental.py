@@ -383,7 +383,7 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
                          compress_level=compress_level) as w:
             pw = w.pages(pid)
             with ProcMem(pid) as mem:
-                ds = memory.dump_pages_delta(pid, vmas, pw, memory.ReadBuffer(), mem, dirty=dirty,
+                ds = memory.dump_pages_delta(pid, vmas, pw, mem, dirty=dirty,
                                              in_parent=in_parent, running=True, on_copied=sess.on_copied())
             t_done = time.monotonic()
             sess.check_alive()

@@ -56,7 +56,7 @@ from ..procfs.maps import SmapsVma
 from ..procfs.snapshot import Snapshot
 
 __all__ = [
-    "READ_BUFFER_SIZE", "Kind", "SPECIAL_KINDS", "PageStats", "ReadBuffer", "classify", "file_identity",
+    "Kind", "SPECIAL_KINDS", "PageStats", "classify", "file_identity",
     "dump_vmas", "dump_mm", "dump_pages", "check_files", "special_vmas", "move_vdso", "map_vmas",
     "fill_pages", "set_mm_map", "free_area",
 ]
@@ -66,8 +66,6 @@ Kind = mm_pb2.Vma.Kind
 SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL})
 _SPECIAL_NAMES = {"[vdso]": Kind.VDSO, "[vvar]": Kind.VVAR, "[vvar_vclock]": Kind.VVAR_VCLOCK,
                   "[vsyscall]": Kind.VSYSCALL}
-#: One reused, pre-faulted read buffer; a few MiB keeps process_vm_readv near its 10 GB/s here.
-READ_BUFFER_SIZE = 4 << 20
 _AT_FDCWD = -100
 
 
@@ -168,17 +166,6 @@ class PageStats:
     seconds: float = 0.0
 
 
-class ReadBuffer:
-    """One pre-faulted buffer for process_vm_readv, reused for every batch and every dump."""
-
-    def __init__(self, size: int = READ_BUFFER_SIZE) -> None:
-        self.buf = bytearray(size)
-        self.buf[::PAGE_SIZE] = b"\x01" * (size // PAGE_SIZE)  # fault every page in now, once
-        self.view = memoryview(self.buf)
-        self.addr = buffer_address(self.buf)
-        self.size = size
-
-
 def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
     """(start, end, zero) runs of pages to save in ``v`` (address order)."""
     anyof = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
@@ -189,15 +176,15 @@ def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
         yield r.start, r.end, bool(r.categories & PAGE_IS_PFNZERO)
 
 
-def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: ReadBuffer, mem: ProcMem,
+def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
                on_bytes: Callable[[int], None] | None = None) -> PageStats:
-    """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: one buffer).
+    """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: its chunk buffers).
 
     A full dump is the delta case with every page dirty and no parent: one
     code path reads and stores pages for both.  ``on_bytes(total so far)``
     after each buffer handed to the writer: the CLI's progress line.
     """
-    d = dump_pages_delta(pid, vmas, pages, buffer, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes)
+    d = dump_pages_delta(pid, vmas, pages, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes)
     return PageStats(d.pages_stored, d.pages_zero, d.bytes_read, d.seconds)
 
 
@@ -527,7 +514,7 @@ def _split(start: int, end: int, intervals: Sequence[tuple[int, int]], starts: S
         pos = stop
 
 
-def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, buffer: ReadBuffer, mem: ProcMem, *,
+def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem, *,
                      dirty: Sequence[tuple[int, int]], in_parent: Sequence[tuple[int, int]],
                      running: bool = False,
                      on_copied: "Callable[[int, memoryview], None] | None" = None,
@@ -544,30 +531,36 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, bu
     out of the pagemap; the next delta copies it if it comes back) instead of
     failing the dump.  ``on_copied(vaddr, bytes)`` sees exactly what was stored;
     ``on_bytes(total so far)`` is called after each buffer-full (progress).
+
+    Pages are read straight into the PageWriter's chunk buffers, one
+    process_vm_readv per buffer-full, across VMA boundaries: each buffer is
+    one frame, and the page bytes are never copied in our address space.
     """
     t0 = time.monotonic()
     dstarts = [s for s, _ in dirty]
     pstarts = [s for s, _ in in_parent]
     st = {"here": 0, "parent": 0, "zero": 0, "skipped": 0, "bytes": 0}
+    cap = pages.chunk_size
+    # Runs in address order, each (vaddr, bytes, what): PARENT and ZERO runs wait in the
+    # batch too, so scattered dirty pages are read with one process_vm_readv per buffer-full
+    # instead of one per page (and the PageWriter still sees address order).
+    batch: list[tuple[int, int, int]] = []
+    fill = 0
+
+    def flush() -> None:
+        nonlocal fill
+        _flush_delta(pid, batch, pages, mem, running, on_copied, st)
+        batch.clear()
+        fill = 0
+        if on_bytes is not None:
+            on_bytes(st["bytes"])
+
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         for v in vmas:
             if v.kind in SPECIAL_KINDS or v.kind == Kind.FILE_SHARED:
                 continue
-            readable = bool(v.prot & PROT_READ)
-            # Runs in address order, each _COPY, _PARENT or _ZERO: PARENT and ZERO runs wait
-            # in the batch too, so scattered dirty pages are read with one process_vm_readv
-            # per buffer-full instead of one per page (and the PageWriter still sees order).
-            batch: list[tuple[int, int, int]] = []
-            fill = 0
-
-            def flush() -> None:
-                nonlocal batch, fill
-                _flush_delta(pid, batch, buffer, pages, mem, readable, running, on_copied, st)
-                batch, fill = [], 0
-                if on_bytes is not None:
-                    on_bytes(st["bytes"])
-
+            copy = _COPY if v.prot & PROT_READ else _COPY_FORCED
             try:
                 runs = list(_scan(fd, v))
             except OSError:
@@ -584,71 +577,89 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, bu
                             batch.append((ps_, pe - ps_, _PARENT))
                             continue
                         while ps_ < pe:
-                            take = min(pe - ps_, buffer.size - fill)
-                            batch.append((ps_, take, _COPY))
+                            take = min(pe - ps_, cap - fill)
+                            batch.append((ps_, take, copy))
                             fill += take
                             ps_ += take
-                            if fill == buffer.size:
+                            if fill == cap:
                                 flush()
-            flush()
+            if len(batch) >= _MAX_BATCH:
+                flush()
+        flush()
     finally:
         os.close(fd)
     return DeltaStats(st["here"], st["parent"], st["zero"], st["skipped"], st["bytes"], time.monotonic() - t0)
 
 
-_COPY, _PARENT, _ZERO = range(3)  # what dump_pages_delta queues for each run
+#: What dump_pages_delta queues for each run: copy (with process_vm_readv, or through
+#: /proc/PID/mem for unreadable VMAs), leave to the parent, or record as zero.
+_COPY, _COPY_FORCED, _PARENT, _ZERO = range(4)
+#: Runs queued before a flush even if the buffer is not full (bounds the list for sparse layouts).
+_MAX_BATCH = 4096
 
 
-def _flush_delta(pid: int, batch: list[tuple[int, int, int]], buffer: ReadBuffer, pages: PageWriter, mem: ProcMem,
-                 readable: bool, running: bool, on_copied: "Callable[[int, memoryview], None] | None",
-                 st: dict[str, int]) -> None:
-    """Read the queued copy runs in one go and store every run in order; with ``running``,
-    pages that cannot be read are skipped."""
+def _flush_delta(pid: int, batch: Sequence[tuple[int, int, int]], pages: PageWriter, mem: ProcMem, running: bool,
+                 on_copied: "Callable[[int, memoryview], None] | None", st: dict[str, int]) -> None:
+    """Read the queued copy runs into a borrowed chunk buffer in one go and store every
+    run in order; with ``running``, pages that cannot be read are skipped."""
     if not batch:
         return
-    reads = [(vaddr, n) for vaddr, n, what in batch if what == _COPY]
-    got = 0
-    if readable and reads:
-        local, off = [], 0
-        for _, n in reads:
-            local.append((buffer.addr + off, n))
-            off += n
-        try:
-            got = process_vm_readv(pid, local, reads)
-        except OSError:
-            if not running:
-                raise
-            got = 0
-    off = 0
-    for vaddr, n, what in batch:
-        if what == _PARENT:
-            pages.add_parent(vaddr, n // PAGE_SIZE)
-            st["parent"] += n // PAGE_SIZE
-            continue
-        if what == _ZERO:
-            pages.add_zero(vaddr, n // PAGE_SIZE)
-            st["zero"] += n // PAGE_SIZE
-            continue
-        ok = n if off + n <= got else max(0, got - off)
-        if ok < n:  # PROT_NONE, exec-only, or a short read: /proc/PID/mem, page by page when running
+    copying = any(what in (_COPY, _COPY_FORCED) for _, _, what in batch)
+    view = pages.borrow() if copying else memoryview(b"")
+    try:
+        # Buffer offset of every copy run, and how much of it was read.
+        offsets: list[int] = []
+        off = 0
+        for _, n, what in batch:
+            offsets.append(off)
+            if what in (_COPY, _COPY_FORCED):
+                off += n
+        got = [0] * len(batch)
+        readv = [i for i, (_, _, what) in enumerate(batch) if what == _COPY]
+        if readv:
+            base = buffer_address(view)
             try:
-                mem.readinto(vaddr + ok, buffer.view[off + ok:off + n])
-                ok = n
+                total = process_vm_readv(pid, [(base + offsets[i], batch[i][1]) for i in readv],
+                                         [(batch[i][0], batch[i][1]) for i in readv])
             except OSError:
                 if not running:
                     raise
-                while ok < n:
-                    try:
-                        mem.readinto(vaddr + ok, buffer.view[off + ok:off + ok + PAGE_SIZE])
-                    except OSError:
-                        break
-                    ok += PAGE_SIZE
-        if ok:
-            view = buffer.view[off:off + ok]
-            pages.add(vaddr, view)
-            if on_copied is not None:
-                on_copied(vaddr, view)
-            st["here"] += ok // PAGE_SIZE
-            st["bytes"] += ok
-        st["skipped"] += (n - ok) // PAGE_SIZE
-        off += n
+                total = 0
+            for i in readv:  # a short read stops at the first page it could not read
+                got[i] = min(batch[i][1], total)
+                total -= got[i]
+        for i, (vaddr, n, what) in enumerate(batch):
+            if what == _PARENT:
+                pages.add_parent(vaddr, n // PAGE_SIZE)
+                st["parent"] += n // PAGE_SIZE
+                continue
+            if what == _ZERO:
+                pages.add_zero(vaddr, n // PAGE_SIZE)
+                st["zero"] += n // PAGE_SIZE
+                continue
+            off, ok = offsets[i], got[i]
+            if ok < n:  # PROT_NONE, exec-only, or a short read: /proc/PID/mem, page by page when running
+                try:
+                    mem.readinto(vaddr + ok, view[off + ok:off + n])
+                    ok = n
+                except OSError:
+                    if not running:
+                        raise
+                    while ok < n:
+                        try:
+                            mem.readinto(vaddr + ok, view[off + ok:off + ok + PAGE_SIZE])
+                        except OSError:
+                            break
+                        ok += PAGE_SIZE
+            if ok:
+                pages.add_borrowed(vaddr, off, ok)
+                if on_copied is not None:
+                    on_copied(vaddr, view[off:off + ok])
+                st["here"] += ok // PAGE_SIZE
+                st["bytes"] += ok
+            st["skipped"] += (n - ok) // PAGE_SIZE
+    except BaseException:
+        pages.release_borrowed()
+        raise
+    if copying:
+        pages.submit_borrowed()
