@@ -76,7 +76,7 @@ def restore_creds(ctx: RestoreContext) -> None:
 
 
 def restore_pending(ctx: RestoreContext) -> None:
-    """Queued signals, after every thread's blocked mask is set: per thread first, then the shared queue."""
+    """Queued signals, while every thread blocks them all: per thread first, then the shared queue."""
     for core in ctx.cores:
         threads.restore_pending(ctx.injectors[core.tid], ctx.scratch, core)
     signals.restore_pending(ctx.inj, ctx.entry.shared_pending, scratch=ctx.scratch)
@@ -93,7 +93,8 @@ THREADS = "threads"
 #: (SIG_IGN discards pending ones); limits after files and memory (a lowered
 #: RLIMIT_NOFILE/AS would stop them); credentials after the threads exist
 #: (clone3 with set_tid needs CAP_SYS_ADMIN, and each thread has its own);
-#: pending signals last, once every blocked mask is in place.
+#: pending signals last, once every thread blocks all signals (its own mask is set
+#: as it is let go, so no injected syscall dequeues one).
 PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
     ("files", restore_files),
     ("sigactions", restore_sigactions),

@@ -64,6 +64,9 @@ _TTY_MAJORS = frozenset({4, *range(136, 144)})   # vt/serial, and Unix98 pty sla
 _TTY_DEVICES = frozenset({(5, 0), (5, 1)})       # /dev/tty, /dev/console
 _DELETED = " (deleted)"
 _OPEN_IGNORED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
+#: O_TMPFILE (__O_TMPFILE | O_DIRECTORY) stays in f_flags of a file made that way (Python's
+#: tempfile.TemporaryFile, pytest's capture files): reopening its recreated copy with it gives ENOTDIR.
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _AT_FDCWD = -100
 _STDIO = (0, 1, 2)
 
@@ -352,6 +355,8 @@ class _Restorer:
 
     def open(self, e: FileEntry, fds: list[int]) -> int:
         flags = (e.flags & ~_OPEN_IGNORED) | os.O_CLOEXEC
+        if flags & _O_TMPFILE == _O_TMPFILE:
+            flags &= ~_O_TMPFILE
         if e.external:
             ours = [self.policy.inherit.get(fd) for fd in fds]
             if None in ours:

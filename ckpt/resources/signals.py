@@ -24,9 +24,14 @@ Why each step is done the way it is:
   back unchanged.  A per-thread signal must therefore be queued by an injector
   of that very thread.
 * Order: dispositions before pending signals (setting SIG_IGN discards
-  pending ones), and pending signals after the thread's blocked mask is in
-  place: a signal that is not blocked is delivered at the next injected
-  syscall (the injector holds it back and re-sends it on release).
+  pending ones), and pending signals while the restored thread blocks every
+  signal (its own mask is set by PTRACE_SETSIGMASK as it is let go): a signal
+  it does not block would be dequeued by the next injected syscall, held back
+  by the injector and sent again from outside, where the kernel lets us keep
+  only part of its siginfo.
+* Dump: the queues are read after the last injected syscall
+  (:func:`dump_pending`), and the signals the injector held back meanwhile
+  are added to the image.
 * A single step forces SIGTRAP, which resets an ignored SIGTRAP to SIG_DFL:
   when the image ignores SIGTRAP, the injector is switched to syscall stops
   before that disposition is set (see :mod:`ckpt.control.inject`).
@@ -35,10 +40,11 @@ Why each step is done the way it is:
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 
 from ..control.inject import Injector, Scratch
 from ..control.seize import FrozenProcess
-from ..image.pb import common_pb2, process_pb2
+from ..image.pb import common_pb2, core_pb2, process_pb2
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR
 from ..kernel.signals import (
@@ -46,6 +52,7 @@ from ..kernel.signals import (
     sigbit, siginfo_signo,
 )
 from ..procfs.snapshot import Snapshot
+from ..procfs.status import read_status, read_task_status
 from ._scratch import scratch_for
 
 __all__ = [
@@ -59,11 +66,33 @@ _ACT_SIZE = ctypes.sizeof(kernel_sigaction)
 
 
 def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None) -> process_pb2.ProcessEntry:
-    """A ProcessEntry fragment with ``sigactions`` and ``shared_pending`` (merge it with MergeFrom)."""
+    """A ProcessEntry fragment with ``sigactions`` (merge it with MergeFrom).
+
+    The pending queues are not read here but by :func:`dump_pending`, after
+    the dump's last injected syscall.
+    """
     entry = process_pb2.ProcessEntry()
     entry.sigactions.extend(dump_sigactions(proc, scratch=scratch))
-    entry.shared_pending.extend(dump_shared_pending(proc, snap))
     return entry
+
+
+def dump_pending(proc: FrozenProcess, entry: process_pb2.ProcessEntry, cores: Sequence[core_pb2.ThreadCore]) -> None:
+    """Fill ``entry.shared_pending`` and every ``core.pending``: call it after the last injected syscall.
+
+    Why then: an injected syscall makes the thread dequeue a pending signal it
+    does not block, and the injector holds it back (``FrozenThread.deferred``)
+    until release.  Read after every injection, the queues no longer hold the
+    held-back signals, so adding those (as pending for the thread that took
+    them, oldest first: the kernel delivers a thread's own queue before the
+    shared one) puts each signal that arrived before this moment in the image
+    exactly once — also when the target is killed after the dump and never
+    gets the held-back ones.
+    """
+    entry.shared_pending.extend(dump_shared_pending(proc))
+    for core in cores:
+        thread = proc.thread(core.tid)
+        core.pending.extend(common_pb2.PendingSignal(signo=d.signo, siginfo=d.siginfo) for d in thread.deferred)
+        core.pending.extend(dump_thread_pending(proc, core.tid))
 
 
 def dump_sigactions(proc: FrozenProcess, *, scratch: Scratch | None = None) -> list[process_pb2.SigAction]:
@@ -93,14 +122,14 @@ def _pending(tid: int, bits: int, *, shared: bool) -> list[common_pb2.PendingSig
     return out
 
 
-def dump_shared_pending(proc: FrozenProcess, snap: Snapshot) -> list[common_pb2.PendingSignal]:
-    """The process-wide queue (ShdPnd), oldest first, with each raw siginfo."""
-    return _pending(proc.main_thread.tid, snap.status.shdpnd, shared=True)
+def dump_shared_pending(proc: FrozenProcess) -> list[common_pb2.PendingSignal]:
+    """The process-wide queue (ShdPnd) as it is now, oldest first, with each raw siginfo."""
+    return _pending(proc.main_thread.tid, read_status(proc.pid).shdpnd, shared=True)
 
 
-def dump_thread_pending(proc: FrozenProcess, snap: Snapshot, tid: int) -> list[common_pb2.PendingSignal]:
-    """Signals queued for thread ``tid`` only (its SigPnd), oldest first."""
-    return _pending(proc.thread(tid).tid, snap.task_status(tid).sigpnd, shared=False)
+def dump_thread_pending(proc: FrozenProcess, tid: int) -> list[common_pb2.PendingSignal]:
+    """Signals queued now for thread ``tid`` only (its SigPnd), oldest first."""
+    return _pending(proc.thread(tid).tid, read_task_status(proc.pid, tid).sigpnd, shared=False)
 
 
 def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None) -> None:

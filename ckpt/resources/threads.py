@@ -118,8 +118,9 @@ def dump_thread(t: FrozenThread, inj: Injector, scratch: Scratch) -> core_pb2.Th
 def dump_threads(proc: FrozenProcess, scratch: Scratch, snap: Snapshot | None = None) -> list[core_pb2.ThreadCore]:
     """Every live thread, the leader first; Unsupported for an exited leader (zombie) of a live group.
 
-    With ``snap``, each ThreadCore also gets the thread's own pending signals
-    (SigPnd, :mod:`.signals`) and its scheduling state (:mod:`.limits`).
+    With ``snap``, each ThreadCore also gets its scheduling state
+    (:mod:`.limits`); its pending signals are read later, after the last
+    injected syscall (:func:`.signals.dump_pending`).
     """
     if proc.zombies:
         raise Unsupported(f"process {proc.pid} has exited threads still listed ({sorted(proc.zombies)}): "
@@ -128,7 +129,6 @@ def dump_threads(proc: FrozenProcess, scratch: Scratch, snap: Snapshot | None = 
     cores = [dump_thread(proc.threads[tid], proc.injector(tid), scratch) for tid in order]
     if snap is not None:
         for core in cores:
-            core.pending.extend(signals.dump_thread_pending(proc, snap, core.tid))
             core.sched.CopyFrom(limits.dump_sched(core.tid))
     return cores
 
@@ -182,15 +182,21 @@ def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: 
     return out
 
 
+#: A blocked mask with every signal (the kernel leaves SIGKILL and SIGSTOP out itself).
+_ALL_BLOCKED = (1 << 64) - 1
+
+
 def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) -> list[str]:
     """rseq, robust list, clear-child-tid, timer slack, sigaltstack and scheduling, set by the thread itself.
 
-    The blocked mask is set here already (and again by :func:`finish_thread`):
-    pending signals are queued later and must find it in place, or an unblocked
-    one would be dequeued at the next injected syscall.  Returns warnings
-    (a nice value or CPU the kernel refused).
+    Every signal is blocked from here on (the image's mask is set by
+    :func:`finish_thread`, with PTRACE_SETSIGMASK, no syscall): the pending
+    signals queued later stay in the kernel's queues with their siginfo,
+    instead of being dequeued by the next injected syscall and sent again
+    from outside, where the kernel forbids forging most siginfo.  Returns
+    warnings (a nice value or CPU the kernel refused).
     """
-    ptrace.setsigmask(inj.tid, core.sigmask)
+    ptrace.setsigmask(inj.tid, _ALL_BLOCKED)
     if core.HasField("rseq") and core.rseq.abi_pointer:
         inj.call(NR.rseq, core.rseq.abi_pointer, core.rseq.size, 0, core.rseq.signature)
     if core.robust_list.head:

@@ -8,12 +8,15 @@ import signal
 import pytest
 
 from ckpt.control.seize import freeze
-from ckpt.image.pb import process_pb2
+from ckpt.dump import dump, restore
+from ckpt.image.pb import core_pb2, process_pb2
+from ckpt.image.reader import Image
 from ckpt.kernel.signals import SA_RESTART, SA_RESTORER, SA_SIGINFO, SI_QUEUE, SI_TKILL, SI_USER, siginfo_code
 from ckpt.procfs import snapshot
 from ckpt.resources import signals
 from resources_helpers import need_root, start_helper, status_of
 from targets import tracer_of, wait_until
+from test_dump_restore import _forget
 
 pytestmark = need_root
 SIGRTMIN = signal.SIGRTMIN  # glibc's (34 here), as the C target uses it
@@ -38,7 +41,9 @@ def test_sigactions_and_pending_round_trip(c_target) -> None:
 
     with freeze(t.pid) as proc, snapshot(t.pid) as snap:
         entry = signals.dump(proc, snap)
-        mine = signals.dump_thread_pending(proc, snap, t.pid)
+        core = core_pb2.ThreadCore(tid=t.pid)
+        signals.dump_pending(proc, entry, [core])
+        mine = list(core.pending)
     after = status_of(t.pid)
     for key in ("SigCgt", "SigIgn", "ShdPnd", "SigPnd", "SigBlk", "SigQ"):
         assert after[key] == before[key], key
@@ -109,3 +114,28 @@ def test_malformed_pending_signal_is_refused(c_target) -> None:
         with pytest.raises(ValueError, match="malformed"):
             signals.restore_pending(hp.injector(), [common_pb2.PendingSignal(signo=10, siginfo=b"short")])
     assert h.alive() and tracer_of(h.pid) == 0
+
+
+def test_signal_arriving_while_frozen_is_in_the_image(c_target, tmp_path, restored) -> None:  # noqa: ANN001
+    """A signal sent while the dump holds the target frozen is taken by the first injected syscall
+    (held back by the injector): it must still be in the image, so a killed target loses nothing."""
+    t = c_target("resources", "signals")
+    t.ready()
+
+    def on_progress(event) -> None:  # noqa: ANN001
+        if event.phase == "frozen":
+            os.kill(t.pid, signal.SIGUSR1)  # not blocked: the next injected syscall dequeues it
+
+    dump(t.pid, tmp_path / "img", progress=on_progress)
+    _forget(t)
+    img = Image.open(tmp_path / "img")
+    held = [(p.signo, siginfo_code(p.siginfo)) for p in img.threads(t.pid)[0].pending]
+    assert (signal.SIGUSR1, SI_USER) in held, held
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    # Delivered after the restore without being sent again: the handler reports it, then the queue.
+    assert t.expect("USR1", 10) == "USR1 code=0"
+    lines = []
+    while (line := t.readline()) != "END":
+        lines.append(line)
+    assert f"PENDING sig={signal.SIGUSR2} code=-1 val=42 pid={t.pid}" in lines
