@@ -5,7 +5,8 @@ target dying, a full disk, Ctrl-C — the ``freeze`` context puts every thread
 back running exactly as before and the ImageWriter context removes the
 temporary directory, so neither a half image nor a stopped target is left.
 Only after the image is committed is the target killed (the default, like
-CRIU) or released (``leave_running``).
+CRIU); with ``leave_running`` it is released as soon as its pages are read,
+and the image is finished (last frames compressed, fsync, rename) while it runs.
 
 ``restore()`` lives in :mod:`ckpt.restore`; it is re-exported here so the API
 layer has one module to import.
@@ -251,9 +252,15 @@ def dump(
                                                on_bytes=(lambda n: step("memory", n)) if progress else None)
                 keep = inc is not None and track_mem and (leave_running or leave_stopped)
                 tracking = inc.tracking_info(w) if keep and inc is not None else None
+                if leave_running:
+                    # Every page has been read: the target runs on while the last frames are
+                    # compressed and the image is synced (a failure from here still leaves no image).
+                    proc.release()
+                    t_thawed = time.monotonic()
                 t_commit = time.monotonic()
                 w.commit(processes=[ProcessInfo(pid, stat.ppid, tuple(c.tid for c in cores), stat.starttime,
                                                 tracking)])
+                t_committed = time.monotonic()
                 stored = pw.close()  # already closed by commit: returns its stats
                 step("committed")
             if leave_stopped:
@@ -262,7 +269,8 @@ def dump(
                 os.kill(pid, signal.SIGSTOP)
             elif not leave_running:
                 _kill_frozen(proc)
-            t_thawed = time.monotonic()
+            if not leave_running:
+                t_thawed = time.monotonic()
     except BaseException as exc:
         if proc is not None:
             _collect_if_dead(proc)
@@ -283,7 +291,7 @@ def dump(
         pid=pid, image_dir=os.path.abspath(image_dir), threads=len(cores), vmas=len(vmas),
         pages_stored=pstats.pages_stored, pages_zero=pstats.pages_zero, bytes_read=pstats.bytes_read,
         stored_bytes=stored.stored_bytes, frozen_seconds=t_thawed - t_frozen,
-        memory_read_seconds=t_commit - t_mem, write_seconds=(t_mem - t_rec) + (t_thawed - t_commit),
+        memory_read_seconds=t_commit - t_mem, write_seconds=(t_mem - t_rec) + (t_committed - t_commit),
         total_seconds=t_end - t0, left_running=leave_running,
         left_stopped=leave_stopped, notes=tuple(notes),
     )
