@@ -25,6 +25,7 @@ from that parent is a full one, with the warning.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -137,6 +138,24 @@ def _state_from_image(image: Image, pid: int, start_time: int) -> tuple[Tracking
     t = info.tracking
     digests = _digests_file(image.path, pid) if t.method == "hash" else ""
     return TrackingState(t.method, pid, start_time, t.parked_fd, t.uffd_inode, digests_path=digests), ""
+
+
+def _moved_on(pid: int, start_time: int, parent: Image) -> str:
+    """Why the parked userfaultfd no longer serves ``parent`` ("" if it does, or if nobody can tell).
+
+    Its written-page bits were cleared by the last image that collected from it:
+    a second pre-dump from an older parent (a branch) would get only the writes
+    since that newer image and miss the ones before it.  The state file names
+    that image; without a state file (it could not be saved) the parent is trusted.
+    """
+    try:
+        st = TrackingState.load(tracking_state_path(pid))
+    except (OSError, ValueError, TypeError):
+        return ""
+    if st.pid != pid or st.start_time != start_time or not st.image_id or st.image_id == parent.id:
+        return ""
+    return (f"the tracking of process {pid} has moved on to a later image ({st.image_id}) than the parent "
+            f"{parent.path}, so a delta from it would miss writes")
 
 
 def _in_parent(chain: Sequence[Image], pid: int) -> list[Interval]:
@@ -261,6 +280,7 @@ class DeltaSession:
     notes: list[str]
     collect_seconds: float = 0.0
     dirty_pages: int = 0
+    image_id: str = ""  # of the image being written (recorded in the state file by keep())
 
     @property
     def method(self) -> str:
@@ -291,6 +311,7 @@ class DeltaSession:
 
     def tracking_info(self, w: ImageWriter) -> TrackingInfo:
         """What the image records so the next delta re-attaches; hash digests are written into ``w``."""
+        self.image_id = w.image_id
         if isinstance(self.tracker, HashTracker):
             _write_digests(w, self.tracker)
             return TrackingInfo("hash")
@@ -317,7 +338,7 @@ class DeltaSession:
             self.tracker.stop()  # the digests are in the image now
             return notes
         try:
-            state = self.tracker.detach()
+            state = dataclasses.replace(self.tracker.detach(), image_id=self.image_id)
         except TrackingLost as e:
             return [f"{e}; the next pre-dump will be a full one"]
         note = _save_state_file(state)
@@ -344,6 +365,17 @@ def _open_session(pid: int, parent: str | os.PathLike[str] | None, method: str |
         state, why = _state_from_image(chain[-1], pid, start_time)
         if state is not None and method is not None and state.method != method:
             state, why = None, f"the parent was tracked with {state.method}, --track asks for {method}"
+        if state is not None and state.method == "uffd-wp" and (why := _moved_on(pid, start_time, chain[-1])):
+            # The parked userfaultfd is fine, only its bits are relative to another image: take
+            # it over (a second one would be left in the target) and clear it before the full copy.
+            t0 = time.monotonic()
+            try:
+                tracker = open_tracker(pid, state=state)
+                tracker.collect()
+                notes.append(f"{why}: writing a full image instead of a delta")
+                return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0)
+            except TrackingLost as e:
+                state, why = None, e.reason
         if state is not None:
             t0 = time.monotonic()
             try:

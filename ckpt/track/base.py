@@ -251,6 +251,9 @@ class TrackingState:
     recognised by ``uffd_inode`` (unique per userfaultfd).  hash: the digests
     live in ``digests_path``.  ``start_time`` pins the pid to one process.
     The image inventory keeps (method, parked_fd, uffd_inode) as TrackingState.
+    ``image_id``: the image whose get+clear the tracker served last — the
+    only parent a delta from it can be right for (a parked userfaultfd is
+    one clear-state shared by every image that recorded it).
     """
 
     method: str
@@ -261,6 +264,7 @@ class TrackingState:
     digests_path: str = ""
     include: tuple[Interval, ...] | None = None
     exclude: tuple[Interval, ...] = ()
+    image_id: str = ""
 
     @property
     def ranges(self) -> RangeSpec:

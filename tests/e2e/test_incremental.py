@@ -182,3 +182,21 @@ def test_incremental_store(c_target, tmp_path: Path, restored: list[int]) -> Non
     truth, _ = _final_dump(t, area, store / "4", store / "3")
     assert api.resolve_image_dir(store) == str(store / "4")
     _check_restored(store, t, area, truth, restored)  # -D STORE = the newest
+
+
+def test_branch_from_an_older_parent_is_a_full_predump(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """uffd-wp keeps one clear-state: after 1 → 2, a pre-dump from 1 again would miss the writes
+    between 1 and 2.  It must become a full copy with a warning, and restore every write."""
+    t, area = _writer(c_target)
+    pre_dump(t.pid, tmp_path / "1")
+    time.sleep(0.1)
+    assert not pre_dump(t.pid, tmp_path / "2", parent=tmp_path / "1").full
+    time.sleep(0.1)
+    branch = pre_dump(t.pid, tmp_path / "2b", parent=tmp_path / "1")
+    assert branch.full and branch.parent is None and branch.pages_stored >= NPAGES
+    assert any("moved on" in n for n in branch.notes), branch.notes
+    # the branch is now the tip: a delta from it is a delta again, and the chain restores every write
+    time.sleep(0.1)
+    assert not pre_dump(t.pid, tmp_path / "3", parent=tmp_path / "2b").full
+    truth, _ = _final_dump(t, area, tmp_path / "final", tmp_path / "3")
+    _check_restored(tmp_path / "final", t, area, truth, restored)
