@@ -47,13 +47,14 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 
 from ckpt.errors import ChainError, ImageError, NotAnImage
 from ckpt.image import kinds
-from ckpt.image.reader import Image, iter_stream
+from ckpt.image.reader import ChunkReader, Image, chunk_pieces, iter_stream
 from ckpt.image.records import Pagemap, PageSource, PageState
 
-__all__ = ["MAX_CHAIN_LENGTH", "walk_chain", "open_chain", "resolve_pages", "iter_chain_pages"]
+__all__ = ["MAX_CHAIN_LENGTH", "walk_chain", "open_chain", "resolve_pages", "iter_chain_pages", "chain_chunk_jobs"]
 
 #: A chain longer than this is treated as broken (it would be a loop we failed to see).
 MAX_CHAIN_LENGTH = 10_000
@@ -212,3 +213,34 @@ def iter_chain_pages(
         wanted = sorted(by_image[index])
         with image.chunk_reader(pm) as reader:
             yield from iter_stream(reader, pm, wanted)
+
+
+#: One chunk to load and the pieces of it to use: (reader, chunk index, [(vaddr, start, nbytes)]).
+ChunkJob = tuple[ChunkReader, int, list[tuple[int, int, int]]]
+
+
+@contextmanager
+def chain_chunk_jobs(chain: Sequence[Image], owner: int | str,
+                     sources: Sequence[PageSource] | None = None) -> Iterator[list[ChunkJob]]:
+    """The chunks :func:`iter_chain_pages` would load, as jobs for callers with threads of their own.
+
+    Same pages, same rule (each from the newest image holding it); the
+    readers stay open for the ``with`` block.  Load each job with
+    :meth:`ChunkReader.load_into` on any thread: pieces of different jobs
+    never overlap in the address space, so their order does not matter.
+    """
+    if sources is None:
+        sources = resolve_pages(chain, owner)
+    key = kinds.owner_name(owner)
+    by_image: dict[int, list[tuple[int, int, int]]] = {}
+    for s in sources:
+        if s.image is not None:
+            by_image.setdefault(s.image, []).append((s.data_offset, s.vaddr, s.nr_pages * chain[s.image].page_size))
+    with ExitStack() as stack:
+        jobs: list[ChunkJob] = []
+        for index in sorted(by_image):
+            image = chain[index]
+            pm = image.pagemap(key)
+            reader = stack.enter_context(image.chunk_reader(pm))
+            jobs.extend((reader, i, pieces) for i, pieces in chunk_pieces(reader.path, pm, sorted(by_image[index])))
+        yield jobs

@@ -42,7 +42,7 @@ from ckpt.image.records import (
 if TYPE_CHECKING:
     from ckpt.image.verify import Problem
 
-__all__ = ["Image", "ChunkReader", "decode_records", "read_record_file", "iter_stream"]
+__all__ = ["Image", "ChunkReader", "decode_records", "read_record_file", "iter_stream", "chunk_pieces"]
 
 #: Threads reading and decompressing chunks ahead of the consumer (see ChunkReader.plan).
 READ_AHEAD_WORKERS = 2
@@ -190,6 +190,21 @@ class ChunkReader:
         self.loaded, self._view = index, out
         return out
 
+    @property
+    def buffer_sizes(self) -> tuple[int, int]:
+        """Bytes :meth:`load_into` needs: (stored, raw) of this file's biggest chunk."""
+        return self._in_size, self._out_size
+
+    def load_into(self, index: int, inbuf: bytearray, outbuf: bytearray) -> memoryview:
+        """Like :meth:`load`, on any thread, into the caller's buffers (see :attr:`buffer_sizes`).
+
+        For callers that spread chunks over their own threads: restore writes
+        each chunk's pages from the thread that decompressed it.
+        """
+        if len(inbuf) < self._in_size or len(outbuf) < self._out_size:
+            raise ValueError(f"buffers of {len(inbuf)}/{len(outbuf)} bytes, chunks need {self._in_size}/{self._out_size}")
+        return self._fetch(index, inbuf, outbuf)
+
     def _fetch(self, index: int, inbuf: bytearray, outbuf: bytearray) -> memoryview:
         """Read chunk ``index`` into ``inbuf``, check it, decompress into ``outbuf`` (any thread)."""
         chunk = self._pagemap.chunks[index]
@@ -289,6 +304,34 @@ def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[in
             data_offset += take
             vaddr += take
             nbytes -= take
+
+
+def chunk_pieces(path: str, pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]
+                 ) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """``wanted`` (sorted (data_offset, vaddr, nbytes)) as [(chunk index, [(vaddr, start in chunk, nbytes)])].
+
+    The same cut as :func:`iter_stream`, without loading anything: each chunk's
+    pieces can then be loaded and used on any thread, in any order.
+    """
+    starts = [c.data_offset for c in pagemap.chunks]
+    out: list[tuple[int, list[tuple[int, int, int]]]] = []
+    for data_offset, vaddr, nbytes in wanted:
+        while nbytes > 0:
+            index = bisect.bisect_right(starts, data_offset) - 1
+            if index < 0:
+                raise CorruptImage(path, f"page data at stream offset {data_offset:#x} is in no chunk")
+            chunk = pagemap.chunks[index]
+            start = data_offset - chunk.data_offset
+            if start >= chunk.raw_length:
+                raise CorruptImage(path, f"page data at stream offset {data_offset:#x} is past the last chunk")
+            take = min(nbytes, chunk.raw_length - start)
+            if not out or out[-1][0] != index:
+                out.append((index, []))
+            out[-1][1].append((vaddr, start, take))
+            data_offset += take
+            vaddr += take
+            nbytes -= take
+    return out
 
 
 def _chunk_order(starts: Sequence[int], pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]) -> list[int]:

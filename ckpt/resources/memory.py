@@ -29,18 +29,21 @@ mm_struct fields and the exe link with ``prctl(PR_SET_MM, PR_SET_MM_MAP)``.
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..control.inject import Injector, Scratch
 
 from ..errors import CkptError, RestoreError, Unsupported
-from ..image.chain import iter_chain_pages, resolve_pages
+from ..image.chain import chain_chunk_jobs, resolve_pages
 from ..image.pb import common_pb2, mm_pb2
-from ..image.reader import Image
+from ..image.reader import ChunkReader, Image
 from ..image.store import PageWriter
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
 from ..kernel.mman import (
@@ -67,6 +70,8 @@ SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL
 _SPECIAL_NAMES = {"[vdso]": Kind.VDSO, "[vvar]": Kind.VVAR, "[vvar_vclock]": Kind.VVAR_VCLOCK,
                   "[vsyscall]": Kind.VSYSCALL}
 _AT_FDCWD = -100
+#: Threads that restore page data, each decompressing and writing whole chunks: one per core here.
+FILL_THREADS = min(4, os.cpu_count() or 2)
 
 
 # ---------------------------------------------------------------------------
@@ -396,13 +401,39 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
     stored = zero = nbytes = 0
     total = sum(s.nr_pages for s in sources if s.image is not None) * PAGE_SIZE
     reported = 0
-    for vaddr, view in iter_chain_pages(chain, pid, sources):
-        write(vaddr, view)
-        stored += len(view) // PAGE_SIZE
-        nbytes += len(view)
-        if on_bytes is not None and nbytes - reported >= 1 << 20:
-            on_bytes(nbytes, total)
-            reported = nbytes
+    local = threading.local()
+
+    def fill_chunk(reader: ChunkReader, index: int, pieces: list[tuple[int, int, int]]) -> int:
+        """One chunk: read, check, decompress and write its pages, all on this worker thread."""
+        need_in, need_out = reader.buffer_sizes
+        bufs = getattr(local, "bufs", None)
+        if bufs is None or len(bufs[0]) < need_in or len(bufs[1]) < need_out:
+            bufs = local.bufs = (bytearray(need_in), bytearray(need_out))
+        raw = reader.load_into(index, *bufs)
+        for vaddr, start, n in pieces:
+            write(vaddr, raw[start:start + n])
+        return sum(n for _, _, n in pieces)
+
+    # Every chunk is decompressed and written by the same thread, FILL_THREADS chunks at a
+    # time: decompression and the page faults of the writes then use every core, instead of
+    # one thread writing while others decompress (pieces of two chunks never overlap).
+    with chain_chunk_jobs(chain, pid, sources) as jobs, \
+            ThreadPoolExecutor(max_workers=FILL_THREADS, thread_name_prefix="ckpt-fill") as pool:
+        pending: collections.deque[Future[int]] = collections.deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(fill_chunk, *job))
+                while pending and (len(pending) > 2 * FILL_THREADS or pending[0].done()):
+                    nbytes += pending.popleft().result()
+                    if on_bytes is not None and nbytes - reported >= 1 << 20:
+                        on_bytes(nbytes, total)
+                        reported = nbytes
+            while pending:
+                nbytes += pending.popleft().result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    stored = nbytes // PAGE_SIZE
     if on_bytes is not None:
         on_bytes(nbytes, total)
     zeros = memoryview(bytearray(1 << 20))
