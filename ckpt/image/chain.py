@@ -190,6 +190,18 @@ def resolve_pages(chain: Sequence[Image], owner: int | str) -> list[PageSource]:
     return merged
 
 
+def _wanted_by_image(chain: Sequence[Image], owner: int | str, sources: Sequence[PageSource] | None
+                     ) -> dict[int, list[tuple[int, int, int]]]:
+    """Per chain index, the (data_offset, vaddr, nbytes) pieces to read from that image."""
+    if sources is None:
+        sources = resolve_pages(chain, owner)
+    by_image: dict[int, list[tuple[int, int, int]]] = {}
+    for s in sources:
+        if s.image is not None:
+            by_image.setdefault(s.image, []).append((s.data_offset, s.vaddr, s.nr_pages * chain[s.image].page_size))
+    return by_image
+
+
 def iter_chain_pages(
     chain: Sequence[Image], owner: int | str, sources: Sequence[PageSource] | None = None
 ) -> Iterator[tuple[int, memoryview]]:
@@ -200,13 +212,8 @@ def iter_chain_pages(
     image (base first), in address order within an image; every chunk is
     checked before use, and each view is valid only until the next item.
     """
-    if sources is None:
-        sources = resolve_pages(chain, owner)
     key = kinds.owner_name(owner)
-    by_image: dict[int, list[tuple[int, int, int]]] = {}
-    for s in sources:
-        if s.image is not None:
-            by_image.setdefault(s.image, []).append((s.data_offset, s.vaddr, s.nr_pages * chain[s.image].page_size))
+    by_image = _wanted_by_image(chain, owner, sources)
     for index in sorted(by_image):
         image = chain[index]
         pm = image.pagemap(key)
@@ -229,13 +236,8 @@ def chain_chunk_jobs(chain: Sequence[Image], owner: int | str,
     :meth:`ChunkReader.load_into` on any thread: pieces of different jobs
     never overlap in the address space, so their order does not matter.
     """
-    if sources is None:
-        sources = resolve_pages(chain, owner)
     key = kinds.owner_name(owner)
-    by_image: dict[int, list[tuple[int, int, int]]] = {}
-    for s in sources:
-        if s.image is not None:
-            by_image.setdefault(s.image, []).append((s.data_offset, s.vaddr, s.nr_pages * chain[s.image].page_size))
+    by_image = _wanted_by_image(chain, owner, sources)
     with ExitStack() as stack:
         jobs: list[ChunkJob] = []
         for index in sorted(by_image):
