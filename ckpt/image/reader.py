@@ -283,35 +283,26 @@ def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[in
     """Yield (vaddr, bytes) for ``wanted`` = sorted (data_offset, vaddr, nbytes) pieces.
 
     Each chunk is loaded (and checked) at most once; a piece that spans chunks
-    is yielded in parts.  Views are valid until the next item.  The chunks
-    needed are announced to the reader first (:meth:`ChunkReader.plan`), so the
-    next ones are decompressed while the caller handles the current one.
+    is yielded in parts (cut by :func:`chunk_pieces`).  Views are valid until
+    the next item.  The chunks needed are announced to the reader first
+    (:meth:`ChunkReader.plan`), so the next ones are decompressed while the
+    caller handles the current one.
     """
-    starts = [c.data_offset for c in pagemap.chunks]
-    reader.plan(_chunk_order(starts, pagemap, wanted))
-    for data_offset, vaddr, nbytes in wanted:
-        while nbytes > 0:
-            index = bisect.bisect_right(starts, data_offset) - 1
-            if index < 0:
-                raise CorruptImage(reader.path, f"page data at stream offset {data_offset:#x} is in no chunk")
-            chunk = pagemap.chunks[index]
-            start = data_offset - chunk.data_offset
-            if start >= chunk.raw_length:
-                raise CorruptImage(reader.path, f"page data at stream offset {data_offset:#x} is past the last chunk")
-            raw = reader.load(index)
-            take = min(nbytes, chunk.raw_length - start)
+    jobs = chunk_pieces(reader.path, pagemap, wanted)
+    reader.plan([index for index, _ in jobs])
+    for index, pieces in jobs:
+        raw = reader.load(index)
+        for vaddr, start, take in pieces:
             yield vaddr, raw[start : start + take]
-            data_offset += take
-            vaddr += take
-            nbytes -= take
 
 
 def chunk_pieces(path: str, pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]
                  ) -> list[tuple[int, list[tuple[int, int, int]]]]:
     """``wanted`` (sorted (data_offset, vaddr, nbytes)) as [(chunk index, [(vaddr, start in chunk, nbytes)])].
 
-    The same cut as :func:`iter_stream`, without loading anything: each chunk's
-    pieces can then be loaded and used on any thread, in any order.
+    Nothing is loaded: :func:`iter_stream` loads the chunks in this order, and
+    callers with threads of their own can load and use each chunk's pieces on
+    any thread, in any order.
     """
     starts = [c.data_offset for c in pagemap.chunks]
     out: list[tuple[int, list[tuple[int, int, int]]]] = []
@@ -332,20 +323,6 @@ def chunk_pieces(path: str, pagemap: Pagemap, wanted: Sequence[tuple[int, int, i
             vaddr += take
             nbytes -= take
     return out
-
-
-def _chunk_order(starts: Sequence[int], pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]) -> list[int]:
-    """The chunks iter_stream will load for ``wanted``, in order, each once (bad offsets are left to it)."""
-    order: list[int] = []
-    for data_offset, _, nbytes in wanted:
-        if nbytes <= 0:
-            continue
-        first = max(0, bisect.bisect_right(starts, data_offset) - 1)
-        last = bisect.bisect_right(starts, data_offset + nbytes - 1) - 1
-        for index in range(first, last + 1):
-            if not order or index > order[-1]:
-                order.append(index)
-    return order
 
 
 class Image:

@@ -398,7 +398,7 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
             off += take
 
     sources = resolve_pages(chain, pid)
-    stored = zero = nbytes = 0
+    zero = nbytes = 0
     total = sum(s.nr_pages for s in sources if s.image is not None) * PAGE_SIZE
     reported = 0
     local = threading.local()
