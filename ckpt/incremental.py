@@ -49,7 +49,7 @@ from .track import DirtySet, Tracker, TrackingLost, TrackingState, open_tracker
 from .track.base import merge_runs
 from .track.hash import HashTracker
 from .track.uffd_wp import UffdWpTracker, _parked_inode
-from .track.watch import tracking_state_path
+from .track.watch import tracking_state_path, tracking_states
 
 __all__ = ["PreDumpStats", "DeltaSession", "pre_dump", "begin_dump", "store_next", "store_latest",
            "resolve_image_dir", "parked_tracker_fds", "Interval"]
@@ -227,17 +227,16 @@ def parked_tracker_fds(pid: int, tracker: Tracker | None = None) -> frozenset[in
 
     From the tracker in hand and from the state file ``ckpt track --start`` /
     ``pre-dump`` left (a plain ``dump`` of a tracked process must not save it either).
+    A child forked by a tracked process inherits the parked fd (same number,
+    same userfaultfd: its own memory is not tracked by it, fork without
+    UFFD_FEATURE_EVENT_FORK drops the registrations), so every state file is
+    a candidate, not only ``pid``'s own.
     """
     found: set[int] = set()
     cands: list[tuple[int, int]] = []
     if isinstance(tracker, UffdWpTracker) and tracker.parked_fd >= 0:
         cands.append((tracker.parked_fd, tracker.inode))
-    try:
-        st = TrackingState.load(tracking_state_path(pid))
-        if st.method == "uffd-wp" and st.pid == pid:
-            cands.append((st.parked_fd, st.uffd_inode))
-    except (OSError, ValueError, TypeError):
-        pass
+    cands.extend((st.parked_fd, st.uffd_inode) for st in tracking_states() if st.method == "uffd-wp")
     for fd, inode in cands:
         if fd >= 0 and _parked_inode(pid, fd) == inode:
             found.add(fd)

@@ -98,6 +98,22 @@ def tracking_state_path(pid: int) -> str:
     return os.path.join(os.environ.get("CKPT_STATE_DIR", STATE_DIR_DEFAULT), f"track-{pid}.json")
 
 
+def tracking_states() -> list[TrackingState]:
+    """Every readable state file: the trackers parked by this machine's ckpt runs (some may be stale)."""
+    d = os.environ.get("CKPT_STATE_DIR", STATE_DIR_DEFAULT)
+    try:
+        names = sorted(n for n in os.listdir(d) if n.startswith("track-") and n.endswith(".json"))
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        try:
+            out.append(TrackingState.load(os.path.join(d, n)))
+        except (OSError, ValueError, TypeError):
+            continue  # half-written or foreign: not evidence of anything
+    return out
+
+
 def track_start(pid: int, *, method: str | None = None, ranges: "tuple[tuple[int, int], ...] | None" = None,
                 exclude: "tuple[tuple[int, int], ...]" = ()) -> TrackingState:
     """Start tracking ``pid`` and leave it running (parked) for later ``ckpt`` processes; saves the state file."""
