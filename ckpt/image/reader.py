@@ -220,7 +220,8 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: cannot read: {exc.strerror}") from exc
         if got != chunk.length:
             raise CorruptImage(self.path, f"{where}: truncated, read {got} of {chunk.length} bytes")
-        if zlib.crc32(stored) != chunk.crc32:
+        # Format 2 leaves zstd frames to their own checksum (crc32 0); format 1 had both.
+        if (chunk.codec is Codec.NONE or chunk.crc32) and zlib.crc32(stored) != chunk.crc32:
             raise CorruptImage(self.path, f"{where}: CRC-32 mismatch, the stored bytes were altered")
         if chunk.codec is Codec.NONE:
             if chunk.length != chunk.raw_length:
@@ -240,6 +241,9 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: not a zstd frame ({exc})") from None
         if size != out.nbytes:
             raise CorruptImage(self.path, f"{where}: zstd frame holds {size} bytes, pagemap says {out.nbytes}")
+        if not zstandard.get_frame_parameters(stored).has_checksum:
+            # ckpt always writes the checksum; without it (a flipped header bit) nothing checks the data.
+            raise CorruptImage(self.path, f"{where}: zstd frame without its content checksum")
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()

@@ -76,7 +76,7 @@ def _rewrite_inventory(image_dir: Path, mutate: Callable[[inventory_pb2.Inventor
     path = image_dir / "inventory.img"
     inv = Image.open(image_dir).inventory
     mutate(inv)
-    path.write_bytes(framing.encode_file(kinds.INVENTORY.magic, [inv.SerializeToString()]))
+    path.write_bytes(framing.encode_file(kinds.INVENTORY.magic, [inv.SerializeToString()], version=inv.format_version))
 
 
 # -- truncated -------------------------------------------------------------------
