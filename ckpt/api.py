@@ -137,7 +137,9 @@ def _parent_dir(image_dir: str | os.PathLike[str], prev: str | os.PathLike[str] 
 
 
 def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
-             track: str | None = None, incremental: bool = False, compress_level: int | None = 1) -> "PreDumpStats":
+             track: str | None = None, incremental: bool = False, compress_level: int | None = 1,
+             ranges: Sequence[tuple[int, int]] | None = None,
+             exclude: Sequence[tuple[int, int]] | None = None) -> "PreDumpStats":
     """Copy the memory of ``pid`` while it runs into a PRE_DUMP image; tracking stays parked in it.
 
     A relative ``prev_images_dir`` is taken relative to ``image_dir``, as CRIU does.
@@ -148,15 +150,28 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: st
     ``image_dir`` is a store of numbered checkpoints; the next number is
     created with the newest as parent.  A lost tracking state gives a full
     image and a note (``stats.notes``), never a wrong delta.
+
+    ``ranges`` / ``exclude``: ``(start, end)`` page-aligned address pairs that
+    narrow what is copied and tracked (default: the whole process) — the
+    first pre-dump copies every page of the selection and tracks only it,
+    later ones copy the pages written in it.  Memory outside the selection is
+    not copied by pre-dumps; the final :func:`dump_delta` copies it in full,
+    so its image is complete.  The selection is recorded in the image: leaving
+    both out keeps the parent's; giving a different one makes this pre-dump a
+    full copy of the new selection (a note says so) that starts a new chain.
+    A range matching no mapping, or a selection leaving nothing to copy, is a
+    :class:`UsageError` raised before the target is touched.
     """
-    from .incremental import pre_dump as _pre_dump, store_next
+    from .incremental import check_ranges, pre_dump as _pre_dump, store_next
 
     if incremental:
         if prev_images_dir is not None:
             raise UsageError("--incremental picks the parent itself; leave out --prev-images-dir")
+        if ranges is not None or exclude is not None:
+            check_ranges(pid, ranges, exclude)  # bad input creates no store either
         image_dir, prev_images_dir = store_next(image_dir)
     return _pre_dump(pid, image_dir, parent=_parent_dir(image_dir, prev_images_dir), method=track,
-                     compress_level=compress_level)
+                     compress_level=compress_level, ranges=ranges, exclude=exclude)
 
 
 def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
@@ -164,6 +179,10 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
                leave_running: bool = False, compress_level: int | None = 1, shell_job: bool = False,
                tcp_close: bool = False) -> "DumpStats":
     """The final, frozen, complete checkpoint as a delta of ``prev_images_dir`` (an INCREMENTAL image).
+
+    Tracking is taken over with the address ranges the parent recorded; every
+    page outside them (never copied by pre-dumps, or not tracked since the
+    parent) is copied in full, so the image is complete whatever the selection.
 
     Tracking ends with it unless ``track_mem`` (and the target is left
     running): then it stays parked and the image records it, for the next

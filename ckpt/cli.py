@@ -212,12 +212,19 @@ def _delta_flags(sp: argparse.ArgumentParser) -> None:
 
 def _cmd_pre_dump(args: argparse.Namespace) -> int:
     from . import api
+    from .incremental import format_ranges
+    from .track.base import RangeSpec, parse_ranges
 
     level = None if args.no_compress else args.compress
+    # `is not None`: an empty --ranges "" is an error, not "no option"
+    ranges = parse_ranges(args.ranges) if args.ranges is not None else None
+    exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges is not None else None
     s = api.pre_dump(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir, track=args.track,
-                     incremental=args.incremental, compress_level=level)
+                     incremental=args.incremental, compress_level=level, ranges=ranges, exclude=exclude)
     _warn_notes(s.notes)
-    print(f"pre-dump {s.image_dir}: {'full' if s.full else 'delta'} [{s.method}], {s.pages_stored} pages copied, "
+    sel = RangeSpec(s.include, s.exclude)
+    where = f" of ranges {format_ranges(sel)}" if sel != RangeSpec() else ""
+    print(f"pre-dump {s.image_dir}: {'full' if s.full else 'delta'} [{s.method}]{where}, {s.pages_stored} pages copied, "
           f"{s.pages_parent} in parent, {s.pages_zero} zero; get+clear {s.collect_seconds * 1e3:.1f} ms, "
           f"copy {s.copy_seconds * 1e3:.1f} ms")
     _write_json_stats(args.json_stats, s)
@@ -316,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
     sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="image directory to create (a store with --incremental)")
     _delta_flags(sp)
+    sp.add_argument("--ranges", metavar="A-B,...",
+                    help="copy and track only these hex address ranges (default: the whole process): the first "
+                         "pre-dump copies all their pages, later ones the pages written in them; memory outside "
+                         "is not copied by pre-dumps, the final dump copies it in full. Recorded in the image: "
+                         "left out, the parent's ranges are kept; different ranges give a warning and a full "
+                         "copy of the new ones (a new chain)")
+    sp.add_argument("--exclude-ranges", metavar="A-B,...",
+                    help="do not copy or track these hex address ranges (same rules as --ranges; giving either "
+                         "option replaces the parent's whole selection)")
     level = sp.add_mutually_exclusive_group()
     level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")

@@ -15,6 +15,17 @@ The rules of DESIGN §2 ("Tracking lifecycle") that this module obeys:
 * a page is marked PARENT only when it is clean *and* the parent chain really
   holds it (:func:`ckpt.resources.memory.dump_pages_delta`); otherwise it is copied.
 
+Address-range selection (``pre-dump --ranges/--exclude-ranges``): a pre-dump
+copies and tracks only the selected ranges (:class:`RangeSpec`); memory
+outside them is left out of its pagemap.  The selection is recorded with the
+image's tracking state (inventory, ``TrackingState.include/exclude``) and in
+the state file, so the next pre-dump of the chain keeps it.  The final ``dump`` re-attaches with
+the same selection but dumps the whole layout: every page outside the tracked
+ranges is dirty to :func:`_dirty_intervals`, so it is copied in full, whatever
+the parent holds — the image is complete.  Correctness never rests on the
+recorded selection: without it tracking covers the whole process, and a range
+no tracker watched is copied in full.
+
 When the parent's tracking cannot be trusted (another process behind the pid,
 the parked fd closed or replaced, the target exec'd, no tracking recorded)
 the delta becomes a full copy and a warning says why — never a silently wrong
@@ -46,13 +57,14 @@ from .procfs.stat import read_stat
 from .procfs.task import list_tids, read_starttime
 from .resources import memory
 from .track import DirtySet, Tracker, TrackingLost, TrackingState, open_tracker
-from .track.base import merge_runs
+from .track.base import RangeSpec, merge_runs, subtract_intervals
 from .track.hash import HashTracker
 from .track.uffd_wp import UffdWpTracker, _parked_inode
 from .track.watch import tracking_state_path, tracking_states
 
 __all__ = ["PreDumpStats", "DeltaSession", "pre_dump", "begin_dump", "store_next", "store_latest",
-           "resolve_image_dir", "parked_tracker_fds", "Interval"]
+           "resolve_image_dir", "parked_tracker_fds", "Interval", "normalize_ranges", "format_ranges",
+           "check_ranges"]
 
 Interval = tuple[int, int]
 _EVERYTHING: list[Interval] = [(0, TASK_SIZE_MAX)]
@@ -77,6 +89,8 @@ class PreDumpStats:
     copy_seconds: float
     total_seconds: float
     notes: tuple[str, ...] = field(default=())
+    include: tuple[Interval, ...] | None = None  # the selected address ranges (None: the whole process)
+    exclude: tuple[Interval, ...] = ()
 
 
 # --- numbered stores (--incremental) ----------------------------------------
@@ -117,6 +131,105 @@ def resolve_image_dir(path: str | os.PathLike[str]) -> str:
         raise UsageError(f"{path}: the newest checkpoint {latest} is a pre-dump (memory only)",
                          hint="finish the chain with `ckpt dump --incremental` (or --prev-images-dir) first")
     return latest
+
+
+# --- address-range selection ----------------------------------------------------
+
+def _merged(intervals: Sequence[Interval], option: str) -> tuple[Interval, ...]:
+    """Sorted intervals with overlapping or touching ones joined; UsageError on a bad one."""
+    out: list[list[int]] = []
+    for s, e in sorted((int(s), int(e)) for s, e in intervals):
+        if s < 0 or s >= e or s % PAGE_SIZE or e % PAGE_SIZE:
+            raise UsageError(f"bad address range {s:#x}-{e:#x} in {option}: start must be below end "
+                             "and both page-aligned")
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return tuple((s, e) for s, e in out)
+
+
+def normalize_ranges(include: Sequence[Interval] | None, exclude: Sequence[Interval] | None = None) -> RangeSpec:
+    """A :class:`RangeSpec` in one canonical form (sorted, merged), so two selections compare equal."""
+    inc = None if include is None else _merged(include, "--ranges")
+    if inc is not None and not inc:
+        raise UsageError("--ranges names no address range")
+    return RangeSpec(inc, _merged(exclude or (), "--exclude-ranges"))
+
+
+def format_ranges(spec: RangeSpec) -> str:
+    """For messages: ``all``, ``A-B,C-D``, ``all minus X-Y`` …"""
+    def fmt(ivs: Sequence[Interval]) -> str:
+        return ",".join(f"{s:x}-{e:x}" for s, e in ivs)
+
+    text = "all" if spec.include is None else fmt(spec.include)
+    return f"{text} minus {fmt(spec.exclude)}" if spec.exclude else text
+
+
+def _narrowed(spec: RangeSpec) -> bool:
+    return spec.include is not None or bool(spec.exclude)
+
+
+def _recorded_ranges(image: Image, pid: int, start_time: int) -> RangeSpec:
+    """The selection the tracking behind ``image`` covers: from the image, else the state file naming it.
+
+    The state file covers images that carry no tracking of their own.
+    Neither: the whole process — always safe, since a range no tracker
+    watched is copied in full.
+    """
+    info = next((p for p in image.processes if p.pid == pid), None)
+    if info is not None and info.tracking is not None and info.tracking.method:
+        try:
+            return normalize_ranges(info.tracking.include, info.tracking.exclude)
+        except UsageError:
+            return RangeSpec()  # unreadable: track everything (safe)
+    try:
+        st = TrackingState.load(tracking_state_path(pid))
+        if st.pid == pid and st.start_time == start_time and st.image_id == image.id:
+            return normalize_ranges(st.include, st.exclude)
+    except (OSError, ValueError, TypeError, UsageError):
+        pass
+    return RangeSpec()
+
+
+def _copyable(vmas: Sequence[mm_pb2.Vma]) -> list[mm_pb2.Vma]:
+    """The VMAs whose pages a dump stores (not vDSO & co, not shared file mappings)."""
+    K = mm_pb2.Vma.Kind
+    return [v for v in vmas if v.kind not in (K.VDSO, K.VVAR, K.VVAR_VCLOCK, K.VSYSCALL, K.FILE_SHARED)]
+
+
+def _clip_layout(vmas: Sequence[mm_pb2.Vma], spec: RangeSpec) -> list[mm_pb2.Vma]:
+    """The parts of ``vmas`` inside the selection: what a pre-dump with ``spec`` copies."""
+    if not _narrowed(spec):
+        return list(vmas)
+    out: list[mm_pb2.Vma] = []
+    for v in vmas:
+        if spec.include is None:
+            pieces = [(v.start, v.end)]
+        else:
+            pieces = [(max(v.start, s), min(v.end, e)) for s, e in spec.include if s < v.end and e > v.start]
+        for p in pieces:
+            for s, e in subtract_intervals(p, spec.exclude):
+                piece = mm_pb2.Vma()
+                piece.CopyFrom(v)
+                piece.start, piece.end = s, e
+                out.append(piece)
+    return out
+
+
+def check_ranges(pid: int, include: Sequence[Interval] | None, exclude: Sequence[Interval] | None) -> RangeSpec:
+    """The normalized selection; UsageError, before the target is touched, when it names no mapping
+    of ``pid`` or leaves nothing to copy (only the target's maps are read)."""
+    spec = normalize_ranges(include, exclude)
+    vmas = _copyable(_vmas_now(pid))
+    for option, ivs in (("--ranges", spec.include or ()), ("--exclude-ranges", spec.exclude)):
+        for s, e in ivs:
+            if not any(v.start < e and s < v.end for v in vmas):
+                raise UsageError(f"{option} {s:x}-{e:x} matches no mapping of process {pid} with pages to copy "
+                                 f"(see /proc/{pid}/maps)")
+    if not _clip_layout(vmas, spec):
+        raise UsageError(f"the address ranges {format_ranges(spec)} leave nothing of process {pid} to copy")
+    return spec
 
 
 # --- tracking carried by images -------------------------------------------------
@@ -280,6 +393,8 @@ class DeltaSession:
     collect_seconds: float = 0.0
     dirty_pages: int = 0
     image_id: str = ""  # of the image being written (recorded in the state file by keep())
+    #: The address ranges tracked (and, for a pre-dump, copied); the tracker was opened with it.
+    selection: RangeSpec = field(default_factory=RangeSpec)
 
     @property
     def method(self) -> str:
@@ -291,6 +406,9 @@ class DeltaSession:
 
         ``vmas`` may be a function reading the layout: it is called *after* the
         clear, so a VMA born in between counts as untracked (copied in full).
+        Every part of the layout outside the tracked ranges (outside the
+        selection, refused by the kernel) is dirty: copied whatever the parent
+        holds, since nobody saw whether it was written.
         """
         if not self.delta:
             layout = vmas() if callable(vmas) else vmas
@@ -313,9 +431,10 @@ class DeltaSession:
         self.image_id = w.image_id
         if isinstance(self.tracker, HashTracker):
             _write_digests(w, self.tracker)
-            return TrackingInfo("hash")
+            return TrackingInfo("hash", include=self.selection.include, exclude=self.selection.exclude)
         assert isinstance(self.tracker, UffdWpTracker)
-        return TrackingInfo(self.tracker.method, self.tracker.parked_fd, self.tracker.inode)
+        return TrackingInfo(self.tracker.method, self.tracker.parked_fd, self.tracker.inode,
+                            self.selection.include, self.selection.exclude)
 
     def check_alive(self) -> None:
         """Before commit: the target is still the same process and (uffd) still holds the parked fd."""
@@ -354,38 +473,57 @@ class DeltaSession:
 
 
 def _open_session(pid: int, parent: str | os.PathLike[str] | None, method: str | None,
-                  *, require_method: bool = False) -> DeltaSession:
-    """Re-attach to the tracking recorded in ``parent``, or start tracking (full copy, with a warning if needed)."""
+                  selection: RangeSpec | None = None) -> DeltaSession:
+    """Re-attach to the tracking recorded in ``parent``, or start tracking (full copy, with a warning if needed).
+
+    ``selection``: the address ranges to track (normalized); None keeps those
+    recorded for ``parent`` (the whole process without a parent).  A selection
+    other than the parent's restarts the chain: a full copy, with a warning.
+    """
     start_time = read_starttime(pid)
     notes: list[str] = []
+    want = selection if selection is not None else RangeSpec()
     if parent is not None:
         parent = os.path.abspath(os.fspath(parent))
         chain = open_chain(parent)  # a broken chain is an error, not a reason for a silent full copy
+        recorded = _recorded_ranges(chain[-1], pid, start_time)
+        want = selection if selection is not None else recorded
         state, why = _state_from_image(chain[-1], pid, start_time)
+        if state is not None:
+            state = dataclasses.replace(state, include=want.include, exclude=want.exclude)
         if state is not None and method is not None and state.method != method:
             state, why = None, f"the parent was tracked with {state.method}, --track asks for {method}"
-        if state is not None and state.method == "uffd-wp" and (why := _moved_on(pid, start_time, chain[-1])):
-            # The parked userfaultfd is fine, only its bits are relative to another image: take
-            # it over (a second one would be left in the target) and clear it before the full copy.
+        restart = ""
+        if state is not None and want != recorded:
+            restart = (f"the address ranges {format_ranges(want)} differ from those of the parent {parent} "
+                       f"({format_ranges(recorded)})")
+        elif state is not None and state.method == "uffd-wp":
+            restart = _moved_on(pid, start_time, chain[-1])
+        if state is not None and restart:
+            # The parked tracker is fine, only its bits are relative to another image (or to other
+            # ranges): take it over (a second one would be left in the target) and clear it over
+            # the selection before the full copy.
             t0 = time.monotonic()
             try:
                 tracker = open_tracker(pid, state=state)
                 tracker.collect()
-                notes.append(f"{why}: writing a full image instead of a delta")
-                return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0)
+                notes.append(f"{restart}: writing a full image instead of a delta")
+                return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0,
+                                    selection=want)
             except TrackingLost as e:
                 state, why = None, e.reason
         if state is not None:
             t0 = time.monotonic()
             try:
                 tracker = open_tracker(pid, state=state)
-                return DeltaSession(pid, start_time, tracker, parent, chain, True, notes, time.monotonic() - t0)
+                return DeltaSession(pid, start_time, tracker, parent, chain, True, notes, time.monotonic() - t0,
+                                    selection=want)
             except TrackingLost as e:
                 why = e.reason
         notes.append(f"{why}: writing a full image instead of a delta")
     t0 = time.monotonic()
-    tracker = open_tracker(pid, method)
-    return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0)
+    tracker = open_tracker(pid, method, ranges=want)
+    return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0, selection=want)
 
 
 def begin_dump(pid: int, parent: str | os.PathLike[str] | None, method: str | None) -> DeltaSession:
@@ -394,7 +532,8 @@ def begin_dump(pid: int, parent: str | os.PathLike[str] | None, method: str | No
 
 
 def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.PathLike[str] | None = None,
-             method: str | None = None, compress_level: int | None = DEFAULT_COMPRESS_LEVEL) -> PreDumpStats:
+             method: str | None = None, compress_level: int | None = DEFAULT_COMPRESS_LEVEL,
+             ranges: Sequence[Interval] | None = None, exclude: Sequence[Interval] | None = None) -> PreDumpStats:
     """Copy the memory of ``pid`` into a PRE_DUMP image while it runs; leave tracking parked for the next one.
 
     Without ``parent`` (or when the parent's tracking is gone) every page is
@@ -402,13 +541,21 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     are copied and the rest are PARENT.  The target is stopped only for the
     tracker's short injections.  Raises TargetGone when the target exits, and
     TrackingLost when it execs, during the copy (no image is left).
+
+    ``ranges``/``exclude`` select address ranges (default: the whole process):
+    only their pages are copied and tracked, the rest of memory is left to
+    the final dump, which copies it in full.  Leaving both out keeps the
+    parent's selection; a different one gives a full copy of it, with a note.
+    A range matching no mapping, or a selection leaving nothing to copy, is a
+    UsageError before the target is touched.
     """
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
-    sess = _open_session(pid, parent, method)
+    selection = check_ranges(pid, ranges, exclude) if ranges is not None or exclude is not None else None
+    sess = _open_session(pid, parent, method, selection)
     try:
         st = read_stat(pid)
-        vmas, dirty, in_parent = sess.plan(lambda: _vmas_now(pid))
+        vmas, dirty, in_parent = sess.plan(lambda: _clip_layout(_vmas_now(pid), sess.selection))
         t_copy = time.monotonic()
         with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=sess.parent_dir, tracking=sess.method,
                          compress_level=compress_level) as w:
@@ -430,5 +577,5 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     notes = sess.notes + sess.keep()
     return PreDumpStats(pid, os.path.abspath(image_dir), sess.parent_dir, not sess.delta, sess.method, sess.dirty_pages,
                         ds.pages_stored, ds.pages_parent, ds.pages_zero, ds.pages_skipped, stored.stored_bytes,
-                        sess.collect_seconds, t_done - t_copy, time.monotonic() - t0, tuple(notes))
-
+                        sess.collect_seconds, t_done - t_copy, time.monotonic() - t0, tuple(notes),
+                        sess.selection.include, sess.selection.exclude)

@@ -58,6 +58,8 @@ class TrackingInfo:
     method: str
     parked_fd: int = -1
     uffd_inode: int = 0
+    include: tuple[tuple[int, int], ...] | None = None  # tracked address ranges; None: the whole process
+    exclude: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class ProcessInfo:
                     method=self.tracking.method,
                     parked_fd=self.tracking.parked_fd,
                     uffd_inode=self.tracking.uffd_inode,
+                    include=[inventory_pb2.AddressRange(start=s, end=e) for s, e in self.tracking.include or ()],
+                    exclude=[inventory_pb2.AddressRange(start=s, end=e) for s, e in self.tracking.exclude],
                 )
             )
         return ref
@@ -87,7 +91,9 @@ class ProcessInfo:
         tracking = None
         if ref.HasField("tracking"):
             t = ref.tracking
-            tracking = TrackingInfo(t.method, t.parked_fd, t.uffd_inode)
+            tracking = TrackingInfo(t.method, t.parked_fd, t.uffd_inode,
+                                    tuple((r.start, r.end) for r in t.include) or None,
+                                    tuple((r.start, r.end) for r in t.exclude))
         return cls(ref.pid, ref.ppid, tuple(ref.threads), ref.start_time, tracking)
 
 

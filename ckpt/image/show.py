@@ -26,7 +26,7 @@ from ckpt.errors import CorruptImage
 from ckpt.image import framing, kinds
 from ckpt.image.pb import options_pb2
 from ckpt.image.reader import Image, _pagemap_from, _read_all, read_record_file
-from ckpt.image.records import PageState
+from ckpt.image.records import PageState, TrackingInfo
 
 __all__ = ["DECODERS", "decode_file", "show_dict", "show", "message_to_dict"]
 
@@ -216,11 +216,20 @@ def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, 
         "tracking": inv.tracking,
         "parent": None if parent is None else {"path": parent.path, "image_id": parent.image_id},
         "processes": [
-            {"pid": p.pid, "ppid": p.ppid, "threads": list(p.threads)} for p in image.processes
+            {"pid": p.pid, "ppid": p.ppid, "threads": list(p.threads), **_tracked(p.tracking)} for p in image.processes
         ],
         "pages": pages,
     }
     return {"image": summary, "files": files}
+
+
+def _tracked(t: TrackingInfo | None) -> dict[str, str]:
+    """The address ranges whose tracking this image carries on (``pre-dump --ranges``): "all" or hex spans."""
+    if t is None or not t.method:
+        return {}
+    spans = lambda ivs: ",".join(f"{s:x}-{e:x}" for s, e in ivs)  # noqa: E731
+    text = "all" if t.include is None else spans(t.include)
+    return {"tracked": f"{text} minus {spans(t.exclude)}" if t.exclude else text}
 
 
 _WIDTH = 100
@@ -295,7 +304,8 @@ def _render_text(d: dict[str, Any]) -> str:
         p = s["parent"]
         lines.append("  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})")
         for proc in s["processes"]:
-            lines.append(f"  process {proc['pid']} (ppid {proc['ppid']}), threads {' '.join(map(str, proc['threads']))}")
+            lines.append(f"  process {proc['pid']} (ppid {proc['ppid']}), threads {' '.join(map(str, proc['threads']))}"
+                         + (f", tracked ranges {proc['tracked']}" if "tracked" in proc else ""))
         for owner, c in s["pages"].items():
             lines.append(
                 f"  pages of {owner}: {c['pages_here']} here, {c['pages_parent']} in parent, {c['pages_zero']} zero"

@@ -1,4 +1,5 @@
 # Regenerate with `python -m ckpt.image.protogen` (or `make proto`); do not edit.
+from ckpt.image.pb import options_pb2 as _options_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -74,14 +75,26 @@ class ProcessRef(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., start_time: _Optional[int] = ..., tracking: _Optional[_Union[TrackingState, _Mapping]] = ...) -> None: ...
 
 class TrackingState(_message.Message):
-    __slots__ = ("method", "parked_fd", "uffd_inode")
+    __slots__ = ("method", "parked_fd", "uffd_inode", "include", "exclude")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PARKED_FD_FIELD_NUMBER: _ClassVar[int]
     UFFD_INODE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     method: str
     parked_fd: int
     uffd_inode: int
-    def __init__(self, method: _Optional[str] = ..., parked_fd: _Optional[int] = ..., uffd_inode: _Optional[int] = ...) -> None: ...
+    include: _containers.RepeatedCompositeFieldContainer[AddressRange]
+    exclude: _containers.RepeatedCompositeFieldContainer[AddressRange]
+    def __init__(self, method: _Optional[str] = ..., parked_fd: _Optional[int] = ..., uffd_inode: _Optional[int] = ..., include: _Optional[_Iterable[_Union[AddressRange, _Mapping]]] = ..., exclude: _Optional[_Iterable[_Union[AddressRange, _Mapping]]] = ...) -> None: ...
+
+class AddressRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class ParentLink(_message.Message):
     __slots__ = ("path", "image_id")
