@@ -14,6 +14,11 @@ with another library version, which the tests do not depend on).
 * ``images/chain/0`` and ``images/chain/1``: the worked example of the delta
   format in ckpt/image/chain.py — a PRE_DUMP base and an INCREMENTAL delta
   whose pagemap has PARENT ranges.
+* ``images/v2``: format 2 (2026-11) — a PRE_DUMP whose zstd chunks carry no
+  CRC-32 and whose pages file has no SHA-256 in the inventory, tracking a
+  selection of address ranges (``pre-dump --ranges/--exclude-ranges``).
+
+Images that exist are left alone (``--force`` rewrites them all).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ PAGE = 4096
 SIMPLE_ID = "5e" * 16
 CHAIN0_ID = "c0" * 16
 CHAIN1_ID = "c1" * 16
+V2_ID = "f2" * 16
 FIXED = dict(kernel_release="6.18.0-golden", hostname="golden", boot_id="00000000-0000-4000-8000-000000000000")
 EXE = "/usr/bin/golden-sample"
 
@@ -184,22 +190,36 @@ def write_chain(root: str) -> None:
         w.commit(processes=[info])
 
 
+def write_v2(root: str) -> None:
+    pid = 3000
+    tracking = TrackingInfo("uffd-wp", parked_fd=1022, uffd_inode=4712, include=((0x10000, 0x20000),),
+                            exclude=((0x14000, 0x15000),))
+    with ImageWriter(os.path.join(root, "v2"), kind=ImageKind.PRE_DUMP, tracking="uffd-wp", chunk_size=2 * PAGE,
+                     image_id=V2_ID, created_ns=1_764_000_000_000_000_000, **FIXED) as w:
+        with w.pages(pid) as pw:
+            pw.add(0x10000, page("G") + page("H") + page("I"))
+            pw.add(0x13000, bytes(PAGE))  # detected as ZERO
+            pw.add(0x15000, page("J"))
+        w.commit(processes=[ProcessInfo(pid, 1, (pid,), start_time=888, tracking=tracking)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="replace existing golden images")
     parser.add_argument("--out", default=IMAGES, help="directory to write into (default: images/)")
     args = parser.parse_args(argv)
-    targets = [os.path.join(args.out, "simple"), os.path.join(args.out, "chain")]
-    if any(os.path.exists(t) for t in targets):
-        if not args.force:
-            print("golden images exist; they must stay stable. Use --force to rewrite them.", file=sys.stderr)
-            return 1
-        for t in targets:
-            shutil.rmtree(t, ignore_errors=True)
+    writers = {"simple": write_simple, "chain": write_chain, "v2": write_v2}
     os.makedirs(args.out, exist_ok=True)
-    write_simple(args.out)
-    write_chain(args.out)
-    print(f"wrote golden images in {args.out}")
+    wrote = []
+    for name, write in writers.items():
+        target = os.path.join(args.out, name)
+        if os.path.exists(target):
+            if not args.force:
+                continue  # golden images must stay stable
+            shutil.rmtree(target)
+        write(args.out)
+        wrote.append(name)
+    print(f"wrote golden images {', '.join(wrote) or '(none: all exist; --force rewrites)'} in {args.out}")
     return 0
 
 

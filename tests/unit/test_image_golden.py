@@ -181,3 +181,25 @@ def test_every_kind_has_a_decoder() -> None:
 
     assert set(DECODERS) == {k.magic for k in kinds.KINDS}
     assert framing.FILE_MAGIC == b"CKPT"
+
+
+def test_format_2_image() -> None:
+    """Format 2: zstd chunks rely on their frame checksum (crc32 0), the pages file on its
+    chunks (no SHA-256), and the tracking state records the selected address ranges."""
+    for path in sorted((IMAGES / "v2").iterdir()):
+        kind, _ = kinds.kind_of_file(path.name)  # type: ignore[misc]
+        assert path.read_bytes()[:12] == b"CKPT" + kind.magic + struct.pack("<I", 2), path.name
+    image = Image.open(IMAGES / "v2")
+    assert (image.format_version, image.id, image.kind, image.parent) == (2, "f2" * 16, ImageKind.PRE_DUMP, None)
+    assert image.processes == (ProcessInfo(3000, 1, (3000,), 888, TrackingInfo(
+        "uffd-wp", 1022, 4712, ((0x10000, 0x20000),), ((0x14000, 0x15000),))),)
+    assert image.files["pages-3000.img"].sha256 == b"" and len(image.files["pagemap-3000.img"].sha256) == 32
+    pm = image.pagemap(3000)
+    assert [(c.codec, c.crc32) for c in pm.chunks] == [(Codec.ZSTD, 0), (Codec.ZSTD, 0)]
+    assert [(r.vaddr, r.nr_pages, r.state) for r in pm.ranges] == [
+        (0x10000, 3, PageState.HERE), (0x13000, 1, PageState.ZERO), (0x15000, 1, PageState.HERE)
+    ]
+    got = b"".join(bytes(v) for _, v in image.iter_pages(3000))
+    assert got == page("G") + page("H") + page("I") + page("J")
+    assert verify(IMAGES / "v2").ok
+    assert "tracked ranges 10000-20000 minus 14000-15000" in show(IMAGES / "v2")
