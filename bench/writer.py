@@ -1,0 +1,156 @@
+"""Build and drive ``bench/writer.c``, a target that times its own page writes (the per-write cost of tracking).
+
+The binary is compiled on demand into ``bench/bin/`` (gitignored), like the
+workload.  A :class:`Writer` is a context manager: leaving it — normally, by an
+exception, or by Ctrl-C — kills and reaps the process; every live writer is
+also killed at interpreter exit, and the C side asks for SIGKILL when its
+parent dies (PR_SET_PDEATHSIG), which covers a bench that is itself SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import select
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["Writer", "build_writer", "WRITER_SRC", "WRITER_BIN"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+WRITER_SRC = BENCH_DIR / "writer.c"
+WRITER_BIN = BENCH_DIR / "bin" / "writer"
+
+
+def build_writer(cc: str = "gcc") -> Path:
+    """Compile the writer if the binary is missing or older than its source."""
+    if WRITER_BIN.exists() and WRITER_BIN.stat().st_mtime >= WRITER_SRC.stat().st_mtime:
+        return WRITER_BIN
+    WRITER_BIN.parent.mkdir(parents=True, exist_ok=True)
+    tmp = WRITER_BIN.with_name(f".writer.{os.getpid()}")
+    cmd = [cc, "-O2", "-g", "-Wall", "-Wextra", "-o", str(tmp), str(WRITER_SRC)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, close_fds=True)
+    except FileNotFoundError:
+        raise RuntimeError(f"{cc} not found: the benchmarks compile bench/writer.c (apt-get install gcc)") from None
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"building the writer failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    os.replace(tmp, WRITER_BIN)  # atomic: a concurrent bench never runs a half-written binary
+    return WRITER_BIN
+
+
+_LIVE: set["Writer"] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for w in list(_LIVE):
+        w.stop()
+
+
+class Writer:
+    """A running writer with ``size_mib`` MiB of resident, already-written pages."""
+
+    def __init__(self, size_mib: int, ready_timeout: float = 60.0) -> None:
+        self.size_mib = size_mib
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.addr = 0
+        self.length = 0
+        self._buf = b""
+
+    def start(self) -> "Writer":
+        binary = build_writer()
+        # close_fds: the target must not carry our descriptors (the tracker injects into it).
+        self.proc = subprocess.Popen([str(binary), "-s", str(self.size_mib)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
+        _LIVE.add(self)
+        try:
+            words = self._readline(self.ready_timeout).split()
+            if words[:1] != ["READY"]:
+                raise RuntimeError(f"writer said {' '.join(words)!r}")
+            self.addr, self.length = int(words[1], 16), int(words[2])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Kill and reap (idempotent)."""
+        p = self.proc
+        if p is None:
+            return
+        try:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # D state: report rather than hang forever
+            raise RuntimeError(f"writer {p.pid} did not die within 30 s of SIGKILL") from None
+        finally:
+            for f in (p.stdin, p.stdout):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:  # EPIPE flushing to a dead process
+                        pass
+            _LIVE.discard(self)
+            self.proc = None
+
+    def __enter__(self) -> "Writer":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("writer not running")
+        return self.proc.pid
+
+    @property
+    def pages(self) -> int:
+        return self.length // 4096
+
+    def send(self, command: str) -> None:
+        """Start a command; its reply is read with :meth:`reply`."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def reply(self, timeout: float) -> tuple[int, float] | None:
+        """``(writes, seconds)`` of the last command, or None if it has not answered within ``timeout``."""
+        line = self._readline(timeout, missing_ok=True)
+        if line is None:
+            return None
+        words = line.split()
+        if words[:1] not in (["ROUND"], ["SUSTAIN"]) or len(words) != 3:
+            raise RuntimeError(f"writer said {line!r}")
+        return int(words[1]), int(words[2]) / 1e9
+
+    def run(self, command: str, timeout: float = 60.0) -> tuple[int, float]:
+        """Send ``command`` and wait for its ``(writes, seconds)``."""
+        self.send(command)
+        got = self.reply(timeout)
+        if got is None:
+            raise TimeoutError(f"writer did not answer {command!r} within {timeout} s")
+        return got
+
+    def _readline(self, timeout: float, *, missing_ok: bool = False) -> str | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = max(0.0, deadline - time.monotonic())  # 0: still look, once
+            if not select.select([fd], [], [], left)[0]:
+                if missing_ok:
+                    return None
+                raise TimeoutError("writer did not answer in time")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"writer exited (status {self.proc.wait()})")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
