@@ -3,7 +3,7 @@
 :meth:`Image.open` reads and checks ``inventory.img`` (magic, kind, format
 version, end-marker checksum).  Every record file is checked against the
 inventory (size and SHA-256) before it is decoded.  Page data is read chunk by
-chunk: each chunk's CRC-32, zstd content checksum and size are checked before
+chunk: each chunk's CRC-32 and size are checked before
 any of its bytes are handed out, so restore can stream a large image and still
 never use a corrupt page.  Problems raise ``NotAnImage`` / ``CorruptImage``
 with the file and the problem on one line.
@@ -220,8 +220,7 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: cannot read: {exc.strerror}") from exc
         if got != chunk.length:
             raise CorruptImage(self.path, f"{where}: truncated, read {got} of {chunk.length} bytes")
-        # Format 2 leaves zstd frames to their own checksum (crc32 0); format 1 had both.
-        if (chunk.codec is Codec.NONE or chunk.crc32) and zlib.crc32(stored) != chunk.crc32:
+        if zlib.crc32(stored) != chunk.crc32:
             raise CorruptImage(self.path, f"{where}: CRC-32 mismatch, the stored bytes were altered")
         if chunk.codec is Codec.NONE:
             if chunk.length != chunk.raw_length:
@@ -241,9 +240,6 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: not a zstd frame ({exc})") from None
         if size != out.nbytes:
             raise CorruptImage(self.path, f"{where}: zstd frame holds {size} bytes, pagemap says {out.nbytes}")
-        if not zstandard.get_frame_parameters(stored).has_checksum:
-            # ckpt always writes the checksum; without it (a flipped header bit) nothing checks the data.
-            raise CorruptImage(self.path, f"{where}: zstd frame without its content checksum")
         dctx = getattr(self._local, "dctx", None)
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
@@ -255,7 +251,7 @@ class ChunkReader:
                 if not n:
                     break
                 done += n
-            extra = reader.read(1)  # also makes zstd check the frame's content checksum
+            extra = reader.read(1)  # the frame ends here (and zstd checks a format-1 frame's content checksum)
         except zstandard.ZstdError as exc:
             raise CorruptImage(self.path, f"{where}: zstd: {exc}") from None
         if done != out.nbytes or extra:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from ckpt.image import Codec, Image, ImageKind, PageRange, PageState, ProcessInfo, TrackingInfo, framing, kinds
 from ckpt.image.pb import core_pb2, files_pb2, mm_pb2
@@ -184,8 +186,9 @@ def test_every_kind_has_a_decoder() -> None:
 
 
 def test_format_2_image() -> None:
-    """Format 2: zstd chunks rely on their frame checksum (crc32 0), the pages file on its
-    chunks (no SHA-256), and the tracking state records the selected address ranges."""
+    """Format 2: the pages file is checked by its chunks' CRC-32 (no SHA-256 in the inventory),
+    zstd frames carry no content checksum, and the tracking state records the selected
+    address ranges."""
     for path in sorted((IMAGES / "v2").iterdir()):
         kind, _ = kinds.kind_of_file(path.name)  # type: ignore[misc]
         assert path.read_bytes()[:12] == b"CKPT" + kind.magic + struct.pack("<I", 2), path.name
@@ -195,7 +198,11 @@ def test_format_2_image() -> None:
         "uffd-wp", 1022, 4712, ((0x10000, 0x20000),), ((0x14000, 0x15000),))),)
     assert image.files["pages-3000.img"].sha256 == b"" and len(image.files["pagemap-3000.img"].sha256) == 32
     pm = image.pagemap(3000)
-    assert [(c.codec, c.crc32) for c in pm.chunks] == [(Codec.ZSTD, 0), (Codec.ZSTD, 0)]
+    data = (IMAGES / "v2" / "pages-3000.img").read_bytes()
+    assert [c.codec for c in pm.chunks] == [Codec.ZSTD, Codec.ZSTD]
+    for c in pm.chunks:
+        frame = data[c.offset:c.offset + c.length]
+        assert c.crc32 == zlib.crc32(frame) and not zstandard.get_frame_parameters(frame).has_checksum
     assert [(r.vaddr, r.nr_pages, r.state) for r in pm.ranges] == [
         (0x10000, 3, PageState.HERE), (0x13000, 1, PageState.ZERO), (0x15000, 1, PageState.HERE)
     ]
