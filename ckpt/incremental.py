@@ -281,7 +281,7 @@ def _in_parent(chain: Sequence[Image], pid: int) -> list[Interval]:
     a broken chain still fails loudly at restore and in ``verify``.
     """
     pm = chain[-1].pagemap(pid)
-    return [(s, s + n * pm.page_size) for s, n in merge_runs((r.vaddr, r.nr_pages) for r in pm.ranges)]
+    return [(s, s + n * pm.page_size) for s, n in merge_runs(zip(pm.vaddrs, pm.nr_pages))]
 
 
 def _dirty_intervals(ds: DirtySet, vmas: Sequence[mm_pb2.Vma]) -> list[Interval]:

@@ -268,15 +268,25 @@ def _pagemap_from(path: str, messages: list[Message]) -> Pagemap:
         except ValueError:
             raise CorruptImage(path, f"chunk {i}: unknown codec {c.codec}") from None
         chunks.append(PageChunk(c.offset, c.length, c.data_offset, c.raw_length, codec, c.crc32))
+    valid = {int(s) for s in PageState}
+    if head.HasField("ranges"):  # format 2: one table
+        if len(messages) > 1:
+            raise CorruptImage(path, f"holds a range table and {len(messages) - 1} PageRange records")
+        t = head.ranges
+        cols = list(t.vaddr), list(t.nr_pages), list(t.state), list(t.data_offset)
+        if len({len(c) for c in cols}) != 1:
+            raise CorruptImage(path, "range table columns differ in length: " + "/".join(str(len(c)) for c in cols))
+        if not valid.issuperset(cols[2]):
+            i = next(i for i, st in enumerate(cols[2]) if st not in valid)
+            raise CorruptImage(path, f"range {i}: invalid state {cols[2][i]}")
+        return Pagemap(head.owner, head.pages_file, head.page_size, head.chunk_size, tuple(chunks), *cols)
     ranges = []
-    for i, m in enumerate(messages[1:]):
+    for i, m in enumerate(messages[1:]):  # format 1: a record per range
         r = cast(pagemap_pb2.PageRange, m)
-        try:
-            state = PageState(r.state)
-        except ValueError:
-            raise CorruptImage(path, f"record {i + 1}: page range with invalid state {r.state}") from None
-        ranges.append(PageRange(r.vaddr, r.nr_pages, state, r.data_offset))
-    return Pagemap(head.owner, head.pages_file, head.page_size, head.chunk_size, tuple(chunks), tuple(ranges))
+        if r.state not in valid:
+            raise CorruptImage(path, f"record {i + 1}: page range with invalid state {r.state}")
+        ranges.append(PageRange(r.vaddr, r.nr_pages, PageState(r.state), r.data_offset))
+    return Pagemap.from_ranges(head.owner, head.pages_file, head.page_size, head.chunk_size, tuple(chunks), ranges)
 
 
 def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]) -> Iterator[tuple[int, memoryview]]:

@@ -9,7 +9,9 @@ so callers never depend on protobuf's mutable objects for it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from ckpt.image.pb import inventory_pb2, pagemap_pb2
 
@@ -141,18 +143,40 @@ class PageChunk:
 
 @dataclass(frozen=True)
 class Pagemap:
-    """The decoded ``pagemap-<owner>.img`` of one image."""
+    """The decoded ``pagemap-<owner>.img`` of one image.
+
+    The ranges are kept as four columns (as format 2 stores them): a pre-dump
+    reads its parent's pagemap to know what the parent holds, and building an
+    object per range cost more than the rest.  :attr:`ranges` builds the
+    :class:`PageRange` objects on first use.
+    """
 
     owner: str
     pages_file: str
     page_size: int
     chunk_size: int
     chunks: tuple[PageChunk, ...]
-    ranges: tuple[PageRange, ...]
+    vaddrs: Sequence[int]
+    nr_pages: Sequence[int]
+    states: Sequence[int]
+    data_offsets: Sequence[int]
+
+    @classmethod
+    def from_ranges(cls, owner: str, pages_file: str, page_size: int, chunk_size: int,
+                    chunks: tuple[PageChunk, ...], ranges: Sequence[PageRange]) -> Pagemap:
+        return cls(owner, pages_file, page_size, chunk_size, chunks, [r.vaddr for r in ranges],
+                   [r.nr_pages for r in ranges], [int(r.state) for r in ranges], [r.data_offset for r in ranges])
+
+    @cached_property
+    def ranges(self) -> tuple[PageRange, ...]:
+        states = {int(s): s for s in PageState}
+        return tuple(PageRange(v, n, states[st], d)
+                     for v, n, st, d in zip(self.vaddrs, self.nr_pages, self.states, self.data_offsets))
 
     def count(self, state: PageState) -> int:
         """Number of pages in ``state``."""
-        return sum(r.nr_pages for r in self.ranges if r.state is state)
+        want = int(state)
+        return sum(n for n, st in zip(self.nr_pages, self.states) if st == want)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ def _decode_pagemap(path: str, kind: kinds.Kind, data: bytes, text: bool) -> dic
     pm = _pagemap_from(path, messages)
     head = message_to_dict(messages[0], text=text)
     head.pop("chunks", None)
+    head.pop("ranges", None)  # format 2's table: listed below, one line per range
     chunks = [
         {
             "offset": hex(c.offset),

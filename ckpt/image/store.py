@@ -618,11 +618,14 @@ class PageWriter:
             pages_parent=self._counts[PageState.PARENT],
             pages_zero=self._counts[PageState.ZERO],
         )
+        r, t = self._ranges, head.ranges
+        t.SetInParent()  # present even when empty: marks format 2
+        t.vaddr.extend(r[0::4])
+        t.nr_pages.extend(r[1::4])
+        t.state.extend(r[2::4])
+        t.data_offset.extend(r[3::4])
         writer = RecordWriter(self._pagemap, kinds.PAGEMAP)
         writer.write(head)
-        r = self._ranges
-        for i in range(0, len(r), 4):
-            writer.write(pagemap_pb2.PageRange(vaddr=r[i], nr_pages=r[i + 1], state=r[i + 2], data_offset=r[i + 3]))
         writer.close()
         self._stats = PagemapStats(
             owner=self.owner,

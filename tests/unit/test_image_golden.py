@@ -187,8 +187,8 @@ def test_every_kind_has_a_decoder() -> None:
 
 def test_format_2_image() -> None:
     """Format 2: the pages file is checked by its chunks' CRC-32 (no SHA-256 in the inventory),
-    zstd frames carry no content checksum, and the tracking state records the selected
-    address ranges."""
+    zstd frames carry no content checksum, the pagemap's ranges are one table in its head,
+    and the tracking state records the selected address ranges."""
     for path in sorted((IMAGES / "v2").iterdir()):
         kind, _ = kinds.kind_of_file(path.name)  # type: ignore[misc]
         assert path.read_bytes()[:12] == b"CKPT" + kind.magic + struct.pack("<I", 2), path.name
@@ -198,6 +198,9 @@ def test_format_2_image() -> None:
         "uffd-wp", 1022, 4712, ((0x10000, 0x20000),), ((0x14000, 0x15000),))),)
     assert image.files["pages-3000.img"].sha256 == b"" and len(image.files["pagemap-3000.img"].sha256) == 32
     pm = image.pagemap(3000)
+    head, *records = image.records("pagemap-3000.img")
+    assert records == [] and list(head.ranges.vaddr) == [0x10000, 0x13000, 0x15000]
+    assert list(head.ranges.state) == [1, 3, 1] and list(head.ranges.data_offset) == [0, 0, 3 * PS]
     data = (IMAGES / "v2" / "pages-3000.img").read_bytes()
     assert [c.codec for c in pm.chunks] == [Codec.ZSTD, Codec.ZSTD]
     for c in pm.chunks:

@@ -26,13 +26,17 @@ _sym_db = _symbol_database.Default()
 from ckpt.image.pb import options_pb2 as ckpt_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63kpt/v1/pagemap.proto\x12\x07\x63kpt.v1\x1a\x15\x63kpt/v1/options.proto\"\xb9\x01\n\x0bPagemapHead\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\npages_file\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\nchunk_size\x18\x04 \x01(\x04\x12\"\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x12.ckpt.v1.PageChunk\x12\x12\n\npages_here\x18\x06 \x01(\x04\x12\x14\n\x0cpages_parent\x18\x07 \x01(\x04\x12\x12\n\npages_zero\x18\x08 \x01(\x04\"\x94\x01\n\tPageChunk\x12\x14\n\x06offset\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x19\n\x0b\x64\x61ta_offset\x18\x03 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x12\n\nraw_length\x18\x04 \x01(\x04\x12\x1d\n\x05\x63odec\x18\x05 \x01(\x0e\x32\x0e.ckpt.v1.Codec\x12\x13\n\x05\x63rc32\x18\x06 \x01(\x07\x42\x04\xc8\xf3\x18\x01\"\xb6\x01\n\tPageRange\x12\x13\n\x05vaddr\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x10\n\x08nr_pages\x18\x02 \x01(\x04\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.ckpt.v1.PageRange.State\x12\x19\n\x0b\x64\x61ta_offset\x18\x04 \x01(\x04\x42\x04\xc8\xf3\x18\x01\">\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04HERE\x10\x01\x12\n\n\x06PARENT\x10\x02\x12\x08\n\x04ZERO\x10\x03*>\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_NONE\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63kpt/v1/pagemap.proto\x12\x07\x63kpt.v1\x1a\x15\x63kpt/v1/options.proto\"\xe2\x01\n\x0bPagemapHead\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\npages_file\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\nchunk_size\x18\x04 \x01(\x04\x12\"\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x12.ckpt.v1.PageChunk\x12\x12\n\npages_here\x18\x06 \x01(\x04\x12\x14\n\x0cpages_parent\x18\x07 \x01(\x04\x12\x12\n\npages_zero\x18\x08 \x01(\x04\x12\'\n\x06ranges\x18\t \x01(\x0b\x32\x17.ckpt.v1.PageRangeTable\"{\n\x0ePageRangeTable\x12\x13\n\x05vaddr\x18\x01 \x03(\x04\x42\x04\xc8\xf3\x18\x01\x12\x10\n\x08nr_pages\x18\x02 \x03(\x04\x12\'\n\x05state\x18\x03 \x03(\x0e\x32\x18.ckpt.v1.PageRange.State\x12\x19\n\x0b\x64\x61ta_offset\x18\x04 \x03(\x04\x42\x04\xc8\xf3\x18\x01\"\x94\x01\n\tPageChunk\x12\x14\n\x06offset\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x19\n\x0b\x64\x61ta_offset\x18\x03 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x12\n\nraw_length\x18\x04 \x01(\x04\x12\x1d\n\x05\x63odec\x18\x05 \x01(\x0e\x32\x0e.ckpt.v1.Codec\x12\x13\n\x05\x63rc32\x18\x06 \x01(\x07\x42\x04\xc8\xf3\x18\x01\"\xb6\x01\n\tPageRange\x12\x13\n\x05vaddr\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x10\n\x08nr_pages\x18\x02 \x01(\x04\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.ckpt.v1.PageRange.State\x12\x19\n\x0b\x64\x61ta_offset\x18\x04 \x01(\x04\x42\x04\xc8\xf3\x18\x01\">\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x08\n\x04HERE\x10\x01\x12\n\n\x06PARENT\x10\x02\x12\x08\n\x04ZERO\x10\x03*>\n\x05\x43odec\x12\x15\n\x11\x43ODEC_UNSPECIFIED\x10\x00\x12\x0e\n\nCODEC_NONE\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ckpt.image.pb.pagemap_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PAGERANGETABLE'].fields_by_name['vaddr']._loaded_options = None
+  _globals['_PAGERANGETABLE'].fields_by_name['vaddr']._serialized_options = b'\310\363\030\001'
+  _globals['_PAGERANGETABLE'].fields_by_name['data_offset']._loaded_options = None
+  _globals['_PAGERANGETABLE'].fields_by_name['data_offset']._serialized_options = b'\310\363\030\001'
   _globals['_PAGECHUNK'].fields_by_name['offset']._loaded_options = None
   _globals['_PAGECHUNK'].fields_by_name['offset']._serialized_options = b'\310\363\030\001'
   _globals['_PAGECHUNK'].fields_by_name['data_offset']._loaded_options = None
@@ -43,14 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAGERANGE'].fields_by_name['vaddr']._serialized_options = b'\310\363\030\001'
   _globals['_PAGERANGE'].fields_by_name['data_offset']._loaded_options = None
   _globals['_PAGERANGE'].fields_by_name['data_offset']._serialized_options = b'\310\363\030\001'
-  _globals['_CODEC']._serialized_start=581
-  _globals['_CODEC']._serialized_end=643
+  _globals['_CODEC']._serialized_start=747
+  _globals['_CODEC']._serialized_end=809
   _globals['_PAGEMAPHEAD']._serialized_start=58
-  _globals['_PAGEMAPHEAD']._serialized_end=243
-  _globals['_PAGECHUNK']._serialized_start=246
-  _globals['_PAGECHUNK']._serialized_end=394
-  _globals['_PAGERANGE']._serialized_start=397
-  _globals['_PAGERANGE']._serialized_end=579
-  _globals['_PAGERANGE_STATE']._serialized_start=517
-  _globals['_PAGERANGE_STATE']._serialized_end=579
+  _globals['_PAGEMAPHEAD']._serialized_end=284
+  _globals['_PAGERANGETABLE']._serialized_start=286
+  _globals['_PAGERANGETABLE']._serialized_end=409
+  _globals['_PAGECHUNK']._serialized_start=412
+  _globals['_PAGECHUNK']._serialized_end=560
+  _globals['_PAGERANGE']._serialized_start=563
+  _globals['_PAGERANGE']._serialized_end=745
+  _globals['_PAGERANGE_STATE']._serialized_start=683
+  _globals['_PAGERANGE_STATE']._serialized_end=745
 # @@protoc_insertion_point(module_scope)

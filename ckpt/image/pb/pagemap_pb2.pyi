@@ -19,7 +19,7 @@ CODEC_NONE: Codec
 CODEC_ZSTD: Codec
 
 class PagemapHead(_message.Message):
-    __slots__ = ("owner", "pages_file", "page_size", "chunk_size", "chunks", "pages_here", "pages_parent", "pages_zero")
+    __slots__ = ("owner", "pages_file", "page_size", "chunk_size", "chunks", "pages_here", "pages_parent", "pages_zero", "ranges")
     OWNER_FIELD_NUMBER: _ClassVar[int]
     PAGES_FILE_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class PagemapHead(_message.Message):
     PAGES_HERE_FIELD_NUMBER: _ClassVar[int]
     PAGES_PARENT_FIELD_NUMBER: _ClassVar[int]
     PAGES_ZERO_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
     owner: str
     pages_file: str
     page_size: int
@@ -36,7 +37,20 @@ class PagemapHead(_message.Message):
     pages_here: int
     pages_parent: int
     pages_zero: int
-    def __init__(self, owner: _Optional[str] = ..., pages_file: _Optional[str] = ..., page_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[PageChunk, _Mapping]]] = ..., pages_here: _Optional[int] = ..., pages_parent: _Optional[int] = ..., pages_zero: _Optional[int] = ...) -> None: ...
+    ranges: PageRangeTable
+    def __init__(self, owner: _Optional[str] = ..., pages_file: _Optional[str] = ..., page_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[PageChunk, _Mapping]]] = ..., pages_here: _Optional[int] = ..., pages_parent: _Optional[int] = ..., pages_zero: _Optional[int] = ..., ranges: _Optional[_Union[PageRangeTable, _Mapping]] = ...) -> None: ...
+
+class PageRangeTable(_message.Message):
+    __slots__ = ("vaddr", "nr_pages", "state", "data_offset")
+    VADDR_FIELD_NUMBER: _ClassVar[int]
+    NR_PAGES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DATA_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    vaddr: _containers.RepeatedScalarFieldContainer[int]
+    nr_pages: _containers.RepeatedScalarFieldContainer[int]
+    state: _containers.RepeatedScalarFieldContainer[PageRange.State]
+    data_offset: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, vaddr: _Optional[_Iterable[int]] = ..., nr_pages: _Optional[_Iterable[int]] = ..., state: _Optional[_Iterable[_Union[PageRange.State, str]]] = ..., data_offset: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PageChunk(_message.Message):
     __slots__ = ("offset", "length", "data_offset", "raw_length", "codec", "crc32")
