@@ -108,7 +108,8 @@ def clone3(flags: int = 0, exit_signal: int = signal.SIGCHLD, set_tid: Sequence[
     """clone3() in *this* process, fork-like (no new stack): the child's pid here, 0 in the child.
 
     The child is a raw copy of this Python process without fork handlers: it
-    must call ``os._exit`` at once.  ``set_tid`` needs CAP_SYS_ADMIN; a taken
+    must call ``os._exit`` at once.  The GIL is held across the syscall, so
+    the child owns it even when other Python threads run here.  ``set_tid`` needs CAP_SYS_ADMIN; a taken
     pid gives EEXIST.
     """
     if flags & (CLONE_VM | CLONE_THREAD | CLONE_VFORK):
@@ -116,5 +117,5 @@ def clone3(flags: int = 0, exit_signal: int = signal.SIGCHLD, set_tid: Sequence[
     tids = (ctypes.c_int * max(len(set_tid), 1))(*set_tid)
     args = clone_args(flags=flags, exit_signal=exit_signal,
                       set_tid=ctypes.addressof(tids) if set_tid else 0, set_tid_size=len(set_tid))
-    return syscall(NR.clone3, ctypes.addressof(args), ctypes.sizeof(args),
+    return syscall(NR.clone3, ctypes.addressof(args), ctypes.sizeof(args), hold_gil=True,
                    name=f"clone3(flags={flags:#x}, set_tid={list(set_tid)})")

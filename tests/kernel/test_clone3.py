@@ -66,3 +66,40 @@ def test_clone3_set_tid_taken_pid_is_eexist() -> None:
         _fork_like(set_tid=[os.getpid()])
     assert exc.value.errno == errno.EEXIST
     assert "clone3" in str(exc.value)
+
+
+def test_clone3_while_other_threads_run_python() -> None:
+    """The child must not wait for a GIL another thread held at the clone (it would wait for ever):
+    clone3 keeps the GIL through the syscall.  Busy Python threads make the race near certain."""
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    threads = [threading.Thread(target=spin) for _ in range(2)]
+    for t in threads:
+        t.start()
+    stuck: list[int] = []
+    try:
+        for _ in range(30):
+            pid = _fork_like()
+            deadline = time.monotonic() + 5
+            while (got := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if got == (0, 0):
+                stuck.append(pid)
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                break
+            else:
+                assert got == (pid, 7 << 8)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert stuck == [], "a clone3 child never reached os._exit (it waits for the GIL)"
