@@ -246,9 +246,6 @@ def test_redis_predump_chain_under_write_load(tmp_path: Path, restored: list[int
         assert r.call("DBSIZE") == NKEYS
         r.close()
 
-        # probe now: the first pre-dump would otherwise clone3 this process for its feature probe while the
-        # writer thread runs, and the clone, which must take the GIL back, can wait forever for it
-        api.check()
         writer = _Writer(port)
         writer.start()
         try:
