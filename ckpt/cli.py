@@ -226,7 +226,7 @@ def _cmd_pre_dump(args: argparse.Namespace) -> int:
     where = f" of ranges {format_ranges(sel)}" if sel != RangeSpec() else ""
     print(f"pre-dump {s.image_dir}: {'full' if s.full else 'delta'} [{s.method}]{where}, {s.pages_stored} pages copied, "
           f"{s.pages_parent} in parent, {s.pages_zero} zero; get+clear {s.collect_seconds * 1e3:.1f} ms, "
-          f"copy {s.copy_seconds * 1e3:.1f} ms")
+          f"copy {s.copy_seconds * 1e3:.1f} ms, target frozen {s.frozen_seconds * 1e3:.1f} ms")
     _write_json_stats(args.json_stats, s)
     return 0
 

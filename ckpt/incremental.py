@@ -91,6 +91,7 @@ class PreDumpStats:
     notes: tuple[str, ...] = field(default=())
     include: tuple[Interval, ...] | None = None  # the selected address ranges (None: the whole process)
     exclude: tuple[Interval, ...] = ()
+    frozen_seconds: float = 0.0  # the target stopped: uffd-wp's injections when tracking starts; a delta: 0
 
 
 # --- numbered stores (--incremental) ----------------------------------------
@@ -578,4 +579,4 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     return PreDumpStats(pid, os.path.abspath(image_dir), sess.parent_dir, not sess.delta, sess.method, sess.dirty_pages,
                         ds.pages_stored, ds.pages_parent, ds.pages_zero, ds.pages_skipped, stored.stored_bytes,
                         sess.collect_seconds, t_done - t_copy, time.monotonic() - t0, tuple(notes),
-                        sess.selection.include, sess.selection.exclude)
+                        sess.selection.include, sess.selection.exclude, sess.tracker.frozen_seconds)

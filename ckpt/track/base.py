@@ -324,6 +324,9 @@ class Tracker(abc.ABC):
         self.pid = pid
         self.ranges = RangeSpec()
         self._previous = _Previous()
+        #: Time the target spent frozen for this tracker (uffd-wp: the injections that park
+        #: and close its userfaultfd; a get+clear never stops the target).
+        self.frozen_seconds = 0.0
 
     @abc.abstractmethod
     def start(self, ranges: RangeSpec | None = None) -> None:

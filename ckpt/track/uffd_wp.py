@@ -176,29 +176,33 @@ class UffdWpTracker(Tracker):
     def _inject_and_park(self) -> None:
         soft, _ = resource.prlimit(self.pid, resource.RLIMIT_NOFILE)
         highest = min(PARK_FD_HIGHEST, (soft if soft != resource.RLIM_INFINITY else 1 << 20) - 1)
-        with _signals_held(), freeze(self.pid, start_time=self.start_time) as frozen:
-            inj = frozen.injector()
-            try:
-                tfd = inj.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
-            except OSError as e:
-                raise translate_oserror(e, self.pid, "creating a userfaultfd in") from e
-            try:
-                pidfd = pidfd_open(self.pid)
+        t0 = time.monotonic()
+        try:
+            with _signals_held(), freeze(self.pid, start_time=self.start_time) as frozen:
+                inj = frozen.injector()
                 try:
-                    self.uffd = pidfd_getfd(pidfd, tfd)
-                finally:
-                    os.close(pidfd)
-                want = highest
-                while True:
+                    tfd = inj.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
+                except OSError as e:
+                    raise translate_oserror(e, self.pid, "creating a userfaultfd in") from e
+                try:
+                    pidfd = pidfd_open(self.pid)
                     try:
-                        self.parked_fd = inj.fcntl(tfd, fcntl.F_DUPFD_CLOEXEC, want)
-                        break
-                    except OSError as e:  # every number from `want` up is taken: look lower
-                        if e.errno not in (errno.EMFILE, errno.EINVAL) or want <= tfd + 1:
-                            raise translate_oserror(e, self.pid, "parking the userfaultfd in") from e
-                        want = max(tfd + 1, want - 64)
-            finally:
-                inj.close(tfd)
+                        self.uffd = pidfd_getfd(pidfd, tfd)
+                    finally:
+                        os.close(pidfd)
+                    want = highest
+                    while True:
+                        try:
+                            self.parked_fd = inj.fcntl(tfd, fcntl.F_DUPFD_CLOEXEC, want)
+                            break
+                        except OSError as e:  # every number from `want` up is taken: look lower
+                            if e.errno not in (errno.EMFILE, errno.EINVAL) or want <= tfd + 1:
+                                raise translate_oserror(e, self.pid, "parking the userfaultfd in") from e
+                            want = max(tfd + 1, want - 64)
+                finally:
+                    inj.close(tfd)
+        finally:
+            self.frozen_seconds += time.monotonic() - t0
 
     # --- collecting ---
 
@@ -324,6 +328,7 @@ class UffdWpTracker(Tracker):
         self._close_ours()
 
     def _close_parked(self) -> None:
+        t0 = time.monotonic()
         try:
             with _signals_held(), freeze(self.pid, start_time=self.start_time) as frozen:
                 # Checked while frozen: the target cannot swap the fd under us now.
@@ -331,6 +336,8 @@ class UffdWpTracker(Tracker):
                     frozen.injector().close(self.parked_fd)
         except TargetGone:
             pass
+        finally:
+            self.frozen_seconds += time.monotonic() - t0
         self.parked_fd = -1
 
     def abandon(self) -> None:

@@ -98,6 +98,9 @@ def test_predump_chain_restore(c_target, tmp_path: Path, restored: list[int], me
         assert traced_threads(t.pid, os.getpid()) == []
         time.sleep(pause)
     assert stats[0].full and stats[0].pages_stored >= NPAGES
+    # uffd-wp stops the target only to inject and park its userfaultfd; hash and deltas never do
+    assert (stats[0].frozen_seconds > 0) == (method == "uffd-wp")
+    assert all(s.frozen_seconds == 0 for s in stats[1:])
     writes = THREADS * RATE * (pause + 0.1)  # generous: the interval between two pre-dumps is pause + ~60 ms
     for i, s in enumerate(stats[1:], 2):
         assert not s.full and s.parent is not None
