@@ -7,10 +7,12 @@ ranges per call) but fails with EFAULT on PROT_NONE and exec-only pages;
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import os
 from collections.abc import Sequence
+from itertools import chain
 from typing import Union
 
 from .arch_x86_64 import NR
@@ -60,8 +62,11 @@ def _transfer(fn, name: str, pid: int, local: Sequence[tuple[int, int]], remote:
     while li < len(local) and ri < len(remote):
         lb = local[li:li + IOV_MAX]
         rb = remote[ri:ri + IOV_MAX]
-        larr = (iovec * len(lb))(*[iovec(a, n) for a, n in lb])
-        rarr = (iovec * len(rb))(*[iovec(a, n) for a, n in rb])
+        # An iovec is two u64s: an array('Q') of the flattened pairs has its layout, built in C
+        # (an iovec object per range cost a delta of 2,600 scattered pages ~2 ms).
+        lflat, rflat = array.array("Q", chain.from_iterable(lb)), array.array("Q", chain.from_iterable(rb))
+        larr = (iovec * len(lb)).from_buffer(lflat)
+        rarr = (iovec * len(rb)).from_buffer(rflat)
         want_l = sum(n for _, n in lb)
         want_r = sum(n for _, n in rb)
         want = min(want_l, want_r)

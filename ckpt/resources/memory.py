@@ -44,6 +44,7 @@ from ..errors import CkptError, RestoreError, Unsupported
 from ..image.chain import chain_chunk_jobs, resolve_pages
 from ..image.pb import common_pb2, mm_pb2
 from ..image.reader import ChunkReader, Image
+from ..image.records import PageState
 from ..image.store import PageWriter
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
 from ..kernel.mman import (
@@ -659,13 +660,15 @@ def _flush_delta(pid: int, batch: Sequence[tuple[int, int, int]], pages: PageWri
             for i in readv:  # a short read stops at the first page it could not read
                 got[i] = min(batch[i][1], total)
                 total -= got[i]
+        runs: list[tuple[int, int, PageState, int]] = []  # for one PageWriter.add_runs call
+        here, parent, zero = PageState.HERE, PageState.PARENT, PageState.ZERO
         for i, (vaddr, n, what) in enumerate(batch):
             if what == _PARENT:
-                pages.add_parent(vaddr, n // PAGE_SIZE)
+                runs.append((vaddr, n, parent, 0))
                 st["parent"] += n // PAGE_SIZE
                 continue
             if what == _ZERO:
-                pages.add_zero(vaddr, n // PAGE_SIZE)
+                runs.append((vaddr, n, zero, 0))
                 st["zero"] += n // PAGE_SIZE
                 continue
             off, ok = offsets[i], got[i]
@@ -683,12 +686,13 @@ def _flush_delta(pid: int, batch: Sequence[tuple[int, int, int]], pages: PageWri
                             break
                         ok += PAGE_SIZE
             if ok:
-                pages.add_borrowed(vaddr, off, ok)
+                runs.append((vaddr, ok, here, off))
                 if on_copied is not None:
                     on_copied(vaddr, view[off:off + ok])
                 st["here"] += ok // PAGE_SIZE
                 st["bytes"] += ok
             st["skipped"] += (n - ok) // PAGE_SIZE
+        pages.add_runs(runs)
     except BaseException:
         pages.release_borrowed()
         raise
