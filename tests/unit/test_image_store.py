@@ -355,3 +355,75 @@ def test_empty_final_dir_is_replaced(tmp_path: Path) -> None:
 def test_missing_destination_parent(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="does not exist"):
         _writer(tmp_path / "no" / "img")
+
+
+def _borrowed_image(path: Path, use_runs: bool, layout: list[tuple[int, int, str]]) -> None:
+    """Write ``layout`` ((vaddr, npages, "here"|"parent"|"zero"), address order) through a borrowed buffer."""
+    parent = path.parent / "parent"
+    if not parent.exists():
+        with _writer(parent) as w:
+            with w.pages(5) as pw:
+                pw.add(0, _page(1))
+            w.commit(processes=[ProcessInfo(5, 1, (5,))])
+    with _writer(path, parent=parent) as w:
+        with w.pages(5) as pw:
+            view = pw.borrow()
+            off, runs = 0, []
+            for vaddr, n, what in layout:
+                if what == "here":
+                    for i in range(n):  # every 3rd page of a run is zero: detected inside the run
+                        view[off + i * PS:off + (i + 1) * PS] = bytes(PS) if i % 3 == 2 else _page(vaddr + i * PS)
+                    runs.append((vaddr, n * PS, PageState.HERE, off))
+                    off += n * PS
+                else:
+                    runs.append((vaddr, n * PS, PageState.PARENT if what == "parent" else PageState.ZERO, 0))
+            if use_runs:
+                pw.add_runs(runs)
+            else:
+                for vaddr, nbytes, state, boff in runs:
+                    if state is PageState.HERE:
+                        pw.add_borrowed(vaddr, boff, nbytes)
+                    elif state is PageState.PARENT:
+                        pw.add_parent(vaddr, nbytes // PS)
+                    else:
+                        pw.add_zero(vaddr, nbytes // PS)
+            pw.submit_borrowed()
+        w.commit(processes=[ProcessInfo(5, 1, (5,))])
+
+
+def test_add_runs_records_what_the_single_calls_do(tmp_path: Path) -> None:
+    import random
+
+    rnd = random.Random(4)
+    layout, vaddr = [], 0x10000
+    for _ in range(300):
+        n = rnd.choice([1, 1, 1, 2, 3, 7])
+        layout.append((vaddr, n, rnd.choice(["here", "here", "parent", "zero"])))
+        vaddr += (n + rnd.choice([0, 0, 1, 5])) * PS
+    layout = [r for r in layout if r[2] != "here"] + [r for r in layout if r[2] == "here"][:200]
+    layout.sort()
+    _borrowed_image(tmp_path / "runs", True, layout)
+    _borrowed_image(tmp_path / "calls", False, layout)
+    a, b = Image.open(tmp_path / "runs").pagemap(5), Image.open(tmp_path / "calls").pagemap(5)
+    assert a.ranges == b.ranges and len(a.ranges) > 300
+    assert _read_all_pages(Image.open(tmp_path / "runs"), 5) == _read_all_pages(Image.open(tmp_path / "calls"), 5)
+
+
+@pytest.mark.parametrize("runs,message", [
+    ([(0x2000, PS, PageState.HERE, 0), (0x1000, PS, PageState.HERE, PS)], "increasing address order"),
+    ([(0x1000, PS + 1, PageState.HERE, 0)], "bad page run"),
+    ([(0x1000, PS, PageState.HERE, 3)], "bad borrowed run"),
+    ([(0x1000, 8 << 20, PageState.HERE, 0)], "bad borrowed run"),
+])
+def test_add_runs_checks_like_the_single_calls(tmp_path: Path, runs: list, message: str) -> None:  # noqa: ANN001
+    with _writer(tmp_path / "img") as w:
+        pw = w.pages(5)
+        pw.borrow()
+        with pytest.raises(ValueError, match=message):
+            pw.add_runs(runs)
+        pw.release_borrowed()
+        w.abort()  # nothing to keep
+    with _writer(tmp_path / "img2") as w:
+        with pytest.raises(ValueError, match="no parent"):
+            w.pages(5).add_runs([(0x1000, PS, PageState.PARENT, 0)])
+        w.abort()
