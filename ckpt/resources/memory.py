@@ -604,7 +604,13 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
                     batch.append((start, end - start, _ZERO))
                     continue
                 for ds, de, is_dirty in _split(start, end, dirty, dstarts):
-                    for ps_, pe, have in ((ds, de, False),) if is_dirty else _split(ds, de, in_parent, pstarts):
+                    if is_dirty:
+                        pieces: Iterable[tuple[int, int, bool]] = ((ds, de, False),)
+                    else:  # mostly inside one interval the parent holds: skip the second split
+                        j = bisect.bisect_right(pstarts, ds) - 1
+                        pieces = ((ds, de, True),) if j >= 0 and in_parent[j][1] >= de else \
+                            _split(ds, de, in_parent, pstarts)
+                    for ps_, pe, have in pieces:
                         if have:
                             batch.append((ps_, pe - ps_, _PARENT))
                             continue
