@@ -55,6 +55,7 @@ from ckpt.image import framing, kinds
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
+from ckpt.kernel.fileio import sync_file_range
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -74,6 +75,8 @@ _MAX_CHUNK_SIZE = 256 << 20
 #: Threads compressing chunks.  Two: this machine has two cores, and the writer's
 #: own thread (copies, SHA-256, writes) mostly waits on them.
 COMPRESS_WORKERS = 2
+#: A pages file starts writeback every this many bytes (see _Sink).
+WRITEBACK_BYTES = 16 << 20
 #: The all-zero test compares up to this many bytes at once against a zero buffer.
 _ZERO_WINDOW = 1 << 20
 _FILE_MODE = 0o600
@@ -88,9 +91,14 @@ def _io_error(path: str, doing: str, exc: OSError) -> CkptError:
 class _Sink:
     """One file being written: counts its size and SHA-256 as the bytes go out."""
 
-    def __init__(self, path: str, *, digest: bool = True) -> None:
+    def __init__(self, path: str, *, digest: bool = True, writeback: int = 0) -> None:
         self.path = path
         self.name = os.path.basename(path)
+        # Page data: start writeback every `writeback` bytes, so the disk works while zstd
+        # does and the commit's fsync (done with the target still frozen when it is to be
+        # ended) finds little left to write.
+        self._writeback = writeback
+        self._written_back = 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             fd = os.open(path, flags, _FILE_MODE)
@@ -117,6 +125,13 @@ class _Sink:
         if self._sha is not None:
             self._sha.update(data)
         self.size += len(data)
+        if self._writeback and self.size - self._written_back >= self._writeback:
+            try:
+                self._file.flush()
+                sync_file_range(self._file.fileno(), self._written_back, self.size - self._written_back)
+            except OSError as exc:
+                raise _io_error(self.path, "write", exc) from exc
+            self._written_back = self.size
 
     def sha256_so_far(self) -> bytes:
         assert self._sha is not None, "a sink without digest has no SHA-256"
@@ -856,11 +871,11 @@ class ImageWriter:
             raise RuntimeError(f"image {self.final_dir} is already committed or aborted")
         return self.tmp_dir
 
-    def _new_sink(self, name: str, *, digest: bool = True) -> _Sink:
+    def _new_sink(self, name: str, *, digest: bool = True, writeback: int = 0) -> _Sink:
         tmp = self._require_open()
         if name in self._sinks or name == kinds.INVENTORY.template:
             raise ValueError(f"{name} is already written (or reserved)")
-        sink = _Sink(os.path.join(tmp, name), digest=digest)
+        sink = _Sink(os.path.join(tmp, name), digest=digest, writeback=writeback)
         self._sinks[name] = sink
         return sink
 
@@ -910,7 +925,7 @@ class ImageWriter:
         writer = PageWriter(
             key,
             self._new_sink(kinds.PAGEMAP.file_name(key)),
-            self._new_sink(kinds.PAGES.file_name(key), digest=False),  # its chunks are checked one by one
+            self._new_sink(kinds.PAGES.file_name(key), digest=False, writeback=WRITEBACK_BYTES),  # chunks have CRCs
             page_size=self.page_size,
             chunk_size=self.chunk_size,
             compressor=self._cctx,
