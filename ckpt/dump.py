@@ -177,6 +177,7 @@ def dump(
     parent: str | os.PathLike[str] | None = None,
     track_mem: bool = False,
     track_method: str | None = None,
+    end_target: Callable[[str], bool] | None = None,
 ) -> DumpStats:
     """Checkpoint process ``pid`` into the new directory ``image_dir`` (a FULL image).
 
@@ -195,9 +196,16 @@ def dump(
     ``deleted_max``: bytes of a deleted-but-open file's content the image may
     hold (default :data:`ckpt.resources.files.DELETED_MAX`); a bigger one is
     refused, naming the fd and the size.
+    ``end_target(image_dir)``: asked, once the image is committed and with the
+    target still frozen, whether to end it (True) or let it run on (False) —
+    a migration ends the source only once the destination runs the process.
+    If it raises, the target runs on, the exception propagates and the image
+    stays.  Not with ``leave_running`` / ``leave_stopped``.
     """
     if leave_running and leave_stopped:
         raise UsageError("leave_running and leave_stopped exclude each other (-R / -s)")
+    if end_target is not None and (leave_running or leave_stopped):
+        raise UsageError("end_target decides the target's fate itself: not with leave_running / leave_stopped")
     report = progress or (lambda _event: None)
 
     def step(phase: str, done: int = 0) -> None:
@@ -263,6 +271,10 @@ def dump(
                 t_committed = time.monotonic()
                 stored = pw.close()  # already closed by commit: returns its stats
                 step("committed")
+            if end_target is not None and not end_target(os.path.abspath(image_dir)):
+                leave_running = True  # the caller keeps the original: let it go, as -R would
+                proc.release()
+                t_thawed = time.monotonic()
             if leave_stopped:
                 # Queued while every thread is still frozen, so the target runs no instruction
                 # after the image: the first thread let go takes the SIGSTOP into a group stop.

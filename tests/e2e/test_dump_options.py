@@ -205,3 +205,36 @@ def test_deleted_max(tmp_path: Path) -> None:
         res = subprocess.run([*CKPT, "dump", "-t", str(t.pid), "-D", str(tmp_path / "img2"), "--deleted-max", "lots"],
                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
         assert res.returncode == 2 and "not a size" in res.stderr
+
+
+def test_end_target_decides_while_frozen(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """The migration hook: asked with the image committed and the target frozen; False lets it
+    run on (rollback), an exception too (and propagates), True ends it."""
+    from ckpt.dump import dump as dump_hooked
+
+    t, _ = _start(c_target, tmp_path, 2, False)
+    seen: list[tuple[str, set[str]]] = []
+
+    def keep(image: str) -> bool:
+        seen.append((image, _states(t.pid)))
+        return False
+
+    stats = dump_hooked(t.pid, tmp_path / "a", end_target=keep)
+    assert stats.left_running and t.alive() and tracer_of(t.pid) == 0
+    assert seen == [(str(tmp_path / "a"), {"t"})]  # asked once, image complete, every thread in a ptrace stop
+    assert (tmp_path / "a" / "inventory.img").exists()
+    _result(t, fresh=True)  # still running and consistent
+
+    def fail(image: str) -> bool:
+        raise RuntimeError("destination gone")
+
+    with pytest.raises(RuntimeError, match="destination gone"):
+        dump_hooked(t.pid, tmp_path / "b", end_target=fail)
+    assert t.alive() and tracer_of(t.pid) == 0
+    _result(t, fresh=True)
+
+    with pytest.raises(UsageError):
+        dump_hooked(t.pid, tmp_path / "c", end_target=lambda _: True, leave_running=True)
+    dump_hooked(t.pid, tmp_path / "d", end_target=lambda _: True)
+    _forget(t)  # ended, and reaped by the dump (we are its parent)
+    assert not os.path.exists(f"/proc/{t.pid}")
