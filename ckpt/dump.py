@@ -45,7 +45,7 @@ def dump_files(ctx: DumpContext) -> None:
     policy = files.StdioPolicy(shell_job=ctx.shell_job)
     cap = files.DELETED_MAX if ctx.deleted_max is None else ctx.deleted_max
     files.dump(ctx.proc, ctx.snap, policy=policy, tcp_close=ctx.tcp_close,
-               skip_fds=ctx.skip_fds, deleted_max=cap).write(ctx.writer, ctx.pid)
+               skip_fds=ctx.skip_fds, deleted_max=cap, notes=ctx.notes).write(ctx.writer, ctx.pid)
 
 
 def dump_limits(ctx: DumpContext) -> None:

@@ -243,11 +243,12 @@ def _group(pid: int, fds: list[OpenFd]) -> list[list[OpenFd]]:
 
 def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPolicy(),
          first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False,
-         skip_fds: frozenset[int] = frozenset()) -> FilesDump:
+         skip_fds: frozenset[int] = frozenset(), notes: list[str] | None = None) -> FilesDump:
     """Classify and record every fd of the frozen process; refuses (Unsupported) before touching anything.
 
     ``skip_fds``: descriptors that are ckpt's, not the target's (the parked
     tracking userfaultfd, checked by inode by the caller): left out of the image.
+    ``notes`` collects what was saved less than exactly (see sockets.dump).
     """
     pid = proc.pid
     groups = _group(pid, _open_fds(pid, snap, skip_fds))
@@ -279,7 +280,7 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
             e.pipe.pipe_id = o.st.st_ino
             pipe_ends.setdefault(o.st.st_ino, []).append((e, o))
         elif kind == K.INET:
-            sockets.dump(pid, o.fd, e, tcp_close=tcp_close)
+            sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes)
         elif kind == K.EVENTFD:
             eventfd.dump(pid, o.fd, o.info, e)
         elif kind == K.EPOLL:

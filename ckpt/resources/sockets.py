@@ -20,9 +20,17 @@ Restore is injected into the helper: ``socket``, each saved option with
 socket).  A unix socket's path is left on disk when its owner dies; a stale
 one (nobody accepts on it) is removed first, or ``bind`` would fail.
 
-Not kept: the listen backlog exactly (the kernel does not report the one a
-program asked for without sock_diag; ``SOMAXCONN`` is used), SO_RCVBUF /
-SO_SNDBUF, socket filters, multicast memberships, queued datagrams.
+A listener comes back with the backlog its program gave to ``listen()``: it
+bounds the accept queue and is what ``ss -l`` shows as Send-Q.  getsockopt
+cannot read it, sock_diag can (:mod:`ckpt.kernel.sock_diag`, asked by inode
+from the dumper: the kernel filters by port, or looks the unix socket up, so
+each query returns just that socket).  Where sock_diag cannot tell (no
+support in the kernel, the target in another network namespace) the image
+has no backlog, a note says so, and restore uses ``SOMAXCONN`` — as for an
+image written before the backlog was recorded.
+
+Not kept: SO_RCVBUF / SO_SNDBUF, socket filters, multicast memberships,
+queued datagrams.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import os
 import socket
 import stat
 import struct
+import warnings
 from dataclasses import dataclass
 
 from ..control.inject import Injector, Scratch
@@ -39,6 +48,7 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.sock_diag import listen_backlogs
 
 __all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "dump", "restore"]
 
@@ -69,6 +79,7 @@ class _Peek:
     tcp_state: int
     local: bytes
     peer: bytes
+    inode: int
 
 
 def _sockaddr(family: int, addr: object) -> bytes:
@@ -92,6 +103,7 @@ def _peek(pid: int, fd: int) -> tuple[_Peek, list[files_pb2.SockOpt]]:
         os.close(pidfd)
     s = socket.socket(fileno=ours)
     try:
+        inode = os.fstat(ours).st_ino
         family = s.getsockopt(socket.SOL_SOCKET, _SO_DOMAIN)
         stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         proto = s.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL)
@@ -117,7 +129,7 @@ def _peek(pid: int, fd: int) -> tuple[_Peek, list[files_pb2.SockOpt]]:
             except OSError:
                 continue  # not an option of this family/type
             opts.append(files_pb2.SockOpt(level=level, name=name, value=value))
-        return _Peek(family, stype, proto, listening, tcp_state, local, peer), opts
+        return _Peek(family, stype, proto, listening, tcp_state, local, peer, inode), opts
     finally:
         s.close()
 
@@ -126,14 +138,46 @@ def _refuse(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupporte
     return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
 
 
-def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False) -> None:
-    """Fill ``entry`` (kind, inet/unix details) for the socket at ``fd``; Unsupported for what cannot be re-created."""
+def _netns_differs(pid: int) -> bool:
+    """Is ``pid`` in another network namespace than ours (so out of our sock_diag's sight)?"""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+
+
+def _listen_backlog(pid: int, fd: int, p: _Peek, notes: list[str] | None) -> int | None:
+    """The listener's backlog from sock_diag; None (and a note) when sock_diag cannot tell."""
+    port = struct.unpack_from(">H", p.local, 2)[0] if p.family != socket.AF_UNIX else 0
+    try:
+        found = listen_backlogs(p.family, p.protocol, port=port, inode=p.inode).get(p.inode)
+        why = ("the process is in another network namespace, which sock_diag does not see" if _netns_differs(pid)
+               else "sock_diag does not report it")
+    except OSError as exc:
+        found, why = None, f"sock_diag failed: {exc.strerror or exc}"
+    if found is not None:
+        return found
+    note = f"process {pid}: fd {fd}: listen backlog not known: {why}; it will be restored as SOMAXCONN"
+    if notes is None:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+    else:
+        notes.append(note)
+    return None
+
+
+def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False,
+         notes: list[str] | None = None) -> None:
+    """Fill ``entry`` (kind, inet/unix details) for the socket at ``fd``; Unsupported for what cannot be re-created.
+
+    ``notes`` collects what was not saved exactly (a listen backlog sock_diag
+    could not report); without it, that goes out as a RuntimeWarning.
+    """
     p, opts = _peek(pid, fd)
     kinds = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
     if p.family in (socket.AF_INET, socket.AF_INET6):
         fam = "IPv4" if p.family == socket.AF_INET else "IPv6"
         inet = files_pb2.InetSocket(family=p.family, type=p.type, protocol=p.protocol, state=p.tcp_state,
-                                    src_addr=p.local, dst_addr=p.peer, backlog=socket.SOMAXCONN if p.listening else 0)
+                                    src_addr=p.local, dst_addr=p.peer)
         inet.options.extend(opts)
         if p.type == socket.SOCK_STREAM and not p.listening and p.tcp_state != TCP_CLOSE:
             if not tcp_close:
@@ -144,6 +188,8 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = Fal
             inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
         elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             raise _refuse(pid, fd, f"an {fam} socket of type {p.type}")
+        elif p.listening and (backlog := _listen_backlog(pid, fd, p, notes)) is not None:
+            inet.backlog = backlog
         entry.kind = K.INET
         entry.inet.CopyFrom(inet)
         return
@@ -151,7 +197,9 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = Fal
         if not p.listening:
             raise _refuse(pid, fd, f"a unix {kinds.get(p.type, p.type)} socket that is not listening "
                           f"(name {p.local!r})", "only listening unix sockets are re-created")
-        unix = files_pb2.UnixSocket(type=p.type, state=TCP_LISTEN, name=p.local, backlog=socket.SOMAXCONN)
+        unix = files_pb2.UnixSocket(type=p.type, state=TCP_LISTEN, name=p.local)
+        if (backlog := _listen_backlog(pid, fd, p, notes)) is not None:
+            unix.backlog = backlog
         unix.options.extend(o for o in opts if o.level == socket.SOL_SOCKET)
         entry.kind = K.UNIX
         entry.unix.CopyFrom(unix)
@@ -191,6 +239,11 @@ def _clear_stale_unix_path(path: bytes) -> None:
                        hint="stop it, or restore when the socket path is free")
 
 
+def _backlog(sock: "files_pb2.InetSocket | files_pb2.UnixSocket") -> int:
+    """The recorded backlog (0 included); SOMAXCONN when the image has none."""
+    return sock.backlog if sock.HasField("backlog") else socket.SOMAXCONN
+
+
 def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
     """Create the socket of ``entry`` in the process of ``inj``; its (temporary) fd."""
     if entry.kind == K.INET:
@@ -208,7 +261,7 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
                     raise RestoreError(f"cannot bind the socket of file {entry.id} again: {exc.strerror}",
                                        hint="the address must be free (is the dumped process still running?)") from exc
             if i.type == socket.SOCK_STREAM and i.state == TCP_LISTEN:
-                inj.call(NR.listen, fd, i.backlog or socket.SOMAXCONN, name="listen")
+                inj.call(NR.listen, fd, _backlog(i), name="listen")
             elif i.type == socket.SOCK_DGRAM and i.dst_addr:
                 s.write(0, bytes(i.dst_addr))
                 inj.call(NR.connect, fd, s.addr, len(i.dst_addr), name="connect")
@@ -227,7 +280,7 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
             addr = struct.pack("<H", socket.AF_UNIX) + name + (b"\0" if name and name[0] != 0 else b"")
             s.write(0, addr)
             inj.call(NR.bind, fd, s.addr, len(addr), name=f"bind({name!r})")
-            inj.call(NR.listen, fd, u.backlog or socket.SOMAXCONN, name="listen")
+            inj.call(NR.listen, fd, _backlog(u), name="listen")
         except BaseException:
             inj.close(fd)
             raise

@@ -1,21 +1,28 @@
-"""Listening sockets, epoll and eventfd through dump and restore; an established connection; redis-server."""
+"""Listening sockets (with their backlogs), epoll and eventfd through dump and restore; an established connection;
+redis-server."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ckpt.dump import dump, restore
 from ckpt.errors import Unsupported
-from targets import Target, spawn, tracer_of, wait_until
+from ckpt.image.show import show_dict
+from ckpt.kernel.sock_diag import listen_backlogs
+from ckpt.resources import sockets
+from targets import Target, python_argv, spawn, tracer_of, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 
@@ -35,6 +42,41 @@ def _ask(family: int, addr: object, kind: int = socket.SOCK_STREAM, msg: bytes =
         return c.recv(100).decode().strip()
 
 
+def _backlogs(pid: int) -> dict[str, list[int]]:
+    """Listen backlog of each listening socket ``pid`` holds, by family, as sock_diag reports it."""
+    inodes = {int(link[8:-1]) for link in (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+              if link.startswith("socket:[")}
+    out = {}
+    for name, family, proto in (("tcp4", socket.AF_INET, socket.IPPROTO_TCP),
+                                ("tcp6", socket.AF_INET6, socket.IPPROTO_TCP), ("unix", socket.AF_UNIX, 0)):
+        found = sorted(b for ino, b in listen_backlogs(family, proto).items() if ino in inodes)
+        if found:
+            out[name] = found
+    return out
+
+
+def _ss_send_q() -> dict[str, int]:
+    """``ss -ltnx``'s Send-Q (a listener's backlog) by local address: "127.0.0.1:P", "[::1]:P", a unix path."""
+    lines = subprocess.run(["ss", "-Hltnx"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return {f[4]: int(f[3]) for f in map(str.split, lines)}
+
+
+def _image_backlogs(image: Path) -> list[int]:
+    """Every ``backlog`` field the image's file records hold (absent when not recorded)."""
+    found: list[int] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            found.extend(x for k, x in v.items() if k == "backlog")
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+    walk(show_dict(image))
+    return sorted(found)
+
+
 def _all_answer(ports: dict[str, str], unix_path: str) -> list[int]:
     out = [_ask(socket.AF_INET, ("127.0.0.1", int(ports["tcp4"]))),
            _ask(socket.AF_INET6, ("::1", int(ports["tcp6"]))),
@@ -52,6 +94,7 @@ def test_listeners_epoll_eventfd_round_trip(py_target, tmp_path: Path, restored:
     t = py_target("py_server.py", unix_path, stderr=subprocess.DEVNULL)
     ports = _fields(t.expect("READY", timeout=20))
     counts = _all_answer(ports, unix_path)
+    assert _backlogs(t.pid) == {"tcp4": [17], "tcp6": [5], "unix": [3]}  # py_server's listen() calls
     if leave_running:
         dump(t.pid, tmp_path / "img1", leave_running=True)
         assert tracer_of(t.pid) == 0 and _all_answer(ports, unix_path)[0] > counts[-1]
@@ -64,6 +107,7 @@ def test_listeners_epoll_eventfd_round_trip(py_target, tmp_path: Path, restored:
     r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     after = _all_answer(ports, unix_path)  # every listener accepts again, from the same epoll loop
+    assert _backlogs(r.pid) == {"tcp4": [17], "tcp6": [5], "unix": [3]}  # not SOMAXCONN
     assert after[0] > counts[-1] and after == sorted(after)
     efd = _ask(socket.AF_INET, ("127.0.0.1", int(ports["udp"])), socket.SOCK_DGRAM, b"efd")
     assert efd.endswith("efd=3"), efd  # the eventfd counter came back
@@ -87,6 +131,73 @@ def test_established_tcp_needs_tcp_close(py_target, tmp_path: Path, restored: li
     r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     assert _ask(socket.AF_INET, ("127.0.0.1", int(ports["tcp4"]))).startswith("pong ")
+
+
+# --- listen backlogs ---------------------------------------------------------
+
+SOMAXCONN_NOW = min(socket.SOMAXCONN, int(Path("/proc/sys/net/core/somaxconn").read_text()))
+
+
+def _pongs(ports: dict[str, str], unix_name: str) -> None:
+    addrs = [(socket.AF_INET, ("127.0.0.1", int(ports["tcp4"]))), (socket.AF_INET6, ("::1", int(ports["tcp6"]))),
+             (socket.AF_UNIX, unix_name)]
+    assert all(_ask(f, a).startswith("pong ") for f, a in addrs)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")
+@pytest.mark.parametrize("b4, b6, bu", [(5, 17, 33), (0, 1 << 20, 1)], ids=["5-17-33", "0-huge-1"])
+def test_listen_backlogs_come_back(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                   b4: int, b6: int, bu: int) -> None:
+    unix_path = str(tmp_path / "b.sock")
+    t = py_target("py_backlogs.py", unix_path, str(b4), str(b6), str(bu), stderr=subprocess.DEVNULL)
+    ports = _fields(t.expect("READY", timeout=20))
+    _pongs(ports, unix_path)
+    want = {f"127.0.0.1:{ports['tcp4']}": b4, f"[::1]:{ports['tcp6']}": min(b6, SOMAXCONN_NOW), unix_path: bu}
+    assert {k: v for k, v in _ss_send_q().items() if k in want} == want
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sock_diag answered for every listener: no note
+        dump(t.pid, tmp_path / "img")
+    t.proc.returncode = -signal.SIGKILL
+    assert _image_backlogs(tmp_path / "img") == sorted(want.values())  # a backlog of 0 is recorded too
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert {k: v for k, v in _ss_send_q().items() if k in want} == want
+    assert _backlogs(r.pid) == {"tcp4": [b4], "tcp6": [min(b6, SOMAXCONN_NOW)], "unix": [bu]}
+    _pongs(ports, unix_path)  # and every listener still accepts
+
+
+def test_unknown_backlog_is_a_note_and_restores_somaxconn(py_target, tmp_path: Path,  # noqa: ANN001
+                                                         restored: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    unix_path = str(tmp_path / "b.sock")
+    t = py_target("py_backlogs.py", unix_path, "5", "17", "33", stderr=subprocess.DEVNULL)
+    ports = _fields(t.expect("READY", timeout=20))
+
+    def no_sock_diag(family: int, protocol: int = 0, **_kw: int) -> dict[int, int]:
+        raise FileNotFoundError(2, "sock_diag: No such file or directory")  # as without the diag modules
+
+    monkeypatch.setattr(sockets, "listen_backlogs", no_sock_diag)
+    stats = dump(t.pid, tmp_path / "img")  # the dump goes on, and its notes say what was not saved
+    t.proc.returncode = -signal.SIGKILL
+    lost = [n for n in stats.notes if "listen backlog not known: sock_diag failed" in n]
+    assert len(lost) == 3 and all(re.search(r"fd \d+", n) for n in lost), stats.notes
+    assert _image_backlogs(tmp_path / "img") == []  # nothing recorded: like an image from before backlogs
+    monkeypatch.undo()
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert _backlogs(r.pid) == {"tcp4": [SOMAXCONN_NOW], "tcp6": [SOMAXCONN_NOW], "unix": [SOMAXCONN_NOW]}
+    _pongs(ports, unix_path)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is not installed")
+def test_backlog_in_another_network_namespace_is_a_note(tmp_path: Path) -> None:
+    """sock_diag sees the dumper's network namespace only: a target in another one gets the SOMAXCONN note."""
+    with spawn(["unshare", "--net", *python_argv("py_backlogs.py", "@ckpt-netns-backlog", "5", "17", "33", "0.0.0.0")],
+               stderr=subprocess.DEVNULL) as t:
+        t.expect("READY", timeout=20)
+        note = "listen backlog not known: the process is in another network namespace"
+        stats = dump(t.pid, tmp_path / "img", leave_running=True)
+        assert len([n for n in stats.notes if note in n]) == 2, stats.notes  # tcp4 and unix (no ::1 there)
+        assert t.alive() and _image_backlogs(tmp_path / "img") == []
 
 
 # --- redis -------------------------------------------------------------------
@@ -177,11 +288,13 @@ def test_redis_keeps_its_keys_and_serves_after_restore(tmp_path: Path, restored:
             int(f) for f in os.listdir(f"/proc/{t.pid}/fd") if os.readlink(f"/proc/{t.pid}/fd/{f}").startswith("socket:"))
             for fd in map(int, os.listdir(f"/proc/{t.pid}/fd"))), "redis closed our client connection")
 
+        assert _backlogs(t.pid) == {"tcp4": [min(511, SOMAXCONN_NOW)]}  # redis's default tcp-backlog
         stats = dump(t.pid, tmp_path / "img")
         t.proc.returncode = -signal.SIGKILL
         res = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
         restored.append(res.pid)
         assert res.pid == t.pid and tracer_of(t.pid) == 0
+        assert _backlogs(res.pid) == {"tcp4": [min(511, SOMAXCONN_NOW)]}
         r = Redis(port)
         assert r.call("DBSIZE") == NKEYS
         for i in random.Random(7).sample(range(NKEYS), 200):

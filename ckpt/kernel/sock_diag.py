@@ -1,0 +1,203 @@
+"""sock_diag netlink (NETLINK_SOCK_DIAG): the listen backlog of sockets, by inode.
+
+The backlog a program gave to ``listen()`` (``sk_max_ack_backlog``, already
+capped at ``net.core.somaxconn``) is not readable with getsockopt; sock_diag
+reports it — it is what ``ss -l`` prints as Send-Q:
+
+* inet (``include/uapi/linux/inet_diag.h``): a ``SOCK_DIAG_BY_FAMILY`` dump with
+  an ``inet_diag_req_v2`` for one family and protocol; a listener's
+  ``inet_diag_msg.idiag_wqueue`` is its backlog.  For listeners the kernel
+  compares ``id.idiag_sport`` itself, so a port narrows the dump to it.
+* unix (``include/uapi/linux/unix_diag.h``): a ``unix_diag_req`` with
+  ``UDIAG_SHOW_RQLEN``; a listener's ``UNIX_DIAG_RQLEN`` attribute is
+  (queued connections, backlog).  With ``udiag_ino`` and no dump flag the
+  kernel looks the one socket up.
+
+sock_diag sees every socket of the caller's network namespace, whichever
+process owns it, so the dumper asks about the target's sockets directly.
+Each call opens its own netlink socket: no state is kept between calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import os
+import socket
+from collections.abc import Iterator
+
+__all__ = [
+    "NETLINK_SOCK_DIAG", "SOCK_DIAG_BY_FAMILY", "TCP_LISTEN", "UDIAG_SHOW_RQLEN", "UNIX_DIAG_RQLEN",
+    "INET_DIAG_NOCOOKIE", "INET_DIAG_REQ_PROTOCOL", "nlmsghdr", "nlattr", "inet_diag_sockid", "inet_diag_req_v2",
+    "inet_diag_msg", "unix_diag_req", "unix_diag_msg", "unix_diag_rqlen", "listen_backlogs",
+]
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+#: include/net/tcp_states.h; unix_diag numbers a unix listener's state the same way.
+TCP_LISTEN = 10
+UDIAG_SHOW_RQLEN = 0x10
+UNIX_DIAG_RQLEN = 4
+INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+#: Request attribute: the protocol as a u32, for those that do not fit sdiag_protocol (IPPROTO_MPTCP 262).
+INET_DIAG_REQ_PROTOCOL = 3
+#: Bigger than any netlink dump skb (the kernel caps them at 32 KiB), so a read never truncates.
+_RECV_SIZE = 1 << 17
+#: A netlink reply is immediate; a bound on the wait keeps a frozen target from waiting on a kernel bug.
+_TIMEOUT = 5.0
+_seq = itertools.count(1)
+
+
+class nlmsghdr(ctypes.Structure):
+    _fields_ = [("nlmsg_len", ctypes.c_uint32), ("nlmsg_type", ctypes.c_uint16), ("nlmsg_flags", ctypes.c_uint16),
+                ("nlmsg_seq", ctypes.c_uint32), ("nlmsg_pid", ctypes.c_uint32)]
+
+
+class nlattr(ctypes.Structure):
+    _fields_ = [("nla_len", ctypes.c_uint16), ("nla_type", ctypes.c_uint16)]
+
+
+class inet_diag_sockid(ctypes.Structure):
+    """Ports and addresses are in network byte order."""
+
+    _fields_ = [("idiag_sport", ctypes.c_uint16), ("idiag_dport", ctypes.c_uint16),
+                ("idiag_src", ctypes.c_uint32 * 4), ("idiag_dst", ctypes.c_uint32 * 4),
+                ("idiag_if", ctypes.c_uint32), ("idiag_cookie", ctypes.c_uint32 * 2)]
+
+
+class inet_diag_req_v2(ctypes.Structure):
+    _fields_ = [("sdiag_family", ctypes.c_uint8), ("sdiag_protocol", ctypes.c_uint8), ("idiag_ext", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8), ("idiag_states", ctypes.c_uint32), ("id", inet_diag_sockid)]
+
+
+class inet_diag_msg(ctypes.Structure):
+    _fields_ = [("idiag_family", ctypes.c_uint8), ("idiag_state", ctypes.c_uint8), ("idiag_timer", ctypes.c_uint8),
+                ("idiag_retrans", ctypes.c_uint8), ("id", inet_diag_sockid), ("idiag_expires", ctypes.c_uint32),
+                ("idiag_rqueue", ctypes.c_uint32), ("idiag_wqueue", ctypes.c_uint32), ("idiag_uid", ctypes.c_uint32),
+                ("idiag_inode", ctypes.c_uint32)]
+
+
+class unix_diag_req(ctypes.Structure):
+    _fields_ = [("sdiag_family", ctypes.c_uint8), ("sdiag_protocol", ctypes.c_uint8), ("pad", ctypes.c_uint16),
+                ("udiag_states", ctypes.c_uint32), ("udiag_ino", ctypes.c_uint32), ("udiag_show", ctypes.c_uint32),
+                ("udiag_cookie", ctypes.c_uint32 * 2)]
+
+
+class unix_diag_msg(ctypes.Structure):
+    _fields_ = [("udiag_family", ctypes.c_uint8), ("udiag_type", ctypes.c_uint8), ("udiag_state", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8), ("udiag_ino", ctypes.c_uint32), ("udiag_cookie", ctypes.c_uint32 * 2)]
+
+
+class unix_diag_rqlen(ctypes.Structure):
+    _fields_ = [("udiag_rqueue", ctypes.c_uint32), ("udiag_wqueue", ctypes.c_uint32)]
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _request(req: ctypes.Structure, *, dump: bool, call: str, attrs: bytes = b"") -> Iterator[bytes]:
+    """Send one SOCK_DIAG_BY_FAMILY request; yield the body of each reply message.
+
+    An error (NLMSG_ERROR, or a dump's NLMSG_DONE carrying one) raises
+    ``OSError`` named after ``call``; ENOENT there means no sock_diag handler
+    for the family/protocol (or, for an exact lookup, no such socket).
+    """
+    seq = next(_seq)
+    hdr = nlmsghdr(ctypes.sizeof(nlmsghdr) + ctypes.sizeof(req) + len(attrs), SOCK_DIAG_BY_FAMILY,
+                   NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), seq, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG) as s:
+        s.settimeout(_TIMEOUT)
+        s.sendto(bytes(hdr) + bytes(req) + attrs, (0, 0))
+        while True:
+            data, _, flags, _ = s.recvmsg(_RECV_SIZE)
+            if flags & socket.MSG_TRUNC:
+                raise OSError(errno.EMSGSIZE, f"{call}: netlink reply truncated")
+            off = 0
+            while off + ctypes.sizeof(nlmsghdr) <= len(data):
+                h = nlmsghdr.from_buffer_copy(data, off)
+                if h.nlmsg_len < ctypes.sizeof(nlmsghdr) or off + h.nlmsg_len > len(data):
+                    raise OSError(errno.EBADMSG, f"{call}: malformed netlink message")
+                body = data[off + ctypes.sizeof(nlmsghdr):off + h.nlmsg_len]
+                off += _align(h.nlmsg_len)
+                if h.nlmsg_seq != seq:
+                    continue
+                if h.nlmsg_type in (NLMSG_DONE, NLMSG_ERROR):
+                    # Both carry an int: 0, or the negative errno a dump or a request failed with.
+                    err = -ctypes.c_int32.from_buffer_copy(body[:4].ljust(4, b"\0")).value
+                    if err:
+                        raise OSError(err, f"{call}: {os.strerror(err)}")
+                    return
+                yield body
+                if not dump:
+                    return  # an exact lookup answers with one message and no NLMSG_DONE
+
+
+def _attrs(body: bytes, start: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    off = _align(start)
+    while off + ctypes.sizeof(nlattr) <= len(body):
+        a = nlattr.from_buffer_copy(body, off)
+        if a.nla_len < ctypes.sizeof(nlattr):
+            break
+        out[a.nla_type & 0x3FFF] = body[off + ctypes.sizeof(nlattr):off + a.nla_len]  # minus NLA_F_* flags
+        off += _align(a.nla_len)
+    return out
+
+
+def _inet_backlogs(family: int, protocol: int, port: int) -> dict[int, int]:
+    wide = protocol > 0xFF  # sdiag_protocol is a u8: the kernel reads the attribute instead
+    req = inet_diag_req_v2(sdiag_family=family, sdiag_protocol=0 if wide else protocol, idiag_states=1 << TCP_LISTEN)
+    req.id.idiag_sport = socket.htons(port)
+    req.id.idiag_cookie[0] = req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE
+    attrs = b""
+    if wide:
+        attrs = bytes(nlattr(ctypes.sizeof(nlattr) + 4, INET_DIAG_REQ_PROTOCOL)) + bytes(ctypes.c_uint32(protocol))
+    out: dict[int, int] = {}
+    call = f"sock_diag(family={family}, protocol={protocol}, port={port})"
+    for body in _request(req, dump=True, call=call, attrs=attrs):
+        m = inet_diag_msg.from_buffer_copy(body.ljust(ctypes.sizeof(inet_diag_msg), b"\0"))
+        if m.idiag_state == TCP_LISTEN and m.idiag_inode:
+            out[m.idiag_inode] = m.idiag_wqueue
+    return out
+
+
+def _unix_backlogs(inode: int) -> dict[int, int]:
+    req = unix_diag_req(sdiag_family=socket.AF_UNIX, udiag_states=1 << TCP_LISTEN, udiag_ino=inode,
+                        udiag_show=UDIAG_SHOW_RQLEN)
+    req.udiag_cookie[0] = req.udiag_cookie[1] = INET_DIAG_NOCOOKIE
+    out: dict[int, int] = {}
+    call = f"sock_diag(family=AF_UNIX, inode={inode})" if inode else "sock_diag(family=AF_UNIX)"
+    try:
+        for body in _request(req, dump=not inode, call=call):
+            m = unix_diag_msg.from_buffer_copy(body.ljust(ctypes.sizeof(unix_diag_msg), b"\0"))
+            rqlen = _attrs(body, ctypes.sizeof(unix_diag_msg)).get(UNIX_DIAG_RQLEN)
+            if m.udiag_state == TCP_LISTEN and rqlen is not None and len(rqlen) >= ctypes.sizeof(unix_diag_rqlen):
+                out[m.udiag_ino] = unix_diag_rqlen.from_buffer_copy(rqlen).udiag_wqueue
+    except OSError as exc:
+        if inode and exc.errno == errno.ENOENT:
+            return {}  # the exact lookup found no socket of that inode
+        raise
+    return out
+
+
+def listen_backlogs(family: int, protocol: int = 0, *, port: int = 0, inode: int = 0) -> dict[int, int]:
+    """Listening sockets of this network namespace → their backlog, keyed by socket inode.
+
+    ``AF_INET`` / ``AF_INET6``: one dump of the listeners of ``protocol``
+    (``IPPROTO_TCP``, ``IPPROTO_MPTCP``), only those on local ``port`` if
+    non-zero.  ``AF_UNIX``: every unix listener, or only the socket of
+    ``inode`` (an exact lookup; empty if it is not there or not listening).
+    Raises ``OSError`` when the kernel refuses (ENOENT: no sock_diag support
+    for that family or protocol).
+    """
+    if family in (socket.AF_INET, socket.AF_INET6):
+        return _inet_backlogs(family, protocol, port)
+    if family == socket.AF_UNIX:
+        return _unix_backlogs(inode)
+    raise OSError(errno.EAFNOSUPPORT, f"sock_diag(family={family}): {os.strerror(errno.EAFNOSUPPORT)}")
