@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .control.seize import FrozenProcess, freeze
+from .control.seize import FrozenProcess, freeze, require_our_pid_namespace
 from .errors import UsageError, translate_oserror
 from .image.pb import process_pb2
 from .image.records import ImageKind, ProcessInfo
@@ -211,6 +211,7 @@ def dump(
     def step(phase: str, done: int = 0) -> None:
         report(ProgressEvent(phase, done))
 
+    require_our_pid_namespace(pid)
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
     notes: list[str] = []

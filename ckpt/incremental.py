@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .control.seize import require_our_pid_namespace
 from .errors import CkptError, TargetGone, UsageError
 from .image import kinds
 from .image.chain import open_chain
@@ -550,6 +551,7 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     A range matching no mapping, or a selection leaving nothing to copy, is a
     UsageError before the target is touched.
     """
+    require_our_pid_namespace(pid)
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
     selection = check_ranges(pid, ranges, exclude) if ranges is not None or exclude is not None else None

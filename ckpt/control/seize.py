@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import CkptError, TargetGone, translate_oserror
+from ..errors import CkptError, TargetGone, Unsupported, translate_oserror
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, user_regs_struct
 from ..kernel.libc import syscall
@@ -46,12 +46,13 @@ from ..kernel.ptrace import StopKind, WaitStatus
 from ..kernel.vm import ProcMem
 from ..procfs.stat import read_stat, read_task_stat
 from ..procfs.status import read_status
-from ..procfs.task import list_tids, read_starttime
+from ..procfs.task import in_our_pid_namespace, list_tids, read_starttime
 
 if TYPE_CHECKING:
     from .inject import Injector
 
 __all__ = [
+    "require_our_pid_namespace",
     "SEIZE_OPTIONS", "STOP_TIMEOUT", "ThreadSnapshot", "DeferredSignal", "FrozenThread", "FrozenProcess",
     "freeze",
 ]
@@ -462,3 +463,12 @@ def freeze(pid: int, *, start_time: int | None = None) -> Iterator[FrozenProcess
         yield proc
     finally:
         proc.release()
+
+
+def require_our_pid_namespace(pid: int) -> None:
+    """Unsupported for a process of a nested PID namespace: its image must be taken from inside."""
+    if not in_our_pid_namespace(pid):
+        raise Unsupported(f"process {pid} is in another PID namespace: from out here its pids and tids are "
+                          "not the ones its memory holds",
+                          hint=f"run ckpt inside that namespace (nsenter -t {pid} -p -m ckpt ...) with the pid "
+                               f"it has there (the last field of NSpid in /proc/{pid}/status)")

@@ -14,13 +14,14 @@ which is why the dumper lists repeatedly while seizing (DESIGN §4).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..errors import TargetGone
 from ._proc import ProcDir
 from .stat import read_stat
 
-__all__ = ["ProcessRef", "list_tids", "read_starttime"]
+__all__ = ["ProcessRef", "list_tids", "read_starttime", "in_our_pid_namespace"]
 
 
 def list_tids(pid: int, *, proc: ProcDir | None = None) -> list[int]:
@@ -31,6 +32,19 @@ def list_tids(pid: int, *, proc: ProcDir | None = None) -> list[int]:
 def read_starttime(pid: int, *, proc: ProcDir | None = None) -> int:
     """Start time of ``pid`` in clock ticks after boot."""
     return read_stat(pid, proc=proc).starttime
+
+
+def in_our_pid_namespace(pid: int) -> bool:
+    """Whether ``pid`` lives in the caller's PID namespace (not a nested one).
+
+    A process of a nested namespace has other pids and tids inside than the
+    ones we see: an image taken from out here would record the outer ones
+    while its memory holds the inner ones.
+    """
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
+    except FileNotFoundError:
+        return True  # gone: the caller's next step says so
 
 
 @dataclass(frozen=True, slots=True)

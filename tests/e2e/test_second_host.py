@@ -249,10 +249,6 @@ def test_round_trip_dump_inside_restore_back(second_host: SecondHost, tmp_path: 
             proc.wait(timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason="ckpt dump accepts a process of a nested PID namespace when run outside it: "
-                                       "the image records its outer pid/tids, and a restore under those gives "
-                                       "a process whose memory still holds its inner tids (cr_target: 'gettid "
-                                       "changed in a worker'); dump should refuse it")
 def test_dump_from_outside_refuses_a_process_in_another_pid_namespace(second_host: SecondHost,
                                                                       tmp_path: Path) -> None:
     host = second_host
@@ -264,3 +260,7 @@ def test_dump_from_outside_refuses_a_process_in_another_pid_namespace(second_hos
                          capture_output=True, text=True, close_fds=True, timeout=120)
     assert proc.poll() is None
     assert res.returncode != 0 and not (tmp_path / "img").exists(), "the dump was accepted"
+    assert "another PID namespace" in res.stderr and "nsenter" in res.stderr and "Traceback" not in res.stderr
+    pre = subprocess.run(ckpt_argv("pre-dump", "-t", host_pid, "-D", tmp_path / "pre"), stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, close_fds=True, timeout=120)
+    assert pre.returncode != 0 and "another PID namespace" in pre.stderr and not (tmp_path / "pre").exists()
