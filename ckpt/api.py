@@ -226,3 +226,44 @@ if TYPE_CHECKING:
     from .incremental import PreDumpStats
 
 __all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir"]
+
+
+def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_ms: float = 100.0,
+            max_iterations: int = 30, bandwidth_limit_mb_s: float | None = None, dry_run: bool = False,
+            track: str | None = None,
+            on_round: "Callable[[RoundReport], None] | None" = None) -> "MigrateStats":
+    """Move running process ``pid`` to the ``ckpt receive`` at ``to`` = (host, port).
+
+    Pre-copy rounds (pre-dumps sent while it runs) until the predicted downtime
+    fits ``max_downtime_ms``, the rounds stop converging, or ``max_iterations``;
+    then a frozen final delta, restored at the destination; the source is ended
+    only once the destination reports the process running.  Any failure before
+    that raises (a :class:`ckpt.migrate.wire.WireError` for the link) with the
+    source running on, untracked.  ``dry_run``: rounds and prediction only.
+    """
+    from .migrate.source import migrate as _migrate
+
+    return _migrate(pid, to[0], to[1], token, max_downtime=max_downtime_ms / 1e3, max_iterations=max_iterations,
+                    bandwidth_limit=bandwidth_limit_mb_s * 1e6 if bandwidth_limit_mb_s else None,
+                    dry_run=dry_run, track=track, on_round=on_round)
+
+
+def receive(listen: tuple[str, int], image_dir: str | os.PathLike[str], token: str | bytes, *, once: bool = True,
+            on_event: Callable[[str], None] | None = None,
+            on_listening: "Callable[[tuple[str, int]], None] | None" = None) -> "list[ReceiveResult]":
+    """Accept migrations on ``listen`` = (host, port), keep their images under ``image_dir`` and restore them.
+
+    ``once``: return after one migration (else serve until interrupted).
+    ``on_listening((host, port))`` is called once the socket listens (port 0 picks one).
+    """
+    from .migrate.dest import serve
+
+    return serve(listen[0], listen[1], os.fspath(image_dir), token, once=once, on_event=on_event,
+                 on_listening=on_listening)
+
+
+if TYPE_CHECKING:
+    from .migrate.dest import ReceiveResult
+    from .migrate.source import MigrateStats, RoundReport
+
+__all__ += ["migrate", "receive"]

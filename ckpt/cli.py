@@ -147,6 +147,68 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return api.wait_restored(stats.pid)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """ADDR:PORT (an IPv6 address in brackets: [::1]:PORT)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"not ADDR:PORT: {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate.source import migrate
+    from .migrate.wire import load_token
+
+    token = load_token(args.token_file)
+    host, port = args.to
+    tty = sys.stderr.isatty()
+
+    def on_round(r: object) -> None:
+        line = (f"round {r.index}: {r.pages} pages, {r.bytes_sent / 1e6:.1f} MB sent in {r.seconds * 1e3:.0f} ms, "  # type: ignore[attr-defined]
+                f"dirty {r.dirty_rate_mb_s:.1f} MB/s, predicted downtime {r.predicted_downtime_ms:.0f} ms")  # type: ignore[attr-defined]
+        if tty or args.verbose:
+            print(line, file=sys.stderr, flush=True)
+
+    stats = migrate(args.tree, host, port, token, max_downtime=args.max_downtime / 1e3,
+                    max_iterations=args.max_iterations,
+                    bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
+                    dry_run=args.dry_run, track=args.track, on_round=on_round)
+    if args.dry_run:
+        print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
+              f"predicted downtime {stats.predicted_downtime_ms:.0f} ms ({stats.reason}); the process runs on here")
+    else:
+        print(f"migrated pid {args.tree} to {stats.destination} (pid {stats.dest_pid} there): downtime "
+              f"{stats.downtime_ms:.0f} ms (predicted {stats.predicted_downtime_ms:.0f}), {stats.iterations} rounds, "
+              f"{stats.bytes_sent / 1e6:.1f} MB sent, total {stats.total_ms / 1e3:.2f} s")
+    _write_json_stats(args.json_stats, stats)
+    return 0
+
+
+def _cmd_receive(args: argparse.Namespace) -> int:
+    from .migrate.dest import serve
+    from .migrate.wire import load_token, save_token
+
+    os.makedirs(args.images_dir, mode=0o700, exist_ok=True)
+    if args.token_file:
+        token = load_token(args.token_file)
+    else:  # a fresh token for this run, in a file only we can read: copy it to the source
+        path = os.path.join(args.images_dir, f"migrate-{os.getpid()}.token")
+        token = save_token(path)
+        print(f"token written to {path}: give it to `ckpt migrate --token-file`", file=sys.stderr)
+    host, port = args.listen
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results = serve(host, port, args.images_dir, token, once=args.once, on_event=say,
+                    on_listening=lambda a: say(f"listening on {a[0]}:{a[1]}"))
+    last = results[-1] if results else None
+    if args.json_stats and last is not None:
+        with open(args.json_stats, "w") as f:
+            json.dump(last.as_dict(), f, indent=2)
+    return 0 if last is None or last.outcome in ("running", "dry run") else EXIT_FAILURE
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -253,6 +315,28 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
         return sp
+
+    sp = add("migrate", _cmd_migrate, "move a running process to a `ckpt receive` elsewhere, with pre-copy rounds")
+    sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
+    sp.add_argument("--to", type=_host_port, required=True, metavar="ADDR:PORT", help="where `ckpt receive` listens")
+    sp.add_argument("--token-file", required=True, metavar="F", help="the shared token (both peers prove they know it)")
+    sp.add_argument("--max-downtime", type=float, default=100.0, metavar="MS",
+                    help="switch over once the predicted downtime fits (default 100 ms)")
+    sp.add_argument("--max-iterations", type=int, default=30, metavar="N", help="pre-copy rounds at most (default 30)")
+    sp.add_argument("--bandwidth-limit", type=float, metavar="MB/s", help="cap the rate on the wire")
+    sp.add_argument("--track", choices=("uffd-wp", "soft-dirty", "hash"), help="dirty-tracking back-end")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="run the pre-copy rounds and print the predicted downtime; switch nothing")
+    sp.add_argument("-v", "--verbose", action="store_true", help="a line per round even when not on a terminal")
+    sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
+
+    sp = add("receive", _cmd_receive, "accept migrations (`ckpt migrate`) and restore them here")
+    sp.add_argument("--listen", type=_host_port, default=("127.0.0.1", 7070), metavar="ADDR:PORT",
+                    help="where to listen (default 127.0.0.1:7070, loopback only)")
+    sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="where received images are kept")
+    sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
+    sp.add_argument("--once", action="store_true", help="exit after one migration")
+    sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
 
     sp = add("check", _cmd_check, "probe every kernel facility ckpt relies on, by trying it")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")

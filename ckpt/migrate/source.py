@@ -1,0 +1,211 @@
+"""The source side of live migration: pre-copy rounds, then the frozen switch-over.
+
+Each round is a pre-dump (only the pages written since the previous one, the
+target running) into a local work directory, sent to the destination as an
+image directory; :class:`~ckpt.migrate.policy.SwitchPolicy` decides after
+each round whether to switch.  The switch-over is a final delta dump whose
+``end_target`` hook runs with the target still frozen: it sends the image,
+asks the destination to restore it, and ends the source only once the
+destination says the process runs.  Anything failing before that (the link,
+the destination's restore, a timeout, Ctrl-C) lets the source run on: the
+dump's hook raises, and the dump thaws the target.
+
+One window is left, as in every two-party protocol: if the link drops after
+the destination sent "running" but before the source read it, the source
+thaws its copy and the process runs twice.  The destination keeps its copy
+once it has confirmed (losing the process would be worse).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ..errors import CkptError, UsageError
+from ..image.reader import Image
+from ..image.records import PageState
+from ..kernel.arch_x86_64 import PAGE_SIZE
+from .policy import Iteration, SwitchPolicy
+from .wire import Channel, WireError
+
+__all__ = ["MigrateStats", "RoundReport", "migrate"]
+
+#: How long the destination may take to restore the final image before the source gives up.
+RESTORE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """One pre-copy round, for the progress line and the stats."""
+
+    index: int
+    pages: int
+    bytes_sent: int
+    seconds: float
+    dirty_rate_mb_s: float
+    predicted_downtime_ms: float
+    decision: str
+
+
+@dataclass
+class MigrateStats:
+    """What a migration did; ``downtime_ms`` runs from the freeze to the destination's "running"."""
+
+    pid: int
+    destination: str
+    switched: bool = False           # False: dry run, or the switch-over failed and the source runs on
+    dest_pid: int = 0
+    downtime_ms: float = 0.0
+    predicted_downtime_ms: float = 0.0
+    total_ms: float = 0.0
+    iterations: int = 0
+    bytes_sent: int = 0
+    final_pages: int = 0
+    final_bytes: int = 0
+    restore_ms: float = 0.0          # the destination's restore, as it reported it
+    reason: str = ""                 # why the rounds stopped
+    rounds: list[RoundReport] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _image_pages(path: str, pid: int) -> tuple[int, int]:
+    """(pages stored here, their raw bytes) of one image."""
+    pm = Image.open(path).pagemap(pid)
+    return pm.count(PageState.HERE), sum(c.raw_length for c in pm.chunks)
+
+
+class _Throttle:
+    """--bandwidth-limit, coarsely: after each image, sleep until the average rate is within the limit."""
+
+    def __init__(self, limit_bytes_s: float | None) -> None:
+        self.limit = limit_bytes_s
+        self.t0 = time.monotonic()
+        self.sent = 0
+
+    def account(self, nbytes: int) -> None:
+        self.sent += nbytes
+        if self.limit:
+            ahead = self.sent / self.limit - (time.monotonic() - self.t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float = 0.100,
+            max_iterations: int = 30, bandwidth_limit: float | None = None, dry_run: bool = False,
+            track: str | None = None, work_dir: str | None = None, connect_timeout: float = 10.0,
+            on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
+    """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
+
+    ``bandwidth_limit``: bytes per second on the wire (None: as fast as it goes).
+    ``dry_run``: run the pre-copy rounds, predict the downtime, switch nothing.
+    ``track``: the dirty-tracking back-end (default: the best here).
+    Raises CkptError (WireError for the link) with the source still running.
+    """
+    from .. import api
+    from ..dump import dump as _dump
+
+    if max_downtime <= 0 or max_iterations < 1:
+        raise UsageError("--max-downtime must be > 0 and --max-iterations ≥ 1")
+    t_start = time.monotonic()
+    stats = MigrateStats(pid, f"{host}:{port}")
+    policy = SwitchPolicy(max_downtime=max_downtime, max_iterations=max_iterations)
+    throttle = _Throttle(bandwidth_limit)
+    work = tempfile.mkdtemp(prefix=f"ckpt-migrate-{pid}-", dir=work_dir)
+    tracking = False
+    try:
+        with Channel.connect(host, port, token, timeout=connect_timeout) as ch:
+            ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run})
+            ch.expect("ready", timeout=connect_timeout)
+
+            def send_image(name: str, final: bool) -> int:
+                before = ch.bytes_sent
+                ch.send({"type": "image", "name": name, "final": final})
+                ch.send_dir(os.path.join(work, name), name)
+                ch.expect("stored", timeout=RESTORE_TIMEOUT)
+                sent = ch.bytes_sent - before
+                throttle.account(sent)
+                return sent
+
+            n, parent = 0, None
+            while True:
+                n += 1
+                name = str(n)
+                t0 = time.monotonic()
+                pre = api.pre_dump(pid, os.path.join(work, name), prev_images_dir=parent, track=track)
+                tracking = True
+                sent = send_image(name, final=False)
+                secs = time.monotonic() - t0
+                policy.record(Iteration(n - 1, pre.pages_stored, pre.pages_stored * PAGE_SIZE, sent, secs))
+                decision = policy.decide()
+                rate = policy.dirty_rate()
+                report = RoundReport(n - 1, pre.pages_stored, sent, round(secs, 4),
+                                     round(rate * PAGE_SIZE / 1e6, 2) if rate == rate else 0.0,
+                                     round(decision.predicted_downtime * 1e3, 1), decision.reason)
+                stats.rounds.append(report)
+                if on_round is not None:
+                    on_round(report)
+                parent = os.path.join(work, name)
+                if decision.switch:
+                    stats.reason = decision.reason
+                    stats.predicted_downtime_ms = round(decision.predicted_downtime * 1e3, 1)
+                    break
+            stats.iterations = n
+            if dry_run:
+                api.track_stop(pid)
+                tracking = False
+                ch.send({"type": "abort", "reason": "dry run"})
+                stats.bytes_sent = ch.bytes_sent
+                return stats
+
+            final = str(n + 1)
+            marks: dict[str, float] = {}
+
+            def frozen(event: object) -> None:
+                if getattr(event, "phase", "") == "frozen":
+                    marks["frozen"] = time.monotonic()
+
+            def switch_over(image_dir: str) -> bool:
+                """With the source frozen: the last image goes over, the destination restores it."""
+                stats.final_pages, _ = _image_pages(image_dir, pid)
+                stats.final_bytes = send_image(final, final=True)
+                ch.send({"type": "restore", "name": final})
+                running = ch.expect("running", timeout=RESTORE_TIMEOUT)
+                marks["running"] = time.monotonic()
+                stats.dest_pid = int(running.get("pid", 0))
+                stats.restore_ms = float(running.get("restore_ms", 0.0))
+                return True  # the destination runs it: end the source
+
+            try:
+                _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over)
+            except BaseException as exc:
+                tracking = False  # the final dump ended tracking either way
+                try:
+                    ch.send({"type": "abort", "reason": str(exc) or type(exc).__name__})
+                except (WireError, OSError):
+                    pass
+                raise
+            tracking = False
+            stats.switched = True
+            stats.downtime_ms = round((marks["running"] - marks["frozen"]) * 1e3, 1)
+            try:
+                ch.send({"type": "done"})
+            except (WireError, OSError):
+                pass  # the destination runs it and we ended ours: nothing is lost
+            stats.bytes_sent = ch.bytes_sent
+    except BaseException:
+        if tracking:
+            try:
+                api.track_stop(pid)  # the source runs on, untracked, exactly as before
+            except CkptError:
+                pass
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        stats.total_ms = round((time.monotonic() - t_start) * 1e3, 1)
+    return stats

@@ -1,0 +1,230 @@
+"""Live migration between two "hosts" on this machine (tests/hosts.py: a network and PID namespace).
+
+The receiver runs inside the second host (`ckpt receive`), the source is this
+host (`ckpt migrate`, the real CLI): the migrated process takes its own pid
+there while the source still exists, and must carry on with its state intact.
+Targets write to files (a pipe to this test could not follow them to another
+host).  Failures must leave the source running, untracked, and the receiver
+without leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ckpt.migrate.wire import save_token
+from hosts import SecondHost, ckpt_argv
+from targets import SCENARIOS, tracer_of, wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="migration needs root (ptrace, clone3, namespaces)")
+
+
+@pytest.fixture
+def second_host():  # noqa: ANN201
+    with SecondHost() as host:
+        yield host
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Mutator:
+    """py_mutator.py with its stdout in a file; lines are read from the file."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.log = tmp_path / "mutator.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-u", str(SCENARIOS / "py_mutator.py")],
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL,
+                                         close_fds=True, start_new_session=True)
+        self.pid = self.proc.pid
+        self.wait_for(r"READY pid=")
+
+    def lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+    def wait_for(self, pattern: str, after: int = 0, timeout: float = 20.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines()[after:]:
+                m = re.search(pattern, line)
+                if m:
+                    return m
+            time.sleep(0.02)
+        raise AssertionError(f"no line matching {pattern!r} after line {after}: {self.lines()[-5:]}")
+
+    def last_gen(self) -> int:
+        gens = [int(m.group(1)) for line in self.lines() if (m := re.search(r"GEN g=(\d+)", line))]
+        return gens[-1] if gens else 0
+
+    def check(self, kill: callable = os.kill) -> re.Match[str]:  # type: ignore[valid-type]
+        n = len(self.lines())
+        kill(self.pid, signal.SIGUSR1)
+        m = self.wait_for(r"CHECK (PASS|FAIL)(.*)", after=n)
+        assert m.group(1) == "PASS", m.group(0)
+        return m
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+class _Receiver:
+    """`ckpt receive --once` inside the second host, listening on its address."""
+
+    def __init__(self, host: SecondHost, tmp_path: Path, token: Path, port: int, *extra: str) -> None:
+        self.stats = tmp_path / "receive.json"
+        self.err = tmp_path / "receive.err"
+        self.store = tmp_path / "received"
+        with open(self.err, "wb") as err:
+            self.proc = host.run(ckpt_argv("receive", "--listen", f"{host.address}:{port}", "-D", self.store,
+                                           "--token-file", token, "--once", "--json-stats", self.stats, *extra),
+                                 stdout=subprocess.DEVNULL, stderr=err)
+        wait_until(lambda: "listening on" in self.err.read_text() or self.proc.poll() is not None,
+                   "the receiver listens", timeout=20)
+        assert self.proc.poll() is None, self.err.read_text()
+
+    def result(self, timeout: float = 60) -> dict:
+        self.proc.wait(timeout=timeout)
+        return json.loads(self.stats.read_text()) if self.stats.exists() else {}
+
+
+def _migrate(host: SecondHost, pid: int, port: int, token: Path, tmp_path: Path, *extra: str,
+             timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], dict]:
+    stats = tmp_path / "migrate.json"
+    res = subprocess.run(ckpt_argv("migrate", "-t", pid, "--to", f"{host.address}:{port}", "--token-file", token,
+                                   "--json-stats", stats, "-v", *extra),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True, timeout=timeout)
+    return res, (json.loads(stats.read_text()) if res.returncode == 0 and stats.exists() else {})
+
+
+def _token(tmp_path: Path, name: str = "token") -> Path:
+    path = tmp_path / name
+    save_token(path)
+    return path
+
+
+@pytest.mark.parametrize("track", ["uffd-wp", "hash"])
+def test_migrate_python_target(second_host: SecondHost, tmp_path: Path, track: str) -> None:
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    t = _Mutator(tmp_path)
+    try:
+        t.wait_for(r"GEN g=\d+")
+        t.check()
+        rx = _Receiver(host, tmp_path, token, port)
+        res, stats = _migrate(host, t.pid, port, token, tmp_path, "--track", track, "--max-downtime", "200")
+        assert res.returncode == 0, res.stderr
+        result = rx.result()
+        assert result["outcome"] == "running" and result["source_pid"] == t.pid, result
+        # The source is gone (ended after the destination confirmed); the copy runs there under its pid.
+        t.proc.wait(timeout=10)
+        assert t.proc.returncode == -signal.SIGKILL
+        inside = {v: k for k, v in host.processes().items()}
+        assert t.pid in inside, host.processes()
+        gen = t.last_gen()
+        t.wait_for(rf"GEN g=(?!{gen}\b)\d+", after=len(t.lines()) - 1)  # it carries on
+        n = len(t.lines())
+        host.check_output(["kill", "-USR1", str(t.pid)])  # its pid there is its old one
+        m = t.wait_for(r"CHECK (PASS|FAIL)(.*)", after=n)
+        assert m.group(1) == "PASS", m.group(0)
+        assert stats["iterations"] >= 2 and stats["downtime_ms"] > 0 and stats["bytes_sent"] > 0, stats
+        assert stats["rounds"][0]["pages"] > stats["rounds"][-1]["pages"], stats["rounds"]
+        print(f"migrated [{track}]: downtime {stats['downtime_ms']} ms (predicted {stats['predicted_downtime_ms']}), "
+              f"{stats['iterations']} rounds, {stats['bytes_sent'] / 1e6:.1f} MB, total {stats['total_ms']} ms, "
+              f"final {stats['final_pages']} pages {stats['final_bytes']} B, restore {stats['restore_ms']} ms")
+    finally:
+        t.close()
+
+
+def test_wrong_token_is_refused_and_the_source_runs_on(second_host: SecondHost, tmp_path: Path) -> None:
+    host, port = second_host, _free_port()
+    t = _Mutator(tmp_path)
+    try:
+        rx = _Receiver(host, tmp_path, _token(tmp_path, "theirs"), port)
+        res, _ = _migrate(host, t.pid, port, _token(tmp_path, "ours"), tmp_path)
+        assert res.returncode != 0 and "authentication" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        result = rx.result()
+        assert result["outcome"].startswith("failed") and "authentication" in result["outcome"], result
+        assert t.proc.poll() is None and tracer_of(t.pid) == 0
+        assert not [f for f in os.listdir(f"/proc/{t.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{t.pid}/fd/{f}")]
+        assert not list(rx.store.iterdir()) or all(p.suffix == ".token" for p in rx.store.iterdir())
+        t.check()
+    finally:
+        t.close()
+
+
+def test_receiver_killed_mid_migration_leaves_the_source_running(second_host: SecondHost, tmp_path: Path) -> None:
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    t = _Mutator(tmp_path)
+    try:
+        rx = _Receiver(host, tmp_path, token, port)
+        # Slow the rounds down (bandwidth limit) so the receiver dies in the middle of them.
+        mig = subprocess.Popen(ckpt_argv("migrate", "-t", t.pid, "--to", f"{host.address}:{port}", "--token-file",
+                                         token, "--bandwidth-limit", "2", "--max-downtime", "1"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               close_fds=True)
+        wait_until(lambda: any(rx.store.iterdir()) if rx.store.exists() else False, "the first image arrives",
+                   timeout=30)
+        for host_pid, inside in host.processes().items():
+            if host_pid != host.init_pid:
+                os.kill(host_pid, signal.SIGKILL)  # the receiver (and its nsenter)
+        out, err = mig.communicate(timeout=60)
+        assert mig.returncode not in (0, None) and "Traceback" not in err, err
+        assert t.proc.poll() is None and tracer_of(t.pid) == 0
+        assert not [f for f in os.listdir(f"/proc/{t.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{t.pid}/fd/{f}")]
+        t.check()
+    finally:
+        t.close()
+
+
+def test_failed_restore_at_the_destination_thaws_the_source(tmp_path: Path) -> None:
+    """A receiver in *this* pid namespace cannot restore the pid the source still holds."""
+    port, token = _free_port(), _token(tmp_path)
+    t = _Mutator(tmp_path)
+    try:
+        err = tmp_path / "rx.err"
+        with open(err, "wb") as e:
+            rx = subprocess.Popen(ckpt_argv("receive", "--listen", f"127.0.0.1:{port}", "-D", tmp_path / "rx",
+                                            "--token-file", token, "--once"),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e, close_fds=True)
+        wait_until(lambda: "listening on" in err.read_text(), "the receiver listens", timeout=20)
+        res = subprocess.run(ckpt_argv("migrate", "-t", t.pid, "--to", f"127.0.0.1:{port}", "--token-file", token),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True, timeout=120)
+        assert res.returncode != 0 and "restore failed at the destination" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+        assert rx.wait(timeout=30) != 0
+        assert t.proc.poll() is None and tracer_of(t.pid) == 0
+        t.check()  # the source was thawed, with its state intact
+        assert not [p for p in (tmp_path / "rx").iterdir() if p.is_dir()]  # the receiver cleaned up
+    finally:
+        t.close()
+
+
+def test_dry_run_predicts_and_switches_nothing(second_host: SecondHost, tmp_path: Path) -> None:
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    t = _Mutator(tmp_path)
+    try:
+        rx = _Receiver(host, tmp_path, token, port)
+        res, stats = _migrate(host, t.pid, port, token, tmp_path, "--dry-run")
+        assert res.returncode == 0 and "predicted downtime" in res.stdout, res.stderr
+        assert rx.result()["outcome"] == "dry run"
+        assert not stats["switched"] and stats["iterations"] >= 2 and stats["predicted_downtime_ms"] > 0
+        assert t.proc.poll() is None and tracer_of(t.pid) == 0
+        t.check()
+    finally:
+        t.close()
