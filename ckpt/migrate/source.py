@@ -99,8 +99,12 @@ class _Throttle:
 def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float = 0.100,
             max_iterations: int = 30, bandwidth_limit: float | None = None, dry_run: bool = False,
             track: str | None = None, work_dir: str | None = None, connect_timeout: float = 10.0,
+            stop_and_copy: bool = False,
             on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
     """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
+
+    ``stop_and_copy``: no pre-copy at all — freeze, one full image, restore
+    there (the baseline that pre-copy's downtime is measured against).
 
     ``bandwidth_limit``: bytes per second on the wire (None: as fast as it goes).
     ``dry_run``: run the pre-copy rounds, predict the downtime, switch nothing.
@@ -112,6 +116,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
 
     if max_downtime <= 0 or max_iterations < 1:
         raise UsageError("--max-downtime must be > 0 and --max-iterations ≥ 1")
+    if stop_and_copy and dry_run:
+        raise UsageError("--stop-and-copy has no pre-copy rounds to try: not with --dry-run")
     t_start = time.monotonic()
     stats = MigrateStats(pid, f"{host}:{port}")
     policy = SwitchPolicy(max_downtime=max_downtime, max_iterations=max_iterations)
@@ -133,7 +139,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 return sent
 
             n, parent = 0, None
-            while True:
+            while not stop_and_copy:
                 n += 1
                 name = str(n)
                 t0 = time.monotonic()
@@ -156,6 +162,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                     stats.predicted_downtime_ms = round(decision.predicted_downtime * 1e3, 1)
                     break
             stats.iterations = n
+            if stop_and_copy:
+                stats.reason = "stop-and-copy"
             if dry_run:
                 api.track_stop(pid)
                 tracking = False

@@ -228,3 +228,44 @@ def test_dry_run_predicts_and_switches_nothing(second_host: SecondHost, tmp_path
         t.check()
     finally:
         t.close()
+
+
+def test_stop_and_copy(second_host: SecondHost, tmp_path: Path) -> None:
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    t = _Mutator(tmp_path)
+    try:
+        rx = _Receiver(host, tmp_path, token, port)
+        res, stats = _migrate(host, t.pid, port, token, tmp_path, "--stop-and-copy")
+        assert res.returncode == 0, res.stderr
+        assert rx.result()["outcome"] == "running"
+        assert stats["iterations"] == 0 and stats["reason"] == "stop-and-copy" and stats["switched"]
+        t.proc.wait(timeout=10)
+        n = len(t.lines())
+        host.check_output(["kill", "-USR1", str(t.pid)])
+        assert t.wait_for(r"CHECK (PASS|FAIL)", after=n).group(1) == "PASS"
+    finally:
+        t.close()
+
+
+def test_ctrl_c_during_the_rounds(second_host: SecondHost, tmp_path: Path) -> None:
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    t = _Mutator(tmp_path)
+    try:
+        rx = _Receiver(host, tmp_path, token, port)
+        mig = subprocess.Popen(ckpt_argv("migrate", "-t", t.pid, "--to", f"{host.address}:{port}", "--token-file",
+                                         token, "--bandwidth-limit", "2", "--max-downtime", "1", "-v"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               close_fds=True)
+        wait_until(lambda: rx.store.exists() and any(p.is_dir() for p in rx.store.iterdir()),
+                   "the first image arrives", timeout=30)
+        mig.send_signal(signal.SIGINT)
+        out, err = mig.communicate(timeout=60)
+        assert mig.returncode != 0 and "interrupted" in err and "Traceback" not in err, err
+        result = rx.result()
+        assert result["outcome"] != "running", result
+        assert not [p for p in rx.store.iterdir() if p.is_dir()]  # the receiver removed what it stored
+        assert t.proc.poll() is None and tracer_of(t.pid) == 0
+        assert not [f for f in os.listdir(f"/proc/{t.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{t.pid}/fd/{f}")]
+        t.check()
+    finally:
+        t.close()
