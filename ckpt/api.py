@@ -69,7 +69,8 @@ def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = F
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
             pidfile: str | os.PathLike[str] | None = None, shell_job: bool = False,
             inherit_fds: Mapping[int, int] | Sequence[str] = (),
-            progress: "Callable[[ProgressEvent], None] | None" = None) -> "RestoreStats":
+            progress: "Callable[[ProgressEvent], None] | None" = None,
+            allow_changed_files: bool = False) -> "RestoreStats":
     """Recreate the process saved in ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the caller is its parent and should :func:`wait_restored`.
@@ -77,13 +78,15 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
     outside the image (a stdio pipe to its parent): a mapping {image fd: our fd},
     or CRIU-style ``"fd[N]:RES"`` strings (see :func:`resolve_inherit_fds`).
     ``progress`` receives :class:`ckpt.progress.ProgressEvent`s while memory is filled.
+    ``allow_changed_files``: reopen a file that changed since the dump, with a
+    note, instead of refusing (mapped files are still checked).
     """
     from .restore import restore as _restore
 
     image_dir = resolve_image_dir(image_dir)  # a numbered store: its newest checkpoint
     mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(image_dir, inherit_fds)
     return _restore(image_dir, detached=detached, pidfile=pidfile, shell_job=shell_job, inherit_fds=mapping,
-                    progress=progress)
+                    progress=progress, allow_changed_files=allow_changed_files)
 
 
 _INHERIT_RE = re.compile(r"fd\[(\d+)\]:(.+)")

@@ -135,7 +135,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     bar = progress_for(sys.stderr, "restore: write")
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
-                            shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=bar)
+                            shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=bar,
+                            allow_changed_files=args.allow_changed_files)
     finally:
         if bar is not None:
             bar.close()
@@ -379,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="detach once restored (default: wait and exit with the process's status)")
     sp.add_argument("--pidfile", metavar="FILE", help="write the restored process's pid here")
     sp.add_argument("--shell-job", action="store_true", help="re-attach terminal fds to this terminal")
+    sp.add_argument("--allow-changed-files", action="store_true",
+                    help="reopen an open file even if it changed since the dump (size, mtime, inode), with a "
+                         "warning; files the process has mapped are still checked")
     sp.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:RES",
                     help="give the restored process our fd N in place of RES, an fd that pointed outside "
                          "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "

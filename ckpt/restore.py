@@ -54,7 +54,8 @@ _SCRATCH_PAGES = 4
 
 def restore_files(ctx: RestoreContext) -> None:
     """Every fd at its number, opened by the helper itself while it still has the restorer's credentials."""
-    policy = files.StdioPolicy(shell_job=ctx.shell_job, inherit=dict(ctx.inherit_fds))
+    policy = files.StdioPolicy(shell_job=ctx.shell_job, inherit=dict(ctx.inherit_fds),
+                               allow_changed=ctx.allow_changed_files)
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch))
 
@@ -213,7 +214,8 @@ def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
 
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
             shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
-            progress: Callable[[ProgressEvent], None] | None = None) -> RestoreStats:
+            progress: Callable[[ProgressEvent], None] | None = None,
+            allow_changed_files: bool = False) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
@@ -224,6 +226,9 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     stdio pipe to the parent) to a descriptor of the caller on that pipe —
     either end: it is reopened through /proc with the image's access mode.
     ``progress`` gets :class:`ProgressEvent`s ("memory" with bytes written, "done").
+    ``allow_changed_files``: reopen an open file even if its size, mtime or
+    inode changed since the dump (a note says which); mapped files and the
+    executable are still checked (their unsaved pages come from the file).
     """
     t_start = time.monotonic()
     chain = open_chain(image_dir)
@@ -245,7 +250,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     try:
         cm = freeze(pid)
         proc = cm.__enter__()
-        stats = _build(proc, pid, chain, mm, vmas, cores, entry, shell_job, dict(inherit_fds or {}), progress)
+        stats = _build(proc, pid, chain, mm, vmas, cores, entry, shell_job, dict(inherit_fds or {}), progress,
+                       allow_changed_files)
     except BaseException as exc:
         _kill_helper(proc, pid, ours=not detached)
         if isinstance(exc, CkptError) and not isinstance(exc, RestoreError):
@@ -264,7 +270,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
 
 def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_job: bool,  # noqa: ANN001
            inherit_fds: dict[int, int], progress: Callable[[ProgressEvent], None] | None = None,
-           ) -> tuple[int, int, int, float, list[str]]:
+           allow_changed_files: bool = False) -> tuple[int, int, int, float, list[str]]:
     main = proc.threads[pid]
     ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL)
     threads.check_xstate(pid, cores)
@@ -312,7 +318,8 @@ def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_j
     mem_s = time.monotonic() - t_mem
 
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
-                         shell_job=shell_job, inherit_fds=inherit_fds, cores=list(cores))
+                         shell_job=shell_job, inherit_fds=inherit_fds, cores=list(cores),
+                         allow_changed_files=allow_changed_files)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]

@@ -69,6 +69,8 @@ class RestoreContext:
     shell_job: bool = False
     #: Image fd → restorer fd to install for a stdio pipe whose peer was outside the image (--inherit-fd).
     inherit_fds: Mapping[int, int] = field(default_factory=dict)
+    #: Reopen files whose size/mtime/inode changed since the dump, with a note (--allow-changed-files).
+    allow_changed_files: bool = False
     #: One injector per thread by tid, filled when the threads exist (the leader's is ``inj``).
     injectors: "dict[int, Injector]" = field(default_factory=dict)
     #: The image's ThreadCore records, leader first.

@@ -84,6 +84,8 @@ class StdioPolicy:
     shell_job: bool = False
     tty: str | None = None
     inherit: Mapping[int, int] = field(default_factory=dict)
+    #: Reopen a file that changed since the dump (size, mtime, inode) with a note instead of refusing.
+    allow_changed: bool = False
 
     def terminal(self) -> str:
         if self.tty:
@@ -398,11 +400,13 @@ class _Restorer:
             changed = [name for name, got, was in (("device", st.st_dev, want.dev), ("inode", st.st_ino, want.ino),
                                                    ("size", st.st_size, want.size),
                                                    ("mtime", st.st_mtime_ns, want.mtime_ns)) if got != was]
-        if changed:
+        if changed and self.policy.allow_changed:
+            self.warnings.append(f"{e.path!r} changed since the dump ({', '.join(changed)} differ); reopened as it is now")
+        elif changed:
             self.inj.close(fd)
             raise RestoreError(f"{e.path!r} changed since the dump ({', '.join(changed)} differ): "
                                "the restored program would see another file",
-                               hint="restore the file as it was, or dump again")
+                               hint="restore the file as it was, dump again, or pass --allow-changed-files")
 
     def open_deleted(self, e: FileEntry, flags: int) -> int:
         """Recreate the content under its old name (else a temporary one), open it in the target, unlink it."""

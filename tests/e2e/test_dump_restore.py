@@ -209,6 +209,8 @@ def test_restore_refuses_changed_file(c_target, tmp_path: Path, restored: list[i
     mapped.write_bytes(b"G" * mapped.stat().st_size)  # same size, new content and mtime
     with pytest.raises(RestoreError, match="changed since the dump"):
         restore(tmp_path / "img")
+    with pytest.raises(RestoreError, match="changed since the dump"):  # a mapped file: even when allowed
+        restore(tmp_path / "img", allow_changed_files=True)
     assert not os.path.exists(f"/proc/{t.pid}")
 
 

@@ -130,10 +130,14 @@ def test_changed_file_is_a_clear_error(procs, tmp_path) -> None:
     with freeze(h.pid) as hp:
         with pytest.raises(RestoreError, match=r"data.*changed since the dump \(inode|size"):
             files.restore(hp.injector(), only, d.files)
+    with freeze(h.pid) as hp:  # --allow-changed-files: reopened as it is now, with a warning
+        warnings = files.restore(hp.injector(), only, d.files, policy=StdioPolicy(allow_changed=True))
+    assert len(warnings) == 1 and "changed since the dump" in warnings[0] and "reopened" in warnings[0]
+    assert os.readlink(f"/proc/{h.pid}/fd/3") == str(tmp_path / "data")
     (tmp_path / "data").unlink()
-    with freeze(h.pid) as hp:
+    with freeze(h.pid) as hp:  # vanished: an error even when told to allow changes
         with pytest.raises(RestoreError, match="cannot reopen file"):
-            files.restore(hp.injector(), only, d.files)
+            files.restore(hp.injector(), only, d.files, policy=StdioPolicy(allow_changed=True))
     assert h.alive() and tracer_of(h.pid) == 0
 
 
