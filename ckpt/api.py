@@ -233,7 +233,7 @@ __all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir"]
 
 def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_ms: float = 100.0,
             max_iterations: int = 30, bandwidth_limit_mb_s: float | None = None, dry_run: bool = False,
-            track: str | None = None, stop_and_copy: bool = False,
+            track: str | None = None, stop_and_copy: bool = False, tcp_close: bool = False,
             on_round: "Callable[[RoundReport], None] | None" = None) -> "MigrateStats":
     """Move running process ``pid`` to the ``ckpt receive`` at ``to`` = (host, port).
 
@@ -243,12 +243,14 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
     only once the destination reports the process running.  Any failure before
     that raises (a :class:`ckpt.migrate.wire.WireError` for the link) with the
     source running on, untracked.  ``dry_run``: rounds and prediction only.
+    ``tcp_close``: established TCP connections are taken closed (as ``dump``'s).
     """
     from .migrate.source import migrate as _migrate
 
     return _migrate(pid, to[0], to[1], token, max_downtime=max_downtime_ms / 1e3, max_iterations=max_iterations,
                     bandwidth_limit=bandwidth_limit_mb_s * 1e6 if bandwidth_limit_mb_s else None,
-                    dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, on_round=on_round)
+                    dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, tcp_close=tcp_close,
+                    on_round=on_round)
 
 
 def receive(listen: tuple[str, int], image_dir: str | os.PathLike[str], token: str | bytes, *, once: bool = True,

@@ -173,7 +173,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     stats = migrate(args.tree, host, port, token, max_downtime=args.max_downtime / 1e3,
                     max_iterations=args.max_iterations,
                     bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
-                    dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy, on_round=on_round)
+                    dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy,
+                    tcp_close=args.tcp_close, on_round=on_round)
     if args.dry_run:
         print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
               f"predicted downtime {stats.predicted_downtime_ms:.0f} ms ({stats.reason}); the process runs on here")
@@ -330,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the pre-copy rounds and print the predicted downtime; switch nothing")
     sp.add_argument("--stop-and-copy", action="store_true",
                     help="no pre-copy: freeze, send one full image, restore (the baseline for the downtime)")
+    sp.add_argument("--tcp-close", action="store_true",
+                    help="established TCP connections are closed by the migration (as dump --tcp-close), not refused")
     sp.add_argument("-v", "--verbose", action="store_true", help="a line per round even when not on a terminal")
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
 

@@ -99,7 +99,7 @@ class _Throttle:
 def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float = 0.100,
             max_iterations: int = 30, bandwidth_limit: float | None = None, dry_run: bool = False,
             track: str | None = None, work_dir: str | None = None, connect_timeout: float = 10.0,
-            stop_and_copy: bool = False,
+            stop_and_copy: bool = False, tcp_close: bool = False,
             on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
     """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
 
@@ -109,6 +109,9 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     ``bandwidth_limit``: bytes per second on the wire (None: as fast as it goes).
     ``dry_run``: run the pre-copy rounds, predict the downtime, switch nothing.
     ``track``: the dirty-tracking back-end (default: the best here).
+    ``tcp_close``: the final dump takes established TCP connections as closed
+    (their peers see the source's end of them; the destination gets closed
+    sockets, as ``dump --tcp-close``); without it they make the switch-over fail.
     Raises CkptError (WireError for the link) with the source still running.
     """
     from .. import api
@@ -190,7 +193,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 return True  # the destination runs it: end the source
 
             try:
-                _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over)
+                _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over,
+                      tcp_close=tcp_close)
             except BaseException as exc:
                 tracking = False  # the final dump ended tracking either way
                 try:
