@@ -19,29 +19,34 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Region", "Workload", "build_workload", "WORKLOAD_SRC", "WORKLOAD_BIN"]
+__all__ = ["Region", "Workload", "build_c", "build_workload", "WORKLOAD_SRC", "WORKLOAD_BIN"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKLOAD_SRC = BENCH_DIR / "workload.c"
 WORKLOAD_BIN = BENCH_DIR / "bin" / "workload"
 
 
-def build_workload(cc: str = "gcc") -> Path:
-    """Compile the workload if the binary is missing or older than its source."""
-    if WORKLOAD_BIN.exists() and WORKLOAD_BIN.stat().st_mtime >= WORKLOAD_SRC.stat().st_mtime:
-        return WORKLOAD_BIN
-    WORKLOAD_BIN.parent.mkdir(parents=True, exist_ok=True)
-    tmp = WORKLOAD_BIN.with_name(f".workload.{os.getpid()}")
-    cmd = [cc, "-O2", "-g", "-Wall", "-Wextra", "-pthread", "-o", str(tmp), str(WORKLOAD_SRC)]
+def build_c(src: Path, out: Path, *flags: str, cc: str = "gcc") -> Path:
+    """Compile ``src`` into ``out`` if the binary is missing or older than its source (a bench's C target)."""
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    cmd = [cc, "-O2", "-g", "-Wall", "-Wextra", *flags, "-o", str(tmp), str(src)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, close_fds=True)
     except FileNotFoundError:
-        raise RuntimeError(f"{cc} not found: the benchmarks compile bench/workload.c (apt-get install gcc)") from None
+        raise RuntimeError(f"{cc} not found: the benchmarks compile {src.name} (apt-get install gcc)") from None
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"building the workload failed:\n{' '.join(cmd)}\n{proc.stderr}")
-    os.replace(tmp, WORKLOAD_BIN)  # atomic: a concurrent bench never runs a half-written binary
-    return WORKLOAD_BIN
+        raise RuntimeError(f"building {src.name} failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    os.replace(tmp, out)  # atomic: a concurrent bench never runs a half-written binary
+    return out
+
+
+def build_workload(cc: str = "gcc") -> Path:
+    """Compile the workload if the binary is missing or older than its source."""
+    return build_c(WORKLOAD_SRC, WORKLOAD_BIN, "-pthread", cc=cc)
 
 
 @dataclass(frozen=True)

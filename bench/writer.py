@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.workload import build_c
+
 __all__ = ["Writer", "build_writer", "WRITER_SRC", "WRITER_BIN"]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -25,20 +27,7 @@ WRITER_BIN = BENCH_DIR / "bin" / "writer"
 
 def build_writer(cc: str = "gcc") -> Path:
     """Compile the writer if the binary is missing or older than its source."""
-    if WRITER_BIN.exists() and WRITER_BIN.stat().st_mtime >= WRITER_SRC.stat().st_mtime:
-        return WRITER_BIN
-    WRITER_BIN.parent.mkdir(parents=True, exist_ok=True)
-    tmp = WRITER_BIN.with_name(f".writer.{os.getpid()}")
-    cmd = [cc, "-O2", "-g", "-Wall", "-Wextra", "-o", str(tmp), str(WRITER_SRC)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, close_fds=True)
-    except FileNotFoundError:
-        raise RuntimeError(f"{cc} not found: the benchmarks compile bench/writer.c (apt-get install gcc)") from None
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"building the writer failed:\n{' '.join(cmd)}\n{proc.stderr}")
-    os.replace(tmp, WRITER_BIN)  # atomic: a concurrent bench never runs a half-written binary
-    return WRITER_BIN
+    return build_c(WRITER_SRC, WRITER_BIN, cc=cc)
 
 
 _LIVE: set["Writer"] = set()

@@ -55,7 +55,7 @@ from ckpt.image import framing, kinds
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
-from ckpt.kernel.fileio import sync_file_range
+from ckpt.kernel.fileio import fsync_dir, sync_file_range
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -746,14 +746,6 @@ def _check_final(final_dir: str) -> None:
             raise ImageError(final_dir, "already exists and is not empty; refusing to overwrite it")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ImageWriter:
     """Writes one image directory; use as a context manager and end with :meth:`commit`.
 
@@ -990,7 +982,7 @@ class ImageWriter:
         writer.write(inv)
         writer.close()
         try:
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
         except OSError as exc:
             raise _io_error(tmp, "sync", exc) from exc
         try:
@@ -1004,7 +996,7 @@ class ImageWriter:
         self._done = True
         self.tmp_dir = None
         try:
-            _fsync_dir(os.path.dirname(self.final_dir))
+            fsync_dir(os.path.dirname(self.final_dir))
         except OSError as exc:
             raise _io_error(os.path.dirname(self.final_dir), "sync", exc) from exc
         return self.final_dir

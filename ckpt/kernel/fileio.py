@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
 
 from .libc import check, libc
 
-__all__ = ["sync_file_range", "SYNC_FILE_RANGE_WAIT_BEFORE", "SYNC_FILE_RANGE_WRITE", "SYNC_FILE_RANGE_WAIT_AFTER"]
+__all__ = ["sync_file_range", "fsync_dir", "SYNC_FILE_RANGE_WAIT_BEFORE", "SYNC_FILE_RANGE_WRITE", "SYNC_FILE_RANGE_WAIT_AFTER"]
 
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
@@ -25,3 +26,12 @@ def sync_file_range(fd: int, offset: int, nbytes: int, flags: int = SYNC_FILE_RA
     """
     ctypes.set_errno(0)
     check(_sync_file_range(fd, offset, nbytes, flags), f"sync_file_range(fd={fd}, {offset}, {nbytes})")
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, so the names created or renamed in it are on disk too."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

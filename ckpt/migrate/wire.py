@@ -88,6 +88,7 @@ import zstandard
 
 import ckpt
 from ckpt.errors import CkptError, ImageError, UsageError
+from ckpt.kernel.fileio import fsync_dir
 
 __all__ = [
     "CHUNK_SIZE",
@@ -1011,7 +1012,7 @@ class Channel:
             end = self.expect("dir_end", timeout)
             if field(end, "files", int) != len(files) or field(end, "bytes", int) != total:
                 raise WireError(f"{self.who} ended directory {name} with totals that do not match its announcement")
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             try:
                 os.rename(tmp, final)
             except OSError as exc:
@@ -1019,7 +1020,7 @@ class Channel:
                     raise ImageError(final, "appeared meanwhile; refusing to overwrite it") from None
                 raise
             tmp = None
-            _fsync_dir(base)
+            fsync_dir(base)
         except BaseException as exc:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -1148,11 +1149,3 @@ def _check_room(root: str, final: str, name: str, size: int, max_bytes: int | No
     free = st.f_bavail * st.f_frsize
     if size > free:
         raise CkptError(f"{root}: not enough free space for {name} ({size} bytes needed, {free} available)")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
