@@ -46,13 +46,20 @@ class ReceiveResult:
         return asdict(self)
 
 
-def receive_one(listener: socket.socket, root: str, token: bytes, *,
+def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool = False,
                 on_event: Callable[[str], None] | None = None) -> ReceiveResult:
-    """Serve one migration on an already listening socket; see the module docstring."""
+    """Serve one migration on an already listening socket; see the module docstring.
+
+    ``last``: close the listener once the connection is accepted, so the
+    restored process can bind the same address and port (a server migrated
+    to the receiver's own port).
+    """
     from .. import api
 
     say = on_event or (lambda _msg: None)
     conn, addr = listener.accept()
+    if last:
+        listener.close()
     result = ReceiveResult(peer=f"{addr[0]}:{addr[1]}")
     store = ""
     confirmed = False
@@ -131,6 +138,6 @@ def serve(host: str, port: int, root: str, token: bytes, *, once: bool = False,
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
         while True:
-            results.append(receive_one(s, root, token, on_event=on_event))
+            results.append(receive_one(s, root, token, last=once, on_event=on_event))
             if once:
                 return results
