@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .control.seize import require_our_pid_namespace
-from .errors import CkptError, TargetGone, UsageError
+from .errors import CkptError, TargetGone, Unsupported, UsageError
 from .image import kinds
 from .image.chain import open_chain
 from .image.pb import mm_pb2
@@ -54,6 +54,7 @@ from .kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
 from .kernel.mman import PROT_EXEC, PROT_READ, PROT_WRITE
 from .kernel.vm import ProcMem
 from .procfs.maps import SPECIAL_MAPPINGS, read_maps
+from .procfs.snapshot import snapshot
 from .procfs.stat import read_stat
 from .procfs.task import list_tids, read_starttime
 from .resources import memory
@@ -332,6 +333,32 @@ def _vmas_now(pid: int) -> list[mm_pb2.Vma]:
     return out
 
 
+def _layout_now(pid: int, mem: ProcMem) -> tuple[list[mm_pb2.Vma], mm_pb2.MmEntry | None]:
+    """The layout as a full dump records it (Vma records and the mm record), read while the target runs.
+
+    A pre-dump writes it (``mm-PID.img``) so a staged restore can map each
+    round's layout before the final image arrives.  When the layout cannot be
+    recorded — a backing restore does not support (the final dump names it),
+    or mappings that keep vanishing while they are read — the pre-dump gets
+    the minimal records :func:`_vmas_now` gives and no mm record: its pages
+    are still right, only a staged restore cannot start from it.
+    """
+    for _attempt in range(3):
+        try:
+            with snapshot(pid) as snap:
+                vmas = memory.dump_vmas(pid, snap)
+                if any(a.end > b.start for a, b in zip(vmas, vmas[1:])):
+                    continue  # smaps is read in pieces: a mapping that changed in between shows twice
+                return vmas, memory.dump_mm(pid, snap, None, mem, vmas)
+        except Unsupported:
+            break
+        except TargetGone:
+            raise
+        except (CkptError, OSError, ValueError):
+            continue  # a mapping went away between smaps and its stat (the target runs): read again
+    return _vmas_now(pid), None
+
+
 def _write_digests(w: ImageWriter, tracker: HashTracker) -> None:
     """The hash tracker's digests go into the image, so the next delta re-attaches from it."""
     w.write_records(kinds.DIGESTS.file_name(tracker.pid), kinds.DIGESTS, tracker.records())
@@ -540,7 +567,10 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
 
     Without ``parent`` (or when the parent's tracking is gone) every page is
     copied and tracking starts; with it, only pages written since the parent
-    are copied and the rest are PARENT.  The target is stopped only for the
+    are copied and the rest are PARENT.  The image also records the layout
+    (``mm-PID.img``, as a dump writes it, read after the clear) so that a
+    staged restore can map it ahead of the final image; a layout a dump could
+    not take leaves it out.  The target is stopped only for the
     tracker's short injections.  Raises TargetGone when the target exits, and
     TrackingLost when it execs, during the copy (no image is left).
 
@@ -558,19 +588,28 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     sess = _open_session(pid, parent, method, selection)
     try:
         st = read_stat(pid)
-        vmas, dirty, in_parent = sess.plan(lambda: _clip_layout(_vmas_now(pid), sess.selection))
-        t_copy = time.monotonic()
-        with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=sess.parent_dir, tracking=sess.method,
-                         compress_level=compress_level) as w:
-            pw = w.pages(pid)
-            with ProcMem(pid) as mem:
+        with ProcMem(pid) as mem:
+            seen: list[tuple[list[mm_pb2.Vma], mm_pb2.MmEntry | None]] = []
+
+            def layout() -> list[mm_pb2.Vma]:
+                seen.append(_layout_now(pid, mem))
+                return _clip_layout(seen[-1][0], sess.selection)
+
+            vmas, dirty, in_parent = sess.plan(layout)
+            t_copy = time.monotonic()
+            with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=sess.parent_dir, tracking=sess.method,
+                             compress_level=compress_level) as w:
+                full, mm = seen[-1]
+                if mm is not None:
+                    w.write_mm(pid, mm, full)
+                pw = w.pages(pid)
                 ds = memory.dump_pages_delta(pid, vmas, pw, mem, dirty=dirty,
                                              in_parent=in_parent, running=True, on_copied=sess.on_copied())
-            t_done = time.monotonic()
-            sess.check_alive()
-            info = sess.tracking_info(w)
-            w.commit(processes=[ProcessInfo(pid, st.ppid, tuple(list_tids(pid)), sess.start_time, info)])
-            stored = pw.close()  # closed by commit: returns its stats
+                t_done = time.monotonic()
+                sess.check_alive()
+                info = sess.tracking_info(w)
+                w.commit(processes=[ProcessInfo(pid, st.ppid, tuple(list_tids(pid)), sess.start_time, info)])
+                stored = pw.close()  # closed by commit: returns its stats
     except BaseException:
         try:
             sess.end(target_alive=os.path.exists(f"/proc/{pid}"))

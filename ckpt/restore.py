@@ -20,6 +20,13 @@ Order (DESIGN §4, each step a lesson of the prototype):
 
 If anything fails, the helper (and every thread created) is killed and reaped
 and :class:`~ckpt.errors.RestoreError` says why.
+
+:func:`restore` runs these steps in one go.  :class:`StagedRestore` runs the
+same pieces spread over a migration: steps 1-5's memory part on the first
+pre-copy image (the helper stays frozen), the memory of each later image as
+it arrives, and at the switch-over the final delta's memory plus 5-7.  The
+pieces are shared: :func:`_prepare` (2-4), :func:`_map_and_fill` (5, memory),
+:func:`_finish` (5 after memory, 6, 7).
 """
 
 from __future__ import annotations
@@ -28,24 +35,31 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from .control.inject import Injector, Scratch
 from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
-from .errors import CkptError, RestoreError, UsageError
-from .image.chain import open_chain
+from .errors import ChainError, CkptError, RestoreError, UsageError
+from .image import kinds
+from .image.chain import open_chain, resolve_pages
+from .image.pb import mm_pb2, process_pb2
+from .image.reader import Image
+from .image.records import ImageKind, Pagemap, PageSource, PageState
 from .kernel import clone, ptrace
 from .kernel.arch_x86_64 import INT3, NR, PAGE_SIZE, SYSCALL_INSN, TASK_SIZE_MAX
 from .kernel.libc import libc
 from .kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
+from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
 from .resources import creds, files, limits, memory, signals, threads
 from .resources.context import RestoreContext
 
-__all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT"]
+__all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
+           "StagedRestore", "StageStats", "StagingMismatch"]
 
 #: Seconds to wait for a just-killed process to release its pid (its parent reaps about once a second).
 PID_FREE_TIMEOUT = 5.0
@@ -120,6 +134,8 @@ class RestoreStats:
     total_seconds: float
     detached: bool
     notes: tuple[str, ...] = field(default=())
+    #: A staged restore: pages written by the stages before the final one (``pages_written`` is its own).
+    staged_pages: int = 0
 
 
 def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
@@ -212,6 +228,48 @@ def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
             pass
 
 
+def _restore_error(exc: BaseException, pid: int) -> BaseException:
+    """What a failed restore raises: a RestoreError for ckpt's and the kernel's errors, anything else as is."""
+    if isinstance(exc, CkptError) and not isinstance(exc, RestoreError):
+        err = RestoreError(f"restore of {pid} failed: {exc}", hint=exc.hint)
+    elif isinstance(exc, OSError):
+        err = RestoreError(f"restore of {pid} failed: {exc}")
+    else:
+        return exc
+    err.__cause__ = exc
+    return err
+
+
+def _open_image(image_dir: str | os.PathLike[str], *, pre_dump: bool = False
+                ) -> tuple[list[Image], int, mm_pb2.MmEntry, list[mm_pb2.Vma]]:
+    """(chain, pid, mm, vmas) of an image of one process; UsageError/RestoreError if it cannot be restored.
+
+    ``pre_dump``: a PRE_DUMP is fine (a stage of a staged restore), as long as it records the layout.
+    """
+    chain = open_chain(image_dir)
+    image = chain[-1]
+    if image.kind is ImageKind.PRE_DUMP and not pre_dump:
+        raise UsageError(f"{image.path}: is a pre-dump (memory only)",
+                         hint="finish the chain with a dump (`ckpt dump --prev-images-dir`) and restore that")
+    procs = image.processes
+    if len(procs) != 1:
+        raise UsageError(f"{image.path}: holds {len(procs)} processes; restoring a process tree is not supported yet")
+    pid = procs[0].pid
+    if image.kind is ImageKind.PRE_DUMP and not image.has(kinds.MM.file_name(pid)):
+        raise StagingMismatch(f"{image.path}: records no memory layout for process {pid} "
+                              "(a pre-dump written before pre-dumps carried it)")
+    mm, vmas = image.mm(pid)
+    return chain, pid, mm, vmas
+
+
+def _process_records(image: Image, pid: int) -> tuple[list, process_pb2.ProcessEntry]:
+    """(thread cores, process entry) of a restorable image; the leader comes first."""
+    cores = image.threads(pid)
+    if not cores or cores[0].tid != pid:
+        raise RestoreError(f"{image.path}: the thread list does not start with the leader {pid}")
+    return cores, image.process(pid)
+
+
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
             shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
             progress: Callable[[ProgressEvent], None] | None = None,
@@ -231,49 +289,94 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     executable are still checked (their unsaved pages come from the file).
     """
     t_start = time.monotonic()
-    chain = open_chain(image_dir)
-    image = chain[-1]
-    procs = image.processes
-    if len(procs) != 1:
-        raise UsageError(f"{image.path}: holds {len(procs)} processes; restoring a process tree is not supported yet")
-    pid = procs[0].pid
-    mm, vmas = image.mm(pid)
-    cores = image.threads(pid)
-    entry = image.process(pid)
-    if not cores or cores[0].tid != pid:
-        raise RestoreError(f"{image.path}: the thread list does not start with the leader {pid}")
+    chain, pid, mm, vmas = _open_image(image_dir)
+    cores, entry = _process_records(chain[-1], pid)
     memory.check_files(mm, vmas)
     waited = wait_pid_free(pid)
 
     _create_helper(pid, detached)
     proc: FrozenProcess | None = None
+    opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
     try:
-        cm = freeze(pid)
-        proc = cm.__enter__()
-        stats = _build(proc, pid, chain, mm, vmas, cores, entry, shell_job, dict(inherit_fds or {}), progress,
-                       allow_changed_files)
+        proc, _frozen = _seize_helper(pid)
+        threads.check_xstate(pid, cores)
+        ws = _prepare(proc, pid, mm, vmas)
+        nvmas, filled, mem_s = _map_and_fill(ws, chain, vmas, progress)
+        notes = _finish(ws, chain, mm, vmas, cores, entry, opts)
     except BaseException as exc:
         _kill_helper(proc, pid, ours=not detached)
-        if isinstance(exc, CkptError) and not isinstance(exc, RestoreError):
-            raise RestoreError(f"restore of {pid} failed: {exc}", hint=exc.hint) from exc
-        if isinstance(exc, OSError):
-            raise RestoreError(f"restore of {pid} failed: {exc}") from exc
-        raise
-    if pidfile is not None:
-        with open(pidfile, "w") as f:
-            f.write(f"{pid}\n")
-    vmas_n, pages, nbytes, mem_s, notes = stats
-    return RestoreStats(pid=pid, tids=tuple(c.tid for c in cores), vmas=vmas_n, pages_written=pages,
-                        bytes_written=nbytes, pid_wait_seconds=waited, memory_seconds=mem_s,
+        raise _restore_error(exc, pid)
+    _write_pidfile(pidfile, pid)
+    return RestoreStats(pid=pid, tids=tuple(c.tid for c in cores), vmas=nvmas, pages_written=filled.pages_stored,
+                        bytes_written=filled.bytes_read, pid_wait_seconds=waited, memory_seconds=mem_s,
                         total_seconds=time.monotonic() - t_start, detached=detached, notes=tuple(notes))
 
 
-def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_job: bool,  # noqa: ANN001
-           inherit_fds: dict[int, int], progress: Callable[[ProgressEvent], None] | None = None,
-           allow_changed_files: bool = False) -> tuple[int, int, int, float, list[str]]:
-    main = proc.threads[pid]
+def _write_pidfile(pidfile: str | os.PathLike[str] | None, pid: int) -> None:
+    if pidfile is not None:
+        with open(pidfile, "w") as f:
+            f.write(f"{pid}\n")
+
+
+def _seize_helper(pid: int) -> tuple[FrozenProcess, AbstractContextManager[FrozenProcess]]:
+    """Freeze the fresh helper for good: it is released only as the restored process (or killed).
+
+    The second item is the :func:`freeze` context: keep it referenced as long
+    as the helper is ours — collecting it would run its exit and let the helper go.
+    """
+    cm = freeze(pid)
+    return cm.__enter__(), cm
+
+
+@dataclass
+class _Workspace:
+    """Where the restorer's injected syscalls run: the trampoline + scratch area in the helper.
+
+    ``vdso_insn_off``: offset of the helper's own vDSO ``syscall`` instruction,
+    which the last injected call (removing the trampoline) runs from once the
+    vDSO sits at the image's address; ``placed``: where the kernel areas (vDSO,
+    vvar) are now, by kind.
+    """
+
+    proc: FrozenProcess
+    pid: int
+    inj: Injector
+    scratch: Scratch
+    tramp: int
+    vdso_insn_off: int | None
+    placed: dict[int, tuple[int, int]]
+
+    #: Trampoline page + scratch pages.
+    AREA = (1 + _SCRATCH_PAGES) * PAGE_SIZE
+
+    def relocate(self, wanted: Sequence[tuple[int, int]], mapped: Sequence[tuple[int, int]]) -> None:
+        """Move the trampoline and scratch area if a later image maps where they are (``wanted``).
+
+        The new place is free of ``wanted``, of what is ``mapped`` now and of the kernel's areas.
+        """
+        if not any(s < self.tramp + self.AREA and self.tramp < e for s, e in wanted):
+            return
+        new = memory.free_area(self.AREA, [*wanted, *mapped, (self.tramp, self.tramp + self.AREA),
+                                           *self.placed.values()])
+        _map_trampoline(self.inj, self.proc.mem, new)
+        old = self.tramp
+        self.inj = Injector(self.proc.threads[self.pid], syscall_insn=new)
+        self.scratch = Scratch(new + PAGE_SIZE, self.AREA - PAGE_SIZE, self.proc.mem)
+        self.tramp = new
+        self.inj.munmap(old, self.AREA)
+
+
+def _map_trampoline(inj: Injector, mem: ProcMem, at: int) -> None:
+    """Map the trampoline (``syscall; int3``) and the scratch pages after it at ``at`` (free)."""
+    inj.mmap(at, PAGE_SIZE, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    inj.mmap(at + PAGE_SIZE, _Workspace.AREA - PAGE_SIZE, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    mem.write(at, SYSCALL_INSN + INT3)
+
+
+def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma]) -> _Workspace:
+    """DESIGN §4 steps 2-3: rseq off, trampoline, empty address space, vDSO/vvar at the image's addresses."""
     ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL)
-    threads.check_xstate(pid, cores)
     inj0 = proc.injector()
     rseq = ptrace.get_rseq_configuration(pid)
     if rseq.rseq_abi_pointer:
@@ -288,14 +391,12 @@ def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_j
         if s <= proc.syscall_insn < e:
             vdso_insn_off = proc.syscall_insn - s
     taken = [(v.start, v.end) for v in helper_maps] + [(v.start, v.end) for v in vmas]
-    area = (1 + _SCRATCH_PAGES) * PAGE_SIZE
+    area = _Workspace.AREA
     tramp = memory.free_area(area, taken)
-    inj0.mmap(tramp, PAGE_SIZE, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
-    inj0.mmap(tramp + PAGE_SIZE, area - PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
     mem = proc.mem
-    mem.write(tramp, SYSCALL_INSN + INT3)
+    _map_trampoline(inj0, mem, tramp)
     scratch = Scratch(tramp + PAGE_SIZE, area - PAGE_SIZE, mem)
-    inj = Injector(main, syscall_insn=tramp)
+    inj = Injector(proc.threads[pid], syscall_insn=tramp)
 
     inj.call(NR.close_range, 0, 0xFFFFFFFF, 0)
     keep = sorted([(tramp, tramp + area), *current.values()])
@@ -308,39 +409,287 @@ def _build(proc: FrozenProcess, pid: int, chain, mm, vmas, cores, entry, shell_j
     temp_size = sum(e - s for s, e in current.values())
     temp = memory.free_area(max(temp_size, PAGE_SIZE), taken + keep)
     memory.move_vdso(inj, mem, current, mm, vmas, temp)
+    placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
+    return _Workspace(proc, pid, inj, scratch, tramp, vdso_insn_off, placed)
 
+
+def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
+                  progress: Callable[[ProgressEvent], None] | None) -> tuple[int, memory.PageStats, float]:
+    """DESIGN §4 step 4, memory: every VMA mapped, every page of the chain written; (VMAs, stats, seconds)."""
     t_mem = time.monotonic()
-    nvmas = memory.map_vmas(inj, scratch, pid, vmas)
+    nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas)
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
-    filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes)
+    filled = memory.fill_pages(ws.pid, ws.proc.mem, chain, vmas, on_bytes=on_bytes)
     if progress:
         progress(ProgressEvent("filled", filled.bytes_read))
-    mem_s = time.monotonic() - t_mem
+    return nvmas, filled, time.monotonic() - t_mem
 
+
+@dataclass(frozen=True)
+class _FinishOptions:
+    """The restore options that matter after memory: how descriptors are reopened."""
+
+    shell_job: bool = False
+    inherit_fds: Mapping[int, int] = field(default_factory=dict)
+    allow_changed_files: bool = False
+
+
+def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
+            entry: process_pb2.ProcessEntry, opts: _FinishOptions) -> list[str]:
+    """Everything after memory (DESIGN §4 steps 5-7): resources, mm fields, threads, trampoline gone, release."""
+    proc, pid, inj, scratch = ws.proc, ws.pid, ws.inj, ws.scratch
+    main = proc.threads[pid]
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
-                         shell_job=shell_job, inherit_fds=inherit_fds, cores=list(cores),
-                         allow_changed_files=allow_changed_files)
+                         shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
+                         allow_changed_files=opts.allow_changed_files)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
             continue
         memory.set_mm_map(inj, scratch, pid, mm)
-        ctx.injectors = threads.create_threads(proc, inj, scratch, cores, tramp)
+        ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
 
     # The last injected call removes the trampoline itself: run it from the relocated vDSO.
     recorded = memory.special_vmas(vmas)
-    if vdso_insn_off is None or memory.Kind.VDSO not in recorded:
+    if ws.vdso_insn_off is None or memory.Kind.VDSO not in recorded:
         raise RestoreError("no syscall instruction in the vDSO to remove the trampoline with")
-    Injector(main, syscall_insn=recorded[memory.Kind.VDSO].start + vdso_insn_off).munmap(tramp, area)
+    Injector(main, syscall_insn=recorded[memory.Kind.VDSO].start + ws.vdso_insn_off).munmap(ws.tramp, ws.AREA)
 
     for core in cores:
         threads.finish_thread(proc.threads[core.tid], core)
     proc.released = True
-    mem.close()
+    proc.mem.close()
     proc._mem = None
-    return nvmas, filled.pages_stored, filled.bytes_read, mem_s, ctx.notes
+    return ctx.notes
+
+
+class StagingMismatch(RestoreError):
+    """An image a staged restore cannot take (no layout, not a delta of the images applied so far,
+    the vDSO moved): nothing of it was applied; a plain :func:`restore` of the final image still works."""
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """One stage of a :class:`StagedRestore`: what it changed in the helper and how long it took (seconds)."""
+
+    image_dir: str
+    vmas_mapped: int     # VMAs (or pieces of VMAs) mapped afresh and filled in full from the chain
+    ranges_unmapped: int
+    pages_written: int
+    bytes_written: int
+    pages_reset: int     # dropped, or zeroed, in the mappings that stayed
+    seconds: float
+
+
+class StagedRestore:
+    """Build a process's memory image by image while its source still runs; :meth:`finish` does the rest.
+
+    For migration (DESIGN §6): the destination restores the pre-copy images
+    as they arrive, so the switch-over only applies the final delta and the
+    non-memory state.  ``start(first)`` creates the helper with the image's
+    pid, empties it, puts the vDSO in place, maps and fills the first image
+    (as :func:`restore` does) and keeps it frozen; ``apply(next)`` brings the
+    memory to a later image of the same chain — the layout is synced
+    (:func:`ckpt.resources.memory.diff_layout`), ranges that stayed mapped get
+    only the image's HERE pages, its ZERO pages and the pages it no longer
+    has are reset, new ranges are filled in full from the chain;
+    ``finish(final)`` does the same with the final image and then everything
+    :func:`restore` does after memory: the process runs, and is the one
+    :func:`restore` of the final image would have made.
+
+    Each image must be a delta of the images applied so far (its parent
+    chain is exactly them) and record its layout (``mm-PID.img``, written by
+    pre-dumps since staged restores exist); if not, :class:`StagingMismatch`
+    is raised before anything changed and the staged process stays as it
+    was.  Any other failure kills the helper (the pid is free again) and
+    raises :class:`~ckpt.errors.RestoreError`.  :meth:`abort` (idempotent)
+    does the same on demand; after a successful :meth:`finish` it does
+    nothing — the process is the live one.  Call every method from one
+    thread: ptrace requests must come from the thread that seized the helper.
+    The options are those of :func:`restore`.
+    """
+
+    def __init__(self, *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
+                 shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
+                 progress: Callable[[ProgressEvent], None] | None = None, allow_changed_files: bool = False) -> None:
+        self.detached = detached
+        self.pidfile = pidfile
+        self.progress = progress
+        self._opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
+        self.pid = 0
+        #: "new" → "staged" (a frozen helper holds the memory so far) → "done" (it runs) or "aborted".
+        self.state = "new"
+        self.stages: list[StageStats] = []
+        self._proc: FrozenProcess | None = None
+        self._frozen: AbstractContextManager[FrozenProcess] | None = None
+        self._ws: _Workspace | None = None
+        self._chain: list[Image] = []
+        self._layout: list[mm_pb2.Vma] = []
+        self._covered: list[tuple[int, int]] = []  # every page of the newest image's pagemap
+        self._zero: list[tuple[int, int]] = []     # its ZERO pages
+        self._waited = 0.0
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def start(self, image_dir: str | os.PathLike[str]) -> StageStats:
+        """The helper with the image's pid, emptied, vDSO in place, the image's memory mapped and filled."""
+        if self.state != "new":
+            raise UsageError(f"StagedRestore.start: already {self.state}")
+        t0 = time.monotonic()
+        chain, pid, mm, vmas = _open_image(image_dir, pre_dump=True)
+        memory.check_files(mm, vmas)
+        self._waited = wait_pid_free(pid)
+        _create_helper(pid, self.detached)
+        self.pid, self.state = pid, "staged"
+        with self._failing():
+            self._proc, self._frozen = _seize_helper(pid)
+            self._ws = _prepare(self._proc, pid, mm, vmas)
+            nvmas, filled, _ = _map_and_fill(self._ws, chain, vmas, self.progress)
+            self._took(chain, vmas)
+        return self._stage(image_dir, nvmas, 0, filled.pages_stored, filled.bytes_read, 0, t0)
+
+    def apply(self, image_dir: str | os.PathLike[str]) -> StageStats:
+        """Bring the staged memory to the next image (a delta of the images applied so far)."""
+        t0 = time.monotonic()
+        chain, _pid, _mm, vmas = self._next(image_dir, pre_dump=True)
+        with self._failing():
+            return self._stage(image_dir, *self._sync(chain, vmas), t0)
+
+    def finish(self, image_dir: str | os.PathLike[str]) -> RestoreStats:
+        """Sync to the final image, then everything after memory: the process runs on return."""
+        t0 = time.monotonic()
+        chain, pid, mm, vmas = self._next(image_dir)
+        cores, entry = _process_records(chain[-1], pid)
+        memory.check_files(mm, vmas)
+        with self._failing():
+            threads.check_xstate(pid, cores)
+            t_mem = time.monotonic()
+            stage = self._stage(image_dir, *self._sync(chain, vmas), t0)
+            mem_s = time.monotonic() - t_mem
+            assert self._ws is not None
+            notes = _finish(self._ws, chain, mm, vmas, cores, entry, self._opts)
+        self.state = "done"
+        _write_pidfile(self.pidfile, pid)
+        staged = sum(s.pages_written for s in self.stages[:-1])
+        return RestoreStats(pid=pid, tids=tuple(c.tid for c in cores),
+                            vmas=sum(1 for v in vmas if v.kind not in memory.SPECIAL_KINDS),
+                            pages_written=stage.pages_written, bytes_written=stage.bytes_written,
+                            pid_wait_seconds=self._waited, memory_seconds=mem_s,
+                            total_seconds=time.monotonic() - t0, detached=self.detached, notes=tuple(notes),
+                            staged_pages=staged)
+
+    def abort(self) -> None:
+        """Kill the staged helper and collect it (the pid is free again); nothing once it runs or is gone."""
+        if self.state != "staged":
+            if self.state == "new":
+                self.state = "aborted"
+            return
+        self.state = "aborted"
+        _kill_helper(self._proc, self.pid, ours=not self.detached)
+        self._proc = self._frozen = self._ws = None
+
+    # --- internals ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Any failure inside kills the helper: a half-synced memory image is of no use."""
+        try:
+            yield
+        except BaseException as exc:
+            self.abort()
+            raise _restore_error(exc, self.pid)
+
+    def _next(self, image_dir: str | os.PathLike[str], *, pre_dump: bool = False
+              ) -> tuple[list[Image], int, mm_pb2.MmEntry, list[mm_pb2.Vma]]:
+        """Open the next image; StagingMismatch (nothing changed) if it cannot follow the applied ones."""
+        if self.state != "staged":
+            raise UsageError(f"StagedRestore: nothing staged ({self.state})")
+        chain, pid, mm, vmas = _open_image(image_dir, pre_dump=pre_dump)
+        newest = chain[-1]
+        if pid != self.pid:
+            raise StagingMismatch(f"{newest.path}: is an image of process {pid}, the staged one is {self.pid}")
+        if [img.id for img in chain[:-1]] != [img.id for img in self._chain]:
+            raise StagingMismatch(f"{newest.path}: is not a delta of the images staged so far "
+                                  f"(its parent chain has {len(chain) - 1} images, the newest staged is "
+                                  f"{self._chain[-1].path} with id {self._chain[-1].id})")
+        assert self._ws is not None
+        placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
+        if placed != self._ws.placed:
+            raise StagingMismatch(f"{newest.path}: the vDSO/vvar areas moved since the first staged image")
+        return chain, pid, mm, vmas
+
+    def _sync(self, chain: list[Image], vmas: list[mm_pb2.Vma]) -> tuple[int, int, int, int, int]:
+        """Turn the staged memory into the newest image's; (mapped, unmapped, pages, bytes, reset)."""
+        ws = self._ws
+        assert ws is not None and self._proc is not None
+        pid, mem = self.pid, self._proc.mem
+        diff = memory.diff_layout(self._layout, vmas)
+        ws.relocate([(v.start, v.end) for v in diff.added], [(v.start, v.end) for v in self._layout])
+        for s, e in diff.removed:
+            ws.inj.munmap(s, e - s)
+        nmapped = memory.map_vmas(ws.inj, ws.scratch, pid, diff.added)
+        top = len(chain) - 1
+        pm = chain[top].pagemap(pid)
+        here_state, zero_state = int(PageState.HERE), int(PageState.ZERO)
+        here = [PageSource(v, n, top, d) for v, n, st, d in zip(pm.vaddrs, pm.nr_pages, pm.states, pm.data_offsets)
+                if st == here_state]
+        sources = memory.clip_sources(here, diff.kept)
+        if diff.added:  # new ranges: every page of them, from wherever the chain holds it
+            sources += resolve_pages(chain, pid, within=memory.merge_intervals((v.start, v.end) for v in diff.added))
+            sources.sort(key=lambda src: src.vaddr)
+        covered, zero = _coverage(pm), _coverage(pm, zero_state)
+        kept = list(diff.kept)
+        lost = memory.intersect(memory.subtract(_coverage(pm, int(PageState.PARENT)), self._covered), kept)
+        if lost:  # what resolve_pages refuses for a plain restore: never a silently zero page
+            s, e = lost[0]
+            raise ChainError(chain[top].path, f"pages {s:#x}-{e:#x} are marked PARENT but the parent "
+                                              f"{chain[top - 1].path} does not have them")
+        # Pages of the kept ranges that hold data of an earlier image but must not any more:
+        # the ones the newest image says are ZERO (unless they were ZERO already), and the
+        # ones it no longer has at all (dropped by the process: a fresh mapping's content).
+        reset = memory.reset_pages(ws.inj, mem, vmas, memory.intersect(memory.subtract(zero, self._zero), kept),
+                                   zero=True)
+        reset += memory.reset_pages(ws.inj, mem, vmas, memory.intersect(memory.subtract(self._covered, covered), kept),
+                                    zero=False)
+        on_bytes = (lambda done, total: self.progress(ProgressEvent("memory", done, total))) if self.progress else None
+        filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes, sources=sources)
+        self._took(chain, vmas, covered, zero)
+        return nmapped, len(diff.removed), filled.pages_stored, filled.bytes_read, reset
+
+    def _took(self, chain: list[Image], vmas: Sequence[mm_pb2.Vma], covered: list[tuple[int, int]] | None = None,
+              zero: list[tuple[int, int]] | None = None) -> None:
+        """Remember what the staged memory now holds: the newest image's layout and page coverage."""
+        if covered is None or zero is None:
+            pm = chain[-1].pagemap(self.pid)
+            covered, zero = _coverage(pm), _coverage(pm, int(PageState.ZERO))
+        self._chain = list(chain)
+        self._layout = [v for v in vmas if v.kind not in memory.SPECIAL_KINDS]
+        self._covered, self._zero = covered, zero
+
+    def _stage(self, image_dir: str | os.PathLike[str], mapped: int, unmapped: int, pages: int, nbytes: int,
+               reset: int, t0: float) -> StageStats:
+        st = StageStats(os.fspath(image_dir), mapped, unmapped, pages, nbytes, reset, time.monotonic() - t0)
+        self.stages.append(st)
+        return st
+
+
+def _coverage(pm: Pagemap, state: int | None = None) -> list[tuple[int, int]]:
+    """Address intervals of a pagemap's ranges (of one state, or all), touching ones joined.
+
+    A pagemap's ranges are sorted and never overlap (``verify`` checks it): one pass.
+    """
+    ps = pm.page_size
+    out: list[list[int]] = []
+    for v, n, st in zip(pm.vaddrs, pm.nr_pages, pm.states):
+        if state is not None and st != state:
+            continue
+        if out and out[-1][1] == v:
+            out[-1][1] = v + n * ps
+        else:
+            out.append([v, v + n * ps])
+    return [(s, e) for s, e in out]
 
 
 def wait_restored(pid: int) -> int:

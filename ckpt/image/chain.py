@@ -52,7 +52,7 @@ from contextlib import ExitStack, contextmanager
 from ckpt.errors import ChainError, ImageError, NotAnImage
 from ckpt.image import kinds
 from ckpt.image.reader import ChunkReader, Image, chunk_pieces, iter_stream
-from ckpt.image.records import Pagemap, PageSource, PageState
+from ckpt.image.records import Pagemap, PageRange, PageSource, PageState
 
 __all__ = ["MAX_CHAIN_LENGTH", "walk_chain", "open_chain", "resolve_pages", "iter_chain_pages", "chain_chunk_jobs"]
 
@@ -110,10 +110,13 @@ def _pagemaps(chain: Sequence[Image], owner: str) -> list[Pagemap | None]:
     return [img.pagemap(owner) if img.has(name) else None for img in chain]
 
 
-def resolve_pages(chain: Sequence[Image], owner: int | str) -> list[PageSource]:
+def resolve_pages(chain: Sequence[Image], owner: int | str,
+                  within: Sequence[tuple[int, int]] | None = None) -> list[PageSource]:
     """For each page of ``owner`` in the newest image, the image that holds its bytes.
 
     Returns sorted, merged runs; ``image`` indexes ``chain`` (None: zero pages).
+    ``within``: only the pages inside these sorted, disjoint address intervals
+    (a staged restore resolves just the ranges it maps afresh).
     See the module docstring for a worked example.
     """
     if not chain:
@@ -128,7 +131,7 @@ def resolve_pages(chain: Sequence[Image], owner: int | str) -> list[PageSource]:
     out: list[tuple[int, int, int | None, int]] = []  # vaddr, end, image, data_offset
     # PARENT pieces still to look up, as (vaddr, end), for the level being processed.
     pending: list[tuple[int, int]] = []
-    for r in newest.ranges:
+    for r in (newest.ranges if within is None else _clipped(newest.ranges, ps, within)):
         end = r.vaddr + r.nr_pages * ps
         if r.state is PageState.HERE:
             out.append((r.vaddr, end, top, r.data_offset))
@@ -188,6 +191,20 @@ def resolve_pages(chain: Sequence[Image], owner: int | str) -> list[PageSource]:
                 continue
         merged.append(PageSource(vaddr, (end - vaddr) // ps, image, data_offset))
     return merged
+
+
+def _clipped(ranges: Sequence[PageRange], ps: int, within: Sequence[tuple[int, int]]) -> Iterator[PageRange]:
+    """The parts of sorted page ranges inside sorted, disjoint intervals (HERE data offsets moved along)."""
+    starts = [r.vaddr for r in ranges]
+    for lo, hi in within:
+        i = max(0, bisect.bisect_right(starts, lo) - 1)
+        while i < len(ranges) and ranges[i].vaddr < hi:
+            r = ranges[i]
+            s, e = max(r.vaddr, lo), min(r.vaddr + r.nr_pages * ps, hi)
+            if s < e:
+                off = r.data_offset + (s - r.vaddr) if r.state is PageState.HERE else 0
+                yield PageRange(s, (e - s) // ps, r.state, off)
+            i += 1
 
 
 def _wanted_by_image(chain: Sequence[Image], owner: int | str, sources: Sequence[PageSource] | None

@@ -41,7 +41,8 @@ _ERRORS: dict[str, type[ImageError]] = {
     "not-an-image": NotAnImage,
 }
 
-#: Files each kind of image must have for every process it lists.
+#: Files each kind of image must have for every process it lists.  A PRE_DUMP may also
+#: hold the layout (``mm-PID.img``, for a staged restore); pre-dumps older than that lack it.
 _REQUIRED: dict[ImageKind, tuple[Kind, ...]] = {
     ImageKind.FULL: (kinds.PROCESS, kinds.CORE, kinds.MM, kinds.FDS, kinds.PAGEMAP, kinds.PAGES),
     ImageKind.INCREMENTAL: (kinds.PROCESS, kinds.CORE, kinds.MM, kinds.FDS, kinds.PAGEMAP, kinds.PAGES),

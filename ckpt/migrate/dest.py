@@ -9,24 +9,45 @@ answered, any failure — the link, an "abort" from the source, its own restore
 — removes what it created (the restore itself kills a half-built process)
 and leaves the source to run on.  Once it has answered, the restored
 process is the live one and stays, whatever happens to the link.
+
+The restore is staged (:class:`~ckpt.restore.StagedRestore`): each pre-copy
+image is applied to a frozen helper as soon as it is stored, on a thread of
+its own, while the next one arrives; an image is acknowledged ("stored") once
+the one before it is applied, so the source's round times — which drive its
+switch decision — include staging when staging is the slower side, and the
+switch-over does not wait for a backlog.  "restore" then only applies the
+final delta and the non-memory state, which is what the downtime waits for.  Staging is an optimisation:
+if it fails, or an image cannot follow the staged ones, it is dropped (said
+on the event log) and the final image is restored plainly.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import CkptError
 from .wire import Channel, WireError, listen
+
+if TYPE_CHECKING:
+    from ..restore import RestoreStats, StagedRestore
 
 __all__ = ["ReceiveResult", "receive_one", "serve"]
 
 #: A source silent for this long between two messages is taken as gone.
 IDLE_TIMEOUT = 120.0
+#: A stage (applying one image to the staged process) taking longer than this is given up: the
+#: switch-over restores plainly.  Below the source's wait for "stored" and "running" (60 s).
+STAGE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -41,18 +62,149 @@ class ReceiveResult:
     restore_ms: float = 0.0
     outcome: str = ""          # "running", "aborted: …", "failed: …", "dry run"
     store: str = ""
+    staged: bool = False       # the switch-over only finished a staged restore
+    staging: str = ""          # why it was not staged ("" when it was, or when nothing was restored)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+class _Stager:
+    """Runs a :class:`~ckpt.restore.StagedRestore` on a thread of its own, image by image.
+
+    ptrace requests must come from the thread that seized the helper, so
+    every call of the staged restore happens on this thread, in the order the
+    images were stored.  Staging only saves downtime: when it fails, or an
+    image cannot follow the staged ones, it is dropped (:attr:`note` says
+    why) and :meth:`finish` returns None — restore the final image plainly.
+    A full pre-dump (the source lost its tracking) starts staging afresh.
+    """
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.note = ""
+        self._staged: StagedRestore | None = None
+        self._jobs: queue.Queue[tuple[str, str, Future | None]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ckpt-stage", daemon=True)
+        self._thread.start()
+
+    def add(self, image_dir: str) -> Future[None]:
+        """Stage a stored pre-copy image; returns at once, the future is done once it is applied (or dropped)."""
+        fut: Future[None] = Future()
+        self._jobs.put(("add", image_dir, fut))
+        return fut
+
+    def finish(self, image_dir: str) -> "RestoreStats | None":
+        """Finish the staged restore with the final image: its stats, or None if staging was dropped."""
+        if self.note:
+            return None  # given up already: not behind a stage that may still hang
+        fut: Future[RestoreStats | None] = Future()
+        self._jobs.put(("finish", image_dir, fut))
+        try:
+            r = fut.result(timeout=STAGE_TIMEOUT)
+        except TimeoutError:
+            self.abandon(f"finishing the staged restore took more than {STAGE_TIMEOUT:.0f} s")
+            raise CkptError(f"the staged restore did not finish within {STAGE_TIMEOUT:.0f} s") from None
+        if r is not None and self._staged is not None:
+            st = self._staged.stages[-1]
+            self.say(f"finished the staged restore: {st.pages_written} pages written, {st.pages_reset} reset, "
+                     f"memory in {r.memory_seconds * 1e3:.0f} ms, all in {r.total_seconds * 1e3:.0f} ms")
+        return r
+
+    def wait_staged(self, fut: Future[None]) -> None:
+        """Wait until a stage is done; give staging up if it hangs (the helper is killed)."""
+        try:
+            fut.result(timeout=STAGE_TIMEOUT)
+        except TimeoutError:
+            self.abandon(f"staging an image took more than {STAGE_TIMEOUT:.0f} s")
+
+    def abandon(self, why: str) -> None:
+        """Give staging up from the receiving thread: no more stages, the helper is killed (its thread reaps it)."""
+        self.note = self.note or why
+        self.say(f"{why}; the switch-over restores plainly")
+        staged = self._staged
+        if staged is not None and staged.pid and staged.state == "staged":
+            try:
+                os.kill(staged.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self, *, kill: bool) -> None:
+        """End the thread and kill a staged helper; ``kill``: whatever it is by now, even running."""
+        staged = self._staged
+        if kill and staged is not None and staged.pid:
+            try:
+                os.kill(staged.pid, signal.SIGKILL)  # ends a stage in progress at once
+            except ProcessLookupError:
+                pass
+        self._jobs.put(("close", "", None))
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while True:
+            kind, path, fut = self._jobs.get()
+            if kind == "close":
+                self._drop("")
+                return
+            assert fut is not None
+            if kind == "add":
+                self._add(path)
+                fut.set_result(None)
+                continue
+            try:
+                fut.set_result(self._finish(path))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                fut.set_exception(exc)
+
+    def _add(self, path: str) -> None:
+        from ..image.reader import Image
+        from ..restore import StagedRestore, StagingMismatch
+
+        if self.note:
+            return
+        try:
+            if self._staged is None or Image.open(path).parent is None:
+                self._drop("")  # the first image, or a full one (tracking lost at the source): start from it
+                self._staged = StagedRestore(detached=True)
+                st = self._staged.start(path)
+            else:
+                st = self._staged.apply(path)
+            self.say(f"staged image {os.path.basename(path)}: {st.pages_written} pages written, "
+                     f"{st.vmas_mapped} mappings made, {st.pages_reset} pages reset, in {st.seconds * 1e3:.0f} ms")
+        except StagingMismatch as exc:
+            self._drop(f"image {os.path.basename(path)} cannot be staged ({exc})")
+        except Exception as exc:  # noqa: BLE001 - staging is an optimisation: it never fails the migration
+            self._drop(f"staging image {os.path.basename(path)} failed ({exc})")
+
+    def _finish(self, path: str) -> "RestoreStats | None":
+        staged = self._staged
+        if self.note or staged is None or staged.state != "staged":
+            self.note = self.note or "nothing was staged"
+            return None
+        try:
+            return staged.finish(path)
+        except Exception as exc:  # noqa: BLE001 - the plain restore after it reports a real problem
+            self._drop(f"finishing the staged restore failed ({exc})")
+            return None
+
+    def _drop(self, why: str) -> None:
+        """Abort what is staged, then (``why``) give staging up: the pid is free once the note is seen."""
+        if self._staged is not None:
+            self._staged.abort()
+        if why:
+            self.note = why
+            self.say(f"{why}; the switch-over restores plainly")
+
+
 def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool = False,
-                on_event: Callable[[str], None] | None = None) -> ReceiveResult:
+                on_event: Callable[[str], None] | None = None, staged: bool = True) -> ReceiveResult:
     """Serve one migration on an already listening socket; see the module docstring.
 
     ``last``: close the listener once the connection is accepted, so the
     restored process can bind the same address and port (a server migrated
-    to the receiver's own port).
+    to the receiver's own port).  ``staged``: restore while the images
+    arrive (the default); False restores the final image in one go at the
+    switch-over (the downtime baseline).
     """
     from .. import api
 
@@ -63,6 +215,8 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
     result = ReceiveResult(peer=f"{addr[0]}:{addr[1]}")
     store = ""
     confirmed = False
+    stager: _Stager | None = None
+    staging: Future[None] | None = None  # the newest pre-copy image being staged
     try:
         with Channel.accept(conn, token) as ch:
             hello = ch.expect("migrate", timeout=IDLE_TIMEOUT)
@@ -72,6 +226,8 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
             result.store = store
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
+            if staged and not hello.get("dry_run"):
+                stager = _Stager(say)
             ch.send({"type": "ready"})
             say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
             while True:
@@ -80,12 +236,23 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
                 if kind == "image":
                     name = ch.recv_dir(store)
                     result.images += 1
+                    if stager is not None and staging is not None and not msg.get("final"):
+                        # The previous image is applied before this one is acknowledged: staging
+                        # overlaps the next transfer, and when it is the slower side the source's
+                        # round times show it, so its switch-over never waits for a staging backlog.
+                        stager.wait_staged(staging)
                     ch.send({"type": "stored", "name": os.path.basename(name)})
+                    if stager is not None and not msg.get("final"):
+                        staging = stager.add(name)
                 elif kind == "restore":
                     image = os.path.join(store, str(msg["name"]))
                     t0 = time.monotonic()
                     try:
-                        r = api.restore(image, detached=True)
+                        r = stager.finish(image) if stager is not None else None
+                        result.staged = r is not None
+                        result.staging = stager.note if stager is not None else "not asked for"
+                        if r is None:
+                            r = api.restore(image, detached=True)
                     except CkptError as exc:
                         ch.send_error(f"restore failed at the destination: {exc}")
                         raise
@@ -93,7 +260,8 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
                     result.pid = r.pid
                     ch.send({"type": "running", "pid": r.pid, "restore_ms": result.restore_ms})
                     confirmed = True
-                    say(f"restored as pid {r.pid} in {result.restore_ms:.0f} ms")
+                    say(f"restored as pid {r.pid} in {result.restore_ms:.0f} ms"
+                        + (" (staged)" if result.staged else ""))
                     try:
                         ch.expect("done", timeout=IDLE_TIMEOUT)
                     except WireError:
@@ -109,6 +277,9 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
     except BaseException as exc:
         if not result.outcome:
             result.outcome = f"failed: {exc}"
+        if stager is not None:
+            stager.close(kill=not confirmed)
+            stager = None
         if not confirmed:
             _clean(store)
             result.store = ""
@@ -116,6 +287,8 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
             say(f"migration from {result.peer} failed: {exc}")
             return result
         raise
+    if stager is not None:
+        stager.close(kill=not confirmed)
     if not confirmed:
         _clean(store)
         result.store = ""
@@ -130,14 +303,17 @@ def _clean(store: str) -> None:
 
 def serve(host: str, port: int, root: str, token: bytes, *, once: bool = False,
           on_event: Callable[[str], None] | None = None,
-          on_listening: Callable[[tuple[str, int]], None] | None = None) -> list[ReceiveResult]:
-    """Accept migrations on ``host:port`` into ``root``: one with ``once``, else until interrupted."""
+          on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True) -> list[ReceiveResult]:
+    """Accept migrations on ``host:port`` into ``root``: one with ``once``, else until interrupted.
+
+    ``staged``: see :func:`receive_one`.
+    """
     os.makedirs(root, mode=0o700, exist_ok=True)
     results: list[ReceiveResult] = []
     with listen(host, port) as s:
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
         while True:
-            results.append(receive_one(s, root, token, last=once, on_event=on_event))
+            results.append(receive_one(s, root, token, last=once, on_event=on_event, staged=staged))
             if once:
                 return results

@@ -24,6 +24,14 @@ VMA with MAP_FIXED and its final backing and protection, :func:`fill_pages`
 streams the pages chunk by chunk from the image (``process_vm_writev`` where
 writable, ``/proc/PID/mem`` elsewhere), and :func:`set_mm_map` sets the
 mm_struct fields and the exe link with ``prctl(PR_SET_MM, PR_SET_MM_MAP)``.
+
+Restore in stages (:class:`ckpt.restore.StagedRestore`, for migration): the
+layout of one image is mapped and filled, then brought to the next image's:
+:func:`diff_layout` says which ranges stay mapped as they are, which go, and
+which pieces are mapped afresh; the pages that stay need only the newer
+image's HERE pages written, its ZERO pages and the pages it no longer has
+reset (:func:`reset_pages`), and the new pieces a full fill from the chain
+(:func:`fill_pages` with ``sources`` clipped to them by :func:`clip_sources`).
 """
 
 from __future__ import annotations
@@ -44,11 +52,11 @@ from ..errors import CkptError, RestoreError, Unsupported
 from ..image.chain import chain_chunk_jobs, resolve_pages
 from ..image.pb import common_pb2, mm_pb2
 from ..image.reader import ChunkReader, Image
-from ..image.records import PageState
+from ..image.records import PageSource, PageState
 from ..image.store import PageWriter
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
 from ..kernel.mman import (
-    MADV_DONTDUMP, MADV_DONTFORK, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_WIPEONFORK,
+    MADV_DONTDUMP, MADV_DONTFORK, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_WIPEONFORK,
     MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
     MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
@@ -63,6 +71,7 @@ __all__ = [
     "Kind", "SPECIAL_KINDS", "PageStats", "classify", "file_identity",
     "dump_vmas", "dump_mm", "dump_pages", "check_files", "special_vmas", "move_vdso", "map_vmas",
     "fill_pages", "set_mm_map", "free_area",
+    "LayoutDiff", "diff_layout", "merge_intervals", "intersect", "subtract", "clip_sources", "reset_pages",
 ]
 
 Kind = mm_pb2.Vma.Kind
@@ -145,10 +154,14 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
     return out
 
 
-def dump_mm(pid: int, snap: Snapshot, inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma]) -> mm_pb2.MmEntry:
-    """The mm_struct fields: /proc/PID/stat, brk(0) injected (stat has no current brk), auxv, exe."""
+def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: Sequence[mm_pb2.Vma]) -> mm_pb2.MmEntry:
+    """The mm_struct fields: /proc/PID/stat, brk(0) injected (stat has no current brk), auxv, exe.
+
+    ``inj`` None (a pre-dump: the target runs, nothing is injected): the record
+    describes the layout only and its ``brk`` is 0 — unknown.
+    """
     st = snap.stat
-    brk = inj.call(NR.brk, 0)
+    brk = inj.call(NR.brk, 0) if inj is not None else 0
     exe_path = os.readlink(f"/proc/{pid}/exe")
     mm = mm_pb2.MmEntry(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
@@ -364,41 +377,94 @@ def _writable(v: mm_pb2.Vma) -> bool:
     return bool(v.prot & PROT_WRITE) and bool(v.prot & PROT_READ)
 
 
+class _PagePlacer:
+    """Writes bytes at an address of the restored process the way its VMA needs.
+
+    ``process_vm_writev`` where the VMA is readable and writable, ``/proc/PID/mem``
+    elsewhere (it writes read-only and PROT_NONE pages too); a piece crossing a
+    VMA boundary is split so each part goes the right way.
+    """
+
+    def __init__(self, pid: int, mem: ProcMem, vmas: Sequence[mm_pb2.Vma]) -> None:
+        self.pid, self.mem = pid, mem
+        self.mapped = [v for v in vmas if v.kind not in SPECIAL_KINDS]
+        self.starts = [v.start for v in self.mapped]
+
+    def vma_at(self, addr: int) -> mm_pb2.Vma:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i < 0 or addr >= self.mapped[i].end:
+            raise RestoreError(f"the image has page data at {addr:#x}, outside every mapping it records")
+        return self.mapped[i]
+
+    def pieces(self, start: int, end: int) -> Iterable[tuple[int, int, mm_pb2.Vma]]:
+        """``[start, end)`` cut at VMA boundaries: (start, end, vma) each."""
+        while start < end:
+            v = self.vma_at(start)
+            stop = min(end, v.end)
+            yield start, stop, v
+            start = stop
+
+    def write_pieces(self, buf: memoryview, pieces: Sequence[tuple[int, int, int]]) -> None:
+        """Write (vaddr, offset in ``buf``, length) pieces of one writable buffer.
+
+        The parts in readable+writable VMAs go in one ``process_vm_writev`` (it
+        takes many ranges: scattered dirty pages cost one call per chunk, not
+        one per page); the rest, and whatever it could not write, through
+        ``/proc/PID/mem``.
+        """
+        base = buffer_address(buf)
+        local: list[tuple[int, int]] = []
+        remote: list[tuple[int, int]] = []
+        for vaddr, start, n in pieces:
+            for s, e, v in self.pieces(vaddr, vaddr + n):
+                off = start + (s - vaddr)
+                if _writable(v):
+                    local.append((base + off, e - s))
+                    remote.append((s, e - s))
+                else:
+                    self.mem.write(s, buf[off:off + (e - s)])
+        if not local:
+            return
+        try:
+            done = process_vm_writev(self.pid, local, remote)
+        except OSError:
+            done = 0  # not even the first range: every piece through /proc/PID/mem
+        for (laddr, n), (raddr, _) in zip(local, remote):
+            if done >= n:
+                done -= n
+                continue
+            off = laddr - base
+            self.mem.write(raddr + done, buf[off + done:off + n])  # short: stopped at the first it could not write
+            done = 0
+
+    def write_zeros(self, start: int, end: int) -> None:
+        zeros = _ZEROS
+        while start < end:
+            take = min(end - start, len(zeros))
+            self.write_pieces(zeros, [(start, 0, take)])
+            start += take
+
+
+#: What :meth:`_PagePlacer.write_zeros` writes from (writable: process_vm_writev takes its address; never written).
+_ZEROS = memoryview(bytearray(1 << 20))
+
+
 def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
-               on_bytes: Callable[[int, int], None] | None = None) -> PageStats:
+               on_bytes: Callable[[int, int], None] | None = None,
+               sources: Sequence[PageSource] | None = None) -> PageStats:
     """Write every stored page of ``pid`` from the image chain into the mapped VMAs.
 
     Pages arrive chunk by chunk as memoryviews of the reader's reused buffers
     (no copies); a piece crossing a VMA boundary is split so each part goes
     the right way.  ZERO pages need a write only in private file mappings
     (anonymous memory is zero already).  ``on_bytes(done, total)`` reports progress,
-    at most once per MiB written.
+    at most once per MiB written.  ``sources``: only these runs (a staged
+    restore's share of :func:`~ckpt.image.chain.resolve_pages`); default: every page.
     """
     t0 = time.monotonic()
-    mapped = [v for v in vmas if v.kind not in SPECIAL_KINDS]
-    starts = [v.start for v in mapped]
-
-    def vma_at(addr: int) -> mm_pb2.Vma:
-        i = bisect.bisect_right(starts, addr) - 1
-        if i < 0 or addr >= mapped[i].end:
-            raise RestoreError(f"the image has page data at {addr:#x}, outside every mapping it records")
-        return mapped[i]
-
-    def write(vaddr: int, view: memoryview) -> None:
-        off, n = 0, len(view)
-        while off < n:
-            v = vma_at(vaddr + off)
-            take = min(n - off, v.end - (vaddr + off))
-            piece = view[off:off + take]
-            if _writable(v):
-                done = process_vm_writev(pid, [(buffer_address(piece), take)], [(vaddr + off, take)])
-                if done != take:
-                    mem.write(vaddr + off + done, piece[done:])
-            else:
-                mem.write(vaddr + off, piece)
-            off += take
-
-    sources = resolve_pages(chain, pid)
+    placer = _PagePlacer(pid, mem, vmas)
+    if sources is None:
+        sources = resolve_pages(chain, pid)
     zero = nbytes = 0
     total = sum(s.nr_pages for s in sources if s.image is not None) * PAGE_SIZE
     reported = 0
@@ -411,8 +477,7 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
         if bufs is None or len(bufs[0]) < need_in or len(bufs[1]) < need_out:
             bufs = local.bufs = (bytearray(need_in), bytearray(need_out))
         raw = reader.load_into(index, *bufs)
-        for vaddr, start, n in pieces:
-            write(vaddr, raw[start:start + n])
+        placer.write_pieces(raw, pieces)
         return sum(n for _, _, n in pieces)
 
     # Every chunk is decompressed and written by the same thread, FILL_THREADS chunks at a
@@ -437,22 +502,180 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
     stored = nbytes // PAGE_SIZE
     if on_bytes is not None:
         on_bytes(nbytes, total)
-    zeros = memoryview(bytearray(1 << 20))
     for s in sources:
         if s.image is not None:
             continue
         zero += s.nr_pages
-        addr, end = s.vaddr, s.vaddr + s.nr_pages * PAGE_SIZE
-        while addr < end:
-            v = vma_at(addr)
-            stop = min(end, v.end)
+        for start, stop, v in placer.pieces(s.vaddr, s.vaddr + s.nr_pages * PAGE_SIZE):
             if v.kind == Kind.FILE_PRIVATE:
-                while addr < stop:
-                    take = min(stop - addr, len(zeros))
-                    write(addr, zeros[:take])
-                    addr += take
-            addr = stop
+                placer.write_zeros(start, stop)
     return PageStats(stored, zero, nbytes, time.monotonic() - t0)
+
+
+# ---------------------------------------------------------------------------
+# restore in stages: a mapped layout brought to the next image's
+# ---------------------------------------------------------------------------
+
+Interval = tuple[int, int]
+
+
+def _mapping_key(v: mm_pb2.Vma) -> tuple | None:
+    """What :func:`map_vmas` makes a mapping from, its address aside; None: never carried over.
+
+    Two VMAs with equal keys give the same mapping at a common address (a file
+    mapping also needs the same file offset there: ``pgoff - start`` is in the
+    key).  Shared anonymous memory is never carried over: its views alias one
+    shmem object, which only a fresh :func:`map_vmas` of all of them recreates.
+    """
+    if v.kind == Kind.ANON_SHARED:
+        return None
+    letters = frozenset(f for f in v.vm_flags.split() if f in _MADVISED or f == "mw")
+    file: tuple = ()
+    if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+        file = (v.name, v.file.dev, v.file.ino, v.file.size, v.file.mtime_ns, v.pgoff - v.start)
+    return (v.kind, v.prot, v.flags, letters, file)
+
+
+@dataclass(frozen=True)
+class LayoutDiff:
+    """How to turn the mapped layout of one image into the layout of the next.
+
+    ``kept``: address ranges mapped the same way in both (their pages carry
+    over); ``removed``: ranges of the old layout to munmap; ``added``: pieces of
+    new VMAs to map afresh and fill in full.  Sorted, disjoint intervals.
+    """
+
+    kept: tuple[Interval, ...]
+    removed: tuple[Interval, ...]
+    added: tuple[mm_pb2.Vma, ...]
+
+
+def diff_layout(old: Sequence[mm_pb2.Vma], new: Sequence[mm_pb2.Vma]) -> LayoutDiff:
+    """Compare two layouts range by range (a VMA that grew keeps its old part; special areas are ignored)."""
+    old = sorted((v for v in old if v.kind not in SPECIAL_KINDS), key=lambda v: v.start)
+    new = sorted((v for v in new if v.kind not in SPECIAL_KINDS), key=lambda v: v.start)
+    ostarts = [v.start for v in old]
+    kept: list[Interval] = []
+    for nv in new:
+        key = _mapping_key(nv)
+        if key is None:
+            continue
+        i = max(0, bisect.bisect_right(ostarts, nv.start) - 1)
+        while i < len(old) and old[i].start < nv.end:
+            ov = old[i]
+            if ov.end > nv.start and _mapping_key(ov) == key:
+                kept.append((max(ov.start, nv.start), min(ov.end, nv.end)))
+            i += 1
+    kept = merge_intervals(kept)
+    added: list[mm_pb2.Vma] = []
+    for nv in new:
+        for s, e in subtract(((nv.start, nv.end),), kept):
+            piece = mm_pb2.Vma()
+            piece.CopyFrom(nv)
+            piece.start, piece.end = s, e
+            if nv.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+                piece.pgoff = nv.pgoff + (s - nv.start)
+            added.append(piece)
+    removed = subtract(merge_intervals([(v.start, v.end) for v in old]), kept)
+    return LayoutDiff(tuple(kept), tuple(removed), tuple(added))
+
+
+def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, with overlapping or touching intervals joined."""
+    out: list[list[int]] = []
+    for s, e in sorted(intervals):
+        if s >= e:
+            continue
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def intersect(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
+    """Intersection of two sorted lists of disjoint intervals (one linear sweep)."""
+    out: list[Interval] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        s, e = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if s < e:
+            out.append((s, e))
+        if a[i][1] <= b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def subtract(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
+    """``a`` minus ``b``, both sorted lists of disjoint intervals (one linear sweep)."""
+    out: list[Interval] = []
+    j = 0
+    for s, e in a:
+        while j < len(b) and b[j][1] <= s:
+            j += 1
+        k, pos = j, s
+        while k < len(b) and b[k][0] < e:
+            if b[k][0] > pos:
+                out.append((pos, b[k][0]))
+            pos = max(pos, b[k][1])
+            k += 1
+        if pos < e:
+            out.append((pos, e))
+    return out
+
+
+def clip_sources(sources: Sequence[PageSource], within: Sequence[Interval]) -> list[PageSource]:
+    """The parts of sorted, disjoint page runs inside sorted, disjoint intervals (data offsets moved along).
+
+    Per interval only the first and last run can stick out; the runs between
+    are taken whole (a delta has thousands of runs, a layout few intervals).
+    """
+    out: list[PageSource] = []
+    starts = [src.vaddr for src in sources]
+
+    def clipped(src: PageSource, lo: int, hi: int) -> None:
+        s, e = max(lo, src.vaddr), min(hi, src.vaddr + src.nr_pages * PAGE_SIZE)
+        if s < e:
+            off = src.data_offset + (s - src.vaddr) if src.image is not None else 0
+            out.append(PageSource(s, (e - s) // PAGE_SIZE, src.image, off))
+
+    for lo, hi in within:
+        i = max(0, bisect.bisect_right(starts, lo) - 1)
+        j = bisect.bisect_left(starts, hi)  # runs from j on start at or after hi
+        if i >= j:
+            continue
+        clipped(sources[i], lo, hi)
+        if j - 1 > i:
+            out.extend(sources[i + 1:j - 1])
+            clipped(sources[j - 1], lo, hi)
+    return out
+
+
+def reset_pages(inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma], runs: Iterable[Interval], *,
+                zero: bool) -> int:
+    """Forget what earlier stages wrote in ``runs``; returns the pages reset.
+
+    ``zero=False`` (pages the newer image no longer has): MADV_DONTNEED, so a
+    private mapping reads as it would in a fresh one — zeros, or the file's
+    bytes in a private file mapping.  ``zero=True`` (pages the newer image
+    says are ZERO): the same in anonymous memory; a private file mapping gets
+    zeros written, as :func:`fill_pages` does.  Never for shared memory (see
+    :func:`_mapping_key`: it is never carried over).
+    """
+    placer = _PagePlacer(inj.pid, mem, vmas)
+    n = 0
+    for s, e in runs:
+        for start, stop, v in placer.pieces(s, e):
+            if v.kind in (Kind.ANON_SHARED, Kind.FILE_SHARED):
+                raise RestoreError(f"cannot reset pages of a shared mapping at {start:#x}")
+            if zero and v.kind == Kind.FILE_PRIVATE:
+                placer.write_zeros(start, stop)
+            else:
+                inj.madvise(start, stop - start, MADV_DONTNEED)
+            n += (stop - start) // PAGE_SIZE
+    return n
 
 
 def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEntry) -> None:

@@ -63,8 +63,13 @@ def _check_restored(image: Path, t: Target, area: tuple[int, int], truth: dict[i
     """Restore and compare every page with the truth; returns the number of pages checked."""
     r = api.restore(image, inherit_fds=t.stdio_fds)  # the API: -D STORE resolves to the newest
     restored.append(r.pid)
-    assert tracer_of(r.pid) == 0
-    now = snapshot(r.pid, area)
+    return _check_pages(r.pid, area, truth)
+
+
+def _check_pages(pid: int, area: tuple[int, int], truth: dict[int, int]) -> int:
+    """Compare every page of the restored writer ``pid`` with the truth; returns the number of pages checked."""
+    assert tracer_of(pid) == 0
+    now = snapshot(pid, area)
     newest = max(truth.values())
     misses = [a for a, v in truth.items() if now.get(a, v if not area[0] <= a < area[1] else -1) not in (v,)
               and not now.get(a, 0) > newest]
