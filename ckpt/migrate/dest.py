@@ -244,6 +244,12 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
                     ch.send({"type": "stored", "name": os.path.basename(name)})
                     if stager is not None and not msg.get("final"):
                         staging = stager.add(name)
+                elif kind == "sync":
+                    # The source is about to freeze: apply what is queued first, so that
+                    # none of it falls into the downtime.
+                    if stager is not None and staging is not None:
+                        stager.wait_staged(staging)
+                    ch.send({"type": "synced"})
                 elif kind == "restore":
                     image = os.path.join(store, str(msg["name"]))
                     t0 = time.monotonic()

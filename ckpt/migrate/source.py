@@ -192,6 +192,11 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 stats.restore_ms = float(running.get("restore_ms", 0.0))
                 return True  # the destination runs it: end the source
 
+            if not stop_and_copy:
+                # The destination applies the rounds to the process it is building as they
+                # arrive: let it catch up before the freeze rather than inside the downtime.
+                ch.send({"type": "sync"})
+                ch.expect("synced", timeout=RESTORE_TIMEOUT)
             try:
                 _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over,
                       tcp_close=tcp_close)
