@@ -201,6 +201,16 @@ class _Writer(threading.Thread):
             self.join(TIMEOUT)
 
 
+def _load_keys(port: int, pid: int) -> None:
+    """NKEYS keys with their original values, then the connection is closed (dumps refuse open ones)."""
+    r = _connect(port, pid)
+    for start in range(0, NKEYS, 10_000):
+        replies = r.pipeline([Redis.encode("SET", f"key:{i}", _original(i)) for i in range(start, start + 10_000)])
+        assert replies == ["OK"] * 10_000
+    assert r.call("DBSIZE") == NKEYS
+    r.close()
+
+
 def _connect(port: int, pid: int) -> Redis:
     deadline = time.monotonic() + TIMEOUT
     while True:
@@ -239,12 +249,7 @@ def test_redis_predump_chain_under_write_load(tmp_path: Path, restored: list[int
     conf.write_text(f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
                     "logfile \"\"\nprotected-mode no\n")
     with spawn([REDIS, str(conf)], stderr=subprocess.DEVNULL) as t:
-        r = _connect(port, t.pid)
-        for start in range(0, NKEYS, 10_000):
-            replies = r.pipeline([Redis.encode("SET", f"key:{i}", _original(i)) for i in range(start, start + 10_000)])
-            assert replies == ["OK"] * 10_000
-        assert r.call("DBSIZE") == NKEYS
-        r.close()
+        _load_keys(port, t.pid)
 
         writer = _Writer(port)
         writer.start()

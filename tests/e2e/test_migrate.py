@@ -113,6 +113,19 @@ def _migrate(host: SecondHost, pid: int, port: int, token: Path, tmp_path: Path,
     return res, (json.loads(stats.read_text()) if res.returncode == 0 and stats.exists() else {})
 
 
+def _untracked(pid: int) -> bool:
+    """No userfaultfd left in the process (ckpt's tracker was removed)."""
+    return not [f for f in os.listdir(f"/proc/{pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{pid}/fd/{f}")]
+
+
+def _slow_migration(host: SecondHost, pid: int, port: int, token: Path) -> subprocess.Popen[str]:
+    """A migration whose rounds crawl (2 MB/s, an unreachable downtime budget): to break it mid-way."""
+    return subprocess.Popen(ckpt_argv("migrate", "-t", pid, "--to", f"{host.address}:{port}", "--token-file", token,
+                                      "--bandwidth-limit", "2", "--max-downtime", "1", "-v"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            close_fds=True)
+
+
 def _token(tmp_path: Path, name: str = "token") -> Path:
     path = tmp_path / name
     save_token(path)
@@ -161,7 +174,7 @@ def test_wrong_token_is_refused_and_the_source_runs_on(second_host: SecondHost, 
         result = rx.result()
         assert result["outcome"].startswith("failed") and "authentication" in result["outcome"], result
         assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        assert not [f for f in os.listdir(f"/proc/{t.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{t.pid}/fd/{f}")]
+        assert _untracked(t.pid)
         assert not list(rx.store.iterdir()) or all(p.suffix == ".token" for p in rx.store.iterdir())
         t.check()
     finally:
@@ -173,11 +186,7 @@ def test_receiver_killed_mid_migration_leaves_the_source_running(second_host: Se
     t = _Mutator(tmp_path)
     try:
         rx = _Receiver(host, tmp_path, token, port)
-        # Slow the rounds down (bandwidth limit) so the receiver dies in the middle of them.
-        mig = subprocess.Popen(ckpt_argv("migrate", "-t", t.pid, "--to", f"{host.address}:{port}", "--token-file",
-                                         token, "--bandwidth-limit", "2", "--max-downtime", "1"),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               close_fds=True)
+        mig = _slow_migration(host, t.pid, port, token)  # the receiver dies in the middle of its rounds
         wait_until(lambda: any(rx.store.iterdir()) if rx.store.exists() else False, "the first image arrives",
                    timeout=30)
         for host_pid, inside in host.processes().items():
@@ -186,7 +195,7 @@ def test_receiver_killed_mid_migration_leaves_the_source_running(second_host: Se
         out, err = mig.communicate(timeout=60)
         assert mig.returncode not in (0, None) and "Traceback" not in err, err
         assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        assert not [f for f in os.listdir(f"/proc/{t.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{t.pid}/fd/{f}")]
+        assert _untracked(t.pid)
         t.check()
     finally:
         t.close()
@@ -252,10 +261,7 @@ def test_ctrl_c_during_the_rounds(second_host: SecondHost, tmp_path: Path) -> No
     t = _Mutator(tmp_path)
     try:
         rx = _Receiver(host, tmp_path, token, port)
-        mig = subprocess.Popen(ckpt_argv("migrate", "-t", t.pid, "--to", f"{host.address}:{port}", "--token-file",
-                                         token, "--bandwidth-limit", "2", "--max-downtime", "1", "-v"),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               close_fds=True)
+        mig = _slow_migration(host, t.pid, port, token)
         wait_until(lambda: rx.store.exists() and any(p.is_dir() for p in rx.store.iterdir()),
                    "the first image arrives", timeout=30)
         mig.send_signal(signal.SIGINT)
@@ -265,7 +271,7 @@ def test_ctrl_c_during_the_rounds(second_host: SecondHost, tmp_path: Path) -> No
         assert result["outcome"] != "running", result
         assert not [p for p in rx.store.iterdir() if p.is_dir()]  # the receiver removed what it stored
         assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        assert not [f for f in os.listdir(f"/proc/{t.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{t.pid}/fd/{f}")]
+        assert _untracked(t.pid)
         t.check()
     finally:
         t.close()

@@ -27,8 +27,8 @@ import pytest
 
 from hosts import SecondHost
 from targets import build_c, tracer_of, wait_until
-from test_incremental_targets import NKEYS, TIMEOUT, _applied, _connect, _original, _Writer
-from test_migrate import _free_port, _migrate, _Mutator, _Receiver, _token, second_host  # noqa: F401 - a fixture
+from test_incremental_targets import NKEYS, TIMEOUT, _applied, _connect, _load_keys, _original, _Writer
+from test_migrate import _free_port, _migrate, _Mutator, _Receiver, _token, _untracked, second_host  # noqa: F401 - a fixture
 from test_sockets import REDIS, Redis
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="migration needs root (ptrace, clone3, namespaces)")
@@ -40,10 +40,6 @@ def _report(what: str, stats: dict) -> None:
           f"{stats['iterations']} rounds ({rounds} pages; {stats['reason']}), {stats['bytes_sent'] / 1e6:.1f} MB, "
           f"total {stats['total_ms']} ms, final {stats['final_pages']} pages {stats['final_bytes']} B, "
           f"restore {stats['restore_ms']} ms")
-
-
-def _no_uffd(pid: int) -> bool:
-    return not [f for f in os.listdir(f"/proc/{pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{pid}/fd/{f}")]
 
 
 # --- the self-checking C writer ----------------------------------------------------------------------
@@ -143,12 +139,7 @@ def test_migrate_redis_under_write_load(second_host: SecondHost, tmp_path: Path)
     proc = _start_redis(tmp_path, port)
     writer: _Writer | None = None
     try:
-        r = _connect(port, proc.pid)
-        for start in range(0, NKEYS, 10_000):
-            replies = r.pipeline([Redis.encode("SET", f"key:{i}", _original(i)) for i in range(start, start + 10_000)])
-            assert replies == ["OK"] * 10_000
-        assert r.call("DBSIZE") == NKEYS
-        r.close()
+        _load_keys(port, proc.pid)
 
         writer = _Writer(port)
         writer.start()
@@ -210,7 +201,7 @@ def test_migrate_established_connection_needs_tcp_close(second_host: SecondHost,
         assert rx.result()["outcome"] != "running"
         assert not [p for p in rx.store.iterdir() if p.is_dir()]  # the receiver removed what it stored
         # The source serves on, untracked, and the client's connection was never touched.
-        assert proc.poll() is None and tracer_of(proc.pid) == 0 and _no_uffd(proc.pid)
+        assert proc.poll() is None and tracer_of(proc.pid) == 0 and _untracked(proc.pid)
         assert r.call("GET", "k") == b"v" and r.call("INCR", "n") == 1
         r.close()
     finally:
