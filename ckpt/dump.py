@@ -40,6 +40,14 @@ __all__ = ["DumpStats", "PROCESS_DUMPERS", "dump", "restore", "wait_restored", "
 GONE_TIMEOUT = 5.0
 
 
+class _Probed(Exception):
+    """dump(probe=True) has every record: unwinds the image (aborted) and the freeze (released)."""
+
+    def __init__(self, threads: int, vmas: int, frozen: float) -> None:
+        super().__init__("probe done")
+        self.threads, self.vmas, self.frozen = threads, vmas, frozen
+
+
 def dump_files(ctx: DumpContext) -> None:
     """Every fd (files, pipes, sockets…): classified and refused before anything is written."""
     policy = files.StdioPolicy(shell_job=ctx.shell_job)
@@ -178,6 +186,7 @@ def dump(
     track_mem: bool = False,
     track_method: str | None = None,
     end_target: Callable[[str], bool] | None = None,
+    probe: bool = False,
 ) -> DumpStats:
     """Checkpoint process ``pid`` into the new directory ``image_dir`` (a FULL image).
 
@@ -201,9 +210,15 @@ def dump(
     a migration ends the source only once the destination runs the process.
     If it raises, the target runs on, the exception propagates and the image
     stays.  Not with ``leave_running`` / ``leave_stopped``.
+    ``probe``: freeze and dump every record but no page, then let the target
+    go and write no image: what a final dump's non-memory part costs (its
+    frozen time) and whether every resource can be dumped — a migration asks
+    before its first round instead of failing after its last.
     """
     if leave_running and leave_stopped:
         raise UsageError("leave_running and leave_stopped exclude each other (-R / -s)")
+    if probe and (leave_running or leave_stopped or end_target is not None or parent is not None or track_mem):
+        raise UsageError("a probe dumps no memory and writes no image: no other mode goes with it")
     if end_target is not None and (leave_running or leave_stopped):
         raise UsageError("end_target decides the target's fate itself: not with leave_running / leave_stopped")
     report = progress or (lambda _event: None)
@@ -250,6 +265,8 @@ def dump(
                 w.write_threads(pid, cores)
                 w.write_mm(pid, mm, vmas)
                 t_mem = time.monotonic()
+                if probe:
+                    raise _Probed(len(cores), len(vmas), t_mem - t_frozen)  # the writer and the freeze undo all
                 step("memory")
                 pw = w.pages(pid)
                 if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
@@ -284,6 +301,11 @@ def dump(
                 _kill_frozen(proc)
             if not leave_running:
                 t_thawed = time.monotonic()
+    except _Probed as done:
+        return DumpStats(pid=pid, image_dir="", threads=done.threads, vmas=done.vmas, pages_stored=0, pages_zero=0,
+                         bytes_read=0, stored_bytes=0, frozen_seconds=done.frozen, memory_read_seconds=0.0,
+                         write_seconds=0.0, total_seconds=time.monotonic() - t0, left_running=True,
+                         left_stopped=False, notes=tuple(notes))
     except BaseException as exc:
         if proc is not None:
             _collect_if_dead(proc)

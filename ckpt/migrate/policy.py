@@ -25,9 +25,8 @@ from ..kernel.arch_x86_64 import PAGE_SIZE
 
 __all__ = ["Iteration", "Decision", "SwitchPolicy", "DEFAULT_FIXED_COST"]
 
-#: Freeze + non-memory state + restore of a small process, measured on this machine
-#: (final delta dump of a 1 GiB workload with 1 % written: frozen ~60 ms, of which the
-#: pages are a part; restore of a delta chain ~50 ms).  Refined by `SwitchPolicy.fixed_cost`.
+#: Freeze + non-memory state + the destination's finish, when nothing better is known; the
+#: source replaces it with its probe's measured frozen time plus an estimate of the finish.
 DEFAULT_FIXED_COST = 0.060
 
 

@@ -238,3 +238,17 @@ def test_end_target_decides_while_frozen(c_target, tmp_path: Path) -> None:  # n
     dump_hooked(t.pid, tmp_path / "d", end_target=lambda _: True)
     _forget(t)  # ended, and reaped by the dump (we are its parent)
     assert not os.path.exists(f"/proc/{t.pid}")
+
+
+def test_probe_dumps_the_state_and_writes_nothing(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """dump(probe=True): every record, no page, no image; the target runs on (a migration's pre-flight)."""
+    from ckpt.dump import dump as dump_hooked
+
+    t, _ = _start(c_target, tmp_path, 2, False)
+    stats = dump_hooked(t.pid, tmp_path / "probe", probe=True)
+    assert stats.left_running and stats.threads == 3 and stats.vmas > 0 and stats.frozen_seconds > 0
+    assert not (tmp_path / "probe").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".probe")]
+    assert t.alive() and tracer_of(t.pid) == 0
+    _result(t, fresh=True)
+    with pytest.raises(UsageError):
+        dump_hooked(t.pid, tmp_path / "p2", probe=True, leave_running=True)

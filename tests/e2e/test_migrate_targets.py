@@ -198,7 +198,8 @@ def test_migrate_established_connection_needs_tcp_close(second_host: SecondHost,
         rx = _Receiver(host, tmp_path, token, rx_port)
         res, _ = _migrate(host, proc.pid, rx_port, token, tmp_path)
         assert res.returncode != 0 and "--tcp-close" in res.stderr and "Traceback" not in res.stderr, res.stderr
-        assert rx.result()["outcome"] != "running"
+        result = rx.result()
+        assert result["outcome"] != "running" and result["images"] == 0, result  # refused before any round
         assert not [p for p in rx.store.iterdir() if p.is_dir()]  # the receiver removed what it stored
         # The source serves on, untracked, and the client's connection was never touched.
         assert proc.poll() is None and tracer_of(proc.pid) == 0 and _untracked(proc.pid)
