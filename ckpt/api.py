@@ -233,7 +233,7 @@ __all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir"]
 
 def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_ms: float = 100.0,
             max_iterations: int = 30, bandwidth_limit_mb_s: float | None = None, dry_run: bool = False,
-            track: str | None = None, stop_and_copy: bool = False, tcp_close: bool = False,
+            track: str | None = None, stop_and_copy: bool = False, timeout: float = 60.0, tcp_close: bool = False,
             on_round: "Callable[[RoundReport], None] | None" = None) -> "MigrateStats":
     """Move running process ``pid`` to the ``ckpt receive`` at ``to`` = (host, port).
 
@@ -249,7 +249,7 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
 
     return _migrate(pid, to[0], to[1], token, max_downtime=max_downtime_ms / 1e3, max_iterations=max_iterations,
                     bandwidth_limit=bandwidth_limit_mb_s * 1e6 if bandwidth_limit_mb_s else None,
-                    dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, tcp_close=tcp_close,
+                    dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, timeout=timeout, tcp_close=tcp_close,
                     on_round=on_round)
 
 

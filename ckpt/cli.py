@@ -173,7 +173,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     stats = migrate(args.tree, host, port, token, max_downtime=args.max_downtime / 1e3,
                     max_iterations=args.max_iterations,
                     bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
-                    dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy,
+                    dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy, timeout=args.timeout,
                     tcp_close=args.tcp_close, on_round=on_round)
     if args.dry_run:
         print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--track", choices=("uffd-wp", "soft-dirty", "hash"), help="dirty-tracking back-end")
     sp.add_argument("--dry-run", action="store_true",
                     help="run the pre-copy rounds and print the predicted downtime; switch nothing")
+    sp.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                    help="give up (the process running on here) when the destination is silent this long (default 60)")
     sp.add_argument("--stop-and-copy", action="store_true",
                     help="no pre-copy: freeze, send one full image, restore (the baseline for the downtime)")
     sp.add_argument("--tcp-close", action="store_true",

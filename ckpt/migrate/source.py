@@ -34,8 +34,6 @@ from .wire import Channel, WireError
 
 __all__ = ["MigrateStats", "RoundReport", "migrate"]
 
-#: How long the destination may take to restore the final image before the source gives up.
-RESTORE_TIMEOUT = 60.0
 #: Inside the downtime besides the source's frozen state dump (measured by a probe) and the
 #: last delta: the destination's staged finish (13-30 ms for 1 GiB here) and the last round
 #: trips of the final image and its answers.
@@ -103,11 +101,13 @@ class _Throttle:
 
 def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float = 0.100,
             max_iterations: int = 30, bandwidth_limit: float | None = None, dry_run: bool = False,
-            track: str | None = None, work_dir: str | None = None, connect_timeout: float = 10.0,
+            track: str | None = None, work_dir: str | None = None, timeout: float = 60.0,
             stop_and_copy: bool = False, tcp_close: bool = False,
             on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
     """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
 
+    ``timeout``: seconds the destination may stay silent (an answer, a
+    blocked send) before the migration is given up, the source running on.
     ``stop_and_copy``: no pre-copy at all — freeze, one full image, restore
     there (the baseline that pre-copy's downtime is measured against).
 
@@ -133,9 +133,9 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     work = tempfile.mkdtemp(prefix=f"ckpt-migrate-{pid}-", dir=work_dir)
     tracking = False
     try:
-        with Channel.connect(host, port, token, timeout=connect_timeout) as ch:
+        with Channel.connect(host, port, token, timeout=timeout) as ch:
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run})
-            ch.expect("ready", timeout=connect_timeout)
+            ch.expect("ready")
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.
             probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close)
@@ -146,7 +146,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 before = ch.bytes_sent
                 ch.send({"type": "image", "name": name, "final": final})
                 ch.send_dir(os.path.join(work, name), name)
-                ch.expect("stored", timeout=RESTORE_TIMEOUT)
+                ch.expect("stored", timeout=timeout)
                 sent = ch.bytes_sent - before
                 throttle.account(sent)
                 return sent
@@ -196,7 +196,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 stats.final_pages, _ = _image_pages(image_dir, pid)
                 stats.final_bytes = send_image(final, final=True)
                 ch.send({"type": "restore", "name": final})
-                running = ch.expect("running", timeout=RESTORE_TIMEOUT)
+                running = ch.expect("running", timeout=timeout)
                 marks["running"] = time.monotonic()
                 stats.dest_pid = int(running.get("pid", 0))
                 stats.restore_ms = float(running.get("restore_ms", 0.0))
@@ -206,7 +206,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 # The destination applies the rounds to the process it is building as they
                 # arrive: let it catch up before the freeze rather than inside the downtime.
                 ch.send({"type": "sync"})
-                ch.expect("synced", timeout=RESTORE_TIMEOUT)
+                ch.expect("synced", timeout=timeout)
             try:
                 _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over,
                       tcp_close=tcp_close)

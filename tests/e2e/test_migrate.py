@@ -275,3 +275,32 @@ def test_ctrl_c_during_the_rounds(second_host: SecondHost, tmp_path: Path) -> No
         t.check()
     finally:
         t.close()
+
+
+def test_silent_destination_times_out_and_the_source_runs_on(second_host: SecondHost, tmp_path: Path) -> None:
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    t = _Mutator(tmp_path)
+    stopped: list[int] = []
+    try:
+        rx = _Receiver(host, tmp_path, token, port)
+        mig = subprocess.Popen(ckpt_argv("migrate", "-t", t.pid, "--to", f"{host.address}:{port}", "--token-file",
+                                         token, "--bandwidth-limit", "20", "--max-downtime", "1", "--timeout", "2"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               close_fds=True)
+        wait_until(lambda: rx.store.exists() and any(p.is_dir() for p in rx.store.iterdir()),
+                   "the first image arrives", timeout=30)
+        # The receiver hangs (not the process it is building, which it holds under ptrace).
+        stopped = [p for p in host.processes() if b"receive" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        for p in stopped:
+            os.kill(p, signal.SIGSTOP)
+        out, err = mig.communicate(timeout=60)
+        assert mig.returncode != 0 and re.search(r"within 2 s|timed out", err) and "Traceback" not in err, err
+        assert t.proc.poll() is None and tracer_of(t.pid) == 0 and _untracked(t.pid)
+        t.check()
+    finally:
+        for p in stopped:  # (a receiver stopped mid-staging and continued does not always exit: known, open)
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        t.close()
