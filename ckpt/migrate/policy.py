@@ -58,7 +58,6 @@ class SwitchPolicy:
     min_progress: float = 0.10       # a round must shrink the predicted delta by this fraction
     fixed_cost: float = DEFAULT_FIXED_COST
     history: list[Iteration] = field(default_factory=list)
-    _stalled: int = 0
 
     def record(self, it: Iteration) -> None:
         self.history.append(it)
@@ -95,6 +94,15 @@ class SwitchPolicy:
         bw = self.bandwidth
         return (wire / bw if bw > 0 else float("inf")) + self.fixed_cost, wire
 
+    def _stalled(self) -> int:
+        """How many of the newest deltas in a row did not shrink by ``min_progress`` (the full copy aside)."""
+        count = 0
+        for i in range(len(self.history) - 1, 1, -1):
+            if self.history[i].pages <= self.history[i - 1].pages * (1 - self.min_progress):
+                break
+            count += 1
+        return count
+
     def decide(self) -> Decision:
         """Switch now, or run another pre-copy round."""
         seconds, wire = self.predict()
@@ -104,10 +112,8 @@ class SwitchPolicy:
                             seconds, wire)
         if n >= self.max_iterations:
             return Decision(True, f"iteration cap ({self.max_iterations}) reached", seconds, wire)
-        if n >= 3:  # two deltas to compare
+        if self._stalled() >= 2:
             before, now = self.history[-2].pages, self.history[-1].pages
-            self._stalled = self._stalled + 1 if now > before * (1 - self.min_progress) else 0
-            if self._stalled >= 2:
-                return Decision(True, f"not converging ({before} → {now} pages per round)", seconds, wire)
+            return Decision(True, f"not converging ({before} → {now} pages per round)", seconds, wire)
         return Decision(False, f"predicted downtime {seconds * 1e3:.0f} ms > {self.max_downtime * 1e3:.0f} ms",
                         seconds, wire)

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..errors import CkptError, UsageError
-from ..image.reader import Image
-from ..image.records import PageState
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, WireError
@@ -75,12 +73,6 @@ class MigrateStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _image_pages(path: str, pid: int) -> tuple[int, int]:
-    """(pages stored here, their raw bytes) of one image."""
-    pm = Image.open(path).pagemap(pid)
-    return pm.count(PageState.HERE), sum(c.raw_length for c in pm.chunks)
 
 
 class _Throttle:
@@ -193,7 +185,6 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
 
             def switch_over(image_dir: str) -> bool:
                 """With the source frozen: the last image goes over, the destination restores it."""
-                stats.final_pages, _ = _image_pages(image_dir, pid)
                 stats.final_bytes = send_image(final, final=True)
                 ch.send({"type": "restore", "name": final})
                 running = ch.expect("running", timeout=timeout)
@@ -208,8 +199,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 ch.send({"type": "sync"})
                 ch.expect("synced", timeout=timeout)
             try:
-                _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over,
-                      tcp_close=tcp_close)
+                last = _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over,
+                             tcp_close=tcp_close)
             except BaseException as exc:
                 tracking = False  # the final dump ended tracking either way
                 try:
@@ -218,6 +209,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                     pass
                 raise
             tracking = False
+            stats.final_pages = last.pages_stored
             stats.switched = True
             stats.downtime_ms = round((marks["running"] - marks["frozen"]) * 1e3, 1)
             try:
