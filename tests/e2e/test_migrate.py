@@ -118,12 +118,32 @@ def _untracked(pid: int) -> bool:
     return not [f for f in os.listdir(f"/proc/{pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{pid}/fd/{f}")]
 
 
-def _slow_migration(host: SecondHost, pid: int, port: int, token: Path) -> subprocess.Popen[str]:
-    """A migration whose rounds crawl (2 MB/s, an unreachable downtime budget): to break it mid-way."""
+def _slow_migration(host: SecondHost, pid: int, port: int, token: Path, *extra: str,
+                    rate_mb_s: str = "2") -> subprocess.Popen[str]:
+    """A migration whose rounds crawl (a bandwidth limit, an unreachable downtime budget): to break it mid-way."""
     return subprocess.Popen(ckpt_argv("migrate", "-t", pid, "--to", f"{host.address}:{port}", "--token-file", token,
-                                      "--bandwidth-limit", "2", "--max-downtime", "1", "-v"),
+                                      "--bandwidth-limit", rate_mb_s, "--max-downtime", "1", "-v", *extra),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             close_fds=True)
+
+
+def _wait_first_image(rx: "_Receiver") -> None:
+    wait_until(lambda: rx.store.exists() and any(p.is_dir() for p in rx.store.iterdir()), "the first image arrives",
+               timeout=30)
+
+
+def _source_runs_on(t: _Mutator) -> None:
+    """After a failed or dry migration: the source runs, untraced, untracked, its state intact."""
+    assert t.proc.poll() is None and tracer_of(t.pid) == 0 and _untracked(t.pid)
+    t.check()
+
+
+@pytest.fixture
+def mutator(tmp_path: Path):  # noqa: ANN201
+    """py_mutator.py, killed at the end whatever happened (a migrated copy lives in the second host)."""
+    t = _Mutator(tmp_path)
+    yield t
+    t.close()
 
 
 def _token(tmp_path: Path, name: str = "token") -> Path:
@@ -133,174 +153,140 @@ def _token(tmp_path: Path, name: str = "token") -> Path:
 
 
 @pytest.mark.parametrize("track", ["uffd-wp", "hash"])
-def test_migrate_python_target(second_host: SecondHost, tmp_path: Path, track: str) -> None:
+def test_migrate_python_target(second_host: SecondHost, tmp_path: Path, mutator: _Mutator, track: str) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
-    t = _Mutator(tmp_path)
-    try:
-        t.wait_for(r"GEN g=\d+")
-        t.check()
-        rx = _Receiver(host, tmp_path, token, port)
-        res, stats = _migrate(host, t.pid, port, token, tmp_path, "--track", track, "--max-downtime", "200")
-        assert res.returncode == 0, res.stderr
-        result = rx.result()
-        assert result["outcome"] == "running" and result["source_pid"] == t.pid, result
-        # The source is gone (ended after the destination confirmed); the copy runs there under its pid.
-        t.proc.wait(timeout=10)
-        assert t.proc.returncode == -signal.SIGKILL
-        inside = {v: k for k, v in host.processes().items()}
-        assert t.pid in inside, host.processes()
-        gen = t.last_gen()
-        t.wait_for(rf"GEN g=(?!{gen}\b)\d+", after=len(t.lines()) - 1)  # it carries on
-        n = len(t.lines())
-        host.check_output(["kill", "-USR1", str(t.pid)])  # its pid there is its old one
-        m = t.wait_for(r"CHECK (PASS|FAIL)(.*)", after=n)
-        assert m.group(1) == "PASS", m.group(0)
-        assert stats["iterations"] >= 2 and stats["downtime_ms"] > 0 and stats["bytes_sent"] > 0, stats
-        assert stats["rounds"][0]["pages"] > stats["rounds"][-1]["pages"], stats["rounds"]
-        print(f"migrated [{track}]: downtime {stats['downtime_ms']} ms (predicted {stats['predicted_downtime_ms']}), "
-              f"{stats['iterations']} rounds, {stats['bytes_sent'] / 1e6:.1f} MB, total {stats['total_ms']} ms, "
-              f"final {stats['final_pages']} pages {stats['final_bytes']} B, restore {stats['restore_ms']} ms")
-    finally:
-        t.close()
+    t = mutator
+    t.wait_for(r"GEN g=\d+")
+    t.check()
+    rx = _Receiver(host, tmp_path, token, port)
+    res, stats = _migrate(host, t.pid, port, token, tmp_path, "--track", track, "--max-downtime", "200")
+    assert res.returncode == 0, res.stderr
+    result = rx.result()
+    assert result["outcome"] == "running" and result["source_pid"] == t.pid, result
+    # The source is gone (ended after the destination confirmed); the copy runs there under its pid.
+    t.proc.wait(timeout=10)
+    assert t.proc.returncode == -signal.SIGKILL
+    inside = {v: k for k, v in host.processes().items()}
+    assert t.pid in inside, host.processes()
+    gen = t.last_gen()
+    t.wait_for(rf"GEN g=(?!{gen}\b)\d+", after=len(t.lines()) - 1)  # it carries on
+    n = len(t.lines())
+    host.check_output(["kill", "-USR1", str(t.pid)])  # its pid there is its old one
+    m = t.wait_for(r"CHECK (PASS|FAIL)(.*)", after=n)
+    assert m.group(1) == "PASS", m.group(0)
+    assert stats["iterations"] >= 2 and stats["downtime_ms"] > 0 and stats["bytes_sent"] > 0, stats
+    assert stats["rounds"][0]["pages"] > stats["rounds"][-1]["pages"], stats["rounds"]
+    print(f"migrated [{track}]: downtime {stats['downtime_ms']} ms (predicted {stats['predicted_downtime_ms']}), "
+          f"{stats['iterations']} rounds, {stats['bytes_sent'] / 1e6:.1f} MB, total {stats['total_ms']} ms, "
+          f"final {stats['final_pages']} pages {stats['final_bytes']} B, restore {stats['restore_ms']} ms")
 
 
-def test_wrong_token_is_refused_and_the_source_runs_on(second_host: SecondHost, tmp_path: Path) -> None:
+def test_wrong_token_is_refused_and_the_source_runs_on(second_host: SecondHost, tmp_path: Path,
+                                                       mutator: _Mutator) -> None:
     host, port = second_host, _free_port()
-    t = _Mutator(tmp_path)
-    try:
-        rx = _Receiver(host, tmp_path, _token(tmp_path, "theirs"), port)
-        res, _ = _migrate(host, t.pid, port, _token(tmp_path, "ours"), tmp_path)
-        assert res.returncode != 0 and "authentication" in res.stderr and "Traceback" not in res.stderr, res.stderr
-        result = rx.result()
-        assert result["outcome"].startswith("failed") and "authentication" in result["outcome"], result
-        assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        assert _untracked(t.pid)
-        assert not list(rx.store.iterdir()) or all(p.suffix == ".token" for p in rx.store.iterdir())
-        t.check()
-    finally:
-        t.close()
+    t = mutator
+    rx = _Receiver(host, tmp_path, _token(tmp_path, "theirs"), port)
+    res, _ = _migrate(host, t.pid, port, _token(tmp_path, "ours"), tmp_path)
+    assert res.returncode != 0 and "authentication" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    result = rx.result()
+    assert result["outcome"].startswith("failed") and "authentication" in result["outcome"], result
+    assert not list(rx.store.iterdir()) or all(p.suffix == ".token" for p in rx.store.iterdir())
+    _source_runs_on(t)
 
 
-def test_receiver_killed_mid_migration_leaves_the_source_running(second_host: SecondHost, tmp_path: Path) -> None:
+def test_receiver_killed_mid_migration_leaves_the_source_running(second_host: SecondHost, tmp_path: Path,
+                                                                 mutator: _Mutator) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
-    t = _Mutator(tmp_path)
-    try:
-        rx = _Receiver(host, tmp_path, token, port)
-        mig = _slow_migration(host, t.pid, port, token)  # the receiver dies in the middle of its rounds
-        wait_until(lambda: any(rx.store.iterdir()) if rx.store.exists() else False, "the first image arrives",
-                   timeout=30)
-        for host_pid, inside in host.processes().items():
-            if host_pid != host.init_pid:
-                os.kill(host_pid, signal.SIGKILL)  # the receiver (and its nsenter)
-        out, err = mig.communicate(timeout=60)
-        assert mig.returncode not in (0, None) and "Traceback" not in err, err
-        assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        assert _untracked(t.pid)
-        t.check()
-    finally:
-        t.close()
+    t = mutator
+    rx = _Receiver(host, tmp_path, token, port)
+    mig = _slow_migration(host, t.pid, port, token)  # the receiver dies in the middle of its rounds
+    _wait_first_image(rx)
+    for host_pid, inside in host.processes().items():
+        if host_pid != host.init_pid:
+            os.kill(host_pid, signal.SIGKILL)  # the receiver (and its nsenter)
+    out, err = mig.communicate(timeout=60)
+    assert mig.returncode not in (0, None) and "Traceback" not in err, err
+    _source_runs_on(t)
 
 
-def test_failed_restore_at_the_destination_thaws_the_source(tmp_path: Path) -> None:
+def test_failed_restore_at_the_destination_thaws_the_source(tmp_path: Path, mutator: _Mutator) -> None:
     """A receiver in *this* pid namespace cannot restore the pid the source still holds."""
     port, token = _free_port(), _token(tmp_path)
-    t = _Mutator(tmp_path)
-    try:
-        err = tmp_path / "rx.err"
-        with open(err, "wb") as e:
-            rx = subprocess.Popen(ckpt_argv("receive", "--listen", f"127.0.0.1:{port}", "-D", tmp_path / "rx",
-                                            "--token-file", token, "--once"),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e, close_fds=True)
-        wait_until(lambda: "listening on" in err.read_text(), "the receiver listens", timeout=20)
-        res = subprocess.run(ckpt_argv("migrate", "-t", t.pid, "--to", f"127.0.0.1:{port}", "--token-file", token),
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True, timeout=120)
-        assert res.returncode != 0 and "restore failed at the destination" in res.stderr, res.stderr
-        assert "Traceback" not in res.stderr
-        assert rx.wait(timeout=30) != 0
-        assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        t.check()  # the source was thawed, with its state intact
-        assert not [p for p in (tmp_path / "rx").iterdir() if p.is_dir()]  # the receiver cleaned up
-    finally:
-        t.close()
+    t = mutator
+    err = tmp_path / "rx.err"
+    with open(err, "wb") as e:
+        rx = subprocess.Popen(ckpt_argv("receive", "--listen", f"127.0.0.1:{port}", "-D", tmp_path / "rx",
+                                        "--token-file", token, "--once"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e, close_fds=True)
+    wait_until(lambda: "listening on" in err.read_text(), "the receiver listens", timeout=20)
+    res = subprocess.run(ckpt_argv("migrate", "-t", t.pid, "--to", f"127.0.0.1:{port}", "--token-file", token),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True, timeout=120)
+    assert res.returncode != 0 and "restore failed at the destination" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert rx.wait(timeout=30) != 0
+    _source_runs_on(t)  # thawed, with its state intact
+    assert not [p for p in (tmp_path / "rx").iterdir() if p.is_dir()]  # the receiver cleaned up
 
 
-def test_dry_run_predicts_and_switches_nothing(second_host: SecondHost, tmp_path: Path) -> None:
+def test_dry_run_predicts_and_switches_nothing(second_host: SecondHost, tmp_path: Path, mutator: _Mutator) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
-    t = _Mutator(tmp_path)
-    try:
-        rx = _Receiver(host, tmp_path, token, port)
-        res, stats = _migrate(host, t.pid, port, token, tmp_path, "--dry-run")
-        assert res.returncode == 0 and "predicted downtime" in res.stdout, res.stderr
-        assert rx.result()["outcome"] == "dry run"
-        assert not stats["switched"] and stats["iterations"] >= 2 and stats["predicted_downtime_ms"] > 0
-        assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        t.check()
-    finally:
-        t.close()
+    t = mutator
+    rx = _Receiver(host, tmp_path, token, port)
+    res, stats = _migrate(host, t.pid, port, token, tmp_path, "--dry-run")
+    assert res.returncode == 0 and "predicted downtime" in res.stdout, res.stderr
+    assert rx.result()["outcome"] == "dry run"
+    assert not stats["switched"] and stats["iterations"] >= 2 and stats["predicted_downtime_ms"] > 0
+    _source_runs_on(t)
 
 
-def test_stop_and_copy(second_host: SecondHost, tmp_path: Path) -> None:
+def test_stop_and_copy(second_host: SecondHost, tmp_path: Path, mutator: _Mutator) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
-    t = _Mutator(tmp_path)
-    try:
-        rx = _Receiver(host, tmp_path, token, port)
-        res, stats = _migrate(host, t.pid, port, token, tmp_path, "--stop-and-copy")
-        assert res.returncode == 0, res.stderr
-        assert rx.result()["outcome"] == "running"
-        assert stats["iterations"] == 0 and stats["reason"] == "stop-and-copy" and stats["switched"]
-        t.proc.wait(timeout=10)
-        n = len(t.lines())
-        host.check_output(["kill", "-USR1", str(t.pid)])
-        assert t.wait_for(r"CHECK (PASS|FAIL)", after=n).group(1) == "PASS"
-    finally:
-        t.close()
+    t = mutator
+    rx = _Receiver(host, tmp_path, token, port)
+    res, stats = _migrate(host, t.pid, port, token, tmp_path, "--stop-and-copy")
+    assert res.returncode == 0, res.stderr
+    assert rx.result()["outcome"] == "running"
+    assert stats["iterations"] == 0 and stats["reason"] == "stop-and-copy" and stats["switched"]
+    t.proc.wait(timeout=10)
+    n = len(t.lines())
+    host.check_output(["kill", "-USR1", str(t.pid)])
+    assert t.wait_for(r"CHECK (PASS|FAIL)", after=n).group(1) == "PASS"
 
 
-def test_ctrl_c_during_the_rounds(second_host: SecondHost, tmp_path: Path) -> None:
+def test_ctrl_c_during_the_rounds(second_host: SecondHost, tmp_path: Path, mutator: _Mutator) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
-    t = _Mutator(tmp_path)
-    try:
-        rx = _Receiver(host, tmp_path, token, port)
-        mig = _slow_migration(host, t.pid, port, token)
-        wait_until(lambda: rx.store.exists() and any(p.is_dir() for p in rx.store.iterdir()),
-                   "the first image arrives", timeout=30)
-        mig.send_signal(signal.SIGINT)
-        out, err = mig.communicate(timeout=60)
-        assert mig.returncode != 0 and "interrupted" in err and "Traceback" not in err, err
-        result = rx.result()
-        assert result["outcome"] != "running", result
-        assert not [p for p in rx.store.iterdir() if p.is_dir()]  # the receiver removed what it stored
-        assert t.proc.poll() is None and tracer_of(t.pid) == 0
-        assert _untracked(t.pid)
-        t.check()
-    finally:
-        t.close()
+    t = mutator
+    rx = _Receiver(host, tmp_path, token, port)
+    mig = _slow_migration(host, t.pid, port, token)
+    _wait_first_image(rx)
+    mig.send_signal(signal.SIGINT)
+    out, err = mig.communicate(timeout=60)
+    assert mig.returncode != 0 and "interrupted" in err and "Traceback" not in err, err
+    result = rx.result()
+    assert result["outcome"] != "running", result
+    assert not [p for p in rx.store.iterdir() if p.is_dir()]  # the receiver removed what it stored
+    _source_runs_on(t)
 
 
-def test_silent_destination_times_out_and_the_source_runs_on(second_host: SecondHost, tmp_path: Path) -> None:
+def test_silent_destination_times_out_and_the_source_runs_on(second_host: SecondHost, tmp_path: Path,
+                                                             mutator: _Mutator) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
-    t = _Mutator(tmp_path)
+    t = mutator
     stopped: list[int] = []
     try:
         rx = _Receiver(host, tmp_path, token, port)
-        mig = subprocess.Popen(ckpt_argv("migrate", "-t", t.pid, "--to", f"{host.address}:{port}", "--token-file",
-                                         token, "--bandwidth-limit", "20", "--max-downtime", "1", "--timeout", "2"),
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               close_fds=True)
-        wait_until(lambda: rx.store.exists() and any(p.is_dir() for p in rx.store.iterdir()),
-                   "the first image arrives", timeout=30)
+        mig = _slow_migration(host, t.pid, port, token, "--timeout", "2", rate_mb_s="20")
+        _wait_first_image(rx)
         # The receiver hangs (not the process it is building, which it holds under ptrace).
         stopped = [p for p in host.processes() if b"receive" in Path(f"/proc/{p}/cmdline").read_bytes()]
         for p in stopped:
             os.kill(p, signal.SIGSTOP)
         out, err = mig.communicate(timeout=60)
         assert mig.returncode != 0 and re.search(r"within 2 s|timed out", err) and "Traceback" not in err, err
-        assert t.proc.poll() is None and tracer_of(t.pid) == 0 and _untracked(t.pid)
-        t.check()
+        _source_runs_on(t)
     finally:
         for p in stopped:  # (a receiver stopped mid-staging and continued does not always exit: known, open)
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        t.close()
