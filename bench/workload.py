@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Region", "Workload", "build_c", "build_workload", "WORKLOAD_SRC", "WORKLOAD_BIN"]
+__all__ = ["BenchChild", "Region", "Workload", "build_c", "build_workload", "WORKLOAD_SRC", "WORKLOAD_BIN"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKLOAD_SRC = BENCH_DIR / "workload.c"
@@ -56,22 +56,79 @@ class Region:
     length: int
 
 
-_LIVE: set["Workload"] = set()
+_LIVE: set["BenchChild"] = set()
 
 
 @atexit.register
 def _kill_leftovers() -> None:
-    for wl in list(_LIVE):
-        wl.stop()
+    for child in list(_LIVE):
+        child.stop()
 
 
-class Workload:
+class BenchChild:
+    """The lifetime of a bench's C target: registered while it runs, killed and reaped by
+    :meth:`stop` (idempotent), by leaving the ``with`` block, and at interpreter exit.
+    Subclasses start ``self.proc`` in :meth:`start` and free what else they hold in
+    :meth:`_release`."""
+
+    what = "process"
+    proc: "subprocess.Popen[bytes] | None" = None
+
+    def start(self) -> "BenchChild":
+        raise NotImplementedError
+
+    def _started(self, proc: "subprocess.Popen[bytes]") -> None:
+        self.proc = proc
+        _LIVE.add(self)
+
+    def _release(self, proc: "subprocess.Popen[bytes]") -> None:
+        """After the process is reaped (or given up on): close our side of its descriptors."""
+
+    def stop(self) -> None:
+        """Kill and reap (idempotent)."""
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # D state: report rather than hang forever
+            raise RuntimeError(f"{self.what} {p.pid} did not die within 30 s of SIGKILL") from None
+        finally:
+            self._release(p)
+            _LIVE.discard(self)
+            self.proc = None
+
+    def _forgotten(self) -> None:
+        _LIVE.discard(self)
+        self.proc = None
+
+    def __enter__(self):  # noqa: ANN204 - the subclass
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.what} not running")
+        return self.proc.pid
+
+
+class Workload(BenchChild):
     """A running workload process with ``size_mib`` MiB of resident memory.
 
     ``rate_mbs`` > 0 starts ``threads`` writer threads that dirty that many
     MB/s of pages (for incremental and migration benches); ``mix`` is the
     heap/zero/random split in percent.
     """
+
+    what = "workload"
 
     def __init__(self, size_mib: int, *, rate_mbs: float = 0, threads: int = 1,
                  mix: tuple[int, int, int] = (60, 25, 15), seed: int = 0x5EED,
@@ -101,11 +158,10 @@ class Workload:
         fd, self.log_path = tempfile.mkstemp(prefix="ckpt-workload-", suffix=".log")
         try:
             self._log = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.DEVNULL,
-                                         close_fds=True)  # no stdio pipe to us: a restore reopens each fd
+            self._started(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.DEVNULL,
+                                           close_fds=True))  # no stdio pipe to us: a restore reopens each fd
         finally:
             os.close(fd)
-        _LIVE.add(self)
         try:
             deadline = time.monotonic() + self.ready_timeout
             while True:
@@ -122,24 +178,8 @@ class Workload:
             raise
         return self
 
-    def stop(self) -> None:
-        """Kill and reap (idempotent)."""
-        p = self.proc
-        if p is None:
-            return
-        if p.poll() is None:
-            try:
-                p.kill()
-            except ProcessLookupError:
-                pass
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # D state: report rather than hang forever
-            raise RuntimeError(f"workload {p.pid} did not die within 30 s of SIGKILL") from None
-        finally:
-            self._close_log()
-            _LIVE.discard(self)
-        self.proc = None
+    def _release(self, proc: "subprocess.Popen[bytes]") -> None:
+        self._close_log()
 
     def _close_log(self) -> None:
         if self._log >= 0:
@@ -167,23 +207,10 @@ class Workload:
         if keep_log:
             self.log_path = None  # _close_log closes our read side but leaves the file
         self._close_log()
-        _LIVE.discard(self)
-        self.proc = None
+        self._forgotten()
         return kept
 
-    def __enter__(self) -> "Workload":
-        return self.start() if self.proc is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- facts ----------------------------------------------------------
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError("workload not running")
-        return self.proc.pid
 
     @property
     def total(self) -> int:

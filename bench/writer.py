@@ -9,14 +9,13 @@ parent dies (PR_SET_PDEATHSIG), which covers a bench that is itself SIGKILLed.
 
 from __future__ import annotations
 
-import atexit
 import os
 import select
 import subprocess
 import time
 from pathlib import Path
 
-from bench.workload import build_c
+from bench.workload import BenchChild, build_c
 
 __all__ = ["Writer", "build_writer", "WRITER_SRC", "WRITER_BIN"]
 
@@ -30,17 +29,10 @@ def build_writer(cc: str = "gcc") -> Path:
     return build_c(WRITER_SRC, WRITER_BIN, cc=cc)
 
 
-_LIVE: set["Writer"] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for w in list(_LIVE):
-        w.stop()
-
-
-class Writer:
+class Writer(BenchChild):
     """A running writer with ``size_mib`` MiB of resident, already-written pages."""
+
+    what = "writer"
 
     def __init__(self, size_mib: int, ready_timeout: float = 60.0) -> None:
         self.size_mib = size_mib
@@ -53,9 +45,8 @@ class Writer:
     def start(self) -> "Writer":
         binary = build_writer()
         # close_fds: the target must not carry our descriptors (the tracker injects into it).
-        self.proc = subprocess.Popen([str(binary), "-s", str(self.size_mib)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True)
-        _LIVE.add(self)
+        self._started(subprocess.Popen([str(binary), "-s", str(self.size_mib)], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True))
         try:
             words = self._readline(self.ready_timeout).split()
             if words[:1] != ["READY"]:
@@ -66,38 +57,13 @@ class Writer:
             raise
         return self
 
-    def stop(self) -> None:
-        """Kill and reap (idempotent)."""
-        p = self.proc
-        if p is None:
-            return
-        try:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # D state: report rather than hang forever
-            raise RuntimeError(f"writer {p.pid} did not die within 30 s of SIGKILL") from None
-        finally:
-            for f in (p.stdin, p.stdout):
-                if f is not None:
-                    try:
-                        f.close()
-                    except OSError:  # EPIPE flushing to a dead process
-                        pass
-            _LIVE.discard(self)
-            self.proc = None
-
-    def __enter__(self) -> "Writer":
-        return self.start() if self.proc is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError("writer not running")
-        return self.proc.pid
+    def _release(self, proc: "subprocess.Popen[bytes]") -> None:
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:  # EPIPE flushing to a dead process
+                    pass
 
     @property
     def pages(self) -> int:
