@@ -201,6 +201,21 @@ class _Writer(threading.Thread):
             self.join(TIMEOUT)
 
 
+def _acked_prefix(r: Redis, sent: int, acked: int, where: str) -> tuple[int, int, int]:
+    """Check the server holds exactly a prefix of the writer's stream, with every acked command in it.
+
+    redis runs one connection's commands in order and replies after running one. Returns
+    (commands applied, SET triples begun, INCRs applied).
+    """
+    applied = _applied(r, sent)
+    done = applied.index(False) if False in applied else sent
+    assert not any(applied[done:]), f"commands {done}.. applied out of order: {applied[done:done + 9]}"
+    assert done >= acked, f"only {done} of the {acked} acked writes are in the {where} server"
+    triples_done, incrs = (done + 2) // 3, (done + 1) // 3
+    assert r.call("DBSIZE") == NKEYS + triples_done + (1 if incrs else 0)
+    return done, triples_done, incrs
+
+
 def _load_keys(port: int, pid: int) -> None:
     """NKEYS keys with their original values, then the connection is closed (dumps refuse open ones)."""
     r = _connect(port, pid)
@@ -275,12 +290,7 @@ def test_redis_predump_chain_under_write_load(tmp_path: Path, restored: list[int
         r = _connect(port, res.pid)
         # redis runs one connection's commands in order and replies after running one: the restored state is
         # the one after exactly a prefix of the writer's stream, and that prefix holds every acked command
-        applied = _applied(r, sent)
-        done = applied.index(False) if False in applied else sent
-        assert not any(applied[done:]), f"commands {done}.. applied out of order: {applied[done:done + 9]}"
-        assert done >= acked, f"only {done} of the {acked} acked writes are in the restored server"
-        triples_done, incrs = (done + 2) // 3, (done + 1) // 3
-        assert r.call("DBSIZE") == NKEYS + triples_done + (1 if incrs else 0)
+        done, triples_done, incrs = _acked_prefix(r, sent, acked, "restored")
         # and it takes new writes, on the restored counter
         assert r.call("INCR", "ctr") == incrs + 1
         assert r.call("SET", "after", "restore") == "OK" and r.call("GET", "after") == b"restore"

@@ -27,7 +27,7 @@ import pytest
 
 from hosts import SecondHost
 from targets import build_c, tracer_of, wait_until
-from test_incremental_targets import NKEYS, TIMEOUT, _applied, _connect, _load_keys, _original, _Writer
+from test_incremental_targets import NKEYS, TIMEOUT, _acked_prefix, _connect, _load_keys, _original, _Writer
 from test_migrate import _free_port, _migrate, _Mutator, _Receiver, _token, _untracked, second_host  # noqa: F401 - a fixture
 from test_sockets import REDIS, Redis
 
@@ -168,12 +168,7 @@ def test_migrate_redis_under_write_load(second_host: SecondHost, tmp_path: Path)
     assert proc.pid in host.processes().values(), host.processes()
     r = _RedisAt(host.address, port)  # the client reconnects, to the destination's address
     # Exactly a prefix of the writer's stream is in the server there, and it holds every acked command.
-    applied = _applied(r, sent)
-    done = applied.index(False) if False in applied else sent
-    assert not any(applied[done:]), f"commands {done}.. applied out of order: {applied[done:done + 9]}"
-    assert done >= acked, f"only {done} of the {acked} acked writes are in the migrated server"
-    triples_done, incrs = (done + 2) // 3, (done + 1) // 3
-    assert r.call("DBSIZE") == NKEYS + triples_done + (1 if incrs else 0)
+    done, triples_done, incrs = _acked_prefix(r, sent, acked, "migrated")
     # It takes new writes, on the migrated counter, from this client and a second one at the same time.
     assert r.call("INCR", "ctr") == incrs + 1
     assert r.call("SET", "after", "migration") == "OK" and r.call("GET", "after") == b"migration"
