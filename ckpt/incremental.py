@@ -197,8 +197,7 @@ def _recorded_ranges(image: Image, pid: int, start_time: int) -> RangeSpec:
 
 def _copyable(vmas: Sequence[mm_pb2.Vma]) -> list[mm_pb2.Vma]:
     """The VMAs whose pages a dump stores (not vDSO & co, not shared file mappings)."""
-    K = mm_pb2.Vma.Kind
-    return [v for v in vmas if v.kind not in (K.VDSO, K.VVAR, K.VVAR_VCLOCK, K.VSYSCALL, K.FILE_SHARED)]
+    return [v for v in vmas if v.kind not in memory.UNSTORED_KINDS]
 
 
 def _clip_layout(vmas: Sequence[mm_pb2.Vma], spec: RangeSpec) -> list[mm_pb2.Vma]:

@@ -68,7 +68,7 @@ from ..procfs.maps import SmapsVma
 from ..procfs.snapshot import Snapshot
 
 __all__ = [
-    "Kind", "SPECIAL_KINDS", "PageStats", "classify", "file_identity",
+    "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity",
     "dump_vmas", "dump_mm", "dump_pages", "check_files", "special_vmas", "move_vdso", "map_vmas",
     "fill_pages", "set_mm_map", "free_area",
     "LayoutDiff", "diff_layout", "merge_intervals", "intersect", "subtract", "clip_sources", "reset_pages",
@@ -77,6 +77,8 @@ __all__ = [
 Kind = mm_pb2.Vma.Kind
 #: Areas the kernel installs: never stored, never mapped by us.
 SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL})
+#: VMAs whose pages no dump stores: the kernel's own, and shared file mappings (the file holds them).
+UNSTORED_KINDS = SPECIAL_KINDS | {Kind.FILE_SHARED}
 _SPECIAL_NAMES = {"[vdso]": Kind.VDSO, "[vvar]": Kind.VVAR, "[vvar_vclock]": Kind.VVAR_VCLOCK,
                   "[vsyscall]": Kind.VSYSCALL}
 _AT_FDCWD = -100
@@ -813,7 +815,7 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         for v in vmas:
-            if v.kind in SPECIAL_KINDS or v.kind == Kind.FILE_SHARED:
+            if v.kind in UNSTORED_KINDS:
                 continue
             copy = _COPY if v.prot & PROT_READ else _COPY_FORCED
             try:
