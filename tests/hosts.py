@@ -322,6 +322,13 @@ class SecondHost:
                 os.kill(self.init_pid, signal.SIGKILL)  # the kernel kills every process of the PID namespace
             except ProcessLookupError:
                 pass
+        # A command stopped inside (SIGSTOP, a test of a hung peer) stops its nsenter too (nsenter
+        # forwards the stop to itself); a stopped nsenter never reaps the command's zombie, and the
+        # init's death waits for every task of the namespace to be reaped.  The nsenters are mere
+        # wrappers by now: end them.
+        for proc in self._children:
+            if proc.poll() is None:
+                proc.kill()
         if self._unshare is not None:
             if self._unshare.poll() is None and not self.init_pid:
                 self._unshare.kill()
@@ -330,7 +337,7 @@ class SecondHost:
             except subprocess.TimeoutExpired:
                 self._unshare.kill()
                 self._unshare.wait(timeout=10)
-        for proc in self._children:  # nsenters: their commands died with the namespace
+        for proc in self._children:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -285,7 +285,7 @@ def test_silent_destination_times_out_and_the_source_runs_on(second_host: Second
         assert mig.returncode != 0 and re.search(r"within 2 s|timed out", err) and "Traceback" not in err, err
         _source_runs_on(t)
     finally:
-        for p in stopped:  # (a receiver stopped mid-staging and continued does not always exit: known, open)
+        for p in stopped:  # (its nsenter, stopped with it, is ended by the host's close)
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
