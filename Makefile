@@ -2,6 +2,8 @@
 #   make demo    virtualenv + install + a real checkpoint of a sample process
 #   make test    the whole test suite
 #   make bench   benchmarks (markdown table + bench/results.json)
+#   make second-host / second-host-down
+#                a second "host" on this machine (network + PID namespace) to migrate to
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,7 +13,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need; installed only when missing.
 SYSPKGS := gcc make libc6-dev python3-venv redis-server iproute2 procps util-linux
 
-.PHONY: all sysdeps venv install proto test test-fast demo bench clean
+.PHONY: all sysdeps venv install proto test test-fast demo bench second-host second-host-down clean
 
 all: install
 
@@ -43,11 +45,28 @@ venv install: sysdeps $(STAMP)
 proto: install
 	$(PY) -m ckpt.image.protogen
 
+# The tests that move a process between hosts share one second host, set up here and
+# torn down however pytest ends (they build their own when it cannot be set up here).
+HOST_STATE := /run/ckpt/second-host-test-$$$$.json
+HOSTS := $(PY) tests/hosts.py --state $(HOST_STATE)
+define with_second_host
+	@trap '$(HOSTS) down' EXIT; \
+	if $(HOSTS) up --quiet; then export CKPT_SECOND_HOST=$(HOST_STATE); fi; \
+	$(1)
+endef
+
 test: install
-	$(PY) -m pytest -q tests
+	$(call with_second_host,$(PY) -m pytest -q tests)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(call with_second_host,$(PY) -m pytest -q -m "not slow" tests)
+
+# A second host to try `ckpt migrate` on (README, "Migrate a live process"); stays up until second-host-down.
+second-host: install
+	@$(PY) tests/hosts.py up
+
+second-host-down: install
+	@$(PY) tests/hosts.py down
 
 demo: install
 	$(PY) -m ckpt.demo

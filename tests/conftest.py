@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from hosts import SecondHost, second_host_for_test
 from targets import Target, build_c, python_argv, spawn, traced_threads
 
 StartTarget = Callable[..., Target]
@@ -61,3 +62,10 @@ def restored() -> Iterator[list[int]]:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+@pytest.fixture
+def second_host() -> Iterator[SecondHost]:
+    """A second host (network + PID namespace, tests/hosts.py): the one ``make test`` started, else a new one."""
+    with second_host_for_test() as host:
+        yield host

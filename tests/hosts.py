@@ -21,6 +21,13 @@ What the inside sees:
 * the init ignores SIGCHLD, so orphans reparented to it (a ``restore -d``'s
   process once the restorer exits) are reaped when they exit.
 
+A host can also outlive one test: ``python tests/hosts.py up`` starts one detached
+and records it in :data:`STATE` (``make second-host``; ``make test`` does it for the
+whole run), ``exec -- CMD`` runs a command inside it, ``down`` ends it.  The
+``second_host`` fixture attaches to that one when ``CKPT_SECOND_HOST`` names its
+state file (its close then kills only what runs inside, the init excepted) and
+builds a host of its own otherwise.
+
 Nothing is left behind: the teardown SIGKILLs the init — the kernel then kills
 every process of the PID namespace — and deletes the veth; the network
 namespace is not named (no ``/run/netns`` entry), so it ends with its last
@@ -34,8 +41,10 @@ translate between a process's host pid and its pid inside through ``NSpid``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -45,17 +54,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-__all__ = ["SecondHost", "ckpt_argv", "REPO"]
+__all__ = ["SecondHost", "ckpt_argv", "REPO", "STATE"]
 
 REPO = Path(__file__).resolve().parent.parent
 _LOCK = "/run/lock/ckpt-second-host.lock"  # serialises subnet choice between parallel runs
 _PREFIX = "10.201"
 _PR_SET_PDEATHSIG = 1
+#: Where ``up`` records a detached host (init pid, addresses, interfaces) for ``down``, ``exec`` and the tests.
+STATE = "/run/ckpt/second-host.json"
 
 #: The init of the namespace: ignore SIGCHLD (orphans reparented to it are reaped), sleep for ever.
 _INIT_CODE = "import signal, time\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\nwhile True:\n    time.sleep(3600)\n"
@@ -101,6 +112,7 @@ class SecondHost:
         self._unshare: subprocess.Popen[bytes] | None = None
         self._children: list[subprocess.Popen] = []
         self._closed = False
+        self._attached = False  # a host that ``up`` started: close() clears it instead of ending it
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -110,8 +122,12 @@ class SecondHost:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self) -> "SecondHost":
-        """Create the namespaces and the veth; a second call on a running host does nothing."""
+    def start(self, *, detached: bool = False) -> "SecondHost":
+        """Create the namespaces and the veth; a second call on a running host does nothing.
+
+        ``detached``: the namespace outlives this process (no death signal, own
+        session) — for ``up``, which records it with :meth:`save`.
+        """
         if self._closed:
             raise RuntimeError("second host: closed; make a new SecondHost")
         if self.init_pid:
@@ -122,7 +138,7 @@ class SecondHost:
         if os.geteuid() != 0:
             pytest.skip("second host: creating namespaces and a veth pair needs root")
         try:
-            self._start_init()
+            self._start_init(detached)
             self._start_network()
             self._remount_sys()
         except _Unavailable as exc:
@@ -133,12 +149,13 @@ class SecondHost:
             raise
         return self
 
-    def _start_init(self) -> None:
+    def _start_init(self, detached: bool) -> None:
         argv = ["unshare", "--pid", "--net", "--mount-proc", "--fork", "--kill-child",
                 sys.executable, "-c", _INIT_CODE]
+        how: dict[str, object] = {"start_new_session": True} if detached else {"preexec_fn": _pdeathsig}
         with tempfile.TemporaryFile() as err:  # not a pipe: nothing long-lived may write into one we closed
             self._unshare = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                             stderr=err, close_fds=True, preexec_fn=_pdeathsig)
+                                             stderr=err, close_fds=True, **how)  # type: ignore[call-overload]
             self._wait_init(err)
 
     def _wait_init(self, err) -> None:  # noqa: ANN001
@@ -220,6 +237,37 @@ class SecondHost:
         """/sys for the network namespace (as ``ip netns exec`` does); best effort, nothing relies on it."""
         subprocess.run(["nsenter", "-t", str(self.init_pid), "-m", "-n", "mount", "-t", "sysfs", "sysfs", "/sys"],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+
+    # --- a host that outlives its maker -----------------------------------------------------------
+
+    def save(self, path: str = STATE) -> None:
+        """Record this (detached) host for :meth:`attach` and ``down``."""
+        state = {"init_pid": self.init_pid, "pidns": os.readlink(f"/proc/{self.init_pid}/ns/pid"),
+                 "level": self.level, "subnet": self.subnet, "address": self.address,
+                 "host_address": self.host_address, "veth_host": self.veth_host, "veth_inside": self.veth_inside}
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def attach(cls, path: str = STATE) -> "SecondHost":
+        """The host ``up`` recorded in ``path``; ValueError if there is none or its init is gone."""
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            alive = os.readlink(f"/proc/{state['init_pid']}/ns/pid") == state["pidns"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"no second host recorded in {path}: {exc}") from None
+        if not alive:
+            raise ValueError(f"the second host recorded in {path} is gone (pid {state['init_pid']} is another process)")
+        host = cls()
+        host.init_pid, host.level, host.subnet = state["init_pid"], state["level"], state["subnet"]
+        host.address, host.host_address = state["address"], state["host_address"]
+        host.veth_host, host.veth_inside = state["veth_host"], state["veth_inside"]
+        host._attached = True
+        return host
 
     # --- running things inside -------------------------------------------------------------------
 
@@ -313,10 +361,16 @@ class SecondHost:
     # --- teardown --------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Kill everything inside, reap what we started, delete the veth. Safe after failures and twice."""
+        """Kill everything inside, reap what we started, delete the veth. Safe after failures and twice.
+
+        An attached host (:meth:`attach`) stays up: only what runs inside, its init excepted, is killed.
+        """
         if self._closed:
             return
         self._closed = True
+        if self._attached:
+            self._clear()
+            return
         if self.init_pid:
             try:
                 os.kill(self.init_pid, signal.SIGKILL)  # the kernel kills every process of the PID namespace
@@ -354,6 +408,58 @@ class SecondHost:
                 time.sleep(0.005)
 
 
+    def _clear(self) -> None:
+        """Kill every process inside but the init (which reaps them), and the nsenters we started."""
+        for proc in self._children:  # first: a stopped nsenter would hold its command's zombie (see close)
+            if proc.poll() is None:
+                proc.kill()
+        deadline = time.monotonic() + 10
+        while True:
+            rest = [pid for pid in self.processes() if pid != self.init_pid]
+            if not rest or time.monotonic() > deadline:
+                break
+            for pid in rest:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.005)
+        for proc in self._children:
+            proc.wait(timeout=10)
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
+        if rest:
+            raise RuntimeError(f"second host: processes {rest} did not end within 10 s of SIGKILL")
+
+    def end(self) -> None:
+        """End an attached host for good (``down``): kill its init, delete the veth."""
+        try:
+            os.kill(self.init_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        subprocess.run(["ip", "link", "del", self.veth_host], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{self.init_pid}") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self._closed = True
+
+
+@contextlib.contextmanager
+def second_host_for_test() -> Iterator[SecondHost]:
+    """The host ``make test`` started (``CKPT_SECOND_HOST``), cleared after the test; else a new one."""
+    path = os.environ.get("CKPT_SECOND_HOST")
+    host = None
+    if path:
+        try:
+            host = SecondHost.attach(path)
+        except ValueError:
+            host = None  # gone (a test killed it?): fall back to one of our own
+    with host or SecondHost() as h:
+        yield h
+
+
 class _Unavailable(Exception):
     """The namespaces or the veth cannot be created here: a reason to skip."""
 
@@ -363,3 +469,57 @@ def _ip(*args: str, ip: Sequence[str] = ("ip",)) -> str:
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join([*ip, *args])}: {res.stderr.strip()}")
     return res.stdout
+
+
+# --- command line: the host for `make second-host` / `make test` ----------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``up`` | ``down`` | ``status`` | ``exec -- CMD...`` on the host recorded in :data:`STATE`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="tests/hosts.py", description="A second host on this machine (see README).")
+    ap.add_argument("action", choices=["up", "down", "status", "exec"])
+    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="for exec: the command to run inside (after --)")
+    ap.add_argument("--state", default=STATE, help=f"state file (default {STATE})")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        host = SecondHost.attach(args.state)
+    except ValueError as exc:
+        host, why = None, str(exc)
+    if args.action == "up":
+        if host is None:
+            try:
+                host = SecondHost().start(detached=True)
+            except pytest.skip.Exception as exc:
+                print(f"tests/hosts.py: {exc.msg}", file=sys.stderr)
+                return 1
+            host.save(args.state)
+        if not args.quiet:
+            print(f"second host up: {host.address} (this host: {host.host_address}), init pid {host.init_pid}; "
+                  f"run inside with: {os.path.relpath(sys.executable)} {os.path.relpath(__file__)} exec -- CMD")
+        return 0
+    if host is None:
+        if args.action == "down":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.state)
+            return 0
+        print(f"tests/hosts.py: {why}", file=sys.stderr)
+        return 1
+    if args.action == "down":
+        host.end()
+        os.unlink(args.state)
+        return 0
+    if args.action == "status":
+        print(json.dumps({"address": host.address, "host_address": host.host_address, "init_pid": host.init_pid,
+                          "processes": host.processes()}))
+        return 0
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        ap.error("exec needs a command: exec -- CMD [ARG...]")
+    os.execvp("nsenter", host.nsenter_argv(cmd))
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,12 +28,6 @@ from targets import SCENARIOS, tracer_of, wait_until
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="migration needs root (ptrace, clone3, namespaces)")
 
 
-@pytest.fixture
-def second_host():  # noqa: ANN201
-    with SecondHost() as host:
-        yield host
-
-
 def _free_port() -> int:
     import socket
 

@@ -28,7 +28,7 @@ import pytest
 from hosts import SecondHost
 from targets import build_c, tracer_of, wait_until
 from test_incremental_targets import NKEYS, TIMEOUT, _acked_prefix, _connect, _load_keys, _original, _Writer
-from test_migrate import _free_port, _migrate, _Mutator, _Receiver, _token, _untracked, second_host  # noqa: F401 - a fixture
+from test_migrate import _free_port, _migrate, _Mutator, _Receiver, _token, _untracked
 from test_sockets import REDIS, Redis
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="migration needs root (ptrace, clone3, namespaces)")
@@ -67,7 +67,7 @@ class _CWriter(_Mutator):
 
 
 @pytest.mark.parametrize("track", ["uffd-wp", "hash"])
-def test_migrate_c_writer(second_host: SecondHost, tmp_path: Path, track: str) -> None:  # noqa: F811
+def test_migrate_c_writer(second_host: SecondHost, tmp_path: Path, track: str) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
     t = _CWriter(tmp_path)
     try:
@@ -132,7 +132,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
-def test_migrate_redis_under_write_load(second_host: SecondHost, tmp_path: Path) -> None:  # noqa: F811
+def test_migrate_redis_under_write_load(second_host: SecondHost, tmp_path: Path) -> None:
     # redis listens on 0.0.0.0: the receiver, still listening there while it restores, needs another port
     host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
     assert rx_port != port
@@ -183,7 +183,7 @@ def test_migrate_redis_under_write_load(second_host: SecondHost, tmp_path: Path)
 
 
 @pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
-def test_migrate_established_connection_needs_tcp_close(second_host: SecondHost, tmp_path: Path) -> None:  # noqa: F811
+def test_migrate_established_connection_needs_tcp_close(second_host: SecondHost, tmp_path: Path) -> None:
     host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
     assert rx_port != port
     proc = _start_redis(tmp_path, port)

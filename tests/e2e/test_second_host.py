@@ -92,12 +92,6 @@ def _fresh_pass(t: Target, timeout: float = 10.0) -> dict[str, str]:
     return _fields(t.expect("PASS", timeout))
 
 
-@pytest.fixture
-def second_host():  # noqa: ANN201
-    with SecondHost() as host:
-        yield host
-
-
 def test_restore_in_second_host_same_pid_while_source_runs(c_target, second_host: SecondHost,  # noqa: ANN001
                                                             tmp_path: Path) -> None:
     host = second_host

@@ -41,7 +41,6 @@ from ckpt.procfs.maps import read_maps
 from ckpt.restore import StagedRestore, StagingMismatch, restore
 from targets import Target, build_c, spawn, traced_threads, tracer_of, wait_until
 from test_incremental import NPAGES, _check_pages, _final_dump, _writer
-from test_migrate import second_host  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="restore needs root (ptrace, clone3 set_tid)")
 
