@@ -104,9 +104,9 @@ def resolve_inherit_fds(image_dir: str | os.PathLike[str], specs: Sequence[str])
     if not specs:
         return {}
     image = open_chain(image_dir)[-1]
-    pid = image.processes[0].pid
     external = {f.id: f.external for f in image.file_entries() if f.external}
-    fds = [(e.fd, external.get(e.file_id, "")) for e in image.fds(pid)]
+    fds = sorted({(e.fd, external.get(e.file_id, "")) for p in image.processes if not p.zombie
+                  for e in image.fds(p.pid)})
     out: dict[int, int] = {}
     for spec in specs:
         m = _INHERIT_RE.fullmatch(spec)

@@ -18,19 +18,21 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from .control.seize import FrozenProcess, freeze, require_our_pid_namespace
-from .errors import UsageError, translate_oserror
+from .control.seize import FrozenProcess, require_our_pid_namespace
+from .errors import Unsupported, UsageError, translate_oserror
 from .image.pb import process_pb2
 from .image.records import ImageKind, ProcessInfo
 from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
 from .kernel import ptrace
 from .kernel.arch_x86_64 import PAGE_SIZE
 from .procfs.snapshot import snapshot
+from .procfs.stat import read_stat
 from .progress import ProgressEvent
 from . import incremental
-from .resources import creds, files, limits, memory, signals, threads
+from .resources import creds, files, limits, memory, signals, threads, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -46,14 +48,6 @@ class _Probed(Exception):
     def __init__(self, threads: int, vmas: int, frozen: float) -> None:
         super().__init__("probe done")
         self.threads, self.vmas, self.frozen = threads, vmas, frozen
-
-
-def dump_files(ctx: DumpContext) -> None:
-    """Every fd (files, pipes, sockets…): classified and refused before anything is written."""
-    policy = files.StdioPolicy(shell_job=ctx.shell_job)
-    cap = files.DELETED_MAX if ctx.deleted_max is None else ctx.deleted_max
-    files.dump(ctx.proc, ctx.snap, policy=policy, tcp_close=ctx.tcp_close,
-               skip_fds=ctx.skip_fds, deleted_max=cap, notes=ctx.notes).write(ctx.writer, ctx.pid)
 
 
 def dump_limits(ctx: DumpContext) -> None:
@@ -72,12 +66,13 @@ def dump_creds(ctx: DumpContext) -> None:
 
 #: Process-wide resources, dumped in this order while frozen, with a scratch area
 #: mapped; each fills its part of ``ctx.entry`` or writes its own files through
-#: ``ctx.writer``.  Files come first: they are the most likely to be refused
-#: (a socket, a pipe to an outside process), and a refusal should come before
-#: anything else is asked of the target.  Memory and threads (with their
-#: per-thread pending signals and scheduling) are dumped by the orchestrator.
+#: ``ctx.writer``.  Files are not among them: they are dumped once for the whole
+#: tree (a descriptor inherited across fork is one open file), and first — they
+#: are the most likely to be refused (a socket, a pipe to an outside process),
+#: and a refusal should come before anything else is asked of the targets.
+#: Memory and threads (with their per-thread pending signals and scheduling)
+#: are dumped by the orchestrator.
 PROCESS_DUMPERS: list[tuple[str, Callable[[DumpContext], None]]] = [
-    ("files", dump_files),
     ("limits", dump_limits),
     ("signals", dump_signals),
     ("creds", dump_creds),
@@ -103,6 +98,8 @@ class DumpStats:
     left_running: bool
     left_stopped: bool = False  # -s: SIGSTOPped and detached; ``kill -CONT`` resumes it
     notes: tuple[str, ...] = field(default=())
+    processes: int = 1  # live processes of the tree (zombies not counted); the other counts are sums over them
+    zombies: int = 0
 
 
 def _kill_frozen(proc: FrozenProcess) -> None:
@@ -230,75 +227,79 @@ def dump(
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
     notes: list[str] = []
-    proc: FrozenProcess | None = None
+    ftree: tree.FrozenTree | None = None
     # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
     inc = incremental.begin_dump(pid, parent, track_method) if (parent is not None or track_mem) else None
     if inc is not None:
         notes.extend(inc.notes)
     try:
-        with freeze(pid) as proc:
+        with tree.freeze_tree(pid) as ftree:
             t_frozen = time.monotonic()
             step("frozen")
-            with snapshot(pid) as snap, ImageWriter(
+            if len(ftree.procs) > 1 or ftree.zombies:
+                _refuse_tree_with(ftree, inc is not None, probe, end_target is not None)
+                tree.refuse_shared_tables(ftree)
+            with ExitStack() as snaps, ImageWriter(
                     image_dir, kind=ImageKind.INCREMENTAL if inc and inc.delta else ImageKind.FULL,
                     parent=inc.parent_dir if inc else None, compress_level=compress_level) as w:
                 t_rec = time.monotonic()
-                vmas = memory.dump_vmas(pid, snap)  # before the scratch area exists in the target
-                stat = snap.stat
-                entry = process_pb2.ProcessEntry(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session,
-                                                 comm=stat.comm, start_time=stat.starttime,
-                                                 exit_signal=stat.exit_signal)
-                inj = proc.injector()
-                with inj.scratch(PAGE_SIZE) as scratch:
-                    mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
-                    cores = threads.dump_threads(proc, scratch, snap)
-                    ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
-                                      shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
-                                      skip_fds=incremental.parked_tracker_fds(pid, inc.tracker if inc else None))
-                    for _name, fn in PROCESS_DUMPERS:
-                        fn(ctx)
-                    notes.extend(ctx.notes)
-                # After the scratch area is gone: no syscall is injected any more (see dump_pending).
-                signals.dump_pending(proc, entry, cores)
+                snap_of = {p: snaps.enter_context(snapshot(p)) for p in ftree.procs}
+                skip_of = {p: incremental.parked_tracker_fds(p, inc.tracker if inc and p == pid else None)
+                           for p in ftree.procs}
+                cap = files.DELETED_MAX if deleted_max is None else deleted_max
+                files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
+                                policy=files.StdioPolicy(shell_job=shell_job), tcp_close=tcp_close,
+                                deleted_max=cap, notes=notes).write(w)
+                records = {p: _dump_records(proc, snap_of[p], w, shell_job=shell_job, tcp_close=tcp_close,
+                                            deleted_max=deleted_max, skip_fds=skip_of[p], notes=notes)
+                           for p, proc in ftree.procs.items()}
+                if len(records) > 1:
+                    _refuse_shared_memory(records)
                 step("records")
-                w.write_process(pid, entry)
-                w.write_threads(pid, cores)
-                w.write_mm(pid, mm, vmas)
                 t_mem = time.monotonic()
                 if probe:
+                    cores, vmas = records[pid]
                     raise _Probed(len(cores), len(vmas), t_mem - t_frozen)  # the writer and the freeze undo all
                 step("memory")
-                pw = w.pages(pid)
-                if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
-                    _, dirty, in_parent = inc.plan(vmas)
-                    pstats = memory.dump_pages_delta(pid, vmas, pw, proc.mem, dirty=dirty, in_parent=in_parent,
-                                                     on_copied=inc.on_copied())
-                else:
-                    pstats = memory.dump_pages(pid, vmas, pw, proc.mem,
-                                               on_bytes=(lambda n: step("memory", n)) if progress else None)
+                pstats: list[memory.PageStats] = []
+                pws = []
+                for p, proc in ftree.procs.items():
+                    vmas = records[p][1]
+                    pw = w.pages(p)
+                    pws.append(pw)
+                    if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
+                        _, dirty, in_parent = inc.plan(vmas)
+                        pstats.append(memory.dump_pages_delta(p, vmas, pw, proc.mem, dirty=dirty,
+                                                              in_parent=in_parent, on_copied=inc.on_copied()))
+                    else:
+                        done = sum(ps.bytes_read for ps in pstats)
+                        pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
+                                                        on_bytes=(lambda n, d=done: step("memory", d + n))
+                                                        if progress else None))
                 keep = inc is not None and track_mem and (leave_running or leave_stopped)
                 tracking = inc.tracking_info(w) if keep and inc is not None else None
                 if leave_running:
-                    # Every page has been read: the target runs on while the last frames are
+                    # Every page has been read: the targets run on while the last frames are
                     # compressed and the image is synced (a failure from here still leaves no image).
-                    proc.release()
+                    _release_all(ftree)
                     t_thawed = time.monotonic()
                 t_commit = time.monotonic()
-                w.commit(processes=[ProcessInfo(pid, stat.ppid, tuple(c.tid for c in cores), stat.starttime,
-                                                tracking)])
+                w.commit(processes=_inventory(ftree, records, tracking))
                 t_committed = time.monotonic()
-                stored = pw.close()  # already closed by commit: returns its stats
+                stored_bytes = sum(pw.close().stored_bytes for pw in pws)  # closed by commit: their stats
                 step("committed")
             if end_target is not None and not end_target(os.path.abspath(image_dir)):
                 leave_running = True  # the caller keeps the original: let it go, as -R would
-                proc.release()
+                _release_all(ftree)
                 t_thawed = time.monotonic()
             if leave_stopped:
-                # Queued while every thread is still frozen, so the target runs no instruction
+                # Queued while every thread is still frozen, so the targets run no instruction
                 # after the image: the first thread let go takes the SIGSTOP into a group stop.
-                os.kill(pid, signal.SIGSTOP)
+                for p in ftree.procs:
+                    os.kill(p, signal.SIGSTOP)
             elif not leave_running:
-                _kill_frozen(proc)
+                for proc in reversed(ftree.procs.values()):  # children first
+                    _kill_frozen(proc)
             if not leave_running:
                 t_thawed = time.monotonic()
     except _Probed as done:
@@ -307,8 +308,9 @@ def dump(
                          write_seconds=0.0, total_seconds=time.monotonic() - t0, left_running=True,
                          left_stopped=False, notes=tuple(notes))
     except BaseException as exc:
-        if proc is not None:
-            _collect_if_dead(proc)
+        if ftree is not None:
+            for proc in ftree.procs.values():
+                _collect_if_dead(proc)
         if inc is not None:  # its get+clear may have run: the parent's tracking is spent
             inc.end(target_alive=os.path.exists(f"/proc/{pid}") and _state(pid) not in ("Z", "X", None))
         if isinstance(exc, OSError):
@@ -319,15 +321,85 @@ def dump(
             notes.extend(inc.keep())
         else:
             inc.end(target_alive=leave_running or leave_stopped)
-    if not (leave_running or leave_stopped) and not _wait_gone(pid, stat.starttime):
-        notes.append(f"process {pid} was killed but its parent has not reaped it yet")
+    if not (leave_running or leave_stopped):
+        for p, proc in ftree.procs.items():
+            if not _wait_gone(p, proc.start_time):
+                notes.append(f"process {p} was killed but its parent has not reaped it yet")
     t_end = time.monotonic()
     return DumpStats(
-        pid=pid, image_dir=os.path.abspath(image_dir), threads=len(cores), vmas=len(vmas),
-        pages_stored=pstats.pages_stored, pages_zero=pstats.pages_zero, bytes_read=pstats.bytes_read,
-        stored_bytes=stored.stored_bytes, frozen_seconds=t_thawed - t_frozen,
+        pid=pid, image_dir=os.path.abspath(image_dir), threads=sum(len(c) for c, _ in records.values()),
+        vmas=sum(len(v) for _, v in records.values()),
+        pages_stored=sum(ps.pages_stored for ps in pstats), pages_zero=sum(ps.pages_zero for ps in pstats),
+        bytes_read=sum(ps.bytes_read for ps in pstats),
+        stored_bytes=stored_bytes, frozen_seconds=t_thawed - t_frozen,
         memory_read_seconds=t_commit - t_mem, write_seconds=(t_mem - t_rec) + (t_committed - t_commit),
         total_seconds=t_end - t0, left_running=leave_running,
-        left_stopped=leave_stopped, notes=tuple(notes),
+        left_stopped=leave_stopped, notes=tuple(notes), processes=len(ftree.procs), zombies=len(ftree.zombies),
     )
 
+
+def _dump_records(proc: FrozenProcess, snap, w: ImageWriter, *, shell_job: bool, tcp_close: bool,  # noqa: ANN001
+                  deleted_max: int | None, skip_fds: frozenset[int], notes: list[str]) -> tuple[list, list]:
+    """One frozen process's records (process entry, threads, mm and VMAs) into ``w``; (thread cores, VMAs)."""
+    pid = proc.pid
+    vmas = memory.dump_vmas(pid, snap)  # before the scratch area exists in the target
+    stat = snap.stat
+    entry = process_pb2.ProcessEntry(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session,
+                                     comm=stat.comm, start_time=stat.starttime, exit_signal=stat.exit_signal)
+    inj = proc.injector()
+    with inj.scratch(PAGE_SIZE) as scratch:
+        mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
+        cores = threads.dump_threads(proc, scratch, snap)
+        ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
+                          shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max, skip_fds=skip_fds)
+        for _name, fn in PROCESS_DUMPERS:
+            fn(ctx)
+        notes.extend(ctx.notes)
+    # After the scratch area is gone: no syscall is injected any more (see dump_pending).
+    signals.dump_pending(proc, entry, cores)
+    w.write_process(pid, entry)
+    w.write_threads(pid, cores)
+    w.write_mm(pid, mm, vmas)
+    return cores, vmas
+
+
+def _inventory(ftree: tree.FrozenTree, records: dict[int, tuple[list, list]],
+               tracking: object) -> list[ProcessInfo]:
+    """The inventory's process list: the live ones in tree order, then the zombies."""
+    out = []
+    for p, proc in ftree.procs.items():
+        st = read_stat(p)
+        out.append(ProcessInfo(p, st.ppid, tuple(c.tid for c in records[p][0]), proc.start_time,
+                               tracking if p == ftree.root else None, pgid=st.pgrp, sid=st.session))
+    out += [ProcessInfo(z.pid, z.ppid, (), z.start_time, None, pgid=z.pgid, sid=z.sid, zombie=True,
+                        wait_status=z.wait_status, comm=z.comm) for z in ftree.zombies]
+    return out
+
+
+def _refuse_shared_memory(records: dict[int, tuple[list, list]]) -> None:
+    """Shared anonymous memory mapped by two processes of the tree: each would get its own copy (not yet)."""
+    seen: dict[tuple[int, int], tuple[int, int]] = {}
+    for pid, (_, vmas) in records.items():
+        for v in vmas:
+            if v.kind != memory.Kind.ANON_SHARED or not v.file.ino:
+                continue
+            key = (v.file.dev, v.file.ino)
+            other = seen.setdefault(key, (pid, v.start))
+            if other[0] != pid:
+                raise Unsupported(f"processes {other[0]} (at {other[1]:#x}) and {pid} (at {v.start:#x}) share "
+                                  "anonymous memory (MAP_SHARED, inherited across fork): restoring it shared "
+                                  "between processes is not supported yet")
+
+
+def _release_all(ftree: tree.FrozenTree) -> None:
+    for proc in ftree.procs.values():
+        proc.release()
+
+
+def _refuse_tree_with(ftree: tree.FrozenTree, incremental_: bool, probe: bool, end_target: bool) -> None:
+    """What a tree cannot have yet: tracking, deltas, migration (the targets run on, as after any refusal)."""
+    what = ("a pre-dump chain or memory tracking" if incremental_ else
+            "a migration" if (probe or end_target) else "")
+    if what:
+        kids = [p for p in ftree.procs if p != ftree.root] + [z.pid for z in ftree.zombies]
+        raise tree.unsupported_tree(ftree.root, kids, what)

@@ -57,7 +57,7 @@ from .procfs.maps import SPECIAL_MAPPINGS, read_maps
 from .procfs.snapshot import snapshot
 from .procfs.stat import read_stat
 from .procfs.task import list_tids, read_starttime
-from .resources import memory
+from .resources import memory, tree
 from .track import DirtySet, Tracker, TrackingLost, TrackingState, open_tracker
 from .track.base import RangeSpec, merge_runs, subtract_intervals
 from .track.hash import HashTracker
@@ -581,6 +581,9 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     UsageError before the target is touched.
     """
     require_our_pid_namespace(pid)
+    kids = tree.children(pid)
+    if kids:  # (the final dump freezes the tree and refuses it again: a child forked after this check is caught)
+        raise tree.unsupported_tree(pid, kids, "a pre-dump chain or memory tracking")
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
     selection = check_ranges(pid, ranges, exclude) if ranges is not None or exclude is not None else None

@@ -31,7 +31,6 @@ pieces are shared: :func:`_prepare` (2-4), :func:`_map_and_fill` (5, memory),
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import time
@@ -47,15 +46,14 @@ from .image.chain import open_chain, resolve_pages
 from .image.pb import mm_pb2, process_pb2
 from .image.reader import Image
 from .image.records import ImageKind, Pagemap, PageSource, PageState
-from .kernel import clone, ptrace
+from .kernel import ptrace
 from .kernel.arch_x86_64 import INT3, NR, PAGE_SIZE, SYSCALL_INSN, TASK_SIZE_MAX
-from .kernel.libc import libc
 from .kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
-from .resources import creds, files, limits, memory, signals, threads
+from .resources import creds, files, limits, memory, signals, threads, tree
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -71,7 +69,8 @@ def restore_files(ctx: RestoreContext) -> None:
     policy = files.StdioPolicy(shell_job=ctx.shell_job, inherit=dict(ctx.inherit_fds),
                                allow_changed=ctx.allow_changed_files)
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
-                                   content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch))
+                                   content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
+                                   shared=ctx.shared_files))
 
 
 def restore_sigactions(ctx: RestoreContext) -> None:
@@ -136,6 +135,8 @@ class RestoreStats:
     notes: tuple[str, ...] = field(default=())
     #: A staged restore: pages written by the stages before the final one (``pages_written`` is its own).
     staged_pages: int = 0
+    #: Every process of the restored tree (the zombies too), parents first; ``pid`` is the root.
+    processes: tuple[int, ...] = ()
 
 
 def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
@@ -155,49 +156,6 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
                                hint="stop that process, or restore into a new pid namespace (not implemented yet)")
         time.sleep(0.01)
     return time.monotonic() - t0
-
-
-def _helper_main() -> None:
-    """The helper's life before we seize it: a raw copy of this interpreter pausing for ever."""
-    try:
-        while True:
-            libc.pause()
-    finally:
-        os._exit(127)
-
-
-def _create_helper(pid: int, detached: bool) -> None:
-    """clone3(set_tid=[pid]) a pausing helper, directly or through an intermediate that exits."""
-    if not detached:
-        try:
-            child = clone.clone3(set_tid=[pid])
-        except OSError as exc:
-            raise RestoreError(_clone_failure(pid, exc.errno)) from exc
-        if child == 0:
-            _helper_main()
-        return
-    mid = clone.clone3()
-    if mid == 0:
-        try:
-            if clone.clone3(set_tid=[pid]) == 0:
-                _helper_main()
-            os._exit(0)
-        except OSError as exc:
-            os._exit(exc.errno or 1)
-        except BaseException:
-            os._exit(1)
-    _, status = os.waitpid(mid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RestoreError(_clone_failure(pid, code))
-
-
-def _clone_failure(pid: int, err: int | None) -> str:
-    if err == errno.EEXIST:
-        return f"pid {pid} is taken (clone3 set_tid: EEXIST)"
-    if err == errno.EPERM:
-        return f"clone3 with set_tid={pid} needs CAP_SYS_ADMIN (run as root)"
-    return f"cannot create a process with pid {pid}: {os.strerror(err or 0)}"
 
 
 def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
@@ -240,20 +198,28 @@ def _restore_error(exc: BaseException, pid: int) -> BaseException:
     return err
 
 
+def _open_chain(image_dir: str | os.PathLike[str], *, pre_dump: bool = False) -> list[Image]:
+    """The chain ending at ``image_dir``; UsageError for a pre-dump unless ``pre_dump`` (a staged restore's stage)."""
+    chain = open_chain(image_dir)
+    image = chain[-1]
+    if image.kind is ImageKind.PRE_DUMP and not pre_dump:
+        raise UsageError(f"{image.path}: is a pre-dump (memory only)",
+                         hint="finish the chain with a dump (`ckpt dump --prev-images-dir`) and restore that")
+    return chain
+
+
 def _open_image(image_dir: str | os.PathLike[str], *, pre_dump: bool = False
                 ) -> tuple[list[Image], int, mm_pb2.MmEntry, list[mm_pb2.Vma]]:
     """(chain, pid, mm, vmas) of an image of one process; UsageError/RestoreError if it cannot be restored.
 
     ``pre_dump``: a PRE_DUMP is fine (a stage of a staged restore), as long as it records the layout.
     """
-    chain = open_chain(image_dir)
+    chain = _open_chain(image_dir, pre_dump=pre_dump)
     image = chain[-1]
-    if image.kind is ImageKind.PRE_DUMP and not pre_dump:
-        raise UsageError(f"{image.path}: is a pre-dump (memory only)",
-                         hint="finish the chain with a dump (`ckpt dump --prev-images-dir`) and restore that")
     procs = image.processes
     if len(procs) != 1:
-        raise UsageError(f"{image.path}: holds {len(procs)} processes; restoring a process tree is not supported yet")
+        raise UsageError(f"{image.path}: holds {len(procs)} processes; a staged restore (migration) of a "
+                         "process tree is not supported yet")
     pid = procs[0].pid
     if image.kind is ImageKind.PRE_DUMP and not image.has(kinds.MM.file_name(pid)):
         raise StagingMismatch(f"{image.path}: records no memory layout for process {pid} "
@@ -289,27 +255,82 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     executable are still checked (their unsaved pages come from the file).
     """
     t_start = time.monotonic()
-    chain, pid, mm, vmas = _open_image(image_dir)
-    cores, entry = _process_records(chain[-1], pid)
-    memory.check_files(mm, vmas)
-    waited = wait_pid_free(pid)
+    chain = _open_chain(image_dir)
+    image = chain[-1]
+    infos = image.processes
+    root = tree.plan(infos)
+    live = [_Member.load(image, p.pid) for p in infos if not p.zombie]
+    for m in live:
+        memory.check_files(m.mm, m.vmas)
+    waited = sum(wait_pid_free(p.pid) for p in root.walk())
 
-    _create_helper(pid, detached)
-    proc: FrozenProcess | None = None
+    created = tree.create(root, detached=detached)
     opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
+    shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
+              if len(live) > 1 else None)
+    notes: list[str] = []
+    nvmas = mem_s = 0.0
+    filled_pages = filled_bytes = 0
     try:
-        proc, _frozen = _seize_helper(pid)
-        threads.check_xstate(pid, cores)
-        ws = _prepare(proc, pid, mm, vmas)
-        nvmas, filled, mem_s = _map_and_fill(ws, chain, vmas, progress)
-        notes = _finish(ws, chain, mm, vmas, cores, entry, opts)
+        for m in live:  # parents first: every helper exists, each is built in turn and stays frozen
+            m.proc, m.frozen = _seize_helper(m.pid)
+            threads.check_xstate(m.pid, m.cores)
+            m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas)
+            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress)
+            nvmas, mem_s = nvmas + n, mem_s + secs
+            filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
+            notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared))
+        for m in reversed(live):  # all built: let them run, children first
+            assert m.ws is not None
+            _release(m.ws, m.vmas, m.cores)
     except BaseException as exc:
-        _kill_helper(proc, pid, ours=not detached)
-        raise _restore_error(exc, pid)
-    _write_pidfile(pidfile, pid)
-    return RestoreStats(pid=pid, tids=tuple(c.tid for c in cores), vmas=nvmas, pages_written=filled.pages_stored,
-                        bytes_written=filled.bytes_read, pid_wait_seconds=waited, memory_seconds=mem_s,
-                        total_seconds=time.monotonic() - t_start, detached=detached, notes=tuple(notes))
+        _kill_tree(live, created, root.pid, ours=not detached)
+        raise _restore_error(exc, root.pid)
+    finally:
+        if shared is not None:
+            shared.close()
+    _write_pidfile(pidfile, root.pid)
+    return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=int(nvmas),
+                        pages_written=filled_pages, bytes_written=filled_bytes, pid_wait_seconds=waited,
+                        memory_seconds=mem_s, total_seconds=time.monotonic() - t_start, detached=detached,
+                        notes=tuple(notes), processes=tuple(p.pid for p in root.walk()))
+
+
+@dataclass
+class _Member:
+    """One live process of a tree being restored: its records, then its helper as it is built."""
+
+    pid: int
+    mm: mm_pb2.MmEntry
+    vmas: list[mm_pb2.Vma]
+    cores: list
+    entry: process_pb2.ProcessEntry
+    proc: FrozenProcess | None = None
+    frozen: AbstractContextManager[FrozenProcess] | None = None  # keep referenced: see _seize_helper
+    ws: "_Workspace | None" = None
+
+    @classmethod
+    def load(cls, image: Image, pid: int) -> "_Member":
+        mm, vmas = image.mm(pid)
+        cores, entry = _process_records(image, pid)
+        return cls(pid, mm, list(vmas), list(cores), entry)
+
+
+def _kill_tree(live: Sequence[_Member], created: Sequence[int], root: int, *, ours: bool) -> None:
+    """After a failed restore: kill every helper, collect the threads we trace, reap the root if ours."""
+    for pid in reversed(created):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for m in live:
+        if m.proc is not None:
+            _kill_helper(m.proc, m.pid, ours=False)
+    if ours:
+        try:
+            os.waitpid(root, 0)
+        except ChildProcessError:
+            pass
 
 
 def _write_pidfile(pidfile: str | os.PathLike[str] | None, pid: int) -> None:
@@ -435,13 +456,16 @@ class _FinishOptions:
 
 
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
-            entry: process_pb2.ProcessEntry, opts: _FinishOptions) -> list[str]:
-    """Everything after memory (DESIGN §4 steps 5-7): resources, mm fields, threads, trampoline gone, release."""
+            entry: process_pb2.ProcessEntry, opts: _FinishOptions, *,
+            shared: files.SharedFiles | None = None) -> list[str]:
+    """Everything after memory (DESIGN §4 steps 5-6): resources, mm fields, threads; :func:`_release` does 7.
+
+    ``shared``: the files this process shares with others of its tree.
+    """
     proc, pid, inj, scratch = ws.proc, ws.pid, ws.inj, ws.scratch
-    main = proc.threads[pid]
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
-                         allow_changed_files=opts.allow_changed_files)
+                         allow_changed_files=opts.allow_changed_files, shared_files=shared)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
@@ -450,8 +474,13 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
+    return ctx.notes
 
-    # The last injected call removes the trampoline itself: run it from the relocated vDSO.
+
+def _release(ws: _Workspace, vmas: Sequence[mm_pb2.Vma], cores: Sequence) -> None:
+    """DESIGN §4 step 7: the trampoline goes (from the relocated vDSO), each thread gets its frame and runs."""
+    proc, pid = ws.proc, ws.pid
+    main = proc.threads[pid]
     recorded = memory.special_vmas(vmas)
     if ws.vdso_insn_off is None or memory.Kind.VDSO not in recorded:
         raise RestoreError("no syscall instruction in the vDSO to remove the trampoline with")
@@ -462,7 +491,6 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
     proc.released = True
     proc.mem.close()
     proc._mem = None
-    return ctx.notes
 
 
 class StagingMismatch(RestoreError):
@@ -541,7 +569,7 @@ class StagedRestore:
         chain, pid, mm, vmas = _open_image(image_dir, pre_dump=True)
         memory.check_files(mm, vmas)
         self._waited = wait_pid_free(pid)
-        _create_helper(pid, self.detached)
+        tree.create(tree.plan(chain[-1].processes), detached=self.detached)
         self.pid, self.state = pid, "staged"
         with self._failing():
             self._proc, self._frozen = _seize_helper(pid)
@@ -570,6 +598,7 @@ class StagedRestore:
             mem_s = time.monotonic() - t_mem
             assert self._ws is not None
             notes = _finish(self._ws, chain, mm, vmas, cores, entry, self._opts)
+            _release(self._ws, vmas, cores)
         self.state = "done"
         _write_pidfile(self.pidfile, pid)
         staged = sum(s.pages_written for s in self.stages[:-1])

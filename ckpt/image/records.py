@@ -73,9 +73,16 @@ class ProcessInfo:
     threads: tuple[int, ...]
     start_time: int = 0
     tracking: TrackingInfo | None = None
+    pgid: int = 0
+    sid: int = 0
+    zombie: bool = False
+    wait_status: int = 0  # a zombie's: what its parent's waitpid will get
+    comm: str = ""        # a zombie's name
 
     def to_pb(self) -> inventory_pb2.ProcessRef:
-        ref = inventory_pb2.ProcessRef(pid=self.pid, ppid=self.ppid, threads=self.threads, start_time=self.start_time)
+        ref = inventory_pb2.ProcessRef(pid=self.pid, ppid=self.ppid, threads=self.threads, start_time=self.start_time,
+                                       pgid=self.pgid, sid=self.sid, zombie=self.zombie,
+                                       wait_status=self.wait_status, comm=self.comm)
         if self.tracking is not None:
             ref.tracking.CopyFrom(
                 inventory_pb2.TrackingState(
@@ -96,7 +103,8 @@ class ProcessInfo:
             tracking = TrackingInfo(t.method, t.parked_fd, t.uffd_inode,
                                     tuple((r.start, r.end) for r in t.include) or None,
                                     tuple((r.start, r.end) for r in t.exclude))
-        return cls(ref.pid, ref.ppid, tuple(ref.threads), ref.start_time, tracking)
+        return cls(ref.pid, ref.ppid, tuple(ref.threads), ref.start_time, tracking, ref.pgid, ref.sid, ref.zombie,
+                   ref.wait_status, ref.comm)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -217,7 +218,9 @@ def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, 
         "tracking": inv.tracking,
         "parent": None if parent is None else {"path": parent.path, "image_id": parent.image_id},
         "processes": [
-            {"pid": p.pid, "ppid": p.ppid, "threads": list(p.threads), **_tracked(p.tracking)} for p in image.processes
+            {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid, "threads": list(p.threads),
+             **({"zombie": {"wait_status": p.wait_status, "comm": p.comm}} if p.zombie else {}),
+             **_tracked(p.tracking)} for p in image.processes
         ],
         "pages": pages,
     }
@@ -305,7 +308,12 @@ def _render_text(d: dict[str, Any]) -> str:
         p = s["parent"]
         lines.append("  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})")
         for proc in s["processes"]:
-            lines.append(f"  process {proc['pid']} (ppid {proc['ppid']}), threads {' '.join(map(str, proc['threads']))}"
+            ids = f"ppid {proc['ppid']}" + (f", pgid {proc['pgid']}, sid {proc['sid']}" if proc["sid"] else "")
+            if "zombie" in proc:
+                z = proc["zombie"]
+                lines.append(f"  process {proc['pid']} ({ids}), zombie ({z['comm']}, {_wait_text(z['wait_status'])})")
+                continue
+            lines.append(f"  process {proc['pid']} ({ids}), threads {' '.join(map(str, proc['threads']))}"
                          + (f", tracked ranges {proc['tracked']}" if "tracked" in proc else ""))
         for owner, c in s["pages"].items():
             lines.append(
@@ -330,3 +338,14 @@ def show(path: str | os.PathLike[str], as_json: bool = False) -> str:
     if as_json:
         return json.dumps(show_dict(path), indent=2)
     return _render_text(show_dict(path, text=True))
+
+
+def _wait_text(status: int) -> str:
+    """A wait status as a person reads it: "exit 7", "killed by SIGTERM"."""
+    if os.WIFSIGNALED(status):
+        try:
+            name = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            name = f"signal {os.WTERMSIG(status)}"
+        return f"killed by {name}"
+    return f"exit {os.WEXITSTATUS(status)}"

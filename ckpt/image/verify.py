@@ -194,7 +194,7 @@ def _verify_image(image: Image, tally: _Tally) -> None:
         if messages is not None:
             decoded[digest.name] = messages
 
-    for pid in pids:
+    for pid in (p.pid for p in inv.processes if not p.zombie):  # a zombie has no per-process file
         for req in _REQUIRED[kind]:
             name = req.file_name(pid)
             if name not in image.files:

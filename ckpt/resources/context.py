@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..image.reader import Image
     from ..image.store import ImageWriter
     from ..procfs.snapshot import Snapshot
+    from .files import SharedFiles
 
 __all__ = ["DumpContext", "RestoreContext"]
 
@@ -75,6 +76,8 @@ class RestoreContext:
     injectors: "dict[int, Injector]" = field(default_factory=dict)
     #: The image's ThreadCore records, leader first.
     cores: list = field(default_factory=list)
+    #: In a tree: the open files this process shares with others (:class:`ckpt.resources.files.SharedFiles`).
+    shared_files: "SharedFiles | None" = None
 
     @property
     def image(self) -> "Image":

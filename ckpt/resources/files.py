@@ -32,7 +32,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -42,6 +42,7 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import common_pb2, files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.kcmp import same_file
+from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import FdInfo
 from ..procfs.snapshot import Snapshot
 from . import epoll, eventfd, pipes, sockets
@@ -113,18 +114,24 @@ class OpenFd:
 
 @dataclass(frozen=True)
 class FilesDump:
-    """The fds of one process, the open files they name, and the saved contents of deleted files."""
+    """The fds of each process, the open files they name (once for the tree), the saved contents of deleted files."""
 
-    fds: tuple[files_pb2.FdEntry, ...]
+    fds_of: Mapping[int, tuple[files_pb2.FdEntry, ...]]
     files: tuple[FileEntry, ...]
     contents: Mapping[str, bytes]
+
+    @property
+    def fds(self) -> tuple[files_pb2.FdEntry, ...]:
+        """The fds of the only (or first) process."""
+        return next(iter(self.fds_of.values()), ())
 
     def content(self, ref: common_pb2.ContentRef) -> bytes:
         return self.contents[ref.owner]
 
-    def write(self, writer: object, pid: int) -> None:
-        """Into an ImageWriter: fds-<pid>.img, files.img, and the contents as page data."""
-        writer.write_fds(pid, self.fds)  # type: ignore[attr-defined]
+    def write(self, writer: object) -> None:
+        """Into an ImageWriter: fds-<pid>.img per process, files.img, and the contents as page data."""
+        for pid, fds in self.fds_of.items():
+            writer.write_fds(pid, fds)  # type: ignore[attr-defined]
         writer.write_files(self.files)  # type: ignore[attr-defined]
         for owner, data in self.contents.items():
             with writer.pages(owner) as pw:  # type: ignore[attr-defined]
@@ -184,12 +191,12 @@ def _is_tty(o: OpenFd) -> bool:
     return stat.S_ISCHR(o.st.st_mode) and (rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES)
 
 
-def _holders_index(target: int, links: set[str]) -> dict[str, list[str]]:
-    """For each of ``links`` (pipe:[N], FIFO paths), the processes other than ``target`` holding it, as
-    "pid (comm) fd N".  One walk of /proc for all of them; only run when the target has pipes."""
+def _holders_index(targets: Collection[int], links: set[str]) -> dict[str, list[str]]:
+    """For each of ``links`` (pipe:[N], FIFO paths), the processes other than ``targets`` holding it, as
+    "pid (comm) fd N".  One walk of /proc for all of them; only run when the targets have pipes."""
     out: dict[str, list[str]] = {link: [] for link in links}
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == target:
+        if not name.isdigit() or int(name) in targets:
             continue
         try:
             fds = os.listdir(f"/proc/{name}/fd")
@@ -226,18 +233,20 @@ def _open_fds(pid: int, snap: Snapshot, skip: frozenset[int] = frozenset()) -> l
     return out
 
 
-def _group(pid: int, fds: list[OpenFd]) -> list[list[OpenFd]]:
-    """Descriptors grouped by open file description, each group in fd order, groups by first fd."""
-    by_inode: dict[tuple[int, int], list[list[OpenFd]]] = {}
-    groups: list[list[OpenFd]] = []
-    for o in fds:
+def _group(fds: list[tuple[int, OpenFd]]) -> list[list[tuple[int, OpenFd]]]:
+    """(pid, descriptor)s grouped by open file description (dup in one process, fork across processes),
+    each group in the given order, groups by their first member."""
+    by_inode: dict[tuple[int, int], list[list[tuple[int, OpenFd]]]] = {}
+    groups: list[list[tuple[int, OpenFd]]] = []
+    for pid, o in fds:
         candidates = by_inode.setdefault(o.dev_ino, [])
         for g in candidates:
-            if same_file(pid, g[0].fd, o.fd):
-                g.append(o)
+            gpid, go = g[0]
+            if same_file(gpid, go.fd, o.fd, pid):
+                g.append((pid, o))
                 break
         else:
-            g = [o]
+            g = [(pid, o)]
             candidates.append(g)
             groups.append(g)
     return groups
@@ -246,23 +255,34 @@ def _group(pid: int, fds: list[OpenFd]) -> list[list[OpenFd]]:
 def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPolicy(),
          first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False,
          skip_fds: frozenset[int] = frozenset(), notes: list[str] | None = None) -> FilesDump:
-    """Classify and record every fd of the frozen process; refuses (Unsupported) before touching anything.
+    """The fds of one frozen process: :func:`dump_tree` of a tree of one."""
+    return dump_tree([(proc, snap, skip_fds)], policy=policy, first_id=first_id, deleted_max=deleted_max,
+                     tcp_close=tcp_close, notes=notes)
 
-    ``skip_fds``: descriptors that are ckpt's, not the target's (the parked
-    tracking userfaultfd, checked by inode by the caller): left out of the image.
-    ``notes`` collects what was saved less than exactly (see sockets.dump).
+
+def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]], *,
+              policy: StdioPolicy = StdioPolicy(), first_id: int = 1, deleted_max: int = DELETED_MAX,
+              tcp_close: bool = False, notes: list[str] | None = None) -> FilesDump:
+    """Classify and record every fd of the frozen processes; refuses (Unsupported) before touching anything.
+
+    ``members``: (process, its snapshot, fds to leave out) — the fds that are
+    ckpt's, not the target's (the parked tracking userfaultfd, checked by inode
+    by the caller).  A descriptor shared between processes (inherited across
+    fork) is one FileEntry, and a pipe is dumped when every one of its ends is
+    held inside the tree.  ``notes`` collects what was saved less than
+    exactly (see sockets.dump).
     """
-    pid = proc.pid
-    groups = _group(pid, _open_fds(pid, snap, skip_fds))
+    pids = [proc.pid for proc, _, _ in members]
+    groups = _group([(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)])
     entries: list[FileEntry] = []
-    fd_entries: list[files_pb2.FdEntry] = []
+    fd_entries: dict[int, list[files_pb2.FdEntry]] = {pid: [] for pid in pids}
     contents: dict[str, bytes] = {}
-    pipe_ends: dict[int, list[tuple[FileEntry, OpenFd]]] = {}
-    epolls: list[tuple[FileEntry, OpenFd]] = []
+    pipe_ends: dict[int, list[tuple[FileEntry, int, OpenFd]]] = {}
+    epolls: list[tuple[FileEntry, int, OpenFd]] = []
 
     # Pass 1: decide every kind and refuse what cannot be done, before any pipe is touched.
     for n, g in enumerate(groups):
-        o = g[0]
+        pid, o = g[0]
         kind = classify(pid, o)
         e = FileEntry(id=first_id + n, kind=kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
                       mnt_id=o.info.mnt_id, identity=_identity(o.st))
@@ -280,53 +300,59 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
             e.deleted = True
         elif kind in (K.PIPE, K.FIFO):
             e.pipe.pipe_id = o.st.st_ino
-            pipe_ends.setdefault(o.st.st_ino, []).append((e, o))
+            pipe_ends.setdefault(o.st.st_ino, []).append((e, pid, o))
         elif kind == K.INET:
             sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes)
         elif kind == K.EVENTFD:
             eventfd.dump(pid, o.fd, o.info, e)
         elif kind == K.EPOLL:
-            epolls.append((e, o))
-        for o2 in g:
-            fd_entries.append(files_pb2.FdEntry(fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0,
-                                                file_id=e.id))
+            epolls.append((e, pid, o))
+        for pid2, o2 in g:
+            fd_entries[pid2].append(files_pb2.FdEntry(
+                fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0, file_id=e.id))
         entries.append(e)
 
-    if epolls:  # watches name fds: resolved once every fd has its FileEntry
-        file_of = {f.fd: f.file_id for f in fd_entries}
-        inode_of = {o.fd: (o.st.st_ino, file_of[o.fd]) for g in groups for o in g}
-        for e, o in epolls:
-            epoll.dump(pid, o.fd, o.info, e, inode_of, file_of)
+    for e, pid, o in epolls:  # watches name fds of the epoll's process: resolved once every fd has its FileEntry
+        file_of = {f.fd: f.file_id for f in fd_entries[pid]}
+        inode_of = {o2.fd: (o2.st.st_ino, file_of[o2.fd]) for g in groups for p2, o2 in g if p2 == pid}
+        epoll.dump(pid, o.fd, o.info, e, inode_of, file_of)
 
-    holders = _holders_index(pid, {ends[0][1].link for ends in pipe_ends.values()}) if pipe_ends else {}
+    holders = _holders_index(set(pids), {ends[0][2].link for ends in pipe_ends.values()}) if pipe_ends else {}
     for ino, ends in pipe_ends.items():
-        link = ends[0][1].link
-        readers = [(e, o) for e, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
-        writers = [(e, o) for e, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
+        link = ends[0][2].link
+        readers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
+        writers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
         others = holders.get(link, [])
         if others or not (readers and writers):
-            if others and all(o.fd in _STDIO for _, o in ends):
-                for e, _ in ends:
+            if others and all(o.fd in _STDIO for _, _, o in ends):
+                for e, _, _ in ends:
                     e.external = link  # the restorer must hand over a descriptor (StdioPolicy.inherit)
                 continue
             peer = ", ".join(others) or "no process (its other end is closed)"
-            fds = ", ".join(str(o.fd) for _, o in ends)
-            raise Unsupported(f"process {pid}: fd {fds} is {link}, whose other end is held by {peer}",
-                              hint="ckpt dumps a pipe only when the process holds every end of it; "
+            fds_of: dict[int, list[str]] = {}
+            for _, p, o in ends:
+                fds_of.setdefault(p, []).append(str(o.fd))
+            where = "; ".join(f"process {p}: fd {', '.join(fds)}" for p, fds in fds_of.items())
+            raise Unsupported(f"{where} is {link}, whose other end is held by {peer}",
+                              hint="ckpt dumps a pipe only when the dumped processes hold every end of it; "
                                    "let the peer exit, or restore stdio with an inherited descriptor")
-        data, capacity = pipes.steal_and_put_back(pid, readers[0][1].fd, writers[0][1].fd)
-        for e, _ in ends:
+        _, rpid, ro = readers[0]
+        _, wpid, wo = writers[0]
+        data, capacity = pipes.steal_and_put_back(rpid, ro.fd, wo.fd, write_pid=wpid)
+        for e, _, _ in ends:
             e.pipe.capacity = capacity
-        min(ends, key=lambda eo: eo[0].id)[0].pipe.data = data
+        min(ends, key=lambda epo: epo[0].id)[0].pipe.data = data
 
     for e, g in zip(entries, groups):
         if e.deleted:
-            with open(f"/proc/{pid}/fd/{g[0].fd}", "rb") as f:
+            pid, o = g[0]
+            with open(f"/proc/{pid}/fd/{o.fd}", "rb") as f:
                 data = f.read(deleted_max + 1)
             owner = f"file-{e.id}"
             contents[owner] = data
             e.content.owner, e.content.size = owner, len(data)
-    return FilesDump(tuple(fd_entries), tuple(entries), MappingProxyType(contents))
+    return FilesDump(MappingProxyType({pid: tuple(fds) for pid, fds in fd_entries.items()}), tuple(entries),
+                     MappingProxyType(contents))
 
 
 # --- restore --------------------------------------------------------------
@@ -453,15 +479,80 @@ class _Restorer:
         return t
 
 
+class SharedFiles:
+    """The open files that more than one process of a tree uses, held by the restorer between processes.
+
+    Each is opened once, inside the first process that needs it (like any
+    file); the restorer keeps a duplicate (``pidfd_getfd``), and every later
+    process installs that duplicate with an injected ``pidfd_getfd`` of the
+    restorer: one open file description again — shared offset and status
+    flags, one pipe.  A pipe counts as shared when its ends are used by
+    different processes; both ends are kept when it is created.
+    """
+
+    def __init__(self, fds_of: Mapping[int, Sequence[files_pb2.FdEntry]], files: Sequence[FileEntry]) -> None:
+        users: dict[int, set[int]] = {}
+        for pid, fds in fds_of.items():
+            for f in fds:
+                users.setdefault(f.file_id, set()).add(pid)
+        self._pipe_ends: dict[tuple[int, str], int] = {}  # (pipe id, "r"/"w") → FileEntry id
+        by_pipe: dict[int, list[int]] = {}
+        for e in files:
+            if e.kind == K.PIPE:
+                end = "w" if e.flags & os.O_ACCMODE == os.O_WRONLY else "r"
+                self._pipe_ends[(e.pipe.pipe_id, end)] = e.id
+                by_pipe.setdefault(e.pipe.pipe_id, []).append(e.id)
+        for ids in by_pipe.values():
+            together = set().union(*(users.get(i, set()) for i in ids))
+            for i in ids:
+                users[i] = together
+        self.shared = frozenset(i for i, who in users.items() if len(who) > 1)
+        self._held: dict[int, int] = {}  # FileEntry id → our duplicate
+
+    def has(self, file_id: int) -> bool:
+        return file_id in self._held
+
+    def keep(self, pid: int, fd: int, file_id: int) -> None:
+        """Hold a duplicate of ``fd`` of ``pid`` for the other processes, if they use it."""
+        if file_id not in self.shared or file_id in self._held:
+            return
+        pidfd = pidfd_open(pid)
+        try:
+            self._held[file_id] = pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+
+    def keep_pipe_end(self, pid: int, fd: int, pipe_id: int, end: str) -> None:
+        file_id = self._pipe_ends.get((pipe_id, end))
+        if file_id is not None:
+            self.keep(pid, fd, file_id)
+
+    def install(self, inj: Injector, file_id: int) -> int:
+        """The held duplicate of ``file_id`` as a new fd of the process of ``inj`` (O_CLOEXEC)."""
+        pidfd = inj.call(NR.pidfd_open, os.getpid(), 0, name="pidfd_open(restorer)")
+        try:
+            return inj.call(NR.pidfd_getfd, pidfd, self._held[file_id], 0, name=f"pidfd_getfd(file {file_id})")
+        finally:
+            inj.close(pidfd)
+
+    def close(self) -> None:
+        for fd in self._held.values():
+            os.close(fd)
+        self._held.clear()
+
+
 def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEntry, ...]",
             files: "list[FileEntry] | tuple[FileEntry, ...]", *,
             content: Callable[[common_pb2.ContentRef], bytes] | None = None,
-            policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None) -> list[str]:
+            policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None,
+            shared: SharedFiles | None = None) -> list[str]:
     """Open every file of ``files`` that ``fds`` names inside the process of ``inj`` at its fd numbers.
 
     ``content`` loads a deleted file's bytes (:func:`content_from_image`,
     or ``FilesDump.content``).  Returns warnings (e.g. a pipe capacity that
     could not be set).  Fds are placed over whatever the helper has there.
+    ``shared``: in a tree, the files other processes use too (taken from it
+    when an earlier process opened them, handed to it when this one does).
     """
     by_id = {e.id: e for e in files}
     users: dict[int, list[files_pb2.FdEntry]] = {}
@@ -484,10 +575,18 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         try:
             for file_id, its in sorted(users.items(), key=lambda kv: min(f.fd for f in kv[1])):
                 mine = [f.fd for f in its]
-                t = r.out_of_the_way(r.open(by_id[file_id], mine), mine)
-                for ends in pr.ends.values():  # the other end of a new pipe must not sit on a wanted number
+                if shared is not None and shared.has(file_id):
+                    t = shared.install(inj, file_id)
+                else:
+                    t = r.open(by_id[file_id], mine)
+                    if shared is not None:
+                        shared.keep(inj.pid, t, file_id)
+                t = r.out_of_the_way(t, mine)
+                for pipe_id, ends in pr.ends.items():  # the other end of a new pipe must not sit on a wanted number
                     for k, fd in list(ends.items()):
                         ends[k] = r.out_of_the_way(fd, [])
+                        if shared is not None:  # another process may use it
+                            shared.keep_pipe_end(inj.pid, ends[k], pipe_id, k)
                 r.place(t, its)
             for e, epfd in r.epolls:
                 epoll.add_watches(inj, s, epfd, e)

@@ -66,11 +66,15 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def steal_and_put_back(pid: int, read_fd: int, write_fd: int) -> tuple[bytes, int]:
-    """(buffered bytes, capacity) of the pipe behind the target's ``read_fd``/``write_fd``; the bytes stay in it."""
+def steal_and_put_back(pid: int, read_fd: int, write_fd: int, *, write_pid: int | None = None) -> tuple[bytes, int]:
+    """(buffered bytes, capacity) of the pipe behind the target's ``read_fd``/``write_fd``; the bytes stay in it.
+
+    ``write_pid``: the process holding ``write_fd`` when it is not ``pid`` (a pipe between two processes).
+    """
     pidfd = pidfd_open(pid)
+    wpidfd = pidfd_open(write_pid) if write_pid not in (None, pid) else pidfd
     try:
-        with _borrowed(pidfd, read_fd) as r, _borrowed(pidfd, write_fd) as w:
+        with _borrowed(pidfd, read_fd) as r, _borrowed(wpidfd, write_fd) as w:
             capacity = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
             size = int.from_bytes(fcntl.ioctl(r, termios.FIONREAD, bytes(4)), "little")
             if not size:
@@ -90,6 +94,8 @@ def steal_and_put_back(pid: int, read_fd: int, write_fd: int) -> tuple[bytes, in
             return data, capacity
     finally:
         os.close(pidfd)
+        if wpidfd != pidfd:
+            os.close(wpidfd)
 
 
 @dataclass

@@ -1,0 +1,357 @@
+"""Process trees: which processes a dump takes, and rebuilding them with the same pids, sessions and groups.
+
+Dump: ``-t PID`` means the tree rooted at PID, as in CRIU.  :func:`freeze_tree`
+freezes top-down — a process is frozen before its children are listed
+(``/proc/PID/task/TID/children`` of each of its threads), so a frozen parent
+can fork no child we would miss, and a child frozen after it can only have
+forked before it was frozen, where the listing sees it.  A child that exited
+and was not reaped is a zombie: it cannot be seized and holds nothing but its
+ids and wait status (field 52 of ``/proc/PID/stat``), which the inventory
+records.
+
+Restore: :func:`create` builds the whole tree of *helpers* before any is
+seized, by plain syscalls in raw ``clone3`` copies of the restorer: each helper
+takes its session (``setsid``) and, as a group leader, its group
+(``setpgid(0, 0)``), then creates its children with ``clone3(set_tid=[pid])``
+— so parent links, inherited sessions and groups come out as they were — and
+pauses until the restorer turns it into its process.  A zombie's helper exits
+at once with the recorded status, and stays a zombie of its parent.  A member
+of another group of its session joins it later (``setpgid``, injected with
+the rest of the session state once every group leader exists).
+
+What is refused (:func:`plan`): a process whose session is neither its own nor
+its parent's (its session leader would have to be recreated as a helper), and
+a tree whose pids do not link up.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import signal
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+from ..control.seize import FrozenProcess, freeze
+from ..errors import RestoreError, TargetGone, Unsupported
+from ..image.records import ProcessInfo
+from ..kernel import clone
+from ..kernel.kcmp import KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM, kcmp
+from ..kernel.prctl import PR_SET_NAME
+from ..kernel.libc import libc
+from ..procfs.stat import read_stat
+
+__all__ = ["Zombie", "FrozenTree", "children", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
+
+#: Seconds to wait for every helper of a tree to report.
+CREATE_TIMEOUT = 10.0
+_REPORT = struct.Struct("=ii")  # (pid, errno): 0 = created
+
+
+# --- dump ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Zombie:
+    """A child that exited and was not reaped: its ids and what its parent's ``waitpid`` will get."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    start_time: int
+    wait_status: int
+    comm: str
+
+
+def children(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (threads fork too), in pid order."""
+    out: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        raise TargetGone(pid, f"process {pid} is gone") from None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.update(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            continue  # the thread exited meanwhile
+    return sorted(out)
+
+
+def unsupported_tree(root: int, descendants: Sequence[int], what: str) -> Unsupported:
+    """The refusal of ``what`` (a pre-dump, a migration…) for a process with descendants."""
+    shown = ", ".join(map(str, descendants[:8])) + (", ..." if len(descendants) > 8 else "")
+    return Unsupported(f"process {root} has {len(descendants)} descendant(s) ({shown}): {what} of a process tree "
+                       "is not supported yet", hint="dump the whole tree with `ckpt dump`, or let the children exit first")
+
+
+@dataclass
+class FrozenTree:
+    """Every live process of the tree frozen (root first, parents before children), and the zombies."""
+
+    root: int
+    procs: dict[int, FrozenProcess] = field(default_factory=dict)
+    zombies: list[Zombie] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self.procs)
+
+
+@contextmanager
+def freeze_tree(root: int, *, start_time: int | None = None) -> Iterator[FrozenTree]:
+    """Freeze ``root`` and all its descendants for the ``with`` block; all are let go on leaving it.
+
+    A child that exits while we reach it becomes a zombie entry; one that
+    vanishes entirely (reaped by a parent ignoring SIGCHLD) is skipped.
+    """
+    tree = FrozenTree(root)
+    with ExitStack() as stack:
+        tree.procs[root] = stack.enter_context(freeze(root, start_time=start_time))
+        queue = [root]
+        while queue:
+            parent = queue.pop(0)
+            for child in children(parent):
+                member = _freeze_child(stack, parent, child)
+                if isinstance(member, Zombie):
+                    tree.zombies.append(member)
+                elif member is not None:
+                    tree.procs[child] = member
+                    queue.append(child)
+        yield tree
+
+
+#: What clone() may share between two processes (not threads), by kcmp type; none is restored shared yet.
+_SHARED_TABLES = {KCMP_VM: "address space (CLONE_VM: a vfork child that has not exec'ed yet?)",
+                  KCMP_FILES: "descriptor table (CLONE_FILES)", KCMP_FS: "cwd and root (CLONE_FS)",
+                  KCMP_SIGHAND: "signal handlers (CLONE_SIGHAND)"}
+
+
+def refuse_shared_tables(ftree: FrozenTree) -> None:
+    """Unsupported if a process shares a kernel table with its parent (clone flags without CLONE_THREAD).
+
+    Restored separately they would silently stop being shared.  Sharing starts
+    at clone(), so each process is compared with its parent only.
+    """
+    for pid, proc in ftree.procs.items():
+        if pid == ftree.root:
+            continue
+        ppid = read_stat(pid).ppid
+        if ppid not in ftree.procs:
+            continue
+        for kind, what in _SHARED_TABLES.items():
+            if kcmp(ppid, pid, kind) == 0:
+                raise Unsupported(f"process {pid} shares its {what} with its parent {ppid}: "
+                                  "restoring that sharing is not supported yet")
+
+
+def _freeze_child(stack: ExitStack, parent: int, pid: int) -> FrozenProcess | Zombie | None:
+    try:
+        st = read_stat(pid)
+    except TargetGone:
+        return None
+    if st.ppid != parent:
+        return None  # reparented meanwhile: not ours
+    if st.state not in ("Z", "X"):
+        try:
+            return stack.enter_context(freeze(pid, start_time=st.starttime))
+        except TargetGone:
+            try:
+                st = read_stat(pid)
+            except TargetGone:
+                return None
+            if st.state not in ("Z", "X"):
+                raise
+    return Zombie(pid, st.ppid, st.pgrp, st.session, st.starttime, st.exit_code, st.comm)
+
+
+# --- restore ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """One process to create: its ids, and what to create below it."""
+
+    pid: int
+    pgid: int
+    sid: int
+    zombie: bool = False
+    wait_status: int = 0
+    comm: str = ""
+    children: tuple["Plan", ...] = ()
+
+    def walk(self) -> Iterator["Plan"]:
+        """This process and every descendant, parents first."""
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+
+def plan(processes: Sequence[ProcessInfo]) -> Plan:
+    """The creation plan of an image's processes (root first); Unsupported for a tree ckpt cannot rebuild."""
+    if not processes:
+        raise RestoreError("the image lists no process")
+    root = processes[0]
+    below: dict[int, list[ProcessInfo]] = {}
+    info = {p.pid: p for p in processes}
+    for p in processes[1:]:
+        if p.ppid not in info:
+            raise RestoreError(f"process {p.pid} of the image has parent {p.ppid}, which the image does not have")
+        below.setdefault(p.ppid, []).append(p)
+        parent = info[p.ppid]
+        if p.sid not in (p.pid, parent.sid):
+            raise Unsupported(f"process {p.pid} is in session {p.sid}, neither its own nor its parent's "
+                              f"({parent.sid}): recreating that session is not supported")
+
+    def build(p: ProcessInfo) -> Plan:
+        return Plan(p.pid, p.pgid, p.sid, p.zombie, p.wait_status, p.comm,
+                    tuple(build(c) for c in sorted(below.get(p.pid, []), key=lambda c: c.pid)))
+
+    return build(root)
+
+
+def create(root: Plan, *, detached: bool) -> list[int]:
+    """Create the tree of helpers (see the module doc); their pids, parents first.
+
+    Not ``detached``: the root is our child.  ``detached``: an intermediate
+    creates it and exits, so it is reparented like a daemon.  On failure every
+    helper created is killed (the zombies go with their parents) and
+    RestoreError names the pid that could not be made.
+    """
+    rfd, wfd = os.pipe()
+    created: list[int] = []
+    try:
+        try:
+            _spawn_root(root, wfd, detached)
+        finally:
+            os.close(wfd)
+        failures = _collect(rfd, root, created)
+    except BaseException:
+        _kill(created, root.pid, ours=not detached)
+        raise
+    finally:
+        os.close(rfd)
+    if failures:
+        _kill(created, root.pid, ours=not detached)
+        pid, err = failures[0]
+        raise RestoreError(clone_failure(pid, err))
+    return created
+
+
+def clone_failure(pid: int, err: int | None) -> str:
+    import errno
+
+    if err == errno.EEXIST:
+        return f"pid {pid} is taken (clone3 set_tid: EEXIST)"
+    if err == errno.EPERM:
+        return f"clone3 with set_tid={pid} needs CAP_SYS_ADMIN (run as root)"
+    return f"cannot create a process with pid {pid}: {os.strerror(err or 0)}"
+
+
+def _spawn_root(root: Plan, wfd: int, detached: bool) -> None:
+    if not detached:
+        try:
+            child = clone.clone3(set_tid=[root.pid])
+        except OSError as exc:
+            os.write(wfd, _REPORT.pack(root.pid, exc.errno or 1))
+            return
+        if child == 0:
+            _helper(root, wfd)
+        return
+    mid = clone.clone3()
+    if mid == 0:
+        try:
+            if clone.clone3(set_tid=[root.pid]) == 0:
+                _helper(root, wfd)
+        except OSError as exc:
+            os.write(wfd, _REPORT.pack(root.pid, exc.errno or 1))
+        finally:
+            os._exit(0)
+    os.waitpid(mid, 0)
+
+
+def _helper(me: Plan, wfd: int) -> None:
+    """A helper's life before it is seized (a raw copy of the restorer): ids, children, then pause."""
+    try:
+        try:
+            if me.sid == me.pid:
+                os.setsid()
+            elif me.pgid == me.pid:
+                os.setpgid(0, 0)
+        except OSError as exc:
+            os.write(wfd, _REPORT.pack(me.pid, exc.errno or 1))
+            os._exit(1)  # with no children made: the restorer waits for none of them
+        os.write(wfd, _REPORT.pack(me.pid, 0))
+        if me.zombie:
+            if me.comm:
+                libc.prctl(PR_SET_NAME, me.comm.encode()[:15], 0, 0, 0)
+            _die_as(me.wait_status)
+        for c in me.children:
+            try:
+                if clone.clone3(set_tid=[c.pid]) == 0:
+                    _helper(c, wfd)
+            except OSError as exc:
+                os.write(wfd, _REPORT.pack(c.pid, exc.errno or 1))
+        while True:
+            libc.pause()
+    finally:
+        os._exit(127)
+
+
+def _die_as(wait_status: int) -> None:
+    """End this helper so that its parent's waitpid gets ``wait_status``."""
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file for a zombie's re-enactment
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(wait_status) if os.WIFEXITED(wait_status) else 0)
+
+
+def _collect(rfd: int, root: Plan, created: list[int]) -> list[tuple[int, int]]:
+    """Read every helper's report: the created pids go to ``created``; returns the (pid, errno) failures."""
+    expected = {p.pid for p in root.walk()}
+    failures: list[tuple[int, int]] = []
+    buf = b""
+    deadline = time.monotonic() + CREATE_TIMEOUT
+    while expected:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([rfd], [], [], left)[0]:
+            raise RestoreError(f"the helpers of pids {sorted(expected)} did not report within {CREATE_TIMEOUT:.0f} s")
+        chunk = os.read(rfd, 4096)
+        if not chunk:  # every helper is gone: the ones not reported were never made
+            failures.extend((pid, 0) for pid in sorted(expected))
+            break
+        buf += chunk
+        while len(buf) >= _REPORT.size:
+            pid, err = _REPORT.unpack_from(buf)
+            buf = buf[_REPORT.size:]
+            expected.discard(pid)
+            if err:
+                failures.append((pid, err))
+                # a child that was not made has no subtree: stop waiting for it
+                for p in root.walk():
+                    if p.pid == pid:
+                        expected.difference_update(q.pid for q in p.walk())
+            else:
+                created.append(pid)
+    return failures
+
+
+def _kill(created: Sequence[int], root: int, *, ours: bool) -> None:
+    """SIGKILL every created helper (children first) and reap the root if it is our child."""
+    for pid in reversed(created):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if ours and root in created:
+        try:
+            os.waitpid(root, 0)
+        except ChildProcessError:
+            pass

@@ -1,0 +1,167 @@
+"""Process trees: ``dump -t ROOT`` takes the root and every descendant; restore rebuilds them.
+
+The target (scenarios/tree.c) is a root with children in its group, in another
+group of its session, in a session of their own (with a grandchild), a thread,
+and a zombie; pipes with buffered bytes between the root and each child, and
+one regular file shared by all (one open file description: a shared offset).
+After a restore every process checks its own pid, ppid, sid, pgid, memory and
+pipe bytes, and the root reports PASS (scenarios/tree.c says how).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from ckpt import api
+from ckpt.control.seize import freeze
+from ckpt.dump import dump
+from ckpt.errors import RestoreError, Unsupported
+from ckpt.image.reader import Image
+from targets import Target, tracer_of, wait_until
+from test_dump_restore import _forget
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
+
+
+def _ids(pid: int) -> tuple[int, int, int, str]:
+    """(ppid, pgid, sid, state) from /proc/PID/stat; a zombie's state is Z."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode()
+
+
+def _shape(pids: list[int]) -> dict[int, tuple[int, int, int, bool]]:
+    return {p: (*_ids(p)[:3], _ids(p)[3] == "Z") for p in pids}
+
+
+def _kill_all(pids: list[int]) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def tree_target(c_target, tmp_path: Path):  # noqa: ANN001, ANN201
+    """(target, its pids: root, C1, C2, C3, G, C4, Z); every one of them is killed after the test."""
+    started: list[list[int]] = []
+
+    def start() -> tuple[Target, list[int]]:
+        t = c_target("tree", str(tmp_path), stderr=subprocess.DEVNULL)
+        pids = [int(p) for p in t.ready()["pids"].split(",")]
+        started.append(pids)
+        return t, pids
+
+    yield start
+    for pids in started:
+        _kill_all(pids)
+
+
+def test_tree_round_trip_same_pids_sessions_groups_zombie(tree_target, tmp_path: Path,  # noqa: ANN001
+                                                           restored: list[int]) -> None:
+    t, pids = tree_target()
+    root = pids[0]
+    before = _shape(pids)
+    assert before[pids[-1]][3], "Z is a zombie before the dump"
+
+    stats = api.dump(root, tmp_path / "img")
+    assert (stats.processes, stats.zombies, stats.threads) == (6, 1, 7)
+    _forget(t)
+    img = Image.open(tmp_path / "img")
+    assert sorted(p.pid for p in img.processes) == sorted(pids)
+    assert api.verify(tmp_path / "img").ok
+    assert f"process {pids[-1]} (ppid {root}, pgid {root}, sid {root}), zombie (tree, exit 7)" in api.show(tmp_path / "img")
+
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert r.pid == root and sorted(r.processes) == sorted(pids)
+    assert _shape(pids) == before  # same parents, groups, sessions; Z a zombie again
+    assert all(tracer_of(p) == 0 for p in pids[:-1])
+    os.kill(root, signal.SIGUSR1)
+    assert t.expect("PASS", 10).startswith("PASS tree 7 processes round=1")  # pipes, memory, offset, zombie's status
+
+    # The restored tree is a tree like any other: again (the zombie was reaped by round 1).
+    stats = api.dump(root, tmp_path / "img2")
+    assert (stats.processes, stats.zombies) == (6, 0)
+    r = api.restore(tmp_path / "img2", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    os.kill(root, signal.SIGUSR1)
+    assert t.expect("PASS", 10).startswith("PASS tree 7 processes round=2")
+
+
+def test_tree_dump_leave_running(tree_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t, pids = tree_target()
+    before = _shape(pids)
+    stats = api.dump(pids[0], tmp_path / "img", leave_running=True)
+    assert stats.processes == 6 and stats.left_running
+    assert _shape(pids) == before and all(tracer_of(p) == 0 for p in pids[:-1])
+    os.kill(pids[0], signal.SIGUSR1)
+    assert t.expect("PASS", 10).startswith("PASS tree")  # the pipes' bytes were put back
+
+
+@pytest.mark.parametrize("how", ["pre-dump", "track-mem", "migration probe"])
+def test_tree_refusals_leave_every_process_running(tree_target, tmp_path: Path, how: str) -> None:  # noqa: ANN001
+    t, pids = tree_target()
+    before = _shape(pids)
+    with pytest.raises(Unsupported, match=r"descendant.*process tree is not supported yet"):
+        if how == "pre-dump":
+            api.pre_dump(pids[0], tmp_path / "img")
+        elif how == "track-mem":
+            dump(pids[0], tmp_path / "img", leave_running=True, track_mem=True)
+        else:
+            dump(pids[0], tmp_path / "img", probe=True)
+    assert not (tmp_path / "img").exists()
+    assert _shape(pids) == before and all(tracer_of(p) == 0 for p in pids[:-1])
+    os.kill(pids[0], signal.SIGUSR1)
+    assert t.expect("PASS", 10).startswith("PASS tree")
+
+
+def test_shared_anonymous_memory_between_processes_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t = py_target("py_shared_anon.py")
+    child = int(t.ready()["child"])
+    try:
+        with pytest.raises(Unsupported, match=rf"processes {t.pid} .* and {child} .* share anonymous memory"):
+            api.dump(t.pid, tmp_path / "img")
+        assert not (tmp_path / "img").exists()
+        assert t.alive() and _ids(child)[3] != "Z"
+        assert tracer_of(t.pid) == 0 and tracer_of(child) == 0
+    finally:
+        _kill_all([child])
+
+
+def test_shared_descriptor_table_is_refused(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t = c_target("clone_files")
+    child = int(t.ready()["child"])
+    try:
+        with pytest.raises(Unsupported, match=rf"process {child} shares its descriptor table \(CLONE_FILES\) "
+                                              rf"with its parent {t.pid}"):
+            api.dump(t.pid, tmp_path / "img")
+        assert not (tmp_path / "img").exists()
+        assert t.alive() and tracer_of(t.pid) == 0 and tracer_of(child) == 0 and _ids(child)[3] == "S"
+    finally:
+        _kill_all([child])
+
+
+def test_restore_fails_cleanly_when_a_childs_pid_is_taken(tree_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t, pids = tree_target()
+    api.dump(pids[0], tmp_path / "img", leave_running=True)
+    alive = pids[1:-1]
+    # Frozen under ptrace (not SIGSTOPped: a stopped group orphaned by its root's death gets SIGHUP),
+    # the children outlive their root for a moment and hold their pids.
+    with ExitStack() as frozen:
+        for p in alive:
+            frozen.enter_context(freeze(p))
+        t.close()  # the root only
+        with pytest.raises(RestoreError, match=rf"pid ({'|'.join(map(str, alive))}) is taken"):
+            api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        # What the restore created is gone again: the root's pid is free.
+        wait_until(lambda: not os.path.exists(f"/proc/{pids[0]}"), 5)
+        assert all(os.path.exists(f"/proc/{p}") for p in alive)
