@@ -22,9 +22,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from .control.seize import FrozenProcess, require_our_pid_namespace
-from .errors import Unsupported, UsageError, translate_oserror
+from .errors import UsageError, translate_oserror
 from .image.pb import process_pb2
-from .image.records import ImageKind, ProcessInfo
+from .image.records import ImageKind, ProcessInfo, TrackingInfo
 from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
 from .kernel import ptrace
 from .kernel.arch_x86_64 import PAGE_SIZE
@@ -229,32 +229,42 @@ def dump(
     notes: list[str] = []
     ftree: tree.FrozenTree | None = None
     # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
-    inc = incremental.begin_dump(pid, parent, track_method) if (parent is not None or track_mem) else None
-    if inc is not None:
-        notes.extend(inc.notes)
+    # (one session per process of the tree as it is now; a process born before the freeze gets a full copy)
+    incs: dict[int, incremental.DeltaSession] = {}
+    if parent is not None or track_mem:
+        try:
+            for p in tree.descendants(pid, include_root=True):
+                incs[p] = incremental.begin_dump(p, parent, track_method)
+                notes.extend(f"process {p}: {n}" if p != pid else n for n in incs[p].notes)
+        except BaseException:
+            for sess in incs.values():
+                sess.end(target_alive=True)
+            raise
+    delta_parent = next((sess.parent_dir for sess in incs.values() if sess.delta), None)
     try:
         with tree.freeze_tree(pid) as ftree:
             t_frozen = time.monotonic()
             step("frozen")
             if len(ftree.procs) > 1 or ftree.zombies:
-                _refuse_tree_with(ftree, inc is not None, probe, end_target is not None)
+                _refuse_tree_with(ftree, probe, end_target is not None)
                 tree.refuse_shared_tables(ftree)
             with ExitStack() as snaps, ImageWriter(
-                    image_dir, kind=ImageKind.INCREMENTAL if inc and inc.delta else ImageKind.FULL,
-                    parent=inc.parent_dir if inc else None, compress_level=compress_level) as w:
+                    image_dir, kind=ImageKind.INCREMENTAL if delta_parent else ImageKind.FULL,
+                    parent=delta_parent, compress_level=compress_level) as w:
                 t_rec = time.monotonic()
                 snap_of = {p: snaps.enter_context(snapshot(p)) for p in ftree.procs}
-                skip_of = {p: incremental.parked_tracker_fds(p, inc.tracker if inc and p == pid else None)
+                skip_of = {p: incremental.parked_tracker_fds(p, incs[p].tracker if p in incs else None)
                            for p in ftree.procs}
                 cap = files.DELETED_MAX if deleted_max is None else deleted_max
                 files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
                                 policy=files.StdioPolicy(shell_job=shell_job), tcp_close=tcp_close,
                                 deleted_max=cap, notes=notes).write(w)
-                records = {p: _dump_records(proc, snap_of[p], w, shell_job=shell_job, tcp_close=tcp_close,
-                                            deleted_max=deleted_max, skip_fds=skip_of[p], notes=notes)
+                vmas_of = {p: memory.dump_vmas(p, snap_of[p]) for p in ftree.procs}  # before any scratch area
+                shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
+                records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, shell_job=shell_job,
+                                            tcp_close=tcp_close, deleted_max=deleted_max, skip_fds=skip_of[p],
+                                            notes=notes)
                            for p, proc in ftree.procs.items()}
-                if len(records) > 1:
-                    _refuse_shared_memory(records)
                 step("records")
                 t_mem = time.monotonic()
                 if probe:
@@ -263,10 +273,14 @@ def dump(
                 step("memory")
                 pstats: list[memory.PageStats] = []
                 pws = []
+                for owner, (p, view) in shmem.items():  # shared between processes: stored once
+                    pws.append(w.pages(owner))
+                    pstats.append(memory.dump_shmem(p, view, pws[-1]))
                 for p, proc in ftree.procs.items():
-                    vmas = records[p][1]
+                    vmas = [v for v in records[p][1] if not memory.is_shmem_view(v)]
                     pw = w.pages(p)
                     pws.append(pw)
+                    inc = incs.get(p)
                     if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
                         _, dirty, in_parent = inc.plan(vmas)
                         pstats.append(memory.dump_pages_delta(p, vmas, pw, proc.mem, dirty=dirty,
@@ -276,8 +290,8 @@ def dump(
                         pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
                                                         on_bytes=(lambda n, d=done: step("memory", d + n))
                                                         if progress else None))
-                keep = inc is not None and track_mem and (leave_running or leave_stopped)
-                tracking = inc.tracking_info(w) if keep and inc is not None else None
+                keep = bool(incs) and track_mem and (leave_running or leave_stopped)
+                tracking = {p: sess.tracking_info(w) for p, sess in incs.items() if p in ftree.procs} if keep else {}
                 if leave_running:
                     # Every page has been read: the targets run on while the last frames are
                     # compressed and the image is synced (a failure from here still leaves no image).
@@ -311,16 +325,16 @@ def dump(
         if ftree is not None:
             for proc in ftree.procs.values():
                 _collect_if_dead(proc)
-        if inc is not None:  # its get+clear may have run: the parent's tracking is spent
-            inc.end(target_alive=os.path.exists(f"/proc/{pid}") and _state(pid) not in ("Z", "X", None))
+        for p, sess in incs.items():  # its get+clear may have run: the parent's tracking is spent
+            sess.end(target_alive=os.path.exists(f"/proc/{p}") and _state(p) not in ("Z", "X", None))
         if isinstance(exc, OSError):
             raise translate_oserror(exc, pid, "dumping") from exc
         raise
-    if inc is not None:
-        if keep:
-            notes.extend(inc.keep())
+    for p, sess in incs.items():
+        if keep and p in ftree.procs:
+            notes.extend(sess.keep())
         else:
-            inc.end(target_alive=leave_running or leave_stopped)
+            sess.end(target_alive=(leave_running or leave_stopped) and p in ftree.procs)
     if not (leave_running or leave_stopped):
         for p, proc in ftree.procs.items():
             if not _wait_gone(p, proc.start_time):
@@ -338,11 +352,11 @@ def dump(
     )
 
 
-def _dump_records(proc: FrozenProcess, snap, w: ImageWriter, *, shell_job: bool, tcp_close: bool,  # noqa: ANN001
-                  deleted_max: int | None, skip_fds: frozenset[int], notes: list[str]) -> tuple[list, list]:
-    """One frozen process's records (process entry, threads, mm and VMAs) into ``w``; (thread cores, VMAs)."""
+def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, *, shell_job: bool,  # noqa: ANN001
+                  tcp_close: bool, deleted_max: int | None, skip_fds: frozenset[int],
+                  notes: list[str]) -> tuple[list, list]:
+    """One frozen process's records (process entry, threads, mm and ``vmas``) into ``w``; (thread cores, VMAs)."""
     pid = proc.pid
-    vmas = memory.dump_vmas(pid, snap)  # before the scratch area exists in the target
     stat = snap.stat
     entry = process_pb2.ProcessEntry(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session,
                                      comm=stat.comm, start_time=stat.starttime, exit_signal=stat.exit_signal)
@@ -364,31 +378,16 @@ def _dump_records(proc: FrozenProcess, snap, w: ImageWriter, *, shell_job: bool,
 
 
 def _inventory(ftree: tree.FrozenTree, records: dict[int, tuple[list, list]],
-               tracking: object) -> list[ProcessInfo]:
+               tracking: dict[int, TrackingInfo]) -> list[ProcessInfo]:
     """The inventory's process list: the live ones in tree order, then the zombies."""
     out = []
     for p, proc in ftree.procs.items():
         st = read_stat(p)
         out.append(ProcessInfo(p, st.ppid, tuple(c.tid for c in records[p][0]), proc.start_time,
-                               tracking if p == ftree.root else None, pgid=st.pgrp, sid=st.session))
+                               tracking.get(p), pgid=st.pgrp, sid=st.session))
     out += [ProcessInfo(z.pid, z.ppid, (), z.start_time, None, pgid=z.pgid, sid=z.sid, zombie=True,
                         wait_status=z.wait_status, comm=z.comm) for z in ftree.zombies]
     return out
-
-
-def _refuse_shared_memory(records: dict[int, tuple[list, list]]) -> None:
-    """Shared anonymous memory mapped by two processes of the tree: each would get its own copy (not yet)."""
-    seen: dict[tuple[int, int], tuple[int, int]] = {}
-    for pid, (_, vmas) in records.items():
-        for v in vmas:
-            if v.kind != memory.Kind.ANON_SHARED or not v.file.ino:
-                continue
-            key = (v.file.dev, v.file.ino)
-            other = seen.setdefault(key, (pid, v.start))
-            if other[0] != pid:
-                raise Unsupported(f"processes {other[0]} (at {other[1]:#x}) and {pid} (at {v.start:#x}) share "
-                                  "anonymous memory (MAP_SHARED, inherited across fork): restoring it shared "
-                                  "between processes is not supported yet")
 
 
 def _release_all(ftree: tree.FrozenTree) -> None:
@@ -396,10 +395,8 @@ def _release_all(ftree: tree.FrozenTree) -> None:
         proc.release()
 
 
-def _refuse_tree_with(ftree: tree.FrozenTree, incremental_: bool, probe: bool, end_target: bool) -> None:
-    """What a tree cannot have yet: tracking, deltas, migration (the targets run on, as after any refusal)."""
-    what = ("a pre-dump chain or memory tracking" if incremental_ else
-            "a migration" if (probe or end_target) else "")
-    if what:
+def _refuse_tree_with(ftree: tree.FrozenTree, probe: bool, end_target: bool) -> None:
+    """What a tree cannot have yet: migration (the targets run on, as after any refusal)."""
+    if probe or end_target:
         kids = [p for p in ftree.procs if p != ftree.root] + [z.pid for z in ftree.zombies]
-        raise tree.unsupported_tree(ftree.root, kids, what)
+        raise tree.unsupported_tree(ftree.root, kids, "a migration")

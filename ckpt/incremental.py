@@ -94,6 +94,7 @@ class PreDumpStats:
     include: tuple[Interval, ...] | None = None  # the selected address ranges (None: the whole process)
     exclude: tuple[Interval, ...] = ()
     frozen_seconds: float = 0.0  # the target stopped: uffd-wp's injections when tracking starts; a delta: 0
+    processes: int = 1  # of the tree (the counts are sums over them)
 
 
 # --- numbered stores (--incremental) ----------------------------------------
@@ -581,45 +582,68 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     UsageError before the target is touched.
     """
     require_our_pid_namespace(pid)
-    kids = tree.children(pid)
-    if kids:  # (the final dump freezes the tree and refuses it again: a child forked after this check is caught)
-        raise tree.unsupported_tree(pid, kids, "a pre-dump chain or memory tracking")
+    pids = tree.descendants(pid, include_root=True)
+    if len(pids) > 1 and (ranges is not None or exclude is not None):
+        raise UsageError(f"--ranges/--exclude-ranges select addresses of one process, and process {pid} has "
+                         f"descendants ({', '.join(map(str, pids[1:9]))}): not supported for a process tree")
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
     selection = check_ranges(pid, ranges, exclude) if ranges is not None or exclude is not None else None
-    sess = _open_session(pid, parent, method, selection)
+    sessions: dict[int, DeltaSession] = {}
+    copied: dict[int, tuple[memory.DeltaStats, object]] = {}
     try:
-        st = read_stat(pid)
-        with ProcMem(pid) as mem:
-            seen: list[tuple[list[mm_pb2.Vma], mm_pb2.MmEntry | None]] = []
-
-            def layout() -> list[mm_pb2.Vma]:
-                seen.append(_layout_now(pid, mem))
-                return _clip_layout(seen[-1][0], sess.selection)
-
-            vmas, dirty, in_parent = sess.plan(layout)
-            t_copy = time.monotonic()
-            with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=sess.parent_dir, tracking=sess.method,
-                             compress_level=compress_level) as w:
-                full, mm = seen[-1]
-                if mm is not None:
-                    w.write_mm(pid, mm, full)
-                pw = w.pages(pid)
-                ds = memory.dump_pages_delta(pid, vmas, pw, mem, dirty=dirty,
-                                             in_parent=in_parent, running=True, on_copied=sess.on_copied())
-                t_done = time.monotonic()
+        for p in pids:
+            sessions[p] = _open_session(p, parent, method, selection if p == pid else None)
+        delta_parent = next((sess.parent_dir for sess in sessions.values() if sess.delta), None)
+        t_copy = time.monotonic()
+        with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=delta_parent, tracking=sessions[pid].method,
+                         compress_level=compress_level) as w:
+            infos = []
+            for p, sess in sessions.items():
+                copied[p] = _pre_dump_one(p, sess, w)
+            t_done = time.monotonic()
+            for p, sess in sessions.items():
                 sess.check_alive()
-                info = sess.tracking_info(w)
-                w.commit(processes=[ProcessInfo(pid, st.ppid, tuple(list_tids(pid)), sess.start_time, info)])
-                stored = pw.close()  # closed by commit: returns its stats
+                st = read_stat(p)
+                infos.append(ProcessInfo(p, st.ppid, tuple(list_tids(p)), sess.start_time, sess.tracking_info(w),
+                                         pgid=st.pgrp, sid=st.session))
+            w.commit(processes=infos)
+            stored = sum(pw.close().stored_bytes for _, pw in copied.values())  # closed by commit: their stats
     except BaseException:
-        try:
-            sess.end(target_alive=os.path.exists(f"/proc/{pid}"))
-        except CkptError:
-            pass
+        for p, sess in sessions.items():
+            try:
+                sess.end(target_alive=os.path.exists(f"/proc/{p}"))
+            except CkptError:
+                pass
         raise
-    notes = sess.notes + sess.keep()
-    return PreDumpStats(pid, os.path.abspath(image_dir), sess.parent_dir, not sess.delta, sess.method, sess.dirty_pages,
-                        ds.pages_stored, ds.pages_parent, ds.pages_zero, ds.pages_skipped, stored.stored_bytes,
-                        sess.collect_seconds, t_done - t_copy, time.monotonic() - t0, tuple(notes),
-                        sess.selection.include, sess.selection.exclude, sess.tracker.frozen_seconds)
+    notes: list[str] = []
+    for p, sess in sessions.items():
+        notes.extend(f"process {p}: {n}" if p != pid else n for n in sess.notes + sess.keep())
+    root = sessions[pid]
+    dss = [ds for ds, _ in copied.values()]
+    return PreDumpStats(pid, os.path.abspath(image_dir), delta_parent, not any(s.delta for s in sessions.values()),
+                        root.method, sum(s.dirty_pages for s in sessions.values()),
+                        sum(d.pages_stored for d in dss), sum(d.pages_parent for d in dss),
+                        sum(d.pages_zero for d in dss), sum(d.pages_skipped for d in dss), stored,
+                        sum(s.collect_seconds for s in sessions.values()), t_done - t_copy, time.monotonic() - t0,
+                        tuple(notes), root.selection.include, root.selection.exclude,
+                        sum(s.tracker.frozen_seconds for s in sessions.values()), processes=len(pids))
+
+
+def _pre_dump_one(pid: int, sess: DeltaSession, w: ImageWriter) -> tuple[memory.DeltaStats, object]:
+    """One running process's pages (since its parent image, per its session) and layout into ``w``."""
+    with ProcMem(pid) as mem:
+        seen: list[tuple[list[mm_pb2.Vma], mm_pb2.MmEntry | None]] = []
+
+        def layout() -> list[mm_pb2.Vma]:
+            seen.append(_layout_now(pid, mem))
+            return _clip_layout(seen[-1][0], sess.selection)
+
+        vmas, dirty, in_parent = sess.plan(layout)
+        full, mm = seen[-1]
+        if mm is not None:
+            w.write_mm(pid, mm, full)
+        pw = w.pages(pid)
+        ds = memory.dump_pages_delta(pid, vmas, pw, mem, dirty=dirty,
+                                     in_parent=in_parent, running=True, on_copied=sess.on_copied())
+    return ds, pw

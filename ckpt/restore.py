@@ -269,6 +269,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
     notes: list[str] = []
+    shmem = memory.ShmemObjects()
     nvmas = mem_s = 0.0
     filled_pages = filled_bytes = 0
     try:
@@ -276,7 +277,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             m.proc, m.frozen = _seize_helper(m.pid)
             threads.check_xstate(m.pid, m.cores)
             m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas)
-            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress)
+            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared))
@@ -435,10 +436,17 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
 
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
-                  progress: Callable[[ProgressEvent], None] | None) -> tuple[int, memory.PageStats, float]:
-    """DESIGN §4 step 4, memory: every VMA mapped, every page of the chain written; (VMAs, stats, seconds)."""
+                  progress: Callable[[ProgressEvent], None] | None,
+                  shmem: memory.ShmemObjects | None = None) -> tuple[int, memory.PageStats, float]:
+    """DESIGN §4 step 4, memory: every VMA mapped, every page of the chain written; (VMAs, stats, seconds).
+
+    ``shmem``: the tree's shared memory objects; the ones this process creates are filled here too.
+    """
     t_mem = time.monotonic()
-    nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas)
+    before = set(shmem.first) if shmem is not None else set()
+    nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas, shmem)
+    for owner in (set(shmem.first) - before if shmem is not None else ()):
+        memory.fill_shmem(chain[-1], owner, *shmem.first[owner])
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
     filled = memory.fill_pages(ws.pid, ws.proc.mem, chain, vmas, on_bytes=on_bytes)
     if progress:

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import bisect
 import collections
+import errno
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..control.inject import Injector, Scratch
 
@@ -197,6 +198,107 @@ def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
         yield r.start, r.end, bool(r.categories & PAGE_IS_PFNZERO)
 
 
+# --- shared anonymous memory between processes ---------------------------------------------
+
+#: Page owner of a shmem object (MAP_SHARED|MAP_ANONYMOUS) that several processes of a tree map:
+#: its pages are stored once, by offset in the object, not per process.
+SHMEM_OWNER = "shmem-{ino}"
+_SHMEM_READ = 4 << 20
+
+
+def is_shmem_view(v: mm_pb2.Vma) -> bool:
+    """A view of a shmem object whose pages are stored once for the tree (see :func:`share_anon_objects`)."""
+    return v.content_owner.startswith("shmem-")
+
+
+def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]) -> dict[str, tuple[int, mm_pb2.Vma]]:
+    """Mark the shared anonymous VMAs whose object more than one process maps; {owner: a view to read it by}.
+
+    Their ``content_owner`` becomes ``shmem-INO`` and their ``file.size`` the
+    object's size: the restore creates the object once and maps it into every
+    process (as fork had), and its pages come from the one owner, read
+    through the object itself (:func:`dump_shmem`) — a process's page table
+    lacks the pages it never touched (fork does not copy a shared mapping's).
+    """
+    users: dict[int, set[int]] = {}
+    for pid, vmas in vmas_of.items():
+        for v in vmas:
+            if v.kind == Kind.ANON_SHARED and v.file.ino:
+                users.setdefault(v.file.ino, set()).add(pid)
+    shared = {ino for ino, pids in users.items() if len(pids) > 1}
+    views: dict[str, tuple[int, mm_pb2.Vma]] = {}
+    for pid, vmas in vmas_of.items():
+        for v in vmas:
+            if v.kind == Kind.ANON_SHARED and v.file.ino in shared:
+                owner = SHMEM_OWNER.format(ino=v.file.ino)
+                v.content_owner = owner
+                if owner not in views:
+                    views[owner] = (pid, v)
+                    v.file.size = os.stat(_map_file(pid, v)).st_size
+                else:
+                    v.file.size = views[owner][1].file.size
+    return views
+
+
+def _map_file(pid: int, v: mm_pb2.Vma) -> str:
+    return f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
+
+
+def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter) -> PageStats:
+    """Every populated page of the shmem object behind ``v`` of ``pid``, by offset in the object.
+
+    Read through ``/proc/PID/map_files`` (the object itself, so pages no process
+    has faulted in count too), skipping holes with SEEK_DATA/SEEK_HOLE.
+    """
+    t0 = time.monotonic()
+    stored = nbytes = 0
+    fd = os.open(_map_file(pid, v), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        off = 0
+        while off < size:
+            try:
+                data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after off
+                    break
+                raise
+            hole = os.lseek(fd, data_at, os.SEEK_HOLE)
+            while data_at < hole:
+                n = min(hole - data_at, _SHMEM_READ)
+                buf = os.pread(fd, n, data_at)
+                pages.add(data_at, buf.ljust(-(-len(buf) // PAGE_SIZE) * PAGE_SIZE, b"\0"))
+                stored += -(-len(buf) // PAGE_SIZE)
+                nbytes += len(buf)
+                data_at += n
+            off = hole
+    finally:
+        os.close(fd)
+    return PageStats(stored, 0, nbytes, time.monotonic() - t0)
+
+
+def fill_shmem(image: Image, owner: str, pid: int, v: mm_pb2.Vma) -> PageStats:
+    """Write the stored pages of shmem ``owner`` into the object now mapped at ``v`` in ``pid``."""
+    t0 = time.monotonic()
+    stored = nbytes = 0
+    fd = os.open(_map_file(pid, v), os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for offset, data in image.iter_pages(owner):
+            os.pwrite(fd, data, offset)
+            stored += len(data) // PAGE_SIZE
+            nbytes += len(data)
+    finally:
+        os.close(fd)
+    return PageStats(stored, 0, nbytes, time.monotonic() - t0)
+
+
+@dataclass
+class ShmemObjects:
+    """The shmem objects of a tree being restored: where each was first mapped ({owner: (pid, vma)})."""
+
+    first: dict[str, tuple[int, mm_pb2.Vma]] = field(default_factory=dict)
+
+
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
                on_bytes: Callable[[int], None] | None = None) -> PageStats:
     """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: its chunk buffers).
@@ -311,12 +413,16 @@ class _FileOpener:
         self.fds.clear()
 
 
-def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vma]) -> int:
+def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vma],
+             shmem_objects: ShmemObjects | None = None) -> int:
     """mmap every non-special VMA at its address with its final backing and protection; count mapped.
 
     Mapping with the final protection right away is enough: pages are filled
     afterwards through process_vm_writev (writable areas) or /proc/PID/mem,
     which writes read-only and PROT_NONE pages too (a private one gets its COW copy).
+    A view of a shmem object of the tree (:func:`is_shmem_view`) maps the
+    object an earlier process created (through its ``map_files`` entry), or
+    creates it and records it in ``shmem_objects``.
     """
     opener = _FileOpener(inj, scratch, pid)
     n = 0
@@ -334,7 +440,18 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 offset = v.pgoff
             elif v.kind not in (Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK):
                 raise Unsupported(f"restoring a {mm_pb2.Vma.Kind.Name(v.kind)} mapping at {v.start:#x}")
-            alias = _shmem_alias(shmem, v) if v.kind == Kind.ANON_SHARED else None
+            if is_shmem_view(v):
+                first = (shmem_objects or ShmemObjects()).first.get(v.content_owner)
+                if first is None:
+                    if v.pgoff != 0 or length != v.file.size:
+                        raise Unsupported(f"the shared memory at {v.start:#x}-{v.end:#x} is part of a bigger object "
+                                          f"({v.file.size} bytes) that its first mapping does not cover")
+                    if shmem_objects is not None:
+                        shmem_objects.first[v.content_owner] = (pid, v)
+                else:
+                    fd = opener.open(_map_file(*first), os.O_RDWR, None)
+                    flags, offset = (flags & ~MAP_ANONYMOUS), v.pgoff
+            alias = _shmem_alias(shmem, v) if v.kind == Kind.ANON_SHARED and not is_shmem_view(v) else None
             if alias is not None:
                 # A second view of a shmem object mapped already (mremap old_size 0 makes one):
                 # a fresh MAP_SHARED|MAP_ANONYMOUS would split what the process shares with itself.

@@ -45,7 +45,7 @@ from ..kernel.prctl import PR_SET_NAME
 from ..kernel.libc import libc
 from ..procfs.stat import read_stat
 
-__all__ = ["Zombie", "FrozenTree", "children", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
+__all__ = ["Zombie", "FrozenTree", "children", "descendants", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
 
 #: Seconds to wait for every helper of a tree to report.
 CREATE_TIMEOUT = 10.0
@@ -88,6 +88,28 @@ def unsupported_tree(root: int, descendants: Sequence[int], what: str) -> Unsupp
     shown = ", ".join(map(str, descendants[:8])) + (", ..." if len(descendants) > 8 else "")
     return Unsupported(f"process {root} has {len(descendants)} descendant(s) ({shown}): {what} of a process tree "
                        "is not supported yet", hint="dump the whole tree with `ckpt dump`, or let the children exit first")
+
+
+def descendants(pid: int, *, include_root: bool = False) -> list[int]:
+    """The live processes below ``pid`` as they are now (it runs: a snapshot, parents first; no zombie)."""
+    out = [pid] if include_root else []
+    queue = [pid]
+    while queue:
+        try:
+            kids = [k for k in children(queue.pop(0)) if _alive(k)]
+        except TargetGone:
+            continue
+        out.extend(kids)
+        queue.extend(kids)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Not a zombie (nor gone): a process with memory to copy."""
+    try:
+        return read_stat(pid).state not in ("Z", "X")
+    except TargetGone:
+        return False
 
 
 @dataclass

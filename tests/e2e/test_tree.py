@@ -107,32 +107,59 @@ def test_tree_dump_leave_running(tree_target, tmp_path: Path) -> None:  # noqa: 
     assert t.expect("PASS", 10).startswith("PASS tree")  # the pipes' bytes were put back
 
 
-@pytest.mark.parametrize("how", ["pre-dump", "track-mem", "migration probe"])
-def test_tree_refusals_leave_every_process_running(tree_target, tmp_path: Path, how: str) -> None:  # noqa: ANN001
+def test_tree_migration_probe_is_refused_and_every_process_runs_on(tree_target, tmp_path: Path) -> None:  # noqa: ANN001
     t, pids = tree_target()
     before = _shape(pids)
-    with pytest.raises(Unsupported, match=r"descendant.*process tree is not supported yet"):
-        if how == "pre-dump":
-            api.pre_dump(pids[0], tmp_path / "img")
-        elif how == "track-mem":
-            dump(pids[0], tmp_path / "img", leave_running=True, track_mem=True)
-        else:
-            dump(pids[0], tmp_path / "img", probe=True)
+    with pytest.raises(Unsupported, match=r"descendant.*a migration of a process tree is not supported yet"):
+        dump(pids[0], tmp_path / "img", probe=True)
     assert not (tmp_path / "img").exists()
     assert _shape(pids) == before and all(tracer_of(p) == 0 for p in pids[:-1])
     os.kill(pids[0], signal.SIGUSR1)
     assert t.expect("PASS", 10).startswith("PASS tree")
 
 
-def test_shared_anonymous_memory_between_processes_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
-    t = py_target("py_shared_anon.py")
+def test_tree_pre_dumps_then_final_delta(tree_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """Every live process of the tree is tracked: pre-dumps copy only what changed, the final dump is a delta."""
+    t, pids = tree_target()
+    root, live = pids[0], sorted(pids[:-1])
+    first = api.pre_dump(root, tmp_path / "p1")
+    assert first.full and first.processes == 6
+    img = Image.open(tmp_path / "p1")
+    assert sorted(p.pid for p in img.processes) == live and all(p.tracking for p in img.processes)
+    second = api.pre_dump(root, tmp_path / "p2", prev_images_dir=tmp_path / "p1")
+    assert not second.full and second.processes == 6, second.notes
+    assert second.pages_stored < first.pages_stored and second.pages_parent > 0
+    final = api.dump_delta(root, tmp_path / "final", prev_images_dir=tmp_path / "p2")
+    assert final.processes == 6 and final.zombies == 1
+    assert Image.open(tmp_path / "final").parent is not None
+    assert api.verify(tmp_path / "final").ok
+    _forget(t)
+    assert all(not os.path.exists(f"/run/ckpt/track-{p}.json") for p in live)  # tracking ended with the dump
+    r = api.restore(tmp_path / "final", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert all(tracer_of(p) == 0 for p in live)
+    os.kill(root, signal.SIGUSR1)
+    assert t.expect("PASS", 10).startswith("PASS tree 7 processes round=1")
+
+
+def test_shared_anonymous_memory_stays_shared(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    t = py_target("py_shared_anon.py", stderr=subprocess.DEVNULL)
     child = int(t.ready()["child"])
     try:
-        with pytest.raises(Unsupported, match=rf"processes {t.pid} .* and {child} .* share anonymous memory"):
-            api.dump(t.pid, tmp_path / "img")
-        assert not (tmp_path / "img").exists()
-        assert t.alive() and _ids(child)[3] != "Z"
-        assert tracer_of(t.pid) == 0 and tracer_of(child) == 0
+        os.kill(t.pid, signal.SIGUSR1)
+        assert t.expect("PASS", 10) == "PASS shared round=1"
+        stats = api.dump(t.pid, tmp_path / "img")
+        assert stats.processes == 2
+        _forget(t)
+        img = Image.open(tmp_path / "img")
+        shmem = [o for o in img.owners() if str(o).startswith("shmem-")]
+        assert len(shmem) == 1  # stored once, not per process
+        assert api.verify(tmp_path / "img").ok
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        assert _ids(child)[0] == t.pid
+        os.kill(t.pid, signal.SIGUSR1)  # both offsets kept (one written by each), and still one object
+        assert t.expect("PASS", 10) == "PASS shared round=2"
     finally:
         _kill_all([child])
 
