@@ -246,7 +246,6 @@ def dump(
             t_frozen = time.monotonic()
             step("frozen")
             if len(ftree.procs) > 1 or ftree.zombies:
-                _refuse_tree_with(ftree, probe, end_target is not None)
                 tree.refuse_shared_tables(ftree)
             with ExitStack() as snaps, ImageWriter(
                     image_dir, kind=ImageKind.INCREMENTAL if delta_parent else ImageKind.FULL,
@@ -268,8 +267,8 @@ def dump(
                 step("records")
                 t_mem = time.monotonic()
                 if probe:
-                    cores, vmas = records[pid]
-                    raise _Probed(len(cores), len(vmas), t_mem - t_frozen)  # the writer and the freeze undo all
+                    raise _Probed(sum(len(c) for c, _ in records.values()), sum(len(v) for _, v in records.values()),
+                                  t_mem - t_frozen)  # the writer and the freeze undo all
                 step("memory")
                 pstats: list[memory.PageStats] = []
                 pws = []
@@ -393,10 +392,3 @@ def _inventory(ftree: tree.FrozenTree, records: dict[int, tuple[list, list]],
 def _release_all(ftree: tree.FrozenTree) -> None:
     for proc in ftree.procs.values():
         proc.release()
-
-
-def _refuse_tree_with(ftree: tree.FrozenTree, probe: bool, end_target: bool) -> None:
-    """What a tree cannot have yet: migration (the targets run on, as after any refusal)."""
-    if probe or end_target:
-        kids = [p for p in ftree.procs if p != ftree.root] + [z.pid for z in ftree.zombies]
-        raise tree.unsupported_tree(ftree.root, kids, "a migration")

@@ -607,6 +607,9 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
                 st = read_stat(p)
                 infos.append(ProcessInfo(p, st.ppid, tuple(list_tids(p)), sess.start_time, sess.tracking_info(w),
                                          pgid=st.pgrp, sid=st.session))
+            # The unreaped children too: a staged restore creates the tree from the first image.
+            infos += [ProcessInfo(z.pid, z.ppid, (), z.start_time, None, pgid=z.pgid, sid=z.sid, zombie=True,
+                                  wait_status=z.wait_status, comm=z.comm) for z in tree.zombies_of(pids)]
             w.commit(processes=infos)
             stored = sum(pw.close().stored_bytes for _, pw in copied.values())  # closed by commit: their stats
     except BaseException:

@@ -208,26 +208,6 @@ def _open_chain(image_dir: str | os.PathLike[str], *, pre_dump: bool = False) ->
     return chain
 
 
-def _open_image(image_dir: str | os.PathLike[str], *, pre_dump: bool = False
-                ) -> tuple[list[Image], int, mm_pb2.MmEntry, list[mm_pb2.Vma]]:
-    """(chain, pid, mm, vmas) of an image of one process; UsageError/RestoreError if it cannot be restored.
-
-    ``pre_dump``: a PRE_DUMP is fine (a stage of a staged restore), as long as it records the layout.
-    """
-    chain = _open_chain(image_dir, pre_dump=pre_dump)
-    image = chain[-1]
-    procs = image.processes
-    if len(procs) != 1:
-        raise UsageError(f"{image.path}: holds {len(procs)} processes; a staged restore (migration) of a "
-                         "process tree is not supported yet")
-    pid = procs[0].pid
-    if image.kind is ImageKind.PRE_DUMP and not image.has(kinds.MM.file_name(pid)):
-        raise StagingMismatch(f"{image.path}: records no memory layout for process {pid} "
-                              "(a pre-dump written before pre-dumps carried it)")
-    mm, vmas = image.mm(pid)
-    return chain, pid, mm, vmas
-
-
 def _process_records(image: Image, pid: int) -> tuple[list, process_pb2.ProcessEntry]:
     """(thread cores, process entry) of a restorable image; the leader comes first."""
     cores = image.threads(pid)
@@ -285,7 +265,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
     except BaseException as exc:
-        _kill_tree(live, created, root.pid, ours=not detached)
+        _kill_tree([m.proc for m in live], created, root.pid, ours=not detached)
         raise _restore_error(exc, root.pid)
     finally:
         if shared is not None:
@@ -317,16 +297,16 @@ class _Member:
         return cls(pid, mm, list(vmas), list(cores), entry)
 
 
-def _kill_tree(live: Sequence[_Member], created: Sequence[int], root: int, *, ours: bool) -> None:
+def _kill_tree(seized: Sequence[FrozenProcess | None], created: Sequence[int], root: int, *, ours: bool) -> None:
     """After a failed restore: kill every helper, collect the threads we trace, reap the root if ours."""
     for pid in reversed(created):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for m in live:
-        if m.proc is not None:
-            _kill_helper(m.proc, m.pid, ours=False)
+    for proc in seized:
+        if proc is not None:
+            _kill_helper(proc, proc.pid, ours=False)
     if ours:
         try:
             os.waitpid(root, 0)
@@ -519,32 +499,47 @@ class StageStats:
     seconds: float
 
 
+@dataclass
+class _Staged:
+    """One process of a staged tree: its frozen helper and what its memory holds now."""
+
+    pid: int
+    proc: FrozenProcess
+    frozen: AbstractContextManager[FrozenProcess]  # keep referenced: see _seize_helper
+    ws: _Workspace
+    layout: list[mm_pb2.Vma] = field(default_factory=list)
+    covered: list[tuple[int, int]] = field(default_factory=list)  # every page of the newest image's pagemap
+    zero: list[tuple[int, int]] = field(default_factory=list)     # its ZERO pages
+
+
 class StagedRestore:
-    """Build a process's memory image by image while its source still runs; :meth:`finish` does the rest.
+    """Build a process tree's memory image by image while its source still runs; :meth:`finish` does the rest.
 
     For migration (DESIGN §6): the destination restores the pre-copy images
     as they arrive, so the switch-over only applies the final delta and the
-    non-memory state.  ``start(first)`` creates the helper with the image's
-    pid, empties it, puts the vDSO in place, maps and fills the first image
-    (as :func:`restore` does) and keeps it frozen; ``apply(next)`` brings the
+    non-memory state.  ``start(first)`` creates a helper for every process
+    of the image (their pids, parents, sessions: :mod:`ckpt.resources.tree`),
+    empties each, puts its vDSO in place, maps and fills its memory (as
+    :func:`restore` does) and keeps them frozen; ``apply(next)`` brings each
     memory to a later image of the same chain — the layout is synced
     (:func:`ckpt.resources.memory.diff_layout`), ranges that stayed mapped get
     only the image's HERE pages, its ZERO pages and the pages it no longer
     has are reset, new ranges are filled in full from the chain;
     ``finish(final)`` does the same with the final image and then everything
-    :func:`restore` does after memory: the process runs, and is the one
+    :func:`restore` does after memory: the processes run, and are the ones
     :func:`restore` of the final image would have made.
 
     Each image must be a delta of the images applied so far (its parent
-    chain is exactly them) and record its layout (``mm-PID.img``, written by
-    pre-dumps since staged restores exist); if not, :class:`StagingMismatch`
-    is raised before anything changed and the staged process stays as it
-    was.  Any other failure kills the helper (the pid is free again) and
-    raises :class:`~ckpt.errors.RestoreError`.  :meth:`abort` (idempotent)
-    does the same on demand; after a successful :meth:`finish` it does
-    nothing — the process is the live one.  Call every method from one
-    thread: ptrace requests must come from the thread that seized the helper.
-    The options are those of :func:`restore`.
+    chain is exactly them), record every process's layout (``mm-PID.img``,
+    written by pre-dumps since staged restores exist) and hold the same
+    processes; if not, :class:`StagingMismatch` is raised before anything
+    changed and the staged processes stay as they were.  Any other failure
+    kills the helpers (the pids are free again) and raises
+    :class:`~ckpt.errors.RestoreError`.  :meth:`abort` (idempotent) does the
+    same on demand; after a successful :meth:`finish` it does nothing — the
+    processes are the live ones.  Call every method from one thread: ptrace
+    requests must come from the thread that seized the helpers.  The options
+    are those of :func:`restore`.
     """
 
     def __init__(self, *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
@@ -554,84 +549,114 @@ class StagedRestore:
         self.pidfile = pidfile
         self.progress = progress
         self._opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
-        self.pid = 0
-        #: "new" → "staged" (a frozen helper holds the memory so far) → "done" (it runs) or "aborted".
+        self.pid = 0  # the root's
+        #: "new" → "staged" (frozen helpers hold the memory so far) → "done" (they run) or "aborted".
         self.state = "new"
         self.stages: list[StageStats] = []
-        self._proc: FrozenProcess | None = None
-        self._frozen: AbstractContextManager[FrozenProcess] | None = None
-        self._ws: _Workspace | None = None
+        self._procs: dict[int, _Staged] = {}  # parents first
+        self._created: list[int] = []         # every helper made, for abort
         self._chain: list[Image] = []
-        self._layout: list[mm_pb2.Vma] = []
-        self._covered: list[tuple[int, int]] = []  # every page of the newest image's pagemap
-        self._zero: list[tuple[int, int]] = []     # its ZERO pages
+        self._zombies: list[int] = []  # made with the tree by start(): every later image must have them
+        self._shmem = memory.ShmemObjects()
         self._waited = 0.0
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process created (the root first): what to kill to end a stage in progress at once."""
+        return list(self._created)
 
     # --- stages ------------------------------------------------------------------------------
 
     def start(self, image_dir: str | os.PathLike[str]) -> StageStats:
-        """The helper with the image's pid, emptied, vDSO in place, the image's memory mapped and filled."""
+        """The helpers with the image's pids, emptied, vDSO in place, the image's memory mapped and filled."""
         if self.state != "new":
             raise UsageError(f"StagedRestore.start: already {self.state}")
         t0 = time.monotonic()
-        chain, pid, mm, vmas = _open_image(image_dir, pre_dump=True)
-        memory.check_files(mm, vmas)
-        self._waited = wait_pid_free(pid)
-        tree.create(tree.plan(chain[-1].processes), detached=self.detached)
-        self.pid, self.state = pid, "staged"
+        chain = _open_chain(image_dir, pre_dump=True)
+        image = chain[-1]
+        root = tree.plan(image.processes)
+        layouts = _layouts(image)
+        for mm, vmas in layouts.values():
+            memory.check_files(mm, vmas)
+        self._waited = sum(wait_pid_free(p.pid) for p in root.walk())
+        self.pid, self.state = root.pid, "staged"
+        self._zombies = sorted(p.pid for p in root.walk() if p.zombie)
+        self._created = tree.create(root, detached=self.detached)
+        nvmas = pages = nbytes = 0
         with self._failing():
-            self._proc, self._frozen = _seize_helper(pid)
-            self._ws = _prepare(self._proc, pid, mm, vmas)
-            nvmas, filled, _ = _map_and_fill(self._ws, chain, vmas, self.progress)
-            self._took(chain, vmas)
-        return self._stage(image_dir, nvmas, 0, filled.pages_stored, filled.bytes_read, 0, t0)
+            for pid, (mm, vmas) in layouts.items():
+                proc, frozen = _seize_helper(pid)
+                ws = _prepare(proc, pid, mm, vmas)
+                n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem)
+                st = self._procs[pid] = _Staged(pid, proc, frozen, ws)
+                self._took(st, chain, vmas)
+                nvmas, pages, nbytes = nvmas + n, pages + filled.pages_stored, nbytes + filled.bytes_read
+            self._chain = list(chain)
+        return self._stage(image_dir, nvmas, 0, pages, nbytes, 0, t0)
 
     def apply(self, image_dir: str | os.PathLike[str]) -> StageStats:
         """Bring the staged memory to the next image (a delta of the images applied so far)."""
         t0 = time.monotonic()
-        chain, _pid, _mm, vmas = self._next(image_dir, pre_dump=True)
+        chain, layouts = self._next(image_dir, pre_dump=True)
         with self._failing():
-            return self._stage(image_dir, *self._sync(chain, vmas), t0)
+            totals = self._sync_all(chain, layouts)
+            self._chain = list(chain)
+            return self._stage(image_dir, *totals, t0)
 
     def finish(self, image_dir: str | os.PathLike[str]) -> RestoreStats:
-        """Sync to the final image, then everything after memory: the process runs on return."""
+        """Sync to the final image, then everything after memory: the processes run on return."""
         t0 = time.monotonic()
-        chain, pid, mm, vmas = self._next(image_dir)
-        cores, entry = _process_records(chain[-1], pid)
-        memory.check_files(mm, vmas)
+        chain, layouts = self._next(image_dir)
+        image = chain[-1]
+        records = {pid: _process_records(image, pid) for pid in layouts}
+        for mm, vmas in layouts.values():
+            memory.check_files(mm, vmas)
+        shared = (files.SharedFiles({pid: image.fds(pid) for pid in layouts}, image.file_entries())
+                  if len(layouts) > 1 else None)
         with self._failing():
-            threads.check_xstate(pid, cores)
+            for pid, (cores, _entry) in records.items():
+                threads.check_xstate(pid, cores)
             t_mem = time.monotonic()
-            stage = self._stage(image_dir, *self._sync(chain, vmas), t0)
+            stage = self._stage(image_dir, *self._sync_all(chain, layouts), t0)
+            self._chain = list(chain)
             mem_s = time.monotonic() - t_mem
-            assert self._ws is not None
-            notes = _finish(self._ws, chain, mm, vmas, cores, entry, self._opts)
-            _release(self._ws, vmas, cores)
+            notes: list[str] = []
+            try:
+                for pid, st in self._procs.items():
+                    mm, vmas = layouts[pid]
+                    cores, entry = records[pid]
+                    notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared))
+                for pid in reversed(self._procs):  # all built: let them run, children first
+                    _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
+            finally:
+                if shared is not None:
+                    shared.close()
         self.state = "done"
-        _write_pidfile(self.pidfile, pid)
+        _write_pidfile(self.pidfile, self.pid)
         staged = sum(s.pages_written for s in self.stages[:-1])
-        return RestoreStats(pid=pid, tids=tuple(c.tid for c in cores),
-                            vmas=sum(1 for v in vmas if v.kind not in memory.SPECIAL_KINDS),
+        return RestoreStats(pid=self.pid, tids=tuple(c.tid for c in records[self.pid][0]),
+                            vmas=sum(1 for _, vmas in layouts.values() for v in vmas
+                                     if v.kind not in memory.SPECIAL_KINDS),
                             pages_written=stage.pages_written, bytes_written=stage.bytes_written,
                             pid_wait_seconds=self._waited, memory_seconds=mem_s,
                             total_seconds=time.monotonic() - t0, detached=self.detached, notes=tuple(notes),
-                            staged_pages=staged)
+                            staged_pages=staged, processes=tuple(self._created))
 
     def abort(self) -> None:
-        """Kill the staged helper and collect it (the pid is free again); nothing once it runs or is gone."""
+        """Kill the staged helpers and collect them (the pids are free again); nothing once they run or are gone."""
         if self.state != "staged":
             if self.state == "new":
                 self.state = "aborted"
             return
         self.state = "aborted"
-        _kill_helper(self._proc, self.pid, ours=not self.detached)
-        self._proc = self._frozen = self._ws = None
+        _kill_tree([st.proc for st in self._procs.values()], self._created, self.pid, ours=not self.detached)
+        self._procs.clear()
 
     # --- internals ---------------------------------------------------------------------------
 
     @contextmanager
     def _failing(self) -> Iterator[None]:
-        """Any failure inside kills the helper: a half-synced memory image is of no use."""
+        """Any failure inside kills the helpers: a half-synced memory image is of no use."""
         try:
             yield
         except BaseException as exc:
@@ -639,77 +664,107 @@ class StagedRestore:
             raise _restore_error(exc, self.pid)
 
     def _next(self, image_dir: str | os.PathLike[str], *, pre_dump: bool = False
-              ) -> tuple[list[Image], int, mm_pb2.MmEntry, list[mm_pb2.Vma]]:
+              ) -> tuple[list[Image], dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]]:
         """Open the next image; StagingMismatch (nothing changed) if it cannot follow the applied ones."""
         if self.state != "staged":
             raise UsageError(f"StagedRestore: nothing staged ({self.state})")
-        chain, pid, mm, vmas = _open_image(image_dir, pre_dump=pre_dump)
+        chain = _open_chain(image_dir, pre_dump=pre_dump)
         newest = chain[-1]
-        if pid != self.pid:
-            raise StagingMismatch(f"{newest.path}: is an image of process {pid}, the staged one is {self.pid}")
+        zombies = sorted(p.pid for p in newest.processes if p.zombie)
+        if zombies != self._zombies:
+            raise StagingMismatch(f"{newest.path}: has zombies {zombies}, the staged tree {self._zombies}")
+        layouts = _layouts(newest)
+        if list(layouts) != list(self._procs):
+            raise StagingMismatch(f"{newest.path}: is an image of processes {sorted(layouts)}, the staged ones are "
+                                  f"{sorted(self._procs)}")
         if [img.id for img in chain[:-1]] != [img.id for img in self._chain]:
             raise StagingMismatch(f"{newest.path}: is not a delta of the images staged so far "
                                   f"(its parent chain has {len(chain) - 1} images, the newest staged is "
                                   f"{self._chain[-1].path} with id {self._chain[-1].id})")
-        assert self._ws is not None
-        placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
-        if placed != self._ws.placed:
-            raise StagingMismatch(f"{newest.path}: the vDSO/vvar areas moved since the first staged image")
-        return chain, pid, mm, vmas
+        for pid, (_mm, vmas) in layouts.items():
+            placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
+            if placed != self._procs[pid].ws.placed:
+                raise StagingMismatch(f"{newest.path}: the vDSO/vvar areas of process {pid} moved since the first "
+                                      "staged image")
+        return chain, layouts
 
-    def _sync(self, chain: list[Image], vmas: list[mm_pb2.Vma]) -> tuple[int, int, int, int, int]:
-        """Turn the staged memory into the newest image's; (mapped, unmapped, pages, bytes, reset)."""
-        ws = self._ws
-        assert ws is not None and self._proc is not None
-        pid, mem = self.pid, self._proc.mem
-        diff = memory.diff_layout(self._layout, vmas)
-        ws.relocate([(v.start, v.end) for v in diff.added], [(v.start, v.end) for v in self._layout])
+    def _sync_all(self, chain: list[Image], layouts: Mapping[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
+                  ) -> tuple[int, int, int, int, int]:
+        """:meth:`_sync` of every process; the sums of its counts."""
+        totals = [0, 0, 0, 0, 0]
+        for pid, st in self._procs.items():
+            for i, n in enumerate(self._sync(st, chain, layouts[pid][1])):
+                totals[i] += n
+        return totals[0], totals[1], totals[2], totals[3], totals[4]
+
+    def _sync(self, st: _Staged, chain: list[Image], vmas: list[mm_pb2.Vma]) -> tuple[int, int, int, int, int]:
+        """Turn one staged memory into the newest image's; (mapped, unmapped, pages, bytes, reset)."""
+        ws, pid, mem = st.ws, st.pid, st.proc.mem
+        diff = memory.diff_layout(st.layout, vmas)
+        ws.relocate([(v.start, v.end) for v in diff.added], [(v.start, v.end) for v in st.layout])
         for s, e in diff.removed:
             ws.inj.munmap(s, e - s)
-        nmapped = memory.map_vmas(ws.inj, ws.scratch, pid, diff.added)
+        before = set(self._shmem.first)
+        nmapped = memory.map_vmas(ws.inj, ws.scratch, pid, diff.added, self._shmem)
+        for owner in set(self._shmem.first) - before:  # a shared object this process creates: its pages
+            memory.fill_shmem(chain[-1], owner, *self._shmem.first[owner])
         top = len(chain) - 1
         pm = chain[top].pagemap(pid)
         here_state, zero_state = int(PageState.HERE), int(PageState.ZERO)
-        here = [PageSource(v, n, top, d) for v, n, st, d in zip(pm.vaddrs, pm.nr_pages, pm.states, pm.data_offsets)
-                if st == here_state]
+        here = [PageSource(v, n, top, d) for v, n, s, d in zip(pm.vaddrs, pm.nr_pages, pm.states, pm.data_offsets)
+                if s == here_state]
         sources = memory.clip_sources(here, diff.kept)
         if diff.added:  # new ranges: every page of them, from wherever the chain holds it
             sources += resolve_pages(chain, pid, within=memory.merge_intervals((v.start, v.end) for v in diff.added))
             sources.sort(key=lambda src: src.vaddr)
         covered, zero = _coverage(pm), _coverage(pm, zero_state)
         kept = list(diff.kept)
-        lost = memory.intersect(memory.subtract(_coverage(pm, int(PageState.PARENT)), self._covered), kept)
+        lost = memory.intersect(memory.subtract(_coverage(pm, int(PageState.PARENT)), st.covered), kept)
         if lost:  # what resolve_pages refuses for a plain restore: never a silently zero page
             s, e = lost[0]
-            raise ChainError(chain[top].path, f"pages {s:#x}-{e:#x} are marked PARENT but the parent "
-                                              f"{chain[top - 1].path} does not have them")
+            raise ChainError(chain[top].path, f"pages {s:#x}-{e:#x} of process {pid} are marked PARENT but the "
+                                              f"parent {chain[top - 1].path} does not have them")
         # Pages of the kept ranges that hold data of an earlier image but must not any more:
         # the ones the newest image says are ZERO (unless they were ZERO already), and the
         # ones it no longer has at all (dropped by the process: a fresh mapping's content).
-        reset = memory.reset_pages(ws.inj, mem, vmas, memory.intersect(memory.subtract(zero, self._zero), kept),
+        reset = memory.reset_pages(ws.inj, mem, vmas, memory.intersect(memory.subtract(zero, st.zero), kept),
                                    zero=True)
-        reset += memory.reset_pages(ws.inj, mem, vmas, memory.intersect(memory.subtract(self._covered, covered), kept),
+        reset += memory.reset_pages(ws.inj, mem, vmas, memory.intersect(memory.subtract(st.covered, covered), kept),
                                     zero=False)
         on_bytes = (lambda done, total: self.progress(ProgressEvent("memory", done, total))) if self.progress else None
         filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes, sources=sources)
-        self._took(chain, vmas, covered, zero)
+        self._took(st, chain, vmas, covered, zero)
         return nmapped, len(diff.removed), filled.pages_stored, filled.bytes_read, reset
 
-    def _took(self, chain: list[Image], vmas: Sequence[mm_pb2.Vma], covered: list[tuple[int, int]] | None = None,
-              zero: list[tuple[int, int]] | None = None) -> None:
-        """Remember what the staged memory now holds: the newest image's layout and page coverage."""
+    @staticmethod
+    def _took(st: _Staged, chain: list[Image], vmas: Sequence[mm_pb2.Vma],
+              covered: list[tuple[int, int]] | None = None, zero: list[tuple[int, int]] | None = None) -> None:
+        """Remember what a staged memory now holds: the newest image's layout and page coverage."""
         if covered is None or zero is None:
-            pm = chain[-1].pagemap(self.pid)
+            pm = chain[-1].pagemap(st.pid)
             covered, zero = _coverage(pm), _coverage(pm, int(PageState.ZERO))
-        self._chain = list(chain)
-        self._layout = [v for v in vmas if v.kind not in memory.SPECIAL_KINDS]
-        self._covered, self._zero = covered, zero
+        st.layout = [v for v in vmas if v.kind not in memory.SPECIAL_KINDS]
+        st.covered, st.zero = covered, zero
 
     def _stage(self, image_dir: str | os.PathLike[str], mapped: int, unmapped: int, pages: int, nbytes: int,
                reset: int, t0: float) -> StageStats:
         st = StageStats(os.fspath(image_dir), mapped, unmapped, pages, nbytes, reset, time.monotonic() - t0)
         self.stages.append(st)
         return st
+
+
+def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]:
+    """{pid: (mm, vmas)} of every live process of ``image``, parents first; StagingMismatch without a layout."""
+    out = {}
+    for p in image.processes:
+        if p.zombie:
+            continue
+        if image.kind is ImageKind.PRE_DUMP and not image.has(kinds.MM.file_name(p.pid)):
+            raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
+                                  "(a pre-dump written before pre-dumps carried it)")
+        mm, vmas = image.mm(p.pid)
+        out[p.pid] = (mm, list(vmas))
+    return out
 
 
 def _coverage(pm: Pagemap, state: int | None = None) -> list[tuple[int, int]]:

@@ -69,6 +69,15 @@ class ReceiveResult:
         return asdict(self)
 
 
+def _kill_all(pids: list[int]) -> None:
+    """SIGKILL the staged helpers (their thread collects them)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class _Stager:
     """Runs a :class:`~ckpt.restore.StagedRestore` on a thread of its own, image by image.
 
@@ -123,20 +132,14 @@ class _Stager:
         self.note = self.note or why
         self.say(f"{why}; the switch-over restores plainly")
         staged = self._staged
-        if staged is not None and staged.pid and staged.state == "staged":
-            try:
-                os.kill(staged.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if staged is not None and staged.state == "staged":
+            _kill_all(staged.pids)
 
     def close(self, *, kill: bool) -> None:
         """End the thread and kill a staged helper; ``kill``: whatever it is by now, even running."""
         staged = self._staged
-        if kill and staged is not None and staged.pid:
-            try:
-                os.kill(staged.pid, signal.SIGKILL)  # ends a stage in progress at once
-            except ProcessLookupError:
-                pass
+        if kill and staged is not None:
+            _kill_all(staged.pids)  # ends a stage in progress at once
         self._jobs.put(("close", "", None))
         self._thread.join(timeout=60)
 

@@ -45,7 +45,7 @@ from ..kernel.prctl import PR_SET_NAME
 from ..kernel.libc import libc
 from ..procfs.stat import read_stat
 
-__all__ = ["Zombie", "FrozenTree", "children", "descendants", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
+__all__ = ["Zombie", "FrozenTree", "children", "descendants", "zombies_of", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
 
 #: Seconds to wait for every helper of a tree to report.
 CREATE_TIMEOUT = 10.0
@@ -101,6 +101,24 @@ def descendants(pid: int, *, include_root: bool = False) -> list[int]:
             continue
         out.extend(kids)
         queue.extend(kids)
+    return out
+
+
+def zombies_of(parents: Sequence[int]) -> list[Zombie]:
+    """The unreaped children of ``parents`` as they are now (a pre-dump records them for a staged restore)."""
+    out = []
+    for parent in parents:
+        try:
+            kids = children(parent)
+        except TargetGone:
+            continue
+        for kid in kids:
+            try:
+                st = read_stat(kid)
+            except TargetGone:
+                continue
+            if st.state == "Z" and st.ppid == parent:
+                out.append(Zombie(kid, st.ppid, st.pgrp, st.session, st.starttime, st.exit_code, st.comm))
     return out
 
 

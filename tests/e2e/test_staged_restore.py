@@ -204,9 +204,9 @@ def test_staged_equals_plain_restore_through_layout_churn(c_target, tmp_path: Pa
 
     staged = StagedRestore(inherit_fds=q.t.stdio_fds)
     stages = [staged.start(tmp_path / "1"), staged.apply(tmp_path / "2")]
-    tramp = staged._ws.tramp  # type: ignore[union-attr]
+    tramp = staged._procs[staged.pid].ws.tramp
     stages.append(staged.apply(tmp_path / "3"))  # maps a region over that trampoline: it moves out of the way
-    assert tramp != TRAMPOLINE or staged._ws.tramp != tramp  # type: ignore[union-attr]
+    assert tramp != TRAMPOLINE or staged._procs[staged.pid].ws.tramp != tramp
     r = staged.finish(tmp_path / "final")
     try:
         after_staged = _memory(r.pid)

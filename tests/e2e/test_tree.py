@@ -20,7 +20,6 @@ import pytest
 
 from ckpt import api
 from ckpt.control.seize import freeze
-from ckpt.dump import dump
 from ckpt.errors import RestoreError, Unsupported
 from ckpt.image.reader import Image
 from targets import Target, tracer_of, wait_until
@@ -107,17 +106,6 @@ def test_tree_dump_leave_running(tree_target, tmp_path: Path) -> None:  # noqa: 
     assert t.expect("PASS", 10).startswith("PASS tree")  # the pipes' bytes were put back
 
 
-def test_tree_migration_probe_is_refused_and_every_process_runs_on(tree_target, tmp_path: Path) -> None:  # noqa: ANN001
-    t, pids = tree_target()
-    before = _shape(pids)
-    with pytest.raises(Unsupported, match=r"descendant.*a migration of a process tree is not supported yet"):
-        dump(pids[0], tmp_path / "img", probe=True)
-    assert not (tmp_path / "img").exists()
-    assert _shape(pids) == before and all(tracer_of(p) == 0 for p in pids[:-1])
-    os.kill(pids[0], signal.SIGUSR1)
-    assert t.expect("PASS", 10).startswith("PASS tree")
-
-
 def test_tree_pre_dumps_then_final_delta(tree_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     """Every live process of the tree is tracked: pre-dumps copy only what changed, the final dump is a delta."""
     t, pids = tree_target()
@@ -125,7 +113,9 @@ def test_tree_pre_dumps_then_final_delta(tree_target, tmp_path: Path, restored: 
     first = api.pre_dump(root, tmp_path / "p1")
     assert first.full and first.processes == 6
     img = Image.open(tmp_path / "p1")
-    assert sorted(p.pid for p in img.processes) == live and all(p.tracking for p in img.processes)
+    assert sorted(p.pid for p in img.processes if not p.zombie) == live
+    assert all(p.tracking for p in img.processes if not p.zombie)
+    assert [p.pid for p in img.processes if p.zombie] == [pids[-1]]  # recorded for a staged restore
     second = api.pre_dump(root, tmp_path / "p2", prev_images_dir=tmp_path / "p1")
     assert not second.full and second.processes == 6, second.notes
     assert second.pages_stored < first.pages_stored and second.pages_parent > 0
@@ -190,5 +180,37 @@ def test_restore_fails_cleanly_when_a_childs_pid_is_taken(tree_target, tmp_path:
         with pytest.raises(RestoreError, match=rf"pid ({'|'.join(map(str, alive))}) is taken"):
             api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
         # What the restore created is gone again: the root's pid is free.
-        wait_until(lambda: not os.path.exists(f"/proc/{pids[0]}"), 5)
+        wait_until(lambda: not os.path.exists(f"/proc/{pids[0]}"), "the root's pid is free")
         assert all(os.path.exists(f"/proc/{p}") for p in alive)
+
+
+def test_migrate_a_tree_to_a_second_host(second_host, tmp_path: Path) -> None:  # noqa: ANN001
+    """The whole tree moves: pre-copy rounds track every process, the destination stages every one."""
+    from hosts import ckpt_argv
+    from test_migrate import _free_port, _Receiver, _token
+    from targets import build_c
+
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    log = tmp_path / "tree.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([build_c("tree"), str(tmp_path)], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    try:
+        wait_until(lambda: "READY" in log.read_text(), "the tree is ready", timeout=10)
+        pids = [int(p) for p in log.read_text().split("pids=")[1].split()[0].split(",")]
+        rx = _Receiver(host, tmp_path, token, port)
+        res = subprocess.run(ckpt_argv("migrate", "-t", pids[0], "--to", f"{host.address}:{port}",
+                                       "--token-file", token, "-v"),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        proc.wait(timeout=10)  # the source tree ended once the destination ran it
+        result = rx.result()
+        assert result["pid"] == pids[0] and result["staged"], result  # every process staged, the zombie too
+        inside = {host.pid_inside(h): h for h in host.processes()}
+        assert all(p in inside for p in pids), (pids, inside)
+        n = len(log.read_text().splitlines())
+        os.kill(inside[pids[0]], signal.SIGUSR1)
+        wait_until(lambda: len(log.read_text().splitlines()) > n, "a verdict", timeout=10)
+        assert log.read_text().splitlines()[n].startswith("PASS tree 7 processes round=1"), log.read_text()
+    finally:
+        _kill_all(pids if "pids" in locals() else [proc.pid])

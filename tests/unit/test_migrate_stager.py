@@ -33,6 +33,7 @@ class _Fake:
         self.threads: set[int] = set()
         self.state = "new"
         self.pid = 0
+        self.pids: list[int] = []  # no helper to kill
         self.stages: list[SimpleNamespace] = []
         _Fake.made.append(self)
 
