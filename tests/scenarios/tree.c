@@ -30,7 +30,8 @@
  * data pipe (so a dump after the line checks buffered bytes again), and prints
  *     "PASS tree 7 processes round=N"   or   "FAIL round=N why; why; ..."
  * A child exits when its data pipe hangs up (R is gone); tests kill every pid
- * of the READY line anyway.  (No PR_SET_PDEATHSIG: restores do not keep it.)
+ * of the READY line anyway.  C3 is a child subreaper and G has PR_SET_PDEATHSIG
+ * (SIGTERM); both are checked after a restore.
  */
 // cflags: -pthread
 #define _GNU_SOURCE
@@ -38,6 +39,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -140,6 +142,12 @@ static void check_ids(void) {
     if (role == C4) want_pgid = pids[C2];
     if (ppid != want_ppid || sid != want_sid || pgid != want_pgid)
         fail("ppid/sid/pgid %d/%d/%d, want %d/%d/%d", ppid, sid, pgid, want_ppid, want_sid, want_pgid);
+    /* C3 is a child subreaper; G has a parent-death signal (SIGTERM). */
+    int subreaper = -1, pdeath = -1;
+    prctl(PR_GET_CHILD_SUBREAPER, &subreaper);
+    prctl(PR_GET_PDEATHSIG, &pdeath);
+    if (subreaper != (role == C3) || pdeath != (role == G ? SIGTERM : 0))
+        fail("subreaper %d, pdeath signal %d, want %d, %d", subreaper, pdeath, role == C3, role == G ? SIGTERM : 0);
 }
 
 /* ---- C1's extra thread ---- */
@@ -236,8 +244,10 @@ static void child_main(int r) {
     why[0] = 0;
     if (role == C2 && setpgid(0, 0)) fail("setpgid: %s", strerror(errno));
     if (role == C4 && setpgid(0, pids[C2])) fail("setpgid: %s", strerror(errno));
+    if (role == G && prctl(PR_SET_PDEATHSIG, SIGTERM)) fail("PR_SET_PDEATHSIG: %s", strerror(errno));
     if (role == C3) {
         if (setsid() < 0) fail("setsid: %s", strerror(errno));
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1)) fail("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
         pids[G] = start_child(G);
         close(rep[G][1]);
         close(dat[G][0]);
