@@ -100,6 +100,9 @@ class Bench:
     group: str
     order: int
     fn: Callable[["Context"], Iterable[Row]]
+    #: Whether it uses the shared workload (``ctx.workload``/``ctx.buffer``): run.py starts that
+    #: 1 GiB process only when a selected bench does (``--only tree`` brings its own targets).
+    workload: bool = True
 
     @property
     def name(self) -> str:
@@ -109,11 +112,17 @@ class Bench:
 _REGISTRY: list[Bench] = []
 
 
-def bench(group: str, *, order: int) -> Callable[[Callable[["Context"], Iterable[Row]]], Callable[["Context"], Iterable[Row]]]:
-    """Register a bench function; ``order`` sorts the report (limits use 0–99)."""
+BenchFn = Callable[["Context"], Iterable[Row]]
 
-    def deco(fn: Callable[["Context"], Iterable[Row]]) -> Callable[["Context"], Iterable[Row]]:
-        _REGISTRY.append(Bench(group, order, fn))
+
+def bench(group: str, *, order: int, workload: bool = True) -> Callable[[BenchFn], BenchFn]:
+    """Register a bench function; ``order`` sorts the report (limits use 0–99).
+
+    ``workload=False``: it starts its own targets and leaves ``ctx.workload``/``ctx.buffer`` alone.
+    """
+
+    def deco(fn: BenchFn) -> BenchFn:
+        _REGISTRY.append(Bench(group, order, fn, workload))
         return fn
 
     return deco
@@ -179,6 +188,8 @@ class Context:
     buffer: PrefaultedBuffer
     tmpdir: Path
     rows: list[Row] = field(default_factory=list)
+    #: Memory of each process of the tree benchmark's 16-process tree (bench/tree.py), MiB.
+    tree_mib: int = 64
     #: Whether the shared buffer holds a copy of the workload's memory.
     loaded: bool = False
 

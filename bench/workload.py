@@ -16,19 +16,25 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BenchChild", "Region", "Workload", "build_c", "build_workload", "WORKLOAD_SRC", "WORKLOAD_BIN"]
+__all__ = ["BenchChild", "Region", "Workload", "build_c", "build_workload", "FILL_H", "WORKLOAD_SRC", "WORKLOAD_BIN"]
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKLOAD_SRC = BENCH_DIR / "workload.c"
 WORKLOAD_BIN = BENCH_DIR / "bin" / "workload"
+#: The memory content every C target fills its pages with (included by workload.c and tree.c).
+FILL_H = BENCH_DIR / "fill.h"
 
 
-def build_c(src: Path, out: Path, *flags: str, cc: str = "gcc") -> Path:
-    """Compile ``src`` into ``out`` if the binary is missing or older than its source (a bench's C target)."""
-    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+def build_c(src: Path, out: Path, *flags: str, cc: str = "gcc", deps: Sequence[Path] = ()) -> Path:
+    """Compile ``src`` into ``out`` if the binary is missing or older than its source (a bench's C target).
+
+    ``deps``: headers it includes (bench/fill.h), which make it stale too.
+    """
+    if out.exists() and out.stat().st_mtime >= max(f.stat().st_mtime for f in (src, *deps)):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
@@ -46,7 +52,7 @@ def build_c(src: Path, out: Path, *flags: str, cc: str = "gcc") -> Path:
 
 def build_workload(cc: str = "gcc") -> Path:
     """Compile the workload if the binary is missing or older than its source."""
-    return build_c(WORKLOAD_SRC, WORKLOAD_BIN, "-pthread", cc=cc)
+    return build_c(WORKLOAD_SRC, WORKLOAD_BIN, "-pthread", cc=cc, deps=(FILL_H,))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from .seize import DeferredSignal, FrozenThread
 
 __all__ = [
     "ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ERESTART_RESTARTBLOCK", "MAX_ERRNO",
-    "syscall_restart_frame", "find_syscall_insn", "Injector", "Scratch",
+    "syscall_restart_frame", "find_syscall_insn", "Injector", "Scratch", "injected_syscalls", "injected_by_syscall",
 ]
 
 # Kernel-internal errnos a syscall returns when a signal interrupts it
@@ -48,6 +49,25 @@ MAX_ERRNO = 4095
 
 _U64 = (1 << 64) - 1
 _NO_SYSCALL = _U64  # orig_rax = -1: "not in a syscall", so the kernel does no restart handling
+
+
+#: Syscalls injected by this process so far, by syscall name (the label up to its first "(":
+#: "rt_sigaction(10)" counts as rt_sigaction), every Injector and target together.  Each one
+#: costs a ptrace round trip (setregs, a step, a wait, getregs: tens of µs), so their number is
+#: what a per-process fixed cost is made of; one dict update per call is noise beside it.  Read
+#: it with :func:`injected_syscalls` before and after an operation (bench/tree.py reports them
+#: per process of a tree).
+_INJECTED: Counter[str] = Counter()
+
+
+def injected_syscalls() -> int:
+    """How many syscalls this process has injected so far (a failed one counts: it ran in the target)."""
+    return sum(_INJECTED.values())
+
+
+def injected_by_syscall() -> dict[str, int]:
+    """The same count per syscall name (a copy): which calls an operation's fixed cost is made of."""
+    return dict(_INJECTED)
 
 
 def _signed(value: int) -> int:
@@ -194,6 +214,7 @@ class Injector:
         for reg, value in zip(SYSCALL_ARG_REGS, args):
             setattr(regs, reg, value & _U64)
         self.events = []
+        _INJECTED[label.partition("(")[0]] += 1
         ptrace.setregs(self.tid, regs)
         t.regs_changed = True
         out = self._run_single_step(insn, label) if self.single_step else self._run_syscall_stops(label)
