@@ -46,7 +46,8 @@ def verify(image_dir: str | os.PathLike[str]) -> "Report":
 
 def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = False, leave_stopped: bool = False,
          compress_level: int | None = 1, shell_job: bool = False, tcp_close: bool = False,
-         progress: "Callable[[ProgressEvent], None] | None" = None, deleted_max: int | None = None) -> "DumpStats":
+         progress: "Callable[[ProgressEvent], None] | None" = None, deleted_max: int | None = None,
+         ext_unix_close: bool = False, tcp_established: bool = False) -> "DumpStats":
     """Checkpoint process ``pid`` into the new directory ``image_dir``.
 
     The process is ended after a successful dump (as CRIU does) unless
@@ -57,13 +58,17 @@ def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = F
     content of deleted-but-open files saved (bytes; default 64 MiB).  On any failure it keeps running exactly as before and
     no image is left behind.  ``shell_job``: terminal fds are allowed (they are
     re-attached to the restoring terminal); ``tcp_close``: established TCP
-    connections are saved as closed sockets instead of being refused.
+    connections are saved as closed sockets instead of being refused;
+    ``ext_unix_close``: so are unix sockets connected to a process outside
+    the dumped tree (they come back with their peer closed);
+    ``tcp_established``: established TCP connections are kept alive (locked
+    with nftables until the restore, which needs no option for them).
     """
     from .dump import dump as _dump
 
     return _dump(pid, image_dir, leave_running=leave_running, leave_stopped=leave_stopped,
                  compress_level=compress_level, shell_job=shell_job, tcp_close=tcp_close, progress=progress,
-                 deleted_max=deleted_max)
+                 deleted_max=deleted_max, ext_unix_close=ext_unix_close, tcp_established=tcp_established)
 
 
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
@@ -180,7 +185,7 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: st
 def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
                track_mem: bool = False, track: str | None = None, incremental: bool = False,
                leave_running: bool = False, compress_level: int | None = 1, shell_job: bool = False,
-               tcp_close: bool = False) -> "DumpStats":
+               tcp_close: bool = False, ext_unix_close: bool = False, tcp_established: bool = False) -> "DumpStats":
     """The final, frozen, complete checkpoint as a delta of ``prev_images_dir`` (an INCREMENTAL image).
 
     Tracking is taken over with the address ranges the parent recorded; every
@@ -202,7 +207,7 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
         track_mem = track_mem or leave_running
     return _dump(pid, image_dir, leave_running=leave_running, compress_level=compress_level, shell_job=shell_job,
                  tcp_close=tcp_close, parent=_parent_dir(image_dir, prev_images_dir), track_mem=track_mem,
-                 track_method=track)
+                 track_method=track, ext_unix_close=ext_unix_close, tcp_established=tcp_established)
 
 
 def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
@@ -234,6 +239,7 @@ __all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir"]
 def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_ms: float = 100.0,
             max_iterations: int = 30, bandwidth_limit_mb_s: float | None = None, dry_run: bool = False,
             track: str | None = None, stop_and_copy: bool = False, timeout: float = 60.0, tcp_close: bool = False,
+            tcp_established: bool = False,
             on_round: "Callable[[RoundReport], None] | None" = None) -> "MigrateStats":
     """Move running process ``pid`` to the ``ckpt receive`` at ``to`` = (host, port).
 
@@ -243,13 +249,15 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
     only once the destination reports the process running.  Any failure before
     that raises (a :class:`ckpt.migrate.wire.WireError` for the link) with the
     source running on, untracked.  ``dry_run``: rounds and prediction only.
-    ``tcp_close``: established TCP connections are taken closed (as ``dump``'s).
+    ``tcp_close``: established TCP connections are taken closed (as ``dump``'s);
+    ``tcp_established``: they move alive (the destination must have their local addresses).
     """
     from .migrate.source import migrate as _migrate
 
     return _migrate(pid, to[0], to[1], token, max_downtime=max_downtime_ms / 1e3, max_iterations=max_iterations,
                     bandwidth_limit=bandwidth_limit_mb_s * 1e6 if bandwidth_limit_mb_s else None,
                     dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, timeout=timeout, tcp_close=tcp_close,
+                    tcp_established=tcp_established,
                     on_round=on_round)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import UsageError
 from .image import kinds
 from .image.chain import iter_chain_pages, open_chain, resolve_pages
-from .image.records import ImageKind, ProcessInfo
+from .image.records import ImageKind
 from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
 
 __all__ = ["MergeStats", "merge"]
@@ -76,6 +76,7 @@ def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
             st = pw.close()
             stored += st.pages_here
             zero += st.pages_zero
-        w.commit(processes=[ProcessInfo(p.pid, p.ppid, p.threads, p.start_time) for p in newest.processes],
+        # The merged image stands alone: no tracking state goes with it (its parent chain is gone).
+        w.commit(processes=[replace(p, tracking=None) for p in newest.processes],
                  extra=dict(newest.inventory.extra))
     return MergeStats(os.path.abspath(os.fspath(out_dir)), tuple(img.path for img in chain), stored, zero)

@@ -112,7 +112,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
         stats = api.dump_delta(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                                track_mem=args.track_mem, track=args.track, incremental=args.incremental,
                                leave_running=args.leave_running, compress_level=level, shell_job=args.shell_job,
-                               tcp_close=args.tcp_close)
+                               tcp_close=args.tcp_close, ext_unix_close=args.ext_unix_close,
+                               tcp_established=args.tcp_established)
         _warn_notes(stats.notes)
         _write_json_stats(args.json_stats, stats)
         return 0
@@ -120,7 +121,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     try:
         stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running,
                          leave_stopped=args.leave_stopped, compress_level=level, shell_job=args.shell_job,
-                         tcp_close=args.tcp_close, progress=bar, deleted_max=args.deleted_max)
+                         tcp_close=args.tcp_close, progress=bar, deleted_max=args.deleted_max,
+                         ext_unix_close=args.ext_unix_close, tcp_established=args.tcp_established)
     finally:
         if bar is not None:
             bar.close()
@@ -174,7 +176,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                     max_iterations=args.max_iterations,
                     bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
                     dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy, timeout=args.timeout,
-                    tcp_close=args.tcp_close, on_round=on_round)
+                    tcp_close=args.tcp_close, tcp_established=args.tcp_established, on_round=on_round)
     if args.dry_run:
         print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
               f"predicted downtime {stats.predicted_downtime_ms:.0f} ms ({stats.reason}); the process runs on here")
@@ -335,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no pre-copy: freeze, send one full image, restore (the baseline for the downtime)")
     sp.add_argument("--tcp-close", action="store_true",
                     help="established TCP connections are closed by the migration (as dump --tcp-close), not refused")
+    sp.add_argument("--tcp-established", action="store_true",
+                    help="established TCP connections move alive (as dump --tcp-established); the destination "
+                         "must have their local addresses")
     sp.add_argument("-v", "--verbose", action="store_true", help="a line per round even when not on a terminal")
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
 
@@ -374,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the process is attached to a terminal (it is re-attached to the restoring one)")
     sp.add_argument("--tcp-close", action="store_true",
                     help="save established TCP connections as closed sockets instead of refusing them")
+    sp.add_argument("--tcp-established", action="store_true",
+                    help="keep established TCP connections alive (TCP_REPAIR; their peers' packets are dropped "
+                         "by an nftables rule until the restore)")
+    sp.add_argument("--ext-unix-close", action="store_true",
+                    help="save unix sockets connected to a process outside the dumped tree as sockets whose peer "
+                         "closed instead of refusing them (waiting connections from outside are dropped)")
     sp.add_argument("--deleted-max", type=_size, default=None, metavar="SIZE",
                     help="largest deleted-but-open file whose content is saved, in bytes or with K/M/G "
                          "(default 64M); a bigger one makes the dump fail, naming it")

@@ -32,7 +32,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import read_stat
 from .progress import ProgressEvent
 from . import incremental
-from .resources import creds, files, limits, memory, signals, threads, tree
+from .resources import creds, files, limits, memory, signals, tcp, threads, timers, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -64,6 +64,11 @@ def dump_creds(ctx: DumpContext) -> None:
     ctx.entry.MergeFrom(creds.dump(ctx.proc, ctx.snap))
 
 
+def dump_timers(ctx: DumpContext) -> None:
+    """Interval and POSIX timers: time left, interval, and how each was created (read only, -R leaves them be)."""
+    ctx.entry.MergeFrom(timers.dump(ctx.proc, ctx.snap, scratch=ctx.scratch))
+
+
 #: Process-wide resources, dumped in this order while frozen, with a scratch area
 #: mapped; each fills its part of ``ctx.entry`` or writes its own files through
 #: ``ctx.writer``.  Files are not among them: they are dumped once for the whole
@@ -76,6 +81,9 @@ PROCESS_DUMPERS: list[tuple[str, Callable[[DumpContext], None]]] = [
     ("limits", dump_limits),
     ("signals", dump_signals),
     ("creds", dump_creds),
+    # Last: the time left is read as close as possible to the pending queues (read after the last
+    # injection), so few expiries fall in between; those that do are counted (PosixTimer.queued_at_read).
+    ("timers", dump_timers),
 ]
 
 
@@ -178,6 +186,8 @@ def dump(
     progress: Callable[[ProgressEvent], None] | None = None,
     shell_job: bool = False,
     tcp_close: bool = False,
+    ext_unix_close: bool = False,
+    tcp_established: bool = False,
     deleted_max: int | None = None,
     parent: str | os.PathLike[str] | None = None,
     track_mem: bool = False,
@@ -199,6 +209,11 @@ def dump(
     restorer's terminal); without it they are refused.  ``tcp_close``: an
     established TCP connection is dumped as a connection to be restored
     closed, instead of refusing the dump (CRIU's ``--tcp-close``).
+    ``ext_unix_close``: likewise a unix socket connected to a process outside
+    the tree comes back as one whose peer closed (``--ext-unix-close``).
+    ``tcp_established``: established TCP connections are locked (nftables)
+    and saved with TCP_REPAIR, to come back alive (CRIU's ``--tcp-established``,
+    :mod:`ckpt.resources.tcp`); if the targets run on, so do the connections.
     ``deleted_max``: bytes of a deleted-but-open file's content the image may
     hold (default :data:`ckpt.resources.files.DELETED_MAX`); a bigger one is
     refused, naming the fd and the size.
@@ -224,6 +239,7 @@ def dump(
         report(ProgressEvent(phase, done))
 
     require_our_pid_namespace(pid)
+    conns = tcp.Session(enabled=tcp_established)  # refuses here if connections cannot be locked (no nft)
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
     notes: list[str] = []
@@ -242,7 +258,7 @@ def dump(
             raise
     delta_parent = next((sess.parent_dir for sess in incs.values() if sess.delta), None)
     try:
-        with tree.freeze_tree(pid) as ftree:
+        with tree.freeze_tree(pid) as ftree, conns:  # conns is left first: connections back before any thaw
             t_frozen = time.monotonic()
             step("frozen")
             if len(ftree.procs) > 1 or ftree.zombies:
@@ -257,6 +273,7 @@ def dump(
                 cap = files.DELETED_MAX if deleted_max is None else deleted_max
                 files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
                                 policy=files.StdioPolicy(shell_job=shell_job), tcp_close=tcp_close,
+                                ext_unix_close=ext_unix_close, tcp_session=conns,
                                 deleted_max=cap, notes=notes).write(w)
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p]) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
@@ -271,14 +288,14 @@ def dump(
                                   t_mem - t_frozen)  # the writer and the freeze undo all
                 step("memory")
                 pstats: list[memory.PageStats] = []
-                pws = []
+                stored_bytes = 0
                 for owner, (p, view) in shmem.items():  # shared between processes: stored once
-                    pws.append(w.pages(owner))
-                    pstats.append(memory.dump_shmem(p, view, pws[-1]))
+                    with w.pages(owner) as pw:
+                        pstats.append(memory.dump_shmem(p, view, pw))
+                    stored_bytes += pw.close().stored_bytes
                 for p, proc in ftree.procs.items():
                     vmas = [v for v in records[p][1] if not memory.is_shmem_view(v)]
                     pw = w.pages(p)
-                    pws.append(pw)
                     inc = incs.get(p)
                     if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
                         _, dirty, in_parent = inc.plan(vmas)
@@ -289,20 +306,22 @@ def dump(
                         pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
                                                         on_bytes=(lambda n, d=done: step("memory", d + n))
                                                         if progress else None))
+                    stored_bytes += pw.close().stored_bytes  # before the next: they share the chunk buffers
                 keep = bool(incs) and track_mem and (leave_running or leave_stopped)
                 tracking = {p: sess.tracking_info(w) for p, sess in incs.items() if p in ftree.procs} if keep else {}
                 if leave_running:
                     # Every page has been read: the targets run on while the last frames are
                     # compressed and the image is synced (a failure from here still leaves no image).
+                    conns.resume()
                     _release_all(ftree)
                     t_thawed = time.monotonic()
                 t_commit = time.monotonic()
                 w.commit(processes=_inventory(ftree, records, tracking))
                 t_committed = time.monotonic()
-                stored_bytes = sum(pw.close().stored_bytes for pw in pws)  # closed by commit: their stats
                 step("committed")
             if end_target is not None and not end_target(os.path.abspath(image_dir)):
                 leave_running = True  # the caller keeps the original: let it go, as -R would
+                conns.resume()
                 _release_all(ftree)
                 t_thawed = time.monotonic()
             if leave_stopped:
@@ -313,6 +332,9 @@ def dump(
             elif not leave_running:
                 for proc in reversed(ftree.procs.values()):  # children first
                     _kill_frozen(proc)
+                # Their sockets closed in repair mode; the lock stays for the restore (a migration's
+                # destination has its own: the source's goes).
+                notes.extend(conns.keep(unlock=end_target is not None))
             if not leave_running:
                 t_thawed = time.monotonic()
     except _Probed as done:

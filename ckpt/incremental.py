@@ -590,7 +590,7 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
     image_dir = os.fspath(image_dir)
     selection = check_ranges(pid, ranges, exclude) if ranges is not None or exclude is not None else None
     sessions: dict[int, DeltaSession] = {}
-    copied: dict[int, tuple[memory.DeltaStats, object]] = {}
+    copied: dict[int, tuple[memory.DeltaStats, int]] = {}
     try:
         for p in pids:
             sessions[p] = _open_session(p, parent, method, selection if p == pid else None)
@@ -611,7 +611,7 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
             infos += [ProcessInfo(z.pid, z.ppid, (), z.start_time, None, pgid=z.pgid, sid=z.sid, zombie=True,
                                   wait_status=z.wait_status, comm=z.comm) for z in tree.zombies_of(pids)]
             w.commit(processes=infos)
-            stored = sum(pw.close().stored_bytes for _, pw in copied.values())  # closed by commit: their stats
+            stored = sum(n for _, n in copied.values())
     except BaseException:
         for p, sess in sessions.items():
             try:
@@ -633,8 +633,9 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
                         sum(s.tracker.frozen_seconds for s in sessions.values()), processes=len(pids))
 
 
-def _pre_dump_one(pid: int, sess: DeltaSession, w: ImageWriter) -> tuple[memory.DeltaStats, object]:
-    """One running process's pages (since its parent image, per its session) and layout into ``w``."""
+def _pre_dump_one(pid: int, sess: DeltaSession, w: ImageWriter) -> tuple[memory.DeltaStats, int]:
+    """One running process's pages (since its parent image, per its session) and layout into ``w``;
+    (what was copied, bytes stored)."""
     with ProcMem(pid) as mem:
         seen: list[tuple[list[mm_pb2.Vma], mm_pb2.MmEntry | None]] = []
 
@@ -649,4 +650,4 @@ def _pre_dump_one(pid: int, sess: DeltaSession, w: ImageWriter) -> tuple[memory.
         pw = w.pages(pid)
         ds = memory.dump_pages_delta(pid, vmas, pw, mem, dirty=dirty,
                                      in_parent=in_parent, running=True, on_copied=sess.on_copied())
-    return ds, pw
+    return ds, pw.close().stored_bytes  # before the next process: page writers share the chunk buffers

@@ -31,6 +31,7 @@ pieces are shared: :func:`_prepare` (2-4), :func:`_map_and_fill` (5, memory),
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -53,7 +54,7 @@ from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
-from .resources import creds, files, limits, memory, signals, threads, tree
+from .resources import creds, files, limits, memory, signals, threads, timers, tree
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -89,6 +90,11 @@ def restore_creds(ctx: RestoreContext) -> None:
         creds.restore(ctx.injectors[tid], ctx.entry, scratch=ctx.scratch)
 
 
+def restore_timers(ctx: RestoreContext) -> None:
+    """Interval and POSIX timers (same ids, SIGEV_THREAD_ID to the same tids), armed with the time left at dump."""
+    timers.restore(ctx.inj, ctx.entry, ctx.cores, scratch=ctx.scratch)
+
+
 def restore_pending(ctx: RestoreContext) -> None:
     """Queued signals, while every thread blocks them all: per thread first, then the shared queue."""
     for core in ctx.cores:
@@ -114,6 +120,10 @@ PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
     ("sigactions", restore_sigactions),
     ("limits", restore_limits),
     ("mm and threads", THREADS),
+    # Timers once the threads exist (SIGEV_THREAD_ID names a tid), as the restorer (CLOCK_*_ALARM needs
+    # CAP_WAKE_ALARM), every thread blocking every signal (an early expiry only queues its signal), and
+    # before the pending signals: those of expiries before the dump are queued there, once.
+    ("timers", restore_timers),
     ("creds", restore_creds),
     ("pending signals", restore_pending),
 ]
@@ -244,6 +254,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         memory.check_files(m.mm, m.vmas)
     waited = sum(wait_pid_free(p.pid) for p in root.walk())
 
+    hint = read_maps(os.getpid())  # the helpers' mappings: they are copies of this process
     created = tree.create(root, detached=detached)
     opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
@@ -256,7 +267,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         for m in live:  # parents first: every helper exists, each is built in turn and stays frozen
             m.proc, m.frozen = _seize_helper(m.pid)
             threads.check_xstate(m.pid, m.cores)
-            m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas)
+            m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas, hint)
             n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
@@ -376,17 +387,32 @@ def _map_trampoline(inj: Injector, mem: ProcMem, at: int) -> None:
     mem.write(at, SYSCALL_INSN + INT3)
 
 
-def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma]) -> _Workspace:
-    """DESIGN §4 steps 2-3: rseq off, trampoline, empty address space, vDSO/vvar at the image's addresses."""
+def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma],
+             hint: Sequence | None = None) -> _Workspace:
+    """DESIGN §4 steps 2-3: rseq off, trampoline, empty address space, vDSO/vvar at the image's addresses.
+
+    ``hint``: this process's own mappings, read just before the helpers were
+    cloned from it — theirs then, unless another thread mapped something in
+    between (the trampoline's MAP_FIXED_NOREPLACE then fails and the helper's
+    own are read).  A tree's helpers each have hundreds of mappings (copies
+    of this Python process): parsing them once instead of once per helper.
+    """
     ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL)
+    # Find the syscall instruction in the helper's vDSO from its mappings (a search of its own
+    # would read them again).
+    helper_maps = hint if hint is not None else read_maps(pid)
+    special = {memory.Kind.VDSO: "[vdso]", memory.Kind.VVAR: "[vvar]", memory.Kind.VVAR_VCLOCK: "[vvar_vclock]"}
+    current = {k: (v.start, v.end) for v in helper_maps for k, n in special.items() if v.path == n}
+    if memory.Kind.VDSO in current:
+        s, e = current[memory.Kind.VDSO]
+        at = proc.mem.read(s, e - s).find(SYSCALL_INSN)
+        if at >= 0:
+            proc.use_syscall_insn(s + at)
     inj0 = proc.injector()
     rseq = ptrace.get_rseq_configuration(pid)
     if rseq.rseq_abi_pointer:
         inj0.call(NR.rseq, rseq.rseq_abi_pointer, rseq.rseq_abi_size, RSEQ_FLAG_UNREGISTER, rseq.signature)
 
-    helper_maps = read_maps(pid)
-    special = {memory.Kind.VDSO: "[vdso]", memory.Kind.VVAR: "[vvar]", memory.Kind.VVAR_VCLOCK: "[vvar_vclock]"}
-    current = {k: (v.start, v.end) for v in helper_maps for k, n in special.items() if v.path == n}
     vdso_insn_off = None
     if memory.Kind.VDSO in current:
         s, e = current[memory.Kind.VDSO]
@@ -396,7 +422,14 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     area = _Workspace.AREA
     tramp = memory.free_area(area, taken)
     mem = proc.mem
-    _map_trampoline(inj0, mem, tramp)
+    try:
+        _map_trampoline(inj0, mem, tramp)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST or hint is None:
+            raise
+        taken = [(v.start, v.end) for v in read_maps(pid)] + [(v.start, v.end) for v in vmas]
+        tramp = memory.free_area(area, taken)
+        _map_trampoline(inj0, mem, tramp)
     scratch = Scratch(tramp + PAGE_SIZE, area - PAGE_SIZE, mem)
     inj = Injector(proc.threads[pid], syscall_insn=tramp)
 
@@ -581,12 +614,13 @@ class StagedRestore:
         self._waited = sum(wait_pid_free(p.pid) for p in root.walk())
         self.pid, self.state = root.pid, "staged"
         self._zombies = sorted(p.pid for p in root.walk() if p.zombie)
+        hint = read_maps(os.getpid())  # the helpers' mappings: they are copies of this process
         self._created = tree.create(root, detached=self.detached)
         nvmas = pages = nbytes = 0
         with self._failing():
             for pid, (mm, vmas) in layouts.items():
                 proc, frozen = _seize_helper(pid)
-                ws = _prepare(proc, pid, mm, vmas)
+                ws = _prepare(proc, pid, mm, vmas, hint)
                 n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem)
                 st = self._procs[pid] = _Staged(pid, proc, frozen, ws)
                 self._took(st, chain, vmas)

@@ -230,6 +230,10 @@ class FrozenProcess:
             self._syscall_insn = find_syscall_insn(self.pid, self.mem)
         return self._syscall_insn
 
+    def use_syscall_insn(self, addr: int) -> None:
+        """Use ``addr`` (a ``syscall`` the caller found, e.g. in the vDSO) instead of searching the mappings."""
+        self._syscall_insn = addr
+
     def injector(self, tid: int | None = None) -> Injector:
         """The (cached) :class:`~ckpt.control.inject.Injector` of ``tid`` (default: main thread)."""
         from .inject import Injector

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 
 __all__ = [
-    "NSIG", "SIGSET_SIZE", "SIGINFO_SIZE", "SIGKILL", "SIGSTOP", "SIGTRAP", "SIGRTMIN",
+    "NSIG", "SIGSET_SIZE", "SIGINFO_SIZE", "SIGKILL", "SIGSTOP", "SIGTRAP", "SIGCHLD", "SIGRTMIN",
     "SIG_DFL", "SIG_IGN",
     "SA_NOCLDSTOP", "SA_NOCLDWAIT", "SA_SIGINFO", "SA_RESTORER", "SA_ONSTACK", "SA_RESTART",
     "SA_NODEFER", "SA_RESETHAND",
@@ -27,6 +27,7 @@ SIGINFO_SIZE = 128
 
 SIGTRAP = 5
 SIGKILL = 9
+SIGCHLD = 17
 SIGSTOP = 19
 #: First real-time signal as the kernel numbers them (glibc reserves 32-34 and calls 35 SIGRTMIN).
 SIGRTMIN = 32

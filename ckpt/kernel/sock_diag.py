@@ -1,4 +1,4 @@
-"""sock_diag netlink (NETLINK_SOCK_DIAG): the listen backlog of sockets, by inode.
+"""sock_diag netlink (NETLINK_SOCK_DIAG): the listen backlog of sockets, and all of a unix socket, by inode.
 
 The backlog a program gave to ``listen()`` (``sk_max_ack_backlog``, already
 capped at ``net.core.somaxconn``) is not readable with getsockopt; sock_diag
@@ -11,7 +11,10 @@ reports it — it is what ``ss -l`` prints as Send-Q:
 * unix (``include/uapi/linux/unix_diag.h``): a ``unix_diag_req`` with
   ``UDIAG_SHOW_RQLEN``; a listener's ``UNIX_DIAG_RQLEN`` attribute is
   (queued connections, backlog).  With ``udiag_ino`` and no dump flag the
-  kernel looks the one socket up.
+  kernel looks the one socket up.  :func:`unix_sockets` asks for every
+  attribute: name, path inode, peer, the clients waiting in a listener's
+  accept queue, queue lengths, shutdown — what links unix sockets to their
+  peers (:class:`UnixDiag` says what each means, as measured on 6.18).
 
 sock_diag sees every socket of the caller's network namespace, whichever
 process owns it, so the dumper asks about the target's sockets directly.
@@ -26,11 +29,12 @@ import itertools
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 __all__ = [
     "NETLINK_SOCK_DIAG", "SOCK_DIAG_BY_FAMILY", "TCP_LISTEN", "UDIAG_SHOW_RQLEN", "UNIX_DIAG_RQLEN",
     "INET_DIAG_NOCOOKIE", "INET_DIAG_REQ_PROTOCOL", "nlmsghdr", "nlattr", "inet_diag_sockid", "inet_diag_req_v2",
-    "inet_diag_msg", "unix_diag_req", "unix_diag_msg", "unix_diag_rqlen", "listen_backlogs",
+    "inet_diag_msg", "unix_diag_req", "unix_diag_msg", "unix_diag_rqlen", "listen_backlogs", "UnixDiag", "unix_sockets",
 ]
 
 NETLINK_SOCK_DIAG = 4
@@ -201,3 +205,83 @@ def listen_backlogs(family: int, protocol: int = 0, *, port: int = 0, inode: int
     if family == socket.AF_UNIX:
         return _unix_backlogs(inode)
     raise OSError(errno.EAFNOSUPPORT, f"sock_diag(family={family}): {os.strerror(errno.EAFNOSUPPORT)}")
+
+
+# --- unix sockets in full ----------------------------------------------------------------------
+
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_SHUTDOWN = 0, 1, 2, 3, 6
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS = 0x1, 0x2, 0x4, 0x8
+_UDIAG_SHOW_ALL = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN
+
+
+@dataclass(frozen=True)
+class UnixDiag:
+    """One unix socket as unix_diag reports it (``net/unix/diag.c``).
+
+    ``peer``: the inode of the connected peer; None when not connected, 0 when
+    connected to a socket that has no inode any more (the peer was closed) or
+    never had one yet (a connection still in a listener's accept queue: the
+    server side is created at accept).  ``icons``: for a listener, the inode
+    of the *client* of each connection in its accept queue, in queue order (0
+    for a client already closed).  ``rqueue``/``wqueue``: a listener's queued
+    connections and backlog; otherwise the bytes queued to be read (stream,
+    seqpacket: all of them; dgram: the first message only) and the memory
+    this socket's sent data still holds (truesize, anywhere it is queued).
+    ``shutdown``: the socket's own RCV_SHUTDOWN (1) / SEND_SHUTDOWN (2) bits.
+    ``name``: the bound name (an accepted socket has its listener's); an
+    abstract name starts with its NUL, a path has none at the end.
+    """
+
+    ino: int
+    type: int
+    state: int
+    name: bytes | None
+    peer: int | None
+    icons: tuple[int, ...]
+    rqueue: int
+    wqueue: int
+    shutdown: int
+    vfs: tuple[int, int] | None  # (st_dev, st_ino) of the bound path's socket file
+
+
+def _unix_diag(body: bytes) -> UnixDiag:
+    m = unix_diag_msg.from_buffer_copy(body.ljust(ctypes.sizeof(unix_diag_msg), b"\0"))
+    a = _attrs(body, ctypes.sizeof(unix_diag_msg))
+    rq = (unix_diag_rqlen.from_buffer_copy(a[UNIX_DIAG_RQLEN]) if len(a.get(UNIX_DIAG_RQLEN, b"")) >= 8
+          else unix_diag_rqlen())
+    icons = a.get(UNIX_DIAG_ICONS, b"")
+    vfs = a.get(UNIX_DIAG_VFS)
+    name = a.get(UNIX_DIAG_NAME)
+    if name and name[0] != 0:
+        name = name.split(b"\0", 1)[0]  # a path comes with its NUL: as getsockname gives it
+    return UnixDiag(
+        ino=m.udiag_ino, type=m.udiag_type, state=m.udiag_state, name=name,
+        peer=int.from_bytes(a[UNIX_DIAG_PEER][:4], "little") if UNIX_DIAG_PEER in a else None,
+        icons=tuple(int.from_bytes(icons[i:i + 4], "little") for i in range(0, len(icons) - 3, 4)),
+        rqueue=rq.udiag_rqueue, wqueue=rq.udiag_wqueue,
+        shutdown=a[UNIX_DIAG_SHUTDOWN][0] if a.get(UNIX_DIAG_SHUTDOWN) else 0,
+        vfs=(_user_dev(int.from_bytes(vfs[4:8], "little")), int.from_bytes(vfs[:4], "little"))
+        if vfs and len(vfs) >= 8 else None)
+
+
+def _user_dev(kdev: int) -> int:
+    """A kernel-internal dev_t (major << 20 | minor), as unix_diag reports it, in st_dev's encoding."""
+    return os.makedev(kdev >> 20, kdev & 0xFFFFF)
+
+
+def unix_sockets(inode: int = 0, *, states: int = 0xFFFFFFFF) -> dict[int, UnixDiag]:
+    """Unix sockets of this network namespace by inode: every one in ``states`` (a mask of 1 << TCP_*),
+    or just the socket of ``inode`` (an exact lookup; empty if there is none)."""
+    req = unix_diag_req(sdiag_family=socket.AF_UNIX, udiag_states=states, udiag_ino=inode, udiag_show=_UDIAG_SHOW_ALL)
+    req.udiag_cookie[0] = req.udiag_cookie[1] = INET_DIAG_NOCOOKIE
+    call = f"sock_diag(family=AF_UNIX, inode={inode})" if inode else "sock_diag(family=AF_UNIX)"
+    out: dict[int, UnixDiag] = {}
+    try:
+        for body in _request(req, dump=not inode, call=call):
+            d = _unix_diag(body)
+            out[d.ino] = d
+    except OSError as exc:
+        if inode and exc.errno == errno.ENOENT:
+            return {}
+        raise
+    return out

@@ -94,7 +94,7 @@ class _Throttle:
 def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float = 0.100,
             max_iterations: int = 30, bandwidth_limit: float | None = None, dry_run: bool = False,
             track: str | None = None, work_dir: str | None = None, timeout: float = 60.0,
-            stop_and_copy: bool = False, tcp_close: bool = False,
+            stop_and_copy: bool = False, tcp_close: bool = False, tcp_established: bool = False,
             on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
     """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
 
@@ -109,6 +109,10 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     ``tcp_close``: the final dump takes established TCP connections as closed
     (their peers see the source's end of them; the destination gets closed
     sockets, as ``dump --tcp-close``); without it they make the switch-over fail.
+    ``tcp_established``: they move alive instead (``dump --tcp-established``):
+    locked here from the final freeze, restored and unlocked there; the
+    destination must have their local addresses (else its restore fails,
+    naming the address, and the process runs on here with its connections).
     Raises CkptError (WireError for the link) with the source still running.
     """
     from .. import api
@@ -130,7 +134,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             ch.expect("ready")
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.
-            probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close)
+            probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close,
+                          tcp_established=tcp_established)
             stats.state_ms = round(probe.frozen_seconds * 1e3, 1)
             policy.fixed_cost = probe.frozen_seconds + FINISH_ESTIMATE
 
@@ -200,7 +205,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 ch.expect("synced", timeout=timeout)
             try:
                 last = _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over,
-                             tcp_close=tcp_close)
+                             tcp_close=tcp_close, tcp_established=tcp_established)
             except BaseException as exc:
                 tracking = False  # the final dump ended tracking either way
                 try:

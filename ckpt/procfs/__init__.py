@@ -11,6 +11,7 @@ once and never mistakes a reused pid for the target.
 from .auxv import AT, Auxv, parse_auxv, read_auxv
 from .fdinfo import EpollTarget, FdInfo, InotifyWatch, TimerfdState, list_fds, parse_fdinfo, read_fdinfo
 from .maps import SmapsVma, Vma, parse_maps, parse_smaps, read_maps, read_smaps
+from .mountinfo import Mount, parse_mountinfo, read_mountinfo
 from .snapshot import Snapshot, snapshot
 from .stat import Stat, parse_stat, read_stat, read_task_stat
 from .status import Status, parse_status, read_status, read_task_status
@@ -20,6 +21,7 @@ __all__ = [
     "AT", "Auxv", "parse_auxv", "read_auxv",
     "EpollTarget", "FdInfo", "InotifyWatch", "TimerfdState", "list_fds", "parse_fdinfo", "read_fdinfo",
     "SmapsVma", "Vma", "parse_maps", "parse_smaps", "read_maps", "read_smaps",
+    "Mount", "parse_mountinfo", "read_mountinfo",
     "Snapshot", "snapshot",
     "Stat", "parse_stat", "read_stat", "read_task_stat",
     "Status", "parse_status", "read_status", "read_task_status",

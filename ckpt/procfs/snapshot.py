@@ -27,6 +27,7 @@ from .maps import SmapsVma, Vma, read_maps, read_smaps
 from .stat import Stat, read_stat, read_task_stat
 from .status import Status, read_status, read_task_status
 from .task import ProcessRef, list_tids
+from .timers import PosixTimerInfo, read_timers
 
 __all__ = ["Snapshot", "snapshot"]
 
@@ -92,6 +93,11 @@ class Snapshot:
     def fds(self) -> list[tuple[int, str]]:
         """(fd, readlink target) pairs."""
         return list_fds(self.pid, proc=self._proc)
+
+    @cached_property
+    def timers(self) -> list[PosixTimerInfo]:
+        """POSIX timers (``/proc/PID/timers``), sorted by id."""
+        return read_timers(self.pid, proc=self._proc)
 
     def readlink(self, rel: str) -> str:
         """A symlink below the pinned ``/proc/PID`` (``cwd``, ``root``, ``exe``, ``fd/N``); not cached."""

@@ -12,12 +12,17 @@ device, inode, size, mtime), deleted-but-open regular files (content saved,
 up to :data:`DELETED_MAX`), directories, /dev/null, /dev/zero, /dev/full,
 /dev/random, /dev/urandom, pipes and FIFOs with every end in the process
 (:mod:`ckpt.resources.pipes`), terminals and external stdio through a
-:class:`StdioPolicy`, listening/bound sockets (:mod:`ckpt.resources.sockets`,
-which refuses the rest), eventfds (:mod:`ckpt.resources.eventfd`) and epoll
-instances with their watches (:mod:`ckpt.resources.epoll`).  Refused: other
-anon inodes (timerfd, signalfd, …), memfd, other devices, and any pipe or
-FIFO with an end held by another process (named, with that process) —
-DESIGN §3: stray descriptors happen.
+:class:`StdioPolicy`, listening/bound inet sockets (:mod:`ckpt.resources.sockets`,
+which refuses the rest), unix sockets with their peers and queued data
+(:mod:`ckpt.resources.unix`), eventfds (:mod:`ckpt.resources.eventfd`), epoll
+instances with their watches (:mod:`ckpt.resources.epoll`), timerfds with
+their time left and unread expirations (:mod:`ckpt.resources.timerfd`),
+signalfds (:mod:`ckpt.resources.signalfd`) and inotify instances with their
+watches by path and wd (:mod:`ckpt.resources.inotify`; queued events are not
+kept, with a note).  Refused: other anon inodes (fanotify, pidfd,
+userfaultfd, io_uring, …), memfd, other devices, and any pipe or FIFO with an
+end held by another process (named, with that process) — DESIGN §3: stray
+descriptors happen.
 
 Restore runs in the helper, which has closed all its descriptors: each file
 is opened inside it (so the open is checked against the target's own
@@ -32,7 +37,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -44,8 +49,9 @@ from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.kcmp import same_file
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import FdInfo
+from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, pipes, sockets
+from . import epoll, eventfd, inotify, pipes, signalfd, sockets, tcp, timerfd, unix
 from ._scratch import scratch_for
 
 __all__ = [
@@ -70,6 +76,10 @@ _OPEN_IGNORED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _AT_FDCWD = -100
 _STDIO = (0, 1, 2)
+#: The anonymous-inode descriptors ckpt handles, by their /proc/PID/fd link (inotify's has no brackets).
+_ANON_KINDS = MappingProxyType({"anon_inode:[eventpoll]": K.EPOLL, "anon_inode:[eventfd]": K.EVENTFD,
+                                "anon_inode:[timerfd]": K.TIMERFD, "anon_inode:[signalfd]": K.SIGNALFD,
+                                "anon_inode:inotify": K.INOTIFY})
 
 
 @dataclass(frozen=True)
@@ -166,8 +176,8 @@ def classify(pid: int, o: OpenFd) -> int:
         return K.PIPE
     if link.startswith("socket:["):
         return K.INET  # refined (INET/UNIX) or refused by ckpt.resources.sockets
-    if link in ("anon_inode:[eventpoll]", "anon_inode:[eventfd]"):
-        return K.EPOLL if link == "anon_inode:[eventpoll]" else K.EVENTFD
+    if link in _ANON_KINDS:
+        return _ANON_KINDS[link]
     if link.startswith("anon_inode:"):
         raise _unsupported(pid, o.fd, f"an anonymous inode ({link[len('anon_inode:'):]})")
     if link.startswith("/memfd:"):
@@ -189,28 +199,6 @@ def classify(pid: int, o: OpenFd) -> int:
 def _is_tty(o: OpenFd) -> bool:
     rdev = (os.major(o.st.st_rdev), os.minor(o.st.st_rdev))
     return stat.S_ISCHR(o.st.st_mode) and (rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES)
-
-
-def _holders_index(targets: Collection[int], links: set[str]) -> dict[str, list[str]]:
-    """For each of ``links`` (pipe:[N], FIFO paths), the processes other than ``targets`` holding it, as
-    "pid (comm) fd N".  One walk of /proc for all of them; only run when the targets have pipes."""
-    out: dict[str, list[str]] = {link: [] for link in links}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in targets:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{name}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{name}/fd/{fd}")
-                if link in out:
-                    with open(f"/proc/{name}/comm") as f:
-                        out[link].append(f"process {name} ({f.read().strip()}) fd {fd}")
-            except OSError:
-                continue
-    return out
 
 
 def _identity(st: os.stat_result) -> common_pb2.FileIdentity:
@@ -253,16 +241,17 @@ def _group(fds: list[tuple[int, OpenFd]]) -> list[list[tuple[int, OpenFd]]]:
 
 
 def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPolicy(),
-         first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False,
+         first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False, ext_unix_close: bool = False,
          skip_fds: frozenset[int] = frozenset(), notes: list[str] | None = None) -> FilesDump:
     """The fds of one frozen process: :func:`dump_tree` of a tree of one."""
     return dump_tree([(proc, snap, skip_fds)], policy=policy, first_id=first_id, deleted_max=deleted_max,
-                     tcp_close=tcp_close, notes=notes)
+                     tcp_close=tcp_close, ext_unix_close=ext_unix_close, notes=notes)
 
 
 def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]], *,
               policy: StdioPolicy = StdioPolicy(), first_id: int = 1, deleted_max: int = DELETED_MAX,
-              tcp_close: bool = False, notes: list[str] | None = None) -> FilesDump:
+              tcp_close: bool = False, ext_unix_close: bool = False, notes: list[str] | None = None,
+              tcp_session: "tcp.Session | None" = None) -> FilesDump:
     """Classify and record every fd of the frozen processes; refuses (Unsupported) before touching anything.
 
     ``members``: (process, its snapshot, fds to leave out) — the fds that are
@@ -302,9 +291,15 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
             e.pipe.pipe_id = o.st.st_ino
             pipe_ends.setdefault(o.st.st_ino, []).append((e, pid, o))
         elif kind == K.INET:
-            sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes)
+            sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes, tcp_session=tcp_session)
         elif kind == K.EVENTFD:
             eventfd.dump(pid, o.fd, o.info, e)
+        elif kind == K.TIMERFD:
+            timerfd.dump(pid, o.fd, e)
+        elif kind == K.SIGNALFD:
+            signalfd.dump(pid, o.fd, o.info, e)
+        elif kind == K.INOTIFY:
+            inotify.dump(pid, o.fd, o.info, e, notes)
         elif kind == K.EPOLL:
             epolls.append((e, pid, o))
         for pid2, o2 in g:
@@ -312,17 +307,20 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
                 fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0, file_id=e.id))
         entries.append(e)
 
+    # Unix sockets are linked to their peers across the tree (refused or, ext_unix_close, closed if outside it).
+    unix.dump_tree([(e, g[0][0], g[0][1].fd) for e, g in zip(entries, groups) if e.kind == K.UNIX],
+                   ext_unix_close=ext_unix_close, notes=notes)
     for e, pid, o in epolls:  # watches name fds of the epoll's process: resolved once every fd has its FileEntry
         file_of = {f.fd: f.file_id for f in fd_entries[pid]}
         inode_of = {o2.fd: (o2.st.st_ino, file_of[o2.fd]) for g in groups for p2, o2 in g if p2 == pid}
         epoll.dump(pid, o.fd, o.info, e, inode_of, file_of)
 
-    holders = _holders_index(set(pids), {ends[0][2].link for ends in pipe_ends.values()}) if pipe_ends else {}
+    holding = holders({ends[0][2].link for ends in pipe_ends.values()}, skip=set(pids)) if pipe_ends else {}
     for ino, ends in pipe_ends.items():
         link = ends[0][2].link
         readers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
         writers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
-        others = holders.get(link, [])
+        others = holding.get(link, [])
         if others or not (readers and writers):
             if others and all(o.fd in _STDIO for _, _, o in ends):
                 for e, _, _ in ends:
@@ -367,6 +365,7 @@ class _Restorer:
     high: int
     warnings: list[str]
     pipes: pipes.PipeRestorer
+    unix_socks: unix.UnixRestorer
     created: list[str] = field(default_factory=list)
     #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
     epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
@@ -397,12 +396,20 @@ class _Restorer:
         if e.kind in (K.PIPE, K.FIFO):
             return self.pipes.open(e)
         if e.kind in (K.INET, K.UNIX):
-            fd = sockets.restore(self.inj, self.s, e)
+            fd = (self.unix_socks.open(e) if e.kind == K.UNIX
+                  else tcp.restore(self.inj, self.s, e, self.warnings) if e.inet.HasField("tcp")
+                  else sockets.restore(self.inj, self.s, e))
             if e.flags & os.O_NONBLOCK:
                 self.inj.call(NR.fcntl, fd, fcntl.F_SETFL, os.O_NONBLOCK, name=f"fcntl({fd}, F_SETFL)")
             return fd
         if e.kind == K.EVENTFD:
             return eventfd.restore(self.inj, e)
+        if e.kind == K.TIMERFD:
+            return timerfd.restore(self.inj, self.s, e, self.warnings)
+        if e.kind == K.SIGNALFD:
+            return signalfd.restore(self.inj, self.s, e)
+        if e.kind == K.INOTIFY:
+            return inotify.restore(self.inj, self.s, e, self.warnings, allow_changed=self.policy.allow_changed)
         if e.kind == K.EPOLL:
             self.epolls.append((e, fds[0]))
             return epoll.create(self.inj)
@@ -487,7 +494,9 @@ class SharedFiles:
     process installs that duplicate with an injected ``pidfd_getfd`` of the
     restorer: one open file description again — shared offset and status
     flags, one pipe.  A pipe counts as shared when its ends are used by
-    different processes; both ends are kept when it is created.
+    different processes; both ends are kept when it is created.  So do the
+    unix sockets created together (:func:`ckpt.resources.unix.groups`: the
+    ends of a connection, a listener and its connections).
     """
 
     def __init__(self, fds_of: Mapping[int, Sequence[files_pb2.FdEntry]], files: Sequence[FileEntry]) -> None:
@@ -502,7 +511,7 @@ class SharedFiles:
                 end = "w" if e.flags & os.O_ACCMODE == os.O_WRONLY else "r"
                 self._pipe_ends[(e.pipe.pipe_id, end)] = e.id
                 by_pipe.setdefault(e.pipe.pipe_id, []).append(e.id)
-        for ids in by_pipe.values():
+        for ids in [*by_pipe.values(), *unix.groups(files)]:  # created together: sockets of one connection too
             together = set().union(*(users.get(i, set()) for i in ids))
             for i in ids:
                 users[i] = together
@@ -568,10 +577,18 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
     warnings: list[str] = []
     with scratch_for(inj, scratch, PAGE_SIZE) as s:
         pr = pipes.PipeRestorer(inj, s, warnings, high=max(wanted, default=0) + 1)
+        fifo_owner: dict[int, int] = {}
         for e in files:
             if e.kind in (K.PIPE, K.FIFO) and e.pipe.data:
                 pr.data[e.pipe.pipe_id] = bytes(e.pipe.data)
-        r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr)
+            if e.kind == K.FIFO:
+                fifo_owner[e.pipe.pipe_id] = min(e.id, fifo_owner.get(e.pipe.pipe_id, e.id))
+        # A pipe's bytes go in wherever it is created (once: SharedFiles hands it on); a FIFO's
+        # (and its capacity) by the process holding its first entry, the one the dump gave
+        # them to: every process of a tree opens the FIFO by its path, a second fill would double them.
+        pr.fill_fifos = {pipe_id for pipe_id, eid in fifo_owner.items() if eid in users}
+        ur = unix.UnixRestorer(inj, s, files)
+        r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr, ur)
         try:
             for file_id, its in sorted(users.items(), key=lambda kv: min(f.fd for f in kv[1])):
                 mine = [f.fd for f in its]
@@ -587,9 +604,14 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                         ends[k] = r.out_of_the_way(fd, [])
                         if shared is not None:  # another process may use it
                             shared.keep_pipe_end(inj.pid, ends[k], pipe_id, k)
+                for fid, fd in ur.unclaimed.items():  # the other sockets of a new connection, likewise
+                    ur.unclaimed[fid] = r.out_of_the_way(fd, [])
+                    if shared is not None:
+                        shared.keep(inj.pid, ur.unclaimed[fid], fid)
                 r.place(t, its)
             for e, epfd in r.epolls:
                 epoll.add_watches(inj, s, epfd, e)
         finally:
             pr.close()
+            ur.close()
     return warnings

@@ -38,9 +38,11 @@ from ..kernel.prctl import (
     PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_THP_DISABLE, TASK_COMM_LEN,
 )
 from ..kernel.resource import PRIO_PROCESS, RLIM_INFINITY, RLIM_NLIMITS, RLIMIT_NAMES, rlimit64
+from ..procfs.limits import read_limits
 from ..kernel.sched import SCHED_RESET_ON_FORK, sched_getaffinity
 from ..procfs.snapshot import Snapshot
 from ..procfs.stat import read_stat
+from ..procfs.status import read_status
 from ._scratch import scratch_for
 
 __all__ = [
@@ -60,19 +62,15 @@ def _fmt(v: int) -> str:
 # --- dump ---
 
 def dump_rlimits(proc: FrozenProcess, *, scratch: Scratch | None = None) -> list[process_pb2.Rlimit]:
-    """Every resource limit, in RLIMIT_* order, by injected prlimit64(0, …)."""
-    inj = proc.injector()
+    """Every resource limit, in RLIMIT_* order, from /proc/PID/limits (16 injected prlimit64 cost ~1 ms)."""
     return [process_pb2.Rlimit(resource=r, name=RLIMIT_NAMES[r], cur=cur, max=max_)
-            for r, (cur, max_) in enumerate(_get_rlimits(inj, scratch))]
+            for r, (cur, max_) in enumerate(read_limits(proc.pid)[:RLIM_NLIMITS])]
 
 
-def _get_rlimits(inj: Injector, scratch: Scratch | None) -> list[tuple[int, int]]:
-    with scratch_for(inj, scratch, RLIM_NLIMITS * _RL_SIZE) as s:
-        for r in range(RLIM_NLIMITS):
-            inj.call(NR.prlimit64, 0, r, 0, s.addr + r * _RL_SIZE, name=f"prlimit64(RLIMIT_{RLIMIT_NAMES[r]})")
-        raw = s.read(0, RLIM_NLIMITS * _RL_SIZE)
-    return [(lim.rlim_cur, lim.rlim_max) for lim in
-            (rlimit64.from_buffer_copy(raw, r * _RL_SIZE) for r in range(RLIM_NLIMITS))]
+def _read_personality(pid: int) -> int:
+    """/proc/PID/personality (hex), read from outside: the injected query costs a ptrace round trip."""
+    with open(f"/proc/{pid}/personality", "rb") as f:
+        return int(f.read(), 16)
 
 
 def _read_oom_score_adj(pid: int) -> int:
@@ -92,7 +90,7 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None)
     entry = process_pb2.ProcessEntry(
         pid=proc.pid, ppid=st.ppid, pgid=st.pgrp, sid=st.session, comm=st.comm, start_time=st.starttime,
         exit_signal=st.exit_signal, umask=snap.status.umask or 0, cwd=cwd, root=root,
-        personality=inj.call(NR.personality, PERSONALITY_QUERY, name="personality(query)"),
+        personality=_read_personality(proc.pid),
         oom_score_adj=_read_oom_score_adj(proc.pid),
     )
     entry.rlimits.extend(dump_rlimits(proc, scratch=scratch))
@@ -127,12 +125,14 @@ def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch 
             _call_path(inj, s, NR.chdir, entry.cwd, "working directory")
         if entry.root and entry.root != "/":
             _call_path(inj, s, NR.chroot, entry.root, "root directory")
-        inj.call(NR.umask, entry.umask & 0o777, name=f"umask({entry.umask:o})")
+        if read_status(inj.pid).umask != entry.umask & 0o777:  # the helper has the restorer's
+            inj.call(NR.umask, entry.umask & 0o777, name=f"umask({entry.umask:o})")
         comm = entry.comm.encode(errors="surrogateescape")[:TASK_COMM_LEN - 1]
         s.write(0, comm + b"\0")
         inj.call(NR.prctl, PR_SET_NAME, s.addr, 0, 0, 0, name=f"prctl(PR_SET_NAME, {entry.comm!r})")
         try:
-            inj.call(NR.personality, entry.personality, name=f"personality({entry.personality:#x})")
+            if _read_personality(inj.pid) != entry.personality:
+                inj.call(NR.personality, entry.personality, name=f"personality({entry.personality:#x})")
         except OSError as exc:
             warnings.append(f"personality {entry.personality:#x} not set: {exc.strerror}")
         warnings += _restore_flags(inj, entry.flags)
@@ -160,6 +160,8 @@ def _restore_flags(inj: Injector, f: process_pb2.ProcessFlags) -> list[str]:
                                 (PR_SET_CHILD_SUBREAPER, int(f.child_subreaper), "PR_SET_CHILD_SUBREAPER"),
                                 (PR_SET_PDEATHSIG, f.pdeath_signal, "PR_SET_PDEATHSIG"),
                                 (PR_SET_THP_DISABLE, int(f.thp_disabled), "PR_SET_THP_DISABLE")):
+        if option in (PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG) and not value:
+            continue  # what every fresh helper has: fork clears both (one injected call less each)
         if option == PR_SET_DUMPABLE and value not in (0, 1):
             value = 1  # SUID_DUMP_ROOT (2) cannot be set by prctl
         try:
@@ -174,7 +176,7 @@ def restore_rlimits(inj: Injector, rlimits: "list[process_pb2.Rlimit] | object",
     """Set each limit; where the hard limit cannot be raised, keep today's hard limit and warn."""
     warnings = []
     with scratch_for(inj, scratch, RLIM_NLIMITS * _RL_SIZE) as s:
-        current = _get_rlimits(inj, s)
+        current = read_limits(inj.pid)
         for rl in rlimits:  # type: ignore[attr-defined]
             if not 0 <= rl.resource < RLIM_NLIMITS:
                 warnings.append(f"rlimit {rl.resource} ({rl.name}) is unknown to this kernel: not restored")

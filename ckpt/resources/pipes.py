@@ -112,6 +112,8 @@ class PipeRestorer:
     data: dict[int, bytes] = field(default_factory=dict)
     #: Keepers are moved to this fd number or above, clear of every number the image uses.
     high: int = 0
+    #: FIFO pipe_ids whose bytes and capacity this process restores (in a tree, one process per FIFO).
+    fill_fifos: set[int] = field(default_factory=set)
 
     def open(self, entry: files_pb2.FileEntry) -> int:
         """A temporary fd of ``entry``'s end in the target (status flags already set)."""
@@ -143,10 +145,11 @@ class PipeRestorer:
             keeper = self.inj.call(NR.fcntl, low, fcntl.F_DUPFD_CLOEXEC, self.high, name="fcntl(F_DUPFD_CLOEXEC)")
             self.inj.close(low)
             self.keepers[p.pipe_id] = keeper
-            if self._queued(keeper):  # another process holds the FIFO open: our bytes would double its
-                raise RestoreError(f"the FIFO {entry.path!r} already holds data: another process has it open",
-                                   hint="the dumped process must be gone (or the FIFO unused) before restoring")
-            self._fill(p, keeper)
+            if p.pipe_id in self.fill_fifos:  # this process puts the bytes back (in a tree: one of them does)
+                if self._queued(keeper):  # another process holds the FIFO open: our bytes would double its
+                    raise RestoreError(f"the FIFO {entry.path!r} already holds data: another process has it open",
+                                       hint="the dumped process must be gone (or the FIFO unused) before restoring")
+                self._fill(p, keeper)
         flags = entry.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY) | os.O_CLOEXEC
         return self._openat(entry.path, flags)
 

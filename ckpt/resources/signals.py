@@ -10,7 +10,12 @@ belongs to the threads module.
 Why each step is done the way it is:
 
 * Dispositions can only be read from inside (/proc shows SigCgt/SigIgn bits,
-  not handlers): ``rt_sigaction(sig, NULL, scratch)`` for every signal.
+  not handlers): ``rt_sigaction(sig, NULL, scratch)`` — for the signals those
+  bits mark, plus SIGCHLD (SA_NOCLDSTOP/SA_NOCLDWAIT matter with SIG_DFL too).
+  Every other signal is SIG_DFL, whose flags and mask have no effect; asking
+  all 64 was most of a small process's dump (one ptrace round trip each).
+  Restore likewise sets only the dispositions that are not plain SIG_DFL in
+  the image or not SIG_DFL in the helper now (its own SigCgt/SigIgn).
 * PTRACE_PEEKSIGINFO leaves the signals queued, so a dump that lets the target
   run on changes nothing.  A signal pending without a queue entry (the queue
   was full: RLIMIT_SIGPENDING) has no siginfo; it is saved with the zeroed
@@ -48,11 +53,11 @@ from ..image.pb import common_pb2, core_pb2, process_pb2
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR
 from ..kernel.signals import (
-    NSIG, SIG_IGN, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction, make_siginfo,
-    sigbit, siginfo_signo,
+    NSIG, SIG_DFL, SIG_IGN, SIGCHLD, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction,
+    make_siginfo, sigbit, siginfo_signo,
 )
 from ..procfs.snapshot import Snapshot
-from ..procfs.status import read_status, read_task_status
+from ..procfs.status import Status, read_status, read_task_status
 from ._scratch import scratch_for
 
 __all__ = [
@@ -72,7 +77,7 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None)
     the dump's last injected syscall.
     """
     entry = process_pb2.ProcessEntry()
-    entry.sigactions.extend(dump_sigactions(proc, scratch=scratch))
+    entry.sigactions.extend(dump_sigactions(proc, scratch=scratch, status=snap.status))
     return entry
 
 
@@ -95,11 +100,15 @@ def dump_pending(proc: FrozenProcess, entry: process_pb2.ProcessEntry, cores: Se
         core.pending.extend(dump_thread_pending(proc, core.tid))
 
 
-def dump_sigactions(proc: FrozenProcess, *, scratch: Scratch | None = None) -> list[process_pb2.SigAction]:
-    """Signals 1..64 in order (entry i is signal i+1), read by injected rt_sigaction."""
+def dump_sigactions(proc: FrozenProcess, *, scratch: Scratch | None = None,
+                    status: Status | None = None) -> list[process_pb2.SigAction]:
+    """Signals 1..64 in order (entry i is signal i+1): injected rt_sigaction where not plain SIG_DFL (see above)."""
     inj = proc.injector()
+    st = status if status is not None else read_status(proc.pid)
+    asked = _not_default(st) | {SIGCHLD}
     with scratch_for(inj, scratch, NSIG * _ACT_SIZE) as s:
-        for signo in range(1, NSIG + 1):
+        s.write(0, bytes(NSIG * _ACT_SIZE))  # SIG_DFL, no flags, empty mask: what is not asked
+        for signo in sorted(asked):
             inj.call(NR.rt_sigaction, signo, 0, s.addr + (signo - 1) * _ACT_SIZE, SIGSET_SIZE,
                      name=f"rt_sigaction({signo})")
         raw = s.read(0, NSIG * _ACT_SIZE)
@@ -138,10 +147,24 @@ def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch 
     restore_pending(inj, entry.shared_pending, scratch=scratch)
 
 
+def _not_default(st: Status) -> set[int]:
+    """Signals whose handler is not SIG_DFL (SigCgt: caught, SigIgn: ignored)."""
+    bits = st.sigcgt | st.sigign
+    return {signo for signo in range(1, NSIG + 1) if bits & sigbit(signo)}
+
+
 def restore_sigactions(inj: Injector, actions: "list[process_pb2.SigAction] | object",
                        *, scratch: Scratch | None = None) -> None:
-    """Set every saved disposition (SIGKILL/SIGSTOP skipped; SIGTRAP last, see the module doc)."""
-    acts = sorted((a for a in actions if a.signo not in UNCHANGEABLE), key=lambda a: a.signo == SIGTRAP)  # type: ignore[attr-defined]
+    """Set the saved dispositions (SIGKILL/SIGSTOP skipped; SIGTRAP last, see the module doc).
+
+    Only where it changes something: a disposition that is not plain SIG_DFL
+    in the image, or one the helper has not at SIG_DFL now (it is a copy of
+    the restorer, with the restorer's handlers), and SIGCHLD always.
+    """
+    helper = _not_default(read_status(inj.pid)) | {SIGCHLD}
+    acts = sorted((a for a in actions if a.signo not in UNCHANGEABLE  # type: ignore[attr-defined]
+                   and (a.signo in helper or (a.handler, a.flags, a.restorer, a.mask) != (SIG_DFL, 0, 0, 0))),
+                  key=lambda a: a.signo == SIGTRAP)
     with scratch_for(inj, scratch, NSIG * _ACT_SIZE) as s:
         for a in acts:
             if not 1 <= a.signo <= NSIG:

@@ -1,4 +1,8 @@
-"""Sockets: bound and listening TCP/UDP (IPv4/IPv6) and listening unix sockets, re-created with their options.
+"""Sockets: bound and listening TCP/UDP (IPv4/IPv6) re-created with their options; what every socket tells.
+
+Unix sockets are :mod:`ckpt.resources.unix`'s: this module only records
+what such a socket says about itself (type, names, options, a listener's
+backlog), and the unix module links them to their peers across the tree.
 
 Dump looks at the socket from outside: ``pidfd_getfd`` lends the dumper a
 duplicate of the target's descriptor, on which getsockname, getpeername and
@@ -9,16 +13,16 @@ injection.  The duplicate is closed at once; the target's socket is untouched.
 What can be re-created is a socket whose state lives in its local address and
 options: a TCP listener (its queue of not-yet-accepted connections is *not*
 kept: those clients see a reset), a UDP socket (bound, and connected to a
-peer if it was), a listening unix socket.  An established TCP connection would
-need TCP_REPAIR and the peer's cooperation; it is refused, naming the fd,
+peer if it was).  An established TCP connection is
+kept alive with ``--tcp-established`` (:mod:`ckpt.resources.tcp`: TCP_REPAIR
+and a network lock); otherwise it is refused, naming the fd and both ends,
 unless ``tcp_close`` — then, like CRIU's ``--tcp-close``, it comes back as a
 closed socket of the same family (never connected: read gives ENOTCONN,
 write EPIPE), and the program handles it as a dropped connection.
 
 Restore is injected into the helper: ``socket``, each saved option with
 ``setsockopt``, ``bind``, ``listen`` (or ``connect`` for a connected UDP
-socket).  A unix socket's path is left on disk when its owner dies; a stale
-one (nobody accepts on it) is removed first, or ``bind`` would fail.
+socket).
 
 A listener comes back with the backlog its program gave to ``listen()``: it
 bounds the accept queue and is what ``ss -l`` shows as Send-Q.  getsockopt
@@ -29,18 +33,18 @@ support in the kernel, the target in another network namespace) the image
 has no backlog, a note says so, and restore uses ``SOMAXCONN`` — as for an
 image written before the backlog was recorded.
 
-Not kept: SO_RCVBUF / SO_SNDBUF, socket filters, multicast memberships,
-queued datagrams.
+Not kept (inet): SO_RCVBUF / SO_SNDBUF, socket filters, multicast
+memberships, queued datagrams.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
-import stat
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..control.inject import Injector, Scratch
@@ -49,8 +53,10 @@ from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..kernel.sock_diag import listen_backlogs
+from . import tcp
 
-__all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "dump", "restore"]
+__all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "dump",
+           "restore", "setopts", "backlog_of"]
 
 K = files_pb2.FileEntry.Kind
 #: TCP_* states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
@@ -69,7 +75,7 @@ _INT = struct.Struct("<i")
 
 
 @dataclass(frozen=True)
-class _Peek:
+class Peek:
     """What the dumper's duplicate of the socket told."""
 
     family: int
@@ -95,7 +101,9 @@ def _sockaddr(family: int, addr: object) -> bytes:
     raise ValueError(f"address family {family}")
 
 
-def _peek(pid: int, fd: int) -> tuple[_Peek, list[files_pb2.SockOpt]]:
+@contextmanager
+def borrowed(pid: int, fd: int) -> Iterator[socket.socket]:
+    """A duplicate of the target's socket ``fd`` in our process (``pidfd_getfd``: the same socket), closed after."""
     pidfd = pidfd_open(pid)
     try:
         ours = pidfd_getfd(pidfd, fd)
@@ -103,6 +111,14 @@ def _peek(pid: int, fd: int) -> tuple[_Peek, list[files_pb2.SockOpt]]:
         os.close(pidfd)
     s = socket.socket(fileno=ours)
     try:
+        yield s
+    finally:
+        s.close()
+
+
+def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
+    with borrowed(pid, fd) as s:
+        ours = s.fileno()
         inode = os.fstat(ours).st_ino
         family = s.getsockopt(socket.SOL_SOCKET, _SO_DOMAIN)
         stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
@@ -112,8 +128,11 @@ def _peek(pid: int, fd: int) -> tuple[_Peek, list[files_pb2.SockOpt]]:
         if family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_STREAM:
             tcp_state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
         if family == socket.AF_UNIX:
-            local = os.fsencode(s.getsockname()) if isinstance(s.getsockname(), str) else bytes(s.getsockname())
-            peer = b""
+            local = unix_name(s.getsockname())
+            try:
+                peer = unix_name(s.getpeername())
+            except OSError:
+                peer = b""
         elif family in (socket.AF_INET, socket.AF_INET6):
             local = _sockaddr(family, s.getsockname())
             try:
@@ -129,9 +148,12 @@ def _peek(pid: int, fd: int) -> tuple[_Peek, list[files_pb2.SockOpt]]:
             except OSError:
                 continue  # not an option of this family/type
             opts.append(files_pb2.SockOpt(level=level, name=name, value=value))
-        return _Peek(family, stype, proto, listening, tcp_state, local, peer, inode), opts
-    finally:
-        s.close()
+        return Peek(family, stype, proto, listening, tcp_state, local, peer, inode), opts
+
+
+def unix_name(addr: str | bytes) -> bytes:
+    """Python's AF_UNIX address (str for a path, bytes for an abstract name) as the raw sun_path bytes."""
+    return os.fsencode(addr) if isinstance(addr, str) else bytes(addr)
 
 
 def _refuse(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
@@ -146,7 +168,7 @@ def _netns_differs(pid: int) -> bool:
         return False
 
 
-def _listen_backlog(pid: int, fd: int, p: _Peek, notes: list[str] | None) -> int | None:
+def _listen_backlog(pid: int, fd: int, p: Peek, notes: list[str] | None) -> int | None:
     """The listener's backlog from sock_diag; None (and a note) when sock_diag cannot tell."""
     port = struct.unpack_from(">H", p.local, 2)[0] if p.family != socket.AF_UNIX else 0
     try:
@@ -166,13 +188,15 @@ def _listen_backlog(pid: int, fd: int, p: _Peek, notes: list[str] | None) -> int
 
 
 def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False,
-         notes: list[str] | None = None) -> None:
+         notes: list[str] | None = None, tcp_session: "tcp.Session | None" = None) -> None:
     """Fill ``entry`` (kind, inet/unix details) for the socket at ``fd``; Unsupported for what cannot be re-created.
 
     ``notes`` collects what was not saved exactly (a listen backlog sock_diag
     could not report); without it, that goes out as a RuntimeWarning.
+    ``tcp_session`` (``--tcp-established``): an established TCP connection is
+    locked and read in repair mode by :mod:`ckpt.resources.tcp`, to come back alive.
     """
-    p, opts = _peek(pid, fd)
+    p, opts = peek(pid, fd)
     kinds = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
     if p.family in (socket.AF_INET, socket.AF_INET6):
         fam = "IPv4" if p.family == socket.AF_INET else "IPv6"
@@ -180,10 +204,21 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = Fal
                                     src_addr=p.local, dst_addr=p.peer)
         inet.options.extend(opts)
         if p.type == socket.SOCK_STREAM and not p.listening and p.tcp_state != TCP_CLOSE:
+            keep = tcp_session is not None and tcp_session.enabled
+            if keep and p.tcp_state == TCP_ESTABLISHED:
+                tcp_session.dump(pid, fd, p.family, p.local, p.peer, inet)  # type: ignore[union-attr]
+                entry.kind = K.INET
+                entry.inet.CopyFrom(inet)
+                return
             if not tcp_close:
-                raise _refuse(pid, fd, f"an established {fam} TCP connection (state {p.tcp_state})",
-                              "a live connection cannot be re-created; use --tcp-close (tcp_close=True) "
-                              "to restore it closed, as a dropped connection")
+                conn = f"{fam} TCP connection {tcp.describe(p.family, p.local, p.peer)}"
+                if p.tcp_state != TCP_ESTABLISHED:
+                    raise _refuse(pid, fd, f"a {conn} in state {tcp.TCP_STATES.get(p.tcp_state, p.tcp_state)}",
+                                  "--tcp-established keeps established connections only; use --tcp-close "
+                                  "(tcp_close=True) to restore it closed, as a dropped connection")
+                raise _refuse(pid, fd, f"an established {conn}",
+                              "use --tcp-established (tcp_established=True) to keep it alive across the restore, "
+                              "or --tcp-close (tcp_close=True) to restore it closed, as a dropped connection")
             inet.state = TCP_CLOSE
             inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
         elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
@@ -194,11 +229,13 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = Fal
         entry.inet.CopyFrom(inet)
         return
     if p.family == socket.AF_UNIX:
-        if not p.listening:
-            raise _refuse(pid, fd, f"a unix {kinds.get(p.type, p.type)} socket that is not listening "
-                          f"(name {p.local!r})", "only listening unix sockets are re-created")
-        unix = files_pb2.UnixSocket(type=p.type, state=TCP_LISTEN, name=p.local)
-        if (backlog := _listen_backlog(pid, fd, p, notes)) is not None:
+        if p.type not in kinds:
+            raise _refuse(pid, fd, f"a unix socket of type {p.type}")
+        # What the socket itself tells; its peer, queue and accept queue are the business of
+        # ckpt.resources.unix, which sees every socket of the tree at once.
+        unix = files_pb2.UnixSocket(ino=p.inode, type=p.type, state=TCP_LISTEN if p.listening else 0, name=p.local,
+                                    peer_name=p.peer)
+        if p.listening and (backlog := _listen_backlog(pid, fd, p, notes)) is not None:
             unix.backlog = backlog
         unix.options.extend(o for o in opts if o.level == socket.SOL_SOCKET)
         entry.kind = K.UNIX
@@ -209,48 +246,27 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = Fal
 
 # --- restore -----------------------------------------------------------------
 
-def _setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] | object") -> None:
+def setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] | object") -> None:
     for o in opts:  # type: ignore[attr-defined]
         s.write(0, bytes(o.value))
         inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {o.level}, {o.name})")
 
 
-def _clear_stale_unix_path(path: bytes) -> None:
-    """A listening unix socket's file outlives its owner: remove it if nobody accepts on it any more."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise RestoreError(f"{os.fsdecode(path)!r} exists and is not a socket: the listening socket cannot bind there")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # stale: its listener is gone
-        return
-    except OSError as exc:
-        if exc.errno == errno.EPROTOTYPE:  # a seqpacket listener: not ours to judge; let bind say
-            return
-        raise
-    finally:
-        probe.close()
-    raise RestoreError(f"another process accepts on the unix socket {os.fsdecode(path)!r}",
-                       hint="stop it, or restore when the socket path is free")
-
-
-def _backlog(sock: "files_pb2.InetSocket | files_pb2.UnixSocket") -> int:
+def backlog_of(sock: "files_pb2.InetSocket | files_pb2.UnixSocket") -> int:
     """The recorded backlog (0 included); SOMAXCONN when the image has none."""
     return sock.backlog if sock.HasField("backlog") else socket.SOMAXCONN
 
 
 def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
-    """Create the socket of ``entry`` in the process of ``inj``; its (temporary) fd."""
+    """Create the inet socket of ``entry`` in the process of ``inj``; its (temporary) fd.
+
+    Unix sockets are created by :class:`ckpt.resources.unix.UnixRestorer`, with their peers.
+    """
     if entry.kind == K.INET:
         i = entry.inet
         fd = inj.call(NR.socket, i.family, i.type | socket.SOCK_CLOEXEC, i.protocol, name="socket")
         try:
-            _setopts(inj, s, fd, i.options)
+            setopts(inj, s, fd, i.options)
             if i.state == TCP_CLOSE and i.type == socket.SOCK_STREAM:
                 return fd  # --tcp-close: a closed socket
             if i.src_addr:
@@ -261,26 +277,10 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
                     raise RestoreError(f"cannot bind the socket of file {entry.id} again: {exc.strerror}",
                                        hint="the address must be free (is the dumped process still running?)") from exc
             if i.type == socket.SOCK_STREAM and i.state == TCP_LISTEN:
-                inj.call(NR.listen, fd, _backlog(i), name="listen")
+                inj.call(NR.listen, fd, backlog_of(i), name="listen")
             elif i.type == socket.SOCK_DGRAM and i.dst_addr:
                 s.write(0, bytes(i.dst_addr))
                 inj.call(NR.connect, fd, s.addr, len(i.dst_addr), name="connect")
-        except BaseException:
-            inj.close(fd)
-            raise
-        return fd
-    if entry.kind == K.UNIX:
-        u = entry.unix
-        fd = inj.call(NR.socket, socket.AF_UNIX, u.type | socket.SOCK_CLOEXEC, 0, name="socket(AF_UNIX)")
-        try:
-            _setopts(inj, s, fd, u.options)
-            name = bytes(u.name)
-            if name and name[0] != 0:
-                _clear_stale_unix_path(name)
-            addr = struct.pack("<H", socket.AF_UNIX) + name + (b"\0" if name and name[0] != 0 else b"")
-            s.write(0, addr)
-            inj.call(NR.bind, fd, s.addr, len(addr), name=f"bind({name!r})")
-            inj.call(NR.listen, fd, _backlog(u), name="listen")
         except BaseException:
             inj.close(fd)
             raise

@@ -154,6 +154,20 @@ def test_shared_anonymous_memory_stays_shared(py_target, tmp_path: Path, restore
         _kill_all([child])
 
 
+def test_fifo_between_processes_keeps_its_bytes(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    t = py_target("py_fifo_tree.py", str(tmp_path / "fifo"), stderr=subprocess.DEVNULL)
+    child = int(t.ready()["child"])
+    try:
+        api.dump(t.pid, tmp_path / "img")
+        _forget(t)
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        os.kill(t.pid, signal.SIGUSR1)  # the child's 3000 bytes, once, then a new write of the child
+        assert t.expect("PASS", 10) == "PASS fifo"
+    finally:
+        _kill_all([child])
+
+
 def test_shared_descriptor_table_is_refused(c_target, tmp_path: Path) -> None:  # noqa: ANN001
     t = c_target("clone_files")
     child = int(t.ready()["child"])
@@ -162,7 +176,8 @@ def test_shared_descriptor_table_is_refused(c_target, tmp_path: Path) -> None:  
                                               rf"with its parent {t.pid}"):
             api.dump(t.pid, tmp_path / "img")
         assert not (tmp_path / "img").exists()
-        assert t.alive() and tracer_of(t.pid) == 0 and tracer_of(child) == 0 and _ids(child)[3] == "S"
+        assert t.alive() and tracer_of(t.pid) == 0 and tracer_of(child) == 0
+        wait_until(lambda: _ids(child)[3] == "S", "the child pauses again")
     finally:
         _kill_all([child])
 

@@ -15,7 +15,8 @@
  *                     close-on-exec; 5 O_NONBLOCK; 6 O_APPEND), /dev/null at 7, a deleted
  *                     file at 8, DIR at 9, a pipe 10/11 holding 3 KiB, a FIFO at 12
  *                     (O_RDWR, 100 bytes), /dev/urandom at 20; EXTRA "external" adds fd
- *                     13, a pipe to a child process, "socket" a unix socket (not listening) at 13; READY
+ *                     13, a pipe to a child process, "socket" a unix stream socket at 13 whose
+ *                     peer sent it stdin (SCM_RIGHTS, still queued) and closed; READY
  *   helper files      a helper whose SIGUSR1 report is the files one
  *   limits DIR        rlimits lowered, umask 027, cwd DIR, comm "ckpt-limits",
  *                     oom_score_adj 300, nice 5, affinity CPU 0; READY
@@ -183,6 +184,17 @@ static void setup_files(const char *dir, const char *extra) {
     } else if (extra && !strcmp(extra, "socket")) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) die("socketpair");
+        char c = 'x';
+        struct iovec iov = {&c, 1};
+        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        int in_flight = 0;
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &in_flight, sizeof(int));
+        if (sendmsg(sv[1], &mh, 0) != 1) die("sendmsg");
         at(sv[0], 13);
         close(sv[1]);
     }

@@ -135,7 +135,7 @@ class Pipe(_message.Message):
     def __init__(self, pipe_id: _Optional[int] = ..., capacity: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UnixSocket(_message.Message):
-    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options")
+    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options", "peer_name", "listener_ino", "pending", "name_inherited")
     INO_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,10 @@ class UnixSocket(_message.Message):
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PEER_NAME_FIELD_NUMBER: _ClassVar[int]
+    LISTENER_INO_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    NAME_INHERITED_FIELD_NUMBER: _ClassVar[int]
     ino: int
     type: int
     state: int
@@ -154,7 +158,11 @@ class UnixSocket(_message.Message):
     shutdown: int
     queue: _containers.RepeatedScalarFieldContainer[bytes]
     options: _containers.RepeatedCompositeFieldContainer[SockOpt]
-    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ...) -> None: ...
+    peer_name: bytes
+    listener_ino: int
+    pending: _containers.RepeatedScalarFieldContainer[int]
+    name_inherited: bool
+    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., peer_name: _Optional[bytes] = ..., listener_ino: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ..., name_inherited: _Optional[bool] = ...) -> None: ...
 
 class InetSocket(_message.Message):
     __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options")
@@ -185,7 +193,7 @@ class InetSocket(_message.Message):
     def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ...) -> None: ...
 
 class TcpRepair(_message.Message):
-    __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd")
+    __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd", "unsent", "snd_wl1", "max_window", "rcv_wup", "lock", "sndbuf", "rcvbuf", "netns")
     SND_SEQ_FIELD_NUMBER: _ClassVar[int]
     RCV_SEQ_FIELD_NUMBER: _ClassVar[int]
     SEND_QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +205,14 @@ class TcpRepair(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SND_WND_FIELD_NUMBER: _ClassVar[int]
     RCV_WND_FIELD_NUMBER: _ClassVar[int]
+    UNSENT_FIELD_NUMBER: _ClassVar[int]
+    SND_WL1_FIELD_NUMBER: _ClassVar[int]
+    MAX_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    RCV_WUP_FIELD_NUMBER: _ClassVar[int]
+    LOCK_FIELD_NUMBER: _ClassVar[int]
+    SNDBUF_FIELD_NUMBER: _ClassVar[int]
+    RCVBUF_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
     snd_seq: int
     rcv_seq: int
     send_queue: bytes
@@ -208,7 +224,15 @@ class TcpRepair(_message.Message):
     options: int
     snd_wnd: int
     rcv_wnd: int
-    def __init__(self, snd_seq: _Optional[int] = ..., rcv_seq: _Optional[int] = ..., send_queue: _Optional[bytes] = ..., recv_queue: _Optional[bytes] = ..., mss: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., options: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., rcv_wnd: _Optional[int] = ...) -> None: ...
+    unsent: int
+    snd_wl1: int
+    max_window: int
+    rcv_wup: int
+    lock: str
+    sndbuf: int
+    rcvbuf: int
+    netns: str
+    def __init__(self, snd_seq: _Optional[int] = ..., rcv_seq: _Optional[int] = ..., send_queue: _Optional[bytes] = ..., recv_queue: _Optional[bytes] = ..., mss: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., options: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., rcv_wnd: _Optional[int] = ..., unsent: _Optional[int] = ..., snd_wl1: _Optional[int] = ..., max_window: _Optional[int] = ..., rcv_wup: _Optional[int] = ..., lock: _Optional[str] = ..., sndbuf: _Optional[int] = ..., rcvbuf: _Optional[int] = ..., netns: _Optional[str] = ...) -> None: ...
 
 class SockOpt(_message.Message):
     __slots__ = ("level", "name", "value")
@@ -247,18 +271,20 @@ class EpollTarget(_message.Message):
     def __init__(self, fd: _Optional[int] = ..., file_id: _Optional[int] = ..., events: _Optional[int] = ..., data: _Optional[int] = ...) -> None: ...
 
 class TimerFd(_message.Message):
-    __slots__ = ("clockid", "settime_flags", "ticks", "value_ns", "interval_ns")
+    __slots__ = ("clockid", "settime_flags", "ticks", "value_ns", "interval_ns", "expires_ns")
     CLOCKID_FIELD_NUMBER: _ClassVar[int]
     SETTIME_FLAGS_FIELD_NUMBER: _ClassVar[int]
     TICKS_FIELD_NUMBER: _ClassVar[int]
     VALUE_NS_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_NS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_NS_FIELD_NUMBER: _ClassVar[int]
     clockid: int
     settime_flags: int
     ticks: int
     value_ns: int
     interval_ns: int
-    def __init__(self, clockid: _Optional[int] = ..., settime_flags: _Optional[int] = ..., ticks: _Optional[int] = ..., value_ns: _Optional[int] = ..., interval_ns: _Optional[int] = ...) -> None: ...
+    expires_ns: int
+    def __init__(self, clockid: _Optional[int] = ..., settime_flags: _Optional[int] = ..., ticks: _Optional[int] = ..., value_ns: _Optional[int] = ..., interval_ns: _Optional[int] = ..., expires_ns: _Optional[int] = ...) -> None: ...
 
 class SignalFd(_message.Message):
     __slots__ = ("sigmask",)

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProcessEntry(_message.Message):
-    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags")
+    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     PGID_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class ProcessEntry(_message.Message):
     OOM_SCORE_ADJ_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TIMERS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     pgid: int
@@ -47,7 +48,8 @@ class ProcessEntry(_message.Message):
     oom_score_adj: int
     cgroup: str
     flags: ProcessFlags
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ...) -> None: ...
+    timers: Timers
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ...) -> None: ...
 
 class Creds(_message.Message):
     __slots__ = ("uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid", "groups", "cap_inheritable", "cap_permitted", "cap_effective", "cap_bounding", "cap_ambient", "securebits")
@@ -122,3 +124,47 @@ class ProcessFlags(_message.Message):
     pdeath_signal: int
     thp_disabled: bool
     def __init__(self, no_new_privs: _Optional[bool] = ..., dumpable: _Optional[int] = ..., child_subreaper: _Optional[bool] = ..., pdeath_signal: _Optional[int] = ..., thp_disabled: _Optional[bool] = ...) -> None: ...
+
+class Timers(_message.Message):
+    __slots__ = ("real", "virtual", "prof", "posix")
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_FIELD_NUMBER: _ClassVar[int]
+    PROF_FIELD_NUMBER: _ClassVar[int]
+    POSIX_FIELD_NUMBER: _ClassVar[int]
+    real: ItimerVal
+    virtual: ItimerVal
+    prof: ItimerVal
+    posix: _containers.RepeatedCompositeFieldContainer[PosixTimer]
+    def __init__(self, real: _Optional[_Union[ItimerVal, _Mapping]] = ..., virtual: _Optional[_Union[ItimerVal, _Mapping]] = ..., prof: _Optional[_Union[ItimerVal, _Mapping]] = ..., posix: _Optional[_Iterable[_Union[PosixTimer, _Mapping]]] = ...) -> None: ...
+
+class ItimerVal(_message.Message):
+    __slots__ = ("value_us", "interval_us")
+    VALUE_US_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_US_FIELD_NUMBER: _ClassVar[int]
+    value_us: int
+    interval_us: int
+    def __init__(self, value_us: _Optional[int] = ..., interval_us: _Optional[int] = ...) -> None: ...
+
+class PosixTimer(_message.Message):
+    __slots__ = ("id", "clock_id", "sigev_notify", "signo", "sigev_value", "notify_tid", "value_ns", "interval_ns", "overrun", "queued_at_read")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGEV_NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    SIGNO_FIELD_NUMBER: _ClassVar[int]
+    SIGEV_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_TID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_NS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_NS_FIELD_NUMBER: _ClassVar[int]
+    OVERRUN_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_AT_READ_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    clock_id: int
+    sigev_notify: int
+    signo: int
+    sigev_value: int
+    notify_tid: int
+    value_ns: int
+    interval_ns: int
+    overrun: int
+    queued_at_read: int
+    def __init__(self, id: _Optional[int] = ..., clock_id: _Optional[int] = ..., sigev_notify: _Optional[int] = ..., signo: _Optional[int] = ..., sigev_value: _Optional[int] = ..., notify_tid: _Optional[int] = ..., value_ns: _Optional[int] = ..., interval_ns: _Optional[int] = ..., overrun: _Optional[int] = ..., queued_at_read: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,438 @@
+"""Established TCP connections (IPv4/IPv6) kept alive across dump and restore with TCP_REPAIR (``--tcp-established``).
+
+Dump, the target frozen, for each established connection:
+
+1. lock it (:mod:`ckpt.resources.netlock`): the peer's packets are dropped
+   from now on, so the kernel neither ACKs data the image would not hold nor,
+   once the socket is gone, answers the peer with a RST;
+2. take a duplicate of the socket (``pidfd_getfd``) and put it in repair mode
+   (it is one socket: the target's descriptor is in repair mode too);
+3. read what the connection is: the sequence number after each queue
+   (TCP_QUEUE_SEQ), the queues themselves (``MSG_PEEK``; the send queue split
+   into sent-but-unacknowledged and never-sent by SIOCOUTQ / SIOCOUTQNSD), the
+   window (TCP_REPAIR_WINDOW), what the handshake negotiated (MSS clamp,
+   window scales, SACK, timestamps: TCP_INFO) and the timestamp clock
+   (TCP_TIMESTAMP), plus the options every socket keeps.
+
+Then :class:`Session` decides.  The dump failed, or the target runs on
+(``-R``, ``-s``, a migration that kept the source): repair mode off,
+SO_REUSEADDR set back (leaving repair mode clears it), lock removed — the
+connection carries on as if nothing happened, its peer at most retransmits.
+The dump ends the target: the duplicate is closed and the target dies with
+the socket still in repair mode, which closes it without a FIN or RST; the
+lock stays, and the image records its tag for the restore.
+
+Restore, in the files step (before credentials are dropped): ``socket()`` is
+injected into the helper, the restorer takes a duplicate and does the rest
+itself — repair mode (which also lets the socket bind the port a restored
+listener holds: SK_FORCE_REUSE), the options, each queue's starting sequence
+number, ``bind`` to the old local address, ``connect`` (no SYN in repair
+mode), the negotiated options and timestamp, the receive queue and the sent
+part of the send queue written back in repair mode, the window, repair off,
+SO_REUSEADDR, then the never-sent part written normally; then the lock goes.
+
+Not kept: out-of-order segments (not acknowledged, or SACKed and reneged:
+the peer sends them again), urgent data, ECN, the congestion state
+(congestion control starts afresh), TCP_CORK, the congestion algorithm,
+connections in any state but ESTABLISHED (half-closed ones are refused; use
+``--tcp-close``).  A send queue bigger than the new socket's buffer makes
+restore fix SO_SNDBUF at the size the dumped socket had (a note says so).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import secrets
+import socket
+import struct
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from ..control.inject import Injector, Scratch
+from ..errors import CkptError, RestoreError, Unsupported
+from ..image.pb import files_pb2
+from ..kernel import tcp_repair as tr
+from ..kernel.arch_x86_64 import NR
+from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from . import netlock
+
+__all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "describe", "netns_id", "restore"]
+
+#: include/net/tcp_states.h, for messages.
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
+_ESTABLISHED = 1
+#: TCP-level options a long-lived connection is tuned with, kept on top of sockets.SAVED_OPTIONS.
+EXTRA_OPTIONS: tuple[tuple[int, int], ...] = (
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18)),
+)
+#: Options set after repair mode is left (leaving it resets SO_REUSEADDR); the others go before bind.
+_AFTER_REPAIR = {(socket.SOL_SOCKET, socket.SO_REUSEADDR)}
+_NO_SPACE = (errno.EAGAIN, errno.ENOMEM)
+
+
+def _addr(family: int, raw: bytes) -> tuple:
+    """A struct sockaddr_in/in6 (as the image keeps it) as Python's address tuple."""
+    port = struct.unpack_from(">H", raw, 2)[0]
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    flowinfo = struct.unpack_from(">I", raw, 4)[0]
+    scope = struct.unpack_from("<I", raw, 24)[0] if len(raw) >= 28 else 0
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flowinfo, scope
+
+
+def _at(addr: tuple) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe(family: int, local: bytes, peer: bytes) -> str:
+    """"local -> peer" of a connection, for messages."""
+    try:
+        return f"{_at(_addr(family, local))} -> {_at(_addr(family, peer))}"
+    except (ValueError, struct.error, OSError):
+        return "(addresses unknown)"
+
+
+def netns_id(pid: int) -> str:
+    """"<boot_id>:<inode>" of the network namespace of ``pid``: unique on this host since its boot."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    return f"{boot}:{os.stat(f'/proc/{pid}/ns/net').st_ino}"
+
+
+def _dup(pid: int, fd: int) -> socket.socket:
+    pidfd = pidfd_open(pid)
+    try:
+        return socket.socket(fileno=pidfd_getfd(pidfd, fd))
+    finally:
+        os.close(pidfd)
+
+
+# --- dump ----------------------------------------------------------------------
+
+@dataclass
+class _Held:
+    """One connection a dump locked: its lock tag, and our duplicate once taken."""
+
+    pid: int
+    fd: int
+    tag: str
+    netns: int | None = None  # the target's network namespace (an open descriptor) when it is not ours
+    sock: socket.socket | None = None
+    repairing: bool = False
+    reuseaddr: int = 0
+
+
+@dataclass
+class Session:
+    """The established connections one dump locks and puts in repair mode, and what becomes of them.
+
+    A context manager around the frozen part of a dump: on leaving it, every
+    connection is put back as it was (repair off, unlocked) unless
+    :meth:`keep` said the targets are gone.  Call :meth:`resume` before
+    letting a target run (-R): a program must never see its socket in repair
+    mode.  ``enabled`` False (no ``--tcp-established``): it holds nothing.
+    """
+
+    enabled: bool = False
+    token: str = field(default_factory=lambda: secrets.token_hex(4))
+    held: list[_Held] = field(default_factory=list)
+    kept: bool = False
+    #: Network namespaces of targets that are not in ours, (st_dev, st_ino) → open descriptor.
+    _netns: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            netlock.require()  # refuse before anything is frozen
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.kept:
+            return
+        problems = self._resume()
+        if problems and exc is not None:
+            exc.add_note("connections not put back: " + "; ".join(problems))
+        elif problems:
+            raise CkptError("could not put a dumped TCP connection back: " + "; ".join(problems),
+                            hint="the process runs on; check `nft list table inet ckpt`")
+
+    def dump(self, pid: int, fd: int, family: int, local: bytes, peer: bytes, inet: files_pb2.InetSocket) -> None:
+        """Lock the connection at ``fd`` of ``pid``, put it in repair mode and record it into ``inet.tcp``."""
+        where = f"process {pid}: fd {fd} ({describe(family, local, peer)})"
+        h = _Held(pid, fd, f"ckpt {self.token} pid {pid} fd {fd}", self._netns_of(pid))
+        lk = netlock.Lock.of(family, _addr(family, local)[:2], _addr(family, peer)[:2], h.tag)
+        try:
+            netlock.lock([lk], h.netns)
+        except netlock.NetlockError as exc:
+            raise Unsupported(f"{where}: cannot lock the connection: {exc}",
+                              hint="--tcp-established needs nftables in the kernel and CAP_NET_ADMIN") from exc
+        self.held.append(h)
+        h.sock = _dup(pid, fd)
+        s = h.sock
+        h.reuseaddr = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        tr.set_repair(s, tr.TCP_REPAIR_ON)
+        h.repairing = True
+        inet.tcp.CopyFrom(_read(s, where))
+        inet.tcp.lock = h.tag
+        inet.tcp.netns = netns_id(pid)
+        for level, name in EXTRA_OPTIONS:
+            try:
+                value = s.getsockopt(level, name, 4)
+            except OSError:
+                continue
+            inet.options.append(files_pb2.SockOpt(level=level, name=name, value=value))
+
+    def resume(self) -> None:
+        """Every connection back as it was (repair off, unlocked): the targets are about to run."""
+        problems = self._resume()
+        if problems:
+            raise CkptError("could not put a dumped TCP connection back: " + "; ".join(problems),
+                            hint="check `nft list table inet ckpt`")
+
+    def keep(self, *, unlock: bool = False) -> list[str]:
+        """The targets are dead: drop our duplicates (closed in repair mode: nothing reaches the peers).
+
+        The lock stays for the restore, unless ``unlock`` (a migration: the
+        destination has the connection now, and its own host's lock).
+        Returns notes on what could not be done (the dump itself succeeded).
+        """
+        for h in self.held:
+            if h.sock is not None:
+                h.sock.close()
+                h.sock = None
+        self.kept = True
+        problems = self._unlock() if unlock else []
+        self.held = []
+        self._close_netns()
+        return [f"the network lock of the migrated connections stays here: {p}" for p in problems]
+
+    def _netns_of(self, pid: int) -> int | None:
+        """A descriptor of ``pid``'s network namespace, or None when it is ours (nft runs there as is)."""
+        st, mine = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
+        key = (st.st_dev, st.st_ino)
+        if key == (mine.st_dev, mine.st_ino):
+            return None
+        if key not in self._netns:
+            self._netns[key] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        return self._netns[key]
+
+    def _unlock(self) -> list[str]:
+        """Remove the rules of every held connection, one nft call per network namespace."""
+        by_ns: dict[int | None, set[str]] = {}
+        for h in self.held:
+            by_ns.setdefault(h.netns, set()).add(h.tag)
+        problems = []
+        for ns, tags in by_ns.items():
+            try:
+                netlock.unlock(tags, ns)
+            except CkptError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def _close_netns(self) -> None:
+        for nsfd in self._netns.values():
+            os.close(nsfd)
+        self._netns.clear()
+
+    def _resume(self) -> list[str]:
+        problems = []
+        for h in self.held:
+            s = h.sock
+            if s is None:
+                continue
+            try:
+                if h.repairing:
+                    tr.select_queue(s, tr.TCP_NO_QUEUE)
+                    tr.set_repair(s, tr.TCP_REPAIR_OFF)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, h.reuseaddr)
+                    h.repairing = False
+            except OSError as exc:
+                problems.append(f"process {h.pid}: fd {h.fd}: leaving repair mode: {exc}")
+            finally:
+                s.close()
+                h.sock = None
+        problems += self._unlock()
+        self.held = []
+        self._close_netns()
+        return problems
+
+
+def _read(s: socket.socket, where: str) -> files_pb2.TcpRepair:
+    """The state of the connection ``s`` (repair mode, peer locked out): seqs, queues, window, options."""
+    info = tr.info_options(s)
+    if info.state != _ESTABLISHED:
+        raise Unsupported(f"{where}: the connection became {TCP_STATES.get(info.state, info.state)} while it was "
+                          "being dumped", hint="dump again, or use --tcp-close")
+    for _attempt in range(3):  # packets processed before the lock may still land: read until two reads agree
+        inq, outq, notsent = tr.inq(s), tr.outq(s), tr.outq_notsent(s)
+        tr.select_queue(s, tr.TCP_RECV_QUEUE)
+        rcv_seq = tr.queue_seq(s)
+        rq, rn = tr.peek(s, inq + 1) if inq else (b"", 0)
+        tr.select_queue(s, tr.TCP_SEND_QUEUE)
+        snd_seq = tr.queue_seq(s)
+        sq, sn = tr.peek(s, outq + 1) if outq else (b"", 0)
+        tr.select_queue(s, tr.TCP_NO_QUEUE)
+        again = (tr.inq(s), tr.outq(s), tr.outq_notsent(s))
+        if rn == len(rq) == inq and sn == len(sq) == outq and again == (inq, outq, notsent):
+            break
+    else:
+        raise CkptError(f"{where}: the connection's queues kept changing while it was locked "
+                        f"(receive {inq} → {rn} bytes, send {outq} → {sn})", hint="dump again")
+    w = tr.window(s)
+    t = files_pb2.TcpRepair(snd_seq=snd_seq, rcv_seq=rcv_seq, send_queue=sq, recv_queue=rq, mss=tr.maxseg(s),
+                            options=info.options, snd_wnd=w.snd_wnd, rcv_wnd=w.rcv_wnd, snd_wl1=w.snd_wl1,
+                            max_window=w.max_window, rcv_wup=w.rcv_wup, unsent=notsent,
+                            sndbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                            rcvbuf=s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    if info.options & tr.TCPI_OPT_WSCALE:
+        t.snd_wscale, t.rcv_wscale = info.snd_wscale, info.rcv_wscale
+    if info.options & tr.TCPI_OPT_TIMESTAMPS:
+        t.timestamp = tr.timestamp(s)
+    return t
+
+
+# --- restore -------------------------------------------------------------------
+
+def _repair_options(t: files_pb2.TcpRepair) -> list[tuple[int, int]]:
+    opts = [(tr.TCPOPT_MAXSEG, t.mss)]
+    if t.options & tr.TCPI_OPT_WSCALE:
+        opts.append((tr.TCPOPT_WINDOW, t.snd_wscale | t.rcv_wscale << 16))
+    if t.options & tr.TCPI_OPT_SACK:
+        opts.append((tr.TCPOPT_SACK_PERM, 0))
+    if t.options & tr.TCPI_OPT_TIMESTAMPS:
+        opts.append((tr.TCPOPT_TIMESTAMP, 0))
+    return opts
+
+
+@dataclass
+class _Writer:
+    """Writes a queue back; if the fresh socket's buffer is too small, it grows it (the dumped size first)."""
+
+    sock: socket.socket
+    t: files_pb2.TcpRepair
+    what: str
+    notes: list[str]
+    forced: set[int] = field(default_factory=set)
+
+    def write(self, data: bytes, queue: str) -> None:
+        view, off = memoryview(data), 0
+        while off < len(view):
+            try:
+                off += self.sock.send(view[off:], socket.MSG_DONTWAIT)
+            except OSError as exc:
+                if exc.errno not in _NO_SPACE or not self._grow(queue, len(view) - off):
+                    raise
+        view.release()
+
+    def _grow(self, queue: str, left: int) -> bool:
+        """The size the dumped socket had first; then room for twice what is left (skb overhead); then give up."""
+        opt, recorded, name = ((tr.SO_RCVBUFFORCE, self.t.rcvbuf, "SO_RCVBUF") if queue == "receive"
+                               else (tr.SO_SNDBUFFORCE, self.t.sndbuf, "SO_SNDBUF"))
+        now = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF if queue == "receive" else socket.SO_SNDBUF)
+        size = next((n for n in (recorded, now + 2 * left) if n > now), None)
+        if size is None or len(self.forced) >= 4:
+            return False
+        self.forced.add(size)
+        self.sock.setsockopt(socket.SOL_SOCKET, opt, size // 2)  # the kernel doubles it
+        self.notes[:] = [n for n in self.notes if not n.startswith(f"{self.what}: {name} fixed")]
+        self.notes.append(f"{self.what}: {name} fixed at {size} bytes to hold its {queue} queue "
+                          "(it no longer grows by itself)")
+        return True
+
+
+def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, notes: list[str]) -> int:
+    """Re-create the established connection of ``entry`` in the process of ``inj``; its (temporary) fd there."""
+    i, t = entry.inet, entry.inet.tcp
+    local, peer = _addr(i.family, bytes(i.src_addr)), _addr(i.family, bytes(i.dst_addr))
+    what = f"the TCP connection {_at(local)} -> {_at(peer)} (file {entry.id})"
+    if t.netns and ipaddress.ip_address(local[0]).is_loopback and t.netns != netns_id(inj.pid):
+        raise RestoreError(f"cannot restore {what}: it is a loopback connection, and this is not the network "
+                           "namespace it was dumped in (its peer is not here)",
+                           hint="restore it on the host (and network namespace) it was dumped on, "
+                                "or dump with --tcp-close")
+    fd = inj.call(NR.socket, i.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC, i.protocol, name="socket")
+    try:
+        with _dup(inj.pid, fd) as sk:
+            _rebuild(sk, i, local, peer, what, notes)
+    except BaseException:
+        inj.close(fd)  # still in repair mode unless the error came after: then nothing was half-done
+        raise
+    if t.lock:
+        _unlock_restored(t, what, notes)
+    return fd
+
+
+def _unlock_restored(t: files_pb2.TcpRepair, what: str, notes: list[str]) -> None:
+    """The connection is back: drop its lock, here (another host's is its own business: a migration's source)."""
+    here = netns_id(os.getpid())
+    if t.netns and t.netns != here and t.netns.split(":")[0] == here.split(":")[0]:
+        notes.append(f"{what}: its network lock stays in the network namespace it was dumped in, which ckpt "
+                     f"cannot reach from here: delete the rule with comment {t.lock!r} from table inet ckpt there")
+        return
+    try:
+        netlock.unlock({t.lock})
+    except CkptError as exc:
+        notes.append(f"{what}: its network lock could not be removed ({exc}); "
+                     f"delete the rule with comment {t.lock!r} (`nft -a list table inet ckpt`)")
+
+
+def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tuple, what: str,
+             notes: list[str]) -> None:
+    t = i.tcp
+    tr.set_repair(sk, tr.TCP_REPAIR_ON)
+    for o in i.options:
+        if (o.level, o.name) not in _AFTER_REPAIR:
+            sk.setsockopt(o.level, o.name, bytes(o.value))
+    sent = len(t.send_queue) - t.unsent
+    tr.select_queue(sk, tr.TCP_RECV_QUEUE)
+    tr.set_queue_seq(sk, t.rcv_seq - len(t.recv_queue))
+    tr.select_queue(sk, tr.TCP_SEND_QUEUE)
+    tr.set_queue_seq(sk, t.snd_seq - len(t.send_queue))
+    try:
+        sk.bind(local)
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise RestoreError(f"cannot restore {what}: its local address {local[0]} does not exist on this host",
+                               hint="an established connection keeps its addresses: restore it where that "
+                                    "address is configured (move the address with the process), "
+                                    "or dump with --tcp-close") from exc
+        raise RestoreError(f"cannot restore {what}: bind: {exc.strerror}",
+                           hint="is another socket on that address and port (the dumped process still "
+                                "running?)") from exc
+    try:
+        sk.connect(peer)  # repair mode: no SYN, straight to ESTABLISHED
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:  # the 4-tuple is in the established hash already
+            raise RestoreError(f"cannot restore {what}: another socket holds that connection",
+                               hint="is the dumped process still running?") from exc
+        raise RestoreError(f"cannot restore {what}: connect in repair mode: {exc.strerror}") from exc
+    tr.set_options(sk, _repair_options(t))
+    if t.options & tr.TCPI_OPT_TIMESTAMPS:
+        tr.set_timestamp(sk, t.timestamp)
+    w = _Writer(sk, t, what, notes)
+    if t.recv_queue:
+        tr.select_queue(sk, tr.TCP_RECV_QUEUE)
+        w.write(bytes(t.recv_queue), "receive")
+    if sent:
+        tr.select_queue(sk, tr.TCP_SEND_QUEUE)  # taken as sent: only the peer's ACK removes it
+        w.write(bytes(t.send_queue[:sent]), "send")
+    tr.set_window(sk, tr.tcp_repair_window(t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup))
+    tr.select_queue(sk, tr.TCP_NO_QUEUE)
+    tr.set_repair(sk, tr.TCP_REPAIR_OFF)
+    try:
+        for o in i.options:
+            if (o.level, o.name) in _AFTER_REPAIR:
+                sk.setsockopt(o.level, o.name, bytes(o.value))
+        if t.unsent:
+            w.write(bytes(t.send_queue[sent:]), "send")  # never sent: goes out like any write
+    except BaseException:
+        tr.set_repair(sk, tr.TCP_REPAIR_ON)  # so that closing it sends nothing to the peer
+        raise

@@ -1,0 +1,461 @@
+"""Established TCP connections kept alive across dump and restore (``--tcp-established``).
+
+The client is this test process, outside the dumped tree; the server is
+scenarios/py_tcp_conn.py (or redis-server).  Each test leaves data queued in
+both directions at dump time and checks every byte on both sides after it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ckpt.dump import PROCESS_DUMPERS, dump, restore
+from ckpt.errors import Unsupported
+from ckpt.image.show import show_dict
+from ckpt.kernel.pidfd import pidfd_getfd, pidfd_open
+from ckpt.resources import netlock
+from hosts import SecondHost
+from targets import SCENARIOS, Target, spawn, tracer_of
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, TCP_REPAIR, nft)"),
+              pytest.mark.skipif(netlock.nft_path() is None, reason="nft (nftables) is not installed")]
+
+TCP_INFO_STATE_ESTABLISHED = 1
+CLONE_NEWNET = 0x40000000
+
+
+def _pattern(offset: int, n: int) -> bytes:
+    """The bytes py_tcp_conn.py sends at stream offsets offset..offset+n (k % 251)."""
+    return bytes((offset + i) % 251 for i in range(n))
+
+
+def _state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+class Server:
+    """py_tcp_conn.py and our connection to it."""
+
+    def __init__(self, t: Target, host: str, netns_of: int | None = None) -> None:
+        self.t, self.host = t, host
+        self.port = int(t.ready(timeout=20)["port"])
+        self.client = _connect_in(netns_of, (host, self.port))
+        t.expect("ACCEPTED", timeout=10)
+        self.received = 0  # pattern bytes read so far
+        self.sent = b""    # bytes our kernel took that the server has not DRAINed yet
+
+    def send_unread(self, n: int) -> int:
+        """Queue up to ``n`` random bytes towards the server without blocking (it does not read them)."""
+        data = os.urandom(n)
+        self.client.setblocking(False)
+        done = 0
+        try:
+            while done < n:
+                done += self.client.send(data[done:])
+        except BlockingIOError:
+            pass
+        self.client.settimeout(10)
+        self.sent += data[:done]
+        return done
+
+    def blast(self, n: int) -> int:
+        self.t.write(f"BLAST {n}\n".encode())
+        return int(self.t.expect("BLASTED", timeout=10).split("=")[1])
+
+    def read_pattern(self, n: int) -> None:
+        got = bytearray()
+        while len(got) < n:
+            chunk = self.client.recv(min(1 << 20, n - len(got)))
+            assert chunk, f"the server closed the connection after {self.received + len(got)} bytes"
+            got += chunk
+        assert bytes(got) == _pattern(self.received, n), "the server's bytes came back altered"
+        self.received += n
+
+    def drain(self) -> str:
+        """The server reads everything we sent; both sides check the digest."""
+        want = hashlib.sha256(self.sent).hexdigest()
+        self.t.write(f"DRAIN {len(self.sent)}\n".encode())
+        line = self.t.expect("DRAINED", timeout=20)
+        assert f"sha={want}" in line, "the server did not receive our bytes exactly"
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = self.client.recv(100)
+            assert chunk, "the server closed the connection"
+            reply += chunk
+        assert reply.decode() == f"GOT {want} {len(self.sent)}\n"
+        self.sent = b""
+        return line
+
+    def serve(self, *lines: str) -> None:
+        """New messages both ways on the same connection."""
+        self.t.write(b"SERVE\n")
+        for text in lines:
+            self.client.sendall(text.encode() + b"\n")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = self.client.recv(100)
+                assert chunk, "the server closed the connection"
+                reply += chunk
+            assert reply == f"echo {text}\n".encode()
+        self.client.sendall(b"BYE\n")
+        assert self.t.expect("SERVED", timeout=10) == f"SERVED n={len(lines)}"
+
+    def conn_fd(self, pid: int) -> int:
+        """The server's descriptor of our connection."""
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                with _dup(pid, int(name)) as s:
+                    if not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                        return int(name)
+        raise AssertionError(f"process {pid} holds no connection")
+
+
+def _connect_in(pid: int | None, addr: tuple[str, int]) -> socket.socket:
+    """A connection to ``addr`` made from the network namespace of ``pid`` (a thread of ours setns'd there)."""
+    if pid is None:
+        return socket.create_connection(addr, timeout=10)
+    out: list[socket.socket | BaseException] = []
+
+    def there() -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            out.append(socket.create_connection(addr, timeout=10))  # the socket stays in that namespace
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            out.append(exc)
+
+    th = threading.Thread(target=there)  # setns(CLONE_NEWNET) changes only the calling thread
+    th.start()
+    th.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
+def _dup(pid: int, fd: int) -> socket.socket:
+    pidfd = pidfd_open(pid)
+    try:
+        return socket.socket(fileno=pidfd_getfd(pidfd, fd))
+    finally:
+        os.close(pidfd)
+
+
+def _start(py_target, host: str) -> Server:  # noqa: ANN001
+    return Server(py_target("py_tcp_conn.py", host, stdin_pipe=True, stderr=subprocess.DEVNULL), host)
+
+
+def _no_lock_left() -> None:
+    assert netlock.locked() == {}
+    assert subprocess.run(["nft", "list", "table", "inet", netlock.TABLE], capture_output=True).returncode != 0, \
+        "ckpt's nft table was left behind"
+
+
+@contextmanager
+def _acks_dropped(host: str, client_port: int, server_port: int) -> Iterator[None]:
+    """Our packets to the server are dropped (a table of the test's own): what it sends stays unacknowledged."""
+    ip = "ip6" if ":" in host else "ip"
+    table = "ckpt_test_acks"
+    subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+        f"add table inet {table}\n"
+        f"add chain inet {table} c {{ type filter hook prerouting priority raw; policy accept; }}\n"
+        f"add rule inet {table} c {ip} saddr {host} tcp sport {client_port} tcp dport {server_port} drop\n"))
+    try:
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+
+
+def _image_tcp(image: Path) -> dict:
+    """The TcpRepair record of the one established connection of the image, as ``ckpt show`` decodes it."""
+    found = []
+
+    def walk(v: object) -> None:
+        if isinstance(v, dict):
+            if "tcp" in v and isinstance(v["tcp"], dict):
+                found.append(v["tcp"])
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+    walk(show_dict(image))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_connection_survives_dump_and_restore(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                              host: str) -> None:
+    srv = _start(py_target, host)
+    srv.serve("before")
+    queued = srv.send_unread(400_000)  # more than its receive buffer: some stay in our send queue
+    client_port = srv.client.getsockname()[1]
+    with _acks_dropped(host, client_port, srv.port):
+        blasted = srv.blast(4_000_000)  # the first window's worth reaches us, unacknowledged; the rest waits
+        time.sleep(0.05)
+        stats = dump(srv.t.pid, tmp_path / "img", tcp_established=True)
+        srv.t.proc.returncode = -signal.SIGKILL
+        tcp = _image_tcp(tmp_path / "img")
+        rq, sq, unsent = len(tcp["recv_queue"]) // 2, len(tcp["send_queue"]) // 2, tcp["unsent"]
+        assert 0 < rq < queued and 0 < unsent < sq  # every queue had bytes: received, sent-unacked, unsent
+        assert tcp["lock"] in netlock.locked()  # the peer stays locked out until the restore
+        time.sleep(0.3)  # the process is gone: its socket closed in repair mode, nothing reached us
+        assert _state(srv.client) == TCP_INFO_STATE_ESTABLISHED
+        r = restore(tmp_path / "img", inherit_fds=srv.t.stdio_fds)
+        restored.append(r.pid)
+        assert r.pid == srv.t.pid and tracer_of(r.pid) == 0
+        assert tcp["lock"] not in netlock.locked()
+    _no_lock_left()
+    print(f"{host}: {queued} bytes to the server ({rq} in its receive queue), {blasted} from it ({sq - unsent} "
+          f"sent-unacknowledged, {unsent} unsent); dump {stats.total_seconds * 1e3:.0f} ms, "
+          f"restore {r.total_seconds * 1e3:.0f} ms; notes {r.notes}")
+    srv.read_pattern(blasted)  # what the server had written: sent-unacknowledged and never sent
+    assert srv.drain().endswith("nonblock=1")  # it got our bytes exactly; O_NONBLOCK came back
+    srv.serve("after", "restore")
+    assert srv.send_unread(1000) == 1000 and srv.blast(1000) == 1000
+    srv.read_pattern(1000)
+    srv.drain()
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["R", "s"])
+def test_leave_running_keeps_the_connection_and_unlocks(py_target, tmp_path: Path,  # noqa: ANN001
+                                                         stopped: bool) -> None:
+    srv = _start(py_target, "127.0.0.1")
+    queued = srv.send_unread(50_000)
+    blasted = srv.blast(3_000_000)
+    fd = srv.conn_fd(srv.t.pid)
+    with _dup(srv.t.pid, fd) as s:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1  # inherited from the listener
+    dump(srv.t.pid, tmp_path / "img", leave_running=not stopped, leave_stopped=stopped, tcp_established=True)
+    assert srv.t.alive() and tracer_of(srv.t.pid) == 0
+    if stopped:  # -s: left stopped with its connection live (unlocked, out of repair mode), like -R
+        os.kill(srv.t.pid, signal.SIGCONT)
+    _no_lock_left()
+    assert len(_image_tcp(tmp_path / "img")["recv_queue"]) // 2 == queued
+    with _dup(srv.t.pid, fd) as s:  # leaving repair mode clears SO_REUSEADDR: the dump set it back
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    srv.read_pattern(blasted)
+    assert srv.drain().endswith("nonblock=1")
+    srv.serve("still", "here")
+
+
+def test_refused_without_the_flag(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(1000)
+    ours = srv.client.getsockname()[1]
+    with pytest.raises(Unsupported, match=rf"process {srv.t.pid}: fd \d+ is an established IPv4 TCP connection "
+                                          rf"127\.0\.0\.1:{srv.port} -> 127\.0\.0\.1:{ours}, which ckpt cannot dump"
+                       ) as exc:
+        dump(srv.t.pid, tmp_path / "img")
+    assert "--tcp-established" in (exc.value.hint or "") and "--tcp-close" in (exc.value.hint or "")
+    assert srv.t.alive() and tracer_of(srv.t.pid) == 0 and not (tmp_path / "img").exists()
+    _no_lock_left()
+    srv.drain()
+    srv.serve("untouched")
+
+
+def test_failed_dump_after_the_lock_leaves_the_connection_working(py_target, tmp_path: Path,  # noqa: ANN001
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = _start(py_target, "::1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(2_000_000)
+    fd = srv.conn_fd(srv.t.pid)
+    seen: list[dict[str, int]] = []
+
+    def fail(ctx) -> None:  # noqa: ANN001 - runs after the files: the connection is locked and in repair mode
+        seen.append(netlock.locked())
+        raise Unsupported("a resource that refuses")
+
+    monkeypatch.setattr("ckpt.dump.PROCESS_DUMPERS", [*PROCESS_DUMPERS, ("refuses", fail)])
+    with pytest.raises(Unsupported, match="refuses"):
+        dump(srv.t.pid, tmp_path / "img", tcp_established=True)
+    assert len(seen) == 1 and len(seen[0]) == 1  # it was locked when the dump failed
+    assert srv.t.alive() and tracer_of(srv.t.pid) == 0 and not (tmp_path / "img").exists()
+    _no_lock_left()
+    with _dup(srv.t.pid, fd) as s:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    srv.read_pattern(blasted)
+    srv.drain()
+    srv.serve("carries", "on")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is not installed")
+def test_target_in_another_network_namespace_is_locked_there(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock goes into the target's network namespace (nft through nsenter), and comes out of it again."""
+    argv = ["unshare", "--net", "sh", "-c",
+            f'ip link set lo up && exec "$0" -u {SCENARIOS / "py_tcp_conn.py"} 127.0.0.1', sys.executable]
+    with spawn(argv, stdin_pipe=True, stderr=subprocess.DEVNULL) as t:
+        srv = Server(t, "127.0.0.1", netns_of=t.pid)
+        srv.send_unread(10_000)
+        blasted = srv.blast(1_000_000)
+        nsfd = os.open(f"/proc/{t.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        seen: list[tuple[dict[str, int], dict[str, int]]] = []
+
+        def fail(ctx) -> None:  # noqa: ANN001
+            seen.append((netlock.locked(nsfd), netlock.locked()))
+            raise Unsupported("a resource that refuses")
+
+        try:
+            monkeypatch.setattr("ckpt.dump.PROCESS_DUMPERS", [*PROCESS_DUMPERS, ("refuses", fail)])
+            with pytest.raises(Unsupported, match="refuses"):
+                dump(t.pid, tmp_path / "img", tcp_established=True)
+            (there, here), = seen
+            assert len(there) == 1 and here == {}  # locked in the target's namespace, not in ours
+            assert netlock.locked(nsfd) == {}
+        finally:
+            os.close(nsfd)
+        _no_lock_left()
+        assert t.alive() and tracer_of(t.pid) == 0
+        srv.read_pattern(blasted)
+        srv.drain()
+        srv.serve("namespaced")
+
+
+def test_refused_without_nft(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(netlock, "nft_path", lambda: None)
+    with pytest.raises(Unsupported, match="needs nft") as exc:
+        dump(os.getpid(), tmp_path / "img", tcp_established=True)  # refused before anything is frozen
+    assert "nftables" in (exc.value.hint or "")
+
+
+# --- redis ---------------------------------------------------------------------------------------
+
+REDIS = shutil.which("redis-server")
+
+
+class Resp:
+    """A minimal RESP client on one connection."""
+
+    def __init__(self, port: int, address: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((address, port), timeout=15)
+        self.buf = b""
+
+    @staticmethod
+    def encode(*args: str) -> bytes:
+        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(1 << 16)
+            assert chunk, "redis closed the connection"
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> object:
+        line = self._line()
+        if line[:1] in (b"+", b"-"):
+            return line[1:].decode()
+        if line[:1] == b":":
+            return int(line[1:])
+        if line[:1] == b"$":
+            n = int(line[1:])
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                chunk = self.sock.recv(1 << 16)
+                assert chunk, "redis closed the connection"
+                self.buf += chunk
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data
+        raise AssertionError(f"unexpected reply {line!r}")
+
+    def call(self, *args: str) -> object:
+        self.sock.sendall(self.encode(*args))
+        return self.reply()
+
+
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
+def test_redis_client_connection_survives(tmp_path: Path, restored: list[int]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "redis.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
+                    "logfile \"\"\nprotected-mode no\n")
+    with spawn([REDIS, str(conf)], stderr=subprocess.DEVNULL) as t:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r = Resp(port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.05)
+        values = {f"key:{i}": f"value-{i}-{random.getrandbits(64):x}" for i in range(1000)}
+        r.sock.sendall(b"".join(Resp.encode("SET", k, v) for k, v in values.items()))
+        assert [r.reply() for _ in values] == ["OK"] * len(values)
+        dump(t.pid, tmp_path / "img", tcp_established=True)
+        t.proc.returncode = -signal.SIGKILL
+        # A command sent while redis is gone: dropped by the lock, retransmitted by our kernel after the restore.
+        r.sock.sendall(Resp.encode("GET", "key:7"))
+        time.sleep(0.2)
+        res = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(res.pid)
+        assert res.pid == t.pid and tracer_of(t.pid) == 0
+        _no_lock_left()
+        assert r.reply() == values["key:7"].encode()  # the same connection, the answer to the locked-out GET
+        for k in random.Random(3).sample(sorted(values), 100):
+            assert r.call("GET", k) == values[k].encode()
+        assert r.call("SET", "after", "restore") == "OK" and r.call("GET", "after") == b"restore"
+        assert r.call("DBSIZE") == len(values) + 1
+        r2 = Resp(port)  # the restored listener accepts new clients too
+        assert r2.call("GET", "after") == b"restore"
+        r.sock.close()
+        r2.sock.close()
+
+
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
+def test_migration_needs_the_local_address_at_the_destination(second_host: SecondHost, tmp_path: Path) -> None:
+    """Redis holds a connection to this host's address, which the second host does not have: the destination's
+    restore fails naming it, and the source serves on with the same connection, unlocked."""
+    from test_migrate import _free_port, _migrate, _Receiver, _token, _untracked
+
+    host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
+    conf = tmp_path / "redis.conf"
+    conf.write_text(f"port {port}\nbind 0.0.0.0\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
+                    "logfile \"\"\nprotected-mode no\n")
+    proc = subprocess.Popen([REDIS, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)  # no pipes: it moves
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r = Resp(port, host.host_address)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.05)
+        assert r.call("SET", "k", "v") == "OK"
+        rx = _Receiver(host, tmp_path, token, rx_port)
+        res, _ = _migrate(host, proc.pid, rx_port, token, tmp_path, "--tcp-established", "--stop-and-copy")
+        assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+        assert f"its local address {host.host_address} does not exist on this host" in res.stderr, res.stderr
+        assert rx.result().get("outcome") != "running"
+        assert proc.poll() is None and tracer_of(proc.pid) == 0 and _untracked(proc.pid)
+        _no_lock_left()
+        assert r.call("GET", "k") == b"v" and r.call("INCR", "n") == 1  # the same connection
+        r.sock.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -1,0 +1,61 @@
+"""The pieces of --tcp-established that need no kernel: lock rules, addresses, repair options."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from ckpt.image.pb import files_pb2
+from ckpt.kernel import tcp_repair as tr
+from ckpt.resources import netlock, tcp
+
+
+def _sin(host: str, port: int) -> bytes:
+    return struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(host) + bytes(8)
+
+
+def _sin6(host: str, port: int, scope: int = 0) -> bytes:
+    return (struct.pack("<H", socket.AF_INET6) + struct.pack(">H", port) + bytes(4)
+            + socket.inet_pton(socket.AF_INET6, host) + struct.pack("<I", scope))
+
+
+def test_rule_matches_the_peers_packets_to_us() -> None:
+    lk = netlock.Lock.of(socket.AF_INET, ("10.0.0.1", 80), ("10.0.0.2", 5555), "ckpt ab12 pid 7 fd 4")
+    assert lk.rule() == ('ip saddr 10.0.0.2 tcp sport 5555 ip daddr 10.0.0.1 tcp dport 80 drop '
+                         'comment "ckpt ab12 pid 7 fd 4"')
+    assert str(lk) == "10.0.0.1:80 <- 10.0.0.2:5555"
+    six = netlock.Lock.of(socket.AF_INET6, ("::1", 80), ("::1", 5555), "t")
+    assert six.rule().startswith("ip6 saddr ::1 tcp sport 5555 ip6 daddr ::1 ") and str(six) == "[::1]:80 <- [::1]:5555"
+
+
+def test_ipv4_mapped_connection_is_locked_as_ipv4() -> None:
+    """An IPv6 socket talking to ::ffff:a.b.c.d sends IPv4 packets: the rule must match those."""
+    lk = netlock.Lock.of(socket.AF_INET6, ("::ffff:127.0.0.1", 80), ("::ffff:127.0.0.2", 9), "t")
+    assert lk.family == socket.AF_INET and lk.rule().startswith("ip saddr 127.0.0.2 tcp sport 9 ip daddr 127.0.0.1 ")
+
+
+def test_tag_must_be_a_plain_comment() -> None:
+    with pytest.raises(ValueError):
+        netlock.Lock.of(socket.AF_INET, ("1.1.1.1", 1), ("2.2.2.2", 2), 'a"b')
+
+
+def test_describe_both_ends() -> None:
+    assert tcp.describe(socket.AF_INET, _sin("127.0.0.1", 6379), _sin("127.0.0.1", 40000)) == \
+        "127.0.0.1:6379 -> 127.0.0.1:40000"
+    assert tcp.describe(socket.AF_INET6, _sin6("::1", 80), _sin6("fe80::1", 9, scope=2)) == "[::1]:80 -> [fe80::1]:9"
+    assert tcp._addr(socket.AF_INET6, _sin6("fe80::1", 9, scope=2)) == ("fe80::1", 9, 0, 2)
+
+
+def test_repair_options_follow_what_was_negotiated() -> None:
+    t = files_pb2.TcpRepair(mss=1460, options=tr.TCPI_OPT_WSCALE | tr.TCPI_OPT_SACK | tr.TCPI_OPT_TIMESTAMPS,
+                            snd_wscale=7, rcv_wscale=9)
+    assert tcp._repair_options(t) == [(tr.TCPOPT_MAXSEG, 1460), (tr.TCPOPT_WINDOW, 7 | 9 << 16),
+                                      (tr.TCPOPT_SACK_PERM, 0), (tr.TCPOPT_TIMESTAMP, 0)]
+    assert tcp._repair_options(files_pb2.TcpRepair(mss=536)) == [(tr.TCPOPT_MAXSEG, 536)]
+
+
+def test_struct_sizes_match_the_uapi() -> None:
+    import ctypes
+    assert ctypes.sizeof(tr.tcp_repair_window) == 20 and ctypes.sizeof(tr.tcp_repair_opt) == 8
