@@ -51,7 +51,7 @@ HOST_STATE := /run/ckpt/second-host-test-$$$$.json
 HOSTS := $(PY) tests/hosts.py --state $(HOST_STATE)
 define with_second_host
 	@trap '$(HOSTS) down' EXIT; \
-	if $(HOSTS) up --quiet; then export CKPT_SECOND_HOST=$(HOST_STATE); fi; \
+	if $(HOSTS) --quiet up; then export CKPT_SECOND_HOST=$(HOST_STATE); fi; \
 	$(1)
 endef
 

@@ -32,7 +32,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import read_stat
 from .progress import ProgressEvent
 from . import incremental
-from .resources import creds, files, limits, memory, signals, tcp, threads, timers, tree
+from .resources import creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -271,10 +271,11 @@ def dump(
                 skip_of = {p: incremental.parked_tracker_fds(p, incs[p].tracker if p in incs else None)
                            for p in ftree.procs}
                 cap = files.DELETED_MAX if deleted_max is None else deleted_max
-                files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
+                fdump = files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
                                 policy=files.StdioPolicy(shell_job=shell_job), tcp_close=tcp_close,
                                 ext_unix_close=ext_unix_close, tcp_session=conns,
-                                deleted_max=cap, notes=notes).write(w)
+                                deleted_max=cap, notes=notes)
+                fdump.write(w)
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p]) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, shell_job=shell_job,
@@ -292,6 +293,11 @@ def dump(
                 for owner, (p, view) in shmem.items():  # shared between processes: stored once
                     with w.pages(owner) as pw:
                         pstats.append(memory.dump_shmem(p, view, pw))
+                    stored_bytes += pw.close().stored_bytes
+                for owner, path in _memfd_objects(fdump, vmas_of).items():  # each memfd once, however reached
+                    with w.pages(owner) as pw:
+                        for offset, data in memfd.read_content(path):
+                            pw.add(offset, data)
                     stored_bytes += pw.close().stored_bytes
                 for p, proc in ftree.procs.items():
                     vmas = [v for v in records[p][1] if not memory.is_shmem_view(v)]
@@ -408,6 +414,22 @@ def _inventory(ftree: tree.FrozenTree, records: dict[int, tuple[list, list]],
                                tracking.get(p), pgid=st.pgrp, sid=st.session))
     out += [ProcessInfo(z.pid, z.ppid, (), z.start_time, None, pgid=z.pgid, sid=z.sid, zombie=True,
                         wait_status=z.wait_status, comm=z.comm) for z in ftree.zombies]
+    return out
+
+
+def _memfd_objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]:
+    """{page owner: a /proc path opening it} of every memfd object the tree holds (by fd) or maps."""
+    by_id = {e.id: e for e in fdump.files}
+    out: dict[str, str] = {}
+    for pid, fds in fdump.fds_of.items():
+        for f in fds:
+            e = by_id[f.file_id]
+            if e.kind == e.MEMFD:
+                out.setdefault(e.content.owner, f"/proc/{pid}/fd/{f.fd}")
+    for pid, vmas in vmas_of.items():
+        for v in vmas:
+            if memory.is_memfd_view(v):
+                out.setdefault(v.content_owner, f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
     return out
 
 

@@ -44,7 +44,7 @@ from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, RestoreError, UsageError
 from .image import kinds
 from .image.chain import open_chain, resolve_pages
-from .image.pb import mm_pb2, process_pb2
+from .image.pb import files_pb2, mm_pb2, process_pb2
 from .image.reader import Image
 from .image.records import ImageKind, Pagemap, PageSource, PageState
 from .kernel import ptrace
@@ -71,7 +71,7 @@ def restore_files(ctx: RestoreContext) -> None:
                                allow_changed=ctx.allow_changed_files)
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
-                                   shared=ctx.shared_files))
+                                   shared=ctx.shared_files, memfds=ctx.memfds))
 
 
 def restore_sigactions(ctx: RestoreContext) -> None:
@@ -261,6 +261,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
               if len(live) > 1 else None)
     notes: list[str] = []
     shmem = memory.ShmemObjects()
+    _memfd_contents(shmem.memfds, image)
     nvmas = mem_s = 0.0
     filled_pages = filled_bytes = 0
     try:
@@ -271,7 +272,9 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
-            notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared))
+            notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
+                                 memfds=shmem.memfds))
+        shmem.memfds.add_seals()  # once every process has its mappings
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
@@ -281,6 +284,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     finally:
         if shared is not None:
             shared.close()
+        shmem.memfds.close()
     _write_pidfile(pidfile, root.pid)
     return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=int(nvmas),
                         pages_written=filled_pages, bytes_written=filled_bytes, pid_wait_seconds=waited,
@@ -306,6 +310,20 @@ class _Member:
         mm, vmas = image.mm(pid)
         cores, entry = _process_records(image, pid)
         return cls(pid, mm, list(vmas), list(cores), entry)
+
+
+def _memfd_contents(objects: memory.memfd.MemfdObjects, image: Image) -> None:
+    """Tell ``objects`` how to fill a memfd it creates (the image's pages of its owner) and which seals it had."""
+    owners = set(image.owners())
+
+    def fill(owner: str, fd: int) -> None:
+        if owner in owners:
+            for offset, data in image.iter_pages(owner):
+                os.pwrite(fd, data, offset)
+
+    objects.fill = fill
+    objects.seals = {e.content.owner: e.memfd.seals for e in image.file_entries()
+                     if e.kind == files_pb2.FileEntry.MEMFD and e.memfd.seals}
 
 
 def _kill_tree(seized: Sequence[FrozenProcess | None], created: Sequence[int], root: int, *, ours: bool) -> None:
@@ -478,7 +496,7 @@ class _FinishOptions:
 
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
             entry: process_pb2.ProcessEntry, opts: _FinishOptions, *,
-            shared: files.SharedFiles | None = None) -> list[str]:
+            shared: files.SharedFiles | None = None, memfds: memory.memfd.MemfdObjects | None = None) -> list[str]:
     """Everything after memory (DESIGN §4 steps 5-6): resources, mm fields, threads; :func:`_release` does 7.
 
     ``shared``: the files this process shares with others of its tree.
@@ -486,7 +504,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
     proc, pid, inj, scratch = ws.proc, ws.pid, ws.inj, ws.scratch
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
-                         allow_changed_files=opts.allow_changed_files, shared_files=shared)
+                         allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
@@ -647,6 +665,7 @@ class StagedRestore:
             memory.check_files(mm, vmas)
         shared = (files.SharedFiles({pid: image.fds(pid) for pid in layouts}, image.file_entries())
                   if len(layouts) > 1 else None)
+        _memfd_contents(self._shmem.memfds, image)
         with self._failing():
             for pid, (cores, _entry) in records.items():
                 threads.check_xstate(pid, cores)
@@ -659,12 +678,15 @@ class StagedRestore:
                 for pid, st in self._procs.items():
                     mm, vmas = layouts[pid]
                     cores, entry = records[pid]
-                    notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared))
+                    notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared,
+                                         memfds=self._shmem.memfds))
+                self._shmem.memfds.add_seals()
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
             finally:
                 if shared is not None:
                     shared.close()
+                self._shmem.memfds.close()
         self.state = "done"
         _write_pidfile(self.pidfile, self.pid)
         staged = sum(s.pages_written for s in self.stages[:-1])
@@ -797,6 +819,8 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
             raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
                                   "(a pre-dump written before pre-dumps carried it)")
         mm, vmas = image.mm(p.pid)
+        if any(memory.is_memfd_view(v) for v in vmas):  # pre-dumps do not store memfd objects
+            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, which only a plain restore recreates")
         out[p.pid] = (mm, list(vmas))
     return out
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..image.store import ImageWriter
     from ..procfs.snapshot import Snapshot
     from .files import SharedFiles
+    from .memfd import MemfdObjects
 
 __all__ = ["DumpContext", "RestoreContext"]
 
@@ -78,6 +79,8 @@ class RestoreContext:
     cores: list = field(default_factory=list)
     #: In a tree: the open files this process shares with others (:class:`ckpt.resources.files.SharedFiles`).
     shared_files: "SharedFiles | None" = None
+    #: The restore's memfd objects, created by their first user (:mod:`ckpt.resources.memfd`).
+    memfds: "MemfdObjects | None" = None
 
     @property
     def image(self) -> "Image":

@@ -10,8 +10,8 @@ nothing is skipped silently.
 Kinds handled: regular files (by path, checked unchanged at restore:
 device, inode, size, mtime), deleted-but-open regular files (content saved,
 up to :data:`DELETED_MAX`), directories, /dev/null, /dev/zero, /dev/full,
-/dev/random, /dev/urandom, pipes and FIFOs with every end in the process
-(:mod:`ckpt.resources.pipes`), terminals and external stdio through a
+/dev/random, /dev/urandom, pipes and FIFOs with every end in the dumped
+processes (:mod:`ckpt.resources.pipes`), memfds (:mod:`ckpt.resources.memfd`), terminals and external stdio through a
 :class:`StdioPolicy`, listening/bound inet sockets (:mod:`ckpt.resources.sockets`,
 which refuses the rest), unix sockets with their peers and queued data
 (:mod:`ckpt.resources.unix`), eventfds (:mod:`ckpt.resources.eventfd`), epoll
@@ -20,7 +20,7 @@ their time left and unread expirations (:mod:`ckpt.resources.timerfd`),
 signalfds (:mod:`ckpt.resources.signalfd`) and inotify instances with their
 watches by path and wd (:mod:`ckpt.resources.inotify`; queued events are not
 kept, with a note).  Refused: other anon inodes (fanotify, pidfd,
-userfaultfd, io_uring, …), memfd, other devices, and any pipe or FIFO with an
+userfaultfd, io_uring, …), other devices, and any pipe or FIFO with an
 end held by another process (named, with that process) — DESIGN §3: stray
 descriptors happen.
 
@@ -51,7 +51,7 @@ from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import FdInfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, inotify, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import epoll, eventfd, inotify, memfd, pipes, signalfd, sockets, tcp, timerfd, unix
 from ._scratch import scratch_for
 
 __all__ = [
@@ -180,8 +180,8 @@ def classify(pid: int, o: OpenFd) -> int:
         return _ANON_KINDS[link]
     if link.startswith("anon_inode:"):
         raise _unsupported(pid, o.fd, f"an anonymous inode ({link[len('anon_inode:'):]})")
-    if link.startswith("/memfd:"):
-        raise _unsupported(pid, o.fd, f"a memfd ({link})")
+    if link.startswith(memfd.PREFIX):
+        return K.MEMFD
     if stat.S_ISREG(mode):
         return K.REG
     if stat.S_ISDIR(mode):
@@ -294,6 +294,8 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
             sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes, tcp_session=tcp_session)
         elif kind == K.EVENTFD:
             eventfd.dump(pid, o.fd, o.info, e)
+        elif kind == K.MEMFD:
+            memfd.record(e, pid, o.fd, o.link, o.st)  # its bytes: once per object, by the dump (memfd-INO)
         elif kind == K.TIMERFD:
             timerfd.dump(pid, o.fd, e)
         elif kind == K.SIGNALFD:
@@ -366,6 +368,7 @@ class _Restorer:
     warnings: list[str]
     pipes: pipes.PipeRestorer
     unix_socks: unix.UnixRestorer
+    memfds: memfd.MemfdObjects
     created: list[str] = field(default_factory=list)
     #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
     epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
@@ -404,6 +407,11 @@ class _Restorer:
             return fd
         if e.kind == K.EVENTFD:
             return eventfd.restore(self.inj, e)
+        if e.kind == K.MEMFD:
+            fd = self.memfds.open_in(self.inj, self.s, e.content.owner, e.memfd.name, e.content.size, e.flags)
+            if e.pos:
+                self.inj.call(NR.lseek, fd, e.pos, os.SEEK_SET, name=f"lseek(memfd, {e.pos})")
+            return fd
         if e.kind == K.TIMERFD:
             return timerfd.restore(self.inj, self.s, e, self.warnings)
         if e.kind == K.SIGNALFD:
@@ -554,7 +562,7 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
             files: "list[FileEntry] | tuple[FileEntry, ...]", *,
             content: Callable[[common_pb2.ContentRef], bytes] | None = None,
             policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None,
-            shared: SharedFiles | None = None) -> list[str]:
+            shared: SharedFiles | None = None, memfds: memfd.MemfdObjects | None = None) -> list[str]:
     """Open every file of ``files`` that ``fds`` names inside the process of ``inj`` at its fd numbers.
 
     ``content`` loads a deleted file's bytes (:func:`content_from_image`,
@@ -562,6 +570,7 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
     could not be set).  Fds are placed over whatever the helper has there.
     ``shared``: in a tree, the files other processes use too (taken from it
     when an earlier process opened them, handed to it when this one does).
+    ``memfds``: the restore's memfd objects (created by their first user).
     """
     by_id = {e.id: e for e in files}
     users: dict[int, list[files_pb2.FdEntry]] = {}
@@ -588,7 +597,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         # them to: every process of a tree opens the FIFO by its path, a second fill would double them.
         pr.fill_fifos = {pipe_id for pipe_id, eid in fifo_owner.items() if eid in users}
         ur = unix.UnixRestorer(inj, s, files)
-        r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr, ur)
+        r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr, ur,
+                      memfds if memfds is not None else memfd.MemfdObjects())
         try:
             for file_id, its in sorted(users.items(), key=lambda kv: min(f.fd for f in kv[1])):
                 mine = [f.fd for f in its]

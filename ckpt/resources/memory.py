@@ -67,6 +67,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import SmapsVma
 from ..procfs.snapshot import Snapshot
+from . import memfd
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity",
@@ -114,8 +115,8 @@ def classify(v: SmapsVma) -> int:
         return Kind.ANON_SHARED  # MAP_SHARED|MAP_ANONYMOUS shows as the shmem file "/dev/zero (deleted)"
     if name.startswith("/SYSV"):
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is System V shared memory ({name})")
-    if name.startswith("/memfd:"):
-        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is a memfd ({name})")
+    if name.startswith(memfd.PREFIX):
+        return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE  # the file: the memfd object (content_owner)
     if vma.deleted:
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is of a deleted file ({name})")
     if not name.startswith("/"):
@@ -149,6 +150,8 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
             except OSError as exc:
                 raise CkptError(f"cannot stat the file mapped at {vma.start:#x} in process {pid}: {exc.strerror}") from exc
             rec.file.CopyFrom(file_identity(st))
+            if vma.path.startswith(memfd.PREFIX):  # its bytes are stored once for the object, by its owner
+                rec.content_owner = memfd.owner_of(st.st_ino)
         if kind is Kind.ANON_SHARED:
             rec.content_owner = str(pid)
             if vma.inode:  # the shmem object: two VMAs with one inode are two views of the same pages
@@ -204,6 +207,11 @@ def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
 #: its pages are stored once, by offset in the object, not per process.
 SHMEM_OWNER = "shmem-{ino}"
 _SHMEM_READ = 4 << 20
+
+
+def is_memfd_view(v: mm_pb2.Vma) -> bool:
+    """A mapping of a memfd: its file is the object the restore recreates (:mod:`ckpt.resources.memfd`)."""
+    return v.content_owner.startswith("memfd-")
 
 
 def is_shmem_view(v: mm_pb2.Vma) -> bool:
@@ -294,9 +302,11 @@ def fill_shmem(image: Image, owner: str, pid: int, v: mm_pb2.Vma) -> PageStats:
 
 @dataclass
 class ShmemObjects:
-    """The shmem objects of a tree being restored: where each was first mapped ({owner: (pid, vma)})."""
+    """The shared objects of a tree being restored: where each shmem object was first mapped
+    ({owner: (pid, vma)}), and the memfd objects (created once, reopened by every other user)."""
 
     first: dict[str, tuple[int, mm_pb2.Vma]] = field(default_factory=dict)
+    memfds: memfd.MemfdObjects = field(default_factory=memfd.MemfdObjects)
 
 
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
@@ -332,7 +342,8 @@ def _identity_problem(path: str, st: os.stat_result, want: common_pb2.FileIdenti
 
 def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma]) -> None:
     """Refuse (RestoreError) before creating anything if a mapped file or the exe changed."""
-    wanted = [(v.name, v.file) for v in vmas if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED)]
+    wanted = [(v.name, v.file) for v in vmas if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED)
+              and not is_memfd_view(v)]  # a memfd is no path: the restore recreates it
     wanted.append((mm.exe_path, mm.exe))
     for path, ident in wanted:
         try:
@@ -436,7 +447,14 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
             fd, offset = -1, 0
             if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
                 writable_shared = v.kind == Kind.FILE_SHARED and "mw" in v.vm_flags.split()
-                fd = opener.open(v.name, os.O_RDWR if writable_shared else os.O_RDONLY, v.file)
+                access = os.O_RDWR if writable_shared else os.O_RDONLY
+                if is_memfd_view(v):
+                    objects = shmem_objects if shmem_objects is not None else ShmemObjects()
+                    fd = objects.memfds.open_in(inj, scratch, v.content_owner, memfd.name_of(v.name), v.file.size,
+                                                access)
+                    opener.fds[(f"memfd {v.content_owner} {v.start:#x}", access)] = fd  # closed with the others
+                else:
+                    fd = opener.open(v.name, access, v.file)
                 offset = v.pgoff
             elif v.kind not in (Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK):
                 raise Unsupported(f"restoring a {mm_pb2.Vma.Kind.Name(v.kind)} mapping at {v.start:#x}")
@@ -646,7 +664,7 @@ def _mapping_key(v: mm_pb2.Vma) -> tuple | None:
     key).  Shared anonymous memory is never carried over: its views alias one
     shmem object, which only a fresh :func:`map_vmas` of all of them recreates.
     """
-    if v.kind == Kind.ANON_SHARED:
+    if v.kind == Kind.ANON_SHARED or is_memfd_view(v):
         return None
     letters = frozenset(f for f in v.vm_flags.split() if f in _MADVISED or f == "mw")
     file: tuple = ()

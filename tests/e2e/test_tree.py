@@ -154,6 +154,25 @@ def test_shared_anonymous_memory_stays_shared(py_target, tmp_path: Path, restore
         _kill_all([child])
 
 
+def test_memfd_shared_by_fd_and_mapping_stays_one_object(py_target, tmp_path: Path,  # noqa: ANN001
+                                                         restored: list[int]) -> None:
+    t = py_target("py_memfd.py", stderr=subprocess.DEVNULL)
+    child = int(t.ready()["child"])
+    try:
+        os.kill(t.pid, signal.SIGUSR1)
+        assert t.expect("PASS", 10) == "PASS memfd round=1"
+        api.dump(t.pid, tmp_path / "img")
+        _forget(t)
+        assert [o for o in Image.open(tmp_path / "img").owners() if o.startswith("memfd-")]  # stored once
+        assert api.verify(tmp_path / "img").ok
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        os.kill(t.pid, signal.SIGUSR1)  # name, size, seals, content, and parent and child on one object
+        assert t.expect("PASS", 10) == "PASS memfd round=2"
+    finally:
+        _kill_all([child])
+
+
 def test_fifo_between_processes_keeps_its_bytes(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     t = py_target("py_fifo_tree.py", str(tmp_path / "fifo"), stderr=subprocess.DEVNULL)
     child = int(t.ready()["child"])

@@ -1,0 +1,163 @@
+"""memfd: anonymous memory files (memfd_create), by descriptor and by mapping, shared by a tree as one object.
+
+A memfd is a shmem inode with a name and seals.  Processes reach it through
+descriptors (one open file, or several opened through /proc) and through
+mappings (its VMA path is ``/memfd:NAME (deleted)``), and after fork several
+processes share the one object: its bytes are stored once, under the page
+owner ``memfd-INO``, by offset in the file, whoever reaches it and however.
+
+Dump: a descriptor is a FileEntry of kind MEMFD (name, seals, the object's
+inode, its size and content owner); a mapping is a file mapping whose
+``content_owner`` is that owner (its private dirty pages are saved per process
+like any private file mapping's).  The content is read once per object, from
+a descriptor or a mapping (``/proc/PID/fd/N`` or ``/proc/PID/map_files/…``
+both open the object itself), skipping holes with SEEK_DATA/SEEK_HOLE.
+
+Restore: the first process that needs an object creates it inside itself
+(``memfd_create`` with the old name, ``ftruncate``), the restorer takes a
+duplicate (``pidfd_getfd``) and writes the content through it; every later
+descriptor or mapping — in that process or another — opens the restorer's
+duplicate through /proc (the same inode: one object again).  Seals are added
+last, once every process has its mappings (F_SEAL_WRITE refuses writable
+shared ones, as it did for the original).  Not kept: the memfd_create flags
+(MFD_HUGETLB is refused with hugetlbfs memory), and seals of an object only
+mapped, never held by a descriptor.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..control.inject import Injector, Scratch
+from ..errors import RestoreError
+from ..image.pb import files_pb2
+from ..kernel.arch_x86_64 import NR, PAGE_SIZE
+from ..kernel.pidfd import pidfd_getfd, pidfd_open
+
+__all__ = ["PREFIX", "OWNER", "owner_of", "name_of", "record", "read_content", "MemfdObjects"]
+
+#: How /proc shows a memfd: "/memfd:NAME (deleted)" (fd links and map paths alike).
+PREFIX = "/memfd:"
+_DELETED = " (deleted)"
+#: Page owner of a memfd object's bytes.
+OWNER = "memfd-{ino}"
+_MFD_CLOEXEC = 0x0001
+_MFD_ALLOW_SEALING = 0x0002
+_F_ADD_SEALS = 1033
+_F_GET_SEALS = 1034
+_READ = 4 << 20
+
+
+def owner_of(ino: int) -> str:
+    return OWNER.format(ino=ino)
+
+
+def name_of(path: str) -> str:
+    """The memfd_create name in a /proc path (``/memfd:NAME (deleted)`` → NAME)."""
+    name = path[len(PREFIX):]
+    return name[:-len(_DELETED)] if name.endswith(_DELETED) else name
+
+
+# --- dump ---------------------------------------------------------------------------------------
+
+def record(entry: files_pb2.FileEntry, pid: int, fd: int, link: str, st: os.stat_result) -> None:
+    """Fill a MEMFD FileEntry from the target's ``fd`` (its seals read through /proc, nothing changes)."""
+    entry.kind = files_pb2.FileEntry.MEMFD
+    entry.path = link[:-len(_DELETED)] if link.endswith(_DELETED) else link
+    entry.memfd.name = name_of(link)
+    entry.memfd.shmem_id = st.st_ino
+    ours = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        entry.memfd.seals = fcntl.fcntl(ours, _F_GET_SEALS)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: created without MFD_ALLOW_SEALING, so no seals
+            raise
+    finally:
+        os.close(ours)
+    entry.content.owner, entry.content.size = owner_of(st.st_ino), st.st_size
+
+
+def read_content(path: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of every populated part of the object behind ``path`` (a /proc fd or map_files link)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        off = 0
+        while off < size:
+            try:
+                data_at = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # nothing but holes after off
+                    return
+                raise
+            hole = min(os.lseek(fd, data_at, os.SEEK_HOLE), size)
+            while data_at < hole:
+                n = min(hole - data_at, _READ)
+                buf = os.pread(fd, n, data_at)
+                yield data_at, buf.ljust(-(-len(buf) // PAGE_SIZE) * PAGE_SIZE, b"\0")
+                data_at += n
+            off = hole
+    finally:
+        os.close(fd)
+
+
+# --- restore ------------------------------------------------------------------------------------
+
+@dataclass
+class MemfdObjects:
+    """The memfd objects of a restore, created once each: {owner: the restorer's duplicate}.
+
+    ``fill(owner, fd)`` writes an object's stored bytes through ``fd`` (the
+    image's pages of that owner).  Close with :meth:`close` after the seals.
+    """
+
+    fill: object = None  # Callable[[str, int], None]
+    held: dict[str, int] = field(default_factory=dict)
+    seals: dict[str, int] = field(default_factory=dict)
+
+    def open_in(self, inj: Injector, s: Scratch, owner: str, name: str, size: int, flags: int) -> int:
+        """A new fd of ``inj``'s process on the object ``owner`` (O_CLOEXEC; ``flags``' access mode)."""
+        if owner in self.held:
+            path = f"/proc/{os.getpid()}/fd/{self.held[owner]}"
+            s.write(0, os.fsencode(path) + b"\0")
+            return inj.call(NR.openat, -100 & ((1 << 64) - 1), s.addr, (flags & os.O_ACCMODE) | os.O_CLOEXEC, 0,
+                            name=f"openat(memfd {name!r})")
+        raw = name.encode(errors="surrogateescape")[:249] + b"\0"
+        s.write(0, raw)
+        fd = inj.call(NR.memfd_create, s.addr, _MFD_CLOEXEC | _MFD_ALLOW_SEALING, name=f"memfd_create({name!r})")
+        inj.call(NR.ftruncate, fd, size, name=f"ftruncate(memfd, {size})")
+        pidfd = pidfd_open(inj.pid)
+        try:
+            ours = pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+        self.held[owner] = ours
+        if self.fill is not None:
+            self.fill(owner, ours)  # type: ignore[operator]
+            os.ftruncate(ours, size)  # stored pages are whole: the last one may reach past the end
+        if (flags & os.O_ACCMODE) != os.O_RDWR:  # memfd_create gives O_RDWR: reopen with the access asked
+            path = f"/proc/{os.getpid()}/fd/{ours}"
+            s.write(0, os.fsencode(path) + b"\0")
+            again = inj.call(NR.openat, -100 & ((1 << 64) - 1), s.addr, (flags & os.O_ACCMODE) | os.O_CLOEXEC, 0,
+                             name=f"openat(memfd {name!r})")
+            inj.close(fd)
+            fd = again
+        return fd
+
+    def add_seals(self) -> None:
+        """The recorded seals, once every mapping exists (F_SEAL_WRITE refuses writable shared ones)."""
+        for owner, seals in self.seals.items():
+            if seals and owner in self.held:
+                try:
+                    fcntl.fcntl(self.held[owner], _F_ADD_SEALS, seals)
+                except OSError as exc:
+                    raise RestoreError(f"memfd {owner}: seals {seals:#x} cannot be added again: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        for fd in self.held.values():
+            os.close(fd)
+        self.held.clear()
