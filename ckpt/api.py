@@ -239,7 +239,7 @@ __all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir"]
 def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_ms: float = 100.0,
             max_iterations: int = 30, bandwidth_limit_mb_s: float | None = None, dry_run: bool = False,
             track: str | None = None, stop_and_copy: bool = False, timeout: float = 60.0, tcp_close: bool = False,
-            tcp_established: bool = False,
+            tcp_established: bool = False, action_script: str | None = None,
             on_round: "Callable[[RoundReport], None] | None" = None) -> "MigrateStats":
     """Move running process ``pid`` to the ``ckpt receive`` at ``to`` = (host, port).
 
@@ -251,13 +251,15 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
     source running on, untracked.  ``dry_run``: rounds and prediction only.
     ``tcp_close``: established TCP connections are taken closed (as ``dump``'s);
     ``tcp_established``: they move alive (the destination must have their local addresses).
+    ``action_script``: run with ``CKPT_SCRIPT_ACTION=post-migrate`` once the destination
+    runs the process, before the source's copy ends (to move an address there).
     """
     from .migrate.source import migrate as _migrate
 
     return _migrate(pid, to[0], to[1], token, max_downtime=max_downtime_ms / 1e3, max_iterations=max_iterations,
                     bandwidth_limit=bandwidth_limit_mb_s * 1e6 if bandwidth_limit_mb_s else None,
                     dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, timeout=timeout, tcp_close=tcp_close,
-                    tcp_established=tcp_established,
+                    tcp_established=tcp_established, action_script=action_script,
                     on_round=on_round)
 
 

@@ -176,7 +176,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                     max_iterations=args.max_iterations,
                     bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
                     dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy, timeout=args.timeout,
-                    tcp_close=args.tcp_close, tcp_established=args.tcp_established, on_round=on_round)
+                    tcp_close=args.tcp_close, tcp_established=args.tcp_established,
+                    action_script=args.action_script, on_round=on_round)
     if args.dry_run:
         print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
               f"predicted downtime {stats.predicted_downtime_ms:.0f} ms ({stats.reason}); the process runs on here")
@@ -184,6 +185,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         print(f"migrated pid {args.tree} to {stats.destination} (pid {stats.dest_pid} there): downtime "
               f"{stats.downtime_ms:.0f} ms (predicted {stats.predicted_downtime_ms:.0f}), {stats.iterations} rounds, "
               f"{stats.bytes_sent / 1e6:.1f} MB sent, total {stats.total_ms / 1e3:.2f} s")
+    _warn_notes(stats.notes)
     _write_json_stats(args.json_stats, stats)
     return 0
 
@@ -340,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tcp-established", action="store_true",
                     help="established TCP connections move alive (as dump --tcp-established); the destination "
                          "must have their local addresses")
+    sp.add_argument("--action-script", metavar="SCRIPT",
+                    help="run SCRIPT with CKPT_SCRIPT_ACTION=post-migrate once the destination runs the process, "
+                         "before the source ends it (e.g. to move a service address there)")
     sp.add_argument("-v", "--verbose", action="store_true", help="a line per round even when not on a terminal")
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
 

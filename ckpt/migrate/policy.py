@@ -4,8 +4,10 @@ Pre-copy sends the pages written since the previous iteration while the
 target runs.  Switching over freezes the target and sends the last delta
 plus all other state, so the downtime is about
 
-    what the last delta will weigh on the wire ÷ the bandwidth measured so far
-    + the fixed cost (freeze, non-memory state, restore at the destination).
+    the cost of the last delta — what it will weigh on the wire ÷ the bandwidth
+    measured so far, or the newest round's cost per page times its pages,
+    whichever is more — + the fixed cost (freeze, non-memory state, restore
+    at the destination).
 
 The last delta is predicted from the newest iteration: the pages written
 while it was being sent are what the next one must carry (the write rate is
@@ -90,9 +92,16 @@ class SwitchPolicy:
         rate = self.dirty_rate()
         if rate != rate:  # nan: no delta round yet
             return float("inf"), 0
-        wire = int(rate * self.history[-1].seconds * PAGE_SIZE * self.wire_ratio)
+        last = self.history[-1]
+        pages = rate * last.seconds
+        wire = int(pages * PAGE_SIZE * self.wire_ratio)
         bw = self.bandwidth
-        return (wire / bw if bw > 0 else float("inf")) + self.fixed_cost, wire
+        by_link = wire / bw if bw > 0 else float("inf")
+        # A delta round costs more per page than the full copy that dominates the bandwidth (its
+        # tracker get+clear, image commit and staging do not shrink with the pages), and so does
+        # the switch-over's last delta: the newest round's own cost per page is the better guess.
+        by_round = pages * last.seconds / last.pages if last.pages else 0.0
+        return max(by_link, by_round) + self.fixed_cost, wire
 
     def _stalled(self) -> int:
         """How many of the newest deltas in a row did not shrink by ``min_progress`` (the full copy aside)."""

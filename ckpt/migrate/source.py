@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -70,9 +71,23 @@ class MigrateStats:
     state_ms: float = 0.0            # the probe: the target frozen for all its non-memory state
     reason: str = ""                 # why the rounds stopped
     rounds: list[RoundReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _run_action(script: str, action: str, pid: int, destination: str) -> list[str]:
+    """Run the action script for ``action``; a note when it fails (what it does is the user's)."""
+    env = {**os.environ, "CKPT_SCRIPT_ACTION": action, "CKPT_PID": str(pid), "CKPT_DESTINATION": destination}
+    try:
+        res = subprocess.run([script], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=30, close_fds=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"action script {script} ({action}) could not run: {exc}"]
+    if res.returncode != 0:
+        return [f"action script {script} ({action}) exited {res.returncode}: {res.stderr.strip()[-200:]}"]
+    return []
 
 
 class _Throttle:
@@ -95,6 +110,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             max_iterations: int = 30, bandwidth_limit: float | None = None, dry_run: bool = False,
             track: str | None = None, work_dir: str | None = None, timeout: float = 60.0,
             stop_and_copy: bool = False, tcp_close: bool = False, tcp_established: bool = False,
+            action_script: str | None = None,
             on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
     """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
 
@@ -113,6 +129,12 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     locked here from the final freeze, restored and unlocked there; the
     destination must have their local addresses (else its restore fails,
     naming the address, and the process runs on here with its connections).
+    ``action_script``: run (CRIU's ``--action-script``) with
+    ``CKPT_SCRIPT_ACTION=post-migrate`` once the destination runs the process
+    and before the source ends its copy and lifts its connections' lock —
+    where an address the connections use is moved to the destination (their
+    peers' retransmissions then reach it).  A failing script is a note: the
+    process already runs there.
     Raises CkptError (WireError for the link) with the source still running.
     """
     from .. import api
@@ -196,6 +218,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 marks["running"] = time.monotonic()
                 stats.dest_pid = int(running.get("pid", 0))
                 stats.restore_ms = float(running.get("restore_ms", 0.0))
+                if action_script:
+                    stats.notes.extend(_run_action(action_script, "post-migrate", pid, f"{host}:{port}"))
                 return True  # the destination runs it: end the source
 
             if not stop_and_copy:

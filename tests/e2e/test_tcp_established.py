@@ -459,3 +459,57 @@ def test_migration_needs_the_local_address_at_the_destination(second_host: Secon
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
+def test_client_connection_follows_redis_to_the_second_host(second_host: SecondHost, tmp_path: Path) -> None:
+    """Redis serves on a service address of its own; the migration's action script moves that address to the
+    second host before the source lifts its lock, and the client's same connection carries on there."""
+    from test_migrate import _free_port, _migrate, _Receiver, _token
+
+    host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
+    vip = f"10.202.{host.subnet}.1"
+    route = ["ip", "route", "replace", f"{vip}/32", "via", host.address]
+    subprocess.run(["ip", "addr", "add", f"{vip}/32", "dev", "lo"], check=True, close_fds=True)
+    host.check_output(["ip", "addr", "add", f"{vip}/32", "dev", "lo"])  # there too: the restore binds it
+    script = tmp_path / "move-address.sh"
+    script.write_text(f"#!/bin/sh\n[ \"$CKPT_SCRIPT_ACTION\" = post-migrate ] || exit 0\n"
+                      f"ip addr del {vip}/32 dev lo && {' '.join(route)}\n")
+    script.chmod(0o700)
+    conf = tmp_path / "redis.conf"
+    conf.write_text(f"port {port}\nbind {vip}\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
+                    "logfile \"\"\nprotected-mode no\n")
+    proc = subprocess.Popen([REDIS, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)  # no pipes: it moves
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                # From this host's own address (not the service address): replies must leave the second host.
+                r = Resp.__new__(Resp)
+                r.sock, r.buf = socket.create_connection((vip, port), timeout=15,
+                                                         source_address=(host.host_address, 0)), b""
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.05)
+        values = {f"key:{i}": f"value-{i}" for i in range(200)}
+        r.sock.sendall(b"".join(Resp.encode("SET", k, v) for k, v in values.items()))
+        assert [r.reply() for _ in values] == ["OK"] * len(values)
+        rx = _Receiver(host, tmp_path, token, rx_port)
+        res, stats = _migrate(host, proc.pid, rx_port, token, tmp_path, "--tcp-established",
+                              "--action-script", str(script))
+        assert res.returncode == 0, res.stderr
+        assert "warning" not in res.stderr, res.stderr
+        proc.wait(timeout=10)  # the source is gone; redis runs in the second host, bound to the moved address
+        assert rx.result().get("outcome") == "running"
+        for k in ("key:0", "key:77", "key:199"):  # the same connection, now to the second host
+            assert r.call("GET", k) == values[k].encode()
+        assert r.call("SET", "after", "migrate") == "OK" and r.call("DBSIZE") == len(values) + 1
+        r.sock.close()
+        _no_lock_left()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        subprocess.run(["ip", "route", "del", f"{vip}/32"], capture_output=True, close_fds=True)
+        subprocess.run(["ip", "addr", "del", f"{vip}/32", "dev", "lo"], capture_output=True, close_fds=True)
