@@ -365,8 +365,9 @@ def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], 
     """mremap [vdso]/[vvar]/[vvar_vclock] of the helper to the image's addresses.
 
     ``current`` maps kind → (start, end) in the helper; ``temp`` is a free area
-    (large enough for all of them) used as a stop-over, because the image's
-    place of one area may be where another one is now.  Refuses a vDSO of
+    (large enough for all of them) used as a stop-over when the image's place
+    of one area is where another one is now (else each moves straight there,
+    and one already in place stays: a ptrace round trip each saved).  Refuses a vDSO of
     another size or content (another kernel: the image's code may call into it).
     """
     recorded = special_vmas(vmas)
@@ -381,14 +382,20 @@ def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], 
         s, e = current[Kind.VDSO]
         if hashlib.sha256(mem.read(s, e - s)).digest() != mm.vdso_sha256:
             raise Unsupported("this kernel's vDSO differs from the image's: restore needs the kernel the image was taken on")
+    moving = {k: v for k, v in recorded.items() if current[k][0] != v.start}
+    if not any(v.start < ce and cs < v.end for v in moving.values() for cs, ce in current.values()):
+        for kind, v in moving.items():  # no area lands where another one is now: straight there
+            start, end = current[kind]
+            inj.call(NR.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+        return
     parked: dict[int, int] = {}
     at = temp
-    for kind in recorded:
+    for kind in moving:
         start, end = current[kind]
         inj.call(NR.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED, at)
         parked[kind] = at
         at += end - start
-    for kind, v in recorded.items():
+    for kind, v in moving.items():
         inj.call(NR.mremap, parked[kind], v.end - v.start, v.end - v.start, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
 
 
@@ -419,8 +426,17 @@ class _FileOpener:
         return fd
 
     def close_all(self) -> None:
-        for fd in self.fds.values():
-            self.inj.call(NR.close, fd)
+        """Close the files opened for mappings: one close_range when there are several.
+
+        The restore has closed every descriptor of the helper before mapping
+        (DESIGN §4) and opens the image's files only after: between the lowest
+        and the highest of ours there is nothing else to close.
+        """
+        fds = sorted(set(self.fds.values()))
+        if len(fds) > 1:
+            self.inj.call(NR.close_range, fds[0], fds[-1], 0, name=f"close_range({fds[0]}, {fds[-1]})")
+        elif fds:
+            self.inj.call(NR.close, fds[0])
         self.fds.clear()
 
 
