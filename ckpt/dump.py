@@ -294,7 +294,7 @@ def dump(
                     with w.pages(owner) as pw:
                         pstats.append(memory.dump_shmem(p, view, pw))
                     stored_bytes += pw.close().stored_bytes
-                for owner, path in _memfd_objects(fdump, vmas_of).items():  # each memfd once, however reached
+                for owner, path in _objects(fdump, vmas_of).items():  # each memfd/SysV segment once, however reached
                     with w.pages(owner) as pw:
                         for offset, data in memfd.read_content(path):
                             pw.add(offset, data)
@@ -417,8 +417,9 @@ def _inventory(ftree: tree.FrozenTree, records: dict[int, tuple[list, list]],
     return out
 
 
-def _memfd_objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]:
-    """{page owner: a /proc path opening it} of every memfd object the tree holds (by fd) or maps."""
+def _objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]:
+    """{page owner: a /proc path opening it} of every memfd the tree holds (by fd) or maps, and every
+    System V segment it maps (their bytes are stored once, not per process)."""
     by_id = {e.id: e for e in fdump.files}
     out: dict[str, str] = {}
     for pid, fds in fdump.fds_of.items():
@@ -428,7 +429,7 @@ def _memfd_objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str
                 out.setdefault(e.content.owner, f"/proc/{pid}/fd/{f.fd}")
     for pid, vmas in vmas_of.items():
         for v in vmas:
-            if memory.is_memfd_view(v):
+            if memory.is_object_view(v):
                 out.setdefault(v.content_owner, f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
     return out
 

@@ -31,6 +31,7 @@ pieces are shared: :func:`_prepare` (2-4), :func:`_map_and_fill` (5, memory),
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
@@ -261,7 +262,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
               if len(live) > 1 else None)
     notes: list[str] = []
     shmem = memory.ShmemObjects()
-    _memfd_contents(shmem.memfds, image)
+    _object_contents(shmem, image)
     nvmas = mem_s = 0.0
     filled_pages = filled_bytes = 0
     try:
@@ -275,11 +276,13 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
                                  memfds=shmem.memfds))
         shmem.memfds.add_seals()  # once every process has its mappings
+        shmem.sysv.finish()
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
     except BaseException as exc:
         _kill_tree([m.proc for m in live], created, root.pid, ours=not detached)
+        shmem.sysv.abort()
         raise _restore_error(exc, root.pid)
     finally:
         if shared is not None:
@@ -312,18 +315,27 @@ class _Member:
         return cls(pid, mm, list(vmas), list(cores), entry)
 
 
-def _memfd_contents(objects: memory.memfd.MemfdObjects, image: Image) -> None:
-    """Tell ``objects`` how to fill a memfd it creates (the image's pages of its owner) and which seals it had."""
+def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
+    """Tell ``objects`` how to fill a memfd or a SysV segment it creates (the image's pages of its owner),
+    and which seals each memfd had."""
     owners = set(image.owners())
 
-    def fill(owner: str, fd: int) -> None:
+    def fill_fd(owner: str, fd: int) -> None:
         if owner in owners:
             for offset, data in image.iter_pages(owner):
                 os.pwrite(fd, data, offset)
 
-    objects.fill = fill
-    objects.seals = {e.content.owner: e.memfd.seals for e in image.file_entries()
-                     if e.kind == files_pb2.FileEntry.MEMFD and e.memfd.seals}
+    def fill_memory(owner: str, addr: int, size: int) -> None:
+        if owner in owners:
+            for offset, data in image.iter_pages(owner):
+                n = min(len(data), size - offset)
+                if n > 0:
+                    ctypes.memmove(addr + offset, (ctypes.c_char * n).from_buffer_copy(data[:n]), n)
+
+    objects.memfds.fill = fill_fd
+    objects.memfds.seals = {e.content.owner: e.memfd.seals for e in image.file_entries()
+                            if e.kind == files_pb2.FileEntry.MEMFD and e.memfd.seals}
+    objects.sysv.fill = fill_memory
 
 
 def _kill_tree(seized: Sequence[FrozenProcess | None], created: Sequence[int], root: int, *, ours: bool) -> None:
@@ -665,7 +677,7 @@ class StagedRestore:
             memory.check_files(mm, vmas)
         shared = (files.SharedFiles({pid: image.fds(pid) for pid in layouts}, image.file_entries())
                   if len(layouts) > 1 else None)
-        _memfd_contents(self._shmem.memfds, image)
+        _object_contents(self._shmem, image)
         with self._failing():
             for pid, (cores, _entry) in records.items():
                 threads.check_xstate(pid, cores)
@@ -681,6 +693,7 @@ class StagedRestore:
                     notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared,
                                          memfds=self._shmem.memfds))
                 self._shmem.memfds.add_seals()
+                self._shmem.sysv.finish()
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
             finally:
@@ -706,6 +719,7 @@ class StagedRestore:
             return
         self.state = "aborted"
         _kill_tree([st.proc for st in self._procs.values()], self._created, self.pid, ours=not self.detached)
+        self._shmem.sysv.abort()
         self._procs.clear()
 
     # --- internals ---------------------------------------------------------------------------
@@ -819,8 +833,9 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
             raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
                                   "(a pre-dump written before pre-dumps carried it)")
         mm, vmas = image.mm(p.pid)
-        if any(memory.is_memfd_view(v) for v in vmas):  # pre-dumps do not store memfd objects
-            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, which only a plain restore recreates")
+        if any(memory.is_object_view(v) for v in vmas):  # pre-dumps do not store memfd or SysV objects
+            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd or System V shared memory, "
+                                  "which only a plain restore recreates")
         out[p.pid] = (mm, list(vmas))
     return out
 

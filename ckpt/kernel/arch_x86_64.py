@@ -40,6 +40,9 @@ class NR(enum.IntEnum):
     pwrite64 = 18
     mremap = 25
     madvise = 28
+    shmget = 29
+    shmat = 30
+    shmctl = 31
     dup = 32
     dup2 = 33
     pause = 34
@@ -61,6 +64,7 @@ class NR(enum.IntEnum):
     wait4 = 61
     kill = 62
     uname = 63
+    shmdt = 67
     fcntl = 72
     ftruncate = 77
     getcwd = 79

@@ -67,7 +67,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import SmapsVma
 from ..procfs.snapshot import Snapshot
-from . import memfd
+from . import memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity",
@@ -80,7 +80,7 @@ Kind = mm_pb2.Vma.Kind
 #: Areas the kernel installs: never stored, never mapped by us.
 SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL})
 #: VMAs whose pages no dump stores: the kernel's own, and shared file mappings (the file holds them).
-UNSTORED_KINDS = SPECIAL_KINDS | {Kind.FILE_SHARED}
+UNSTORED_KINDS = SPECIAL_KINDS | {Kind.FILE_SHARED, Kind.SYSV_SHM}
 _SPECIAL_NAMES = {"[vdso]": Kind.VDSO, "[vvar]": Kind.VVAR, "[vvar_vclock]": Kind.VVAR_VCLOCK,
                   "[vsyscall]": Kind.VSYSCALL}
 _AT_FDCWD = -100
@@ -103,6 +103,8 @@ def classify(v: SmapsVma) -> int:
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is [uprobes] (a uprobe is attached to the target)")
     if "ht" in v.vmflags:
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is hugetlbfs memory")
+    if name.startswith("/SYSV"):
+        return Kind.SYSV_SHM  # before the inode test: the inode is the shmid, and shmid 0 exists
     if vma.inode == 0 or name.startswith("[anon"):
         if vma.shared:
             return Kind.ANON_SHARED
@@ -113,8 +115,6 @@ def classify(v: SmapsVma) -> int:
         return Kind.ANON_PRIVATE
     if vma.shared and vma.deleted and name == "/dev/zero":
         return Kind.ANON_SHARED  # MAP_SHARED|MAP_ANONYMOUS shows as the shmem file "/dev/zero (deleted)"
-    if name.startswith("/SYSV"):
-        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is System V shared memory ({name})")
     if name.startswith(memfd.PREFIX):
         return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE  # the file: the memfd object (content_owner)
     if vma.deleted:
@@ -132,6 +132,7 @@ def file_identity(st: os.stat_result) -> common_pb2.FileIdentity:
 def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
     """One Vma record per mapping, address order; raises Unsupported for unknown backings."""
     out: list[mm_pb2.Vma] = []
+    segments: dict | None = None
     for v in snap.smaps:
         vma = v.vma
         kind = classify(v)
@@ -152,6 +153,10 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
             rec.file.CopyFrom(file_identity(st))
             if vma.path.startswith(memfd.PREFIX):  # its bytes are stored once for the object, by its owner
                 rec.content_owner = memfd.owner_of(st.st_ino)
+        if kind is Kind.SYSV_SHM:  # the segment's bytes are stored once, by its owner (sysv-<shmid>)
+            segments = segments if segments is not None else sysvshm.read_segments()
+            rec.sysv.CopyFrom(sysvshm.describe(pid, vma.start, vma.inode, segments))
+            rec.content_owner = sysvshm.OWNER.format(shmid=vma.inode)
         if kind is Kind.ANON_SHARED:
             rec.content_owner = str(pid)
             if vma.inode:  # the shmem object: two VMAs with one inode are two views of the same pages
@@ -207,6 +212,11 @@ def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
 #: its pages are stored once, by offset in the object, not per process.
 SHMEM_OWNER = "shmem-{ino}"
 _SHMEM_READ = 4 << 20
+
+
+def is_object_view(v: mm_pb2.Vma) -> bool:
+    """A view of an object whose bytes a dump stores once, by its owner, not per process (memfd, SysV shm)."""
+    return v.kind == Kind.SYSV_SHM or is_memfd_view(v)
 
 
 def is_memfd_view(v: mm_pb2.Vma) -> bool:
@@ -307,6 +317,7 @@ class ShmemObjects:
 
     first: dict[str, tuple[int, mm_pb2.Vma]] = field(default_factory=dict)
     memfds: memfd.MemfdObjects = field(default_factory=memfd.MemfdObjects)
+    sysv: sysvshm.SysvObjects = field(default_factory=sysvshm.SysvObjects)
 
 
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
@@ -454,9 +465,16 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     opener = _FileOpener(inj, scratch, pid)
     n = 0
     shmem: dict[int, list[tuple[int, int, int]]] = {}  # shmem inode -> (start, end, pgoff) mapped fresh
+    attached: set[int] = set()  # SysV attach bases done
     try:
         for v in vmas:
             if v.kind in SPECIAL_KINDS:
+                continue
+            if v.kind == Kind.SYSV_SHM:
+                objects = shmem_objects if shmem_objects is not None else ShmemObjects()
+                objects.sysv.ensure(v.sysv)
+                objects.sysv.attach(inj, v, attached)
+                n += 1
                 continue
             length = v.end - v.start
             flags = v.flags | MAP_FIXED  # MAP_GROWSDOWN kept: a growsdown area must still grow after restore
@@ -680,7 +698,7 @@ def _mapping_key(v: mm_pb2.Vma) -> tuple | None:
     key).  Shared anonymous memory is never carried over: its views alias one
     shmem object, which only a fresh :func:`map_vmas` of all of them recreates.
     """
-    if v.kind == Kind.ANON_SHARED or is_memfd_view(v):
+    if v.kind == Kind.ANON_SHARED or is_object_view(v):
         return None
     letters = frozenset(f for f in v.vm_flags.split() if f in _MADVISED or f == "mw")
     file: tuple = ()

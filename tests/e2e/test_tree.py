@@ -173,6 +173,27 @@ def test_memfd_shared_by_fd_and_mapping_stays_one_object(py_target, tmp_path: Pa
         _kill_all([child])
 
 
+def test_sysv_shared_memory_between_processes(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    key = 0x636B0000 + os.getpid() % 0xFFFF
+    t = py_target("py_sysv.py", str(key), stderr=subprocess.DEVNULL)
+    ready = t.ready()
+    child, a_id, b_id = int(ready["child"]), int(ready["a"]), int(ready["b"])
+    try:
+        os.kill(t.pid, signal.SIGUSR1)
+        assert t.expect("PASS", 10) == "PASS sysv round=1"
+        api.dump(t.pid, tmp_path / "img")
+        _forget(t)
+        wait_until(lambda: f" {a_id} " not in open("/proc/sysvipc/shm").read().replace("\n", " "),
+                   "the removed segment goes with its last attach")
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        os.kill(t.pid, signal.SIGUSR1)  # A made again with its id and bytes (and removed again), B as it was
+        assert t.expect("PASS", 10) == "PASS sysv round=2"
+    finally:
+        _kill_all([child])
+        subprocess.run(["ipcrm", "-m", str(b_id)], capture_output=True, close_fds=True)
+
+
 def test_fifo_between_processes_keeps_its_bytes(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     t = py_target("py_fifo_tree.py", str(tmp_path / "fifo"), stderr=subprocess.DEVNULL)
     child = int(t.ready()["child"])

@@ -44,7 +44,7 @@ class MmEntry(_message.Message):
     def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ...) -> None: ...
 
 class Vma(_message.Message):
-    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked")
+    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Vma.Kind]
@@ -84,6 +84,7 @@ class Vma(_message.Message):
     VM_FLAGS_FIELD_NUMBER: _ClassVar[int]
     CONTENT_OWNER_FIELD_NUMBER: _ClassVar[int]
     TRACKED_FIELD_NUMBER: _ClassVar[int]
+    SYSV_FIELD_NUMBER: _ClassVar[int]
     start: int
     end: int
     prot: int
@@ -95,4 +96,23 @@ class Vma(_message.Message):
     vm_flags: str
     content_owner: str
     tracked: bool
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ...) -> None: ...
+    sysv: SysvShm
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ...) -> None: ...
+
+class SysvShm(_message.Message):
+    __slots__ = ("shmid", "key", "size", "mode", "uid", "gid", "removed")
+    SHMID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    shmid: int
+    key: int
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    removed: bool
+    def __init__(self, shmid: _Optional[int] = ..., key: _Optional[int] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., removed: _Optional[bool] = ...) -> None: ...
