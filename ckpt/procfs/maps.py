@@ -262,10 +262,13 @@ def parse_smaps(data: bytes) -> list[SmapsVma]:
     vma: Vma | None = None
     counters: dict[str, int] = {}
     flags: frozenset[str] = frozenset()
+    keys: dict[bytes, str] = {}
     for line in data.split(b"\n"):
         if not line:
             continue
-        if not _is_smaps_key(line):
+        # Counter keys start with a capital letter; headers with a hex digit, which the kernel
+        # prints in lower case (a dump parses a few hundred lines per process: keep it cheap).
+        if not 65 <= line[0] <= 90 and not _is_smaps_key(line):
             if vma is not None:
                 out.append(_smaps_entry(vma, counters, flags))
             vma, counters, flags = _parse_header(line), {}, frozenset()
@@ -273,7 +276,9 @@ def parse_smaps(data: bytes) -> list[SmapsVma]:
         if vma is None:
             raise ValueError(f"smaps: counter before the first VMA: {line[:200]!r}")
         key, _, rest = line.partition(b":")
-        k = key.decode("ascii", "replace")
+        k = keys.get(key)
+        if k is None:
+            k = keys[key] = key.decode("ascii", "replace")
         if k == "VmFlags":
             flags = frozenset(f.decode("ascii", "replace") for f in rest.split())
             continue
