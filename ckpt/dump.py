@@ -261,8 +261,7 @@ def dump(
         with tree.freeze_tree(pid) as ftree, conns:  # conns is left first: connections back before any thaw
             t_frozen = time.monotonic()
             step("frozen")
-            if len(ftree.procs) > 1 or ftree.zombies:
-                tree.refuse_shared_tables(ftree)
+            shares_files = tree.shared_tables(ftree) if len(ftree.procs) > 1 else set()
             with ExitStack() as snaps, ImageWriter(
                     image_dir, kind=ImageKind.INCREMENTAL if delta_parent else ImageKind.FULL,
                     parent=delta_parent, compress_level=compress_level) as w:
@@ -322,7 +321,7 @@ def dump(
                     _release_all(ftree)
                     t_thawed = time.monotonic()
                 t_commit = time.monotonic()
-                w.commit(processes=_inventory(ftree, records, tracking))
+                w.commit(processes=_inventory(ftree, records, tracking, shares_files))
                 t_committed = time.monotonic()
                 step("committed")
             if end_target is not None and not end_target(os.path.abspath(image_dir)):
@@ -405,13 +404,13 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, *, shel
 
 
 def _inventory(ftree: tree.FrozenTree, records: dict[int, tuple[list, list]],
-               tracking: dict[int, TrackingInfo]) -> list[ProcessInfo]:
+               tracking: dict[int, TrackingInfo], shares_files: set[int]) -> list[ProcessInfo]:
     """The inventory's process list: the live ones in tree order, then the zombies."""
     out = []
     for p, proc in ftree.procs.items():
         st = read_stat(p)
         out.append(ProcessInfo(p, st.ppid, tuple(c.tid for c in records[p][0]), proc.start_time,
-                               tracking.get(p), pgid=st.pgrp, sid=st.session))
+                               tracking.get(p), pgid=st.pgrp, sid=st.session, shares_files=p in shares_files))
     out += [ProcessInfo(z.pid, z.ppid, (), z.start_time, None, pgid=z.pgid, sid=z.sid, zombie=True,
                         wait_status=z.wait_status, comm=z.comm) for z in ftree.zombies]
     return out

@@ -67,7 +67,12 @@ _SCRATCH_PAGES = 4
 
 
 def restore_files(ctx: RestoreContext) -> None:
-    """Every fd at its number, opened by the helper itself while it still has the restorer's credentials."""
+    """Every fd at its number, opened by the helper itself while it still has the restorer's credentials.
+
+    A process sharing its parent's descriptor table (CLONE_FILES) has it restored already, by the parent.
+    """
+    if ctx.files_shared:
+        return
     policy = files.StdioPolicy(shell_job=ctx.shell_job, inherit=dict(ctx.inherit_fds),
                                allow_changed=ctx.allow_changed_files)
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
@@ -250,7 +255,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     image = chain[-1]
     infos = image.processes
     root = tree.plan(infos)
-    live = [_Member.load(image, p.pid) for p in infos if not p.zombie]
+    live = [_Member.load(image, p.pid, p.shares_files) for p in infos if not p.zombie]
     for m in live:
         memory.check_files(m.mm, m.vmas)
     waited = sum(wait_pid_free(p.pid) for p in root.walk())
@@ -269,7 +274,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         for m in live:  # parents first: every helper exists, each is built in turn and stays frozen
             m.proc, m.frozen = _seize_helper(m.pid)
             threads.check_xstate(m.pid, m.cores)
-            m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas, hint)
+            m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas, hint, own_fds=not m.shares_files)
             n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
@@ -304,15 +309,16 @@ class _Member:
     vmas: list[mm_pb2.Vma]
     cores: list
     entry: process_pb2.ProcessEntry
+    shares_files: bool = False  # its parent's descriptor table (CLONE_FILES): restored by the parent
     proc: FrozenProcess | None = None
     frozen: AbstractContextManager[FrozenProcess] | None = None  # keep referenced: see _seize_helper
     ws: "_Workspace | None" = None
 
     @classmethod
-    def load(cls, image: Image, pid: int) -> "_Member":
+    def load(cls, image: Image, pid: int, shares_files: bool = False) -> "_Member":
         mm, vmas = image.mm(pid)
         cores, entry = _process_records(image, pid)
-        return cls(pid, mm, list(vmas), list(cores), entry)
+        return cls(pid, mm, list(vmas), list(cores), entry, shares_files)
 
 
 def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
@@ -388,6 +394,7 @@ class _Workspace:
     tramp: int
     vdso_insn_off: int | None
     placed: dict[int, tuple[int, int]]
+    own_fds: bool = True  # False: the descriptor table is the parent's (CLONE_FILES)
 
     #: Trampoline page + scratch pages.
     AREA = (1 + _SCRATCH_PAGES) * PAGE_SIZE
@@ -418,7 +425,7 @@ def _map_trampoline(inj: Injector, mem: ProcMem, at: int) -> None:
 
 
 def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma],
-             hint: Sequence | None = None) -> _Workspace:
+             hint: Sequence | None = None, own_fds: bool = True) -> _Workspace:
     """DESIGN §4 steps 2-3: rseq off, trampoline, empty address space, vDSO/vvar at the image's addresses.
 
     ``hint``: this process's own mappings, read just before the helpers were
@@ -426,6 +433,8 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     between (the trampoline's MAP_FIXED_NOREPLACE then fails and the helper's
     own are read).  A tree's helpers each have hundreds of mappings (copies
     of this Python process): parsing them once instead of once per helper.
+    ``own_fds`` False: the helper shares its parent's descriptor table
+    (CLONE_FILES), emptied by the parent already and maybe refilled since.
     """
     ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL)
     # Find the syscall instruction in the helper's vDSO from its mappings (a search of its own
@@ -463,7 +472,8 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     scratch = Scratch(tramp + PAGE_SIZE, area - PAGE_SIZE, mem)
     inj = Injector(proc.threads[pid], syscall_insn=tramp)
 
-    inj.call(NR.close_range, 0, 0xFFFFFFFF, 0)
+    if own_fds:
+        inj.call(NR.close_range, 0, 0xFFFFFFFF, 0)
     keep = sorted([(tramp, tramp + area), *current.values()])
     addr = 0
     for s, e in keep + [(TASK_SIZE_MAX, TASK_SIZE_MAX)]:
@@ -475,7 +485,7 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     temp = memory.free_area(max(temp_size, PAGE_SIZE), taken + keep)
     memory.move_vdso(inj, mem, current, mm, vmas, temp)
     placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
-    return _Workspace(proc, pid, inj, scratch, tramp, vdso_insn_off, placed)
+    return _Workspace(proc, pid, inj, scratch, tramp, vdso_insn_off, placed, own_fds)
 
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
@@ -487,7 +497,7 @@ def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.
     """
     t_mem = time.monotonic()
     before = set(shmem.first) if shmem is not None else set()
-    nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas, shmem)
+    nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas, shmem, own_fds=ws.own_fds)
     for owner in (set(shmem.first) - before if shmem is not None else ()):
         memory.fill_shmem(chain[-1], owner, *shmem.first[owner])
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
@@ -516,7 +526,8 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
     proc, pid, inj, scratch = ws.proc, ws.pid, ws.inj, ws.scratch
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
-                         allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds)
+                         allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds,
+                         files_shared=not ws.own_fds)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
@@ -648,9 +659,10 @@ class StagedRestore:
         self._created = tree.create(root, detached=self.detached)
         nvmas = pages = nbytes = 0
         with self._failing():
+            shares = {p.pid for p in image.processes if p.shares_files}
             for pid, (mm, vmas) in layouts.items():
                 proc, frozen = _seize_helper(pid)
-                ws = _prepare(proc, pid, mm, vmas, hint)
+                ws = _prepare(proc, pid, mm, vmas, hint, own_fds=pid not in shares)
                 n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem)
                 st = self._procs[pid] = _Staged(pid, proc, frozen, ws)
                 self._took(st, chain, vmas)
@@ -775,7 +787,7 @@ class StagedRestore:
         for s, e in diff.removed:
             ws.inj.munmap(s, e - s)
         before = set(self._shmem.first)
-        nmapped = memory.map_vmas(ws.inj, ws.scratch, pid, diff.added, self._shmem)
+        nmapped = memory.map_vmas(ws.inj, ws.scratch, pid, diff.added, self._shmem, own_fds=ws.own_fds)
         for owner in set(self._shmem.first) - before:  # a shared object this process creates: its pages
             memory.fill_shmem(chain[-1], owner, *self._shmem.first[owner])
         top = len(chain) - 1

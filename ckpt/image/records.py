@@ -78,11 +78,12 @@ class ProcessInfo:
     zombie: bool = False
     wait_status: int = 0  # a zombie's: what its parent's waitpid will get
     comm: str = ""        # a zombie's name
+    shares_files: bool = False  # one descriptor table with its parent (CLONE_FILES)
 
     def to_pb(self) -> inventory_pb2.ProcessRef:
         ref = inventory_pb2.ProcessRef(pid=self.pid, ppid=self.ppid, threads=self.threads, start_time=self.start_time,
                                        pgid=self.pgid, sid=self.sid, zombie=self.zombie,
-                                       wait_status=self.wait_status, comm=self.comm)
+                                       wait_status=self.wait_status, comm=self.comm, shares_files=self.shares_files)
         if self.tracking is not None:
             ref.tracking.CopyFrom(
                 inventory_pb2.TrackingState(
@@ -104,7 +105,7 @@ class ProcessInfo:
                                     tuple((r.start, r.end) for r in t.include) or None,
                                     tuple((r.start, r.end) for r in t.exclude))
         return cls(ref.pid, ref.ppid, tuple(ref.threads), ref.start_time, tracking, ref.pgid, ref.sid, ref.zombie,
-                   ref.wait_status, ref.comm)
+                   ref.wait_status, ref.comm, ref.shares_files)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class RestoreContext:
     shared_files: "SharedFiles | None" = None
     #: The restore's memfd objects, created by their first user (:mod:`ckpt.resources.memfd`).
     memfds: "MemfdObjects | None" = None
+    #: The descriptor table is the parent's (CLONE_FILES): the parent restores it.
+    files_shared: bool = False
 
     @property
     def image(self) -> "Image":

@@ -413,8 +413,8 @@ def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], 
 class _FileOpener:
     """Opens files by path inside the target (so the mapping's file is the target's own); one fd per path."""
 
-    def __init__(self, inj: Injector, scratch: Scratch, pid: int) -> None:
-        self.inj, self.scratch, self.pid = inj, scratch, pid
+    def __init__(self, inj: Injector, scratch: Scratch, pid: int, own_fds: bool = True) -> None:
+        self.inj, self.scratch, self.pid, self.own_fds = inj, scratch, pid, own_fds
         self.fds: dict[tuple[str, int], int] = {}
 
     def open(self, path: str, flags: int, ident: common_pb2.FileIdentity | None) -> int:
@@ -444,15 +444,16 @@ class _FileOpener:
         and the highest of ours there is nothing else to close.
         """
         fds = sorted(set(self.fds.values()))
-        if len(fds) > 1:
+        if len(fds) > 1 and self.own_fds:
             self.inj.call(NR.close_range, fds[0], fds[-1], 0, name=f"close_range({fds[0]}, {fds[-1]})")
-        elif fds:
-            self.inj.call(NR.close, fds[0])
+        else:  # (a table shared with a process restored already holds its files in between)
+            for fd in fds:
+                self.inj.call(NR.close, fd)
         self.fds.clear()
 
 
 def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vma],
-             shmem_objects: ShmemObjects | None = None) -> int:
+             shmem_objects: ShmemObjects | None = None, *, own_fds: bool = True) -> int:
     """mmap every non-special VMA at its address with its final backing and protection; count mapped.
 
     Mapping with the final protection right away is enough: pages are filled
@@ -460,9 +461,11 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     which writes read-only and PROT_NONE pages too (a private one gets its COW copy).
     A view of a shmem object of the tree (:func:`is_shmem_view`) maps the
     object an earlier process created (through its ``map_files`` entry), or
-    creates it and records it in ``shmem_objects``.
+    creates it and records it in ``shmem_objects``.  ``own_fds`` False: the
+    descriptor table is shared with a process restored already (CLONE_FILES):
+    the files opened for mappings are closed one by one.
     """
-    opener = _FileOpener(inj, scratch, pid)
+    opener = _FileOpener(inj, scratch, pid, own_fds)
     n = 0
     shmem: dict[int, list[tuple[int, int, int]]] = {}  # shmem inode -> (start, end, pgoff) mapped fresh
     attached: set[int] = set()  # SysV attach bases done

@@ -19,9 +19,13 @@ at once with the recorded status, and stays a zombie of its parent.  A member
 of another group of its session joins it later (``setpgid``, injected with
 the rest of the session state once every group leader exists).
 
-What is refused (:func:`plan`): a process whose session is neither its own nor
-its parent's (its session leader would have to be recreated as a helper), and
-a tree whose pids do not link up.
+A child that shares its parent's descriptor table (``CLONE_FILES``, found
+with kcmp at dump) is created with ``CLONE_FILES`` again, and the table is
+restored once, by the parent.  What is refused: a process sharing fs, signal
+handlers or its address space with its parent without being a thread
+(:func:`shared_tables`), a process whose session is neither its own nor its
+parent's (its session leader would have to be recreated as a helper), and a
+tree whose pids do not link up (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -166,19 +170,21 @@ def freeze_tree(root: int, *, start_time: int | None = None) -> Iterator[FrozenT
         yield tree
 
 
-#: What clone() may share between two processes (not threads), by kcmp type; none is restored shared yet.
+#: What clone() may share between two processes (not threads), by kcmp type, that is not restored shared.
 _SHARED_TABLES = {KCMP_VM: "address space (CLONE_VM: a vfork child that has not exec'ed yet?)",
-                  KCMP_FILES: "descriptor table (CLONE_FILES)", KCMP_FS: "cwd and root (CLONE_FS)",
-                  KCMP_SIGHAND: "signal handlers (CLONE_SIGHAND)"}
+                  KCMP_FS: "cwd and root (CLONE_FS)", KCMP_SIGHAND: "signal handlers (CLONE_SIGHAND)"}
 
 
-def refuse_shared_tables(ftree: FrozenTree) -> None:
-    """Unsupported if a process shares a kernel table with its parent (clone flags without CLONE_THREAD).
+def shared_tables(ftree: FrozenTree) -> set[int]:
+    """The processes sharing their descriptor table with their parent (CLONE_FILES): restored that way.
 
-    Restored separately they would silently stop being shared.  Sharing starts
-    at clone(), so each process is compared with its parent only.
+    Unsupported if a process shares another kernel table with its parent
+    (clone flags without CLONE_THREAD): restored apart, it would silently stop
+    being shared.  Sharing starts at clone(), so each process is compared with
+    its parent only.
     """
-    for pid, proc in ftree.procs.items():
+    out = set()
+    for pid in ftree.procs:
         if pid == ftree.root:
             continue
         ppid = read_stat(pid).ppid
@@ -188,6 +194,9 @@ def refuse_shared_tables(ftree: FrozenTree) -> None:
             if kcmp(ppid, pid, kind) == 0:
                 raise Unsupported(f"process {pid} shares its {what} with its parent {ppid}: "
                                   "restoring that sharing is not supported yet")
+        if kcmp(ppid, pid, KCMP_FILES) == 0:
+            out.add(pid)
+    return out
 
 
 def _freeze_child(stack: ExitStack, parent: int, pid: int) -> FrozenProcess | Zombie | None:
@@ -223,6 +232,7 @@ class Plan:
     wait_status: int = 0
     comm: str = ""
     children: tuple["Plan", ...] = ()
+    shares_files: bool = False  # created with CLONE_FILES: its parent's descriptor table
 
     def walk(self) -> Iterator["Plan"]:
         """This process and every descendant, parents first."""
@@ -249,7 +259,8 @@ def plan(processes: Sequence[ProcessInfo]) -> Plan:
 
     def build(p: ProcessInfo) -> Plan:
         return Plan(p.pid, p.pgid, p.sid, p.zombie, p.wait_status, p.comm,
-                    tuple(build(c) for c in sorted(below.get(p.pid, []), key=lambda c: c.pid)))
+                    tuple(build(c) for c in sorted(below.get(p.pid, []), key=lambda c: c.pid)),
+                    p.shares_files and p is not root)
 
     return build(root)
 
@@ -332,7 +343,7 @@ def _helper(me: Plan, wfd: int) -> None:
             _die_as(me.wait_status)
         for c in me.children:
             try:
-                if clone.clone3(set_tid=[c.pid]) == 0:
+                if clone.clone3(flags=clone.CLONE_FILES if c.shares_files else 0, set_tid=[c.pid]) == 0:
                     _helper(c, wfd)
             except OSError as exc:
                 os.write(wfd, _REPORT.pack(c.pid, exc.errno or 1))

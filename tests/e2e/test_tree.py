@@ -208,16 +208,19 @@ def test_fifo_between_processes_keeps_its_bytes(py_target, tmp_path: Path, resto
         _kill_all([child])
 
 
-def test_shared_descriptor_table_is_refused(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+def test_shared_descriptor_table_stays_shared(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     t = c_target("clone_files")
     child = int(t.ready()["child"])
     try:
-        with pytest.raises(Unsupported, match=rf"process {child} shares its descriptor table \(CLONE_FILES\) "
-                                              rf"with its parent {t.pid}"):
-            api.dump(t.pid, tmp_path / "img")
-        assert not (tmp_path / "img").exists()
-        assert t.alive() and tracer_of(t.pid) == 0 and tracer_of(child) == 0
-        wait_until(lambda: _ids(child)[3] == "S", "the child pauses again")
+        os.kill(t.pid, signal.SIGUSR1)  # the parent opens fd 41, the child sees it
+        assert t.expect("PASS", 10) == "PASS files 1"
+        api.dump(t.pid, tmp_path / "img")
+        _forget(t)
+        assert [p.shares_files for p in Image.open(tmp_path / "img").processes] == [False, True]
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        os.kill(t.pid, signal.SIGUSR1)  # fd 42, opened by the restored parent, is in the restored child's table
+        assert t.expect("PASS", 10) == "PASS files 2"
     finally:
         _kill_all([child])
 

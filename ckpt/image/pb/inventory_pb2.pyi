@@ -61,7 +61,7 @@ class Inventory(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ProcessRef(_message.Message):
-    __slots__ = ("pid", "ppid", "threads", "start_time", "tracking", "pgid", "sid", "zombie", "wait_status", "comm")
+    __slots__ = ("pid", "ppid", "threads", "start_time", "tracking", "pgid", "sid", "zombie", "wait_status", "comm", "shares_files")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class ProcessRef(_message.Message):
     ZOMBIE_FIELD_NUMBER: _ClassVar[int]
     WAIT_STATUS_FIELD_NUMBER: _ClassVar[int]
     COMM_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FILES_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     threads: _containers.RepeatedScalarFieldContainer[int]
@@ -82,7 +83,8 @@ class ProcessRef(_message.Message):
     zombie: bool
     wait_status: int
     comm: str
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., start_time: _Optional[int] = ..., tracking: _Optional[_Union[TrackingState, _Mapping]] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., zombie: _Optional[bool] = ..., wait_status: _Optional[int] = ..., comm: _Optional[str] = ...) -> None: ...
+    shares_files: bool
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., start_time: _Optional[int] = ..., tracking: _Optional[_Union[TrackingState, _Mapping]] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., zombie: _Optional[bool] = ..., wait_status: _Optional[int] = ..., comm: _Optional[str] = ..., shares_files: _Optional[bool] = ...) -> None: ...
 
 class TrackingState(_message.Message):
     __slots__ = ("method", "parked_fd", "uffd_inode", "include", "exclude")
