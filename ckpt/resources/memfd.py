@@ -82,7 +82,9 @@ def record(entry: files_pb2.FileEntry, pid: int, fd: int, link: str, st: os.stat
 
 
 def read_content(path: str) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) of every populated part of the object behind ``path`` (a /proc fd or map_files link)."""
+    """(offset, bytes) of every populated part of the shmem file behind ``path`` (a /proc fd or map_files
+    link: a memfd, shared anonymous memory, a System V segment), skipping holes with SEEK_DATA/SEEK_HOLE;
+    each piece is padded to whole pages."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size

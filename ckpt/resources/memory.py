@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import errno
 import hashlib
 import os
 import threading
@@ -211,7 +210,6 @@ def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
 #: Page owner of a shmem object (MAP_SHARED|MAP_ANONYMOUS) that several processes of a tree map:
 #: its pages are stored once, by offset in the object, not per process.
 SHMEM_OWNER = "shmem-{ino}"
-_SHMEM_READ = 4 << 20
 
 
 def is_object_view(v: mm_pb2.Vma) -> bool:
@@ -266,32 +264,14 @@ def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter) -> PageStats:
     """Every populated page of the shmem object behind ``v`` of ``pid``, by offset in the object.
 
     Read through ``/proc/PID/map_files`` (the object itself, so pages no process
-    has faulted in count too), skipping holes with SEEK_DATA/SEEK_HOLE.
+    has faulted in count too), skipping holes (:func:`ckpt.resources.memfd.read_content`).
     """
     t0 = time.monotonic()
     stored = nbytes = 0
-    fd = os.open(_map_file(pid, v), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        off = 0
-        while off < size:
-            try:
-                data_at = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # no data after off
-                    break
-                raise
-            hole = os.lseek(fd, data_at, os.SEEK_HOLE)
-            while data_at < hole:
-                n = min(hole - data_at, _SHMEM_READ)
-                buf = os.pread(fd, n, data_at)
-                pages.add(data_at, buf.ljust(-(-len(buf) // PAGE_SIZE) * PAGE_SIZE, b"\0"))
-                stored += -(-len(buf) // PAGE_SIZE)
-                nbytes += len(buf)
-                data_at += n
-            off = hole
-    finally:
-        os.close(fd)
+    for offset, data in memfd.read_content(_map_file(pid, v)):
+        pages.add(offset, data)
+        stored += len(data) // PAGE_SIZE
+        nbytes += len(data)
     return PageStats(stored, 0, nbytes, time.monotonic() - t0)
 
 
