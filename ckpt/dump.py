@@ -29,7 +29,7 @@ from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
 from .kernel import ptrace
 from .kernel.arch_x86_64 import PAGE_SIZE
 from .procfs.snapshot import snapshot
-from .procfs.stat import read_stat
+from .procfs.stat import Stat
 from .progress import ProgressEvent
 from . import incremental
 from .resources import creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
@@ -321,7 +321,8 @@ def dump(
                     _release_all(ftree)
                     t_thawed = time.monotonic()
                 t_commit = time.monotonic()
-                w.commit(processes=_inventory(ftree, records, tracking, shares_files))
+                w.commit(processes=_inventory(ftree, {p: sn.stat for p, sn in snap_of.items()}, records, tracking,
+                                              shares_files))
                 t_committed = time.monotonic()
                 step("committed")
             if end_target is not None and not end_target(os.path.abspath(image_dir)):
@@ -403,12 +404,13 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, *, shel
     return cores, vmas
 
 
-def _inventory(ftree: tree.FrozenTree, records: dict[int, tuple[list, list]],
+def _inventory(ftree: tree.FrozenTree, stats: dict[int, Stat], records: dict[int, tuple[list, list]],
                tracking: dict[int, TrackingInfo], shares_files: set[int]) -> list[ProcessInfo]:
-    """The inventory's process list: the live ones in tree order, then the zombies."""
+    """The inventory's process list: the live ones in tree order (ids as their snapshots read them,
+    frozen), then the zombies."""
     out = []
     for p, proc in ftree.procs.items():
-        st = read_stat(p)
+        st = stats[p]
         out.append(ProcessInfo(p, st.ppid, tuple(c.tid for c in records[p][0]), proc.start_time,
                                tracking.get(p), pgid=st.pgrp, sid=st.session, shares_files=p in shares_files))
     out += [ProcessInfo(z.pid, z.ppid, (), z.start_time, None, pgid=z.pgid, sid=z.sid, zombie=True,
@@ -429,7 +431,7 @@ def _objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]
     for pid, vmas in vmas_of.items():
         for v in vmas:
             if memory.is_object_view(v):
-                out.setdefault(v.content_owner, f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}")
+                out.setdefault(v.content_owner, memory.map_files_path(pid, v))
     return out
 
 

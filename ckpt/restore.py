@@ -268,7 +268,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     notes: list[str] = []
     shmem = memory.ShmemObjects()
     _object_contents(shmem, image)
-    nvmas = mem_s = 0.0
+    nvmas, mem_s = 0, 0.0
     filled_pages = filled_bytes = 0
     try:
         for m in live:  # parents first: every helper exists, each is built in turn and stays frozen
@@ -294,7 +294,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             shared.close()
         shmem.memfds.close()
     _write_pidfile(pidfile, root.pid)
-    return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=int(nvmas),
+    return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=nvmas,
                         pages_written=filled_pages, bytes_written=filled_bytes, pid_wait_seconds=waited,
                         memory_seconds=mem_s, total_seconds=time.monotonic() - t_start, detached=detached,
                         notes=tuple(notes), processes=tuple(p.pid for p in root.walk()))
@@ -346,11 +346,7 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
 
 def _kill_tree(seized: Sequence[FrozenProcess | None], created: Sequence[int], root: int, *, ours: bool) -> None:
     """After a failed restore: kill every helper, collect the threads we trace, reap the root if ours."""
-    for pid in reversed(created):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    tree.kill(created)
     for proc in seized:
         if proc is not None:
             _kill_helper(proc, proc.pid, ours=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 __all__ = [
     "SCENARIOS", "BIN", "build_c", "spawn", "python_argv", "Target", "wait_in_syscall", "thread_state",
-    "tracer_of", "traced_threads", "wait_until",
+    "tracer_of", "traced_threads", "wait_until", "kill_all",
 ]
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -211,3 +211,12 @@ def traced_threads(pid: int, tracer: int) -> list[int]:
         except FileNotFoundError:
             continue
     return out
+
+
+def kill_all(pids: Sequence[int]) -> None:
+    """SIGKILL every pid that still exists (a target's children, which ``Target.close`` does not reach)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

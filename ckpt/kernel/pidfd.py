@@ -13,7 +13,7 @@ import os
 from .arch_x86_64 import NR
 from .libc import syscall
 
-__all__ = ["PIDFD_NONBLOCK", "PIDFD_THREAD", "pidfd_open", "pidfd_getfd", "pidfd_send_signal"]
+__all__ = ["PIDFD_NONBLOCK", "PIDFD_THREAD", "pidfd_open", "pidfd_getfd", "dup_from", "pidfd_send_signal"]
 
 #: pidfd_open flag: the pidfd is non-blocking for waitid (Linux 5.10).
 PIDFD_NONBLOCK = os.O_NONBLOCK
@@ -29,6 +29,15 @@ def pidfd_open(pid: int, flags: int = 0) -> int:
 def pidfd_getfd(pidfd: int, targetfd: int, flags: int = 0) -> int:
     """Duplicate descriptor ``targetfd`` of the process behind ``pidfd`` into ours (close-on-exec)."""
     return syscall(NR.pidfd_getfd, pidfd, targetfd, flags, name=f"pidfd_getfd(pidfd={pidfd}, fd={targetfd})")
+
+
+def dup_from(pid: int, targetfd: int) -> int:
+    """Descriptor ``targetfd`` of process ``pid`` duplicated into ours: pidfd_open, pidfd_getfd, close the pidfd."""
+    pidfd = pidfd_open(pid)
+    try:
+        return pidfd_getfd(pidfd, targetfd)
+    finally:
+        os.close(pidfd)
 
 
 def pidfd_send_signal(pidfd: int, sig: int, info: bytes | None = None, flags: int = 0) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import signal
 import socket
 import threading
 import time
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import CkptError
+from ..resources.tree import kill as kill_helpers
 from .wire import Channel, WireError, listen
 
 if TYPE_CHECKING:
@@ -67,15 +67,6 @@ class ReceiveResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _kill_all(pids: list[int]) -> None:
-    """SIGKILL the staged helpers (their thread collects them)."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class _Stager:
@@ -133,13 +124,13 @@ class _Stager:
         self.say(f"{why}; the switch-over restores plainly")
         staged = self._staged
         if staged is not None and staged.state == "staged":
-            _kill_all(staged.pids)
+            kill_helpers(staged.pids)
 
     def close(self, *, kill: bool) -> None:
         """End the thread and kill a staged helper; ``kill``: whatever it is by now, even running."""
         staged = self._staged
         if kill and staged is not None:
-            _kill_all(staged.pids)  # ends a stage in progress at once
+            kill_helpers(staged.pids)  # ends a stage in progress at once
         self._jobs.put(("close", "", None))
         self._thread.join(timeout=60)
 

@@ -47,7 +47,7 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import common_pb2, files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.kcmp import same_file
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import dup_from
 from ..procfs.fdinfo import FdInfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
@@ -533,11 +533,7 @@ class SharedFiles:
         """Hold a duplicate of ``fd`` of ``pid`` for the other processes, if they use it."""
         if file_id not in self.shared or file_id in self._held:
             return
-        pidfd = pidfd_open(pid)
-        try:
-            self._held[file_id] = pidfd_getfd(pidfd, fd)
-        finally:
-            os.close(pidfd)
+        self._held[file_id] = dup_from(pid, fd)
 
     def keep_pipe_end(self, pid: int, fd: int, pipe_id: int, end: str) -> None:
         file_id = self._pipe_ends.get((pipe_id, end))

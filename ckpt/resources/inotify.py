@@ -38,7 +38,7 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import common_pb2, files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.fhandle import kernel_dev, open_by_handle_at
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import dup_from
 from ..procfs.fdinfo import FdInfo, InotifyWatch, read_fdinfo
 from ..procfs.mountinfo import Mount, read_mountinfo
 
@@ -119,11 +119,7 @@ def _resolve(pid: int, fd: int, w: InotifyWatch, mounts: _Mounts) -> tuple[str, 
 
 def _queued_bytes(pid: int, fd: int) -> int:
     """FIONREAD on a duplicate: the bytes of events waiting to be read."""
-    pidfd = pidfd_open(pid)
-    try:
-        ours = pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
+    ours = dup_from(pid, fd)
     try:
         buf = bytearray(4)
         fcntl.ioctl(ours, termios.FIONREAD, buf)

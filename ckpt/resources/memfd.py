@@ -36,7 +36,7 @@ from ..control.inject import Injector, Scratch
 from ..errors import RestoreError
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import dup_from
 
 __all__ = ["PREFIX", "OWNER", "owner_of", "name_of", "record", "read_content", "MemfdObjects"]
 
@@ -132,11 +132,7 @@ class MemfdObjects:
         s.write(0, raw)
         fd = inj.call(NR.memfd_create, s.addr, _MFD_CLOEXEC | _MFD_ALLOW_SEALING, name=f"memfd_create({name!r})")
         inj.call(NR.ftruncate, fd, size, name=f"ftruncate(memfd, {size})")
-        pidfd = pidfd_open(inj.pid)
-        try:
-            ours = pidfd_getfd(pidfd, fd)
-        finally:
-            os.close(pidfd)
+        ours = dup_from(inj.pid, fd)
         self.held[owner] = ours
         if self.fill is not None:
             self.fill(owner, ours)  # type: ignore[operator]

@@ -69,7 +69,7 @@ from ..procfs.snapshot import Snapshot
 from . import memfd, sysvshm
 
 __all__ = [
-    "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity",
+    "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
     "dump_vmas", "dump_mm", "dump_pages", "check_files", "special_vmas", "move_vdso", "map_vmas",
     "fill_pages", "set_mm_map", "free_area",
     "LayoutDiff", "diff_layout", "merge_intervals", "intersect", "subtract", "clip_sources", "reset_pages",
@@ -250,13 +250,14 @@ def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]) -> dict[str,
                 v.content_owner = owner
                 if owner not in views:
                     views[owner] = (pid, v)
-                    v.file.size = os.stat(_map_file(pid, v)).st_size
+                    v.file.size = os.stat(map_files_path(pid, v)).st_size
                 else:
                     v.file.size = views[owner][1].file.size
     return views
 
 
-def _map_file(pid: int, v: mm_pb2.Vma) -> str:
+def map_files_path(pid: int, v: mm_pb2.Vma) -> str:
+    """``/proc/PID/map_files/START-END``: opens the very object mapped there (root only)."""
     return f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
 
 
@@ -268,7 +269,7 @@ def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter) -> PageStats:
     """
     t0 = time.monotonic()
     stored = nbytes = 0
-    for offset, data in memfd.read_content(_map_file(pid, v)):
+    for offset, data in memfd.read_content(map_files_path(pid, v)):
         pages.add(offset, data)
         stored += len(data) // PAGE_SIZE
         nbytes += len(data)
@@ -279,7 +280,7 @@ def fill_shmem(image: Image, owner: str, pid: int, v: mm_pb2.Vma) -> PageStats:
     """Write the stored pages of shmem ``owner`` into the object now mapped at ``v`` in ``pid``."""
     t0 = time.monotonic()
     stored = nbytes = 0
-    fd = os.open(_map_file(pid, v), os.O_RDWR | os.O_CLOEXEC)
+    fd = os.open(map_files_path(pid, v), os.O_RDWR | os.O_CLOEXEC)
     try:
         for offset, data in image.iter_pages(owner):
             os.pwrite(fd, data, offset)
@@ -484,7 +485,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                     if shmem_objects is not None:
                         shmem_objects.first[v.content_owner] = (pid, v)
                 else:
-                    fd = opener.open(_map_file(*first), os.O_RDWR, None)
+                    fd = opener.open(map_files_path(*first), os.O_RDWR, None)
                     flags, offset = (flags & ~MAP_ANONYMOUS), v.pgoff
             alias = _shmem_alias(shmem, v) if v.kind == Kind.ANON_SHARED and not is_shmem_view(v) else None
             if alias is not None:

@@ -51,7 +51,7 @@ from ..control.inject import Injector, Scratch
 from ..errors import RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import dup_from
 from ..kernel.sock_diag import listen_backlogs
 from . import tcp
 
@@ -104,11 +104,7 @@ def _sockaddr(family: int, addr: object) -> bytes:
 @contextmanager
 def borrowed(pid: int, fd: int) -> Iterator[socket.socket]:
     """A duplicate of the target's socket ``fd`` in our process (``pidfd_getfd``: the same socket), closed after."""
-    pidfd = pidfd_open(pid)
-    try:
-        ours = pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
+    ours = dup_from(pid, fd)
     s = socket.socket(fileno=ours)
     try:
         yield s

@@ -55,7 +55,7 @@ from ..errors import CkptError, RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import dup_from
 from . import netlock
 
 __all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "describe", "netns_id", "restore"]
@@ -107,11 +107,7 @@ def netns_id(pid: int) -> str:
 
 
 def _dup(pid: int, fd: int) -> socket.socket:
-    pidfd = pidfd_open(pid)
-    try:
-        return socket.socket(fileno=pidfd_getfd(pidfd, fd))
-    finally:
-        os.close(pidfd)
+    return socket.socket(fileno=dup_from(pid, fd))
 
 
 # --- dump ----------------------------------------------------------------------

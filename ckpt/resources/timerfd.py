@@ -41,7 +41,7 @@ from ..control.inject import Injector, Scratch
 from ..errors import RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import dup_from
 from ..kernel.timerfd import TFD_IOC_SET_TICKS, TFD_TIMER_ABSTIME, timerfd_gettime
 from ..procfs.fdinfo import read_fdinfo
 
@@ -64,11 +64,7 @@ def _ns(pair: tuple[int, int]) -> int:
 
 def dump(pid: int, fd: int, entry: files_pb2.FileEntry) -> None:
     """The timer of ``fd`` of (frozen) ``pid`` into ``entry``, through a duplicate; nothing is consumed."""
-    pidfd = pidfd_open(pid)
-    try:
-        ours = pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
+    ours = dup_from(pid, fd)
     try:
         for _ in range(_READS):
             timerfd_gettime(ours)  # forwards a periodic timer that expired unread: ticks become exact

@@ -30,6 +30,7 @@ tree whose pids do not link up (:func:`plan`).
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import select
@@ -49,7 +50,7 @@ from ..kernel.prctl import PR_SET_NAME
 from ..kernel.libc import libc
 from ..procfs.stat import read_stat
 
-__all__ = ["Zombie", "FrozenTree", "children", "descendants", "zombies_of", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
+__all__ = ["Zombie", "FrozenTree", "children", "kill", "descendants", "zombies_of", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
 
 #: Seconds to wait for every helper of a tree to report.
 CREATE_TIMEOUT = 10.0
@@ -289,13 +290,11 @@ def create(root: Plan, *, detached: bool) -> list[int]:
     if failures:
         _kill(created, root.pid, ours=not detached)
         pid, err = failures[0]
-        raise RestoreError(clone_failure(pid, err))
+        raise RestoreError(_clone_failure(pid, err))
     return created
 
 
-def clone_failure(pid: int, err: int | None) -> str:
-    import errno
-
+def _clone_failure(pid: int, err: int | None) -> str:
     if err == errno.EEXIST:
         return f"pid {pid} is taken (clone3 set_tid: EEXIST)"
     if err == errno.EPERM:
@@ -394,13 +393,18 @@ def _collect(rfd: int, root: Plan, created: list[int]) -> list[tuple[int, int]]:
     return failures
 
 
-def _kill(created: Sequence[int], root: int, *, ours: bool) -> None:
-    """SIGKILL every created helper (children first) and reap the root if it is our child."""
-    for pid in reversed(created):
+def kill(pids: Sequence[int]) -> None:
+    """SIGKILL the helpers of a tree (children first); the ones already gone are skipped."""
+    for pid in reversed(pids):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _kill(created: Sequence[int], root: int, *, ours: bool) -> None:
+    """SIGKILL every created helper (children first) and reap the root if it is our child."""
+    kill(created)
     if ours and root in created:
         try:
             os.waitpid(root, 0)

@@ -22,7 +22,7 @@ from ckpt import api
 from ckpt.control.seize import freeze
 from ckpt.errors import RestoreError, Unsupported
 from ckpt.image.reader import Image
-from targets import Target, tracer_of, wait_until
+from targets import Target, kill_all, tracer_of, wait_until
 from test_dump_restore import _forget
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
@@ -40,14 +40,6 @@ def _shape(pids: list[int]) -> dict[int, tuple[int, int, int, bool]]:
     return {p: (*_ids(p)[:3], _ids(p)[3] == "Z") for p in pids}
 
 
-def _kill_all(pids: list[int]) -> None:
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture
 def tree_target(c_target, tmp_path: Path):  # noqa: ANN001, ANN201
     """(target, its pids: root, C1, C2, C3, G, C4, Z); every one of them is killed after the test."""
@@ -61,7 +53,7 @@ def tree_target(c_target, tmp_path: Path):  # noqa: ANN001, ANN201
 
     yield start
     for pids in started:
-        _kill_all(pids)
+        kill_all(pids)
 
 
 def test_tree_round_trip_same_pids_sessions_groups_zombie(tree_target, tmp_path: Path,  # noqa: ANN001
@@ -151,7 +143,7 @@ def test_shared_anonymous_memory_stays_shared(py_target, tmp_path: Path, restore
         os.kill(t.pid, signal.SIGUSR1)  # both offsets kept (one written by each), and still one object
         assert t.expect("PASS", 10) == "PASS shared round=2"
     finally:
-        _kill_all([child])
+        kill_all([child])
 
 
 def test_memfd_shared_by_fd_and_mapping_stays_one_object(py_target, tmp_path: Path,  # noqa: ANN001
@@ -170,7 +162,7 @@ def test_memfd_shared_by_fd_and_mapping_stays_one_object(py_target, tmp_path: Pa
         os.kill(t.pid, signal.SIGUSR1)  # name, size, seals, content, and parent and child on one object
         assert t.expect("PASS", 10) == "PASS memfd round=2"
     finally:
-        _kill_all([child])
+        kill_all([child])
 
 
 def test_sysv_shared_memory_between_processes(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
@@ -190,7 +182,7 @@ def test_sysv_shared_memory_between_processes(py_target, tmp_path: Path, restore
         os.kill(t.pid, signal.SIGUSR1)  # A made again with its id and bytes (and removed again), B as it was
         assert t.expect("PASS", 10) == "PASS sysv round=2"
     finally:
-        _kill_all([child])
+        kill_all([child])
         subprocess.run(["ipcrm", "-m", str(b_id)], capture_output=True, close_fds=True)
 
 
@@ -205,7 +197,7 @@ def test_fifo_between_processes_keeps_its_bytes(py_target, tmp_path: Path, resto
         os.kill(t.pid, signal.SIGUSR1)  # the child's 3000 bytes, once, then a new write of the child
         assert t.expect("PASS", 10) == "PASS fifo"
     finally:
-        _kill_all([child])
+        kill_all([child])
 
 
 def test_shared_descriptor_table_stays_shared(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
@@ -222,7 +214,21 @@ def test_shared_descriptor_table_stays_shared(c_target, tmp_path: Path, restored
         os.kill(t.pid, signal.SIGUSR1)  # fd 42, opened by the restored parent, is in the restored child's table
         assert t.expect("PASS", 10) == "PASS files 2"
     finally:
-        _kill_all([child])
+        kill_all([child])
+
+
+def test_shared_fs_is_refused_and_both_run_on(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t = c_target("clone_files", "fs")
+    child = int(t.ready()["child"])
+    try:
+        with pytest.raises(Unsupported, match=rf"process {child} shares its cwd and root \(CLONE_FS\) "
+                                              rf"with its parent {t.pid}"):
+            api.dump(t.pid, tmp_path / "img")
+        assert not (tmp_path / "img").exists()
+        assert t.alive() and tracer_of(t.pid) == 0 and tracer_of(child) == 0
+        wait_until(lambda: _ids(child)[3] == "S", "the child waits again")
+    finally:
+        kill_all([child])
 
 
 def test_restore_fails_cleanly_when_a_childs_pid_is_taken(tree_target, tmp_path: Path) -> None:  # noqa: ANN001
@@ -271,4 +277,4 @@ def test_migrate_a_tree_to_a_second_host(second_host, tmp_path: Path) -> None:  
         wait_until(lambda: len(log.read_text().splitlines()) > n, "a verdict", timeout=10)
         assert log.read_text().splitlines()[n].startswith("PASS tree 7 processes round=1"), log.read_text()
     finally:
-        _kill_all(pids if "pids" in locals() else [proc.pid])
+        kill_all(pids if "pids" in locals() else [proc.pid])

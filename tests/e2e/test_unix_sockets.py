@@ -17,19 +17,11 @@ import pytest
 from ckpt import api
 from ckpt.errors import Unsupported
 from ckpt.image.reader import Image
-from targets import Target, tracer_of
+from targets import Target, kill_all, tracer_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _kill_all(pids: list[int]) -> None:
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _state(pid: int) -> str:
@@ -55,7 +47,7 @@ def pairs(c_target) -> Iterator:  # noqa: ANN001
         return t, pids
 
     yield start
-    _kill_all(started)
+    kill_all(started)
 
 
 @pytest.fixture
@@ -178,7 +170,7 @@ def test_listeners_with_accepted_and_waiting_connections_and_names(py_target, tm
         # order, datagrams queued on a path from two senders, a socket whose peer closed: all checked inside.
         assert _round(t) == "PASS py_unix"
     finally:
-        _kill_all(pids)
+        kill_all(pids)
 
 
 @pytest.mark.parametrize("mode, message", [

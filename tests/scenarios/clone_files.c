@@ -1,4 +1,5 @@
-// A child made by clone(CLONE_FILES): parent and child share one descriptor table.
+// A child made by clone(CLONE_FILES): parent and child share one descriptor table
+// (with the argument "fs": clone(CLONE_FS) instead, which a dump refuses).
 // Prints "READY pid=PARENT child=CHILD".  On SIGUSR1 the parent opens /dev/null at fd
 // 40 + N (round N) and signals the child, which checks that fd exists in its table too
 // and prints "PASS files N" (or FAIL): the table is still one after a restore.
@@ -40,14 +41,16 @@ static int child_main(void *arg) {
     return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     sigset_t usr1;
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
     sigprocmask(SIG_BLOCK, &usr1, NULL);  /* inherited by the child */
     signal(SIGUSR1, on_usr1);
     parent = getpid();
-    int child = clone(child_main, stack + sizeof stack, CLONE_FILES | SIGCHLD, NULL);
+    /* "clone_files fs": share cwd and root instead (CLONE_FS), which a dump refuses */
+    int shared = argc > 1 && argv[1][0] == 'f' ? CLONE_FS : CLONE_FILES;
+    int child = clone(child_main, stack + sizeof stack, shared | SIGCHLD, NULL);
     if (child < 0) {
         printf("FAIL clone: %m\n");
         return 1;
