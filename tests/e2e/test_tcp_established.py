@@ -346,9 +346,21 @@ REDIS = shutil.which("redis-server")
 class Resp:
     """A minimal RESP client on one connection."""
 
-    def __init__(self, port: int, address: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection((address, port), timeout=15)
+    def __init__(self, port: int, address: str = "127.0.0.1", source: str | None = None) -> None:
+        self.sock = socket.create_connection((address, port), timeout=15,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
+
+    @classmethod
+    def when_up(cls, port: int, address: str = "127.0.0.1", source: str | None = None) -> "Resp":
+        """Connect once redis listens (it was just started): within 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return cls(port, address, source)
+            except OSError:
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.05)
 
     @staticmethod
     def encode(*args: str) -> bytes:
@@ -385,23 +397,27 @@ class Resp:
         return self.reply()
 
 
+def _redis_conf(tmp_path: Path, port: int, bind: str) -> Path:
+    conf = tmp_path / "redis.conf"
+    conf.write_text(f"port {port}\nbind {bind}\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
+                    "logfile \"\"\nprotected-mode no\n")
+    return conf
+
+
+def _start_movable_redis(conf: Path) -> subprocess.Popen:
+    """redis-server with no pipe to us (a process that migrates must not hold one)."""
+    return subprocess.Popen([REDIS, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+
+
 @pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
 def test_redis_client_connection_survives(tmp_path: Path, restored: list[int]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    conf = tmp_path / "redis.conf"
-    conf.write_text(f"port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
-                    "logfile \"\"\nprotected-mode no\n")
+    conf = _redis_conf(tmp_path, port, "127.0.0.1")
     with spawn([REDIS, str(conf)], stderr=subprocess.DEVNULL) as t:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                r = Resp(port)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis did not start"
-                time.sleep(0.05)
+        r = Resp.when_up(port)
         values = {f"key:{i}": f"value-{i}-{random.getrandbits(64):x}" for i in range(1000)}
         r.sock.sendall(b"".join(Resp.encode("SET", k, v) for k, v in values.items()))
         assert [r.reply() for _ in values] == ["OK"] * len(values)
@@ -432,20 +448,9 @@ def test_migration_needs_the_local_address_at_the_destination(second_host: Secon
     from test_migrate import _free_port, _migrate, _Receiver, _token, _untracked
 
     host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
-    conf = tmp_path / "redis.conf"
-    conf.write_text(f"port {port}\nbind 0.0.0.0\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
-                    "logfile \"\"\nprotected-mode no\n")
-    proc = subprocess.Popen([REDIS, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)  # no pipes: it moves
+    proc = _start_movable_redis(_redis_conf(tmp_path, port, "0.0.0.0"))
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                r = Resp(port, host.host_address)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis did not start"
-                time.sleep(0.05)
+        r = Resp.when_up(port, host.host_address)
         assert r.call("SET", "k", "v") == "OK"
         rx = _Receiver(host, tmp_path, token, rx_port)
         res, _ = _migrate(host, proc.pid, rx_port, token, tmp_path, "--tcp-established", "--stop-and-copy")
@@ -476,23 +481,10 @@ def test_client_connection_follows_redis_to_the_second_host(second_host: SecondH
     script.write_text(f"#!/bin/sh\n[ \"$CKPT_SCRIPT_ACTION\" = post-migrate ] || exit 0\n"
                       f"ip addr del {vip}/32 dev lo && {' '.join(route)}\n")
     script.chmod(0o700)
-    conf = tmp_path / "redis.conf"
-    conf.write_text(f"port {port}\nbind {vip}\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
-                    "logfile \"\"\nprotected-mode no\n")
-    proc = subprocess.Popen([REDIS, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)  # no pipes: it moves
+    proc = _start_movable_redis(_redis_conf(tmp_path, port, vip))
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                # From this host's own address (not the service address): replies must leave the second host.
-                r = Resp.__new__(Resp)
-                r.sock, r.buf = socket.create_connection((vip, port), timeout=15,
-                                                         source_address=(host.host_address, 0)), b""
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis did not start"
-                time.sleep(0.05)
+        # From this host's own address (not the service address): replies must leave the second host.
+        r = Resp.when_up(port, vip, source=host.host_address)
         values = {f"key:{i}": f"value-{i}" for i in range(200)}
         r.sock.sendall(b"".join(Resp.encode("SET", k, v) for k, v in values.items()))
         assert [r.reply() for _ in values] == ["OK"] * len(values)
