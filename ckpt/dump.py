@@ -423,6 +423,7 @@ def _objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]
     System V segment it maps (their bytes are stored once, not per process)."""
     by_id = {e.id: e for e in fdump.files}
     out: dict[str, str] = {}
+    stored = set(fdump.contents)  # a memfd only in flight: stored by the files already
     for pid, fds in fdump.fds_of.items():
         for f in fds:
             e = by_id[f.file_id]
@@ -432,7 +433,7 @@ def _objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]
         for v in vmas:
             if memory.is_object_view(v):
                 out.setdefault(v.content_owner, memory.map_files_path(pid, v))
-    return out
+    return {owner: path for owner, path in out.items() if owner not in stored}
 
 
 def _release_all(ftree: tree.FrozenTree) -> None:

@@ -106,6 +106,12 @@ class FdInfo:
     locks: tuple[str, ...] = ()
 
     @property
+    def scm_fds(self) -> int | None:
+        """A unix socket's descriptors in flight in its receive queue (Linux 5.9+); None if not told."""
+        v = self.fields.get("scm_fds")
+        return None if v is None else int(v)
+
+    @property
     def eventfd_count(self) -> int | None:
         v = self.fields.get("eventfd-count")
         return None if v is None else int(v, 16)

@@ -12,9 +12,11 @@ from collections.abc import Collection
 __all__ = ["holders"]
 
 
-def holders(links: Collection[str], skip: Collection[int] = ()) -> dict[str, list[str]]:
+def holders(links: Collection[str], skip: Collection[int] = (),
+            skip_fds: Collection[tuple[int, int]] = ()) -> dict[str, list[str]]:
     """For each fd link text (``pipe:[N]``, ``socket:[N]``, a path), the processes not in ``skip``
-    holding it, as "process P (comm) fd N".  One pass over every process's fds for all of them."""
+    holding it, as "process P (comm) fd N".  One pass over every process's fds for all of them.
+    ``skip_fds``: (pid, fd) that do not count (ckpt's own duplicates of descriptors in flight)."""
     out: dict[str, list[str]] = {link: [] for link in links}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in skip:
@@ -26,7 +28,7 @@ def holders(links: Collection[str], skip: Collection[int] = ()) -> dict[str, lis
         for fd in fds:
             try:
                 link = os.readlink(f"/proc/{name}/fd/{fd}")
-                if link in out:
+                if link in out and (int(name), int(fd)) not in skip_fds:
                     with open(f"/proc/{name}/comm") as f:
                         out[link].append(f"process {name} ({f.read().strip()}) fd {fd}")
             except OSError:

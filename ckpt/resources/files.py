@@ -43,12 +43,12 @@ from types import MappingProxyType
 
 from ..control.inject import Injector, Scratch
 from ..control.seize import FrozenProcess
-from ..errors import RestoreError, Unsupported
+from ..errors import CkptError, RestoreError, Unsupported
 from ..image.pb import common_pb2, files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.kcmp import same_file
 from ..kernel.pidfd import dup_from
-from ..procfs.fdinfo import FdInfo
+from ..procfs.fdinfo import FdInfo, read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
 from . import epoll, eventfd, inotify, memfd, pipes, signalfd, sockets, tcp, timerfd, unix
@@ -240,6 +240,67 @@ def _group(fds: list[tuple[int, OpenFd]]) -> list[list[tuple[int, OpenFd]]]:
     return groups
 
 
+def _may_carry(o: OpenFd) -> bool:
+    """Can this descriptor's receive queue hold descriptors in flight?  Only those are peeked early: a peek
+    marks a zero-length datagram as peeked, and the queue's own dump then has to read and resend it."""
+    return o.link.startswith("socket:[") and o.info.scm_fds != 0
+
+
+@dataclass
+class _Carried:
+    """The descriptors in flight in the unix sockets of a frozen tree (SCM_RIGHTS, not received yet):
+    ckpt's duplicates, from a peek, held while the tree is dumped so that each joins the registry like a
+    descriptor of one more process — this one.  ``where``: how a message names each."""
+
+    opens: list[OpenFd] = field(default_factory=list)
+    where: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    @classmethod
+    def collect(cls, fds: Sequence[tuple[int, OpenFd]]) -> "_Carried":
+        """Peek the queue of every unix socket with descriptors in flight (fdinfo's ``scm_fds``), and of
+        sockets found in flight, each socket once."""
+        me, out = os.getpid(), cls()
+        todo = [(pid, o, f"process {pid}: fd {o.fd}") for pid, o in fds if _may_carry(o)]
+        seen: set[tuple[int, int]] = set()
+        try:
+            while todo:
+                pid, o, where = todo.pop()
+                if o.dev_ino in seen:
+                    continue
+                seen.add(o.dev_ino)
+                try:
+                    got = unix.peek_descriptors(pid, o.fd) or []
+                except OSError:
+                    continue  # not to be read here: the socket's own dump says why, or refuses
+                for fd in got:
+                    path = f"/proc/self/fd/{fd}"
+                    try:
+                        c = OpenFd(fd, os.readlink(path), os.stat(path), read_fdinfo(me, fd))
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    out.opens.append(c)
+                    out.where[(me, fd)] = label = f"a descriptor in flight (SCM_RIGHTS) to {where}"
+                    if _may_carry(c):
+                        todo.append((me, c, label))
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    def relabel(self, exc: Unsupported, pid: int, fd: int) -> Unsupported:
+        """``exc`` about ckpt's duplicate, told of the descriptor in flight it stands for."""
+        where = self.where.get((pid, fd))
+        if where is None:
+            return exc
+        return Unsupported(str(exc).replace(f"process {pid}: fd {fd} is", f"{where} is", 1), hint=exc.hint)
+
+    def close(self) -> None:
+        for o in self.opens:
+            os.close(o.fd)
+        self.opens.clear()
+
+
 def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPolicy(),
          first_id: int = 1, deleted_max: int = DELETED_MAX, tcp_close: bool = False, ext_unix_close: bool = False,
          skip_fds: frozenset[int] = frozenset(), notes: list[str] | None = None) -> FilesDump:
@@ -261,8 +322,22 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     held inside the tree.  ``notes`` collects what was saved less than
     exactly (see sockets.dump).
     """
+    opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
+    carried = _Carried.collect(opens)
+    try:
+        return _dump_tree(members, opens, carried, policy=policy, first_id=first_id, deleted_max=deleted_max,
+                          tcp_close=tcp_close, ext_unix_close=ext_unix_close, notes=notes, tcp_session=tcp_session)
+    finally:
+        carried.close()
+
+
+def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
+               opens: list[tuple[int, OpenFd]], carried: _Carried, *, policy: StdioPolicy, first_id: int,
+               deleted_max: int, tcp_close: bool, ext_unix_close: bool, notes: list[str] | None,
+               tcp_session: "tcp.Session | None") -> FilesDump:
+    me = os.getpid()
     pids = [proc.pid for proc, _, _ in members]
-    groups = _group([(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)])
+    groups = _group(opens + [(me, o) for o in carried.opens])
     entries: list[FileEntry] = []
     fd_entries: dict[int, list[files_pb2.FdEntry]] = {pid: [] for pid in pids}
     contents: dict[str, bytes] = {}
@@ -272,52 +347,32 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     # Pass 1: decide every kind and refuse what cannot be done, before any pipe is touched.
     for n, g in enumerate(groups):
         pid, o = g[0]
-        kind = classify(pid, o)
-        e = FileEntry(id=first_id + n, kind=kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
-                      mnt_id=o.info.mnt_id, identity=_identity(o.st))
-        e.path = o.link[:-len(_DELETED)] if o.link.endswith(_DELETED) else o.link
-        if kind == K.CHR and _is_tty(o):
-            if not policy.shell_job:
-                raise _unsupported(pid, o.fd, f"the terminal {o.link}",
-                                   "use --shell-job to re-attach it to the restoring terminal")
-            e.tty = True
-        elif kind == K.REG and o.link.endswith(_DELETED) and o.st.st_nlink == 0:
-            if o.st.st_size > deleted_max:
-                raise _unsupported(pid, o.fd, f"the deleted file {o.link} of {o.st.st_size} bytes "
-                                   f"(more than the {deleted_max} bytes ckpt saves)",
-                                   f"raise the cap with --deleted-max (e.g. --deleted-max {_size_text(o.st.st_size)})")
-            e.deleted = True
-        elif kind in (K.PIPE, K.FIFO):
-            e.pipe.pipe_id = o.st.st_ino
+        try:
+            entries.append(_classify_and_record(pid, o, first_id + n, policy, deleted_max, tcp_close, notes,
+                                                tcp_session, in_flight_only=pid == me))
+        except Unsupported as exc:
+            raise carried.relabel(exc, pid, o.fd) from None
+        e = entries[-1]
+        if e.kind in (K.PIPE, K.FIFO):
             pipe_ends.setdefault(o.st.st_ino, []).append((e, pid, o))
-        elif kind == K.INET:
-            sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes, tcp_session=tcp_session)
-        elif kind == K.EVENTFD:
-            eventfd.dump(pid, o.fd, o.info, e)
-        elif kind == K.MEMFD:
-            memfd.record(e, pid, o.fd, o.link, o.st)  # its bytes: once per object, by the dump (memfd-INO)
-        elif kind == K.TIMERFD:
-            timerfd.dump(pid, o.fd, e)
-        elif kind == K.SIGNALFD:
-            signalfd.dump(pid, o.fd, o.info, e)
-        elif kind == K.INOTIFY:
-            inotify.dump(pid, o.fd, o.info, e, notes)
-        elif kind == K.EPOLL:
+        elif e.kind == K.EPOLL:
             epolls.append((e, pid, o))
         for pid2, o2 in g:
-            fd_entries[pid2].append(files_pb2.FdEntry(
-                fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0, file_id=e.id))
-        entries.append(e)
+            if pid2 != me:
+                fd_entries[pid2].append(files_pb2.FdEntry(
+                    fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0, file_id=e.id))
 
     # Unix sockets are linked to their peers across the tree (refused or, ext_unix_close, closed if outside it).
     unix.dump_tree([(e, g[0][0], g[0][1].fd) for e, g in zip(entries, groups) if e.kind == K.UNIX],
-                   ext_unix_close=ext_unix_close, notes=notes)
+                   ext_unix_close=ext_unix_close, notes=notes, carried=_file_of(entries, groups),
+                   labels=carried.where)
     for e, pid, o in epolls:  # watches name fds of the epoll's process: resolved once every fd has its FileEntry
         file_of = {f.fd: f.file_id for f in fd_entries[pid]}
         inode_of = {o2.fd: (o2.st.st_ino, file_of[o2.fd]) for g in groups for p2, o2 in g if p2 == pid}
         epoll.dump(pid, o.fd, o.info, e, inode_of, file_of)
 
-    holding = holders({ends[0][2].link for ends in pipe_ends.values()}, skip=set(pids)) if pipe_ends else {}
+    holding = holders({ends[0][2].link for ends in pipe_ends.values()}, skip=set(pids),
+                      skip_fds=carried.where) if pipe_ends else {}
     for ino, ends in pipe_ends.items():
         link = ends[0][2].link
         readers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
@@ -330,9 +385,13 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
                 continue
             peer = ", ".join(others) or "no process (its other end is closed)"
             fds_of: dict[int, list[str]] = {}
+            flying: list[str] = []
             for _, p, o in ends:
-                fds_of.setdefault(p, []).append(str(o.fd))
-            where = "; ".join(f"process {p}: fd {', '.join(fds)}" for p, fds in fds_of.items())
+                if (p, o.fd) in carried.where:
+                    flying.append(carried.where[(p, o.fd)])
+                else:
+                    fds_of.setdefault(p, []).append(str(o.fd))
+            where = "; ".join([*(f"process {p}: fd {', '.join(fds)}" for p, fds in fds_of.items()), *flying])
             raise Unsupported(f"{where} is {link}, whose other end is held by {peer}",
                               hint="ckpt dumps a pipe only when the dumped processes hold every end of it; "
                                    "let the peer exit, or restore stdio with an inherited descriptor")
@@ -351,8 +410,88 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
             owner = f"file-{e.id}"
             contents[owner] = data
             e.content.owner, e.content.size = owner, len(data)
+        if e.kind == K.MEMFD and g[0][0] == me:  # in flight only: its bytes are stored here
+            contents[e.content.owner] = _object_bytes(f"/proc/self/fd/{g[0][1].fd}", e.content.size)
     return FilesDump(MappingProxyType({pid: tuple(fds) for pid, fds in fd_entries.items()}), tuple(entries),
                      MappingProxyType(contents))
+
+
+def _classify_and_record(pid: int, o: OpenFd, file_id: int, policy: StdioPolicy, deleted_max: int, tcp_close: bool,
+                         notes: list[str] | None, tcp_session: "tcp.Session | None", *,
+                         in_flight_only: bool) -> FileEntry:
+    """The FileEntry of the open file behind ``pid``'s ``o``, or Unsupported naming it.
+
+    ``in_flight_only``: no process holds it, only a unix socket's queue (``pid``
+    is ckpt, holding a peek's duplicate): what is tied to a process's own
+    descriptors (an epoll's watches) or to a live connection is refused.
+    """
+    kind = classify(pid, o)
+    e = FileEntry(id=file_id, kind=kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
+                  mnt_id=o.info.mnt_id, identity=_identity(o.st))
+    e.path = o.link[:-len(_DELETED)] if o.link.endswith(_DELETED) else o.link
+    if kind == K.CHR and _is_tty(o):
+        if not policy.shell_job:
+            raise _unsupported(pid, o.fd, f"the terminal {o.link}",
+                               "use --shell-job to re-attach it to the restoring terminal")
+        e.tty = True
+    elif kind == K.REG and o.link.endswith(_DELETED) and o.st.st_nlink == 0:
+        if o.st.st_size > deleted_max:
+            raise _unsupported(pid, o.fd, f"the deleted file {o.link} of {o.st.st_size} bytes "
+                               f"(more than the {deleted_max} bytes ckpt saves)",
+                               f"raise the cap with --deleted-max (e.g. --deleted-max {_size_text(o.st.st_size)})")
+        e.deleted = True
+    elif kind in (K.PIPE, K.FIFO):
+        e.pipe.pipe_id = o.st.st_ino
+    elif kind == K.INET:
+        sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes,
+                     tcp_session=None if in_flight_only else tcp_session)
+        if in_flight_only and e.inet.HasField("tcp"):
+            raise _unsupported(pid, o.fd, "an established TCP connection",
+                               "ckpt keeps a connection only while a process holds it: dump once the program has "
+                               "received it")
+    elif kind == K.EVENTFD:
+        eventfd.dump(pid, o.fd, o.info, e)
+    elif kind == K.MEMFD:
+        memfd.record(e, pid, o.fd, o.link, o.st)  # its bytes: once per object, by the dump (memfd-INO)
+    elif kind == K.TIMERFD:
+        timerfd.dump(pid, o.fd, e)
+    elif kind == K.SIGNALFD:
+        signalfd.dump(pid, o.fd, o.info, e)
+    elif kind == K.INOTIFY:
+        inotify.dump(pid, o.fd, o.info, e, notes)
+    elif kind == K.EPOLL and in_flight_only:
+        raise _unsupported(pid, o.fd, "an epoll instance", "its watches name descriptors of the process that holds "
+                           "it: dump once the program has received it")
+    return e
+
+
+def _file_of(entries: Sequence[FileEntry], groups: Sequence[Sequence[tuple[int, OpenFd]]]) -> Callable[[int], int]:
+    """A function giving the FileEntry id of a descriptor of ckpt (one a peek received): the entry whose
+    open file it is, found by kcmp among the entries on its inode."""
+    me = os.getpid()
+    by_inode: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    for e, g in zip(entries, groups):
+        pid, o = g[0]
+        by_inode.setdefault(o.dev_ino, []).append((e.id, pid, o.fd))
+
+    def file_of(fd: int) -> int:
+        st = os.fstat(fd)
+        for file_id, pid, gfd in by_inode.get((st.st_dev, st.st_ino), []):
+            if same_file(pid, gfd, fd, me):
+                return file_id
+        raise CkptError("a descriptor in flight in a unix socket's queue appeared while the tree was dumped "
+                        "(a sender outside the tree?)", hint="dump again")
+    return file_of
+
+
+def _object_bytes(path: str, size: int) -> bytes:
+    """The bytes of a memfd (holes as zeros): one no process holds, stored with the files."""
+    buf = bytearray(size)
+    for offset, data in memfd.read_content(path):
+        n = max(0, min(len(data), size - offset))
+        buf[offset:offset + n] = data[:n]
+    return bytes(buf)
+
 
 
 # --- restore --------------------------------------------------------------
@@ -494,6 +633,10 @@ class _Restorer:
         return t
 
 
+#: The user of a file in flight in a unix socket's queue, beside the processes (SharedFiles).
+_IN_FLIGHT = -1
+
+
 class SharedFiles:
     """The open files that more than one process of a tree uses, held by the restorer between processes.
 
@@ -504,7 +647,9 @@ class SharedFiles:
     flags, one pipe.  A pipe counts as shared when its ends are used by
     different processes; both ends are kept when it is created.  So do the
     unix sockets created together (:func:`ckpt.resources.unix.groups`: the
-    ends of a connection, a listener and its connections).
+    ends of a connection, a listener and its connections).  A file in flight
+    in a unix socket's queue counts as shared: the restorer sends its
+    duplicate (:meth:`dup`), whoever else uses it.
     """
 
     def __init__(self, fds_of: Mapping[int, Sequence[files_pb2.FdEntry]], files: Sequence[FileEntry]) -> None:
@@ -519,11 +664,16 @@ class SharedFiles:
                 end = "w" if e.flags & os.O_ACCMODE == os.O_WRONLY else "r"
                 self._pipe_ends[(e.pipe.pipe_id, end)] = e.id
                 by_pipe.setdefault(e.pipe.pipe_id, []).append(e.id)
+        for e in files:
+            if e.kind == K.UNIX:
+                for f in e.unix.in_flight:
+                    for i in f.file_ids:
+                        users.setdefault(i, set()).add(_IN_FLIGHT)
         for ids in [*by_pipe.values(), *unix.groups(files)]:  # created together: sockets of one connection too
             together = set().union(*(users.get(i, set()) for i in ids))
             for i in ids:
                 users[i] = together
-        self.shared = frozenset(i for i, who in users.items() if len(who) > 1)
+        self.shared = frozenset(i for i, who in users.items() if len(who) > 1 or _IN_FLIGHT in who)
         self._held: dict[int, int] = {}  # FileEntry id → our duplicate
 
     def has(self, file_id: int) -> bool:
@@ -539,6 +689,10 @@ class SharedFiles:
         file_id = self._pipe_ends.get((pipe_id, end))
         if file_id is not None:
             self.keep(pid, fd, file_id)
+
+    def dup(self, file_id: int) -> int:
+        """A new descriptor of ours on the held ``file_id`` (the caller closes it)."""
+        return os.dup(self._held[file_id])
 
     def install(self, inj: Injector, file_id: int) -> int:
         """The held duplicate of ``file_id`` as a new fd of the process of ``inj`` (O_CLOEXEC)."""
@@ -567,6 +721,9 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
     ``shared``: in a tree, the files other processes use too (taken from it
     when an earlier process opened them, handed to it when this one does).
     ``memfds``: the restore's memfd objects (created by their first user).
+    A file in flight in a unix socket's queue is opened when the socket's
+    group is created, and sent from the restorer (kept by ``shared``, or by a
+    SharedFiles of this call).
     """
     by_id = {e.id: e for e in files}
     users: dict[int, list[files_pb2.FdEntry]] = {}
@@ -592,9 +749,26 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         # (and its capacity) by the process holding its first entry, the one the dump gave
         # them to: every process of a tree opens the FIFO by its path, a second fill would double them.
         pr.fill_fifos = {pipe_id for pipe_id, eid in fifo_owner.items() if eid in users}
+        own = shared is None and any(e.unix.in_flight for e in files if e.kind == K.UNIX)
+        sh = SharedFiles({inj.pid: fds}, files) if own else shared
         ur = unix.UnixRestorer(inj, s, files)
         r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr, ur,
                       memfds if memfds is not None else memfd.MemfdObjects())
+
+        def carried(file_id: int) -> int:
+            """A descriptor of ours on file ``file_id``, to send in flight: opened here by its first user."""
+            if file_id not in by_id or sh is None:
+                raise RestoreError(f"a unix socket's queue carries file {file_id}, which the image does not have")
+            if not sh.has(file_id):
+                t = r.open(by_id[file_id], [])
+                try:
+                    sh.keep(inj.pid, t, file_id)
+                finally:
+                    inj.close(t)
+            return sh.dup(file_id)
+
+        ur.carried = carried
+        shared = sh
         try:
             for file_id, its in sorted(users.items(), key=lambda kv: min(f.fd for f in kv[1])):
                 mine = [f.fd for f in its]
@@ -620,4 +794,6 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         finally:
             pr.close()
             ur.close()
+            if own and sh is not None:
+                sh.close()
     return warnings

@@ -25,9 +25,21 @@ client of each connection waiting in its accept queue.
 * Queued data is read without disturbing it: ``MSG_PEEK`` at ``SO_PEEK_OFF``
   walks the receive queue, one message per peek for datagram/seqpacket (their
   boundaries are kept), and the socket's own peek offset is put back
-  (docs/kernel-notes.md has what was measured).  Refused: descriptors in
-  flight (SCM_RIGHTS), urgent data (MSG_OOB), and zero-length messages an
-  offset peek cannot see (:func:`_hidden_messages`).
+  (docs/kernel-notes.md has what was measured).  Refused: urgent data
+  (MSG_OOB), and zero-length messages an offset peek cannot see
+  (:func:`_hidden_messages`).
+* Descriptors in flight (SCM_RIGHTS, sent and not received yet): a peek
+  gives ckpt a duplicate of each.  :func:`peek_descriptors` collects them
+  before the files are classified, so the registry dumps each open file once
+  whoever holds it — a process of the tree, or only the queue — and
+  :func:`dump_tree` records, per queued message, the FileEntry ids it carries
+  (``UnixSocket.in_flight``).  A stream peek runs on to the end of the first
+  message that carries descriptors (whatever its length: measured), so it
+  cannot tell where that message starts; a read can (its descriptors come
+  with the first read that touches it).  A stream whose peer is a socket of
+  the tree is therefore read and sent back (:func:`_split_stream`), one byte
+  per read up to each such message, so the restore sends the same byte ranges
+  with them; else the bytes before such a message are kept with it (a note).
 * Names: a listener's and a bound socket's own.  accept() gives the server
   side the listener's name: with that listener in the tree the connection is
   re-made by connect() + accept(), so getsockname/getpeername answer as
@@ -43,8 +55,9 @@ socketpairs (``socketpair``, then ``bind`` of ends with their own name),
 datagram sockets connected by name.  A socket whose peer is gone gets a
 stand-in peer from ``socketpair`` that is closed once the queue is filled.
 The queued data is written from the restorer through ``pidfd_getfd``
-duplicates of the senders, then ``shutdown`` and the status flags are
-applied.  Members other processes use are handed over through
+duplicates of the senders, each message with the descriptors it carried
+(``SCM_RIGHTS`` of the restorer's duplicates, from a ``carried`` callback of
+the files registry), then ``shutdown`` and the status flags are applied.  Members other processes use are handed over through
 ``files.SharedFiles``, like pipe ends.
 
 Not kept: the sender credentials of queued messages (a receiver with
@@ -63,7 +76,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -71,12 +84,12 @@ from ..control.inject import Injector, Scratch
 from ..errors import CkptError, RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
-from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..kernel.sock_diag import TCP_LISTEN, UnixDiag, unix_sockets
 from ..procfs.holders import holders
 from .sockets import TCP_CLOSE, TCP_ESTABLISHED, backlog_of, borrowed, setopts
 
-__all__ = ["TYPE_NAMES", "dump_tree", "groups", "UnixRestorer", "show_name"]
+__all__ = ["TYPE_NAMES", "dump_tree", "peek_descriptors", "groups", "UnixRestorer", "show_name"]
 
 FileEntry = files_pb2.FileEntry
 K = FileEntry.Kind
@@ -90,6 +103,8 @@ _SHUT_HOW = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR, RCV_SH
 #: Room for SCM_MAX_FD descriptors, credentials and a pidfd: a peek never truncates its control data.
 _CMSG_SPACE = socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4) + 64
 _PEEK_BUF = 1 << 20
+#: Most bytes read one at a time to find where a stream message with descriptors starts (_split_stream).
+_MAX_BYTEWISE = 1 << 16
 #: A queue longer than this is surely a loop, not data (a unix socket holds a few hundred KiB).
 _MAX_PEEKS = 1 << 17
 _SETFL_MASK = os.O_NONBLOCK | os.O_APPEND | 0o20000  # + O_ASYNC
@@ -122,6 +137,8 @@ class _Sock:
     fd: int
     diag: UnixDiag | None
     why_unseen: str = ""
+    #: How messages name a socket that is itself in flight (held by ckpt's peek, not by a process).
+    label: str = ""
 
     @property
     def u(self) -> files_pb2.UnixSocket:
@@ -132,7 +149,7 @@ class _Sock:
         return TYPE_NAMES.get(self.u.type, str(self.u.type))
 
     def where(self) -> str:
-        return f"process {self.pid}: fd {self.fd}"
+        return self.label or f"process {self.pid}: fd {self.fd}"
 
     def refuse(self, what: str, hint: str | None = None) -> Unsupported:
         return Unsupported(f"{self.where()} is a unix {self.kind} socket {what}", hint=hint)
@@ -162,9 +179,9 @@ def _lookup(pid: int, ino: int) -> tuple[UnixDiag | None, str]:
     return found, ""
 
 
-def _holders(inodes: set[int], skip: set[int]) -> dict[int, list[str]]:
+def _holders(inodes: set[int], skip: set[int], skip_fds: Collection[tuple[int, int]] = ()) -> dict[int, list[str]]:
     """For each socket inode, the processes outside ``skip`` holding it, as "process P (comm) fd N"."""
-    found = holders({f"socket:[{ino}]" for ino in inodes}, skip=skip)
+    found = holders({f"socket:[{ino}]" for ino in inodes}, skip=skip, skip_fds=skip_fds)
     return {ino: found[f"socket:[{ino}]"] for ino in inodes}
 
 
@@ -173,6 +190,8 @@ class _Outside:
     """What lies beyond the tree, asked for only when a socket points there."""
 
     pids: set[int]
+    #: ckpt's own duplicates of sockets in flight: not holders outside.
+    carried: Collection[tuple[int, int]] = ()
     _listeners: dict[int, UnixDiag] | None = None
 
     def listeners(self) -> dict[int, UnixDiag]:
@@ -188,24 +207,55 @@ class _Outside:
         return next((d for d in self.listeners().values() if client in d.icons), None)
 
     def holder(self, ino: int) -> str:
-        held = _holders({ino}, self.pids)[ino]
+        held = _holders({ino}, self.pids, self.carried)[ino]
         return f"held by {', '.join(held)}" if held else "held by no process (in flight, or being closed)"
 
 
+def peek_descriptors(pid: int, fd: int) -> list[int] | None:
+    """Duplicates (ckpt's, to close) of the descriptors in flight in the receive queue of ``pid``'s ``fd``;
+    None if it is not a unix socket.  The queue and the socket's peek offset are left as they were."""
+    with borrowed(pid, fd) as sock:
+        if sock.family != socket.AF_UNIX:
+            return None
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return []
+        stype = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        ino = os.fstat(sock.fileno()).st_ino
+        diag, _ = _lookup(pid, ino)
+        if diag is None or (stype == socket.SOCK_STREAM and diag.peer is None):
+            return []  # nothing to read (an unconnected stream socket even answers EINVAL); refused later if unseen
+        s = _Sock(FileEntry(kind=K.UNIX), pid, fd, diag)
+        s.u.type, s.u.shutdown = stype, diag.shutdown
+        own_off = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+        try:
+            msgs = _peek_all(s, sock)
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, own_off)
+    return [got for m in msgs for got in m.fds]
+
+
 def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bool = False,
-              notes: list[str] | None = None) -> None:
+              notes: list[str] | None = None, carried: Callable[[int], int] | None = None,
+              labels: Mapping[tuple[int, int], str] | None = None) -> None:
     """Link the unix sockets of a frozen tree and record their accept and receive queues.
 
     ``socks``: (entry filled by :func:`ckpt.resources.sockets.dump`, pid, fd)
     of every unix socket open file of the tree.  Refuses (Unsupported) before
     anything is read; what is kept less than exactly goes to ``notes``.
+    ``carried``: the FileEntry id of a descriptor a peek received (a duplicate
+    of one in flight); without it, descriptors in flight are refused.
+    ``labels``: how to name a (pid, fd) that is not a process's own — a
+    socket in flight, held here by ckpt's peek.
     """
     if not socks:
         return
     notes = notes if notes is not None else []
-    items = [_Sock(e, pid, fd, *_lookup(pid, e.unix.ino)) for e, pid, fd in socks]
+    labels = labels or {}
+    items = [_Sock(e, pid, fd, *_lookup(pid, e.unix.ino), label=labels.get((pid, fd), ""))
+             for e, pid, fd in socks]
     by_ino = {s.u.ino: s for s in items}
-    outside = _Outside({pid for _, pid, _ in socks})
+    me = os.getpid()
+    outside = _Outside({pid for _, pid, _ in socks if pid != me}, carried=labels)
     waiting: set[int] = set()  # clients of connections waiting in a listener of the tree
     for s in items:
         if s.u.state == TCP_LISTEN:
@@ -216,7 +266,7 @@ def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bo
             _peer(s, by_ino, waiting, outside, ext_unix_close, notes)
     _inherited_names(items, by_ino, waiting, outside, notes)
     for s in items:
-        _queue(s, by_ino, notes)
+        _queue(s, by_ino, notes, carried)
 
 
 def _accept_queue(s: _Sock, by_ino: Mapping[int, _Sock], outside: _Outside, ext_unix_close: bool,
@@ -428,8 +478,9 @@ def _hidden_messages(stype: int, msgs: Sequence[_Message], sender: UnixDiag | No
         b.close()
 
 
-def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str]) -> None:
-    """Record the receive queue (peeked, undisturbed) and the options only the socket itself can tell."""
+def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Callable[[int], int] | None) -> None:
+    """Record the receive queue (peeked, undisturbed), the descriptors in flight in it, and the options only
+    the socket itself can tell."""
     with borrowed(s.pid, s.fd) as sock:
         own_off = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
         _save_options(s, sock, own_off)
@@ -447,10 +498,12 @@ def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str]) -> None:
                         raise
             msgs = _read_queue(s, sock, by_ino.get(s.u.peer_ino), notes)
             try:
-                if any(m.fds for m in msgs):
+                if carried is None and any(m.fds for m in msgs):
                     n = sum(len(m.fds) for m in msgs)
                     raise s.refuse(f"with {n} descriptor(s) in flight (SCM_RIGHTS) in its receive queue",
-                                   "ckpt does not keep descriptors in flight: dump once the program has received them")
+                                   "this dump does not keep descriptors in flight: dump once the program has "
+                                   "received them")
+                rights = [[carried(fd) for fd in m.fds] if m.fds and carried is not None else [] for m in msgs]
             finally:
                 _close_fds(msgs)
         finally:
@@ -464,10 +517,24 @@ def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str]) -> None:
             and peer.u.peer_ino != s.u.ino and not s.u.name:
         raise s.refuse(f"with {len(msgs)} message(s) queued from a peer that is not connected to it and no name "
                        "to send them to: ckpt could not put them back")
-    if s.u.type == socket.SOCK_STREAM:
-        s.u.queue.append(b"".join(m.data for m in msgs))
+    if s.u.type == socket.SOCK_STREAM:  # one entry of bytes, cut around each message that carries descriptors
+        run: list[bytes] = []
+        for m, ids in zip(msgs, rights):
+            if ids and run:
+                s.u.queue.append(b"".join(run))
+                run = []
+            if ids:
+                s.u.in_flight.add(index=len(s.u.queue), file_ids=ids)
+                s.u.queue.append(m.data)
+            else:
+                run.append(m.data)
+        if run:
+            s.u.queue.append(b"".join(run))
     else:
-        s.u.queue.extend(m.data for m in msgs)
+        for m, ids in zip(msgs, rights):
+            if ids:
+                s.u.in_flight.add(index=len(s.u.queue), file_ids=ids)
+            s.u.queue.append(m.data)
         if s.u.state != TCP_ESTABLISHED and any(m.addr for m in msgs):
             notes.append(f"{s.where()}: {len(msgs)} datagram(s) queued on {show_name(s.u.name)}: their sender "
                          "addresses are not kept (restored as sent from an unnamed socket)")
@@ -477,9 +544,20 @@ def _read_queue(s: _Sock, sock: socket.socket, peer: _Sock | None, notes: list[s
     """The receive queue, peeked; a datagram queue with zero-length messages a peek cannot see is read and
     put back instead, when its peer is a socket of the tree that can send them again — else refused."""
     msgs = _peek_all(s, sock)
-    if s.u.type == socket.SOCK_STREAM:
-        return msgs
     mutual = peer is not None and peer.u.peer_ino == s.u.ino
+    if s.u.type == socket.SOCK_STREAM:
+        if not any(m.fds and len(m.data) > 1 for m in msgs):
+            return msgs  # every message with descriptors is one byte: the peeks cut the stream exactly
+        if not mutual or peer is None or s.u.shutdown & RCV_SHUTDOWN or peer.u.shutdown & SEND_SHUTDOWN:
+            notes.append(f"{s.where()}: bytes queued before a message carrying descriptors are kept with it (no "
+                         "peer in the tree to put the stream back from): a read of them gets the descriptors")
+            return msgs
+        _close_fds(msgs)
+        split = _split_stream(s, sock, peer, notes)
+        if any(o.name == SO_PASSCRED for o in s.u.options):
+            notes.append(f"{s.where()}: its queued stream was read and sent again by ckpt to find where descriptors "
+                         "in flight start: the sender credentials (SCM_CREDENTIALS) of its bytes are now ckpt's")
+        return split
     try:
         hidden = _head_hidden(sock, msgs) or (mutual and _hidden_messages(s.u.type, msgs, peer.diag if peer else None))
     except BaseException:
@@ -498,6 +576,92 @@ def _read_queue(s: _Sock, sock: socket.socket, peer: _Sock | None, notes: list[s
     return stolen
 
 
+def _recv_exactly(s: _Sock, sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes of a stream queue known to hold them and no descriptors."""
+    out = bytearray()
+    while len(out) < n:
+        data, anc, _, _ = sock.recvmsg(n - len(out), _CMSG_SPACE, socket.MSG_DONTWAIT)
+        fds, _ = _received(anc)
+        for fd in fds:
+            os.close(fd)
+        if fds or not data:
+            raise CkptError(f"{s.where()}: the queued stream changed while it was read")
+        out += data
+    return bytes(out)
+
+
+def _split_stream(s: _Sock, sock: socket.socket, peer: _Sock, notes: list[str]) -> list[_Message]:
+    """Read the stream queue of ``s``, cut where each message with descriptors starts, and send it all again
+    from its peer (frozen too): the queue is as it was, cut the same way.
+
+    A peek shows each run of bytes that ends with such a message; reading
+    that run one byte at a time, the read that gets the descriptors is the
+    message's first byte (up to :data:`_MAX_BYTEWISE` bytes: beyond, the run
+    stays whole, with a note).
+    """
+    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)  # peeks at the head; the caller puts the offset back
+    msgs: list[_Message] = []
+    try:
+        while True:
+            try:
+                data, anc, _, _ = sock.recvmsg(_PEEK_BUF, _CMSG_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            peeked, _ = _received(anc)
+            for fd in peeked:
+                os.close(fd)
+            if not data:
+                break
+            if not peeked:
+                msgs.append(_Message(_recv_exactly(s, sock, len(data)), (), b""))
+                continue
+            prefix = bytearray()
+            while True:
+                if len(prefix) >= _MAX_BYTEWISE:  # give up cutting: the rest of the run, with its descriptors
+                    rest, anc, _, _ = sock.recvmsg(len(data) - len(prefix), _CMSG_SPACE, socket.MSG_DONTWAIT)
+                    got, _ = _received(anc)
+                    msgs.append(_Message(bytes(prefix) + rest, got, b""))
+                    notes.append(f"{s.where()}: {len(prefix)}+ bytes queued before a message carrying descriptors "
+                                 "are kept with it")
+                    break
+                one, anc, _, _ = sock.recvmsg(1, _CMSG_SPACE, socket.MSG_DONTWAIT)
+                got, _ = _received(anc)
+                if not got:
+                    prefix += one
+                    continue
+                if prefix:
+                    msgs.append(_Message(bytes(prefix), (), b""))
+                left = len(data) - len(prefix) - 1
+                try:
+                    tail = _recv_exactly(s, sock, left) if left else b""
+                except BaseException:
+                    msgs.append(_Message(one, got, b""))
+                    raise
+                msgs.append(_Message(one + tail, got, b""))
+                break
+    finally:
+        if msgs:
+            _send_back(s, peer, msgs)
+    return msgs
+
+
+def _send_back(s: _Sock, peer: _Sock, msgs: Sequence[_Message]) -> None:
+    """Send ``msgs`` (read from ``s``) again, in order, from its peer; loud if they cannot be: they exist only here."""
+    try:
+        with borrowed(peer.pid, peer.fd) as out:
+            for m in msgs:
+                view, anc = memoryview(m.data), _rights(m.fds)
+                while True:
+                    n = out.sendmsg([view], anc, socket.MSG_DONTWAIT)
+                    view, anc = view[n:], []
+                    if not view or s.u.type != socket.SOCK_STREAM:
+                        break
+    except OSError as exc:
+        _close_fds(msgs)
+        raise CkptError(f"{s.where()}: could not send its {len(msgs)} queued messages back: {exc}; "
+                        "the target lost them") from exc
+
+
 def _steal_and_put_back(s: _Sock, sock: socket.socket, peer: _Sock, biggest: int) -> list[_Message]:
     """Read every message of ``s``'s queue and send each again, in order, from its peer (frozen too, and the
     only socket that can send to it): the queue is as it was, its messages new (not peeked)."""
@@ -514,15 +678,7 @@ def _steal_and_put_back(s: _Sock, sock: socket.socket, peer: _Sock, biggest: int
                 raise CkptError(f"{s.where()}: a queued message was truncated when read")
     finally:
         if msgs:
-            try:
-                with borrowed(peer.pid, peer.fd) as out:
-                    for m in msgs:
-                        out.sendmsg([m.data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", m.fds))]
-                                    if m.fds else [], socket.MSG_DONTWAIT)
-            except OSError as exc:  # the messages exist only here now: say so loudly
-                _close_fds(msgs)
-                raise CkptError(f"{s.where()}: could not send its {len(msgs)} queued messages back: {exc}; "
-                                "the target lost them") from exc
+            _send_back(s, peer, msgs)
     return msgs
 
 
@@ -603,6 +759,8 @@ class _Builder:
     inj: Injector
     s: Scratch
     members: list[FileEntry]
+    #: FileEntry id → a descriptor of ckpt on that file, to send in flight (the caller's to close).
+    carried: Callable[[int], int] | None = None
     fds: dict[int, int] = field(default_factory=dict)
     #: FileEntry id → the fd of a stand-in peer (a socket whose peer is gone), closed once its queue is filled.
     standins: dict[int, int] = field(default_factory=dict)
@@ -745,14 +903,37 @@ class _Builder:
         try:
             for e in todo:
                 sender, addr = self.sender(e)
+                rights = {f.index: list(f.file_ids) for f in e.unix.in_flight}
                 with self.borrowed(pidfd, sender, e.unix.type) as sock:
-                    if e.unix.type == socket.SOCK_STREAM:
-                        _send_stream(sock, b"".join(e.unix.queue), e)
-                    else:
-                        for m in e.unix.queue:
-                            _send_message(sock, bytes(m), addr, e)
+                    for i, data in enumerate(e.unix.queue):
+                        fds = self.rights(rights.get(i, ()), e)
+                        try:
+                            if e.unix.type == socket.SOCK_STREAM:
+                                _send_stream(sock, bytes(data), e, fds)
+                            else:
+                                _send_message(sock, bytes(data), addr, e, fds)
+                        finally:
+                            for fd in fds:
+                                os.close(fd)
         finally:
             os.close(pidfd)
+
+    def rights(self, file_ids: Sequence[int], e: FileEntry) -> list[int]:
+        """Descriptors of ckpt on the files a queued message carries (a socket of this group, or any file)."""
+        out: list[int] = []
+        try:
+            for i in file_ids:
+                if i in self.fds:
+                    out.append(dup_from(self.inj.pid, self.fds[i]))
+                elif self.carried is not None:
+                    out.append(self.carried(i))
+                else:
+                    raise RestoreError(f"the unix socket of file {e.id} has file {i} in flight, and nothing opens it")
+        except BaseException:
+            for fd in out:
+                os.close(fd)
+            raise
+        return out
 
     def sender(self, e: FileEntry) -> tuple[int | None, bytes | None]:
         """(fd in the helper that sends to ``e``, address to send to); fd None: an unnamed socket of ours."""
@@ -794,22 +975,31 @@ def _early(e: FileEntry) -> list[files_pb2.SockOpt]:
     return [o for o in e.unix.options if not _late(o)]
 
 
-def _send_stream(sock: socket.socket, data: bytes, e: FileEntry) -> None:
+def _rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+
+
+def _send_stream(sock: socket.socket, data: bytes, e: FileEntry, fds: Sequence[int] = ()) -> None:
+    """Bytes of a stream queue; ``fds`` go with the first of them (a new message: the reader's read stops
+    after it, as before)."""
     view = memoryview(data)
+    anc = _rights(fds)
     while view:
         try:
-            view = view[sock.send(view, socket.MSG_DONTWAIT):]
+            view = view[sock.sendmsg([view], anc, socket.MSG_DONTWAIT):]
+            anc = []
         except BlockingIOError:
             raise RestoreError(f"the unix stream socket of file {e.id}: its {len(data)} queued bytes do not fit "
                                f"again ({len(data) - len(view)} written)") from None
 
 
-def _send_message(sock: socket.socket, data: bytes, addr: bytes | None, e: FileEntry) -> None:
+def _send_message(sock: socket.socket, data: bytes, addr: bytes | None, e: FileEntry,
+                  fds: Sequence[int] = ()) -> None:
     try:
         if addr is None:
-            sock.send(data, socket.MSG_DONTWAIT)
+            sock.sendmsg([data], _rights(fds), socket.MSG_DONTWAIT)
         else:
-            sock.sendto(data, socket.MSG_DONTWAIT, addr)
+            sock.sendmsg([data], _rights(fds), socket.MSG_DONTWAIT, addr)
     except OSError as exc:
         raise RestoreError(f"the unix {TYPE_NAMES.get(e.unix.type, e.unix.type)} socket of file {e.id}: a queued "
                            f"message of {len(data)} bytes could not be put back: {exc.strerror}") from exc
@@ -822,6 +1012,8 @@ class UnixRestorer:
     inj: Injector
     scratch: Scratch
     files: Sequence[FileEntry]
+    #: FileEntry id → a descriptor of ckpt on that file, for the queues that hold it in flight.
+    carried: Callable[[int], int] | None = None
     #: FileEntry id → fd of a created socket no descriptor of this process has taken yet.
     unclaimed: dict[int, int] = field(default_factory=dict)
 
@@ -836,7 +1028,7 @@ class UnixRestorer:
     def open(self, e: FileEntry) -> int:
         """A temporary fd of ``e`` (its status flags set); its group is created now if it is not yet."""
         if e.id not in self.unclaimed:
-            b = _Builder(self.inj, self.scratch, self._group_of.get(e.id, [e]))
+            b = _Builder(self.inj, self.scratch, self._group_of.get(e.id, [e]), self.carried)
             try:
                 b.build()
             except BaseException:

@@ -1,9 +1,9 @@
-"""One unix socket state ckpt refuses (or, for a peer outside, closes with --ext-unix-close).
+"""Unix socket states ckpt refused once, refuses, or (a peer outside) closes with --ext-unix-close.
 
 usage: py_unix_refusals.py MODE [NAME]
 
   rights           a datagram socketpair whose queue holds a message carrying a pipe's
-                   read end (SCM_RIGHTS); SIGUSR1: receive it, check it is that pipe
+                   read end (SCM_RIGHTS), now kept; SIGUSR1: receive it, check it is that pipe
   oob              a stream socketpair with "ab", urgent "!", "cd" queued; SIGUSR1: read them
   waiting-data     a listener whose waiting (not accepted) connection has sent "early";
                    SIGUSR1: accept it and read "early"

@@ -16,7 +16,8 @@
  *                     file at 8, DIR at 9, a pipe 10/11 holding 3 KiB, a FIFO at 12
  *                     (O_RDWR, 100 bytes), /dev/urandom at 20; EXTRA "external" adds fd
  *                     13, a pipe to a child process, "socket" a unix stream socket at 13 whose
- *                     peer sent it stdin (SCM_RIGHTS, still queued) and closed; READY
+ *                     peer sent it an epoll instance (SCM_RIGHTS, still queued: no process
+ *                     holds the epoll) and closed; READY
  *   helper files      a helper whose SIGUSR1 report is the files one
  *   limits DIR        rlimits lowered, umask 027, cwd DIR, comm "ckpt-limits",
  *                     oom_score_adj 300, nice 5, affinity CPU 0; READY
@@ -34,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
 #include <fcntl.h>
@@ -189,7 +191,8 @@ static void setup_files(const char *dir, const char *extra) {
         union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
         struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
         struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-        int in_flight = 0;
+        int in_flight = epoll_create1(EPOLL_CLOEXEC);
+        if (in_flight < 0) die("epoll_create1");
         cm->cmsg_level = SOL_SOCKET;
         cm->cmsg_type = SCM_RIGHTS;
         cm->cmsg_len = CMSG_LEN(sizeof(int));
@@ -197,6 +200,7 @@ static void setup_files(const char *dir, const char *extra) {
         if (sendmsg(sv[1], &mh, 0) != 1) die("sendmsg");
         at(sv[0], 13);
         close(sv[1]);
+        close(in_flight);
     }
     files_mode = 1;
     ksig(SIGUSR1, (void *)on_usr1, SA_SIGINFO | SA_RESTART, 0);
