@@ -30,7 +30,8 @@ _CFLAGS_MARK = re.compile(rb"^//\s*cflags:(.*)$", re.M)
 
 
 def build_c(name: str) -> Path:
-    """Compile ``scenarios/NAME.c`` into ``scenarios/bin/NAME`` unless the binary is newer.
+    """Compile ``scenarios/NAME.c`` into ``scenarios/bin/NAME`` unless the binary is newer (than it and
+    the scenarios' headers).
 
     Extra flags come from a ``// cflags: ...`` line in the source (e.g. -mavx512f
     for the one target that needs it).  Built into a temporary name and renamed,
@@ -38,7 +39,8 @@ def build_c(name: str) -> Path:
     """
     src = SCENARIOS / f"{name}.c"
     out = BIN / name
-    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+    newest = max(p.stat().st_mtime for p in (src, *SCENARIOS.glob("*.h")))
+    if out.exists() and out.stat().st_mtime >= newest:
         return out
     BIN.mkdir(exist_ok=True)
     m = _CFLAGS_MARK.search(src.read_bytes())

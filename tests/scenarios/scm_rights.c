@@ -59,6 +59,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "verdict.h"
+
 #define BIG 4096
 #define MAXFDS 8
 #define REPORT_MS 10000
@@ -71,33 +73,13 @@ static int s1[2], s2[2], dg[2], sq[2], rep[2];  /* [0] in R, [1] in C */
 static int pw = -1, efd = -1, y = -1;           /* R: the pipe's write end, the eventfd, X's peer */
 static char path[4096];
 static pid_t child;
-static char why[2048];
 static unsigned char buf[BIG];
 
 static volatile sig_atomic_t got_usr1;
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
-static void fail(const char *fmt, ...) {
-    size_t n = strlen(why);
-    if (n + 8 >= sizeof why) return;
-    if (n) { strcpy(why + n, "; "); n += 2; }
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why + n, sizeof why - n, fmt, ap);
-    va_end(ap);
-}
 
-static void die(const char *what) {
-    printf("FAIL setup: %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
 
-static long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
-}
 
 /* Byte at offset off of the stream: the piece's letter first, then a pattern of the offset. */
 static unsigned char stream_byte(size_t off) {

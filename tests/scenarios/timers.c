@@ -45,6 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "verdict.h"
+
 #define NS 1000000000LL
 #define MS 1000000LL
 
@@ -61,17 +63,7 @@ static volatile sig_atomic_t got_usr1, ticks, bad_ticks, cticks, c_wrong_thread,
 static unsigned round_no;
 static int o_total;
 static long long prev_real_ns, prev_a_ns, prev_virt_ns, prev_prof_ns, prev_at_ns;
-static char why[2048];
 
-static void fail(const char *fmt, ...) {
-    size_t n = strlen(why);
-    if (n + 8 >= sizeof why) return;
-    if (n) { strcpy(why + n, "; "); n += 2; }
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why + n, sizeof why - n, fmt, ap);
-    va_end(ap);
-}
 
 static long long now_ns(void) {
     struct timespec ts;

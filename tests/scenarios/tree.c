@@ -52,6 +52,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "verdict.h"
+
 #define HEAP_WORDS ((2u << 20) / 8)
 #define FILE_SIZE 4096
 #define MSG_LEN 1000
@@ -68,32 +70,12 @@ static pid_t pids[NKIDS], rpid, rsid, rpgid, zpid;
 static struct { pid_t pid, ppid, sid, pgid; } me;  /* recorded at set-up */
 static uint64_t *heap;
 static unsigned round_no;
-static char why[1024];                         /* this round's failures, "; "-separated */
 
 static volatile sig_atomic_t got_usr1;
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
-static void fail(const char *fmt, ...) {
-    size_t n = strlen(why);
-    if (n + 8 >= sizeof why) return;
-    if (n) { strcpy(why + n, "; "); n += 2; }
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why + n, sizeof why - n, fmt, ap);
-    va_end(ap);
-}
 
-static void die(const char *what) {
-    printf("FAIL setup: %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);  /* the children see their data pipes hang up and exit too */
-}
 
-static long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
-}
 
 static void nap_ms(long ms) {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};

@@ -39,6 +39,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "verdict.h"
+
 #define NTYPES 3
 #define REPORT_MS 5000
 static const int types[NTYPES] = {SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET};
@@ -60,33 +62,13 @@ static int ext = -1;           /* R's socket to @NAME */
 static int is_child;
 static pid_t child;
 static unsigned round_no;
-static char why[2048];
 static unsigned char buf[BIG];
 
 static volatile sig_atomic_t got_usr1;
 static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
-static void fail(const char *fmt, ...) {
-    size_t n = strlen(why);
-    if (n + 8 >= sizeof why) return;
-    if (n) { strcpy(why + n, "; "); n += 2; }
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why + n, sizeof why - n, fmt, ap);
-    va_end(ap);
-}
 
-static void die(const char *what) {
-    printf("FAIL setup: %s: %s\n", what, strerror(errno));
-    fflush(stdout);
-    exit(1);
-}
 
-static long now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
-}
 
 /* Byte i of piece k (a write or a message) sent in direction dir on pair type t, round r. */
 static unsigned char byte_of(int dir, int t, int k, size_t i, unsigned r) {

@@ -1,0 +1,44 @@
+/* verdict.h: how the self-checking scenarios collect a round's failures and report set-up errors.
+ *
+ * fail() appends to `why` ("; "-separated, truncated rather than overflowing); a round prints
+ * "PASS ..." when `why` is empty, else "FAIL ... why".  die() ends a target whose set-up failed.
+ * Each scenario is one .c file including this header (tests/targets.py rebuilds on either's change).
+ */
+#ifndef CKPT_VERDICT_H
+#define CKPT_VERDICT_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static char why[2048];  /* this round's failures, "; "-separated */
+
+__attribute__((unused, format(printf, 1, 2)))
+static void fail(const char *fmt, ...) {
+    size_t n = strlen(why);
+    if (n + 8 >= sizeof why) return;
+    if (n) { strcpy(why + n, "; "); n += 2; }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + n, sizeof why - n, fmt, ap);
+    va_end(ap);
+}
+
+__attribute__((unused))
+static void die(const char *what) {
+    printf("FAIL setup: %s: %s\n", what, strerror(errno));
+    fflush(stdout);
+    exit(1);
+}
+
+__attribute__((unused))
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
+}
+
+#endif
