@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from ckpt import api
+from ckpt.image.reader import Image
 from targets import Target, kill_all, tracer_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
@@ -56,15 +58,27 @@ def test_round_trip_without_checkpoint(scm) -> None:  # noqa: ANN001
     assert _round(t) == "PASS scm_rights"
 
 
-def test_in_flight_dump_restore(scm, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
-    t, pids = scm()
-    stats = api.dump(t.pid, tmp_path / "img")
+def _restore_and_check(t: Target, pids: list[int], image: Path, restored: list[int]) -> None:
+    """Restore the image of the ended target; its one round must pass as without a checkpoint."""
     t.proc.returncode = -signal.SIGKILL  # the dump killed and reaped it
-    assert stats.processes == 2
-    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    r = api.restore(image, inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     assert sorted(r.processes) == sorted(pids) and all(tracer_of(p) == 0 for p in pids)
     assert _round(t) == "PASS scm_rights"
+
+
+def test_in_flight_dump_restore(scm, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    t, pids = scm()
+    stats = api.dump(t.pid, tmp_path / "img")
+    assert stats.processes == 2
+    # Each stream's queue is cut where the messages with descriptors start: 100 | 10+file | 50 | 3+pipe,eventfd.
+    streams = [e.unix for e in Image.open(tmp_path / "img").file_entries()
+               if e.HasField("unix") and e.unix.type == socket.SOCK_STREAM and e.unix.in_flight]
+    assert len(streams) == 2
+    for u in streams:
+        assert [len(q) for q in u.queue] == [100, 10, 50, 3]
+        assert [(f.index, len(f.file_ids)) for f in u.in_flight] == [(1, 1), (3, 2)]
+    _restore_and_check(t, pids, tmp_path / "img", restored)
 
 
 def test_in_flight_dump_leave_running(scm, tmp_path: Path) -> None:  # noqa: ANN001
@@ -82,11 +96,7 @@ def test_in_flight_dump_leave_running_then_dump_restore(scm, tmp_path: Path,  # 
     t, pids = scm()
     api.dump(t.pid, tmp_path / "img1", leave_running=True)
     api.dump(t.pid, tmp_path / "img2")
-    t.proc.returncode = -signal.SIGKILL
-    r = api.restore(tmp_path / "img2", inherit_fds=t.stdio_fds)
-    restored.append(r.pid)
-    assert sorted(r.processes) == sorted(pids)
-    assert _round(t) == "PASS scm_rights"
+    _restore_and_check(t, pids, tmp_path / "img2", restored)
 
 
 def test_in_flight_pre_dump_then_final_delta(scm, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
@@ -94,12 +104,8 @@ def test_in_flight_pre_dump_then_final_delta(scm, tmp_path: Path, restored: list
     first = api.pre_dump(t.pid, tmp_path / "p1")
     assert first.processes == 2
     final = api.dump_delta(t.pid, tmp_path / "final", prev_images_dir=tmp_path / "p1")
-    t.proc.returncode = -signal.SIGKILL
     assert final.processes == 2
-    r = api.restore(tmp_path / "final", inherit_fds=t.stdio_fds)
-    restored.append(r.pid)
-    assert sorted(r.processes) == sorted(pids) and all(tracer_of(p) == 0 for p in pids)
-    assert _round(t) == "PASS scm_rights"
+    _restore_and_check(t, pids, tmp_path / "final", restored)
 
 
 def test_in_flight_migrate_to_a_second_host(second_host, tmp_path: Path) -> None:  # noqa: ANN001
