@@ -214,6 +214,17 @@ def test_refusals_leave_the_target_running(py_target, outside, tmp_path: Path, m
         client.close()
 
 
+def test_established_tcp_connection_only_in_flight_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """A connection no process holds cannot be repaired (--tcp-established): refused, the target runs on."""
+    t = py_target("py_unix_refusals.py", "rights-tcp", stderr=subprocess.DEVNULL)
+    t.ready(20)
+    with pytest.raises(Unsupported, match=rf"^a descriptor in flight \(SCM_RIGHTS\) to process {t.pid}: fd \d+ is an "
+                                          r"established IPv4 TCP connection 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+"):
+        api.dump(t.pid, tmp_path / "img", tcp_established=True)
+    assert not (tmp_path / "img").exists() and tracer_of(t.pid) == 0
+    assert _round(t) == "PASS rights-tcp through tcp"
+
+
 def test_ext_unix_close_drops_a_connection_waiting_from_outside(py_target, outside, tmp_path: Path,  # noqa: ANN001
                                                                 restored: list[int]) -> None:
     name, _ = outside

@@ -4,6 +4,8 @@ usage: py_unix_refusals.py MODE [NAME]
 
   rights           a datagram socketpair whose queue holds a message carrying a pipe's
                    read end (SCM_RIGHTS), now kept; SIGUSR1: receive it, check it is that pipe
+  rights-tcp       the same with the client end of an established loopback TCP connection in
+                   flight (sender's copy closed; refused); SIGUSR1: receive it, send through it
   oob              a stream socketpair with "ab", urgent "!", "cd" queued; SIGUSR1: read them
   waiting-data     a listener whose waiting (not accepted) connection has sent "early";
                    SIGUSR1: accept it and read "early"
@@ -35,6 +37,22 @@ if MODE == "rights":
         fd = array.array("i", anc[0][2][:4])[0]
         os.write(w, b"through")
         return "through the pipe" if os.read(fd, 10) == b"through" else "FAIL not the pipe"
+elif MODE == "rights-tcp":
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    lst = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(lst.getsockname())
+    server, _ = lst.accept()
+    a.sendmsg([b"fd"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [client.fileno()]))])
+    client.close()
+    keep += [a, b, lst, server]
+
+    def check() -> str:
+        _, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+        with socket.socket(fileno=array.array("i", anc[0][2][:4])[0]) as c:
+            c.send(b"tcp")
+        server.settimeout(2)
+        got = server.recv(10)
+        return "through tcp" if got == b"tcp" else f"FAIL got {got!r}"
 elif MODE == "oob":
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.send(b"ab")
