@@ -576,18 +576,20 @@ def _read_queue(s: _Sock, sock: socket.socket, peer: _Sock | None, notes: list[s
     return stolen
 
 
-def _recv_exactly(s: _Sock, sock: socket.socket, n: int) -> bytes:
-    """``n`` bytes of a stream queue known to hold them and no descriptors."""
-    out = bytearray()
-    while len(out) < n:
-        data, anc, _, _ = sock.recvmsg(n - len(out), _CMSG_SPACE, socket.MSG_DONTWAIT)
+def _recv_upto(sock: socket.socket, n: int) -> _Message:
+    """Up to ``n`` bytes of a stream queue, stopping early at descriptors (kept with the bytes) or at its end:
+    what was read must be sent back whatever it turned out to be."""
+    out, fds = bytearray(), ()
+    while len(out) < n and not fds:
+        try:
+            data, anc, _, _ = sock.recvmsg(n - len(out), _CMSG_SPACE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
         fds, _ = _received(anc)
-        for fd in fds:
-            os.close(fd)
-        if fds or not data:
-            raise CkptError(f"{s.where()}: the queued stream changed while it was read")
+        if not data:
+            break
         out += data
-    return bytes(out)
+    return _Message(bytes(out), fds, b"")
 
 
 def _split_stream(s: _Sock, sock: socket.socket, peer: _Sock, notes: list[str]) -> list[_Message]:
@@ -613,36 +615,29 @@ def _split_stream(s: _Sock, sock: socket.socket, peer: _Sock, notes: list[str]) 
             if not data:
                 break
             if not peeked:
-                msgs.append(_Message(_recv_exactly(s, sock, len(data)), (), b""))
+                msgs.append(_recv_upto(sock, len(data)))
                 continue
-            prefix = bytearray()
-            while True:
-                if len(prefix) >= _MAX_BYTEWISE:  # give up cutting: the rest of the run, with its descriptors
-                    rest, anc, _, _ = sock.recvmsg(len(data) - len(prefix), _CMSG_SPACE, socket.MSG_DONTWAIT)
-                    got, _ = _received(anc)
-                    msgs.append(_Message(bytes(prefix) + rest, got, b""))
-                    notes.append(f"{s.where()}: {len(prefix)}+ bytes queued before a message carrying descriptors "
-                                 "are kept with it")
-                    break
-                one, anc, _, _ = sock.recvmsg(1, _CMSG_SPACE, socket.MSG_DONTWAIT)
-                got, _ = _received(anc)
-                if not got:
-                    prefix += one
-                    continue
-                if prefix:
-                    msgs.append(_Message(bytes(prefix), (), b""))
-                left = len(data) - len(prefix) - 1
-                try:
-                    tail = _recv_exactly(s, sock, left) if left else b""
-                except BaseException:
-                    msgs.append(_Message(one, got, b""))
-                    raise
-                msgs.append(_Message(one + tail, got, b""))
-                break
+            msgs.extend(_cut_run(s, sock, len(data), notes))
     finally:
         if msgs:
             _send_back(s, peer, msgs)
     return msgs
+
+
+def _cut_run(s: _Sock, sock: socket.socket, n: int, notes: list[str]) -> list[_Message]:
+    """Read the ``n`` bytes of a run that ends with a message carrying descriptors: the bytes before that
+    message (read one at a time until a read brings the descriptors), then the message."""
+    prefix = bytearray()
+    while len(prefix) < _MAX_BYTEWISE:
+        one = _recv_upto(sock, 1)
+        if one.fds or not one.data:
+            rest = _recv_upto(sock, n - len(prefix) - 1) if one.fds and n > len(prefix) + 1 else _Message(b"", (), b"")
+            head = [_Message(bytes(prefix), (), b"")] if prefix else []
+            return head + [_Message(one.data + rest.data, one.fds + rest.fds, b"")] if one.data else head
+        prefix += one.data
+    rest = _recv_upto(sock, n - len(prefix))  # give up cutting: the rest of the run, with its descriptors
+    notes.append(f"{s.where()}: {len(prefix)}+ bytes queued before a message carrying descriptors are kept with it")
+    return [_Message(bytes(prefix) + rest.data, rest.fds, b"")]
 
 
 def _send_back(s: _Sock, peer: _Sock, msgs: Sequence[_Message]) -> None:
