@@ -10,11 +10,11 @@ from __future__ import annotations
 import ctypes
 
 from .arch_x86_64 import NR
-from .libc import syscall
+from .libc import libc, syscall
 
 __all__ = [
     "SCHED_OTHER", "SCHED_FIFO", "SCHED_RR", "SCHED_BATCH", "SCHED_IDLE", "SCHED_DEADLINE",
-    "SCHED_RESET_ON_FORK", "CPU_MASK_MAX", "sched_getaffinity",
+    "SCHED_RESET_ON_FORK", "CPU_MASK_MAX", "sched_getaffinity", "sched_getcpu",
 ]
 
 SCHED_OTHER = 0
@@ -34,3 +34,13 @@ def sched_getaffinity(tid: int) -> bytes:
     buf = ctypes.create_string_buffer(CPU_MASK_MAX)
     n = syscall(NR.sched_getaffinity, tid, CPU_MASK_MAX, ctypes.addressof(buf), name=f"sched_getaffinity({tid})")
     return buf.raw[:n]
+
+
+_sched_getcpu = libc["sched_getcpu"]  # a private function object (argtypes of ``libc.x`` are shared)
+_sched_getcpu.restype = ctypes.c_int
+_sched_getcpu.argtypes = []
+
+
+def sched_getcpu() -> int:
+    """The CPU the calling thread runs on now (glibc reads it from rseq or the vDSO: no syscall)."""
+    return _sched_getcpu()

@@ -10,20 +10,21 @@ once and never mistakes a reused pid for the target.
 
 from .auxv import AT, Auxv, parse_auxv, read_auxv
 from .fdinfo import EpollTarget, FdInfo, InotifyWatch, TimerfdState, list_fds, parse_fdinfo, read_fdinfo
-from .maps import SmapsVma, Vma, parse_maps, parse_smaps, read_maps, read_smaps
+from .maps import SmapsVma, Vma, parse_maps, parse_smaps, parse_smaps_vmflags, read_maps, read_smaps, read_smaps_vmflags
 from .mountinfo import Mount, parse_mountinfo, read_mountinfo
 from .snapshot import Snapshot, snapshot
 from .stat import Stat, parse_stat, read_stat, read_task_stat
-from .status import Status, parse_status, read_status, read_task_status
+from .status import Status, parse_status, read_status, read_status_values, read_task_status
 from .task import ProcessRef, list_tids, read_starttime
 
 __all__ = [
     "AT", "Auxv", "parse_auxv", "read_auxv",
     "EpollTarget", "FdInfo", "InotifyWatch", "TimerfdState", "list_fds", "parse_fdinfo", "read_fdinfo",
-    "SmapsVma", "Vma", "parse_maps", "parse_smaps", "read_maps", "read_smaps",
+    "SmapsVma", "Vma", "parse_maps", "parse_smaps", "parse_smaps_vmflags", "read_maps", "read_smaps",
+    "read_smaps_vmflags",
     "Mount", "parse_mountinfo", "read_mountinfo",
     "Snapshot", "snapshot",
     "Stat", "parse_stat", "read_stat", "read_task_stat",
-    "Status", "parse_status", "read_status", "read_task_status",
+    "Status", "parse_status", "read_status", "read_status_values", "read_task_status",
     "ProcessRef", "list_tids", "read_starttime",
 ]

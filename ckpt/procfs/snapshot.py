@@ -23,7 +23,7 @@ from ..errors import TargetGone
 from ._proc import ProcDir
 from .auxv import Auxv, read_auxv
 from .fdinfo import FdInfo, list_fds, read_fdinfo
-from .maps import SmapsVma, Vma, read_maps, read_smaps
+from .maps import SmapsVma, Vma, read_maps, read_smaps, read_smaps_vmflags
 from .stat import Stat, read_stat, read_task_stat
 from .status import Status, read_status, read_task_status
 from .task import ProcessRef, list_tids
@@ -80,6 +80,13 @@ class Snapshot:
     @cached_property
     def smaps(self) -> list[SmapsVma]:
         return read_smaps(self.pid, proc=self._proc)
+
+    @cached_property
+    def vmas(self) -> list[Vma]:
+        """The maps with VmFlags (read from smaps, its counters skipped: a dump needs only the flags)."""
+        if "smaps" in self.__dict__:  # read already: no second walk of the page tables
+            return [e.vma for e in self.smaps]
+        return read_smaps_vmflags(self.pid, proc=self._proc)
 
     @cached_property
     def auxv(self) -> Auxv:

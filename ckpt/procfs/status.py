@@ -30,7 +30,7 @@ from types import MappingProxyType
 
 from ._proc import ProcDir
 
-__all__ = ["Status", "parse_status", "read_status", "read_task_status", "parse_cpu_list"]
+__all__ = ["Status", "parse_status", "read_status", "read_task_status", "read_status_values", "parse_cpu_list"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +191,23 @@ def read_status(pid: int, *, proc: ProcDir | None = None) -> Status:
 def read_task_status(pid: int, tid: int, *, proc: ProcDir | None = None) -> Status:
     """``/proc/PID/task/TID/status``: per-thread SigPnd/SigBlk, caps, ctx switches."""
     return parse_status((proc or ProcDir(pid)).read(f"task/{tid}/status", tid=tid))
+
+
+def read_status_values(pid: int, *keys: str, tid: int | None = None, proc: ProcDir | None = None) -> list[str]:
+    """The values (stripped) of a few lines of ``/proc/PID/status`` (``task/TID/status`` with ``tid``).
+
+    Without parsing the rest: for a caller that needs a field or two, a full
+    :func:`read_status` parses ~60 lines (~40 µs here) into a :class:`Status`.
+    """
+    proc = proc or ProcDir(pid)
+    data = b"\n" + (proc.read("status") if tid is None else proc.read(f"task/{tid}/status", tid=tid))
+    out = []
+    for key in keys:
+        tag = b"\n" + key.encode() + b":"
+        at = data.find(tag)
+        if at < 0:
+            raise ValueError(f"status: no {key!r} line")
+        start = at + len(tag)
+        end = data.find(b"\n", start)
+        out.append(os.fsdecode(data[start:end if end >= 0 else None].strip(b" \t")))
+    return out

@@ -42,7 +42,7 @@ from ..procfs.limits import read_limits
 from ..kernel.sched import SCHED_RESET_ON_FORK, sched_getaffinity
 from ..procfs.snapshot import Snapshot
 from ..procfs.stat import read_stat
-from ..procfs.status import read_status
+from ..procfs.status import read_status_values
 from ._scratch import scratch_for
 
 __all__ = [
@@ -125,7 +125,7 @@ def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch 
             _call_path(inj, s, NR.chdir, entry.cwd, "working directory")
         if entry.root and entry.root != "/":
             _call_path(inj, s, NR.chroot, entry.root, "root directory")
-        if read_status(inj.pid).umask != entry.umask & 0o777:  # the helper has the restorer's
+        if int(read_status_values(inj.pid, "Umask")[0], 8) != entry.umask & 0o777:  # the helper has the restorer's
             inj.call(NR.umask, entry.umask & 0o777, name=f"umask({entry.umask:o})")
         comm = entry.comm.encode(errors="surrogateescape")[:TASK_COMM_LEN - 1]
         s.write(0, comm + b"\0")
@@ -241,13 +241,18 @@ def restore_session(inj: Injector, entry: process_pb2.ProcessEntry) -> list[str]
 
 
 def restore_sched(inj: Injector, sched: core_pb2.SchedState, *, scratch: Scratch | None = None) -> list[str]:
-    """Nice value, policy and CPU affinity of the injector's thread; warnings for what the kernel refused."""
+    """Nice value, policy and CPU affinity of the injector's thread; warnings for what the kernel refused.
+
+    Each is injected only where the thread (read from outside) has another value: the
+    helper is a copy of the restorer, which mostly runs with the image's nice value and mask.
+    """
     warnings = []
     tid = inj.tid
-    try:
-        inj.call(NR.setpriority, PRIO_PROCESS, 0, sched.nice & 0xFFFFFFFF, name=f"setpriority({sched.nice})")
-    except OSError as exc:
-        warnings.append(f"thread {tid}: nice {sched.nice} not set: {exc.strerror}")
+    if os.getpriority(os.PRIO_PROCESS, tid) != sched.nice:
+        try:
+            inj.call(NR.setpriority, PRIO_PROCESS, 0, sched.nice & 0xFFFFFFFF, name=f"setpriority({sched.nice})")
+        except OSError as exc:
+            warnings.append(f"thread {tid}: nice {sched.nice} not set: {exc.strerror}")
     with scratch_for(inj, scratch, max(len(sched.cpu_affinity), 8)) as s:
         policy = sched.policy | (SCHED_RESET_ON_FORK if sched.reset_on_fork else 0)
         s.write(0, sched.rt_priority.to_bytes(4, "little"))
@@ -257,12 +262,14 @@ def restore_sched(inj: Injector, sched: core_pb2.SchedState, *, scratch: Scratch
                 inj.call(NR.sched_setscheduler, 0, policy, s.addr, name=f"sched_setscheduler({policy})")
             except OSError as exc:
                 warnings.append(f"thread {tid}: policy {sched.policy}/{sched.rt_priority} not set: {exc.strerror}")
-        if sched.cpu_affinity:
-            mask = bytes(sched.cpu_affinity)
+        mask = bytes(sched.cpu_affinity)
+        cpus = {i for i in range(len(mask) * 8) if mask[i // 8] >> (i % 8) & 1}
+        if cpus and cpus != inj.thread.affinity:
             s.write(0, mask)
             try:
                 inj.call(NR.sched_setaffinity, 0, len(mask), s.addr, name="sched_setaffinity")
+                inj.thread.drop_pin()  # its own mask now: later calls pin it again and put this one back
             except OSError as exc:
-                cpus = [i for i in range(len(mask) * 8) if mask[i // 8] >> (i % 8) & 1]
-                warnings.append(f"thread {tid}: CPU affinity {cpus} not set ({exc.strerror}): no such CPU here?")
+                warnings.append(f"thread {tid}: CPU affinity {sorted(cpus)} not set ({exc.strerror}): "
+                                "no such CPU here?")
     return warnings

@@ -57,7 +57,7 @@ from ..kernel.signals import (
     make_siginfo, sigbit, siginfo_signo,
 )
 from ..procfs.snapshot import Snapshot
-from ..procfs.status import Status, read_status, read_task_status
+from ..procfs.status import Status, read_status, read_status_values
 from ._scratch import scratch_for
 
 __all__ = [
@@ -133,12 +133,12 @@ def _pending(tid: int, bits: int, *, shared: bool) -> list[common_pb2.PendingSig
 
 def dump_shared_pending(proc: FrozenProcess) -> list[common_pb2.PendingSignal]:
     """The process-wide queue (ShdPnd) as it is now, oldest first, with each raw siginfo."""
-    return _pending(proc.main_thread.tid, read_status(proc.pid).shdpnd, shared=True)
+    return _pending(proc.main_thread.tid, int(read_status_values(proc.pid, "ShdPnd")[0], 16), shared=True)
 
 
 def dump_thread_pending(proc: FrozenProcess, tid: int) -> list[common_pb2.PendingSignal]:
     """Signals queued now for thread ``tid`` only (its SigPnd), oldest first."""
-    return _pending(proc.thread(tid).tid, read_task_status(proc.pid, tid).sigpnd, shared=False)
+    return _pending(proc.thread(tid).tid, int(read_status_values(proc.pid, "SigPnd", tid=tid)[0], 16), shared=False)
 
 
 def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None) -> None:
@@ -149,7 +149,10 @@ def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch 
 
 def _not_default(st: Status) -> set[int]:
     """Signals whose handler is not SIG_DFL (SigCgt: caught, SigIgn: ignored)."""
-    bits = st.sigcgt | st.sigign
+    return _signals_in(st.sigcgt | st.sigign)
+
+
+def _signals_in(bits: int) -> set[int]:
     return {signo for signo in range(1, NSIG + 1) if bits & sigbit(signo)}
 
 
@@ -161,7 +164,8 @@ def restore_sigactions(inj: Injector, actions: "list[process_pb2.SigAction] | ob
     in the image, or one the helper has not at SIG_DFL now (it is a copy of
     the restorer, with the restorer's handlers), and SIGCHLD always.
     """
-    helper = _not_default(read_status(inj.pid)) | {SIGCHLD}
+    caught, ignored = (int(v, 16) for v in read_status_values(inj.pid, "SigCgt", "SigIgn"))
+    helper = _signals_in(caught | ignored) | {SIGCHLD}
     acts = sorted((a for a in actions if a.signo not in UNCHANGEABLE  # type: ignore[attr-defined]
                    and (a.signo in helper or (a.handler, a.flags, a.restorer, a.mask) != (SIG_DFL, 0, 0, 0))),
                   key=lambda a: a.signo == SIGTRAP)

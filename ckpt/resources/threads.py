@@ -177,6 +177,7 @@ def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: 
             raise RestoreError(f"new thread {tid} did not stop as expected: {st}")
         regs = ptrace.getregs(tid)
         thread = FrozenThread(proc, ThreadSnapshot(tid, bytes(regs), ptrace.getsigmask(tid), st), st)
+        thread.inherit_pin(inj.thread)
         proc.threads[tid] = thread
         out[tid] = Injector(thread, syscall_insn=trampoline)
     return out
@@ -226,13 +227,14 @@ def final_frame(core: core_pb2.ThreadCore) -> user_regs_struct:
 
 
 def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:
-    """Final frame, xstate and signal mask; then PTRACE_DETACH (which also clears a single-step trap flag).
+    """Own CPU mask, final frame, xstate, signal mask; then PTRACE_DETACH (which also clears a single-step trap flag).
 
     A signal the thread dequeued during an injected syscall (a restored pending
     signal it does not block) was held back by the injector: it is queued again
     now, so the handler runs on the restored frame, not on an injected one.
     """
     tid = thread.tid
+    thread.unpin()
     ptrace.setregs(tid, final_frame(core))
     ptrace.set_xstate(tid, bytes(core.xstate))
     ptrace.setsigmask(tid, core.sigmask)

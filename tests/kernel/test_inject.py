@@ -82,6 +82,28 @@ def test_scratch_area(c_target) -> None:
         assert not mapped(t.pid, s.addr)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell a pin from the mask")
+@pytest.mark.parametrize("helper", [False, True], ids=["target", "restore-helper"])
+def test_cpu_masks_while_injecting(c_target, helper: bool) -> None:
+    """A target's threads keep their masks untouched; a restore helper's are held on the controller's CPU
+    while injected into and get their own back on release.  The controller is never left pinned."""
+    t = c_target("spin", "2")
+    t.ready()
+    ours = os.sched_getaffinity(0)
+    tids = sorted(int(x) for x in os.listdir(f"/proc/{t.pid}/task"))
+    os.sched_setaffinity(tids[1], {max(ours)})  # a thread with a mask of its own
+    before = {tid: os.sched_getaffinity(tid) for tid in tids}
+    with freeze(t.pid) as proc:
+        proc.pin_cpus = helper
+        for tid in tids:
+            assert proc.injector(tid).gettid() == tid
+            assert len(os.sched_getaffinity(tid)) == 1 if helper else os.sched_getaffinity(tid) == before[tid]
+            assert proc.threads[tid].affinity == before[tid]  # its own mask, pinned or not
+            assert os.sched_getaffinity(0) == ours
+    assert {tid: os.sched_getaffinity(tid) for tid in tids} == before
+    assert tracer_of(t.pid) == 0
+
+
 def test_injected_error_names_the_call(c_target) -> None:
     t = c_target("spin")
     t.ready()

@@ -17,10 +17,13 @@ from ckpt.procfs import (
     parse_fdinfo,
     parse_maps,
     parse_smaps,
+    parse_smaps_vmflags,
     parse_stat,
     parse_status,
     read_stat,
+    read_status_values,
 )
+from ckpt.procfs._proc import ProcDir
 from ckpt.procfs.status import parse_cpu_list
 
 # --------------------------------------------------------------------------- stat
@@ -234,6 +237,24 @@ def test_smaps_matches_maps_view() -> None:
 def test_smaps_counter_before_header_is_an_error() -> None:
     with pytest.raises(ValueError):
         parse_smaps(b"Rss: 4 kB\n")
+    with pytest.raises(ValueError):
+        parse_smaps_vmflags(b"Rss: 4 kB\nVmFlags: rd\n")
+
+
+def test_smaps_vmflags_only_is_the_full_parse_without_counters() -> None:
+    # The stack block has no VmFlags: the fast path must notice and parse in full.
+    assert parse_smaps_vmflags(SMAPS) == [e.vma for e in parse_smaps(SMAPS)]
+    complete = SMAPS + b"VmFlags: rd wr mr mw me gd ac \n"
+    vmas = parse_smaps_vmflags(complete)
+    assert vmas == [e.vma for e in parse_smaps(complete)]
+    assert [v.vmflags for v in vmas] == [{"rd", "mr", "mw", "me"}, {"rd", "wr", "mr", "mw", "me", "ac", "dd", "wf",
+                                                                     "uw", "gd", "zz"},
+                                         {"rd", "wr", "mr", "mw", "me", "gd", "ac"}]
+    # a block in the middle without its VmFlags line
+    middle = complete.replace(b"VmFlags: rd wr mr mw me ac dd wf uw gd zz \n", b"")
+    assert parse_smaps_vmflags(middle) == [e.vma for e in parse_smaps(middle)]
+    assert parse_smaps_vmflags(middle)[1].vmflags == frozenset()
+    assert parse_smaps_vmflags(b"") == []
 
 
 # --------------------------------------------------------------------------- status
@@ -345,6 +366,19 @@ def test_status_old_kernel_zombie() -> None:
 def test_status_missing_required_line() -> None:
     with pytest.raises(ValueError, match="Uid"):
         parse_status(b"Name:\tx\nState:\tR (running)\n")
+
+
+def test_status_values_without_the_full_parse(tmp_path) -> None:
+    (tmp_path / "3630" / "task" / "3631").mkdir(parents=True)
+    (tmp_path / "3630" / "status").write_bytes(STATUS_618)
+    (tmp_path / "3630" / "task" / "3631" / "status").write_bytes(STATUS_618.replace(b"SigPnd:\t0000000000000100",
+                                                                                  b"SigPnd:\t0000000000000200"))
+    proc = ProcDir(3630, root=str(tmp_path))
+    assert read_status_values(3630, "Umask", "SigIgn", "Name", proc=proc) == ["0027", "0000000001001000",
+                                                                             "my\\\\proc\\nname"]
+    assert read_status_values(3630, "SigPnd", tid=3631, proc=proc) == ["0000000000000200"]
+    with pytest.raises(ValueError, match="Nope"):
+        read_status_values(3630, "Nope", proc=proc)
 
 
 def test_cpu_list() -> None:
