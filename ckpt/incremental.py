@@ -49,7 +49,7 @@ from .image.chain import open_chain
 from .image.pb import mm_pb2
 from .image.reader import Image
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
-from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
+from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter, PageWriter
 from .kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
 from .kernel.mman import PROT_EXEC, PROT_READ, PROT_WRITE
 from .kernel.vm import ProcMem
@@ -599,8 +599,10 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
         with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=delta_parent, tracking=sessions[pid].method,
                          compress_level=compress_level) as w:
             infos = []
-            for p, sess in sessions.items():
-                copied[p] = _pre_dump_one(p, sess, w)
+            writers = {p: _pre_dump_one(p, sess, w) for p, sess in sessions.items()}
+            # Closed once all are copied: each one's last frames are compressed while the next
+            # process is copied (their borrowed chunk buffers come back as frames are written).
+            copied.update((p, (ds, pw.close().stored_bytes)) for p, (ds, pw) in writers.items())
             t_done = time.monotonic()
             for p, sess in sessions.items():
                 sess.check_alive()
@@ -633,9 +635,9 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
                         sum(s.tracker.frozen_seconds for s in sessions.values()), processes=len(pids))
 
 
-def _pre_dump_one(pid: int, sess: DeltaSession, w: ImageWriter) -> tuple[memory.DeltaStats, int]:
+def _pre_dump_one(pid: int, sess: DeltaSession, w: ImageWriter) -> tuple[memory.DeltaStats, PageWriter]:
     """One running process's pages (since its parent image, per its session) and layout into ``w``;
-    (what was copied, bytes stored)."""
+    (what was copied, its page writer: close it to finish its frames)."""
     with ProcMem(pid) as mem:
         seen: list[tuple[list[mm_pb2.Vma], mm_pb2.MmEntry | None]] = []
 
@@ -650,4 +652,4 @@ def _pre_dump_one(pid: int, sess: DeltaSession, w: ImageWriter) -> tuple[memory.
         pw = w.pages(pid)
         ds = memory.dump_pages_delta(pid, vmas, pw, mem, dirty=dirty,
                                      in_parent=in_parent, running=True, on_copied=sess.on_copied())
-    return ds, pw.close().stored_bytes  # before the next process: page writers share the chunk buffers
+    return ds, pw

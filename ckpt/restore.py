@@ -270,12 +270,13 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     _object_contents(shmem, image)
     nvmas, mem_s = 0, 0.0
     filled_pages = filled_bytes = 0
+    filler = memory.PageFiller()  # one set of fill threads for the tree, not one per process
     try:
         for m in live:  # parents first: every helper exists, each is built in turn and stays frozen
             m.proc, m.frozen = _seize_helper(m.pid)
             threads.check_xstate(m.pid, m.cores)
             m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas, hint, own_fds=not m.shares_files)
-            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem)
+            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
@@ -290,6 +291,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         shmem.sysv.abort()
         raise _restore_error(exc, root.pid)
     finally:
+        filler.close()
         if shared is not None:
             shared.close()
         shmem.memfds.close()
@@ -370,7 +372,9 @@ def _seize_helper(pid: int) -> tuple[FrozenProcess, AbstractContextManager[Froze
     as the helper is ours — collecting it would run its exit and let the helper go.
     """
     cm = freeze(pid)
-    return cm.__enter__(), cm
+    proc = cm.__enter__()
+    proc.pin_cpus = True  # ours: its CPU mask is set by the restore anyway
+    return proc, cm
 
 
 @dataclass
@@ -436,8 +440,8 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     # Find the syscall instruction in the helper's vDSO from its mappings (a search of its own
     # would read them again).
     helper_maps = hint if hint is not None else read_maps(pid)
-    special = {memory.Kind.VDSO: "[vdso]", memory.Kind.VVAR: "[vvar]", memory.Kind.VVAR_VCLOCK: "[vvar_vclock]"}
-    current = {k: (v.start, v.end) for v in helper_maps for k, n in special.items() if v.path == n}
+    special = {"[vdso]": memory.Kind.VDSO, "[vvar]": memory.Kind.VVAR, "[vvar_vclock]": memory.Kind.VVAR_VCLOCK}
+    current = {special[v.path]: (v.start, v.end) for v in helper_maps if v.path in special}
     if memory.Kind.VDSO in current:
         s, e = current[memory.Kind.VDSO]
         at = proc.mem.read(s, e - s).find(SYSCALL_INSN)
@@ -486,10 +490,12 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
                   progress: Callable[[ProgressEvent], None] | None,
-                  shmem: memory.ShmemObjects | None = None) -> tuple[int, memory.PageStats, float]:
+                  shmem: memory.ShmemObjects | None = None,
+                  filler: memory.PageFiller | None = None) -> tuple[int, memory.PageStats, float]:
     """DESIGN §4 step 4, memory: every VMA mapped, every page of the chain written; (VMAs, stats, seconds).
 
     ``shmem``: the tree's shared memory objects; the ones this process creates are filled here too.
+    ``filler``: the threads writing the pages, shared by the processes of a tree.
     """
     t_mem = time.monotonic()
     before = set(shmem.first) if shmem is not None else set()
@@ -497,7 +503,7 @@ def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.
     for owner in (set(shmem.first) - before if shmem is not None else ()):
         memory.fill_shmem(chain[-1], owner, *shmem.first[owner])
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
-    filled = memory.fill_pages(ws.pid, ws.proc.mem, chain, vmas, on_bytes=on_bytes)
+    filled = memory.fill_pages(ws.pid, ws.proc.mem, chain, vmas, on_bytes=on_bytes, filler=filler)
     if progress:
         progress(ProgressEvent("filled", filled.bytes_read))
     return nvmas, filled, time.monotonic() - t_mem
@@ -654,12 +660,12 @@ class StagedRestore:
         hint = read_maps(os.getpid())  # the helpers' mappings: they are copies of this process
         self._created = tree.create(root, detached=self.detached)
         nvmas = pages = nbytes = 0
-        with self._failing():
+        with self._failing(), memory.PageFiller() as filler:
             shares = {p.pid for p in image.processes if p.shares_files}
             for pid, (mm, vmas) in layouts.items():
                 proc, frozen = _seize_helper(pid)
                 ws = _prepare(proc, pid, mm, vmas, hint, own_fds=pid not in shares)
-                n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem)
+                n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem, filler)
                 st = self._procs[pid] = _Staged(pid, proc, frozen, ws)
                 self._took(st, chain, vmas)
                 nvmas, pages, nbytes = nvmas + n, pages + filled.pages_stored, nbytes + filled.bytes_read
@@ -770,12 +776,14 @@ class StagedRestore:
                   ) -> tuple[int, int, int, int, int]:
         """:meth:`_sync` of every process; the sums of its counts."""
         totals = [0, 0, 0, 0, 0]
-        for pid, st in self._procs.items():
-            for i, n in enumerate(self._sync(st, chain, layouts[pid][1])):
-                totals[i] += n
+        with memory.PageFiller() as filler:  # one set of fill threads for the tree
+            for pid, st in self._procs.items():
+                for i, n in enumerate(self._sync(st, chain, layouts[pid][1], filler)):
+                    totals[i] += n
         return totals[0], totals[1], totals[2], totals[3], totals[4]
 
-    def _sync(self, st: _Staged, chain: list[Image], vmas: list[mm_pb2.Vma]) -> tuple[int, int, int, int, int]:
+    def _sync(self, st: _Staged, chain: list[Image], vmas: list[mm_pb2.Vma],
+              filler: memory.PageFiller | None = None) -> tuple[int, int, int, int, int]:
         """Turn one staged memory into the newest image's; (mapped, unmapped, pages, bytes, reset)."""
         ws, pid, mem = st.ws, st.pid, st.proc.mem
         diff = memory.diff_layout(st.layout, vmas)
@@ -810,7 +818,7 @@ class StagedRestore:
         reset += memory.reset_pages(ws.inj, mem, vmas, memory.intersect(memory.subtract(st.covered, covered), kept),
                                     zero=False)
         on_bytes = (lambda done, total: self.progress(ProgressEvent("memory", done, total))) if self.progress else None
-        filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes, sources=sources)
+        filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes, sources=sources, filler=filler)
         self._took(st, chain, vmas, covered, zero)
         return nmapped, len(diff.removed), filled.pages_stored, filled.bytes_read, reset
 

@@ -345,6 +345,7 @@ class Image:
         self.files: dict[str, FileDigest] = {
             f.name: FileDigest(f.name, f.size, bytes(f.sha256)) for f in inventory.files
         }
+        self._last_pagemap: tuple[str, Pagemap] | None = None  # see pagemap()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, check_sizes: bool = True) -> Image:
@@ -475,9 +476,20 @@ class Image:
     # -- pages -----------------------------------------------------------------
 
     def pagemap(self, owner: int | str) -> Pagemap:
-        """The decoded pagemap of a pid or shared-memory owner."""
+        """The decoded pagemap of a pid or shared-memory owner.
+
+        The last one decoded is kept (checked when it was read; treat it as
+        read-only): a restore asks for a process's pagemap two or three times
+        in a row — where each page comes from, which chunks to read, what the
+        process now holds — and each was a read, SHA-256 and decode of the file.
+        """
         name = kinds.PAGEMAP.file_name(owner)
-        return _pagemap_from(self.file_path(name), self.records(name))
+        last = self._last_pagemap
+        if last is not None and last[0] == name:
+            return last[1]
+        pm = _pagemap_from(self.file_path(name), self.records(name))
+        self._last_pagemap = (name, pm)
+        return pm
 
     def chunk_reader(self, pagemap: Pagemap) -> ChunkReader:
         digest = self.files.get(pagemap.pages_file)

@@ -43,7 +43,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -77,6 +77,8 @@ _MAX_CHUNK_SIZE = 256 << 20
 COMPRESS_WORKERS = 2
 #: A pages file starts writeback every this many bytes (see _Sink).
 WRITEBACK_BYTES = 16 << 20
+#: Write buffer of a pages file (record files have 1 MiB): frames bigger than this bypass it.
+_FRAME_BUFFER = 64 << 10
 #: The all-zero test compares up to this many bytes at once against a zero buffer.
 _ZERO_WINDOW = 1 << 20
 _FILE_MODE = 0o600
@@ -91,7 +93,7 @@ def _io_error(path: str, doing: str, exc: OSError) -> CkptError:
 class _Sink:
     """One file being written: counts its size and SHA-256 as the bytes go out."""
 
-    def __init__(self, path: str, *, digest: bool = True, writeback: int = 0) -> None:
+    def __init__(self, path: str, *, digest: bool = True, writeback: int = 0, buffer: int = 1 << 20) -> None:
         self.path = path
         self.name = os.path.basename(path)
         # Page data: start writeback every `writeback` bytes, so the disk works while zstd
@@ -106,7 +108,7 @@ class _Sink:
             raise _io_error(path, "create", exc) from exc
         try:
             os.fchmod(fd, _FILE_MODE)  # exact mode whatever the umask
-            self._file = open(fd, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in finish/abort
+            self._file = open(fd, "wb", buffering=buffer)  # noqa: SIM115 - closed in finish/abort
         except BaseException:
             os.close(fd)
             raise
@@ -340,21 +342,26 @@ class PagemapStats:
 
 
 class _BufferPool:
-    """Chunk buffers, pre-faulted once and reused.
+    """Chunk buffers (anonymous mappings), made once and reused.
 
-    Why pre-faulted: process_vm_readv into never-touched memory takes a page
-    fault per 4 KiB and runs ~6x slower than into resident memory (bench
-    "fresh buffer" row).  ``limit`` buffers at most; :meth:`get` waits for one
-    to come back from the writer thread.
+    Why reused: process_vm_readv into never-touched memory takes a page fault
+    per 4 KiB and runs ~3x slower than into resident memory (bench "fresh
+    buffer" row).  Not pre-faulted, though (nor a ``bytearray``, which zeroes
+    all of itself): touching every page first costs as much as the first
+    read's faults, and a small process (a tree's) fills a fraction of a
+    buffer.  Made resident by use, a buffer costs only what is used: making
+    one of 4 MiB took ~1.7 ms, now the first MiB read into it ~0.3 ms more.
+    ``limit`` buffers at most; :meth:`get` waits for one to come back from the
+    writer thread.
     """
 
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
         self._limit = limit
         self._made = 0
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
 
-    def get(self, failed: Callable[[], None]) -> bytearray:
+    def get(self, failed: Callable[[], None]) -> mmap.mmap:
         """A free buffer; ``failed()`` is called while waiting and raises if the writer died."""
         try:
             return self._free.get_nowait()
@@ -362,16 +369,14 @@ class _BufferPool:
             pass
         if self._made < self._limit:
             self._made += 1
-            buf = bytearray(self.size)
-            buf[:: mmap.PAGESIZE] = b"\x01" * -(-self.size // mmap.PAGESIZE)
-            return buf
+            return mmap.mmap(-1, self.size)  # zero pages until written: faulted in as used
         while True:
             try:
                 return self._free.get(timeout=0.2)
             except queue.Empty:
                 failed()
 
-    def put(self, buf: bytearray) -> None:
+    def put(self, buf: mmap.mmap) -> None:
         self._free.put(buf)
 
 
@@ -407,6 +412,7 @@ class PageWriter:
         has_parent: bool,
         detect_zero: bool,
         buffers: "_BufferPool | None" = None,
+        frame_writer: ThreadPoolExecutor | None = None,
     ) -> None:
         self.owner = owner
         self._pagemap = pagemap
@@ -422,16 +428,22 @@ class PageWriter:
         self._zero_window = bytes(max(page_size, min(_ZERO_WINDOW, chunk_size)))
         # One buffer being filled, one per compression worker, one queued, one being written.
         workers = compressor.workers if compressor is not None else 0
-        # ``buffers``: the image writer's pool, shared by its page writers (one at a time: close
-        # each before the next is filled, or they wait for each other's buffers).
+        # ``buffers``: the image writer's pool, shared by its page writers.  A buffer borrowed
+        # goes back as soon as its frame is written, so writers filled that way may stay open
+        # side by side; one filled by add() holds its partial chunk until close(): close it
+        # before filling the next, or they wait for each other's buffers.
         self._own_pool = buffers is None
         self._pool = buffers if buffers is not None else _BufferPool(chunk_size, workers + 3)
-        self._buf: bytearray | None = None  # the chunk being filled by add()
+        self._buf: mmap.mmap | None = None  # the chunk being filled by add()
         self._fill = 0
-        self._borrowed: bytearray | None = None
+        self._borrowed: mmap.mmap | None = None
         self._borrow_base = 0  # stream offset of the borrowed buffer's first byte
         self._borrow_used = 0  # end of the last HERE bytes in it
-        self._writer: ThreadPoolExecutor | None = None  # one thread: frames are written in stream order
+        # One thread writes the frames, so in stream order.  ``frame_writer``: the image writer's,
+        # shared by its page writers (a thread started per process cost a small one ~0.3 ms).
+        self._own_writer = frame_writer is None
+        self._writer: ThreadPoolExecutor | None = frame_writer
+        self._last_frame: Future[None] | None = None  # the last frame handed to the writer thread
         self._failed: BaseException | None = None  # the writer thread's first error
         self._stream = 0       # stream offset of the next byte of page data
         self._written = 0      # bytes of page data in frames written to the file
@@ -627,7 +639,7 @@ class PageWriter:
         if buf is not None and n:
             self._emit(buf, n)
 
-    def _emit(self, buf: bytearray, n: int) -> None:
+    def _emit(self, buf: mmap.mmap, n: int) -> None:
         """Frame the first ``n`` bytes of ``buf``: compressed and written behind the caller's back, or written now."""
         view = memoryview(buf)[:n]
         if self._cctx is None:
@@ -638,9 +650,9 @@ class PageWriter:
             return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-write-{self.owner}")
-        self._writer.submit(self._store_frame, self._cctx.submit(view), buf, n)
+        self._last_frame = self._writer.submit(self._store_frame, self._cctx.submit(view), buf, n)
 
-    def _store_frame(self, frame: Future[tuple[bytes, int]], buf: bytearray, n: int) -> None:
+    def _store_frame(self, frame: Future[tuple[bytes, int]], buf: mmap.mmap, n: int) -> None:
         """Writer thread: wait for one compressed frame and write it (file order = stream order)."""
         try:
             stored, crc = frame.result()
@@ -684,8 +696,12 @@ class PageWriter:
         r.extend((vaddr, npages, int(state), data_offset))
 
     def _drain(self) -> None:
-        """Wait until every frame handed on is written."""
-        if self._writer is not None:
+        """Wait until every frame handed on is written (a shared writer thread takes them in order:
+        this writer's last one done, all of them are)."""
+        if self._last_frame is not None:
+            futures_wait([self._last_frame])  # done, failed into _failed, or cancelled by an abort
+            self._last_frame = None
+        if self._own_writer and self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
 
@@ -851,6 +867,7 @@ class ImageWriter:
         self._record_writers: list[RecordWriter] = []
         self._page_writers: dict[str, PageWriter] = {}
         self._cctx: ChunkCompressor | None = None
+        self._frame_writer: ThreadPoolExecutor | None = None  # writes every page writer's frames, in order
         self._done = False  # committed or aborted
 
     # -- context management --------------------------------------------------
@@ -881,6 +898,7 @@ class ImageWriter:
             self._cctx.shutdown()
         for writer in self._page_writers.values():
             writer._abort()
+        self._stop_frame_writer()
         for sink in self._sinks.values():
             sink.abort()
         if self.tmp_dir is not None:
@@ -896,11 +914,11 @@ class ImageWriter:
             raise RuntimeError(f"image {self.final_dir} is already committed or aborted")
         return self.tmp_dir
 
-    def _new_sink(self, name: str, *, digest: bool = True, writeback: int = 0) -> _Sink:
+    def _new_sink(self, name: str, *, digest: bool = True, writeback: int = 0, buffer: int = 1 << 20) -> _Sink:
         tmp = self._require_open()
         if name in self._sinks or name == kinds.INVENTORY.template:
             raise ValueError(f"{name} is already written (or reserved)")
-        sink = _Sink(os.path.join(tmp, name), digest=digest, writeback=writeback)
+        sink = _Sink(os.path.join(tmp, name), digest=digest, writeback=writeback, buffer=buffer)
         self._sinks[name] = sink
         return sink
 
@@ -947,21 +965,32 @@ class ImageWriter:
             raise ValueError(f"pages of {key} are already being written")
         if self.compress_level is not None and self._cctx is None:
             self._cctx = ChunkCompressor(self.compress_level)
-        if self._buffers is None:  # pre-faulted once for all owners (a tree has one per process)
+        if self._buffers is None:  # made once for all owners (a tree has one per process)
             self._buffers = _BufferPool(self.chunk_size, (self._cctx.workers if self._cctx is not None else 0) + 3)
+        if self._cctx is not None and self._frame_writer is None:
+            self._frame_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-write")
         writer = PageWriter(
             key,
             self._new_sink(kinds.PAGEMAP.file_name(key)),
-            self._new_sink(kinds.PAGES.file_name(key), digest=False, writeback=WRITEBACK_BYTES),  # chunks have CRCs
+            # Chunks have CRCs (no digest).  Frames are written whole, mostly past any buffer: a small
+            # one, as a tree's writers stay open side by side (a short last frame was copied into 1 MiB).
+            self._new_sink(kinds.PAGES.file_name(key), digest=False, writeback=WRITEBACK_BYTES, buffer=_FRAME_BUFFER),
             page_size=self.page_size,
             chunk_size=self.chunk_size,
             compressor=self._cctx,
             has_parent=self.parent_link is not None,
             detect_zero=self.detect_zero if detect_zero is None else detect_zero,
             buffers=self._buffers,
+            frame_writer=self._frame_writer,
         )
         self._page_writers[key] = writer
         return writer
+
+    def _stop_frame_writer(self) -> None:
+        """End the frame-writing thread (after every page writer is closed or aborted: nothing is queued)."""
+        if self._frame_writer is not None:
+            self._frame_writer.shutdown(wait=True, cancel_futures=True)
+            self._frame_writer = None
 
     # -- commit --------------------------------------------------------------
 
@@ -984,6 +1013,7 @@ class ImageWriter:
         finally:
             if self._cctx is not None:
                 self._cctx.shutdown()  # threads are started again if another writer needs them
+            self._stop_frame_writer()
         for rw in self._record_writers:
             rw.close()
         for name in self._sinks:

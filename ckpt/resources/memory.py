@@ -12,8 +12,9 @@ Dump (target frozen):
   private file mapping only pages that are no longer file pages (written, so
   anonymous copies) are stored — the rest comes from the file on restore.
   ``[vdso]``/``[vvar]``/``[vvar_vclock]``/``[vsyscall]`` are never stored.
-* pages are read with ``process_vm_readv`` into one pre-faulted buffer reused
-  for the whole dump (fresh destination memory is 5-20x slower, DESIGN §3);
+* pages are read with ``process_vm_readv`` straight into the image writer's
+  chunk buffers, reused for the whole dump (fresh destination memory is
+  slower, DESIGN §3: each is faulted in once, by its first read);
   PROT_NONE and exec-only areas through ``/proc/PID/mem`` (process_vm_readv
   gives EFAULT there).
 
@@ -43,7 +44,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
 
 from ..control.inject import Injector, Scratch
@@ -64,20 +65,25 @@ from ..kernel.pagemap import PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAG
 from ..kernel.prctl import PR_SET_MM
 from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
-from ..procfs.maps import SmapsVma
+from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
 from . import memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
     "dump_vmas", "dump_mm", "dump_pages", "check_files", "special_vmas", "move_vdso", "map_vmas",
-    "fill_pages", "set_mm_map", "free_area",
+    "fill_pages", "PageFiller", "set_mm_map", "free_area",
     "LayoutDiff", "diff_layout", "merge_intervals", "intersect", "subtract", "clip_sources", "reset_pages",
 ]
 
 Kind = mm_pb2.Vma.Kind
 #: Areas the kernel installs: never stored, never mapped by us.
 SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL})
+# The kind sets tested in loops over VMAs, once: each ``Kind.X`` goes through the protobuf enum
+# wrapper's __getattr__ (~0.4 µs here), and a restore made hundreds of them per process.
+_FILE_KINDS = frozenset({Kind.FILE_PRIVATE, Kind.FILE_SHARED})
+_ANON_KINDS = frozenset({Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK})
+_KERNEL_AREAS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK})
 #: VMAs whose pages no dump stores: the kernel's own, and shared file mappings (the file holds them).
 UNSTORED_KINDS = SPECIAL_KINDS | {Kind.FILE_SHARED, Kind.SYSV_SHM}
 _SPECIAL_NAMES = {"[vdso]": Kind.VDSO, "[vvar]": Kind.VVAR, "[vvar_vclock]": Kind.VVAR_VCLOCK,
@@ -92,15 +98,14 @@ FILL_THREADS = min(4, os.cpu_count() or 2)
 # ---------------------------------------------------------------------------
 
 
-def classify(v: SmapsVma) -> int:
-    """The Vma.Kind of one mapping; Unsupported for what restore cannot recreate yet."""
-    vma = v.vma
+def classify(vma: ProcVma) -> int:
+    """The Vma.Kind of one mapping (with its VmFlags); Unsupported for what restore cannot recreate yet."""
     name = vma.path
     if name in _SPECIAL_NAMES:
         return _SPECIAL_NAMES[name]
     if name == "[uprobes]":
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is [uprobes] (a uprobe is attached to the target)")
-    if "ht" in v.vmflags:
+    if "ht" in vma.vmflags:
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is hugetlbfs memory")
     if name.startswith("/SYSV"):
         return Kind.SYSV_SHM  # before the inode test: the inode is the shmid, and shmid 0 exists
@@ -132,23 +137,28 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
     """One Vma record per mapping, address order; raises Unsupported for unknown backings."""
     out: list[mm_pb2.Vma] = []
     segments: dict | None = None
-    for v in snap.smaps:
-        vma = v.vma
-        kind = classify(v)
+    # A file is mapped in several VMAs (a library: 4-5): stat it once, by the (dev, inode) maps shows.
+    stats: dict[tuple[int, int, int], os.stat_result] = {}
+    for vma in snap.vmas:
+        kind = classify(vma)
         flags = MAP_SHARED if vma.shared else MAP_PRIVATE
-        if kind in (Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK):
+        if kind in _ANON_KINDS:
             flags |= MAP_ANONYMOUS
-        if "gd" in v.vmflags:
+        if "gd" in vma.vmflags:
             flags |= MAP_GROWSDOWN
-        if "nr" in v.vmflags:
+        if "nr" in vma.vmflags:
             flags |= MAP_NORESERVE
         rec = mm_pb2.Vma(start=vma.start, end=vma.end, prot=vma.prot, flags=flags, kind=kind, name=vma.path,
-                         pgoff=vma.offset, vm_flags=" ".join(sorted(v.vmflags)))
-        if kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
-            try:
-                st = os.stat(f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}")
-            except OSError as exc:
-                raise CkptError(f"cannot stat the file mapped at {vma.start:#x} in process {pid}: {exc.strerror}") from exc
+                         pgoff=vma.offset, vm_flags=" ".join(sorted(vma.vmflags)))
+        if kind in _FILE_KINDS:
+            key = (vma.dev_major, vma.dev_minor, vma.inode)
+            st = stats.get(key)
+            if st is None:
+                try:
+                    st = stats[key] = os.stat(f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}")
+                except OSError as exc:
+                    raise CkptError(f"cannot stat the file mapped at {vma.start:#x} in process {pid}: "
+                                    f"{exc.strerror}") from exc
             rec.file.CopyFrom(file_identity(st))
             if vma.path.startswith(memfd.PREFIX):  # its bytes are stored once for the object, by its owner
                 rec.content_owner = memfd.owner_of(st.st_ino)
@@ -334,7 +344,7 @@ def _identity_problem(path: str, st: os.stat_result, want: common_pb2.FileIdenti
 
 def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma]) -> None:
     """Refuse (RestoreError) before creating anything if a mapped file or the exe changed."""
-    wanted = [(v.name, v.file) for v in vmas if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED)
+    wanted = [(v.name, v.file) for v in vmas if v.kind in _FILE_KINDS
               and not is_memfd_view(v)]  # a memfd is no path: the restore recreates it
     wanted.append((mm.exe_path, mm.exe))
     for path, ident in wanted:
@@ -349,7 +359,7 @@ def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma]) -> None:
 
 def special_vmas(vmas: Sequence[mm_pb2.Vma]) -> dict[int, mm_pb2.Vma]:
     """The recorded kernel-installed areas by kind (VDSO, VVAR, VVAR_VCLOCK)."""
-    return {v.kind: v for v in vmas if v.kind in (Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK)}
+    return {v.kind: v for v in vmas if v.kind in _KERNEL_AREAS}
 
 
 def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], mm: mm_pb2.MmEntry,
@@ -463,7 +473,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
             length = v.end - v.start
             flags = v.flags | MAP_FIXED  # MAP_GROWSDOWN kept: a growsdown area must still grow after restore
             fd, offset = -1, 0
-            if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+            if v.kind in _FILE_KINDS:
                 writable_shared = v.kind == Kind.FILE_SHARED and "mw" in v.vm_flags.split()
                 access = os.O_RDWR if writable_shared else os.O_RDONLY
                 if is_memfd_view(v):
@@ -474,7 +484,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 else:
                     fd = opener.open(v.name, access, v.file)
                 offset = v.pgoff
-            elif v.kind not in (Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK):
+            elif v.kind not in _ANON_KINDS:
                 raise Unsupported(f"restoring a {mm_pb2.Vma.Kind.Name(v.kind)} mapping at {v.start:#x}")
             if is_shmem_view(v):
                 first = (shmem_objects or ShmemObjects()).first.get(v.content_owner)
@@ -604,9 +614,59 @@ class _PagePlacer:
 _ZEROS = memoryview(bytearray(1 << 20))
 
 
+class PageFiller:
+    """The threads that read, decompress and write page data, and their chunk buffers.
+
+    Every chunk is decompressed and written by the same thread, ``threads``
+    chunks at a time: decompression and the page faults of the writes then use
+    every core, instead of one thread writing while others decompress.  One
+    filler serves every process of a restore: started per process, the threads
+    and their buffers (allocated afresh, so faulted in by the first chunk each
+    time) cost a process of 1 MiB ~0.5 ms, a fifth of its memory phase.  The
+    buffers grow to the biggest chunk seen and stay until :meth:`close`.
+    """
+
+    def __init__(self, threads: int = FILL_THREADS) -> None:
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+
+    def submit(self, placer: _PagePlacer, reader: ChunkReader, index: int,
+               pieces: list[tuple[int, int, int]]) -> Future[int]:
+        """Load chunk ``index`` of ``reader`` and write its ``pieces`` through ``placer``; bytes written."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ckpt-fill")
+        return self._pool.submit(self.fill_chunk, placer, reader, index, pieces)
+
+    def fill_chunk(self, placer: _PagePlacer, reader: ChunkReader, index: int,
+                   pieces: list[tuple[int, int, int]]) -> int:
+        """One chunk, on the calling thread: read, check, decompress and write its pages; bytes written."""
+        need_in, need_out = reader.buffer_sizes
+        inbuf, outbuf = getattr(self._local, "bufs", (bytearray(), bytearray()))
+        if len(inbuf) < need_in or len(outbuf) < need_out:  # grown, never shrunk: they stay warm
+            inbuf, outbuf = self._local.bufs = (bytearray(max(need_in, len(inbuf))),
+                                                bytearray(max(need_out, len(outbuf))))
+        raw = reader.load_into(index, inbuf, outbuf)
+        placer.write_pieces(raw, pieces)
+        return sum(n for _, _, n in pieces)
+
+    def close(self) -> None:
+        """Stop the threads and drop the buffers; a later :meth:`submit` starts new ones."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._local = threading.local()
+
+    def __enter__(self) -> PageFiller:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
                on_bytes: Callable[[int, int], None] | None = None,
-               sources: Sequence[PageSource] | None = None) -> PageStats:
+               sources: Sequence[PageSource] | None = None, filler: PageFiller | None = None) -> PageStats:
     """Write every stored page of ``pid`` from the image chain into the mapped VMAs.
 
     Pages arrive chunk by chunk as memoryviews of the reader's reused buffers
@@ -615,7 +675,11 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
     (anonymous memory is zero already).  ``on_bytes(done, total)`` reports progress,
     at most once per MiB written.  ``sources``: only these runs (a staged
     restore's share of :func:`~ckpt.image.chain.resolve_pages`); default: every page.
+    ``filler``: the restore's :class:`PageFiller` (default: one for this call).
     """
+    if filler is None:
+        with PageFiller() as own:
+            return fill_pages(pid, mem, chain, vmas, on_bytes, sources, own)
     t0 = time.monotonic()
     placer = _PagePlacer(pid, mem, vmas)
     if sources is None:
@@ -623,28 +687,16 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
     zero = nbytes = 0
     total = sum(s.nr_pages for s in sources if s.image is not None) * PAGE_SIZE
     reported = 0
-    local = threading.local()
-
-    def fill_chunk(reader: ChunkReader, index: int, pieces: list[tuple[int, int, int]]) -> int:
-        """One chunk: read, check, decompress and write its pages, all on this worker thread."""
-        need_in, need_out = reader.buffer_sizes
-        bufs = getattr(local, "bufs", None)
-        if bufs is None or len(bufs[0]) < need_in or len(bufs[1]) < need_out:
-            bufs = local.bufs = (bytearray(need_in), bytearray(need_out))
-        raw = reader.load_into(index, *bufs)
-        placer.write_pieces(raw, pieces)
-        return sum(n for _, _, n in pieces)
-
-    # Every chunk is decompressed and written by the same thread, FILL_THREADS chunks at a
-    # time: decompression and the page faults of the writes then use every core, instead of
-    # one thread writing while others decompress (pieces of two chunks never overlap).
-    with chain_chunk_jobs(chain, pid, sources) as jobs, \
-            ThreadPoolExecutor(max_workers=FILL_THREADS, thread_name_prefix="ckpt-fill") as pool:
+    # Pieces of two chunks never overlap: the chunks are written in any order, a few at a time.
+    with chain_chunk_jobs(chain, pid, sources) as jobs:
+        if len(jobs) == 1:  # one chunk (a small process): nothing to overlap, no hand-off to a thread
+            nbytes = filler.fill_chunk(placer, *jobs[0])
+            jobs = []
         pending: collections.deque[Future[int]] = collections.deque()
         try:
             for job in jobs:
-                pending.append(pool.submit(fill_chunk, *job))
-                while pending and (len(pending) > 2 * FILL_THREADS or pending[0].done()):
+                pending.append(filler.submit(placer, *job))
+                while pending and (len(pending) > 2 * filler.threads or pending[0].done()):
                     nbytes += pending.popleft().result()
                     if on_bytes is not None and nbytes - reported >= 1 << 20:
                         on_bytes(nbytes, total)
@@ -652,7 +704,9 @@ def fill_pages(pid: int, mem: ProcMem, chain: Sequence[Image], vmas: Sequence[mm
             while pending:
                 nbytes += pending.popleft().result()
         except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for f in pending:  # the readers close on the way out: no chunk of theirs may still load
+                f.cancel()
+            futures_wait(pending)
             raise
     stored = nbytes // PAGE_SIZE
     if on_bytes is not None:
@@ -686,7 +740,7 @@ def _mapping_key(v: mm_pb2.Vma) -> tuple | None:
         return None
     letters = frozenset(f for f in v.vm_flags.split() if f in _MADVISED or f == "mw")
     file: tuple = ()
-    if v.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+    if v.kind in _FILE_KINDS:
         file = (v.name, v.file.dev, v.file.ino, v.file.size, v.file.mtime_ns, v.pgoff - v.start)
     return (v.kind, v.prot, v.flags, letters, file)
 
@@ -728,7 +782,7 @@ def diff_layout(old: Sequence[mm_pb2.Vma], new: Sequence[mm_pb2.Vma]) -> LayoutD
             piece = mm_pb2.Vma()
             piece.CopyFrom(nv)
             piece.start, piece.end = s, e
-            if nv.kind in (Kind.FILE_PRIVATE, Kind.FILE_SHARED):
+            if nv.kind in _FILE_KINDS:
                 piece.pgoff = nv.pgoff + (s - nv.start)
             added.append(piece)
     removed = subtract(merge_intervals([(v.start, v.end) for v in old]), kept)
