@@ -313,19 +313,7 @@ static void child_main(void) {
 
 /* ---- R ------------------------------------------------------------------------------------------ */
 
-static int read_report(char *line, size_t size) {
-    size_t n = 0;
-    long deadline = now_ms() + REPORT_MS;
-    for (;;) {
-        struct pollfd pfd = {.fd = rep[0], .events = POLLIN};
-        long left = deadline - now_ms();
-        if (poll(&pfd, 1, left < 0 ? 0 : (int)left) != 1) return -1;
-        char c;
-        if (read(rep[0], &c, 1) != 1) return -1;
-        if (c == '\n') { line[n] = 0; return 0; }
-        if (n + 1 < size) line[n++] = c;
-    }
-}
+static int read_report(char *line, size_t size) { return read_report_line(rep[0], line, size, REPORT_MS); }
 
 static void root_setup(void) {
     int f = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);

@@ -8,11 +8,13 @@
 #define CKPT_VERDICT_H
 
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static char why[2048];  /* this round's failures, "; "-separated */
 
@@ -39,6 +41,23 @@ static long now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
+}
+
+/* One line (its newline dropped, truncated to fit) from fd, read a byte at a time so nothing after it is
+ * taken; -1 if none comes within timeout_ms or the fd ends first. */
+__attribute__((unused))
+static int read_report_line(int fd, char *line, size_t size, long timeout_ms) {
+    size_t n = 0;
+    long deadline = now_ms() + timeout_ms;
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        long left = deadline - now_ms();
+        if (poll(&pfd, 1, left < 0 ? 0 : (int)left) != 1) return -1;
+        char c;
+        if (read(fd, &c, 1) != 1) return -1;
+        if (c == '\n') { line[n] = 0; return 0; }
+        if (n + 1 < size) line[n++] = c;
+    }
 }
 
 #endif
