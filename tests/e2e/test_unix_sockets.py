@@ -173,10 +173,13 @@ def test_listeners_with_accepted_and_waiting_connections_and_names(py_target, tm
         kill_all(pids)
 
 
-def test_descriptor_in_flight_round_trip(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
-    """A pipe's read end sent (SCM_RIGHTS) and closed by the sender exists only in the queue: it comes back
-    in flight, the same pipe as the write end the process kept (scenarios/test_scm_rights.py has the rest)."""
-    t = py_target("py_unix_refusals.py", "rights", stderr=subprocess.DEVNULL)
+@pytest.mark.parametrize("mode, want", [("rights", "through the pipe"), ("rights-fifo", "fifo-bytes+more")])
+def test_descriptor_in_flight_round_trip(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                         mode: str, want: str) -> None:
+    """A pipe's or a FIFO's read end sent (SCM_RIGHTS) and closed by the sender exists only in the queue: it
+    comes back in flight, the same pipe as the write end the process kept, its bytes with it
+    (test_scm_rights.py has the rest)."""
+    t = py_target("py_unix_refusals.py", mode, str(tmp_path), stderr=subprocess.DEVNULL)
     t.ready(20)
     api.dump(t.pid, tmp_path / "img")
     t.proc.returncode = -signal.SIGKILL
@@ -184,7 +187,7 @@ def test_descriptor_in_flight_round_trip(py_target, tmp_path: Path, restored: li
     assert [len(f.file_ids) for f in carrier.unix.in_flight] == [1]
     r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
-    assert _round(t) == "PASS rights through the pipe"
+    assert _round(t) == f"PASS {mode} {want}"
 
 
 @pytest.mark.parametrize("mode, message", [

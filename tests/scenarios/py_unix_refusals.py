@@ -4,6 +4,8 @@ usage: py_unix_refusals.py MODE [NAME]
 
   rights           a datagram socketpair whose queue holds a message carrying a pipe's
                    read end (SCM_RIGHTS), now kept; SIGUSR1: receive it, check it is that pipe
+  rights-fifo DIR  the same with the read end of a FIFO DIR/f.fifo holding "fifo-bytes" (the
+                   write end kept); SIGUSR1: write "+more", receive the read end, read both
   rights-tcp       the same with the client end of an established loopback TCP connection in
                    flight (sender's copy closed; refused); SIGUSR1: receive it, send through it
   oob              a stream socketpair with "ab", urgent "!", "cd" queued; SIGUSR1: read them
@@ -37,6 +39,22 @@ if MODE == "rights":
         fd = array.array("i", anc[0][2][:4])[0]
         os.write(w, b"through")
         return "through the pipe" if os.read(fd, 10) == b"through" else "FAIL not the pipe"
+elif MODE == "rights-fifo":
+    path = os.path.join(sys.argv[2], "f.fifo")
+    os.mkfifo(path)
+    r = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    w = os.open(path, os.O_WRONLY)
+    os.write(w, b"fifo-bytes")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.sendmsg([b"fd"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+    os.close(r)
+    keep += [a, b, w]
+
+    def check() -> str:
+        _, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+        os.write(w, b"+more")
+        got = os.read(array.array("i", anc[0][2][:4])[0], 100)
+        return "fifo-bytes+more" if got == b"fifo-bytes+more" else f"FAIL got {got!r}"
 elif MODE == "rights-tcp":
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     lst = socket.create_server(("127.0.0.1", 0))
