@@ -150,9 +150,6 @@ class Tree(BenchChild):
         self.regions: list[TreeRegion] = []
         #: Each process's parent as recorded at start (the root's is ours; not kept by a restore).
         self.parents: dict[int, int] = {}
-        self.log_path: str | None = None
-        self._log = -1
-        self._buf = b""
         self._alive = False  # some process of the tree may run: stop() has work to do
 
     # -- lifetime -------------------------------------------------------
@@ -160,15 +157,8 @@ class Tree(BenchChild):
     def start(self) -> "Tree":
         binary = build_tree()
         argv = [str(binary), "-c", str(self.children), "-g", str(self.grandchildren), "-s", str(self.size_mib)]
-        fd, self.log_path = tempfile.mkstemp(prefix="ckpt-tree-", suffix=".log")
-        try:
-            self._log = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
-            # close_fds: the tree must carry only 0, 1, 2 (a checkpoint target refuses our descriptors).
-            self._started(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.DEVNULL,
-                                           close_fds=True))
-            self._alive = True
-        finally:
-            os.close(fd)
+        self._spawn_logged(argv)
+        self._alive = True
         try:
             deadline = time.monotonic() + self.ready_timeout
             while True:
@@ -209,17 +199,6 @@ class Tree(BenchChild):
         self._alive = False
         self._close_log()
         self._forgotten()
-
-    def _close_log(self) -> None:
-        if self._log >= 0:
-            os.close(self._log)
-            self._log = -1
-        if self.log_path:
-            try:
-                os.unlink(self.log_path)
-            except FileNotFoundError:
-                pass
-            self.log_path = None
 
     def dumped(self) -> None:
         """A dump ended the tree: reap the root if it is our child; the log stays for the restore."""
@@ -291,22 +270,10 @@ class Tree(BenchChild):
         if bad:
             raise RuntimeError("; ".join(bad))
 
-    def _readline(self, deadline: float) -> str:
-        """The next line of the tree's stdout file (polled: a regular file never blocks)."""
-        while b"\n" not in self._buf:
-            chunk = os.read(self._log, 65536)
-            if chunk:
-                self._buf += chunk
-                continue
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"tree root exited (status {self.proc.returncode})")
-            if self.proc is None and self.pids and not _ours(self.root):
-                raise RuntimeError(f"tree root {self.root} is gone")
-            if time.monotonic() > deadline:
-                raise TimeoutError("tree did not answer in time")
-            time.sleep(0.002)
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
+    def _gone(self) -> str | None:
+        if self.proc is None and self.pids and not _ours(self.root):
+            return f"tree root {self.root} is gone"  # a restored copy: not our child
+        return super()._gone()
 
 
 # --------------------------------------------------------------------------- ckpt runs

@@ -79,9 +79,59 @@ class BenchChild:
 
     what = "process"
     proc: "subprocess.Popen[bytes] | None" = None
+    #: The stdout file of a process started by :meth:`_spawn_logged`, our read side of it, and what
+    #: was read from it but not yet taken as a line.
+    log_path: str | None = None
+    _log: int = -1
+    _buf: bytes = b""
 
     def start(self) -> "BenchChild":
         raise NotImplementedError
+
+    def _spawn_logged(self, argv: list[str]) -> None:
+        """Start ``argv`` with only fds 0, 1, 2 (close_fds: a checkpoint target must not carry our
+        descriptors, DESIGN §3), its stdout a regular file we tail with :meth:`_readline` — not a pipe
+        to us: ckpt refuses a pipe to another process, and the benches checkpoint this one."""
+        fd, self.log_path = tempfile.mkstemp(prefix=f"ckpt-{self.what.replace(' ', '-')}-", suffix=".log")
+        try:
+            self._log = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
+            self._started(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.DEVNULL,
+                                           close_fds=True))  # no stdio pipe to us: a restore reopens each fd
+        finally:
+            os.close(fd)
+
+    def _close_log(self) -> None:
+        if self._log >= 0:
+            os.close(self._log)
+            self._log = -1
+        if self.log_path:
+            try:
+                os.unlink(self.log_path)
+            except FileNotFoundError:
+                pass
+            self.log_path = None
+
+    def _gone(self) -> str | None:
+        """Why no more line can come from the process (None while it may)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"{self.what} exited (status {self.proc.returncode})"
+        return None
+
+    def _readline(self, deadline: float) -> str:
+        """The next line of the process's stdout file (polled: a regular file never blocks)."""
+        while b"\n" not in self._buf:
+            chunk = os.read(self._log, 65536)
+            if chunk:
+                self._buf += chunk
+                continue
+            gone = self._gone()
+            if gone is not None:
+                raise RuntimeError(gone)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.what} did not answer in time")
+            time.sleep(0.002)
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
 
     def _started(self, proc: "subprocess.Popen[bytes]") -> None:
         self.proc = proc
@@ -147,9 +197,6 @@ class Workload(BenchChild):
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.regions: list[Region] = []
-        self._buf = b""
-        self._log: int = -1  # read side of the workload's stdout file
-        self.log_path: str | None = None
 
     # -- lifetime -------------------------------------------------------
 
@@ -157,17 +204,7 @@ class Workload(BenchChild):
         binary = build_workload()
         argv = [str(binary), "-s", str(self.size_mib), "-r", str(self.rate_mbs), "-t", str(self.threads),
                 "-m", ",".join(map(str, self.mix)), "-S", str(self.seed)]
-        # Only fds 0, 1, 2 (close_fds): the workload refuses anything else, and
-        # a checkpoint target must not carry our descriptors (DESIGN §3).  Its
-        # stdout is a regular file we tail, not a pipe to us: ckpt refuses a pipe
-        # to another process, and the dump/restore benches checkpoint this process.
-        fd, self.log_path = tempfile.mkstemp(prefix="ckpt-workload-", suffix=".log")
-        try:
-            self._log = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
-            self._started(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.DEVNULL,
-                                           close_fds=True))  # no stdio pipe to us: a restore reopens each fd
-        finally:
-            os.close(fd)
+        self._spawn_logged(argv)  # only fds 0, 1, 2: the workload refuses anything else too
         try:
             deadline = time.monotonic() + self.ready_timeout
             while True:
@@ -186,17 +223,6 @@ class Workload(BenchChild):
 
     def _release(self, proc: "subprocess.Popen[bytes]") -> None:
         self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log >= 0:
-            os.close(self._log)
-            self._log = -1
-        if self.log_path:
-            try:
-                os.unlink(self.log_path)
-            except FileNotFoundError:
-                pass
-            self.log_path = None
 
     def forget(self, *, keep_log: bool = False) -> str | None:
         """The process was ended by someone else (a dump): drop it without killing its pid again.
@@ -229,19 +255,3 @@ class Workload(BenchChild):
         if words[:1] != ["WRITTEN"]:
             raise RuntimeError(f"workload said {' '.join(words)!r}")
         return int(words[1]), float(words[2])
-
-    def _readline(self, deadline: float) -> str:
-        """The next line of the workload's stdout file (polled: a regular file never blocks)."""
-        assert self.proc is not None
-        while b"\n" not in self._buf:
-            chunk = os.read(self._log, 4096)
-            if chunk:
-                self._buf += chunk
-                continue
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"workload exited (status {self.proc.returncode})")
-            if time.monotonic() > deadline:
-                raise TimeoutError("workload did not answer in time")
-            time.sleep(0.002)
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
