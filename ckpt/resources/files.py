@@ -493,7 +493,6 @@ def _object_bytes(path: str, size: int) -> bytes:
     return bytes(buf)
 
 
-
 # --- restore --------------------------------------------------------------
 
 @dataclass
@@ -664,8 +663,7 @@ class SharedFiles:
                 end = "w" if e.flags & os.O_ACCMODE == os.O_WRONLY else "r"
                 self._pipe_ends[(e.pipe.pipe_id, end)] = e.id
                 by_pipe.setdefault(e.pipe.pipe_id, []).append(e.id)
-        for e in files:
-            if e.kind == K.UNIX:
+            elif e.kind == K.UNIX:
                 for f in e.unix.in_flight:
                     for i in f.file_ids:
                         users.setdefault(i, set()).add(_IN_FLIGHT)

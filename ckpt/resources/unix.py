@@ -630,27 +630,53 @@ def _cut_run(s: _Sock, sock: socket.socket, n: int, notes: list[str]) -> list[_M
     prefix = bytearray()
     while len(prefix) < _MAX_BYTEWISE:
         one = _recv_upto(sock, 1)
-        if one.fds or not one.data:
-            rest = _recv_upto(sock, n - len(prefix) - 1) if one.fds and n > len(prefix) + 1 else _Message(b"", (), b"")
-            head = [_Message(bytes(prefix), (), b"")] if prefix else []
-            return head + [_Message(one.data + rest.data, one.fds + rest.fds, b"")] if one.data else head
+        head = [_Message(bytes(prefix), (), b"")] if prefix else []
+        if one.fds:  # the first byte of the message: the rest of it follows (its descriptors taken: no stop)
+            rest = _recv_upto(sock, n - len(prefix) - 1)
+            return [*head, _Message(one.data + rest.data, one.fds + rest.fds, b"")]
+        if not one.data:  # the queue ended early: keep what was read
+            return head
         prefix += one.data
     rest = _recv_upto(sock, n - len(prefix))  # give up cutting: the rest of the run, with its descriptors
     notes.append(f"{s.where()}: {len(prefix)}+ bytes queued before a message carrying descriptors are kept with it")
     return [_Message(bytes(prefix) + rest.data, rest.fds, b"")]
 
 
+def _rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+
+
+def _send_all(sock: socket.socket, data: bytes, fds: Sequence[int], addr: bytes | None = None, *,
+              stream: bool) -> int:
+    """Send one queued message with the descriptors it carried; the bytes sent.
+
+    A stream's bytes go in as many sends as it takes, the descriptors with the
+    first (a reader's read stops after that message, as before); fewer bytes
+    are sent when it stops taking them (EAGAIN).  A datagram goes whole or raises.
+    """
+    view, anc, sent = memoryview(data), _rights(fds), 0
+    while view or not stream:
+        try:
+            n = (sock.sendmsg([view], anc, socket.MSG_DONTWAIT) if addr is None
+                 else sock.sendmsg([view], anc, socket.MSG_DONTWAIT, addr))
+        except BlockingIOError:
+            if not stream:
+                raise
+            break
+        sent, view, anc = sent + n, view[n:], []
+        if not stream:
+            break
+    return sent
+
+
 def _send_back(s: _Sock, peer: _Sock, msgs: Sequence[_Message]) -> None:
     """Send ``msgs`` (read from ``s``) again, in order, from its peer; loud if they cannot be: they exist only here."""
+    stream = s.u.type == socket.SOCK_STREAM
     try:
         with borrowed(peer.pid, peer.fd) as out:
             for m in msgs:
-                view, anc = memoryview(m.data), _rights(m.fds)
-                while True:
-                    n = out.sendmsg([view], anc, socket.MSG_DONTWAIT)
-                    view, anc = view[n:], []
-                    if not view or s.u.type != socket.SOCK_STREAM:
-                        break
+                if _send_all(out, m.data, m.fds, stream=stream) < len(m.data):
+                    raise BlockingIOError(errno.EAGAIN, "its peer's send buffer is full")
     except OSError as exc:
         _close_fds(msgs)
         raise CkptError(f"{s.where()}: could not send its {len(msgs)} queued messages back: {exc}; "
@@ -970,31 +996,18 @@ def _early(e: FileEntry) -> list[files_pb2.SockOpt]:
     return [o for o in e.unix.options if not _late(o)]
 
 
-def _rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-
-
 def _send_stream(sock: socket.socket, data: bytes, e: FileEntry, fds: Sequence[int] = ()) -> None:
-    """Bytes of a stream queue; ``fds`` go with the first of them (a new message: the reader's read stops
-    after it, as before)."""
-    view = memoryview(data)
-    anc = _rights(fds)
-    while view:
-        try:
-            view = view[sock.sendmsg([view], anc, socket.MSG_DONTWAIT):]
-            anc = []
-        except BlockingIOError:
-            raise RestoreError(f"the unix stream socket of file {e.id}: its {len(data)} queued bytes do not fit "
-                               f"again ({len(data) - len(view)} written)") from None
+    """Bytes of a stream queue, ``fds`` with the first of them (:func:`_send_all`)."""
+    sent = _send_all(sock, data, fds, stream=True)
+    if sent < len(data):
+        raise RestoreError(f"the unix stream socket of file {e.id}: its {len(data)} queued bytes do not fit "
+                           f"again ({sent} written)")
 
 
 def _send_message(sock: socket.socket, data: bytes, addr: bytes | None, e: FileEntry,
                   fds: Sequence[int] = ()) -> None:
     try:
-        if addr is None:
-            sock.sendmsg([data], _rights(fds), socket.MSG_DONTWAIT)
-        else:
-            sock.sendmsg([data], _rights(fds), socket.MSG_DONTWAIT, addr)
+        _send_all(sock, data, fds, addr, stream=False)
     except OSError as exc:
         raise RestoreError(f"the unix {TYPE_NAMES.get(e.unix.type, e.unix.type)} socket of file {e.id}: a queued "
                            f"message of {len(data)} bytes could not be put back: {exc.strerror}") from exc
