@@ -14,6 +14,8 @@ import os
 import signal
 import time
 
+from pingpong import fork_child, ping
+
 SIZE = (1 << 20) + 4096
 PATTERN = bytes(i % 253 for i in range(4096))
 fd = os.memfd_create("ckpt-test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -22,24 +24,21 @@ os.pwrite(fd, PATTERN, 0)
 os.pwrite(fd, PATTERN, 1 << 20)  # the last page; the ones in between stay holes
 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
 view = mmap.mmap(fd, SIZE, mmap.MAP_SHARED)
-ready_r, ready_w = os.pipe()
-child = os.fork()
-if child == 0:
-    os.close(ready_r)
 
-    def pong(*_: object) -> None:
-        n = view[16384:16400].rstrip(b"\0").decode().split("-")[1]
-        view[8192:8208] = f"pong-{n}".encode().ljust(16, b"\0")
 
-    signal.signal(signal.SIGUSR1, pong)
-    view[4096:4101] = b"child"
-    os.write(ready_w, b"x")
-    os.close(ready_w)
-    while True:
-        time.sleep(1)
-os.close(ready_w)
-os.read(ready_r, 1)
-os.close(ready_r)
+def read(offset: int, n: int) -> bytes:
+    return view[offset:offset + n]
+
+
+def write(offset: int, data: bytes) -> None:
+    view[offset:offset + len(data)] = data
+
+
+def read_fd(offset: int, n: int) -> bytes:  # through the descriptor, not the mapping
+    return os.pread(fd, n, offset)
+
+
+child = fork_child(read, write, 16384, 8192, setup=lambda: write(4096, b"child"))
 rounds = 0
 
 
@@ -60,14 +59,9 @@ def check(*_: object) -> None:
         bad.append(f"child's bytes {os.pread(fd, 5, 4096)!r}")
     if view[12288:16384] != bytes(4096):
         bad.append("a hole is not zero")
-    view[16384:16400] = f"ping-{rounds}".encode().ljust(16, b"\0")
-    os.kill(child, signal.SIGUSR1)
-    want = f"pong-{rounds}".encode().ljust(16, b"\0")
-    deadline = time.monotonic() + 3
-    while os.pread(fd, 16, 8192) != want and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if os.pread(fd, 16, 8192) != want:
-        bad.append(f"no pong through the memfd (offset 8192: {os.pread(fd, 16, 8192)!r})")
+    got = ping(child, rounds, write, 16384, read_fd, 8192)
+    if got is not None:
+        bad.append(f"no pong through the memfd (offset 8192: {got!r})")
     print(f"FAIL {'; '.join(bad)}" if bad else f"PASS memfd round={rounds}", flush=True)
 
 

@@ -12,27 +12,22 @@ import os
 import signal
 import time
 
+from pingpong import fork_child, ping
+
 SIZE = 64 * 1024
 shared = mmap.mmap(-1, SIZE)  # MAP_SHARED | MAP_ANONYMOUS
 shared[:5] = b"hello"
-ready_r, ready_w = os.pipe()
-child = os.fork()
-if child == 0:
-    os.close(ready_r)
 
-    def pong(*_: object) -> None:
-        n = shared[16384:16400].rstrip(b"\0").decode().split("-")[1]
-        shared[20480:20496] = f"pong-{n}".encode().ljust(16, b"\0")
 
-    signal.signal(signal.SIGUSR1, pong)
-    shared[8192:8197] = b"child"
-    os.write(ready_w, b"x")
-    os.close(ready_w)
-    while True:
-        time.sleep(1)
-os.close(ready_w)
-os.read(ready_r, 1)
-os.close(ready_r)
+def read(offset: int, n: int) -> bytes:
+    return shared[offset:offset + n]
+
+
+def write(offset: int, data: bytes) -> None:
+    shared[offset:offset + len(data)] = data
+
+
+child = fork_child(read, write, 16384, 20480, setup=lambda: write(8192, b"child"))
 rounds = 0
 
 
@@ -44,14 +39,9 @@ def check(*_: object) -> None:
         bad.append(f"offset 0 holds {shared[:5]!r}")
     if shared[8192:8197] != b"child":
         bad.append(f"offset 8192 holds {shared[8192:8197]!r}")
-    shared[16384:16400] = f"ping-{rounds}".encode().ljust(16, b"\0")
-    os.kill(child, signal.SIGUSR1)
-    deadline = time.monotonic() + 3
-    want = f"pong-{rounds}".encode().ljust(16, b"\0")
-    while shared[20480:20496] != want and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if shared[20480:20496] != want:
-        bad.append(f"no {want.rstrip(bytes(1))!r} from the child (offset 20480 holds {shared[20480:20496]!r})")
+    got = ping(child, rounds, write, 16384, read, 20480)
+    if got is not None:
+        bad.append(f"no pong-{rounds} from the child (offset 20480 holds {got!r})")
     print(f"FAIL {'; '.join(bad)}" if bad else f"PASS shared round={rounds}", flush=True)
 
 

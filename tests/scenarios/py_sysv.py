@@ -15,6 +15,8 @@ import signal
 import sys
 import time
 
+from pingpong import fork_child, ping
+
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
 libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
@@ -41,25 +43,22 @@ b_id = libc.shmget(int(sys.argv[1]), 8192, IPC_CREAT | 0o600)
 a, b = attach(a_id), attach(b_id)
 ctypes.memmove(a, b"parent-a", 8)
 ctypes.memmove(b, b"parent-b", 8)
-ready_r, ready_w = os.pipe()
-child = os.fork()
-if child == 0:
-    os.close(ready_r)
 
-    def pong(*_: object) -> None:
-        n = ctypes.string_at(a + 8192, 16).rstrip(b"\0").decode().split("-")[1]
-        ctypes.memmove(a + 12288, f"pong-{n}".encode().ljust(16, b"\0"), 16)
 
-    signal.signal(signal.SIGUSR1, pong)
-    ctypes.memmove(a + 4096, b"child-a", 7)
+def read(offset: int, n: int) -> bytes:  # segment A
+    return ctypes.string_at(a + offset, n)
+
+
+def write(offset: int, data: bytes) -> None:
+    ctypes.memmove(a + offset, data, len(data))
+
+
+def child_writes() -> None:
+    write(4096, b"child-a")
     ctypes.memmove(b + 4096, b"child-b", 7)
-    os.write(ready_w, b"x")
-    os.close(ready_w)
-    while True:
-        time.sleep(1)
-os.close(ready_w)
-os.read(ready_r, 1)
-os.close(ready_r)
+
+
+child = fork_child(read, write, 8192, 12288, setup=child_writes)
 libc.shmctl(a_id, IPC_RMID, None)
 rounds = 0
 
@@ -74,13 +73,7 @@ def check(*_: object) -> None:
     nattch, mode = stat(a_id)
     if nattch != 2 or not mode & SHM_DEST:
         bad.append(f"segment {a_id}: {nattch} attaches, mode {mode:o}")
-    ctypes.memmove(a + 8192, f"ping-{rounds}".encode().ljust(16, b"\0"), 16)
-    os.kill(child, signal.SIGUSR1)
-    want = f"pong-{rounds}".encode().ljust(16, b"\0")
-    deadline = time.monotonic() + 3
-    while ctypes.string_at(a + 12288, 16) != want and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if ctypes.string_at(a + 12288, 16) != want:
+    if ping(child, rounds, write, 8192, read, 12288) is not None:
         bad.append("no pong through segment A")
     print(f"FAIL {'; '.join(bad)}" if bad else f"PASS sysv round={rounds}", flush=True)
 
