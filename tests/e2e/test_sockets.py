@@ -22,7 +22,7 @@ from ckpt.errors import Unsupported
 from ckpt.image.show import show_dict
 from ckpt.kernel.sock_diag import listen_backlogs
 from ckpt.resources import sockets
-from targets import Target, python_argv, spawn, tracer_of, wait_until
+from targets import python_argv, spawn, tracer_of, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 
@@ -213,11 +213,29 @@ def _free_port() -> int:
 
 
 class Redis:
-    """A minimal RESP client: pipelined commands, one reply each."""
+    """A minimal RESP client on one connection: pipelined commands, one reply each.
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    ``address``/``source``: where redis listens and the local address to connect from (a
+    second host's tests); ``timeout``: of each socket operation.
+    """
+
+    def __init__(self, port: int, address: str = "127.0.0.1", source: str | None = None,
+                 timeout: float = 10) -> None:
+        self.sock = socket.create_connection((address, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
+
+    @classmethod
+    def when_up(cls, port: int, address: str = "127.0.0.1", source: str | None = None,
+                timeout: float = 10) -> "Redis":
+        """Connect once redis listens (it was just started): within 10 s."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return cls(port, address, source, timeout)
+            except OSError:
+                assert time.monotonic() < deadline, "redis did not start"
+                time.sleep(0.05)
 
     def close(self) -> None:
         self.sock.close()
@@ -250,7 +268,9 @@ class Redis:
             if n < 0:
                 return None
             while len(self.buf) < n + 2:
-                self.buf += self.sock.recv(1 << 16)
+                chunk = self.sock.recv(1 << 16)
+                assert chunk, "redis closed the connection"
+                self.buf += chunk
             data, self.buf = self.buf[:n], self.buf[n + 2:]
             return data
         raise AssertionError(f"unexpected reply {line!r}")

@@ -31,6 +31,7 @@ from ckpt.kernel.pidfd import pidfd_getfd, pidfd_open
 from ckpt.resources import netlock
 from hosts import SecondHost
 from targets import SCENARIOS, Target, spawn, tracer_of
+from test_sockets import REDIS, Redis
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, TCP_REPAIR, nft)"),
               pytest.mark.skipif(netlock.nft_path() is None, reason="nft (nftables) is not installed")]
@@ -340,63 +341,6 @@ def test_refused_without_nft(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 # --- redis ---------------------------------------------------------------------------------------
 
-REDIS = shutil.which("redis-server")
-
-
-class Resp:
-    """A minimal RESP client on one connection."""
-
-    def __init__(self, port: int, address: str = "127.0.0.1", source: str | None = None) -> None:
-        self.sock = socket.create_connection((address, port), timeout=15,
-                                             source_address=(source, 0) if source else None)
-        self.buf = b""
-
-    @classmethod
-    def when_up(cls, port: int, address: str = "127.0.0.1", source: str | None = None) -> "Resp":
-        """Connect once redis listens (it was just started): within 10 s."""
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return cls(port, address, source)
-            except OSError:
-                assert time.monotonic() < deadline, "redis did not start"
-                time.sleep(0.05)
-
-    @staticmethod
-    def encode(*args: str) -> bytes:
-        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(1 << 16)
-            assert chunk, "redis closed the connection"
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def reply(self) -> object:
-        line = self._line()
-        if line[:1] in (b"+", b"-"):
-            return line[1:].decode()
-        if line[:1] == b":":
-            return int(line[1:])
-        if line[:1] == b"$":
-            n = int(line[1:])
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                chunk = self.sock.recv(1 << 16)
-                assert chunk, "redis closed the connection"
-                self.buf += chunk
-            data, self.buf = self.buf[:n], self.buf[n + 2:]
-            return data
-        raise AssertionError(f"unexpected reply {line!r}")
-
-    def call(self, *args: str) -> object:
-        self.sock.sendall(self.encode(*args))
-        return self.reply()
-
-
 def _redis_conf(tmp_path: Path, port: int, bind: str) -> Path:
     conf = tmp_path / "redis.conf"
     conf.write_text(f"port {port}\nbind {bind}\nsave \"\"\nappendonly no\ndaemonize no\ndir {tmp_path}\n"
@@ -417,14 +361,14 @@ def test_redis_client_connection_survives(tmp_path: Path, restored: list[int]) -
         port = s.getsockname()[1]
     conf = _redis_conf(tmp_path, port, "127.0.0.1")
     with spawn([REDIS, str(conf)], stderr=subprocess.DEVNULL) as t:
-        r = Resp.when_up(port)
+        r = Redis.when_up(port, timeout=15)
         values = {f"key:{i}": f"value-{i}-{random.getrandbits(64):x}" for i in range(1000)}
-        r.sock.sendall(b"".join(Resp.encode("SET", k, v) for k, v in values.items()))
+        r.sock.sendall(b"".join(Redis.encode("SET", k, v) for k, v in values.items()))
         assert [r.reply() for _ in values] == ["OK"] * len(values)
         dump(t.pid, tmp_path / "img", tcp_established=True)
         t.proc.returncode = -signal.SIGKILL
         # A command sent while redis is gone: dropped by the lock, retransmitted by our kernel after the restore.
-        r.sock.sendall(Resp.encode("GET", "key:7"))
+        r.sock.sendall(Redis.encode("GET", "key:7"))
         time.sleep(0.2)
         res = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
         restored.append(res.pid)
@@ -435,7 +379,7 @@ def test_redis_client_connection_survives(tmp_path: Path, restored: list[int]) -
             assert r.call("GET", k) == values[k].encode()
         assert r.call("SET", "after", "restore") == "OK" and r.call("GET", "after") == b"restore"
         assert r.call("DBSIZE") == len(values) + 1
-        r2 = Resp(port)  # the restored listener accepts new clients too
+        r2 = Redis(port, timeout=15)  # the restored listener accepts new clients too
         assert r2.call("GET", "after") == b"restore"
         r.sock.close()
         r2.sock.close()
@@ -450,7 +394,7 @@ def test_migration_needs_the_local_address_at_the_destination(second_host: Secon
     host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
     proc = _start_movable_redis(_redis_conf(tmp_path, port, "0.0.0.0"))
     try:
-        r = Resp.when_up(port, host.host_address)
+        r = Redis.when_up(port, host.host_address, timeout=15)
         assert r.call("SET", "k", "v") == "OK"
         rx = _Receiver(host, tmp_path, token, rx_port)
         res, _ = _migrate(host, proc.pid, rx_port, token, tmp_path, "--tcp-established", "--stop-and-copy")
@@ -484,9 +428,9 @@ def test_client_connection_follows_redis_to_the_second_host(second_host: SecondH
     proc = _start_movable_redis(_redis_conf(tmp_path, port, vip))
     try:
         # From this host's own address (not the service address): replies must leave the second host.
-        r = Resp.when_up(port, vip, source=host.host_address)
+        r = Redis.when_up(port, vip, source=host.host_address, timeout=15)
         values = {f"key:{i}": f"value-{i}" for i in range(200)}
-        r.sock.sendall(b"".join(Resp.encode("SET", k, v) for k, v in values.items()))
+        r.sock.sendall(b"".join(Redis.encode("SET", k, v) for k, v in values.items()))
         assert [r.reply() for _ in values] == ["OK"] * len(values)
         rx = _Receiver(host, tmp_path, token, rx_port)
         res, stats = _migrate(host, proc.pid, rx_port, token, tmp_path, "--tcp-established",
