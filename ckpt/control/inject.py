@@ -50,7 +50,8 @@ ERESTART_RESTARTBLOCK = 516
 MAX_ERRNO = 4095
 
 _U64 = (1 << 64) - 1
-#: The wait status of the SIGTRAP signal-delivery-stop a single step ends in (WIFSTOPPED, SIGTRAP).
+#: The wait status of every SIGTRAP signal-delivery-stop, the one a single step ends in among them
+#: (WIFSTOPPED, SIGTRAP, no event: a syscall stop has SIGTRAP | 0x80, an event stop its event above).
 _STEP_TRAP = (signal.SIGTRAP << 8) | 0x7F
 _NO_SYSCALL = _U64  # orig_rax = -1: "not in a syscall", so the kernel does no restart handling
 
@@ -261,16 +262,14 @@ class Injector:
         while True:
             self.thread.resume(ptrace.singlestep)
             st = self._stopped(label)
-            if st.status == _STEP_TRAP:  # the usual stop, told apart without decoding it
+            if st.status == _STEP_TRAP:  # the SIGTRAP signal-delivery-stop, told apart without decoding it
                 regs = ptrace.getregs(self.tid)
                 if regs.rip == insn + len(SYSCALL_INSN):
                     return regs
+                self._defer(st)  # not our step's: a SIGTRAP dequeued before our instruction ran
+                continue
             kind = st.kind
             if kind is StopKind.SIGNAL_DELIVERY:
-                if st.stopsig == signal.SIGTRAP:
-                    regs = ptrace.getregs(self.tid)
-                    if regs.rip == insn + len(SYSCALL_INSN):
-                        return regs
                 self._defer(st)
             elif kind is StopKind.PTRACE_EVENT:
                 self.events.append((st.event, ptrace.geteventmsg(self.tid)))
