@@ -75,8 +75,6 @@ static char path[4096];
 static pid_t child;
 static unsigned char buf[BIG];
 
-static volatile sig_atomic_t got_usr1;
-static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
 
 
@@ -291,16 +289,8 @@ static void child_main(void) {
     send_fds(sq[1], "from-c", 6, &m, 1, "send from-c");
     close(m);
     if (write(rep[1], "up\n", 3) != 3) _exit(1);
-    sigset_t waitmask;
-    sigprocmask(SIG_SETMASK, NULL, &waitmask);
-    sigdelset(&waitmask, SIGUSR1);
-    struct pollfd pfd = {.fd = s1[1], .events = 0};  /* POLLHUP only: R is gone */
     for (;;) {
-        while (!got_usr1) {
-            int n = ppoll(&pfd, 1, NULL, &waitmask);
-            if (n > 0 || (n < 0 && errno != EINTR)) _exit(1);
-        }
-        got_usr1 = 0;
+        await_usr1_or_hangup(s1[1]);  /* S1 hangs up: R is gone */
         why[0] = 0;
         alarm(ROUND_ALARM);
         child_round();
@@ -421,12 +411,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("READY pids=%d,%d\n", (int)getpid(), (int)child);
-    sigset_t waitmask;
-    sigprocmask(SIG_SETMASK, NULL, &waitmask);
-    sigdelset(&waitmask, SIGUSR1);
     for (unsigned n = 1;; n++) {
-        while (!got_usr1) sigsuspend(&waitmask);
-        got_usr1 = 0;
+        await_usr1();
         if (n > 1) {
             printf("FAIL round=%u: scm_rights has one round (its queues were read in round 1)\n", n);
             continue;

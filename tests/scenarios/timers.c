@@ -59,7 +59,7 @@ static int signos[NT];
 static const long long intervals[NT] = {7 * NS, 0, 300 * MS, 200 * MS, 0};
 
 static pid_t worker_tid;
-static volatile sig_atomic_t got_usr1, ticks, bad_ticks, cticks, c_wrong_thread, unexpected;
+static volatile sig_atomic_t ticks, bad_ticks, cticks, c_wrong_thread, unexpected;
 static unsigned round_no;
 static int o_total;
 static long long prev_real_ns, prev_a_ns, prev_virt_ns, prev_prof_ns, prev_at_ns;
@@ -74,7 +74,6 @@ static long long now_ns(void) {
 static long long ts_ns(struct timespec ts) { return ts.tv_sec * NS + ts.tv_nsec; }
 static long long tv_ns(struct timeval tv) { return tv.tv_sec * NS + tv.tv_usec * 1000LL; }
 
-static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
 static void on_tick(int sig, siginfo_t *si, void *uc) {
     (void)sig; (void)uc;

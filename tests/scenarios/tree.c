@@ -71,8 +71,6 @@ static struct { pid_t pid, ppid, sid, pgid; } me;  /* recorded at set-up */
 static uint64_t *heap;
 static unsigned round_no;
 
-static volatile sig_atomic_t got_usr1;
-static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
 
 
@@ -249,19 +247,8 @@ static void child_main(int r) {
     report(line);
     if (why[0]) _exit(1);
 
-    /* Wait for SIGUSR1 (blocked except inside ppoll, so none is lost) or for the
-     * data pipe to hang up.  events = 0: the buffered bytes do not wake us, only
-     * POLLHUP (no writer left: R is gone) or POLLERR does. */
-    sigset_t waitmask;
-    sigprocmask(SIG_SETMASK, NULL, &waitmask);
-    sigdelset(&waitmask, SIGUSR1);
-    struct pollfd pfd = {.fd = dat[role][0], .events = 0};
     for (;;) {
-        while (!got_usr1) {
-            int n = ppoll(&pfd, 1, NULL, &waitmask);
-            if (n > 0 || (n < 0 && errno != EINTR)) _exit(1);
-        }
-        got_usr1 = 0;
+        await_usr1_or_hangup(dat[role][0]);  /* the data pipe hangs up: no writer left, R is gone */
         child_check();
     }
 }
@@ -350,10 +337,10 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);  /* a dead reader shows as EPIPE in a FAIL line */
-    sigset_t usr1, waitmask;
+    sigset_t usr1;
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &waitmask);
+    sigprocmask(SIG_BLOCK, &usr1, NULL);
 
     heap = malloc(HEAP_WORDS * sizeof *heap);
     if (!heap) die("malloc");
@@ -407,8 +394,7 @@ int main(int argc, char **argv) {
     printf("READY pids=%d,%d,%d,%d,%d,%d,%d\n", rpid, pids[C1], pids[C2], pids[C3], pids[G], pids[C4], zpid);
     fflush(stdout);
     for (;;) {
-        while (!got_usr1) sigsuspend(&waitmask);
-        got_usr1 = 0;
+        await_usr1();
         root_round();
     }
 }

@@ -64,8 +64,6 @@ static pid_t child;
 static unsigned round_no;
 static unsigned char buf[BIG];
 
-static volatile sig_atomic_t got_usr1;
-static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
 
 
@@ -208,16 +206,8 @@ static void child_main(void) {
     char line[sizeof why + 16];
     snprintf(line, sizeof line, why[0] ? "FAIL C setup: %s\n" : "up\n", why);
     if (write(rep[1], line, strlen(line)) < 0) _exit(1);
-    sigset_t waitmask;
-    sigprocmask(SIG_SETMASK, NULL, &waitmask);
-    sigdelset(&waitmask, SIGUSR1);
-    struct pollfd pfd = {.fd = xp[0][1], .events = 0};  /* POLLHUP only: R is gone */
     for (;;) {
-        while (!got_usr1) {
-            int n = ppoll(&pfd, 1, NULL, &waitmask);
-            if (n > 0 || (n < 0 && errno != EINTR)) _exit(1);
-        }
-        got_usr1 = 0;
+        await_usr1_or_hangup(xp[0][1]);  /* it hangs up: R is gone */
         why[0] = 0;
         round_body();
         snprintf(line, sizeof line, why[0] ? "FAIL C: %s\n" : "OK\n", why);
@@ -280,12 +270,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("READY pids=%d,%d\n", (int)getpid(), (int)child);
-    sigset_t waitmask;
-    sigprocmask(SIG_SETMASK, NULL, &waitmask);
-    sigdelset(&waitmask, SIGUSR1);
     for (unsigned n = 1;; n++) {
-        while (!got_usr1) sigsuspend(&waitmask);
-        got_usr1 = 0;
+        await_usr1();
         why[0] = 0;
         if (kill(child, SIGUSR1)) fail("kill C: %s", strerror(errno));
         round_body();

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,10 @@
 #include <unistd.h>
 
 static char why[2048];  /* this round's failures, "; "-separated */
+static volatile sig_atomic_t got_usr1;  /* a round was asked for (on_usr1 is the SIGUSR1 handler) */
+
+__attribute__((unused))
+static void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
 __attribute__((unused, format(printf, 1, 2)))
 static void fail(const char *fmt, ...) {
@@ -58,6 +63,32 @@ static int read_report_line(int fd, char *line, size_t size, long timeout_ms) {
         if (c == '\n') { line[n] = 0; return 0; }
         if (n + 1 < size) line[n++] = c;
     }
+}
+
+/* Wait for the next SIGUSR1.  The caller blocks it outside this wait (installing on_usr1), so none
+ * is lost between rounds. */
+__attribute__((unused))
+static void await_usr1(void) {
+    sigset_t waitmask;
+    sigprocmask(SIG_SETMASK, NULL, &waitmask);
+    sigdelset(&waitmask, SIGUSR1);
+    while (!got_usr1) sigsuspend(&waitmask);
+    got_usr1 = 0;
+}
+
+/* A child's await_usr1: it also ends (_exit(1)) once fd hangs up, its parent gone.  events = 0:
+ * bytes buffered in fd do not wake it, only POLLHUP or POLLERR do. */
+__attribute__((unused))
+static void await_usr1_or_hangup(int fd) {
+    sigset_t waitmask;
+    sigprocmask(SIG_SETMASK, NULL, &waitmask);
+    sigdelset(&waitmask, SIGUSR1);
+    struct pollfd pfd = {.fd = fd, .events = 0};
+    while (!got_usr1) {
+        int n = ppoll(&pfd, 1, NULL, &waitmask);
+        if (n > 0 || (n < 0 && errno != EINTR)) _exit(1);
+    }
+    got_usr1 = 0;
 }
 
 #endif
