@@ -5,7 +5,9 @@ Order (DESIGN §4, each step a lesson of the prototype):
 1. wait until the pid is free (a killed process keeps it 1-2 s here), create the
    helper with ``clone3(set_tid=[pid])`` — from this process (ckpt stays the
    parent and can wait for it) or, ``detached``, from an intermediate that exits
-   at once so the helper is reparented like a daemon;
+   at once so the helper is reparented like a daemon; in a tree, only the
+   root's: each other helper is cloned from its parent's once that one is
+   through step 4 (:class:`_Helpers`);
 2. seize it (TRACECLONE | EXITKILL), unregister its rseq area (it lives in a
    TLS that is about to disappear);
 3. map the trampoline (``syscall; int3``) and a scratch area at an address free
@@ -255,13 +257,12 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     image = chain[-1]
     infos = image.processes
     root = tree.plan(infos)
-    live = [_Member.load(image, p.pid, p.shares_files) for p in infos if not p.zombie]
+    live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
     for m in live:
         memory.check_files(m.mm, m.vmas)
     waited = sum(wait_pid_free(p.pid) for p in root.walk())
 
-    hint = read_maps(os.getpid())  # the helpers' mappings: they are copies of this process
-    created = tree.create(root, detached=detached)
+    helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached)
     opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
@@ -271,11 +272,12 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     nvmas, mem_s = 0, 0.0
     filled_pages = filled_bytes = 0
     filler = memory.PageFiller()  # one set of fill threads for the tree, not one per process
+    members = {m.pid: m for m in live}
     try:
-        for m in live:  # parents first: every helper exists, each is built in turn and stays frozen
-            m.proc, m.frozen = _seize_helper(m.pid)
+        for ws in helpers.build():  # parents first; each is built in turn and stays frozen
+            m = members[ws.pid]
+            m.ws = ws
             threads.check_xstate(m.pid, m.cores)
-            m.ws = _prepare(m.proc, m.pid, m.mm, m.vmas, hint, own_fds=not m.shares_files)
             n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
@@ -287,7 +289,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
     except BaseException as exc:
-        _kill_tree([m.proc for m in live], created, root.pid, ours=not detached)
+        helpers.kill()
         shmem.sysv.abort()
         raise _restore_error(exc, root.pid)
     finally:
@@ -312,9 +314,7 @@ class _Member:
     cores: list
     entry: process_pb2.ProcessEntry
     shares_files: bool = False  # its parent's descriptor table (CLONE_FILES): restored by the parent
-    proc: FrozenProcess | None = None
-    frozen: AbstractContextManager[FrozenProcess] | None = None  # keep referenced: see _seize_helper
-    ws: "_Workspace | None" = None
+    ws: "_Workspace | None" = None  # its helper, once built
 
     @classmethod
     def load(cls, image: Image, pid: int, shares_files: bool = False) -> "_Member":
@@ -365,6 +365,61 @@ def _write_pidfile(pidfile: str | os.PathLike[str] | None, pid: int) -> None:
             f.write(f"{pid}\n")
 
 
+class _Helpers:
+    """A tree's helpers, built one by one, parents first (:meth:`build`); :meth:`kill` ends them all.
+
+    Only the root's helper is a copy of this process (:func:`tree.create`):
+    it is seized and emptied (:func:`_prepare`), then clones the helpers of
+    its children (:func:`tree.clone_helper`, an injected clone3), which start
+    out as empty as it is — no copy of the restorer to fork and unmap again
+    (measured: ~2.5 ms a process).  Each one clones its own children in turn
+    before its memory is mapped, so no helper inherits anything of another
+    process's memory.  A zombie's helper ends at once
+    (:func:`tree.end_as_zombie`).  The trampoline sits where no process of
+    the tree maps anything, so the clones keep it where it is.
+    """
+
+    def __init__(self, root: tree.Plan, layouts: Mapping[int, tuple[mm_pb2.MmEntry, Sequence[mm_pb2.Vma]]],
+                 *, detached: bool) -> None:
+        self.root, self.layouts, self.detached = root, layouts, detached
+        #: Every helper made (zombies too), parents first: what :meth:`kill` ends.
+        self.created: list[int] = []
+        #: The live helpers we hold, parents first.
+        self.procs: dict[int, FrozenProcess] = {}
+        self._frozen: AbstractContextManager[FrozenProcess] | None = None  # keep referenced: see _seize_helper
+
+    def build(self) -> Iterator[_Workspace]:
+        """Yield each live process's emptied helper with its vDSO in place, parents first, its children made."""
+        root = self.root
+        hint = read_maps(os.getpid())  # the root helper's mappings: it is a copy of this process
+        avoid = [(v.start, v.end) for _, vmas in self.layouts.values() for v in vmas]
+        self.created.extend(tree.create(root, detached=self.detached))
+        parents: dict[int, _Workspace] = {}
+        for p in root.walk():
+            if p.zombie:
+                continue
+            mm, vmas = self.layouts[p.pid]
+            if p is root:
+                proc, self._frozen = _seize_helper(p.pid)
+                self.procs[p.pid] = proc
+                ws = _prepare(proc, p.pid, mm, vmas, hint, own_fds=True, avoid=avoid)
+            else:
+                ws = _prepare_clone(self.procs[p.pid], parents.pop(p.pid), mm, vmas, own_fds=not p.shares_files)
+            for c in p.children:
+                self.procs[c.pid] = tree.clone_helper(ws.inj, ws.scratch, c)
+                self.created.append(c.pid)
+                if c.zombie:
+                    tree.end_as_zombie(ws.inj, ws.scratch, self.procs[c.pid], c)
+                    del self.procs[c.pid]  # (kept until it is let go: a failure above kills and collects it)
+                else:
+                    parents[c.pid] = ws
+            yield ws
+
+    def kill(self) -> None:
+        """After a failure: kill every helper made, collect the threads we trace, reap the root if ours."""
+        _kill_tree(list(self.procs.values()), self.created, self.root.pid, ours=not self.detached)
+
+
 def _seize_helper(pid: int) -> tuple[FrozenProcess, AbstractContextManager[FrozenProcess]]:
     """Freeze the fresh helper for good: it is released only as the restored process (or killed).
 
@@ -395,6 +450,8 @@ class _Workspace:
     vdso_insn_off: int | None
     placed: dict[int, tuple[int, int]]
     own_fds: bool = True  # False: the descriptor table is the parent's (CLONE_FILES)
+    #: Where every kernel area is now, by kind (``placed``, and any the image does not record).
+    areas: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     #: Trampoline page + scratch pages.
     AREA = (1 + _SCRATCH_PAGES) * PAGE_SIZE
@@ -407,7 +464,7 @@ class _Workspace:
         if not any(s < self.tramp + self.AREA and self.tramp < e for s, e in wanted):
             return
         new = memory.free_area(self.AREA, [*wanted, *mapped, (self.tramp, self.tramp + self.AREA),
-                                           *self.placed.values()])
+                                           *self.placed.values(), *self.areas.values()])
         _map_trampoline(self.inj, self.proc.mem, new)
         old = self.tramp
         self.inj = Injector(self.proc.threads[self.pid], syscall_insn=new)
@@ -425,7 +482,8 @@ def _map_trampoline(inj: Injector, mem: ProcMem, at: int) -> None:
 
 
 def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma],
-             hint: Sequence | None = None, own_fds: bool = True) -> _Workspace:
+             hint: Sequence | None = None, own_fds: bool = True,
+             avoid: Sequence[tuple[int, int]] = ()) -> _Workspace:
     """DESIGN §4 steps 2-3: rseq off, trampoline, empty address space, vDSO/vvar at the image's addresses.
 
     ``hint``: this process's own mappings, read just before the helpers were
@@ -435,8 +493,11 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     of this Python process): parsing them once instead of once per helper.
     ``own_fds`` False: the helper shares its parent's descriptor table
     (CLONE_FILES), emptied by the parent already and maybe refilled since.
+    ``avoid``: ranges the trampoline must not take besides this image's (the
+    other processes' of a tree: their helpers are cloned with it in place).
+    Forks are traced too: a helper's children are cloned from it.
     """
-    ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL)
+    ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACEFORK)
     # Find the syscall instruction in the helper's vDSO from its mappings (a search of its own
     # would read them again).
     helper_maps = hint if hint is not None else read_maps(pid)
@@ -457,7 +518,7 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
         s, e = current[memory.Kind.VDSO]
         if s <= proc.syscall_insn < e:
             vdso_insn_off = proc.syscall_insn - s
-    taken = [(v.start, v.end) for v in helper_maps] + [(v.start, v.end) for v in vmas]
+    taken = [(v.start, v.end) for v in helper_maps] + [(v.start, v.end) for v in vmas] + list(avoid)
     area = _Workspace.AREA
     tramp = memory.free_area(area, taken)
     mem = proc.mem
@@ -466,7 +527,7 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     except OSError as exc:
         if exc.errno != errno.EEXIST or hint is None:
             raise
-        taken = [(v.start, v.end) for v in read_maps(pid)] + [(v.start, v.end) for v in vmas]
+        taken = [(v.start, v.end) for v in read_maps(pid)] + [(v.start, v.end) for v in vmas] + list(avoid)
         tramp = memory.free_area(area, taken)
         _map_trampoline(inj0, mem, tramp)
     scratch = Scratch(tramp + PAGE_SIZE, area - PAGE_SIZE, mem)
@@ -485,7 +546,31 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     temp = memory.free_area(max(temp_size, PAGE_SIZE), taken + keep)
     memory.move_vdso(inj, mem, current, mm, vmas, temp)
     placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
-    return _Workspace(proc, pid, inj, scratch, tramp, vdso_insn_off, placed, own_fds)
+    return _Workspace(proc, pid, inj, scratch, tramp, vdso_insn_off, placed, own_fds, {**current, **placed})
+
+
+def _prepare_clone(proc: FrozenProcess, parent: _Workspace, mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma],
+                   own_fds: bool = True) -> _Workspace:
+    """:func:`_prepare` for a helper cloned from its parent's (:class:`_Helpers`): only the vDSO to move.
+
+    It has what its parent had when it was cloned: the trampoline, the
+    kernel's areas at the parent's image addresses, no rseq area, an empty
+    descriptor table (or the parent's, ``own_fds`` False) and the parent's
+    ptrace options.
+    """
+    pid, tramp = proc.pid, parent.tramp
+    proc.use_syscall_insn(tramp)
+    inj = Injector(proc.threads[pid], syscall_insn=tramp)
+    scratch = Scratch(tramp + PAGE_SIZE, _Workspace.AREA - PAGE_SIZE, proc.mem)
+    current = dict(parent.areas)
+    keep = [(tramp, tramp + _Workspace.AREA), *current.values()]
+    temp_size = sum(e - s for s, e in current.values())
+    temp = memory.free_area(max(temp_size, PAGE_SIZE), keep + [(v.start, v.end) for v in vmas])
+    memory.move_vdso(inj, proc.mem, current, mm, vmas, temp)
+    placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
+    ws = _Workspace(proc, pid, inj, scratch, tramp, parent.vdso_insn_off, placed, own_fds, {**current, **placed})
+    ws.relocate([(v.start, v.end) for v in vmas], [])  # not needed when the trampoline avoided the whole tree
+    return ws
 
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
@@ -581,7 +666,6 @@ class _Staged:
 
     pid: int
     proc: FrozenProcess
-    frozen: AbstractContextManager[FrozenProcess]  # keep referenced: see _seize_helper
     ws: _Workspace
     layout: list[mm_pb2.Vma] = field(default_factory=list)
     covered: list[tuple[int, int]] = field(default_factory=list)  # every page of the newest image's pagemap
@@ -630,7 +714,7 @@ class StagedRestore:
         self.state = "new"
         self.stages: list[StageStats] = []
         self._procs: dict[int, _Staged] = {}  # parents first
-        self._created: list[int] = []         # every helper made, for abort
+        self._helpers: _Helpers | None = None  # every helper made, for abort
         self._chain: list[Image] = []
         self._zombies: list[int] = []  # made with the tree by start(): every later image must have them
         self._shmem = memory.ShmemObjects()
@@ -639,7 +723,7 @@ class StagedRestore:
     @property
     def pids(self) -> list[int]:
         """Every process created (the root first): what to kill to end a stage in progress at once."""
-        return list(self._created)
+        return list(self._helpers.created) if self._helpers is not None else []
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -657,16 +741,13 @@ class StagedRestore:
         self._waited = sum(wait_pid_free(p.pid) for p in root.walk())
         self.pid, self.state = root.pid, "staged"
         self._zombies = sorted(p.pid for p in root.walk() if p.zombie)
-        hint = read_maps(os.getpid())  # the helpers' mappings: they are copies of this process
-        self._created = tree.create(root, detached=self.detached)
+        self._helpers = _Helpers(root, layouts, detached=self.detached)
         nvmas = pages = nbytes = 0
         with self._failing(), memory.PageFiller() as filler:
-            shares = {p.pid for p in image.processes if p.shares_files}
-            for pid, (mm, vmas) in layouts.items():
-                proc, frozen = _seize_helper(pid)
-                ws = _prepare(proc, pid, mm, vmas, hint, own_fds=pid not in shares)
+            for ws in self._helpers.build():
+                vmas = layouts[ws.pid][1]
                 n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem, filler)
-                st = self._procs[pid] = _Staged(pid, proc, frozen, ws)
+                st = self._procs[ws.pid] = _Staged(ws.pid, ws.proc, ws)
                 self._took(st, chain, vmas)
                 nvmas, pages, nbytes = nvmas + n, pages + filled.pages_stored, nbytes + filled.bytes_read
             self._chain = list(chain)
@@ -723,7 +804,7 @@ class StagedRestore:
                             pages_written=stage.pages_written, bytes_written=stage.bytes_written,
                             pid_wait_seconds=self._waited, memory_seconds=mem_s,
                             total_seconds=time.monotonic() - t0, detached=self.detached, notes=tuple(notes),
-                            staged_pages=staged, processes=tuple(self._created))
+                            staged_pages=staged, processes=tuple(self.pids))
 
     def abort(self) -> None:
         """Kill the staged helpers and collect them (the pids are free again); nothing once they run or are gone."""
@@ -732,7 +813,8 @@ class StagedRestore:
                 self.state = "aborted"
             return
         self.state = "aborted"
-        _kill_tree([st.proc for st in self._procs.values()], self._created, self.pid, ours=not self.detached)
+        if self._helpers is not None:
+            self._helpers.kill()
         self._shmem.sysv.abort()
         self._procs.clear()
 
@@ -758,7 +840,7 @@ class StagedRestore:
         if zombies != self._zombies:
             raise StagingMismatch(f"{newest.path}: has zombies {zombies}, the staged tree {self._zombies}")
         layouts = _layouts(newest)
-        if list(layouts) != list(self._procs):
+        if sorted(layouts) != sorted(self._procs):
             raise StagingMismatch(f"{newest.path}: is an image of processes {sorted(layouts)}, the staged ones are "
                                   f"{sorted(self._procs)}")
         if [img.id for img in chain[:-1]] != [img.id for img in self._chain]:

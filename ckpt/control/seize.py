@@ -295,6 +295,23 @@ class FrozenProcess:
         #: A restore's helper: its threads may be pinned to the controller's CPU (FrozenThread.share_cpu).
         self.pin_cpus = False
 
+    @classmethod
+    def adopt(cls, pid: int, stop: WaitStatus, parent: FrozenThread) -> "FrozenProcess":
+        """A process that ``parent`` (a frozen thread) has just forked, auto-attached by PTRACE_O_TRACEFORK.
+
+        It is held in its first stop (``stop``), single-threaded, with the
+        ptrace options and the CPU mask of ``parent`` — whose own mask it is
+        given back before it runs (:meth:`FrozenThread.inherit_pin`).  No seize
+        loop: nothing but us can have made a thread in it.
+        """
+        proc = cls(pid, read_starttime(pid))
+        proc.pin_cpus = parent.process.pin_cpus
+        regs = ptrace.getregs(pid)
+        thread = FrozenThread(proc, ThreadSnapshot(pid, bytes(regs), ptrace.getsigmask(pid), stop), stop)
+        thread.inherit_pin(parent)
+        proc.threads[pid] = thread
+        return proc
+
     # --- access ---
 
     @property

@@ -9,15 +9,19 @@ and was not reaped is a zombie: it cannot be seized and holds nothing but its
 ids and wait status (field 52 of ``/proc/PID/stat``), which the inventory
 records.
 
-Restore: :func:`create` builds the whole tree of *helpers* before any is
-seized, by plain syscalls in raw ``clone3`` copies of the restorer: each helper
-takes its session (``setsid``) and, as a group leader, its group
-(``setpgid(0, 0)``), then creates its children with ``clone3(set_tid=[pid])``
-— so parent links, inherited sessions and groups come out as they were — and
-pauses until the restorer turns it into its process.  A zombie's helper exits
-at once with the recorded status, and stays a zombie of its parent.  A member
-of another group of its session joins it later (``setpgid``, injected with
-the rest of the session state once every group leader exists).
+Restore: :func:`create` makes the root's *helper*, a raw ``clone3`` copy of
+the restorer with the root's pid that takes its session (``setsid``) or, as
+a group leader, its group (``setpgid(0, 0)``) and pauses until it is seized.
+Every other helper is cloned later from its parent's, once that one is
+emptied (the restore's ``_Helpers``): :func:`clone_helper` injects
+``clone3(set_tid=[pid])`` into the parent, and the child, traced from birth
+(PTRACE_O_TRACEFORK), takes its ids the same way — so parent links,
+inherited sessions and groups come out as they were, and no helper but the
+root is a copy of the restorer to empty again.  A zombie's helper ends at
+once with the recorded status (:func:`end_as_zombie`) and stays a zombie of
+its parent.  A member of another group of its session joins it later
+(``setpgid``, injected with the rest of the session state once every group
+leader exists).
 
 A child that shares its parent's descriptor table (``CLONE_FILES``, found
 with kcmp at dump) is created with ``CLONE_FILES`` again, and the table is
@@ -41,20 +45,26 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+from ..control.inject import Injector, Scratch
 from ..control.seize import FrozenProcess, freeze
 from ..errors import RestoreError, TargetGone, Unsupported
 from ..image.records import ProcessInfo
-from ..kernel import clone
+from ..kernel import clone, ptrace
+from ..kernel.arch_x86_64 import NR
 from ..kernel.kcmp import KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM, kcmp
 from ..kernel.prctl import PR_SET_NAME
 from ..kernel.libc import libc
+from ..kernel.ptrace import StopKind
 from ..procfs.stat import read_stat
 
-__all__ = ["Zombie", "FrozenTree", "children", "kill", "descendants", "zombies_of", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "CREATE_TIMEOUT"]
+__all__ = ["Zombie", "FrozenTree", "children", "kill", "descendants", "zombies_of", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "clone_helper", "end_as_zombie",
+           "CREATE_TIMEOUT"]
 
 #: Seconds to wait for every helper of a tree to report.
 CREATE_TIMEOUT = 10.0
 _REPORT = struct.Struct("=ii")  # (pid, errno): 0 = created
+_SIGACTION_SIZE = 32  # the kernel's struct sigaction on x86_64: handler, flags, restorer, mask
+_ALL_SIGNALS = (1 << 64) - 1  # a blocked mask with every signal (the kernel leaves out SIGKILL and SIGSTOP)
 
 
 # --- dump ---------------------------------------------------------------------------------------
@@ -267,12 +277,12 @@ def plan(processes: Sequence[ProcessInfo]) -> Plan:
 
 
 def create(root: Plan, *, detached: bool) -> list[int]:
-    """Create the tree of helpers (see the module doc); their pids, parents first.
+    """Create the root's helper (see the module doc): ``[root.pid]``.
 
-    Not ``detached``: the root is our child.  ``detached``: an intermediate
-    creates it and exits, so it is reparented like a daemon.  On failure every
-    helper created is killed (the zombies go with their parents) and
-    RestoreError names the pid that could not be made.
+    Not ``detached``: it is our child.  ``detached``: an intermediate
+    creates it and exits, so it is reparented like a daemon.  On failure it
+    is killed and RestoreError says why.  Its descendants are cloned from it
+    later (:func:`clone_helper`), once it is emptied.
     """
     rfd, wfd = os.pipe()
     created: list[int] = []
@@ -281,16 +291,17 @@ def create(root: Plan, *, detached: bool) -> list[int]:
             _spawn_root(root, wfd, detached)
         finally:
             os.close(wfd)
-        failures = _collect(rfd, root, created)
+        err = _collect(rfd, root.pid)
+        if err is None:
+            created.append(root.pid)
     except BaseException:
-        _kill(created, root.pid, ours=not detached)
+        _kill([root.pid], root.pid, ours=not detached)
         raise
     finally:
         os.close(rfd)
-    if failures:
-        _kill(created, root.pid, ours=not detached)
-        pid, err = failures[0]
-        raise RestoreError(_clone_failure(pid, err))
+    if err is not None:
+        _kill([root.pid], root.pid, ours=not detached)
+        raise RestoreError(_clone_failure(root.pid, err))
     return created
 
 
@@ -325,7 +336,7 @@ def _spawn_root(root: Plan, wfd: int, detached: bool) -> None:
 
 
 def _helper(me: Plan, wfd: int) -> None:
-    """A helper's life before it is seized (a raw copy of the restorer): ids, children, then pause."""
+    """The root helper's life before it is seized (a raw copy of the restorer): its ids, then pause."""
     try:
         try:
             if me.sid == me.pid:
@@ -334,63 +345,125 @@ def _helper(me: Plan, wfd: int) -> None:
                 os.setpgid(0, 0)
         except OSError as exc:
             os.write(wfd, _REPORT.pack(me.pid, exc.errno or 1))
-            os._exit(1)  # with no children made: the restorer waits for none of them
+            os._exit(1)
         os.write(wfd, _REPORT.pack(me.pid, 0))
-        if me.zombie:
-            if me.comm:
-                libc.prctl(PR_SET_NAME, me.comm.encode()[:15], 0, 0, 0)
-            _die_as(me.wait_status)
-        for c in me.children:
-            try:
-                if clone.clone3(flags=clone.CLONE_FILES if c.shares_files else 0, set_tid=[c.pid]) == 0:
-                    _helper(c, wfd)
-            except OSError as exc:
-                os.write(wfd, _REPORT.pack(c.pid, exc.errno or 1))
         while True:
             libc.pause()
     finally:
         os._exit(127)
 
 
-def _die_as(wait_status: int) -> None:
-    """End this helper so that its parent's waitpid gets ``wait_status``."""
-    if os.WIFSIGNALED(wait_status):
-        sig = os.WTERMSIG(wait_status)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file for a zombie's re-enactment
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    os._exit(os.WEXITSTATUS(wait_status) if os.WIFEXITED(wait_status) else 0)
-
-
-def _collect(rfd: int, root: Plan, created: list[int]) -> list[tuple[int, int]]:
-    """Read every helper's report: the created pids go to ``created``; returns the (pid, errno) failures."""
-    expected = {p.pid for p in root.walk()}
-    failures: list[tuple[int, int]] = []
-    buf = b""
+def _collect(rfd: int, pid: int) -> int | None:
+    """The root helper's report: None once it is made, else the errno it failed with (0: it vanished)."""
     deadline = time.monotonic() + CREATE_TIMEOUT
-    while expected:
+    buf = b""
+    while len(buf) < _REPORT.size:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([rfd], [], [], left)[0]:
-            raise RestoreError(f"the helpers of pids {sorted(expected)} did not report within {CREATE_TIMEOUT:.0f} s")
-        chunk = os.read(rfd, 4096)
-        if not chunk:  # every helper is gone: the ones not reported were never made
-            failures.extend((pid, 0) for pid in sorted(expected))
-            break
+            raise RestoreError(f"the helper of pid {pid} did not report within {CREATE_TIMEOUT:.0f} s")
+        chunk = os.read(rfd, _REPORT.size - len(buf))
+        if not chunk:
+            return 0
         buf += chunk
-        while len(buf) >= _REPORT.size:
-            pid, err = _REPORT.unpack_from(buf)
-            buf = buf[_REPORT.size:]
-            expected.discard(pid)
-            if err:
-                failures.append((pid, err))
-                # a child that was not made has no subtree: stop waiting for it
-                for p in root.walk():
-                    if p.pid == pid:
-                        expected.difference_update(q.pid for q in p.walk())
-            else:
-                created.append(pid)
-    return failures
+    _, err = _REPORT.unpack(buf)
+    return err or None
+
+
+def clone_helper(inj: Injector, scratch: Scratch, child: Plan) -> FrozenProcess:
+    """Clone the helper of ``child`` from its parent's (``inj``: the parent's emptied main thread).
+
+    An injected ``clone3(set_tid=[pid])``, fork-like (``CLONE_FILES`` if the
+    table is shared), from a helper that holds nothing but the trampoline and
+    the kernel's areas: cheap, and the copy needs no emptying.  The parent
+    traces forks (PTRACE_O_TRACEFORK), so the child is ours from its first
+    instruction on, held in its first stop; it then takes its session or
+    group as :func:`_helper` does.  RestoreError if the pid is taken.
+    """
+    flags = clone.CLONE_FILES if child.shares_files else 0
+    scratch.write(0, clone.clone_args_bytes(flags, exit_signal=signal.SIGCHLD, set_tid=[child.pid],
+                                            at=scratch.addr))
+    try:
+        pid = inj.call(NR.clone3, scratch.addr, clone.CLONE_ARGS_SIZE_VER2, name=f"clone3(set_tid=[{child.pid}])")
+    except OSError as exc:
+        raise RestoreError(_clone_failure(child.pid, exc.errno)) from exc
+    try:
+        if pid != child.pid:  # not reachable with set_tid
+            raise RestoreError(f"clone3 gave pid {pid}, wanted {child.pid}")
+        st = ptrace.waitpid(pid)
+        if st is None or st.kind is not StopKind.EVENT_STOP:
+            raise RestoreError(f"the helper of pid {pid} did not stop as expected: {st}")
+        proc = FrozenProcess.adopt(pid, st, inj.thread)
+        cinj = Injector(proc.threads[pid], syscall_insn=inj.syscall_insn)
+        try:
+            if child.sid == child.pid:
+                cinj.call(NR.setsid)
+            elif child.pgid == child.pid:
+                cinj.call(NR.setpgid, 0, 0)
+        except OSError as exc:
+            raise RestoreError(f"the helper of pid {pid} cannot take its session or group: "
+                               f"{os.strerror(exc.errno or 0)}") from exc
+    except BaseException:
+        _discard(pid)
+        raise
+    return proc
+
+
+def _discard(pid: int) -> None:
+    """Kill a helper we trace and collect it (its parent, killed with the tree, then gets it)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        while not (st := ptrace.waitpid(pid)) or not st.gone:
+            pass
+    except OSError:
+        pass  # gone and collected already
+
+
+def end_as_zombie(parent: Injector, scratch: Scratch, proc: FrozenProcess, me: Plan) -> None:
+    """Let a zombie's freshly cloned helper (``proc``) end with its recorded wait status, unreaped.
+
+    It takes its name, then runs one more syscall from the trampoline as we
+    let it go: ``exit_group(code)``, or ``kill(self, sig)`` with the signal's
+    default action and no core file.  The SIGCHLD its end sends the parent
+    is taken back (``rt_sigtimedwait`` in the parent, which blocks every
+    signal from now on, as a helper being restored does anyway): the restored
+    parent gets only the signals of its image.
+    """
+    pid, ptid = proc.pid, parent.tid
+    t = proc.threads[pid]
+    insn = parent.syscall_insn
+    inj = Injector(t, syscall_insn=insn)
+    if me.comm:  # the child's own copy of the scratch area, at the same address
+        proc.mem.write(scratch.addr, me.comm.encode()[:15] + b"\0")
+        inj.call(NR.prctl, PR_SET_NAME, scratch.addr, 0, 0, 0, name="prctl(PR_SET_NAME)")
+    regs = t.snapshot.regs
+    regs.rip, regs.orig_rax = insn, (1 << 64) - 1
+    status = me.wait_status
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            proc.mem.write(scratch.addr, bytes(_SIGACTION_SIZE))  # SIG_DFL, no flags, empty mask
+            inj.call(NR.rt_sigaction, sig, scratch.addr, 0, 8, name=f"rt_sigaction({sig}, SIG_DFL)")
+        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))  # no core file for a re-enactment
+        ptrace.setsigmask(pid, 0)
+        regs.rax, regs.rdi, regs.rsi = NR.kill, pid, sig
+    else:
+        regs.rax, regs.rdi = NR.exit_group, os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:  # inherited from us: the zombie would be reaped
+        scratch.write(0, bytes(_SIGACTION_SIZE))
+        parent.call(NR.rt_sigaction, signal.SIGCHLD, scratch.addr, 0, 8, name="rt_sigaction(SIGCHLD, SIG_DFL)")
+    ptrace.setsigmask(ptid, _ALL_SIGNALS)
+    t.unpin()
+    ptrace.setregs(pid, regs)
+    ptrace.detach(pid, 0)
+    t.gone, proc.released = True, True
+    proc.mem.close()
+    proc._mem = None
+    # Wait for its SIGCHLD (which also says that it has ended) and take it out of the parent's queue.
+    scratch.write(0, struct.pack("<Qqq", 1 << (signal.SIGCHLD - 1), int(CREATE_TIMEOUT), 0))
+    try:
+        parent.call(NR.rt_sigtimedwait, scratch.addr, 0, scratch.addr + 8, 8, name="rt_sigtimedwait(SIGCHLD)")
+    except OSError as exc:
+        raise RestoreError(f"the helper of zombie {pid} did not end: {os.strerror(exc.errno or 0)}") from exc
 
 
 def kill(pids: Sequence[int]) -> None:

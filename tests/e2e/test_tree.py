@@ -200,6 +200,20 @@ def test_fifo_between_processes_keeps_its_bytes(py_target, tmp_path: Path, resto
         kill_all([child])
 
 
+def test_zombies_keep_their_names_and_wait_statuses(py_target, tmp_path: Path,  # noqa: ANN001
+                                                    restored: list[int]) -> None:
+    """Zombies that exited, died of a caught-by-default signal and of SIGKILL; no SIGCHLD made up for them."""
+    t = py_target("py_zombies.py", stderr=subprocess.DEVNULL)
+    zombies = [int(z) for z in t.ready()["zombies"].split(",")]
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert list(r.processes) == [t.pid, *zombies]
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", 10) == "PASS zombies"
+
+
 def test_shared_descriptor_table_stays_shared(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     t = c_target("clone_files")
     child = int(t.ready()["child"])

@@ -8,6 +8,9 @@
  *   C3  its own session; forks G, which stays in C3's session and group
  *   C4  joins C2's process group (another group of R's session)
  *   Z   exits at once with status 7; R leaves it a zombie until the first check
+ *       (R blocks SIGCHLD, which has a handler, and takes Z's before READY:
+ *       every round checks that none is pending — no child ends, so one would
+ *       be a restore's doing)
  * Every process fills a private 2 MiB malloc'ed buffer with a pattern derived
  * from its pid and records its pid, ppid, sid and pgid.  All of them share one
  * open file description of DIR/ckpt-tree-XXXXXX (4096 bytes, left on disk),
@@ -281,6 +284,8 @@ static char *read_line(int fd, char *buf, size_t size, long deadline, const char
     }
 }
 
+static void on_chld(int sig) { (void)sig; }
+
 static void root_round(void) {
     why[0] = 0;
     round_no++;
@@ -310,6 +315,9 @@ static void root_round(void) {
         z_reaped = 1;
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 7) fail("Z: wait status 0x%x, want exit 7", st);
     }
+
+    sigset_t pending;
+    if (sigpending(&pending) || sigismember(&pending, SIGCHLD)) fail("R: a SIGCHLD is pending, no child ended");
 
     check_ids();
     check_heap();
@@ -365,9 +373,15 @@ int main(int argc, char **argv) {
     pids[C3] = start_child(C3);                           /* forks G */
     pids[C4] = start_child(C4);
     if (setpgid(pids[C4], pids[C2])) die("setpgid C4");
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
     zpid = fork();
     if (zpid < 0) die("fork");
     if (zpid == 0) _exit(7);
+    if (sigprocmask(SIG_BLOCK, &chld, NULL)) die("sigprocmask");
+    struct sigaction on = {.sa_handler = on_chld};  /* not SIG_DFL: setting SIG_DFL would drop a pending one */
+    if (sigaction(SIGCHLD, &on, NULL)) die("sigaction SIGCHLD");
 
     for (int k = 0; k < NKIDS; k++) { close(rep[k][1]); close(dat[k][0]); }
     long deadline = now_ms() + SETUP_MS;
@@ -389,6 +403,8 @@ int main(int argc, char **argv) {
     }
     siginfo_t si;  /* Z is a zombie before READY; WNOWAIT leaves it one */
     if (waitid(P_PID, zpid, &si, WEXITED | WNOWAIT)) die("waitid Z");
+    struct timespec no_wait = {0, 0};
+    sigtimedwait(&chld, NULL, &no_wait);  /* Z's, if it came after the block (before, SIG_DFL dropped it) */
     record_ids();
 
     printf("READY pids=%d,%d,%d,%d,%d,%d,%d\n", rpid, pids[C1], pids[C2], pids[C3], pids[G], pids[C4], zpid);
