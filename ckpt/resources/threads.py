@@ -111,8 +111,19 @@ def dump_thread(t: FrozenThread, inj: Injector, scratch: Scratch) -> core_pb2.Th
     inj.call(NR.sigaltstack, 0, scratch.addr)
     ss = stack_t.from_buffer_copy(scratch.read(0, ctypes.sizeof(stack_t)))
     core.sigaltstack.CopyFrom(core_pb2.SigAltStack(sp=ss.ss_sp, flags=ss.ss_flags, size=ss.ss_size))
-    core.timer_slack_ns = inj.call(NR.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    core.timer_slack_ns = _timer_slack(t.pid, tid, inj)
     return core
+
+
+def _timer_slack(pid: int, tid: int, inj: Injector) -> int:
+    """The leader's from /proc/PID/timerslack_ns (no ptrace round trip); other threads' have no file: injected."""
+    if tid == pid:
+        try:
+            with open(f"/proc/{pid}/timerslack_ns", "rb") as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            pass
+    return inj.call(NR.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0)
 
 
 def dump_threads(proc: FrozenProcess, scratch: Scratch, snap: Snapshot | None = None) -> list[core_pb2.ThreadCore]:

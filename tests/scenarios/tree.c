@@ -3,7 +3,8 @@
  * usage: tree [DIR]      (the shared file is created in DIR, default /tmp)
  *
  * The root R forks
- *   C1  same session and process group as R; runs one extra thread
+ *   C1  same session and process group as R; runs one extra thread; each of
+ *       its two threads has a timer slack of its own
  *   C2  its own process group, same session
  *   C3  its own session; forks G, which stays in C3's session and group
  *   C4  joins C2's process group (another group of R's session)
@@ -135,6 +136,10 @@ static void check_ids(void) {
 
 /* ---- C1's extra thread ---- */
 
+/* Timer slacks set by C1's two threads: the leader's and another thread's are dumped two ways. */
+#define C1_SLACK_NS 70000
+#define WORKER_SLACK_NS 90000
+
 static volatile uint64_t worker_count;
 static volatile pid_t worker_tid;
 static volatile int worker_bad;
@@ -145,11 +150,15 @@ static void *worker(void *arg) {
     volatile unsigned char local[4096];  /* on this thread's own stack */
     pid_t tid = (pid_t)syscall(SYS_gettid);
     for (size_t i = 0; i < sizeof local; i++) local[i] = (unsigned char)(tid * 13 + i * 7);
+    if (prctl(PR_SET_TIMERSLACK, WORKER_SLACK_NS)) snprintf(worker_why, sizeof worker_why, "PR_SET_TIMERSLACK failed");
     worker_tid = tid;
     for (;;) {
         if (!worker_bad) {
             pid_t now = (pid_t)syscall(SYS_gettid);
+            int slack = prctl(PR_GET_TIMERSLACK);
             if (now != tid) snprintf(worker_why, sizeof worker_why, "thread tid %d, was %d", now, tid);
+            if (slack != WORKER_SLACK_NS)
+                snprintf(worker_why, sizeof worker_why, "thread timer slack %d, want %d", slack, WORKER_SLACK_NS);
             for (size_t i = 0; i < sizeof local && !worker_why[0]; i++)
                 if (local[i] != (unsigned char)(tid * 13 + i * 7))
                     snprintf(worker_why, sizeof worker_why, "thread stack byte %zu changed", i);
@@ -166,6 +175,8 @@ static void check_worker(void) {
     for (int i = 0; i < 1000 && worker_count == before; i++) nap_ms(1);
     if (worker_count == before) fail("thread counter stuck at %llu", (unsigned long long)before);
     if (worker_bad) fail("%s", worker_why);
+    int slack = prctl(PR_GET_TIMERSLACK);
+    if (slack != C1_SLACK_NS) fail("C1: timer slack %d, want %d", slack, C1_SLACK_NS);
     if (syscall(SYS_tgkill, me.pid, worker_tid, 0)) fail("thread %d: %s", (int)worker_tid, strerror(errno));
 }
 
@@ -239,6 +250,7 @@ static void child_main(int r) {
     record_ids();
     if (role == C1) {
         pthread_t t;
+        if (prctl(PR_SET_TIMERSLACK, C1_SLACK_NS)) fail("PR_SET_TIMERSLACK: %s", strerror(errno));
         if (pthread_create(&t, NULL, worker, NULL)) fail("pthread_create failed");
         else while (worker_count == 0) nap_ms(1);  /* running, tid recorded */
     }
