@@ -111,10 +111,17 @@ class DumpStats:
     zombies: int = 0
 
 
-def _kill_frozen(proc: FrozenProcess) -> None:
-    """SIGKILL a frozen target and collect its traced threads (non-leaders first, DESIGN §4)."""
+def _kill_all(procs: list[FrozenProcess]) -> None:
+    """SIGKILL frozen targets, all before any is waited for (they die side by side), then collect each."""
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        _collect_killed(proc)
+
+
+def _collect_killed(proc: FrozenProcess) -> None:
+    """Wait for the exit of every thread we trace of a killed target (non-leaders first, DESIGN §4)."""
     pid = proc.pid
-    os.kill(pid, signal.SIGKILL)
     for tid in sorted(proc.threads, key=lambda t: t == pid):
         t = proc.threads[tid]
         if t.gone:
@@ -346,8 +353,7 @@ def dump(
                 for p in ftree.procs:
                     os.kill(p, signal.SIGSTOP)
             elif not leave_running:
-                for proc in reversed(ftree.procs.values()):  # children first
-                    _kill_frozen(proc)
+                _kill_all(list(reversed(ftree.procs.values())))  # children first
                 # Their sockets closed in repair mode; the lock stays for the restore (a migration's
                 # destination has its own: the source's goes).
                 notes.extend(conns.keep(unlock=end_target is not None))
