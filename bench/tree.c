@@ -9,7 +9,7 @@
  *
  * Memory: every process, once forked (so nobody carries a copy-on-write copy
  * of its parent's data), maps SIZE MiB (-s, default 64) of private anonymous
- * memory in two VMAs and fills them with bench/fill.h's content seeded from its
+ * memory in two VMAs (none with -s 0) and fills them with bench/fill.h's content seeded from its
  * own pid, so every process holds distinct data that compresses like the main
  * workload's: heap-like (default 85 %) and random (15 %), -m H,R to change.
  * Unlike workload.c there is no zero region: every page holds data a dump
@@ -274,8 +274,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (size_mib == 0 || children < 0 || grandchildren < 0 || children > MAX_KIDS || grandchildren > MAX_KIDS) {
-        fprintf(stderr, "tree: size must be positive, counts in 0..%d\n", MAX_KIDS);
+    if (children < 0 || grandchildren < 0 || children > MAX_KIDS || grandchildren > MAX_KIDS) {
+        fprintf(stderr, "tree: counts in 0..%d\n", MAX_KIDS);
         return 2;
     }
     pid_t parent = getppid();
