@@ -43,7 +43,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
 
@@ -205,14 +205,31 @@ class PageStats:
     seconds: float = 0.0
 
 
-def _scan(pagemap_fd: int, v: mm_pb2.Vma) -> Iterable[tuple[int, int, bool]]:
-    """(start, end, zero) runs of pages to save in ``v`` (address order)."""
+def _scan_vmas(pagemap_fd: int, vmas: Sequence[mm_pb2.Vma]) -> Iterator[tuple[mm_pb2.Vma, list[tuple[int, int, bool]]]]:
+    """Each of ``vmas`` (address order) with the (start, end, zero) runs of its pages to save.
+
+    One PAGEMAP_SCAN over the span of all of them, cut at their bounds here (the
+    kernel walks only mapped areas, and may join runs of two adjacent ones): a
+    scan per VMA cost a process of ~20 VMAs ~0.3 ms of set-up and ioctls.
+    """
+    if not vmas:
+        return
     anyof = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
-    for r in pagemap_scan(pagemap_fd, v.start, v.end, category_anyof_mask=anyof,
-                          return_mask=anyof | PAGE_IS_FILE | PAGE_IS_PFNZERO):
-        if v.kind == Kind.FILE_PRIVATE and r.categories & PAGE_IS_FILE:
-            continue  # still the file's page: restore maps the file
-        yield r.start, r.end, bool(r.categories & PAGE_IS_PFNZERO)
+    regions = list(pagemap_scan(pagemap_fd, vmas[0].start, vmas[-1].end, category_anyof_mask=anyof,
+                                return_mask=anyof | PAGE_IS_FILE | PAGE_IS_PFNZERO))
+    i = 0
+    for v in vmas:
+        while i < len(regions) and regions[i].end <= v.start:
+            i += 1
+        runs = []
+        j = i
+        while j < len(regions) and regions[j].start < v.end:
+            r = regions[j]
+            j += 1
+            if v.kind == Kind.FILE_PRIVATE and r.categories & PAGE_IS_FILE:
+                continue  # still the file's page: restore maps the file
+            runs.append((max(r.start, v.start), min(r.end, v.end), bool(r.categories & PAGE_IS_PFNZERO)))
+        yield v, runs
 
 
 # --- shared anonymous memory between processes ---------------------------------------------
@@ -1021,16 +1038,14 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
 
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for v in vmas:
-            if v.kind in UNSTORED_KINDS:
-                continue
+        try:
+            scanned = list(_scan_vmas(fd, [v for v in vmas if v.kind not in UNSTORED_KINDS]))
+        except OSError:
+            if not running:
+                raise
+            scanned = []  # gone meanwhile (a VMA unmapped between maps and the scan is only left out)
+        for v, runs in scanned:
             copy = _COPY if v.prot & PROT_READ else _COPY_FORCED
-            try:
-                runs = list(_scan(fd, v))
-            except OSError:
-                if not running:
-                    raise
-                continue  # the VMA went away between maps and the scan
             for start, end, is_zero in runs:
                 if is_zero:
                     batch.append((start, end - start, _ZERO))
