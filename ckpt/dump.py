@@ -21,7 +21,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from .control.inject import find_syscall_insn
+from .control.inject import Scratch, ask_all, find_syscall_insn
 from .control.seize import FrozenProcess, require_our_pid_namespace
 from .errors import UsageError, translate_oserror
 from .image.pb import process_pb2
@@ -285,9 +285,11 @@ def dump(
                 fdump.write(w)
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p]) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
-                records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, shell_job=shell_job,
-                                            tcp_close=tcp_close, deleted_max=deleted_max, skip_fds=skip_of[p],
-                                            notes=notes)
+                scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
+                _ask_ahead(ftree, snap_of, scratch_of)
+                records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],
+                                            shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
+                                            skip_fds=skip_of[p], notes=notes)
                            for p, proc in ftree.procs.items()}
                 step("records")
                 t_mem = time.monotonic()
@@ -395,17 +397,55 @@ def dump(
     )
 
 
-def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, *, shell_job: bool,  # noqa: ANN001
-                  tcp_close: bool, deleted_max: int | None, skip_fds: frozenset[int],
-                  notes: list[str]) -> tuple[list, list]:
-    """One frozen process's records (process entry, threads, mm and ``vmas``) into ``w``; (thread cores, VMAs)."""
+def _map_scratches(ftree: tree.FrozenTree, snap_of: dict, stack: ExitStack
+                   ) -> tuple[dict[int, Scratch], dict[int, Callable[[], None]]]:
+    """A scratch page mapped in every process (after its VMAs were read); with how to unmap each.
+
+    ``stack`` unmaps whatever is still mapped when it closes (a failure); each
+    process's own is unmapped once its records are done, before its pending
+    signals are read (see :func:`_dump_records`).
+    """
+    scratch_of: dict[int, Scratch] = {}
+    unmap_of: dict[int, Callable[[], None]] = {}
+    for p, proc in ftree.procs.items():
+        proc.use_syscall_insn(find_syscall_insn(p, proc.mem, snap_of[p].vmas))  # from the maps read already
+        own = ExitStack()
+        stack.callback(own.close)
+        scratch_of[p] = own.enter_context(proc.injector().scratch(PAGE_SIZE))
+        unmap_of[p] = own.close
+    return scratch_of, unmap_of
+
+
+def _ask_ahead(ftree: tree.FrozenTree, snap_of: dict, scratch_of: dict[int, Scratch]) -> None:
+    """Ask every thread of the tree at once what the resource modules will ask it (inject.ask_all).
+
+    Each injected call is a ptrace round trip, mostly waiting for the other
+    vCPU to wake up; asked of 16 processes side by side, those waits overlap.
+    The timers are not asked ahead: ITIMER_REAL is read as late as it can be
+    (see PROCESS_DUMPERS).
+    """
+    lanes = []
+    for p, proc in ftree.procs.items():
+        main = (*memory.QUERIES, *limits.QUERIES, *creds.QUERIES, *signals.queries(snap_of[p].status))
+        main_tid = proc.main_thread.tid
+        for tid, asked in threads.queries(proc).items():
+            lanes.append((proc.injector(tid), scratch_of[p], (*main, *asked) if tid == main_tid else asked))
+    ask_all(lanes)
+
+
+def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch: Scratch,  # noqa: ANN001
+                  unmap: Callable[[], None], *, shell_job: bool, tcp_close: bool, deleted_max: int | None,
+                  skip_fds: frozenset[int], notes: list[str]) -> tuple[list, list]:
+    """One frozen process's records (process entry, threads, mm and ``vmas``) into ``w``; (thread cores, VMAs).
+
+    ``scratch``: mapped in it, and unmapped (``unmap``) before its pending signals are read.
+    """
     pid = proc.pid
     stat = snap.stat
     entry = process_pb2.ProcessEntry(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session,
                                      comm=stat.comm, start_time=stat.starttime, exit_signal=stat.exit_signal)
-    proc.use_syscall_insn(find_syscall_insn(pid, proc.mem, snap.vmas))  # from the maps read already
     inj = proc.injector()
-    with inj.scratch(PAGE_SIZE) as scratch:
+    try:
         mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
         cores = threads.dump_threads(proc, scratch, snap)
         ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
@@ -413,6 +453,8 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, *, shel
         for _name, fn in PROCESS_DUMPERS:
             fn(ctx)
         notes.extend(ctx.notes)
+    finally:
+        unmap()
     # After the scratch area is gone: no syscall is injected any more (see dump_pending).
     signals.dump_pending(proc, entry, cores)
     w.write_process(pid, entry)

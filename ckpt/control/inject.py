@@ -38,6 +38,7 @@ from .seize import DeferredSignal, FrozenThread, stop_sharing_cpu
 __all__ = [
     "ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ERESTART_RESTARTBLOCK", "MAX_ERRNO",
     "syscall_restart_frame", "find_syscall_insn", "Injector", "Scratch", "injected_syscalls", "injected_by_syscall",
+    "Query", "OUT", "ask_all",
 ]
 
 # Kernel-internal errnos a syscall returns when a signal interrupts it
@@ -197,6 +198,9 @@ class Injector:
         #: (PTRACE_EVENT_*, event message) seen during the last call, e.g. the new tid of a clone.
         self.events: list[tuple[int, int]] = []
         self.single_step = not thread.process.sigtrap_ignored
+        #: Answers of queries asked ahead by :func:`ask_all`, taken by :meth:`ask` (once each).
+        self.answers: dict[str, tuple[int, bytes] | OSError] = {}
+        self._regs = thread.snapshot.regs
 
     @property
     def pid(self) -> int:
@@ -217,6 +221,23 @@ class Injector:
 
         A result in [-4095, -1] raises ``OSError(-result, "injected NAME(...) in PID/TID: ...")``.
         """
+        label = self._load(nr, args, name)
+        t = self.thread
+        own_cpus = t.share_cpu()
+        try:
+            ptrace.setregs(self.tid, self._regs)
+            t.regs_changed = True
+            if self.single_step:
+                t.resume(ptrace.singlestep)
+                out = self._finish_single_step(label)
+            else:
+                out = self._run_syscall_stops(label)
+        finally:
+            stop_sharing_cpu(own_cpus)
+        return self._result(out, label, args)
+
+    def _load(self, nr: int, args: Sequence[int], name: str | None) -> str:
+        """Check the thread, build the registers of the call in ``self._regs``; its label."""
         if len(args) > len(SYSCALL_ARG_REGS):
             raise ValueError(f"a syscall takes at most {len(SYSCALL_ARG_REGS)} arguments")
         label = name or _syscall_name(nr)
@@ -230,15 +251,12 @@ class Injector:
         regs.orig_rax = _NO_SYSCALL
         for reg, value in zip(SYSCALL_ARG_REGS, args):
             setattr(regs, reg, value & _U64)
+        self._regs = regs
         self.events = []
         _INJECTED[label.partition("(")[0]] += 1
-        own_cpus = t.share_cpu()
-        try:
-            ptrace.setregs(self.tid, regs)
-            t.regs_changed = True
-            out = self._run_single_step(insn, label) if self.single_step else self._run_syscall_stops(label)
-        finally:
-            stop_sharing_cpu(own_cpus)
+        return label
+
+    def _result(self, out: user_regs_struct, label: str, args: Sequence[int]) -> int:
         result = _signed(out.rax)
         if -MAX_ERRNO <= result < 0:
             err = -result
@@ -247,6 +265,23 @@ class Injector:
             shown = ", ".join(hex(a) if a > 0xFFFF else str(a) for a in args)
             raise OSError(err, f"injected {label}({shown}) in {self.pid}/{self.tid}: {os.strerror(err)}")
         return result
+
+    def ask(self, q: "Query", scratch: Scratch | None = None) -> tuple[int, bytes]:
+        """Run query ``q`` (result, output bytes) — or take its answer if :func:`ask_all` got it already.
+
+        ``scratch``: where its output goes when asked here (at its start).
+        """
+        got = self.answers.pop(q.name, None)
+        if isinstance(got, OSError):
+            raise got
+        if got is not None:
+            return got
+        if not q.out:
+            return self.call(q.nr, *q.args, name=q.name), b""
+        if scratch is None or scratch.size < q.out:
+            raise ValueError(f"{q.name} needs {q.out} bytes of scratch")
+        result = self.call(q.nr, *q.resolve(scratch.addr), name=q.name)
+        return result, scratch.read(0, q.out)
 
     def _stopped(self, label: str) -> ptrace.WaitStatus:
         st = self.thread.wait()
@@ -258,22 +293,24 @@ class Injector:
         """Hold back a signal dequeued before our instruction ran (see FrozenThread)."""
         self.thread.deferred.append(DeferredSignal(st.stopsig or 0, ptrace.getsiginfo(self.tid)))
 
-    def _run_single_step(self, insn: int, label: str) -> user_regs_struct:
+    def _finish_single_step(self, label: str) -> user_regs_struct:
+        """Wait for the resumed single step to end after the ``syscall``; its registers."""
+        insn = self.syscall_insn
         while True:
-            self.thread.resume(ptrace.singlestep)
             st = self._stopped(label)
             if st.status == _STEP_TRAP:  # the SIGTRAP signal-delivery-stop, told apart without decoding it
                 regs = ptrace.getregs(self.tid)
                 if regs.rip == insn + len(SYSCALL_INSN):
                     return regs
                 self._defer(st)  # not our step's: a SIGTRAP dequeued before our instruction ran
-                continue
-            kind = st.kind
-            if kind is StopKind.SIGNAL_DELIVERY:
-                self._defer(st)
-            elif kind is StopKind.PTRACE_EVENT:
-                self.events.append((st.event, ptrace.geteventmsg(self.tid)))
-            # an event-stop, group-stop or syscall stop that is not ours: step again
+            else:
+                kind = st.kind
+                if kind is StopKind.SIGNAL_DELIVERY:
+                    self._defer(st)
+                elif kind is StopKind.PTRACE_EVENT:
+                    self.events.append((st.event, ptrace.geteventmsg(self.tid)))
+                # an event-stop, group-stop or syscall stop that is not ours: step again
+            self.thread.resume(ptrace.singlestep)
 
     def _run_syscall_stops(self, label: str) -> user_regs_struct:
         entered = False
@@ -340,3 +377,99 @@ class Injector:
         finally:
             if not self.thread.gone:
                 self.munmap(addr, length)
+
+
+# --- queries asked of many processes at once ---
+
+
+@dataclass(frozen=True)
+class Query:
+    """A syscall that only reads (a ``prctl(PR_GET_…)``, ``sigaltstack(0, &old)``…), named for its answer.
+
+    ``out`` > 0: it writes that many bytes, at the address given in place of
+    :data:`OUT` among ``args``.  Resource modules declare theirs, so a dump can
+    ask them of every process of a tree at once (:func:`ask_all`) and each
+    module still asks for its own answer (:meth:`Injector.ask`).
+    """
+
+    name: str
+    nr: int
+    args: tuple[int, ...]
+    out: int = 0
+
+    def resolve(self, addr: int) -> tuple[int, ...]:
+        """The arguments, with the output buffer at ``addr``."""
+        return tuple(addr if a is OUT else a for a in self.args)
+
+
+#: Placeholder for a query's output-buffer address (an int nobody passes: -2**63).
+OUT = -(1 << 63)
+
+
+def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
+    """Ask every lane's queries, the k-th query of every lane at once; :meth:`Injector.ask` takes the answers.
+
+    A lane is a thread (of any process) with the scratch area of its process;
+    lanes of one process share the area, each query's output gets its own
+    part of it.  Why at once: each injected call is a ptrace round trip whose
+    cost here is mostly the wake-up of the other vCPU (~50 µs; a target's CPU
+    mask is not ours to pin, see FrozenThread.share_cpu).  Resumed one after
+    the other and then waited for, the threads of a tree overlap those
+    waits.  A query that fails, or that finds its thread gone, keeps its
+    error as its answer; one that does not fit the area is left to be asked
+    later.  A thread that cannot take single steps (SIGTRAP ignored) or is
+    pinned gets its queries one by one.
+    """
+    used: dict[tuple[int, int], int] = {}  # by (pid, address): the forks of a tree map theirs at one address
+    plans: list[tuple[Injector, Scratch, list[tuple[Query, int]]]] = []
+    for inj, scratch, queries in lanes:
+        area = (inj.pid, scratch.addr)
+        at = used.get(area, 0)
+        plan = []
+        for q in queries:
+            if at + q.out > scratch.size:
+                break
+            plan.append((q, at))
+            at += -(-q.out // 8) * 8
+        used[area] = at
+        plans.append((inj, scratch, plan))
+    results: dict[tuple[int, str], tuple[int, int]] = {}  # (tid, name) -> (result, offset)
+    for k in range(max((len(p) for _, _, p in plans), default=0)):
+        started: list[tuple[Injector, Query, int, tuple[int, ...], str]] = []
+        try:
+            for inj, scratch, plan in plans:
+                if k >= len(plan):
+                    continue
+                q, off = plan[k]
+                args = q.resolve(scratch.addr + off)
+                if not inj.single_step or inj.thread.process.pin_cpus:
+                    try:
+                        results[(inj.tid, q.name)] = (inj.call(q.nr, *args, name=q.name), off)
+                    except OSError as exc:
+                        inj.answers[q.name] = exc
+                    continue
+                try:
+                    label = inj._load(q.nr, args, q.name)
+                    ptrace.setregs(inj.tid, inj._regs)
+                    inj.thread.regs_changed = True
+                    inj.thread.resume(ptrace.singlestep)
+                except OSError as exc:
+                    inj.answers[q.name] = exc
+                    continue
+                started.append((inj, q, off, args, label))
+        finally:
+            for inj, q, off, args, label in started:  # every resumed thread is waited for, whatever happens
+                try:
+                    results[(inj.tid, q.name)] = (inj._result(inj._finish_single_step(label), label, args), off)
+                except OSError as exc:
+                    inj.answers[q.name] = exc
+    outs: dict[tuple[int, int], bytes] = {}
+    for inj, scratch, plan in plans:
+        area = (inj.pid, scratch.addr)
+        if area not in outs and used.get(area):
+            outs[area] = scratch.read(0, used[area])
+        for q, _ in plan:
+            got = results.get((inj.tid, q.name))
+            if got is not None:
+                result, off = got
+                inj.answers[q.name] = (result, outs[area][off:off + q.out] if q.out else b"")

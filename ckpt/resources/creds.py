@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ctypes
 
-from ..control.inject import Injector, Scratch
+from ..control.inject import Injector, Query, Scratch
 from ..control.seize import FrozenProcess
 from ..errors import RestoreError
 from ..image.pb import process_pb2
@@ -55,10 +55,15 @@ def caps(mask: int) -> list[int]:
     return [n for n in range(64) if mask >> n & 1]
 
 
+SECUREBITS = Query("prctl(PR_GET_SECUREBITS)", NR.prctl, (PR_GET_SECUREBITS, 0, 0, 0, 0))
+#: What :func:`dump` asks the process (a dump may ask them of a whole tree at once: inject.ask_all).
+QUERIES = (SECUREBITS,)
+
+
 def dump_creds(proc: FrozenProcess, snap: Snapshot) -> process_pb2.Creds:
     """The Creds record of the frozen process (securebits by an injected prctl)."""
     st = snap.status
-    securebits = proc.injector().call(NR.prctl, PR_GET_SECUREBITS, 0, 0, 0, 0, name="prctl(PR_GET_SECUREBITS)")
+    securebits = proc.injector().ask(SECUREBITS)[0]
     return process_pb2.Creds(
         uid=st.uid[0], euid=st.uid[1], suid=st.uid[2], fsuid=st.uid[3],
         gid=st.gid[0], egid=st.gid[1], sgid=st.gid[2], fsgid=st.gid[3],

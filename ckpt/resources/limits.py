@@ -28,7 +28,7 @@ import ctypes
 import errno
 import os
 
-from ..control.inject import Injector, Scratch
+from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess
 from ..errors import RestoreError, Unsupported
 from ..image.pb import core_pb2, process_pb2
@@ -78,6 +78,14 @@ def _read_oom_score_adj(pid: int) -> int:
         return int(f.read())
 
 
+DUMPABLE = Query("prctl(PR_GET_DUMPABLE)", NR.prctl, (PR_GET_DUMPABLE, 0, 0, 0, 0))
+THP_DISABLE = Query("prctl(PR_GET_THP_DISABLE)", NR.prctl, (PR_GET_THP_DISABLE, 0, 0, 0, 0))
+CHILD_SUBREAPER = Query("prctl(PR_GET_CHILD_SUBREAPER)", NR.prctl, (PR_GET_CHILD_SUBREAPER, OUT, 0, 0, 0), out=4)
+PDEATHSIG = Query("prctl(PR_GET_PDEATHSIG)", NR.prctl, (PR_GET_PDEATHSIG, OUT, 0, 0, 0), out=4)
+#: What :func:`dump` asks the process (a dump may ask them of a whole tree at once: inject.ask_all).
+QUERIES = (DUMPABLE, THP_DISABLE, CHILD_SUBREAPER, PDEATHSIG)
+
+
 def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None) -> process_pb2.ProcessEntry:
     """A ProcessEntry fragment: ids, comm, rlimits, umask, cwd, root, personality, oom_score_adj, prctl flags."""
     st = snap.stat
@@ -95,13 +103,11 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None)
     )
     entry.rlimits.extend(dump_rlimits(proc, scratch=scratch))
     f = entry.flags
-    f.dumpable = inj.call(NR.prctl, PR_GET_DUMPABLE, 0, 0, 0, 0, name="prctl(PR_GET_DUMPABLE)")
-    f.thp_disabled = bool(inj.call(NR.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0, name="prctl(PR_GET_THP_DISABLE)"))
+    f.dumpable = inj.ask(DUMPABLE)[0]
+    f.thp_disabled = bool(inj.ask(THP_DISABLE)[0])
     with scratch_for(inj, scratch, 8) as s:
-        inj.call(NR.prctl, PR_GET_CHILD_SUBREAPER, s.addr, 0, 0, 0, name="prctl(PR_GET_CHILD_SUBREAPER)")
-        f.child_subreaper = bool(int.from_bytes(s.read(0, 4), "little"))
-        inj.call(NR.prctl, PR_GET_PDEATHSIG, s.addr, 0, 0, 0, name="prctl(PR_GET_PDEATHSIG)")
-        f.pdeath_signal = int.from_bytes(s.read(0, 4), "little", signed=True)
+        f.child_subreaper = bool(int.from_bytes(inj.ask(CHILD_SUBREAPER, s)[1], "little"))
+        f.pdeath_signal = int.from_bytes(inj.ask(PDEATHSIG, s)[1], "little", signed=True)
     return entry
 
 

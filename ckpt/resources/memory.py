@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
 
-from ..control.inject import Injector, Scratch
+from ..control.inject import Injector, Query, Scratch
 
 from ..errors import CkptError, RestoreError, Unsupported
 from ..image.chain import chain_chunk_jobs, resolve_pages
@@ -174,6 +174,11 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
     return out
 
 
+BRK = Query("brk(0)", NR.brk, (0,))
+#: What :func:`dump_mm` asks the process (a dump may ask them of a whole tree at once: inject.ask_all).
+QUERIES = (BRK,)
+
+
 def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: Sequence[mm_pb2.Vma]) -> mm_pb2.MmEntry:
     """The mm_struct fields: /proc/PID/stat, brk(0) injected (stat has no current brk), auxv, exe.
 
@@ -181,7 +186,7 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
     describes the layout only and its ``brk`` is 0 — unknown.
     """
     st = snap.stat
-    brk = inj.call(NR.brk, 0) if inj is not None else 0
+    brk = inj.ask(BRK)[0] if inj is not None else 0
     exe_path = os.readlink(f"/proc/{pid}/exe")
     mm = mm_pb2.MmEntry(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,

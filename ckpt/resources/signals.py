@@ -47,7 +47,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 
-from ..control.inject import Injector, Scratch
+from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess
 from ..image.pb import common_pb2, core_pb2, process_pb2
 from ..kernel import ptrace
@@ -100,21 +100,31 @@ def dump_pending(proc: FrozenProcess, entry: process_pb2.ProcessEntry, cores: Se
         core.pending.extend(dump_thread_pending(proc, core.tid))
 
 
+#: rt_sigaction(signo, NULL, &old), by signal number.
+SIGACTION = {signo: Query(f"rt_sigaction({signo})", NR.rt_sigaction, (signo, 0, OUT, SIGSET_SIZE), out=_ACT_SIZE)
+             for signo in range(1, NSIG + 1)}
+
+
+def queries(status: Status) -> tuple[Query, ...]:
+    """What :func:`dump_sigactions` asks the process (a dump may ask them of a whole tree at once:
+    inject.ask_all): the dispositions that are not plain SIG_DFL, and SIGCHLD's (see above)."""
+    return tuple(SIGACTION[signo] for signo in sorted(_not_default(status) | {SIGCHLD}))
+
+
 def dump_sigactions(proc: FrozenProcess, *, scratch: Scratch | None = None,
                     status: Status | None = None) -> list[process_pb2.SigAction]:
     """Signals 1..64 in order (entry i is signal i+1): injected rt_sigaction where not plain SIG_DFL (see above)."""
     inj = proc.injector()
     st = status if status is not None else read_status(proc.pid)
-    asked = _not_default(st) | {SIGCHLD}
-    with scratch_for(inj, scratch, NSIG * _ACT_SIZE) as s:
-        s.write(0, bytes(NSIG * _ACT_SIZE))  # SIG_DFL, no flags, empty mask: what is not asked
-        for signo in sorted(asked):
-            inj.call(NR.rt_sigaction, signo, 0, s.addr + (signo - 1) * _ACT_SIZE, SIGSET_SIZE,
-                     name=f"rt_sigaction({signo})")
-        raw = s.read(0, NSIG * _ACT_SIZE)
+    with scratch_for(inj, scratch, _ACT_SIZE) as s:
+        got = {q.args[0]: inj.ask(q, s)[1] for q in queries(st)}
     out = []
     for signo in range(1, NSIG + 1):
-        act = kernel_sigaction.from_buffer_copy(raw, (signo - 1) * _ACT_SIZE)
+        raw = got.get(signo)
+        if raw is None:  # SIG_DFL, no flags, empty mask
+            out.append(process_pb2.SigAction(signo=signo))
+            continue
+        act = kernel_sigaction.from_buffer_copy(raw)
         out.append(process_pb2.SigAction(signo=signo, handler=act.sa_handler, flags=act.sa_flags,
                                          restorer=act.sa_restorer, mask=act.sa_mask))
     return out

@@ -31,7 +31,8 @@ import struct
 from collections.abc import Sequence
 
 from ..control.inject import (
-    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, Injector, Scratch, syscall_restart_frame,
+    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, OUT, Injector, Query, Scratch,
+    syscall_restart_frame,
 )
 from ..control.seize import FrozenProcess, FrozenThread, ThreadSnapshot, _requeue
 from ..errors import RestoreError, Unsupported
@@ -93,6 +94,18 @@ def _comm(pid: int, tid: int) -> str:
         return ""
 
 
+TID_ADDRESS = Query("prctl(PR_GET_TID_ADDRESS)", NR.prctl, (PR_GET_TID_ADDRESS, OUT, 0, 0, 0), out=8)
+SIGALTSTACK = Query("sigaltstack(0, &old)", NR.sigaltstack, (0, OUT), out=ctypes.sizeof(stack_t))
+TIMERSLACK = Query("prctl(PR_GET_TIMERSLACK)", NR.prctl, (PR_GET_TIMERSLACK, 0, 0, 0, 0))
+
+
+def queries(proc: FrozenProcess) -> dict[int, tuple[Query, ...]]:
+    """What :func:`dump_thread` asks each thread, by tid (a dump may ask them of a whole tree at once:
+    inject.ask_all); the leader's timer slack is read from /proc instead."""
+    return {tid: (TID_ADDRESS, SIGALTSTACK) if tid == proc.pid else (TID_ADDRESS, SIGALTSTACK, TIMERSLACK)
+            for tid in proc.threads}
+
+
 def dump_thread(t: FrozenThread, inj: Injector, scratch: Scratch) -> core_pb2.ThreadCore:
     """The ThreadCore of one frozen thread; ``inj`` injects into that thread, ``scratch`` is mapped in the target."""
     tid = t.tid
@@ -106,10 +119,8 @@ def dump_thread(t: FrozenThread, inj: Injector, scratch: Scratch) -> core_pb2.Th
                                          signature=rseq.signature, flags=rseq.flags))
     head, length = _robust_list(tid)
     core.robust_list.CopyFrom(core_pb2.RobustList(head=head, len=length))
-    inj.call(NR.prctl, PR_GET_TID_ADDRESS, scratch.addr, 0, 0, 0)
-    core.clear_child_tid = struct.unpack("<Q", scratch.read(0, 8))[0]
-    inj.call(NR.sigaltstack, 0, scratch.addr)
-    ss = stack_t.from_buffer_copy(scratch.read(0, ctypes.sizeof(stack_t)))
+    core.clear_child_tid = struct.unpack("<Q", inj.ask(TID_ADDRESS, scratch)[1])[0]
+    ss = stack_t.from_buffer_copy(inj.ask(SIGALTSTACK, scratch)[1])
     core.sigaltstack.CopyFrom(core_pb2.SigAltStack(sp=ss.ss_sp, flags=ss.ss_flags, size=ss.ss_size))
     core.timer_slack_ns = _timer_slack(t.pid, tid, inj)
     return core
@@ -123,7 +134,7 @@ def _timer_slack(pid: int, tid: int, inj: Injector) -> int:
                 return int(f.read())
         except (OSError, ValueError):
             pass
-    return inj.call(NR.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    return inj.ask(TIMERSLACK)[0]
 
 
 def dump_threads(proc: FrozenProcess, scratch: Scratch, snap: Snapshot | None = None) -> list[core_pb2.ThreadCore]:

@@ -10,9 +10,11 @@ import time
 import pytest
 
 from ckpt.control.inject import (
-    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, find_syscall_insn, syscall_restart_frame,
+    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, OUT, Query, ask_all, find_syscall_insn,
+    syscall_restart_frame,
 )
 from ckpt.control.seize import freeze
+from ckpt.kernel.prctl import PR_GET_TID_ADDRESS
 from ckpt.kernel import ptrace
 from ckpt.kernel.arch_x86_64 import NR, PAGE_SIZE, user_regs_struct
 from ckpt.kernel.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
@@ -80,6 +82,32 @@ def test_scratch_area(c_target) -> None:
             with pytest.raises(ValueError):
                 s.write(PAGE_SIZE - 2, b"xyz")
         assert not mapped(t.pid, s.addr)
+
+
+def test_queries_asked_of_several_processes_at_once(c_target) -> None:
+    """ask_all: every thread of two processes gets its own answers, errors are kept as answers, and the
+    targets run on as before (forks with their scratch pages at one address: tests/e2e/test_tree.py)."""
+    gettid = Query("gettid", NR.gettid, ())
+    tid_address = Query("prctl(PR_GET_TID_ADDRESS)", NR.prctl, (PR_GET_TID_ADDRESS, OUT, 0, 0, 0), out=8)
+    bad = Query("prctl(-1)", NR.prctl, (U64, 0, 0, 0, 0))
+    targets = [c_target("spin", "3"), c_target("spin")]
+    for t in targets:
+        t.ready()
+    with freeze(targets[0].pid) as a, freeze(targets[1].pid) as b, \
+            a.injector().scratch(PAGE_SIZE) as sa, b.injector().scratch(PAGE_SIZE) as sb:
+        lanes = [(p.injector(tid), s, (gettid, tid_address, bad)) for p, s in ((a, sa), (b, sb)) for tid in p.threads]
+        ask_all(lanes)
+        for inj, s, _ in lanes:
+            assert inj.ask(gettid)[0] == inj.tid
+            want = inj.call(NR.prctl, PR_GET_TID_ADDRESS, s.addr + 1024, 0, 0, 0)  # asked now, one by one
+            assert want == 0 and inj.ask(tid_address)[1] == s.read(1024, 8)
+            with pytest.raises(OSError) as exc:
+                inj.ask(bad)
+            assert exc.value.errno == errno.EINVAL
+            assert inj.ask(gettid)[0] == inj.tid  # an answer is taken once: asked again, it is injected
+    for t in targets:
+        os.kill(t.pid, signal.SIGUSR1)
+        t.expect("PASS")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell a pin from the mask")
