@@ -315,11 +315,9 @@ def dump(
                 # not hold each other up (see PageWriter).  (Reading each process right after its
                 # records, to compress during the next one's injections, was slower: the compressing
                 # threads then compete with the injections' ptrace round trips for the CPUs.)
-                writers = []
-                for p, proc in ftree.procs.items():
+                writers = [w.pages(p) for p in ftree.procs]  # files made before any frame is written
+                for (p, proc), pw in zip(ftree.procs.items(), writers):
                     vmas = [v for v in records[p][1] if not memory.is_shmem_view(v)]
-                    pw = w.pages(p)
-                    writers.append(pw)
                     inc = incs.get(p)
                     if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
                         _, dirty, in_parent = inc.plan(vmas)
