@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -461,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ckpt`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # ckpt waits for the children it makes (a restore's root, helpers): an ignored SIGCHLD inherited
+    # across exec would have the kernel reap them first.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         return int(args.func(args) or 0)
     except CkptError as e:

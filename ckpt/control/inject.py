@@ -5,9 +5,12 @@ that is already mapped executable (the vDSO has one; the restorer passes its
 own trampoline), loads ``rax`` and the argument registers, sets ``orig_rax = -1``
 and single-steps: the SIGTRAP stop after the instruction holds the result in
 ``rax`` (DESIGN §3).  The thread's own registers are written back when the
-:class:`~ckpt.control.seize.FrozenProcess` releases it.  Meanwhile the thread
-and the controller share one CPU (FrozenThread.share_cpu): every call is
-a round trip between the two, ~8x cheaper without cross-CPU wake-ups.
+:class:`~ckpt.control.seize.FrozenProcess` releases it.  Every call is a
+round trip between the thread and the controller: a restore's helper shares
+the controller's CPU meanwhile (FrozenThread.share_cpu), ~8x cheaper without
+cross-CPU wake-ups; a target's mask is not ours to change, so what a dump
+asks every process of a tree is asked of all of them at once instead
+(:class:`Query`, :func:`ask_all`): their wake-ups overlap.
 
 Single-stepping makes the kernel *force* a SIGTRAP, which resets a SIGTRAP
 disposition of SIG_IGN to SIG_DFL (kernel/signal.c, force_sig_info_to_task).

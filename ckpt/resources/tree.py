@@ -332,7 +332,10 @@ def _spawn_root(root: Plan, wfd: int, detached: bool) -> None:
             os.write(wfd, _REPORT.pack(root.pid, exc.errno or 1))
         finally:
             os._exit(0)
-    os.waitpid(mid, 0)
+    try:
+        os.waitpid(mid, 0)
+    except ChildProcessError:
+        pass  # reaped by the kernel already: this process ignores SIGCHLD
 
 
 def _helper(me: Plan, wfd: int) -> None:

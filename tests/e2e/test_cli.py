@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -201,3 +202,18 @@ def test_dump_restore_with_inherit_fd(tmp_path: Path) -> None:
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore need root")
+def test_foreground_restore_waits_for_its_process_even_when_started_with_sigchld_ignored(tmp_path: Path) -> None:
+    """An ignored SIGCHLD is inherited across exec; ckpt takes the default back, or the kernel would reap
+    the restored process before ckpt could wait for its exit status."""
+    sleeper = subprocess.Popen(["sleep", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, close_fds=True)
+    res = run("dump", "-t", str(sleeper.pid), "-D", str(tmp_path / "img"))
+    assert res.returncode == 0, res.stderr
+    sleeper.wait(timeout=10)  # ended by the dump
+    res = subprocess.run([*CKPT, "restore", "-D", str(tmp_path / "img")], capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    assert res.returncode == 0, res.stderr  # the restored sleep's own status

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -210,6 +211,26 @@ def test_zombies_keep_their_names_and_wait_statuses(py_target, tmp_path: Path,  
     r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     assert list(r.processes) == [t.pid, *zombies]
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", 10) == "PASS zombies"
+
+
+def test_zombies_restored_by_a_restorer_that_ignores_sigchld(py_target, tmp_path: Path,  # noqa: ANN001
+                                                            restored: list[int]) -> None:
+    """A restorer started with SIGCHLD ignored (inherited across exec) passes that to its helpers: the
+    zombies' parent takes SIGCHLD back to SIG_DFL first, or the kernel would reap them at once."""
+    t = py_target("py_zombies.py", stderr=subprocess.DEVNULL)
+    zombies = [int(z) for z in t.ready()["zombies"].split(",")]
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    out = t.stdio_fds[1]
+    code = ("import signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); from ckpt import api; "
+            "print(api.restore(sys.argv[1], detached=True, inherit_fds={1: int(sys.argv[2])}).pid)")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "img"), str(out)], pass_fds=(out,),
+                         capture_output=True, text=True, timeout=60, close_fds=True)
+    assert res.returncode == 0, res.stderr
+    restored.append(int(res.stdout))
+    assert all(_ids(z)[3] == "Z" for z in zombies)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS", 10) == "PASS zombies"
 
