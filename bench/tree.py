@@ -628,7 +628,7 @@ def tree_cost_per_process(ctx: Context) -> Iterator[Row]:
                   notes=f"in-process time of the {n}-process tree with no data of its own"
                         f"{' less pid wait' if op == 'restore' else ''} ÷ {n}, nothing subtracted (its "
                         f"{fmt_size(bare_bytes // n)} a process copied and counted): target ≤ "
-                        f"{TARGET_PER_PROCESS_MS:.0f} ms {'met' if met else 'MISSED'}.  The {label} tree: "
+                        f"{TARGET_PER_PROCESS_MS:.0f} ms {'met' if met else 'MISSED'}.  The {label}: "
                         f"{_ms(fixed(runs) / n)} per process with its copy; less the physical copy ({how} of its "
                         f"{fmt_size(total)} in this run, {_ms(copy)}{extra}) {_ms(minus_copy)} "
                         f"({'met' if met_copy else 'missed'}); less its whole memory phase "
