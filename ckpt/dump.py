@@ -419,12 +419,13 @@ def _ask_ahead(ftree: tree.FrozenTree, snap_of: dict, scratch_of: dict[int, Scra
 
     Each injected call is a ptrace round trip, mostly waiting for the other
     vCPU to wake up; asked of 16 processes side by side, those waits overlap.
-    The timers are not asked ahead: ITIMER_REAL is read as late as it can be
-    (see PROCESS_DUMPERS).
+    ITIMER_REAL is not asked ahead: it is read as late as it can be (see
+    PROCESS_DUMPERS).
     """
     lanes = []
     for p, proc in ftree.procs.items():
-        main = (*memory.QUERIES, *limits.QUERIES, *creds.QUERIES, *signals.queries(snap_of[p].status))
+        main = (*memory.QUERIES, *limits.QUERIES, *creds.QUERIES, *signals.queries(snap_of[p].status),
+                *timers.QUERIES)
         main_tid = proc.main_thread.tid
         for tid, asked in threads.queries(proc).items():
             lanes.append((proc.injector(tid), scratch_of[p], (*main, *asked) if tid == main_tid else asked))

@@ -56,7 +56,7 @@ import errno
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from ..control.inject import Injector, Scratch
+from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess
 from ..errors import RestoreError, Unsupported
 from ..image.pb import common_pb2, core_pb2, process_pb2
@@ -101,16 +101,22 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None)
     return entry
 
 
+#: getitimer(which, &value), by ITIMER_*.
+GETITIMER = {which: Query(f"getitimer({ITIMER_NAMES[which]})", NR.getitimer, (which, OUT), out=_ITV) for which in _WHICH}
+#: What :func:`dump` lets a dump ask ahead, of a whole tree at once (inject.ask_all): the CPU-time
+#: timers, which stand still while the process is frozen.  ITIMER_REAL runs on: it is asked here,
+#: as late as can be (see ckpt.dump.PROCESS_DUMPERS).
+QUERIES = (GETITIMER[ITIMER_VIRTUAL], GETITIMER[ITIMER_PROF])
+
+
 def dump_itimers(proc: FrozenProcess, *, scratch: Scratch | None = None) -> list[process_pb2.ItimerVal]:
     """ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, by injected getitimer."""
     inj = proc.injector()
-    with scratch_for(inj, scratch, len(_WHICH) * _ITV) as s:
-        for i, which in enumerate(_WHICH):
-            inj.call(NR.getitimer, which, s.addr + i * _ITV, name=f"getitimer({ITIMER_NAMES[which]})")
-        raw = s.read(0, len(_WHICH) * _ITV)
+    with scratch_for(inj, scratch, _ITV) as s:
+        raws = [inj.ask(GETITIMER[which], s)[1] for which in _WHICH]
     out = []
-    for i in range(len(_WHICH)):
-        it = itimerval.from_buffer_copy(raw, i * _ITV)
+    for raw in raws:
+        it = itimerval.from_buffer_copy(raw)
         out.append(process_pb2.ItimerVal(value_us=it.it_value.usec, interval_us=it.it_interval.usec))
     return out
 
