@@ -402,7 +402,7 @@ class Query:
 
     def resolve(self, addr: int) -> tuple[int, ...]:
         """The arguments, with the output buffer at ``addr``."""
-        return tuple(addr if a is OUT else a for a in self.args)
+        return tuple(addr if a == OUT else a for a in self.args)
 
 
 #: Placeholder for a query's output-buffer address (an int nobody passes: -2**63).
