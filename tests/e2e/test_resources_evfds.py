@@ -26,7 +26,7 @@ from ckpt.dump import dump, restore
 from ckpt.errors import RestoreError, Unsupported
 from ckpt.image.pb import files_pb2
 from ckpt.image.reader import Image
-from ckpt.kernel.pidfd import pidfd_getfd, pidfd_open
+from ckpt.kernel.pidfd import dup_from
 from ckpt.procfs import snapshot
 from ckpt.procfs.fdinfo import FdInfo, read_fdinfo
 from ckpt.resources import files
@@ -51,16 +51,8 @@ def _inotify_line(t: Target, name: str) -> dict[str, str]:
             return line
 
 
-def _borrowed(pid: int, fd: int) -> int:
-    pidfd = pidfd_open(pid)
-    try:
-        return pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
-
-
 def _queued(pid: int, fd: int) -> int:
-    ours = _borrowed(pid, fd)
+    ours = dup_from(pid, fd)
     try:
         buf = bytearray(4)
         fcntl.ioctl(ours, termios.FIONREAD, buf)
@@ -147,7 +139,7 @@ def test_event_fds_round_trip(c_target, tmp_path: Path, restored: list[int], lea
     with open(d / "watched", "a") as f:
         f.write("x")
     assert int(_inotify_line(t, "")["wd"]) == 3  # the file's watch kept wd 3 over the gap at 2
-    ours = _borrowed(pid, 5)
+    ours = dup_from(pid, 5)
     try:
         assert int.from_bytes(os.read(ours, 8), "little") == 1
     finally:

@@ -353,14 +353,8 @@ int main(int argc, char **argv) {
     rpgid = getpgid(0);
 
     /* SIGUSR1 is blocked everywhere (C1's thread included) but inside the wait. */
-    struct sigaction sa = {.sa_handler = on_usr1};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, NULL);
+    catch_usr1();
     signal(SIGPIPE, SIG_IGN);  /* a dead reader shows as EPIPE in a FAIL line */
-    sigset_t usr1;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, NULL);
 
     heap = malloc(HEAP_WORDS * sizeof *heap);
     if (!heap) die("malloc");

@@ -233,12 +233,7 @@ static int read_report(char *line, size_t size) { return read_report_line(rep[0]
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    sigset_t block;
-    sigemptyset(&block);
-    sigaddset(&block, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &block, NULL);
-    struct sigaction sa = {.sa_handler = on_usr1};
-    sigaction(SIGUSR1, &sa, NULL);
+    catch_usr1();
     for (int t = 0; t < NTYPES; t++)
         if (socketpair(AF_UNIX, types[t], 0, xp[t])) die("socketpair");
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, rpair) || pipe(rep)) die("socketpair");
