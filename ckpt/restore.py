@@ -530,7 +530,6 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
         taken = [(v.start, v.end) for v in read_maps(pid)] + [(v.start, v.end) for v in vmas] + list(avoid)
         tramp = memory.free_area(area, taken)
         _map_trampoline(inj0, mem, tramp)
-    scratch = Scratch(tramp + PAGE_SIZE, area - PAGE_SIZE, mem)
     inj = Injector(proc.threads[pid], syscall_insn=tramp)
 
     if own_fds:
@@ -542,11 +541,7 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
             inj.munmap(addr, s - addr)
         addr = max(addr, e)
 
-    temp_size = sum(e - s for s, e in current.values())
-    temp = memory.free_area(max(temp_size, PAGE_SIZE), taken + keep)
-    memory.move_vdso(inj, mem, current, mm, vmas, temp)
-    placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
-    return _Workspace(proc, pid, inj, scratch, tramp, vdso_insn_off, placed, own_fds, {**current, **placed})
+    return _place_kernel_areas(proc, inj, tramp, vdso_insn_off, current, taken + keep, mm, vmas, own_fds)
 
 
 def _prepare_clone(proc: FrozenProcess, parent: _Workspace, mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma],
@@ -558,19 +553,26 @@ def _prepare_clone(proc: FrozenProcess, parent: _Workspace, mm: mm_pb2.MmEntry, 
     descriptor table (or the parent's, ``own_fds`` False) and the parent's
     ptrace options.
     """
-    pid, tramp = proc.pid, parent.tramp
+    tramp = parent.tramp
     proc.use_syscall_insn(tramp)
-    inj = Injector(proc.threads[pid], syscall_insn=tramp)
-    scratch = Scratch(tramp + PAGE_SIZE, _Workspace.AREA - PAGE_SIZE, proc.mem)
+    inj = Injector(proc.threads[proc.pid], syscall_insn=tramp)
     current = dict(parent.areas)
-    keep = [(tramp, tramp + _Workspace.AREA), *current.values()]
-    temp_size = sum(e - s for s, e in current.values())
-    temp = memory.free_area(max(temp_size, PAGE_SIZE), keep + [(v.start, v.end) for v in vmas])
-    memory.move_vdso(inj, proc.mem, current, mm, vmas, temp)
-    placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
-    ws = _Workspace(proc, pid, inj, scratch, tramp, parent.vdso_insn_off, placed, own_fds, {**current, **placed})
+    taken = [(tramp, tramp + _Workspace.AREA), *current.values(), *((v.start, v.end) for v in vmas)]
+    ws = _place_kernel_areas(proc, inj, tramp, parent.vdso_insn_off, current, taken, mm, vmas, own_fds)
     ws.relocate([(v.start, v.end) for v in vmas], [])  # not needed when the trampoline avoided the whole tree
     return ws
+
+
+def _place_kernel_areas(proc: FrozenProcess, inj: Injector, tramp: int, vdso_insn_off: int | None,
+                        current: dict[int, tuple[int, int]], taken: Sequence[tuple[int, int]],
+                        mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], own_fds: bool) -> _Workspace:
+    """Move the kernel's areas from ``current`` to the image's addresses (a stop-over free of ``taken``
+    if they must cross); the helper's workspace, trampoline at ``tramp``."""
+    temp = memory.free_area(max(sum(e - s for s, e in current.values()), PAGE_SIZE), taken)
+    memory.move_vdso(inj, proc.mem, current, mm, vmas, temp)
+    placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
+    scratch = Scratch(tramp + PAGE_SIZE, _Workspace.AREA - PAGE_SIZE, proc.mem)
+    return _Workspace(proc, proc.pid, inj, scratch, tramp, vdso_insn_off, placed, own_fds, {**current, **placed})
 
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
