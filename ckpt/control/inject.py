@@ -203,7 +203,6 @@ class Injector:
         self.single_step = not thread.process.sigtrap_ignored
         #: Answers of queries asked ahead by :func:`ask_all`, taken by :meth:`ask` (once each).
         self.answers: dict[str, tuple[int, bytes] | OSError] = {}
-        self._regs = thread.snapshot.regs
 
     @property
     def pid(self) -> int:
@@ -228,8 +227,6 @@ class Injector:
         t = self.thread
         own_cpus = t.share_cpu()
         try:
-            ptrace.setregs(self.tid, self._regs)
-            t.regs_changed = True
             if self.single_step:
                 t.resume(ptrace.singlestep)
                 out = self._finish_single_step(label)
@@ -240,7 +237,7 @@ class Injector:
         return self._result(out, label, args)
 
     def _load(self, nr: int, args: Sequence[int], name: str | None) -> str:
-        """Check the thread, build the registers of the call in ``self._regs``; its label."""
+        """Check the thread and give it the registers of the call (it runs when resumed); the call's label."""
         if len(args) > len(SYSCALL_ARG_REGS):
             raise ValueError(f"a syscall takes at most {len(SYSCALL_ARG_REGS)} arguments")
         label = name or _syscall_name(nr)
@@ -254,7 +251,8 @@ class Injector:
         regs.orig_rax = _NO_SYSCALL
         for reg, value in zip(SYSCALL_ARG_REGS, args):
             setattr(regs, reg, value & _U64)
-        self._regs = regs
+        ptrace.setregs(self.tid, regs)
+        t.regs_changed = True
         self.events = []
         _INJECTED[label.partition("(")[0]] += 1
         return label
@@ -453,8 +451,6 @@ def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
                     continue
                 try:
                     label = inj._load(q.nr, args, q.name)
-                    ptrace.setregs(inj.tid, inj._regs)
-                    inj.thread.regs_changed = True
                     inj.thread.resume(ptrace.singlestep)
                 except OSError as exc:
                     inj.answers[q.name] = exc
