@@ -274,7 +274,7 @@ def dump(
                     image_dir, kind=ImageKind.INCREMENTAL if delta_parent else ImageKind.FULL,
                     parent=delta_parent, compress_level=compress_level) as w:
                 t_rec = time.monotonic()
-                snap_of = {p: snaps.enter_context(snapshot(p)) for p in ftree.procs}
+                snap_of = {p: snaps.enter_context(snapshot(p, hidden=proc.own_areas())) for p, proc in ftree.procs.items()}
                 skip_of = {p: incremental.parked_tracker_fds(p, incs[p].tracker if p in incs else None)
                            for p in ftree.procs}
                 cap = files.DELETED_MAX if deleted_max is None else deleted_max

@@ -426,7 +426,7 @@ def _seize_helper(pid: int) -> tuple[FrozenProcess, AbstractContextManager[Froze
     The second item is the :func:`freeze` context: keep it referenced as long
     as the helper is ours — collecting it would run its exit and let the helper go.
     """
-    cm = freeze(pid)
+    cm = freeze(pid, guarded=False)
     proc = cm.__enter__()
     proc.pin_cpus = True  # ours: its CPU mask is set by the restore anyway
     return proc, cm

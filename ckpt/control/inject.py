@@ -1,11 +1,24 @@
 """Running single syscalls inside a stopped thread of the target, without parasite code.
 
 An :class:`Injector` points the thread's ``rip`` at a ``syscall`` instruction
-that is already mapped executable (the vDSO has one; the restorer passes its
-own trampoline), loads ``rax`` and the argument registers, sets ``orig_rax = -1``
-and single-steps: the SIGTRAP stop after the instruction holds the result in
-``rax`` (DESIGN §3).  The thread's own registers are written back when the
-:class:`~ckpt.control.seize.FrozenProcess` releases it.  Every call is a
+that is already mapped executable, loads ``rax`` and the argument registers,
+sets ``orig_rax = -1`` and lets it run to the end of that one syscall.  The
+thread's own registers are written back when the
+:class:`~ckpt.control.seize.FrozenProcess` releases it.
+
+Two ways, by who the thread belongs to:
+
+* a **target** (``process.guarded``) must survive ckpt's death at any instant:
+  each call runs through a ``syscall; ret`` sequence into rt_sigreturn over a
+  frame of the thread's own context, between PTRACE_SYSCALL entry and exit
+  stops, with every signal blocked (:mod:`ckpt.control.guard`, and
+  :class:`ProcessGuard` here).  No single step, so no trap flag is ever armed.
+* a restore's **helper** (ckpt's own, killed with it: PTRACE_O_EXITKILL) runs
+  calls at the restorer's trampoline or the vDSO by single steps: the SIGTRAP
+  stop after the instruction holds the result in ``rax`` (DESIGN §3), one
+  round trip instead of two.
+
+Every call is a
 round trip between the thread and the controller: a restore's helper shares
 the controller's CPU meanwhile (FrozenThread.share_cpu), ~8x cheaper without
 cross-CPU wake-ups; a target's mask is not ours to change, so what a dump
@@ -14,9 +27,12 @@ asks every process of a tree is asked of all of them at once instead
 
 Single-stepping makes the kernel *force* a SIGTRAP, which resets a SIGTRAP
 disposition of SIG_IGN to SIG_DFL (kernel/signal.c, force_sig_info_to_task).
-For a target that ignores SIGTRAP the injector therefore runs each syscall
+For a helper that ignores SIGTRAP the injector therefore runs each syscall
 between PTRACE_SYSCALL entry/exit stops instead, and parks the thread in a
-PTRACE_INTERRUPT stop afterwards.
+PTRACE_INTERRUPT stop afterwards; so does it for a target in which no
+``syscall; ret`` / rt_sigreturn pair or no stack room for a frame is found
+(its own registers then go back after every call: only the call itself is
+exposed to ckpt's death).
 """
 
 from __future__ import annotations
@@ -34,14 +50,16 @@ from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, SYSCALL_ARG_REGS, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
 from ..kernel.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
 from ..kernel.ptrace import StopKind
+from ..kernel.sigframe import frame_size, rt_sigframe
 from ..kernel.vm import ProcMem
 from ..procfs.maps import Vma, read_maps
-from .seize import DeferredSignal, FrozenThread, stop_sharing_cpu
+from . import guard
+from .seize import DeferredSignal, FrozenProcess, FrozenThread, stop_sharing_cpu
 
 __all__ = [
     "ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ERESTART_RESTARTBLOCK", "MAX_ERRNO",
     "syscall_restart_frame", "find_syscall_insn", "Injector", "Scratch", "injected_syscalls", "injected_by_syscall",
-    "Query", "OUT", "ask_all",
+    "Query", "OUT", "ask_all", "ProcessGuard", "ALL_SIGNALS",
 ]
 
 # Kernel-internal errnos a syscall returns when a signal interrupts it
@@ -58,6 +76,8 @@ _U64 = (1 << 64) - 1
 #: (WIFSTOPPED, SIGTRAP, no event: a syscall stop has SIGTRAP | 0x80, an event stop its event above).
 _STEP_TRAP = (signal.SIGTRAP << 8) | 0x7F
 _NO_SYSCALL = _U64  # orig_rax = -1: "not in a syscall", so the kernel does no restart handling
+#: A blocked mask with every signal (the kernel leaves SIGKILL and SIGSTOP out itself).
+ALL_SIGNALS = _U64
 
 
 #: Syscalls injected by this process so far, by syscall name (the label up to its first "(":
@@ -200,7 +220,9 @@ class Injector:
         self._insn = syscall_insn
         #: (PTRACE_EVENT_*, event message) seen during the last call, e.g. the new tid of a clone.
         self.events: list[tuple[int, int]] = []
-        self.single_step = not thread.process.sigtrap_ignored
+        #: A target's thread: calls go through the process's guard (its own ``syscall_insn`` is not used).
+        self.guarded = thread.process.guarded and syscall_insn is None
+        self.single_step = not self.guarded and not thread.process.sigtrap_ignored
         #: Answers of queries asked ahead by :func:`ask_all`, taken by :meth:`ask` (once each).
         self.answers: dict[str, tuple[int, bytes] | OSError] = {}
 
@@ -223,36 +245,69 @@ class Injector:
 
         A result in [-4095, -1] raises ``OSError(-result, "injected NAME(...) in PID/TID: ...")``.
         """
-        label = self._load(nr, args, name)
-        t = self.thread
-        own_cpus = t.share_cpu()
+        return self._call(nr, args, name)
+
+    def _call(self, nr: int, args: Sequence[int], name: str | None, *, frame: int | None = None) -> int:
+        """:meth:`call`; ``frame``: the guarded call's frame is there (the guard's first and last calls)."""
+        label = self._load(nr, args, name, frame=frame)
+        own_cpus = self.thread.share_cpu()
         try:
-            if self.single_step:
-                t.resume(ptrace.singlestep)
-                out = self._finish_single_step(label)
-            else:
-                out = self._run_syscall_stops(label)
+            out = self._run(label)
         finally:
             stop_sharing_cpu(own_cpus)
         return self._result(out, label, args)
 
-    def _load(self, nr: int, args: Sequence[int], name: str | None) -> str:
-        """Check the thread and give it the registers of the call (it runs when resumed); the call's label."""
+    def _run(self, label: str, *, started: bool = False) -> user_regs_struct:
+        """Run the loaded call to its end (``started``: the thread was resumed already); its registers then."""
+        t = self.thread
+        if t.call_open:
+            return self._finish_guarded(label)
+        if self.single_step:
+            if not started:
+                t.resume(ptrace.singlestep)
+            return self._finish_single_step(label)
+        out = self._run_syscall_stops(label)
+        if self.guarded:  # a target without a guard: its own registers back between calls
+            ptrace.setregs(self.tid, t.snapshot.regs)
+            t.regs_changed = False
+        return out
+
+    def _load(self, nr: int, args: Sequence[int], name: str | None, *, frame: int | None = None) -> str:
+        """Check the thread and give it the registers of the call (it runs when resumed); the call's label.
+
+        A guarded call (``thread.call_open`` afterwards) starts at the guard's
+        ``syscall; ret`` with ``rsp`` at the thread's frame, every signal blocked.
+        """
         if len(args) > len(SYSCALL_ARG_REGS):
             raise ValueError(f"a syscall takes at most {len(SYSCALL_ARG_REGS)} arguments")
         label = name or _syscall_name(nr)
-        insn = self.syscall_insn
         t = self.thread
         if t.gone:
             raise OSError(errno.ESRCH, f"injected {label} in {self.pid}/{self.tid}: thread exited")
+        chain = None
+        if self.guarded:
+            g = t.process.guard
+            chain = g.chain
+            if chain is not None and frame is None:
+                frame = g.frame(t)  # may inject the area's mmap first
+                chain = g.chain  # (None if that found no room)
         regs = t.snapshot.regs
-        regs.rip = insn
+        if chain is not None and frame is not None:
+            regs.rip = chain.syscall_ret
+            regs.rsp = frame
+        else:
+            regs.rip = self.syscall_insn
         regs.rax = nr
         regs.orig_rax = _NO_SYSCALL
         for reg, value in zip(SYSCALL_ARG_REGS, args):
             setattr(regs, reg, value & _U64)
         ptrace.setregs(self.tid, regs)
         t.regs_changed = True
+        if chain is not None and frame is not None:
+            if not t.signals_held:  # after the registers: from here its frame restores its own mask
+                ptrace.setsigmask(self.tid, ALL_SIGNALS)
+                t.signals_held = True
+            t.call_open, t.entered = True, False
         self.events = []
         _INJECTED[label.partition("(")[0]] += 1
         return label
@@ -313,6 +368,33 @@ class Injector:
                 # an event-stop, group-stop or syscall stop that is not ours: step again
             self.thread.resume(ptrace.singlestep)
 
+    def _finish_guarded(self, label: str) -> user_regs_struct:
+        """Run a loaded guarded call to its syscall-exit stop (resuming it if need be); its registers.
+
+        The thread stays there: resumed without us, it would ``ret`` into
+        rt_sigreturn and be itself again (see :mod:`ckpt.control.guard`).
+        """
+        t = self.thread
+        while True:
+            if not t.running:
+                t.resume(ptrace.syscall_step)
+            st = self._stopped(label)
+            kind = st.kind
+            if kind is StopKind.SYSCALL:
+                if t.entered:
+                    t.call_open = False
+                    return ptrace.getregs(self.tid)
+                t.entered = True
+            elif kind is StopKind.SIGNAL_DELIVERY:  # SIGSTOP or a fault's signal: the rest are blocked
+                self._defer(st)
+            elif kind is StopKind.PTRACE_EVENT:
+                self.events.append((st.event, ptrace.geteventmsg(self.tid)))
+
+    def complete_call(self) -> None:
+        """Take a guarded call cut short (by an exception) to its exit stop, its result dropped."""
+        if self.thread.call_open:
+            self._finish_guarded("an interrupted call")
+
     def _run_syscall_stops(self, label: str) -> user_regs_struct:
         entered = False
         while True:
@@ -370,7 +452,19 @@ class Injector:
 
     @contextmanager
     def scratch(self, size: int) -> Iterator[Scratch]:
-        """Map an anonymous RW area of ``size`` bytes (page-rounded) in the target; unmapped after."""
+        """An anonymous RW area of ``size`` bytes (page-rounded) in the target for the block.
+
+        In a target, the guard's area lends its buffer when it is free and big
+        enough (no call at all); otherwise an area is mapped and unmapped after.
+        """
+        if self.guarded:
+            lent = self.thread.process.guard.lend_scratch(size)
+            if lent is not None:
+                try:
+                    yield lent
+                finally:
+                    self.thread.process.guard.return_scratch()
+                return
         length = -(-size // PAGE_SIZE) * PAGE_SIZE
         addr = self.mmap(0, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
         try:
@@ -418,8 +512,8 @@ def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
     the other and then waited for, the threads of a tree overlap those
     waits.  A query that fails, or that finds its thread gone, keeps its
     error as its answer; one that does not fit the area is left to be asked
-    later.  A thread that cannot take single steps (SIGTRAP ignored) or is
-    pinned gets its queries one by one.
+    later.  A helper's thread that cannot take single steps (SIGTRAP ignored)
+    or is pinned, or a target's without a guard, gets its queries one by one.
     """
     used: dict[tuple[int, int], int] = {}  # by (pid, address): the forks of a tree map theirs at one address
     plans: list[tuple[Injector, Scratch, list[tuple[Query, int]]]] = []
@@ -443,7 +537,8 @@ def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
                     continue
                 q, off = plan[k]
                 args = q.resolve(scratch.addr + off)
-                if not inj.single_step or inj.thread.process.pin_cpus:
+                t = inj.thread
+                if not (inj.single_step or inj.guarded) or t.process.pin_cpus:
                     try:
                         results[(inj.tid, q.name)] = (inj.call(q.nr, *args, name=q.name), off)
                     except OSError as exc:
@@ -451,7 +546,13 @@ def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
                     continue
                 try:
                     label = inj._load(q.nr, args, q.name)
-                    inj.thread.resume(ptrace.singlestep)
+                    if t.call_open:
+                        t.resume(ptrace.syscall_step)
+                    elif inj.single_step:
+                        t.resume(ptrace.singlestep)
+                    else:  # a target without a guard: one by one
+                        results[(inj.tid, q.name)] = (inj._result(inj._run(label), label, args), off)
+                        continue
                 except OSError as exc:
                     inj.answers[q.name] = exc
                     continue
@@ -459,7 +560,7 @@ def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
         finally:
             for inj, q, off, args, label in started:  # every resumed thread is waited for, whatever happens
                 try:
-                    results[(inj.tid, q.name)] = (inj._result(inj._finish_single_step(label), label, args), off)
+                    results[(inj.tid, q.name)] = (inj._result(inj._run(label, started=True), label, args), off)
                 except OSError as exc:
                     inj.answers[q.name] = exc
     outs: dict[tuple[int, int], bytes] = {}
@@ -472,3 +573,115 @@ def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
             if got is not None:
                 result, off = got
                 inj.answers[q.name] = (result, outs[area][off:off + q.out] if q.out else b"")
+
+
+# --- the guard: calls into a target that ckpt's death cannot turn into harm ---
+
+
+class ProcessGuard:
+    """The area and code sequences that let every injected call of one target end in its own context.
+
+    See :mod:`ckpt.control.guard` for why and how.  :meth:`open` maps the area
+    (the first call, its frame on a thread's stack) and removes areas a killed
+    run left; :meth:`frame` writes a thread's frame into it; :meth:`close`
+    unmaps it (the last call, again from a stack frame).  ``chain`` is None
+    when the target maps no usable code sequences or has no room for the
+    first frame: its calls then run unguarded, one at a time, its registers
+    put back after each.
+    """
+
+    def __init__(self, proc: FrozenProcess) -> None:
+        self.proc = proc
+        self.chain: guard.Chain | None = None
+        self.layout: guard.AreaLayout | None = None
+        self.addr = 0
+        self._opened = False
+        self._frames: dict[int, int] = {}
+        self._slot: tuple[int, int] | None = None  # (tid, address) of the stack frame used for the area's own calls
+        self._scratch_lent = False
+
+    def areas(self) -> list[tuple[int, int]]:
+        return [(self.addr, self.addr + self.layout.size)] if self.addr and self.layout else []
+
+    def open(self) -> None:
+        """Map the area (once) and unmap any an earlier, killed run left in the process."""
+        if self._opened:
+            return
+        self._opened = True
+        proc = self.proc
+        vmas = read_maps(proc.pid)
+        self.chain = guard.find_chain(proc.mem, vmas)
+        if self.chain is None:
+            return
+        fbytes = frame_size(ptrace.xstate_size(proc.main_thread.tid))  # one size for every thread
+        slot = self._stack_slot(vmas, fbytes)
+        if slot is None:
+            self.chain = None
+            return
+        layout = guard.AreaLayout.for_threads(len(proc.threads), fbytes)
+        tid, at = slot
+        proc.mem.write(at, self._frame_bytes(proc.threads[tid], at))
+        inj = proc.injector(tid)
+        addr = inj._call(NR.mmap, (0, layout.size, PROT_READ | PROT_WRITE, guard.AREA_MAP_FLAGS, -1, 0),
+                         "mmap(injection area)", frame=at)
+        self.addr, self.layout, self._slot = addr, layout, slot
+        proc.mem.write(addr, guard.area_header(layout.size))
+        for old in guard.leftover_areas(proc.pid, proc.mem, vmas):
+            inj.munmap(old.start, old.size)
+            proc.notes.append(f"removed an area ({old.size // PAGE_SIZE} pages at {old.start:#x}) that a killed "
+                              f"ckpt run had left in process {proc.pid}")
+
+    def _stack_slot(self, vmas: Sequence[Vma], size: int) -> tuple[int, int] | None:
+        """A thread whose stack has room for a frame below its red zone, and where: (tid, address)."""
+        ordered = sorted(self.proc.threads.values(), key=lambda t: t.tid != self.proc.pid)
+        for t in ordered:
+            at = guard.stack_slot(vmas, t.snapshot.regs.rsp, size)
+            if at is not None:
+                return t.tid, at
+        return None
+
+    def _frame_bytes(self, t: FrozenThread, at: int) -> bytes:
+        assert self.chain is not None
+        return rt_sigframe(at, self.chain.sigreturn, guard.resume_context(t.snapshot.regs), t.snapshot.sigmask,
+                           ptrace.get_xstate(t.tid))
+
+    def frame(self, t: FrozenThread) -> int | None:
+        """The address of ``t``'s frame in the area (written on first use); None if calls run unguarded."""
+        at = self._frames.get(t.tid)
+        if at is not None:
+            return at
+        self.open()
+        if self.chain is None or self.layout is None:
+            return None
+        index = len(self._frames)
+        if index >= self.layout.frames:
+            raise CkptError(f"no frame left for thread {t.tid} in the injection area of process {self.proc.pid}")
+        at = self.addr + self.layout.frame_offset + index * self.layout.frame_size
+        self.proc.mem.write(at, self._frame_bytes(t, at))
+        self._frames[t.tid] = at
+        return at
+
+    def lend_scratch(self, size: int) -> Scratch | None:
+        """The area's buffer for the calls' outputs, if free and ``size`` fits; give it back after."""
+        self.open()
+        if self.layout is None or self._scratch_lent or size > self.layout.scratch_size:
+            return None
+        self._scratch_lent = True
+        return Scratch(self.addr + self.layout.scratch_offset, self.layout.scratch_size, self.proc.mem)
+
+    def return_scratch(self) -> None:
+        self._scratch_lent = False
+
+    def close(self) -> None:
+        """Unmap the area: the last call, made from a frame on the stack again (the area's own goes away)."""
+        if not self.addr or self.layout is None or self._slot is None:
+            return
+        addr, size = self.addr, self.layout.size
+        tid, at = self._slot
+        t = self.proc.threads.get(tid)
+        if t is None or t.gone:
+            return  # its thread is gone: the area stays (the next run removes it)
+        self.proc.mem.write(at, self._frame_bytes(t, at))
+        self.proc.injector(tid)._call(NR.munmap, (addr, size), "munmap(injection area)", frame=at)
+        self.addr = 0
+        self._frames.clear()

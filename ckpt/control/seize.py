@@ -50,7 +50,7 @@ from ..procfs.status import read_status, read_status_values
 from ..procfs.task import in_our_pid_namespace, list_tids, read_starttime
 
 if TYPE_CHECKING:
-    from .inject import Injector
+    from .inject import Injector, ProcessGuard
 
 __all__ = [
     "require_our_pid_namespace",
@@ -146,6 +146,12 @@ class FrozenThread:
     home_mask: set[int] | None = None
     #: The CPU :meth:`share_cpu` last tried (pinned to it, or the kernel refused): -1 for none.
     pin_cpu: int = -1
+    #: Every signal blocked while calls are injected (a guarded target; its own mask is in the snapshot).
+    signals_held: bool = False
+    #: A guarded injected call was loaded and has not reached its syscall-exit stop yet.
+    call_open: bool = False
+    #: ... and it reached its syscall-entry stop.
+    entered: bool = False
 
     @property
     def tid(self) -> int:
@@ -235,12 +241,25 @@ class FrozenThread:
         """The thread's own CPU set, pinned or not."""
         return set(self.home_mask) if self.home_mask is not None else os.sched_getaffinity(self.tid)
 
-    def _put_back(self) -> None:
-        """Original registers, deferred signals, PTRACE_DETACH (clears any trap flag)."""
-        if self.running:  # interrupted between a resume and its wait: collect the stop first
+    def settle(self) -> None:
+        """Bring a thread that an exception caught mid-call back to a stop where it can take more calls or go."""
+        if self.call_open and (self.running or self.entered):
+            self.process.injector(self.tid).complete_call()
+        elif self.running:  # interrupted between a resume and its wait: collect the stop first
             st = self.wait()
             if st.kind is StopKind.SIGNAL_DELIVERY and st.stopsig != signal.SIGTRAP:
                 self.deferred.append(DeferredSignal(st.stopsig or 0, ptrace.getsiginfo(self.tid)))
+        self.call_open = False
+
+    def _put_back(self) -> None:
+        """Own mask and registers, deferred signals, PTRACE_DETACH (clears any trap flag).
+
+        A guarded call cut short (an exception between its resume and its
+        exit stop) is first run to its exit stop: its registers can only be
+        replaced there (at the entry stop, the kernel would still run the
+        call with them).
+        """
+        self.settle()
         if self.gone:
             return
         tid = self.tid
@@ -249,6 +268,9 @@ class FrozenThread:
                 self.unpin()
             except OSError:
                 pass  # its mask is not worth leaving it stopped for
+        if self.signals_held:  # before the registers: until they change, its frame would restore the mask too
+            ptrace.setsigmask(tid, self.snapshot.sigmask)
+            self.signals_held = False
         if self.regs_changed:
             ptrace.setregs(tid, self.snapshot.regs)
         pending = list(self.deferred)
@@ -294,6 +316,12 @@ class FrozenProcess:
         self.released = False
         #: A restore's helper: its threads may be pinned to the controller's CPU (FrozenThread.share_cpu).
         self.pin_cpus = False
+        #: A target (not one of ckpt's own helpers): every injected call must survive ckpt's death
+        #: (ckpt.control.guard); set before the first call.
+        self.guarded = True
+        self._guard: ProcessGuard | None = None
+        #: What the controller did that a user may want to know (e.g. an earlier run's leftovers removed).
+        self.notes: list[str] = []
 
     @classmethod
     def adopt(cls, pid: int, stop: WaitStatus, parent: FrozenThread) -> "FrozenProcess":
@@ -306,6 +334,7 @@ class FrozenProcess:
         """
         proc = cls(pid, read_starttime(pid))
         proc.pin_cpus = parent.process.pin_cpus
+        proc.guarded = parent.process.guarded
         regs = ptrace.getregs(pid)
         thread = FrozenThread(proc, ThreadSnapshot(pid, bytes(regs), ptrace.getsigmask(pid), stop), stop)
         thread.inherit_pin(parent)
@@ -343,6 +372,18 @@ class FrozenProcess:
         """Use ``addr`` (a ``syscall`` the caller found, e.g. in the vDSO) instead of searching the mappings."""
         self._syscall_insn = addr
 
+    @property
+    def guard(self) -> ProcessGuard:
+        """The area and code sequences that make injected calls safe (created on first use)."""
+        if self._guard is None:
+            from .inject import ProcessGuard
+            self._guard = ProcessGuard(self)
+        return self._guard
+
+    def own_areas(self) -> list[tuple[int, int]]:
+        """Address ranges the controller has mapped in the process (left out of what is dumped)."""
+        return self._guard.areas() if self._guard is not None else []
+
     def injector(self, tid: int | None = None) -> Injector:
         """The (cached) :class:`~ckpt.control.inject.Injector` of ``tid`` (default: main thread)."""
         from .inject import Injector
@@ -362,10 +403,19 @@ class FrozenProcess:
         if self.released:
             return
         self.released = True
-        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         first_error: OSError | None = None
         try:
+            if self._guard is not None:
+                try:
+                    for t in self.threads.values():
+                        if not t.gone:
+                            t.settle()
+                    self._guard.close()
+                except OSError as exc:
+                    if exc.errno != errno.ESRCH:
+                        first_error = exc
             for t in self.threads.values():
                 try:
                     t._put_back()
@@ -575,15 +625,22 @@ def _sigtrap_ignored(pid: int) -> bool:
 
 
 @contextmanager
-def freeze(pid: int, *, start_time: int | None = None) -> Iterator[FrozenProcess]:
+def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True) -> Iterator[FrozenProcess]:
     """Stop every thread of ``pid`` for the duration of the ``with`` block.
 
     ``start_time`` (field 22 of /proc/PID/stat, :func:`ckpt.procfs.task.read_starttime`)
     makes sure the pid still names the process seen earlier.  Raises
     :class:`~ckpt.errors.TargetGone` / :class:`~ckpt.errors.AccessDenied`.
+    ``guarded``: a target, which must survive ckpt's death at any instant —
+    its area for safe injected calls is mapped now (removing any that a
+    killed run left), so that maps read from here on can leave it out
+    (:meth:`FrozenProcess.own_areas`).  False for ckpt's own restore helpers.
     """
     proc = _seize(pid, start_time)
+    proc.guarded = guarded
     try:
+        if guarded:
+            proc.guard.open()
         yield proc
     finally:
         proc.release()

@@ -17,6 +17,7 @@ thawing it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 
 from ..errors import TargetGone
@@ -35,9 +36,11 @@ __all__ = ["Snapshot", "snapshot"]
 class Snapshot:
     """Lazily read, cached /proc records of one process; use as a context manager."""
 
-    def __init__(self, target: int | ProcessRef) -> None:
+    def __init__(self, target: int | ProcessRef, *, hidden: Sequence[tuple[int, int]] = ()) -> None:
         pid = target.pid if isinstance(target, ProcessRef) else target
         self.pid = pid
+        #: Address ranges left out of maps/smaps/vmas: areas the controller itself mapped in the process.
+        self.hidden = tuple(hidden)
         self._proc = ProcDir(pid, pinned=True)
         self._fdinfo: dict[int, FdInfo] = {}
         self._task_stat: dict[int, Stat] = {}
@@ -75,18 +78,21 @@ class Snapshot:
 
     @cached_property
     def maps(self) -> list[Vma]:
-        return read_maps(self.pid, proc=self._proc)
+        return [v for v in read_maps(self.pid, proc=self._proc) if not self._is_hidden(v)]
 
     @cached_property
     def smaps(self) -> list[SmapsVma]:
-        return read_smaps(self.pid, proc=self._proc)
+        return [e for e in read_smaps(self.pid, proc=self._proc) if not self._is_hidden(e.vma)]
 
     @cached_property
     def vmas(self) -> list[Vma]:
         """The maps with VmFlags (read from smaps, its counters skipped: a dump needs only the flags)."""
         if "smaps" in self.__dict__:  # read already: no second walk of the page tables
             return [e.vma for e in self.smaps]
-        return read_smaps_vmflags(self.pid, proc=self._proc)
+        return [v for v in read_smaps_vmflags(self.pid, proc=self._proc) if not self._is_hidden(v)]
+
+    def _is_hidden(self, vma: Vma) -> bool:
+        return any(start <= vma.start and vma.end <= end for start, end in self.hidden)
 
     @cached_property
     def auxv(self) -> Auxv:
@@ -128,6 +134,6 @@ class Snapshot:
         return self._task_status[tid]
 
 
-def snapshot(target: int | ProcessRef) -> Snapshot:
-    """Open a :class:`Snapshot` of ``target`` (``with snapshot(pid) as snap: ...``)."""
-    return Snapshot(target)
+def snapshot(target: int | ProcessRef, *, hidden: Sequence[tuple[int, int]] = ()) -> Snapshot:
+    """Open a :class:`Snapshot` of ``target`` (``with snapshot(pid) as snap: ...``); ``hidden``: ranges left out of its maps."""
+    return Snapshot(target, hidden=hidden)

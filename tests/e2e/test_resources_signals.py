@@ -117,19 +117,20 @@ def test_malformed_pending_signal_is_refused(c_target) -> None:
 
 
 def test_signal_arriving_while_frozen_is_in_the_image(c_target, tmp_path, restored) -> None:  # noqa: ANN001
-    """A signal sent while the dump holds the target frozen is taken by the first injected syscall
-    (held back by the injector): it must still be in the image, so a killed target loses nothing."""
+    """A signal sent while the dump holds the target frozen stays queued (every signal is blocked while
+    calls are injected): it must be in the image, so a killed target loses nothing."""
     t = c_target("resources", "signals")
     t.ready()
 
     def on_progress(event) -> None:  # noqa: ANN001
         if event.phase == "frozen":
-            os.kill(t.pid, signal.SIGUSR1)  # not blocked: the next injected syscall dequeues it
+            os.kill(t.pid, signal.SIGUSR1)  # not blocked by the target: it would run at once if dequeued
 
     dump(t.pid, tmp_path / "img", progress=on_progress)
     _forget(t)
     img = Image.open(tmp_path / "img")
-    held = [(p.signo, siginfo_code(p.siginfo)) for p in img.threads(t.pid)[0].pending]
+    held = [(p.signo, siginfo_code(p.siginfo))
+            for p in (*img.threads(t.pid)[0].pending, *img.process(t.pid).shared_pending)]
     assert (signal.SIGUSR1, SI_USER) in held, held
     r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
