@@ -134,7 +134,7 @@ def test_signal_arriving_while_frozen_is_in_the_image(c_target, tmp_path, restor
     r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     # Delivered after the restore without being sent again: the handler reports it, then the queue.
-    assert t.expect("USR1", 10) == "USR1 code=0"
+    assert t.expect("USR1") == "USR1 code=0"
     lines = []
     while (line := t.readline()) != "END":
         lines.append(line)
