@@ -21,7 +21,7 @@ from pathlib import Path
 
 __all__ = [
     "SCENARIOS", "BIN", "build_c", "spawn", "python_argv", "Target", "wait_in_syscall", "thread_state",
-    "tracer_of", "traced_threads", "wait_until", "kill_all", "HANG_GUARD",
+    "tracer_of", "traced_threads", "wait_until", "kill_all", "cpu_flags", "vector_kind", "HANG_GUARD",
 ]
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -36,9 +36,11 @@ def build_c(name: str) -> Path:
     """Compile ``scenarios/NAME.c`` into ``scenarios/bin/NAME`` unless the binary is newer (than it and
     the scenarios' headers).
 
-    Extra flags come from a ``// cflags: ...`` line in the source (e.g. -mavx512f
-    for the one target that needs it).  Built into a temporary name and renamed,
-    so concurrent runs never see a half-written binary.
+    Extra flags come from a ``// cflags: ...`` line in the source (e.g. -no-pie);
+    never an instruction-set flag such as -mavx512f: a scenario must run on any
+    x86-64, so it picks its instructions at run time (scenarios/vecregs.h).
+    Built into a temporary name and renamed, so concurrent runs never see a
+    half-written binary.
     """
     src = SCENARIOS / f"{name}.c"
     out = BIN / name
@@ -223,3 +225,17 @@ def kill_all(pids: Sequence[int]) -> None:
         except ProcessLookupError:
             pass
 
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (the kernel drops one whose state XCR0 lacks)."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def vector_kind() -> str:
+    """Which registers scenarios/vecregs.h holds on this CPU: "zmm" (AVX-512F), "ymm" (AVX) or "xmm"."""
+    flags = cpu_flags()
+    return "zmm" if "avx512f" in flags else "ymm" if "avx" in flags else "xmm"

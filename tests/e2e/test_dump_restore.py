@@ -1,7 +1,8 @@
 """Dump and restore real processes with the same pid and tids: memory, threads and every process resource.
 
-The target (scenarios/cr_target.c) checks its own memory, AVX-512 and MXCSR
-state and thread ids for ever and writes PASS/FAIL into a result file.  A new
+The target (scenarios/cr_target.c) checks its own memory, the widest vector
+registers the CPU has (AVX-512 zmm and opmask, else AVX ymm, else SSE xmm),
+MXCSR and thread ids for ever and writes PASS/FAIL into a result file.  A new
 PASS line written after the restore, with a round counter that went on
 counting, proves the restored process runs on the saved state.  SIGUSR1 then
 makes it check its process-wide state — fds and offsets, an internal pipe's
@@ -26,7 +27,7 @@ from ckpt.dump import PROCESS_DUMPERS, dump, restore
 from ckpt.errors import CkptError, RestoreError, TargetGone, Unsupported
 from ckpt.image.reader import Image
 from ckpt.progress import ProgressEvent
-from targets import HANG_GUARD, Target, spawn, tracer_of, wait_until
+from targets import HANG_GUARD, Target, spawn, tracer_of, vector_kind, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 
@@ -55,7 +56,7 @@ def _start(c_target, tmp_path: Path, nthreads: int, blocked: bool) -> tuple[Targ
     result = tmp_path / "result"
     args = [str(result), str(nthreads)] + (["blocked"] if blocked else [])
     t = c_target("cr_target", *args, stdin_pipe=True, stderr=subprocess.DEVNULL)
-    t.ready()
+    assert t.ready()["vec"] == vector_kind(), "cr_target does not hold the widest registers the CPU has"
     _result(t)
     return t, result
 
