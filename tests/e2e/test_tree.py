@@ -23,6 +23,7 @@ from ckpt import api
 from ckpt.control.seize import freeze
 from ckpt.errors import RestoreError, Unsupported
 from ckpt.image.reader import Image
+from ckpt.resources import sysvshm
 from targets import Target, kill_all, tracer_of, wait_until
 from test_dump_restore import _forget
 
@@ -176,8 +177,8 @@ def test_sysv_shared_memory_between_processes(py_target, tmp_path: Path, restore
         assert t.expect("PASS") == "PASS sysv round=1"
         api.dump(t.pid, tmp_path / "img")
         _forget(t)
-        wait_until(lambda: f" {a_id} " not in open("/proc/sysvipc/shm").read().replace("\n", " "),
-                   "the removed segment goes with its last attach")
+        # By its shmid column: ids count from 0 in a fresh IPC namespace, and " 0 " is in every line (uid 0).
+        wait_until(lambda: a_id not in sysvshm.read_segments(), "the removed segment goes with its last attach")
         r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
         restored.append(r.pid)
         os.kill(t.pid, signal.SIGUSR1)  # A made again with its id and bytes (and removed again), B as it was
