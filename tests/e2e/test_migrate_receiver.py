@@ -6,6 +6,7 @@ closes the oldest of the busiest address); one authenticated migration runs at a
 counts only those.  The migrations here are real (a Python target moved to the
 second host, as in test_migrate.py: only there can it keep its pid while the
 source still exists); the junk comes from this host to the receiver's address.
+A bad ``--listen`` is refused before any file is written.
 """
 
 from __future__ import annotations
@@ -138,3 +139,27 @@ def test_a_second_source_is_refused_while_a_migration_runs(second_host: SecondHo
         if first.poll() is None:
             first.kill()
             first.communicate()
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "nonsense", "127.0.0.1:", "[::1]:7x", "192.0.2.1:5000",
+                                    "busy"])
+def test_bad_listen_exits_2_before_writing_anything(tmp_path: Path, listen: str) -> None:
+    """192.0.2.1 (TEST-NET-1) is no address of this host; "busy": a port another socket listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        if listen == "busy":
+            listen = f"127.0.0.1:{other.getsockname()[1]}"
+        res = subprocess.run(ckpt_argv("receive", "--listen", listen, "-D", tmp_path / "rx", "--once"),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    errors = [line for line in res.stderr.splitlines() if not line.startswith("hint: ")]
+    assert res.returncode == 2 and len(errors) == 1 and errors[0].startswith("ckpt: "), res.stderr
+    assert listen in errors[0] or listen.split(":")[-1] in errors[0], errors
+    assert not (tmp_path / "rx").exists()  # no token file, no directory
+
+
+def test_bad_to_exits_2(tmp_path: Path) -> None:
+    res = subprocess.run(ckpt_argv("migrate", "-t", os.getpid(), "--to", "127.0.0.1:70000", "--token-file",
+                                   _token(tmp_path)),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "70000" in res.stderr, res.stderr
