@@ -29,7 +29,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -80,8 +80,9 @@ class _Stager:
     A full pre-dump (the source lost its tracking) starts staging afresh.
     """
 
-    def __init__(self, say: Callable[[str], None]) -> None:
+    def __init__(self, say: Callable[[str], None], cpu_cap: Iterable[str] | None = None) -> None:
         self.say = say
+        self.cpu_cap = cpu_cap
         self.note = ""
         self._staged: StagedRestore | None = None
         self._jobs: queue.Queue[tuple[str, str, Future | None]] = queue.Queue()
@@ -159,7 +160,7 @@ class _Stager:
         try:
             if self._staged is None or Image.open(path).parent is None:
                 self._drop("")  # the first image, or a full one (tracking lost at the source): start from it
-                self._staged = StagedRestore(detached=True)
+                self._staged = StagedRestore(detached=True, cpu_cap=self.cpu_cap)
                 st = self._staged.start(path)
             else:
                 st = self._staged.apply(path)
@@ -191,14 +192,16 @@ class _Stager:
 
 
 def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool = False,
-                on_event: Callable[[str], None] | None = None, staged: bool = True) -> ReceiveResult:
+                on_event: Callable[[str], None] | None = None, staged: bool = True,
+                cpu_cap: Iterable[str] | None = None) -> ReceiveResult:
     """Serve one migration on an already listening socket; see the module docstring.
 
     ``last``: close the listener once the connection is accepted, so the
     restored process can bind the same address and port (a server migrated
     to the receiver's own port).  ``staged``: restore while the images
     arrive (the default); False restores the final image in one go at the
-    switch-over (the downtime baseline).
+    switch-over (the downtime baseline).  ``cpu_cap``: the CPU checks
+    (:func:`ckpt.resources.cpu.parse_cpu_cap`) of the handshake and the restores.
     """
     from .. import api
 
@@ -215,13 +218,15 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
         with Channel.accept(conn, token) as ch:
             hello = ch.expect("migrate", timeout=IDLE_TIMEOUT)
             result.source_pid = int(hello["pid"])
+            if "cpu" in hello:  # sources before ckpt recorded CPUs send none: their images are checked
+                _check_source_cpu(ch, hello["cpu"], cpu_cap)
             store = os.path.join(root, f"{result.source_pid}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             os.makedirs(store, mode=0o700)
             result.store = store
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
             if staged and not hello.get("dry_run"):
-                stager = _Stager(say)
+                stager = _Stager(say, cpu_cap)
             ch.send({"type": "ready"})
             say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
             while True:
@@ -252,7 +257,7 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
                         result.staged = r is not None
                         result.staging = stager.note if stager is not None else "not asked for"
                         if r is None:
-                            r = api.restore(image, detached=True)
+                            r = api.restore(image, detached=True, cpu_cap=cpu_cap)
                     except CkptError as exc:
                         ch.send_error(f"restore failed at the destination: {exc}")
                         raise
@@ -296,6 +301,17 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
     return result
 
 
+def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None) -> None:
+    """Refuse a process from a CPU whose features this one lacks, before any image is sent."""
+    from ..resources import cpu
+
+    try:
+        cpu.check(cpu.from_wire(record), cpu.parse_cpu_cap(cpu_cap))
+    except CkptError as exc:
+        ch.send_error(f"{exc} (the receiver's --cpu-cap relaxes this check)")
+        raise
+
+
 def _clean(store: str) -> None:
     if store:
         shutil.rmtree(store, ignore_errors=True)
@@ -303,10 +319,11 @@ def _clean(store: str) -> None:
 
 def serve(host: str, port: int, root: str, token: bytes, *, once: bool = False,
           on_event: Callable[[str], None] | None = None,
-          on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True) -> list[ReceiveResult]:
+          on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True,
+          cpu_cap: Iterable[str] | None = None) -> list[ReceiveResult]:
     """Accept migrations on ``host:port`` into ``root``: one with ``once``, else until interrupted.
 
-    ``staged``: see :func:`receive_one`.
+    ``staged``, ``cpu_cap``: see :func:`receive_one`.
     """
     os.makedirs(root, mode=0o700, exist_ok=True)
     results: list[ReceiveResult] = []
@@ -314,6 +331,7 @@ def serve(host: str, port: int, root: str, token: bytes, *, once: bool = False,
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
         while True:
-            results.append(receive_one(s, root, token, last=once, on_event=on_event, staged=staged))
+            results.append(receive_one(s, root, token, last=once, on_event=on_event, staged=staged,
+                                       cpu_cap=cpu_cap))
             if once:
                 return results
