@@ -32,10 +32,10 @@ checks the vector state only); ``^ins`` removes one check from the default.
 CRIU's ``image`` (record the CPU at dump) is accepted and changes nothing:
 ckpt always records it.
 
-Recorded words (:data:`WORDS`) are whole registers less the bits that are not
-features (the hypervisor bit), so a later ckpt that knows more feature names
-can check old images too.  Bits without a name in :data:`FEATURES` show as
-``cpuid.7.0.edx[26]``.
+Recorded words (:data:`WORDS`) are whole registers less the bits that are
+not features (the hypervisor bit, AMD's copy of leaf 1 EDX), so a later ckpt
+that knows more feature names can check old images too.  Bits without a name
+in :data:`FEATURES` show as ``cpuid.7.0.edx[26]``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from ..image.pb import cpu_pb2, inventory_pb2
 from ..kernel import cpuid as _cpuid
 
 __all__ = [
-    "WordKey", "Feature", "FEATURES", "WORDS", "XFEATURES", "CpuRecord", "here", "to_pb", "from_pb", "to_wire", "from_wire",
+    "WordKey", "Feature", "FEATURES", "WORDS", "XFEATURES", "CpuRecord", "here", "to_pb", "from_pb", "to_wire",
+    "from_wire",
     "CHECKS", "DEFAULT_CAPS", "parse_cpu_cap", "problems", "recorded", "check_image", "check", "describe",
 ]
 
@@ -211,7 +212,7 @@ class CpuRecord:
 
     @property
     def title(self) -> str:
-        """"AMD EPYC (AuthenticAMD family 25 model 1 stepping 1)"."""
+        """What people read: ``AMD EPYC (AuthenticAMD family 25 model 1 stepping 1)``."""
         ident = f"{self.vendor} family {self.family} model {self.model} stepping {self.stepping}"
         return f"{self.model_name} ({ident})" if self.model_name else ident
 
@@ -362,7 +363,8 @@ def problems(image: CpuRecord, local: CpuRecord, caps: Iterable[str]) -> list[st
                        f"(XCR0 {local.xcr0:#x}, the image's {image.xcr0:#x})")
         elif image.xcr0 != local.xcr0:
             out.append(f"this CPU enables more vector state ({_xnames(local.xcr0 & ~image.xcr0)}; XCR0 "
-                       f"{local.xcr0:#x}, the image's {image.xcr0:#x}), which the process's save areas have no room for")
+                       f"{local.xcr0:#x}, the image's {image.xcr0:#x}), which the process's save areas have no "
+                       "room for")
         elif image.xstate_size != local.xstate_size:
             out.append(f"the XSAVE area is {local.xstate_size} bytes here, {image.xstate_size} in the image")
     if "ins" in caps:
