@@ -132,6 +132,24 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_cap(text: str) -> frozenset[str]:
+    """argparse type for ``--cpu-cap``: the checks it names (ckpt.resources.cpu.parse_cpu_cap)."""
+    from .resources.cpu import parse_cpu_cap
+
+    try:
+        return parse_cpu_cap(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message.removeprefix('--cpu-cap: ')} ({exc.hint})") from None
+
+
+def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
+                    help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
+                         "XCR0, xstate size), ins (instruction features), cpu (every feature bit equal), all (what "
+                         "--cpu-cap alone means), none (no check: unsafe, see the README). Default fpu,ins; "
+                         "^CAP removes one check from it")
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
@@ -139,7 +157,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
                             shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=bar,
-                            allow_changed_files=args.allow_changed_files)
+                            allow_changed_files=args.allow_changed_files, cpu_cap=args.cpu_cap)
     finally:
         if bar is not None:
             bar.close()
@@ -216,7 +234,7 @@ def _cmd_receive(args: argparse.Namespace) -> int:
 
         where = listener.getsockname()
         say(f"listening on {where[0]}:{where[1]}")
-        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say)
+        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap)
     last = results[-1] if results else None
     if args.json_stats and last is not None:
         with open(args.json_stats, "w") as f:
@@ -364,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
     sp.add_argument("--once", action="store_true",
                     help="exit after one migration (from a source that authenticated: strangers do not count)")
+    _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
 
     sp = add("check", _cmd_check, "probe every kernel facility ckpt relies on, by trying it")
@@ -418,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give the restored process our fd N in place of RES, an fd that pointed outside "
                          "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "
                          "fd number in the image; may be repeated")
+    _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("watch", _cmd_watch, "print the pages a process writes per interval and its dirty rate (MB/s)")

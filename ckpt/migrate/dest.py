@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -90,8 +90,9 @@ class _Stager:
     A full pre-dump (the source lost its tracking) starts staging afresh.
     """
 
-    def __init__(self, say: Callable[[str], None]) -> None:
+    def __init__(self, say: Callable[[str], None], cpu_cap: Iterable[str] | None = None) -> None:
         self.say = say
+        self.cpu_cap = cpu_cap
         self.note = ""
         self._staged: StagedRestore | None = None
         self._jobs: queue.Queue[tuple[str, str, Future | None]] = queue.Queue()
@@ -169,7 +170,7 @@ class _Stager:
         try:
             if self._staged is None or Image.open(path).parent is None:
                 self._drop("")  # the first image, or a full one (tracking lost at the source): start from it
-                self._staged = StagedRestore(detached=True)
+                self._staged = StagedRestore(detached=True, cpu_cap=self.cpu_cap)
                 st = self._staged.start(path)
             else:
                 st = self._staged.apply(path)
@@ -200,11 +201,14 @@ class _Stager:
             self.say(f"{why}; the switch-over restores plainly")
 
 
-def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool = True) -> ReceiveResult:
+def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool = True,
+             cpu_cap: Iterable[str] | None = None) -> ReceiveResult:
     """Serve one migration over an authenticated channel (closed on return); see the module docstring.
 
     ``staged``: restore while the images arrive (the default); False restores
     the final image in one go at the switch-over (the downtime baseline).
+    ``cpu_cap``: the CPU checks (:func:`ckpt.resources.cpu.parse_cpu_cap`) of
+    the handshake and the restores.
     """
     from .. import api
 
@@ -217,13 +221,15 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
         with ch:
             hello = ch.expect("migrate", timeout=IDLE_TIMEOUT)
             result.source_pid = int(hello["pid"])
+            if "cpu" in hello:  # sources before ckpt recorded CPUs send none: their images are checked
+                _check_source_cpu(ch, hello["cpu"], cpu_cap)
             store = os.path.join(root, f"{result.source_pid}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             os.makedirs(store, mode=0o700)
             result.store = store
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
             if staged and not hello.get("dry_run"):
-                stager = _Stager(say)
+                stager = _Stager(say, cpu_cap)
             ch.send({"type": "ready"})
             say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
             while True:
@@ -254,7 +260,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                         result.staged = r is not None
                         result.staging = stager.note if stager is not None else "not asked for"
                         if r is None:
-                            r = api.restore(image, detached=True)
+                            r = api.restore(image, detached=True, cpu_cap=cpu_cap)
                     except CkptError as exc:
                         ch.send_error(f"restore failed at the destination: {exc}")
                         raise
@@ -296,6 +302,17 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
         result.store = ""
     say(f"migration from {result.peer}: {result.outcome}")
     return result
+
+
+def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None) -> None:
+    """Refuse a process from a CPU whose features this one lacks, before any image is sent."""
+    from ..resources import cpu
+
+    try:
+        cpu.check(cpu.from_wire(record), cpu.parse_cpu_cap(cpu_cap))
+    except CkptError as exc:
+        ch.send_error(f"{exc} (the receiver's --cpu-cap relaxes this check)")
+        raise
 
 
 def _clean(store: str) -> None:
@@ -488,12 +505,13 @@ def _shut(conn: socket.socket) -> None:
 
 def serve(host: str, port: int, root: str, token: str | bytes, *, once: bool = False,
           on_event: Callable[[str], None] | None = None,
-          on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True) -> list[ReceiveResult]:
+          on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True,
+          cpu_cap: Iterable[str] | None = None) -> list[ReceiveResult]:
     """Listen on ``host:port`` (:func:`open_listener`), then :func:`serve_on` it."""
     with open_listener(host, port) as s:
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
-        return serve_on(s, root, token, once=once, on_event=on_event, staged=staged)
+        return serve_on(s, root, token, once=once, on_event=on_event, staged=staged, cpu_cap=cpu_cap)
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -502,14 +520,15 @@ def open_listener(host: str, port: int) -> socket.socket:
 
 
 def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bool = False,
-             on_event: Callable[[str], None] | None = None, staged: bool = True) -> list[ReceiveResult]:
+             on_event: Callable[[str], None] | None = None, staged: bool = True,
+             cpu_cap: Iterable[str] | None = None) -> list[ReceiveResult]:
     """Accept migrations on a listening socket into ``root``: one with ``once``, else until interrupted.
 
     Only authenticated sources count: strangers (:class:`_Door`) neither
     block a migration nor end a ``once`` receiver.  One migration runs at a
     time, on this thread; with ``once`` the listener is closed as soon as it
     starts, so the restored process can bind the same address and port (a
-    server migrated to the receiver's own port).  ``staged``: see :func:`_receive`.
+    server migrated to the receiver's own port).  ``staged``, ``cpu_cap``: see :func:`_receive`.
     """
     os.makedirs(root, mode=0o700, exist_ok=True)
     lock = threading.Lock()  # one line at a time from the door's threads and ours
@@ -527,7 +546,7 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
             if once:
                 door.stop_accepting()
             try:
-                results.append(_receive(ch, root, say=say, staged=staged))
+                results.append(_receive(ch, root, say=say, staged=staged, cpu_cap=cpu_cap))
             finally:
                 door.done()
             if once:
