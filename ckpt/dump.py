@@ -269,6 +269,8 @@ def dump(
         with tree.freeze_tree(pid) as ftree, conns:  # conns is left first: connections back before any thaw
             t_frozen = time.monotonic()
             step("frozen")
+            for proc in ftree.procs.values():
+                notes.extend(proc.notes)  # e.g. an injection area a killed run had left, removed
             shares_files = tree.shared_tables(ftree) if len(ftree.procs) > 1 else set()
             with ExitStack() as snaps, ImageWriter(
                     image_dir, kind=ImageKind.INCREMENTAL if delta_parent else ImageKind.FULL,

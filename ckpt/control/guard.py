@@ -26,12 +26,12 @@ Releasing the thread puts its own mask and registers back at that stop; the
 detach wakes it through the kernel's signal path, which restarts an
 interrupted syscall by its own rules.
 
-Where the frames live: the first call of a process maps an area for them (and
-for the calls' output buffers) with a frame written below a thread's stack
-pointer, beyond the red zone — the place the kernel itself writes a signal
-frame.  The last call unmaps it the same way.  The area starts with
-:data:`AREA_MAGIC`; one left by a killed run is found and unmapped by the
-next one (:func:`leftover_areas`).
+Where the frames live: the first calls of a process make an area for them
+(and for the calls' output buffers) with a frame written below a thread's
+stack pointer, beyond the red zone — the place the kernel itself writes a
+signal frame.  The last call unmaps it the same way.  The area is a memfd
+named :data:`AREA_NAME`; one left by a killed run (or its descriptor) is
+found and removed by the next run (:func:`leftover_areas`, :func:`leftover_fds`).
 
 If ckpt dies during a call, the thread resumes the call it was in as if a
 signal had interrupted it and been handled: a syscall interrupted at the seize
@@ -42,26 +42,26 @@ block would have resumed it with the time left; rt_sigreturn discards it).
 
 from __future__ import annotations
 
-import errno
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..kernel.arch_x86_64 import PAGE_SIZE, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
-from ..kernel.mman import MAP_ANONYMOUS, MAP_SHARED
-from ..kernel.pagemap import pm_present
 from ..kernel.vm import ProcMem
 from ..procfs.maps import Vma
 
 __all__ = [
-    "AREA_MAGIC", "RED_ZONE", "Chain", "find_chain", "resume_context", "stack_slot", "AreaLayout",
-    "AREA_MAP_FLAGS", "area_header", "leftover_areas",
+    "AREA_NAME", "AREA_PATH", "RED_ZONE", "Chain", "find_chain", "resume_context", "stack_slot", "AreaLayout",
+    "leftover_areas", "leftover_fds",
 ]
 
-#: The first bytes of every area ckpt maps in a target (16 bytes; then its size and ckpt's pid).
-AREA_MAGIC = b"ckpt-inject-area"
-_HEADER = struct.Struct("<16sQQ")
+#: The memfd name of every area ckpt maps in a target: maps shows ``/memfd:NAME (deleted)``, so an
+#: area (or its descriptor) that a killed run left is known for ckpt's by the name the kernel gave
+#: it at creation — nothing is written in it first, no instant leaves an unmarked one.  (Anonymous
+#: memory, shared or private, cannot be named on kernels without CONFIG_ANON_VMA_NAME; a private
+#: one also merges with its neighbour, hiding the target's own data behind the area's address.)
+AREA_NAME = "ckpt-injection-area"
+AREA_PATH = f"/memfd:{AREA_NAME}"
 #: Bytes below ``rsp`` that a leaf function may use without moving it (x86_64 ABI).
 RED_ZONE = 128
 
@@ -180,9 +180,8 @@ def stack_slot(vmas: Sequence[Vma], rsp: int, size: int) -> int | None:
 
 @dataclass(frozen=True)
 class AreaLayout:
-    """ckpt's area in one target: header, then output buffers for the calls, then one frame per thread."""
+    """ckpt's area in one target: output buffers for the calls, then one frame per thread."""
 
-    header: int
     scratch_offset: int
     scratch_size: int
     frame_offset: int
@@ -191,7 +190,7 @@ class AreaLayout:
 
     @classmethod
     def for_threads(cls, threads: int, frame_bytes: int, scratch: int = 2 * PAGE_SIZE) -> "AreaLayout":
-        return cls(_HEADER.size, PAGE_SIZE, scratch, PAGE_SIZE + scratch, -(-frame_bytes // 64) * 64, threads)
+        return cls(0, scratch, scratch, -(-frame_bytes // 64) * 64, threads)
 
     @property
     def size(self) -> int:
@@ -199,43 +198,22 @@ class AreaLayout:
         return -(-end // PAGE_SIZE) * PAGE_SIZE
 
 
-#: How the area is mapped: shared anonymous memory is a VMA of its own (a shmem file), which never
-#: merges with a neighbour — a private one did, and the merged VMA then hid the target's own data
-#: behind the area's address (dumped with it; unmapped with it as a leftover).
-AREA_MAP_FLAGS = MAP_SHARED | MAP_ANONYMOUS
+def leftover_areas(vmas: Sequence[Vma]) -> list[Vma]:
+    """Areas of an earlier (killed) ckpt run still mapped in the process whose ``vmas`` these are."""
+    return [v for v in vmas if v.path == AREA_PATH and v.deleted]
 
 
-def area_header(size: int) -> bytes:
-    """What the area's first bytes say: what it is, its size, and whose (this ckpt's pid)."""
-    return _HEADER.pack(AREA_MAGIC, size, os.getpid())
-
-
-def leftover_areas(pid: int, mem: ProcMem, vmas: Sequence[Vma]) -> list[Vma]:
-    """Areas of an earlier (killed) ckpt run still mapped in ``pid``.
-
-    Candidates are shared anonymous mappings (``/dev/zero (deleted)`` in maps)
-    whose first page is present (never faulted in by this look: pagemap
-    first), that start with :data:`AREA_MAGIC` and give their own size.
-    """
+def leftover_fds(pid: int) -> list[int]:
+    """Descriptors of such areas still open in ``pid`` (a run killed between creating and closing one)."""
     found = []
     try:
-        pagemap = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return []
-    try:
-        for v in vmas:
-            if not (v.shared and v.path == "/dev/zero" and v.deleted and v.read) or v.size > 64 << 20:
-                continue
-            try:
-                entry = int.from_bytes(os.pread(pagemap, 8, v.start // PAGE_SIZE * 8), "little")
-                if not pm_present(entry):
-                    continue
-                magic, size, _owner = _HEADER.unpack(mem.read(v.start, _HEADER.size))
-                if magic == AREA_MAGIC and size == v.size:
-                    found.append(v)
-            except OSError as exc:
-                if exc.errno not in (errno.EIO, errno.EFAULT):
-                    raise
-    finally:
-        os.close(pagemap)
-    return found
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") == f"{AREA_PATH} (deleted)":
+                found.append(int(name))
+        except OSError:
+            continue  # closed meanwhile
+    return sorted(found)

@@ -45,10 +45,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .. import testhooks
 from ..errors import CkptError
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, SYSCALL_ARG_REGS, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
-from ..kernel.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+from ..kernel.mman import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE
 from ..kernel.ptrace import StopKind
 from ..kernel.sigframe import frame_size, rt_sigframe
 from ..kernel.vm import ProcMem
@@ -308,6 +309,7 @@ class Injector:
                 ptrace.setsigmask(self.tid, ALL_SIGNALS)
                 t.signals_held = True
             t.call_open, t.entered = True, False
+            testhooks.point("inject.loaded")
         self.events = []
         _INJECTED[label.partition("(")[0]] += 1
         return label
@@ -383,8 +385,10 @@ class Injector:
             if kind is StopKind.SYSCALL:
                 if t.entered:
                     t.call_open = False
+                    testhooks.point("inject.done")
                     return ptrace.getregs(self.tid)
                 t.entered = True
+                testhooks.point("inject.entered")
             elif kind is StopKind.SIGNAL_DELIVERY:  # SIGSTOP or a fault's signal: the rest are blocked
                 self._defer(st)
             elif kind is StopKind.PTRACE_EVENT:
@@ -577,6 +581,11 @@ def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
 
 # --- the guard: calls into a target that ckpt's death cannot turn into harm ---
 
+#: Room below the first frame on the stack for the area's memfd name.
+_NAME_ROOM = 64
+#: memfd_create(2): close the descriptor on exec.
+MFD_CLOEXEC = 0x1
+
 
 class ProcessGuard:
     """The area and code sequences that let every injected call of one target end in its own context.
@@ -614,22 +623,33 @@ class ProcessGuard:
         if self.chain is None:
             return
         fbytes = frame_size(ptrace.xstate_size(proc.main_thread.tid))  # one size for every thread
-        slot = self._stack_slot(vmas, fbytes)
+        slot = self._stack_slot(vmas, _NAME_ROOM + fbytes)
         if slot is None:
             self.chain = None
             return
         layout = guard.AreaLayout.for_threads(len(proc.threads), fbytes)
-        tid, at = slot
+        tid, base = slot
+        at = base + _NAME_ROOM
+        proc.mem.write(base, guard.AREA_NAME.encode() + b"\0")
         proc.mem.write(at, self._frame_bytes(proc.threads[tid], at))
+        self._slot = (tid, at)
         inj = proc.injector(tid)
-        addr = inj._call(NR.mmap, (0, layout.size, PROT_READ | PROT_WRITE, guard.AREA_MAP_FLAGS, -1, 0),
-                         "mmap(injection area)", frame=at)
-        self.addr, self.layout, self._slot = addr, layout, slot
-        proc.mem.write(addr, guard.area_header(layout.size))
-        for old in guard.leftover_areas(proc.pid, proc.mem, vmas):
+        fd = inj._call(NR.memfd_create, (base, MFD_CLOEXEC), "memfd_create(injection area)", frame=at)
+        try:
+            inj._call(NR.ftruncate, (fd, layout.size), "ftruncate(injection area)", frame=at)
+            self.addr = inj._call(NR.mmap, (0, layout.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
+                                  "mmap(injection area)", frame=at)
+            self.layout = layout
+        finally:
+            inj._call(NR.close, (fd,), "close(injection area)", frame=at)
+        for old in guard.leftover_areas(vmas):
             inj.munmap(old.start, old.size)
-            proc.notes.append(f"removed an area ({old.size // PAGE_SIZE} pages at {old.start:#x}) that a killed "
-                              f"ckpt run had left in process {proc.pid}")
+            proc.notes.append(f"removed an injection area ({old.size // PAGE_SIZE} pages at {old.start:#x}) "
+                              f"that a killed ckpt run had left in process {proc.pid}")
+        for fd in guard.leftover_fds(proc.pid):
+            inj.close(fd)
+            proc.notes.append(f"closed the descriptor {fd} of an injection area that a killed ckpt run had left "
+                              f"in process {proc.pid}")
 
     def _stack_slot(self, vmas: Sequence[Vma], size: int) -> tuple[int, int] | None:
         """A thread whose stack has room for a frame below its red zone, and where: (tid, address)."""
@@ -672,8 +692,16 @@ class ProcessGuard:
     def return_scratch(self) -> None:
         self._scratch_lent = False
 
+    @property
+    def closing_tid(self) -> int:
+        """The thread that unmaps the area (its frame for that is on its stack), or -1 when there is none."""
+        return self._slot[0] if self._slot is not None and self.addr else -1
+
     def close(self) -> None:
-        """Unmap the area: the last call, made from a frame on the stack again (the area's own goes away)."""
+        """Unmap the area: the last call, made from a frame on the stack again (the area's own goes away).
+
+        Every other thread must have been put back first (its frame is in the area).
+        """
         if not self.addr or self.layout is None or self._slot is None:
             return
         addr, size = self.addr, self.layout.size

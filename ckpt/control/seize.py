@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import testhooks
 from ..errors import CkptError, TargetGone, Unsupported, translate_oserror
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, user_regs_struct
@@ -271,6 +272,7 @@ class FrozenThread:
         if self.signals_held:  # before the registers: until they change, its frame would restore the mask too
             ptrace.setsigmask(tid, self.snapshot.sigmask)
             self.signals_held = False
+            testhooks.point("release.mask")
         if self.regs_changed:
             ptrace.setregs(tid, self.snapshot.regs)
         pending = list(self.deferred)
@@ -397,8 +399,10 @@ class FrozenProcess:
     def release(self) -> None:
         """Put every thread back and detach it; idempotent.
 
-        SIGINT/SIGTERM/SIGHUP/SIGQUIT are held off meanwhile: a tracer that dies
-        half-way leaves single-stepped threads to die of SIGTRAP (DESIGN §4).
+        SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGPIPE are held off meanwhile: the way
+        out is the same for them.  (A death here harms no target: each
+        thread not yet put back is parked where it puts itself back,
+        :mod:`ckpt.control.guard`.)
         """
         if self.released:
             return
@@ -406,24 +410,32 @@ class FrozenProcess:
         held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         first_error: OSError | None = None
+
+        def put_back(t: FrozenThread) -> None:
+            nonlocal first_error
+            try:
+                t._put_back()
+            except OSError as exc:
+                if exc.errno == errno.ESRCH:  # killed while frozen: collect it if it is a zombie now
+                    _reap_nohang(t.tid)
+                elif first_error is None:
+                    first_error = exc
+
         try:
-            if self._guard is not None:
+            # The injection area goes last, unmapped by the thread whose frame for it is on its stack:
+            # every other thread's frame is in the area, so they are put back (no longer needing it) first.
+            closer = self.threads.get(self._guard.closing_tid) if self._guard is not None else None
+            for t in self.threads.values():
+                if t is not closer:
+                    put_back(t)
+            if closer is not None:
                 try:
-                    for t in self.threads.values():
-                        if not t.gone:
-                            t.settle()
+                    closer.settle()
                     self._guard.close()
                 except OSError as exc:
-                    if exc.errno != errno.ESRCH:
+                    if exc.errno != errno.ESRCH and first_error is None:
                         first_error = exc
-            for t in self.threads.values():
-                try:
-                    t._put_back()
-                except OSError as exc:
-                    if exc.errno == errno.ESRCH:  # killed while frozen: collect it if it is a zombie now
-                        _reap_nohang(t.tid)
-                    elif first_error is None:
-                        first_error = exc
+                put_back(closer)
             if self._mem is not None:
                 self._mem.close()
                 self._mem = None

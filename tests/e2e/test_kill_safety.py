@@ -1,0 +1,91 @@
+"""Killing ckpt at any instant leaves its target running as before (issue 14, "kill-safety by design").
+
+Each case runs a real ``ckpt dump -R`` against the self-checking target
+(scenarios/cr_target.c: threads holding vector registers, one blocked in
+read(), one in a relative nanosleep) and has ckpt SIGKILL itself at a named
+point of an injected call (ckpt.testhooks): with the call's registers loaded,
+at its syscall-entry stop, at its exit stop, or while putting a thread back.
+The target must carry on checking itself — registers, memory, blocked mask,
+no spurious EINTR — pass its full check on SIGUSR1, and the next ckpt run on
+it must succeed and remove whatever the killed one left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckpt.control.guard import AREA_PATH
+from targets import tracer_of, wait_until
+from test_dump_restore import _parse, _queue_blocked_usr2, _result, _start, _status, _tids
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump needs root (ptrace)")
+
+CKPT = [sys.executable, "-m", "ckpt.cli"]
+
+#: (point, occurrence): early and late calls of the dump, each phase of a call, and the release.
+POINTS = [("inject.loaded", 1), ("inject.entered", 1), ("inject.done", 1), ("inject.loaded", 7),
+          ("inject.entered", 12), ("inject.done", 25), ("release.mask", 1), ("release.mask", 3)]
+
+
+def _masks(pid: int) -> dict[int, str]:
+    return {tid: _thread_status(pid, tid, "SigBlk") for tid in _tids(pid)}
+
+
+def _thread_status(pid: int, tid: int, key: str) -> str:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key + ":"))
+
+
+def _leftovers(pid: int) -> list[str]:
+    """ckpt's injection areas (a memfd of that name) still mapped in the target, or their descriptors."""
+    with open(f"/proc/{pid}/maps") as f:
+        found = [line for line in f if AREA_PATH in line]
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(AREA_PATH):
+                found.append(f"fd {fd}")
+        except FileNotFoundError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("point,nth", POINTS, ids=[f"{p}-{n}" for p, n in POINTS])
+def test_dump_killed_mid_injection_leaves_the_target_running(c_target, tmp_path: Path, point: str, nth: int) -> None:  # noqa: ANN001
+    t, _ = _start(c_target, tmp_path, 2, blocked=True)
+    pid = t.pid
+    before = _result(t)
+    masks = _masks(pid)
+    _queue_blocked_usr2(pid)
+    env = {**os.environ, "CKPT_TEST_HOOK": f"{point}:kill:{nth}"}
+    r = subprocess.run([*CKPT, "dump", "-R", "-t", str(pid), "-D", str(tmp_path / "img")], env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, f"ckpt did not reach {point} #{nth}: {r.returncode} {r.stderr}"
+    wait_until(lambda: tracer_of(pid) == 0, "the kernel let the target go")
+    # Every thread's own blocked mask again, not the all-blocked one of the injection (a thread the
+    # kernel let go mid-call puts it back itself, with rt_sigreturn, once it runs).
+    wait_until(lambda: _masks(pid) == masks, "every thread has its own blocked mask")
+    after = _result(t, fresh=True)  # still running, still checking itself (a FAIL line fails here)
+    assert int(after["round"]) > int(before["round"])
+    assert after["eintr"] == before["eintr"], "the sleeping thread saw an EINTR"
+    assert after["readres"] == "-2", "the blocked read() returned"
+    leftover = _leftovers(pid)
+
+    # The next run succeeds, and removes the area the killed one may have left (with a note).
+    r = subprocess.run([*CKPT, "dump", "-R", "-t", str(pid), "-D", str(tmp_path / "img2")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert ("injection area" in r.stderr) == bool(leftover), (leftover, r.stderr)
+    assert _leftovers(pid) == []
+    os.kill(pid, signal.SIGUSR1)
+    check = _parse(t.expect("CHECK"))
+    assert t.lines[-1].startswith("CHECK PASS"), t.lines[-1]
+    assert check["usr2"] == "1"
+    t.write(b"still-reading")
+    wait_until(lambda: _result(t)["readres"] != "-2", "the blocked read() returns what we write")
+    assert _result(t)["readbuf"] == "still-reading"
