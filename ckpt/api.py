@@ -238,7 +238,8 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: st
 def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
                track_mem: bool = False, track: str | None = None, incremental: bool = False,
                leave_running: bool = False, compress_level: int | None = 1, shell_job: bool = False,
-               tcp_close: bool = False, ext_unix_close: bool = False, tcp_established: bool = False) -> "DumpStats":
+               tcp_close: bool = False, ext_unix_close: bool = False, tcp_established: bool = False,
+               deleted_max: int | None = None) -> "DumpStats":
     """The final, frozen, complete checkpoint as a delta of ``prev_images_dir`` (an INCREMENTAL image).
 
     Tracking is taken over with the address ranges the parent recorded; every
@@ -249,6 +250,7 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
     running): then it stays parked and the image records it, for the next
     delta.  ``incremental``: ``image_dir`` is a numbered store (first call: a
     FULL image); it implies ``track_mem`` when the target is left running.
+    The other options are :func:`dump`'s.
     """
     from .dump import dump as _dump
 
@@ -261,7 +263,8 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
     image_dir, prev_images_dir = _where_to_write(image_dir, prev_images_dir, incremental)
     return _dump(pid, image_dir, leave_running=leave_running, compress_level=compress_level, shell_job=shell_job,
                  tcp_close=tcp_close, parent=_parent_dir(image_dir, prev_images_dir), track_mem=track_mem,
-                 track_method=track, ext_unix_close=ext_unix_close, tcp_established=tcp_established)
+                 track_method=track, ext_unix_close=ext_unix_close, tcp_established=tcp_established,
+                 deleted_max=deleted_max)
 
 
 def _where_to_write(image_dir: str | os.PathLike[str], prev_images_dir: str | os.PathLike[str] | None,

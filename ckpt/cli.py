@@ -180,14 +180,11 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     if args.prev_images_dir or args.track_mem or args.incremental or args.track:
         if args.leave_stopped:
             raise UsageError("-s with --prev-images-dir/--track-mem/--incremental is not supported yet")
-        if args.deleted_max is not None:
-            raise UsageError("--deleted-max/--ghost-limit with --prev-images-dir/--track-mem/--incremental is not "
-                             "supported yet")
         stats = api.dump_delta(args.tree, args.images_dir, prev_images_dir=args.prev_images_dir,
                                track_mem=args.track_mem, track=args.track, incremental=args.incremental,
                                leave_running=args.leave_running, compress_level=level, shell_job=args.shell_job,
                                tcp_close=args.tcp_close, ext_unix_close=args.ext_unix_close,
-                               tcp_established=args.tcp_established)
+                               tcp_established=args.tcp_established, deleted_max=args.deleted_max)
         _warn_notes(stats.notes)
         _write_json_stats(stats_out, stats)
         return 0

@@ -27,7 +27,7 @@ import pytest
 
 from targets import Target, wait_until
 
-from test_cli import CKPT, GOLDEN, REPO
+from test_cli import CKPT, REPO, golden
 from test_cli import assert_one_line_error as one_line_error
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore need root")
@@ -255,8 +255,8 @@ def test_not_allowed_is_a_sentence_with_a_hint(sleeper) -> None:  # noqa: ANN001
     assert sleeper.poll() is None and not os.path.exists("/tmp/never")
 
 
-def test_debug_is_accepted_anywhere_on_the_line() -> None:
-    simple = str(GOLDEN / "simple")
+def test_debug_is_accepted_anywhere_on_the_line(tmp_path: Path) -> None:
+    simple = str(golden("simple", tmp_path / "simple"))
     for line in (["--debug", "verify", simple], ["verify", "--debug", simple], ["verify", simple, "--debug"]):
         res = run(*line)
         assert res.returncode == 0, (line, res.stderr)
@@ -336,8 +336,7 @@ def test_ghost_limit_is_deleted_max(tmp_path: Path, py_target) -> None:  # noqa:
 
 
 def test_show_and_verify_take_d_and_a_numbered_store(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    shutil.copytree(GOLDEN / "chain", store)  # numbered images 0 and 1
+    store = golden("chain", tmp_path / "store")  # numbered images 0 and 1
     res = run("verify", "-D", store)
     assert res.returncode == 0 and "OK (2 image(s) in the chain" in res.stdout and "/1:" in res.stdout, res.stdout
     res = run("show", "-D", store / "0", "--json")
