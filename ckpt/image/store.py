@@ -9,7 +9,10 @@ were written.  Anything that leaves the ``with`` block early — an exception,
 Ctrl-C — removes the temporary directory, so a half-written image is never
 taken for a complete one.  (A ``kill -9`` can leave a ``.NAME.PID-START.*.tmp``
 directory behind; no reader ever opens it, and the next writer in that
-directory removes it once the run it names — pid and start time — is gone.)
+directory removes it once the run that made it is gone: the writer holds an
+flock on its temporary directory, which the kernel drops when it dies, in any
+PID namespace; the pid and start time in the name are for people, and the
+test where a file system has no flock.)
 Images are written only where no other user can change them (see
 :mod:`ckpt.image.dirs`).
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import functools
 import hashlib
 import logging
@@ -848,12 +852,41 @@ def _run_tag() -> str:
     return f"{os.getpid()}-{_starttime(os.getpid()) or 0}"
 
 
+def _hold(tmp_dir: str) -> int | None:
+    """An fd holding an flock on ``tmp_dir`` while its writer lives (None: this file system has no flock)."""
+    fd = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _writer_gone(path: str, pid: int, start: int) -> bool:
+    """Whether the run that made the temporary directory ``path`` is gone: its flock is free (else, with no
+    flock here, the process it names is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True  # dropped with its holder (the lock goes with the fd, closed below)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return _starttime(pid) != start
+    finally:
+        os.close(fd)
+
+
 def sweep_stale_tmp(parent_dir: str) -> list[str]:
     """Remove the temporary image directories that killed ckpt runs left in ``parent_dir``; returns them.
 
     A directory counts only if it has the name ckpt gives them, is ours and no
-    link, and the run it names (pid and start time) no longer exists: a
-    running ckpt's directory is never touched.  Each removal is logged as a warning.
+    link, and the run that made it is gone (:func:`_writer_gone`): a running
+    ckpt's directory is never touched.  Each removal is logged as a warning.
     """
     removed: list[str] = []
     try:
@@ -871,7 +904,7 @@ def sweep_stale_tmp(parent_dir: str) -> list[str]:
         if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.geteuid():
             continue
         pid, start = int(m["pid"]), int(m["start"])
-        if _starttime(pid) == start:
+        if not _writer_gone(entry.path, pid, start):
             continue  # that run is still going
         shutil.rmtree(entry.path, ignore_errors=True)
         if not os.path.lexists(entry.path):
@@ -948,6 +981,7 @@ class ImageWriter:
 
         check_final(self.final_dir)
         self.tmp_dir: str | None = None
+        self._tmp_lock: int | None = None  # holds an flock on tmp_dir while we write it (see sweep_stale_tmp)
         self._sinks: dict[str, _Sink] = {}
         self._buffers: _BufferPool | None = None
         self._record_writers: list[RecordWriter] = []
@@ -966,6 +1000,7 @@ class ImageWriter:
         try:
             self.tmp_dir = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
             os.chmod(self.tmp_dir, _DIR_MODE)
+            self._tmp_lock = _hold(self.tmp_dir)
         except OSError as exc:
             raise _io_error(parent_dir, "create the image's temporary directory", exc) from exc
         return self
@@ -990,7 +1025,13 @@ class ImageWriter:
             sink.abort()
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self._release_tmp()
         self._done = True
+
+    def _release_tmp(self) -> None:
+        if self._tmp_lock is not None:
+            os.close(self._tmp_lock)
+            self._tmp_lock = None
 
     # -- writing files -------------------------------------------------------
 
@@ -1149,6 +1190,7 @@ class ImageWriter:
             raise ImageError(self.final_dir, f"cannot move the finished image into place: {exc.strerror}") from exc
         self._done = True
         self.tmp_dir = None
+        self._release_tmp()
         try:
             fsync_dir(os.path.dirname(self.final_dir))
         except OSError as exc:

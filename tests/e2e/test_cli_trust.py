@@ -10,6 +10,7 @@ work where users type them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
@@ -179,11 +180,15 @@ def test_temp_dir_of_a_killed_dump_is_removed_by_the_next_run(tmp_path: Path, ti
     left = [p for p in parent.iterdir() if p.name.endswith(".tmp")]
     assert len(left) == 1 and not (parent / "img").exists(), left
     assert f".{dump.pid}-" in left[0].name  # it names the run that made it
-    # A temporary directory of a run still going (this test's process) is left alone.
+    # A temporary directory of a run still going (as this test holds its flock) is left alone.
     live = parent / f".other.{os.getpid()}-{_starttime(os.getpid())}.abcdefgh.tmp"
     live.mkdir(mode=0o700)
-
-    res = run("dump", "-t", sleeper.pid, "-D", parent / "img")
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = run("dump", "-t", sleeper.pid, "-D", parent / "img")
+    finally:
+        os.close(held)
     assert res.returncode == 0, res.stderr
     assert f"removed {left[0]}" in res.stderr and "killed" in res.stderr
     assert sorted(p.name for p in parent.iterdir()) == sorted(["img", live.name])
