@@ -135,7 +135,7 @@ def _json_stats_file(args: argparse.Namespace) -> OutputFile | None:
 
 
 def _write_json_stats(out: OutputFile | None, stats: object) -> None:
-    log.info("result: %s", stats_json(stats, indent=None).strip())
+    log.debug("result: %s", stats_json(stats, indent=None).strip())
     if out is not None:
         out.write(stats_json(stats))
 
