@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
@@ -117,7 +117,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
             pidfile: str | os.PathLike[str] | None = None, shell_job: bool = False,
             inherit_fds: Mapping[int, int] | Sequence[str] = (),
             progress: "Callable[[ProgressEvent], None] | None" = None,
-            allow_changed_files: bool = False) -> "RestoreStats":
+            allow_changed_files: bool = False, cpu_cap: str | Iterable[str] | None = None) -> "RestoreStats":
     """Recreate the process saved in ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the caller is its parent and should :func:`wait_restored`.
@@ -127,19 +127,23 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
     ``progress`` receives :class:`ckpt.progress.ProgressEvent`s while memory is filled.
     ``allow_changed_files``: reopen a file that changed since the dump, with a
     note, instead of refusing (mapped files are still checked).
+    ``cpu_cap``: which CPU checks to make, as ``--cpu-cap`` spells them
+    ("fpu,ins", the default; "none" skips them, unsafely) or a set of them.
     ``pidfile`` is checked before anything is created and written whole (renamed into place).
     An image directory another user could have changed is refused (ckpt.image.dirs).
     """
+    from .resources.cpu import parse_cpu_cap
     from .restore import restore as _restore
 
     out = OutputFile.checked(pidfile, "--pidfile")
+    caps = parse_cpu_cap(cpu_cap)  # a bad value is refused before anything is read
     check_dir_to_read(image_dir)
     resolved = resolve_image_dir(image_dir)  # a numbered store: its newest checkpoint
     if resolved != os.fspath(image_dir):
         check_dir_to_read(resolved)
     mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(resolved, inherit_fds)
     stats = _restore(resolved, detached=detached, shell_job=shell_job, inherit_fds=mapping,
-                     progress=progress, allow_changed_files=allow_changed_files)
+                     progress=progress, allow_changed_files=allow_changed_files, cpu_cap=caps)
     if out is not None:
         out.write(f"{stats.pid}\n")
     return stats
@@ -354,17 +358,21 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
 
 def receive(listen: tuple[str, int], image_dir: str | os.PathLike[str], token: str | bytes, *, once: bool = True,
             on_event: Callable[[str], None] | None = None,
-            on_listening: "Callable[[tuple[str, int]], None] | None" = None) -> "list[ReceiveResult]":
+            on_listening: "Callable[[tuple[str, int]], None] | None" = None,
+            cpu_cap: str | Iterable[str] | None = None) -> "list[ReceiveResult]":
     """Accept migrations on ``listen`` = (host, port), keep their images under ``image_dir`` and restore them.
 
     ``once``: return after one migration (else serve until interrupted).
     ``on_listening((host, port))`` is called once the socket listens (port 0 picks one).
+    ``cpu_cap``: the CPU checks of the restores, as for :func:`restore`; a source
+    whose CPU fails them is refused at the handshake.
     """
     from .migrate.dest import serve
+    from .resources.cpu import parse_cpu_cap
 
     check_dir_to_write(image_dir)
     return serve(listen[0], listen[1], os.fspath(image_dir), token, once=once, on_event=on_event,
-                 on_listening=on_listening)
+                 on_listening=on_listening, cpu_cap=parse_cpu_cap(cpu_cap))
 
 
 if TYPE_CHECKING:

@@ -202,6 +202,24 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpu_cap(text: str) -> frozenset[str]:
+    """argparse type for ``--cpu-cap``: the checks it names (ckpt.resources.cpu.parse_cpu_cap)."""
+    from .resources.cpu import parse_cpu_cap
+
+    try:
+        return parse_cpu_cap(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message.removeprefix('--cpu-cap: ')} ({exc.hint})") from None
+
+
+def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
+                    help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
+                         "XCR0, xstate size), ins (instruction features), cpu (every feature bit equal), all (what "
+                         "--cpu-cap alone means), none (no check: unsafe, see the README). Default fpu,ins; "
+                         "^CAP removes one check from it")
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
@@ -210,7 +228,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
                             shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=_logged(bar),
-                            allow_changed_files=args.allow_changed_files)
+                            allow_changed_files=args.allow_changed_files, cpu_cap=args.cpu_cap)
     finally:
         if bar is not None:
             bar.close()
@@ -222,12 +240,18 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return api.wait_restored(stats.pid)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    """ADDR:PORT (an IPv6 address in brackets: [::1]:PORT)."""
+def _host_port(option: str, text: str, *, any_port: bool = False) -> tuple[str, int]:
+    """ADDR:PORT of ``option`` (an IPv6 address in brackets: [::1]:PORT); ``any_port`` allows port 0.
+
+    Checked in the command rather than by argparse, so a mistake is one line (no usage text).
+    """
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise argparse.ArgumentTypeError(f"not ADDR:PORT: {text!r}")
-    return host.strip("[]"), int(port)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise UsageError(f"{option} {text!r}: not ADDR:PORT (e.g. 127.0.0.1:7070, [::1]:7070)")
+    if not (0 if any_port else 1) <= int(port) <= 65535:
+        raise UsageError(f"{option} {text!r}: the port must be {0 if any_port else 1}-65535")
+    return host, int(port)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -237,8 +261,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     api.check_process(args.tree)
     stats_out = _json_stats_file(args)
+    host, port = _host_port("--to", args.to)
     token = load_token(args.token_file)
-    host, port = args.to
     tty = sys.stderr.isatty()
 
     def on_round(r: object) -> None:
@@ -268,25 +292,27 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_receive(args: argparse.Namespace) -> int:
     from .image.dirs import check_dir_to_write
-    from .migrate.dest import serve
+    from .migrate.dest import open_listener, serve_on
     from .migrate.wire import load_token, save_token
 
+    host, port = _host_port("--listen", args.listen, any_port=True)
+    token = load_token(args.token_file) if args.token_file else None
     stats_out = _json_stats_file(args)
     check_dir_to_write(args.images_dir)
-    os.makedirs(args.images_dir, mode=0o700, exist_ok=True)
-    if args.token_file:
-        token = load_token(args.token_file)
-    else:  # a fresh token for this run, in a file only we can read: copy it to the source
-        path = os.path.join(args.images_dir, f"migrate-{os.getpid()}.token")
-        token = save_token(path)
-        print(f"token written to {path}: give it to `ckpt migrate --token-file`", file=sys.stderr)
-    host, port = args.listen
+    # Listening comes first: an address that cannot be used is refused before any file is written.
+    with open_listener(host, port) as listener:
+        os.makedirs(args.images_dir, mode=0o700, exist_ok=True)
+        if token is None:  # a fresh token for this run, in a file only we can read: copy it to the source
+            path = os.path.join(args.images_dir, f"migrate-{os.getpid()}.token")
+            token = save_token(path)
+            print(f"token written to {path}: give it to `ckpt migrate --token-file`", file=sys.stderr)
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        def say(msg: str) -> None:
+            print(msg, file=sys.stderr, flush=True)
 
-    results = serve(host, port, args.images_dir, token, once=args.once, on_event=say,
-                    on_listening=lambda a: say(f"listening on {a[0]}:{a[1]}"))
+        where = listener.getsockname()
+        say(f"listening on {where[0]}:{where[1]}")
+        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap)
     last = results[-1] if results else None
     if last is not None:
         _write_json_stats(stats_out, last)
@@ -423,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("migrate", _cmd_migrate, "move a running process to a `ckpt receive` elsewhere, with pre-copy rounds")
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
-    sp.add_argument("--to", type=_host_port, required=True, metavar="ADDR:PORT", help="where `ckpt receive` listens")
+    sp.add_argument("--to", required=True, metavar="ADDR:PORT", help="where `ckpt receive` listens")
     sp.add_argument("--token-file", required=True, metavar="F", help="the shared token (both peers prove they know it)")
     sp.add_argument("--max-downtime", type=float, default=100.0, metavar="MS",
                     help="switch over once the predicted downtime fits (default 100 ms)")
@@ -450,11 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
 
     sp = add("receive", _cmd_receive, "accept migrations (`ckpt migrate`) and restore them here")
-    sp.add_argument("--listen", type=_host_port, default=("127.0.0.1", 7070), metavar="ADDR:PORT",
-                    help="where to listen (default 127.0.0.1:7070, loopback only)")
+    sp.add_argument("--listen", default="127.0.0.1:7070", metavar="ADDR:PORT",
+                    help="where to listen (default 127.0.0.1:7070, loopback only; port 0: any free one)")
     sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="where received images are kept")
     sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
-    sp.add_argument("--once", action="store_true", help="exit after one migration")
+    sp.add_argument("--once", action="store_true",
+                    help="exit after one migration (from a source that authenticated: strangers do not count)")
+    _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
 
     sp = add("check", _cmd_check, "probe every kernel facility ckpt relies on, by trying it")
@@ -516,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "fd number in the image; may be repeated")
     sp.add_argument("-l", "--file-locks", action="store_true",
                     help="accepted as CRIU spells it (no image holds file locks: a dump refuses them)")
+    _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("watch", _cmd_watch, "print the pages a process writes per interval and its dirty rate (MB/s)")

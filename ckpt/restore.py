@@ -38,7 +38,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
@@ -57,6 +57,7 @@ from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
+from .resources import cpu as cpu_features
 from .resources import creds, files, limits, memory, signals, threads, timers, tree
 from .resources.context import RestoreContext
 
@@ -237,7 +238,7 @@ def _process_records(image: Image, pid: int) -> tuple[list, process_pb2.ProcessE
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
             shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
             progress: Callable[[ProgressEvent], None] | None = None,
-            allow_changed_files: bool = False) -> RestoreStats:
+            allow_changed_files: bool = False, cpu_cap: Iterable[str] | None = None) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
@@ -251,10 +252,12 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     ``allow_changed_files``: reopen an open file even if its size, mtime or
     inode changed since the dump (a note says which); mapped files and the
     executable are still checked (their unsaved pages come from the file).
+    ``cpu_cap``: the CPU checks to make (:func:`ckpt.resources.cpu.parse_cpu_cap`; None: the default).
     """
     t_start = time.monotonic()
     chain = _open_chain(image_dir)
     image = chain[-1]
+    cpu_features.check_image(image.inventory, cpu_cap)  # before any process exists
     infos = image.processes
     root = tree.plan(infos)
     live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
@@ -706,8 +709,10 @@ class StagedRestore:
 
     def __init__(self, *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
                  shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
-                 progress: Callable[[ProgressEvent], None] | None = None, allow_changed_files: bool = False) -> None:
+                 progress: Callable[[ProgressEvent], None] | None = None, allow_changed_files: bool = False,
+                 cpu_cap: Iterable[str] | None = None) -> None:
         self.detached = detached
+        self.cpu_cap = cpu_cap
         self.pidfile = pidfile
         self.progress = progress
         self._opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
@@ -736,6 +741,7 @@ class StagedRestore:
         t0 = time.monotonic()
         chain = _open_chain(image_dir, pre_dump=True)
         image = chain[-1]
+        cpu_features.check_image(image.inventory, self.cpu_cap)  # before any process exists
         root = tree.plan(image.processes)
         layouts = _layouts(image)
         for mm, vmas in layouts.values():

@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import os
 import signal
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ from ckpt.image import framing, kinds
 from ckpt.image.pb import options_pb2
 from ckpt.image.reader import Image, _pagemap_from, _read_all, read_record_file
 from ckpt.image.records import PageState, TrackingInfo
+from ckpt.resources import cpu as cpu_features
 
 __all__ = ["DECODERS", "decode_file", "show_dict", "show", "message_to_dict"]
 
@@ -216,6 +218,7 @@ def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, 
         "ckpt_version": inv.ckpt_version,
         "kernel_release": inv.kernel_release,
         "tracking": inv.tracking,
+        "cpu": None if (rec := cpu_features.recorded(inv)) is None else cpu_features.describe(rec),
         "parent": None if parent is None else {"path": parent.path, "image_id": parent.image_id},
         "processes": [
             {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid, "threads": list(p.threads),
@@ -305,6 +308,14 @@ def _render_text(d: dict[str, Any]) -> str:
         lines.append(f"image {s['path']}")
         lines.append(f"  id {s['image_id']}  kind {s['kind']}  format {s['format']}  created {s['created']}")
         lines.append(f"  ckpt {s['ckpt_version']}  kernel {s['kernel_release']}  tracking {s['tracking']}")
+        cpu = s["cpu"]
+        if cpu is None:
+            lines.append("  cpu: not recorded (an image of an older ckpt)")
+        else:
+            lines.append(f"  cpu {cpu['cpu']}  xcr0 {cpu['xcr0']}  xstate {cpu['xstate_size']} bytes")
+            for label in ("instructions", "other"):
+                lines.extend(textwrap.wrap(cpu[label], _WIDTH, initial_indent=f"  cpu {label}: ",
+                                           subsequent_indent="    ", break_on_hyphens=False))
         p = s["parent"]
         lines.append("  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})")
         for proc in s["processes"]:

@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import zstandard
 
@@ -63,7 +64,7 @@ import ckpt
 from ckpt.errors import CkptError, ImageError, UsageError
 from ckpt.image import dirs, framing, kinds
 from ckpt.image.kinds import Kind
-from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
+from ckpt.image.pb import core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
 from ckpt.kernel.fileio import fsync_dir, sync_file_range
 from ckpt.procfs.task import read_starttime
@@ -921,8 +922,10 @@ class ImageWriter:
     INCREMENTAL, forbidden for FULL, optional for PRE_DUMP); it is recorded as a
     path relative to ``final_dir`` together with the parent's image id.
     ``compress_level`` None stores page data uncompressed (codec NONE).
-    ``image_id``, ``created_ns``, ``kernel_release``, ``hostname`` and
-    ``boot_id`` default to the real values; tests pin them for reproducible images.
+    ``image_id``, ``created_ns``, ``kernel_release``, ``hostname``, ``boot_id``
+    and ``cpu`` default to the real values; tests pin them for reproducible images.
+    ``cpu``: "here" records this machine's CPU (what a restore checks), a record
+    records that one (a merge keeps its source's), None records none.
     """
 
     def __init__(
@@ -941,6 +944,7 @@ class ImageWriter:
         kernel_release: str | None = None,
         hostname: str | None = None,
         boot_id: str | None = None,
+        cpu: cpu_pb2.CpuFeatures | Literal["here"] | None = "here",
     ) -> None:
         self.final_dir = os.path.abspath(os.fspath(final_dir))
         self.kind = ImageKind(kind)
@@ -962,6 +966,11 @@ class ImageWriter:
         self._kernel_release = uname.release if kernel_release is None else kernel_release
         self._hostname = uname.nodename if hostname is None else hostname
         self._boot_id = _read_boot_id() if boot_id is None else boot_id
+        if cpu == "here":
+            from ckpt.resources import cpu as cpu_features  # late: the image format does not need it to load
+
+            cpu = cpu_features.to_pb(cpu_features.here())
+        self._cpu = cpu
 
         self.parent_link: inventory_pb2.ParentLink | None = None
         if parent is not None:
@@ -1170,6 +1179,8 @@ class ImageWriter:
         )
         if self.parent_link is not None:
             inv.parent.CopyFrom(self.parent_link)
+        if self._cpu is not None:
+            inv.cpu.CopyFrom(self._cpu)
         sink = _Sink(os.path.join(tmp, kinds.INVENTORY.template))
         self._sinks[kinds.INVENTORY.template] = sink
         writer = RecordWriter(sink, kinds.INVENTORY)
