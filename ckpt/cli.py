@@ -38,6 +38,22 @@ _LEVELS = {0: logging.CRITICAL + 10, 1: logging.ERROR, 2: logging.WARNING, 3: lo
 _DEFAULT_VERBOSITY = 2
 _VERBOSITY = re.compile(r"-(v+)(\d*)|--verbosity(?:=(\d+))?")
 
+#: Signals that end ckpt the way Ctrl-C does: the target is put back, the half-written image removed.
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
+
+
+class _Ended(KeyboardInterrupt):
+    """SIGTERM, SIGHUP or SIGPIPE (``kill``, ``timeout``, a service stop, a lost terminal or pipe):
+    a KeyboardInterrupt, so every clean-up that Ctrl-C runs runs for it too."""
+
+    def __init__(self, signo: int) -> None:
+        super().__init__(signo)
+        self.signo = signo
+
+
+def _end(signo: int, _frame: object) -> None:
+    raise _Ended(signo)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors in ckpt's one-line style (exit 2)."""
@@ -689,13 +705,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("ckpt %s, Linux %s (%s), pid %d, euid %d: ckpt %s", __version__, os.uname().release,
              os.uname().machine, os.getpid(), os.geteuid(), " ".join(line))
     t0 = time.monotonic()
+    for signo in _ENDING_SIGNALS:  # until here their default action ends ckpt, with nothing to undo yet
+        signal.signal(signo, _end)
     try:
         code = int(args.func(args) or 0)
         log.info("exit %d after %.3f s", code, time.monotonic() - t0)
         return code
     except CkptError as e:
         return _report(e)
+    except _Ended as e:
+        _quiet_signals()
+        log.error("ended by signal %d", e.signo, exc_info=True)
+        if e.signo != signal.SIGPIPE:  # with no reader left, saying so would only fail again
+            print(f"ckpt: ended by {signal.Signals(e.signo).name}", file=sys.stderr)
+        return 128 + e.signo
     except KeyboardInterrupt:
+        _quiet_signals()
         print("ckpt: interrupted", file=sys.stderr)
         log.error("interrupted", exc_info=True)
         return EXIT_INTERRUPTED
@@ -722,6 +747,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         _stop_logging(handlers)
+
+
+def _quiet_signals() -> None:
+    """Once ending, a second signal must not cut the way out short (its message, the exit)."""
+    for signo in (*_ENDING_SIGNALS, signal.SIGINT):
+        signal.signal(signo, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

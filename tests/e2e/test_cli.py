@@ -218,7 +218,7 @@ def test_dump_restore_with_inherit_fd(tmp_path: Path) -> None:
 def test_foreground_restore_waits_for_its_process_even_when_started_with_sigchld_ignored(tmp_path: Path) -> None:
     """An ignored SIGCHLD is inherited across exec; ckpt takes the default back, or the kernel would reap
     the restored process before ckpt could wait for its exit status."""
-    sleeper = subprocess.Popen(["sleep", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    sleeper = subprocess.Popen(["sleep", "4"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, close_fds=True)
     res = run("dump", "-t", str(sleeper.pid), "-D", str(tmp_path / "img"))
     assert res.returncode == 0, res.stderr

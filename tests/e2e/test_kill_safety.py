@@ -89,3 +89,33 @@ def test_dump_killed_mid_injection_leaves_the_target_running(c_target, tmp_path:
     t.write(b"still-reading")
     wait_until(lambda: _result(t)["readres"] != "-2", "the blocked read() returns what we write")
     assert _result(t)["readbuf"] == "still-reading"
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGPIPE],
+                         ids=lambda s: signal.Signals(s).name)
+def test_dump_ended_by_a_signal_puts_the_target_back_and_leaves_nothing(c_target, tmp_path: Path, signo: int) -> None:  # noqa: ANN001
+    """SIGTERM (kill, timeout, a service stop), SIGHUP, SIGINT (Ctrl-C) and SIGPIPE take one clean way out:
+    the target is put back at once, ckpt's area and descriptors in it are gone, no image is left."""
+    t, _ = _start(c_target, tmp_path, 2, blocked=True)
+    pid = t.pid
+    before = _result(t)
+    masks = _masks(pid)
+    env = {**os.environ, "CKPT_TEST_HOOK": "inject.done:stop:6"}  # ckpt stops itself mid-dump, the target frozen
+    p = subprocess.Popen([*CKPT, "dump", "-t", str(pid), "-D", str(tmp_path / "img")], env=env,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: _state(p.pid) == "T", "ckpt stopped itself at the hook")
+    assert tracer_of(pid) == p.pid
+    os.kill(p.pid, signo)
+    os.kill(p.pid, signal.SIGCONT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signo, err
+    assert tracer_of(pid) == 0 and _masks(pid) == masks and _leftovers(pid) == []
+    assert not (tmp_path / "img").exists() and [x for x in tmp_path.iterdir() if ".tmp" in x.name] == []
+    after = _result(t, fresh=True)
+    assert int(after["round"]) > int(before["round"]) and after["eintr"] == before["eintr"]
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2:].split()[0].decode()
