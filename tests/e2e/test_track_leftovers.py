@@ -13,7 +13,6 @@ import json
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from ckpt.image.reader import Image
-from targets import Target, build_c, spawn, tracer_of, wait_until
+from targets import Target, build_c, spawn, thread_state, tracer_of, wait_until
 from test_migrate import _Mutator
+from test_watch import running_watch
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tracking injects into the target: needs root")
 
@@ -93,16 +93,10 @@ def kill_at(point: str, env: dict[str, str], *args: str) -> None:
         ready, _, _ = select.select([proc.stderr], [], [], 120)
         line = proc.stderr.readline() if ready else ""
         assert line.strip() == f"ckpt: paused at {point}", (line, proc.poll())
-        wait_until(lambda: _state(proc.pid) == "T", f"ckpt {proc.pid} is stopped at {point}")
+        wait_until(lambda: thread_state(proc.pid, proc.pid) == "T", f"ckpt {proc.pid} is stopped at {point}")
     finally:
         proc.kill()
         proc.communicate()
-
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    return data[data.rindex(b")") + 2:].split()[0].decode()
 
 
 def _leftover_after_killed_predump(t: Writer, tmp_path: Path, env: dict[str, str]) -> tuple[int, int]:
@@ -203,10 +197,7 @@ def test_track_start_twice_keeps_one_tracker(writer: Writer, tmp_path: Path) -> 
 def test_a_running_watch_is_no_leftover(writer: Writer, tmp_path: Path) -> None:
     """`ckpt watch` parks a tracker without a state file: a dump meanwhile neither closes nor saves it."""
     t, env = writer, state_env(tmp_path)
-    watch = subprocess.Popen([*CKPT, "watch", "-t", str(t.pid), "--interval", "0.2"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    try:
-        assert watch.stdout.readline().startswith("interval 1:")
+    with running_watch(t.pid, env) as watch:
         parked = uffds(t.pid)
         assert len(parked) == 1
         res = ckpt(env, "dump", "-R", "-t", str(t.pid), "-D", str(tmp_path / "d"))
@@ -215,13 +206,6 @@ def test_a_running_watch_is_no_leftover(writer: Writer, tmp_path: Path) -> None:
         assert uffds(t.pid) == parked
         while not watch.stdout.readline().startswith("interval "):  # the range lines of an interval
             pass  # it goes on
-        watch.send_signal(signal.SIGINT)
-        _, err = watch.communicate(timeout=30)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.communicate()
-    assert watch.returncode == 0 and "tracking removed" in err, err
     assert uffds(t.pid) == {}
     t.check()
 
