@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from targets import wait_until
+from test_migrate import _free_port
 from test_track_leftovers import CKPT, REPO, Writer, ckpt, state_env, uffds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="checkpointing another user's process needs root")
@@ -79,4 +81,24 @@ def test_every_other_command_on_another_users_process(tmp_path: Path) -> None:
         assert uffds(t.pid) == {}
         t.check()
     finally:
+        t.close()
+
+
+def test_migration_rounds_from_another_users_process(tmp_path: Path) -> None:
+    """The source side of `ckpt migrate` (its pre-copy rounds, then --dry-run's abort) to a receiver on this host."""
+    t = Writer(tmp_path, uid=NOBODY)
+    port = _free_port()
+    rx = subprocess.Popen([*CKPT, "receive", "--listen", f"127.0.0.1:{port}", "-D", str(tmp_path / "rx")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_until(lambda: any((tmp_path / "rx").glob("*.token")), "the receiver wrote its token", timeout=30)
+        token = str(next((tmp_path / "rx").glob("*.token")))
+        res = ckpt(state_env(tmp_path), "migrate", "-t", str(t.pid), "--to", f"127.0.0.1:{port}", "--token-file",
+                   token, "--dry-run", "--track", "uffd-wp")
+        assert res.returncode == 0 and "dry run" in res.stdout, res.stderr
+        assert t.proc.poll() is None and uffds(t.pid) == {}
+        t.check()
+    finally:
+        rx.kill()
+        rx.communicate()
         t.close()
