@@ -162,9 +162,10 @@ def track_stop(pid: int, *, fd: int | None = None) -> str:
             os.unlink(state.digests_path)
     done += clean_leftovers(pid)
     found = find_userfaultfds(pid)
-    if fd is not None:
-        if fd not in found:
+    if fd is not None and fd not in found:
+        if not done:  # (else it was the tracker just stopped)
             raise UsageError(f"fd {fd} of process {pid} is not a userfaultfd")
+    elif fd is not None:
         tracker = UffdWpTracker(pid)
         tracker.parked_fd, tracker.inode = fd, found[fd]
         tracker.stop()
