@@ -63,7 +63,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from ..control.seize import freeze
-from ..errors import CkptError, TargetError, TargetGone, translate_oserror
+from ..errors import AccessDenied, CkptError, TargetError, TargetGone, translate_oserror
 from ..kernel import pagemap as pm
 from ..kernel import uffd
 from ..kernel.arch_x86_64 import PAGE_SIZE
@@ -430,6 +430,10 @@ class UffdWpTracker(Tracker):
         try:
             return inj.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY)
         except OSError as e:
+            if e.errno == errno.EPERM:  # the target is traced fine: it is the userfaultfd it may not have
+                raise AccessDenied(self.pid, f"process {self.pid} may not create a userfaultfd, not even a "
+                                             "user-mode-only one (a security module, or an old kernel?)",
+                                   hint="track it with --track hash") from e
             raise translate_oserror(e, self.pid, "creating a userfaultfd in") from e
 
     def _park(self, inj, tfd: int, highest: int) -> int:  # noqa: ANN001 - an Injector
