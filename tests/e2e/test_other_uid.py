@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from targets import wait_until
+from targets import HANG_GUARD, wait_until
 from test_migrate import _free_port
 from test_track_leftovers import CKPT, REPO, Writer, ckpt, state_env, uffds
 
@@ -44,7 +44,7 @@ def test_predump_chain_dump_and_restore_of_another_users_process(tmp_path: Path,
             assert f"{kind} [{track}]" in res.stdout, res.stdout
         res = ckpt(env, "dump", "--incremental", "-t", pid, "-D", store)
         assert res.returncode == 0, res.stderr
-        t.proc.wait(timeout=10)
+        t.proc.wait(timeout=HANG_GUARD)
         # The restorer's hard RLIMIT_NOFILE is below the image's, and raising it needs CAP_SYS_RESOURCE:
         # left as it is, with a note.
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # the target's, inherited from us
@@ -91,7 +91,7 @@ def test_migration_rounds_from_another_users_process(tmp_path: Path) -> None:
     rx = subprocess.Popen([*CKPT, "receive", "--listen", f"127.0.0.1:{port}", "-D", str(tmp_path / "rx")],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        wait_until(lambda: any((tmp_path / "rx").glob("*.token")), "the receiver wrote its token", timeout=30)
+        wait_until(lambda: any((tmp_path / "rx").glob("*.token")), "the receiver wrote its token")
         token = str(next((tmp_path / "rx").glob("*.token")))
         res = ckpt(state_env(tmp_path), "migrate", "-t", str(t.pid), "--to", f"127.0.0.1:{port}", "--token-file",
                    token, "--dry-run", "--track", "uffd-wp")

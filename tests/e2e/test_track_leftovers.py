@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ckpt.image.reader import Image
-from targets import Target, build_c, spawn, thread_state, tracer_of, wait_until
+from targets import HANG_GUARD, Target, build_c, spawn, thread_state, tracer_of, wait_until
 from test_migrate import _Mutator
 from test_watch import running_watch
 
@@ -159,7 +159,7 @@ def test_a_killed_delta_makes_the_next_delta_from_its_parent_a_full_one(tmp_path
         assert len(uffds(t.pid)) == 1  # the tracker was taken over, not doubled
         res = ckpt(env, "dump", "-t", str(t.pid), "-D", str(tmp_path / "4"), "--prev-images-dir", str(tmp_path / "3"))
         assert res.returncode == 0, res.stderr
-        t.proc.wait(timeout=10)
+        t.proc.wait(timeout=HANG_GUARD)
         res = ckpt(env, "restore", "-D", str(tmp_path / "4"), "-d", "--pidfile", str(tmp_path / "pid"))
         assert res.returncode == 0, res.stderr
         restored.append(int((tmp_path / "pid").read_text()))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from targets import tracer_of
+from targets import HANG_GUARD, tracer_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="watch injects into the target: needs root")
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def running_watch(pid: int, env: dict[str, str] | None = None) -> Iterator[subpr
         assert proc.stdout.readline().startswith("interval 1:")
         yield proc
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=HANG_GUARD)
     finally:
         if proc.poll() is None:
             proc.kill()
