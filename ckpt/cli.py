@@ -353,11 +353,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     ranges = parse_ranges(args.ranges) if args.ranges else None
     exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
+    notes: list[str] = []
     samples = api.watch(args.tree, interval=args.interval, count=args.count, ranges=ranges, exclude=exclude,
-                        method=args.track)
+                        method=args.track, notes=notes)
     with contextlib.closing(samples):  # tracking leaves the target on every way out, Ctrl-C included
         try:
             for s in samples:
+                _warn_notes(notes)  # filled before the first sample
+                notes.clear()
                 if args.json:
                     print(json.dumps(s.as_dict()), flush=True)
                     continue
@@ -385,7 +388,9 @@ def _cmd_track(args: argparse.Namespace) -> int:
         return 0
     ranges = parse_ranges(args.ranges) if args.ranges else None
     exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
-    state = api.track_start(args.tree, method=args.track, ranges=ranges, exclude=exclude)
+    notes: list[str] = []
+    state = api.track_start(args.tree, method=args.track, ranges=ranges, exclude=exclude, notes=notes)
+    _warn_notes(notes)
     where = f"userfaultfd parked at fd {state.parked_fd}" if state.method == "uffd-wp" else state.digests_path
     print(f"tracking process {args.tree} with {state.method} ({where}); state in {api.tracking_state_path(args.tree)}")
     return 0

@@ -255,6 +255,7 @@ def dump(
     # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
     # (one session per process of the tree as it is now; a process born before the freeze gets a full copy)
     incs: dict[int, incremental.DeltaSession] = {}
+    notes.extend(incremental.clean_tracking_leftovers(pid))  # trackers killed ckpt runs left in the tree
     if parent is not None or track_mem:
         try:
             for p in tree.descendants(pid, include_root=True):
