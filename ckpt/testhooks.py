@@ -2,15 +2,23 @@
 
 ``CKPT_TEST_HOOK=NAME:ACTION[:N]`` (read once, at import): the N-th time
 (default 1) this process passes :func:`point` ``NAME``, it SIGKILLs itself
-(ACTION ``kill``) or SIGSTOPs itself (``stop``: the test kills it when it
-likes).  Unset, :func:`point` is one comparison.  Only the test suite and
-``bench/stress.py`` set it; nothing else about ckpt changes with it.
+(ACTION ``kill``) or says ``ckpt: paused at NAME`` on stderr and SIGSTOPs
+itself (``stop``: the test then kills it, or signals it and sends SIGCONT).
+Unset, :func:`point` is one comparison.  Only the test suite and the stress
+bench set it; nothing else about ckpt changes with it.
+
+Points: ``inject.loaded``, ``inject.entered``, ``inject.done`` (each phase of a
+call injected into a target), ``release.mask`` (a thread half put back),
+``uffd-parked`` (a new tracker's userfaultfd is parked in the running target,
+before its state file is written), ``collected`` (a delta's get+clear is done,
+its image not written yet).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 
 __all__ = ["point"]
 
@@ -37,4 +45,6 @@ def point(name: str) -> None:
         return
     _seen += 1
     if _seen == _HOOK[2]:
+        if _HOOK[1] == signal.SIGSTOP:
+            print(f"ckpt: paused at {name}", file=sys.stderr, flush=True)
         os.kill(os.getpid(), _HOOK[1])

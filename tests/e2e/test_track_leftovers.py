@@ -1,6 +1,6 @@
 """Trackers a killed ckpt leaves behind are mended by the next run, never refused (issue 14, item 3).
 
-ckpt is stopped at an exact point with ``CKPT_TEST_PAUSE_AT`` (ckpt/testpoint.py)
+ckpt is stopped at an exact point with ``CKPT_TEST_HOOK=NAME:stop`` (ckpt/testhooks.py)
 and killed there with SIGKILL.  The target is scenarios/mig_writer.c: on SIGUSR1
 it checks every word of every page against its writers' counters, so "memory
 intact" is its own verdict.  Each test keeps its state files in its own
@@ -88,7 +88,7 @@ def ckpt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def kill_at(point: str, env: dict[str, str], *args: str) -> None:
     """Run ``ckpt ARGS`` until it stops at the test point ``point``, then SIGKILL it there."""
     proc = subprocess.Popen([*CKPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env=dict(env, CKPT_TEST_PAUSE_AT=point))
+                            env=dict(env, CKPT_TEST_HOOK=f"{point}:stop"))
     try:
         ready, _, _ = select.select([proc.stderr], [], [], 120)
         line = proc.stderr.readline() if ready else ""
