@@ -2,6 +2,7 @@
 #   make demo    virtualenv + install + a real checkpoint of a sample process
 #   make test    the whole test suite
 #   make bench   benchmarks (markdown table + bench/results.json)
+#   make stress  ckpt killed at 200 random moments of its commands; the target must never be harmed
 #   make second-host / second-host-down
 #                a second "host" on this machine (network + PID namespace) to migrate to
 
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need; installed only when missing.
 SYSPKGS := gcc make libc6-dev python3-venv redis-server nginx-light nftables iproute2 procps util-linux
 
-.PHONY: all sysdeps venv install proto test test-fast demo bench second-host second-host-down clean
+.PHONY: all sysdeps venv install proto test test-fast demo bench stress second-host second-host-down clean
 
 all: install
 
@@ -73,6 +74,9 @@ demo: install
 
 bench: install
 	$(PY) bench/run.py
+
+stress: install
+	$(PY) bench/stress.py --kills 200 --mib 256 --json bench/stress.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

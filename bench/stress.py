@@ -1,0 +1,422 @@
+"""``make stress``: kill ckpt at random moments of its commands; the target must never be harmed.
+
+    .venv/bin/python bench/stress.py [--kills 200] [--mib 256] [--seed N] [--json FILE]
+
+The target is ``tests/scenarios/mig_writer.c``: writer threads rewriting whole
+pages at a steady rate, which on SIGUSR1 checks every page and table entry
+against its own counters (a write a checkpoint lost or a page it corrupted
+fails the check).  Each round runs one ckpt command against it and sends it
+SIGKILL, SIGTERM or SIGINT after a random part of the time that command takes
+(measured once, unkilled, first): ``dump -R``, ``dump`` (the target ends when
+the dump completes: it is restored from that image), ``pre-dump`` (in a chain),
+``migrate --dry-run`` to a ``receive`` on loopback (the source killed), the
+same with the ``receive`` killed, and ``restore -d`` of a dumped target.
+
+After each kill the target is *harmed* if it is gone (and was not ended by a
+completed dump), stays traced or stopped, has another blocked-signal mask
+than it started with, or fails its check.  A restore killed before it
+finished must leave no process under the pid, and the next restore of the
+image must work.  *Leftovers* are what a killed run left that the next run
+has to remove: injection areas or their descriptors in the target, a second
+userfaultfd, temporary image directories; the next ckpt command is checked
+to have removed them.  The report: kills tried, targets harmed (the goal is
+0), leftovers found and left after the next run.
+
+``tests/e2e/test_stress_sample.py`` runs a small sample of this (~20 kills of
+a 32 MiB target) in ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.workload import build_c  # noqa: E402
+
+CKPT = [sys.executable, "-m", "ckpt.cli"]
+SOURCE = REPO / "tests" / "scenarios" / "mig_writer.c"
+BINARY = REPO / "bench" / "bin" / "mig_writer"
+OPS = ("dump-R", "dump", "pre-dump", "migrate", "receive", "restore")
+SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+#: Seconds to wait for anything that should happen at once (a hang guard, not a measure).
+PATIENCE = 60.0
+AREA = "/memfd:ckpt-injection-area"
+
+
+class Harm(Exception):
+    """The target was harmed: what was seen."""
+
+
+@dataclass
+class Report:
+    kills: int = 0
+    by_op: Counter = field(default_factory=Counter)
+    by_signal: Counter = field(default_factory=Counter)
+    finished_before_kill: int = 0
+    harmed: int = 0
+    harms: list[str] = field(default_factory=list)
+    leftovers_found: Counter = field(default_factory=Counter)
+    leftovers_after_next_run: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("by_op", "by_signal", "leftovers_found"):
+            d[k] = dict(d[k])
+        return d
+
+    def text(self) -> str:
+        lines = [f"kills tried: {self.kills} ({', '.join(f'{k} {v}' for k, v in sorted(self.by_op.items()))}; "
+                 f"{', '.join(f'{k} {v}' for k, v in sorted(self.by_signal.items()))})",
+                 f"commands that finished before their kill (not counted): {self.finished_before_kill}",
+                 f"targets harmed: {self.harmed}",
+                 f"leftovers found after a kill: {sum(self.leftovers_found.values())} "
+                 f"({', '.join(f'{k} {v}' for k, v in sorted(self.leftovers_found.items())) or 'none'}); "
+                 f"left after the next run: {self.leftovers_after_next_run}",
+                 f"time: {self.seconds:.0f} s"]
+        lines += [f"  harm: {h}" for h in self.harms]
+        return "\n".join(lines)
+
+
+class Target:
+    """mig_writer, detached (its parent is init, which reaps it), its stdout in a file."""
+
+    def __init__(self, work: Path, npages: int) -> None:
+        self.log = work / "target.log"
+        self.log.write_bytes(b"")
+        subprocess.run(["setsid", "-f", str(BINARY), str(npages), "4", "2000"], stdin=subprocess.DEVNULL,
+                       stdout=open(self.log, "ab"), stderr=subprocess.DEVNULL, close_fds=True, check=True)
+        line = self._wait_line("READY", 0)
+        self.pid = int(dict(p.split("=", 1) for p in line.split()[1:])["pid"])
+        self.masks = self.thread_masks()
+
+    def _wait_line(self, prefix: str, offset: int) -> str:
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            for line in self.log.read_bytes()[offset:].decode(errors="replace").splitlines():
+                if line.startswith(prefix):
+                    return line
+            time.sleep(0.01)
+        raise Harm(f"no {prefix} line from the target within {PATIENCE:.0f} s")
+
+    def alive(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return False
+        return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+
+    def thread_masks(self) -> dict[int, str]:
+        out = {}
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                out[int(tid)] = _status_line(f"/proc/{self.pid}/task/{tid}/status", "SigBlk")
+            except FileNotFoundError:
+                pass
+        return out
+
+    def check(self, what: str) -> None:
+        """Raise Harm unless the target runs untraced, with its own masks, and passes its check."""
+        if not self.alive():
+            raise Harm(f"{what}: the target is gone")
+        _wait(lambda: all(_status_line(f"/proc/{self.pid}/task/{t}/status", "TracerPid") == "0"
+                          for t in os.listdir(f"/proc/{self.pid}/task")), f"{what}: the target stays traced")
+        _wait(lambda: self.thread_masks() == self.masks,
+              f"{what}: blocked masks {self.thread_masks()} instead of {self.masks}")
+        state = _status_line(f"/proc/{self.pid}/status", "State")
+        if state.startswith(("T", "t")):
+            raise Harm(f"{what}: the target is stopped ({state})")
+        offset = self.log.stat().st_size
+        os.kill(self.pid, signal.SIGUSR1)
+        line = self._wait_line("CHECK", offset)
+        if not line.startswith("CHECK PASS"):
+            raise Harm(f"{what}: {line}")
+
+    def end(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _status_line(path: str, key: str) -> str:
+    with open(path) as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key + ":"))
+
+
+def _wait(cond, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        try:
+            if cond():
+                return
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise Harm(what)
+        time.sleep(0.005)
+
+
+def _leftovers(pid: int, work: Path) -> Counter:
+    found: Counter = Counter()
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            found["injection area"] += sum(AREA in line for line in f)
+        uffds = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            found["injection area fd"] += link.startswith(AREA)
+            uffds += link == "anon_inode:[userfaultfd]"
+        found["extra userfaultfd"] += max(0, uffds - 1)
+    except FileNotFoundError:
+        pass
+    found["temp image dir"] += sum(1 for p in work.rglob(".*.tmp"))
+    return +found
+
+
+class Stress:
+    def __init__(self, work: Path, npages: int, seed: int, ops: tuple[str, ...]) -> None:
+        self.work = work
+        self.npages = npages
+        self.rng = random.Random(seed)
+        self.ops = ops
+        self.report = Report()
+        self.target = Target(work, npages)
+        self.n = 0
+        self.chain: Path | None = None  # the last pre-dump that completed
+        self.token = work / "token"
+        self.receiver: subprocess.Popen | None = None
+        self.port = 0
+        self.durations: dict[str, float] = {}
+
+    # --- one command, killed or not ---
+
+    def _dir(self, kind: str) -> Path:
+        self.n += 1
+        return self.work / f"{kind}-{self.n}"
+
+    def _argv(self, op: str) -> list[str]:
+        pid = str(self.target.pid)
+        if op == "dump-R":
+            return ["dump", "-R", "-t", pid, "-D", str(self._dir("img"))]
+        if op == "dump":
+            return ["dump", "-t", pid, "-D", str(self._dir("img"))]
+        if op == "pre-dump":
+            parent = ["--prev-images-dir", str(self.chain)] if self.chain and self.rng.random() < 0.7 else []
+            return ["pre-dump", "-t", pid, "-D", str(self._dir("pre")), *parent]
+        if op in ("migrate", "receive"):
+            return ["migrate", "-t", pid, "--to", f"127.0.0.1:{self.port}", "--token-file", str(self.token),
+                    "--dry-run"]
+        raise ValueError(op)
+
+    def _run(self, argv: list[str], kill_after: float | None, sig: int) -> tuple[int, bool, float]:
+        """Run ckpt; kill it after ``kill_after`` s.  (exit code, whether the signal was sent, seconds)."""
+        t0 = time.monotonic()
+        p = subprocess.Popen([*CKPT, *argv], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        sent = False
+        if kill_after is not None:
+            try:
+                p.wait(timeout=kill_after)
+            except subprocess.TimeoutExpired:
+                p.send_signal(sig)
+                sent = True
+        _, err = p.communicate(timeout=600)
+        if not sent and p.returncode != 0:
+            raise RuntimeError(f"ckpt {' '.join(argv)}: exit {p.returncode}: {err.strip()}")
+        return p.returncode, sent, time.monotonic() - t0
+
+    def _receiver(self) -> None:
+        """A ``ckpt receive`` on a free loopback port (a new one after the last was killed)."""
+        if self.receiver is not None and self.receiver.poll() is None:
+            return
+        if not self.token.exists():
+            from ckpt.migrate.wire import save_token
+            save_token(str(self.token))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.receiver = subprocess.Popen(
+            [*CKPT, "receive", "--listen", f"127.0.0.1:{self.port}", "-D", str(self.work / "received"),
+             "--token-file", str(self.token)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(self._listening, "the receiver listens")
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def _restore(self, image: Path, kill_after: float | None = None, sig: int = signal.SIGKILL) -> tuple[bool, float]:
+        code, sent, took = self._run(["restore", "-D", str(image), "-d"], kill_after, sig)
+        return sent, took
+
+    def _reborn(self, image: Path) -> None:
+        """The target ended by a completed dump: bring it back from that image (and check it)."""
+        _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the dumped target's pid is free")
+        self._restore(image)
+        self.target.check("restored after a completed dump")
+
+    # --- a round ---
+
+    def calibrate(self) -> None:
+        for op in self.ops:
+            if op == "restore":
+                continue
+            if op in ("migrate", "receive"):
+                self._receiver()
+            argv = self._argv(op)
+            _, _, took = self._run(argv, None, 0)
+            self.durations[op] = took
+            if op == "dump":
+                self._reborn(Path(argv[-1]))
+            if op == "pre-dump":
+                self.chain = Path(argv[argv.index("-D") + 1])
+            self.target.check(f"unkilled {op}")
+        image = Path(self._argv("dump")[-1])
+        self._run(["dump", "-t", str(self.target.pid), "-D", str(image)], None, 0)
+        _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the dumped target's pid is free")
+        _, self.durations["restore"] = self._restore(image)
+        self.target.check("unkilled restore")
+
+    def round(self) -> None:
+        """One command, killed at a random moment (or finished first), then the target checked."""
+        try:
+            self._round()
+        except Harm as h:
+            self.report.harmed += 1
+            self.report.harms.append(str(h))
+            self.target.end()
+            _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the harmed target is gone")
+            self.target = Target(self.work, self.npages)
+            self.chain = None
+
+    def _round(self) -> None:
+        op = self.rng.choice(self.ops)
+        sig = self.rng.choice(SIGNALS)
+        delay = self.rng.uniform(0.0, 1.1) * self.durations[op]
+        what = f"{op} {signal.Signals(sig).name} after {delay * 1000:.0f} ms"
+        if op == "restore":
+            image = self._dir("img")
+            self._run(["dump", "-t", str(self.target.pid), "-D", str(image)], None, 0)
+            _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the dumped target's pid is free")
+            sent, _ = self._restore(image, delay, sig)
+            if sent and not self.target.alive():
+                if os.path.exists(f"/proc/{self.target.pid}"):
+                    raise Harm(f"{what}: a process is left under the pid, not running")
+                self._restore(image)  # the next restore of the same image works
+        else:
+            if op in ("migrate", "receive"):
+                self._receiver()
+            argv = self._argv(op)
+            if op == "receive":
+                victim = self.receiver
+                p = subprocess.Popen([*CKPT, *argv], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+                try:
+                    p.wait(timeout=delay)
+                    sent = False
+                except subprocess.TimeoutExpired:
+                    victim.send_signal(sig)
+                    sent = True
+                p.wait(timeout=600)
+                victim.wait(timeout=600)
+                self.receiver = None
+            else:
+                code, sent, _ = self._run(argv, delay, sig)
+                if not sent and op == "dump":
+                    self._reborn(Path(argv[-1]))
+                if not sent and op == "pre-dump":
+                    self.chain = Path(argv[argv.index("-D") + 1])
+                if sent and op == "dump" and not self.target.alive():
+                    self._reborn(Path(argv[-1]))  # killed after the image was complete: it was ended as asked
+            if not sent:
+                self.report.finished_before_kill += 1
+        if sent:
+            self.report.kills += 1
+            self.report.by_op[op] += 1
+            self.report.by_signal[signal.Signals(sig).name] += 1
+        self.target.check(what)
+        if sent:
+            found = _leftovers(self.target.pid, self.work)
+            self.report.leftovers_found.update(found)
+            if found:  # the next run must remove them
+                self._run(["dump", "-R", "-t", str(self.target.pid), "-D", str(self._dir("img"))], None, 0)
+                self.report.leftovers_after_next_run += sum(_leftovers(self.target.pid, self.work).values())
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the work directory small: old images go (the chain's last pre-dump stays)."""
+        dirs = sorted((p for p in self.work.iterdir() if p.is_dir() and p.name[:4] in ("img-", "pre-")),
+                      key=lambda p: int(p.name.split("-")[1]))
+        for p in dirs[:-3]:
+            if self.chain is None or p.name != self.chain.name:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def close(self) -> None:
+        self.target.end()
+        if self.receiver is not None and self.receiver.poll() is None:
+            self.receiver.kill()
+            self.receiver.wait()
+
+
+def run(kills: int, mib: int, seed: int, ops: tuple[str, ...] = OPS, work: Path | None = None) -> Report:
+    """Kill ckpt ``kills`` times; the report."""
+    build_c(SOURCE, BINARY, "-pthread")
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="ckpt-stress-")) if work is None else work
+    os.chmod(work, 0o700)
+    t0 = time.monotonic()
+    s = Stress(work, mib * 256, seed, ops)
+    try:
+        s.calibrate()
+        rounds = 0
+        while s.report.kills < kills and rounds < kills * 4:
+            rounds += 1
+            s.round()
+    finally:
+        s.close()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    s.report.seconds = time.monotonic() - t0
+    return s.report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kills", type=int, default=200)
+    ap.add_argument("--mib", type=int, default=256, help="the target's memory (MiB)")
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--ops", default=",".join(OPS), help=f"commands to kill (default {','.join(OPS)})")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args()
+    print(f"stress: {args.kills} kills of ckpt against a {args.mib} MiB self-checking target (seed {args.seed})",
+          flush=True)
+    report = run(args.kills, args.mib, args.seed, tuple(args.ops.split(",")))
+    print(report.text())
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seed": args.seed, "mib": args.mib, **report.as_dict()}, indent=2))
+    return 0 if report.harmed == 0 and report.leftovers_after_next_run == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
