@@ -31,7 +31,7 @@ import struct
 from collections.abc import Sequence
 
 from ..control.inject import (
-    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, OUT, Injector, Query, Scratch,
+    ALL_SIGNALS, ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, OUT, Injector, Query, Scratch,
     syscall_restart_frame,
 )
 from ..control.seize import FrozenProcess, FrozenThread, ThreadSnapshot, _requeue
@@ -205,10 +205,6 @@ def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: 
     return out
 
 
-#: A blocked mask with every signal (the kernel leaves SIGKILL and SIGSTOP out itself).
-_ALL_BLOCKED = (1 << 64) - 1
-
-
 def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) -> list[str]:
     """rseq, robust list, clear-child-tid, timer slack, sigaltstack and scheduling, set by the thread itself.
 
@@ -219,7 +215,7 @@ def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadC
     from outside, where the kernel forbids forging most siginfo.  Returns
     warnings (a nice value or CPU the kernel refused).
     """
-    ptrace.setsigmask(inj.tid, _ALL_BLOCKED)
+    ptrace.setsigmask(inj.tid, ALL_SIGNALS)
     if core.HasField("rseq") and core.rseq.abi_pointer:
         inj.call(NR.rseq, core.rseq.abi_pointer, core.rseq.size, 0, core.rseq.signature)
     if core.robust_list.head:
