@@ -100,6 +100,7 @@ class NR(enum.IntEnum):
     rt_sigpending = 127
     rt_sigtimedwait = 128
     rt_sigqueueinfo = 129
+    rt_sigsuspend = 130
     sigaltstack = 131
     personality = 135
     getpriority = 140
@@ -134,6 +135,8 @@ class NR(enum.IntEnum):
     inotify_rm_watch = 255
     openat = 257
     unlinkat = 263
+    pselect6 = 270
+    ppoll = 271
     set_robust_list = 273
     get_robust_list = 274
     timerfd_create = 283

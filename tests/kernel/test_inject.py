@@ -18,6 +18,7 @@ from ckpt.kernel.prctl import PR_GET_TID_ADDRESS
 from ckpt.kernel import ptrace
 from ckpt.kernel.arch_x86_64 import NR, PAGE_SIZE, user_regs_struct
 from ckpt.kernel.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+from ckpt.kernel.libc import syscall
 from ckpt.kernel.ptrace import StopKind
 from ckpt.kernel.vm import ProcMem
 from targets import tracer_of, wait_in_syscall
@@ -330,3 +331,20 @@ def test_signals_sent_during_injection_are_delivered_after_release(c_target) -> 
         assert shared_pending(t.pid) & (1 << (signal.SIGUSR1 - 1))
         assert proc.injector().getpid() == t.pid
     t.expect("PASS")
+
+
+def test_threads_in_a_temporary_mask_keep_their_own_mask(c_target) -> None:
+    """sigsuspend/ppoll/pselect run with a temporary mask: PTRACE_GETSIGMASK gives the thread's own
+    (saved) one, and putting that back after calls were injected (every signal blocked meanwhile)
+    leaves the thread with its own mask once the call — restarted by the kernel — returns."""
+    t = c_target("tempmask")
+    tids = {k: int(v) for k, v in t.ready().items()}
+    for kind, nr in (("main", NR.rt_sigsuspend), ("ppoll", NR.ppoll), ("pselect", NR.pselect6)):
+        wait_in_syscall(t.pid, tids[kind], nr)
+    with freeze(t.pid) as proc:
+        for tid in tids.values():
+            assert proc.thread(tid).snapshot.sigmask == (1 << (signal.SIGUSR1 - 1)) | (1 << (signal.SIGUSR2 - 1))
+            inject_calls(proc.injector(tid))
+    for kind, name in (("main", "sigsuspend"), ("ppoll", "ppoll"), ("pselect", "pselect")):
+        syscall(NR.tgkill, t.pid, tids[kind], signal.SIGUSR1)  # to that thread: its temporary mask lets it in
+        assert t.expect("WOKE") == f"WOKE {name} mask_ok=1"
