@@ -54,6 +54,8 @@ SOURCE = REPO / "tests" / "scenarios" / "mig_writer.c"
 BINARY = REPO / "bench" / "bin" / "mig_writer"
 OPS = ("dump-R", "dump", "pre-dump", "migrate", "receive", "restore")
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
+#: ckpt.testhooks points a kill may be aimed at (with a random occurrence).
+HOOKS = ("inject.loaded", "inject.entered", "inject.done", "release.mask", "uffd-parked", "collected")
 #: Seconds to wait for anything that should happen at once (a hang guard, not a measure).
 PATIENCE = 60.0
 AREA = "/memfd:ckpt-injection-area"
@@ -66,6 +68,8 @@ class Harm(Exception):
 @dataclass
 class Report:
     kills: int = 0
+    #: kills sent once ckpt had stopped itself at a named point (ckpt.testhooks), not at a random moment
+    aimed: int = 0
     by_op: Counter = field(default_factory=Counter)
     by_signal: Counter = field(default_factory=Counter)
     finished_before_kill: int = 0
@@ -83,7 +87,8 @@ class Report:
 
     def text(self) -> str:
         lines = [f"kills tried: {self.kills} ({', '.join(f'{k} {v}' for k, v in sorted(self.by_op.items()))}; "
-                 f"{', '.join(f'{k} {v}' for k, v in sorted(self.by_signal.items()))})",
+                 f"{', '.join(f'{k} {v}' for k, v in sorted(self.by_signal.items()))}; "
+                 f"{self.aimed} at a named point of an injected call, a release or a tracker, the rest at random moments)",
                  f"commands that finished before their kill (not counted): {self.finished_before_kill}",
                  f"targets harmed: {self.harmed}",
                  f"leftovers found after a kill: {sum(self.leftovers_found.values())} "
@@ -161,6 +166,13 @@ def _status_line(path: str, key: str) -> str:
         return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key + ":"))
 
 
+def _stopped(pid: int) -> bool:
+    try:
+        return _status_line(f"/proc/{pid}/status", "State").startswith("T")
+    except FileNotFoundError:
+        return False
+
+
 def _wait(cond, what: str) -> None:  # noqa: ANN001
     deadline = time.monotonic() + PATIENCE
     while True:
@@ -229,18 +241,30 @@ class Stress:
                     "--dry-run"]
         raise ValueError(op)
 
-    def _run(self, argv: list[str], kill_after: float | None, sig: int) -> tuple[int, bool, float]:
-        """Run ckpt; kill it after ``kill_after`` s.  (exit code, whether the signal was sent, seconds)."""
+    def _run(self, argv: list[str], kill_after: float | None, sig: int,
+             hook: str | None = None) -> tuple[int, bool, float]:
+        """Run ckpt; signal it after ``kill_after`` s, or once it stopped itself at ``hook`` (ckpt.testhooks).
+
+        (exit code, whether the signal was sent, seconds).
+        """
         t0 = time.monotonic()
+        env = {**os.environ, "CKPT_TEST_HOOK": f"{hook}:stop"} if hook else None
         p = subprocess.Popen([*CKPT, *argv], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, env=env)
         sent = False
-        if kill_after is not None:
+        if hook is not None:
+            while p.poll() is None and not _stopped(p.pid):
+                time.sleep(0.002)
+            sent = p.poll() is None
+        elif kill_after is not None:
             try:
                 p.wait(timeout=kill_after)
             except subprocess.TimeoutExpired:
-                p.send_signal(sig)
                 sent = True
+        if sent:
+            p.send_signal(sig)
+            if sig != signal.SIGKILL:
+                p.send_signal(signal.SIGCONT)
         _, err = p.communicate(timeout=600)
         if not sent and p.returncode != 0:
             raise RuntimeError(f"ckpt {' '.join(argv)}: exit {p.returncode}: {err.strip()}")
@@ -266,8 +290,9 @@ class Stress:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
-    def _restore(self, image: Path, kill_after: float | None = None, sig: int = signal.SIGKILL) -> tuple[bool, float]:
-        code, sent, took = self._run(["restore", "-D", str(image), "-d"], kill_after, sig)
+    def _restore(self, image: Path, kill_after: float | None = None, sig: int = signal.SIGKILL,
+                 hook: str | None = None) -> tuple[bool, float]:
+        code, sent, took = self._run(["restore", "-D", str(image), "-d"], kill_after, sig, hook)
         return sent, took
 
     def _reborn(self, image: Path) -> None:
@@ -313,8 +338,14 @@ class Stress:
     def _round(self) -> None:
         op = self.rng.choice(self.ops)
         sig = self.rng.choice(SIGNALS)
+        # Half the kills at a random moment of the command's run; half at a named point inside the
+        # windows that matter (an injected call's phases, a thread half put back, a parked tracker),
+        # which random moments reach rarely: most of a run is start-up and copying memory.
+        hook = None
+        if op not in ("receive", "restore") and self.rng.random() < 0.5:
+            hook = f"{self.rng.choice(HOOKS)}:{self.rng.randint(1, 30)}"
         delay = self.rng.uniform(0.0, 1.1) * self.durations[op]
-        what = f"{op} {signal.Signals(sig).name} after {delay * 1000:.0f} ms"
+        what = f"{op} {signal.Signals(sig).name} " + (f"at {hook}" if hook else f"after {delay * 1000:.0f} ms")
         if op == "restore":
             image = self._dir("img")
             self._run(["dump", "-t", str(self.target.pid), "-D", str(image)], None, 0)
@@ -342,7 +373,7 @@ class Stress:
                 victim.wait(timeout=600)
                 self.receiver = None
             else:
-                code, sent, _ = self._run(argv, delay, sig)
+                code, sent, _ = self._run(argv, delay, sig, hook)
                 if not sent and op == "dump":
                     self._reborn(Path(argv[-1]))
                 if not sent and op == "pre-dump":
@@ -353,6 +384,7 @@ class Stress:
                 self.report.finished_before_kill += 1
         if sent:
             self.report.kills += 1
+            self.report.aimed += hook is not None
             self.report.by_op[op] += 1
             self.report.by_signal[signal.Signals(sig).name] += 1
         self.target.check(what)
