@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from .control.inject import Scratch, ask_all, find_syscall_insn
-from .control.seize import FrozenProcess, require_our_pid_namespace
+from .control.seize import FrozenProcess, alive, kill_and_collect, require_our_pid_namespace
 from .errors import UsageError, translate_oserror
 from .image.pb import process_pb2
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
@@ -109,61 +109,6 @@ class DumpStats:
     notes: tuple[str, ...] = field(default=())
     processes: int = 1  # live processes of the tree (zombies not counted); the other counts are sums over them
     zombies: int = 0
-
-
-def _kill_all(procs: list[FrozenProcess]) -> None:
-    """SIGKILL frozen targets, all before any is waited for (they die side by side), then collect each."""
-    for proc in procs:
-        os.kill(proc.pid, signal.SIGKILL)
-    for proc in procs:
-        _collect_killed(proc)
-
-
-def _collect_killed(proc: FrozenProcess) -> None:
-    """Wait for the exit of every thread we trace of a killed target (non-leaders first, DESIGN §4)."""
-    pid = proc.pid
-    for tid in sorted(proc.threads, key=lambda t: t == pid):
-        t = proc.threads[tid]
-        if t.gone:
-            continue
-        try:
-            while not t.wait().gone:
-                pass
-        except ChildProcessError:
-            pass
-    proc.released = True
-    if proc._mem is not None:
-        proc._mem.close()
-        proc._mem = None
-
-
-def _collect_if_dead(proc: FrozenProcess, timeout: float = 2.0) -> None:
-    """The target died while frozen: collect the exits of the threads we traced, non-leaders first.
-
-    Until the tracer has waited for them, a killed traced thread stays a zombie,
-    and the leader is not reported (nor reapable by its parent) while one exists.
-    """
-    if os.path.exists(f"/proc/{proc.pid}") and _state(proc.pid) not in ("Z", "X", None):
-        return
-    deadline = time.monotonic() + timeout
-    for tid in sorted(proc.threads, key=lambda t: t == proc.pid):
-        while time.monotonic() < deadline:
-            try:
-                st = ptrace.waitpid(tid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if st is not None and st.gone:
-                break
-            time.sleep(0.002)
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(b")") + 2:].split()[0].decode()
 
 
 def _wait_gone(pid: int, start_time: int, timeout: float = GONE_TIMEOUT) -> bool:
@@ -356,7 +301,7 @@ def dump(
                 for p in ftree.procs:
                     os.kill(p, signal.SIGSTOP)
             elif not leave_running:
-                _kill_all(list(reversed(ftree.procs.values())))  # children first
+                kill_and_collect(list(reversed(ftree.procs.values())))  # children first
                 # Their sockets closed in repair mode; the lock stays for the restore (a migration's
                 # destination has its own: the source's goes).
                 notes.extend(conns.keep(unlock=end_target is not None))
@@ -370,9 +315,9 @@ def dump(
     except BaseException as exc:
         if ftree is not None:
             for proc in ftree.procs.values():
-                _collect_if_dead(proc)
+                proc.collect_if_dead()
         for p, sess in incs.items():  # its get+clear may have run: the parent's tracking is spent
-            sess.end(target_alive=os.path.exists(f"/proc/{p}") and _state(p) not in ("Z", "X", None))
+            sess.end(target_alive=alive(p))
         if isinstance(exc, OSError):
             raise translate_oserror(exc, pid, "dumping") from exc
         raise

@@ -33,7 +33,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "require_our_pid_namespace",
     "SEIZE_OPTIONS", "STOP_TIMEOUT", "ThreadSnapshot", "DeferredSignal", "FrozenThread", "FrozenProcess",
-    "freeze", "stop_sharing_cpu",
+    "freeze", "stop_sharing_cpu", "kill_and_collect", "alive",
 ]
 
 #: Options for every seized thread: catch new threads, tell syscall stops apart.
@@ -444,11 +444,68 @@ class FrozenProcess:
         if first_error is not None:
             raise translate_oserror(first_error, self.pid, "releasing") from first_error
 
+    # --- ending ---
+
+    def collect_exit(self) -> None:
+        """After SIGKILL: wait for the exit of every thread we trace, non-leaders first (DESIGN §4).
+
+        A traced group leader's exit is not reported while other traced threads
+        are zombies; nothing is left to release afterwards.
+        """
+        for tid in sorted(self.threads, key=lambda t: t == self.pid):
+            t = self.threads[tid]
+            if t.gone:
+                continue
+            try:
+                while not t.wait().gone:
+                    pass
+            except ChildProcessError:
+                pass
+        self._done()
+
+    def collect_if_dead(self, timeout: float = 2.0) -> None:
+        """The target died while frozen: collect the exits of the threads we traced, non-leaders first.
+
+        Until the tracer has waited for them, a killed traced thread stays a zombie,
+        and the leader is not reported (nor reapable by its parent) while one exists.
+        """
+        if alive(self.pid):
+            return
+        deadline = time.monotonic() + timeout
+        for tid in sorted(self.threads, key=lambda t: t == self.pid):
+            while time.monotonic() < deadline:
+                try:
+                    st = ptrace.waitpid(tid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if st is not None and st.gone:
+                    break
+                time.sleep(0.002)
+
+    def _done(self) -> None:
+        self.released = True
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
+
     def __enter__(self) -> "FrozenProcess":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def kill_and_collect(procs: Sequence[FrozenProcess]) -> None:
+    """SIGKILL frozen processes, all before any is waited for (they die side by side), then collect each."""
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        proc.collect_exit()
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    return _thread_state(pid, pid) not in ("Z", "X", None)
 
 
 def _reap_nohang(tid: int) -> None:
