@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from ..kernel.arch_x86_64 import PAGE_SIZE, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
 from ..kernel.vm import ProcMem
+from ..procfs.fdinfo import list_fds
 from ..procfs.maps import Vma
 
 __all__ = [
@@ -205,15 +206,4 @@ def leftover_areas(vmas: Sequence[Vma]) -> list[Vma]:
 
 def leftover_fds(pid: int) -> list[int]:
     """Descriptors of such areas still open in ``pid`` (a run killed between creating and closing one)."""
-    found = []
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return []
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == f"{AREA_PATH} (deleted)":
-                found.append(int(name))
-        except OSError:
-            continue  # closed meanwhile
-    return sorted(found)
+    return [fd for fd, link in list_fds(pid) if link == f"{AREA_PATH} (deleted)"]
