@@ -370,8 +370,9 @@ class Stress:
                     victim.send_signal(sig)
                     sent = True
                 p.wait(timeout=600)
-                victim.wait(timeout=600)
-                self.receiver = None
+                if sent:  # the receiver goes; the next round starts another
+                    victim.wait(timeout=600)
+                    self.receiver = None
             else:
                 code, sent, _ = self._run(argv, delay, sig, hook)
                 if not sent and op == "dump":
