@@ -37,6 +37,7 @@ from ckpt.kernel.mman import (
     MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
 from ckpt.kernel.vm import ProcMem
+from ckpt.control.guard import AREA_PATH
 from ckpt.procfs.maps import read_maps
 from ckpt.restore import StagedRestore, StagingMismatch, restore
 from targets import Target, build_c, spawn, traced_threads, tracer_of, wait_until
@@ -166,11 +167,12 @@ class _Quiet:
 
 
 def _memory(pid: int) -> dict[int, tuple[str, str, int, bytes]]:
-    """Every mapped page but the kernel's vvar: address → (protection, path, file offset, SHA-1 of the bytes)."""
+    """Every mapped page but the kernel's vvar and ckpt's own injection area (while the dump holds the target):
+    address → (protection, path, file offset, SHA-1 of the bytes)."""
     out: dict[int, tuple[str, str, int, bytes]] = {}
     with ProcMem(pid) as mem:
         for v in read_maps(pid):
-            if v.path in ("[vvar]", "[vvar_vclock]", "[vsyscall]"):
+            if v.path in ("[vvar]", "[vvar_vclock]", "[vsyscall]", AREA_PATH):
                 continue
             perms = ("r" if v.read else "-") + ("w" if v.write else "-") + ("x" if v.exec else "-") + \
                     ("s" if v.shared else "p")
