@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
+from . import hooks
 from .control.inject import Injector, Scratch
 from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, RestoreError, UsageError
@@ -284,10 +285,13 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
+            hooks.point("restore-memory-filled")
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
                                  memfds=shmem.memfds))
+            hooks.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
+        hooks.point("restore-handing-over")
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
@@ -397,6 +401,7 @@ class _Helpers:
         hint = read_maps(os.getpid())  # the root helper's mappings: it is a copy of this process
         avoid = [(v.start, v.end) for _, vmas in self.layouts.values() for v in vmas]
         self.created.extend(tree.create(root, detached=self.detached))
+        hooks.point("restore-helper-created")
         parents: dict[int, _Workspace] = {}
         for p in root.walk():
             if p.zombie:
@@ -405,6 +410,7 @@ class _Helpers:
             if p is root:
                 proc, self._frozen = _seize_helper(p.pid)
                 self.procs[p.pid] = proc
+                hooks.point("restore-helper-seized")
                 ws = _prepare(proc, p.pid, mm, vmas, hint, own_fds=True, avoid=avoid)
             else:
                 ws = _prepare_clone(self.procs[p.pid], parents.pop(p.pid), mm, vmas, own_fds=not p.shares_files)
@@ -416,6 +422,7 @@ class _Helpers:
                     del self.procs[c.pid]  # (kept until it is let go: a failure above kills and collects it)
                 else:
                     parents[c.pid] = ws
+            hooks.point("restore-helpers-cloned")
             yield ws
 
     def kill(self) -> None:
@@ -757,6 +764,7 @@ class StagedRestore:
                 n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem, filler)
                 st = self._procs[ws.pid] = _Staged(ws.pid, ws.proc, ws)
                 self._took(st, chain, vmas)
+                hooks.point("restore-memory-filled")
                 nvmas, pages, nbytes = nvmas + n, pages + filled.pages_stored, nbytes + filled.bytes_read
             self._chain = list(chain)
         return self._stage(image_dir, nvmas, 0, pages, nbytes, 0, t0)
@@ -797,6 +805,7 @@ class StagedRestore:
                                          memfds=self._shmem.memfds))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
+                hooks.point("restore-handing-over")
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
             finally:
