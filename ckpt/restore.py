@@ -3,11 +3,12 @@
 Order (DESIGN §4, each step a lesson of the prototype):
 
 1. wait until the pid is free (a killed process keeps it 1-2 s here), create the
-   helper with ``clone3(set_tid=[pid])`` — from this process (ckpt stays the
-   parent and can wait for it) or, ``detached``, from an intermediate that exits
-   at once so the helper is reparented like a daemon; in a tree, only the
-   root's: each other helper is cloned from its parent's once that one is
-   through step 4 (:class:`_Helpers`);
+   helper with ``clone3(set_tid=[pid])`` — made by a forked child of this
+   process with CLONE_PARENT (ckpt stays the parent and can wait for it) or,
+   ``detached``, by an intermediate that goes at the hand-over so the helper
+   is reparented like a daemon (:func:`~ckpt.resources.tree.create`); in a
+   tree, only the root's: each other helper is cloned from its parent's once
+   that one is through step 4 (:class:`_Helpers`);
 2. seize it (TRACECLONE | EXITKILL), unregister its rseq area (it lives in a
    TLS that is about to disappear);
 3. map the trampoline (``syscall; int3``) and a scratch area at an address free
@@ -21,7 +22,9 @@ Order (DESIGN §4, each step a lesson of the prototype):
    thread's final frame/xstate/mask and PTRACE_DETACH it.
 
 If anything fails, the helper (and every thread created) is killed and reaped
-and :class:`~ckpt.errors.RestoreError` says why.
+and :class:`~ckpt.errors.RestoreError` says why; if ckpt dies, every helper
+dies with it (:class:`~ckpt.resources.tree.RootHelper`).  Only the hand-over
+(7) lets them outlive it.
 
 :func:`restore` runs these steps in one go.  :class:`StagedRestore` runs the
 same pieces spread over a migration: steps 1-5's memory part on the first
@@ -178,15 +181,15 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
     return time.monotonic() - t0
 
 
-def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
-    """SIGKILL the half-built process and collect every thread we trace (and the process if it is our child)."""
+def _kill_helper(proc: FrozenProcess) -> None:
+    """SIGKILL a half-built process and collect every thread of it we trace."""
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
-        return
-    tids = sorted(proc.threads, key=lambda t: t == pid) if proc is not None else []
-    for tid in tids:  # non-leaders first: a traced leader is not reported while traced zombie threads exist
-        if proc is not None and proc.threads[tid].gone:
+        pass
+    for tid in sorted(proc.threads, key=lambda t: t == proc.pid):
+        # non-leaders first: a traced leader is not reported while traced zombie threads exist
+        if proc.threads[tid].gone:
             continue
         try:
             while True:
@@ -195,15 +198,9 @@ def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
                     break
         except ChildProcessError:
             pass
-    if proc is not None:
-        proc.released = True
-        if proc._mem is not None:
-            proc._mem.close()
-    if ours:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    proc.released = True
+    if proc._mem is not None:
+        proc._mem.close()
 
 
 def _restore_error(exc: BaseException, pid: int) -> BaseException:
@@ -292,6 +289,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
         hooks.point("restore-handing-over")
+        helpers.hand_over()
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
@@ -353,19 +351,6 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
     objects.sysv.fill = fill_memory
 
 
-def _kill_tree(seized: Sequence[FrozenProcess | None], created: Sequence[int], root: int, *, ours: bool) -> None:
-    """After a failed restore: kill every helper, collect the threads we trace, reap the root if ours."""
-    tree.kill(created)
-    for proc in seized:
-        if proc is not None:
-            _kill_helper(proc, proc.pid, ours=False)
-    if ours:
-        try:
-            os.waitpid(root, 0)
-        except ChildProcessError:
-            pass
-
-
 def _write_pidfile(pidfile: str | os.PathLike[str] | None, pid: int) -> None:
     if pidfile is not None:
         with open(pidfile, "w") as f:
@@ -391,6 +376,8 @@ class _Helpers:
         self.root, self.layouts, self.detached = root, layouts, detached
         #: Every helper made (zombies too), parents first: what :meth:`kill` ends.
         self.created: list[int] = []
+        #: The root's helper and what ends every helper if we fail or die (None until it is made).
+        self.root_helper: tree.RootHelper | None = None
         #: The live helpers we hold, parents first.
         self.procs: dict[int, FrozenProcess] = {}
         self._frozen: AbstractContextManager[FrozenProcess] | None = None  # keep referenced: see _seize_helper
@@ -400,7 +387,8 @@ class _Helpers:
         root = self.root
         hint = read_maps(os.getpid())  # the root helper's mappings: it is a copy of this process
         avoid = [(v.start, v.end) for _, vmas in self.layouts.values() for v in vmas]
-        self.created.extend(tree.create(root, detached=self.detached))
+        self.root_helper = tree.create(root, detached=self.detached)
+        self.created.append(root.pid)
         hooks.point("restore-helper-created")
         parents: dict[int, _Workspace] = {}
         for p in root.walk():
@@ -425,9 +413,22 @@ class _Helpers:
             hooks.point("restore-helpers-cloned")
             yield ws
 
+    def hand_over(self) -> None:
+        """Every helper is built and about to run as the image's process: they outlive us from now on."""
+        if self.root_helper is not None:
+            self.root_helper.hand_over()
+
     def kill(self) -> None:
-        """After a failure: kill every helper made, collect the threads we trace, reap the root if ours."""
-        _kill_tree(list(self.procs.values()), self.created, self.root.pid, ours=not self.detached)
+        """After a failure: kill every helper made, collect the threads we trace, reap them all (the pids are free)."""
+        if self.root_helper is None:
+            return  # tree.create() failed: it left nothing
+        for pid in tree.strays(self.root, self.created):
+            tree.discard(pid)
+            self.created.append(pid)
+        tree.kill(self.created)
+        for proc in self.procs.values():
+            _kill_helper(proc)
+        self.root_helper.reap(self.created)
 
 
 def _seize_helper(pid: int) -> tuple[FrozenProcess, AbstractContextManager[FrozenProcess]]:
@@ -806,6 +807,7 @@ class StagedRestore:
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
                 hooks.point("restore-handing-over")
+                self._helpers.hand_over()
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
             finally:
