@@ -1,8 +1,9 @@
 """Named points of a run where a test can stop ckpt or make it fail, to prove what a kill or a failure leaves.
 
 ``CKPT_STOP_AT=NAME[,NAME...]``: on reaching a listed point (the first
-time: some are passed once per process of a tree), ckpt stops itself (SIGSTOP), so the test sees it stopped (``waitpid(WUNTRACED)``) at a
-known instant and kills it there, or lets it go on (SIGCONT).
+time: some are passed once per process of a tree), ckpt stops itself
+(SIGSTOP), so the test sees it stopped (``waitpid(WUNTRACED)``) at a known
+instant and kills it there, or lets it go on (SIGCONT).
 ``CKPT_FAIL_AT=NAME[,NAME...]``: the point raises :class:`InjectedFailure`,
 which takes the same path as any other failure.  Unset (the normal case),
 a point costs two environment look-ups.  The points are listed in :data:`POINTS`.

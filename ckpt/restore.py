@@ -57,6 +57,7 @@ from .image.records import ImageKind, Pagemap, PageSource, PageState
 from .kernel import ptrace
 from .kernel.arch_x86_64 import INT3, NR, PAGE_SIZE, SYSCALL_INSN, TASK_SIZE_MAX
 from .kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE
+from .kernel.prctl import PR_SET_PDEATHSIG
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
@@ -289,7 +290,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
         hooks.point("restore-handing-over")
-        helpers.hand_over()
+        helpers.hand_over(live[0].ws, live[0].entry)
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
@@ -413,10 +414,22 @@ class _Helpers:
             hooks.point("restore-helpers-cloned")
             yield ws
 
-    def hand_over(self) -> None:
-        """Every helper is built and about to run as the image's process: they outlive us from now on."""
-        if self.root_helper is not None:
-            self.root_helper.hand_over()
+    def hand_over(self, root: _Workspace, entry: process_pb2.ProcessEntry) -> None:
+        """Every helper is built and about to run as the image's process: they outlive us from now on.
+
+        Detached, the root's parent (the intermediate) goes now, which would
+        send the root the parent-death signal it was given back with its
+        limits: cleared across it, then set again.  ``root``: its workspace,
+        ``entry``: its record.
+        """
+        if self.root_helper is None:
+            return
+        sig = entry.flags.pdeath_signal if self.detached else 0
+        if sig:
+            root.inj.call(NR.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, name="prctl(PR_SET_PDEATHSIG, 0)")
+        self.root_helper.hand_over()
+        if sig:
+            root.inj.call(NR.prctl, PR_SET_PDEATHSIG, sig, 0, 0, 0, name=f"prctl(PR_SET_PDEATHSIG, {sig})")
 
     def kill(self) -> None:
         """After a failure: kill every helper made, collect the threads we trace, reap them all (the pids are free)."""
@@ -807,7 +820,7 @@ class StagedRestore:
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
                 hooks.point("restore-handing-over")
-                self._helpers.hand_over()
+                self._helpers.hand_over(self._procs[self.pid].ws, records[self.pid][1])
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
             finally:

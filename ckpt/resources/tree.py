@@ -359,7 +359,7 @@ class RootHelper:
 
 
 def _end(pid: int) -> int | None:
-    """Reap our child ``pid``, SIGKILLed if it is not gone within :data:`CREATE_TIMEOUT`; its exit code, None if not ours."""
+    """Reap our child ``pid`` (SIGKILLed if not gone within :data:`CREATE_TIMEOUT`): its exit code, None if not ours."""
     deadline, delay = time.monotonic() + CREATE_TIMEOUT, 1e-4
     try:
         while (got := os.waitpid(pid, os.WNOHANG)) == (0, 0):

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from ckpt import api, hooks
+from ckpt.image.reader import Image
 from targets import HANG_GUARD, Target, kill_all, tracer_of, wait_until
 from test_dump_restore import _forget
 
@@ -81,15 +82,16 @@ def tree_image(c_target, tmp_path: Path) -> Iterator[tuple[Target, list[int], Pa
 
 
 class _Restorer:
-    """``ckpt restore`` of the tree's image in a session of its own, stdout handed over as the tree's."""
+    """``ckpt restore`` of a target's image in a session of its own, the target's stdio pipes handed over."""
 
     def __init__(self, t: Target, img: Path, tmp: Path, *args: str, **env: str) -> None:
-        outs = t.proc.stdout.fileno()
+        inherit = [a for n, ours in t.stdio_fds.items() for a in ("--inherit-fd", f"fd[{ours}]:{n}")]
         self.err_path = tmp / f"restore-{time.monotonic_ns()}.err"
         with open(self.err_path, "wb") as err:  # a file: a left-over copy of ckpt could hold a pipe open
-            self.proc = subprocess.Popen([*CKPT, "restore", "-D", str(img), "--inherit-fd", f"fd[{outs}]:1", *args],
-                                         pass_fds=(outs,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=err, start_new_session=True, env={**os.environ, **env})
+            self.proc = subprocess.Popen([*CKPT, "restore", "-D", str(img), *inherit, *args],
+                                         pass_fds=tuple(t.stdio_fds.values()), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                         env={**os.environ, **env})
         self.pid = self.proc.pid
 
     def wait(self, *, stopped: bool = False) -> int:
@@ -147,7 +149,8 @@ def _restore_and_check(t: Target, img: Path, tmp: Path, pids: list[int], *, deta
 
 
 @pytest.mark.parametrize("detached", [False, True], ids=["foreground", "detached"])
-def test_restore_killed_at_every_point_leaves_nothing(tree_image, tmp_path: Path, detached: bool) -> None:  # noqa: ANN001
+def test_restore_killed_at_every_point_leaves_nothing(tree_image, tmp_path: Path,  # noqa: ANN001
+                                                      detached: bool) -> None:
     t, pids, img = tree_image
     args = ["-d"] if detached else []
     for point, sig in [*((p, signal.SIGKILL) for p in POINTS), *((p, signal.SIGTERM) for p in SOME_POINTS)]:
@@ -171,8 +174,8 @@ def test_restore_failing_or_interrupted_at_every_point_reaps_all(tree_image, tmp
         r = _Restorer(t, img, tmp_path, *args, CKPT_FAIL_AT=point)
         code = os.waitstatus_to_exitcode(r.wait())
         lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("hint:")]
-        assert code == 1 and lines == [f"ckpt: restore of {pids[0]} failed: injected failure at {point} (CKPT_FAIL_AT)"], \
-            (code, r.stderr)
+        want = f"ckpt: restore of {pids[0]} failed: injected failure at {point} (CKPT_FAIL_AT)"
+        assert code == 1 and lines == [want], (code, r.stderr)
         assert _leftovers(pids, r.pid) == {}, f"failed at {point}"
     for point in SOME_POINTS:  # Ctrl-C: the same path as a failure
         r = _Restorer(t, img, tmp_path, *args, CKPT_STOP_AT=point)
@@ -202,7 +205,8 @@ print(out[0], "| left:", [p for p in pids if os.path.exists("/proc/%d" % p)], fl
 
 
 @pytest.mark.parametrize("point", SOME_POINTS)
-def test_staged_restore_on_a_thread_killed_or_failing_leaves_nothing(tree_image, tmp_path: Path, point: str) -> None:  # noqa: ANN001
+def test_staged_restore_on_a_thread_killed_or_failing_leaves_nothing(tree_image, tmp_path: Path,  # noqa: ANN001
+                                                                     point: str) -> None:
     t, pids, img = tree_image
     argv = [sys.executable, "-c", _STAGER, str(img), ",".join(map(str, pids))]
     stager = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -220,3 +224,22 @@ def test_staged_restore_on_a_thread_killed_or_failing_leaves_nothing(tree_image,
                           "(CKPT_FAIL_AT) | left: []", out
     assert _leftovers(pids, stager.pid) == {}
     _restore_and_check(t, img, tmp_path, pids, detached=True)
+
+
+def test_detached_restore_keeps_the_parent_death_signal(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """-d: the intermediate, the root's parent until the hand-over, ends then; the parent-death signal
+    the root was given back before (writer.c sets SIGKILL) must not fire, and stays set."""
+    t = c_target("writer", "64", "1", "10", "0", stdin_pipe=True, stderr=subprocess.DEVNULL)
+    t.ready()
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    try:
+        r = _Restorer(t, tmp_path / "img", tmp_path, "-d")
+        assert os.waitstatus_to_exitcode(r.wait()) == 0, r.stderr
+        assert _stat(t.pid)[0] not in ("Z", "X") and _stat(t.pid)[1] != r.pid
+        api.dump(t.pid, tmp_path / "again", leave_running=True)
+        assert Image.open(tmp_path / "again").process(t.pid).flags.pdeath_signal == signal.SIGKILL
+        t.write(b"t\n")  # it runs: one more writer thread
+        assert t.expect("OK").startswith("OK")
+    finally:
+        kill_all([t.pid])
