@@ -299,7 +299,7 @@ class RootHelper:
     pid: int
     life: int
     detached: bool
-    #: The intermediate while it is ours to reap (foreground: until create() returns).
+    #: The intermediate while it is ours to reap (foreground it leaves once the helper is made).
     mid: int = 0
     #: clone3 gave the root's pid: the helper exists, or existed, as a child of ours (foreground).
     made: bool = False
@@ -317,7 +317,8 @@ class RootHelper:
         self.done = True
         try:
             if self.mid:
-                os.kill(self.mid, signal.SIGKILL)
+                if self.detached:
+                    os.kill(self.mid, signal.SIGKILL)
                 _end(self.mid)
                 self.mid = 0
         finally:
@@ -418,9 +419,7 @@ def create(root: Plan, *, detached: bool) -> RootHelper:
             os.close(wfd)
             os.close(life_r)
         err = _collect(rfd, root.pid)
-        if err is None and not detached:
-            _end(helper.mid)
-            helper.mid, helper.made = 0, True
+        helper.made = err is None  # (foreground, the intermediate is reaped later: it is leaving)
     except BaseException:
         helper.reap([root.pid])
         raise
