@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
-from . import hooks
+from . import testpoint
 from .control.inject import Injector, Scratch
 from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, RestoreError, UsageError
@@ -283,13 +283,13 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
-            hooks.point("restore-memory-filled")
+            testpoint.point("restore-memory-filled")
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
                                  memfds=shmem.memfds))
-            hooks.point("restore-threads-created")
+            testpoint.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
-        hooks.point("restore-handing-over")
+        testpoint.point("restore-handing-over")
         helpers.hand_over(live[0].ws, live[0].entry)
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
@@ -390,7 +390,7 @@ class _Helpers:
         avoid = [(v.start, v.end) for _, vmas in self.layouts.values() for v in vmas]
         self.root_helper = tree.create(root, detached=self.detached)
         self.created.append(root.pid)
-        hooks.point("restore-helper-created")
+        testpoint.point("restore-helper-created")
         parents: dict[int, _Workspace] = {}
         for p in root.walk():
             if p.zombie:
@@ -399,7 +399,7 @@ class _Helpers:
             if p is root:
                 proc, self._frozen = _seize_helper(p.pid)
                 self.procs[p.pid] = proc
-                hooks.point("restore-helper-seized")
+                testpoint.point("restore-helper-seized")
                 ws = _prepare(proc, p.pid, mm, vmas, hint, own_fds=True, avoid=avoid)
             else:
                 ws = _prepare_clone(self.procs[p.pid], parents.pop(p.pid), mm, vmas, own_fds=not p.shares_files)
@@ -411,7 +411,7 @@ class _Helpers:
                     del self.procs[c.pid]  # (kept until it is let go: a failure above kills and collects it)
                 else:
                     parents[c.pid] = ws
-            hooks.point("restore-helpers-cloned")
+            testpoint.point("restore-helpers-cloned")
             yield ws
 
     def hand_over(self, root: _Workspace, entry: process_pb2.ProcessEntry) -> None:
@@ -778,7 +778,7 @@ class StagedRestore:
                 n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem, filler)
                 st = self._procs[ws.pid] = _Staged(ws.pid, ws.proc, ws)
                 self._took(st, chain, vmas)
-                hooks.point("restore-memory-filled")
+                testpoint.point("restore-memory-filled")
                 nvmas, pages, nbytes = nvmas + n, pages + filled.pages_stored, nbytes + filled.bytes_read
             self._chain = list(chain)
         return self._stage(image_dir, nvmas, 0, pages, nbytes, 0, t0)
@@ -819,7 +819,7 @@ class StagedRestore:
                                          memfds=self._shmem.memfds))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
-                hooks.point("restore-handing-over")
+                testpoint.point("restore-handing-over")
                 self._helpers.hand_over(self._procs[self.pid].ws, records[self.pid][1])
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])

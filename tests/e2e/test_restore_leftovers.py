@@ -2,10 +2,10 @@
 
 ``ckpt restore`` (foreground and ``-d``) of a process tree (scenarios/tree.c:
 seven processes, a thread, a zombie) is stopped at each named point of the
-restore (``CKPT_STOP_AT``, ckpt/hooks.py) — the root's helper just made and
+restore (``CKPT_TEST_PAUSE_AT``, ckpt/testpoint.py) — the root's helper just made and
 not seized, seized, its children's helpers cloned and traced, memory filled,
 threads made, everything built — and then SIGKILLed, SIGTERMed or
-interrupted (SIGINT); or it fails there (``CKPT_FAIL_AT``).  Afterwards no
+interrupted (SIGINT); or it fails there (``CKPT_TEST_FAIL_AT``).  Afterwards no
 process may hold a pid of the image, none may be left traced or stopped, and
 no copy of ckpt may be left in its session; a failed or interrupted restore
 has reaped everything by the time it exits, a killed one leaves only what
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from ckpt import api, hooks
+from ckpt import api, testpoint
 from ckpt.image.reader import Image
 from targets import HANG_GUARD, Target, kill_all, tracer_of, wait_until
 from test_dump_restore import _forget
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="restore needs root (ptrace, clone3 set_tid)")
 CKPT = [sys.executable, "-m", "ckpt.cli"]
-POINTS = list(hooks.POINTS)
+POINTS = list(testpoint.RESTORE_POINTS)
 #: One point before the root's helper is seized, one with the tree's helpers made and traced.
 SOME_POINTS = ["restore-helper-created", "restore-memory-filled"]
 
@@ -95,7 +95,7 @@ class _Restorer:
         self.pid = self.proc.pid
 
     def wait(self, *, stopped: bool = False) -> int:
-        """Wait until it stops (``stopped``: at its CKPT_STOP_AT point) or ends; the wait status."""
+        """Wait until it stops (``stopped``: at its CKPT_TEST_PAUSE_AT point) or ends; the wait status."""
         done: list[int] = []
         waiter = threading.Thread(target=lambda: done.append(os.waitpid(self.pid, os.WUNTRACED)[1]), daemon=True)
         waiter.start()
@@ -117,7 +117,8 @@ class _Restorer:
         os.kill(self.pid, sig)
         os.kill(self.pid, signal.SIGCONT)
         status = self.wait()
-        while os.WIFSTOPPED(status):  # a stop of its own reported first
+        while os.WIFSTOPPED(status):  # stopped again where its point is passed once more
+            os.kill(self.pid, signal.SIGCONT)
             status = self.wait()
         return os.waitstatus_to_exitcode(status)
 
@@ -154,7 +155,7 @@ def test_restore_killed_at_every_point_leaves_nothing(tree_image, tmp_path: Path
     t, pids, img = tree_image
     args = ["-d"] if detached else []
     for point, sig in [*((p, signal.SIGKILL) for p in POINTS), *((p, signal.SIGTERM) for p in SOME_POINTS)]:
-        r = _Restorer(t, img, tmp_path, *args, CKPT_STOP_AT=point)
+        r = _Restorer(t, img, tmp_path, *args, CKPT_TEST_PAUSE_AT=point)
         r.wait(stopped=True)
         r.signal_and_reap(sig)
         try:
@@ -171,14 +172,14 @@ def test_restore_failing_or_interrupted_at_every_point_reaps_all(tree_image, tmp
     t, pids, img = tree_image
     args = ["-d"] if detached else []
     for point in POINTS:
-        r = _Restorer(t, img, tmp_path, *args, CKPT_FAIL_AT=point)
+        r = _Restorer(t, img, tmp_path, *args, CKPT_TEST_FAIL_AT=point)
         code = os.waitstatus_to_exitcode(r.wait())
         lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("hint:")]
-        want = f"ckpt: restore of {pids[0]} failed: injected failure at {point} (CKPT_FAIL_AT)"
+        want = f"ckpt: restore of {pids[0]} failed: injected failure at {point} (CKPT_TEST_FAIL_AT)"
         assert code == 1 and lines == [want], (code, r.stderr)
         assert _leftovers(pids, r.pid) == {}, f"failed at {point}"
     for point in SOME_POINTS:  # Ctrl-C: the same path as a failure
-        r = _Restorer(t, img, tmp_path, *args, CKPT_STOP_AT=point)
+        r = _Restorer(t, img, tmp_path, *args, CKPT_TEST_PAUSE_AT=point)
         r.wait(stopped=True)
         assert r.signal_and_reap(signal.SIGINT) == 130, r.stderr
         assert _leftovers(pids, r.pid) == {}, f"interrupted at {point}"
@@ -210,7 +211,7 @@ def test_staged_restore_on_a_thread_killed_or_failing_leaves_nothing(tree_image,
     t, pids, img = tree_image
     argv = [sys.executable, "-c", _STAGER, str(img), ",".join(map(str, pids))]
     stager = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True, env={**os.environ, "CKPT_STOP_AT": point})
+                              start_new_session=True, env={**os.environ, "CKPT_TEST_PAUSE_AT": point})
     _, status = os.waitpid(stager.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
     os.kill(stager.pid, signal.SIGKILL)
@@ -218,10 +219,10 @@ def test_staged_restore_on_a_thread_killed_or_failing_leaves_nothing(tree_image,
     _reaped(pids, stager.pid)
 
     stager = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True, env={**os.environ, "CKPT_FAIL_AT": point})
+                              text=True, start_new_session=True, env={**os.environ, "CKPT_TEST_FAIL_AT": point})
     out = stager.communicate(timeout=HANG_GUARD)[0]
     assert out.strip() == f"RestoreError: restore of {pids[0]} failed: injected failure at {point} " \
-                          "(CKPT_FAIL_AT) | left: []", out
+                          "(CKPT_TEST_FAIL_AT) | left: []", out
     assert _leftovers(pids, stager.pid) == {}
     _restore_and_check(t, img, tmp_path, pids, detached=True)
 
