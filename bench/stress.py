@@ -54,7 +54,7 @@ SOURCE = REPO / "tests" / "scenarios" / "mig_writer.c"
 BINARY = REPO / "bench" / "bin" / "mig_writer"
 OPS = ("dump-R", "dump", "pre-dump", "migrate", "receive", "restore")
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)
-#: ckpt.testhooks points a kill may be aimed at (with a random occurrence).
+#: ckpt.testpoint points a kill may be aimed at (with a random occurrence).
 HOOKS = ("inject.loaded", "inject.entered", "inject.done", "release.mask", "uffd-parked", "collected")
 #: Seconds to wait for anything that should happen at once (a hang guard, not a measure).
 PATIENCE = 60.0
@@ -68,7 +68,7 @@ class Harm(Exception):
 @dataclass
 class Report:
     kills: int = 0
-    #: kills sent once ckpt had stopped itself at a named point (ckpt.testhooks), not at a random moment
+    #: kills sent once ckpt had stopped itself at a named point (ckpt.testpoint), not at a random moment
     aimed: int = 0
     by_op: Counter = field(default_factory=Counter)
     by_signal: Counter = field(default_factory=Counter)
@@ -243,7 +243,7 @@ class Stress:
 
     def _run(self, argv: list[str], kill_after: float | None, sig: int,
              hook: str | None = None) -> tuple[int, bool, float]:
-        """Run ckpt; signal it after ``kill_after`` s, or once it stopped itself at ``hook`` (ckpt.testhooks).
+        """Run ckpt; signal it after ``kill_after`` s, or once it stopped itself at ``hook`` (ckpt.testpoint).
 
         (exit code, whether the signal was sent, seconds).
         """

@@ -58,7 +58,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import read_stat
 from .procfs.task import list_tids, read_starttime
 from .resources import memory, tree
-from . import testhooks
+from . import testpoint
 from .track import DirtySet, Tracker, TrackingLost, TrackingState, open_tracker
 from .track.base import (
     UNFINISHED, RangeSpec, format_ranges, load_tracking_state, merge_runs, subtract_intervals, tracking_state_path,
@@ -449,7 +449,7 @@ class DeltaSession:
         t0 = time.monotonic()
         ds = self.tracker.collect()
         self.collect_seconds += time.monotonic() - t0
-        testhooks.point("collected")
+        testpoint.point("collected")
         layout = vmas() if callable(vmas) else vmas
         self.dirty_pages = ds.dirty_pages
         assert self.chain is not None

@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .. import testhooks
+from .. import testpoint
 from ..errors import CkptError
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, SYSCALL_ARG_REGS, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
@@ -309,7 +309,7 @@ class Injector:
                 ptrace.setsigmask(self.tid, ALL_SIGNALS)
                 t.signals_held = True
             t.call_open, t.entered = True, False
-            testhooks.point("inject.loaded")
+            testpoint.point("inject.loaded")
         self.events = []
         _INJECTED[label.partition("(")[0]] += 1
         return label
@@ -385,10 +385,10 @@ class Injector:
             if kind is StopKind.SYSCALL:
                 if t.entered:
                     t.call_open = False
-                    testhooks.point("inject.done")
+                    testpoint.point("inject.done")
                     return ptrace.getregs(self.tid)
                 t.entered = True
-                testhooks.point("inject.entered")
+                testpoint.point("inject.entered")
             elif kind is StopKind.SIGNAL_DELIVERY:  # SIGSTOP or a fault's signal: the rest are blocked
                 self._defer(st)
             elif kind is StopKind.PTRACE_EVENT:

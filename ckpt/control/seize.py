@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import testhooks
+from .. import testpoint
 from ..errors import CkptError, TargetGone, Unsupported, translate_oserror
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, user_regs_struct
@@ -272,7 +272,7 @@ class FrozenThread:
         if self.signals_held:  # before the registers: until they change, its frame would restore the mask too
             ptrace.setsigmask(tid, self.snapshot.sigmask)
             self.signals_held = False
-            testhooks.point("release.mask")
+            testpoint.point("release.mask")
         if self.regs_changed:
             ptrace.setregs(tid, self.snapshot.regs)
         pending = list(self.deferred)

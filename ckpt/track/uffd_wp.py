@@ -73,7 +73,7 @@ from ..procfs.fdinfo import read_fdinfo
 from ..procfs.limits import read_limits
 from ..procfs.maps import Vma, read_maps
 from ..procfs.task import read_starttime
-from .. import testhooks
+from .. import testpoint
 from .base import (
     DirtySet, RangeSpec, Run, Tracker, TrackingLost, TrackingState, VmaDirty, forget_the_dead, select_ranges,
     state_dir, subtract_intervals, tracking_states,
@@ -344,7 +344,7 @@ class UffdWpTracker(Tracker):
                 uffd.uffd_api(self.uffd, UFFD_FEATURES)
             else:
                 self._inject_and_park()
-                testhooks.point("uffd-parked")
+                testpoint.point("uffd-parked")
             self.inode = os.fstat(self.uffd).st_ino
             self._open_pagemap()
             self._walk(clear=True)

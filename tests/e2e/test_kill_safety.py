@@ -3,7 +3,7 @@
 Each case runs a real ``ckpt dump -R`` against the self-checking target
 (scenarios/cr_target.c: threads holding vector registers, one blocked in
 read(), one in a relative nanosleep) and has ckpt SIGKILL itself at a named
-point of an injected call (ckpt.testhooks): with the call's registers loaded,
+point of an injected call (ckpt.testpoint): with the call's registers loaded,
 at its syscall-entry stop, at its exit stop, or while putting a thread back.
 The target must carry on checking itself — registers, memory, blocked mask,
 no spurious EINTR — pass its full check on SIGUSR1, and the next ckpt run on

@@ -1,6 +1,6 @@
 """Trackers a killed ckpt leaves behind are mended by the next run, never refused (issue 14, item 3).
 
-ckpt is stopped at an exact point with ``CKPT_TEST_HOOK=NAME:stop`` (ckpt/testhooks.py)
+ckpt is stopped at an exact point with ``CKPT_TEST_HOOK=NAME:stop`` (ckpt/testpoint.py)
 and killed there with SIGKILL.  The target is scenarios/mig_writer.c: on SIGUSR1
 it checks every word of every page against its writers' counters, so "memory
 intact" is its own verdict.  Each test keeps its state files in its own
