@@ -55,9 +55,7 @@ class NR(enum.IntEnum):
     socket = 41
     connect = 42
     accept = 43
-    sendto = 44
     recvfrom = 45
-    sendmsg = 46
     recvmsg = 47
     shutdown = 48
     bind = 49
@@ -174,7 +172,6 @@ class NR(enum.IntEnum):
     pidfd_getfd = 438
     process_madvise = 440
     epoll_pwait2 = 441
-    futex_wait = 455
 
 
 class user_regs_struct(ctypes.Structure):

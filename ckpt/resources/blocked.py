@@ -10,13 +10,13 @@ call                                                    rax at the stop         
 read, pause, futex without timeout, wait4, …            -ERESTARTSYS/NOHAND         RESTART
 ppoll, pselect6, select (timeout or none)               -ERESTARTNOHAND             RESTART
 clock_nanosleep(TIMER_ABSTIME)                          -ERESTARTNOHAND             RESTART
+futex_wait (futex2, absolute timeout)                   -ERESTARTSYS                RESTART
 poll (any timeout, -1 included)                         -ERESTART_RESTARTBLOCK      REISSUE
 nanosleep, clock_nanosleep relative (any clock)         -ERESTART_RESTARTBLOCK      REISSUE
 futex FUTEX_WAIT / FUTEX_WAIT_BITSET with a timeout     -ERESTART_RESTARTBLOCK      REISSUE
-futex_wait (futex2) with a timeout                      -ERESTART_RESTARTBLOCK      REISSUE
 epoll_wait, epoll_pwait, epoll_pwait2                   -EINTR (returned)           REISSUE
-rt_sigtimedwait; recvfrom/recvmsg/accept with a         -EINTR (returned)           REISSUE
-SO_RCVTIMEO
+rt_sigtimedwait; recvfrom/recvmsg/accept4 on a          -EINTR (returned)           REISSUE
+socket with SO_RCVTIMEO (without: -ERESTARTSYS)
 the same calls restarted after an earlier stop          restart_syscall, -516       REISSUE if the call is
                                                                                     told by its code, else EINTR
 any other call returning -516 or -EINTR                                             EINTR, with a warning
@@ -32,7 +32,7 @@ the program can see is changed (no register but rax/rip, no memory), so a
 relative timeout starts again from its *original* value: the remaining time is
 in the restart block only — nanosleep's ``*rem`` holds it too, but using it
 would mean changing the program's ``*req`` or its ``rdi``.  Absolute deadlines
-(FUTEX_WAIT_BITSET, futex_wait, TIMER_ABSTIME) are kept exactly, and
+(FUTEX_WAIT_BITSET, TIMER_ABSTIME) are kept exactly, and
 ppoll/pselect6/select resume with the remaining time because the kernel wrote
 it back into their timeout argument.
 
@@ -47,7 +47,7 @@ A thread that was already restarting such a call when seized (a stop or an
 earlier dump -R/pre-dump made the kernel rewind it to ``restart_syscall``,
 219) no longer shows which call it was.  The arguments are still in its
 registers; the call is told from the code before ``rip`` when that is ``mov
-$NR, %eax; syscall`` (glibc's inline syscalls, Go's raw ones), else the
+$NR, %eax; syscall`` (glibc's inline syscalls), else the
 thread gets -EINTR from the call and the dump warns, naming it.
 """
 
@@ -69,7 +69,7 @@ _NO_SYSCALL = _U64  # orig_rax = -1: the kernel applies no restart rule to the f
 State = core_pb2.SyscallState
 
 #: Calls that answer an interruption with -ERESTART_RESTARTBLOCK and are re-issued from their saved arguments.
-RESTART_BLOCK_CALLS = frozenset({NR.poll, NR.nanosleep, NR.clock_nanosleep, NR.futex, NR.futex_wait})
+RESTART_BLOCK_CALLS = frozenset({NR.poll, NR.nanosleep, NR.clock_nanosleep, NR.futex})
 #: Calls a freeze makes return -EINTR, and that can be issued again (a -EINTR return consumed nothing).
 EINTR_CALLS = frozenset({NR.epoll_wait, NR.epoll_pwait, NR.epoll_pwait2, NR.rt_sigtimedwait,
                          NR.recvfrom, NR.recvmsg, NR.accept, NR.accept4})
@@ -140,10 +140,10 @@ def resume_frame(regs: user_regs_struct, st: State) -> user_regs_struct:
     if st.resume == State.RESTART:
         return syscall_restart_frame(regs)
     out = regs.copy()
-    if st.resume == State.REISSUE:
+    if st.resume == State.REISSUE and st.reissue in RESTART_BLOCK_CALLS | EINTR_CALLS:
         out.rax = st.reissue & _U64
         out.rip = regs.rip - len(SYSCALL_INSN)
-    elif st.resume == State.EINTR:
+    elif st.resume in (State.EINTR, State.REISSUE):  # REISSUE of a call this ckpt does not know: as EINTR
         out.rax = -errno.EINTR & _U64
     else:
         return out

@@ -24,6 +24,7 @@ from ckpt.dump import dump, restore
 from ckpt.image.pb import core_pb2
 from ckpt.image.reader import Image
 from ckpt.kernel.arch_x86_64 import NR
+from ckpt.resources.blocked import CODE_BEFORE, call_in_code
 from targets import Target, spawn, thread_state, tracer_of, wait_in_syscall, wait_until
 from test_dump_restore import _forget, _parse
 
@@ -145,6 +146,8 @@ def test_restart_syscall_resumes_where_the_code_tells_the_call(c_target, tmp_pat
     dump(pid, tmp_path / "first", leave_running=True)
     for kind in ("poll", "poll_inf", "futex", "futex_abs", "futex_libc"):
         wait_in_syscall(pid, tids[kind], NR.restart_syscall)
+    if not all(_told(pid, tids[kind]) == CALLS[kind] for kind in ("poll", "poll_inf", "futex_libc")):
+        pytest.skip("this libc's poll and sem_timedwait do not load the syscall number just before `syscall`")
     stats = dump(pid, tmp_path / "img")
     _forget(t)
     states = {c.tid: c.syscall for c in Image.open(tmp_path / "img").threads(pid)}
@@ -163,6 +166,15 @@ def test_restart_syscall_resumes_where_the_code_tells_the_call(c_target, tmp_pat
     assert {k: done[k]["eintr"] for k in ("poll", "poll_inf", "futex_libc")} == {"poll": "0", "poll_inf": "0",
                                                                                   "futex_libc": "0"}
     assert {k: done[k]["eintr"] for k in ("futex", "futex_abs")} == {"futex": "1", "futex_abs": "1"}
+
+
+def _told(pid: int, tid: int) -> int | None:
+    """The call the code before a blocked thread's ``rip`` tells (/proc/PID/task/TID/syscall ends with the pc)."""
+    with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+        pc = int(f.read().split()[-1], 16)
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(pc - CODE_BEFORE)
+        return call_in_code(mem.read(CODE_BEFORE))
 
 
 # --- tail -f -----------------------------------------------------------------------------------------------
@@ -191,6 +203,8 @@ def test_tail_f_survives_dump_and_restore(tmp_path: Path, restored: list[int], h
         if how == "R-twice":
             dump(t.pid, tmp_path / "first", leave_running=True)
             wait_in_syscall(t.pid, t.pid, NR.restart_syscall)
+            if _told(t.pid, t.pid) != NR.poll:
+                pytest.skip("this libc's poll does not load the syscall number just before `syscall`")
         stats = dump(t.pid, tmp_path / "img", leave_running=how != "kill")
         assert not [n for n in stats.notes if "EINTR" in n], stats.notes
         if how != "kill":
