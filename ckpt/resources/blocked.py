@@ -15,7 +15,7 @@ poll (any timeout, -1 included)                         -ERESTART_RESTARTBLOCK  
 nanosleep, clock_nanosleep relative (any clock)         -ERESTART_RESTARTBLOCK      REISSUE
 futex FUTEX_WAIT / FUTEX_WAIT_BITSET with a timeout     -ERESTART_RESTARTBLOCK      REISSUE
 epoll_wait, epoll_pwait, epoll_pwait2                   -EINTR (returned)           REISSUE
-rt_sigtimedwait; recvfrom/recvmsg/accept4 on a          -EINTR (returned)           REISSUE
+rt_sigtimedwait; recvfrom/recvmsg/accept(4) on a       -EINTR (returned)           REISSUE
 socket with SO_RCVTIMEO (without: -ERESTARTSYS)
 the same calls restarted after an earlier stop          restart_syscall, -516       REISSUE if the call is
                                                                                     told by its code, else EINTR
@@ -47,8 +47,8 @@ A thread that was already restarting such a call when seized (a stop or an
 earlier dump -R/pre-dump made the kernel rewind it to ``restart_syscall``,
 219) no longer shows which call it was.  The arguments are still in its
 registers; the call is told from the code before ``rip`` when that is ``mov
-$NR, %eax; syscall`` (glibc's inline syscalls), else the
-thread gets -EINTR from the call and the dump warns, naming it.
+$NR, %eax; syscall`` (glibc's inline syscalls), else the thread gets -EINTR
+from the call and the dump warns, naming it.
 """
 
 from __future__ import annotations
