@@ -26,7 +26,7 @@ from ckpt.image.reader import Image
 from ckpt.kernel.arch_x86_64 import NR
 from ckpt.resources.blocked import CODE_BEFORE, call_in_code
 from targets import Target, spawn, thread_state, tracer_of, wait_in_syscall, wait_until
-from test_dump_restore import _forget, _parse
+from test_dump_restore import _drain, _forget, _parse
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 State = core_pb2.SyscallState
@@ -122,6 +122,7 @@ def test_blocked_calls_resume_after_restore(c_target, tmp_path: Path, restored: 
         t.proc.wait(timeout=10)
     else:
         _forget(t)
+    _drain(t)  # the rounds the original process reported: only the restored one's count from here
     seen = len(t.lines)
     r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
