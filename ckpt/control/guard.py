@@ -146,6 +146,21 @@ def _still(mem: ProcMem, vma: Vma, offsets: tuple[int | None, int | None]) -> bo
     return True
 
 
+def rewound(regs: user_regs_struct, codes: Sequence[int]) -> user_regs_struct:
+    """``regs`` put back onto the ``syscall`` it was interrupted in, if ``rax`` is -code for one of ``codes``.
+
+    ``rax = orig_rax; rip -= 2; orig_rax = -1``: resumed, the thread issues
+    the call again.  Anything else (not in a syscall, a call finished with its
+    result) is returned unchanged.  A new frame; ``regs`` is not modified.
+    """
+    out = regs.copy()
+    if regs.orig_rax < 1 << 63 and (-regs.rax & _U64) in codes:
+        out.rax = regs.orig_rax
+        out.rip = regs.rip - len(SYSCALL_INSN)
+        out.orig_rax = _U64
+    return out
+
+
 def resume_context(regs: user_regs_struct) -> user_regs_struct:
     """The registers a frame resumes the thread with, given those it was frozen with.
 
@@ -154,10 +169,7 @@ def resume_context(regs: user_regs_struct) -> user_regs_struct:
     back onto its ``syscall`` instruction with the call's number: it issues
     the call again, as after a handler with SA_RESTART.
     """
-    out = regs.copy()
-    if regs.orig_rax < 1 << 63 and (-regs.rax & _U64) in _RESTARTS:
-        out.rax = regs.orig_rax
-        out.rip = regs.rip - len(SYSCALL_INSN)
+    out = rewound(regs, _RESTARTS)
     out.orig_rax = _U64
     return out
 

@@ -126,33 +126,18 @@ def syscall_restart_frame(regs: user_regs_struct) -> user_regs_struct:
     is pending skips that step, and the program sees errno 512 (measured; see
     tests/kernel/test_inject.py).  For such a resume (the restorer's final frame
     set at the trampoline's syscall-exit stop is the case in view), redo here
-    what arch_do_signal_or_restart() does when no handler runs:
+    what arch_do_signal_or_restart() does when no handler runs for
+    -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND: ``rax = orig_rax; rip -= 2``
+    (back onto the 2-byte ``syscall`` instruction: it runs again), ``orig_rax =
+    -1`` so the kernel does not apply the rules a second time.
 
-    * -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND: ``rax = orig_rax; rip -= 2``
-      (back onto the 2-byte ``syscall`` instruction: it runs again);
-    * -ERESTART_RESTARTBLOCK (relative nanosleep, timed futex wait): the kernel
-      would call ``restart_syscall`` with a restart block that lives in the old
-      task, so return -EINTR instead (the remaining time was already written
-      back; callers that loop on EINTR carry on);
-    * anything else — not in a syscall, or caught at syscall *exit* with its real
-      result — is left alone: rewinding it would run the syscall twice.
-
-    ``orig_rax`` is set to -1 so the kernel does not apply the rules a second time.
-    Returns a new frame; ``regs`` is not modified.
+    -ERESTART_RESTARTBLOCK (relative sleeps, timed futex waits) is left as it
+    is: the kernel's restart block lives in the old task, and how such a call
+    resumes after a restore is :mod:`ckpt.resources.blocked`'s decision.  So is
+    anything else — not in a syscall, or caught at syscall *exit* with its real
+    result: rewinding it would run the syscall twice.  Returns a new frame.
     """
-    out = regs.copy()
-    if regs.orig_rax >= 1 << 63:  # orig_rax < 0: not inside a syscall
-        return out
-    result = _signed(regs.rax)
-    if result in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
-        out.rax = regs.orig_rax
-        out.rip = regs.rip - len(SYSCALL_INSN)
-    elif result == -ERESTART_RESTARTBLOCK:
-        out.rax = -errno.EINTR & _U64
-    else:
-        return out
-    out.orig_rax = _NO_SYSCALL
-    return out
+    return guard.rewound(regs, (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND))
 
 
 def _executable_mappings(vmas: Sequence[Vma]) -> list[Vma]:

@@ -21,9 +21,13 @@ is for the one path where the kernel skips its rules: resuming with
 PTRACE_CONT/PTRACE_SYSCALL from a syscall-exit stop with no signal pending.
 
 Signals: a signal that reaches a thread while it is being seized is let
-through (delivered as it would have been) before the thread stops; one that
-arrives while injecting is held back and re-sent on release (see
-:class:`FrozenThread`).
+through (delivered as it would have been) before the thread stops.  While
+calls are injected into a target's thread it blocks every signal (its own
+mask is put back on release), so one arriving meanwhile stays queued,
+untouched; only SIGSTOP (which cannot be blocked) or a signal a call itself
+raises is held back and re-sent on release (see :class:`FrozenThread`).
+Why a thread's registers are never at risk if ckpt dies meanwhile:
+:mod:`ckpt.control.guard`.
 """
 
 from __future__ import annotations
