@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import NoReturn
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import EXIT_FAILURE, EXIT_USAGE, CkptError, UsageError, describe_oserror
 from .outfile import OutputFile
 from .progress import ProgressEvent, progress_for
@@ -52,7 +52,7 @@ class _Ended(KeyboardInterrupt):
 
 
 def _end(signo: int, _frame: object) -> None:
-    raise _Ended(signo)
+    interrupts.interrupt(_Ended(signo) if signo != signal.SIGINT else KeyboardInterrupt())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -710,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("ckpt %s, Linux %s (%s), pid %d, euid %d: ckpt %s", __version__, os.uname().release,
              os.uname().machine, os.getpid(), os.geteuid(), " ".join(line))
     t0 = time.monotonic()
-    for signo in _ENDING_SIGNALS:  # until here their default action ends ckpt, with nothing to undo yet
+    for signo in (*_ENDING_SIGNALS, signal.SIGINT):  # until here their default action ends ckpt: nothing to undo
         signal.signal(signo, _end)
     try:
         code = int(args.func(args) or 0)

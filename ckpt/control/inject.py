@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .. import testpoint
+from .. import interrupts, testpoint
 from ..errors import CkptError
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, SYSCALL_ARG_REGS, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
@@ -235,12 +235,13 @@ class Injector:
 
     def _call(self, nr: int, args: Sequence[int], name: str | None, *, frame: int | None = None) -> int:
         """:meth:`call`; ``frame``: the guarded call's frame is there (the guard's first and last calls)."""
-        label = self._load(nr, args, name, frame=frame)
-        own_cpus = self.thread.share_cpu()
-        try:
-            out = self._run(label)
-        finally:
-            stop_sharing_cpu(own_cpus)
+        with interrupts.deferred():  # a Ctrl-C between a resume and its wait would lose track of a stop
+            label = self._load(nr, args, name, frame=frame)
+            own_cpus = self.thread.share_cpu()
+            try:
+                out = self._run(label)
+            finally:
+                stop_sharing_cpu(own_cpus)
         return self._result(out, label, args)
 
     def _run(self, label: str, *, started: bool = False) -> user_regs_struct:
@@ -491,6 +492,12 @@ OUT = -(1 << 63)
 
 
 def ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
+    """See :func:`_ask_all`; a Ctrl-C meanwhile is raised once every thread is stopped again."""
+    with interrupts.deferred():
+        _ask_all(lanes)
+
+
+def _ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None:
     """Ask every lane's queries, the k-th query of every lane at once; :meth:`Injector.ask` takes the answers.
 
     A lane is a thread (of any process) with the scratch area of its process;

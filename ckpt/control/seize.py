@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import testpoint
+from .. import interrupts, testpoint
 from ..errors import CkptError, TargetGone, Unsupported, translate_oserror
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, user_regs_struct
@@ -413,6 +413,10 @@ class FrozenProcess:
         self.released = True
         held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        with interrupts.deferred():
+            self._release(old)
+
+    def _release(self, old_mask: set[int]) -> None:
         first_error: OSError | None = None
 
         def put_back(t: FrozenThread) -> None:
@@ -444,7 +448,7 @@ class FrozenProcess:
                 self._mem.close()
                 self._mem = None
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if first_error is not None:
             raise translate_oserror(first_error, self.pid, "releasing") from first_error
 
@@ -709,14 +713,17 @@ def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True) -> 
     killed run left), so that maps read from here on can leave it out
     (:meth:`FrozenProcess.own_areas`).  False for ckpt's own restore helpers.
     """
-    proc = _seize(pid, start_time)
-    proc.guarded = guarded
+    proc: FrozenProcess | None = None
     try:
-        if guarded:
-            proc.guard.open()
+        with interrupts.deferred():  # a Ctrl-C is raised once the threads are seized (and known to be)
+            proc = _seize(pid, start_time)
+            proc.guarded = guarded
+            if guarded:
+                proc.guard.open()
         yield proc
     finally:
-        proc.release()
+        if proc is not None:
+            proc.release()
 
 
 def require_our_pid_namespace(pid: int) -> None:
