@@ -626,14 +626,22 @@ class ProcessGuard:
         proc.mem.write(at, self._frame_bytes(proc.threads[tid], at))
         self._slot = (tid, at)
         inj = proc.injector(tid)
-        fd = inj._call(NR.memfd_create, (base, MFD_CLOEXEC), "memfd_create(injection area)", frame=at)
         try:
-            inj._call(NR.ftruncate, (fd, layout.size), "ftruncate(injection area)", frame=at)
-            self.addr = inj._call(NR.mmap, (0, layout.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
-                                  "mmap(injection area)", frame=at)
-            self.layout = layout
-        finally:
-            inj._call(NR.close, (fd,), "close(injection area)", frame=at)
+            fd = inj._call(NR.memfd_create, (base, MFD_CLOEXEC), "memfd_create(injection area)", frame=at)
+            try:
+                inj._call(NR.ftruncate, (fd, layout.size), "ftruncate(injection area)", frame=at)
+                self.addr = inj._call(NR.mmap, (0, layout.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
+                                      "mmap(injection area)", frame=at)
+                self.layout = layout
+            finally:
+                inj._call(NR.close, (fd,), "close(injection area)", frame=at)
+        except OSError as exc:  # refused (a seccomp filter, a memory limit): calls run unguarded
+            if exc.errno == errno.ESRCH:
+                raise
+            self.chain = None
+            proc.notes.append(f"process {proc.pid} refused ckpt's injection area ({exc.strerror}): its injected "
+                              "calls are not guarded against ckpt's death")
+            return
         for old in guard.leftover_areas(vmas):
             inj.munmap(old.start, old.size)
             proc.notes.append(f"removed an injection area ({old.size // PAGE_SIZE} pages at {old.start:#x}) "
