@@ -639,6 +639,12 @@ class ProcessGuard:
             if exc.errno == errno.ESRCH:
                 raise
             self.chain = None
+            t = proc.threads[tid]
+            if t.signals_held:  # its own mask and registers back, as unguarded calls keep them between calls
+                ptrace.setsigmask(tid, t.snapshot.sigmask)
+                t.signals_held = False
+            ptrace.setregs(tid, t.snapshot.regs)
+            t.regs_changed = False
             proc.notes.append(f"process {proc.pid} refused ckpt's injection area ({exc.strerror}): its injected "
                               "calls are not guarded against ckpt's death")
             return
