@@ -349,3 +349,20 @@ def test_threads_in_a_temporary_mask_keep_their_own_mask(c_target) -> None:
     for kind, name in (("main", "sigsuspend"), ("ppoll", "ppoll"), ("pselect", "pselect")):
         syscall(NR.tgkill, t.pid, tids[kind], signal.SIGUSR1)  # to that thread: its temporary mask lets it in
         assert t.expect("WOKE") == f"WOKE {name} mask_ok=1"
+
+
+def test_target_without_the_code_sequences_gets_unguarded_calls(c_target, monkeypatch) -> None:  # noqa: ANN001
+    """No `syscall; ret` / rt_sigreturn pair found (a binary without libc): calls run at the vDSO's syscall,
+    and between two calls every thread holds its own registers and mask again."""
+    from ckpt.control import guard
+    monkeypatch.setattr(guard, "find_chain", lambda mem, vmas: None)
+    t = c_target("spin", "2")
+    t.ready()
+    with freeze(t.pid) as proc:
+        assert proc.guard.chain is None and proc.own_areas() == []
+        for tid in proc.threads:
+            inject_calls(proc.injector(tid))
+            assert bytes(ptrace.getregs(tid)) == proc.thread(tid).snapshot.regs_raw
+            assert ptrace.getsigmask(tid) == proc.thread(tid).snapshot.sigmask
+    os.kill(t.pid, signal.SIGUSR1)
+    t.expect("PASS")
