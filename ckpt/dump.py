@@ -247,10 +247,10 @@ def dump(
         report(ProgressEvent(phase, done))
 
     require_our_pid_namespace(pid)
-    conns = tcp.Session(enabled=tcp_established)  # refuses here if connections cannot be locked (no nft)
+    notes: list[str] = []
+    conns = tcp.Session(enabled=tcp_established, notes=notes)  # refuses here if connections cannot be locked
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
-    notes: list[str] = []
     ftree: tree.FrozenTree | None = None
     # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
     # (one session per process of the tree as it is now; a process born before the freeze gets a full copy)
@@ -354,6 +354,8 @@ def dump(
                 for p in ftree.procs:
                     os.kill(p, signal.SIGSTOP)
             elif not leave_running:
+                if end_target is None:
+                    conns.persist()  # the lock outlives us from here, for the restore
                 _kill_all(list(reversed(ftree.procs.values())))  # children first
                 # Their sockets closed in repair mode; the lock stays for the restore (a migration's
                 # destination has its own: the source's goes).

@@ -56,6 +56,7 @@ from ..image.pb import files_pb2
 from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
+from ..testhooks import point
 from . import netlock
 
 __all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "describe", "netns_id", "restore"]
@@ -133,15 +134,22 @@ class Session:
     connection is put back as it was (repair off, unlocked) unless
     :meth:`keep` said the targets are gone.  Call :meth:`resume` before
     letting a target run (-R): a program must never see its socket in repair
-    mode.  ``enabled`` False (no ``--tcp-established``): it holds nothing.
+    mode, and :meth:`persist` before ending the targets of a dump, so that
+    their locks outlive this process (until then they die with it: see
+    :mod:`ckpt.resources.netlock`).  ``enabled`` False (no
+    ``--tcp-established``): it holds nothing.  ``notes``: what the lock has
+    to say (stale locks of killed runs removed, an old kernel).
     """
 
     enabled: bool = False
+    notes: list[str] = field(default_factory=list)
     token: str = field(default_factory=lambda: secrets.token_hex(4))
     held: list[_Held] = field(default_factory=list)
     kept: bool = False
     #: Network namespaces of targets that are not in ours, (st_dev, st_ino) → open descriptor.
     _netns: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: The locks we hold, per network namespace (its descriptor; None: ours).
+    _holders: dict[int | None, netlock.Holder] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.enabled:
@@ -158,19 +166,21 @@ class Session:
             exc.add_note("connections not put back: " + "; ".join(problems))
         elif problems:
             raise CkptError("could not put a dumped TCP connection back: " + "; ".join(problems),
-                            hint="the process runs on; check `nft list table inet ckpt`")
+                            hint="the process runs on; check `nft list ruleset`")
 
     def dump(self, pid: int, fd: int, family: int, local: bytes, peer: bytes, inet: files_pb2.InetSocket) -> None:
         """Lock the connection at ``fd`` of ``pid``, put it in repair mode and record it into ``inet.tcp``."""
         where = f"process {pid}: fd {fd} ({describe(family, local, peer)})"
-        h = _Held(pid, fd, f"ckpt {self.token} pid {pid} fd {fd}", self._netns_of(pid))
+        h = _Held(pid, fd, netlock.tag(self.token, pid, fd), self._netns_of(pid))
         lk = netlock.Lock.of(family, _addr(family, local)[:2], _addr(family, peer)[:2], h.tag)
+        holder = self._holders.setdefault(h.netns, netlock.Holder(h.netns, self.notes))
         try:
-            netlock.lock([lk], h.netns)
+            holder.lock([lk])
         except netlock.NetlockError as exc:
             raise Unsupported(f"{where}: cannot lock the connection: {exc}",
                               hint="--tcp-established needs nftables in the kernel and CAP_NET_ADMIN") from exc
         self.held.append(h)
+        point("netlock.locked")
         h.sock = _dup(pid, fd)
         s = h.sock
         h.reuseaddr = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
@@ -191,24 +201,40 @@ class Session:
         problems = self._resume()
         if problems:
             raise CkptError("could not put a dumped TCP connection back: " + "; ".join(problems),
-                            hint="check `nft list table inet ckpt`")
+                            hint="check `nft list ruleset`")
+
+    def persist(self) -> None:
+        """The targets are about to be ended for a restore: their locks must outlive this process (and stay)."""
+        for holder in self._holders.values():
+            holder.persist()
+        if self._holders:
+            point("netlock.persisted")
 
     def keep(self, *, unlock: bool = False) -> list[str]:
         """The targets are dead: drop our duplicates (closed in repair mode: nothing reaches the peers).
 
-        The lock stays for the restore, unless ``unlock`` (a migration: the
-        destination has the connection now, and its own host's lock).
-        Returns notes on what could not be done (the dump itself succeeded).
+        The lock stays for the restore (:meth:`persist`, if not done yet),
+        unless ``unlock`` (a migration: the destination has the connection
+        now, and its own host's lock).  Returns notes on what could not be
+        done (the dump itself succeeded).
         """
         for h in self.held:
             if h.sock is not None:
                 h.sock.close()
                 h.sock = None
         self.kept = True
-        problems = self._unlock() if unlock else []
+        problems = []
+        if not unlock:
+            try:
+                self.persist()
+            except CkptError as exc:
+                problems.append(f"the network lock of the dumped connections is gone: {exc}")
+        problems += self._unlock()  # persisted locks are no longer ours: this lets go of the rest
         self.held = []
         self._close_netns()
-        return [f"the network lock of the migrated connections stays here: {p}" for p in problems]
+        if unlock:
+            return [f"the network lock of the migrated connections stays here: {p}" for p in problems]
+        return problems
 
     def _netns_of(self, pid: int) -> int | None:
         """A descriptor of ``pid``'s network namespace, or None when it is ours (nft runs there as is)."""
@@ -221,16 +247,14 @@ class Session:
         return self._netns[key]
 
     def _unlock(self) -> list[str]:
-        """Remove the rules of every held connection, one nft call per network namespace."""
-        by_ns: dict[int | None, set[str]] = {}
-        for h in self.held:
-            by_ns.setdefault(h.netns, set()).add(h.tag)
+        """Drop every lock we still hold, in each network namespace."""
         problems = []
-        for ns, tags in by_ns.items():
+        for holder in self._holders.values():
             try:
-                netlock.unlock(tags, ns)
+                holder.release()
             except CkptError as exc:
                 problems.append(str(exc))
+        self._holders.clear()
         return problems
 
     def _close_netns(self) -> None:
@@ -374,7 +398,7 @@ def _unlock_restored(t: files_pb2.TcpRepair, what: str, notes: list[str]) -> Non
                      f"cannot reach from here: delete the rule with comment {t.lock!r} from table inet ckpt there")
         return
     try:
-        netlock.unlock({t.lock})
+        notes.extend(netlock.unlock({t.lock}))
     except CkptError as exc:
         notes.append(f"{what}: its network lock could not be removed ({exc}); "
                      f"delete the rule with comment {t.lock!r} (`nft -a list table inet ckpt`)")
