@@ -343,6 +343,8 @@ def dump(
                                               shares_files))
                 t_committed = time.monotonic()
                 step("committed")
+            if not (leave_running or leave_stopped or end_target is not None):
+                conns.persist()  # the targets are ended below: their locks outlive us from here, for the restore
             if end_target is not None and not end_target(os.path.abspath(image_dir)):
                 leave_running = True  # the caller keeps the original: let it go, as -R would
                 conns.resume()
@@ -354,8 +356,6 @@ def dump(
                 for p in ftree.procs:
                     os.kill(p, signal.SIGSTOP)
             elif not leave_running:
-                if end_target is None:
-                    conns.persist()  # the lock outlives us from here, for the restore
                 _kill_all(list(reversed(ftree.procs.values())))  # children first
                 # Their sockets closed in repair mode; the lock stays for the restore (a migration's
                 # destination has its own: the source's goes).

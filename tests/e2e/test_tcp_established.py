@@ -31,7 +31,7 @@ from ckpt.image.show import show_dict
 from ckpt.kernel.pidfd import pidfd_getfd, pidfd_open
 from ckpt.resources import netlock
 from hosts import SecondHost
-from targets import SCENARIOS, Target, spawn, tracer_of
+from targets import SCENARIOS, Target, spawn, tracer_of, wait_until
 from test_sockets import REDIS, Redis
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, TCP_REPAIR, nftables)"),
@@ -332,6 +332,85 @@ def test_target_in_another_network_namespace_is_locked_there(tmp_path: Path,
         srv.read_pattern(blasted)
         srv.drain()
         srv.serve("namespaced")
+
+
+# --- ckpt killed while it holds the lock ------------------------------------------------------------
+
+CKPT = [sys.executable, "-m", "ckpt.cli"]
+
+
+def _paused_at(point: str, *args: str) -> subprocess.Popen:
+    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testhooks)."""
+    ckpt = subprocess.Popen([*CKPT, *args], env={**os.environ, "CKPT_TEST_HOOK": f"{point}:stop"},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in ckpt.stderr:
+        said.append(line)
+        if line.strip() == f"ckpt: paused at {point}":
+            return ckpt
+    ckpt.wait()
+    raise AssertionError(f"ckpt {' '.join(args)} did not stop at {point} (exit {ckpt.returncode}): {''.join(said)}")
+
+
+def _kill(ckpt: subprocess.Popen, target: int) -> None:
+    ckpt.kill()
+    ckpt.wait()
+    ckpt.stderr.close()
+    wait_until(lambda: tracer_of(target) == 0, "the kernel let the target go")
+
+
+def _locks_of(pid: int) -> dict[str, str]:
+    """The locks of ``pid``'s connections now (tag → table), whichever ckpt run took them."""
+    return {tag: table for tag, table in netlock.locked().items() if f" pid {pid}-" in tag}
+
+
+@pytest.mark.parametrize("mode", [["-R"], []], ids=["R", "ending"])
+def test_killed_while_holding_the_lock_leaves_the_connection_working(py_target, tmp_path: Path,  # noqa: ANN001
+                                                                     mode: list[str]) -> None:
+    """SIGKILL while the lock is in place: the kernel deletes it with ckpt's netlink socket and lets the target
+    go; the connection carries on with no further ckpt command."""
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(1_000_000)
+    pid = srv.t.pid
+    ckpt = _paused_at("netlock.locked", "dump", *mode, "--tcp-established", "-t", str(pid),
+                      "-D", str(tmp_path / "img"))
+    try:
+        assert list(_locks_of(pid).values()) == [f"{netlock.TABLE}-{ckpt.pid}"]  # its own socket's table
+    finally:
+        _kill(ckpt, pid)
+    assert _locks_of(pid) == {}
+    tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True).stdout
+    assert f"{netlock.TABLE}-{ckpt.pid}" not in tables.split(), tables
+    assert srv.t.alive() and not (tmp_path / "img").exists()
+    srv.read_pattern(blasted)  # data flows both ways on the same connection
+    srv.drain()
+    srv.serve("after", "the kill")
+
+
+def test_lock_left_by_a_dump_killed_before_ending_its_target_is_removed_by_the_next_run(
+        py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """Killed after it made the lock persistent (for the restore) but before it ended the target: the target runs
+    on behind a lock no restore will lift; the next ckpt run using the lock removes it, with a note."""
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(1_000_000)
+    pid = srv.t.pid
+    ckpt = _paused_at("netlock.persisted", "dump", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img"))
+    try:
+        (tag, table), = _locks_of(pid).items()
+        assert table == netlock.TABLE  # persistent: out of the dump's own table, into the shared one
+    finally:
+        _kill(ckpt, pid)
+    assert srv.t.alive() and _locks_of(pid) == {tag: netlock.TABLE}
+    r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"removed the network lock {tag!r}" in r.stderr and "which runs on" in r.stderr, r.stderr
+    _no_lock_left()
+    srv.read_pattern(blasted)
+    srv.drain()
+    srv.serve("after", "the next run")
 
 
 def test_refused_without_nf_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
