@@ -12,15 +12,22 @@ Dump, the target frozen, for each established connection:
    into sent-but-unacknowledged and never-sent by SIOCOUTQ / SIOCOUTQNSD), the
    window (TCP_REPAIR_WINDOW), what the handshake negotiated (MSS clamp,
    window scales, SACK, timestamps: TCP_INFO) and the timestamp clock
-   (TCP_TIMESTAMP), plus the options every socket keeps.
+   (TCP_TIMESTAMP), plus the options every socket keeps;
+4. leave repair mode at once (SO_REUSEADDR set back: leaving clears it), the
+   duplicate kept: the lock alone holds the peer off, and a ckpt killed from
+   here on leaves the program a working socket.  (Its own timers may still
+   send what the image holds as never sent: the restore sends those bytes
+   again, at the same sequence numbers, and the peer takes them once.)
 
 Then :class:`Session` decides.  The dump failed, or the target runs on
-(``-R``, ``-s``, a migration that kept the source): repair mode off,
-SO_REUSEADDR set back (leaving repair mode clears it), lock removed — the
+(``-R``, ``-s``, a migration that kept the source): lock removed — the
 connection carries on as if nothing happened, its peer at most retransmits.
-The dump ends the target: the duplicate is closed and the target dies with
-the socket still in repair mode, which closes it without a FIN or RST; the
-lock stays, and the image records its tag for the restore.
+The dump ends the target: its lock is made to outlive ckpt
+(:meth:`Session.persist`), the target is killed while our duplicate keeps
+the socket open, and the duplicate, back in repair mode, is closed: the
+socket goes without a FIN or RST.  The lock stays, and the image records its
+tag for the restore.  A socket found in repair mode (a ckpt killed while it
+read it) is taken out of it, with a note.
 
 Restore, in the files step (before credentials are dropped): ``socket()`` is
 injected into the helper, the restorer takes a duplicate and does the rest
@@ -169,7 +176,7 @@ class Session:
                             hint="the process runs on; check `nft list ruleset`")
 
     def dump(self, pid: int, fd: int, family: int, local: bytes, peer: bytes, inet: files_pb2.InetSocket) -> None:
-        """Lock the connection at ``fd`` of ``pid``, put it in repair mode and record it into ``inet.tcp``."""
+        """Lock the connection at ``fd`` of ``pid``, read it in repair mode into ``inet.tcp``, keep a duplicate."""
         where = f"process {pid}: fd {fd} ({describe(family, local, peer)})"
         h = _Held(pid, fd, netlock.tag(self.token, pid, fd), self._netns_of(pid))
         lk = netlock.Lock.of(family, _addr(family, local)[:2], _addr(family, peer)[:2], h.tag)
@@ -183,9 +190,13 @@ class Session:
         point("netlock.locked")
         h.sock = _dup(pid, fd)
         s = h.sock
+        if s.getsockopt(socket.IPPROTO_TCP, tr.TCP_REPAIR):
+            self.notes.append(f"{where}: the socket was in repair mode, as a ckpt run killed while reading it "
+                              "leaves it: taken out of it")
         h.reuseaddr = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         tr.set_repair(s, tr.TCP_REPAIR_ON)
         h.repairing = True
+        point("tcp.repairing")
         inet.tcp.CopyFrom(_read(s, where))
         inet.tcp.lock = h.tag
         inet.tcp.netns = netns_id(pid)
@@ -195,6 +206,7 @@ class Session:
             except OSError:
                 continue
             inet.options.append(files_pb2.SockOpt(level=level, name=name, value=value))
+        _leave_repair(h)  # read: the socket is the program's again, the lock alone keeps the peer out
 
     def resume(self) -> None:
         """Every connection back as it was (repair off, unlocked): the targets are about to run."""
@@ -218,22 +230,26 @@ class Session:
         now, and its own host's lock).  Returns notes on what could not be
         done (the dump itself succeeded).
         """
+        problems = []
         for h in self.held:
             if h.sock is not None:
+                try:
+                    tr.set_repair(h.sock, tr.TCP_REPAIR_ON)  # so that closing the last descriptor sends nothing
+                except OSError as exc:
+                    problems.append(f"process {h.pid}: fd {h.fd}: its connection was closed outside repair mode "
+                                    f"({exc.strerror}): the peer may have seen it end")
                 h.sock.close()
                 h.sock = None
         self.kept = True
-        problems = []
         if not unlock:
             try:
                 self.persist()
             except CkptError as exc:
                 problems.append(f"the network lock of the dumped connections is gone: {exc}")
-        problems += self._unlock()  # persisted locks are no longer ours: this lets go of the rest
+        left = self._unlock()  # persisted locks are no longer ours: this lets go of the rest
+        problems += [f"the network lock of the migrated connections stays here: {p}" for p in left]
         self.held = []
         self._close_netns()
-        if unlock:
-            return [f"the network lock of the migrated connections stays here: {p}" for p in problems]
         return problems
 
     def _netns_of(self, pid: int) -> int | None:
@@ -270,10 +286,7 @@ class Session:
                 continue
             try:
                 if h.repairing:
-                    tr.select_queue(s, tr.TCP_NO_QUEUE)
-                    tr.set_repair(s, tr.TCP_REPAIR_OFF)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, h.reuseaddr)
-                    h.repairing = False
+                    _leave_repair(h)
             except OSError as exc:
                 problems.append(f"process {h.pid}: fd {h.fd}: leaving repair mode: {exc}")
             finally:
@@ -283,6 +296,15 @@ class Session:
         self.held = []
         self._close_netns()
         return problems
+
+
+def _leave_repair(h: _Held) -> None:
+    """Out of repair mode, sending nothing (no window probe), with the SO_REUSEADDR it had."""
+    assert h.sock is not None
+    tr.select_queue(h.sock, tr.TCP_NO_QUEUE)
+    tr.set_repair(h.sock, tr.TCP_REPAIR_OFF_NO_WP)
+    h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, h.reuseaddr)
+    h.repairing = False
 
 
 def _read(s: socket.socket, where: str) -> files_pb2.TcpRepair:

@@ -413,6 +413,32 @@ def test_lock_left_by_a_dump_killed_before_ending_its_target_is_removed_by_the_n
     srv.serve("after", "the next run")
 
 
+def test_socket_left_in_repair_mode_is_taken_out_of_it_by_the_next_run(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """Killed while it reads the connection in repair mode (the one window where a SIGKILL still leaves the program
+    a socket that sends nothing): the next dump of that process takes it out of repair mode, with a note."""
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(1_000_000)
+    pid = srv.t.pid
+    fd = srv.conn_fd(pid)
+    ckpt = _paused_at("tcp.repairing", "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img"))
+    _kill(ckpt, pid)
+    assert _locks_of(pid) == {}
+    with _dup(pid, fd) as s:
+        assert s.getsockopt(socket.IPPROTO_TCP, 19) == 1  # TCP_REPAIR: left on
+    r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"fd {fd} " in r.stderr and "the socket was in repair mode" in r.stderr, r.stderr
+    with _dup(pid, fd) as s:
+        assert s.getsockopt(socket.IPPROTO_TCP, 19) == 0
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    _no_lock_left()
+    srv.read_pattern(blasted)
+    srv.drain()
+    srv.serve("out of", "repair mode")
+
+
 def test_refused_without_nf_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def no_nf_tables(netns: int | None = None) -> None:
         raise OSError(errno.EPROTONOSUPPORT, "socket")
