@@ -340,13 +340,14 @@ CKPT = [sys.executable, "-m", "ckpt.cli"]
 
 
 def _paused_at(point: str, *args: str) -> subprocess.Popen:
-    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testhooks)."""
-    ckpt = subprocess.Popen([*CKPT, *args], env={**os.environ, "CKPT_TEST_HOOK": f"{point}:stop"},
+    """``ckpt ARGS``, stopped by itself at the test point ``point`` (``NAME[:N]``: the N-th pass, ckpt.testhooks)."""
+    name, _, nth = point.partition(":")
+    ckpt = subprocess.Popen([*CKPT, *args], env={**os.environ, "CKPT_TEST_HOOK": f"{name}:stop:{nth or 1}"},
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     said = []
     for line in ckpt.stderr:
         said.append(line)
-        if line.strip() == f"ckpt: paused at {point}":
+        if line.strip() == f"ckpt: paused at {name}":
             return ckpt
     ckpt.wait()
     raise AssertionError(f"ckpt {' '.join(args)} did not stop at {point} (exit {ckpt.returncode}): {''.join(said)}")
@@ -513,6 +514,34 @@ def test_migration_needs_the_local_address_at_the_destination(second_host: Secon
         assert rx.result().get("outcome") != "running"
         assert proc.poll() is None and tracer_of(proc.pid) == 0 and _untracked(proc.pid)
         _no_lock_left()
+        assert r.call("GET", "k") == b"v" and r.call("INCR", "n") == 1  # the same connection
+        r.sock.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
+def test_migration_source_killed_before_the_switch_leaves_the_connection_working(second_host: SecondHost,
+                                                                                  tmp_path: Path) -> None:
+    """ckpt migrate killed while its final dump holds the lock (the destination does not run the process yet):
+    the kernel drops the lock with the source's socket, and redis serves on here on the same connection."""
+    from test_migrate import _free_port, _Receiver, _token
+
+    host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
+    proc = _start_movable_redis(_redis_conf(tmp_path, port, "0.0.0.0"))
+    try:
+        r = Redis.when_up(port, host.host_address, timeout=15)
+        assert r.call("SET", "k", "v") == "OK"
+        _Receiver(host, tmp_path, token, rx_port)
+        # The first lock is the probe's (let go at once); the second, the final dump's.
+        ckpt = _paused_at("netlock.locked:2", "migrate", "-t", str(proc.pid), "--to", f"{host.address}:{rx_port}",
+                          "--token-file", str(token), "--tcp-established", "--stop-and-copy")
+        try:
+            assert list(_locks_of(proc.pid).values()) == [f"{netlock.TABLE}-{ckpt.pid}-2"]  # its second table
+        finally:
+            _kill(ckpt, proc.pid)
+        assert proc.poll() is None and _locks_of(proc.pid) == {}
         assert r.call("GET", "k") == b"v" and r.call("INCR", "n") == 1  # the same connection
         r.sock.close()
     finally:
