@@ -61,7 +61,8 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import CkptError, Unsupported
@@ -216,7 +217,7 @@ def _delete(s: nft.NftSocket, doomed: Collection[int], of: int, what: str) -> No
 
 
 def _sweep(s: nft.NftSocket) -> list[str]:
-    """Remove the rules of ``table inet ckpt`` that killed runs left harming no one's restore (flock held)."""
+    """Remove the rules killed runs left in ``table inet ckpt`` that no restore waits for (the flock held)."""
     rules = s.rules(_FAMILY, TABLE, CHAIN)
     stale = {r.handle: (r.comment, why) for r in rules if r.comment and (why := _lost(r.comment))}
     _delete(s, stale, len(rules), "remove network locks left by killed ckpt runs")
@@ -224,9 +225,19 @@ def _sweep(s: nft.NftSocket) -> list[str]:
             for c, why in stale.values()]
 
 
+@contextmanager
+def _shared_table(netns: int | None, what: str) -> Iterator[nft.NftSocket]:
+    """A socket in the network namespace ``netns``, the flock on ``table inet ckpt`` held; NetlockError for OSError."""
+    try:
+        with nft.NftSocket.open(netns) as s, _Serialized():
+            yield s
+    except OSError as exc:
+        raise _refused(what, exc) from exc
+
+
 def sweep(netns: int | None = None) -> list[str]:
     """Remove the rules killed ckpt runs left in ``table inet ckpt`` that harm a running process; notes on each."""
-    with nft.NftSocket.open(netns) as s, _Serialized():
+    with _shared_table(netns, "remove network locks left by killed ckpt runs") as s:
         return _sweep(s)
 
 
@@ -239,7 +250,7 @@ def unlock(tags: Collection[str], netns: int | None = None) -> list[str]:
     """
     if not tags:
         return []
-    with nft.NftSocket.open(netns) as s, _Serialized():
+    with _shared_table(netns, "delete a network lock") as s:
         notes = _sweep(s)
         rules = s.rules(_FAMILY, TABLE, CHAIN)
         _delete(s, [r.handle for r in rules if r.comment in tags], len(rules), "delete a network lock")
@@ -336,15 +347,10 @@ class Holder:
     def release(self) -> None:
         """Drop every lock still held (none once persisted) and close the socket."""
         try:
-            if self.table is not None and self._sock is not None:
+            if self._sock is not None and self.table is not None:
                 self._sock.batch([nft.del_table(_FAMILY, self.table)], "delete a network lock")
                 self.table = None
-                # Closing a netlink socket of nf_tables waits until the kernel has freed what was deleted
-                # (an RCU grace period: 15-25 ms measured here), with the targets still frozen: the lock is
-                # gone already, so the socket is closed by a thread of its own.
-                sock, self._sock = self._sock, None
-                threading.Thread(target=sock.close, name="nft-close", daemon=True).start()
-            elif self.locks and not self.persisted and self._sock is not None:
+            elif self._sock is not None and self.locks and not self.persisted:
                 with _Serialized():
                     rules = self._sock.rules(_FAMILY, TABLE, CHAIN)
                     mine = {lk.tag + HELD for lk in self.locks}
@@ -353,11 +359,20 @@ class Holder:
         except OSError as exc:
             raise _refused("delete a network lock", exc) from exc
         finally:
-            self.close()
+            self.close(wait=self.table is not None)
 
-    def close(self) -> None:
-        """Close the socket: the kernel deletes our table, and every lock in it, before this returns."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self.locks = []
+    def close(self, wait: bool = True) -> None:
+        """Close the socket: the kernel deletes our table, and every lock in it, before this returns.
+
+        Closing a netlink socket of nf_tables waits until the kernel has freed
+        whatever was deleted before (an RCU grace period: 15-25 ms measured
+        here), maybe with the targets still frozen: without ``wait``, when
+        the socket owns nothing any more, a thread of its own closes it.
+        """
+        sock, self._sock, self.locks = self._sock, None, []
+        if sock is None:
+            return
+        if wait:
+            sock.close()
+        else:
+            threading.Thread(target=sock.close, name="nft-close", daemon=True).start()
