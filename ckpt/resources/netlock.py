@@ -120,7 +120,8 @@ class Lock:
                 nft.payload(net, saddr, size), nft.cmp_eq(socket.inet_pton(self.family, self.peer)),
                 nft.payload(net, daddr, size), nft.cmp_eq(socket.inet_pton(self.family, self.local)),
                 nft.meta(nft.NFT_META_L4PROTO), nft.cmp_eq(bytes([socket.IPPROTO_TCP])),
-                nft.payload(l4, 0, 4), nft.cmp_eq(self.peer_port.to_bytes(2, "big") + self.local_port.to_bytes(2, "big")),
+                nft.payload(l4, 0, 4),  # source and destination port, one 4-byte load as nft makes it
+                nft.cmp_eq(self.peer_port.to_bytes(2, "big") + self.local_port.to_bytes(2, "big")),
                 nft.verdict(nft.NF_DROP)]
 
     def rule(self, comment: str | None = None) -> str:

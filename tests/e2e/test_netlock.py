@@ -18,6 +18,7 @@ import pytest
 from ckpt.kernel import nftables as nft
 from ckpt.procfs.task import read_starttime
 from ckpt.resources import netlock
+from netns import fresh_netns
 from targets import spawn
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="nftables needs CAP_NET_ADMIN"),
@@ -29,14 +30,8 @@ ME = f"{os.getpid()}-{read_starttime(os.getpid())}"
 
 @pytest.fixture
 def netns() -> Iterator[tuple[int, int]]:
-    """(pid of a process alone in a fresh network namespace, an open descriptor of that namespace)."""
-    with spawn(["unshare", "--net", "sh", "-c", "echo READY; exec sleep 600"]) as t:
-        t.ready()
-        fd = os.open(f"/proc/{t.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            yield t.pid, fd
-        finally:
-            os.close(fd)
+    with fresh_netns() as ns:
+        yield ns
 
 
 def _nft(pid: int, *args: str) -> str:

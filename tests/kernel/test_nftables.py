@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from ckpt.kernel import nftables as nft
+from netns import fresh_netns
 from targets import spawn
 
 pytestmark = [pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is not installed"),
@@ -23,15 +23,8 @@ F = nft.NFPROTO_INET
 
 @pytest.fixture
 def netns() -> Iterator[tuple[int, int]]:
-    """(pid of a process alone in a fresh network namespace, an open descriptor of that namespace)."""
-    with spawn(["unshare", "--net", "sh", "-c", "echo READY; exec sleep 600"]) as t:
-        t.ready()
-        fd = os.open(f"/proc/{t.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            assert os.fstat(fd).st_ino != os.stat("/proc/self/ns/net").st_ino
-            yield t.pid, fd
-        finally:
-            os.close(fd)
+    with fresh_netns() as ns:
+        yield ns
 
 
 def _nft(pid: int | None, *args: str) -> str:
