@@ -78,7 +78,7 @@ CHAIN = "lock"
 HELD = " held"
 _FAMILY = nft.NFPROTO_INET
 _LOCKFILE = "/run/ckpt-netlock.lock"
-_TAG_RE = re.compile(r"ckpt \S+ run (\d+)-(\d+) pid (\d+)-(\d+) fd \d+")
+_TAG_RE = re.compile(r"ckpt \S+ run (\d+)-(\d+) pid (\d+)-(\d+) fd \d+ pidns (\d+)")
 _owned_names = itertools.count(1)
 
 
@@ -143,22 +143,30 @@ def _starttime(pid: int) -> int | None:
         return None
 
 
+def _pidns() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
 def tag(token: str, pid: int, fd: int) -> str:
-    """The tag of the lock of ``pid``'s connection at ``fd``, taken by this run (``token`` names the dump)."""
+    """The tag of the lock of ``pid``'s connection at ``fd``, taken by this run (``token`` names the dump).
+
+    Both processes are named as pid-starttime, in the PID namespace named
+    last (a ckpt in a container shares the host's network namespace at times).
+    """
     me = os.getpid()
-    return f"ckpt {token} run {me}-{_starttime(me) or 0} pid {pid}-{_starttime(pid) or 0} fd {fd}"
+    return f"ckpt {token} run {me}-{_starttime(me) or 0} pid {pid}-{_starttime(pid) or 0} fd {fd} pidns {_pidns()}"
 
 
 def _lost(comment: str) -> str | None:
     """Why the rule with ``comment`` no longer locks anything worth locking, or None (it may still matter).
 
     Only rules whose run is gone are judged; tags of other forms (older
-    images) never.
+    images), or of runs in another PID namespace, never.
     """
     m = _TAG_RE.fullmatch(comment.removesuffix(HELD))
-    if m is None:
+    if m is None or int(m[5]) != _pidns():
         return None
-    run, run_start, pid, start = (int(g) for g in m.groups())
+    run, run_start, pid, start = (int(g) for g in m.groups()[:4])
     if _starttime(run) == run_start:
         return None  # its run still holds it
     if comment.endswith(HELD):

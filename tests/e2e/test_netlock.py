@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="nftables needs CAP_N
               pytest.mark.skipif(shutil.which("nft") is None, reason="nft (nftables) is not installed")]
 
 ME = f"{os.getpid()}-{read_starttime(os.getpid())}"
+NS = f"pidns {os.stat('/proc/self/ns/pid').st_ino}"
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def _lock(tag: str, port: int = 80, family: int = socket.AF_INET) -> netlock.Loc
 def test_held_in_a_table_of_our_own_then_persisted(netns: tuple[int, int]) -> None:
     pid, fd = netns
     a, b = _lock(netlock.tag("t1", os.getpid(), 3)), _lock(netlock.tag("t1", os.getpid(), 4), 81, socket.AF_INET6)
-    assert a.tag == f"ckpt t1 run {ME} pid {ME} fd 3"
+    assert a.tag == f"ckpt t1 run {ME} pid {ME} fd 3 {NS}"
     h = netlock.Holder(fd)
     h.lock([a])
     h.lock([b])
@@ -105,10 +106,11 @@ def test_rules_of_killed_runs_that_harm_a_running_process_are_swept(netns: tuple
         gone.proc.wait()
     gone_proc = f"{gone.pid}-1"
     comments = {
-        "held, run killed": f"ckpt a run {dead_run} pid {ME} fd 3{netlock.HELD}",
-        "persisted, run killed before ending its process": f"ckpt b run {dead_run} pid {ME} fd 4",
-        "persisted, process ended: waits for the restore": f"ckpt c run {dead_run} pid {gone_proc} fd 5",
-        "held by a run that lives": f"ckpt d run {ME} pid {ME} fd 6{netlock.HELD}",
+        "held, run killed": f"ckpt a run {dead_run} pid {ME} fd 3 {NS}{netlock.HELD}",
+        "persisted, run killed before ending its process": f"ckpt b run {dead_run} pid {ME} fd 4 {NS}",
+        "persisted, process ended: waits for the restore": f"ckpt c run {dead_run} pid {gone_proc} fd 5 {NS}",
+        "held by a run that lives": f"ckpt d run {ME} pid {ME} fd 6 {NS}{netlock.HELD}",
+        "held by a run of another PID namespace": f"ckpt f run {dead_run} pid {ME} fd 9 pidns 1{netlock.HELD}",
         "an image from before run tags": "ckpt e pid 7 fd 8",
     }
     with nft.NftSocket.open(fd) as s:
@@ -118,12 +120,13 @@ def test_rules_of_killed_runs_that_harm_a_running_process_are_swept(netns: tuple
     assert len(notes) == 2 and "ckpt a run" in notes[0] and "ckpt b run" in notes[1], notes
     assert "was killed" in notes[0] and f"ended process {os.getpid()}, which runs on" in notes[1]
     left = set(netlock.locked(fd))
-    assert left == {f"ckpt c run {dead_run} pid {gone_proc} fd 5", f"ckpt d run {ME} pid {ME} fd 6",
-                    "ckpt e pid 7 fd 8"}
+    assert left == {f"ckpt c run {dead_run} pid {gone_proc} fd 5 {NS}", f"ckpt d run {ME} pid {ME} fd 6 {NS}",
+                    f"ckpt f run {dead_run} pid {ME} fd 9 pidns 1", "ckpt e pid 7 fd 8"}
     assert netlock.sweep(fd) == []
     # A restore's unlock sweeps too: a rule a killed run left goes with the one it unlocks.
     with nft.NftSocket.open(fd) as s:
         s.batch(netlock._persistent([_lock(comments["held, run killed"], 90)], [comments["held, run killed"]]))
-    notes = netlock.unlock({f"ckpt c run {dead_run} pid {gone_proc} fd 5", "ckpt e pid 7 fd 8"}, fd)
+    notes = netlock.unlock({f"ckpt c run {dead_run} pid {gone_proc} fd 5 {NS}", "ckpt e pid 7 fd 8"}, fd)
     assert len(notes) == 1 and "ckpt a run" in notes[0]
-    assert set(netlock.locked(fd)) == {f"ckpt d run {ME} pid {ME} fd 6"}  # a held rule is its run's to drop
+    assert set(netlock.locked(fd)) == {f"ckpt d run {ME} pid {ME} fd 6 {NS}",  # a held rule is its run's to drop
+                                       f"ckpt f run {dead_run} pid {ME} fd 9 pidns 1"}

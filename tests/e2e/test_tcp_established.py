@@ -403,11 +403,14 @@ def test_lock_left_by_a_dump_killed_before_ending_its_target_is_removed_by_the_n
         assert table == netlock.TABLE  # persistent: out of the dump's own table, into the shared one
     finally:
         _kill(ckpt, pid)
-    assert srv.t.alive() and _locks_of(pid) == {tag: netlock.TABLE}
-    r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert f"removed the network lock {tag!r}" in r.stderr and "which runs on" in r.stderr, r.stderr
+    try:
+        assert srv.t.alive() and _locks_of(pid) == {tag: netlock.TABLE}
+        r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert f"removed the network lock {tag!r}" in r.stderr and "which runs on" in r.stderr, r.stderr
+    finally:
+        netlock.unlock({tag})  # whatever happened, no other test sees it
     _no_lock_left()
     srv.read_pattern(blasted)
     srv.drain()
