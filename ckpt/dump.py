@@ -33,7 +33,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat
 from .progress import ProgressEvent
 from . import incremental
-from .resources import creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
+from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -450,6 +450,7 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     try:
         mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
         cores = threads.dump_threads(proc, scratch, snap)
+        notes.extend(blocked.dump_notes(pid, cores))  # calls a restore cannot resume
         ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
                           shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max, skip_fds=skip_fds)
         for _name, fn in PROCESS_DUMPERS:

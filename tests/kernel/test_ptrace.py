@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import pytest
 from ckpt.kernel import ptrace, vm
 from ckpt.kernel.arch_x86_64 import user_regs_struct
 from ckpt.kernel.ptrace import StopKind, WaitStatus
-from targets import tracer_of, vector_kind, wait_until
+from targets import kill_all, spawn, tracer_of, vector_kind, wait_until
 
 
 @contextmanager
@@ -222,3 +223,52 @@ def test_wait_status_kinds(status: int, kind: StopKind) -> None:
     st = WaitStatus(123, status)
     assert st.kind is kind
     assert str(st).startswith("123 ")
+
+
+_FORKER = """
+import os, signal, sys
+sys.stdin.readline()
+child = os.fork()
+if child == 0:
+    while True:
+        signal.pause()
+print(child, flush=True)
+_, status = os.waitpid(child, 0)
+print("killed by", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)
+"""
+
+_TRACER = """
+import signal, sys
+from ckpt.kernel import ptrace
+pid = int(sys.argv[1])
+ptrace.seize(pid, ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_EXITKILL)
+print("seized", flush=True)
+while (st := ptrace.waitpid(pid)).event != ptrace.PTRACE_EVENT_FORK:
+    ptrace.cont(pid, st.stopsig if st.kind is ptrace.StopKind.SIGNAL_DELIVERY else 0)
+child = ptrace.geteventmsg(pid)
+ptrace.waitpid(child)  # its first stop
+ptrace.detach(pid)  # only the child stays traced
+print("child", child, flush=True)
+signal.pause()
+"""
+
+
+def test_exitkill_reaches_a_child_auto_attached_by_tracefork() -> None:
+    """A restore's helpers are cloned from a traced helper (PTRACE_O_TRACEFORK) and must inherit
+    PTRACE_O_EXITKILL: when the restorer dies, they die, rather than run on detached."""
+    forker = spawn([sys.executable, "-c", _FORKER], stdin_pipe=True)
+    tracer = spawn([sys.executable, "-c", _TRACER, str(forker.pid)])
+    child = 0
+    try:
+        assert tracer.readline() == "seized"
+        forker.write(b"fork\n")
+        child = int(tracer.readline().split()[1])
+        assert forker.readline() == str(child)
+        assert tracer_of(child) == tracer.pid and tracer_of(forker.pid) == 0
+        tracer.close()  # SIGKILL: the tracer dies without detaching
+        assert forker.readline() == f"killed by {signal.SIGKILL.value}"
+    finally:
+        forker.close()
+        tracer.close()
+        if child:
+            kill_all([child])
