@@ -63,7 +63,7 @@ from ..image.pb import files_pb2
 from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
-from ..testhooks import point
+from ..testpoint import point
 from . import netlock
 
 __all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "describe", "netns_id", "restore"]

@@ -339,18 +339,26 @@ def test_target_in_another_network_namespace_is_locked_there(tmp_path: Path,
 CKPT = [sys.executable, "-m", "ckpt.cli"]
 
 
-def _paused_at(point: str, *args: str) -> subprocess.Popen:
-    """``ckpt ARGS``, stopped by itself at the test point ``point`` (``NAME[:N]``: the N-th pass, ckpt.testhooks)."""
-    name, _, nth = point.partition(":")
-    ckpt = subprocess.Popen([*CKPT, *args], env={**os.environ, "CKPT_TEST_HOOK": f"{name}:stop:{nth or 1}"},
+def _paused_at(point: str, *args: str, times: int = 1) -> subprocess.Popen:
+    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testpoint) for the ``times``-th time."""
+    ckpt = subprocess.Popen([*CKPT, *args], env={**os.environ, "CKPT_TEST_PAUSE_AT": point},
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     said = []
     for line in ckpt.stderr:
         said.append(line)
-        if line.strip() == f"ckpt: paused at {name}":
-            return ckpt
+        if line.strip() == f"ckpt: paused at {point}":
+            times -= 1
+            if not times:
+                return ckpt
+            wait_until(lambda: _stopped(ckpt.pid), f"ckpt stops at {point}")
+            os.kill(ckpt.pid, signal.SIGCONT)
     ckpt.wait()
     raise AssertionError(f"ckpt {' '.join(args)} did not stop at {point} (exit {ckpt.returncode}): {''.join(said)}")
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
 def _kill(ckpt: subprocess.Popen, target: int) -> None:
@@ -538,8 +546,8 @@ def test_migration_source_killed_before_the_switch_leaves_the_connection_working
         assert r.call("SET", "k", "v") == "OK"
         _Receiver(host, tmp_path, token, rx_port)
         # The first lock is the probe's (let go at once); the second, the final dump's.
-        ckpt = _paused_at("netlock.locked:2", "migrate", "-t", str(proc.pid), "--to", f"{host.address}:{rx_port}",
-                          "--token-file", str(token), "--tcp-established", "--stop-and-copy")
+        ckpt = _paused_at("netlock.locked", "migrate", "-t", str(proc.pid), "--to", f"{host.address}:{rx_port}",
+                          "--token-file", str(token), "--tcp-established", "--stop-and-copy", times=2)
         try:
             assert list(_locks_of(proc.pid).values()) == [f"{netlock.TABLE}-{ckpt.pid}-2"]  # its second table
         finally:
