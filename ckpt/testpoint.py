@@ -5,10 +5,8 @@ those names ckpt prints ``ckpt: paused at NAME`` on stderr and stops itself
 (SIGSTOP); the test then kills it (or sends SIGCONT).  Unset, a point costs one
 environment lookup.  Points: ``uffd-parked`` (a new tracker's userfaultfd is
 parked in the running target, before its state file is written), ``collected``
-(a delta's get+clear is done, its image not written yet), ``netlock.locked``
-(a connection's lock is in place, before it is read), ``tcp.repairing`` (its
-socket is in repair mode), ``netlock.persisted`` (a dump's locks are made to
-outlive it, its targets not ended yet), and the :data:`RESTORE_POINTS`.
+(a delta's get+clear is done, its image not written yet), and the
+:data:`RESTORE_POINTS`.
 
 ``CKPT_TEST_FAIL_AT=NAME[,NAME…]``: :func:`fail_point` (and :func:`point`,
 which pauses first) raises :class:`InjectedFailure` there, which takes the

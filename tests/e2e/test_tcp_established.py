@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -339,18 +339,18 @@ def test_target_in_another_network_namespace_is_locked_there(tmp_path: Path,
 CKPT = [sys.executable, "-m", "ckpt.cli"]
 
 
-def _paused_at(point: str, *args: str, times: int = 1) -> subprocess.Popen:
-    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testpoint) for the ``times``-th time."""
-    ckpt = subprocess.Popen([*CKPT, *args], env={**os.environ, "CKPT_TEST_PAUSE_AT": point},
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _paused_at(point: str, *args: str, until: Callable[[int], bool] = lambda ckpt_pid: True) -> subprocess.Popen:
+    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testpoint) once ``until(its pid)``."""
+    env = {**os.environ, "CKPT_TEST_PAUSE_AT": point, "CKPT_TEST_HOOK": f"{point}:stop"}
+    ckpt = subprocess.Popen([*CKPT, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     said = []
     for line in ckpt.stderr:
         said.append(line)
         if line.strip() == f"ckpt: paused at {point}":
-            times -= 1
-            if not times:
-                return ckpt
             wait_until(lambda: _stopped(ckpt.pid), f"ckpt stops at {point}")
+            if until(ckpt.pid):
+                return ckpt
             os.kill(ckpt.pid, signal.SIGCONT)
     ckpt.wait()
     raise AssertionError(f"ckpt {' '.join(args)} did not stop at {point} (exit {ckpt.returncode}): {''.join(said)}")
@@ -545,11 +545,13 @@ def test_migration_source_killed_before_the_switch_leaves_the_connection_working
         r = Redis.when_up(port, host.host_address, timeout=15)
         assert r.call("SET", "k", "v") == "OK"
         _Receiver(host, tmp_path, token, rx_port)
-        # The first lock is the probe's (let go at once); the second, the final dump's.
+        # The first lock is the probe's (in the first table of ckpt's own, let go at once); the second, the
+        # final dump's (in its second one).
         ckpt = _paused_at("netlock.locked", "migrate", "-t", str(proc.pid), "--to", f"{host.address}:{rx_port}",
-                          "--token-file", str(token), "--tcp-established", "--stop-and-copy", times=2)
+                          "--token-file", str(token), "--tcp-established", "--stop-and-copy",
+                          until=lambda me: list(_locks_of(proc.pid).values()) == [f"{netlock.TABLE}-{me}-2"])
         try:
-            assert list(_locks_of(proc.pid).values()) == [f"{netlock.TABLE}-{ckpt.pid}-2"]  # its second table
+            assert proc.poll() is None
         finally:
             _kill(ckpt, proc.pid)
         assert proc.poll() is None and _locks_of(proc.pid) == {}
