@@ -339,9 +339,13 @@ def test_target_in_another_network_namespace_is_locked_there(tmp_path: Path,
 CKPT = [sys.executable, "-m", "ckpt.cli"]
 
 
-def _paused_at(point: str, *args: str, until: Callable[[int], bool] = lambda ckpt_pid: True) -> subprocess.Popen:
-    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testpoint) once ``until(its pid)``."""
-    env = {**os.environ, "CKPT_TEST_PAUSE_AT": point, "CKPT_TEST_HOOK": f"{point}:stop"}
+def _paused_at(point: str, *args: str, nth: int = 1,
+               until: Callable[[int], bool] = lambda ckpt_pid: True) -> subprocess.Popen:
+    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testpoint) once ``until(its pid)``.
+
+    ``CKPT_TEST_PAUSE_AT`` stops it at every pass (``until`` picks one), ``CKPT_TEST_HOOK`` at the ``nth`` only.
+    """
+    env = {**os.environ, "CKPT_TEST_PAUSE_AT": point, "CKPT_TEST_HOOK": f"{point}:stop:{nth}"}
     ckpt = subprocess.Popen([*CKPT, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     said = []
@@ -548,7 +552,7 @@ def test_migration_source_killed_before_the_switch_leaves_the_connection_working
         # The first lock is the probe's (in the first table of ckpt's own, let go at once); the second, the
         # final dump's (in its second one).
         ckpt = _paused_at("netlock.locked", "migrate", "-t", str(proc.pid), "--to", f"{host.address}:{rx_port}",
-                          "--token-file", str(token), "--tcp-established", "--stop-and-copy",
+                          "--token-file", str(token), "--tcp-established", "--stop-and-copy", nth=2,
                           until=lambda me: list(_locks_of(proc.pid).values()) == [f"{netlock.TABLE}-{me}-2"])
         try:
             assert proc.poll() is None
