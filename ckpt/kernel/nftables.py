@@ -48,8 +48,8 @@ __all__ = [
     "NFPROTO_IPV6", "NF_INET_PRE_ROUTING", "NF_IP_PRI_RAW", "NF_DROP", "NF_ACCEPT", "NFT_META_NFPROTO",
     "NFT_META_L4PROTO", "NFT_PAYLOAD_NETWORK_HEADER", "NFT_PAYLOAD_TRANSPORT_HEADER", "NFT_REG_VERDICT",
     "NFT_REG_1", "NFT_CMP_EQ", "NFTNL_UDATA_RULE_COMMENT",
-    "meta", "payload", "cmp_eq", "verdict", "new_table", "del_table", "new_chain", "new_rule", "del_rule",
-    "Table", "Rule", "NftSocket", "BatchError",
+    "attr", "parse_attrs", "meta", "payload", "cmp_eq", "verdict", "Message", "new_table", "del_table", "new_chain",
+    "new_rule", "del_rule", "Table", "Rule", "NftSocket", "BatchError",
 ]
 
 NETLINK_NETFILTER = 12

@@ -253,7 +253,7 @@ class Session:
         return problems
 
     def _netns_of(self, pid: int) -> int | None:
-        """A descriptor of ``pid``'s network namespace, or None when it is ours (nft runs there as is)."""
+        """A descriptor of ``pid``'s network namespace, or None when it is ours (where our sockets are)."""
         st, mine = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
         key = (st.st_dev, st.st_ino)
         if key == (mine.st_dev, mine.st_ino):
