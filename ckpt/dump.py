@@ -191,10 +191,10 @@ def dump(
         report(ProgressEvent(phase, done))
 
     require_our_pid_namespace(pid)
-    conns = tcp.Session(enabled=tcp_established)  # refuses here if connections cannot be locked (no nft)
+    notes: list[str] = []
+    conns = tcp.Session(enabled=tcp_established, notes=notes)  # refuses here if connections cannot be locked
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
-    notes: list[str] = []
     ftree: tree.FrozenTree | None = None
     # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
     # (one session per process of the tree as it is now; a process born before the freeze gets a full copy)
@@ -289,6 +289,8 @@ def dump(
                                               shares_files))
                 t_committed = time.monotonic()
                 step("committed")
+            if not (leave_running or leave_stopped or end_target is not None):
+                conns.persist()  # the targets are ended below: their locks outlive us from here, for the restore
             if end_target is not None and not end_target(os.path.abspath(image_dir)):
                 leave_running = True  # the caller keeps the original: let it go, as -R would
                 conns.resume()
