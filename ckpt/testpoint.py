@@ -17,7 +17,10 @@ Points: ``inject.loaded``, ``inject.entered``, ``inject.done`` (each phase of a
 call injected into a target), ``release.mask`` (a thread half put back),
 ``uffd-parked`` (a new tracker's userfaultfd is parked in the running target,
 before its state file is written), ``collected`` (a delta's get+clear is
-done, its image not written yet), and the :data:`RESTORE_POINTS`.
+done, its image not written yet), ``netlock.locked`` (a connection's lock is in
+ckpt's owned table), ``tcp.repairing`` (a socket is in repair mode),
+``netlock.persisted`` (the locks outlive this run, the target not ended yet),
+and the :data:`RESTORE_POINTS`.
 """
 
 from __future__ import annotations

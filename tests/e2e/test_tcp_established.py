@@ -343,9 +343,9 @@ def _paused_at(point: str, *args: str, nth: int = 1,
                until: Callable[[int], bool] = lambda ckpt_pid: True) -> subprocess.Popen:
     """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testpoint) once ``until(its pid)``.
 
-    ``CKPT_TEST_PAUSE_AT`` stops it at every pass (``until`` picks one), ``CKPT_TEST_HOOK`` at the ``nth`` only.
+    ``CKPT_TEST_HOOK`` stops it at the ``nth`` pass; ``until`` may send it on (SIGCONT) to look again.
     """
-    env = {**os.environ, "CKPT_TEST_PAUSE_AT": point, "CKPT_TEST_HOOK": f"{point}:stop:{nth}"}
+    env = {**os.environ, "CKPT_TEST_HOOK": f"{point}:stop:{nth}"}
     ckpt = subprocess.Popen([*CKPT, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     said = []
