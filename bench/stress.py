@@ -59,6 +59,8 @@ HOOKS = ("inject.loaded", "inject.entered", "inject.done", "release.mask", "uffd
 #: Seconds to wait for anything that should happen at once (a hang guard, not a measure).
 PATIENCE = 60.0
 AREA = "/memfd:ckpt-injection-area"
+#: SigBlk of a thread that blocks every signal (the kernel leaves SIGKILL and SIGSTOP out).
+ALL = "fffffffffffbfeff"
 
 
 class Harm(Exception):
@@ -109,6 +111,9 @@ class Target:
                        stdout=open(self.log, "ab"), stderr=subprocess.DEVNULL, close_fds=True, check=True)
         line = self._wait_line("READY", 0)
         self.pid = int(dict(p.split("=", 1) for p in line.split()[1:])["pid"])
+        # glibc starts a thread with every signal blocked until it runs: wait until the masks settle
+        _wait(lambda: self.thread_masks() == self.thread_masks() and ALL not in self.thread_masks().values(),
+              "the target's threads have their own masks")
         self.masks = self.thread_masks()
 
     def _wait_line(self, prefix: str, offset: int) -> str:
