@@ -248,12 +248,12 @@ class Stress:
 
     def _run(self, argv: list[str], kill_after: float | None, sig: int,
              hook: str | None = None) -> tuple[int, bool, float]:
-        """Run ckpt; signal it after ``kill_after`` s, or once it stopped itself at ``hook`` (ckpt.testpoint).
+        """Run ckpt; signal it after ``kill_after`` s, or once it stopped itself at ``hook`` (NAME:stop:N, ckpt.testpoint).
 
         (exit code, whether the signal was sent, seconds).
         """
         t0 = time.monotonic()
-        env = {**os.environ, "CKPT_TEST_HOOK": f"{hook}:stop"} if hook else None
+        env = {**os.environ, "CKPT_TEST_HOOK": hook} if hook else None
         p = subprocess.Popen([*CKPT, *argv], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, env=env)
         sent = False
@@ -348,7 +348,7 @@ class Stress:
         # which random moments reach rarely: most of a run is start-up and copying memory.
         hook = None
         if op not in ("receive", "restore") and self.rng.random() < 0.5:
-            hook = f"{self.rng.choice(HOOKS)}:{self.rng.randint(1, 30)}"
+            hook = f"{self.rng.choice(HOOKS)}:stop:{self.rng.randint(1, 30)}"
         delay = self.rng.uniform(0.0, 1.1) * self.durations[op]
         what = f"{op} {signal.Signals(sig).name} " + (f"at {hook}" if hook else f"after {delay * 1000:.0f} ms")
         if op == "restore":
