@@ -212,7 +212,7 @@ def traced_threads(pid: int, tracer: int) -> list[int]:
                 for line in f:
                     if line.startswith("TracerPid:") and int(line.split()[1]) == tracer:
                         out.append(int(tid))
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # a thread that exited meanwhile (ESRCH mid-read)
             continue
     return out
 

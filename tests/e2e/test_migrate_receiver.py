@@ -23,6 +23,7 @@ import pytest
 
 from ckpt.migrate.dest import MAX_PENDING
 from hosts import SecondHost, ckpt_argv
+from targets import wait_until
 from test_migrate import _free_port, _migrate, _Mutator, _Receiver, _slow_migration, _token, _wait_first_image
 from test_migrate import mutator  # noqa: F401 - the fixture
 
@@ -109,7 +110,8 @@ def test_once_outlives_a_stranger_and_ends_after_a_migration(second_host: Second
     with _junk(host.address, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") as http:
         assert _closed_by_peer(http), "the receiver kept an HTTP client"
     assert rx.proc.poll() is None, rx.err.read_text()  # the stranger did not count as the one migration
-    assert "did not answer with a ckpt handshake" in rx.err.read_text()
+    # its handshake thread says so after closing the connection: wait for the line, do not race it
+    wait_until(lambda: "did not answer with a ckpt handshake" in rx.err.read_text(), "the receiver names the stranger")
     res, _ = _migrate(host, mutator.pid, port, token, tmp_path)
     _migrated(mutator, host, rx, res)
 
