@@ -9,6 +9,9 @@ each owner has here / in the parent / as zero.
 
 Every file is decoded after checking its header and end marker; a damaged
 file raises ``CorruptImage`` (``ckpt verify`` lists all problems instead).
+An image directory must pass the checks of ``ckpt verify`` (but the reading of
+page data) before it is shown; one file named alone is decoded as it is.
+Only the header of a pages file is read.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from ckpt.errors import CorruptImage
-from ckpt.image import framing, kinds
+from ckpt.image import bounds, framing, kinds
 from ckpt.image.pb import options_pb2
-from ckpt.image.reader import Image, _pagemap_from, _read_all, read_record_file
+from ckpt.image.reader import _pagemap_from, read_file, read_record_file
 from ckpt.image.records import PageState, TrackingInfo
+from ckpt.image.verify import validated_chain
 
 __all__ = ["DECODERS", "decode_file", "show_dict", "show", "message_to_dict"]
 
@@ -155,11 +159,12 @@ def _pagemap_summary(pm: Any) -> dict[str, int]:
 
 
 def _decode_pages(path: str, kind: kinds.Kind, data: bytes, text: bool) -> dict[str, Any]:
+    """``data`` is the header only (page data is never read); its size is in the caller's summary."""
     _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
     owner = kind.match(os.path.basename(path))
     return {
         "format": version,
-        "page_data_bytes": len(data) - framing.HEADER_SIZE,
+        "page_data_bytes": os.lstat(path).st_size - framing.HEADER_SIZE,
         "note": f"page data is not shown; its chunks are listed in {kinds.PAGEMAP.file_name(owner or 'OWNER')}",
     }
 
@@ -174,16 +179,41 @@ DECODERS: dict[bytes, Decoder] = {
 }
 
 
-def decode_file(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, Any]:
-    """Decode one image file, picking the decoder by the magic in its header."""
+def decode_file(path: str | os.PathLike[str], *, text: bool = False, size: int | None = None) -> dict[str, Any]:
+    """Decode one image file, picking the decoder by the magic in its header.
+
+    ``size``: the size inventory.img records for it (checked before the file is read).
+    A pages file is not read past its header.
+    """
     path = os.path.abspath(os.fspath(path))
-    data = _read_all(path)
-    magic, _ = framing.parse_header(path, data, names=kinds.MAGIC_NAMES)
+    fd = _open(path)
+    try:
+        head = os.pread(fd, framing.HEADER_SIZE, 0)
+        actual = os.fstat(fd).st_size
+    except OSError as exc:
+        raise CorruptImage(path, f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    magic, _ = framing.parse_header(path, head, names=kinds.MAGIC_NAMES)
     kind = kinds.BY_MAGIC.get(magic)
     if kind is None:
         raise CorruptImage(path, f"unknown file kind magic {magic!r}")
+    if kind is kinds.PAGES:
+        if size is not None and actual != size:
+            raise CorruptImage(path, f"size is {actual} bytes, inventory.img says {size} (truncated or extended)")
+        data = head
+    else:
+        limit = bounds.MAX_INVENTORY_SIZE if kind is kinds.INVENTORY else framing.MAX_RECORD_SIZE + (1 << 20)
+        data = read_file(path, size, max_size=limit, kind=kind, missing="no such file")
     decoded = DECODERS[magic](path, kind, data, text)
-    return {"file": os.path.basename(path), "kind": kind.name, "magic": magic.decode("ascii"), "size": len(data), **decoded}
+    return {"file": os.path.basename(path), "kind": kind.name, "magic": magic.decode("ascii"), "size": actual, **decoded}
+
+
+def _open(path: str) -> int:
+    try:
+        return framing.open_image_file(path)
+    except FileNotFoundError:
+        raise CorruptImage(path, "missing: no such file") from None
 
 
 def _iso(ns: int) -> str:
@@ -191,11 +221,17 @@ def _iso(ns: int) -> str:
 
 
 def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, Any]:
-    """Everything in an image directory (or one file) as plain data."""
+    """Everything in an image directory (or one file) as plain data.
+
+    A directory is checked first as a restore checks it (every check of
+    ``ckpt verify`` but page data, its parent chain too): a damaged image is
+    refused with its first problem.  A single file is decoded as it is,
+    whatever the rest of its image says.
+    """
     path = os.path.abspath(os.fspath(path))
-    if os.path.isfile(path):
+    if os.path.lexists(path) and not os.path.isdir(path):
         return decode_file(path, text=text)
-    image = Image.open(path)
+    image = validated_chain(path)[-1]
     inv = image.inventory
     order = {k.name: i for i, k in enumerate(kinds.KINDS)}
 
@@ -204,7 +240,8 @@ def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, 
         return (order[found[0].name] if found else len(order), name)
 
     files = [decode_file(image.inventory_path, text=text)]
-    files += [decode_file(image.file_path(n), text=text) for n in sorted(image.files, key=sort_key)]
+    files += [decode_file(image.file_path(n), text=text, size=image.files[n].size)
+              for n in sorted(image.files, key=sort_key)]
     pages = {f["head"]["owner"]: f["summary"] for f in files if f["kind"] == kinds.PAGEMAP.name}
     parent = image.parent
     summary = {
