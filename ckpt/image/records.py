@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import enum
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -236,9 +237,12 @@ class Pagemap:
                      for v, n, st, d in zip(self.vaddrs, self.nr_pages, self.states, self.data_offsets))
 
     def count(self, state: PageState) -> int:
-        """Number of pages in ``state``."""
-        want = int(state)
-        return sum(n for n, st in zip(self.nr_pages, self.states) if st == want)
+        """Number of pages in ``state`` (summed in C: a pagemap may hold a million ranges)."""
+        return sum(itertools.compress(self.nr_pages, bytes(self.states).translate(_ONLY[int(state)])))
+
+
+#: bytes.translate tables: 1 where a state byte is the given state, else 0.
+_ONLY = {int(s): bytes(int(i == s) for i in range(256)) for s in PageState}
 
 
 @dataclass(frozen=True)

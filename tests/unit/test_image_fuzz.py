@@ -289,3 +289,34 @@ def test_decode_error_is_caught_as_image_error(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as info:
         read_record_file(str(path), kinds.MM)
     assert not isinstance(info.value, DecodeError) and "record 1" in str(info.value)
+
+
+# -- the fast check of a pagemap's ranges agrees with the one that names problems -------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(_ROW, max_size=8), spans=st.one_of(st.none(), st.lists(
+    st.tuples(st.sampled_from([0x10000000, 0x10002000, 0x10004000, 0x7FFC00000000, 0x7FFC00021000]),
+              st.sampled_from([PS, 2 * PS, 4 * PS, 0x21000])), max_size=3)), has_parent=st.booleans())
+def test_fast_range_check_agrees_with_the_loop(rows: list, spans: list | None, has_parent: bool) -> None:
+    import array
+
+    from ckpt.image.records import Pagemap
+    from ckpt.image.verify import _range_problems, _ranges_pass
+
+    pm = Pagemap("1", "pages-1.img", PS, 4 * PS, (), array.array("Q", [r[0] for r in rows]),
+                 array.array("Q", [r[1] for r in rows]), array.array("B", [r[2] for r in rows]),
+                 array.array("Q", [r[3] for r in rows]))
+    flat = None
+    if spans is not None:  # merged, sorted spans as the mm check leaves them
+        flat = array.array("Q")
+        for start, size in sorted(set(spans)):
+            if flat and start <= flat[-1]:
+                flat[-1] = max(flat[-1], start + size)
+            else:
+                flat.extend((start, start + size))
+    fast = _ranges_pass(pm, flat, 0x7FFFFFFFF000, has_parent)
+    problems, stream = _range_problems(pm, flat, 0x7FFFFFFFF000, has_parent)
+    assert (fast is not None) == (not problems), problems
+    if fast is not None:
+        assert fast == stream
