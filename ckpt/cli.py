@@ -49,7 +49,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     from . import api
 
-    print(api.show(args.dir, as_json=args.json))
+    for piece in api.show_stream(args.dir, as_json=args.json):  # written as made: a pagemap may list 1 M ranges
+        sys.stdout.write(piece)
     return 0
 
 

@@ -23,7 +23,7 @@ repeated field holding more than :data:`MAX_VALUES` elements, is refused with
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -42,6 +42,7 @@ __all__ = [
     "Cost",
     "decode_cost",
     "check_decode_cost",
+    "split_field",
 ]
 
 #: Largest inventory.img read (a real one is ~0.4 KiB per process).
@@ -141,11 +142,11 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _walk(desc: Descriptor, buf: memoryview, cost: Cost) -> None:
-    """Add what decoding one message of type ``desc`` from ``buf`` allocates (beyond RECORD_COST)."""
-    plan = _plan(desc)
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """(number, wire type, start of the field, start of its value, end) of each field of a message on the wire."""
     pos, end = 0, len(buf)
     while pos < end:
+        field_start = pos
         tag, pos = _varint(buf, pos)
         number, wire = tag >> 3, tag & 7
         if wire == _VARINT:
@@ -162,6 +163,13 @@ def _walk(desc: Descriptor, buf: memoryview, cost: Cost) -> None:
             raise _Malformed
         if pos > end or number == 0:
             raise _Malformed
+        yield number, wire, field_start, start, pos
+
+
+def _walk(desc: Descriptor, buf: memoryview, cost: Cost) -> None:
+    """Add what decoding one message of type ``desc`` from ``buf`` allocates (beyond RECORD_COST)."""
+    plan = _plan(desc)
+    for number, wire, _, start, pos in _fields(buf):
         f = plan.get(number)
         if f is None:
             continue
@@ -177,6 +185,31 @@ def _walk(desc: Descriptor, buf: memoryview, cost: Cost) -> None:
         n = _count_scalars(f, wire, buf[start:pos] if wire == _LEN else None)
         cost.bytes += n * VALUE_COST
         cost.add(f.full_name, n)
+
+
+def split_field(payload: bytes | bytearray | memoryview, number: int) -> tuple[bytes, bytes, list[memoryview]]:
+    """(the message without field ``number``, that field's occurrences as they are on the wire, the
+    values of its length-delimited ones).
+
+    Lets a reader decode a large sub-message piece by piece (a pagemap's range
+    table column by column, each at most a quarter of the table in memory).
+    Raises ValueError when ``payload`` is not protobuf.
+    """
+    buf = memoryview(payload).cast("B")
+    rest: list[memoryview] = []
+    raw: list[memoryview] = []
+    values: list[memoryview] = []
+    try:
+        for n, wire, field_start, start, end in _fields(buf):
+            if n != number:
+                rest.append(buf[field_start:end])
+                continue
+            raw.append(buf[field_start:end])
+            if wire == _LEN:
+                values.append(buf[start:end])
+    except _Malformed:
+        raise ValueError("malformed protobuf") from None
+    return b"".join(rest), b"".join(raw), values
 
 
 def _count_scalars(f: FieldDescriptor, wire: int, packed: memoryview | None) -> int:

@@ -19,7 +19,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import zstandard
 from google.protobuf.message import DecodeError, Message
@@ -45,7 +45,9 @@ if TYPE_CHECKING:
     from ckpt.image.verify import Problem
 
 __all__ = ["Image", "ChunkReader", "decode_records", "decode_records_cost", "read_file", "read_record_file",
-           "iter_stream", "chunk_pieces", "zstd_bound"]
+           "decode_pagemap", "iter_stream", "chunk_pieces", "zstd_bound"]
+
+MessageT = TypeVar("MessageT", bound=Message)
 
 #: Threads reading and decompressing chunks ahead of the consumer (see ChunkReader.plan).
 READ_AHEAD_WORKERS = 2
@@ -82,16 +84,7 @@ def decode_records_cost(path: str, kind: Kind, payloads: Sequence[memoryview]) -
         return cls
 
     cost = bounds.check_decode_cost(path, ((cls_of(i).DESCRIPTOR, p) for i, p in enumerate(payloads)))
-    out: list[Message] = []
-    for index, payload in enumerate(payloads):
-        cls = cls_of(index)
-        message = cls()
-        try:
-            message.ParseFromString(payload)
-        except DecodeError as exc:
-            raise CorruptImage(path, f"record {index} does not decode as {cls.__name__}: {exc}") from None
-        out.append(message)
-    return out, cost
+    return [_parse(path, index, cls_of(index), payload) for index, payload in enumerate(payloads)], cost
 
 
 def decode_records(path: str, kind: Kind, payloads: Sequence[memoryview]) -> list[Message]:
@@ -298,34 +291,70 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: decompressed to a different size than the {out.nbytes} bytes recorded")
 
 
-def _pagemap_from(path: str, messages: list[Message]) -> Pagemap:
-    """The Pagemap record of decoded pagemap messages (head first); its columns are compact arrays."""
-    head = cast(pagemap_pb2.PagemapHead, messages[0])
+#: The columns of a PageRangeTable: (field, field number, array type code).
+_COLUMNS = (("vaddr", 1, "Q"), ("nr_pages", 2, "Q"), ("state", 3, "B"), ("data_offset", 4, "Q"))
+
+
+def decode_pagemap(path: str, payloads: Sequence[memoryview]) -> tuple[Pagemap, pagemap_pb2.PagemapHead, bounds.Cost]:
+    """The Pagemap of a pagemap file's records, its head (without the range table) and what decoding cost.
+
+    The range table (format 2) is decoded one column at a time, straight into a
+    compact array: the decoder's copy of all four columns at once was as large
+    again as the arrays (~50 MB for a million ranges).
+    """
+    if not payloads:
+        raise CorruptImage(path, "no PagemapHead record: the file holds no records")
+    descs = (pagemap_pb2.PagemapHead.DESCRIPTOR, pagemap_pb2.PageRange.DESCRIPTOR)
+    cost = bounds.check_decode_cost(path, ((descs[bool(i)], p) for i, p in enumerate(payloads)))
+    try:
+        rest, _, tables = bounds.split_field(payloads[0], pagemap_pb2.PagemapHead.RANGES_FIELD_NUMBER)
+    except ValueError:
+        raise CorruptImage(path, "record 0 does not decode as PagemapHead (malformed protobuf)") from None
+    head = _parse(path, 0, pagemap_pb2.PagemapHead, rest)
     codecs = {int(c): c for c in Codec}
     for i, c in enumerate(head.chunks):
         if c.codec not in codecs:
-            raise CorruptImage(path, f"chunk {i}: unknown codec {c.codec}")
+            raise CorruptImage(path, f"chunk {i}: PageChunk.codec holds unknown value {c.codec} (written by a newer ckpt?)")
     chunks = ChunkTable((c.offset, c.length, c.data_offset, c.raw_length, codecs[c.codec], c.crc32) for c in head.chunks)
     valid = {int(s) for s in PageState}
-    if head.HasField("ranges"):  # format 2: one table
-        if len(messages) > 1:
-            raise CorruptImage(path, f"holds a range table and {len(messages) - 1} PageRange records")
-        t = head.ranges
-        lengths = [len(t.vaddr), len(t.nr_pages), len(t.state), len(t.data_offset)]
+    if tables:  # format 2: one table (several occurrences merge, as in any protobuf reader)
+        if len(payloads) > 1:
+            raise CorruptImage(path, f"holds a range table and {len(payloads) - 1} PageRange records")
+        columns = []
+        for name, number, code in _COLUMNS:
+            part = pagemap_pb2.PageRangeTable()
+            try:
+                part.ParseFromString(b"".join(bounds.split_field(t, number)[1] for t in tables))
+            except (DecodeError, ValueError):
+                raise CorruptImage(path, "record 0 does not decode as PagemapHead (range table)") from None
+            values = getattr(part, name)
+            if name == "state" and not valid.issuperset(values):
+                i = next(i for i, st in enumerate(values) if st not in valid)
+                raise CorruptImage(path, f"range {i}: PageRange.state holds unknown value {values[i]} "
+                                         "(written by a newer ckpt?)")
+            columns.append(array.array(code, values))
+            del values, part
+        lengths = [len(c) for c in columns]
         if len(set(lengths)) != 1:
             raise CorruptImage(path, "range table columns differ in length: " + "/".join(map(str, lengths)))
-        if not valid.issuperset(t.state):
-            i = next(i for i, st in enumerate(t.state) if st not in valid)
-            raise CorruptImage(path, f"range {i}: invalid state {t.state[i]}")
-        return Pagemap(head.owner, head.pages_file, head.page_size, head.chunk_size, chunks, array.array("Q", t.vaddr),
-                       array.array("Q", t.nr_pages), array.array("B", t.state), array.array("Q", t.data_offset))
+        return Pagemap(head.owner, head.pages_file, head.page_size, head.chunk_size, chunks, *columns), head, cost
     ranges = []
-    for i, m in enumerate(messages[1:]):  # format 1: a record per range
-        r = cast(pagemap_pb2.PageRange, m)
+    for i, payload in enumerate(payloads[1:], 1):  # format 1: a record per range
+        r = _parse(path, i, pagemap_pb2.PageRange, payload)
         if r.state not in valid:
-            raise CorruptImage(path, f"record {i + 1}: page range with invalid state {r.state}")
+            raise CorruptImage(path, f"record {i}: PageRange.state holds unknown value {r.state} (written by a newer ckpt?)")
         ranges.append(PageRange(r.vaddr, r.nr_pages, PageState(r.state), r.data_offset))
-    return Pagemap.from_ranges(head.owner, head.pages_file, head.page_size, head.chunk_size, chunks, ranges)
+    pm = Pagemap.from_ranges(head.owner, head.pages_file, head.page_size, head.chunk_size, chunks, ranges)
+    return pm, head, cost
+
+
+def _parse(path: str, index: int, cls: type[MessageT], payload: bytes | memoryview) -> MessageT:
+    message = cls()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as exc:
+        raise CorruptImage(path, f"record {index} does not decode as {cls.__name__}: {exc}") from None
+    return message
 
 
 def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]) -> Iterator[tuple[int, memoryview]]:
@@ -501,10 +530,15 @@ class Image:
     @staticmethod
     def decode_file(path: str, kind: Kind, digest: FileDigest) -> tuple[list[Message], bounds.Cost]:
         """Read one record file of the recorded size, check header and SHA-256, decode it with its cost."""
+        return decode_records_cost(path, kind, Image.payloads(path, kind, digest))
+
+    @staticmethod
+    def payloads(path: str, kind: Kind, digest: FileDigest) -> framing.RecordViews:
+        """The records of one file of the recorded size, its header, end marker and SHA-256 checked."""
         data = read_file(path, digest.size, kind=kind)
         if hashlib.sha256(data).digest() != digest.sha256:
             raise CorruptImage(path, "SHA-256 does not match inventory.img: the file was altered")
-        return decode_records_cost(path, kind, framing.split_records(path, data))
+        return framing.split_records(path, data)
 
     def process(self, pid: int) -> process_pb2.ProcessEntry:
         return cast(process_pb2.ProcessEntry, self.records(kinds.PROCESS.file_name(pid))[0])
@@ -536,7 +570,10 @@ class Image:
         last = self._last_pagemap
         if last is not None and last[0] == name:
             return last[1]
-        pm = _pagemap_from(self.file_path(name), self.records(name))
+        path, digest = self.file_path(name), self.files.get(name)
+        if digest is None:
+            raise CorruptImage(path, "not in this image (inventory.img does not list it)")
+        pm = decode_pagemap(path, self.payloads(path, kinds.PAGEMAP, digest))[0]
         self._last_pagemap = (name, pm)
         return pm
 

@@ -58,7 +58,7 @@ from ckpt.image import bounds, framing, kinds
 from ckpt.image.chain import walk_chain
 from ckpt.image.kinds import Kind, Scope
 from ckpt.image.pb import core_pb2, digests_pb2, files_pb2, mm_pb2, pagemap_pb2, process_pb2
-from ckpt.image.reader import ChunkReader, Image, _pagemap_from, zstd_bound
+from ckpt.image.reader import ChunkReader, Image, decode_pagemap, zstd_bound
 from ckpt.image.records import Codec, FileDigest, ImageKind, Pagemap, PageState
 from ckpt.kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
 
@@ -280,6 +280,7 @@ class _ImageCheck:
         self.file_ids: set[int] | None = None
         self.fd_refs: dict[str, list[tuple[int, int]]] = {}  # fds file -> (fd, file id)
         self.cost = 0
+        self._decoded: Pagemap | None = None  # the pagemap _read decoded last
 
     def add(self, path: str, problem: str, category: str = "corrupt") -> None:
         self.tally.add(path, problem, category)
@@ -375,11 +376,11 @@ class _ImageCheck:
             return kind is not kinds.PAGEMAP
         if not kind.is_records:
             return True
-        for index, message in enumerate(messages):
-            bad = _unknown_enum(message)
-            if bad:
-                self.add(path, f"record {index} ({type(message).__name__}): {bad}")
-                return kind is not kinds.PAGEMAP
+        bad = next((f"record {i} ({type(m).__name__}): {b}" for i, m in enumerate(messages) if (b := _unknown_enum(m))),
+                   None)
+        if bad:
+            self.add(path, bad)
+            return kind is not kinds.PAGEMAP
         check = _KIND_CHECKS.get(kind.name)
         if check is None:
             return True
@@ -388,6 +389,11 @@ class _ImageCheck:
     def _read(self, path: str, kind: Kind, digest: FileDigest) -> list[Message] | None:
         """Header, size, SHA-256 and (for record files) bounded decoding; None on failure."""
         try:
+            if kind is kinds.PAGEMAP:  # decoded column by column (decode_pagemap)
+                pm, head, cost = decode_pagemap(path, Image.payloads(path, kind, digest))
+                self.cost += cost.bytes
+                self._decoded = pm
+                return [head]
             if kind.is_records:
                 messages, cost = Image.decode_file(path, kind, digest)
                 self.cost += cost.bytes
@@ -494,20 +500,16 @@ class _ImageCheck:
     # -- pagemaps -------------------------------------------------------------------------------
 
     def _pagemap(self, path: str, owner: str, messages: list[Message]) -> bool:
-        """Check one pagemap (and its chunks); False when it cannot be read at all."""
-        try:
-            pm = _pagemap_from(path, messages)
-        except ImageError as exc:
-            self.tally.error(exc)
-            return False
+        """Check one pagemap (decoded by :meth:`_read`) and its chunks; False when it cannot be read at all."""
+        pm, self._decoded = self._decoded, None
         head = messages[0]
-        assert isinstance(head, pagemap_pb2.PagemapHead)
+        assert isinstance(head, pagemap_pb2.PagemapHead) and pm is not None
+        recorded = (head.pages_here, head.pages_parent, head.pages_zero)
         before = len(self.tally.problems)
         if not self._pagemap_head(path, owner, pm):
             return False
         stream = self._ranges(path, owner, pm)
         counts = (pm.count(PageState.HERE), pm.count(PageState.PARENT), pm.count(PageState.ZERO))
-        recorded = (head.pages_here, head.pages_parent, head.pages_zero)
         if counts != recorded:
             self.add(path, "page totals in the head (here/parent/zero %d/%d/%d) differ from the ranges (%d/%d/%d)"
                            % (*recorded, *counts))

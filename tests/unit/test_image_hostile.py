@@ -191,3 +191,32 @@ def _is_sleep(pid: int) -> bool:
         return Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
     except OSError:
         return False
+
+
+def test_a_valid_image_of_a_million_ranges_stays_within_100_mb(tmp_path: Path) -> None:
+    """At the bound (~1 M ranges in one pagemap) the commands still fit in 100 MB (show streams its output)."""
+    from ckpt.image.pb import mm_pb2
+
+    d = tmp_path / "img"
+    corpus.write_base(d)
+    n, base = 1_000_000, 0x100000000
+    corpus.edit_records(d, f"mm-{corpus.PID}.img", lambda m: m.insert(4, mm_pb2.Vma(  # after the guard VMA
+        start=base, end=base + 2 * n * 4096, prot=3, flags=0x22, kind=mm_pb2.Vma.ANON_PRIVATE)))
+
+    def zero_pages(messages: list) -> None:  # a ZERO page every other page of the new VMA
+        t = messages[0].ranges
+        stop = t.vaddr.pop()  # keep the stack's range last: sorted
+        rest = [t.nr_pages.pop(), t.state.pop(), t.data_offset.pop()]
+        t.vaddr.extend(range(base, base + 2 * n * 4096, 2 * 4096))
+        t.nr_pages.extend([1] * n)
+        t.state.extend([3] * n)
+        t.data_offset.extend([0] * n)
+        t.vaddr.append(stop)
+        t.nr_pages.append(rest[0]), t.state.append(rest[1]), t.data_offset.append(rest[2])
+        messages[0].pages_zero += n
+
+    corpus.edit_records(d, f"pagemap-{corpus.PID}.img", zero_pages)
+    for command, argv in _commands(d).items():
+        code, stderr, peak = run_ckpt(*argv)
+        assert code == (1 if command == "restore" else 0), (command, stderr)  # restore: the exe is not there
+        assert peak < RSS_LIMIT, f"ckpt {command}: peak RSS {peak >> 20} MiB"
