@@ -28,9 +28,11 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from typing import TypeVar, overload
 
 from ckpt.errors import CorruptImage
+
+T = TypeVar("T")
 
 __all__ = [
     "FILE_MAGIC",
@@ -47,6 +49,7 @@ __all__ = [
     "encode_file",
     "split_records",
     "RecordViews",
+    "MadeOnAccess",
     "MAX_RECORDS",
     "open_image_file",
     "require_regular",
@@ -160,7 +163,32 @@ def _walk(data: memoryview) -> Iterator[tuple[int, int]]:
     yield pos, -2  # ran off the end
 
 
-class RecordViews(Sequence[memoryview]):
+class MadeOnAccess(Sequence[T]):
+    """A sequence kept in compact form whose items are made when they are asked for.
+
+    Subclasses give ``__len__`` and ``_make(index)`` (index already checked);
+    a slice is a list of made items.
+    """
+
+    def _make(self, index: int) -> T:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._make(index)
+
+
+class RecordViews(MadeOnAccess[memoryview]):
     """The record payloads of a file, as views made on access (a view object per record up front
     cost ~0.2 KiB each, which a file of a million empty records would turn into 200 MB)."""
 
@@ -171,18 +199,7 @@ class RecordViews(Sequence[memoryview]):
     def __len__(self) -> int:
         return len(self._bounds) // 2
 
-    @overload
-    def __getitem__(self, index: int) -> memoryview: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[memoryview]: ...
-
-    def __getitem__(self, index: int | slice) -> memoryview | list[memoryview]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _make(self, index: int) -> memoryview:
         return self._view[self._bounds[2 * index] : self._bounds[2 * index + 1]]
 
 

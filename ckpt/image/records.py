@@ -14,8 +14,8 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import overload
 
+from ckpt.image.framing import MadeOnAccess
 from ckpt.image.pb import inventory_pb2, pagemap_pb2
 
 __all__ = [
@@ -154,7 +154,7 @@ class PageChunk:
     crc32: int
 
 
-class ChunkTable(Sequence[PageChunk]):
+class ChunkTable(MadeOnAccess[PageChunk]):
     """A pagemap's chunk table as columns (~37 bytes a chunk); each :class:`PageChunk` is made on access.
 
     A table of a few hundred thousand chunks (a TiB of pages, or a forged
@@ -173,18 +173,7 @@ class ChunkTable(Sequence[PageChunk]):
     def __len__(self) -> int:
         return len(self._codec)
 
-    @overload
-    def __getitem__(self, index: int) -> PageChunk: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PageChunk]: ...
-
-    def __getitem__(self, index: int | slice) -> PageChunk | list[PageChunk]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def _make(self, index: int) -> PageChunk:
         q = self._q
         return PageChunk(q[4 * index], q[4 * index + 1], q[4 * index + 2], q[4 * index + 3],
                          Codec(self._codec[index]), self._crc[index])
