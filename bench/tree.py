@@ -353,7 +353,7 @@ def _dump_restore_chain(tree: Tree, scratch: Path, runs: int) -> Chain:
             chain.image_bytes = _image_bytes(image)
             chain.reap_waits.append(tree.wait_free())
             chain.restores.append(_ckpt(scratch, "restore", "-D", str(image), "-d"))
-            tree.restored(chain.restores[-1].stats["processes"])
+            tree.restored(chain.restores[-1].stats["pids"])
         finally:
             shutil.rmtree(image, ignore_errors=True)
     return chain

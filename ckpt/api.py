@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .features import Features, probe_features
-from .track.watch import WatchRange, WatchSample, track_start, track_stop, tracking_state_path, watch
-
+from .image.dirs import check_dir_to_read, check_dir_to_write
+from .image.store import check_compress_level, check_final
+from .outfile import OutputFile
+from .procfs.status import read_status
 from .progress import ProgressEvent
+from .track import watch as _watch
+from .track.watch import WatchRange, WatchSample, tracking_state_path
 
 if TYPE_CHECKING:
     from .dump import DumpStats, RestoreStats
     from .image.verify import Report
+    from .track.base import TrackingState
 
 __all__ = ["ProgressEvent", "check", "show", "verify", "dump", "restore", "wait_restored", "resolve_inherit_fds", "DumpStats", "RestoreStats",
-           "WatchRange", "WatchSample", "watch", "track_start", "track_stop", "tracking_state_path"]
+           "WatchRange", "WatchSample", "watch", "track_start", "track_stop", "tracking_state_path", "check_process",
+           "image_or_store"]
 
 
 def check() -> Features:
@@ -30,25 +36,56 @@ def check() -> Features:
     return probe_features()
 
 
+def check_process(pid: int) -> None:
+    """Refuse a ``-t`` that names a thread rather than a process (a thread-group leader).
+
+    /proc answers for every tid, so a thread's would otherwise be taken for a
+    process and come back from a restore with that tid as its pid.
+    """
+    tgid = read_status(pid).tgid
+    if tgid != pid:
+        raise UsageError(f"{pid} is a thread of process {tgid}, not a process",
+                         hint=f"use -t {tgid}: ckpt takes a whole process (all its threads) and its descendants")
+
+
+def image_or_store(path: str | os.PathLike[str]) -> str:
+    """``path`` itself, or the newest checkpoint when it is a numbered store; both checked for reading.
+
+    (ckpt.image.dirs: refused when another user could have changed them.)
+    """
+    from .image import kinds
+    from .incremental import store_latest
+
+    check_dir_to_read(path)
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, kinds.INVENTORY.template)):
+        return path
+    latest = store_latest(path)
+    if latest is None:
+        return path  # the reader says what is wrong with it
+    check_dir_to_read(latest)
+    return latest
+
+
 def show(image_dir: str | os.PathLike[str], *, as_json: bool = False) -> str:
-    """Decode every file of an image directory to text (or JSON), like ``crit show``."""
+    """Decode every file of an image directory (or a store's newest) to text (or JSON), like ``crit show``."""
     from .image.show import show as _show
 
-    return _show(image_dir, as_json=as_json)
+    return _show(image_or_store(image_dir), as_json=as_json)
 
 
 def show_stream(image_dir: str | os.PathLike[str], *, as_json: bool = False) -> Iterator[str]:
     """:func:`show`'s output piece by piece (then a newline), in bounded memory whatever the image holds."""
     from .image.show import iter_show
 
-    return iter_show(image_dir, as_json=as_json)
+    return iter_show(image_or_store(image_dir), as_json=as_json)
 
 
 def verify(image_dir: str | os.PathLike[str]) -> "Report":
-    """Check every file of an image and its whole parent chain; the report lists every problem."""
+    """Check every file of an image (or a store's newest) and its whole parent chain; the report lists every problem."""
     from .image.verify import verify as _verify
 
-    return _verify(image_dir)
+    return _verify(image_or_store(image_dir))
 
 
 def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = False, leave_stopped: bool = False,
@@ -73,6 +110,9 @@ def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = F
     """
     from .dump import dump as _dump
 
+    check_process(pid)
+    check_compress_level(compress_level)
+    check_final(image_dir)
     return _dump(pid, image_dir, leave_running=leave_running, leave_stopped=leave_stopped,
                  compress_level=compress_level, shell_job=shell_job, tcp_close=tcp_close, progress=progress,
                  deleted_max=deleted_max, ext_unix_close=ext_unix_close, tcp_established=tcp_established)
@@ -82,7 +122,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
             pidfile: str | os.PathLike[str] | None = None, shell_job: bool = False,
             inherit_fds: Mapping[int, int] | Sequence[str] = (),
             progress: "Callable[[ProgressEvent], None] | None" = None,
-            allow_changed_files: bool = False) -> "RestoreStats":
+            allow_changed_files: bool = False, cpu_cap: str | Iterable[str] | None = None) -> "RestoreStats":
     """Recreate the process saved in ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the caller is its parent and should :func:`wait_restored`.
@@ -92,13 +132,26 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
     ``progress`` receives :class:`ckpt.progress.ProgressEvent`s while memory is filled.
     ``allow_changed_files``: reopen a file that changed since the dump, with a
     note, instead of refusing (mapped files are still checked).
+    ``cpu_cap``: which CPU checks to make, as ``--cpu-cap`` spells them
+    ("fpu,ins", the default; "none" skips them, unsafely) or a set of them.
+    ``pidfile`` is checked before anything is created and written whole (renamed into place).
+    An image directory another user could have changed is refused (ckpt.image.dirs).
     """
+    from .resources.cpu import parse_cpu_cap
     from .restore import restore as _restore
 
-    image_dir = resolve_image_dir(image_dir)  # a numbered store: its newest checkpoint
-    mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(image_dir, inherit_fds)
-    return _restore(image_dir, detached=detached, pidfile=pidfile, shell_job=shell_job, inherit_fds=mapping,
-                    progress=progress, allow_changed_files=allow_changed_files)
+    out = OutputFile.checked(pidfile, "--pidfile")
+    caps = parse_cpu_cap(cpu_cap)  # a bad value is refused before anything is read
+    check_dir_to_read(image_dir)
+    resolved = resolve_image_dir(image_dir)  # a numbered store: its newest checkpoint
+    if resolved != os.fspath(image_dir):
+        check_dir_to_read(resolved)
+    mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(resolved, inherit_fds)
+    stats = _restore(resolved, detached=detached, shell_job=shell_job, inherit_fds=mapping,
+                     progress=progress, allow_changed_files=allow_changed_files, cpu_cap=caps)
+    if out is not None:
+        out.write(f"{stats.pid}\n")
+    return stats
 
 
 _INHERIT_RE = re.compile(r"fd\[(\d+)\]:(.+)")
@@ -177,14 +230,16 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: st
     A range matching no mapping, or a selection leaving nothing to copy, is a
     :class:`UsageError` raised before the target is touched.
     """
-    from .incremental import check_ranges, pre_dump as _pre_dump, store_next
+    from .incremental import check_ranges, pre_dump as _pre_dump
 
+    check_process(pid)
+    check_compress_level(compress_level)
     if incremental:
         if prev_images_dir is not None:
             raise UsageError("--incremental picks the parent itself; leave out --prev-images-dir")
         if ranges is not None or exclude is not None:
             check_ranges(pid, ranges, exclude)  # bad input creates no store either
-        image_dir, prev_images_dir = store_next(image_dir)
+    image_dir, prev_images_dir = _where_to_write(image_dir, prev_images_dir, incremental)
     return _pre_dump(pid, image_dir, parent=_parent_dir(image_dir, prev_images_dir), method=track,
                      compress_level=compress_level, ranges=ranges, exclude=exclude)
 
@@ -192,7 +247,8 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: st
 def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: str | os.PathLike[str] | None = None,
                track_mem: bool = False, track: str | None = None, incremental: bool = False,
                leave_running: bool = False, compress_level: int | None = 1, shell_job: bool = False,
-               tcp_close: bool = False, ext_unix_close: bool = False, tcp_established: bool = False) -> "DumpStats":
+               tcp_close: bool = False, ext_unix_close: bool = False, tcp_established: bool = False,
+               deleted_max: int | None = None) -> "DumpStats":
     """The final, frozen, complete checkpoint as a delta of ``prev_images_dir`` (an INCREMENTAL image).
 
     Tracking is taken over with the address ranges the parent recorded; every
@@ -203,30 +259,64 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
     running): then it stays parked and the image records it, for the next
     delta.  ``incremental``: ``image_dir`` is a numbered store (first call: a
     FULL image); it implies ``track_mem`` when the target is left running.
+    The other options are :func:`dump`'s.
     """
     from .dump import dump as _dump
-    from .incremental import store_next
 
+    check_process(pid)
+    check_compress_level(compress_level)
     if incremental:
         if prev_images_dir is not None:
             raise UsageError("--incremental picks the parent itself; leave out --prev-images-dir")
-        image_dir, prev_images_dir = store_next(image_dir)
         track_mem = track_mem or leave_running
+    image_dir, prev_images_dir = _where_to_write(image_dir, prev_images_dir, incremental)
     return _dump(pid, image_dir, leave_running=leave_running, compress_level=compress_level, shell_job=shell_job,
                  tcp_close=tcp_close, parent=_parent_dir(image_dir, prev_images_dir), track_mem=track_mem,
-                 track_method=track, ext_unix_close=ext_unix_close, tcp_established=tcp_established)
+                 track_method=track, ext_unix_close=ext_unix_close, tcp_established=tcp_established,
+                 deleted_max=deleted_max)
+
+
+def _where_to_write(image_dir: str | os.PathLike[str], prev_images_dir: str | os.PathLike[str] | None,
+                    incremental: bool) -> tuple[str | os.PathLike[str], str | os.PathLike[str] | None]:
+    """(the image directory to create, its parent): checked, before the target is touched, for a place
+    commit can use and no other user can change; ``incremental``: the next of the store ``image_dir``."""
+    from .incremental import store_next
+
+    if incremental:
+        check_dir_to_write(image_dir)  # before store_next makes the store
+        image_dir, prev_images_dir = store_next(image_dir)
+    check_final(image_dir)
+    return image_dir, prev_images_dir
 
 
 def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
           compress_level: int | None = 1) -> "MergeStats":
     """Squash the chain ending at ``image_dir`` (or a store's newest) into one standalone image ``out_dir``."""
     from .chain_ops import merge as _merge
-    from .incremental import store_latest
 
-    src = os.fspath(image_dir)
-    if not os.path.exists(os.path.join(src, "inventory.img")):
-        src = store_latest(src) or src
+    check_compress_level(compress_level)
+    src = image_or_store(image_dir)
+    check_final(out_dir)
     return _merge(src, out_dir, compress_level=compress_level)
+
+
+def watch(pid: int, **kwargs: object) -> "Iterator[WatchSample]":
+    """:func:`ckpt.track.watch.watch` of a process (``pid`` must not name a thread)."""
+    check_process(pid)
+    return _watch.watch(pid, **kwargs)  # type: ignore[arg-type]
+
+
+def track_start(pid: int, **kwargs: object) -> "TrackingState":
+    """:func:`ckpt.track.watch.track_start` of a process (``pid`` must not name a thread)."""
+    check_process(pid)
+    return _watch.track_start(pid, **kwargs)  # type: ignore[arg-type]
+
+
+def track_stop(pid: int, *, fd: int | None = None) -> str:
+    """:func:`ckpt.track.watch.track_stop` of a process (``pid`` must not name a thread; a gone one is tidied)."""
+    if os.path.exists(f"/proc/{pid}"):
+        check_process(pid)
+    return _watch.track_stop(pid, fd=fd)
 
 
 def resolve_image_dir(image_dir: str | os.PathLike[str]) -> str:
@@ -263,6 +353,7 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
     """
     from .migrate.source import migrate as _migrate
 
+    check_process(pid)
     return _migrate(pid, to[0], to[1], token, max_downtime=max_downtime_ms / 1e3, max_iterations=max_iterations,
                     bandwidth_limit=bandwidth_limit_mb_s * 1e6 if bandwidth_limit_mb_s else None,
                     dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, timeout=timeout, tcp_close=tcp_close,
@@ -272,16 +363,21 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
 
 def receive(listen: tuple[str, int], image_dir: str | os.PathLike[str], token: str | bytes, *, once: bool = True,
             on_event: Callable[[str], None] | None = None,
-            on_listening: "Callable[[tuple[str, int]], None] | None" = None) -> "list[ReceiveResult]":
+            on_listening: "Callable[[tuple[str, int]], None] | None" = None,
+            cpu_cap: str | Iterable[str] | None = None) -> "list[ReceiveResult]":
     """Accept migrations on ``listen`` = (host, port), keep their images under ``image_dir`` and restore them.
 
     ``once``: return after one migration (else serve until interrupted).
     ``on_listening((host, port))`` is called once the socket listens (port 0 picks one).
+    ``cpu_cap``: the CPU checks of the restores, as for :func:`restore`; a source
+    whose CPU fails them is refused at the handshake.
     """
     from .migrate.dest import serve
+    from .resources.cpu import parse_cpu_cap
 
+    check_dir_to_write(image_dir)
     return serve(listen[0], listen[1], os.fspath(image_dir), token, once=once, on_event=on_event,
-                 on_listening=on_listening)
+                 on_listening=on_listening, cpu_cap=parse_cpu_cap(cpu_cap))
 
 
 if TYPE_CHECKING:

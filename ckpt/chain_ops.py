@@ -60,7 +60,8 @@ def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
         raise UsageError("merge: the output directory must differ from the image")
     kind = ImageKind.PRE_DUMP if newest.kind is ImageKind.PRE_DUMP else ImageKind.FULL
     stored = zero = 0
-    with ImageWriter(out_dir, kind=kind, compress_level=compress_level) as w:
+    cpu = newest.inventory.cpu if newest.inventory.HasField("cpu") else None  # where the process ran, not here
+    with ImageWriter(out_dir, kind=kind, compress_level=compress_level, cpu=cpu) as w:
         for name in sorted(newest.files):
             found = kinds.kind_of_file(name)
             if found is None or found[0] in _REBUILT:

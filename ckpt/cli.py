@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
+import re
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
 from typing import NoReturn
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_USAGE, CkptError, UsageError
-from .progress import progress_for
+from .errors import EXIT_FAILURE, EXIT_USAGE, CkptError, UsageError, describe_oserror
+from .outfile import OutputFile
+from .progress import ProgressEvent, progress_for
 
 __all__ = ["main", "build_parser"]
 
 EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("ckpt")
+
+#: CRIU's verbosity levels (-v0 … -v4) as logging levels; 2, warnings, is the default.
+_LEVELS = {0: logging.CRITICAL + 10, 1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: logging.DEBUG}
+_DEFAULT_VERBOSITY = 2
+_VERBOSITY = re.compile(r"-(v+)(\d*)|--verbosity(?:=(\d+))?")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,10 +59,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.can_dump_restore else EXIT_FAILURE
 
 
+def _image_arg(args: argparse.Namespace) -> str:
+    """``show``/``verify``: the image as ``-D DIR`` (as restore and merge take it) or as the plain DIR."""
+    if args.dir and args.images_dir and args.dir != args.images_dir:
+        raise UsageError(f"two images given: -D {args.images_dir} and {args.dir}")
+    where = args.images_dir or args.dir
+    if not where:
+        raise UsageError("the image directory (or store) is missing: give -D DIR")
+    return where
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from . import api
 
-    for piece in api.show_stream(args.dir, as_json=args.json):  # written as made: a pagemap may list 1 M ranges
+    for piece in api.show_stream(_image_arg(args), as_json=args.json):  # written as made: a pagemap may list 1 M ranges
         sys.stdout.write(piece)
     return 0
 
@@ -57,7 +80,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from . import api
 
-    report = api.verify(args.dir)
+    report = api.verify(_image_arg(args))
     if report.ok:
         print(report.summary())
         return 0
@@ -68,7 +91,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _warn_notes(notes: Sequence[str]) -> None:
     for note in notes:
-        print(f"ckpt: warning: {note}", file=sys.stderr)
+        log.warning("%s", note)
 
 
 def _peak_rss_bytes() -> int:
@@ -81,13 +104,59 @@ def _peak_rss_bytes() -> int:
     return 0
 
 
-def _write_json_stats(path: str | None, stats: object) -> None:
-    if path:
-        from dataclasses import asdict
+def _finite(value: object) -> object:
+    """JSON has no Infinity or NaN: an unknown (infinite) figure becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
-        with open(path, "w") as f:
-            json.dump({**asdict(stats), "peak_rss_bytes": _peak_rss_bytes()}, f, indent=2)  # type: ignore[call-overload]
-            f.write("\n")
+
+def stats_json(stats: object, *, indent: int | None = 2) -> str:
+    """A command's ``--json-stats``: strict JSON, one shape per field across commands.
+
+    ``processes`` is a count everywhere (a restore's pids are ``pids``), an
+    unknown figure (an infinite predicted downtime) is null, and every command
+    adds its own ``peak_rss_bytes``.
+    """
+    data = asdict(stats) if is_dataclass(stats) and not isinstance(stats, type) else dict(stats)  # type: ignore[call-overload]
+    if isinstance(data.get("processes"), (list, tuple)):
+        data["pids"] = list(data["processes"])
+        data["processes"] = len(data["pids"])
+    data["peak_rss_bytes"] = _peak_rss_bytes()
+    return json.dumps(_finite(data), indent=indent, allow_nan=False) + "\n"
+
+
+def _json_stats_file(args: argparse.Namespace) -> OutputFile | None:
+    """The ``--json-stats`` file, checked now: before the target is touched."""
+    return OutputFile.checked(getattr(args, "json_stats", None), "--json-stats")
+
+
+def _write_json_stats(out: OutputFile | None, stats: object) -> None:
+    log.debug("result: %s", stats_json(stats, indent=None).strip())
+    if out is not None:
+        out.write(stats_json(stats))
+
+
+def _logged(progress: Callable[[ProgressEvent], None] | None) -> Callable[[ProgressEvent], None] | None:
+    """``progress`` (the terminal bar, or None) that also logs each phase (-v3) and byte count (-v4)."""
+    if not log.isEnabledFor(logging.INFO):
+        return progress
+    last = [""]
+
+    def step(ev: ProgressEvent) -> None:
+        if ev.phase != last[0]:
+            log.info("phase: %s", ev.phase)
+            last[0] = ev.phase
+        elif ev.done_bytes:
+            log.debug("phase: %s, %d bytes", ev.phase, ev.done_bytes)
+        if progress is not None:
+            progress(ev)
+
+    return step
 
 
 def _size(text: str) -> int:
@@ -108,6 +177,7 @@ def _cmd_dump(args: argparse.Namespace) -> int:
     from . import api
 
     level = None if args.no_compress else args.compress
+    stats_out = _json_stats_file(args)
     if args.prev_images_dir or args.track_mem or args.incremental or args.track:
         if args.leave_stopped:
             raise UsageError("-s with --prev-images-dir/--track-mem/--incremental is not supported yet")
@@ -115,64 +185,93 @@ def _cmd_dump(args: argparse.Namespace) -> int:
                                track_mem=args.track_mem, track=args.track, incremental=args.incremental,
                                leave_running=args.leave_running, compress_level=level, shell_job=args.shell_job,
                                tcp_close=args.tcp_close, ext_unix_close=args.ext_unix_close,
-                               tcp_established=args.tcp_established)
+                               tcp_established=args.tcp_established, deleted_max=args.deleted_max)
         _warn_notes(stats.notes)
-        _write_json_stats(args.json_stats, stats)
+        _write_json_stats(stats_out, stats)
         return 0
     bar = progress_for(sys.stderr, "dump: read")  # None unless stderr is a terminal
     try:
         stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running,
                          leave_stopped=args.leave_stopped, compress_level=level, shell_job=args.shell_job,
-                         tcp_close=args.tcp_close, progress=bar, deleted_max=args.deleted_max,
+                         tcp_close=args.tcp_close, progress=_logged(bar), deleted_max=args.deleted_max,
                          ext_unix_close=args.ext_unix_close, tcp_established=args.tcp_established)
     finally:
         if bar is not None:
             bar.close()
     _warn_notes(stats.notes)
-    _write_json_stats(args.json_stats, stats)
+    _write_json_stats(stats_out, stats)
     return 0
+
+
+def _cpu_cap(text: str) -> frozenset[str]:
+    """argparse type for ``--cpu-cap``: the checks it names (ckpt.resources.cpu.parse_cpu_cap)."""
+    from .resources.cpu import parse_cpu_cap
+
+    try:
+        return parse_cpu_cap(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message.removeprefix('--cpu-cap: ')} ({exc.hint})") from None
+
+
+def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
+                    help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
+                         "XCR0, xstate size), ins (instruction features), cpu (every feature bit equal), all (what "
+                         "--cpu-cap alone means), none (no check: unsafe, see the README). Default fpu,ins; "
+                         "^CAP removes one check from it")
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
+    stats_out = _json_stats_file(args)
     bar = progress_for(sys.stderr, "restore: write")
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
-                            shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=bar,
-                            allow_changed_files=args.allow_changed_files)
+                            shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=_logged(bar),
+                            allow_changed_files=args.allow_changed_files, cpu_cap=args.cpu_cap)
     finally:
         if bar is not None:
             bar.close()
     _warn_notes(stats.notes)
-    _write_json_stats(args.json_stats, stats)
+    _write_json_stats(stats_out, stats)
     if args.restore_detached:
         return 0
     # Like CRIU without -d: stay the parent and report how the process ended.
     return api.wait_restored(stats.pid)
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    """ADDR:PORT (an IPv6 address in brackets: [::1]:PORT)."""
+def _host_port(option: str, text: str, *, any_port: bool = False) -> tuple[str, int]:
+    """ADDR:PORT of ``option`` (an IPv6 address in brackets: [::1]:PORT); ``any_port`` allows port 0.
+
+    Checked in the command rather than by argparse, so a mistake is one line (no usage text).
+    """
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise argparse.ArgumentTypeError(f"not ADDR:PORT: {text!r}")
-    return host.strip("[]"), int(port)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise UsageError(f"{option} {text!r}: not ADDR:PORT (e.g. 127.0.0.1:7070, [::1]:7070)")
+    if not (0 if any_port else 1) <= int(port) <= 65535:
+        raise UsageError(f"{option} {text!r}: the port must be {0 if any_port else 1}-65535")
+    return host, int(port)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from . import api
     from .migrate.source import migrate
     from .migrate.wire import load_token
 
+    api.check_process(args.tree)
+    stats_out = _json_stats_file(args)
+    host, port = _host_port("--to", args.to)
     token = load_token(args.token_file)
-    host, port = args.to
     tty = sys.stderr.isatty()
 
     def on_round(r: object) -> None:
         line = (f"round {r.index}: {r.pages} pages, {r.bytes_sent / 1e6:.1f} MB sent in {r.seconds * 1e3:.0f} ms, "  # type: ignore[attr-defined]
                 f"dirty {r.dirty_rate_mb_s:.1f} MB/s, predicted downtime {r.predicted_downtime_ms:.0f} ms")  # type: ignore[attr-defined]
-        if tty or args.verbose:
+        if tty or args.verbose or args.verbosity >= 3:
             print(line, file=sys.stderr, flush=True)
+        log.debug("%s", line)
 
     stats = migrate(args.tree, host, port, token, max_downtime=args.max_downtime / 1e3,
                     max_iterations=args.max_iterations,
@@ -188,32 +287,36 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
               f"{stats.downtime_ms:.0f} ms (predicted {stats.predicted_downtime_ms:.0f}), {stats.iterations} rounds, "
               f"{stats.bytes_sent / 1e6:.1f} MB sent, total {stats.total_ms / 1e3:.2f} s")
     _warn_notes(stats.notes)
-    _write_json_stats(args.json_stats, stats)
+    _write_json_stats(stats_out, stats)
     return 0
 
 
 def _cmd_receive(args: argparse.Namespace) -> int:
-    from .migrate.dest import serve
+    from .image.dirs import check_dir_to_write
+    from .migrate.dest import open_listener, serve_on
     from .migrate.wire import load_token, save_token
 
-    os.makedirs(args.images_dir, mode=0o700, exist_ok=True)
-    if args.token_file:
-        token = load_token(args.token_file)
-    else:  # a fresh token for this run, in a file only we can read: copy it to the source
-        path = os.path.join(args.images_dir, f"migrate-{os.getpid()}.token")
-        token = save_token(path)
-        print(f"token written to {path}: give it to `ckpt migrate --token-file`", file=sys.stderr)
-    host, port = args.listen
+    host, port = _host_port("--listen", args.listen, any_port=True)
+    token = load_token(args.token_file) if args.token_file else None
+    stats_out = _json_stats_file(args)
+    check_dir_to_write(args.images_dir)
+    # Listening comes first: an address that cannot be used is refused before any file is written.
+    with open_listener(host, port) as listener:
+        os.makedirs(args.images_dir, mode=0o700, exist_ok=True)
+        if token is None:  # a fresh token for this run, in a file only we can read: copy it to the source
+            path = os.path.join(args.images_dir, f"migrate-{os.getpid()}.token")
+            token = save_token(path)
+            print(f"token written to {path}: give it to `ckpt migrate --token-file`", file=sys.stderr)
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+        def say(msg: str) -> None:
+            print(msg, file=sys.stderr, flush=True)
 
-    results = serve(host, port, args.images_dir, token, once=args.once, on_event=say,
-                    on_listening=lambda a: say(f"listening on {a[0]}:{a[1]}"))
+        where = listener.getsockname()
+        say(f"listening on {where[0]}:{where[1]}")
+        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap)
     last = results[-1] if results else None
-    if args.json_stats and last is not None:
-        with open(args.json_stats, "w") as f:
-            json.dump(last.as_dict(), f, indent=2)
+    if last is not None:
+        _write_json_stats(stats_out, last)
     return 0 if last is None or last.outcome in ("running", "dry run") else EXIT_FAILURE
 
 
@@ -235,11 +338,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     ranges = parse_ranges(args.ranges) if args.ranges else None
     exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
+    notes: list[str] = []
     samples = api.watch(args.tree, interval=args.interval, count=args.count, ranges=ranges, exclude=exclude,
-                        method=args.track)
+                        method=args.track, notes=notes)
     with contextlib.closing(samples):  # tracking leaves the target on every way out, Ctrl-C included
         try:
             for s in samples:
+                _warn_notes(notes)  # filled before the first sample
+                notes.clear()
                 if args.json:
                     print(json.dumps(s.as_dict()), flush=True)
                     continue
@@ -267,7 +373,9 @@ def _cmd_track(args: argparse.Namespace) -> int:
         return 0
     ranges = parse_ranges(args.ranges) if args.ranges else None
     exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges else ()
-    state = api.track_start(args.tree, method=args.track, ranges=ranges, exclude=exclude)
+    notes: list[str] = []
+    state = api.track_start(args.tree, method=args.track, ranges=ranges, exclude=exclude, notes=notes)
+    _warn_notes(notes)
     where = f"userfaultfd parked at fd {state.parked_fd}" if state.method == "uffd-wp" else state.digests_path
     print(f"tracking process {args.tree} with {state.method} ({where}); state in {api.tracking_state_path(args.tree)}")
     return 0
@@ -286,6 +394,7 @@ def _cmd_pre_dump(args: argparse.Namespace) -> int:
     from .track.base import RangeSpec, parse_ranges
 
     level = None if args.no_compress else args.compress
+    stats_out = _json_stats_file(args)
     # `is not None`: an empty --ranges "" is an error, not "no option"
     ranges = parse_ranges(args.ranges) if args.ranges is not None else None
     exclude = parse_ranges(args.exclude_ranges) if args.exclude_ranges is not None else None
@@ -297,7 +406,7 @@ def _cmd_pre_dump(args: argparse.Namespace) -> int:
     print(f"pre-dump {s.image_dir}: {'full' if s.full else 'delta'} [{s.method}]{where}, {s.pages_stored} pages copied, "
           f"{s.pages_parent} in parent, {s.pages_zero} zero; get+clear {s.collect_seconds * 1e3:.1f} ms, "
           f"copy {s.copy_seconds * 1e3:.1f} ms, target frozen {s.frozen_seconds * 1e3:.1f} ms")
-    _write_json_stats(args.json_stats, s)
+    _write_json_stats(stats_out, s)
     return 0
 
 
@@ -309,24 +418,44 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common_options(p: argparse.ArgumentParser, *, sub: bool, log_short: bool = True) -> None:
+    """Options every command takes, before or after its name (a subcommand's only override when given).
+
+    ``-v``/``-vN``/``--verbosity[=N]`` (CRIU's levels) are taken out of the
+    line before parsing (see :func:`_take_verbosity`); they are listed here for --help.
+    """
+    default = argparse.SUPPRESS if sub else None
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if sub else False,
+                   help="show a traceback on internal errors")
+    p.add_argument(*(("-o", "--log-file") if log_short else ("--log-file",)), dest="log_file", metavar="FILE",
+                   default=default, help="write a log of what ckpt does to FILE (mode 0600; everything unless -vN "
+                                         "says less), e.g. for a bug report")
+    p.add_argument("-v", dest="verbosity_help", action="store_true", default=argparse.SUPPRESS,
+                   help="-v, -vv, -vN (0-4), --verbosity=N: more output on stderr (CRIU's levels: 0 none, "
+                        "1 errors, 2 warnings (default), 3 info, 4 debug)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="ckpt",
         description="Incremental checkpoint/restore of Linux processes.",
     )
     p.add_argument("--version", action="version", version=f"ckpt {__version__}")
-    p.add_argument("--debug", action="store_true", help="show a traceback on internal errors")
+    _common_options(p, sub=False)
+    p.set_defaults(verbosity=_DEFAULT_VERBOSITY, verbosity_given=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, *,
+            log_short: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
+        _common_options(sp, sub=True, log_short=log_short)
         return sp
 
     sp = add("migrate", _cmd_migrate, "move a running process to a `ckpt receive` elsewhere, with pre-copy rounds")
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
-    sp.add_argument("--to", type=_host_port, required=True, metavar="ADDR:PORT", help="where `ckpt receive` listens")
+    sp.add_argument("--to", required=True, metavar="ADDR:PORT", help="where `ckpt receive` listens")
     sp.add_argument("--token-file", required=True, metavar="F", help="the shared token (both peers prove they know it)")
     sp.add_argument("--max-downtime", type=float, default=100.0, metavar="MS",
                     help="switch over once the predicted downtime fits (default 100 ms)")
@@ -347,26 +476,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--action-script", metavar="SCRIPT",
                     help="run SCRIPT with CKPT_SCRIPT_ACTION=post-migrate once the destination runs the process, "
                          "before the source ends it (e.g. to move a service address there)")
-    sp.add_argument("-v", "--verbose", action="store_true", help="a line per round even when not on a terminal")
+    sp.add_argument("--verbose", action="store_true", help="a line per round even when not on a terminal (as -v)")
+    sp.add_argument("-l", "--file-locks", action="store_true",
+                    help="accepted as CRIU spells it; a process holding a file lock is still refused")
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
 
     sp = add("receive", _cmd_receive, "accept migrations (`ckpt migrate`) and restore them here")
-    sp.add_argument("--listen", type=_host_port, default=("127.0.0.1", 7070), metavar="ADDR:PORT",
-                    help="where to listen (default 127.0.0.1:7070, loopback only)")
+    sp.add_argument("--listen", default="127.0.0.1:7070", metavar="ADDR:PORT",
+                    help="where to listen (default 127.0.0.1:7070, loopback only; port 0: any free one)")
     sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="where received images are kept")
     sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
-    sp.add_argument("--once", action="store_true", help="exit after one migration")
+    sp.add_argument("--once", action="store_true",
+                    help="exit after one migration (from a source that authenticated: strangers do not count)")
+    _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
 
     sp = add("check", _cmd_check, "probe every kernel facility ckpt relies on, by trying it")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sp = add("show", _cmd_show, "decode every file of an image directory (like crit show)")
-    sp.add_argument("dir", metavar="DIR", help="image directory")
+    sp.add_argument("dir", metavar="DIR", nargs="?", help="image directory, or a store (its newest image)")
+    sp.add_argument("-D", "--images-dir", metavar="DIR", help="the same, as restore and merge take it")
     sp.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     sp = add("verify", _cmd_verify, "check every file of an image and its whole parent chain")
-    sp.add_argument("dir", metavar="DIR", help="image directory")
+    sp.add_argument("dir", metavar="DIR", nargs="?", help="image directory, or a store (its newest image)")
+    sp.add_argument("-D", "--images-dir", metavar="DIR", help="the same, as restore and merge take it")
 
     sp = add("dump", _cmd_dump, "checkpoint a running process into an image directory")
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process to dump")
@@ -392,9 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ext-unix-close", action="store_true",
                     help="save unix sockets connected to a process outside the dumped tree as sockets whose peer "
                          "closed instead of refusing them (waiting connections from outside are dropped)")
-    sp.add_argument("--deleted-max", type=_size, default=None, metavar="SIZE",
+    sp.add_argument("--deleted-max", "--ghost-limit", type=_size, default=None, metavar="SIZE",
                     help="largest deleted-but-open file whose content is saved, in bytes or with K/M/G "
-                         "(default 64M); a bigger one makes the dump fail, naming it")
+                         "(default 64M); a bigger one makes the dump fail, naming it (--ghost-limit: CRIU's name)")
+    sp.add_argument("-l", "--file-locks", action="store_true",
+                    help="accepted as CRIU spells it; a process holding a file lock is still refused, naming it "
+                         "(ckpt cannot restore locks yet)")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("restore", _cmd_restore, "recreate a process from an image directory, with its pid")
@@ -410,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="give the restored process our fd N in place of RES, an fd that pointed outside "
                          "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "
                          "fd number in the image; may be repeated")
+    sp.add_argument("-l", "--file-locks", action="store_true",
+                    help="accepted as CRIU spells it (no image holds file locks: a dump refuses them)")
+    _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("watch", _cmd_watch, "print the pages a process writes per interval and its dirty rate (MB/s)")
@@ -450,31 +591,119 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
-    sp = add("merge", _cmd_merge, "squash an image chain (base + deltas) into one standalone image")
+    sp = add("merge", _cmd_merge, "squash an image chain (base + deltas) into one standalone image", log_short=False)
     sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="newest image of the chain (or a store)")
-    sp.add_argument("-o", "--output", required=True, metavar="OUT", help="image directory to create")
+    sp.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="image directory to create (here -o is the output, as before; the log is --log-file)")
 
     add("demo", _cmd_demo, "a short real session with a sample process (what `make demo` runs)")
 
     return p
 
 
+def _take_verbosity(argv: Sequence[str]) -> tuple[int | None, list[str]]:
+    """(the verbosity CRIU's way — ``-v`` and ``-vv`` add to the default 2, ``-vN`` and ``--verbosity=N``
+    set it, anywhere on the line — or None when not given, the rest of the line)."""
+    level: int | None = None
+    rest: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        m = _VERBOSITY.fullmatch(arg)
+        if m is None:
+            rest.append(arg)
+            continue
+        vs, num, long_num = m.groups()
+        if num or long_num is not None:
+            level = int(num or long_num)
+        else:
+            level = (_DEFAULT_VERBOSITY if level is None else level) + (len(vs) if vs else 1)
+    return (None if level is None else min(level, max(_LEVELS))), rest
+
+
+class _ConsoleFormat(logging.Formatter):
+    """stderr: a warning as ckpt always printed notes; -v3/-v4 lines with seconds since the start (as CRIU)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            return f"ckpt: warning: {record.getMessage()}"
+        return f"ckpt: ({record.relativeCreated / 1e3:8.3f}) {record.getMessage()}"
+
+
+def _start_logging(verbosity: int, explicit: bool, log_file: str | None) -> list[logging.Handler]:
+    """Handlers of the "ckpt" logger for this run: stderr at the -v level, and ``-o FILE`` (0600).
+
+    The file gets everything (debug) unless -vN was given.  Errors are printed by
+    :func:`main` itself (the one-line contract) and go to the file only.
+    """
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(_LEVELS[verbosity])
+    console.setFormatter(_ConsoleFormat())
+    console.addFilter(lambda record: record.levelno < logging.ERROR)
+    handlers: list[logging.Handler] = [console]
+    if log_file:
+        try:
+            fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise UsageError(f"--log-file {log_file}: cannot write the log: {describe_oserror(exc)}") from exc
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, 0o600)  # an existing file too: a log names addresses, files, peers
+        to_file = logging.StreamHandler(os.fdopen(fd, "w", buffering=1))
+        to_file.setLevel(_LEVELS[verbosity] if explicit else logging.DEBUG)
+        to_file.setFormatter(logging.Formatter("%(asctime)s (%(relativeCreated)10.3f ms) %(levelname)-7s "
+                                               "%(name)s: %(message)s"))
+        handlers.append(to_file)
+    for h in handlers:
+        log.addHandler(h)
+    log.setLevel(min(h.level for h in handlers))
+    log.propagate = False
+    return handlers
+
+
+def _stop_logging(handlers: Sequence[logging.Handler]) -> None:
+    for h in handlers:
+        log.removeHandler(h)
+        h.close()
+    log.setLevel(logging.NOTSET)
+    log.propagate = True
+
+
+def _report(e: CkptError, exc: BaseException | None = None) -> int:
+    """Print ``ckpt: message`` (and the hint), log it with its traceback, and return its exit code."""
+    print(f"ckpt: {e}", file=sys.stderr)
+    if e.hint:
+        print(f"hint: {e.hint}", file=sys.stderr)
+    log.error("%s%s (exit %d)", e, f" [hint: {e.hint}]" if e.hint else "", e.exit_code, exc_info=exc or e)
+    return e.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ckpt`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    line = list(sys.argv[1:] if argv is None else argv)
+    verbosity, rest = _take_verbosity(line)
+    args = parser.parse_args(rest)
+    args.verbosity = _DEFAULT_VERBOSITY if verbosity is None else verbosity
     # ckpt waits for the children it makes (a restore's root, helpers): an ignored SIGCHLD inherited
     # across exec would have the kernel reap them first.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
-        return int(args.func(args) or 0)
+        handlers = _start_logging(args.verbosity, verbosity is not None, args.log_file)
     except CkptError as e:
-        print(f"ckpt: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
+        return _report(e)
+    log.info("ckpt %s, Linux %s (%s), pid %d, euid %d: ckpt %s", __version__, os.uname().release,
+             os.uname().machine, os.getpid(), os.geteuid(), " ".join(line))
+    t0 = time.monotonic()
+    try:
+        code = int(args.func(args) or 0)
+        log.info("exit %d after %.3f s", code, time.monotonic() - t0)
+        return code
+    except CkptError as e:
+        return _report(e)
     except KeyboardInterrupt:
         print("ckpt: interrupted", file=sys.stderr)
+        log.error("interrupted", exc_info=True)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # stdout closed early (`ckpt show DIR | head`): not an error worth a message.
@@ -484,18 +713,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
         return 0
     except OSError as e:
-        # An environment problem (permissions, full disk) outside the translated paths.
-        print(f"ckpt: {e}", file=sys.stderr)
+        # An environment problem (permissions, full disk) outside the translated paths: a sentence.
+        code = _report(describe_oserror(e), e)
         if args.debug:
             traceback.print_exc()
-        return EXIT_FAILURE
+        return code
     except Exception as e:  # a bug in ckpt: one line, traceback on request
         print(f"ckpt: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        log.error("internal error", exc_info=True)
         if args.debug:
             traceback.print_exc()
         else:
             print("hint: re-run with --debug for the traceback, and report it", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        _stop_logging(handlers)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat
 from .progress import ProgressEvent
 from . import incremental
-from .resources import creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
+from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -247,14 +247,15 @@ def dump(
         report(ProgressEvent(phase, done))
 
     require_our_pid_namespace(pid)
-    conns = tcp.Session(enabled=tcp_established)  # refuses here if connections cannot be locked (no nft)
+    notes: list[str] = []
+    conns = tcp.Session(enabled=tcp_established, notes=notes)  # refuses here if connections cannot be locked
     t0 = time.monotonic()
     image_dir = os.fspath(image_dir)
-    notes: list[str] = []
     ftree: tree.FrozenTree | None = None
     # Delta against ``parent`` and/or tracking kept for later (--track-mem): ckpt.incremental does it.
     # (one session per process of the tree as it is now; a process born before the freeze gets a full copy)
     incs: dict[int, incremental.DeltaSession] = {}
+    notes.extend(incremental.clean_tracking_leftovers(pid))  # trackers killed ckpt runs left in the tree
     if parent is not None or track_mem:
         try:
             for p in tree.descendants(pid, include_root=True):
@@ -342,6 +343,8 @@ def dump(
                                               shares_files))
                 t_committed = time.monotonic()
                 step("committed")
+            if not (leave_running or leave_stopped or end_target is not None):
+                conns.persist()  # the targets are ended below: their locks outlive us from here, for the restore
             if end_target is not None and not end_target(os.path.abspath(image_dir)):
                 leave_running = True  # the caller keeps the original: let it go, as -R would
                 conns.resume()
@@ -447,6 +450,7 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     try:
         mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)
         cores = threads.dump_threads(proc, scratch, snap)
+        notes.extend(blocked.dump_notes(pid, cores))  # calls a restore cannot resume
         ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
                           shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max, skip_fds=skip_fds)
         for _name, fn in PROCESS_DUMPERS:

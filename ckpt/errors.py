@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import re
 
 __all__ = [
     "EXIT_FAILURE",
@@ -25,8 +26,10 @@ __all__ = [
     "NotAnImage",
     "CorruptImage",
     "ChainError",
+    "UnsafeDirectory",
     "RestoreError",
     "translate_oserror",
+    "describe_oserror",
 ]
 
 #: Something went wrong while ckpt did its work (a failed dump, a failed restore).
@@ -100,6 +103,10 @@ class ChainError(ImageError):
     """The parent chain is broken: missing parent, wrong parent id, a loop."""
 
 
+class UnsafeDirectory(ImageError):
+    """An image directory (or one above it) another user could change under ckpt (see ckpt.image.dirs)."""
+
+
 class RestoreError(CkptError):
     """A restore failed; whatever it had created was removed."""
 
@@ -120,3 +127,63 @@ def translate_oserror(exc: OSError, pid: int, doing: str) -> CkptError:
             hint="run as root, and check that no other tracer (gdb, strace) is attached",
         )
     return CkptError(f"{doing} process {pid} failed: {exc}")
+
+
+_PROC_PID = re.compile(r"/proc/(\d+)(?:/|$)")
+
+#: errno -> (what happened to the file, as the end of a sentence; a hint or None).
+_ERRNO_SENTENCES: dict[int, tuple[str, str | None]] = {
+    _errno.ENOENT: ("does not exist", None),
+    _errno.ENOTDIR: ("is not a directory (or a component of the path is not)", None),
+    _errno.EISDIR: ("is a directory, where a file was expected", None),
+    _errno.EEXIST: ("already exists", "remove it or pick another name"),
+    _errno.ENOSPC: ("cannot be written: no space left on the device", "free some space, or write somewhere else"),
+    _errno.EDQUOT: ("cannot be written: disk quota exceeded", "free some space, or write somewhere else"),
+    _errno.EROFS: ("is on a read-only file system", "write somewhere else"),
+    _errno.EMFILE: ("cannot be opened: ckpt has too many files open", "raise the limit of open files (ulimit -n)"),
+    _errno.ENFILE: ("cannot be opened: the system has too many files open", None),
+    _errno.ELOOP: ("has too many levels of symbolic links", None),
+    _errno.ENAMETOOLONG: ("is too long a name", None),
+}
+
+
+def _not_allowed_hint() -> str:
+    if os.geteuid() != 0:
+        return "run ckpt as root (checkpointing another process needs CAP_SYS_PTRACE and more)"
+    return ("root may still be refused: a process of another user namespace or container (pid 1 of the host, "
+            "for one), or one a security module (Yama ptrace_scope, lockdown) protects, cannot be checkpointed "
+            "from here")
+
+
+def describe_oserror(exc: OSError) -> CkptError:
+    """An ``OSError`` that reached the command line untranslated, as a sentence with a hint.
+
+    A refusal on ``/proc/PID/...`` is an :class:`AccessDenied` naming the
+    process (exit 2, as every refusal to trace); otherwise the file and what
+    went wrong, in words (exit 1: paths a user gives are checked before, so
+    what is left is the system failing ckpt).
+    """
+    path = exc.filename if isinstance(exc.filename, str) else None
+    m = _PROC_PID.match(path or "")
+    if m and exc.errno in (_errno.EPERM, _errno.EACCES):
+        pid = int(m.group(1))
+        return AccessDenied(pid, f"not allowed to read {path} of process {pid}: "
+                                 f"{(exc.strerror or 'permission denied').lower()}", hint=_not_allowed_hint())
+    if m and exc.errno in (_errno.ENOENT, _errno.ESRCH):
+        pid = int(m.group(1))
+        return TargetGone(pid, f"process {pid} does not exist (or exited)")
+    what = path or "the kernel refused a call ckpt made"
+    if exc.errno in (_errno.EPERM, _errno.EACCES):
+        doing = "not permitted" if exc.errno == _errno.EPERM else "permission denied"
+        if os.geteuid() != 0:
+            hint = _not_allowed_hint()
+        elif path:
+            hint = "check the permissions of the path, and that its file system is not mounted read-only"
+        else:
+            hint = ("root here may lack a capability (a container's root often has no CAP_SYS_RESOURCE or "
+                    "CAP_SYS_ADMIN); --debug shows the call")
+        return CkptError(f"{what}: {doing}", hint=hint)
+    sentence = _ERRNO_SENTENCES.get(exc.errno or 0)
+    if sentence is not None and path:
+        return CkptError(f"{path} {sentence[0]}", hint=sentence[1])
+    return CkptError(f"{what}: {(exc.strerror or str(exc)).lower()}" if exc.strerror else f"{what}: {exc}")

@@ -204,17 +204,24 @@ def _probe_clone3_set_tid() -> str:
         want = (last + 1000 + 97 * attempt) % (pid_max - 300) + 300
         if os.path.exists(f"/proc/{want}"):
             continue
-        try:
-            got = clone.clone3(0, set_tid=[want])
-        except OSError as e:
-            if e.errno == errno.EEXIST:
-                continue
-            raise
-        if got == 0:  # the child: leave at once, touching nothing of Python's state
-            os._exit(0)
-        os.waitpid(got, 0)
-        if got != want:
-            raise OSError(errno.EINVAL, f"clone3 gave pid {got}, asked for {want}")
+        # clone3 from a forked child (clone.clone3 says why), with CLONE_PARENT: the clone is ours to reap.
+        mid = os.fork()
+        if mid == 0:
+            code = 1
+            try:
+                code = 0 if clone.clone3(clone.CLONE_PARENT, exit_signal=0, set_tid=[want]) == want else 2
+            except OSError as e:
+                code = 100 + (e.errno or 0)
+            finally:
+                os._exit(code)  # the clone leaves here too, at once
+        code = os.waitstatus_to_exitcode(os.waitpid(mid, 0)[1])
+        if code == 100 + errno.EEXIST:
+            continue
+        if code >= 100:
+            raise OSError(code - 100, f"clone3(set_tid=[{want}]): {os.strerror(code - 100)}")
+        if code != 0:
+            raise OSError(errno.EINVAL, f"clone3 did not give pid {want}")
+        os.waitpid(want, 0)
         return f"a child got the requested pid {want} (pid_max {pid_max})"
     raise OSError(errno.EEXIST, "no free pid found to try")
 

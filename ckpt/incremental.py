@@ -58,15 +58,18 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import read_stat
 from .procfs.task import list_tids, read_starttime
 from .resources import memory, tree
+from .testpoint import pause_point
 from .track import DirtySet, Tracker, TrackingLost, TrackingState, open_tracker
-from .track.base import RangeSpec, merge_runs, subtract_intervals
+from .track.base import (
+    UNFINISHED, RangeSpec, format_ranges, load_tracking_state, merge_runs, subtract_intervals, tracking_state_path,
+    tracking_states,
+)
 from .track.hash import HashTracker
-from .track.uffd_wp import UffdWpTracker, _parked_inode
-from .track.watch import tracking_state_path, tracking_states
+from .track.uffd_wp import UffdWpTracker, _parked_inode, clean_leftovers, parked_userfaultfds
 
 __all__ = ["PreDumpStats", "DeltaSession", "pre_dump", "begin_dump", "store_next", "store_latest",
-           "resolve_image_dir", "parked_tracker_fds", "Interval", "normalize_ranges", "format_ranges",
-           "check_ranges"]
+           "resolve_image_dir", "parked_tracker_fds", "clean_tracking_leftovers", "Interval", "normalize_ranges",
+           "format_ranges", "check_ranges"]
 
 Interval = tuple[int, int]
 _EVERYTHING: list[Interval] = [(0, TASK_SIZE_MAX)]
@@ -161,15 +164,6 @@ def normalize_ranges(include: Sequence[Interval] | None, exclude: Sequence[Inter
     return RangeSpec(inc, _merged(exclude or (), "--exclude-ranges"))
 
 
-def format_ranges(spec: RangeSpec) -> str:
-    """For messages: ``all``, ``A-B,C-D``, ``all minus X-Y`` …"""
-    def fmt(ivs: Sequence[Interval]) -> str:
-        return ",".join(f"{s:x}-{e:x}" for s, e in ivs)
-
-    text = "all" if spec.include is None else fmt(spec.include)
-    return f"{text} minus {fmt(spec.exclude)}" if spec.exclude else text
-
-
 def _narrowed(spec: RangeSpec) -> bool:
     return spec.include is not None or bool(spec.exclude)
 
@@ -187,12 +181,12 @@ def _recorded_ranges(image: Image, pid: int, start_time: int) -> RangeSpec:
             return normalize_ranges(info.tracking.include, info.tracking.exclude)
         except UsageError:
             return RangeSpec()  # unreadable: track everything (safe)
-    try:
-        st = TrackingState.load(tracking_state_path(pid))
-        if st.pid == pid and st.start_time == start_time and st.image_id == image.id:
+    st = load_tracking_state(pid, start_time)
+    if st is not None and st.image_id == image.id:
+        try:
             return normalize_ranges(st.include, st.exclude)
-    except (OSError, ValueError, TypeError, UsageError):
-        pass
+        except UsageError:
+            pass
     return RangeSpec()
 
 
@@ -263,13 +257,15 @@ def _moved_on(pid: int, start_time: int, parent: Image) -> str:
     a second pre-dump from an older parent (a branch) would get only the writes
     since that newer image and miss the ones before it.  The state file names
     that image; without a state file (it could not be saved) the parent is trusted.
+    A run saves the state file naming no image yet (UNFINISHED) before its get+clear:
+    if it never finished, its clear still counts.
     """
-    try:
-        st = TrackingState.load(tracking_state_path(pid))
-    except (OSError, ValueError, TypeError):
+    st = load_tracking_state(pid, start_time)
+    if st is None or not st.image_id or st.image_id == parent.id:
         return ""
-    if st.pid != pid or st.start_time != start_time or not st.image_id or st.image_id == parent.id:
-        return ""
+    if st.image_id == UNFINISHED:
+        return (f"a ckpt run that did not finish (killed?) collected the written pages of process {pid} after "
+                f"the parent {parent.path}, so a delta from it would miss writes")
     return (f"the tracking of process {pid} has moved on to a later image ({st.image_id}) than the parent "
             f"{parent.path}, so a delta from it would miss writes")
 
@@ -367,14 +363,15 @@ def _write_digests(w: ImageWriter, tracker: HashTracker) -> None:
 def parked_tracker_fds(pid: int, tracker: Tracker | None = None) -> frozenset[int]:
     """Descriptors of ``pid`` that are ckpt's parked userfaultfd, each checked by inode: never dump them.
 
-    From the tracker in hand and from the state file ``ckpt track --start`` /
-    ``pre-dump`` left (a plain ``dump`` of a tracked process must not save it either).
+    Every one carrying ckpt's mark (:func:`~ckpt.track.uffd_wp.parked_userfaultfds`),
+    the tracker in hand, and those the state files ``ckpt track --start`` /
+    ``pre-dump`` left name (a plain ``dump`` of a tracked process must not save them either).
     A child forked by a tracked process inherits the parked fd (same number,
     same userfaultfd: its own memory is not tracked by it, fork without
     UFFD_FEATURE_EVENT_FORK drops the registrations), so every state file is
     a candidate, not only ``pid``'s own.
     """
-    found: set[int] = set()
+    found: set[int] = set(parked_userfaultfds(pid))  # marked: killed runs' leftovers are closed before
     cands: list[tuple[int, int]] = []
     if isinstance(tracker, UffdWpTracker) and tracker.parked_fd >= 0:
         cands.append((tracker.parked_fd, tracker.inode))
@@ -383,6 +380,12 @@ def parked_tracker_fds(pid: int, tracker: Tracker | None = None) -> frozenset[in
         if fd >= 0 and _parked_inode(pid, fd) == inode:
             found.add(fd)
     return frozenset(found)
+
+
+def clean_tracking_leftovers(pid: int) -> list[str]:
+    """Close the trackers killed ckpt runs left in ``pid`` and its descendants (before a dump freezes them);
+    notes naming each (:func:`~ckpt.track.uffd_wp.clean_leftovers`)."""
+    return [n for p in tree.descendants(pid, include_root=True) for n in clean_leftovers(p)]
 
 
 def _forget_state_file(pid: int) -> None:
@@ -446,6 +449,7 @@ class DeltaSession:
         t0 = time.monotonic()
         ds = self.tracker.collect()
         self.collect_seconds += time.monotonic() - t0
+        pause_point("collected")
         layout = vmas() if callable(vmas) else vmas
         self.dirty_pages = ds.dirty_pages
         assert self.chain is not None
@@ -464,6 +468,19 @@ class DeltaSession:
         assert isinstance(self.tracker, UffdWpTracker)
         return TrackingInfo(self.tracker.method, self.tracker.parked_fd, self.tracker.inode,
                             self.selection.include, self.selection.exclude)
+
+    def claim(self) -> None:
+        """Save the state file naming no image yet (UNFINISHED) before this session's first get+clear.
+
+        If this run dies after the clear, no parent matches that state any more, so the
+        next delta from one becomes a full copy instead of missing the writes it cleared.
+        """
+        if not isinstance(self.tracker, UffdWpTracker):
+            return
+        note = _save_state_file(dataclasses.replace(self.tracker.state(), image_id=UNFINISHED))
+        if note:
+            _forget_state_file(self.pid)  # no older state may vouch for this tracker instead
+            self.notes.append(note)
 
     def check_alive(self) -> None:
         """Before commit: the target is still the same process and (uffd) still holds the parked fd."""
@@ -508,6 +525,9 @@ def _open_session(pid: int, parent: str | os.PathLike[str] | None, method: str |
     ``selection``: the address ranges to track (normalized); None keeps those
     recorded for ``parent`` (the whole process without a parent).  A selection
     other than the parent's restarts the chain: a full copy, with a warning.
+    Without a usable parent, a tracker already parked in the process (its state
+    file) is taken over rather than a second one made.  The state file is
+    saved before the first get+clear (:meth:`DeltaSession.claim`).
     """
     start_time = read_starttime(pid)
     notes: list[str] = []
@@ -528,31 +548,79 @@ def _open_session(pid: int, parent: str | os.PathLike[str] | None, method: str |
                        f"({format_ranges(recorded)})")
         elif state is not None and state.method == "uffd-wp":
             restart = _moved_on(pid, start_time, chain[-1])
-        if state is not None and restart:
-            # The parked tracker is fine, only its bits are relative to another image (or to other
-            # ranges): take it over (a second one would be left in the target) and clear it over
-            # the selection before the full copy.
-            t0 = time.monotonic()
-            try:
-                tracker = open_tracker(pid, state=state)
-                tracker.collect()
-                notes.append(f"{restart}: writing a full image instead of a delta")
-                return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0,
-                                    selection=want)
-            except TrackingLost as e:
-                state, why = None, e.reason
         if state is not None:
             t0 = time.monotonic()
             try:
                 tracker = open_tracker(pid, state=state)
-                return DeltaSession(pid, start_time, tracker, parent, chain, True, notes, time.monotonic() - t0,
-                                    selection=want)
             except TrackingLost as e:
                 why = e.reason
+            else:
+                notes.extend(tracker.notes)
+                if not restart:
+                    sess = DeltaSession(pid, start_time, tracker, parent, chain, True, notes, selection=want)
+                    sess.claim()
+                    sess.collect_seconds = time.monotonic() - t0
+                    return sess
+                # The parked tracker is fine, only its bits are relative to another image (or to
+                # other ranges): take it over (a second one would be left in the target) and
+                # clear it over the selection before the full copy.
+                try:
+                    return _full_session(pid, start_time, tracker, notes, want, t0,
+                                         f"{restart}: writing a full image instead of a delta")
+                except TrackingLost as e:
+                    why = e.reason
         notes.append(f"{why}: writing a full image instead of a delta")
     t0 = time.monotonic()
+    adopted = _parked_tracker(pid, start_time, method, want, notes)
+    if adopted is not None:
+        try:
+            return _full_session(pid, start_time, adopted, notes, want, t0)
+        except TrackingLost:
+            pass  # exec'd meanwhile: a new tracker below
     tracker = open_tracker(pid, method, ranges=want)
-    return DeltaSession(pid, start_time, tracker, None, None, False, notes, time.monotonic() - t0, selection=want)
+    notes.extend(tracker.notes)
+    sess = DeltaSession(pid, start_time, tracker, None, None, False, notes, selection=want)
+    sess.claim()  # after start(): a run killed before this is mended by the mark (clean_leftovers)
+    sess.collect_seconds = time.monotonic() - t0
+    return sess
+
+
+def _full_session(pid: int, start_time: int, tracker: Tracker, notes: list[str], want: RangeSpec,
+                  t0: float, note: str = "") -> DeltaSession:
+    """A full copy with a tracker taken over: its clear-state starts again now, over ``want``
+    (TrackingLost, the tracker ended, when it is gone meanwhile)."""
+    sess = DeltaSession(pid, start_time, tracker, None, None, False, notes, selection=want)
+    sess.claim()
+    try:
+        tracker.collect()
+    except BaseException:
+        sess.end(target_alive=os.path.exists(f"/proc/{pid}"))
+        raise
+    if note:
+        notes.append(note)
+    sess.collect_seconds = time.monotonic() - t0
+    return sess
+
+
+def _parked_tracker(pid: int, start_time: int, method: str | None, want: RangeSpec,
+                    notes: list[str]) -> Tracker | None:
+    """The uffd-wp tracker a state file says is parked in ``pid`` (``track --start``, an earlier chain), taken
+    over when ``method`` allows; stopped when another method is asked for (it would be left behind)."""
+    st = load_tracking_state(pid, start_time)
+    if st is None or st.method != "uffd-wp":
+        return None
+    try:
+        tracker = open_tracker(pid, state=dataclasses.replace(st, include=want.include, exclude=want.exclude))
+    except TrackingLost:
+        return None
+    notes.extend(tracker.notes)
+    if method in (None, st.method):
+        return tracker
+    tracker.stop()
+    _forget_state_file(pid)
+    notes.append(f"stopped the {st.method} tracking parked in process {pid} (fd {st.parked_fd}): "
+                 f"--track asks for {method}")
+    return None
 
 
 def begin_dump(pid: int, parent: str | os.PathLike[str] | None, method: str | None) -> DeltaSession:

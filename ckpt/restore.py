@@ -3,11 +3,12 @@
 Order (DESIGN §4, each step a lesson of the prototype):
 
 1. wait until the pid is free (a killed process keeps it 1-2 s here), create the
-   helper with ``clone3(set_tid=[pid])`` — from this process (ckpt stays the
-   parent and can wait for it) or, ``detached``, from an intermediate that exits
-   at once so the helper is reparented like a daemon; in a tree, only the
-   root's: each other helper is cloned from its parent's once that one is
-   through step 4 (:class:`_Helpers`);
+   helper with ``clone3(set_tid=[pid])`` — made by a forked child of this
+   process with CLONE_PARENT (ckpt stays the parent and can wait for it) or,
+   ``detached``, by an intermediate that goes at the hand-over so the helper
+   is reparented like a daemon (:func:`~ckpt.resources.tree.create`); in a
+   tree, only the root's: each other helper is cloned from its parent's once
+   that one is through step 4 (:class:`_Helpers`);
 2. seize it (TRACECLONE | EXITKILL), unregister its rseq area (it lives in a
    TLS that is about to disappear);
 3. map the trampoline (``syscall; int3``) and a scratch area at an address free
@@ -21,7 +22,9 @@ Order (DESIGN §4, each step a lesson of the prototype):
    thread's final frame/xstate/mask and PTRACE_DETACH it.
 
 If anything fails, the helper (and every thread created) is killed and reaped
-and :class:`~ckpt.errors.RestoreError` says why.
+and :class:`~ckpt.errors.RestoreError` says why; if ckpt dies, every helper
+dies with it (:class:`~ckpt.resources.tree.RootHelper`).  Only the hand-over
+(7) lets them outlive it.
 
 :func:`restore` runs these steps in one go.  :class:`StagedRestore` runs the
 same pieces spread over a migration: steps 1-5's memory part on the first
@@ -38,10 +41,11 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
+from . import testpoint
 from .control.inject import Injector, Scratch
 from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, RestoreError, UsageError
@@ -54,10 +58,12 @@ from .image.verify import validated_chain
 from .kernel import ptrace
 from .kernel.arch_x86_64 import INT3, NR, PAGE_SIZE, SYSCALL_INSN, TASK_SIZE_MAX
 from .kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE
+from .kernel.prctl import PR_SET_PDEATHSIG
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
+from .resources import cpu as cpu_features
 from .resources import creds, files, limits, memory, signals, threads, timers, tree
 from .resources.context import RestoreContext
 
@@ -177,15 +183,15 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
     return time.monotonic() - t0
 
 
-def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
-    """SIGKILL the half-built process and collect every thread we trace (and the process if it is our child)."""
+def _kill_helper(proc: FrozenProcess) -> None:
+    """SIGKILL a half-built process and collect every thread of it we trace."""
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
-        return
-    tids = sorted(proc.threads, key=lambda t: t == pid) if proc is not None else []
-    for tid in tids:  # non-leaders first: a traced leader is not reported while traced zombie threads exist
-        if proc is not None and proc.threads[tid].gone:
+        pass
+    for tid in sorted(proc.threads, key=lambda t: t == proc.pid):
+        # non-leaders first: a traced leader is not reported while traced zombie threads exist
+        if proc.threads[tid].gone:
             continue
         try:
             while True:
@@ -194,15 +200,9 @@ def _kill_helper(proc: FrozenProcess | None, pid: int, ours: bool) -> None:
                     break
         except ChildProcessError:
             pass
-    if proc is not None:
-        proc.released = True
-        if proc._mem is not None:
-            proc._mem.close()
-    if ours:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    proc.released = True
+    if proc._mem is not None:
+        proc._mem.close()
 
 
 def _restore_error(exc: BaseException, pid: int) -> BaseException:
@@ -238,7 +238,7 @@ def _process_records(image: Image, pid: int) -> tuple[list, process_pb2.ProcessE
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
             shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
             progress: Callable[[ProgressEvent], None] | None = None,
-            allow_changed_files: bool = False) -> RestoreStats:
+            allow_changed_files: bool = False, cpu_cap: Iterable[str] | None = None) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
@@ -252,10 +252,12 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     ``allow_changed_files``: reopen an open file even if its size, mtime or
     inode changed since the dump (a note says which); mapped files and the
     executable are still checked (their unsaved pages come from the file).
+    ``cpu_cap``: the CPU checks to make (:func:`ckpt.resources.cpu.parse_cpu_cap`; None: the default).
     """
     t_start = time.monotonic()
     chain = _open_chain(image_dir)
     image = chain[-1]
+    cpu_features.check_image(image.inventory, cpu_cap)  # before any process exists
     infos = image.processes
     root = tree.plan(infos)
     live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
@@ -282,10 +284,14 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
+            testpoint.point("restore-memory-filled")
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
                                  memfds=shmem.memfds))
+            testpoint.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
+        testpoint.point("restore-handing-over")
+        helpers.hand_over(live[0].ws, live[0].entry)
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
@@ -347,19 +353,6 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
     objects.sysv.fill = fill_memory
 
 
-def _kill_tree(seized: Sequence[FrozenProcess | None], created: Sequence[int], root: int, *, ours: bool) -> None:
-    """After a failed restore: kill every helper, collect the threads we trace, reap the root if ours."""
-    tree.kill(created)
-    for proc in seized:
-        if proc is not None:
-            _kill_helper(proc, proc.pid, ours=False)
-    if ours:
-        try:
-            os.waitpid(root, 0)
-        except ChildProcessError:
-            pass
-
-
 def _write_pidfile(pidfile: str | os.PathLike[str] | None, pid: int) -> None:
     if pidfile is not None:
         with open(pidfile, "w") as f:
@@ -385,6 +378,8 @@ class _Helpers:
         self.root, self.layouts, self.detached = root, layouts, detached
         #: Every helper made (zombies too), parents first: what :meth:`kill` ends.
         self.created: list[int] = []
+        #: The root's helper and what ends every helper if we fail or die (None until it is made).
+        self.root_helper: tree.RootHelper | None = None
         #: The live helpers we hold, parents first.
         self.procs: dict[int, FrozenProcess] = {}
         self._frozen: AbstractContextManager[FrozenProcess] | None = None  # keep referenced: see _seize_helper
@@ -394,7 +389,9 @@ class _Helpers:
         root = self.root
         hint = read_maps(os.getpid())  # the root helper's mappings: it is a copy of this process
         avoid = [(v.start, v.end) for _, vmas in self.layouts.values() for v in vmas]
-        self.created.extend(tree.create(root, detached=self.detached))
+        self.root_helper = tree.create(root, detached=self.detached)
+        self.created.append(root.pid)
+        testpoint.point("restore-helper-created")
         parents: dict[int, _Workspace] = {}
         for p in root.walk():
             if p.zombie:
@@ -403,6 +400,7 @@ class _Helpers:
             if p is root:
                 proc, self._frozen = _seize_helper(p.pid)
                 self.procs[p.pid] = proc
+                testpoint.point("restore-helper-seized")
                 ws = _prepare(proc, p.pid, mm, vmas, hint, own_fds=True, avoid=avoid)
             else:
                 ws = _prepare_clone(self.procs[p.pid], parents.pop(p.pid), mm, vmas, own_fds=not p.shares_files)
@@ -414,11 +412,37 @@ class _Helpers:
                     del self.procs[c.pid]  # (kept until it is let go: a failure above kills and collects it)
                 else:
                     parents[c.pid] = ws
+            testpoint.point("restore-helpers-cloned")
             yield ws
 
+    def hand_over(self, root: _Workspace, entry: process_pb2.ProcessEntry) -> None:
+        """Every helper is built and about to run as the image's process: they outlive us from now on.
+
+        Detached, the root's parent (the intermediate) goes now, which would
+        send the root the parent-death signal it was given back with its
+        limits: cleared across it, then set again.  ``root``: its workspace,
+        ``entry``: its record.
+        """
+        if self.root_helper is None:
+            return
+        sig = entry.flags.pdeath_signal if self.detached else 0
+        if sig:
+            root.inj.call(NR.prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0, name="prctl(PR_SET_PDEATHSIG, 0)")
+        self.root_helper.hand_over()
+        if sig:
+            root.inj.call(NR.prctl, PR_SET_PDEATHSIG, sig, 0, 0, 0, name=f"prctl(PR_SET_PDEATHSIG, {sig})")
+
     def kill(self) -> None:
-        """After a failure: kill every helper made, collect the threads we trace, reap the root if ours."""
-        _kill_tree(list(self.procs.values()), self.created, self.root.pid, ours=not self.detached)
+        """After a failure: kill every helper made, collect the threads we trace, reap them all (the pids are free)."""
+        if self.root_helper is None:
+            return  # tree.create() failed: it left nothing
+        for pid in tree.strays(self.root, self.created):
+            tree.discard(pid)
+            self.created.append(pid)
+        tree.kill(self.created)
+        for proc in self.procs.values():
+            _kill_helper(proc)
+        self.root_helper.reap(self.created)
 
 
 def _seize_helper(pid: int) -> tuple[FrozenProcess, AbstractContextManager[FrozenProcess]]:
@@ -707,8 +731,10 @@ class StagedRestore:
 
     def __init__(self, *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
                  shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
-                 progress: Callable[[ProgressEvent], None] | None = None, allow_changed_files: bool = False) -> None:
+                 progress: Callable[[ProgressEvent], None] | None = None, allow_changed_files: bool = False,
+                 cpu_cap: Iterable[str] | None = None) -> None:
         self.detached = detached
+        self.cpu_cap = cpu_cap
         self.pidfile = pidfile
         self.progress = progress
         self._opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
@@ -737,6 +763,7 @@ class StagedRestore:
         t0 = time.monotonic()
         chain = _open_chain(image_dir, pre_dump=True)
         image = chain[-1]
+        cpu_features.check_image(image.inventory, self.cpu_cap)  # before any process exists
         root = tree.plan(image.processes)
         layouts = _layouts(image)
         for mm, vmas in layouts.values():
@@ -752,6 +779,7 @@ class StagedRestore:
                 n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem, filler)
                 st = self._procs[ws.pid] = _Staged(ws.pid, ws.proc, ws)
                 self._took(st, chain, vmas)
+                testpoint.point("restore-memory-filled")
                 nvmas, pages, nbytes = nvmas + n, pages + filled.pages_stored, nbytes + filled.bytes_read
             self._chain = list(chain)
         return self._stage(image_dir, nvmas, 0, pages, nbytes, 0, t0)
@@ -792,6 +820,8 @@ class StagedRestore:
                                          memfds=self._shmem.memfds))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
+                testpoint.point("restore-handing-over")
+                self._helpers.hand_over(self._procs[self.pid].ws, records[self.pid][1])
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
             finally:

@@ -21,21 +21,26 @@ from pathlib import Path
 
 __all__ = [
     "SCENARIOS", "BIN", "build_c", "spawn", "python_argv", "Target", "wait_in_syscall", "thread_state",
-    "tracer_of", "traced_threads", "wait_until", "kill_all",
+    "tracer_of", "traced_threads", "wait_until", "kill_all", "cpu_flags", "vector_kind", "HANG_GUARD",
 ]
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 BIN = SCENARIOS / "bin"
 _CFLAGS_MARK = re.compile(rb"^//\s*cflags:(.*)$", re.M)
+#: Seconds a wait for a target goes on before the test fails.  Only a guard against a hang, never a
+#: bound on speed: on a loaded 2-core machine a target may not run for seconds.
+HANG_GUARD = 60.0
 
 
 def build_c(name: str) -> Path:
     """Compile ``scenarios/NAME.c`` into ``scenarios/bin/NAME`` unless the binary is newer (than it and
     the scenarios' headers).
 
-    Extra flags come from a ``// cflags: ...`` line in the source (e.g. -mavx512f
-    for the one target that needs it).  Built into a temporary name and renamed,
-    so concurrent runs never see a half-written binary.
+    Extra flags come from a ``// cflags: ...`` line in the source (e.g. -no-pie);
+    never an instruction-set flag such as -mavx512f: a scenario must run on any
+    x86-64, so it picks its instructions at run time (scenarios/vecregs.h).
+    Built into a temporary name and renamed, so concurrent runs never see a
+    half-written binary.
     """
     src = SCENARIOS / f"{name}.c"
     out = BIN / name
@@ -72,7 +77,7 @@ class Target:
     def stdin(self):  # noqa: ANN201 - the pipe, when spawned with stdin_pipe=True
         return self.proc.stdin
 
-    def readline(self, timeout: float = 5.0) -> str:
+    def readline(self, timeout: float = HANG_GUARD) -> str:
         """The next stdout line (without newline); AssertionError on timeout or EOF."""
         deadline = time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
@@ -91,7 +96,7 @@ class Target:
         self.lines.append(text)
         return text
 
-    def expect(self, prefix: str, timeout: float = 5.0) -> str:
+    def expect(self, prefix: str, timeout: float = HANG_GUARD) -> str:
         """Read lines until one starts with ``prefix``; fail on a FAIL line."""
         while True:
             line = self.readline(timeout)
@@ -100,7 +105,7 @@ class Target:
             if line.startswith("FAIL"):
                 raise AssertionError(f"target {self.pid}: {line}")
 
-    def ready(self, timeout: float = 10.0) -> dict[str, str]:
+    def ready(self, timeout: float = HANG_GUARD) -> dict[str, str]:
         """Wait for the READY line and return its ``key=value`` fields."""
         line = self.expect("READY", timeout)
         return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
@@ -156,11 +161,8 @@ def python_argv(script: str, *args: str) -> list[str]:
     return [sys.executable, "-u", str(SCENARIOS / script), *args]
 
 
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Poll ``cond`` every 2 ms; AssertionError naming ``what`` after ``timeout`` seconds.
-
-    Generous on purpose: on a loaded 2-core machine a target may not run for a while.
-    """
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = HANG_GUARD) -> None:
+    """Poll ``cond`` every 2 ms; AssertionError naming ``what`` after ``timeout`` seconds (a hang guard)."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -168,7 +170,7 @@ def wait_until(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> Non
         time.sleep(0.002)
 
 
-def wait_in_syscall(pid: int, tid: int, nr: int, timeout: float = 5.0) -> None:
+def wait_in_syscall(pid: int, tid: int, nr: int, timeout: float = HANG_GUARD) -> None:
     """Poll /proc/PID/task/TID/syscall until the thread is blocked in syscall ``nr``."""
     def blocked() -> bool:
         try:
@@ -222,3 +224,18 @@ def kill_all(pids: Sequence[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (the kernel drops one whose state XCR0 lacks)."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def vector_kind() -> str:
+    """Which registers scenarios/vecregs.h holds on this CPU: "zmm" (AVX-512F), "ymm" (AVX) or "xmm"."""
+    flags = cpu_flags()
+    return "zmm" if "avx512f" in flags else "ymm" if "avx" in flags else "xmm"

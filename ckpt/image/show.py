@@ -20,6 +20,7 @@ import datetime as _dt
 import json
 import os
 import signal
+import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from ckpt.image.pb import options_pb2
 from ckpt.image.reader import Image, decode_pagemap, read_file, read_record_file
 from ckpt.image.records import PageChunk, Pagemap, PageState, TrackingInfo
 from ckpt.image.verify import validated_chain
+from ckpt.resources import cpu as cpu_features
 
 __all__ = ["DECODERS", "decode_file", "show_dict", "show", "iter_show", "message_to_dict"]
 
@@ -299,6 +301,7 @@ def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, 
         "ckpt_version": inv.ckpt_version,
         "kernel_release": inv.kernel_release,
         "tracking": inv.tracking,
+        "cpu": None if (rec := cpu_features.recorded(inv)) is None else cpu_features.describe(rec),
         "parent": None if parent is None else {"path": parent.path, "image_id": parent.image_id},
         "processes": [
             {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid, "threads": list(p.threads),
@@ -388,6 +391,14 @@ def _text_lines(d: dict[str, Any]) -> Iterator[str]:
         yield f"image {s['path']}"
         yield f"  id {s['image_id']}  kind {s['kind']}  format {s['format']}  created {s['created']}"
         yield f"  ckpt {s['ckpt_version']}  kernel {s['kernel_release']}  tracking {s['tracking']}"
+        cpu = s["cpu"]
+        if cpu is None:
+            yield "  cpu: not recorded (an image of an older ckpt)"
+        else:
+            yield f"  cpu {cpu['cpu']}  xcr0 {cpu['xcr0']}  xstate {cpu['xstate_size']} bytes"
+            for label in ("instructions", "other"):
+                yield from textwrap.wrap(cpu[label], _WIDTH, initial_indent=f"  cpu {label}: ",
+                                         subsequent_indent="    ", break_on_hyphens=False)
         p = s["parent"]
         yield "  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})"
         for proc in s["processes"]:

@@ -7,8 +7,14 @@ every file and the directory are on disk.  ``inventory.img`` is written last
 and lists the size and SHA-256 of every other file, computed while the bytes
 were written.  Anything that leaves the ``with`` block early — an exception,
 Ctrl-C — removes the temporary directory, so a half-written image is never
-taken for a complete one.  (A ``kill -9`` can leave a ``.NAME.*.tmp``
-directory behind; no reader ever opens it, and it can be removed.)
+taken for a complete one.  (A ``kill -9`` can leave a ``.NAME.PID-START.*.tmp``
+directory behind; no reader ever opens it, and the next writer in that
+directory removes it once the run that made it is gone: the writer holds an
+flock on its temporary directory, which the kernel drops when it dies, in any
+PID namespace; the pid and start time in the name are for people, and the
+test where a file system has no flock.)
+Images are written only where no other user can change them (see
+:mod:`ckpt.image.dirs`).
 
 Page data is streamed: :class:`PageWriter` copies page runs into chunk
 buffers of ``chunk_size`` bytes and hands each full chunk to a
@@ -32,11 +38,14 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import functools
 import hashlib
+import logging
 import mmap
 import os
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -47,22 +56,27 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import zstandard
 
 import ckpt
 from ckpt.errors import CkptError, ImageError, Unsupported, UsageError
-from ckpt.image import bounds, framing, kinds
+from ckpt.image import bounds, dirs, framing, kinds
 from ckpt.image.kinds import Kind
-from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
+from ckpt.image.pb import core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
 from ckpt.kernel.fileio import fsync_dir, sync_file_range
+from ckpt.procfs.task import read_starttime
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_COMPRESS_LEVEL",
     "ChunkCompressor",
     "ImageWriter",
+    "check_compress_level",
+    "check_final",
+    "sweep_stale_tmp",
     "RecordWriter",
     "PageWriter",
     "PagemapStats",
@@ -85,6 +99,8 @@ _FRAME_BUFFER = 64 << 10
 _ZERO_WINDOW = 1 << 20
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
+
+log = logging.getLogger(__name__)
 
 
 def _io_error(path: str, doing: str, exc: OSError) -> CkptError:
@@ -803,6 +819,18 @@ class PageWriter:
             self.close()
 
 
+#: zstd's fastest "negative" level (ZSTD_minCLevel), the other end of the range from MAX_COMPRESSION_LEVEL.
+MIN_COMPRESS_LEVEL = -(1 << 17)
+
+
+def check_compress_level(level: int | None) -> None:
+    """UsageError for a zstd level out of range (None: uncompressed); checked before any work."""
+    if level is not None and not MIN_COMPRESS_LEVEL <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+        raise UsageError(f"--compress {level}: zstd levels go from 1 (fastest) to {zstandard.MAX_COMPRESSION_LEVEL} "
+                         f"(smallest), or negative down to {MIN_COMPRESS_LEVEL} for faster still",
+                         hint="the default, 1, compresses heap-like memory ~6x at ~1 GB/s; --no-compress stores pages raw")
+
+
 def _read_boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -811,9 +839,11 @@ def _read_boot_id() -> str:
         return ""
 
 
-def _check_final(final_dir: str) -> None:
-    """Refuse early (before any work) a destination that commit could not use."""
+def check_final(final_dir: str | os.PathLike[str]) -> None:
+    """Refuse early (before any work) a destination that commit could not use, or that another user could change."""
+    final_dir = os.path.abspath(os.fspath(final_dir))
     parent = os.path.dirname(final_dir)
+    dirs.check_dir_to_write(final_dir)
     if not os.path.isdir(parent):
         raise ImageError(final_dir, f"cannot create the image: directory {parent} does not exist")
     if os.path.lexists(final_dir):
@@ -823,6 +853,85 @@ def _check_final(final_dir: str) -> None:
             raise ImageError(final_dir, "already exists and is not empty; refusing to overwrite it")
 
 
+#: A temporary image directory: ``.NAME.PID-START.RANDOM.tmp`` (START: the writer's start time, clock ticks).
+_TMP_NAME = re.compile(r"\.(?P<base>.+)\.(?P<pid>\d+)-(?P<start>\d+)\.[a-z0-9_]+\.tmp")
+
+
+def _starttime(pid: int) -> int | None:
+    """The start time of process ``pid``, or None if there is no such process."""
+    try:
+        return read_starttime(pid)
+    except (CkptError, OSError, ValueError):
+        return None
+
+
+def _run_tag() -> str:
+    """``PID-START``: names this run in its temporary directories, so a later run can tell it is gone."""
+    return f"{os.getpid()}-{_starttime(os.getpid()) or 0}"
+
+
+def _hold(tmp_dir: str) -> int | None:
+    """An fd holding an flock on ``tmp_dir`` while its writer lives (None: this file system has no flock)."""
+    fd = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _writer_gone(path: str, pid: int, start: int) -> bool:
+    """Whether the run that made the temporary directory ``path`` is gone: its flock is free (else, with no
+    flock here, the process it names is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True  # dropped with its holder (the lock goes with the fd, closed below)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return _starttime(pid) != start
+    finally:
+        os.close(fd)
+
+
+def sweep_stale_tmp(parent_dir: str) -> list[str]:
+    """Remove the temporary image directories that killed ckpt runs left in ``parent_dir``; returns them.
+
+    A directory counts only if it has the name ckpt gives them, is ours and no
+    link, and the run that made it is gone (:func:`_writer_gone`): a running
+    ckpt's directory is never touched.  Each removal is logged as a warning.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent_dir))
+    except OSError:
+        return removed  # creating the temporary directory will report the problem
+    for entry in entries:
+        m = _TMP_NAME.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not entry.is_dir(follow_symlinks=False) or st.st_uid != os.geteuid():
+            continue
+        pid, start = int(m["pid"]), int(m["start"])
+        if not _writer_gone(entry.path, pid, start):
+            continue  # that run is still going
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(entry.path)
+            log.warning("removed %s, left by a ckpt run (pid %d) that was killed while writing an image",
+                        entry.path, pid)
+    return removed
+
+
 class ImageWriter:
     """Writes one image directory; use as a context manager and end with :meth:`commit`.
 
@@ -830,8 +939,10 @@ class ImageWriter:
     INCREMENTAL, forbidden for FULL, optional for PRE_DUMP); it is recorded as a
     path relative to ``final_dir`` together with the parent's image id.
     ``compress_level`` None stores page data uncompressed (codec NONE).
-    ``image_id``, ``created_ns``, ``kernel_release``, ``hostname`` and
-    ``boot_id`` default to the real values; tests pin them for reproducible images.
+    ``image_id``, ``created_ns``, ``kernel_release``, ``hostname``, ``boot_id``
+    and ``cpu`` default to the real values; tests pin them for reproducible images.
+    ``cpu``: "here" records this machine's CPU (what a restore checks), a record
+    records that one (a merge keeps its source's), None records none.
     """
 
     def __init__(
@@ -850,6 +961,7 @@ class ImageWriter:
         kernel_release: str | None = None,
         hostname: str | None = None,
         boot_id: str | None = None,
+        cpu: cpu_pb2.CpuFeatures | Literal["here"] | None = "here",
     ) -> None:
         self.final_dir = os.path.abspath(os.fspath(final_dir))
         self.kind = ImageKind(kind)
@@ -857,8 +969,7 @@ class ImageWriter:
             raise ValueError(f"page size {page_size} is not a power of two")
         if chunk_size <= 0 or chunk_size % page_size or chunk_size > bounds.MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size {chunk_size} must be a positive multiple of {page_size} up to {bounds.MAX_CHUNK_SIZE}")
-        if compress_level is not None and not (-(1 << 17) <= compress_level <= zstandard.MAX_COMPRESSION_LEVEL):
-            raise ValueError(f"zstd compression level {compress_level} out of range (≤ {zstandard.MAX_COMPRESSION_LEVEL})")
+        check_compress_level(compress_level)
         self.page_size = page_size
         self.chunk_size = chunk_size
         self.compress_level = compress_level
@@ -872,6 +983,11 @@ class ImageWriter:
         self._kernel_release = uname.release if kernel_release is None else kernel_release
         self._hostname = uname.nodename if hostname is None else hostname
         self._boot_id = _read_boot_id() if boot_id is None else boot_id
+        if cpu == "here":
+            from ckpt.resources import cpu as cpu_features  # late: the image format does not need it to load
+
+            cpu = cpu_features.to_pb(cpu_features.here())
+        self._cpu = cpu
 
         self.parent_link: inventory_pb2.ParentLink | None = None
         if parent is not None:
@@ -889,8 +1005,9 @@ class ImageWriter:
         elif self.kind is ImageKind.INCREMENTAL:
             raise UsageError(f"{self.final_dir}: an INCREMENTAL image needs a parent")
 
-        _check_final(self.final_dir)
+        check_final(self.final_dir)
         self.tmp_dir: str | None = None
+        self._tmp_lock: int | None = None  # holds an flock on tmp_dir while we write it (see sweep_stale_tmp)
         self._sinks: dict[str, _Sink] = {}
         self._buffers: _BufferPool | None = None
         self._record_writers: list[RecordWriter] = []
@@ -905,9 +1022,11 @@ class ImageWriter:
         if self.tmp_dir is not None:
             raise RuntimeError("ImageWriter is not reentrant")
         parent_dir, base = os.path.split(self.final_dir)
+        sweep_stale_tmp(parent_dir)
         try:
-            self.tmp_dir = tempfile.mkdtemp(prefix=f".{base}.", suffix=".tmp", dir=parent_dir)
+            self.tmp_dir = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
             os.chmod(self.tmp_dir, _DIR_MODE)
+            self._tmp_lock = _hold(self.tmp_dir)
         except OSError as exc:
             raise _io_error(parent_dir, "create the image's temporary directory", exc) from exc
         return self
@@ -932,7 +1051,13 @@ class ImageWriter:
             sink.abort()
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self._release_tmp()
         self._done = True
+
+    def _release_tmp(self) -> None:
+        if self._tmp_lock is not None:
+            os.close(self._tmp_lock)
+            self._tmp_lock = None
 
     # -- writing files -------------------------------------------------------
 
@@ -1076,6 +1201,8 @@ class ImageWriter:
         )
         if self.parent_link is not None:
             inv.parent.CopyFrom(self.parent_link)
+        if self._cpu is not None:
+            inv.cpu.CopyFrom(self._cpu)
         sink = _Sink(os.path.join(tmp, kinds.INVENTORY.template))
         self._sinks[kinds.INVENTORY.template] = sink
         writer = RecordWriter(sink, kinds.INVENTORY)
@@ -1096,6 +1223,7 @@ class ImageWriter:
             raise ImageError(self.final_dir, f"cannot move the finished image into place: {exc.strerror}") from exc
         self._done = True
         self.tmp_dir = None
+        self._release_tmp()
         try:
             fsync_dir(os.path.dirname(self.final_dir))
         except OSError as exc:

@@ -27,6 +27,7 @@ class NR(enum.IntEnum):
     close = 3
     stat = 4
     fstat = 5
+    poll = 7
     lseek = 8
     mmap = 9
     mprotect = 10
@@ -38,6 +39,7 @@ class NR(enum.IntEnum):
     ioctl = 16
     pread64 = 17
     pwrite64 = 18
+    select = 23
     mremap = 25
     madvise = 28
     shmget = 29
@@ -52,6 +54,9 @@ class NR(enum.IntEnum):
     getpid = 39
     socket = 41
     connect = 42
+    accept = 43
+    recvfrom = 45
+    recvmsg = 47
     shutdown = 48
     bind = 49
     listen = 50
@@ -128,14 +133,18 @@ class NR(enum.IntEnum):
     clock_gettime = 228
     clock_nanosleep = 230
     exit_group = 231
+    epoll_wait = 232
     epoll_ctl = 233
     tgkill = 234
     inotify_add_watch = 254
     inotify_rm_watch = 255
     openat = 257
     unlinkat = 263
+    pselect6 = 270
+    ppoll = 271
     set_robust_list = 273
     get_robust_list = 274
+    epoll_pwait = 281
     timerfd_create = 283
     timerfd_settime = 286
     timerfd_gettime = 287
@@ -162,6 +171,7 @@ class NR(enum.IntEnum):
     close_range = 436
     pidfd_getfd = 438
     process_madvise = 440
+    epoll_pwait2 = 441
 
 
 class user_regs_struct(ctypes.Structure):

@@ -3,12 +3,14 @@
 The restorer injects ``clone3`` into a helper to recreate a process or thread
 with its old pid/tid (``set_tid``, root only; DESIGN §4): :func:`clone_args_bytes`
 lays out the argument block for writing into target memory.  :func:`clone3`
-calls it in *this* process, for probing ``set_tid`` (``ckpt check``) and tests.
+calls it in *this* process (single-threaded: a child of ``os.fork()``), to
+make the root's helper of a restore and to probe ``set_tid`` (``ckpt check``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import struct
 from collections.abc import Sequence
@@ -107,15 +109,24 @@ def clone_args_bytes(
 def clone3(flags: int = 0, exit_signal: int = signal.SIGCHLD, set_tid: Sequence[int] = ()) -> int:
     """clone3() in *this* process, fork-like (no new stack): the child's pid here, 0 in the child.
 
-    The child is a raw copy of this Python process without fork handlers: it
-    must call ``os._exit`` at once.  The GIL is held across the syscall, so
-    the child owns it even when other Python threads run here.  ``set_tid`` needs CAP_SYS_ADMIN; a taken
-    pid gives EEXIST.
+    Only from a single-threaded process (RuntimeError otherwise), such as a
+    child of ``os.fork()``: the child is a raw copy of this one, run without
+    fork handlers, with only the calling thread.  A copy of a multi-threaded
+    interpreter can inherit another thread's request for the GIL, and its
+    next bytecode then drops the GIL and waits for that thread to take it
+    (CPython's drop_gil with FORCE_SWITCHING), for ever; and a lock another
+    thread held (malloc's) stays held in it.  ``set_tid`` needs CAP_SYS_ADMIN;
+    a taken pid gives EEXIST.  CLONE_PARENT needs ``exit_signal=0`` (the
+    caller's own exit signal is used).
     """
     if flags & (CLONE_VM | CLONE_THREAD | CLONE_VFORK):
         raise ValueError("clone3() here is fork-like: CLONE_VM/THREAD/VFORK would share this stack")
+    threads = len(os.listdir("/proc/self/task"))
+    if threads > 1:
+        raise RuntimeError(f"clone3() from a process with {threads} threads: its copy could hang; "
+                           "call it in a child of os.fork()")
     tids = (ctypes.c_int * max(len(set_tid), 1))(*set_tid)
     args = clone_args(flags=flags, exit_signal=exit_signal,
                       set_tid=ctypes.addressof(tids) if set_tid else 0, set_tid_size=len(set_tid))
-    return syscall(NR.clone3, ctypes.addressof(args), ctypes.sizeof(args), hold_gil=True,
+    return syscall(NR.clone3, ctypes.addressof(args), ctypes.sizeof(args),
                    name=f"clone3(flags={flags:#x}, set_tid={list(set_tid)})")

@@ -14,9 +14,6 @@ libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 _syscall = libc.syscall
 _syscall.restype = ctypes.c_long
-# The same function called through PyDLL: the GIL stays held across the call (see syscall()).
-_syscall_gil = ctypes.PyDLL(libc._name, use_errno=True).syscall
-_syscall_gil.restype = ctypes.c_long
 
 
 def raise_errno(call: str, err: int | None = None) -> None:
@@ -45,13 +42,10 @@ def check_ptr(result: Any, call: str) -> Any:
     return result
 
 
-def syscall(nr: int, *args: int, name: str | None = None, hold_gil: bool = False) -> int:
+def syscall(nr: int, *args: int, name: str | None = None) -> int:
     """Do raw syscall ``nr`` in *this* process with integer (or pointer) arguments.
 
     Arguments are passed as ``c_long``/``c_void_p`` so 64-bit values survive.
-    ``hold_gil``: keep the GIL through the call, for a fork-like clone: a plain
-    ctypes call lets it go, and if another thread takes it meanwhile, the child
-    (a copy with only the calling thread) waits for it for ever on return.
     """
     cargs = []
     for a in args:
@@ -60,5 +54,5 @@ def syscall(nr: int, *args: int, name: str | None = None, hold_gil: bool = False
         else:
             cargs.append(a)
     ctypes.set_errno(0)
-    res = (_syscall_gil if hold_gil else _syscall)(ctypes.c_long(nr), *cargs)
+    res = _syscall(ctypes.c_long(nr), *cargs)
     return check(res, name or f"syscall {nr}")

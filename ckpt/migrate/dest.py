@@ -1,7 +1,9 @@
 """The destination side of live migration: store the chain, restore when told, report back.
 
-``ckpt receive`` accepts a connection, authenticates the peer (the wire's
-handshake), and keeps the images of one migration as a numbered store
+``ckpt receive`` accepts connections, authenticates each peer (the wire's
+handshake) apart from the migration that runs — a stranger, however slow or
+many, blocks no source and does not count for ``--once`` (:class:`_Door`) —
+and keeps the images of one migration at a time as a numbered store
 ``DIR/<pid>-<time>/1, 2, …`` (the same layout ``--incremental`` uses, so
 the parent links the source wrote resolve here).  On "restore" it restores
 the newest image detached and answers "running" with the pid.  Until it has
@@ -25,26 +27,34 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import CkptError
 from ..resources.tree import kill as kill_helpers
-from .wire import Channel, WireError, listen
+from .wire import DEFAULT_TIMEOUT, Channel, WireError, listen
 
 if TYPE_CHECKING:
     from ..restore import RestoreStats, StagedRestore
 
-__all__ = ["ReceiveResult", "receive_one", "serve"]
+__all__ = ["BACKLOG", "HANDSHAKE_TIMEOUT", "MAX_PENDING", "ReceiveResult", "open_listener", "serve", "serve_on"]
 
 #: A source silent for this long between two messages is taken as gone.
 IDLE_TIMEOUT = 120.0
+#: Seconds a connection has to prove it knows the token (a few round trips for a real source).
+HANDSHAKE_TIMEOUT = 10.0
+#: Connections authenticating at the same time at most; one more closes one of them (see _Door).
+MAX_PENDING = 64
+#: The listen(2) backlog.  Connections are accepted as they come, so it only absorbs bursts.
+BACKLOG = 128
 #: A stage (applying one image to the staged process) taking longer than this is given up: the
 #: switch-over restores plainly.  Below the source's wait for "stored" and "running" (60 s).
 STAGE_TIMEOUT = 30.0
@@ -80,8 +90,9 @@ class _Stager:
     A full pre-dump (the source lost its tracking) starts staging afresh.
     """
 
-    def __init__(self, say: Callable[[str], None]) -> None:
+    def __init__(self, say: Callable[[str], None], cpu_cap: Iterable[str] | None = None) -> None:
         self.say = say
+        self.cpu_cap = cpu_cap
         self.note = ""
         self._staged: StagedRestore | None = None
         self._jobs: queue.Queue[tuple[str, str, Future | None]] = queue.Queue()
@@ -159,7 +170,7 @@ class _Stager:
         try:
             if self._staged is None or Image.open(path).parent is None:
                 self._drop("")  # the first image, or a full one (tracking lost at the source): start from it
-                self._staged = StagedRestore(detached=True)
+                self._staged = StagedRestore(detached=True, cpu_cap=self.cpu_cap)
                 st = self._staged.start(path)
             else:
                 st = self._staged.apply(path)
@@ -190,38 +201,35 @@ class _Stager:
             self.say(f"{why}; the switch-over restores plainly")
 
 
-def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool = False,
-                on_event: Callable[[str], None] | None = None, staged: bool = True) -> ReceiveResult:
-    """Serve one migration on an already listening socket; see the module docstring.
+def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool = True,
+             cpu_cap: Iterable[str] | None = None) -> ReceiveResult:
+    """Serve one migration over an authenticated channel (closed on return); see the module docstring.
 
-    ``last``: close the listener once the connection is accepted, so the
-    restored process can bind the same address and port (a server migrated
-    to the receiver's own port).  ``staged``: restore while the images
-    arrive (the default); False restores the final image in one go at the
-    switch-over (the downtime baseline).
+    ``staged``: restore while the images arrive (the default); False restores
+    the final image in one go at the switch-over (the downtime baseline).
+    ``cpu_cap``: the CPU checks (:func:`ckpt.resources.cpu.parse_cpu_cap`) of
+    the handshake and the restores.
     """
     from .. import api
 
-    say = on_event or (lambda _msg: None)
-    conn, addr = listener.accept()
-    if last:
-        listener.close()
-    result = ReceiveResult(peer=f"{addr[0]}:{addr[1]}")
+    result = ReceiveResult(peer=ch.peer)
     store = ""
     confirmed = False
     stager: _Stager | None = None
     staging: Future[None] | None = None  # the newest pre-copy image being staged
     try:
-        with Channel.accept(conn, token) as ch:
+        with ch:
             hello = ch.expect("migrate", timeout=IDLE_TIMEOUT)
             result.source_pid = int(hello["pid"])
+            if "cpu" in hello:  # sources before ckpt recorded CPUs send none: their images are checked
+                _check_source_cpu(ch, hello["cpu"], cpu_cap)
             store = os.path.join(root, f"{result.source_pid}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             os.makedirs(store, mode=0o700)
             result.store = store
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
             if staged and not hello.get("dry_run"):
-                stager = _Stager(say)
+                stager = _Stager(say, cpu_cap)
             ch.send({"type": "ready"})
             say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
             while True:
@@ -252,7 +260,7 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
                         result.staged = r is not None
                         result.staging = stager.note if stager is not None else "not asked for"
                         if r is None:
-                            r = api.restore(image, detached=True)
+                            r = api.restore(image, detached=True, cpu_cap=cpu_cap)
                     except CkptError as exc:
                         ch.send_error(f"restore failed at the destination: {exc}")
                         raise
@@ -296,24 +304,252 @@ def receive_one(listener: socket.socket, root: str, token: bytes, *, last: bool 
     return result
 
 
+def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None) -> None:
+    """Refuse a process from a CPU whose features this one lacks, before any image is sent."""
+    from ..resources import cpu
+
+    try:
+        cpu.check(cpu.from_wire(record), cpu.parse_cpu_cap(cpu_cap))
+    except CkptError as exc:
+        ch.send_error(f"{exc} (the receiver's --cpu-cap relaxes this check)")
+        raise
+
+
 def _clean(store: str) -> None:
     if store:
         shutil.rmtree(store, ignore_errors=True)
 
 
-def serve(host: str, port: int, root: str, token: bytes, *, once: bool = False,
-          on_event: Callable[[str], None] | None = None,
-          on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True) -> list[ReceiveResult]:
-    """Accept migrations on ``host:port`` into ``root``: one with ``once``, else until interrupted.
+class _Door:
+    """The receiver's front door: strangers are dealt with apart from the migration that runs.
 
-    ``staged``: see :func:`receive_one`.
+    A thread accepts every connection at once (the listen backlog never fills)
+    and authenticates each on a thread of its own within ``handshake_timeout``
+    seconds, so half a frame, an idle connection or an HTTP client holds up
+    nobody but itself.  At most ``max_pending`` handshakes run at a time; one
+    more connection closes the oldest of the peer address that holds the most
+    of them — idle ones are the oldest, while a real source proves itself
+    within a few round trips, and a flood from one address cannot push out a
+    source connecting from another.  An authenticated source is
+    handed to the serving thread by :meth:`next_source` when no migration runs,
+    else told that one does and closed.
     """
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    results: list[ReceiveResult] = []
-    with listen(host, port) as s:
+
+    def __init__(self, listener: socket.socket, token: str | bytes, say: Callable[[str], None], *,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = MAX_PENDING) -> None:
+        self._listener = listener
+        self._token = token
+        self._say = say
+        self._handshake_timeout = handshake_timeout
+        self._max_pending = max_pending
+        self._lock = threading.Lock()
+        self._pending: dict[_Pending, None] = {}  # oldest first; an entry's socket stays open while it is here
+        self._handshakes: set[threading.Thread] = set()
+        self._busy = False    # a source was handed over and its migration is not over
+        self._closed = False
+        self._sources: queue.Queue[Channel] = queue.Queue()
+        self._wake, self._waker = socket.socketpair()
+        listener.setblocking(False)
+        self._acceptor: threading.Thread | None = threading.Thread(target=self._accept_loop, name="ckpt-accept",
+                                                                   daemon=True)
+        self._acceptor.start()
+
+    def next_source(self) -> Channel:
+        """Wait for an authenticated source; the door counts a migration as running until :meth:`done`."""
+        while True:
+            try:
+                return self._sources.get(timeout=1.0)  # (a timeout: Ctrl-C is seen within a second)
+            except queue.Empty:
+                continue
+
+    def done(self) -> None:
+        """The migration of the source handed over is over: the next one may come in."""
+        with self._lock:
+            self._busy = False
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket (the port is free again); handshakes under way go on."""
+        if self._acceptor is not None:
+            self._waker.send(b"x")
+            self._acceptor.join()
+            self._acceptor = None
+            self._listener.close()
+
+    def close(self) -> None:
+        """Stop accepting, cut every handshake under way, drop sources not taken yet.
+
+        The handshake threads are waited for (briefly: cut, they end at once),
+        so none is left writing to stderr while the interpreter exits.
+        """
+        self.stop_accepting()
+        with self._lock:
+            self._closed = True
+            for entry in self._pending:
+                _shut(entry.conn)
+            self._pending.clear()  # their threads close them, quietly
+            threads = list(self._handshakes)
+        while not self._sources.empty():
+            self._sources.get_nowait().close()
+        deadline = time.monotonic() + 2.0
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._wake.close()
+        self._waker.close()
+
+    def _accept_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._listener.fileno(), select.POLLIN)
+        poller.register(self._wake.fileno(), select.POLLIN)
+        pause = -1  # ms: out of descriptors, accepting waits a little before retrying
+        while True:
+            if any(fd == self._wake.fileno() for fd, _ in poller.poll(pause)):
+                return
+            try:
+                conn, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                if pause < 0:
+                    self._say(f"accepting a connection failed: {exc.strerror or exc}")
+                pause = 100
+                continue
+            pause = -1
+            host, port = addr[:2]
+            self._admit(_Pending(conn, host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
+
+    def _admit(self, entry: _Pending) -> None:
+        dropped: _Pending | None = None
+        with self._lock:
+            if len(self._pending) >= self._max_pending:
+                # The oldest connection of the address that holds the most: one flooding address
+                # cannot push out a source connecting from another.
+                held = Counter(e.host for e in self._pending)
+                most = max(held.values())
+                dropped = next(e for e in self._pending if held[e.host] == most)
+                del self._pending[dropped]
+                _shut(dropped.conn)  # its handshake fails at once; its thread closes the socket
+            self._pending[entry] = None
+        if dropped is not None:
+            self._say(f"closed the connection from {dropped.peer}: {self._max_pending} connections were "
+                      "waiting to authenticate (the oldest of the address with the most goes)")
+        thread = threading.Thread(target=self._handshake, args=(entry,), name="ckpt-handshake", daemon=True)
+        with self._lock:
+            self._handshakes.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: this connection goes
+            with self._lock:
+                self._handshakes.discard(thread)
+                self._pending.pop(entry, None)
+                entry.conn.close()
+
+    def _handshake(self, entry: _Pending) -> None:
+        try:
+            self._authenticate(entry)
+        finally:
+            with self._lock:
+                self._handshakes.discard(threading.current_thread())
+
+    def _authenticate(self, entry: _Pending) -> None:
+        ch: Channel | None = None
+        why: object = ""
+        try:
+            # The channel gets a duplicate: this socket stays open (for _shut) until we leave _pending.
+            ch = Channel.accept(entry.conn.dup(), self._token, io_timeout=self._handshake_timeout)
+        except (CkptError, OSError) as exc:
+            why = exc
+        except Exception as exc:  # noqa: BLE001 - a stranger's bytes must never take the receiver down
+            why = f"internal error: {type(exc).__name__}: {exc}"
+        with self._lock:
+            dropped = entry not in self._pending  # by the cap, or by close()
+            self._pending.pop(entry, None)
+            entry.conn.close()
+        if ch is None:
+            if not dropped:
+                self._say(f"refused a connection: {why}")
+            return
+        if dropped:
+            ch.close()
+            return
+        ch.timeout = DEFAULT_TIMEOUT  # authenticated: the migration's own timeouts from now on
+        with self._lock:
+            closed, busy = self._closed, self._busy
+            if not closed and not busy:
+                self._busy = True
+                self._sources.put(ch)
+                return
+        if busy and not closed:
+            ch.send_error("another migration is in progress at this destination; try again once it is over")
+            self._say(f"refused a migration from {ch.peer}: another one is in progress")
+        else:
+            ch.send_error("this destination is shutting down")
+        ch.close()
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A connection that has not authenticated yet."""
+
+    conn: socket.socket
+    host: str  # the peer's address
+    peer: str  # and port, as messages name it
+
+
+def _shut(conn: socket.socket) -> None:
+    """End a connection another thread is using (it sees the end and closes the socket itself)."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already ended by the peer
+
+
+def serve(host: str, port: int, root: str, token: str | bytes, *, once: bool = False,
+          on_event: Callable[[str], None] | None = None,
+          on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True,
+          cpu_cap: Iterable[str] | None = None) -> list[ReceiveResult]:
+    """Listen on ``host:port`` (:func:`open_listener`), then :func:`serve_on` it."""
+    with open_listener(host, port) as s:
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
+        return serve_on(s, root, token, once=once, on_event=on_event, staged=staged, cpu_cap=cpu_cap)
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """The receiver's listening socket; a bad address is a UsageError (before anything else is done)."""
+    return listen(host, port, backlog=BACKLOG)
+
+
+def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bool = False,
+             on_event: Callable[[str], None] | None = None, staged: bool = True,
+             cpu_cap: Iterable[str] | None = None) -> list[ReceiveResult]:
+    """Accept migrations on a listening socket into ``root``: one with ``once``, else until interrupted.
+
+    Only authenticated sources count: strangers (:class:`_Door`) neither
+    block a migration nor end a ``once`` receiver.  One migration runs at a
+    time, on this thread; with ``once`` the listener is closed as soon as it
+    starts, so the restored process can bind the same address and port (a
+    server migrated to the receiver's own port).  ``staged``, ``cpu_cap``: see :func:`_receive`.
+    """
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    lock = threading.Lock()  # one line at a time from the door's threads and ours
+
+    def say(msg: str) -> None:
+        if on_event is not None:
+            with lock:
+                on_event(msg)
+
+    results: list[ReceiveResult] = []
+    door = _Door(listener, token, say)
+    try:
         while True:
-            results.append(receive_one(s, root, token, last=once, on_event=on_event, staged=staged))
+            ch = door.next_source()
+            if once:
+                door.stop_accepting()
+            try:
+                results.append(_receive(ch, root, say=say, staged=staged, cpu_cap=cpu_cap))
+            finally:
+                door.done()
             if once:
                 return results
+    finally:
+        door.close()

@@ -139,6 +139,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     """
     from .. import api
     from ..dump import dump as _dump
+    from ..resources import cpu
 
     if max_downtime <= 0 or max_iterations < 1:
         raise UsageError("--max-downtime must be > 0 and --max-iterations ≥ 1")
@@ -152,7 +153,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     tracking = False
     try:
         with Channel.connect(host, port, token, timeout=timeout) as ch:
-            ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run})
+            # Our CPU: the destination refuses at once when it lacks a feature the process may use.
+            ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here())})
             ch.expect("ready")
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.

@@ -411,18 +411,31 @@ def _address(addr: object) -> str:
 
 
 def listen(host: str, port: int, *, backlog: int = 4) -> socket.socket:
-    """A listening TCP socket for :meth:`Channel.accept` (IPv6 when ``host`` has a ':')."""
+    """A listening TCP socket for :meth:`Channel.accept` (IPv6 when ``host`` has a ':').
+
+    An address that cannot be listened on — a bad port, a host that does not
+    resolve or is not an address of this machine, a port in use or reserved —
+    is the user's to change: a UsageError naming it.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     where = _address((host or "*", port))
+    if not 0 <= port <= 65535:
+        raise UsageError(f"cannot listen on {where}: the port must be 0-65535")
+    try:
+        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {where}: {exc.strerror}") from None
     try:
         return socket.create_server((host, port), family=family, backlog=backlog)
-    except socket.gaierror as exc:
-        raise WireError(f"cannot listen on {where}: {exc.strerror}") from None
     except OSError as exc:
-        raise WireError(
-            f"cannot listen on {where}: {exc.strerror or exc}",
-            hint="another `ckpt receive` may be using this port" if exc.errno == errno.EADDRINUSE else None,
-        ) from None
+        hint = {
+            errno.EADDRINUSE: "another program (another `ckpt receive`?) listens on this port: choose another",
+            errno.EADDRNOTAVAIL: "give an address of this host (`ip addr`), or 0.0.0.0 for all of them",
+            errno.EACCES: "ports below 1024 need root (CAP_NET_BIND_SERVICE)",
+        }.get(exc.errno or 0)
+        error = UsageError if hint else WireError
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # (create_server's strerror repeats the address)
+        raise error(f"cannot listen on {where}: {why}", hint=hint) from None
 
 
 class Channel:

@@ -28,7 +28,8 @@ Restore runs in the helper, which has closed all its descriptors: each file
 is opened inside it (so the open is checked against the target's own
 credentials — call this before dropping them), moved to its fd number with
 ``dup3`` (placing is safe: nothing else is open), and given its offset and
-FD_CLOEXEC.  Not restored yet: F_SETOWN/F_SETSIG owners, file locks, leases.
+FD_CLOEXEC.  Not restored yet: F_SETOWN/F_SETSIG owners.  File locks and leases are refused
+(a lock restored unlocked would let two processes into what it guards).
 """
 
 from __future__ import annotations
@@ -167,6 +168,14 @@ def _size_text(n: int) -> str:
 
 def _unsupported(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
     return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
+
+
+def _held_lock(pid: int, o: OpenFd) -> Unsupported:
+    """A file lock or lease (POSIX, OFD, flock) held through ``o``: restoring would silently drop it."""
+    held = "; ".join(" ".join(text.split(":", 1)[-1].split()[:3]) for text in o.info.locks)
+    return _unsupported(pid, o.fd, f"{o.link} with a file lock held ({held}; CRIU's --file-locks)",
+                        "ckpt cannot restore file locks yet (-l/--file-locks is accepted, but a lock would come "
+                        "back unlocked): let the process release it first")
 
 
 def classify(pid: int, o: OpenFd) -> int:
@@ -346,6 +355,9 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
 
     # Pass 1: decide every kind and refuse what cannot be done, before any pipe is touched.
     for n, g in enumerate(groups):
+        for pid2, o2 in g:
+            if o2.info.locks and pid2 != me:
+                raise _held_lock(pid2, o2)
         pid, o = g[0]
         try:
             entries.append(_classify_and_record(pid, o, first_id + n, policy, deleted_max, tcp_close, notes,

@@ -12,15 +12,22 @@ Dump, the target frozen, for each established connection:
    into sent-but-unacknowledged and never-sent by SIOCOUTQ / SIOCOUTQNSD), the
    window (TCP_REPAIR_WINDOW), what the handshake negotiated (MSS clamp,
    window scales, SACK, timestamps: TCP_INFO) and the timestamp clock
-   (TCP_TIMESTAMP), plus the options every socket keeps.
+   (TCP_TIMESTAMP), plus the options every socket keeps;
+4. leave repair mode at once (SO_REUSEADDR set back: leaving clears it), the
+   duplicate kept: the lock alone holds the peer off, and a ckpt killed from
+   here on leaves the program a working socket.  (Its own timers may still
+   send what the image holds as never sent: the restore sends those bytes
+   again, at the same sequence numbers, and the peer takes them once.)
 
 Then :class:`Session` decides.  The dump failed, or the target runs on
-(``-R``, ``-s``, a migration that kept the source): repair mode off,
-SO_REUSEADDR set back (leaving repair mode clears it), lock removed — the
+(``-R``, ``-s``, a migration that kept the source): lock removed — the
 connection carries on as if nothing happened, its peer at most retransmits.
-The dump ends the target: the duplicate is closed and the target dies with
-the socket still in repair mode, which closes it without a FIN or RST; the
-lock stays, and the image records its tag for the restore.
+The dump ends the target: its lock is made to outlive ckpt
+(:meth:`Session.persist`), the target is killed while our duplicate keeps
+the socket open, and the duplicate, back in repair mode, is closed: the
+socket goes without a FIN or RST.  The lock stays, and the image records its
+tag for the restore.  A socket found in repair mode (a ckpt killed while it
+read it) is taken out of it, with a note.
 
 Restore, in the files step (before credentials are dropped): ``socket()`` is
 injected into the helper, the restorer takes a duplicate and does the rest
@@ -56,6 +63,7 @@ from ..image.pb import files_pb2
 from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
+from ..testpoint import point
 from . import netlock
 
 __all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "describe", "netns_id", "restore"]
@@ -133,15 +141,22 @@ class Session:
     connection is put back as it was (repair off, unlocked) unless
     :meth:`keep` said the targets are gone.  Call :meth:`resume` before
     letting a target run (-R): a program must never see its socket in repair
-    mode.  ``enabled`` False (no ``--tcp-established``): it holds nothing.
+    mode, and :meth:`persist` before ending the targets of a dump, so that
+    their locks outlive this process (until then they die with it: see
+    :mod:`ckpt.resources.netlock`).  ``enabled`` False (no
+    ``--tcp-established``): it holds nothing.  ``notes``: what the lock has
+    to say (stale locks of killed runs removed, an old kernel).
     """
 
     enabled: bool = False
+    notes: list[str] = field(default_factory=list)
     token: str = field(default_factory=lambda: secrets.token_hex(4))
     held: list[_Held] = field(default_factory=list)
     kept: bool = False
     #: Network namespaces of targets that are not in ours, (st_dev, st_ino) → open descriptor.
     _netns: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: The locks we hold, per network namespace (its descriptor; None: ours).
+    _holders: dict[int | None, netlock.Holder] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.enabled:
@@ -158,24 +173,30 @@ class Session:
             exc.add_note("connections not put back: " + "; ".join(problems))
         elif problems:
             raise CkptError("could not put a dumped TCP connection back: " + "; ".join(problems),
-                            hint="the process runs on; check `nft list table inet ckpt`")
+                            hint="the process runs on; check `nft list ruleset`")
 
     def dump(self, pid: int, fd: int, family: int, local: bytes, peer: bytes, inet: files_pb2.InetSocket) -> None:
-        """Lock the connection at ``fd`` of ``pid``, put it in repair mode and record it into ``inet.tcp``."""
+        """Lock the connection at ``fd`` of ``pid``, read it in repair mode into ``inet.tcp``, keep a duplicate."""
         where = f"process {pid}: fd {fd} ({describe(family, local, peer)})"
-        h = _Held(pid, fd, f"ckpt {self.token} pid {pid} fd {fd}", self._netns_of(pid))
+        h = _Held(pid, fd, netlock.tag(self.token, pid, fd), self._netns_of(pid))
         lk = netlock.Lock.of(family, _addr(family, local)[:2], _addr(family, peer)[:2], h.tag)
+        holder = self._holders.setdefault(h.netns, netlock.Holder(h.netns, self.notes))
         try:
-            netlock.lock([lk], h.netns)
+            holder.lock([lk])
         except netlock.NetlockError as exc:
             raise Unsupported(f"{where}: cannot lock the connection: {exc}",
                               hint="--tcp-established needs nftables in the kernel and CAP_NET_ADMIN") from exc
         self.held.append(h)
+        point("netlock.locked")
         h.sock = _dup(pid, fd)
         s = h.sock
+        if s.getsockopt(socket.IPPROTO_TCP, tr.TCP_REPAIR):
+            self.notes.append(f"{where}: the socket was in repair mode, as a ckpt run killed while reading it "
+                              "leaves it: taken out of it")
         h.reuseaddr = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         tr.set_repair(s, tr.TCP_REPAIR_ON)
         h.repairing = True
+        point("tcp.repairing")
         inet.tcp.CopyFrom(_read(s, where))
         inet.tcp.lock = h.tag
         inet.tcp.netns = netns_id(pid)
@@ -185,33 +206,54 @@ class Session:
             except OSError:
                 continue
             inet.options.append(files_pb2.SockOpt(level=level, name=name, value=value))
+        _leave_repair(h)  # read: the socket is the program's again, the lock alone keeps the peer out
 
     def resume(self) -> None:
         """Every connection back as it was (repair off, unlocked): the targets are about to run."""
         problems = self._resume()
         if problems:
             raise CkptError("could not put a dumped TCP connection back: " + "; ".join(problems),
-                            hint="check `nft list table inet ckpt`")
+                            hint="check `nft list ruleset`")
+
+    def persist(self) -> None:
+        """The targets are about to be ended for a restore: their locks must outlive this process (and stay)."""
+        for holder in self._holders.values():
+            holder.persist()
+        if self._holders:
+            point("netlock.persisted")
 
     def keep(self, *, unlock: bool = False) -> list[str]:
         """The targets are dead: drop our duplicates (closed in repair mode: nothing reaches the peers).
 
-        The lock stays for the restore, unless ``unlock`` (a migration: the
-        destination has the connection now, and its own host's lock).
-        Returns notes on what could not be done (the dump itself succeeded).
+        The lock stays for the restore (:meth:`persist`, if not done yet),
+        unless ``unlock`` (a migration: the destination has the connection
+        now, and its own host's lock).  Returns notes on what could not be
+        done (the dump itself succeeded).
         """
+        problems = []
         for h in self.held:
             if h.sock is not None:
+                try:
+                    tr.set_repair(h.sock, tr.TCP_REPAIR_ON)  # so that closing the last descriptor sends nothing
+                except OSError as exc:
+                    problems.append(f"process {h.pid}: fd {h.fd}: its connection was closed outside repair mode "
+                                    f"({exc.strerror}): the peer may have seen it end")
                 h.sock.close()
                 h.sock = None
         self.kept = True
-        problems = self._unlock() if unlock else []
+        if not unlock:
+            try:
+                self.persist()
+            except CkptError as exc:
+                problems.append(f"the network lock of the dumped connections is gone: {exc}")
+        left = self._unlock()  # persisted locks are no longer ours: this lets go of the rest
+        problems += [f"the network lock of the migrated connections stays here: {p}" for p in left]
         self.held = []
         self._close_netns()
-        return [f"the network lock of the migrated connections stays here: {p}" for p in problems]
+        return problems
 
     def _netns_of(self, pid: int) -> int | None:
-        """A descriptor of ``pid``'s network namespace, or None when it is ours (nft runs there as is)."""
+        """A descriptor of ``pid``'s network namespace, or None when it is ours (where our sockets are)."""
         st, mine = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
         key = (st.st_dev, st.st_ino)
         if key == (mine.st_dev, mine.st_ino):
@@ -221,16 +263,14 @@ class Session:
         return self._netns[key]
 
     def _unlock(self) -> list[str]:
-        """Remove the rules of every held connection, one nft call per network namespace."""
-        by_ns: dict[int | None, set[str]] = {}
-        for h in self.held:
-            by_ns.setdefault(h.netns, set()).add(h.tag)
+        """Drop every lock we still hold, in each network namespace."""
         problems = []
-        for ns, tags in by_ns.items():
+        for holder in self._holders.values():
             try:
-                netlock.unlock(tags, ns)
+                holder.release()
             except CkptError as exc:
                 problems.append(str(exc))
+        self._holders.clear()
         return problems
 
     def _close_netns(self) -> None:
@@ -246,10 +286,7 @@ class Session:
                 continue
             try:
                 if h.repairing:
-                    tr.select_queue(s, tr.TCP_NO_QUEUE)
-                    tr.set_repair(s, tr.TCP_REPAIR_OFF)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, h.reuseaddr)
-                    h.repairing = False
+                    _leave_repair(h)
             except OSError as exc:
                 problems.append(f"process {h.pid}: fd {h.fd}: leaving repair mode: {exc}")
             finally:
@@ -259,6 +296,15 @@ class Session:
         self.held = []
         self._close_netns()
         return problems
+
+
+def _leave_repair(h: _Held) -> None:
+    """Out of repair mode, sending nothing (no window probe), with the SO_REUSEADDR it had."""
+    assert h.sock is not None
+    tr.select_queue(h.sock, tr.TCP_NO_QUEUE)
+    tr.set_repair(h.sock, tr.TCP_REPAIR_OFF_NO_WP)
+    h.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, h.reuseaddr)
+    h.repairing = False
 
 
 def _read(s: socket.socket, where: str) -> files_pb2.TcpRepair:
@@ -374,7 +420,7 @@ def _unlock_restored(t: files_pb2.TcpRepair, what: str, notes: list[str]) -> Non
                      f"cannot reach from here: delete the rule with comment {t.lock!r} from table inet ckpt there")
         return
     try:
-        netlock.unlock({t.lock})
+        notes.extend(netlock.unlock({t.lock}))
     except CkptError as exc:
         notes.append(f"{what}: its network lock could not be removed ({exc}); "
                      f"delete the rule with comment {t.lock!r} (`nft -a list table inet ckpt`)")

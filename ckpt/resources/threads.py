@@ -17,10 +17,8 @@ frame, xstate and mask are set and every thread is PTRACE_DETACHed explicitly.
 
 A thread seized inside a blocking syscall: the new task has no kernel restart
 state (and the helper's restart block is not the target's), so the frame is
-rewritten here as :func:`ckpt.control.inject.syscall_restart_frame` does —
--ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND run the syscall again
-(``rip -= 2; rax = orig_rax``), -ERESTART_RESTARTBLOCK returns -EINTR (the
-remaining time was already written back; callers that loop carry on).
+rewritten as :mod:`.blocked` decided at dump — the call runs again, or, where it
+cannot, returns -EINTR.
 """
 
 from __future__ import annotations
@@ -30,10 +28,7 @@ import os
 import struct
 from collections.abc import Sequence
 
-from ..control.inject import (
-    ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTNOINTR, ERESTARTSYS, OUT, Injector, Query, Scratch,
-    syscall_restart_frame,
-)
+from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess, FrozenThread, ThreadSnapshot, _requeue
 from ..errors import RestoreError, Unsupported
 from ..image.pb import core_pb2
@@ -44,10 +39,10 @@ from ..kernel.prctl import PR_GET_TID_ADDRESS, PR_GET_TIMERSLACK, PR_SET_TIMERSL
 from ..kernel.task_abi import SS_DISABLE, SS_ONSTACK, stack_t
 from ..kernel.ptrace import StopKind
 from ..procfs.snapshot import Snapshot
-from . import limits, signals
+from . import blocked, limits, signals
 
 __all__ = [
-    "THREAD_CLONE_FLAGS", "regs_to_pb", "regs_from_pb", "syscall_state", "dump_thread", "dump_threads",
+    "THREAD_CLONE_FLAGS", "regs_to_pb", "regs_from_pb", "dump_thread", "dump_threads",
     "check_xstate", "create_threads", "restore_thread_state", "restore_pending", "final_frame", "finish_thread",
 ]
 
@@ -56,27 +51,12 @@ THREAD_CLONE_FLAGS = (clone.CLONE_VM | clone.CLONE_FS | clone.CLONE_FILES | clon
                       | clone.CLONE_THREAD | clone.CLONE_SYSVSEM | clone.CLONE_SETTLS)
 
 
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
 def regs_to_pb(regs: user_regs_struct) -> core_pb2.UserRegsX86_64:
     return core_pb2.UserRegsX86_64(**regs.as_dict())
 
 
 def regs_from_pb(pb: core_pb2.UserRegsX86_64) -> user_regs_struct:
     return user_regs_struct.from_dict({name: getattr(pb, name) for name, _ in user_regs_struct._fields_})
-
-
-def syscall_state(regs: user_regs_struct) -> core_pb2.SyscallState:
-    """What the thread was doing in the kernel, and how restore will resume it (for readers and tests)."""
-    nr, result = _signed(regs.orig_rax), _signed(regs.rax)
-    st = core_pb2.SyscallState(nr=nr, result=result, resume=core_pb2.SyscallState.AS_IS)
-    if nr >= 0 and result in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
-        st.resume = core_pb2.SyscallState.RESTART
-    elif nr >= 0 and result == -ERESTART_RESTARTBLOCK:
-        st.resume = core_pb2.SyscallState.EINTR
-    return st
 
 
 def _robust_list(tid: int) -> tuple[int, int]:
@@ -112,7 +92,7 @@ def dump_thread(t: FrozenThread, inj: Injector, scratch: Scratch) -> core_pb2.Th
     regs = t.snapshot.regs
     core = core_pb2.ThreadCore(tid=tid, comm=_comm(t.pid, tid), regs=regs_to_pb(regs),
                                xstate=ptrace.get_xstate(tid), sigmask=t.snapshot.sigmask,
-                               syscall=syscall_state(regs))
+                               syscall=blocked.syscall_state(regs, read_code=lambda a, n: t.process.mem.read(a, n)))
     rseq = ptrace.get_rseq_configuration(tid)
     if rseq.rseq_abi_pointer:
         core.rseq.CopyFrom(core_pb2.Rseq(abi_pointer=rseq.rseq_abi_pointer, size=rseq.rseq_abi_size,
@@ -244,8 +224,8 @@ def restore_pending(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) 
 
 
 def final_frame(core: core_pb2.ThreadCore) -> user_regs_struct:
-    """The registers the thread resumes with: the saved ones, with an interrupted syscall rewound."""
-    return syscall_restart_frame(regs_from_pb(core.regs))
+    """The registers the thread resumes with: the saved ones, with a blocked call resumed (:mod:`.blocked`)."""
+    return blocked.resume_frame(regs_from_pb(core.regs), core.syscall)
 
 
 def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:

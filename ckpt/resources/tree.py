@@ -9,9 +9,11 @@ and was not reaped is a zombie: it cannot be seized and holds nothing but its
 ids and wait status (field 52 of ``/proc/PID/stat``), which the inventory
 records.
 
-Restore: :func:`create` makes the root's *helper*, a raw ``clone3`` copy of
-the restorer with the root's pid that takes its session (``setsid``) or, as
-a group leader, its group (``setpgid(0, 0)``) and pauses until it is seized.
+Restore: :func:`create` makes the root's *helper*, a ``clone3`` copy of the
+restorer (made from a forked child of it) with the root's pid that takes its
+session (``setsid``) or, as a group leader, its group (``setpgid(0, 0)``)
+and waits until it is seized.  Until the hand-over, every helper ends when
+the restorer ends, and a failed restore reaps them all (:class:`RootHelper`).
 Every other helper is cloned later from its parent's, once that one is
 emptied (the restore's ``_Helpers``): :func:`clone_helper` injects
 ``clone3(set_tid=[pid])`` into the parent, and the child, traced from birth
@@ -34,6 +36,7 @@ tree whose pids do not link up (:func:`plan`).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import resource
@@ -44,6 +47,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from ..control.inject import Injector, Scratch
 from ..control.seize import FrozenProcess, freeze
@@ -52,17 +56,17 @@ from ..image.records import ProcessInfo
 from ..kernel import clone, ptrace
 from ..kernel.arch_x86_64 import NR
 from ..kernel.kcmp import KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM, kcmp
-from ..kernel.prctl import PR_SET_NAME
-from ..kernel.libc import libc
+from ..kernel.libc import syscall
+from ..kernel.prctl import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, PR_SET_NAME
 from ..kernel.ptrace import StopKind
 from ..procfs.stat import read_stat
 
-__all__ = ["Zombie", "FrozenTree", "children", "kill", "descendants", "zombies_of", "unsupported_tree", "freeze_tree", "Plan", "plan", "create", "clone_helper", "end_as_zombie",
+__all__ = ["Zombie", "FrozenTree", "children", "kill", "descendants", "zombies_of", "unsupported_tree", "freeze_tree", "Plan", "plan", "RootHelper", "create", "clone_helper", "strays", "discard", "end_as_zombie",
            "CREATE_TIMEOUT"]
 
 #: Seconds to wait for every helper of a tree to report.
 CREATE_TIMEOUT = 10.0
-_REPORT = struct.Struct("=ii")  # (pid, errno): 0 = created
+_REPORT = struct.Struct("=ii")  # (the helper's pid, or 0 if clone3 failed; errno, 0 once it is made)
 _SIGACTION_SIZE = 32  # the kernel's struct sigaction on x86_64: handler, flags, restorer, mask
 _ALL_SIGNALS = (1 << 64) - 1  # a blocked mask with every signal (the kernel leaves out SIGKILL and SIGSTOP)
 
@@ -276,33 +280,203 @@ def plan(processes: Sequence[ProcessInfo]) -> Plan:
     return build(root)
 
 
-def create(root: Plan, *, detached: bool) -> list[int]:
-    """Create the root's helper (see the module doc): ``[root.pid]``.
+@dataclass
+class RootHelper:
+    """The root's helper made by :func:`create`, and what ends the tree's helpers if the restore does not finish.
 
-    Not ``detached``: it is our child.  ``detached``: an intermediate
-    creates it and exits, so it is reparented like a daemon.  On failure it
-    is killed and RestoreError says why.  Its descendants are cloned from it
-    later (:func:`clone_helper`), once it is emptied.
+    Nothing of a restore may outlive the restorer before the hand-over.  The
+    helper blocks reading a pipe whose write end (``life``) only the restorer
+    holds, and exits on EOF: so it ends with the restorer even before it is
+    seized (once seized, PTRACE_O_EXITKILL ends it and every helper cloned
+    from it).  ``detached``, its parent is ``mid``, an intermediate that stays
+    until :meth:`hand_over` as a child subreaper: the helpers a failure
+    orphans come to it, and on EOF (the restorer gave up or died) it kills
+    the root and reaps them all.  In the foreground the restorer is the
+    root's parent and, until then, a child subreaper itself (``subreaper``:
+    its own setting before), to reap them without init's help.
+    """
+
+    pid: int
+    life: int
+    detached: bool
+    #: The intermediate while it is ours to reap (foreground it leaves once the helper is made).
+    mid: int = 0
+    #: clone3 gave the root's pid: the helper exists, or existed, as a child of ours (foreground).
+    made: bool = False
+    subreaper: bool | None = None
+    done: bool = False
+
+    def hand_over(self) -> None:
+        """The helpers are about to run as the image's processes: from now on they outlive us.
+
+        ``detached``: the intermediate is killed first (on EOF it would kill
+        the root), so the root is reparented like a daemon.
+        """
+        if self.done:
+            return
+        self.done = True
+        try:
+            if self.mid:
+                if self.detached:
+                    os.kill(self.mid, signal.SIGKILL)
+                _end(self.mid)
+                self.mid = 0
+        finally:
+            self._close()
+
+    def reap(self, created: Sequence[int]) -> None:
+        """After a failure, once ``created`` (parents first) are killed and the ones we trace collected: reap them all.
+
+        The pids are free on return.  Closing ``life`` ends the root's helper
+        if it is not seized yet; detached, the intermediate then kills the
+        root and reaps every helper.  A process that does not end within
+        :data:`CREATE_TIMEOUT` is killed.
+        """
+        if self.done:
+            return
+        self.done = True
+        try:
+            os.close(self.life)
+            self.life = -1
+            if self.mid:
+                status = _end(self.mid)
+                self.mid = 0
+                if not self.detached:  # it leaves right after its clone3, with 0 if the clone was made
+                    self.made = status == 0
+            if not self.detached:
+                for pid in created:  # parents first: each one's orphans came to us (a subreaper) as it ended
+                    if pid != self.pid or self.made:
+                        _end(pid)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.life >= 0:
+            os.close(self.life)
+            self.life = -1
+        if self.subreaper is not None:
+            _set_subreaper(self.subreaper)
+            self.subreaper = None
+
+
+def _end(pid: int) -> int | None:
+    """Reap our child ``pid`` (SIGKILLed if not gone within :data:`CREATE_TIMEOUT`): its exit code, None if not ours."""
+    deadline, delay = time.monotonic() + CREATE_TIMEOUT, 1e-4
+    try:
+        while (got := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)  # our child, alive or a zombie: not a reused pid
+                got = os.waitpid(pid, 0)
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(got[1])
+
+
+def _get_subreaper() -> bool:
+    out = ctypes.c_int(0)
+    syscall(NR.prctl, PR_GET_CHILD_SUBREAPER, ctypes.addressof(out), 0, 0, 0, name="prctl(PR_GET_CHILD_SUBREAPER)")
+    return bool(out.value)
+
+
+def _set_subreaper(on: bool) -> None:
+    syscall(NR.prctl, PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0, name="prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def create(root: Plan, *, detached: bool) -> RootHelper:
+    """Create the root's helper (see the module doc and :class:`RootHelper`): alive, not seized yet.
+
+    Not ``detached``: it is our child.  ``detached``: the child of an
+    intermediate that goes at the hand-over, so it is reparented like a
+    daemon.  On failure nothing is left and RestoreError says why.  Its
+    descendants are cloned from it later (:func:`clone_helper`), once it is
+    emptied.
+
+    The helper is made by ``clone3(set_tid=[pid])`` in a child of
+    ``os.fork()``, never here: a raw clone of a multi-threaded interpreter
+    (the page filler's threads, the receiver's) runs no fork handler and can
+    inherit a waiting thread's request for the GIL; its next bytecode then
+    drops the GIL and waits for that thread to take it (CPython's drop_gil
+    with FORCE_SWITCHING), which does not exist in the copy: for ever.
+    ``os.fork()`` leaves its child single-threaded with a sound interpreter,
+    and a clone of that runs Python safely.  Foreground, the clone is made
+    with CLONE_PARENT: our child.
     """
     rfd, wfd = os.pipe()
-    created: list[int] = []
+    life_r, life_w = os.pipe()
+    helper = RootHelper(root.pid, life_w, detached)
     try:
         try:
-            _spawn_root(root, wfd, detached)
+            if not detached:
+                helper.subreaper = _get_subreaper()
+                _set_subreaper(True)
+            helper.mid = os.fork()
+            if helper.mid == 0:
+                _intermediate(root, detached, wfd, life_r)
         finally:
             os.close(wfd)
+            os.close(life_r)
         err = _collect(rfd, root.pid)
-        if err is None:
-            created.append(root.pid)
+        helper.made = err is None  # (foreground, the intermediate is reaped later: it is leaving)
     except BaseException:
-        _kill([root.pid], root.pid, ours=not detached)
+        helper.reap([root.pid])
         raise
     finally:
         os.close(rfd)
     if err is not None:
-        _kill([root.pid], root.pid, ours=not detached)
-        raise RestoreError(_clone_failure(root.pid, err))
-    return created
+        helper.reap([root.pid])
+        raise RestoreError(_clone_failure(root.pid, err) if err else
+                           f"the helper of pid {root.pid} ended before it reported")
+    return helper
+
+
+def _intermediate(root: Plan, detached: bool, wfd: int, life_r: int) -> NoReturn:
+    """The child of ``os.fork()`` that clones the root's helper (see :func:`create`); never returns.
+
+    It keeps only its two pipes, and terminal and stop signals are ignored
+    (by the helper too): both end when the restorer does, not before.
+    Foreground it leaves at once, with 0 once the helper is made.  Detached
+    it stays the helper's parent, a child subreaper, until it is killed at
+    the hand-over or reads EOF from ``life_r`` (the restorer gave up or
+    died): then it kills the root and reaps every helper that comes to it.
+    """
+    code = 1
+    try:
+        _keep_only(wfd, life_r)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
+            signal.signal(sig, signal.SIG_IGN)
+        if detached:
+            _set_subreaper(True)
+        try:
+            pid = clone.clone3(0 if detached else clone.CLONE_PARENT, exit_signal=signal.SIGCHLD if detached else 0,
+                               set_tid=[root.pid])
+        except OSError as exc:
+            os.write(wfd, _REPORT.pack(0, exc.errno or errno.EIO))
+            raise
+        if pid == 0:
+            _helper(root, wfd, life_r)
+        code = 0
+        if detached:
+            os.close(wfd)
+            while os.read(life_r, 1):
+                pass
+            os.kill(pid, signal.SIGKILL)
+            while True:
+                os.waitpid(-1, 0)  # until ECHILD
+    finally:
+        os._exit(code)
+
+
+def _keep_only(*fds: int) -> None:
+    """Close every descriptor but ``fds`` (a copy of the restorer must not hold its files and sockets open)."""
+    low = 0
+    for fd in sorted(fds):
+        if fd > low:
+            syscall(NR.close_range, low, fd - 1, 0, name="close_range")
+        low = fd + 1
+    syscall(NR.close_range, low, 0xFFFFFFFF, 0, name="close_range")
 
 
 def _clone_failure(pid: int, err: int | None) -> str:
@@ -313,33 +487,8 @@ def _clone_failure(pid: int, err: int | None) -> str:
     return f"cannot create a process with pid {pid}: {os.strerror(err or 0)}"
 
 
-def _spawn_root(root: Plan, wfd: int, detached: bool) -> None:
-    if not detached:
-        try:
-            child = clone.clone3(set_tid=[root.pid])
-        except OSError as exc:
-            os.write(wfd, _REPORT.pack(root.pid, exc.errno or 1))
-            return
-        if child == 0:
-            _helper(root, wfd)
-        return
-    mid = clone.clone3()
-    if mid == 0:
-        try:
-            if clone.clone3(set_tid=[root.pid]) == 0:
-                _helper(root, wfd)
-        except OSError as exc:
-            os.write(wfd, _REPORT.pack(root.pid, exc.errno or 1))
-        finally:
-            os._exit(0)
-    try:
-        os.waitpid(mid, 0)
-    except ChildProcessError:
-        pass  # reaped by the kernel already: this process ignores SIGCHLD
-
-
-def _helper(me: Plan, wfd: int) -> None:
-    """The root helper's life before it is seized (a raw copy of the restorer): its ids, then pause."""
+def _helper(me: Plan, wfd: int, life_r: int) -> NoReturn:
+    """The root helper's life before it is seized (a copy of the restorer): its ids, then wait for EOF."""
     try:
         try:
             if me.sid == me.pid:
@@ -347,29 +496,31 @@ def _helper(me: Plan, wfd: int) -> None:
             elif me.pgid == me.pid:
                 os.setpgid(0, 0)
         except OSError as exc:
-            os.write(wfd, _REPORT.pack(me.pid, exc.errno or 1))
+            os.write(wfd, _REPORT.pack(me.pid, exc.errno or errno.EIO))
             os._exit(1)
         os.write(wfd, _REPORT.pack(me.pid, 0))
-        while True:
-            libc.pause()
+        os.close(wfd)
+        while os.read(life_r, 1):  # seized in this read; EOF: the restorer gave up or died
+            pass
     finally:
-        os._exit(127)
+        os._exit(0)
 
 
 def _collect(rfd: int, pid: int) -> int | None:
-    """The root helper's report: None once it is made, else the errno it failed with (0: it vanished)."""
+    """The report of the root's helper, or of the intermediate if clone3 failed.
+
+    None once the helper is ready, else the errno it failed with (0: no report came).
+    """
     deadline = time.monotonic() + CREATE_TIMEOUT
-    buf = b""
-    while len(buf) < _REPORT.size:
+    left = CREATE_TIMEOUT
+    while left > 0 and not select.select([rfd], [], [], left)[0]:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([rfd], [], [], left)[0]:
-            raise RestoreError(f"the helper of pid {pid} did not report within {CREATE_TIMEOUT:.0f} s")
-        chunk = os.read(rfd, _REPORT.size - len(buf))
-        if not chunk:
-            return 0
-        buf += chunk
-    _, err = _REPORT.unpack(buf)
-    return err or None
+    if left <= 0:
+        raise RestoreError(f"the helper of pid {pid} did not report within {CREATE_TIMEOUT:.0f} s")
+    data = os.read(rfd, _REPORT.size)  # written whole (less than PIPE_BUF), or EOF
+    if len(data) < _REPORT.size:
+        return 0
+    return _REPORT.unpack(data)[1] or None
 
 
 def clone_helper(inj: Injector, scratch: Scratch, child: Plan) -> FrozenProcess:
@@ -406,12 +557,32 @@ def clone_helper(inj: Injector, scratch: Scratch, child: Plan) -> FrozenProcess:
             raise RestoreError(f"the helper of pid {pid} cannot take its session or group: "
                                f"{os.strerror(exc.errno or 0)}") from exc
     except BaseException:
-        _discard(pid)
+        discard(pid)
         raise
     return proc
 
 
-def _discard(pid: int) -> None:
+def strays(root: Plan, created: Sequence[int]) -> list[int]:
+    """Helpers cloned but not in ``created``: a failure struck between the clone and its record.
+
+    A process with a pid of the plan whose parent is one of ``created`` can
+    only be one: a helper forks only when we make it.
+    """
+    made, out = set(created), []
+    for p in root.walk():
+        if p.pid in made:
+            continue
+        try:
+            ppid = read_stat(p.pid).ppid
+        except TargetGone:
+            continue
+        if ppid in made:
+            out.append(p.pid)
+            made.add(p.pid)
+    return out
+
+
+def discard(pid: int) -> None:
     """Kill a helper we trace and collect it (its parent, killed with the tree, then gets it)."""
     try:
         os.kill(pid, signal.SIGKILL)

@@ -62,21 +62,30 @@ def open_tracker(pid: int | None, method: str | None = None, state: TrackingStat
     collection; raises :class:`TrackingLost` when the state is gone — fall back
     to a full pre-dump with a warning.  Without it, tracking starts now and the
     first ``collect()`` reports writes since this call.
+
+    Trackers that killed ckpt runs left in the target are closed first
+    (:func:`~ckpt.track.uffd_wp.clean_leftovers`); the tracker's ``notes`` say so.
     """
     from .hash import HashTracker
     from .soft_dirty import SoftDirtyTracker
-    from .uffd_wp import UffdWpTracker
+    from .uffd_wp import UffdWpTracker, clean_leftovers
 
     if state is not None:
         if pid is not None and state.pid != pid:
             raise UsageError(f"tracking state is for process {state.pid}, not {pid}")
+        notes = clean_leftovers(state.pid, [(state.parked_fd, state.uffd_inode)] if state.method == "uffd-wp" else ())
+        attached: Tracker
         if state.method == "uffd-wp":
-            return UffdWpTracker.attach(state)
-        if state.method == "hash":
-            return HashTracker.attach(state)
-        if state.method == "soft-dirty":
-            return SoftDirtyTracker.attach(state)
-        raise UsageError(f"unknown tracking method {state.method!r} in the saved state")
+            attached = UffdWpTracker.attach(state)
+        elif state.method == "hash":
+            attached = HashTracker.attach(state)
+        elif state.method == "soft-dirty":
+            attached = SoftDirtyTracker.attach(state)
+        else:
+            raise UsageError(f"unknown tracking method {state.method!r} in the saved state")
+        attached.notes = notes
+        return attached
+    notes = clean_leftovers(pid) if pid is not None else []
     chosen = choose_method(method, own=pid is None)
     tracker: Tracker
     if chosen == "uffd-wp":
@@ -88,6 +97,7 @@ def open_tracker(pid: int | None, method: str | None = None, state: TrackingStat
     else:
         tracker = SoftDirtyTracker(pid)
     tracker.start(ranges)
+    tracker.notes = notes
     return tracker
 
 

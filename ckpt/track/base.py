@@ -21,14 +21,24 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-from ..errors import CkptError, UsageError
+from ..errors import CkptError, TargetGone, UsageError
 from ..kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
 from ..procfs.maps import SPECIAL_MAPPINGS, Vma
+from ..procfs.task import read_starttime
 
 __all__ = [
     "Run", "Interval", "RangeSpec", "VmaDirty", "DirtySet", "TrackingState", "TrackingLost", "Tracker",
-    "select_ranges", "parse_ranges", "runs_from_pages", "merge_runs", "subtract_intervals",
+    "select_ranges", "parse_ranges", "format_ranges", "runs_from_pages", "merge_runs", "subtract_intervals",
+    "STATE_DIR_DEFAULT", "UNFINISHED", "state_dir", "tracking_state_path", "tracking_states", "load_tracking_state",
+    "forget_the_dead",
 ]
+
+#: Where the state of trackers left parked between ckpt runs is kept (override: $CKPT_STATE_DIR).
+STATE_DIR_DEFAULT = "/run/ckpt"
+#: ``TrackingState.image_id`` of a tracker whose get+clear serves an image not written yet.  Saved
+#: before the clear: if that run dies, no parent matches it, so the next delta becomes a full copy
+#: instead of missing the writes that run cleared.
+UNFINISHED = "(unfinished)"
 
 #: ``(start address, number of pages)``.
 Run = tuple[int, int]
@@ -78,6 +88,15 @@ def parse_ranges(text: str) -> tuple[Interval, ...]:
     if not out:
         raise UsageError(f"no address range in {text!r}")
     return tuple(sorted(out))
+
+
+def format_ranges(spec: RangeSpec) -> str:
+    """For messages: ``all``, ``A-B,C-D``, ``all minus X-Y`` …"""
+    def fmt(ivs: Sequence[Interval]) -> str:
+        return ",".join(f"{s:x}-{e:x}" for s, e in ivs)
+
+    text = "all" if spec.include is None else fmt(spec.include)
+    return f"{text} minus {fmt(spec.exclude)}" if spec.exclude else text
 
 
 def subtract_intervals(base: Interval, holes: Iterable[Interval]) -> list[Interval]:
@@ -294,6 +313,72 @@ class TrackingState:
             return cls.from_json(f.read())
 
 
+def state_dir() -> str:
+    return os.environ.get("CKPT_STATE_DIR", STATE_DIR_DEFAULT)
+
+
+def tracking_state_path(pid: int) -> str:
+    """The state file of the tracker parked in ``pid`` (by ``ckpt track --start`` or a pre-dump)."""
+    return os.path.join(state_dir(), f"track-{pid}.json")
+
+
+def load_tracking_state(pid: int, start_time: int) -> TrackingState | None:
+    """The state file of ``pid`` when it is readable and names this process (not an earlier one of that pid)."""
+    try:
+        st = TrackingState.load(tracking_state_path(pid))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return st if st.pid == pid and st.start_time == start_time else None
+
+
+def forget_the_dead() -> None:
+    """Remove the state files (and digests) and creation journals whose process no longer exists.
+
+    Left by runs that were killed, or by targets that ended while tracked: nothing
+    can use them, and every run would read them again.
+    """
+    d = state_dir()
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(("track-", "creating-")) and n.endswith(".json")]
+    except OSError:
+        return
+    for n in names:
+        path = os.path.join(d, n)
+        try:
+            with open(path) as f:
+                rec = json.loads(f.read())
+            pid, start_time = int(rec["pid"]), int(rec["start_time"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # being written, or not ours
+        try:
+            if read_starttime(pid) == start_time:
+                continue
+        except TargetGone:
+            pass
+        for gone in (path, rec.get("digests_path") or ""):
+            if gone and os.path.dirname(os.path.abspath(gone)) == os.path.abspath(d):
+                try:
+                    os.unlink(gone)
+                except OSError:
+                    pass
+
+
+def tracking_states() -> list[TrackingState]:
+    """Every readable state file: the trackers parked by this machine's ckpt runs (some may be stale)."""
+    d = state_dir()
+    try:
+        names = sorted(n for n in os.listdir(d) if n.startswith("track-") and n.endswith(".json"))
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        try:
+            out.append(TrackingState.load(os.path.join(d, n)))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # half-written or foreign: not evidence of anything
+    return out
+
+
 @dataclass
 class _Previous:
     """The ranges seen at the last collection, to report ``gone`` ones."""
@@ -327,6 +412,8 @@ class Tracker(abc.ABC):
         #: Time the target spent frozen for this tracker (uffd-wp: the injections that park
         #: and close its userfaultfd; a get+clear never stops the target).
         self.frozen_seconds = 0.0
+        #: What was found and mended on the way in (trackers killed runs left in the target).
+        self.notes: list[str] = []
 
     @abc.abstractmethod
     def start(self, ranges: RangeSpec | None = None) -> None:

@@ -16,6 +16,14 @@ How a target is tracked, and why each step is as it is:
    ``pidfd_getfd(parked)`` after checking that it is still
    ``anon_inode:[userfaultfd]`` with the inode recorded at creation.  A second
    ``UFFDIO_API`` on it gives EINVAL, so it is skipped.
+   Before it is parked it gets ckpt's mark, ``O_APPEND`` in its file flags
+   (:data:`PARK_MARK`), then ``UFFDIO_API``: a userfaultfd cannot be made with
+   O_APPEND and the flag means nothing to it, so no program has one, and
+   ``/proc/PID/fdinfo`` shows both the flag and the features to any later run.
+   That is how the next ``ckpt`` run on the process recognises a tracker whose
+   state file a killed run never wrote (:func:`clean_leftovers`).  For the few
+   microseconds between the injected ``userfaultfd()`` and the mark, a journal
+   in the state directory names the descriptor it gets (the lowest free one).
 4. Each collection walks ``/proc/PID/maps`` and scans ONE VMA at a time with
    ``PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC``.  The kernel is asked, not
    our memory, whether a VMA is registered: CHECK_WPASYNC fails with EPERM on an
@@ -32,6 +40,12 @@ copy is closed or replaced while nobody else holds one (the kernel then drops
 every registration at once), or when the target execs (the descriptor is
 CLOEXEC; an old pagemap descriptor then gives ESRCH).
 
+A target of another uid (``vm.unprivileged_userfaultfd = 0``, the target without
+CAP_SYS_PTRACE) may create only a user-mode-only userfaultfd (``UFFD_USER_MODE_ONLY``):
+ckpt asks for one when the plain call gives EPERM.  With WP_ASYNC no fault ever
+waits on the userfaultfd, so it tracks the same — writes the kernel makes into
+tracked pages (``read()`` into a buffer) included (measured).
+
 The calling process can be tracked too (``pid=None``): ``userfaultfd()`` is
 called directly and ``/proc/self/pagemap`` scanned; nothing is parked.
 """
@@ -40,31 +54,49 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
-import resource
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 from ..control.seize import freeze
-from ..errors import CkptError, TargetGone, translate_oserror
+from ..errors import AccessDenied, CkptError, TargetError, TargetGone, translate_oserror
 from ..kernel import pagemap as pm
 from ..kernel import uffd
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from ..kernel.resource import RLIM_INFINITY, RLIMIT_NOFILE
+from ..procfs.fdinfo import read_fdinfo
+from ..procfs.limits import read_limits
 from ..procfs.maps import Vma, read_maps
 from ..procfs.task import read_starttime
-from .base import DirtySet, RangeSpec, Run, Tracker, TrackingLost, TrackingState, VmaDirty, select_ranges, subtract_intervals
+from ..testpoint import pause_point
+from .base import (
+    DirtySet, RangeSpec, Run, Tracker, TrackingLost, TrackingState, VmaDirty, forget_the_dead, select_ranges,
+    state_dir, subtract_intervals, tracking_states,
+)
 
-__all__ = ["UFFD_FEATURES", "PARK_FD_HIGHEST", "UFFD_LINK", "UffdWpTracker", "find_userfaultfds"]
+__all__ = ["UFFD_FEATURES", "PARK_FD_HIGHEST", "PARK_FD_LOWEST", "PARK_MARK", "UFFD_LINK", "UffdWpTracker",
+           "find_userfaultfds", "parked_userfaultfds", "clean_leftovers"]
 
 #: Asked of UFFDIO_API: in-kernel fault resolution, markers on never-populated ptes.
 UFFD_FEATURES = uffd.UFFD_FEATURE_WP_ASYNC | uffd.UFFD_FEATURE_WP_UNPOPULATED
 #: Highest descriptor we park at: a larger number would grow the target's fd
 #: table to that size (8 bytes per slot) even under a limit of 1 M.
 PARK_FD_HIGHEST = 1023
+#: A marked userfaultfd at this number or above is taken for a parked one without asking who else
+#: holds it (:func:`parked_userfaultfds`): ckpt parks at the highest free number up to
+#: PARK_FD_HIGHEST, while a running ckpt (or a program using :class:`~ckpt.track.WriteWatch`)
+#: holds its own copy at its lowest free one.
+PARK_FD_LOWEST = 64
+#: ckpt's mark on the userfaultfds it parks (module doc, 3).
+PARK_MARK = os.O_APPEND
 UFFD_LINK = "anon_inode:[userfaultfd]"
+#: fdinfo's features word has this bit once UFFDIO_API was done (fs/userfaultfd.c).
+_UFFD_FEATURE_INITIALIZED = 1 << 31
 
 _SCAN_CLEAR = pm.PM_SCAN_WP_MATCHING | pm.PM_SCAN_CHECK_WPASYNC
 _RETURN = pm.PAGE_IS_WRITTEN | pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED | pm.PAGE_IS_PFNZERO
@@ -107,6 +139,186 @@ def _parked_inode(pid: int, fd: int) -> int | None:
         return None
 
 
+def _mark_and_features(pid: int, fd: int) -> tuple[bool, int] | None:
+    """(carries ckpt's mark, features set by UFFDIO_API) of the userfaultfd at ``fd``; None if unreadable."""
+    try:
+        info = read_fdinfo(pid, fd)
+    except (OSError, TargetError):
+        return None
+    api = info.uffd_api
+    if api is None:
+        return None
+    return bool(info.flags & PARK_MARK), api[1] & ~_UFFD_FEATURE_INITIALIZED
+
+
+def parked_userfaultfds(pid: int) -> dict[int, int]:
+    """``{fd: inode}`` of the userfaultfds ckpt parked in ``pid``: marked, with ckpt's features, at
+    PARK_FD_LOWEST or above — read from /proc alone, cheap enough while a dump holds ``pid`` frozen.
+
+    A child the tracked process forked holds the same ones (inherited).  Whether a
+    live ckpt run or a state file still owns each is :func:`clean_leftovers`' question.
+    """
+    out = {}
+    for fd, inode in find_userfaultfds(pid).items():
+        if fd >= PARK_FD_LOWEST and _mark_and_features(pid, fd) == (True, UFFD_FEATURES):
+            out[fd] = inode
+    return out
+
+
+@dataclass(frozen=True)
+class _Journal:
+    """"ckpt (``holder``) is creating a userfaultfd in ``pid``; it gets fd ``fd``" — written while the
+    target is frozen, before the injection, removed once the tracker is marked and parked.
+
+    Only for the moment the userfaultfd exists without ckpt's mark: a run killed there
+    leaves this file, which names the exact descriptor (the lowest free one, the
+    target being frozen), so the next run closes that one and nothing else.
+    """
+
+    pid: int
+    start_time: int
+    fd: int
+    holder: int
+    holder_start: int
+
+    @staticmethod
+    def path(pid: int) -> str:
+        return os.path.join(state_dir(), f"creating-{pid}.json")
+
+    @classmethod
+    def begin(cls, pid: int, start_time: int) -> "_Journal | None":
+        """Write it (None when the state directory cannot be written: the window stays unguarded)."""
+        taken = {int(n) for n in os.listdir(f"/proc/{pid}/fd")}
+        fd = next(n for n in range(len(taken) + 1) if n not in taken)
+        me = cls(pid, start_time, fd, os.getpid(), read_starttime(os.getpid()))
+        return me if me._write() else None
+
+    def _write(self) -> bool:
+        try:
+            os.makedirs(state_dir(), exist_ok=True)
+            with open(self.path(self.pid), "w") as f:
+                f.write(json.dumps(asdict(self)))
+        except OSError:
+            return False
+        return True
+
+    def moved(self, fd: int) -> "_Journal":
+        """The userfaultfd got another number (a descriptor table shared with a process not frozen)."""
+        if fd == self.fd:
+            return self
+        me = _Journal(self.pid, self.start_time, fd, self.holder, self.holder_start)
+        me._write()
+        return me
+
+    def end(self) -> None:
+        try:
+            os.unlink(self.path(self.pid))
+        except OSError:
+            pass
+
+    @classmethod
+    def left_for(cls, pid: int, start_time: int) -> "_Journal | None":
+        """The journal a run that is gone left for this process (None: none, or its writer still runs)."""
+        try:
+            with open(cls.path(pid)) as f:
+                me = cls(**json.loads(f.read()))
+        except (OSError, ValueError, TypeError):
+            return None
+        try:
+            alive = read_starttime(me.holder) == me.holder_start
+        except (TargetGone, OSError):
+            alive = False
+        if alive:
+            return None
+        if me.pid != pid or me.start_time != start_time:
+            me.end()  # for an earlier process of that pid: nothing of it is left
+            return None
+        return me
+
+
+def _held_elsewhere(pid: int, fds: dict[int, int]) -> set[int]:
+    """Which of ``pid``'s userfaultfds (``{fd: inode}``) another process holds at another number.
+
+    Nobody but the tracked process and the children it forked (which inherit the
+    parked copy at the same number) holds a parked tracker, unless a ckpt run is
+    working with it now (``ckpt watch``, a pre-dump: a copy at its own lowest free
+    number), or ``pid`` itself holds a copy of a tracker parked in another process
+    (a program using :class:`~ckpt.track.WriteWatch`).  Either way it is no leftover.
+    One walk of every process's descriptors.
+    """
+    by_inode = {ino: fd for fd, ino in fds.items()}
+    held: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == pid:
+            continue
+        try:
+            names = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                if os.readlink(f"/proc/{name}/fd/{fd}") != UFFD_LINK:
+                    continue
+                ino = os.stat(f"/proc/{name}/fd/{fd}").st_ino
+            except OSError:
+                continue
+            if ino in by_inode and by_inode[ino] != int(fd):
+                held.add(by_inode[ino])
+    return held
+
+
+def clean_leftovers(pid: int, keep: Collection[tuple[int, int]] = ()) -> list[str]:
+    """Close the trackers killed ckpt runs left in ``pid``; a note for each (kill-safety, issue 14).
+
+    A leftover is a userfaultfd with ckpt's mark and features (module doc, 3) — or the
+    unmarked one an unfinished creation journaled — that no state file names (fd
+    and inode: a child's inherited copy of its parent's tracker is named by the
+    parent's), that is not in ``keep`` (fd, inode), and that no other process holds
+    at another number (:func:`_held_elsewhere`: then a ckpt run is using it).  Each
+    is checked again while the target is frozen, then closed by an injected
+    ``close``: the last copy gone, the kernel drops its write-protection and the
+    target runs on as if never tracked.  A userfaultfd of the program's own has no
+    mark and is never touched.
+    """
+    forget_the_dead()
+    try:
+        start_time = read_starttime(pid)
+        found = find_userfaultfds(pid)
+    except TargetGone:
+        return []
+    journal = _Journal.left_for(pid, start_time)
+    known = set(keep) | {(st.parked_fd, st.uffd_inode) for st in tracking_states() if st.method == "uffd-wp"}
+    stray = {fd: ino for fd, ino in found.items() if (fd, ino) not in known}
+    ours = {fd: ino for fd, ino in stray.items() if _mark_and_features(pid, fd) == (True, UFFD_FEATURES)}
+    if journal is not None and journal.fd in stray:
+        mark = _mark_and_features(pid, journal.fd)
+        if mark is not None and (mark[0] or mark[1] == 0):  # marked, or not even through UFFDIO_API yet
+            ours[journal.fd] = stray[journal.fd]
+    if ours:
+        in_use = _held_elsewhere(pid, ours)
+        ours = {fd: ino for fd, ino in ours.items() if fd not in in_use}
+    notes: list[str] = []
+    if ours:
+        try:
+            with _signals_held(), freeze(pid, start_time=start_time) as frozen:
+                inj = frozen.injector()
+                for fd, ino in sorted(ours.items()):
+                    if _parked_inode(pid, fd) == ino:  # still that file: the frozen target cannot swap it now
+                        inj.close(fd)
+                        notes.append(f"closed fd {fd} of process {pid}, a dirty-tracking userfaultfd that an "
+                                     "interrupted ckpt run had left there")
+        except TargetGone:
+            return notes
+    if journal is not None:
+        journal.end()
+    return notes
+
+
+def _mark(fd: int) -> None:
+    """Put ckpt's mark on the userfaultfd ``fd`` (our copy: the file, and so its flags, is the target's too)."""
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | PARK_MARK)
+
+
 class UffdWpTracker(Tracker):
     """Tracks one process (``pid``; None = the calling process) with async uffd-wp."""
 
@@ -132,7 +344,7 @@ class UffdWpTracker(Tracker):
                 uffd.uffd_api(self.uffd, UFFD_FEATURES)
             else:
                 self._inject_and_park()
-                uffd.uffd_api(self.uffd, UFFD_FEATURES)
+                pause_point("uffd-parked")
             self.inode = os.fstat(self.uffd).st_ino
             self._open_pagemap()
             self._walk(clear=True)
@@ -163,6 +375,7 @@ class UffdWpTracker(Tracker):
             raise TrackingLost(state.pid, f"fd {state.parked_fd} is now {link} (inode {inode}), "
                                           f"not the userfaultfd with inode {state.uffd_inode}")
         self.uffd, self.inode, self.parked_fd = fd, inode, state.parked_fd
+        _mark(fd)  # parked by a ckpt from before the mark: recognisable from now on
         self._open_pagemap()
         return self
 
@@ -174,35 +387,65 @@ class UffdWpTracker(Tracker):
             raise translate_oserror(e, self.pid, "opening the pagemap of") from e
 
     def _inject_and_park(self) -> None:
-        soft, _ = resource.prlimit(self.pid, resource.RLIMIT_NOFILE)
-        highest = min(PARK_FD_HIGHEST, (soft if soft != resource.RLIM_INFINITY else 1 << 20) - 1)
+        """Create the userfaultfd in the frozen target, take a copy, mark it, UFFDIO_API, park it (module doc, 1-3)."""
+        # From /proc: prlimit64 on a process of another uid needs CAP_SYS_RESOURCE, even to read.
+        soft, _ = read_limits(self.pid)[RLIMIT_NOFILE]
+        highest = min(PARK_FD_HIGHEST, (soft if soft != RLIM_INFINITY else 1 << 20) - 1)
         t0 = time.monotonic()
         try:
             with _signals_held(), freeze(self.pid, start_time=self.start_time) as frozen:
                 inj = frozen.injector()
+                journal = _Journal.begin(self.pid, self.start_time)
                 try:
-                    tfd = inj.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
-                except OSError as e:
-                    raise translate_oserror(e, self.pid, "creating a userfaultfd in") from e
+                    tfd = self._create(inj)
+                except BaseException:
+                    if journal is not None:
+                        journal.end()
+                    raise
+                if journal is not None:
+                    journal = journal.moved(tfd)
                 try:
                     pidfd = pidfd_open(self.pid)
                     try:
                         self.uffd = pidfd_getfd(pidfd, tfd)
                     finally:
                         os.close(pidfd)
-                    want = highest
-                    while True:
-                        try:
-                            self.parked_fd = inj.fcntl(tfd, fcntl.F_DUPFD_CLOEXEC, want)
-                            break
-                        except OSError as e:  # every number from `want` up is taken: look lower
-                            if e.errno not in (errno.EMFILE, errno.EINVAL) or want <= tfd + 1:
-                                raise translate_oserror(e, self.pid, "parking the userfaultfd in") from e
-                            want = max(tfd + 1, want - 64)
+                    _mark(self.uffd)
+                    uffd.uffd_api(self.uffd, UFFD_FEATURES)
+                    self.parked_fd = self._park(inj, tfd, highest)
                 finally:
                     inj.close(tfd)
+                    if journal is not None:  # (not when the close failed: the next run closes what is left)
+                        journal.end()  # marked and parked: recognisable without it from now on
         finally:
             self.frozen_seconds += time.monotonic() - t0
+
+    def _create(self, inj) -> int:  # noqa: ANN001 - the frozen target's Injector
+        """userfaultfd() in the target; user-mode-only where the target may not have another (module doc)."""
+        try:
+            return inj.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise translate_oserror(e, self.pid, "creating a userfaultfd in") from e
+        try:
+            return inj.userfaultfd(os.O_CLOEXEC | os.O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY)
+        except OSError as e:
+            if e.errno == errno.EPERM:  # the target is traced fine: it is the userfaultfd it may not have
+                raise AccessDenied(self.pid, f"process {self.pid} may not create a userfaultfd, not even a "
+                                             "user-mode-only one (a security module, or an old kernel?)",
+                                   hint="track it with --track hash") from e
+            raise translate_oserror(e, self.pid, "creating a userfaultfd in") from e
+
+    def _park(self, inj, tfd: int, highest: int) -> int:  # noqa: ANN001 - an Injector
+        """A copy of ``tfd`` at the highest free descriptor from ``highest`` down."""
+        want = highest
+        while True:
+            try:
+                return inj.fcntl(tfd, fcntl.F_DUPFD_CLOEXEC, want)
+            except OSError as e:  # every number from `want` up is taken: look lower
+                if e.errno not in (errno.EMFILE, errno.EINVAL) or want <= tfd + 1:
+                    raise translate_oserror(e, self.pid, "parking the userfaultfd in") from e
+                want = max(tfd + 1, want - 64)
 
     # --- collecting ---
 

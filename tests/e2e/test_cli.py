@@ -23,6 +23,17 @@ GOLDEN = REPO / "images"
 CKPT = [sys.executable, "-m", "ckpt.cli"]
 
 
+def golden(name: str, dst: Path) -> Path:
+    """A private copy of the golden image ``name`` (0700/0600, ours): ckpt reads no image another user could
+    change, and a checkout may be another user's or group-writable."""
+    shutil.copytree(GOLDEN / name, dst)
+    for d, _, names in os.walk(dst):
+        os.chmod(d, 0o700)
+        for n in names:
+            os.chmod(os.path.join(d, n), 0o600)
+    return dst
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CKPT, *args], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)
@@ -76,13 +87,14 @@ def test_check_reports_a_true_table() -> None:
         assert probes["vDSO"]["ok"] == any("[vdso]" in line for line in f)
 
 
-def test_show_and_verify_golden_images() -> None:
-    res = run("show", str(GOLDEN / "simple"))
+def test_show_and_verify_golden_images(tmp_path: Path) -> None:
+    res = run("show", str(golden("simple", tmp_path / "simple")))
     assert res.returncode == 0, res.stderr
     assert "inventory.img" in res.stdout and "pages of" in res.stdout
-    data = json.loads(run("show", "--json", str(GOLDEN / "chain" / "1")).stdout)
+    chain = golden("chain", tmp_path / "chain")
+    data = json.loads(run("show", "--json", str(chain / "1")).stdout)
     assert data  # decodes to JSON
-    res = run("verify", str(GOLDEN / "chain" / "1"))
+    res = run("verify", str(chain / "1"))
     assert res.returncode == 0 and "OK (2 image(s) in the chain" in res.stdout
 
 
@@ -127,8 +139,7 @@ CORRUPTIONS: dict[str, Callable[[Path], Path]] = {
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 @pytest.mark.parametrize("command", ["verify", "show"])
 def test_corrupt_image_is_one_line_exit_2(tmp_path: Path, how: str, command: str) -> None:
-    d = tmp_path / "img"
-    shutil.copytree(GOLDEN / "simple", d)
+    d = golden("simple", tmp_path / "img")
     damaged = CORRUPTIONS[how](d)
     res = run(command, str(d))
     if command == "verify":
@@ -145,13 +156,12 @@ def test_not_an_image_and_missing_dir(tmp_path: Path) -> None:
 
 
 def test_broken_chains(tmp_path: Path) -> None:
-    chain = tmp_path / "chain"
-    shutil.copytree(GOLDEN / "chain", chain)
+    chain = golden("chain", tmp_path / "chain")
     # Missing parent.
     shutil.move(chain / "0", tmp_path / "away")
     assert_one_line_error(run("verify", str(chain / "1")), 2, "parent")
     # A different image where the parent should be (wrong id).
-    shutil.copytree(GOLDEN / "simple", chain / "0")
+    golden("simple", chain / "0")
     assert_one_line_error(run("verify", str(chain / "1")), 2, "parent")
 
 

@@ -137,7 +137,7 @@ def test_cli_progress_on_a_terminal(c_target, tmp_path: Path) -> None:  # noqa: 
     try:
         assert rc == 0, text
         _one_cleared_line(text, "restore: write")
-        _result(t, timeout=10)  # the restored process checks itself and reports
+        _result(t)  # the restored process checks itself and reports
     finally:
         os.kill(t.pid, signal.SIGKILL)
 
@@ -159,7 +159,7 @@ def test_progress_events_carry_bytes(c_target, tmp_path: Path, restored: list[in
     mem_r = [e for e in back if e.phase == "memory"]
     assert len(mem_r) > 2 and [e.done_bytes for e in mem_r] == sorted(e.done_bytes for e in mem_r)
     assert mem_r[-1].done_bytes == mem_r[-1].total_bytes == r.bytes_written
-    _result(t, timeout=10)
+    _result(t)
 
 
 def test_progress_renderer_only_for_terminals(tmp_path: Path) -> None:

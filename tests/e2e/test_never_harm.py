@@ -28,7 +28,7 @@ CKPT = [sys.executable, "-m", "ckpt.cli"]
 
 def _joined(t: Target) -> int:
     _drain(t)
-    return int(_parse(t.expect("PASS", 10))["joined"])
+    return int(_parse(t.expect("PASS"))["joined"])
 
 
 def test_threads_churning_during_dump(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001, F811
@@ -61,7 +61,7 @@ def test_threads_churning_during_dump(c_target, tmp_path: Path, restored: list[i
 def test_restore_failing_midway_kills_only_its_own(c_target, tmp_path: Path) -> None:  # noqa: ANN001
     """The image's cwd is gone: the helper is already built when chdir fails; it is killed and reaped."""
     t = c_target("cr_target", str(tmp_path / "result"), "1", stdin_pipe=True, stderr=subprocess.DEVNULL)
-    t.ready(timeout=20)
+    t.ready()
     pid = t.pid
     dump(pid, tmp_path / "img")
     _forget(t)

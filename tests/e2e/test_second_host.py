@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from hosts import SecondHost, ckpt_argv
-from targets import Target, spawn, wait_until
+from targets import HANG_GUARD, Target, spawn, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore and namespaces need root")
 
@@ -87,7 +87,7 @@ def _drain(t: Target) -> None:
     t._buf = b""
 
 
-def _fresh_pass(t: Target, timeout: float = 10.0) -> dict[str, str]:
+def _fresh_pass(t: Target, timeout: float = HANG_GUARD) -> dict[str, str]:
     _drain(t)
     return _fields(t.expect("PASS", timeout))
 
@@ -96,7 +96,7 @@ def test_restore_in_second_host_same_pid_while_source_runs(c_target, second_host
                                                             tmp_path: Path) -> None:
     host = second_host
     t = c_target("cr_target", str(tmp_path / "result"), "2", stderr=subprocess.DEVNULL)
-    t.ready(timeout=20)
+    t.ready()
     pid = t.pid
     before = _fresh_pass(t)
     tids = sorted(int(x) for x in before["tids"].split(","))
@@ -117,7 +117,7 @@ def test_restore_in_second_host_same_pid_while_source_runs(c_target, second_host
         assert host.pid_inside(host_pid) == pid
         assert t.alive() and _nspid(pid) == [pid] and not host.contains(pid)  # the original: still here, on the host
 
-        after = _fields(copy.expect("PASS", timeout=20))  # the copy checks its memory, threads and tids
+        after = _fields(copy.expect("PASS"))  # the copy checks its memory, threads and tids
         assert after["pid"] == str(pid)  # getpid() inside
         assert sorted(int(x) for x in after["tids"].split(",")) == tids  # gettid() of every thread, inside
         assert int(after["round"]) > int(before["round"])  # the round counter carried over
@@ -130,14 +130,14 @@ def test_restore_in_second_host_same_pid_while_source_runs(c_target, second_host
         # Signal it by its pid, from inside the second host: the handler survived and the process-wide state
         # (fds, offsets, internal pipe, cwd, limits, the pending SIGUSR2) checks out.
         host.check_output(["kill", "-USR1", str(pid)])
-        line = copy.expect("CHECK", timeout=20)
+        line = copy.expect("CHECK")
         assert line.startswith("CHECK PASS"), line
         check = _fields(line)
         assert check["threads"] == str(len(tids)) and check["usr2"] == "1", line
 
         # The original was not disturbed: it still runs on the host and passes the same check.
         os.kill(pid, signal.SIGUSR1)
-        line = t.expect("CHECK", timeout=20)
+        line = t.expect("CHECK")
         assert line.startswith("CHECK PASS") and _fields(line)["usr2"] == "1" and t.alive(), line
         assert int(_fresh_pass(copy)["round"]) > int(after["round"])  # and the copy keeps running
 
@@ -176,7 +176,7 @@ def test_tcp_listener_restored_in_second_host(second_host: SecondHost, tmp_path:
     host = second_host
     t = spawn([sys.executable, "-u", "-c", _SERVER], stderr=subprocess.DEVNULL)
     try:
-        port = int(_fields(t.expect("READY", timeout=20))["port"])
+        port = int(_fields(t.expect("READY"))["port"])
         first = _ask("127.0.0.1", port)
         assert first["pid"] == str(t.pid)
 
@@ -190,7 +190,7 @@ def test_tcp_listener_restored_in_second_host(second_host: SecondHost, tmp_path:
             # From the source host, over the veth: the listener came back inside with its port and its counter.
             got = _ask(host.address, port)
             assert got == {"n": "2", "pid": str(t.pid), "local": host.address}, got
-            assert _fields(copy.expect("SERVED", timeout=10)) == {"n": "2", "peer": host.host_address}
+            assert _fields(copy.expect("SERVED")) == {"n": "2", "peer": host.host_address}
             # The original still answers on the source, with its own counter.
             assert _ask("127.0.0.1", port) == {"n": "3", "pid": str(t.pid), "local": "127.0.0.1"}
             # The second host does not see the source's listener on its loopback: only its own copy answers there.
@@ -214,7 +214,7 @@ def test_round_trip_dump_inside_restore_back(second_host: SecondHost, tmp_path: 
         proc = subprocess.Popen([sys.executable, "-u", "-c", _SERVER], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
     try:
-        wait_until(lambda: "READY" in log.read_text(), "the server is ready", timeout=20)
+        wait_until(lambda: "READY" in log.read_text(), "the server is ready")
         port = int(_fields(log.read_text().splitlines()[0])["port"])
         pid = proc.pid
         assert _ask("127.0.0.1", port)["n"] == "1"

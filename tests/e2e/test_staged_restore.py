@@ -73,6 +73,7 @@ def _kill_child(pid: int) -> None:
 def test_staged_restore_of_a_busy_writer(c_target, tmp_path: Path, restored: list[int], method: str) -> None:  # noqa: ANN001
     t, area = _writer(c_target)
     parent: Path | None = None
+    pre = []
     for i in (1, 2, 3):
         if i == 2:
             t.write(b"t\n")  # a new writer thread (a new stack VMA) between two pre-dumps
@@ -80,9 +81,10 @@ def test_staged_restore_of_a_busy_writer(c_target, tmp_path: Path, restored: lis
         s = pre_dump(t.pid, tmp_path / str(i), parent=parent, method=method)
         assert s.notes == () and (s.full == (i == 1))
         assert Image.open(tmp_path / str(i)).has(kinds.MM.file_name(t.pid))  # pre-dumps carry the layout
+        pre.append(s)
         parent = tmp_path / str(i)
         time.sleep(0.15)
-    truth, _ = _final_dump(t, area, tmp_path / "final", parent)
+    truth, final = _final_dump(t, area, tmp_path / "final", parent)
 
     staged = StagedRestore(inherit_fds=t.stdio_fds)
     first = staged.start(tmp_path / "1")
@@ -92,9 +94,11 @@ def test_staged_restore_of_a_busy_writer(c_target, tmp_path: Path, restored: lis
     restored.append(r.pid)
     assert staged.state == "done" and r.pid == t.pid
     assert first.pages_written >= NPAGES
-    # later stages write only what changed (plus the churn's new regions), not the whole memory again
-    assert all(st.pages_written < NPAGES // 2 for st in later), later
-    assert r.pages_written < NPAGES // 2 and r.staged_pages >= NPAGES, r
+    # Later stages write only what changed — the pages their image stores (the churn's new regions are
+    # new pages too) — not the whole memory again.  Bounded by the images, not by a share of NPAGES: how
+    # much the writer changes between two pre-dumps depends on how long they take, i.e. on the load.
+    assert all(st.pages_written <= s.pages_stored for st, s in zip(later, pre[1:])), (later, pre)
+    assert r.pages_written <= final.pages_stored and r.staged_pages >= NPAGES, (r, final)
     assert _check_pages(r.pid, area, truth) == len(truth)
     staged.abort()  # once it runs, abort() leaves it alone
     assert not _gone(r.pid) and tracer_of(r.pid) == 0

@@ -8,6 +8,7 @@ both directions at dump time and checks every byte on both sides after it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import random
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,11 +31,12 @@ from ckpt.image.show import show_dict
 from ckpt.kernel.pidfd import pidfd_getfd, pidfd_open
 from ckpt.resources import netlock
 from hosts import SecondHost
-from targets import SCENARIOS, Target, spawn, tracer_of
+from targets import SCENARIOS, Target, spawn, tracer_of, wait_until
 from test_sockets import REDIS, Redis
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, TCP_REPAIR, nft)"),
-              pytest.mark.skipif(netlock.nft_path() is None, reason="nft (nftables) is not installed")]
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, TCP_REPAIR, nftables)"),
+              pytest.mark.skipif(shutil.which("nft") is None, reason="nft (nftables), which the tests use, is not "
+                                                                     "installed")]
 
 TCP_INFO_STATE_ESTABLISHED = 1
 CLONE_NEWNET = 0x40000000
@@ -332,11 +334,135 @@ def test_target_in_another_network_namespace_is_locked_there(tmp_path: Path,
         srv.serve("namespaced")
 
 
-def test_refused_without_nft(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(netlock, "nft_path", lambda: None)
-    with pytest.raises(Unsupported, match="needs nft") as exc:
+# --- ckpt killed while it holds the lock ------------------------------------------------------------
+
+CKPT = [sys.executable, "-m", "ckpt.cli"]
+
+
+def _paused_at(point: str, *args: str, nth: int = 1,
+               until: Callable[[int], bool] = lambda ckpt_pid: True) -> subprocess.Popen:
+    """``ckpt ARGS``, stopped by itself at the test point ``point`` (ckpt.testpoint) once ``until(its pid)``.
+
+    ``CKPT_TEST_PAUSE_AT`` stops it at every pass (``until`` picks one), ``CKPT_TEST_HOOK`` at the ``nth`` only.
+    """
+    env = {**os.environ, "CKPT_TEST_PAUSE_AT": point, "CKPT_TEST_HOOK": f"{point}:stop:{nth}"}
+    ckpt = subprocess.Popen([*CKPT, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in ckpt.stderr:
+        said.append(line)
+        if line.strip() == f"ckpt: paused at {point}":
+            wait_until(lambda: _stopped(ckpt.pid), f"ckpt stops at {point}")
+            if until(ckpt.pid):
+                return ckpt
+            os.kill(ckpt.pid, signal.SIGCONT)
+    ckpt.wait()
+    raise AssertionError(f"ckpt {' '.join(args)} did not stop at {point} (exit {ckpt.returncode}): {''.join(said)}")
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _kill(ckpt: subprocess.Popen, target: int) -> None:
+    ckpt.kill()
+    ckpt.wait()
+    ckpt.stderr.close()
+    wait_until(lambda: tracer_of(target) == 0, "the kernel let the target go")
+
+
+def _locks_of(pid: int) -> dict[str, str]:
+    """The locks of ``pid``'s connections now (tag → table), whichever ckpt run took them."""
+    return {tag: table for tag, table in netlock.locked().items() if f" pid {pid}-" in tag}
+
+
+@pytest.mark.parametrize("mode", [["-R"], []], ids=["R", "ending"])
+def test_killed_while_holding_the_lock_leaves_the_connection_working(py_target, tmp_path: Path,  # noqa: ANN001
+                                                                     mode: list[str]) -> None:
+    """SIGKILL while the lock is in place: the kernel deletes it with ckpt's netlink socket and lets the target
+    go; the connection carries on with no further ckpt command."""
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(1_000_000)
+    pid = srv.t.pid
+    ckpt = _paused_at("netlock.locked", "dump", *mode, "--tcp-established", "-t", str(pid),
+                      "-D", str(tmp_path / "img"))
+    try:
+        assert list(_locks_of(pid).values()) == [f"{netlock.TABLE}-{ckpt.pid}"]  # its own socket's table
+    finally:
+        _kill(ckpt, pid)
+    assert _locks_of(pid) == {}
+    tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True).stdout
+    assert f"{netlock.TABLE}-{ckpt.pid}" not in tables.split(), tables
+    assert srv.t.alive() and not (tmp_path / "img").exists()
+    srv.read_pattern(blasted)  # data flows both ways on the same connection
+    srv.drain()
+    srv.serve("after", "the kill")
+
+
+def test_lock_left_by_a_dump_killed_before_ending_its_target_is_removed_by_the_next_run(
+        py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """Killed after it made the lock persistent (for the restore) but before it ended the target: the target runs
+    on behind a lock no restore will lift; the next ckpt run using the lock removes it, with a note."""
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(1_000_000)
+    pid = srv.t.pid
+    ckpt = _paused_at("netlock.persisted", "dump", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img"))
+    try:
+        (tag, table), = _locks_of(pid).items()
+        assert table == netlock.TABLE  # persistent: out of the dump's own table, into the shared one
+    finally:
+        _kill(ckpt, pid)
+    try:
+        assert srv.t.alive() and _locks_of(pid) == {tag: netlock.TABLE}
+        r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert f"removed the network lock {tag!r}" in r.stderr and "which runs on" in r.stderr, r.stderr
+    finally:
+        netlock.unlock({tag})  # whatever happened, no other test sees it
+    _no_lock_left()
+    srv.read_pattern(blasted)
+    srv.drain()
+    srv.serve("after", "the next run")
+
+
+def test_socket_left_in_repair_mode_is_taken_out_of_it_by_the_next_run(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """Killed while it reads the connection in repair mode (the one window where a SIGKILL still leaves the program
+    a socket that sends nothing): the next dump of that process takes it out of repair mode, with a note."""
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(1_000_000)
+    pid = srv.t.pid
+    fd = srv.conn_fd(pid)
+    ckpt = _paused_at("tcp.repairing", "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img"))
+    _kill(ckpt, pid)
+    assert _locks_of(pid) == {}
+    with _dup(pid, fd) as s:
+        assert s.getsockopt(socket.IPPROTO_TCP, 19) == 1  # TCP_REPAIR: left on
+    r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"fd {fd} " in r.stderr and "the socket was in repair mode" in r.stderr, r.stderr
+    with _dup(pid, fd) as s:
+        assert s.getsockopt(socket.IPPROTO_TCP, 19) == 0
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    _no_lock_left()
+    srv.read_pattern(blasted)
+    srv.drain()
+    srv.serve("out of", "repair mode")
+
+
+def test_refused_without_nf_tables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def no_nf_tables(netns: int | None = None) -> None:
+        raise OSError(errno.EPROTONOSUPPORT, "socket")
+
+    monkeypatch.setattr(netlock.nft.NftSocket, "open", no_nf_tables)
+    with pytest.raises(Unsupported, match="needs nf_tables") as exc:
         dump(os.getpid(), tmp_path / "img", tcp_established=True)  # refused before anything is frozen
-    assert "nftables" in (exc.value.hint or "")
+    assert "nf_tables" in (exc.value.hint or "") and "--tcp-close" in (exc.value.hint or "")
 
 
 # --- redis ---------------------------------------------------------------------------------------
@@ -403,6 +529,36 @@ def test_migration_needs_the_local_address_at_the_destination(second_host: Secon
         assert rx.result().get("outcome") != "running"
         assert proc.poll() is None and tracer_of(proc.pid) == 0 and _untracked(proc.pid)
         _no_lock_left()
+        assert r.call("GET", "k") == b"v" and r.call("INCR", "n") == 1  # the same connection
+        r.sock.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (make installs it)")
+def test_migration_source_killed_before_the_switch_leaves_the_connection_working(second_host: SecondHost,
+                                                                                  tmp_path: Path) -> None:
+    """ckpt migrate killed while its final dump holds the lock (the destination does not run the process yet):
+    the kernel drops the lock with the source's socket, and redis serves on here on the same connection."""
+    from test_migrate import _free_port, _Receiver, _token
+
+    host, port, rx_port, token = second_host, _free_port(), _free_port(), _token(tmp_path)
+    proc = _start_movable_redis(_redis_conf(tmp_path, port, "0.0.0.0"))
+    try:
+        r = Redis.when_up(port, host.host_address, timeout=15)
+        assert r.call("SET", "k", "v") == "OK"
+        _Receiver(host, tmp_path, token, rx_port)
+        # The first lock is the probe's (in the first table of ckpt's own, let go at once); the second, the
+        # final dump's (in its second one).
+        ckpt = _paused_at("netlock.locked", "migrate", "-t", str(proc.pid), "--to", f"{host.address}:{rx_port}",
+                          "--token-file", str(token), "--tcp-established", "--stop-and-copy", nth=2,
+                          until=lambda me: list(_locks_of(proc.pid).values()) == [f"{netlock.TABLE}-{me}-2"])
+        try:
+            assert proc.poll() is None
+        finally:
+            _kill(ckpt, proc.pid)
+        assert proc.poll() is None and _locks_of(proc.pid) == {}
         assert r.call("GET", "k") == b"v" and r.call("INCR", "n") == 1  # the same connection
         r.sock.close()
     finally:

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from targets import tracer_of
+from targets import HANG_GUARD, tracer_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="watch injects into the target: needs root")
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +30,24 @@ def uffds(pid: int) -> list[str]:
         except OSError:
             pass
     return out
+
+
+@contextmanager
+def running_watch(pid: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """`ckpt watch -t PID` past its first interval; on leaving, Ctrl-C, and a clean exit that removed tracking."""
+    proc = subprocess.Popen([*CKPT, "watch", "-t", str(pid), "--interval", "0.2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        assert proc.stdout.readline().startswith("interval 1:")
+        yield proc
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=HANG_GUARD)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "tracking removed" in err
 
 
 def test_watch_three_intervals_json(c_target) -> None:
@@ -53,19 +73,8 @@ def test_watch_three_intervals_json(c_target) -> None:
 def test_ctrl_c_leaves_the_target_running_and_untracked(c_target) -> None:
     t = c_target("writer", "256", "1", "500", "1", stdin_pipe=True)
     t.ready()
-    proc = subprocess.Popen([*CKPT, "watch", "-t", str(t.pid), "--interval", "0.2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert proc.stdout.readline().startswith("interval 1:")
+    with running_watch(t.pid):
         assert len(uffds(t.pid)) == 1  # parked while watching
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err and "tracking removed" in err
     assert t.alive() and uffds(t.pid) == [] and tracer_of(t.pid) == 0
     t.write(b"t\n")  # still serving
     t.expect("OK")

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import pytest
 from ckpt.kernel import ptrace, vm
 from ckpt.kernel.arch_x86_64 import user_regs_struct
 from ckpt.kernel.ptrace import StopKind, WaitStatus
-from targets import tracer_of, wait_until
+from targets import kill_all, spawn, tracer_of, vector_kind, wait_until
 
 
 @contextmanager
@@ -65,36 +66,48 @@ def test_regs_round_trip_and_prstatus_regset(c_target) -> None:
         assert bytes(ptrace.getregs(t.pid)) == bytes(regs)
 
 
-def _has_avx512() -> bool:
-    with open("/proc/cpuinfo") as f:
-        return " avx512f" in f.read()
+#: XCR0 bits each vecregs kind needs: x87|SSE; |AVX; |opmask|ZMM_Hi256|Hi16_ZMM.
+_XCR0_NEEDED = {"xmm": 0x3, "ymm": 0x7, "zmm": 0xE7}
+#: Where the legacy XSAVE area keeps %xmm15 (160 + 15 * 16): fixed by the architecture.
+_XMM15_OFFSET = 400
 
 
-@pytest.mark.skipif(not _has_avx512(), reason="needs AVX-512")
-def test_xstate_holds_zmm16_and_setregset_changes_it(c_target) -> None:
-    t = c_target("avx512")
-    t.ready()
-    time.sleep(0.05)  # past the instruction that loads %zmm16
-    pattern = bytes(range(0xA0, 0xE0))
+def test_xstate_holds_vector_registers_and_setregset_changes_them(c_target) -> None:
+    """On any CPU: the widest vector registers it has (vecregs.h) are in NT_X86_XSTATE, and a changed
+    area written back with SETREGSET is what the thread then holds."""
+    t = c_target("vecregs")
+    kind = t.ready()["vec"]
+    assert kind == vector_kind(), "the scenario does not hold the widest registers /proc/cpuinfo lists"
+    n = {"xmm": 16, "ymm": 32, "zmm": 128}[kind]
+    chunks = [bytes((0x40 + i) & 0xFF for i in range(at, at + 16)) for at in range(0, n, 16)]
+    seen: list[bytes] = []
+
+    def loaded() -> bool:  # the registers hold the pattern once the thread is inside its asm spin
+        with seized(t.pid):
+            seen[:] = [ptrace.get_xstate(t.pid)]
+        return all(c in seen[0] for c in chunks)
+
+    wait_until(loaded, f"the {kind} pattern is in the XSAVE area")
     with seized(t.pid):
         size = ptrace.xstate_size(t.pid)
         xstate = ptrace.get_xstate(t.pid)
         assert len(xstate) == size
         xcr0 = int.from_bytes(xstate[464:472], "little")  # the kernel stores XCR0 in the sw-reserved bytes
-        assert xcr0 & 0xE7 == 0xE7, f"x87/SSE/AVX/AVX-512 state components missing from XCR0 {xcr0:#x}"
+        assert xcr0 & _XCR0_NEEDED[kind] == _XCR0_NEEDED[kind], f"{kind} state components missing from XCR0 {xcr0:#x}"
         # 2,432 bytes with XCR0 0xe7; 11,008 on a host that adds AMX tiles (XCR0 0x600e7).
-        assert size >= 2432
-        at = xstate.find(pattern)
-        assert at > 0, "the %zmm16 pattern is not in the XSAVE area"
+        assert xstate.find(chunks[0]) == _XMM15_OFFSET
         ptrace.set_xstate(t.pid, xstate)
         assert ptrace.get_xstate(t.pid) == xstate
         with pytest.raises(OSError) as short:
-            ptrace.set_xstate(t.pid, xstate[:1024])
+            ptrace.set_xstate(t.pid, xstate[:size // 2])
         assert short.value.errno == errno.EFAULT
-        new_pattern = bytes(reversed(pattern))
-        ptrace.set_xstate(t.pid, xstate[:at] + new_pattern + xstate[at + 64:])
+        changed = bytearray(xstate)
+        for c in chunks:
+            at = changed.find(c)
+            changed[at:at + 16] = c[::-1]
+        ptrace.set_xstate(t.pid, bytes(changed))
     os.kill(t.pid, signal.SIGUSR1)
-    assert t.expect("ZMM16=") == "ZMM16=" + new_pattern.hex()
+    assert t.expect("VEC=") == "VEC=" + b"".join(c[::-1] for c in chunks).hex()
 
 
 def _proc_sigblk(pid: int, tid: int) -> int:
@@ -210,3 +223,52 @@ def test_wait_status_kinds(status: int, kind: StopKind) -> None:
     st = WaitStatus(123, status)
     assert st.kind is kind
     assert str(st).startswith("123 ")
+
+
+_FORKER = """
+import os, signal, sys
+sys.stdin.readline()
+child = os.fork()
+if child == 0:
+    while True:
+        signal.pause()
+print(child, flush=True)
+_, status = os.waitpid(child, 0)
+print("killed by", os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)
+"""
+
+_TRACER = """
+import signal, sys
+from ckpt.kernel import ptrace
+pid = int(sys.argv[1])
+ptrace.seize(pid, ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_EXITKILL)
+print("seized", flush=True)
+while (st := ptrace.waitpid(pid)).event != ptrace.PTRACE_EVENT_FORK:
+    ptrace.cont(pid, st.stopsig if st.kind is ptrace.StopKind.SIGNAL_DELIVERY else 0)
+child = ptrace.geteventmsg(pid)
+ptrace.waitpid(child)  # its first stop
+ptrace.detach(pid)  # only the child stays traced
+print("child", child, flush=True)
+signal.pause()
+"""
+
+
+def test_exitkill_reaches_a_child_auto_attached_by_tracefork() -> None:
+    """A restore's helpers are cloned from a traced helper (PTRACE_O_TRACEFORK) and must inherit
+    PTRACE_O_EXITKILL: when the restorer dies, they die, rather than run on detached."""
+    forker = spawn([sys.executable, "-c", _FORKER], stdin_pipe=True)
+    tracer = spawn([sys.executable, "-c", _TRACER, str(forker.pid)])
+    child = 0
+    try:
+        assert tracer.readline() == "seized"
+        forker.write(b"fork\n")
+        child = int(tracer.readline().split()[1])
+        assert forker.readline() == str(child)
+        assert tracer_of(child) == tracer.pid and tracer_of(forker.pid) == 0
+        tracer.close()  # SIGKILL: the tracer dies without detaching
+        assert forker.readline() == f"killed by {signal.SIGKILL.value}"
+    finally:
+        forker.close()
+        tracer.close()
+        if child:
+            kill_all([child])

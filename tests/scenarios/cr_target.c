@@ -1,4 +1,3 @@
-// cflags: -mavx512f
 /* cr_target: a process that checks its own state for ever, for dump/restore tests.
  *
  * usage: cr_target RESULT_PATH NTHREADS [blocked]
@@ -8,16 +7,18 @@
  * with some pages written (dirty COW copies) and others left as file pages,
  * a PROT_NONE guard page, a read-only page, and a 64 MiB region with a
  * per-page pattern; the rounding mode is set to FE_UPWARD (MXCSR).
- * NTHREADS worker threads each keep a tid-derived pattern in %zmm16 (state
- * that lives only in registers) and re-check it, their gettid() and a
- * per-thread counter in a register-held loop.  With "blocked", one thread
- * blocks in read(0) and one loops in a relative nanosleep, recording what
- * the kernel returned.  (MXCSR is read with stmxcsr, not fenv: no -lm.)
+ * NTHREADS worker threads each keep a tid-derived pattern in the widest
+ * vector registers the CPU has (vecregs.h: %zmm15, %zmm16 and %k1 with
+ * AVX-512, else %ymm15, else %xmm15; state that lives only in registers) and
+ * re-check it, their gettid() and a per-thread counter in a register-held
+ * loop.  With "blocked", one thread blocks in read(0) and one loops in a
+ * relative nanosleep, recording what the kernel returned.  (MXCSR is read with stmxcsr, not fenv: no -lm.)
  *
  * Every round writes one line to stdout (a pipe to the test; no file is held
  * open between rounds, so a dump never catches a half-written report):
  * "PASS round=N pid=P tids=T1,T2,... eintr=E readres=R readerr=X readbuf=B"
- * or "FAIL <reason>".  Prints "READY" on stdout once set up.
+ * or "FAIL <reason>".  Prints "READY vec=KIND" on stdout once set up, KIND the
+ * registers the workers hold (xmm, ymm or zmm: vecregs.h).
  *
  * Process-wide state for the resource modules: cwd is RESULT_PATH.d, a data
  * file is open at fd 40 and dup'ed at fd 41 (shared offset 1234), /dev/null
@@ -48,6 +49,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vecregs.h"
+
 #define BIG (64UL << 20)
 #define PG 4096UL
 #define MAXT 16
@@ -63,6 +66,7 @@ static int read_tid, sleep_tid;
 static char read_buf[64];
 static volatile sig_atomic_t usr1_flag, usr2_count;
 static char cwd_want[4200];
+static enum vec_kind vkind;
 
 static void on_usr1(int sig) { (void)sig; usr1_flag = 1; }
 static void on_usr2(int sig) { (void)sig; usr2_count++; }
@@ -82,16 +86,18 @@ static void *worker(void *arg) {
     int idx = (int)(intptr_t)arg;
     int tid = (int)syscall(SYS_gettid);
     tids[idx] = tid;
-    unsigned char in[64], out[64];
+    static const volatile sig_atomic_t never;
+    struct vec_regs in, out;
     for (uint64_t round = 0;; round++) {
-        for (int i = 0; i < 64; i++) in[i] = (unsigned char)(tid * 3 + i + round);
-        __asm__ volatile("vmovdqu64 %0, %%zmm16" : : "m"(in) : "xmm16");
-        /* spin with the value held only in zmm16 (no libc calls here) */
-        volatile uint64_t spin = 0;
-        for (int k = 0; k < 200000; k++) spin += k;
-        __asm__ volatile("vmovdqu64 %%zmm16, %0" : "=m"(out));
-        for (int i = 0; i < 64; i++)
-            if (out[i] != in[i]) { fail("zmm16 changed in a worker"); break; }
+        for (unsigned i = 0; i < sizeof in.v; i++) in.v[i] = (unsigned char)(tid * 3 + i + round);
+        in.k = (uint16_t)(tid * 7 + round);
+        memset(&out, 0, sizeof out);
+        vec_hold(vkind, &in, &out, 1000000, &never); /* the value held only in registers while it spins */
+        if (memcmp(out.v, in.v, vec_bytes[vkind]) != 0 || (vkind == VEC_ZMM && out.k != in.k)) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "%s changed in a worker", vec_regs_held[vkind]);
+            fail(msg);
+        }
         if ((int)syscall(SYS_gettid) != tid) fail("gettid changed in a worker");
         counters[idx]++;
     }
@@ -266,6 +272,7 @@ int main(int argc, char **argv) {
     nthreads = atoi(argv[2]);
     int blocked = argc > 3 && strcmp(argv[3], "blocked") == 0;
     if (nthreads > MAXT) nthreads = MAXT;
+    vkind = vec_detect();
     __builtin_ia32_ldmxcsr((__builtin_ia32_stmxcsr() & ~0x6000u) | 0x4000u); /* round up */
 
     heap = malloc(3 * PG);
@@ -317,7 +324,7 @@ int main(int argc, char **argv) {
     sigemptyset(&u1);
     sigaddset(&u1, SIGUSR1);
     pthread_sigmask(SIG_UNBLOCK, &u1, NULL); /* SIGUSR1 is for the main thread only */
-    printf("READY\n");
+    printf("READY vec=%s\n", vec_name[vkind]);
     fflush(stdout);
     int want_threads = 1 + nthreads + (blocked ? 2 : 0);
     for (uint64_t round = 0;; round++) {

@@ -240,6 +240,20 @@ def test_accept_times_out_without_a_connection() -> None:
         Channel.accept(listener, TOKEN, timeout=0.05)
 
 
+@pytest.mark.parametrize("host, port, text", [
+    ("127.0.0.1", 99999, "the port must be 0-65535"),
+    ("192.0.2.1", 0, "Cannot assign requested address"),  # TEST-NET-1: no address of this host
+    ("busy", 0, "Address already in use"),
+])
+def test_an_address_that_cannot_be_listened_on_is_the_users_to_change(host: str, port: int, text: str) -> None:
+    with wire.listen("127.0.0.1", 0) as other:
+        if host == "busy":
+            host, port = other.getsockname()
+        with pytest.raises(UsageError, match=text) as err:
+            wire.listen(host, port)
+    assert "\n" not in str(err.value) and "while attempting" not in str(err.value)
+
+
 def test_connection_refused_is_one_line_with_a_hint() -> None:
     with wire.listen("127.0.0.1", 0) as listener:
         port = listener.getsockname()[1]

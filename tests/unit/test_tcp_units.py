@@ -23,17 +23,17 @@ def _sin6(host: str, port: int, scope: int = 0) -> bytes:
 
 def test_rule_matches_the_peers_packets_to_us() -> None:
     lk = netlock.Lock.of(socket.AF_INET, ("10.0.0.1", 80), ("10.0.0.2", 5555), "ckpt ab12 pid 7 fd 4")
-    assert lk.rule() == ('ip saddr 10.0.0.2 tcp sport 5555 ip daddr 10.0.0.1 tcp dport 80 drop '
+    assert lk.rule() == ('ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 5555 tcp dport 80 drop '
                          'comment "ckpt ab12 pid 7 fd 4"')
     assert str(lk) == "10.0.0.1:80 <- 10.0.0.2:5555"
     six = netlock.Lock.of(socket.AF_INET6, ("::1", 80), ("::1", 5555), "t")
-    assert six.rule().startswith("ip6 saddr ::1 tcp sport 5555 ip6 daddr ::1 ") and str(six) == "[::1]:80 <- [::1]:5555"
+    assert six.rule().startswith("ip6 saddr ::1 ip6 daddr ::1 tcp sport 5555 ") and str(six) == "[::1]:80 <- [::1]:5555"
 
 
 def test_ipv4_mapped_connection_is_locked_as_ipv4() -> None:
     """An IPv6 socket talking to ::ffff:a.b.c.d sends IPv4 packets: the rule must match those."""
     lk = netlock.Lock.of(socket.AF_INET6, ("::ffff:127.0.0.1", 80), ("::ffff:127.0.0.2", 9), "t")
-    assert lk.family == socket.AF_INET and lk.rule().startswith("ip saddr 127.0.0.2 tcp sport 9 ip daddr 127.0.0.1 ")
+    assert lk.family == socket.AF_INET and lk.rule().startswith("ip saddr 127.0.0.2 ip daddr 127.0.0.1 tcp sport 9 ")
 
 
 def test_tag_must_be_a_plain_comment() -> None:

@@ -1,20 +1,25 @@
 """The seam shared by all tracking back-ends: range selection, DirtySet, and soft-dirty over a fake kernel.
 
 Soft-dirty cannot run on these machines (no CONFIG_MEM_SOFT_DIRTY); its logic is
-checked here against a fake kernel — the one place in the suite that mocks.
+checked here against a fake kernel — the one place in the suite that mocks (with a
+target refusing every userfaultfd, which no kernel here does).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from contextlib import contextmanager
 
 import pytest
 
-from ckpt.errors import UsageError
+from ckpt.errors import AccessDenied, UsageError
 from ckpt.kernel import pagemap as pm
+from ckpt.kernel import uffd
 from ckpt.procfs.maps import parse_maps
 from ckpt.track.base import DirtySet, RangeSpec, TrackingState, VmaDirty, parse_ranges, select_ranges
 from ckpt.track.soft_dirty import SoftDirtyTracker
+from ckpt.track.uffd_wp import UffdWpTracker
 
 P = 4096
 MAPS = b"""\
@@ -123,3 +128,24 @@ def test_soft_dirty_through_the_seam() -> None:
     assert [(v.start, v.written) for v in ds.new_vmas] == [(0x7f0000100000, ((0x7f0000100000, 4),))]
     assert ds.gone == ((0x7f0000010000, 0x7f0000020000),)
     assert tr.collect().written_pages == 0
+
+
+class _RefusingInjector:
+    """A target that may have no userfaultfd at all: both injected calls give EPERM, and which flags were tried."""
+
+    def __init__(self) -> None:
+        self.tried: list[int] = []
+
+    def userfaultfd(self, flags: int) -> int:
+        self.tried.append(flags)
+        raise OSError(errno.EPERM, "injected userfaultfd: Operation not permitted")
+
+
+def test_a_target_refused_every_userfaultfd_is_told_apart_from_one_we_may_not_trace() -> None:
+    tracker = UffdWpTracker.__new__(UffdWpTracker)  # only its pid is used to create
+    tracker.pid = 4242
+    inj = _RefusingInjector()
+    with pytest.raises(AccessDenied, match="process 4242 may not create a userfaultfd, not even a user-mode-only") as e:
+        tracker._create(inj)
+    assert e.value.hint == "track it with --track hash"
+    assert inj.tried == [os.O_CLOEXEC | os.O_NONBLOCK, os.O_CLOEXEC | os.O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY]

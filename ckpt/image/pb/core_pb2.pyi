@@ -129,24 +129,28 @@ class SigAltStack(_message.Message):
     def __init__(self, sp: _Optional[int] = ..., flags: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class SyscallState(_message.Message):
-    __slots__ = ("nr", "result", "resume")
+    __slots__ = ("nr", "result", "resume", "reissue")
     class Resume(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         RESUME_UNSPECIFIED: _ClassVar[SyscallState.Resume]
         AS_IS: _ClassVar[SyscallState.Resume]
         RESTART: _ClassVar[SyscallState.Resume]
         EINTR: _ClassVar[SyscallState.Resume]
+        REISSUE: _ClassVar[SyscallState.Resume]
     RESUME_UNSPECIFIED: SyscallState.Resume
     AS_IS: SyscallState.Resume
     RESTART: SyscallState.Resume
     EINTR: SyscallState.Resume
+    REISSUE: SyscallState.Resume
     NR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    REISSUE_FIELD_NUMBER: _ClassVar[int]
     nr: int
     result: int
     resume: SyscallState.Resume
-    def __init__(self, nr: _Optional[int] = ..., result: _Optional[int] = ..., resume: _Optional[_Union[SyscallState.Resume, str]] = ...) -> None: ...
+    reissue: int
+    def __init__(self, nr: _Optional[int] = ..., result: _Optional[int] = ..., resume: _Optional[_Union[SyscallState.Resume, str]] = ..., reissue: _Optional[int] = ...) -> None: ...
 
 class SchedState(_message.Message):
     __slots__ = ("policy", "nice", "rt_priority", "cpu_affinity", "reset_on_fork")
