@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
@@ -22,8 +22,6 @@ from .track import watch as _watch
 from .track.watch import WatchRange, WatchSample, tracking_state_path
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from .dump import DumpStats, RestoreStats
     from .image.verify import Report
     from .track.base import TrackingState
@@ -74,6 +72,13 @@ def show(image_dir: str | os.PathLike[str], *, as_json: bool = False) -> str:
     from .image.show import show as _show
 
     return _show(image_or_store(image_dir), as_json=as_json)
+
+
+def show_stream(image_dir: str | os.PathLike[str], *, as_json: bool = False) -> Iterator[str]:
+    """:func:`show`'s output piece by piece (then a newline), in bounded memory whatever the image holds."""
+    from .image.show import iter_show
+
+    return iter_show(image_or_store(image_dir), as_json=as_json)
 
 
 def verify(image_dir: str | os.PathLike[str]) -> "Report":
@@ -325,7 +330,7 @@ if TYPE_CHECKING:
     from .chain_ops import MergeStats
     from .incremental import PreDumpStats
 
-__all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir"]
+__all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir", "show_stream"]
 
 
 def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_ms: float = 100.0,

@@ -88,7 +88,8 @@ def _image_arg(args: argparse.Namespace) -> str:
 def _cmd_show(args: argparse.Namespace) -> int:
     from . import api
 
-    print(api.show(_image_arg(args), as_json=args.json))
+    for piece in api.show_stream(_image_arg(args), as_json=args.json):  # written as made: a pagemap may list 1 M ranges
+        sys.stdout.write(piece)
     return 0
 
 

@@ -50,10 +50,11 @@ from .control.inject import Injector, Scratch
 from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, RestoreError, UsageError
 from .image import kinds
-from .image.chain import open_chain, resolve_pages
+from .image.chain import resolve_pages
 from .image.pb import files_pb2, mm_pb2, process_pb2
 from .image.reader import Image
 from .image.records import ImageKind, Pagemap, PageSource, PageState
+from .image.verify import validated_chain
 from .kernel import ptrace
 from .kernel.arch_x86_64 import INT3, NR, PAGE_SIZE, SYSCALL_INSN, TASK_SIZE_MAX
 from .kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE
@@ -218,7 +219,7 @@ def _restore_error(exc: BaseException, pid: int) -> BaseException:
 
 def _open_chain(image_dir: str | os.PathLike[str], *, pre_dump: bool = False) -> list[Image]:
     """The chain ending at ``image_dir``; UsageError for a pre-dump unless ``pre_dump`` (a staged restore's stage)."""
-    chain = open_chain(image_dir)
+    chain = validated_chain(image_dir)  # every check of `ckpt verify` but page data, before anything is created
     image = chain[-1]
     if image.kind is ImageKind.PRE_DUMP and not pre_dump:
         raise UsageError(f"{image.path}: is a pre-dump (memory only)",

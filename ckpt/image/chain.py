@@ -52,7 +52,7 @@ from contextlib import ExitStack, contextmanager
 from ckpt.errors import ChainError, ImageError, NotAnImage
 from ckpt.image import kinds
 from ckpt.image.reader import ChunkReader, Image, chunk_pieces, iter_stream
-from ckpt.image.records import Pagemap, PageRange, PageSource, PageState
+from ckpt.image.records import Pagemap, PageSource, PageState
 
 __all__ = ["MAX_CHAIN_LENGTH", "walk_chain", "open_chain", "resolve_pages", "iter_chain_pages", "chain_chunk_jobs"]
 
@@ -105,9 +105,9 @@ def open_chain(path: str | os.PathLike[str]) -> list[Image]:
     return images
 
 
-def _pagemaps(chain: Sequence[Image], owner: str) -> list[Pagemap | None]:
-    name = kinds.PAGEMAP.file_name(owner)
-    return [img.pagemap(owner) if img.has(name) else None for img in chain]
+def _pagemap_at(chain: Sequence[Image], level: int, owner: str) -> Pagemap | None:
+    image = chain[level]
+    return image.pagemap(owner) if image.has(kinds.PAGEMAP.file_name(owner)) else None
 
 
 def resolve_pages(chain: Sequence[Image], owner: int | str,
@@ -117,28 +117,32 @@ def resolve_pages(chain: Sequence[Image], owner: int | str,
     Returns sorted, merged runs; ``image`` indexes ``chain`` (None: zero pages).
     ``within``: only the pages inside these sorted, disjoint address intervals
     (a staged restore resolves just the ranges it maps afresh).
-    See the module docstring for a worked example.
+    See the module docstring for a worked example.  The pagemaps are decoded
+    one level at a time, so a long chain holds at most two.
     """
     if not chain:
         return []
     key = kinds.owner_name(owner)
-    maps = _pagemaps(chain, key)
     top = len(chain) - 1
-    newest = maps[top]
+    newest = _pagemap_at(chain, top, key)
     if newest is None:
         raise ChainError(chain[top].path, f"no pagemap for {key} in this image")
     ps = chain[top].page_size
+    here, zero = int(PageState.HERE), int(PageState.ZERO)
     out: list[tuple[int, int, int | None, int]] = []  # vaddr, end, image, data_offset
     # PARENT pieces still to look up, as (vaddr, end), for the level being processed.
     pending: list[tuple[int, int]] = []
-    for r in (newest.ranges if within is None else _clipped(newest.ranges, ps, within)):
-        end = r.vaddr + r.nr_pages * ps
-        if r.state is PageState.HERE:
-            out.append((r.vaddr, end, top, r.data_offset))
-        elif r.state is PageState.ZERO:
-            out.append((r.vaddr, end, None, 0))
+    rows = (zip(newest.vaddrs, newest.nr_pages, newest.states, newest.data_offsets) if within is None
+            else _clipped(newest, within))
+    for vaddr, n, state, data_offset in rows:
+        end = vaddr + n * ps
+        if state == here:
+            out.append((vaddr, end, top, data_offset))
+        elif state == zero:
+            out.append((vaddr, end, None, 0))
         else:
-            pending.append((r.vaddr, end))
+            pending.append((vaddr, end))
+    del newest
     level = top
     while pending:
         child_map = chain[level].file_path(kinds.PAGEMAP.file_name(key))
@@ -146,36 +150,37 @@ def resolve_pages(chain: Sequence[Image], owner: int | str,
         if level == 0:
             raise ChainError(child_map, f"{npages} pages are marked PARENT but the image has no parent")
         level -= 1
-        pm = maps[level]
+        pm = _pagemap_at(chain, level, key)
         if pm is None:
             raise ChainError(
                 child_map, f"{npages} pages are marked PARENT but the parent {chain[level].path} has no {kinds.PAGEMAP.file_name(key)}"
             )
-        starts = [r.vaddr for r in pm.ranges]
+        starts, counts, states, offsets = pm.vaddrs, pm.nr_pages, pm.states, pm.data_offsets
+        nranges = len(starts)
         next_pending: list[tuple[int, int]] = []
         for vaddr, end in pending:
             pos = vaddr
             i = bisect.bisect_right(starts, pos) - 1
-            if i < 0 or pm.ranges[i].vaddr + pm.ranges[i].nr_pages * ps <= pos:
+            if i < 0 or starts[i] + counts[i] * ps <= pos:
                 i += 1
             while pos < end:
-                r = pm.ranges[i] if i < len(pm.ranges) else None
-                if r is None or r.vaddr > pos:
-                    gap_end = end if r is None else min(end, r.vaddr)
+                if i >= nranges or starts[i] > pos:
+                    gap_end = end if i >= nranges else min(end, starts[i])
                     raise ChainError(
                         child_map,
                         f"pages {pos:#x}-{gap_end:#x} are marked PARENT but the parent {chain[level].path} does not have them",
                     )
-                stop = min(end, r.vaddr + r.nr_pages * ps)
-                if r.state is PageState.HERE:
-                    out.append((pos, stop, level, r.data_offset + (pos - r.vaddr)))
-                elif r.state is PageState.ZERO:
+                stop = min(end, starts[i] + counts[i] * ps)
+                if states[i] == here:
+                    out.append((pos, stop, level, offsets[i] + (pos - starts[i])))
+                elif states[i] == zero:
                     out.append((pos, stop, None, 0))
                 else:
                     next_pending.append((pos, stop))
                 pos = stop
                 i += 1
         pending = next_pending
+        del pm
     out.sort()
     merged: list[PageSource] = []
     for vaddr, end, image, data_offset in out:
@@ -193,17 +198,19 @@ def resolve_pages(chain: Sequence[Image], owner: int | str,
     return merged
 
 
-def _clipped(ranges: Sequence[PageRange], ps: int, within: Sequence[tuple[int, int]]) -> Iterator[PageRange]:
-    """The parts of sorted page ranges inside sorted, disjoint intervals (HERE data offsets moved along)."""
-    starts = [r.vaddr for r in ranges]
+def _clipped(pm: Pagemap, within: Sequence[tuple[int, int]]) -> Iterator[tuple[int, int, int, int]]:
+    """The parts of a pagemap's sorted ranges inside sorted, disjoint intervals, as (vaddr, nr_pages,
+    state, data_offset) (HERE data offsets moved along)."""
+    ps = pm.page_size
+    starts, counts, states, offsets = pm.vaddrs, pm.nr_pages, pm.states, pm.data_offsets
+    here = int(PageState.HERE)
     for lo, hi in within:
         i = max(0, bisect.bisect_right(starts, lo) - 1)
-        while i < len(ranges) and ranges[i].vaddr < hi:
-            r = ranges[i]
-            s, e = max(r.vaddr, lo), min(r.vaddr + r.nr_pages * ps, hi)
+        while i < len(starts) and starts[i] < hi:
+            s, e = max(starts[i], lo), min(starts[i] + counts[i] * ps, hi)
             if s < e:
-                off = r.data_offset + (s - r.vaddr) if r.state is PageState.HERE else 0
-                yield PageRange(s, (e - s) // ps, r.state, off)
+                off = offsets[i] + (s - starts[i]) if states[i] == here else 0
+                yield s, (e - s) // ps, states[i], off
             i += 1
 
 

@@ -21,12 +21,18 @@ file and what is wrong in one line (``CorruptImage``).
 
 from __future__ import annotations
 
+import array
+import errno
 import hashlib
 import os
+import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar, overload
 
 from ckpt.errors import CorruptImage
+
+T = TypeVar("T")
 
 __all__ = [
     "FILE_MAGIC",
@@ -42,6 +48,12 @@ __all__ = [
     "pack_trailer",
     "encode_file",
     "split_records",
+    "RecordViews",
+    "MadeOnAccess",
+    "MAX_RECORDS",
+    "open_image_file",
+    "require_regular",
+    "read_image_file",
 ]
 
 #: First four bytes of every ckpt image file.
@@ -62,6 +74,8 @@ END_MARKER = 0xFFFFFFFF
 TRAILER_SIZE = _LEN.size + hashlib.sha256().digest_size
 #: No record may be larger (a corrupt length must not make us allocate GiBs).
 MAX_RECORD_SIZE = 256 << 20
+#: No record file may hold more records (each costs ~0.6 KiB decoded, whatever its size).
+MAX_RECORDS = 1 << 20
 
 
 def _show_magic(magic: bytes) -> str:
@@ -149,12 +163,52 @@ def _walk(data: memoryview) -> Iterator[tuple[int, int]]:
     yield pos, -2  # ran off the end
 
 
-def split_records(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> list[memoryview]:
+class MadeOnAccess(Sequence[T]):
+    """A sequence kept in compact form whose items are made when they are asked for.
+
+    Subclasses give ``__len__`` and ``_make(index)`` (index already checked);
+    a slice is a list of made items.
+    """
+
+    def _make(self, index: int) -> T:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._make(index)
+
+
+class RecordViews(MadeOnAccess[memoryview]):
+    """The record payloads of a file, as views made on access (a view object per record up front
+    cost ~0.2 KiB each, which a file of a million empty records would turn into 200 MB)."""
+
+    def __init__(self, view: memoryview, bounds: array.array) -> None:
+        self._view = view
+        self._bounds = bounds  # start, end of each payload
+
+    def __len__(self) -> int:
+        return len(self._bounds) // 2
+
+    def _make(self, index: int) -> memoryview:
+        return self._view[self._bounds[2 * index] : self._bounds[2 * index + 1]]
+
+
+def split_records(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> RecordViews:
     """The record payloads of a record file whose header was already checked.
 
     Verifies the end marker.  The messages say which of these happened:
     the file was cut short, altered in place (checksum mismatch), or has
-    bytes after its end marker.
+    bytes after its end marker.  More than :data:`MAX_RECORDS` records are refused.
     """
     view = memoryview(data).cast("B")
     size = len(view)
@@ -163,7 +217,7 @@ def split_records(path: str | os.PathLike[str], data: bytes | bytearray | memory
         and _LEN.unpack_from(view, size - TRAILER_SIZE)[0] == END_MARKER
         and hashlib.sha256(view[: size - TRAILER_SIZE]).digest() == view[size - hashlib.sha256().digest_size :]
     )
-    payloads: list[memoryview] = []
+    bounds = array.array("Q")
     for index, (pos, length) in enumerate(_walk(view)):
         if length == -1:
             marker_end = pos + TRAILER_SIZE
@@ -173,7 +227,7 @@ def split_records(path: str | os.PathLike[str], data: bytes | bytearray | memory
                 raise CorruptImage(path, f"{size - marker_end} unexpected bytes after the end marker")
             if not intact:
                 raise CorruptImage(path, "checksum mismatch: the content does not match the SHA-256 in its end marker (file altered)")
-            return payloads
+            return RecordViews(view, bounds)
         if length == -2:
             if pos == size:
                 raise CorruptImage(path, f"truncated after {index} complete records: no end marker")
@@ -183,5 +237,96 @@ def split_records(path: str | os.PathLike[str], data: bytes | bytearray | memory
                 raise CorruptImage(path, "checksum mismatch: the content does not match the SHA-256 in its end marker (file altered)")
             remaining = size - pos - _LEN.size
             raise CorruptImage(path, f"truncated: record {index} claims {length} bytes, only {max(remaining, 0)} remain")
-        payloads.append(view[pos + _LEN.size : pos + _LEN.size + length])
+        if index >= MAX_RECORDS:
+            raise CorruptImage(path, f"holds more than {MAX_RECORDS} records, more than this ckpt reads from one file")
+        bounds.extend((pos + _LEN.size, pos + _LEN.size + length))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def require_regular(path: str | os.PathLike[str], mode: int) -> None:
+    """CorruptImage naming ``path`` unless ``mode`` (from lstat) is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    what = next((name for test, name in _FILE_TYPES if test(mode)), "not a file")
+    note = " (image files are never followed)" if stat.S_ISLNK(mode) else ""
+    raise CorruptImage(path, f"is {what}, not a regular file{note}")
+
+
+def open_image_file(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of the regular file ``path``; raises CorruptImage for anything else.
+
+    A symbolic link is not followed and a FIFO, device or socket is never
+    opened (an image file is data we wrote; ``/dev/zero`` would be read for
+    ever, a FIFO would block, and opening some devices has effects), so the
+    file is looked at with lstat first and opened with O_NOFOLLOW | O_NONBLOCK;
+    the descriptor must then be the inode lstat saw.  ``FileNotFoundError``
+    passes through: the callers say what a missing file means to them.
+    """
+    try:
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptImage(path, f"cannot read: {exc.strerror}") from None
+    require_regular(path, before.st_mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # made a symbolic link since lstat
+            raise CorruptImage(path, "is a symbolic link, not a regular file (image files are never followed)") from None
+        raise CorruptImage(path, f"cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        require_regular(path, st.st_mode)
+        if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            raise CorruptImage(path, "was replaced while it was opened")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_image_file(path: str | os.PathLike[str], size: int | None = None, *, max_size: int | None = None,
+                    expect: bytes | None = None, names: dict[bytes, str] | None = None) -> bytearray:
+    """The whole of the regular file ``path``, never more than ``size`` (or ``max_size``) bytes.
+
+    ``size`` is the size the inventory records: a file of another size is
+    refused before the rest is read.  Without it, a file larger than
+    ``max_size`` is refused.  The buffer is allocated once, from a size
+    checked against the limit, and filled with at most that many bytes.
+    With ``expect`` (a kind magic) the header is read and checked first, so a
+    file of the wrong kind is named as such rather than by its size.
+    """
+    fd = open_image_file(path)
+    try:
+        if expect is not None:
+            try:
+                head = os.pread(fd, HEADER_SIZE, 0)
+            except OSError as exc:
+                raise CorruptImage(path, f"cannot read: {exc.strerror}") from None
+            parse_header(path, head, expect, names=names)
+        actual = os.fstat(fd).st_size
+        if size is not None and actual != size:
+            raise CorruptImage(path, f"size is {actual} bytes, inventory.img says {size} (truncated or extended)")
+        if max_size is not None and actual > max_size:
+            raise CorruptImage(path, f"is {actual} bytes, larger than the {max_size} bytes this ckpt reads for it")
+        data = bytearray(actual)
+        view = memoryview(data)
+        done = 0
+        while done < actual:
+            try:
+                n = os.readv(fd, [view[done:]])
+            except OSError as exc:
+                raise CorruptImage(path, f"cannot read: {exc.strerror}") from None
+            if n == 0:
+                raise CorruptImage(path, f"truncated while read: {done} of {actual} bytes")
+            done += n
+        return data
+    finally:
+        os.close(fd)

@@ -11,6 +11,7 @@ with the file and the problem on one line.
 
 from __future__ import annotations
 
+import array
 import bisect
 import hashlib
 import os
@@ -18,16 +19,17 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import zstandard
 from google.protobuf.message import DecodeError, Message
 
 from ckpt.errors import CorruptImage, NotAnImage
-from ckpt.image import framing, kinds
+from ckpt.image import bounds, framing, kinds
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import (
+    ChunkTable,
     Codec,
     FileDigest,
     ImageKind,
@@ -42,48 +44,61 @@ from ckpt.image.records import (
 if TYPE_CHECKING:
     from ckpt.image.verify import Problem
 
-__all__ = ["Image", "ChunkReader", "decode_records", "read_record_file", "iter_stream", "chunk_pieces"]
+__all__ = ["Image", "ChunkReader", "decode_records", "decode_records_cost", "read_file", "read_record_file",
+           "decode_pagemap", "iter_stream", "chunk_pieces", "zstd_bound"]
+
+MessageT = TypeVar("MessageT", bound=Message)
 
 #: Threads reading and decompressing chunks ahead of the consumer (see ChunkReader.plan).
 READ_AHEAD_WORKERS = 2
 
 
-def _read_all(path: str) -> bytes:
+def zstd_bound(raw_length: int) -> int:
+    """The most bytes zstd stores ``raw_length`` bytes in (ZSTD_COMPRESSBOUND)."""
+    small = ((128 << 10) - raw_length) >> 11 if raw_length < 128 << 10 else 0
+    return raw_length + (raw_length >> 8) + small
+
+
+def read_file(path: str, size: int | None = None, *, max_size: int | None = None, kind: Kind | None = None,
+              missing: str = "missing: listed in inventory.img but not in the directory") -> bytearray:
+    """The bytes of one image file (:func:`framing.read_image_file`, header first when ``kind`` is
+    given); a missing file is CorruptImage(``missing``)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return framing.read_image_file(path, size, max_size=max_size, expect=None if kind is None else kind.magic,
+                                       names=kinds.MAGIC_NAMES)
     except FileNotFoundError:
-        raise CorruptImage(path, "missing: listed in inventory.img but not in the directory") from None
-    except IsADirectoryError:
-        raise CorruptImage(path, "is a directory, not an image file") from None
-    except OSError as exc:
-        raise CorruptImage(path, f"cannot read: {exc.strerror}") from exc
+        raise CorruptImage(path, missing) from None
+
+
+def decode_records_cost(path: str, kind: Kind, payloads: Sequence[memoryview]) -> tuple[list[Message], bounds.Cost]:
+    """Decode record payloads as the kind's message types (head first when it has one), and their cost.
+
+    What decoding would allocate is bounded first (:mod:`ckpt.image.bounds`).
+    """
+    if kind.head is not None and not payloads:
+        raise CorruptImage(path, f"no {kind.head.__name__} record: the file holds no records")
+
+    def cls_of(index: int) -> type[Message]:
+        cls = kind.head if (index == 0 and kind.head is not None) else kind.record
+        assert cls is not None
+        return cls
+
+    cost = bounds.check_decode_cost(path, ((cls_of(i).DESCRIPTOR, p) for i, p in enumerate(payloads)))
+    return [_parse(path, index, cls_of(index), payload) for index, payload in enumerate(payloads)], cost
 
 
 def decode_records(path: str, kind: Kind, payloads: Sequence[memoryview]) -> list[Message]:
     """Decode record payloads as the kind's message types (head first when it has one)."""
-    out: list[Message] = []
-    if kind.head is not None and not payloads:
-        raise CorruptImage(path, f"no {kind.head.__name__} record: the file holds no records")
-    for index, payload in enumerate(payloads):
-        cls = kind.head if (index == 0 and kind.head is not None) else kind.record
-        assert cls is not None
-        message = cls()
-        try:
-            message.ParseFromString(payload)
-        except DecodeError as exc:
-            raise CorruptImage(path, f"record {index} does not decode as {cls.__name__}: {exc}") from None
-        out.append(message)
-    return out
+    return decode_records_cost(path, kind, payloads)[0]
 
 
-def read_record_file(path: str, kind: Kind, data: bytes | None = None) -> tuple[int, list[Message]]:
+def read_record_file(path: str, kind: Kind, data: bytes | bytearray | None = None) -> tuple[int, list[Message]]:
     """Check header and end marker of one record file and decode it; return (version, messages).
 
     Does not consult the inventory (``show`` uses it on single files).
     """
     if data is None:
-        data = _read_all(path)
+        data = read_file(path, max_size=framing.MAX_RECORD_SIZE, missing="no such file")
     _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
     return version, decode_records(path, kind, framing.split_records(path, data))
 
@@ -103,23 +118,28 @@ class ChunkReader:
         self.path = path
         self._pagemap = pagemap
         try:
-            self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+            self._fd = framing.open_image_file(path)
         except FileNotFoundError:
             raise CorruptImage(path, "missing: listed in the pagemap but not in the directory") from None
-        except OSError as exc:
-            raise CorruptImage(path, f"cannot read: {exc.strerror}") from exc
         try:
-            head = self._file.read(framing.HEADER_SIZE)
+            head = os.pread(self._fd, framing.HEADER_SIZE, 0)
             framing.parse_header(path, head, kinds.PAGES.magic, names=kinds.MAGIC_NAMES)
-            self.size = os.fstat(self._file.fileno()).st_size
+            self.size = os.fstat(self._fd).st_size
             if expected_size is not None and self.size != expected_size:
                 raise CorruptImage(path, f"size is {self.size} bytes, inventory.img says {expected_size} (truncated or extended)")
+            # Every chunk's lengths are checked before a buffer is sized by them.
+            self._in_size = self._out_size = 0
+            for index, chunk in enumerate(pagemap.chunks):
+                self._check_chunk(index, chunk)
+                self._in_size = max(self._in_size, chunk.length)
+                if chunk.codec is Codec.ZSTD:
+                    self._out_size = max(self._out_size, chunk.raw_length)
+        except OSError as exc:
+            os.close(self._fd)
+            raise CorruptImage(path, f"cannot read: {exc.strerror}") from None
         except BaseException:
-            self._file.close()
+            os.close(self._fd)
             raise
-        self._fd = self._file.fileno()
-        self._in_size = max((c.length for c in pagemap.chunks), default=0)
-        self._out_size = max((c.raw_length for c in pagemap.chunks if c.codec is Codec.ZSTD), default=0)
         self._sync_bufs: tuple[bytearray, bytearray] | None = None  # for loads outside the plan
         self._local = threading.local()  # one ZstdDecompressor per thread (they are not thread-safe)
         self.loaded: int | None = None
@@ -130,13 +150,29 @@ class ChunkReader:
         self._slots: list[tuple[bytearray, bytearray]] = []
         self._futures: dict[int, Future[memoryview]] = {}  # position in _order -> its chunk
         self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def _check_chunk(self, index: int, chunk: PageChunk) -> None:
+        """A chunk's place and lengths against the file and the pagemap (nothing read)."""
+        where = f"chunk {index} (offset {chunk.offset:#x})"
+        limit = min(self._pagemap.chunk_size, bounds.MAX_CHUNK_SIZE)
+        if chunk.raw_length > limit:
+            raise CorruptImage(self.path, f"{where}: raw length {chunk.raw_length} exceeds the chunk size {limit}")
+        if chunk.offset < framing.HEADER_SIZE or chunk.offset + chunk.length > self.size:
+            raise CorruptImage(self.path, f"{where}: {chunk.length} bytes past the end of the file ({self.size} bytes)")
+        stored_max = chunk.raw_length if chunk.codec is Codec.NONE else zstd_bound(chunk.raw_length)
+        if chunk.length > stored_max:
+            raise CorruptImage(self.path, f"{where}: {chunk.length} bytes stored for {chunk.raw_length} raw, more than "
+                                          f"{chunk.codec.name} ever stores")
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)  # no thread may read a closed fd
             self._pool = None
         self._futures.clear()
-        self._file.close()
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
 
     def __enter__(self) -> ChunkReader:
         return self
@@ -209,10 +245,7 @@ class ChunkReader:
         """Read chunk ``index`` into ``inbuf``, check it, decompress into ``outbuf`` (any thread)."""
         chunk = self._pagemap.chunks[index]
         where = f"chunk {index} (offset {chunk.offset:#x})"
-        if chunk.offset < framing.HEADER_SIZE or chunk.offset + chunk.length > self.size:
-            raise CorruptImage(self.path, f"{where}: {chunk.length} bytes past the end of the file ({self.size} bytes)")
-        if chunk.raw_length > self._pagemap.chunk_size:
-            raise CorruptImage(self.path, f"{where}: raw length {chunk.raw_length} exceeds the chunk size {self._pagemap.chunk_size}")
+        self._check_chunk(index, chunk)
         stored = memoryview(inbuf)[: chunk.length]
         try:
             got = os.preadv(self._fd, [stored], chunk.offset)  # positioned: threads share the fd
@@ -258,35 +291,70 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: decompressed to a different size than the {out.nbytes} bytes recorded")
 
 
-def _pagemap_from(path: str, messages: list[Message]) -> Pagemap:
-    """The Pagemap record of decoded pagemap messages (head first)."""
-    head = cast(pagemap_pb2.PagemapHead, messages[0])
-    chunks = []
+#: The columns of a PageRangeTable: (field, field number, array type code).
+_COLUMNS = (("vaddr", 1, "Q"), ("nr_pages", 2, "Q"), ("state", 3, "B"), ("data_offset", 4, "Q"))
+
+
+def decode_pagemap(path: str, payloads: Sequence[memoryview]) -> tuple[Pagemap, pagemap_pb2.PagemapHead, bounds.Cost]:
+    """The Pagemap of a pagemap file's records, its head (without the range table) and what decoding cost.
+
+    The range table (format 2) is decoded one column at a time, straight into a
+    compact array: the decoder's copy of all four columns at once was as large
+    again as the arrays (~50 MB for a million ranges).
+    """
+    if not payloads:
+        raise CorruptImage(path, "no PagemapHead record: the file holds no records")
+    descs = (pagemap_pb2.PagemapHead.DESCRIPTOR, pagemap_pb2.PageRange.DESCRIPTOR)
+    cost = bounds.check_decode_cost(path, ((descs[bool(i)], p) for i, p in enumerate(payloads)))
+    try:
+        rest, _, tables = bounds.split_field(payloads[0], pagemap_pb2.PagemapHead.RANGES_FIELD_NUMBER)
+    except ValueError:
+        raise CorruptImage(path, "record 0 does not decode as PagemapHead (malformed protobuf)") from None
+    head = _parse(path, 0, pagemap_pb2.PagemapHead, rest)
+    codecs = {int(c): c for c in Codec}
     for i, c in enumerate(head.chunks):
-        try:
-            codec = Codec(c.codec)
-        except ValueError:
-            raise CorruptImage(path, f"chunk {i}: unknown codec {c.codec}") from None
-        chunks.append(PageChunk(c.offset, c.length, c.data_offset, c.raw_length, codec, c.crc32))
+        if c.codec not in codecs:
+            raise CorruptImage(path, f"chunk {i}: PageChunk.codec holds unknown value {c.codec} (written by a newer ckpt?)")
+    chunks = ChunkTable((c.offset, c.length, c.data_offset, c.raw_length, codecs[c.codec], c.crc32) for c in head.chunks)
     valid = {int(s) for s in PageState}
-    if head.HasField("ranges"):  # format 2: one table
-        if len(messages) > 1:
-            raise CorruptImage(path, f"holds a range table and {len(messages) - 1} PageRange records")
-        t = head.ranges
-        cols = list(t.vaddr), list(t.nr_pages), list(t.state), list(t.data_offset)
-        if len({len(c) for c in cols}) != 1:
-            raise CorruptImage(path, "range table columns differ in length: " + "/".join(str(len(c)) for c in cols))
-        if not valid.issuperset(cols[2]):
-            i = next(i for i, st in enumerate(cols[2]) if st not in valid)
-            raise CorruptImage(path, f"range {i}: invalid state {cols[2][i]}")
-        return Pagemap(head.owner, head.pages_file, head.page_size, head.chunk_size, tuple(chunks), *cols)
+    if tables:  # format 2: one table (several occurrences merge, as in any protobuf reader)
+        if len(payloads) > 1:
+            raise CorruptImage(path, f"holds a range table and {len(payloads) - 1} PageRange records")
+        columns = []
+        for name, number, code in _COLUMNS:
+            part = pagemap_pb2.PageRangeTable()
+            try:
+                part.ParseFromString(b"".join(bounds.split_field(t, number)[1] for t in tables))
+            except (DecodeError, ValueError):
+                raise CorruptImage(path, "record 0 does not decode as PagemapHead (range table)") from None
+            values = getattr(part, name)
+            if name == "state" and not valid.issuperset(values):
+                i = next(i for i, st in enumerate(values) if st not in valid)
+                raise CorruptImage(path, f"range {i}: PageRange.state holds unknown value {values[i]} "
+                                         "(written by a newer ckpt?)")
+            columns.append(array.array(code, values))
+            del values, part
+        lengths = [len(c) for c in columns]
+        if len(set(lengths)) != 1:
+            raise CorruptImage(path, "range table columns differ in length: " + "/".join(map(str, lengths)))
+        return Pagemap(head.owner, head.pages_file, head.page_size, head.chunk_size, chunks, *columns), head, cost
     ranges = []
-    for i, m in enumerate(messages[1:]):  # format 1: a record per range
-        r = cast(pagemap_pb2.PageRange, m)
+    for i, payload in enumerate(payloads[1:], 1):  # format 1: a record per range
+        r = _parse(path, i, pagemap_pb2.PageRange, payload)
         if r.state not in valid:
-            raise CorruptImage(path, f"record {i + 1}: page range with invalid state {r.state}")
+            raise CorruptImage(path, f"record {i}: PageRange.state holds unknown value {r.state} (written by a newer ckpt?)")
         ranges.append(PageRange(r.vaddr, r.nr_pages, PageState(r.state), r.data_offset))
-    return Pagemap.from_ranges(head.owner, head.pages_file, head.page_size, head.chunk_size, tuple(chunks), ranges)
+    pm = Pagemap.from_ranges(head.owner, head.pages_file, head.page_size, head.chunk_size, chunks, ranges)
+    return pm, head, cost
+
+
+def _parse(path: str, index: int, cls: type[MessageT], payload: bytes | memoryview) -> MessageT:
+    message = cls()
+    try:
+        message.ParseFromString(payload)
+    except DecodeError as exc:
+        raise CorruptImage(path, f"record {index} does not decode as {cls.__name__}: {exc}") from None
+    return message
 
 
 def iter_stream(reader: ChunkReader, pagemap: Pagemap, wanted: Sequence[tuple[int, int, int]]) -> Iterator[tuple[int, memoryview]]:
@@ -314,7 +382,8 @@ def chunk_pieces(path: str, pagemap: Pagemap, wanted: Sequence[tuple[int, int, i
     callers with threads of their own can load and use each chunk's pieces on
     any thread, in any order.
     """
-    starts = [c.data_offset for c in pagemap.chunks]
+    chunks = pagemap.chunks
+    starts = chunks.data_offsets if isinstance(chunks, ChunkTable) else [c.data_offset for c in chunks]
     out: list[tuple[int, list[tuple[int, int, int]]]] = []
     for data_offset, vaddr, nbytes in wanted:
         while nbytes > 0:
@@ -346,6 +415,8 @@ class Image:
             f.name: FileDigest(f.name, f.size, bytes(f.sha256)) for f in inventory.files
         }
         self._last_pagemap: tuple[str, Pagemap] | None = None  # see pagemap()
+        #: SHA-256 of inventory.img (its end marker): pins every record file, so it names this image's content.
+        self.inventory_sha256 = b""
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, check_sizes: bool = True) -> Image:
@@ -360,9 +431,9 @@ class Image:
         if not os.path.isdir(path):
             raise NotAnImage(path, "not a directory (an image is a directory holding inventory.img)")
         inv_path = os.path.join(path, kinds.INVENTORY.template)
-        if not os.path.exists(inv_path):
+        if not os.path.lexists(inv_path):
             raise NotAnImage(path, "not a ckpt image: no inventory.img")
-        data = _read_all(inv_path)
+        data = read_file(inv_path, max_size=bounds.MAX_INVENTORY_SIZE)
         version, messages = read_record_file(inv_path, kinds.INVENTORY, data)
         if len(messages) != 1:
             raise CorruptImage(inv_path, f"holds {len(messages)} records, expected exactly 1 Inventory")
@@ -383,12 +454,17 @@ class Image:
             # (even `show`, which never reads page data) trusts the image.
             file_path = os.path.join(path, f.name)
             try:
-                size = os.stat(file_path).st_size
+                st = os.lstat(file_path)
             except FileNotFoundError:
                 raise CorruptImage(file_path, "missing (listed in inventory.img)") from None
-            if size != f.size:
-                raise CorruptImage(file_path, f"size is {size} bytes, inventory.img says {f.size} (truncated or extended)")
-        return cls(path, inv, version)
+            except OSError as exc:
+                raise CorruptImage(file_path, f"cannot read: {exc.strerror}") from None
+            framing.require_regular(file_path, st.st_mode)
+            if st.st_size != f.size:
+                raise CorruptImage(file_path, f"size is {st.st_size} bytes, inventory.img says {f.size} (truncated or extended)")
+        image = cls(path, inv, version)
+        image.inventory_sha256 = bytes(data[-32:])
+        return image
 
     # -- inventory -----------------------------------------------------------
 
@@ -449,13 +525,20 @@ class Image:
         digest = self.files.get(name)
         if digest is None:
             raise CorruptImage(path, "not in this image (inventory.img does not list it)")
-        data = _read_all(path)
-        framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
-        if len(data) != digest.size:
-            raise CorruptImage(path, f"size is {len(data)} bytes, inventory.img says {digest.size} (truncated or extended)")
+        return self.decode_file(path, kind, digest)[0]
+
+    @staticmethod
+    def decode_file(path: str, kind: Kind, digest: FileDigest) -> tuple[list[Message], bounds.Cost]:
+        """Read one record file of the recorded size, check header and SHA-256, decode it with its cost."""
+        return decode_records_cost(path, kind, Image.payloads(path, kind, digest))
+
+    @staticmethod
+    def payloads(path: str, kind: Kind, digest: FileDigest) -> framing.RecordViews:
+        """The records of one file of the recorded size, its header, end marker and SHA-256 checked."""
+        data = read_file(path, digest.size, kind=kind)
         if hashlib.sha256(data).digest() != digest.sha256:
             raise CorruptImage(path, "SHA-256 does not match inventory.img: the file was altered")
-        return decode_records(path, kind, framing.split_records(path, data))
+        return framing.split_records(path, data)
 
     def process(self, pid: int) -> process_pb2.ProcessEntry:
         return cast(process_pb2.ProcessEntry, self.records(kinds.PROCESS.file_name(pid))[0])
@@ -487,7 +570,10 @@ class Image:
         last = self._last_pagemap
         if last is not None and last[0] == name:
             return last[1]
-        pm = _pagemap_from(self.file_path(name), self.records(name))
+        path, digest = self.file_path(name), self.files.get(name)
+        if digest is None:
+            raise CorruptImage(path, "not in this image (inventory.img does not list it)")
+        pm = decode_pagemap(path, self.payloads(path, kinds.PAGEMAP, digest))[0]
         self._last_pagemap = (name, pm)
         return pm
 

@@ -9,6 +9,9 @@ each owner has here / in the parent / as zero.
 
 Every file is decoded after checking its header and end marker; a damaged
 file raises ``CorruptImage`` (``ckpt verify`` lists all problems instead).
+An image directory must pass the checks of ``ckpt verify`` (but the reading of
+page data) before it is shown; one file named alone is decoded as it is.
+Only the header of a pages file is read.
 """
 
 from __future__ import annotations
@@ -18,20 +21,21 @@ import json
 import os
 import signal
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from ckpt.errors import CorruptImage
-from ckpt.image import framing, kinds
+from ckpt.image import bounds, framing, kinds
 from ckpt.image.pb import options_pb2
-from ckpt.image.reader import Image, _pagemap_from, _read_all, read_record_file
-from ckpt.image.records import PageState, TrackingInfo
+from ckpt.image.reader import Image, decode_pagemap, read_file, read_record_file
+from ckpt.image.records import PageChunk, Pagemap, PageState, TrackingInfo
+from ckpt.image.verify import validated_chain
 from ckpt.resources import cpu as cpu_features
 
-__all__ = ["DECODERS", "decode_file", "show_dict", "show", "message_to_dict"]
+__all__ = ["DECODERS", "decode_file", "show_dict", "show", "iter_show", "message_to_dict"]
 
 #: Bytes fields longer than this are abbreviated in text output (JSON has them whole).
 _TEXT_BYTES = 32
@@ -84,10 +88,32 @@ def message_to_dict(message: Message, *, text: bool = False) -> dict[str, Any]:
     return out
 
 
+class _Stream(list):  # type: ignore[type-arg]
+    """A list to the JSON encoder and the text renderer that makes its items as it is walked, holding none.
+
+    A pagemap lists up to a million ranges: as dicts and strings they were ~0.3
+    KiB each, for output that is written out and forgotten.  Only :func:`iter_show`
+    uses it; :func:`show_dict` returns plain lists.
+    """
+
+    def __init__(self, n: int, make: Callable[[], Iterator[Any]]) -> None:
+        super().__init__()
+        self._n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._make()
+
+
 # -- decoders, one per kind -----------------------------------------------------
 
 
-def _decode_records(path: str, kind: kinds.Kind, data: bytes, text: bool) -> dict[str, Any]:
+def _decode_records(path: str, kind: kinds.Kind, data: bytes, text: bool, lazy: bool) -> dict[str, Any]:
     version, messages = read_record_file(path, kind, data)
     out: dict[str, Any] = {"format": version}
     if kind.head is not None:
@@ -104,69 +130,79 @@ def _range_line(vaddr: int, nr_pages: int, page_size: int, state: PageState, dat
     return line + (f"  data @{data_offset:#x}" if state is PageState.HERE else "")
 
 
-def _decode_pagemap(path: str, kind: kinds.Kind, data: bytes, text: bool) -> dict[str, Any]:
-    version, messages = read_record_file(path, kind, data)
-    pm = _pagemap_from(path, messages)
-    head = message_to_dict(messages[0], text=text)
+def _chunk_dict(c: PageChunk) -> dict[str, Any]:
+    return {"offset": hex(c.offset), "length": c.length, "data_offset": hex(c.data_offset),
+            "raw_length": c.raw_length, "codec": c.codec.name, "crc32": f"{c.crc32:#010x}"}
+
+
+def _chunk_line(i: int, c: dict[str, Any]) -> str:
+    return (f"#{i:<4} @{c['offset']:<10} {c['length']:>9} bytes -> {c['raw_length']:>9} raw  {c['codec']:<4} "
+            f"crc {c['crc32']}  data @{c['data_offset']}")
+
+
+def _decode_pagemap(path: str, kind: kinds.Kind, data: bytes, text: bool, lazy: bool) -> dict[str, Any]:
+    _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
+    pm, head_pb, _ = decode_pagemap(path, framing.split_records(path, data))
+    head = message_to_dict(head_pb, text=text)
     head.pop("chunks", None)
     head.pop("ranges", None)  # format 2's table: listed below, one line per range
-    chunks = [
-        {
-            "offset": hex(c.offset),
-            "length": c.length,
-            "data_offset": hex(c.data_offset),
-            "raw_length": c.raw_length,
-            "codec": c.codec.name,
-            "crc32": f"{c.crc32:#010x}",
-        }
-        for c in pm.chunks
-    ]
-    if text:
-        ranges: list[Any] = [_range_line(r.vaddr, r.nr_pages, pm.page_size, r.state, r.data_offset) for r in pm.ranges]
-        chunk_list: list[Any] = [
-            f"#{i:<4} @{c['offset']:<10} {c['length']:>9} bytes -> {c['raw_length']:>9} raw  {c['codec']:<4} "
-            f"crc {c['crc32']}  data @{c['data_offset']}"
-            for i, c in enumerate(chunks)
-        ]
-    else:
-        ranges = [
-            {"vaddr": hex(r.vaddr), "nr_pages": r.nr_pages, "state": r.state.name}
-            | ({"data_offset": hex(r.data_offset)} if r.state is PageState.HERE else {})
-            for r in pm.ranges
-        ]
-        chunk_list = chunks
+    states = {int(s): s for s in PageState}
+    ps = pm.page_size
+
+    def ranges() -> Iterator[Any]:
+        for v, n, st, d in zip(pm.vaddrs, pm.nr_pages, pm.states, pm.data_offsets):
+            state = states[st]
+            if text:
+                yield _range_line(v, n, ps, state, d)
+            else:
+                yield {"vaddr": hex(v), "nr_pages": n, "state": state.name} | (
+                    {"data_offset": hex(d)} if state is PageState.HERE else {})
+
+    def chunks() -> Iterator[Any]:
+        for i, c in enumerate(pm.chunks):
+            yield _chunk_line(i, _chunk_dict(c)) if text else _chunk_dict(c)
+
     return {
         "format": version,
         "head": {"type": "PagemapHead", **head},
         "summary": _pagemap_summary(pm),
-        "chunks": chunk_list,
-        "ranges": ranges,
+        "chunks": _Stream(len(pm.chunks), chunks) if lazy else list(chunks()),
+        "ranges": _Stream(len(pm.vaddrs), ranges) if lazy else list(ranges()),
     }
 
 
-def _pagemap_summary(pm: Any) -> dict[str, int]:
+def _pagemap_of(image: Image, owner: str) -> Pagemap:
+    """The pagemap of ``owner``, not kept by ``image`` (Image.pagemap keeps the last one it decoded)."""
+    name = kinds.PAGEMAP.file_name(owner)
+    path = image.file_path(name)
+    return decode_pagemap(path, Image.payloads(path, kinds.PAGEMAP, image.files[name]))[0]
+
+
+def _pagemap_summary(pm: Pagemap) -> dict[str, int]:
     return {
         "pages_here": pm.count(PageState.HERE),
         "pages_parent": pm.count(PageState.PARENT),
         "pages_zero": pm.count(PageState.ZERO),
-        "ranges": len(pm.ranges),
+        "ranges": len(pm.vaddrs),
         "chunks": len(pm.chunks),
         "raw_bytes": sum(c.raw_length for c in pm.chunks),
         "stored_bytes": sum(c.length for c in pm.chunks),
     }
 
 
-def _decode_pages(path: str, kind: kinds.Kind, data: bytes, text: bool) -> dict[str, Any]:
+def _decode_pages(path: str, kind: kinds.Kind, data: bytes, text: bool, lazy: bool) -> dict[str, Any]:
+    """``data`` is the header only (page data is never read); its size is in the caller's summary."""
     _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
     owner = kind.match(os.path.basename(path))
     return {
         "format": version,
-        "page_data_bytes": len(data) - framing.HEADER_SIZE,
+        "page_data_bytes": os.lstat(path).st_size - framing.HEADER_SIZE,
         "note": f"page data is not shown; its chunks are listed in {kinds.PAGEMAP.file_name(owner or 'OWNER')}",
     }
 
 
-Decoder = Callable[[str, kinds.Kind, bytes, bool], dict[str, Any]]
+#: (path, kind, bytes, text output, lazy lists) -> the file as plain data.
+Decoder = Callable[[str, kinds.Kind, bytes, bool, bool], dict[str, Any]]
 
 #: The decoder table, keyed by kind magic.
 DECODERS: dict[bytes, Decoder] = {
@@ -176,16 +212,43 @@ DECODERS: dict[bytes, Decoder] = {
 }
 
 
-def decode_file(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, Any]:
-    """Decode one image file, picking the decoder by the magic in its header."""
+def decode_file(path: str | os.PathLike[str], *, text: bool = False, size: int | None = None,
+                lazy: bool = False) -> dict[str, Any]:
+    """Decode one image file, picking the decoder by the magic in its header.
+
+    ``size``: the size inventory.img records for it (checked before the file is read).
+    A pages file is not read past its header.  ``lazy``: a pagemap's ranges and
+    chunks come as lists that make their items when walked (for :func:`iter_show`).
+    """
     path = os.path.abspath(os.fspath(path))
-    data = _read_all(path)
-    magic, _ = framing.parse_header(path, data, names=kinds.MAGIC_NAMES)
+    fd = _open(path)
+    try:
+        head = os.pread(fd, framing.HEADER_SIZE, 0)
+        actual = os.fstat(fd).st_size
+    except OSError as exc:
+        raise CorruptImage(path, f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    magic, _ = framing.parse_header(path, head, names=kinds.MAGIC_NAMES)
     kind = kinds.BY_MAGIC.get(magic)
     if kind is None:
         raise CorruptImage(path, f"unknown file kind magic {magic!r}")
-    decoded = DECODERS[magic](path, kind, data, text)
-    return {"file": os.path.basename(path), "kind": kind.name, "magic": magic.decode("ascii"), "size": len(data), **decoded}
+    if kind is kinds.PAGES:
+        if size is not None and actual != size:
+            raise CorruptImage(path, f"size is {actual} bytes, inventory.img says {size} (truncated or extended)")
+        data = head
+    else:
+        limit = bounds.MAX_INVENTORY_SIZE if kind is kinds.INVENTORY else framing.MAX_RECORD_SIZE + (1 << 20)
+        data = read_file(path, size, max_size=limit, kind=kind, missing="no such file")
+    decoded = DECODERS[magic](path, kind, data, text, lazy)
+    return {"file": os.path.basename(path), "kind": kind.name, "magic": magic.decode("ascii"), "size": actual, **decoded}
+
+
+def _open(path: str) -> int:
+    try:
+        return framing.open_image_file(path)
+    except FileNotFoundError:
+        raise CorruptImage(path, "missing: no such file") from None
 
 
 def _iso(ns: int) -> str:
@@ -193,11 +256,25 @@ def _iso(ns: int) -> str:
 
 
 def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, Any]:
-    """Everything in an image directory (or one file) as plain data."""
+    """Everything in an image directory (or one file) as plain data.
+
+    A directory is checked first as a restore checks it (every check of
+    ``ckpt verify`` but page data, its parent chain too): a damaged image is
+    refused with its first problem.  A single file is decoded as it is,
+    whatever the rest of its image says.
+    """
+    d = _show(path, text=text, lazy=False)
+    if "files" in d:
+        d["files"] = list(d["files"])
+    return d
+
+
+def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, Any]:
+    """:func:`show_dict`, its files decoded one at a time as the ``files`` list is walked."""
     path = os.path.abspath(os.fspath(path))
-    if os.path.isfile(path):
-        return decode_file(path, text=text)
-    image = Image.open(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return decode_file(path, text=text, lazy=lazy)
+    image = validated_chain(path)[-1]
     inv = image.inventory
     order = {k.name: i for i, k in enumerate(kinds.KINDS)}
 
@@ -205,9 +282,15 @@ def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, 
         found = kinds.kind_of_file(name)
         return (order[found[0].name] if found else len(order), name)
 
-    files = [decode_file(image.inventory_path, text=text)]
-    files += [decode_file(image.file_path(n), text=text) for n in sorted(image.files, key=sort_key)]
-    pages = {f["head"]["owner"]: f["summary"] for f in files if f["kind"] == kinds.PAGEMAP.name}
+    names = sorted(image.files, key=sort_key)
+
+    def files() -> Iterator[dict[str, Any]]:
+        yield decode_file(image.inventory_path, text=text, lazy=lazy)
+        for n in names:
+            yield decode_file(image.file_path(n), text=text, size=image.files[n].size, lazy=lazy)
+
+    owners = [o for o in (kinds.PAGEMAP.match(n) for n in names) if o is not None]
+    pages = {o: _pagemap_summary(_pagemap_of(image, o)) for o in owners}  # one pagemap at a time
     parent = image.parent
     summary = {
         "path": image.path,
@@ -227,7 +310,7 @@ def show_dict(path: str | os.PathLike[str], *, text: bool = False) -> dict[str, 
         ],
         "pages": pages,
     }
-    return {"image": summary, "files": files}
+    return {"image": summary, "files": _Stream(len(names) + 1, files)}
 
 
 def _tracked(t: TrackingInfo | None) -> dict[str, str]:
@@ -248,107 +331,117 @@ def _text_scalar(value: Any) -> str:
     return str(value)
 
 
-def _pack(items: list[tuple[str, Any]], pad: str, lines: list[str]) -> None:
+def _pack(items: list[tuple[str, Any]], pad: str) -> Iterator[str]:
     """Scalar fields as ``key: value`` pairs, several to a line."""
     line = ""
     for k, v in items:
         part = f"{k}: {_text_scalar(v)}"
         if line and len(pad) + len(line) + 2 + len(part) > _WIDTH:
-            lines.append(pad + line)
+            yield pad + line
             line = part
         else:
             line = f"{line}  {part}" if line else part
     if line:
-        lines.append(pad + line)
+        yield pad + line
 
 
 def _is_scalar(value: Any) -> bool:
     return not isinstance(value, (dict, list))
 
 
-def _render_fields(d: dict[str, Any], indent: int, lines: list[str]) -> None:
+def _render_fields(d: dict[str, Any], indent: int) -> Iterator[str]:
     pad = "  " * indent
     run: list[tuple[str, Any]] = []
     for k, v in d.items():
-        if _is_scalar(v) or (isinstance(v, list) and all(_is_scalar(x) for x in v) and len(str(v)) < 40):
+        if _is_scalar(v) or (isinstance(v, list) and len(v) < 40 and all(_is_scalar(x) for x in v)
+                             and len(str(list(v))) < 40):
             run.append((k, v if _is_scalar(v) else _Verbatim("[" + ", ".join(map(str, v)) + "]")))
             continue
-        _pack(run, pad, lines)
+        yield from _pack(run, pad)
         run = []
-        _render(v, indent, lines, k)
-    _pack(run, pad, lines)
+        yield from _render(v, indent, k)
+    yield from _pack(run, pad)
 
 
-def _render(value: Any, indent: int, lines: list[str], key: str) -> None:
+def _render(value: Any, indent: int, key: str) -> Iterator[str]:
     pad = "  " * indent
     if isinstance(value, dict):
         one_line = "{" + ", ".join(f"{k}: {_text_scalar(v)}" for k, v in value.items()) + "}"
         if all(_is_scalar(v) for v in value.values()) and len(pad) + len(key) + len(one_line) + 2 <= _WIDTH:
-            lines.append(f"{pad}{key}: {one_line}")
+            yield f"{pad}{key}: {one_line}"
             return
-        lines.append(f"{pad}{key}:")
-        _render_fields(value, indent + 1, lines)
+        yield f"{pad}{key}:"
+        yield from _render_fields(value, indent + 1)
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         for i, v in enumerate(value):
-            _render(v, indent, lines, f"{key}[{i}]")
+            yield from _render(v, indent, f"{key}[{i}]")
     elif isinstance(value, list) and value and all(isinstance(v, str) and len(v) > 24 for v in value):
-        lines.append(f"{pad}{key}:")
-        lines.extend(f"{pad}  {v}" for v in value)
+        yield f"{pad}{key}:"
+        yield from (f"{pad}  {v}" for v in value)
     elif isinstance(value, list):
-        lines.append(f"{pad}{key}: [{', '.join(str(v) for v in value)}]")
+        yield f"{pad}{key}: [{', '.join(str(v) for v in value)}]"
     else:
-        lines.append(f"{pad}{key}: {_text_scalar(value)}")
+        yield f"{pad}{key}: {_text_scalar(value)}"
 
 
-def _render_text(d: dict[str, Any]) -> str:
-    lines: list[str] = []
+def _text_lines(d: dict[str, Any]) -> Iterator[str]:
     files = d["files"] if "files" in d else [d]
     if "image" in d:
         s = d["image"]
-        lines.append(f"image {s['path']}")
-        lines.append(f"  id {s['image_id']}  kind {s['kind']}  format {s['format']}  created {s['created']}")
-        lines.append(f"  ckpt {s['ckpt_version']}  kernel {s['kernel_release']}  tracking {s['tracking']}")
+        yield f"image {s['path']}"
+        yield f"  id {s['image_id']}  kind {s['kind']}  format {s['format']}  created {s['created']}"
+        yield f"  ckpt {s['ckpt_version']}  kernel {s['kernel_release']}  tracking {s['tracking']}"
         cpu = s["cpu"]
         if cpu is None:
-            lines.append("  cpu: not recorded (an image of an older ckpt)")
+            yield "  cpu: not recorded (an image of an older ckpt)"
         else:
-            lines.append(f"  cpu {cpu['cpu']}  xcr0 {cpu['xcr0']}  xstate {cpu['xstate_size']} bytes")
+            yield f"  cpu {cpu['cpu']}  xcr0 {cpu['xcr0']}  xstate {cpu['xstate_size']} bytes"
             for label in ("instructions", "other"):
-                lines.extend(textwrap.wrap(cpu[label], _WIDTH, initial_indent=f"  cpu {label}: ",
-                                           subsequent_indent="    ", break_on_hyphens=False))
+                yield from textwrap.wrap(cpu[label], _WIDTH, initial_indent=f"  cpu {label}: ",
+                                         subsequent_indent="    ", break_on_hyphens=False)
         p = s["parent"]
-        lines.append("  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})")
+        yield "  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})"
         for proc in s["processes"]:
             ids = f"ppid {proc['ppid']}" + (f", pgid {proc['pgid']}, sid {proc['sid']}" if proc["sid"] else "")
             if "zombie" in proc:
                 z = proc["zombie"]
-                lines.append(f"  process {proc['pid']} ({ids}), zombie ({z['comm']}, {_wait_text(z['wait_status'])})")
+                yield f"  process {proc['pid']} ({ids}), zombie ({z['comm']}, {_wait_text(z['wait_status'])})"
                 continue
-            lines.append(f"  process {proc['pid']} ({ids}), threads {' '.join(map(str, proc['threads']))}"
-                         + (f", tracked ranges {proc['tracked']}" if "tracked" in proc else ""))
+            yield (f"  process {proc['pid']} ({ids}), threads {' '.join(map(str, proc['threads']))}"
+                   + (f", tracked ranges {proc['tracked']}" if "tracked" in proc else ""))
         for owner, c in s["pages"].items():
-            lines.append(
-                f"  pages of {owner}: {c['pages_here']} here, {c['pages_parent']} in parent, {c['pages_zero']} zero"
-                f" ({c['chunks']} chunks, {c['raw_bytes']} bytes raw, {c['stored_bytes']} stored)"
-            )
-        lines.append("")
+            yield (f"  pages of {owner}: {c['pages_here']} here, {c['pages_parent']} in parent, {c['pages_zero']} zero"
+                   f" ({c['chunks']} chunks, {c['raw_bytes']} bytes raw, {c['stored_bytes']} stored)")
+        yield ""
     for f in files:
-        lines.append(f"== {f['file']}  [{f['kind']}, magic {f['magic']}, format {f['format']}, {f['size']} bytes]")
+        yield f"== {f['file']}  [{f['kind']}, magic {f['magic']}, format {f['format']}, {f['size']} bytes]"
         body = {k: v for k, v in f.items() if k not in ("file", "kind", "magic", "format", "size", "record_type")}
         records = body.pop("records", None)
-        _render_fields(body, 1, lines)
+        yield from _render_fields(body, 1)
         if records is not None:
             for i, r in enumerate(records):
-                _render(r, 1, lines, f"{f['record_type']} #{i}")
-        lines.append("")
-    return "\n".join(lines)
+                yield from _render(r, 1, f"{f['record_type']} #{i}")
+        yield ""
+
+
+def iter_show(path: str | os.PathLike[str], as_json: bool = False) -> Iterator[str]:
+    """:func:`show`'s output, piece by piece, followed by a newline; memory stays bounded whatever the image holds.
+
+    The image is checked (a directory) before the first piece; each file is
+    decoded when its turn comes, and a pagemap's ranges are formatted as they
+    are written out.
+    """
+    if as_json:
+        yield from json.JSONEncoder(indent=2).iterencode(_show(path, text=False, lazy=True))
+        yield "\n"
+        return
+    for line in _text_lines(_show(path, text=True, lazy=True)):
+        yield line + "\n"
 
 
 def show(path: str | os.PathLike[str], as_json: bool = False) -> str:
     """Decode an image directory (or a single .img file) to text like ``crit show``, or to JSON."""
-    if as_json:
-        return json.dumps(show_dict(path), indent=2)
-    return _render_text(show_dict(path, text=True))
+    return "".join(iter_show(path, as_json=as_json))[:-1]
 
 
 def _wait_text(status: int) -> str:

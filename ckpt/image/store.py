@@ -61,8 +61,8 @@ from typing import Literal
 import zstandard
 
 import ckpt
-from ckpt.errors import CkptError, ImageError, UsageError
-from ckpt.image import dirs, framing, kinds
+from ckpt.errors import CkptError, ImageError, Unsupported, UsageError
+from ckpt.image import bounds, dirs, framing, kinds
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
@@ -86,7 +86,6 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 4 << 20
 #: zstd level 1: ~1 GB/s on heap data here, ratio ~6.7 (DESIGN.md §5).
 DEFAULT_COMPRESS_LEVEL = 1
-_MAX_CHUNK_SIZE = 256 << 20
 #: Threads compressing chunks.  Two: this machine has two cores, and the writer's
 #: own thread (copies, SHA-256, writes) mostly waits on them.
 COMPRESS_WORKERS = 2
@@ -210,12 +209,18 @@ def _sync_all(paths: Sequence[str]) -> None:
 
 
 class RecordWriter:
-    """Writes one record file: header, one protobuf message per record, end marker."""
+    """Writes one record file: header, one protobuf message per record, end marker.
+
+    What the records will cost a reader to decode is added up as they are
+    written (:mod:`ckpt.image.bounds`): a file the reader would refuse is
+    refused here, with ``Unsupported``, so ckpt never writes an image it cannot read.
+    """
 
     def __init__(self, sink: _Sink, kind: Kind) -> None:
         self._sink = sink
         self._kind = kind
         self._count = 0
+        self.cost = bounds.Cost()
         sink.write(framing.pack_header(kind.magic))
 
     @property
@@ -235,7 +240,13 @@ class RecordWriter:
         if not isinstance(message, expected):
             where = "first record (head)" if expected is self._kind.head else "record"
             raise TypeError(f"{self.name}: {where} must be {expected.__name__}, got {type(message).__name__}")
-        self._sink.write(framing.pack_record(message.SerializeToString(deterministic=True)))
+        payload = message.SerializeToString(deterministic=True)
+        self.cost.add_record(expected.DESCRIPTOR, payload)
+        excess = self.cost.excess()
+        if excess:
+            raise Unsupported(f"{self.name} {excess}", hint="a restore would refuse such an image; the process is too "
+                                                            "large or too fragmented for this ckpt")
+        self._sink.write(framing.pack_record(payload))
         self._count += 1
 
     def close(self) -> FileDigest:
@@ -481,6 +492,8 @@ class PageWriter:
         self._chunks: list[pagemap_pb2.PageChunk] = []
         self._counts = {PageState.HERE: 0, PageState.PARENT: 0, PageState.ZERO: 0}
         self._stats: PagemapStats | None = None
+        #: What decoding the pagemap will cost a reader (bounds.Cost.bytes), once closed.
+        self.decode_cost = 0
         pages.write(framing.pack_header(kinds.PAGES.magic))
 
     # -- adding ranges -------------------------------------------------------
@@ -721,6 +734,9 @@ class PageWriter:
             ):
                 r[-3] = pn + npages
                 return
+        if len(r) >= 4 * bounds.MAX_VALUES:
+            raise Unsupported(f"the memory of {self.owner} needs more than {bounds.MAX_VALUES} page ranges, "
+                              "more than a restore reads from one pagemap")
         r.extend((vaddr, npages, int(state), data_offset))
 
     def _drain(self) -> None:
@@ -764,6 +780,7 @@ class PageWriter:
         writer = RecordWriter(self._pagemap, kinds.PAGEMAP)
         writer.write(head)
         writer.close()
+        self.decode_cost = writer.cost.bytes
         self._stats = PagemapStats(
             owner=self.owner,
             pages_here=self._counts[PageState.HERE],
@@ -950,8 +967,8 @@ class ImageWriter:
         self.kind = ImageKind(kind)
         if page_size <= 0 or page_size & (page_size - 1):
             raise ValueError(f"page size {page_size} is not a power of two")
-        if chunk_size <= 0 or chunk_size % page_size or chunk_size > _MAX_CHUNK_SIZE:
-            raise ValueError(f"chunk size {chunk_size} must be a positive multiple of {page_size} up to {_MAX_CHUNK_SIZE}")
+        if chunk_size <= 0 or chunk_size % page_size or chunk_size > bounds.MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk size {chunk_size} must be a positive multiple of {page_size} up to {bounds.MAX_CHUNK_SIZE}")
         check_compress_level(compress_level)
         self.page_size = page_size
         self.chunk_size = chunk_size
@@ -1153,6 +1170,11 @@ class ImageWriter:
             self._stop_frame_writer()
         for rw in self._record_writers:
             rw.close()
+        cost = sum(rw.cost.bytes for rw in self._record_writers) + sum(
+            pw.decode_cost for pw in self._page_writers.values())
+        if cost > bounds.MAX_IMAGE_DECODE_COST:
+            raise Unsupported(f"{self.final_dir}: its files would take ~{cost >> 20} MiB to decode, more than the "
+                              f"{bounds.MAX_IMAGE_DECODE_COST >> 20} MiB a restore allows for one image")
         for name in self._sinks:
             found = kinds.kind_of_file(name)
             if found and found[0].scope is kinds.Scope.PROCESS and int(found[1]) not in pids:

@@ -304,3 +304,60 @@ def test_parent_marks_without_parent_link(chain: Path) -> None:
     _verify_says(chain / "1", chain / "1" / "pagemap-2000.img", "marked PARENT but the image has no parent")
     err = _raises(ChainError, lambda: resolve_pages(open_chain(chain / "1"), 2000))
     _one_line(err, chain / "1" / "pagemap-2000.img", "no parent")
+
+
+# -- bounds the writer and the chain keep ------------------------------------------------------------
+
+
+def test_writer_refuses_a_pagemap_no_reader_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More ranges than a reader takes: the dump fails (Unsupported) instead of writing an image restore refuses."""
+    from ckpt.errors import Unsupported
+    from ckpt.image import bounds
+
+    monkeypatch.setattr(bounds, "MAX_VALUES", 3)
+    with pytest.raises(Unsupported, match="more than 3 page ranges"):
+        with ImageWriter(tmp_path / "img", kind=ImageKind.PRE_DUMP) as w:
+            with w.pages(5) as pw:
+                for i in range(4):
+                    pw.add_zero(0x1000 + 2 * i * 4096, 1)  # gaps: one range each
+    assert not (tmp_path / "img").exists()
+
+
+def test_writer_refuses_a_record_file_no_reader_decodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckpt.errors import Unsupported
+    from ckpt.image import bounds
+    from ckpt.image.pb import files_pb2
+
+    monkeypatch.setattr(bounds, "MAX_DECODE_COST", 10 * bounds.RECORD_COST)
+    with pytest.raises(Unsupported, match="fds-5.img would take"):
+        with ImageWriter(tmp_path / "img", kind=ImageKind.FULL) as w:
+            w.write_fds(5, [files_pb2.FdEntry(fd=n, file_id=1) for n in range(11)])
+
+
+def test_chain_longer_than_the_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckpt.image import chain as chain_mod
+    from ckpt.image.verify import validated_chain
+
+    parent = None
+    for n in range(4):
+        with ImageWriter(tmp_path / str(n), kind=ImageKind.PRE_DUMP, parent=parent) as w:
+            w.commit()
+        parent = tmp_path / str(n)
+    monkeypatch.setattr(chain_mod, "MAX_CHAIN_LENGTH", 3)
+    err = _raises(ChainError, lambda: validated_chain(tmp_path / "3"))
+    _one_line(err, tmp_path / "1" / "inventory.img", "longer than 3 images")
+
+
+def test_validated_images_are_not_checked_twice(chain: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staged restore opens its chain at every stage: the images checked already are skipped."""
+    from ckpt.image import verify as verify_mod
+
+    calls: list[int] = []
+    real = verify_mod.check_chain
+    monkeypatch.setattr(verify_mod, "check_chain", lambda images, **kw: calls.append(kw.get("only", 0)) or real(images, **kw))
+    assert [i.id for i in verify_mod.validated_chain(chain / "1")] == ["c0" * 16, "c1" * 16]
+    assert [i.id for i in verify_mod.validated_chain(chain / "1")] == ["c0" * 16, "c1" * 16]
+    assert calls == [0]  # the second time: nothing left to check
+    _rewrite_inventory(chain / "1", lambda inv: inv.extra.__setitem__("note", "changed"))  # another image now
+    verify_mod.validated_chain(chain / "1")
+    assert calls == [0, 1]  # only the changed one

@@ -45,7 +45,7 @@ def test_full_image_round_trip(tmp_path: Path) -> None:
     with ImageWriter(final, kind=ImageKind.FULL, tracking="hash", chunk_size=2 * PS) as w:
         w.write_process(7, process_pb2.ProcessEntry(pid=7, ppid=1, comm="t"))
         w.write_threads(7, [core_pb2.ThreadCore(tid=7, regs=core_pb2.UserRegsX86_64(rip=0x401000)), core_pb2.ThreadCore(tid=8)])
-        w.write_mm(7, mm_pb2.MmEntry(brk=0x602000), [mm_pb2.Vma(start=0x400000, end=0x401000, kind=mm_pb2.Vma.FILE_PRIVATE)])
+        w.write_mm(7, mm_pb2.MmEntry(brk=0x602000), [mm_pb2.Vma(start=0x10000, end=0x13000, kind=mm_pb2.Vma.ANON_PRIVATE)])
         w.write_fds(7, [files_pb2.FdEntry(fd=0, file_id=1)])
         w.write_files([files_pb2.FileEntry(id=1, kind=files_pb2.FileEntry.CHR, path="/dev/null")])
         with w.pages(7) as pw:
@@ -60,7 +60,7 @@ def test_full_image_round_trip(tmp_path: Path) -> None:
     assert image.process(7).comm == "t"
     assert [t.tid for t in image.threads(7)] == [7, 8] and image.threads(7)[0].regs.rip == 0x401000
     mm, vmas = image.mm(7)
-    assert mm.brk == 0x602000 and vmas[0].kind == mm_pb2.Vma.FILE_PRIVATE
+    assert mm.brk == 0x602000 and vmas[0].kind == mm_pb2.Vma.ANON_PRIVATE
     assert image.fds(7)[0].file_id == 1 and image.file_entries()[0].path == "/dev/null"
     pm = image.pagemap(7)
     assert [(r.vaddr, r.nr_pages, r.state) for r in pm.ranges] == [(0x10000, 3, PageState.HERE)]
