@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from . import testpoint
 from .control.inject import Injector, Scratch
 from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
-from .errors import ChainError, CkptError, RestoreError, UsageError
+from .errors import ChainError, CkptError, ImageError, RestoreError, UsageError
 from .image import kinds
 from .image.chain import resolve_pages
 from .image.pb import files_pb2, mm_pb2, process_pb2
@@ -206,8 +206,14 @@ def _kill_helper(proc: FrozenProcess) -> None:
 
 
 def _restore_error(exc: BaseException, pid: int) -> BaseException:
-    """What a failed restore raises: a RestoreError for ckpt's and the kernel's errors, anything else as is."""
-    if isinstance(exc, CkptError) and not isinstance(exc, RestoreError):
+    """What a failed restore raises: a RestoreError for ckpt's and the kernel's errors, anything else as is.
+
+    A corrupt image found on the way (a page chunk whose checksum fails) stays
+    what it is — bad input, exit 2, as when ``verify`` finds it — with the pid named.
+    """
+    if isinstance(exc, ImageError):
+        err: CkptError = type(exc)(exc.path, f"{exc.problem} (restore of {pid})", hint=exc.hint)
+    elif isinstance(exc, CkptError) and not isinstance(exc, RestoreError):
         err = RestoreError(f"restore of {pid} failed: {exc}", hint=exc.hint)
     elif isinstance(exc, OSError):
         err = RestoreError(f"restore of {pid} failed: {exc}")

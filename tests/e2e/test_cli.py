@@ -227,3 +227,28 @@ def test_foreground_restore_waits_for_its_process_even_when_started_with_sigchld
                          timeout=60, stdin=subprocess.DEVNULL,
                          preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
     assert res.returncode == 0, res.stderr  # the restored sleep's own status
+
+
+def test_restore_finding_a_corrupt_page_chunk_exits_2_and_leaves_no_process(tmp_path: Path) -> None:
+    """A page chunk whose checksum fails is found only while memory is filled (the validator does not read
+    page data): still bad input, exit 2 naming the file, as `verify` says it, and nothing is left running."""
+    sleeper = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    img = tmp_path / "img"
+    res = run("dump", "-t", str(sleeper.pid), "-D", str(img))
+    assert res.returncode == 0, res.stderr
+    sleeper.wait(timeout=60)
+    pages = next(img.glob("pages-*.img"))
+    data = bytearray(pages.read_bytes())
+    data[-100] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    assert run("verify", str(img)).returncode == 2
+    res = run("restore", "-D", str(img), "-d")
+    assert_one_line_error(res, 2, pages.name)
+    assert not os.path.exists(f"/proc/{sleeper.pid}") or _state(sleeper.pid) == "Z"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2:].split()[0].decode()
