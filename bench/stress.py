@@ -220,7 +220,7 @@ class Stress:
         self.report = Report()
         self.target = Target(work, npages)
         self.n = 0
-        self.chain: Path | None = None  # the last pre-dump that completed
+        self.chain_dirs: list[Path] = []  # the pre-dumps of the current chain, oldest first (kept from pruning)
         self.token = work / "token"
         self.receiver: subprocess.Popen | None = None
         self.port = 0
@@ -238,8 +238,9 @@ class Stress:
             return ["dump", "-R", "-t", pid, "-D", str(self._dir("img"))]
         if op == "dump":
             return ["dump", "-t", pid, "-D", str(self._dir("img"))]
-        if op == "pre-dump":
-            parent = ["--prev-images-dir", str(self.chain)] if self.chain and self.rng.random() < 0.7 else []
+        if op == "pre-dump":  # a chain of up to 4, then a new one
+            grow = self.chain_dirs and len(self.chain_dirs) < 4 and self.rng.random() < 0.7
+            parent = ["--prev-images-dir", str(self.chain_dirs[-1])] if grow else []
             return ["pre-dump", "-t", pid, "-D", str(self._dir("pre")), *parent]
         if op in ("migrate", "receive"):
             return ["migrate", "-t", pid, "--to", f"127.0.0.1:{self.port}", "--token-file", str(self.token),
@@ -320,7 +321,7 @@ class Stress:
             if op == "dump":
                 self._reborn(Path(argv[-1]))
             if op == "pre-dump":
-                self.chain = Path(argv[argv.index("-D") + 1])
+                self._chained(argv)
             self.target.check(f"unkilled {op}")
         image = Path(self._argv("dump")[-1])
         self._run(["dump", "-t", str(self.target.pid), "-D", str(image)], None, 0)
@@ -338,7 +339,7 @@ class Stress:
             self.target.end()
             _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the harmed target is gone")
             self.target = Target(self.work, self.npages)
-            self.chain = None
+            self.chain_dirs = []
 
     def _round(self) -> None:
         op = self.rng.choice(self.ops)
@@ -383,7 +384,7 @@ class Stress:
                 if not sent and op == "dump":
                     self._reborn(Path(argv[-1]))
                 if not sent and op == "pre-dump":
-                    self.chain = Path(argv[argv.index("-D") + 1])
+                    self._chained(argv)
                 if sent and op == "dump" and not self.target.alive():
                     self._reborn(Path(argv[-1]))  # killed after the image was complete: it was ended as asked
             if not sent:
@@ -402,12 +403,17 @@ class Stress:
                 self.report.leftovers_after_next_run += sum(_leftovers(self.target.pid, self.work).values())
         self._prune()
 
+    def _chained(self, argv: list[str]) -> None:
+        """A pre-dump completed: it grew the chain (with a parent) or started a new one."""
+        made = Path(argv[argv.index("-D") + 1])
+        self.chain_dirs = [*self.chain_dirs, made] if "--prev-images-dir" in argv else [made]
+
     def _prune(self) -> None:
         """Keep the work directory small: old images go (the chain's last pre-dump stays)."""
         dirs = sorted((p for p in self.work.iterdir() if p.is_dir() and p.name[:4] in ("img-", "pre-")),
                       key=lambda p: int(p.name.split("-")[1]))
         for p in dirs[:-3]:
-            if self.chain is None or p.name != self.chain.name:
+            if p not in self.chain_dirs:
                 shutil.rmtree(p, ignore_errors=True)
 
     def close(self) -> None:
@@ -417,7 +423,8 @@ class Stress:
             self.receiver.wait()
 
 
-def run(kills: int, mib: int, seed: int, ops: tuple[str, ...] = OPS, work: Path | None = None) -> Report:
+def run(kills: int, mib: int, seed: int, ops: tuple[str, ...] = OPS, work: Path | None = None,
+        progress: bool = False) -> Report:
     """Kill ckpt ``kills`` times; the report."""
     build_c(SOURCE, BINARY, "-pthread")
     own = work is None
@@ -430,7 +437,10 @@ def run(kills: int, mib: int, seed: int, ops: tuple[str, ...] = OPS, work: Path 
         rounds = 0
         while s.report.kills < kills and rounds < kills * 4:
             rounds += 1
+            before = s.report.kills
             s.round()
+            if s.report.kills != before and s.report.kills % 25 == 0 and progress:
+                print(f"  {s.report.kills} kills, {s.report.harmed} harmed, {time.monotonic() - t0:.0f} s", flush=True)
     finally:
         s.close()
         if own:
@@ -449,7 +459,7 @@ def main() -> int:
     args = ap.parse_args()
     print(f"stress: {args.kills} kills of ckpt against a {args.mib} MiB self-checking target (seed {args.seed})",
           flush=True)
-    report = run(args.kills, args.mib, args.seed, tuple(args.ops.split(",")))
+    report = run(args.kills, args.mib, args.seed, tuple(args.ops.split(",")), progress=True)
     print(report.text())
     if args.json:
         Path(args.json).write_text(json.dumps({"seed": args.seed, "mib": args.mib, **report.as_dict()}, indent=2))
