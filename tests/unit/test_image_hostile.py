@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,28 +39,45 @@ AS_LIMIT = 2 << 30
 RSS_LIMIT = 100 << 20
 
 
-def _limit() -> None:
+def _limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
 
 
+#: Runs one command as its grandchild and prints its exit status and ru_maxrss (KiB).  Why a small process
+#: in between: the kernel folds the hiwater RSS of the memory a process had before exec (a copy of its
+#: parent's: a pytest of 150 MB late in a run) into its ru_maxrss, so a child of pytest never reports less.
+#: A child of this small interpreter starts from its few MB instead.
+_SPAWNER = """
+import os, resource, sys
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout is this report's
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, flush=True)
+"""
+
+
 def run_ckpt(*args: str, timeout: float = 120) -> tuple[int, str, int]:
-    """(exit code, stderr, peak RSS in bytes) of one ``ckpt`` command, measured with wait4."""
+    """(exit code, stderr, peak RSS in bytes) of one ``ckpt`` command (its own, measured with wait4).
+
+    Its address space is capped at :data:`AS_LIMIT`: a reader allocating what
+    a bad image claims dies of it (exit 1).
+    """
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([str(CKPT), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, preexec_fn=_limit)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:  # a FIFO read before the fix blocks for ever
-                os.kill(proc.pid, signal.SIGKILL)
-                os.wait4(proc.pid, 0)
-                raise AssertionError(f"ckpt {' '.join(args)}: still running after {timeout} s")
-            time.sleep(0.02)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _SPAWNER, str(AS_LIMIT), str(CKPT), *args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)  # a FIFO read before the fix blocks for ever
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"ckpt {' '.join(args)}: still running after {timeout} s") from None
+        code, maxrss_kib = (int(x) for x in out.split())
         err.seek(0)
-        return proc.returncode, err.read().decode(errors="replace"), usage.ru_maxrss * 1024
+        return code, err.read().decode(errors="replace"), maxrss_kib * 1024
 
 
 def _commands(image: Path) -> dict[str, list[str]]:
@@ -105,7 +121,7 @@ def corpus_results(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, 
     def batch(command: str) -> list[list]:
         argvs = [_commands(dirs[c.name] / c.image)[command] for c in corpus.CASES]
         res = subprocess.run([sys.executable, "-c", _BATCH], input=json.dumps(argvs), capture_output=True, text=True,
-                             timeout=300, preexec_fn=_limit)
+                             timeout=300, preexec_fn=_limit_address_space)
         assert res.returncode == 0, res.stderr[-2000:]
         return json.loads(res.stdout)
 
