@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,10 +82,9 @@ class Report:
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("by_op", "by_signal", "leftovers_found"):
-            d[k] = dict(d[k])
-        return d
+        # (not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting the pairs)
+        return {f.name: dict(v) if isinstance(v, Counter) else v
+                for f in fields(self) for v in (getattr(self, f.name),)}
 
     def text(self) -> str:
         lines = [f"kills tried: {self.kills} ({', '.join(f'{k} {v}' for k, v in sorted(self.by_op.items()))}; "
@@ -358,8 +357,12 @@ class Stress:
             _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the dumped target's pid is free")
             sent, _ = self._restore(image, delay, sig)
             if sent and not self.target.alive():
-                if os.path.exists(f"/proc/{self.target.pid}"):
-                    raise Harm(f"{what}: a process is left under the pid, not running")
+                # what the killed restore made dies with it; its parent (the restore's intermediate, or
+                # init) reaps it: only a process still there after that is harm
+                try:
+                    _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "")
+                except Harm:
+                    raise Harm(f"{what}: a process is left under the pid, not running") from None
                 self._restore(image)  # the next restore of the same image works
         else:
             if op in ("migrate", "receive"):
