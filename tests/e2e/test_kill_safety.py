@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ckpt.control.guard import AREA_PATH
+from ckpt.procfs.stat import read_stat
 from targets import tracer_of, wait_until
 from test_dump_restore import _parse, _queue_blocked_usr2, _result, _start, _status, _tids
 
@@ -103,7 +104,7 @@ def test_dump_ended_by_a_signal_puts_the_target_back_and_leaves_nothing(c_target
     env = {**os.environ, "CKPT_TEST_HOOK": "inject.done:stop:6"}  # ckpt stops itself mid-dump, the target frozen
     p = subprocess.Popen([*CKPT, "dump", "-t", str(pid), "-D", str(tmp_path / "img")], env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: _state(p.pid) == "T", "ckpt stopped itself at the hook")
+    wait_until(lambda: read_stat(p.pid).state == "T", "ckpt stopped itself at the hook")
     assert tracer_of(pid) == p.pid
     os.kill(p.pid, signo)
     os.kill(p.pid, signal.SIGCONT)
@@ -114,8 +115,3 @@ def test_dump_ended_by_a_signal_puts_the_target_back_and_leaves_nothing(c_target
     after = _result(t, fresh=True)
     assert int(after["round"]) > int(before["round"]) and after["eintr"] == before["eintr"]
 
-
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    return data[data.rindex(b")") + 2:].split()[0].decode()
