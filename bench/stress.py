@@ -48,6 +48,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.workload import build_c  # noqa: E402
+from ckpt.control.seize import alive  # noqa: E402
+from ckpt.errors import TargetGone  # noqa: E402
+from ckpt.procfs.status import read_status_values  # noqa: E402
 
 CKPT = [sys.executable, "-m", "ckpt.cli"]
 SOURCE = REPO / "tests" / "scenarios" / "mig_writer.c"
@@ -125,18 +128,15 @@ class Target:
         raise Harm(f"no {prefix} line from the target within {PATIENCE:.0f} s")
 
     def alive(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return False
-        return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+        """Not gone, not a zombie, not exiting: a process killed with the restore that made it is still
+        listed for a while (its leader freeing the memory, its other threads gone), and is no harm."""
+        return alive(self.pid)
 
     def thread_masks(self) -> dict[int, str]:
         out = {}
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
-                out[int(tid)] = _status_line(f"/proc/{self.pid}/task/{tid}/status", "SigBlk")
+                out[int(tid)] = _status(self.pid, "SigBlk", int(tid))
             except FileNotFoundError:
                 pass
         return out
@@ -145,11 +145,11 @@ class Target:
         """Raise Harm unless the target runs untraced, with its own masks, and passes its check."""
         if not self.alive():
             raise Harm(f"{what}: the target is gone")
-        _wait(lambda: all(_status_line(f"/proc/{self.pid}/task/{t}/status", "TracerPid") == "0"
+        _wait(lambda: all(_status(self.pid, "TracerPid", int(t)) == "0"
                           for t in os.listdir(f"/proc/{self.pid}/task")), f"{what}: the target stays traced")
         _wait(lambda: self.thread_masks() == self.masks,
               f"{what}: blocked masks {self.thread_masks()} instead of {self.masks}")
-        state = _status_line(f"/proc/{self.pid}/status", "State")
+        state = _status(self.pid, "State")
         if state.startswith(("T", "t")):
             raise Harm(f"{what}: the target is stopped ({state})")
         offset = self.log.stat().st_size
@@ -165,14 +165,17 @@ class Target:
             pass
 
 
-def _status_line(path: str, key: str) -> str:
-    with open(path) as f:
-        return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key + ":"))
+def _status(pid: int, key: str, tid: int | None = None) -> str:
+    """One field of /proc/PID/status (task/TID/status); FileNotFoundError once the thread is gone."""
+    try:
+        return read_status_values(pid, key, tid=tid)[0]
+    except TargetGone as exc:
+        raise FileNotFoundError(str(exc)) from None
 
 
 def _stopped(pid: int) -> bool:
     try:
-        return _status_line(f"/proc/{pid}/status", "State").startswith("T")
+        return _status(pid, "State").startswith("T")
     except FileNotFoundError:
         return False
 

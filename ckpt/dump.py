@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 from .control.inject import Scratch, ask_all, find_syscall_insn
 from .control.seize import FrozenProcess, alive, kill_and_collect, require_our_pid_namespace
-from .errors import UsageError, translate_oserror
+from .errors import TargetGone, UsageError, translate_oserror
 from .image.pb import process_pb2
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
 from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
 from .kernel.arch_x86_64 import PAGE_SIZE
 from .procfs.snapshot import snapshot
-from .procfs.stat import Stat
+from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental
 from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
@@ -115,14 +115,12 @@ def _wait_gone(pid: int, start_time: int, timeout: float = GONE_TIMEOUT) -> bool
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except (FileNotFoundError, ProcessLookupError):
+            st = read_stat(pid)
+        except TargetGone:
             return True
-        fields = data[data.rindex(b")") + 2:].split()
-        if int(fields[19]) != start_time:
+        if st.starttime != start_time:
             return True  # the pid names another process already
-        if fields[0] in (b"Z", b"X"):
+        if st.state in ("Z", "X"):
             return True  # dead; reaping it is its parent's business, not ours
         time.sleep(0.005)
     return False

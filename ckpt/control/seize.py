@@ -512,8 +512,16 @@ def kill_and_collect(procs: Sequence[FrozenProcess]) -> None:
 
 
 def alive(pid: int) -> bool:
-    """``pid`` exists and is not a zombie."""
-    return _thread_state(pid, pid) not in ("Z", "X", None)
+    """``pid`` exists, is not a zombie and is not exiting.
+
+    A killed process's leader is still listed, neither a zombie nor stopped,
+    while its memory is freed (its other threads already gone): dead all the same.
+    """
+    try:
+        st = read_task_stat(pid, pid)
+    except TargetGone:
+        return False
+    return st.state not in ("Z", "X") and not st.exiting
 
 
 def _reap_nohang(tid: int) -> None:

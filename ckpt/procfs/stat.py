@@ -29,10 +29,13 @@ from dataclasses import dataclass
 
 from ._proc import ProcDir
 
-__all__ = ["PF_KTHREAD", "Stat", "parse_stat", "read_stat", "read_task_stat"]
+__all__ = ["PF_EXITING", "PF_KTHREAD", "Stat", "parse_stat", "read_stat", "read_task_stat"]
 
 #: ``task_struct.flags`` bit of kernel threads (include/linux/sched.h).
 PF_KTHREAD = 0x00200000
+#: ``task_struct.flags`` bit of a thread in do_exit: killed, it is still listed (state R or D, its
+#: other threads already gone) for as long as freeing its memory takes — milliseconds for a large one.
+PF_EXITING = 0x00000004
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,11 @@ class Stat:
     def is_kthread(self) -> bool:
         """A kernel thread (no user memory, nothing to checkpoint)."""
         return bool(self.flags & PF_KTHREAD)
+
+    @property
+    def exiting(self) -> bool:
+        """In do_exit: dying, though not a zombie yet."""
+        return bool(self.flags & PF_EXITING)
 
 
 # Positions (1-based, as in proc(5)) of the numeric fields after the comm.

@@ -67,6 +67,15 @@ def test_stat_zombie_exit_code_and_missing_mm() -> None:
     assert s.state == "Z" and s.exit_code == 768 and s.start_code == 0 and s.vsize == 0
 
 
+def test_stat_exiting_leader_is_not_a_zombie_yet() -> None:
+    # A killed 256 MiB process seen here: its leader still R while it frees its memory, its other
+    # threads gone, PF_EXITING set; control.seize.alive() counts it as dead.
+    line = b"4321 (mig_writer) R " + STAT_TAIL.split(b" ", 2)[2].replace(b" 4194560 ", b" 4195404 ", 1)
+    s = parse_stat(line)
+    assert s.state == "R" and s.exiting
+    assert not parse_stat(b"4321 (a)" + STAT_TAIL).exiting
+
+
 def test_stat_rejects_truncated() -> None:
     with pytest.raises(ValueError):
         parse_stat(b"1 (init) S 0 1 1 0 -1\n")
