@@ -61,7 +61,9 @@ def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     kind = ImageKind.PRE_DUMP if newest.kind is ImageKind.PRE_DUMP else ImageKind.FULL
     stored = zero = 0
     cpu = newest.inventory.cpu if newest.inventory.HasField("cpu") else None  # where the process ran, not here
-    with ImageWriter(out_dir, kind=kind, compress_level=compress_level, cpu=cpu) as w:
+    # The boot its clocks count from, not this one's: a restore compares it (ckpt.resources.timens).
+    boot_id = newest.inventory.boot_id or None
+    with ImageWriter(out_dir, kind=kind, compress_level=compress_level, cpu=cpu, boot_id=boot_id) as w:
         for name in sorted(newest.files):
             found = kinds.kind_of_file(name)
             if found is None or found[0] in _REBUILT:
@@ -79,5 +81,6 @@ def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
             zero += st.pages_zero
         # The merged image stands alone: no tracking state goes with it (its parent chain is gone).
         w.commit(processes=[replace(p, tracking=None) for p in newest.processes],
-                 extra=dict(newest.inventory.extra))
+                 extra=dict(newest.inventory.extra),
+                 clocks=newest.inventory.clocks if newest.inventory.HasField("clocks") else None)
     return MergeStats(os.path.abspath(os.fspath(out_dir)), tuple(img.path for img in chain), stored, zero)

@@ -32,7 +32,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental
-from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timers, tree
+from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timens, timers, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -236,6 +236,10 @@ def dump(
                                             shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
                                             skip_fds=skip_of[p], notes=notes)
                            for p, proc in ftree.procs.items()}
+                # Where the tree's clocks stand (after its timers' time left was read: an absolute timer restored
+                # in a namespace continuing these clocks expires no earlier than it would have); refused here if
+                # its time namespaces cannot be restored.
+                clocks = timens.dump(ftree.procs)
                 step("records")
                 t_mem = time.monotonic()
                 if probe:
@@ -284,7 +288,7 @@ def dump(
                 stored_bytes += sum(pw.close().stored_bytes for pw in writers)  # the last frames: memory time too
                 t_commit = time.monotonic()
                 w.commit(processes=_inventory(ftree, {p: sn.stat for p, sn in snap_of.items()}, records, tracking,
-                                              shares_files))
+                                              shares_files), clocks=clocks)
                 t_committed = time.monotonic()
                 step("committed")
             if not (leave_running or leave_stopped or end_target is not None):

@@ -64,7 +64,7 @@ from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, files, limits, memory, signals, threads, timers, tree
+from .resources import creds, files, limits, memory, signals, threads, timens, timers, tree
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -264,6 +264,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     chain = _open_chain(image_dir)
     image = chain[-1]
     cpu_features.check_image(image.inventory, cpu_cap)  # before any process exists
+    clocks = timens.TimeNamespace(timens.plan(image.inventory))
+    clocks.check()
     infos = image.processes
     root = tree.plan(infos)
     live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
@@ -292,7 +294,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             testpoint.point("restore-memory-filled")
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
-                                 memfds=shmem.memfds))
+                                 memfds=shmem.memfds, clocks=clocks))
             testpoint.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
@@ -638,12 +640,16 @@ class _FinishOptions:
 
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
             entry: process_pb2.ProcessEntry, opts: _FinishOptions, *,
-            shared: files.SharedFiles | None = None, memfds: memory.memfd.MemfdObjects | None = None) -> list[str]:
+            shared: files.SharedFiles | None = None, memfds: memory.memfd.MemfdObjects | None = None,
+            clocks: timens.TimeNamespace | None = None) -> list[str]:
     """Everything after memory (DESIGN §4 steps 5-6): resources, mm fields, threads; :func:`_release` does 7.
 
-    ``shared``: the files this process shares with others of its tree.
+    ``shared``: the files this process shares with others of its tree.  ``clocks``: the tree's time
+    namespace, joined first (before timers are armed on its clocks, and while the helper has one thread).
     """
     proc, pid, inj, scratch = ws.proc, ws.pid, ws.inj, ws.scratch
+    if clocks is not None:
+        clocks.enter(pid, inj, scratch)
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
                          allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds,
@@ -810,7 +816,9 @@ class StagedRestore:
         shared = (files.SharedFiles({pid: image.fds(pid) for pid in layouts}, image.file_entries())
                   if len(layouts) > 1 else None)
         _object_contents(self._shmem, image)
+        clocks = timens.TimeNamespace(timens.plan(image.inventory))
         with self._failing():
+            clocks.check()
             for pid, (cores, _entry) in records.items():
                 threads.check_xstate(pid, cores)
             t_mem = time.monotonic()
@@ -823,7 +831,7 @@ class StagedRestore:
                     mm, vmas = layouts[pid]
                     cores, entry = records[pid]
                     notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared,
-                                         memfds=self._shmem.memfds))
+                                         memfds=self._shmem.memfds, clocks=clocks))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
                 testpoint.point("restore-handing-over")

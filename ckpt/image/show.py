@@ -34,6 +34,7 @@ from ckpt.image.reader import Image, decode_pagemap, read_file, read_record_file
 from ckpt.image.records import PageChunk, Pagemap, PageState, TrackingInfo
 from ckpt.image.verify import validated_chain
 from ckpt.resources import cpu as cpu_features
+from ckpt.resources import timens
 
 __all__ = ["DECODERS", "decode_file", "show_dict", "show", "iter_show", "message_to_dict"]
 
@@ -302,6 +303,7 @@ def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, 
         "kernel_release": inv.kernel_release,
         "tracking": inv.tracking,
         "cpu": None if (rec := cpu_features.recorded(inv)) is None else cpu_features.describe(rec),
+        "clocks": timens.describe(inv.clocks, inv.boot_id) if inv.HasField("clocks") else None,
         "parent": None if parent is None else {"path": parent.path, "image_id": parent.image_id},
         "processes": [
             {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid, "threads": list(p.threads),
@@ -399,6 +401,10 @@ def _text_lines(d: dict[str, Any]) -> Iterator[str]:
             for label in ("instructions", "other"):
                 yield from textwrap.wrap(cpu[label], _WIDTH, initial_indent=f"  cpu {label}: ",
                                          subsequent_indent="    ", break_on_hyphens=False)
+        c = s["clocks"]
+        if c is not None:
+            yield f"  clocks monotonic {c['monotonic']}  boottime {c['boottime']}  realtime {_iso(c['realtime_ns'])}"
+            yield f"  boot {c['boot_id']}  time namespace: {c['time_ns']}"
         p = s["parent"]
         yield "  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})"
         for proc in s["processes"]:

@@ -64,7 +64,7 @@ import ckpt
 from ckpt.errors import CkptError, ImageError, Unsupported, UsageError
 from ckpt.image import bounds, dirs, framing, kinds
 from ckpt.image.kinds import Kind
-from ckpt.image.pb import core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
+from ckpt.image.pb import clocks_pb2, core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
 from ckpt.kernel.fileio import fsync_dir, sync_file_range
 from ckpt.procfs.task import read_starttime
@@ -1149,10 +1149,12 @@ class ImageWriter:
     # -- commit --------------------------------------------------------------
 
     def commit(
-        self, processes: Iterable[ProcessInfo] = (), extra: Mapping[str, str] | None = None
+        self, processes: Iterable[ProcessInfo] = (), extra: Mapping[str, str] | None = None,
+        clocks: clocks_pb2.Clocks | None = None,
     ) -> str:
         """Write the inventory, sync everything, and rename the image into place.
 
+        ``clocks``: the tree's clocks at the dump (:mod:`ckpt.resources.timens`; a dump's, not a pre-dump's).
         Returns the final directory.  Raises ``ImageError`` if the final
         directory appeared meanwhile and is not empty.
         """
@@ -1203,6 +1205,8 @@ class ImageWriter:
             inv.parent.CopyFrom(self.parent_link)
         if self._cpu is not None:
             inv.cpu.CopyFrom(self._cpu)
+        if clocks is not None:
+            inv.clocks.CopyFrom(clocks)
         sink = _Sink(os.path.join(tmp, kinds.INVENTORY.template))
         self._sinks[kinds.INVENTORY.template] = sink
         writer = RecordWriter(sink, kinds.INVENTORY)

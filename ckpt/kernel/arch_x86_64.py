@@ -143,6 +143,7 @@ class NR(enum.IntEnum):
     unlinkat = 263
     pselect6 = 270
     ppoll = 271
+    unshare = 272
     set_robust_list = 273
     get_robust_list = 274
     epoll_pwait = 281
@@ -159,6 +160,7 @@ class NR(enum.IntEnum):
     rt_tgsigqueueinfo = 297
     prlimit64 = 302
     open_by_handle_at = 304
+    setns = 308
     process_vm_readv = 310
     process_vm_writev = 311
     kcmp = 312

@@ -17,7 +17,8 @@ and ``timerfd_settime`` with the saved flags:
   the clock stands still while the process is checkpointed, as for its other
   waits (those clocks are per boot: an absolute value means nothing after a
   reboot or on another machine).  An absolute one is re-armed absolute (now +
-  time left) so its settime flags stay what the program set;
+  time left) so its settime flags stay what the program set; "now" is read by
+  the helper itself, on the clocks of the time namespace it was restored into;
 * TFD_TIMER_ABSTIME on CLOCK_REALTIME (and _ALARM): the same wall-clock
   deadline, which is what the program asked for.  One that passed while the
   process was checkpointed expires at once (a periodic one then counts every
@@ -87,6 +88,13 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry) -> None:
     entry.timerfd.CopyFrom(t)
 
 
+def _now_there(inj: Injector, s: Scratch, clockid: int) -> int:
+    """The clock as the helper reads it: in its time namespace (:mod:`ckpt.resources.timens`), not ours."""
+    inj.call(NR.clock_gettime, clockid, s.addr, name=f"clock_gettime({clockid})")
+    sec, nsec = struct.unpack("<qq", s.read(0, 16))
+    return sec * _NS + nsec
+
+
 def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: list[str]) -> int:
     """A new timerfd armed as saved (see the module docstring), with its unread expirations."""
     t = entry.timerfd
@@ -99,7 +107,7 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: lis
         if t.expires_ns:
             value = t.expires_ns
         elif t.value_ns and t.settime_flags & TFD_TIMER_ABSTIME:
-            value = time.clock_gettime_ns(_READ_CLOCK.get(t.clockid, t.clockid)) + t.value_ns
+            value = _now_there(inj, s, _READ_CLOCK.get(t.clockid, t.clockid)) + t.value_ns
         else:
             value = t.value_ns
         s.write(0, _ITIMERSPEC.pack(t.interval_ns // _NS, t.interval_ns % _NS, value // _NS, value % _NS))

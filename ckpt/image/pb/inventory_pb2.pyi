@@ -1,4 +1,5 @@
 # Regenerate with `python -m ckpt.image.protogen` (or `make proto`); do not edit.
+from ckpt.image.pb import clocks_pb2 as _clocks_pb2
 from ckpt.image.pb import cpu_pb2 as _cpu_pb2
 from ckpt.image.pb import options_pb2 as _options_pb2
 from google.protobuf.internal import containers as _containers
@@ -11,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Inventory(_message.Message):
-    __slots__ = ("format_version", "ckpt_version", "kernel_release", "created_ns", "image_id", "kind", "tracking", "processes", "parent", "files", "arch", "page_size", "hostname", "boot_id", "extra", "cpu")
+    __slots__ = ("format_version", "ckpt_version", "kernel_release", "created_ns", "image_id", "kind", "tracking", "processes", "parent", "files", "arch", "page_size", "hostname", "boot_id", "extra", "cpu", "clocks")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Inventory.Kind]
@@ -45,6 +46,7 @@ class Inventory(_message.Message):
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
+    CLOCKS_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     ckpt_version: str
     kernel_release: str
@@ -61,7 +63,8 @@ class Inventory(_message.Message):
     boot_id: str
     extra: _containers.ScalarMap[str, str]
     cpu: _cpu_pb2.CpuFeatures
-    def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[_Union[_cpu_pb2.CpuFeatures, _Mapping]] = ...) -> None: ...
+    clocks: _clocks_pb2.Clocks
+    def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[_Union[_cpu_pb2.CpuFeatures, _Mapping]] = ..., clocks: _Optional[_Union[_clocks_pb2.Clocks, _Mapping]] = ...) -> None: ...
 
 class ProcessRef(_message.Message):
     __slots__ = ("pid", "ppid", "threads", "start_time", "tracking", "pgid", "sid", "zombie", "wait_status", "comm", "shares_files")
