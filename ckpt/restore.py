@@ -15,7 +15,9 @@ Order (DESIGN §4, each step a lesson of the prototype):
    in both layouts; from now on every syscall runs from there;
 4. close_range; munmap everything below TASK_SIZE_MAX but the trampoline and the
    vdso/vvar pages; move those to the image's addresses;
-5. memory: mmap every VMA, fill the pages, (process-wide resources: the
+5. memory: mmap every VMA, fill the pages; join the tree's time namespace if
+   it needs one (:mod:`ckpt.resources.timens`: made by the root's helper as it
+   gets here, while each helper has one thread); process-wide resources (the
    :data:`PROCESS_RESTORERS` hook), ``PR_SET_MM_MAP`` with the exe;
 6. threads by clone3 with their old tids, then per-thread registrations;
 7. munmap the trampoline from the relocated vDSO's own ``syscall``, set each

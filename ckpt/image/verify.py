@@ -62,6 +62,9 @@ from ckpt.image.reader import ChunkReader, Image, decode_pagemap, zstd_bound
 from ckpt.image.records import Codec, FileDigest, ImageKind, Pagemap, PageState
 from ckpt.kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
 
+#: Bound of a recorded clock or time namespace offset, in ns (under the kernel's KTIME_MAX / 2).
+_CLOCK_LIMIT = 1 << 62
+
 __all__ = ["Problem", "Report", "verify", "verify_image", "check_chain", "validated_chain",
            "PID_MAX_LIMIT", "VSYSCALL_START"]
 
@@ -333,6 +336,11 @@ class _ImageCheck:
         bad = _unknown_enum(inv)
         if bad:
             self.add(path, bad)
+        if inv.HasField("clocks"):
+            c = inv.clocks  # what a time namespace can show (the kernel keeps its clocks below KTIME_MAX / 2)
+            if not (0 <= c.monotonic_ns < _CLOCK_LIMIT and 0 <= c.boottime_ns < _CLOCK_LIMIT
+                    and abs(c.monotonic_offset_ns) < _CLOCK_LIMIT and abs(c.boottime_offset_ns) < _CLOCK_LIMIT):
+                self.add(path, "clocks out of range (CLOCK_MONOTONIC and CLOCK_BOOTTIME are in [0, 2**62) ns)")
         for p in inv.processes:
             ids = [("pid", p.pid), ("ppid", p.ppid), ("pgid", p.pgid), ("sid", p.sid)]
             wrong = next((f"{name} {value}" for name, value in ids if not 0 <= value <= PID_MAX_LIMIT), None)

@@ -133,7 +133,9 @@ def test_host_clocks_other_boot_gets_a_namespace(c_target, tmp_path: Path, resto
 
 def test_host_clocks_same_boot_stay_on_the_host(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     t, main, sub = _start(c_target, offsets=False)
-    _dump(t, main, tmp_path / "img")
+    rec = _dump(t, main, tmp_path / "img")
+    api.merge(tmp_path / "img", tmp_path / "flat")  # a merged image keeps the clocks and the boot they count from
+    assert timens.recorded(Image.open(tmp_path / "flat").inventory) == rec
     r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.extend((r.pid, sub))
     assert _ns(main) == INIT_TIME_NS_INO and _ns(sub) == INIT_TIME_NS_INO
