@@ -24,7 +24,7 @@ from ckpt.image.reader import Image
 from ckpt.procfs.timens import INIT_TIME_NS_INO, read_time_ns
 from ckpt.resources import timens
 from ckpt.restore import StagedRestore
-from targets import HANG_GUARD, Target, tracer_of, wait_until
+from targets import HANG_GUARD, Target, build_c, tracer_of, wait_until
 from test_dump_restore import _forget
 
 pytestmark = [
@@ -169,3 +169,64 @@ def test_unshared_launcher_is_refused(c_target, tmp_path: Path, restored: list[i
     assert _report(t, main, "main")["back"] == "0"
     api.dump(main, tmp_path / "img2", leave_running=True)  # its children's tree alone is one namespace
     assert timens.recorded(Image.open(tmp_path / "img2").inventory).own_time_ns
+
+
+def test_migration_to_another_boot(second_host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """ckpt migrate / receive (staged restore in the second host) with a receiver that takes it for another boot."""
+    import re
+    import time
+
+    from test_migrate import _free_port, _migrate, _Receiver, _token
+
+    host, port, token = second_host, _free_port(), _token(tmp_path)
+    log = tmp_path / "timens.log"
+
+    def line(pattern: str, after: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + HANG_GUARD
+        while time.monotonic() < deadline:
+            for text in log.read_text(errors="replace").splitlines()[after:]:
+                if m := re.search(pattern, text):
+                    return m
+            time.sleep(0.02)
+        raise AssertionError(f"no line {pattern!r} in {log.read_text()[-500:]}")
+
+    with open(log, "wb") as out:  # stdout in a file: a pipe to us could not move to the other host
+        launcher = subprocess.Popen([build_c("timens"), str(MONO_OFF), str(BOOT_OFF)], stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    moved: list[int] = []
+    try:
+        m = line(r"READY pid=(\d+) sub=(\d+)")
+        main, sub = int(m.group(1)), int(m.group(2))
+        monkeypatch.setenv(timens.OTHER_BOOT_ENV, "1")  # the receiver's environment
+        rx = _Receiver(host, tmp_path, token, port)
+        monkeypatch.delenv(timens.OTHER_BOOT_ENV)
+        res, _stats = _migrate(host, main, port, token, tmp_path)
+        assert res.returncode == 0, res.stderr
+        result = rx.result()
+        assert result["outcome"] == "running" and result["staged"], result  # helpers made from the first round
+        moved = [host.host_pid(main), host.host_pid(sub)]
+        ns = read_time_ns(moved[0])
+        assert ns is not None and not ns.initial and _ns(moved[1]) == ns.inode
+        assert MONO_OFF * NS - MAX_STEP_MS * 1_000_000 < ns.offsets.monotonic_ns <= MONO_OFF * NS
+        n = len(log.read_text().splitlines())
+
+        def report(pid: int, role: str) -> dict[str, str]:
+            nonlocal n
+            host.check_output(["kill", "-USR1", str(pid)])
+            got = line(rf"(PASS|FAIL) role={role}.*", after=n)
+            n = len(log.read_text().splitlines())
+            assert got.group(1) == "PASS", got.group(0)
+            return dict(part.split("=", 1) for part in got.group(0).split()[1:])
+
+        wait_until(lambda: report(main, "main")["fired"] == "RAB", "every timerfd of main expired")
+        for pid, role in ((main, "main"), (sub, "sub")):
+            r = report(pid, role)
+            assert r["back"] == "0" and int(r["maxjump_ms"]) < MAX_STEP_MS, (role, r)
+    finally:
+        for pid in moved:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        launcher.kill()
+        launcher.wait(timeout=10)
