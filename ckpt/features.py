@@ -226,6 +226,34 @@ def _probe_clone3_set_tid() -> str:
     raise OSError(errno.EEXIST, "no free pid found to try")
 
 
+def _probe_time_ns() -> str:
+    """A time namespace with offsets, made in a forked child (unshare changes its children's clocks for good)."""
+    from .kernel import clone
+    from .kernel.arch_x86_64 import NR
+    from .kernel.libc import syscall
+
+    if not os.path.exists("/proc/self/ns/time"):
+        raise OSError(errno.ENOENT, "no /proc/self/ns/time: this kernel has no time namespaces (CONFIG_TIME_NS)")
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            syscall(NR.unshare, clone.CLONE_NEWTIME, name="unshare(CLONE_NEWTIME)")
+            with open("/proc/self/timens_offsets", "w") as f:
+                f.write("1 1 0\n7 1 0\n")
+            code = 0
+        except OSError as e:
+            code = 100 + (e.errno or 0)
+        finally:
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    if code >= 100:
+        raise OSError(code - 100, f"unshare(CLONE_NEWTIME) and its offsets: {os.strerror(code - 100)}")
+    if code != 0:
+        raise OSError(errno.EINVAL, "the time namespace probe failed")
+    return "unshare(CLONE_NEWTIME) with offsets: a restore on another boot keeps the clocks going"
+
+
 def _vdso_detail() -> str:
     sizes = {}
     with open("/proc/self/maps") as f:
@@ -360,6 +388,7 @@ def probe_features() -> Features:
         _try("userfaultfd WP_ASYNC", _probe_uffd_wp_async),
         _try("soft-dirty", _probe_soft_dirty),
         _try("TCP_REPAIR", _probe_tcp_repair),
+        _try("time namespaces", _probe_time_ns),
     ]
     ok = {p.name for p in probes if p.ok}
     return Features(

@@ -68,6 +68,7 @@ from ckpt.image.pb import clocks_pb2, core_pb2, cpu_pb2, files_pb2, inventory_pb
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
 from ckpt.kernel.fileio import fsync_dir, sync_file_range
 from ckpt.procfs.task import read_starttime
+from ckpt.procfs.timens import read_boot_id
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -831,14 +832,6 @@ def check_compress_level(level: int | None) -> None:
                          hint="the default, 1, compresses heap-like memory ~6x at ~1 GB/s; --no-compress stores pages raw")
 
 
-def _read_boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def check_final(final_dir: str | os.PathLike[str]) -> None:
     """Refuse early (before any work) a destination that commit could not use, or that another user could change."""
     final_dir = os.path.abspath(os.fspath(final_dir))
@@ -982,7 +975,7 @@ class ImageWriter:
         uname = os.uname()
         self._kernel_release = uname.release if kernel_release is None else kernel_release
         self._hostname = uname.nodename if hostname is None else hostname
-        self._boot_id = _read_boot_id() if boot_id is None else boot_id
+        self._boot_id = read_boot_id() if boot_id is None else boot_id
         if cpu == "here":
             from ckpt.resources import cpu as cpu_features  # late: the image format does not need it to load
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ..errors import AccessDenied, TargetError
 from ._proc import ProcDir
 
-__all__ = ["INIT_TIME_NS_INO", "TimensOffsets", "TimeNs", "parse_timens_offsets", "read_time_ns"]
+__all__ = ["INIT_TIME_NS_INO", "TimensOffsets", "TimeNs", "parse_timens_offsets", "read_time_ns", "read_boot_id"]
 
 #: The inode of the initial time namespace (PROC_TIME_INIT_INO).
 INIT_TIME_NS_INO = 0xEFFFFFFA
@@ -86,3 +86,12 @@ def read_time_ns(pid: int, *, proc: ProcDir | None = None) -> TimeNs | None:
         return None  # no ns/time link: no CONFIG_TIME_NS, or a zombie (no nsproxy)
     offsets = parse_timens_offsets(p.read("timens_offsets")) if children != INIT_TIME_NS_INO else TimensOffsets()
     return TimeNs(own, children, offsets)
+
+
+def read_boot_id() -> str:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``): what CLOCK_MONOTONIC/BOOTTIME count from; "" if unreadable."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

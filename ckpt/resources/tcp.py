@@ -63,6 +63,7 @@ from ..image.pb import files_pb2
 from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
+from ..procfs.timens import read_boot_id
 from ..testpoint import point
 from . import netlock
 
@@ -109,9 +110,7 @@ def describe(family: int, local: bytes, peer: bytes) -> str:
 
 def netns_id(pid: int) -> str:
     """"<boot_id>:<inode>" of the network namespace of ``pid``: unique on this host since its boot."""
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        boot = f.read().strip()
-    return f"{boot}:{os.stat(f'/proc/{pid}/ns/net').st_ino}"
+    return f"{read_boot_id()}:{os.stat(f'/proc/{pid}/ns/net').st_ino}"
 
 
 def _dup(pid: int, fd: int) -> socket.socket:

@@ -80,7 +80,7 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import clocks_pb2, inventory_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.clone import CLONE_NEWTIME
-from ..procfs.timens import INIT_TIME_NS_INO, TimensOffsets, read_time_ns
+from ..procfs.timens import INIT_TIME_NS_INO, TimensOffsets, read_boot_id, read_time_ns
 
 __all__ = ["CLOCK_MONOTONIC", "CLOCK_BOOTTIME", "OTHER_BOOT_ENV", "ClockRecord", "dump", "to_pb", "recorded",
            "Plan", "plan", "TimeNamespace", "describe"]
@@ -168,11 +168,6 @@ def recorded(inventory: inventory_pb2.Inventory) -> ClockRecord | None:
                        TimensOffsets(c.monotonic_offset_ns, c.boottime_offset_ns), c.time_ns_inode, inventory.boot_id)
 
 
-def _boot_id() -> str:
-    with open("/proc/sys/kernel/random/boot_id") as f:
-        return f.read().strip()
-
-
 @dataclass(frozen=True)
 class Plan:
     """What a restore does about time: ``mode`` is "none" (the host's clocks), "same" (a new namespace
@@ -192,7 +187,7 @@ def plan(inventory: inventory_pb2.Inventory, *, boot_id: str | None = None) -> P
     rec = recorded(inventory)
     if rec is None:
         return Plan("none", None, "the image records no clocks")
-    here = _boot_id() if boot_id is None else boot_id
+    here = read_boot_id() if boot_id is None else boot_id
     other = os.environ.get(OTHER_BOOT_ENV) == "1"
     if rec.boot_id and rec.boot_id == here and not other:
         if rec.own_time_ns:
