@@ -54,8 +54,10 @@ def _report(t: Target, pid: int, role: str) -> dict[str, str]:
 
 
 def _check_after_restore(t: Target, main: int, sub: int) -> dict[str, str]:
-    """Both processes saw no backward step and no big jump; main's three timers expire, none early."""
+    """Both processes saw no backward step and no big jump; main's three timers expire and sub's sleeper
+    wakes, none early."""
     wait_until(lambda: _report(t, main, "main")["fired"] == "RAB", "every timerfd of main expired")
+    wait_until(lambda: _report(t, sub, "sub")["fired"] == "S", "sub's absolute clock_nanosleep ended")
     for pid, role in ((main, "main"), (sub, "sub")):
         r = _report(t, pid, role)
         assert r["back"] == "0" and int(r["maxjump_ms"]) < MAX_STEP_MS, (role, r)
@@ -219,6 +221,7 @@ def test_migration_to_another_boot(second_host, tmp_path: Path, monkeypatch: pyt
             return dict(part.split("=", 1) for part in got.group(0).split()[1:])
 
         wait_until(lambda: report(main, "main")["fired"] == "RAB", "every timerfd of main expired")
+        wait_until(lambda: report(sub, "sub")["fired"] == "S", "sub's absolute clock_nanosleep ended")
         for pid, role in ((main, "main"), (sub, "sub")):
             r = report(pid, role)
             assert r["back"] == "0" and int(r["maxjump_ms"]) < MAX_STEP_MS, (role, r)

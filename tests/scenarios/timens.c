@@ -12,15 +12,18 @@
  * and keep the largest forward step and the number of backward steps seen.  main also arms three
  * non-blocking timerfds 4 s ahead: R relative on CLOCK_MONOTONIC, A absolute (TFD_TIMER_ABSTIME) on
  * CLOCK_MONOTONIC, B absolute on CLOCK_BOOTTIME; each must expire, and never before 4 s of its own
- * clock have passed since it was armed.  main prints "READY pid=P sub=S mono=NS boot=NS".
+ * clock have passed since it was armed.  sub has a second thread blocked in clock_nanosleep
+ * (TIMER_ABSTIME, CLOCK_MONOTONIC) until 4 s after it started: it must wake, not before that time.
+ * main prints "READY pid=P sub=S mono=NS boot=NS" once sub's sleeper is asleep.
  *
  * Each SIGUSR1 makes the process print "PASS role=main|sub back=N maxjump_ms=M fired=RAB mono=NS
- * boot=NS" (fired: the timers that expired so far, "-" for none), or "FAIL role=... why" when a clock
- * stepped back or a timer expired early.
+ * boot=NS" (fired: the timers that expired so far — for sub "S" once its sleeper woke —, "-" for none),
+ * or "FAIL role=... why" when a clock stepped back, a timer expired or the sleeper woke early.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -84,6 +87,18 @@ static void check_timers(void) {
     }
 }
 
+static volatile int64_t sleep_until;  /* the sleeper's CLOCK_MONOTONIC deadline */
+static volatile int slept, slept_early;
+
+static void *sleeper(void *arg) {
+    (void)arg;
+    struct timespec until = {.tv_sec = sleep_until / NS, .tv_nsec = sleep_until % NS};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR) {}
+    slept_early = clock_ns(CLOCK_MONOTONIC) < sleep_until;
+    slept = 1;
+    return NULL;
+}
+
 static void run(const char *role) {
     sigset_t usr1;
     sigemptyset(&usr1);
@@ -107,11 +122,16 @@ static void run(const char *role) {
             prev[c] = now[c];
         }
         check_timers();
+        if (slept_early) {
+            fail("the sleeper woke before its deadline");
+            slept_early = 0;
+        }
         if (sig != SIGUSR1) continue;
-        char fired[NTIMERS + 1] = {0};
+        char fired[NTIMERS + 2] = {0};
         size_t n = 0;
         for (size_t i = 0; i < NTIMERS; i++)
             if (timers[i].fired) fired[n++] = timers[i].name;
+        if (slept) fired[n++] = 'S';
         if (why[0]) {
             printf("FAIL role=%s %s\n", role, why);
         } else {
@@ -140,9 +160,22 @@ int main(int argc, char **argv) {
             return 0;
         }
     }
+    int up[2];
+    if (pipe(up)) die("pipe");
     pid_t sub = fork();
     if (sub < 0) die("fork");
-    if (sub == 0) run("sub");
+    if (sub == 0) {
+        close(up[0]);
+        sleep_until = clock_ns(CLOCK_MONOTONIC) + TIMEOUT_NS;
+        pthread_t th;
+        if (pthread_create(&th, NULL, sleeper, NULL)) die("pthread_create");
+        close(up[1]);  /* main goes on: the sleeper is started (asleep a moment later) */
+        run("sub");
+    }
+    close(up[1]);
+    char c;
+    while (read(up[0], &c, 1) < 0 && errno == EINTR) {}
+    close(up[0]);
     for (size_t i = 0; i < NTIMERS; i++) arm(&timers[i]);
     printf("READY pid=%d sub=%d mono=%lld boot=%lld\n", getpid(), sub, (long long)clock_ns(CLOCK_MONOTONIC),
            (long long)clock_ns(CLOCK_BOOTTIME));
