@@ -70,6 +70,7 @@ another one (a test cannot reboot its host).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -91,6 +92,7 @@ CLOCK_BOOTTIME = 7
 #: Set to 1: a restore takes this boot for another one (tests).
 OTHER_BOOT_ENV = "CKPT_TEST_OTHER_BOOT"
 _NS = 1_000_000_000
+log = logging.getLogger(__name__)
 _O_RDONLY_CLOEXEC = os.O_RDONLY | os.O_CLOEXEC
 _AT_FDCWD = -100 & ((1 << 64) - 1)
 
@@ -265,6 +267,8 @@ class TimeNamespace:
             raise RestoreError(f"cannot set the time namespace offsets of process {pid} "
                                f"({text.strip()!r}): {exc.strerror}") from exc
         self.root, self.offsets = pid, offsets
+        log.info("time namespace of the tree of %d (%s): offsets monotonic %+.3f s, boottime %+.3f s", pid,
+                 self.plan.reason, offsets.monotonic_ns / _NS, offsets.boottime_ns / _NS)
 
 
 def describe(c: clocks_pb2.Clocks, boot_id: str) -> dict[str, object]:
