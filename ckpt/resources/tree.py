@@ -55,6 +55,7 @@ from ..errors import RestoreError, TargetGone, Unsupported
 from ..image.records import ProcessInfo
 from ..kernel import clone, ptrace
 from ..kernel.arch_x86_64 import NR
+from ..kernel.fileio import close_all_but
 from ..kernel.kcmp import KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM, kcmp
 from ..kernel.libc import syscall
 from ..kernel.prctl import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, PR_SET_NAME
@@ -445,7 +446,7 @@ def _intermediate(root: Plan, detached: bool, wfd: int, life_r: int) -> NoReturn
     """
     code = 1
     try:
-        _keep_only(wfd, life_r)
+        close_all_but(wfd, life_r)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
             signal.signal(sig, signal.SIG_IGN)
         if detached:
@@ -468,16 +469,6 @@ def _intermediate(root: Plan, detached: bool, wfd: int, life_r: int) -> NoReturn
                 os.waitpid(-1, 0)  # until ECHILD
     finally:
         os._exit(code)
-
-
-def _keep_only(*fds: int) -> None:
-    """Close every descriptor but ``fds`` (a copy of the restorer must not hold its files and sockets open)."""
-    low = 0
-    for fd in sorted(fds):
-        if fd > low:
-            syscall(NR.close_range, low, fd - 1, 0, name="close_range")
-        low = fd + 1
-    syscall(NR.close_range, low, 0xFFFFFFFF, 0, name="close_range")
 
 
 def _clone_failure(pid: int, err: int | None) -> str:
