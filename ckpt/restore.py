@@ -64,7 +64,7 @@ from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, fileid, files, limits, memory, signals, threads, timers, tree
+from .resources import creds, fileid, files, host, limits, memory, signals, threads, timers, tree
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -269,6 +269,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     infos = image.processes
     root = tree.plan(infos)
     live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
+    host.check_areas(image.inventory, ((m.mm, m.vmas) for m in live))
     notes: list[str] = []
     for m in live:
         notes.extend(memory.check_files(m.mm, m.vmas, allow_changed=allow_changed_files))
@@ -777,6 +778,7 @@ class StagedRestore:
         cpu_features.check_image(image.inventory, self.cpu_cap)  # before any process exists
         root = tree.plan(image.processes)
         layouts = _layouts(image)
+        host.check_areas(image.inventory, layouts.values())
         for mm, vmas in layouts.values():
             self._file_notes.extend(memory.check_files(mm, vmas, allow_changed=self._opts.allow_changed_files))
         self._waited = sum(wait_pid_free(p.pid) for p in root.walk())
@@ -811,6 +813,7 @@ class StagedRestore:
         chain, layouts = self._next(image_dir)
         image = chain[-1]
         records = {pid: _process_records(image, pid) for pid in layouts}
+        host.check_areas(image.inventory, layouts.values())
         for mm, vmas in layouts.values():
             self._file_notes.extend(memory.check_files(mm, vmas, allow_changed=self._opts.allow_changed_files))
         shared = (files.SharedFiles({pid: image.fds(pid) for pid in layouts}, image.file_entries())
