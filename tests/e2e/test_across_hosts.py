@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from hosts import SecondHost, ckpt_argv
-from targets import SCENARIOS, Target, spawn
+from targets import SCENARIOS, Target, spawn, tracer_of, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore and namespaces need root")
 
@@ -278,3 +278,56 @@ def test_show_prints_the_kernel_and_its_vdso(tmp_path: Path) -> None:
         os.chmod(p, 0o700 if p.is_dir() else 0o600)
     out = subprocess.run(ckpt_argv("show", golden), capture_output=True, text=True, check=True, timeout=60).stdout
     assert "\n  kernel: Linux 6.18.0-golden x86_64\n  vdso: not recorded (an image of an older ckpt)\n" in out
+
+
+def _migrate_to(host: SecondHost, pid: int, tmp_path: Path, name: str, *receive_args: str) -> tuple[int, str]:
+    """``ckpt receive --once`` inside ``host``, ``ckpt migrate`` of ``pid`` to it: (migrate's exit, receive's stderr)."""
+    import socket
+
+    from ckpt.migrate.wire import save_token
+
+    token = tmp_path / f"{name}.token"
+    if not token.exists():
+        save_token(token)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = tmp_path / f"{name}.err"
+    with open(err, "wb") as f:
+        rx = host.run(ckpt_argv("receive", "--listen", f"{host.address}:{port}", "-D", tmp_path / f"{name}-rx",
+                                "--token-file", token, "--once", *receive_args), stdout=subprocess.DEVNULL, stderr=f)
+    wait_until(lambda: "listening on" in err.read_text() or rx.poll() is not None, "the receiver listens")
+    res = subprocess.run(ckpt_argv("migrate", "-t", pid, "--to", f"{host.address}:{port}", "--token-file", token),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    rx.wait(timeout=60)
+    return res.returncode, err.read_text() + res.stderr
+
+
+def test_receive_allow_changed_files(app: Path, second_host: SecondHost, mounts: _Mounts, tmp_path: Path) -> None:
+    """A migration to a host whose copy of the library lost its mtime: refused, the source running on;
+    accepted by ``receive --allow-changed-files`` (the build-id vouches for it)."""
+    touched = tmp_path / "touched"
+    touched.mkdir()
+    shutil.copy(app / "libacross.so", touched / "libacross.so")
+    os.utime(touched / "libacross.so", ns=(1_000_000_000, 1_000_000_000))
+    mounts.tmpfs_with(app, {"across": app / "across", "libacross.so": touched / "libacross.so"})
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([app / "across"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL,
+                                close_fds=True, start_new_session=True)
+    try:
+        wait_until(lambda: "READY" in log.read_text(), "the program starts")
+        code, err = _migrate_to(second_host, proc.pid, tmp_path, "plain")
+        assert code != 0 and f"{app / 'libacross.so'} changed since the dump (mtime" in err, err
+        assert proc.poll() is None and tracer_of(proc.pid) == 0  # the source runs on
+        os.kill(proc.pid, signal.SIGUSR1)
+        wait_until(lambda: "PASS n=1 sum=3" in log.read_text(), "the source answers")
+        code, err = _migrate_to(second_host, proc.pid, tmp_path, "allowed", "--allow-changed-files")
+        assert code == 0, err
+        proc.wait(timeout=60)  # the source ended once the copy ran
+        second_host.check_output(["kill", "-USR1", str(proc.pid)])
+        wait_until(lambda: "PASS n=2 sum=9" in log.read_text(), "the migrated copy answers")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
