@@ -131,8 +131,14 @@ def classify(vma: ProcVma) -> int:
 
 
 def file_identity(path: str, name: str) -> common_pb2.FileIdentity:
-    """The identity of the file ``path`` opens (a /proc link), known to the program as ``name``."""
-    return fileid.identity(*fileid.BUILD_IDS.of_path(path, name))
+    """The identity of the file ``path`` opens (a /proc link), known to the program as ``name``.
+
+    A file we may not read (an exec-only program, ckpt not root) has no build-id recorded: it is checked
+    by size and mtime."""
+    try:
+        return fileid.identity(*fileid.BUILD_IDS.of_path(path, name))
+    except PermissionError:
+        return fileid.identity(os.stat(path))
 
 
 def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
