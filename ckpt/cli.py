@@ -229,6 +229,13 @@ def _cpu_cap(text: str) -> frozenset[str]:
         raise argparse.ArgumentTypeError(f"{exc.message.removeprefix('--cpu-cap: ')} ({exc.hint})") from None
 
 
+def _allow_changed_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--allow-changed-files", action="store_true",
+                    help="reopen an open file even if it changed since the dump (size, mtime, build-id), with a "
+                         "warning; a file the process has mapped (or its executable) is taken only when its size "
+                         "and build-id are the image's, another mtime aside")
+
+
 def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
                     help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
@@ -329,7 +336,8 @@ def _cmd_receive(args: argparse.Namespace) -> int:
 
         where = listener.getsockname()
         say(f"listening on {where[0]}:{where[1]}")
-        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap)
+        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap,
+                           allow_changed_files=args.allow_changed_files)
     last = results[-1] if results else None
     if last is not None:
         _write_json_stats(stats_out, last)
@@ -504,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
     sp.add_argument("--once", action="store_true",
                     help="exit after one migration (from a source that authenticated: strangers do not count)")
+    _allow_changed_flag(sp)
     _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
 
@@ -557,9 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="detach once restored (default: wait and exit with the process's status)")
     sp.add_argument("--pidfile", metavar="FILE", help="write the restored process's pid here")
     sp.add_argument("--shell-job", action="store_true", help="re-attach terminal fds to this terminal")
-    sp.add_argument("--allow-changed-files", action="store_true",
-                    help="reopen an open file even if it changed since the dump (size, mtime, inode), with a "
-                         "warning; files the process has mapped are still checked")
+    _allow_changed_flag(sp)
     sp.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:RES",
                     help="give the restored process our fd N in place of RES, an fd that pointed outside "
                          "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "
