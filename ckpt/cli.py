@@ -52,6 +52,8 @@ class _Ended(KeyboardInterrupt):
 
 
 def _end(signo: int, _frame: object) -> None:
+    if signo == signal.SIGPIPE and isinstance(sys.exc_info()[1], BrokenPipeError):
+        return  # the signal of the EPIPE being handled (our stdout's reader is gone): one way out is enough
     interrupts.interrupt(_Ended(signo) if signo != signal.SIGINT else KeyboardInterrupt())
 
 
@@ -738,12 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted", exc_info=True)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # stdout closed early (`ckpt show DIR | head`): not an error worth a message.
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
+        # No reader left on stdout (`ckpt show DIR | head`, a dead `tee`): ended as by its SIGPIPE, silently.
+        return _lost_pipe()
     except OSError as e:
         # An environment problem (permissions, full disk) outside the translated paths: a sentence.
         code = _report(describe_oserror(e), e)
@@ -760,6 +758,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         _stop_logging(handlers)
+
+
+def _lost_pipe() -> int:
+    """Exit status after EPIPE on our output (the SIGPIPE that came with it is dropped by :func:`_end`)."""
+    _quiet_signals()
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _quiet_signals() -> None:
