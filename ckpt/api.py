@@ -364,20 +364,20 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
 def receive(listen: tuple[str, int], image_dir: str | os.PathLike[str], token: str | bytes, *, once: bool = True,
             on_event: Callable[[str], None] | None = None,
             on_listening: "Callable[[tuple[str, int]], None] | None" = None,
-            cpu_cap: str | Iterable[str] | None = None) -> "list[ReceiveResult]":
+            cpu_cap: str | Iterable[str] | None = None, allow_changed_files: bool = False) -> "list[ReceiveResult]":
     """Accept migrations on ``listen`` = (host, port), keep their images under ``image_dir`` and restore them.
 
     ``once``: return after one migration (else serve until interrupted).
     ``on_listening((host, port))`` is called once the socket listens (port 0 picks one).
     ``cpu_cap``: the CPU checks of the restores, as for :func:`restore`; a source
-    whose CPU fails them is refused at the handshake.
+    whose CPU fails them is refused at the handshake.  ``allow_changed_files``: as for :func:`restore`.
     """
     from .migrate.dest import serve
     from .resources.cpu import parse_cpu_cap
 
     check_dir_to_write(image_dir)
     return serve(listen[0], listen[1], os.fspath(image_dir), token, once=once, on_event=on_event,
-                 on_listening=on_listening, cpu_cap=parse_cpu_cap(cpu_cap))
+                 on_listening=on_listening, cpu_cap=parse_cpu_cap(cpu_cap), allow_changed_files=allow_changed_files)
 
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from .image import kinds
 from .image.chain import iter_chain_pages, open_chain, resolve_pages
 from .image.records import ImageKind
 from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
+from .resources import host
 
 __all__ = ["MergeStats", "merge"]
 
@@ -61,9 +62,11 @@ def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     kind = ImageKind.PRE_DUMP if newest.kind is ImageKind.PRE_DUMP else ImageKind.FULL
     stored = zero = 0
     cpu = newest.inventory.cpu if newest.inventory.HasField("cpu") else None  # where the process ran, not here
+    kernel = host.recorded(newest.inventory)  # likewise
     # The boot its clocks count from, not this one's: a restore compares it (ckpt.resources.timens).
     boot_id = newest.inventory.boot_id or None
-    with ImageWriter(out_dir, kind=kind, compress_level=compress_level, cpu=cpu, boot_id=boot_id) as w:
+    with ImageWriter(out_dir, kind=kind, compress_level=compress_level, cpu=cpu, kernel=kernel,
+                     kernel_release=kernel.release, boot_id=boot_id) as w:
         for name in sorted(newest.files):
             found = kinds.kind_of_file(name)
             if found is None or found[0] in _REBUILT:

@@ -52,6 +52,8 @@ class _Ended(KeyboardInterrupt):
 
 
 def _end(signo: int, _frame: object) -> None:
+    if signo == signal.SIGPIPE and isinstance(sys.exc_info()[1], BrokenPipeError):
+        return  # the signal of the EPIPE being handled (our stdout's reader is gone): one way out is enough
     interrupts.interrupt(_Ended(signo) if signo != signal.SIGINT else KeyboardInterrupt())
 
 
@@ -229,6 +231,13 @@ def _cpu_cap(text: str) -> frozenset[str]:
         raise argparse.ArgumentTypeError(f"{exc.message.removeprefix('--cpu-cap: ')} ({exc.hint})") from None
 
 
+def _allow_changed_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--allow-changed-files", action="store_true",
+                    help="reopen an open file even if it changed since the dump (size, mtime, build-id), with a "
+                         "warning; a file the process has mapped (or its executable) is taken only when its size "
+                         "and build-id are the image's, another mtime aside")
+
+
 def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
                     help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
@@ -329,7 +338,8 @@ def _cmd_receive(args: argparse.Namespace) -> int:
 
         where = listener.getsockname()
         say(f"listening on {where[0]}:{where[1]}")
-        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap)
+        results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap,
+                           allow_changed_files=args.allow_changed_files)
     last = results[-1] if results else None
     if last is not None:
         _write_json_stats(stats_out, last)
@@ -504,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
     sp.add_argument("--once", action="store_true",
                     help="exit after one migration (from a source that authenticated: strangers do not count)")
+    _allow_changed_flag(sp)
     _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
 
@@ -557,9 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="detach once restored (default: wait and exit with the process's status)")
     sp.add_argument("--pidfile", metavar="FILE", help="write the restored process's pid here")
     sp.add_argument("--shell-job", action="store_true", help="re-attach terminal fds to this terminal")
-    sp.add_argument("--allow-changed-files", action="store_true",
-                    help="reopen an open file even if it changed since the dump (size, mtime, inode), with a "
-                         "warning; files the process has mapped are still checked")
+    _allow_changed_flag(sp)
     sp.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:RES",
                     help="give the restored process our fd N in place of RES, an fd that pointed outside "
                          "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "
@@ -731,12 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted", exc_info=True)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # stdout closed early (`ckpt show DIR | head`): not an error worth a message.
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
+        # No reader left on stdout (`ckpt show DIR | head`, a dead `tee`): ended as by its SIGPIPE, silently.
+        return _lost_pipe()
     except OSError as e:
         # An environment problem (permissions, full disk) outside the translated paths: a sentence.
         code = _report(describe_oserror(e), e)
@@ -753,6 +758,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         _stop_logging(handlers)
+
+
+def _lost_pipe() -> int:
+    """Exit status after EPIPE on our output (the SIGPIPE that came with it is dropped by :func:`_end`)."""
+    _quiet_signals()
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _quiet_signals() -> None:

@@ -66,7 +66,7 @@ from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, files, limits, memory, signals, threads, timens, timers, tree
+from .resources import creds, fileid, files, host, limits, memory, signals, threads, timens, timers, tree
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -85,7 +85,8 @@ def restore_files(ctx: RestoreContext) -> None:
     if ctx.files_shared:
         return
     policy = files.StdioPolicy(shell_job=ctx.shell_job, inherit=dict(ctx.inherit_fds),
-                               allow_changed=ctx.allow_changed_files)
+                               allow_changed=ctx.allow_changed_files,
+                               same_boot=fileid.same_boot(ctx.image.inventory.boot_id))
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
                                    shared=ctx.shared_files, memfds=ctx.memfds))
@@ -258,8 +259,9 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     either end: it is reopened through /proc with the image's access mode.
     ``progress`` gets :class:`ProgressEvent`s ("memory" with bytes written, "done").
     ``allow_changed_files``: reopen an open file even if its size, mtime or
-    inode changed since the dump (a note says which); mapped files and the
-    executable are still checked (their unsaved pages come from the file).
+    build-id changed since the dump (a note says which); mapped files and the
+    executable are still checked (their unsaved pages come from the file): only
+    one whose size and build-id are the image's, with another mtime, is taken.
     ``cpu_cap``: the CPU checks to make (:func:`ckpt.resources.cpu.parse_cpu_cap`; None: the default).
     """
     t_start = time.monotonic()
@@ -271,15 +273,17 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     infos = image.processes
     root = tree.plan(infos)
     live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
+    host.check_areas(image.inventory, ((m.mm, m.vmas) for m in live))
+    notes: list[str] = []
     for m in live:
-        memory.check_files(m.mm, m.vmas)
+        notes.extend(memory.check_files(m.mm, m.vmas, allow_changed=allow_changed_files))
+    notes = list(dict.fromkeys(notes))  # a library every process maps: one note
     waited = sum(wait_pid_free(p.pid) for p in root.walk())
 
     helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached)
     opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
-    notes: list[str] = []
     shmem = memory.ShmemObjects()
     _object_contents(shmem, image)
     nvmas, mem_s = 0, 0.0
@@ -291,7 +295,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             m = members[ws.pid]
             m.ws = ws
             threads.check_xstate(m.pid, m.cores)
-            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler)
+            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler, opts.allow_changed_files)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             testpoint.point("restore-memory-filled")
@@ -613,7 +617,8 @@ def _place_kernel_areas(proc: FrozenProcess, inj: Injector, tramp: int, vdso_ins
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
                   progress: Callable[[ProgressEvent], None] | None,
                   shmem: memory.ShmemObjects | None = None,
-                  filler: memory.PageFiller | None = None) -> tuple[int, memory.PageStats, float]:
+                  filler: memory.PageFiller | None = None,
+                  allow_changed: bool = False) -> tuple[int, memory.PageStats, float]:
     """DESIGN §4 step 4, memory: every VMA mapped, every page of the chain written; (VMAs, stats, seconds).
 
     ``shmem``: the tree's shared memory objects; the ones this process creates are filled here too.
@@ -621,7 +626,7 @@ def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.
     """
     t_mem = time.monotonic()
     before = set(shmem.first) if shmem is not None else set()
-    nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas, shmem, own_fds=ws.own_fds)
+    nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas, shmem, own_fds=ws.own_fds, allow_changed=allow_changed)
     for owner in (set(shmem.first) - before if shmem is not None else ()):
         memory.fill_shmem(chain[-1], owner, *shmem.first[owner])
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
@@ -660,7 +665,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
             continue
-        memory.set_mm_map(inj, scratch, pid, mm)
+        memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files)
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
@@ -762,6 +767,7 @@ class StagedRestore:
         self._zombies: list[int] = []  # made with the tree by start(): every later image must have them
         self._shmem = memory.ShmemObjects()
         self._waited = 0.0
+        self._file_notes: list[str] = []  # mapped files taken as they are (--allow-changed-files)
 
     @property
     def pids(self) -> list[int]:
@@ -780,8 +786,9 @@ class StagedRestore:
         cpu_features.check_image(image.inventory, self.cpu_cap)  # before any process exists
         root = tree.plan(image.processes)
         layouts = _layouts(image)
+        host.check_areas(image.inventory, layouts.values())
         for mm, vmas in layouts.values():
-            memory.check_files(mm, vmas)
+            self._file_notes.extend(memory.check_files(mm, vmas, allow_changed=self._opts.allow_changed_files))
         self._waited = sum(wait_pid_free(p.pid) for p in root.walk())
         self.pid, self.state = root.pid, "staged"
         self._zombies = sorted(p.pid for p in root.walk() if p.zombie)
@@ -790,7 +797,8 @@ class StagedRestore:
         with self._failing(), memory.PageFiller() as filler:
             for ws in self._helpers.build():
                 vmas = layouts[ws.pid][1]
-                n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem, filler)
+                n, filled, _ = _map_and_fill(ws, chain, vmas, self.progress, self._shmem, filler,
+                                             self._opts.allow_changed_files)
                 st = self._procs[ws.pid] = _Staged(ws.pid, ws.proc, ws)
                 self._took(st, chain, vmas)
                 testpoint.point("restore-memory-filled")
@@ -813,8 +821,9 @@ class StagedRestore:
         chain, layouts = self._next(image_dir)
         image = chain[-1]
         records = {pid: _process_records(image, pid) for pid in layouts}
+        host.check_areas(image.inventory, layouts.values())
         for mm, vmas in layouts.values():
-            memory.check_files(mm, vmas)
+            self._file_notes.extend(memory.check_files(mm, vmas, allow_changed=self._opts.allow_changed_files))
         shared = (files.SharedFiles({pid: image.fds(pid) for pid in layouts}, image.file_entries())
                   if len(layouts) > 1 else None)
         _object_contents(self._shmem, image)
@@ -827,7 +836,7 @@ class StagedRestore:
             stage = self._stage(image_dir, *self._sync_all(chain, layouts), t0)
             self._chain = list(chain)
             mem_s = time.monotonic() - t_mem
-            notes: list[str] = []
+            notes = list(dict.fromkeys(self._file_notes))  # each file once, however many stages saw it
             try:
                 for pid, st in self._procs.items():
                     mm, vmas = layouts[pid]
@@ -922,7 +931,8 @@ class StagedRestore:
         for s, e in diff.removed:
             ws.inj.munmap(s, e - s)
         before = set(self._shmem.first)
-        nmapped = memory.map_vmas(ws.inj, ws.scratch, pid, diff.added, self._shmem, own_fds=ws.own_fds)
+        nmapped = memory.map_vmas(ws.inj, ws.scratch, pid, diff.added, self._shmem, own_fds=ws.own_fds,
+                                  allow_changed=self._opts.allow_changed_files)
         for owner in set(self._shmem.first) - before:  # a shared object this process creates: its pages
             memory.fill_shmem(chain[-1], owner, *self._shmem.first[owner])
         top = len(chain) - 1

@@ -34,7 +34,7 @@ from ckpt.image.reader import Image, decode_pagemap, read_file, read_record_file
 from ckpt.image.records import PageChunk, Pagemap, PageState, TrackingInfo
 from ckpt.image.verify import validated_chain
 from ckpt.resources import cpu as cpu_features
-from ckpt.resources import timens
+from ckpt.resources import host, timens
 
 __all__ = ["DECODERS", "decode_file", "show_dict", "show", "iter_show", "message_to_dict"]
 
@@ -301,6 +301,7 @@ def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, 
         "created": _iso(inv.created_ns),
         "ckpt_version": inv.ckpt_version,
         "kernel_release": inv.kernel_release,
+        "kernel": _kernel(inv),
         "tracking": inv.tracking,
         "cpu": None if (rec := cpu_features.recorded(inv)) is None else cpu_features.describe(rec),
         "clocks": timens.describe(inv.clocks, inv.boot_id) if inv.HasField("clocks") else None,
@@ -313,6 +314,15 @@ def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, 
         "pages": pages,
     }
     return {"image": summary, "files": _Stream(len(names) + 1, files)}
+
+
+def _kernel(inv: Any) -> dict[str, Any]:
+    """The kernel the image was taken on: uname, and the vDSO and vvar areas (None in an older ckpt's image)."""
+    k = host.recorded(inv)
+    areas = None if not k.areas else {
+        "areas": {name: size for name, size in k.areas},
+        "vdso_build_id": k.vdso_build_id.hex(), "vdso_sha256": k.vdso_sha256.hex()}
+    return {"release": k.release, "version": k.version, "machine": k.machine, "vdso": areas}
 
 
 def _tracked(t: TrackingInfo | None) -> dict[str, str]:
@@ -393,6 +403,14 @@ def _text_lines(d: dict[str, Any]) -> Iterator[str]:
         yield f"image {s['path']}"
         yield f"  id {s['image_id']}  kind {s['kind']}  format {s['format']}  created {s['created']}"
         yield f"  ckpt {s['ckpt_version']}  kernel {s['kernel_release']}  tracking {s['tracking']}"
+        k = s["kernel"]
+        yield f"  kernel: {' '.join(p for p in ('Linux', k['release'], k['version'], k['machine']) if p)}"
+        v = k["vdso"]
+        if v is None:
+            yield "  vdso: not recorded (an image of an older ckpt)"
+        else:
+            yield (f"  vdso: build-id {v['vdso_build_id'] or 'none'}, sha256 {v['vdso_sha256'][:16]}…; "
+                   + ", ".join(f"{name} {size}" for name, size in v["areas"].items()) + " bytes")
         cpu = s["cpu"]
         if cpu is None:
             yield "  cpu: not recorded (an image of an older ckpt)"

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import zstandard
 
@@ -69,6 +69,9 @@ from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessI
 from ckpt.kernel.fileio import fsync_dir, sync_file_range
 from ckpt.procfs.task import read_starttime
 from ckpt.procfs.timens import read_boot_id
+
+if TYPE_CHECKING:
+    from ckpt.resources.host import Kernel
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -936,6 +939,8 @@ class ImageWriter:
     and ``cpu`` default to the real values; tests pin them for reproducible images.
     ``cpu``: "here" records this machine's CPU (what a restore checks), a record
     records that one (a merge keeps its source's), None records none.
+    ``kernel``: the same for the kernel (:class:`ckpt.resources.host.Kernel`:
+    uname and the vDSO/vvar areas); None records only ``kernel_release``.
     """
 
     def __init__(
@@ -955,6 +960,7 @@ class ImageWriter:
         hostname: str | None = None,
         boot_id: str | None = None,
         cpu: cpu_pb2.CpuFeatures | Literal["here"] | None = "here",
+        kernel: Kernel | Literal["here"] | None = "here",
     ) -> None:
         self.final_dir = os.path.abspath(os.fspath(final_dir))
         self.kind = ImageKind(kind)
@@ -981,6 +987,13 @@ class ImageWriter:
 
             cpu = cpu_features.to_pb(cpu_features.here())
         self._cpu = cpu
+        if kernel == "here":
+            from ckpt.resources import host  # late, as for the CPU
+
+            kernel = host.here()
+        self._kernel = kernel
+        if kernel is not None and kernel_release is None:
+            self._kernel_release = kernel.release
 
         self.parent_link: inventory_pb2.ParentLink | None = None
         if parent is not None:
@@ -1188,7 +1201,7 @@ class ImageWriter:
                 inventory_pb2.FileDigest(name=d.name, size=d.size, sha256=d.sha256)
                 for d in sorted((s.finish() for s in self._sinks.values()), key=lambda d: d.name)
             ],
-            arch=os.uname().machine,
+            arch=self._kernel.machine if self._kernel is not None and self._kernel.machine else os.uname().machine,
             page_size=self.page_size,
             hostname=self._hostname,
             boot_id=self._boot_id,
@@ -1198,6 +1211,10 @@ class ImageWriter:
             inv.parent.CopyFrom(self.parent_link)
         if self._cpu is not None:
             inv.cpu.CopyFrom(self._cpu)
+        if self._kernel is not None:
+            inv.kernel_version = self._kernel.version
+            if self._kernel.areas:
+                inv.kernel_areas.CopyFrom(self._kernel.to_pb())
         if clocks is not None:
             inv.clocks.CopyFrom(clocks)
         sink = _Sink(os.path.join(tmp, kinds.INVENTORY.template))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .libc import check, libc
+from .arch_x86_64 import NR
+from .libc import check, libc, syscall
 
-__all__ = ["sync_file_range", "fsync_dir", "SYNC_FILE_RANGE_WAIT_BEFORE", "SYNC_FILE_RANGE_WRITE", "SYNC_FILE_RANGE_WAIT_AFTER"]
+__all__ = ["sync_file_range", "fsync_dir", "close_all_but", "SYNC_FILE_RANGE_WAIT_BEFORE", "SYNC_FILE_RANGE_WRITE", "SYNC_FILE_RANGE_WAIT_AFTER"]
 
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
@@ -35,3 +36,17 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def close_all_but(*keep: int) -> None:
+    """Close every descriptor of this process but ``keep`` (close_range(2), Linux 5.9+).
+
+    For a forked child of ckpt that must not hold its files, sockets and pipes
+    open after ckpt is gone (an end of a pipe whose EOF someone waits for).
+    """
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            syscall(NR.close_range, low, fd - 1, 0, name="close_range")
+        low = fd + 1
+    syscall(NR.close_range, low, 0xFFFFFFFF, 0, name="close_range")

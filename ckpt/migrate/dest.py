@@ -90,9 +90,11 @@ class _Stager:
     A full pre-dump (the source lost its tracking) starts staging afresh.
     """
 
-    def __init__(self, say: Callable[[str], None], cpu_cap: Iterable[str] | None = None) -> None:
+    def __init__(self, say: Callable[[str], None], cpu_cap: Iterable[str] | None = None,
+                 allow_changed_files: bool = False) -> None:
         self.say = say
         self.cpu_cap = cpu_cap
+        self.allow_changed_files = allow_changed_files
         self.note = ""
         self._staged: StagedRestore | None = None
         self._jobs: queue.Queue[tuple[str, str, Future | None]] = queue.Queue()
@@ -170,7 +172,8 @@ class _Stager:
         try:
             if self._staged is None or Image.open(path).parent is None:
                 self._drop("")  # the first image, or a full one (tracking lost at the source): start from it
-                self._staged = StagedRestore(detached=True, cpu_cap=self.cpu_cap)
+                self._staged = StagedRestore(detached=True, cpu_cap=self.cpu_cap,
+                                             allow_changed_files=self.allow_changed_files)
                 st = self._staged.start(path)
             else:
                 st = self._staged.apply(path)
@@ -202,13 +205,14 @@ class _Stager:
 
 
 def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool = True,
-             cpu_cap: Iterable[str] | None = None) -> ReceiveResult:
+             cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False) -> ReceiveResult:
     """Serve one migration over an authenticated channel (closed on return); see the module docstring.
 
     ``staged``: restore while the images arrive (the default); False restores
     the final image in one go at the switch-over (the downtime baseline).
     ``cpu_cap``: the CPU checks (:func:`ckpt.resources.cpu.parse_cpu_cap`) of
-    the handshake and the restores.
+    the handshake and the restores.  ``allow_changed_files``: as for
+    :func:`ckpt.api.restore` (``receive --allow-changed-files``).
     """
     from .. import api
 
@@ -229,7 +233,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
             if staged and not hello.get("dry_run"):
-                stager = _Stager(say, cpu_cap)
+                stager = _Stager(say, cpu_cap, allow_changed_files)
             ch.send({"type": "ready"})
             say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
             while True:
@@ -260,7 +264,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                         result.staged = r is not None
                         result.staging = stager.note if stager is not None else "not asked for"
                         if r is None:
-                            r = api.restore(image, detached=True, cpu_cap=cpu_cap)
+                            r = api.restore(image, detached=True, cpu_cap=cpu_cap,
+                                            allow_changed_files=allow_changed_files)
                     except CkptError as exc:
                         ch.send_error(f"restore failed at the destination: {exc}")
                         raise
@@ -506,12 +511,13 @@ def _shut(conn: socket.socket) -> None:
 def serve(host: str, port: int, root: str, token: str | bytes, *, once: bool = False,
           on_event: Callable[[str], None] | None = None,
           on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True,
-          cpu_cap: Iterable[str] | None = None) -> list[ReceiveResult]:
+          cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False) -> list[ReceiveResult]:
     """Listen on ``host:port`` (:func:`open_listener`), then :func:`serve_on` it."""
     with open_listener(host, port) as s:
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
-        return serve_on(s, root, token, once=once, on_event=on_event, staged=staged, cpu_cap=cpu_cap)
+        return serve_on(s, root, token, once=once, on_event=on_event, staged=staged, cpu_cap=cpu_cap,
+                        allow_changed_files=allow_changed_files)
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -521,14 +527,15 @@ def open_listener(host: str, port: int) -> socket.socket:
 
 def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bool = False,
              on_event: Callable[[str], None] | None = None, staged: bool = True,
-             cpu_cap: Iterable[str] | None = None) -> list[ReceiveResult]:
+             cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False) -> list[ReceiveResult]:
     """Accept migrations on a listening socket into ``root``: one with ``once``, else until interrupted.
 
     Only authenticated sources count: strangers (:class:`_Door`) neither
     block a migration nor end a ``once`` receiver.  One migration runs at a
     time, on this thread; with ``once`` the listener is closed as soon as it
     starts, so the restored process can bind the same address and port (a
-    server migrated to the receiver's own port).  ``staged``, ``cpu_cap``: see :func:`_receive`.
+    server migrated to the receiver's own port).  ``staged``, ``cpu_cap``, ``allow_changed_files``: see
+    :func:`_receive`.
     """
     os.makedirs(root, mode=0o700, exist_ok=True)
     lock = threading.Lock()  # one line at a time from the door's threads and ours
@@ -546,7 +553,8 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
             if once:
                 door.stop_accepting()
             try:
-                results.append(_receive(ch, root, say=say, staged=staged, cpu_cap=cpu_cap))
+                results.append(_receive(ch, root, say=say, staged=staged, cpu_cap=cpu_cap,
+                                        allow_changed_files=allow_changed_files))
             finally:
                 door.done()
             if once:

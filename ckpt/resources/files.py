@@ -7,8 +7,9 @@ tells, checked only between fds on the same inode.  Every kind is handled or
 refused with :class:`~ckpt.errors.Unsupported` naming the fd and what it is;
 nothing is skipped silently.
 
-Kinds handled: regular files (by path, checked unchanged at restore:
-device, inode, size, mtime), deleted-but-open regular files (content saved,
+Kinds handled: regular files (by path, checked unchanged at restore by
+size, mtime and build-id — :mod:`ckpt.resources.fileid`; never by device or
+inode, which differ on another machine), deleted-but-open regular files (content saved,
 up to :data:`DELETED_MAX`), directories, /dev/null, /dev/zero, /dev/full,
 /dev/random, /dev/urandom, pipes and FIFOs with every end in the dumped
 processes (:mod:`ckpt.resources.pipes`), memfds (:mod:`ckpt.resources.memfd`), terminals and external stdio through a
@@ -52,7 +53,7 @@ from ..kernel.pidfd import dup_from
 from ..procfs.fdinfo import FdInfo, read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, inotify, memfd, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import epoll, eventfd, fileid, inotify, memfd, pipes, signalfd, sockets, tcp, timerfd, unix
 from ._scratch import scratch_for
 
 __all__ = [
@@ -96,8 +97,11 @@ class StdioPolicy:
     shell_job: bool = False
     tty: str | None = None
     inherit: Mapping[int, int] = field(default_factory=dict)
-    #: Reopen a file that changed since the dump (size, mtime, inode) with a note instead of refusing.
+    #: Reopen a file that changed since the dump (size, mtime, build-id) with a note instead of refusing.
     allow_changed: bool = False
+    #: The image was taken on this machine since its boot: device and inode numbers name the same files
+    #: (an inotify watch is checked by its inode on the filesystem it was on).
+    same_boot: bool = False
 
     def terminal(self) -> str:
         if self.tty:
@@ -208,11 +212,6 @@ def classify(pid: int, o: OpenFd) -> int:
 def _is_tty(o: OpenFd) -> bool:
     rdev = (os.major(o.st.st_rdev), os.minor(o.st.st_rdev))
     return stat.S_ISCHR(o.st.st_mode) and (rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES)
-
-
-def _identity(st: os.stat_result) -> common_pb2.FileIdentity:
-    return common_pb2.FileIdentity(dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                   ctime_ns=st.st_ctime_ns, mode=st.st_mode)
 
 
 # --- dump -----------------------------------------------------------------
@@ -439,8 +438,13 @@ def _classify_and_record(pid: int, o: OpenFd, file_id: int, policy: StdioPolicy,
     """
     kind = classify(pid, o)
     e = FileEntry(id=file_id, kind=kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
-                  mnt_id=o.info.mnt_id, identity=_identity(o.st))
+                  mnt_id=o.info.mnt_id, identity=fileid.identity(o.st))
     e.path = o.link[:-len(_DELETED)] if o.link.endswith(_DELETED) else o.link
+    if kind == K.REG and not o.link.endswith(_DELETED):
+        try:  # the file the descriptor holds, not what the path names now
+            e.identity.build_id = fileid.BUILD_IDS.of_path(f"/proc/{pid}/fd/{o.fd}", e.path)[1]
+        except OSError:
+            pass  # unreadable to us (not root): checked by size and mtime
     if kind == K.CHR and _is_tty(o):
         if not policy.shell_job:
             raise _unsupported(pid, o.fd, f"the terminal {o.link}",
@@ -567,7 +571,8 @@ class _Restorer:
         if e.kind == K.SIGNALFD:
             return signalfd.restore(self.inj, self.s, e)
         if e.kind == K.INOTIFY:
-            return inotify.restore(self.inj, self.s, e, self.warnings, allow_changed=self.policy.allow_changed)
+            return inotify.restore(self.inj, self.s, e, self.warnings, allow_changed=self.policy.allow_changed,
+                                   same_boot=self.policy.same_boot)
         if e.kind == K.EPOLL:
             self.epolls.append((e, fds[0]))
             return epoll.create(self.inj)
@@ -582,21 +587,20 @@ class _Restorer:
         raise Unsupported(f"file {e.id} ({e.path}) is of kind {K.Name(e.kind)}, which ckpt cannot restore")
 
     def check_same(self, e: FileEntry, fd: int) -> None:
-        st = os.stat(f"/proc/{self.inj.pid}/fd/{fd}")
+        """The file opened at ``e.path`` is the image's: by size, mtime and build-id (a directory or device by
+        its type and device number: a directory's size and mtime change with its entries); an image older
+        than that, by device and inode as before (:func:`fileid.compare`)."""
+        link = f"/proc/{self.inj.pid}/fd/{fd}"
+        st = os.stat(link)
         want = e.identity
-        if e.kind in (K.CHR, K.DIR):  # a directory's size and mtime change with its entries: only its identity counts
-            same = stat.S_IFMT(st.st_mode) == stat.S_IFMT(want.mode) and st.st_ino == want.ino and st.st_dev == want.dev
-            changed = [] if same else ["device or inode"]
-        else:
-            changed = [name for name, got, was in (("device", st.st_dev, want.dev), ("inode", st.st_ino, want.ino),
-                                                   ("size", st.st_size, want.size),
-                                                   ("mtime", st.st_mtime_ns, want.mtime_ns)) if got != was]
+        if not want.by_path and e.kind in (K.CHR, K.DIR):  # an older image: type, device and inode, as then
+            want = common_pb2.FileIdentity(dev=want.dev, ino=want.ino, size=st.st_size, mtime_ns=st.st_mtime_ns)
+        changed = fileid.compare(st, want, lambda: fileid.BUILD_IDS.of_path(link, e.path)[1])
         if changed and self.policy.allow_changed:
-            self.warnings.append(f"{e.path!r} changed since the dump ({', '.join(changed)} differ); reopened as it is now")
+            self.warnings.append(f"{changed.text(repr(e.path))}; reopened as it is now")
         elif changed:
             self.inj.close(fd)
-            raise RestoreError(f"{e.path!r} changed since the dump ({', '.join(changed)} differ): "
-                               "the restored program would see another file",
+            raise RestoreError(f"{changed.text(repr(e.path))}: the restored program would see another file",
                                hint="restore the file as it was, dump again, or pass --allow-changed-files")
 
     def open_deleted(self, e: FileEntry, flags: int) -> int:

@@ -18,8 +18,12 @@ watch is first added with no event in its mask (IN_MASK_ADD alone), those
 IN_IGNORED events are read away, and then each watch gets its mask (adding a
 path already watched changes that watch and keeps its wd).  At most
 :data:`MAX_WD_GAPS` temporary watches: more is refused at dump.  The new
-instance's fdinfo must show each wd on the inode saved for it (else refused,
-or a note with --allow-changed-files).  Where the next *new* wd will be is not
+instance's fdinfo must show each wd on the inode saved for it where device
+and inode numbers mean something — an image of this machine since its boot,
+with the watch on the filesystem it was on (or an image written before ckpt
+identified files by path) — and elsewhere (another machine, or another
+filesystem mounted there) on a file of the type saved; else refused, or a
+note with --allow-changed-files.  Where the next *new* wd will be is not
 kept: after the restore it is one more than the highest wd.
 """
 
@@ -35,12 +39,13 @@ from collections.abc import Sequence
 
 from ..control.inject import Injector, Scratch
 from ..errors import RestoreError, Unsupported
-from ..image.pb import common_pb2, files_pb2
+from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.fhandle import kernel_dev, open_by_handle_at
 from ..kernel.pidfd import dup_from
 from ..procfs.fdinfo import FdInfo, InotifyWatch, read_fdinfo
 from ..procfs.mountinfo import Mount, read_mountinfo
+from . import fileid
 
 __all__ = ["MAX_WD_GAPS", "IN_MASK_ADD", "IN_DONT_FOLLOW", "IN_IGNORED", "dump", "restore"]
 
@@ -142,7 +147,7 @@ def dump(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry, notes: lis
             path, st = _resolve(pid, fd, w, mounts)
             out.watches.append(files_pb2.InotifyWatch(
                 wd=w.wd, mask=w.mask, path=path,
-                target=common_pb2.FileIdentity(dev=st.st_dev, ino=st.st_ino, mode=st.st_mode)))
+                target=fileid.identity(st)))
     finally:
         mounts.close()
     queued = _queued_bytes(pid, fd)
@@ -187,15 +192,25 @@ def _drain(inj: Injector, s: Scratch, fd: int, temporary: set[int]) -> int:
 
 
 def _check_targets(pid: int, fd: int, watches: Sequence[files_pb2.InotifyWatch], warnings: list[str],
-                   allow_changed: bool) -> None:
+                   allow_changed: bool, same_boot: bool) -> None:
     now = {w.wd: w for w in read_fdinfo(pid, fd).inotify_watches}
     for w in watches:
         got = now.get(w.wd)
         dev = (os.major(w.target.dev), os.minor(w.target.dev))
-        if got is not None and got.ino == w.target.ino and kernel_dev(got.sdev) == dev:
+        by_type = w.target.by_path and not (same_boot and got is not None and kernel_dev(got.sdev) == dev)
+        if got is not None and by_type:  # another machine's (or filesystem's) file at the path: its type
+            try:
+                mode = os.lstat(w.path).st_mode if stat.S_ISLNK(w.target.mode) else os.stat(w.path).st_mode
+            except OSError:
+                mode = 0
+            if stat.S_IFMT(mode) == stat.S_IFMT(w.target.mode):
+                continue
+            msg = f"inotify watch {w.wd} on {w.path!r}: the file there is not of the type it was (mode {mode:o}, was {w.target.mode:o})"
+        elif got is not None and got.ino == w.target.ino and kernel_dev(got.sdev) == dev:
             continue
-        where = "is gone" if got is None else f"is on inode {got.ino} (device {':'.join(map(str, kernel_dev(got.sdev)))})"
-        msg = f"inotify watch {w.wd} on {w.path!r} {where}, not inode {w.target.ino} (device {dev[0]}:{dev[1]}) as dumped"
+        else:
+            where = "is gone" if got is None else f"is on inode {got.ino} (device {':'.join(map(str, kernel_dev(got.sdev)))})"
+            msg = f"inotify watch {w.wd} on {w.path!r} {where}, not inode {w.target.ino} (device {dev[0]}:{dev[1]}) as dumped"
         if got is not None and allow_changed:
             warnings.append(f"{msg}; watching the path as it is now")
             continue
@@ -203,8 +218,11 @@ def _check_targets(pid: int, fd: int, watches: Sequence[files_pb2.InotifyWatch],
 
 
 def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: list[str], *,
-            allow_changed: bool = False) -> int:
-    """A new inotify instance with every saved watch at its wd (see the module docstring)."""
+            allow_changed: bool = False, same_boot: bool = False) -> int:
+    """A new inotify instance with every saved watch at its wd (see the module docstring).
+
+    ``same_boot``: the image was taken on this machine since it booted (:func:`fileid.same_boot`).
+    """
     watches = sorted(entry.inotify.watches, key=lambda w: w.wd)
     wds = [w.wd for w in watches]
     if len(set(wds)) != len(wds) or (wds and (wds[0] < 1 or wds[-1] - len(wds) > MAX_WD_GAPS)):
@@ -233,7 +251,7 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: lis
                 got = _add(inj, s, fd, w, w.mask or IN_MASK_ADD)
                 if got != w.wd:
                     raise RestoreError(f"inotify watch on {w.path!r}: the kernel gave wd {got}, not {w.wd}")
-        _check_targets(inj.pid, fd, watches, warnings, allow_changed)
+        _check_targets(inj.pid, fd, watches, warnings, allow_changed, same_boot)
         if not entry.flags & os.O_NONBLOCK:
             inj.call(NR.fcntl, fd, fcntl.F_SETFL, 0, name="fcntl(F_SETFL)")
     except BaseException:

@@ -3,9 +3,9 @@
 Dump (target frozen):
 
 * every VMA of ``/proc/PID/smaps`` becomes a ``Vma`` record with the mmap flags
-  that recreate it and, for a file, the file's identity (dev, ino, size, mtime)
-  taken through ``/proc/PID/map_files`` — the file really mapped, not whatever
-  the path names now;
+  that recreate it and, for a file, the file's identity (path, size, mtime,
+  build-id: :mod:`ckpt.resources.fileid`) taken through ``/proc/PID/map_files``
+  — the file really mapped, not whatever the path names now;
 * page contents go into the pid's PageWriter, VMA by VMA in address order.
   PAGEMAP_SCAN tells which pages exist: pages never touched (neither present
   nor swapped) are not stored; the shared zero page is stored as ZERO; in a
@@ -19,7 +19,9 @@ Dump (target frozen):
   gives EFAULT there).
 
 Restore (helper stopped, its own mappings gone, DESIGN §4): :func:`check_files`
-refuses changed files before anything is created, :func:`move_vdso` puts the
+refuses changed files before anything is created (a mapped file's pages that
+were not saved come from the file: only a copy whose build-id and size vouch
+for its bytes is taken, and that only with ``--allow-changed-files``), :func:`move_vdso` puts the
 vDSO and vvar pages where the image had them, :func:`map_vmas` recreates every
 VMA with MAP_FIXED and its final backing and protection, :func:`fill_pages`
 streams the pages chunk by chunk from the image (``process_vm_writev`` where
@@ -67,7 +69,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import memfd, sysvshm
+from . import fileid, memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -128,17 +130,23 @@ def classify(vma: ProcVma) -> int:
     return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE
 
 
-def file_identity(st: os.stat_result) -> common_pb2.FileIdentity:
-    return common_pb2.FileIdentity(dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                   ctime_ns=st.st_ctime_ns, mode=st.st_mode)
+def file_identity(path: str, name: str) -> common_pb2.FileIdentity:
+    """The identity of the file ``path`` opens (a /proc link), known to the program as ``name``.
+
+    A file we may not read (an exec-only program, ckpt not root) has no build-id recorded: it is checked
+    by size and mtime."""
+    try:
+        return fileid.identity(*fileid.BUILD_IDS.of_path(path, name))
+    except PermissionError:
+        return fileid.identity(os.stat(path))
 
 
 def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
     """One Vma record per mapping, address order; raises Unsupported for unknown backings."""
     out: list[mm_pb2.Vma] = []
     segments: dict | None = None
-    # A file is mapped in several VMAs (a library: 4-5): stat it once, by the (dev, inode) maps shows.
-    stats: dict[tuple[int, int, int], os.stat_result] = {}
+    # A file is mapped in several VMAs (a library: 4-5): look at it once, by the (dev, inode) maps shows.
+    idents: dict[tuple[int, int, int], common_pb2.FileIdentity] = {}
     for vma in snap.vmas:
         kind = classify(vma)
         flags = MAP_SHARED if vma.shared else MAP_PRIVATE
@@ -152,16 +160,18 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
                          pgoff=vma.offset, vm_flags=" ".join(sorted(vma.vmflags)))
         if kind in _FILE_KINDS:
             key = (vma.dev_major, vma.dev_minor, vma.inode)
-            st = stats.get(key)
-            if st is None:
-                try:
-                    st = stats[key] = os.stat(f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}")
+            ident = idents.get(key)
+            if ident is None:
+                link = f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}"
+                try:  # a memfd's bytes travel in the image: no build-id to read
+                    ident = idents[key] = (fileid.identity(os.stat(link)) if vma.path.startswith(memfd.PREFIX)
+                                           else file_identity(link, vma.path))
                 except OSError as exc:
-                    raise CkptError(f"cannot stat the file mapped at {vma.start:#x} in process {pid}: "
+                    raise CkptError(f"cannot examine the file mapped at {vma.start:#x} in process {pid}: "
                                     f"{exc.strerror}") from exc
-            rec.file.CopyFrom(file_identity(st))
+            rec.file.CopyFrom(ident)
             if vma.path.startswith(memfd.PREFIX):  # its bytes are stored once for the object, by its owner
-                rec.content_owner = memfd.owner_of(st.st_ino)
+                rec.content_owner = memfd.owner_of(ident.ino)
         if kind is Kind.SYSV_SHM:  # the segment's bytes are stored once, by its owner (sysv-<shmid>)
             segments = segments if segments is not None else sysvshm.read_segments()
             rec.sysv.CopyFrom(sysvshm.describe(pid, vma.start, vma.inode, segments))
@@ -193,7 +203,7 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
         start_brk=st.start_brk, brk=brk, start_stack=st.start_stack, arg_start=st.arg_start, arg_end=st.arg_end,
         env_start=st.env_start, env_end=st.env_end, auxv=snap.auxv.raw, exe_path=exe_path,
     )
-    mm.exe.CopyFrom(file_identity(os.stat(f"/proc/{pid}/exe")))
+    mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
     for v in vmas:
         if v.kind == Kind.VDSO:
             mm.vdso_sha256 = hashlib.sha256(mem.read(v.start, v.end - v.start)).digest()
@@ -354,29 +364,45 @@ _EVERYTHING = ((0, 1 << 64),)
 # ---------------------------------------------------------------------------
 
 
-def _same_file(st: os.stat_result, want: common_pb2.FileIdentity) -> bool:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (want.dev, want.ino, want.size, want.mtime_ns)
+#: Why a changed mapped file is refused even with --allow-changed-files.
+_MAPPED_HINT = ("the pages of a mapped file that the image does not hold come from the file: another file there would "
+                "corrupt the process. Put the file the process was dumped with at that path (on another machine: "
+                "the same package version)")
 
 
-def _identity_problem(path: str, st: os.stat_result, want: common_pb2.FileIdentity) -> str:
-    return (f"{path} changed since the dump (now dev={st.st_dev:#x} ino={st.st_ino} size={st.st_size} "
-            f"mtime_ns={st.st_mtime_ns}; image has dev={want.dev:#x} ino={want.ino} size={want.size} "
-            f"mtime_ns={want.mtime_ns})")
+def _mapped_mismatch(path: str, opened: str, want: common_pb2.FileIdentity, allow_changed: bool) -> str | None:
+    """None if the file ``opened`` (at the image's ``path``) is the image's; a note if it differs only where
+    ``allow_changed`` may accept it (:attr:`fileid.Mismatch.same_contents`); else RestoreError."""
+    try:
+        st = os.stat(opened)
+    except OSError as exc:
+        raise RestoreError(f"mapped file {path} cannot be opened: {exc.strerror}") from exc
+    found = fileid.compare(st, want, lambda: fileid.BUILD_IDS.of_path(opened, path)[1])
+    if not found:
+        return None
+    if allow_changed and found.same_contents:
+        return f"{found.text(path)}; its build-id and size are the image's: mapped as it is (--allow-changed-files)"
+    hint = _MAPPED_HINT
+    if found.same_contents:
+        hint += "; its build-id and size match: --allow-changed-files accepts it"
+    raise RestoreError(found.text(path), hint=hint)
 
 
-def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma]) -> None:
-    """Refuse (RestoreError) before creating anything if a mapped file or the exe changed."""
-    wanted = [(v.name, v.file) for v in vmas if v.kind in _FILE_KINDS
-              and not is_memfd_view(v)]  # a memfd is no path: the restore recreates it
-    wanted.append((mm.exe_path, mm.exe))
-    for path, ident in wanted:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise RestoreError(f"mapped file {path} cannot be opened: {exc.strerror}") from exc
-        if not _same_file(st, ident):
-            raise RestoreError(_identity_problem(path, st, ident),
-                               hint="a file the process had mapped was replaced or modified; restore would corrupt it")
+def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], *, allow_changed: bool = False) -> list[str]:
+    """Refuse (RestoreError) before creating anything if a mapped file or the exe changed; the notes of those
+    ``allow_changed`` accepts (a copy that only lost its mtime, see :func:`_mapped_mismatch`).
+
+    Each file is checked by path, size, mtime and build-id (:mod:`ckpt.resources.fileid`), once.
+    """
+    wanted = {v.name: v.file for v in vmas if v.kind in _FILE_KINDS
+              and not is_memfd_view(v)}  # a memfd is no path: the restore recreates it
+    wanted.setdefault(mm.exe_path, mm.exe)
+    notes = []
+    for path, ident in wanted.items():
+        note = _mapped_mismatch(path, path, ident, allow_changed)
+        if note:
+            notes.append(note)
+    return notes
 
 
 def special_vmas(vmas: Sequence[mm_pb2.Vma]) -> dict[int, mm_pb2.Vma]:
@@ -426,8 +452,10 @@ def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], 
 class _FileOpener:
     """Opens files by path inside the target (so the mapping's file is the target's own); one fd per path."""
 
-    def __init__(self, inj: Injector, scratch: Scratch, pid: int, own_fds: bool = True) -> None:
+    def __init__(self, inj: Injector, scratch: Scratch, pid: int, own_fds: bool = True,
+                 allow_changed: bool = False) -> None:
         self.inj, self.scratch, self.pid, self.own_fds = inj, scratch, pid, own_fds
+        self.allow_changed = allow_changed
         self.fds: dict[tuple[str, int], int] = {}
 
     def open(self, path: str, flags: int, ident: common_pb2.FileIdentity | None) -> int:
@@ -444,9 +472,7 @@ class _FileOpener:
             raise RestoreError(f"cannot open {path} in the restored process: {os.strerror(exc.errno or 0)}") from exc
         self.fds[key] = fd
         if ident is not None:  # what was opened, not what the path names now: the check is race-free
-            st = os.stat(f"/proc/{self.pid}/fd/{fd}")
-            if not _same_file(st, ident):
-                raise RestoreError(_identity_problem(path, st, ident))
+            _mapped_mismatch(path, f"/proc/{self.pid}/fd/{fd}", ident, self.allow_changed)
         return fd
 
     def close_all(self) -> None:
@@ -466,7 +492,7 @@ class _FileOpener:
 
 
 def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vma],
-             shmem_objects: ShmemObjects | None = None, *, own_fds: bool = True) -> int:
+             shmem_objects: ShmemObjects | None = None, *, own_fds: bool = True, allow_changed: bool = False) -> int:
     """mmap every non-special VMA at its address with its final backing and protection; count mapped.
 
     Mapping with the final protection right away is enough: pages are filled
@@ -476,9 +502,9 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     object an earlier process created (through its ``map_files`` entry), or
     creates it and records it in ``shmem_objects``.  ``own_fds`` False: the
     descriptor table is shared with a process restored already (CLONE_FILES):
-    the files opened for mappings are closed one by one.
+    the files opened for mappings are closed one by one.  ``allow_changed``: as for :func:`check_files`.
     """
-    opener = _FileOpener(inj, scratch, pid, own_fds)
+    opener = _FileOpener(inj, scratch, pid, own_fds, allow_changed)
     n = 0
     shmem: dict[int, list[tuple[int, int, int]]] = {}  # shmem inode -> (start, end, pgoff) mapped fresh
     attached: set[int] = set()  # SysV attach bases done
@@ -909,7 +935,8 @@ def reset_pages(inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma], runs: I
     return n
 
 
-def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEntry) -> None:
+def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEntry, *,
+               allow_changed: bool = False) -> None:
     """prctl(PR_SET_MM, PR_SET_MM_MAP) with the exe file opened inside the target.
 
     Must run after the helper's own mappings are gone: the kernel refuses to
@@ -918,7 +945,7 @@ def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEn
     Python ckpt), the restored VMAs map that very file, so changing it would
     give EBUSY too; it is already right, and ``exe_fd = -1`` leaves it as is.
     """
-    opener = _FileOpener(inj, scratch, opener_pid)
+    opener = _FileOpener(inj, scratch, opener_pid, allow_changed=allow_changed)
     try:
         exe_fd = -1 if _same_inode(f"/proc/{inj.pid}/exe", mm.exe_path) else opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
         auxv = bytes(mm.auxv)

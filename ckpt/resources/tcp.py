@@ -52,6 +52,7 @@ import errno
 import ipaddress
 import os
 import secrets
+import signal
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ from ..errors import CkptError, RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
+from ..kernel.fileio import close_all_but
 from ..kernel.pidfd import dup_from
 from ..procfs.timens import read_boot_id
 from ..testpoint import point
@@ -119,6 +121,81 @@ def _dup(pid: int, fd: int) -> socket.socket:
 
 # --- dump ----------------------------------------------------------------------
 
+class _Janitor:
+    """A forked child that takes the connections out of repair mode if ckpt dies while it reads them.
+
+    A socket in repair mode sends nothing and its program's writes only fill
+    its queue: ckpt killed (SIGKILL, OOM) between putting a connection in
+    repair mode and taking it out would hand the thawed program a dead
+    connection.  The janitor is handed a duplicate of each socket before
+    repair mode is set (SCM_RIGHTS over a socketpair), and forgets it once it
+    is left; when its end of the pair reads EOF without a goodbye, ckpt is
+    gone and it takes what it still holds out of repair mode, as
+    :func:`_leave_repair` would, then exits.  It keeps no other descriptor of
+    ckpt's (an nft lock owned by ckpt's netlink socket must go with ckpt) and
+    ignores the signals a terminal or a service stop sends the whole group.
+    """
+
+    _WATCH, _FORGET, _BYE = b"W", b"F", b"Q"
+    _ITEM = struct.Struct("=ii")  # (key, SO_REUSEADDR to put back)
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            _janitor(theirs.fileno())
+        theirs.close()
+        self.sock = ours
+
+    def watch(self, key: int, sock: socket.socket, reuseaddr: int) -> None:
+        socket.send_fds(self.sock, [self._WATCH + self._ITEM.pack(key, reuseaddr)], [sock.fileno()])
+
+    def forget(self, key: int) -> None:
+        self.sock.send(self._FORGET + self._ITEM.pack(key, 0))
+
+    def close(self) -> None:
+        """Goodbye: the janitor exits holding nothing (reaped here)."""
+        try:
+            self.sock.send(self._BYE)
+        except OSError:
+            pass
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+
+def _janitor(fd: int) -> None:
+    """The janitor's life (:class:`_Janitor`); never returns."""
+    try:
+        close_all_but(fd)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        conn = socket.socket(fileno=fd)
+        held: dict[int, tuple[socket.socket, int]] = {}
+        while True:
+            msg, fds, _, _ = socket.recv_fds(conn, 64, 1)
+            if msg[:1] == _Janitor._WATCH and fds:
+                key, reuse = _Janitor._ITEM.unpack(msg[1:])
+                held[key] = (socket.socket(fileno=fds[0]), reuse)
+            elif msg[:1] == _Janitor._FORGET:
+                key, _ = _Janitor._ITEM.unpack(msg[1:])
+                s, _ = held.pop(key, (None, 0))
+                if s is not None:
+                    s.close()
+            elif msg[:1] == _Janitor._BYE:
+                break
+            elif not msg:  # ckpt is gone without a goodbye
+                for s, reuse in held.values():
+                    try:
+                        tr.select_queue(s, tr.TCP_NO_QUEUE)
+                        tr.set_repair(s, tr.TCP_REPAIR_OFF_NO_WP)
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+                    except OSError:
+                        pass
+                break
+    finally:
+        os._exit(0)
+
+
 @dataclass
 class _Held:
     """One connection a dump locked: its lock tag, and our duplicate once taken."""
@@ -156,6 +233,8 @@ class Session:
     _netns: dict[tuple[int, int], int] = field(default_factory=dict)
     #: The locks we hold, per network namespace (its descriptor; None: ours).
     _holders: dict[int | None, netlock.Holder] = field(default_factory=dict)
+    #: Takes the connections out of repair mode if we die while reading them (made at the first).
+    _janitor: _Janitor | None = None
 
     def __post_init__(self) -> None:
         if self.enabled:
@@ -193,6 +272,10 @@ class Session:
             self.notes.append(f"{where}: the socket was in repair mode, as a ckpt run killed while reading it "
                               "leaves it: taken out of it")
         h.reuseaddr = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        if self._janitor is None:
+            self._janitor = _Janitor()
+        key = len(self.held)
+        self._janitor.watch(key, s, h.reuseaddr)  # before repair mode: from here our death is covered
         tr.set_repair(s, tr.TCP_REPAIR_ON)
         h.repairing = True
         point("tcp.repairing")
@@ -206,6 +289,7 @@ class Session:
                 continue
             inet.options.append(files_pb2.SockOpt(level=level, name=name, value=value))
         _leave_repair(h)  # read: the socket is the program's again, the lock alone keeps the peer out
+        self._janitor.forget(key)
 
     def resume(self) -> None:
         """Every connection back as it was (repair off, unlocked): the targets are about to run."""
@@ -249,6 +333,7 @@ class Session:
         problems += [f"the network lock of the migrated connections stays here: {p}" for p in left]
         self.held = []
         self._close_netns()
+        self._dismiss_janitor()
         return problems
 
     def _netns_of(self, pid: int) -> int | None:
@@ -294,7 +379,13 @@ class Session:
         problems += self._unlock()
         self.held = []
         self._close_netns()
+        self._dismiss_janitor()
         return problems
+
+    def _dismiss_janitor(self) -> None:
+        if self._janitor is not None:
+            self._janitor.close()
+            self._janitor = None
 
 
 def _leave_repair(h: _Held) -> None:

@@ -49,12 +49,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from ..control.inject import Injector, Scratch
+from ..control.inject import Injector, Scratch, open_guards
 from ..control.seize import FrozenProcess, freeze
 from ..errors import RestoreError, TargetGone, Unsupported
 from ..image.records import ProcessInfo
 from ..kernel import clone, ptrace
 from ..kernel.arch_x86_64 import NR
+from ..kernel.fileio import close_all_but
 from ..kernel.kcmp import KCMP_FILES, KCMP_FS, KCMP_SIGHAND, KCMP_VM, kcmp
 from ..kernel.libc import syscall
 from ..kernel.prctl import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, PR_SET_NAME
@@ -171,7 +172,7 @@ def freeze_tree(root: int, *, start_time: int | None = None) -> Iterator[FrozenT
     """
     tree = FrozenTree(root)
     with ExitStack() as stack:
-        tree.procs[root] = stack.enter_context(freeze(root, start_time=start_time))
+        tree.procs[root] = stack.enter_context(freeze(root, start_time=start_time, open_area=False))
         queue = [root]
         while queue:
             parent = queue.pop(0)
@@ -182,6 +183,7 @@ def freeze_tree(root: int, *, start_time: int | None = None) -> Iterator[FrozenT
                 elif member is not None:
                     tree.procs[child] = member
                     queue.append(child)
+        open_guards(list(tree.procs.values()))  # once all are frozen: their calls in step
         yield tree
 
 
@@ -223,7 +225,7 @@ def _freeze_child(stack: ExitStack, parent: int, pid: int) -> FrozenProcess | Zo
         return None  # reparented meanwhile: not ours
     if st.state not in ("Z", "X"):
         try:
-            return stack.enter_context(freeze(pid, start_time=st.starttime))
+            return stack.enter_context(freeze(pid, start_time=st.starttime, open_area=False))
         except TargetGone:
             try:
                 st = read_stat(pid)
@@ -444,7 +446,7 @@ def _intermediate(root: Plan, detached: bool, wfd: int, life_r: int) -> NoReturn
     """
     code = 1
     try:
-        _keep_only(wfd, life_r)
+        close_all_but(wfd, life_r)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
             signal.signal(sig, signal.SIG_IGN)
         if detached:
@@ -467,16 +469,6 @@ def _intermediate(root: Plan, detached: bool, wfd: int, life_r: int) -> NoReturn
                 os.waitpid(-1, 0)  # until ECHILD
     finally:
         os._exit(code)
-
-
-def _keep_only(*fds: int) -> None:
-    """Close every descriptor but ``fds`` (a copy of the restorer must not hold its files and sockets open)."""
-    low = 0
-    for fd in sorted(fds):
-        if fd > low:
-            syscall(NR.close_range, low, fd - 1, 0, name="close_range")
-        low = fd + 1
-    syscall(NR.close_range, low, 0xFFFFFFFF, 0, name="close_range")
 
 
 def _clone_failure(pid: int, err: int | None) -> str:

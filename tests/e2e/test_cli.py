@@ -248,3 +248,15 @@ def test_restore_finding_a_corrupt_page_chunk_exits_2_and_leaves_no_process(tmp_
     res = run("restore", "-D", str(img), "-d")
     assert_one_line_error(res, 2, pages.name)
     assert not alive(sleeper.pid)
+
+
+def test_show_into_a_pipe_closed_early_ends_quietly() -> None:
+    """`ckpt show DIR | head -1`: no traceback; the exit status a program killed by that SIGPIPE would have."""
+    for _ in range(3):
+        r, w = os.pipe()
+        p = subprocess.Popen([*CKPT, "show", str(GOLDEN / "chain" / "1")], cwd=REPO, stdout=w,
+                             stderr=subprocess.PIPE, text=True)
+        os.close(w)
+        os.close(r)  # the reader is gone before the first line
+        _, err = p.communicate(timeout=60)
+        assert err == "" and p.returncode == 128 + signal.SIGPIPE, (p.returncode, err)

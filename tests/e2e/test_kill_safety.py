@@ -115,3 +115,37 @@ def test_dump_ended_by_a_signal_puts_the_target_back_and_leaves_nothing(c_target
     after = _result(t, fresh=True)
     assert int(after["round"]) > int(before["round"]) and after["eintr"] == before["eintr"]
 
+
+
+def _tree_round(t, pids: list[int]) -> None:  # noqa: ANN001
+    """Every process of scenarios/noarea.c passes a round (its counter moved, its filter as set)."""
+    for p in pids:
+        os.kill(p, signal.SIGUSR1)
+        wait_until(lambda p=p: any(line == f"PASS pid={p}" for line in t.lines) or
+                   t.readline().startswith("FAIL"), f"process {p} passes a round")
+    assert not [line for line in t.lines if line.startswith("FAIL")], t.lines
+
+
+@pytest.mark.parametrize("point,nth", [("inject.entered", 2), ("inject.done", 4), ("inject.loaded", 8)],
+                         ids=lambda v: str(v))
+def test_tree_dump_killed_while_the_areas_open_in_step(c_target, tmp_path: Path, point: str, nth: int) -> None:  # noqa: ANN001
+    """A tree's areas are opened in step (control.inject.open_guards): several processes have a call of
+    theirs loaded or running at once when ckpt is killed; each carries on, and the next run, which finds
+    the one refusing an area (a seccomp filter) and injects there unguarded, removes what was left."""
+    t = c_target("noarea", stderr=subprocess.DEVNULL)
+    pids = [int(p) for p in t.ready()["pids"].split(",")]
+    _tree_round(t, pids)
+    env = {**os.environ, "CKPT_TEST_HOOK": f"{point}:kill:{nth}"}
+    r = subprocess.run([*CKPT, "dump", "-R", "-t", str(pids[0]), "-D", str(tmp_path / "img")], env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, f"ckpt did not reach {point} #{nth}: {r.returncode} {r.stderr}"
+    for p in pids:
+        wait_until(lambda p=p: tracer_of(p) == 0, f"the kernel let {p} go")
+    _tree_round(t, pids)
+
+    r = subprocess.run([*CKPT, "dump", "-R", "-t", str(pids[0]), "-D", str(tmp_path / "img2")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"process {pids[1]} refused ckpt's injection area" in r.stderr
+    assert all(_leftovers(p) == [] for p in pids)
+    _tree_round(t, pids)

@@ -196,13 +196,17 @@ def test_inotify_watch_on_a_replaced_or_missing_path(c_target, tmp_path: Path) -
     (d / "watched").touch()
     h = c_target("resources", "helper")
     h.ready()
+    here = files.StdioPolicy(same_boot=True)  # an image of this machine: the watch must be on the very inode
     with freeze(h.pid) as hp:
         with pytest.raises(RestoreError, match=rf"inotify watch 1 on '{d}' is on inode \d+ .*, not inode \d+ .* as dumped"):
-            files.restore(hp.injector(), only, dumped.files)
+            files.restore(hp.injector(), only, dumped.files, policy=here)
     with freeze(h.pid) as hp:  # --allow-changed-files: watched as they are now, with a note each
-        warnings = files.restore(hp.injector(), only, dumped.files, policy=files.StdioPolicy(allow_changed=True))
+        warnings = files.restore(hp.injector(), only, dumped.files,
+                                 policy=files.StdioPolicy(allow_changed=True, same_boot=True))
     assert len(warnings) == 2 and all("watching the path as it is now" in w for w in warnings)
     assert [w.wd for w in read_fdinfo(h.pid, 8).inotify_watches] == [3, 1]
+    with freeze(h.pid) as hp:  # an image of another machine: a file of the same type at the path is all one can ask
+        assert files.restore(hp.injector(), only, dumped.files) == []
     (d / "watched").unlink()
     with freeze(h.pid) as hp:
         with pytest.raises(RestoreError, match=rf"cannot watch '{d}/watched' again \(inotify wd 3\): No such file"):

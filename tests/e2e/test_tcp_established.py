@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from ckpt.control.seize import alive
 from ckpt.dump import PROCESS_DUMPERS, dump, restore
 from ckpt.errors import Unsupported
 from ckpt.image.show import show_dict
@@ -429,26 +430,64 @@ def test_lock_left_by_a_dump_killed_before_ending_its_target_is_removed_by_the_n
     srv.serve("after", "the next run")
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def _repair_and_reuse(pid: int, fd: int) -> tuple[int, int]:
+    with _dup(pid, fd) as s:
+        return s.getsockopt(socket.IPPROTO_TCP, 19), s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)  # TCP_REPAIR
+
+
+def test_killed_while_reading_in_repair_mode_the_socket_is_taken_out_of_it(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """SIGKILL while the connection is read in repair mode: ckpt's janitor (a forked child holding a duplicate of
+    the socket) sees it die and takes the socket out of repair mode, with its SO_REUSEADDR; the program's
+    connection carries on with no further ckpt command."""
+    srv = _start(py_target, "127.0.0.1")
+    srv.send_unread(20_000)
+    blasted = srv.blast(1_000_000)
+    pid = srv.t.pid
+    fd = srv.conn_fd(pid)
+    before = _repair_and_reuse(pid, fd)
+    assert before[0] == 0
+    ckpt = _paused_at("tcp.repairing", "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img"))
+    assert _repair_and_reuse(pid, fd)[0] == 1 and len(_children(ckpt.pid)) == 1  # in repair mode; the janitor
+    _kill(ckpt, pid)
+    wait_until(lambda: _repair_and_reuse(pid, fd) == before, "the janitor took the socket out of repair mode")
+    assert _locks_of(pid) == {}
+    srv.read_pattern(blasted)
+    srv.drain()
+    srv.serve("out of", "repair mode")
+    r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert r.returncode == 0 and "repair mode" not in r.stderr, r.stderr
+
+
 def test_socket_left_in_repair_mode_is_taken_out_of_it_by_the_next_run(py_target, tmp_path: Path) -> None:  # noqa: ANN001
-    """Killed while it reads the connection in repair mode (the one window where a SIGKILL still leaves the program
-    a socket that sends nothing): the next dump of that process takes it out of repair mode, with a note."""
+    """ckpt and its janitor both killed while the connection is read in repair mode (a `kill -9` of the group):
+    the next dump of that process takes it out of repair mode, with a note."""
     srv = _start(py_target, "127.0.0.1")
     srv.send_unread(20_000)
     blasted = srv.blast(1_000_000)
     pid = srv.t.pid
     fd = srv.conn_fd(pid)
     ckpt = _paused_at("tcp.repairing", "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img"))
+    (janitor,) = _children(ckpt.pid)
+    os.kill(janitor, signal.SIGKILL)
+    # (until it has run, it holds a copy of ckpt's netlink socket, whose lock goes only with the last copy)
+    wait_until(lambda: not alive(janitor), "the janitor is dead")
     _kill(ckpt, pid)
     assert _locks_of(pid) == {}
-    with _dup(pid, fd) as s:
-        assert s.getsockopt(socket.IPPROTO_TCP, 19) == 1  # TCP_REPAIR: left on
+    assert _repair_and_reuse(pid, fd)[0] == 1  # left on
     r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
                        stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"fd {fd} " in r.stderr and "the socket was in repair mode" in r.stderr, r.stderr
-    with _dup(pid, fd) as s:
-        assert s.getsockopt(socket.IPPROTO_TCP, 19) == 0
-        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    assert _repair_and_reuse(pid, fd) == (0, 1)
     _no_lock_left()
     srv.read_pattern(blasted)
     srv.drain()

@@ -39,7 +39,7 @@ CHAIN0_ID = "c0" * 16
 CHAIN1_ID = "c1" * 16
 V2_ID = "f2" * 16
 FIXED = dict(kernel_release="6.18.0-golden", hostname="golden", boot_id="00000000-0000-4000-8000-000000000000",
-             cpu=None)  # the golden images predate the CPU record
+             cpu=None, kernel=None)  # the golden images predate the CPU and kernel records
 EXE = "/usr/bin/golden-sample"
 
 

@@ -7,20 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FileIdentity(_message.Message):
-    __slots__ = ("dev", "ino", "size", "mtime_ns", "ctime_ns", "mode")
+    __slots__ = ("dev", "ino", "size", "mtime_ns", "ctime_ns", "mode", "build_id", "by_path", "rdev")
     DEV_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
     CTIME_NS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    BY_PATH_FIELD_NUMBER: _ClassVar[int]
+    RDEV_FIELD_NUMBER: _ClassVar[int]
     dev: int
     ino: int
     size: int
     mtime_ns: int
     ctime_ns: int
     mode: int
-    def __init__(self, dev: _Optional[int] = ..., ino: _Optional[int] = ..., size: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., mode: _Optional[int] = ...) -> None: ...
+    build_id: bytes
+    by_path: bool
+    rdev: int
+    def __init__(self, dev: _Optional[int] = ..., ino: _Optional[int] = ..., size: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ..., mode: _Optional[int] = ..., build_id: _Optional[bytes] = ..., by_path: _Optional[bool] = ..., rdev: _Optional[int] = ...) -> None: ...
 
 class ContentRef(_message.Message):
     __slots__ = ("owner", "size")

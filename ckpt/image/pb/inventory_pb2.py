@@ -28,7 +28,7 @@ from ckpt.image.pb import cpu_pb2 as ckpt_dot_v1_dot_cpu__pb2
 from ckpt.image.pb import options_pb2 as ckpt_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63kpt/v1/inventory.proto\x12\x07\x63kpt.v1\x1a\x14\x63kpt/v1/clocks.proto\x1a\x11\x63kpt/v1/cpu.proto\x1a\x15\x63kpt/v1/options.proto\"\xcc\x04\n\tInventory\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x14\n\x0c\x63kpt_version\x18\x02 \x01(\t\x12\x16\n\x0ekernel_release\x18\x03 \x01(\t\x12\x12\n\ncreated_ns\x18\x04 \x01(\x03\x12\x10\n\x08image_id\x18\x05 \x01(\t\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.ckpt.v1.Inventory.Kind\x12\x10\n\x08tracking\x18\x07 \x01(\t\x12&\n\tprocesses\x18\x08 \x03(\x0b\x32\x13.ckpt.v1.ProcessRef\x12#\n\x06parent\x18\t \x01(\x0b\x32\x13.ckpt.v1.ParentLink\x12\"\n\x05\x66iles\x18\n \x03(\x0b\x32\x13.ckpt.v1.FileDigest\x12\x0c\n\x04\x61rch\x18\x0b \x01(\t\x12\x11\n\tpage_size\x18\x0c \x01(\r\x12\x10\n\x08hostname\x18\r \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x0e \x01(\t\x12,\n\x05\x65xtra\x18\x0f \x03(\x0b\x32\x1d.ckpt.v1.Inventory.ExtraEntry\x12!\n\x03\x63pu\x18\x10 \x01(\x0b\x32\x14.ckpt.v1.CpuFeatures\x12\x1f\n\x06\x63locks\x18\x14 \x01(\x0b\x32\x0f.ckpt.v1.Clocks\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46ULL\x10\x01\x12\x0c\n\x08PRE_DUMP\x10\x02\x12\x0f\n\x0bINCREMENTAL\x10\x03\"\xda\x01\n\nProcessRef\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04ppid\x18\x02 \x01(\x05\x12\x0f\n\x07threads\x18\x03 \x03(\x05\x12\x12\n\nstart_time\x18\x04 \x01(\x04\x12(\n\x08tracking\x18\x05 \x01(\x0b\x32\x16.ckpt.v1.TrackingState\x12\x0c\n\x04pgid\x18\x06 \x01(\x05\x12\x0b\n\x03sid\x18\x07 \x01(\x05\x12\x0e\n\x06zombie\x18\x08 \x01(\x08\x12\x13\n\x0bwait_status\x18\t \x01(\x05\x12\x0c\n\x04\x63omm\x18\n \x01(\t\x12\x14\n\x0cshares_files\x18\x0b \x01(\x08\"\x96\x01\n\rTrackingState\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x11\n\tparked_fd\x18\x02 \x01(\x05\x12\x12\n\nuffd_inode\x18\x03 \x01(\x04\x12&\n\x07include\x18\x04 \x03(\x0b\x32\x15.ckpt.v1.AddressRange\x12&\n\x07\x65xclude\x18\x05 \x03(\x0b\x32\x15.ckpt.v1.AddressRange\"6\n\x0c\x41\x64\x64ressRange\x12\x13\n\x05start\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x11\n\x03\x65nd\x18\x02 \x01(\x04\x42\x04\xc8\xf3\x18\x01\",\n\nParentLink\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"8\n\nFileDigest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63kpt/v1/inventory.proto\x12\x07\x63kpt.v1\x1a\x14\x63kpt/v1/clocks.proto\x1a\x11\x63kpt/v1/cpu.proto\x1a\x15\x63kpt/v1/options.proto\"\x90\x05\n\tInventory\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x14\n\x0c\x63kpt_version\x18\x02 \x01(\t\x12\x16\n\x0ekernel_release\x18\x03 \x01(\t\x12\x12\n\ncreated_ns\x18\x04 \x01(\x03\x12\x10\n\x08image_id\x18\x05 \x01(\t\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.ckpt.v1.Inventory.Kind\x12\x10\n\x08tracking\x18\x07 \x01(\t\x12&\n\tprocesses\x18\x08 \x03(\x0b\x32\x13.ckpt.v1.ProcessRef\x12#\n\x06parent\x18\t \x01(\x0b\x32\x13.ckpt.v1.ParentLink\x12\"\n\x05\x66iles\x18\n \x03(\x0b\x32\x13.ckpt.v1.FileDigest\x12\x0c\n\x04\x61rch\x18\x0b \x01(\t\x12\x11\n\tpage_size\x18\x0c \x01(\r\x12\x10\n\x08hostname\x18\r \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x0e \x01(\t\x12,\n\x05\x65xtra\x18\x0f \x03(\x0b\x32\x1d.ckpt.v1.Inventory.ExtraEntry\x12!\n\x03\x63pu\x18\x10 \x01(\x0b\x32\x14.ckpt.v1.CpuFeatures\x12\x16\n\x0ekernel_version\x18\x11 \x01(\t\x12*\n\x0ckernel_areas\x18\x12 \x01(\x0b\x32\x14.ckpt.v1.KernelAreas\x12\x1f\n\x06\x63locks\x18\x14 \x01(\x0b\x32\x0f.ckpt.v1.Clocks\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04\x46ULL\x10\x01\x12\x0c\n\x08PRE_DUMP\x10\x02\x12\x0f\n\x0bINCREMENTAL\x10\x03\"]\n\x0bKernelAreas\x12\"\n\x05\x61reas\x18\x01 \x03(\x0b\x32\x13.ckpt.v1.KernelArea\x12\x15\n\rvdso_build_id\x18\x02 \x01(\x0c\x12\x13\n\x0bvdso_sha256\x18\x03 \x01(\x0c\"(\n\nKernelArea\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xda\x01\n\nProcessRef\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04ppid\x18\x02 \x01(\x05\x12\x0f\n\x07threads\x18\x03 \x03(\x05\x12\x12\n\nstart_time\x18\x04 \x01(\x04\x12(\n\x08tracking\x18\x05 \x01(\x0b\x32\x16.ckpt.v1.TrackingState\x12\x0c\n\x04pgid\x18\x06 \x01(\x05\x12\x0b\n\x03sid\x18\x07 \x01(\x05\x12\x0e\n\x06zombie\x18\x08 \x01(\x08\x12\x13\n\x0bwait_status\x18\t \x01(\x05\x12\x0c\n\x04\x63omm\x18\n \x01(\t\x12\x14\n\x0cshares_files\x18\x0b \x01(\x08\"\x96\x01\n\rTrackingState\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x11\n\tparked_fd\x18\x02 \x01(\x05\x12\x12\n\nuffd_inode\x18\x03 \x01(\x04\x12&\n\x07include\x18\x04 \x03(\x0b\x32\x15.ckpt.v1.AddressRange\x12&\n\x07\x65xclude\x18\x05 \x03(\x0b\x32\x15.ckpt.v1.AddressRange\"6\n\x0c\x41\x64\x64ressRange\x12\x13\n\x05start\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x11\n\x03\x65nd\x18\x02 \x01(\x04\x42\x04\xc8\xf3\x18\x01\",\n\nParentLink\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\"8\n\nFileDigest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,19 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDRESSRANGE'].fields_by_name['end']._loaded_options = None
   _globals['_ADDRESSRANGE'].fields_by_name['end']._serialized_options = b'\310\363\030\001'
   _globals['_INVENTORY']._serialized_start=101
-  _globals['_INVENTORY']._serialized_end=689
-  _globals['_INVENTORY_EXTRAENTRY']._serialized_start=574
-  _globals['_INVENTORY_EXTRAENTRY']._serialized_end=618
-  _globals['_INVENTORY_KIND']._serialized_start=620
-  _globals['_INVENTORY_KIND']._serialized_end=689
-  _globals['_PROCESSREF']._serialized_start=692
-  _globals['_PROCESSREF']._serialized_end=910
-  _globals['_TRACKINGSTATE']._serialized_start=913
-  _globals['_TRACKINGSTATE']._serialized_end=1063
-  _globals['_ADDRESSRANGE']._serialized_start=1065
-  _globals['_ADDRESSRANGE']._serialized_end=1119
-  _globals['_PARENTLINK']._serialized_start=1121
-  _globals['_PARENTLINK']._serialized_end=1165
-  _globals['_FILEDIGEST']._serialized_start=1167
-  _globals['_FILEDIGEST']._serialized_end=1223
+  _globals['_INVENTORY']._serialized_end=757
+  _globals['_INVENTORY_EXTRAENTRY']._serialized_start=642
+  _globals['_INVENTORY_EXTRAENTRY']._serialized_end=686
+  _globals['_INVENTORY_KIND']._serialized_start=688
+  _globals['_INVENTORY_KIND']._serialized_end=757
+  _globals['_KERNELAREAS']._serialized_start=759
+  _globals['_KERNELAREAS']._serialized_end=852
+  _globals['_KERNELAREA']._serialized_start=854
+  _globals['_KERNELAREA']._serialized_end=894
+  _globals['_PROCESSREF']._serialized_start=897
+  _globals['_PROCESSREF']._serialized_end=1115
+  _globals['_TRACKINGSTATE']._serialized_start=1118
+  _globals['_TRACKINGSTATE']._serialized_end=1268
+  _globals['_ADDRESSRANGE']._serialized_start=1270
+  _globals['_ADDRESSRANGE']._serialized_end=1324
+  _globals['_PARENTLINK']._serialized_start=1326
+  _globals['_PARENTLINK']._serialized_end=1370
+  _globals['_FILEDIGEST']._serialized_start=1372
+  _globals['_FILEDIGEST']._serialized_end=1428
 # @@protoc_insertion_point(module_scope)
