@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..image.pb import common_pb2
+from ..procfs.timens import read_boot_id
 
 __all__ = ["same_boot", "NT_GNU_BUILD_ID", "build_id", "build_id_of_bytes", "BuildIds", "BUILD_IDS", "identity", "Diff",
            "Mismatch", "compare"]
@@ -247,11 +248,7 @@ def compare(st: os.stat_result, want: common_pb2.FileIdentity, read_build_id: Ca
 def same_boot(boot_id: str) -> bool:
     """Whether an image with this ``Inventory.boot_id`` was taken on this machine since it booted: only then
     do device and inode numbers name the same files (and only on the filesystem they were on)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return bool(boot_id) and f.read().strip() == boot_id
-    except OSError:
-        return False
+    return bool(boot_id) and read_boot_id() == boot_id
 
 
 def _when(ns: int) -> str:
