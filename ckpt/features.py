@@ -250,7 +250,7 @@ def tracking_working() -> set[str]:
     Seizing and injecting are not tried (the tracker that needs them says so
     clearly when they fail); a probe of the whole machine is ``ckpt check``.
     """
-    names = ("PAGEMAP_SCAN", "userfaultfd WP_ASYNC", "soft-dirty", "pidfd_getfd")
+    names = ("PAGEMAP_SCAN", "pagemap entries", "userfaultfd WP_ASYNC", "soft-dirty", "pidfd_getfd")
     return {n for n in names if _cheap_probe(n).ok} | {"ptrace + syscall injection"}
 
 
