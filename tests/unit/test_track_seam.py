@@ -204,3 +204,12 @@ def test_a_target_refused_every_userfaultfd_is_told_apart_from_one_we_may_not_tr
         tracker._create(inj)
     assert e.value.hint == "track it with --track hash"
     assert inj.tried == [os.O_CLOEXEC | os.O_NONBLOCK, os.O_CLOEXEC | os.O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY]
+
+
+def test_every_back_end_is_reachable_from_the_cheap_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pre-dump chooses its back-end from the probes that seize nothing: each back-end's needs are among them
+    (soft-dirty once needed a probe only `ckpt check` ran, and a 6.1 kernel fell back to hash)."""
+    from ckpt import features
+
+    monkeypatch.setattr(features, "_cheap_probe", lambda name: features.Probe(name, True, "faked"))
+    assert all(features._usable(features.tracking_working()).values())
