@@ -233,6 +233,7 @@ def _unless_disabled(name: str, fn: Callable[[], str]) -> Callable[[], str]:
 @functools.cache
 def _cheap_probe(name: str) -> Probe:
     """A probe that needs no other process (our own memory only), run once per process."""
+    disabled()  # a bad CKPT_DISABLE is the user's mistake (UsageError), not a failed probe
     fn = {"PAGEMAP_SCAN": _probe_pagemap_scan, "userfaultfd WP_ASYNC": _probe_uffd_wp_async,
           "soft-dirty": _probe_soft_dirty, "pidfd_getfd": _probe_pidfd_getfd_self,
           "pagemap entries": _probe_pagemap_entries}[name]
