@@ -96,15 +96,14 @@ def hash_digests(ctx: Context) -> Iterator[Row]:
 @bench("track", order=61)
 def soft_dirty(ctx: Context) -> Iterator[Row]:
     """Kernels with CONFIG_MEM_SOFT_DIRTY (the 6.1 / 6.12 guests; not this project's host): get+clear is
-    freeze, batched pagemap reads of bit 55, clear_refs "4", thaw."""
+    freeze, batched pagemap reads of bit 55, clear_refs "4", thaw.  No rows where the kernel lacks it."""
     from ckpt.errors import Unsupported
     from ckpt.features import select_tracking, tracking_working
 
     try:
         select_tracking(tracking_working(), "soft-dirty")
-    except Unsupported as e:
-        yield Row("track.softdirty.collect_1pct", "soft-dirty get+clear, 1 % dirty", 0, (), error=str(e))
-        return
+    except Unsupported:
+        return  # not a failure: this kernel has no soft-dirty (this project's host)
     yield from _rows(ctx, "soft-dirty", "softdirty")
 
 
