@@ -26,7 +26,7 @@ from ckpt import api
 from ckpt.dump import dump
 from ckpt.incremental import pre_dump
 from ckpt.kernel.vm import read_memory
-from kernels import LISTINGS, METHODS, listing, need_method
+from backends import LISTINGS, METHODS, listing, need_method
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pre-dump/restore needs root (ptrace, clone3 set_tid)")
 

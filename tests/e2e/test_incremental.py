@@ -28,7 +28,7 @@ from ckpt.errors import CkptError
 from ckpt.image.reader import Image
 from ckpt.image.records import ImageKind
 from ckpt.incremental import pre_dump
-from kernels import need_method
+from backends import need_method
 from targets import Target, traced_threads, tracer_of
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "kernel"))

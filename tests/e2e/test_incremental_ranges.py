@@ -22,7 +22,7 @@ from ckpt import api
 from ckpt.image.reader import Image
 from ckpt.image.records import ImageKind, PageState
 from ckpt.track.watch import tracking_state_path
-from kernels import need_method
+from backends import need_method
 from targets import Target, traced_threads, tracer_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pre-dump/restore needs root (ptrace, clone3 set_tid)")

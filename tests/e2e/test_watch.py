@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import need_method
+from backends import need_method
 from targets import HANG_GUARD, tracer_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="watch injects into the target: needs root")
