@@ -63,7 +63,8 @@ def _rows(ctx: Context, method: str, key: str) -> Iterator[Row]:
     tracker = open_tracker(wl.pid, method)
     first = time.perf_counter() - t0
     try:
-        what = "start: inject, register, first write-protect" if method == "uffd-wp" else "start: first read + digest"
+        what = {"uffd-wp": "start: inject, register, first write-protect",
+                "soft-dirty": "start: freeze, read bits, clear_refs"}.get(method, "start: first read + digest")
         yield Row(f"track.{key}.start", f"{method} {what}", wl.total, (first,))
         for fraction in (0.01, 0.10):
             times, found, written = [], 0, 0
@@ -90,6 +91,20 @@ def uffd_wp(ctx: Context) -> Iterator[Row]:
 @bench("track", order=61)
 def hash_digests(ctx: Context) -> Iterator[Row]:
     yield from _rows(ctx, "hash", "hash")
+
+
+@bench("track", order=61)
+def soft_dirty(ctx: Context) -> Iterator[Row]:
+    """Kernels with CONFIG_MEM_SOFT_DIRTY (the 6.1 / 6.12 guests; not this project's host): get+clear is
+    freeze, batched pagemap reads of bit 55, clear_refs "4", thaw.  No rows where the kernel lacks it."""
+    from ckpt.errors import Unsupported
+    from ckpt.features import select_tracking, tracking_working
+
+    try:
+        select_tracking(tracking_working(), "soft-dirty")
+    except Unsupported:
+        return  # not a failure: this kernel has no soft-dirty (this project's host)
+    yield from _rows(ctx, "soft-dirty", "softdirty")
 
 
 # --------------------------------------------------------------------------- the target's side

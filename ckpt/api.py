@@ -31,9 +31,16 @@ __all__ = ["ProgressEvent", "check", "show", "verify", "dump", "restore", "wait_
            "image_or_store"]
 
 
-def check() -> Features:
-    """Probe every kernel facility ckpt relies on (cached for this process)."""
-    return probe_features()
+def check(*, selftest: bool = True) -> Features:
+    """Probe every kernel facility ckpt relies on (cached for this process); with ``selftest``, also
+    dump and restore a small child for real (:mod:`ckpt.selftest`) when the probes allow it."""
+    import dataclasses
+
+    report = probe_features()
+    if selftest and report.can_dump_restore:
+        from .selftest import dump_restore_child
+        report = dataclasses.replace(report, selftest=dump_restore_child())
+    return report
 
 
 def check_process(pid: int) -> None:

@@ -402,7 +402,8 @@ def _cmd_track(args: argparse.Namespace) -> int:
     notes: list[str] = []
     state = api.track_start(args.tree, method=args.track, ranges=ranges, exclude=exclude, notes=notes)
     _warn_notes(notes)
-    where = f"userfaultfd parked at fd {state.parked_fd}" if state.method == "uffd-wp" else state.digests_path
+    where = {"uffd-wp": f"userfaultfd parked at fd {state.parked_fd}",
+             "soft-dirty": "bits in its page tables"}.get(state.method, state.digests_path)
     print(f"tracking process {args.tree} with {state.method} ({where}); state in {api.tracking_state_path(args.tree)}")
     return 0
 

@@ -5,10 +5,16 @@ capabilities), so every probe *does* the thing once on a throw-away object:
 seizes and injects into a short-lived child, scans a page of our own memory,
 creates a userfaultfd, forks with a chosen pid, puts a socket in repair mode.
 The result is one frozen record, computed once per run.
+
+Test aid: ``CKPT_DISABLE=pagemap_scan,uffd_wp,soft_dirty`` (any of them)
+makes those probes fail as if the kernel lacked the facility, so the fallback
+paths (pagemap reads instead of PAGEMAP_SCAN, soft-dirty or hash instead of
+uffd-wp) run on a kernel that has everything.  It is read here and nowhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import mmap
@@ -27,10 +33,15 @@ from .kernel import uffd
 from .kernel.arch_x86_64 import NR, PAGE_SIZE
 from .kernel.vm import ProcMem, buffer_address, read_memory
 
-__all__ = ["Probe", "Features", "probe_features", "select_tracking", "TRACKING_METHODS"]
+__all__ = ["Probe", "Features", "probe_features", "select_tracking", "TRACKING_METHODS", "DISABLE_ENV",
+           "disabled", "pagemap_scan_works", "zero_pfns", "tracking_working"]
 
 #: Dirty-tracking back-ends in order of preference (DESIGN §2).
 TRACKING_METHODS = ("uffd-wp", "soft-dirty", "hash")
+#: The test aid (module docstring): facilities to treat as missing.
+DISABLE_ENV = "CKPT_DISABLE"
+#: Names CKPT_DISABLE takes → the probe each one fails.
+_DISABLE_NAMES = {"pagemap_scan": "PAGEMAP_SCAN", "uffd_wp": "userfaultfd WP_ASYNC", "soft_dirty": "soft-dirty"}
 
 TCP_REPAIR = 19  # <linux/tcp.h>
 PR_SET_MM = 35
@@ -59,10 +70,16 @@ class Features:
     machine: str
     probes: tuple[Probe, ...]
     tracking: str
+    #: Every tracking back-end that works here, in order of preference.
+    backends: tuple[str, ...] = ()
+    #: How pages are listed: "pagemap-scan" (PAGEMAP_SCAN) or "pagemap-read" (classic entries).
+    page_listing: str = ""
     xstate_size: int | None = None
     xcr0: int | None = None
     pid_max: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    #: A real dump and restore of a child (``ckpt check``: :mod:`ckpt.selftest`); None: not run.
+    selftest: Probe | None = None
 
     def probe(self, name: str) -> Probe | None:
         return next((p for p in self.probes if p.name == name), None)
@@ -73,11 +90,12 @@ class Features:
 
     @property
     def can_dump_restore(self) -> bool:
-        return all(p.ok for p in self.probes if p.required)
+        return all(p.ok for p in self.probes if p.required) and (self.selftest is None or self.selftest.ok)
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["probes"] = [asdict(p) for p in self.probes]
+        d["selftest"] = asdict(self.selftest) if self.selftest is not None else None
         d["can_dump_restore"] = self.can_dump_restore
         return d
 
@@ -88,12 +106,18 @@ class Features:
             mark = "yes" if p.ok else ("NO " if p.required else "no ")
             lines.append(f"  {p.name:<{width}}  {mark}  {p.detail}")
         lines.append("")
-        lines.append(f"dirty tracking: {self.tracking}")
+        lines.append(f"dirty tracking: {self.tracking} (back-ends here: {', '.join(self.backends)})")
+        lines.append(f"page listing: {self.page_listing}")
+        if self.selftest is not None:
+            lines.append(f"{self.selftest.name}: {'yes' if self.selftest.ok else 'FAILED'}  {self.selftest.detail}")
+        missing = ", ".join(p.name for p in self.probes if p.required and not p.ok)
         if self.can_dump_restore:
-            lines.append("dump/restore: supported on this machine")
-        else:
-            missing = ", ".join(p.name for p in self.probes if p.required and not p.ok)
+            tried = "tried for real" if self.selftest is not None else "by the probes (not tried)"
+            lines.append(f"dump/restore: supported on this machine ({tried})")
+        elif missing:
             lines.append(f"dump/restore: NOT possible here (missing: {missing})")
+        else:
+            lines.append("dump/restore: NOT working here (the real dump/restore above failed)")
         return "\n".join(lines)
 
 
@@ -185,6 +209,115 @@ def _probe_soft_dirty() -> str:
         return "clear_refs 4 + pagemap bit 55 (whole-process clear, not atomic)"
     finally:
         area.close()
+
+
+@functools.cache
+def disabled() -> frozenset[str]:
+    """The probes ``CKPT_DISABLE`` turns off (names of _DISABLE_NAMES); UsageError on an unknown name."""
+    names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    unknown = names - _DISABLE_NAMES.keys()
+    if unknown:
+        raise UsageError(f"{DISABLE_ENV}: unknown facility {', '.join(sorted(unknown))} "
+                         f"(choose from {', '.join(_DISABLE_NAMES)})")
+    return frozenset(_DISABLE_NAMES[n] for n in names)
+
+
+def _unless_disabled(name: str, fn: Callable[[], str]) -> Callable[[], str]:
+    def run() -> str:
+        if name in disabled():
+            raise OSError(errno.ENOTSUP, f"disabled by {DISABLE_ENV} (a test aid)")
+        return fn()
+    return run
+
+
+@functools.cache
+def _cheap_probe(name: str) -> Probe:
+    """A probe that needs no other process (our own memory only), run once per process."""
+    disabled()  # a bad CKPT_DISABLE is the user's mistake (UsageError), not a failed probe
+    fn = {"PAGEMAP_SCAN": _probe_pagemap_scan, "userfaultfd WP_ASYNC": _probe_uffd_wp_async,
+          "soft-dirty": _probe_soft_dirty, "pidfd_getfd": _probe_pidfd_getfd_self,
+          "pagemap entries": _probe_pagemap_entries}[name]
+    return _try(name, _unless_disabled(name, fn))
+
+
+def pagemap_scan_works() -> bool:
+    """PAGEMAP_SCAN (Linux 6.7) lists pages here; else lists come from pagemap reads (probed once)."""
+    return _cheap_probe("PAGEMAP_SCAN").ok
+
+
+def tracking_working() -> set[str]:
+    """Names of the probes the tracking back-ends need that work here, without seizing any process.
+
+    Seizing and injecting are not tried (the tracker that needs them says so
+    clearly when they fail); a probe of the whole machine is ``ckpt check``.
+    """
+    names = ("PAGEMAP_SCAN", "pagemap entries", "userfaultfd WP_ASYNC", "soft-dirty", "pidfd_getfd")
+    return {n for n in names if _cheap_probe(n).ok} | {"ptrace + syscall injection"}
+
+
+def _probe_pidfd_getfd_self() -> str:
+    from .kernel import pidfd
+
+    pfd = pidfd.pidfd_open(os.getpid())
+    try:
+        os.close(pidfd.pidfd_getfd(pfd, pfd))
+    finally:
+        os.close(pfd)
+    return "pidfd_open + pidfd_getfd"
+
+
+@functools.cache
+def zero_pfns() -> pm.ZeroPfns:
+    """The zero page's pfn and the huge zero page's first pfn, seen in our own page tables (0: unknown).
+
+    Read faults on never-written anonymous memory map them; pfns are visible
+    to CAP_SYS_ADMIN only.  A page listing from pagemap reads needs them to
+    report PAGE_IS_PFNZERO, which a soft-dirty delta relies on: a page dropped
+    and then only read maps the zero page without setting its soft-dirty bit.
+    """
+    small = huge = 0
+    with open("/proc/self/pagemap", "rb", buffering=0) as f:
+        area = _Anon(1)
+        try:
+            _ = area.map[0]
+            small = pm.pm_pfn(pm.read_pagemap_entries(f.fileno(), area.addr, 1)[0])
+        finally:
+            area.close()
+        hp = 512
+        big = _Anon(2 * hp)
+        try:
+            off = (-big.addr) % (hp * PAGE_SIZE)
+            try:
+                big.map.madvise(mmap.MADV_HUGEPAGE, off, hp * PAGE_SIZE)
+            except OSError:
+                pass  # no THP: no huge zero page either
+            _ = big.map[off]
+            entries = pm.read_pagemap_entries(f.fileno(), big.addr + off, hp)
+            first = pm.pm_pfn(entries[0])
+            if first and first != small and first % hp == 0 and all(
+                    pm.pm_pfn(e) == first + i for i, e in enumerate(entries)):
+                huge = first
+        finally:
+            big.close()
+    return pm.ZeroPfns(small, huge, hp)
+
+
+def _probe_pagemap_entries() -> str:
+    """Classic pagemap entries: what lists pages without PAGEMAP_SCAN."""
+    area = _Anon(2)
+    try:
+        area.touch(1)
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            cats = pm.page_categories(f.fileno(), area.addr, 2)
+        if [c & pm.PAGE_IS_PRESENT for c in cats] != [0, pm.PAGE_IS_PRESENT]:
+            raise OSError(errno.EIO, f"pagemap entries say present {list(cats)}, expected [0, {pm.PAGE_IS_PRESENT}]")
+    finally:
+        area.close()
+    z = zero_pfns()
+    if not z.small:
+        return "read in batches; pfns hidden (no CAP_SYS_ADMIN): zero pages are not recognised"
+    return (f"read in batches; zero page pfn {z.small:#x}"
+            + (f", huge zero page pfn {z.huge:#x}" if z.huge else ", no huge zero page seen"))
 
 
 def _probe_tcp_repair() -> str:
@@ -384,9 +517,10 @@ def probe_features() -> Features:
                       lambda n: f"struct prctl_mm_map is {n} bytes", required=True),
         _try("clone3 set_tid (same pid)", _probe_clone3_set_tid, required=True),
         _try("vDSO", _vdso_detail),
-        _try("PAGEMAP_SCAN", _probe_pagemap_scan),
-        _try("userfaultfd WP_ASYNC", _probe_uffd_wp_async),
-        _try("soft-dirty", _probe_soft_dirty),
+        _cheap_probe("PAGEMAP_SCAN"),
+        dataclasses.replace(_cheap_probe("pagemap entries"), required=True),
+        _cheap_probe("userfaultfd WP_ASYNC"),
+        _cheap_probe("soft-dirty"),
         _try("TCP_REPAIR", _probe_tcp_repair),
         _try("time namespaces", _probe_time_ns),
     ]
@@ -396,6 +530,8 @@ def probe_features() -> Features:
         machine=platform.machine(),
         probes=tuple(probes),
         tracking=select_tracking(ok),
+        backends=tuple(m for m in TRACKING_METHODS if _usable(ok)[m]),
+        page_listing="pagemap-scan" if "PAGEMAP_SCAN" in ok else "pagemap-read",
         xstate_size=results.get("xstate_size"),  # type: ignore[arg-type]
         xcr0=results.get("xcr0"),  # type: ignore[arg-type]
         pid_max=int(open("/proc/sys/kernel/pid_max").read()),
@@ -403,16 +539,21 @@ def probe_features() -> Features:
     )
 
 
+def _usable(working: set[str]) -> dict[str, bool]:
+    """Each tracking back-end: do the facilities it needs work (``working``: names of probes that passed)?"""
+    return {
+        "uffd-wp": {"userfaultfd WP_ASYNC", "PAGEMAP_SCAN", "ptrace + syscall injection", "pidfd_getfd"} <= working,
+        "soft-dirty": {"soft-dirty", "pagemap entries"} <= working,
+        "hash": True,
+    }
+
+
 def select_tracking(working: set[str], requested: str | None = None) -> str:
     """The dirty-tracking back-end: ``requested`` if it works here, else the best that does.
 
     ``working`` holds the names of the probes that succeeded.
     """
-    usable = {
-        "uffd-wp": {"userfaultfd WP_ASYNC", "PAGEMAP_SCAN", "ptrace + syscall injection", "pidfd_getfd"} <= working,
-        "soft-dirty": "soft-dirty" in working,
-        "hash": True,
-    }
+    usable = _usable(working)
     if requested is not None:
         if requested not in usable:
             raise UsageError(f"unknown tracking method {requested!r} (choose from {', '.join(TRACKING_METHODS)})")

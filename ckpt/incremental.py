@@ -65,6 +65,7 @@ from .track.base import (
     tracking_states,
 )
 from .track.hash import HashTracker
+from .track.soft_dirty import SoftDirtyTracker
 from .track.uffd_wp import UffdWpTracker, _parked_inode, clean_leftovers, parked_userfaultfds
 
 __all__ = ["PreDumpStats", "DeltaSession", "pre_dump", "begin_dump", "store_next", "store_latest",
@@ -72,6 +73,9 @@ __all__ = ["PreDumpStats", "DeltaSession", "pre_dump", "begin_dump", "store_next
            "format_ranges", "check_ranges"]
 
 Interval = tuple[int, int]
+#: Back-ends whose clear-state is one per process, shared by every image that recorded it (a parked
+#: userfaultfd; the page tables' soft-dirty bits): a delta is right only from the last image that cleared it.
+_ONE_CLEAR_STATE = ("uffd-wp", "soft-dirty")
 _EVERYTHING: list[Interval] = [(0, TASK_SIZE_MAX)]
 
 
@@ -247,7 +251,8 @@ def _state_from_image(image: Image, pid: int, start_time: int) -> tuple[Tracking
         return None, f"the parent image {image.path} records no dirty tracking of process {pid}"
     t = info.tracking
     digests = _digests_file(image.path, pid) if t.method == "hash" else ""
-    return TrackingState(t.method, pid, start_time, t.parked_fd, t.uffd_inode, digests_path=digests), ""
+    return TrackingState(t.method, pid, start_time, t.parked_fd, t.uffd_inode, digests_path=digests,
+                         layout=t.layout), ""
 
 
 def _moved_on(pid: int, start_time: int, parent: Image) -> str:
@@ -465,6 +470,9 @@ class DeltaSession:
         if isinstance(self.tracker, HashTracker):
             _write_digests(w, self.tracker)
             return TrackingInfo("hash", include=self.selection.include, exclude=self.selection.exclude)
+        if isinstance(self.tracker, SoftDirtyTracker):  # the bits are in the target; the layout at the clear here
+            return TrackingInfo("soft-dirty", include=self.selection.include, exclude=self.selection.exclude,
+                                layout=self.tracker.state().layout)
         assert isinstance(self.tracker, UffdWpTracker)
         return TrackingInfo(self.tracker.method, self.tracker.parked_fd, self.tracker.inode,
                             self.selection.include, self.selection.exclude)
@@ -475,8 +483,8 @@ class DeltaSession:
         If this run dies after the clear, no parent matches that state any more, so the
         next delta from one becomes a full copy instead of missing the writes it cleared.
         """
-        if not isinstance(self.tracker, UffdWpTracker):
-            return
+        if not isinstance(self.tracker, (UffdWpTracker, SoftDirtyTracker)):
+            return  # hash: its digests live in each image, no state shared between images
         note = _save_state_file(dataclasses.replace(self.tracker.state(), image_id=UNFINISHED))
         if note:
             _forget_state_file(self.pid)  # no older state may vouch for this tracker instead
@@ -546,7 +554,7 @@ def _open_session(pid: int, parent: str | os.PathLike[str] | None, method: str |
         if state is not None and want != recorded:
             restart = (f"the address ranges {format_ranges(want)} differ from those of the parent {parent} "
                        f"({format_ranges(recorded)})")
-        elif state is not None and state.method == "uffd-wp":
+        elif state is not None and state.method in _ONE_CLEAR_STATE:
             restart = _moved_on(pid, start_time, chain[-1])
         if state is not None:
             t0 = time.monotonic()

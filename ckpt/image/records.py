@@ -66,6 +66,8 @@ class TrackingInfo:
     uffd_inode: int = 0
     include: tuple[tuple[int, int], ...] | None = None  # tracked address ranges; None: the whole process
     exclude: tuple[tuple[int, int], ...] = ()
+    #: soft-dirty: the VMAs at the clear, each (start, end, perms, offset, dev_major, dev_minor, inode).
+    layout: tuple[tuple[int, int, str, int, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class ProcessInfo:
                     uffd_inode=self.tracking.uffd_inode,
                     include=[inventory_pb2.AddressRange(start=s, end=e) for s, e in self.tracking.include or ()],
                     exclude=[inventory_pb2.AddressRange(start=s, end=e) for s, e in self.tracking.exclude],
+                    layout=[inventory_pb2.VmaKey(start=k[0], end=k[1], perms=k[2], offset=k[3], dev_major=k[4],
+                                                 dev_minor=k[5], inode=k[6]) for k in self.tracking.layout],
                 )
             )
         return ref
@@ -107,7 +111,9 @@ class ProcessInfo:
             t = ref.tracking
             tracking = TrackingInfo(t.method, t.parked_fd, t.uffd_inode,
                                     tuple((r.start, r.end) for r in t.include) or None,
-                                    tuple((r.start, r.end) for r in t.exclude))
+                                    tuple((r.start, r.end) for r in t.exclude),
+                                    tuple((k.start, k.end, k.perms, k.offset, k.dev_major, k.dev_minor, k.inode)
+                                          for k in t.layout))
         return cls(ref.pid, ref.ppid, tuple(ref.threads), ref.start_time, tracking, ref.pgid, ref.sid, ref.zombie,
                    ref.wait_status, ref.comm, ref.shares_files)
 

@@ -7,7 +7,10 @@ on (DESIGN §2).  Debian 12's headers lack it; the layout and values are from th
 kernel's include/uapi/linux/fs.h.
 
 The classic entries (Documentation/admin-guide/mm/pagemap.rst) are one u64 per
-page at offset ``vaddr / PAGE_SIZE * 8``.
+page at offset ``vaddr / PAGE_SIZE * 8``.  Kernels before 6.7 have only them:
+:func:`read_regions` answers the questions PAGEMAP_SCAN answers (present,
+swapped, file, zero page, soft-dirty) from large batched reads, one pread per
+GiB of address space, classified a byte column at a time (no per-page Python).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +34,7 @@ __all__ = [
     "PM_PFRAME_MASK", "PM_SOFT_DIRTY", "PM_MMAP_EXCLUSIVE", "PM_UFFD_WP", "PM_GUARD_REGION",
     "PM_FILE", "PM_SWAP", "PM_PRESENT", "PagemapEntry", "read_pagemap_entries",
     "pm_present", "pm_swapped", "pm_file", "pm_exclusive", "pm_soft_dirty", "pm_uffd_wp", "pm_pfn",
+    "ZeroPfns", "READ_CHUNK_PAGES", "READ_CATEGORIES", "page_categories", "category_runs", "read_regions",
 ]
 
 # --- PAGEMAP_SCAN categories (a page_region's ``categories`` bits) ---
@@ -217,3 +222,151 @@ def read_pagemap_entries(fd: int, start_vaddr: int, npages: int) -> array.array:
     # The pagemap offset of a page is its index * 8; errors name the address asked for.
     pread_exact(fd, memoryview(out).cast("B"), start_vaddr // PAGE_SIZE * 8, f"pagemap @{start_vaddr:#x}")
     return out
+
+
+# --- PAGEMAP_SCAN's answers from classic entries (kernels before 6.7) ---
+
+#: Pages per pread of /proc/PID/pagemap: 2 MiB of entries, 1 GiB of address space.
+READ_CHUNK_PAGES = 1 << 18
+#: The categories :func:`page_categories` can tell from classic entries (all fit in one byte).
+READ_CATEGORIES = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_SOFT_DIRTY
+#: Byte 7 of an entry (bits 56-63) → PRESENT / SWAPPED / FILE; byte 6's top bit is bit 55, soft-dirty
+#: (set on swap entries too: pte_swp_soft_dirty).
+_TOP = bytes((PAGE_IS_PRESENT if b & 0x80 else 0) | (PAGE_IS_SWAPPED if b & 0x40 else 0)
+             | (PAGE_IS_FILE if b & 0x20 else 0) for b in range(256))
+_SOFT_DIRTY = bytes(PAGE_IS_SOFT_DIRTY if b & 0x80 else 0 for b in range(256))
+_IS_ZERO = bytes(PAGE_IS_PFNZERO if b == 0 else 0 for b in range(256))
+
+
+@dataclass(frozen=True)
+class ZeroPfns:
+    """Where the kernel's zero pages are, to tell PFNZERO from classic entries (0: not known).
+
+    ``small``: the pfn of the shared zero page (a read fault on never-written
+    anonymous memory maps it).  ``huge``: the first of the 512 pfns of the huge
+    zero page (a read fault on a THP-enabled, PMD-aligned area; Linux reports
+    it as a file page).  Pfns are shown only to CAP_SYS_ADMIN: without it
+    both stay 0 and no page is reported as a zero page.
+    """
+
+    small: int = 0
+    huge: int = 0
+    huge_pages: int = 512
+
+    def _columns(self, pfn: int, free_low_bits: int) -> list[tuple[int, bytes]]:
+        """(byte index, table: 0 where that byte of the entry fits, 1 elsewhere) for bytes 0-7."""
+        out = []
+        for j in range(7):
+            want = (pfn >> (8 * j)) & 0xFF
+            free = (free_low_bits >> (8 * j)) & 0xFF
+            if j == 6:
+                free |= 0x80  # bit 55, soft-dirty
+            if free == 0xFF:
+                continue
+            out.append((j, bytes(0 if (b & ~free) == want & ~free else 1 for b in range(256))))
+        # Byte 7: present, not swapped; exclusive, uffd-wp, guard and file bits may be anything.
+        out.append((7, bytes(0 if b & 0xC0 == 0x80 else 1 for b in range(256))))
+        return out
+
+    def mark(self, buf: bytearray, npages: int) -> bytes | None:
+        """One byte per page of the entries in ``buf``: PAGE_IS_PFNZERO where one maps a zero page, else 0
+        (None: none does)."""
+        n = npages * 8
+        acc = -1
+        for pfn, free in ((self.small, 0), (self.huge, self.huge_pages - 1)):
+            if not pfn:
+                continue
+            # Skip the columns when the entry's fixed bytes 1-5 occur nowhere (byte 1's low bits may vary).
+            fixed = pfn.to_bytes(8, "little")
+            if not any(buf.find(bytes([b1]) + fixed[2:6], 0, n) >= 0
+                       for b1 in {fixed[1] & ~(free >> 8), fixed[1] | (free >> 8)}):
+                continue
+            miss = 0
+            for j, table in self._columns(pfn, free):
+                miss |= int.from_bytes(buf[j:n:8].translate(table), "little")
+            acc = miss if acc < 0 else acc & miss
+        if acc < 0:
+            return None
+        flags = acc.to_bytes(npages, "little").translate(_IS_ZERO)
+        return flags if flags.count(0) != npages else None
+
+
+def page_categories(fd: int, start: int, npages: int, *, want: int = READ_CATEGORIES,
+                    zero: ZeroPfns | None = None, buf: bytearray | None = None) -> bytes:
+    """One byte of PAGE_IS_* bits (those of ``want`` among READ_CATEGORIES) per page from ``start``.
+
+    One pread of ``npages`` entries (keep it to READ_CHUNK_PAGES; ``buf`` of at
+    least ``npages * 8`` bytes is reused when given), then whole-column byte
+    operations: byte 7 of every entry through one table, bit 55 through
+    another, the zero pages by comparing each byte column with the zero
+    pfn's (:meth:`ZeroPfns.mark`).
+    """
+    n = npages * 8
+    if buf is None or len(buf) < n:
+        buf = bytearray(n)
+    pread_exact(fd, memoryview(buf)[:n], start // PAGE_SIZE * 8, f"pagemap @{start:#x}")
+    cats = buf[7:n:8].translate(_TOP)  # strided slices and translate: C loops over whole columns
+    if want & PAGE_IS_SOFT_DIRTY:
+        sd = buf[6:n:8].translate(_SOFT_DIRTY)
+        cats = (int.from_bytes(cats, "little") | int.from_bytes(sd, "little")).to_bytes(npages, "little")
+    if want & PAGE_IS_PFNZERO and zero is not None:
+        z = zero.mark(buf, npages)
+        if z is not None:
+            cats = (int.from_bytes(cats, "little") | int.from_bytes(z, "little")).to_bytes(npages, "little")
+    return bytes(cats)
+
+
+#: For each byte value, a pattern finding the next byte that differs (a C-speed scan over a run).
+_OTHER = [re.compile(b"[^" + re.escape(bytes([c])) + b"]") for c in range(256)]
+
+
+def category_runs(cats: bytes, start: int, skip: int = 0xFF) -> Iterator[tuple[int, int, int]]:
+    """``(start, end, byte)`` of each run of equal bytes of ``cats`` (one per page from ``start``), but
+    runs of ``skip``; one regex search per run, so a long run costs no Python per page."""
+    i, n = 0, len(cats)
+    while i < n:
+        c = cats[i]
+        m = _OTHER[c].search(cats, i)
+        j = m.start() if m else n
+        if c != skip:
+            yield start + i * PAGE_SIZE, start + j * PAGE_SIZE, c
+        i = j
+
+
+def read_regions(fd: int, start: int, end: int, *, category_mask: int = 0, category_anyof_mask: int = 0,
+                 category_inverted: int = 0, return_mask: int, zero: ZeroPfns | None = None,
+                 buf: bytearray | None = None) -> Iterator[PageRegion]:
+    """What :func:`pagemap_scan` (without flags) reports, from classic entries: for kernels without it.
+
+    Same matching rules (a page matches when ``categories ^ inverted``
+    has every bit of ``category_mask`` and, if ``category_anyof_mask``, one of
+    those), limited to READ_CATEGORIES; runs are cut at every
+    READ_CHUNK_PAGES boundary and joined again.  Read a range of *mapped*
+    memory: a gap between VMAs is read (as absent pages) like the rest.
+    """
+    used = category_mask | category_anyof_mask | category_inverted | return_mask
+    if used & ~READ_CATEGORIES:
+        raise ValueError(f"categories {used & ~READ_CATEGORIES:#x} cannot be read from /proc/PID/pagemap entries")
+    end = min(end, TASK_SIZE_MAX)
+    table = bytes(
+        (c & return_mask) if (c ^ category_inverted) & category_mask == category_mask
+        and (not category_anyof_mask or (c ^ category_inverted) & category_anyof_mask) else 0xFF
+        for c in range(256))  # 0xFF never occurs: WPALLOWED and WRITTEN are never read
+    chunk = READ_CHUNK_PAGES
+    if buf is None:
+        buf = bytearray(min(chunk, max(0, end - start) // PAGE_SIZE) * 8)
+    pending: PageRegion | None = None
+    pos = start
+    while pos < end:
+        n = min(chunk, (end - pos) // PAGE_SIZE)
+        cats = page_categories(fd, pos, n, want=used, zero=zero, buf=buf).translate(table)
+        for s, e, c in category_runs(cats, pos):
+            if pending is not None and pending.end == s and pending.categories == c:
+                pending = PageRegion(pending.start, e, c)
+                continue
+            if pending is not None:
+                yield pending
+            pending = PageRegion(s, e, c)
+        pos += n * PAGE_SIZE
+    if pending is not None:
+        yield pending

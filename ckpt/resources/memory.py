@@ -7,7 +7,7 @@ Dump (target frozen):
   build-id: :mod:`ckpt.resources.fileid`) taken through ``/proc/PID/map_files``
   — the file really mapped, not whatever the path names now;
 * page contents go into the pid's PageWriter, VMA by VMA in address order.
-  PAGEMAP_SCAN tells which pages exist: pages never touched (neither present
+  PAGEMAP_SCAN (or, before Linux 6.7, batched pagemap reads) tells which pages exist: pages never touched (neither present
   nor swapped) are not stored; the shared zero page is stored as ZERO; in a
   private file mapping only pages that are no longer file pages (written, so
   anonymous copies) are stored — the rest comes from the file on restore.
@@ -63,7 +63,10 @@ from ..kernel.mman import (
     MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
     MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
-from ..kernel.pagemap import PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, pagemap_scan
+from ..features import pagemap_scan_works, zero_pfns
+from ..kernel.pagemap import (
+    PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, READ_CHUNK_PAGES, pagemap_scan, read_regions,
+)
 from ..kernel.prctl import PR_SET_MM
 from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
@@ -226,12 +229,24 @@ def _scan_vmas(pagemap_fd: int, vmas: Sequence[mm_pb2.Vma]) -> Iterator[tuple[mm
     One PAGEMAP_SCAN over the span of all of them, cut at their bounds here (the
     kernel walks only mapped areas, and may join runs of two adjacent ones): a
     scan per VMA cost a process of ~20 VMAs ~0.3 ms of set-up and ioctls.
+    Without PAGEMAP_SCAN (before Linux 6.7, or disabled: :mod:`ckpt.features`)
+    the same runs come from batched pagemap reads, one per stretch of adjacent
+    VMAs (a read covers gaps page by page, and the gap below the stack is ~2^35 pages).
     """
     if not vmas:
         return
     anyof = PAGE_IS_PRESENT | PAGE_IS_SWAPPED
-    regions = list(pagemap_scan(pagemap_fd, vmas[0].start, vmas[-1].end, category_anyof_mask=anyof,
-                                return_mask=anyof | PAGE_IS_FILE | PAGE_IS_PFNZERO))
+    ret = anyof | PAGE_IS_FILE | PAGE_IS_PFNZERO
+    if pagemap_scan_works():
+        regions = list(pagemap_scan(pagemap_fd, vmas[0].start, vmas[-1].end, category_anyof_mask=anyof,
+                                    return_mask=ret))
+    else:
+        regions = []
+        zero = zero_pfns()
+        buf = bytearray(min(READ_CHUNK_PAGES, max((v.end - v.start) // PAGE_SIZE for v in vmas)) * 8)
+        for lo, hi in merge_intervals((v.start, v.end) for v in vmas):
+            regions.extend(read_regions(pagemap_fd, lo, hi, category_anyof_mask=anyof, return_mask=ret,
+                                        zero=zero, buf=buf))
     i = 0
     for v in vmas:
         while i < len(regions) and regions[i].end <= v.start:
@@ -1034,7 +1049,7 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
                      on_bytes: Callable[[int], None] | None = None) -> DeltaStats:
     """Like :func:`dump_pages`, but only pages in ``dirty`` are copied; the rest are PARENT.
 
-    Which pages exist comes from PAGEMAP_SCAN now, as for a full dump, so the
+    Which pages exist comes from the page listing now, as for a full dump, so the
     layout is the current one whatever the parent had.  A populated page is
     copied when it is in ``dirty`` (sorted, disjoint intervals: written since
     the parent, or in a VMA nobody tracks) *or* when the parent chain lacks it

@@ -44,10 +44,12 @@ def choose_method(method: str | None = None, *, own: bool = False) -> str:
     """The back-end to use: ``method`` if it works here, else the best that does (probed once per run).
 
     For the calling process uffd-wp needs no injection, so only the uffd probe counts.
+    Only the cheap probes run (our own memory, no process seized): a pre-dump in
+    a slow guest must not pay for the whole ``ckpt check``.
     """
-    from ..features import probe_features, select_tracking
+    from ..features import select_tracking, tracking_working
 
-    working = {p.name for p in probe_features().probes if p.ok}
+    working = tracking_working()
     if own:
         working |= {"ptrace + syscall injection", "pidfd_getfd"}
     return select_tracking(working, method)

@@ -27,7 +27,7 @@ from ..procfs.maps import SPECIAL_MAPPINGS, Vma
 from ..procfs.task import read_starttime
 
 __all__ = [
-    "Run", "Interval", "RangeSpec", "VmaDirty", "DirtySet", "TrackingState", "TrackingLost", "Tracker",
+    "Run", "Interval", "VmaKey", "vma_key", "RangeSpec", "VmaDirty", "DirtySet", "TrackingState", "TrackingLost", "Tracker",
     "select_ranges", "parse_ranges", "format_ranges", "runs_from_pages", "merge_runs", "subtract_intervals",
     "STATE_DIR_DEFAULT", "UNFINISHED", "state_dir", "tracking_state_path", "tracking_states", "load_tracking_state",
     "forget_the_dead",
@@ -44,6 +44,13 @@ UNFINISHED = "(unfinished)"
 Run = tuple[int, int]
 #: ``(start, end)`` addresses, end exclusive.
 Interval = tuple[int, int]
+#: A VMA as maps shows it: (start, end, perms, offset, dev_major, dev_minor, inode).
+VmaKey = tuple[int, int, str, int, int, int, int]
+
+
+def vma_key(v: Vma) -> VmaKey:
+    """What tells one VMA from another at the same place: a change of any of it is a new VMA."""
+    return (v.start, v.end, v.perms, v.offset, v.dev_major, v.dev_minor, v.inode)
 
 
 class TrackingLost(CkptError):
@@ -284,6 +291,8 @@ class TrackingState:
     include: tuple[Interval, ...] | None = None
     exclude: tuple[Interval, ...] = ()
     image_id: str = ""
+    #: soft-dirty: the VMAs when the bits were last cleared (:func:`vma_key` of each).
+    layout: tuple[VmaKey, ...] = ()
 
     @property
     def ranges(self) -> RangeSpec:
@@ -298,6 +307,7 @@ class TrackingState:
         inc = d.get("include")
         d["include"] = None if inc is None else tuple(tuple(x) for x in inc)
         d["exclude"] = tuple(tuple(x) for x in d.get("exclude", ()))
+        d["layout"] = tuple(tuple(x) for x in d.get("layout", ()))
         return cls(**d)
 
     def save(self, path: str | os.PathLike[str]) -> None:

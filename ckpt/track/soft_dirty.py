@@ -1,48 +1,81 @@
 """soft-dirty: ``/proc/PID/clear_refs`` "4" + the soft-dirty bit, for kernels with CONFIG_MEM_SOFT_DIRTY.
 
+The back-end of kernels without UFFD_FEATURE_WP_ASYNC (before 6.7: Debian 12's
+6.1, Ubuntu 22.04's 5.15, RHEL 9).  The bits are read from batched
+``/proc/PID/pagemap`` reads (bit 55), never through PAGEMAP_SCAN: that ioctl
+exists only from 6.7, and off its PAGE_IS_WRITTEN fast path some kernels
+mis-report zapped entries.
+
 WEAKNESS (the reason uffd-wp exists, DESIGN §1–2): the *clear* is
 whole-process — writing "4" to clear_refs resets the bit on every page of the
 target, selected or not — and it is a separate step from the *get*.  A write
 between reading the bits and clearing them would be lost, so each collection
 freezes the target for the get and the clear together: the target stops for
-the whole scan, which uffd-wp never needs.  Two trackers on one process would
-clear each other's bits.
+the whole scan, which uffd-wp never needs (under the final dump's freeze it
+is stopped already).  Two trackers on one process would clear each other's bits.
 
-Also: a page zapped with MADV_DONTNEED after a clear has no pte left to carry
-the bit, so non-present, non-swapped pages are reported as holes on every
-collection (their content is what the backing gives: zero for anonymous
-memory).  New VMAs carry VM_SOFTDIRTY, so every page of one reports dirty
-even in a process that did not see the previous collection.
+The bits' known gaps, and how each is covered:
 
-Not usable on these machines (no CONFIG_MEM_SOFT_DIRTY): :func:`ckpt.track.open_tracker`
-selects it only when ``ckpt check``'s soft-dirty probe passed.  The kernel side
-is behind :class:`SoftDirtyKernel` so the shared logic is unit-tested with a fake.
+* A page zapped (MADV_DONTNEED) after a clear has no pte left to carry the
+  bit: non-present, non-swapped pages are reported as holes on every
+  collection (their content is what the backing gives: zero for anonymous
+  memory, the file's page for a private file mapping).
+* A zapped page that is then only *read* maps the zero page (or the huge zero
+  page) without the bit: a page mapping a zero page is reported written.
+* VM_SOFTDIRTY, the per-VMA "all dirty" flag new VMAs carry, is lost or
+  inherited when VMAs merge, split or move: the layout (:func:`vma_key` of
+  every tracked VMA) is recorded at each clear, and a VMA that is not in it
+  at the next collection — new, merged, split, mremapped, re-created with
+  other bounds or backing — is wholly dirty, whatever its bits say.  The
+  layout travels in the state (and the image) to the next ckpt run.
+
+Not usable on this project's host (no CONFIG_MEM_SOFT_DIRTY); the guests of
+``make test-kernels`` run it.  :func:`ckpt.track.open_tracker` selects it when
+the soft-dirty probe passes and uffd-wp does not.  The kernel side is behind
+:class:`SoftDirtyKernel` so the shared logic is unit-tested with a fake.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 from ..errors import CkptError, translate_oserror
 from ..kernel import pagemap as pm
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from ..procfs.maps import Vma, read_maps
+from ..procfs.status import read_status
 from ..procfs.task import read_starttime
-from .base import DirtySet, RangeSpec, Run, Tracker, TrackingState, VmaDirty, merge_runs, select_ranges, subtract_intervals
+from .base import (
+    DirtySet, RangeSpec, Run, Tracker, TrackingState, VmaDirty, VmaKey, merge_runs, select_ranges, subtract_intervals,
+    vma_key,
+)
 
 __all__ = ["SoftDirtyKernel", "ProcSoftDirty", "SoftDirtyTracker", "CLEAR_REFS_SOFT_DIRTY"]
 
 #: Written to /proc/PID/clear_refs: clear the soft-dirty bits of every pte (Documentation/admin-guide/mm/soft-dirty.rst).
 CLEAR_REFS_SOFT_DIRTY = "4"
-_RETURN = pm.PAGE_IS_SOFT_DIRTY | pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED
+_PRESENT = pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED
+_WANT = _PRESENT | pm.PAGE_IS_SOFT_DIRTY | pm.PAGE_IS_PFNZERO
+#: Page category byte → b"w" written (present or swapped, with the bit or on a zero page), b"h" hole
+#: (neither present nor swapped), b"." clean; runs of w and h are then found by a C regex.
+_CLASS = bytes(
+    (ord("h") if not c & _PRESENT else ord("w") if c & (pm.PAGE_IS_SOFT_DIRTY | pm.PAGE_IS_PFNZERO) else ord("."))
+    for c in range(256))
+_W_OR_H = re.compile(rb"w+|h+")
 
 
 class SoftDirtyKernel(Protocol):
-    """The four kernel operations the tracker needs; the seam a test replaces."""
+    """The four kernel operations the tracker needs; the seam a test replaces.
+
+    ``scan`` reports the pages of ``[start, end)`` that are written (categories
+    with PRESENT or SWAPPED, and SOFT_DIRTY or PFNZERO) and the holes (no
+    PRESENT/SWAPPED); it may report clean pages too.
+    """
 
     def read_maps(self, pid: int) -> Sequence[Vma]: ...
     def frozen(self, pid: int) -> AbstractContextManager[object]: ...
@@ -51,21 +84,42 @@ class SoftDirtyKernel(Protocol):
 
 
 class ProcSoftDirty:
-    """The real kernel: freeze with ptrace, PAGEMAP_SCAN for SOFT_DIRTY, clear_refs."""
+    """The real kernel: freeze with ptrace, batched pagemap reads for bit 55, clear_refs."""
+
+    def __init__(self) -> None:
+        from ..features import zero_pfns
+
+        self._zero = zero_pfns()
+        self._buf = bytearray()
 
     def read_maps(self, pid: int) -> Sequence[Vma]:
         return read_maps(pid)
 
     def frozen(self, pid: int) -> AbstractContextManager[object]:
+        """Freeze the target, unless this process holds it stopped already (the final dump's freeze)."""
         from ..control.seize import freeze
+
+        if read_status(pid).tracerpid == os.getpid():
+            return nullcontext()
         return freeze(pid)
 
     def scan(self, pid: int, start: int, end: int) -> Sequence[pm.PageRegion]:
         fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        try:  # no category filter: every page, classified by the caller
-            return list(pm.pagemap_scan(fd, start, end, return_mask=_RETURN))
+        out: list[pm.PageRegion] = []
+        try:
+            pos = start
+            while pos < end:
+                n = min(pm.READ_CHUNK_PAGES, (end - pos) // PAGE_SIZE)
+                if len(self._buf) < n * 8:
+                    self._buf = bytearray(n * 8)  # kept: the next collection reuses it
+                cls = pm.page_categories(fd, pos, n, want=_WANT, zero=self._zero, buf=self._buf).translate(_CLASS)
+                for m in _W_OR_H.finditer(cls):
+                    cats = pm.PAGE_IS_PRESENT | pm.PAGE_IS_SOFT_DIRTY if cls[m.start()] == ord("w") else 0
+                    out.append(pm.PageRegion(pos + m.start() * PAGE_SIZE, pos + m.end() * PAGE_SIZE, cats))
+                pos += n * PAGE_SIZE
         finally:
             os.close(fd)
+        return out
 
     def clear_refs(self, pid: int) -> None:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -82,6 +136,8 @@ class SoftDirtyTracker(Tracker):
         self.kernel: SoftDirtyKernel = kernel or ProcSoftDirty()
         self.start_time = read_starttime(pid) if kernel is None else 0
         self._running = False
+        #: The tracked VMAs at the last clear; one not among them now is wholly dirty.
+        self._layout: frozenset[VmaKey] = frozenset()
 
     def start(self, ranges: RangeSpec | None = None) -> None:
         self.ranges = ranges or RangeSpec()
@@ -90,13 +146,23 @@ class SoftDirtyTracker(Tracker):
 
     @classmethod
     def attach(cls, state: TrackingState, kernel: SoftDirtyKernel | None = None) -> "SoftDirtyTracker":
-        """The bits live in the target's page tables: nothing to re-open."""
+        """The bits live in the target's page tables: nothing to re-open; the layout comes with the state
+        (none recorded: every VMA is wholly dirty at the first collection)."""
         self = cls(state.pid, kernel)
         self.ranges = state.ranges
+        self._layout = frozenset(tuple(k) for k in state.layout)  # type: ignore[misc]
         self._running = True
         return self
 
     def collect(self) -> DirtySet:
+        """Get and clear, with the target frozen for both (see the module docstring)."""
+        return self._walk(clear=True)
+
+    def peek(self) -> DirtySet:
+        """The pages written since the last clear, without clearing."""
+        return self._walk(clear=False)
+
+    def _walk(self, *, clear: bool) -> DirtySet:
         if not self._running:
             raise CkptError(f"tracking of process {self.pid} is not running")
         try:
@@ -104,21 +170,26 @@ class SoftDirtyTracker(Tracker):
                 selected = select_ranges(self.kernel.read_maps(self.pid), self.ranges.include, self.ranges.exclude)
                 t0 = time.perf_counter()
                 found = [self._one(s, e, v) for (s, e), v in selected]
-                self.kernel.clear_refs(self.pid)  # whole process, after every get: still frozen
+                if clear:
+                    self.kernel.clear_refs(self.pid)  # whole process, after every get: still frozen
                 elapsed = time.perf_counter() - t0
         except OSError as e:
             raise translate_oserror(e, self.pid, "collecting soft-dirty bits of") from e
-        gone = self._previous.gone([r for r, _ in selected])
+        if clear:
+            self._layout = frozenset(vma_key(v) for _, v in selected)
+            gone = self._previous.gone([r for r, _ in selected])
+        else:
+            gone = ()
         return DirtySet(self.method, tuple(found), gone, elapsed, time.monotonic())
 
     def _one(self, start: int, end: int, vma: Vma) -> VmaDirty:
-        new = not any(s <= start and end <= e for s, e in self._previous.ranges)
+        new = vma_key(vma) not in self._layout
         written: list[Run] = []
         holes: list[Run] = []
         for r in self.kernel.scan(self.pid, start, end):
-            if not r.categories & (pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED):
+            if not r.categories & _PRESENT:
                 holes.append((r.start, r.npages))
-            elif new or r.categories & pm.PAGE_IS_SOFT_DIRTY:
+            elif new or r.categories & (pm.PAGE_IS_SOFT_DIRTY | pm.PAGE_IS_PFNZERO):
                 written.append((r.start, r.npages))
         if new:  # wholly dirty: everything that is not a hole
             written = [(s, (e - s) // PAGE_SIZE) for s, e in
@@ -127,12 +198,12 @@ class SoftDirtyTracker(Tracker):
 
     def state(self) -> TrackingState:
         return TrackingState(self.method, self.pid, self.start_time, include=self.ranges.include,
-                             exclude=self.ranges.exclude)
+                             exclude=self.ranges.exclude, layout=tuple(sorted(self._layout)))
 
     def detach(self) -> TrackingState:
         self._running = False
         return self.state()
 
     def stop(self) -> None:
+        """Nothing to undo: the bits stay in the page tables, and nobody reads them."""
         self._running = False
-

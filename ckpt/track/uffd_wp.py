@@ -34,6 +34,16 @@ How a target is tracked, and why each step is as it is:
    clearing part of a range that changed under us is covered the same way: the
    whole range is reported dirty, so the writes it cleared are not lost.
 5. Written-but-not-present pages (MADV_DONTNEED) are reported as holes.
+   The get+clear asks with masks that are exactly PAGE_IS_WRITTEN: that is the
+   kernel's fast path, right on every kernel, whereas its generic path (any
+   other mask) reports a written-then-zapped pte, or a zapped huge PMD, as
+   clean on kernels without commits 07b4377bdbe7 and 40de8160ca7f (Ubuntu's
+   6.8, for one) — writes lost for good.  Which written pages are present is
+   asked afterwards, without clearing, over the span of the written runs:
+   PAGE_IS_PRESENT only, since the clear has just put a uffd-wp marker (a
+   swap-like entry, PAGE_IS_SWAPPED) on every dropped page it protected.  A
+   written page swapped out meanwhile is counted with the holes (the dump
+   treats both alike: copied, or left out when it no longer exists).
 
 Tracking is lost — :class:`~ckpt.track.base.TrackingLost` — when the parked
 copy is closed or replaced while nobody else holds one (the kernel then drops
@@ -99,7 +109,6 @@ UFFD_LINK = "anon_inode:[userfaultfd]"
 _UFFD_FEATURE_INITIALIZED = 1 << 31
 
 _SCAN_CLEAR = pm.PM_SCAN_WP_MATCHING | pm.PM_SCAN_CHECK_WPASYNC
-_RETURN = pm.PAGE_IS_WRITTEN | pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED | pm.PAGE_IS_PFNZERO
 _HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 
@@ -485,13 +494,17 @@ class UffdWpTracker(Tracker):
         return DirtySet(self.method, tuple(v for v in out if v is not None), gone, elapsed, time.monotonic())
 
     def _scan(self, start: int, end: int, flags: int) -> tuple[list[Run], list[Run]]:
-        written: list[Run] = []
-        holes: list[Run] = []
-        for r in pm.pagemap_scan(self._pagemap, start, end, flags=flags, category_mask=pm.PAGE_IS_WRITTEN,
-                                 return_mask=_RETURN, vec_len=512):
-            run = (r.start, r.npages)
-            (written if r.categories & (pm.PAGE_IS_PRESENT | pm.PAGE_IS_SWAPPED) else holes).append(run)
-        return written, holes
+        """(written and populated, written and dropped) runs of ``[start, end)``; masks exactly
+        PAGE_IS_WRITTEN for the get (+clear), then a plain presence scan (module doc, 5)."""
+        dirty = [(r.start, r.end) for r in pm.pagemap_scan(
+            self._pagemap, start, end, flags=flags, category_mask=pm.PAGE_IS_WRITTEN,
+            return_mask=pm.PAGE_IS_WRITTEN, vec_len=512)]
+        if not dirty:
+            return [], []
+        populated = [(r.start, r.end) for r in pm.pagemap_scan(
+            self._pagemap, dirty[0][0], dirty[-1][1], category_mask=pm.PAGE_IS_PRESENT,
+            return_mask=pm.PAGE_IS_PRESENT, vec_len=512)]
+        return _split_by(dirty, populated)
 
     def _one(self, start: int, end: int, vma: Vma, clear: bool) -> VmaDirty | None:
         flags = _SCAN_CLEAR if clear else pm.PM_SCAN_CHECK_WPASYNC
@@ -601,3 +614,27 @@ class UffdWpTracker(Tracker):
         except Exception:
             pass
 
+
+def _split_by(runs: list[tuple[int, int]], inside: list[tuple[int, int]]) -> tuple[list[Run], list[Run]]:
+    """Sorted, disjoint ``runs`` cut into the parts inside ``inside`` (sorted, disjoint) and the rest,
+    as (start, npages) runs."""
+    ins: list[Run] = []
+    out: list[Run] = []
+    j = 0
+    for s, e in runs:
+        pos = s
+        while j < len(inside) and inside[j][1] <= pos:
+            j += 1
+        k = j
+        while pos < e:
+            if k == len(inside) or inside[k][0] >= e:
+                out.append((pos, (e - pos) // PAGE_SIZE))
+                break
+            lo, hi = max(inside[k][0], pos), min(inside[k][1], e)
+            if lo > pos:
+                out.append((pos, (lo - pos) // PAGE_SIZE))
+            ins.append((lo, (hi - lo) // PAGE_SIZE))
+            pos = hi
+            if inside[k][1] <= e:
+                k += 1
+    return ins, out

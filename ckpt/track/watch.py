@@ -97,14 +97,18 @@ def watch(pid: int, *, interval: float = 1.0, count: int | None = None,
 
 
 def _still_parked(state: TrackingState) -> bool:
-    """Whether the tracker a state file names is still in place (uffd-wp: the fd and inode; hash: the digests)."""
+    """Whether the tracker a state file names is still in place (uffd-wp: the fd and inode; hash: the digests;
+    soft-dirty: its bits live in the page tables as long as the process does)."""
     if state.method == "uffd-wp":
         return state.parked_fd >= 0 and _parked_inode(state.pid, state.parked_fd) == state.uffd_inode
+    if state.method == "soft-dirty":
+        return True
     return bool(state.digests_path) and os.path.exists(state.digests_path)
 
 
 def _describe(state: TrackingState) -> str:
-    where = f"userfaultfd parked at fd {state.parked_fd}" if state.method == "uffd-wp" else state.digests_path
+    where = {"uffd-wp": f"userfaultfd parked at fd {state.parked_fd}",
+             "soft-dirty": "bits in the page tables"}.get(state.method, state.digests_path)
     return f"{state.method}, {where}, ranges {format_ranges(state.ranges)}"
 
 

@@ -85,6 +85,29 @@ def test_check_reports_a_true_table() -> None:
     assert data["pid_max"] == int(Path("/proc/sys/kernel/pid_max").read_text())
     with open("/proc/self/maps") as f:
         assert probes["vDSO"]["ok"] == any("[vdso]" in line for line in f)
+    # the back-ends and the listing follow from the probes, and a child was really dumped and restored
+    assert data["backends"][0] == data["tracking"] and data["backends"][-1] == "hash"
+    assert data["page_listing"] == ("pagemap-scan" if probes["PAGEMAP_SCAN"]["ok"] else "pagemap-read")
+    assert data["selftest"]["ok"] and data["tracking"] in data["selftest"]["detail"]
+    assert "dump + restore of a child: yes" in res.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ckpt check seizes a child: needs root")
+def test_check_without_pagemap_scan_and_uffd_wp() -> None:
+    """The kernels before 6.7 (forced with the test aid): pages listed by pagemap reads, no uffd-wp,
+    and still a real dump and restore."""
+    env = dict(os.environ, CKPT_DISABLE="pagemap_scan,uffd_wp")
+    res = subprocess.run([sys.executable, "-m", "ckpt.cli", "check", "--json"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    probes = {p["name"]: p for p in data["probes"]}
+    assert not probes["PAGEMAP_SCAN"]["ok"] and "CKPT_DISABLE" in probes["PAGEMAP_SCAN"]["detail"]
+    assert data["page_listing"] == "pagemap-read" and "uffd-wp" not in data["backends"]
+    assert data["selftest"]["ok"] and data["can_dump_restore"]
+    bad = subprocess.run([sys.executable, "-m", "ckpt.cli", "check"], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, CKPT_DISABLE="pagemap_scan,bogus"))
+    assert_one_line_error(bad, 2, "CKPT_DISABLE")
 
 
 def test_show_and_verify_golden_images(tmp_path: Path) -> None:

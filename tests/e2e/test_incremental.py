@@ -28,6 +28,7 @@ from ckpt.errors import CkptError
 from ckpt.image.reader import Image
 from ckpt.image.records import ImageKind
 from ckpt.incremental import pre_dump
+from backends import need_method
 from targets import Target, traced_threads, tracer_of
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "kernel"))
@@ -86,9 +87,11 @@ def _kill_restored(restored: list[int]) -> None:
     restored.clear()
 
 
-@pytest.mark.parametrize("method,pause", [("uffd-wp", 0.2), ("uffd-wp", 0.0), ("hash", 0.2)],
-                         ids=["uffd-paused", "uffd-back-to-back", "hash"])
+@pytest.mark.parametrize("method,pause", [("uffd-wp", 0.2), ("uffd-wp", 0.0), ("hash", 0.2), ("soft-dirty", 0.2),
+                                          ("soft-dirty", 0.0)],
+                         ids=["uffd-paused", "uffd-back-to-back", "hash", "soft-dirty-paused", "soft-dirty-back-to-back"])
 def test_predump_chain_restore(c_target, tmp_path: Path, restored: list[int], method: str, pause: float) -> None:  # noqa: ANN001
+    need_method(method)
     t, area = _writer(c_target)
     parent: Path | None = None
     stats = []
@@ -106,6 +109,7 @@ def test_predump_chain_restore(c_target, tmp_path: Path, restored: list[int], me
         time.sleep(pause)
     assert stats[0].full and stats[0].pages_stored >= NPAGES
     # uffd-wp stops the target only to inject and park its userfaultfd; hash and deltas never do
+    # (soft-dirty freezes it for each get+clear, which is not counted as tracker set-up)
     assert (stats[0].frozen_seconds > 0) == (method == "uffd-wp")
     assert all(s.frozen_seconds == 0 for s in stats[1:])
     def written(since: float, until: float) -> float:
@@ -145,6 +149,7 @@ def test_predump_chain_restore(c_target, tmp_path: Path, restored: list[int], me
 
 
 def test_tracking_lost_gives_full_predump(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    need_method("uffd-wp")
     t, _ = _writer(c_target)
     first = pre_dump(t.pid, tmp_path / "1")
     info = Image.open(tmp_path / "1").processes[0].tracking
@@ -183,35 +188,46 @@ def test_cli_separate_invocations_and_store(c_target, tmp_path: Path, restored: 
     assert not [fd for fd in os.listdir(f"/proc/{t.pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{t.pid}/fd/{fd}")]
 
 
-def test_incremental_store(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("method", [None, "soft-dirty"], ids=["default", "soft-dirty"])
+def test_incremental_store(c_target, tmp_path: Path, restored: list[int], method: str | None) -> None:  # noqa: ANN001
+    if method:
+        need_method(method)
+    track = ["--track", method] if method else []
     t, area = _writer(c_target)
     store = tmp_path / "store"
     for n in (1, 2):
-        r = _ckpt("pre-dump", "--incremental", "-t", str(t.pid), "-D", str(store))
+        r = _ckpt("pre-dump", "--incremental", *track, "-t", str(t.pid), "-D", str(store))
         assert r.returncode == 0, r.stderr
     assert Image.open(store / "2").parent is not None
-    r = _ckpt("dump", "--incremental", "-R", "-t", str(t.pid), "-D", str(store))  # 3: delta, tracking kept
+    r = _ckpt("dump", "--incremental", *track, "-R", "-t", str(t.pid), "-D", str(store))  # 3: delta, tracking kept
     assert r.returncode == 0, r.stderr
     assert Image.open(store / "3").kind is ImageKind.INCREMENTAL
-    assert Image.open(store / "3").processes[0].tracking is not None
+    tracking = Image.open(store / "3").processes[0].tracking
+    assert tracking is not None and (method is None or tracking.method == method)
+    if method == "soft-dirty":
+        assert tracking.layout  # the VMAs at the clear, for the next delta
     truth, _ = _final_dump(t, area, store / "4", store / "3")
     assert api.resolve_image_dir(store) == str(store / "4")
     _check_restored(store, t, area, truth, restored)  # -D STORE = the newest
 
 
-def test_branch_from_an_older_parent_is_a_full_predump(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
-    """uffd-wp keeps one clear-state: after 1 → 2, a pre-dump from 1 again would miss the writes
-    between 1 and 2.  It must become a full copy with a warning, and restore every write."""
+@pytest.mark.parametrize("method", ["uffd-wp", "soft-dirty"])
+def test_branch_from_an_older_parent_is_a_full_predump(c_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                                       method: str) -> None:
+    """uffd-wp and soft-dirty keep one clear-state per process: after 1 → 2, a pre-dump from 1 again
+    would miss the writes between 1 and 2.  It must become a full copy with a warning, and restore
+    every write."""
+    need_method(method)
     t, area = _writer(c_target)
-    pre_dump(t.pid, tmp_path / "1")
+    pre_dump(t.pid, tmp_path / "1", method=method)
     time.sleep(0.1)
-    assert not pre_dump(t.pid, tmp_path / "2", parent=tmp_path / "1").full
+    assert not pre_dump(t.pid, tmp_path / "2", parent=tmp_path / "1", method=method).full
     time.sleep(0.1)
-    branch = pre_dump(t.pid, tmp_path / "2b", parent=tmp_path / "1")
+    branch = pre_dump(t.pid, tmp_path / "2b", parent=tmp_path / "1", method=method)
     assert branch.full and branch.parent is None and branch.pages_stored >= NPAGES
     assert any("moved on" in n for n in branch.notes), branch.notes
     # the branch is now the tip: a delta from it is a delta again, and the chain restores every write
     time.sleep(0.1)
-    assert not pre_dump(t.pid, tmp_path / "3", parent=tmp_path / "2b").full
+    assert not pre_dump(t.pid, tmp_path / "3", parent=tmp_path / "2b", method=method).full
     truth, _ = _final_dump(t, area, tmp_path / "final", tmp_path / "3")
     _check_restored(tmp_path / "final", t, area, truth, restored)

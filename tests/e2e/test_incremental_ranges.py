@@ -22,6 +22,7 @@ from ckpt import api
 from ckpt.image.reader import Image
 from ckpt.image.records import ImageKind, PageState
 from ckpt.track.watch import tracking_state_path
+from backends import need_method
 from targets import Target, traced_threads, tracer_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pre-dump/restore needs root (ptrace, clone3 set_tid)")
@@ -81,8 +82,9 @@ def _restore_and_check(image: Path, t: Target, restored: list[int]) -> None:
     assert t.expect("PASS", timeout=10) == "PASS"
 
 
-@pytest.mark.parametrize("method", ["uffd-wp", "hash"])
+@pytest.mark.parametrize("method", ["uffd-wp", "hash", "soft-dirty"])
 def test_predump_ranges_chain_restore(c_target, tmp_path: Path, restored: list[int], method: str) -> None:  # noqa: ANN001
+    need_method(method)
     t, a, b = _start(c_target)
     first = api.pre_dump(t.pid, tmp_path / "1", track=method, ranges=[a])
     assert first.full and first.method == method and first.notes == ()
@@ -132,6 +134,7 @@ def test_untracked_pages_the_parent_holds_are_copied_again(c_target, tmp_path: P
 
 
 def test_other_ranges_give_a_full_copy_of_them(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    need_method("uffd-wp")  # counts parked userfaultfds
     t, a, b = _start(c_target)
     api.pre_dump(t.pid, tmp_path / "1", ranges=[a])
     parked = _uffds(t.pid)

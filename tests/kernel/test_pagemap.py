@@ -73,3 +73,52 @@ def test_classic_entries(spin) -> None:
         text = next(line for line in f if "r-xp" in line and "spin" in line)
     (e,) = pagemap.read_pagemap_entries(fd, int(text.split("-")[0], 16), 1)
     assert pagemap.pm_file(e)
+
+
+_LISTED = pagemap.PAGE_IS_PRESENT | pagemap.PAGE_IS_SWAPPED
+_RETURNED = _LISTED | PAGE_IS_FILE | pagemap.PAGE_IS_PFNZERO
+
+
+def _both(fd: int, start: int, end: int) -> tuple[list[PageRegion], list[PageRegion]]:
+    from ckpt.features import zero_pfns
+
+    kw = dict(category_anyof_mask=_LISTED, return_mask=_RETURNED)
+    return list(pagemap_scan(fd, start, end, **kw)), list(pagemap.read_regions(fd, start, end, zero=zero_pfns(), **kw))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pfns (the zero page's) are shown to CAP_SYS_ADMIN only")
+def test_pagemap_reads_list_what_pagemap_scan_lists(spin) -> None:
+    """The listing of kernels before 6.7 (batched reads) says what PAGEMAP_SCAN says: on every VMA of a
+    live target, and on memory with written, read-only (zero page) and dropped pages, across a
+    chunk boundary of the reads."""
+    import mmap
+
+    from ckpt.features import pagemap_scan_works
+    from ckpt.kernel.vm import buffer_address
+
+    if not pagemap_scan_works():
+        pytest.skip("no PAGEMAP_SCAN to compare with on this kernel")
+    t, _, _, _, fd = spin
+    with open(f"/proc/{t.pid}/maps") as f:
+        spans = [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in f]
+    for s, e in spans:
+        if e <= TASK_SIZE_MAX:
+            scan, read = _both(fd, s, e)
+            assert read == scan, (hex(s), hex(e))
+    n = pagemap.READ_CHUNK_PAGES + 300
+    m = mmap.mmap(-1, n * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.madvise(mmap.MADV_NOHUGEPAGE)
+    base = buffer_address(m)
+    for i in range(0, n, 3):
+        m[i * PAGE_SIZE] = 1
+    for i in range(1, n, 7):
+        _ = m[i * PAGE_SIZE]
+    m.madvise(mmap.MADV_DONTNEED, 30 * PAGE_SIZE, 9 * PAGE_SIZE)
+    own = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        scan, read = _both(own, base, base + n * PAGE_SIZE)
+    finally:
+        os.close(own)
+        m.close()
+    assert any(r.categories & pagemap.PAGE_IS_PFNZERO for r in scan)
+    assert read == scan

@@ -130,6 +130,61 @@ def test_soft_dirty_through_the_seam() -> None:
     assert tr.collect().written_pages == 0
 
 
+def _wholly_new(ds: DirtySet) -> list[int]:
+    return sorted(v.start for v in ds.new_vmas)
+
+
+def test_soft_dirty_layout_changes_make_a_vma_wholly_dirty() -> None:
+    """VM_SOFTDIRTY does not survive merges, splits and moves: the layout at the clear decides."""
+    k = FakeKernel()
+    anon = 0x7f0000000000
+    tr = SoftDirtyTracker(1234, kernel=k)
+    tr.start(RangeSpec())
+    assert tr.collect().new_vmas == ()
+    # mprotect splits the anonymous VMA: both pieces are new, every page of them dirty (no bit is set)
+    k.maps = [v for v in k.maps if v.start != anon] + parse_maps(
+        b"7f0000000000-7f0000008000 rw-p 00000000 00:00 0\n7f0000008000-7f0000010000 r--p 00000000 00:00 0\n")
+    ds = tr.collect()
+    assert _wholly_new(ds) == [anon]  # the read-only piece is not tracked (not writable)
+    assert [v.written for v in ds.new_vmas] == [((anon, 8),)]
+    # growing into a merge with a neighbour changes its end: new again; unchanged VMAs stay trusted
+    k.maps = [v for v in k.maps if not anon <= v.start < anon + 0x10000] + parse_maps(
+        b"7f0000000000-7f0000010000 rw-p 00000000 00:00 0\n")
+    assert _wholly_new(tr.collect()) == [anon]
+    assert tr.collect().new_vmas == ()
+    # the layout travels in the state: a later ckpt run trusts what was there at the clear, no more
+    state = TrackingState.from_json(tr.detach().to_json())
+    assert state.layout and all(len(key) == 7 for key in state.layout)
+    k.maps = [v for v in k.maps if v.start != anon] + parse_maps(  # moved by mremap, other address
+        b"7f0000100000-7f0000110000 rw-p 00000000 00:00 0\n")
+    again = SoftDirtyTracker.attach(state, kernel=k)
+    ds = again.collect()
+    assert _wholly_new(ds) == [0x7f0000100000] and ds.written_pages == 16
+    # no layout recorded (an image from before it was kept): everything is wholly dirty once
+    blind = SoftDirtyTracker.attach(TrackingState("soft-dirty", 1234, 0), kernel=k)
+    assert len(blind.collect().new_vmas) == len(ds.vmas)
+
+
+def test_soft_dirty_zero_page_is_written_and_peek_keeps_the_bits() -> None:
+    """A page dropped and then only read maps the zero page, which carries no bit: it counts as written."""
+    k = FakeKernel()
+    heap = 0x555555558000
+    tr = SoftDirtyTracker(1234, kernel=k)
+    tr.start(RangeSpec())
+    orig = k.scan
+
+    def scan(pid: int, start: int, end: int):
+        return [pm.PageRegion(r.start, r.end, r.categories | (pm.PAGE_IS_PFNZERO if r.start == heap + P else 0))
+                for r in orig(pid, start, end)]
+
+    k.scan = scan  # type: ignore[method-assign]
+    k.bits[heap + 4 * P] = (True, True)
+    assert [r for v in tr.peek().vmas for r in v.written] == [(heap + P, 1), (heap + 4 * P, 1)]
+    assert "clear" not in k.log[-3:]
+    assert [r for v in tr.collect().vmas for r in v.written] == [(heap + P, 1), (heap + 4 * P, 1)]
+    assert [r for v in tr.collect().vmas for r in v.written] == [(heap + P, 1)]
+
+
 class _RefusingInjector:
     """A target that may have no userfaultfd at all: both injected calls give EPERM, and which flags were tried."""
 
@@ -149,3 +204,12 @@ def test_a_target_refused_every_userfaultfd_is_told_apart_from_one_we_may_not_tr
         tracker._create(inj)
     assert e.value.hint == "track it with --track hash"
     assert inj.tried == [os.O_CLOEXEC | os.O_NONBLOCK, os.O_CLOEXEC | os.O_NONBLOCK | uffd.UFFD_USER_MODE_ONLY]
+
+
+def test_every_back_end_is_reachable_from_the_cheap_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pre-dump chooses its back-end from the probes that seize nothing: each back-end's needs are among them
+    (soft-dirty once needed a probe only `ckpt check` ran, and a 6.1 kernel fell back to hash)."""
+    from ckpt import features
+
+    monkeypatch.setattr(features, "_cheap_probe", lambda name: features.Probe(name, True, "faked"))
+    assert all(features._usable(features.tracking_working()).values())

@@ -115,18 +115,38 @@ class ProcessRef(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., start_time: _Optional[int] = ..., tracking: _Optional[_Union[TrackingState, _Mapping]] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., zombie: _Optional[bool] = ..., wait_status: _Optional[int] = ..., comm: _Optional[str] = ..., shares_files: _Optional[bool] = ...) -> None: ...
 
 class TrackingState(_message.Message):
-    __slots__ = ("method", "parked_fd", "uffd_inode", "include", "exclude")
+    __slots__ = ("method", "parked_fd", "uffd_inode", "include", "exclude", "layout")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PARKED_FD_FIELD_NUMBER: _ClassVar[int]
     UFFD_INODE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     method: str
     parked_fd: int
     uffd_inode: int
     include: _containers.RepeatedCompositeFieldContainer[AddressRange]
     exclude: _containers.RepeatedCompositeFieldContainer[AddressRange]
-    def __init__(self, method: _Optional[str] = ..., parked_fd: _Optional[int] = ..., uffd_inode: _Optional[int] = ..., include: _Optional[_Iterable[_Union[AddressRange, _Mapping]]] = ..., exclude: _Optional[_Iterable[_Union[AddressRange, _Mapping]]] = ...) -> None: ...
+    layout: _containers.RepeatedCompositeFieldContainer[VmaKey]
+    def __init__(self, method: _Optional[str] = ..., parked_fd: _Optional[int] = ..., uffd_inode: _Optional[int] = ..., include: _Optional[_Iterable[_Union[AddressRange, _Mapping]]] = ..., exclude: _Optional[_Iterable[_Union[AddressRange, _Mapping]]] = ..., layout: _Optional[_Iterable[_Union[VmaKey, _Mapping]]] = ...) -> None: ...
+
+class VmaKey(_message.Message):
+    __slots__ = ("start", "end", "perms", "offset", "dev_major", "dev_minor", "inode")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    PERMS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DEV_MAJOR_FIELD_NUMBER: _ClassVar[int]
+    DEV_MINOR_FIELD_NUMBER: _ClassVar[int]
+    INODE_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev_major: int
+    dev_minor: int
+    inode: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., perms: _Optional[str] = ..., offset: _Optional[int] = ..., dev_major: _Optional[int] = ..., dev_minor: _Optional[int] = ..., inode: _Optional[int] = ...) -> None: ...
 
 class AddressRange(_message.Message):
     __slots__ = ("start", "end")
