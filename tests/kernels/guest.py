@@ -666,7 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=3600.0)
         p.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("stop").add_argument("--name", required=True)
-    sub.add_parser("fetch").add_argument("--kernel", action="append", choices=sorted(KERNELS))
+    p = sub.add_parser("fetch", help="fetch the kernels into the cache (if not there) and build their initramfs")
+    p.add_argument("--kernel", action="append", choices=sorted(KERNELS))
+    p.add_argument("--refresh", action="store_true", help="look for a newer kernel package even if one is cached")
     p = sub.add_parser("agent")
     p.add_argument("xfer")
     a = ap.parse_args(argv)
@@ -677,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.cmd == "fetch":
             for k in a.kernel or sorted(KERNELS):
-                kern = prepare(k, refresh=True)
+                kern = prepare(k, refresh=a.refresh)
                 print(f"{k}: {kern.release} {kern.vmlinuz} {kern.initrd}")
             return 0
         if a.cmd == "stop":
