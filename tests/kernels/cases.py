@@ -53,7 +53,7 @@ class CaseFailed(Exception):
 
 def ckpt(*args: object, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
     """Run a ckpt command; its output goes to our output, a failure raises with its error line."""
-    argv = [*CKPT, *map(str, args)]
+    argv = [*CKPT, "--debug", *map(str, args)]  # an internal error comes with its traceback
     t0 = time.monotonic()
     p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                        pass_fds=pass_fds, timeout=GUARD)
@@ -63,8 +63,11 @@ def ckpt(*args: object, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedP
             print("  " + stream.strip().replace("\n", "\n  "), flush=True)
     if p.returncode != 0:
         last = [ln for ln in p.stderr.splitlines() if ln.strip()] or [f"exit {p.returncode}"]
-        err = next((ln for ln in reversed(last) if ln.startswith(("ckpt:", "AssertionError", "OSError"))), last[-1])
-        raise CaseFailed(f"ckpt {args[0]} failed (exit {p.returncode}): {err.strip()}")
+        err = next((ln for ln in reversed(last) if ln.startswith("ckpt:")), last[-1]).strip()
+        frames = [ln.strip() for ln in last if ln.strip().startswith('File "')]
+        if frames:  # where an internal error came from
+            err += f" [{frames[-1].replace(str(REPO) + '/', '')}]"
+        raise CaseFailed(f"ckpt {args[0]} failed (exit {p.returncode}): {err}")
     return p
 
 

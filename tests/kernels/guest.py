@@ -360,11 +360,13 @@ class Guest:
     """
 
     def __init__(self, kernel: str | Kernel, *, fwd: dict[int, int] | None = None,
-                 guestfwd: Sequence[int] = (), cache: str = "none", workdir: Path | None = None) -> None:
+                 guestfwd: Sequence[int] = (), cache: str = "none", workdir: Path | None = None,
+                 die_with_parent: bool = True) -> None:
         self.kernel = kernel if isinstance(kernel, Kernel) else prepare(kernel)
         self.ports = {(h or _free_port()): g for h, g in (fwd or {}).items()}
         self.guestfwd = tuple(guestfwd)
         self.cache = cache
+        self.die_with_parent = die_with_parent  # qemu gets SIGKILL if we die without stopping it
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix=f"ckpt-guest-{self.kernel.alias}-"))
         self.xfer = self.dir / "xfer"
@@ -395,14 +397,17 @@ class Guest:
 
     def start(self, timeout: float = BOOT_TIMEOUT) -> Guest:
         """Boot and wait until the agent is up."""
+        _sweep(self.dir.parent)
         for d in ("req", "res"):
             (self.xfer / d).mkdir(parents=True, exist_ok=True)
         if shutil.which("qemu-system-x86_64") is None:
             raise GuestError("qemu-system-x86_64 is missing (make test-kernels installs qemu-system-x86)")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "qemu.err", "wb"), start_new_session=True)
+                                     stderr=open(self.dir / "qemu.err", "wb"), start_new_session=True,
+                                     preexec_fn=_die_with_parent if self.die_with_parent else None)
         self.pid = self.proc.pid
+        (self.dir / "qemu.pid").write_text(f"{self.pid}\n")
         ready = self.xfer / "ready.json"
         while not ready.exists():
             if self.proc.poll() is not None:
@@ -506,6 +511,21 @@ class Guest:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _sweep(tmp: Path) -> None:
+    """Remove the temp dirs of guests whose qemu is gone (their runner was killed before it could)."""
+    for d in tmp.glob("ckpt-guest-*"):
+        with contextlib.suppress(OSError, ValueError):
+            if not _pid_alive(int((d / "qemu.pid").read_text())):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the qemu child before exec: SIGKILL when the process that started it dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -694,7 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             env = dict(e.split("=", 1) for e in a.env)
         if a.cmd == "exec":
             return _print_result(_attach(a.name).run(cmd, cwd=a.cwd, env=env, timeout=a.timeout))
-        g = Guest(a.kernel, fwd=_parse_fwd(a.fwd), guestfwd=a.guestfwd, cache=a.cache)
+        g = Guest(a.kernel, fwd=_parse_fwd(a.fwd), guestfwd=a.guestfwd, cache=a.cache,
+                  die_with_parent=a.cmd == "run")  # a started guest outlives this command
         if a.cmd == "run":
             with g:
                 _log(f"{g.uname} up in {g.boot_seconds:.1f}s")
