@@ -288,20 +288,20 @@ def _restored_ok(t: Target, image: Path, total: int) -> None:
     _progress(t, after, 2)
 
 
-def _writer() -> Target:
+def _writer_chain(tmp: Path, track: str | None, predumps: int) -> tuple[Target, dict]:
+    """Start mig_writer and take a chain of it (:func:`_chain`); a failure leaves no tracking and no target."""
     t = Target([str(build_c("mig_writer")), str(NPAGES), str(WRITERS), str(RATE)])
-    t.out.next("READY")
-    return t
-
-
-def case_chain(tmp: Path, track: str | None) -> dict:
-    t = _writer()
     try:
-        extra = _chain(tmp, t, track, 2)
+        t.out.next("READY")
+        return t, _chain(tmp, t, track, predumps)
     except BaseException:
         subprocess.run([*CKPT, "track", "-t", str(t.pid), "--stop"], cwd=REPO, capture_output=True)
         t.kill()
         raise
+
+
+def case_chain(tmp: Path, track: str | None) -> dict:
+    t, extra = _writer_chain(tmp, track, 2)
     try:
         _restored_ok(t, tmp / "final", extra["writes_before_dump"])
     finally:
@@ -311,13 +311,7 @@ def case_chain(tmp: Path, track: str | None) -> dict:
 
 def case_merge(tmp: Path, track: str | None) -> dict:
     """One pre-dump and the final delta (the default back-end), merged; the merged image alone restores."""
-    t = _writer()
-    try:
-        extra = _chain(tmp, t, track, 1)
-    except BaseException:
-        subprocess.run([*CKPT, "track", "-t", str(t.pid), "--stop"], cwd=REPO, capture_output=True)
-        t.kill()
-        raise
+    t, extra = _writer_chain(tmp, track, 1)
     ckpt("merge", "-D", tmp / "final", "-o", tmp / "merged")
     shutil.rmtree(tmp / "final")
     shutil.rmtree(tmp / "p1")  # the merged image needs neither
