@@ -2,6 +2,8 @@
 #   make demo    virtualenv + install + a real checkpoint of a sample process
 #   make test    the whole test suite
 #   make bench   benchmarks (markdown table + bench/results.json)
+#   make test-kernels
+#                the main cases on Debian 12's and 13's kernels (6.1, 6.12) in QEMU guests and on this one
 #   make stress  ckpt killed at 200 random moments of its commands; the target must never be harmed
 #   make second-host / second-host-down
 #                a second "host" on this machine (network + PID namespace) to migrate to
@@ -14,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need; installed only when missing.
 SYSPKGS := gcc make libc6-dev python3-venv redis-server nginx-light nftables iproute2 procps util-linux
 
-.PHONY: all sysdeps venv install proto test test-fast demo bench stress second-host second-host-down clean
+.PHONY: all sysdeps venv install proto test test-fast test-kernels demo bench stress second-host second-host-down clean
 
 all: install
 
@@ -61,6 +63,17 @@ test: install
 
 test-fast: install
 	$(call with_second_host,$(PY) -m pytest -q -m "not slow" tests)
+
+# The kernels users run (README, "Supported kernels"): tests/kernels boots Debian's 6.1 and 6.12 kernels
+# in QEMU TCG guests that see this machine's / read-only over 9p, one guest at a time (~0.5-0.8 GB, one
+# core), and runs the same cases on this kernel; a table at the end, also in tests/kernels/results.json.
+# The kernel packages are fetched once into $$CKPT_KERNEL_CACHE (~/.cache/ckpt/kernels) with a private
+# apt configuration (the system's apt sources are not touched) and unpacked there, never installed.
+KERNEL_SYSPKGS := qemu-system-x86 busybox-static socat
+test-kernels: install
+	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(KERNEL_SYSPKGS)"
+	$(PY) tests/kernels/guest.py fetch
+	$(PY) -m pytest -q tests/kernels
 
 # A second host to try `ckpt migrate` on (README, "Migrate a live process"); stays up until second-host-down.
 second-host: install

@@ -13,6 +13,10 @@ from targets import Target, build_c, python_argv, spawn, traced_threads
 
 StartTarget = Callable[..., Target]
 
+#: tests/kernels boots QEMU guests with other kernels: `make test-kernels` names it on the command line;
+#: a plain `pytest tests` (`make test`) leaves it out.
+collect_ignore = ["kernels"]
+
 
 class _Pool:
     """The targets one test started; ``close`` kills and reaps them all."""
