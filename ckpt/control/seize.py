@@ -710,8 +710,7 @@ def _sigtrap_ignored(pid: int) -> bool:
 
 
 @contextmanager
-def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True,
-           open_area: bool = True) -> Iterator[FrozenProcess]:
+def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True) -> Iterator[FrozenProcess]:
     """Stop every thread of ``pid`` for the duration of the ``with`` block.
 
     ``start_time`` (field 22 of /proc/PID/stat, :func:`ckpt.procfs.task.read_starttime`)
@@ -721,15 +720,13 @@ def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True,
     its area for safe injected calls is mapped now (removing any that a
     killed run left), so that maps read from here on can leave it out
     (:meth:`FrozenProcess.own_areas`).  False for ckpt's own restore helpers.
-    ``open_area`` False: the caller maps it before reading maps or injecting
-    (:func:`ckpt.control.inject.open_guards`, for a tree's processes at once).
     """
     proc: FrozenProcess | None = None
     try:
         with interrupts.deferred():  # a Ctrl-C is raised once the threads are seized (and known to be)
             proc = _seize(pid, start_time)
             proc.guarded = guarded
-            if guarded and open_area:
+            if guarded:
                 proc.guard.open()
         yield proc
     finally:
