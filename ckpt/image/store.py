@@ -76,6 +76,7 @@ __all__ = [
     "ImageWriter",
     "check_compress_level",
     "check_final",
+    "make_held_tmp",
     "sweep_stale_tmp",
     "RecordWriter",
     "PageWriter",
@@ -899,6 +900,15 @@ def _writer_gone(path: str, pid: int, start: int) -> bool:
         os.close(fd)
 
 
+def make_held_tmp(parent_dir: str, base: str) -> tuple[str, int | None]:
+    """A new 0700 temporary directory ``.BASE.PID-START.*.tmp`` in ``parent_dir``, after removing those of
+    killed runs (:func:`sweep_stale_tmp`); with the fd of its flock (close it once the directory is gone)."""
+    sweep_stale_tmp(parent_dir)
+    path = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
+    os.chmod(path, _DIR_MODE)
+    return path, _hold(path)
+
+
 def sweep_stale_tmp(parent_dir: str) -> list[str]:
     """Remove the temporary image directories that killed ckpt runs left in ``parent_dir``; returns them.
 
@@ -1022,11 +1032,8 @@ class ImageWriter:
         if self.tmp_dir is not None:
             raise RuntimeError("ImageWriter is not reentrant")
         parent_dir, base = os.path.split(self.final_dir)
-        sweep_stale_tmp(parent_dir)
         try:
-            self.tmp_dir = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
-            os.chmod(self.tmp_dir, _DIR_MODE)
-            self._tmp_lock = _hold(self.tmp_dir)
+            self.tmp_dir, self._tmp_lock = make_held_tmp(parent_dir, base)
         except OSError as exc:
             raise _io_error(parent_dir, "create the image's temporary directory", exc) from exc
         return self

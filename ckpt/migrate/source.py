@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from .. import interrupts, testpoint
 from ..control.seize import hold_stopped, unhold
 from ..errors import CkptError, MigrationInDoubt, UsageError
+from ..image.store import make_held_tmp
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, PeerError, WireError
@@ -162,7 +163,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     stats = MigrateStats(pid, f"{host}:{port}")
     policy = SwitchPolicy(max_downtime=max_downtime, max_iterations=max_iterations)
     throttle = _Throttle(bandwidth_limit)
-    work = tempfile.mkdtemp(prefix=f"ckpt-migrate-{pid}-", dir=work_dir)
+    # The rounds' images: a temporary directory that the next run in the same place removes if we are killed.
+    work, work_lock = make_held_tmp(work_dir or tempfile.gettempdir(), f"ckpt-migrate-{pid}")
     tracking = False
     try:
         with Channel.connect(host, port, token, timeout=timeout) as ch:
@@ -300,5 +302,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if work_lock is not None:
+            os.close(work_lock)
         stats.total_ms = round((time.monotonic() - t_start) * 1e3, 1)
     return stats
