@@ -30,8 +30,10 @@ on the event log) and the final image is restored plainly.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
+import re
 import select
 import shutil
 import socket
@@ -249,6 +251,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
 
     result = ReceiveResult(peer=ch.peer)
     store = ""
+    store_lock: int | None = None
     confirmed = False
     stager: _Stager | None = None
     staging: Future[None] | None = None  # the newest pre-copy image being staged
@@ -258,8 +261,11 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             result.source_pid = int(hello["pid"])
             if "cpu" in hello:  # sources before ckpt recorded CPUs send none: their images are checked
                 _check_source_cpu(ch, hello["cpu"], cpu_cap)
+            for stale in _sweep_stores(root):
+                say(f"removed {stale}: a receiver killed during that migration left it")
             store = os.path.join(root, f"{result.source_pid}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             os.makedirs(store, mode=0o700)
+            store_lock = _hold_store(store)
             result.store = store
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
@@ -303,6 +309,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                             ch.send_error(f"restore failed at the destination: {exc}")
                             raise
                         confirmed = True
+                        _mark_running(store)
                         testpoint.point("receive.running")
                         result.restore_ms = round((time.monotonic() - t0) * 1e3, 1)
                         result.pid = r.pid
@@ -337,6 +344,9 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             say(f"migration from {result.peer} failed: {exc}")
             return result
         raise
+    finally:
+        if store_lock is not None:
+            os.close(store_lock)
     if stager is not None:
         stager.close(kill=not confirmed)
     if not confirmed:
@@ -344,6 +354,46 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
         result.store = ""
     say(f"migration from {result.peer}: {result.outcome}")
     return result
+
+
+#: A migration's store in the receiver's directory: ``SOURCEPID-TIME-RECEIVERPID``.
+_STORE_NAME = re.compile(r"\d+-\d{8}T\d{6}-\d+")
+#: In a store whose process runs here (kept); a store without it whose receiver is gone was left by a kill.
+RUNNING_MARK = ".running"
+
+
+def _hold_store(store: str) -> int | None:
+    """An flock on the store while this receiver uses it (None where the file system has none)."""
+    fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _mark_running(store: str) -> None:
+    with open(os.path.join(store, RUNNING_MARK), "w"):
+        pass
+
+
+def _sweep_stores(root: str) -> list[str]:
+    """Remove the stores of migrations that never ran here and whose receiver is gone (its flock free)."""
+    removed = []
+    for entry in os.scandir(root):
+        if (not _STORE_NAME.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False)
+                or os.path.exists(os.path.join(entry.path, RUNNING_MARK))):
+            continue
+        fd = _hold_store(entry.path)
+        if fd is None:
+            continue  # a receiver still works in it (or no flock here: leave it)
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed.append(entry.path)
+    return removed
 
 
 def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None) -> None:
