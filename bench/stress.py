@@ -87,6 +87,11 @@ BINARY = REPO / "bench" / "bin" / "mig_writer"
 OPS = ("dump-R", "dump", "pre-dump", "migrate", "receive", "restore", "migrate-real", "receive-real")
 #: Ops that migrate to the second host for real.
 REAL = ("migrate-real", "receive-real")
+#: The ops on this host alone (the sample in make test: a real migration's kill costs ~15-30 s).
+LOCAL = tuple(op for op in OPS if op not in REAL)
+#: In a mix of both kinds, the share of rounds that are real migrations (~20 of ``make stress``'s 200 kills:
+#: each costs a whole migration, ~15-30 s here).
+REAL_SHARE = 0.1
 #: ckpt.testpoint points of the source's switch-over (migrate-real adds them to HOOKS).
 MIGRATE_HOOKS = ("migrate.final-sent", "migrate.restored", "migrate.held", "migrate.committed", "migrate.running")
 #: Points of the receiver's restore and commit (receive-real), each passed once.
@@ -146,6 +151,7 @@ class Target:
     """mig_writer, detached (its parent is init, which reaps it), its stdout in a file."""
 
     def __init__(self, work: Path, npages: int) -> None:
+        self.npages = npages
         self.log = work / "target.log"
         self.log.write_bytes(b"")
         subprocess.run(["setsid", "-f", str(BINARY), str(npages), "4", "2000"], stdin=subprocess.DEVNULL,
@@ -267,9 +273,10 @@ def _leftovers(pid: int, work: Path) -> Counter:
 
 
 class Stress:
-    def __init__(self, work: Path, npages: int, seed: int, ops: tuple[str, ...]) -> None:
+    def __init__(self, work: Path, npages: int, seed: int, ops: tuple[str, ...], real_npages: int | None = None) -> None:
         self.work = work
         self.npages = npages
+        self.real_npages = real_npages or npages  # the target of the real migrations (a smaller one: they are slow)
         self.rng = random.Random(seed)
         self.ops = ops
         self.report = Report()
@@ -375,8 +382,10 @@ class Stress:
                 continue
             if op in REAL:
                 if "migrate-real" not in self.durations:
+                    self._sized(self.real_npages)
                     self.durations["migrate-real"] = self.durations["receive-real"] = self._migrated_unkilled("unkilled")
                 continue
+            self._sized(self.npages)
             if op in ("migrate", "receive"):
                 self._receiver()
             argv = self._argv(op)
@@ -387,6 +396,9 @@ class Stress:
             if op == "pre-dump":
                 self._chained(argv)
             self.target.check(f"unkilled {op}")
+        if "restore" not in self.ops:
+            return
+        self._sized(self.npages)
         image = Path(self._argv("dump")[-1])
         self._run(["dump", "-t", str(self.target.pid), "-D", str(image)], None, 0)
         _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the dumped target's pid is free")
@@ -402,11 +414,17 @@ class Stress:
             self.report.harms.append(str(h))
             self.target.end()
             _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the harmed target is gone")
-            self.target = Target(self.work, self.npages)
+            if self.host is not None:  # a copy it made there, or a helper left
+                for pid in self.host.processes():
+                    if pid != self.host.init_pid:
+                        os.kill(pid, signal.SIGKILL)
+            self.target = Target(self.work, self.target.npages)
             self.chain_dirs = []
 
     def _round(self) -> None:
-        op = self.rng.choice(self.ops)
+        local, real = [o for o in self.ops if o not in REAL], [o for o in self.ops if o in REAL]
+        op = self.rng.choice(real if real and (not local or self.rng.random() < REAL_SHARE) else local)
+        self._sized(self.real_npages if op in REAL else self.npages)
         sig = self.rng.choice(SIGNALS)
         # Half the kills at a random moment of the command's run; half at a named point inside the
         # windows that matter (an injected call's phases, a thread half put back, a parked tracker),
@@ -608,12 +626,21 @@ class Stress:
             self.target.check(what)
             self.target.end()
             _wait(lambda: not alive(copy), f"{what}: the copy is gone")
-            self.target = Target(self.work, self.npages)
+            self.target = Target(self.work, self.target.npages)
             self.chain_dirs = []
             for p in (self.work / "received").glob(f"{orig}-*"):  # the migration's own (a whole image)
                 if (p / ".running").exists():
                     shutil.rmtree(p, ignore_errors=True)
         return outcome, found
+
+    def _sized(self, npages: int) -> None:
+        """The target, with ``npages`` pages (a new one if it has another size)."""
+        if self.target.npages != npages:
+            pid = self.target.pid
+            self.target.end()
+            _wait(lambda: not os.path.exists(f"/proc/{pid}"), "the resized target's pid is free")
+            self.target = Target(self.work, npages)
+            self.chain_dirs = []
 
     def _chained(self, argv: list[str]) -> None:
         """A pre-dump completed: it grew the chain (with a parent) or started a new one."""
@@ -638,14 +665,14 @@ class Stress:
 
 
 def run(kills: int, mib: int, seed: int, ops: tuple[str, ...] = OPS, work: Path | None = None,
-        progress: bool = False) -> Report:
+        progress: bool = False, real_mib: int = 32) -> Report:
     """Kill ckpt ``kills`` times; the report."""
     build_c(SOURCE, BINARY, "-pthread")
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="ckpt-stress-")) if work is None else work
     os.chmod(work, 0o700)
     t0 = time.monotonic()
-    s = Stress(work, mib * 256, seed, ops)
+    s = Stress(work, mib * 256, seed, ops, real_mib * 256)
     try:
         s.calibrate()
         rounds = 0
@@ -667,13 +694,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=200)
     ap.add_argument("--mib", type=int, default=256, help="the target's memory (MiB)")
+    ap.add_argument("--real-mib", type=int, default=32,
+                    help="the target's memory for the real migrations (MiB; each kill costs a whole migration)")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--ops", default=",".join(OPS), help=f"commands to kill (default {','.join(OPS)})")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     print(f"stress: {args.kills} kills of ckpt against a {args.mib} MiB self-checking target (seed {args.seed})",
           flush=True)
-    report = run(args.kills, args.mib, args.seed, tuple(args.ops.split(",")), progress=True)
+    report = run(args.kills, args.mib, args.seed, tuple(args.ops.split(",")), progress=True, real_mib=args.real_mib)
     print(report.text())
     if args.json:
         Path(args.json).write_text(json.dumps({"seed": args.seed, "mib": args.mib, **report.as_dict()}, indent=2))
