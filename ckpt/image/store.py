@@ -76,6 +76,7 @@ __all__ = [
     "ImageWriter",
     "check_compress_level",
     "check_final",
+    "hold_dir",
     "make_held_tmp",
     "sweep_stale_tmp",
     "RecordWriter",
@@ -871,8 +872,9 @@ def _run_tag() -> str:
     return f"{os.getpid()}-{_starttime(os.getpid()) or 0}"
 
 
-def _hold(tmp_dir: str) -> int | None:
-    """An fd holding an flock on ``tmp_dir`` while its writer lives (None: this file system has no flock)."""
+def hold_dir(tmp_dir: str) -> int | None:
+    """An fd holding an flock on the directory ``tmp_dir`` while its writer lives (None: this file system has no
+    flock); the kernel drops it with the fd, however the writer ends."""
     fd = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -906,7 +908,7 @@ def make_held_tmp(parent_dir: str, base: str) -> tuple[str, int | None]:
     sweep_stale_tmp(parent_dir)
     path = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
     os.chmod(path, _DIR_MODE)
-    return path, _hold(path)
+    return path, hold_dir(path)
 
 
 def sweep_stale_tmp(parent_dir: str) -> list[str]:

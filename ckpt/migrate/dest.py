@@ -30,7 +30,6 @@ on the event log) and the final image is restored plainly.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import queue
 import re
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING
 
 from .. import interrupts, testpoint
 from ..errors import CkptError
+from ..image.store import hold_dir
 from ..resources.tree import kill as kill_helpers
 from .wire import DEFAULT_TIMEOUT, Channel, WireError, listen
 
@@ -265,7 +265,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                 say(f"removed {stale}: a receiver killed during that migration left it")
             store = os.path.join(root, f"{result.source_pid}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             os.makedirs(store, mode=0o700)
-            store_lock = _hold_store(store)
+            store_lock = hold_dir(store)
             result.store = store
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
@@ -362,17 +362,6 @@ _STORE_NAME = re.compile(r"\d+-\d{8}T\d{6}-\d+")
 RUNNING_MARK = ".running"
 
 
-def _hold_store(store: str) -> int | None:
-    """An flock on the store while this receiver uses it (None where the file system has none)."""
-    fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _mark_running(store: str) -> None:
     with open(os.path.join(store, RUNNING_MARK), "w"):
         pass
@@ -385,7 +374,7 @@ def _sweep_stores(root: str) -> list[str]:
         if (not _STORE_NAME.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False)
                 or os.path.exists(os.path.join(entry.path, RUNNING_MARK))):
             continue
-        fd = _hold_store(entry.path)
+        fd = hold_dir(entry.path)
         if fd is None:
             continue  # a receiver still works in it (or no flock here: leave it)
         try:
