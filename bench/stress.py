@@ -289,6 +289,7 @@ class Stress:
         self.durations: dict[str, float] = {}
         self.host = None  # the second host (tests/hosts.py), for the real migrations
         self.rx_n = 0
+        self.verbose = False
         if any(op in REAL for op in ops):
             from hosts import SecondHost
             self.host = SecondHost().start()
@@ -412,6 +413,8 @@ class Stress:
         except Harm as h:
             self.report.harmed += 1
             self.report.harms.append(str(h))
+            if self.verbose:
+                print(f"  harm: {h}", flush=True)
             self.target.end()
             _wait(lambda: not os.path.exists(f"/proc/{self.target.pid}"), "the harmed target is gone")
             if self.host is not None:  # a copy it made there, or a helper left
@@ -521,8 +524,10 @@ class Stress:
         return nsenter, rx, f"{self.host.address}:{port}"
 
     def _migrate_argv(self, to: str) -> list[str]:
+        # (mig_writer rewrites its whole memory every second: the rounds never converge; 4 of them, then
+        # the switch-over, keep a kill's round short)
         return ["migrate", "-t", str(self.target.pid), "--to", to, "--token-file", str(self.token),
-                "--max-downtime", "300"]
+                "--max-downtime", "300", "--max-iterations", "4"]
 
     def _migrated_unkilled(self, what: str) -> float:
         """One whole migration (the calibration, or the next run after a kill): it must work; its duration."""
@@ -554,7 +559,7 @@ class Stress:
                 os.kill(rx, sig)
                 if sig != signal.SIGKILL:
                     os.kill(rx, signal.SIGCONT)
-                    os.kill(nsenter.pid, signal.SIGCONT)  # (it stopped with its command)
+                os.kill(nsenter.pid, signal.SIGCONT)  # it stopped with its command: else it never reaps it
             try:
                 src.wait(timeout=PATIENCE * 3)
             except subprocess.TimeoutExpired:
@@ -563,7 +568,7 @@ class Stress:
         try:
             nsenter.wait(timeout=PATIENCE)
         except subprocess.TimeoutExpired:
-            raise Harm(f"{what}: the receiver hangs once its source was killed") from None
+            raise Harm(f"{what}: the receiver hangs once its source was killed: {self._describe(None)}") from None
         if not sent:
             self.report.finished_before_kill += 1
             self._judge(what, expect="migrated")
@@ -575,11 +580,26 @@ class Stress:
         orig = self.target.pid
         outcome, found = self._judge(what)
         self.report.outcomes[outcome] += 1
+        if self.verbose:
+            print(f"  {what}: {outcome}{'; left ' + str(dict(found)) if found else ''}", flush=True)
         self.report.leftovers_found.update(found)
-        if found:  # the next migration must work and remove them
-            if outcome == "ran on":
-                self._migrated_unkilled(f"{what}, then the next migration")
+        if found:  # the next migration (of the survivor, or of a fresh target) must work and remove them
+            self._migrated_unkilled(f"{what}, then the next migration")
             self.report.leftovers_after_next_run += sum(self._real_leftovers(orig, False).values())
+
+    def _describe(self, copy: int | None) -> str:
+        """The second host's processes but its init and ``copy``: pid there, state, tracer, command."""
+        out = []
+        for pid, inside in self.host.processes().items():
+            if pid in (self.host.init_pid, copy):
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[-60:]
+                out.append(f"{inside} ({_status(pid, 'State')}, tracer {_status(pid, 'TracerPid')}, ppid "
+                           f"{_status(pid, 'PPid')}: {cmd.strip()})")
+            except FileNotFoundError:
+                continue
+        return "; ".join(out)
 
     def _real_leftovers(self, orig: int, copy_ran: bool) -> Counter:
         """What a killed migration left besides the one copy (see the module docstring)."""
@@ -613,8 +633,10 @@ class Stress:
             raise Harm(f"{what}: an unkilled migration did not move the target")
         outcome = "ran on" if copy is None and not held else "migrated" if not held else "held"
         # nothing else in the second host: no helper, zombie or traced thread of the restore
-        _wait(lambda: set(self.host.processes()) <= {self.host.init_pid, copy},
-              f"{what}: processes left in the second host: {self.host.processes()}")
+        try:
+            _wait(lambda: set(self.host.processes()) <= {self.host.init_pid, copy}, "")
+        except Harm:
+            raise Harm(f"{what}: processes left in the second host: {self._describe(copy)}") from None
         found = self._real_leftovers(orig, copy is not None)
         if held:  # in doubt: resolved as the error's hint says
             os.kill(orig, signal.SIGKILL if copy is not None else signal.SIGCONT)
@@ -673,6 +695,7 @@ def run(kills: int, mib: int, seed: int, ops: tuple[str, ...] = OPS, work: Path 
     os.chmod(work, 0o700)
     t0 = time.monotonic()
     s = Stress(work, mib * 256, seed, ops, real_mib * 256)
+    s.verbose = progress
     try:
         s.calibrate()
         rounds = 0

@@ -165,6 +165,13 @@ def test_receiver_killed_before_the_commit_leaves_the_source_running(second_host
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     _nothing_inside(host)
     _original_runs(mutator)
+    left = [p for p in (tmp_path / "received").iterdir() if p.is_dir()]
+    assert len(left) == 1  # the killed receiver's store: the next receiver removes it
+    port = _free_port()
+    rx = _Receiver(host, tmp_path, token, port)
+    assert _migrate(host, mutator, port, token, "--dry-run").returncode == 0
+    assert rx.result()["outcome"] == "dry run"
+    assert not any(p.exists() for p in left) and "a receiver killed during that migration left it" in rx.err.read_text()
 
 
 @pytest.mark.parametrize("point, copy_runs", [("receive.committed", False), ("receive.running", True)])
