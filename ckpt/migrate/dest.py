@@ -136,7 +136,7 @@ class _Stager:
         self._jobs.put(("add", image_dir, fut))
         return fut
 
-    def finish(self, image_dir: str, commit: _Commit) -> "RestoreStats | None":
+    def finish(self, image_dir: str, commit: _Commit | None = None) -> "RestoreStats | None":
         """Finish the staged restore with the final image: its stats, or None if staging was dropped.
 
         ``commit``: asked before the process is let go; once asked, a failure is final (raised).
