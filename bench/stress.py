@@ -291,8 +291,13 @@ class Stress:
         self.rx_n = 0
         self.verbose = False
         if any(op in REAL for op in ops):
+            import pytest
             from hosts import SecondHost
-            self.host = SecondHost().start()
+            try:
+                self.host = SecondHost().start()
+            except pytest.skip.Exception as exc:  # no namespaces or veth here: the rest of the mix runs
+                print(f"stress: no real migrations ({exc.msg})", flush=True)
+                self.ops = tuple(op for op in ops if op not in REAL)
 
     # --- one command, killed or not ---
 
