@@ -28,6 +28,7 @@ __all__ = [
     "ChainError",
     "UnsafeDirectory",
     "RestoreError",
+    "MigrationInDoubt",
     "translate_oserror",
     "describe_oserror",
 ]
@@ -109,6 +110,14 @@ class UnsafeDirectory(ImageError):
 
 class RestoreError(CkptError):
     """A restore failed; whatever it had created was removed."""
+
+
+class MigrationInDoubt(CkptError):
+    """A migration's switch-over was committed but the destination never confirmed: its copy may run.
+
+    The source's original is kept in a group stop (never two running copies, DESIGN §6); which copy
+    lives is for the user (or a later recovery) to decide, from what the destination runs.
+    """
 
 
 def translate_oserror(exc: OSError, pid: int, doing: str) -> CkptError:

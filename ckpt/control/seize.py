@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "require_our_pid_namespace",
     "SEIZE_OPTIONS", "STOP_TIMEOUT", "ThreadSnapshot", "DeferredSignal", "FrozenThread", "FrozenProcess",
-    "freeze", "stop_sharing_cpu", "kill_and_collect", "alive",
+    "freeze", "stop_sharing_cpu", "kill_and_collect", "hold_stopped", "unhold", "alive",
 ]
 
 #: Options for every seized thread: catch new threads, tell syscall stops apart.
@@ -509,6 +509,24 @@ def kill_and_collect(procs: Sequence[FrozenProcess]) -> None:
         os.kill(proc.pid, signal.SIGKILL)
     for proc in procs:
         proc.collect_exit()
+
+
+def hold_stopped(pids: Sequence[int]) -> None:
+    """Queue SIGSTOP to frozen processes: whenever they are let go — released, or their tracer dies — the
+    first thread to run takes it into a group stop, before any instruction of theirs (a ptrace stop alone
+    ends with its tracer; this one survives ckpt's death).  :func:`unhold` takes it back while still frozen."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+
+
+def unhold(pids: Sequence[int]) -> None:
+    """Take back :func:`hold_stopped` while the processes are still frozen: SIGCONT discards a pending stop
+    signal as it is sent (a SIGCONT handler of theirs, if any, runs once they are let go)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
 
 def alive(pid: int) -> bool:

@@ -80,6 +80,8 @@ __all__ = [
     "ImageWriter",
     "check_compress_level",
     "check_final",
+    "hold_dir",
+    "make_held_tmp",
     "sweep_stale_tmp",
     "RecordWriter",
     "PageWriter",
@@ -866,8 +868,9 @@ def _run_tag() -> str:
     return f"{os.getpid()}-{_starttime(os.getpid()) or 0}"
 
 
-def _hold(tmp_dir: str) -> int | None:
-    """An fd holding an flock on ``tmp_dir`` while its writer lives (None: this file system has no flock)."""
+def hold_dir(tmp_dir: str) -> int | None:
+    """An fd holding an flock on the directory ``tmp_dir`` while its writer lives (None: this file system has no
+    flock); the kernel drops it with the fd, however the writer ends."""
     fd = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -893,6 +896,15 @@ def _writer_gone(path: str, pid: int, start: int) -> bool:
         return _starttime(pid) != start
     finally:
         os.close(fd)
+
+
+def make_held_tmp(parent_dir: str, base: str) -> tuple[str, int | None]:
+    """A new 0700 temporary directory ``.BASE.PID-START.*.tmp`` in ``parent_dir``, after removing those of
+    killed runs (:func:`sweep_stale_tmp`); with the fd of its flock (close it once the directory is gone)."""
+    sweep_stale_tmp(parent_dir)
+    path = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
+    os.chmod(path, _DIR_MODE)
+    return path, hold_dir(path)
 
 
 def sweep_stale_tmp(parent_dir: str) -> list[str]:
@@ -1028,11 +1040,8 @@ class ImageWriter:
         if self.tmp_dir is not None:
             raise RuntimeError("ImageWriter is not reentrant")
         parent_dir, base = os.path.split(self.final_dir)
-        sweep_stale_tmp(parent_dir)
         try:
-            self.tmp_dir = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
-            os.chmod(self.tmp_dir, _DIR_MODE)
-            self._tmp_lock = _hold(self.tmp_dir)
+            self.tmp_dir, self._tmp_lock = make_held_tmp(parent_dir, base)
         except OSError as exc:
             raise _io_error(parent_dir, "create the image's temporary directory", exc) from exc
         return self
