@@ -234,7 +234,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
 
             if staged and not hello.get("dry_run"):
                 stager = _Stager(say, cpu_cap, allow_changed_files)
-            ch.send({"type": "ready"})
+            # Protocol 2 says which images we restore: the source refuses what we would refuse, before sending it.
+            ch.send({"type": "ready", **({"images": image_support()} if ch.version >= 2 else {})})
             say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
             while True:
                 msg = ch.recv(timeout=IDLE_TIMEOUT)
@@ -307,6 +308,13 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
         result.store = ""
     say(f"migration from {result.peer}: {result.outcome}")
     return result
+
+
+def image_support() -> dict[str, list]:
+    """What ``ready`` tells a protocol-2 source: the image formats (oldest, newest) and the features we restore."""
+    from ..image import compat, framing
+
+    return {"formats": [framing.MIN_FORMAT_VERSION, framing.FORMAT_VERSION], "features": sorted(compat.FEATURES)}
 
 
 def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None) -> None:

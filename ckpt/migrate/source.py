@@ -26,17 +26,62 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from ..errors import CkptError, UsageError
+from ..errors import CkptError, Unsupported, UsageError
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, WireError
 
-__all__ = ["MigrateStats", "RoundReport", "migrate"]
+__all__ = ["DestReads", "MigrateStats", "RoundReport", "migrate"]
 
 #: Inside the downtime besides the source's frozen state dump (measured by a probe) and the
 #: last delta: the destination's staged finish (13-30 ms for 1 GiB here) and the last round
 #: trips of the final image and its answers.
 FINISH_ESTIMATE = 0.035
+
+
+@dataclass(frozen=True)
+class DestReads:
+    """The images the destination restores: its formats (oldest, newest) and features (protocol 2's ``ready``).
+
+    A protocol-1 destination (ckpt 0.1.0) says nothing: it reads formats 1-2
+    and knows the features every image listed before the list existed.
+    """
+
+    software: str
+    formats: tuple[int, int]
+    features: frozenset[str]
+
+    @classmethod
+    def of(cls, ch: Channel, ready: dict) -> DestReads:
+        from ..image import compat
+
+        software = f"ckpt {ch.peer_software}" if ch.peer_software else "its ckpt"
+        if ch.version < 2:
+            return cls(software, (1, compat.PREVIOUS_FORMAT), compat.LISTLESS_FEATURES)
+        images = ready.get("images")
+        formats = images.get("formats") if isinstance(images, dict) else None
+        features = images.get("features") if isinstance(images, dict) else None
+        if not (isinstance(formats, list) and len(formats) == 2 and all(type(v) is int for v in formats)  # noqa: E721
+                and isinstance(features, list) and all(isinstance(f, str) for f in features)):
+            ch.send_error("protocol error: malformed 'ready'")
+            raise WireError(f"{ch.who} sent a malformed 'ready' (no image formats and features)")
+        return cls(software, (formats[0], formats[1]), frozenset(features))
+
+    def check(self, image_dir: str) -> None:
+        """Raise Unsupported, naming what is missing, when the destination would refuse the image at ``image_dir``."""
+        from ..image import Image
+
+        inv = Image.open(image_dir).inventory
+        lacks = sorted(set(inv.required_features) - self.features)
+        low, high = self.formats
+        if lacks:
+            why = f"it needs {', '.join(lacks)}, which the destination's {self.software} does not restore"
+        elif not low <= inv.format_version <= high:
+            why = f"it is format {inv.format_version}, the destination's {self.software} reads {low}-{high}"
+        else:
+            return
+        raise Unsupported(f"the destination cannot restore this process's image: {why}",
+                          hint="upgrade ckpt on the destination")
 
 
 @dataclass(frozen=True)
@@ -155,7 +200,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
         with Channel.connect(host, port, token, timeout=timeout) as ch:
             # Our CPU: the destination refuses at once when it lacks a feature the process may use.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here())})
-            ch.expect("ready")
+            reads = DestReads.of(ch, ch.expect("ready"))
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.
             probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close,
@@ -164,6 +209,11 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             policy.fixed_cost = probe.frozen_seconds + FINISH_ESTIMATE
 
             def send_image(name: str, final: bool) -> int:
+                try:
+                    reads.check(os.path.join(work, name))
+                except CkptError as exc:
+                    ch.send({"type": "abort", "reason": str(exc)})
+                    raise
                 before = ch.bytes_sent
                 ch.send({"type": "image", "name": name, "final": final})
                 ch.send_dir(os.path.join(work, name), name)
