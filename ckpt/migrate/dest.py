@@ -74,6 +74,8 @@ class ReceiveResult:
     store: str = ""
     staged: bool = False       # the switch-over only finished a staged restore
     staging: str = ""          # why it was not staged ("" when it was, or when nothing was restored)
+    protocol: int = 0          # the migration protocol version both sides spoke
+    source_ckpt: str = ""      # the source's ckpt version, as it said
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -216,7 +218,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
     """
     from .. import api
 
-    result = ReceiveResult(peer=ch.peer)
+    result = ReceiveResult(peer=ch.peer, protocol=ch.version, source_ckpt=ch.peer_software)
     store = ""
     confirmed = False
     stager: _Stager | None = None
@@ -236,7 +238,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                 stager = _Stager(say, cpu_cap, allow_changed_files)
             # Protocol 2 says which images we restore: the source refuses what we would refuse, before sending it.
             ch.send({"type": "ready", **({"images": image_support()} if ch.version >= 2 else {})})
-            say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
+            say(f"migration of pid {result.source_pid} from {result.peer} (ckpt {result.source_ckpt or '?'}, "
+                f"protocol {result.protocol}) into {store}")
             while True:
                 msg = ch.recv(timeout=IDLE_TIMEOUT)
                 kind = msg.get("type")

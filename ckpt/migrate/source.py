@@ -115,6 +115,8 @@ class MigrateStats:
     restore_ms: float = 0.0          # the destination's restore, as it reported it
     state_ms: float = 0.0            # the probe: the target frozen for all its non-memory state
     reason: str = ""                 # why the rounds stopped
+    protocol: int = 0                # the migration protocol version both sides spoke
+    destination_ckpt: str = ""       # the destination's ckpt version, as it said
     rounds: list[RoundReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -200,6 +202,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
         with Channel.connect(host, port, token, timeout=timeout) as ch:
             # Our CPU: the destination refuses at once when it lacks a feature the process may use.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here())})
+            stats.protocol, stats.destination_ckpt = ch.version, ch.peer_software
             reads = DestReads.of(ch, ch.expect("ready"))
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.

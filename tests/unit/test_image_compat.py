@@ -1,4 +1,7 @@
-"""The compatibility policy of images (ckpt/image/compat.py): which format is written, which features are refused."""
+"""The compatibility policy of images (ckpt/image/compat.py): which format is written, which features are refused.
+
+And its use by a migration source, which refuses to send what the destination would refuse.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,14 @@ from pathlib import Path
 import pytest
 
 import ckpt
-from ckpt.errors import CorruptImage, IncompatibleImage
-from ckpt.image import Image, ImageKind, ImageWriter, ProcessInfo, compat, framing, kinds
-from ckpt.image.pb import clocks_pb2
+from ckpt.errors import CorruptImage, IncompatibleImage, Unsupported
+from ckpt.image import Image, ImageKind, ImageWriter, ProcessInfo, compat, framing
+from ckpt.image.pb import clocks_pb2, inventory_pb2
 from ckpt.image.verify import verify
+from ckpt.migrate import dest
+from ckpt.migrate.source import DestReads
+from ckpt.migrate.wire import WireError
+from inventory_edit import rewrite_inventory
 
 
 def _image(path: Path, *, clocks: bool = False, require: tuple[str, ...] = ()) -> Image:
@@ -28,13 +35,14 @@ def _header_version(path: Path) -> int:
 
 
 def reseal(image_dir: Path, *, required: list[str], version: int) -> None:
-    """Write the image's inventory again, listing ``required`` in format ``version``, the way ckpt writes it."""
-    inv = Image.open(image_dir).inventory
-    del inv.required_features[:]
-    inv.required_features.extend(required)
-    inv.format_version = version
-    (image_dir / "inventory.img").write_bytes(
-        framing.encode_file(kinds.INVENTORY.magic, [inv.SerializeToString()], version=version))
+    """Write the image's inventory again, listing ``required``, in format ``version``."""
+
+    def edit(inv: inventory_pb2.Inventory) -> None:
+        del inv.required_features[:]
+        inv.required_features.extend(required)
+        inv.format_version = version
+
+    rewrite_inventory(image_dir, edit)
 
 
 def test_an_image_needing_nothing_new_is_written_in_the_previous_format(tmp_path: Path) -> None:
@@ -82,3 +90,32 @@ def test_a_writer_cannot_require_a_feature_without_a_row(tmp_path: Path) -> None
 def test_the_features_before_the_list_are_all_known() -> None:
     assert compat.LISTLESS_FEATURES <= compat.FEATURES.keys()
     assert compat.format_for([]) == compat.format_for(compat.LISTLESS_FEATURES) == compat.PREVIOUS_FORMAT
+
+
+class _Ch:
+    """What DestReads reads of a channel."""
+
+    def __init__(self, version: int) -> None:
+        self.version, self.peer_software, self.who, self.errors = version, "0.9.0", "peer x", []
+
+    def send_error(self, message: str) -> None:
+        self.errors.append(message)
+
+
+def test_a_source_refuses_to_send_what_the_destination_would_refuse(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(compat.FEATURES, "warp-drive", compat.Feature("warp-drive", "a test's feature"))
+    plain, newer = _image(tmp_path / "plain", clocks=True), _image(tmp_path / "newer", require=("warp-drive",))
+    ours = DestReads.of(_Ch(2), {"type": "ready", "images": dest.image_support()})  # type: ignore[arg-type]
+    assert ours.formats == (1, 3) and "warp-drive" in ours.features
+    ours.check(plain.path)
+    ours.check(newer.path)
+    old = DestReads.of(_Ch(1), {"type": "ready"})  # type: ignore[arg-type]  # protocol 1: ckpt 0.1.0 says nothing
+    assert old.formats == (1, 2) and old.features == compat.LISTLESS_FEATURES
+    old.check(plain.path)
+    with pytest.raises(Unsupported) as err:
+        old.check(newer.path)
+    assert str(err.value) == ("the destination cannot restore this process's image: it needs warp-drive, "
+                              "which the destination's ckpt 0.9.0 does not restore")
+    with pytest.raises(WireError, match="malformed 'ready'"):
+        DestReads.of(_Ch(2), {"type": "ready"})  # type: ignore[arg-type]
