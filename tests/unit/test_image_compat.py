@@ -13,6 +13,7 @@ import ckpt
 from ckpt.errors import CorruptImage, IncompatibleImage, Unsupported
 from ckpt.image import Image, ImageKind, ImageWriter, ProcessInfo, compat, framing
 from ckpt.image.pb import clocks_pb2, inventory_pb2
+from ckpt.image.show import show, show_dict
 from ckpt.image.verify import verify
 from ckpt.migrate import dest
 from ckpt.migrate.source import DestReads
@@ -54,6 +55,8 @@ def test_an_image_needing_nothing_new_is_written_in_the_previous_format(tmp_path
 def test_clocks_are_a_required_feature_the_previous_release_knows(tmp_path: Path) -> None:
     image = _image(tmp_path / "img", clocks=True)
     assert list(image.inventory.required_features) == ["time-namespace"] and image.format_version == 2
+    assert show_dict(tmp_path / "img")["image"]["requires"] == ["time-namespace"]
+    assert "\n  a restore needs: time-namespace\n" in show(tmp_path / "img")
 
 
 def test_a_feature_new_since_the_list_makes_format_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
