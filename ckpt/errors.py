@@ -25,6 +25,7 @@ __all__ = [
     "ImageError",
     "NotAnImage",
     "CorruptImage",
+    "IncompatibleImage",
     "ChainError",
     "UnsafeDirectory",
     "RestoreError",
@@ -98,6 +99,14 @@ class NotAnImage(ImageError):
 
 class CorruptImage(ImageError):
     """An image file is truncated, altered, or of a format we cannot read."""
+
+
+class IncompatibleImage(CorruptImage):
+    """A sound image this ckpt cannot restore right: it needs a feature this ckpt does not know.
+
+    (A subclass of CorruptImage, which a newer *format* number raises: callers
+    that tell unreadable images apart from others keep doing so.)
+    """
 
 
 class ChainError(ImageError):

@@ -84,6 +84,8 @@ class ReceiveResult:
     store: str = ""
     staged: bool = False       # the switch-over only finished a staged restore
     staging: str = ""          # why it was not staged ("" when it was, or when nothing was restored)
+    protocol: int = 0          # the migration protocol version both sides spoke
+    source_ckpt: str = ""      # the source's ckpt version, as it said
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +255,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
     """
     from .. import api
 
-    result = ReceiveResult(peer=ch.peer)
+    result = ReceiveResult(peer=ch.peer, protocol=ch.version, source_ckpt=ch.peer_software)
     store = ""
     store_lock: int | None = None
     confirmed = False
@@ -275,8 +277,10 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
 
             if staged and not hello.get("dry_run"):
                 stager = _Stager(say, cpu_cap, allow_changed_files)
-            ch.send({"type": "ready"})
-            say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
+            # Protocol 2 says which images we restore: the source refuses what we would refuse, before sending it.
+            ch.send({"type": "ready", **({"images": image_support()} if ch.version >= 2 else {})})
+            say(f"migration of pid {result.source_pid} from {result.peer} (ckpt {result.source_ckpt or '?'}, "
+                f"protocol {result.protocol}) into {store}")
             while True:
                 msg = ch.recv(timeout=IDLE_TIMEOUT)
                 kind = msg.get("type")
@@ -301,7 +305,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                     image = os.path.join(store, str(msg["name"]))
                     testpoint.point("receive.restoring")
                     t0 = time.monotonic()
-                    commit = _Commit(ch)
+                    commit = _Commit(ch) if ch.version >= 2 else None  # (protocol 1: no commit step)
                     with interrupts.deferred():  # a commit must be answered: Ctrl-C waits for it
                         try:
                             r = stager.finish(image, commit) if stager is not None else None
@@ -388,6 +392,13 @@ def _sweep_stores(root: str) -> list[str]:
             os.close(fd)
         removed.append(entry.path)
     return removed
+
+
+def image_support() -> dict[str, list]:
+    """What ``ready`` tells a protocol-2 source: the image formats (oldest, newest) and the features we restore."""
+    from ..image import compat, framing
+
+    return {"formats": [framing.MIN_FORMAT_VERSION, framing.FORMAT_VERSION], "features": sorted(compat.FEATURES)}
 
 
 def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None) -> None:

@@ -5,7 +5,10 @@ target running) into a local work directory, sent to the destination as an
 image directory; :class:`~ckpt.migrate.policy.SwitchPolicy` decides after
 each round whether to switch.  The switch-over is a final delta dump whose
 ``end_target`` hook runs with the target still frozen, as a commit in two steps
-(DESIGN §6: at most one copy ever runs):
+(DESIGN §6: at most one copy ever runs; protocol 2 — with a ckpt 0.1.0
+destination, which speaks protocol 1, the destination runs its copy as soon
+as it is built and says "running", without steps "restored" and "commit", so
+a source killed between that and ending its original leaves two copies):
 
 1. the final image goes over; "restore": the destination builds the process
    and holds it frozen before letting it go; "restored".  Anything failing up
@@ -39,18 +42,63 @@ from dataclasses import asdict, dataclass, field
 
 from .. import interrupts, testpoint
 from ..control.seize import hold_stopped, unhold
-from ..errors import CkptError, MigrationInDoubt, UsageError
+from ..errors import CkptError, MigrationInDoubt, Unsupported, UsageError
 from ..image.store import make_held_tmp
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, PeerError, WireError
 
-__all__ = ["MigrateStats", "RoundReport", "migrate"]
+__all__ = ["DestReads", "MigrateStats", "RoundReport", "migrate"]
 
 #: Inside the downtime besides the source's frozen state dump (measured by a probe) and the
 #: last delta: the destination's staged finish (13-30 ms for 1 GiB here) and the last round
 #: trips of the final image and its answers.
 FINISH_ESTIMATE = 0.035
+
+
+@dataclass(frozen=True)
+class DestReads:
+    """The images the destination restores: its formats (oldest, newest) and features (protocol 2's ``ready``).
+
+    A protocol-1 destination (ckpt 0.1.0) says nothing: it reads formats 1-2
+    and knows the features every image listed before the list existed.
+    """
+
+    software: str
+    formats: tuple[int, int]
+    features: frozenset[str]
+
+    @classmethod
+    def of(cls, ch: Channel, ready: dict) -> DestReads:
+        from ..image import compat
+
+        software = f"ckpt {ch.peer_software}" if ch.peer_software else "its ckpt"
+        if ch.version < 2:
+            return cls(software, (1, compat.PREVIOUS_FORMAT), compat.LISTLESS_FEATURES)
+        images = ready.get("images")
+        formats = images.get("formats") if isinstance(images, dict) else None
+        features = images.get("features") if isinstance(images, dict) else None
+        if not (isinstance(formats, list) and len(formats) == 2 and all(type(v) is int for v in formats)  # noqa: E721
+                and isinstance(features, list) and all(isinstance(f, str) for f in features)):
+            ch.send_error("protocol error: malformed 'ready'")
+            raise WireError(f"{ch.who} sent a malformed 'ready' (no image formats and features)")
+        return cls(software, (formats[0], formats[1]), frozenset(features))
+
+    def check(self, image_dir: str) -> None:
+        """Raise Unsupported, naming what is missing, when the destination would refuse the image at ``image_dir``."""
+        from ..image import Image
+
+        inv = Image.open(image_dir).inventory
+        lacks = sorted(set(inv.required_features) - self.features)
+        low, high = self.formats
+        if lacks:
+            why = f"it needs {', '.join(lacks)}, which the destination's {self.software} does not restore"
+        elif not low <= inv.format_version <= high:
+            why = f"it is format {inv.format_version}, the destination's {self.software} reads {low}-{high}"
+        else:
+            return
+        raise Unsupported(f"the destination cannot restore this process's image: {why}",
+                          hint="upgrade ckpt on the destination")
 
 
 @dataclass(frozen=True)
@@ -84,6 +132,8 @@ class MigrateStats:
     restore_ms: float = 0.0          # the destination's restore, as it reported it
     state_ms: float = 0.0            # the probe: the target frozen for all its non-memory state
     reason: str = ""                 # why the rounds stopped
+    protocol: int = 0                # the migration protocol version both sides spoke
+    destination_ckpt: str = ""       # the destination's ckpt version, as it said
     rounds: list[RoundReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -170,7 +220,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
         with Channel.connect(host, port, token, timeout=timeout) as ch:
             # Our CPU: the destination refuses at once when it lacks a feature the process may use.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here())})
-            ch.expect("ready")
+            stats.protocol, stats.destination_ckpt = ch.version, ch.peer_software
+            reads = DestReads.of(ch, ch.expect("ready"))
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.
             probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close,
@@ -179,6 +230,11 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             policy.fixed_cost = probe.frozen_seconds + FINISH_ESTIMATE
 
             def send_image(name: str, final: bool) -> int:
+                try:
+                    reads.check(os.path.join(work, name))
+                except CkptError as exc:
+                    ch.send({"type": "abort", "reason": str(exc)})
+                    raise
                 before = ch.bytes_sent
                 ch.send({"type": "image", "name": name, "final": final})
                 ch.send_dir(os.path.join(work, name), name)
@@ -234,6 +290,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 stats.final_bytes = send_image(final, final=True)
                 testpoint.point("migrate.final-sent")
                 ch.send({"type": "restore", "name": final})
+                if ch.version < 2:  # a ckpt 0.1.0 destination: no commit step, it runs its copy at once
+                    return _running(ch.expect("running", timeout=timeout))
                 ch.expect("restored", timeout=timeout)  # built there, held frozen
                 testpoint.point("migrate.restored")
                 committing.enter_context(interrupts.deferred())
@@ -257,6 +315,9 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                         f"The original is kept stopped (SIGSTOP) so that it never runs twice",
                         hint=f"if {host} runs it, end this one (kill -KILL {pid}); "
                              f"if not, resume it (kill -CONT {pid})") from exc
+                return _running(running)
+
+            def _running(running: dict) -> bool:
                 marks["running"] = time.monotonic()
                 testpoint.point("migrate.running")
                 stats.dest_pid = int(running.get("pid", 0))
