@@ -22,6 +22,18 @@ The bits' known gaps, and how each is covered:
   memory, the file's page for a private file mapping).
 * A zapped page that is then only *read* maps the zero page (or the huge zero
   page) without the bit: a page mapping a zero page is reported written.
+* A transparent huge page carries one bit for its 512 pages: a write to any
+  of them sets it in the PMD, and the clear keeps the PMD whole, so every
+  page of the 2 MiB reads as written at each collection (a 4 MiB area with a
+  few writes a second was copied whole by every pre-dump).  After each clear,
+  with the target still frozen, every PMD-aligned 2 MiB block of a private VMA
+  that read as wholly written is split into small pages (process_madvise
+  MADV_COLD over its first page: a partial range splits a THP the process
+  alone maps, and only that page is aged); their ptes inherit the cleared bit,
+  so the next writes mark single pages.  A THP khugepaged collapses later is
+  wholly dirty (the kernel sets the bit) and split at that collection.  Where
+  the split is refused (a THP shared with a fork child, no process_madvise or
+  CAP_SYS_NICE) the block stays whole: still right, only coarser.
 * VM_SOFTDIRTY, the per-VMA "all dirty" flag new VMAs carry, is lost or
   inherited when VMAs merge, split or move: the layout (:func:`vma_key` of
   every tracked VMA) is recorded at each clear, and a VMA that is not in it
@@ -46,7 +58,10 @@ from typing import Protocol
 
 from ..errors import CkptError, translate_oserror
 from ..kernel import pagemap as pm
-from ..kernel.arch_x86_64 import PAGE_SIZE
+from ..kernel.arch_x86_64 import HPAGE_PMD_SIZE, PAGE_SIZE
+from ..kernel.mman import MADV_COLD
+from ..kernel.pidfd import pidfd_open
+from ..kernel.vm import process_madvise
 from ..procfs.maps import Vma, read_maps
 from ..procfs.status import read_status
 from ..procfs.task import read_starttime
@@ -55,7 +70,7 @@ from .base import (
     vma_key,
 )
 
-__all__ = ["SoftDirtyKernel", "ProcSoftDirty", "SoftDirtyTracker", "CLEAR_REFS_SOFT_DIRTY"]
+__all__ = ["SoftDirtyKernel", "ProcSoftDirty", "SoftDirtyTracker", "CLEAR_REFS_SOFT_DIRTY", "huge_blocks"]
 
 #: Written to /proc/PID/clear_refs: clear the soft-dirty bits of every pte (Documentation/admin-guide/mm/soft-dirty.rst).
 CLEAR_REFS_SOFT_DIRTY = "4"
@@ -70,7 +85,7 @@ _W_OR_H = re.compile(rb"w+|h+")
 
 
 class SoftDirtyKernel(Protocol):
-    """The four kernel operations the tracker needs; the seam a test replaces.
+    """The five kernel operations the tracker needs; the seam a test replaces.
 
     ``scan`` reports the pages of ``[start, end)`` that are written (categories
     with PRESENT or SWAPPED, and SOFT_DIRTY or PFNZERO) and the holes (no
@@ -81,6 +96,7 @@ class SoftDirtyKernel(Protocol):
     def frozen(self, pid: int) -> AbstractContextManager[object]: ...
     def scan(self, pid: int, start: int, end: int) -> Sequence[pm.PageRegion]: ...
     def clear_refs(self, pid: int) -> None: ...
+    def split_huge(self, pid: int, blocks: Sequence[int]) -> None: ...
 
 
 class ProcSoftDirty:
@@ -124,6 +140,36 @@ class ProcSoftDirty:
     def clear_refs(self, pid: int) -> None:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write(CLEAR_REFS_SOFT_DIRTY)
+
+    def split_huge(self, pid: int, blocks: Sequence[int]) -> None:
+        """Map the huge pages at these PMD-aligned addresses with small pages (a page each of MADV_COLD).
+
+        Best effort: a refusal leaves a block whole, which tracking survives (coarser).
+        """
+        if not blocks:
+            return
+        try:
+            pidfd = pidfd_open(pid)
+        except OSError:
+            return
+        try:
+            process_madvise(pidfd, [(b, PAGE_SIZE) for b in blocks], MADV_COLD)
+        except OSError:
+            pass  # ENOSYS (before 5.10), EPERM (no CAP_SYS_NICE): coarse blocks, still right
+        finally:
+            os.close(pidfd)
+
+
+def huge_blocks(found: Sequence[VmaDirty], vmas: Sequence[Vma]) -> list[int]:
+    """The PMD-aligned 2 MiB blocks of private VMAs that read as wholly written: where a THP may be mapped."""
+    out: list[int] = []
+    for d, v in zip(found, vmas):
+        if v.shared:
+            continue
+        for start, n in d.written:
+            b = -(-start // HPAGE_PMD_SIZE) * HPAGE_PMD_SIZE
+            out.extend(range(b, start + n * PAGE_SIZE - HPAGE_PMD_SIZE + 1, HPAGE_PMD_SIZE))
+    return out
 
 
 class SoftDirtyTracker(Tracker):
@@ -172,6 +218,8 @@ class SoftDirtyTracker(Tracker):
                 found = [self._one(s, e, v) for (s, e), v in selected]
                 if clear:
                     self.kernel.clear_refs(self.pid)  # whole process, after every get: still frozen
+                    # then, before any write can mark a whole PMD again, the wholly written blocks go small
+                    self.kernel.split_huge(self.pid, huge_blocks(found, [v for _, v in selected]))
                 elapsed = time.perf_counter() - t0
         except OSError as e:
             raise translate_oserror(e, self.pid, "collecting soft-dirty bits of") from e

@@ -16,9 +16,10 @@ import pytest
 from ckpt.errors import AccessDenied, UsageError
 from ckpt.kernel import pagemap as pm
 from ckpt.kernel import uffd
+from ckpt.kernel.arch_x86_64 import HPAGE_PMD_SIZE
 from ckpt.procfs.maps import parse_maps
 from ckpt.track.base import DirtySet, RangeSpec, TrackingState, VmaDirty, parse_ranges, select_ranges
-from ckpt.track.soft_dirty import SoftDirtyTracker
+from ckpt.track.soft_dirty import SoftDirtyTracker, huge_blocks
 from ckpt.track.uffd_wp import UffdWpTracker
 
 P = 4096
@@ -72,11 +73,16 @@ def test_dirty_set_counts_and_state_round_trip() -> None:
 
 
 class FakeKernel:
-    """Maps + per-page (soft_dirty, present) bits; clear_refs clears every bit (whole process)."""
+    """Maps + per-page (soft_dirty, present) bits; clear_refs clears every bit (whole process).
+
+    ``huge``: the 2 MiB blocks a THP maps: one bit for the block, so a page written in it
+    reads as every page of it written, until split_huge maps it with small pages.
+    """
 
     def __init__(self) -> None:
         self.maps = parse_maps(MAPS)
         self.bits: dict[int, tuple[bool, bool]] = {}
+        self.huge: set[int] = set()
         self.log: list[str] = []
         self.frozen_now = False
 
@@ -98,6 +104,9 @@ class FakeKernel:
         out = []
         for a in range(start, end, P):
             sd, present = self.bits.get(a, (False, True))
+            block = a - a % HPAGE_PMD_SIZE
+            if block in self.huge:
+                sd = any(self.bits.get(b, (False,))[0] for b in range(block, block + HPAGE_PMD_SIZE, P))
             cats = (pm.PAGE_IS_SOFT_DIRTY if sd else 0) | (pm.PAGE_IS_PRESENT if present else 0)
             out.append(pm.PageRegion(a, a + P, cats))
         return out
@@ -107,13 +116,18 @@ class FakeKernel:
         self.log.append("clear")
         self.bits = {a: (False, p) for a, (_, p) in self.bits.items()}
 
+    def split_huge(self, pid: int, blocks) -> None:
+        assert self.frozen_now, "a write between the clear and the split would mark the whole block"
+        self.log.append("split")
+        self.huge -= set(blocks)
+
 
 def test_soft_dirty_through_the_seam() -> None:
     k = FakeKernel()
     heap = 0x555555558000
     tr = SoftDirtyTracker(1234, kernel=k)
     tr.start(RangeSpec())
-    assert k.log == ["freeze", "maps"] + ["scan"] * 5 + ["clear", "thaw"]  # one clear, after every get
+    assert k.log == ["freeze", "maps"] + ["scan"] * 5 + ["clear", "split", "thaw"]  # one clear, after every get
     k.bits[heap + 2 * P] = (True, True)
     k.bits[heap + 3 * P] = (True, True)
     k.bits[heap + 5 * P] = (False, False)  # zapped: a hole every time
@@ -163,6 +177,40 @@ def test_soft_dirty_layout_changes_make_a_vma_wholly_dirty() -> None:
     # no layout recorded (an image from before it was kept): everything is wholly dirty once
     blind = SoftDirtyTracker.attach(TrackingState("soft-dirty", 1234, 0), kernel=k)
     assert len(blind.collect().new_vmas) == len(ds.vmas)
+
+
+def test_soft_dirty_splits_huge_pages_so_a_write_marks_one_page() -> None:
+    """A THP has one bit for 512 pages: without the split after each clear, every collection of a
+    4 MiB area with two pages written read as 1024 written (the kernels suite's chain case)."""
+    k = FakeKernel()
+    area = 0x7f0000400000  # 2 MiB-aligned, 4 MiB, both blocks THPs; a shared one is never split
+    k.maps = parse_maps(b"7f0000400000-7f0000800000 rw-p 00000000 00:00 0\n"
+                        b"7f0000800000-7f0000c00000 rw-s 00000000 00:01 9 /dev/zero (deleted)\n")
+    k.huge = {area, area + HPAGE_PMD_SIZE, 0x7f0000800000, 0x7f0000a00000}
+    tr = SoftDirtyTracker(1234, kernel=k)
+    tr.start(RangeSpec())  # never cleared before: every page reads written, both blocks are split
+    assert k.huge == {0x7f0000800000, 0x7f0000a00000}
+    k.bits[area + 3 * P] = (True, True)
+    k.bits[area + HPAGE_PMD_SIZE + 7 * P] = (True, True)
+    ds = tr.collect()
+    assert [r for v in ds.vmas if v.start == area for r in v.written] == [(area + 3 * P, 1),
+                                                                          (area + HPAGE_PMD_SIZE + 7 * P, 1)]
+    # a THP made again later (khugepaged sets its bit): wholly written once, then split again
+    k.huge.add(area)
+    k.bits[area + 9 * P] = (True, True)
+    assert tr.collect().written_pages == 512
+    k.bits[area + 11 * P] = (True, True)
+    assert [r for v in tr.collect().vmas if v.start == area for r in v.written] == [(area + 11 * P, 1)]
+    # peek never splits (nor clears)
+    k.huge.add(area)
+    tr.peek()
+    assert area in k.huge
+
+
+def test_huge_blocks_are_the_aligned_wholly_written_ones() -> None:
+    vma = parse_maps(b"7f00001ff000-7f0000800000 rw-p 00000000 00:00 0\n")[0]
+    d = VmaDirty(vma.start, vma.end, "", written=((0x7f00001ff000, 1 + 512 + 511), (0x7f0000600000, 512)))
+    assert huge_blocks([d], [vma]) == [0x7f0000200000, 0x7f0000600000]
 
 
 def test_soft_dirty_zero_page_is_written_and_peek_keeps_the_bits() -> None:
