@@ -7,6 +7,7 @@ target refusing every userfaultfd, which no kernel here does).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from contextlib import contextmanager
@@ -83,6 +84,7 @@ class FakeKernel:
         self.maps = parse_maps(MAPS)
         self.bits: dict[int, tuple[bool, bool]] = {}
         self.huge: set[int] = set()
+        self.content: dict[int, bytes] = {}  # page → its bytes (a zero page when absent)
         self.log: list[str] = []
         self.frozen_now = False
 
@@ -115,6 +117,15 @@ class FakeKernel:
         assert self.frozen_now
         self.log.append("clear")
         self.bits = {a: (False, p) for a, (_, p) in self.bits.items()}
+
+    def write(self, addr: int) -> None:
+        """The target writes the page: its bit and new content."""
+        self.bits[addr] = (True, True)
+        self.content[addr] = os.urandom(P)
+
+    def read(self, pid: int, addr: int, length: int) -> bytes:
+        assert self.frozen_now, "digests are of the content at the clear"
+        return b"".join(self.content.get(a, bytes(P)) for a in range(addr, addr + length, P))
 
     def split_huge(self, pid: int, blocks) -> None:
         assert self.frozen_now, "a write between the clear and the split would mark the whole block"
@@ -190,21 +201,50 @@ def test_soft_dirty_splits_huge_pages_so_a_write_marks_one_page() -> None:
     tr = SoftDirtyTracker(1234, kernel=k)
     tr.start(RangeSpec())  # never cleared before: every page reads written, both blocks are split
     assert k.huge == {0x7f0000800000, 0x7f0000a00000}
-    k.bits[area + 3 * P] = (True, True)
-    k.bits[area + HPAGE_PMD_SIZE + 7 * P] = (True, True)
+    k.write(area + 3 * P)
+    k.write(area + HPAGE_PMD_SIZE + 7 * P)
     ds = tr.collect()
     assert [r for v in ds.vmas if v.start == area for r in v.written] == [(area + 3 * P, 1),
                                                                           (area + HPAGE_PMD_SIZE + 7 * P, 1)]
-    # a THP made again later (khugepaged sets its bit): wholly written once, then split again
-    k.huge.add(area)
-    k.bits[area + 9 * P] = (True, True)
-    assert tr.collect().written_pages == 512
-    k.bits[area + 11 * P] = (True, True)
+    k.write(area + 11 * P)
     assert [r for v in tr.collect().vmas if v.start == area for r in v.written] == [(area + 11 * P, 1)]
     # peek never splits (nor clears)
     k.huge.add(area)
     tr.peek()
     assert area in k.huge
+
+
+def test_soft_dirty_narrows_a_rebuilt_huge_page_by_its_digests() -> None:
+    """khugepaged rebuilds a split THP within seconds, its one bit set: the block digests kept at each
+    clear (and carried in the state to the next ckpt run) narrow it to the pages whose content changed."""
+    k = FakeKernel()
+    area = 0x7f0000400000
+    k.maps = parse_maps(b"7f0000400000-7f0000800000 rw-p 00000000 00:00 0\n")
+    k.huge = {area, area + HPAGE_PMD_SIZE}
+    tr = SoftDirtyTracker(1234, kernel=k)
+    tr.start(RangeSpec())
+    k.write(area + 5 * P)
+    tr.collect()  # split: the bits are exact, the digests of the pages they report are refreshed
+    k.huge.add(area)  # collapsed again, with the bit set; then a write to a page of it
+    k.write(area + 9 * P)
+    k.bits[area + 10 * P] = (True, True)  # written with the same bytes: nothing to copy
+    assert [r for v in tr.collect().vmas for r in v.written] == [(area + 9 * P, 1)]
+    # the digests travel with the state (the image's digests file) to the next ckpt run
+    k.huge.add(area)
+    k.write(area + 20 * P)
+    state = tr.detach()
+    from ckpt.track.hash import save_digests, _Range
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "digests-1234.img")
+        save_digests(path, "1234", [_Range(b, b + HPAGE_PMD_SIZE, dg) for b, dg in tr._digests.items()])
+        again = SoftDirtyTracker.attach(dataclasses.replace(state, digests_path=path), kernel=k)
+        assert [r for v in again.collect().vmas for r in v.written] == [(area + 20 * P, 1)]
+    # without them (an image from before), the rebuilt block is wholly written once
+    k.huge.add(area)
+    k.write(area + 30 * P)
+    blind = SoftDirtyTracker.attach(state, kernel=k)
+    assert blind.collect().written_pages == 512
 
 
 def test_huge_blocks_are_the_aligned_wholly_written_ones() -> None:
