@@ -75,7 +75,7 @@ from .base import (
     DirtySet, RangeSpec, Run, Tracker, TrackingLost, TrackingState, VmaDirty, VmaKey, merge_runs, select_ranges,
     subtract_intervals, vma_key,
 )
-from .hash import _NO_DIGEST, DIGEST_SIZE, _Range, digest_records, load_digests, page_digests
+from .hash import NO_DIGEST, DIGEST_SIZE, DigestRange, digest_records, load_digests, page_digests
 
 __all__ = ["SoftDirtyKernel", "ProcSoftDirty", "SoftDirtyTracker", "CLEAR_REFS_SOFT_DIRTY", "huge_blocks"]
 
@@ -254,7 +254,7 @@ class SoftDirtyTracker(Tracker):
 
     def _hash(self, addr: int, npages: int) -> bytes:
         data = self.kernel.read(self.pid, addr, npages * PAGE_SIZE)
-        return _NO_DIGEST * npages if data is None else bytes(page_digests(memoryview(data), npages))
+        return NO_DIGEST * npages if data is None else bytes(page_digests(memoryview(data), npages))
 
     def _narrow(self, found: list[VmaDirty], vmas: Sequence[Vma], wholly: frozenset[int]) -> list[VmaDirty]:
         """Keep the block digests current (the target frozen, before the clear); a wholly written block
@@ -278,7 +278,7 @@ class SoftDirtyTracker(Tracker):
                     new = bytearray(self._hash(b, _BLOCK_PAGES))
                     for i in range(_BLOCK_PAGES):
                         o = slice(i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE)
-                        if old is None or old[o] != new[o] or new[o] == _NO_DIGEST:
+                        if old is None or old[o] != new[o] or new[o] == NO_DIGEST:
                             narrowed.append((b + i * PAGE_SIZE, 1))
                     kept[b] = new
                 elif old is not None:  # the bits are exact here: refresh the pages they report
@@ -288,7 +288,7 @@ class SoftDirtyTracker(Tracker):
                             if lo < hi:
                                 k = (hi - lo) // PAGE_SIZE
                                 i = (lo - b) // PAGE_SIZE * DIGEST_SIZE
-                                old[i:i + k * DIGEST_SIZE] = self._hash(lo, k) if hashed else _NO_DIGEST * k
+                                old[i:i + k * DIGEST_SIZE] = self._hash(lo, k) if hashed else NO_DIGEST * k
                     kept[b] = old
             out.append(dataclasses.replace(d, written=merge_runs(sorted(narrowed))))
         self._digests = kept
@@ -296,7 +296,7 @@ class SoftDirtyTracker(Tracker):
 
     def records(self) -> list[object]:
         """The block digests as image records (a digests file), for the next ckpt run of the chain."""
-        return digest_records(str(self.pid), [_Range(b, b + HPAGE_PMD_SIZE, d) for b, d in sorted(self._digests.items())])
+        return digest_records(str(self.pid), [DigestRange(b, b + HPAGE_PMD_SIZE, d) for b, d in sorted(self._digests.items())])
 
     def load_digests(self, path: str) -> None:
         """Take the block digests an image recorded (:meth:`records`); without them, blocks start coarse."""

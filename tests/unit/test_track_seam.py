@@ -233,11 +233,11 @@ def test_soft_dirty_narrows_a_rebuilt_huge_page_by_its_digests() -> None:
     k.huge.add(area)
     k.write(area + 20 * P)
     state = tr.detach()
-    from ckpt.track.hash import save_digests, _Range
+    from ckpt.track.hash import save_digests, DigestRange
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "digests-1234.img")
-        save_digests(path, "1234", [_Range(b, b + HPAGE_PMD_SIZE, dg) for b, dg in tr._digests.items()])
+        save_digests(path, "1234", [DigestRange(b, b + HPAGE_PMD_SIZE, dg) for b, dg in tr._digests.items()])
         again = SoftDirtyTracker.attach(dataclasses.replace(state, digests_path=path), kernel=k)
         assert [r for v in again.collect().vmas for r in v.written] == [(area + 20 * P, 1)]
     # without them (an image from before), the rebuilt block is wholly written once
