@@ -268,7 +268,8 @@ def _leftovers(pid: int, work: Path) -> Counter:
         found["extra userfaultfd"] += max(0, uffds - 1)
     except FileNotFoundError:
         pass
-    found["temp image dir"] += sum(1 for p in work.rglob(".*.tmp"))
+    for p in work.rglob(".*.tmp"):  # (ckpt runs with TMPDIR=work: a killed migrate's rounds are here too)
+        found["migrate work dir" if p.name.startswith(".ckpt-migrate-") else "temp image dir"] += 1
     return +found
 
 
@@ -327,7 +328,8 @@ class Stress:
         (exit code, whether the signal was sent, seconds).
         """
         t0 = time.monotonic()
-        env = {**os.environ, "CKPT_TEST_HOOK": hook} if hook else None
+        # TMPDIR: what a killed `migrate` leaves (its rounds' work directory) stays in our work directory
+        env = {**os.environ, "TMPDIR": str(self.work), **({"CKPT_TEST_HOOK": hook} if hook else {})}
         p = subprocess.Popen([*CKPT, *argv], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, env=env)
         sent = False
@@ -625,7 +627,7 @@ class Stress:
             found["parked tracker"] = found.pop("extra userfaultfd", 0) + sum(
                 os.readlink(f"/proc/{orig}/fd/{fd}") == "anon_inode:[userfaultfd]"
                 for fd in os.listdir(f"/proc/{orig}/fd") if os.path.lexists(f"/proc/{orig}/fd/{fd}"))
-        found["migrate work dir"] += sum(1 for p in Path(tempfile.gettempdir()).glob(f".ckpt-migrate-{orig}.*.tmp"))
+        found["migrate work dir"] = sum(1 for p in self.work.glob(f".ckpt-migrate-{orig}.*.tmp"))
         store = self.work / "received"
         stores = [p for p in store.iterdir() if p.is_dir()] if store.exists() else []
         found["receiver store"] += sum(1 for p in stores if not (p / ".running").exists())

@@ -43,9 +43,15 @@ def _state(pid: int) -> str:
     return ""
 
 
+def _env(tmp: Path, hook: str | None = None) -> dict[str, str]:
+    """The killed source's work directory (its rounds' images) stays in the test's own TMPDIR: the next
+    migration anywhere on the machine would remove it, with a warning another test may not expect."""
+    return {**os.environ, "TMPDIR": str(tmp), **({"CKPT_TEST_HOOK": hook} if hook else {})}
+
+
 def _migrate(host: SecondHost, t: _Mutator, port: int, token: Path, *extra: str,
              hook: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CKPT_TEST_HOOK": hook} if hook else None
+    env = _env(token.parent, hook)
     return subprocess.run(ckpt_argv("migrate", "-t", t.pid, "--to", f"{host.address}:{port}", "--token-file", token,
                                     "--max-downtime", "200", *extra),
                           env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True,
@@ -130,7 +136,7 @@ def test_source_signalled_after_its_hold_finishes_the_switch_over(second_host: S
                                                                   mutator: _Mutator, sig: int) -> None:
     host, port, token = second_host, _free_port(), _token(tmp_path)
     rx = _Receiver(host, tmp_path, token, port)
-    env = {**os.environ, "CKPT_TEST_HOOK": "migrate.held:stop"}
+    env = _env(tmp_path, "migrate.held:stop")
     mig = subprocess.Popen(ckpt_argv("migrate", "-t", mutator.pid, "--to", f"{host.address}:{port}", "--token-file",
                                      token, "--max-downtime", "200"),
                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
