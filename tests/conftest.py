@@ -73,3 +73,21 @@ def second_host() -> Iterator[SecondHost]:
     """A second host (network + PID namespace, tests/hosts.py): the one ``make test`` started, else a new one."""
     with second_host_for_test() as host:
         yield host
+
+
+@pytest.fixture(autouse=True)
+def _own_tmpdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's ckpt commands get a TMPDIR of their own: what a killed `ckpt migrate` leaves there
+    (its rounds' work directory) is removed, with a warning, by the next migration in the same
+    directory — which must not be another test's."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmpdir")))
+
+
+@pytest.fixture(autouse=True)
+def _signals_as_found() -> Iterator[None]:
+    """A test must leave this process's SIGINT as it found it (ignored or blocked, every later child
+    would inherit that: a `bench/run.py` no Ctrl-C could stop)."""
+    before = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+    yield
+    after = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+    assert after == before, f"SIGINT handler/blocked mask changed by the test: {before} -> {after}"
