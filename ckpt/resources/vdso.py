@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..control.inject import Injector
+from ..features import SAME_VDSO, disabled
 from ..image.pb import mm_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE
@@ -385,7 +386,7 @@ def arrange(recorded: Mapping[int, mm_pb2.Vma], current: Mapping[int, tuple[int,
     function cannot be routed, VdsoFormatError if a vDSO cannot be read).
     """
     rec = {k: (v.start, v.end) for k, v in recorded.items()}
-    if same_layout(rec, current, mm.vdso_sha256, current_vdso):
+    if same_layout(rec, current, mm.vdso_sha256, current_vdso) and SAME_VDSO not in disabled():
         return Arrangement(rec)
     if _VDSO not in recorded or _VDSO not in current:  # no vDSO to call into: the areas just go out of the way
         near = min((s for s, _ in rec.values()), default=1 << 32)
