@@ -96,6 +96,31 @@ def _wait_line(log: Path, offset: int, prefix: str, timeout: float = GUARD) -> s
     raise StepFailed(f"no {prefix!r} line in {log} within {timeout:.0f} s")
 
 
+def _maps(pid: int) -> list[tuple[int, str, str]]:
+    """(start, perms, name) of every mapping of ``pid``."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            out.append((int(parts[0].split("-")[0], 16), parts[1], parts[5].strip() if len(parts) > 5 else ""))
+    return out
+
+
+def _vdso_at(pid: int) -> int:
+    return next(start for start, _, name in _maps(pid) if name == "[vdso]")
+
+
+def routed(pid: int, old_vdso: int) -> dict:
+    """The restored process's vDSO is this kernel's, elsewhere, and a private copy of the old one (the proxy,
+    ckpt/resources/vdso.py) sits at the old address: StepFailed if not."""
+    maps = _maps(pid)
+    new = next((start for start, _, name in maps if name == "[vdso]"), None)
+    at_old = next(((perms, name) for start, perms, name in maps if start == old_vdso), None)
+    if new is None or new == old_vdso or at_old != ("r-xp", ""):
+        raise StepFailed(f"the vDSO was not routed: [vdso] at {new and hex(new)}, at the old {old_vdso:#x}: {at_old}")
+    return {"old_vdso": hex(old_vdso), "new_vdso": hex(new)}
+
+
 def check(pid: int, log: Path) -> str:
     """Have the target check itself (SIGUSR1): its CHECK PASS line."""
     if not os.path.exists(f"/proc/{pid}"):
@@ -131,24 +156,24 @@ def _error(p: subprocess.CompletedProcess[str]) -> str:
 def step_dump(kind: str, log: Path, image: Path, spin: int) -> dict:
     """Start the target, let it check itself once, dump it (which ends it)."""
     pid = _start(kind, log, spin)
-    first = check(pid, log)
+    first, vdso = check(pid, log), _vdso_at(pid)
     t0 = time.monotonic()
     p = _ckpt("dump", "-t", pid, "-D", image)
     if p.returncode != 0:
         _kill(pid)
         raise StepFailed(f"ckpt dump: {_error(p)}")
-    return {"pid": pid, "first": first, "dump_s": round(time.monotonic() - t0, 1)}
+    return {"pid": pid, "first": first, "vdso": vdso, "dump_s": round(time.monotonic() - t0, 1)}
 
 
 def step_migrate(kind: str, log: Path, to: str, token: Path, stats: Path, spin: int) -> dict:
     """Start the target, let it check itself once, migrate it to TO (a ``ckpt receive``)."""
     pid = _start(kind, log, spin)
-    first = check(pid, log)
+    first, vdso = check(pid, log), _vdso_at(pid)
     p = _ckpt("migrate", "-t", pid, "--to", to, "--token-file", token, "--json-stats", stats, "-v")
     if p.returncode != 0:
         _kill(pid)
         raise StepFailed(f"ckpt migrate: {_error(p)}")
-    return {"pid": pid, "first": first, **_migration_figures(json.loads(stats.read_text()))}
+    return {"pid": pid, "first": first, "vdso": vdso, **_migration_figures(json.loads(stats.read_text()))}
 
 
 def _migration_figures(s: dict) -> dict:
@@ -156,10 +181,14 @@ def _migration_figures(s: dict) -> dict:
                                   "restore_ms")}
 
 
-def step_restore(image: Path, pid: int, log: Path, cpu_cap: bool, refused_first: bool) -> dict:
-    """Restore the image here (``-d``), the target checks itself three times, then it is ended.
+def step_restore(image: Path, pid: int, log: Path, old_vdso: int, cpu_cap: bool, refused_first: bool) -> dict:
+    """Verify the image (every page chunk's checksum), restore it here (``-d``): its vDSO is routed
+    (:func:`routed`), the target checks itself three times, then it is ended.
 
     ``refused_first``: a restore without ``--cpu-cap`` must be refused first, with one ``ckpt:`` line."""
+    p = _ckpt("verify", "-D", image)
+    if p.returncode != 0:
+        raise StepFailed(f"ckpt verify: {_error(p)}")
     out: dict = {}
     if refused_first:
         p = _ckpt("restore", "-D", image, "-d", "--allow-changed-files")
@@ -174,17 +203,13 @@ def step_restore(image: Path, pid: int, log: Path, cpu_cap: bool, refused_first:
     if p.returncode != 0:
         raise StepFailed(f"ckpt restore: {_error(p)}")
     out["restore_s"] = round(time.monotonic() - t0, 1)
-    try:
-        out["checks"] = [check(pid, log) for _ in range(3)]
-    finally:
-        _kill(pid)
-    return out
+    return {**out, **step_check(pid, log, old_vdso)}
 
 
-def step_check(pid: int, log: Path) -> dict:
-    """The target (migrated here) checks itself three times, then it is ended."""
+def step_check(pid: int, log: Path, old_vdso: int) -> dict:
+    """The target (restored or migrated here) has its vDSO routed and checks itself three times; then it is ended."""
     try:
-        return {"checks": [check(pid, log) for _ in range(3)]}
+        return {**routed(pid, old_vdso), "checks": [check(pid, log) for _ in range(3)]}
     finally:
         _kill(pid)
 
@@ -208,11 +233,13 @@ def step_main(argv: list[str] | None = None) -> int:
     r.add_argument("image", type=Path)
     r.add_argument("pid", type=int)
     r.add_argument("log", type=Path)
+    r.add_argument("old_vdso", type=int)
     r.add_argument("--no-cpu-cap", action="store_true")
     r.add_argument("--refused-first", action="store_true")
     c = sub.add_parser("check")
     c.add_argument("pid", type=int)
     c.add_argument("log", type=Path)
+    c.add_argument("old_vdso", type=int)
     a = ap.parse_args(argv)
     try:
         if a.step == "dump":
@@ -220,9 +247,9 @@ def step_main(argv: list[str] | None = None) -> int:
         elif a.step == "migrate":
             res = step_migrate(a.kind, a.log, a.to, a.token, a.stats, a.spin)
         elif a.step == "restore":
-            res = step_restore(a.image, a.pid, a.log, not a.no_cpu_cap, a.refused_first)
+            res = step_restore(a.image, a.pid, a.log, a.old_vdso, not a.no_cpu_cap, a.refused_first)
         else:
-            res = step_check(a.pid, a.log)
+            res = step_check(a.pid, a.log, a.old_vdso)
         res["ok"] = True
     except StepFailed as e:
         res = {"ok": False, "detail": str(e)}
@@ -285,8 +312,10 @@ class Across:
         d = self._fresh(f"{kind}-to-guest")
         log = d / "log"
         dumped = self.here("dump", kind, log, d / "img", "--spin", 1 if kind == "c" else 0)
-        restored = self.there("restore", d / "img", dumped["pid"], log, *(["--refused-first"] if kind == "c" else []))
-        return {"dump_s": dumped["dump_s"], "restore_s": restored["restore_s"], "refused": restored.get("refused")}
+        restored = self.there("restore", d / "img", dumped["pid"], log, dumped["vdso"],
+                              *(["--refused-first"] if kind == "c" else []))
+        return {"dump_s": dumped["dump_s"], "restore_s": restored["restore_s"], "refused": restored.get("refused"),
+                "new_vdso": restored["new_vdso"]}
 
     def from_guest(self, kind: str) -> dict:
         """Dump in the guest (into the share both see), restore here."""
@@ -296,10 +325,10 @@ class Across:
         name = f"img-{self.n}"
         dumped = self.there("dump", kind, log, f"{_xfer_mount()}/{name}")
         try:
-            restored = self.here("restore", self.g.xfer / name, dumped["pid"], log)
+            restored = self.here("restore", self.g.xfer / name, dumped["pid"], log, dumped["vdso"])
         finally:
             shutil.rmtree(self.g.xfer / name, ignore_errors=True)
-        return {"dump_s": dumped["dump_s"], "restore_s": restored["restore_s"]}
+        return {"dump_s": dumped["dump_s"], "restore_s": restored["restore_s"], "new_vdso": restored["new_vdso"]}
 
     def migrate_to_guest(self, kind: str) -> dict:
         """``ckpt migrate`` here to a ``ckpt receive --once`` in the guest (hostfwd)."""
@@ -317,8 +346,8 @@ class Across:
             print("receive:", rx.rc, rx.stderr[-2000:], flush=True)
         if rx.rc != 0:
             raise CaseFailed(f"ckpt receive in the guest exited {rx.rc}: {rx.stderr.strip()[-300:]}")
-        self.there("check", moved["pid"], d / "log")
-        return {k: moved[k] for k in moved if k not in ("ok", "first", "pid")}
+        self.there("check", moved["pid"], d / "log", moved["vdso"])
+        return {k: moved[k] for k in moved if k not in ("ok", "first", "pid", "vdso")}
 
     def migrate_from_guest(self, kind: str) -> dict:
         """``ckpt migrate`` in the guest to a ``ckpt receive --once`` here (guestfwd)."""
@@ -346,8 +375,8 @@ class Across:
         print("receive:", rc, err.read_text()[-2000:], flush=True)
         if rc != 0:
             raise CaseFailed(f"ckpt receive here exited {rc}: {err.read_text().strip()[-300:]}")
-        self.here("check", moved["pid"], log)
-        return {k: moved[k] for k in moved if k not in ("ok", "first", "pid")}
+        self.here("check", moved["pid"], log, moved["vdso"])
+        return {k: moved[k] for k in moved if k not in ("ok", "first", "pid", "vdso")}
 
     def _wait_listening(self, rid: str) -> None:
         err = self.g.xfer / "res" / f"{rid}.err"

@@ -127,7 +127,9 @@ class Runner:
         except (across.CaseFailed, GuestError) as e:
             extra, ok, detail = {}, False, str(e)
         o = Outcome(kernel, f"across:{case}", None, ok, detail, round(time.monotonic() - t0, 1), extra)
-        self.runs[kernel].outcomes.append(o)
+        run = self.runs[kernel]
+        run.outcomes.append(o)
+        run.qemu_rss_mib = max(run.qemu_rss_mib or 0, round((g.rss_kib() or 0) / 1024))
         return o
 
     def skip(self, kernel: str, case: str, track: str | None, why: str) -> None:
