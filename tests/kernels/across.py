@@ -165,11 +165,12 @@ def step_dump(kind: str, log: Path, image: Path, spin: int) -> dict:
     return {"pid": pid, "first": first, "vdso": vdso, "dump_s": round(time.monotonic() - t0, 1)}
 
 
-def step_migrate(kind: str, log: Path, to: str, token: Path, stats: Path, spin: int) -> dict:
-    """Start the target, let it check itself once, migrate it to TO (a ``ckpt receive``)."""
+def step_migrate(kind: str, log: Path, to: str, token: Path, stats: Path, spin: int, track: str | None) -> dict:
+    """Start the target, let it check itself once, migrate it to TO (a ``ckpt receive``), tracking with TRACK."""
     pid = _start(kind, log, spin)
     first, vdso = check(pid, log), _vdso_at(pid)
-    p = _ckpt("migrate", "-t", pid, "--to", to, "--token-file", token, "--json-stats", stats, "-v")
+    p = _ckpt("migrate", "-t", pid, "--to", to, "--token-file", token, "--json-stats", stats, "-v",
+              *(("--track", track) if track else ()))
     if p.returncode != 0:
         _kill(pid)
         raise StepFailed(f"ckpt migrate: {_error(p)}")
@@ -229,6 +230,7 @@ def step_main(argv: list[str] | None = None) -> int:
     m.add_argument("token", type=Path)
     m.add_argument("stats", type=Path)
     m.add_argument("--spin", type=int, default=0)
+    m.add_argument("--track")
     r = sub.add_parser("restore")
     r.add_argument("image", type=Path)
     r.add_argument("pid", type=int)
@@ -245,7 +247,7 @@ def step_main(argv: list[str] | None = None) -> int:
         if a.step == "dump":
             res = step_dump(a.kind, a.log, a.image, a.spin)
         elif a.step == "migrate":
-            res = step_migrate(a.kind, a.log, a.to, a.token, a.stats, a.spin)
+            res = step_migrate(a.kind, a.log, a.to, a.token, a.stats, a.spin, a.track)
         elif a.step == "restore":
             res = step_restore(a.image, a.pid, a.log, a.old_vdso, not a.no_cpu_cap, a.refused_first)
         else:
@@ -349,8 +351,8 @@ class Across:
         self.there("check", moved["pid"], d / "log", moved["vdso"])
         return {k: moved[k] for k in moved if k not in ("ok", "first", "pid", "vdso")}
 
-    def migrate_from_guest(self, kind: str) -> dict:
-        """``ckpt migrate`` in the guest to a ``ckpt receive --once`` here (guestfwd)."""
+    def migrate_from_guest(self, kind: str, track: str | None = None) -> dict:
+        """``ckpt migrate`` in the guest (tracking with ``track``) to a ``ckpt receive --once`` here (guestfwd)."""
         d = self._fresh(f"migrate-{kind}-from-guest")
         token = _token(d)
         log = d / "log"
@@ -366,7 +368,7 @@ class Across:
                 time.sleep(0.05)
             name = f"stats-{self.n}.json"
             moved = self.there("migrate", kind, log, f"{_host_from_guest()}:{self.host_port}", token,
-                               f"{_xfer_mount()}/{name}")
+                               f"{_xfer_mount()}/{name}", *(("--track", track) if track else ()))
             rc = rx.wait(timeout=GUARD)
         finally:
             if rx.poll() is None:
@@ -418,14 +420,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-#: The cases, by name: (method, target kind).
+#: The cases, by name: (method, its arguments).
 CASES = {
-    "c-to-guest": ("to_guest", "c"), "c-from-guest": ("from_guest", "c"),
-    "python-to-guest": ("to_guest", "python"), "python-from-guest": ("from_guest", "python"),
-    "migrate-c-to-guest": ("migrate_to_guest", "c"), "migrate-c-from-guest": ("migrate_from_guest", "c"),
-    "migrate-python-to-guest": ("migrate_to_guest", "python"),
-    "migrate-python-from-guest": ("migrate_from_guest", "python"),
+    "c-to-guest": ("to_guest", ("c",)), "c-from-guest": ("from_guest", ("c",)),
+    "python-to-guest": ("to_guest", ("python",)), "python-from-guest": ("from_guest", ("python",)),
+    "migrate-c-to-guest": ("migrate_to_guest", ("c",)), "migrate-c-from-guest": ("migrate_from_guest", ("c",)),
+    "migrate-python-to-guest": ("migrate_to_guest", ("python",)),
+    "migrate-python-from-guest": ("migrate_from_guest", ("python",)),
+    "migrate-c-from-guest-soft-dirty": ("migrate_from_guest", ("c", "soft-dirty")),
 }
+#: Which cases run with which guest: every one with Debian 13's 6.12; Debian 12's 6.1 (no PAGEMAP_SCAN,
+#: no uffd-wp) as the source of a migration tracked with soft-dirty.
+KERNEL_CASES = {"6.12": [c for c in CASES if not c.endswith("soft-dirty")], "6.1": ["migrate-c-from-guest-soft-dirty"]}
 
 
 if __name__ == "__main__":

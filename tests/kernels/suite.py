@@ -25,8 +25,6 @@ from guest import Guest, GuestError
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 KERNELS = [k for k in os.environ.get("CKPT_TEST_KERNELS", "host,6.1,6.12").split(",") if k]
-#: The kernels the cases between this host and a guest run with (across.py): dump/restore and migration.
-ACROSS_KERNELS = [k for k in KERNELS if k == "6.12"]
 RESULTS = Path(os.environ.get("CKPT_KERNELS_JSON") or HERE / "results.json")
 #: A case in a guest is only bounded against a hang (TCG runs 20-30x slower than the host).
 CASE_TIMEOUT = 1200.0
@@ -120,10 +118,10 @@ class Runner:
         g = self._guest(kernel)
         if self._across is None or self._across.g is not g:
             self._across = across.Across(g, self.host_port)
-        method, kind = across.CASES[case]
+        method, args = across.CASES[case]
         t0 = time.monotonic()
         try:
-            extra, ok, detail = getattr(self._across, method)(kind), True, "ok"
+            extra, ok, detail = getattr(self._across, method)(*args), True, "ok"
         except (across.CaseFailed, GuestError) as e:
             extra, ok, detail = {}, False, str(e)
         o = Outcome(kernel, f"across:{case}", None, ok, detail, round(time.monotonic() - t0, 1), extra)
