@@ -15,14 +15,13 @@ layer has one module to import.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from .control.inject import Scratch, ask_all, find_syscall_insn
-from .control.seize import FrozenProcess, alive, kill_and_collect, require_our_pid_namespace
+from .control.seize import FrozenProcess, alive, hold_stopped, kill_and_collect, require_our_pid_namespace
 from .errors import TargetGone, UsageError, translate_oserror
 from .image.pb import process_pb2
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
@@ -301,8 +300,7 @@ def dump(
             if leave_stopped:
                 # Queued while every thread is still frozen, so the targets run no instruction
                 # after the image: the first thread let go takes the SIGSTOP into a group stop.
-                for p in ftree.procs:
-                    os.kill(p, signal.SIGSTOP)
+                hold_stopped(list(ftree.procs))
             elif not leave_running:
                 kill_and_collect(list(reversed(ftree.procs.values())))  # children first
                 # Their sockets closed in repair mode; the lock stays for the restore (a migration's

@@ -25,9 +25,11 @@ __all__ = [
     "ImageError",
     "NotAnImage",
     "CorruptImage",
+    "IncompatibleImage",
     "ChainError",
     "UnsafeDirectory",
     "RestoreError",
+    "MigrationInDoubt",
     "translate_oserror",
     "describe_oserror",
 ]
@@ -99,6 +101,14 @@ class CorruptImage(ImageError):
     """An image file is truncated, altered, or of a format we cannot read."""
 
 
+class IncompatibleImage(CorruptImage):
+    """A sound image this ckpt cannot restore right: it needs a feature this ckpt does not know.
+
+    (A subclass of CorruptImage, which a newer *format* number raises: callers
+    that tell unreadable images apart from others keep doing so.)
+    """
+
+
 class ChainError(ImageError):
     """The parent chain is broken: missing parent, wrong parent id, a loop."""
 
@@ -109,6 +119,14 @@ class UnsafeDirectory(ImageError):
 
 class RestoreError(CkptError):
     """A restore failed; whatever it had created was removed."""
+
+
+class MigrationInDoubt(CkptError):
+    """A migration's switch-over was committed but the destination never confirmed: its copy may run.
+
+    The source's original is kept in a group stop (never two running copies, DESIGN §6); which copy
+    lives is for the user (or a later recovery) to decide, from what the destination runs.
+    """
 
 
 def translate_oserror(exc: OSError, pid: int, doing: str) -> CkptError:

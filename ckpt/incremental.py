@@ -250,7 +250,7 @@ def _state_from_image(image: Image, pid: int, start_time: int) -> tuple[Tracking
     if info.tracking is None or not info.tracking.method:
         return None, f"the parent image {image.path} records no dirty tracking of process {pid}"
     t = info.tracking
-    digests = _digests_file(image.path, pid) if t.method == "hash" else ""
+    digests = _digests_file(image.path, pid) if t.method in ("hash", "soft-dirty") else ""  # soft-dirty: may lack it
     return TrackingState(t.method, pid, start_time, t.parked_fd, t.uffd_inode, digests_path=digests,
                          layout=t.layout), ""
 
@@ -360,8 +360,9 @@ def _layout_now(pid: int, mem: ProcMem) -> tuple[list[mm_pb2.Vma], mm_pb2.MmEntr
     return _vmas_now(pid), None
 
 
-def _write_digests(w: ImageWriter, tracker: HashTracker) -> None:
-    """The hash tracker's digests go into the image, so the next delta re-attaches from it."""
+def _write_digests(w: ImageWriter, tracker: HashTracker | SoftDirtyTracker) -> None:
+    """The hash tracker's digests (soft-dirty's of its huge blocks) go into the image, so the next delta
+    re-attaches from it."""
     w.write_records(kinds.DIGESTS.file_name(tracker.pid), kinds.DIGESTS, tracker.records())
 
 
@@ -471,6 +472,7 @@ class DeltaSession:
             _write_digests(w, self.tracker)
             return TrackingInfo("hash", include=self.selection.include, exclude=self.selection.exclude)
         if isinstance(self.tracker, SoftDirtyTracker):  # the bits are in the target; the layout at the clear here
+            _write_digests(w, self.tracker)
             return TrackingInfo("soft-dirty", include=self.selection.include, exclude=self.selection.exclude,
                                 layout=self.tracker.state().layout)
         assert isinstance(self.tracker, UffdWpTracker)

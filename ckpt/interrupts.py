@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["deferred", "interrupt"]
+__all__ = ["deferred", "interrupt", "take"]
 
 _depth = 0
 _pending: BaseException | None = None
@@ -46,3 +46,10 @@ def interrupt(exc: BaseException) -> None:
             _pending = exc
         return
     raise exc
+
+
+def take() -> BaseException | None:
+    """Take (and clear) the interruption a :func:`deferred` block holds, for a caller that finishes instead."""
+    global _pending
+    exc, _pending = _pending, None
+    return exc

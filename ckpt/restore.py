@@ -247,7 +247,8 @@ def _process_records(image: Image, pid: int) -> tuple[list, process_pb2.ProcessE
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
             shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
             progress: Callable[[ProgressEvent], None] | None = None,
-            allow_changed_files: bool = False, cpu_cap: Iterable[str] | None = None) -> RestoreStats:
+            allow_changed_files: bool = False, cpu_cap: Iterable[str] | None = None,
+            before_hand_over: Callable[[], None] | None = None) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
@@ -263,6 +264,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     executable are still checked (their unsaved pages come from the file): only
     one whose size and build-id are the image's, with another mtime, is taken.
     ``cpu_cap``: the CPU checks to make (:func:`ckpt.resources.cpu.parse_cpu_cap`; None: the default).
+    ``before_hand_over()``: called once every process is built, all still frozen and dying with us; if it
+    raises, they are killed and the restore fails with it (a migration's commit, ckpt.migrate.dest).
     """
     t_start = time.monotonic()
     chain = _open_chain(image_dir)
@@ -305,6 +308,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
         testpoint.point("restore-handing-over")
+        if before_hand_over is not None:
+            before_hand_over()
         helpers.hand_over(live[0].ws, live[0].entry)
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
@@ -842,8 +847,12 @@ class StagedRestore:
             self._chain = list(chain)
             return self._stage(image_dir, *totals, t0)
 
-    def finish(self, image_dir: str | os.PathLike[str]) -> RestoreStats:
-        """Sync to the final image, then everything after memory: the processes run on return."""
+    def finish(self, image_dir: str | os.PathLike[str],
+               before_hand_over: Callable[[], None] | None = None) -> RestoreStats:
+        """Sync to the final image, then everything after memory: the processes run on return.
+
+        ``before_hand_over``: as :func:`restore`'s.
+        """
         t0 = time.monotonic()
         chain, layouts = self._next(image_dir)
         image = chain[-1]
@@ -873,6 +882,8 @@ class StagedRestore:
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
                 testpoint.point("restore-handing-over")
+                if before_hand_over is not None:
+                    before_hand_over()
                 self._helpers.hand_over(self._procs[self.pid].ws, records[self.pid][1])
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])

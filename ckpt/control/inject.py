@@ -41,7 +41,7 @@ import errno
 import os
 import signal
 from collections import Counter
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -573,75 +573,10 @@ def _ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None
 
 # --- the guard: calls into a target that ckpt's death cannot turn into harm ---
 
-@dataclass(frozen=True)
-class _Call:
-    """One syscall of a step-by-step sequence (:meth:`ProcessGuard._open_steps`)."""
-
-    nr: int
-    args: tuple[int, ...]
-    name: str
-
-
 #: Room below the first frame on the stack for the area's memfd name.
 _NAME_ROOM = 64
 #: memfd_create(2): close the descriptor on exec.
 MFD_CLOEXEC = 0x1
-
-
-def open_guards(procs: Sequence[FrozenProcess]) -> None:
-    """:meth:`ProcessGuard.open` for several processes at once (a tree): the k-th call of each in step.
-
-    Why: an injected call is a ptrace round trip, mostly waiting for the
-    target's thread to be scheduled; resumed together, the processes overlap
-    those waits (as :func:`ask_all` does for queries).  A process found gone
-    does not stop the others' opening: its error is raised once they are through.
-    """
-    with interrupts.deferred():
-        steps: dict[ProcessGuard, tuple[Generator[_Call, int, None], _Call]] = {}
-        failed: list[BaseException] = []
-
-        def advance(g: ProcessGuard, gen: Generator[_Call, int, None], outcome: int | OSError | None,
-                    first: bool = False) -> None:
-            try:
-                if first:
-                    call = next(gen)
-                elif isinstance(outcome, OSError):
-                    call = gen.throw(outcome)
-                else:
-                    call = gen.send(outcome)
-            except StopIteration:
-                steps.pop(g, None)
-            except (OSError, CkptError) as exc:
-                steps.pop(g, None)
-                failed.append(exc)
-            else:
-                steps[g] = (gen, call)
-
-        for proc in procs:
-            advance(proc.guard, proc.guard._open_steps(), None, first=True)
-        while steps:
-            started: list[tuple[ProcessGuard, Injector, str, tuple[int, ...]]] = []
-            outcomes: dict[ProcessGuard, int | OSError] = {}
-            try:
-                for g, (_, call) in steps.items():
-                    inj = g.proc.injector(g._slot[0])
-                    try:
-                        label = inj._load(call.nr, call.args, call.name, frame=g._slot[1])
-                        inj.thread.resume(ptrace.syscall_step)
-                    except OSError as exc:
-                        outcomes[g] = exc
-                        continue
-                    started.append((g, inj, label, call.args))
-            finally:
-                for g, inj, label, args in started:  # every resumed thread is waited for, whatever happens
-                    try:
-                        outcomes[g] = inj._result(inj._run(label, started=True), label, args)
-                    except OSError as exc:
-                        outcomes[g] = exc
-            for g, (gen, _) in list(steps.items()):
-                advance(g, gen, outcomes[g])
-        if failed:
-            raise failed[0]
 
 
 class ProcessGuard:
@@ -671,25 +606,6 @@ class ProcessGuard:
 
     def open(self) -> None:
         """Map the area (once) and unmap any an earlier, killed run left in the process."""
-        steps = self._open_steps()
-        try:
-            call = next(steps)
-            while True:
-                inj = self.proc.injector(self._slot[0])
-                try:
-                    result = inj._call(call.nr, call.args, call.name, frame=self._slot[1])
-                except OSError as exc:
-                    call = steps.throw(exc)
-                else:
-                    call = steps.send(result)
-        except StopIteration:
-            pass
-
-    def _open_steps(self) -> Generator[_Call, int, None]:
-        """:meth:`open` as the calls it makes from the stack frame: each yielded call is sent its result
-        (or thrown its OSError) by a driver — :meth:`open` one call at a time, :func:`open_guards` in step
-        with other processes'.  Nothing is yielded if the area is open already or cannot be.
-        """
         if self._opened:
             return
         self._opened = True
@@ -709,18 +625,16 @@ class ProcessGuard:
         proc.mem.write(base, guard.AREA_NAME.encode() + b"\0")
         proc.mem.write(at, self._frame_bytes(proc.threads[tid], at))
         self._slot = (tid, at)
+        inj = proc.injector(tid)
         try:
-            fd = yield _Call(NR.memfd_create, (base, MFD_CLOEXEC), "memfd_create(injection area)")
-            close = _Call(NR.close, (fd,), "close(injection area)")
+            fd = inj._call(NR.memfd_create, (base, MFD_CLOEXEC), "memfd_create(injection area)", frame=at)
             try:
-                yield _Call(NR.ftruncate, (fd, layout.size), "ftruncate(injection area)")
-                self.addr = yield _Call(NR.mmap, (0, layout.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
-                                        "mmap(injection area)")
+                inj._call(NR.ftruncate, (fd, layout.size), "ftruncate(injection area)", frame=at)
+                self.addr = inj._call(NR.mmap, (0, layout.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
+                                      "mmap(injection area)", frame=at)
                 self.layout = layout
-            except OSError:
-                yield close  # (not in a finally: a driver that gives up closes us with GeneratorExit)
-                raise
-            yield close
+            finally:
+                inj._call(NR.close, (fd,), "close(injection area)", frame=at)
         except OSError as exc:  # refused (a seccomp filter, a memory limit): calls run unguarded
             if exc.errno == errno.ESRCH:
                 raise
@@ -734,7 +648,6 @@ class ProcessGuard:
             proc.notes.append(f"process {proc.pid} refused ckpt's injection area ({exc.strerror}): its injected "
                               "calls are not guarded against ckpt's death")
             return
-        inj = proc.injector(tid)
         for old in guard.leftover_areas(vmas):
             inj.munmap(old.start, old.size)
             proc.notes.append(f"removed an injection area ({old.size // PAGE_SIZE} pages at {old.start:#x}) "

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "require_our_pid_namespace",
     "SEIZE_OPTIONS", "STOP_TIMEOUT", "ThreadSnapshot", "DeferredSignal", "FrozenThread", "FrozenProcess",
-    "freeze", "stop_sharing_cpu", "kill_and_collect", "alive",
+    "freeze", "stop_sharing_cpu", "kill_and_collect", "hold_stopped", "unhold", "alive",
 ]
 
 #: Options for every seized thread: catch new threads, tell syscall stops apart.
@@ -523,6 +523,24 @@ def kill_and_collect(procs: Sequence[FrozenProcess]) -> None:
         proc.collect_exit()
 
 
+def hold_stopped(pids: Sequence[int]) -> None:
+    """Queue SIGSTOP to frozen processes: whenever they are let go — released, or their tracer dies — the
+    first thread to run takes it into a group stop, before any instruction of theirs (a ptrace stop alone
+    ends with its tracer; this one survives ckpt's death).  :func:`unhold` takes it back while still frozen."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+
+
+def unhold(pids: Sequence[int]) -> None:
+    """Take back :func:`hold_stopped` while the processes are still frozen: SIGCONT discards a pending stop
+    signal as it is sent (a SIGCONT handler of theirs, if any, runs once they are let go)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def alive(pid: int) -> bool:
     """``pid`` exists, is not a zombie and is not exiting.
 
@@ -769,8 +787,7 @@ def _sigtrap_ignored(pid: int) -> bool:
 
 
 @contextmanager
-def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True,
-           open_area: bool = True) -> Iterator[FrozenProcess]:
+def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True) -> Iterator[FrozenProcess]:
     """Stop every thread of ``pid`` for the duration of the ``with`` block.
 
     ``start_time`` (field 22 of /proc/PID/stat, :func:`ckpt.procfs.task.read_starttime`)
@@ -780,15 +797,13 @@ def freeze(pid: int, *, start_time: int | None = None, guarded: bool = True,
     its area for safe injected calls is mapped now (removing any that a
     killed run left), so that maps read from here on can leave it out
     (:meth:`FrozenProcess.own_areas`).  False for ckpt's own restore helpers.
-    ``open_area`` False: the caller maps it before reading maps or injecting
-    (:func:`ckpt.control.inject.open_guards`, for a tree's processes at once).
     """
     proc: FrozenProcess | None = None
     try:
         with interrupts.deferred():  # a Ctrl-C is raised once the threads are seized (and known to be)
             proc = _seize(pid, start_time)
             proc.guarded = guarded
-            if guarded and open_area:
+            if guarded:
                 proc.guard.open()
         yield proc
     finally:

@@ -4,7 +4,7 @@ Every file of an image starts with a 12-byte header::
 
     offset 0  4 bytes  b"CKPT"          common to all ckpt files
     offset 4  4 bytes  kind magic        e.g. b"MMAP" (see kinds.py)
-    offset 8  u32 LE   format version    FORMAT_VERSION of the writer
+    offset 8  u32 LE   format version    FILE_FORMAT_VERSION (the inventory: see compat.py)
 
 A *record file* then holds length-prefixed protobuf messages, each a u32 LE
 length followed by that many bytes, and ends with an end marker: the length
@@ -37,6 +37,7 @@ T = TypeVar("T")
 __all__ = [
     "FILE_MAGIC",
     "FORMAT_VERSION",
+    "FILE_FORMAT_VERSION",
     "MIN_FORMAT_VERSION",
     "HEADER_SIZE",
     "END_MARKER",
@@ -58,11 +59,18 @@ __all__ = [
 
 #: First four bytes of every ckpt image file.
 FILE_MAGIC = b"CKPT"
-#: The format this ckpt writes.  Bump it only when an older ckpt would misread
-#: the new files; adding fields or file kinds does not need a bump.
-FORMAT_VERSION = 2
+#: The newest format this ckpt reads and writes.  Bump it only when an older
+#: ckpt would misread the new files; adding fields or file kinds does not need a
+#: bump (ckpt/image/compat.py: the compatibility policy).
+FORMAT_VERSION = 3
 # 2: zstd page chunks carry no CRC-32 (0) and pages files no SHA-256 in the
 #    inventory (empty): a format-1 reader would call both corrupt.
+# 3: the inventory lists the features a restore needs (required_features) and
+#    the reader refuses those it does not know.  Only an inventory needing a
+#    feature the format-2 readers lack is written as 3 (compat.format_for):
+#    they refuse it by this number.  The layout of the files is format 2's.
+#: The format every file but such an inventory is written in.
+FILE_FORMAT_VERSION = 2
 #: The oldest format this ckpt still reads.
 MIN_FORMAT_VERSION = 1
 
@@ -83,7 +91,7 @@ def _show_magic(magic: bytes) -> str:
     return text if text.isprintable() else repr(magic)
 
 
-def pack_header(kind_magic: bytes, version: int = FORMAT_VERSION) -> bytes:
+def pack_header(kind_magic: bytes, version: int = FILE_FORMAT_VERSION) -> bytes:
     """The 12-byte header of a file of the given kind."""
     if len(kind_magic) != 4:
         raise ValueError(f"kind magic must be 4 bytes, got {kind_magic!r}")
@@ -141,7 +149,7 @@ def pack_trailer(sha256_of_preceding: bytes) -> bytes:
     return _LEN.pack(END_MARKER) + sha256_of_preceding
 
 
-def encode_file(kind_magic: bytes, payloads: Iterable[bytes], version: int = FORMAT_VERSION) -> bytes:
+def encode_file(kind_magic: bytes, payloads: Iterable[bytes], version: int = FILE_FORMAT_VERSION) -> bytes:
     """A whole record file in memory (header, records, end marker)."""
     parts = [pack_header(kind_magic, version)]
     parts.extend(pack_record(p) for p in payloads)

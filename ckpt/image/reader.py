@@ -25,7 +25,7 @@ import zstandard
 from google.protobuf.message import DecodeError, Message
 
 from ckpt.errors import CorruptImage, NotAnImage
-from ckpt.image import bounds, framing, kinds
+from ckpt.image import bounds, compat, framing, kinds
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import (
@@ -441,6 +441,7 @@ class Image:
         assert isinstance(inv, inventory_pb2.Inventory)
         if inv.format_version != version:
             raise CorruptImage(inv_path, f"records format {inv.format_version} but its header says {version}")
+        compat.check_required(inv_path, inv)
         if inv.kind not in (k.value for k in ImageKind):
             raise CorruptImage(inv_path, f"invalid image kind {inv.kind}")
         if inv.page_size <= 0 or inv.page_size & (inv.page_size - 1):

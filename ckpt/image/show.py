@@ -298,6 +298,7 @@ def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, 
         "image_id": image.id,
         "kind": image.kind.name,
         "format": image.format_version,
+        "requires": list(inv.required_features),  # what a restore must know (ckpt/image/compat.py)
         "created": _iso(inv.created_ns),
         "ckpt_version": inv.ckpt_version,
         "kernel_release": inv.kernel_release,
@@ -403,6 +404,8 @@ def _text_lines(d: dict[str, Any]) -> Iterator[str]:
         yield f"image {s['path']}"
         yield f"  id {s['image_id']}  kind {s['kind']}  format {s['format']}  created {s['created']}"
         yield f"  ckpt {s['ckpt_version']}  kernel {s['kernel_release']}  tracking {s['tracking']}"
+        if s["requires"]:
+            yield f"  a restore needs: {', '.join(s['requires'])}"
         k = s["kernel"]
         yield f"  kernel: {' '.join(p for p in ('Linux', k['release'], k['version'], k['machine']) if p)}"
         v = k["vdso"]

@@ -62,7 +62,7 @@ import zstandard
 
 import ckpt
 from ckpt.errors import CkptError, ImageError, Unsupported, UsageError
-from ckpt.image import bounds, dirs, framing, kinds
+from ckpt.image import bounds, compat, dirs, framing, kinds
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import clocks_pb2, core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
@@ -80,6 +80,8 @@ __all__ = [
     "ImageWriter",
     "check_compress_level",
     "check_final",
+    "hold_dir",
+    "make_held_tmp",
     "sweep_stale_tmp",
     "RecordWriter",
     "PageWriter",
@@ -220,12 +222,12 @@ class RecordWriter:
     refused here, with ``Unsupported``, so ckpt never writes an image it cannot read.
     """
 
-    def __init__(self, sink: _Sink, kind: Kind) -> None:
+    def __init__(self, sink: _Sink, kind: Kind, *, version: int = framing.FILE_FORMAT_VERSION) -> None:
         self._sink = sink
         self._kind = kind
         self._count = 0
         self.cost = bounds.Cost()
-        sink.write(framing.pack_header(kind.magic))
+        sink.write(framing.pack_header(kind.magic, version))
 
     @property
     def name(self) -> str:
@@ -866,8 +868,9 @@ def _run_tag() -> str:
     return f"{os.getpid()}-{_starttime(os.getpid()) or 0}"
 
 
-def _hold(tmp_dir: str) -> int | None:
-    """An fd holding an flock on ``tmp_dir`` while its writer lives (None: this file system has no flock)."""
+def hold_dir(tmp_dir: str) -> int | None:
+    """An fd holding an flock on the directory ``tmp_dir`` while its writer lives (None: this file system has no
+    flock); the kernel drops it with the fd, however the writer ends."""
     fd = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -893,6 +896,15 @@ def _writer_gone(path: str, pid: int, start: int) -> bool:
         return _starttime(pid) != start
     finally:
         os.close(fd)
+
+
+def make_held_tmp(parent_dir: str, base: str) -> tuple[str, int | None]:
+    """A new 0700 temporary directory ``.BASE.PID-START.*.tmp`` in ``parent_dir``, after removing those of
+    killed runs (:func:`sweep_stale_tmp`); with the fd of its flock (close it once the directory is gone)."""
+    sweep_stale_tmp(parent_dir)
+    path = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
+    os.chmod(path, _DIR_MODE)
+    return path, hold_dir(path)
 
 
 def sweep_stale_tmp(parent_dir: str) -> list[str]:
@@ -994,6 +1006,7 @@ class ImageWriter:
         self._kernel = kernel
         if kernel is not None and kernel_release is None:
             self._kernel_release = kernel.release
+        self._required: set[str] = set()  # see require()
 
         self.parent_link: inventory_pb2.ParentLink | None = None
         if parent is not None:
@@ -1028,11 +1041,8 @@ class ImageWriter:
         if self.tmp_dir is not None:
             raise RuntimeError("ImageWriter is not reentrant")
         parent_dir, base = os.path.split(self.final_dir)
-        sweep_stale_tmp(parent_dir)
         try:
-            self.tmp_dir = tempfile.mkdtemp(prefix=f".{base}.{_run_tag()}.", suffix=".tmp", dir=parent_dir)
-            os.chmod(self.tmp_dir, _DIR_MODE)
-            self._tmp_lock = _hold(self.tmp_dir)
+            self.tmp_dir, self._tmp_lock = make_held_tmp(parent_dir, base)
         except OSError as exc:
             raise _io_error(parent_dir, "create the image's temporary directory", exc) from exc
         return self
@@ -1081,6 +1091,16 @@ class ImageWriter:
         sink = _Sink(os.path.join(tmp, name), digest=digest, writeback=writeback, buffer=buffer)
         self._sinks[name] = sink
         return sink
+
+    def require(self, feature: str) -> None:
+        """Record that restoring this image right needs ``feature`` (a name of :data:`compat.FEATURES`).
+
+        A reader that does not know it refuses the image instead of restoring
+        it wrong; one that predates the list refuses it by its format number.
+        """
+        if feature not in compat.FEATURES:
+            raise ValueError(f"unknown image feature {feature!r}: add it to ckpt.image.compat.FEATURES")
+        self._required.add(feature)
 
     def records(self, name: str, kind: Kind | bytes) -> RecordWriter:
         """Open a record file to write message by message (for large tables)."""
@@ -1189,7 +1209,7 @@ class ImageWriter:
                 raise ValueError(f"{name} belongs to pid {found[1]}, which is not in the process list")
 
         inv = inventory_pb2.Inventory(
-            format_version=framing.FORMAT_VERSION,
+            format_version=framing.FILE_FORMAT_VERSION,  # set below, once the required features are known
             ckpt_version=ckpt.__version__,
             kernel_release=self._kernel_release,
             created_ns=time.time_ns() if self._created_ns is None else self._created_ns,
@@ -1217,9 +1237,11 @@ class ImageWriter:
                 inv.kernel_areas.CopyFrom(self._kernel.to_pb())
         if clocks is not None:
             inv.clocks.CopyFrom(clocks)
+        inv.required_features.extend(compat.required_features(inv, self._required))
+        inv.format_version = compat.format_for(inv.required_features)
         sink = _Sink(os.path.join(tmp, kinds.INVENTORY.template))
         self._sinks[kinds.INVENTORY.template] = sink
-        writer = RecordWriter(sink, kinds.INVENTORY)
+        writer = RecordWriter(sink, kinds.INVENTORY, version=inv.format_version)
         writer.write(inv)
         writer.close()
         _sync_all([sink.path for sink in self._sinks.values()])

@@ -8,9 +8,11 @@ from __future__ import annotations
 import ctypes
 import enum
 
-__all__ = ["NR", "user_regs_struct", "SYSCALL_INSN", "INT3", "PAGE_SIZE", "TASK_SIZE_MAX"]
+__all__ = ["NR", "user_regs_struct", "SYSCALL_INSN", "INT3", "PAGE_SIZE", "HPAGE_PMD_SIZE", "TASK_SIZE_MAX"]
 
 PAGE_SIZE = 4096
+#: What one page-middle-directory entry maps: the size of a transparent huge page.
+HPAGE_PMD_SIZE = 2 << 20
 #: Highest user address + 1 that munmap/PAGEMAP_SCAN accept (1 << 47 minus a page).
 TASK_SIZE_MAX = 0x7FFFFFFFF000
 #: Machine code of the ``syscall`` instruction.

@@ -9,8 +9,13 @@ the parent links the source wrote resolve here).  On "restore" it restores
 the newest image detached and answers "running" with the pid.  Until it has
 answered, any failure — the link, an "abort" from the source, its own restore
 — removes what it created (the restore itself kills a half-built process)
-and leaves the source to run on.  Once it has answered, the restored
-process is the live one and stays, whatever happens to the link.
+and leaves the source to run on.  The restore is a commit in two steps (ckpt.migrate.source):
+the process is built and held frozen — it dies with the receiver — and
+"restored" is said; only on the source's "commit" is it let go, and
+"running" said.  A link that ends before the commit kills it: the source
+runs on.  From the commit on, the restored process is the live one and
+stays, whatever happens to the link (the source's original is held in a
+stop that outlives its ckpt); Ctrl-C and SIGTERM wait for the answer.
 
 The restore is staged (:class:`~ckpt.restore.StagedRestore`): each pre-copy
 image is applied to a frozen helper as soon as it is stored, on a thread of
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import select
 import shutil
 import socket
@@ -38,7 +44,9 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from .. import interrupts, testpoint
 from ..errors import CkptError
+from ..image.store import hold_dir
 from ..resources.tree import kill as kill_helpers
 from .wire import DEFAULT_TIMEOUT, Channel, WireError, listen
 
@@ -58,6 +66,8 @@ BACKLOG = 128
 #: A stage (applying one image to the staged process) taking longer than this is given up: the
 #: switch-over restores plainly.  Below the source's wait for "stored" and "running" (60 s).
 STAGE_TIMEOUT = 30.0
+#: Seconds the source has to commit once told the process is built (it answers at once): below STAGE_TIMEOUT.
+COMMIT_TIMEOUT = 20.0
 
 
 @dataclass
@@ -74,9 +84,31 @@ class ReceiveResult:
     store: str = ""
     staged: bool = False       # the switch-over only finished a staged restore
     staging: str = ""          # why it was not staged ("" when it was, or when nothing was restored)
+    protocol: int = 0          # the migration protocol version both sides spoke
+    source_ckpt: str = ""      # the source's ckpt version, as it said
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class _Commit:
+    """The restore's ``before_hand_over``: say "restored", wait for the source's "commit" (else raise)."""
+
+    def __init__(self, ch: Channel) -> None:
+        self.ch = ch
+        self.asked = False    # "restored" was said: no second attempt at a restore after this
+        self.granted = False  # "commit" came: the process is let go
+
+    def __call__(self) -> None:
+        self.asked = True
+        self.ch.send({"type": "restored"})
+        msg = self.ch.recv(timeout=COMMIT_TIMEOUT)
+        if msg.get("type") == "abort":
+            raise WireError(f"the source gave the migration up: {msg.get('reason', '')}")
+        if msg.get("type") != "commit":
+            raise WireError(f"protocol error: expected a 'commit' message, got {msg.get('type')!r}")
+        self.granted = True
+        testpoint.point("receive.committed")
 
 
 class _Stager:
@@ -97,6 +129,7 @@ class _Stager:
         self.allow_changed_files = allow_changed_files
         self.note = ""
         self._staged: StagedRestore | None = None
+        self._commit: _Commit | None = None
         self._jobs: queue.Queue[tuple[str, str, Future | None]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ckpt-stage", daemon=True)
         self._thread.start()
@@ -107,11 +140,15 @@ class _Stager:
         self._jobs.put(("add", image_dir, fut))
         return fut
 
-    def finish(self, image_dir: str) -> "RestoreStats | None":
-        """Finish the staged restore with the final image: its stats, or None if staging was dropped."""
+    def finish(self, image_dir: str, commit: _Commit | None = None) -> "RestoreStats | None":
+        """Finish the staged restore with the final image: its stats, or None if staging was dropped.
+
+        ``commit``: asked before the process is let go; once asked, a failure is final (raised).
+        """
         if self.note:
             return None  # given up already: not behind a stage that may still hang
         fut: Future[RestoreStats | None] = Future()
+        self._commit = commit
         self._jobs.put(("finish", image_dir, fut))
         try:
             r = fut.result(timeout=STAGE_TIMEOUT)
@@ -190,8 +227,10 @@ class _Stager:
             self.note = self.note or "nothing was staged"
             return None
         try:
-            return staged.finish(path)
+            return staged.finish(path, before_hand_over=self._commit)
         except Exception as exc:  # noqa: BLE001 - the plain restore after it reports a real problem
+            if self._commit is not None and self._commit.asked:
+                raise  # the source was told it is built: this is the outcome, no second restore
             self._drop(f"finishing the staged restore failed ({exc})")
             return None
 
@@ -216,8 +255,9 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
     """
     from .. import api
 
-    result = ReceiveResult(peer=ch.peer)
+    result = ReceiveResult(peer=ch.peer, protocol=ch.version, source_ckpt=ch.peer_software)
     store = ""
+    store_lock: int | None = None
     confirmed = False
     stager: _Stager | None = None
     staging: Future[None] | None = None  # the newest pre-copy image being staged
@@ -227,15 +267,20 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             result.source_pid = int(hello["pid"])
             if "cpu" in hello:  # sources before ckpt recorded CPUs send none: their images are checked
                 _check_source_cpu(ch, hello["cpu"], cpu_cap)
+            for stale in _sweep_stores(root):
+                say(f"removed {stale}: a receiver killed during that migration left it")
             store = os.path.join(root, f"{result.source_pid}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             os.makedirs(store, mode=0o700)
+            store_lock = hold_dir(store)
             result.store = store
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
             if staged and not hello.get("dry_run"):
                 stager = _Stager(say, cpu_cap, allow_changed_files)
-            ch.send({"type": "ready"})
-            say(f"migration of pid {result.source_pid} from {result.peer} into {store}")
+            # Protocol 2 says which images we restore: the source refuses what we would refuse, before sending it.
+            ch.send({"type": "ready", **({"images": image_support()} if ch.version >= 2 else {})})
+            say(f"migration of pid {result.source_pid} from {result.peer} (ckpt {result.source_ckpt or '?'}, "
+                f"protocol {result.protocol}) into {store}")
             while True:
                 msg = ch.recv(timeout=IDLE_TIMEOUT)
                 kind = msg.get("type")
@@ -258,21 +303,29 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                     ch.send({"type": "synced"})
                 elif kind == "restore":
                     image = os.path.join(store, str(msg["name"]))
+                    testpoint.point("receive.restoring")
                     t0 = time.monotonic()
-                    try:
-                        r = stager.finish(image) if stager is not None else None
-                        result.staged = r is not None
-                        result.staging = stager.note if stager is not None else "not asked for"
-                        if r is None:
-                            r = api.restore(image, detached=True, cpu_cap=cpu_cap,
-                                            allow_changed_files=allow_changed_files)
-                    except CkptError as exc:
-                        ch.send_error(f"restore failed at the destination: {exc}")
-                        raise
-                    result.restore_ms = round((time.monotonic() - t0) * 1e3, 1)
-                    result.pid = r.pid
-                    ch.send({"type": "running", "pid": r.pid, "restore_ms": result.restore_ms})
-                    confirmed = True
+                    commit = _Commit(ch) if ch.version >= 2 else None  # (protocol 1: no commit step)
+                    with interrupts.deferred():  # a commit must be answered: Ctrl-C waits for it
+                        try:
+                            r = stager.finish(image, commit) if stager is not None else None
+                            result.staged = r is not None
+                            result.staging = stager.note if stager is not None else "not asked for"
+                            if r is None:
+                                r = api.restore(image, detached=True, cpu_cap=cpu_cap, before_hand_over=commit,
+                                                allow_changed_files=allow_changed_files)
+                        except CkptError as exc:
+                            ch.send_error(f"restore failed at the destination: {exc}")
+                            raise
+                        confirmed = True
+                        _mark_running(store)
+                        testpoint.point("receive.running")
+                        result.restore_ms = round((time.monotonic() - t0) * 1e3, 1)
+                        result.pid = r.pid
+                        try:
+                            ch.send({"type": "running", "pid": r.pid, "restore_ms": result.restore_ms})
+                        except (WireError, OSError):
+                            pass  # ours is the live copy: the source's original stays held (source.py)
                     say(f"restored as pid {r.pid} in {result.restore_ms:.0f} ms"
                         + (" (staged)" if result.staged else ""))
                     try:
@@ -300,6 +353,9 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             say(f"migration from {result.peer} failed: {exc}")
             return result
         raise
+    finally:
+        if store_lock is not None:
+            os.close(store_lock)
     if stager is not None:
         stager.close(kill=not confirmed)
     if not confirmed:
@@ -307,6 +363,42 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
         result.store = ""
     say(f"migration from {result.peer}: {result.outcome}")
     return result
+
+
+#: A migration's store in the receiver's directory: ``SOURCEPID-TIME-RECEIVERPID``.
+_STORE_NAME = re.compile(r"\d+-\d{8}T\d{6}-\d+")
+#: In a store whose process runs here (kept); a store without it whose receiver is gone was left by a kill.
+RUNNING_MARK = ".running"
+
+
+def _mark_running(store: str) -> None:
+    with open(os.path.join(store, RUNNING_MARK), "w"):
+        pass
+
+
+def _sweep_stores(root: str) -> list[str]:
+    """Remove the stores of migrations that never ran here and whose receiver is gone (its flock free)."""
+    removed = []
+    for entry in os.scandir(root):
+        if (not _STORE_NAME.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False)
+                or os.path.exists(os.path.join(entry.path, RUNNING_MARK))):
+            continue
+        fd = hold_dir(entry.path)
+        if fd is None:
+            continue  # a receiver still works in it (or no flock here: leave it)
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed.append(entry.path)
+    return removed
+
+
+def image_support() -> dict[str, list]:
+    """What ``ready`` tells a protocol-2 source: the image formats (oldest, newest) and the features we restore."""
+    from ..image import compat, framing
+
+    return {"formats": [framing.MIN_FORMAT_VERSION, framing.FORMAT_VERSION], "features": sorted(compat.FEATURES)}
 
 
 def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None) -> None:

@@ -4,16 +4,29 @@ Each round is a pre-dump (only the pages written since the previous one, the
 target running) into a local work directory, sent to the destination as an
 image directory; :class:`~ckpt.migrate.policy.SwitchPolicy` decides after
 each round whether to switch.  The switch-over is a final delta dump whose
-``end_target`` hook runs with the target still frozen: it sends the image,
-asks the destination to restore it, and ends the source only once the
-destination says the process runs.  Anything failing before that (the link,
-the destination's restore, a timeout, Ctrl-C) lets the source run on: the
-dump's hook raises, and the dump thaws the target.
+``end_target`` hook runs with the target still frozen, as a commit in two steps
+(DESIGN §6: at most one copy ever runs; protocol 2 — with a ckpt 0.1.0
+destination, which speaks protocol 1, the destination runs its copy as soon
+as it is built and says "running", without steps "restored" and "commit", so
+a source killed between that and ending its original leaves two copies):
 
-One window is left, as in every two-party protocol: if the link drops after
-the destination sent "running" but before the source read it, the source
-thaws its copy and the process runs twice.  The destination keeps its copy
-once it has confirmed (losing the process would be worse).
+1. the final image goes over; "restore": the destination builds the process
+   and holds it frozen before letting it go; "restored".  Anything failing up
+   to here — the link, its restore, a timeout, Ctrl-C, either ckpt killed —
+   lets the source run on (the dump's hook raises and the dump thaws it, or
+   ckpt's death ends the ptrace stop), and the destination kills what it built
+   when the link ends without a commit;
+2. the source queues SIGSTOP to its frozen original (a hold that survives
+   ckpt's death, unlike the ptrace stop), then sends "commit"; the
+   destination lets its copy go and says "running"; the source kills its
+   original.  Ctrl-C and SIGTERM wait for the end of this step.  If "commit"
+   cannot be sent, the hold is taken back and the source runs on; if the
+   destination reports its copy failed, likewise.  If the link ends after the
+   commit without an answer, the outcome is in doubt: the original stays
+   stopped (:class:`~ckpt.errors.MigrationInDoubt`, exit 1) and the user
+   resumes it or ends it depending on whether the destination runs the
+   process.  A SIGKILLed source after its hold leaves the same: the original
+   stopped, the destination's copy running if the commit reached it.
 """
 
 from __future__ import annotations
@@ -24,19 +37,68 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
-from ..errors import CkptError, UsageError
+from .. import interrupts, testpoint
+from ..control.seize import hold_stopped, unhold
+from ..errors import CkptError, MigrationInDoubt, Unsupported, UsageError
+from ..image.store import make_held_tmp
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from .policy import Iteration, SwitchPolicy
-from .wire import Channel, WireError
+from .wire import Channel, PeerError, WireError
 
-__all__ = ["MigrateStats", "RoundReport", "migrate"]
+__all__ = ["DestReads", "MigrateStats", "RoundReport", "migrate"]
 
 #: Inside the downtime besides the source's frozen state dump (measured by a probe) and the
 #: last delta: the destination's staged finish (13-30 ms for 1 GiB here) and the last round
 #: trips of the final image and its answers.
 FINISH_ESTIMATE = 0.035
+
+
+@dataclass(frozen=True)
+class DestReads:
+    """The images the destination restores: its formats (oldest, newest) and features (protocol 2's ``ready``).
+
+    A protocol-1 destination (ckpt 0.1.0) says nothing: it reads formats 1-2
+    and knows the features every image listed before the list existed.
+    """
+
+    software: str
+    formats: tuple[int, int]
+    features: frozenset[str]
+
+    @classmethod
+    def of(cls, ch: Channel, ready: dict) -> DestReads:
+        from ..image import compat
+
+        software = f"ckpt {ch.peer_software}" if ch.peer_software else "its ckpt"
+        if ch.version < 2:
+            return cls(software, (1, compat.PREVIOUS_FORMAT), compat.LISTLESS_FEATURES)
+        images = ready.get("images")
+        formats = images.get("formats") if isinstance(images, dict) else None
+        features = images.get("features") if isinstance(images, dict) else None
+        if not (isinstance(formats, list) and len(formats) == 2 and all(type(v) is int for v in formats)  # noqa: E721
+                and isinstance(features, list) and all(isinstance(f, str) for f in features)):
+            ch.send_error("protocol error: malformed 'ready'")
+            raise WireError(f"{ch.who} sent a malformed 'ready' (no image formats and features)")
+        return cls(software, (formats[0], formats[1]), frozenset(features))
+
+    def check(self, image_dir: str) -> None:
+        """Raise Unsupported, naming what is missing, when the destination would refuse the image at ``image_dir``."""
+        from ..image import Image
+
+        inv = Image.open(image_dir).inventory
+        lacks = sorted(set(inv.required_features) - self.features)
+        low, high = self.formats
+        if lacks:
+            why = f"it needs {', '.join(lacks)}, which the destination's {self.software} does not restore"
+        elif not low <= inv.format_version <= high:
+            why = f"it is format {inv.format_version}, the destination's {self.software} reads {low}-{high}"
+        else:
+            return
+        raise Unsupported(f"the destination cannot restore this process's image: {why}",
+                          hint="upgrade ckpt on the destination")
 
 
 @dataclass(frozen=True)
@@ -70,6 +132,8 @@ class MigrateStats:
     restore_ms: float = 0.0          # the destination's restore, as it reported it
     state_ms: float = 0.0            # the probe: the target frozen for all its non-memory state
     reason: str = ""                 # why the rounds stopped
+    protocol: int = 0                # the migration protocol version both sides spoke
+    destination_ckpt: str = ""       # the destination's ckpt version, as it said
     rounds: list[RoundReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -139,7 +203,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     """
     from .. import api
     from ..dump import dump as _dump
-    from ..resources import cpu
+    from ..resources import cpu, tree
 
     if max_downtime <= 0 or max_iterations < 1:
         raise UsageError("--max-downtime must be > 0 and --max-iterations ≥ 1")
@@ -149,13 +213,15 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     stats = MigrateStats(pid, f"{host}:{port}")
     policy = SwitchPolicy(max_downtime=max_downtime, max_iterations=max_iterations)
     throttle = _Throttle(bandwidth_limit)
-    work = tempfile.mkdtemp(prefix=f"ckpt-migrate-{pid}-", dir=work_dir)
+    # The rounds' images: a temporary directory that the next run in the same place removes if we are killed.
+    work, work_lock = make_held_tmp(work_dir or tempfile.gettempdir(), f"ckpt-migrate-{pid}")
     tracking = False
     try:
         with Channel.connect(host, port, token, timeout=timeout) as ch:
             # Our CPU: the destination refuses at once when it lacks a feature the process may use.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here())})
-            ch.expect("ready")
+            stats.protocol, stats.destination_ckpt = ch.version, ch.peer_software
+            reads = DestReads.of(ch, ch.expect("ready"))
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.
             probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close,
@@ -164,6 +230,11 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             policy.fixed_cost = probe.frozen_seconds + FINISH_ESTIMATE
 
             def send_image(name: str, final: bool) -> int:
+                try:
+                    reads.check(os.path.join(work, name))
+                except CkptError as exc:
+                    ch.send({"type": "abort", "reason": str(exc)})
+                    raise
                 before = ch.bytes_sent
                 ch.send({"type": "image", "name": name, "final": final})
                 ch.send_dir(os.path.join(work, name), name)
@@ -212,12 +283,43 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 if getattr(event, "phase", "") == "frozen":
                     marks["frozen"] = time.monotonic()
 
+            committing = ExitStack()  # from the hold until the original is killed: Ctrl-C waits
+
             def switch_over(image_dir: str) -> bool:
-                """With the source frozen: the last image goes over, the destination restores it."""
+                """With the source frozen: the last image goes over, then the commit (module docstring)."""
                 stats.final_bytes = send_image(final, final=True)
+                testpoint.point("migrate.final-sent")
                 ch.send({"type": "restore", "name": final})
-                running = ch.expect("running", timeout=timeout)
+                if ch.version < 2:  # a ckpt 0.1.0 destination: no commit step, it runs its copy at once
+                    return _running(ch.expect("running", timeout=timeout))
+                ch.expect("restored", timeout=timeout)  # built there, held frozen
+                testpoint.point("migrate.restored")
+                committing.enter_context(interrupts.deferred())
+                held = tree.descendants(pid, include_root=True)  # (frozen: it cannot change)
+                hold_stopped(held)
+                try:
+                    testpoint.point("migrate.held")
+                    ch.send({"type": "commit"})
+                except BaseException:
+                    unhold(held)  # the commit did not leave: the destination kills its copy, ours runs on
+                    raise
+                testpoint.point("migrate.committed")
+                try:
+                    running = ch.expect("running", timeout=timeout)
+                except PeerError:
+                    unhold(held)  # its copy failed after the commit, and it killed it: ours runs on
+                    raise
+                except WireError as exc:
+                    raise MigrationInDoubt(
+                        f"the switch-over of pid {pid} is in doubt: {exc}; the destination may run the process. "
+                        f"The original is kept stopped (SIGSTOP) so that it never runs twice",
+                        hint=f"if {host} runs it, end this one (kill -KILL {pid}); "
+                             f"if not, resume it (kill -CONT {pid})") from exc
+                return _running(running)
+
+            def _running(running: dict) -> bool:
                 marks["running"] = time.monotonic()
+                testpoint.point("migrate.running")
                 stats.dest_pid = int(running.get("pid", 0))
                 stats.restore_ms = float(running.get("restore_ms", 0.0))
                 if action_script:
@@ -230,8 +332,12 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 ch.send({"type": "sync"})
                 ch.expect("synced", timeout=timeout)
             try:
-                last = _dump(pid, os.path.join(work, final), parent=parent, progress=frozen, end_target=switch_over,
-                             tcp_close=tcp_close, tcp_established=tcp_established)
+                with committing:
+                    last = _dump(pid, os.path.join(work, final), parent=parent, progress=frozen,
+                                 end_target=switch_over, tcp_close=tcp_close, tcp_established=tcp_established)
+                    late = interrupts.take()  # a Ctrl-C the commit held off (none outside it)
+                if late is not None:
+                    stats.notes.append("interrupted during the commit: the switch-over was finished first")
             except BaseException as exc:
                 tracking = False  # the final dump ended tracking either way
                 try:
@@ -257,5 +363,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if work_lock is not None:
+            os.close(work_lock)
         stats.total_ms = round((time.monotonic() - t_start) * 1e3, 1)
     return stats

@@ -13,11 +13,17 @@ of at most :data:`MAX_CHUNK` bytes, so memory stays bounded on both sides.
 
 Handshake (the only untagged frames; both peers hold the same secret token):
 
-1. each side sends ``hello`` at once: protocol name, protocol version, its role
+1. each side sends ``hello`` at once: protocol name, the range of protocol
+   versions it speaks (``version`` the oldest, ``max_version`` the newest; a
+   ckpt 0.1.0 sent ``version`` alone and accepted exactly that one), its role
    (``client`` connects, ``server`` accepts) and a fresh 32-byte nonce.  Both
-   check the other's version, so a mismatch is refused on both sides with the
-   same clear error.  ``type``, ``protocol`` and ``version`` of ``hello`` are
-   frozen: any future version must keep them so the refusal stays readable.
+   sides then use the newest version both speak (:attr:`Channel.version`), so
+   a ckpt talks to the previous release as that release would; when the
+   ranges do not meet, both refuse with the same one-line error naming both
+   ranges and both ckpt versions, before anything else happens.  ``type``,
+   ``protocol`` and ``version`` of ``hello`` are frozen: any future version
+   must keep them so the refusal stays readable (an old ckpt that sees a
+   ``version`` it lacks says so).
 2. the client sends ``auth`` with ``HMAC-SHA256(token, "proof" | "client" | T)``
    where ``T`` is a SHA-256 of both hellos exactly as sent (nonces, versions,
    roles).  The server checks it with ``hmac.compare_digest`` and only then
@@ -100,6 +106,7 @@ __all__ = [
     "MIN_TOKEN_LENGTH",
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
+    "MIN_PROTOCOL_VERSION",
     "AuthError",
     "Channel",
     "DirFile",
@@ -116,8 +123,21 @@ __all__ = [
 ]
 
 PROTOCOL_NAME = "ckpt-migrate"
-#: Bumped on any change of the frames after ``hello``; both sides must agree exactly.
-PROTOCOL_VERSION = 1
+#: The newest protocol this ckpt speaks.  Bumped on any change of the frames after ``hello``; a
+#: ckpt keeps speaking the previous release's version too (MIN_PROTOCOL_VERSION), so hosts are
+#: upgraded one at a time.
+#:   1: ckpt 0.1.0 (the versions had to be equal).
+#:   2: hello has ``max_version`` (negotiation); ``ready`` says which image formats and
+#:      features the destination restores (ckpt/migrate/source.py, ``DestReads``), so a
+#:      source refuses to send an image the destination would refuse, naming what it lacks;
+#:      the switch-over is a commit: "restore" → "restored" (built, held) → "commit" →
+#:      "running" (version 1: "restore" → "running").
+PROTOCOL_VERSION = 2
+#: The oldest protocol this ckpt still speaks.
+MIN_PROTOCOL_VERSION = 1
+#: Test aid: ``CKPT_TEST_PROTOCOL=N`` makes this ckpt speak version N only (as a ckpt of that
+#: version would), to test a mix of versions on one machine.  Read here and nowhere else.
+PROTOCOL_ENV = "CKPT_TEST_PROTOCOL"
 #: Largest frame accepted after authentication (map + tag; the 4-byte prefix not counted).
 MAX_FRAME = 64 << 20
 #: Largest frame accepted before the peer has proven it knows the token.
@@ -403,6 +423,25 @@ class DirTransfer:
 # -- the channel ---------------------------------------------------------------
 
 
+def _speaks(versions: tuple[int, int]) -> tuple[int, int]:
+    """The (oldest, newest) protocol versions this side speaks: ``versions`` unless the test aid narrows them."""
+    forced = os.environ.get(PROTOCOL_ENV)
+    if forced:
+        try:
+            n = int(forced)
+        except ValueError:
+            raise UsageError(f"{PROTOCOL_ENV}={forced!r}: not a protocol version") from None
+        if not MIN_PROTOCOL_VERSION <= n <= PROTOCOL_VERSION:
+            raise UsageError(f"{PROTOCOL_ENV}={n}: this ckpt speaks {_span(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)}")
+        return n, n
+    return versions
+
+
+def _span(low: int, high: int) -> str:
+    """How a range of protocol versions reads in a message: "version 2", "versions 1-2"."""
+    return f"version {low}" if low == high else f"versions {low}-{high}"
+
+
 def _address(addr: object) -> str:
     if isinstance(addr, tuple) and len(addr) >= 2:
         host, port = addr[0], addr[1]
@@ -447,8 +486,8 @@ class Channel:
     of every later send and receive.
     """
 
-    #: What this side announces; a subclass may differ (tests of the refusal).
-    _protocol_version = PROTOCOL_VERSION
+    #: The versions this side speaks, oldest and newest; a subclass may differ (tests of the refusal).
+    _protocol_versions: tuple[int, int] = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
 
     def __init__(
         self,
@@ -461,6 +500,10 @@ class Channel:
     ) -> None:
         self.role = role
         self.timeout = timeout
+        #: The protocol version both sides speak (the newest both know), set by the handshake.
+        self.version = 0
+        #: The ckpt version the peer announced ("" if none), for messages.
+        self.peer_software = ""
         self.bytes_sent = 0
         self.bytes_received = 0
         self.frames_sent = 0
@@ -811,17 +854,21 @@ class Channel:
         self.send_error(tell_peer)
         return self._break(exc)
 
+    def _hello(self) -> dict[str, Any]:
+        """Our ``hello`` (a test's subclass may send an older ckpt's)."""
+        oldest, newest = _speaks(self._protocol_versions)
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL_NAME,
+            "version": oldest,
+            "max_version": newest,
+            "role": self.role.value,
+            "nonce": secrets.token_bytes(NONCE_SIZE),
+            "software": ckpt.__version__,
+        }
+
     def _handshake(self, token: bytes, deadline: _Deadline) -> None:
-        ours = _pack(
-            {
-                "type": "hello",
-                "protocol": PROTOCOL_NAME,
-                "version": self._protocol_version,
-                "role": self.role.value,
-                "nonce": secrets.token_bytes(NONCE_SIZE),
-                "software": ckpt.__version__,
-            }
-        )
+        ours = _pack(self._hello())
         self._send_frame(ours, deadline)
         theirs = bytes(self._recv_frame(deadline, MAX_HANDSHAKE_FRAME))
         hello = self._handshake_message(theirs, "hello")
@@ -878,19 +925,27 @@ class Channel:
                 WireError(f"{self.who} is not a ckpt migration endpoint (protocol {_printable(hello.get('protocol'))})"),
                 f"this is a {PROTOCOL_NAME} endpoint",
             )
-        version = hello.get("version")
-        if version != self._protocol_version:
-            software = hello.get("software")
-            theirs = f" (ckpt {_printable(software)})" if isinstance(software, str) else ""
+        software = hello.get("software")
+        self.peer_software = _printable(software)[:40] if isinstance(software, str) else ""
+        theirs = f" (ckpt {self.peer_software})" if self.peer_software else ""
+        oldest, newest = _speaks(self._protocol_versions)
+        ours = _span(oldest, newest)
+        low, high = hello.get("version"), hello.get("max_version", hello.get("version"))
+        if not all(type(v) is int and 0 < v < 1 << 16 for v in (low, high)) or low > high:  # noqa: E721 - no bool
+            raise self._refuse(
+                WireError(f"{self.who} sent a malformed hello (protocol version {_printable(low)}..{_printable(high)})"),
+                "malformed hello",
+            )
+        if max(low, oldest) > min(high, newest):
             raise self._refuse(
                 WireError(
-                    f"{self.who} speaks migration protocol version {_printable(version)}{theirs}, "
-                    f"this ckpt {ckpt.__version__} speaks version {self._protocol_version}",
-                    hint="run the same ckpt version on both hosts",
+                    f"{self.who} speaks migration protocol {_span(low, high)}{theirs}, "
+                    f"this ckpt {ckpt.__version__} speaks {ours}",
+                    hint="upgrade the older side: a ckpt speaks its own release's protocol and the previous one's",
                 ),
-                f"protocol version mismatch: this side (ckpt {ckpt.__version__}) "
-                f"speaks version {self._protocol_version}",
+                f"protocol version mismatch: this side (ckpt {ckpt.__version__}) speaks {ours}",
             )
+        self.version = min(high, newest)
         if hello.get("role") != self.role.other.value:
             raise self._refuse(
                 WireError(

@@ -49,7 +49,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from ..control.inject import Injector, Scratch, open_guards
+from ..control.inject import Injector, Scratch
 from ..control.seize import FrozenProcess, freeze
 from ..errors import RestoreError, TargetGone, Unsupported
 from ..image.records import ProcessInfo
@@ -172,7 +172,7 @@ def freeze_tree(root: int, *, start_time: int | None = None) -> Iterator[FrozenT
     """
     tree = FrozenTree(root)
     with ExitStack() as stack:
-        tree.procs[root] = stack.enter_context(freeze(root, start_time=start_time, open_area=False))
+        tree.procs[root] = stack.enter_context(freeze(root, start_time=start_time))
         queue = [root]
         while queue:
             parent = queue.pop(0)
@@ -183,7 +183,6 @@ def freeze_tree(root: int, *, start_time: int | None = None) -> Iterator[FrozenT
                 elif member is not None:
                     tree.procs[child] = member
                     queue.append(child)
-        open_guards(list(tree.procs.values()))  # once all are frozen: their calls in step
         yield tree
 
 
@@ -225,7 +224,7 @@ def _freeze_child(stack: ExitStack, parent: int, pid: int) -> FrozenProcess | Zo
         return None  # reparented meanwhile: not ours
     if st.state not in ("Z", "X"):
         try:
-            return stack.enter_context(freeze(pid, start_time=st.starttime, open_area=False))
+            return stack.enter_context(freeze(pid, start_time=st.starttime))
         except TargetGone:
             try:
                 st = read_stat(pid)

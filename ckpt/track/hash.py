@@ -44,16 +44,16 @@ ALGORITHM = "sha1-64"
 DIGEST_SIZE = 8
 #: Bytes read per process_vm_readv call: big enough to amortise the call, small enough to stay in cache.
 CHUNK = 4 << 20
-_NO_DIGEST = b"\xff" * DIGEST_SIZE  # an unreadable page: never equal to a real digest of the next round
+NO_DIGEST = b"\xff" * DIGEST_SIZE  # an unreadable page: never equal to a real digest of the next round
 
 
 def _has_no_digest(digests: bytes | bytearray) -> bool:
-    """Whether any page-aligned digest in ``digests`` is ``_NO_DIGEST`` (an unreadable page)."""
-    i = digests.find(_NO_DIGEST)
+    """Whether any page-aligned digest in ``digests`` is ``NO_DIGEST`` (an unreadable page)."""
+    i = digests.find(NO_DIGEST)
     while i >= 0:
         if i % DIGEST_SIZE == 0:
             return True
-        i = digests.find(_NO_DIGEST, i + 1)
+        i = digests.find(NO_DIGEST, i + 1)
     return False
 
 
@@ -68,7 +68,9 @@ def page_digests(data: memoryview, npages: int) -> bytearray:
 
 
 @dataclass
-class _Range:
+class DigestRange:
+    """The digests of the pages of ``[start, end)``, DIGEST_SIZE bytes each (shared with the soft-dirty tracker)."""
+
     start: int
     end: int
     digests: bytearray
@@ -78,14 +80,14 @@ class _Range:
         return bytes(self.digests[i:i + DIGEST_SIZE])
 
 
-def digest_records(owner: str, ranges: list[_Range]) -> list[object]:
+def digest_records(owner: str, ranges: list[DigestRange]) -> list[object]:
     """The records of a ``digests-<owner>.img`` file: one DigestHead, then one PageDigests per range."""
     head = digests_pb2.DigestHead(owner=owner, algorithm=ALGORITHM, digest_size=DIGEST_SIZE, page_size=PAGE_SIZE)
     return [head] + [digests_pb2.PageDigests(vaddr=r.start, nr_pages=(r.end - r.start) // PAGE_SIZE,
                                              digests=bytes(r.digests)) for r in ranges]
 
 
-def save_digests(path: str | os.PathLike[str], owner: str, ranges: list[_Range]) -> None:
+def save_digests(path: str | os.PathLike[str], owner: str, ranges: list[DigestRange]) -> None:
     """Write a ``digests-<owner>.img`` file atomically."""
     recs = [m.SerializeToString() for m in digest_records(owner, ranges)]  # type: ignore[attr-defined]
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
@@ -94,7 +96,7 @@ def save_digests(path: str | os.PathLike[str], owner: str, ranges: list[_Range])
     os.replace(tmp, path)
 
 
-def load_digests(path: str | os.PathLike[str]) -> tuple[str, list[_Range]]:
+def load_digests(path: str | os.PathLike[str]) -> tuple[str, list[DigestRange]]:
     """``(owner, ranges)`` from a digests file; CorruptImage on a foreign algorithm or size."""
     with open(path, "rb") as f:
         data = f.read()
@@ -111,7 +113,7 @@ def load_digests(path: str | os.PathLike[str]) -> tuple[str, list[_Range]]:
         pd = digests_pb2.PageDigests.FromString(bytes(raw))
         if len(pd.digests) != pd.nr_pages * DIGEST_SIZE:
             raise CorruptImage(path, f"range {pd.vaddr:#x}: {len(pd.digests)} digest bytes for {pd.nr_pages} pages")
-        out.append(_Range(pd.vaddr, pd.vaddr + pd.nr_pages * PAGE_SIZE, bytearray(pd.digests)))
+        out.append(DigestRange(pd.vaddr, pd.vaddr + pd.nr_pages * PAGE_SIZE, bytearray(pd.digests)))
     return head.owner, out
 
 
@@ -124,7 +126,7 @@ class HashTracker(Tracker):
         super().__init__(pid)
         self.start_time = read_starttime(pid)
         self.digests_path = os.fspath(digests_path) if digests_path is not None else ""
-        self._ranges: list[_Range] = []
+        self._ranges: list[DigestRange] = []
         self._buf = mmap.mmap(-1, CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._buf.write(b"\0" * CHUNK)  # pre-fault once; every round reuses these pages
         self._view = memoryview(self._buf)
@@ -172,7 +174,7 @@ class HashTracker(Tracker):
         return got // PAGE_SIZE
 
     def _hash_range(self, start: int, end: int) -> bytearray:
-        """Digests of ``[start, end)``; ``_NO_DIGEST`` for exactly the pages that could not be read.
+        """Digests of ``[start, end)``; ``NO_DIGEST`` for exactly the pages that could not be read.
 
         A read that fails at one page marks that page alone and goes on after it:
         giving up on the rest of the chunk would record readable (and possibly
@@ -188,7 +190,7 @@ class HashTracker(Tracker):
             out += page_digests(self._view, got)
             addr += got * PAGE_SIZE
             if got < n:
-                out += _NO_DIGEST
+                out += NO_DIGEST
                 addr += PAGE_SIZE
         return out
 
@@ -196,12 +198,12 @@ class HashTracker(Tracker):
         """The previous digests of ``[start, end)``, page by page, and how many pages had one.
 
         A page no earlier collection hashed (the VMA grew: brk, mremap in place,
-        a new mapping or thread stack merged with it) gets ``_NO_DIGEST``, which
+        a new mapping or thread stack merged with it) gets ``NO_DIGEST``, which
         never equals a real digest: that page alone is dirty, not the whole VMA.
         The comparison is by address and content, so a page whose VMA changed
         identity but whose bytes are the ones recorded is rightly unchanged.
         """
-        out = bytearray(_NO_DIGEST * ((end - start) // PAGE_SIZE))
+        out = bytearray(NO_DIGEST * ((end - start) // PAGE_SIZE))
         known = 0
         for r in self._ranges:  # sorted by address
             if r.end <= start or r.start >= end:
@@ -226,22 +228,22 @@ class HashTracker(Tracker):
         selected = select_ranges(maps, self.ranges.include, self.ranges.exclude)
         t0 = time.perf_counter()
         found: list[VmaDirty] = []
-        new_ranges: list[_Range] = []
+        new_ranges: list[DigestRange] = []
         for (start, end), vma in selected:
             now = self._hash_range(start, end)
             old, known = self._old_digests(start, end)
-            new_ranges.append(_Range(start, end, now))
+            new_ranges.append(DigestRange(start, end, now))
             if known == 0:
                 found.append(VmaDirty(start, end, vma.path, ((start, (end - start) // PAGE_SIZE),), (), new=True))
                 continue
-            # The shortcut must not swallow unreadable pages: _NO_DIGEST == _NO_DIGEST, yet a
+            # The shortcut must not swallow unreadable pages: NO_DIGEST == NO_DIGEST, yet a
             # page unreadable in two rounds (e.g. behind an unmapped page) may have been written.
             if old == now and not _has_no_digest(now):
                 found.append(VmaDirty(start, end, vma.path))
                 continue
             pages = [start + i * PAGE_SIZE for i in range(len(now) // DIGEST_SIZE)
                      if now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] != old[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
-                     or now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] == _NO_DIGEST]
+                     or now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] == NO_DIGEST]
             found.append(VmaDirty(start, end, vma.path, runs_from_pages(pages)))
         self._ranges = new_ranges
         elapsed = time.perf_counter() - t0

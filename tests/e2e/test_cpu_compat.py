@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from ckpt.image import Image, framing, kinds
+from ckpt.image import Image
 from ckpt.image.verify import verify
 from ckpt.migrate.wire import save_token
 from ckpt.resources import cpu
 from hosts import ckpt_argv
+from inventory_edit import rewrite_inventory
 from targets import tracer_of, wait_until
 from test_cli import assert_one_line_error
 
@@ -51,10 +52,7 @@ def _with(rec: cpu.CpuRecord, names: list[str]) -> cpu.CpuRecord:
 
 def _reseal_cpu(image_dir: Path, edit: Callable[[cpu.CpuRecord], cpu.CpuRecord]) -> None:
     """Replace the image's CPU record and write inventory.img again the way ckpt writes it."""
-    inv = Image.open(image_dir).inventory
-    inv.cpu.CopyFrom(cpu.to_pb(edit(cpu.from_pb(inv.cpu))))
-    (image_dir / "inventory.img").write_bytes(
-        framing.encode_file(kinds.INVENTORY.magic, [inv.SerializeToString()], version=inv.format_version))
+    rewrite_inventory(image_dir, lambda inv: inv.cpu.CopyFrom(cpu.to_pb(edit(cpu.from_pb(inv.cpu)))))
     assert verify(image_dir).ok
 
 

@@ -128,10 +128,10 @@ def _tree_round(t, pids: list[int]) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("point,nth", [("inject.entered", 2), ("inject.done", 4), ("inject.loaded", 8)],
                          ids=lambda v: str(v))
-def test_tree_dump_killed_while_the_areas_open_in_step(c_target, tmp_path: Path, point: str, nth: int) -> None:  # noqa: ANN001
-    """A tree's areas are opened in step (control.inject.open_guards): several processes have a call of
-    theirs loaded or running at once when ckpt is killed; each carries on, and the next run, which finds
-    the one refusing an area (a seccomp filter) and injects there unguarded, removes what was left."""
+def test_tree_dump_killed_while_the_areas_open(c_target, tmp_path: Path, point: str, nth: int) -> None:  # noqa: ANN001
+    """ckpt killed while it maps the injection areas of a tree's processes, one of which refuses its area (a
+    seccomp filter: its calls are injected unguarded): each process carries on, and the next run removes
+    what the killed one left and says which process went without an area."""
     t = c_target("noarea", stderr=subprocess.DEVNULL)
     pids = [int(p) for p in t.ready()["pids"].split(",")]
     _tree_round(t, pids)

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,13 +83,13 @@ class _Receiver:
     """`ckpt receive --once` (or without ``once``: until interrupted) inside the second host, on its address."""
 
     def __init__(self, host: SecondHost, tmp_path: Path, token: Path, port: int, *extra: str,
-                 once: bool = True) -> None:
+                 once: bool = True, ckpt: Callable[..., list[str]] = ckpt_argv) -> None:
         self.host = host
         self.stats = tmp_path / "receive.json"
         self.err = tmp_path / "receive.err"
         self.store = tmp_path / "received"
         with open(self.err, "wb") as err:
-            self.proc = host.run(ckpt_argv("receive", "--listen", f"{host.address}:{port}", "-D", self.store,
+            self.proc = host.run(ckpt("receive", "--listen", f"{host.address}:{port}", "-D", self.store,
                                            "--token-file", token, *(["--once"] if once else []),
                                            "--json-stats", self.stats, *extra),
                                  stdout=subprocess.DEVNULL, stderr=err)
@@ -109,9 +110,11 @@ class _Receiver:
 
 
 def _migrate(host: SecondHost, pid: int, port: int, token: Path, tmp_path: Path, *extra: str,
-             timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], dict]:
+             timeout: float = 120, ckpt: Callable[..., list[str]] = ckpt_argv
+             ) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``ckpt migrate`` (``ckpt``: the argv of the ckpt to run) of ``pid`` to the receiver at ``port``: (result, stats)."""
     stats = tmp_path / "migrate.json"
-    res = subprocess.run(ckpt_argv("migrate", "-t", pid, "--to", f"{host.address}:{port}", "--token-file", token,
+    res = subprocess.run(ckpt("migrate", "-t", pid, "--to", f"{host.address}:{port}", "--token-file", token,
                                    "--json-stats", stats, "-v", *extra),
                          stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True, timeout=timeout)
     return res, (json.loads(stats.read_text()) if res.returncode == 0 and stats.exists() else {})

@@ -19,7 +19,7 @@ def _file(payloads: list[bytes]) -> bytes:
 
 def test_layout_is_header_records_marker() -> None:
     data = _file([b"abc", b""])
-    assert data[:12] == b"CKPT" + MAGIC + struct.pack("<I", framing.FORMAT_VERSION)
+    assert data[:12] == b"CKPT" + MAGIC + struct.pack("<I", framing.FILE_FORMAT_VERSION)
     assert data[12:19] == struct.pack("<I", 3) + b"abc"
     assert data[19:23] == struct.pack("<I", 0)
     assert data[23:27] == b"\xff\xff\xff\xff"
@@ -30,7 +30,7 @@ def test_layout_is_header_records_marker() -> None:
 @pytest.mark.parametrize("payloads", [[], [b""], [b"x" * 1000, b"y", b""]])
 def test_round_trip(payloads: list[bytes]) -> None:
     data = _file(payloads)
-    assert framing.parse_header("f.img", data, MAGIC) == (MAGIC, framing.FORMAT_VERSION)
+    assert framing.parse_header("f.img", data, MAGIC) == (MAGIC, framing.FILE_FORMAT_VERSION)
     assert [bytes(p) for p in framing.split_records("f.img", data)] == payloads
 
 

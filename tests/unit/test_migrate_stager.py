@@ -58,7 +58,7 @@ class _Fake:
         self._call("apply", path)
         return self._stage()
 
-    def finish(self, path: str) -> SimpleNamespace:
+    def finish(self, path: str, before_hand_over=None) -> SimpleNamespace:  # noqa: ANN001
         self._call("finish", path)
         self.state = "done"
         self._stage()
@@ -146,3 +146,14 @@ def test_a_hanging_stage_is_given_up(fake: type[_Fake], monkeypatch: pytest.Monk
     assert s.finish("4") is None  # restored plainly
     s.close(kill=False)
     assert ("apply", "3") not in fake.made[0].calls
+
+
+def test_a_failure_after_the_source_was_told_is_final(fake: type[_Fake]) -> None:
+    """Once "restored" was said (the commit asked), a failing finish raises: no second, plain restore."""
+    fake.fail["finish"] = RestoreError("boom")
+    s = _Stager(lambda _m: None)
+    s.wait_staged(s.add("1"))
+    with pytest.raises(RestoreError, match="boom"):
+        s.finish("2", SimpleNamespace(asked=True))  # type: ignore[arg-type]
+    s.close(kill=True)
+    assert s.note == ""

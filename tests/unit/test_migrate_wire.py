@@ -21,6 +21,8 @@ import msgpack
 import pytest
 import zstandard
 
+import ckpt
+
 from ckpt.errors import CkptError, ImageError, UsageError
 from ckpt.migrate import wire
 from ckpt.migrate.wire import (
@@ -194,22 +196,91 @@ def test_a_short_token_is_refused_before_any_traffic() -> None:
         Channel.connect("127.0.0.1", 9, "secret", timeout=T)  # nothing listens on 9: the token is checked first
 
 
-class _Version2(Channel):
-    _protocol_version = 2
+class _Speaks1(Channel):
+    """A ckpt that speaks protocol 1 only, with a range in its hello."""
+
+    _protocol_versions = (1, 1)
+
+
+class _Release010(Channel):
+    """ckpt 0.1.0 as it was: a hello with ``version`` 1 and no range, and it wanted exactly 1."""
+
+    _protocol_versions = (1, 1)
+
+    def _hello(self) -> dict[str, Any]:
+        hello = super()._hello()
+        del hello["max_version"]
+        hello["software"] = "0.1.0"
+        return hello
+
+
+class _Speaks3to4(Channel):
+    _protocol_versions = (3, 4)
+
+
+def test_both_sides_use_the_newest_version_they_both_speak(chans: tuple[Channel, Channel]) -> None:
+    client, server = chans
+    assert client.version == server.version == wire.PROTOCOL_VERSION == 2
+    assert client.peer_software == server.peer_software == ckpt.__version__
+
+
+@pytest.mark.parametrize("older", [_Speaks1, _Release010])
+@pytest.mark.parametrize("older_side", ["client", "server"])
+def test_the_previous_protocol_is_spoken_with_the_previous_release(older: type[Channel], older_side: str) -> None:
+    client, server = _pair(client_cls=older if older_side == "client" else Channel,
+                           server_cls=older if older_side == "server" else Channel)
+    assert isinstance(client, Channel) and isinstance(server, Channel), (client, server)
+    with client, server:
+        assert client.version == server.version == 1
+        server.send({"type": "ready"})  # and the session works at that version
+        assert client.expect("ready") == {"type": "ready"}
 
 
 @pytest.mark.parametrize("newer", ["client", "server"])
-def test_version_mismatch_is_refused_on_both_sides(newer: str) -> None:
+def test_versions_that_do_not_meet_are_refused_on_both_sides_naming_both(newer: str) -> None:
     client, server = _pair(
-        client_cls=_Version2 if newer == "client" else Channel,
-        server_cls=_Version2 if newer == "server" else Channel,
+        client_cls=_Speaks3to4 if newer == "client" else Channel,
+        server_cls=_Speaks3to4 if newer == "server" else Channel,
     )
-    for exc, theirs, ours in ((client, *((2, 1) if newer == "server" else (1, 2))),
-                              (server, *((2, 1) if newer == "client" else (1, 2)))):
+    for exc, is_newer in ((client, newer == "client"), (server, newer == "server")):
         assert isinstance(exc, WireError) and not isinstance(exc, AuthError), exc
-        assert f"speaks migration protocol version {theirs}" in str(exc)
-        assert f"speaks version {ours}" in str(exc)
-        assert "\n" not in str(exc) and exc.hint == "run the same ckpt version on both hosts"
+        theirs, ours = ("versions 1-2", "versions 3-4") if is_newer else ("versions 3-4", "versions 1-2")
+        assert f"speaks migration protocol {theirs} (ckpt {ckpt.__version__}), " \
+               f"this ckpt {ckpt.__version__} speaks {ours}" in str(exc)
+        assert "\n" not in str(exc) and exc.hint and "upgrade the older side" in exc.hint
+
+
+def test_a_release_0_1_0_peer_is_refused_when_we_no_longer_speak_1() -> None:
+    class Speaks2(Channel):
+        _protocol_versions = (2, 2)
+
+    client, server = _pair(client_cls=_Release010, server_cls=Speaks2)
+    assert isinstance(server, WireError) and "protocol version 1 (ckpt 0.1.0)" in str(server), server
+    assert isinstance(client, WireError), client
+
+
+@pytest.mark.parametrize("hello", [{"version": "2"}, {"version": True}, {"version": 2, "max_version": 1},
+                                   {"max_version": 2}, {"version": 1 << 20}])
+def test_a_malformed_version_range_is_refused(hello: dict[str, Any]) -> None:
+    class Odd(Channel):
+        def _hello(self) -> dict[str, Any]:
+            mine = super()._hello()
+            del mine["version"], mine["max_version"]
+            return {**mine, **hello}
+
+    client, server = _pair(client_cls=Odd)
+    assert isinstance(server, WireError) and "malformed hello" in str(server), server
+
+
+def test_the_test_aid_narrows_this_side_to_one_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(wire.PROTOCOL_ENV, "1")
+    client, server = _pair()
+    assert isinstance(client, Channel) and isinstance(server, Channel), (client, server)
+    with client, server:
+        assert client.version == server.version == 1
+    monkeypatch.setenv(wire.PROTOCOL_ENV, "7")
+    client, server = _pair()
+    assert isinstance(client, UsageError) and "this ckpt speaks versions 1-2" in str(client), client
 
 
 def test_two_clients_are_refused() -> None:

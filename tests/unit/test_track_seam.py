@@ -7,6 +7,7 @@ target refusing every userfaultfd, which no kernel here does).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from contextlib import contextmanager
@@ -16,9 +17,10 @@ import pytest
 from ckpt.errors import AccessDenied, UsageError
 from ckpt.kernel import pagemap as pm
 from ckpt.kernel import uffd
+from ckpt.kernel.arch_x86_64 import HPAGE_PMD_SIZE
 from ckpt.procfs.maps import parse_maps
 from ckpt.track.base import DirtySet, RangeSpec, TrackingState, VmaDirty, parse_ranges, select_ranges
-from ckpt.track.soft_dirty import SoftDirtyTracker
+from ckpt.track.soft_dirty import SoftDirtyTracker, huge_blocks
 from ckpt.track.uffd_wp import UffdWpTracker
 
 P = 4096
@@ -72,11 +74,17 @@ def test_dirty_set_counts_and_state_round_trip() -> None:
 
 
 class FakeKernel:
-    """Maps + per-page (soft_dirty, present) bits; clear_refs clears every bit (whole process)."""
+    """Maps + per-page (soft_dirty, present) bits; clear_refs clears every bit (whole process).
+
+    ``huge``: the 2 MiB blocks a THP maps: one bit for the block, so a page written in it
+    reads as every page of it written, until split_huge maps it with small pages.
+    """
 
     def __init__(self) -> None:
         self.maps = parse_maps(MAPS)
         self.bits: dict[int, tuple[bool, bool]] = {}
+        self.huge: set[int] = set()
+        self.content: dict[int, bytes] = {}  # page → its bytes (a zero page when absent)
         self.log: list[str] = []
         self.frozen_now = False
 
@@ -98,6 +106,9 @@ class FakeKernel:
         out = []
         for a in range(start, end, P):
             sd, present = self.bits.get(a, (False, True))
+            block = a - a % HPAGE_PMD_SIZE
+            if block in self.huge:
+                sd = any(self.bits.get(b, (False,))[0] for b in range(block, block + HPAGE_PMD_SIZE, P))
             cats = (pm.PAGE_IS_SOFT_DIRTY if sd else 0) | (pm.PAGE_IS_PRESENT if present else 0)
             out.append(pm.PageRegion(a, a + P, cats))
         return out
@@ -107,13 +118,27 @@ class FakeKernel:
         self.log.append("clear")
         self.bits = {a: (False, p) for a, (_, p) in self.bits.items()}
 
+    def write(self, addr: int) -> None:
+        """The target writes the page: its bit and new content."""
+        self.bits[addr] = (True, True)
+        self.content[addr] = os.urandom(P)
+
+    def read(self, pid: int, addr: int, length: int) -> bytes:
+        assert self.frozen_now, "digests are of the content at the clear"
+        return b"".join(self.content.get(a, bytes(P)) for a in range(addr, addr + length, P))
+
+    def split_huge(self, pid: int, blocks) -> None:
+        assert self.frozen_now, "a write between the clear and the split would mark the whole block"
+        self.log.append("split")
+        self.huge -= set(blocks)
+
 
 def test_soft_dirty_through_the_seam() -> None:
     k = FakeKernel()
     heap = 0x555555558000
     tr = SoftDirtyTracker(1234, kernel=k)
     tr.start(RangeSpec())
-    assert k.log == ["freeze", "maps"] + ["scan"] * 5 + ["clear", "thaw"]  # one clear, after every get
+    assert k.log == ["freeze", "maps"] + ["scan"] * 5 + ["clear", "split", "thaw"]  # one clear, after every get
     k.bits[heap + 2 * P] = (True, True)
     k.bits[heap + 3 * P] = (True, True)
     k.bits[heap + 5 * P] = (False, False)  # zapped: a hole every time
@@ -163,6 +188,69 @@ def test_soft_dirty_layout_changes_make_a_vma_wholly_dirty() -> None:
     # no layout recorded (an image from before it was kept): everything is wholly dirty once
     blind = SoftDirtyTracker.attach(TrackingState("soft-dirty", 1234, 0), kernel=k)
     assert len(blind.collect().new_vmas) == len(ds.vmas)
+
+
+def test_soft_dirty_splits_huge_pages_so_a_write_marks_one_page() -> None:
+    """A THP has one bit for 512 pages: without the split after each clear, every collection of a
+    4 MiB area with two pages written read as 1024 written (the kernels suite's chain case)."""
+    k = FakeKernel()
+    area = 0x7f0000400000  # 2 MiB-aligned, 4 MiB, both blocks THPs; a shared one is never split
+    k.maps = parse_maps(b"7f0000400000-7f0000800000 rw-p 00000000 00:00 0\n"
+                        b"7f0000800000-7f0000c00000 rw-s 00000000 00:01 9 /dev/zero (deleted)\n")
+    k.huge = {area, area + HPAGE_PMD_SIZE, 0x7f0000800000, 0x7f0000a00000}
+    tr = SoftDirtyTracker(1234, kernel=k)
+    tr.start(RangeSpec())  # never cleared before: every page reads written, both blocks are split
+    assert k.huge == {0x7f0000800000, 0x7f0000a00000}
+    k.write(area + 3 * P)
+    k.write(area + HPAGE_PMD_SIZE + 7 * P)
+    ds = tr.collect()
+    assert [r for v in ds.vmas if v.start == area for r in v.written] == [(area + 3 * P, 1),
+                                                                          (area + HPAGE_PMD_SIZE + 7 * P, 1)]
+    k.write(area + 11 * P)
+    assert [r for v in tr.collect().vmas if v.start == area for r in v.written] == [(area + 11 * P, 1)]
+    # peek never splits (nor clears)
+    k.huge.add(area)
+    tr.peek()
+    assert area in k.huge
+
+
+def test_soft_dirty_narrows_a_rebuilt_huge_page_by_its_digests() -> None:
+    """khugepaged rebuilds a split THP within seconds, its one bit set: the block digests kept at each
+    clear (and carried in the state to the next ckpt run) narrow it to the pages whose content changed."""
+    k = FakeKernel()
+    area = 0x7f0000400000
+    k.maps = parse_maps(b"7f0000400000-7f0000800000 rw-p 00000000 00:00 0\n")
+    k.huge = {area, area + HPAGE_PMD_SIZE}
+    tr = SoftDirtyTracker(1234, kernel=k)
+    tr.start(RangeSpec())
+    k.write(area + 5 * P)
+    tr.collect()  # split: the bits are exact, the digests of the pages they report are refreshed
+    k.huge.add(area)  # collapsed again, with the bit set; then a write to a page of it
+    k.write(area + 9 * P)
+    k.bits[area + 10 * P] = (True, True)  # written with the same bytes: nothing to copy
+    assert [r for v in tr.collect().vmas for r in v.written] == [(area + 9 * P, 1)]
+    # the digests travel with the state (the image's digests file) to the next ckpt run
+    k.huge.add(area)
+    k.write(area + 20 * P)
+    state = tr.detach()
+    from ckpt.track.hash import save_digests, DigestRange
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "digests-1234.img")
+        save_digests(path, "1234", [DigestRange(b, b + HPAGE_PMD_SIZE, dg) for b, dg in tr._digests.items()])
+        again = SoftDirtyTracker.attach(dataclasses.replace(state, digests_path=path), kernel=k)
+        assert [r for v in again.collect().vmas for r in v.written] == [(area + 20 * P, 1)]
+    # without them (an image from before), the rebuilt block is wholly written once
+    k.huge.add(area)
+    k.write(area + 30 * P)
+    blind = SoftDirtyTracker.attach(state, kernel=k)
+    assert blind.collect().written_pages == 512
+
+
+def test_huge_blocks_are_the_aligned_wholly_written_ones() -> None:
+    vma = parse_maps(b"7f00001ff000-7f0000800000 rw-p 00000000 00:00 0\n")[0]
+    d = VmaDirty(vma.start, vma.end, "", written=((0x7f00001ff000, 1 + 512 + 511), (0x7f0000600000, 512)))
+    assert huge_blocks([d], [vma]) == [0x7f0000200000, 0x7f0000600000]
 
 
 def test_soft_dirty_zero_page_is_written_and_peek_keeps_the_bits() -> None:

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Inventory(_message.Message):
-    __slots__ = ("format_version", "ckpt_version", "kernel_release", "created_ns", "image_id", "kind", "tracking", "processes", "parent", "files", "arch", "page_size", "hostname", "boot_id", "extra", "cpu", "kernel_version", "kernel_areas", "clocks")
+    __slots__ = ("format_version", "ckpt_version", "kernel_release", "created_ns", "image_id", "kind", "tracking", "processes", "parent", "files", "arch", "page_size", "hostname", "boot_id", "extra", "cpu", "kernel_version", "kernel_areas", "clocks", "required_features")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Inventory.Kind]
@@ -49,6 +49,7 @@ class Inventory(_message.Message):
     KERNEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KERNEL_AREAS_FIELD_NUMBER: _ClassVar[int]
     CLOCKS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_FEATURES_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     ckpt_version: str
     kernel_release: str
@@ -68,7 +69,8 @@ class Inventory(_message.Message):
     kernel_version: str
     kernel_areas: KernelAreas
     clocks: _clocks_pb2.Clocks
-    def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[_Union[_cpu_pb2.CpuFeatures, _Mapping]] = ..., kernel_version: _Optional[str] = ..., kernel_areas: _Optional[_Union[KernelAreas, _Mapping]] = ..., clocks: _Optional[_Union[_clocks_pb2.Clocks, _Mapping]] = ...) -> None: ...
+    required_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[_Union[_cpu_pb2.CpuFeatures, _Mapping]] = ..., kernel_version: _Optional[str] = ..., kernel_areas: _Optional[_Union[KernelAreas, _Mapping]] = ..., clocks: _Optional[_Union[_clocks_pb2.Clocks, _Mapping]] = ..., required_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class KernelAreas(_message.Message):
     __slots__ = ("areas", "vdso_build_id", "vdso_sha256")
