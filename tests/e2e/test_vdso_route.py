@@ -89,3 +89,40 @@ def test_vdso_callers_keep_working(c_target, tmp_path: Path, restored: list[int]
     assert copy == vdso.proxy_bytes(bytes(mm.vdso), routes)  # the old vDSO, its functions jumping to the new one
     for _ in range(3):  # and the threads keep calling through it, answers checked
         _check(t)
+
+
+def _check_pid(t: Target, pid: int) -> str:
+    """SIGUSR1 to one process of the tree: its own CHECK PASS line (a line of the other is skipped)."""
+    os.kill(pid, signal.SIGUSR1)
+    while True:
+        line = t.expect("CHECK PASS")
+        if line.endswith(f"pid={pid}"):
+            return line
+
+
+def test_routed_tree(c_target, tmp_path: Path, restored: list[int], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A parent and its child, both calling the vDSO: each helper of the tree gets its own proxy, the
+    child's cloned from the parent's (which holds this kernel's areas, moved, and no proxy yet)."""
+    t = c_target("vdso_clock", "2", "1", "tree")
+    pids = sorted({int(t.ready()["pid"]), int(t.ready()["pid"])})
+    assert len(pids) == 2 and t.pid in pids
+    for pid in pids:
+        _check_pid(t, pid)
+    old = _areas(t.pid)
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    monkeypatch.setenv(features.DISABLE_ENV, "same_vdso")
+    features.disabled.cache_clear()
+    try:
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    finally:
+        monkeypatch.delenv(features.DISABLE_ENV, raising=False)
+        features.disabled.cache_clear()
+    restored.append(r.pid)
+    for pid in pids:
+        start, end = old["[vdso]"]
+        proxy = {v.start: v for v in read_maps(pid)}[start]
+        assert proxy.path == "" and proxy.end == end and _areas(pid)["[vdso]"][0] != start
+        assert _sysinfo_ehdr(pid) == _areas(pid)["[vdso]"][0]
+        for _ in range(2):
+            _check_pid(t, pid)

@@ -1,6 +1,6 @@
 /* vdso_clock: threads that call the vDSO all the time, for restores on a kernel with another vDSO.
  *
- * usage: vdso_clock NTHREADS [NSPIN]
+ * usage: vdso_clock NTHREADS [NSPIN [tree]]
  *
  * Dynamically linked: glibc finds the vDSO's functions at start-up and keeps their addresses
  * (what a restore on another kernel must keep working, ckpt/resources/vdso.py).  NTHREADS worker
@@ -9,12 +9,13 @@
  * and check each answer: the monotonic clocks never go back, gettimeofday and time agree with
  * CLOCK_REALTIME, getcpu names a CPU, clock_getres gives a resolution.  The first NSPIN threads
  * call without a pause (so a dump often catches them inside the vDSO); the others sleep 2 ms
- * between bursts.  A 256 KiB area holds a pattern of per-page values.
+ * between bursts.  A 256 KiB area holds a pattern of per-page values.  With "tree", the process forks
+ * first and parent and child each do all of this (a tree of two: each its own READY and CHECK lines).
  *
  * Prints "READY pid=P threads=T" on stdout, then waits for SIGUSR1; on each, the main thread calls
  * the same functions itself, checks the pattern, waits (up to 60 s) until every worker has made
- * more calls than at the last check, and prints "CHECK PASS round=N threads=T calls=C" or
- * "CHECK FAIL why" (a worker's first failure included).
+ * more calls than at the last check, and prints "CHECK PASS round=N threads=T calls=C pid=P" or
+ * "CHECK FAIL pid=P why" (a worker's first failure included).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -89,6 +90,7 @@ int main(int argc, char **argv) {
     nthreads = argc > 1 ? atoi(argv[1]) : 2;
     nspin = argc > 2 ? atoi(argv[2]) : 0;
     if (nthreads < 1 || nthreads > MAXT) nthreads = 2;
+    if (argc > 3 && !strcmp(argv[3], "tree") && fork() < 0) die("fork");
     area = mmap(NULL, AREA_PAGES * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED) die("mmap");
     for (int p = 0; p < AREA_PAGES; p++) memset(area + p * 4096, pattern(p), 4096);
@@ -132,8 +134,8 @@ int main(int argc, char **argv) {
             total += seen[i];
             if (failed[i]) fail("%s", failure[i]);
         }
-        if (why[0]) printf("CHECK FAIL %s\n", why);
-        else printf("CHECK PASS round=%d threads=%d calls=%ld\n", round, nthreads, total);
+        if (why[0]) printf("CHECK FAIL pid=%d %s\n", getpid(), why);
+        else printf("CHECK PASS round=%d threads=%d calls=%ld pid=%d\n", round, nthreads, total, getpid());
         fflush(stdout);
     }
 }
