@@ -9,7 +9,10 @@ The result is one frozen record, computed once per run.
 Test aid: ``CKPT_DISABLE=pagemap_scan,uffd_wp,soft_dirty`` (any of them)
 makes those probes fail as if the kernel lacked the facility, so the fallback
 paths (pagemap reads instead of PAGEMAP_SCAN, soft-dirty or hash instead of
-uffd-wp) run on a kernel that has everything.  It is read here and nowhere else.
+uffd-wp) run on a kernel that has everything.  ``same_vdso`` makes a restore take
+this kernel's vDSO for another kernel's, so the routing of
+:mod:`ckpt.resources.vdso` runs on the kernel the image was taken on.  It is read
+here and nowhere else.
 """
 
 from __future__ import annotations
@@ -33,15 +36,18 @@ from .kernel import uffd
 from .kernel.arch_x86_64 import NR, PAGE_SIZE
 from .kernel.vm import ProcMem, buffer_address, read_memory
 
-__all__ = ["Probe", "Features", "probe_features", "select_tracking", "TRACKING_METHODS", "DISABLE_ENV",
+__all__ = ["Probe", "Features", "probe_features", "select_tracking", "TRACKING_METHODS", "DISABLE_ENV", "SAME_VDSO",
            "disabled", "pagemap_scan_works", "zero_pfns", "tracking_working"]
 
 #: Dirty-tracking back-ends in order of preference (DESIGN §2).
 TRACKING_METHODS = ("uffd-wp", "soft-dirty", "hash")
 #: The test aid (module docstring): facilities to treat as missing.
 DISABLE_ENV = "CKPT_DISABLE"
+#: What ``CKPT_DISABLE=same_vdso`` turns off: a restore's use of the same kernel's vDSO as it is.
+SAME_VDSO = "same vDSO"
 #: Names CKPT_DISABLE takes → the probe each one fails.
-_DISABLE_NAMES = {"pagemap_scan": "PAGEMAP_SCAN", "uffd_wp": "userfaultfd WP_ASYNC", "soft_dirty": "soft-dirty"}
+_DISABLE_NAMES = {"pagemap_scan": "PAGEMAP_SCAN", "uffd_wp": "userfaultfd WP_ASYNC", "soft_dirty": "soft-dirty",
+                  "same_vdso": SAME_VDSO}
 
 TCP_REPAIR = 19  # <linux/tcp.h>
 PR_SET_MM = 35

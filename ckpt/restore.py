@@ -66,7 +66,7 @@ from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, fileid, files, host, limits, memory, signals, threads, timens, timers, tree
+from .resources import creds, fileid, files, host, limits, memory, signals, threads, timens, timers, tree, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -482,8 +482,10 @@ class _Workspace:
 
     ``vdso_insn_off``: offset of the helper's own vDSO ``syscall`` instruction,
     which the last injected call (removing the trampoline) runs from once the
-    vDSO sits at the image's address; ``placed``: where the kernel areas (vDSO,
-    vvar) are now, by kind.
+    vDSO sits where it stays; ``placed``: where the kernel areas (vDSO, vvar)
+    are now, by kind — the image's addresses, or on a kernel with another
+    vDSO where :func:`ckpt.resources.vdso.arrange` put them (``kernel``, with
+    the proxy of the image's vDSO that :func:`_map_and_fill` maps).
     """
 
     proc: FrozenProcess
@@ -496,6 +498,9 @@ class _Workspace:
     own_fds: bool = True  # False: the descriptor table is the parent's (CLONE_FILES)
     #: Where every kernel area is now, by kind (``placed``, and any the image does not record).
     areas: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: The image's kernel areas, by kind (what a later image of a staged restore must have too).
+    recorded: dict[int, tuple[int, int]] = field(default_factory=dict)
+    kernel: vdso.Arrangement | None = None
 
     #: Trampoline page + scratch pages.
     AREA = (1 + _SCRATCH_PAGES) * PAGE_SIZE
@@ -508,7 +513,7 @@ class _Workspace:
         if not any(s < self.tramp + self.AREA and self.tramp < e for s, e in wanted):
             return
         new = memory.free_area(self.AREA, [*wanted, *mapped, (self.tramp, self.tramp + self.AREA),
-                                           *self.placed.values(), *self.areas.values()])
+                                           *self.placed.values(), *self.areas.values(), *self.recorded.values()])
         _map_trampoline(self.inj, self.proc.mem, new)
         old = self.tramp
         self.inj = Injector(self.proc.threads[self.pid], syscall_insn=new)
@@ -610,13 +615,24 @@ def _prepare_clone(proc: FrozenProcess, parent: _Workspace, mm: mm_pb2.MmEntry, 
 def _place_kernel_areas(proc: FrozenProcess, inj: Injector, tramp: int, vdso_insn_off: int | None,
                         current: dict[int, tuple[int, int]], taken: Sequence[tuple[int, int]],
                         mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], own_fds: bool) -> _Workspace:
-    """Move the kernel's areas from ``current`` to the image's addresses (a stop-over free of ``taken``
-    if they must cross); the helper's workspace, trampoline at ``tramp``."""
-    temp = memory.free_area(max(sum(e - s for s, e in current.values()), PAGE_SIZE), taken)
-    memory.move_vdso(inj, proc.mem, current, mm, vmas, temp)
-    placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
+    """Move the kernel's areas from ``current`` to the image's addresses, or on a kernel with another vDSO
+    to where :func:`ckpt.resources.vdso.arrange` puts them (a stop-over free of ``taken`` if they must
+    cross); the helper's workspace, trampoline at ``tramp``."""
+    recorded = memory.special_vmas(vmas)
+    here = proc.mem.read(current[memory.Kind.VDSO][0], current[memory.Kind.VDSO][1] - current[memory.Kind.VDSO][0]) \
+        if memory.Kind.VDSO in current else b""
+    avoid = [*taken, *((v.start, v.end) for v in vmas)]
+    try:
+        plan = vdso.arrange(recorded, current, mm, here, avoid)
+    except (vdso.Unroutable, vdso.VdsoFormatError) as exc:
+        raise host.refusal(str(exc)) from exc
+    temp = memory.free_area(max(sum(e - s for s, e in current.values()), PAGE_SIZE),
+                            [*avoid, *plan.areas.values()])
+    memory.move_vdso(inj, current, plan.areas, temp)
     scratch = Scratch(tramp + PAGE_SIZE, _Workspace.AREA - PAGE_SIZE, proc.mem)
-    return _Workspace(proc, proc.pid, inj, scratch, tramp, vdso_insn_off, placed, own_fds, {**current, **placed})
+    return _Workspace(proc, proc.pid, inj, scratch, tramp, vdso_insn_off, dict(plan.areas), own_fds,
+                      {**current, **plan.areas}, {k: (v.start, v.end) for k, v in recorded.items()},
+                      plan if plan.routed else None)
 
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
@@ -630,6 +646,8 @@ def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.
     ``filler``: the threads writing the pages, shared by the processes of a tree.
     """
     t_mem = time.monotonic()
+    if ws.kernel is not None and ws.kernel.proxy is not None:  # another kernel: the old vDSO, routed to this one's
+        vdso.map_proxy(ws.inj, ws.proc.mem, *ws.kernel.proxy)
     before = set(shmem.first) if shmem is not None else set()
     nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas, shmem, own_fds=ws.own_fds, allow_changed=allow_changed)
     for owner in (set(shmem.first) - before if shmem is not None else ()):
@@ -670,6 +688,8 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
             continue
+        if ws.kernel is not None and ws.kernel.vdso_base is not None:  # AT_SYSINFO_EHDR: the new vDSO
+            mm = _with_auxv(mm, vdso.auxv_with_vdso(bytes(mm.auxv), ws.kernel.vdso_base))
         memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files)
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
@@ -677,14 +697,21 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
     return ctx.notes
 
 
+def _with_auxv(mm: mm_pb2.MmEntry, auxv: bytes) -> mm_pb2.MmEntry:
+    """A copy of ``mm`` with another auxv (the image's record stays as it is)."""
+    out = mm_pb2.MmEntry()
+    out.CopyFrom(mm)
+    out.auxv = auxv
+    return out
+
+
 def _release(ws: _Workspace, vmas: Sequence[mm_pb2.Vma], cores: Sequence) -> None:
     """DESIGN §4 step 7: the trampoline goes (from the relocated vDSO), each thread gets its frame and runs."""
     proc, pid = ws.proc, ws.pid
     main = proc.threads[pid]
-    recorded = memory.special_vmas(vmas)
-    if ws.vdso_insn_off is None or memory.Kind.VDSO not in recorded:
+    if ws.vdso_insn_off is None or memory.Kind.VDSO not in ws.placed:
         raise RestoreError("no syscall instruction in the vDSO to remove the trampoline with")
-    Injector(main, syscall_insn=recorded[memory.Kind.VDSO].start + ws.vdso_insn_off).munmap(ws.tramp, ws.AREA)
+    Injector(main, syscall_insn=ws.placed[memory.Kind.VDSO][0] + ws.vdso_insn_off).munmap(ws.tramp, ws.AREA)
 
     for core in cores:
         threads.finish_thread(proc.threads[core.tid], core)
@@ -918,7 +945,7 @@ class StagedRestore:
                                   f"{self._chain[-1].path} with id {self._chain[-1].id})")
         for pid, (_mm, vmas) in layouts.items():
             placed = {k: (v.start, v.end) for k, v in memory.special_vmas(vmas).items()}
-            if placed != self._procs[pid].ws.placed:
+            if placed != self._procs[pid].ws.recorded:
                 raise StagingMismatch(f"{newest.path}: the vDSO/vvar areas of process {pid} moved since the first "
                                       "staged image")
         return chain, layouts

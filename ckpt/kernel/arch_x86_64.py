@@ -80,6 +80,7 @@ class NR(enum.IntEnum):
     rename = 82
     unlink = 87
     umask = 95
+    gettimeofday = 96
     getrlimit = 97
     getuid = 102
     getgid = 104
@@ -122,6 +123,7 @@ class NR(enum.IntEnum):
     chroot = 161
     gettid = 186
     tkill = 200
+    time = 201
     futex = 202
     sched_setaffinity = 203
     sched_getaffinity = 204
@@ -134,6 +136,7 @@ class NR(enum.IntEnum):
     timer_getoverrun = 225
     timer_delete = 226
     clock_gettime = 228
+    clock_getres = 229
     clock_nanosleep = 230
     exit_group = 231
     epoll_wait = 232
@@ -163,9 +166,11 @@ class NR(enum.IntEnum):
     prlimit64 = 302
     open_by_handle_at = 304
     setns = 308
+    getcpu = 309
     process_vm_readv = 310
     process_vm_writev = 311
     kcmp = 312
+    getrandom = 318
     memfd_create = 319
     userfaultfd = 323
     membarrier = 324

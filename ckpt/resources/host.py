@@ -8,8 +8,10 @@ from ckpt's own process (the kernel gives every 64-bit process the same
 ones), with ``uname -r``, ``-v`` and ``-m``.  ``ckpt show`` prints them.
 
 A restore compares each process's recorded areas with this kernel's before
-it creates anything (:func:`check_areas`, what :func:`ckpt.resources.memory.move_vdso`
-would refuse later) and, where they differ, refuses naming both kernels.
+it creates anything (:func:`check_areas`).  The same kernel's are moved to
+their addresses; another kernel's vDSO is routed to this one's
+(:mod:`ckpt.resources.vdso`), and what cannot be routed is refused, naming
+both kernels.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from dataclasses import dataclass
 from ..errors import Unsupported
 from ..image.pb import inventory_pb2, mm_pb2
 from ..procfs.maps import read_maps
+from . import vdso
 from .fileid import build_id_of_bytes
 
-__all__ = ["AREA_NAMES", "Kernel", "here", "recorded", "check_areas"]
+__all__ = ["AREA_NAMES", "Kernel", "here", "here_vdso", "recorded", "check_areas", "refusal"]
 
 #: The areas the kernel installs in a process, as /proc/PID/maps names them.
 AREA_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]")
@@ -60,14 +63,19 @@ class Kernel:
 def here() -> Kernel:
     """This machine's kernel, its areas read from ckpt's own process (once per run)."""
     u = os.uname()
-    areas, build, digest = [], b"", b""
+    areas = tuple((v.path, v.end - v.start) for v in read_maps(os.getpid()) if v.path in AREA_NAMES)
+    data = here_vdso()
+    build, digest = (build_id_of_bytes(data), hashlib.sha256(data).digest()) if data else (b"", b"")
+    return Kernel(u.release, u.version, u.machine, areas, build, digest)
+
+
+@functools.cache
+def here_vdso() -> bytes:
+    """This kernel's vDSO: the bytes of ckpt's own ``[vdso]`` (readable, in our memory); b"" if it has none."""
     for v in read_maps(os.getpid()):
-        if v.path in AREA_NAMES:
-            areas.append((v.path, v.end - v.start))
-            if v.path == "[vdso]":  # our own mapping, readable: its bytes straight from memory
-                data = ctypes.string_at(v.start, v.end - v.start)
-                build, digest = build_id_of_bytes(data), hashlib.sha256(data).digest()
-    return Kernel(u.release, u.version, u.machine, tuple(areas), build, digest)
+        if v.path == "[vdso]":
+            return ctypes.string_at(v.start, v.end - v.start)
+    return b""
 
 
 def recorded(inv: inventory_pb2.Inventory) -> Kernel:
@@ -77,33 +85,38 @@ def recorded(inv: inventory_pb2.Inventory) -> Kernel:
                   a.vdso_build_id, a.vdso_sha256)
 
 
-def _problem(vmas: Sequence[mm_pb2.Vma], mm: mm_pb2.MmEntry, mine: Kernel) -> str:
-    """What in a process's recorded kernel areas this kernel does not give ("" if nothing)."""
+def _problem(vmas: Sequence[mm_pb2.Vma], mm: mm_pb2.MmEntry, mine: Kernel, code: bytes) -> str:
+    """Why a process's recorded kernel areas cannot be given on this kernel ("" if they can: the same
+    areas, or a vDSO this kernel's (``code``) can stand in for through :mod:`ckpt.resources.vdso`)."""
+    recorded = {v.kind: v.end - v.start for v in vmas if v.kind in _KINDS}
+    if not any(v.kind == mm_pb2.Vma.VDSO and v.start for v in vmas):
+        return ""  # no vDSO to call into: the areas only go out of the way
     sizes = dict(mine.areas)
-    for v in vmas:
-        name = _KINDS.get(v.kind)
-        if name is None:
-            continue
-        if name not in sizes:
-            return f"the image has a {name} area, this kernel gives none"
-        if sizes[name] != v.end - v.start:
-            return f"this kernel's {name} is {sizes[name]} bytes, the image's {v.end - v.start}"
-    has_vdso = any(v.kind == mm_pb2.Vma.VDSO and v.start for v in vmas)
-    if has_vdso and mm.vdso_sha256 and mine.vdso_sha256 and mm.vdso_sha256 != mine.vdso_sha256:
-        return "this kernel's vDSO code differs from the image's"
-    return ""
+    if recorded == {k: sizes[n] for k, n in _KINDS.items() if n in sizes} \
+            and not (mm.vdso_sha256 and mine.vdso_sha256 and mm.vdso_sha256 != mine.vdso_sha256):
+        return ""
+    if not code:
+        return "its vDSO differs from this kernel's, which cannot be read here to route it to"
+    return vdso.why_unroutable(mm, code)
+
+
+def refusal(why: str, theirs: Kernel | None = None, mine: Kernel | None = None) -> Unsupported:
+    """The error for kernel areas that cannot be restored here: one line naming both kernels (``theirs``:
+    the image's, when known)."""
+    mine = here() if mine is None else mine
+    was = f"the image was taken on {theirs}{f' ({theirs.layout()})' if theirs.layout() else ''}, " if theirs else ""
+    return Unsupported(f"{was}this is {mine} ({mine.layout()}): {why}",
+                       hint="restore it on a machine running the kernel the image was taken on")
 
 
 def check_areas(inv: inventory_pb2.Inventory, layouts: Iterable[tuple[mm_pb2.MmEntry, Sequence[mm_pb2.Vma]]],
-                mine: Kernel | None = None) -> None:
+                mine: Kernel | None = None, code: bytes | None = None) -> None:
     """Refuse (Unsupported, naming both kernels) an image whose processes had vDSO/vvar areas this kernel
-    does not give in the same size and content: the process's code calls into the vDSO it had."""
+    cannot give them: not the same ones, and a vDSO that cannot be routed to this kernel's (``code``;
+    ``mine`` and ``code`` default to this machine's)."""
     mine = here() if mine is None else mine
+    code = here_vdso() if code is None else code
     for mm, vmas in layouts:
-        why = _problem(vmas, mm, mine)
+        why = _problem(vmas, mm, mine, code)
         if why:
-            theirs = recorded(inv)
-            raise Unsupported(
-                f"the image was taken on {theirs}{f' ({theirs.layout()})' if theirs.layout() else ''}, "
-                f"this is {mine} ({mine.layout()}): {why}",
-                hint="restore it on a machine running the kernel the image was taken on")
+            raise refusal(why, recorded(inv), mine)

@@ -208,8 +208,9 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
     )
     mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
     for v in vmas:
-        if v.kind == Kind.VDSO:
-            mm.vdso_sha256 = hashlib.sha256(mem.read(v.start, v.end - v.start)).digest()
+        if v.kind == Kind.VDSO:  # kept whole: another kernel's restore puts it back as a proxy (resources.vdso)
+            mm.vdso = mem.read(v.start, v.end - v.start)
+            mm.vdso_sha256 = hashlib.sha256(mm.vdso).digest()
     return mm
 
 
@@ -425,33 +426,21 @@ def special_vmas(vmas: Sequence[mm_pb2.Vma]) -> dict[int, mm_pb2.Vma]:
     return {v.kind: v for v in vmas if v.kind in _KERNEL_AREAS}
 
 
-def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], mm: mm_pb2.MmEntry,
-              vmas: Sequence[mm_pb2.Vma], temp: int) -> None:
-    """mremap [vdso]/[vvar]/[vvar_vclock] of the helper to the image's addresses.
+def move_vdso(inj: Injector, current: dict[int, tuple[int, int]], target: Mapping[int, tuple[int, int]],
+              temp: int) -> None:
+    """mremap [vdso]/[vvar]/[vvar_vclock] of the helper from ``current`` to ``target`` (kind → (start, end)).
 
-    ``current`` maps kind → (start, end) in the helper; ``temp`` is a free area
-    (large enough for all of them) used as a stop-over when the image's place
-    of one area is where another one is now (else each moves straight there,
-    and one already in place stays: a ptrace round trip each saved).  Refuses a vDSO of
-    another size or content (another kernel: the image's code may call into it).
+    ``target`` keeps their sizes: the image's addresses (the same kernel), or the
+    place :func:`ckpt.resources.vdso.arrange` found for this kernel's areas.
+    ``temp`` is a free area (large enough for all of them) used as a stop-over
+    when the target of one area is where another one is now (else each moves
+    straight there, and one already in place stays: a ptrace round trip each saved).
     """
-    recorded = special_vmas(vmas)
-    for kind, v in recorded.items():
-        if kind not in current:
-            raise RestoreError(f"the image has a {mm_pb2.Vma.Kind.Name(kind)} area but this kernel gives none")
-        start, end = current[kind]
-        if end - start != v.end - v.start:
-            raise Unsupported(f"this kernel's {v.name} is {end - start} bytes, the image's {v.end - v.start}: "
-                              "restore needs the kernel the image was taken on")
-    if Kind.VDSO in recorded and recorded[Kind.VDSO].start != 0 and mm.vdso_sha256:
-        s, e = current[Kind.VDSO]
-        if hashlib.sha256(mem.read(s, e - s)).digest() != mm.vdso_sha256:
-            raise Unsupported("this kernel's vDSO differs from the image's: restore needs the kernel the image was taken on")
-    moving = {k: v for k, v in recorded.items() if current[k][0] != v.start}
-    if not any(v.start < ce and cs < v.end for v in moving.values() for cs, ce in current.values()):
-        for kind, v in moving.items():  # no area lands where another one is now: straight there
+    moving = {k: t for k, t in target.items() if current[k][0] != t[0]}
+    if not any(ts < ce and cs < te for ts, te in moving.values() for cs, ce in current.values()):
+        for kind, (ts, _) in moving.items():  # no area lands where another one is now: straight there
             start, end = current[kind]
-            inj.call(NR.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+            inj.call(NR.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED, ts)
         return
     parked: dict[int, int] = {}
     at = temp
@@ -460,8 +449,8 @@ def move_vdso(inj: Injector, mem: ProcMem, current: dict[int, tuple[int, int]], 
         inj.call(NR.mremap, start, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED, at)
         parked[kind] = at
         at += end - start
-    for kind, v in moving.items():
-        inj.call(NR.mremap, parked[kind], v.end - v.start, v.end - v.start, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+    for kind, (ts, te) in moving.items():
+        inj.call(NR.mremap, parked[kind], te - ts, te - ts, MREMAP_MAYMOVE | MREMAP_FIXED, ts)
 
 
 class _FileOpener:

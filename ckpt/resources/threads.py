@@ -43,7 +43,7 @@ from . import blocked, limits, signals
 
 __all__ = [
     "THREAD_CLONE_FLAGS", "regs_to_pb", "regs_from_pb", "dump_thread", "dump_threads",
-    "check_xstate", "create_threads", "restore_thread_state", "restore_pending", "final_frame", "finish_thread",
+    "fit_xstate", "check_xstate", "create_threads", "restore_thread_state", "restore_pending", "final_frame", "finish_thread",
 ]
 
 #: How a thread of the restored process is created (what pthread_create asks for, plus SETTID/CLEARTID).
@@ -140,13 +140,69 @@ def dump_threads(proc: FrozenProcess, scratch: Scratch, snap: Snapshot | None = 
 # ---------------------------------------------------------------------------
 
 
+#: The XSAVE area as PTRACE_GETREGSET gives it (standard format): the legacy FXSAVE region, Linux's
+#: copy of XCR0 in its software-reserved bytes, the header's XSTATE_BV, the AVX upper halves (at the
+#: same place on every CPU), and PKRU's default value (Linux gives every process PKRU_AD for keys 1-15).
+_XSAVE_SW, _XCR0_AT, _XSTATE_BV_AT, _AVX_AT, _AVX_SIZE = 464, 464, 512, 576, 256
+_PKRU_BIT, _PKRU_DEFAULT = 9, 0x55555554
+#: XSAVE components a restore carries over between CPUs that enable different ones: x87, SSE, AVX.
+_PORTABLE = 0b111
+_XNAMES = {3: "MPX bound registers", 4: "MPX bound config", 5: "AVX-512 opmask", 6: "AVX-512 ZMM_Hi256",
+           7: "AVX-512 Hi16_ZMM", 9: "PKRU", 17: "AMX tile config", 18: "AMX tile data"}
+
+
+def fit_xstate(image: bytes, here: bytes) -> bytes:
+    """An XSAVE area of another CPU (``image``) in this CPU's layout (``here``: a thread's own area).
+
+    Only x87, SSE and AVX state travel: their places are the same on every
+    CPU.  Every other component keeps ``here``'s value (a new thread's: its
+    initial state), so in the image it must be in its initial state too
+    (XSTATE_BV bit clear, or all zero bytes) — or be PKRU at Linux's default
+    (the process never changed its protection keys) — else Unsupported: the
+    process's state cannot exist here.
+    """
+    if image == here or len(image) < _AVX_AT or len(here) < _AVX_AT:
+        return image
+    (xcr0_img,), (xcr0_here,) = struct.unpack_from("<Q", image, _XCR0_AT), struct.unpack_from("<Q", here, _XCR0_AT)
+    if xcr0_img == xcr0_here and len(image) == len(here):
+        return image  # the same layout
+    (bv_img,), (bv_here,) = struct.unpack_from("<Q", image, _XSTATE_BV_AT), struct.unpack_from("<Q", here, _XSTATE_BV_AT)
+    tail = len(image)
+    if xcr0_img >> _PKRU_BIT == 1 and bv_img >> _PKRU_BIT & 1 and len(image) >= _AVX_AT + _AVX_SIZE + 8:
+        (pkru,) = struct.unpack_from("<I", image, len(image) - 8)  # the last component, being the highest
+        if pkru != _PKRU_DEFAULT:
+            raise Unsupported(f"the process changed its memory protection keys (PKRU {pkru:#x}), which this CPU's "
+                              f"XSAVE layout (XCR0 {xcr0_here:#x}, the image's {xcr0_img:#x}) cannot take")
+        tail -= 8
+    # Every other component the image's XSTATE_BV marks must hold its initial value (all zero for MPX,
+    # AVX-512, AMX): its place in the image's layout is not known here, but it lies after AVX.
+    rest = bv_img & ~(_PORTABLE | 1 << _PKRU_BIT)
+    if rest and any(image[_AVX_AT + _AVX_SIZE:tail]):
+        bit = (rest & -rest).bit_length() - 1
+        raise Unsupported(f"the process has {_XNAMES.get(bit, f'XSAVE component {bit}')} state in use, which this "
+                          f"CPU's XSAVE layout (XCR0 {xcr0_here:#x}, the image's {xcr0_img:#x}) cannot take")
+    out = bytearray(here)
+    out[:_XSAVE_SW] = image[:_XSAVE_SW]
+    shared = xcr0_img & xcr0_here & _PORTABLE
+    struct.pack_into("<Q", out, _XSTATE_BV_AT, (bv_here & ~shared) | (bv_img & shared))
+    if shared & 0b100 and len(image) >= _AVX_AT + _AVX_SIZE and len(out) >= _AVX_AT + _AVX_SIZE:
+        out[_AVX_AT:_AVX_AT + _AVX_SIZE] = image[_AVX_AT:_AVX_AT + _AVX_SIZE]
+    return bytes(out)
+
+
 def check_xstate(tid: int, cores: Sequence[core_pb2.ThreadCore]) -> None:
-    """Refuse an image whose XSAVE layout (XCR0) differs from this CPU's: SETREGSET needs the full buffer."""
-    here = ptrace.xstate_size(tid)
+    """Give every core's XSAVE area this CPU's layout (:func:`fit_xstate`, in place: SETREGSET needs exactly
+    this CPU's), taking the layout from the helper thread ``tid``; Unsupported if one cannot be fitted."""
+    here = b""
     for c in cores:
-        if len(c.xstate) != here:
-            raise Unsupported(f"thread {c.tid} has an xstate of {len(c.xstate)} bytes, this CPU's is {here}: "
-                              "the image comes from a CPU with other extended state (XCR0)")
+        if not here:
+            here = ptrace.get_xstate(tid)
+            if all(len(c.xstate) == len(here) for c in cores):
+                return
+        try:
+            c.xstate = fit_xstate(bytes(c.xstate), here)
+        except Unsupported as exc:
+            raise Unsupported(f"thread {c.tid}: {exc}") from exc
 
 
 def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: Sequence[core_pb2.ThreadCore],

@@ -18,7 +18,7 @@ def runner() -> Iterator[Runner]:
     global _runner
     from targets import build_c
 
-    for name in ("cr_target", "mig_writer"):  # on the host: the guests see the binaries
+    for name in ("cr_target", "mig_writer", "vdso_clock"):  # on the host: the guests see the binaries
         build_c(name)
     _runner = Runner()
     try:

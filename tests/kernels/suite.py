@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import across
 from guest import Guest, GuestError
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +63,9 @@ class Runner:
         self.failed: dict[str, str] = {}  # kernel -> why its guest could not be booted
         self.runs: dict[str, KernelRun] = {k: KernelRun(k) for k in KERNELS}
         self.started = time.monotonic()
+        #: This host's port a guest reaches at guest.HOST_FROM_GUEST (a receiver of migrations from it).
+        self.host_port = across.free_port()
+        self._across: across.Across | None = None
 
     def _guest(self, kernel: str) -> Guest:
         if self.guest is not None and (self.guest.kernel.alias != kernel or not self.guest.alive()):
@@ -70,7 +74,9 @@ class Runner:
             pytest.fail(f"the {kernel} guest did not boot: {self.failed[kernel]}", pytrace=False)
         if self.guest is None:
             try:
-                self.guest = Guest(kernel, cache="loose").start()  # the tree does not change during the run
+                # the tree does not change during the run; the ports are for the migrations (across.py)
+                self.guest = Guest(kernel, cache="loose", fwd={0: across.GUEST_PORT},
+                                   guestfwd=[self.host_port]).start()
             except GuestError as e:
                 self.failed[kernel] = str(e)
                 raise
@@ -107,10 +113,30 @@ class Runner:
         o.extra["output"] = (out + ("\n" + err if err.strip() else ""))[-6000:]
         return o
 
+    def across(self, kernel: str, case: str) -> Outcome:
+        """Run one case between this host and the kernel's guest (across.py); its outcome (recorded)."""
+        g = self._guest(kernel)
+        if self._across is None or self._across.g is not g:
+            self._across = across.Across(g, self.host_port)
+        method, args = across.CASES[case]
+        t0 = time.monotonic()
+        try:
+            extra, ok, detail = getattr(self._across, method)(*args), True, "ok"
+        except (across.CaseFailed, GuestError) as e:
+            extra, ok, detail = {}, False, str(e)
+        o = Outcome(kernel, f"across:{case}", None, ok, detail, round(time.monotonic() - t0, 1), extra)
+        run = self.runs[kernel]
+        run.outcomes.append(o)
+        run.qemu_rss_mib = max(run.qemu_rss_mib or 0, round((g.rss_kib() or 0) / 1024))
+        return o
+
     def skip(self, kernel: str, case: str, track: str | None, why: str) -> None:
         self.runs[kernel].outcomes.append(Outcome(kernel, case, track, None, why, 0.0))
 
     def stop(self) -> None:
+        if self._across is not None:
+            self._across.close()
+            self._across = None
         if self.guest is not None:
             self.guest.stop()
             self.guest = None
@@ -128,8 +154,9 @@ def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
     """The summary table (markdown) and the JSON document."""
     tracks = ("uffd-wp", "soft-dirty", "hash")
     rows = ["| kernel | back-ends found | check | dump/restore (C threads, Python) | "
-            + " | ".join(f"chain {t}" for t in tracks) + " | merge | boot | qemu RSS |",
-            "|---" * (7 + len(tracks)) + "|"]
+            + " | ".join(f"chain {t}" for t in tracks) + " | merge | to/from this host (restore, migrate) | boot "
+            "| qemu RSS |",
+            "|---" * (8 + len(tracks)) + "|"]
     doc: dict = {"kernels": []}
     for run in runs.values():
         if not run.outcomes:
@@ -141,6 +168,7 @@ def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
                  _cell(dr) if len({o.ok for o in dr}) < 2 else
                  ", ".join(f"{o.case} {'pass' if o.ok else 'FAIL'}" for o in dr),
                  *(_cell(by("chain", t)) for t in tracks), _cell(by("merge")),
+                 _cell([o for o in run.outcomes if o.case.startswith("across:")]),
                  f"{run.boot_seconds:.0f} s" if run.boot_seconds else "-",
                  f"{run.qemu_rss_mib:.0f} MiB" if run.qemu_rss_mib else "-"]
         rows.append("| " + " | ".join(cells) + " |")
