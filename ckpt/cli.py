@@ -711,6 +711,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity, rest = _take_verbosity(line)
     args = parser.parse_args(rest)
     args.verbosity = _DEFAULT_VERBOSITY if verbosity is None else verbosity
+    found = _signals_found()
+    try:
+        return _run(args, line, verbosity)
+    finally:
+        _put_back(found)  # an in-process caller (a test, a tool importing ckpt) gets its signals back as they were
+
+
+def _run(args: argparse.Namespace, line: list[str], verbosity: int | None) -> int:
     # ckpt waits for the children it makes (a restore's root, helpers): an ignored SIGCHLD inherited
     # across exec would have the kernel reap them first.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -759,6 +767,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     finally:
         _stop_logging(handlers)
+
+
+_OWN_SIGNALS = (*_ENDING_SIGNALS, signal.SIGINT, signal.SIGCHLD)
+
+
+def _signals_found() -> dict[int, object]:
+    """The dispositions ckpt changes, as the caller had them."""
+    return {signo: signal.getsignal(signo) for signo in _OWN_SIGNALS}
+
+
+def _put_back(found: dict[int, object]) -> None:
+    for signo, handler in found.items():
+        if handler is not None:  # None: set outside Python, cannot be put back from here
+            signal.signal(signo, handler)
 
 
 def _lost_pipe() -> int:
