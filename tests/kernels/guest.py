@@ -242,7 +242,7 @@ def _cpio(entries: Sequence[tuple[str, int, bytes]]) -> bytes:
 
 
 # The initramfs's /init: load modules, build the overlay root, hand over to the agent.
-# Kernel command-line words key=value arrive as environment variables (ckpt_agent, ckpt_cache).
+# Kernel command-line words key=value arrive as environment variables (ckpt_agent, ckpt_src, ckpt_cache).
 _INIT = r"""#!/bin/busybox sh
 bb=/bin/busybox
 $bb mkdir -p /proc /sys /dev /lower /rw /newroot
@@ -262,6 +262,11 @@ $bb mount -t devpts -o mode=0620,ptmxmode=0666 devpts /newroot/dev/pts
 $bb mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 $bb mount -t tmpfs -o mode=1777 tmp /newroot/tmp
 $bb mount -t tmpfs -o mode=0755 run /newroot/run
+case "$ckpt_src" in /tmp/*|/run/*)  # a checkout under /tmp (git clone . /tmp/x): the tmpfs above hid it
+  $bb mkdir -p /rw/src-upper /rw/src-work /newroot$ckpt_src
+  $bb mount -t overlay overlay -o lowerdir=/lower$ckpt_src,upperdir=/rw/src-upper,workdir=/rw/src-work \
+    /newroot$ckpt_src || exec $bb sh;;
+esac
 $bb mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
 $bb mkdir -p /newroot@XFER@
 $bb mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none xfer /newroot@XFER@ || exec $bb sh
@@ -385,6 +390,7 @@ class Guest:
         net += "".join(f",guestfwd=tcp:{HOST_FROM_GUEST}:{p}-cmd:socat - TCP:127.0.0.1:{p}"
                        for p in self.guestfwd)
         append = (f"console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off ckpt_agent={Path(__file__).resolve()}"
+                  f" ckpt_src={Path(__file__).resolve().parents[2]}"
                   f" ckpt_cache={self.cache}")
         return [
             *QEMU_BASE,
