@@ -267,6 +267,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             result.source_pid = int(hello["pid"])
             if "cpu" in hello:  # sources before ckpt recorded CPUs send none: their images are checked
                 _check_source_cpu(ch, hello["cpu"], cpu_cap)
+            if "boot_id" in hello:  # older sources send none: the restore checks their clocks
+                _check_source_boot(ch, hello["boot_id"])
             for stale in _sweep_stores(root):
                 say(f"removed {stale}: a receiver killed during that migration left it")
             store = os.path.join(root, f"{result.source_pid}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
@@ -409,6 +411,17 @@ def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None
         cpu.check(cpu.from_wire(record), cpu.parse_cpu_cap(cpu_cap))
     except CkptError as exc:
         ch.send_error(f"{exc} (the receiver's --cpu-cap relaxes this check)")
+        raise
+
+
+def _check_source_boot(ch: Channel, boot_id: object) -> None:
+    """Refuse, before any image is sent, a process whose clocks this kernel cannot carry on (no time namespaces)."""
+    from ..resources import timens
+
+    try:
+        timens.check_from_boot(str(boot_id))
+    except CkptError as exc:
+        ch.send_error(str(exc))
         raise
 
 

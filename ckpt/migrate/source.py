@@ -45,6 +45,7 @@ from ..control.seize import hold_stopped, unhold
 from ..errors import CkptError, MigrationInDoubt, Unsupported, UsageError
 from ..image.store import make_held_tmp
 from ..kernel.arch_x86_64 import PAGE_SIZE
+from ..procfs.timens import read_boot_id
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, PeerError, WireError
 
@@ -218,8 +219,10 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     tracking = False
     try:
         with Channel.connect(host, port, token, timeout=timeout) as ch:
-            # Our CPU: the destination refuses at once when it lacks a feature the process may use.
-            ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here())})
+            # Our CPU and boot: the destination refuses at once when it lacks a feature the process may use,
+            # or the time namespace that carries its clocks on from another boot.
+            ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here()),
+                     "boot_id": read_boot_id()})
             stats.protocol, stats.destination_ckpt = ch.version, ch.peer_software
             reads = DestReads.of(ch, ch.expect("ready"))
             # Every record of a final dump, no page, no image: whether the process can be moved

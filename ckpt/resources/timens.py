@@ -84,7 +84,7 @@ from ..kernel.clone import CLONE_NEWTIME
 from ..procfs.timens import INIT_TIME_NS_INO, TimensOffsets, read_boot_id, read_time_ns
 
 __all__ = ["CLOCK_MONOTONIC", "CLOCK_BOOTTIME", "OTHER_BOOT_ENV", "ClockRecord", "dump", "to_pb", "recorded",
-           "Plan", "plan", "TimeNamespace", "describe"]
+           "Plan", "plan", "TimeNamespace", "check_from_boot", "describe"]
 
 CLOCK_REALTIME = 0
 CLOCK_MONOTONIC = 1
@@ -199,6 +199,14 @@ def plan(inventory: inventory_pb2.Inventory, *, boot_id: str | None = None) -> P
         return Plan("none", rec, "same boot, on the host's clocks")
     why = "another boot (forced by CKPT_TEST_OTHER_BOOT)" if other else "another boot or machine"
     return Plan("continue", rec, f"{why}: the clocks carry on from the dump")
+
+
+def check_from_boot(boot_id: str) -> None:
+    """Refuse (RestoreError) at once a process that comes from the boot ``boot_id`` when its restore here would
+    need a time namespace this kernel lacks: a migration's receiver says so at the handshake, not after the copy."""
+    if boot_id and boot_id == read_boot_id() and os.environ.get(OTHER_BOOT_ENV) != "1":
+        return  # the same boot: its clocks are the host's, or a namespace it already had (the kernel has them)
+    TimeNamespace(Plan("continue", None, "it comes from another boot or machine")).check()
 
 
 def _on_host_clocks() -> bool:

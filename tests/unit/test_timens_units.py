@@ -101,6 +101,23 @@ def test_no_time_namespaces_on_the_kernel(monkeypatch: pytest.MonkeyPatch) -> No
     assert not c.own_time_ns and c.time_ns_inode == 0
 
 
+def test_a_receiver_without_time_namespaces_refuses_another_boot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The migration handshake's check: only a process from another boot needs the namespace."""
+    from ckpt.errors import RestoreError
+    from ckpt.procfs.timens import read_boot_id
+
+    real_exists = timens.os.path.exists
+    monkeypatch.setattr(timens.os.path, "exists", lambda p: False if p == "/proc/self/ns/time" else real_exists(p))
+    timens.check_from_boot(read_boot_id())  # this boot: the host's clocks, nothing to carry on
+    with pytest.raises(RestoreError, match="needs a time namespace .*another boot.*CONFIG_TIME_NS"):
+        timens.check_from_boot(BOOT)
+    monkeypatch.setenv(timens.OTHER_BOOT_ENV, "1")
+    with pytest.raises(RestoreError):
+        timens.check_from_boot(read_boot_id())
+    monkeypatch.setattr(timens.os.path, "exists", real_exists)
+    timens.check_from_boot(BOOT)  # a kernel with them: carried on in a new namespace
+
+
 def _image(path, clocks: clocks_pb2.Clocks):  # noqa: ANN001, ANN202
     from ckpt.image import ImageKind, ImageWriter, ProcessInfo
 
