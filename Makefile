@@ -85,7 +85,10 @@ second-host-down: install
 demo: install
 	$(PY) -m ckpt.demo
 
+# Its last group (bench/kernels.py) boots a 6.12 guest as make test-kernels does: the same packages and kernels.
 bench: install
+	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(KERNEL_SYSPKGS)"
+	$(PY) tests/kernels/guest.py fetch
 	$(PY) bench/run.py
 
 stress: install

@@ -37,7 +37,8 @@ from bench.framework import (  # noqa: E402
 from bench.workload import Workload, build_workload  # noqa: E402
 
 #: Modules holding @bench functions; later issues append theirs (dump, restore, pre-dump, migration).
-BENCH_MODULES = ("bench.limits", "bench.track", "bench.incremental", "bench.dump", "bench.tree", "bench.migrate")
+BENCH_MODULES = ("bench.limits", "bench.track", "bench.incremental", "bench.dump", "bench.tree", "bench.migrate",
+                 "bench.kernels")
 
 QUICK_SIZE_MIB = 64
 #: Memory of each of the tree benchmark's 16 processes (bench/tree.py): the issue's 64 MiB, 4 with --quick.
@@ -57,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=None, help="repetitions per row (default 3; 1 with --quick)")
     ap.add_argument("--frame-mib", type=int, default=4, help="zstd frame size (ckpt writes bounded frames)")
     ap.add_argument("--disk-dir", type=Path, default=REPO, help="directory for the disk-write test")
-    ap.add_argument("--only", default="", help="comma-separated groups to run (default: all), e.g. tree")
+    ap.add_argument("--only", default="", help="comma-separated groups (or GROUP.FUNCTION) to run (default: all), e.g. tree")
     ap.add_argument("--tree-mib", type=int, default=None,
                     help=f"MiB per process of the 16-process tree (default {TREE_MIB}; {QUICK_TREE_MIB} with --quick)")
     args = ap.parse_args(argv)
@@ -79,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     for mod in BENCH_MODULES:
         importlib.import_module(mod)
     groups = {g for g in args.only.split(",") if g}
-    benches = [b for b in registry() if not groups or b.group in groups]
-    if groups - {b.group for b in registry()}:
-        print(f"bench: no group {', '.join(sorted(groups - {b.group for b in registry()}))} "
+    # A group ("track") or one bench of it ("track.soft_dirty": group and function name).
+    names = {b.group for b in registry()} | {f"{b.group}.{b.fn.__name__}" for b in registry()}
+    benches = [b for b in registry() if not groups or b.group in groups or f"{b.group}.{b.fn.__name__}" in groups]
+    if groups - names:
+        print(f"bench: no group {', '.join(sorted(groups - names))} "
               f"(groups: {', '.join(sorted({b.group for b in registry()}))})", file=sys.stderr)
         return 2
     need_workload = any(b.workload for b in benches)

@@ -71,7 +71,7 @@ _MIRROR = "http://deb.debian.org"
 MODULES = ("virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay")
 #: The QEMU settings DESIGN §8 measured: TCG, two vCPUs, 2 GiB.
 QEMU_BASE = (
-    "qemu-system-x86_64", "-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max", "-m", "2G", "-smp", "2",
+    "qemu-system-x86_64", "-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max", "-smp", "2",
     "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none",
 )
 GUEST_IP = "10.0.2.15"
@@ -366,11 +366,12 @@ class Guest:
 
     def __init__(self, kernel: str | Kernel, *, fwd: dict[int, int] | None = None,
                  guestfwd: Sequence[int] = (), cache: str = "none", workdir: Path | None = None,
-                 die_with_parent: bool = True) -> None:
+                 die_with_parent: bool = True, memory: str = "2G") -> None:
         self.kernel = kernel if isinstance(kernel, Kernel) else prepare(kernel)
         self.ports = {(h or _free_port()): g for h, g in (fwd or {}).items()}
         self.guestfwd = tuple(guestfwd)
         self.cache = cache
+        self.memory = memory  # the guest's RAM (qemu -m)
         self.die_with_parent = die_with_parent  # qemu gets SIGKILL if we die without stopping it
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix=f"ckpt-guest-{self.kernel.alias}-"))
@@ -393,7 +394,7 @@ class Guest:
                   f" ckpt_src={Path(__file__).resolve().parents[2]}"
                   f" ckpt_cache={self.cache}")
         return [
-            *QEMU_BASE,
+            *QEMU_BASE, "-m", self.memory,
             "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.kernel.initrd), "-append", append,
             "-serial", f"file:{self.console}",
             "-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
