@@ -14,6 +14,8 @@ CASE is one of:
   The second pre-dump copies no more pages than were written since the first.
 * ``merge``: one pre-dump and a final delta with the kernel's default back-end, ``ckpt merge``,
   and a restore of the merged image alone (the chain removed).
+* ``dropped``: tests/e2e/test_dropped_pages.py (pages dropped with MADV_DONTNEED, small and a
+  THP, then written or read, in a chain: every back-end × page listing this kernel has).
 
 Prints the ckpt commands run and their output, and last a line ``CASE-RESULT {json}`` (ok,
 detail, seconds, extra figures); exits 0 when the case passed.  Images go to a temp dir.
@@ -322,8 +324,24 @@ def case_merge(tmp: Path, track: str | None) -> dict:
     return extra
 
 
+def case_dropped(tmp: Path, track: str | None) -> dict:
+    """tests/e2e/test_dropped_pages.py on this kernel: MADV_DONTNEED'd small pages and a zapped THP, then
+    written or only read, in a chain of every back-end × page listing the kernel has (the rest skip)."""
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                        "tests/e2e/test_dropped_pages.py"], cwd=REPO, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=GUARD, env={**os.environ, "TMPDIR": str(tmp)})
+    print(p.stdout[-4000:], p.stderr[-2000:], sep="\n", flush=True)
+    summary = next((ln for ln in reversed(p.stdout.splitlines()) if " in " in ln and ("passed" in ln or
+                                                                                      "failed" in ln)), "")
+    counts = {w: int(n) for n, w in (pair.split()[:2] for pair in summary.split(" in ")[0].split(", ")
+                                     if pair.split()[0].isdigit())}
+    if p.returncode != 0 or not counts.get("passed"):
+        raise CaseFailed(f"test_dropped_pages.py: exit {p.returncode}: {summary or p.stderr.strip()[-300:]}")
+    return {"passed": counts.get("passed", 0), "skipped": counts.get("skipped", 0)}
+
+
 CASES = {"check": case_check, "c-threads": case_c_threads, "python": case_python, "chain": case_chain,
-         "merge": case_merge}
+         "merge": case_merge, "dropped": case_dropped}
 
 
 def main() -> int:

@@ -150,13 +150,20 @@ def _cell(outs: list[Outcome]) -> str:
     return "pass" if all(o.ok for o in outs if o.ok is not None) else "FAIL"
 
 
+def _dropped_cell(outs: list[Outcome]) -> str:
+    """pass with how many of the back-end × listing runs the kernel has (the others skip)."""
+    cell = _cell(outs)
+    n = sum(o.extra.get("passed", 0) for o in outs)
+    return f"{cell} ({n} runs)" if cell == "pass" and n else cell
+
+
 def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
     """The summary table (markdown) and the JSON document."""
     tracks = ("uffd-wp", "soft-dirty", "hash")
     rows = ["| kernel | back-ends found | check | dump/restore (C threads, Python) | "
-            + " | ".join(f"chain {t}" for t in tracks) + " | merge | to/from this host (restore, migrate) | boot "
-            "| qemu RSS |",
-            "|---" * (8 + len(tracks)) + "|"]
+            + " | ".join(f"chain {t}" for t in tracks) + " | merge | dropped pages | to/from this host (restore, migrate) "
+            "| boot | qemu RSS |",
+            "|---" * (9 + len(tracks)) + "|"]
     doc: dict = {"kernels": []}
     for run in runs.values():
         if not run.outcomes:
@@ -167,7 +174,7 @@ def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
                  ", ".join(run.backends or []) or "?", _cell(by("check")),
                  _cell(dr) if len({o.ok for o in dr}) < 2 else
                  ", ".join(f"{o.case} {'pass' if o.ok else 'FAIL'}" for o in dr),
-                 *(_cell(by("chain", t)) for t in tracks), _cell(by("merge")),
+                 *(_cell(by("chain", t)) for t in tracks), _cell(by("merge")), _dropped_cell(by("dropped")),
                  _cell([o for o in run.outcomes if o.case.startswith("across:")]),
                  f"{run.boot_seconds:.0f} s" if run.boot_seconds else "-",
                  f"{run.qemu_rss_mib:.0f} MiB" if run.qemu_rss_mib else "-"]
