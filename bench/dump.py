@@ -92,6 +92,8 @@ def _dump_restore_pair(ctx: Context, key: str, label: str, workload: Workload, *
         wall, rss, stats = _ckpt("restore", "-D", str(image), "-d")
         yield Row(f"restore.{key}", f"ckpt restore, {label}", total, (wall,), baseline=restore_limit,
                   notes=f"memory {stats['memory_seconds'] * 1e3:.0f} ms, pid wait {stats['pid_wait_seconds'] * 1e3:.0f} ms, "
+                        f"self-check {stats.get('check_seconds', 0) * 1e3:.1f} ms "
+                        f"({stats.get('check_seconds', 0) / wall * 100:.1f} % of the restore), "
                         f"peak RSS {rss / 2**20:.0f} MiB")
     finally:
         _kill_restored(pid)

@@ -238,6 +238,12 @@ def _allow_changed_flag(sp: argparse.ArgumentParser) -> None:
                          "and build-id are the image's, another mtime aside")
 
 
+def _lower_limits_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--allow-lower-limits", action="store_true",
+                    help="a hard resource limit of the image that this restorer cannot raise (it needs "
+                         "CAP_SYS_RESOURCE) is set to the restorer's, with a warning, instead of failing the restore")
+
+
 def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
                     help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
@@ -254,7 +260,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
                             shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=_logged(bar),
-                            allow_changed_files=args.allow_changed_files, cpu_cap=args.cpu_cap)
+                            allow_changed_files=args.allow_changed_files, cpu_cap=args.cpu_cap,
+                            check=args.check == "on", allow_lower_limits=args.allow_lower_limits)
     finally:
         if bar is not None:
             bar.close()
@@ -339,7 +346,8 @@ def _cmd_receive(args: argparse.Namespace) -> int:
         where = listener.getsockname()
         say(f"listening on {where[0]}:{where[1]}")
         results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap,
-                           allow_changed_files=args.allow_changed_files)
+                           allow_changed_files=args.allow_changed_files,
+                           allow_lower_limits=args.allow_lower_limits)
     last = results[-1] if results else None
     if last is not None:
         _write_json_stats(stats_out, last)
@@ -516,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--once", action="store_true",
                     help="exit after one migration (from a source that authenticated: strangers do not count)")
     _allow_changed_flag(sp)
+    _lower_limits_flag(sp)
     _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
 
@@ -577,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-l", "--file-locks", action="store_true",
                     help="accepted as CRIU spells it (no image holds file locks: a dump refuses them)")
     _cpu_cap_flag(sp)
+    _lower_limits_flag(sp)
+    sp.add_argument("--check", choices=("on", "off"), default="on",
+                    help="compare the kernel's account of each restored process (procfs status, limits, fdinfo, "
+                         "mappings ...) with the dump's before it runs, and fail on a difference (default on)")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("watch", _cmd_watch, "print the pages a process writes per interval and its dirty rate (MB/s)")

@@ -30,7 +30,7 @@ from .kernel.arch_x86_64 import PAGE_SIZE
 from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
-from . import incremental
+from . import incremental, observed
 from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timens, timers, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
@@ -406,6 +406,9 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
         unmap()
     # After the scratch area is gone: no syscall is injected any more (see dump_pending).
     signals.dump_pending(proc, entry, cores)
+    # Last, with everything read: the kernel's own account, which the restore compares its result with.
+    entry.observed.CopyFrom(observed.observe(pid, [c.tid for c in cores], hidden=proc.own_areas(), skip_fds=skip_fds,
+                                             threads={c.tid: observed.settled(c.sigmask) for c in cores}))
     w.write_process(pid, entry)
     w.write_threads(pid, cores)
     w.write_mm(pid, mm, vmas)

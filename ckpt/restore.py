@@ -40,14 +40,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
-from . import testpoint
+from . import observed, testpoint
 from .control.inject import Injector, Scratch
 from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, ImageError, RestoreError, UsageError
@@ -72,6 +73,7 @@ from .resources.context import RestoreContext
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
            "StagedRestore", "StageStats", "StagingMismatch"]
 
+log = logging.getLogger(__name__)
 #: Seconds to wait for a just-killed process to release its pid (its parent reaps about once a second).
 PID_FREE_TIMEOUT = 5.0
 _SCRATCH_PAGES = 4
@@ -99,7 +101,7 @@ def restore_sigactions(ctx: RestoreContext) -> None:
 
 def restore_limits(ctx: RestoreContext) -> None:
     """cwd, root, umask, comm, personality, prctl flags, rlimits (after files and memory), session."""
-    ctx.notes.extend(limits.restore(ctx.inj, ctx.entry, scratch=ctx.scratch))
+    ctx.notes.extend(limits.restore(ctx.inj, ctx.entry, scratch=ctx.scratch, lower_limits=ctx.lowered_limits))
 
 
 def restore_creds(ctx: RestoreContext) -> None:
@@ -165,6 +167,8 @@ class RestoreStats:
     staged_pages: int = 0
     #: Every process of the restored tree (the zombies too), parents first; ``pid`` is the root.
     processes: tuple[int, ...] = ()
+    #: The self-check's time (:mod:`ckpt.observed`; 0 with ``check=False``).
+    check_seconds: float = 0.0
 
 
 def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
@@ -248,7 +252,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
             progress: Callable[[ProgressEvent], None] | None = None,
             allow_changed_files: bool = False, cpu_cap: Iterable[str] | None = None,
-            before_hand_over: Callable[[], None] | None = None) -> RestoreStats:
+            before_hand_over: Callable[[], None] | None = None, check: bool = True,
+            allow_lower_limits: bool = False) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
@@ -266,6 +271,10 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     ``cpu_cap``: the CPU checks to make (:func:`ckpt.resources.cpu.parse_cpu_cap`; None: the default).
     ``before_hand_over()``: called once every process is built, all still frozen and dying with us; if it
     raises, they are killed and the restore fails with it (a migration's commit, ckpt.migrate.dest).
+    ``allow_lower_limits``: a hard rlimit that cannot be raised here (no CAP_SYS_RESOURCE) is lowered, with a
+    note, instead of failing the restore.
+    ``check``: compare the kernel's account of each restored process with the dump's (:mod:`ckpt.observed`)
+    before any of them runs; a difference fails the restore (the processes are killed, the pids free).
     """
     t_start = time.monotonic()
     chain = _open_chain(image_dir)
@@ -284,7 +293,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     waited = sum(wait_pid_free(p.pid) for p in root.walk())
 
     helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached)
-    opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
+    opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files, allow_lower_limits)
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
     shmem = memory.ShmemObjects()
@@ -307,6 +316,11 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             testpoint.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
+        t_check = time.monotonic()
+        if check:
+            notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
+                                     {p.pid for p in root.walk()}))
+        check_s = time.monotonic() - t_check
         testpoint.point("restore-handing-over")
         if before_hand_over is not None:
             before_hand_over()
@@ -327,7 +341,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=nvmas,
                         pages_written=filled_pages, bytes_written=filled_bytes, pid_wait_seconds=waited,
                         memory_seconds=mem_s, total_seconds=time.monotonic() - t_start, detached=detached,
-                        notes=tuple(notes), processes=tuple(p.pid for p in root.walk()))
+                        notes=tuple(notes), processes=tuple(p.pid for p in root.walk()), check_seconds=check_s)
 
 
 @dataclass
@@ -501,6 +515,8 @@ class _Workspace:
     #: The image's kernel areas, by kind (what a later image of a staged restore must have too).
     recorded: dict[int, tuple[int, int]] = field(default_factory=dict)
     kernel: vdso.Arrangement | None = None
+    #: Resources whose hard limit was lowered (--allow-lower-limits): not compared by the self-check.
+    lowered: list[int] = field(default_factory=list)
 
     #: Trampoline page + scratch pages.
     AREA = (1 + _SCRATCH_PAGES) * PAGE_SIZE
@@ -666,6 +682,7 @@ class _FinishOptions:
     shell_job: bool = False
     inherit_fds: Mapping[int, int] = field(default_factory=dict)
     allow_changed_files: bool = False
+    allow_lower_limits: bool = False
 
 
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
@@ -683,7 +700,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
                          allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds,
-                         files_shared=not ws.own_fds)
+                         files_shared=not ws.own_fds, lowered_limits=ws.lowered if opts.allow_lower_limits else None)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
@@ -695,6 +712,43 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
     return ctx.notes
+
+
+def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
+                tree_pids: Collection[int]) -> list[str]:
+    """Compare the kernel's account of each built (frozen) process with the dump's; RestoreError on a difference.
+
+    Left out: the restorer's own area in each (its trampoline) and, on another kernel, the proxy of the old
+    vDSO.  What the release sets last (signal and CPU masks) is compared with what it will set.
+    """
+    notes = []
+    for ws, entry, cores in built:
+        if not entry.HasField("observed"):
+            notes.append(f"process {ws.pid}: the image holds no account of it by the kernel (an image of an "
+                         "older ckpt): restored without the self-check")
+            continue
+        hidden = [(ws.tramp, ws.tramp + ws.AREA)]
+        routed = ws.kernel is not None and ws.kernel.routed
+        if routed:
+            at, data, _prot = ws.kernel.proxy
+            hidden.append((at, at + len(data)))
+        given = {c.tid: observed.settled(c.sigmask, ws.proc.threads[c.tid].affinity) for c in cores}
+        now = observed.observe(ws.pid, [c.tid for c in cores], hidden=hidden, threads=given)
+        outside = (entry.sid not in tree_pids, entry.pgid not in tree_pids)  # leaders not dumped: the restorer's
+        if ws.pid == root and outside[0]:
+            notes.append(f"process {ws.pid} was in session {entry.sid}, whose leader was not dumped: it is in the "
+                         "restorer's session now" + (" and process group" if outside[1] else ""))
+        limit_rows = [ln.key for s in now.sections if s.name == "limits" for ln in s.lines]  # in RLIMIT_* order
+        lowered = {("limits", limit_rows[r]) for r in ws.lowered if r < len(limit_rows)}
+        diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
+                                     joins_restorer=outside,
+                                     tolerated=lowered)
+        if diffs:
+            for d in diffs:
+                log.error("self-check: process %d: %s", ws.pid, d)
+            raise RestoreError(observed.describe(ws.pid, diffs),
+                               hint="a state ckpt does not restore yet; --check=off restores it anyway, as it is")
+    return notes
 
 
 def _with_auxv(mm: mm_pb2.MmEntry, auxv: bytes) -> mm_pb2.MmEntry:
@@ -783,12 +837,13 @@ class StagedRestore:
     def __init__(self, *, detached: bool = False, pidfile: str | os.PathLike[str] | None = None,
                  shell_job: bool = False, inherit_fds: Mapping[int, int] | None = None,
                  progress: Callable[[ProgressEvent], None] | None = None, allow_changed_files: bool = False,
-                 cpu_cap: Iterable[str] | None = None) -> None:
+                 cpu_cap: Iterable[str] | None = None, check: bool = True, allow_lower_limits: bool = False) -> None:
         self.detached = detached
+        self.check = check
         self.cpu_cap = cpu_cap
         self.pidfile = pidfile
         self.progress = progress
-        self._opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files)
+        self._opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files, allow_lower_limits)
         self.pid = 0  # the root's
         #: "new" → "staged" (frozen helpers hold the memory so far) → "done" (they run) or "aborted".
         self.state = "new"
@@ -881,6 +936,11 @@ class StagedRestore:
                                          memfds=self._shmem.memfds, clocks=clocks))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
+                t_check = time.monotonic()
+                if self.check:
+                    notes.extend(_self_check([(st.ws, records[pid][1], records[pid][0])
+                                              for pid, st in self._procs.items()], self.pid, self.pids))
+                check_s = time.monotonic() - t_check
                 testpoint.point("restore-handing-over")
                 if before_hand_over is not None:
                     before_hand_over()
@@ -900,7 +960,7 @@ class StagedRestore:
                             pages_written=stage.pages_written, bytes_written=stage.bytes_written,
                             pid_wait_seconds=self._waited, memory_seconds=mem_s,
                             total_seconds=time.monotonic() - t0, detached=self.detached, notes=tuple(notes),
-                            staged_pages=staged, processes=tuple(self.pids))
+                            staged_pages=staged, processes=tuple(self.pids), check_seconds=check_s)
 
     def abort(self) -> None:
         """Kill the staged helpers and collect them (the pids are free again); nothing once they run or are gone."""

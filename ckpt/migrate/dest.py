@@ -123,8 +123,9 @@ class _Stager:
     """
 
     def __init__(self, say: Callable[[str], None], cpu_cap: Iterable[str] | None = None,
-                 allow_changed_files: bool = False) -> None:
+                 allow_changed_files: bool = False, allow_lower_limits: bool = False) -> None:
         self.say = say
+        self.allow_lower_limits = allow_lower_limits
         self.cpu_cap = cpu_cap
         self.allow_changed_files = allow_changed_files
         self.note = ""
@@ -210,7 +211,8 @@ class _Stager:
             if self._staged is None or Image.open(path).parent is None:
                 self._drop("")  # the first image, or a full one (tracking lost at the source): start from it
                 self._staged = StagedRestore(detached=True, cpu_cap=self.cpu_cap,
-                                             allow_changed_files=self.allow_changed_files)
+                                             allow_changed_files=self.allow_changed_files,
+                                             allow_lower_limits=self.allow_lower_limits)
                 st = self._staged.start(path)
             else:
                 st = self._staged.apply(path)
@@ -244,13 +246,14 @@ class _Stager:
 
 
 def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool = True,
-             cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False) -> ReceiveResult:
+             cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
+             allow_lower_limits: bool = False) -> ReceiveResult:
     """Serve one migration over an authenticated channel (closed on return); see the module docstring.
 
     ``staged``: restore while the images arrive (the default); False restores
     the final image in one go at the switch-over (the downtime baseline).
     ``cpu_cap``: the CPU checks (:func:`ckpt.resources.cpu.parse_cpu_cap`) of
-    the handshake and the restores.  ``allow_changed_files``: as for
+    the handshake and the restores.  ``allow_changed_files``, ``allow_lower_limits``: as for
     :func:`ckpt.api.restore` (``receive --allow-changed-files``).
     """
     from .. import api
@@ -278,7 +281,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
             if staged and not hello.get("dry_run"):
-                stager = _Stager(say, cpu_cap, allow_changed_files)
+                stager = _Stager(say, cpu_cap, allow_changed_files, allow_lower_limits)
             # Protocol 2 says which images we restore: the source refuses what we would refuse, before sending it.
             ch.send({"type": "ready", **({"images": image_support()} if ch.version >= 2 else {})})
             say(f"migration of pid {result.source_pid} from {result.peer} (ckpt {result.source_ckpt or '?'}, "
@@ -315,7 +318,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                             result.staging = stager.note if stager is not None else "not asked for"
                             if r is None:
                                 r = api.restore(image, detached=True, cpu_cap=cpu_cap, before_hand_over=commit,
-                                                allow_changed_files=allow_changed_files)
+                                                allow_changed_files=allow_changed_files,
+                                                allow_lower_limits=allow_lower_limits)
                         except CkptError as exc:
                             ch.send_error(f"restore failed at the destination: {exc}")
                             raise
@@ -616,13 +620,14 @@ def _shut(conn: socket.socket) -> None:
 def serve(host: str, port: int, root: str, token: str | bytes, *, once: bool = False,
           on_event: Callable[[str], None] | None = None,
           on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True,
-          cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False) -> list[ReceiveResult]:
+          cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
+          allow_lower_limits: bool = False) -> list[ReceiveResult]:
     """Listen on ``host:port`` (:func:`open_listener`), then :func:`serve_on` it."""
     with open_listener(host, port) as s:
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
         return serve_on(s, root, token, once=once, on_event=on_event, staged=staged, cpu_cap=cpu_cap,
-                        allow_changed_files=allow_changed_files)
+                        allow_changed_files=allow_changed_files, allow_lower_limits=allow_lower_limits)
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -632,14 +637,16 @@ def open_listener(host: str, port: int) -> socket.socket:
 
 def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bool = False,
              on_event: Callable[[str], None] | None = None, staged: bool = True,
-             cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False) -> list[ReceiveResult]:
+             cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
+             allow_lower_limits: bool = False) -> list[ReceiveResult]:
     """Accept migrations on a listening socket into ``root``: one with ``once``, else until interrupted.
 
     Only authenticated sources count: strangers (:class:`_Door`) neither
     block a migration nor end a ``once`` receiver.  One migration runs at a
     time, on this thread; with ``once`` the listener is closed as soon as it
     starts, so the restored process can bind the same address and port (a
-    server migrated to the receiver's own port).  ``staged``, ``cpu_cap``, ``allow_changed_files``: see
+    server migrated to the receiver's own port).  ``staged``, ``cpu_cap``, ``allow_changed_files``,
+    ``allow_lower_limits``: see
     :func:`_receive`.
     """
     os.makedirs(root, mode=0o700, exist_ok=True)
@@ -659,7 +666,8 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
                 door.stop_accepting()
             try:
                 results.append(_receive(ch, root, say=say, staged=staged, cpu_cap=cpu_cap,
-                                        allow_changed_files=allow_changed_files))
+                                        allow_changed_files=allow_changed_files,
+                                        allow_lower_limits=allow_lower_limits))
             finally:
                 door.done()
             if once:

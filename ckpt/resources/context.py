@@ -73,6 +73,9 @@ class RestoreContext:
     inherit_fds: Mapping[int, int] = field(default_factory=dict)
     #: Reopen files whose size/mtime/inode changed since the dump, with a note (--allow-changed-files).
     allow_changed_files: bool = False
+    #: Lower a hard rlimit that cannot be raised here, with a note (--allow-lower-limits); None: fail instead.
+    #: The resources lowered are appended (the self-check does not compare them).
+    lowered_limits: "list[int] | None" = None
     #: One injector per thread by tid, filled when the threads exist (the leader's is ``inj``).
     injectors: "dict[int, Injector]" = field(default_factory=dict)
     #: The image's ThreadCore records, leader first.

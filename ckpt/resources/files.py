@@ -39,6 +39,7 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -77,6 +78,10 @@ _OPEN_IGNORED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 #: tempfile.TemporaryFile, pytest's capture files): reopening its recreated copy with it gives ENOTDIR.
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _AT_FDCWD = -100
+#: fcntl commands Python's module lacks, and struct f_owner_ex {int type; pid_t pid;}.
+_F_SETSIG, _F_GETSIG, _F_SETOWN_EX, _F_GETOWN_EX = 10, 11, 15, 16
+_F_OWNER_PGRP = 2
+_F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
 #: The anonymous-inode descriptors ckpt handles, by their /proc/PID/fd link (inotify's has no brackets).
 _ANON_KINDS = MappingProxyType({"anon_inode:[eventpoll]": K.EPOLL, "anon_inode:[eventfd]": K.EVENTFD,
@@ -333,10 +338,40 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
     carried = _Carried.collect(opens)
     try:
-        return _dump_tree(members, opens, carried, policy=policy, first_id=first_id, deleted_max=deleted_max,
-                          tcp_close=tcp_close, ext_unix_close=ext_unix_close, notes=notes, tcp_session=tcp_session)
+        out = _dump_tree(members, opens, carried, policy=policy, first_id=first_id, deleted_max=deleted_max,
+                         tcp_close=tcp_close, ext_unix_close=ext_unix_close, notes=notes, tcp_session=tcp_session)
     finally:
         carried.close()
+    _dump_owners(out, {tid for proc, _, _ in members for tid in proc.threads})
+    return out
+
+
+def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
+    """Each open file's owner (F_SETOWN/F_SETOWN_EX: who gets its SIGIO/SIGURG) and signal (F_SETSIG), read
+    from a duplicate of it (the owner is the open file's, so any of its descriptors tells).  An owner that is
+    not a process or thread of the tree is refused: the restore could not name it."""
+    first: dict[int, tuple[int, int]] = {}
+    for pid, fds in fdump.fds_of.items():
+        for f in fds:
+            first.setdefault(f.file_id, (pid, f.fd))
+    for e in fdump.files:
+        if e.id not in first:
+            continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask
+        pid, fd = first[e.id]
+        mine = dup_from(pid, fd)
+        try:
+            kind, owner = _F_OWNER_EX.unpack(fcntl.fcntl(mine, _F_GETOWN_EX, bytes(_F_OWNER_EX.size)))
+            sig = fcntl.fcntl(mine, _F_GETSIG)
+        finally:
+            os.close(mine)
+        if not owner and not sig:
+            continue
+        if owner and owner not in tids:  # a group's id is its leader's pid
+            what = "process group" if kind == _F_OWNER_PGRP else "process or thread"
+            raise Unsupported(f"fd {fd} of process {pid} ({e.path or K.Name(e.kind)}) sends its SIGIO to "
+                              f"{what} {owner}, outside the dumped tree (F_SETOWN)",
+                              hint="dump the owner with it (-t of a common ancestor)")
+        e.fown.CopyFrom(files_pb2.Fown(pid=owner, pid_type=kind, signum=sig))
 
 
 def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
@@ -539,6 +574,16 @@ class _Restorer:
                                hint="the file must still exist where it was when the process was dumped") from exc
 
     def open(self, e: FileEntry, fds: list[int]) -> int:
+        """The open file ``e`` (for the image's ``fds``) made in the target, with its owner and signal."""
+        fd = self._open(e, fds)
+        if e.HasField("fown"):
+            self.s.write(0, _F_OWNER_EX.pack(e.fown.pid_type, e.fown.pid))
+            self.inj.call(NR.fcntl, fd, _F_SETOWN_EX, self.s.addr, name=f"fcntl({fd}, F_SETOWN_EX, {e.fown.pid})")
+            if e.fown.signum:
+                self.inj.call(NR.fcntl, fd, _F_SETSIG, e.fown.signum, name=f"fcntl({fd}, F_SETSIG)")
+        return fd
+
+    def _open(self, e: FileEntry, fds: list[int]) -> int:
         flags = (e.flags & ~_OPEN_IGNORED) | os.O_CLOEXEC
         if flags & _O_TMPFILE == _O_TMPFILE:
             flags &= ~_O_TMPFILE
@@ -556,8 +601,9 @@ class _Restorer:
             fd = (self.unix_socks.open(e) if e.kind == K.UNIX
                   else tcp.restore(self.inj, self.s, e, self.warnings) if e.inet.HasField("tcp")
                   else sockets.restore(self.inj, self.s, e))
-            if e.flags & os.O_NONBLOCK:
-                self.inj.call(NR.fcntl, fd, fcntl.F_SETFL, os.O_NONBLOCK, name=f"fcntl({fd}, F_SETFL)")
+            if e.flags & (os.O_NONBLOCK | os.O_ASYNC):
+                self.inj.call(NR.fcntl, fd, fcntl.F_SETFL, e.flags & (os.O_NONBLOCK | os.O_ASYNC),
+                              name=f"fcntl({fd}, F_SETFL)")
             return fd
         if e.kind == K.EVENTFD:
             return eventfd.restore(self.inj, e)
@@ -605,6 +651,8 @@ class _Restorer:
 
     def open_deleted(self, e: FileEntry, flags: int) -> int:
         """Recreate the content under its old name (else a temporary one), open it in the target, unlink it."""
+        if e.flags & _O_TMPFILE == _O_TMPFILE:
+            return self.open_tmpfile(e, flags)
         data = self.content(e.content)
         mode = e.identity.mode & 0o7777 or 0o600
         for path in (e.path, os.path.join(os.path.dirname(e.path), f".ckpt-deleted-{e.id}-{os.getpid()}"),
@@ -623,6 +671,31 @@ class _Restorer:
             tfd = self.openat(path, flags, "the recreated deleted file")
         finally:
             os.unlink(path)
+        if e.pos:
+            self.inj.call(NR.lseek, tfd, e.pos, os.SEEK_SET, name=f"lseek({e.pos})")
+        return tfd
+
+    def open_tmpfile(self, e: FileEntry, flags: int) -> int:
+        """A file made with O_TMPFILE and never linked (Python's TemporaryFile): made again that way, in its
+        directory (else /tmp), so that it has no name at any moment and its flags are the ones it had."""
+        data = self.content(e.content)
+        mode = e.identity.mode & 0o7777 or 0o600
+        for where in dict.fromkeys((os.path.dirname(e.path) or "/", "/tmp")):
+            raw = os.fsencode(where) + b"\0"
+            self.s.write(0, raw)
+            try:
+                tfd = self.inj.call(NR.openat, _AT_FDCWD, self.s.addr, flags | _O_TMPFILE, mode,
+                                    name=f"openat({where!r}, O_TMPFILE)")
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EACCES, errno.EROFS, errno.EOPNOTSUPP, errno.EISDIR):
+                    raise
+        else:
+            raise RestoreError(f"no place to recreate the O_TMPFILE file {e.path!r}")
+        link = f"/proc/{self.inj.pid}/fd/{tfd}"
+        with open(link, "r+b", buffering=0) as f:  # the same inode, reopened through its descriptor
+            f.write(data)
+            os.fchmod(f.fileno(), mode)  # not the helper's umask
         if e.pos:
             self.inj.call(NR.lseek, tfd, e.pos, os.SEEK_SET, name=f"lseek({e.pos})")
         return tfd

@@ -123,8 +123,12 @@ def dump_sched(tid: int) -> core_pb2.SchedState:
 
 # --- restore ---
 
-def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None) -> list[str]:
-    """Restore the attributes of ``entry`` into the process of ``inj``; returns warnings for what could not be."""
+def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None,
+            lower_limits: list[int] | None = None) -> list[str]:
+    """Restore the attributes of ``entry`` into the process of ``inj``; returns warnings for what could not be.
+
+    ``lower_limits``: a hard limit that cannot be raised here is lowered (its resource appended to the
+    list, with a warning) instead of failing the restore (``--allow-lower-limits``)."""
     warnings: list[str] = []
     with scratch_for(inj, scratch, 4096) as s:
         if entry.cwd:
@@ -142,7 +146,7 @@ def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch 
         except OSError as exc:
             warnings.append(f"personality {entry.personality:#x} not set: {exc.strerror}")
         warnings += _restore_flags(inj, entry.flags)
-        warnings += restore_rlimits(inj, entry.rlimits, scratch=s)
+        warnings += restore_rlimits(inj, entry.rlimits, scratch=s, lowered=lower_limits)
     warnings += _restore_oom_score_adj(inj.pid, entry.oom_score_adj)
     warnings += restore_session(inj, entry)
     return warnings
@@ -178,8 +182,10 @@ def _restore_flags(inj: Injector, f: process_pb2.ProcessFlags) -> list[str]:
 
 
 def restore_rlimits(inj: Injector, rlimits: "list[process_pb2.Rlimit] | object",
-                    *, scratch: Scratch | None = None) -> list[str]:
-    """Set each limit; where the hard limit cannot be raised, keep today's hard limit and warn."""
+                    *, scratch: Scratch | None = None, lowered: list[int] | None = None) -> list[str]:
+    """Set each limit.  A hard limit that cannot be raised here (it needs CAP_SYS_RESOURCE) fails the restore,
+    unless ``lowered`` is given: then today's hard limit is kept, the resource appended to it, and a warning
+    returned."""
     warnings = []
     with scratch_for(inj, scratch, RLIM_NLIMITS * _RL_SIZE) as s:
         current = read_limits(inj.pid)
@@ -198,6 +204,11 @@ def restore_rlimits(inj: Injector, rlimits: "list[process_pb2.Rlimit] | object",
                 if exc.errno != errno.EPERM:
                     raise RestoreError(f"RLIMIT_{name} {_fmt(rl.cur)}/{_fmt(rl.max)}: {exc.strerror}") from exc
             hard = current[rl.resource][1]  # raising the hard limit needs CAP_SYS_RESOURCE
+            if lowered is None:
+                raise RestoreError(f"RLIMIT_{name}: the hard limit {_fmt(rl.max)} cannot be raised from {_fmt(hard)} "
+                                   "here (it needs CAP_SYS_RESOURCE)",
+                                   hint="--allow-lower-limits restores it with the lower limit, and says so")
+            lowered.append(rl.resource)
             soft = min(rl.cur, hard)
             s.write(0, bytes(rlimit64(soft, hard)))
             inj.call(NR.prlimit64, 0, rl.resource, s.addr, 0, name=f"prlimit64(RLIMIT_{name})")

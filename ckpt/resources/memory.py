@@ -559,8 +559,19 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 continue
             if v.kind == Kind.ANON_SHARED and v.file.ino:
                 shmem.setdefault(v.file.ino, []).append((v.start, v.end, v.pgoff))
+            # A private mapping made read-only after it was writable (a library's RELRO) keeps the kernel's
+            # commit charge, VM_ACCOUNT ("ac"): mapped writable first, then given its protection, it has it
+            # too, and stays a mapping apart from its neighbours as it was (/proc/PID/maps shows both).
+            # Anonymous memory keeps it only once it has an anon_vma (a page was ever written): one page is
+            # written and dropped again first, as the kernel's mprotect() would otherwise uncharge it.
+            charged = not v.prot & PROT_WRITE and "ac" in v.vm_flags.split() and not flags & MAP_SHARED
             try:
-                got = inj.mmap(v.start, length, v.prot, flags, fd, offset)
+                got = inj.mmap(v.start, length, v.prot | (PROT_WRITE if charged else 0), flags, fd, offset)
+                if charged and got == v.start:
+                    if fd < 0:
+                        process_vm_writev(pid, [(buffer_address(_ONE_ZERO), 1)], [(v.start, 1)])
+                        inj.madvise(v.start, PAGE_SIZE, MADV_DONTNEED)
+                    inj.mprotect(v.start, length, v.prot)
             except OSError as exc:
                 raise RestoreError(f"mmap of {v.name or 'anonymous memory'} at {v.start:#x}-{v.end:#x} failed: "
                                    f"{os.strerror(exc.errno or 0)}") from exc
@@ -574,6 +585,8 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
         opener.close_all()
     return n
 
+
+_ONE_ZERO = bytearray(1)
 
 #: VmFlags letters (smaps) set by madvise, and the advice that sets each again.
 _MADVISED = {"hg": MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, "dd": MADV_DONTDUMP, "dc": MADV_DONTFORK,

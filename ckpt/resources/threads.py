@@ -35,7 +35,7 @@ from ..image.pb import core_pb2
 from ..kernel import clone, ptrace
 from ..kernel.arch_x86_64 import NR, user_regs_struct
 from ..kernel.libc import syscall
-from ..kernel.prctl import PR_GET_TID_ADDRESS, PR_GET_TIMERSLACK, PR_SET_TIMERSLACK
+from ..kernel.prctl import PR_GET_TID_ADDRESS, PR_GET_TIMERSLACK, PR_SET_NAME, PR_SET_TIMERSLACK
 from ..kernel.task_abi import SS_DISABLE, SS_ONSTACK, stack_t
 from ..kernel.ptrace import StopKind
 from ..procfs.snapshot import Snapshot
@@ -242,7 +242,7 @@ def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: 
 
 
 def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) -> list[str]:
-    """rseq, robust list, clear-child-tid, timer slack, sigaltstack and scheduling, set by the thread itself.
+    """rseq, robust list, clear-child-tid, timer slack, name, sigaltstack and scheduling, set by the thread itself.
 
     Every signal is blocked from here on (the image's mask is set by
     :func:`finish_thread`, with PTRACE_SETSIGMASK, no syscall): the pending
@@ -259,6 +259,9 @@ def restore_thread_state(inj: Injector, scratch: Scratch, core: core_pb2.ThreadC
     inj.call(NR.set_tid_address, core.clear_child_tid)
     if core.timer_slack_ns:
         inj.call(NR.prctl, PR_SET_TIMERSLACK, core.timer_slack_ns, 0, 0, 0)
+    if core.comm:  # its own name (pthread_setname_np): a new thread has its creator's
+        scratch.write(0, core.comm.encode(errors="surrogateescape")[:15] + b"\0")
+        inj.call(NR.prctl, PR_SET_NAME, scratch.addr, 0, 0, 0, name=f"prctl(PR_SET_NAME, {core.comm!r})")
     # Always set, disabled included: the helper inherited the restorer's own alternate stack (pytest's
     # faulthandler has one), and a handler with SA_ONSTACK (CPython sets it) would run on unmapped memory.
     ss = core.sigaltstack

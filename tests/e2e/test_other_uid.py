@@ -46,12 +46,20 @@ def test_predump_chain_dump_and_restore_of_another_users_process(tmp_path: Path,
         assert res.returncode == 0, res.stderr
         t.proc.wait(timeout=HANG_GUARD)
         # The restorer's hard RLIMIT_NOFILE is below the image's, and raising it needs CAP_SYS_RESOURCE:
-        # left as it is, with a note.
+        # refused, naming it; with --allow-lower-limits left as it is, with a note (and not self-checked).
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # the target's, inherited from us
         lower = min(hard, 1 << 20) // 2
-        res = subprocess.run([*CKPT, "restore", "-D", store, "-d", "--pidfile", str(tmp_path / "pid")],
-                             capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
-                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, lower)))
+
+        def restore(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*CKPT, "restore", "-D", store, "-d", "--pidfile", str(tmp_path / "pid"), *extra],
+                                  capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+                                  preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, lower)))
+
+        res = restore()
+        assert res.returncode == 1, res.stderr
+        assert f"RLIMIT_NOFILE: the hard limit {hard} cannot be raised from {lower} here" in res.stderr, res.stderr
+        assert "--allow-lower-limits" in res.stderr and not os.path.exists(f"/proc/{t.pid}")
+        res = restore("--allow-lower-limits")
         assert res.returncode == 0, res.stderr
         assert f"RLIMIT_NOFILE: hard limit {hard} could not be raised from {lower}" in res.stderr, res.stderr
         restored.append(int((tmp_path / "pid").read_text()))

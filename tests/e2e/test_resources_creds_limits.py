@@ -100,8 +100,9 @@ def test_limits_round_trip(c_target, tmp_path) -> None:
         assert getattr(again, field) == getattr(entry, field), field
 
 
-def test_hard_limit_that_cannot_be_raised_is_a_warning(c_target) -> None:
-    """Root without CAP_SYS_RESOURCE cannot raise a hard limit: restore what fits, say what did not."""
+def test_hard_limit_that_cannot_be_raised_is_refused_or_lowered_on_request(c_target) -> None:
+    """Root without CAP_SYS_RESOURCE cannot raise a hard limit: the restore fails, naming it; asked to
+    (--allow-lower-limits: a list to fill), it restores what fits and says what did not."""
     if int(status_of(os.getpid())["CapEff"], 16) >> 24 & 1:
         pytest.skip("this restorer has CAP_SYS_RESOURCE: it may raise hard limits")
     h = start_helper(c_target)
@@ -109,8 +110,13 @@ def test_hard_limit_that_cannot_be_raised_is_a_warning(c_target) -> None:
     entry = process_pb2.ProcessEntry()
     entry.rlimits.add(resource=RLIMIT_STACK, name="STACK", cur=4 << 20, max=16 << 20)
     entry.rlimits.add(resource=RLIMIT_NOFILE, name="NOFILE", cur=100, max=150)
+    with freeze(h.pid) as hp, pytest.raises(RestoreError, match="RLIMIT_STACK: the hard limit 16777216 cannot be "
+                                                                "raised from 2097152 here"):
+        limits.restore_rlimits(hp.injector(), entry.rlimits)
+    lowered: list[int] = []
     with freeze(h.pid) as hp:
-        warnings = limits.restore_rlimits(hp.injector(), entry.rlimits)
+        warnings = limits.restore_rlimits(hp.injector(), entry.rlimits, lowered=lowered)
+    assert lowered == [RLIMIT_STACK]
     assert len(warnings) == 1 and "RLIMIT_STACK" in warnings[0] and "CAP_SYS_RESOURCE" in warnings[0]
     assert prlimit64(h.pid, RLIMIT_STACK) == (2 << 20, 2 << 20)
     assert prlimit64(h.pid, RLIMIT_NOFILE) == (100, 150)

@@ -1,0 +1,85 @@
+"""The self-check's comparison (ckpt/observed.py) on synthetic accounts: what it masks, what it must not.
+
+Real processes: every e2e restore runs the check (it is on by default); tests/e2e/test_self_check.py
+makes a restored process differ on purpose and sees the restore fail.
+"""
+
+from __future__ import annotations
+
+from ckpt import observed
+from ckpt.image.pb import process_pb2
+
+
+def _obs(**sections: list[tuple[str, str]]) -> process_pb2.Observed:
+    return process_pb2.Observed(sections=[
+        process_pb2.ObservedSection(name=name.replace("__", "/"),
+                                    lines=[process_pb2.ObservedLine(key=k, value=v) for k, v in lines])
+        for name, lines in sections.items()])
+
+
+def test_equal_accounts_have_no_difference() -> None:
+    a = _obs(status=[("Name", "sleep"), ("SigBlk", "0000000000000000")], fdinfo__3=[("pos", "0"), ("flags", "02")])
+    assert observed.differences(a, a, root=True) == []
+
+
+def test_an_unknown_line_that_differs_fails() -> None:
+    a = _obs(status=[("Name", "x"), ("Some_new_field", "1")])
+    b = _obs(status=[("Name", "x"), ("Some_new_field", "2")])
+    (d,) = observed.differences(a, b, root=True)
+    assert (d.section, d.key, d.dumped, d.restored) == ("status", "Some_new_field", "1", "2")
+
+
+def test_a_line_or_section_gone_fails() -> None:
+    a = _obs(status=[("Name", "x"), ("NoNewPrivs", "1")], fdinfo__4=[("pos", "0")])
+    b = _obs(status=[("Name", "x")])
+    got = {(d.section, d.key, d.dumped, d.restored) for d in observed.differences(a, b, root=True)}
+    assert got == {("status", "NoNewPrivs", "1", None), ("fdinfo/4", "", "present", None)}
+
+
+def test_masks_apply_by_name_and_ppid_only_for_the_root() -> None:
+    a = _obs(status=[("TracerPid", "100"), ("VmRSS", "10 kB"), ("PPid", "1")])
+    b = _obs(status=[("TracerPid", "200"), ("VmRSS", "99 kB"), ("PPid", "7")])
+    assert observed.differences(a, b, root=True) == []
+    assert [d.key for d in observed.differences(a, b, root=False)] == ["PPid"]
+
+
+def test_fields_masked_inside_a_value() -> None:
+    lock = "1: POSIX  ADVISORY  WRITE 4242 00:1a:5678 0 EOF"
+    tfd = "5 events: 19 data: 5 pos:0 ino:1a sdev:f"
+    a = _obs(fdinfo__3=[("lock", lock), ("tfd", tfd)])
+    b = _obs(fdinfo__3=[("lock", lock.replace("1:", "7:", 1).replace("00:1a:5678", "00:2b:9")),
+                        ("tfd", tfd.replace("ino:1a", "ino:99"))])
+    assert observed.differences(a, b, root=True) == []
+    c = _obs(fdinfo__3=[("lock", lock.replace("WRITE", "READ")), ("tfd", tfd.replace("events: 19", "events: 1"))])
+    assert {d.key for d in observed.differences(a, c, root=True)} == {"lock", "tfd"}
+
+
+def test_a_lost_lock_fails() -> None:
+    a = _obs(fdinfo__3=[("pos", "0"), ("lock", "1: FLOCK ADVISORY WRITE 4242 00:1a:5678 0 EOF")])
+    b = _obs(fdinfo__3=[("pos", "0")])
+    (d,) = observed.differences(a, b, root=True)
+    assert d.key == "lock" and d.restored is None and "FLOCK" in str(d)
+
+
+def test_epoll_targets_compared_as_a_set() -> None:
+    a = _obs(fdinfo__5=[("tfd", "3 events: 1 data: 3 pos:0 ino:1 sdev:2"), ("tfd", "4 events: 1 data: 4 pos:0 ino:3 sdev:2")])
+    b = _obs(fdinfo__5=[("tfd", "4 events: 1 data: 4 pos:0 ino:9 sdev:2"), ("tfd", "3 events: 1 data: 3 pos:0 ino:8 sdev:2")])
+    assert observed.differences(a, b, root=True) == []
+
+
+def test_kernel_areas_only_when_the_vdso_was_routed() -> None:
+    a = _obs(maps=[("7fff0000-7fff2000", "r-xp 0 [vdso] [rd ex]"), ("1000-2000", "rw-p 0  [rd wr]")])
+    b = _obs(maps=[("7ffe0000-7ffe2000", "r-xp 0 [vdso] [rd ex]"), ("1000-2000", "rw-p 0  [rd wr]")])
+    assert len(observed.differences(a, b, root=True)) == 2
+    assert observed.differences(a, b, root=True, routed_vdso=True) == []
+
+
+def test_settled_lines() -> None:
+    assert observed.settled(1 << 9) == {"SigBlk": "0000000000000200"}
+    assert observed.settled(0, {0, 1, 2, 5, 7, 8}) == {"SigBlk": "0000000000000000", "Cpus_allowed_list": "0-2,5,7-8"}
+
+
+def test_describe_names_the_process_and_caps_the_list() -> None:
+    diffs = [observed.Difference("status", f"K{i}", "1", "2") for i in range(9)]
+    text = observed.describe(42, diffs, limit=2)
+    assert text.startswith("process 42 came back different") and "(and 7 more)" in text
