@@ -132,10 +132,6 @@ def _limits_lines(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _timers_lines(text: str) -> list[tuple[str, str]]:
-    return _status_lines(text)
-
-
 def _maps_lines(pid: int, proc: ProcDir, hidden: Sequence[tuple[int, int]]) -> list[tuple[str, str]]:
     out = []
     for v in read_smaps_vmflags(pid, proc=proc):
@@ -186,7 +182,7 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
             sections.append(_section(f"task/{tid}/status", status(f"task/{tid}/status", tid)))
         sections.append(_section("limits", _limits_lines(text("limits"))))
         sections.append(_section("personality", [("personality", text("personality").strip())]))
-        sections.append(_section("timers", _timers_lines(text("timers"))))
+        sections.append(_section("timers", _status_lines(text("timers"))))
         sections.append(_section("timerslack_ns", [("timerslack_ns", text("timerslack_ns").strip())]))
         for fd in sorted(int(n) for n in proc.listdir("fdinfo")):
             if fd in skip_fds:

@@ -50,7 +50,7 @@ from ..errors import CkptError, RestoreError, Unsupported
 from ..image.pb import common_pb2, files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.kcmp import same_file
-from ..kernel.pidfd import dup_from
+from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import FdInfo, read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
@@ -354,24 +354,36 @@ def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
     for pid, fds in fdump.fds_of.items():
         for f in fds:
             first.setdefault(f.file_id, (pid, f.fd))
-    for e in fdump.files:
-        if e.id not in first:
-            continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask
-        pid, fd = first[e.id]
-        mine = dup_from(pid, fd)
-        try:
-            kind, owner = _F_OWNER_EX.unpack(fcntl.fcntl(mine, _F_GETOWN_EX, bytes(_F_OWNER_EX.size)))
-            sig = fcntl.fcntl(mine, _F_GETSIG)
-        finally:
-            os.close(mine)
-        if not owner and not sig:
-            continue
-        if owner and owner not in tids:  # a group's id is its leader's pid
-            what = "process group" if kind == _F_OWNER_PGRP else "process or thread"
-            raise Unsupported(f"fd {fd} of process {pid} ({e.path or K.Name(e.kind)}) sends its SIGIO to "
-                              f"{what} {owner}, outside the dumped tree (F_SETOWN)",
-                              hint="dump the owner with it (-t of a common ancestor)")
-        e.fown.CopyFrom(files_pb2.Fown(pid=owner, pid_type=kind, signum=sig))
+    pidfds: dict[int, int] = {}
+    try:
+        for e in fdump.files:
+            if e.id not in first:
+                continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask
+            pid, fd = first[e.id]
+            if pid not in pidfds:
+                pidfds[pid] = pidfd_open(pid)
+            mine = pidfd_getfd(pidfds[pid], fd)
+            try:
+                kind, owner = _F_OWNER_EX.unpack(fcntl.fcntl(mine, _F_GETOWN_EX, bytes(_F_OWNER_EX.size)))
+                sig = fcntl.fcntl(mine, _F_GETSIG)
+            finally:
+                os.close(mine)
+            _record_owner(e, pid, fd, kind, owner, sig, tids)
+    finally:
+        for pidfd in pidfds.values():
+            os.close(pidfd)
+
+
+def _record_owner(e: FileEntry, pid: int, fd: int, kind: int, owner: int, sig: int, tids: set[int]) -> None:
+    """``e.fown`` when the file has an owner or a signal; Unsupported for an owner the tree does not hold."""
+    if not owner and not sig:
+        return
+    if owner and owner not in tids:  # a group's id is its leader's pid
+        what = "process group" if kind == _F_OWNER_PGRP else "process or thread"
+        raise Unsupported(f"fd {fd} of process {pid} ({e.path or K.Name(e.kind)}) sends its SIGIO to "
+                          f"{what} {owner}, outside the dumped tree (F_SETOWN)",
+                          hint="dump the owner with it (-t of a common ancestor)")
+    e.fown.CopyFrom(files_pb2.Fown(pid=owner, pid_type=kind, signum=sig))
 
 
 def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
