@@ -104,6 +104,11 @@ _VMFLAGS_MASKED = {
 
 #: Kernel areas, which a restore on another kernel puts elsewhere (ckpt/resources/vdso.py checks them).
 _KERNEL_AREAS = ("[vdso]", "[vvar]", "[vvar_vclock]")
+#: On another kernel or machine, [vsyscall] is there or not as that kernel's configuration says (vsyscall=).
+_ELSEWHERE_AREAS = (*_KERNEL_AREAS, "[vsyscall]")
+#: status lines whose value is the CPU's or the kernel's unless the thread set it (PR_SET_SPECULATION_CTRL:
+#: "thread mitigated", "thread force mitigated", "thread vulnerable" …): compared on another machine only then.
+_CPU_STATE = ("Speculation_Store_Bypass", "SpeculationIndirectBranch")
 
 
 def _kind(section: str) -> str:
@@ -276,7 +281,7 @@ def _normalized(kind: str, lines: Iterable[process_pb2.ObservedLine], *, root: b
 
 def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *, root: bool,
                 routed_vdso: bool = False, joins_restorer: tuple[bool, bool] = (False, False),
-                tolerated: Collection[tuple[str, str]] = ()) -> list[Difference]:
+                tolerated: Collection[tuple[str, str]] = (), elsewhere: bool = False) -> list[Difference]:
     """Every line of the kernel's account that the restore changed, masks applied (see the module doc).
 
     ``root``: the tree's root (its parent is the restorer).  ``routed_vdso``: the restore put this kernel's
@@ -284,9 +289,15 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
     ``joins_restorer``: (session, group) the process takes from the restorer, having had one whose leader
     was not dumped (the root of a job started from a shell, and its children): NSsid / NSpgid not compared.
     ``tolerated``: (section kind, key) the user let differ, each with its note (``--allow-lower-limits``).
+    ``elsewhere``: restored on another kernel or boot than the dump's.  Each kernel prints its own set of
+    status lines (``Kthread``, ``untag_mask``, ``x86_Thread_features`` … come and go between versions): a
+    line only one side has is that, not a loss, and only lines both print are compared; the kernel areas
+    are the kernel's (checked before the restore began), and the speculation lines describe the CPU unless
+    the thread set them.
     """
     def masked_area(key: str, value: str) -> bool:
-        return routed_vdso and any(value.rsplit(" [", 1)[0].endswith(" " + a) for a in _KERNEL_AREAS)
+        areas = _ELSEWHERE_AREAS if elsewhere else _KERNEL_AREAS if routed_vdso else ()
+        return any(value.rsplit(" [", 1)[0].endswith(" " + a) for a in areas)
 
     before = {s.name: s for s in dumped.sections}
     after = {s.name: s for s in restored.sections}
@@ -304,6 +315,11 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
             bl, al = _coalesced(bl), _coalesced(al)
         skip = {k for k, joined in zip(("NSsid", "NSpgid"), joins_restorer) if joined}
         skip |= {k for s, k in tolerated if s == kind}
+        if elsewhere and kind == "status":
+            common = {ln.key for ln in bl} & {ln.key for ln in al}
+            skip |= {ln.key for ln in (*bl, *al) if ln.key not in common}
+            skip |= {k for k in _CPU_STATE if not any(ln.key == k and ln.value.startswith("thread")
+                                                      for ln in (*bl, *al))}
         b = _normalized(kind, [ln for ln in bl if ln.key not in skip], root=root, masked_areas=masked_area)
         a = _normalized(kind, [ln for ln in al if ln.key not in skip], root=root, masked_areas=masked_area)
         if a == b:

@@ -54,7 +54,7 @@ from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, ImageError, RestoreError, UsageError
 from .image import kinds
 from .image.chain import resolve_pages
-from .image.pb import files_pb2, mm_pb2, process_pb2
+from .image.pb import files_pb2, inventory_pb2, mm_pb2, process_pb2
 from .image.reader import Image
 from .image.records import ImageKind, Pagemap, PageSource, PageState
 from .image.verify import validated_chain
@@ -65,6 +65,7 @@ from .kernel.prctl import PR_SET_PDEATHSIG
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
+from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, host, limits, memory, signals, threads, timens, timers, tree, vdso
@@ -319,7 +320,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         t_check = time.monotonic()
         if check:
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
-                                     {p.pid for p in root.walk()}))
+                                     {p.pid for p in root.walk()}, image.inventory))
         check_s = time.monotonic() - t_check
         testpoint.point("restore-handing-over")
         if before_hand_over is not None:
@@ -715,13 +716,16 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
 
 
 def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
-                tree_pids: Collection[int]) -> list[str]:
+                tree_pids: Collection[int], inventory: inventory_pb2.Inventory) -> list[str]:
     """Compare the kernel's account of each built (frozen) process with the dump's; RestoreError on a difference.
 
     Left out: the restorer's own area in each (its trampoline) and, on another kernel, the proxy of the old
     vDSO.  What the release sets last (signal and CPU masks) is compared with what it will set.
     """
     notes = []
+    u = os.uname()
+    elsewhere = ((inventory.kernel_release, inventory.kernel_version) != (u.release, u.version)
+                 or inventory.boot_id != read_boot_id())
     for ws, entry, cores in built:
         if not entry.HasField("observed"):
             notes.append(f"process {ws.pid}: the image holds no account of it by the kernel (an image of an "
@@ -742,7 +746,7 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
         lowered = {("limits", limit_rows[r]) for r in ws.lowered if r < len(limit_rows)}
         diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
                                      joins_restorer=outside,
-                                     tolerated=lowered)
+                                     tolerated=lowered, elsewhere=elsewhere)
         if diffs:
             for d in diffs:
                 log.error("self-check: process %d: %s", ws.pid, d)
@@ -939,7 +943,8 @@ class StagedRestore:
                 t_check = time.monotonic()
                 if self.check:
                     notes.extend(_self_check([(st.ws, records[pid][1], records[pid][0])
-                                              for pid, st in self._procs.items()], self.pid, self.pids))
+                                              for pid, st in self._procs.items()], self.pid, self.pids,
+                                             image.inventory))
                 check_s = time.monotonic() - t_check
                 testpoint.point("restore-handing-over")
                 if before_hand_over is not None:

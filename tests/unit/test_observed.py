@@ -83,3 +83,16 @@ def test_describe_names_the_process_and_caps_the_list() -> None:
     diffs = [observed.Difference("status", f"K{i}", "1", "2") for i in range(9)]
     text = observed.describe(42, diffs, limit=2)
     assert text.startswith("process 42 came back different") and "(and 7 more)" in text
+
+
+def test_on_another_kernel_only_lines_both_print_are_compared() -> None:
+    a = _obs(status=[("Name", "x"), ("Kthread", "0"), ("Speculation_Store_Bypass", "vulnerable"), ("Umask", "0022")],
+             maps=[("ffffffffff600000-ffffffffff601000", "--xp 0 [vsyscall] [ex]")])
+    b = _obs(status=[("Name", "x"), ("untag_mask", "0xff"), ("Speculation_Store_Bypass", "not vulnerable"),
+                     ("Umask", "0022")], maps=[])
+    assert len(observed.differences(a, b, root=True)) == 4  # vsyscall, Kthread, untag_mask, speculation
+    assert observed.differences(a, b, root=True, elsewhere=True) == []
+    c = _obs(status=[("Name", "x"), ("Speculation_Store_Bypass", "thread force mitigated"), ("Umask", "0077")],
+             maps=[])
+    got = {d.key for d in observed.differences(c, b, root=True, elsewhere=True)}
+    assert got == {"Speculation_Store_Bypass", "Umask"}  # set by the thread, and a value both print
