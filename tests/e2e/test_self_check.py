@@ -97,3 +97,17 @@ def test_descriptor_and_thread_state_that_used_to_be_dropped(py_target, tmp_path
     restored.append(r.pid)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS") == "PASS fdstate round=2"
+
+
+def test_a_process_under_seccomp_is_refused_at_dump(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """Its filters cannot be restored yet: the dump says so and leaves it running (the self-check would
+    otherwise have refused only the restore, after the dump had ended it)."""
+    t = py_target("py_seccomp.py", stderr=subprocess.DEVNULL)
+    t.ready()
+    res = subprocess.run([*CKPT, "dump", "-t", str(t.pid), "-D", str(tmp_path / "img")], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 1, res.stderr
+    assert f"process {t.pid} runs under seccomp (mode 2, 1 filter(s)): ckpt cannot restore" in res.stderr
+    assert not (tmp_path / "img").exists() and t.proc.poll() is None
+    with open(f"/proc/{t.pid}/status") as f:
+        assert "TracerPid:\t0" in f.read()
