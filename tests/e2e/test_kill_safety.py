@@ -118,7 +118,7 @@ def test_dump_ended_by_a_signal_puts_the_target_back_and_leaves_nothing(c_target
 
 
 def _tree_round(t, pids: list[int]) -> None:  # noqa: ANN001
-    """Every process of scenarios/noarea.c passes a round (its counter moved, its filter as set)."""
+    """Every process of scenarios/noarea.c passes a round (its counter moved, memfd_create as its limit says)."""
     for p in pids:
         os.kill(p, signal.SIGUSR1)
         wait_until(lambda p=p: any(line == f"PASS pid={p}" for line in t.lines) or
@@ -129,8 +129,8 @@ def _tree_round(t, pids: list[int]) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("point,nth", [("inject.entered", 2), ("inject.done", 4), ("inject.loaded", 8)],
                          ids=lambda v: str(v))
 def test_tree_dump_killed_while_the_areas_open(c_target, tmp_path: Path, point: str, nth: int) -> None:  # noqa: ANN001
-    """ckpt killed while it maps the injection areas of a tree's processes, one of which refuses its area (a
-    seccomp filter: its calls are injected unguarded): each process carries on, and the next run removes
+    """ckpt killed while it maps the injection areas of a tree's processes, one of which refuses its area (no
+    descriptor left for its memfd: its calls are injected unguarded): each process carries on, and the next run removes
     what the killed one left and says which process went without an area."""
     t = c_target("noarea", stderr=subprocess.DEVNULL)
     pids = [int(p) for p in t.ready()["pids"].split(",")]
