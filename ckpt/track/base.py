@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -311,9 +312,12 @@ class TrackingState:
         return cls(**d)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically (tmp + rename): a crash never leaves half a state file."""
+        """Write atomically (tmp + rename, mode 0600): a crash never leaves half a state file, and the
+        temporary file a killed run left beside it is removed here."""
+        _sweep_tmp(os.path.dirname(os.fspath(path)) or ".")
         tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
             f.write(self.to_json())
         os.replace(tmp, path)
 
@@ -321,6 +325,24 @@ class TrackingState:
     def load(cls, path: str | os.PathLike[str]) -> "TrackingState":
         with open(path) as f:
             return cls.from_json(f.read())
+
+
+_TMP = re.compile(r"^track-\d+\.json\.tmp(\d+)$")
+
+
+def _sweep_tmp(directory: str) -> None:
+    """Remove the half-written state files of ckpt runs that were killed while writing them (their pid gone)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = _TMP.match(name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
 
 
 def state_dir() -> str:

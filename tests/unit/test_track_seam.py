@@ -73,6 +73,22 @@ def test_dirty_set_counts_and_state_round_trip() -> None:
     assert TrackingState.from_json(st.to_json()) == st
 
 
+def test_state_file_mode_and_the_sweep_of_a_killed_writers_temporary(tmp_path) -> None:  # noqa: ANN001
+    """A state file is 0600; a ``.tmpPID`` a killed run left (its pid gone) goes at the next save, a live
+    writer's stays."""
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (tmp_path / f"track-5.json.tmp{dead}").write_text("{half")
+    (tmp_path / f"track-6.json.tmp{os.getppid()}").write_text("{")
+    st = TrackingState("uffd-wp", 42, 7, 1023, 99)
+    st.save(tmp_path / "track-42.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["track-42.json", f"track-6.json.tmp{os.getppid()}"]
+    assert (tmp_path / "track-42.json").stat().st_mode & 0o777 == 0o600
+    assert TrackingState.load(tmp_path / "track-42.json") == st
+
+
 class FakeKernel:
     """Maps + per-page (soft_dirty, present) bits; clear_refs clears every bit (whole process).
 
