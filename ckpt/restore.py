@@ -723,9 +723,8 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
     vDSO.  What the release sets last (signal and CPU masks) is compared with what it will set.
     """
     notes = []
-    u = os.uname()
-    elsewhere = ((inventory.kernel_release, inventory.kernel_version) != (u.release, u.version)
-                 or inventory.boot_id != read_boot_id())
+    theirs, mine = host.recorded(inventory), host.here()
+    elsewhere = (theirs.release, theirs.version) != (mine.release, mine.version) or inventory.boot_id != read_boot_id()
     for ws, entry, cores in built:
         if not entry.HasField("observed"):
             notes.append(f"process {ws.pid}: the image holds no account of it by the kernel (an image of an "
