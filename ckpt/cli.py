@@ -565,8 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="save unix sockets connected to a process outside the dumped tree as sockets whose peer "
                          "closed instead of refusing them (waiting connections from outside are dropped)")
     sp.add_argument("--deleted-max", "--ghost-limit", type=_size, default=None, metavar="SIZE",
-                    help="largest deleted-but-open file whose content is saved, in bytes or with K/M/G "
-                         "(default 64M); a bigger one makes the dump fail, naming it (--ghost-limit: CRIU's name)")
+                    help="most data of a deleted file still open or mapped that is saved (its data ranges: holes "
+                         "do not count), in bytes or with K/M/G (default 64M); a file with more makes the dump "
+                         "fail, naming it (--ghost-limit: CRIU's name)")
     sp.add_argument("-l", "--file-locks", action="store_true",
                     help="accepted as CRIU spells it; a process holding a file lock is still refused, naming it "
                          "(ckpt cannot restore locks yet)")

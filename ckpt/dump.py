@@ -163,9 +163,9 @@ def dump(
     ``tcp_established``: established TCP connections are locked (nftables)
     and saved with TCP_REPAIR, to come back alive (CRIU's ``--tcp-established``,
     :mod:`ckpt.resources.tcp`); if the targets run on, so do the connections.
-    ``deleted_max``: bytes of a deleted-but-open file's content the image may
-    hold (default :data:`ckpt.resources.files.DELETED_MAX`); a bigger one is
-    refused, naming the fd and the size.
+    ``deleted_max``: bytes of data of a deleted-but-open or mapped file the image
+    may hold (default :data:`ckpt.resources.ghost.DELETED_MAX`; holes are not
+    stored); a file with more is refused, naming the fd or mapping and the size.
     ``end_target(image_dir)``: asked, once the image is committed and with the
     target still frozen, whether to end it (True) or let it run on (False) —
     a migration ends the source only once the destination runs the process.
@@ -227,7 +227,7 @@ def dump(
                                 ext_unix_close=ext_unix_close, tcp_session=conns,
                                 deleted_max=cap, notes=notes)
                 fdump.write(w)
-                vmas_of = {p: memory.dump_vmas(p, snap_of[p]) for p in ftree.procs}  # before any scratch area
+                vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
@@ -251,7 +251,7 @@ def dump(
                     with w.pages(owner) as pw:
                         pstats.append(memory.dump_shmem(p, view, pw))
                     stored_bytes += pw.close().stored_bytes
-                for owner, path in _objects(fdump, vmas_of).items():  # each memfd/SysV segment once, however reached
+                for owner, path in _objects(fdump, vmas_of).items():  # each memfd/SysV/ghost once, however reached
                     with w.pages(owner) as pw:
                         for offset, data in memfd.read_content(path):
                             pw.add(offset, data)
@@ -430,15 +430,15 @@ def _inventory(ftree: tree.FrozenTree, stats: dict[int, Stat], records: dict[int
 
 
 def _objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]:
-    """{page owner: a /proc path opening it} of every memfd the tree holds (by fd) or maps, and every
-    System V segment it maps (their bytes are stored once, not per process)."""
+    """{page owner: a /proc path opening it} of every memfd and deleted file the tree holds (by fd) or maps,
+    and every System V segment it maps (their bytes are stored once, not per process)."""
     by_id = {e.id: e for e in fdump.files}
     out: dict[str, str] = {}
     stored = set(fdump.contents)  # a memfd only in flight: stored by the files already
     for pid, fds in fdump.fds_of.items():
         for f in fds:
             e = by_id[f.file_id]
-            if e.kind == e.MEMFD:
+            if e.kind == e.MEMFD or e.ghost.owner:
                 out.setdefault(e.content.owner, f"/proc/{pid}/fd/{f.fd}")
     for pid, vmas in vmas_of.items():
         for v in vmas:

@@ -68,7 +68,7 @@ from .procfs.maps import read_maps
 from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, fileid, files, host, limits, memory, signals, threads, timens, timers, tree, vdso
+from .resources import creds, fileid, files, ghost, host, limits, memory, signals, threads, timens, timers, tree, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -92,7 +92,7 @@ def restore_files(ctx: RestoreContext) -> None:
                                same_boot=fileid.same_boot(ctx.image.inventory.boot_id))
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
-                                   shared=ctx.shared_files, memfds=ctx.memfds))
+                                   shared=ctx.shared_files, memfds=ctx.memfds, ghosts=ctx.ghosts))
 
 
 def restore_sigactions(ctx: RestoreContext) -> None:
@@ -102,7 +102,8 @@ def restore_sigactions(ctx: RestoreContext) -> None:
 
 def restore_limits(ctx: RestoreContext) -> None:
     """cwd, root, umask, comm, personality, prctl flags, rlimits (after files and memory), session."""
-    ctx.notes.extend(limits.restore(ctx.inj, ctx.entry, scratch=ctx.scratch, lower_limits=ctx.lowered_limits))
+    ctx.notes.extend(limits.restore(ctx.inj, ctx.entry, scratch=ctx.scratch, lower_limits=ctx.lowered_limits,
+                                    ghosts=ctx.ghosts))
 
 
 def restore_creds(ctx: RestoreContext) -> None:
@@ -313,10 +314,11 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             testpoint.point("restore-memory-filled")
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
-                                 memfds=shmem.memfds, clocks=clocks))
+                                 memfds=shmem.memfds, ghosts=shmem.ghosts, clocks=clocks))
             testpoint.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
+        shmem.ghosts.finish()  # their times, once every process has its mappings (mmap touches the atime)
         t_check = time.monotonic()
         if check:
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
@@ -338,6 +340,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         if shared is not None:
             shared.close()
         shmem.memfds.close()
+        shmem.ghosts.close()
     _write_pidfile(pidfile, root.pid)
     return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=nvmas,
                         pages_written=filled_pages, bytes_written=filled_bytes, pid_wait_seconds=waited,
@@ -365,8 +368,8 @@ class _Member:
 
 
 def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
-    """Tell ``objects`` how to fill a memfd or a SysV segment it creates (the image's pages of its owner),
-    and which seals each memfd had."""
+    """Tell ``objects`` how to fill a memfd, a SysV segment or a deleted file it creates (the image's pages of
+    its owner), and which seals each memfd had."""
     owners = set(image.owners())
 
     def fill_fd(owner: str, fd: int) -> None:
@@ -382,6 +385,7 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
                     ctypes.memmove(addr + offset, (ctypes.c_char * n).from_buffer_copy(data[:n]), n)
 
     objects.memfds.fill = fill_fd
+    objects.ghosts.fill = ghost.fill_from_image(image)
     objects.memfds.seals = {e.content.owner: e.memfd.seals for e in image.file_entries()
                             if e.kind == files_pb2.FileEntry.MEMFD and e.memfd.seals}
     objects.sysv.fill = fill_memory
@@ -689,7 +693,7 @@ class _FinishOptions:
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
             entry: process_pb2.ProcessEntry, opts: _FinishOptions, *,
             shared: files.SharedFiles | None = None, memfds: memory.memfd.MemfdObjects | None = None,
-            clocks: timens.TimeNamespace | None = None) -> list[str]:
+            ghosts: ghost.GhostObjects | None = None, clocks: timens.TimeNamespace | None = None) -> list[str]:
     """Everything after memory (DESIGN §4 steps 5-6): resources, mm fields, threads; :func:`_release` does 7.
 
     ``shared``: the files this process shares with others of its tree.  ``clocks``: the tree's time
@@ -700,7 +704,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         clocks.enter(pid, inj, scratch)
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
-                         allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds,
+                         allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds, ghosts=ghosts,
                          files_shared=not ws.own_fds, lowered_limits=ws.lowered if opts.allow_lower_limits else None)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
@@ -936,9 +940,10 @@ class StagedRestore:
                     mm, vmas = layouts[pid]
                     cores, entry = records[pid]
                     notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared,
-                                         memfds=self._shmem.memfds, clocks=clocks))
+                                         memfds=self._shmem.memfds, ghosts=self._shmem.ghosts, clocks=clocks))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
+                self._shmem.ghosts.finish()
                 t_check = time.monotonic()
                 if self.check:
                     notes.extend(_self_check([(st.ws, records[pid][1], records[pid][0])
@@ -955,6 +960,7 @@ class StagedRestore:
                 if shared is not None:
                     shared.close()
                 self._shmem.memfds.close()
+                self._shmem.ghosts.close()
         self.state = "done"
         _write_pidfile(self.pidfile, self.pid)
         staged = sum(s.pages_written for s in self.stages[:-1])

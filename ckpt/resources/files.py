@@ -9,8 +9,8 @@ nothing is skipped silently.
 
 Kinds handled: regular files (by path, checked unchanged at restore by
 size, mtime and build-id — :mod:`ckpt.resources.fileid`; never by device or
-inode, which differ on another machine), deleted-but-open regular files (content saved,
-up to :data:`DELETED_MAX`), directories, /dev/null, /dev/zero, /dev/full,
+inode, which differ on another machine), deleted-but-open regular files, directories and
+FIFOs (one inode each, whoever holds it: :mod:`ckpt.resources.ghost`), directories, /dev/null, /dev/zero, /dev/full,
 /dev/random, /dev/urandom, pipes and FIFOs with every end in the dumped
 processes (:mod:`ckpt.resources.pipes`), memfds (:mod:`ckpt.resources.memfd`), terminals and external stdio through a
 :class:`StdioPolicy`, listening/bound inet sockets (:mod:`ckpt.resources.sockets`,
@@ -54,7 +54,7 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import FdInfo, read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, inotify, memfd, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import epoll, eventfd, fileid, ghost, inotify, memfd, pipes, signalfd, sockets, tcp, timerfd, unix
 from ._scratch import scratch_for
 
 __all__ = [
@@ -65,8 +65,8 @@ __all__ = [
 FileEntry = files_pb2.FileEntry
 K = FileEntry.Kind
 
-#: Largest deleted-but-open file whose content a dump stores.
-DELETED_MAX = 64 << 20
+#: Most bytes of data of a deleted-but-open file a dump stores (its holes are not stored).
+DELETED_MAX = ghost.DELETED_MAX
 #: Character devices reopened by path: they carry no state of their own.
 SIMPLE_DEVICES = MappingProxyType({(1, 3): "/dev/null", (1, 5): "/dev/zero", (1, 7): "/dev/full",
                                    (1, 8): "/dev/random", (1, 9): "/dev/urandom"})
@@ -139,6 +139,9 @@ class FilesDump:
     fds_of: Mapping[int, tuple[files_pb2.FdEntry, ...]]
     files: tuple[FileEntry, ...]
     contents: Mapping[str, bytes]
+    #: A /proc path opening each deleted file the tree holds, by content owner: its bytes are stored with
+    #: the memory (ckpt.dump), read while the tree is frozen.
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def fds(self) -> tuple[files_pb2.FdEntry, ...]:
@@ -146,7 +149,10 @@ class FilesDump:
         return next(iter(self.fds_of.values()), ())
 
     def content(self, ref: common_pb2.ContentRef) -> bytes:
-        return self.contents[ref.owner]
+        """The whole content (holes as zeros); a deleted file's is read now, so only while the tree lives."""
+        if ref.owner in self.contents:
+            return self.contents[ref.owner]
+        return _object_bytes(self.sources[ref.owner], ref.size)
 
     def write(self, writer: object) -> None:
         """Into an ImageWriter: fds-<pid>.img per process, files.img, and the contents as page data."""
@@ -169,11 +175,6 @@ def content_from_image(image: object) -> Callable[[common_pb2.ContentRef], bytes
 
 
 # --- classification -------------------------------------------------------
-
-def _size_text(n: int) -> str:
-    """The smallest whole M (or K) at least ``n`` bytes, as --deleted-max takes it."""
-    return f"{-(-n // (1 << 20))}M" if n >= 1 << 20 else f"{-(-n // 1024)}K"
-
 
 def _unsupported(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
     return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
@@ -396,6 +397,7 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
     entries: list[FileEntry] = []
     fd_entries: dict[int, list[files_pb2.FdEntry]] = {pid: [] for pid in pids}
     contents: dict[str, bytes] = {}
+    sources: dict[str, str] = {}
     pipe_ends: dict[int, list[tuple[FileEntry, int, OpenFd]]] = {}
     epolls: list[tuple[FileEntry, int, OpenFd]] = []
 
@@ -461,17 +463,13 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
         min(ends, key=lambda epo: epo[0].id)[0].pipe.data = data
 
     for e, g in zip(entries, groups):
-        if e.deleted:
-            pid, o = g[0]
-            with open(f"/proc/{pid}/fd/{o.fd}", "rb") as f:
-                data = f.read(deleted_max + 1)
-            owner = f"file-{e.id}"
-            contents[owner] = data
-            e.content.owner, e.content.size = owner, len(data)
-        if e.kind == K.MEMFD and g[0][0] == me:  # in flight only: its bytes are stored here
-            contents[e.content.owner] = _object_bytes(f"/proc/self/fd/{g[0][1].fd}", e.content.size)
+        pid, o = g[0]
+        if e.ghost.owner and pid != me:  # a deleted file: stored once with the memory, from this fd
+            sources.setdefault(e.ghost.owner, f"/proc/{pid}/fd/{o.fd}")
+        elif (e.kind == K.MEMFD or e.ghost.owner) and pid == me:  # in flight only: its bytes are stored here
+            contents[e.content.owner] = _object_bytes(f"/proc/self/fd/{o.fd}", e.content.size)
     return FilesDump(MappingProxyType({pid: tuple(fds) for pid, fds in fd_entries.items()}), tuple(entries),
-                     MappingProxyType(contents))
+                     MappingProxyType(contents), MappingProxyType(sources))
 
 
 def _classify_and_record(pid: int, o: OpenFd, file_id: int, policy: StdioPolicy, deleted_max: int, tcp_close: bool,
@@ -487,6 +485,7 @@ def _classify_and_record(pid: int, o: OpenFd, file_id: int, policy: StdioPolicy,
     e = FileEntry(id=file_id, kind=kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
                   mnt_id=o.info.mnt_id, identity=fileid.identity(o.st))
     e.path = o.link[:-len(_DELETED)] if o.link.endswith(_DELETED) else o.link
+    ghost.dump_fd(e, pid, o.fd, o.link, o.st, deleted_max)  # a deleted file, directory or FIFO: one inode
     if kind == K.REG and not o.link.endswith(_DELETED):
         try:  # the file the descriptor holds, not what the path names now
             e.identity.build_id = fileid.BUILD_IDS.of_path(f"/proc/{pid}/fd/{o.fd}", e.path)[1]
@@ -497,12 +496,6 @@ def _classify_and_record(pid: int, o: OpenFd, file_id: int, policy: StdioPolicy,
             raise _unsupported(pid, o.fd, f"the terminal {o.link}",
                                "use --shell-job to re-attach it to the restoring terminal")
         e.tty = True
-    elif kind == K.REG and o.link.endswith(_DELETED) and o.st.st_nlink == 0:
-        if o.st.st_size > deleted_max:
-            raise _unsupported(pid, o.fd, f"the deleted file {o.link} of {o.st.st_size} bytes "
-                               f"(more than the {deleted_max} bytes ckpt saves)",
-                               f"raise the cap with --deleted-max (e.g. --deleted-max {_size_text(o.st.st_size)})")
-        e.deleted = True
     elif kind in (K.PIPE, K.FIFO):
         e.pipe.pipe_id = o.st.st_ino
     elif kind == K.INET:
@@ -570,6 +563,7 @@ class _Restorer:
     pipes: pipes.PipeRestorer
     unix_socks: unix.UnixRestorer
     memfds: memfd.MemfdObjects
+    ghosts: ghost.GhostObjects = field(default_factory=ghost.GhostObjects)
     created: list[str] = field(default_factory=list)
     #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
     epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
@@ -607,6 +601,8 @@ class _Restorer:
             return self.openat(f"/proc/{os.getpid()}/fd/{ours[0]}", flags, f"inherited fd {ours[0]} as")
         if e.tty:
             return self.openat(self.policy.terminal(), flags | os.O_NOCTTY, "the terminal")
+        if e.HasField("ghost"):
+            return self.open_ghost(e)
         if e.kind in (K.PIPE, K.FIFO):
             return self.pipes.open(e)
         if e.kind in (K.INET, K.UNIX):
@@ -661,8 +657,20 @@ class _Restorer:
             raise RestoreError(f"{changed.text(repr(e.path))}: the restored program would see another file",
                                hint="restore the file as it was, dump again, or pass --allow-changed-files")
 
+    def open_ghost(self, e: FileEntry) -> int:
+        """A deleted file, directory or FIFO: the restore's one copy of its inode (:mod:`ckpt.resources.ghost`)."""
+        if e.kind == K.FIFO:  # its ends and bytes as any FIFO's, opened through the copy
+            at = FileEntry()
+            at.CopyFrom(e)
+            at.path = self.ghosts.path(e.ghost, e.path)
+            return self.pipes.open(at)
+        fd = self.ghosts.open_in(self.inj, self.s, e.ghost, e.path, e.flags & ~_OPEN_IGNORED)
+        if e.pos:
+            self.inj.call(NR.lseek, fd, e.pos, os.SEEK_SET, name=f"lseek({e.path!r}, {e.pos})")
+        return fd
+
     def open_deleted(self, e: FileEntry, flags: int) -> int:
-        """Recreate the content under its old name (else a temporary one), open it in the target, unlink it."""
+        """An image from before ghosts (no ``ghost`` record): recreate the content under its old name (else a temporary one), open it in the target, unlink it."""
         if e.flags & _O_TMPFILE == _O_TMPFILE:
             return self.open_tmpfile(e, flags)
         data = self.content(e.content)
@@ -811,7 +819,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
             files: "list[FileEntry] | tuple[FileEntry, ...]", *,
             content: Callable[[common_pb2.ContentRef], bytes] | None = None,
             policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None,
-            shared: SharedFiles | None = None, memfds: memfd.MemfdObjects | None = None) -> list[str]:
+            shared: SharedFiles | None = None, memfds: memfd.MemfdObjects | None = None,
+            ghosts: ghost.GhostObjects | None = None) -> list[str]:
     """Open every file of ``files`` that ``fds`` names inside the process of ``inj`` at its fd numbers.
 
     ``content`` loads a deleted file's bytes (:func:`content_from_image`,
@@ -819,7 +828,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
     could not be set).  Fds are placed over whatever the helper has there.
     ``shared``: in a tree, the files other processes use too (taken from it
     when an earlier process opened them, handed to it when this one does).
-    ``memfds``: the restore's memfd objects (created by their first user).
+    ``memfds``: the restore's memfd objects (created by their first user); ``ghosts`` its deleted files
+    (likewise; without it, made from ``content`` and finished here).
     A file in flight in a unix socket's queue is opened when the socket's
     group is created, and sent from the restorer (kept by ``shared``, or by a
     SharedFiles of this call).
@@ -851,8 +861,10 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         own = shared is None and any(e.unix.in_flight for e in files if e.kind == K.UNIX)
         sh = SharedFiles({inj.pid: fds}, files) if own else shared
         ur = unix.UnixRestorer(inj, s, files)
+        own_ghosts = ghosts is None
+        gh = ghost.GhostObjects(fill=ghost.fill_from_bytes(content or no_content)) if ghosts is None else ghosts
         r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr, ur,
-                      memfds if memfds is not None else memfd.MemfdObjects())
+                      memfds if memfds is not None else memfd.MemfdObjects(), gh)
 
         def carried(file_id: int) -> int:
             """A descriptor of ours on file ``file_id``, to send in flight: opened here by its first user."""
@@ -890,9 +902,13 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                 r.place(t, its)
             for e, epfd in r.epolls:
                 epoll.add_watches(inj, s, epfd, e)
+            if own_ghosts:
+                gh.finish()
         finally:
             pr.close()
             ur.close()
+            if own_ghosts:
+                gh.close()
             if own and sh is not None:
                 sh.close()
     return warnings

@@ -72,7 +72,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import fileid, memfd, sysvshm
+from . import fileid, ghost, memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -126,8 +126,8 @@ def classify(vma: ProcVma) -> int:
         return Kind.ANON_SHARED  # MAP_SHARED|MAP_ANONYMOUS shows as the shmem file "/dev/zero (deleted)"
     if name.startswith(memfd.PREFIX):
         return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE  # the file: the memfd object (content_owner)
-    if vma.deleted:
-        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is of a deleted file ({name})")
+    # A deleted file ("PATH (deleted)"): a file mapping all the same, of the ghost the restore makes again
+    # (dump_vmas records it, refusing an inode that cannot be made again).
     if not name.startswith("/"):
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} has a backing ckpt does not know: {name!r}")
     return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE
@@ -144,9 +144,14 @@ def file_identity(path: str, name: str) -> common_pb2.FileIdentity:
         return fileid.identity(os.stat(path))
 
 
-def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
-    """One Vma record per mapping, address order; raises Unsupported for unknown backings."""
+def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) -> list[mm_pb2.Vma]:
+    """One Vma record per mapping, address order; raises Unsupported for unknown backings.
+
+    A mapping of a deleted file records its ghost (:mod:`ckpt.resources.ghost`; more data than
+    ``deleted_max`` is refused), whose bytes the dump stores once, by its owner.
+    """
     out: list[mm_pb2.Vma] = []
+    ghosts: dict[tuple[int, int, int], common_pb2.Ghost] = {}
     segments: dict | None = None
     # A file is mapped in several VMAs (a library: 4-5): look at it once, by the (dev, inode) maps shows.
     idents: dict[tuple[int, int, int], common_pb2.FileIdentity] = {}
@@ -166,8 +171,9 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
             ident = idents.get(key)
             if ident is None:
                 link = f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}"
-                try:  # a memfd's bytes travel in the image: no build-id to read
-                    ident = idents[key] = (fileid.identity(os.stat(link)) if vma.path.startswith(memfd.PREFIX)
+                try:  # a memfd's or a deleted file's bytes travel in the image: no build-id to read
+                    ident = idents[key] = (fileid.identity(os.stat(link))
+                                           if vma.path.startswith(memfd.PREFIX) or vma.deleted
                                            else file_identity(link, vma.path))
                 except OSError as exc:
                     raise CkptError(f"cannot examine the file mapped at {vma.start:#x} in process {pid}: "
@@ -175,6 +181,13 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
             rec.file.CopyFrom(ident)
             if vma.path.startswith(memfd.PREFIX):  # its bytes are stored once for the object, by its owner
                 rec.content_owner = memfd.owner_of(ident.ino)
+            elif vma.deleted:  # likewise a deleted file's
+                if key not in ghosts:
+                    link = map_files_path(pid, rec)
+                    ghosts[key] = _ghost_of(link, vma.path, f"process {pid}: the mapping at {vma.start:#x}",
+                                            deleted_max)
+                rec.ghost.CopyFrom(ghosts[key])
+                rec.content_owner = rec.ghost.owner
         if kind is Kind.SYSV_SHM:  # the segment's bytes are stored once, by its owner (sysv-<shmid>)
             segments = segments if segments is not None else sysvshm.read_segments()
             rec.sysv.CopyFrom(sysvshm.describe(pid, vma.start, vma.inode, segments))
@@ -185,6 +198,15 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
                 rec.file.CopyFrom(common_pb2.FileIdentity(ino=vma.inode))
         out.append(rec)
     return out
+
+
+def _ghost_of(link: str, name: str, where: str, deleted_max: int) -> common_pb2.Ghost:
+    """The ghost record of a deleted file mapped (``link``: its map_files entry)."""
+    st = os.stat(link)
+    if st.st_nlink:
+        raise Unsupported(f"{where} is of {name}, removed under that name but still linked under another "
+                          f"({st.st_nlink} links)", hint="the restore would not know its other name")
+    return ghost.record(link, st, name=name, where=where, limit=deleted_max)
 
 
 BRK = Query("brk(0)", NR.brk, (0,))
@@ -271,8 +293,14 @@ SHMEM_OWNER = "shmem-{ino}"
 
 
 def is_object_view(v: mm_pb2.Vma) -> bool:
-    """A view of an object whose bytes a dump stores once, by its owner, not per process (memfd, SysV shm)."""
-    return v.kind == Kind.SYSV_SHM or is_memfd_view(v)
+    """A view of an object whose bytes a dump stores once, by its owner, not per process (memfd, SysV shm,
+    a deleted file)."""
+    return v.kind == Kind.SYSV_SHM or is_memfd_view(v) or is_ghost_view(v)
+
+
+def is_ghost_view(v: mm_pb2.Vma) -> bool:
+    """A mapping of a deleted file: the restore maps the ghost it makes again (:mod:`ckpt.resources.ghost`)."""
+    return v.HasField("ghost")
 
 
 def is_memfd_view(v: mm_pb2.Vma) -> bool:
@@ -357,6 +385,7 @@ class ShmemObjects:
     first: dict[str, tuple[int, mm_pb2.Vma]] = field(default_factory=dict)
     memfds: memfd.MemfdObjects = field(default_factory=memfd.MemfdObjects)
     sysv: sysvshm.SysvObjects = field(default_factory=sysvshm.SysvObjects)
+    ghosts: ghost.GhostObjects = field(default_factory=ghost.GhostObjects)
 
 
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
@@ -411,7 +440,7 @@ def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], *, allow_changed
     Each file is checked by path, size, mtime and build-id (:mod:`ckpt.resources.fileid`), once.
     """
     wanted = {v.name: v.file for v in vmas if v.kind in _FILE_KINDS
-              and not is_memfd_view(v)}  # a memfd is no path: the restore recreates it
+              and not is_memfd_view(v) and not is_ghost_view(v)}  # no path: the restore makes them again
     wanted.setdefault(mm.exe_path, mm.exe)
     notes = []
     for path, ident in wanted.items():
@@ -533,6 +562,11 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                     fd = objects.memfds.open_in(inj, scratch, v.content_owner, memfd.name_of(v.name), v.file.size,
                                                 access)
                     opener.fds[(f"memfd {v.content_owner} {v.start:#x}", access)] = fd  # closed with the others
+                elif is_ghost_view(v):  # the one copy of the deleted file, whoever else holds it
+                    if shmem_objects is None:
+                        raise RestoreError(f"the deleted file mapped at {v.start:#x} needs the restore's ghosts")
+                    fd = shmem_objects.ghosts.open_in(inj, scratch, v.ghost, v.name, access)
+                    opener.fds[(f"ghost {v.content_owner} {v.start:#x}", access)] = fd
                 else:
                     fd = opener.open(v.name, access, v.file)
                 offset = v.pgoff

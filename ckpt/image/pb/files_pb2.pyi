@@ -21,7 +21,7 @@ class FdEntry(_message.Message):
     def __init__(self, fd: _Optional[int] = ..., fd_flags: _Optional[int] = ..., file_id: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
-    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd")
+    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[FileEntry.Kind]
@@ -78,6 +78,7 @@ class FileEntry(_message.Message):
     FOWN_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     TTY_FIELD_NUMBER: _ClassVar[int]
+    GHOST_FIELD_NUMBER: _ClassVar[int]
     PIPE_FIELD_NUMBER: _ClassVar[int]
     UNIX_FIELD_NUMBER: _ClassVar[int]
     INET_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +100,7 @@ class FileEntry(_message.Message):
     fown: Fown
     external: str
     tty: bool
+    ghost: _common_pb2.Ghost
     pipe: Pipe
     unix: UnixSocket
     inet: InetSocket
@@ -108,7 +110,7 @@ class FileEntry(_message.Message):
     signalfd: SignalFd
     inotify: Inotify
     memfd: MemFd
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ...) -> None: ...
 
 class Fown(_message.Message):
     __slots__ = ("pid", "pid_type", "signum", "uid", "euid")

@@ -46,7 +46,7 @@ class MmEntry(_message.Message):
     def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ...) -> None: ...
 
 class Vma(_message.Message):
-    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv")
+    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv", "ghost")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Vma.Kind]
@@ -87,6 +87,7 @@ class Vma(_message.Message):
     CONTENT_OWNER_FIELD_NUMBER: _ClassVar[int]
     TRACKED_FIELD_NUMBER: _ClassVar[int]
     SYSV_FIELD_NUMBER: _ClassVar[int]
+    GHOST_FIELD_NUMBER: _ClassVar[int]
     start: int
     end: int
     prot: int
@@ -99,7 +100,8 @@ class Vma(_message.Message):
     content_owner: str
     tracked: bool
     sysv: SysvShm
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ...) -> None: ...
+    ghost: _common_pb2.Ghost
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
 
 class SysvShm(_message.Message):
     __slots__ = ("shmid", "key", "size", "mode", "uid", "gid", "removed")

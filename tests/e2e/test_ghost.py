@@ -1,0 +1,64 @@
+"""Deleted ("ghost") files, mappings, directories and FIFOs through a real dump and restore.
+
+The scenario (tests/scenarios/py_ghosts.py, a process and its child) checks itself before the dump and
+after the restore: one inode per deleted file however it is held, holes, mode, owner and times kept, the
+shared and private mappings of a deleted file, a library replaced while mapped, /dev/zero mapped privately,
+a deleted cwd, an open deleted directory and an unlinked FIFO with bytes in it.  Every restore also ran
+the self-check (fdinfo and maps VmFlags against the dump's account).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root")
+
+
+def _started(py_target, where: Path):  # noqa: ANN001, ANN202
+    where.mkdir()
+    t = py_target("py_ghosts.py", str(where), stderr=subprocess.DEVNULL)
+    info = t.ready()
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS ghosts round=1"
+    return t, int(info["child"])
+
+
+def test_ghosts_round_trip(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    from ckpt import api
+    from ckpt.image.reader import Image
+
+    t, child = _started(py_target, tmp_path / "files")
+    api.dump(t.pid, tmp_path / "img")
+    t.proc.returncode = -signal.SIGKILL  # killed and reaped by the dump
+    image = Image.open(tmp_path / "img")
+    ghosts = {e.ghost.owner: e.ghost for e in image.file_entries() if e.ghost.owner}
+    sparse = next(g for g in ghosts.values() if g.size == 10 << 30)
+    assert sparse.data_bytes == 3 * 4096 and sparse.mode & 0o7777 == 0o640 and (sparse.uid, sparse.gid) == (1234, 1234)
+    pm = image.pagemap(sparse.owner)
+    assert sum(r.nr_pages for r in pm.ranges) == 3  # the data ranges only: 10 GiB of holes are not stored
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert not list((tmp_path / "files").glob(".ckpt-ghost-*"))  # every ghost unnamed again
+    assert (tmp_path / "files" / "libfake.so").read_bytes()[:6] == b"NEWLIB"  # the upgraded file untouched
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS ghosts round=2"
+    assert os.path.exists(f"/proc/{child}")
+
+
+def test_deleted_max_counts_data_not_size(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """A 10 GiB sparse file with 12 KiB of data passes a 16K cap; an 8K cap refuses it, naming the data."""
+    from ckpt import api
+    from ckpt.errors import Unsupported
+
+    t, _ = _started(py_target, tmp_path / "files")
+    with pytest.raises(Unsupported, match=r"the deleted file .*/sparse of 10737418240 bytes \(12288 bytes of data"):
+        api.dump(t.pid, tmp_path / "img", leave_running=True, deleted_max=8 << 10)
+    assert not (tmp_path / "img").exists()
+    api.dump(t.pid, tmp_path / "img2", leave_running=True, deleted_max=1 << 20)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS ghosts round=2"
