@@ -104,6 +104,11 @@ _VMFLAGS_MASKED = {
     "ui": "userfaultfd minor-fault registration of the dump's tracker",
 }
 
+#: Mapped file names with a part that must differ, replaced before comparing: a file made with O_TMPFILE
+#: never had a name, and the kernel calls it "DIR/#INO" after its inode number, which a file made again
+#: cannot have (the same as fdinfo's "ino" above).
+_MAPS_NAMES = ((re.compile(r"/#\d+ \(deleted\) \["), "/#INO (deleted) ["),)
+
 #: Kernel areas, which a restore on another kernel puts elsewhere (ckpt/resources/vdso.py checks them).
 _KERNEL_AREAS = ("[vdso]", "[vvar]", "[vvar_vclock]")
 #: On another kernel or machine, [vsyscall] is there or not as that kernel's configuration says (vsyscall=).
@@ -271,6 +276,9 @@ def _normalized(kind: str, lines: Iterable[process_pb2.ObservedLine], *, root: b
             continue
         if kind == "maps" and masked_areas(key, value):
             continue
+        if kind == "maps":
+            for pattern, instead in _MAPS_NAMES:
+                value = pattern.sub(instead, value)
         rule = _FIELDS.get((kind, key))
         if rule is not None:
             value = " ".join(rule[0].sub("", value).split())

@@ -862,7 +862,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         sh = SharedFiles({inj.pid: fds}, files) if own else shared
         ur = unix.UnixRestorer(inj, s, files)
         own_ghosts = ghosts is None
-        gh = ghost.GhostObjects(fill=ghost.fill_from_bytes(content or no_content)) if ghosts is None else ghosts
+        gh = (ghost.GhostObjects(fill=ghost.fill_from_bytes(content or no_content), creators=ghost.creators(files))
+              if ghosts is None else ghosts)
         r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr, ur,
                       memfds if memfds is not None else memfd.MemfdObjects(), gh)
 

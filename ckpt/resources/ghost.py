@@ -33,10 +33,11 @@ leaves the ghost unlinked under the old name and the new file where it was
 restorer keeps a descriptor of each ghost; every process's descriptors and
 mappings open that one (``/proc/<restorer>/fd/N``).  :meth:`GhostObjects.finish`
 sets atime and mtime last, once every process has its mappings (mmap
-touches the atime).  A file made with O_TMPFILE is made again that way by the
-first descriptor that had the flag, so that it keeps it (an O_TMPFILE ghost
-first reached another way is made with O_TMPFILE by the restorer, and that
-descriptor lacks the flag: the self-check says so).
+touches the atime).  A file made with O_TMPFILE (never linked: its name is
+``DIR/#INO``) is made again that way by the restorer, with the status flags of
+the one open file that made it (only that one has the flag in its f_flags):
+that open file itself is handed to its process (``pidfd_getfd``) whenever it
+comes, before or after the file's other descriptors and mappings.
 
 Not kept: the inode number, and the name if neither its directory nor a
 rename there can be had (then a temporary name in /tmp; maps shows that name,
@@ -57,11 +58,10 @@ from ..image.pb import common_pb2, files_pb2
 from ..image.records import PageState
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.fileio import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
-from ..kernel.pidfd import dup_from
 from .memfd import data_ranges, open_unseen
 
 __all__ = ["DELETED_MAX", "OWNER", "Ghost", "owner_of", "is_deleted", "name_of", "record", "dump_fd", "size_text",
-           "GhostObjects", "fill_from_image", "fill_from_bytes"]
+           "GhostObjects", "creators", "fill_from_image", "fill_from_bytes"]
 
 Ghost = common_pb2.Ghost
 #: Largest amount of data (bytes of its data ranges) of a deleted file a dump stores (--deleted-max).
@@ -113,9 +113,9 @@ def _data_bytes(ranges: Iterable[tuple[int, int]]) -> int:
     return total
 
 
-def record(path: str, st: os.stat_result, *, name: str, where: str, limit: int = DELETED_MAX,
-           tmpfile: bool = False) -> common_pb2.Ghost:
-    """The Ghost record of the inode ``path`` opens (a /proc link) as ``st`` saw it, known as ``name``.
+def record(path: str, st: os.stat_result, *, name: str, where: str, limit: int = DELETED_MAX) -> common_pb2.Ghost:
+    """The Ghost record of the inode ``path`` opens (a /proc link) as ``st`` saw it, known as ``name``
+    (``DIR/#INO``: made with O_TMPFILE, the kernel's name for a file that never had one).
 
     Unsupported naming ``where`` ("process P: fd N", "process P: the mapping at …") for what cannot be
     recreated: another type of inode (a device node, a socket), or a file with more data than ``limit``.
@@ -125,7 +125,8 @@ def record(path: str, st: os.stat_result, *, name: str, where: str, limit: int =
         raise Unsupported(f"{where} is {name!r}, a deleted inode of mode {st.st_mode:o}, which ckpt cannot make "
                           "again", hint="let the program close it, or dump before it is deleted")
     g = Ghost(dev=st.st_dev, ino=st.st_ino, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid,
-              atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, tmpfile=tmpfile)
+              atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns,
+              tmpfile=kind == stat.S_IFREG and os.path.basename(name) == f"#{st.st_ino}")
     if kind == stat.S_IFREG:
         g.owner, g.size = owner_of(st.st_dev, st.st_ino), st.st_size
         fd = open_unseen(path)
@@ -141,6 +142,12 @@ def record(path: str, st: os.stat_result, *, name: str, where: str, limit: int =
 
 
 # --- restore --------------------------------------------------------------------------------------
+
+def creators(entries: Iterable[files_pb2.FileEntry]) -> dict[tuple[int, int], int]:
+    """{(dev, ino): open flags} of the open files that made O_TMPFILE ghosts (for GhostObjects.creators)."""
+    return {(e.ghost.dev, e.ghost.ino): e.flags for e in entries
+            if e.HasField("ghost") and e.flags & O_TMPFILE == O_TMPFILE}
+
 
 def fill_from_image(image: object) -> Callable[[common_pb2.Ghost, int], None]:
     """A filler for :class:`GhostObjects` writing a ghost's stored data from ``image`` (its newest image):
@@ -188,6 +195,8 @@ class GhostObjects:
     """
 
     fill: Callable[[common_pb2.Ghost, int], None] | None = None
+    #: (dev, ino) → the open flags of the descriptor that made an O_TMPFILE ghost (:func:`creators`).
+    creators: dict[tuple[int, int], int] = field(default_factory=dict)
     held: dict[tuple[int, int], int] = field(default_factory=dict)
     made: dict[tuple[int, int], common_pb2.Ghost] = field(default_factory=dict)
 
@@ -202,15 +211,17 @@ class GhostObjects:
     def open_in(self, inj: Injector, s: Scratch, g: common_pb2.Ghost, name: str, flags: int) -> int:
         """A new descriptor of ``inj``'s process on the ghost, opened with ``flags`` (and O_CLOEXEC).
 
-        With O_TMPFILE in ``flags`` and the ghost not made yet, it is made by this open, in the target,
-        so that this descriptor keeps the flag as the original did."""
-        key = (g.dev, g.ino)
-        if flags & O_TMPFILE == O_TMPFILE and key not in self.held:
-            return self._make_tmpfile_in(inj, s, g, name, flags)
+        With O_TMPFILE in ``flags`` (the open file that made it): the restorer's own open file, made
+        with these flags, handed over (pidfd_getfd), so that it keeps them."""
         path = os.fsencode(self.path(g, name)) + b"\0"
+        if flags & O_TMPFILE == O_TMPFILE:
+            pidfd = inj.call(NR.pidfd_open, os.getpid(), 0, name="pidfd_open(restorer)")
+            try:
+                return inj.call(NR.pidfd_getfd, pidfd, self.held[(g.dev, g.ino)], 0,
+                                name=f"pidfd_getfd(ghost {name!r})")
+            finally:
+                inj.close(pidfd)
         s.write(0, path)
-        if flags & O_TMPFILE == O_TMPFILE:  # made already: a reopen (ENOTDIR with the flag)
-            flags &= ~O_TMPFILE
         flags &= ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
         return inj.call(NR.openat, _AT_FDCWD, s.addr, flags | os.O_CLOEXEC, 0, name=f"openat(ghost {name!r})")
 
@@ -235,9 +246,10 @@ class GhostObjects:
         """The ghost made under a temporary name, filled, given its mode and owner, and unnamed; our fd."""
         kind = stat.S_IFMT(g.mode)
         if kind == stat.S_IFREG and g.tmpfile:
+            flags = self.creators.get((g.dev, g.ino), os.O_RDWR) & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
             for where in dict.fromkeys((os.path.dirname(name) or "/", "/tmp")):
                 try:
-                    fd = os.open(where, O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+                    fd = os.open(where, flags | O_TMPFILE | os.O_CLOEXEC, 0o600)
                     break
                 except OSError as exc:
                     if exc.errno not in _NOT_HERE:
@@ -272,36 +284,18 @@ class GhostObjects:
             if stat.S_ISREG(g.mode):
                 if self.fill is None:
                     raise RestoreError(f"the content of the deleted file {name!r} was not handed to the restore")
-                self.fill(g, fd)
-                os.ftruncate(fd, g.size)  # stored pages are whole: the last one may reach past the end
+                rw = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)  # ours may be O_APPEND
+                try:
+                    self.fill(g, rw)
+                    os.ftruncate(rw, g.size)  # stored pages are whole: the last one may reach past the end
+                finally:
+                    os.close(rw)
             os.fchown(fd, g.uid, g.gid)
             os.fchmod(fd, stat.S_IMODE(g.mode))  # after fchown, which clears set-id bits
         except BaseException:
             os.close(fd)
             raise
         return fd
-
-    def _make_tmpfile_in(self, inj: Injector, s: Scratch, g: common_pb2.Ghost, name: str, flags: int) -> int:
-        """openat(dir, O_TMPFILE) in the target (its descriptor keeps the flag), in ``name``'s directory or /tmp."""
-        for where in dict.fromkeys((os.path.dirname(name) or "/", "/tmp")):
-            s.write(0, os.fsencode(where) + b"\0")
-            try:
-                tfd = inj.call(NR.openat, _AT_FDCWD, s.addr, (flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
-                               | O_TMPFILE | os.O_CLOEXEC, 0o600, name=f"openat({where!r}, O_TMPFILE)")
-                break
-            except OSError as exc:
-                if exc.errno not in _NOT_HERE:
-                    raise
-        else:
-            raise RestoreError(f"no place to make the O_TMPFILE file {name!r} again")
-        try:
-            ours = os.open(f"/proc/{inj.pid}/fd/{tfd}", os.O_RDWR | os.O_CLOEXEC)  # the same inode, writable
-        except OSError:
-            ours = dup_from(inj.pid, tfd)
-        key = (g.dev, g.ino)
-        self.held[key] = self._set_up(ours, g, name)
-        self.made[key] = g
-        return tfd
 
 
 def _create(kind: int, path: str) -> int:
@@ -371,8 +365,7 @@ def dump_fd(entry: files_pb2.FileEntry, pid: int, fd: int, link: str, st: os.sta
                           f"({st.st_nlink} links)", hint="the restore would not know its other name: reopen it "
                           "by that name, or dump before it is removed")
     entry.deleted = True
-    entry.ghost.CopyFrom(record(f"/proc/{pid}/fd/{fd}", st, name=name_of(link), where=where, limit=limit,
-                                tmpfile=entry.flags & O_TMPFILE == O_TMPFILE))
+    entry.ghost.CopyFrom(record(f"/proc/{pid}/fd/{fd}", st, name=name_of(link), where=where, limit=limit))
     if entry.ghost.owner:
         entry.content.owner, entry.content.size = entry.ghost.owner, entry.ghost.size
 

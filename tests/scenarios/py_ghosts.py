@@ -13,6 +13,8 @@ Usage: py_ghosts.py DIR (an empty directory of a filesystem with holes).
 * ``DIR/libfake.so``: mapped read+exec, then replaced by a new file renamed over it (a package upgrade):
   the mapping keeps the old bytes, the path has the new ones, maps says "DIR/libfake.so (deleted)".
 * a private mapping of /dev/zero with a written page.
+* a file made with O_TMPFILE (never named: maps shows ``DIR/#INO (deleted)``), at an offset and mapped shared:
+  its descriptor keeps the flag (F_GETFL), and writes through it are seen in the mapping.
 * the working directory ``DIR/cwd``, deleted; an open directory ``DIR/dir``, deleted; a FIFO ``DIR/fifo``
   opened twice (read+write, and read through a reopen), 9 bytes in it, unlinked.
 
@@ -21,6 +23,7 @@ pipe) and prints ``PASS ghosts round=N`` or ``FAIL ...``.
 """
 
 import errno
+import fcntl
 import mmap
 import os
 import signal
@@ -89,6 +92,13 @@ fd = os.open("/dev/zero", os.O_RDWR)
 m_zero = mmap.mmap(fd, 2 * PAGE, mmap.MAP_PRIVATE)
 os.close(fd)
 m_zero[:4] = b"zero"
+
+# --- a file that never had a name -----------------------------------------------------------------------
+tmpf = os.open(top, os.O_TMPFILE | os.O_RDWR, 0o600)
+os.write(tmpf, b"T" * 2 * PAGE)
+os.lseek(tmpf, 5, os.SEEK_SET)
+TMPF_FLAGS = fcntl.fcntl(tmpf, fcntl.F_GETFL)
+m_tmp = mmap.mmap(tmpf, 2 * PAGE, mmap.MAP_SHARED)
 
 # --- directories and a FIFO ------------------------------------------------------------------------------
 dir_path, fifo_path, cwd_path = (os.path.join(top, n) for n in ("dir", "fifo", "cwd"))
@@ -159,6 +169,12 @@ def check(n: int) -> list[str]:
         bad.append(f"library: mapped {m_lib[:6]!r}, on disk {open(lib, 'rb').read(6)!r}")
     if m_zero[:4] != b"zero" or m_zero[PAGE:PAGE + 4] != bytes(4):
         bad.append(f"/dev/zero mapping {m_zero[:4]!r} {m_zero[PAGE:PAGE + 4]!r}")
+    if fcntl.fcntl(tmpf, fcntl.F_GETFL) != TMPF_FLAGS or os.lseek(tmpf, 0, os.SEEK_CUR) != 5:
+        bad.append(f"O_TMPFILE file: flags {fcntl.fcntl(tmpf, fcntl.F_GETFL):o} (were {TMPF_FLAGS:o}), "
+                   f"offset {os.lseek(tmpf, 0, os.SEEK_CUR)}")
+    os.pwrite(tmpf, f"t{n:05d}".encode(), PAGE)
+    if m_tmp[PAGE:PAGE + 6] != f"t{n:05d}".encode() or m_tmp[:1] != b"T":
+        bad.append(f"O_TMPFILE mapping reads {m_tmp[PAGE:PAGE + 6]!r}")
     maps = open("/proc/self/maps").read()
     for want in (f"{lib} (deleted)", f"{shared_path} (deleted)", f"{sparse} (deleted)", "/dev/zero\n"):
         if want not in maps:
