@@ -713,7 +713,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
             continue
         if ws.kernel is not None and ws.kernel.vdso_base is not None:  # AT_SYSINFO_EHDR: the new vDSO
             mm = _with_auxv(mm, vdso.auxv_with_vdso(bytes(mm.auxv), ws.kernel.vdso_base))
-        memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files)
+        memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files, ghosts=ghosts)
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))

@@ -268,13 +268,25 @@ class GhostObjects:
         else:
             raise RestoreError(f"no place to make the deleted {_KINDS[kind]} {name!r} again")
         try:
-            fd = self._set_up(fd, g, name)
-            _unname(tmp, name, kind)
+            fd = self._set_up(fd, g, name)  # closed there if it fails
+            try:
+                if kind == stat.S_IFREG:  # kept read-only: a writer would stop it from being an exe (EACCES)
+                    ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                    os.close(fd)
+                    fd = ro
+            except BaseException:
+                os.close(fd)
+                raise
         except BaseException:
             try:
                 (os.rmdir if kind == stat.S_IFDIR else os.unlink)(tmp)
             except OSError:
                 pass
+            raise
+        try:
+            _unname(tmp, name, kind)  # cleans up after itself: ``tmp`` may name another file meanwhile
+        except BaseException:
+            os.close(fd)
             raise
         return fd
 
@@ -345,8 +357,12 @@ def _unname(tmp: str, name: str, kind: int) -> None:
         return
     try:
         os.rename(tmp, name)  # the file of today takes its name back; the ghost is overwritten, unlinked
-    except OSError:
-        renameat2(tmp, name, RENAME_EXCHANGE)  # put it back as it was
+    except OSError as exc:
+        try:
+            renameat2(tmp, name, RENAME_EXCHANGE)  # put it back as it was
+        except OSError:
+            raise RestoreError(f"{name!r} is at {tmp!r} now, and the file made again at its name: {exc.strerror}",
+                               hint=f"move {tmp!r} back to {name!r}") from exc
         remove(tmp)
 
 

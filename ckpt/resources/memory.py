@@ -223,12 +223,24 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
     st = snap.stat
     brk = inj.ask(BRK)[0] if inj is not None else 0
     exe_path = os.readlink(f"/proc/{pid}/exe")
+    exe = os.stat(f"/proc/{pid}/exe")
+    exe_ghost = ghost.is_deleted(exe_path, exe)
+    if exe_ghost:  # its mappings have the same ghost: the exe link is set to it (deleted_max was checked there)
+        exe_path = ghost.name_of(exe_path)
     mm = mm_pb2.MmEntry(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
         start_brk=st.start_brk, brk=brk, start_stack=st.start_stack, arg_start=st.arg_start, arg_end=st.arg_end,
         env_start=st.env_start, env_end=st.env_end, auxv=snap.auxv.raw, exe_path=exe_path,
     )
-    mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
+    if exe_ghost:
+        mm.exe.CopyFrom(fileid.identity(exe))
+        mm.exe_ghost.CopyFrom(ghost.record(f"/proc/{pid}/exe", exe, name=exe_path,
+                                           where=f"process {pid}: its executable", limit=1 << 62))
+        if not any(v.content_owner == mm.exe_ghost.owner for v in vmas):
+            raise Unsupported(f"process {pid}: its executable {exe_path} was deleted and is no longer mapped, "
+                              "so its content is not saved", hint="dump before the executable is deleted")
+    else:
+        mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
     for v in vmas:
         if v.kind == Kind.VDSO:  # kept whole: another kernel's restore puts it back as a proxy (resources.vdso)
             mm.vdso = mem.read(v.start, v.end - v.start)
@@ -441,7 +453,8 @@ def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], *, allow_changed
     """
     wanted = {v.name: v.file for v in vmas if v.kind in _FILE_KINDS
               and not is_memfd_view(v) and not is_ghost_view(v)}  # no path: the restore makes them again
-    wanted.setdefault(mm.exe_path, mm.exe)
+    if not mm.HasField("exe_ghost"):
+        wanted.setdefault(mm.exe_path, mm.exe)
     notes = []
     for path, ident in wanted.items():
         note = _mapped_mismatch(path, path, ident, allow_changed)
@@ -987,18 +1000,27 @@ def reset_pages(inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma], runs: I
 
 
 def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEntry, *,
-               allow_changed: bool = False) -> None:
+               allow_changed: bool = False, ghosts: ghost.GhostObjects | None = None) -> None:
     """prctl(PR_SET_MM, PR_SET_MM_MAP) with the exe file opened inside the target.
 
     Must run after the helper's own mappings are gone: the kernel refuses to
     change exe_file (EBUSY) while the old executable is still mapped.  When the
     helper already runs the image's executable (a Python target restored by a
     Python ckpt), the restored VMAs map that very file, so changing it would
-    give EBUSY too; it is already right, and ``exe_fd = -1`` leaves it as is.
+    give EBUSY too; it is already right, and ``exe_fd = -1`` leaves it as is.  A deleted executable is
+    the ghost its mappings map (``ghosts``: the restore's).
     """
     opener = _FileOpener(inj, scratch, opener_pid, allow_changed=allow_changed)
     try:
-        exe_fd = -1 if _same_inode(f"/proc/{inj.pid}/exe", mm.exe_path) else opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
+        if mm.HasField("exe_ghost"):
+            if ghosts is None:
+                raise RestoreError(f"the deleted executable {mm.exe_path} needs the restore's ghosts")
+            exe_fd = opener.fds[("exe ghost", os.O_RDONLY)] = ghosts.open_in(inj, scratch, mm.exe_ghost, mm.exe_path,
+                                                                             os.O_RDONLY)
+        elif _same_inode(f"/proc/{inj.pid}/exe", mm.exe_path):
+            exe_fd = -1
+        else:
+            exe_fd = opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
         auxv = bytes(mm.auxv)
         head = prctl_mm_map(
             start_code=mm.start_code, end_code=mm.end_code, start_data=mm.start_data, end_data=mm.end_data,

@@ -62,3 +62,34 @@ def test_deleted_max_counts_data_not_size(py_target, tmp_path: Path) -> None:  #
     api.dump(t.pid, tmp_path / "img2", leave_running=True, deleted_max=1 << 20)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS") == "PASS ghosts round=2"
+
+
+def test_a_deleted_executable(tmp_path: Path, restored: list[int]) -> None:
+    """A program whose executable was replaced (an upgraded server): its exe link and mappings name the old
+    file, deleted, which the restore makes again; the new file at the path is left alone."""
+    import shutil
+
+    from ckpt import api
+
+    exe = tmp_path / "sleeper"
+    shutil.copy("/bin/sleep", exe)
+    p = subprocess.Popen([str(exe), "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while os.readlink(f"/proc/{p.pid}/exe") != str(exe):
+            pass  # until the exec is done
+        exe.unlink()
+        exe.write_bytes(b"#!/bin/sh\n")  # the upgrade
+        api.dump(p.pid, tmp_path / "img")
+        p.wait()
+        r = api.restore(tmp_path / "img")
+        restored.append(r.pid)
+        assert os.readlink(f"/proc/{r.pid}/exe") == f"{exe} (deleted)"
+        assert os.stat(f"/proc/{r.pid}/exe").st_size == os.stat("/bin/sleep").st_size
+        assert exe.read_bytes() == b"#!/bin/sh\n"
+        with open(f"/proc/{r.pid}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[1] == b"1000"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
