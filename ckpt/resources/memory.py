@@ -43,6 +43,7 @@ import bisect
 import collections
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -126,6 +127,9 @@ def classify(vma: ProcVma) -> int:
         return Kind.ANON_SHARED  # MAP_SHARED|MAP_ANONYMOUS shows as the shmem file "/dev/zero (deleted)"
     if name.startswith(memfd.PREFIX):
         return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE  # the file: the memfd object (content_owner)
+    if vma.deleted and name == "/[aio]":
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is the ring of an AIO context (io_setup), which ckpt "
+                          "cannot restore yet")
     # A deleted file ("PATH (deleted)"): a file mapping all the same, of the ghost the restore makes again
     # (dump_vmas records it, refusing an inode that cannot be made again).
     if not name.startswith("/"):
@@ -203,7 +207,7 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
 def _ghost_of(link: str, name: str, where: str, deleted_max: int) -> common_pb2.Ghost:
     """The ghost record of a deleted file mapped (``link``: its map_files entry)."""
     st = os.stat(link)
-    if st.st_nlink:
+    if st.st_nlink and stat.S_ISREG(st.st_mode):
         raise Unsupported(f"{where} is of {name}, removed under that name but still linked under another "
                           f"({st.st_nlink} links)", hint="the restore would not know its other name")
     return ghost.record(link, st, name=name, where=where, limit=deleted_max)

@@ -93,3 +93,24 @@ def test_a_deleted_executable(tmp_path: Path, restored: list[int]) -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_a_deleted_device_node_is_refused_at_dump(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """A device node cannot be made again like a file: the dump says so, naming the fd, and the target runs
+    on (it used to be dumped, then refused by the restore, which could not reopen it by its path)."""
+    from ckpt import api
+    from ckpt.errors import Unsupported
+
+    node = tmp_path / "null"
+    script = tmp_path / "node.py"
+    script.write_text("import os, stat, time\n"
+                      f"os.mknod({str(node)!r}, stat.S_IFCHR | 0o600, os.makedev(1, 3))\n"
+                      f"fd = os.open({str(node)!r}, os.O_RDWR)\n"
+                      f"os.unlink({str(node)!r})\n"
+                      "print('READY fd=%d' % fd, flush=True)\n"
+                      "time.sleep(1000)\n")
+    t = py_target(str(script), stderr=subprocess.DEVNULL)
+    fd = t.ready()["fd"]
+    with pytest.raises(Unsupported, match=rf"process {t.pid}: fd {fd} is '{node}', a deleted inode of mode 20600"):
+        api.dump(t.pid, tmp_path / "img")
+    assert t.alive() and not (tmp_path / "img").exists()
