@@ -31,7 +31,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timens, timers, tree
+from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, tcp, threads, timens, timers, tree
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -227,6 +227,8 @@ def dump(
                                 ext_unix_close=ext_unix_close, tcp_session=conns,
                                 deleted_max=cap, notes=notes)
                 fdump.write(w)
+                if any(e.HasField("ghost") for e in fdump.files):
+                    w.require(ghost.FEATURE)
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
@@ -412,6 +414,9 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     w.write_process(pid, entry)
     w.write_threads(pid, cores)
     w.write_mm(pid, mm, vmas)
+    if (entry.HasField("cwd_ghost") or entry.HasField("root_ghost") or mm.HasField("exe_ghost")
+            or any(memory.is_ghost_view(v) for v in vmas)):
+        w.require(ghost.FEATURE)
     return cores, vmas
 
 

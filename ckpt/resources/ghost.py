@@ -60,12 +60,14 @@ from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.fileio import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from .memfd import data_ranges, open_unseen
 
-__all__ = ["DELETED_MAX", "OWNER", "Ghost", "owner_of", "is_deleted", "name_of", "record", "dump_fd", "size_text",
+__all__ = ["DELETED_MAX", "FEATURE", "OWNER", "Ghost", "owner_of", "is_deleted", "name_of", "record", "dump_fd", "size_text",
            "GhostObjects", "creators", "fill_from_image", "fill_from_bytes"]
 
 Ghost = common_pb2.Ghost
 #: Largest amount of data (bytes of its data ranges) of a deleted file a dump stores (--deleted-max).
 DELETED_MAX = 64 << 20
+#: The image feature (ckpt.image.compat) an image with ghosts requires of its reader.
+FEATURE = "ghost-files"
 #: Page owner of a ghost's content.
 OWNER = "ghost-{dev:x}-{ino}"
 _DELETED = " (deleted)"
