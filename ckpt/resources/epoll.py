@@ -21,17 +21,24 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..procfs.fdinfo import FdInfo
+from .fdkind import FdDump, FdKind, Opener, anon
 
-__all__ = ["EPOLL_CTL_ADD", "dump", "create", "add_watches"]
+__all__ = ["EPOLL_CTL_ADD", "KIND", "dump", "dump_watches", "restore", "add_watches"]
 
 EPOLL_CTL_ADD = 1
 _EPOLL_EVENT = struct.Struct("<IQ")  # struct epoll_event is packed on x86_64: 12 bytes
 
 
-def dump(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry, inode_of: Mapping[int, tuple[int, int]],
-         file_of: Mapping[int, int]) -> None:
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    """Nothing yet: the watches are read once every descriptor has its entry (:func:`dump_watches`)."""
+    if d.in_flight_only:
+        raise d.refuse("an epoll instance", "its watches name descriptors of the process that holds it: dump once "
+                       "the program has received it")
+
+
+def dump_watches(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry,
+                 inode_of: Mapping[int, tuple[int, int]], file_of: Mapping[int, int]) -> None:
     """``inode_of``: fd → (st_ino, file id) of every fd of the process; ``file_of``: fd → FileEntry.id."""
-    entry.kind = files_pb2.FileEntry.EPOLL
     ep = files_pb2.Epoll()
     for t in info.epoll_targets:
         here = inode_of.get(t.tfd)
@@ -42,8 +49,10 @@ def dump(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry, inode_of: 
     entry.epoll.CopyFrom(ep)
 
 
-def create(inj: Injector) -> int:
-    return inj.call(NR.epoll_create1, 0o2000000, name="epoll_create1(EPOLL_CLOEXEC)")
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
+    """An empty instance; its watches are added by :func:`add_watches` once every fd is placed."""
+    r.epolls.append((entry, fds[0]))
+    return r.inj.call(NR.epoll_create1, 0o2000000, name="epoll_create1(EPOLL_CLOEXEC)")
 
 
 def add_watches(inj: Injector, s: Scratch, epfd: int, entry: files_pb2.FileEntry) -> None:
@@ -54,3 +63,6 @@ def add_watches(inj: Injector, s: Scratch, epfd: int, entry: files_pb2.FileEntry
             inj.call(NR.epoll_ctl, epfd, EPOLL_CTL_ADD, t.fd, s.addr, name=f"epoll_ctl(ADD, {t.fd})")
         except OSError as exc:
             raise RestoreError(f"epoll fd {epfd}: cannot watch fd {t.fd} again: {exc.strerror}") from exc
+
+
+KIND = FdKind(files_pb2.FileEntry.EPOLL, anon("anon_inode:[eventpoll]"), dump, restore)

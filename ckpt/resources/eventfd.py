@@ -9,28 +9,26 @@ from __future__ import annotations
 
 import os
 
-from ..control.inject import Injector
-from ..errors import Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
-from ..procfs.fdinfo import FdInfo
+from .fdkind import FdDump, FdKind, Opener, anon
 
-__all__ = ["EFD_SEMAPHORE", "dump", "restore"]
+__all__ = ["EFD_SEMAPHORE", "KIND", "dump", "restore"]
 
 EFD_SEMAPHORE = 1
 
 
-def dump(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry) -> None:
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    info = d.info
     count = info.eventfd_count
     if count is None:
-        raise Unsupported(f"process {pid}: fd {fd} is an eventfd whose fdinfo shows no counter")
-    entry.kind = files_pb2.FileEntry.EVENTFD
+        raise d.refuse("an eventfd whose fdinfo shows no counter")
     entry.eventfd.CopyFrom(files_pb2.EventFd(counter=count, flags=EFD_SEMAPHORE if info.eventfd_semaphore else 0))
 
 
-def restore(inj: Injector, entry: files_pb2.FileEntry) -> int:
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
     """A new eventfd with the saved counter (eventfd2 takes an unsigned int: larger counters are topped up)."""
-    e = entry.eventfd
+    inj, e = r.inj, entry.eventfd
     flags = os.O_CLOEXEC | (e.flags & EFD_SEMAPHORE) | (entry.flags & os.O_NONBLOCK)
     first = min(e.counter, 0xFFFFFFFF)
     fd = inj.call(NR.eventfd2, first, flags, name=f"eventfd2({first})")
@@ -39,3 +37,6 @@ def restore(inj: Injector, entry: files_pb2.FileEntry) -> int:
             s.write(0, (e.counter - first).to_bytes(8, "little"))
             inj.call(NR.write, fd, s.addr, 8, name="write(eventfd)")
     return fd
+
+
+KIND = FdKind(files_pb2.FileEntry.EVENTFD, anon("anon_inode:[eventfd]"), dump, restore)

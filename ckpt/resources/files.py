@@ -1,44 +1,40 @@
 """Open files: a registry that classifies every descriptor once, dumps each open file once, and reopens them.
 
 Dump: for each fd, ``readlink /proc/PID/fd/N`` + ``stat`` through that link +
-fdinfo (pos, flags) decide its kind.  Descriptors that share one open file
-description (dup, fork) become one :class:`FileEntry` — ``kcmp(KCMP_FILE)``
-tells, checked only between fds on the same inode.  Every kind is handled or
-refused with :class:`~ckpt.errors.Unsupported` naming the fd and what it is;
-nothing is skipped silently.
+fdinfo (pos, flags).  Descriptors that share one open file description (dup,
+fork) become one :class:`FileEntry` — ``kcmp(KCMP_FILE)`` tells, checked only
+between fds on the same inode.  The first kind of :data:`KINDS` that claims
+the descriptor fills its entry or refuses it with
+:class:`~ckpt.errors.Unsupported` naming the process, fd and what it is; a
+descriptor no kind claims is refused too: nothing is skipped silently.  Each
+kind is one module holding both sides (:mod:`ckpt.resources.fdkind` says what
+a kind is): files by path, deleted files and devices
+(:mod:`~ckpt.resources.paths`), pipes and FIFOs (:mod:`~ckpt.resources.pipes`),
+memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify.
 
-Kinds handled: regular files (by path, checked unchanged at restore by
-size, mtime and build-id — :mod:`ckpt.resources.fileid`; never by device or
-inode, which differ on another machine), deleted-but-open regular files, directories and
-FIFOs (one inode each, whoever holds it: :mod:`ckpt.resources.ghost`), directories, /dev/null, /dev/zero, /dev/full,
-/dev/random, /dev/urandom, pipes and FIFOs with every end in the dumped
-processes (:mod:`ckpt.resources.pipes`), memfds (:mod:`ckpt.resources.memfd`), terminals and external stdio through a
-:class:`StdioPolicy`, listening/bound inet sockets (:mod:`ckpt.resources.sockets`,
-which refuses the rest), unix sockets with their peers and queued data
-(:mod:`ckpt.resources.unix`), eventfds (:mod:`ckpt.resources.eventfd`), epoll
-instances with their watches (:mod:`ckpt.resources.epoll`), timerfds with
-their time left and unread expirations (:mod:`ckpt.resources.timerfd`),
-signalfds (:mod:`ckpt.resources.signalfd`) and inotify instances with their
-watches by path and wd (:mod:`ckpt.resources.inotify`; queued events are not
-kept, with a note).  Refused: other anon inodes (fanotify, pidfd,
-userfaultfd, io_uring, …), other devices, and any pipe or FIFO with an
-end held by another process (named, with that process) — DESIGN §3: stray
-descriptors happen.
+What no single open file can decide is done here, once every entry exists:
+the ends of each pipe are all in the tree, or one end is stdio handed over
+(``--inherit-fd``), or the dump is refused naming who holds the other end
+(DESIGN §3: stray descriptors happen); the pipe's bytes are read; unix sockets
+are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); an epoll's
+watches are resolved to entries; where each deleted file's bytes are read from
+is noted (:mod:`~ckpt.resources.ghost`: one inode however many open files and
+mappings reach it, stored with the memory); each file's
+F_SETOWN owner and F_SETSIG signal are recorded.  File locks and leases are
+refused (a lock restored unlocked would let two processes into what it guards).
 
 Restore runs in the helper, which has closed all its descriptors: each file
-is opened inside it (so the open is checked against the target's own
-credentials — call this before dropping them), moved to its fd number with
-``dup3`` (placing is safe: nothing else is open), and given its offset and
-FD_CLOEXEC.  Not restored yet: F_SETOWN/F_SETSIG owners.  File locks and leases are refused
-(a lock restored unlocked would let two processes into what it guards).
+is made inside it by its kind (so the open is checked against the target's
+own credentials — call this before dropping them), moved to its fd numbers
+with ``dup3`` (placing is safe: nothing else is open), and given its
+FD_CLOEXEC and owner.  In a tree, a file used by several processes is made
+once and handed on (:class:`SharedFiles`).
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import stat
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,85 +47,37 @@ from ..image.pb import common_pb2, files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.kcmp import same_file
 from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
-from ..procfs.fdinfo import FdInfo, read_fdinfo
+from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, ghost, inotify, memfd, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import epoll, eventfd, fileid, ghost, inotify, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, unix
+from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
+from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
 
 __all__ = [
-    "DELETED_MAX", "SIMPLE_DEVICES", "StdioPolicy", "OpenFd", "FilesDump", "classify", "dump", "restore",
+    "DELETED_MAX", "SIMPLE_DEVICES", "KINDS", "StdioPolicy", "OpenFd", "FilesDump", "classify", "record", "dump", "restore",
     "content_from_image",
 ]
 
 FileEntry = files_pb2.FileEntry
 K = FileEntry.Kind
 
-#: Most bytes of data of a deleted-but-open file a dump stores (its holes are not stored).
-DELETED_MAX = ghost.DELETED_MAX
-#: Character devices reopened by path: they carry no state of their own.
-SIMPLE_DEVICES = MappingProxyType({(1, 3): "/dev/null", (1, 5): "/dev/zero", (1, 7): "/dev/full",
-                                   (1, 8): "/dev/random", (1, 9): "/dev/urandom"})
-_TTY_MAJORS = frozenset({4, *range(136, 144)})   # vt/serial, and Unix98 pty slaves
-_TTY_DEVICES = frozenset({(5, 0), (5, 1)})       # /dev/tty, /dev/console
-_DELETED = " (deleted)"
-_OPEN_IGNORED = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
-#: O_TMPFILE (__O_TMPFILE | O_DIRECTORY) stays in f_flags of a file made that way (Python's
-#: tempfile.TemporaryFile, pytest's capture files): reopening its recreated copy with it gives ENOTDIR.
-_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
-_AT_FDCWD = -100
+#: Largest deleted-but-open file whose content a dump stores.
+DELETED_MAX = DumpOptions.deleted_max
 #: fcntl commands Python's module lacks, and struct f_owner_ex {int type; pid_t pid;}.
 _F_SETSIG, _F_GETSIG, _F_SETOWN_EX, _F_GETOWN_EX = 10, 11, 15, 16
 _F_OWNER_PGRP = 2
 _F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
-#: The anonymous-inode descriptors ckpt handles, by their /proc/PID/fd link (inotify's has no brackets).
-_ANON_KINDS = MappingProxyType({"anon_inode:[eventpoll]": K.EPOLL, "anon_inode:[eventfd]": K.EVENTFD,
-                                "anon_inode:[timerfd]": K.TIMERFD, "anon_inode:[signalfd]": K.SIGNALFD,
-                                "anon_inode:inotify": K.INOTIFY})
 
-
-@dataclass(frozen=True)
-class StdioPolicy:
-    """What to do with descriptors that point outside the process (CRIU's --shell-job and --inherit-fd).
-
-    ``shell_job``: a descriptor on a terminal is re-attached to ``tty`` (default:
-    the restorer's own terminal); without it a terminal is refused.  ``inherit``:
-    for a stdio fd (0-2) whose pipe or FIFO peer is another process, the
-    restorer's descriptor to install there instead (target fd → our fd).
-    """
-
-    shell_job: bool = False
-    tty: str | None = None
-    inherit: Mapping[int, int] = field(default_factory=dict)
-    #: Reopen a file that changed since the dump (size, mtime, build-id) with a note instead of refusing.
-    allow_changed: bool = False
-    #: The image was taken on this machine since its boot: device and inode numbers name the same files
-    #: (an inotify watch is checked by its inode on the filesystem it was on).
-    same_boot: bool = False
-
-    def terminal(self) -> str:
-        if self.tty:
-            return self.tty
-        for fd in _STDIO:
-            if os.isatty(fd):
-                return os.ttyname(fd)
-        raise Unsupported("--shell-job: the restorer has no terminal to attach the process to",
-                          hint="run the restore from a terminal")
-
-
-@dataclass(frozen=True)
-class OpenFd:
-    """One descriptor as the registry saw it."""
-
-    fd: int
-    link: str
-    st: os.stat_result
-    info: FdInfo
-
-    @property
-    def dev_ino(self) -> tuple[int, int]:
-        return self.st.st_dev, self.st.st_ino
+#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a pipe's or a socket's link
+#: before the file types by mode; a memfd, a regular file by its mode, by its /memfd: name first).
+KINDS: tuple[FdKind, ...] = (
+    pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND, inotify.KIND,
+    memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
+)
+_BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 
 
 @dataclass(frozen=True)
@@ -176,48 +124,22 @@ def content_from_image(image: object) -> Callable[[common_pb2.ContentRef], bytes
 
 # --- classification -------------------------------------------------------
 
-def _unsupported(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
-    return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
-
-
 def _held_lock(pid: int, o: OpenFd) -> Unsupported:
     """A file lock or lease (POSIX, OFD, flock) held through ``o``: restoring would silently drop it."""
     held = "; ".join(" ".join(text.split(":", 1)[-1].split()[:3]) for text in o.info.locks)
-    return _unsupported(pid, o.fd, f"{o.link} with a file lock held ({held}; CRIU's --file-locks)",
-                        "ckpt cannot restore file locks yet (-l/--file-locks is accepted, but a lock would come "
-                        "back unlocked): let the process release it first")
+    return refuse(pid, o.fd, f"{o.link} with a file lock held ({held}; CRIU's --file-locks)",
+                  "ckpt cannot restore file locks yet (-l/--file-locks is accepted, but a lock would come "
+                  "back unlocked): let the process release it first")
 
 
-def classify(pid: int, o: OpenFd) -> int:
-    """The FileEntry.Kind of a descriptor, or Unsupported naming it."""
-    link, mode = o.link, o.st.st_mode
-    if link.startswith("pipe:["):
-        return K.PIPE
-    if link.startswith("socket:["):
-        return K.INET  # refined (INET/UNIX) or refused by ckpt.resources.sockets
-    if link in _ANON_KINDS:
-        return _ANON_KINDS[link]
-    if link.startswith("anon_inode:"):
-        raise _unsupported(pid, o.fd, f"an anonymous inode ({link[len('anon_inode:'):]})")
-    if link.startswith(memfd.PREFIX):
-        return K.MEMFD
-    if stat.S_ISREG(mode):
-        return K.REG
-    if stat.S_ISDIR(mode):
-        return K.DIR
-    if stat.S_ISFIFO(mode):
-        return K.FIFO
-    if stat.S_ISCHR(mode):
-        rdev = (os.major(o.st.st_rdev), os.minor(o.st.st_rdev))
-        if rdev in SIMPLE_DEVICES or rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES:
-            return K.CHR
-        raise _unsupported(pid, o.fd, f"the character device {link} ({rdev[0]}:{rdev[1]})")
-    raise _unsupported(pid, o.fd, f"{link} (mode {mode:o})")
-
-
-def _is_tty(o: OpenFd) -> bool:
-    rdev = (os.major(o.st.st_rdev), os.minor(o.st.st_rdev))
-    return stat.S_ISCHR(o.st.st_mode) and (rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES)
+def classify(pid: int, o: OpenFd) -> FdKind:
+    """The kind that claims a descriptor (:data:`KINDS`), or Unsupported naming it."""
+    for k in KINDS:
+        if k.claims is not None and k.claims(o):
+            return k
+    if o.link.startswith("anon_inode:"):
+        raise refuse(pid, o.fd, f"an anonymous inode ({o.link[len('anon_inode:'):]})")
+    raise refuse(pid, o.fd, f"{o.link} (mode {o.st.st_mode:o})")
 
 
 # --- dump -----------------------------------------------------------------
@@ -230,7 +152,7 @@ def _open_fds(pid: int, snap: Snapshot, skip: frozenset[int] = frozenset()) -> l
         try:
             st = os.stat(f"/proc/{pid}/fd/{fd}")
         except OSError as exc:
-            raise _unsupported(pid, fd, f"{link} and cannot be examined ({exc.strerror})") from exc
+            raise refuse(pid, fd, f"{link} and cannot be examined ({exc.strerror})") from exc
         out.append(OpenFd(fd, link, st, snap.fdinfo(fd)))
     return out
 
@@ -338,9 +260,10 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     """
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
     carried = _Carried.collect(opens)
+    opts = DumpOptions(policy=policy, deleted_max=deleted_max, tcp_close=tcp_close, tcp_session=tcp_session,
+                       notes=notes)
     try:
-        out = _dump_tree(members, opens, carried, policy=policy, first_id=first_id, deleted_max=deleted_max,
-                         tcp_close=tcp_close, ext_unix_close=ext_unix_close, notes=notes, tcp_session=tcp_session)
+        out = _dump_tree(members, opens, carried, opts, first_id=first_id, ext_unix_close=ext_unix_close)
     finally:
         carried.close()
     _dump_owners(out, {tid for proc, _, _ in members for tid in proc.threads})
@@ -388,9 +311,8 @@ def _record_owner(e: FileEntry, pid: int, fd: int, kind: int, owner: int, sig: i
 
 
 def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
-               opens: list[tuple[int, OpenFd]], carried: _Carried, *, policy: StdioPolicy, first_id: int,
-               deleted_max: int, tcp_close: bool, ext_unix_close: bool, notes: list[str] | None,
-               tcp_session: "tcp.Session | None") -> FilesDump:
+               opens: list[tuple[int, OpenFd]], carried: _Carried, opts: DumpOptions, *, first_id: int,
+               ext_unix_close: bool) -> FilesDump:
     me = os.getpid()
     pids = [proc.pid for proc, _, _ in members]
     groups = _group(opens + [(me, o) for o in carried.opens])
@@ -408,8 +330,7 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
                 raise _held_lock(pid2, o2)
         pid, o = g[0]
         try:
-            entries.append(_classify_and_record(pid, o, first_id + n, policy, deleted_max, tcp_close, notes,
-                                                tcp_session, in_flight_only=pid == me))
+            entries.append(record(FdDump(pid, o, opts, in_flight_only=pid == me), first_id + n))
         except Unsupported as exc:
             raise carried.relabel(exc, pid, o.fd) from None
         e = entries[-1]
@@ -424,12 +345,12 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
 
     # Unix sockets are linked to their peers across the tree (refused or, ext_unix_close, closed if outside it).
     unix.dump_tree([(e, g[0][0], g[0][1].fd) for e, g in zip(entries, groups) if e.kind == K.UNIX],
-                   ext_unix_close=ext_unix_close, notes=notes, carried=_file_of(entries, groups),
+                   ext_unix_close=ext_unix_close, notes=opts.notes, carried=_file_of(entries, groups),
                    labels=carried.where)
     for e, pid, o in epolls:  # watches name fds of the epoll's process: resolved once every fd has its FileEntry
         file_of = {f.fd: f.file_id for f in fd_entries[pid]}
         inode_of = {o2.fd: (o2.st.st_ino, file_of[o2.fd]) for g in groups for p2, o2 in g if p2 == pid}
-        epoll.dump(pid, o.fd, o.info, e, inode_of, file_of)
+        epoll.dump_watches(pid, o.fd, o.info, e, inode_of, file_of)
 
     holding = holders({ends[0][2].link for ends in pipe_ends.values()}, skip=set(pids),
                       skip_fds=carried.where) if pipe_ends else {}
@@ -472,52 +393,15 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
                      MappingProxyType(contents), MappingProxyType(sources))
 
 
-def _classify_and_record(pid: int, o: OpenFd, file_id: int, policy: StdioPolicy, deleted_max: int, tcp_close: bool,
-                         notes: list[str] | None, tcp_session: "tcp.Session | None", *,
-                         in_flight_only: bool) -> FileEntry:
-    """The FileEntry of the open file behind ``pid``'s ``o``, or Unsupported naming it.
-
-    ``in_flight_only``: no process holds it, only a unix socket's queue (``pid``
-    is ckpt, holding a peek's duplicate): what is tied to a process's own
-    descriptors (an epoll's watches) or to a live connection is refused.
-    """
-    kind = classify(pid, o)
-    e = FileEntry(id=file_id, kind=kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
+def record(d: FdDump, file_id: int) -> FileEntry:
+    """The FileEntry of the open file behind ``d``, filled by its kind, or Unsupported naming it."""
+    o = d.o
+    k = classify(d.pid, o)
+    e = FileEntry(id=file_id, kind=k.kind, flags=o.info.flags & ~os.O_CLOEXEC, pos=o.info.pos,
                   mnt_id=o.info.mnt_id, identity=fileid.identity(o.st))
-    e.path = o.link[:-len(_DELETED)] if o.link.endswith(_DELETED) else o.link
-    ghost.dump_fd(e, pid, o.fd, o.link, o.st, deleted_max)  # a deleted file, directory or FIFO: one inode
-    if kind == K.REG and not o.link.endswith(_DELETED):
-        try:  # the file the descriptor holds, not what the path names now
-            e.identity.build_id = fileid.BUILD_IDS.of_path(f"/proc/{pid}/fd/{o.fd}", e.path)[1]
-        except OSError:
-            pass  # unreadable to us (not root): checked by size and mtime
-    if kind == K.CHR and _is_tty(o):
-        if not policy.shell_job:
-            raise _unsupported(pid, o.fd, f"the terminal {o.link}",
-                               "use --shell-job to re-attach it to the restoring terminal")
-        e.tty = True
-    elif kind in (K.PIPE, K.FIFO):
-        e.pipe.pipe_id = o.st.st_ino
-    elif kind == K.INET:
-        sockets.dump(pid, o.fd, e, tcp_close=tcp_close, notes=notes,
-                     tcp_session=None if in_flight_only else tcp_session)
-        if in_flight_only and e.inet.HasField("tcp"):
-            raise _unsupported(pid, o.fd, "an established TCP connection",
-                               "ckpt keeps a connection only while a process holds it: dump once the program has "
-                               "received it")
-    elif kind == K.EVENTFD:
-        eventfd.dump(pid, o.fd, o.info, e)
-    elif kind == K.MEMFD:
-        memfd.record(e, pid, o.fd, o.link, o.st)  # its bytes: once per object, by the dump (memfd-INO)
-    elif kind == K.TIMERFD:
-        timerfd.dump(pid, o.fd, e)
-    elif kind == K.SIGNALFD:
-        signalfd.dump(pid, o.fd, o.info, e)
-    elif kind == K.INOTIFY:
-        inotify.dump(pid, o.fd, o.info, e, notes)
-    elif kind == K.EPOLL and in_flight_only:
-        raise _unsupported(pid, o.fd, "an epoll instance", "its watches name descriptors of the process that holds "
-                           "it: dump once the program has received it")
+    e.path = o.link[:-len(paths.DELETED)] if o.link.endswith(paths.DELETED) else o.link
+    k.dump(d, e)
+    ghost.dump_fd(e, d.pid, o.fd, o.link, o.st, d.opts.deleted_max)  # a deleted file, directory or FIFO: one inode
     return e
 
 
@@ -552,32 +436,11 @@ def _object_bytes(path: str, size: int) -> bytes:
 # --- restore --------------------------------------------------------------
 
 @dataclass
-class _Restorer:
-    inj: Injector
-    s: Scratch
-    policy: StdioPolicy
-    content: Callable[[common_pb2.ContentRef], bytes]
-    wanted: frozenset[int]
-    high: int
-    warnings: list[str]
-    pipes: pipes.PipeRestorer
-    unix_socks: unix.UnixRestorer
-    memfds: memfd.MemfdObjects
-    ghosts: ghost.GhostObjects = field(default_factory=ghost.GhostObjects)
-    created: list[str] = field(default_factory=list)
-    #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
-    epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
+class _Restorer(Opener):
+    """Makes each open file of one process through its kind, and puts it at its fd numbers."""
 
-    def openat(self, path: str, flags: int, what: str) -> int:
-        raw = os.fsencode(path) + b"\0"
-        if len(raw) > self.s.size:
-            raise RestoreError(f"{what} {path!r}: path too long")
-        self.s.write(0, raw)
-        try:
-            return self.inj.call(NR.openat, _AT_FDCWD, self.s.addr, flags, 0, name=f"openat({path!r})")
-        except OSError as exc:
-            raise RestoreError(f"cannot reopen {what} {path!r}: {exc.strerror}",
-                               hint="the file must still exist where it was when the process was dumped") from exc
+    wanted: frozenset[int] = frozenset()
+    high: int = 0
 
     def open(self, e: FileEntry, fds: list[int]) -> int:
         """The open file ``e`` (for the image's ``fds``) made in the target, with its owner and signal."""
@@ -590,135 +453,18 @@ class _Restorer:
         return fd
 
     def _open(self, e: FileEntry, fds: list[int]) -> int:
-        flags = (e.flags & ~_OPEN_IGNORED) | os.O_CLOEXEC
-        if flags & _O_TMPFILE == _O_TMPFILE:
-            flags &= ~_O_TMPFILE
-        if e.external:
+        if e.external:  # a pipe to a process outside the image: the restorer hands one over
             ours = [self.policy.inherit.get(fd) for fd in fds]
             if None in ours:
                 raise Unsupported(f"fd {fds[0]} of the image is {e.external}, connected to a process outside the "
                                   "image", hint=f"pass an inherited descriptor for fd {fds[0]} (--inherit-fd)")
-            return self.openat(f"/proc/{os.getpid()}/fd/{ours[0]}", flags, f"inherited fd {ours[0]} as")
-        if e.tty:
-            return self.openat(self.policy.terminal(), flags | os.O_NOCTTY, "the terminal")
-        if e.HasField("ghost"):
-            return self.open_ghost(e)
-        if e.kind in (K.PIPE, K.FIFO):
-            return self.pipes.open(e)
-        if e.kind in (K.INET, K.UNIX):
-            fd = (self.unix_socks.open(e) if e.kind == K.UNIX
-                  else tcp.restore(self.inj, self.s, e, self.warnings) if e.inet.HasField("tcp")
-                  else sockets.restore(self.inj, self.s, e))
-            if e.flags & (os.O_NONBLOCK | os.O_ASYNC):
-                self.inj.call(NR.fcntl, fd, fcntl.F_SETFL, e.flags & (os.O_NONBLOCK | os.O_ASYNC),
-                              name=f"fcntl({fd}, F_SETFL)")
-            return fd
-        if e.kind == K.EVENTFD:
-            return eventfd.restore(self.inj, e)
-        if e.kind == K.MEMFD:
-            fd = self.memfds.open_in(self.inj, self.s, e.content.owner, e.memfd.name, e.content.size, e.flags)
-            if e.pos:
-                self.inj.call(NR.lseek, fd, e.pos, os.SEEK_SET, name=f"lseek(memfd, {e.pos})")
-            return fd
-        if e.kind == K.TIMERFD:
-            return timerfd.restore(self.inj, self.s, e, self.warnings)
-        if e.kind == K.SIGNALFD:
-            return signalfd.restore(self.inj, self.s, e)
-        if e.kind == K.INOTIFY:
-            return inotify.restore(self.inj, self.s, e, self.warnings, allow_changed=self.policy.allow_changed,
-                                   same_boot=self.policy.same_boot)
-        if e.kind == K.EPOLL:
-            self.epolls.append((e, fds[0]))
-            return epoll.create(self.inj)
-        if e.kind == K.REG and e.deleted:
-            return self.open_deleted(e, flags)
-        if e.kind in (K.REG, K.DIR, K.CHR):
-            fd = self.openat(e.path, flags, "file")
-            self.check_same(e, fd)
-            if e.kind != K.CHR and e.pos:
-                self.inj.call(NR.lseek, fd, e.pos, os.SEEK_SET, name=f"lseek({e.path!r}, {e.pos})")
-            return fd
-        raise Unsupported(f"file {e.id} ({e.path}) is of kind {K.Name(e.kind)}, which ckpt cannot restore")
-
-    def check_same(self, e: FileEntry, fd: int) -> None:
-        """The file opened at ``e.path`` is the image's: by size, mtime and build-id (a directory or device by
-        its type and device number: a directory's size and mtime change with its entries); an image older
-        than that, by device and inode as before (:func:`fileid.compare`)."""
-        link = f"/proc/{self.inj.pid}/fd/{fd}"
-        st = os.stat(link)
-        want = e.identity
-        if not want.by_path and e.kind in (K.CHR, K.DIR):  # an older image: type, device and inode, as then
-            want = common_pb2.FileIdentity(dev=want.dev, ino=want.ino, size=st.st_size, mtime_ns=st.st_mtime_ns)
-        changed = fileid.compare(st, want, lambda: fileid.BUILD_IDS.of_path(link, e.path)[1])
-        if changed and self.policy.allow_changed:
-            self.warnings.append(f"{changed.text(repr(e.path))}; reopened as it is now")
-        elif changed:
-            self.inj.close(fd)
-            raise RestoreError(f"{changed.text(repr(e.path))}: the restored program would see another file",
-                               hint="restore the file as it was, dump again, or pass --allow-changed-files")
-
-    def open_ghost(self, e: FileEntry) -> int:
-        """A deleted file, directory or FIFO: the restore's one copy of its inode (:mod:`ckpt.resources.ghost`)."""
-        if e.kind == K.FIFO:  # its ends and bytes as any FIFO's, opened through the copy
-            at = FileEntry()
-            at.CopyFrom(e)
-            at.path = self.ghosts.path(e.ghost, e.path)
-            return self.pipes.open(at)
-        fd = self.ghosts.open_in(self.inj, self.s, e.ghost, e.path, e.flags & ~_OPEN_IGNORED)
-        if e.pos:
-            self.inj.call(NR.lseek, fd, e.pos, os.SEEK_SET, name=f"lseek({e.path!r}, {e.pos})")
-        return fd
-
-    def open_deleted(self, e: FileEntry, flags: int) -> int:
-        """An image from before ghosts (no ``ghost`` record): recreate the content under its old name (else a temporary one), open it in the target, unlink it."""
-        if e.flags & _O_TMPFILE == _O_TMPFILE:
-            return self.open_tmpfile(e, flags)
-        data = self.content(e.content)
-        mode = e.identity.mode & 0o7777 or 0o600
-        for path in (e.path, os.path.join(os.path.dirname(e.path), f".ckpt-deleted-{e.id}-{os.getpid()}"),
-                     f"/tmp/.ckpt-deleted-{e.id}-{os.getpid()}"):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EEXIST, errno.ENOENT, errno.EACCES, errno.EROFS):
-                    raise
-        else:
-            raise RestoreError(f"no place to recreate the deleted file {e.path!r}")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            tfd = self.openat(path, flags, "the recreated deleted file")
-        finally:
-            os.unlink(path)
-        if e.pos:
-            self.inj.call(NR.lseek, tfd, e.pos, os.SEEK_SET, name=f"lseek({e.pos})")
-        return tfd
-
-    def open_tmpfile(self, e: FileEntry, flags: int) -> int:
-        """A file made with O_TMPFILE and never linked (Python's TemporaryFile): made again that way, in its
-        directory (else /tmp), so that it has no name at any moment and its flags are the ones it had."""
-        data = self.content(e.content)
-        mode = e.identity.mode & 0o7777 or 0o600
-        for where in dict.fromkeys((os.path.dirname(e.path) or "/", "/tmp")):
-            raw = os.fsencode(where) + b"\0"
-            self.s.write(0, raw)
-            try:
-                tfd = self.inj.call(NR.openat, _AT_FDCWD, self.s.addr, flags | _O_TMPFILE, mode,
-                                    name=f"openat({where!r}, O_TMPFILE)")
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.EACCES, errno.EROFS, errno.EOPNOTSUPP, errno.EISDIR):
-                    raise
-        else:
-            raise RestoreError(f"no place to recreate the O_TMPFILE file {e.path!r}")
-        link = f"/proc/{self.inj.pid}/fd/{tfd}"
-        with open(link, "r+b", buffering=0) as f:  # the same inode, reopened through its descriptor
-            f.write(data)
-            os.fchmod(f.fileno(), mode)  # not the helper's umask
-        if e.pos:
-            self.inj.call(NR.lseek, tfd, e.pos, os.SEEK_SET, name=f"lseek({e.pos})")
-        return tfd
+            return self.openat(f"/proc/{os.getpid()}/fd/{ours[0]}", paths.open_flags(e), f"inherited fd {ours[0]} as")
+        if e.HasField("ghost"):  # a deleted file, directory or FIFO: the restore's one copy of its inode
+            return ghost.restore(self, e, fds)
+        k = _BY_KIND.get(e.kind)
+        if k is None:
+            raise Unsupported(f"file {e.id} ({e.path}) is of kind {K.Name(e.kind)}, which ckpt cannot restore")
+        return k.restore(self, e, fds)
 
     def place(self, t: int, fds: list[files_pb2.FdEntry]) -> None:
         """Put temporary fd ``t`` at every number of ``fds`` (with its FD_CLOEXEC), then drop ``t``."""
@@ -864,8 +610,9 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         own_ghosts = ghosts is None
         gh = (ghost.GhostObjects(fill=ghost.fill_from_bytes(content or no_content), creators=ghost.creators(files))
               if ghosts is None else ghosts)
-        r = _Restorer(inj, s, policy, content or no_content, wanted, max(wanted, default=0) + 1, warnings, pr, ur,
-                      memfds if memfds is not None else memfd.MemfdObjects(), gh)
+        r = _Restorer(inj, s, policy, content or no_content, warnings, pr, ur,
+                      memfds if memfds is not None else memfd.MemfdObjects(), ghosts=gh, wanted=wanted,
+                      high=max(wanted, default=0) + 1)
 
         def carried(file_id: int) -> int:
             """A descriptor of ours on file ``file_id``, to send in flight: opened here by its first user."""

@@ -58,14 +58,15 @@ from ..image.pb import common_pb2, files_pb2
 from ..image.records import PageState
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.fileio import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
+from .fdkind import DumpOptions, Opener
 from .memfd import data_ranges, open_unseen
 
-__all__ = ["DELETED_MAX", "FEATURE", "OWNER", "Ghost", "owner_of", "is_deleted", "name_of", "record", "dump_fd", "size_text",
+__all__ = ["DELETED_MAX", "FEATURE", "OWNER", "Ghost", "owner_of", "is_deleted", "name_of", "record", "dump_fd", "restore", "size_text",
            "GhostObjects", "creators", "fill_from_image", "fill_from_bytes"]
 
 Ghost = common_pb2.Ghost
-#: Largest amount of data (bytes of its data ranges) of a deleted file a dump stores (--deleted-max).
-DELETED_MAX = 64 << 20
+#: Most data (bytes of its data ranges) of a deleted file a dump stores (--deleted-max).
+DELETED_MAX = DumpOptions.deleted_max
 #: The image feature (ckpt.image.compat) an image with ghosts requires of its reader.
 FEATURE = "ghost-files"
 #: Page owner of a ghost's content.
@@ -368,12 +369,27 @@ def _unname(tmp: str, name: str, kind: int) -> None:
         remove(tmp)
 
 
+def restore(r: Opener, e: files_pb2.FileEntry, fds: list[int]) -> int:
+    """A new descriptor of the target on the ghost of ``e`` (its status flags and offset), made by its first
+    user: a FIFO's ends and bytes as any FIFO's, opened through the restorer's copy."""
+    if r.ghosts is None:
+        raise RestoreError(f"the deleted file {e.path!r} needs the restore's ghosts")
+    if e.kind == files_pb2.FileEntry.FIFO:
+        at = files_pb2.FileEntry()
+        at.CopyFrom(e)
+        at.path = r.ghosts.path(e.ghost, e.path)
+        return r.pipes.open(at)
+    fd = r.ghosts.open_in(r.inj, r.s, e.ghost, e.path, e.flags & ~(os.O_NOCTTY | os.O_CLOEXEC))
+    r.seek(fd, e)
+    return fd
+
+
 def dump_fd(entry: files_pb2.FileEntry, pid: int, fd: int, link: str, st: os.stat_result, limit: int) -> None:
     """Make the FileEntry of a descriptor on a deleted inode a ghost (``deleted`` and ``ghost`` set, a regular
     file's ``content`` naming its owner); leave any other alone.  Unsupported for a deleted inode that cannot
     be made again (a device node), and for one deleted under this name but linked under another (the
     restore could not find the other name)."""
-    if not link.endswith(_DELETED) or link.startswith("/memfd:"):
+    if not link.endswith(_DELETED) or link.startswith("/memfd:") or entry.tty:
         return
     where = f"process {pid}: fd {fd}"
     if st.st_nlink:

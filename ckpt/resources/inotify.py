@@ -43,11 +43,12 @@ from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.fhandle import kernel_dev, open_by_handle_at
 from ..kernel.pidfd import dup_from
-from ..procfs.fdinfo import FdInfo, InotifyWatch, read_fdinfo
+from ..procfs.fdinfo import InotifyWatch, read_fdinfo
 from ..procfs.mountinfo import Mount, read_mountinfo
 from . import fileid
+from .fdkind import FdDump, FdKind, Opener, anon
 
-__all__ = ["MAX_WD_GAPS", "IN_MASK_ADD", "IN_DONT_FOLLOW", "IN_IGNORED", "dump", "restore"]
+__all__ = ["MAX_WD_GAPS", "IN_MASK_ADD", "IN_DONT_FOLLOW", "IN_IGNORED", "KIND", "dump", "restore"]
 
 #: Most watch descriptors missing below the highest one that a restore recreates (two syscalls each).
 MAX_WD_GAPS = 4096
@@ -133,13 +134,13 @@ def _queued_bytes(pid: int, fd: int) -> int:
         os.close(ours)
 
 
-def dump(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry, notes: list[str] | None = None) -> None:
-    watches = sorted(info.inotify_watches, key=lambda w: w.wd)
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    pid, fd, notes = d.pid, d.fd, d.opts.notes
+    watches = sorted(d.info.inotify_watches, key=lambda w: w.wd)
     gaps = watches[-1].wd - len(watches) if watches else 0
     if gaps > MAX_WD_GAPS:
-        raise Unsupported(f"process {pid}: fd {fd} is an inotify instance whose {len(watches)} watches have wds up "
-                          f"to {watches[-1].wd}: recreating the {gaps} numbers in between takes too long "
-                          f"(at most {MAX_WD_GAPS})")
+        raise d.refuse(f"an inotify instance whose {len(watches)} watches have wds up to {watches[-1].wd}: "
+                       f"recreating the {gaps} numbers in between takes too long (at most {MAX_WD_GAPS})")
     out = files_pb2.Inotify()
     mounts = _Mounts(pid)
     try:
@@ -153,7 +154,6 @@ def dump(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry, notes: lis
     queued = _queued_bytes(pid, fd)
     if queued and notes is not None:
         notes.append(f"process {pid}: fd {fd} (inotify): {queued} bytes of events not yet read are not kept")
-    entry.kind = files_pb2.FileEntry.INOTIFY
     entry.inotify.CopyFrom(out)
 
 
@@ -217,12 +217,14 @@ def _check_targets(pid: int, fd: int, watches: Sequence[files_pb2.InotifyWatch],
         raise RestoreError(msg, hint="restore the file as it was, dump again, or pass --allow-changed-files")
 
 
-def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: list[str], *,
-            allow_changed: bool = False, same_boot: bool = False) -> int:
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
     """A new inotify instance with every saved watch at its wd (see the module docstring).
 
-    ``same_boot``: the image was taken on this machine since it booted (:func:`fileid.same_boot`).
+    A watched file is checked by its inode when the image was taken on this
+    machine since it booted (``r.policy.same_boot``, :func:`fileid.same_boot`).
     """
+    inj, s, warnings = r.inj, r.s, r.warnings
+    allow_changed, same_boot = r.policy.allow_changed, r.policy.same_boot
     watches = sorted(entry.inotify.watches, key=lambda w: w.wd)
     wds = [w.wd for w in watches]
     if len(set(wds)) != len(wds) or (wds and (wds[0] < 1 or wds[-1] - len(wds) > MAX_WD_GAPS)):
@@ -258,3 +260,6 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: lis
         inj.close(fd)
         raise
     return fd
+
+
+KIND = FdKind(files_pb2.FileEntry.INOTIFY, anon("anon_inode:inotify"), dump, restore)  # no brackets

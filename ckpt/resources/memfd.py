@@ -37,8 +37,10 @@ from ..errors import RestoreError
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.pidfd import dup_from
+from .fdkind import FdDump, FdKind, Opener
 
-__all__ = ["PREFIX", "OWNER", "owner_of", "name_of", "record", "open_unseen", "data_ranges", "read_content", "MemfdObjects"]
+__all__ = ["PREFIX", "OWNER", "KIND", "owner_of", "name_of", "dump", "restore", "open_unseen", "data_ranges",
+           "read_content", "MemfdObjects"]
 
 #: How /proc shows a memfd: "/memfd:NAME (deleted)" (fd links and map paths alike).
 PREFIX = "/memfd:"
@@ -64,9 +66,12 @@ def name_of(path: str) -> str:
 
 # --- dump ---------------------------------------------------------------------------------------
 
-def record(entry: files_pb2.FileEntry, pid: int, fd: int, link: str, st: os.stat_result) -> None:
-    """Fill a MEMFD FileEntry from the target's ``fd`` (its seals read through /proc, nothing changes)."""
-    entry.kind = files_pb2.FileEntry.MEMFD
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    """Fill a MEMFD FileEntry from the target's descriptor (its seals read through /proc, nothing changes).
+
+    Its bytes are stored once per object by the dump (``memfd-INO``), not here.
+    """
+    pid, fd, link, st = d.pid, d.fd, d.o.link, d.o.st
     entry.path = link[:-len(_DELETED)] if link.endswith(_DELETED) else link
     entry.memfd.name = name_of(link)
     entry.memfd.shmem_id = st.st_ino
@@ -129,6 +134,13 @@ def read_content(path: str) -> Iterator[tuple[int, bytes]]:
 
 # --- restore ------------------------------------------------------------------------------------
 
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
+    """A descriptor on the restore's object of ``entry`` (created now by its first user), at its offset."""
+    fd = r.memfds.open_in(r.inj, r.s, entry.content.owner, entry.memfd.name, entry.content.size, entry.flags)
+    r.seek(fd, entry)
+    return fd
+
+
 @dataclass
 class MemfdObjects:
     """The memfd objects of a restore, created once each: {owner: the restorer's duplicate}.
@@ -179,3 +191,6 @@ class MemfdObjects:
         for fd in self.held.values():
             os.close(fd)
         self.held.clear()
+
+
+KIND = FdKind(files_pb2.FileEntry.MEMFD, lambda o: o.link.startswith(PREFIX), dump, restore)

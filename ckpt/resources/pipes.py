@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import termios
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +33,9 @@ from ..errors import CkptError, RestoreError
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
+from .fdkind import FdDump, FdKind, Opener
 
-__all__ = ["PIPE_DEFAULT_CAPACITY", "steal_and_put_back", "PipeRestorer"]
+__all__ = ["PIPE_DEFAULT_CAPACITY", "PIPE_KIND", "FIFO_KIND", "steal_and_put_back", "PipeRestorer"]
 
 #: F_GETPIPE_SZ of a new pipe (16 pages).
 PIPE_DEFAULT_CAPACITY = 65536
@@ -191,3 +193,16 @@ class PipeRestorer:
             self.inj.close(fd)
         self.keepers.clear()
         self.ends.clear()
+
+
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    """Which pipe this end is on; its bytes are read once every end in the tree is known (ckpt.resources.files)."""
+    entry.pipe.pipe_id = d.o.st.st_ino
+
+
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
+    return r.pipes.open(entry)
+
+
+PIPE_KIND = FdKind(files_pb2.FileEntry.PIPE, lambda o: o.link.startswith("pipe:["), dump, restore)
+FIFO_KIND = FdKind(files_pb2.FileEntry.FIFO, lambda o: stat.S_ISFIFO(o.st.st_mode), dump, restore)

@@ -11,26 +11,27 @@ from __future__ import annotations
 import os
 import struct
 
-from ..control.inject import Injector, Scratch
-from ..errors import Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
-from ..procfs.fdinfo import FdInfo
+from .fdkind import FdDump, FdKind, Opener, anon
 
-__all__ = ["dump", "restore"]
+__all__ = ["KIND", "dump", "restore"]
 
 _SIGSET = struct.Struct("<Q")  # the kernel's sigset_t: 64 signals on x86_64
 
 
-def dump(pid: int, fd: int, info: FdInfo, entry: files_pb2.FileEntry) -> None:
-    mask = info.sigmask
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    mask = d.info.sigmask
     if mask is None:
-        raise Unsupported(f"process {pid}: fd {fd} is a signalfd whose fdinfo shows no signal mask")
-    entry.kind = files_pb2.FileEntry.SIGNALFD
+        raise d.refuse("a signalfd whose fdinfo shows no signal mask")
     entry.signalfd.CopyFrom(files_pb2.SignalFd(sigmask=mask))
 
 
-def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
+    inj, s = r.inj, r.s
     s.write(0, _SIGSET.pack(entry.signalfd.sigmask))
     return inj.call(NR.signalfd4, -1, s.addr, _SIGSET.size, os.O_CLOEXEC | (entry.flags & os.O_NONBLOCK),
                     name=f"signalfd4({entry.signalfd.sigmask:#x})")
+
+
+KIND = FdKind(files_pb2.FileEntry.SIGNALFD, anon("anon_inode:[signalfd]"), dump, restore)

@@ -39,6 +39,7 @@ memberships, queued datagrams.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
@@ -54,9 +55,10 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
 from ..kernel.sock_diag import listen_backlogs
 from . import tcp
+from .fdkind import FdDump, FdKind, Opener
 
-__all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "dump",
-           "restore", "setopts", "backlog_of"]
+__all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
+           "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of"]
 
 K = files_pb2.FileEntry.Kind
 #: TCP_* states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
@@ -183,8 +185,17 @@ def _listen_backlog(pid: int, fd: int, p: Peek, notes: list[str] | None) -> int 
     return None
 
 
-def dump(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False,
-         notes: list[str] | None = None, tcp_session: "tcp.Session | None" = None) -> None:
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    """The socket's entry (:func:`describe`); one only a unix socket's queue holds cannot be a live connection."""
+    describe(d.pid, d.fd, entry, tcp_close=d.opts.tcp_close, notes=d.opts.notes,
+             tcp_session=None if d.in_flight_only else d.opts.tcp_session)
+    if d.in_flight_only and entry.inet.HasField("tcp"):
+        raise d.refuse("an established TCP connection", "ckpt keeps a connection only while a process holds it: "
+                       "dump once the program has received it")
+
+
+def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False,
+             notes: list[str] | None = None, tcp_session: "tcp.Session | None" = None) -> None:
     """Fill ``entry`` (kind, inet/unix details) for the socket at ``fd``; Unsupported for what cannot be re-created.
 
     ``notes`` collects what was not saved exactly (a listen backlog sock_diag
@@ -253,11 +264,24 @@ def backlog_of(sock: "files_pb2.InetSocket | files_pb2.UnixSocket") -> int:
     return sock.backlog if sock.HasField("backlog") else socket.SOMAXCONN
 
 
-def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
-    """Create the inet socket of ``entry`` in the process of ``inj``; its (temporary) fd.
+def set_status_flags(r: Opener, fd: int, entry: files_pb2.FileEntry) -> int:
+    """A new socket's O_NONBLOCK and O_ASYNC (socket() takes only the first); ``fd`` back."""
+    if entry.flags & (os.O_NONBLOCK | os.O_ASYNC):
+        r.inj.call(NR.fcntl, fd, fcntl.F_SETFL, entry.flags & (os.O_NONBLOCK | os.O_ASYNC),
+                   name=f"fcntl({fd}, F_SETFL)")
+    return fd
 
-    Unix sockets are created by :class:`ckpt.resources.unix.UnixRestorer`, with their peers.
-    """
+
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
+    """The inet socket of ``entry`` made again in the target: an established connection by
+    :mod:`ckpt.resources.tcp`, the rest here.  Unix sockets are :mod:`ckpt.resources.unix`'s."""
+    fd = (tcp.restore(r.inj, r.s, entry, r.warnings) if entry.inet.HasField("tcp")
+          else _create_inet(r.inj, r.s, entry))
+    return set_status_flags(r, fd, entry)
+
+
+def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
+    """Create the inet socket of ``entry`` in the process of ``inj``; its (temporary) fd."""
     if entry.kind == K.INET:
         i = entry.inet
         fd = inj.call(NR.socket, i.family, i.type | socket.SOCK_CLOEXEC, i.protocol, name="socket")
@@ -282,3 +306,7 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
             raise
         return fd
     raise RestoreError(f"file {entry.id} is not a socket kind ckpt restores ({K.Name(entry.kind)})")
+
+
+#: Every socket is claimed as inet; :func:`dump` makes a unix one UNIX (:data:`ckpt.resources.unix.KIND`).
+KIND = FdKind(K.INET, lambda o: o.link.startswith("socket:["), dump, restore)

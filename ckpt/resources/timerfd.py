@@ -39,14 +39,15 @@ import struct
 import time
 
 from ..control.inject import Injector, Scratch
-from ..errors import RestoreError, Unsupported
+from ..errors import RestoreError
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
 from ..kernel.timerfd import TFD_IOC_SET_TICKS, TFD_TIMER_ABSTIME, timerfd_gettime
 from ..procfs.fdinfo import read_fdinfo
+from .fdkind import FdDump, FdKind, Opener, anon
 
-__all__ = ["CLOCK_REALTIME", "CLOCK_REALTIME_ALARM", "dump", "restore"]
+__all__ = ["CLOCK_REALTIME", "CLOCK_REALTIME_ALARM", "KIND", "dump", "restore"]
 
 CLOCK_REALTIME = 0
 CLOCK_BOOTTIME = 7
@@ -63,8 +64,9 @@ def _ns(pair: tuple[int, int]) -> int:
     return pair[0] * _NS + pair[1]
 
 
-def dump(pid: int, fd: int, entry: files_pb2.FileEntry) -> None:
-    """The timer of ``fd`` of (frozen) ``pid`` into ``entry``, through a duplicate; nothing is consumed."""
+def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
+    """The timer of the (frozen) descriptor into ``entry``, through a duplicate; nothing is consumed."""
+    pid, fd = d.pid, d.fd
     ours = dup_from(pid, fd)
     try:
         for _ in range(_READS):
@@ -72,7 +74,7 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry) -> None:
             st = read_fdinfo(pid, fd).timerfd
             now_real = time.clock_gettime_ns(CLOCK_REALTIME)
             if st is None:
-                raise Unsupported(f"process {pid}: fd {fd} is a timerfd whose fdinfo shows no settings")
+                raise d.refuse("a timerfd whose fdinfo shows no settings")
             value, interval = _ns(st.it_value), _ns(st.it_interval)
             if value or not interval:
                 break
@@ -84,7 +86,6 @@ def dump(pid: int, fd: int, entry: files_pb2.FileEntry) -> None:
                           interval_ns=interval)
     if value and st.settime_flags & TFD_TIMER_ABSTIME and st.clockid in (CLOCK_REALTIME, CLOCK_REALTIME_ALARM):
         t.expires_ns = now_real + value
-    entry.kind = files_pb2.FileEntry.TIMERFD
     entry.timerfd.CopyFrom(t)
 
 
@@ -95,9 +96,9 @@ def _now_there(inj: Injector, s: Scratch, clockid: int) -> int:
     return sec * _NS + nsec
 
 
-def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: list[str]) -> int:
+def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
     """A new timerfd armed as saved (see the module docstring), with its unread expirations."""
-    t = entry.timerfd
+    inj, s, warnings, t = r.inj, r.s, r.warnings, entry.timerfd
     try:
         fd = inj.call(NR.timerfd_create, t.clockid, os.O_CLOEXEC | (entry.flags & os.O_NONBLOCK),
                       name=f"timerfd_create({t.clockid})")
@@ -125,3 +126,6 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, warnings: lis
         inj.close(fd)
         raise
     return fd
+
+
+KIND = FdKind(files_pb2.FileEntry.TIMERFD, anon("anon_inode:[timerfd]"), dump, restore)

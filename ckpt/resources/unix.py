@@ -87,9 +87,10 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..kernel.sock_diag import TCP_LISTEN, UnixDiag, unix_sockets
 from ..procfs.holders import holders
-from .sockets import TCP_CLOSE, TCP_ESTABLISHED, backlog_of, borrowed, setopts
+from .fdkind import FdDump, FdKind, Opener
+from .sockets import TCP_CLOSE, TCP_ESTABLISHED, backlog_of, borrowed, set_status_flags, setopts
 
-__all__ = ["TYPE_NAMES", "dump_tree", "peek_descriptors", "groups", "UnixRestorer", "show_name"]
+__all__ = ["TYPE_NAMES", "KIND", "dump_tree", "peek_descriptors", "groups", "UnixRestorer", "show_name"]
 
 FileEntry = files_pb2.FileEntry
 K = FileEntry.Kind
@@ -1052,3 +1053,16 @@ class UnixRestorer:
         for fd in self.unclaimed.values():
             self.inj.close(fd)
         self.unclaimed.clear()
+
+
+def _no_dump(d: FdDump, entry: FileEntry) -> None:
+    raise AssertionError("a unix socket is described by ckpt.resources.sockets, its peers by dump_tree")
+
+
+def restore(r: Opener, entry: FileEntry, fds: list[int]) -> int:
+    """The socket of ``entry``, with its group (peers, listener) created now if it is not yet."""
+    return set_status_flags(r, r.unix_socks.open(entry), entry)
+
+
+#: Never claimed: every socket is claimed as inet, and :func:`ckpt.resources.sockets.dump` makes it UNIX.
+KIND = FdKind(FileEntry.UNIX, None, _no_dump, restore)

@@ -13,7 +13,8 @@ from ckpt.kernel.resource import RLIM_NLIMITS, RLIMIT_NAMES
 from ckpt.kernel.signals import SI_USER, make_siginfo, siginfo_code, siginfo_signo
 from ckpt.procfs.fdinfo import parse_fdinfo
 from ckpt.resources.creds import caps
-from ckpt.resources.files import OpenFd, StdioPolicy, classify, content_from_image
+from ckpt.resources.fdkind import DumpOptions, FdDump
+from ckpt.resources.files import KINDS, OpenFd, StdioPolicy, classify, content_from_image, record
 
 K = files_pb2.FileEntry
 
@@ -41,7 +42,7 @@ def fake(link: str, mode: int, rdev: tuple[int, int] = (0, 0), fd: int = 5) -> O
     ("/memfd:buf (deleted)", stat.S_IFREG | 0o777, (0, 0), K.MEMFD),
 ])
 def test_classify_known_kinds(link: str, mode: int, rdev: tuple[int, int], kind: int) -> None:
-    assert classify(42, fake(link, mode, rdev)) == kind
+    assert classify(42, fake(link, mode, rdev)).kind == kind
 
 
 @pytest.mark.parametrize("link, mode, rdev, words", [
@@ -52,9 +53,19 @@ def test_classify_known_kinds(link: str, mode: int, rdev: tuple[int, int], kind:
     ("/dev/kvm", stat.S_IFCHR | 0o666, (10, 232), "character device /dev/kvm"),
 ])
 def test_unknown_kinds_are_refused_by_name(link: str, mode: int, rdev: tuple[int, int], words: str) -> None:
-    with pytest.raises(Unsupported, match="process 42: ") as exc:
-        classify(42, fake(link, mode, rdev))
+    with pytest.raises(Unsupported, match="process 42: ") as exc:  # by no kind, or by its kind's dump
+        record(FdDump(42, fake(link, mode, rdev), DumpOptions()), 1)
     assert words in str(exc.value)
+
+
+def test_each_kind_has_one_entry_in_the_table() -> None:
+    """The table is the one place a kind is added: each kind is in it once, is a kind of the image format,
+    and has both sides."""
+    kinds = [k.kind for k in KINDS]
+    assert sorted(kinds) == sorted(set(kinds))
+    assert set(kinds) <= {v for v in K.Kind.values() if v}
+    assert {K.REG, K.DIR, K.CHR, K.PIPE, K.FIFO, K.INET, K.UNIX, K.MEMFD, K.EPOLL} <= set(kinds)
+    assert all(callable(k.dump) and callable(k.restore) for k in KINDS)
 
 
 def test_shell_job_without_a_terminal_is_refused(monkeypatch) -> None:
