@@ -116,3 +116,30 @@ def test_a_deleted_device_node_is_refused_at_dump(py_target, tmp_path: Path) -> 
     with pytest.raises(Unsupported, match=rf"process {t.pid}: fd {fd} is '{node}', a deleted inode of mode 20600"):
         api.dump(t.pid, tmp_path / "img")
     assert t.alive() and not (tmp_path / "img").exists()
+
+
+def test_a_deleted_root_directory(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """A process chrooted into a directory that was then removed: restored in an empty directory made again
+    there (a removed directory is empty), its root and cwd "PATH (deleted)" as they were."""
+    from ckpt import api
+
+    root = tmp_path / "jail"
+    root.mkdir()
+    script = tmp_path / "jailed.py"
+    script.write_text("import os, time\n"
+                      f"os.chroot({str(root)!r})\n"
+                      "os.chdir('/')\n"
+                      "print('READY', flush=True)\n"
+                      "while True:\n"
+                      "    time.sleep(1)\n")
+    t = py_target(str(script), stderr=subprocess.DEVNULL)
+    t.ready()
+    root.rmdir()
+    assert os.readlink(f"/proc/{t.pid}/root") == f"{root} (deleted)"
+    api.dump(t.pid, tmp_path / "img")
+    t.proc.returncode = -signal.SIGKILL  # killed and reaped by the dump
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert os.readlink(f"/proc/{r.pid}/root") == f"{root} (deleted)"
+    assert os.readlink(f"/proc/{r.pid}/cwd") == f"{root} (deleted)"
+    assert os.stat(f"/proc/{r.pid}/root").st_nlink == 0 and not root.exists()
