@@ -22,6 +22,7 @@ Prints ``READY pid=PID child=PID``.  On SIGUSR1 it checks each (asking the child
 pipe) and prints ``PASS ghosts round=N`` or ``FAIL ...``.
 """
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -119,6 +120,7 @@ ask_r, ask_w = os.pipe()
 say_r, say_w = os.pipe()
 child = os.fork()
 if child == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: it goes with the parent (kept by a restore)
     c = os.open(f"/proc/self/fd/{a}", os.O_RDWR)  # its own open file on the same inode
     os.unlink(sparse)
     os.write(say_w, b"k")
