@@ -12,7 +12,11 @@ other and through a shared mapping.
 
 Dump: :func:`record` makes the :class:`Ghost` record of an inode (its
 ``dev``/``ino`` say which records are the same inode), repeated in every
-FileEntry, Vma and ProcessEntry (cwd, root) that reaches it.  A regular
+record that reaches it: a FileEntry (:func:`dump_fd`, which the files registry
+asks about every descriptor), a Vma and a deleted executable
+(:mod:`ckpt.resources.memory`), a cwd or root (:func:`dump_dir`).  A deleted
+device node, or a file removed under one name but linked under another, is
+refused: it could not be made again as it was.  A regular
 file's content is stored once, as the pages of owner ``ghost-<dev>-<ino>``
 with file offsets as addresses, only its data ranges (SEEK_DATA/SEEK_HOLE):
 a hole stays a hole, and ``--deleted-max`` limits the bytes of data, not the
@@ -61,8 +65,8 @@ from ..kernel.fileio import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from .fdkind import DumpOptions, Opener
 from .memfd import data_ranges, open_unseen
 
-__all__ = ["DELETED_MAX", "FEATURE", "OWNER", "Ghost", "owner_of", "is_deleted", "name_of", "record", "dump_fd", "restore", "size_text",
-           "GhostObjects", "creators", "fill_from_image", "fill_from_bytes"]
+__all__ = ["DELETED_MAX", "FEATURE", "OWNER", "Ghost", "owner_of", "is_deleted", "name_of", "size_text", "record",
+           "dump_fd", "dump_dir", "restore", "GhostObjects", "creators", "fill_from_image", "fill_from_bytes"]
 
 Ghost = common_pb2.Ghost
 #: Most data (bytes of its data ranges) of a deleted file a dump stores (--deleted-max).
@@ -144,6 +148,48 @@ def record(path: str, st: os.stat_result, *, name: str, where: str, limit: int =
     return g
 
 
+def dump_fd(entry: files_pb2.FileEntry, pid: int, fd: int, link: str, st: os.stat_result, limit: int) -> None:
+    """Make the FileEntry of a descriptor on a deleted inode a ghost (``deleted`` and ``ghost`` set, a regular
+    file's ``content`` naming its owner); leave any other alone.  Unsupported for a deleted inode that cannot
+    be made again (a device node), and for one deleted under this name but linked under another (the
+    restore could not find the other name)."""
+    if not link.endswith(_DELETED) or link.startswith("/memfd:") or entry.tty:
+        return
+    where = f"process {pid}: fd {fd}"
+    if st.st_nlink:
+        if not stat.S_ISREG(st.st_mode) or _named(f"/proc/{pid}/root{link}", st):
+            return  # a file really named "x (deleted)"; a directory is linked by "." while it lives
+        raise Unsupported(f"{where} is {link}, removed under that name but still linked under another "
+                          f"({st.st_nlink} links)", hint="the restore would not know its other name: reopen it "
+                          "by that name, or dump before it is removed")
+    entry.deleted = True
+    entry.ghost.CopyFrom(record(f"/proc/{pid}/fd/{fd}", st, name=name_of(link), where=where, limit=limit))
+    if entry.ghost.owner:
+        entry.content.owner, entry.content.size = entry.ghost.owner, entry.ghost.size
+
+
+def dump_dir(pid: int, which: str, link: str) -> common_pb2.Ghost | None:
+    """The ghost of process ``pid``'s working or root directory (``which``: "cwd" or "root", ``link`` what
+    /proc shows for it) if it was deleted; else None."""
+    if not link.endswith(_DELETED):
+        return None
+    path = f"/proc/{pid}/{which}"
+    st = os.stat(path)
+    if st.st_nlink:
+        return None  # a directory really named "x (deleted)"
+    what = "working directory" if which == "cwd" else "root directory"
+    return record(path, st, name=name_of(link), where=f"process {pid}: its {what}", limit=0)
+
+
+def _named(path: str, st: os.stat_result) -> bool:
+    """``path`` names the inode ``st`` describes."""
+    try:
+        here = os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)
+
+
 # --- restore --------------------------------------------------------------------------------------
 
 def creators(entries: Iterable[files_pb2.FileEntry]) -> dict[tuple[int, int], int]:
@@ -187,6 +233,20 @@ def _write_zeros(fd: int, offset: int, n: int) -> None:
         os.pwrite(fd, _ZEROS[:k], offset)
         offset, n = offset + k, n - k
 
+
+def restore(r: Opener, e: files_pb2.FileEntry, fds: list[int]) -> int:
+    """A new descriptor of the target on the ghost of ``e`` (its status flags and offset), made by its first
+    user: a FIFO's ends and bytes as any FIFO's, opened through the restorer's copy."""
+    if r.ghosts is None:
+        raise RestoreError(f"the deleted file {e.path!r} needs the restore's ghosts")
+    if e.kind == files_pb2.FileEntry.FIFO:
+        at = files_pb2.FileEntry()
+        at.CopyFrom(e)
+        at.path = r.ghosts.path(e.ghost, e.path)
+        return r.pipes.open(at)
+    fd = r.ghosts.open_in(r.inj, r.s, e.ghost, e.path, e.flags & ~(os.O_NOCTTY | os.O_CLOEXEC))
+    r.seek(fd, e)
+    return fd
 
 @dataclass
 class GhostObjects:
@@ -367,60 +427,3 @@ def _unname(tmp: str, name: str, kind: int) -> None:
             raise RestoreError(f"{name!r} is at {tmp!r} now, and the file made again at its name: {exc.strerror}",
                                hint=f"move {tmp!r} back to {name!r}") from exc
         remove(tmp)
-
-
-def restore(r: Opener, e: files_pb2.FileEntry, fds: list[int]) -> int:
-    """A new descriptor of the target on the ghost of ``e`` (its status flags and offset), made by its first
-    user: a FIFO's ends and bytes as any FIFO's, opened through the restorer's copy."""
-    if r.ghosts is None:
-        raise RestoreError(f"the deleted file {e.path!r} needs the restore's ghosts")
-    if e.kind == files_pb2.FileEntry.FIFO:
-        at = files_pb2.FileEntry()
-        at.CopyFrom(e)
-        at.path = r.ghosts.path(e.ghost, e.path)
-        return r.pipes.open(at)
-    fd = r.ghosts.open_in(r.inj, r.s, e.ghost, e.path, e.flags & ~(os.O_NOCTTY | os.O_CLOEXEC))
-    r.seek(fd, e)
-    return fd
-
-
-def dump_fd(entry: files_pb2.FileEntry, pid: int, fd: int, link: str, st: os.stat_result, limit: int) -> None:
-    """Make the FileEntry of a descriptor on a deleted inode a ghost (``deleted`` and ``ghost`` set, a regular
-    file's ``content`` naming its owner); leave any other alone.  Unsupported for a deleted inode that cannot
-    be made again (a device node), and for one deleted under this name but linked under another (the
-    restore could not find the other name)."""
-    if not link.endswith(_DELETED) or link.startswith("/memfd:") or entry.tty:
-        return
-    where = f"process {pid}: fd {fd}"
-    if st.st_nlink:
-        if not stat.S_ISREG(st.st_mode) or _named(f"/proc/{pid}/root{link}", st):
-            return  # a file really named "x (deleted)"; a directory is linked by "." while it lives
-        raise Unsupported(f"{where} is {link}, removed under that name but still linked under another "
-                          f"({st.st_nlink} links)", hint="the restore would not know its other name: reopen it "
-                          "by that name, or dump before it is removed")
-    entry.deleted = True
-    entry.ghost.CopyFrom(record(f"/proc/{pid}/fd/{fd}", st, name=name_of(link), where=where, limit=limit))
-    if entry.ghost.owner:
-        entry.content.owner, entry.content.size = entry.ghost.owner, entry.ghost.size
-
-
-def _named(path: str, st: os.stat_result) -> bool:
-    """``path`` names the inode ``st`` describes."""
-    try:
-        here = os.stat(path)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)
-
-
-def dump_dir(pid: int, which: str, link: str) -> common_pb2.Ghost | None:
-    """The ghost of process ``pid``'s working or root directory (``which``: "cwd" or "root", ``link`` what
-    /proc shows for it) if it was deleted; else None."""
-    if not link.endswith(_DELETED):
-        return None
-    path = f"/proc/{pid}/{which}"
-    st = os.stat(path)
-    if st.st_nlink:
-        return None  # a directory really named "x (deleted)"
-    what = "working directory" if which == "cwd" else "root directory"
-    return record(path, st, name=name_of(link), where=f"process {pid}: its {what}", limit=0)

@@ -32,7 +32,7 @@ import os
 
 from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess
-from ..errors import RestoreError, Unsupported
+from ..errors import RestoreError
 from ..image.pb import core_pb2, process_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.prctl import (
