@@ -1099,9 +1099,9 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
             raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
                                   "(a pre-dump written before pre-dumps carried it)")
         mm, vmas = image.mm(p.pid)
-        if any(memory.is_object_view(v) for v in vmas):  # pre-dumps do not store memfd or SysV objects
-            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd or System V shared memory, "
-                                  "which only a plain restore recreates")
+        if any(memory.is_object_view(v) for v in vmas):  # pre-dumps do not store memfd, SysV or ghost objects
+            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, System V shared memory or a "
+                                  "deleted file, which only a plain restore recreates")
         out[p.pid] = (mm, list(vmas))
     return out
 
