@@ -13,6 +13,8 @@ Usage: py_ghosts.py DIR (an empty directory of a filesystem with holes).
 * ``DIR/libfake.so``: mapped read+exec, then replaced by a new file renamed over it (a package upgrade):
   the mapping keeps the old bytes, the path has the new ones, maps says "DIR/libfake.so (deleted)".
 * a private mapping of /dev/zero with a written page.
+* POSIX shared memory on tmpfs (``/dev/shm``), 1 MiB with one page of data, mapped shared and unlinked (as
+  ``multiprocessing.shared_memory`` does): its hole stays one, and a write through its fd is in the mapping.
 * a file made with O_TMPFILE (never named: maps shows ``DIR/#INO (deleted)``), at an offset and mapped shared:
   its descriptor keeps the flag (F_GETFL), and writes through it are seen in the mapping.
 * the working directory ``DIR/cwd``, deleted; an open directory ``DIR/dir``, deleted; a FIFO ``DIR/fifo``
@@ -93,6 +95,15 @@ fd = os.open("/dev/zero", os.O_RDWR)
 m_zero = mmap.mmap(fd, 2 * PAGE, mmap.MAP_PRIVATE)
 os.close(fd)
 m_zero[:4] = b"zero"
+
+# --- POSIX shared memory, unlinked ------------------------------------------------------------------------
+shm_path = f"/dev/shm/ckpt-ghosts-{os.getpid()}"
+shm = os.open(shm_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.ftruncate(shm, 1 << 20)
+os.pwrite(shm, b"shm-data", 512 << 10)
+m_shm = mmap.mmap(shm, 1 << 20, mmap.MAP_SHARED)
+os.unlink(shm_path)
+SHM_RANGES = data_ranges(shm)
 
 # --- a file that never had a name -----------------------------------------------------------------------
 tmpf = os.open(top, os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -177,6 +188,12 @@ def check(n: int) -> list[str]:
     os.pwrite(tmpf, f"t{n:05d}".encode(), PAGE)
     if m_tmp[PAGE:PAGE + 6] != f"t{n:05d}".encode() or m_tmp[:1] != b"T":
         bad.append(f"O_TMPFILE mapping reads {m_tmp[PAGE:PAGE + 6]!r}")
+    if data_ranges(shm) != SHM_RANGES or m_shm[512 << 10:(512 << 10) + 8] != b"shm-data":
+        bad.append(f"/dev/shm file: data ranges {data_ranges(shm)} (were {SHM_RANGES})")
+    os.pwrite(shm, f"m{n:05d}".encode(), 512 << 10)
+    if m_shm[512 << 10:(512 << 10) + 6] != f"m{n:05d}".encode():
+        bad.append("/dev/shm file: a write through its fd is not in its mapping")
+    os.pwrite(shm, b"shm-da", 512 << 10)
     maps = open("/proc/self/maps").read()
     for want in (f"{lib} (deleted)", f"{shared_path} (deleted)", f"{sparse} (deleted)", "/dev/zero\n"):
         if want not in maps:
