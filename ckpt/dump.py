@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -138,6 +138,7 @@ def dump(
     ext_unix_close: bool = False,
     tcp_established: bool = False,
     deleted_max: int | None = None,
+    tolerate: Collection[str] = (),
     parent: str | os.PathLike[str] | None = None,
     track_mem: bool = False,
     track_method: str | None = None,
@@ -166,6 +167,8 @@ def dump(
     ``deleted_max``: bytes of a deleted-but-open file's content the image may
     hold (default :data:`ckpt.resources.files.DELETED_MAX`); a bigger one is
     refused, naming the fd and the size.
+    ``tolerate``: the losses the user lets through (``--tolerate``, names of
+    :data:`ckpt.tolerance.TABLE`); any other loss refuses the dump, naming it.
     ``end_target(image_dir)``: asked, once the image is committed and with the
     target still frozen, whether to end it (True) or let it run on (False) —
     a migration ends the source only once the destination runs the process.
@@ -225,7 +228,7 @@ def dump(
                 fdump = files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
                                 policy=files.StdioPolicy(shell_job=shell_job), tcp_close=tcp_close,
                                 ext_unix_close=ext_unix_close, tcp_session=conns,
-                                deleted_max=cap, notes=notes)
+                                deleted_max=cap, notes=notes, tolerate=frozenset(tolerate))
                 fdump.write(w)
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p]) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}

@@ -108,6 +108,8 @@ class DumpOptions:
     tcp_session: "tcp.Session | None" = None
     #: What was not kept exactly; None: warnings instead.
     notes: list[str] | None = None
+    #: The losses the user lets through (``--tolerate``, :mod:`ckpt.tolerance`); any other is refused.
+    tolerate: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,7 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
 def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]], *,
               policy: StdioPolicy = StdioPolicy(), first_id: int = 1, deleted_max: int = DELETED_MAX,
               tcp_close: bool = False, ext_unix_close: bool = False, notes: list[str] | None = None,
-              tcp_session: "tcp.Session | None" = None) -> FilesDump:
+              tcp_session: "tcp.Session | None" = None, tolerate: frozenset[str] = frozenset()) -> FilesDump:
     """Classify and record every fd of the frozen processes; refuses (Unsupported) before touching anything.
 
     ``members``: (process, its snapshot, fds to leave out) — the fds that are
@@ -248,12 +248,13 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     by the caller).  A descriptor shared between processes (inherited across
     fork) is one FileEntry, and a pipe is dumped when every one of its ends is
     held inside the tree.  ``notes`` collects what was saved less than
-    exactly (see sockets.dump).
+    exactly (see sockets.dump); ``tolerate``, the losses the user lets through
+    (:mod:`ckpt.tolerance`).
     """
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
     carried = _Carried.collect(opens)
     opts = DumpOptions(policy=policy, deleted_max=deleted_max, tcp_close=tcp_close, tcp_session=tcp_session,
-                       notes=notes)
+                       notes=notes, tolerate=tolerate)
     try:
         out = _dump_tree(members, opens, carried, opts, first_id=first_id, ext_unix_close=ext_unix_close)
     finally:
@@ -337,7 +338,7 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
     # Unix sockets are linked to their peers across the tree (refused or, ext_unix_close, closed if outside it).
     unix.dump_tree([(e, g[0][0], g[0][1].fd) for e, g in zip(entries, groups) if e.kind == K.UNIX],
                    ext_unix_close=ext_unix_close, notes=opts.notes, carried=_file_of(entries, groups),
-                   labels=carried.where)
+                   labels=carried.where, tolerate=opts.tolerate)
     for e, pid, o in epolls:  # watches name fds of the epoll's process: resolved once every fd has its FileEntry
         file_of = {f.fd: f.file_id for f in fd_entries[pid]}
         inode_of = {o2.fd: (o2.st.st_ino, file_of[o2.fd]) for g in groups for p2, o2 in g if p2 == pid}

@@ -69,7 +69,7 @@ from ..procfs.timens import read_boot_id
 from ..testpoint import point
 from . import netlock
 
-__all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "describe", "netns_id", "restore"]
+__all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "endpoint", "describe", "netns_id", "restore"]
 
 #: include/net/tcp_states.h, for messages.
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -100,6 +100,11 @@ def _addr(family: int, raw: bytes) -> tuple:
 def _at(addr: tuple) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def endpoint(family: int, raw: bytes) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a struct sockaddr, for messages."""
+    return _at(_addr(family, raw))
 
 
 def describe(family: int, local: bytes, peer: bytes) -> str:

@@ -87,6 +87,7 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..kernel.sock_diag import TCP_LISTEN, UnixDiag, unix_sockets
 from ..procfs.holders import holders
+from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener
 from .sockets import TCP_CLOSE, TCP_ESTABLISHED, backlog_of, borrowed, set_status_flags, setopts
 
@@ -237,12 +238,13 @@ def peek_descriptors(pid: int, fd: int) -> list[int] | None:
 
 def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bool = False,
               notes: list[str] | None = None, carried: Callable[[int], int] | None = None,
-              labels: Mapping[tuple[int, int], str] | None = None) -> None:
+              labels: Mapping[tuple[int, int], str] | None = None, tolerate: frozenset[str] = frozenset()) -> None:
     """Link the unix sockets of a frozen tree and record their accept and receive queues.
 
     ``socks``: (entry filled by :func:`ckpt.resources.sockets.dump`, pid, fd)
     of every unix socket open file of the tree.  Refuses (Unsupported) before
-    anything is read; what is kept less than exactly goes to ``notes``.
+    anything is read; what is kept less than exactly goes to ``notes``, and what
+    would be lost is refused unless ``tolerate`` names it (:mod:`ckpt.tolerance`).
     ``carried``: the FileEntry id of a descriptor a peek received (a duplicate
     of one in flight); without it, descriptors in flight are refused.
     ``labels``: how to name a (pid, fd) that is not a process's own — a
@@ -260,22 +262,22 @@ def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bo
     waiting: set[int] = set()  # clients of connections waiting in a listener of the tree
     for s in items:
         if s.u.state == TCP_LISTEN:
-            _accept_queue(s, by_ino, outside, ext_unix_close, notes)
+            _accept_queue(s, by_ino, outside, ext_unix_close, notes, tolerate)
             waiting.update(s.u.pending)
     for s in items:
         if s.u.state != TCP_LISTEN:
             _peer(s, by_ino, waiting, outside, ext_unix_close, notes)
     _inherited_names(items, by_ino, waiting, outside, notes)
     for s in items:
-        _queue(s, by_ino, notes, carried)
+        _queue(s, by_ino, notes, carried, tolerate)
 
 
 def _accept_queue(s: _Sock, by_ino: Mapping[int, _Sock], outside: _Outside, ext_unix_close: bool,
-                  notes: list[str]) -> None:
+                  notes: list[str], tolerate: frozenset[str]) -> None:
     """A listener's waiting connections: their clients in the tree, in queue order."""
     if s.diag is None:
-        notes.append(f"{s.where()}: connections waiting to be accepted are not known ({s.why_unseen}); "
-                     "none are kept")
+        lose("unix-diag", tolerate, s.where(), f"a unix listener whose connections waiting to be accepted are not "
+             f"known ({s.why_unseen})", notes)
         return
     for client in s.diag.icons:
         c = by_ino.get(client) if client else None
@@ -479,7 +481,8 @@ def _hidden_messages(stype: int, msgs: Sequence[_Message], sender: UnixDiag | No
         b.close()
 
 
-def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Callable[[int], int] | None) -> None:
+def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Callable[[int], int] | None,
+           tolerate: frozenset[str]) -> None:
     """Record the receive queue (peeked, undisturbed), the descriptors in flight in it, and the options only
     the socket itself can tell."""
     with borrowed(s.pid, s.fd) as sock:
@@ -537,8 +540,9 @@ def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Cal
                 s.u.in_flight.add(index=len(s.u.queue), file_ids=ids)
             s.u.queue.append(m.data)
         if s.u.state != TCP_ESTABLISHED and any(m.addr for m in msgs):
-            notes.append(f"{s.where()}: {len(msgs)} datagram(s) queued on {show_name(s.u.name)}: their sender "
-                         "addresses are not kept (restored as sent from an unnamed socket)")
+            lose("datagram-senders", tolerate, s.where(), f"{len(msgs)} datagram(s) queued on "
+                 f"{show_name(s.u.name)} with their senders' addresses (restored as sent from an unnamed socket)",
+                 notes)
 
 
 def _read_queue(s: _Sock, sock: socket.socket, peer: _Sock | None, notes: list[str]) -> list[_Message]:
