@@ -1,0 +1,179 @@
+"""File locks through a dump and a restore: POSIX, OFD and flock locks and leases, waiters, and sqlite3.
+
+Every restore here runs the self-check (the fdinfo ``lock:`` lines of each
+process must come back), and the targets check the locks themselves from a
+process that holds none (scenarios/locks.c, scenarios/py_sqlite.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ckpt import api
+from ckpt.errors import RestoreError, Unsupported
+from ckpt.image.reader import Image
+from ckpt.kernel.arch_x86_64 import NR
+from ckpt.resources import locks
+from targets import Target, kill_all, wait_in_syscall, wait_until
+from test_dump_restore import _forget
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
+
+
+def _pids(t: Target) -> list[int]:
+    return [int(p) for p in t.ready()["pids"].split(",")]
+
+
+def _proc_locks() -> list[str]:
+    with open("/proc/locks") as f:
+        return f.read().splitlines()
+
+
+def _image_locks(img: Path) -> dict[int, list[str]]:
+    """Per process, the locks the image records, described (``POSIX write lock on bytes 0-9`` …)."""
+    image = Image.open(img)
+    return {p.pid: sorted(locks.describe(lk) for f in image.fds(p.pid) for lk in f.locks) for p in image.processes}
+
+
+def test_every_kind_of_lock_round_trips_in_a_parent_and_its_child(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                 restored: list[int]) -> None:
+    data = tmp_path / "files"
+    data.mkdir()
+    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
+    parent, child = pids = _pids(t)
+    try:
+        api.dump(parent, tmp_path / "img")
+        _forget(t)
+        assert _image_locks(tmp_path / "img") == {
+            parent: ["OFD write lock on bytes 200-209", "POSIX read lock on bytes 500-EOF",
+                     "POSIX write lock on bytes 0-9", "flock exclusive lock", "read lease"],
+            child: ["OFD read lock on bytes 400-409", "POSIX write lock on bytes 300-309"],
+        }
+        assert not any(f" {p} " in line for line in _proc_locks() for p in pids), "the dump ended the tree"
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        held = [line for line in _proc_locks() if f" {parent} " in line or f" {child} " in line or " -1 " in line]
+        assert len(held) >= 7, held
+        os.kill(parent, signal.SIGUSR1)
+        assert t.expect("PASS") == "PASS"
+    finally:
+        kill_all(pids)
+
+
+def test_waiters_come_back_waiting_and_get_the_lock_when_it_is_released(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                        restored: list[int]) -> None:
+    data = tmp_path / "files"
+    data.mkdir()
+    t = c_target("locks", "wait", str(data), stderr=subprocess.DEVNULL)
+    parent, posix_waiter, flock_waiter = pids = _pids(t)
+    try:
+        wait_in_syscall(posix_waiter, posix_waiter, NR.fcntl)
+        wait_in_syscall(flock_waiter, flock_waiter, NR.flock)
+        assert sum("->" in line for line in _proc_locks() if f" {posix_waiter} " in line
+                   or f" {flock_waiter} " in line) == 2
+        api.dump(parent, tmp_path / "img")
+        _forget(t)
+        assert _image_locks(tmp_path / "img") == {parent: ["POSIX write lock on bytes 0-9", "flock exclusive lock"],
+                                                  posix_waiter: [], flock_waiter: []}
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        # Back in their calls, waiting on the restored holder again (the "->" lines of /proc/locks).
+        wait_in_syscall(posix_waiter, posix_waiter, NR.fcntl)
+        wait_in_syscall(flock_waiter, flock_waiter, NR.flock)
+        wait_until(lambda: sum("->" in line for line in _proc_locks() if f" {posix_waiter} " in line
+                               or f" {flock_waiter} " in line) == 2, "both waiters are blocked on the locks again")
+        os.kill(parent, signal.SIGUSR1)
+        assert t.expect("PASS") == "PASS"
+    finally:
+        kill_all(pids)
+
+
+def test_a_waiter_on_a_holder_outside_the_tree_comes_back_waiting(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                  restored: list[int]) -> None:
+    path = tmp_path / "outside"
+    path.write_bytes(b"x" * 100)
+    holder = c_target("locks", "holdone", str(path), stderr=subprocess.DEVNULL)  # outside the dumped tree
+    hpid = int(holder.ready()["pid"])
+    t = c_target("locks", "waitext", str(path), stderr=subprocess.DEVNULL)
+    pid = int(t.ready()["pid"])
+    wait_in_syscall(pid, pid, NR.fcntl)
+    api.dump(pid, tmp_path / "img")
+    _forget(t)
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    wait_in_syscall(pid, pid, NR.fcntl)
+    wait_until(lambda: any("->" in line and f" {pid} " in line for line in _proc_locks()),
+               "the restored waiter is blocked on the outside holder's lock")
+    os.kill(hpid, signal.SIGUSR1)
+    assert holder.expect("RELEASED") == "RELEASED"
+    assert t.expect("GOT") == "GOT"
+    assert t.expect("PASS") == "PASS"
+
+
+def test_a_lock_taken_by_another_process_since_the_dump_fails_the_restore(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                         restored: list[int]) -> None:
+    data = tmp_path / "files"
+    data.mkdir()
+    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
+    pids = _pids(t)
+    try:
+        api.dump(pids[0], tmp_path / "img")
+        _forget(t)
+    finally:
+        kill_all(pids)
+    other = c_target("locks", "holdone", str(data / "data"), stderr=subprocess.DEVNULL)
+    opid = int(other.ready()["pid"])
+    with pytest.raises(RestoreError, match=rf"fd \d+ \(.*/data\): cannot take its POSIX write lock on bytes "
+                                           rf"0-9 again: it is held by process {opid} \(POSIX write 0-9\)"):
+        api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    for p in pids:  # nothing left under the pids
+        assert not os.path.exists(f"/proc/{p}")
+
+
+def test_a_lease_being_broken_is_refused_and_the_target_runs_on(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    data = tmp_path / "files"
+    data.mkdir()
+    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
+    pids = _pids(t)
+    try:
+        with pytest.raises(OSError):  # a writer's open breaks the read lease (and, non-blocking, gives up)
+            os.open(data / "lease", os.O_WRONLY | os.O_NONBLOCK)
+        assert any("LEASE  BREAKING" in line and f" {pids[0]} " in line for line in _proc_locks()), _proc_locks()
+        with pytest.raises(Unsupported, match=rf"process {pids[0]}: fd \d+ \(.*/lease\) holds a lease being broken"):
+            api.dump(pids[0], tmp_path / "img")
+        assert all(os.path.exists(f"/proc/{p}") for p in pids)
+        assert not (tmp_path / "img").exists()
+    finally:
+        kill_all(pids)
+
+
+def test_the_self_check_fails_a_restore_that_lost_a_lock(c_target, tmp_path: Path,  # noqa: ANN001
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "files"
+    data.mkdir()
+    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
+    pids = _pids(t)
+    try:
+        api.dump(pids[0], tmp_path / "img")
+        _forget(t)
+    finally:
+        kill_all(pids)
+    take = locks._take
+
+    def all_but_flock(inj, s, fd, lock):  # noqa: ANN001, ANN202
+        if lock.kind != lock.FLOCK:
+            take(inj, s, fd, lock)
+
+    monkeypatch.setattr(locks, "_take", all_but_flock)
+    with pytest.raises(RestoreError, match=r"came back different from the dump: fdinfo/\d+: lock: "
+                                           r"'FLOCK ADVISORY WRITE \* 0 EOF' at the dump, absent after the restore"):
+        api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    for p in pids:
+        assert not os.path.exists(f"/proc/{p}")
