@@ -177,3 +177,28 @@ def test_the_self_check_fails_a_restore_that_lost_a_lock(c_target, tmp_path: Pat
         api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     for p in pids:
         assert not os.path.exists(f"/proc/{p}")
+
+
+def test_sqlite_write_transaction_keeps_the_second_writer_out_until_it_commits(py_target, tmp_path: Path,  # noqa: ANN001
+                                                                               restored: list[int]) -> None:
+    db = tmp_path / "db.sqlite"
+    t = py_target("py_sqlite.py", str(db), stderr=subprocess.DEVNULL)
+    first, second = pids = _pids(t)
+    try:
+        api.dump(first, tmp_path / "img")
+        _forget(t)
+        held = _image_locks(tmp_path / "img")[first]
+        assert "POSIX write lock on bytes 1073741825-1073741825" in held, held  # sqlite's RESERVED byte
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        # A writer from outside the tree is kept out as well: the restored transaction holds its lock.
+        outsider = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                outsider.execute("BEGIN IMMEDIATE")
+        finally:
+            outsider.close()
+        os.kill(first, signal.SIGUSR1)
+        assert t.expect("PASS") == "PASS"
+    finally:
+        kill_all(pids)
