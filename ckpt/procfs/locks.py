@@ -30,10 +30,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..kernel.locks import OFF_MAX
+
 __all__ = ["LockLine", "parse_lock", "read_proc_locks", "OFFSET_MAX"]
 
-#: The kernel's OFFSET_MAX (LLONG_MAX): the last byte of a lock printed as EOF.
-OFFSET_MAX = (1 << 63) - 1
+#: The kernel's OFFSET_MAX (the largest off_t): the last byte of a lock printed as EOF.
+OFFSET_MAX = OFF_MAX
 
 
 @dataclass(frozen=True, slots=True)

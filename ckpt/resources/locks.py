@@ -178,6 +178,9 @@ def _holders_text(pid: int, fd: int) -> str:
 
 
 def _take(inj: Injector, s: Scratch, fd: int, lock: FileLock) -> None:
+    if lock.type not in (kl.F_RDLCK, kl.F_WRLCK) or lock.start > kl.OFF_MAX or lock.length > kl.OFF_MAX:
+        raise RestoreError(f"fd {fd}: the image holds a file lock no process can take (type {lock.type}, "
+                           f"start {lock.start}, length {lock.length})")
     what = describe(lock)
     if lock.kind == FileLock.FLOCK:
         op = (kl.LOCK_EX if lock.type == kl.F_WRLCK else kl.LOCK_SH) | kl.LOCK_NB
