@@ -53,7 +53,7 @@ def test_every_kind_of_lock_round_trips_in_a_parent_and_its_child(c_target, tmp_
         _forget(t)
         assert _image_locks(tmp_path / "img") == {
             parent: ["OFD write lock on bytes 200-209", "POSIX read lock on bytes 500-EOF",
-                     "POSIX write lock on bytes 0-9", "flock exclusive lock", "read lease"],
+                     "POSIX write lock on bytes 0-9", "flock exclusive lock", "read lease", "write lease"],
             child: ["OFD read lock on bytes 400-409", "POSIX write lock on bytes 300-309"],
         }
         assert not any(f" {p} " in line for line in _proc_locks() for p in pids), "the dump ended the tree"
@@ -179,8 +179,8 @@ def test_the_self_check_fails_a_restore_that_lost_a_lock(c_target, tmp_path: Pat
         assert not os.path.exists(f"/proc/{p}")
 
 
-def test_sqlite_write_transaction_keeps_the_second_writer_out_until_it_commits(py_target, tmp_path: Path,  # noqa: ANN001
-                                                                               restored: list[int]) -> None:
+def test_sqlite_write_transaction_keeps_the_second_writer_out_until_it_commits(  # noqa: ANN001
+        py_target, tmp_path: Path, restored: list[int]) -> None:
     db = tmp_path / "db.sqlite"
     t = py_target("py_sqlite.py", str(db), stderr=subprocess.DEVNULL)
     first, second = pids = _pids(t)

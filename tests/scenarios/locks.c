@@ -4,14 +4,15 @@
  *
  * hold: the parent opens DIR/data (1000 bytes) and takes POSIX locks on it: a write lock on bytes 0-9 and a
  *   read lock from byte 500 to EOF (asked as SEEK_END -500, length 0); an OFD write lock on bytes 200-209
- *   through a second open of it; an exclusive flock on DIR/flock; a read lease on DIR/lease.  Then it forks a
- *   child, which inherits all four open files (the OFD lock, the flock and the lease are the open files', so
+ *   through a second open of it; an exclusive flock on DIR/flock; a read lease on DIR/lease and a write
+ *   lease on DIR/wlease (its only open file).  Then it forks a child, which inherits the open files (the OFD lock, the flock and the leases are the open files', so
  *   the child has them too) and takes its own: a POSIX write lock on 300-309 through the inherited
  *   descriptor, and an OFD read lock on 400-409 through its own open of DIR/data.
  *   Prints "READY pids=PARENT,CHILD".  On SIGUSR1 a new process (forked: no lock is inherited) checks with
  *   F_GETLK / F_OFD_GETLK that each range is held by the right owner and type, that no other range is, that
  *   F_SETLK of a held range is refused while a free one is granted, and that flock(LOCK_NB) is refused; the
- *   parent checks F_GETLEASE, and each process that its descriptors are where they were.  "PASS" or "FAIL why".
+ *   parent checks F_GETLEASE and the leased files' owner (itself, as F_SETLEASE made it), and each
+ *   process that its descriptors are where they were.  "PASS" or "FAIL why".
  *
  * wait: the parent holds a POSIX write lock on DIR/data bytes 0-9 and an exclusive flock on DIR/flock (its
  *   own open); child 1 waits in F_SETLKW for bytes 0-9, child 2 in flock(LOCK_EX) on its own open of
@@ -117,6 +118,8 @@ static void hold(const char *dir) {
     int l = open_in(dir, "lease", O_RDONLY);
     signal(SIGIO, SIG_IGN);  /* a lease break's notice (a test breaks it) must not end us */
     if (fcntl(l, F_SETLEASE, F_RDLCK)) die("lease");
+    int wl = open_in(dir, "wlease", O_RDWR | O_CREAT | O_TRUNC);  /* its only open file: a write lease */
+    if (fcntl(wl, F_SETLEASE, F_WRLCK)) die("write lease");
     catch_usr1();
     int up[2], down[2];
     if (pipe(up) || pipe(down)) die("pipe");
@@ -148,6 +151,9 @@ static void hold(const char *dir) {
     from_outside(check_held, dir, getpid(), child);
     int lease = fcntl(l, F_GETLEASE);
     if (lease != F_RDLCK) fail("F_GETLEASE says %d, want F_RDLCK", lease);
+    lease = fcntl(wl, F_GETLEASE);
+    if (lease != F_WRLCK) fail("F_GETLEASE of DIR/wlease says %d, want F_WRLCK", lease);
+    if (fcntl(l, F_GETOWN) != getpid() || fcntl(wl, F_GETOWN) != getpid()) fail("a leased file's owner changed");
     if (write(down[1], "C", 1) != 1 || read(up[0], &c, 1) != 1 || c != 'P') fail("the child's check failed");
     int st;
     waitpid(child, &st, 0);
