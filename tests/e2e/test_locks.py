@@ -42,57 +42,64 @@ def _image_locks(img: Path) -> dict[int, list[str]]:
     return {p.pid: sorted(locks.describe(lk) for f in image.fds(p.pid) for lk in f.locks) for p in image.processes}
 
 
-def test_every_kind_of_lock_round_trips_in_a_parent_and_its_child(c_target, tmp_path: Path,  # noqa: ANN001
+@pytest.fixture
+def locks_tree(c_target, tmp_path: Path):  # noqa: ANN001, ANN201
+    """``start(mode)`` runs scenarios/locks.c MODE on TMP/files: (target, its pids, the directory); every
+    process of it is killed after the test."""
+    started: list[int] = []
+
+    def start(mode: str) -> tuple[Target, list[int], Path]:
+        data = tmp_path / "files"
+        data.mkdir(exist_ok=True)
+        t = c_target("locks", mode, str(data), stderr=subprocess.DEVNULL)
+        pids = _pids(t)
+        started.extend(pids)
+        return t, pids, data
+
+    yield start
+    kill_all(started)
+
+
+def _waiting(*pids: int) -> int:
+    """How many of ``pids`` /proc/locks shows blocked on a lock (``->`` lines)."""
+    return sum("->" in line and any(f" {p} " in line for p in pids) for line in _proc_locks())
+
+
+def test_every_kind_of_lock_round_trips_in_a_parent_and_its_child(locks_tree, tmp_path: Path,  # noqa: ANN001
                                                                  restored: list[int]) -> None:
-    data = tmp_path / "files"
-    data.mkdir()
-    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
-    parent, child = pids = _pids(t)
-    try:
-        api.dump(parent, tmp_path / "img")
-        _forget(t)
-        assert _image_locks(tmp_path / "img") == {
-            parent: ["OFD write lock on bytes 200-209", "POSIX read lock on bytes 500-EOF",
-                     "POSIX write lock on bytes 0-9", "flock exclusive lock", "read lease", "write lease"],
-            child: ["OFD read lock on bytes 400-409", "POSIX write lock on bytes 300-309"],
-        }
-        assert not any(f" {p} " in line for line in _proc_locks() for p in pids), "the dump ended the tree"
-        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
-        restored.append(r.pid)
-        held = [line for line in _proc_locks() if f" {parent} " in line or f" {child} " in line or " -1 " in line]
-        assert len(held) >= 7, held
-        os.kill(parent, signal.SIGUSR1)
-        assert t.expect("PASS") == "PASS"
-    finally:
-        kill_all(pids)
+    t, (parent, child), _ = locks_tree("hold")
+    api.dump(parent, tmp_path / "img")
+    _forget(t)
+    assert _image_locks(tmp_path / "img") == {
+        parent: ["OFD write lock on bytes 200-209", "POSIX read lock on bytes 500-EOF",
+                 "POSIX write lock on bytes 0-9", "flock exclusive lock", "read lease", "write lease"],
+        child: ["OFD read lock on bytes 400-409", "POSIX write lock on bytes 300-309"],
+    }
+    assert not any(f" {p} " in line for line in _proc_locks() for p in (parent, child)), "the dump ended the tree"
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    os.kill(parent, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS"
 
 
-def test_waiters_come_back_waiting_and_get_the_lock_when_it_is_released(c_target, tmp_path: Path,  # noqa: ANN001
+def test_waiters_come_back_waiting_and_get_the_lock_when_it_is_released(locks_tree, tmp_path: Path,  # noqa: ANN001
                                                                         restored: list[int]) -> None:
-    data = tmp_path / "files"
-    data.mkdir()
-    t = c_target("locks", "wait", str(data), stderr=subprocess.DEVNULL)
-    parent, posix_waiter, flock_waiter = pids = _pids(t)
-    try:
-        wait_in_syscall(posix_waiter, posix_waiter, NR.fcntl)
-        wait_in_syscall(flock_waiter, flock_waiter, NR.flock)
-        assert sum("->" in line for line in _proc_locks() if f" {posix_waiter} " in line
-                   or f" {flock_waiter} " in line) == 2
-        api.dump(parent, tmp_path / "img")
-        _forget(t)
-        assert _image_locks(tmp_path / "img") == {parent: ["POSIX write lock on bytes 0-9", "flock exclusive lock"],
-                                                  posix_waiter: [], flock_waiter: []}
-        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
-        restored.append(r.pid)
-        # Back in their calls, waiting on the restored holder again (the "->" lines of /proc/locks).
-        wait_in_syscall(posix_waiter, posix_waiter, NR.fcntl)
-        wait_in_syscall(flock_waiter, flock_waiter, NR.flock)
-        wait_until(lambda: sum("->" in line for line in _proc_locks() if f" {posix_waiter} " in line
-                               or f" {flock_waiter} " in line) == 2, "both waiters are blocked on the locks again")
-        os.kill(parent, signal.SIGUSR1)
-        assert t.expect("PASS") == "PASS"
-    finally:
-        kill_all(pids)
+    t, (parent, posix_waiter, flock_waiter), _ = locks_tree("wait")
+    wait_in_syscall(posix_waiter, posix_waiter, NR.fcntl)
+    wait_in_syscall(flock_waiter, flock_waiter, NR.flock)
+    assert _waiting(posix_waiter, flock_waiter) == 2
+    api.dump(parent, tmp_path / "img")
+    _forget(t)
+    assert _image_locks(tmp_path / "img") == {parent: ["POSIX write lock on bytes 0-9", "flock exclusive lock"],
+                                              posix_waiter: [], flock_waiter: []}
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    # Back in their calls, waiting on the restored holder again (the "->" lines of /proc/locks).
+    wait_in_syscall(posix_waiter, posix_waiter, NR.fcntl)
+    wait_in_syscall(flock_waiter, flock_waiter, NR.flock)
+    wait_until(lambda: _waiting(posix_waiter, flock_waiter) == 2, "both waiters are blocked on the locks again")
+    os.kill(parent, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS"
 
 
 def test_a_waiter_on_a_holder_outside_the_tree_comes_back_waiting(c_target, tmp_path: Path,  # noqa: ANN001
@@ -109,25 +116,24 @@ def test_a_waiter_on_a_holder_outside_the_tree_comes_back_waiting(c_target, tmp_
     r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     wait_in_syscall(pid, pid, NR.fcntl)
-    wait_until(lambda: any("->" in line and f" {pid} " in line for line in _proc_locks()),
-               "the restored waiter is blocked on the outside holder's lock")
+    wait_until(lambda: _waiting(pid) == 1, "the restored waiter is blocked on the outside holder's lock")
     os.kill(hpid, signal.SIGUSR1)
     assert holder.expect("RELEASED") == "RELEASED"
     assert t.expect("GOT") == "GOT"
     assert t.expect("PASS") == "PASS"
 
 
-def test_a_lock_taken_by_another_process_since_the_dump_fails_the_restore(c_target, tmp_path: Path,  # noqa: ANN001
-                                                                         restored: list[int]) -> None:
-    data = tmp_path / "files"
-    data.mkdir()
-    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
-    pids = _pids(t)
-    try:
-        api.dump(pids[0], tmp_path / "img")
-        _forget(t)
-    finally:
-        kill_all(pids)
+def _dumped(locks_tree, img: Path) -> tuple[Target, list[int], Path]:  # noqa: ANN001
+    """scenarios/locks.c hold, dumped into ``img`` (which ends it)."""
+    t, pids, data = locks_tree("hold")
+    api.dump(pids[0], img)
+    _forget(t)
+    return t, pids, data
+
+
+def test_a_lock_taken_by_another_process_since_the_dump_fails_the_restore(locks_tree, c_target,  # noqa: ANN001
+                                                                         tmp_path: Path) -> None:
+    t, pids, data = _dumped(locks_tree, tmp_path / "img")
     other = c_target("locks", "holdone", str(data / "data"), stderr=subprocess.DEVNULL)
     opid = int(other.ready()["pid"])
     with pytest.raises(RestoreError, match=rf"fd \d+ \(.*/data\): cannot take its POSIX write lock on bytes "
@@ -137,34 +143,20 @@ def test_a_lock_taken_by_another_process_since_the_dump_fails_the_restore(c_targ
         assert not os.path.exists(f"/proc/{p}")
 
 
-def test_a_lease_being_broken_is_refused_and_the_target_runs_on(c_target, tmp_path: Path) -> None:  # noqa: ANN001
-    data = tmp_path / "files"
-    data.mkdir()
-    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
-    pids = _pids(t)
-    try:
-        with pytest.raises(OSError):  # a writer's open breaks the read lease (and, non-blocking, gives up)
-            os.open(data / "lease", os.O_WRONLY | os.O_NONBLOCK)
-        assert any("LEASE  BREAKING" in line and f" {pids[0]} " in line for line in _proc_locks()), _proc_locks()
-        with pytest.raises(Unsupported, match=rf"process {pids[0]}: fd \d+ \(.*/lease\) holds a lease being broken"):
-            api.dump(pids[0], tmp_path / "img")
-        assert all(os.path.exists(f"/proc/{p}") for p in pids)
-        assert not (tmp_path / "img").exists()
-    finally:
-        kill_all(pids)
-
-
-def test_the_self_check_fails_a_restore_that_lost_a_lock(c_target, tmp_path: Path,  # noqa: ANN001
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    data = tmp_path / "files"
-    data.mkdir()
-    t = c_target("locks", "hold", str(data), stderr=subprocess.DEVNULL)
-    pids = _pids(t)
-    try:
+def test_a_lease_being_broken_is_refused_and_the_target_runs_on(locks_tree, tmp_path: Path) -> None:  # noqa: ANN001
+    t, pids, data = locks_tree("hold")
+    with pytest.raises(OSError):  # a writer's open breaks the read lease (and, non-blocking, gives up)
+        os.open(data / "lease", os.O_WRONLY | os.O_NONBLOCK)
+    assert any("LEASE  BREAKING" in line and f" {pids[0]} " in line for line in _proc_locks()), _proc_locks()
+    with pytest.raises(Unsupported, match=rf"process {pids[0]}: fd \d+ \(.*/lease\) holds a lease being broken"):
         api.dump(pids[0], tmp_path / "img")
-        _forget(t)
-    finally:
-        kill_all(pids)
+    assert all(os.path.exists(f"/proc/{p}") for p in pids)
+    assert not (tmp_path / "img").exists()
+
+
+def test_the_self_check_fails_a_restore_that_lost_a_lock(locks_tree, tmp_path: Path,  # noqa: ANN001
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    t, pids, _ = _dumped(locks_tree, tmp_path / "img")
     take = locks._take
 
     def all_but_flock(inj, s, fd, lock):  # noqa: ANN001, ANN202

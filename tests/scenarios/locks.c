@@ -161,21 +161,15 @@ static void hold(const char *dir) {
     fflush(stdout);
 }
 
-static void check_waiting(const char *dir, pid_t parent, pid_t unused) {
-    (void)unused;
+/* bytes 0-9 of DIR/data are write-locked by `holder`; with `flocked`, DIR/flock is locked too */
+static void check_first_range(const char *dir, pid_t holder, pid_t flocked) {
     int d = open_in(dir, "data", O_RDWR);
-    expect_lock(d, F_GETLK, 0, 10, F_WRLCK, parent, "parent's write lock 0-9");
+    expect_lock(d, F_GETLK, 0, 10, F_WRLCK, holder, "the write lock on 0-9");
     close(d);
+    if (!flocked) return;
     int f = open_in(dir, "flock", O_RDONLY);
     if (flock(f, LOCK_SH | LOCK_NB) == 0 || errno != EWOULDBLOCK) fail("the parent's flock is gone");
     close(f);
-}
-
-static void check_child_holds(const char *dir, pid_t child, pid_t unused) {
-    (void)unused;
-    int d = open_in(dir, "data", O_RDWR);
-    expect_lock(d, F_GETLK, 0, 10, F_WRLCK, child, "child 1's write lock 0-9 once it got it");
-    close(d);
 }
 
 static void waiters(const char *dir) {
@@ -208,12 +202,12 @@ static void waiters(const char *dir) {
     why[0] = 0;
     struct pollfd pfd = {.fd = up[0], .events = POLLIN};
     if (poll(&pfd, 1, 0) != 0) fail("a child got its lock before it was released");
-    from_outside(check_waiting, dir, getpid(), 0);
+    from_outside(check_first_range, dir, getpid(), 1);
     char c = 0;
     if (lk(d, F_SETLK, F_UNLCK, SEEK_SET, 0, 10)) fail("unlock: %s", strerror(errno));
     if (poll(&pfd, 1, 60000) != 1 || read(up[0], &c, 1) != 1 || c != '1')
         fail("child 1 did not get the lock once released (%c)", c);
-    from_outside(check_child_holds, dir, kids[0], 0);
+    from_outside(check_first_range, dir, kids[0], 0);
     if (flock(f, LOCK_UN)) fail("flock unlock: %s", strerror(errno));
     c = 0;
     if (poll(&pfd, 1, 60000) != 1 || read(up[0], &c, 1) != 1 || c != '2') fail("child 2 did not get the flock (%c)", c);
