@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "before the source ends it (e.g. to move a service address there)")
     sp.add_argument("--verbose", action="store_true", help="a line per round even when not on a terminal (as -v)")
     sp.add_argument("-l", "--file-locks", action="store_true",
-                    help="accepted as CRIU spells it; a process holding a file lock is still refused")
+                    help="accepted as CRIU spells it, and changes nothing: file locks are always migrated when they can be "
+                         "restored exactly (a lock that cannot be is refused, naming it)")
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
 
     sp = add("receive", _cmd_receive, "accept migrations (`ckpt migrate`) and restore them here")
@@ -583,8 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest deleted-but-open file whose content is saved, in bytes or with K/M/G "
                          "(default 64M); a bigger one makes the dump fail, naming it (--ghost-limit: CRIU's name)")
     sp.add_argument("-l", "--file-locks", action="store_true",
-                    help="accepted as CRIU spells it; a process holding a file lock is still refused, naming it "
-                         "(ckpt cannot restore locks yet)")
+                    help="accepted as CRIU spells it, and changes nothing: file locks and leases are always dumped when they "
+                         "can be restored exactly (one that cannot be is refused, naming the process, fd and lock)")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("restore", _cmd_restore, "recreate a process from an image directory, with its pid")
@@ -599,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "
                          "fd number in the image; may be repeated")
     sp.add_argument("-l", "--file-locks", action="store_true",
-                    help="accepted as CRIU spells it (no image holds file locks: a dump refuses them)")
+                    help="accepted as CRIU spells it, and changes nothing: the locks an image holds are always taken again")
     _cpu_cap_flag(sp)
     _lower_limits_flag(sp)
     sp.add_argument("--check", choices=("on", "off"), default="on",

@@ -89,6 +89,21 @@ _VALUES: dict[tuple[str, str], tuple[Callable[[str], str], str]] = {
                                               "on x86_64"),
 }
 
+def _lock_owner(value: str) -> str:
+    """A lock line (index and dev:inode already removed) without the pid of an open file's own lock."""
+    words = value.split()
+    if len(words) > 3 and words[0] in ("FLOCK", "LEASE"):
+        words[3] = "*"
+    return " ".join(words)
+
+
+_VALUES[("fdinfo", "lock")] = (_lock_owner, "a flock lock or a lease belongs to the open file, which processes share "
+                                            "across fork: the kernel shows the pid of whichever of them took it (or "
+                                            "of one that exited since); the restore takes it in the one the kernel "
+                                            "named if it is in the tree, else in another holding the file. POSIX "
+                                            "locks keep their pid (their owner), OFD locks show -1")
+
+
 def _sigq_limit(value: str) -> str:
     return value.partition("/")[2]
 

@@ -68,7 +68,8 @@ from .procfs.maps import read_maps
 from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, fileid, files, host, limits, memory, signals, threads, timens, timers, tree, vdso
+from .resources import creds, fileid, files, host, limits, locks, memory, signals, threads, timens, timers, tree
+from .resources import vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -93,6 +94,15 @@ def restore_files(ctx: RestoreContext) -> None:
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
                                    shared=ctx.shared_files, memfds=ctx.memfds))
+
+
+def restore_locks(ctx: RestoreContext) -> None:
+    """File locks, each in the process that owns it (POSIX) or once per open file (OFD, flock, lease).
+
+    After the threads exist: every step before may open and close a file in the process (its cwd, its
+    executable for PR_SET_MM_MAP), and closing any descriptor of a file drops the process's POSIX locks on it.
+    """
+    locks.restore(ctx.inj, ctx.image.fds(ctx.pid), scratch=ctx.scratch)
 
 
 def restore_sigactions(ctx: RestoreContext) -> None:
@@ -134,13 +144,15 @@ THREADS = "threads"
 #: (SIG_IGN discards pending ones); limits after files and memory (a lowered
 #: RLIMIT_NOFILE/AS would stop them); credentials after the threads exist
 #: (clone3 with set_tid needs CAP_SYS_ADMIN, and each thread has its own);
-#: pending signals last, once every thread blocks all signals (its own mask is set
+#: file locks once no step closes a file in the process any more, and as the
+#: restorer (a lease needs the file's owner or CAP_LEASE); pending signals last, once every thread blocks all signals (its own mask is set
 #: as it is let go, so no injected syscall dequeues one).
 PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
     ("files", restore_files),
     ("sigactions", restore_sigactions),
     ("limits", restore_limits),
     ("mm and threads", THREADS),
+    ("locks", restore_locks),
     # Timers once the threads exist (SIGEV_THREAD_ID names a tid), as the restorer (CLOCK_*_ALARM needs
     # CAP_WAKE_ALARM), every thread blocking every signal (an early expiry only queues its signal), and
     # before the pending signals: those of expiries before the dump are queued there, once.

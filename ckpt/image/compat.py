@@ -50,6 +50,8 @@ class Feature:
 FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("time-namespace", "the tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME continue in a new time namespace "
                               "(Inventory.clocks)"),
+    Feature("file-locks", "the POSIX, OFD and flock locks and leases the tree held are taken again (FdEntry.locks); "
+                          "a reader that ignored them would restore the files unlocked"),
 )}
 
 #: The features the readers before ``required_features`` (format ≤ 2, ckpt 0.1.0) restore right.

@@ -73,6 +73,7 @@ class NR(enum.IntEnum):
     uname = 63
     shmdt = 67
     fcntl = 72
+    flock = 73
     ftruncate = 77
     getcwd = 79
     chdir = 80

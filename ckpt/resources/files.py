@@ -18,8 +18,9 @@ the ends of each pipe are all in the tree, or one end is stdio handed over
 (DESIGN §3: stray descriptors happen); the pipe's bytes are read; unix sockets
 are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); an epoll's
 watches are resolved to entries; deleted files' bytes are read; each file's
-F_SETOWN owner and F_SETSIG signal are recorded.  File locks and leases are
-refused (a lock restored unlocked would let two processes into what it guards).
+F_SETOWN owner and F_SETSIG signal are recorded; each file lock and lease is
+recorded on the descriptor to take it through again (:mod:`ckpt.resources.locks`,
+which the restore calls once the process's threads exist).
 
 Restore runs in the helper, which has closed all its descriptors: each file
 is made inside it by its kind (so the open is checked against the target's
@@ -48,7 +49,7 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, inotify, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import epoll, eventfd, fileid, inotify, locks, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, unix
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -98,6 +99,8 @@ class FilesDump:
         """Into an ImageWriter: fds-<pid>.img per process, files.img, and the contents as page data."""
         for pid, fds in self.fds_of.items():
             writer.write_fds(pid, fds)  # type: ignore[attr-defined]
+            if any(f.locks for f in fds):
+                writer.require("file-locks")  # type: ignore[attr-defined]
         writer.write_files(self.files)  # type: ignore[attr-defined]
         for owner, data in self.contents.items():
             with writer.pages(owner) as pw:  # type: ignore[attr-defined]
@@ -115,14 +118,6 @@ def content_from_image(image: object) -> Callable[[common_pb2.ContentRef], bytes
 
 
 # --- classification -------------------------------------------------------
-
-def _held_lock(pid: int, o: OpenFd) -> Unsupported:
-    """A file lock or lease (POSIX, OFD, flock) held through ``o``: restoring would silently drop it."""
-    held = "; ".join(" ".join(text.split(":", 1)[-1].split()[:3]) for text in o.info.locks)
-    return refuse(pid, o.fd, f"{o.link} with a file lock held ({held}; CRIU's --file-locks)",
-                  "ckpt cannot restore file locks yet (-l/--file-locks is accepted, but a lock would come "
-                  "back unlocked): let the process release it first")
-
 
 def classify(pid: int, o: OpenFd) -> FdKind:
     """The kind that claims a descriptor (:data:`KINDS`), or Unsupported naming it."""
@@ -317,9 +312,6 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
 
     # Pass 1: decide every kind and refuse what cannot be done, before any pipe is touched.
     for n, g in enumerate(groups):
-        for pid2, o2 in g:
-            if o2.info.locks and pid2 != me:
-                raise _held_lock(pid2, o2)
         pid, o = g[0]
         try:
             entries.append(record(FdDump(pid, o, opts, in_flight_only=pid == me), first_id + n))
@@ -335,6 +327,8 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
                 fd_entries[pid2].append(files_pb2.FdEntry(
                     fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0, file_id=e.id))
 
+    locks.dump_tree([[locks.Holder(p, o2.fd, o2.link, o2.info.locks) for p, o2 in g] for g in groups], fd_entries,
+                    me=me, in_flight=carried.where)
     # Unix sockets are linked to their peers across the tree (refused or, ext_unix_close, closed if outside it).
     unix.dump_tree([(e, g[0][0], g[0][1].fd) for e, g in zip(entries, groups) if e.kind == K.UNIX],
                    ext_unix_close=ext_unix_close, notes=opts.notes, carried=_file_of(entries, groups),

@@ -11,14 +11,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FdEntry(_message.Message):
-    __slots__ = ("fd", "fd_flags", "file_id")
+    __slots__ = ("fd", "fd_flags", "file_id", "locks")
     FD_FIELD_NUMBER: _ClassVar[int]
     FD_FLAGS_FIELD_NUMBER: _ClassVar[int]
     FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
     fd: int
     fd_flags: int
     file_id: int
-    def __init__(self, fd: _Optional[int] = ..., fd_flags: _Optional[int] = ..., file_id: _Optional[int] = ...) -> None: ...
+    locks: _containers.RepeatedCompositeFieldContainer[FileLock]
+    def __init__(self, fd: _Optional[int] = ..., fd_flags: _Optional[int] = ..., file_id: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[FileLock, _Mapping]]] = ...) -> None: ...
+
+class FileLock(_message.Message):
+    __slots__ = ("kind", "type", "start", "length", "pid")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[FileLock.Kind]
+        POSIX: _ClassVar[FileLock.Kind]
+        OFD: _ClassVar[FileLock.Kind]
+        FLOCK: _ClassVar[FileLock.Kind]
+        LEASE: _ClassVar[FileLock.Kind]
+    KIND_UNSPECIFIED: FileLock.Kind
+    POSIX: FileLock.Kind
+    OFD: FileLock.Kind
+    FLOCK: FileLock.Kind
+    LEASE: FileLock.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    kind: FileLock.Kind
+    type: int
+    start: int
+    length: int
+    pid: int
+    def __init__(self, kind: _Optional[_Union[FileLock.Kind, str]] = ..., type: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
     __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd")
