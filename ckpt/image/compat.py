@@ -50,6 +50,9 @@ class Feature:
 FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("time-namespace", "the tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME continue in a new time namespace "
                               "(Inventory.clocks)"),
+    Feature("pty-pairs", "pseudo-terminal pairs the tree holds are opened anew with their settings and queues "
+                         "(FileEntry.pty), and controlling terminals given back (ProcessEntry.ctty); a reader "
+                         "that ignored them would reopen /dev/ptmx and /dev/pts/N by path"),
 )}
 
 #: The features the readers before ``required_features`` (format ≤ 2, ckpt 0.1.0) restore right.

@@ -21,7 +21,7 @@ class FdEntry(_message.Message):
     def __init__(self, fd: _Optional[int] = ..., fd_flags: _Optional[int] = ..., file_id: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
-    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd")
+    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[FileEntry.Kind]
@@ -45,6 +45,7 @@ class FileEntry(_message.Message):
         PIDFD: _ClassVar[FileEntry.Kind]
         USERFAULTFD: _ClassVar[FileEntry.Kind]
         OTHER: _ClassVar[FileEntry.Kind]
+        PTY: _ClassVar[FileEntry.Kind]
     KIND_UNSPECIFIED: FileEntry.Kind
     REG: FileEntry.Kind
     DIR: FileEntry.Kind
@@ -66,6 +67,7 @@ class FileEntry(_message.Message):
     PIDFD: FileEntry.Kind
     USERFAULTFD: FileEntry.Kind
     OTHER: FileEntry.Kind
+    PTY: FileEntry.Kind
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +89,7 @@ class FileEntry(_message.Message):
     SIGNALFD_FIELD_NUMBER: _ClassVar[int]
     INOTIFY_FIELD_NUMBER: _ClassVar[int]
     MEMFD_FIELD_NUMBER: _ClassVar[int]
+    PTY_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: FileEntry.Kind
     path: str
@@ -108,7 +111,8 @@ class FileEntry(_message.Message):
     signalfd: SignalFd
     inotify: Inotify
     memfd: MemFd
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ...) -> None: ...
+    pty: Pty
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ...) -> None: ...
 
 class Fown(_message.Message):
     __slots__ = ("pid", "pid_type", "signum", "uid", "euid")
@@ -329,3 +333,77 @@ class MemFd(_message.Message):
     seals: int
     shmem_id: int
     def __init__(self, name: _Optional[str] = ..., seals: _Optional[int] = ..., shmem_id: _Optional[int] = ...) -> None: ...
+
+class Pty(_message.Message):
+    __slots__ = ("index", "master", "pair", "via_ctty")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
+    VIA_CTTY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    master: bool
+    pair: PtyPair
+    via_ctty: bool
+    def __init__(self, index: _Optional[int] = ..., master: _Optional[bool] = ..., pair: _Optional[_Union[PtyPair, _Mapping]] = ..., via_ctty: _Optional[bool] = ...) -> None: ...
+
+class PtyPair(_message.Message):
+    __slots__ = ("termios", "winsize", "packet", "locked", "master_exclusive", "slave_exclusive", "input", "partial", "output")
+    TERMIOS_FIELD_NUMBER: _ClassVar[int]
+    WINSIZE_FIELD_NUMBER: _ClassVar[int]
+    PACKET_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
+    MASTER_EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    SLAVE_EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    termios: Termios
+    winsize: Winsize
+    packet: bool
+    locked: bool
+    master_exclusive: bool
+    slave_exclusive: bool
+    input: _containers.RepeatedCompositeFieldContainer[PtyInput]
+    partial: bytes
+    output: bytes
+    def __init__(self, termios: _Optional[_Union[Termios, _Mapping]] = ..., winsize: _Optional[_Union[Winsize, _Mapping]] = ..., packet: _Optional[bool] = ..., locked: _Optional[bool] = ..., master_exclusive: _Optional[bool] = ..., slave_exclusive: _Optional[bool] = ..., input: _Optional[_Iterable[_Union[PtyInput, _Mapping]]] = ..., partial: _Optional[bytes] = ..., output: _Optional[bytes] = ...) -> None: ...
+
+class PtyInput(_message.Message):
+    __slots__ = ("data", "eof")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    eof: bool
+    def __init__(self, data: _Optional[bytes] = ..., eof: _Optional[bool] = ...) -> None: ...
+
+class Termios(_message.Message):
+    __slots__ = ("iflag", "oflag", "cflag", "lflag", "line", "cc", "ispeed", "ospeed")
+    IFLAG_FIELD_NUMBER: _ClassVar[int]
+    OFLAG_FIELD_NUMBER: _ClassVar[int]
+    CFLAG_FIELD_NUMBER: _ClassVar[int]
+    LFLAG_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    CC_FIELD_NUMBER: _ClassVar[int]
+    ISPEED_FIELD_NUMBER: _ClassVar[int]
+    OSPEED_FIELD_NUMBER: _ClassVar[int]
+    iflag: int
+    oflag: int
+    cflag: int
+    lflag: int
+    line: int
+    cc: bytes
+    ispeed: int
+    ospeed: int
+    def __init__(self, iflag: _Optional[int] = ..., oflag: _Optional[int] = ..., cflag: _Optional[int] = ..., lflag: _Optional[int] = ..., line: _Optional[int] = ..., cc: _Optional[bytes] = ..., ispeed: _Optional[int] = ..., ospeed: _Optional[int] = ...) -> None: ...
+
+class Winsize(_message.Message):
+    __slots__ = ("row", "col", "xpixel", "ypixel")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    COL_FIELD_NUMBER: _ClassVar[int]
+    XPIXEL_FIELD_NUMBER: _ClassVar[int]
+    YPIXEL_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    col: int
+    xpixel: int
+    ypixel: int
+    def __init__(self, row: _Optional[int] = ..., col: _Optional[int] = ..., xpixel: _Optional[int] = ..., ypixel: _Optional[int] = ...) -> None: ...
