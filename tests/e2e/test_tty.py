@@ -174,3 +174,51 @@ def test_tmux_server_round_trip(tmp_path: Path) -> None:
         except subprocess.CalledProcessError:
             pass
         _kill_tree(tree or [pid])
+
+
+@pytest.mark.skipif(shutil.which("screen") is None, reason="screen is not installed (make sysdeps installs it)")
+def test_screen_session_round_trip(tmp_path: Path) -> None:
+    """A detached screen session counting in its window: dumped whole from the SCREEN process and restored;
+    screen -ls still sees it detached (its socket file's mode, which screen reads, is kept), the window
+    keeps its scrollback, the count goes on and typed input reaches the program."""
+    screens = tmp_path / "screens"
+    screens.mkdir(mode=0o700)
+    env = {**os.environ, "SCREENDIR": str(screens)}
+    env.pop("STY", None)
+
+    def screen(*args: str) -> str:
+        return _run("screen", "-S", "ck", *args, env=env)
+
+    def hardcopy() -> str:
+        out = tmp_path / "hardcopy"
+        out.unlink(missing_ok=True)
+        screen("-X", "hardcopy", "-h", str(out))
+        wait_until(out.exists, "screen wrote the hardcopy")
+        return out.read_text(errors="replace")
+
+    screen("-d", "-m", "bash", "--norc", "-c", COUNTER)
+    wait_until(lambda: any(p.name.endswith(".ck") for p in screens.iterdir()), "the session's socket")
+    sock = next(p for p in screens.iterdir() if p.name.endswith(".ck"))
+    pid = int(sock.name.split(".")[0])
+    tree: list[int] = []
+    try:
+        wait_until(lambda: max(_counts(hardcopy()), default=0) >= 40, "the window counted past its height")
+        mode = sock.stat().st_mode
+        tree = _tree_of(pid)
+        stats = dump(pid, tmp_path / "img")
+        assert not stats.notes, stats.notes
+        r = restore(tmp_path / "img", detached=True)
+        assert r.pid == pid and sorted(r.processes) == sorted(tree)
+        assert sock.stat().st_mode == mode
+        assert "(Detached)" in subprocess.run(["screen", "-ls"], capture_output=True, text=True, env=env).stdout
+        seen = _counts(hardcopy())
+        assert seen[:40] == list(range(1, 41)), seen[:50]  # the scrollback from before the dump
+        wait_until(lambda: max(_counts(hardcopy())) > max(seen) + 3, "the count goes on")
+        screen("-X", "stuff", "hello\n")
+        wait_until(lambda: "got:hello" in hardcopy(), "the window's program read the input")
+    finally:
+        try:
+            screen("-X", "quit")
+        except subprocess.CalledProcessError:
+            pass
+        _kill_tree(tree or [pid])
