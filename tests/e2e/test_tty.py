@@ -22,7 +22,7 @@ from ckpt.dump import dump, restore
 from ckpt.errors import Unsupported
 from ckpt.image.reader import Image
 from ckpt.procfs.stat import read_stat
-from targets import Target, tracer_of, wait_until
+from targets import Target, kill_all, tracer_of, wait_until
 from test_dump_restore import _forget, _parse
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
@@ -40,14 +40,6 @@ def _tty(pid: int) -> tuple[int, int, int, int]:
 
 def _pts(tty_nr: int) -> int:
     return ((tty_nr >> 8) & 0xFFF) - 136 << 8 | (tty_nr & 0xFF)
-
-
-def _kill_tree(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.parametrize("leave_running", [False, True], ids=["kill", "R"])
@@ -73,7 +65,7 @@ def test_pty_pairs_and_controlling_terminal_round_trip(c_target, tmp_path: Path,
             assert all(tracer_of(p) == 0 for p in tree)
             assert {p: _tty(p) for p in tree} == before
             _round(t)  # what the dump read was put back: the original passes
-            _kill_tree(tree)
+            kill_all(tree)
             t.proc.wait(timeout=10)
             wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in tree[1:]), "the original tree ended")
         else:
@@ -93,7 +85,7 @@ def test_pty_pairs_and_controlling_terminal_round_trip(c_target, tmp_path: Path,
         done = _round(t)
         assert int(done["pts_a"]) == new_a
     finally:
-        _kill_tree(tree)
+        kill_all(tree)
 
 
 def test_master_without_its_slave_is_refused(tmp_path: Path, py_target) -> None:  # noqa: ANN001
@@ -173,7 +165,7 @@ def test_tmux_server_round_trip(tmp_path: Path) -> None:
             tmux("kill-server")
         except subprocess.CalledProcessError:
             pass
-        _kill_tree(tree or [pid])
+        kill_all(tree or [pid])
 
 
 @pytest.mark.skipif(shutil.which("screen") is None, reason="screen is not installed (make sysdeps installs it)")
@@ -221,4 +213,4 @@ def test_screen_session_round_trip(tmp_path: Path) -> None:
             screen("-X", "quit")
         except subprocess.CalledProcessError:
             pass
-        _kill_tree(tree or [pid])
+        kill_all(tree or [pid])
