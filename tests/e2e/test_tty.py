@@ -21,7 +21,9 @@ import pytest
 from ckpt.dump import dump, restore
 from ckpt.errors import Unsupported
 from ckpt.image.reader import Image
+from ckpt.incremental import pre_dump
 from ckpt.procfs.stat import read_stat
+from ckpt.restore import StagedRestore, StagingMismatch
 from targets import Target, kill_all, tracer_of, wait_until
 from test_dump_restore import _forget, _parse
 
@@ -84,6 +86,28 @@ def test_pty_pairs_and_controlling_terminal_round_trip(c_target, tmp_path: Path,
             assert any(f"/dev/pts/{a} is /dev/pts/{new_a} now" in n for n in r.notes), r.notes
         done = _round(t)
         assert int(done["pts_a"]) == new_a
+    finally:
+        kill_all(tree)
+
+
+def test_a_staged_restore_gives_way_to_a_plain_one(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """A migration's staged restore clones children before it knows their controlling terminal: the final
+    image is refused as StagingMismatch (nothing changed), and the plain restore it falls back to works."""
+    t = c_target("pty_pair", stderr=subprocess.DEVNULL)
+    info = t.ready()
+    tree = [t.pid, int(info["child"]), int(info["grandchild"])]
+    try:
+        pre_dump(t.pid, tmp_path / "1")
+        dump(t.pid, tmp_path / "final", parent=tmp_path / "1")
+        _forget(t)
+        staged = StagedRestore(inherit_fds=t.stdio_fds)
+        staged.start(tmp_path / "1")
+        with pytest.raises(StagingMismatch, match="controlling terminal, which only a plain restore gives back"):
+            staged.finish(tmp_path / "final")
+        staged.abort()
+        r = restore(tmp_path / "final", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        _round(t)
     finally:
         kill_all(tree)
 
