@@ -54,6 +54,8 @@ MASKED: dict[tuple[str, str], str] = {
     ("fdinfo", "mnt_id"): "a mount's id is per boot and per namespace; the file is identified by path",
     ("fdinfo", "ino"): "inode numbers differ for a recreated pipe, socket or deleted file, and on another machine",
     ("fdinfo", "eventfd-id"): "an id the kernel allocates for each eventfd",
+    ("fdinfo", "tty-index"): "a pty master's slave number (/dev/pts/N): devpts gives a restored pair the lowest free "
+                             "one, N when it is free (ckpt/resources/tty.py)",
     ("fdinfo", "it_value"): "a timerfd's time left runs on; the restore arms it with what was left at the dump",
     ("fdinfo", "ticks"): "a timerfd runs while its process is frozen: one that expires after the dump read it and "
                          "before this account counts a tick here, and comes back with that little time left instead",

@@ -52,6 +52,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
                               "(Inventory.clocks)"),
     Feature("file-locks", "the POSIX, OFD and flock locks and leases the tree held are taken again (FdEntry.locks); "
                           "a reader that ignored them would restore the files unlocked"),
+    Feature("pty-pairs", "pseudo-terminal pairs the tree holds are opened anew with their settings and queues "
+                         "(FileEntry.pty), and controlling terminals given back (ProcessEntry.ctty); a reader "
+                         "that ignored them would reopen /dev/ptmx and /dev/pts/N by path"),
 )}
 
 #: The features the readers before ``required_features`` (format ≤ 2, ckpt 0.1.0) restore right.

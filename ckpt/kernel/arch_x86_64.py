@@ -146,7 +146,9 @@ class NR(enum.IntEnum):
     inotify_add_watch = 254
     inotify_rm_watch = 255
     openat = 257
+    fchownat = 260
     unlinkat = 263
+    fchmodat = 268
     pselect6 = 270
     ppoll = 271
     unshare = 272

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..procfs.snapshot import Snapshot
     from .files import SharedFiles
     from .memfd import MemfdObjects
+    from .tty import PtyPairs
 
 __all__ = ["DumpContext", "RestoreContext"]
 
@@ -86,6 +87,8 @@ class RestoreContext:
     memfds: "MemfdObjects | None" = None
     #: The descriptor table is the parent's (CLONE_FILES): the parent restores it.
     files_shared: bool = False
+    #: The restore's pseudo-terminal pairs, each opened once (:class:`ckpt.resources.tty.PtyPairs`).
+    ptys: "PtyPairs | None" = None
 
     @property
     def image(self) -> "Image":

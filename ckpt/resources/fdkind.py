@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from . import tcp
     from .memfd import MemfdObjects
     from .pipes import PipeRestorer
+    from .tty import PtyPairs
     from .unix import UnixRestorer
 
 __all__ = ["FileEntry", "StdioPolicy", "OpenFd", "DumpOptions", "FdDump", "Opener", "FdKind", "refuse"]
@@ -154,6 +155,8 @@ class Opener:
     pipes: PipeRestorer
     unix_socks: UnixRestorer
     memfds: MemfdObjects
+    #: The restore's pseudo-terminal pairs, each opened once for the tree (:class:`ckpt.resources.tty.PtyPairs`).
+    ptys: "PtyPairs | None" = None
     #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
     epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
 

@@ -10,13 +10,15 @@ descriptor no kind claims is refused too: nothing is skipped silently.  Each
 kind is one module holding both sides (:mod:`ckpt.resources.fdkind` says what
 a kind is): files by path, deleted files and devices
 (:mod:`~ckpt.resources.paths`), pipes and FIFOs (:mod:`~ckpt.resources.pipes`),
-memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify.
+memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify, the ends of pty pairs
+(:mod:`~ckpt.resources.tty`).
 
 What no single open file can decide is done here, once every entry exists:
 the ends of each pipe are all in the tree, or one end is stdio handed over
 (``--inherit-fd``), or the dump is refused naming who holds the other end
 (DESIGN §3: stray descriptors happen); the pipe's bytes are read; unix sockets
-are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); an epoll's
+are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); pty ends pair up and each pair's
+state is read (:func:`ckpt.resources.tty.dump_tree`); an epoll's
 watches are resolved to entries; deleted files' bytes are read; each file's
 F_SETOWN owner and F_SETSIG signal are recorded; each file lock and lease is
 recorded on the descriptor to take it through again (:mod:`ckpt.resources.locks`,
@@ -49,7 +51,7 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, inotify, locks, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import epoll, eventfd, fileid, inotify, locks, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, tty, unix
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -71,10 +73,11 @@ _F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
 
 #: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a pipe's or a socket's link
-#: before the file types by mode; a memfd, a regular file by its mode, by its /memfd: name first).
+#: before the file types by mode; a memfd, a regular file by its mode, by its /memfd: name first; a pty's end, a
+#: character device, before the other devices).
 KINDS: tuple[FdKind, ...] = (
     pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND, inotify.KIND,
-    memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
+    memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, tty.KIND, paths.CHR_KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 
@@ -102,6 +105,8 @@ class FilesDump:
             if any(f.locks for f in fds):
                 writer.require("file-locks")  # type: ignore[attr-defined]
         writer.write_files(self.files)  # type: ignore[attr-defined]
+        if any(e.HasField("pty") for e in self.files):
+            writer.require(tty.FEATURE)  # type: ignore[attr-defined]
         for owner, data in self.contents.items():
             with writer.pages(owner) as pw:  # type: ignore[attr-defined]
                 pw.add(0, data.ljust(-(-len(data) // PAGE_SIZE) * PAGE_SIZE, b"\0"))
@@ -329,6 +334,9 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
 
     locks.dump_tree([[locks.Holder(p, o2.fd, o2.link, o2.info.locks) for p, o2 in g] for g in groups], fd_entries,
                     me=me, in_flight=carried.where)
+    # Pty ends pair up across the tree (a slave whose master is not in it is a terminal, --shell-job); each pair's
+    # state is read, its queues put back at once.
+    tty.dump_tree([(e, g[0][0], g[0][1]) for e, g in zip(entries, groups) if e.kind == K.PTY], opts)
     # Unix sockets are linked to their peers across the tree (refused or, ext_unix_close, closed if outside it).
     unix.dump_tree([(e, g[0][0], g[0][1].fd) for e, g in zip(entries, groups) if e.kind == K.UNIX],
                    ext_unix_close=ext_unix_close, notes=opts.notes, carried=_file_of(entries, groups),
@@ -536,11 +544,7 @@ class SharedFiles:
 
     def install(self, inj: Injector, file_id: int) -> int:
         """The held duplicate of ``file_id`` as a new fd of the process of ``inj`` (O_CLOEXEC)."""
-        pidfd = inj.call(NR.pidfd_open, os.getpid(), 0, name="pidfd_open(restorer)")
-        try:
-            return inj.call(NR.pidfd_getfd, pidfd, self._held[file_id], 0, name=f"pidfd_getfd(file {file_id})")
-        finally:
-            inj.close(pidfd)
+        return inj.receive(self._held[file_id], f"file {file_id}")
 
     def close(self) -> None:
         for fd in self._held.values():
@@ -552,7 +556,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
             files: "list[FileEntry] | tuple[FileEntry, ...]", *,
             content: Callable[[common_pb2.ContentRef], bytes] | None = None,
             policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None,
-            shared: SharedFiles | None = None, memfds: memfd.MemfdObjects | None = None) -> list[str]:
+            shared: SharedFiles | None = None, memfds: memfd.MemfdObjects | None = None,
+            ptys: tty.PtyPairs | None = None) -> list[str]:
     """Open every file of ``files`` that ``fds`` names inside the process of ``inj`` at its fd numbers.
 
     ``content`` loads a deleted file's bytes (:func:`content_from_image`,
@@ -561,6 +566,7 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
     ``shared``: in a tree, the files other processes use too (taken from it
     when an earlier process opened them, handed to it when this one does).
     ``memfds``: the restore's memfd objects (created by their first user).
+    ``ptys``: the restore's pty pairs (:class:`ckpt.resources.tty.PtyPairs`; None: this call's own).
     A file in flight in a unix socket's queue is opened when the socket's
     group is created, and sent from the restorer (kept by ``shared``, or by a
     SharedFiles of this call).
@@ -592,9 +598,10 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         own = shared is None and any(e.unix.in_flight for e in files if e.kind == K.UNIX)
         sh = SharedFiles({inj.pid: fds}, files) if own else shared
         ur = unix.UnixRestorer(inj, s, files)
+        own_ptys = tty.PtyPairs(files) if ptys is None else None
         r = _Restorer(inj, s, policy, content or no_content, warnings, pr, ur,
-                      memfds if memfds is not None else memfd.MemfdObjects(), wanted=wanted,
-                      high=max(wanted, default=0) + 1)
+                      memfds if memfds is not None else memfd.MemfdObjects(),
+                      ptys=ptys if ptys is not None else own_ptys, wanted=wanted, high=max(wanted, default=0) + 1)
 
         def carried(file_id: int) -> int:
             """A descriptor of ours on file ``file_id``, to send in flight: opened here by its first user."""
@@ -635,6 +642,9 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         finally:
             pr.close()
             ur.close()
+            if own_ptys is not None:
+                warnings.extend(own_ptys.notes)
+                own_ptys.close()
             if own and sh is not None:
                 sh.close()
     return warnings

@@ -111,6 +111,7 @@ _MAX_BYTEWISE = 1 << 16
 _MAX_PEEKS = 1 << 17
 _SETFL_MASK = os.O_NONBLOCK | os.O_APPEND | 0o20000  # + O_ASYNC
 _INT = struct.Struct("<i")
+_AT_FDCWD = -100
 #: SO_SNDBUFFORCE of a stand-in sender: room for any queue (the kernel caps it at INT_MAX / 2).
 _STANDIN_SNDBUF = 1 << 29
 #: Options a unix socket carries beyond sockets.SAVED_OPTIONS; SO_*BUF are saved as SO_*BUFFORCE (root's, and
@@ -270,6 +271,21 @@ def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bo
     _inherited_names(items, by_ino, waiting, outside, notes)
     for s in items:
         _queue(s, by_ino, notes, carried, tolerate)
+        _socket_file(s)
+
+
+def _socket_file(s: _Sock) -> None:
+    """The mode and owner of the file a bound path names, when it is this socket's (sock_diag's VFS inode)."""
+    name = bytes(s.u.name)
+    if not name or name[0] == 0 or s.u.name_inherited or s.diag is None or s.diag.vfs is None:
+        return
+    path = name if name.startswith(b"/") else os.path.join(os.fsencode(f"/proc/{s.pid}/cwd"), name)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) == s.diag.vfs:
+        s.u.file_mode, s.u.file_uid, s.u.file_gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
 
 def _accept_queue(s: _Sock, by_ino: Mapping[int, _Sock], outside: _Outside, ext_unix_close: bool,
@@ -872,6 +888,11 @@ class _Builder:
             except OSError as exc:
                 raise RestoreError(f"cannot bind the unix socket of file {e.id} to {show_name(name)}: {exc.strerror}",
                                    hint="the name must be free (is the dumped process still running?)") from exc
+            if e.unix.HasField("file_mode"):  # as the dump found it, not as the umask made it
+                self.s.write(0, name + b"\0")
+                self.inj.call(NR.fchownat, _AT_FDCWD, self.s.addr, e.unix.file_uid, e.unix.file_gid, 0,
+                              name=f"fchownat({name!r})")
+                self.inj.call(NR.fchmodat, _AT_FDCWD, self.s.addr, e.unix.file_mode, name=f"fchmodat({name!r})")
 
     def pair(self, a: FileEntry, b: FileEntry | None) -> tuple[int, int]:
         """``socketpair`` for ``a`` and ``b`` (None: a bare stand-in end)."""
