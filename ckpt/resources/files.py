@@ -13,10 +13,10 @@ a kind is): files by path, deleted files and devices
 memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify.
 
 What no single open file can decide is done here, once every entry exists:
-the ends of each pipe are all in the tree, or one end is stdio handed over
-(``--inherit-fd``), or the dump is refused naming who holds the other end
-(DESIGN §3: stray descriptors happen); the pipe's bytes are read; unix sockets
-are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); an epoll's
+no end of each pipe is held outside the tree (its other end may be closed),
+or one end is stdio handed over (``--inherit-fd``), or the dump is refused
+naming who holds the other end (DESIGN §3: stray descriptors happen); the
+pipe's bytes are read; unix sockets are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); an epoll's
 watches are resolved to entries; deleted files' bytes are read; each file's
 F_SETOWN owner and F_SETSIG signal are recorded.  File locks and leases are
 refused (a lock restored unlocked would let two processes into what it guards).
@@ -246,8 +246,8 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     ``members``: (process, its snapshot, fds to leave out) — the fds that are
     ckpt's, not the target's (the parked tracking userfaultfd, checked by inode
     by the caller).  A descriptor shared between processes (inherited across
-    fork) is one FileEntry, and a pipe is dumped when every one of its ends is
-    held inside the tree.  ``notes`` collects what was saved less than
+    fork) is one FileEntry, and a pipe is dumped when no process outside the
+    tree holds an end of it.  ``notes`` collects what was saved less than
     exactly (see sockets.dump).
     """
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
@@ -350,12 +350,12 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
         readers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
         writers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
         others = holding.get(link, [])
-        if others or not (readers and writers):
+        if others:
             if others and all(o.fd in _STDIO for _, _, o in ends):
                 for e, _, _ in ends:
                     e.external = link  # the restorer must hand over a descriptor (StdioPolicy.inherit)
                 continue
-            peer = ", ".join(others) or "no process (its other end is closed)"
+            peer = ", ".join(others)
             fds_of: dict[int, list[str]] = {}
             flying: list[str] = []
             for _, p, o in ends:
@@ -367,9 +367,12 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
             raise Unsupported(f"{where} is {link}, whose other end is held by {peer}",
                               hint="ckpt dumps a pipe only when the dumped processes hold every end of it; "
                                    "let the peer exit, or restore stdio with an inherited descriptor")
-        _, rpid, ro = readers[0]
-        _, wpid, wo = writers[0]
-        data, capacity = pipes.steal_and_put_back(rpid, ro.fd, wo.fd, write_pid=wpid)
+        if readers and writers:
+            _, rpid, ro = readers[0]
+            _, wpid, wo = writers[0]
+            data, capacity = pipes.steal_and_put_back(rpid, ro.fd, wo.fd, write_pid=wpid)
+        else:  # its other end is closed: its readers get the bytes, then EOF; its writers EPIPE
+            data, capacity = pipes.steal_one_end(ends[0][1], ends[0][2].fd)
         for e, _, _ in ends:
             e.pipe.capacity = capacity
         min(ends, key=lambda epo: epo[0].id)[0].pipe.data = data
@@ -503,12 +506,9 @@ class SharedFiles:
         for pid, fds in fds_of.items():
             for f in fds:
                 users.setdefault(f.file_id, set()).add(pid)
-        self._pipe_ends: dict[tuple[int, str], int] = {}  # (pipe id, "r"/"w") → FileEntry id
         by_pipe: dict[int, list[int]] = {}
         for e in files:
             if e.kind == K.PIPE:
-                end = "w" if e.flags & os.O_ACCMODE == os.O_WRONLY else "r"
-                self._pipe_ends[(e.pipe.pipe_id, end)] = e.id
                 by_pipe.setdefault(e.pipe.pipe_id, []).append(e.id)
             elif e.kind == K.UNIX:
                 for f in e.unix.in_flight:
@@ -529,11 +529,6 @@ class SharedFiles:
         if file_id not in self.shared or file_id in self._held:
             return
         self._held[file_id] = dup_from(pid, fd)
-
-    def keep_pipe_end(self, pid: int, fd: int, pipe_id: int, end: str) -> None:
-        file_id = self._pipe_ends.get((pipe_id, end))
-        if file_id is not None:
-            self.keep(pid, fd, file_id)
 
     def dup(self, file_id: int) -> int:
         """A new descriptor of ours on the held ``file_id`` (the caller closes it)."""
@@ -586,8 +581,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         pr = pipes.PipeRestorer(inj, s, warnings, high=max(wanted, default=0) + 1)
         fifo_owner: dict[int, int] = {}
         for e in files:
-            if e.kind in (K.PIPE, K.FIFO) and e.pipe.data:
-                pr.data[e.pipe.pipe_id] = bytes(e.pipe.data)
+            if e.kind in (K.PIPE, K.FIFO):
+                pr.learn(e)
             if e.kind == K.FIFO:
                 fifo_owner[e.pipe.pipe_id] = min(e.id, fifo_owner.get(e.pipe.pipe_id, e.id))
         # A pipe's bytes go in wherever it is created (once: SharedFiles hands it on); a FIFO's
@@ -625,11 +620,11 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                     if shared is not None:
                         shared.keep(inj.pid, t, file_id)
                 t = r.out_of_the_way(t, mine)
-                for pipe_id, ends in pr.ends.items():  # the other end of a new pipe must not sit on a wanted number
+                for ends in pr.ends.values():  # the other ends of a new pipe must not sit on a wanted number
                     for k, fd in list(ends.items()):
                         ends[k] = r.out_of_the_way(fd, [])
                         if shared is not None:  # another process may use it
-                            shared.keep_pipe_end(inj.pid, ends[k], pipe_id, k)
+                            shared.keep(inj.pid, ends[k], k)
                 for fid, fd in ur.unclaimed.items():  # the other sockets of a new connection, likewise
                     ur.unclaimed[fid] = r.out_of_the_way(fd, [])
                     if shared is not None:
