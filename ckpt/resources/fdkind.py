@@ -108,6 +108,9 @@ class DumpOptions:
     tcp_session: "tcp.Session | None" = None
     #: What was not kept exactly; None: warnings instead.
     notes: list[str] | None = None
+    #: The live processes of the dumped tree (a kind naming a process, a pidfd or a /proc file, checks that a
+    #: restore can name it again).
+    tree: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)

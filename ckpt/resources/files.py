@@ -10,7 +10,8 @@ descriptor no kind claims is refused too: nothing is skipped silently.  Each
 kind is one module holding both sides (:mod:`ckpt.resources.fdkind` says what
 a kind is): files by path, deleted files and devices
 (:mod:`~ckpt.resources.paths`), pipes and FIFOs (:mod:`~ckpt.resources.pipes`),
-memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify.
+memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify,
+pidfds (:mod:`~ckpt.resources.pidfd`).
 
 What no single open file can decide is done here, once every entry exists:
 no end of each pipe is held outside the tree (its other end may be closed),
@@ -48,7 +49,7 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, inotify, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import epoll, eventfd, fileid, inotify, memfd, paths, pidfd, pipes, signalfd, sockets, tcp, timerfd, unix
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -73,7 +74,7 @@ _STDIO = (0, 1, 2)
 #: before the file types by mode; a memfd, a regular file by its mode, by its /memfd: name first).
 KINDS: tuple[FdKind, ...] = (
     pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND, inotify.KIND,
-    memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
+    pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 
@@ -253,7 +254,7 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
     carried = _Carried.collect(opens)
     opts = DumpOptions(policy=policy, deleted_max=deleted_max, tcp_close=tcp_close, tcp_session=tcp_session,
-                       notes=notes)
+                       notes=notes, tree=frozenset(proc.pid for proc, _, _ in members))
     try:
         out = _dump_tree(members, opens, carried, opts, first_id=first_id, ext_unix_close=ext_unix_close)
     finally:
@@ -286,8 +287,8 @@ def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
                 os.close(mine)
             _record_owner(e, pid, fd, kind, owner, sig, tids)
     finally:
-        for pidfd in pidfds.values():
-            os.close(pidfd)
+        for pfd in pidfds.values():
+            os.close(pfd)
 
 
 def _record_owner(e: FileEntry, pid: int, fd: int, kind: int, owner: int, sig: int, tids: set[int]) -> None:
@@ -536,11 +537,7 @@ class SharedFiles:
 
     def install(self, inj: Injector, file_id: int) -> int:
         """The held duplicate of ``file_id`` as a new fd of the process of ``inj`` (O_CLOEXEC)."""
-        pidfd = inj.call(NR.pidfd_open, os.getpid(), 0, name="pidfd_open(restorer)")
-        try:
-            return inj.call(NR.pidfd_getfd, pidfd, self._held[file_id], 0, name=f"pidfd_getfd(file {file_id})")
-        finally:
-            inj.close(pidfd)
+        return pidfd.install_ours(inj, self._held[file_id], f"file {file_id}")
 
     def close(self) -> None:
         for fd in self._held.values():

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from targets import tracer_of
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root")
 
 
@@ -33,6 +35,22 @@ def _round_trip(py_target, tmp_path: Path, restored: list[int], *kinds: str) -> 
     assert t.expect("PASS") == f"PASS fdkinds {','.join(kinds)}", t.lines
 
 
+def _refused(py_target, tmp_path: Path, kind: str, message: str) -> None:  # noqa: ANN001
+    """The dump refuses with ``message`` (a regex; ``{pid}``: the target's) and leaves the target as it was."""
+    from ckpt import api
+    from ckpt.errors import Unsupported
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    t = py_target("py_fdkinds.py", str(scratch), kind, stderr=subprocess.DEVNULL)
+    t.ready()
+    with pytest.raises(Unsupported, match=message.format(pid=t.pid)):
+        api.dump(t.pid, tmp_path / "img")
+    assert not (tmp_path / "img").exists() and tracer_of(t.pid) == 0
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == f"PASS fdkinds {kind}", t.lines
+
+
 def test_pipes_whose_other_end_is_closed(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     """A read end whose writer is gone gives its queued bytes then EOF, a write end whose reader is gone
     EPIPE, a FIFO's read end likewise (was: refused at dump, "its other end is closed")."""
@@ -44,3 +62,18 @@ def test_a_pipe_end_open_through_two_open_files(py_target, tmp_path: Path,  # no
     """Ends reopened through /proc/self/fd/N: one pipe, each open file its own flags (was: dumped, then
     refused at restore)."""
     _round_trip(py_target, tmp_path, restored, "reopened")
+
+
+def test_pidfds(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """Of a child, of the process itself, of a reaped child and of a zombie child: each names the same process
+    again (was: refused at dump, "an anonymous inode ([pidfd])")."""
+    _round_trip(py_target, tmp_path, restored, "pidfd")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("pidfd-outside", r"process {pid}: fd \d+ is a pidfd of process \d+, outside the dumped tree"),
+    ("pidfd-grandchild", r"process {pid}: fd \d+ is a pidfd of process \d+ of the tree, which is made after "
+                         r"process {pid}'s descriptors"),
+])
+def test_pidfds_refused_at_dump(py_target, tmp_path: Path, kind: str, message: str) -> None:  # noqa: ANN001
+    _refused(py_target, tmp_path, kind, message)

@@ -9,7 +9,12 @@ after the restore.
   (reads give the bytes, then end-of-file), a write end whose reader was closed (a write gives EPIPE), and
   a FIFO read end with bytes whose writer was closed;
 * ``reopened``: both ends of a pipe opened a second time through /proc/self/fd/N — new open files on the
-  same pipe with their own flags (the second read end non-blocking, the first not).
+  same pipe with their own flags (the second read end non-blocking, the first not);
+* ``pidfd``: pidfds of a running child (pidfd_open), of the process itself (PIDFD_NONBLOCK), of a child
+  that exited and was reaped (fdinfo ``Pid: -1``), and of a zombie child (its status is read through it);
+* ``pidfd-outside``: a pidfd of the parent (outside the dumped tree): a dump refuses it;
+* ``pidfd-grandchild``: a pidfd of a grandchild: a dump refuses it (not made yet when its holder's
+  descriptors are restored).
 """
 
 import errno
@@ -75,8 +80,77 @@ def setup_reopened() -> None:
     checks.append(check)
 
 
+def pid_of(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return int(next(ln for ln in f if ln.startswith("Pid:")).split()[1])
+
+
+def forked(exit_status: int | None) -> int:
+    pid = os.fork()
+    if pid == 0:
+        if exit_status is not None:
+            os._exit(exit_status)
+        while True:
+            time.sleep(1)
+    return pid
+
+
+def setup_pidfd() -> None:
+    child = forked(None)
+    cfd = os.pidfd_open(child)
+    sfd = os.pidfd_open(os.getpid(), os.O_NONBLOCK)  # PIDFD_NONBLOCK
+    gone = forked(0)
+    gfd = os.pidfd_open(gone)
+    os.waitpid(gone, 0)
+    zombie = forked(7)
+    zfd = os.pidfd_open(zombie)
+    while open(f"/proc/{zombie}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+
+    def check() -> list[str]:
+        bad = []
+        if pid_of(sfd) != os.getpid() or not fcntl.fcntl(sfd, fcntl.F_GETFL) & os.O_NONBLOCK:
+            bad.append(f"own pidfd: Pid {pid_of(sfd)}, flags {fcntl.fcntl(sfd, fcntl.F_GETFL):o}")
+        if pid_of(gfd) != -1:
+            bad.append(f"reaped child's pidfd: Pid {pid_of(gfd)}")
+        try:
+            signal.pidfd_send_signal(gfd, 0)
+            bad.append("reaped child's pidfd: a signal went through")
+        except ProcessLookupError:
+            pass
+        res = os.waitid(os.P_PIDFD, zfd, os.WEXITED)
+        if res is None or (res.si_pid, res.si_status) != (zombie, 7):
+            bad.append(f"zombie's pidfd: waitid gave {res}")
+        if pid_of(cfd) != child:
+            bad.append(f"child's pidfd: Pid {pid_of(cfd)}")
+        signal.pidfd_send_signal(cfd, signal.SIGKILL)
+        res = os.waitid(os.P_PIDFD, cfd, os.WEXITED)
+        if res is None or (res.si_pid, res.si_status) != (child, signal.SIGKILL):
+            bad.append(f"child's pidfd: waitid gave {res}")
+        return bad
+    checks.append(check)
+
+
+def setup_pidfd_outside() -> None:
+    fd = os.pidfd_open(os.getppid())
+    checks.append(lambda: [] if pid_of(fd) == os.getppid() else ["parent's pidfd changed"])
+
+
+def setup_pidfd_grandchild() -> None:
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        grandchild = forked(None)
+        os.write(w, str(grandchild).encode())
+        while True:
+            time.sleep(1)
+    grandchild = int(os.read(r, 20))
+    fd = os.pidfd_open(grandchild)
+    checks.append(lambda: [] if pid_of(fd) == grandchild else ["grandchild's pidfd changed"])
+
+
 for kind in kinds:
-    globals()[f"setup_{kind}"]()
+    globals()[f"setup_{kind.replace('-', '_')}"]()
 
 
 def on_usr1(*_: object) -> None:
