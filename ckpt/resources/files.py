@@ -11,7 +11,8 @@ kind is one module holding both sides (:mod:`ckpt.resources.fdkind` says what
 a kind is): files by path, deleted files and devices
 (:mod:`~ckpt.resources.paths`), pipes and FIFOs (:mod:`~ckpt.resources.pipes`),
 memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify,
-pidfds (:mod:`~ckpt.resources.pidfd`).
+pidfds (:mod:`~ckpt.resources.pidfd`), O_PATH descriptors (:mod:`~ckpt.resources.opath`,
+whatever they point at: first in the table).
 
 What no single open file can decide is done here, once every entry exists:
 no end of each pipe is held outside the tree (its other end may be closed),
@@ -49,7 +50,8 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, inotify, memfd, paths, pidfd, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import (epoll, eventfd, fileid, inotify, memfd, opath, paths, pidfd, pipes, signalfd, sockets, tcp, timerfd,
+               unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -70,11 +72,12 @@ _F_OWNER_PGRP = 2
 _F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
 
-#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a pipe's or a socket's link
-#: before the file types by mode; a memfd, a regular file by its mode, by its /memfd: name first).
+#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (an O_PATH descriptor by its
+#: flags, whatever it names; a pipe's or a socket's link before the file types by mode; a memfd, a regular file by
+#: its mode, by its /memfd: name first).
 KINDS: tuple[FdKind, ...] = (
-    pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND, inotify.KIND,
-    pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
+    opath.KIND, pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND,
+    inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 
@@ -274,8 +277,8 @@ def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
     pidfds: dict[int, int] = {}
     try:
         for e in fdump.files:
-            if e.id not in first:
-                continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask
+            if e.id not in first or opath.is_opath(e.flags):
+                continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask; O_PATH: no owner
             pid, fd = first[e.id]
             if pid not in pidfds:
                 pidfds[pid] = pidfd_open(pid)

@@ -70,10 +70,18 @@ def test_pidfds(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa
     _round_trip(py_target, tmp_path, restored, "pidfd")
 
 
+def test_o_path_descriptors(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """Of a file, of a symlink itself (O_NOFOLLOW), of a directory and of a FIFO: reopened with O_PATH (was: a
+    FIFO or a symlink refused, a file reopened and checked by means O_PATH refuses)."""
+    _round_trip(py_target, tmp_path, restored, "opath")
+
+
 @pytest.mark.parametrize("kind, message", [
+    ("opath-deleted", r"process {pid}: fd \d+ is an O_PATH descriptor of the deleted file \S+/gone, which ckpt "
+                      r"cannot dump"),
     ("pidfd-outside", r"process {pid}: fd \d+ is a pidfd of process \d+, outside the dumped tree"),
     ("pidfd-grandchild", r"process {pid}: fd \d+ is a pidfd of process \d+ of the tree, which is made after "
                          r"process {pid}'s descriptors"),
 ])
-def test_pidfds_refused_at_dump(py_target, tmp_path: Path, kind: str, message: str) -> None:  # noqa: ANN001
+def test_refused_at_dump(py_target, tmp_path: Path, kind: str, message: str) -> None:  # noqa: ANN001
     _refused(py_target, tmp_path, kind, message)

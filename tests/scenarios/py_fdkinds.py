@@ -12,6 +12,9 @@ after the restore.
   same pipe with their own flags (the second read end non-blocking, the first not);
 * ``pidfd``: pidfds of a running child (pidfd_open), of the process itself (PIDFD_NONBLOCK), of a child
   that exited and was reaped (fdinfo ``Pid: -1``), and of a zombie child (its status is read through it);
+* ``opath``: O_PATH descriptors of a file, of a symlink itself (O_NOFOLLOW), of a directory (files are
+  opened relative to it) and of a FIFO (not opened as one);
+* ``opath-deleted``: an O_PATH descriptor of a file since deleted: a dump refuses it;
 * ``pidfd-outside``: a pidfd of the parent (outside the dumped tree): a dump refuses it;
 * ``pidfd-grandchild``: a pidfd of a grandchild: a dump refuses it (not made yet when its holder's
   descriptors are restored).
@@ -147,6 +150,46 @@ def setup_pidfd_grandchild() -> None:
     grandchild = int(os.read(r, 20))
     fd = os.pidfd_open(grandchild)
     checks.append(lambda: [] if pid_of(fd) == grandchild else ["grandchild's pidfd changed"])
+
+
+def setup_opath() -> None:
+    target = os.path.join(scratch, "file")
+    with open(target, "w") as f:
+        f.write("through O_PATH")
+    link = os.path.join(scratch, "link")
+    os.symlink(target, link)
+    fifo = os.path.join(scratch, "opath-fifo")
+    os.mkfifo(fifo, 0o600)
+    ffd = os.open(target, os.O_PATH)
+    lfd = os.open(link, os.O_PATH | os.O_NOFOLLOW)
+    dfd = os.open(scratch, os.O_PATH | os.O_DIRECTORY)
+    pfd = os.open(fifo, os.O_PATH)
+    want = {fd: fcntl.fcntl(fd, fcntl.F_GETFL) for fd in (ffd, lfd, dfd, pfd)}
+
+    def check() -> list[str]:
+        import stat
+        bad = [f"fd {fd}: flags {fcntl.fcntl(fd, fcntl.F_GETFL):o}, were {flags:o}" for fd, flags in want.items()
+               if fcntl.fcntl(fd, fcntl.F_GETFL) != flags]
+        if not stat.S_ISLNK(os.stat(lfd).st_mode) or os.readlink("", dir_fd=lfd) != target:
+            bad.append("O_PATH symlink: not the link")
+        if os.stat(ffd).st_ino != os.stat(target).st_ino:
+            bad.append("O_PATH file: another inode")
+        fd = os.open("file", os.O_RDONLY, dir_fd=dfd)
+        if os.read(fd, 100) != b"through O_PATH":
+            bad.append("O_PATH directory: its file not found")
+        os.close(fd)
+        if not stat.S_ISFIFO(os.stat(pfd).st_mode):
+            bad.append("O_PATH FIFO: not the FIFO")
+        return bad
+    checks.append(check)
+
+
+def setup_opath_deleted() -> None:
+    path = os.path.join(scratch, "gone")
+    open(path, "w").close()
+    fd = os.open(path, os.O_PATH)
+    os.unlink(path)
+    checks.append(lambda: [] if os.stat(fd).st_nlink == 0 else ["deleted file's O_PATH: linked again"])
 
 
 for kind in kinds:
