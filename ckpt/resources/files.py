@@ -12,7 +12,7 @@ a kind is): files by path, deleted files and devices
 (:mod:`~ckpt.resources.paths`), pipes and FIFOs (:mod:`~ckpt.resources.pipes`),
 memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify,
 pidfds (:mod:`~ckpt.resources.pidfd`), O_PATH descriptors (:mod:`~ckpt.resources.opath`,
-whatever they point at: first in the table).
+whatever they point at), files of /proc (:mod:`~ckpt.resources.procfiles`).
 
 What no single open file can decide is done here, once every entry exists:
 no end of each pipe is held outside the tree (its other end may be closed),
@@ -50,8 +50,8 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import (epoll, eventfd, fileid, inotify, memfd, opath, paths, pidfd, pipes, signalfd, sockets, tcp, timerfd,
-               unix)
+from . import (epoll, eventfd, fileid, inotify, memfd, opath, paths, pidfd, pipes, procfiles, signalfd, sockets, tcp,
+               timerfd, unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -72,12 +72,12 @@ _F_OWNER_PGRP = 2
 _F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
 
-#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (an O_PATH descriptor by its
-#: flags, whatever it names; a pipe's or a socket's link before the file types by mode; a memfd, a regular file by
+#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a /proc file, O_PATH or not;
+#: an O_PATH descriptor by its flags, whatever it names; a pipe's or a socket's link before the file types by mode; a memfd, a regular file by
 #: its mode, by its /memfd: name first).
 KINDS: tuple[FdKind, ...] = (
-    opath.KIND, pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND,
-    inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
+    procfiles.KIND, opath.KIND, pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND,
+    signalfd.KIND, inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 

@@ -76,9 +76,17 @@ def test_o_path_descriptors(py_target, tmp_path: Path, restored: list[int]) -> N
     _round_trip(py_target, tmp_path, restored, "opath")
 
 
+def test_proc_files(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """Its own /proc/self/stat (at its offset), maps, status, /proc/self and /proc/CHILD directories,
+    /proc/meminfo: reopened for the restored pids (was: refused at restore as "changed since the dump")."""
+    _round_trip(py_target, tmp_path, restored, "procfiles")
+
+
 @pytest.mark.parametrize("kind, message", [
     ("opath-deleted", r"process {pid}: fd \d+ is an O_PATH descriptor of the deleted file \S+/gone, which ckpt "
                       r"cannot dump"),
+    ("proc-outside", r"process {pid}: fd \d+ is /proc/\d+/stat, a /proc file of process \d+, outside the dumped "
+                     r"tree, which ckpt cannot reopen for it"),
     ("pidfd-outside", r"process {pid}: fd \d+ is a pidfd of process \d+, outside the dumped tree"),
     ("pidfd-grandchild", r"process {pid}: fd \d+ is a pidfd of process \d+ of the tree, which is made after "
                          r"process {pid}'s descriptors"),

@@ -15,6 +15,9 @@ after the restore.
 * ``opath``: O_PATH descriptors of a file, of a symlink itself (O_NOFOLLOW), of a directory (files are
   opened relative to it) and of a FIFO (not opened as one);
 * ``opath-deleted``: an O_PATH descriptor of a file since deleted: a dump refuses it;
+* ``procfiles``: its own /proc/self/stat (read part-way), /proc/self/maps, /proc/PID/status, a /proc/self
+  directory fd, a /proc/CHILD directory fd of its child, and /proc/meminfo;
+* ``proc-outside``: /proc/PPID/stat of its parent (outside the dumped tree): a dump refuses it;
 * ``pidfd-outside``: a pidfd of the parent (outside the dumped tree): a dump refuses it;
 * ``pidfd-grandchild``: a pidfd of a grandchild: a dump refuses it (not made yet when its holder's
   descriptors are restored).
@@ -190,6 +193,52 @@ def setup_opath_deleted() -> None:
     fd = os.open(path, os.O_PATH)
     os.unlink(path)
     checks.append(lambda: [] if os.stat(fd).st_nlink == 0 else ["deleted file's O_PATH: linked again"])
+
+
+def setup_procfiles() -> None:
+    me = os.getpid()
+    sfd = os.open("/proc/self/stat", os.O_RDONLY)
+    head = os.read(sfd, 10)
+    mfd = os.open("/proc/self/maps", os.O_RDONLY)
+    tfd = os.open(f"/proc/{me}/status", os.O_RDONLY)
+    dfd = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY)
+    child = forked(None)
+    cfd = os.open(f"/proc/{child}", os.O_RDONLY | os.O_DIRECTORY)
+    ifd = os.open("/proc/meminfo", os.O_RDONLY)
+
+    def read_at(name: str, dir_fd: int) -> bytes:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+        try:
+            return os.read(fd, 4096)
+        finally:
+            os.close(fd)
+
+    def check() -> list[str]:
+        bad = []
+        if os.lseek(sfd, 0, os.SEEK_CUR) != 10 or not os.pread(sfd, 100, 0).startswith(head):
+            bad.append("/proc/self/stat: offset or text")
+        if not os.pread(sfd, 100, 0).startswith(f"{me} (".encode()):
+            bad.append("/proc/self/stat: another process")
+        text, at = b"", 0
+        while chunk := os.pread(mfd, 1 << 16, at):  # a seq_file read may return less than asked
+            text, at = text + chunk, at + len(chunk)
+        if b"[stack]" not in text:
+            bad.append("/proc/self/maps: no [stack]")
+        if f"Pid:\t{me}\n".encode() not in os.pread(tfd, 4096, 0):
+            bad.append("/proc/PID/status: another process")
+        if f"Pid:\t{me}\n".encode() not in read_at("status", dfd):
+            bad.append("/proc/self directory: another process")
+        if not read_at("stat", cfd).startswith(f"{child} (".encode()):
+            bad.append("/proc/CHILD directory: another process")
+        if b"MemTotal:" not in os.pread(ifd, 4096, 0):
+            bad.append("/proc/meminfo: not it")
+        return bad
+    checks.append(check)
+
+
+def setup_proc_outside() -> None:
+    fd = os.open(f"/proc/{os.getppid()}/stat", os.O_RDONLY)
+    checks.append(lambda: [] if os.pread(fd, 20, 0).startswith(f"{os.getppid()} (".encode()) else ["ppid stat"])
 
 
 for kind in kinds:
