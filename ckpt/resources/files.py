@@ -631,7 +631,7 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                         shared.keep(inj.pid, ur.unclaimed[fid], fid)
                 r.place(t, its)
             for e, epfd in r.epolls:
-                epoll.add_watches(inj, s, epfd, e)
+                epoll.add_watches(inj, s, epfd, e, fds)
         finally:
             pr.close()
             ur.close()

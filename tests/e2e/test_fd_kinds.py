@@ -82,11 +82,21 @@ def test_proc_files(py_target, tmp_path: Path, restored: list[int]) -> None:  # 
     _round_trip(py_target, tmp_path, restored, "procfiles")
 
 
+def test_epoll_watches_of_closed_or_reused_numbers(py_target, tmp_path: Path,  # noqa: ANN001
+                                                   restored: list[int]) -> None:
+    """A watch whose number was closed (the file dup'ed elsewhere) or now holds another file: added again
+    under its old number, which is left as it was (was: refused at dump, "no longer open under that
+    number", or re-added on the wrong file)."""
+    _round_trip(py_target, tmp_path, restored, "epoll")
+
+
 @pytest.mark.parametrize("kind, message", [
     ("opath-deleted", r"process {pid}: fd \d+ is an O_PATH descriptor of the deleted file \S+/gone, which ckpt "
                       r"cannot dump"),
     ("proc-outside", r"process {pid}: fd \d+ is /proc/\d+/stat, a /proc file of process \d+, outside the dumped "
                      r"tree, which ckpt cannot reopen for it"),
+    ("epoll-elsewhere", r"process {pid}: fd \d+ is an epoll instance watching a file added as fd \d+ \(inode \d+\) "
+                        r"that no descriptor of the process holds any more"),
     ("pidfd-outside", r"process {pid}: fd \d+ is a pidfd of process \d+, outside the dumped tree"),
     ("pidfd-grandchild", r"process {pid}: fd \d+ is a pidfd of process \d+ of the tree, which is made after "
                          r"process {pid}'s descriptors"),

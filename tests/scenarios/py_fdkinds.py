@@ -18,6 +18,10 @@ after the restore.
 * ``procfiles``: its own /proc/self/stat (read part-way), /proc/self/maps, /proc/PID/status, a /proc/self
   directory fd, a /proc/CHILD directory fd of its child, and /proc/meminfo;
 * ``proc-outside``: /proc/PPID/stat of its parent (outside the dumped tree): a dump refuses it;
+* ``epoll``: an epoll watching a pipe's read end through a number since closed (the end dup'ed elsewhere) and
+  another's through a number that now holds /dev/null: events still come with the old numbers, which stay
+  as they were (closed; /dev/null);
+* ``epoll-elsewhere``: an epoll watching a pipe end that only its child still holds: a dump refuses it;
 * ``pidfd-outside``: a pidfd of the parent (outside the dumped tree): a dump refuses it;
 * ``pidfd-grandchild``: a pidfd of a grandchild: a dump refuses it (not made yet when its holder's
   descriptors are restored).
@@ -239,6 +243,53 @@ def setup_procfiles() -> None:
 def setup_proc_outside() -> None:
     fd = os.open(f"/proc/{os.getppid()}/stat", os.O_RDONLY)
     checks.append(lambda: [] if os.pread(fd, 20, 0).startswith(f"{os.getppid()} (".encode()) else ["ppid stat"])
+
+
+def setup_epoll() -> None:
+    import select
+    ep = select.epoll()
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    ep.register(r1, select.EPOLLIN)
+    ep.register(r2, select.EPOLLIN)
+    r1b, r2b = os.dup(r1), os.dup(r2)
+    os.close(r1)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, r2)  # r2 is /dev/null now; the watch stays on the pipe
+    os.close(null)
+
+    def check() -> list[str]:
+        bad = []
+        if ep.poll(0):
+            bad.append(f"epoll: events before any write {ep.poll(0)}")
+        os.write(w1, b"1")
+        os.write(w2, b"2")
+        got = dict(ep.poll(1))
+        if got != {r1: select.EPOLLIN, r2: select.EPOLLIN}:
+            bad.append(f"epoll: {got}, wanted {r1} and {r2} readable")
+        try:
+            os.fstat(r1)
+            bad.append(f"epoll: fd {r1} open again")
+        except OSError:
+            pass
+        if os.readlink(f"/proc/self/fd/{r2}") != "/dev/null" or os.read(r1b, 1) != b"1" or os.read(r2b, 1) != b"2":
+            bad.append("epoll: the descriptors changed")
+        return bad
+    checks.append(check)
+
+
+def setup_epoll_elsewhere() -> None:
+    import select
+    ep = select.epoll()
+    r, w = os.pipe()
+    ep.register(r, select.EPOLLIN)
+    forked(None)  # holds r (and the epoll) on
+    os.close(r)
+
+    def check() -> list[str]:
+        os.write(w, b"x")
+        return [] if ep.poll(1) == [(r, select.EPOLLIN)] else [f"epoll-elsewhere: {ep.poll(0)}"]
+    checks.append(check)
 
 
 for kind in kinds:
