@@ -19,7 +19,9 @@ and their children); its threads are made after the descriptors, so a path of
 another thread than the leader (``/proc/PID/task/TID``) is refused, as is a
 file of a process outside the dumped tree (it may be gone, or another
 process, at the restore), naming it.  A file of no process (``/proc/meminfo``,
-``/proc/sys/...``) is reopened by its path.
+``/proc/sys/...``) is reopened by its path.  A namespace file opened from
+``/proc/PID/ns`` (readlink ``net:[4026531833]``: no path to reopen, and the
+restore may put the process in another namespace) is refused at dump.
 """
 
 from __future__ import annotations
@@ -36,10 +38,15 @@ from .paths import open_flags
 __all__ = ["KIND", "is_proc", "dump", "restore"]
 
 _PID_PATH = re.compile(r"^/proc/(\d+)(?:/task/(\d+))?(?:/|$)")
+#: readlink of a descriptor of /proc/PID/ns/TYPE.
+_NS_LINK = re.compile(r"^(cgroup|ipc|mnt|net|pid|pid_for_children|time|time_for_children|user|uts):\[\d+\]$")
 
 
 def is_proc(link: str, st: os.stat_result) -> bool:
-    """Is the descriptor's file (readlink ``link``, ``st`` through its /proc/PID/fd link) one of procfs?"""
+    """Is the descriptor's file (readlink ``link``, ``st`` through its /proc/PID/fd link) one of procfs (or a
+    namespace file opened there)?"""
+    if _NS_LINK.match(link):
+        return True
     if not (link == "/proc" or link.startswith("/proc/")):
         return False
     try:
@@ -51,6 +58,8 @@ def is_proc(link: str, st: os.stat_result) -> bool:
 def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     """Record which process the /proc file belongs to; Unsupported if a restore could not reopen it for it."""
     holder, fd, link = d.pid, d.fd, d.o.link
+    if _NS_LINK.match(link):
+        raise d.refuse(f"the namespace {link} (opened from /proc/PID/ns)", hint="let the program close it before the dump")
     m = _PID_PATH.match(link)
     if not m:
         return  # a file of no process

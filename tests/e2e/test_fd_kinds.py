@@ -97,6 +97,8 @@ def test_epoll_watches_of_closed_or_reused_numbers(py_target, tmp_path: Path,  #
                      r"tree, which ckpt cannot reopen for it"),
     ("epoll-elsewhere", r"process {pid}: fd \d+ is an epoll instance watching a file added as fd \d+ \(inode \d+\) "
                         r"that no descriptor of the process holds any more"),
+    ("proc-ns", r"process {pid}: fd \d+ is the namespace net:\[\d+\] \(opened from /proc/PID/ns\), which ckpt "
+                r"cannot dump"),
     ("pidfd-outside", r"process {pid}: fd \d+ is a pidfd of process \d+, outside the dumped tree"),
     ("pidfd-grandchild", r"process {pid}: fd \d+ is a pidfd of process \d+ of the tree, which is made after "
                          r"process {pid}'s descriptors"),

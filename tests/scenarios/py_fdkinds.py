@@ -22,6 +22,7 @@ after the restore.
   another's through a number that now holds /dev/null: events still come with the old numbers, which stay
   as they were (closed; /dev/null);
 * ``epoll-elsewhere``: an epoll watching a pipe end that only its child still holds: a dump refuses it;
+* ``proc-ns``: its network namespace opened from /proc/self/ns/net: a dump refuses it;
 * ``pidfd-outside``: a pidfd of the parent (outside the dumped tree): a dump refuses it;
 * ``pidfd-grandchild``: a pidfd of a grandchild: a dump refuses it (not made yet when its holder's
   descriptors are restored).
@@ -290,6 +291,11 @@ def setup_epoll_elsewhere() -> None:
         os.write(w, b"x")
         return [] if ep.poll(1) == [(r, select.EPOLLIN)] else [f"epoll-elsewhere: {ep.poll(0)}"]
     checks.append(check)
+
+
+def setup_proc_ns() -> None:
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+    checks.append(lambda: [] if os.readlink(f"/proc/self/fd/{fd}").startswith("net:[") else ["ns fd"])
 
 
 for kind in kinds:
