@@ -10,8 +10,8 @@ after the restore.
   a FIFO read end with bytes whose writer was closed;
 * ``reopened``: both ends of a pipe opened a second time through /proc/self/fd/N — new open files on the
   same pipe with their own flags (the second read end non-blocking, the first not);
-* ``pidfd``: pidfds of a running child (pidfd_open), of the process itself (PIDFD_NONBLOCK), of a child
-  that exited and was reaped (fdinfo ``Pid: -1``), and of a zombie child (its status is read through it);
+* ``pidfd``: pidfds of a running child (pidfd_open), of the process itself (PIDFD_NONBLOCK) — both also
+  held by a second child —, of a child that exited and was reaped (fdinfo ``Pid: -1``), and of a zombie child (its status is read through it);
 * ``opath``: O_PATH descriptors of a file, of a symlink itself (O_NOFOLLOW), of a directory (files are
   opened relative to it) and of a FIFO (not opened as one);
 * ``opath-deleted``: an O_PATH descriptor of a file since deleted: a dump refuses it;
@@ -110,6 +110,7 @@ def setup_pidfd() -> None:
     child = forked(None)
     cfd = os.pidfd_open(child)
     sfd = os.pidfd_open(os.getpid(), os.O_NONBLOCK)  # PIDFD_NONBLOCK
+    forked(None)  # holds both pidfds too: each one open file of two processes
     gone = forked(0)
     gfd = os.pidfd_open(gone)
     os.waitpid(gone, 0)
