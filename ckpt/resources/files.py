@@ -18,9 +18,10 @@ What no single open file can decide is done here, once every entry exists:
 no end of each pipe is held outside the tree (its other end may be closed),
 or one end is stdio handed over (``--inherit-fd``), or the dump is refused
 naming who holds the other end (DESIGN §3: stray descriptors happen); the
-pipe's bytes are read; unix sockets are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); an epoll's
-watches are resolved to entries; deleted files' bytes are read; each file's
-F_SETOWN owner and F_SETSIG signal are recorded.  File locks and leases are
+pipe's bytes are read; unix sockets are linked to their peers
+(:func:`ckpt.resources.unix.dump_tree`); an epoll's watches are resolved to
+entries; deleted files' bytes are read; each file's F_SETOWN owner and
+F_SETSIG signal are recorded.  File locks and leases are
 refused (a lock restored unlocked would let two processes into what it guards).
 
 Restore runs in the helper, which has closed all its descriptors: each file
@@ -73,11 +74,12 @@ _F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
 
 #: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a /proc file, O_PATH or not;
-#: an O_PATH descriptor by its flags, whatever it names; a pipe's or a socket's link before the file types by mode; a memfd, a regular file by
-#: its mode, by its /memfd: name first).
+#: an O_PATH descriptor by its flags, whatever it names; a pipe's or a socket's link before the file types by
+#: mode; a memfd, a regular file by its mode, by its /memfd: name first).
 KINDS: tuple[FdKind, ...] = (
     procfiles.KIND, opath.KIND, pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND,
-    signalfd.KIND, inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
+    signalfd.KIND, inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND,
+    paths.CHR_KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 

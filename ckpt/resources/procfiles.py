@@ -59,7 +59,8 @@ def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     """Record which process the /proc file belongs to; Unsupported if a restore could not reopen it for it."""
     holder, fd, link = d.pid, d.fd, d.o.link
     if _NS_LINK.match(link):
-        raise d.refuse(f"the namespace {link} (opened from /proc/PID/ns)", hint="let the program close it before the dump")
+        raise d.refuse(f"the namespace {link} (opened from /proc/PID/ns)",
+                       hint="let the program close it before the dump")
     m = _PID_PATH.match(link)
     if not m:
         return  # a file of no process

@@ -11,7 +11,8 @@ after the restore.
 * ``reopened``: both ends of a pipe opened a second time through /proc/self/fd/N — new open files on the
   same pipe with their own flags (the second read end non-blocking, the first not);
 * ``pidfd``: pidfds of a running child (pidfd_open), of the process itself (PIDFD_NONBLOCK) — both also
-  held by a second child —, of a child that exited and was reaped (fdinfo ``Pid: -1``), and of a zombie child (its status is read through it);
+  held by a second child —, of a child that exited and was reaped (fdinfo ``Pid: -1``), and of a zombie
+  child (its status is read through it);
 * ``opath``: O_PATH descriptors of a file, of a symlink itself (O_NOFOLLOW), of a directory (files are
   opened relative to it) and of a FIFO (not opened as one);
 * ``opath-deleted``: an O_PATH descriptor of a file since deleted: a dump refuses it;
@@ -28,7 +29,6 @@ after the restore.
   descriptors are restored).
 """
 
-import errno
 import fcntl
 import os
 import signal
