@@ -357,7 +357,7 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
         writers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
         others = holding.get(link, [])
         if others:
-            if others and all(o.fd in _STDIO for _, _, o in ends):
+            if all(o.fd in _STDIO for _, _, o in ends):
                 for e, _, _ in ends:
                     e.external = link  # the restorer must hand over a descriptor (StdioPolicy.inherit)
                 continue
@@ -371,8 +371,8 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
                     fds_of.setdefault(p, []).append(str(o.fd))
             where = "; ".join([*(f"process {p}: fd {', '.join(fds)}" for p, fds in fds_of.items()), *flying])
             raise Unsupported(f"{where} is {link}, whose other end is held by {peer}",
-                              hint="ckpt dumps a pipe only when the dumped processes hold every end of it; "
-                                   "let the peer exit, or restore stdio with an inherited descriptor")
+                              hint="ckpt dumps a pipe only when no process outside the dumped tree holds an end "
+                                   "of it; let the peer exit, or restore stdio with an inherited descriptor")
         if readers and writers:
             _, rpid, ro = readers[0]
             _, wpid, wo = writers[0]
