@@ -29,6 +29,7 @@ after the restore.
   descriptors are restored).
 """
 
+import ctypes
 import fcntl
 import os
 import signal
@@ -36,6 +37,7 @@ import sys
 import time
 
 scratch, kinds = sys.argv[1], sys.argv[2:]
+libc = ctypes.CDLL(None, use_errno=True)
 checks: list = []
 
 
@@ -96,8 +98,19 @@ def pid_of(fd: int) -> int:
         return int(next(ln for ln in f if ln.startswith("Pid:")).split()[1])
 
 
-def forked(exit_status: int | None) -> int:
+def fork_child() -> int:
+    """os.fork, the child ending with its parent (PR_SET_PDEATHSIG, kept by a restore): no test leaves one."""
+    parent = os.getpid()
     pid = os.fork()
+    if pid == 0:
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(0)
+    return pid
+
+
+def forked(exit_status: int | None) -> int:
+    pid = fork_child()
     if pid == 0:
         if exit_status is not None:
             os._exit(exit_status)
@@ -150,7 +163,7 @@ def setup_pidfd_outside() -> None:
 
 def setup_pidfd_grandchild() -> None:
     r, w = os.pipe()
-    child = os.fork()
+    child = fork_child()
     if child == 0:
         grandchild = forked(None)
         os.write(w, str(grandchild).encode())
