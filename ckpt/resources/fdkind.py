@@ -111,6 +111,9 @@ class DumpOptions:
     notes: list[str] | None = None
     #: The losses the user lets through (``--tolerate``, :mod:`ckpt.tolerance`); any other is refused.
     tolerate: frozenset[str] = frozenset()
+    #: The live processes of the dumped tree (a kind naming a process, a pidfd or a /proc file, checks that a
+    #: restore can name it again).
+    tree: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ kind is one module holding both sides (:mod:`ckpt.resources.fdkind` says what
 a kind is): files by path, deleted files and devices
 (:mod:`~ckpt.resources.paths`), pipes and FIFOs (:mod:`~ckpt.resources.pipes`),
 memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify, the ends of pty pairs
-(:mod:`~ckpt.resources.tty`).
+(:mod:`~ckpt.resources.tty`), pidfds (:mod:`~ckpt.resources.pidfd`), O_PATH descriptors
+(:mod:`~ckpt.resources.opath`, whatever they point at), files of /proc (:mod:`~ckpt.resources.procfiles`).
 
 What no single open file can decide is done here, once every entry exists:
-the ends of each pipe are all in the tree, or one end is stdio handed over
-(``--inherit-fd``), or the dump is refused naming who holds the other end
+no end of each pipe is held outside the tree (its other end may be closed),
+or one end is stdio handed over (``--inherit-fd``), or the dump is refused naming who holds the other end
 (DESIGN §3: stray descriptors happen); the pipe's bytes are read; unix sockets
 are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); pty ends pair up and each pair's
 state is read (:func:`ckpt.resources.tty.dump_tree`); an epoll's
@@ -51,7 +52,8 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, inotify, locks, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, tty, unix
+from . import (epoll, eventfd, fileid, inotify, locks, memfd, opath, paths, pidfd, pipes, procfiles, signalfd,
+               sockets, tcp, timerfd, tty, unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -72,12 +74,14 @@ _F_OWNER_PGRP = 2
 _F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
 
-#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a pipe's or a socket's link
-#: before the file types by mode; a memfd, a regular file by its mode, by its /memfd: name first; a pty's end, a
-#: character device, before the other devices).
+#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a /proc file, O_PATH or not;
+#: an O_PATH descriptor by its flags, whatever it names; a pipe's or a socket's link before the file types by
+#: mode; a memfd, a regular file by its mode, by its /memfd: name first; a pty's end, a character device, before
+#: the other devices).
 KINDS: tuple[FdKind, ...] = (
-    pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND, inotify.KIND,
-    memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, tty.KIND, paths.CHR_KIND,
+    procfiles.KIND, opath.KIND, pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND,
+    signalfd.KIND, inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, tty.KIND,
+    paths.CHR_KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 
@@ -246,15 +250,15 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     ``members``: (process, its snapshot, fds to leave out) — the fds that are
     ckpt's, not the target's (the parked tracking userfaultfd, checked by inode
     by the caller).  A descriptor shared between processes (inherited across
-    fork) is one FileEntry, and a pipe is dumped when every one of its ends is
-    held inside the tree.  ``notes`` collects what was saved less than
+    fork) is one FileEntry, and a pipe is dumped when no process outside the
+    tree holds an end of it.  ``notes`` collects what was saved less than
     exactly (see sockets.dump); ``tolerate``, the losses the user lets through
     (:mod:`ckpt.tolerance`).
     """
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
     carried = _Carried.collect(opens)
     opts = DumpOptions(policy=policy, deleted_max=deleted_max, tcp_close=tcp_close, tcp_session=tcp_session,
-                       notes=notes, tolerate=tolerate)
+                       notes=notes, tolerate=tolerate, tree=frozenset(proc.pid for proc, _, _ in members))
     try:
         out = _dump_tree(members, opens, carried, opts, first_id=first_id, ext_unix_close=ext_unix_close)
     finally:
@@ -274,8 +278,8 @@ def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
     pidfds: dict[int, int] = {}
     try:
         for e in fdump.files:
-            if e.id not in first:
-                continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask
+            if e.id not in first or opath.is_opath(e.flags):
+                continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask; O_PATH: no owner
             pid, fd = first[e.id]
             if pid not in pidfds:
                 pidfds[pid] = pidfd_open(pid)
@@ -287,8 +291,8 @@ def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
                 os.close(mine)
             _record_owner(e, pid, fd, kind, owner, sig, tids)
     finally:
-        for pidfd in pidfds.values():
-            os.close(pidfd)
+        for pfd in pidfds.values():
+            os.close(pfd)
 
 
 def _record_owner(e: FileEntry, pid: int, fd: int, kind: int, owner: int, sig: int, tids: set[int]) -> None:
@@ -353,12 +357,12 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
         readers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
         writers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
         others = holding.get(link, [])
-        if others or not (readers and writers):
-            if others and all(o.fd in _STDIO for _, _, o in ends):
+        if others:
+            if all(o.fd in _STDIO for _, _, o in ends):
                 for e, _, _ in ends:
                     e.external = link  # the restorer must hand over a descriptor (StdioPolicy.inherit)
                 continue
-            peer = ", ".join(others) or "no process (its other end is closed)"
+            peer = ", ".join(others)
             fds_of: dict[int, list[str]] = {}
             flying: list[str] = []
             for _, p, o in ends:
@@ -368,11 +372,14 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
                     fds_of.setdefault(p, []).append(str(o.fd))
             where = "; ".join([*(f"process {p}: fd {', '.join(fds)}" for p, fds in fds_of.items()), *flying])
             raise Unsupported(f"{where} is {link}, whose other end is held by {peer}",
-                              hint="ckpt dumps a pipe only when the dumped processes hold every end of it; "
-                                   "let the peer exit, or restore stdio with an inherited descriptor")
-        _, rpid, ro = readers[0]
-        _, wpid, wo = writers[0]
-        data, capacity = pipes.steal_and_put_back(rpid, ro.fd, wo.fd, write_pid=wpid)
+                              hint="ckpt dumps a pipe only when no process outside the dumped tree holds an end "
+                                   "of it; let the peer exit, or restore stdio with an inherited descriptor")
+        if readers and writers:
+            _, rpid, ro = readers[0]
+            _, wpid, wo = writers[0]
+            data, capacity = pipes.steal_and_put_back(rpid, ro.fd, wo.fd, write_pid=wpid)
+        else:  # its other end is closed: its readers get the bytes, then EOF; its writers EPIPE
+            data, capacity = pipes.steal_one_end(ends[0][1], ends[0][2].fd)
         for e, _, _ in ends:
             e.pipe.capacity = capacity
         min(ends, key=lambda epo: epo[0].id)[0].pipe.data = data
@@ -506,12 +513,9 @@ class SharedFiles:
         for pid, fds in fds_of.items():
             for f in fds:
                 users.setdefault(f.file_id, set()).add(pid)
-        self._pipe_ends: dict[tuple[int, str], int] = {}  # (pipe id, "r"/"w") → FileEntry id
         by_pipe: dict[int, list[int]] = {}
         for e in files:
             if e.kind == K.PIPE:
-                end = "w" if e.flags & os.O_ACCMODE == os.O_WRONLY else "r"
-                self._pipe_ends[(e.pipe.pipe_id, end)] = e.id
                 by_pipe.setdefault(e.pipe.pipe_id, []).append(e.id)
             elif e.kind == K.UNIX:
                 for f in e.unix.in_flight:
@@ -532,11 +536,6 @@ class SharedFiles:
         if file_id not in self.shared or file_id in self._held:
             return
         self._held[file_id] = dup_from(pid, fd)
-
-    def keep_pipe_end(self, pid: int, fd: int, pipe_id: int, end: str) -> None:
-        file_id = self._pipe_ends.get((pipe_id, end))
-        if file_id is not None:
-            self.keep(pid, fd, file_id)
 
     def dup(self, file_id: int) -> int:
         """A new descriptor of ours on the held ``file_id`` (the caller closes it)."""
@@ -587,8 +586,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         pr = pipes.PipeRestorer(inj, s, warnings, high=max(wanted, default=0) + 1)
         fifo_owner: dict[int, int] = {}
         for e in files:
-            if e.kind in (K.PIPE, K.FIFO) and e.pipe.data:
-                pr.data[e.pipe.pipe_id] = bytes(e.pipe.data)
+            if e.kind in (K.PIPE, K.FIFO):
+                pr.learn(e)
             if e.kind == K.FIFO:
                 fifo_owner[e.pipe.pipe_id] = min(e.id, fifo_owner.get(e.pipe.pipe_id, e.id))
         # A pipe's bytes go in wherever it is created (once: SharedFiles hands it on); a FIFO's
@@ -627,18 +626,18 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                     if shared is not None:
                         shared.keep(inj.pid, t, file_id)
                 t = r.out_of_the_way(t, mine)
-                for pipe_id, ends in pr.ends.items():  # the other end of a new pipe must not sit on a wanted number
+                for ends in pr.ends.values():  # the other ends of a new pipe must not sit on a wanted number
                     for k, fd in list(ends.items()):
                         ends[k] = r.out_of_the_way(fd, [])
                         if shared is not None:  # another process may use it
-                            shared.keep_pipe_end(inj.pid, ends[k], pipe_id, k)
+                            shared.keep(inj.pid, ends[k], k)
                 for fid, fd in ur.unclaimed.items():  # the other sockets of a new connection, likewise
                     ur.unclaimed[fid] = r.out_of_the_way(fd, [])
                     if shared is not None:
                         shared.keep(inj.pid, ur.unclaimed[fid], fid)
                 r.place(t, its)
             for e, epfd in r.epolls:
-                epoll.add_watches(inj, s, epfd, e)
+                epoll.add_watches(inj, s, epfd, e, fds)
         finally:
             pr.close()
             ur.close()

@@ -42,6 +42,7 @@ def fake(link: str, mode: int, rdev: tuple[int, int] = (0, 0), fd: int = 5) -> O
     ("anon_inode:[timerfd]", 0o600, (0, 0), K.TIMERFD),
     ("anon_inode:[signalfd]", 0o600, (0, 0), K.SIGNALFD),
     ("anon_inode:inotify", 0o600, (0, 0), K.INOTIFY),
+    ("anon_inode:[pidfd]", 0o600, (0, 0), K.PIDFD),
     ("/memfd:buf (deleted)", stat.S_IFREG | 0o777, (0, 0), K.MEMFD),
 ])
 def test_classify_known_kinds(link: str, mode: int, rdev: tuple[int, int], kind: int) -> None:
@@ -49,7 +50,7 @@ def test_classify_known_kinds(link: str, mode: int, rdev: tuple[int, int], kind:
 
 
 @pytest.mark.parametrize("link, mode, rdev, words", [
-    ("anon_inode:[pidfd]", 0o600, (0, 0), "fd 5 is an anonymous inode ([pidfd])"),
+    ("anon_inode:[userfaultfd]", 0o600, (0, 0), "fd 5 is an anonymous inode ([userfaultfd])"),
     ("anon_inode:[fanotify]", 0o600, (0, 0), "fd 5 is an anonymous inode ([fanotify])"),
     ("/dev/sda", stat.S_IFBLK | 0o660, (8, 0), "/dev/sda"),
     ("/dev/kvm", stat.S_IFCHR | 0o666, (10, 232), "character device /dev/kvm"),
