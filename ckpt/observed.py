@@ -6,7 +6,9 @@ while a lock, a flag or an owner was silently gone.  The check therefore keeps
 what the *kernel* prints about the process — ``/proc/PID/status`` (process and
 every thread), ``limits``, ``personality``, ``timers``, ``timerslack_ns``,
 ``fdinfo/*`` (file locks, epoll targets, timerfd and eventfd state included),
-and every mapping's ``smaps`` VmFlags (neighbours that look alike compared as one,
+every option of every socket as ``getsockopt`` reports it (``default`` when a
+new socket here has the same value: what the program never set compares equal
+on a host whose defaults differ), and every mapping's ``smaps`` VmFlags (neighbours that look alike compared as one,
 :func:`_coalesced`) — as text, once the dump has read
 everything (:func:`observe`), and reads the same from the restored process
 while it is still frozen, before it is handed over (:func:`differences`).
@@ -31,6 +33,7 @@ from .errors import TargetGone
 from .image.pb import process_pb2
 from .procfs._proc import ProcDir
 from .procfs.maps import read_smaps_vmflags
+from .resources.sockets import borrowed, option_lines
 
 __all__ = ["Difference", "observe", "settled", "differences", "describe"]
 
@@ -173,6 +176,16 @@ def _section(name: str, lines: Iterable[tuple[str, str]]) -> process_pb2.Observe
     return process_pb2.ObservedSection(name=name, lines=[process_pb2.ObservedLine(key=k, value=v) for k, v in lines])
 
 
+def _sockopt_lines(pid: int, fd: int) -> list[tuple[str, str]]:
+    """Every option of the socket at ``fd`` of ``pid`` (:func:`ckpt.resources.sockets.option_lines`), read
+    through a duplicate of it; none for a socket of a family getsockopt cannot name."""
+    try:
+        with borrowed(pid, fd) as sock:
+            return option_lines(sock)
+    except OSError:
+        return [("unreadable", "")]  # the same at the dump and after the restore, or a difference
+
+
 def settled(sigmask: int, cpus: Iterable[int] | None = None) -> dict[str, str]:
     """A thread's lines as it runs once let go, where ckpt holds them otherwise while it is frozen: the signal
     mask (all blocked during injections, dump and restore) and, in a restore, the CPU mask (pinned)."""
@@ -216,6 +229,8 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
             except TargetGone:  # closed meanwhile: cannot happen to a frozen process, but not ours to judge
                 continue
             sections.append(_section(f"fdinfo/{fd}", _status_lines(body)))
+            if proc.readlink(f"fd/{fd}").startswith("socket:["):
+                sections.append(_section(f"sockopt/{fd}", _sockopt_lines(pid, fd)))
         sections.append(_section("maps", _maps_lines(pid, proc, hidden)))
     return process_pb2.Observed(sections=sections)
 

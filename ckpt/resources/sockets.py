@@ -53,13 +53,15 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
+from ..kernel import sockopts
 from ..kernel.sock_diag import listen_backlogs
 from . import tcp
 from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener
 
-__all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
-           "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of"]
+__all__ = ["TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
+           "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of", "changed_options",
+           "option_lines"]
 
 K = files_pb2.FileEntry.Kind
 #: TCP_* states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
@@ -68,15 +70,6 @@ _SO_DOMAIN, _SO_PROTOCOL, _SO_PEEK_OFF = 39, 38, 42
 #: struct tcp_info up to tcpi_sacked: the state byte, then (for a listener) tcpi_unacked = sk_ack_backlog
 #: (connections ready for accept) and tcpi_sacked = sk_max_ack_backlog (the backlog), at offsets 24 and 28.
 _TCP_INFO_LISTEN = struct.Struct("<B23xII")
-#: (level, option) pairs saved and set again, in this order, when the socket family/type has them.
-SAVED_OPTIONS: tuple[tuple[int, int], ...] = (
-    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
-    (socket.SOL_SOCKET, socket.SO_REUSEPORT),
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-    (socket.SOL_SOCKET, socket.SO_BROADCAST),
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
-    (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
-)
 _INT = struct.Struct("<i")
 
 
@@ -153,15 +146,50 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
                 peer = b""
         else:
             local = peer = b""
-        opts = []
-        for level, name in SAVED_OPTIONS:
-            try:
-                value = s.getsockopt(level, name, 4)
-            except OSError:
-                continue  # not an option of this family/type
-            opts.append(files_pb2.SockOpt(level=level, name=name, value=value))
+        filter_len = sockopts.filter_length(ours)
+        if filter_len:
+            what = (f"a classic BPF filter of {filter_len} instructions" if filter_len > 0
+                    else "an eBPF program")
+            raise _refuse(pid, fd, f"a socket with {what} attached (SO_ATTACH_FILTER / SO_ATTACH_BPF)",
+                          "ckpt cannot restore socket filters yet: the socket would come back unfiltered")
+        opts = changed_options(s)
         return Peek(family, stype, proto, listening, tcp_state, local, peer, inode, accept_queue, max_backlog,
                     queued), opts
+
+
+def _fresh_values(family: int, stype: int, protocol: int) -> dict[tuple[int, int], str]:
+    """Every option of a new socket of that kind, here: what a program that set nothing would have."""
+    with socket.socket(family, stype | socket.SOCK_CLOEXEC, protocol) as fresh:
+        return {(o.level, o.name): text for o, _, text in sockopts.read_all(fresh)}
+
+
+def option_lines(sock: socket.socket) -> list[tuple[str, str]]:
+    """(option, value) of every option the socket has, ``default`` for one with a new socket's value here (so
+    that an option a program never set compares equal on a host whose defaults differ); for the self-check."""
+    family, stype, protocol = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE,
+                                                                             _SO_PROTOCOL))
+    fresh = _fresh_values(family, stype, protocol)
+    return [(o.label, "default" if fresh.get((o.level, o.name)) == text else text)
+            for o, _, text in sockopts.read_all(sock)]
+
+
+def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
+    """The options a program changed on ``sock`` (their values differ from a new socket's), in the order a
+    restore sets them.  A buffer size counts only when the program fixed it (SO_BUF_LOCK; the kernel's own
+    growing of it is not a setting): saved as SO_*BUFFORCE with half the value read (the kernel doubles it)."""
+    family, stype, protocol = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE,
+                                                                             _SO_PROTOCOL))
+    fresh = _fresh_values(family, stype, protocol)
+    out = []
+    for o, raw, text in sockopts.read_all(sock):
+        if not o.settable or text == "auto" or fresh.get((o.level, o.name)) == text:
+            continue
+        if o.label in ("SO_SNDBUF", "SO_RCVBUF"):
+            force = sockopts.SO_SNDBUFFORCE if o.label == "SO_SNDBUF" else sockopts.SO_RCVBUFFORCE
+            out.append(files_pb2.SockOpt(level=o.level, name=force, value=_INT.pack(int(text) // 2)))
+            continue
+        out.append(files_pb2.SockOpt(level=o.level, name=o.name, value=bytes(raw)))
+    return out
 
 
 def _has_datagram(s: socket.socket) -> bool:
@@ -287,9 +315,16 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
 # --- restore -----------------------------------------------------------------
 
 def setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] | object") -> None:
+    """Each saved option set again, in order; RestoreError naming the one the kernel refuses here."""
     for o in opts:  # type: ignore[attr-defined]
+        label = sockopts.label(o.level, o.name)
         s.write(0, bytes(o.value))
-        inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {o.level}, {o.name})")
+        try:
+            inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {label})")
+        except OSError as exc:
+            raise RestoreError(f"cannot set {label} on a restored socket again: {exc.strerror}",
+                               hint="the option's value may need what this host lacks (a network device, "
+                                    "a congestion control module, a capability)") from exc
 
 
 def backlog_of(sock: "files_pb2.InetSocket | files_pb2.UnixSocket") -> int:

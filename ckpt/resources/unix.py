@@ -114,10 +114,8 @@ _INT = struct.Struct("<i")
 _AT_FDCWD = -100
 #: SO_SNDBUFFORCE of a stand-in sender: room for any queue (the kernel caps it at INT_MAX / 2).
 _STANDIN_SNDBUF = 1 << 29
-#: Options a unix socket carries beyond sockets.SAVED_OPTIONS; SO_*BUF are saved as SO_*BUFFORCE (root's, and
-#: the kernel doubles what it is given: the saved value is half what getsockopt reports).
+#: Options set last, once the socket has its name (set earlier, they would make it autobind).
 _FLAG_OPTIONS = (SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD)
-_BUF_OPTIONS = ((socket.SO_SNDBUF, SO_SNDBUFFORCE), (socket.SO_RCVBUF, SO_RCVBUFFORCE))
 _EXT_HINT = ("use --ext-unix-close (ext_unix_close=True) to restore it as a socket whose peer closed, "
              "or dump the peer's process with it (-t of a common ancestor)")
 
@@ -503,7 +501,6 @@ def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Cal
     the socket itself can tell."""
     with borrowed(s.pid, s.fd) as sock:
         own_off = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-        _save_options(s, sock, own_off)
         if s.u.state == TCP_LISTEN or (s.u.type == socket.SOCK_STREAM and s.u.state != TCP_ESTABLISHED):
             return  # no receive queue of data (an unconnected stream socket cannot even be read: EINVAL)
         try:
@@ -722,23 +719,6 @@ def _steal_and_put_back(s: _Sock, sock: socket.socket, peer: _Sock, biggest: int
         if msgs:
             _send_back(s, peer, msgs)
     return msgs
-
-
-def _save_options(s: _Sock, sock: socket.socket, own_off: int) -> None:
-    """SO_PASSCRED & co, SO_PEEK_OFF when the program set one, buffer sizes that differ from a new socket's."""
-    for name in _FLAG_OPTIONS:
-        try:
-            if sock.getsockopt(socket.SOL_SOCKET, name):
-                s.u.options.append(files_pb2.SockOpt(level=socket.SOL_SOCKET, name=name, value=_INT.pack(1)))
-        except OSError:
-            continue  # not known to this kernel
-    if own_off >= 0:
-        s.u.options.append(files_pb2.SockOpt(level=socket.SOL_SOCKET, name=SO_PEEK_OFF, value=_INT.pack(own_off)))
-    with socket.socket(socket.AF_UNIX, s.u.type) as fresh:
-        for get, force in _BUF_OPTIONS:
-            value = sock.getsockopt(socket.SOL_SOCKET, get)
-            if value != fresh.getsockopt(socket.SOL_SOCKET, get):
-                s.u.options.append(files_pb2.SockOpt(level=socket.SOL_SOCKET, name=force, value=_INT.pack(value // 2)))
 
 
 # --- restore ------------------------------------------------------------------------------------
