@@ -55,7 +55,7 @@ from ..image.pb import common_pb2, core_pb2, process_pb2
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR
 from ..kernel.signals import (
-    NSIG, SIG_DFL, SIG_IGN, SIGCHLD, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction,
+    NSIG, SIG_DFL, SIGCHLD, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction,
     make_siginfo, sigbit, siginfo_signo,
 )
 from ..procfs.snapshot import Snapshot

@@ -53,7 +53,7 @@ import stat
 import struct
 import termios
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import interrupts
 from ..control.inject import Injector, Scratch
