@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
@@ -95,10 +95,17 @@ def verify(image_dir: str | os.PathLike[str]) -> "Report":
     return _verify(image_or_store(image_dir))
 
 
+def _tolerate(names: Collection[str], side: str) -> frozenset[str]:
+    """``--tolerate`` names, checked (UsageError before anything is touched); a str is one name or a list."""
+    from .tolerance import parse
+
+    return parse([names] if isinstance(names, str) else names, side)
+
+
 def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = False, leave_stopped: bool = False,
          compress_level: int | None = 1, shell_job: bool = False, tcp_close: bool = False,
          progress: "Callable[[ProgressEvent], None] | None" = None, deleted_max: int | None = None,
-         ext_unix_close: bool = False, tcp_established: bool = False) -> "DumpStats":
+         ext_unix_close: bool = False, tcp_established: bool = False, tolerate: Collection[str] = ()) -> "DumpStats":
     """Checkpoint process ``pid`` into the new directory ``image_dir``.
 
     The process is ended after a successful dump (as CRIU does) unless
@@ -114,15 +121,21 @@ def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = F
     the dumped tree (they come back with their peer closed);
     ``tcp_established``: established TCP connections are kept alive (locked
     with nftables until the restore, which needs no option for them).
+    ``tolerate``: names of :data:`ckpt.tolerance.TABLE` — state the kernel
+    cannot put back (unread inotify events, connections waiting in a
+    listener…) that the dump may lose, each with a note; without its name
+    such state refuses the dump.
     """
     from .dump import dump as _dump
 
+    tolerated = _tolerate(tolerate, "dump")
     check_process(pid)
     check_compress_level(compress_level)
     check_final(image_dir)
     return _dump(pid, image_dir, leave_running=leave_running, leave_stopped=leave_stopped,
                  compress_level=compress_level, shell_job=shell_job, tcp_close=tcp_close, progress=progress,
-                 deleted_max=deleted_max, ext_unix_close=ext_unix_close, tcp_established=tcp_established)
+                 deleted_max=deleted_max, ext_unix_close=ext_unix_close, tcp_established=tcp_established,
+                 tolerate=tolerated)
 
 
 def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
@@ -262,7 +275,7 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
                track_mem: bool = False, track: str | None = None, incremental: bool = False,
                leave_running: bool = False, compress_level: int | None = 1, shell_job: bool = False,
                tcp_close: bool = False, ext_unix_close: bool = False, tcp_established: bool = False,
-               deleted_max: int | None = None) -> "DumpStats":
+               deleted_max: int | None = None, tolerate: Collection[str] = ()) -> "DumpStats":
     """The final, frozen, complete checkpoint as a delta of ``prev_images_dir`` (an INCREMENTAL image).
 
     Tracking is taken over with the address ranges the parent recorded; every
@@ -277,6 +290,7 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
     """
     from .dump import dump as _dump
 
+    tolerated = _tolerate(tolerate, "dump")
     check_process(pid)
     check_compress_level(compress_level)
     if incremental:
@@ -287,7 +301,7 @@ def dump_delta(pid: int, image_dir: str | os.PathLike[str], *, prev_images_dir: 
     return _dump(pid, image_dir, leave_running=leave_running, compress_level=compress_level, shell_job=shell_job,
                  tcp_close=tcp_close, parent=_parent_dir(image_dir, prev_images_dir), track_mem=track_mem,
                  track_method=track, ext_unix_close=ext_unix_close, tcp_established=tcp_established,
-                 deleted_max=deleted_max)
+                 deleted_max=deleted_max, tolerate=tolerated)
 
 
 def _where_to_write(image_dir: str | os.PathLike[str], prev_images_dir: str | os.PathLike[str] | None,
@@ -350,7 +364,7 @@ __all__ += ["pre_dump", "dump_delta", "merge", "resolve_image_dir", "show_stream
 def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_ms: float = 100.0,
             max_iterations: int = 30, bandwidth_limit_mb_s: float | None = None, dry_run: bool = False,
             track: str | None = None, stop_and_copy: bool = False, timeout: float = 60.0, tcp_close: bool = False,
-            tcp_established: bool = False, action_script: str | None = None,
+            tcp_established: bool = False, action_script: str | None = None, tolerate: Collection[str] = (),
             on_round: "Callable[[RoundReport], None] | None" = None) -> "MigrateStats":
     """Move running process ``pid`` to the ``ckpt receive`` at ``to`` = (host, port).
 
@@ -364,15 +378,17 @@ def migrate(pid: int, to: tuple[str, int], token: str | bytes, *, max_downtime_m
     ``tcp_established``: they move alive (the destination must have their local addresses).
     ``action_script``: run with ``CKPT_SCRIPT_ACTION=post-migrate`` once the destination
     runs the process, before the source's copy ends (to move an address there).
+    ``tolerate``: as :func:`dump`'s, for the dumps of the migration.
     """
     from .migrate.source import migrate as _migrate
 
+    tolerated = _tolerate(tolerate, "dump")
     check_process(pid)
     return _migrate(pid, to[0], to[1], token, max_downtime=max_downtime_ms / 1e3, max_iterations=max_iterations,
                     bandwidth_limit=bandwidth_limit_mb_s * 1e6 if bandwidth_limit_mb_s else None,
                     dry_run=dry_run, track=track, stop_and_copy=stop_and_copy, timeout=timeout, tcp_close=tcp_close,
                     tcp_established=tcp_established, action_script=action_script,
-                    on_round=on_round)
+                    tolerate=tolerated, on_round=on_round)
 
 
 def receive(listen: tuple[str, int], image_dir: str | os.PathLike[str], token: str | bytes, *, once: bool = True,

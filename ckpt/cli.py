@@ -203,7 +203,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
                                track_mem=args.track_mem, track=args.track, incremental=args.incremental,
                                leave_running=args.leave_running, compress_level=level, shell_job=args.shell_job,
                                tcp_close=args.tcp_close, ext_unix_close=args.ext_unix_close,
-                               tcp_established=args.tcp_established, deleted_max=args.deleted_max)
+                               tcp_established=args.tcp_established, deleted_max=args.deleted_max,
+                               tolerate=args.tolerate)
         _warn_notes(stats.notes)
         _write_json_stats(stats_out, stats)
         return 0
@@ -212,7 +213,8 @@ def _cmd_dump(args: argparse.Namespace) -> int:
         stats = api.dump(args.tree, args.images_dir, leave_running=args.leave_running,
                          leave_stopped=args.leave_stopped, compress_level=level, shell_job=args.shell_job,
                          tcp_close=args.tcp_close, progress=_logged(bar), deleted_max=args.deleted_max,
-                         ext_unix_close=args.ext_unix_close, tcp_established=args.tcp_established)
+                         ext_unix_close=args.ext_unix_close, tcp_established=args.tcp_established,
+                         tolerate=args.tolerate)
     finally:
         if bar is not None:
             bar.close()
@@ -291,7 +293,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from . import api
     from .migrate.source import migrate
     from .migrate.wire import load_token
+    from .tolerance import parse as parse_tolerate
 
+    tolerated = parse_tolerate(args.tolerate, "dump")
     api.check_process(args.tree)
     stats_out = _json_stats_file(args)
     host, port = _host_port("--to", args.to)
@@ -310,7 +314,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                     bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
                     dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy, timeout=args.timeout,
                     tcp_close=args.tcp_close, tcp_established=args.tcp_established,
-                    action_script=args.action_script, on_round=on_round)
+                    action_script=args.action_script, tolerate=tolerated, on_round=on_round)
     if args.dry_run:
         print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
               f"predicted downtime {stats.predicted_downtime_ms:.0f} ms ({stats.reason}); the process runs on here")
@@ -416,6 +420,15 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tolerate_flag(sp: argparse.ArgumentParser, side: str) -> None:
+    from .tolerance import TABLE
+
+    names = ", ".join(n for n, t in TABLE.items() if t.side == side)
+    sp.add_argument("--tolerate", action="append", default=[], metavar="NAME[,NAME]",
+                    help=f"let the {side} lose what the kernel cannot put back, with a note, instead of refusing: "
+                         f"{names} (README: the tolerance table)")
+
+
 def _delta_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--prev-images-dir", metavar="PARENT", help="image to take a delta against (its tracking is taken over)")
     sp.add_argument("--incremental", action="store_true",
@@ -508,12 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tcp-established", action="store_true",
                     help="established TCP connections move alive (as dump --tcp-established); the destination "
                          "must have their local addresses")
+    _tolerate_flag(sp, "dump")
     sp.add_argument("--action-script", metavar="SCRIPT",
                     help="run SCRIPT with CKPT_SCRIPT_ACTION=post-migrate once the destination runs the process, "
                          "before the source ends it (e.g. to move a service address there)")
     sp.add_argument("--verbose", action="store_true", help="a line per round even when not on a terminal (as -v)")
     sp.add_argument("-l", "--file-locks", action="store_true",
-                    help="accepted as CRIU spells it; a process holding a file lock is still refused")
+                    help="accepted as CRIU spells it, and changes nothing: file locks are always migrated when they can be "
+                         "restored exactly (a lock that cannot be is refused, naming it)")
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
 
     sp = add("receive", _cmd_receive, "accept migrations (`ckpt migrate`) and restore them here")
@@ -564,13 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ext-unix-close", action="store_true",
                     help="save unix sockets connected to a process outside the dumped tree as sockets whose peer "
                          "closed instead of refusing them (waiting connections from outside are dropped)")
+    _tolerate_flag(sp, "dump")
     sp.add_argument("--deleted-max", "--ghost-limit", type=_size, default=None, metavar="SIZE",
                     help="most data of a deleted file still open or mapped that is saved (its data ranges: holes "
                          "do not count), in bytes or with K/M/G (default 64M); a file with more makes the dump "
                          "fail, naming it (--ghost-limit: CRIU's name)")
     sp.add_argument("-l", "--file-locks", action="store_true",
-                    help="accepted as CRIU spells it; a process holding a file lock is still refused, naming it "
-                         "(ckpt cannot restore locks yet)")
+                    help="accepted as CRIU spells it, and changes nothing: file locks and leases are always dumped when they "
+                         "can be restored exactly (one that cannot be is refused, naming the process, fd and lock)")
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("restore", _cmd_restore, "recreate a process from an image directory, with its pid")
@@ -585,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the image: its description as `ckpt show` prints it (e.g. pipe:[12345]) or its "
                          "fd number in the image; may be repeated")
     sp.add_argument("-l", "--file-locks", action="store_true",
-                    help="accepted as CRIU spells it (no image holds file locks: a dump refuses them)")
+                    help="accepted as CRIU spells it, and changes nothing: the locks an image holds are always taken again")
     _cpu_cap_flag(sp)
     _lower_limits_flag(sp)
     sp.add_argument("--check", choices=("on", "off"), default="on",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -31,7 +31,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, tcp, threads, timens, timers, tree
+from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, tcp, threads, timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -138,6 +138,7 @@ def dump(
     ext_unix_close: bool = False,
     tcp_established: bool = False,
     deleted_max: int | None = None,
+    tolerate: Collection[str] = (),
     parent: str | os.PathLike[str] | None = None,
     track_mem: bool = False,
     track_method: str | None = None,
@@ -166,6 +167,8 @@ def dump(
     ``deleted_max``: bytes of data of a deleted-but-open or mapped file the image
     may hold (default :data:`ckpt.resources.ghost.DELETED_MAX`; holes are not
     stored); a file with more is refused, naming the fd or mapping and the size.
+    ``tolerate``: the losses the user lets through (``--tolerate``, names of
+    :data:`ckpt.tolerance.TABLE`); any other loss refuses the dump, naming it.
     ``end_target(image_dir)``: asked, once the image is committed and with the
     target still frozen, whether to end it (True) or let it run on (False) —
     a migration ends the source only once the destination runs the process.
@@ -225,17 +228,18 @@ def dump(
                 fdump = files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
                                 policy=files.StdioPolicy(shell_job=shell_job), tcp_close=tcp_close,
                                 ext_unix_close=ext_unix_close, tcp_session=conns,
-                                deleted_max=cap, notes=notes)
+                                deleted_max=cap, notes=notes, tolerate=frozenset(tolerate))
                 fdump.write(w)
                 if any(e.HasField("ghost") for e in fdump.files):
                     w.require(ghost.FEATURE)
+                cttys = tty.controlling(fdump.files, {p: sn.stat for p, sn in snap_of.items()})
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],
                                             shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
-                                            skip_fds=skip_of[p], notes=notes)
+                                            skip_fds=skip_of[p], notes=notes, ctty=cttys.get(p))
                            for p, proc in ftree.procs.items()}
                 # Where the tree's clocks stand (after its timers' time left was read: an absolute timer restored
                 # in a namespace continuing these clocks expires no earlier than it would have); refused here if
@@ -385,8 +389,11 @@ def _ask_ahead(ftree: tree.FrozenTree, snap_of: dict, scratch_of: dict[int, Scra
 
 def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch: Scratch,  # noqa: ANN001
                   unmap: Callable[[], None], *, shell_job: bool, tcp_close: bool, deleted_max: int | None,
-                  skip_fds: frozenset[int], notes: list[str]) -> tuple[list, list]:
+                  skip_fds: frozenset[int], notes: list[str], ctty: process_pb2.Ctty | None = None
+                  ) -> tuple[list, list]:
     """One frozen process's records (process entry, threads, mm and ``vmas``) into ``w``; (thread cores, VMAs).
+
+    ``ctty``: its controlling terminal, when that is a pty pair of the tree (:func:`ckpt.resources.tty.controlling`).
 
     ``scratch``: mapped in it, and unmapped (``unmap``) before its pending signals are read.
     """
@@ -394,6 +401,8 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     stat = snap.stat
     entry = process_pb2.ProcessEntry(pid=pid, ppid=stat.ppid, pgid=stat.pgrp, sid=stat.session,
                                      comm=stat.comm, start_time=stat.starttime, exit_signal=stat.exit_signal)
+    if ctty is not None:
+        entry.ctty.CopyFrom(ctty)
     inj = proc.injector()
     try:
         mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)

@@ -6,7 +6,9 @@ while a lock, a flag or an owner was silently gone.  The check therefore keeps
 what the *kernel* prints about the process — ``/proc/PID/status`` (process and
 every thread), ``limits``, ``personality``, ``timers``, ``timerslack_ns``,
 ``fdinfo/*`` (file locks, epoll targets, timerfd and eventfd state included),
-and every mapping's ``smaps`` VmFlags (neighbours that look alike compared as one,
+every option of every socket as ``getsockopt`` reports it (``default`` when a
+new socket here has the same value: what the program never set compares equal
+on a host whose defaults differ), and every mapping's ``smaps`` VmFlags (neighbours that look alike compared as one,
 :func:`_coalesced`) — as text, once the dump has read
 everything (:func:`observe`), and reads the same from the restored process
 while it is still frozen, before it is handed over (:func:`differences`).
@@ -31,6 +33,7 @@ from .errors import TargetGone
 from .image.pb import process_pb2
 from .procfs._proc import ProcDir
 from .procfs.maps import read_smaps_vmflags
+from .resources.sockets import borrowed, option_lines
 
 __all__ = ["Difference", "observe", "settled", "differences", "describe"]
 
@@ -54,6 +57,8 @@ MASKED: dict[tuple[str, str], str] = {
     ("fdinfo", "mnt_id"): "a mount's id is per boot and per namespace; the file is identified by path",
     ("fdinfo", "ino"): "inode numbers differ for a recreated pipe, socket or deleted file, and on another machine",
     ("fdinfo", "eventfd-id"): "an id the kernel allocates for each eventfd",
+    ("fdinfo", "tty-index"): "a pty master's slave number (/dev/pts/N): devpts gives a restored pair the lowest free "
+                             "one, N when it is free (ckpt/resources/tty.py)",
     ("fdinfo", "it_value"): "a timerfd's time left runs on; the restore arms it with what was left at the dump",
     ("fdinfo", "ticks"): "a timerfd runs while its process is frozen: one that expires after the dump read it and "
                          "before this account counts a tick here, and comes back with that little time left instead",
@@ -88,6 +93,21 @@ _VALUES: dict[tuple[str, str], tuple[Callable[[str], str], str]] = {
                                               "end reopened through /proc (--inherit-fd) gains it; it changes nothing "
                                               "on x86_64"),
 }
+
+def _lock_owner(value: str) -> str:
+    """A lock line (index and dev:inode already removed) without the pid of an open file's own lock."""
+    words = value.split()
+    if len(words) > 3 and words[0] in ("FLOCK", "LEASE"):
+        words[3] = "*"
+    return " ".join(words)
+
+
+_VALUES[("fdinfo", "lock")] = (_lock_owner, "a flock lock or a lease belongs to the open file, which processes share "
+                                            "across fork: the kernel shows the pid of whichever of them took it (or "
+                                            "of one that exited since); the restore takes it in the one the kernel "
+                                            "named if it is in the tree, else in another holding the file. POSIX "
+                                            "locks keep their pid (their owner), OFD locks show -1")
+
 
 def _sigq_limit(value: str) -> str:
     return value.partition("/")[2]
@@ -161,6 +181,16 @@ def _section(name: str, lines: Iterable[tuple[str, str]]) -> process_pb2.Observe
     return process_pb2.ObservedSection(name=name, lines=[process_pb2.ObservedLine(key=k, value=v) for k, v in lines])
 
 
+def _sockopt_lines(pid: int, fd: int) -> list[tuple[str, str]]:
+    """Every option of the socket at ``fd`` of ``pid`` (:func:`ckpt.resources.sockets.option_lines`), read
+    through a duplicate of it; none for a socket of a family getsockopt cannot name."""
+    try:
+        with borrowed(pid, fd) as sock:
+            return option_lines(sock)
+    except OSError:
+        return [("unreadable", "")]  # the same at the dump and after the restore, or a difference
+
+
 def settled(sigmask: int, cpus: Iterable[int] | None = None) -> dict[str, str]:
     """A thread's lines as it runs once let go, where ckpt holds them otherwise while it is frozen: the signal
     mask (all blocked during injections, dump and restore) and, in a restore, the CPU mask (pinned)."""
@@ -204,6 +234,8 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
             except TargetGone:  # closed meanwhile: cannot happen to a frozen process, but not ours to judge
                 continue
             sections.append(_section(f"fdinfo/{fd}", _status_lines(body)))
+            if proc.readlink(f"fd/{fd}").startswith("socket:["):
+                sections.append(_section(f"sockopt/{fd}", _sockopt_lines(pid, fd)))
         sections.append(_section("maps", _maps_lines(pid, proc, hidden)))
     return process_pb2.Observed(sections=sections)
 

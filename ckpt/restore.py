@@ -68,7 +68,8 @@ from .procfs.maps import read_maps
 from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, fileid, files, ghost, host, limits, memory, signals, threads, timens, timers, tree, vdso
+from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
+from .resources import tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -92,7 +93,17 @@ def restore_files(ctx: RestoreContext) -> None:
                                same_boot=fileid.same_boot(ctx.image.inventory.boot_id))
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
-                                   shared=ctx.shared_files, memfds=ctx.memfds, ghosts=ctx.ghosts))
+                                   shared=ctx.shared_files, memfds=ctx.memfds, ptys=ctx.ptys,
+                                   ghosts=ctx.ghosts))
+
+
+def restore_locks(ctx: RestoreContext) -> None:
+    """File locks, each in the process that owns it (POSIX) or once per open file (OFD, flock, lease).
+
+    After the threads exist: every step before may open and close a file in the process (its cwd, its
+    executable for PR_SET_MM_MAP), and closing any descriptor of a file drops the process's POSIX locks on it.
+    """
+    locks.restore(ctx.inj, ctx.image.fds(ctx.pid), scratch=ctx.scratch)
 
 
 def restore_sigactions(ctx: RestoreContext) -> None:
@@ -135,13 +146,15 @@ THREADS = "threads"
 #: (SIG_IGN discards pending ones); limits after files and memory (a lowered
 #: RLIMIT_NOFILE/AS would stop them); credentials after the threads exist
 #: (clone3 with set_tid needs CAP_SYS_ADMIN, and each thread has its own);
-#: pending signals last, once every thread blocks all signals (its own mask is set
+#: file locks once no step closes a file in the process any more, and as the
+#: restorer (a lease needs the file's owner or CAP_LEASE); pending signals last, once every thread blocks all signals (its own mask is set
 #: as it is let go, so no injected syscall dequeues one).
 PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
     ("files", restore_files),
     ("sigactions", restore_sigactions),
     ("limits", restore_limits),
     ("mm and threads", THREADS),
+    ("locks", restore_locks),
     # Timers once the threads exist (SIGEV_THREAD_ID names a tid), as the restorer (CLOCK_*_ALARM needs
     # CAP_WAKE_ALARM), every thread blocking every signal (an early expiry only queues its signal), and
     # before the pending signals: those of expiries before the dump are queued there, once.
@@ -294,7 +307,10 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     notes = list(dict.fromkeys(notes))  # a library every process maps: one note
     waited = sum(wait_pid_free(p.pid) for p in root.walk())
 
-    helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached)
+    members = {m.pid: m for m in live}
+    ptys = tty.PtyPairs(image.file_entries())  # controlling terminals are taken as the helpers are made
+    helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached,
+                       on_ready=lambda ws: ptys.take_ctty(ws.inj, members[ws.pid].entry))
     opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files, allow_lower_limits)
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
@@ -303,7 +319,6 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     nvmas, mem_s = 0, 0.0
     filled_pages = filled_bytes = 0
     filler = memory.PageFiller()  # one set of fill threads for the tree, not one per process
-    members = {m.pid: m for m in live}
     try:
         for ws in helpers.build():  # parents first; each is built in turn and stays frozen
             m = members[ws.pid]
@@ -314,11 +329,12 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             testpoint.point("restore-memory-filled")
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
-                                 memfds=shmem.memfds, ghosts=shmem.ghosts, clocks=clocks))
+                                 memfds=shmem.memfds, ghosts=shmem.ghosts, clocks=clocks, ptys=ptys))
             testpoint.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
         shmem.ghosts.finish()  # their times, once every process has its mappings (mmap touches the atime)
+        notes.extend(ptys.finish({m.pid: (m.ws.inj, m.ws.scratch, m.entry) for m in live if m.ws is not None}))
         t_check = time.monotonic()
         if check:
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
@@ -341,6 +357,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             shared.close()
         shmem.memfds.close()
         shmem.ghosts.close()
+        ptys.close()
     _write_pidfile(pidfile, root.pid)
     return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=nvmas,
                         pages_written=filled_pages, bytes_written=filled_bytes, pid_wait_seconds=waited,
@@ -413,8 +430,10 @@ class _Helpers:
     """
 
     def __init__(self, root: tree.Plan, layouts: Mapping[int, tuple[mm_pb2.MmEntry, Sequence[mm_pb2.Vma]]],
-                 *, detached: bool) -> None:
+                 *, detached: bool, on_ready: Callable[[_Workspace], None] | None = None) -> None:
         self.root, self.layouts, self.detached = root, layouts, detached
+        #: Called with each helper once it is emptied, before its children are cloned (what they inherit).
+        self.on_ready = on_ready
         #: Every helper made (zombies too), parents first: what :meth:`kill` ends.
         self.created: list[int] = []
         #: The root's helper and what ends every helper if we fail or die (None until it is made).
@@ -443,6 +462,8 @@ class _Helpers:
                 ws = _prepare(proc, p.pid, mm, vmas, hint, own_fds=True, avoid=avoid)
             else:
                 ws = _prepare_clone(self.procs[p.pid], parents.pop(p.pid), mm, vmas, own_fds=not p.shares_files)
+            if self.on_ready is not None:
+                self.on_ready(ws)
             for c in p.children:
                 self.procs[c.pid] = tree.clone_helper(ws.inj, ws.scratch, c)
                 self.created.append(c.pid)
@@ -694,7 +715,8 @@ class _FinishOptions:
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
             entry: process_pb2.ProcessEntry, opts: _FinishOptions, *,
             shared: files.SharedFiles | None = None, memfds: memory.memfd.MemfdObjects | None = None,
-            ghosts: ghost.GhostObjects | None = None, clocks: timens.TimeNamespace | None = None) -> list[str]:
+            ghosts: ghost.GhostObjects | None = None, clocks: timens.TimeNamespace | None = None,
+            ptys: tty.PtyPairs | None = None) -> list[str]:
     """Everything after memory (DESIGN §4 steps 5-6): resources, mm fields, threads; :func:`_release` does 7.
 
     ``shared``: the files this process shares with others of its tree.  ``clocks``: the tree's time
@@ -705,8 +727,9 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         clocks.enter(pid, inj, scratch)
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
-                         allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds, ghosts=ghosts,
-                         files_shared=not ws.own_fds, lowered_limits=ws.lowered if opts.allow_lower_limits else None)
+                         allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds,
+                         ghosts=ghosts, files_shared=not ws.own_fds,
+                         lowered_limits=ws.lowered if opts.allow_lower_limits else None, ptys=ptys)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
@@ -920,6 +943,10 @@ class StagedRestore:
         chain, layouts = self._next(image_dir)
         image = chain[-1]
         records = {pid: _process_records(image, pid) for pid in layouts}
+        cttys = sorted(pid for pid, (_, entry) in records.items() if entry.HasField("ctty"))
+        if cttys:  # given as the helpers are made, before their children: those are made already
+            raise StagingMismatch(f"{image.path}: processes {cttys} have a pseudo-terminal of the image as their "
+                                  "controlling terminal, which only a plain restore gives back")
         host.check_areas(image.inventory, layouts.values())
         for mm, vmas in layouts.values():
             self._file_notes.extend(memory.check_files(mm, vmas, allow_changed=self._opts.allow_changed_files))
@@ -927,6 +954,7 @@ class StagedRestore:
                   if len(layouts) > 1 else None)
         _object_contents(self._shmem, image)
         clocks = timens.TimeNamespace(timens.plan(image.inventory))
+        ptys = tty.PtyPairs(image.file_entries())
         with self._failing():
             clocks.check()
             for pid, (cores, _entry) in records.items():
@@ -941,10 +969,13 @@ class StagedRestore:
                     mm, vmas = layouts[pid]
                     cores, entry = records[pid]
                     notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared,
-                                         memfds=self._shmem.memfds, ghosts=self._shmem.ghosts, clocks=clocks))
+                                         memfds=self._shmem.memfds, ghosts=self._shmem.ghosts, clocks=clocks,
+                                         ptys=ptys))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
                 self._shmem.ghosts.finish()
+                notes.extend(ptys.finish({pid: (st.ws.inj, st.ws.scratch, records[pid][1])
+                                          for pid, st in self._procs.items()}))
                 t_check = time.monotonic()
                 if self.check:
                     notes.extend(_self_check([(st.ws, records[pid][1], records[pid][0])
@@ -962,6 +993,7 @@ class StagedRestore:
                     shared.close()
                 self._shmem.memfds.close()
                 self._shmem.ghosts.close()
+                ptys.close()
         self.state = "done"
         _write_pidfile(self.pidfile, self.pid)
         staged = sum(s.pages_written for s in self.stages[:-1])

@@ -436,6 +436,15 @@ class Injector:
     def close(self, fd: int) -> None:
         self.call(NR.close, fd)
 
+    def receive(self, ours: int, what: str = "") -> int:
+        """Our descriptor ``ours`` installed in the target (one open file, shared), as a new close-on-exec fd:
+        ``pidfd_getfd`` of the restorer, injected."""
+        pidfd = self.call(NR.pidfd_open, os.getpid(), 0, name="pidfd_open(restorer)")
+        try:
+            return self.call(NR.pidfd_getfd, pidfd, ours, 0, name=f"pidfd_getfd({what or ours})")
+        finally:
+            self.close(pidfd)
+
     def userfaultfd(self, flags: int = os.O_CLOEXEC) -> int:
         """A userfaultfd created *by the target*, so it acts on the target's memory."""
         return self.call(NR.userfaultfd, flags)

@@ -330,6 +330,7 @@ class FrozenProcess:
         self.threads: dict[int, FrozenThread] = {}
         #: Threads that were already zombies (an exited leader of a live group).
         self.zombies: frozenset[int] = frozenset()
+        #: SIGTRAP is ignored (or, restoring, caught): no single steps, whose forced SIGTRAP would reset it.
         self.sigtrap_ignored = False
         self._syscall_insn: int | None = None
         self._mem: ProcMem | None = None

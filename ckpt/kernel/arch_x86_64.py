@@ -73,6 +73,7 @@ class NR(enum.IntEnum):
     uname = 63
     shmdt = 67
     fcntl = 72
+    flock = 73
     ftruncate = 77
     getcwd = 79
     chdir = 80
@@ -145,7 +146,9 @@ class NR(enum.IntEnum):
     inotify_add_watch = 254
     inotify_rm_watch = 255
     openat = 257
+    fchownat = 260
     unlinkat = 263
+    fchmodat = 268
     pselect6 = 270
     ppoll = 271
     unshare = 272

@@ -175,7 +175,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             max_iterations: int = 30, bandwidth_limit: float | None = None, dry_run: bool = False,
             track: str | None = None, work_dir: str | None = None, timeout: float = 60.0,
             stop_and_copy: bool = False, tcp_close: bool = False, tcp_established: bool = False,
-            action_script: str | None = None,
+            action_script: str | None = None, tolerate: frozenset[str] = frozenset(),
             on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
     """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
 
@@ -194,6 +194,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     locked here from the final freeze, restored and unlocked there; the
     destination must have their local addresses (else its restore fails,
     naming the address, and the process runs on here with its connections).
+    ``tolerate``: the losses the dumps may take (:mod:`ckpt.tolerance`).
     ``action_script``: run (CRIU's ``--action-script``) with
     ``CKPT_SCRIPT_ACTION=post-migrate`` once the destination runs the process
     and before the source ends its copy and lifts its connections' lock —
@@ -228,7 +229,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.
             probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close,
-                          tcp_established=tcp_established)
+                          tcp_established=tcp_established, tolerate=tolerate)
             stats.state_ms = round(probe.frozen_seconds * 1e3, 1)
             policy.fixed_cost = probe.frozen_seconds + FINISH_ESTIMATE
 
@@ -337,7 +338,8 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             try:
                 with committing:
                     last = _dump(pid, os.path.join(work, final), parent=parent, progress=frozen,
-                                 end_target=switch_over, tcp_close=tcp_close, tcp_established=tcp_established)
+                                 end_target=switch_over, tcp_close=tcp_close, tcp_established=tcp_established,
+                                 tolerate=tolerate)
                     late = interrupts.take()  # a Ctrl-C the commit held off (none outside it)
                 if late is not None:
                     stats.notes.append("interrupted during the commit: the switch-over was finished first")

@@ -21,7 +21,8 @@ file's own ``show_fdinfo`` then adds kind-specific lines; formats seen on
 * userfaultfd: ``pending:``, ``total:``, ``API:\\t%Lx:%x:%Lx`` (api,
   features, ioctls — all hex).
 * pidfd: ``Pid:`` and ``NSpid:`` (decimal; -1 once the process is reaped).
-* any file with POSIX/flock/OFD locks: ``lock:\\t<as in /proc/locks>``.
+* any file with POSIX/flock/OFD locks or a lease: ``lock:\\t<as in /proc/locks>``
+  (parsed by :mod:`ckpt.procfs.locks`).
 
 Unknown lines are kept as text in :attr:`FdInfo.fields` so a new kernel's
 additions never break a dump; the kind-specific properties parse on demand.

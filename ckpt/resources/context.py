@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .files import SharedFiles
     from .ghost import GhostObjects
     from .memfd import MemfdObjects
+    from .tty import PtyPairs
 
 __all__ = ["DumpContext", "RestoreContext"]
 
@@ -89,6 +90,8 @@ class RestoreContext:
     ghosts: "GhostObjects | None" = None
     #: The descriptor table is the parent's (CLONE_FILES): the parent restores it.
     files_shared: bool = False
+    #: The restore's pseudo-terminal pairs, each opened once (:class:`ckpt.resources.tty.PtyPairs`).
+    ptys: "PtyPairs | None" = None
 
     @property
     def image(self) -> "Image":

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .ghost import GhostObjects
     from .memfd import MemfdObjects
     from .pipes import PipeRestorer
+    from .tty import PtyPairs
     from .unix import UnixRestorer
 
 __all__ = ["FileEntry", "StdioPolicy", "OpenFd", "DumpOptions", "FdDump", "Opener", "FdKind", "refuse"]
@@ -109,6 +110,11 @@ class DumpOptions:
     tcp_session: "tcp.Session | None" = None
     #: What was not kept exactly; None: warnings instead.
     notes: list[str] | None = None
+    #: The losses the user lets through (``--tolerate``, :mod:`ckpt.tolerance`); any other is refused.
+    tolerate: frozenset[str] = frozenset()
+    #: The live processes of the dumped tree (a kind naming a process, a pidfd or a /proc file, checks that a
+    #: restore can name it again).
+    tree: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,8 @@ class Opener:
     pipes: PipeRestorer
     unix_socks: UnixRestorer
     memfds: MemfdObjects
+    #: The restore's pseudo-terminal pairs, each opened once for the tree (:class:`ckpt.resources.tty.PtyPairs`).
+    ptys: "PtyPairs | None" = None
     #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
     epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
     #: The restore's deleted files, directories and FIFOs (:mod:`ckpt.resources.ghost`).

@@ -10,18 +10,22 @@ descriptor no kind claims is refused too: nothing is skipped silently.  Each
 kind is one module holding both sides (:mod:`ckpt.resources.fdkind` says what
 a kind is): files by path, deleted files and devices
 (:mod:`~ckpt.resources.paths`), pipes and FIFOs (:mod:`~ckpt.resources.pipes`),
-memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify.
+memfds, inet and unix sockets, eventfds, epoll, timerfds, signalfds, inotify, the ends of pty pairs
+(:mod:`~ckpt.resources.tty`), pidfds (:mod:`~ckpt.resources.pidfd`), O_PATH descriptors
+(:mod:`~ckpt.resources.opath`, whatever they point at), files of /proc (:mod:`~ckpt.resources.procfiles`).
 
 What no single open file can decide is done here, once every entry exists:
-the ends of each pipe are all in the tree, or one end is stdio handed over
-(``--inherit-fd``), or the dump is refused naming who holds the other end
+no end of each pipe is held outside the tree (its other end may be closed),
+or one end is stdio handed over (``--inherit-fd``), or the dump is refused naming who holds the other end
 (DESIGN §3: stray descriptors happen); the pipe's bytes are read; unix sockets
-are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); an epoll's
+are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); pty ends pair up and each pair's
+state is read (:func:`ckpt.resources.tty.dump_tree`); an epoll's
 watches are resolved to entries; where each deleted file's bytes are read from
 is noted (:mod:`~ckpt.resources.ghost`: one inode however many open files and
 mappings reach it, stored with the memory); each file's
-F_SETOWN owner and F_SETSIG signal are recorded.  File locks and leases are
-refused (a lock restored unlocked would let two processes into what it guards).
+F_SETOWN owner and F_SETSIG signal are recorded; each file lock and lease is
+recorded on the descriptor to take it through again (:mod:`ckpt.resources.locks`,
+which the restore calls once the process's threads exist).
 
 Restore runs in the helper, which has closed all its descriptors: each file
 is made inside it by its kind (so the open is checked against the target's
@@ -50,7 +54,8 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import epoll, eventfd, fileid, ghost, inotify, memfd, paths, pipes, signalfd, sockets, tcp, timerfd, unix
+from . import (epoll, eventfd, fileid, ghost, inotify, locks, memfd, opath, paths, pidfd, pipes, procfiles, signalfd,
+               sockets, tcp, timerfd, tty, unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -71,11 +76,14 @@ _F_OWNER_PGRP = 2
 _F_OWNER_EX = struct.Struct("<ii")
 _STDIO = (0, 1, 2)
 
-#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a pipe's or a socket's link
-#: before the file types by mode; a memfd, a regular file by its mode, by its /memfd: name first).
+#: Every kind of descriptor ckpt handles, in the order they are asked to claim one (a /proc file, O_PATH or not;
+#: an O_PATH descriptor by its flags, whatever it names; a pipe's or a socket's link before the file types by
+#: mode; a memfd, a regular file by its mode, by its /memfd: name first; a pty's end, a character device, before
+#: the other devices).
 KINDS: tuple[FdKind, ...] = (
-    pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND, signalfd.KIND, inotify.KIND,
-    memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, paths.CHR_KIND,
+    procfiles.KIND, opath.KIND, pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND,
+    signalfd.KIND, inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, tty.KIND,
+    paths.CHR_KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 
@@ -106,7 +114,11 @@ class FilesDump:
         """Into an ImageWriter: fds-<pid>.img per process, files.img, and the contents as page data."""
         for pid, fds in self.fds_of.items():
             writer.write_fds(pid, fds)  # type: ignore[attr-defined]
+            if any(f.locks for f in fds):
+                writer.require("file-locks")  # type: ignore[attr-defined]
         writer.write_files(self.files)  # type: ignore[attr-defined]
+        if any(e.HasField("pty") for e in self.files):
+            writer.require(tty.FEATURE)  # type: ignore[attr-defined]
         for owner, data in self.contents.items():
             with writer.pages(owner) as pw:  # type: ignore[attr-defined]
                 pw.add(0, data.ljust(-(-len(data) // PAGE_SIZE) * PAGE_SIZE, b"\0"))
@@ -123,14 +135,6 @@ def content_from_image(image: object) -> Callable[[common_pb2.ContentRef], bytes
 
 
 # --- classification -------------------------------------------------------
-
-def _held_lock(pid: int, o: OpenFd) -> Unsupported:
-    """A file lock or lease (POSIX, OFD, flock) held through ``o``: restoring would silently drop it."""
-    held = "; ".join(" ".join(text.split(":", 1)[-1].split()[:3]) for text in o.info.locks)
-    return refuse(pid, o.fd, f"{o.link} with a file lock held ({held}; CRIU's --file-locks)",
-                  "ckpt cannot restore file locks yet (-l/--file-locks is accepted, but a lock would come "
-                  "back unlocked): let the process release it first")
-
 
 def classify(pid: int, o: OpenFd) -> FdKind:
     """The kind that claims a descriptor (:data:`KINDS`), or Unsupported naming it."""
@@ -248,20 +252,21 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
 def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]], *,
               policy: StdioPolicy = StdioPolicy(), first_id: int = 1, deleted_max: int = DELETED_MAX,
               tcp_close: bool = False, ext_unix_close: bool = False, notes: list[str] | None = None,
-              tcp_session: "tcp.Session | None" = None) -> FilesDump:
+              tcp_session: "tcp.Session | None" = None, tolerate: frozenset[str] = frozenset()) -> FilesDump:
     """Classify and record every fd of the frozen processes; refuses (Unsupported) before touching anything.
 
     ``members``: (process, its snapshot, fds to leave out) — the fds that are
     ckpt's, not the target's (the parked tracking userfaultfd, checked by inode
     by the caller).  A descriptor shared between processes (inherited across
-    fork) is one FileEntry, and a pipe is dumped when every one of its ends is
-    held inside the tree.  ``notes`` collects what was saved less than
-    exactly (see sockets.dump).
+    fork) is one FileEntry, and a pipe is dumped when no process outside the
+    tree holds an end of it.  ``notes`` collects what was saved less than
+    exactly (see sockets.dump); ``tolerate``, the losses the user lets through
+    (:mod:`ckpt.tolerance`).
     """
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
     carried = _Carried.collect(opens)
     opts = DumpOptions(policy=policy, deleted_max=deleted_max, tcp_close=tcp_close, tcp_session=tcp_session,
-                       notes=notes)
+                       notes=notes, tolerate=tolerate, tree=frozenset(proc.pid for proc, _, _ in members))
     try:
         out = _dump_tree(members, opens, carried, opts, first_id=first_id, ext_unix_close=ext_unix_close)
     finally:
@@ -281,8 +286,8 @@ def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
     pidfds: dict[int, int] = {}
     try:
         for e in fdump.files:
-            if e.id not in first:
-                continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask
+            if e.id not in first or opath.is_opath(e.flags):
+                continue  # only in flight (SCM_RIGHTS): no descriptor of the tree to ask; O_PATH: no owner
             pid, fd = first[e.id]
             if pid not in pidfds:
                 pidfds[pid] = pidfd_open(pid)
@@ -294,8 +299,8 @@ def _dump_owners(fdump: FilesDump, tids: set[int]) -> None:
                 os.close(mine)
             _record_owner(e, pid, fd, kind, owner, sig, tids)
     finally:
-        for pidfd in pidfds.values():
-            os.close(pidfd)
+        for pfd in pidfds.values():
+            os.close(pfd)
 
 
 def _record_owner(e: FileEntry, pid: int, fd: int, kind: int, owner: int, sig: int, tids: set[int]) -> None:
@@ -325,9 +330,6 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
 
     # Pass 1: decide every kind and refuse what cannot be done, before any pipe is touched.
     for n, g in enumerate(groups):
-        for pid2, o2 in g:
-            if o2.info.locks and pid2 != me:
-                raise _held_lock(pid2, o2)
         pid, o = g[0]
         try:
             entries.append(record(FdDump(pid, o, opts, in_flight_only=pid == me), first_id + n))
@@ -343,10 +345,15 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
                 fd_entries[pid2].append(files_pb2.FdEntry(
                     fd=o2.fd, fd_flags=fcntl.FD_CLOEXEC if o2.info.flags & os.O_CLOEXEC else 0, file_id=e.id))
 
+    locks.dump_tree([[locks.Holder(p, o2.fd, o2.link, o2.info.locks) for p, o2 in g] for g in groups], fd_entries,
+                    me=me, in_flight=carried.where)
+    # Pty ends pair up across the tree (a slave whose master is not in it is a terminal, --shell-job); each pair's
+    # state is read, its queues put back at once.
+    tty.dump_tree([(e, g[0][0], g[0][1]) for e, g in zip(entries, groups) if e.kind == K.PTY], opts)
     # Unix sockets are linked to their peers across the tree (refused or, ext_unix_close, closed if outside it).
     unix.dump_tree([(e, g[0][0], g[0][1].fd) for e, g in zip(entries, groups) if e.kind == K.UNIX],
                    ext_unix_close=ext_unix_close, notes=opts.notes, carried=_file_of(entries, groups),
-                   labels=carried.where)
+                   labels=carried.where, tolerate=opts.tolerate)
     for e, pid, o in epolls:  # watches name fds of the epoll's process: resolved once every fd has its FileEntry
         file_of = {f.fd: f.file_id for f in fd_entries[pid]}
         inode_of = {o2.fd: (o2.st.st_ino, file_of[o2.fd]) for g in groups for p2, o2 in g if p2 == pid}
@@ -359,12 +366,12 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
         readers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)]
         writers = [(e, p, o) for e, p, o in ends if o.info.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)]
         others = holding.get(link, [])
-        if others or not (readers and writers):
-            if others and all(o.fd in _STDIO for _, _, o in ends):
+        if others:
+            if all(o.fd in _STDIO for _, _, o in ends):
                 for e, _, _ in ends:
                     e.external = link  # the restorer must hand over a descriptor (StdioPolicy.inherit)
                 continue
-            peer = ", ".join(others) or "no process (its other end is closed)"
+            peer = ", ".join(others)
             fds_of: dict[int, list[str]] = {}
             flying: list[str] = []
             for _, p, o in ends:
@@ -374,11 +381,14 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
                     fds_of.setdefault(p, []).append(str(o.fd))
             where = "; ".join([*(f"process {p}: fd {', '.join(fds)}" for p, fds in fds_of.items()), *flying])
             raise Unsupported(f"{where} is {link}, whose other end is held by {peer}",
-                              hint="ckpt dumps a pipe only when the dumped processes hold every end of it; "
-                                   "let the peer exit, or restore stdio with an inherited descriptor")
-        _, rpid, ro = readers[0]
-        _, wpid, wo = writers[0]
-        data, capacity = pipes.steal_and_put_back(rpid, ro.fd, wo.fd, write_pid=wpid)
+                              hint="ckpt dumps a pipe only when no process outside the dumped tree holds an end "
+                                   "of it; let the peer exit, or restore stdio with an inherited descriptor")
+        if readers and writers:
+            _, rpid, ro = readers[0]
+            _, wpid, wo = writers[0]
+            data, capacity = pipes.steal_and_put_back(rpid, ro.fd, wo.fd, write_pid=wpid)
+        else:  # its other end is closed: its readers get the bytes, then EOF; its writers EPIPE
+            data, capacity = pipes.steal_one_end(ends[0][1], ends[0][2].fd)
         for e, _, _ in ends:
             e.pipe.capacity = capacity
         min(ends, key=lambda epo: epo[0].id)[0].pipe.data = data
@@ -511,12 +521,9 @@ class SharedFiles:
         for pid, fds in fds_of.items():
             for f in fds:
                 users.setdefault(f.file_id, set()).add(pid)
-        self._pipe_ends: dict[tuple[int, str], int] = {}  # (pipe id, "r"/"w") → FileEntry id
         by_pipe: dict[int, list[int]] = {}
         for e in files:
             if e.kind == K.PIPE:
-                end = "w" if e.flags & os.O_ACCMODE == os.O_WRONLY else "r"
-                self._pipe_ends[(e.pipe.pipe_id, end)] = e.id
                 by_pipe.setdefault(e.pipe.pipe_id, []).append(e.id)
             elif e.kind == K.UNIX:
                 for f in e.unix.in_flight:
@@ -538,22 +545,13 @@ class SharedFiles:
             return
         self._held[file_id] = dup_from(pid, fd)
 
-    def keep_pipe_end(self, pid: int, fd: int, pipe_id: int, end: str) -> None:
-        file_id = self._pipe_ends.get((pipe_id, end))
-        if file_id is not None:
-            self.keep(pid, fd, file_id)
-
     def dup(self, file_id: int) -> int:
         """A new descriptor of ours on the held ``file_id`` (the caller closes it)."""
         return os.dup(self._held[file_id])
 
     def install(self, inj: Injector, file_id: int) -> int:
         """The held duplicate of ``file_id`` as a new fd of the process of ``inj`` (O_CLOEXEC)."""
-        pidfd = inj.call(NR.pidfd_open, os.getpid(), 0, name="pidfd_open(restorer)")
-        try:
-            return inj.call(NR.pidfd_getfd, pidfd, self._held[file_id], 0, name=f"pidfd_getfd(file {file_id})")
-        finally:
-            inj.close(pidfd)
+        return inj.receive(self._held[file_id], f"file {file_id}")
 
     def close(self) -> None:
         for fd in self._held.values():
@@ -566,7 +564,7 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
             content: Callable[[common_pb2.ContentRef], bytes] | None = None,
             policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None,
             shared: SharedFiles | None = None, memfds: memfd.MemfdObjects | None = None,
-            ghosts: ghost.GhostObjects | None = None) -> list[str]:
+            ptys: tty.PtyPairs | None = None, ghosts: ghost.GhostObjects | None = None) -> list[str]:
     """Open every file of ``files`` that ``fds`` names inside the process of ``inj`` at its fd numbers.
 
     ``content`` loads a deleted file's bytes (:func:`content_from_image`,
@@ -576,6 +574,7 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
     when an earlier process opened them, handed to it when this one does).
     ``memfds``: the restore's memfd objects (created by their first user); ``ghosts`` its deleted files
     (likewise; without it, made from ``content`` and finished here).
+    ``ptys``: the restore's pty pairs (:class:`ckpt.resources.tty.PtyPairs`; None: this call's own).
     A file in flight in a unix socket's queue is opened when the socket's
     group is created, and sent from the restorer (kept by ``shared``, or by a
     SharedFiles of this call).
@@ -596,8 +595,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         pr = pipes.PipeRestorer(inj, s, warnings, high=max(wanted, default=0) + 1)
         fifo_owner: dict[int, int] = {}
         for e in files:
-            if e.kind in (K.PIPE, K.FIFO) and e.pipe.data:
-                pr.data[e.pipe.pipe_id] = bytes(e.pipe.data)
+            if e.kind in (K.PIPE, K.FIFO):
+                pr.learn(e)
             if e.kind == K.FIFO:
                 fifo_owner[e.pipe.pipe_id] = min(e.id, fifo_owner.get(e.pipe.pipe_id, e.id))
         # A pipe's bytes go in wherever it is created (once: SharedFiles hands it on); a FIFO's
@@ -607,11 +606,13 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         own = shared is None and any(e.unix.in_flight for e in files if e.kind == K.UNIX)
         sh = SharedFiles({inj.pid: fds}, files) if own else shared
         ur = unix.UnixRestorer(inj, s, files)
+        own_ptys = tty.PtyPairs(files) if ptys is None else None
         own_ghosts = ghosts is None
         gh = (ghost.GhostObjects(fill=ghost.fill_from_bytes(content or no_content), creators=ghost.creators(files))
               if ghosts is None else ghosts)
         r = _Restorer(inj, s, policy, content or no_content, warnings, pr, ur,
-                      memfds if memfds is not None else memfd.MemfdObjects(), ghosts=gh, wanted=wanted,
+                      memfds if memfds is not None else memfd.MemfdObjects(),
+                      ptys=ptys if ptys is not None else own_ptys, ghosts=gh, wanted=wanted,
                       high=max(wanted, default=0) + 1)
 
         def carried(file_id: int) -> int:
@@ -638,23 +639,26 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                     if shared is not None:
                         shared.keep(inj.pid, t, file_id)
                 t = r.out_of_the_way(t, mine)
-                for pipe_id, ends in pr.ends.items():  # the other end of a new pipe must not sit on a wanted number
+                for ends in pr.ends.values():  # the other ends of a new pipe must not sit on a wanted number
                     for k, fd in list(ends.items()):
                         ends[k] = r.out_of_the_way(fd, [])
                         if shared is not None:  # another process may use it
-                            shared.keep_pipe_end(inj.pid, ends[k], pipe_id, k)
+                            shared.keep(inj.pid, ends[k], k)
                 for fid, fd in ur.unclaimed.items():  # the other sockets of a new connection, likewise
                     ur.unclaimed[fid] = r.out_of_the_way(fd, [])
                     if shared is not None:
                         shared.keep(inj.pid, ur.unclaimed[fid], fid)
                 r.place(t, its)
             for e, epfd in r.epolls:
-                epoll.add_watches(inj, s, epfd, e)
+                epoll.add_watches(inj, s, epfd, e, fds)
             if own_ghosts:
                 gh.finish()
         finally:
             pr.close()
             ur.close()
+            if own_ptys is not None:
+                warnings.extend(own_ptys.notes)
+                own_ptys.close()
             if own_ghosts:
                 gh.close()
             if own and sh is not None:

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 from ..control.inject import Injector, Scratch
 from ..errors import RestoreError, Unsupported
+from ..tolerance import lose
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.fhandle import kernel_dev, open_by_handle_at
@@ -152,8 +153,9 @@ def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     finally:
         mounts.close()
     queued = _queued_bytes(pid, fd)
-    if queued and notes is not None:
-        notes.append(f"process {pid}: fd {fd} (inotify): {queued} bytes of events not yet read are not kept")
+    if queued:
+        lose("inotify-events", d.opts.tolerate, f"process {pid}: fd {fd} (inotify)",
+             f"{queued} bytes of events not yet read", notes)
     entry.inotify.CopyFrom(out)
 
 

@@ -22,7 +22,8 @@ from types import MappingProxyType
 from ..errors import RestoreError
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
-from . import fileid
+from ..kernel.pidfd import dup_from
+from . import fileid, locks
 from .fdkind import FdDump, FdKind, OpenFd, Opener
 
 __all__ = ["SIMPLE_DEVICES", "DELETED", "REG_KIND", "DIR_KIND", "CHR_KIND", "is_tty", "open_flags"]
@@ -62,7 +63,14 @@ def _dump_reg(d: FdDump, e: FileEntry) -> None:
     o = d.o
     if not o.link.endswith(DELETED):
         try:  # the file the descriptor holds, not what the path names now
-            e.identity.build_id = fileid.BUILD_IDS.of_path(f"/proc/{d.pid}/fd/{o.fd}", e.path)[1]
+            if locks.leased(o.info.locks):  # opened anew, the file would break the lease: read through the target's
+                mine = dup_from(d.pid, o.fd)
+                try:
+                    e.identity.build_id = fileid.BUILD_IDS.of_fd(mine)
+                finally:
+                    os.close(mine)
+            else:
+                e.identity.build_id = fileid.BUILD_IDS.of_path(f"/proc/{d.pid}/fd/{o.fd}", e.path)[1]
         except OSError:
             pass  # unreadable to us (not root): checked by size and mtime
 

@@ -9,13 +9,24 @@ sees the same bytes in the same order (message boundaries of O_DIRECT
 "packet" pipes are not kept).  Only a pipe with no end outside the process may
 be handled so: with an outside writer or reader the bytes would be shared with
 someone else, and :mod:`ckpt.resources.files` refuses it before we get here.
+A pipe whose other end is closed (a read end whose writers are all gone, as a
+process keeps after its launcher exited; a write end whose readers are gone)
+is read the same way through an end of the missing kind that the dumper opens
+for the moment through ``/proc/PID/fd/N`` (which opens the pipe itself, not a
+copy: a new open file on it), :func:`steal_one_end`.
 
 Restore creates the pipe inside the target (``pipe2``, or for a FIFO an
 ``O_RDWR`` open of its path that neither blocks nor lets the FIFO go away
 while the ends are opened), sets the capacity, writes the bytes from outside
 through ``pidfd_getfd`` of the new write end, then sets each end's status
 flags (O_NONBLOCK, O_DIRECT) — after the write, so our blocking write cannot
-fail with EAGAIN.
+fail with EAGAIN.  Each end is one open file; a pipe end open through
+several (a program that reopened it through ``/proc/self/fd/N``) gets the
+pipe2 end for the first entry of its access mode and, for every other entry, a
+new open file made the same way, through ``/proc/self/fd/N`` in the target,
+with its own access mode and flags.  An end no entry names (the other end was
+closed at the dump) is closed once the pipe is filled: its readers see the
+queued bytes and then end-of-file, its writers EPIPE.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from .fdkind import FdDump, FdKind, Opener
 
-__all__ = ["PIPE_DEFAULT_CAPACITY", "PIPE_KIND", "FIFO_KIND", "steal_and_put_back", "PipeRestorer"]
+__all__ = ["PIPE_DEFAULT_CAPACITY", "PIPE_KIND", "FIFO_KIND", "steal_and_put_back", "steal_one_end", "PipeRestorer"]
 
 #: F_GETPIPE_SZ of a new pipe (16 pages).
 PIPE_DEFAULT_CAPACITY = 65536
@@ -68,6 +79,27 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _steal(r: int, w: int, where: str) -> tuple[bytes, int]:
+    """(buffered bytes, capacity) of the pipe behind our ``r``/``w``, read and written back."""
+    capacity = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+    size = int.from_bytes(fcntl.ioctl(r, termios.FIONREAD, bytes(4)), "little")
+    if not size:
+        return b"", capacity
+    data = b""
+    try:
+        data = _read_exactly(r, size)
+    finally:
+        if data:
+            try:
+                _write_all(w, data)
+            except OSError as exc:  # the bytes exist only in `data` now: say so loudly
+                raise CkptError(f"{where}: could not put {len(data)} bytes back into the pipe: {exc}; "
+                                "the target lost them") from exc
+    if len(data) != size:
+        raise CkptError(f"{where}: the pipe held {size} bytes but {len(data)} were read")
+    return data, capacity
+
+
 def steal_and_put_back(pid: int, read_fd: int, write_fd: int, *, write_pid: int | None = None) -> tuple[bytes, int]:
     """(buffered bytes, capacity) of the pipe behind the target's ``read_fd``/``write_fd``; the bytes stay in it.
 
@@ -77,27 +109,28 @@ def steal_and_put_back(pid: int, read_fd: int, write_fd: int, *, write_pid: int 
     wpidfd = pidfd_open(write_pid) if write_pid not in (None, pid) else pidfd
     try:
         with _borrowed(pidfd, read_fd) as r, _borrowed(wpidfd, write_fd) as w:
-            capacity = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
-            size = int.from_bytes(fcntl.ioctl(r, termios.FIONREAD, bytes(4)), "little")
-            if not size:
-                return b"", capacity
-            data = b""
-            try:
-                data = _read_exactly(r, size)
-            finally:
-                if data:
-                    try:
-                        _write_all(w, data)
-                    except OSError as exc:  # the bytes exist only in `data` now: say so loudly
-                        raise CkptError(f"process {pid}: could not put {len(data)} bytes back into the pipe of "
-                                        f"fds {read_fd}/{write_fd}: {exc}; the target lost them") from exc
-            if len(data) != size:
-                raise CkptError(f"process {pid}: pipe of fd {read_fd} held {size} bytes but {len(data)} were read")
-            return data, capacity
+            return _steal(r, w, f"process {pid}: fds {read_fd}/{write_fd}")
     finally:
         os.close(pidfd)
         if wpidfd != pidfd:
             os.close(wpidfd)
+
+
+def steal_one_end(pid: int, fd: int) -> tuple[bytes, int]:
+    """:func:`steal_and_put_back` for a pipe of which the tree holds only the read or only the write end
+    (``fd`` of ``pid``).  Both ends used here are ours, opened for the moment through ``/proc/PID/fd/N``
+    (non-blocking: the reader first, so that the writer finds one) and closed before the target resumes;
+    the target's own open file and its flags are left alone."""
+    path = f"/proc/{pid}/fd/{fd}"
+    r = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        w = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            return _steal(r, w, f"process {pid}: fd {fd}")
+        finally:
+            os.close(w)
+    finally:
+        os.close(r)
 
 
 @dataclass
@@ -107,8 +140,8 @@ class PipeRestorer:
     inj: Injector
     scratch: Scratch
     warnings: list[str]
-    #: pipe_id → {"r": temp fd, "w": temp fd} not yet claimed by an entry.
-    ends: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: pipe_id → {FileEntry id: temp fd} of its ends not yet claimed by their entry.
+    ends: dict[int, dict[int, int]] = field(default_factory=dict)
     #: FIFO pipe_id → the O_RDWR keeper fd, closed by :meth:`close`.
     keepers: dict[int, int] = field(default_factory=dict)
     data: dict[int, bytes] = field(default_factory=dict)
@@ -116,6 +149,15 @@ class PipeRestorer:
     high: int = 0
     #: FIFO pipe_ids whose bytes and capacity this process restores (in a tree, one process per FIFO).
     fill_fifos: set[int] = field(default_factory=set)
+    #: pipe_id → the entries (open files) of the image on that pipe, by id (:meth:`learn`).
+    members: dict[int, list[files_pb2.FileEntry]] = field(default_factory=dict)
+
+    def learn(self, entry: files_pb2.FileEntry) -> None:
+        """Note a pipe or FIFO entry of the image: its bytes, and for a pipe the open files made with it."""
+        if entry.pipe.data:
+            self.data[entry.pipe.pipe_id] = bytes(entry.pipe.data)
+        if entry.kind == files_pb2.FileEntry.PIPE:
+            self.members.setdefault(entry.pipe.pipe_id, []).append(entry)
 
     def open(self, entry: files_pb2.FileEntry) -> int:
         """A temporary fd of ``entry``'s end in the target (status flags already set)."""
@@ -125,20 +167,39 @@ class PipeRestorer:
         else:
             if p.pipe_id not in self.ends:
                 self._create(entry)
-            end = "w" if entry.flags & os.O_ACCMODE == os.O_WRONLY else "r"
-            fd = self.ends[p.pipe_id].pop(end, None)
+            fd = self.ends[p.pipe_id].pop(entry.id, None)
             if fd is None:
-                raise RestoreError(f"pipe {p.pipe_id}: two open files for its {end} end are not supported")
+                raise RestoreError(f"pipe {p.pipe_id}: file {entry.id} is not one of its open files")
         self.inj.call(NR.fcntl, fd, fcntl.F_SETFL, entry.flags & _SETFL_MASK, name=f"fcntl({fd}, F_SETFL)")
         return fd
 
     def _create(self, entry: files_pb2.FileEntry) -> None:
+        """pipe2, filled; the first read-only and the first write-only entry take its ends, every other entry
+        (a second open file on an end, an O_RDWR one) a new open file on the pipe; an end no entry takes is
+        closed (its other end was closed at the dump)."""
         p = entry.pipe
         self.inj.call(NR.pipe2, self.scratch.addr, os.O_CLOEXEC, name="pipe2")
         raw = self.scratch.read(0, 8)
         r, w = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
-        self.ends[p.pipe_id] = {"r": r, "w": w}
         self._fill(p, w)
+        members = sorted(self.members.get(p.pipe_id, [entry]), key=lambda e: e.id)
+        takes: dict[int, int] = {}  # pipe2 end → entry id
+        for e in members:
+            takes.setdefault({os.O_RDONLY: r, os.O_WRONLY: w}.get(e.flags & os.O_ACCMODE, -1), e.id)
+        takes.pop(-1, None)
+        ends = {eid: fd for fd, eid in takes.items()}
+        for e in members:
+            if e.id not in ends:
+                ends[e.id] = self._reopen(r, e.flags & os.O_ACCMODE)
+        for fd in (r, w):
+            if fd not in takes:
+                self.inj.close(fd)
+        self.ends[p.pipe_id] = ends
+
+    def _reopen(self, fd: int, access: int) -> int:
+        """Another open file on the pipe of the target's ``fd``, through /proc/self/fd (non-blocking, so that
+        it opens whoever holds the other end; its own flags are set when its entry claims it)."""
+        return self._openat(f"/proc/self/fd/{fd}", access | os.O_NONBLOCK | os.O_CLOEXEC, "pipe")
 
     def _open_fifo(self, entry: files_pb2.FileEntry) -> int:
         p = entry.pipe
@@ -163,13 +224,13 @@ class PipeRestorer:
         finally:
             os.close(pidfd)
 
-    def _openat(self, path: str, flags: int) -> int:
+    def _openat(self, path: str, flags: int, what: str = "FIFO") -> int:
         raw = os.fsencode(path) + b"\0"
         self.scratch.write(0, raw)
         try:
             return self.inj.call(NR.openat, -100, self.scratch.addr, flags, 0, name=f"openat({path!r})")
         except OSError as exc:
-            raise RestoreError(f"cannot open the FIFO {path!r}: {exc.strerror}") from exc
+            raise RestoreError(f"cannot open the {what} {path!r}: {exc.strerror}") from exc
 
     def _fill(self, p: files_pb2.Pipe, wfd: int) -> None:
         if p.capacity and p.capacity != PIPE_DEFAULT_CAPACITY:

@@ -37,9 +37,11 @@ Why each step is done the way it is:
 * Dump: the queues are read after the last injected syscall
   (:func:`dump_pending`), and the signals the injector held back meanwhile
   are added to the image.
-* A single step forces SIGTRAP, which resets an ignored SIGTRAP to SIG_DFL:
-  when the image ignores SIGTRAP, the injector is switched to syscall stops
-  before that disposition is set (see :mod:`ckpt.control.inject`).
+* A single step forces SIGTRAP, which resets an ignored SIGTRAP to SIG_DFL, and
+  a caught one too when SIGTRAP is blocked (as in a helper being restored):
+  when the image ignores or catches SIGTRAP, the injectors of the process are
+  switched to syscall stops before that disposition is set (see
+  :mod:`ckpt.control.inject`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from ..image.pb import common_pb2, core_pb2, process_pb2
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR
 from ..kernel.signals import (
-    NSIG, SIG_DFL, SIG_IGN, SIGCHLD, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction,
+    NSIG, SIG_DFL, SIGCHLD, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction,
     make_siginfo, sigbit, siginfo_signo,
 )
 from ..procfs.snapshot import Snapshot
@@ -185,8 +187,11 @@ def restore_sigactions(inj: Injector, actions: "list[process_pb2.SigAction] | ob
                 raise ValueError(f"sigaction for signal {a.signo}: not in 1..{NSIG}")
             s.write((a.signo - 1) * _ACT_SIZE, bytes(kernel_sigaction(a.handler, a.flags, a.restorer, a.mask)))
         for a in acts:
-            if a.signo == SIGTRAP and a.handler == SIG_IGN:
-                inj.single_step = False  # a forced single-step SIGTRAP would reset SIG_IGN
+            if a.signo == SIGTRAP and a.handler != SIG_DFL:
+                # A forced single-step SIGTRAP resets SIG_IGN, and a handler too while the helper blocks every
+                # signal (force_sig_info_to_task): no more single steps in this process (bash catches SIGTRAP).
+                inj.single_step = False
+                inj.thread.process.sigtrap_ignored = True
             inj.call(NR.rt_sigaction, a.signo, s.addr + (a.signo - 1) * _ACT_SIZE, 0, SIGSET_SIZE,
                      name=f"rt_sigaction({a.signo})")
 

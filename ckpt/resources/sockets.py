@@ -43,7 +43,7 @@ import fcntl
 import os
 import socket
 import struct
-import warnings
+import termios
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,26 +53,23 @@ from ..errors import RestoreError, Unsupported
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
+from ..kernel import sockopts
 from ..kernel.sock_diag import listen_backlogs
 from . import tcp
+from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener
 
-__all__ = ["SAVED_OPTIONS", "TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
-           "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of"]
+__all__ = ["TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
+           "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of", "changed_options",
+           "option_lines"]
 
 K = files_pb2.FileEntry.Kind
 #: TCP_* states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
 TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
-_SO_DOMAIN, _SO_PROTOCOL = 39, 38
-#: (level, option) pairs saved and set again, in this order, when the socket family/type has them.
-SAVED_OPTIONS: tuple[tuple[int, int], ...] = (
-    (socket.SOL_SOCKET, socket.SO_REUSEADDR),
-    (socket.SOL_SOCKET, socket.SO_REUSEPORT),
-    (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-    (socket.SOL_SOCKET, socket.SO_BROADCAST),
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY),
-    (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
-)
+_SO_DOMAIN, _SO_PROTOCOL, _SO_PEEK_OFF = 39, 38, 42
+#: struct tcp_info up to tcpi_sacked: the state byte, then (for a listener) tcpi_unacked = sk_ack_backlog
+#: (connections ready for accept) and tcpi_sacked = sk_max_ack_backlog (the backlog), at offsets 24 and 28.
+_TCP_INFO_LISTEN = struct.Struct("<B23xII")
 _INT = struct.Struct("<i")
 
 
@@ -88,6 +85,12 @@ class Peek:
     local: bytes
     peer: bytes
     inode: int
+    #: A TCP listener's connections ready for accept() and its backlog (TCP_INFO, whose tcpi_unacked and
+    #: tcpi_sacked mean these for a listener); -1 for any other socket.
+    accept_queue: int = -1
+    max_backlog: int = -1
+    #: A datagram socket has datagrams waiting to be read.
+    queued: bool = False
 
 
 def _sockaddr(family: int, addr: object) -> bytes:
@@ -122,9 +125,13 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
         stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         proto = s.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL)
         listening = bool(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-        tcp_state = 0
+        tcp_state, accept_queue, max_backlog = 0, -1, -1
         if family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_STREAM:
-            tcp_state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LISTEN.size)
+            tcp_state = info[0]
+            if tcp_state == TCP_LISTEN:
+                accept_queue, max_backlog = _TCP_INFO_LISTEN.unpack_from(info)[1:]
+        queued = family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_DGRAM and _has_datagram(s)
         if family == socket.AF_UNIX:
             local = unix_name(s.getsockname())
             try:
@@ -139,14 +146,62 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
                 peer = b""
         else:
             local = peer = b""
-        opts = []
-        for level, name in SAVED_OPTIONS:
-            try:
-                value = s.getsockopt(level, name, 4)
-            except OSError:
-                continue  # not an option of this family/type
-            opts.append(files_pb2.SockOpt(level=level, name=name, value=value))
-        return Peek(family, stype, proto, listening, tcp_state, local, peer, inode), opts
+        filter_len = sockopts.filter_length(ours)
+        if filter_len:
+            what = (f"a classic BPF filter of {filter_len} instructions" if filter_len > 0
+                    else "an eBPF program")
+            raise _refuse(pid, fd, f"a socket with {what} attached (SO_ATTACH_FILTER / SO_ATTACH_BPF)",
+                          "ckpt cannot restore socket filters yet: the socket would come back unfiltered")
+        opts = changed_options(s)
+        return Peek(family, stype, proto, listening, tcp_state, local, peer, inode, accept_queue, max_backlog,
+                    queued), opts
+
+
+def _fresh_values(family: int, stype: int, protocol: int) -> dict[tuple[int, int], str]:
+    """Every option of a new socket of that kind, here: what a program that set nothing would have."""
+    with socket.socket(family, stype | socket.SOCK_CLOEXEC, protocol) as fresh:
+        return {(o.level, o.name): text for o, _, text in sockopts.read_all(fresh)}
+
+
+def option_lines(sock: socket.socket) -> list[tuple[str, str]]:
+    """(option, value) of every option the socket has, ``default`` for one with a new socket's value here (so
+    that an option a program never set compares equal on a host whose defaults differ); for the self-check."""
+    family, stype, protocol = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE,
+                                                                             _SO_PROTOCOL))
+    fresh = _fresh_values(family, stype, protocol)
+    return [(o.label, "default" if fresh.get((o.level, o.name)) == text else text)
+            for o, _, text in sockopts.read_all(sock)]
+
+
+def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
+    """The options a program changed on ``sock`` (their values differ from a new socket's), in the order a
+    restore sets them.  A buffer size counts only when the program fixed it (SO_BUF_LOCK; the kernel's own
+    growing of it is not a setting): saved as SO_*BUFFORCE with half the value read (the kernel doubles it)."""
+    family, stype, protocol = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE,
+                                                                             _SO_PROTOCOL))
+    fresh = _fresh_values(family, stype, protocol)
+    out = []
+    for o, raw, text in sockopts.read_all(sock):
+        if not o.settable or text == "auto" or fresh.get((o.level, o.name)) == text:
+            continue
+        if o.label in ("SO_SNDBUF", "SO_RCVBUF"):
+            force = sockopts.SO_SNDBUFFORCE if o.label == "SO_SNDBUF" else sockopts.SO_RCVBUFFORCE
+            out.append(files_pb2.SockOpt(level=o.level, name=force, value=_INT.pack(int(text) // 2)))
+            continue
+        out.append(files_pb2.SockOpt(level=o.level, name=o.name, value=bytes(raw)))
+    return out
+
+
+def _has_datagram(s: socket.socket) -> bool:
+    """Is a datagram waiting?  A peek tells (a zero-length one too), unless SO_PEEK_OFF is set: a peek would
+    move that offset, so the queued bytes (FIONREAD: the first datagram's) tell instead."""
+    if s.getsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF) >= 0:
+        return int.from_bytes(fcntl.ioctl(s.fileno(), termios.FIONREAD, bytes(4)), "little") > 0
+    try:
+        s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def unix_name(addr: str | bytes) -> bytes:
@@ -166,40 +221,39 @@ def _netns_differs(pid: int) -> bool:
         return False
 
 
-def _listen_backlog(pid: int, fd: int, p: Peek, notes: list[str] | None) -> int | None:
-    """The listener's backlog from sock_diag; None (and a note) when sock_diag cannot tell."""
-    port = struct.unpack_from(">H", p.local, 2)[0] if p.family != socket.AF_UNIX else 0
+def _unix_backlog(pid: int, fd: int, p: Peek, notes: list[str] | None, tolerate: frozenset[str]) -> int | None:
+    """A unix listener's backlog from sock_diag (getsockopt has no option for it); None, when it cannot tell
+    and the user tolerates that (``unix-diag``), for SOMAXCONN at restore."""
     try:
-        found = listen_backlogs(p.family, p.protocol, port=port, inode=p.inode).get(p.inode)
+        found = listen_backlogs(p.family, p.protocol, inode=p.inode).get(p.inode)
         why = ("the process is in another network namespace, which sock_diag does not see" if _netns_differs(pid)
                else "sock_diag does not report it")
     except OSError as exc:
         found, why = None, f"sock_diag failed: {exc.strerror or exc}"
-    if found is not None:
-        return found
-    note = f"process {pid}: fd {fd}: listen backlog not known: {why}; it will be restored as SOMAXCONN"
-    if notes is None:
-        warnings.warn(note, RuntimeWarning, stacklevel=3)
-    else:
-        notes.append(note)
-    return None
+    if found is None:
+        lose("unix-diag", tolerate, f"process {pid}: fd {fd}", f"a unix listener whose backlog is not known ({why})",
+             notes)
+    return found
 
 
 def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     """The socket's entry (:func:`describe`); one only a unix socket's queue holds cannot be a live connection."""
     describe(d.pid, d.fd, entry, tcp_close=d.opts.tcp_close, notes=d.opts.notes,
-             tcp_session=None if d.in_flight_only else d.opts.tcp_session)
+             tcp_session=None if d.in_flight_only else d.opts.tcp_session, tolerate=d.opts.tolerate)
     if d.in_flight_only and entry.inet.HasField("tcp"):
         raise d.refuse("an established TCP connection", "ckpt keeps a connection only while a process holds it: "
                        "dump once the program has received it")
 
 
 def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False,
-             notes: list[str] | None = None, tcp_session: "tcp.Session | None" = None) -> None:
+             notes: list[str] | None = None, tcp_session: "tcp.Session | None" = None,
+             tolerate: frozenset[str] = frozenset()) -> None:
     """Fill ``entry`` (kind, inet/unix details) for the socket at ``fd``; Unsupported for what cannot be re-created.
 
-    ``notes`` collects what was not saved exactly (a listen backlog sock_diag
-    could not report); without it, that goes out as a RuntimeWarning.
+    A loss the user tolerates (``tolerate``, :mod:`ckpt.tolerance`: a TCP
+    listener's waiting connections, a UDP socket's queued datagrams, a unix
+    listener's backlog sock_diag cannot report) goes to ``notes``; any other
+    is refused.
     ``tcp_session`` (``--tcp-established``): an established TCP connection is
     locked and read in repair mode by :mod:`ckpt.resources.tcp`, to come back alive.
     """
@@ -230,8 +284,15 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
             inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
         elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             raise _refuse(pid, fd, f"an {fam} socket of type {p.type}")
-        elif p.listening and (backlog := _listen_backlog(pid, fd, p, notes)) is not None:
-            inet.backlog = backlog
+        elif p.listening and p.max_backlog >= 0:
+            inet.backlog = p.max_backlog
+            if p.accept_queue > 0:
+                lose("listen-queue", tolerate, f"process {pid}: fd {fd}", f"an {fam} TCP listener on "
+                     f"{tcp.endpoint(p.family, p.local)} with {p.accept_queue} connection(s) waiting to be accepted",
+                     notes)
+        elif p.queued:
+            lose("udp-queue", tolerate, f"process {pid}: fd {fd}", f"an {fam} UDP socket with datagrams not yet read",
+                 notes)
         entry.kind = K.INET
         entry.inet.CopyFrom(inet)
         return
@@ -242,7 +303,7 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
         # ckpt.resources.unix, which sees every socket of the tree at once.
         unix = files_pb2.UnixSocket(ino=p.inode, type=p.type, state=TCP_LISTEN if p.listening else 0, name=p.local,
                                     peer_name=p.peer)
-        if p.listening and (backlog := _listen_backlog(pid, fd, p, notes)) is not None:
+        if p.listening and (backlog := _unix_backlog(pid, fd, p, notes, tolerate)) is not None:
             unix.backlog = backlog
         unix.options.extend(o for o in opts if o.level == socket.SOL_SOCKET)
         entry.kind = K.UNIX
@@ -254,9 +315,16 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
 # --- restore -----------------------------------------------------------------
 
 def setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] | object") -> None:
+    """Each saved option set again, in order; RestoreError naming the one the kernel refuses here."""
     for o in opts:  # type: ignore[attr-defined]
+        label = sockopts.label(o.level, o.name)
         s.write(0, bytes(o.value))
-        inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {o.level}, {o.name})")
+        try:
+            inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {label})")
+        except OSError as exc:
+            raise RestoreError(f"cannot set {label} on a restored socket again: {exc.strerror}",
+                               hint="the option's value may need what this host lacks (a network device, "
+                                    "a congestion control module, a capability)") from exc
 
 
 def backlog_of(sock: "files_pb2.InetSocket | files_pb2.UnixSocket") -> int:

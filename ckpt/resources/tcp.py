@@ -65,23 +65,17 @@ from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
 from ..kernel.fileio import close_all_but
 from ..kernel.pidfd import dup_from
+from ..kernel.sockopts import SO_BUF_LOCK
 from ..procfs.timens import read_boot_id
 from ..testpoint import point
 from . import netlock
 
-__all__ = ["TCP_STATES", "EXTRA_OPTIONS", "Session", "describe", "netns_id", "restore"]
+__all__ = ["TCP_STATES", "Session", "endpoint", "describe", "netns_id", "restore"]
 
 #: include/net/tcp_states.h, for messages.
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV"}
 _ESTABLISHED = 1
-#: TCP-level options a long-lived connection is tuned with, kept on top of sockets.SAVED_OPTIONS.
-EXTRA_OPTIONS: tuple[tuple[int, int], ...] = (
-    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-    (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18)),
-)
 #: Options set after repair mode is left (leaving it resets SO_REUSEADDR); the others go before bind.
 _AFTER_REPAIR = {(socket.SOL_SOCKET, socket.SO_REUSEADDR)}
 _NO_SPACE = (errno.EAGAIN, errno.ENOMEM)
@@ -100,6 +94,11 @@ def _addr(family: int, raw: bytes) -> tuple:
 def _at(addr: tuple) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def endpoint(family: int, raw: bytes) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a struct sockaddr, for messages."""
+    return _at(_addr(family, raw))
 
 
 def describe(family: int, local: bytes, peer: bytes) -> str:
@@ -282,12 +281,6 @@ class Session:
         inet.tcp.CopyFrom(_read(s, where))
         inet.tcp.lock = h.tag
         inet.tcp.netns = netns_id(pid)
-        for level, name in EXTRA_OPTIONS:
-            try:
-                value = s.getsockopt(level, name, 4)
-            except OSError:
-                continue
-            inet.options.append(files_pb2.SockOpt(level=level, name=name, value=value))
         _leave_repair(h)  # read: the socket is the program's again, the lock alone keeps the peer out
         self._janitor.forget(key)
 
@@ -479,6 +472,15 @@ class _Writer:
                           "(it no longer grows by itself)")
         return True
 
+    def unfix(self, locks: int) -> None:
+        """Give the buffers back to the kernel's tuning once the queues are in, as the dumped socket had them
+        (``locks``: its SO_BUF_LOCK); a kernel without SO_BUF_LOCK (before 5.14) keeps them fixed, noted."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_BUF_LOCK, locks)
+        except OSError:
+            return
+        self.notes[:] = [n for n in self.notes if not n.startswith(f"{self.what}: SO_") or " fixed at " not in n]
+
 
 def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, notes: list[str]) -> int:
     """Re-create the established connection of ``entry`` in the process of ``inj``; its (temporary) fd there."""
@@ -565,6 +567,9 @@ def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tup
                 sk.setsockopt(o.level, o.name, bytes(o.value))
         if t.unsent:
             w.write(bytes(t.send_queue[sent:]), "send")  # never sent: goes out like any write
+        if w.forced:
+            w.unfix(next((int.from_bytes(o.value, "little") for o in i.options
+                          if (o.level, o.name) == (socket.SOL_SOCKET, SO_BUF_LOCK)), 0))
     except BaseException:
         tr.set_repair(sk, tr.TCP_REPAIR_ON)  # so that closing it sends nothing to the peer
         raise

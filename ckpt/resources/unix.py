@@ -87,6 +87,7 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..kernel.sock_diag import TCP_LISTEN, UnixDiag, unix_sockets
 from ..procfs.holders import holders
+from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener
 from .sockets import TCP_CLOSE, TCP_ESTABLISHED, backlog_of, borrowed, set_status_flags, setopts
 
@@ -110,12 +111,11 @@ _MAX_BYTEWISE = 1 << 16
 _MAX_PEEKS = 1 << 17
 _SETFL_MASK = os.O_NONBLOCK | os.O_APPEND | 0o20000  # + O_ASYNC
 _INT = struct.Struct("<i")
+_AT_FDCWD = -100
 #: SO_SNDBUFFORCE of a stand-in sender: room for any queue (the kernel caps it at INT_MAX / 2).
 _STANDIN_SNDBUF = 1 << 29
-#: Options a unix socket carries beyond sockets.SAVED_OPTIONS; SO_*BUF are saved as SO_*BUFFORCE (root's, and
-#: the kernel doubles what it is given: the saved value is half what getsockopt reports).
+#: Options set last, once the socket has its name (set earlier, they would make it autobind).
 _FLAG_OPTIONS = (SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD)
-_BUF_OPTIONS = ((socket.SO_SNDBUF, SO_SNDBUFFORCE), (socket.SO_RCVBUF, SO_RCVBUFFORCE))
 _EXT_HINT = ("use --ext-unix-close (ext_unix_close=True) to restore it as a socket whose peer closed, "
              "or dump the peer's process with it (-t of a common ancestor)")
 
@@ -237,12 +237,13 @@ def peek_descriptors(pid: int, fd: int) -> list[int] | None:
 
 def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bool = False,
               notes: list[str] | None = None, carried: Callable[[int], int] | None = None,
-              labels: Mapping[tuple[int, int], str] | None = None) -> None:
+              labels: Mapping[tuple[int, int], str] | None = None, tolerate: frozenset[str] = frozenset()) -> None:
     """Link the unix sockets of a frozen tree and record their accept and receive queues.
 
     ``socks``: (entry filled by :func:`ckpt.resources.sockets.dump`, pid, fd)
     of every unix socket open file of the tree.  Refuses (Unsupported) before
-    anything is read; what is kept less than exactly goes to ``notes``.
+    anything is read; what is kept less than exactly goes to ``notes``, and what
+    would be lost is refused unless ``tolerate`` names it (:mod:`ckpt.tolerance`).
     ``carried``: the FileEntry id of a descriptor a peek received (a duplicate
     of one in flight); without it, descriptors in flight are refused.
     ``labels``: how to name a (pid, fd) that is not a process's own — a
@@ -260,22 +261,37 @@ def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bo
     waiting: set[int] = set()  # clients of connections waiting in a listener of the tree
     for s in items:
         if s.u.state == TCP_LISTEN:
-            _accept_queue(s, by_ino, outside, ext_unix_close, notes)
+            _accept_queue(s, by_ino, outside, ext_unix_close, notes, tolerate)
             waiting.update(s.u.pending)
     for s in items:
         if s.u.state != TCP_LISTEN:
             _peer(s, by_ino, waiting, outside, ext_unix_close, notes)
     _inherited_names(items, by_ino, waiting, outside, notes)
     for s in items:
-        _queue(s, by_ino, notes, carried)
+        _queue(s, by_ino, notes, carried, tolerate)
+        _socket_file(s)
+
+
+def _socket_file(s: _Sock) -> None:
+    """The mode and owner of the file a bound path names, when it is this socket's (sock_diag's VFS inode)."""
+    name = bytes(s.u.name)
+    if not name or name[0] == 0 or s.u.name_inherited or s.diag is None or s.diag.vfs is None:
+        return
+    path = name if name.startswith(b"/") else os.path.join(os.fsencode(f"/proc/{s.pid}/cwd"), name)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) == s.diag.vfs:
+        s.u.file_mode, s.u.file_uid, s.u.file_gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
 
 def _accept_queue(s: _Sock, by_ino: Mapping[int, _Sock], outside: _Outside, ext_unix_close: bool,
-                  notes: list[str]) -> None:
+                  notes: list[str], tolerate: frozenset[str]) -> None:
     """A listener's waiting connections: their clients in the tree, in queue order."""
     if s.diag is None:
-        notes.append(f"{s.where()}: connections waiting to be accepted are not known ({s.why_unseen}); "
-                     "none are kept")
+        lose("unix-diag", tolerate, s.where(), f"a unix listener whose connections waiting to be accepted are not "
+             f"known ({s.why_unseen})", notes)
         return
     for client in s.diag.icons:
         c = by_ino.get(client) if client else None
@@ -479,12 +495,12 @@ def _hidden_messages(stype: int, msgs: Sequence[_Message], sender: UnixDiag | No
         b.close()
 
 
-def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Callable[[int], int] | None) -> None:
+def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Callable[[int], int] | None,
+           tolerate: frozenset[str]) -> None:
     """Record the receive queue (peeked, undisturbed), the descriptors in flight in it, and the options only
     the socket itself can tell."""
     with borrowed(s.pid, s.fd) as sock:
         own_off = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-        _save_options(s, sock, own_off)
         if s.u.state == TCP_LISTEN or (s.u.type == socket.SOCK_STREAM and s.u.state != TCP_ESTABLISHED):
             return  # no receive queue of data (an unconnected stream socket cannot even be read: EINVAL)
         try:
@@ -537,8 +553,9 @@ def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Cal
                 s.u.in_flight.add(index=len(s.u.queue), file_ids=ids)
             s.u.queue.append(m.data)
         if s.u.state != TCP_ESTABLISHED and any(m.addr for m in msgs):
-            notes.append(f"{s.where()}: {len(msgs)} datagram(s) queued on {show_name(s.u.name)}: their sender "
-                         "addresses are not kept (restored as sent from an unnamed socket)")
+            lose("datagram-senders", tolerate, s.where(), f"{len(msgs)} datagram(s) queued on "
+                 f"{show_name(s.u.name)} with their senders' addresses (restored as sent from an unnamed socket)",
+                 notes)
 
 
 def _read_queue(s: _Sock, sock: socket.socket, peer: _Sock | None, notes: list[str]) -> list[_Message]:
@@ -704,23 +721,6 @@ def _steal_and_put_back(s: _Sock, sock: socket.socket, peer: _Sock, biggest: int
     return msgs
 
 
-def _save_options(s: _Sock, sock: socket.socket, own_off: int) -> None:
-    """SO_PASSCRED & co, SO_PEEK_OFF when the program set one, buffer sizes that differ from a new socket's."""
-    for name in _FLAG_OPTIONS:
-        try:
-            if sock.getsockopt(socket.SOL_SOCKET, name):
-                s.u.options.append(files_pb2.SockOpt(level=socket.SOL_SOCKET, name=name, value=_INT.pack(1)))
-        except OSError:
-            continue  # not known to this kernel
-    if own_off >= 0:
-        s.u.options.append(files_pb2.SockOpt(level=socket.SOL_SOCKET, name=SO_PEEK_OFF, value=_INT.pack(own_off)))
-    with socket.socket(socket.AF_UNIX, s.u.type) as fresh:
-        for get, force in _BUF_OPTIONS:
-            value = sock.getsockopt(socket.SOL_SOCKET, get)
-            if value != fresh.getsockopt(socket.SOL_SOCKET, get):
-                s.u.options.append(files_pb2.SockOpt(level=socket.SOL_SOCKET, name=force, value=_INT.pack(value // 2)))
-
-
 # --- restore ------------------------------------------------------------------------------------
 
 def groups(files: Sequence[FileEntry]) -> list[list[int]]:
@@ -868,6 +868,11 @@ class _Builder:
             except OSError as exc:
                 raise RestoreError(f"cannot bind the unix socket of file {e.id} to {show_name(name)}: {exc.strerror}",
                                    hint="the name must be free (is the dumped process still running?)") from exc
+            if e.unix.HasField("file_mode"):  # as the dump found it, not as the umask made it
+                self.s.write(0, name + b"\0")
+                self.inj.call(NR.fchownat, _AT_FDCWD, self.s.addr, e.unix.file_uid, e.unix.file_gid, 0,
+                              name=f"fchownat({name!r})")
+                self.inj.call(NR.fchmodat, _AT_FDCWD, self.s.addr, e.unix.file_mode, name=f"fchmodat({name!r})")
 
     def pair(self, a: FileEntry, b: FileEntry | None) -> tuple[int, int]:
         """``socketpair`` for ``a`` and ``b`` (None: a bare stand-in end)."""

@@ -63,6 +63,13 @@ def test_no_command_and_unknown_option_are_usage_errors() -> None:
     assert_one_line_error(run("check", "--bogus"), 2, "--bogus")
 
 
+def test_an_unknown_tolerance_is_a_usage_error_before_anything_is_touched(tmp_path: Path) -> None:
+    """Checked before the target is looked at or the image directory made: pid 1 is never seized."""
+    res = run("dump", "-t", "1", "-D", str(tmp_path / "img"), "--tolerate", "udp-queue,bogus")
+    assert_one_line_error(res, 2, "--tolerate bogus: no such tolerance")
+    assert "hint: one of: inotify-events, listen-queue" in res.stderr and not (tmp_path / "img").exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="ckpt check seizes a child: needs root")
 def test_check_reports_a_true_table() -> None:
     res = run("check")

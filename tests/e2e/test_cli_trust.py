@@ -313,15 +313,16 @@ def test_log_file_and_verbosity(tmp_path: Path, ticker) -> None:  # noqa: ANN001
     assert_untouched(t)
 
 
-def test_file_locks_are_refused_naming_them_with_or_without_l(tmp_path: Path, ticker) -> None:  # noqa: ANN001
+def test_file_locks_are_dumped_with_or_without_l(tmp_path: Path, ticker) -> None:  # noqa: ANN001
+    """-l/--file-locks is CRIU's flag, accepted and not needed: a lock that can be restored exactly always is."""
     lock = tmp_path / "held.lock"
     t, _ = ticker("--lock", str(lock))
-    for extra in ([], ["-l"], ["--file-locks"]):
-        res = run("dump", *extra, "-t", t.pid, "-D", tmp_path / "img")
-        one_line_error(res, 1, f"process {t.pid}", str(lock), "FLOCK")
-        assert "cannot restore file locks" in res.stderr
-        assert not (tmp_path / "img").exists()
+    for n, extra in enumerate(([], ["-l"], ["--file-locks"])):
+        res = run("dump", *extra, "-R", "-t", t.pid, "-D", tmp_path / f"img{n}")
+        assert res.returncode == 0, res.stderr
+        assert "kind: FLOCK, type: 1" in run("show", tmp_path / f"img{n}").stdout
         assert_untouched(t)
+    assert any(" FLOCK " in line and f" {t.pid} " in line for line in Path("/proc/locks").read_text().splitlines())
 
 
 def test_ghost_limit_is_deleted_max(tmp_path: Path, py_target) -> None:  # noqa: ANN001

@@ -92,8 +92,12 @@ def test_event_fds_round_trip(c_target, tmp_path: Path, restored: list[int], lea
     assert settings[6][1][1] == 1  # TFD_TIMER_ABSTIME
 
     image = tmp_path / "img"
-    stats = dump(pid, image, leave_running=leave_running)
-    assert any("fd 9 (inotify)" in n and "not kept" in n for n in stats.notes), stats.notes
+    with pytest.raises(Unsupported, match=r"fd 9 \(inotify\): \d+ bytes of events not yet read") as refused:
+        dump(pid, image, leave_running=leave_running)  # unread events cannot be queued again: refused by default
+    assert "--tolerate inotify-events" in (refused.value.hint or "")
+    assert t.alive() and not image.exists() and _queued(pid, 9) > 0
+    stats = dump(pid, image, leave_running=leave_running, tolerate=["inotify-events"])
+    assert any("fd 9 (inotify)" in n and "not kept (--tolerate inotify-events)" in n for n in stats.notes), stats.notes
     assert Image.open(image).verify() == []
     kinds = {f.fd: {e.id: e for e in Image.open(image).file_entries()}[f.file_id].kind
              for f in Image.open(image).fds(pid)}

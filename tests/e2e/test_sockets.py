@@ -166,8 +166,10 @@ def test_listen_backlogs_come_back(py_target, tmp_path: Path, restored: list[int
     _pongs(ports, unix_path)  # and every listener still accepts
 
 
-def test_unknown_backlog_is_a_note_and_restores_somaxconn(py_target, tmp_path: Path,  # noqa: ANN001
-                                                         restored: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_unix_backlog_is_refused_or_tolerated(py_target, tmp_path: Path,  # noqa: ANN001
+                                                      restored: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without sock_diag a unix listener's backlog is not known: refused unless --tolerate unix-diag, which
+    restores it as SOMAXCONN with a note.  TCP listeners tell theirs through TCP_INFO: kept either way."""
     unix_path = str(tmp_path / "b.sock")
     t = py_target("py_backlogs.py", unix_path, "5", "17", "33", stderr=subprocess.DEVNULL)
     ports = _fields(t.expect("READY", timeout=20))
@@ -176,28 +178,67 @@ def test_unknown_backlog_is_a_note_and_restores_somaxconn(py_target, tmp_path: P
         raise FileNotFoundError(2, "sock_diag: No such file or directory")  # as without the diag modules
 
     monkeypatch.setattr(sockets, "listen_backlogs", no_sock_diag)
-    stats = dump(t.pid, tmp_path / "img")  # the dump goes on, and its notes say what was not saved
+    with pytest.raises(Unsupported, match="a unix listener whose backlog is not known") as refused:
+        dump(t.pid, tmp_path / "img")
+    assert "--tolerate unix-diag" in (refused.value.hint or "") and t.alive()
+    stats = dump(t.pid, tmp_path / "img", tolerate=["unix-diag"])
     t.proc.returncode = -signal.SIGKILL
-    lost = [n for n in stats.notes if "listen backlog not known: sock_diag failed" in n]
-    assert len(lost) == 3 and all(re.search(r"fd \d+", n) for n in lost), stats.notes
-    assert _image_backlogs(tmp_path / "img") == []  # nothing recorded: like an image from before backlogs
+    lost = [n for n in stats.notes if "backlog is not known (sock_diag failed" in n]
+    assert len(lost) == 1 and re.search(r"fd \d+", lost[0]), stats.notes
+    tcp6 = [min(17, SOMAXCONN_NOW)] if ports["tcp6"] != "0" else []
+    assert sorted(_image_backlogs(tmp_path / "img")) == sorted([5, *tcp6])  # the unix one is not recorded
     monkeypatch.undo()
     r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
-    assert _backlogs(r.pid) == {"tcp4": [SOMAXCONN_NOW], "tcp6": [SOMAXCONN_NOW], "unix": [SOMAXCONN_NOW]}
+    assert _backlogs(r.pid) == {"tcp4": [5], **({"tcp6": tcp6} if tcp6 else {}), "unix": [SOMAXCONN_NOW]}
     _pongs(ports, unix_path)
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is not installed")
-def test_backlog_in_another_network_namespace_is_a_note(tmp_path: Path) -> None:
-    """sock_diag sees the dumper's network namespace only: a target in another one gets the SOMAXCONN note."""
+def test_backlog_in_another_network_namespace(tmp_path: Path) -> None:
+    """sock_diag sees the dumper's network namespace only: a unix listener in another one is refused unless
+    tolerated; a TCP listener's backlog comes from TCP_INFO, in any namespace."""
     with spawn(["unshare", "--net", *python_argv("py_backlogs.py", "@ckpt-netns-backlog", "5", "17", "33", "0.0.0.0")],
                stderr=subprocess.DEVNULL) as t:
         t.expect("READY", timeout=20)
-        note = "listen backlog not known: the process is in another network namespace"
-        stats = dump(t.pid, tmp_path / "img", leave_running=True)
-        assert len([n for n in stats.notes if note in n]) == 2, stats.notes  # tcp4 and unix (no ::1 there)
-        assert t.alive() and _image_backlogs(tmp_path / "img") == []
+        with pytest.raises(Unsupported, match="in another network namespace"):
+            dump(t.pid, tmp_path / "img", leave_running=True)
+        stats = dump(t.pid, tmp_path / "img", leave_running=True, tolerate=["unix-diag"])
+        note = "the process is in another network namespace, which sock_diag does not see"
+        assert [n.split(": ", 2)[2].split(" (")[0] for n in stats.notes if note in n] == [
+            "a unix listener whose backlog is not known",
+            "a unix listener whose connections waiting to be accepted are not known"], stats.notes
+        assert t.alive() and _image_backlogs(tmp_path / "img") == [5]  # tcp4 (no ::1 there)
+
+
+def test_waiting_connections_and_queued_datagrams_are_refused_or_tolerated(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """A TCP listener with a connection not yet accepted, a UDP socket with a datagram not yet read: neither
+    can be put back, so the dump is refused naming each and the tolerance that lets it through; with it,
+    each loss is a note — and the dump itself consumed nothing (the target still accepts and reads them)."""
+    t = py_target("py_queues.py", stderr=subprocess.DEVNULL)
+    ports = _fields(t.expect("READY", timeout=20))
+    client = socket.create_connection(("127.0.0.1", int(ports["tcp"])))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(Unsupported, match=r"TCP listener on 127\.0\.0\.1:\d+ .*with 1 connection\(s\) waiting to "
+                                              r"be accepted") as refused:
+            dump(t.pid, tmp_path / "img", leave_running=True)
+        assert "--tolerate listen-queue" in (refused.value.hint or "")
+        udp.sendto(b"hello", ("127.0.0.1", int(ports["udp"])))
+        with pytest.raises(Unsupported, match="UDP socket with datagrams not yet read") as refused:
+            dump(t.pid, tmp_path / "img", leave_running=True, tolerate=["listen-queue"])
+        assert "--tolerate udp-queue" in (refused.value.hint or "")
+        assert t.alive() and not (tmp_path / "img").exists()
+        stats = dump(t.pid, tmp_path / "img", leave_running=True, tolerate=["listen-queue", "udp-queue"])
+        assert [n.split(": ", 2)[-1] for n in stats.notes if "--tolerate" in n] == [
+            f"an IPv4 TCP listener on 127.0.0.1:{ports['tcp']} with 1 connection(s) waiting to be accepted: "
+            "not kept (--tolerate listen-queue)",
+            "an IPv4 UDP socket with datagrams not yet read: not kept (--tolerate udp-queue)"], stats.notes
+        os.kill(t.pid, signal.SIGUSR1)
+        assert t.expect("QUEUES", timeout=20) == "QUEUES accepted=1 datagrams=hello"
+    finally:
+        client.close()
+        udp.close()
 
 
 # --- redis -------------------------------------------------------------------

@@ -17,7 +17,8 @@ import pytest
 from ckpt import api
 from ckpt.errors import Unsupported
 from ckpt.image.reader import Image
-from targets import Target, kill_all, tracer_of
+from targets import Target, kill_all, spawn, tracer_of
+from test_dump_restore import _forget
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 
@@ -241,3 +242,36 @@ def test_ext_unix_close_drops_a_connection_waiting_from_outside(py_target, outsi
     r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     assert _round(t) == "PASS waiting-outside none"  # listening again, without the dropped connection
+
+
+_BOUND = """import os, socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen()
+os.chmod(sys.argv[1], 0o640)
+os.chown(sys.argv[1], 65534, 65534)
+print(f"READY pid={os.getpid()}", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def test_a_bound_socket_file_keeps_its_mode_and_owner(tmp_path: Path) -> None:
+    """bind(2) makes the socket file from the umask and the binder's ids: the restore makes it as the dump found
+    it (screen keeps a session's state in its socket file's mode bits)."""
+    path = tmp_path / "bound.sock"
+    t = spawn([sys.executable, "-c", _BOUND, str(path)], stderr=subprocess.DEVNULL)
+    pid = t.pid
+    try:
+        t.ready()
+        before = os.stat(path)
+        api.dump(pid, tmp_path / "img")
+        _forget(t)
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds, detached=True)
+        assert r.pid == pid
+        after = os.stat(path)
+        assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, 65534, 65534)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(str(path))  # the restored listener is there
+    finally:
+        kill_all([pid])

@@ -16,6 +16,8 @@ CASE is one of:
   and a restore of the merged image alone (the chain removed).
 * ``dropped``: tests/e2e/test_dropped_pages.py (pages dropped with MADV_DONTNEED, small and a
   THP, then written or read, in a chain: every back-end × page listing this kernel has).
+* ``fd-kinds``: tests/e2e/test_fd_kinds.py (pidfds, O_PATH, /proc files, epoll watches of closed numbers,
+  pipes whose other end is closed or that are open through two open files).
 
 Prints the ckpt commands run and their output, and last a line ``CASE-RESULT {json}`` (ok,
 detail, seconds, extra figures); exits 0 when the case passed.  Images go to a temp dir.
@@ -324,24 +326,43 @@ def case_merge(tmp: Path, track: str | None) -> dict:
     return extra
 
 
-def case_dropped(tmp: Path, track: str | None) -> dict:
-    """tests/e2e/test_dropped_pages.py on this kernel: MADV_DONTNEED'd small pages and a zapped THP, then
-    written or only read, in a chain of every back-end × page listing the kernel has (the rest skip)."""
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                        "tests/e2e/test_dropped_pages.py"], cwd=REPO, capture_output=True, text=True,
-                       stdin=subprocess.DEVNULL, timeout=GUARD, env={**os.environ, "TMPDIR": str(tmp)})
+def _pytest_file(tmp: Path, test: str) -> dict:
+    """One e2e test file run on this kernel: its pass and skip counts; CaseFailed if any failed (or none passed).
+
+    We are not a subreaper meanwhile: a test's dumped tree leaves orphans (its children, killed by the
+    dump), which must go to init to be reaped, or their pids stay taken for the restore."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test], cwd=REPO,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=GUARD,
+                           env={**os.environ, "TMPDIR": str(tmp)})
+    finally:
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     print(p.stdout[-4000:], p.stderr[-2000:], sep="\n", flush=True)
     summary = next((ln for ln in reversed(p.stdout.splitlines()) if " in " in ln and ("passed" in ln or
                                                                                       "failed" in ln)), "")
     counts = {w: int(n) for n, w in (pair.split()[:2] for pair in summary.split(" in ")[0].split(", ")
                                      if pair.split()[0].isdigit())}
     if p.returncode != 0 or not counts.get("passed"):
-        raise CaseFailed(f"test_dropped_pages.py: exit {p.returncode}: {summary or p.stderr.strip()[-300:]}")
+        raise CaseFailed(f"{Path(test).name}: exit {p.returncode}: {summary or p.stderr.strip()[-300:]}")
     return {"passed": counts.get("passed", 0), "skipped": counts.get("skipped", 0)}
 
 
+def case_dropped(tmp: Path, track: str | None) -> dict:
+    """tests/e2e/test_dropped_pages.py on this kernel: MADV_DONTNEED'd small pages and a zapped THP, then
+    written or only read, in a chain of every back-end × page listing the kernel has (the rest skip)."""
+    return _pytest_file(tmp, "tests/e2e/test_dropped_pages.py")
+
+
+def case_fd_kinds(tmp: Path, track: str | None) -> dict:
+    """tests/e2e/test_fd_kinds.py on this kernel: pipes whose other end is closed or reopened, pidfds (fdinfo
+    ``Pid:``, pidfs or not), O_PATH descriptors, /proc files, epoll watches found with KCMP_EPOLL_TFD."""
+    return _pytest_file(tmp, "tests/e2e/test_fd_kinds.py")
+
+
 CASES = {"check": case_check, "c-threads": case_c_threads, "python": case_python, "chain": case_chain,
-         "merge": case_merge, "dropped": case_dropped}
+         "merge": case_merge, "dropped": case_dropped, "fd-kinds": case_fd_kinds}
 
 
 def main() -> int:

@@ -150,8 +150,8 @@ def _cell(outs: list[Outcome]) -> str:
     return "pass" if all(o.ok for o in outs if o.ok is not None) else "FAIL"
 
 
-def _dropped_cell(outs: list[Outcome]) -> str:
-    """pass with how many of the back-end × listing runs the kernel has (the others skip)."""
+def _counted_cell(outs: list[Outcome]) -> str:
+    """pass with how many runs passed (of a test file: for dropped pages, each back-end × listing the kernel has)."""
     cell = _cell(outs)
     n = sum(o.extra.get("passed", 0) for o in outs)
     return f"{cell} ({n} runs)" if cell == "pass" and n else cell
@@ -161,9 +161,9 @@ def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
     """The summary table (markdown) and the JSON document."""
     tracks = ("uffd-wp", "soft-dirty", "hash")
     rows = ["| kernel | back-ends found | check | dump/restore (C threads, Python) | "
-            + " | ".join(f"chain {t}" for t in tracks) + " | merge | dropped pages | to/from this host (restore, migrate) "
+            + " | ".join(f"chain {t}" for t in tracks) + " | merge | dropped pages | descriptor kinds | to/from this host (restore, migrate) "
             "| boot | qemu RSS |",
-            "|---" * (9 + len(tracks)) + "|"]
+            "|---" * (10 + len(tracks)) + "|"]
     doc: dict = {"kernels": []}
     for run in runs.values():
         if not run.outcomes:
@@ -174,7 +174,8 @@ def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
                  ", ".join(run.backends or []) or "?", _cell(by("check")),
                  _cell(dr) if len({o.ok for o in dr}) < 2 else
                  ", ".join(f"{o.case} {'pass' if o.ok else 'FAIL'}" for o in dr),
-                 *(_cell(by("chain", t)) for t in tracks), _cell(by("merge")), _dropped_cell(by("dropped")),
+                 *(_cell(by("chain", t)) for t in tracks), _cell(by("merge")), _counted_cell(by("dropped")),
+                 _counted_cell(by("fd-kinds")),
                  _cell([o for o in run.outcomes if o.case.startswith("across:")]),
                  f"{run.boot_seconds:.0f} s" if run.boot_seconds else "-",
                  f"{run.qemu_rss_mib:.0f} MiB" if run.qemu_rss_mib else "-"]

@@ -11,17 +11,45 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FdEntry(_message.Message):
-    __slots__ = ("fd", "fd_flags", "file_id")
+    __slots__ = ("fd", "fd_flags", "file_id", "locks")
     FD_FIELD_NUMBER: _ClassVar[int]
     FD_FLAGS_FIELD_NUMBER: _ClassVar[int]
     FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
     fd: int
     fd_flags: int
     file_id: int
-    def __init__(self, fd: _Optional[int] = ..., fd_flags: _Optional[int] = ..., file_id: _Optional[int] = ...) -> None: ...
+    locks: _containers.RepeatedCompositeFieldContainer[FileLock]
+    def __init__(self, fd: _Optional[int] = ..., fd_flags: _Optional[int] = ..., file_id: _Optional[int] = ..., locks: _Optional[_Iterable[_Union[FileLock, _Mapping]]] = ...) -> None: ...
+
+class FileLock(_message.Message):
+    __slots__ = ("kind", "type", "start", "length", "pid")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[FileLock.Kind]
+        POSIX: _ClassVar[FileLock.Kind]
+        OFD: _ClassVar[FileLock.Kind]
+        FLOCK: _ClassVar[FileLock.Kind]
+        LEASE: _ClassVar[FileLock.Kind]
+    KIND_UNSPECIFIED: FileLock.Kind
+    POSIX: FileLock.Kind
+    OFD: FileLock.Kind
+    FLOCK: FileLock.Kind
+    LEASE: FileLock.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    kind: FileLock.Kind
+    type: int
+    start: int
+    length: int
+    pid: int
+    def __init__(self, kind: _Optional[_Union[FileLock.Kind, str]] = ..., type: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
-    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd")
+    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty", "pidfd", "proc")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[FileEntry.Kind]
@@ -45,6 +73,9 @@ class FileEntry(_message.Message):
         PIDFD: _ClassVar[FileEntry.Kind]
         USERFAULTFD: _ClassVar[FileEntry.Kind]
         OTHER: _ClassVar[FileEntry.Kind]
+        PTY: _ClassVar[FileEntry.Kind]
+        PATH: _ClassVar[FileEntry.Kind]
+        PROC: _ClassVar[FileEntry.Kind]
     KIND_UNSPECIFIED: FileEntry.Kind
     REG: FileEntry.Kind
     DIR: FileEntry.Kind
@@ -66,6 +97,9 @@ class FileEntry(_message.Message):
     PIDFD: FileEntry.Kind
     USERFAULTFD: FileEntry.Kind
     OTHER: FileEntry.Kind
+    PTY: FileEntry.Kind
+    PATH: FileEntry.Kind
+    PROC: FileEntry.Kind
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +122,9 @@ class FileEntry(_message.Message):
     SIGNALFD_FIELD_NUMBER: _ClassVar[int]
     INOTIFY_FIELD_NUMBER: _ClassVar[int]
     MEMFD_FIELD_NUMBER: _ClassVar[int]
+    PTY_FIELD_NUMBER: _ClassVar[int]
+    PIDFD_FIELD_NUMBER: _ClassVar[int]
+    PROC_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: FileEntry.Kind
     path: str
@@ -110,7 +147,10 @@ class FileEntry(_message.Message):
     signalfd: SignalFd
     inotify: Inotify
     memfd: MemFd
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ...) -> None: ...
+    pty: Pty
+    pidfd: PidFd
+    proc: ProcFile
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ..., pidfd: _Optional[_Union[PidFd, _Mapping]] = ..., proc: _Optional[_Union[ProcFile, _Mapping]] = ...) -> None: ...
 
 class Fown(_message.Message):
     __slots__ = ("pid", "pid_type", "signum", "uid", "euid")
@@ -137,7 +177,7 @@ class Pipe(_message.Message):
     def __init__(self, pipe_id: _Optional[int] = ..., capacity: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UnixSocket(_message.Message):
-    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options", "peer_name", "listener_ino", "pending", "name_inherited", "in_flight")
+    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options", "peer_name", "listener_ino", "pending", "name_inherited", "in_flight", "file_mode", "file_uid", "file_gid")
     INO_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +192,9 @@ class UnixSocket(_message.Message):
     PENDING_FIELD_NUMBER: _ClassVar[int]
     NAME_INHERITED_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    FILE_MODE_FIELD_NUMBER: _ClassVar[int]
+    FILE_UID_FIELD_NUMBER: _ClassVar[int]
+    FILE_GID_FIELD_NUMBER: _ClassVar[int]
     ino: int
     type: int
     state: int
@@ -166,7 +209,10 @@ class UnixSocket(_message.Message):
     pending: _containers.RepeatedScalarFieldContainer[int]
     name_inherited: bool
     in_flight: _containers.RepeatedCompositeFieldContainer[InFlight]
-    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., peer_name: _Optional[bytes] = ..., listener_ino: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ..., name_inherited: _Optional[bool] = ..., in_flight: _Optional[_Iterable[_Union[InFlight, _Mapping]]] = ...) -> None: ...
+    file_mode: int
+    file_uid: int
+    file_gid: int
+    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., peer_name: _Optional[bytes] = ..., listener_ino: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ..., name_inherited: _Optional[bool] = ..., in_flight: _Optional[_Iterable[_Union[InFlight, _Mapping]]] = ..., file_mode: _Optional[int] = ..., file_uid: _Optional[int] = ..., file_gid: _Optional[int] = ...) -> None: ...
 
 class InFlight(_message.Message):
     __slots__ = ("index", "file_ids")
@@ -331,3 +377,89 @@ class MemFd(_message.Message):
     seals: int
     shmem_id: int
     def __init__(self, name: _Optional[str] = ..., seals: _Optional[int] = ..., shmem_id: _Optional[int] = ...) -> None: ...
+
+class Pty(_message.Message):
+    __slots__ = ("index", "master", "pair", "via_ctty")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MASTER_FIELD_NUMBER: _ClassVar[int]
+    PAIR_FIELD_NUMBER: _ClassVar[int]
+    VIA_CTTY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    master: bool
+    pair: PtyPair
+    via_ctty: bool
+    def __init__(self, index: _Optional[int] = ..., master: _Optional[bool] = ..., pair: _Optional[_Union[PtyPair, _Mapping]] = ..., via_ctty: _Optional[bool] = ...) -> None: ...
+
+class PtyPair(_message.Message):
+    __slots__ = ("termios", "winsize", "packet", "locked", "master_exclusive", "slave_exclusive", "input", "partial", "output")
+    TERMIOS_FIELD_NUMBER: _ClassVar[int]
+    WINSIZE_FIELD_NUMBER: _ClassVar[int]
+    PACKET_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
+    MASTER_EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    SLAVE_EXCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    termios: Termios
+    winsize: Winsize
+    packet: bool
+    locked: bool
+    master_exclusive: bool
+    slave_exclusive: bool
+    input: _containers.RepeatedCompositeFieldContainer[PtyInput]
+    partial: bytes
+    output: bytes
+    def __init__(self, termios: _Optional[_Union[Termios, _Mapping]] = ..., winsize: _Optional[_Union[Winsize, _Mapping]] = ..., packet: _Optional[bool] = ..., locked: _Optional[bool] = ..., master_exclusive: _Optional[bool] = ..., slave_exclusive: _Optional[bool] = ..., input: _Optional[_Iterable[_Union[PtyInput, _Mapping]]] = ..., partial: _Optional[bytes] = ..., output: _Optional[bytes] = ...) -> None: ...
+
+class PtyInput(_message.Message):
+    __slots__ = ("data", "eof")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    eof: bool
+    def __init__(self, data: _Optional[bytes] = ..., eof: _Optional[bool] = ...) -> None: ...
+
+class Termios(_message.Message):
+    __slots__ = ("iflag", "oflag", "cflag", "lflag", "line", "cc", "ispeed", "ospeed")
+    IFLAG_FIELD_NUMBER: _ClassVar[int]
+    OFLAG_FIELD_NUMBER: _ClassVar[int]
+    CFLAG_FIELD_NUMBER: _ClassVar[int]
+    LFLAG_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    CC_FIELD_NUMBER: _ClassVar[int]
+    ISPEED_FIELD_NUMBER: _ClassVar[int]
+    OSPEED_FIELD_NUMBER: _ClassVar[int]
+    iflag: int
+    oflag: int
+    cflag: int
+    lflag: int
+    line: int
+    cc: bytes
+    ispeed: int
+    ospeed: int
+    def __init__(self, iflag: _Optional[int] = ..., oflag: _Optional[int] = ..., cflag: _Optional[int] = ..., lflag: _Optional[int] = ..., line: _Optional[int] = ..., cc: _Optional[bytes] = ..., ispeed: _Optional[int] = ..., ospeed: _Optional[int] = ...) -> None: ...
+
+class Winsize(_message.Message):
+    __slots__ = ("row", "col", "xpixel", "ypixel")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    COL_FIELD_NUMBER: _ClassVar[int]
+    XPIXEL_FIELD_NUMBER: _ClassVar[int]
+    YPIXEL_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    col: int
+    xpixel: int
+    ypixel: int
+    def __init__(self, row: _Optional[int] = ..., col: _Optional[int] = ..., xpixel: _Optional[int] = ..., ypixel: _Optional[int] = ...) -> None: ...
+
+class PidFd(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class ProcFile(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...

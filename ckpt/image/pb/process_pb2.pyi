@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProcessEntry(_message.Message):
-    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "cwd_ghost", "root_ghost")
+    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "ctty", "cwd_ghost", "root_ghost")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     PGID_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class ProcessEntry(_message.Message):
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     TIMERS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    CTTY_FIELD_NUMBER: _ClassVar[int]
     CWD_GHOST_FIELD_NUMBER: _ClassVar[int]
     ROOT_GHOST_FIELD_NUMBER: _ClassVar[int]
     pid: int
@@ -53,9 +54,18 @@ class ProcessEntry(_message.Message):
     flags: ProcessFlags
     timers: Timers
     observed: Observed
+    ctty: Ctty
     cwd_ghost: _common_pb2.Ghost
     root_ghost: _common_pb2.Ghost
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., ctty: _Optional[_Union[Ctty, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
+
+class Ctty(_message.Message):
+    __slots__ = ("index", "foreground")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FOREGROUND_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    foreground: int
+    def __init__(self, index: _Optional[int] = ..., foreground: _Optional[int] = ...) -> None: ...
 
 class Observed(_message.Message):
     __slots__ = ("sections",)
