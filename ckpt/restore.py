@@ -54,7 +54,7 @@ from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, ImageError, RestoreError, UsageError
 from .image import kinds
 from .image.chain import resolve_pages
-from .image.pb import files_pb2, inventory_pb2, mm_pb2, process_pb2
+from .image.pb import files_pb2, mm_pb2, process_pb2
 from .image.reader import Image
 from .image.records import ImageKind, Pagemap, PageSource, PageState
 from .image.verify import validated_chain
@@ -338,7 +338,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         t_check = time.monotonic()
         if check:
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
-                                     {p.pid for p in root.walk()}, image.inventory))
+                                     {p.pid for p in root.walk()}, image))
         check_s = time.monotonic() - t_check
         testpoint.point("restore-handing-over")
         if before_hand_over is not None:
@@ -743,14 +743,27 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
     return ctx.notes
 
 
+def _lost_unix(e: files_pb2.FileEntry) -> tuple[str, ...]:
+    """What of a unix socket's unix_diag account the user let the dump lose: with ``--ext-unix-close`` its
+    peer (so its shutdown bits) or a listener's connections waiting from outside; with ``--tolerate
+    unix-diag`` a listener's backlog and waiting connections (the image has no backlog)."""
+    if e.kind != files_pb2.FileEntry.UNIX:
+        return ()
+    lost = ("shutdown", "waiting") if e.unix.ext_closed else ()
+    if e.unix.state == 10 and not e.unix.HasField("backlog"):  # TCP_LISTEN
+        lost += ("backlog", "waiting")
+    return lost
+
+
 def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
-                tree_pids: Collection[int], inventory: inventory_pb2.Inventory) -> list[str]:
+                tree_pids: Collection[int], image: Image) -> list[str]:
     """Compare the kernel's account of each built (frozen) process with the dump's; RestoreError on a difference.
 
     Left out: the restorer's own area in each (its trampoline) and, on another kernel, the proxy of the old
     vDSO.  What the release sets last (signal and CPU masks) is compared with what it will set.
     """
     notes = []
+    inventory = image.inventory
     theirs, mine = host.recorded(inventory), host.here()
     elsewhere = (theirs.release, theirs.version) != (mine.release, mine.version) or inventory.boot_id != read_boot_id()
     for ws, entry, cores in built:
@@ -771,9 +784,11 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
                          "restorer's session now" + (" and process group" if outside[1] else ""))
         limit_rows = [ln.key for s in now.sections if s.name == "limits" for ln in s.lines]  # in RLIMIT_* order
         lowered = {("limits", limit_rows[r]) for r in ws.lowered if r < len(limit_rows)}
+        files = {e.id: e for e in image.file_entries()}
+        lost = {(f"unix_diag/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_unix(files[f.file_id])}
         diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
                                      joins_restorer=outside,
-                                     tolerated=lowered, elsewhere=elsewhere)
+                                     tolerated=lowered | lost, elsewhere=elsewhere)
         if diffs:
             for d in diffs:
                 log.error("self-check: process %d: %s", ws.pid, d)
@@ -980,7 +995,7 @@ class StagedRestore:
                 if self.check:
                     notes.extend(_self_check([(st.ws, records[pid][1], records[pid][0])
                                               for pid, st in self._procs.items()], self.pid, self.pids,
-                                             image.inventory))
+                                             image))
                 check_s = time.monotonic() - t_check
                 testpoint.point("restore-handing-over")
                 if before_hand_over is not None:
