@@ -206,14 +206,26 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
 
 
 def _kill_helper(proc: FrozenProcess) -> None:
-    """SIGKILL a half-built process and collect every thread of it we trace."""
+    """SIGKILL a half-built process and collect every thread of it we trace.
+
+    Its threads are also taken from /proc: one cloned by an injected clone3 is traced from birth
+    (PTRACE_O_TRACECLONE) before the restore records it, and a leader is not reported while a traced
+    zombie thread of its group is left uncollected — waiting for it would never end (seen: a restore
+    interrupted between a thread's clone3 and its first stop).
+    """
+    tids = set(proc.threads)
+    try:
+        tids.update(int(t) for t in os.listdir(f"/proc/{proc.pid}/task"))
+    except OSError:
+        pass
     try:
         os.kill(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for tid in sorted(proc.threads, key=lambda t: t == proc.pid):
+    for tid in sorted(tids, key=lambda t: t == proc.pid):
         # non-leaders first: a traced leader is not reported while traced zombie threads exist
-        if proc.threads[tid].gone:
+        known = proc.threads.get(tid)
+        if known is not None and known.gone:
             continue
         try:
             while True:

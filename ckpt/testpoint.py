@@ -39,6 +39,7 @@ RESTORE_POINTS = {
     "restore-helper-seized": "the root's helper is seized, nothing injected into it yet",
     "restore-helpers-cloned": "a process's helper is emptied and its children's helpers are cloned",
     "restore-memory-filled": "a process's memory is mapped and filled",
+    "restore-thread-cloned": "a thread is cloned (traced already), not yet seen stopped and recorded",
     "restore-threads-created": "a process's threads and resources are restored, not let go yet",
     "restore-handing-over": "every process is built; none is let go yet",
 }

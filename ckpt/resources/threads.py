@@ -39,6 +39,7 @@ from ..kernel.prctl import PR_GET_TID_ADDRESS, PR_GET_TIMERSLACK, PR_SET_NAME, P
 from ..kernel.task_abi import SS_DISABLE, SS_ONSTACK, stack_t
 from ..kernel.ptrace import StopKind
 from ..procfs.snapshot import Snapshot
+from ..testpoint import point
 from . import blocked, limits, signals
 
 __all__ = [
@@ -228,6 +229,7 @@ def create_threads(proc: FrozenProcess, inj: Injector, scratch: Scratch, cores: 
         except OSError as exc:
             raise RestoreError(f"clone3 of thread {core.tid} failed: {os.strerror(exc.errno or 0)}"
                                + (" (the tid is taken)" if exc.errno == 17 else "")) from exc
+        point("restore-thread-cloned")
         if tid != core.tid:
             raise RestoreError(f"clone3 gave thread {tid}, wanted {core.tid}")
         st = ptrace.waitpid(tid)
