@@ -4,7 +4,7 @@ A regular file or directory is opened again at the path it had, and checked
 to be the same file (size, mtime, build-id: :mod:`ckpt.resources.fileid`;
 never by device and inode, which differ on another machine), at the offset it
 had.  A character device is reopened only when it carries no state of its own
-(:data:`SIMPLE_DEVICES`), or, for a terminal, when ``--shell-job`` says to
+(:data:`SIMPLE_DEVICES`) and its node still exists (a deleted one is refused at dump), or, for a terminal, when ``--shell-job`` says to
 re-attach it to the restoring terminal.  A deleted regular file has its bytes
 stored (up to ``--deleted-max``) and is made again under its old name (or a
 temporary one), opened, and unlinked; one made with O_TMPFILE is made again
@@ -97,6 +97,9 @@ def _dump_chr(d: FdDump, e: FileEntry) -> None:
         e.tty = True
     elif rdev not in SIMPLE_DEVICES:
         raise d.refuse(f"the character device {d.o.link} ({rdev[0]}:{rdev[1]})")
+    elif d.o.link.endswith(DELETED) and d.o.st.st_nlink == 0:  # reopened by path, it would be gone at restore
+        raise d.refuse(f"the character device {d.o.link} ({rdev[0]}:{rdev[1]}), a node deleted since it was opened",
+                       f"open {SIMPLE_DEVICES[rdev]} instead of a node of its own")
 
 
 # --- restore --------------------------------------------------------------

@@ -16,6 +16,7 @@ will refuse"): each set up, then checked by the process itself.
 * ``unix-replaced-file``: a unix socket bound to DIR/file.sock, whose path now names a regular file;
 * ``unix-replaced-sock``: a unix socket bound to DIR/twice.sock, whose path now names another listening socket
   of the process;
+* ``unix-dir-gone``: a unix socket bound to DIR/sub/x.sock, whose path and directory were deleted since;
 * ``freebind``: a UDP socket bound to 192.0.2.1 (not an address of this host) with IP_FREEBIND;
 * ``freebind6``: a UDP socket bound to 2001:db8::1 with IPV6_FREEBIND, and a TCP listener on 2001:db8::2 with
   IP_TRANSPARENT (needs CAP_NET_ADMIN);
@@ -173,6 +174,15 @@ def setup_unix_replaced_sock() -> None:
             second.accept()[0].close()
         return bad
     checks.append(check)
+
+
+def setup_unix_dir_gone() -> None:
+    sub = os.path.join(scratch, "sub")
+    os.mkdir(sub)
+    s = bound_unix(os.path.join(sub, "x.sock"))
+    os.unlink(s.getsockname())
+    os.rmdir(sub)
+    checks.append(lambda: [] if s.getsockname().endswith("/sub/x.sock") else ["unix-dir-gone: renamed"])
 
 
 def check_bound(what: str, s: socket.socket, addr: tuple) -> list[str]:  # noqa: ANN001
