@@ -113,7 +113,7 @@ def dump(pid: int, image_dir: str | os.PathLike[str], *, leave_running: bool = F
     resumes it) with ``leave_stopped`` — the two exclude each other.
     ``progress`` receives :class:`ckpt.progress.ProgressEvent`s (phases and
     bytes copied); nothing is printed by the API.  ``deleted_max`` caps the
-    content of deleted-but-open files saved (bytes; default 64 MiB).  On any failure it keeps running exactly as before and
+    data of a deleted file still open or mapped (bytes of its data ranges, holes not counted; default 64 MiB).  On any failure it keeps running exactly as before and
     no image is left behind.  ``shell_job``: terminal fds are allowed (they are
     re-attached to the restoring terminal); ``tcp_close``: established TCP
     connections are saved as closed sockets instead of being refused;

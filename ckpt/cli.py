@@ -581,8 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "closed instead of refusing them (waiting connections from outside are dropped)")
     _tolerate_flag(sp, "dump")
     sp.add_argument("--deleted-max", "--ghost-limit", type=_size, default=None, metavar="SIZE",
-                    help="largest deleted-but-open file whose content is saved, in bytes or with K/M/G "
-                         "(default 64M); a bigger one makes the dump fail, naming it (--ghost-limit: CRIU's name)")
+                    help="most data of a deleted file still open or mapped that is saved (its data ranges: holes "
+                         "do not count), in bytes or with K/M/G (default 64M); a file with more makes the dump "
+                         "fail, naming it (--ghost-limit: CRIU's name)")
     sp.add_argument("-l", "--file-locks", action="store_true",
                     help="accepted as CRIU spells it, and changes nothing: file locks and leases are always dumped when they "
                          "can be restored exactly (one that cannot be is refused, naming the process, fd and lock)")

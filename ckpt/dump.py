@@ -31,7 +31,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import blocked, creds, files, limits, memfd, memory, signals, tcp, threads, timens, timers, tree, tty
+from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, tcp, threads, timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -164,9 +164,9 @@ def dump(
     ``tcp_established``: established TCP connections are locked (nftables)
     and saved with TCP_REPAIR, to come back alive (CRIU's ``--tcp-established``,
     :mod:`ckpt.resources.tcp`); if the targets run on, so do the connections.
-    ``deleted_max``: bytes of a deleted-but-open file's content the image may
-    hold (default :data:`ckpt.resources.files.DELETED_MAX`); a bigger one is
-    refused, naming the fd and the size.
+    ``deleted_max``: bytes of data of a deleted-but-open or mapped file the image
+    may hold (default :data:`ckpt.resources.ghost.DELETED_MAX`; holes are not
+    stored); a file with more is refused, naming the fd or mapping and the size.
     ``tolerate``: the losses the user lets through (``--tolerate``, names of
     :data:`ckpt.tolerance.TABLE`); any other loss refuses the dump, naming it.
     ``end_target(image_dir)``: asked, once the image is committed and with the
@@ -230,8 +230,10 @@ def dump(
                                 ext_unix_close=ext_unix_close, tcp_session=conns,
                                 deleted_max=cap, notes=notes, tolerate=frozenset(tolerate))
                 fdump.write(w)
+                if any(e.HasField("ghost") for e in fdump.files):
+                    w.require(ghost.FEATURE)
                 cttys = tty.controlling(fdump.files, {p: sn.stat for p, sn in snap_of.items()})
-                vmas_of = {p: memory.dump_vmas(p, snap_of[p]) for p in ftree.procs}  # before any scratch area
+                vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
@@ -255,7 +257,7 @@ def dump(
                     with w.pages(owner) as pw:
                         pstats.append(memory.dump_shmem(p, view, pw))
                     stored_bytes += pw.close().stored_bytes
-                for owner, path in _objects(fdump, vmas_of).items():  # each memfd/SysV segment once, however reached
+                for owner, path in _objects(fdump, vmas_of).items():  # each memfd/SysV/ghost once, however reached
                     with w.pages(owner) as pw:
                         for offset, data in memfd.read_content(path):
                             pw.add(offset, data)
@@ -421,6 +423,9 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     w.write_process(pid, entry)
     w.write_threads(pid, cores)
     w.write_mm(pid, mm, vmas)
+    if (entry.HasField("cwd_ghost") or entry.HasField("root_ghost") or mm.HasField("exe_ghost")
+            or any(memory.is_ghost_view(v) for v in vmas)):
+        w.require(ghost.FEATURE)
     return cores, vmas
 
 
@@ -439,15 +444,15 @@ def _inventory(ftree: tree.FrozenTree, stats: dict[int, Stat], records: dict[int
 
 
 def _objects(fdump: files.FilesDump, vmas_of: dict[int, list]) -> dict[str, str]:
-    """{page owner: a /proc path opening it} of every memfd the tree holds (by fd) or maps, and every
-    System V segment it maps (their bytes are stored once, not per process)."""
+    """{page owner: a /proc path opening it} of every memfd and deleted file the tree holds (by fd) or maps,
+    and every System V segment it maps (their bytes are stored once, not per process)."""
     by_id = {e.id: e for e in fdump.files}
     out: dict[str, str] = {}
     stored = set(fdump.contents)  # a memfd only in flight: stored by the files already
     for pid, fds in fdump.fds_of.items():
         for f in fds:
             e = by_id[f.file_id]
-            if e.kind == e.MEMFD:
+            if e.kind == e.MEMFD or e.ghost.owner:
                 out.setdefault(e.content.owner, f"/proc/{pid}/fd/{f.fd}")
     for pid, vmas in vmas_of.items():
         for v in vmas:

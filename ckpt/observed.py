@@ -6,6 +6,7 @@ while a lock, a flag or an owner was silently gone.  The check therefore keeps
 what the *kernel* prints about the process — ``/proc/PID/status`` (process and
 every thread), ``limits``, ``personality``, ``timers``, ``timerslack_ns``,
 ``fdinfo/*`` (file locks, epoll targets, timerfd and eventfd state included),
+what unix_diag says of each unix socket (:func:`_unix_diag_lines`),
 every option of every socket as ``getsockopt`` reports it (``default`` when a
 new socket here has the same value: what the program never set compares equal
 on a host whose defaults differ), and every mapping's ``smaps`` VmFlags (neighbours that look alike compared as one,
@@ -33,6 +34,7 @@ from .errors import TargetGone
 from .image.pb import process_pb2
 from .procfs._proc import ProcDir
 from .procfs.maps import read_smaps_vmflags
+from .kernel.sock_diag import unix_sockets
 from .resources.sockets import borrowed, option_lines
 
 __all__ = ["Difference", "observe", "settled", "differences", "describe"]
@@ -124,6 +126,11 @@ _VMFLAGS_MASKED = {
     "ui": "userfaultfd minor-fault registration of the dump's tracker",
 }
 
+#: Mapped file names with a part that must differ, replaced before comparing: a file made with O_TMPFILE
+#: never had a name, and the kernel calls it "DIR/#INO" after its inode number, which a file made again
+#: cannot have (the same as fdinfo's "ino" above).
+_MAPS_NAMES = ((re.compile(r"/#\d+ \(deleted\) \["), "/#INO (deleted) ["),)
+
 #: Kernel areas, which a restore on another kernel puts elsewhere (ckpt/resources/vdso.py checks them).
 _KERNEL_AREAS = ("[vdso]", "[vvar]", "[vvar_vclock]")
 #: On another kernel or machine, [vsyscall] is there or not as that kernel's configuration says (vsyscall=).
@@ -186,6 +193,25 @@ def _sockopt_lines(pid: int, fd: int) -> list[tuple[str, str]]:
         return [("unreadable", "")]  # the same at the dump and after the restore, or a difference
 
 
+def _unix_diag_lines(ino: int) -> list[tuple[str, str]]:
+    """What unix_diag says of the unix socket of inode ``ino`` that a restore must give back: its state,
+    whether it is connected, its shutdown bits, its name and whether a file names it, the bytes waiting to
+    be read (a listener: the connections waiting and its backlog).  Not the memory its sent data holds
+    (``wqueue`` of a connected socket: truesize, which depends on how the bytes were written), nor inode
+    numbers.  None for another family, or a socket unix_diag does not see (another network namespace)."""
+    try:
+        d = unix_sockets(ino).get(ino)
+    except OSError:
+        return []
+    if d is None:
+        return []
+    lines = [("state", str(d.state)), ("connected", "yes" if d.peer is not None else "no"),
+             ("shutdown", str(d.shutdown)), ("name", (d.name or b"").hex()), ("file", "yes" if d.vfs else "no")]
+    if d.state == 10:  # TCP_LISTEN
+        return lines + [("waiting", str(len(d.icons))), ("backlog", str(d.wqueue))]
+    return lines + [("rqueue", str(d.rqueue))]
+
+
 def settled(sigmask: int, cpus: Iterable[int] | None = None) -> dict[str, str]:
     """A thread's lines as it runs once let go, where ckpt holds them otherwise while it is frozen: the signal
     mask (all blocked during injections, dump and restore) and, in a restore, the CPU mask (pinned)."""
@@ -229,8 +255,12 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
             except TargetGone:  # closed meanwhile: cannot happen to a frozen process, but not ours to judge
                 continue
             sections.append(_section(f"fdinfo/{fd}", _status_lines(body)))
-            if proc.readlink(f"fd/{fd}").startswith("socket:["):
+            link = proc.readlink(f"fd/{fd}")
+            if link.startswith("socket:["):
                 sections.append(_section(f"sockopt/{fd}", _sockopt_lines(pid, fd)))
+                unix = _unix_diag_lines(int(link[len("socket:["):-1]))
+                if unix:
+                    sections.append(_section(f"unix_diag/{fd}", unix))
         sections.append(_section("maps", _maps_lines(pid, proc, hidden)))
     return process_pb2.Observed(sections=sections)
 
@@ -303,6 +333,9 @@ def _normalized(kind: str, lines: Iterable[process_pb2.ObservedLine], *, root: b
             continue
         if kind == "maps" and masked_areas(key, value):
             continue
+        if kind == "maps":
+            for pattern, instead in _MAPS_NAMES:
+                value = pattern.sub(instead, value)
         rule = _FIELDS.get((kind, key))
         if rule is not None:
             value = " ".join(rule[0].sub("", value).split())
@@ -322,7 +355,8 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
     vDSO elsewhere and a proxy at the old one (another kernel): the kernel areas are not compared.
     ``joins_restorer``: (session, group) the process takes from the restorer, having had one whose leader
     was not dumped (the root of a job started from a shell, and its children): NSsid / NSpgid not compared.
-    ``tolerated``: (section kind, key) the user let differ, each with its note (``--allow-lower-limits``).
+    ``tolerated``: (section kind or name, key) the user let differ, each with its note (``--allow-lower-limits``,
+    ``--ext-unix-close``).
     ``elsewhere``: restored on another kernel or boot than the dump's.  Each kernel prints its own set of
     status lines (``Kthread``, ``untag_mask``, ``x86_Thread_features`` … come and go between versions): a
     line only one side has is that, not a loss, and only lines both print are compared; the kernel areas
@@ -348,7 +382,7 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
         if kind == "maps":
             bl, al = _coalesced(bl), _coalesced(al)
         skip = {k for k, joined in zip(("NSsid", "NSpgid"), joins_restorer) if joined}
-        skip |= {k for s, k in tolerated if s == kind}
+        skip |= {k for s, k in tolerated if s in (kind, name)}
         if elsewhere and kind == "status":
             common = {ln.key for ln in bl} & {ln.key for ln in al}
             skip |= {ln.key for ln in (*bl, *al) if ln.key not in common}

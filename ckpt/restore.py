@@ -54,7 +54,7 @@ from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
 from .errors import ChainError, CkptError, ImageError, RestoreError, UsageError
 from .image import kinds
 from .image.chain import resolve_pages
-from .image.pb import files_pb2, inventory_pb2, mm_pb2, process_pb2
+from .image.pb import files_pb2, mm_pb2, process_pb2
 from .image.reader import Image
 from .image.records import ImageKind, Pagemap, PageSource, PageState
 from .image.verify import validated_chain
@@ -68,7 +68,7 @@ from .procfs.maps import read_maps
 from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
-from .resources import creds, fileid, files, host, limits, locks, memory, signals, threads, timens, timers, tree
+from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
 from .resources import tty, vdso
 from .resources.context import RestoreContext
 
@@ -93,7 +93,8 @@ def restore_files(ctx: RestoreContext) -> None:
                                same_boot=fileid.same_boot(ctx.image.inventory.boot_id))
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
-                                   shared=ctx.shared_files, memfds=ctx.memfds, ptys=ctx.ptys))
+                                   shared=ctx.shared_files, memfds=ctx.memfds, ptys=ctx.ptys,
+                                   ghosts=ctx.ghosts))
 
 
 def restore_locks(ctx: RestoreContext) -> None:
@@ -112,7 +113,8 @@ def restore_sigactions(ctx: RestoreContext) -> None:
 
 def restore_limits(ctx: RestoreContext) -> None:
     """cwd, root, umask, comm, personality, prctl flags, rlimits (after files and memory), session."""
-    ctx.notes.extend(limits.restore(ctx.inj, ctx.entry, scratch=ctx.scratch, lower_limits=ctx.lowered_limits))
+    ctx.notes.extend(limits.restore(ctx.inj, ctx.entry, scratch=ctx.scratch, lower_limits=ctx.lowered_limits,
+                                    ghosts=ctx.ghosts))
 
 
 def restore_creds(ctx: RestoreContext) -> None:
@@ -327,15 +329,16 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             testpoint.point("restore-memory-filled")
             notes.extend(_finish(m.ws, chain, m.mm, m.vmas, m.cores, m.entry, opts, shared=shared,
-                                 memfds=shmem.memfds, clocks=clocks, ptys=ptys))
+                                 memfds=shmem.memfds, ghosts=shmem.ghosts, clocks=clocks, ptys=ptys))
             testpoint.point("restore-threads-created")
         shmem.memfds.add_seals()  # once every process has its mappings
         shmem.sysv.finish()
+        shmem.ghosts.finish()  # their times, once every process has its mappings (mmap touches the atime)
         notes.extend(ptys.finish({m.pid: (m.ws.inj, m.ws.scratch, m.entry) for m in live if m.ws is not None}))
         t_check = time.monotonic()
         if check:
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
-                                     {p.pid for p in root.walk()}, image.inventory))
+                                     {p.pid for p in root.walk()}, image))
         check_s = time.monotonic() - t_check
         testpoint.point("restore-handing-over")
         if before_hand_over is not None:
@@ -353,6 +356,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         if shared is not None:
             shared.close()
         shmem.memfds.close()
+        shmem.ghosts.close()
         ptys.close()
     _write_pidfile(pidfile, root.pid)
     return RestoreStats(pid=root.pid, tids=tuple(c.tid for c in live[0].cores), vmas=nvmas,
@@ -381,8 +385,8 @@ class _Member:
 
 
 def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
-    """Tell ``objects`` how to fill a memfd or a SysV segment it creates (the image's pages of its owner),
-    and which seals each memfd had."""
+    """Tell ``objects`` how to fill a memfd, a SysV segment or a deleted file it creates (the image's pages of
+    its owner), and which seals each memfd had."""
     owners = set(image.owners())
 
     def fill_fd(owner: str, fd: int) -> None:
@@ -398,6 +402,8 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
                     ctypes.memmove(addr + offset, (ctypes.c_char * n).from_buffer_copy(data[:n]), n)
 
     objects.memfds.fill = fill_fd
+    objects.ghosts.fill = ghost.fill_from_image(image)
+    objects.ghosts.creators = ghost.creators(image.file_entries())
     objects.memfds.seals = {e.content.owner: e.memfd.seals for e in image.file_entries()
                             if e.kind == files_pb2.FileEntry.MEMFD and e.memfd.seals}
     objects.sysv.fill = fill_memory
@@ -709,7 +715,8 @@ class _FinishOptions:
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
             entry: process_pb2.ProcessEntry, opts: _FinishOptions, *,
             shared: files.SharedFiles | None = None, memfds: memory.memfd.MemfdObjects | None = None,
-            clocks: timens.TimeNamespace | None = None, ptys: tty.PtyPairs | None = None) -> list[str]:
+            ghosts: ghost.GhostObjects | None = None, clocks: timens.TimeNamespace | None = None,
+            ptys: tty.PtyPairs | None = None) -> list[str]:
     """Everything after memory (DESIGN §4 steps 5-6): resources, mm fields, threads; :func:`_release` does 7.
 
     ``shared``: the files this process shares with others of its tree.  ``clocks``: the tree's time
@@ -721,29 +728,42 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
                          allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds,
-                         files_shared=not ws.own_fds, lowered_limits=ws.lowered if opts.allow_lower_limits else None,
-                         ptys=ptys)
+                         ghosts=ghosts, files_shared=not ws.own_fds,
+                         lowered_limits=ws.lowered if opts.allow_lower_limits else None, ptys=ptys)
     for _name, fn in PROCESS_RESTORERS:
         if fn != THREADS:
             fn(ctx)  # type: ignore[operator]
             continue
         if ws.kernel is not None and ws.kernel.vdso_base is not None:  # AT_SYSINFO_EHDR: the new vDSO
             mm = _with_auxv(mm, vdso.auxv_with_vdso(bytes(mm.auxv), ws.kernel.vdso_base))
-        memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files)
+        memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files, ghosts=ghosts)
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
     return ctx.notes
 
 
+def _lost_unix(e: files_pb2.FileEntry) -> tuple[str, ...]:
+    """What of a unix socket's unix_diag account the user let the dump lose: with ``--ext-unix-close`` its
+    peer (so its shutdown bits) or a listener's connections waiting from outside; with ``--tolerate
+    unix-diag`` a listener's backlog and waiting connections (the image has no backlog)."""
+    if e.kind != files_pb2.FileEntry.UNIX:
+        return ()
+    lost = ("shutdown", "waiting") if e.unix.ext_closed else ()
+    if e.unix.state == 10 and not e.unix.HasField("backlog"):  # TCP_LISTEN
+        lost += ("backlog", "waiting")
+    return lost
+
+
 def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
-                tree_pids: Collection[int], inventory: inventory_pb2.Inventory) -> list[str]:
+                tree_pids: Collection[int], image: Image) -> list[str]:
     """Compare the kernel's account of each built (frozen) process with the dump's; RestoreError on a difference.
 
     Left out: the restorer's own area in each (its trampoline) and, on another kernel, the proxy of the old
     vDSO.  What the release sets last (signal and CPU masks) is compared with what it will set.
     """
     notes = []
+    inventory = image.inventory
     theirs, mine = host.recorded(inventory), host.here()
     elsewhere = (theirs.release, theirs.version) != (mine.release, mine.version) or inventory.boot_id != read_boot_id()
     for ws, entry, cores in built:
@@ -764,9 +784,11 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
                          "restorer's session now" + (" and process group" if outside[1] else ""))
         limit_rows = [ln.key for s in now.sections if s.name == "limits" for ln in s.lines]  # in RLIMIT_* order
         lowered = {("limits", limit_rows[r]) for r in ws.lowered if r < len(limit_rows)}
+        files = {e.id: e for e in image.file_entries()}
+        lost = {(f"unix_diag/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_unix(files[f.file_id])}
         diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
                                      joins_restorer=outside,
-                                     tolerated=lowered, elsewhere=elsewhere)
+                                     tolerated=lowered | lost, elsewhere=elsewhere)
         if diffs:
             for d in diffs:
                 log.error("self-check: process %d: %s", ws.pid, d)
@@ -962,16 +984,18 @@ class StagedRestore:
                     mm, vmas = layouts[pid]
                     cores, entry = records[pid]
                     notes.extend(_finish(st.ws, chain, mm, vmas, cores, entry, self._opts, shared=shared,
-                                         memfds=self._shmem.memfds, clocks=clocks, ptys=ptys))
+                                         memfds=self._shmem.memfds, ghosts=self._shmem.ghosts, clocks=clocks,
+                                         ptys=ptys))
                 self._shmem.memfds.add_seals()
                 self._shmem.sysv.finish()
+                self._shmem.ghosts.finish()
                 notes.extend(ptys.finish({pid: (st.ws.inj, st.ws.scratch, records[pid][1])
                                           for pid, st in self._procs.items()}))
                 t_check = time.monotonic()
                 if self.check:
                     notes.extend(_self_check([(st.ws, records[pid][1], records[pid][0])
                                               for pid, st in self._procs.items()], self.pid, self.pids,
-                                             image.inventory))
+                                             image))
                 check_s = time.monotonic() - t_check
                 testpoint.point("restore-handing-over")
                 if before_hand_over is not None:
@@ -983,6 +1007,7 @@ class StagedRestore:
                 if shared is not None:
                     shared.close()
                 self._shmem.memfds.close()
+                self._shmem.ghosts.close()
                 ptys.close()
         self.state = "done"
         _write_pidfile(self.pidfile, self.pid)
@@ -1121,9 +1146,9 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
             raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
                                   "(a pre-dump written before pre-dumps carried it)")
         mm, vmas = image.mm(p.pid)
-        if any(memory.is_object_view(v) for v in vmas):  # pre-dumps do not store memfd or SysV objects
-            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd or System V shared memory, "
-                                  "which only a plain restore recreates")
+        if any(memory.is_object_view(v) for v in vmas):  # pre-dumps do not store memfd, SysV or ghost objects
+            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, System V shared memory or a "
+                                  "deleted file, which only a plain restore recreates")
         out[p.pid] = (mm, list(vmas))
     return out
 

@@ -50,6 +50,9 @@ class Feature:
 FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("time-namespace", "the tree's CLOCK_MONOTONIC and CLOCK_BOOTTIME continue in a new time namespace "
                               "(Inventory.clocks)"),
+    Feature("ghost-files", "a deleted file, directory or FIFO the tree holds, maps or is in is made again once, "
+                           "with its holes, mode, owner and times (Ghost records); a reader without it would make "
+                           "one copy per open file, or open what is at the old path now"),
     Feature("file-locks", "the POSIX, OFD and flock locks and leases the tree held are taken again (FdEntry.locks); "
                           "a reader that ignored them would restore the files unlocked"),
     Feature("pty-pairs", "pseudo-terminal pairs the tree holds are opened anew with their settings and queues "

@@ -173,6 +173,7 @@ class NR(enum.IntEnum):
     process_vm_readv = 310
     process_vm_writev = 311
     kcmp = 312
+    renameat2 = 316
     getrandom = 318
     memfd_create = 319
     userfaultfd = 323

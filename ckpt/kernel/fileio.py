@@ -8,11 +8,16 @@ import os
 from .arch_x86_64 import NR
 from .libc import check, libc, syscall
 
-__all__ = ["sync_file_range", "fsync_dir", "close_all_but", "SYNC_FILE_RANGE_WAIT_BEFORE", "SYNC_FILE_RANGE_WRITE", "SYNC_FILE_RANGE_WAIT_AFTER"]
+__all__ = ["sync_file_range", "fsync_dir", "close_all_but", "renameat2", "SYNC_FILE_RANGE_WAIT_BEFORE",
+           "SYNC_FILE_RANGE_WRITE", "SYNC_FILE_RANGE_WAIT_AFTER", "RENAME_NOREPLACE", "RENAME_EXCHANGE"]
 
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
+#: renameat2(2) flags (include/uapi/linux/fs.h).
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+_AT_FDCWD = -100
 
 _sync_file_range = libc.sync_file_range
 _sync_file_range.restype = ctypes.c_int
@@ -50,3 +55,10 @@ def close_all_but(*keep: int) -> None:
             syscall(NR.close_range, low, fd - 1, 0, name="close_range")
         low = fd + 1
     syscall(NR.close_range, low, 0xFFFFFFFF, 0, name="close_range")
+
+
+def renameat2(old: str, new: str, flags: int) -> None:
+    """renameat2(2) of two paths (relative to the cwd); OSError as the kernel says (EINVAL: a filesystem
+    without the flag, EEXIST: RENAME_NOREPLACE found ``new``)."""
+    syscall(NR.renameat2, _AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags,
+            name=f"renameat2({old!r}, {new!r}, {flags})")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..image.store import ImageWriter
     from ..procfs.snapshot import Snapshot
     from .files import SharedFiles
+    from .ghost import GhostObjects
     from .memfd import MemfdObjects
     from .tty import PtyPairs
 
@@ -85,6 +86,8 @@ class RestoreContext:
     shared_files: "SharedFiles | None" = None
     #: The restore's memfd objects, created by their first user (:mod:`ckpt.resources.memfd`).
     memfds: "MemfdObjects | None" = None
+    #: The restore's deleted files, directories and FIFOs, made once each (:mod:`ckpt.resources.ghost`).
+    ghosts: "GhostObjects | None" = None
     #: The descriptor table is the parent's (CLONE_FILES): the parent restores it.
     files_shared: bool = False
     #: The restore's pseudo-terminal pairs, each opened once (:class:`ckpt.resources.tty.PtyPairs`).

@@ -36,6 +36,7 @@ from . import fileid
 
 if TYPE_CHECKING:
     from . import tcp
+    from .ghost import GhostObjects
     from .memfd import MemfdObjects
     from .pipes import PipeRestorer
     from .tty import PtyPairs
@@ -101,7 +102,7 @@ class DumpOptions:
     """The dump's choices that some kinds act on (the rest ignore them)."""
 
     policy: StdioPolicy = StdioPolicy()
-    #: Largest deleted-but-open file whose content is stored.
+    #: Most bytes of data (holes not counted) of a deleted file that a dump stores.
     deleted_max: int = 64 << 20
     #: --tcp-close: a TCP connection comes back closed instead of being refused.
     tcp_close: bool = False
@@ -162,6 +163,8 @@ class Opener:
     ptys: "PtyPairs | None" = None
     #: epoll entries and the fd number each ends up at: watches are added once every fd is placed.
     epolls: list[tuple[FileEntry, int]] = field(default_factory=list)
+    #: The restore's deleted files, directories and FIFOs (:mod:`ckpt.resources.ghost`).
+    ghosts: "GhostObjects | None" = None
 
     def openat(self, path: str, flags: int, what: str, mode: int = 0) -> int:
         """``openat(AT_FDCWD, path, flags, mode)`` in the target; RestoreError naming ``what`` if it fails."""

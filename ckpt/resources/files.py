@@ -20,7 +20,9 @@ or one end is stdio handed over (``--inherit-fd``), or the dump is refused namin
 (DESIGN §3: stray descriptors happen); the pipe's bytes are read; unix sockets
 are linked to their peers (:func:`ckpt.resources.unix.dump_tree`); pty ends pair up and each pair's
 state is read (:func:`ckpt.resources.tty.dump_tree`); an epoll's
-watches are resolved to entries; deleted files' bytes are read; each file's
+watches are resolved to entries; where each deleted file's bytes are read from
+is noted (:mod:`~ckpt.resources.ghost`: one inode however many open files and
+mappings reach it, stored with the memory); each file's
 F_SETOWN owner and F_SETSIG signal are recorded; each file lock and lease is
 recorded on the descriptor to take it through again (:mod:`ckpt.resources.locks`,
 which the restore calls once the process's threads exist).
@@ -52,7 +54,7 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import (epoll, eventfd, fileid, inotify, locks, memfd, opath, paths, pidfd, pipes, procfiles, signalfd,
+from . import (epoll, eventfd, fileid, ghost, inotify, locks, memfd, opath, paths, pidfd, pipes, procfiles, signalfd,
                sockets, tcp, timerfd, tty, unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
@@ -93,6 +95,9 @@ class FilesDump:
     fds_of: Mapping[int, tuple[files_pb2.FdEntry, ...]]
     files: tuple[FileEntry, ...]
     contents: Mapping[str, bytes]
+    #: A /proc path opening each deleted file the tree holds, by content owner: its bytes are stored with
+    #: the memory (ckpt.dump), read while the tree is frozen.
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def fds(self) -> tuple[files_pb2.FdEntry, ...]:
@@ -100,7 +105,10 @@ class FilesDump:
         return next(iter(self.fds_of.values()), ())
 
     def content(self, ref: common_pb2.ContentRef) -> bytes:
-        return self.contents[ref.owner]
+        """The whole content (holes as zeros); a deleted file's is read now, so only while the tree lives."""
+        if ref.owner in self.contents:
+            return self.contents[ref.owner]
+        return _object_bytes(self.sources[ref.owner], ref.size)
 
     def write(self, writer: object) -> None:
         """Into an ImageWriter: fds-<pid>.img per process, files.img, and the contents as page data."""
@@ -318,6 +326,7 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
     entries: list[FileEntry] = []
     fd_entries: dict[int, list[files_pb2.FdEntry]] = {pid: [] for pid in pids}
     contents: dict[str, bytes] = {}
+    sources: dict[str, str] = {}
     pipe_ends: dict[int, list[tuple[FileEntry, int, OpenFd]]] = {}
     epolls: list[tuple[FileEntry, int, OpenFd]] = []
 
@@ -387,17 +396,13 @@ def _dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]]
         min(ends, key=lambda epo: epo[0].id)[0].pipe.data = data
 
     for e, g in zip(entries, groups):
-        if e.deleted:
-            pid, o = g[0]
-            with open(f"/proc/{pid}/fd/{o.fd}", "rb") as f:
-                data = f.read(opts.deleted_max + 1)
-            owner = f"file-{e.id}"
-            contents[owner] = data
-            e.content.owner, e.content.size = owner, len(data)
-        if e.kind == K.MEMFD and g[0][0] == me:  # in flight only: its bytes are stored here
-            contents[e.content.owner] = _object_bytes(f"/proc/self/fd/{g[0][1].fd}", e.content.size)
+        pid, o = g[0]
+        if e.ghost.owner and pid != me:  # a deleted file: stored once with the memory, from this fd
+            sources.setdefault(e.ghost.owner, f"/proc/{pid}/fd/{o.fd}")
+        elif (e.kind == K.MEMFD or e.ghost.owner) and pid == me:  # in flight only: its bytes are stored here
+            contents[e.content.owner] = _object_bytes(f"/proc/self/fd/{o.fd}", e.content.size)
     return FilesDump(MappingProxyType({pid: tuple(fds) for pid, fds in fd_entries.items()}), tuple(entries),
-                     MappingProxyType(contents))
+                     MappingProxyType(contents), MappingProxyType(sources))
 
 
 def record(d: FdDump, file_id: int) -> FileEntry:
@@ -408,6 +413,7 @@ def record(d: FdDump, file_id: int) -> FileEntry:
                   mnt_id=o.info.mnt_id, identity=fileid.identity(o.st))
     e.path = o.link[:-len(paths.DELETED)] if o.link.endswith(paths.DELETED) else o.link
     k.dump(d, e)
+    ghost.dump_fd(e, d.pid, o.fd, o.link, o.st, d.opts.deleted_max)  # a deleted file, directory or FIFO: one inode
     return e
 
 
@@ -465,6 +471,8 @@ class _Restorer(Opener):
                 raise Unsupported(f"fd {fds[0]} of the image is {e.external}, connected to a process outside the "
                                   "image", hint=f"pass an inherited descriptor for fd {fds[0]} (--inherit-fd)")
             return self.openat(f"/proc/{os.getpid()}/fd/{ours[0]}", paths.open_flags(e), f"inherited fd {ours[0]} as")
+        if e.HasField("ghost"):  # a deleted file, directory or FIFO: the restore's one copy of its inode
+            return ghost.restore(self, e, fds)
         k = _BY_KIND.get(e.kind)
         if k is None:
             raise Unsupported(f"file {e.id} ({e.path}) is of kind {K.Name(e.kind)}, which ckpt cannot restore")
@@ -558,7 +566,7 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
             content: Callable[[common_pb2.ContentRef], bytes] | None = None,
             policy: StdioPolicy = StdioPolicy(), scratch: Scratch | None = None,
             shared: SharedFiles | None = None, memfds: memfd.MemfdObjects | None = None,
-            ptys: tty.PtyPairs | None = None) -> list[str]:
+            ptys: tty.PtyPairs | None = None, ghosts: ghost.GhostObjects | None = None) -> list[str]:
     """Open every file of ``files`` that ``fds`` names inside the process of ``inj`` at its fd numbers.
 
     ``content`` loads a deleted file's bytes (:func:`content_from_image`,
@@ -566,7 +574,8 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
     could not be set).  Fds are placed over whatever the helper has there.
     ``shared``: in a tree, the files other processes use too (taken from it
     when an earlier process opened them, handed to it when this one does).
-    ``memfds``: the restore's memfd objects (created by their first user).
+    ``memfds``: the restore's memfd objects (created by their first user); ``ghosts`` its deleted files
+    (likewise; without it, made from ``content`` and finished here).
     ``ptys``: the restore's pty pairs (:class:`ckpt.resources.tty.PtyPairs`; None: this call's own).
     A file in flight in a unix socket's queue is opened when the socket's
     group is created, and sent from the restorer (kept by ``shared``, or by a
@@ -600,9 +609,13 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
         sh = SharedFiles({inj.pid: fds}, files) if own else shared
         ur = unix.UnixRestorer(inj, s, files)
         own_ptys = tty.PtyPairs(files) if ptys is None else None
+        own_ghosts = ghosts is None
+        gh = (ghost.GhostObjects(fill=ghost.fill_from_bytes(content or no_content), creators=ghost.creators(files))
+              if ghosts is None else ghosts)
         r = _Restorer(inj, s, policy, content or no_content, warnings, pr, ur,
                       memfds if memfds is not None else memfd.MemfdObjects(),
-                      ptys=ptys if ptys is not None else own_ptys, wanted=wanted, high=max(wanted, default=0) + 1)
+                      ptys=ptys if ptys is not None else own_ptys, ghosts=gh, wanted=wanted,
+                      high=max(wanted, default=0) + 1)
 
         def carried(file_id: int) -> int:
             """A descriptor of ours on file ``file_id``, to send in flight: opened here by its first user."""
@@ -640,12 +653,16 @@ def restore(inj: Injector, fds: "list[files_pb2.FdEntry] | tuple[files_pb2.FdEnt
                 r.place(t, its)
             for e, epfd in r.epolls:
                 epoll.add_watches(inj, s, epfd, e, fds)
+            if own_ghosts:
+                gh.finish()
         finally:
             pr.close()
             ur.close()
             if own_ptys is not None:
                 warnings.extend(own_ptys.notes)
                 own_ptys.close()
+            if own_ghosts:
+                gh.close()
             if own and sh is not None:
                 sh.close()
     return warnings

@@ -7,7 +7,9 @@ rlimit needs CAP_SYS_RESOURCE (root lacks it here, DESIGN §4), lowering
 oom_score_adj below the inherited minimum needs it too, a CPU may not exist
 on this machine, and a session or process group of another process can only
 be joined if that group exists in our session.  Paths (cwd, root) that are
-gone are errors: the program would run in the wrong place.
+gone are errors: the program would run in the wrong place.  A cwd or root that
+was deleted (``/proc/PID/cwd`` says "PATH (deleted)") is made again, empty as
+it was, entered and removed (:mod:`ckpt.resources.ghost`).
 
 Dump reads /proc and injects only what /proc does not show (rlimits — from
 outside prlimit64 needs matching uids or CAP_SYS_RESOURCE —, personality,
@@ -30,7 +32,7 @@ import os
 
 from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess
-from ..errors import RestoreError, Unsupported
+from ..errors import RestoreError
 from ..image.pb import core_pb2, process_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.prctl import (
@@ -43,6 +45,7 @@ from ..kernel.sched import SCHED_RESET_ON_FORK, sched_getaffinity
 from ..procfs.snapshot import Snapshot
 from ..procfs.stat import read_stat
 from ..procfs.status import read_status_values
+from . import ghost
 from ._scratch import scratch_for
 
 __all__ = [
@@ -92,15 +95,18 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, scratch: Scratch | None = None)
     inj = proc.injector()
     cwd = snap.readlink("cwd")
     root = snap.readlink("root")
-    for what, path in (("working directory", cwd), ("root directory", root)):
-        if path.endswith(" (deleted)"):
-            raise Unsupported(f"process {proc.pid}: its {what} {path!r} was deleted; it cannot be entered again")
+    cwd_ghost, root_ghost = ghost.dump_dir(proc.pid, "cwd", cwd), ghost.dump_dir(proc.pid, "root", root)
+    cwd, root = (ghost.name_of(cwd) if cwd_ghost else cwd), (ghost.name_of(root) if root_ghost else root)
     entry = process_pb2.ProcessEntry(
         pid=proc.pid, ppid=st.ppid, pgid=st.pgrp, sid=st.session, comm=st.comm, start_time=st.starttime,
         exit_signal=st.exit_signal, umask=snap.status.umask or 0, cwd=cwd, root=root,
         personality=_read_personality(proc.pid),
         oom_score_adj=_read_oom_score_adj(proc.pid),
     )
+    if cwd_ghost is not None:
+        entry.cwd_ghost.CopyFrom(cwd_ghost)
+    if root_ghost is not None:
+        entry.root_ghost.CopyFrom(root_ghost)
     entry.rlimits.extend(dump_rlimits(proc, scratch=scratch))
     f = entry.flags
     f.dumpable = inj.ask(DUMPABLE)[0]
@@ -124,17 +130,33 @@ def dump_sched(tid: int) -> core_pb2.SchedState:
 # --- restore ---
 
 def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch | None = None,
-            lower_limits: list[int] | None = None) -> list[str]:
+            lower_limits: list[int] | None = None, ghosts: ghost.GhostObjects | None = None) -> list[str]:
     """Restore the attributes of ``entry`` into the process of ``inj``; returns warnings for what could not be.
 
     ``lower_limits``: a hard limit that cannot be raised here is lowered (its resource appended to the
-    list, with a warning) instead of failing the restore (``--allow-lower-limits``)."""
+    list, with a warning) instead of failing the restore (``--allow-lower-limits``).  ``ghosts``: the
+    restore's deleted directories (a deleted cwd or root is made there; without it, here)."""
+    if ghosts is not None:
+        return _restore(inj, entry, scratch, lower_limits, ghosts)
+    own = ghost.GhostObjects()
+    try:
+        warnings = _restore(inj, entry, scratch, lower_limits, own)
+        own.finish()
+        return warnings
+    finally:
+        own.close()
+
+
+def _restore(inj: Injector, entry: process_pb2.ProcessEntry, scratch: Scratch | None,
+             lower_limits: list[int] | None, ghosts: ghost.GhostObjects) -> list[str]:
     warnings: list[str] = []
     with scratch_for(inj, scratch, 4096) as s:
         if entry.cwd:
-            _call_path(inj, s, NR.chdir, entry.cwd, "working directory")
-        if entry.root and entry.root != "/":
-            _call_path(inj, s, NR.chroot, entry.root, "root directory")
+            cwd = ghosts.path(entry.cwd_ghost, entry.cwd) if entry.HasField("cwd_ghost") else entry.cwd
+            _call_path(inj, s, NR.chdir, cwd, "working directory")
+        if entry.root and (entry.root != "/" or entry.HasField("root_ghost")):
+            root = ghosts.path(entry.root_ghost, entry.root) if entry.HasField("root_ghost") else entry.root
+            _call_path(inj, s, NR.chroot, root, "root directory")
         if int(read_status_values(inj.pid, "Umask")[0], 8) != entry.umask & 0o777:  # the helper has the restorer's
             inj.call(NR.umask, entry.umask & 0o777, name=f"umask({entry.umask:o})")
         comm = entry.comm.encode(errors="surrogateescape")[:TASK_COMM_LEN - 1]

@@ -39,7 +39,8 @@ from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.pidfd import dup_from
 from .fdkind import FdDump, FdKind, Opener
 
-__all__ = ["PREFIX", "OWNER", "KIND", "owner_of", "name_of", "dump", "restore", "read_content", "MemfdObjects"]
+__all__ = ["PREFIX", "OWNER", "KIND", "owner_of", "name_of", "dump", "restore", "open_unseen", "data_ranges",
+           "read_content", "MemfdObjects"]
 
 #: How /proc shows a memfd: "/memfd:NAME (deleted)" (fd links and map paths alike).
 PREFIX = "/memfd:"
@@ -85,28 +86,48 @@ def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     entry.content.owner, entry.content.size = owner_of(st.st_ino), st.st_size
 
 
-def read_content(path: str) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) of every populated part of the shmem file behind ``path`` (a /proc fd or map_files
-    link: a memfd, shared anonymous memory, a System V segment), skipping holes with SEEK_DATA/SEEK_HOLE;
-    each piece is padded to whole pages."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def open_unseen(path: str) -> int:
+    """``path`` opened for reading with O_NOATIME (our reads leave the target's atime as it was), or without
+    it where the kernel refuses it (EPERM: not the file's owner and no CAP_FOWNER)."""
     try:
-        size = os.fstat(fd).st_size
-        off = 0
-        while off < size:
-            try:
-                data_at = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # nothing but holes after off
-                    return
-                raise
-            hole = min(os.lseek(fd, data_at, os.SEEK_HOLE), size)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of every data range of the file ``fd`` below ``size`` (SEEK_DATA/SEEK_HOLE): what is
+    not in one is a hole.  A filesystem without holes reports the whole file as one range."""
+    off = 0
+    while off < size:
+        try:
+            data_at = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but holes after off
+                return
+            raise
+        if data_at >= size:
+            return
+        hole = min(os.lseek(fd, data_at, os.SEEK_HOLE), size)
+        yield data_at, hole
+        off = hole
+
+
+def read_content(path: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) of every populated part of the file behind ``path`` (a /proc fd or map_files
+    link: a memfd, shared anonymous memory, a System V segment, a deleted file), skipping holes with
+    SEEK_DATA/SEEK_HOLE; each piece is padded to whole pages.  Reading leaves the atime alone."""
+    fd = open_unseen(path)
+    done = 0  # pieces are whole pages: a range a filesystem does not start on a page starts at one
+    try:
+        for data_at, hole in data_ranges(fd, os.fstat(fd).st_size):
+            data_at = max(data_at - data_at % PAGE_SIZE, done)
             while data_at < hole:
                 n = min(hole - data_at, _READ)
                 buf = os.pread(fd, n, data_at)
                 yield data_at, buf.ljust(-(-len(buf) // PAGE_SIZE) * PAGE_SIZE, b"\0")
                 data_at += n
-            off = hole
+                done = -(-data_at // PAGE_SIZE) * PAGE_SIZE
     finally:
         os.close(fd)
 

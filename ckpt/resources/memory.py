@@ -43,6 +43,7 @@ import bisect
 import collections
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -72,7 +73,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import fileid, memfd, sysvshm
+from . import fileid, ghost, memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -126,8 +127,11 @@ def classify(vma: ProcVma) -> int:
         return Kind.ANON_SHARED  # MAP_SHARED|MAP_ANONYMOUS shows as the shmem file "/dev/zero (deleted)"
     if name.startswith(memfd.PREFIX):
         return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE  # the file: the memfd object (content_owner)
-    if vma.deleted:
-        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is of a deleted file ({name})")
+    if vma.deleted and name == "/[aio]":
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is the ring of an AIO context (io_setup), which ckpt "
+                          "cannot restore yet")
+    # A deleted file ("PATH (deleted)"): a file mapping all the same, of the ghost the restore makes again
+    # (dump_vmas records it, refusing an inode that cannot be made again).
     if not name.startswith("/"):
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} has a backing ckpt does not know: {name!r}")
     return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE
@@ -144,9 +148,14 @@ def file_identity(path: str, name: str) -> common_pb2.FileIdentity:
         return fileid.identity(os.stat(path))
 
 
-def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
-    """One Vma record per mapping, address order; raises Unsupported for unknown backings."""
+def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) -> list[mm_pb2.Vma]:
+    """One Vma record per mapping, address order; raises Unsupported for unknown backings.
+
+    A mapping of a deleted file records its ghost (:mod:`ckpt.resources.ghost`; more data than
+    ``deleted_max`` is refused), whose bytes the dump stores once, by its owner.
+    """
     out: list[mm_pb2.Vma] = []
+    ghosts: dict[tuple[int, int, int], common_pb2.Ghost] = {}
     segments: dict | None = None
     # A file is mapped in several VMAs (a library: 4-5): look at it once, by the (dev, inode) maps shows.
     idents: dict[tuple[int, int, int], common_pb2.FileIdentity] = {}
@@ -166,8 +175,9 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
             ident = idents.get(key)
             if ident is None:
                 link = f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}"
-                try:  # a memfd's bytes travel in the image: no build-id to read
-                    ident = idents[key] = (fileid.identity(os.stat(link)) if vma.path.startswith(memfd.PREFIX)
+                try:  # a memfd's or a deleted file's bytes travel in the image: no build-id to read
+                    ident = idents[key] = (fileid.identity(os.stat(link))
+                                           if vma.path.startswith(memfd.PREFIX) or vma.deleted
                                            else file_identity(link, vma.path))
                 except OSError as exc:
                     raise CkptError(f"cannot examine the file mapped at {vma.start:#x} in process {pid}: "
@@ -175,6 +185,13 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
             rec.file.CopyFrom(ident)
             if vma.path.startswith(memfd.PREFIX):  # its bytes are stored once for the object, by its owner
                 rec.content_owner = memfd.owner_of(ident.ino)
+            elif vma.deleted:  # likewise a deleted file's
+                if key not in ghosts:
+                    link = map_files_path(pid, rec)
+                    ghosts[key] = _ghost_of(link, vma.path, f"process {pid}: the mapping at {vma.start:#x}",
+                                            deleted_max)
+                rec.ghost.CopyFrom(ghosts[key])
+                rec.content_owner = rec.ghost.owner
         if kind is Kind.SYSV_SHM:  # the segment's bytes are stored once, by its owner (sysv-<shmid>)
             segments = segments if segments is not None else sysvshm.read_segments()
             rec.sysv.CopyFrom(sysvshm.describe(pid, vma.start, vma.inode, segments))
@@ -185,6 +202,15 @@ def dump_vmas(pid: int, snap: Snapshot) -> list[mm_pb2.Vma]:
                 rec.file.CopyFrom(common_pb2.FileIdentity(ino=vma.inode))
         out.append(rec)
     return out
+
+
+def _ghost_of(link: str, name: str, where: str, deleted_max: int) -> common_pb2.Ghost:
+    """The ghost record of a deleted file mapped (``link``: its map_files entry)."""
+    st = os.stat(link)
+    if st.st_nlink and stat.S_ISREG(st.st_mode):
+        raise Unsupported(f"{where} is of {name}, removed under that name but still linked under another "
+                          f"({st.st_nlink} links)", hint="the restore would not know its other name")
+    return ghost.record(link, st, name=name, where=where, limit=deleted_max)
 
 
 BRK = Query("brk(0)", NR.brk, (0,))
@@ -201,12 +227,24 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
     st = snap.stat
     brk = inj.ask(BRK)[0] if inj is not None else 0
     exe_path = os.readlink(f"/proc/{pid}/exe")
+    exe = os.stat(f"/proc/{pid}/exe")
+    exe_ghost = ghost.is_deleted(exe_path, exe)
+    if exe_ghost:  # its mappings have the same ghost: the exe link is set to it (deleted_max was checked there)
+        exe_path = ghost.name_of(exe_path)
     mm = mm_pb2.MmEntry(
         start_code=st.start_code, end_code=st.end_code, start_data=st.start_data, end_data=st.end_data,
         start_brk=st.start_brk, brk=brk, start_stack=st.start_stack, arg_start=st.arg_start, arg_end=st.arg_end,
         env_start=st.env_start, env_end=st.env_end, auxv=snap.auxv.raw, exe_path=exe_path,
     )
-    mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
+    if exe_ghost:
+        mm.exe.CopyFrom(fileid.identity(exe))
+        mm.exe_ghost.CopyFrom(ghost.record(f"/proc/{pid}/exe", exe, name=exe_path,
+                                           where=f"process {pid}: its executable", limit=1 << 62))
+        if not any(v.content_owner == mm.exe_ghost.owner for v in vmas):
+            raise Unsupported(f"process {pid}: its executable {exe_path} was deleted and is no longer mapped, "
+                              "so its content is not saved", hint="dump before the executable is deleted")
+    else:
+        mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
     for v in vmas:
         if v.kind == Kind.VDSO:  # kept whole: another kernel's restore puts it back as a proxy (resources.vdso)
             mm.vdso = mem.read(v.start, v.end - v.start)
@@ -271,8 +309,14 @@ SHMEM_OWNER = "shmem-{ino}"
 
 
 def is_object_view(v: mm_pb2.Vma) -> bool:
-    """A view of an object whose bytes a dump stores once, by its owner, not per process (memfd, SysV shm)."""
-    return v.kind == Kind.SYSV_SHM or is_memfd_view(v)
+    """A view of an object whose bytes a dump stores once, by its owner, not per process (memfd, SysV shm,
+    a deleted file)."""
+    return v.kind == Kind.SYSV_SHM or is_memfd_view(v) or is_ghost_view(v)
+
+
+def is_ghost_view(v: mm_pb2.Vma) -> bool:
+    """A mapping of a deleted file: the restore maps the ghost it makes again (:mod:`ckpt.resources.ghost`)."""
+    return v.HasField("ghost")
 
 
 def is_memfd_view(v: mm_pb2.Vma) -> bool:
@@ -357,6 +401,7 @@ class ShmemObjects:
     first: dict[str, tuple[int, mm_pb2.Vma]] = field(default_factory=dict)
     memfds: memfd.MemfdObjects = field(default_factory=memfd.MemfdObjects)
     sysv: sysvshm.SysvObjects = field(default_factory=sysvshm.SysvObjects)
+    ghosts: ghost.GhostObjects = field(default_factory=ghost.GhostObjects)
 
 
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
@@ -411,8 +456,9 @@ def check_files(mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], *, allow_changed
     Each file is checked by path, size, mtime and build-id (:mod:`ckpt.resources.fileid`), once.
     """
     wanted = {v.name: v.file for v in vmas if v.kind in _FILE_KINDS
-              and not is_memfd_view(v)}  # a memfd is no path: the restore recreates it
-    wanted.setdefault(mm.exe_path, mm.exe)
+              and not is_memfd_view(v) and not is_ghost_view(v)}  # no path: the restore makes them again
+    if not mm.HasField("exe_ghost"):
+        wanted.setdefault(mm.exe_path, mm.exe)
     notes = []
     for path, ident in wanted.items():
         note = _mapped_mismatch(path, path, ident, allow_changed)
@@ -533,6 +579,11 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                     fd = objects.memfds.open_in(inj, scratch, v.content_owner, memfd.name_of(v.name), v.file.size,
                                                 access)
                     opener.fds[(f"memfd {v.content_owner} {v.start:#x}", access)] = fd  # closed with the others
+                elif is_ghost_view(v):  # the one copy of the deleted file, whoever else holds it
+                    if shmem_objects is None:
+                        raise RestoreError(f"the deleted file mapped at {v.start:#x} needs the restore's ghosts")
+                    fd = shmem_objects.ghosts.open_in(inj, scratch, v.ghost, v.name, access)
+                    opener.fds[(f"ghost {v.content_owner} {v.start:#x}", access)] = fd
                 else:
                     fd = opener.open(v.name, access, v.file)
                 offset = v.pgoff
@@ -953,18 +1004,27 @@ def reset_pages(inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma], runs: I
 
 
 def set_mm_map(inj: Injector, scratch: Scratch, opener_pid: int, mm: mm_pb2.MmEntry, *,
-               allow_changed: bool = False) -> None:
+               allow_changed: bool = False, ghosts: ghost.GhostObjects | None = None) -> None:
     """prctl(PR_SET_MM, PR_SET_MM_MAP) with the exe file opened inside the target.
 
     Must run after the helper's own mappings are gone: the kernel refuses to
     change exe_file (EBUSY) while the old executable is still mapped.  When the
     helper already runs the image's executable (a Python target restored by a
     Python ckpt), the restored VMAs map that very file, so changing it would
-    give EBUSY too; it is already right, and ``exe_fd = -1`` leaves it as is.
+    give EBUSY too; it is already right, and ``exe_fd = -1`` leaves it as is.  A deleted executable is
+    the ghost its mappings map (``ghosts``: the restore's).
     """
     opener = _FileOpener(inj, scratch, opener_pid, allow_changed=allow_changed)
     try:
-        exe_fd = -1 if _same_inode(f"/proc/{inj.pid}/exe", mm.exe_path) else opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
+        if mm.HasField("exe_ghost"):
+            if ghosts is None:
+                raise RestoreError(f"the deleted executable {mm.exe_path} needs the restore's ghosts")
+            exe_fd = opener.fds[("exe ghost", os.O_RDONLY)] = ghosts.open_in(inj, scratch, mm.exe_ghost, mm.exe_path,
+                                                                             os.O_RDONLY)
+        elif _same_inode(f"/proc/{inj.pid}/exe", mm.exe_path):
+            exe_fd = -1
+        else:
+            exe_fd = opener.open(mm.exe_path, os.O_RDONLY, mm.exe)
         auxv = bytes(mm.auxv)
         head = prctl_mm_map(
             start_code=mm.start_code, end_code=mm.end_code, start_data=mm.start_data, end_data=mm.end_data,

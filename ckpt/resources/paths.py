@@ -4,11 +4,12 @@ A regular file or directory is opened again at the path it had, and checked
 to be the same file (size, mtime, build-id: :mod:`ckpt.resources.fileid`;
 never by device and inode, which differ on another machine), at the offset it
 had.  A character device is reopened only when it carries no state of its own
-(:data:`SIMPLE_DEVICES`) and its node still exists (a deleted one is refused at dump), or, for a terminal, when ``--shell-job`` says to
-re-attach it to the restoring terminal.  A deleted regular file has its bytes
-stored (up to ``--deleted-max``) and is made again under its old name (or a
-temporary one), opened, and unlinked; one made with O_TMPFILE is made again
-that way.
+(:data:`SIMPLE_DEVICES`), or, for a terminal, when ``--shell-job`` says to
+re-attach it to the restoring terminal.  A deleted regular file (or
+directory, or FIFO) is a ghost (:mod:`ckpt.resources.ghost`, which the registry
+asks about every descriptor); images from before ghosts have a deleted regular
+file's whole content per open file, made again here under its old name (or a
+temporary one), opened, and unlinked; one made with O_TMPFILE that way.
 """
 
 from __future__ import annotations
@@ -43,11 +44,6 @@ _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _AT_FDCWD = -100
 
 
-def _size_text(n: int) -> str:
-    """The smallest whole M (or K) at least ``n`` bytes, as --deleted-max takes it."""
-    return f"{-(-n // (1 << 20))}M" if n >= 1 << 20 else f"{-(-n // 1024)}K"
-
-
 def is_tty(o: OpenFd) -> bool:
     rdev = (os.major(o.st.st_rdev), os.minor(o.st.st_rdev))
     return stat.S_ISCHR(o.st.st_mode) and (rdev[0] in _TTY_MAJORS or rdev in _TTY_DEVICES)
@@ -77,12 +73,6 @@ def _dump_reg(d: FdDump, e: FileEntry) -> None:
                 e.identity.build_id = fileid.BUILD_IDS.of_path(f"/proc/{d.pid}/fd/{o.fd}", e.path)[1]
         except OSError:
             pass  # unreadable to us (not root): checked by size and mtime
-    elif o.st.st_nlink == 0:
-        cap = d.opts.deleted_max
-        if o.st.st_size > cap:
-            raise d.refuse(f"the deleted file {o.link} of {o.st.st_size} bytes (more than the {cap} bytes ckpt "
-                           "saves)", f"raise the cap with --deleted-max (e.g. --deleted-max {_size_text(o.st.st_size)})")
-        e.deleted = True  # its bytes are read by the registry, once the whole tree is classified
 
 
 def _dump_dir(d: FdDump, e: FileEntry) -> None:
@@ -97,9 +87,6 @@ def _dump_chr(d: FdDump, e: FileEntry) -> None:
         e.tty = True
     elif rdev not in SIMPLE_DEVICES:
         raise d.refuse(f"the character device {d.o.link} ({rdev[0]}:{rdev[1]})")
-    elif d.o.link.endswith(DELETED) and d.o.st.st_nlink == 0:  # reopened by path, it would be gone at restore
-        raise d.refuse(f"the character device {d.o.link} ({rdev[0]}:{rdev[1]}), a node deleted since it was opened",
-                       f"open {SIMPLE_DEVICES[rdev]} instead of a node of its own")
 
 
 # --- restore --------------------------------------------------------------
@@ -113,7 +100,7 @@ def _by_path(r: Opener, e: FileEntry, fds: list[int]) -> int:
 
 
 def _restore_reg(r: Opener, e: FileEntry, fds: list[int]) -> int:
-    if not e.deleted:
+    if not e.deleted:  # (a deleted file with a ghost record never comes here: ckpt.resources.ghost)
         return _by_path(r, e, fds)
     if e.flags & _O_TMPFILE == _O_TMPFILE:
         return _open_tmpfile(r, e, open_flags(e))
@@ -127,7 +114,7 @@ def _restore_chr(r: Opener, e: FileEntry, fds: list[int]) -> int:
 
 
 def _open_deleted(r: Opener, e: FileEntry, flags: int) -> int:
-    """Recreate the content under its old name (else a temporary one), open it in the target, unlink it."""
+    """An image from before ghosts: recreate the content under its old name (else a temporary one), open it in the target, unlink it."""
     data = r.content(e.content)
     mode = e.identity.mode & 0o7777 or 0o600
     for path in (e.path, os.path.join(os.path.dirname(e.path), f".ckpt-deleted-{e.id}-{os.getpid()}"),

@@ -327,6 +327,7 @@ def _accept_queue(s: _Sock, by_ino: Mapping[int, _Sock], outside: _Outside, ext_
         if not ext_unix_close:
             raise s.refuse(f"listening on {show_name(s.u.name)} with a connection waiting to be accepted from {who}, "
                            "outside the dumped processes", _EXT_HINT)
+        s.u.ext_closed = True
         notes.append(f"{s.where()}: a connection waiting on {show_name(s.u.name)} from {who} is dropped "
                      "(--ext-unix-close)")
 
@@ -357,6 +358,7 @@ def _peer(s: _Sock, by_ino: Mapping[int, _Sock], waiting: set[int], outside: _Ou
         what = f"connected to socket:[{peer}], {outside.holder(peer)}"
     if not ext_unix_close:
         raise s.refuse(f"{what}, outside the dumped processes", _EXT_HINT)
+    s.u.ext_closed = True
     notes.append(f"{s.where()}: unix {s.kind} socket {what}: restored with its peer closed (--ext-unix-close)")
 
 

@@ -147,14 +147,20 @@ def test_session_leader_and_group_leader(c_target) -> None:
             p.close()
 
 
-def test_deleted_cwd_is_refused_and_target_keeps_running(c_target, tmp_path) -> None:
+def test_deleted_cwd_is_made_again_and_entered(c_target, tmp_path) -> None:
+    """A working directory deleted under the process: dumped as a ghost (it used to be refused), the
+    target left running, and a restore enters an empty directory made again under the old name, then
+    removed: the helper's cwd is "PATH (deleted)" as the target's is."""
     d = tmp_path / "gone"
     d.mkdir()
     t = c_target("resources", "limits", str(d))
     t.ready()
     d.rmdir()
-    from ckpt.errors import Unsupported
-
-    with pytest.raises(Unsupported, match="working directory"):
-        dump_all(t.pid, limits)
+    entry = dump_all(t.pid, limits)
     assert t.alive() and tracer_of(t.pid) == 0
+    assert entry.cwd == str(d) and entry.HasField("cwd_ghost") and entry.cwd_ghost.mode & 0o170000 == 0o040000
+    h = start_helper(c_target)
+    with freeze(h.pid) as hp:
+        limits.restore(hp.injector(), entry)
+    assert os.readlink(f"/proc/{h.pid}/cwd") == f"{d} (deleted)"
+    assert os.stat(f"/proc/{h.pid}/cwd").st_nlink == 0 and not d.exists()

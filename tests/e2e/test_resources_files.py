@@ -79,7 +79,8 @@ def test_files_round_trip(procs, tmp_path) -> None:
     assert by_fd[4].fd_flags == 1 and by_fd[3].fd_flags == 0
     assert entry[by_fd[1].file_id].external.startswith("pipe:[")  # our stdout pipe: outside the target
     deleted = entry[by_fd[8].file_id]
-    assert deleted.deleted and d.content(deleted.content) == b"secret contents"
+    saved = {deleted.content.owner: d.content(deleted.content)}  # read while the target lives
+    assert deleted.deleted and deleted.ghost.owner and saved[deleted.content.owner] == b"secret contents"
     pipe_data = [e.pipe.data for e in d.files if e.kind == K.PIPE and e.pipe.data]
     assert len(pipe_data) == 1 and len(pipe_data[0]) == 3072
     fifo = entry[by_fd[12].file_id]
@@ -96,7 +97,8 @@ def test_files_round_trip(procs, tmp_path) -> None:
     try:
         d2 = [files_pb2.FdEntry.FromString(f.SerializeToString()) for f in d.fds]
         with freeze(h.pid) as hp:
-            warnings = files.restore(hp.injector(), d2, d.files, content=d.content, policy=StdioPolicy(inherit={1: w}))
+            warnings = files.restore(hp.injector(), d2, d.files, content=lambda ref: saved[ref.owner],
+                                     policy=StdioPolicy(inherit={1: w}))
         assert warnings == []
         os.close(w)
         w = -1

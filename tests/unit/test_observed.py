@@ -96,3 +96,13 @@ def test_on_another_kernel_only_lines_both_print_are_compared() -> None:
              maps=[])
     got = {d.key for d in observed.differences(c, b, root=True, elsewhere=True)}
     assert got == {"Speculation_Store_Bypass", "Umask"}  # set by the thread, and a value both print
+
+
+def test_an_o_tmpfile_name_may_change_its_inode_number_only() -> None:
+    """A file made with O_TMPFILE is "DIR/#INO (deleted)" in maps: made again, it has another inode."""
+    a = _obs(maps=[("1000-2000", "rw-s 0 /tmp/#2277658 (deleted) [me mr ms mw rd sh wr]")])
+    b = _obs(maps=[("1000-2000", "rw-s 0 /tmp/#2277743 (deleted) [me mr ms mw rd sh wr]")])
+    assert observed.differences(a, b, root=True) == []
+    c = _obs(maps=[("1000-2000", "rw-s 0 /var/#2277743 (deleted) [me mr ms mw rd sh wr]")])
+    d = _obs(maps=[("1000-2000", "rw-s 0 /tmp/.ckpt-ghost-1-2277658 (deleted) [me mr ms mw rd sh wr]")])
+    assert len(observed.differences(a, c, root=True)) == 1 and len(observed.differences(a, d, root=True)) == 1

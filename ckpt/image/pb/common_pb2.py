@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from ckpt.image.pb import options_pb2 as ckpt_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63kpt/v1/common.proto\x12\x07\x63kpt.v1\x1a\x15\x63kpt/v1/options.proto\"\xab\x01\n\x0c\x46ileIdentity\x12\x11\n\x03\x64\x65v\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x0b\n\x03ino\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x04 \x01(\x03\x12\x10\n\x08\x63time_ns\x18\x05 \x01(\x03\x12\x12\n\x04mode\x18\x06 \x01(\rB\x04\xd0\xf3\x18\x01\x12\x10\n\x08\x62uild_id\x18\x07 \x01(\x0c\x12\x0f\n\x07\x62y_path\x18\x08 \x01(\x08\x12\x12\n\x04rdev\x18\t \x01(\x04\x42\x04\xc8\xf3\x18\x01\")\n\nContentRef\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"/\n\rPendingSignal\x12\r\n\x05signo\x18\x01 \x01(\r\x12\x0f\n\x07siginfo\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63kpt/v1/common.proto\x12\x07\x63kpt.v1\x1a\x15\x63kpt/v1/options.proto\"\xab\x01\n\x0c\x46ileIdentity\x12\x11\n\x03\x64\x65v\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x0b\n\x03ino\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08mtime_ns\x18\x04 \x01(\x03\x12\x10\n\x08\x63time_ns\x18\x05 \x01(\x03\x12\x12\n\x04mode\x18\x06 \x01(\rB\x04\xd0\xf3\x18\x01\x12\x10\n\x08\x62uild_id\x18\x07 \x01(\x0c\x12\x0f\n\x07\x62y_path\x18\x08 \x01(\x08\x12\x12\n\x04rdev\x18\t \x01(\x04\x42\x04\xc8\xf3\x18\x01\")\n\nContentRef\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xbb\x01\n\x05Ghost\x12\x11\n\x03\x64\x65v\x18\x01 \x01(\x04\x42\x04\xc8\xf3\x18\x01\x12\x0b\n\x03ino\x18\x02 \x01(\x04\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x12\n\x04mode\x18\x05 \x01(\rB\x04\xd0\xf3\x18\x01\x12\x0b\n\x03uid\x18\x06 \x01(\r\x12\x0b\n\x03gid\x18\x07 \x01(\r\x12\x10\n\x08\x61time_ns\x18\x08 \x01(\x03\x12\x10\n\x08mtime_ns\x18\t \x01(\x03\x12\x12\n\ndata_bytes\x18\n \x01(\x04\x12\x0f\n\x07tmpfile\x18\x0b \x01(\x08\"/\n\rPendingSignal\x12\r\n\x05signo\x18\x01 \x01(\r\x12\x0f\n\x07siginfo\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILEIDENTITY'].fields_by_name['mode']._serialized_options = b'\320\363\030\001'
   _globals['_FILEIDENTITY'].fields_by_name['rdev']._loaded_options = None
   _globals['_FILEIDENTITY'].fields_by_name['rdev']._serialized_options = b'\310\363\030\001'
+  _globals['_GHOST'].fields_by_name['dev']._loaded_options = None
+  _globals['_GHOST'].fields_by_name['dev']._serialized_options = b'\310\363\030\001'
+  _globals['_GHOST'].fields_by_name['mode']._loaded_options = None
+  _globals['_GHOST'].fields_by_name['mode']._serialized_options = b'\320\363\030\001'
   _globals['_FILEIDENTITY']._serialized_start=57
   _globals['_FILEIDENTITY']._serialized_end=228
   _globals['_CONTENTREF']._serialized_start=230
   _globals['_CONTENTREF']._serialized_end=271
-  _globals['_PENDINGSIGNAL']._serialized_start=273
-  _globals['_PENDINGSIGNAL']._serialized_end=320
+  _globals['_GHOST']._serialized_start=274
+  _globals['_GHOST']._serialized_end=461
+  _globals['_PENDINGSIGNAL']._serialized_start=463
+  _globals['_PENDINGSIGNAL']._serialized_end=510
 # @@protoc_insertion_point(module_scope)

@@ -36,6 +36,32 @@ class ContentRef(_message.Message):
     size: int
     def __init__(self, owner: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
+class Ghost(_message.Message):
+    __slots__ = ("dev", "ino", "owner", "size", "mode", "uid", "gid", "atime_ns", "mtime_ns", "data_bytes", "tmpfile")
+    DEV_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    ATIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TMPFILE_FIELD_NUMBER: _ClassVar[int]
+    dev: int
+    ino: int
+    owner: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    data_bytes: int
+    tmpfile: bool
+    def __init__(self, dev: _Optional[int] = ..., ino: _Optional[int] = ..., owner: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., data_bytes: _Optional[int] = ..., tmpfile: _Optional[bool] = ...) -> None: ...
+
 class PendingSignal(_message.Message):
     __slots__ = ("signo", "siginfo")
     SIGNO_FIELD_NUMBER: _ClassVar[int]

@@ -49,7 +49,7 @@ class FileLock(_message.Message):
     def __init__(self, kind: _Optional[_Union[FileLock.Kind, str]] = ..., type: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
-    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty", "pidfd", "proc")
+    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty", "pidfd", "proc")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[FileEntry.Kind]
@@ -112,6 +112,7 @@ class FileEntry(_message.Message):
     FOWN_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
     TTY_FIELD_NUMBER: _ClassVar[int]
+    GHOST_FIELD_NUMBER: _ClassVar[int]
     PIPE_FIELD_NUMBER: _ClassVar[int]
     UNIX_FIELD_NUMBER: _ClassVar[int]
     INET_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +137,7 @@ class FileEntry(_message.Message):
     fown: Fown
     external: str
     tty: bool
+    ghost: _common_pb2.Ghost
     pipe: Pipe
     unix: UnixSocket
     inet: InetSocket
@@ -148,7 +150,7 @@ class FileEntry(_message.Message):
     pty: Pty
     pidfd: PidFd
     proc: ProcFile
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ..., pidfd: _Optional[_Union[PidFd, _Mapping]] = ..., proc: _Optional[_Union[ProcFile, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ..., pidfd: _Optional[_Union[PidFd, _Mapping]] = ..., proc: _Optional[_Union[ProcFile, _Mapping]] = ...) -> None: ...
 
 class Fown(_message.Message):
     __slots__ = ("pid", "pid_type", "signum", "uid", "euid")
@@ -175,7 +177,7 @@ class Pipe(_message.Message):
     def __init__(self, pipe_id: _Optional[int] = ..., capacity: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UnixSocket(_message.Message):
-    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options", "peer_name", "listener_ino", "pending", "name_inherited", "in_flight", "file_mode", "file_uid", "file_gid", "name_unlinked")
+    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options", "peer_name", "listener_ino", "pending", "name_inherited", "in_flight", "file_mode", "file_uid", "file_gid", "ext_closed", "name_unlinked")
     INO_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +195,7 @@ class UnixSocket(_message.Message):
     FILE_MODE_FIELD_NUMBER: _ClassVar[int]
     FILE_UID_FIELD_NUMBER: _ClassVar[int]
     FILE_GID_FIELD_NUMBER: _ClassVar[int]
+    EXT_CLOSED_FIELD_NUMBER: _ClassVar[int]
     NAME_UNLINKED_FIELD_NUMBER: _ClassVar[int]
     ino: int
     type: int
@@ -211,8 +214,9 @@ class UnixSocket(_message.Message):
     file_mode: int
     file_uid: int
     file_gid: int
+    ext_closed: bool
     name_unlinked: bool
-    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., peer_name: _Optional[bytes] = ..., listener_ino: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ..., name_inherited: _Optional[bool] = ..., in_flight: _Optional[_Iterable[_Union[InFlight, _Mapping]]] = ..., file_mode: _Optional[int] = ..., file_uid: _Optional[int] = ..., file_gid: _Optional[int] = ..., name_unlinked: _Optional[bool] = ...) -> None: ...
+    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., peer_name: _Optional[bytes] = ..., listener_ino: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ..., name_inherited: _Optional[bool] = ..., in_flight: _Optional[_Iterable[_Union[InFlight, _Mapping]]] = ..., file_mode: _Optional[int] = ..., file_uid: _Optional[int] = ..., file_gid: _Optional[int] = ..., ext_closed: _Optional[bool] = ..., name_unlinked: _Optional[bool] = ...) -> None: ...
 
 class InFlight(_message.Message):
     __slots__ = ("index", "file_ids")

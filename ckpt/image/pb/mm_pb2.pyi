@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MmEntry(_message.Message):
-    __slots__ = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv", "exe_path", "exe", "vdso_sha256", "vdso")
+    __slots__ = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv", "exe_path", "exe", "vdso_sha256", "vdso", "exe_ghost")
     START_CODE_FIELD_NUMBER: _ClassVar[int]
     END_CODE_FIELD_NUMBER: _ClassVar[int]
     START_DATA_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class MmEntry(_message.Message):
     EXE_FIELD_NUMBER: _ClassVar[int]
     VDSO_SHA256_FIELD_NUMBER: _ClassVar[int]
     VDSO_FIELD_NUMBER: _ClassVar[int]
+    EXE_GHOST_FIELD_NUMBER: _ClassVar[int]
     start_code: int
     end_code: int
     start_data: int
@@ -43,10 +44,11 @@ class MmEntry(_message.Message):
     exe: _common_pb2.FileIdentity
     vdso_sha256: bytes
     vdso: bytes
-    def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ...) -> None: ...
+    exe_ghost: _common_pb2.Ghost
+    def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ..., exe_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
 
 class Vma(_message.Message):
-    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv")
+    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv", "ghost")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Vma.Kind]
@@ -87,6 +89,7 @@ class Vma(_message.Message):
     CONTENT_OWNER_FIELD_NUMBER: _ClassVar[int]
     TRACKED_FIELD_NUMBER: _ClassVar[int]
     SYSV_FIELD_NUMBER: _ClassVar[int]
+    GHOST_FIELD_NUMBER: _ClassVar[int]
     start: int
     end: int
     prot: int
@@ -99,7 +102,8 @@ class Vma(_message.Message):
     content_owner: str
     tracked: bool
     sysv: SysvShm
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ...) -> None: ...
+    ghost: _common_pb2.Ghost
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
 
 class SysvShm(_message.Message):
     __slots__ = ("shmid", "key", "size", "mode", "uid", "gid", "removed")
