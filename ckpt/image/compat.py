@@ -58,6 +58,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("pty-pairs", "pseudo-terminal pairs the tree holds are opened anew with their settings and queues "
                          "(FileEntry.pty), and controlling terminals given back (ProcessEntry.ctty); a reader "
                          "that ignored them would reopen /dev/ptmx and /dev/pts/N by path"),
+    Feature("unix-unlinked-names", "a unix socket whose path was deleted since bind is bound, then its file "
+                                   "deleted again (UnixSocket.name_unlinked); a reader that ignored it would leave "
+                                   "a socket file at the path"),
 )}
 
 #: The features the readers before ``required_features`` (format ≤ 2, ckpt 0.1.0) restore right.

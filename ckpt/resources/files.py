@@ -119,6 +119,8 @@ class FilesDump:
         writer.write_files(self.files)  # type: ignore[attr-defined]
         if any(e.HasField("pty") for e in self.files):
             writer.require(tty.FEATURE)  # type: ignore[attr-defined]
+        if any(e.unix.name_unlinked for e in self.files):
+            writer.require(unix.FEATURE)  # type: ignore[attr-defined]
         for owner, data in self.contents.items():
             with writer.pages(owner) as pw:  # type: ignore[attr-defined]
                 pw.add(0, data.ljust(-(-len(data) // PAGE_SIZE) * PAGE_SIZE, b"\0"))

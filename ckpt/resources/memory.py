@@ -565,7 +565,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
             if v.kind == Kind.SYSV_SHM:
                 objects = shmem_objects if shmem_objects is not None else ShmemObjects()
                 objects.sysv.ensure(v.sysv)
-                objects.sysv.attach(inj, v, attached)
+                objects.sysv.attach(inj, v, attached, vmas)
                 n += 1
                 continue
             length = v.end - v.start

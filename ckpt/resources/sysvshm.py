@@ -16,19 +16,26 @@ key, size, mode and owner, and filled; a removed one is removed again once
 every process has attached it.  Each mapping is an injected
 ``shmat(shmid, address, SHM_REMAP)`` at the attach's base, then mprotect to
 the mapping's own protection (one attach can be split into several VMAs).
+An attach the process since unmapped in part (munmap of some of its pages:
+the segment's other pages keep their bytes, and the freed addresses may hold
+other mappings now) is attached anywhere and only each of its mappings'
+pages moved to their address with mremap, the rest unmapped again — an
+attach at the base would cover those addresses too.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..control.inject import Injector
 from ..errors import RestoreError, Unsupported
 from ..image.pb import mm_pb2
-from ..kernel.arch_x86_64 import NR
+from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.libc import libc
+from ..kernel.mman import MREMAP_FIXED, MREMAP_MAYMOVE
 
 __all__ = ["OWNER", "read_segments", "describe", "SysvObjects"]
 
@@ -60,6 +67,17 @@ def describe(pid: int, start: int, shmid: int, segments: dict[int, mm_pb2.SysvSh
         raise Unsupported(f"process {pid}: the System V segment mapped at {start:#x} (shmid {shmid}) is not in "
                           "/proc/sysvipc/shm: another IPC namespace?")
     return seg
+
+
+def _rounded(size: int) -> int:
+    return -(-size // PAGE_SIZE) * PAGE_SIZE
+
+
+def _whole(v: mm_pb2.Vma, vmas: Sequence[mm_pb2.Vma]) -> bool:
+    """Whether the views of ``v``'s attach (same segment and base) still cover the whole segment."""
+    base = v.start - v.pgoff
+    return sum(w.end - w.start for w in vmas if w.kind == v.kind and w.sysv.shmid == v.sysv.shmid
+               and w.start - w.pgoff == base) >= _rounded(v.sysv.size)
 
 
 # --- restore ------------------------------------------------------------------------------------
@@ -140,12 +158,23 @@ class SysvObjects:
         ds.shm_perm.uid, ds.shm_perm.gid, ds.shm_perm.mode = seg.uid, seg.gid, seg.mode
         _check(_shmctl(shmid, _IPC_SET, ctypes.byref(ds)), f"IPC_SET of segment {shmid}")
 
-    def attach(self, inj: Injector, v: mm_pb2.Vma, done: set[int]) -> None:
-        """Map view ``v`` in the process of ``inj``: one shmat per attach base, then its own protection."""
+    def attach(self, inj: Injector, v: mm_pb2.Vma, done: set[int], vmas: Sequence[mm_pb2.Vma]) -> None:
+        """Map view ``v`` of the process's ``vmas`` in the process of ``inj``: one shmat per attach base, or
+        per view of an attach it unmapped in part (see the module doc), then its own protection."""
         base = v.start - v.pgoff
-        if base not in done:
-            flags = _SHM_REMAP | (0 if "mw" in v.vm_flags.split() else _SHM_RDONLY)
-            got = inj.call(NR.shmat, v.sysv.shmid, base, flags, name=f"shmat({v.sysv.shmid}, {base:#x})")
+        flags = 0 if "mw" in v.vm_flags.split() else _SHM_RDONLY
+        if not _whole(v, vmas):
+            span = _rounded(v.sysv.size)
+            at = inj.call(NR.shmat, v.sysv.shmid, 0, flags, name=f"shmat({v.sysv.shmid})")
+            inj.call(NR.mremap, at + v.pgoff, v.end - v.start, v.end - v.start, MREMAP_MAYMOVE | MREMAP_FIXED,
+                     v.start)
+            if v.pgoff:
+                inj.munmap(at, v.pgoff)
+            if v.pgoff + v.end - v.start < span:
+                inj.munmap(at + v.pgoff + v.end - v.start, span - v.pgoff - (v.end - v.start))
+        elif base not in done:
+            got = inj.call(NR.shmat, v.sysv.shmid, base, flags | _SHM_REMAP,
+                           name=f"shmat({v.sysv.shmid}, {base:#x})")
             if got != base:
                 raise RestoreError(f"shmat placed segment {v.sysv.shmid} at {got:#x}, not {base:#x}")
             done.add(base)

@@ -28,6 +28,11 @@ client of each connection waiting in its accept queue.
   (docs/kernel-notes.md has what was measured).  Refused: urgent data
   (MSG_OOB), and zero-length messages an offset peek cannot see
   (:func:`_hidden_messages`).
+* A bound path's file: this socket's keeps its mode and owner; one deleted
+  since (``unlink``) is bound again at the restore and deleted again, so the
+  socket keeps its name and the path stays free; a path that now names
+  another file or socket, or whose directory is gone, is refused (the restore
+  could not bind there).
 * Descriptors in flight (SCM_RIGHTS, sent and not received yet): a peek
   gives ckpt a duplicate of each.  :func:`peek_descriptors` collects them
   before the files are classified, so the registry dumps each open file once
@@ -91,7 +96,7 @@ from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener
 from .sockets import TCP_CLOSE, TCP_ESTABLISHED, backlog_of, borrowed, set_status_flags, setopts
 
-__all__ = ["TYPE_NAMES", "KIND", "dump_tree", "peek_descriptors", "groups", "UnixRestorer", "show_name"]
+__all__ = ["FEATURE", "TYPE_NAMES", "KIND", "dump_tree", "peek_descriptors", "groups", "UnixRestorer", "show_name"]
 
 FileEntry = files_pb2.FileEntry
 K = FileEntry.Kind
@@ -118,6 +123,9 @@ _STANDIN_SNDBUF = 1 << 29
 _FLAG_OPTIONS = (SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD)
 _EXT_HINT = ("use --ext-unix-close (ext_unix_close=True) to restore it as a socket whose peer closed, "
              "or dump the peer's process with it (-t of a common ancestor)")
+
+#: The image feature (:mod:`ckpt.image.compat`) of a socket whose path was deleted since bind.
+FEATURE = "unix-unlinked-names"
 
 
 def show_name(name: bytes) -> str:
@@ -273,17 +281,30 @@ def dump_tree(socks: Sequence[tuple[FileEntry, int, int]], *, ext_unix_close: bo
 
 
 def _socket_file(s: _Sock) -> None:
-    """The mode and owner of the file a bound path names, when it is this socket's (sock_diag's VFS inode)."""
+    """The file a bound path names now: this socket's (its mode and owner are kept), none (the file was
+    deleted since: the restore binds and deletes it again), or another file — refused, the restore could not
+    bind there (sock_diag's VFS inode is the socket's own file, deleted or not)."""
     name = bytes(s.u.name)
     if not name or name[0] == 0 or s.u.name_inherited or s.diag is None or s.diag.vfs is None:
         return
     path = name if name.startswith(b"/") else os.path.join(os.fsencode(f"/proc/{s.pid}/cwd"), name)
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(path) or b"."):
+            raise s.refuse(f"bound to {show_name(name)}, whose directory was deleted since: the restore could not "
+                           "bind it there") from None
+        s.u.name_unlinked = True
+        return
     except OSError:
         return
     if (st.st_dev, st.st_ino) == s.diag.vfs:
         s.u.file_mode, s.u.file_uid, s.u.file_gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        return
+    other = "socket" if stat.S_ISSOCK(st.st_mode) else "file"
+    raise s.refuse(f"bound to {show_name(name)}, whose file was deleted since and the path now names another "
+                   f"{other} (inode {st.st_ino}): the restore could not bind it there",
+                   hint="move that file away while the dump runs, or end the socket")
 
 
 def _accept_queue(s: _Sock, by_ino: Mapping[int, _Sock], outside: _Outside, ext_unix_close: bool,
@@ -870,7 +891,10 @@ class _Builder:
             except OSError as exc:
                 raise RestoreError(f"cannot bind the unix socket of file {e.id} to {show_name(name)}: {exc.strerror}",
                                    hint="the name must be free (is the dumped process still running?)") from exc
-            if e.unix.HasField("file_mode"):  # as the dump found it, not as the umask made it
+            if e.unix.name_unlinked:  # its file had been deleted: named, and no file there
+                self.s.write(0, name + b"\0")
+                self.inj.call(NR.unlinkat, _AT_FDCWD, self.s.addr, 0, name=f"unlinkat({name!r})")
+            elif e.unix.HasField("file_mode"):  # as the dump found it, not as the umask made it
                 self.s.write(0, name + b"\0")
                 self.inj.call(NR.fchownat, _AT_FDCWD, self.s.addr, e.unix.file_uid, e.unix.file_gid, 0,
                               name=f"fchownat({name!r})")
