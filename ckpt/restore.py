@@ -69,7 +69,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import tty, vdso
+from .resources import tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -352,6 +352,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
                                      {p.pid for p in root.walk()}, image))
         check_s = time.monotonic() - t_check
+        notes.extend(tcp.unlock_restored(_file_entries(image, [m.pid for m in live])))
         testpoint.point("restore-handing-over")
         if before_hand_over is not None:
             before_hand_over()
@@ -767,6 +768,30 @@ def _lost_unix(e: files_pb2.FileEntry) -> tuple[str, ...]:
     return lost
 
 
+def _file_entries(image: Image, pids: Iterable[int]) -> list[files_pb2.FileEntry]:
+    """The open files the processes ``pids`` hold, each once."""
+    files = {e.id: e for e in image.file_entries()}
+    ids = dict.fromkeys(f.file_id for pid in pids for f in image.fds(pid))
+    return [files[i] for i in ids if i in files]
+
+
+#: The lines of an inet socket's account (:func:`ckpt.resources.sockets.inet_lines`) that a connection
+#: restored closed (``--tcp-close``) lacks: all but the socket's kind.
+_TCP_CLOSED = ("state", "local", "peer", "inq", "outq", "outq_unsent")
+
+
+def _lost_inet(e: files_pb2.FileEntry) -> tuple[str, ...]:
+    """What of an inet socket's account the user let the dump lose: a connection restored closed
+    (``--tcp-close``), a listener's waiting connections (``--tolerate listen-queue``), a UDP socket's queued
+    datagrams (``--tolerate udp-queue``)."""
+    if e.kind != files_pb2.FileEntry.INET:
+        return ()
+    lost = _TCP_CLOSED if e.inet.tcp_closed else ()
+    if e.inet.queue_lost:
+        lost += ("waiting",) if e.inet.state == 10 else ("queued",)  # TCP_LISTEN
+    return lost
+
+
 def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
                 tree_pids: Collection[int], image: Image) -> list[str]:
     """Compare the kernel's account of each built (frozen) process with the dump's; RestoreError on a difference.
@@ -798,6 +823,7 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
         lowered = {("limits", limit_rows[r]) for r in ws.lowered if r < len(limit_rows)}
         files = {e.id: e for e in image.file_entries()}
         lost = {(f"unix_diag/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_unix(files[f.file_id])}
+        lost |= {(f"inet/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_inet(files[f.file_id])}
         diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
                                      joins_restorer=outside,
                                      tolerated=lowered | lost, elsewhere=elsewhere)
@@ -1009,6 +1035,7 @@ class StagedRestore:
                                               for pid, st in self._procs.items()], self.pid, self.pids,
                                              image))
                 check_s = time.monotonic() - t_check
+                notes.extend(tcp.unlock_restored(_file_entries(image, self._procs)))
                 testpoint.point("restore-handing-over")
                 if before_hand_over is not None:
                     before_hand_over()

@@ -54,6 +54,7 @@ from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
 from ..kernel import sockopts
+from ..kernel import tcp_repair as tr
 from ..kernel.sock_diag import listen_backlogs
 from . import tcp
 from ..tolerance import lose
@@ -61,7 +62,7 @@ from .fdkind import FdDump, FdKind, Opener
 
 __all__ = ["TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
            "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of", "changed_options",
-           "option_lines"]
+           "option_lines", "inet_lines"]
 
 K = files_pb2.FileEntry.Kind
 #: TCP_* states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
@@ -173,6 +174,42 @@ def option_lines(sock: socket.socket) -> list[tuple[str, str]]:
             for o, _, text in sockopts.read_all(sock)]
 
 
+def _endpoint(family: int, addr: object) -> str:
+    """An inet address as the account prints it: ``host:port`` (IPv6 ``[host]:port``, flow label and scope kept)."""
+    if family == socket.AF_INET6:
+        host, port, flowinfo, scope = addr  # type: ignore[misc]
+        return f"[{host}]:{port} flowinfo {flowinfo} scope {scope}"
+    host, port = addr  # type: ignore[misc]
+    return f"{host}:{port}"
+
+
+def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
+    """What an inet socket tells of its state, for the self-check: its local and peer address, a TCP socket's
+    state (TCP_INFO's first byte), a listener's waiting connections and backlog (TCP_INFO's tcpi_unacked and
+    tcpi_sacked), a connection's bytes queued to read, to be acknowledged and never sent (SIOCINQ, SIOCOUTQ,
+    SIOCOUTQNSD), whether a UDP socket has a datagram waiting.  Nothing is read off a queue (a peek honours
+    SO_PEEK_OFF, :func:`_has_datagram`).  None for another family."""
+    family, stype = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE))
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return []
+    try:
+        peer = _endpoint(family, sock.getpeername())
+    except OSError:
+        peer = "none"
+    lines = [("local", _endpoint(family, sock.getsockname())), ("peer", peer)]
+    if stype == socket.SOCK_STREAM:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LISTEN.size)
+        state, waiting, backlog = _TCP_INFO_LISTEN.unpack_from(info)
+        lines.append(("state", tcp.TCP_STATES.get(state, str(state))))
+        if state == TCP_LISTEN:
+            return lines + [("waiting", str(waiting)), ("backlog", str(backlog))]
+        return lines + [("inq", str(tr.inq(sock))), ("outq", str(tr.outq(sock))),
+                        ("outq_unsent", str(tr.outq_notsent(sock)))]
+    if stype == socket.SOCK_DGRAM:
+        lines.append(("queued", "yes" if _has_datagram(sock) else "no"))
+    return lines
+
+
 def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
     """The options a program changed on ``sock`` (their values differ from a new socket's), in the order a
     restore sets them.  A buffer size counts only when the program fixed it (SO_BUF_LOCK; the kernel's own
@@ -282,6 +319,7 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
                               "or --tcp-close (tcp_close=True) to restore it closed, as a dropped connection")
             inet.state = TCP_CLOSE
             inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
+            inet.tcp_closed = True
         elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
             raise _refuse(pid, fd, f"an {fam} socket of type {p.type}")
         elif p.listening and p.max_backlog >= 0:
@@ -290,9 +328,11 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
                 lose("listen-queue", tolerate, f"process {pid}: fd {fd}", f"an {fam} TCP listener on "
                      f"{tcp.endpoint(p.family, p.local)} with {p.accept_queue} connection(s) waiting to be accepted",
                      notes)
+                inet.queue_lost = True
         elif p.queued:
             lose("udp-queue", tolerate, f"process {pid}: fd {fd}", f"an {fam} UDP socket with datagrams not yet read",
                  notes)
+            inet.queue_lost = True
         entry.kind = K.INET
         entry.inet.CopyFrom(inet)
         return

@@ -36,7 +36,11 @@ listener holds: SK_FORCE_REUSE), the options, each queue's starting sequence
 number, ``bind`` to the old local address, ``connect`` (no SYN in repair
 mode), the negotiated options and timestamp, the receive queue and the sent
 part of the send queue written back in repair mode, the window, repair off,
-SO_REUSEADDR, then the never-sent part written normally; then the lock goes.
+SO_REUSEADDR, then the never-sent part written normally.  The lock goes once
+the restore's self-check has read the connection's queues (:func:`unlock_restored`,
+just before the processes are handed over): until then no packet of the peer
+changes what the check compares with the dump.  A restore that fails leaves it,
+for the next restore of the image.
 
 Not kept: out-of-order segments (not acknowledged, or SACKed and reneged:
 the peer sends them again), urgent data, ECN, the congestion state
@@ -55,6 +59,7 @@ import secrets
 import signal
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -70,7 +75,7 @@ from ..procfs.timens import read_boot_id
 from ..testpoint import point
 from . import netlock
 
-__all__ = ["TCP_STATES", "Session", "endpoint", "describe", "netns_id", "restore"]
+__all__ = ["TCP_STATES", "Session", "endpoint", "describe", "netns_id", "restore", "unlock_restored"]
 
 #: include/net/tcp_states.h, for messages.
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
@@ -499,9 +504,18 @@ def restore(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, notes: list[s
     except BaseException:
         inj.close(fd)  # still in repair mode unless the error came after: then nothing was half-done
         raise
-    if t.lock:
-        _unlock_restored(t, what, notes)
     return fd
+
+
+def unlock_restored(entries: Iterable[files_pb2.FileEntry]) -> list[str]:
+    """The connections of ``entries`` are back and checked: drop their locks; notes for what stays locked."""
+    notes: list[str] = []
+    for entry in entries:
+        i = entry.inet
+        if entry.kind == files_pb2.FileEntry.INET and i.HasField("tcp") and i.tcp.lock:
+            local, peer = _addr(i.family, bytes(i.src_addr)), _addr(i.family, bytes(i.dst_addr))
+            _unlock_restored(i.tcp, f"the TCP connection {_at(local)} -> {_at(peer)} (file {entry.id})", notes)
+    return notes
 
 
 def _unlock_restored(t: files_pb2.TcpRepair, what: str, notes: list[str]) -> None:
