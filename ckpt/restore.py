@@ -352,7 +352,6 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
                                      {p.pid for p in root.walk()}, image))
         check_s = time.monotonic() - t_check
-        notes.extend(tcp.unlock_restored(_file_entries(image, [m.pid for m in live])))
         testpoint.point("restore-handing-over")
         if before_hand_over is not None:
             before_hand_over()
@@ -360,6 +359,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
+        notes.extend(tcp.unlock_restored(_file_entries(image, [m.pid for m in live])))
     except BaseException as exc:
         helpers.kill()
         shmem.sysv.abort()
@@ -1035,13 +1035,13 @@ class StagedRestore:
                                               for pid, st in self._procs.items()], self.pid, self.pids,
                                              image))
                 check_s = time.monotonic() - t_check
-                notes.extend(tcp.unlock_restored(_file_entries(image, self._procs)))
                 testpoint.point("restore-handing-over")
                 if before_hand_over is not None:
                     before_hand_over()
                 self._helpers.hand_over(self._procs[self.pid].ws, records[self.pid][1])
                 for pid in reversed(self._procs):  # all built: let them run, children first
                     _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
+                notes.extend(tcp.unlock_restored(_file_entries(image, self._procs)))
             finally:
                 if shared is not None:
                     shared.close()

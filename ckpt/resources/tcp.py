@@ -37,10 +37,10 @@ number, ``bind`` to the old local address, ``connect`` (no SYN in repair
 mode), the negotiated options and timestamp, the receive queue and the sent
 part of the send queue written back in repair mode, the window, repair off,
 SO_REUSEADDR, then the never-sent part written normally.  The lock goes once
-the restore's self-check has read the connection's queues (:func:`unlock_restored`,
-just before the processes are handed over): until then no packet of the peer
-changes what the check compares with the dump.  A restore that fails leaves it,
-for the next restore of the image.
+the restore's self-check has read the connection's queues and the processes
+run (:func:`unlock_restored`, as CRIU unlocks the network last): until then no
+packet of the peer changes what the check compares with the dump.  A restore
+that fails leaves it, for the next restore of the image.
 
 Not kept: out-of-order segments (not acknowledged, or SACKed and reneged:
 the peer sends them again), urgent data, ECN, the congestion state
