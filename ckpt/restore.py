@@ -320,6 +320,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     waited = sum(wait_pid_free(p.pid) for p in root.walk())
 
     members = {m.pid: m for m in live}
+    connections: list[files_pb2.FileEntry] = []
     ptys = tty.PtyPairs(image.file_entries())  # controlling terminals are taken as the helpers are made
     helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached,
                        on_ready=lambda ws: ptys.take_ctty(ws.inj, members[ws.pid].entry))
@@ -348,6 +349,9 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         shmem.ghosts.finish()  # their times, once every process has its mappings (mmap touches the atime)
         notes.extend(ptys.finish({m.pid: (m.ws.inj, m.ws.scratch, m.entry) for m in live if m.ws is not None}))
         t_check = time.monotonic()
+        # Every socket is made: their connections' locks go once the processes run, or if the restore fails
+        # from here on (killing the helpers closes the sockets, which ends those connections).
+        connections = _file_entries(image, [m.pid for m in live])
         if check:
             notes.extend(_self_check([(m.ws, m.entry, m.cores) for m in live], root.pid,
                                      {p.pid for p in root.walk()}, image))
@@ -359,9 +363,11 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         for m in reversed(live):  # all built: let them run, children first
             assert m.ws is not None
             _release(m.ws, m.vmas, m.cores)
-        notes.extend(tcp.unlock_restored(_file_entries(image, [m.pid for m in live])))
+        notes.extend(tcp.unlock_restored(connections))
     except BaseException as exc:
         helpers.kill()
+        if connections:
+            tcp.unlock_restored(connections)
         shmem.sysv.abort()
         raise _restore_error(exc, root.pid)
     finally:

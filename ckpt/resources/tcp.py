@@ -40,7 +40,8 @@ SO_REUSEADDR, then the never-sent part written normally.  The lock goes once
 the restore's self-check has read the connection's queues and the processes
 run (:func:`unlock_restored`, as CRIU unlocks the network last): until then no
 packet of the peer changes what the check compares with the dump.  A restore
-that fails leaves it, for the next restore of the image.
+that fails once every socket is made (the check refused it) removes it too:
+killing its processes closes the sockets, which ends the connections.
 
 Not kept: out-of-order segments (not acknowledged, or SACKed and reneged:
 the peer sends them again), urgent data, ECN, the congestion state
