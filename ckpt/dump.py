@@ -31,7 +31,8 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, tcp, threads, timens, timers, tree, tty
+from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads, timens
+from .resources import timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -239,7 +240,8 @@ def dump(
                 _ask_ahead(ftree, snap_of, scratch_of)
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],
                                             shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
-                                            skip_fds=skip_of[p], notes=notes, ctty=cttys.get(p))
+                                            skip_fds=skip_of[p], notes=notes, ctty=cttys.get(p),
+                                            files_of=(fdump.fds_of.get(p, ()), fdump.files))
                            for p, proc in ftree.procs.items()}
                 # Where the tree's clocks stand (after its timers' time left was read: an absolute timer restored
                 # in a namespace continuing these clocks expires no earlier than it would have); refused here if
@@ -389,11 +391,13 @@ def _ask_ahead(ftree: tree.FrozenTree, snap_of: dict, scratch_of: dict[int, Scra
 
 def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch: Scratch,  # noqa: ANN001
                   unmap: Callable[[], None], *, shell_job: bool, tcp_close: bool, deleted_max: int | None,
-                  skip_fds: frozenset[int], notes: list[str], ctty: process_pb2.Ctty | None = None
-                  ) -> tuple[list, list]:
+                  skip_fds: frozenset[int], notes: list[str], ctty: process_pb2.Ctty | None = None,
+                  files_of: tuple[tuple, tuple] = ((), ())) -> tuple[list, list]:
     """One frozen process's records (process entry, threads, mm and ``vmas``) into ``w``; (thread cores, VMAs).
 
     ``ctty``: its controlling terminal, when that is a pty pair of the tree (:func:`ckpt.resources.tty.controlling`).
+    ``files_of``: its fds and the tree's open files, which its account must agree with
+    (:func:`ckpt.resources.sockets.account_agrees`).
 
     ``scratch``: mapped in it, and unmapped (``unmap``) before its pending signals are read.
     """
@@ -420,6 +424,7 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     # Last, with everything read: the kernel's own account, which the restore compares its result with.
     entry.observed.CopyFrom(observed.observe(pid, [c.tid for c in cores], hidden=proc.own_areas(), skip_fds=skip_fds,
                                              threads={c.tid: observed.settled(c.sigmask) for c in cores}))
+    sockets.account_agrees(pid, entry.observed, *files_of)  # nothing reached a socket since its record
     w.write_process(pid, entry)
     w.write_threads(pid, cores)
     w.write_mm(pid, mm, vmas)

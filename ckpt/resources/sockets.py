@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 from ..control.inject import Injector, Scratch
 from ..errors import RestoreError, Unsupported
-from ..image.pb import files_pb2
+from ..image.pb import files_pb2, process_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
 from ..kernel import sockopts
@@ -62,7 +62,7 @@ from .fdkind import FdDump, FdKind, Opener
 
 __all__ = ["TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
            "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of", "changed_options",
-           "option_lines", "inet_lines"]
+           "option_lines", "inet_lines", "account_agrees"]
 
 K = files_pb2.FileEntry.Kind
 #: TCP_* states (include/net/tcp_states.h), as TCP_INFO's first byte reports them.
@@ -208,6 +208,26 @@ def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
     if stype == socket.SOCK_DGRAM:
         lines.append(("queued", "yes" if _has_datagram(sock) else "no"))
     return lines
+
+
+def account_agrees(pid: int, account: process_pb2.Observed, fds: "tuple[files_pb2.FdEntry, ...]",
+                   entries: "tuple[files_pb2.FileEntry, ...]") -> None:
+    """The dump's account of ``pid`` (:mod:`ckpt.observed`, read last) against its inet sockets' records (read
+    first): a connection that reached a listener, or a datagram a UDP socket, in between would be lost without
+    the image saying so, and the restore's check would refuse it.  The dump is refused instead, naming it."""
+    by_fd = {f.fd: f.file_id for f in fds}
+    by_id = {e.id: e for e in entries}
+    for section in account.sections:
+        kind, _, fd = section.name.partition("/")
+        e = by_id.get(by_fd.get(int(fd), -1)) if kind == "inet" else None
+        if e is None or e.kind != K.INET or e.inet.queue_lost or e.inet.tcp_closed:
+            continue
+        lines = {ln.key: ln.value for ln in section.lines}
+        what = ("a connection to it waiting to be accepted" if lines.get("waiting", "0") != "0"
+                else "a datagram queued on it" if lines.get("queued") == "yes" else None)
+        if what is not None:
+            raise Unsupported(f"process {pid}: fd {fd}: {what} arrived while it was being dumped",
+                              hint="dump again (with --tolerate listen-queue / udp-queue to let such a queue go)")
 
 
 def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:

@@ -4,6 +4,7 @@ the dump (``--tolerate listen-queue``, ``--tolerate udp-queue``, ``--tcp-close``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ckpt import api
-from ckpt.errors import RestoreError
+from ckpt.errors import RestoreError, Unsupported
 from ckpt.image.reader import Image
 from ckpt.resources import netlock, sockets, tcp
 
@@ -87,7 +88,8 @@ def test_what_the_dump_was_told_to_lose_is_allowed_exactly_that(py_target, tmp_p
 def test_a_udp_datagram_lost_without_the_image_saying_so_is_refused(py_target, tmp_path: Path,  # noqa: ANN001
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The check allows exactly what the image says was let go: a dump that lost a datagram and did not
-    record it (its record of the loss removed on purpose) makes the restore refuse."""
+    record it (its record of the loss removed on purpose, and the dump's cross-check that would refuse that
+    turned off) makes the restore refuse."""
     t = py_target("py_queues.py", stderr=subprocess.DEVNULL)
     ports = _fields(t.expect("READY", timeout=20))
     real = sockets.describe
@@ -97,9 +99,29 @@ def test_a_udp_datagram_lost_without_the_image_saying_so_is_refused(py_target, t
         args[2].inet.queue_lost = False
 
     monkeypatch.setattr(sockets, "describe", unrecorded)
+    monkeypatch.setattr(sockets, "account_agrees", lambda *args: None)  # the dump's own cross-check (below) off
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.sendto(b"hello", ("127.0.0.1", int(ports["udp"])))
         api.dump(t.pid, tmp_path / "img", tolerate=["udp-queue"])
     t.proc.returncode = -signal.SIGKILL
     with pytest.raises(RestoreError, match=r"inet/\d+: queued: 'yes' at the dump, 'no' after the restore"):
         api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+
+
+def test_a_datagram_arriving_during_the_dump_is_refused_there(py_target, tmp_path: Path,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A datagram the socket's record did not see (as one arriving after it was read) but the account, read
+    last, does: the restore would refuse, so the dump does, and the target runs on."""
+    t = py_target("py_queues.py", stderr=subprocess.DEVNULL)
+    ports = _fields(t.expect("READY", timeout=20))
+    real = sockets.peek
+    monkeypatch.setattr(sockets, "peek", lambda pid, fd: (lambda p, o: (dataclasses.replace(p, queued=False), o))(
+        *real(pid, fd)))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(b"hello", ("127.0.0.1", int(ports["udp"])))
+        with pytest.raises(Unsupported, match=r"process \d+: fd \d+: a datagram queued on it arrived while it was "
+                                              r"being dumped"):
+            api.dump(t.pid, tmp_path / "img")
+    assert t.alive() and not (tmp_path / "img").exists()
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("QUEUES", timeout=20) == "QUEUES accepted=0 datagrams=hello"

@@ -106,3 +106,20 @@ def test_an_o_tmpfile_name_may_change_its_inode_number_only() -> None:
     c = _obs(maps=[("1000-2000", "rw-s 0 /var/#2277743 (deleted) [me mr ms mw rd sh wr]")])
     d = _obs(maps=[("1000-2000", "rw-s 0 /tmp/.ckpt-ghost-1-2277658 (deleted) [me mr ms mw rd sh wr]")])
     assert len(observed.differences(a, c, root=True)) == 1 and len(observed.differences(a, d, root=True)) == 1
+
+
+def test_an_inet_section_an_older_dump_did_not_record_is_not_compared() -> None:
+    """An image of a ckpt before the inet account has none: the socket's own sections still must match."""
+    inet = [("local", "127.0.0.1:80"), ("peer", "none"), ("state", "LISTEN"), ("waiting", "0"), ("backlog", "8")]
+    old = _obs(fdinfo__3=[("pos", "0")])
+    assert observed.differences(old, _obs(fdinfo__3=[("pos", "0")], inet__3=inet), root=True) == []
+    now = _obs(fdinfo__3=[("pos", "0")], inet__3=inet)
+    (d,) = observed.differences(now, old, root=True)  # recorded at the dump and gone: a loss
+    assert (d.section, d.dumped, d.restored) == ("inet/3", "present", None)
+
+
+def test_tolerated_inet_lines_only() -> None:
+    a = _obs(inet__4=[("state", "LISTEN"), ("waiting", "2"), ("backlog", "8")])
+    b = _obs(inet__4=[("state", "LISTEN"), ("waiting", "0"), ("backlog", "9")])
+    got = observed.differences(a, b, root=True, tolerated={("inet/4", "waiting")})
+    assert [(d.key, d.dumped, d.restored) for d in got] == [("backlog", "8", "9")]
