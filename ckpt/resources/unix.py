@@ -68,7 +68,9 @@ the files registry), then ``shutdown`` and the status flags are applied.  Member
 Not kept: the sender credentials of queued messages (a receiver with
 SO_PASSCRED sees the restorer's) and SO_PEERCRED (the helper that re-made the
 connection, with the restorer's credentials at that point), the sender
-address of datagrams queued on an unconnected socket (a note), socket
+address of datagrams queued on an unconnected socket (refused unless
+``--tolerate datagram-senders``) — but for a sender of the tree bound to that
+name and connected to the receiver, which sends them again — socket
 filters, a pending ECONNRESET of a socket whose peer closed with unread data.
 """
 
@@ -82,7 +84,7 @@ import socket
 import stat
 import struct
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from ..control.inject import Injector, Scratch
@@ -524,8 +526,10 @@ def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Cal
     the socket itself can tell."""
     with borrowed(s.pid, s.fd) as sock:
         own_off = sock.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-        if s.u.state == TCP_LISTEN or (s.u.type == socket.SOCK_STREAM and s.u.state != TCP_ESTABLISHED):
-            return  # no receive queue of data (an unconnected stream socket cannot even be read: EINVAL)
+        if s.u.state == TCP_LISTEN or (s.u.type != socket.SOCK_DGRAM and s.u.state != TCP_ESTABLISHED):
+            # no receive queue of data: an unconnected stream socket cannot even be read (EINVAL), nor a
+            # seqpacket one (ENOTCONN)
+            return
         try:
             if s.u.type == socket.SOCK_STREAM:
                 try:
@@ -576,9 +580,24 @@ def _queue(s: _Sock, by_ino: Mapping[int, _Sock], notes: list[str], carried: Cal
                 s.u.in_flight.add(index=len(s.u.queue), file_ids=ids)
             s.u.queue.append(m.data)
         if s.u.state != TCP_ESTABLISHED and any(m.addr for m in msgs):
-            lose("datagram-senders", tolerate, s.where(), f"{len(msgs)} datagram(s) queued on "
-                 f"{show_name(s.u.name)} with their senders' addresses (restored as sent from an unnamed socket)",
-                 notes)
+            senders = [_named_sender(s, m.addr, by_ino) if m.addr else 0 for m in msgs]
+            if any(senders):
+                s.u.senders.extend(senders)
+            lost = sum(1 for ino, m in zip(senders, msgs) if m.addr and not ino)
+            if lost:
+                lose("datagram-senders", tolerate, s.where(), f"{lost} datagram(s) queued on "
+                     f"{show_name(s.u.name)} with their senders' addresses (restored as sent from an unnamed "
+                     "socket)", notes)
+
+
+def _named_sender(s: _Sock, addr: bytes, by_ino: Mapping[int, _Sock]) -> int:
+    """The socket of the tree a datagram queued on ``s`` is sent again from, so that it comes from its sender's
+    name: one bound to that name and connected to ``s`` (so made in its group, before its queue is filled);
+    0 if there is none."""
+    for t in by_ino.values():
+        if t.u.peer_ino == s.u.ino and bytes(t.u.name) == addr and t.u.type == s.u.type and not t.u.name_inherited:
+            return t.u.ino
+    return 0
 
 
 def _read_queue(s: _Sock, sock: socket.socket, peer: _Sock | None, notes: list[str]) -> list[_Message]:
@@ -957,14 +976,25 @@ class _Builder:
             for e in todo:
                 sender, addr = self.sender(e)
                 rights = {f.index: list(f.file_ids) for f in e.unix.in_flight}
-                with self.borrowed(pidfd, sender, e.unix.type) as sock:
+                named = list(e.unix.senders)  # a datagram's own sender, connected to e (UnixSocket.senders)
+                with ExitStack() as held:
+                    socks: dict[int | None, socket.socket] = {}
+
+                    def through(fd: int | None) -> socket.socket:
+                        if fd not in socks:
+                            socks[fd] = held.enter_context(self.borrowed(pidfd, fd, e.unix.type))
+                        return socks[fd]
+
                     for i, data in enumerate(e.unix.queue):
                         fds = self.rights(rights.get(i, ()), e)
+                        own = self.by_ino.get(named[i]) if i < len(named) and named[i] else None
                         try:
                             if e.unix.type == socket.SOCK_STREAM:
-                                _send_stream(sock, bytes(data), e, fds)
+                                _send_stream(through(sender), bytes(data), e, fds)
+                            elif own is not None:
+                                _send_message(through(self.fds[own.id]), bytes(data), None, e, fds)
                             else:
-                                _send_message(sock, bytes(data), addr, e, fds)
+                                _send_message(through(sender), bytes(data), addr, e, fds)
                         finally:
                             for fd in fds:
                                 os.close(fd)

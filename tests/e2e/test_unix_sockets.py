@@ -275,3 +275,55 @@ def test_a_bound_socket_file_keeps_its_mode_and_owner(tmp_path: Path) -> None:
             c.connect(str(path))  # the restored listener is there
     finally:
         kill_all([pid])
+
+
+def test_bound_and_connected_datagrams_unconnected_seqpackets_and_reused_paths(py_target, tmp_path: Path,  # noqa: ANN001
+                                                                               restored: list[int]) -> None:
+    """A datagram socket bound and connected to a bound peer of the tree, with a datagram queued each way (each
+    read with its sender's name); seqpacket sockets never connected (one bound); a path bound again after
+    its first socket closed: all come back as they were."""
+    t = py_target("py_unix_details.py", str(tmp_path), stderr=subprocess.DEVNULL)
+    t.ready(20)
+    api.dump(t.pid, tmp_path / "img")
+    t.proc.returncode = -signal.SIGKILL
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert _round(t) == "PASS details round=1 ext=none"
+
+
+def test_a_datagram_socket_connected_outside_the_tree(py_target, tmp_path: Path,  # noqa: ANN001
+                                                      restored: list[int]) -> None:
+    """Bound and connected to a socket of another process: refused at dump, naming it, with the process left
+    running; with --ext-unix-close it comes back bound and connected to a closed peer (ECONNREFUSED)."""
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.bind(str(tmp_path / "outside.sock"))
+    try:
+        t = py_target("py_unix_details.py", str(tmp_path), f"--ext={tmp_path / 'outside.sock'}",
+                      stderr=subprocess.DEVNULL)
+        t.ready(20)
+        with pytest.raises(Unsupported, match=rf"process {t.pid}: fd \d+ is a unix datagram socket connected to "
+                                              rf"socket:\[\d+\], held by process {os.getpid()} .*outside the dumped "
+                                              "processes"):
+            api.dump(t.pid, tmp_path / "img")
+        assert tracer_of(t.pid) == 0 and not (tmp_path / "img").exists()
+        api.dump(t.pid, tmp_path / "img", ext_unix_close=True)
+        t.proc.returncode = -signal.SIGKILL
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        assert _round(t) == "PASS details round=1 ext=refused"
+    finally:
+        peer.close()
+
+
+def test_a_path_bound_again_while_its_first_socket_is_open_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """Two sockets of the tree with one name: the first's file removed and the second bound there.  A restore
+    cannot bind the first (its path names the second's file): refused at dump, naming it."""
+    t = py_target("py_unix_details.py", str(tmp_path), "--replaced", stderr=subprocess.DEVNULL)
+    t.ready(20)
+    new = os.stat(tmp_path / "re.sock").st_ino
+    with pytest.raises(Unsupported, match=rf"process {t.pid}: fd \d+ is a unix datagram socket bound to "
+                                          rf"{tmp_path / 're.sock'}, whose file was deleted since and the path now "
+                                          rf"names another socket \(inode {new}\)"):
+        api.dump(t.pid, tmp_path / "img")
+    assert tracer_of(t.pid) == 0 and not (tmp_path / "img").exists()
+    assert _round(t) == "PASS details round=1 ext=none"

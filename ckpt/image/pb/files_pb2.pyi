@@ -177,7 +177,7 @@ class Pipe(_message.Message):
     def __init__(self, pipe_id: _Optional[int] = ..., capacity: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UnixSocket(_message.Message):
-    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options", "peer_name", "listener_ino", "pending", "name_inherited", "in_flight", "file_mode", "file_uid", "file_gid", "ext_closed", "name_unlinked")
+    __slots__ = ("ino", "type", "state", "name", "peer_ino", "backlog", "shutdown", "queue", "options", "peer_name", "listener_ino", "pending", "name_inherited", "in_flight", "file_mode", "file_uid", "file_gid", "ext_closed", "name_unlinked", "senders")
     INO_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class UnixSocket(_message.Message):
     FILE_GID_FIELD_NUMBER: _ClassVar[int]
     EXT_CLOSED_FIELD_NUMBER: _ClassVar[int]
     NAME_UNLINKED_FIELD_NUMBER: _ClassVar[int]
+    SENDERS_FIELD_NUMBER: _ClassVar[int]
     ino: int
     type: int
     state: int
@@ -216,7 +217,8 @@ class UnixSocket(_message.Message):
     file_gid: int
     ext_closed: bool
     name_unlinked: bool
-    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., peer_name: _Optional[bytes] = ..., listener_ino: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ..., name_inherited: _Optional[bool] = ..., in_flight: _Optional[_Iterable[_Union[InFlight, _Mapping]]] = ..., file_mode: _Optional[int] = ..., file_uid: _Optional[int] = ..., file_gid: _Optional[int] = ..., ext_closed: _Optional[bool] = ..., name_unlinked: _Optional[bool] = ...) -> None: ...
+    senders: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ino: _Optional[int] = ..., type: _Optional[int] = ..., state: _Optional[int] = ..., name: _Optional[bytes] = ..., peer_ino: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., queue: _Optional[_Iterable[bytes]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., peer_name: _Optional[bytes] = ..., listener_ino: _Optional[int] = ..., pending: _Optional[_Iterable[int]] = ..., name_inherited: _Optional[bool] = ..., in_flight: _Optional[_Iterable[_Union[InFlight, _Mapping]]] = ..., file_mode: _Optional[int] = ..., file_uid: _Optional[int] = ..., file_gid: _Optional[int] = ..., ext_closed: _Optional[bool] = ..., name_unlinked: _Optional[bool] = ..., senders: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InFlight(_message.Message):
     __slots__ = ("index", "file_ids")
