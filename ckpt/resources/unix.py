@@ -65,8 +65,10 @@ duplicates of the senders, each message with the descriptors it carried
 the files registry), then ``shutdown`` and the status flags are applied.  Members other processes use are handed over through
 ``files.SharedFiles``, like pipe ends.
 
-Not kept: the sender credentials of queued messages (a receiver with
-SO_PASSCRED sees the restorer's) and SO_PEERCRED (the helper that re-made the
+Refused: messages queued on a socket with SO_PASSCRED or SO_PASSPIDFD (their
+senders' credentials would come back as the restorer's).  Not kept: the
+sender credentials of queued messages a socket without them may ask for
+later, and SO_PEERCRED (the helper that re-made the
 connection, with the restorer's credentials at that point), the sender
 address of datagrams queued on an unconnected socket (refused unless
 ``--tolerate datagram-senders``) — but for a sender of the tree bound to that
@@ -604,6 +606,13 @@ def _read_queue(s: _Sock, sock: socket.socket, peer: _Sock | None, notes: list[s
     """The receive queue, peeked; a datagram queue with zero-length messages a peek cannot see is read and
     put back instead, when its peer is a socket of the tree that can send them again — else refused."""
     msgs = _peek_all(s, sock)
+    passes = [n for o, n in ((SO_PASSCRED, "SO_PASSCRED"), (SO_PASSPIDFD, "SO_PASSPIDFD"))
+              if any(x.level == socket.SOL_SOCKET and x.name == o and bytes(x.value) != bytes(4) for x in s.u.options)]
+    if msgs and passes:  # before anything is read and sent again (which would make them ckpt's already)
+        _close_fds(msgs)
+        raise s.refuse(f"with {' and '.join(passes)} set and {len(msgs)} message(s) queued: a read of them gets "
+                       "their senders' credentials, which a restore cannot give them again (they would be ckpt's)",
+                       "let the program read its queue, then dump")
     mutual = peer is not None and peer.u.peer_ino == s.u.ino
     if s.u.type == socket.SOCK_STREAM:
         if not any(m.fds and len(m.data) > 1 for m in msgs):

@@ -327,3 +327,16 @@ def test_a_path_bound_again_while_its_first_socket_is_open_is_refused(py_target,
         api.dump(t.pid, tmp_path / "img")
     assert tracer_of(t.pid) == 0 and not (tmp_path / "img").exists()
     assert _round(t) == "PASS details round=1 ext=none"
+
+
+@pytest.mark.parametrize("kind", ["stream", "dgram", "seqpacket"])
+def test_a_message_queued_with_credentials_is_refused(py_target, tmp_path: Path, kind: str) -> None:  # noqa: ANN001
+    """A socketpair whose receiving end has SO_PASSCRED, a message queued on it: a read gets the sender's
+    credentials, which a restore cannot give again — refused at dump, naming it, the process left running."""
+    t = py_target("py_unix_details.py", str(tmp_path), f"--passcred={kind}", stderr=subprocess.DEVNULL)
+    t.ready(20)
+    with pytest.raises(Unsupported, match=rf"process {t.pid}: fd \d+ is a unix \w+ socket with SO_PASSCRED set and 1 "
+                                          r"message\(s\) queued: a read of them gets their senders' credentials"):
+        api.dump(t.pid, tmp_path / "img")
+    assert tracer_of(t.pid) == 0 and not (tmp_path / "img").exists()
+    assert _round(t) == "PASS details round=1 ext=none"  # the message and its credentials untouched

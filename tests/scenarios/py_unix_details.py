@@ -1,6 +1,6 @@
 """Unix sockets in the less common states, each checked by the process itself after a restore.
 
-usage: py_unix_details.py DIR [--ext=PATH] [--replaced]
+usage: py_unix_details.py DIR [--ext=PATH] [--replaced] [--passcred=TYPE]
 
 One process holds
   srv   a datagram socket bound at DIR/srv.sock;
@@ -13,7 +13,10 @@ One process holds
   old   with --replaced, a datagram socket bound at DIR/re.sock whose file was then removed, and
   new   a datagram socket bound at DIR/re.sock since (``old`` still open: the kernel keeps its name);
   ext   with --ext=PATH, a datagram socket bound at DIR/ext.sock and connected to PATH (a socket of
-        another process): a dump refuses it, or restores it with its peer closed (--ext-unix-close).
+        another process): a dump refuses it, or restores it with its peer closed (--ext-unix-close);
+  cred  with --passcred=stream|dgram|seqpacket, a socketpair of that type whose receiving end has
+        SO_PASSCRED set and a message queued from the other: a dump refuses it (the message's
+        credentials would be ckpt's after a restore).
 Prints "READY pid=P".  On SIGUSR1 it checks every name (getsockname/getpeername), reads the queued datagrams
 with their senders, sends over each pair again, makes sq listen and sq0 connect to it, and prints
 "PASS details round=N ext=open|refused|none" or "FAIL why; ...".  ``ext=refused``: a send on ext fails with
@@ -22,13 +25,18 @@ ECONNREFUSED (its peer is closed).
 
 import errno
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 
 DIR = sys.argv[1]
 EXT = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--ext=")), None)
 REPLACED = "--replaced" in sys.argv[2:]
+PASSCRED = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--passcred=")), None)
+TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+SO_PASSCRED = 16
 P = {n: os.path.join(DIR, f"{n}.sock") for n in ("srv", "cli", "sq", "re", "gone", "ext", "probe")}
 
 
@@ -64,13 +72,26 @@ def main() -> int:
     if EXT:
         ext = dgram(P["ext"])
         ext.connect(EXT)
+    cred = None
+    if PASSCRED:
+        cred, sender = socket.socketpair(socket.AF_UNIX, TYPES[PASSCRED])
+        cred.setsockopt(socket.SOL_SOCKET, SO_PASSCRED, 1)
+        sender.send(b"with credentials")
     rounds = []
     signal.signal(signal.SIGUSR1, lambda *_: rounds.append(1))
+    # Woken through a pipe, not pause(): a signal that comes as a restored process is let go, before its
+    # interrupted call starts again, would otherwise find it back in pause() with its Python handler not run.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
     print(f"READY pid={os.getpid()}", flush=True)
     n = 0
     while True:
         while not rounds:
-            signal.pause()
+            select.select([wake_r], [], [])
+            try:
+                os.read(wake_r, 64)
+            except BlockingIOError:
+                pass
         rounds.pop()
         n += 1
         bad = []
@@ -130,6 +151,11 @@ def main() -> int:
             sq0.send(b"seq")
             want("seqpacket", acc.recv(100), b"seq")
             acc.close()
+        if cred is not None and n == 1:
+            data, anc, _, _ = cred.recvmsg(100, socket.CMSG_SPACE(12))
+            want("cred message", data, b"with credentials")
+            got = [struct.unpack("iII", d) for lv, k, d in anc if k == socket.SCM_CREDENTIALS]
+            want("cred sender", got, [(os.getpid(), os.getuid(), os.getgid())])
         state = "none"
         if ext is not None:
             want("ext name", ext.getsockname(), P["ext"])
