@@ -49,8 +49,8 @@ TABLE = MappingProxyType({t.name: t for t in (
               "a datagram can be queued again only by sending it, from a socket bound to its sender's address — "
               "which the sender may still hold"),
     Tolerance("datagram-senders", "dump",
-              "the sender addresses of datagrams queued on a unix datagram socket (they come back as sent from "
-              "an unnamed socket)",
+              "the sender addresses of datagrams queued on a unix datagram socket, from a sender that is not a "
+              "bound socket of the tree connected to it (they come back as sent from an unnamed socket)",
               "a datagram carries a sender name only when sent by a socket bound to it, and the sender may still "
               "hold that name"),
 )})
