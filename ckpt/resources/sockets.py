@@ -415,8 +415,8 @@ def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
         fd = inj.call(NR.socket, i.family, i.type | socket.SOCK_CLOEXEC, i.protocol, name="socket")
         try:
             setopts(inj, s, fd, i.options)
-            if i.state == TCP_CLOSE and i.type == socket.SOCK_STREAM:
-                return fd  # --tcp-close: a closed socket
+            if i.state == TCP_CLOSE and i.type == socket.SOCK_STREAM and not i.src_addr:
+                return fd  # never bound, or --tcp-close: a closed socket (a bound one is bound below)
             if i.src_addr:
                 s.write(0, bytes(i.src_addr))
                 try:

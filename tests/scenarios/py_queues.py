@@ -1,4 +1,5 @@
-"""A TCP listener that accepts nothing and a UDP socket that reads nothing until asked, for the tolerance tests.
+"""A TCP listener that accepts nothing and a UDP socket that reads nothing until asked, for the tolerance tests
+(and a TCP socket only bound, neither listening nor connected).
 
 usage: py_queues.py
 Prints "READY tcp=P udp=P" (127.0.0.1).  On SIGUSR1 it accepts what waits and reads what is queued, without
@@ -19,6 +20,8 @@ def main() -> int:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     udp.setblocking(False)
+    idle = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # bound, neither listening nor connected
+    idle.bind(("127.0.0.1", 0))
     asked = []
     signal.signal(signal.SIGUSR1, lambda *_: asked.append(1))
     print(f"READY tcp={tcp.getsockname()[1]} udp={udp.getsockname()[1]}", flush=True)
