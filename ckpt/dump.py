@@ -31,7 +31,7 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, tcp, threads, timens, timers, tree, tty
+from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, tcp, threads, timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -426,6 +426,8 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     if (entry.HasField("cwd_ghost") or entry.HasField("root_ghost") or mm.HasField("exe_ghost")
             or any(memory.is_ghost_view(v) for v in vmas)):
         w.require(ghost.FEATURE)
+    if any(aio.is_ring(v) for v in vmas):
+        w.require(aio.FEATURE)
     return cores, vmas
 
 

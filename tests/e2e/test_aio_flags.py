@@ -1,0 +1,61 @@
+"""An AIO context (io_setup) and every descriptor's status flags, through a dump and a restore.
+
+The targets check themselves after the restore (scenarios/aio.c, scenarios/fdflags.c); the restore's
+self-check compares each descriptor's fdinfo ``flags:`` line and every mapping with the dump's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from ckpt import api
+from ckpt.errors import Unsupported
+from ckpt.image.reader import Image
+from targets import Target
+from test_dump_restore import _forget
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
+
+
+def _round_trip(t: Target, img: Path, restored: list[int]) -> None:
+    api.dump(t.pid, img)
+    _forget(t)
+    r = api.restore(img, inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+
+
+def test_an_aio_context_comes_back_at_its_address_with_its_slot_and_head(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                         restored: list[int]) -> None:
+    t = c_target("aio", str(tmp_path / "data"), "used")
+    ready = t.ready()
+    assert (ready["id"], ready["nr"], ready["head"]) == ("1", "511", "5")  # slot 0 freed; 200 events: 4 pages
+    img = tmp_path / "img"
+    _round_trip(t, img, restored)
+    rings = [v.aio for v in Image.open(img).mm(t.pid)[1] if v.HasField("aio")]
+    assert [(a.id, a.nr, a.head) for a in rings] == [(1, 511, 5)]
+    assert t.expect("PASS") == "PASS head=8"
+
+
+def test_completed_events_not_yet_reaped_are_refused_and_the_target_runs_on(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t = c_target("aio", str(tmp_path / "data"), "unreaped")
+    ctx = t.ready()["ctx"]
+    with pytest.raises(Unsupported, match=rf"process {t.pid}: the AIO context at {ctx} .* 1 completed event\(s\) "
+                                          "not yet reaped"):
+        api.dump(t.pid, tmp_path / "img")
+    assert t.alive() and not (tmp_path / "img").exists()
+
+
+def test_a_ring_inherited_across_fork_is_refused_naming_the_child(c_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t = c_target("aio", str(tmp_path / "data"), "forked")
+    ready = t.ready()
+    with pytest.raises(Unsupported, match=rf"process {ready['child']}: the AIO context at {ready['ctx']} .*"
+                                          "inherited across fork"):
+        api.dump(t.pid, tmp_path / "img")
+    assert t.alive()
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS head=8"
