@@ -416,8 +416,7 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
     objects.memfds.fill = fill_fd
     objects.ghosts.fill = ghost.fill_from_image(image)
     objects.ghosts.creators = ghost.creators(image.file_entries())
-    objects.memfds.seals = {e.content.owner: e.memfd.seals for e in image.file_entries()
-                            if e.kind == files_pb2.FileEntry.MEMFD and e.memfd.seals}
+    objects.memfds.learn(image.file_entries())
     objects.sysv.fill = fill_memory
 
 

@@ -578,7 +578,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 if is_memfd_view(v):
                     objects = shmem_objects if shmem_objects is not None else ShmemObjects()
                     fd = objects.memfds.open_in(inj, scratch, v.content_owner, memfd.name_of(v.name), v.file.size,
-                                                access)
+                                                access, v.file.mode)
                     opener.fds[(f"memfd {v.content_owner} {v.start:#x}", access)] = fd  # closed with the others
                 elif is_ghost_view(v):  # the one copy of the deleted file, whoever else holds it
                     if shmem_objects is None:

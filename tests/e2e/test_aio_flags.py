@@ -59,3 +59,16 @@ def test_a_ring_inherited_across_fork_is_refused_naming_the_child(c_target, tmp_
     assert t.alive()
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS") == "PASS head=8"
+
+
+def test_every_descriptor_keeps_its_status_flags_fd_flags_seals_and_mode(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                         restored: list[int]) -> None:
+    d = tmp_path / "dir"
+    d.mkdir()
+    t = c_target("fdflags", str(d))
+    ready = t.ready()
+    assert ready["skipped"] == "none", f"this kernel or filesystem does not take {ready['skipped']}"
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == f"PASS fds={ready['fds']}"  # the target's own check holds before the dump
+    _round_trip(t, tmp_path / "img", restored)
+    assert t.expect("PASS") == f"PASS fds={ready['fds']}"
