@@ -55,7 +55,7 @@ from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
 from . import (epoll, eventfd, fileid, ghost, inotify, locks, memfd, opath, paths, pidfd, pipes, procfiles, signalfd,
-               sockets, tcp, timerfd, tty, unix)
+               sockets, statusflags, tcp, timerfd, tty, unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -457,6 +457,7 @@ class _Restorer(Opener):
     def open(self, e: FileEntry, fds: list[int]) -> int:
         """The open file ``e`` (for the image's ``fds``) made in the target, with its owner and signal."""
         fd = self._open(e, fds)
+        statusflags.settle(self, fd, e)  # those its kind could not pass (O_ASYNC, an epoll's O_NONBLOCK …)
         if e.HasField("fown"):
             self.s.write(0, _F_OWNER_EX.pack(e.fown.pid_type, e.fown.pid))
             self.inj.call(NR.fcntl, fd, _F_SETOWN_EX, self.s.addr, name=f"fcntl({fd}, F_SETOWN_EX, {e.fown.pid})")

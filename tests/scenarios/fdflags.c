@@ -10,14 +10,21 @@
  *     F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_FUTURE_WRITE; not sealable (its seals read F_SEAL_SEAL), reopened
  *     read-only and O_DIRECT (shmem takes it at open since 6.6) through /proc/self/fd; MFD_NOEXEC_SEAL (Linux 6.3+: mode 0666, F_SEAL_EXEC); MFD_EXEC then
  *     fchmod 0750
- *   a unix socketpair (SOCK_NONBLOCK, one end O_ASYNC), a UDP socket O_NONBLOCK|O_ASYNC, an eventfd EFD_NONBLOCK
+ *   a unix socketpair (SOCK_NONBLOCK, one end O_ASYNC), a UDP socket and a TCP listener O_NONBLOCK|O_ASYNC,
+ *   eventfds (EFD_NONBLOCK; O_ASYNC), a timerfd, a signalfd, an inotify and an epoll instance non-blocking,
+ *   files O_SYNC and O_DSYNC|O_APPEND, a directory O_NOATIME|O_NONBLOCK, /dev/null O_APPEND|O_NONBLOCK, an
+ *   O_PATH directory, a memfd O_ASYNC
  * Prints "READY pid=P fds=N skipped=WHAT,..." (what this kernel or filesystem does not take), then on each
  * SIGUSR1 "PASS fds=N" or "FAIL why".
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -38,7 +45,7 @@
 #define STATUS (O_ACCMODE | O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME | O_ASYNC | O_DSYNC | O_SYNC)
 
 struct noted { int fd; const char *what; int fl, fdfl, seals; mode_t mode; };
-static struct noted noted[32];
+static struct noted noted[64];
 static int nnoted;
 static char skipped[256];
 
@@ -123,6 +130,28 @@ int main(int argc, char **argv) {
     note(setfl(sv[1], O_ASYNC, "socket O_ASYNC"), "socketpair end O_NONBLOCK|O_ASYNC");
     note(setfl(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), O_NONBLOCK | O_ASYNC, "udp"), "UDP O_NONBLOCK|O_ASYNC");
     note(eventfd(0, EFD_NONBLOCK), "eventfd EFD_NONBLOCK");
+    note(setfl(eventfd(0, EFD_CLOEXEC), O_ASYNC, "eventfd O_ASYNC"), "eventfd O_ASYNC");
+    int tcp = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (tcp < 0 || bind(tcp, (struct sockaddr *)&lo, sizeof lo) || listen(tcp, 4)) die("tcp listener");
+    note(setfl(tcp, O_NONBLOCK | O_ASYNC, "tcp"), "TCP listener O_NONBLOCK|O_ASYNC");
+    note(setfl(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK), O_ASYNC, "timerfd"), "timerfd O_NONBLOCK|O_ASYNC");
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &usr2, NULL);
+    note(signalfd(-1, &usr2, SFD_NONBLOCK), "signalfd O_NONBLOCK");
+    note(inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify O_NONBLOCK");
+    note(setfl(epoll_create1(0), O_NONBLOCK, "epoll"), "epoll O_NONBLOCK");
+    snprintf(path, sizeof path, "%s/sync", argv[1]);
+    note(open(path, O_WRONLY | O_CREAT | O_SYNC, 0600), "O_SYNC file");
+    snprintf(path, sizeof path, "%s/dsync", argv[1]);
+    note(open(path, O_RDWR | O_CREAT | O_DSYNC | O_APPEND, 0600), "O_DSYNC|O_APPEND file");
+    note(open(argv[1], O_RDONLY | O_DIRECTORY | O_NOATIME | O_NONBLOCK), "directory O_NOATIME|O_NONBLOCK");
+    note(open("/dev/null", O_WRONLY | O_APPEND | O_NONBLOCK), "/dev/null O_APPEND|O_NONBLOCK");
+    note(open(argv[1], O_PATH | O_DIRECTORY), "O_PATH directory");
+    fd = memfd("async", MFD_ALLOW_SEALING);
+    note(setfl(fd, O_ASYNC, "memfd O_ASYNC"), "memfd O_ASYNC");
 
     printf("READY pid=%d fds=%d skipped=%s\n", getpid(), nnoted, skipped[0] ? skipped : "none");
     for (;;) {
