@@ -282,6 +282,8 @@ def dump(
                         pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
                                                         on_bytes=(lambda n, d=done: step("memory", d + n))
                                                         if progress else None))
+                for p, proc in ftree.procs.items():  # an AIO request that completed since its ring was read
+                    aio.check_unchanged(p, proc.mem, records[p][1])
                 keep = bool(incs) and track_mem and (leave_running or leave_stopped)
                 tracking = {p: sess.tracking_info(w) for p, sess in incs.items() if p in ftree.procs} if keep else {}
                 if leave_running:

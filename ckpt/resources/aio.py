@@ -15,8 +15,10 @@ gives EINVAL), and events completed but not yet reaped (``head != tail``).
 What is recorded: the context's slot (``ring->id``), ``ring->nr`` and
 ``head`` (= ``tail``).  A request submitted and not yet completed leaves no
 trace in the ring, nor anywhere a dumper can read (no /proc file, no system
-call lists the requests in flight), so it cannot be seen; it completes into
-the old context, which the dump ends.
+call lists the requests in flight), so it cannot be seen — unless it completes
+before the dump ends: every ring's tail is read again once all memory is read,
+still frozen (:func:`check_unchanged`), and a ring that moved refuses the dump.
+One still pending then completes into the old context, which the dump ends.
 
 Restore (after every other VMA is mapped, the ring's range left free): a
 placeholder holds each ring's old range; ``io_setup`` in the target with the
@@ -48,7 +50,7 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.mman import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, MREMAP_FIXED, MREMAP_MAYMOVE, PROT_NONE
 from ..kernel.vm import ProcMem
 
-__all__ = ["NAME", "FEATURE", "is_ring", "dump_rings", "restore_rings"]
+__all__ = ["NAME", "FEATURE", "is_ring", "dump_rings", "check_unchanged", "restore_rings"]
 
 #: How maps names a ring (with " (deleted)" after it).
 NAME = "/[aio]"
@@ -90,6 +92,18 @@ def dump_rings(pid: int, inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma]
             raise Unsupported(f"{where} has {waiting} completed event(s) not yet reaped (ring head {h.head}, "
                               f"tail {h.tail})", hint="dump when the program has reaped its events (io_getevents)")
         v.aio.CopyFrom(mm_pb2.AioRing(id=h.id, nr=h.nr, head=h.head))
+
+
+def check_unchanged(pid: int, mem: ProcMem, vmas: Sequence[mm_pb2.Vma]) -> None:
+    """At the end of a dump, still frozen: Unsupported if a ring's tail moved since :func:`dump_rings` read it
+    (a request in flight at the freeze completed meanwhile; the image holds the ring without it)."""
+    for v in vmas:
+        if is_ring(v) and v.HasField("aio"):
+            h = AioRingHeader.parse(mem.read(v.start, AIO_RING.size))
+            if h.tail != v.aio.head:
+                raise Unsupported(f"{_where(pid, v)} had a request in flight, which completed during the dump "
+                                  f"(ring tail {h.tail}, {v.aio.head} when it was read)",
+                                  hint="dump when the program has no AIO requests in flight")
 
 
 def _setup(inj: Injector, s: Scratch, nr_events: int) -> int:

@@ -5,6 +5,8 @@
  *                    of FILE submitted and reaped (ring head = tail = 5)
  *   MODE "unreaped": the same, and one more read completed but never reaped (head != tail)
  *   MODE "forked":   the same as "used", and a child that inherited the ring's mapping (not the context)
+ *   MODE "poll":     the same as "used", and an IOCB_CMD_POLL for POLLIN on stdin in flight (completes when
+ *                    a byte comes); SIGUSR1 then reaps that event first ("PASS polled head=H")
  * Prints "READY pid=P ctx=0xADDR id=I nr=N head=H [child=C]".  SIGUSR1 checks that the ring's header is
  * as it was, submits a read and a write of FILE with the same context and reaps them, checks the bytes,
  * then io_destroy: "PASS head=H" or "FAIL why".
@@ -64,6 +66,12 @@ int main(int argc, char **argv) {
         struct iocb c = cb(fd, IOCB_CMD_PREAD, buf, sizeof buf, 0, 99), *p = &c;
         if (io_submit(ctx, 1, &p) != 1) die("io_submit");
     }
+    int polling = !strcmp(argv[2], "poll");
+    if (polling) {
+        struct iocb c = cb(0, IOCB_CMD_POLL, NULL, 0, 0, 42), *p = &c;
+        c.aio_buf = POLLIN;
+        if (io_submit(ctx, 1, &p) != 1) die("io_submit poll");
+    }
     pid_t child = 0;
     if (!strcmp(argv[2], "forked")) {
         child = fork();
@@ -81,6 +89,11 @@ int main(int argc, char **argv) {
     for (;;) {
         await_usr1();
         why[0] = 0;
+        if (polling) {
+            struct io_event ev;
+            if (io_getevents(ctx, 1, 1, &ev) != 1 || ev.data != 42 || !(ev.res & POLLIN)) fail("the poll's event");
+            before.head = before.tail = ring->head;
+        }
         struct aio_ring now = *ring;
         if (memcmp(&now, &before, sizeof now))
             fail("ring header id %u nr %u head %u tail %u magic %#x (was id %u nr %u head %u tail %u)", now.id,
@@ -96,7 +109,7 @@ int main(int argc, char **argv) {
         if (head != (before.head + 3) % before.nr || ring->tail != head) fail("ring head %u tail %u", head, ring->tail);
         if (io_destroy(ctx)) fail("io_destroy: %s", strerror(errno));
         if (why[0]) printf("FAIL %s\n", why);
-        else printf("PASS head=%u\n", head);
+        else printf("PASS %shead=%u\n", polling ? "polled " : "", head);
         if (child) { kill(child, SIGKILL); waitpid(child, NULL, 0); }
         return 0;
     }
