@@ -31,7 +31,8 @@ Restore runs in the helper, which has closed all its descriptors: each file
 is made inside it by its kind (so the open is checked against the target's
 own credentials — call this before dropping them), moved to its fd numbers
 with ``dup3`` (placing is safe: nothing else is open), and given its
-FD_CLOEXEC and owner.  In a tree, a file used by several processes is made
+FD_CLOEXEC, owner and the status flags its kind could not pass
+(:mod:`~ckpt.resources.statusflags`).  In a tree, a file used by several processes is made
 once and handed on (:class:`SharedFiles`).
 """
 
