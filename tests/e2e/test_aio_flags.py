@@ -76,6 +76,17 @@ def test_an_aio_context_comes_back_at_its_address_with_its_slot_and_head(c_targe
     assert t.expect("PASS") == "PASS head=8"
 
 
+def test_a_parent_and_its_child_each_get_their_own_context_back(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                 restored: list[int]) -> None:
+    t = c_target("aio", str(tmp_path / "data"), "tree")
+    child = int(t.ready()["child"])
+    img = tmp_path / "img"
+    _round_trip(t, img, restored)
+    assert [v.aio.id for p in (t.pid, child) for v in Image.open(img).mm(p)[1] if v.HasField("aio")] == [1, 1]
+    assert t.expect("PASS") == "PASS child head=8"
+    assert t.expect("PASS") == "PASS head=8"
+
+
 def test_completed_events_not_yet_reaped_are_refused_and_the_target_runs_on(c_target, tmp_path: Path) -> None:  # noqa: ANN001
     t = c_target("aio", str(tmp_path / "data"), "unreaped")
     ctx = t.ready()["ctx"]

@@ -5,6 +5,8 @@
  *                    of FILE submitted and reaped (ring head = tail = 5)
  *   MODE "unreaped": the same, and one more read completed but never reaped (head != tail)
  *   MODE "forked":   the same as "used", and a child that inherited the ring's mapping (not the context)
+ *   MODE "tree":     a child forked first sets up its own context the same way ("used"); SIGUSR1 to the parent
+ *                    has the child check first ("PASS child head=H"), then the parent
  *   MODE "poll":     the same as "used", and an IOCB_CMD_POLL for POLLIN on stdin in flight (completes when
  *                    a byte comes); SIGUSR1 then reaps that event first ("PASS polled head=H")
  * Prints "READY pid=P ctx=0xADDR id=I nr=N head=H [child=C]".  SIGUSR1 checks that the ring's header is
@@ -55,6 +57,13 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 26);
     if (write(fd, data, sizeof data) != (ssize_t)sizeof data) die("write");
 
+    pid_t sibling = 0;  /* "tree": a child made first, which sets up a context of its own the same way */
+    int ready[2] = {-1, -1};
+    if (!strcmp(argv[2], "tree")) {
+        if (pipe(ready)) die("pipe");
+        if ((sibling = fork()) < 0) die("fork");
+    }
+    int in_child = ready[0] >= 0 && sibling == 0;
     aio_context_t gone = 0, ctx = 0;
     if (io_setup(1, &gone) || io_setup(200, &ctx)) die("io_setup");
     if (io_destroy(gone)) die("io_destroy");  /* slot 0 free again: ctx stays in slot 1 */
@@ -81,14 +90,18 @@ int main(int argc, char **argv) {
     struct aio_ring *ring = (struct aio_ring *)ctx, before = *ring;
     if (!strcmp(argv[2], "unreaped"))  /* the read completes in io_submit (buffered): wait all the same */
         while (ring->tail == ring->head) usleep(1000);
-    printf("READY pid=%d ctx=%#llx id=%u nr=%u head=%u", getpid(), (unsigned long long)ctx, before.id, before.nr,
+    char byte = 0;
+    if (in_child && write(ready[1], &byte, 1) != 1) die("write ready");
+    if (sibling && read(ready[0], &byte, 1) != 1) die("read ready");
+    if (!in_child) printf("READY pid=%d ctx=%#llx id=%u nr=%u head=%u", getpid(), (unsigned long long)ctx, before.id, before.nr,
            before.head);
-    if (child) printf(" child=%d", child);
-    printf("\n");
+    if (child || sibling) printf(" child=%d", child ? child : sibling);
+    if (!in_child) printf("\n");
 
     for (;;) {
         await_usr1();
         why[0] = 0;
+        if (sibling) { kill(sibling, SIGUSR1); waitpid(sibling, NULL, 0); }  /* its line first */
         if (polling) {
             struct io_event ev;
             if (io_getevents(ctx, 1, 1, &ev) != 1 || ev.data != 42 || !(ev.res & POLLIN)) fail("the poll's event");
@@ -109,7 +122,7 @@ int main(int argc, char **argv) {
         if (head != (before.head + 3) % before.nr || ring->tail != head) fail("ring head %u tail %u", head, ring->tail);
         if (io_destroy(ctx)) fail("io_destroy: %s", strerror(errno));
         if (why[0]) printf("FAIL %s\n", why);
-        else printf("PASS %shead=%u\n", polling ? "polled " : "", head);
+        else printf("PASS %s%shead=%u\n", in_child ? "child " : "", polling ? "polled " : "", head);
         if (child) { kill(child, SIGKILL); waitpid(child, NULL, 0); }
         return 0;
     }
