@@ -31,8 +31,8 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads, timens
-from .resources import timers, tree, tty
+from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
+from .resources import timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -284,6 +284,8 @@ def dump(
                         pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
                                                         on_bytes=(lambda n, d=done: step("memory", d + n))
                                                         if progress else None))
+                for p, proc in ftree.procs.items():  # an AIO request that completed since its ring was read
+                    aio.check_unchanged(p, proc.mem, records[p][1])
                 keep = bool(incs) and track_mem and (leave_running or leave_stopped)
                 tracking = {p: sess.tracking_info(w) for p, sess in incs.items() if p in ftree.procs} if keep else {}
                 if leave_running:
@@ -431,6 +433,8 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
     if (entry.HasField("cwd_ghost") or entry.HasField("root_ghost") or mm.HasField("exe_ghost")
             or any(memory.is_ghost_view(v) for v in vmas)):
         w.require(ghost.FEATURE)
+    if any(aio.is_ring(v) for v in vmas):
+        w.require(aio.FEATURE)
     return cores, vmas
 
 

@@ -69,7 +69,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import tcp, tty, vdso
+from .resources import aio, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -423,8 +423,7 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
     objects.memfds.fill = fill_fd
     objects.ghosts.fill = ghost.fill_from_image(image)
     objects.ghosts.creators = ghost.creators(image.file_entries())
-    objects.memfds.seals = {e.content.owner: e.memfd.seals for e in image.file_entries()
-                            if e.kind == files_pb2.FileEntry.MEMFD and e.memfd.seals}
+    objects.memfds.learn(image.file_entries())
     objects.sysv.fill = fill_memory
 
 
@@ -712,6 +711,7 @@ def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.
         vdso.map_proxy(ws.inj, ws.proc.mem, *ws.kernel.proxy)
     before = set(shmem.first) if shmem is not None else set()
     nvmas = memory.map_vmas(ws.inj, ws.scratch, ws.pid, vmas, shmem, own_fds=ws.own_fds, allow_changed=allow_changed)
+    aio.restore_rings(ws.inj, ws.scratch, ws.proc.mem, vmas)  # into the ranges map_vmas left free
     for owner in (set(shmem.first) - before if shmem is not None else ()):
         memory.fill_shmem(chain[-1], owner, *shmem.first[owner])
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
@@ -1191,9 +1191,9 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
             raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
                                   "(a pre-dump written before pre-dumps carried it)")
         mm, vmas = image.mm(p.pid)
-        if any(memory.is_object_view(v) for v in vmas):  # pre-dumps do not store memfd, SysV or ghost objects
-            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, System V shared memory or a "
-                                  "deleted file, which only a plain restore recreates")
+        if any(memory.is_object_view(v) or aio.is_ring(v) for v in vmas):  # pre-dumps store no such objects
+            raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, System V shared memory, a "
+                                  "deleted file or an AIO ring, which only a plain restore recreates")
         out[p.pid] = (mm, list(vmas))
     return out
 

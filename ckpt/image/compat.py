@@ -61,6 +61,8 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("unix-unlinked-names", "a unix socket whose path was deleted since bind is bound, then its file "
                                    "deleted again (UnixSocket.name_unlinked); a reader that ignored it would leave "
                                    "a socket file at the path"),
+    Feature("aio-rings", "the ring of an io_setup context is made again by io_setup and moved to its address "
+                         "(Vma.aio); a reader without it would refuse the mapping"),
 )}
 
 #: The features the readers before ``required_features`` (format ≤ 2, ckpt 0.1.0) restore right.

@@ -128,6 +128,10 @@ class NR(enum.IntEnum):
     futex = 202
     sched_setaffinity = 203
     sched_getaffinity = 204
+    io_setup = 206
+    io_destroy = 207
+    io_getevents = 208
+    io_submit = 209
     getdents64 = 217
     set_tid_address = 218
     restart_syscall = 219

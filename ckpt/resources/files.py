@@ -31,7 +31,8 @@ Restore runs in the helper, which has closed all its descriptors: each file
 is made inside it by its kind (so the open is checked against the target's
 own credentials — call this before dropping them), moved to its fd numbers
 with ``dup3`` (placing is safe: nothing else is open), and given its
-FD_CLOEXEC and owner.  In a tree, a file used by several processes is made
+FD_CLOEXEC, owner and the status flags its kind could not pass
+(:mod:`~ckpt.resources.statusflags`).  In a tree, a file used by several processes is made
 once and handed on (:class:`SharedFiles`).
 """
 
@@ -55,7 +56,7 @@ from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
 from . import (epoll, eventfd, fileid, ghost, inotify, locks, memfd, opath, paths, pidfd, pipes, procfiles, signalfd,
-               sockets, tcp, timerfd, tty, unix)
+               sockets, statusflags, tcp, timerfd, tty, unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -457,6 +458,7 @@ class _Restorer(Opener):
     def open(self, e: FileEntry, fds: list[int]) -> int:
         """The open file ``e`` (for the image's ``fds``) made in the target, with its owner and signal."""
         fd = self._open(e, fds)
+        statusflags.settle(self, fd, e)  # those its kind could not pass (O_ASYNC, an epoll's O_NONBLOCK …)
         if e.HasField("fown"):
             self.s.write(0, _F_OWNER_EX.pack(e.fown.pid_type, e.fown.pid))
             self.inj.call(NR.fcntl, fd, _F_SETOWN_EX, self.s.addr, name=f"fcntl({fd}, F_SETOWN_EX, {e.fown.pid})")

@@ -17,11 +17,23 @@ Restore: the first process that needs an object creates it inside itself
 (``memfd_create`` with the old name, ``ftruncate``), the restorer takes a
 duplicate (``pidfd_getfd``) and writes the content through it; every later
 descriptor or mapping — in that process or another — opens the restorer's
-duplicate through /proc (the same inode: one object again).  Seals are added
-last, once every process has its mappings (F_SEAL_WRITE refuses writable
-shared ones, as it did for the original).  Not kept: the memfd_create flags
-(MFD_HUGETLB is refused with hugetlbfs memory), and seals of an object only
-mapped, never held by a descriptor.
+duplicate through /proc (the same inode: one object again).  Each descriptor
+is an open file with the status flags it had (O_APPEND, O_NONBLOCK,
+O_NOATIME; O_DIRECT, which shmem takes only at open since Linux 6.6, never on
+memfd_create's own file: such a descriptor is a reopen through /proc, as the
+original was).  The object gets back its owner and permission bits before
+any seal, so that F_SEAL_EXEC means what it meant (added to an executable
+memfd it implies the write seals).  Seals are added last, once every process
+has its mappings (F_SEAL_WRITE refuses writable shared ones, as it did for
+the original).
+
+memfd_create's flags are not readable, only what they leave: MFD_CLOEXEC is
+the descriptor's FD_CLOEXEC; MFD_ALLOW_SEALING is F_GET_SEALS without
+F_SEAL_SEAL (an object made without it reads F_SEAL_SEAL; made sealable and
+given that seal, it reads the same); MFD_NOEXEC_SEAL (Linux 6.3) leaves mode
+0666 and F_SEAL_EXEC, MFD_EXEC mode 0777: the mode and the seals are given
+back.  Not kept: MFD_HUGETLB (refused with hugetlbfs memory), and seals of
+an object only mapped, never held by a descriptor.
 """
 
 from __future__ import annotations
@@ -29,7 +41,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..control.inject import Injector, Scratch
@@ -52,6 +65,10 @@ _MFD_ALLOW_SEALING = 0x0002
 _F_ADD_SEALS = 1033
 _F_GET_SEALS = 1034
 _READ = 4 << 20
+#: What an open of the object must not do again (create, truncate), and what every open adds anyway.
+_NOT_KEPT = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | 0o100000  # O_LARGEFILE (64-bit: always)
+#: The flags memfd_create's own open file has.
+_FROM_CREATE = os.O_RDWR | os.O_CLOEXEC
 
 
 def owner_of(ino: int) -> str:
@@ -75,6 +92,7 @@ def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     entry.path = link[:-len(_DELETED)] if link.endswith(_DELETED) else link
     entry.memfd.name = name_of(link)
     entry.memfd.shmem_id = st.st_ino
+    entry.memfd.uid, entry.memfd.gid = st.st_uid, st.st_gid
     ours = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         entry.memfd.seals = fcntl.fcntl(ours, _F_GET_SEALS)
@@ -136,7 +154,8 @@ def read_content(path: str) -> Iterator[tuple[int, bytes]]:
 
 def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
     """A descriptor on the restore's object of ``entry`` (created now by its first user), at its offset."""
-    fd = r.memfds.open_in(r.inj, r.s, entry.content.owner, entry.memfd.name, entry.content.size, entry.flags)
+    fd = r.memfds.open_in(r.inj, r.s, entry.content.owner, entry.memfd.name, entry.content.size, entry.flags,
+                          entry.identity.mode)
     r.seek(fd, entry)
     return fd
 
@@ -152,14 +171,39 @@ class MemfdObjects:
     fill: object = None  # Callable[[str, int], None]
     held: dict[str, int] = field(default_factory=dict)
     seals: dict[str, int] = field(default_factory=dict)
+    #: {owner: (mode, uid, gid)} of each object a descriptor recorded (:meth:`learn`); uid None: not recorded.
+    inodes: dict[str, tuple[int, int | None, int | None]] = field(default_factory=dict)
 
-    def open_in(self, inj: Injector, s: Scratch, owner: str, name: str, size: int, flags: int) -> int:
-        """A new fd of ``inj``'s process on the object ``owner`` (O_CLOEXEC; ``flags``' access mode)."""
+    def learn(self, entries: Iterable[files_pb2.FileEntry]) -> None:
+        """The seals, mode and owner of every object the image's descriptors recorded."""
+        for e in entries:
+            if e.kind != files_pb2.FileEntry.MEMFD:
+                continue
+            if e.memfd.seals:
+                self.seals[e.content.owner] = e.memfd.seals
+            m = e.memfd
+            self.inodes[e.content.owner] = (e.identity.mode, m.uid if m.HasField("uid") else None,
+                                            m.gid if m.HasField("gid") else None)
+
+    def _set_inode(self, owner: str, ours: int, mode: int) -> None:
+        """The new object's owner and permission bits as recorded (``mode``: a mapping's, when no descriptor
+        recorded the object), before any seal: F_SEAL_EXEC on an executable memfd implies the write seals."""
+        want, uid, gid = self.inodes.get(owner, (mode, None, None))
+        st = os.fstat(ours)
+        if uid is not None and gid is not None and (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(ours, uid, gid)
+        if want and stat.S_IMODE(want) != stat.S_IMODE(st.st_mode):
+            os.fchmod(ours, stat.S_IMODE(want))
+
+    def open_in(self, inj: Injector, s: Scratch, owner: str, name: str, size: int, flags: int, mode: int = 0) -> int:
+        """A new fd of ``inj``'s process on the object ``owner`` (O_CLOEXEC), an open file with ``flags``: the
+        access mode and the status flags (O_APPEND, O_NONBLOCK, O_NOATIME, O_DIRECT …) a descriptor had.
+        ``mode``: the object's st_mode as the caller's record has it (its permission bits are given back)."""
+        flags = (flags & ~_NOT_KEPT) | os.O_CLOEXEC
         if owner in self.held:
             path = f"/proc/{os.getpid()}/fd/{self.held[owner]}"
             s.write(0, os.fsencode(path) + b"\0")
-            return inj.call(NR.openat, -100 & ((1 << 64) - 1), s.addr, (flags & os.O_ACCMODE) | os.O_CLOEXEC, 0,
-                            name=f"openat(memfd {name!r})")
+            return inj.call(NR.openat, -100 & ((1 << 64) - 1), s.addr, flags, 0, name=f"openat(memfd {name!r})")
         raw = name.encode(errors="surrogateescape")[:249] + b"\0"
         s.write(0, raw)
         fd = inj.call(NR.memfd_create, s.addr, _MFD_CLOEXEC | _MFD_ALLOW_SEALING, name=f"memfd_create({name!r})")
@@ -169,11 +213,11 @@ class MemfdObjects:
         if self.fill is not None:
             self.fill(owner, ours)  # type: ignore[operator]
             os.ftruncate(ours, size)  # stored pages are whole: the last one may reach past the end
-        if (flags & os.O_ACCMODE) != os.O_RDWR:  # memfd_create gives O_RDWR: reopen with the access asked
+        self._set_inode(owner, ours, mode)
+        if flags != _FROM_CREATE:  # memfd_create gives O_RDWR alone: reopen with the access and flags asked
             path = f"/proc/{os.getpid()}/fd/{ours}"
             s.write(0, os.fsencode(path) + b"\0")
-            again = inj.call(NR.openat, -100 & ((1 << 64) - 1), s.addr, (flags & os.O_ACCMODE) | os.O_CLOEXEC, 0,
-                             name=f"openat(memfd {name!r})")
+            again = inj.call(NR.openat, -100 & ((1 << 64) - 1), s.addr, flags, 0, name=f"openat(memfd {name!r})")
             inj.close(fd)
             fd = again
         return fd

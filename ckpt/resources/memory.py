@@ -73,7 +73,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import fileid, ghost, memfd, sysvshm
+from . import aio, fileid, ghost, memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -91,7 +91,7 @@ _FILE_KINDS = frozenset({Kind.FILE_PRIVATE, Kind.FILE_SHARED})
 _ANON_KINDS = frozenset({Kind.ANON_PRIVATE, Kind.ANON_SHARED, Kind.HEAP, Kind.STACK})
 _KERNEL_AREAS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK})
 #: VMAs whose pages no dump stores: the kernel's own, and shared file mappings (the file holds them).
-UNSTORED_KINDS = SPECIAL_KINDS | {Kind.FILE_SHARED, Kind.SYSV_SHM}
+UNSTORED_KINDS = SPECIAL_KINDS | {Kind.FILE_SHARED, Kind.SYSV_SHM, Kind.AIO_RING}
 _SPECIAL_NAMES = {"[vdso]": Kind.VDSO, "[vvar]": Kind.VVAR, "[vvar_vclock]": Kind.VVAR_VCLOCK,
                   "[vsyscall]": Kind.VSYSCALL}
 _AT_FDCWD = -100
@@ -127,9 +127,8 @@ def classify(vma: ProcVma) -> int:
         return Kind.ANON_SHARED  # MAP_SHARED|MAP_ANONYMOUS shows as the shmem file "/dev/zero (deleted)"
     if name.startswith(memfd.PREFIX):
         return Kind.FILE_SHARED if vma.shared else Kind.FILE_PRIVATE  # the file: the memfd object (content_owner)
-    if vma.deleted and name == "/[aio]":
-        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is the ring of an AIO context (io_setup), which ckpt "
-                          "cannot restore yet")
+    if vma.deleted and name == aio.NAME:
+        return Kind.AIO_RING  # made again by io_setup (resources.aio); its header is read by dump_mm
     # A deleted file ("PATH (deleted)"): a file mapping all the same, of the ghost the restore makes again
     # (dump_vmas records it, refusing an inode that cannot be made again).
     if not name.startswith("/"):
@@ -245,6 +244,8 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
                               "so its content is not saved", hint="dump before the executable is deleted")
     else:
         mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
+    if inj is not None:  # the header of each AIO ring, refused if a restore cannot give it back
+        aio.dump_rings(pid, inj, mem, vmas)
     for v in vmas:
         if v.kind == Kind.VDSO:  # kept whole: another kernel's restore puts it back as a proxy (resources.vdso)
             mm.vdso = mem.read(v.start, v.end - v.start)
@@ -560,7 +561,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     attached: set[int] = set()  # SysV attach bases done
     try:
         for v in vmas:
-            if v.kind in SPECIAL_KINDS:
+            if v.kind in SPECIAL_KINDS or v.kind == Kind.AIO_RING:  # a ring: aio.restore_rings, once all is mapped
                 continue
             if v.kind == Kind.SYSV_SHM:
                 objects = shmem_objects if shmem_objects is not None else ShmemObjects()
@@ -577,7 +578,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 if is_memfd_view(v):
                     objects = shmem_objects if shmem_objects is not None else ShmemObjects()
                     fd = objects.memfds.open_in(inj, scratch, v.content_owner, memfd.name_of(v.name), v.file.size,
-                                                access)
+                                                access, v.file.mode)
                     opener.fds[(f"memfd {v.content_owner} {v.start:#x}", access)] = fd  # closed with the others
                 elif is_ghost_view(v):  # the one copy of the deleted file, whoever else holds it
                     if shmem_objects is None:

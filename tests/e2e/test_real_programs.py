@@ -15,6 +15,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -164,7 +165,7 @@ def test_http_server_as_a_shell_job(tmp_path: Path) -> None:
         shell.wait(timeout=HANG_GUARD)  # its job gone, the shell's `wait` returned
 
         restorer = second.run([*CKPT, "restore", "--shell-job", "-D", str(img)])
-        assert _wait_for_listener(job, restorer), "the restored server did not come back"
+        assert _wait_for_listener(job, restorer, port), "the restored server did not come back"
         assert _get(port) == b"restored page\n"
         second.wait_for(rb'"GET / HTTP/1\.1" 200')  # its log went to the restorer's terminal
         assert os.getsid(job) == restorer.pid
@@ -179,8 +180,10 @@ def test_http_server_as_a_shell_job(tmp_path: Path) -> None:
         second.close()
 
 
-def _wait_for_listener(pid: int, restorer: subprocess.Popen[bytes]) -> bool:
-    """Until process ``pid`` exists again as the restorer's child (its restore done), or the restorer exited."""
+def _wait_for_listener(pid: int, restorer: subprocess.Popen[bytes], port: int) -> bool:
+    """Until process ``pid`` exists again as the restorer's child and accepts on ``port`` (its restore done:
+    the helper that becomes it has the pid, untraced and sleeping, before the restore has even begun), or
+    the restorer exited."""
     deadline = time.monotonic() + HANG_GUARD
     while time.monotonic() < deadline and restorer.poll() is None:
         try:
@@ -188,8 +191,9 @@ def _wait_for_listener(pid: int, restorer: subprocess.Popen[bytes]) -> bool:
                 fields = dict(line.split(":", 1) for line in f)
             if int(fields["PPid"]) == restorer.pid and int(fields["TracerPid"]) == 0 and \
                     fields["State"].split()[0] in ("S", "R"):
-                return True
-        except (FileNotFoundError, ProcessLookupError, KeyError, ValueError):
+                with socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD):
+                    return True
+        except (FileNotFoundError, ProcessLookupError, KeyError, ValueError, ConnectionRefusedError):
             pass
         time.sleep(0.01)
     return False

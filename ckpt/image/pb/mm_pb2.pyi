@@ -48,7 +48,7 @@ class MmEntry(_message.Message):
     def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ..., exe_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
 
 class Vma(_message.Message):
-    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv", "ghost")
+    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv", "ghost", "aio")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Vma.Kind]
@@ -64,6 +64,7 @@ class Vma(_message.Message):
         VSYSCALL: _ClassVar[Vma.Kind]
         SYSV_SHM: _ClassVar[Vma.Kind]
         MEMFD_SHARED: _ClassVar[Vma.Kind]
+        AIO_RING: _ClassVar[Vma.Kind]
     KIND_UNSPECIFIED: Vma.Kind
     ANON_PRIVATE: Vma.Kind
     ANON_SHARED: Vma.Kind
@@ -77,6 +78,7 @@ class Vma(_message.Message):
     VSYSCALL: Vma.Kind
     SYSV_SHM: Vma.Kind
     MEMFD_SHARED: Vma.Kind
+    AIO_RING: Vma.Kind
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     PROT_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,7 @@ class Vma(_message.Message):
     TRACKED_FIELD_NUMBER: _ClassVar[int]
     SYSV_FIELD_NUMBER: _ClassVar[int]
     GHOST_FIELD_NUMBER: _ClassVar[int]
+    AIO_FIELD_NUMBER: _ClassVar[int]
     start: int
     end: int
     prot: int
@@ -103,7 +106,18 @@ class Vma(_message.Message):
     tracked: bool
     sysv: SysvShm
     ghost: _common_pb2.Ghost
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
+    aio: AioRing
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., aio: _Optional[_Union[AioRing, _Mapping]] = ...) -> None: ...
+
+class AioRing(_message.Message):
+    __slots__ = ("id", "nr", "head")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NR_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    nr: int
+    head: int
+    def __init__(self, id: _Optional[int] = ..., nr: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
 
 class SysvShm(_message.Message):
     __slots__ = ("shmid", "key", "size", "mode", "uid", "gid", "removed")
