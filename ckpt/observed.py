@@ -144,6 +144,9 @@ _CPU_STATE = ("Speculation_Store_Bypass", "SpeculationIndirectBranch")
 #: Section kinds an older ckpt did not record: absent at the dump, they are not compared (the descriptor's
 #: own sections, ``fdinfo/N`` and ``sockopt/N``, still say whether it is there).
 _NEWER = ("inet",)
+#: Section kinds a kernel may be unable to give (unix_diag is a module a kernel may lack or not load): on
+#: another kernel, present on one side only is no difference (``fdinfo/N`` and ``sockopt/N`` still are).
+_OPTIONAL_ELSEWHERE = ("unix_diag",)
 
 
 def _kind(section: str) -> str:
@@ -390,10 +393,12 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
     after = {s.name: s for s in restored.sections}
     out: list[Difference] = []
     for name in sorted(before.keys() | after.keys()):
+        kind = _kind(name)
+        if (name not in after or name not in before) and elsewhere and kind in _OPTIONAL_ELSEWHERE:
+            continue
         if name not in after:
             out.append(Difference(name, "", "present", None))
             continue
-        kind = _kind(name)
         if name not in before:
             if kind not in _NEWER:
                 out.append(Difference(name, "", None, "present"))

@@ -123,3 +123,15 @@ def test_tolerated_inet_lines_only() -> None:
     b = _obs(inet__4=[("state", "LISTEN"), ("waiting", "0"), ("backlog", "9")])
     got = observed.differences(a, b, root=True, tolerated={("inet/4", "waiting")})
     assert [(d.key, d.dumped, d.restored) for d in got] == [("backlog", "8", "9")]
+
+
+def test_unix_diag_may_be_missing_on_one_side_only_on_another_kernel() -> None:
+    """A kernel without unix_diag (a guest that does not load the module) gives no unix_diag/N section: on
+    another kernel that is no difference; on the same kernel a section gone is a loss."""
+    ux = [("state", "1"), ("connected", "yes"), ("shutdown", "0"), ("name", ""), ("file", "no"), ("rqueue", "0")]
+    with_diag = _obs(fdinfo__3=[("pos", "0")], unix_diag__3=ux)
+    without = _obs(fdinfo__3=[("pos", "0")])
+    assert observed.differences(with_diag, without, root=True, elsewhere=True) == []
+    assert observed.differences(without, with_diag, root=True, elsewhere=True) == []
+    (d,) = observed.differences(with_diag, without, root=True)
+    assert (d.section, d.dumped, d.restored) == ("unix_diag/3", "present", None)
