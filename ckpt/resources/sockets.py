@@ -40,6 +40,7 @@ memberships, queued datagrams.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import socket
 import struct
@@ -140,7 +141,10 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
             except OSError:
                 peer = b""
         elif family in (socket.AF_INET, socket.AF_INET6):
-            local = _sockaddr(family, s.getsockname())
+            name = s.getsockname()
+            # never bound (any address, port 0): nothing to bind again — binding that would take a port
+            local = b"" if name[1] == 0 and ipaddress.ip_address(name[0].split("%", 1)[0]).is_unspecified \
+                else _sockaddr(family, name)
             try:
                 peer = _sockaddr(family, s.getpeername())
             except OSError:
