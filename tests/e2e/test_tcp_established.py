@@ -393,7 +393,7 @@ def test_killed_while_holding_the_lock_leaves_the_connection_working(py_target, 
         assert list(_locks_of(pid).values()) == [f"{netlock.TABLE}-{ckpt.pid}"]  # its own socket's table
     finally:
         _kill(ckpt, pid)
-    assert _locks_of(pid) == {}
+    wait_until(lambda: _locks_of(pid) == {}, "the lock in the killed ckpt's own table is gone")
     tables = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True).stdout
     assert f"{netlock.TABLE}-{ckpt.pid}" not in tables.split(), tables
     assert srv.t.alive() and not (tmp_path / "img").exists()
@@ -481,7 +481,8 @@ def test_socket_left_in_repair_mode_is_taken_out_of_it_by_the_next_run(py_target
     # (until it has run, it holds a copy of ckpt's netlink socket, whose lock goes only with the last copy)
     wait_until(lambda: not alive(janitor), "the janitor is dead")
     _kill(ckpt, pid)
-    assert _locks_of(pid) == {}
+    # the kernel removes the table of a dead owner from a work queue: soon, not at once (seen late under load)
+    wait_until(lambda: _locks_of(pid) == {}, "the lock in the killed ckpt's own table is gone")
     assert _repair_and_reuse(pid, fd)[0] == 1  # left on
     r = subprocess.run([*CKPT, "dump", "-R", "--tcp-established", "-t", str(pid), "-D", str(tmp_path / "img2")],
                        stdin=subprocess.DEVNULL, capture_output=True, text=True)
