@@ -59,7 +59,7 @@ from ..kernel import tcp_repair as tr
 from ..kernel.sock_diag import listen_backlogs
 from . import tcp
 from ..tolerance import lose
-from .fdkind import FdDump, FdKind, Opener
+from .fdkind import FdDump, FdKind, Opener, refuse
 
 __all__ = ["TCP_LISTEN", "TCP_ESTABLISHED", "TCP_CLOSE", "Peek", "peek", "unix_name", "KIND",
            "dump", "describe", "restore", "set_status_flags", "setopts", "backlog_of", "changed_options",
@@ -155,7 +155,7 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
         if filter_len:
             what = (f"a classic BPF filter of {filter_len} instructions" if filter_len > 0
                     else "an eBPF program")
-            raise _refuse(pid, fd, f"a socket with {what} attached (SO_ATTACH_FILTER / SO_ATTACH_BPF)",
+            raise refuse(pid, fd, f"a socket with {what} attached (SO_ATTACH_FILTER / SO_ATTACH_BPF)",
                           "ckpt cannot restore socket filters yet: the socket would come back unfiltered")
         opts = changed_options(s)
         return Peek(family, stype, proto, listening, tcp_state, local, peer, inode, accept_queue, max_backlog,
@@ -270,10 +270,6 @@ def unix_name(addr: str | bytes) -> bytes:
     return os.fsencode(addr) if isinstance(addr, str) else bytes(addr)
 
 
-def _refuse(pid: int, fd: int, what: str, hint: str | None = None) -> Unsupported:
-    return Unsupported(f"process {pid}: fd {fd} is {what}, which ckpt cannot dump", hint=hint)
-
-
 def _netns_differs(pid: int) -> bool:
     """Is ``pid`` in another network namespace than ours (so out of our sock_diag's sight)?"""
     try:
@@ -335,17 +331,17 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
             if not tcp_close:
                 conn = f"{fam} TCP connection {tcp.describe(p.family, p.local, p.peer)}"
                 if p.tcp_state != TCP_ESTABLISHED:
-                    raise _refuse(pid, fd, f"a {conn} in state {tcp.TCP_STATES.get(p.tcp_state, p.tcp_state)}",
+                    raise refuse(pid, fd, f"a {conn} in state {tcp.TCP_STATES.get(p.tcp_state, p.tcp_state)}",
                                   "--tcp-established keeps established connections only; use --tcp-close "
                                   "(tcp_close=True) to restore it closed, as a dropped connection")
-                raise _refuse(pid, fd, f"an established {conn}",
+                raise refuse(pid, fd, f"an established {conn}",
                               "use --tcp-established (tcp_established=True) to keep it alive across the restore, "
                               "or --tcp-close (tcp_close=True) to restore it closed, as a dropped connection")
             inet.state = TCP_CLOSE
             inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
             inet.tcp_closed = True
         elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-            raise _refuse(pid, fd, f"an {fam} socket of type {p.type}")
+            raise refuse(pid, fd, f"an {fam} socket of type {p.type}")
         elif p.listening and p.max_backlog >= 0:
             inet.backlog = p.max_backlog
             if p.accept_queue > 0:
@@ -362,7 +358,7 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
         return
     if p.family == socket.AF_UNIX:
         if p.type not in kinds:
-            raise _refuse(pid, fd, f"a unix socket of type {p.type}")
+            raise refuse(pid, fd, f"a unix socket of type {p.type}")
         # What the socket itself tells; its peer, queue and accept queue are the business of
         # ckpt.resources.unix, which sees every socket of the tree at once.
         unix = files_pb2.UnixSocket(ino=p.inode, type=p.type, state=TCP_LISTEN if p.listening else 0, name=p.local,
@@ -373,7 +369,7 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
         entry.kind = K.UNIX
         entry.unix.CopyFrom(unix)
         return
-    raise _refuse(pid, fd, f"a socket of address family {p.family}")
+    raise refuse(pid, fd, f"a socket of address family {p.family}")
 
 
 # --- restore -----------------------------------------------------------------
