@@ -162,8 +162,11 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
                     queued), opts
 
 
-def _fresh_values(family: int, stype: int, protocol: int) -> dict[tuple[int, int], str]:
-    """Every option of a new socket of that kind, here: what a program that set nothing would have."""
+def _fresh_values(sock: socket.socket) -> dict[tuple[int, int], str]:
+    """Every option of a new socket of ``sock``'s kind (family, type, protocol), here: what a program that
+    set nothing would have."""
+    family, stype, protocol = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE,
+                                                                             _SO_PROTOCOL))
     with socket.socket(family, stype | socket.SOCK_CLOEXEC, protocol) as fresh:
         return {(o.level, o.name): text for o, _, text in sockopts.read_all(fresh)}
 
@@ -171,9 +174,7 @@ def _fresh_values(family: int, stype: int, protocol: int) -> dict[tuple[int, int
 def option_lines(sock: socket.socket) -> list[tuple[str, str]]:
     """(option, value) of every option the socket has, ``default`` for one with a new socket's value here (so
     that an option a program never set compares equal on a host whose defaults differ); for the self-check."""
-    family, stype, protocol = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE,
-                                                                             _SO_PROTOCOL))
-    fresh = _fresh_values(family, stype, protocol)
+    fresh = _fresh_values(sock)
     return [(o.label, "default" if fresh.get((o.level, o.name)) == text else text)
             for o, _, text in sockopts.read_all(sock)]
 
@@ -238,9 +239,7 @@ def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
     """The options a program changed on ``sock`` (their values differ from a new socket's), in the order a
     restore sets them.  A buffer size counts only when the program fixed it (SO_BUF_LOCK; the kernel's own
     growing of it is not a setting): saved as SO_*BUFFORCE with half the value read (the kernel doubles it)."""
-    family, stype, protocol = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE,
-                                                                             _SO_PROTOCOL))
-    fresh = _fresh_values(family, stype, protocol)
+    fresh = _fresh_values(sock)
     out = []
     for o, raw, text in sockopts.read_all(sock):
         if not o.settable or text == "auto" or fresh.get((o.level, o.name)) == text:
