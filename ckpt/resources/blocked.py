@@ -22,7 +22,10 @@ the same calls restarted after an earlier stop          restart_syscall, -516   
 any other call returning -516 or -EINTR                                             EINTR, with a warning
 ======================================================  ==========================  =======================
 
-RESTART is the kernel's own rewind (:func:`ckpt.control.inject.syscall_restart_frame`).
+RESTART is the kernel's own rewind: the restored thread is let go from a stop inside ``get_signal()``
+with the frame it was frozen with, so the kernel applies its rules itself (a signal handled before the
+thread is back in the call ends it with EINTR where the kernel would); from any other stop, ckpt rewinds
+it the same way (:func:`ckpt.control.inject.syscall_restart_frame`).
 -ERESTART_RESTARTBLOCK asks the kernel to go on through ``restart_syscall``
 with a restart block kept in the task (the deadline, the futex, the poll
 set); the restored task has none, so the call is *re-issued* instead:
@@ -130,15 +133,20 @@ def syscall_state(regs: user_regs_struct, read_code: Callable[[int, int], bytes]
     return st
 
 
-def resume_frame(regs: user_regs_struct, st: State) -> user_regs_struct:
+def resume_frame(regs: user_regs_struct, st: State, *, in_get_signal: bool = False) -> user_regs_struct:
     """The registers a restored thread resumes with, as ``st`` (recorded at dump) says; ``regs`` is not modified.
 
     An image without a recorded state (RESUME_UNSPECIFIED) is judged from the registers alone.
+    ``in_get_signal``: the thread leaves from a stop inside ``get_signal()`` (an interrupt, group or
+    signal-delivery stop), where the kernel applies its own restart rules to a RESTART frame as it goes
+    on: a caught signal that is pending then, or comes before the thread is back in user space, ends the
+    call as it would have without the dump (EINTR for pause and sigsuspend, ERESTARTNOHAND; a restart
+    under SA_RESTART), where a frame rewound here would run the call again after its handler.
     """
     if st.resume == State.RESUME_UNSPECIFIED:
         st = syscall_state(regs)
     if st.resume == State.RESTART:
-        return syscall_restart_frame(regs)
+        return regs.copy() if in_get_signal else syscall_restart_frame(regs)
     out = regs.copy()
     if st.resume == State.REISSUE and st.reissue in RESTART_BLOCK_CALLS | EINTR_CALLS:
         out.rax = st.reissue & _U64

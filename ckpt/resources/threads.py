@@ -280,9 +280,14 @@ def restore_pending(inj: Injector, scratch: Scratch, core: core_pb2.ThreadCore) 
     signals.restore_pending(inj, core.pending, thread=True, scratch=scratch)
 
 
-def final_frame(core: core_pb2.ThreadCore) -> user_regs_struct:
-    """The registers the thread resumes with: the saved ones, with a blocked call resumed (:mod:`.blocked`)."""
-    return blocked.resume_frame(regs_from_pb(core.regs), core.syscall)
+#: Stops reported from inside get_signal(): a thread let go from one goes through the kernel's restart rules.
+_IN_GET_SIGNAL = frozenset({StopKind.EVENT_STOP, StopKind.GROUP_STOP, StopKind.SIGNAL_DELIVERY})
+
+
+def final_frame(core: core_pb2.ThreadCore, last_stop: StopKind | None = None) -> user_regs_struct:
+    """The registers the thread resumes with: the saved ones, with a blocked call resumed (:mod:`.blocked`)
+    from ``last_stop``, the stop it is let go from."""
+    return blocked.resume_frame(regs_from_pb(core.regs), core.syscall, in_get_signal=last_stop in _IN_GET_SIGNAL)
 
 
 def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:
@@ -294,7 +299,7 @@ def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:
     """
     tid = thread.tid
     thread.unpin()
-    ptrace.setregs(tid, final_frame(core))
+    ptrace.setregs(tid, final_frame(core, thread.last_stop.kind))
     ptrace.set_xstate(tid, bytes(core.xstate))
     ptrace.setsigmask(tid, core.sigmask)
     for sig in thread.deferred:

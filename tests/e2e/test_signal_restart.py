@@ -1,0 +1,43 @@
+"""A caught signal that reaches a restored thread blocked in pause() or sigsuspend() ends the call with EINTR.
+
+The kernel restarts neither call after a handler (ERESTARTNOHAND).  A restored thread whose frame was put
+back onto its ``syscall`` instruction by ckpt (instead of the kernel) ran the handler of a signal that came
+before it re-entered the call, and then waited in the call again for ever.  The signal is sent while every
+restored process is still frozen (``before_hand_over``), the one instant that made this certain.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ckpt import api
+from targets import wait_in_syscall
+from ckpt.kernel.arch_x86_64 import NR
+from test_dump_restore import _forget
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
+
+CALLS = {"pause": NR.pause, "sigsuspend": NR.rt_sigsuspend}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+@pytest.mark.parametrize("when", ["frozen", "running"])
+def test_signal_after_restore_interrupts_the_call(c_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                                 call: str, when: str) -> None:
+    t = c_target("eintr", call, stderr=subprocess.DEVNULL)
+    t.ready()
+    wait_in_syscall(t.pid, t.pid, CALLS[call])
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    hook = (lambda: os.kill(t.pid, signal.SIGUSR1)) if when == "frozen" else None
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds, before_hand_over=hook)
+    restored.append(r.pid)
+    if when == "running":
+        os.kill(r.pid, signal.SIGUSR1)
+    line = t.expect("PASS", timeout=20)
+    assert line == "PASS", line
