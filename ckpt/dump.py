@@ -32,7 +32,7 @@ from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
 from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
-from .resources import timens, timers, tree, tty
+from .resources import jobstop, timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -238,9 +238,10 @@ def dump(
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
+                stops = jobstop.survey(ftree.procs, {p: sn.stat.ppid for p, sn in snap_of.items()}, scratch_of)
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],
                                             shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
-                                            skip_fds=skip_of[p], notes=notes, ctty=cttys.get(p),
+                                            skip_fds=skip_of[p], notes=notes, ctty=cttys.get(p), job_stop=stops.get(p),
                                             files_of=(fdump.fds_of.get(p, ()), fdump.files))
                            for p, proc in ftree.procs.items()}
                 # Where the tree's clocks stand (after its timers' time left was read: an absolute timer restored
@@ -394,7 +395,8 @@ def _ask_ahead(ftree: tree.FrozenTree, snap_of: dict, scratch_of: dict[int, Scra
 def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch: Scratch,  # noqa: ANN001
                   unmap: Callable[[], None], *, shell_job: bool, tcp_close: bool, deleted_max: int | None,
                   skip_fds: frozenset[int], notes: list[str], ctty: process_pb2.Ctty | None = None,
-                  files_of: tuple[tuple, tuple] = ((), ())) -> tuple[list, list]:
+                  files_of: tuple[tuple, tuple] = ((), ()),
+                  job_stop: process_pb2.JobStop | None = None) -> tuple[list, list]:
     """One frozen process's records (process entry, threads, mm and ``vmas``) into ``w``; (thread cores, VMAs).
 
     ``ctty``: its controlling terminal, when that is a pty pair of the tree (:func:`ckpt.resources.tty.controlling`).
@@ -409,6 +411,8 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
                                      comm=stat.comm, start_time=stat.starttime, exit_signal=stat.exit_signal)
     if ctty is not None:
         entry.ctty.CopyFrom(ctty)
+    if job_stop is not None:  # a group stop (jobstop.survey)
+        entry.job_stop.CopyFrom(job_stop)
     inj = proc.injector()
     try:
         mm = memory.dump_mm(pid, snap, inj, proc.mem, vmas)

@@ -69,7 +69,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import aio, tcp, tty, vdso
+from .resources import aio, jobstop, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -360,9 +360,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
         if before_hand_over is not None:
             before_hand_over()
         helpers.hand_over(live[0].ws, live[0].entry)
-        for m in reversed(live):  # all built: let them run, children first
-            assert m.ws is not None
-            _release(m.ws, m.vmas, m.cores)
+        notes.extend(_let_go([(m.ws, m.vmas, m.cores, m.entry) for m in live]))
         notes.extend(tcp.unlock_restored(connections))
     except BaseException as exc:
         helpers.kill()
@@ -849,19 +847,47 @@ def _with_auxv(mm: mm_pb2.MmEntry, auxv: bytes) -> mm_pb2.MmEntry:
     return out
 
 
-def _release(ws: _Workspace, vmas: Sequence[mm_pb2.Vma], cores: Sequence) -> None:
-    """DESIGN §4 step 7: the trampoline goes (from the relocated vDSO), each thread gets its frame and runs."""
+def _let_go(tree_order: Sequence[tuple[_Workspace | None, Sequence[mm_pb2.Vma], Sequence, process_pb2.ProcessEntry]]
+            ) -> list[str]:
+    """Release every built process (parents first in ``tree_order``), children first: a stopped child's
+    parent, still frozen, is given back its view of that stop (:func:`.resources.jobstop.settle_parent`)."""
+    notes: list[str] = []
+    by_pid = {entry.pid: (ws, cores, entry) for ws, _vmas, cores, entry in tree_order}
+    for ws, vmas, cores, entry in reversed(tree_order):
+        assert ws is not None
+        notes.extend(_release(ws, vmas, cores, entry))
+        parent = by_pid.get(entry.ppid)
+        if entry.HasField("job_stop") and parent is not None and parent[0] is not None:
+            pws, pcores, pentry = parent
+            jobstop.settle_parent(pws.inj, pws.scratch, entry.pid, entry.job_stop, pentry, pcores)
+    return notes
+
+
+def _release(ws: _Workspace, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
+             entry: process_pb2.ProcessEntry | None = None) -> list[str]:
+    """DESIGN §4 step 7: the trampoline goes (from the relocated vDSO), each thread gets its frame and runs.
+
+    A process that was in a group stop (``entry.job_stop``) is stopped again first (:mod:`.resources.jobstop`;
+    the signal that stopped it is written back into ``entry``); notes."""
     proc, pid = ws.proc, ws.pid
     main = proc.threads[pid]
     if ws.vdso_insn_off is None or memory.Kind.VDSO not in ws.placed:
         raise RestoreError("no syscall instruction in the vDSO to remove the trampoline with")
     Injector(main, syscall_insn=ws.placed[memory.Kind.VDSO][0] + ws.vdso_insn_off).munmap(ws.tramp, ws.AREA)
 
+    stop = entry.job_stop if entry is not None and entry.HasField("job_stop") else None
+    notes: list[str] = []
     for core in cores:
-        threads.finish_thread(proc.threads[core.tid], core)
+        threads.finish_thread(proc.threads[core.tid], core, detach=stop is None)
+    if stop is not None:
+        stop.signal, notes = jobstop.enter_stop(proc, stop.signal)
+        for core in cores:
+            threads.detach_thread(proc.threads[core.tid])
+        jobstop.wait_stopped(pid)
     proc.released = True
     proc.mem.close()
     proc._mem = None
+    return notes
 
 
 class StagingMismatch(RestoreError):
@@ -1045,8 +1071,8 @@ class StagedRestore:
                 if before_hand_over is not None:
                     before_hand_over()
                 self._helpers.hand_over(self._procs[self.pid].ws, records[self.pid][1])
-                for pid in reversed(self._procs):  # all built: let them run, children first
-                    _release(self._procs[pid].ws, layouts[pid][1], records[pid][0])
+                notes.extend(_let_go([(self._procs[pid].ws, layouts[pid][1], records[pid][0], records[pid][1])
+                                      for pid in self._procs]))
                 notes.extend(tcp.unlock_restored(_file_entries(image, self._procs)))
             finally:
                 if shared is not None:

@@ -147,6 +147,7 @@ class NR(enum.IntEnum):
     epoll_wait = 232
     epoll_ctl = 233
     tgkill = 234
+    waitid = 247
     inotify_add_watch = 254
     inotify_rm_watch = 255
     openat = 257

@@ -44,7 +44,7 @@ from . import blocked, limits, signals
 
 __all__ = [
     "THREAD_CLONE_FLAGS", "regs_to_pb", "regs_from_pb", "dump_thread", "dump_threads",
-    "fit_xstate", "check_xstate", "create_threads", "restore_thread_state", "restore_pending", "final_frame", "finish_thread",
+    "fit_xstate", "check_xstate", "create_threads", "restore_thread_state", "restore_pending", "final_frame", "finish_thread", "detach_thread",
 ]
 
 #: How a thread of the restored process is created (what pthread_create asks for, plus SETTID/CLEARTID).
@@ -290,12 +290,14 @@ def final_frame(core: core_pb2.ThreadCore, last_stop: StopKind | None = None) ->
     return blocked.resume_frame(regs_from_pb(core.regs), core.syscall, in_get_signal=last_stop in _IN_GET_SIGNAL)
 
 
-def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:
+def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore, *, detach: bool = True) -> None:
     """Own CPU mask, final frame, xstate, signal mask; then PTRACE_DETACH (which also clears a single-step trap flag).
 
     A signal the thread dequeued during an injected syscall (a restored pending
     signal it does not block) was held back by the injector: it is queued again
     now, so the handler runs on the restored frame, not on an injected one.
+    ``detach=False``: the thread stays ours, stopped (a group stop is made first,
+    :mod:`.jobstop`); :func:`detach_thread` lets it go.
     """
     tid = thread.tid
     thread.unpin()
@@ -305,5 +307,11 @@ def finish_thread(thread: FrozenThread, core: core_pb2.ThreadCore) -> None:
     for sig in thread.deferred:
         _requeue(thread.pid, tid, sig)
     thread.deferred.clear()
-    ptrace.detach(tid, 0)
+    if detach:
+        detach_thread(thread)
+
+
+def detach_thread(thread: FrozenThread) -> None:
+    """PTRACE_DETACH a finished thread (:func:`finish_thread`)."""
+    ptrace.detach(thread.tid, 0)
     thread.gone = True  # no longer ours: release() must not touch it
