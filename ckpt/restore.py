@@ -483,11 +483,12 @@ class _Helpers:
             for c in p.children:
                 self.procs[c.pid] = tree.clone_helper(ws.inj, ws.scratch, c)
                 self.created.append(c.pid)
+                if not c.zombie:
+                    parents[c.pid] = ws
+            for c in p.children:  # once every sibling exists: a zombie may be in a group a sibling leads
                 if c.zombie:
                     tree.end_as_zombie(ws.inj, ws.scratch, self.procs[c.pid], c)
                     del self.procs[c.pid]  # (kept until it is let go: a failure above kills and collects it)
-                else:
-                    parents[c.pid] = ws
             testpoint.point("restore-helpers-cloned")
             yield ws
 

@@ -583,10 +583,24 @@ def discard(pid: int) -> None:
         pass  # gone and collected already
 
 
+def _join_group(inj: Injector, me: Plan) -> None:
+    """A zombie's helper joins the group it was in when that is neither its own nor its parent's (a sibling's,
+    which exists: every sibling is made before a zombie ends); RestoreError if the group is not there."""
+    pgrp = read_stat(me.pid).pgrp  # its own or its parent's (clone_helper)
+    if me.pgid == pgrp:
+        return
+    try:
+        inj.call(NR.setpgid, 0, me.pgid, name=f"setpgid(0, {me.pgid})")
+    except OSError as exc:
+        raise RestoreError(f"zombie {me.pid} cannot be put back into process group {me.pgid} (session {me.sid}): "
+                           f"{os.strerror(exc.errno or 0)}; no process made before it leads or is in that group"
+                           ) from exc
+
+
 def end_as_zombie(parent: Injector, scratch: Scratch, proc: FrozenProcess, me: Plan) -> None:
     """Let a zombie's freshly cloned helper (``proc``) end with its recorded wait status, unreaped.
 
-    It takes its name, then runs one more syscall from the trampoline as we
+    It takes its name and its process group, then runs one more syscall from the trampoline as we
     let it go: ``exit_group(code)``, or ``kill(self, sig)`` with the signal's
     default action and no core file.  The SIGCHLD its end sends the parent
     is taken back (``rt_sigtimedwait`` in the parent, which blocks every
@@ -600,6 +614,7 @@ def end_as_zombie(parent: Injector, scratch: Scratch, proc: FrozenProcess, me: P
     if me.comm:  # the child's own copy of the scratch area, at the same address
         proc.mem.write(scratch.addr, me.comm.encode()[:15] + b"\0")
         inj.call(NR.prctl, PR_SET_NAME, scratch.addr, 0, 0, 0, name="prctl(PR_SET_NAME)")
+    _join_group(inj, me)
     regs = t.snapshot.regs
     regs.rip, regs.orig_rax = insn, (1 << 64) - 1
     status = me.wait_status

@@ -314,3 +314,22 @@ def test_migrate_a_tree_to_a_second_host(second_host, tmp_path: Path) -> None:  
         assert log.read_text().splitlines()[n].startswith("PASS tree 7 processes round=1"), log.read_text()
     finally:
         kill_all(pids if "pids" in locals() else [proc.pid])
+
+
+def test_zombies_keep_their_process_group_and_session(py_target, tmp_path: Path,  # noqa: ANN001
+                                                      restored: list[int]) -> None:
+    """A zombie that had joined a sibling's group, one that led its own group and one that led a session
+    come back in them (scenarios/py_zombie_groups.py checks, after the restore, then reaps them)."""
+    t = py_target("py_zombie_groups.py", stderr=subprocess.DEVNULL)
+    ids = t.ready()
+    pids = [t.pid, int(ids["lead"]), *map(int, ids["zombies"].split(","))]
+    try:
+        api.dump(t.pid, tmp_path / "img")
+        _forget(t)
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        os.kill(r.pid, signal.SIGUSR1)
+        line = t.expect("PASS")
+        assert line == "PASS", line
+    finally:
+        kill_all(pids)
