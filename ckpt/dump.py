@@ -387,8 +387,9 @@ def _ask_ahead(ftree: tree.FrozenTree, snap_of: dict, scratch_of: dict[int, Scra
         main = (*memory.QUERIES, *limits.QUERIES, *creds.QUERIES, *signals.queries(snap_of[p].status),
                 *timers.QUERIES)
         main_tid = proc.main_thread.tid
-        for tid, asked in threads.queries(proc).items():
-            lanes.append((proc.injector(tid), scratch_of[p], (*main, *asked) if tid == main_tid else asked))
+        for tid, asked in threads.queries(proc).items():  # each thread's own securebits (creds.thread_creds)
+            lanes.append((proc.injector(tid), scratch_of[p], (*main, *asked) if tid == main_tid else
+                          (*asked, *creds.QUERIES)))
     ask_all(lanes)
 
 

@@ -1,7 +1,10 @@
 """Credentials: uids/gids (real, effective, saved, fs), supplementary groups, capabilities, securebits, no_new_privs.
 
 Dump reads ``/proc/PID/status`` (everything but securebits, which only
-``prctl(PR_GET_SECUREBITS)`` injected into the target tells).
+``prctl(PR_GET_SECUREBITS)`` injected into the target tells), and each other
+thread's ``task/TID/status`` and securebits: credentials and no_new_privs
+belong to each thread, and a thread that changed its own with raw syscalls
+(not glibc's setuid() & co., which set every thread's) is recorded with its own.
 
 Restore runs injected syscalls in the helper, which starts with the
 restorer's credentials, and only ever goes *down* from there: the kernel
@@ -45,7 +48,7 @@ from ..procfs.snapshot import Snapshot
 from ..procfs.status import Status, read_task_status
 from ._scratch import scratch_for
 
-__all__ = ["dump", "dump_creds", "restore", "caps"]
+__all__ = ["dump", "dump_creds", "thread_creds", "restore", "caps"]
 
 _U32 = 0xFFFFFFFF
 
@@ -68,7 +71,10 @@ def dump_creds(proc: FrozenProcess, snap: Snapshot) -> process_pb2.Creds:
         n = f", {st.seccomp_filters} filter(s)" if st.seccomp_filters else ""
         raise Unsupported(f"process {proc.pid} runs under seccomp (mode {st.seccomp}{n}): ckpt cannot restore "
                           "seccomp filters yet, and the process would come back without them")
-    securebits = proc.injector().ask(SECUREBITS)[0]
+    return _creds_of(st, proc.injector().ask(SECUREBITS)[0])
+
+
+def _creds_of(st: Status, securebits: int) -> process_pb2.Creds:
     return process_pb2.Creds(
         uid=st.uid[0], euid=st.uid[1], suid=st.uid[2], fsuid=st.uid[3],
         gid=st.gid[0], egid=st.gid[1], sgid=st.gid[2], fsgid=st.gid[3],
@@ -78,10 +84,24 @@ def dump_creds(proc: FrozenProcess, snap: Snapshot) -> process_pb2.Creds:
     )
 
 
+def thread_creds(proc: FrozenProcess, creds: process_pb2.Creds, nnp: bool) -> list[process_pb2.ThreadCreds]:
+    """The threads whose credentials (task status, securebits asked of each thread) are not ``creds``/``nnp``."""
+    out = []
+    for tid in sorted(proc.threads):
+        if tid == proc.pid:
+            continue
+        st = read_task_status(proc.pid, tid)
+        mine = _creds_of(st, proc.injector(tid).ask(SECUREBITS)[0])
+        if mine != creds or bool(st.nonewprivs) != nnp:
+            out.append(process_pb2.ThreadCreds(tid=tid, creds=mine, no_new_privs=bool(st.nonewprivs)))
+    return out
+
+
 def dump(proc: FrozenProcess, snap: Snapshot) -> process_pb2.ProcessEntry:
-    """A ProcessEntry fragment with ``creds`` and ``flags.no_new_privs``."""
+    """A ProcessEntry fragment with ``creds``, ``flags.no_new_privs`` and the threads whose own differ."""
     entry = process_pb2.ProcessEntry(creds=dump_creds(proc, snap))
     entry.flags.no_new_privs = bool(snap.status.nonewprivs)
+    entry.thread_creds.extend(thread_creds(proc, entry.creds, entry.flags.no_new_privs))
     return entry
 
 
@@ -117,10 +137,12 @@ def restore(inj: Injector, entry: process_pb2.ProcessEntry, *, scratch: Scratch 
     """Give the thread of ``inj`` the credentials of ``entry`` (see the module doc for the order).
 
     Credentials belong to each thread (glibc's setuid() broadcasts to all of
-    them): a multi-threaded process needs this once per thread.
+    them): a multi-threaded process needs this once per thread.  A thread with
+    its own (``entry.thread_creds``, set with raw syscalls) gets those.
     """
-    c = entry.creds
-    want_nnp = entry.flags.no_new_privs
+    own = next((t for t in entry.thread_creds if t.tid == inj.tid), None)
+    c = entry.creds if own is None else own.creds
+    want_nnp = entry.flags.no_new_privs if own is None else own.no_new_privs
     cur = read_task_status(inj.pid, inj.tid)
     _refuse_more(c, cur, want_nnp)
     if _same(cur, c, want_nnp) and _prctl(inj, PR_GET_SECUREBITS, what="PR_GET_SECUREBITS") == c.securebits:

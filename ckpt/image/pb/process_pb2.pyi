@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProcessEntry(_message.Message):
-    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "ctty", "cwd_ghost", "root_ghost", "job_stop", "attrs")
+    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "ctty", "cwd_ghost", "root_ghost", "job_stop", "attrs", "thread_creds")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     PGID_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class ProcessEntry(_message.Message):
     ROOT_GHOST_FIELD_NUMBER: _ClassVar[int]
     JOB_STOP_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
+    THREAD_CREDS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     pgid: int
@@ -61,7 +62,18 @@ class ProcessEntry(_message.Message):
     root_ghost: _common_pb2.Ghost
     job_stop: JobStop
     attrs: ProcAttrs
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., ctty: _Optional[_Union[Ctty, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., job_stop: _Optional[_Union[JobStop, _Mapping]] = ..., attrs: _Optional[_Union[ProcAttrs, _Mapping]] = ...) -> None: ...
+    thread_creds: _containers.RepeatedCompositeFieldContainer[ThreadCreds]
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., ctty: _Optional[_Union[Ctty, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., job_stop: _Optional[_Union[JobStop, _Mapping]] = ..., attrs: _Optional[_Union[ProcAttrs, _Mapping]] = ..., thread_creds: _Optional[_Iterable[_Union[ThreadCreds, _Mapping]]] = ...) -> None: ...
+
+class ThreadCreds(_message.Message):
+    __slots__ = ("tid", "creds", "no_new_privs")
+    TID_FIELD_NUMBER: _ClassVar[int]
+    CREDS_FIELD_NUMBER: _ClassVar[int]
+    NO_NEW_PRIVS_FIELD_NUMBER: _ClassVar[int]
+    tid: int
+    creds: Creds
+    no_new_privs: bool
+    def __init__(self, tid: _Optional[int] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., no_new_privs: _Optional[bool] = ...) -> None: ...
 
 class JobStop(_message.Message):
     __slots__ = ("signal", "unreported")
