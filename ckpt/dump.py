@@ -32,7 +32,7 @@ from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
 from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
-from .resources import jobstop, timens, timers, tree, tty
+from .resources import jobstop, procattrs, timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -64,6 +64,11 @@ def dump_creds(ctx: DumpContext) -> None:
     ctx.entry.MergeFrom(creds.dump(ctx.proc, ctx.snap))
 
 
+def dump_attrs(ctx: DumpContext) -> None:
+    """Audit loginuid, membarrier registrations, MDWE, KSM merge-any, per-thread prctl flags."""
+    ctx.entry.MergeFrom(procattrs.dump(ctx.proc, ctx.scratch, tolerate=ctx.tolerate, notes=ctx.notes))
+
+
 def dump_timers(ctx: DumpContext) -> None:
     """Interval and POSIX timers: time left, interval, and how each was created (read only, -R leaves them be)."""
     ctx.entry.MergeFrom(timers.dump(ctx.proc, ctx.snap, scratch=ctx.scratch))
@@ -81,6 +86,7 @@ PROCESS_DUMPERS: list[tuple[str, Callable[[DumpContext], None]]] = [
     ("limits", dump_limits),
     ("signals", dump_signals),
     ("creds", dump_creds),
+    ("attrs", dump_attrs),
     # Last: the time left is read as close as possible to the pending queues (read after the last
     # injection), so few expiries fall in between; those that do are counted (PosixTimer.queued_at_read).
     ("timers", dump_timers),
@@ -242,6 +248,7 @@ def dump(
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],
                                             shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max,
                                             skip_fds=skip_of[p], notes=notes, ctty=cttys.get(p), job_stop=stops.get(p),
+                                            tolerate=frozenset(tolerate),
                                             files_of=(fdump.fds_of.get(p, ()), fdump.files))
                            for p, proc in ftree.procs.items()}
                 # Where the tree's clocks stand (after its timers' time left was read: an absolute timer restored
@@ -385,11 +392,11 @@ def _ask_ahead(ftree: tree.FrozenTree, snap_of: dict, scratch_of: dict[int, Scra
     lanes = []
     for p, proc in ftree.procs.items():
         main = (*memory.QUERIES, *limits.QUERIES, *creds.QUERIES, *signals.queries(snap_of[p].status),
-                *timers.QUERIES)
+                *procattrs.QUERIES, *timers.QUERIES)
         main_tid = proc.main_thread.tid
         for tid, asked in threads.queries(proc).items():  # each thread's own securebits (creds.thread_creds)
-            lanes.append((proc.injector(tid), scratch_of[p], (*main, *asked) if tid == main_tid else
-                          (*asked, *creds.QUERIES)))
+            lanes.append((proc.injector(tid), scratch_of[p], (*main, *asked, *procattrs.THREAD_QUERIES)
+                          if tid == main_tid else (*asked, *creds.QUERIES, *procattrs.THREAD_QUERIES)))
     ask_all(lanes)
 
 
@@ -397,7 +404,8 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
                   unmap: Callable[[], None], *, shell_job: bool, tcp_close: bool, deleted_max: int | None,
                   skip_fds: frozenset[int], notes: list[str], ctty: process_pb2.Ctty | None = None,
                   files_of: tuple[tuple, tuple] = ((), ()),
-                  job_stop: process_pb2.JobStop | None = None) -> tuple[list, list]:
+                  job_stop: process_pb2.JobStop | None = None,
+                  tolerate: frozenset[str] = frozenset()) -> tuple[list, list]:
     """One frozen process's records (process entry, threads, mm and ``vmas``) into ``w``; (thread cores, VMAs).
 
     ``ctty``: its controlling terminal, when that is a pty pair of the tree (:func:`ckpt.resources.tty.controlling`).
@@ -420,7 +428,8 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
         cores = threads.dump_threads(proc, scratch, snap)
         notes.extend(blocked.dump_notes(pid, cores))  # calls a restore cannot resume
         ctx = DumpContext(pid=pid, proc=proc, snap=snap, writer=w, entry=entry, scratch=scratch,
-                          shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max, skip_fds=skip_fds)
+                          shell_job=shell_job, tcp_close=tcp_close, deleted_max=deleted_max, skip_fds=skip_fds,
+                          tolerate=tolerate)
         for _name, fn in PROCESS_DUMPERS:
             fn(ctx)
         notes.extend(ctx.notes)

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import TargetGone
+from .errors import TargetError, TargetGone
 from .image.pb import process_pb2
 from .procfs._proc import ProcDir
 from .procfs.maps import read_smaps_vmflags
@@ -54,6 +54,8 @@ MASKED: dict[tuple[str, str], str] = {
     ("status", "Cpus_allowed"): "the same mask as Cpus_allowed_list, which is compared",
     ("status", "Mems_allowed"): "the same mask as Mems_allowed_list, which is compared",
     ("status", "CoreDumping"): "0 for any process the dumper could freeze",
+    ("audit", "sessionid"): "no call sets an audit session id: writing the loginuid hands out a new one (a "
+                            "process in another session than ckpt's is refused at dump: --tolerate audit-session)",
     **{("status", k): "memory usage, not state: the restore maps what the process had, resident or not"
        for k in ("VmPeak", "VmSize", "VmLck", "VmPin", "VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmData",
                  "VmStk", "VmExe", "VmLib", "VmPTE", "VmSwap", "HugetlbPages")},
@@ -143,7 +145,7 @@ _CPU_STATE = ("Speculation_Store_Bypass", "SpeculationIndirectBranch")
 
 #: Section kinds an older ckpt did not record: absent at the dump, they are not compared (the descriptor's
 #: own sections, ``fdinfo/N`` and ``sockopt/N``, still say whether it is there).
-_NEWER = ("inet",)
+_NEWER = ("inet", "audit", "ksm_stat")
 #: Section kinds a kernel may be unable to give (unix_diag is a module a kernel may lack or not load): on
 #: another kernel, present on one side only is no difference (``fdinfo/N`` and ``sockopt/N`` still are).
 _OPTIONAL_ELSEWHERE = ("unix_diag",)
@@ -240,6 +242,22 @@ def settled(sigmask: int, cpus: Iterable[int] | None = None) -> dict[str, str]:
     return out
 
 
+def _optional_sections(proc: ProcDir, text: Callable[[str], str]) -> list[process_pb2.ObservedSection]:
+    """``loginuid``/``sessionid`` (absent without CONFIG_AUDIT) and ksm_stat's ``ksm_merge_any`` (6.8+)."""
+    out = []
+    try:
+        out.append(_section("audit", [("loginuid", text("loginuid").strip()), ("sessionid", text("sessionid").strip())]))
+    except TargetError:  # a file this kernel lacks
+        pass
+    try:
+        merge = [kv for kv in _status_lines(text("ksm_stat")) if kv[0] == "ksm_merge_any"]
+    except TargetError:
+        merge = []
+    if merge:
+        out.append(_section("ksm_stat", merge))
+    return out
+
+
 def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] = (),
             skip_fds: Collection[int] = (), threads: Mapping[int, Mapping[str, str]] | None = None
             ) -> process_pb2.Observed:
@@ -266,6 +284,7 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
         sections.append(_section("personality", [("personality", text("personality").strip())]))
         sections.append(_section("timers", _status_lines(text("timers"))))
         sections.append(_section("timerslack_ns", [("timerslack_ns", text("timerslack_ns").strip())]))
+        sections.extend(_optional_sections(proc, text))
         for fd in sorted(int(n) for n in proc.listdir("fdinfo")):
             if fd in skip_fds:
                 continue

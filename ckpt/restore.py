@@ -69,7 +69,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import aio, jobstop, tcp, tty, vdso
+from .resources import aio, jobstop, procattrs, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -123,6 +123,17 @@ def restore_creds(ctx: RestoreContext) -> None:
         creds.restore(ctx.injectors[tid], ctx.entry, scratch=ctx.scratch)
 
 
+def restore_loginuid(ctx: RestoreContext) -> None:
+    """The audit loginuid, by the process itself before its threads exist (they inherit it)."""
+    if ctx.entry.HasField("attrs"):
+        procattrs.restore_loginuid(ctx.inj, ctx.entry, scratch=ctx.scratch)
+
+
+def restore_attrs(ctx: RestoreContext) -> None:
+    """membarrier registrations, KSM merge-any, MDWE, per-thread prctl flags (as the restorer: before creds)."""
+    procattrs.restore(ctx.injectors, ctx.entry, scratch=ctx.scratch)
+
+
 def restore_timers(ctx: RestoreContext) -> None:
     """Interval and POSIX timers (same ids, SIGEV_THREAD_ID to the same tids), armed with the time left at dump."""
     timers.restore(ctx.inj, ctx.entry, ctx.cores, scratch=ctx.scratch)
@@ -153,12 +164,14 @@ PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
     ("files", restore_files),
     ("sigactions", restore_sigactions),
     ("limits", restore_limits),
+    ("audit loginuid", restore_loginuid),
     ("mm and threads", THREADS),
     ("locks", restore_locks),
     # Timers once the threads exist (SIGEV_THREAD_ID names a tid), as the restorer (CLOCK_*_ALARM needs
     # CAP_WAKE_ALARM), every thread blocking every signal (an early expiry only queues its signal), and
     # before the pending signals: those of expiries before the dump are queued there, once.
     ("timers", restore_timers),
+    ("attrs", restore_attrs),
     ("creds", restore_creds),
     ("pending signals", restore_pending),
 ]

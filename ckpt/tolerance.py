@@ -53,6 +53,10 @@ TABLE = MappingProxyType({t.name: t for t in (
               "bound socket of the tree connected to it (they come back as sent from an unnamed socket)",
               "a datagram carries a sender name only when sent by a socket bound to it, and the sender may still "
               "hold that name"),
+    Tolerance("audit-session", "dump",
+              "the audit session id (/proc/PID/sessionid) of a process in another login session than ckpt's (it "
+              "gets the restorer's, or a new one when its loginuid is written)",
+              "no call sets a session id: the kernel hands out a new one each time a loginuid is written"),
 )})
 
 

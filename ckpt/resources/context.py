@@ -51,6 +51,8 @@ class DumpContext:
     deleted_max: int | None = None
     #: Descriptors that belong to ckpt (the parked tracking userfaultfd): never dumped.
     skip_fds: frozenset[int] = frozenset()
+    #: ``--tolerate`` names: losses the user accepts (ckpt.tolerance).
+    tolerate: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -88,10 +88,15 @@ int main(void) {
     sa.sa_handler = on_usr1;
     sigaction(SIGUSR1, &sa, NULL);
     pthread_barrier_init(&ready, NULL, NT);
+    sigset_t usr1;  /* the threads block SIGUSR1: it must reach the main thread, waiting in pause() */
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
     tids[0] = (int)syscall(SYS_gettid);
     pthread_t t;
     for (long i = 1; i < NT; i++)
         if (pthread_create(&t, NULL, run, (void *)i)) die("pthread_create");
+    pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
     describe(own[0], sizeof own[0]);
     pthread_barrier_wait(&ready);
     for (int i = 0; i < NT; i++) lines(tids[i], before[i], sizeof before[i]);

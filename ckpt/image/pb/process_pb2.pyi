@@ -84,12 +84,34 @@ class JobStop(_message.Message):
     def __init__(self, signal: _Optional[int] = ..., unreported: _Optional[bool] = ...) -> None: ...
 
 class ProcAttrs(_message.Message):
-    __slots__ = ("has_loginuid", "loginuid")
+    __slots__ = ("has_loginuid", "loginuid", "membarrier", "mdwe", "memory_merge", "threads")
     HAS_LOGINUID_FIELD_NUMBER: _ClassVar[int]
     LOGINUID_FIELD_NUMBER: _ClassVar[int]
+    MEMBARRIER_FIELD_NUMBER: _ClassVar[int]
+    MDWE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MERGE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     has_loginuid: bool
     loginuid: int
-    def __init__(self, has_loginuid: _Optional[bool] = ..., loginuid: _Optional[int] = ...) -> None: ...
+    membarrier: int
+    mdwe: int
+    memory_merge: bool
+    threads: _containers.RepeatedCompositeFieldContainer[ThreadAttrs]
+    def __init__(self, has_loginuid: _Optional[bool] = ..., loginuid: _Optional[int] = ..., membarrier: _Optional[int] = ..., mdwe: _Optional[int] = ..., memory_merge: _Optional[bool] = ..., threads: _Optional[_Iterable[_Union[ThreadAttrs, _Mapping]]] = ...) -> None: ...
+
+class ThreadAttrs(_message.Message):
+    __slots__ = ("tid", "tsc", "mce_kill", "spec_store_bypass", "spec_indirect_branch")
+    TID_FIELD_NUMBER: _ClassVar[int]
+    TSC_FIELD_NUMBER: _ClassVar[int]
+    MCE_KILL_FIELD_NUMBER: _ClassVar[int]
+    SPEC_STORE_BYPASS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_INDIRECT_BRANCH_FIELD_NUMBER: _ClassVar[int]
+    tid: int
+    tsc: int
+    mce_kill: int
+    spec_store_bypass: int
+    spec_indirect_branch: int
+    def __init__(self, tid: _Optional[int] = ..., tsc: _Optional[int] = ..., mce_kill: _Optional[int] = ..., spec_store_bypass: _Optional[int] = ..., spec_indirect_branch: _Optional[int] = ...) -> None: ...
 
 class Ctty(_message.Message):
     __slots__ = ("index", "foreground")
