@@ -41,7 +41,7 @@ __all__ = [
     # calls
     "seize", "interrupt", "cont", "detach", "singlestep", "syscall_step", "setoptions",
     "getregs", "setregs", "getregset", "setregset", "xstate_size", "get_xstate", "set_xstate",
-    "getsigmask", "setsigmask", "get_rseq_configuration", "geteventmsg", "getsiginfo",
+    "getsigmask", "setsigmask", "get_rseq_configuration", "get_syscall_user_dispatch_mode", "geteventmsg", "getsiginfo",
     "setsiginfo", "peeksiginfo", "peekdata", "pokedata", "waitpid",
 ]
 
@@ -71,6 +71,7 @@ PTRACE_PEEKSIGINFO = 0x4209  # Linux 3.10
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # Linux 5.13
+PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG = 0x4211  # Linux 6.3
 
 # --- events: the value of ``status >> 16`` at a ptrace-event-stop ---
 PTRACE_EVENT_FORK = 1
@@ -290,6 +291,13 @@ def get_rseq_configuration(tid: int) -> RseqConfiguration:
     conf = _ptrace_rseq_configuration()
     _call(PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.sizeof(conf), ctypes.addressof(conf))
     return RseqConfiguration(conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature, conf.flags)
+
+
+def get_syscall_user_dispatch_mode(tid: int) -> int:
+    """The thread's PR_SET_SYSCALL_USER_DISPATCH mode (0: off), from ``struct ptrace_sud_config``."""
+    conf = (ctypes.c_uint64 * 4)()  # mode, selector, offset, len
+    _call(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, tid, ctypes.sizeof(conf), ctypes.addressof(conf))
+    return conf[0]
 
 
 # --- memory words ---

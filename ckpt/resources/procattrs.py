@@ -16,7 +16,8 @@ prctl table, not guessed):
 * ``PR_GET_MDWE``, ``PR_GET_MEMORY_MERGE``; per thread ``PR_GET_TSC`` and ``PR_MCE_KILL_GET``
   (injected), the speculation controls a thread set from its ``status`` ("thread mitigated" …),
   and PR_SET_IO_FLUSHER from its ``stat`` flags (PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE): refused,
-  since setting it needs CAP_SYS_RESOURCE.
+  since setting it needs CAP_SYS_RESOURCE.  Read from ckpt itself and refused when set: syscall user
+  dispatch (PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG) and a core-scheduling cookie (PR_SCHED_CORE_GET).
 
 Restore: the loginuid is written by the process itself (``/proc/self/loginuid`` only takes its
 owner's write) before its threads exist, so they inherit it; the rest once they do, MDWE last
@@ -26,6 +27,7 @@ afterwards.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -33,13 +35,15 @@ from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess
 from ..errors import RestoreError, Unsupported
 from ..image.pb import process_pb2
+from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR
+from ..kernel.libc import syscall
 from ..kernel.prctl import (
     MEMBARRIER_CMD_PRIVATE_EXPEDITED, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
     MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
     MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
     PR_GET_MDWE, PR_GET_MEMORY_MERGE, PR_GET_TSC, PR_MCE_KILL, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_GET,
-    PR_MCE_KILL_SET, PR_SET_MDWE, PR_SET_MEMORY_MERGE, PR_SET_SPECULATION_CTRL, PR_SET_TSC, PR_SPEC_DISABLE,
+    PR_MCE_KILL_SET, PR_SCHED_CORE, PR_SCHED_CORE_GET, PIDTYPE_PID, PR_SET_MDWE, PR_SET_MEMORY_MERGE, PR_SET_SPECULATION_CTRL, PR_SET_TSC, PR_SPEC_DISABLE,
     PR_SPEC_ENABLE, PR_SPEC_FORCE_DISABLE, PR_SPEC_INDIRECT_BRANCH, PR_SPEC_STORE_BYPASS, PR_TSC_ENABLE,
 )
 from ..procfs.stat import read_task_stat
@@ -101,12 +105,35 @@ def _membarrier(inj: Injector, scratch: Scratch | None) -> int:
     return sum(reg for q, reg in _MEMBARRIER if _answer(inj, q, scratch) == 0)
 
 
+def _core_cookie(tid: int) -> int:
+    """The thread's core-scheduling cookie, asked from ckpt (ptrace read access); 0 without CONFIG_SCHED_CORE."""
+    cookie = ctypes.c_uint64(0)
+    try:
+        syscall(NR.prctl, PR_SCHED_CORE, PR_SCHED_CORE_GET, tid, PIDTYPE_PID, ctypes.addressof(cookie),
+                name=f"prctl(PR_SCHED_CORE_GET, {tid})")
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENODEV):
+            return 0
+        raise
+    return cookie.value
+
+
 def _thread(proc: FrozenProcess, tid: int, scratch: Scratch) -> process_pb2.ThreadAttrs | None:
     """One thread's attributes, None when all are the defaults; Unsupported for one ckpt cannot restore."""
     if read_task_stat(proc.pid, tid).flags & (_PF_MEMALLOC_NOIO | _PF_LOCAL_THROTTLE) == \
             _PF_MEMALLOC_NOIO | _PF_LOCAL_THROTTLE:
         raise Unsupported(f"thread {tid} of process {proc.pid} is an I/O flusher (PR_SET_IO_FLUSHER): setting it "
                           "again needs CAP_SYS_RESOURCE, and ckpt does not restore it")
+    try:
+        sud = ptrace.get_syscall_user_dispatch_mode(tid)
+    except OSError as exc:  # EIO: a kernel before 6.3, which has no such request
+        sud = 0 if exc.errno in (errno.EIO, errno.EINVAL) else 1
+    if sud:
+        raise Unsupported(f"thread {tid} of process {proc.pid} has syscall user dispatch on "
+                          "(PR_SET_SYSCALL_USER_DISPATCH): ckpt does not restore it yet")
+    if _core_cookie(tid):
+        raise Unsupported(f"thread {tid} of process {proc.pid} has a core-scheduling cookie (PR_SCHED_CORE): a "
+                          "restore could only make a new one, and not share it as it was shared")
     inj = proc.injector(tid)
     t = process_pb2.ThreadAttrs(tid=tid)
     tsc, mce = _answer(inj, TSC, scratch), _answer(inj, MCE_KILL, scratch)

@@ -45,3 +45,12 @@ def test_process_attributes_round_trip(c_target, tmp_path: Path, restored: list[
     os.kill(r.pid, signal.SIGUSR1)
     line = t.expect("PASS")
     assert line == "PASS", line
+
+
+def test_syscall_user_dispatch_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """A state ckpt cannot restore is refused at dump, by name, and the process runs on."""
+    t = py_target("py_sud.py", stderr=subprocess.DEVNULL)
+    t.ready()
+    with pytest.raises(Unsupported, match="PR_SET_SYSCALL_USER_DISPATCH"):
+        api.dump(t.pid, tmp_path / "img")
+    assert t.alive()
