@@ -74,15 +74,19 @@ def test_stopped_children_stay_stopped_after_restore(c_target, tmp_path: Path, r
         kill_all(pids)
 
 
-def test_stopped_process_stays_stopped_after_pre_dump(c_target, tmp_path: Path) -> None:  # noqa: ANN001
-    """A pre-dump (one process) of a stopped process leaves it stopped, and its parent sees no new stop."""
+@pytest.mark.parametrize("track", ["uffd-wp", "hash"])
+def test_stopped_process_stays_stopped_after_pre_dump(c_target, tmp_path: Path, track: str) -> None:  # noqa: ANN001
+    """Pre-dumps (one process) of a stopped process leave it stopped, and its parent sees no new stop."""
     t = c_target("sleeper", "600000", stderr=subprocess.DEVNULL)
     t.ready()
     try:
         _stop(t.pid)
         os.waitpid(t.pid, os.WUNTRACED)  # the stop is reported: it must not be reported again
-        api.pre_dump(t.pid, tmp_path / "pre")
+        api.pre_dump(t.pid, tmp_path / "pre", track=track)
+        api.pre_dump(t.pid, tmp_path / "pre2", prev_images_dir=tmp_path / "pre", track=track)
         assert thread_state(t.pid, t.pid) == "T", "the pre-dump let a stopped process run"
+        api.dump_delta(t.pid, tmp_path / "img", prev_images_dir=tmp_path / "pre2", leave_running=True)
+        assert thread_state(t.pid, t.pid) == "T", "the dump -R let a stopped process run"
         assert os.waitid(os.P_PID, t.pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT) is None, "its stop was reported again"
     finally:
         kill_all([t.pid])
