@@ -118,6 +118,7 @@ class NR(enum.IntEnum):
     sched_getparam = 143
     sched_setscheduler = 144
     sched_getscheduler = 145
+    mlockall = 151
     prctl = 157
     arch_prctl = 158
     setrlimit = 160
@@ -182,6 +183,7 @@ class NR(enum.IntEnum):
     memfd_create = 319
     userfaultfd = 323
     membarrier = 324
+    mlock2 = 325
     rseq = 334
     pidfd_send_signal = 424
     pidfd_open = 434

@@ -89,7 +89,17 @@ class Snapshot:
         """The maps with VmFlags (read from smaps, its counters skipped: a dump needs only the flags)."""
         if "smaps" in self.__dict__:  # read already: no second walk of the page tables
             return [e.vma for e in self.smaps]
-        return [v for v in read_smaps_vmflags(self.pid, proc=self._proc) if not self._is_hidden(v)]
+        return [v for v in self._all_vmas if not self._is_hidden(v)]
+
+    @cached_property
+    def hidden_vmas(self) -> list[Vma]:
+        """The controller's own areas, with their VmFlags: what the process's mm gives a new mapping
+        (``mm->def_flags``, e.g. VM_LOCKED after ``mlockall(MCL_FUTURE)``)."""
+        return [v for v in self._all_vmas if self._is_hidden(v)]
+
+    @cached_property
+    def _all_vmas(self) -> list[Vma]:
+        return read_smaps_vmflags(self.pid, proc=self._proc)
 
     def _is_hidden(self, vma: Vma) -> bool:
         return any(start <= vma.start and vma.end <= end for start, end in self.hidden)

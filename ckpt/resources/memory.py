@@ -60,7 +60,7 @@ from ..image.records import PageSource, PageState
 from ..image.store import PageWriter
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
 from ..kernel.mman import (
-    MADV_DONTDUMP, MADV_DONTFORK, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_WIPEONFORK,
+    MADV_DONTNEED, MADV_DONTNEED_LOCKED,
     MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
     MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
@@ -73,7 +73,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import aio, fileid, ghost, memfd, sysvshm
+from . import aio, fileid, ghost, memfd, sysvshm, vmflags
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -167,6 +167,7 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
             flags |= MAP_GROWSDOWN
         if "nr" in vma.vmflags:
             flags |= MAP_NORESERVE
+        flags = vmflags.map_type(vma.vmflags, flags)
         rec = mm_pb2.Vma(start=vma.start, end=vma.end, prot=vma.prot, flags=flags, kind=kind, name=vma.path,
                          pgoff=vma.offset, vm_flags=" ".join(sorted(vma.vmflags)))
         if kind in _FILE_KINDS:
@@ -244,6 +245,7 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
                               "so its content is not saved", hint="dump before the executable is deleted")
     else:
         mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
+    mm.def_flags = vmflags.dump_def_flags(snap, inj)
     if inj is not None:  # the header of each AIO ring, refused if a restore cannot give it back
         aio.dump_rings(pid, inj, mem, vmas)
     for v in vmas:
@@ -629,9 +631,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                                    f"{os.strerror(exc.errno or 0)}") from exc
             if got != v.start:
                 raise RestoreError(f"mmap placed {v.start:#x} at {got:#x}")
-            for flag in v.vm_flags.split():
-                if flag in _MADVISED:  # per-VMA advice lives in vm_flags only: the image's smaps letters
-                    inj.madvise(v.start, length, _MADVISED[flag])
+            vmflags.restore_vma(inj, v, v.vm_flags.split())  # advice and locks live in the smaps letters only
             n += 1
     finally:
         opener.close_all()
@@ -640,9 +640,6 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
 
 _ONE_ZERO = bytearray(1)
 
-#: VmFlags letters (smaps) set by madvise, and the advice that sets each again.
-_MADVISED = {"hg": MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, "dd": MADV_DONTDUMP, "dc": MADV_DONTFORK,
-             "wf": MADV_WIPEONFORK}
 
 
 def _shmem_alias(shmem: dict[int, list[tuple[int, int, int]]], v: mm_pb2.Vma) -> int | None:
@@ -855,7 +852,7 @@ def _mapping_key(v: mm_pb2.Vma) -> tuple | None:
     """
     if v.kind == Kind.ANON_SHARED or is_object_view(v):
         return None
-    letters = frozenset(f for f in v.vm_flags.split() if f in _MADVISED or f == "mw")
+    letters = frozenset(f for f in v.vm_flags.split() if f in vmflags.KEPT or f == "mw")
     file: tuple = ()
     if v.kind in _FILE_KINDS:
         file = (v.name, v.file.dev, v.file.ino, v.file.size, v.file.mtime_ns, v.pgoff - v.start)
@@ -998,8 +995,8 @@ def reset_pages(inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma], runs: I
                 raise RestoreError(f"cannot reset pages of a shared mapping at {start:#x}")
             if zero and v.kind == Kind.FILE_PRIVATE:
                 placer.write_zeros(start, stop)
-            else:
-                inj.madvise(start, stop - start, MADV_DONTNEED)
+            else:  # (a locked mapping refuses MADV_DONTNEED)
+                inj.madvise(start, stop - start, MADV_DONTNEED_LOCKED if "lo" in v.vm_flags.split() else MADV_DONTNEED)
             n += (stop - start) // PAGE_SIZE
     return n
 

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MmEntry(_message.Message):
-    __slots__ = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv", "exe_path", "exe", "vdso_sha256", "vdso", "exe_ghost")
+    __slots__ = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv", "exe_path", "exe", "vdso_sha256", "vdso", "exe_ghost", "def_flags")
     START_CODE_FIELD_NUMBER: _ClassVar[int]
     END_CODE_FIELD_NUMBER: _ClassVar[int]
     START_DATA_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class MmEntry(_message.Message):
     VDSO_SHA256_FIELD_NUMBER: _ClassVar[int]
     VDSO_FIELD_NUMBER: _ClassVar[int]
     EXE_GHOST_FIELD_NUMBER: _ClassVar[int]
+    DEF_FLAGS_FIELD_NUMBER: _ClassVar[int]
     start_code: int
     end_code: int
     start_data: int
@@ -45,7 +46,8 @@ class MmEntry(_message.Message):
     vdso_sha256: bytes
     vdso: bytes
     exe_ghost: _common_pb2.Ghost
-    def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ..., exe_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
+    def_flags: str
+    def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ..., exe_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., def_flags: _Optional[str] = ...) -> None: ...
 
 class Vma(_message.Message):
     __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv", "ghost", "aio")

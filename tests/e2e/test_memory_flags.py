@@ -1,0 +1,51 @@
+"""Mapping flags and unusual memory: each kind of area comes back as it was, or the dump names why not.
+
+The targets (scenarios/py_vmflags.py and friends) check their own memory after the restore — the bytes
+of every area and its smaps VmFlags letters — and print PASS or FAIL; the restore's self-check
+(ckpt/observed.py) compares the VmFlags of every mapping as well.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ckpt import api
+from test_dump_restore import _forget
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
+
+
+def _round_trip(t, tmp_path: Path, restored: list[int], prefix: str) -> None:  # noqa: ANN001
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS").startswith(f"{prefix} round=1")
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS").startswith(f"{prefix} round=2")
+
+
+@pytest.mark.parametrize("mode", ["plain", "future", "future-onfault"])
+def test_mapping_flags_round_trip(py_target, tmp_path: Path, restored: list[int], mode: str) -> None:  # noqa: ANN001
+    t = py_target("py_vmflags.py", mode, stderr=subprocess.DEVNULL)
+    areas = t.ready()["areas"].split(",")
+    assert {"locked", "onfault", "madv-wf", "madv-dc", "madv-dd", "madv-sr", "madv-rr"} <= set(areas)
+    _round_trip(t, tmp_path, restored, "PASS vmflags")
+
+
+def test_self_check_catches_a_flag_not_set_again(py_target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                 restored: list[int]) -> None:
+    from ckpt.errors import RestoreError
+    from ckpt.resources import vmflags
+    t = py_target("py_vmflags.py", stderr=subprocess.DEVNULL)
+    t.ready()
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    monkeypatch.setattr(vmflags, "restore_vma", lambda *_: None)  # advice and locks forgotten
+    with pytest.raises(RestoreError, match=r"came back different from the dump: maps: "):
+        restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)

@@ -1,0 +1,155 @@
+"""Memory areas with every mapping flag user space can set, filled with known bytes.
+
+``py_vmflags.py [MODE ...]`` maps one area per case below (16 pages each), sets its flag with
+mmap/madvise/mlock, writes a pattern into its pages (only half of them where the flag is about what is
+not yet faulted in) and prints ``READY pid=PID areas=NAME,...`` (a case the kernel refuses is left out,
+printed as ``SKIP NAME``).  MODE ``future``: ``mlockall(MCL_FUTURE)`` too (every later mapping locked);
+``future-onfault``: with MCL_ONFAULT.  On SIGUSR1 every area is checked against what was set —
+contents and the smaps VmFlags letters — as is the locked state of a fresh mapping; prints
+``PASS vmflags round=N`` or ``FAIL ...``.
+"""
+
+import ctypes
+import mmap
+import os
+import signal
+import sys
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+P = 4096
+N = 16
+PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_LOCKED, MAP_NORESERVE = 0x02, 0x20, 0x08, 0x2000, 0x4000
+SYS_mlock2, MLOCK_ONFAULT = 325, 1
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+MADV = {"sr": 2, "rr": 1, "dc": 10, "mg": 12, "hg": 14, "nh": 15, "dd": 16, "wf": 18}
+
+
+def smaps_flags() -> dict[int, tuple[set[str], int]]:
+    """{start: (VmFlags letters, Rss bytes)} of this process's mappings."""
+    out: dict[int, tuple[set[str], int]] = {}
+    start, rss = -1, 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                start = int(head.split("-")[0], 16)
+            elif head == "Rss:":
+                rss = int(line.split()[1]) * 1024
+            elif head == "VmFlags:":
+                out[start] = (set(line.split()[1:]), rss)
+    return out
+
+
+def area(flags: int = MAP_PRIVATE | MAP_ANONYMOUS) -> int:
+    """N pages with a hole on each side, so that no neighbour merges with them."""
+    addr = libc.mmap(None, (N + 2) * P, PROT_RW, flags, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    libc.munmap(addr, P)
+    libc.munmap(addr + (N + 1) * P, P)
+    return addr + P
+
+
+def pattern(name: str, page: int) -> bytes:
+    return (f"{name}:{page}:".encode() * P)[:P]
+
+
+def fill(name: str, addr: int, pages: range) -> None:
+    for i in pages:
+        ctypes.memmove(addr + i * P, pattern(name, i), P)
+
+
+#: name -> (address, pages written, VmFlags letters wanted)
+areas: dict[str, tuple[int, range, set[str]]] = {}
+
+
+def case(name: str, letters: set[str], make, pages: range = range(N)) -> None:  # noqa: ANN001
+    try:
+        addr = make()
+    except OSError as exc:
+        print(f"SKIP {name} {os.strerror(exc.errno or 0)}", flush=True)
+        return
+    fill(name, addr, pages)
+    areas[name] = (addr, pages, letters)
+
+
+def advised(letter: str):  # noqa: ANN201
+    def make() -> int:
+        addr = area()
+        if libc.madvise(addr, N * P, MADV[letter]):
+            raise OSError(ctypes.get_errno(), "madvise")
+        return addr
+    return make
+
+
+def locked() -> int:
+    addr = area()
+    if libc.mlock(addr, N * P):
+        raise OSError(ctypes.get_errno(), "mlock")
+    return addr
+
+
+def locked_onfault() -> int:
+    addr = area()
+    if libc.syscall(SYS_mlock2, ctypes.c_void_p(addr), ctypes.c_size_t(N * P), MLOCK_ONFAULT):
+        raise OSError(ctypes.get_errno(), "mlock2")
+    return addr
+
+
+modes = sys.argv[1:]
+case("locked", {"lo"}, locked)
+case("map-locked", {"lo"}, lambda: area(MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED))
+case("onfault", {"lo"}, locked_onfault, range(0, N, 2))
+case("droppable", {"dp", "wf", "nr"}, lambda: area(MAP_DROPPABLE | MAP_ANONYMOUS))
+case("noreserve", {"nr"}, lambda: area(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE))
+for letter in MADV:
+    case(f"madv-{letter}", {letter}, advised(letter))
+future = "future" in modes or "future-onfault" in modes
+if future:
+    how = MCL_FUTURE | (MCL_ONFAULT if "future-onfault" in modes else 0)
+    if libc.mlockall(how):
+        raise OSError(ctypes.get_errno(), "mlockall")
+    case("after-mlockall", {"lo"}, area, range(0, N, 2))
+rounds = 0
+
+
+def check(*_: object) -> None:
+    global rounds
+    rounds += 1
+    bad = []
+    flags = smaps_flags()
+    for name, (addr, pages, letters) in areas.items():
+        have, rss = flags.get(addr, (set(), 0))
+        if not letters <= have:
+            bad.append(f"{name} lacks VmFlags {sorted(letters - have)} (has {' '.join(sorted(have))})")
+        if name in ("onfault", "after-mlockall") and "onfault" in name + " ".join(modes) and rss != len(pages) * P:
+            bad.append(f"{name}: {rss} bytes resident, want only the {len(pages)} pages written")
+        if name == "locked" and rss != N * P:
+            bad.append(f"{name}: {rss} bytes resident, want all of it (locked)")
+        for i in range(N):
+            got = ctypes.string_at(addr + i * P, P)
+            want = pattern(name, i) if i in pages else bytes(P)
+            if got != want:
+                bad.append(f"{name} page {i} holds {got[:24]!r}")
+                break
+    fresh = area()  # a mapping made now is locked as mlockall(MCL_FUTURE) said, or not
+    fresh_flags = smaps_flags().get(fresh, (set(), 0))[0]
+    libc.munmap(fresh, N * P)
+    if ("lo" in fresh_flags) != future:
+        bad.append(f"a new mapping has VmFlags {' '.join(sorted(fresh_flags))} (mlockall(MCL_FUTURE): {future})")
+    print(f"FAIL {'; '.join(bad)}" if bad else f"PASS vmflags round={rounds}", flush=True)
+
+
+signal.signal(signal.SIGUSR1, check)
+print(f"READY pid={os.getpid()} areas={','.join(areas)}", flush=True)
+while True:
+    time.sleep(1)
