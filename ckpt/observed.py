@@ -36,6 +36,7 @@ from .image.pb import process_pb2
 from .procfs._proc import ProcDir
 from .procfs.maps import read_smaps_vmflags
 from .kernel.sock_diag import unix_sockets
+from .resources import guards
 from .resources.sockets import borrowed, inet_lines, option_lines
 
 __all__ = ["Difference", "observe", "settled", "differences", "describe"]
@@ -143,10 +144,10 @@ _CPU_STATE = ("Speculation_Store_Bypass", "SpeculationIndirectBranch")
 
 #: Section kinds an older ckpt did not record: absent at the dump, they are not compared (the descriptor's
 #: own sections, ``fdinfo/N`` and ``sockopt/N``, still say whether it is there).
-_NEWER = ("inet",)
+_NEWER = ("inet", "guards")
 #: Section kinds a kernel may be unable to give (unix_diag is a module a kernel may lack or not load): on
 #: another kernel, present on one side only is no difference (``fdinfo/N`` and ``sockopt/N`` still are).
-_OPTIONAL_ELSEWHERE = ("unix_diag",)
+_OPTIONAL_ELSEWHERE = ("unix_diag", "guards")
 
 
 def _kind(section: str) -> str:
@@ -284,6 +285,8 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
                 if unix:
                     sections.append(_section(f"unix_diag/{fd}", unix))
         sections.append(_section("maps", _maps_lines(pid, proc, hidden)))
+        if guards.scan_reports_guards():  # page table markers, in no /proc text
+            sections.append(_section("guards", guards.observed_lines(pid)))
     return process_pb2.Observed(sections=sections)
 
 

@@ -716,6 +716,7 @@ def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.
         memory.fill_shmem(chain[-1], owner, *shmem.first[owner])
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
     filled = memory.fill_pages(ws.pid, ws.proc.mem, chain, vmas, on_bytes=on_bytes, filler=filler)
+    memory.guards.install(ws.inj, vmas)  # once the pages around them are written
     if progress:
         progress(ProgressEvent("filled", filled.bytes_read))
     return nvmas, filled, time.monotonic() - t_mem
@@ -1162,6 +1163,7 @@ class StagedRestore:
                                     zero=False)
         on_bytes = (lambda done, total: self.progress(ProgressEvent("memory", done, total))) if self.progress else None
         filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes, sources=sources, filler=filler)
+        memory.guards.install(ws.inj, diff.added)  # a kept range kept its guards (they are in its mapping key)
         self._took(st, chain, vmas, covered, zero)
         return nmapped, len(diff.removed), filled.pages_stored, filled.bytes_read, reset
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import errno
 import hashlib
 import os
 import stat
@@ -73,7 +74,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import aio, fileid, ghost, memfd, sysvshm, vmflags
+from . import aio, fileid, ghost, guards, memfd, sysvshm, vmflags
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -111,6 +112,9 @@ def classify(vma: ProcVma) -> int:
         return _SPECIAL_NAMES[name]
     if name == "[uprobes]":
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is [uprobes] (a uprobe is attached to the target)")
+    if "io" in vma.vmflags or "pf" in vma.vmflags:
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is device memory (VM_IO/"
+                          "VM_PFNMAP): its contents are the device's, which a restore cannot give back")
     if "ht" in vma.vmflags:
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is hugetlbfs memory")
     if name.startswith("/SYSV"):
@@ -201,6 +205,7 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
             if vma.inode:  # the shmem object: two VMAs with one inode are two views of the same pages
                 rec.file.CopyFrom(common_pb2.FileIdentity(ino=vma.inode))
         out.append(rec)
+    guards.dump(pid, out, SPECIAL_KINDS)
     return out
 
 
@@ -301,7 +306,7 @@ def _scan_vmas(pagemap_fd: int, vmas: Sequence[mm_pb2.Vma]) -> Iterator[tuple[mm
             if v.kind == Kind.FILE_PRIVATE and r.categories & PAGE_IS_FILE:
                 continue  # still the file's page: restore maps the file
             runs.append((max(r.start, v.start), min(r.end, v.end), bool(r.categories & PAGE_IS_PFNZERO)))
-        yield v, runs
+        yield v, guards.readable_runs(v, runs)
 
 
 # --- shared anonymous memory between processes ---------------------------------------------
@@ -852,7 +857,7 @@ def _mapping_key(v: mm_pb2.Vma) -> tuple | None:
     """
     if v.kind == Kind.ANON_SHARED or is_object_view(v):
         return None
-    letters = frozenset(f for f in v.vm_flags.split() if f in vmflags.KEPT or f == "mw")
+    letters = (frozenset(f for f in v.vm_flags.split() if f in vmflags.KEPT or f == "mw"), tuple(v.guards))
     file: tuple = ()
     if v.kind in _FILE_KINDS:
         file = (v.name, v.file.dev, v.file.ino, v.file.size, v.file.mtime_ns, v.pgoff - v.start)
@@ -1236,7 +1241,11 @@ def _flush_delta(pid: int, batch: Sequence[tuple[int, int, int]], pages: PageWri
                 try:
                     mem.readinto(vaddr + ok, view[off + ok:off + n])
                     ok = n
-                except OSError:
+                except OSError as exc:
+                    if not running and exc.errno == errno.EIO:
+                        raise Unsupported(f"process {pid}: the memory at {vaddr + ok:#x} cannot be read (EIO): a "
+                                          "guard region this kernel does not report (before Linux 6.15), or "
+                                          "device memory") from exc
                     if not running:
                         raise
                     while ok < n:

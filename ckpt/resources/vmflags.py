@@ -9,6 +9,8 @@ program can set, and how a restore sets each again in the restored process, afte
 * locks: ``lo`` (mlock, MAP_LOCKED, mlockall) and ``lf`` with it (MLOCK_ONFAULT, MCL_ONFAULT: only the
   pages faulted in are resident) — mlock2 after the area is mapped; the pages the restore writes are the
   ones resident, as they were;
+* ``gu`` (VM_MAYBE_GUARD, Linux 6.18): set for good once a guard region was installed in the VMA (or in one
+  merged with it); a guard installed and removed again on its first page, before the pages are written;
 * ``dp`` (MAP_DROPPABLE, Linux 6.11): a mapping type of its own (the kernel adds ``wf`` and ``nr``), so it
   is mapped with it (:func:`map_type`);
 * ``nr`` (MAP_NORESERVE) and ``gd`` (MAP_GROWSDOWN) are mmap flags (:func:`ckpt.resources.memory.dump_vmas`).
@@ -28,7 +30,7 @@ from ..errors import RestoreError
 from ..image.pb import mm_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.mman import (
-    MADV_DONTDUMP, MADV_DONTFORK, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE, MADV_RANDOM, MADV_SEQUENTIAL,
+    MADV_DONTDUMP, MADV_DONTFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE, MADV_RANDOM, MADV_SEQUENTIAL,
     MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_PRIVATE, MAP_TYPE, PROT_READ, PROT_WRITE,
 )
 from ..procfs.maps import read_smaps_vmflags
@@ -43,7 +45,7 @@ ADVISED = {"hg": MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, "dd": MADV_DONTDUMP, "dc"
 #: The letters of a locked mapping: VM_LOCKED, VM_LOCKONFAULT.
 LOCKS = frozenset({"lo", "lf"})
 #: Every letter this module restores: two mappings that differ in one are not the same mapping.
-KEPT = frozenset({*ADVISED, *LOCKS, "dp"})
+KEPT = frozenset({*ADVISED, *LOCKS, "dp", "gu"})
 
 MLOCK_ONFAULT = 0x01  # include/uapi/asm-generic/mman-common.h
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4  # include/uapi/asm-generic/mman.h
@@ -65,6 +67,12 @@ def restore_vma(inj: Injector, v: mm_pb2.Vma, letters: Iterable[str]) -> None:
             inj.madvise(v.start, length, ADVISED[flag])
         except OSError as exc:
             raise RestoreError(f"madvise of the mapping at {v.start:#x} ({flag}) failed: {exc.strerror}") from exc
+    if "gu" in letters:  # VM_MAYBE_GUARD (6.18): sticky once a guard was installed in (or merged into) the VMA
+        try:
+            inj.madvise(v.start, PAGE_SIZE, MADV_GUARD_INSTALL)
+            inj.madvise(v.start, PAGE_SIZE, MADV_GUARD_REMOVE)
+        except OSError as exc:
+            raise RestoreError(f"cannot mark the mapping at {v.start:#x} as guarded once: {exc.strerror}") from exc
     if "lo" in letters:
         onfault = MLOCK_ONFAULT if "lf" in letters else 0
         try:

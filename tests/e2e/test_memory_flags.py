@@ -49,3 +49,26 @@ def test_self_check_catches_a_flag_not_set_again(py_target, tmp_path: Path, monk
     monkeypatch.setattr(vmflags, "restore_vma", lambda *_: None)  # advice and locks forgotten
     with pytest.raises(RestoreError, match=r"came back different from the dump: maps: "):
         restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)
+
+
+def test_unreadable_memory_round_trips(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """Guard regions come back as guard markers (not a failed dump: /proc/PID/mem gives EIO there); PROT_NONE
+    and exec-only pages with their bytes."""
+    t = py_target("py_unreadable.py", stderr=subprocess.DEVNULL)
+    assert set(t.ready()["areas"].split(",")) == {"guard", "none", "exec"}
+    _round_trip(t, tmp_path, restored, "PASS unreadable")
+
+
+def test_self_check_catches_a_guard_region_lost(py_target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                restored: list[int]) -> None:
+    from ckpt.errors import RestoreError
+    from ckpt.resources import guards
+    if not guards.scan_reports_guards():
+        pytest.skip("this kernel's PAGEMAP_SCAN does not report guard regions (before 6.15)")
+    t = py_target("py_unreadable.py", stderr=subprocess.DEVNULL)
+    t.ready()
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    monkeypatch.setattr(guards, "install", lambda *_: 0)
+    with pytest.raises(RestoreError, match=r"came back different from the dump: guards: "):
+        restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)

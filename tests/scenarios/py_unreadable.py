@@ -1,0 +1,94 @@
+"""Memory that cannot be read as it is: guard regions (MADV_GUARD_INSTALL, Linux 6.13), PROT_NONE, exec-only.
+
+Each area is 16 pages with a pattern written first; then ``guard`` gets guard markers on pages 3-4 and 9
+(leaving its VMA whole), ``none`` is made PROT_NONE, ``exec`` PROT_EXEC only.  Prints ``READY pid=PID
+areas=NAME,...`` (``SKIP guard`` where the kernel has no guard regions).  On SIGUSR1 each area is checked
+through ``/proc/self/mem`` (which reads PROT_NONE and exec-only pages) and ``/proc/self/pagemap`` (the
+guard bit, PM_GUARD_REGION, on exactly the guarded pages); prints ``PASS unreadable round=N`` or ``FAIL ...``.
+"""
+
+import ctypes
+import mmap
+import os
+import signal
+import struct
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+P = 4096
+N = 16
+MADV_GUARD_INSTALL = 102
+PM_GUARD_REGION = 1 << 58
+GUARDED = {3, 4, 9}
+
+
+def area() -> int:
+    """N private anonymous pages, a hole on each side (no neighbour merges with them)."""
+    addr = libc.mmap(None, (N + 2) * P, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    libc.munmap(addr, P)
+    libc.munmap(addr + (N + 1) * P, P)
+    return addr + P
+
+
+def pattern(name: str, page: int) -> bytes:
+    return (f"{name}:{page}:".encode() * P)[:P]
+
+
+areas: dict[str, tuple[int, set[int]]] = {}  # name -> (address, guarded pages)
+for name in ("guard", "none", "exec"):
+    addr = area()
+    for i in range(N):
+        ctypes.memmove(addr + i * P, pattern(name, i), P)
+    guarded: set[int] = set()
+    if name == "guard":
+        for lo, hi in ((3, 5), (9, 10)):
+            if libc.madvise(addr + lo * P, (hi - lo) * P, MADV_GUARD_INSTALL):
+                print(f"SKIP guard {os.strerror(ctypes.get_errno())}", flush=True)
+                break
+        else:
+            guarded = GUARDED
+        if not guarded:
+            continue
+    elif libc.mprotect(addr, N * P, mmap.PROT_EXEC if name == "exec" else 0):
+        raise OSError(ctypes.get_errno(), "mprotect")
+    areas[name] = (addr, guarded)
+rounds = 0
+
+
+def check(*_: object) -> None:
+    global rounds
+    rounds += 1
+    bad = []
+    mem = os.open("/proc/self/mem", os.O_RDONLY)
+    pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        for name, (addr, guarded) in areas.items():
+            entries = os.pread(pagemap, 8 * N, addr // P * 8)
+            marked = {i for i in range(N) if struct.unpack_from("<Q", entries, 8 * i)[0] & PM_GUARD_REGION}
+            if marked != guarded:
+                bad.append(f"{name}: guard pages {sorted(marked)}, want {sorted(guarded)}")
+            for i in range(N):
+                if i in guarded:
+                    continue
+                got = os.pread(mem, P, addr + i * P)
+                if got != pattern(name, i):
+                    bad.append(f"{name} page {i} holds {got[:24]!r}")
+                    break
+    finally:
+        os.close(mem)
+        os.close(pagemap)
+    print(f"FAIL {'; '.join(bad)}" if bad else f"PASS unreadable round={rounds}", flush=True)
+
+
+signal.signal(signal.SIGUSR1, check)
+print(f"READY pid={os.getpid()} areas={','.join(areas)}", flush=True)
+while True:
+    time.sleep(1)
