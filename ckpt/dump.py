@@ -235,7 +235,7 @@ def dump(
                     w.require(ghost.FEATURE)
                 cttys = tty.controlling(fdump.files, {p: sn.stat for p, sn in snap_of.items()})
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
-                shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
+                shmem = memory.share_anon_objects(vmas_of)
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],
@@ -255,9 +255,9 @@ def dump(
                 step("memory")
                 pstats: list[memory.PageStats] = []
                 stored_bytes = 0
-                for owner, (p, view) in shmem.items():  # shared between processes: stored once
+                for owner, (p, view, parts) in shmem.items():  # shared between processes: stored once
                     with w.pages(owner) as pw:
-                        pstats.append(memory.dump_shmem(p, view, pw))
+                        pstats.append(memory.dump_shmem(p, view, pw, parts))
                     stored_bytes += pw.close().stored_bytes
                 for owner, path in _objects(fdump, vmas_of).items():  # each memfd/SysV/ghost once, however reached
                     with w.pages(owner) as pw:

@@ -62,7 +62,7 @@ from ..image.store import PageWriter
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
 from ..kernel.mman import (
     MADV_DONTNEED, MADV_DONTNEED_LOCKED,
-    MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
+    MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
     MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
 from ..features import pagemap_scan_works, zero_pfns
@@ -72,7 +72,7 @@ from ..kernel.pagemap import (
 from ..kernel.prctl import PR_SET_MM
 from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
-from ..procfs.maps import Vma as ProcVma
+from ..procfs.maps import Vma as ProcVma, read_maps
 from ..procfs.snapshot import Snapshot
 from . import aio, fileid, ghost, guards, memfd, sysvshm, vmflags
 
@@ -337,33 +337,36 @@ def is_shmem_view(v: mm_pb2.Vma) -> bool:
     return v.content_owner.startswith("shmem-")
 
 
-def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]) -> dict[str, tuple[int, mm_pb2.Vma]]:
-    """Mark the shared anonymous VMAs whose object more than one process maps; {owner: a view to read it by}.
+def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]
+                       ) -> dict[str, tuple[int, mm_pb2.Vma, list[tuple[int, int]]]]:
+    """Mark the shared anonymous VMAs whose object is stored as an object; {owner: (pid, a view to read it
+    by, the parts of it mapped)}.
 
-    Their ``content_owner`` becomes ``shmem-INO`` and their ``file.size`` the
-    object's size: the restore creates the object once and maps it into every
-    process (as fork had), and its pages come from the one owner, read
-    through the object itself (:func:`dump_shmem`) — a process's page table
-    lacks the pages it never touched (fork does not copy a shared mapping's).
+    That is an object more than one process maps, or one that its process does not map whole in one piece
+    (part of a bigger object: munmapped in part, or mapped at several offsets).  Their ``content_owner``
+    becomes ``shmem-INO`` and their ``file.size`` the object's size: the restore creates the object once, of
+    that size, and maps every view into every process at its offset (as fork and munmap had left them),
+    and its pages come from the one owner, read through the object itself (:func:`dump_shmem`) — a
+    process's page table lacks the pages it never touched (fork does not copy a shared mapping's) — but
+    only in the parts some view maps: the rest no process can reach any more.
     """
-    users: dict[int, set[int]] = {}
+    views_of: dict[int, list[tuple[int, mm_pb2.Vma]]] = {}
     for pid, vmas in vmas_of.items():
         for v in vmas:
             if v.kind == Kind.ANON_SHARED and v.file.ino:
-                users.setdefault(v.file.ino, set()).add(pid)
-    shared = {ino for ino, pids in users.items() if len(pids) > 1}
-    views: dict[str, tuple[int, mm_pb2.Vma]] = {}
-    for pid, vmas in vmas_of.items():
-        for v in vmas:
-            if v.kind == Kind.ANON_SHARED and v.file.ino in shared:
-                owner = SHMEM_OWNER.format(ino=v.file.ino)
-                v.content_owner = owner
-                if owner not in views:
-                    views[owner] = (pid, v)
-                    v.file.size = os.stat(map_files_path(pid, v)).st_size
-                else:
-                    v.file.size = views[owner][1].file.size
-    return views
+                views_of.setdefault(v.file.ino, []).append((pid, v))
+    out: dict[str, tuple[int, mm_pb2.Vma, list[tuple[int, int]]]] = {}
+    for ino, views in views_of.items():
+        pid, first = views[0]
+        size = os.stat(map_files_path(pid, first)).st_size
+        if len({p for p, _ in views}) == 1 and len(views) == 1 and first.pgoff == 0 and first.end - first.start == size:
+            continue  # one process maps it whole, once: its pages are its own (an alias is a view mapped already)
+        owner = SHMEM_OWNER.format(ino=ino)
+        for _, v in views:
+            v.content_owner = owner
+            v.file.size = size
+        out[owner] = (pid, first, merge_intervals((v.pgoff, v.pgoff + v.end - v.start) for _, v in views))
+    return out
 
 
 def map_files_path(pid: int, v: mm_pb2.Vma) -> str:
@@ -371,8 +374,10 @@ def map_files_path(pid: int, v: mm_pb2.Vma) -> str:
     return f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
 
 
-def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter) -> PageStats:
-    """Every populated page of the shmem object behind ``v`` of ``pid``, by offset in the object.
+def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter, parts: Sequence[tuple[int, int]] = ((0, 1 << 63),)
+               ) -> PageStats:
+    """Every populated page of the shmem object behind ``v`` of ``pid`` inside ``parts`` (sorted, disjoint
+    object offsets: the parts some process maps), by offset in the object.
 
     Read through ``/proc/PID/map_files`` (the object itself, so pages no process
     has faulted in count too), skipping holes (:func:`ckpt.resources.memfd.read_content`).
@@ -380,9 +385,10 @@ def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter) -> PageStats:
     t0 = time.monotonic()
     stored = nbytes = 0
     for offset, data in memfd.read_content(map_files_path(pid, v)):
-        pages.add(offset, data)
-        stored += len(data) // PAGE_SIZE
-        nbytes += len(data)
+        for s, e in intersect(((offset, offset + len(data)),), parts):
+            pages.add(s, data if e - s == len(data) else memoryview(data)[s - offset:e - offset])
+            stored += (e - s) // PAGE_SIZE
+            nbytes += e - s
     return PageStats(stored, 0, nbytes, time.monotonic() - t0)
 
 
@@ -564,6 +570,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     """
     opener = _FileOpener(inj, scratch, pid, own_fds, allow_changed)
     n = 0
+    made: list[tuple[int, int]] = []  # whole shmem objects mapped for their parts: (address, size)
     shmem: dict[int, list[tuple[int, int, int]]] = {}  # shmem inode -> (start, end, pgoff) mapped fresh
     attached: set[int] = set()  # SysV attach bases done
     try:
@@ -599,10 +606,17 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 raise Unsupported(f"restoring a {mm_pb2.Vma.Kind.Name(v.kind)} mapping at {v.start:#x}")
             if is_shmem_view(v):
                 first = (shmem_objects or ShmemObjects()).first.get(v.content_owner)
+                if first is None and (v.pgoff != 0 or length != v.file.size):
+                    # Part of a bigger object: made whole elsewhere, this part mapped from it (mremap with
+                    # old_size 0 makes a second view of shared pages), the whole unmapped once all is mapped.
+                    whole = _whole_object(inj, pid, vmas, v, flags & ~MAP_FIXED)
+                    made.append((whole, v.file.size))
+                    _map_view(inj, whole + v.pgoff, v)
+                    if shmem_objects is not None:
+                        shmem_objects.first[v.content_owner] = (pid, v)
+                    n += 1
+                    continue
                 if first is None:
-                    if v.pgoff != 0 or length != v.file.size:
-                        raise Unsupported(f"the shared memory at {v.start:#x}-{v.end:#x} is part of a bigger object "
-                                          f"({v.file.size} bytes) that its first mapping does not cover")
                     if shmem_objects is not None:
                         shmem_objects.first[v.content_owner] = (pid, v)
                 else:
@@ -612,8 +626,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
             if alias is not None:
                 # A second view of a shmem object mapped already (mremap old_size 0 makes one):
                 # a fresh MAP_SHARED|MAP_ANONYMOUS would split what the process shares with itself.
-                inj.call(NR.mremap, alias, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
-                inj.mprotect(v.start, length, v.prot)
+                _map_view(inj, alias, v)
                 n += 1
                 continue
             if v.kind == Kind.ANON_SHARED and v.file.ino:
@@ -640,7 +653,29 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
             n += 1
     finally:
         opener.close_all()
+        for addr, size in made:
+            inj.munmap(addr, size)
     return n
+
+
+def _whole_object(inj: Injector, pid: int, vmas: Sequence[mm_pb2.Vma], v: mm_pb2.Vma, flags: int) -> int:
+    """Map a new shmem object of ``v.file.size`` bytes (``flags``: the view's, MAP_NORESERVE kept: the object's
+    accounting) where neither the image's mappings nor the helper's are; its address."""
+    taken = [(m.start, m.end) for m in read_maps(pid)] + [(m.start, m.end) for m in vmas]
+    at = free_area(v.file.size, taken)
+    try:
+        return inj.mmap(at, v.file.size, PROT_READ | PROT_WRITE, flags | MAP_FIXED_NOREPLACE)
+    except OSError as exc:
+        raise RestoreError(f"cannot make the {v.file.size}-byte shared object of the mapping at {v.start:#x} again: "
+                           f"{os.strerror(exc.errno or 0)}") from exc
+
+
+def _map_view(inj: Injector, source: int, v: mm_pb2.Vma) -> None:
+    """Map ``v`` as a second view of the shared pages mapped at ``source`` (mremap with old_size 0)."""
+    length = v.end - v.start
+    inj.call(NR.mremap, source, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+    inj.mprotect(v.start, length, v.prot)
+    vmflags.restore_vma(inj, v, v.vm_flags.split())
 
 
 _ONE_ZERO = bytearray(1)

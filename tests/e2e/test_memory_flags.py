@@ -72,3 +72,22 @@ def test_self_check_catches_a_guard_region_lost(py_target, tmp_path: Path, monke
     monkeypatch.setattr(guards, "install", lambda *_: 0)
     with pytest.raises(RestoreError, match=r"came back different from the dump: guards: "):
         restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)
+
+
+def test_parts_of_a_bigger_shared_object(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """A 1 GiB shared anonymous object of which each process of a tree maps other parts (none all of it, the
+    root two pieces): one object again, of its size, with only the mapped parts' pages stored."""
+    from ckpt.image.reader import Image
+    from targets import kill_all
+    t = py_target("py_shmem_parts.py", stderr=subprocess.DEVNULL)
+    info = t.ready()
+    children = [int(info["a"]), int(info["b"])]
+    try:
+        _round_trip(t, tmp_path, restored, "PASS shmem-parts")
+        img = Image.open(tmp_path / "img")
+        owners = [o for o in img.owners() if str(o).startswith("shmem-")]
+        assert len(owners) == 1
+        stored = sum(len(data) for _, data in img.iter_pages(owners[0]))
+        assert stored <= 64 * 4096  # the marks' pages, not the object
+    finally:
+        kill_all(children)
