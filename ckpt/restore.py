@@ -562,6 +562,8 @@ class _Workspace:
     kernel: vdso.Arrangement | None = None
     #: Resources whose hard limit was lowered (--allow-lower-limits): not compared by the self-check.
     lowered: list[int] = field(default_factory=list)
+    #: Kernel areas the image lacks (the process unmapped them), where they are until :func:`_release`.
+    gone: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     #: Trampoline page + scratch pages.
     AREA = (1 + _SCRATCH_PAGES) * PAGE_SIZE
@@ -693,7 +695,7 @@ def _place_kernel_areas(proc: FrozenProcess, inj: Injector, tramp: int, vdso_ins
     scratch = Scratch(tramp + PAGE_SIZE, _Workspace.AREA - PAGE_SIZE, proc.mem)
     return _Workspace(proc, proc.pid, inj, scratch, tramp, vdso_insn_off, dict(plan.areas), own_fds,
                       {**current, **plan.areas}, {k: (v.start, v.end) for k, v in recorded.items()},
-                      plan if plan.routed else None)
+                      plan if plan.routed else None, gone={k: plan.areas[k] for k in plan.gone})
 
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
@@ -816,7 +818,7 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
             notes.append(f"process {ws.pid}: the image holds no account of it by the kernel (an image of an "
                          "older ckpt): restored without the self-check")
             continue
-        hidden = [(ws.tramp, ws.tramp + ws.AREA)]
+        hidden = [(ws.tramp, ws.tramp + ws.AREA), *ws.gone.values()]  # (the areas gone are unmapped last)
         routed = ws.kernel is not None and ws.kernel.routed
         if routed:
             at, data, _prot = ws.kernel.proxy
@@ -857,7 +859,13 @@ def _release(ws: _Workspace, vmas: Sequence[mm_pb2.Vma], cores: Sequence) -> Non
     main = proc.threads[pid]
     if ws.vdso_insn_off is None or memory.Kind.VDSO not in ws.placed:
         raise RestoreError("no syscall instruction in the vDSO to remove the trampoline with")
-    Injector(main, syscall_insn=ws.placed[memory.Kind.VDSO][0] + ws.vdso_insn_off).munmap(ws.tramp, ws.AREA)
+    last = ws.placed[memory.Kind.VDSO][0] + ws.vdso_insn_off
+    if ws.gone:  # the kernel areas the process had unmapped: gone too, the vDSO's last call then from its own code
+        if memory.Kind.VDSO in ws.gone:
+            last = vdso.syscall_insn_in(proc.mem, vmas)
+        for s, e in ws.gone.values():
+            ws.inj.munmap(s, e - s)
+    Injector(main, syscall_insn=last).munmap(ws.tramp, ws.AREA)
 
     for core in cores:
         threads.finish_thread(proc.threads[core.tid], core)

@@ -91,3 +91,12 @@ def test_parts_of_a_bigger_shared_object(py_target, tmp_path: Path, restored: li
         assert stored <= 64 * 4096  # the marks' pages, not the object
     finally:
         kill_all(children)
+
+
+@pytest.mark.parametrize("how", ["move", "unmap"])
+def test_moved_or_unmapped_vdso(c_target, tmp_path: Path, restored: list[int], how: str) -> None:  # noqa: ANN001
+    """The kernel's areas stay where the process moved them (its moved vDSO still tells the time), or stay
+    away when it unmapped them."""
+    t = c_target("vdso_moved", how, stderr=subprocess.DEVNULL)
+    t.ready()
+    _round_trip(t, tmp_path, restored, "PASS vdso-moved")
