@@ -69,7 +69,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import aio, tcp, tty, vdso
+from .resources import aio, hugetlb, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -410,8 +410,7 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
 
     def fill_fd(owner: str, fd: int) -> None:
         if owner in owners:
-            for offset, data in image.iter_pages(owner):
-                os.pwrite(fd, data, offset)
+            hugetlb.write_object(fd, image.iter_pages(owner))  # (hugetlbfs has no write(): through a mapping)
 
     def fill_memory(owner: str, addr: int, size: int) -> None:
         if owner in owners:

@@ -74,7 +74,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma, read_maps
 from ..procfs.snapshot import Snapshot
-from . import aio, fileid, ghost, guards, memfd, sysvshm, vmflags
+from . import aio, fileid, ghost, guards, hugetlb, memfd, sysvshm, vmflags
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -115,8 +115,8 @@ def classify(vma: ProcVma) -> int:
     if "io" in vma.vmflags or "pf" in vma.vmflags:
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is device memory (VM_IO/"
                           "VM_PFNMAP): its contents are the device's, which a restore cannot give back")
-    if "ht" in vma.vmflags:
-        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is hugetlbfs memory")
+    if "ht" in vma.vmflags and name == hugetlb.ANON_NAME:  # MAP_HUGETLB: a file of the kernel's own hugetlbfs
+        return Kind.ANON_SHARED if vma.shared else Kind.ANON_PRIVATE
     if name.startswith("/SYSV"):
         return Kind.SYSV_SHM  # before the inode test: the inode is the shmid, and shmid 0 exists
     if vma.inode == 0 or name.startswith("[anon"):
@@ -172,6 +172,8 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
         if "nr" in vma.vmflags:
             flags |= MAP_NORESERVE
         flags = vmflags.map_type(vma.vmflags, flags)
+        if "ht" in vma.vmflags:  # its huge page size, as mmap takes it (memfd_create too, see memfd.open_in)
+            flags |= hugetlb.map_flags(hugetlb.page_size_of(snap, vma.start))
         rec = mm_pb2.Vma(start=vma.start, end=vma.end, prot=vma.prot, flags=flags, kind=kind, name=vma.path,
                          pgoff=vma.offset, vm_flags=" ".join(sorted(vma.vmflags)))
         if kind in _FILE_KINDS:
@@ -397,11 +399,16 @@ def fill_shmem(image: Image, owner: str, pid: int, v: mm_pb2.Vma) -> PageStats:
     t0 = time.monotonic()
     stored = nbytes = 0
     fd = os.open(map_files_path(pid, v), os.O_RDWR | os.O_CLOEXEC)
-    try:
+
+    def counted() -> Iterator[tuple[int, bytes]]:
+        nonlocal stored, nbytes
         for offset, data in image.iter_pages(owner):
-            os.pwrite(fd, data, offset)
+            yield offset, data
             stored += len(data) // PAGE_SIZE
             nbytes += len(data)
+
+    try:
+        hugetlb.write_object(fd, counted())  # (pwrite, or through a mapping: hugetlbfs has no write())
     finally:
         os.close(fd)
     return PageStats(stored, 0, nbytes, time.monotonic() - t0)
@@ -592,7 +599,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 if is_memfd_view(v):
                     objects = shmem_objects if shmem_objects is not None else ShmemObjects()
                     fd = objects.memfds.open_in(inj, scratch, v.content_owner, memfd.name_of(v.name), v.file.size,
-                                                access, v.file.mode)
+                                                access, v.file.mode, huge=hugetlb.page_size_in(v.flags))
                     opener.fds[(f"memfd {v.content_owner} {v.start:#x}", access)] = fd  # closed with the others
                 elif is_ghost_view(v):  # the one copy of the deleted file, whoever else holds it
                     if shmem_objects is None:
@@ -645,6 +652,8 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                         inj.madvise(v.start, PAGE_SIZE, MADV_DONTNEED)
                     inj.mprotect(v.start, length, v.prot)
             except OSError as exc:
+                if hugetlb.page_size_in(flags):
+                    raise hugetlb.refusal(exc, length) from exc
                 raise RestoreError(f"mmap of {v.name or 'anonymous memory'} at {v.start:#x}-{v.end:#x} failed: "
                                    f"{os.strerror(exc.errno or 0)}") from exc
             if got != v.start:

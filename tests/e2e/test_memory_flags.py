@@ -100,3 +100,30 @@ def test_moved_or_unmapped_vdso(c_target, tmp_path: Path, restored: list[int], h
     t = c_target("vdso_moved", how, stderr=subprocess.DEVNULL)
     t.ready()
     _round_trip(t, tmp_path, restored, "PASS vdso-moved")
+
+
+@pytest.fixture
+def huge_pages():  # noqa: ANN201
+    """Reserve 16 huge pages of 2 MiB (the old count put back after); skip where the kernel cannot."""
+    path = "/proc/sys/vm/nr_hugepages"
+    with open(path) as f:
+        old = int(f.read())
+    try:
+        with open(path, "w") as f:
+            f.write(str(old + 16))
+        with open(path) as f:
+            if int(f.read()) < old + 16:
+                pytest.skip("the kernel could not reserve 16 huge pages")
+    except OSError as exc:
+        pytest.skip(f"cannot reserve huge pages: {exc.strerror}")
+    try:
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(str(old))
+
+
+def test_hugetlb_memory_round_trips(huge_pages, py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    t = py_target("py_hugetlb.py", stderr=subprocess.DEVNULL)
+    assert set(t.ready()["areas"].split(",")) == {"private", "shared", "memfd"}
+    _round_trip(t, tmp_path, restored, "PASS hugetlb")

@@ -379,18 +379,20 @@ class InotifyWatch(_message.Message):
     def __init__(self, wd: _Optional[int] = ..., mask: _Optional[int] = ..., path: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ...) -> None: ...
 
 class MemFd(_message.Message):
-    __slots__ = ("name", "seals", "shmem_id", "uid", "gid")
+    __slots__ = ("name", "seals", "shmem_id", "uid", "gid", "huge_page_size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SEALS_FIELD_NUMBER: _ClassVar[int]
     SHMEM_ID_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
+    HUGE_PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     seals: int
     shmem_id: int
     uid: int
     gid: int
-    def __init__(self, name: _Optional[str] = ..., seals: _Optional[int] = ..., shmem_id: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+    huge_page_size: int
+    def __init__(self, name: _Optional[str] = ..., seals: _Optional[int] = ..., shmem_id: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., huge_page_size: _Optional[int] = ...) -> None: ...
 
 class Pty(_message.Message):
     __slots__ = ("index", "master", "pair", "via_ctty")
