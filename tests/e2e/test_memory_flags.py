@@ -124,6 +124,20 @@ def huge_pages():  # noqa: ANN201
 
 
 def test_hugetlb_memory_round_trips(huge_pages, py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
-    t = py_target("py_hugetlb.py", stderr=subprocess.DEVNULL)
-    assert set(t.ready()["areas"].split(",")) == {"private", "shared", "memfd"}
-    _round_trip(t, tmp_path, restored, "PASS hugetlb")
+    """MAP_HUGETLB private and shared (with a child: one object of the tree), MFD_HUGETLB, a hugetlbfs file."""
+    from targets import kill_all
+    mnt = tmp_path / "huge"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "hugetlbfs", "none", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a hugetlbfs")
+    try:
+        t = py_target("py_hugetlb.py", str(mnt), stderr=subprocess.DEVNULL)
+        info = t.ready()
+        try:
+            assert set(info["areas"].split(",")) == {"private", "shared", "memfd", "file-shared", "file-private"}
+            _round_trip(t, tmp_path, restored, "PASS hugetlb")
+        finally:
+            kill_all([int(info["child"])])
+            t.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
