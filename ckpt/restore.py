@@ -69,7 +69,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import aio, hugetlb, tcp, tty, vdso
+from .resources import aio, hugetlb, shmfile, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -313,7 +313,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     root = tree.plan(infos)
     live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
     host.check_areas(image.inventory, ((m.mm, m.vmas) for m in live))
-    notes: list[str] = []
+    notes: list[str] = shmfile.recreate_missing(image, (v for m in live for v in m.vmas))  # (a migration's)
     for m in live:
         notes.extend(memory.check_files(m.mm, m.vmas, allow_changed=allow_changed_files))
     notes = list(dict.fromkeys(notes))  # a library every process maps: one note
@@ -1203,7 +1203,7 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
         mm, vmas = image.mm(p.pid)
         if any(memory.is_object_view(v) or aio.is_ring(v) for v in vmas):  # pre-dumps store no such objects
             raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, System V shared memory, a "
-                                  "deleted file or an AIO ring, which only a plain restore recreates")
+                                  "deleted file, a tmpfs file or an AIO ring, which only a plain restore recreates")
         out[p.pid] = (mm, list(vmas))
     return out
 

@@ -23,7 +23,7 @@ from ..kernel.mman import MAP_HUGETLB
 from ..procfs.snapshot import Snapshot
 
 __all__ = ["HUGETLBFS_MAGIC", "MAP_HUGE_SHIFT", "page_size_of", "map_flags", "page_size_in", "memfd_flags",
-           "is_hugetlbfs", "write_object", "ANON_NAME", "refusal"]
+           "fs_type", "is_hugetlbfs", "write_object", "ANON_NAME", "refusal"]
 
 HUGETLBFS_MAGIC = 0x958458F6  # include/uapi/linux/magic.h
 MAP_HUGE_SHIFT = 26           # include/uapi/asm-generic/hugetlb_encode.h (MFD_HUGE_SHIFT too)
@@ -60,13 +60,18 @@ def memfd_flags(page_size: int) -> int:
     return MFD_HUGETLB | ((page_size.bit_length() - 1) << MAP_HUGE_SHIFT) if page_size else 0
 
 
-def is_hugetlbfs(fd: int) -> bool:
-    """``fd`` is a file of a hugetlbfs (fstatfs's f_type, which os.statvfs does not give)."""
+def fs_type(fd: int) -> int:
+    """fstatfs's f_type of the file ``fd`` (its filesystem's magic), which os.statvfs does not give."""
     buf = (ctypes.c_long * 16)()  # struct statfs: f_type first
     if _libc.fstatfs(fd, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), "fstatfs")
-    return buf[0] == HUGETLBFS_MAGIC
+    return buf[0]
+
+
+def is_hugetlbfs(fd: int) -> bool:
+    """``fd`` is a file of a hugetlbfs."""
+    return fs_type(fd) == HUGETLBFS_MAGIC
 
 
 def write_object(fd: int, pages: Iterable[tuple[int, bytes]]) -> None:

@@ -74,7 +74,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma, read_maps
 from ..procfs.snapshot import Snapshot
-from . import aio, fileid, ghost, guards, hugetlb, memfd, sysvshm, vmflags
+from . import aio, fileid, ghost, guards, hugetlb, memfd, shmfile, sysvshm, vmflags
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -159,6 +159,7 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
     """
     out: list[mm_pb2.Vma] = []
     ghosts: dict[tuple[int, int, int], common_pb2.Ghost] = {}
+    shm_files: dict[tuple[int, int, int], common_pb2.Ghost | None] = {}  # None: not on a tmpfs
     segments: dict | None = None
     # A file is mapped in several VMAs (a library: 4-5): look at it once, by the (dev, inode) maps shows.
     idents: dict[tuple[int, int, int], common_pb2.FileIdentity] = {}
@@ -198,6 +199,14 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
                                             deleted_max)
                 rec.ghost.CopyFrom(ghosts[key])
                 rec.content_owner = rec.ghost.owner
+            else:  # a file of a tmpfs (POSIX shared memory): its content travels with the image
+                if key not in shm_files:
+                    link = map_files_path(pid, rec)
+                    shm_files[key] = (shmfile.record(link, vma.path, f"process {pid}: the mapping at {vma.start:#x}",
+                                                     deleted_max) if shmfile.on_tmpfs(link) else None)
+                if shm_files[key] is not None:
+                    rec.shm_file.CopyFrom(shm_files[key])
+                    rec.content_owner = rec.shm_file.owner
         if kind is Kind.SYSV_SHM:  # the segment's bytes are stored once, by its owner (sysv-<shmid>)
             segments = segments if segments is not None else sysvshm.read_segments()
             rec.sysv.CopyFrom(sysvshm.describe(pid, vma.start, vma.inode, segments))
@@ -320,8 +329,8 @@ SHMEM_OWNER = "shmem-{ino}"
 
 def is_object_view(v: mm_pb2.Vma) -> bool:
     """A view of an object whose bytes a dump stores once, by its owner, not per process (memfd, SysV shm,
-    a deleted file)."""
-    return v.kind == Kind.SYSV_SHM or is_memfd_view(v) or is_ghost_view(v)
+    a deleted file, a file of a tmpfs)."""
+    return v.kind == Kind.SYSV_SHM or is_memfd_view(v) or is_ghost_view(v) or v.HasField("shm_file")
 
 
 def is_ghost_view(v: mm_pb2.Vma) -> bool:

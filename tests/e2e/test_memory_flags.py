@@ -141,3 +141,49 @@ def test_hugetlb_memory_round_trips(huge_pages, py_target, tmp_path: Path, resto
             t.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def shm_name(tmp_path: Path):  # noqa: ANN201
+    """A /dev/shm file name of this test's own (removed after)."""
+    name = f"ckpt-test-{os.getpid()}-{tmp_path.name}"
+    yield name
+    Path("/dev/shm", name).unlink(missing_ok=True)
+
+
+def test_posix_shared_memory_kept_on_a_plain_restore(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                                     shm_name: str) -> None:
+    from targets import kill_all
+    t = py_target("py_posix_shm.py", shm_name, stderr=subprocess.DEVNULL)
+    info = t.ready()
+    try:
+        _round_trip(t, tmp_path, restored, "PASS posix-shm")
+    finally:
+        kill_all([int(info["child"])])
+
+
+def test_posix_shared_memory_made_again_where_it_is_missing(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                                            shm_name: str) -> None:
+    """What a migration meets (the destination never had the /dev/shm file), on one host: the file is removed
+    after the dump; the restore makes it again from the image, with its owner, mode and bytes."""
+    from targets import kill_all
+    t = py_target("py_posix_shm.py", shm_name, stderr=subprocess.DEVNULL)
+    info = t.ready()
+    path = Path("/dev/shm", shm_name)
+    try:
+        os.kill(t.pid, signal.SIGUSR1)
+        assert t.expect("PASS").startswith("PASS posix-shm round=1")
+        api.dump(t.pid, tmp_path / "img")
+        _forget(t)
+        was = path.stat()
+        path.unlink()
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        assert any(str(path) in n for n in r.notes)
+        now = path.stat()
+        assert (now.st_mode, now.st_uid, now.st_size, now.st_mtime_ns) == (was.st_mode, was.st_uid, was.st_size,
+                                                                          was.st_mtime_ns)
+        os.kill(t.pid, signal.SIGUSR1)  # the pattern, the file by path is the mapping's, and the child
+        assert t.expect("PASS").startswith("PASS posix-shm round=2")
+    finally:
+        kill_all([int(info["child"])])
