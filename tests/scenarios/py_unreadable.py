@@ -14,39 +14,17 @@ import signal
 import struct
 import time
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+from memareas import N, P, area, fill, libc, pattern
 
-P = 4096
-N = 16
 MADV_GUARD_INSTALL = 102
 PM_GUARD_REGION = 1 << 58
 GUARDED = {3, 4, 9}
 
 
-def area() -> int:
-    """N private anonymous pages, a hole on each side (no neighbour merges with them)."""
-    addr = libc.mmap(None, (N + 2) * P, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-    if addr in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), "mmap")
-    libc.munmap(addr, P)
-    libc.munmap(addr + (N + 1) * P, P)
-    return addr + P
-
-
-def pattern(name: str, page: int) -> bytes:
-    return (f"{name}:{page}:".encode() * P)[:P]
-
-
 areas: dict[str, tuple[int, set[int]]] = {}  # name -> (address, guarded pages)
 for name in ("guard", "none", "exec"):
     addr = area()
-    for i in range(N):
-        ctypes.memmove(addr + i * P, pattern(name, i), P)
+    fill(name, addr)
     guarded: set[int] = set()
     if name == "guard":
         for lo, hi in ((3, 5), (9, 10)):

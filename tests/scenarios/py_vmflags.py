@@ -10,24 +10,14 @@ contents and the smaps VmFlags letters — as is the locked state of a fresh map
 """
 
 import ctypes
-import mmap
 import os
 import signal
 import sys
 import time
 
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+from memareas import MAP_ANONYMOUS, MAP_PRIVATE, N, P, area, fill, libc, pattern
 
-P = 4096
-N = 16
-PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
-MAP_PRIVATE, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_LOCKED, MAP_NORESERVE = 0x02, 0x20, 0x08, 0x2000, 0x4000
+MAP_DROPPABLE, MAP_LOCKED, MAP_NORESERVE = 0x08, 0x2000, 0x4000
 SYS_mlock2, MLOCK_ONFAULT = 325, 1
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 MADV = {"sr": 2, "rr": 1, "dc": 10, "mg": 12, "hg": 14, "nh": 15, "dd": 16, "wf": 18}
@@ -47,25 +37,6 @@ def smaps_flags() -> dict[int, tuple[set[str], int]]:
             elif head == "VmFlags:":
                 out[start] = (set(line.split()[1:]), rss)
     return out
-
-
-def area(flags: int = MAP_PRIVATE | MAP_ANONYMOUS) -> int:
-    """N pages with a hole on each side, so that no neighbour merges with them."""
-    addr = libc.mmap(None, (N + 2) * P, PROT_RW, flags, -1, 0)
-    if addr in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), "mmap")
-    libc.munmap(addr, P)
-    libc.munmap(addr + (N + 1) * P, P)
-    return addr + P
-
-
-def pattern(name: str, page: int) -> bytes:
-    return (f"{name}:{page}:".encode() * P)[:P]
-
-
-def fill(name: str, addr: int, pages: range) -> None:
-    for i in pages:
-        ctypes.memmove(addr + i * P, pattern(name, i), P)
 
 
 #: name -> (address, pages written, VmFlags letters wanted)
