@@ -26,10 +26,11 @@ TMPFS_MAGIC = 0x01021994  # include/uapi/linux/magic.h
 
 
 def on_tmpfs(link: str) -> bool:
-    """The file ``link`` opens (a map_files entry) is on a tmpfs."""
+    """The file ``link`` opens (a map_files entry) is a regular file of a tmpfs (not a device node of /dev,
+    a devtmpfs, which has the same magic)."""
     fd = os.open(link, os.O_PATH | os.O_CLOEXEC)
     try:
-        return hugetlb.fs_type(fd) == TMPFS_MAGIC
+        return stat.S_ISREG(os.fstat(fd).st_mode) and hugetlb.fs_type(fd) == TMPFS_MAGIC
     finally:
         os.close(fd)
 
