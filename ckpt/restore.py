@@ -762,6 +762,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
+    memory.vmflags.seal(inj, vmas)  # mseal'ed mappings: sealed once nothing changes them any more
     return ctx.notes
 
 

@@ -192,6 +192,7 @@ class NR(enum.IntEnum):
     pidfd_getfd = 438
     process_madvise = 440
     epoll_pwait2 = 441
+    mseal = 462
 
 
 class user_regs_struct(ctypes.Structure):

@@ -13,6 +13,8 @@ program can set, and how a restore sets each again in the restored process, afte
   merged with it); a guard installed and removed again on its first page, before the pages are written;
 * ``dp`` (MAP_DROPPABLE, Linux 6.11): a mapping type of its own (the kernel adds ``wf`` and ``nr``), so it
   is mapped with it (:func:`map_type`);
+* ``sl`` (mseal, Linux 6.10): sealed last, when the restore has done everything else to the mappings
+  (:func:`seal`);
 * ``nr`` (MAP_NORESERVE) and ``gd`` (MAP_GROWSDOWN) are mmap flags (:func:`ckpt.resources.memory.dump_vmas`).
 
 ``mm->def_flags`` (``mlockall(MCL_FUTURE)``, with MCL_ONFAULT) is in no /proc file: a new mapping shows it,
@@ -37,7 +39,7 @@ from ..procfs.maps import read_smaps_vmflags
 from ..procfs.snapshot import Snapshot
 
 __all__ = ["ADVISED", "LOCKS", "KEPT", "MLOCK_ONFAULT", "MCL_FUTURE", "MCL_ONFAULT", "map_type", "restore_vma",
-           "dump_def_flags", "restore_def_flags"]
+           "seal", "dump_def_flags", "restore_def_flags"]
 
 #: VmFlags letters set by madvise, and the advice that sets each again.
 ADVISED = {"hg": MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, "dd": MADV_DONTDUMP, "dc": MADV_DONTFORK,
@@ -45,7 +47,7 @@ ADVISED = {"hg": MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, "dd": MADV_DONTDUMP, "dc"
 #: The letters of a locked mapping: VM_LOCKED, VM_LOCKONFAULT.
 LOCKS = frozenset({"lo", "lf"})
 #: Every letter this module restores: two mappings that differ in one are not the same mapping.
-KEPT = frozenset({*ADVISED, *LOCKS, "dp", "gu"})
+KEPT = frozenset({*ADVISED, *LOCKS, "dp", "gu", "sl"})
 
 MLOCK_ONFAULT = 0x01  # include/uapi/asm-generic/mman-common.h
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4  # include/uapi/asm-generic/mman.h
@@ -80,6 +82,21 @@ def restore_vma(inj: Injector, v: mm_pb2.Vma, letters: Iterable[str]) -> None:
         except OSError as exc:
             raise RestoreError(f"mlock of the mapping at {v.start:#x}-{v.end:#x} failed: {exc.strerror}",
                                hint="locked memory needs CAP_IPC_LOCK or RLIMIT_MEMLOCK room") from exc
+
+
+def seal(inj: Injector, vmas: Iterable[mm_pb2.Vma]) -> int:
+    """mseal() every mapping whose VmFlags say ``sl`` (Linux 6.10): last, once nothing of the restore will
+    change them (a sealed mapping refuses munmap, mprotect, mremap and discarding madvise).  Returns how many."""
+    n = 0
+    for v in vmas:
+        if "sl" in v.vm_flags.split():
+            try:
+                inj.call(NR.mseal, v.start, v.end - v.start, 0, name=f"mseal({v.start:#x})")
+            except OSError as exc:
+                raise RestoreError(f"cannot seal the mapping at {v.start:#x}-{v.end:#x} again: {exc.strerror}",
+                                   hint="mseal needs Linux 6.10 or later") from exc
+            n += 1
+    return n
 
 
 def dump_def_flags(snap: Snapshot, inj: Injector | None) -> str:

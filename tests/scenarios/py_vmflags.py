@@ -18,7 +18,7 @@ import time
 from memareas import MAP_ANONYMOUS, MAP_PRIVATE, N, P, area, fill, libc, pattern
 
 MAP_DROPPABLE, MAP_LOCKED, MAP_NORESERVE = 0x08, 0x2000, 0x4000
-SYS_mlock2, MLOCK_ONFAULT = 325, 1
+SYS_mlock2, MLOCK_ONFAULT, SYS_mseal = 325, 1, 462
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
 MADV = {"sr": 2, "rr": 1, "dc": 10, "mg": 12, "hg": 14, "nh": 15, "dd": 16, "wf": 18}
 
@@ -76,6 +76,12 @@ def locked_onfault() -> int:
     return addr
 
 
+def sealed(addr: int) -> int:
+    if libc.syscall(SYS_mseal, ctypes.c_void_p(addr), ctypes.c_size_t(N * P), 0):
+        raise OSError(ctypes.get_errno(), "mseal")
+    return addr
+
+
 modes = sys.argv[1:]
 case("locked", {"lo"}, locked)
 case("map-locked", {"lo"}, lambda: area(MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED))
@@ -84,6 +90,7 @@ case("droppable", {"dp", "wf", "nr"}, lambda: area(MAP_DROPPABLE | MAP_ANONYMOUS
 case("noreserve", {"nr"}, lambda: area(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE))
 for letter in MADV:
     case(f"madv-{letter}", {letter}, advised(letter))
+case("sealed", {"sl"}, lambda: sealed(area()))
 future = "future" in modes or "future-onfault" in modes
 if future:
     how = MCL_FUTURE | (MCL_ONFAULT if "future-onfault" in modes else 0)
