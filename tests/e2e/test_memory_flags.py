@@ -187,3 +187,34 @@ def test_posix_shared_memory_made_again_where_it_is_missing(py_target, tmp_path:
         assert t.expect("PASS").startswith("PASS posix-shm round=2")
     finally:
         kill_all([int(info["child"])])
+
+
+@pytest.mark.parametrize("script", ["py_vmflags.py", "py_unreadable.py"])
+def test_flags_and_guards_through_a_chain_and_a_staged_restore(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                                              script: str) -> None:
+    """A pre-dump tracked with uffd-wp, then the final delta: restored plainly from the chain, and in stages
+    (a migration's way: the pre-dump's layout mapped and filled first, the final image applied to it)."""
+    from ckpt.dump import dump
+    from ckpt.incremental import pre_dump
+    from ckpt.restore import StagedRestore
+    from backends import need_method
+    need_method("uffd-wp")
+    t = py_target(script, *(["future"] if script == "py_vmflags.py" else []), stderr=subprocess.DEVNULL)
+    t.ready()
+    prefix = "PASS " + ("vmflags" if script == "py_vmflags.py" else "unreadable")
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS").startswith(f"{prefix} round=1")
+    pre_dump(t.pid, tmp_path / "1", method="uffd-wp")
+    dump(t.pid, tmp_path / "final", parent=tmp_path / "1", track_method="uffd-wp")
+    _forget(t)
+    staged = StagedRestore(inherit_fds=t.stdio_fds)
+    staged.start(tmp_path / "1")
+    restored.append(staged.finish(tmp_path / "final").pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS").startswith(f"{prefix} round=2")
+    os.kill(t.pid, signal.SIGKILL)
+    os.waitpid(t.pid, 0)
+    restored.remove(t.pid)
+    restored.append(api.restore(tmp_path / "final", inherit_fds=t.stdio_fds).pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS").startswith(f"{prefix} round=2")
