@@ -55,7 +55,7 @@ def test_unreadable_memory_round_trips(py_target, tmp_path: Path, restored: list
     """Guard regions come back as guard markers (not a failed dump: /proc/PID/mem gives EIO there); PROT_NONE
     and exec-only pages with their bytes."""
     t = py_target("py_unreadable.py", stderr=subprocess.DEVNULL)
-    assert set(t.ready()["areas"].split(",")) == {"guard", "none", "exec"}
+    assert set(t.ready()["areas"].split(",")) == {"guard", "none", "exec", "guard-file"}
     _round_trip(t, tmp_path, restored, "PASS unreadable")
 
 

@@ -1,7 +1,8 @@
 """Memory that cannot be read as it is: guard regions (MADV_GUARD_INSTALL, Linux 6.13), PROT_NONE, exec-only.
 
 Each area is 16 pages with a pattern written first; then ``guard`` gets guard markers on pages 3-4 and 9
-(leaving its VMA whole), ``none`` is made PROT_NONE, ``exec`` PROT_EXEC only.  Prints ``READY pid=PID
+(leaving its VMA whole), ``none`` is made PROT_NONE, ``exec`` PROT_EXEC only; ``guard-file`` is the
+first pages of the C library mapped private, guarded the same way (Linux 6.15).  Prints ``READY pid=PID
 areas=NAME,...`` (``SKIP guard`` where the kernel has no guard regions).  On SIGUSR1 each area is checked
 through ``/proc/self/mem`` (which reads PROT_NONE and exec-only pages) and ``/proc/self/pagemap`` (the
 guard bit, PM_GUARD_REGION, on exactly the guarded pages); prints ``PASS unreadable round=N`` or ``FAIL ...``.
@@ -21,19 +22,46 @@ PM_GUARD_REGION = 1 << 58
 GUARDED = {3, 4, 9}
 
 
+def guard(addr: int) -> set[int]:
+    """Guard markers on pages 3-4 and 9 of the area at ``addr``; none where the kernel cannot."""
+    for lo, hi in ((3, 5), (9, 10)):
+        if libc.madvise(addr + lo * P, (hi - lo) * P, MADV_GUARD_INSTALL):
+            return set()
+    return GUARDED
+
+
+def file_pages() -> tuple[int, list[bytes]]:
+    """The first N pages of the C library (a file of more than N pages) mapped private and read-only, with
+    their bytes."""
+    with open("/proc/self/maps") as f:
+        path = next(line.split()[-1] for line in f if "/libc.so" in line)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, N * P, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+        return addr, [os.pread(fd, P, i * P) for i in range(N)]
+    finally:
+        os.close(fd)
+
+
 areas: dict[str, tuple[int, set[int]]] = {}  # name -> (address, guarded pages)
-for name in ("guard", "none", "exec"):
+expected: dict[str, list[bytes]] = {}
+for name in ("guard", "none", "exec", "guard-file"):
+    guarded: set[int] = set()
+    if name == "guard-file":  # a file's pages (Linux 6.15 guards them too)
+        addr, expected[name] = file_pages()
+        guarded = guard(addr)
+        if guarded:
+            areas[name] = (addr, guarded)
+        else:
+            print(f"SKIP {name} {os.strerror(ctypes.get_errno())}", flush=True)
+        continue
     addr = area()
     fill(name, addr)
-    guarded: set[int] = set()
+    expected[name] = [pattern(name, i) for i in range(N)]
     if name == "guard":
-        for lo, hi in ((3, 5), (9, 10)):
-            if libc.madvise(addr + lo * P, (hi - lo) * P, MADV_GUARD_INSTALL):
-                print(f"SKIP guard {os.strerror(ctypes.get_errno())}", flush=True)
-                break
-        else:
-            guarded = GUARDED
+        guarded = guard(addr)
         if not guarded:
+            print(f"SKIP guard {os.strerror(ctypes.get_errno())}", flush=True)
             continue
     elif libc.mprotect(addr, N * P, mmap.PROT_EXEC if name == "exec" else 0):
         raise OSError(ctypes.get_errno(), "mprotect")
@@ -57,7 +85,7 @@ def check(*_: object) -> None:
                 if i in guarded:
                     continue
                 got = os.pread(mem, P, addr + i * P)
-                if got != pattern(name, i):
+                if got != expected[name][i]:
                     bad.append(f"{name} page {i} holds {got[:24]!r}")
                     break
     finally:
