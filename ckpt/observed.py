@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from .errors import TargetGone
 from .image.pb import process_pb2
 from .procfs._proc import ProcDir
-from .procfs.maps import read_smaps_vmflags
+from .procfs.maps import read_smaps, read_smaps_vmflags
 from .kernel.sock_diag import unix_sockets
 from .resources import guards
 from .resources.sockets import borrowed, inet_lines, option_lines
@@ -178,14 +178,19 @@ def _limits_lines(text: str) -> list[tuple[str, str]]:
 
 def _maps_lines(pid: int, proc: ProcDir, hidden: Sequence[tuple[int, int]]) -> list[tuple[str, str]]:
     out = []
-    for v in read_smaps_vmflags(pid, proc=proc):
+    vmas = read_smaps_vmflags(pid, proc=proc)
+    # hugetlb mappings (``ht``) with their page size: smaps read in full only for a process that has one
+    huge = ({e.vma.start: e.fields.get("KernelPageSize", 0) for e in read_smaps(pid, proc=proc)}
+            if any("ht" in v.vmflags for v in vmas) else {})
+    for v in vmas:
         if any(s < v.end and v.start < e for s, e in hidden):
             continue
         perms = ("r" if v.read else "-") + ("w" if v.write else "-") + ("x" if v.exec else "-") + \
             ("s" if v.shared else "p")
         name = v.path + (" (deleted)" if v.deleted else "")
         flags = " ".join(sorted(f for f in v.vmflags if f not in _VMFLAGS_MASKED))
-        out.append((f"{v.start:x}-{v.end:x}", f"{perms} {v.offset:x} {name} [{flags}]"))
+        page = f" pages of {huge[v.start] >> 10} kB" if v.start in huge and "ht" in v.vmflags else ""
+        out.append((f"{v.start:x}-{v.end:x}", f"{perms} {v.offset:x} {name} [{flags}]{page}"))
     return out
 
 
