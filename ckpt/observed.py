@@ -26,6 +26,7 @@ every signal) as after the restore.  ``ckpt restore --check=off`` skips the chec
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -144,10 +145,10 @@ _CPU_STATE = ("Speculation_Store_Bypass", "SpeculationIndirectBranch")
 
 #: Section kinds an older ckpt did not record: absent at the dump, they are not compared (the descriptor's
 #: own sections, ``fdinfo/N`` and ``sockopt/N``, still say whether it is there).
-_NEWER = ("inet", "guards")
+_NEWER = ("inet", "guards", "ksm")
 #: Section kinds a kernel may be unable to give (unix_diag is a module a kernel may lack or not load): on
 #: another kernel, present on one side only is no difference (``fdinfo/N`` and ``sockopt/N`` still are).
-_OPTIONAL_ELSEWHERE = ("unix_diag", "guards")
+_OPTIONAL_ELSEWHERE = ("unix_diag", "guards", "ksm")
 
 
 def _kind(section: str) -> str:
@@ -292,6 +293,9 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
         sections.append(_section("maps", _maps_lines(pid, proc, hidden)))
         if guards.scan_reports_guards():  # page table markers, in no /proc text
             sections.append(_section("guards", guards.observed_lines(pid)))
+        if os.path.exists(f"/proc/{pid}/ksm_stat"):  # (KSM built in) prctl(PR_SET_MEMORY_MERGE), not the counters
+            sections.append(_section("ksm", [(k, v) for k, v in _status_lines(text("ksm_stat"))
+                                             if k in ("ksm_merge_any", "ksm_mergeable")]))
     return process_pb2.Observed(sections=sections)
 
 

@@ -757,7 +757,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
             continue
         if ws.kernel is not None and ws.kernel.vdso_base is not None:  # AT_SYSINFO_EHDR: the new vDSO
             mm = _with_auxv(mm, vdso.auxv_with_vdso(bytes(mm.auxv), ws.kernel.vdso_base))
-        memory.vmflags.restore_def_flags(inj, mm)  # every mapping made: later ones are locked, as they were
+        memory.vmflags.restore_def_flags(inj, mm, vmas)  # every mapping made: later ones locked, as they were
         memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files, ghosts=ghosts)
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:

@@ -19,7 +19,8 @@ program can set, and how a restore sets each again in the restored process, afte
 
 ``mm->def_flags`` (``mlockall(MCL_FUTURE)``, with MCL_ONFAULT) is in no /proc file: a new mapping shows it,
 and the dump has one at hand — ckpt's own injection area, mapped in the target after it froze
-(:func:`dump_def_flags`).  The restore sets it last, once every mapping is made (:func:`restore_def_flags`).
+(:func:`dump_def_flags`); ``prctl(PR_SET_MEMORY_MERGE)`` (KSM for every new mapping: ``mg``) is
+``ksm_merge_any`` in ``/proc/PID/ksm_stat``.  The restore sets it last, once every mapping is made (:func:`restore_def_flags`).
 The self-check compares every VMA's VmFlags (:mod:`ckpt.observed`), so a flag not set again fails a restore.
 """
 
@@ -33,7 +34,7 @@ from ..image.pb import mm_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.mman import (
     MADV_DONTDUMP, MADV_DONTFORK, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_HUGEPAGE, MADV_MERGEABLE, MADV_NOHUGEPAGE, MADV_RANDOM, MADV_SEQUENTIAL,
-    MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_PRIVATE, MAP_TYPE, PROT_READ, PROT_WRITE,
+    MADV_UNMERGEABLE, MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_PRIVATE, MAP_TYPE, PROT_READ, PROT_WRITE,
 )
 from ..procfs.maps import read_smaps_vmflags
 from ..procfs.snapshot import Snapshot
@@ -49,6 +50,11 @@ LOCKS = frozenset({"lo", "lf"})
 #: Every letter this module restores: two mappings that differ in one are not the same mapping.
 KEPT = frozenset({*ADVISED, *LOCKS, "dp", "gu", "sl"})
 
+#: prctl(PR_SET_MEMORY_MERGE) (Linux 6.4, include/uapi/linux/prctl.h): KSM for every mapping the mm has and makes
+#: (here and not in kernel/prctl.py while another branch extends that one)
+PR_SET_MEMORY_MERGE = 67
+#: Mappings KSM may merge (private; a file's only once written): the ones PR_SET_MEMORY_MERGE marks.
+_KSM_KINDS = frozenset({mm_pb2.Vma.ANON_PRIVATE, mm_pb2.Vma.HEAP, mm_pb2.Vma.STACK, mm_pb2.Vma.FILE_PRIVATE})
 MLOCK_ONFAULT = 0x01  # include/uapi/asm-generic/mman-common.h
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4  # include/uapi/asm-generic/mman.h
 
@@ -107,23 +113,43 @@ def dump_def_flags(snap: Snapshot, inj: Injector | None) -> str:
     as a program that called mlockall(MCL_FUTURE) and mapped nothing since cannot be told apart anyway
     from the maps.  ``inj`` None (a pre-dump): only the own area is looked at.
     """
+    merge = {"mg"} if _merge_any(snap.pid) else set()
     own = snap.hidden_vmas
     if own:
-        return " ".join(sorted(own[0].vmflags & LOCKS))
+        return " ".join(sorted((own[0].vmflags & LOCKS) | merge))
     if inj is None or not any("lo" in v.vmflags for v in snap.vmas):
-        return ""
+        return " ".join(merge)
     addr = inj.mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
     try:
         probe = next((v for v in read_smaps_vmflags(snap.pid) if v.start <= addr < v.end), None)
     finally:
         inj.munmap(addr, PAGE_SIZE)
-    return " ".join(sorted(probe.vmflags & LOCKS)) if probe is not None else ""
+    return " ".join(sorted((probe.vmflags & LOCKS if probe is not None else set()) | merge))
 
 
-def restore_def_flags(inj: Injector, mm: mm_pb2.MmEntry) -> None:
-    """mlockall(MCL_FUTURE), with MCL_ONFAULT if so recorded: after every mapping of the image is made (a
-    mapping made earlier by the restore would be locked too, which the image may not have had)."""
+def _merge_any(pid: int) -> bool:
+    """prctl(PR_SET_MEMORY_MERGE) is on (``ksm_merge_any: yes`` in /proc/PID/ksm_stat; no file: no KSM)."""
+    try:
+        with open(f"/proc/{pid}/ksm_stat", "rb") as f:
+            return b"ksm_merge_any: yes" in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def restore_def_flags(inj: Injector, mm: mm_pb2.MmEntry, vmas: Iterable[mm_pb2.Vma]) -> None:
+    """mlockall(MCL_FUTURE), with MCL_ONFAULT if so recorded, and PR_SET_MEMORY_MERGE: after every mapping of
+    the image is made (a mapping made earlier by the restore would be locked too, which the image may not
+    have had).  PR_SET_MEMORY_MERGE marks the mappings there are mergeable too: those the program had made
+    unmergeable again (MADV_UNMERGEABLE) are made so again."""
     letters = mm.def_flags.split()
+    if "mg" in letters:
+        try:
+            inj.call(NR.prctl, PR_SET_MEMORY_MERGE, 1, 0, 0, 0, name="prctl(PR_SET_MEMORY_MERGE)")
+        except OSError as exc:
+            raise RestoreError(f"prctl(PR_SET_MEMORY_MERGE) failed: {exc.strerror}") from exc
+        for v in vmas:
+            if "mg" not in v.vm_flags.split() and v.kind in _KSM_KINDS:
+                inj.madvise(v.start, v.end - v.start, MADV_UNMERGEABLE)
     if "lo" not in letters:
         return
     how = MCL_FUTURE | (MCL_ONFAULT if "lf" in letters else 0)

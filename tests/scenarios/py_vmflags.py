@@ -4,7 +4,8 @@
 mmap/madvise/mlock, writes a pattern into its pages (only half of them where the flag is about what is
 not yet faulted in) and prints ``READY pid=PID areas=NAME,...`` (a case the kernel refuses is left out,
 printed as ``SKIP NAME``).  MODE ``future``: ``mlockall(MCL_FUTURE)`` too (every later mapping locked);
-``future-onfault``: with MCL_ONFAULT.  On SIGUSR1 every area is checked against what was set —
+``future-onfault``: with MCL_ONFAULT; ``merge-any``: ``prctl(PR_SET_MEMORY_MERGE)`` (KSM for every
+mapping), one area made unmergeable again.  On SIGUSR1 every area is checked against what was set —
 contents and the smaps VmFlags letters — as is the locked state of a fresh mapping; prints
 ``PASS vmflags round=N`` or ``FAIL ...``.
 """
@@ -20,6 +21,7 @@ from memareas import MAP_ANONYMOUS, MAP_PRIVATE, N, P, area, fill, libc, pattern
 MAP_DROPPABLE, MAP_LOCKED, MAP_NORESERVE = 0x08, 0x2000, 0x4000
 SYS_mlock2, MLOCK_ONFAULT, SYS_mseal = 325, 1, 462
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+PR_SET_MEMORY_MERGE, MADV_UNMERGEABLE = 67, 13
 MADV = {"sr": 2, "rr": 1, "dc": 10, "mg": 12, "hg": 14, "nh": 15, "dd": 16, "wf": 18}
 
 
@@ -82,6 +84,12 @@ def sealed(addr: int) -> int:
     return addr
 
 
+def unmerged(addr: int) -> int:
+    if libc.madvise(addr, N * P, MADV_UNMERGEABLE):
+        raise OSError(ctypes.get_errno(), "madvise")
+    return addr
+
+
 modes = sys.argv[1:]
 case("locked", {"lo"}, locked)
 case("map-locked", {"lo"}, lambda: area(MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED))
@@ -91,6 +99,12 @@ case("noreserve", {"nr"}, lambda: area(MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESER
 for letter in MADV:
     case(f"madv-{letter}", {letter}, advised(letter))
 case("sealed", {"sl"}, lambda: sealed(area()))
+merge_any = "merge-any" in modes
+if merge_any:  # KSM for every mapping, made now or later; one made unmergeable again
+    if libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MEMORY_MERGE)")
+    case("merge-any", {"mg"}, area)
+    case("unmerged", set(), lambda: unmerged(area()))
 future = "future" in modes or "future-onfault" in modes
 if future:
     how = MCL_FUTURE | (MCL_ONFAULT if "future-onfault" in modes else 0)
@@ -109,6 +123,8 @@ def check(*_: object) -> None:
         have, rss = flags.get(addr, (set(), 0))
         if not letters <= have:
             bad.append(f"{name} lacks VmFlags {sorted(letters - have)} (has {' '.join(sorted(have))})")
+        if name == "unmerged" and "mg" in have:
+            bad.append(f"{name} has VmFlags mg again")
         if name in ("onfault", "after-mlockall") and "onfault" in name + " ".join(modes) and rss != len(pages) * P:
             bad.append(f"{name}: {rss} bytes resident, want only the {len(pages)} pages written")
         if name == "locked" and rss != N * P:
@@ -122,8 +138,9 @@ def check(*_: object) -> None:
     fresh = area()  # a mapping made now is locked as mlockall(MCL_FUTURE) said, or not
     fresh_flags = smaps_flags().get(fresh, (set(), 0))[0]
     libc.munmap(fresh, N * P)
-    if ("lo" in fresh_flags) != future:
-        bad.append(f"a new mapping has VmFlags {' '.join(sorted(fresh_flags))} (mlockall(MCL_FUTURE): {future})")
+    if ("lo" in fresh_flags) != future or ("mg" in fresh_flags) != merge_any:
+        bad.append(f"a new mapping has VmFlags {' '.join(sorted(fresh_flags))} (mlockall(MCL_FUTURE): {future}, "
+                   f"PR_SET_MEMORY_MERGE: {merge_any})")
     print(f"FAIL {'; '.join(bad)}" if bad else f"PASS vmflags round={rounds}", flush=True)
 
 
