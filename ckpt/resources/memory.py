@@ -680,7 +680,9 @@ def _whole_object(inj: Injector, pid: int, vmas: Sequence[mm_pb2.Vma], v: mm_pb2
     """Map a new shmem object of ``v.file.size`` bytes (``flags``: the view's, MAP_NORESERVE kept: the object's
     accounting) where neither the image's mappings nor the helper's are; its address."""
     taken = [(m.start, m.end) for m in read_maps(pid)] + [(m.start, m.end) for m in vmas]
-    at = free_area(v.file.size, taken)
+    align = hugetlb.page_size_in(flags) or PAGE_SIZE  # (hugetlb memory is mapped at its page size's multiples)
+    at = free_area(v.file.size + align - PAGE_SIZE, taken)
+    at = -(-at // align) * align
     try:
         return inj.mmap(at, v.file.size, PROT_READ | PROT_WRITE, flags | MAP_FIXED_NOREPLACE)
     except OSError as exc:
