@@ -350,16 +350,16 @@ def is_shmem_view(v: mm_pb2.Vma) -> bool:
 
 def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]
                        ) -> dict[str, tuple[int, mm_pb2.Vma, list[tuple[int, int]]]]:
-    """Mark the shared anonymous VMAs whose object is stored as an object; {owner: (pid, a view to read it
-    by, the parts of it mapped)}.
+    """Mark every shared anonymous VMA as a view of its object; {owner: (pid, a view to read it by, the parts
+    of it mapped)}.
 
-    That is an object more than one process maps, or one that its process does not map whole in one piece
-    (part of a bigger object: munmapped in part, or mapped at several offsets).  Their ``content_owner``
-    becomes ``shmem-INO`` and their ``file.size`` the object's size: the restore creates the object once, of
-    that size, and maps every view into every process at its offset (as fork and munmap had left them),
-    and its pages come from the one owner, read through the object itself (:func:`dump_shmem`) — a
-    process's page table lacks the pages it never touched (fork does not copy a shared mapping's) — but
-    only in the parts some view maps: the rest no process can reach any more.
+    Their ``content_owner`` becomes ``shmem-INO`` and their ``file.size`` the object's size: the restore
+    creates the object once, of that size (also when the tree maps only parts of it: munmapped in part, or
+    each process its own part), and maps every view into every process at its offset (as fork and munmap
+    had left them), and its pages come from the one owner, read through the object itself
+    (:func:`dump_shmem`): a process's page table lacks the pages it never touched — written by a child
+    since exited, or by another process of the tree (fork does not copy a shared mapping's) — but only in
+    the parts some view maps: the rest no process can reach any more.
     """
     views_of: dict[int, list[tuple[int, mm_pb2.Vma]]] = {}
     for pid, vmas in vmas_of.items():
@@ -370,8 +370,6 @@ def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]
     for ino, views in views_of.items():
         pid, first = views[0]
         size = os.stat(map_files_path(pid, first)).st_size
-        if len({p for p, _ in views}) == 1 and len(views) == 1 and first.pgoff == 0 and first.end - first.start == size:
-            continue  # one process maps it whole, once: its pages are its own (an alias is a view mapped already)
         owner = SHMEM_OWNER.format(ino=ino)
         for _, v in views:
             v.content_owner = owner

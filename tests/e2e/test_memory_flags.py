@@ -218,3 +218,15 @@ def test_flags_and_guards_through_a_chain_and_a_staged_restore(py_target, tmp_pa
     restored.append(api.restore(tmp_path / "final", inherit_fds=t.stdio_fds).pid)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS").startswith(f"{prefix} round=2")
+
+
+def test_shared_memory_written_by_a_child_since_exited(py_target, tmp_path: Path,  # noqa: ANN001
+                                                       restored: list[int]) -> None:
+    """The page lives in the shared object only, not in the dumped process's page table (it was lost)."""
+    t = py_target("py_shared_anon_exited.py", stderr=subprocess.DEVNULL)
+    t.ready()
+    api.dump(t.pid, tmp_path / "img")  # (no check before: it would fault the page into the process)
+    _forget(t)
+    restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS").startswith("PASS shared-exited round=1")
