@@ -230,3 +230,25 @@ def test_shared_memory_written_by_a_child_since_exited(py_target, tmp_path: Path
     restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS").startswith("PASS shared-exited round=1")
+
+
+def test_hugetlb_restore_without_free_huge_pages_is_refused_by_name(huge_pages, py_target, tmp_path: Path,  # noqa: ANN001
+                                                                   restored: list[int]) -> None:
+    from ckpt.errors import RestoreError
+    from targets import kill_all
+    t = py_target("py_hugetlb.py", stderr=subprocess.DEVNULL)
+    child = int(t.ready()["child"])
+    try:
+        api.dump(t.pid, tmp_path / "img")
+        _forget(t)
+    finally:
+        kill_all([child])
+    path = Path("/proc/sys/vm/nr_hugepages")
+    reserved = path.read_text()
+    path.write_text("0")  # none left for the restore (the fixture puts the count back)
+    try:
+        with pytest.raises(RestoreError, match="hugetlb memory of .* could not be had") as err:
+            restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)
+        assert "nr_hugepages" in (err.value.hint or "")
+    finally:
+        path.write_text(reserved)
