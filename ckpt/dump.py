@@ -32,7 +32,7 @@ from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
 from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
-from .resources import timens, timers, tree, tty
+from .resources import cow, timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -236,6 +236,9 @@ def dump(
                 cttys = tty.controlling(fdump.files, {p: sn.stat for p, sn in snap_of.items()})
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
+                if len(vmas_of) > 1 and not incs and end_target is None and cow.mark_tree(  # pages a child shares with its parent
+                        {p: sn.stat.ppid for p, sn in snap_of.items()}, vmas_of):
+                    w.require(cow.FEATURE)
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],

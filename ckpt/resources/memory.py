@@ -73,7 +73,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import aio, fileid, ghost, memfd, sysvshm
+from . import aio, cow, fileid, ghost, memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -562,6 +562,10 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     try:
         for v in vmas:
             if v.kind in SPECIAL_KINDS or v.kind == Kind.AIO_RING:  # a ring: aio.restore_rings, once all is mapped
+                continue
+            if cow.is_inherited(v):  # mapped and filled by the parent before it cloned us: kept as it is
+                cow.keep_inherited(inj, v)
+                n += 1
                 continue
             if v.kind == Kind.SYSV_SHM:
                 objects = shmem_objects if shmem_objects is not None else ShmemObjects()
@@ -1156,6 +1160,12 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
             scanned = []  # gone meanwhile (a VMA unmapped between maps and the scan is only left out)
         for v, runs in scanned:
             copy = _COPY if v.prot & PROT_READ else _COPY_FORCED
+            if v.shared_with_parent:  # the parent's pages (copy-on-write since fork): the parent stores them
+                runs = _without(runs, cow.shared_runs(v))
+            # Pages another process maps too go through /proc/PID/mem: process_vm_readv would copy them.
+            pinned = (cow.not_exclusive(fd, _spans((s, e) for s, e, z in runs if not z))
+                      if copy == _COPY and v.kind in _COW_KINDS else [])
+            pinstarts = [s for s, _ in pinned]
             for start, end, is_zero in runs:
                 if is_zero:
                     batch.append((start, end - start, _ZERO))
@@ -1171,19 +1181,43 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
                         if have:
                             batch.append((ps_, pe - ps_, _PARENT))
                             continue
-                        while ps_ < pe:
-                            take = min(pe - ps_, cap - fill)
-                            batch.append((ps_, take, copy))
-                            fill += take
-                            ps_ += take
-                            if fill == cap:
-                                flush()
+                        for qs, qe, forced in (_split(ps_, pe, pinned, pinstarts) if pinned else ((ps_, pe, False),)):
+                            how = _COPY_FORCED if forced else copy
+                            while qs < qe:
+                                take = min(qe - qs, cap - fill)
+                                batch.append((qs, take, how))
+                                fill += take
+                                qs += take
+                                if fill == cap:
+                                    flush()
             if len(batch) >= _MAX_BATCH:
                 flush()
         flush()
     finally:
         os.close(fd)
     return DeltaStats(st["here"], st["parent"], st["zero"], st["skipped"], st["bytes"], time.monotonic() - t0)
+
+
+#: VMA kinds whose stored pages are anonymous pages a forked process may share (a private file mapping's written ones).
+_COW_KINDS = frozenset({Kind.ANON_PRIVATE, Kind.HEAP, Kind.STACK, Kind.FILE_PRIVATE})
+#: Pages between two runs read along with them in one pagemap read (4 KiB of entries) rather than apart.
+_SPAN_GAP = 512 * PAGE_SIZE
+
+
+def _spans(runs: Iterable[Interval]) -> list[Interval]:
+    """Runs joined across small gaps: the pagemap of a VMA with scattered pages is read in few preads."""
+    out: list[list[int]] = []
+    for s, e in runs:
+        if out and s - out[-1][1] <= _SPAN_GAP:
+            out[-1][1] = e
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _without(runs: Sequence[tuple[int, int, bool]], drop: Sequence[Interval]) -> list[tuple[int, int, bool]]:
+    """The (start, end, zero) page runs minus the sorted, disjoint intervals ``drop``."""
+    return [(s, e, z) for rs, re_, z in runs for s, e in subtract(((rs, re_),), drop)]
 
 
 #: What dump_pages_delta queues for each run: copy (with process_vm_readv, or through
