@@ -275,18 +275,22 @@ def dump(
                 # records, to compress during the next one's injections, was slower: the compressing
                 # threads then compete with the injections' ptrace round trips for the CPUs.)
                 writers = [w.pages(p) for p in ftree.procs]  # files made before any frame is written
+                # Pages shared since fork are read without copying them (ckpt.resources.cow) where the tree runs
+                # on, or shares them within itself (its parent's copy stays one for every child read after it).
+                keep_shared = leave_running or leave_stopped or len(ftree.procs) > 1
                 for (p, proc), pw in zip(ftree.procs.items(), writers):
                     vmas = [v for v in records[p][1] if not memory.is_shmem_view(v)]
                     inc = incs.get(p)
                     if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
                         _, dirty, in_parent = inc.plan(vmas)
                         pstats.append(memory.dump_pages_delta(p, vmas, pw, proc.mem, dirty=dirty,
-                                                              in_parent=in_parent, on_copied=inc.on_copied()))
+                                                              in_parent=in_parent, on_copied=inc.on_copied(),
+                                                              keep_shared=keep_shared))
                     else:
                         done = sum(ps.bytes_read for ps in pstats)
                         pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
                                                         on_bytes=(lambda n, d=done: step("memory", d + n))
-                                                        if progress else None))
+                                                        if progress else None, keep_shared=keep_shared))
                 for p, proc in ftree.procs.items():  # an AIO request that completed since its ring was read
                     aio.check_unchanged(p, proc.mem, records[p][1])
                 keep = bool(incs) and track_mem and (leave_running or leave_stopped)

@@ -406,14 +406,16 @@ class ShmemObjects:
 
 
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
-               on_bytes: Callable[[int], None] | None = None) -> PageStats:
+               on_bytes: Callable[[int], None] | None = None, *, keep_shared: bool = False) -> PageStats:
     """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: its chunk buffers).
 
     A full dump is the delta case with every page dirty and no parent: one
     code path reads and stores pages for both.  ``on_bytes(total so far)``
     after each buffer handed to the writer: the CLI's progress line.
+    ``keep_shared``: as for :func:`dump_pages_delta`.
     """
-    d = dump_pages_delta(pid, vmas, pages, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes)
+    d = dump_pages_delta(pid, vmas, pages, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes,
+                         keep_shared=keep_shared)
     return PageStats(d.pages_stored, d.pages_zero, d.bytes_read, d.seconds)
 
 
@@ -1111,7 +1113,7 @@ def _split(start: int, end: int, intervals: Sequence[tuple[int, int]], starts: S
 
 def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem, *,
                      dirty: Sequence[tuple[int, int]], in_parent: Sequence[tuple[int, int]],
-                     running: bool = False,
+                     running: bool = False, keep_shared: bool | None = None,
                      on_copied: "Callable[[int, memoryview], None] | None" = None,
                      on_bytes: Callable[[int], None] | None = None) -> DeltaStats:
     """Like :func:`dump_pages`, but only pages in ``dirty`` are copied; the rest are PARENT.
@@ -1126,12 +1128,17 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
     out of the pagemap; the next delta copies it if it comes back) instead of
     failing the dump.  ``on_copied(vaddr, bytes)`` sees exactly what was stored;
     ``on_bytes(total so far)`` is called after each buffer-full (progress).
+    ``keep_shared`` (default: ``running``): the process runs on after the dump, so a page it shares with
+    another process (since fork) is read through ``/proc/PID/mem``, which leaves it shared
+    (:func:`ckpt.resources.cow.not_exclusive`; its pagemap read costs ~15 ms per GiB: skipped for a
+    process the dump ends).
 
     Pages are read straight into the PageWriter's chunk buffers, one
     process_vm_readv per buffer-full, across VMA boundaries: each buffer is
     one frame, and the page bytes are never copied in our address space.
     """
     t0 = time.monotonic()
+    keep_shared = running if keep_shared is None else keep_shared
     dstarts = [s for s, _ in dirty]
     pstarts = [s for s, _ in in_parent]
     st = {"here": 0, "parent": 0, "zero": 0, "skipped": 0, "bytes": 0}
@@ -1163,8 +1170,8 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
             if v.shared_with_parent:  # the parent's pages (copy-on-write since fork): the parent stores them
                 runs = _without(runs, cow.shared_runs(v))
             # Pages another process maps too go through /proc/PID/mem: process_vm_readv would copy them.
-            pinned = (cow.not_exclusive(fd, _spans((s, e) for s, e, z in runs if not z))
-                      if copy == _COPY and v.kind in _COW_KINDS else [])
+            pinned = (cow.not_exclusive(fd, _spans(_copied(runs, dirty, dstarts, v)))
+                      if keep_shared and copy == _COPY and v.kind in _COW_KINDS else [])
             pinstarts = [s for s, _ in pinned]
             for start, end, is_zero in runs:
                 if is_zero:
@@ -1213,6 +1220,16 @@ def _spans(runs: Iterable[Interval]) -> list[Interval]:
         else:
             out.append([s, e])
     return [(s, e) for s, e in out]
+
+
+def _copied(runs: Sequence[tuple[int, int, bool]], dirty: Sequence[Interval], dstarts: Sequence[int],
+            v: mm_pb2.Vma) -> list[Interval]:
+    """The parts of a VMA's (start, end, zero) page runs that may be copied: not zero, and dirty."""
+    data = [(s, e) for s, e, z in runs if not z]
+    if dirty is _EVERYTHING:
+        return data
+    lo = max(0, bisect.bisect_right(dstarts, v.start) - 1)
+    return intersect(data, dirty[lo:bisect.bisect_left(dstarts, v.end)])
 
 
 def _without(runs: Sequence[tuple[int, int, bool]], drop: Sequence[Interval]) -> list[tuple[int, int, bool]]:

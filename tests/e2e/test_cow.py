@@ -72,6 +72,16 @@ def test_dump_leave_running_keeps_sharing(cow_tree, tmp_path: Path) -> None:  # 
     assert _round(t, pids[0]) == "PASS cow_tree round=1"
 
 
+def test_pre_dump_keeps_sharing(cow_tree, tmp_path: Path) -> None:  # noqa: ANN001
+    """A pre-dump reads the running tree the same way (and its write-protection for tracking copies nothing)."""
+    t, pids = cow_tree()
+    before = tree_pss(pids)
+    api.pre_dump(pids[0], tmp_path / "pre")
+    after = tree_pss(pids)
+    assert after <= before * GOAL, f"tree Pss {before} KiB before the pre-dump, {after} KiB after"
+    assert _round(t, pids[0]) == "PASS cow_tree round=1"
+
+
 def test_restore_shares_pages_again(cow_tree, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     """The children's shared pages are stored once and come back shared; each process's memory is intact."""
     t, pids = cow_tree()
