@@ -109,6 +109,8 @@ def test_older_reader_refuses(cow_tree, tmp_path: Path, monkeypatch: pytest.Monk
     api.dump(pids[0], tmp_path / "img", leave_running=True)
     inv = Image.open(tmp_path / "img").inventory
     assert cow.FEATURE in inv.required_features
+    api.merge(tmp_path / "img", tmp_path / "merged")  # a merged copy still needs it
+    assert cow.FEATURE in Image.open(tmp_path / "merged").inventory.required_features
     monkeypatch.delitem(compat.FEATURES, cow.FEATURE)
     with pytest.raises(IncompatibleImage, match=cow.FEATURE):
         compat.check_required(tmp_path / "img", inv)
