@@ -8,7 +8,9 @@ Order (DESIGN §4, each step a lesson of the prototype):
    ``detached``, by an intermediate that goes at the hand-over so the helper
    is reparented like a daemon (:func:`~ckpt.resources.tree.create`); in a
    tree, only the root's: each other helper is cloned from its parent's once
-   that one is through step 4 (:class:`_Helpers`);
+   that one is through step 4 — or through step 5's memory, when the child
+   shares pages with it since fork, so that it inherits them copy-on-write
+   (:mod:`ckpt.resources.cow`) (:class:`_Helpers`);
 2. seize it (TRACECLONE | EXITKILL), unregister its rseq area (it lives in a
    TLS that is about to disappear);
 3. map the trampoline (``syscall; int3``) and a scratch area at an address free
@@ -449,7 +451,10 @@ class _Helpers:
     out as empty as it is — no copy of the restorer to fork and unmap again
     (measured: ~2.5 ms a process).  Each one clones its own children in turn
     before its memory is mapped, so no helper inherits anything of another
-    process's memory.  A zombie's helper ends at once
+    process's memory — except a parent whose children share pages with it
+    (the image's ``Vma.shared_with_parent``): ``fill_first`` maps and fills it
+    before it clones them, and each keeps only the VMAs it shares
+    (:mod:`ckpt.resources.cow`).  A zombie's helper ends at once
     (:func:`tree.end_as_zombie`).  The trampoline sits where no process of
     the tree maps anything, so the clones keep it where it is.
     """

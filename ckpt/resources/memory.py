@@ -16,7 +16,10 @@ Dump (target frozen):
   chunk buffers, reused for the whole dump (fresh destination memory is
   slower, DESIGN §3: each is faulted in once, by its first read);
   PROT_NONE and exec-only areas through ``/proc/PID/mem`` (process_vm_readv
-  gives EFAULT there).
+  gives EFAULT there), and so are pages shared with another process since
+  fork when the process runs on (process_vm_readv would copy them) — and a
+  child's pages still shared with its parent are not stored at all
+  (:mod:`ckpt.resources.cow`).
 
 Restore (helper stopped, its own mappings gone, DESIGN §4): :func:`check_files`
 refuses changed files before anything is created (a mapped file's pages that
@@ -556,6 +559,8 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     creates it and records it in ``shmem_objects``.  ``own_fds`` False: the
     descriptor table is shared with a process restored already (CLONE_FILES):
     the files opened for mappings are closed one by one.  ``allow_changed``: as for :func:`check_files`.
+    A VMA inherited from the parent's helper (:func:`ckpt.resources.cow.is_inherited`) stays as it is,
+    with only its shared pages kept.
     """
     opener = _FileOpener(inj, scratch, pid, own_fds, allow_changed)
     n = 0
