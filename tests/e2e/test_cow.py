@@ -43,17 +43,11 @@ def tree_pss(pids: list[int]) -> int:
 
 @pytest.fixture
 def cow_tree(c_target):  # noqa: ANN001, ANN201
-    started: list[list[int]] = []
-
-    def start():  # noqa: ANN202
-        t = c_target("cow_tree", str(MIB), stderr=subprocess.DEVNULL)
-        pids = [int(p) for p in t.ready()["pids"].split(",")]
-        started.append(pids)
-        return t, pids
-
-    yield start
-    for pids in started:
-        kill_all(pids)
+    """(the target, its pids: parent, C0, C1, C2); every one of them is killed after the test."""
+    t = c_target("cow_tree", str(MIB), stderr=subprocess.DEVNULL)
+    pids = [int(p) for p in t.ready()["pids"].split(",")]
+    yield t, pids
+    kill_all(pids)
 
 
 def _round(t, root: int) -> str:  # noqa: ANN001
@@ -63,7 +57,7 @@ def _round(t, root: int) -> str:  # noqa: ANN001
 
 def test_dump_leave_running_keeps_sharing(cow_tree, tmp_path: Path) -> None:  # noqa: ANN001
     """``dump -R`` reads shared pages through /proc/PID/mem: process_vm_readv made the kernel copy each one."""
-    t, pids = cow_tree()
+    t, pids = cow_tree
     before = tree_pss(pids)
     assert before < 2 * MIB * 1024, f"the target shares its memory to begin with ({before} KiB)"
     api.dump(pids[0], tmp_path / "img", leave_running=True)
@@ -74,7 +68,7 @@ def test_dump_leave_running_keeps_sharing(cow_tree, tmp_path: Path) -> None:  # 
 
 def test_pre_dump_keeps_sharing(cow_tree, tmp_path: Path) -> None:  # noqa: ANN001
     """A pre-dump reads the running tree the same way (and its write-protection for tracking copies nothing)."""
-    t, pids = cow_tree()
+    t, pids = cow_tree
     before = tree_pss(pids)
     api.pre_dump(pids[0], tmp_path / "pre")
     after = tree_pss(pids)
@@ -84,7 +78,7 @@ def test_pre_dump_keeps_sharing(cow_tree, tmp_path: Path) -> None:  # noqa: ANN0
 
 def test_restore_shares_pages_again(cow_tree, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     """The children's shared pages are stored once and come back shared; each process's memory is intact."""
-    t, pids = cow_tree()
+    t, pids = cow_tree
     before = tree_pss(pids)
     stats = api.dump(pids[0], tmp_path / "img")
     _forget(t)
@@ -105,7 +99,7 @@ def test_older_reader_refuses(cow_tree, tmp_path: Path, monkeypatch: pytest.Monk
     """An image with shared pages names the feature: a ckpt without it refuses it rather than losing them."""
     from ckpt.image import compat
 
-    t, pids = cow_tree()
+    t, pids = cow_tree
     api.dump(pids[0], tmp_path / "img", leave_running=True)
     inv = Image.open(tmp_path / "img").inventory
     assert cow.FEATURE in inv.required_features
