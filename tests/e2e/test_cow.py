@@ -108,3 +108,21 @@ def test_older_reader_refuses(cow_tree, tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delitem(compat.FEATURES, cow.FEATURE)
     with pytest.raises(IncompatibleImage, match=cow.FEATURE):
         compat.check_required(tmp_path / "img", inv)
+
+
+def test_forked_python_saver(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """A redis-like parent and its BGSAVE-like child: the dataset they share comes back shared and intact."""
+    t = py_target("py_bgsave.py", "32", stderr=subprocess.DEVNULL)
+    pids = [int(p) for p in t.ready()["pids"].split(",")]
+    try:
+        before = tree_pss(pids)
+        api.dump(pids[0], tmp_path / "img")
+        _forget(t)
+        r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        after = tree_pss(pids)
+        os.kill(pids[0], signal.SIGUSR1)
+        assert sorted([t.readline(), t.readline()]) == ["PASS child", "PASS parent"]
+        assert after <= before * GOAL, f"tree Pss {before} KiB before the dump, {after} KiB after the restore"
+    finally:
+        kill_all(pids)
