@@ -114,6 +114,41 @@ OPTIONS: tuple[SockOption, ...] = (
     _so(12, "SO_PRIORITY"),  # after IP_TOS, which sets the priority too
 )
 
+SOL_RAW, SOL_ICMPV6, SOL_PACKET, SOL_NETLINK = 255, 58, 263, 270
+_RAW = frozenset({socket.SOCK_RAW})
+_PACKET, _NETLINK = frozenset({socket.AF_PACKET}), frozenset({socket.AF_NETLINK})
+
+#: Options of raw sockets (IPv4: ICMP_FILTER of an IPPROTO_ICMP socket; IPv6: the checksum offset, header
+#: included, ICMPV6_FILTER), of packet sockets (SOL_PACKET) and of netlink sockets (SOL_NETLINK).
+OPTIONS += (
+    SockOption(SOL_RAW, 1, "ICMP_FILTER", families=frozenset({socket.AF_INET}), types=_RAW,
+               protocols=frozenset({socket.IPPROTO_ICMP})),
+    _ip6(7, "IPV6_CHECKSUM", types=_RAW), _ip6(36, "IPV6_HDRINCL", types=_RAW),
+    SockOption(SOL_ICMPV6, 1, "ICMPV6_FILTER", 32, families=frozenset({socket.AF_INET6}), types=_RAW,
+               protocols=frozenset({socket.IPPROTO_ICMPV6})),
+    SockOption(SOL_PACKET, 10, "PACKET_VERSION", families=_PACKET),
+    SockOption(SOL_PACKET, 12, "PACKET_RESERVE", families=_PACKET),
+    SockOption(SOL_PACKET, 8, "PACKET_AUXDATA", families=_PACKET),
+    SockOption(SOL_PACKET, 9, "PACKET_ORIGDEV", families=_PACKET),
+    SockOption(SOL_PACKET, 15, "PACKET_VNET_HDR", families=_PACKET),
+    SockOption(SOL_PACKET, 24, "PACKET_VNET_HDR_SZ", families=_PACKET),
+    SockOption(SOL_PACKET, 17, "PACKET_TIMESTAMP", families=_PACKET),
+    SockOption(SOL_PACKET, 14, "PACKET_LOSS", families=_PACKET),
+    SockOption(SOL_PACKET, 19, "PACKET_TX_HAS_OFF", families=_PACKET),
+    SockOption(SOL_PACKET, 20, "PACKET_QDISC_BYPASS", families=_PACKET),
+    SockOption(SOL_PACKET, 23, "PACKET_IGNORE_OUTGOING", families=_PACKET),
+    SockOption(SOL_PACKET, 18, "PACKET_FANOUT", families=_PACKET, settable=False),  # refused at dump when set
+    SockOption(SOL_PACKET, 6, "PACKET_STATISTICS", 8, families=_PACKET, skip="reading it resets the counters"),
+    SockOption(SOL_PACKET, 21, "PACKET_ROLLOVER_STATS", 24, families=_PACKET, skip=_DYNAMIC),
+    SockOption(SOL_NETLINK, 3, "NETLINK_PKTINFO", families=_NETLINK),
+    SockOption(SOL_NETLINK, 4, "NETLINK_BROADCAST_ERROR", families=_NETLINK),
+    SockOption(SOL_NETLINK, 5, "NETLINK_NO_ENOBUFS", families=_NETLINK),
+    SockOption(SOL_NETLINK, 8, "NETLINK_LISTEN_ALL_NSID", families=_NETLINK),
+    SockOption(SOL_NETLINK, 10, "NETLINK_CAP_ACK", families=_NETLINK),
+    SockOption(SOL_NETLINK, 11, "NETLINK_EXT_ACK", families=_NETLINK),
+    SockOption(SOL_NETLINK, 12, "NETLINK_GET_STRICT_CHK", families=_NETLINK),
+)
+
 
 _BY_NUMBER = {(o.level, o.name): o.label for o in OPTIONS} | {(SOL_SOCKET, SO_SNDBUFFORCE): "SO_SNDBUFFORCE",
                                                               (SOL_SOCKET, SO_RCVBUFFORCE): "SO_RCVBUFFORCE"}

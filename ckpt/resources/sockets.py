@@ -39,9 +39,11 @@ memberships, queued datagrams.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import os
+import select
 import socket
 import struct
 import termios
@@ -56,7 +58,8 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
 from ..kernel import sockopts
 from ..kernel import tcp_repair as tr
-from ..kernel.sock_diag import listen_backlogs
+from ..kernel.sock_diag import inet_shutdown, listen_backlogs
+from ..procfs.netraw import raw_socket
 from . import tcp
 from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener, refuse
@@ -73,6 +76,8 @@ _SO_DOMAIN, _SO_PROTOCOL, _SO_PEEK_OFF = 39, 38, 42
 #: (connections ready for accept) and tcpi_sacked = sk_max_ack_backlog (the backlog), at offsets 24 and 28.
 _TCP_INFO_LISTEN = struct.Struct("<B23xII")
 _INT = struct.Struct("<i")
+#: Inet socket types whose shutdown bits and queued datagrams ckpt reads (a stream's are its TCP state's).
+_DATAGRAM = (socket.SOCK_DGRAM, socket.SOCK_RAW)
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
             tcp_state = info[0]
             if tcp_state == TCP_LISTEN:
                 accept_queue, max_backlog = _TCP_INFO_LISTEN.unpack_from(info)[1:]
-        queued = family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_DGRAM and _has_datagram(s)
+        queued = family in (socket.AF_INET, socket.AF_INET6) and stype in _DATAGRAM and _has_datagram(s)
         if family == socket.AF_UNIX:
             local = unix_name(s.getsockname())
             try:
@@ -142,13 +147,16 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
                 peer = b""
         elif family in (socket.AF_INET, socket.AF_INET6):
             name = s.getsockname()
-            # never bound (any address, port 0): nothing to bind again — binding that would take a port
-            local = b"" if name[1] == 0 and ipaddress.ip_address(name[0].split("%", 1)[0]).is_unspecified \
+            # never bound (any address, port 0; a raw socket's "port" is its protocol): nothing to bind again —
+            # binding that would take a port
+            local = b"" if (name[1] == 0 or stype == socket.SOCK_RAW) \
+                and ipaddress.ip_address(name[0].split("%", 1)[0]).is_unspecified \
                 else _sockaddr(family, name)
             try:
                 peer = _sockaddr(family, s.getpeername())
             except OSError:
-                peer = b""
+                raw = _raw_peer(pid, family, inode) if stype == socket.SOCK_RAW else None
+                peer = _sockaddr(family, raw) if raw else b""
         else:
             local = peer = b""
         filter_len = sockopts.filter_length(ours)
@@ -160,6 +168,16 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
         opts = changed_options(s)
         return Peek(family, stype, proto, listening, tcp_state, local, peer, inode, accept_queue, max_backlog,
                     queued), opts
+
+
+def _raw_peer(pid: int, family: int, inode: int) -> tuple | None:
+    """The peer a raw socket is connect()ed to, as getpeername would give it (it cannot tell:
+    :mod:`ckpt.procfs.netraw`), with port 0; None when it is not connected."""
+    line = raw_socket(pid, family, inode)
+    if line is None or line.state != TCP_ESTABLISHED:
+        return None
+    host = socket.inet_ntop(family, line.remote)
+    return (host, 0) if family == socket.AF_INET else (host, 0, 0, 0)
 
 
 def _fresh_values(sock: socket.socket) -> dict[tuple[int, int], str]:
@@ -188,19 +206,22 @@ def _endpoint(family: int, addr: object) -> str:
     return f"{host}:{port}"
 
 
-def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
+def inet_lines(sock: socket.socket, pid: int = 0) -> list[tuple[str, str]]:
     """What an inet socket tells of its state, for the self-check: its local and peer address, a TCP socket's
     state (TCP_INFO's first byte), a listener's waiting connections and backlog (TCP_INFO's tcpi_unacked and
     tcpi_sacked), a connection's bytes queued to read, to be acknowledged and never sent (SIOCINQ, SIOCOUTQ,
     SIOCOUTQNSD), whether a UDP socket has a datagram waiting.  Nothing is read off a queue (a peek honours
-    SO_PEEK_OFF, :func:`_has_datagram`).  None for another family."""
+    SO_PEEK_OFF, :func:`_has_datagram`); a UDP or raw socket's shutdown bits, a raw socket's protocol and the
+    peer it is connected to (from ``pid``'s /proc/PID/net/raw: getpeername cannot tell).  None for another
+    family."""
     family, stype = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE))
     if family not in (socket.AF_INET, socket.AF_INET6):
         return []
     try:
         peer = _endpoint(family, sock.getpeername())
     except OSError:
-        peer = "none"
+        raw = _raw_peer(pid, family, os.fstat(sock.fileno()).st_ino) if stype == socket.SOCK_RAW and pid else None
+        peer = _endpoint(family, raw) if raw else "none"
     lines = [("local", _endpoint(family, sock.getsockname())), ("peer", peer)]
     if stype == socket.SOCK_STREAM:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LISTEN.size)
@@ -210,8 +231,12 @@ def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
             return lines + [("waiting", str(waiting)), ("backlog", str(backlog))]
         return lines + [("inq", str(tr.inq(sock))), ("outq", str(tr.outq(sock))),
                         ("outq_unsent", str(tr.outq_notsent(sock)))]
-    if stype == socket.SOCK_DGRAM:
+    if stype == socket.SOCK_RAW:
+        lines.append(("protocol", str(sock.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL))))
+    if stype in _DATAGRAM:
         lines.append(("queued", "yes" if _has_datagram(sock) else "no"))
+        if bits := shutdown_of(sock):  # only when set: an image of an older ckpt has no such line
+            lines.append(("shutdown", str(bits)))
     return lines
 
 
@@ -254,14 +279,38 @@ def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
 
 def _has_datagram(s: socket.socket) -> bool:
     """Is a datagram waiting?  A peek tells (a zero-length one too), unless SO_PEEK_OFF is set: a peek would
-    move that offset, so the queued bytes (FIONREAD: the first datagram's) tell instead."""
-    if s.getsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF) >= 0:
+    move that offset, so the queued bytes (FIONREAD: the first datagram's) tell instead.  A raw socket has no
+    peek offset (EOPNOTSUPP)."""
+    try:
+        peek_off = s.getsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF)
+    except OSError:
+        peek_off = -1
+    if peek_off >= 0:
         return int.from_bytes(fcntl.ioctl(s.fileno(), termios.FIONREAD, bytes(4)), "little") > 0
     try:
         s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return False
     return True
+
+
+def shutdown_of(s: socket.socket) -> int:
+    """A UDP or raw socket's own RCV_SHUTDOWN (1) / SEND_SHUTDOWN (2) bits: from sock_diag (INET_DIAG_SHUTDOWN),
+    which lists every bound or connected UDP socket and, where the kernel has raw_diag, raw sockets.  Where it
+    does not (an unbound UDP socket, a kernel without raw_diag), poll tells what a program can see: POLLRDHUP
+    is RCV_SHUTDOWN, POLLHUP both; SEND_SHUTDOWN alone changes nothing a program sees there (UDP and raw
+    sendmsg ignore it), and is not seen."""
+    family, stype, proto = (s.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE, _SO_PROTOCOL))
+    try:
+        bits = inet_shutdown(family, stype, proto, os.fstat(s.fileno()).st_ino)
+    except OSError:
+        bits = None
+    if bits is not None:
+        return bits
+    p = select.poll()
+    p.register(s.fileno(), select.POLLRDHUP)
+    events = sum(ev for _, ev in p.poll(0))
+    return 3 if events & select.POLLHUP else 1 if events & select.POLLRDHUP else 0
 
 
 def unix_name(addr: str | bytes) -> bytes:
@@ -314,6 +363,11 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
     locked and read in repair mode by :mod:`ckpt.resources.tcp`, to come back alive.
     """
     p, opts = peek(pid, fd)
+    if p.family in (socket.AF_PACKET, socket.AF_NETLINK):
+        from . import netlink, packet  # they build on this module: imported here, not above
+        (packet if p.family == socket.AF_PACKET else netlink).describe(pid, fd, entry, p, opts, notes=notes,
+                                                                       tolerate=tolerate)
+        return
     kinds = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
     if p.family in (socket.AF_INET, socket.AF_INET6):
         fam = "IPv4" if p.family == socket.AF_INET else "IPv6"
@@ -339,7 +393,7 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
             inet.state = TCP_CLOSE
             inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
             inet.tcp_closed = True
-        elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        elif p.type not in (socket.SOCK_STREAM, *_DATAGRAM):
             raise refuse(pid, fd, f"an {fam} socket of type {p.type}")
         elif p.listening and p.max_backlog >= 0:
             inet.backlog = p.max_backlog
@@ -349,9 +403,14 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
                      notes)
                 inet.queue_lost = True
         elif p.queued:
-            lose("udp-queue", tolerate, f"process {pid}: fd {fd}", f"an {fam} UDP socket with datagrams not yet read",
+            raw = p.type == socket.SOCK_RAW
+            lose("raw-queue" if raw else "udp-queue", tolerate, f"process {pid}: fd {fd}",
+                 f"an {fam} {f'raw (protocol {p.protocol})' if raw else 'UDP'} socket with datagrams not yet read",
                  notes)
             inet.queue_lost = True
+        if p.type in _DATAGRAM:
+            with borrowed(pid, fd) as s:
+                inet.shutdown = shutdown_of(s)
         entry.kind = K.INET
         entry.inet.CopyFrom(inet)
         return
@@ -425,14 +484,26 @@ def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
                                        hint="the address must be free (is the dumped process still running?)") from exc
             if i.type == socket.SOCK_STREAM and i.state == TCP_LISTEN:
                 inj.call(NR.listen, fd, backlog_of(i), name="listen")
-            elif i.type == socket.SOCK_DGRAM and i.dst_addr:
+            elif i.type in _DATAGRAM and i.dst_addr:
                 s.write(0, bytes(i.dst_addr))
                 inj.call(NR.connect, fd, s.addr, len(i.dst_addr), name="connect")
+            if i.type in _DATAGRAM and i.shutdown:
+                _shutdown(inj, fd, i.shutdown)
         except BaseException:
             inj.close(fd)
             raise
         return fd
     raise RestoreError(f"file {entry.id} is not a socket kind ckpt restores ({K.Name(entry.kind)})")
+
+
+def _shutdown(inj: Injector, fd: int, bits: int) -> None:
+    """``shutdown(fd, how)`` for RCV_SHUTDOWN 1 / SEND_SHUTDOWN 2 bits (how = bits - 1).  An unconnected
+    datagram socket takes the bits and answers ENOTCONN (inet_shutdown): that is no failure here."""
+    try:
+        inj.call(NR.shutdown, fd, bits - 1, name=f"shutdown({fd}, {bits - 1})")
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
 
 
 #: Every socket is claimed as inet; :func:`dump` makes a unix one UNIX (:data:`ckpt.resources.unix.KIND`).
