@@ -149,7 +149,7 @@ def lines(inode: int) -> list[tuple[str, str]]:
         except OSError:
             return f"#{ifindex}"
 
-    members = sorted(f"{name(m.ifindex)} {_MR_TYPES.get(m.type, m.type)} {m.address.hex()} x{m.count}"
+    members = sorted(f"{name(m.ifindex)} {_MR_TYPES.get(m.type, m.type)} {m.address.hex() or '-'} x{m.count}"
                      for m in d.memberships)
     return [("type", str(d.type)), ("protocol", f"{d.num:#06x}"), ("interface", name(d.ifindex)),
             ("flags", f"{d.flags:#x}"), ("version", str(d.version)), ("reserve", str(d.reserve)),

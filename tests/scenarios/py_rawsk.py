@@ -19,6 +19,10 @@ The argument names the kind:
   NETLINK_USERSOCK sockets, one bound to a chosen port id, the other connected to it, which sends to it;
   an unbound NETLINK_GENERIC socket.
 
+A second argument adds what ckpt refuses: ``packet ring`` (a PACKET_RX_RING on the unbound socket),
+``packet fanout`` (the first in a PACKET_FANOUT group), ``netlink queued`` (a message left unread on the
+USERSOCK server: refused unless tolerated, and then not checked).
+
 Every option set is read back and compared.  Prints ``READY``; on each SIGUSR1 prints ``PASS rawsk
 KIND round=N`` or ``FAIL what``.  Nothing is left queued between rounds.
 """
@@ -33,7 +37,7 @@ import sys
 SOL_RAW, ICMP_FILTER, SOL_ICMPV6, ICMPV6_FILTER, IPV6_CHECKSUM = 255, 1, 58, 1, 7
 SOL_PACKET, PACKET_ADD_MEMBERSHIP = 263, 1
 PACKET_AUXDATA, PACKET_ORIGDEV, PACKET_VERSION, PACKET_RESERVE, PACKET_LOSS = 8, 9, 10, 12, 14
-PACKET_VNET_HDR, PACKET_TIMESTAMP, PACKET_QDISC_BYPASS = 15, 17, 20
+PACKET_VNET_HDR, PACKET_TIMESTAMP, PACKET_QDISC_BYPASS, PACKET_RX_RING, PACKET_FANOUT = 15, 17, 20, 5, 18
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NETLINK_LIST_MEMBERSHIPS = 270, 1, 9
 NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, NETLINK_USERSOCK, NETLINK_GENERIC = 11, 12, 2, 16
 RTM_GETLINK, NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR = 18, 1, 0x300, 3, 2
@@ -68,7 +72,7 @@ def checksum(data: bytes) -> int:
     return ~(s + (s >> 16)) & 0xFFFF
 
 
-def udp_setup() -> list:
+def udp_setup(extra: str) -> list:
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     a.bind(("127.0.0.1", 0))
@@ -105,7 +109,7 @@ def udp_check(socks: list, n: int) -> list[str]:
     return bad
 
 
-def raw_setup() -> dict:
+def raw_setup(extra: str) -> dict:
     out = {}
     icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     setting("icmp ICMP_FILTER", icmp, SOL_RAW, ICMP_FILTER, struct.pack("I", 0xFFFFFFFE))  # echo reply only
@@ -165,7 +169,7 @@ def raw_check(s: dict, n: int) -> list[str]:
 ETH_A, ETH_B = 0x88B5, 0x88B6
 
 
-def packet_setup() -> list:
+def packet_setup(extra: str) -> list:
     a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_A))
     for name, opt, value in (("PACKET_AUXDATA", PACKET_AUXDATA, 1), ("PACKET_ORIGDEV", PACKET_ORIGDEV, 1),
                              ("PACKET_VERSION", PACKET_VERSION, 1), ("PACKET_RESERVE", PACKET_RESERVE, 4),
@@ -181,6 +185,10 @@ def packet_setup() -> list:
     c.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", lo, 1, 0, b""))  # PACKET_MR_PROMISC
     for _ in range(2):
         c.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", lo, 0, 6, bytes.fromhex("01005e0000fb")))
+    if extra == "ring":  # struct tpacket_req: block size, blocks, frame size, frames
+        c.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("4I", 4096, 1, 2048, 2))
+    elif extra == "fanout":
+        a.setsockopt(SOL_PACKET, PACKET_FANOUT, 0x4242)  # group 0x4242, PACKET_FANOUT_HASH
     return [a, b, c]
 
 
@@ -198,7 +206,7 @@ def packet_check(socks: list, n: int) -> list[str]:
     return bad
 
 
-def netlink_setup() -> dict:
+def netlink_setup(extra: str) -> dict:
     route = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     setting("route NETLINK_EXT_ACK", route, SOL_NETLINK, NETLINK_EXT_ACK, 1)
     setting("route NETLINK_GET_STRICT_CHK", route, SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
@@ -211,6 +219,8 @@ def netlink_setup() -> dict:
     client = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_USERSOCK)
     client.connect(server.getsockname())
     generic = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_GENERIC)
+    if extra == "queued":
+        client.send(b"left unread")
     return {"route": route, "port": route.getsockname()[0], "server": server, "client": client, "generic": generic,
             "names": (server.getsockname(), client.getsockname(), generic.getsockname())}
 
@@ -261,7 +271,7 @@ def netlink_check(s: dict, n: int) -> list[str]:
     if names != s["names"]:
         bad.append(f"names {names}, were {s['names']}")
     s["client"].send(f"hello {n}".encode())
-    if (why := wait_for(s["server"], lambda m: m == f"hello {n}".encode(), "userSock unicast")) is not None:
+    if (why := wait_for(s["server"], lambda m: m == f"hello {n}".encode(), "USERSOCK unicast")) is not None:
         bad.append(why)
     netlink_drain(s)
     return bad
@@ -272,9 +282,9 @@ KINDS = {"udp": (udp_setup, udp_check), "raw": (raw_setup, raw_check), "packet":
 
 
 def main() -> int:
-    kind = sys.argv[1]
+    kind, extra = sys.argv[1], (sys.argv[2:] or [""])[0]
     setup, check = KINDS[kind]
-    state = setup()
+    state = setup(extra)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     print(f"READY pid={os.getpid()}", flush=True)
     n = 0
