@@ -27,6 +27,7 @@ Every option set is read back and compared.  Prints ``READY``; on each SIGUSR1 p
 KIND round=N`` or ``FAIL what``.  Nothing is left queued between rounds.
 """
 
+import itertools
 import os
 import select
 import signal
@@ -50,6 +51,13 @@ def setting(name: str, sock: socket.socket, level: int, opt: int, value: object)
     buflen = len(value) if isinstance(value, bytes) else 0
     checks.append((name, sock, level, opt, buflen, sock.getsockopt(level, opt, buflen) if buflen
                    else sock.getsockopt(level, opt)))
+
+
+def options_changed() -> list[str]:
+    """Each option set at the start that getsockopt gives otherwise now."""
+    now = [(name, want, sock.getsockopt(level, opt, size) if size else sock.getsockopt(level, opt))
+           for name, sock, level, opt, size, want in checks]
+    return [f"{name}: want {want!r} got {got!r}" for name, want, got in now if got != want]
 
 
 def wait_for(sock: socket.socket, match, what: str) -> str | None:  # noqa: ANN001
@@ -285,18 +293,13 @@ def main() -> int:
     kind, extra = sys.argv[1], (sys.argv[2:] or [""])[0]
     setup, check = KINDS[kind]
     state = setup(extra)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # taken by sigwait only
     print(f"READY pid={os.getpid()}", flush=True)
-    n = 0
-    while True:
+    for n in itertools.count(1):
         signal.sigwait({signal.SIGUSR1})
-        n += 1
-        bad = check(state, n)
-        for name, sock, level, opt, buflen, want in checks:
-            got = sock.getsockopt(level, opt, buflen) if buflen else sock.getsockopt(level, opt)
-            if got != want:
-                bad.append(f"{name}: want {want!r} got {got!r}")
+        bad = check(state, n) + options_changed()
         print(f"FAIL {'; '.join(bad)}" if bad else f"PASS rawsk {kind} round={n}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
