@@ -3,6 +3,8 @@
 Unix sockets are :mod:`ckpt.resources.unix`'s: this module only records
 what such a socket says about itself (type, names, options, a listener's
 backlog), and the unix module links them to their peers across the tree.
+Packet and netlink sockets are :mod:`ckpt.resources.packet`'s and
+:mod:`ckpt.resources.netlink`'s: :func:`describe` hands them over.
 
 Dump looks at the socket from outside: ``pidfd_getfd`` lends the dumper a
 duplicate of the target's descriptor, on which getsockname, getpeername and
@@ -13,7 +15,9 @@ injection.  The duplicate is closed at once; the target's socket is untouched.
 What can be re-created is a socket whose state lives in its local address and
 options: a TCP listener (its queue of not-yet-accepted connections is *not*
 kept: those clients see a reset), a UDP socket (bound, and connected to a
-peer if it was).  An established TCP connection is
+peer if it was), a raw socket (IPv4 or IPv6, of its protocol; bound, connected
+— the peer read from /proc/PID/net/raw, :mod:`ckpt.procfs.netraw`), each UDP or
+raw socket with the directions it was shut down in (:func:`shutdown_of`).  An established TCP connection is
 kept alive with ``--tcp-established`` (:mod:`ckpt.resources.tcp`: TCP_REPAIR
 and a network lock); otherwise it is refused, naming the fd and both ends,
 unless ``tcp_close`` — then, like CRIU's ``--tcp-close``, it comes back as a
@@ -47,7 +51,7 @@ import select
 import socket
 import struct
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -249,15 +253,25 @@ def account_agrees(pid: int, account: process_pb2.Observed, fds: "tuple[files_pb
     by_id = {e.id: e for e in entries}
     for section in account.sections:
         kind, _, fd = section.name.partition("/")
-        e = by_id.get(by_fd.get(int(fd), -1)) if kind == "inet" else None
-        if e is None or e.kind != K.INET or e.inet.queue_lost or e.inet.tcp_closed:
+        e = by_id.get(by_fd.get(int(fd), -1)) if kind in _QUEUE_LOST else None
+        if e is None or e.kind != _QUEUE_LOST[kind][0] or _QUEUE_LOST[kind][1](e):
             continue
         lines = {ln.key: ln.value for ln in section.lines}
         what = ("a connection to it waiting to be accepted" if lines.get("waiting", "0") != "0"
                 else "a datagram queued on it" if lines.get("queued") == "yes" else None)
         if what is not None:
             raise Unsupported(f"process {pid}: fd {fd}: {what} arrived while it was being dumped",
-                              hint="dump again (with --tolerate listen-queue / udp-queue to let such a queue go)")
+                              hint="dump again (with --tolerate listen-queue / udp-queue / raw-queue / packet-queue "
+                                   "/ netlink-queue to let such a queue go)")
+
+
+#: Account sections whose queues :func:`account_agrees` checks: the entry kind, and whether the image lets the
+#: queue go.
+_QUEUE_LOST: dict[str, tuple[int, Callable[[files_pb2.FileEntry], bool]]] = {
+    "inet": (K.INET, lambda e: e.inet.queue_lost or e.inet.tcp_closed),
+    "packet": (K.PACKET, lambda e: e.packet.queue_lost),
+    "netlink": (K.NETLINK, lambda e: e.netlink.queue_lost),
+}
 
 
 def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
