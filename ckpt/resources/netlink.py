@@ -20,6 +20,7 @@ unless ``--tolerate netlink-queue``: a kernel message cannot be queued again.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -95,7 +96,7 @@ def restore(r: Opener, entry: FileEntry, fds: list[int]) -> int:
                 r.inj.call(NR.bind, fd, r.s.addr, _SOCKADDR_NL.size, name=f"bind(AF_NETLINK, port {nl.portid})")
             except OSError as exc:
                 raise RestoreError(f"cannot bind a netlink socket (protocol {nl.protocol}) to its port id "
-                                   f"{nl.portid} again: {exc.strerror}",
+                                   f"{nl.portid} again: {os.strerror(exc.errno or 0)}",
                                    hint="another socket holds that port id (is the dumped process still "
                                         "running?)") from exc
         bits = int.from_bytes(nl.groups, "little")

@@ -22,6 +22,7 @@ Frames queued and not read are refused too, unless ``--tolerate packet-queue``.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -100,7 +101,7 @@ def _ifindex(r: Opener, fd: int, name: str) -> int:
         r.inj.call(NR.ioctl, fd, SIOCGIFINDEX, r.s.addr, name=f"ioctl(SIOCGIFINDEX, {name!r})")
     except OSError as exc:
         raise RestoreError(f"a packet socket was bound to interface {name!r}, which this network namespace "
-                           f"lacks: {exc.strerror}", hint="create the interface (same name) before the restore") \
+                           f"lacks: {os.strerror(exc.errno or 0)}", hint="create the interface (same name) before the restore") \
             from exc
     return _IFREQ.unpack(r.s.read(0, _IFREQ.size))[1]
 

@@ -104,3 +104,22 @@ def test_a_state_the_restore_lost_fails_the_self_check(py_target, tmp_path: Path
     t.proc.returncode = -signal.SIGKILL
     with pytest.raises(RestoreError, match=difference):
         api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+
+
+def test_a_packet_socket_on_an_interface_missing_here_fails_the_restore(py_target, tmp_path: Path,  # noqa: ANN001
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interface is looked up by name where the process is restored: one that is not there is named."""
+    from ckpt.resources import packet
+    real = packet.describe
+
+    def elsewhere(pid, fd, entry, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        real(pid, fd, entry, *args, **kw)
+        if entry.packet.ifindex:
+            entry.packet.ifname = "ckpt-none0"  # as if dumped where such an interface existed
+    monkeypatch.setattr(packet, "describe", elsewhere)
+    t = _started(py_target, "packet")
+    api.dump(t.pid, tmp_path / "img")
+    t.proc.returncode = -signal.SIGKILL
+    with pytest.raises(RestoreError, match=r"a packet socket was bound to interface 'ckpt-none0', which this "
+                                           r"network namespace lacks: No such device"):
+        api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
