@@ -32,12 +32,19 @@ def _started(py_target, kind: str, *args: str):  # noqa: ANN001, ANN202
     return t
 
 
+#: What other programs of this machine may send to the scenario's sockets at any moment (an echo reply to a
+#: ping of ::1 or 127.0.0.1 passes the ICMP filters; a link that changes is told to RTMGRP_LINK): let go if it
+#: comes between the round before the dump and the dump (the self-check then lets "queued" differ, and the
+#: scenario skips what it did not send).  Refusing such a queue is tested below.
+_NOISE = {"raw": ("raw-queue",), "netlink": ("netlink-queue",)}
+
+
 @pytest.mark.parametrize("kind,expected", [("udp", K.INET), ("raw", K.INET), ("packet", K.PACKET),
                                            ("netlink", K.NETLINK)])
 def test_socket_kind_round_trips(py_target, tmp_path: Path, restored: list[int], kind: str,  # noqa: ANN001
                                  expected: int) -> None:
     t = _started(py_target, kind)
-    api.dump(t.pid, tmp_path / "img")
+    api.dump(t.pid, tmp_path / "img", tolerate=_NOISE.get(kind, ()))
     t.proc.returncode = -signal.SIGKILL
     kinds = {e.kind for e in Image.open(tmp_path / "img").file_entries()}
     assert expected in kinds
