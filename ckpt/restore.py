@@ -819,6 +819,16 @@ def _lost_inet(e: files_pb2.FileEntry) -> tuple[str, ...]:
     return lost
 
 
+def _lost_queue(e: files_pb2.FileEntry) -> str | None:
+    """The account section (``packet``, ``netlink``) whose ``queued`` line the user let the dump lose
+    (``--tolerate packet-queue`` / ``netlink-queue``), or None."""
+    if e.kind == files_pb2.FileEntry.PACKET and e.packet.queue_lost:
+        return "packet"
+    if e.kind == files_pb2.FileEntry.NETLINK and e.netlink.queue_lost:
+        return "netlink"
+    return None
+
+
 def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
                 tree_pids: Collection[int], image: Image) -> list[str]:
     """Compare the kernel's account of each built (frozen) process with the dump's; RestoreError on a difference.
@@ -851,6 +861,7 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
         files = {e.id: e for e in image.file_entries()}
         lost = {(f"unix_diag/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_unix(files[f.file_id])}
         lost |= {(f"inet/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_inet(files[f.file_id])}
+        lost |= {(f"{kind}/{f.fd}", "queued") for f in image.fds(ws.pid) if (kind := _lost_queue(files[f.file_id]))}
         diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
                                      joins_restorer=outside,
                                      tolerated=lowered | lost, elsewhere=elsewhere)
