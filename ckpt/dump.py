@@ -32,7 +32,7 @@ from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
 from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
-from .resources import cow, timens, timers, tree, tty
+from .resources import cow, guards, timens, timers, tree, tty, vmflags
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -442,6 +442,10 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
         w.require(ghost.FEATURE)
     if any(aio.is_ring(v) for v in vmas):
         w.require(aio.FEATURE)
+    if mm.def_flags:  # (no /proc file shows them: a reader that ignored them would lose them unseen)
+        w.require(vmflags.FEATURE)
+    if any(v.guards for v in vmas):
+        w.require(guards.FEATURE)
     return cores, vmas
 
 

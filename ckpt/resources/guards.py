@@ -22,7 +22,11 @@ from ..image.pb import mm_pb2
 from ..kernel.mman import MADV_GUARD_INSTALL
 from ..kernel.pagemap import PAGE_IS_GUARD, pagemap_scan
 
-__all__ = ["scan_reports_guards", "dump", "guard_runs", "readable_runs", "install", "observed_lines"]
+__all__ = ["FEATURE", "scan_reports_guards", "dump", "guard_runs", "readable_runs", "install", "observed_lines"]
+
+
+#: The image feature (ckpt.image.compat) of an image with guard regions.
+FEATURE = "guard-regions"
 
 
 @functools.cache

@@ -39,7 +39,7 @@ from ..kernel.mman import (
 from ..procfs.maps import read_smaps_vmflags
 from ..procfs.snapshot import Snapshot
 
-__all__ = ["ADVISED", "LOCKS", "KEPT", "MLOCK_ONFAULT", "MCL_FUTURE", "MCL_ONFAULT", "map_type", "restore_vma",
+__all__ = ["FEATURE", "ADVISED", "LOCKS", "KEPT", "MLOCK_ONFAULT", "MCL_FUTURE", "MCL_ONFAULT", "map_type", "restore_vma",
            "seal", "dump_def_flags", "restore_def_flags"]
 
 #: VmFlags letters set by madvise, and the advice that sets each again.
@@ -55,6 +55,8 @@ KEPT = frozenset({*ADVISED, *LOCKS, "dp", "gu", "sl"})
 PR_SET_MEMORY_MERGE = 67
 #: Mappings KSM may merge (private; a file's only once written): the ones PR_SET_MEMORY_MERGE marks.
 _KSM_KINDS = frozenset({mm_pb2.Vma.ANON_PRIVATE, mm_pb2.Vma.HEAP, mm_pb2.Vma.STACK, mm_pb2.Vma.FILE_PRIVATE})
+#: The image feature (ckpt.image.compat) of an image whose MmEntry.def_flags is set.
+FEATURE = "mm-default-flags"
 MLOCK_ONFAULT = 0x01  # include/uapi/asm-generic/mman-common.h
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4  # include/uapi/asm-generic/mman.h
 

@@ -20,14 +20,18 @@ from test_dump_restore import _forget
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
 
 
-def _round_trip(t, tmp_path: Path, restored: list[int], prefix: str) -> None:  # noqa: ANN001
+def _round_trip(t, tmp_path: Path, restored: list[int], prefix: str) -> list[str]:  # noqa: ANN001
+    """Check, dump, restore, check again; the image's required features."""
+    from ckpt.image.reader import Image
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS").startswith(f"{prefix} round=1")
     api.dump(t.pid, tmp_path / "img")
     _forget(t)
+    required = list(Image.open(tmp_path / "img").inventory.required_features)
     restored.append(api.restore(tmp_path / "img", inherit_fds=t.stdio_fds).pid)
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS").startswith(f"{prefix} round=2")
+    return required
 
 
 @pytest.mark.parametrize("mode", ["plain", "future", "future-onfault", "merge-any"])
@@ -35,7 +39,8 @@ def test_mapping_flags_round_trip(py_target, tmp_path: Path, restored: list[int]
     t = py_target("py_vmflags.py", mode, stderr=subprocess.DEVNULL)
     areas = t.ready()["areas"].split(",")
     assert {"locked", "onfault", "madv-wf", "madv-dc", "madv-dd", "madv-sr", "madv-rr"} <= set(areas)
-    _round_trip(t, tmp_path, restored, "PASS vmflags")
+    required = _round_trip(t, tmp_path, restored, "PASS vmflags")
+    assert ("mm-default-flags" in required) == (mode != "plain")  # no /proc file shows them: an older ckpt refuses
 
 
 def test_self_check_catches_a_flag_not_set_again(py_target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
@@ -56,7 +61,7 @@ def test_unreadable_memory_round_trips(py_target, tmp_path: Path, restored: list
     and exec-only pages with their bytes."""
     t = py_target("py_unreadable.py", stderr=subprocess.DEVNULL)
     assert set(t.ready()["areas"].split(",")) == {"guard", "none", "exec", "guard-file"}
-    _round_trip(t, tmp_path, restored, "PASS unreadable")
+    assert "guard-regions" in _round_trip(t, tmp_path, restored, "PASS unreadable")
 
 
 def test_self_check_catches_a_guard_region_lost(py_target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
