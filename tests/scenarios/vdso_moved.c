@@ -1,6 +1,6 @@
 /* vdso_moved: a process that moved its vDSO and vvar pages elsewhere, or unmapped them.
  *
- * usage: vdso_moved move|unmap
+ * usage: vdso_moved move|unmap [tree]
  *
  * "move": [vvar], [vvar_vclock] (6.15+) and [vdso] go, in their relative layout (the vDSO's code reads the
  * vvar pages at fixed offsets from itself), to a new place 64 MiB below with mremap; __vdso_clock_gettime is
@@ -8,7 +8,8 @@
  * pointers are stale, so nothing here calls the C library's clock functions afterwards: only raw system calls.
  * A 16-page area holds a pattern.  Prints "READY pid=P vdso=ADDR" (0 when unmapped), then on each SIGUSR1
  * checks /proc/self/maps (the kernel areas where they were put, or none), the moved vDSO's clock against
- * the system call's, and the pattern; prints "PASS vdso-moved round=N" or "FAIL why".
+ * the system call's, and the pattern; prints "PASS vdso-moved round=N" or "FAIL why".  With "tree", a child
+ * forked before the move keeps its areas where they were (and only waits).
  */
 #define _GNU_SOURCE
 #include <elf.h>
@@ -70,6 +71,8 @@ static void on_signal(int sig) { (void)sig; asked = 1; }
 
 int main(int argc, char **argv) {
     int move = argc > 1 && !strcmp(argv[1], "move");
+    int tree = argc > 2 && !strcmp(argv[2], "tree");  /* a child forked first keeps its kernel areas */
+    pid_t child = 0;
     unsigned long fn_off = 0;
     area = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (area == MAP_FAILED) die("mmap");
@@ -78,6 +81,11 @@ int main(int argc, char **argv) {
     if (!starts[2]) die("no [vdso]");
     fn_off = vdso_symbol(starts[2], "__vdso_clock_gettime");
     if (!fn_off) die("no __vdso_clock_gettime");
+    if (tree) {
+        child = fork();
+        if (child < 0) die("fork");
+        if (child == 0) for (;;) pause();
+    }
     unsigned long lo = starts[2], hi = ends[2];
     for (int i = 0; i < NAREAS; i++)
         if (starts[i]) { if (starts[i] < lo) lo = starts[i]; if (ends[i] > hi) hi = ends[i]; }
@@ -98,7 +106,7 @@ int main(int argc, char **argv) {
     }
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGUSR1, &sa, NULL);
-    printf("READY pid=%d vdso=%#lx\n", getpid(), starts[2]);
+    printf("READY pid=%d vdso=%#lx child=%d\n", getpid(), starts[2], (int)child);
     fflush(stdout);
     for (int round = 1;; round++) {
         while (!asked) pause();
