@@ -302,7 +302,7 @@ _SOCK_FILTER_SIZE = 8
 
 
 def seccomp_get_filter(tid: int, index: int) -> bytes:
-    """The program of the ``index``-th filter of the thread's chain (0: the newest), as its
+    """The program of the ``index``-th filter of the thread's chain (0: the oldest), as its
     ``struct sock_filter`` array; ENOENT past the oldest, EMEDIUMTYPE in strict mode or without a filter."""
     n = _call(PTRACE_SECCOMP_GET_FILTER, tid, index, None)
     buf = ctypes.create_string_buffer(n * _SOCK_FILTER_SIZE)

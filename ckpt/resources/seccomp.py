@@ -5,7 +5,8 @@ Dump.  ckpt seizes every thread with PTRACE_O_SUSPEND_SECCOMP
 target's filters and strict mode; without it a strict-mode target would be
 killed by the first one and a filter could answer them with an error.  Each
 thread's mode is the ``Seccomp:`` line of its status; its filters are read with
-PTRACE_SECCOMP_GET_FILTER (index 0 is the newest) and their kept flags
+PTRACE_SECCOMP_GET_FILTER (index 0 is the *oldest*: the kernel counts back
+from the newest by the chain's length less the index, measured here) and their kept flags
 (SECCOMP_FILTER_FLAG_LOG) with PTRACE_SECCOMP_GET_METADATA.
 
 Which filters are shared.  The kernel shares a filter between the threads
@@ -98,7 +99,6 @@ def read_chain(tid: int) -> list[Filter]:
             flags = 0
         out.append(Filter(program, flags))
         index += 1
-    out.reverse()
     return out
 
 
@@ -111,7 +111,7 @@ def _refuse(pid: int, tid: int, depth: int, f: Filter) -> None:
         elif value & SECCOMP_RET_ACTION_FULL == SECCOMP_RET_USER_NOTIF:
             what = "answers with SECCOMP_RET_USER_NOTIF"
         if what:
-            raise Unsupported(f"thread {tid} of process {pid}: its seccomp filter {depth} (0 the newest) {what}: "
+            raise Unsupported(f"thread {tid} of process {pid}: its seccomp filter {depth} (0 the oldest) {what}: "
                               "a user-notification filter's listener (SECCOMP_FILTER_FLAG_NEW_LISTENER) is a "
                               "supervisor's descriptor that ckpt cannot give a new one")
 
@@ -157,7 +157,7 @@ def dump(proc: FrozenProcess, tids: Iterable[int]) -> process_pb2.ProcessEntry:
         if mode not in (SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER):
             raise Unsupported(f"thread {tid} of process {proc.pid} is in seccomp mode {mode}, which ckpt does not know")
         chain = read_chain(tid) if mode == SECCOMP_MODE_FILTER else []
-        for depth, f in enumerate(reversed(chain)):
+        for depth, f in enumerate(chain):
             _refuse(proc.pid, tid, depth, f)
         chains.add(tid, mode, chain)
     entry = process_pb2.ProcessEntry()
@@ -224,9 +224,9 @@ def _install_chains(inj: Injector, injectors: dict[int, Injector], s: Scratch, m
 
 def observed_lines(tid: int) -> list[tuple[str, str]]:
     """The self-check's account of a thread in filter mode (traced and stopped by us): a digest of each
-    filter's program and flags, newest first (what PTRACE_SECCOMP_GET_FILTER numbers them by)."""
+    filter's program and flags, oldest first (as PTRACE_SECCOMP_GET_FILTER numbers them)."""
     lines = []
-    for depth, f in enumerate(reversed(read_chain(tid))):
+    for depth, f in enumerate(read_chain(tid)):
         digest = hashlib.sha256(f.program).hexdigest()[:32]
         lines.append((f"filter {depth}", f"{len(f.program) // SOCK_FILTER_SIZE} insns flags={f.flags:#x} {digest}"))
     return lines

@@ -1,0 +1,131 @@
+"""seccomp through dump, pre-dump and restore (ckpt/resources/seccomp.py).
+
+The targets check themselves after the restore (scenarios/seccomp.c: threads with a shared filter and one
+of their own, a forked child, a filter that kills the process on calls ckpt injects; scenarios/py_seccomp.py:
+a Python program that installed its filter through ctypes); the restore's self-check compared each thread's
+mode, filter count and a digest of each program with the dump's.  A strict-mode process
+(scenarios/seccomp_strict.c) survives pre-dumps and dumps and is still strict after the restore: the kernel
+kills it for a call strict mode forbids.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckpt import api
+from ckpt.image.reader import Image
+from targets import Target
+from test_dump_restore import _forget
+
+REPO = Path(__file__).resolve().parents[2]
+CKPT = [sys.executable, "-m", "ckpt.cli"]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, clone3 set_tid)")
+
+
+def _status(pid: int, key: str, tid: int | None = None) -> str:
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    with open(path) as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key + ":"))
+
+
+def _seccomp_of(pid: int) -> dict[int, tuple[str, str]]:
+    return {int(t): (_status(pid, "Seccomp", int(t)), _status(pid, "Seccomp_filters", int(t)))
+            for t in os.listdir(f"/proc/{pid}/task")}
+
+
+def test_filters_of_threads_and_a_child_come_back(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """A filter that kills the process on prctl and umask and refuses rt_sigaction (ckpt injects them all)
+    does not hinder the dump; after the restore each thread and the child refuse what they refused."""
+    t = c_target("seccomp")
+    child = int(t.ready()["child"])
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS threads=3 child=1"
+    before = {t.pid: _seccomp_of(t.pid), child: _seccomp_of(child)}
+    assert sorted(v[1] for v in before[t.pid].values()) == ["1", "1", "2"]
+
+    api.dump(t.pid, tmp_path / "img", leave_running=True)  # the target lives on, its filters untouched
+    assert _seccomp_of(t.pid) == before[t.pid]
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS threads=3 child=1"
+
+    img = Image.open(tmp_path / "img")
+    sc = img.process(t.pid).seccomp
+    assert len(sc.filters) == 2  # A once for the three threads, B on top of it
+    assert sorted(len(_chain(sc, th)) for th in sc.threads) == [1, 1, 2]
+
+    api.dump(t.pid, tmp_path / "img2")
+    _forget(t)
+    r = api.restore(tmp_path / "img2", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert {t.pid: _seccomp_of(t.pid), child: _seccomp_of(child)} == before
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS threads=3 child=1"
+
+
+def _chain(sc, th) -> list[int]:  # noqa: ANN001
+    out, at = [], th.filter
+    while at:
+        out.append(at)
+        at = sc.filters[at - 1].parent
+    return out
+
+
+def _echo(t: Target, line: str) -> str:
+    t.write(line.encode() + b"\n")
+    return t.readline()
+
+
+def test_a_strict_mode_process_survives_pre_dump_and_dump_and_stays_strict(c_target, tmp_path: Path,  # noqa: ANN001
+                                                                            restored: list[int]) -> None:
+    t = c_target("seccomp_strict", stdin_pipe=True)
+    t.ready()
+    assert _echo(t, "one") == "ECHO 1 one"
+    assert _status(t.pid, "Seccomp") == "1"
+    api.pre_dump(t.pid, tmp_path / "pre")
+    assert _echo(t, "two") == "ECHO 2 two"  # alive after the pre-dump's injected calls
+    api.dump_delta(t.pid, tmp_path / "img", prev_images_dir=tmp_path / "pre")
+    _forget(t)
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert _status(t.pid, "Seccomp") == "1"
+    assert _echo(t, "three") == "ECHO 3 three"
+    t.write(b"getpid\n")  # strict mode kills it for that
+    _, status = os.waitpid(r.pid, 0)
+    restored.remove(r.pid)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def test_a_python_program_keeps_its_filter(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """The issue's real program: a filter installed through ctypes still refuses getppid after the restore."""
+    t = py_target("py_seccomp.py")
+    t.ready()
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS getppid=EPERM"
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert _status(t.pid, "Seccomp") == "2" and _status(t.pid, "NoNewPrivs") == "1"
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS getppid=EPERM"
+
+
+def test_a_user_notification_filter_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """Its listener (a supervisor's descriptor) cannot be given back: refused at dump, the target untouched."""
+    t = py_target("py_seccomp.py", "notify", stderr=subprocess.DEVNULL)
+    t.ready()
+    res = subprocess.run([*CKPT, "dump", "-t", str(t.pid), "-D", str(tmp_path / "img")], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 1, res.stderr
+    assert f"thread {t.pid} of process {t.pid}: its seccomp filter 0 (0 the oldest) answers with " \
+           "SECCOMP_RET_USER_NOTIF" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "img").exists() and t.proc.poll() is None
+    assert _status(t.pid, "TracerPid") == "0"
