@@ -117,6 +117,22 @@ def test_a_python_program_keeps_its_filter(py_target, tmp_path: Path, restored: 
     assert t.expect("PASS") == "PASS getppid=EPERM"
 
 
+def test_a_filter_its_process_could_no_longer_install(py_target, tmp_path: Path,  # noqa: ANN001
+                                                     restored: list[int]) -> None:
+    """Installed as root without no_new_privs, the process then uid 65534 with no capability: the restore
+    installs the filter before it sets the credentials (they would not allow it after)."""
+    t = py_target("py_seccomp.py", "setuid")
+    t.ready()
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert (_status(t.pid, "Seccomp"), _status(t.pid, "NoNewPrivs"), _status(t.pid, "Uid").split()[0]) == \
+        ("2", "0", "65534")
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS getppid=EPERM"
+
+
 def test_a_user_notification_filter_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
     """Its listener (a supervisor's descriptor) cannot be given back: refused at dump, the target untouched."""
     t = py_target("py_seccomp.py", "notify", stderr=subprocess.DEVNULL)
