@@ -99,10 +99,13 @@ def _seize_thread(tid: int) -> None:
     """PTRACE_SEIZE ``tid`` with :func:`seize_options`; the first refusal of the seccomp suspension is
     told from any other by seizing again without it (both say EPERM)."""
     global _suspend_granted
+    if _suspend_granted is False:
+        ptrace.seize(tid, SEIZE_OPTIONS)
+        return
     try:
-        ptrace.seize(tid, seize_options())
+        ptrace.seize(tid, SEIZE_OPTIONS | ptrace.PTRACE_O_SUSPEND_SECCOMP)
     except OSError as exc:
-        if _suspend_granted is not None or exc.errno not in (errno.EPERM, errno.EINVAL):
+        if _suspend_granted or exc.errno not in (errno.EPERM, errno.EINVAL):
             raise
         ptrace.seize(tid, SEIZE_OPTIONS)  # its own EPERM (traced already) goes to the caller
         _suspend_granted = False

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from ckpt import api
+from ckpt.errors import Unsupported
 from ckpt.image.reader import Image
+from ckpt.kernel.seccomp import SECCOMP_FILTER_FLAG_LOG
 from targets import Target
 from test_dump_restore import _forget
 
@@ -59,6 +61,7 @@ def test_filters_of_threads_and_a_child_come_back(c_target, tmp_path: Path, rest
     sc = img.process(t.pid).seccomp
     assert len(sc.filters) == 2  # A once for the three threads, B on top of it
     assert sorted(len(_chain(sc, th)) for th in sc.threads) == [1, 1, 2]
+    assert [f.flags for f in sc.filters] == [0, SECCOMP_FILTER_FLAG_LOG]  # B's, as PTRACE_SECCOMP_GET_METADATA says
 
     api.dump(t.pid, tmp_path / "img2")
     _forget(t)
@@ -88,18 +91,36 @@ def test_a_strict_mode_process_survives_pre_dump_and_dump_and_stays_strict(c_tar
     t.ready()
     assert _echo(t, "one") == "ECHO 1 one"
     assert _status(t.pid, "Seccomp") == "1"
+    api.dump(t.pid, tmp_path / "running", leave_running=True)
+    assert _echo(t, "one again") == "ECHO 2 one again"
     api.pre_dump(t.pid, tmp_path / "pre")
-    assert _echo(t, "two") == "ECHO 2 two"  # alive after the pre-dump's injected calls
+    assert _echo(t, "two") == "ECHO 3 two"  # alive after the pre-dump's injected calls
     api.dump_delta(t.pid, tmp_path / "img", prev_images_dir=tmp_path / "pre")
     _forget(t)
     r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     assert _status(t.pid, "Seccomp") == "1"
-    assert _echo(t, "three") == "ECHO 3 three"
+    assert _echo(t, "three") == "ECHO 4 three"
     t.write(b"getpid\n")  # strict mode kills it for that
     _, status = os.waitpid(r.pid, 0)
     restored.remove(r.pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def test_without_the_suspension_a_process_under_seccomp_is_refused_before_any_call(  # noqa: ANN201
+        c_target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001
+    """Where the kernel refuses ckpt PTRACE_O_SUSPEND_SECCOMP (ckpt without CAP_SYS_ADMIN, or under seccomp
+    itself: made up here), a strict-mode process is refused at the seize, before the first injected call
+    would have killed it."""
+    t = c_target("seccomp_strict", stdin_pipe=True)
+    t.ready()
+    assert _echo(t, "one") == "ECHO 1 one"
+    monkeypatch.setattr("ckpt.control.seize._suspend_granted", False)
+    with pytest.raises(Unsupported, match=f"thread {t.pid} of process {t.pid} runs under seccomp \\(mode 1\\) and "
+                                          "the kernel refused ckpt PTRACE_O_SUSPEND_SECCOMP"):
+        api.dump(t.pid, tmp_path / "img")
+    assert _echo(t, "two") == "ECHO 2 two"
+    assert _status(t.pid, "TracerPid") == "0"
 
 
 def test_a_python_program_keeps_its_filter(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001

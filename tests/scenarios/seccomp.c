@@ -4,7 +4,8 @@
  * rt_sigaction with EACCES, prctl and umask kill the process (ckpt injects all of these into a target:
  * a dump must pass by them), every other call is allowed.  Then:
  *   thread 1 is made (it shares A);
- *   thread 2 is made and installs its own filter B on top (getpgrp fails with EPERM, in it only);
+ *   thread 2 is made and installs its own filter B on top (getpgrp fails with EPERM, in it only), with
+ *     SECCOMP_FILTER_FLAG_LOG;
  *   a child is forked (it inherits A).
  * usage: seccomp
  * Prints "READY pid=P child=C", then on each SIGUSR1 (to the process) every thread and the child check
@@ -49,9 +50,9 @@ static struct sock_filter filter_b[] = {
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 };
 
-static int install(struct sock_filter *f, unsigned short n) {
+static int install(struct sock_filter *f, unsigned short n, unsigned flags) {
     struct sock_fprog prog = {n, f};
-    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
 }
 
 /* The value of a status line of this thread, or -1. */
@@ -100,7 +101,7 @@ struct worker {
 static void *work(void *arg) {
     struct worker *w = arg;
     char c = 0;
-    if (w->own_filter && install(filter_b, sizeof filter_b / sizeof filter_b[0])) {
+    if (w->own_filter && install(filter_b, sizeof filter_b / sizeof filter_b[0], SECCOMP_FILTER_FLAG_LOG)) {
         snprintf(w->why, sizeof w->why, "install filter B: %s", strerror(errno));
         c = 1;
     }
@@ -134,7 +135,7 @@ int main(void) {
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
     sigprocmask(SIG_BLOCK, &usr1, NULL);  /* before anything: the threads and the child inherit it */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || install(filter_a, sizeof filter_a / sizeof filter_a[0])) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || install(filter_a, sizeof filter_a / sizeof filter_a[0], 0)) {
         printf("FAIL install filter A: %s\n", strerror(errno));
         return 1;
     }
