@@ -66,7 +66,7 @@ def dump_creds(ctx: DumpContext) -> None:
 
 def dump_seccomp(ctx: DumpContext) -> None:
     """Each thread's seccomp mode and filters (read with ptrace; a user-notification filter is refused)."""
-    ctx.entry.MergeFrom(seccomp.dump(ctx.proc, ctx.proc.threads))
+    ctx.entry.MergeFrom(seccomp.dump(ctx.proc, ctx.snap))
 
 
 def dump_timers(ctx: DumpContext) -> None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..control.inject import Injector, Scratch
@@ -56,7 +56,7 @@ from ..kernel.seccomp import (
     SECCOMP_RET_USER_NOTIF, SECCOMP_SET_MODE_FILTER, SECCOMP_SET_MODE_STRICT, SOCK_FILTER_SIZE, returns,
     sock_fprog,
 )
-from ..procfs.status import read_status_values
+from ..procfs.snapshot import Snapshot
 from ._scratch import scratch_for
 
 __all__ = ["Chains", "read_chain", "dump", "restore", "early", "observed_lines"]
@@ -72,10 +72,10 @@ class Filter:
     flags: int
 
 
-def thread_mode(pid: int, tid: int) -> int:
+def thread_mode(snap: Snapshot, tid: int) -> int:
     """The ``Seccomp:`` line of the thread's status (0 on a kernel without CONFIG_SECCOMP)."""
     try:
-        return int(read_status_values(pid, "Seccomp", tid=tid)[0])
+        return int(snap.task_status_values(tid, "Seccomp")[0])
     except ValueError:
         return 0
 
@@ -147,11 +147,11 @@ def chain_of(msg: process_pb2.Seccomp, t: process_pb2.ThreadSeccomp) -> list[int
     return out
 
 
-def dump(proc: FrozenProcess, tids: Iterable[int]) -> process_pb2.ProcessEntry:
+def dump(proc: FrozenProcess, snap: Snapshot) -> process_pb2.ProcessEntry:
     """A ProcessEntry fragment with ``seccomp`` when a thread of the frozen process is under seccomp."""
     chains = Chains()
-    for tid in sorted(tids):
-        mode = thread_mode(proc.pid, tid)
+    for tid in sorted(proc.threads):
+        mode = thread_mode(snap, tid)
         if mode == 0:
             continue
         if mode not in (SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER):
@@ -195,6 +195,9 @@ def restore(inj: Injector, injectors: dict[int, Injector], s: Scratch, entry: pr
                            "PTRACE_O_SUSPEND_SECCOMP: the restore's last calls would meet its filters",
                            hint="restore as root with CAP_SYS_ADMIN, outside any seccomp sandbox")
     by_tid = {t.tid: t for t in msg.threads}
+    strangers = sorted(set(by_tid) - set(injectors))
+    if strangers:
+        raise RestoreError(f"seccomp: the image names threads {strangers} that process {inj.pid} does not have")
     if filters:
         need = max((len(f.program) for f in msg.filters), default=0) + 16
         with scratch_for(inj, s, need) as area:
