@@ -22,7 +22,7 @@ from ckpt import api
 from ckpt.errors import Unsupported
 from ckpt.image.reader import Image
 from ckpt.kernel.seccomp import SECCOMP_FILTER_FLAG_LOG
-from targets import Target
+from targets import Target, wait_until
 from test_dump_restore import _forget
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,6 +105,24 @@ def test_a_strict_mode_process_survives_pre_dump_and_dump_and_stays_strict(c_tar
     _, status = os.waitpid(r.pid, 0)
     restored.remove(r.pid)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def test_a_strict_mode_thread_beside_a_free_one(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """Strict mode is per thread: only the thread that entered it has it back, and only it dies for getpid."""
+    t = c_target("seccomp_strict", "thread", stdin_pipe=True)
+    tid = int(t.ready()["tid"])
+    assert _echo(t, "one") == "ECHO 1 one"
+    before = _seccomp_of(t.pid)
+    assert before == {t.pid: ("0", "0"), tid: ("1", "0")}
+    api.dump(t.pid, tmp_path / "img")
+    _forget(t)
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert _seccomp_of(t.pid) == before
+    assert _echo(t, "two") == "ECHO 2 two"
+    t.write(b"getpid\n")
+    wait_until(lambda: not os.path.exists(f"/proc/{t.pid}/task/{tid}"), f"thread {tid} killed by strict mode")
+    assert _status(t.pid, "State")[0] not in "ZX"  # its main thread lives on
 
 
 def test_without_the_suspension_a_process_under_seccomp_is_refused_before_any_call(  # noqa: ANN201
