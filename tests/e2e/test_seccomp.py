@@ -22,6 +22,7 @@ from ckpt import api
 from ckpt.errors import Unsupported
 from ckpt.image.reader import Image
 from ckpt.kernel.seccomp import SECCOMP_FILTER_FLAG_LOG
+from ckpt.restore import StagedRestore
 from targets import Target, wait_until
 from test_dump_restore import _forget
 
@@ -152,6 +153,23 @@ def test_a_python_program_keeps_its_filter(py_target, tmp_path: Path, restored: 
     r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     restored.append(r.pid)
     assert _status(t.pid, "Seccomp") == "2" and _status(t.pid, "NoNewPrivs") == "1"
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS") == "PASS getppid=EPERM"
+
+
+def test_a_staged_restore_of_a_filtered_process(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """A migration's destination (StagedRestore: memory built from pre-dumps, then the final delta) puts the
+    filter back too."""
+    t = py_target("py_seccomp.py")
+    t.ready()
+    api.pre_dump(t.pid, tmp_path / "1")
+    api.dump_delta(t.pid, tmp_path / "final", prev_images_dir=tmp_path / "1")
+    _forget(t)
+    staged = StagedRestore(inherit_fds=t.stdio_fds)
+    staged.start(tmp_path / "1")
+    r = staged.finish(tmp_path / "final")
+    restored.append(r.pid)
+    assert _status(t.pid, "Seccomp") == "2"
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS") == "PASS getppid=EPERM"
 
