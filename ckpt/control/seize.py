@@ -29,6 +29,12 @@ raises is held back and re-sent on release (see :class:`FrozenThread`).
 Why a thread's registers are never at risk if ckpt dies meanwhile:
 :mod:`ckpt.control.guard`.
 
+seccomp: every thread is seized with PTRACE_O_SUSPEND_SECCOMP when the kernel
+grants it (:func:`seize_options`): while ckpt traces it, the calls it injects
+pass by its filters and strict mode, which would otherwise answer them with
+an error or kill it.  Where the kernel refuses it, a process with a thread
+under seccomp is refused before anything is injected.
+
 A thread stopped inside the vDSO's code is let run on and interrupted again
 until it is out of it (at most :data:`VDSO_TRIES` times, each run of a random
 length, so that the stops do not keep falling at one phase of a loop):
