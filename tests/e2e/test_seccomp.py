@@ -44,7 +44,7 @@ def _seccomp_of(pid: int) -> dict[int, tuple[str, str]]:
 
 
 def test_filters_of_threads_and_a_child_come_back(c_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
-    """A filter that kills the process on prctl and umask and refuses rt_sigaction (ckpt injects them all)
+    """A filter that kills the process on memfd_create, prctl and umask and refuses rt_sigaction (ckpt injects them)
     does not hinder the dump; after the restore each thread and the child refuse what they refused."""
     t = c_target("seccomp")
     child = int(t.ready()["child"])

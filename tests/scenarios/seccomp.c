@@ -1,8 +1,9 @@
 /* seccomp: a process whose threads and child run under seccomp filters, checked by each of them on SIGUSR1.
  *
  * The main thread sets no_new_privs and installs filter A: getppid and uname fail with EPERM,
- * rt_sigaction with EACCES, prctl and umask kill the process (ckpt injects all of these into a target:
- * a dump must pass by them), every other call is allowed.  Then:
+ * rt_sigaction with EACCES, prctl, umask and memfd_create kill the process (ckpt injects all of these into
+ * a target, memfd_create first, for its injection area: a dump must pass by them), every other call is
+ * allowed.  Then:
  *   thread 1 is made (it shares A);
  *   thread 2 is made and installs its own filter B on top (getpgrp fails with EPERM, in it only), with
  *     SECCOMP_FILTER_FLAG_LOG;
@@ -41,6 +42,7 @@ static struct sock_filter filter_a[] = {
     DENY(__NR_rt_sigaction, SECCOMP_RET_ERRNO | EACCES),
     DENY(__NR_prctl, SECCOMP_RET_KILL_PROCESS),
     DENY(__NR_umask, SECCOMP_RET_KILL_PROCESS),
+    DENY(__NR_memfd_create, SECCOMP_RET_KILL_PROCESS),
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 };
 
