@@ -7,7 +7,8 @@
  *   thread 1 is made (it shares A);
  *   thread 2 is made and installs its own filter B on top (getpgrp fails with EPERM, in it only), with
  *     SECCOMP_FILTER_FLAG_LOG;
- *   a child is forked (it inherits A).
+ *   a child is forked (it inherits A; it checks when the parent asks through a pipe, and ends when the
+ *     parent does).
  * usage: seccomp
  * Prints "READY pid=P child=C", then on each SIGUSR1 (to the process) every thread and the child check
  * that each forbidden call is refused as it was, that getpid, getpgrp (but in thread 2) and write work,
@@ -131,27 +132,30 @@ int main(void) {
     siginfo_t si;
     char why[256];
     struct worker w1 = {0}, w2 = {0};
-    int report[2];
+    int report[2], ask[2];
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, NULL);  /* before anything: the threads and the child inherit it */
+    sigprocmask(SIG_BLOCK, &usr1, NULL);  /* before anything: every thread blocks it, the main one takes it */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || install(filter_a, sizeof filter_a / sizeof filter_a[0], 0)) {
         printf("FAIL install filter A: %s\n", strerror(errno));
         return 1;
     }
     start(&w1, "thread 1", 0);
     start(&w2, "thread 2", 1);
-    if (pipe(report)) return 1;
+    if (pipe(report) || pipe(ask)) return 1;
     pid_t child = fork();
-    if (child == 0) {
-        for (;;) {
-            if (sigwaitinfo(&usr1, &si) < 0) continue;
+    if (child == 0) {  /* checks when asked; ends when the parent does (EOF) */
+        char c;
+        close(ask[1]);
+        while (read(ask[0], &c, 1) == 1) {
             check("child", 1, 0, why, sizeof why);
             if (write(report[1], why, sizeof why) != sizeof why) abort();
         }
+        _exit(0);
     }
+    close(ask[0]);
     printf("READY pid=%d child=%d\n", getpid(), child);
     for (;;) {
         if (sigwaitinfo(&usr1, &si) < 0) continue;
@@ -162,7 +166,7 @@ int main(void) {
             if (write(ws[i]->go[1], &c, 1) != 1 || read(ws[i]->done[0], &c, 1) != 1) abort();
             if (!why[0] && ws[i]->why[0]) snprintf(why, sizeof why, "%s", ws[i]->why);
         }
-        kill(child, SIGUSR1);
+        if (write(ask[1], &c, 1) != 1) abort();
         if (read(report[0], theirs, sizeof theirs) != sizeof theirs) snprintf(theirs, sizeof theirs, "child: no report");
         if (!why[0] && theirs[0]) snprintf(why, sizeof why, "%s", theirs);
         if (why[0]) printf("FAIL %s\n", why);
