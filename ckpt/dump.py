@@ -31,8 +31,8 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
-from .resources import cow, guards, timens, timers, tree, tty, vmflags
+from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, seccomp, signals, sockets, tcp
+from .resources import cow, guards, threads, timens, timers, tree, tty, vmflags
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -64,6 +64,11 @@ def dump_creds(ctx: DumpContext) -> None:
     ctx.entry.MergeFrom(creds.dump(ctx.proc, ctx.snap))
 
 
+def dump_seccomp(ctx: DumpContext) -> None:
+    """Each thread's seccomp mode and filters (read with ptrace; a user-notification filter is refused)."""
+    ctx.entry.MergeFrom(seccomp.dump(ctx.proc, ctx.snap))
+
+
 def dump_timers(ctx: DumpContext) -> None:
     """Interval and POSIX timers: time left, interval, and how each was created (read only, -R leaves them be)."""
     ctx.entry.MergeFrom(timers.dump(ctx.proc, ctx.snap, scratch=ctx.scratch))
@@ -81,6 +86,7 @@ PROCESS_DUMPERS: list[tuple[str, Callable[[DumpContext], None]]] = [
     ("limits", dump_limits),
     ("signals", dump_signals),
     ("creds", dump_creds),
+    ("seccomp", dump_seccomp),
     # Last: the time left is read as close as possible to the pending queues (read after the last
     # injection), so few expiries fall in between; those that do are counted (PosixTimer.queued_at_read).
     ("timers", dump_timers),

@@ -5,6 +5,7 @@ be missing from them, so a restore checked against its own records would pass
 while a lock, a flag or an owner was silently gone.  The check therefore keeps
 what the *kernel* prints about the process — ``/proc/PID/status`` (process and
 every thread), ``limits``, ``personality``, ``timers``, ``timerslack_ns``,
+each thread's seccomp filters (a digest of each program, :func:`ckpt.resources.seccomp.observed_lines`),
 ``fdinfo/*`` (file locks, epoll targets, timerfd and eventfd state included),
 what unix_diag says of each unix socket (:func:`_unix_diag_lines`), what each inet socket
 says of its state, addresses and queues (:func:`_inet_lines`), what packet_diag and netlink_diag say of
@@ -40,6 +41,7 @@ from .procfs._proc import ProcDir
 from .procfs.maps import read_smaps, read_smaps_vmflags
 from .kernel.sock_diag import unix_sockets
 from .resources import guards, netlink, packet
+from .resources.seccomp import observed_lines as seccomp_lines
 from .resources.sockets import borrowed, inet_lines, option_lines
 
 __all__ = ["Difference", "observe", "settled", "differences", "describe"]
@@ -279,7 +281,10 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
 
         sections = [_section("status", status("status", pid))]
         for tid in sorted(tids):
-            sections.append(_section(f"task/{tid}/status", status(f"task/{tid}/status", tid)))
+            lines = status(f"task/{tid}/status", tid)
+            sections.append(_section(f"task/{tid}/status", lines))
+            if dict(lines).get("Seccomp") == "2":  # filter mode: its programs, through ptrace (frozen by us)
+                sections.append(_section(f"task/{tid}/seccomp", seccomp_lines(tid)))
         sections.append(_section("limits", _limits_lines(text("limits"))))
         sections.append(_section("personality", [("personality", text("personality").strip())]))
         sections.append(_section("timers", _status_lines(text("timers"))))

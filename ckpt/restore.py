@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 from . import observed, testpoint
 from .control.inject import Injector, Scratch
-from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
+from .control.seize import FrozenProcess, freeze, seize_options
 from .errors import ChainError, CkptError, ImageError, RestoreError, UsageError
 from .image import kinds
 from .image.chain import resolve_pages
@@ -71,7 +71,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import aio, cow, hugetlb, shmfile, tcp, tty, vdso
+from .resources import aio, cow, hugetlb, seccomp, shmfile, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -125,6 +125,18 @@ def restore_creds(ctx: RestoreContext) -> None:
         creds.restore(ctx.injectors[tid], ctx.entry, scratch=ctx.scratch)
 
 
+def restore_seccomp_early(ctx: RestoreContext) -> None:
+    """The filters of a process whose own credentials could not install them (no no_new_privs, no
+    CAP_SYS_ADMIN): before those are set (the calls after pass by them, PTRACE_O_SUSPEND_SECCOMP)."""
+    if seccomp.early(ctx.entry):
+        seccomp.restore(ctx.inj, ctx.injectors, ctx.scratch, ctx.entry, strict=False)
+
+
+def restore_seccomp(ctx: RestoreContext) -> None:
+    """Each thread's filters and strict mode, after everything else the restore does in it."""
+    seccomp.restore(ctx.inj, ctx.injectors, ctx.scratch, ctx.entry, filters=not seccomp.early(ctx.entry))
+
+
 def restore_timers(ctx: RestoreContext) -> None:
     """Interval and POSIX timers (same ids, SIGEV_THREAD_ID to the same tids), armed with the time left at dump."""
     timers.restore(ctx.inj, ctx.entry, ctx.cores, scratch=ctx.scratch)
@@ -161,8 +173,12 @@ PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
     # CAP_WAKE_ALARM), every thread blocking every signal (an early expiry only queues its signal), and
     # before the pending signals: those of expiries before the dump are queued there, once.
     ("timers", restore_timers),
+    ("seccomp before credentials", restore_seccomp_early),
     ("creds", restore_creds),
     ("pending signals", restore_pending),
+    # Last (ckpt/resources/seccomp.py): strict mode would take no more calls but those ckpt's own trace
+    # lets by (PTRACE_O_SUSPEND_SECCOMP, until each thread is let go).
+    ("seccomp", restore_seccomp),
 ]
 
 
@@ -627,7 +643,7 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     other processes' of a tree: their helpers are cloned with it in place).
     Forks are traced too: a helper's children are cloned from it.
     """
-    ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACEFORK)
+    ptrace.setoptions(pid, seize_options() | ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACEFORK)
     # Find the syscall instruction in the helper's vDSO from its mappings (a search of its own
     # would read them again).
     helper_maps = hint if hint is not None else read_maps(pid)
@@ -783,7 +799,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
-    memory.vmflags.seal(inj, vmas)  # mseal'ed mappings: sealed once nothing changes them any more
+        memory.vmflags.seal(inj, vmas)  # mseal'ed mappings: sealed once nothing changes them any more
     return ctx.notes
 
 

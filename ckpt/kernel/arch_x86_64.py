@@ -179,6 +179,7 @@ class NR(enum.IntEnum):
     process_vm_writev = 311
     kcmp = 312
     renameat2 = 316
+    seccomp = 317
     getrandom = 318
     memfd_create = 319
     userfaultfd = 323

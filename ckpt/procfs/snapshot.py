@@ -26,7 +26,7 @@ from .auxv import Auxv, read_auxv
 from .fdinfo import FdInfo, list_fds, read_fdinfo
 from .maps import SmapsVma, Vma, read_maps, read_smaps, read_smaps_vmflags
 from .stat import Stat, read_stat, read_task_stat
-from .status import Status, read_status, read_task_status
+from .status import Status, read_status, read_status_values, read_task_status
 from .task import ProcessRef, list_tids
 from .timers import PosixTimerInfo, read_timers
 
@@ -142,6 +142,10 @@ class Snapshot:
         if tid not in self._task_status:
             self._task_status[tid] = read_task_status(self.pid, tid, proc=self._proc)
         return self._task_status[tid]
+
+    def task_status_values(self, tid: int, *keys: str) -> list[str]:
+        """A few lines of the thread's status, unparsed otherwise (:func:`read_status_values`; not cached)."""
+        return read_status_values(self.pid, *keys, tid=tid, proc=self._proc)
 
 
 def snapshot(target: int | ProcessRef, *, hidden: Sequence[tuple[int, int]] = ()) -> Snapshot:

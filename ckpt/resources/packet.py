@@ -22,29 +22,24 @@ Frames queued and not read are refused too, unless ``--tolerate packet-queue``.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 
-from ..errors import RestoreError
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.sock_diag import PacketDiag, packet_sockets
 from ..tolerance import lose
 from .fdkind import FdKind, Opener, refuse
-from .sockets import Peek, dump, set_status_flags, setopts
+from .sockets import Peek, dump, ifindex_in, set_status_flags, setopts
 
 __all__ = ["describe", "restore", "lines", "KIND"]
 
 FileEntry = files_pb2.FileEntry
 SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_COPY_THRESH = 263, 1, 7
-SIOCGIFINDEX = 0x8933
 #: struct sockaddr_ll: family, protocol (network order), ifindex, hatype, pkttype, halen, addr[8].
 _SOCKADDR_LL = struct.Struct("<H2siHBB8s")
 #: struct packet_mreq: ifindex, type, alen, address[8].
 _PACKET_MREQ = struct.Struct("<iHH8s")
-#: struct ifreq: the name, then (for SIOCGIFINDEX) the index; 40 bytes in all.
-_IFREQ = struct.Struct("<16si20x")
 _MR_TYPES = {0: "multicast", 1: "promisc", 2: "allmulti", 3: "unicast"}
 
 
@@ -95,15 +90,7 @@ def describe(pid: int, fd: int, entry: FileEntry, p: Peek, opts: list[files_pb2.
 
 
 def _ifindex(r: Opener, fd: int, name: str) -> int:
-    """The index of interface ``name`` in the target's network namespace (SIOCGIFINDEX on its socket ``fd``)."""
-    r.s.write(0, _IFREQ.pack(name.encode(), 0))
-    try:
-        r.inj.call(NR.ioctl, fd, SIOCGIFINDEX, r.s.addr, name=f"ioctl(SIOCGIFINDEX, {name!r})")
-    except OSError as exc:
-        raise RestoreError(f"a packet socket was bound to interface {name!r}, which this network namespace "
-                           f"lacks: {os.strerror(exc.errno or 0)}", hint="create the interface (same name) before the restore") \
-            from exc
-    return _IFREQ.unpack(r.s.read(0, _IFREQ.size))[1]
+    return ifindex_in(r.inj, r.s, fd, name, "a packet socket was bound to")
 
 
 def restore(r: Opener, entry: FileEntry, fds: list[int]) -> int:

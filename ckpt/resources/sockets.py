@@ -64,7 +64,7 @@ from ..kernel import sockopts
 from ..kernel import tcp_repair as tr
 from ..kernel.sock_diag import inet_shutdown, listen_backlogs
 from ..procfs.netraw import raw_socket
-from . import tcp
+from . import mcast, tcp
 from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener, refuse
 
@@ -82,6 +82,9 @@ _TCP_INFO_LISTEN = struct.Struct("<B23xII")
 _INT = struct.Struct("<i")
 #: Inet socket types whose shutdown bits and queued datagrams ckpt reads (a stream's are its TCP state's).
 _DATAGRAM = (socket.SOCK_DGRAM, socket.SOCK_RAW)
+SIOCGIFINDEX = 0x8933
+#: struct ifreq: the name, then (for SIOCGIFINDEX) the index; 40 bytes in all.
+_IFREQ = struct.Struct("<16si20x")
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,8 @@ def inet_lines(sock: socket.socket, pid: int = 0) -> list[tuple[str, str]]:
         lines.append(("queued", "yes" if _has_datagram(sock) else "no"))
         if bits := shutdown_of(sock):  # only when set: an image of an older ckpt has no such line
             lines.append(("shutdown", str(bits)))
+        if pid:
+            lines += mcast.lines(pid, sock)
     return lines
 
 
@@ -425,6 +430,7 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
         if p.type in _DATAGRAM:
             with borrowed(pid, fd) as s:
                 inet.shutdown = shutdown_of(s)
+                mcast.dump(pid, s, inet)
         entry.kind = K.INET
         entry.inet.CopyFrom(inet)
         return
@@ -457,6 +463,19 @@ def setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] |
             raise RestoreError(f"cannot set {label} on a restored socket again: {exc.strerror}",
                                hint="the option's value may need what this host lacks (a network device, "
                                     "a congestion control module, a capability)") from exc
+
+
+def ifindex_in(inj: Injector, s: Scratch, fd: int, name: str, what: str) -> int:
+    """The index of interface ``name`` in the target's network namespace (SIOCGIFINDEX on its socket ``fd``);
+    RestoreError naming ``what`` (e.g. "a packet socket was bound to") if it has no such interface."""
+    s.write(0, _IFREQ.pack(name.encode(), 0))
+    try:
+        inj.call(NR.ioctl, fd, SIOCGIFINDEX, s.addr, name=f"ioctl(SIOCGIFINDEX, {name!r})")
+    except OSError as exc:
+        raise RestoreError(f"{what} interface {name!r}, which this network namespace lacks: "
+                           f"{os.strerror(exc.errno or 0)}", hint="create the interface (same name) before the "
+                                                                  "restore") from exc
+    return _IFREQ.unpack(s.read(0, _IFREQ.size))[1]
 
 
 def backlog_of(sock: "files_pb2.InetSocket | files_pb2.UnixSocket") -> int:
@@ -501,6 +520,7 @@ def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
             elif i.type in _DATAGRAM and i.dst_addr:
                 s.write(0, bytes(i.dst_addr))
                 inj.call(NR.connect, fd, s.addr, len(i.dst_addr), name="connect")
+            mcast.restore(inj, s, fd, i)
             if i.type in _DATAGRAM and i.shutdown:
                 _shutdown(inj, fd, i.shutdown)
         except BaseException:

@@ -233,7 +233,7 @@ class InFlight(_message.Message):
     def __init__(self, index: _Optional[int] = ..., file_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InetSocket(_message.Message):
-    __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options", "tcp_closed", "queue_lost")
+    __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options", "tcp_closed", "queue_lost", "memberships")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +248,7 @@ class InetSocket(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TCP_CLOSED_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LOST_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
     family: int
     type: int
     protocol: int
@@ -262,7 +263,22 @@ class InetSocket(_message.Message):
     options: _containers.RepeatedCompositeFieldContainer[SockOpt]
     tcp_closed: bool
     queue_lost: bool
-    def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., tcp_closed: _Optional[bool] = ..., queue_lost: _Optional[bool] = ...) -> None: ...
+    memberships: _containers.RepeatedCompositeFieldContainer[McastMembership]
+    def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., tcp_closed: _Optional[bool] = ..., queue_lost: _Optional[bool] = ..., memberships: _Optional[_Iterable[_Union[McastMembership, _Mapping]]] = ...) -> None: ...
+
+class McastMembership(_message.Message):
+    __slots__ = ("family", "ifname", "group", "mode", "sources")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    family: int
+    ifname: str
+    group: str
+    mode: int
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, family: _Optional[int] = ..., ifname: _Optional[str] = ..., group: _Optional[str] = ..., mode: _Optional[int] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TcpRepair(_message.Message):
     __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd", "unsent", "snd_wl1", "max_window", "rcv_wup", "lock", "sndbuf", "rcvbuf", "netns")

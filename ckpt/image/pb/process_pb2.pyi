@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProcessEntry(_message.Message):
-    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "ctty", "cwd_ghost", "root_ghost")
+    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "ctty", "cwd_ghost", "root_ghost", "seccomp")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     PGID_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class ProcessEntry(_message.Message):
     CTTY_FIELD_NUMBER: _ClassVar[int]
     CWD_GHOST_FIELD_NUMBER: _ClassVar[int]
     ROOT_GHOST_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     pgid: int
@@ -57,7 +58,36 @@ class ProcessEntry(_message.Message):
     ctty: Ctty
     cwd_ghost: _common_pb2.Ghost
     root_ghost: _common_pb2.Ghost
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., ctty: _Optional[_Union[Ctty, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
+    seccomp: Seccomp
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., ctty: _Optional[_Union[Ctty, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., seccomp: _Optional[_Union[Seccomp, _Mapping]] = ...) -> None: ...
+
+class Seccomp(_message.Message):
+    __slots__ = ("filters", "threads")
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[SeccompFilter]
+    threads: _containers.RepeatedCompositeFieldContainer[ThreadSeccomp]
+    def __init__(self, filters: _Optional[_Iterable[_Union[SeccompFilter, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadSeccomp, _Mapping]]] = ...) -> None: ...
+
+class SeccompFilter(_message.Message):
+    __slots__ = ("program", "flags", "parent")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    program: bytes
+    flags: int
+    parent: int
+    def __init__(self, program: _Optional[bytes] = ..., flags: _Optional[int] = ..., parent: _Optional[int] = ...) -> None: ...
+
+class ThreadSeccomp(_message.Message):
+    __slots__ = ("tid", "mode", "filter")
+    TID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    tid: int
+    mode: int
+    filter: int
+    def __init__(self, tid: _Optional[int] = ..., mode: _Optional[int] = ..., filter: _Optional[int] = ...) -> None: ...
 
 class Ctty(_message.Message):
     __slots__ = ("index", "foreground")
