@@ -3,7 +3,7 @@
  * usage: vdso_moved move|unmap [tree]
  *
  * "move": [vvar], [vvar_vclock] (6.15+) and [vdso] go, in their relative layout (the vDSO's code reads the
- * vvar pages at fixed offsets from itself), to a new place 64 MiB below with mremap; __vdso_clock_gettime is
+ * vvar pages at fixed offsets from itself), to a free place with mremap; __vdso_clock_gettime is
  * then called at its new address.  "unmap": all of them are unmapped.  Either way glibc's cached vDSO
  * pointers are stale, so nothing here calls the C library's clock functions afterwards: only raw system calls.
  * A 16-page area holds a pattern.  Prints "READY pid=P vdso=ADDR" (0 when unmapped), then on each SIGUSR1
@@ -90,7 +90,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < NAREAS; i++)
         if (starts[i]) { if (starts[i] < lo) lo = starts[i]; if (ends[i] > hi) hi = ends[i]; }
     if (move) {
-        unsigned long to = lo - (64UL << 20);
+        /* A free place of their span (reserved PROT_NONE, then replaced by the areas moved there). */
+        void *spot = mmap(NULL, hi - lo, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (spot == MAP_FAILED) die("mmap");
+        unsigned long to = (unsigned long)spot;
         for (int i = 0; i < NAREAS; i++) {
             if (!starts[i]) continue;
             void *got = mremap((void *)starts[i], ends[i] - starts[i], ends[i] - starts[i],
