@@ -57,7 +57,7 @@ from ..kernel.pidfd import dup_from
 from ..kernel import sockopts
 from ..kernel import tcp_repair as tr
 from ..kernel.sock_diag import listen_backlogs
-from . import tcp
+from . import tcp, tcp_states
 from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener, refuse
 
@@ -192,7 +192,7 @@ def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
     """What an inet socket tells of its state, for the self-check: its local and peer address, a TCP socket's
     state (TCP_INFO's first byte), a listener's waiting connections and backlog (TCP_INFO's tcpi_unacked and
     tcpi_sacked), a connection's bytes queued to read, to be acknowledged and never sent (SIOCINQ, SIOCOUTQ,
-    SIOCOUTQNSD), whether a UDP socket has a datagram waiting.  Nothing is read off a queue (a peek honours
+    SIOCOUTQNSD), whether its reading side is shut (POLLRDHUP), whether a UDP socket has a datagram waiting.  Nothing is read off a queue (a peek honours
     SO_PEEK_OFF, :func:`_has_datagram`).  None for another family."""
     family, stype = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE))
     if family not in (socket.AF_INET, socket.AF_INET6):
@@ -209,7 +209,8 @@ def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
         if state == TCP_LISTEN:
             return lines + [("waiting", str(waiting)), ("backlog", str(backlog))]
         return lines + [("inq", str(tr.inq(sock))), ("outq", str(tr.outq(sock))),
-                        ("outq_unsent", str(tr.outq_notsent(sock)))]
+                        ("outq_unsent", str(tr.outq_notsent(sock))),
+                        ("rdhup", "yes" if tcp_states.rdhup(sock) else "no")]
     if stype == socket.SOCK_DGRAM:
         lines.append(("queued", "yes" if _has_datagram(sock) else "no"))
     return lines
@@ -322,18 +323,20 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
         inet.options.extend(opts)
         if p.type == socket.SOCK_STREAM and not p.listening and p.tcp_state != TCP_CLOSE:
             keep = tcp_session is not None and tcp_session.enabled
-            if keep and p.tcp_state == TCP_ESTABLISHED:
+            if keep and p.tcp_state in tcp_states.KEPT:
                 tcp_session.dump(pid, fd, p.family, p.local, p.peer, inet)  # type: ignore[union-attr]
                 entry.kind = K.INET
                 entry.inet.CopyFrom(inet)
                 return
             if not tcp_close:
                 conn = f"{fam} TCP connection {tcp.describe(p.family, p.local, p.peer)}"
-                if p.tcp_state != TCP_ESTABLISHED:
+                if keep or p.tcp_state not in tcp_states.KEPT:
                     raise refuse(pid, fd, f"a {conn} in state {tcp.TCP_STATES.get(p.tcp_state, p.tcp_state)}",
-                                  "--tcp-established keeps established connections only; use --tcp-close "
+                                  f"{tcp_states.refusal(p.tcp_state, False)}; use --tcp-close "
                                   "(tcp_close=True) to restore it closed, as a dropped connection")
-                raise refuse(pid, fd, f"an established {conn}",
+                state = "an established" if p.tcp_state == TCP_ESTABLISHED else \
+                    f"a {tcp.TCP_STATES.get(p.tcp_state, p.tcp_state)}"
+                raise refuse(pid, fd, f"{state} {conn}",
                               "use --tcp-established (tcp_established=True) to keep it alive across the restore, "
                               "or --tcp-close (tcp_close=True) to restore it closed, as a dropped connection")
             inet.state = TCP_CLOSE

@@ -23,7 +23,7 @@ def _sin6(host: str, port: int, scope: int = 0) -> bytes:
 
 def test_rule_matches_the_peers_packets_to_us() -> None:
     lk = netlock.Lock.of(socket.AF_INET, ("10.0.0.1", 80), ("10.0.0.2", 5555), "ckpt ab12 pid 7 fd 4")
-    assert lk.rule() == ('ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 5555 tcp dport 80 drop '
+    assert lk.rule() == ('ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 5555 tcp dport 80 meta mark != 0x636b7074 drop '
                          'comment "ckpt ab12 pid 7 fd 4"')
     assert str(lk) == "10.0.0.1:80 <- 10.0.0.2:5555"
     six = netlock.Lock.of(socket.AF_INET6, ("::1", 80), ("::1", 5555), "t")

@@ -1,0 +1,201 @@
+"""Every state of a TCP connection that a descriptor holds, kept with ``--tcp-established``.
+
+The test makes each connection itself (its own end is the peer, outside the dumped tree, or both ends go
+to the tree), brings it to its state — packets of the scenario's end dropped by a table of the test's own
+where the state needs an acknowledgement not to arrive — and hands the scenario's ends to
+scenarios/py_tcp_states.py.  After the restore the scenario checks each of its sockets (state, bytes
+queued, EOF, whether a write fails) and the test checks what its ends receive: the bytes the scenario's
+ends had sent, then EOF where they had sent a FIN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from ckpt.dump import dump, restore
+from ckpt.errors import Unsupported
+from ckpt.resources import netlock
+from targets import wait_until
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="dump/restore needs root (ptrace, TCP_REPAIR, nftables)"),
+              pytest.mark.skipif(shutil.which("nft") is None, reason="nft (nftables), which the tests use, is not "
+                                                                     "installed")]
+STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 7: "CLOSE", 8: "CLOSE_WAIT",
+          9: "LAST_ACK", 11: "CLOSING"}
+_TABLE = "ckpt_test_states"
+
+
+def _state(s: socket.socket) -> str:
+    return STATES.get(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0], "?")
+
+
+class Drops:
+    """A table of the test's own dropping the packets of chosen connections from one end to the other."""
+
+    def __init__(self) -> None:
+        subprocess.run(["nft", "-f", "-"], check=True, text=True, input=(
+            f"add table inet {_TABLE}\n"
+            f"add chain inet {_TABLE} c {{ type filter hook prerouting priority raw; policy accept; }}\n"))
+
+    def drop(self, src: socket.socket) -> None:
+        """``src``'s packets to its peer are dropped from now on."""
+        (host, sport, *_), dport = src.getsockname(), src.getpeername()[1]
+        ip = "ip6" if ":" in host else "ip"
+        subprocess.run(["nft", "add", "rule", "inet", _TABLE, "c", ip, "saddr", host, "tcp", "sport", str(sport),
+                        "tcp", "dport", str(dport), "drop"], check=True)
+
+    def close(self) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", _TABLE], check=False)
+
+
+@contextmanager
+def _drops() -> Iterator[Drops]:
+    d = Drops()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _pair(lst: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """(the scenario's end, the test's end) of a new connection."""
+    s = socket.create_connection(lst.getsockname()[:2])
+    p, _ = lst.accept()
+    for x in (s, p):
+        x.settimeout(20)
+    return s, p
+
+
+def _settled(s: socket.socket, state: str) -> None:
+    wait_until(lambda: _state(s) == state, f"the connection is in {state}")
+
+
+def _hand_over(py_target, tmp_path: Path, ends: list[tuple[socket.socket, dict]]):  # noqa: ANN001, ANN202
+    """Start py_tcp_states.py, give it the sockets of ``ends`` with their specs, close ours; it has checked
+    them once (round 1)."""
+    path = str(tmp_path / "ctl")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ctl:
+        ctl.bind(path)
+        ctl.listen(1)
+        t = py_target("py_tcp_states.py", path, stderr=subprocess.DEVNULL)
+        conn, _ = ctl.accept()
+        with conn:
+            socket.send_fds(conn, [json.dumps([spec for _, spec in ends]).encode()], [s.fileno() for s, _ in ends])
+    for s, _ in ends:
+        s.close()
+    t.ready(20)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", timeout=20) == "PASS states round=1"
+    return t
+
+
+def _spec(name: str, state: str, data: bytes, eof: bool, write: str) -> dict:
+    return {"name": name, "state": state, "data": data.decode("latin-1"), "eof": eof, "write": write}
+
+
+def _read_all(p: socket.socket, want: bytes, eof: bool) -> None:
+    """The test's end gets ``want`` (then EOF if ``eof``): what the scenario's end had sent and sends after."""
+    got = b""
+    while len(got) < len(want):
+        chunk = p.recv(len(want) - len(got))
+        assert chunk, f"EOF after {got!r}, want {want!r}"
+        got += chunk
+    assert got == want
+    if eof:
+        assert p.recv(1) == b""
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: list[int], host: str) -> None:  # noqa: ANN001
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lst = socket.socket(family, socket.SOCK_STREAM)
+    lst.bind((host, 0))
+    lst.listen(16)
+    ends, peers = [], []  # (scenario's socket, spec); (test's socket, what it must read after, EOF)
+    with _drops() as drops:
+        # CLOSE_WAIT: the peer sent a FIN; our end still writes
+        s, p = _pair(lst)
+        p.sendall(b"p-close-wait")
+        s.sendall(b"s-close-wait")
+        p.shutdown(socket.SHUT_WR)
+        _settled(s, "CLOSE_WAIT")
+        ends.append((s, _spec("close_wait", "CLOSE_WAIT", b"p-close-wait", True, "ok")))
+        peers.append((p, b"s-close-waitafter", False))
+        # FIN_WAIT2: our FIN acknowledged, the peer still writes
+        s, p = _pair(lst)
+        p.sendall(b"p-fin-wait2")
+        s.sendall(b"s-fin-wait2")
+        s.shutdown(socket.SHUT_WR)
+        _settled(s, "FIN_WAIT2")
+        ends.append((s, _spec("fin_wait2", "FIN_WAIT2", b"p-fin-wait2", False, "EPIPE")))
+        peers.append((p, b"s-fin-wait2", True))
+        # FIN_WAIT1: data and FIN sent, never acknowledged (our packets dropped)
+        s, p = _pair(lst)
+        drops.drop(s)
+        s.sendall(b"s-fin-wait1")
+        s.shutdown(socket.SHUT_WR)
+        p.sendall(b"p-fin-wait1")
+        wait_until(lambda: s.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"p-fin-wait1", "data arrives")
+        ends.append((s, _spec("fin_wait1", "FIN_WAIT1", b"p-fin-wait1", False, "EPIPE")))
+        peers.append((p, b"s-fin-wait1", True))
+        # CLOSING: both sent a FIN, ours not acknowledged
+        s, p = _pair(lst)
+        drops.drop(s)
+        s.sendall(b"s-closing")
+        s.shutdown(socket.SHUT_WR)
+        p.sendall(b"p-closing")
+        p.shutdown(socket.SHUT_WR)
+        _settled(s, "CLOSING")
+        ends.append((s, _spec("closing", "CLOSING", b"p-closing", True, "EPIPE")))
+        peers.append((p, b"s-closing", True))
+        # LAST_ACK: the peer's FIN first, then ours, not acknowledged
+        s, p = _pair(lst)
+        p.sendall(b"p-last-ack")
+        p.shutdown(socket.SHUT_WR)
+        _settled(s, "CLOSE_WAIT")
+        drops.drop(s)
+        s.sendall(b"s-last-ack")
+        s.shutdown(socket.SHUT_WR)
+        _settled(s, "LAST_ACK")
+        ends.append((s, _spec("last_ack", "LAST_ACK", b"p-last-ack", True, "EPIPE")))
+        peers.append((p, b"s-last-ack", True))
+        # ESTABLISHED, shut for reading (SHUT_RD): the queued bytes, then EOF; writes go on
+        s, p = _pair(lst)
+        p.sendall(b"p-shut-rd")
+        wait_until(lambda: s.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"p-shut-rd", "data arrives")
+        s.shutdown(socket.SHUT_RD)
+        ends.append((s, _spec("shut_rd", "ESTABLISHED", b"p-shut-rd", True, "ok")))
+        peers.append((p, b"after", False))
+        # both ends in the tree: CLOSE_WAIT and FIN_WAIT2, bytes queued both ways
+        a, b = _pair(lst)
+        a.sendall(b"a-to-b")
+        b.sendall(b"b-to-a")
+        b.shutdown(socket.SHUT_WR)
+        _settled(a, "CLOSE_WAIT")
+        _settled(b, "FIN_WAIT2")
+        ends += [(a, _spec("tree_close_wait", "CLOSE_WAIT", b"b-to-a", True, "ok")),
+                 (b, _spec("tree_fin_wait2", "FIN_WAIT2", b"a-to-b", False, "EPIPE"))]
+        lst.close()
+
+        t = _hand_over(py_target, tmp_path, ends)
+        dump(t.pid, tmp_path / "img", tcp_established=True)
+        t.proc.returncode = -signal.SIGKILL
+        r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+        restored.append(r.pid)
+        assert netlock.locked() == {}
+    # our drops gone: what the scenario's ends had sent (or send now) reaches us, retransmitted
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", timeout=20) == "PASS states round=2"
+    for p, want, eof in peers:
+        _read_all(p, want, eof)
+        p.close()
