@@ -55,6 +55,12 @@ def _ip(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
     return SockOption(SOL_IP, name, label, size, families=frozenset({socket.AF_INET}), **kw)  # type: ignore[arg-type]
 
 
+def _ip46(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
+    """An IP option an IPv6 socket has too (``ipv6_setsockopt`` hands SOL_IP to ``ip_setsockopt``): it
+    governs the socket's IPv4 (v4-mapped) traffic, or a flag both levels share (FREEBIND, TRANSPARENT)."""
+    return SockOption(SOL_IP, name, label, size, families=_INET, **kw)  # type: ignore[arg-type]
+
+
 def _ip6(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
     return SockOption(SOL_IPV6, name, label, size, families=frozenset({socket.AF_INET6}), **kw)  # type: ignore[arg-type]
 
@@ -89,13 +95,13 @@ OPTIONS: tuple[SockOption, ...] = (
     _so(71, "SO_NETNS_COOKIE", 8, skip="a number the kernel gives each network namespace"),
     _so(55, "SO_MEMINFO", 36, skip=_DYNAMIC),
     _so(17, "SO_PEERCRED", 12, skip="the peer's identity, not an option (the README says what it becomes)"),
-    _ip(1, "IP_TOS"), _ip(2, "IP_TTL"), _ip(3, "IP_HDRINCL"), _ip(6, "IP_RECVOPTS"), _ip(7, "IP_RETOPTS"),
-    _ip(8, "IP_PKTINFO"), _ip(10, "IP_MTU_DISCOVER"), _ip(11, "IP_RECVERR"), _ip(12, "IP_RECVTTL"),
-    _ip(13, "IP_RECVTOS"), _ip(15, "IP_FREEBIND"), _ip(18, "IP_PASSSEC"), _ip(19, "IP_TRANSPARENT"),
-    _ip(21, "IP_MINTTL"), _ip(22, "IP_NODEFRAG"), _ip(23, "IP_CHECKSUM"), _ip(24, "IP_BIND_ADDRESS_NO_PORT"),
+    _ip46(1, "IP_TOS"), _ip46(2, "IP_TTL"), _ip(3, "IP_HDRINCL"), _ip(6, "IP_RECVOPTS"), _ip(7, "IP_RETOPTS"),
+    _ip(8, "IP_PKTINFO"), _ip46(10, "IP_MTU_DISCOVER"), _ip(11, "IP_RECVERR"), _ip(12, "IP_RECVTTL"),
+    _ip(13, "IP_RECVTOS"), _ip46(15, "IP_FREEBIND"), _ip(18, "IP_PASSSEC"), _ip46(19, "IP_TRANSPARENT"),
+    _ip46(21, "IP_MINTTL"), _ip(22, "IP_NODEFRAG"), _ip(23, "IP_CHECKSUM"), _ip46(24, "IP_BIND_ADDRESS_NO_PORT"),
     _ip(25, "IP_RECVFRAGSIZE"), _ip(26, "IP_RECVERR_RFC4884"), _ip(32, "IP_MULTICAST_IF", types=_NOT_STREAM),
     _ip(33, "IP_MULTICAST_TTL", types=_NOT_STREAM), _ip(34, "IP_MULTICAST_LOOP", types=_NOT_STREAM), _ip(49, "IP_MULTICAST_ALL", types=_NOT_STREAM),
-    _ip(51, "IP_LOCAL_PORT_RANGE"), _ip(14, "IP_MTU", skip="the path's MTU, learned from the route"),
+    _ip46(51, "IP_LOCAL_PORT_RANGE"), _ip(14, "IP_MTU", skip="the path's MTU, learned from the route"),
     _ip6(26, "IPV6_V6ONLY"), _ip6(16, "IPV6_UNICAST_HOPS"), _ip6(17, "IPV6_MULTICAST_IF", types=_NOT_STREAM),
     _ip6(18, "IPV6_MULTICAST_HOPS", types=_NOT_STREAM), _ip6(19, "IPV6_MULTICAST_LOOP", types=_NOT_STREAM), _ip6(23, "IPV6_MTU_DISCOVER"),
     _ip6(25, "IPV6_RECVERR"), _ip6(29, "IPV6_MULTICAST_ALL", types=_NOT_STREAM), _ip6(49, "IPV6_RECVPKTINFO"),

@@ -43,8 +43,9 @@ def test_an_option_the_restore_lost_fails_the_self_check(py_target, tmp_path: Pa
     # --tcp-close: a failed restore of kept connections would leave their network lock for the next one
     api.dump(t.pid, tmp_path / "img", tcp_close=True)
     t.proc.returncode = -signal.SIGKILL
-    with pytest.raises(RestoreError, match=r"came back different from the dump: sockopt/\d+: SO_PRIORITY: '5' at "
-                                           r"the dump, '6' after the restore"):  # IP_TOS 0x10's priority
+    # each socket's priority comes back as its IP_TOS gives it (0x10: 6, 0x08: 2), or the default
+    with pytest.raises(RestoreError, match=r"came back different from the dump: sockopt/\d+: SO_PRIORITY: '\d' at "
+                                           r"the dump, '(6|2|default)' after the restore"):
         api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
     assert Image.open(tmp_path / "img").verify() == []
 
