@@ -11,18 +11,22 @@ those a program changed (:mod:`ckpt.resources.sockets`).
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .libc import libc
 
-__all__ = ["SockOption", "OPTIONS", "label", "applies", "read_all", "filter_length", "SO_BUF_LOCK", "SO_SNDBUFFORCE",
-           "SO_RCVBUFFORCE"]
+__all__ = ["SockOption", "OPTIONS", "label", "applies", "read_all", "filter_length", "get_filter", "sock_fprog",
+           "attach_filter", "SO_BUF_LOCK", "SO_SNDBUFFORCE", "SO_RCVBUFFORCE", "SO_ATTACH_FILTER", "BPF_INSN_SIZE"]
 
 SOL_SOCKET, SOL_IP, SOL_TCP, SOL_IPV6 = socket.SOL_SOCKET, socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_IPV6
 SO_SNDBUFFORCE, SO_RCVBUFFORCE, SO_BUF_LOCK = 32, 33, 72
-_SO_GET_FILTER = 26  # SO_ATTACH_FILTER's getsockopt: the classic filter's length
+SO_ATTACH_FILTER = 26  # its getsockopt (SO_GET_FILTER) reads the classic program back
+_SO_GET_FILTER = SO_ATTACH_FILTER
+BPF_INSN_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 _INET = frozenset({socket.AF_INET, socket.AF_INET6})
 #: Multicast options: a stream socket neither has them nor takes them (EINVAL).
 _NOT_STREAM = frozenset({socket.SOCK_DGRAM, socket.SOCK_RAW})
@@ -122,7 +126,8 @@ OPTIONS: tuple[SockOption, ...] = (
 
 
 _BY_NUMBER = {(o.level, o.name): o.label for o in OPTIONS} | {(SOL_SOCKET, SO_SNDBUFFORCE): "SO_SNDBUFFORCE",
-                                                              (SOL_SOCKET, SO_RCVBUFFORCE): "SO_RCVBUFFORCE"}
+                                                              (SOL_SOCKET, SO_RCVBUFFORCE): "SO_RCVBUFFORCE",
+                                                              (SOL_SOCKET, SO_ATTACH_FILTER): "SO_ATTACH_FILTER"}
 
 
 def label(level: int, name: int) -> str:
@@ -176,3 +181,26 @@ def filter_length(fd: int) -> int:
     if libc.getsockopt(fd, SOL_SOCKET, _SO_GET_FILTER, None, ctypes.byref(n)) != 0:
         return -1 if ctypes.get_errno() == 13 else 0  # EACCES: a filter that is not classic
     return n.value
+
+
+def get_filter(fd: int, count: int) -> bytes:
+    """The classic BPF program attached to socket ``fd`` (``count`` instructions, :func:`filter_length`), as
+    SO_ATTACH_FILTER took it.  SO_GET_FILTER counts its length in instructions, not bytes (``sk_get_filter``):
+    a buffer of ``count`` bytes would be overrun, so the call is made here with the right one."""
+    buf = ctypes.create_string_buffer(count * BPF_INSN_SIZE)
+    n = ctypes.c_uint32(count)
+    if libc.getsockopt(fd, SOL_SOCKET, _SO_GET_FILTER, buf, ctypes.byref(n)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"getsockopt(SO_GET_FILTER): {os.strerror(err)}")
+    return buf.raw[:n.value * BPF_INSN_SIZE]
+
+
+def sock_fprog(count: int, address: int) -> bytes:
+    """struct sock_fprog: u16 len (instructions), the pointer to them 8-aligned."""
+    return struct.pack("=H6xQ", count, address)
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """SO_ATTACH_FILTER of ``program`` (classic BPF instructions) on ``sock``."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    sock.setsockopt(SOL_SOCKET, SO_ATTACH_FILTER, sock_fprog(len(program) // BPF_INSN_SIZE, ctypes.addressof(buf)))

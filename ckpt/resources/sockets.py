@@ -33,8 +33,12 @@ support in the kernel, the target in another network namespace) the image
 has no backlog, a note says so, and restore uses ``SOMAXCONN`` — as for an
 image written before the backlog was recorded.
 
-Not kept (inet): SO_RCVBUF / SO_SNDBUF, socket filters, multicast
-memberships, queued datagrams.
+A classic BPF filter (SO_ATTACH_FILTER) is read back with SO_GET_FILTER and
+attached again before the other options (SO_LOCK_FILTER would forbid it); an
+eBPF one (SO_ATTACH_BPF) cannot be read back from a socket, and is refused.
+
+Not kept (inet): a buffer size the kernel tunes by itself (one the program
+fixed, SO_BUF_LOCK, is), multicast memberships, queued datagrams.
 """
 
 from __future__ import annotations
@@ -151,15 +155,38 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
                 peer = b""
         else:
             local = peer = b""
-        filter_len = sockopts.filter_length(ours)
-        if filter_len:
-            what = (f"a classic BPF filter of {filter_len} instructions" if filter_len > 0
-                    else "an eBPF program")
-            raise refuse(pid, fd, f"a socket with {what} attached (SO_ATTACH_FILTER / SO_ATTACH_BPF)",
-                          "ckpt cannot restore socket filters yet: the socket would come back unfiltered")
         opts = changed_options(s)
+        if (prog := _filter(pid, fd, ours)) is not None:
+            opts.insert(0, prog)  # before SO_LOCK_FILTER, which would forbid attaching it
         return Peek(family, stype, proto, listening, tcp_state, local, peer, inode, accept_queue, max_backlog,
                     queued), opts
+
+
+#: The room a restore's scratch page leaves a classic filter's instructions (BPF_MAXINSNS is 4096).
+_MAX_FILTER = 1024
+
+
+def _filter(pid: int, fd: int, ours: int) -> files_pb2.SockOpt | None:
+    """The classic BPF filter of the socket (SO_GET_FILTER), as the option that attaches it again; None for no
+    filter.  An eBPF program (SO_ATTACH_BPF) is refused: the kernel gives no way to read it back from a socket."""
+    n = sockopts.filter_length(ours)
+    if n == 0:
+        return None
+    if n < 0:
+        raise refuse(pid, fd, "a socket with an eBPF program attached (SO_ATTACH_BPF / SO_ATTACH_REUSEPORT_EBPF)",
+                     "an eBPF socket filter cannot be read back (SO_GET_FILTER gives only classic ones): it would "
+                     "come back unfiltered")
+    if n > _MAX_FILTER:
+        raise refuse(pid, fd, f"a socket with a classic BPF filter of {n} instructions",
+                     f"ckpt restores filters of up to {_MAX_FILTER} instructions")
+    return files_pb2.SockOpt(level=socket.SOL_SOCKET, name=sockopts.SO_ATTACH_FILTER,
+                             value=sockopts.get_filter(ours, n))
+
+
+def _filter_line(sock: socket.socket) -> tuple[str, str]:
+    """The classic filter's instructions for the self-check (``default``: none; eBPF, refused at dump: ``ebpf``)."""
+    n = sockopts.filter_length(sock.fileno())
+    return "SO_GET_FILTER", ("default" if n == 0 else "ebpf" if n < 0 else sockopts.get_filter(sock.fileno(), n).hex())
 
 
 def _fresh_values(sock: socket.socket) -> dict[tuple[int, int], str]:
@@ -175,8 +202,8 @@ def option_lines(sock: socket.socket) -> list[tuple[str, str]]:
     """(option, value) of every option the socket has, ``default`` for one with a new socket's value here (so
     that an option a program never set compares equal on a host whose defaults differ); for the self-check."""
     fresh = _fresh_values(sock)
-    return [(o.label, "default" if fresh.get((o.level, o.name)) == text else text)
-            for o, _, text in sockopts.read_all(sock)]
+    return [*((o.label, "default" if fresh.get((o.level, o.name)) == text else text)
+              for o, _, text in sockopts.read_all(sock)), _filter_line(sock)]
 
 
 def _endpoint(family: int, addr: object) -> str:
@@ -380,9 +407,13 @@ def setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] |
     """Each saved option set again, in order; RestoreError naming the one the kernel refuses here."""
     for o in opts:  # type: ignore[attr-defined]
         label = sockopts.label(o.level, o.name)
-        s.write(0, bytes(o.value))
+        value = bytes(o.value)
+        if (o.level, o.name) == (socket.SOL_SOCKET, sockopts.SO_ATTACH_FILTER):  # the instructions after their fprog
+            s.write(16, value)
+            value = sockopts.sock_fprog(len(value) // sockopts.BPF_INSN_SIZE, s.addr + 16)
+        s.write(0, value)
         try:
-            inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {label})")
+            inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(value), name=f"setsockopt({fd}, {label})")
         except OSError as exc:
             raise RestoreError(f"cannot set {label} on a restored socket again: {exc.strerror}",
                                hint="the option's value may need what this host lacks (a network device, "

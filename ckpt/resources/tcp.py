@@ -71,7 +71,7 @@ from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
 from ..kernel.fileio import close_all_but
 from ..kernel.pidfd import dup_from
-from ..kernel.sockopts import SO_BUF_LOCK
+from ..kernel.sockopts import SO_ATTACH_FILTER, SO_BUF_LOCK, attach_filter
 from ..procfs.timens import read_boot_id
 from ..testpoint import point
 from . import netlock, tcp_states
@@ -583,7 +583,9 @@ def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tup
     f = tcp_states.fins(i.state or _ESTABLISHED)
     tr.set_repair(sk, tr.TCP_REPAIR_ON)
     for o in i.options:
-        if (o.level, o.name) not in _AFTER_REPAIR:
+        if (o.level, o.name) == (socket.SOL_SOCKET, SO_ATTACH_FILTER):
+            attach_filter(sk, bytes(o.value))
+        elif (o.level, o.name) not in _AFTER_REPAIR:
             sk.setsockopt(o.level, o.name, bytes(o.value))
     sent = len(t.send_queue) - t.unsent
     rcv_end, snd_end = (t.rcv_seq - f.peers) & 0xFFFFFFFF, (t.snd_seq - f.ours) & 0xFFFFFFFF  # data only: no FIN

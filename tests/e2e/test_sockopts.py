@@ -50,8 +50,21 @@ def test_an_option_the_restore_lost_fails_the_self_check(py_target, tmp_path: Pa
     assert Image.open(tmp_path / "img").verify() == []
 
 
-def test_a_socket_filter_is_refused_at_dump(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+def test_classic_socket_filters_come_back_locked(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
+    """SO_ATTACH_FILTER programs on a UDP (locked with SO_LOCK_FILTER), a TCP and a unix socket: read back with
+    SO_GET_FILTER by the program after the restore (and by the self-check)."""
     t = _dumped(py_target, tmp_path, "filter")
-    with pytest.raises(Unsupported, match=r"a socket with a classic BPF filter of 1 instructions attached"):
+    api.dump(t.pid, tmp_path / "img", tcp_established=True)
+    t.proc.returncode = -signal.SIGKILL
+    r = api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", timeout=20) == "PASS sockopts round=2"
+
+
+def test_an_ebpf_socket_filter_is_refused_at_dump(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    t = _dumped(py_target, tmp_path, "ebpf")
+    with pytest.raises(Unsupported, match=r"a socket with an eBPF program attached \(SO_ATTACH_BPF") as e:
         api.dump(t.pid, tmp_path / "img", tcp_close=True)
+    assert "cannot be read back" in (e.value.hint or "")
     assert t.proc.poll() is None and not (tmp_path / "img").exists()

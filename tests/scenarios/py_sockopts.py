@@ -8,7 +8,9 @@ socket it applies to (:func:`issue17_sockets`): three SO_REUSEPORT listeners on 
 on it), listeners and UDP sockets bound with IP_FREEBIND / IPV6_FREEBIND to an address the host does not
 have, established connections with TCP_CORK, unix sockets with SO_PASSCRED / SO_PASSSEC.  Prints ``READY``.  On SIGUSR1 it reads every
 option back and prints ``PASS sockopts round=N`` or ``FAIL name: want X got Y``.  With the argument
-``filter`` the UDP socket also gets a classic BPF filter (which ckpt refuses to dump).
+``filter`` the UDP socket also gets a classic BPF filter, locked (SO_LOCK_FILTER), and a TCP and a unix socket
+a longer one: checked after the restore with SO_GET_FILTER.  With ``ebpf`` the UDP socket gets an eBPF program
+(SO_ATTACH_BPF), which ckpt refuses to dump.
 """
 
 import ctypes
@@ -134,6 +136,33 @@ def issue17_sockets() -> list[socket.socket]:
     return out
 
 
+SO_LOCK_FILTER, SO_ATTACH_BPF, BPF_PROG_LOAD, BPF_PROG_TYPE_SOCKET_FILTER = 44, 50, 5, 1
+libc = ctypes.CDLL(None, use_errno=True)
+#: (what, socket, classic program it must have)
+filtered: list[tuple[str, socket.socket, bytes]] = []
+
+
+def get_filter(sock: socket.socket, count: int) -> bytes:
+    """SO_GET_FILTER: its length is in instructions, so a bytes buffer from Python's getsockopt would overflow."""
+    buf = ctypes.create_string_buffer(count * 8)
+    n = ctypes.c_uint32(count)
+    if libc.getsockopt(sock.fileno(), socket.SOL_SOCKET, SO_ATTACH_FILTER, buf, ctypes.byref(n)):
+        return b"errno %d" % ctypes.get_errno()
+    return buf.raw[:n.value * 8]
+
+
+def ebpf_take_all() -> int:
+    """An eBPF socket filter program (bpf(BPF_PROG_LOAD)) that keeps every packet; its fd."""
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, -1) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = -1; exit
+    code, lic = ctypes.create_string_buffer(insns, len(insns)), ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("=IIQQ", BPF_PROG_TYPE_SOCKET_FILTER, 2, ctypes.addressof(code), ctypes.addressof(lic))
+    attr = ctypes.create_string_buffer(attr.ljust(128, b"\0"), 128)
+    fd = libc.syscall(321, BPF_PROG_LOAD, attr, 128)  # __NR_bpf
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "bpf(BPF_PROG_LOAD)")
+    return fd
+
+
 #: (what, listeners, port they must be bound to): checked after a restore with the options.
 ports: list[tuple[str, list[socket.socket], int]] = []
 
@@ -185,11 +214,21 @@ def main() -> int:
     setting("unix SO_RCVLOWAT", uy, socket.SOL_SOCKET, socket.SO_RCVLOWAT, 3)
     socks += [ux, uy]
 
-    if sys.argv[1:] == ["filter"]:  # a classic BPF program on the UDP socket: "ret #0xffffffff" (take all)
+    if sys.argv[1:] == ["filter"]:  # a classic BPF program on the UDP socket, locked: "ret #0xffffffff" (take all)
         prog = struct.pack("HBBI", 0x06, 0, 0, 0xFFFFFFFF)
         buf = ctypes.create_string_buffer(prog)
         fprog = struct.pack("HL", 1, ctypes.addressof(buf))
         udp.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        setting("udp SO_LOCK_FILTER", udp, socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
+        filtered.append(("udp", udp, prog))
+        for name, sock in (("cli", cli), ("unix", ux)):  # a longer one: "ld len; jge #1, take all, drop"
+            prog = struct.pack("=HBBI", 0x80, 0, 0, 0) + struct.pack("=HBBI", 0x35, 0, 1, 1) \
+                + struct.pack("=HBBI", 0x06, 0, 0, 0xFFFF) + struct.pack("=HBBI", 0x06, 0, 0, 0)
+            buf = ctypes.create_string_buffer(prog)
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("HL", 4, ctypes.addressof(buf)))
+            filtered.append((name, sock, prog))
+    if sys.argv[1:] == ["ebpf"]:  # an eBPF program on the UDP socket: "r0 = -1; exit" (take all)
+        udp.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, ebpf_take_all())
     # SIGUSR1 is taken by sigwait, never by a handler: a handler run between the restore and the
     # restarted pause() would leave pause() blocked (issue: ckpt restarts it instead of EINTR).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
@@ -203,6 +242,9 @@ def main() -> int:
             got = sock.getsockopt(level, opt, buflen) if buflen else sock.getsockopt(level, opt)
             if got != want:
                 bad.append(f"{name}: want {want!r} got {got!r}")
+        for what, sock, prog in filtered:
+            if (got := get_filter(sock, len(prog) // 8)) != prog:
+                bad.append(f"{what} SO_GET_FILTER: want {prog.hex()} got {got.hex()}")
         for what, group, port in ports:
             if any(x.getsockname()[1] != port for x in group):
                 bad.append(f"{what}: ports {[x.getsockname()[1] for x in group]}, want {port}")
