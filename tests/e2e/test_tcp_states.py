@@ -54,6 +54,12 @@ class Drops:
         subprocess.run(["nft", "add", "rule", "inet", _TABLE, "c", ip, "saddr", host, "tcp", "sport", str(sport),
                         "tcp", "dport", str(dport), "drop"], check=True)
 
+    def drop_to(self, host: str, port: int) -> None:
+        """Packets to ``host``:``port`` are dropped from now on (a connect() there stays in SYN_SENT)."""
+        ip = "ip6" if ":" in host else "ip"
+        subprocess.run(["nft", "add", "rule", "inet", _TABLE, "c", ip, "daddr", host, "tcp", "dport", str(port),
+                        "drop"], check=True)
+
     def close(self) -> None:
         subprocess.run(["nft", "delete", "table", "inet", _TABLE], check=False)
 
@@ -65,6 +71,11 @@ def _drops() -> Iterator[Drops]:
         yield d
     finally:
         d.close()
+
+
+def _locks_of(pid: int) -> list[str]:
+    """The network locks of connections of process ``pid`` (other tests' may be there too)."""
+    return [tag for tag in netlock.locked() if f" pid {pid}-" in tag]
 
 
 def _pair(lst: socket.socket) -> tuple[socket.socket, socket.socket]:
@@ -192,10 +203,44 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
         t.proc.returncode = -signal.SIGKILL
         r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
         restored.append(r.pid)
-        assert netlock.locked() == {}
+        assert _locks_of(t.pid) == []
     # our drops gone: what the scenario's ends had sent (or send now) reaches us, retransmitted
     os.kill(t.pid, signal.SIGUSR1)
     assert t.expect("PASS", timeout=20) == "PASS states round=2"
     for p, want, eof in peers:
         _read_all(p, want, eof)
         p.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_a_bound_socket_never_connected_keeps_its_address(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                                           host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    local = list(s.getsockname()[:2])
+    t = _hand_over(py_target, tmp_path, [(s, {"name": "bound", "state": "CLOSE", "data": "", "local": local})])
+    dump(t.pid, tmp_path / "img")
+    t.proc.returncode = -signal.SIGKILL
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", timeout=20) == "PASS states round=2"
+
+
+def test_a_connection_in_its_handshake_is_refused_with_the_reason(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """SYN_SENT: TCP_REPAIR cannot make a handshake under way; the dump names the state and why."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    with _drops() as drops:
+        drops.drop_to("127.0.0.1", lst.getsockname()[1])
+        s = socket.socket()
+        s.setblocking(False)
+        assert s.connect_ex(lst.getsockname()) in (115, 11)  # EINPROGRESS
+        t = _hand_over(py_target, tmp_path, [(s, _spec("syn_sent", "SYN_SENT", b"", False, "ok"))])
+        with pytest.raises(Unsupported, match=r"in state SYN_SENT, which ckpt cannot dump") as e:
+            dump(t.pid, tmp_path / "img", tcp_established=True)
+        assert "handshake is not finished" in (e.value.hint or "")
+        assert t.proc.poll() is None and _locks_of(t.pid) == []
+    lst.close()

@@ -3,7 +3,8 @@
 argv: PATH of a unix stream socket the test listens on.  The scenario connects, receives the sockets
 (SCM_RIGHTS) with a JSON list of what each must be: ``{"name", "state", "data", "eof", "write"}`` —
 its TCP state name, the bytes queued to read (latin-1), whether EOF follows them (the peer's FIN or a
-SHUT_RD), whether a write is accepted (``"ok"``) or fails with EPIPE (``"EPIPE"``).  The test closes its
+SHUT_RD), whether a write is accepted (``"ok"``) or fails with EPIPE (``"EPIPE"``); a bound socket never
+connected has ``"local": [host, port]`` instead, its address.  The test closes its
 own copies; prints ``READY``.
 
 Each SIGUSR1 is a round.  Round 1 (before the dump) only looks: state and queued bytes (MSG_PEEK).
@@ -31,6 +32,10 @@ def check(s: socket.socket, spec: dict, act: bool) -> list[str]:
     bad = []
     if state(s) != spec["state"]:
         bad.append(f"{name}: state {state(s)}, want {spec['state']}")
+    if "local" in spec:  # bound, never connected: its address is all there is
+        if list(s.getsockname()[:2]) != spec["local"]:
+            bad.append(f"{name}: bound to {s.getsockname()[:2]}, want {spec['local']}")
+        return bad
     if want:
         got = s.recv(len(want) + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         if got != want:
@@ -58,6 +63,8 @@ def check(s: socket.socket, spec: dict, act: bool) -> list[str]:
 def write(s: socket.socket, spec: dict) -> list[str]:
     """Write ``after``: accepted, or EPIPE where the socket sent its FIN."""
     bad = []
+    if "local" in spec:
+        return bad
     try:
         s.send(b"after", socket.MSG_DONTWAIT)
         wrote = "ok"
