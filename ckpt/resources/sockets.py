@@ -17,8 +17,10 @@ peer if it was).  An established TCP connection is
 kept alive with ``--tcp-established`` (:mod:`ckpt.resources.tcp`: TCP_REPAIR
 and a network lock); otherwise it is refused, naming the fd and both ends,
 unless ``tcp_close`` — then, like CRIU's ``--tcp-close``, it comes back as a
-closed socket of the same family (never connected: read gives ENOTCONN,
-write EPIPE), and the program handles it as a dropped connection.
+closed socket of the same family: a connection its peer reset (the first read
+or write gives ECONNRESET, then reads EOF and writes EPIPE:
+:func:`ckpt.resources.tcp_states.reset_closed`), and the program handles it as
+a dropped connection.
 
 Restore is injected into the helper: ``socket``, each saved option with
 ``setsockopt``, ``bind``, ``listen`` (or ``connect`` for a connected UDP
@@ -437,19 +439,25 @@ def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
     """The inet socket of ``entry`` made again in the target: an established connection by
     :mod:`ckpt.resources.tcp`, the rest here.  Unix sockets are :mod:`ckpt.resources.unix`'s."""
     fd = (tcp.restore(r.inj, r.s, entry, r.warnings) if entry.inet.HasField("tcp")
-          else _create_inet(r.inj, r.s, entry))
+          else _create_inet(r.inj, r.s, entry, r.warnings))
     return set_status_flags(r, fd, entry)
 
 
-def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
+def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, notes: list[str]) -> int:
     """Create the inet socket of ``entry`` in the process of ``inj``; its (temporary) fd."""
     if entry.kind == K.INET:
         i = entry.inet
         fd = inj.call(NR.socket, i.family, i.type | socket.SOCK_CLOEXEC, i.protocol, name="socket")
         try:
             setopts(inj, s, fd, i.options)
+            if i.tcp_closed:  # --tcp-close: a connection its peer reset
+                with borrowed(inj.pid, fd) as sk:
+                    if (why := tcp_states.reset_closed(sk, i.family)) is not None:
+                        notes.append(f"file {entry.id}: a connection given up by --tcp-close comes back "
+                                     f"never connected (reads give ENOTCONN), not reset: {why}")
+                return fd
             if i.state == TCP_CLOSE and i.type == socket.SOCK_STREAM and not i.src_addr:
-                return fd  # never bound, or --tcp-close: a closed socket (a bound one is bound below)
+                return fd  # never bound: a new socket (a bound one is bound below)
             if i.src_addr:
                 s.write(0, bytes(i.src_addr))
                 try:

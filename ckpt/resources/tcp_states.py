@@ -34,6 +34,14 @@ LAST_ACK   sent         received (first) the peer's FIN, then the shutdown
   no FIN of the peer explains it, and the restore shuts the socket down so
   again.  The self-check compares POLLRDHUP too (:func:`rdhup`).
 
+``--tcp-close`` gives up a connection instead: the restore makes it a
+connection its peer reset (:func:`reset_closed`), which is what the program
+would have found had the connection died while it ran: the first read or
+write fails with ECONNRESET, later reads give EOF, writes EPIPE.  (The kernel
+answers so for a socket that got a RST; a socket that only got a FIN reads
+EOF at once — but a dropped connection did not end in order, and a program
+must not take it for a complete reply.)
+
 Refused, naming the state: SYN_SENT and SYN_RECV (a handshake under way:
 TCP_REPAIR cannot make one), CLOSING whose FIN was never sent (no sequence of
 calls brings a socket there), and TIME_WAIT and a closed connection's CLOSE,
@@ -49,13 +57,15 @@ from dataclasses import dataclass
 
 from ..errors import RestoreError
 from ..kernel import tcp_repair as tr
-from ..kernel.tcp_segment import TCP_ACK, TCP_FIN, send_segment
+from ..kernel.tcp_segment import TCP_ACK, TCP_FIN, TCP_RST, send_segment
 from . import netlock
 
 __all__ = ["ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "LAST_ACK", "CLOSING",
-           "KEPT", "Fins", "fins", "refusal", "rdhup", "shut_in_repair", "peer_segment", "shut_after"]
+           "KEPT", "Fins", "fins", "refusal", "rdhup", "shut_in_repair", "peer_segment", "shut_after",
+           "reset_closed"]
 
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING = 1, 2, 3, 4, 5, 8, 9, 11
+_CLOSE = 7
 #: The states ``--tcp-established`` keeps.
 KEPT = frozenset({ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING})
 _SETTLE = 2.0  # seconds the made-up segment may take through the loopback device (it is immediate)
@@ -123,6 +133,44 @@ def peer_segment(sk: socket.socket, family: int, local: tuple, peer: tuple, *, f
                                hint="a firewall rule may drop it (the restore marks it "
                                     f"0x{netlock.REPAIR_MARK:08x})")
         time.sleep(0.001)
+
+
+def reset_closed(sk: socket.socket, family: int) -> str | None:
+    """A new socket made a connection that a reset ended (``--tcp-close``): the first read or write gives
+    ECONNRESET, then reads give EOF and writes EPIPE, as the kernel has it for a connection its peer reset.
+
+    In repair mode the socket is connected, with no packet, from the loopback address to itself (a 4-tuple
+    no other socket has), then sent a RST in its own name.  It is bound to the unspecified address, which
+    leaves IPV6_V6ONLY as it was; the port goes back when the RST closes it.  Returns why it could not be
+    done (the socket then stays new and unconnected: reads give ENOTCONN), or None.
+    """
+    host, anyhost = ("::1", "::") if family == socket.AF_INET6 else ("127.0.0.1", "0.0.0.0")
+    try:
+        tr.set_repair(sk, tr.TCP_REPAIR_ON)
+        try:
+            sk.bind((anyhost, 0))
+            port = sk.getsockname()[1]
+            sk.connect((host, port))
+            seq = _rcv_nxt(sk)
+            send_segment(family, (host, port), (host, port), seq, 0, TCP_RST, 0, netlock.REPAIR_MARK)
+            end = time.monotonic() + _SETTLE
+            while _state(sk) != _CLOSE:
+                if time.monotonic() > end:
+                    return "the reset made up by the restore did not reach it"
+                time.sleep(0.001)
+        finally:
+            tr.set_repair(sk, tr.TCP_REPAIR_OFF_NO_WP)
+    except OSError as exc:
+        return f"{exc.strerror or exc} (it needs the loopback address {host} and CAP_NET_RAW)"
+    return None
+
+
+def _rcv_nxt(sk: socket.socket) -> int:
+    tr.select_queue(sk, tr.TCP_RECV_QUEUE)
+    try:
+        return tr.queue_seq(sk)
+    finally:
+        tr.select_queue(sk, tr.TCP_NO_QUEUE)
 
 
 def shut_after(sk: socket.socket, fin_queued: bool, shut_rd: bool) -> None:

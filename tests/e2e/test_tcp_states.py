@@ -244,3 +244,30 @@ def test_a_connection_in_its_handshake_is_refused_with_the_reason(py_target, tmp
         assert "handshake is not finished" in (e.value.hint or "")
         assert t.proc.poll() is None and _locks_of(t.pid) == []
     lst.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
+def test_tcp_close_gives_connections_back_reset(py_target, tmp_path: Path, restored: list[int],  # noqa: ANN001
+                                                 host: str) -> None:
+    """--tcp-close: an established and a half-closed connection come back as connections their peer reset:
+    ECONNRESET at the first read, then EOF, and EPIPE on writes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lst = socket.socket(family, socket.SOCK_STREAM)
+    lst.bind((host, 0))
+    lst.listen(4)
+    s1, p1 = _pair(lst)
+    s1.sendall(b"unread by the peer")
+    s2, p2 = _pair(lst)
+    p2.shutdown(socket.SHUT_WR)
+    _settled(s2, "CLOSE_WAIT")
+    t = _hand_over(py_target, tmp_path, [(s1, {**_spec("established", "ESTABLISHED", b"", False, "ok"), "reset": 1}),
+                                         (s2, {**_spec("close_wait", "CLOSE_WAIT", b"", True, "ok"), "reset": 1})])
+    dump(t.pid, tmp_path / "img", tcp_close=True)
+    t.proc.returncode = -signal.SIGKILL
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    assert not [n for n in r.notes if "--tcp-close" in n], r.notes
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", timeout=20) == "PASS states round=2"
+    for x in (lst, p1, p2):
+        x.close()

@@ -4,7 +4,8 @@ argv: PATH of a unix stream socket the test listens on.  The scenario connects, 
 (SCM_RIGHTS) with a JSON list of what each must be: ``{"name", "state", "data", "eof", "write"}`` —
 its TCP state name, the bytes queued to read (latin-1), whether EOF follows them (the peer's FIN or a
 SHUT_RD), whether a write is accepted (``"ok"``) or fails with EPIPE (``"EPIPE"``); a bound socket never
-connected has ``"local": [host, port]`` instead, its address.  The test closes its
+connected has ``"local": [host, port]`` instead, its address; one the dump gives up (``--tcp-close``) has
+``"reset": true``: after the restore it must answer as a connection its peer reset.  The test closes its
 own copies; prints ``READY``.
 
 Each SIGUSR1 is a round.  Round 1 (before the dump) only looks: state and queued bytes (MSG_PEEK).
@@ -13,6 +14,7 @@ socket read, write ``after`` on each (it goes to the peer, or fails with EPIPE).
 ``FAIL name: what``.
 """
 
+import errno
 import json
 import os
 import signal
@@ -30,6 +32,8 @@ def state(s: socket.socket) -> str:
 def check(s: socket.socket, spec: dict, act: bool) -> list[str]:
     name, want = spec["name"], spec["data"].encode("latin-1")
     bad = []
+    if act and spec.get("reset"):  # given up by --tcp-close: a connection its peer reset
+        return [f"{name}: {call}: {got}, want {expect}" for call, got, expect in reset_calls(s) if got != expect]
     if state(s) != spec["state"]:
         bad.append(f"{name}: state {state(s)}, want {spec['state']}")
     if "local" in spec:  # bound, never connected: its address is all there is
@@ -60,10 +64,23 @@ def check(s: socket.socket, spec: dict, act: bool) -> list[str]:
     return bad
 
 
+def reset_calls(s: socket.socket) -> list[tuple[str, str, str]]:
+    """(call, what it gave, what a reset connection gives): ECONNRESET once, then EOF and EPIPE."""
+    out = []
+    for call, fn, expect in (("read", lambda: s.recv(10), "ECONNRESET"), ("read again", lambda: s.recv(10), "EOF"),
+                             ("write", lambda: s.send(b"x"), "EPIPE")):
+        try:
+            got = "EOF" if fn() == b"" else "data"
+        except OSError as exc:
+            got = errno.errorcode.get(exc.errno, str(exc.errno))
+        out.append((call, got, expect))
+    return out
+
+
 def write(s: socket.socket, spec: dict) -> list[str]:
     """Write ``after``: accepted, or EPIPE where the socket sent its FIN."""
     bad = []
-    if "local" in spec:
+    if "local" in spec or spec.get("reset"):
         return bad
     try:
         s.send(b"after", socket.MSG_DONTWAIT)
