@@ -146,6 +146,7 @@ def reset_closed(sk: socket.socket, family: int) -> str | None:
     """
     host, anyhost = ("::1", "::") if family == socket.AF_INET6 else ("127.0.0.1", "0.0.0.0")
     try:
+        reuse = sk.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)  # repair mode's end clears it
         tr.set_repair(sk, tr.TCP_REPAIR_ON)
         try:
             sk.bind((anyhost, 0))
@@ -160,6 +161,7 @@ def reset_closed(sk: socket.socket, family: int) -> str | None:
                 time.sleep(0.001)
         finally:
             tr.set_repair(sk, tr.TCP_REPAIR_OFF_NO_WP)
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
     except OSError as exc:
         return f"{exc.strerror or exc} (it needs the loopback address {host} and CAP_NET_RAW)"
     return None
