@@ -85,7 +85,6 @@ _ESTABLISHED = 1
 #: Options set after repair mode is left (leaving it resets SO_REUSEADDR); the others go before bind.
 _AFTER_REPAIR = {(socket.SOL_SOCKET, socket.SO_REUSEADDR)}
 _NO_SPACE = (errno.EAGAIN, errno.ENOMEM)
-_IP_LOCAL_PORT_RANGE = 51  # SOL_IP: low | high << 16, the ports connect() may pick (Linux 6.3)
 
 
 def _addr(family: int, raw: bytes) -> tuple:
@@ -552,29 +551,27 @@ def _before(seq: int, limit: int) -> int:
     return limit if 0 < (seq - limit) & 0xFFFFFFFF < 1 << 31 else seq
 
 
-def _port_range_bind(sk: socket.socket, family: int, local: tuple, peer: tuple) -> bytes | None:
-    """Make ``connect`` bind ``sk`` to ``local`` by itself, as the dumped socket was bound, when ``bind`` cannot.
+def _bind_address(sk: socket.socket, family: int, local: tuple, peer: tuple) -> tuple:
+    """Where to bind ``sk`` so that it comes back bound as the dumped socket was: ``local``, or the unspecified
+    address on its port when ``connect`` had bound it.
 
-    ``bind`` to an IPv6 address sets IPV6_V6ONLY (``__inet6_bind``); a socket that ``connect`` bound keeps the
-    value it had (0 by default), and so must the restored one.  Then the local port is made the only one
-    ``connect`` may pick (IP_LOCAL_PORT_RANGE, Linux 6.3) and the address is the one the route gives — when it
-    gives the dumped one.  Returns the IP_LOCAL_PORT_RANGE to set back once connected, or None: bind as usual.
+    ``bind`` to an IPv6 address sets IPV6_V6ONLY (``__inet6_bind``); a socket that ``connect`` bound, or one
+    accepted from a listener on ``::``, keeps the value it had (0 by default), and so must the restored one.
+    Bound to ``::`` on the port (repair mode shares it with a listener), it takes the source address the route
+    gives at ``connect`` — used when that is the dumped one.
     """
     if family != socket.AF_INET6 or sk.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
-        return None
+        return local
     host = ipaddress.ip_address(local[0].split("%", 1)[0])
     if host.is_unspecified or getattr(host, "ipv4_mapped", None):
-        return None
+        return local
     try:
         with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
             probe.connect(peer)  # no packet: it asks the route which source address it gives
-            if probe.getsockname()[0] != local[0]:
-                return None
-        before = sk.getsockopt(socket.IPPROTO_IP, _IP_LOCAL_PORT_RANGE, 4)
-        sk.setsockopt(socket.IPPROTO_IP, _IP_LOCAL_PORT_RANGE, struct.pack("<HH", local[1], local[1]))
+            routed = probe.getsockname()[0]
     except OSError:
-        return None  # a kernel before 6.3
-    return before
+        return local
+    return ("::", local[1], 0, local[3]) if routed == local[0] else local
 
 
 def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tuple, what: str,
@@ -593,10 +590,8 @@ def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tup
     tr.set_queue_seq(sk, rcv_end - len(t.recv_queue))
     tr.select_queue(sk, tr.TCP_SEND_QUEUE)
     tr.set_queue_seq(sk, snd_end - len(t.send_queue))
-    port_range = _port_range_bind(sk, i.family, local, peer)
     try:
-        if port_range is None:
-            sk.bind(local)
+        sk.bind(_bind_address(sk, i.family, local, peer))
     except OSError as exc:
         if exc.errno == errno.EADDRNOTAVAIL:
             raise RestoreError(f"cannot restore {what}: its local address {local[0]} does not exist on this host",
@@ -613,8 +608,6 @@ def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tup
             raise RestoreError(f"cannot restore {what}: another socket holds that connection",
                                hint="is the dumped process still running?") from exc
         raise RestoreError(f"cannot restore {what}: connect in repair mode: {exc.strerror}") from exc
-    if port_range is not None:
-        sk.setsockopt(socket.IPPROTO_IP, _IP_LOCAL_PORT_RANGE, port_range)
     tr.set_options(sk, _repair_options(t))
     if t.options & tr.TCPI_OPT_TIMESTAMPS:
         tr.set_timestamp(sk, t.timestamp)

@@ -271,3 +271,31 @@ def test_tcp_close_gives_connections_back_reset(py_target, tmp_path: Path, resto
     assert t.expect("PASS", timeout=20) == "PASS states round=2"
     for x in (lst, p1, p2):
         x.close()
+
+
+def test_a_connection_accepted_on_a_dual_stack_listener_keeps_ipv6_v6only_off(py_target, tmp_path: Path,  # noqa: ANN001
+                                                                               restored: list[int]) -> None:
+    """A listener on ``::`` (IPV6_V6ONLY 0) and a connection it accepted from ::1, both in the tree: bind() to
+    ::1 would set IPV6_V6ONLY on the restored connection (the self-check would refuse it); it is bound to ``::``
+    on the listener's port and takes ::1 from the route at connect."""
+    lst = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    lst.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    lst.bind(("::", 0))
+    lst.listen(4)
+    p = socket.create_connection(("::1", lst.getsockname()[1]))
+    s, _ = lst.accept()
+    assert s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    p.sendall(b"to-the-tree")
+    wait_until(lambda: s.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"to-the-tree", "data arrives")
+    t = _hand_over(py_target, tmp_path, [
+        (lst, {"name": "listener", "state": "LISTEN", "data": "", "local": ["::", lst.getsockname()[1]]}),
+        (s, _spec("accepted", "ESTABLISHED", b"to-the-tree", False, "ok"))])
+    dump(t.pid, tmp_path / "img", tcp_established=True)
+    t.proc.returncode = -signal.SIGKILL
+    r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    restored.append(r.pid)
+    os.kill(t.pid, signal.SIGUSR1)
+    assert t.expect("PASS", timeout=20) == "PASS states round=2"
+    p.settimeout(20)
+    _read_all(p, b"after", False)
+    p.close()
