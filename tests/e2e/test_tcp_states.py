@@ -127,7 +127,10 @@ def _read_all(p: socket.socket, want: bytes, eof: bool) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
-def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: list[int], host: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("leave_running", [False, True], ids=["restored", "R"])
+def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: list[int], host: str,  # noqa: ANN001
+                                        leave_running: bool) -> None:
+    """Each state restored (or, with -R, left as it was by a dump that reads it in repair mode)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     lst = socket.socket(family, socket.SOCK_STREAM)
     lst.bind((host, 0))
@@ -199,10 +202,11 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
         lst.close()
 
         t = _hand_over(py_target, tmp_path, ends)
-        dump(t.pid, tmp_path / "img", tcp_established=True)
-        t.proc.returncode = -signal.SIGKILL
-        r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
-        restored.append(r.pid)
+        dump(t.pid, tmp_path / "img", tcp_established=True, leave_running=leave_running)
+        if not leave_running:
+            t.proc.returncode = -signal.SIGKILL
+            r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+            restored.append(r.pid)
         assert _locks_of(t.pid) == []
     # our drops gone: what the scenario's ends had sent (or send now) reaches us, retransmitted
     os.kill(t.pid, signal.SIGUSR1)
