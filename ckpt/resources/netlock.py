@@ -133,7 +133,8 @@ class Lock:
         """The rule as ``nft list`` shows it."""
         ip = "ip" if self.family == socket.AF_INET else "ip6"
         return (f"{ip} saddr {self.peer} {ip} daddr {self.local} tcp sport {self.peer_port} "
-                f"tcp dport {self.local_port} meta mark != 0x{REPAIR_MARK:08x} drop comment \"{self.tag if comment is None else comment}\"")
+                f"tcp dport {self.local_port} meta mark != 0x{REPAIR_MARK:08x} "
+                f"drop comment \"{self.tag if comment is None else comment}\"")
 
     def __str__(self) -> str:
         def at(host: str, port: int) -> str:

@@ -221,8 +221,8 @@ def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
     """What an inet socket tells of its state, for the self-check: its local and peer address, a TCP socket's
     state (TCP_INFO's first byte), a listener's waiting connections and backlog (TCP_INFO's tcpi_unacked and
     tcpi_sacked), a connection's bytes queued to read, to be acknowledged and never sent (SIOCINQ, SIOCOUTQ,
-    SIOCOUTQNSD), whether its reading side is shut (POLLRDHUP), whether a UDP socket has a datagram waiting.  Nothing is read off a queue (a peek honours
-    SO_PEEK_OFF, :func:`_has_datagram`).  None for another family."""
+    SIOCOUTQNSD), whether its reading side is shut (POLLRDHUP), whether a UDP socket has a datagram waiting.
+    Nothing is read off a queue (a peek honours SO_PEEK_OFF, :func:`_has_datagram`).  None for another family."""
     family, stype = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE))
     if family not in (socket.AF_INET, socket.AF_INET6):
         return []
