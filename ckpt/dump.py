@@ -32,7 +32,7 @@ from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
 from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
-from .resources import timens, timers, tree, tty
+from .resources import cow, timens, timers, tree, tty
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -236,6 +236,9 @@ def dump(
                 cttys = tty.controlling(fdump.files, {p: sn.stat for p, sn in snap_of.items()})
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
+                if len(vmas_of) > 1 and not incs and end_target is None and cow.mark_tree(  # pages a child shares with its parent
+                        {p: sn.stat.ppid for p, sn in snap_of.items()}, vmas_of):
+                    w.require(cow.FEATURE)
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
                 records = {p: _dump_records(proc, snap_of[p], vmas_of[p], w, scratch_of[p], unmap_of[p],
@@ -272,18 +275,22 @@ def dump(
                 # records, to compress during the next one's injections, was slower: the compressing
                 # threads then compete with the injections' ptrace round trips for the CPUs.)
                 writers = [w.pages(p) for p in ftree.procs]  # files made before any frame is written
+                # Pages shared since fork are read without copying them (ckpt.resources.cow) where the tree runs
+                # on, or shares them within itself (its parent's copy stays one for every child read after it).
+                keep_shared = leave_running or leave_stopped or len(ftree.procs) > 1
                 for (p, proc), pw in zip(ftree.procs.items(), writers):
                     vmas = [v for v in records[p][1] if not memory.is_shmem_view(v)]
                     inc = incs.get(p)
                     if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
                         _, dirty, in_parent = inc.plan(vmas)
                         pstats.append(memory.dump_pages_delta(p, vmas, pw, proc.mem, dirty=dirty,
-                                                              in_parent=in_parent, on_copied=inc.on_copied()))
+                                                              in_parent=in_parent, on_copied=inc.on_copied(),
+                                                              keep_shared=keep_shared))
                     else:
                         done = sum(ps.bytes_read for ps in pstats)
                         pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
                                                         on_bytes=(lambda n, d=done: step("memory", d + n))
-                                                        if progress else None))
+                                                        if progress else None, keep_shared=keep_shared))
                 for p, proc in ftree.procs.items():  # an AIO request that completed since its ring was read
                     aio.check_unchanged(p, proc.mem, records[p][1])
                 keep = bool(incs) and track_mem and (leave_running or leave_stopped)

@@ -7,7 +7,8 @@ what the *kernel* prints about the process — ``/proc/PID/status`` (process and
 every thread), ``limits``, ``personality``, ``timers``, ``timerslack_ns``,
 ``fdinfo/*`` (file locks, epoll targets, timerfd and eventfd state included),
 what unix_diag says of each unix socket (:func:`_unix_diag_lines`), what each inet socket
-says of its state, addresses and queues (:func:`_inet_lines`),
+says of its state, addresses and queues (:func:`_inet_lines`), what packet_diag and netlink_diag say of
+each packet and netlink socket (:func:`ckpt.resources.packet.lines`, :func:`ckpt.resources.netlink.lines`),
 every option of every socket as ``getsockopt`` reports it (``default`` when a
 new socket here has the same value: what the program never set compares equal
 on a host whose defaults differ), and every mapping's ``smaps`` VmFlags (neighbours that look alike compared as one,
@@ -27,6 +28,7 @@ every signal) as after the restore.  ``ckpt restore --check=off`` skips the chec
 from __future__ import annotations
 
 import re
+import socket
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from .image.pb import process_pb2
 from .procfs._proc import ProcDir
 from .procfs.maps import read_smaps_vmflags
 from .kernel.sock_diag import unix_sockets
+from .resources import netlink, packet
 from .resources.sockets import borrowed, inet_lines, option_lines
 
 __all__ = ["Difference", "observe", "settled", "differences", "describe"]
@@ -214,9 +217,18 @@ def _inet_lines(pid: int, fd: int) -> list[tuple[str, str]]:
     (:func:`ckpt.resources.sockets.inet_lines`), read through a duplicate of it; none for another family."""
     try:
         with borrowed(pid, fd) as sock:
-            return inet_lines(sock)
+            return inet_lines(sock, pid)
     except OSError as exc:
         return [("unreadable", exc.strerror or str(exc))]
+
+
+def _family(pid: int, fd: int) -> int:
+    """The address family of the socket at ``fd`` of ``pid``; -1 when it cannot be read."""
+    try:
+        with borrowed(pid, fd) as sock:
+            return sock.family
+    except OSError:
+        return -1
 
 
 def _unix_diag_lines(ino: int) -> list[tuple[str, str]]:
@@ -290,6 +302,10 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
                 unix = _unix_diag_lines(int(link[len("socket:["):-1]))
                 if unix:
                     sections.append(_section(f"unix_diag/{fd}", unix))
+                other = {socket.AF_PACKET: ("packet", packet.lines),
+                         socket.AF_NETLINK: ("netlink", netlink.lines)}.get(_family(pid, fd))
+                if other and (got := other[1](int(link[len("socket:["):-1]))):
+                    sections.append(_section(f"{other[0]}/{fd}", got))
         sections.append(_section("maps", _maps_lines(pid, proc, hidden)))
     return process_pb2.Observed(sections=sections)
 

@@ -8,7 +8,9 @@ Order (DESIGN §4, each step a lesson of the prototype):
    ``detached``, by an intermediate that goes at the hand-over so the helper
    is reparented like a daemon (:func:`~ckpt.resources.tree.create`); in a
    tree, only the root's: each other helper is cloned from its parent's once
-   that one is through step 4 (:class:`_Helpers`);
+   that one is through step 4 — or through step 5's memory, when the child
+   shares pages with it since fork, so that it inherits them copy-on-write
+   (:mod:`ckpt.resources.cow`) (:class:`_Helpers`);
 2. seize it (TRACECLONE | EXITKILL), unregister its rseq area (it lives in a
    TLS that is about to disappear);
 3. map the trampoline (``syscall; int3``) and a scratch area at an address free
@@ -69,7 +71,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import aio, tcp, tty, vdso
+from .resources import aio, cow, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -322,8 +324,14 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     members = {m.pid: m for m in live}
     connections: list[files_pb2.FileEntry] = []
     ptys = tty.PtyPairs(image.file_entries())  # controlling terminals are taken as the helpers are made
+    early: dict[int, tuple[int, memory.PageStats, float]] = {}  # filled before their children were cloned
+
+    def fill_first(ws: _Workspace) -> None:
+        early[ws.pid] = _map_and_fill(ws, chain, members[ws.pid].vmas, progress, shmem, filler,
+                                      opts.allow_changed_files)
+
     helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached,
-                       on_ready=lambda ws: ptys.take_ctty(ws.inj, members[ws.pid].entry))
+                       on_ready=lambda ws: ptys.take_ctty(ws.inj, members[ws.pid].entry), fill_first=fill_first)
     opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files, allow_lower_limits)
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
@@ -337,7 +345,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             m = members[ws.pid]
             m.ws = ws
             threads.check_xstate(m.pid, m.cores)
-            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler, opts.allow_changed_files)
+            n, filled, secs = early.pop(m.pid, None) or _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler,
+                                                                       opts.allow_changed_files)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             testpoint.point("restore-memory-filled")
@@ -442,16 +451,23 @@ class _Helpers:
     out as empty as it is — no copy of the restorer to fork and unmap again
     (measured: ~2.5 ms a process).  Each one clones its own children in turn
     before its memory is mapped, so no helper inherits anything of another
-    process's memory.  A zombie's helper ends at once
+    process's memory — except a parent whose children share pages with it
+    (the image's ``Vma.shared_with_parent``): ``fill_first`` maps and fills it
+    before it clones them, and each keeps only the VMAs it shares
+    (:mod:`ckpt.resources.cow`).  A zombie's helper ends at once
     (:func:`tree.end_as_zombie`).  The trampoline sits where no process of
     the tree maps anything, so the clones keep it where it is.
     """
 
     def __init__(self, root: tree.Plan, layouts: Mapping[int, tuple[mm_pb2.MmEntry, Sequence[mm_pb2.Vma]]],
-                 *, detached: bool, on_ready: Callable[[_Workspace], None] | None = None) -> None:
+                 *, detached: bool, on_ready: Callable[[_Workspace], None] | None = None,
+                 fill_first: Callable[[_Workspace], None] | None = None) -> None:
         self.root, self.layouts, self.detached = root, layouts, detached
         #: Called with each helper once it is emptied, before its children are cloned (what they inherit).
         self.on_ready = on_ready
+        #: Maps and fills a helper whose children share pages with it, before they are cloned: they inherit
+        #: them copy-on-write (:mod:`ckpt.resources.cow`).  None: every child is cloned from an empty parent.
+        self.fill_first = fill_first
         #: Every helper made (zombies too), parents first: what :meth:`kill` ends.
         self.created: list[int] = []
         #: The root's helper and what ends every helper if we fail or die (None until it is made).
@@ -482,6 +498,9 @@ class _Helpers:
                 ws = _prepare_clone(self.procs[p.pid], parents.pop(p.pid), mm, vmas, own_fds=not p.shares_files)
             if self.on_ready is not None:
                 self.on_ready(ws)
+            if self.fill_first is not None and any(cow.inherits(self.layouts[c.pid][1]) for c in p.children
+                                                   if not c.zombie):
+                self.fill_first(ws)
             for c in p.children:
                 self.procs[c.pid] = tree.clone_helper(ws.inj, ws.scratch, c)
                 self.created.append(c.pid)
@@ -667,6 +686,8 @@ def _prepare_clone(proc: FrozenProcess, parent: _Workspace, mm: mm_pb2.MmEntry, 
     proc.use_syscall_insn(tramp)
     inj = Injector(proc.threads[proc.pid], syscall_insn=tramp)
     current = dict(parent.areas)
+    if cow.inherits(vmas):  # cloned from its filled parent: it keeps only the memory it shares with it
+        cow.unmap_rest(inj, vmas, [(tramp, tramp + _Workspace.AREA), *current.values()])
     taken = [(tramp, tramp + _Workspace.AREA), *current.values(), *((v.start, v.end) for v in vmas)]
     ws = _place_kernel_areas(proc, inj, tramp, parent.vdso_insn_off, current, taken, mm, vmas, own_fds)
     ws.relocate([(v.start, v.end) for v in vmas], [])  # not needed when the trampoline avoided the whole tree
@@ -798,6 +819,16 @@ def _lost_inet(e: files_pb2.FileEntry) -> tuple[str, ...]:
     return lost
 
 
+def _lost_queue(e: files_pb2.FileEntry) -> str | None:
+    """The account section (``packet``, ``netlink``) whose ``queued`` line the user let the dump lose
+    (``--tolerate packet-queue`` / ``netlink-queue``), or None."""
+    if e.kind == files_pb2.FileEntry.PACKET and e.packet.queue_lost:
+        return "packet"
+    if e.kind == files_pb2.FileEntry.NETLINK and e.netlink.queue_lost:
+        return "netlink"
+    return None
+
+
 def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
                 tree_pids: Collection[int], image: Image) -> list[str]:
     """Compare the kernel's account of each built (frozen) process with the dump's; RestoreError on a difference.
@@ -830,6 +861,7 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
         files = {e.id: e for e in image.file_entries()}
         lost = {(f"unix_diag/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_unix(files[f.file_id])}
         lost |= {(f"inet/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_inet(files[f.file_id])}
+        lost |= {(f"{kind}/{f.fd}", "queued") for f in image.fds(ws.pid) if (kind := _lost_queue(files[f.file_id]))}
         diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
                                      joins_restorer=outside,
                                      tolerated=lowered | lost, elsewhere=elsewhere)
@@ -1191,6 +1223,8 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
             raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
                                   "(a pre-dump written before pre-dumps carried it)")
         mm, vmas = image.mm(p.pid)
+        if (why := cow.staged_refusal(p.pid, vmas)) is not None:
+            raise StagingMismatch(f"{image.path}: {why}")
         if any(memory.is_object_view(v) or aio.is_ring(v) for v in vmas):  # pre-dumps store no such objects
             raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, System V shared memory, a "
                                   "deleted file or an AIO ring, which only a plain restore recreates")

@@ -61,6 +61,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("unix-unlinked-names", "a unix socket whose path was deleted since bind is bound, then its file "
                                    "deleted again (UnixSocket.name_unlinked); a reader that ignored it would leave "
                                    "a socket file at the path"),
+    Feature("cow-shared", "a child's pages still shared with its parent since fork are stored once, by the parent "
+                          "(Vma.shared_with_parent), and shared again by cloning the child from its filled parent; "
+                          "a reader that ignored them would restore the child without those pages"),
     Feature("aio-rings", "the ring of an io_setup context is made again by io_setup and moved to its address "
                          "(Vma.aio); a reader without it would refuse the mapping"),
 )}

@@ -124,6 +124,38 @@ OPTIONS: tuple[SockOption, ...] = (
     _so(12, "SO_PRIORITY"),  # after IP_TOS, which sets the priority too
 )
 
+SOL_RAW, SOL_ICMPV6, SOL_PACKET, SOL_NETLINK = 255, 58, 263, 270
+_RAW = frozenset({socket.SOCK_RAW})
+
+
+def _pk(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
+    return SockOption(SOL_PACKET, name, label, size, families=frozenset({socket.AF_PACKET}),
+                      **kw)  # type: ignore[arg-type]
+
+
+def _nl(name: int, label: str) -> SockOption:
+    return SockOption(SOL_NETLINK, name, label, families=frozenset({socket.AF_NETLINK}))
+
+
+#: Options of raw sockets (IPv4: ICMP_FILTER of an IPPROTO_ICMP socket; IPv6: the checksum offset, header
+#: included, ICMPV6_FILTER), of packet sockets (SOL_PACKET) and of netlink sockets (SOL_NETLINK).
+OPTIONS += (
+    SockOption(SOL_RAW, 1, "ICMP_FILTER", families=frozenset({socket.AF_INET}), types=_RAW,
+               protocols=frozenset({socket.IPPROTO_ICMP})),
+    _ip6(7, "IPV6_CHECKSUM", types=_RAW), _ip6(36, "IPV6_HDRINCL", types=_RAW),
+    SockOption(SOL_ICMPV6, 1, "ICMPV6_FILTER", 32, families=frozenset({socket.AF_INET6}), types=_RAW,
+               protocols=frozenset({socket.IPPROTO_ICMPV6})),
+    _pk(10, "PACKET_VERSION"), _pk(12, "PACKET_RESERVE"), _pk(8, "PACKET_AUXDATA"), _pk(9, "PACKET_ORIGDEV"),
+    _pk(15, "PACKET_VNET_HDR"), _pk(24, "PACKET_VNET_HDR_SZ"), _pk(17, "PACKET_TIMESTAMP"), _pk(14, "PACKET_LOSS"),
+    _pk(19, "PACKET_TX_HAS_OFF"), _pk(20, "PACKET_QDISC_BYPASS"), _pk(23, "PACKET_IGNORE_OUTGOING"),
+    _pk(18, "PACKET_FANOUT", settable=False),  # refused at dump when set
+    _pk(6, "PACKET_STATISTICS", 8, skip="reading it resets the counters"),
+    _pk(21, "PACKET_ROLLOVER_STATS", 24, skip=_DYNAMIC),
+    _nl(3, "NETLINK_PKTINFO"), _nl(4, "NETLINK_BROADCAST_ERROR"), _nl(5, "NETLINK_NO_ENOBUFS"),
+    _nl(8, "NETLINK_LISTEN_ALL_NSID"), _nl(10, "NETLINK_CAP_ACK"), _nl(11, "NETLINK_EXT_ACK"),
+    _nl(12, "NETLINK_GET_STRICT_CHK"),
+)
+
 
 _BY_NUMBER = {(o.level, o.name): o.label for o in OPTIONS} | {(SOL_SOCKET, SO_SNDBUFFORCE): "SO_SNDBUFFORCE",
                                                               (SOL_SOCKET, SO_RCVBUFFORCE): "SO_RCVBUFFORCE",

@@ -16,7 +16,10 @@ Dump (target frozen):
   chunk buffers, reused for the whole dump (fresh destination memory is
   slower, DESIGN §3: each is faulted in once, by its first read);
   PROT_NONE and exec-only areas through ``/proc/PID/mem`` (process_vm_readv
-  gives EFAULT there).
+  gives EFAULT there), and so are pages shared with another process since
+  fork when the process runs on (process_vm_readv would copy them) — and a
+  child's pages still shared with its parent are not stored at all
+  (:mod:`ckpt.resources.cow`).
 
 Restore (helper stopped, its own mappings gone, DESIGN §4): :func:`check_files`
 refuses changed files before anything is created (a mapped file's pages that
@@ -73,7 +76,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma
 from ..procfs.snapshot import Snapshot
-from . import aio, fileid, ghost, memfd, sysvshm
+from . import aio, cow, fileid, ghost, memfd, sysvshm
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -406,14 +409,16 @@ class ShmemObjects:
 
 
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
-               on_bytes: Callable[[int], None] | None = None) -> PageStats:
+               on_bytes: Callable[[int], None] | None = None, *, keep_shared: bool = False) -> PageStats:
     """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: its chunk buffers).
 
     A full dump is the delta case with every page dirty and no parent: one
     code path reads and stores pages for both.  ``on_bytes(total so far)``
     after each buffer handed to the writer: the CLI's progress line.
+    ``keep_shared``: as for :func:`dump_pages_delta`.
     """
-    d = dump_pages_delta(pid, vmas, pages, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes)
+    d = dump_pages_delta(pid, vmas, pages, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes,
+                         keep_shared=keep_shared)
     return PageStats(d.pages_stored, d.pages_zero, d.bytes_read, d.seconds)
 
 
@@ -554,6 +559,8 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     creates it and records it in ``shmem_objects``.  ``own_fds`` False: the
     descriptor table is shared with a process restored already (CLONE_FILES):
     the files opened for mappings are closed one by one.  ``allow_changed``: as for :func:`check_files`.
+    A VMA inherited from the parent's helper (:func:`ckpt.resources.cow.is_inherited`) stays as it is,
+    with only its shared pages kept.
     """
     opener = _FileOpener(inj, scratch, pid, own_fds, allow_changed)
     n = 0
@@ -562,6 +569,10 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     try:
         for v in vmas:
             if v.kind in SPECIAL_KINDS or v.kind == Kind.AIO_RING:  # a ring: aio.restore_rings, once all is mapped
+                continue
+            if cow.is_inherited(v):  # mapped and filled by the parent before it cloned us: kept as it is
+                cow.keep_inherited(inj, v)
+                n += 1
                 continue
             if v.kind == Kind.SYSV_SHM:
                 objects = shmem_objects if shmem_objects is not None else ShmemObjects()
@@ -1107,7 +1118,7 @@ def _split(start: int, end: int, intervals: Sequence[tuple[int, int]], starts: S
 
 def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem, *,
                      dirty: Sequence[tuple[int, int]], in_parent: Sequence[tuple[int, int]],
-                     running: bool = False,
+                     running: bool = False, keep_shared: bool | None = None,
                      on_copied: "Callable[[int, memoryview], None] | None" = None,
                      on_bytes: Callable[[int], None] | None = None) -> DeltaStats:
     """Like :func:`dump_pages`, but only pages in ``dirty`` are copied; the rest are PARENT.
@@ -1122,12 +1133,17 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
     out of the pagemap; the next delta copies it if it comes back) instead of
     failing the dump.  ``on_copied(vaddr, bytes)`` sees exactly what was stored;
     ``on_bytes(total so far)`` is called after each buffer-full (progress).
+    ``keep_shared`` (default: ``running``): the process runs on after the dump, so a page it shares with
+    another process (since fork) is read through ``/proc/PID/mem``, which leaves it shared
+    (:func:`ckpt.resources.cow.not_exclusive`; its pagemap read costs ~15 ms per GiB: skipped for a
+    process the dump ends).
 
     Pages are read straight into the PageWriter's chunk buffers, one
     process_vm_readv per buffer-full, across VMA boundaries: each buffer is
     one frame, and the page bytes are never copied in our address space.
     """
     t0 = time.monotonic()
+    keep_shared = running if keep_shared is None else keep_shared
     dstarts = [s for s, _ in dirty]
     pstarts = [s for s, _ in in_parent]
     st = {"here": 0, "parent": 0, "zero": 0, "skipped": 0, "bytes": 0}
@@ -1156,6 +1172,12 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
             scanned = []  # gone meanwhile (a VMA unmapped between maps and the scan is only left out)
         for v, runs in scanned:
             copy = _COPY if v.prot & PROT_READ else _COPY_FORCED
+            if v.shared_with_parent:  # the parent's pages (copy-on-write since fork): the parent stores them
+                runs = _without(runs, cow.shared_runs(v))
+            # Pages another process maps too go through /proc/PID/mem: process_vm_readv would copy them.
+            pinned = (cow.not_exclusive(fd, _spans(_copied(runs, dirty, dstarts, v)))
+                      if keep_shared and copy == _COPY and v.kind in _COW_KINDS else [])
+            pinstarts = [s for s, _ in pinned]
             for start, end, is_zero in runs:
                 if is_zero:
                     batch.append((start, end - start, _ZERO))
@@ -1171,19 +1193,53 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
                         if have:
                             batch.append((ps_, pe - ps_, _PARENT))
                             continue
-                        while ps_ < pe:
-                            take = min(pe - ps_, cap - fill)
-                            batch.append((ps_, take, copy))
-                            fill += take
-                            ps_ += take
-                            if fill == cap:
-                                flush()
+                        for qs, qe, forced in (_split(ps_, pe, pinned, pinstarts) if pinned else ((ps_, pe, False),)):
+                            how = _COPY_FORCED if forced else copy
+                            while qs < qe:
+                                take = min(qe - qs, cap - fill)
+                                batch.append((qs, take, how))
+                                fill += take
+                                qs += take
+                                if fill == cap:
+                                    flush()
             if len(batch) >= _MAX_BATCH:
                 flush()
         flush()
     finally:
         os.close(fd)
     return DeltaStats(st["here"], st["parent"], st["zero"], st["skipped"], st["bytes"], time.monotonic() - t0)
+
+
+#: VMA kinds whose stored pages are anonymous pages a forked process may share (a private file mapping's written ones).
+_COW_KINDS = frozenset({Kind.ANON_PRIVATE, Kind.HEAP, Kind.STACK, Kind.FILE_PRIVATE})
+#: Pages between two runs read along with them in one pagemap read (4 KiB of entries) rather than apart.
+_SPAN_GAP = 512 * PAGE_SIZE
+
+
+def _spans(runs: Iterable[Interval]) -> list[Interval]:
+    """Runs joined across small gaps: the pagemap of a VMA with scattered pages is read in few preads."""
+    out: list[list[int]] = []
+    for s, e in runs:
+        if out and s - out[-1][1] <= _SPAN_GAP:
+            out[-1][1] = e
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _copied(runs: Sequence[tuple[int, int, bool]], dirty: Sequence[Interval], dstarts: Sequence[int],
+            v: mm_pb2.Vma) -> list[Interval]:
+    """The parts of a VMA's (start, end, zero) page runs that may be copied: not zero, and dirty."""
+    data = [(s, e) for s, e, z in runs if not z]
+    if dirty is _EVERYTHING:
+        return data
+    lo = max(0, bisect.bisect_right(dstarts, v.start) - 1)
+    return intersect(data, dirty[lo:bisect.bisect_left(dstarts, v.end)])
+
+
+def _without(runs: Sequence[tuple[int, int, bool]], drop: Sequence[Interval]) -> list[tuple[int, int, bool]]:
+    """The (start, end, zero) page runs minus the sorted, disjoint intervals ``drop``."""
+    return [(s, e, z) for rs, re_, z in runs for s, e in subtract(((rs, re_),), drop)]
 
 
 #: What dump_pages_delta queues for each run: copy (with process_vm_readv, or through

@@ -3,6 +3,8 @@
 Unix sockets are :mod:`ckpt.resources.unix`'s: this module only records
 what such a socket says about itself (type, names, options, a listener's
 backlog), and the unix module links them to their peers across the tree.
+Packet and netlink sockets are :mod:`ckpt.resources.packet`'s and
+:mod:`ckpt.resources.netlink`'s: :func:`describe` hands them over.
 
 Dump looks at the socket from outside: ``pidfd_getfd`` lends the dumper a
 duplicate of the target's descriptor, on which getsockname, getpeername and
@@ -13,7 +15,9 @@ injection.  The duplicate is closed at once; the target's socket is untouched.
 What can be re-created is a socket whose state lives in its local address and
 options: a TCP listener (its queue of not-yet-accepted connections is *not*
 kept: those clients see a reset), a UDP socket (bound, and connected to a
-peer if it was).  An established TCP connection is
+peer if it was), a raw socket (IPv4 or IPv6, of its protocol; bound, connected
+— the peer read from /proc/PID/net/raw, :mod:`ckpt.procfs.netraw`), each UDP or
+raw socket with the directions it was shut down in (:func:`shutdown_of`).  An established TCP connection is
 kept alive with ``--tcp-established`` (:mod:`ckpt.resources.tcp`: TCP_REPAIR
 and a network lock); otherwise it is refused, naming the fd and both ends,
 unless ``tcp_close`` — then, like CRIU's ``--tcp-close``, it comes back as a
@@ -45,13 +49,15 @@ fixed, SO_BUF_LOCK, is), multicast memberships, queued datagrams.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import os
+import select
 import socket
 import struct
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -62,7 +68,8 @@ from ..kernel.arch_x86_64 import NR
 from ..kernel.pidfd import dup_from
 from ..kernel import sockopts
 from ..kernel import tcp_repair as tr
-from ..kernel.sock_diag import listen_backlogs
+from ..kernel.sock_diag import inet_shutdown, listen_backlogs
+from ..procfs.netraw import raw_socket
 from . import tcp, tcp_states
 from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener, refuse
@@ -79,6 +86,8 @@ _SO_DOMAIN, _SO_PROTOCOL, _SO_PEEK_OFF = 39, 38, 42
 #: (connections ready for accept) and tcpi_sacked = sk_max_ack_backlog (the backlog), at offsets 24 and 28.
 _TCP_INFO_LISTEN = struct.Struct("<B23xII")
 _INT = struct.Struct("<i")
+#: Inet socket types whose shutdown bits and queued datagrams ckpt reads (a stream's are its TCP state's).
+_DATAGRAM = (socket.SOCK_DGRAM, socket.SOCK_RAW)
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
             tcp_state = info[0]
             if tcp_state == TCP_LISTEN:
                 accept_queue, max_backlog = _TCP_INFO_LISTEN.unpack_from(info)[1:]
-        queued = family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_DGRAM and _has_datagram(s)
+        queued = family in (socket.AF_INET, socket.AF_INET6) and stype in _DATAGRAM and _has_datagram(s)
         if family == socket.AF_UNIX:
             local = unix_name(s.getsockname())
             try:
@@ -148,13 +157,16 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
                 peer = b""
         elif family in (socket.AF_INET, socket.AF_INET6):
             name = s.getsockname()
-            # never bound (any address, port 0): nothing to bind again — binding that would take a port
-            local = b"" if name[1] == 0 and ipaddress.ip_address(name[0].split("%", 1)[0]).is_unspecified \
+            # never bound (any address, port 0; a raw socket's "port" is its protocol): nothing to bind again —
+            # binding that would take a port
+            local = b"" if (name[1] == 0 or stype == socket.SOCK_RAW) \
+                and ipaddress.ip_address(name[0].split("%", 1)[0]).is_unspecified \
                 else _sockaddr(family, name)
             try:
                 peer = _sockaddr(family, s.getpeername())
             except OSError:
-                peer = b""
+                raw = _raw_peer(pid, family, inode) if stype == socket.SOCK_RAW else None
+                peer = _sockaddr(family, raw) if raw else b""
         else:
             local = peer = b""
         opts = changed_options(s)
@@ -191,6 +203,16 @@ def _filter_line(sock: socket.socket) -> tuple[str, str]:
     return "SO_GET_FILTER", ("default" if n == 0 else "ebpf" if n < 0 else sockopts.get_filter(sock.fileno(), n).hex())
 
 
+def _raw_peer(pid: int, family: int, inode: int) -> tuple | None:
+    """The peer a raw socket is connect()ed to, as getpeername would give it (it cannot tell:
+    :mod:`ckpt.procfs.netraw`), with port 0; None when it is not connected."""
+    line = raw_socket(pid, family, inode)
+    if line is None or line.state != TCP_ESTABLISHED:
+        return None
+    host = socket.inet_ntop(family, line.remote)
+    return (host, 0) if family == socket.AF_INET else (host, 0, 0, 0)
+
+
 def _fresh_values(sock: socket.socket) -> dict[tuple[int, int], str]:
     """Every option of a new socket of ``sock``'s kind (family, type, protocol), here: what a program that
     set nothing would have."""
@@ -217,19 +239,22 @@ def _endpoint(family: int, addr: object) -> str:
     return f"{host}:{port}"
 
 
-def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
+def inet_lines(sock: socket.socket, pid: int = 0) -> list[tuple[str, str]]:
     """What an inet socket tells of its state, for the self-check: its local and peer address, a TCP socket's
     state (TCP_INFO's first byte), a listener's waiting connections and backlog (TCP_INFO's tcpi_unacked and
     tcpi_sacked), a connection's bytes queued to read, to be acknowledged and never sent (SIOCINQ, SIOCOUTQ,
     SIOCOUTQNSD), whether its reading side is shut (POLLRDHUP), whether a UDP socket has a datagram waiting.
-    Nothing is read off a queue (a peek honours SO_PEEK_OFF, :func:`_has_datagram`).  None for another family."""
+    Nothing is read off a queue (a peek honours SO_PEEK_OFF, :func:`_has_datagram`); a UDP or raw socket's
+    shutdown bits, a raw socket's protocol and the peer it is connected to (from ``pid``'s /proc/PID/net/raw:
+    getpeername cannot tell).  None for another family."""
     family, stype = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE))
     if family not in (socket.AF_INET, socket.AF_INET6):
         return []
     try:
         peer = _endpoint(family, sock.getpeername())
     except OSError:
-        peer = "none"
+        raw = _raw_peer(pid, family, os.fstat(sock.fileno()).st_ino) if stype == socket.SOCK_RAW and pid else None
+        peer = _endpoint(family, raw) if raw else "none"
     lines = [("local", _endpoint(family, sock.getsockname())), ("peer", peer)]
     if stype == socket.SOCK_STREAM:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LISTEN.size)
@@ -240,8 +265,12 @@ def inet_lines(sock: socket.socket) -> list[tuple[str, str]]:
         return lines + [("inq", str(tr.inq(sock))), ("outq", str(tr.outq(sock))),
                         ("outq_unsent", str(tr.outq_notsent(sock))),
                         ("rdhup", "yes" if tcp_states.rdhup(sock) else "no")]
-    if stype == socket.SOCK_DGRAM:
+    if stype == socket.SOCK_RAW:
+        lines.append(("protocol", str(sock.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL))))
+    if stype in _DATAGRAM:
         lines.append(("queued", "yes" if _has_datagram(sock) else "no"))
+        if bits := shutdown_of(sock):  # only when set: an image of an older ckpt has no such line
+            lines.append(("shutdown", str(bits)))
     return lines
 
 
@@ -254,15 +283,25 @@ def account_agrees(pid: int, account: process_pb2.Observed, fds: "tuple[files_pb
     by_id = {e.id: e for e in entries}
     for section in account.sections:
         kind, _, fd = section.name.partition("/")
-        e = by_id.get(by_fd.get(int(fd), -1)) if kind == "inet" else None
-        if e is None or e.kind != K.INET or e.inet.queue_lost or e.inet.tcp_closed:
+        e = by_id.get(by_fd.get(int(fd), -1)) if kind in _QUEUE_LOST else None
+        if e is None or e.kind != _QUEUE_LOST[kind][0] or _QUEUE_LOST[kind][1](e):
             continue
         lines = {ln.key: ln.value for ln in section.lines}
         what = ("a connection to it waiting to be accepted" if lines.get("waiting", "0") != "0"
                 else "a datagram queued on it" if lines.get("queued") == "yes" else None)
         if what is not None:
             raise Unsupported(f"process {pid}: fd {fd}: {what} arrived while it was being dumped",
-                              hint="dump again (with --tolerate listen-queue / udp-queue to let such a queue go)")
+                              hint="dump again (with --tolerate listen-queue / udp-queue / raw-queue / packet-queue "
+                                   "/ netlink-queue to let such a queue go)")
+
+
+#: Account sections whose queues :func:`account_agrees` checks: the entry kind, and whether the image lets the
+#: queue go.
+_QUEUE_LOST: dict[str, tuple[int, Callable[[files_pb2.FileEntry], bool]]] = {
+    "inet": (K.INET, lambda e: e.inet.queue_lost or e.inet.tcp_closed),
+    "packet": (K.PACKET, lambda e: e.packet.queue_lost),
+    "netlink": (K.NETLINK, lambda e: e.netlink.queue_lost),
+}
 
 
 def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
@@ -284,14 +323,38 @@ def changed_options(sock: socket.socket) -> list[files_pb2.SockOpt]:
 
 def _has_datagram(s: socket.socket) -> bool:
     """Is a datagram waiting?  A peek tells (a zero-length one too), unless SO_PEEK_OFF is set: a peek would
-    move that offset, so the queued bytes (FIONREAD: the first datagram's) tell instead."""
-    if s.getsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF) >= 0:
+    move that offset, so the queued bytes (FIONREAD: the first datagram's) tell instead.  A raw socket has no
+    peek offset (EOPNOTSUPP)."""
+    try:
+        peek_off = s.getsockopt(socket.SOL_SOCKET, _SO_PEEK_OFF)
+    except OSError:
+        peek_off = -1
+    if peek_off >= 0:
         return int.from_bytes(fcntl.ioctl(s.fileno(), termios.FIONREAD, bytes(4)), "little") > 0
     try:
         s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return False
     return True
+
+
+def shutdown_of(s: socket.socket) -> int:
+    """A UDP or raw socket's own RCV_SHUTDOWN (1) / SEND_SHUTDOWN (2) bits: from sock_diag (INET_DIAG_SHUTDOWN),
+    which lists every bound or connected UDP socket and, where the kernel has raw_diag, raw sockets.  Where it
+    does not (an unbound UDP socket, a kernel without raw_diag), poll tells what a program can see: POLLRDHUP
+    is RCV_SHUTDOWN, POLLHUP both; SEND_SHUTDOWN alone changes nothing a program sees there (UDP and raw
+    sendmsg ignore it), and is not seen."""
+    family, stype, proto = (s.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE, _SO_PROTOCOL))
+    try:
+        bits = inet_shutdown(family, stype, proto, os.fstat(s.fileno()).st_ino)
+    except OSError:
+        bits = None
+    if bits is not None:
+        return bits
+    p = select.poll()
+    p.register(s.fileno(), select.POLLRDHUP)
+    events = sum(ev for _, ev in p.poll(0))
+    return 3 if events & select.POLLHUP else 1 if events & select.POLLRDHUP else 0
 
 
 def unix_name(addr: str | bytes) -> bytes:
@@ -344,6 +407,11 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
     locked and read in repair mode by :mod:`ckpt.resources.tcp`, to come back alive.
     """
     p, opts = peek(pid, fd)
+    if p.family in (socket.AF_PACKET, socket.AF_NETLINK):
+        from . import netlink, packet  # they build on this module: imported here, not above
+        (packet if p.family == socket.AF_PACKET else netlink).describe(pid, fd, entry, p, opts, notes=notes,
+                                                                       tolerate=tolerate)
+        return
     kinds = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "datagram", socket.SOCK_SEQPACKET: "seqpacket"}
     if p.family in (socket.AF_INET, socket.AF_INET6):
         fam = "IPv4" if p.family == socket.AF_INET else "IPv6"
@@ -371,7 +439,7 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
             inet.state = TCP_CLOSE
             inet.src_addr = inet.dst_addr = b""  # comes back unbound and unconnected
             inet.tcp_closed = True
-        elif p.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        elif p.type not in (socket.SOCK_STREAM, *_DATAGRAM):
             raise refuse(pid, fd, f"an {fam} socket of type {p.type}")
         elif p.listening and p.max_backlog >= 0:
             inet.backlog = p.max_backlog
@@ -381,9 +449,14 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
                      notes)
                 inet.queue_lost = True
         elif p.queued:
-            lose("udp-queue", tolerate, f"process {pid}: fd {fd}", f"an {fam} UDP socket with datagrams not yet read",
+            raw = p.type == socket.SOCK_RAW
+            lose("raw-queue" if raw else "udp-queue", tolerate, f"process {pid}: fd {fd}",
+                 f"an {fam} {f'raw (protocol {p.protocol})' if raw else 'UDP'} socket with datagrams not yet read",
                  notes)
             inet.queue_lost = True
+        if p.type in _DATAGRAM:
+            with borrowed(pid, fd) as s:
+                inet.shutdown = shutdown_of(s)
         entry.kind = K.INET
         entry.inet.CopyFrom(inet)
         return
@@ -467,14 +540,26 @@ def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, notes: l
                                        hint="the address must be free (is the dumped process still running?)") from exc
             if i.type == socket.SOCK_STREAM and i.state == TCP_LISTEN:
                 inj.call(NR.listen, fd, backlog_of(i), name="listen")
-            elif i.type == socket.SOCK_DGRAM and i.dst_addr:
+            elif i.type in _DATAGRAM and i.dst_addr:
                 s.write(0, bytes(i.dst_addr))
                 inj.call(NR.connect, fd, s.addr, len(i.dst_addr), name="connect")
+            if i.type in _DATAGRAM and i.shutdown:
+                _shutdown(inj, fd, i.shutdown)
         except BaseException:
             inj.close(fd)
             raise
         return fd
     raise RestoreError(f"file {entry.id} is not a socket kind ckpt restores ({K.Name(entry.kind)})")
+
+
+def _shutdown(inj: Injector, fd: int, bits: int) -> None:
+    """``shutdown(fd, how)`` for RCV_SHUTDOWN 1 / SEND_SHUTDOWN 2 bits (how = bits - 1).  An unconnected
+    datagram socket takes the bits and answers ENOTCONN (inet_shutdown): that is no failure here."""
+    try:
+        inj.call(NR.shutdown, fd, bits - 1, name=f"shutdown({fd}, {bits - 1})")
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise
 
 
 #: Every socket is claimed as inet; :func:`dump` makes a unix one UNIX (:data:`ckpt.resources.unix.KIND`).

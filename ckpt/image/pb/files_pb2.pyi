@@ -49,7 +49,7 @@ class FileLock(_message.Message):
     def __init__(self, kind: _Optional[_Union[FileLock.Kind, str]] = ..., type: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
-    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty", "pidfd", "proc")
+    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty", "pidfd", "proc", "packet", "netlink")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[FileEntry.Kind]
@@ -125,6 +125,8 @@ class FileEntry(_message.Message):
     PTY_FIELD_NUMBER: _ClassVar[int]
     PIDFD_FIELD_NUMBER: _ClassVar[int]
     PROC_FIELD_NUMBER: _ClassVar[int]
+    PACKET_FIELD_NUMBER: _ClassVar[int]
+    NETLINK_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: FileEntry.Kind
     path: str
@@ -150,7 +152,9 @@ class FileEntry(_message.Message):
     pty: Pty
     pidfd: PidFd
     proc: ProcFile
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ..., pidfd: _Optional[_Union[PidFd, _Mapping]] = ..., proc: _Optional[_Union[ProcFile, _Mapping]] = ...) -> None: ...
+    packet: PacketSocket
+    netlink: NetlinkSocket
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ..., pidfd: _Optional[_Union[PidFd, _Mapping]] = ..., proc: _Optional[_Union[ProcFile, _Mapping]] = ..., packet: _Optional[_Union[PacketSocket, _Mapping]] = ..., netlink: _Optional[_Union[NetlinkSocket, _Mapping]] = ...) -> None: ...
 
 class Fown(_message.Message):
     __slots__ = ("pid", "pid_type", "signum", "uid", "euid")
@@ -481,3 +485,59 @@ class ProcFile(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     pid: int
     def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class PacketSocket(_message.Message):
+    __slots__ = ("type", "protocol", "ifindex", "ifname", "options", "memberships", "copy_thresh", "queue_lost")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    IFINDEX_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
+    COPY_THRESH_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LOST_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    protocol: int
+    ifindex: int
+    ifname: str
+    options: _containers.RepeatedCompositeFieldContainer[SockOpt]
+    memberships: _containers.RepeatedCompositeFieldContainer[PacketMembership]
+    copy_thresh: int
+    queue_lost: bool
+    def __init__(self, type: _Optional[int] = ..., protocol: _Optional[int] = ..., ifindex: _Optional[int] = ..., ifname: _Optional[str] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., memberships: _Optional[_Iterable[_Union[PacketMembership, _Mapping]]] = ..., copy_thresh: _Optional[int] = ..., queue_lost: _Optional[bool] = ...) -> None: ...
+
+class PacketMembership(_message.Message):
+    __slots__ = ("ifindex", "ifname", "type", "address", "count")
+    IFINDEX_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ifindex: int
+    ifname: str
+    type: int
+    address: bytes
+    count: int
+    def __init__(self, ifindex: _Optional[int] = ..., ifname: _Optional[str] = ..., type: _Optional[int] = ..., address: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+
+class NetlinkSocket(_message.Message):
+    __slots__ = ("type", "protocol", "portid", "groups", "dst_portid", "dst_group", "state", "options", "queue_lost")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PORTID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    DST_PORTID_FIELD_NUMBER: _ClassVar[int]
+    DST_GROUP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LOST_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    protocol: int
+    portid: int
+    groups: bytes
+    dst_portid: int
+    dst_group: int
+    state: int
+    options: _containers.RepeatedCompositeFieldContainer[SockOpt]
+    queue_lost: bool
+    def __init__(self, type: _Optional[int] = ..., protocol: _Optional[int] = ..., portid: _Optional[int] = ..., groups: _Optional[bytes] = ..., dst_portid: _Optional[int] = ..., dst_group: _Optional[int] = ..., state: _Optional[int] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., queue_lost: _Optional[bool] = ...) -> None: ...
