@@ -24,6 +24,7 @@ import pytest
 
 from ckpt.dump import dump, restore
 from ckpt.errors import Unsupported
+from ckpt.image.show import show_dict
 from ckpt.resources import netlock
 from targets import wait_until
 
@@ -85,6 +86,25 @@ def _pair(lst: socket.socket) -> tuple[socket.socket, socket.socket]:
     for x in (s, p):
         x.settimeout(20)
     return s, p
+
+
+def _image_has(image: Path, field: str) -> bool:
+    """Does a TcpRepair record of the image set ``field`` (as ``ckpt show`` decodes it)?"""
+    def walk(v: object) -> bool:
+        if isinstance(v, dict):
+            return bool(v.get(field)) or any(walk(x) for x in v.values())
+        return isinstance(v, list) and any(walk(x) for x in v)
+    return walk(show_dict(image))
+
+
+def _fill(s: socket.socket) -> bytes:
+    """Write to non-blocking ``s`` until its peer's window and its own buffer are full; what was written."""
+    chunk, out = bytes(range(256)) * 256, bytearray()
+    try:
+        while True:
+            out += chunk[:s.send(chunk)]
+    except BlockingIOError:
+        return bytes(out)
 
 
 def _settled(s: socket.socket, state: str) -> None:
@@ -162,6 +182,15 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
         wait_until(lambda: s.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"p-fin-wait1", "data arrives")
         ends.append((s, _spec("fin_wait1", "FIN_WAIT1", b"p-fin-wait1", False, "EPIPE")))
         peers.append((p, b"s-fin-wait1", True))
+        # FIN_WAIT1, the FIN queued behind data never sent: the peer's ACKs dropped, its window is used up
+        s, p = _pair(lst)
+        drops.drop(p)
+        s.setblocking(False)
+        blocked = _fill(s)
+        s.shutdown(socket.SHUT_WR)
+        assert _state(s) == "FIN_WAIT1"
+        ends.append((s, _spec("fin_wait1_queued", "FIN_WAIT1", b"", False, "EPIPE")))
+        peers.append((p, blocked, True))
         # CLOSING: both sent a FIN, ours not acknowledged
         s, p = _pair(lst)
         drops.drop(s)
@@ -203,6 +232,7 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
 
         t = _hand_over(py_target, tmp_path, ends)
         dump(t.pid, tmp_path / "img", tcp_established=True, leave_running=leave_running)
+        assert _image_has(tmp_path / "img", "fin_queued") and _image_has(tmp_path / "img", "shut_rd")
         if not leave_running:
             t.proc.returncode = -signal.SIGKILL
             r = restore(tmp_path / "img", inherit_fds=t.stdio_fds)
