@@ -156,23 +156,26 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
     lst.bind((host, 0))
     lst.listen(16)
     ends, peers = [], []  # (scenario's socket, spec); (test's socket, what it must read after, EOF)
+
+    def kept(s: socket.socket, p: socket.socket, spec: dict, p_reads: bytes, p_eof: bool) -> None:
+        """``s`` (once in its state) goes to the scenario; ``p`` must then read ``p_reads`` (and EOF)."""
+        _settled(s, spec["state"])
+        ends.append((s, spec))
+        peers.append((p, p_reads, p_eof))
+
     with _drops() as drops:
         # CLOSE_WAIT: the peer sent a FIN; our end still writes
         s, p = _pair(lst)
         p.sendall(b"p-close-wait")
         s.sendall(b"s-close-wait")
         p.shutdown(socket.SHUT_WR)
-        _settled(s, "CLOSE_WAIT")
-        ends.append((s, _spec("close_wait", "CLOSE_WAIT", b"p-close-wait", True, "ok")))
-        peers.append((p, b"s-close-waitafter", False))
+        kept(s, p, _spec("close_wait", "CLOSE_WAIT", b"p-close-wait", True, "ok"), b"s-close-waitafter", False)
         # FIN_WAIT2: our FIN acknowledged, the peer still writes
         s, p = _pair(lst)
         p.sendall(b"p-fin-wait2")
         s.sendall(b"s-fin-wait2")
         s.shutdown(socket.SHUT_WR)
-        _settled(s, "FIN_WAIT2")
-        ends.append((s, _spec("fin_wait2", "FIN_WAIT2", b"p-fin-wait2", False, "EPIPE")))
-        peers.append((p, b"s-fin-wait2", True))
+        kept(s, p, _spec("fin_wait2", "FIN_WAIT2", b"p-fin-wait2", False, "EPIPE"), b"s-fin-wait2", True)
         # FIN_WAIT1: data and FIN sent, never acknowledged (our packets dropped)
         s, p = _pair(lst)
         drops.drop(s)
@@ -180,17 +183,14 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
         s.shutdown(socket.SHUT_WR)
         p.sendall(b"p-fin-wait1")
         wait_until(lambda: s.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"p-fin-wait1", "data arrives")
-        ends.append((s, _spec("fin_wait1", "FIN_WAIT1", b"p-fin-wait1", False, "EPIPE")))
-        peers.append((p, b"s-fin-wait1", True))
+        kept(s, p, _spec("fin_wait1", "FIN_WAIT1", b"p-fin-wait1", False, "EPIPE"), b"s-fin-wait1", True)
         # FIN_WAIT1, the FIN queued behind data never sent: the peer's ACKs dropped, its window is used up
         s, p = _pair(lst)
         drops.drop(p)
         s.setblocking(False)
         blocked = _fill(s)
         s.shutdown(socket.SHUT_WR)
-        assert _state(s) == "FIN_WAIT1"
-        ends.append((s, _spec("fin_wait1_queued", "FIN_WAIT1", b"", False, "EPIPE")))
-        peers.append((p, blocked, True))
+        kept(s, p, _spec("fin_wait1_queued", "FIN_WAIT1", b"", False, "EPIPE"), blocked, True)
         # CLOSING: both sent a FIN, ours not acknowledged
         s, p = _pair(lst)
         drops.drop(s)
@@ -198,9 +198,7 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
         s.shutdown(socket.SHUT_WR)
         p.sendall(b"p-closing")
         p.shutdown(socket.SHUT_WR)
-        _settled(s, "CLOSING")
-        ends.append((s, _spec("closing", "CLOSING", b"p-closing", True, "EPIPE")))
-        peers.append((p, b"s-closing", True))
+        kept(s, p, _spec("closing", "CLOSING", b"p-closing", True, "EPIPE"), b"s-closing", True)
         # LAST_ACK: the peer's FIN first, then ours, not acknowledged
         s, p = _pair(lst)
         p.sendall(b"p-last-ack")
@@ -209,16 +207,13 @@ def test_every_closing_state_comes_back(py_target, tmp_path: Path, restored: lis
         drops.drop(s)
         s.sendall(b"s-last-ack")
         s.shutdown(socket.SHUT_WR)
-        _settled(s, "LAST_ACK")
-        ends.append((s, _spec("last_ack", "LAST_ACK", b"p-last-ack", True, "EPIPE")))
-        peers.append((p, b"s-last-ack", True))
+        kept(s, p, _spec("last_ack", "LAST_ACK", b"p-last-ack", True, "EPIPE"), b"s-last-ack", True)
         # ESTABLISHED, shut for reading (SHUT_RD): the queued bytes, then EOF; writes go on
         s, p = _pair(lst)
         p.sendall(b"p-shut-rd")
         wait_until(lambda: s.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"p-shut-rd", "data arrives")
         s.shutdown(socket.SHUT_RD)
-        ends.append((s, _spec("shut_rd", "ESTABLISHED", b"p-shut-rd", True, "ok")))
-        peers.append((p, b"after", False))
+        kept(s, p, _spec("shut_rd", "ESTABLISHED", b"p-shut-rd", True, "ok"), b"after", False)
         # both ends in the tree: CLOSE_WAIT and FIN_WAIT2, bytes queued both ways
         a, b = _pair(lst)
         a.sendall(b"a-to-b")
