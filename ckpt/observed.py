@@ -150,6 +150,13 @@ _CPU_STATE = ("Speculation_Store_Bypass", "SpeculationIndirectBranch")
 #: Section kinds an older ckpt did not record: absent at the dump, they are not compared (the descriptor's
 #: own sections, ``fdinfo/N`` and ``sockopt/N``, still say whether it is there).
 _NEWER = ("inet", "guards", "ksm")
+#: Lines an older ckpt did not record in a section it did: absent from the dump's section, not compared.
+#: inet: whether the reading side is shut; sockopt: the classic filter, and the IP-level options of an
+#: IPv6 socket (issue 17).
+_NEWER_KEYS = {"inet": frozenset({"rdhup"}),
+               "sockopt": frozenset({"SO_GET_FILTER", "IP_TOS", "IP_TTL", "IP_MTU_DISCOVER", "IP_FREEBIND",
+                                     "IP_TRANSPARENT", "IP_MINTTL", "IP_BIND_ADDRESS_NO_PORT",
+                                     "IP_LOCAL_PORT_RANGE"})}
 #: Section kinds a kernel may be unable to give (unix_diag is a module a kernel may lack or not load): on
 #: another kernel, present on one side only is no difference (``fdinfo/N`` and ``sockopt/N`` still are).
 _OPTIONAL_ELSEWHERE = ("unix_diag", "guards", "ksm")
@@ -440,6 +447,7 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
             bl, al = _coalesced(bl), _coalesced(al)
         skip = {k for k, joined in zip(("NSsid", "NSpgid"), joins_restorer) if joined}
         skip |= {k for s, k in tolerated if s in (kind, name)}
+        skip |= _NEWER_KEYS.get(kind, frozenset()) - {ln.key for ln in bl}
         if elsewhere and kind == "status":
             common = {ln.key for ln in bl} & {ln.key for ln in al}
             skip |= {ln.key for ln in (*bl, *al) if ln.key not in common}

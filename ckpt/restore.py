@@ -824,7 +824,7 @@ def _file_entries(image: Image, pids: Iterable[int]) -> list[files_pb2.FileEntry
 
 #: The lines of an inet socket's account (:func:`ckpt.resources.sockets.inet_lines`) that a connection
 #: restored closed (``--tcp-close``) lacks: all but the socket's kind.
-_TCP_CLOSED = ("state", "local", "peer", "inq", "outq", "outq_unsent")
+_TCP_CLOSED = ("state", "local", "peer", "inq", "outq", "outq_unsent", "rdhup")
 
 
 def _lost_inet(e: files_pb2.FileEntry) -> tuple[str, ...]:

@@ -21,8 +21,10 @@ raw socket with the directions it was shut down in (:func:`shutdown_of`).  An es
 kept alive with ``--tcp-established`` (:mod:`ckpt.resources.tcp`: TCP_REPAIR
 and a network lock); otherwise it is refused, naming the fd and both ends,
 unless ``tcp_close`` — then, like CRIU's ``--tcp-close``, it comes back as a
-closed socket of the same family (never connected: read gives ENOTCONN,
-write EPIPE), and the program handles it as a dropped connection.
+closed socket of the same family: a connection its peer reset (the first read
+or write gives ECONNRESET, then reads EOF and writes EPIPE:
+:func:`ckpt.resources.tcp_states.reset_closed`), and the program handles it as
+a dropped connection.
 
 Restore is injected into the helper: ``socket``, each saved option with
 ``setsockopt``, ``bind``, ``listen`` (or ``connect`` for a connected UDP
@@ -37,8 +39,12 @@ support in the kernel, the target in another network namespace) the image
 has no backlog, a note says so, and restore uses ``SOMAXCONN`` — as for an
 image written before the backlog was recorded.
 
-Not kept (inet): SO_RCVBUF / SO_SNDBUF, socket filters, multicast
-memberships, queued datagrams.
+A classic BPF filter (SO_ATTACH_FILTER) is read back with SO_GET_FILTER and
+attached again before the other options (SO_LOCK_FILTER would forbid it); an
+eBPF one (SO_ATTACH_BPF) cannot be read back from a socket, and is refused.
+
+Not kept (inet): a buffer size the kernel tunes by itself (one the program
+fixed, SO_BUF_LOCK, is), multicast memberships, queued datagrams.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ from ..kernel import sockopts
 from ..kernel import tcp_repair as tr
 from ..kernel.sock_diag import inet_shutdown, listen_backlogs
 from ..procfs.netraw import raw_socket
-from . import mcast, tcp
+from . import mcast, tcp, tcp_states
 from ..tolerance import lose
 from .fdkind import FdDump, FdKind, Opener, refuse
 
@@ -166,15 +172,38 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
                 peer = _sockaddr(family, raw) if raw else b""
         else:
             local = peer = b""
-        filter_len = sockopts.filter_length(ours)
-        if filter_len:
-            what = (f"a classic BPF filter of {filter_len} instructions" if filter_len > 0
-                    else "an eBPF program")
-            raise refuse(pid, fd, f"a socket with {what} attached (SO_ATTACH_FILTER / SO_ATTACH_BPF)",
-                          "ckpt cannot restore socket filters yet: the socket would come back unfiltered")
         opts = changed_options(s)
+        if (prog := _filter(pid, fd, ours)) is not None:
+            opts.insert(0, prog)  # before SO_LOCK_FILTER, which would forbid attaching it
         return Peek(family, stype, proto, listening, tcp_state, local, peer, inode, accept_queue, max_backlog,
                     queued), opts
+
+
+#: The room a restore's scratch page leaves a classic filter's instructions (BPF_MAXINSNS is 4096).
+_MAX_FILTER = 1024
+
+
+def _filter(pid: int, fd: int, ours: int) -> files_pb2.SockOpt | None:
+    """The classic BPF filter of the socket (SO_GET_FILTER), as the option that attaches it again; None for no
+    filter.  An eBPF program (SO_ATTACH_BPF) is refused: the kernel gives no way to read it back from a socket."""
+    n = sockopts.filter_length(ours)
+    if n == 0:
+        return None
+    if n < 0:
+        raise refuse(pid, fd, "a socket with an eBPF program attached (SO_ATTACH_BPF / SO_ATTACH_REUSEPORT_EBPF)",
+                     "an eBPF socket filter cannot be read back (SO_GET_FILTER gives only classic ones): it would "
+                     "come back unfiltered")
+    if n > _MAX_FILTER:
+        raise refuse(pid, fd, f"a socket with a classic BPF filter of {n} instructions",
+                     f"ckpt restores filters of up to {_MAX_FILTER} instructions")
+    return files_pb2.SockOpt(level=socket.SOL_SOCKET, name=sockopts.SO_ATTACH_FILTER,
+                             value=sockopts.get_filter(ours, n))
+
+
+def _filter_line(sock: socket.socket) -> tuple[str, str]:
+    """The classic filter's instructions for the self-check (``default``: none; eBPF, refused at dump: ``ebpf``)."""
+    n = sockopts.filter_length(sock.fileno())
+    return "SO_GET_FILTER", ("default" if n == 0 else "ebpf" if n < 0 else sockopts.get_filter(sock.fileno(), n).hex())
 
 
 def _raw_peer(pid: int, family: int, inode: int) -> tuple | None:
@@ -200,8 +229,8 @@ def option_lines(sock: socket.socket) -> list[tuple[str, str]]:
     """(option, value) of every option the socket has, ``default`` for one with a new socket's value here (so
     that an option a program never set compares equal on a host whose defaults differ); for the self-check."""
     fresh = _fresh_values(sock)
-    return [(o.label, "default" if fresh.get((o.level, o.name)) == text else text)
-            for o, _, text in sockopts.read_all(sock)]
+    return [*((o.label, "default" if fresh.get((o.level, o.name)) == text else text)
+              for o, _, text in sockopts.read_all(sock)), _filter_line(sock)]
 
 
 def _endpoint(family: int, addr: object) -> str:
@@ -217,10 +246,10 @@ def inet_lines(sock: socket.socket, pid: int = 0) -> list[tuple[str, str]]:
     """What an inet socket tells of its state, for the self-check: its local and peer address, a TCP socket's
     state (TCP_INFO's first byte), a listener's waiting connections and backlog (TCP_INFO's tcpi_unacked and
     tcpi_sacked), a connection's bytes queued to read, to be acknowledged and never sent (SIOCINQ, SIOCOUTQ,
-    SIOCOUTQNSD), whether a UDP socket has a datagram waiting.  Nothing is read off a queue (a peek honours
-    SO_PEEK_OFF, :func:`_has_datagram`); a UDP or raw socket's shutdown bits, a raw socket's protocol and the
-    peer it is connected to (from ``pid``'s /proc/PID/net/raw: getpeername cannot tell).  None for another
-    family."""
+    SIOCOUTQNSD), whether its reading side is shut (POLLRDHUP), whether a UDP socket has a datagram waiting.
+    Nothing is read off a queue (a peek honours SO_PEEK_OFF, :func:`_has_datagram`); a UDP or raw socket's
+    shutdown bits, a raw socket's protocol and the peer it is connected to (from ``pid``'s /proc/PID/net/raw:
+    getpeername cannot tell).  None for another family."""
     family, stype = (sock.getsockopt(socket.SOL_SOCKET, n) for n in (_SO_DOMAIN, socket.SO_TYPE))
     if family not in (socket.AF_INET, socket.AF_INET6):
         return []
@@ -237,7 +266,8 @@ def inet_lines(sock: socket.socket, pid: int = 0) -> list[tuple[str, str]]:
         if state == TCP_LISTEN:
             return lines + [("waiting", str(waiting)), ("backlog", str(backlog))]
         return lines + [("inq", str(tr.inq(sock))), ("outq", str(tr.outq(sock))),
-                        ("outq_unsent", str(tr.outq_notsent(sock)))]
+                        ("outq_unsent", str(tr.outq_notsent(sock))),
+                        ("rdhup", "yes" if tcp_states.rdhup(sock) else "no")]
     if stype == socket.SOCK_RAW:
         lines.append(("protocol", str(sock.getsockopt(socket.SOL_SOCKET, _SO_PROTOCOL))))
     if stype in _DATAGRAM:
@@ -395,18 +425,20 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
         inet.options.extend(opts)
         if p.type == socket.SOCK_STREAM and not p.listening and p.tcp_state != TCP_CLOSE:
             keep = tcp_session is not None and tcp_session.enabled
-            if keep and p.tcp_state == TCP_ESTABLISHED:
+            if keep and p.tcp_state in tcp_states.KEPT:
                 tcp_session.dump(pid, fd, p.family, p.local, p.peer, inet)  # type: ignore[union-attr]
                 entry.kind = K.INET
                 entry.inet.CopyFrom(inet)
                 return
             if not tcp_close:
                 conn = f"{fam} TCP connection {tcp.describe(p.family, p.local, p.peer)}"
-                if p.tcp_state != TCP_ESTABLISHED:
+                if keep or p.tcp_state not in tcp_states.KEPT:
                     raise refuse(pid, fd, f"a {conn} in state {tcp.TCP_STATES.get(p.tcp_state, p.tcp_state)}",
-                                  "--tcp-established keeps established connections only; use --tcp-close "
+                                  f"{tcp_states.refusal(p.tcp_state, False)}; use --tcp-close "
                                   "(tcp_close=True) to restore it closed, as a dropped connection")
-                raise refuse(pid, fd, f"an established {conn}",
+                state = "an established" if p.tcp_state == TCP_ESTABLISHED else \
+                    f"a {tcp.TCP_STATES.get(p.tcp_state, p.tcp_state)}"
+                raise refuse(pid, fd, f"{state} {conn}",
                               "use --tcp-established (tcp_established=True) to keep it alive across the restore, "
                               "or --tcp-close (tcp_close=True) to restore it closed, as a dropped connection")
             inet.state = TCP_CLOSE
@@ -456,9 +488,13 @@ def setopts(inj: Injector, s: Scratch, fd: int, opts: "list[files_pb2.SockOpt] |
     """Each saved option set again, in order; RestoreError naming the one the kernel refuses here."""
     for o in opts:  # type: ignore[attr-defined]
         label = sockopts.label(o.level, o.name)
-        s.write(0, bytes(o.value))
+        value = bytes(o.value)
+        if (o.level, o.name) == (socket.SOL_SOCKET, sockopts.SO_ATTACH_FILTER):  # the instructions after their fprog
+            s.write(16, value)
+            value = sockopts.sock_fprog(len(value) // sockopts.BPF_INSN_SIZE, s.addr + 16)
+        s.write(0, value)
         try:
-            inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(o.value), name=f"setsockopt({fd}, {label})")
+            inj.call(NR.setsockopt, fd, o.level, o.name, s.addr, len(value), name=f"setsockopt({fd}, {label})")
         except OSError as exc:
             raise RestoreError(f"cannot set {label} on a restored socket again: {exc.strerror}",
                                hint="the option's value may need what this host lacks (a network device, "
@@ -495,19 +531,25 @@ def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
     """The inet socket of ``entry`` made again in the target: an established connection by
     :mod:`ckpt.resources.tcp`, the rest here.  Unix sockets are :mod:`ckpt.resources.unix`'s."""
     fd = (tcp.restore(r.inj, r.s, entry, r.warnings) if entry.inet.HasField("tcp")
-          else _create_inet(r.inj, r.s, entry))
+          else _create_inet(r.inj, r.s, entry, r.warnings))
     return set_status_flags(r, fd, entry)
 
 
-def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry) -> int:
+def _create_inet(inj: Injector, s: Scratch, entry: files_pb2.FileEntry, notes: list[str]) -> int:
     """Create the inet socket of ``entry`` in the process of ``inj``; its (temporary) fd."""
     if entry.kind == K.INET:
         i = entry.inet
         fd = inj.call(NR.socket, i.family, i.type | socket.SOCK_CLOEXEC, i.protocol, name="socket")
         try:
             setopts(inj, s, fd, i.options)
+            if i.tcp_closed:  # --tcp-close: a connection its peer reset
+                with borrowed(inj.pid, fd) as sk:
+                    if (why := tcp_states.reset_closed(sk, i.family)) is not None:
+                        notes.append(f"file {entry.id}: a connection given up by --tcp-close comes back "
+                                     f"never connected (reads give ENOTCONN), not reset: {why}")
+                return fd
             if i.state == TCP_CLOSE and i.type == socket.SOCK_STREAM and not i.src_addr:
-                return fd  # never bound, or --tcp-close: a closed socket (a bound one is bound below)
+                return fd  # never bound: a new socket (a bound one is bound below)
             if i.src_addr:
                 s.write(0, bytes(i.src_addr))
                 try:

@@ -281,7 +281,7 @@ class McastMembership(_message.Message):
     def __init__(self, family: _Optional[int] = ..., ifname: _Optional[str] = ..., group: _Optional[str] = ..., mode: _Optional[int] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TcpRepair(_message.Message):
-    __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd", "unsent", "snd_wl1", "max_window", "rcv_wup", "lock", "sndbuf", "rcvbuf", "netns")
+    __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd", "unsent", "snd_wl1", "max_window", "rcv_wup", "lock", "sndbuf", "rcvbuf", "netns", "fin_queued", "shut_rd")
     SND_SEQ_FIELD_NUMBER: _ClassVar[int]
     RCV_SEQ_FIELD_NUMBER: _ClassVar[int]
     SEND_QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +301,8 @@ class TcpRepair(_message.Message):
     SNDBUF_FIELD_NUMBER: _ClassVar[int]
     RCVBUF_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
+    FIN_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    SHUT_RD_FIELD_NUMBER: _ClassVar[int]
     snd_seq: int
     rcv_seq: int
     send_queue: bytes
@@ -320,7 +322,9 @@ class TcpRepair(_message.Message):
     sndbuf: int
     rcvbuf: int
     netns: str
-    def __init__(self, snd_seq: _Optional[int] = ..., rcv_seq: _Optional[int] = ..., send_queue: _Optional[bytes] = ..., recv_queue: _Optional[bytes] = ..., mss: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., options: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., rcv_wnd: _Optional[int] = ..., unsent: _Optional[int] = ..., snd_wl1: _Optional[int] = ..., max_window: _Optional[int] = ..., rcv_wup: _Optional[int] = ..., lock: _Optional[str] = ..., sndbuf: _Optional[int] = ..., rcvbuf: _Optional[int] = ..., netns: _Optional[str] = ...) -> None: ...
+    fin_queued: bool
+    shut_rd: bool
+    def __init__(self, snd_seq: _Optional[int] = ..., rcv_seq: _Optional[int] = ..., send_queue: _Optional[bytes] = ..., recv_queue: _Optional[bytes] = ..., mss: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., options: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., rcv_wnd: _Optional[int] = ..., unsent: _Optional[int] = ..., snd_wl1: _Optional[int] = ..., max_window: _Optional[int] = ..., rcv_wup: _Optional[int] = ..., lock: _Optional[str] = ..., sndbuf: _Optional[int] = ..., rcvbuf: _Optional[int] = ..., netns: _Optional[str] = ..., fin_queued: _Optional[bool] = ..., shut_rd: _Optional[bool] = ...) -> None: ...
 
 class SockOpt(_message.Message):
     __slots__ = ("level", "name", "value")
