@@ -14,7 +14,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need; installed only when missing.
-SYSPKGS := gcc make libc6-dev python3-venv redis-server nginx-light nftables iproute2 procps util-linux tmux screen
+SYSPKGS := gcc make libc6-dev python3-venv redis-server nginx-light postgresql nftables iproute2 procps util-linux tmux screen
 
 .PHONY: all sysdeps venv install proto test test-fast test-kernels demo bench stress second-host second-host-down clean
 

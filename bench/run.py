@@ -37,7 +37,7 @@ from bench.framework import (  # noqa: E402
 from bench.workload import Workload, build_workload  # noqa: E402
 
 #: Modules holding @bench functions; later issues append theirs (dump, restore, pre-dump, migration).
-BENCH_MODULES = ("bench.limits", "bench.track", "bench.incremental", "bench.dump", "bench.tree", "bench.migrate",
+BENCH_MODULES = ("bench.limits", "bench.track", "bench.incremental", "bench.dump", "bench.tree", "bench.cow", "bench.migrate",
                  "bench.kernels")
 
 QUICK_SIZE_MIB = 64

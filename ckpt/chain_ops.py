@@ -67,6 +67,8 @@ def merge(image_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     boot_id = newest.inventory.boot_id or None
     with ImageWriter(out_dir, kind=kind, compress_level=compress_level, cpu=cpu, kernel=kernel,
                      kernel_release=kernel.release, boot_id=boot_id) as w:
+        for feature in newest.inventory.required_features:  # its records still need them (e.g. cow-shared)
+            w.require(feature)
         for name in sorted(newest.files):
             found = kinds.kind_of_file(name)
             if found is None or found[0] in _REBUILT:

@@ -31,8 +31,8 @@ from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
-from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, signals, sockets, tcp, threads
-from .resources import jobstop, procattrs, timens, timers, tree, tty
+from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, seccomp, signals, sockets, tcp
+from .resources import cow, guards, jobstop, procattrs, threads, timens, timers, tree, tty, vmflags
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -65,8 +65,13 @@ def dump_creds(ctx: DumpContext) -> None:
 
 
 def dump_attrs(ctx: DumpContext) -> None:
-    """Audit loginuid, membarrier registrations, MDWE, KSM merge-any, per-thread prctl flags."""
+    """Audit loginuid, membarrier registrations, MDWE, per-thread prctl flags."""
     ctx.entry.MergeFrom(procattrs.dump(ctx.proc, ctx.scratch, tolerate=ctx.tolerate, notes=ctx.notes))
+
+
+def dump_seccomp(ctx: DumpContext) -> None:
+    """Each thread's seccomp mode and filters (read with ptrace; a user-notification filter is refused)."""
+    ctx.entry.MergeFrom(seccomp.dump(ctx.proc, ctx.snap))
 
 
 def dump_timers(ctx: DumpContext) -> None:
@@ -87,6 +92,7 @@ PROCESS_DUMPERS: list[tuple[str, Callable[[DumpContext], None]]] = [
     ("signals", dump_signals),
     ("creds", dump_creds),
     ("attrs", dump_attrs),
+    ("seccomp", dump_seccomp),
     # Last: the time left is read as close as possible to the pending queues (read after the last
     # injection), so few expiries fall in between; those that do are counted (PosixTimer.queued_at_read).
     ("timers", dump_timers),
@@ -241,7 +247,10 @@ def dump(
                     w.require(ghost.FEATURE)
                 cttys = tty.controlling(fdump.files, {p: sn.stat for p, sn in snap_of.items()})
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
-                shmem = memory.share_anon_objects(vmas_of) if len(vmas_of) > 1 else {}
+                shmem = memory.share_anon_objects(vmas_of)
+                if len(vmas_of) > 1 and not incs and end_target is None and cow.mark_tree(  # pages a child shares with its parent
+                        {p: sn.stat.ppid for p, sn in snap_of.items()}, vmas_of):
+                    w.require(cow.FEATURE)
                 scratch_of, unmap_of = _map_scratches(ftree, snap_of, snaps)
                 _ask_ahead(ftree, snap_of, scratch_of)
                 stops = jobstop.survey(ftree.procs, {p: sn.stat.ppid for p, sn in snap_of.items()}, scratch_of)
@@ -263,9 +272,9 @@ def dump(
                 step("memory")
                 pstats: list[memory.PageStats] = []
                 stored_bytes = 0
-                for owner, (p, view) in shmem.items():  # shared between processes: stored once
+                for owner, (p, view, parts) in shmem.items():  # shared between processes: stored once
                     with w.pages(owner) as pw:
-                        pstats.append(memory.dump_shmem(p, view, pw))
+                        pstats.append(memory.dump_shmem(p, view, pw, parts))
                     stored_bytes += pw.close().stored_bytes
                 for owner, path in _objects(fdump, vmas_of).items():  # each memfd/SysV/ghost once, however reached
                     with w.pages(owner) as pw:
@@ -280,18 +289,22 @@ def dump(
                 # records, to compress during the next one's injections, was slower: the compressing
                 # threads then compete with the injections' ptrace round trips for the CPUs.)
                 writers = [w.pages(p) for p in ftree.procs]  # files made before any frame is written
+                # Pages shared since fork are read without copying them (ckpt.resources.cow) where the tree runs
+                # on, or shares them within itself (its parent's copy stays one for every child read after it).
+                keep_shared = leave_running or leave_stopped or len(ftree.procs) > 1
                 for (p, proc), pw in zip(ftree.procs.items(), writers):
                     vmas = [v for v in records[p][1] if not memory.is_shmem_view(v)]
                     inc = incs.get(p)
                     if inc is not None and inc.delta:  # get+clear under the freeze, then the delta
                         _, dirty, in_parent = inc.plan(vmas)
                         pstats.append(memory.dump_pages_delta(p, vmas, pw, proc.mem, dirty=dirty,
-                                                              in_parent=in_parent, on_copied=inc.on_copied()))
+                                                              in_parent=in_parent, on_copied=inc.on_copied(),
+                                                              keep_shared=keep_shared))
                     else:
                         done = sum(ps.bytes_read for ps in pstats)
                         pstats.append(memory.dump_pages(p, vmas, pw, proc.mem,
                                                         on_bytes=(lambda n, d=done: step("memory", d + n))
-                                                        if progress else None))
+                                                        if progress else None, keep_shared=keep_shared))
                 for p, proc in ftree.procs.items():  # an AIO request that completed since its ring was read
                     aio.check_unchanged(p, proc.mem, records[p][1])
                 keep = bool(incs) and track_mem and (leave_running or leave_stopped)
@@ -449,6 +462,10 @@ def _dump_records(proc: FrozenProcess, snap, vmas: list, w: ImageWriter, scratch
         w.require(ghost.FEATURE)
     if any(aio.is_ring(v) for v in vmas):
         w.require(aio.FEATURE)
+    if mm.def_flags:  # (no /proc file shows them: a reader that ignored them would lose them unseen)
+        w.require(vmflags.FEATURE)
+    if any(v.guards for v in vmas):
+        w.require(guards.FEATURE)
     return cores, vmas
 
 

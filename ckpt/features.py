@@ -436,7 +436,7 @@ class _Target:
 
 def _probe_target(results: dict[str, object]) -> list[Probe]:
     """Probes that need a live process: ptrace, injection, memory access, registers."""
-    from .control.seize import freeze
+    from .control.seize import freeze, suspend_granted
     from .kernel import pidfd, ptrace
 
     probes: list[Probe] = []
@@ -468,6 +468,10 @@ def _probe_target(results: dict[str, object]) -> list[Probe]:
             return f"seize, inject getpid/mmap/prctl, release: {ms:.1f} ms"
 
         probes.append(_try("ptrace + syscall injection", seize_inject, required=True))
+        probes.append(Probe("PTRACE_O_SUSPEND_SECCOMP", suspend_granted(),
+                            "injected calls pass by a target's seccomp filters and strict mode" if suspend_granted()
+                            else "refused (needs CAP_SYS_ADMIN, ckpt not under seccomp): a process under seccomp "
+                                 "is refused"))
 
         def vm_readv() -> str:
             with open(f"/proc/{pid}/maps") as f:

@@ -5,9 +5,11 @@ be missing from them, so a restore checked against its own records would pass
 while a lock, a flag or an owner was silently gone.  The check therefore keeps
 what the *kernel* prints about the process — ``/proc/PID/status`` (process and
 every thread), ``limits``, ``personality``, ``timers``, ``timerslack_ns``,
+each thread's seccomp filters (a digest of each program, :func:`ckpt.resources.seccomp.observed_lines`),
 ``fdinfo/*`` (file locks, epoll targets, timerfd and eventfd state included),
 what unix_diag says of each unix socket (:func:`_unix_diag_lines`), what each inet socket
-says of its state, addresses and queues (:func:`_inet_lines`),
+says of its state, addresses and queues (:func:`_inet_lines`), what packet_diag and netlink_diag say of
+each packet and netlink socket (:func:`ckpt.resources.packet.lines`, :func:`ckpt.resources.netlink.lines`),
 every option of every socket as ``getsockopt`` reports it (``default`` when a
 new socket here has the same value: what the program never set compares equal
 on a host whose defaults differ), and every mapping's ``smaps`` VmFlags (neighbours that look alike compared as one,
@@ -26,7 +28,9 @@ every signal) as after the restore.  ``ckpt restore --check=off`` skips the chec
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,8 +38,10 @@ from dataclasses import dataclass
 from .errors import TargetError, TargetGone
 from .image.pb import process_pb2
 from .procfs._proc import ProcDir
-from .procfs.maps import read_smaps_vmflags
+from .procfs.maps import read_smaps, read_smaps_vmflags
 from .kernel.sock_diag import unix_sockets
+from .resources import guards, netlink, packet
+from .resources.seccomp import observed_lines as seccomp_lines
 from .resources.sockets import borrowed, inet_lines, option_lines
 
 __all__ = ["Difference", "observe", "settled", "differences", "describe"]
@@ -145,10 +151,17 @@ _CPU_STATE = ("Speculation_Store_Bypass", "SpeculationIndirectBranch")
 
 #: Section kinds an older ckpt did not record: absent at the dump, they are not compared (the descriptor's
 #: own sections, ``fdinfo/N`` and ``sockopt/N``, still say whether it is there).
-_NEWER = ("inet", "audit", "ksm_stat")
+_NEWER = ("inet", "guards", "ksm", "audit")
+#: Lines an older ckpt did not record in a section it did: absent from the dump's section, not compared.
+#: inet: whether the reading side is shut; sockopt: the classic filter, and the IP-level options of an
+#: IPv6 socket (issue 17).
+_NEWER_KEYS = {"inet": frozenset({"rdhup"}),
+               "sockopt": frozenset({"SO_GET_FILTER", "IP_TOS", "IP_TTL", "IP_MTU_DISCOVER", "IP_FREEBIND",
+                                     "IP_TRANSPARENT", "IP_MINTTL", "IP_BIND_ADDRESS_NO_PORT",
+                                     "IP_LOCAL_PORT_RANGE"})}
 #: Section kinds a kernel may be unable to give (unix_diag is a module a kernel may lack or not load): on
 #: another kernel, present on one side only is no difference (``fdinfo/N`` and ``sockopt/N`` still are).
-_OPTIONAL_ELSEWHERE = ("unix_diag",)
+_OPTIONAL_ELSEWHERE = ("unix_diag", "guards", "ksm")
 
 
 def _kind(section: str) -> str:
@@ -179,14 +192,19 @@ def _limits_lines(text: str) -> list[tuple[str, str]]:
 
 def _maps_lines(pid: int, proc: ProcDir, hidden: Sequence[tuple[int, int]]) -> list[tuple[str, str]]:
     out = []
-    for v in read_smaps_vmflags(pid, proc=proc):
+    vmas = read_smaps_vmflags(pid, proc=proc)
+    # hugetlb mappings (``ht``) with their page size: smaps read in full only for a process that has one
+    huge = ({e.vma.start: e.fields.get("KernelPageSize", 0) for e in read_smaps(pid, proc=proc)}
+            if any("ht" in v.vmflags for v in vmas) else {})
+    for v in vmas:
         if any(s < v.end and v.start < e for s, e in hidden):
             continue
         perms = ("r" if v.read else "-") + ("w" if v.write else "-") + ("x" if v.exec else "-") + \
             ("s" if v.shared else "p")
         name = v.path + (" (deleted)" if v.deleted else "")
         flags = " ".join(sorted(f for f in v.vmflags if f not in _VMFLAGS_MASKED))
-        out.append((f"{v.start:x}-{v.end:x}", f"{perms} {v.offset:x} {name} [{flags}]"))
+        page = f" pages of {huge[v.start] >> 10} kB" if v.start in huge and "ht" in v.vmflags else ""
+        out.append((f"{v.start:x}-{v.end:x}", f"{perms} {v.offset:x} {name} [{flags}]{page}"))
     return out
 
 
@@ -209,9 +227,18 @@ def _inet_lines(pid: int, fd: int) -> list[tuple[str, str]]:
     (:func:`ckpt.resources.sockets.inet_lines`), read through a duplicate of it; none for another family."""
     try:
         with borrowed(pid, fd) as sock:
-            return inet_lines(sock)
+            return inet_lines(sock, pid)
     except OSError as exc:
         return [("unreadable", exc.strerror or str(exc))]
+
+
+def _family(pid: int, fd: int) -> int:
+    """The address family of the socket at ``fd`` of ``pid``; -1 when it cannot be read."""
+    try:
+        with borrowed(pid, fd) as sock:
+            return sock.family
+    except OSError:
+        return -1
 
 
 def _unix_diag_lines(ino: int) -> list[tuple[str, str]]:
@@ -242,20 +269,12 @@ def settled(sigmask: int, cpus: Iterable[int] | None = None) -> dict[str, str]:
     return out
 
 
-def _optional_sections(proc: ProcDir, text: Callable[[str], str]) -> list[process_pb2.ObservedSection]:
-    """``loginuid``/``sessionid`` (absent without CONFIG_AUDIT) and ksm_stat's ``ksm_merge_any`` (6.8+)."""
-    out = []
+def _audit_section(text: Callable[[str], str]) -> list[process_pb2.ObservedSection]:
+    """``loginuid`` and ``sessionid`` (absent without CONFIG_AUDIT)."""
     try:
-        out.append(_section("audit", [("loginuid", text("loginuid").strip()), ("sessionid", text("sessionid").strip())]))
+        return [_section("audit", [("loginuid", text("loginuid").strip()), ("sessionid", text("sessionid").strip())])]
     except TargetError:  # a file this kernel lacks
-        pass
-    try:
-        merge = [kv for kv in _status_lines(text("ksm_stat")) if kv[0] == "ksm_merge_any"]
-    except TargetError:
-        merge = []
-    if merge:
-        out.append(_section("ksm_stat", merge))
-    return out
+        return []
 
 
 def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] = (),
@@ -279,12 +298,15 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
 
         sections = [_section("status", status("status", pid))]
         for tid in sorted(tids):
-            sections.append(_section(f"task/{tid}/status", status(f"task/{tid}/status", tid)))
+            lines = status(f"task/{tid}/status", tid)
+            sections.append(_section(f"task/{tid}/status", lines))
+            if dict(lines).get("Seccomp") == "2":  # filter mode: its programs, through ptrace (frozen by us)
+                sections.append(_section(f"task/{tid}/seccomp", seccomp_lines(tid)))
         sections.append(_section("limits", _limits_lines(text("limits"))))
         sections.append(_section("personality", [("personality", text("personality").strip())]))
         sections.append(_section("timers", _status_lines(text("timers"))))
         sections.append(_section("timerslack_ns", [("timerslack_ns", text("timerslack_ns").strip())]))
-        sections.extend(_optional_sections(proc, text))
+        sections.extend(_audit_section(text))
         for fd in sorted(int(n) for n in proc.listdir("fdinfo")):
             if fd in skip_fds:
                 continue
@@ -302,7 +324,16 @@ def observe(pid: int, tids: Iterable[int], *, hidden: Sequence[tuple[int, int]] 
                 unix = _unix_diag_lines(int(link[len("socket:["):-1]))
                 if unix:
                     sections.append(_section(f"unix_diag/{fd}", unix))
+                other = {socket.AF_PACKET: ("packet", packet.lines),
+                         socket.AF_NETLINK: ("netlink", netlink.lines)}.get(_family(pid, fd))
+                if other and (got := other[1](int(link[len("socket:["):-1]))):
+                    sections.append(_section(f"{other[0]}/{fd}", got))
         sections.append(_section("maps", _maps_lines(pid, proc, hidden)))
+        if guards.scan_reports_guards():  # page table markers, in no /proc text
+            sections.append(_section("guards", guards.observed_lines(pid)))
+        if os.path.exists(f"/proc/{pid}/ksm_stat"):  # (KSM built in) prctl(PR_SET_MEMORY_MERGE), not the counters
+            sections.append(_section("ksm", [(k, v) for k, v in _status_lines(text("ksm_stat"))
+                                             if k in ("ksm_merge_any", "ksm_mergeable")]))
     return process_pb2.Observed(sections=sections)
 
 
@@ -427,6 +458,7 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
             bl, al = _coalesced(bl), _coalesced(al)
         skip = {k for k, joined in zip(("NSsid", "NSpgid"), joins_restorer) if joined}
         skip |= {k for s, k in tolerated if s in (kind, name)}
+        skip |= _NEWER_KEYS.get(kind, frozenset()) - {ln.key for ln in bl}
         if elsewhere and kind == "status":
             common = {ln.key for ln in bl} & {ln.key for ln in al}
             skip |= {ln.key for ln in (*bl, *al) if ln.key not in common}

@@ -8,7 +8,9 @@ Order (DESIGN §4, each step a lesson of the prototype):
    ``detached``, by an intermediate that goes at the hand-over so the helper
    is reparented like a daemon (:func:`~ckpt.resources.tree.create`); in a
    tree, only the root's: each other helper is cloned from its parent's once
-   that one is through step 4 (:class:`_Helpers`);
+   that one is through step 4 — or through step 5's memory, when the child
+   shares pages with it since fork, so that it inherits them copy-on-write
+   (:mod:`ckpt.resources.cow`) (:class:`_Helpers`);
 2. seize it (TRACECLONE | EXITKILL), unregister its rseq area (it lives in a
    TLS that is about to disappear);
 3. map the trampoline (``syscall; int3``) and a scratch area at an address free
@@ -50,7 +52,7 @@ from dataclasses import dataclass, field
 
 from . import observed, testpoint
 from .control.inject import Injector, Scratch
-from .control.seize import SEIZE_OPTIONS, FrozenProcess, freeze
+from .control.seize import FrozenProcess, freeze, seize_options
 from .errors import ChainError, CkptError, ImageError, RestoreError, UsageError
 from .image import kinds
 from .image.chain import resolve_pages
@@ -69,7 +71,7 @@ from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
 from .resources import creds, fileid, files, ghost, host, limits, locks, memory, signals, threads, timens, timers, tree
-from .resources import aio, jobstop, procattrs, tcp, tty, vdso
+from .resources import aio, cow, hugetlb, jobstop, procattrs, seccomp, shmfile, tcp, tty, vdso
 from .resources.context import RestoreContext
 
 __all__ = ["RestoreStats", "PROCESS_RESTORERS", "THREADS", "restore", "wait_restored", "wait_pid_free", "PID_FREE_TIMEOUT",
@@ -130,8 +132,20 @@ def restore_loginuid(ctx: RestoreContext) -> None:
 
 
 def restore_attrs(ctx: RestoreContext) -> None:
-    """membarrier registrations, KSM merge-any, MDWE, per-thread prctl flags (as the restorer: before creds)."""
+    """membarrier registrations, MDWE, per-thread prctl flags (as the restorer: before creds)."""
     procattrs.restore(ctx.injectors, ctx.entry, scratch=ctx.scratch)
+
+
+def restore_seccomp_early(ctx: RestoreContext) -> None:
+    """The filters of a process whose own credentials could not install them (no no_new_privs, no
+    CAP_SYS_ADMIN): before those are set (the calls after pass by them, PTRACE_O_SUSPEND_SECCOMP)."""
+    if seccomp.early(ctx.entry):
+        seccomp.restore(ctx.inj, ctx.injectors, ctx.scratch, ctx.entry, strict=False)
+
+
+def restore_seccomp(ctx: RestoreContext) -> None:
+    """Each thread's filters and strict mode, after everything else the restore does in it."""
+    seccomp.restore(ctx.inj, ctx.injectors, ctx.scratch, ctx.entry, filters=not seccomp.early(ctx.entry))
 
 
 def restore_timers(ctx: RestoreContext) -> None:
@@ -172,8 +186,12 @@ PROCESS_RESTORERS: list[tuple[str, Callable[[RestoreContext], None] | str]] = [
     # before the pending signals: those of expiries before the dump are queued there, once.
     ("timers", restore_timers),
     ("attrs", restore_attrs),
+    ("seccomp before credentials", restore_seccomp_early),
     ("creds", restore_creds),
     ("pending signals", restore_pending),
+    # Last (ckpt/resources/seccomp.py): strict mode would take no more calls but those ckpt's own trace
+    # lets by (PTRACE_O_SUSPEND_SECCOMP, until each thread is let go).
+    ("seccomp", restore_seccomp),
 ]
 
 
@@ -326,7 +344,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     root = tree.plan(infos)
     live = [_Member.load(image, p.pid, p.shares_files) for p in root.walk() if not p.zombie]
     host.check_areas(image.inventory, ((m.mm, m.vmas) for m in live))
-    notes: list[str] = []
+    notes: list[str] = shmfile.recreate_missing(image, (v for m in live for v in m.vmas))  # (a migration's)
     for m in live:
         notes.extend(memory.check_files(m.mm, m.vmas, allow_changed=allow_changed_files))
     notes = list(dict.fromkeys(notes))  # a library every process maps: one note
@@ -335,8 +353,14 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     members = {m.pid: m for m in live}
     connections: list[files_pb2.FileEntry] = []
     ptys = tty.PtyPairs(image.file_entries())  # controlling terminals are taken as the helpers are made
+    early: dict[int, tuple[int, memory.PageStats, float]] = {}  # filled before their children were cloned
+
+    def fill_first(ws: _Workspace) -> None:
+        early[ws.pid] = _map_and_fill(ws, chain, members[ws.pid].vmas, progress, shmem, filler,
+                                      opts.allow_changed_files)
+
     helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached,
-                       on_ready=lambda ws: ptys.take_ctty(ws.inj, members[ws.pid].entry))
+                       on_ready=lambda ws: ptys.take_ctty(ws.inj, members[ws.pid].entry), fill_first=fill_first)
     opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files, allow_lower_limits)
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
@@ -350,7 +374,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             m = members[ws.pid]
             m.ws = ws
             threads.check_xstate(m.pid, m.cores)
-            n, filled, secs = _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler, opts.allow_changed_files)
+            n, filled, secs = early.pop(m.pid, None) or _map_and_fill(m.ws, chain, m.vmas, progress, shmem, filler,
+                                                                       opts.allow_changed_files)
             nvmas, mem_s = nvmas + n, mem_s + secs
             filled_pages, filled_bytes = filled_pages + filled.pages_stored, filled_bytes + filled.bytes_read
             testpoint.point("restore-memory-filled")
@@ -421,8 +446,7 @@ def _object_contents(objects: memory.ShmemObjects, image: Image) -> None:
 
     def fill_fd(owner: str, fd: int) -> None:
         if owner in owners:
-            for offset, data in image.iter_pages(owner):
-                os.pwrite(fd, data, offset)
+            hugetlb.write_object(fd, image.iter_pages(owner))  # (hugetlbfs has no write(): through a mapping)
 
     def fill_memory(owner: str, addr: int, size: int) -> None:
         if owner in owners:
@@ -453,16 +477,23 @@ class _Helpers:
     out as empty as it is — no copy of the restorer to fork and unmap again
     (measured: ~2.5 ms a process).  Each one clones its own children in turn
     before its memory is mapped, so no helper inherits anything of another
-    process's memory.  A zombie's helper ends at once
+    process's memory — except a parent whose children share pages with it
+    (the image's ``Vma.shared_with_parent``): ``fill_first`` maps and fills it
+    before it clones them, and each keeps only the VMAs it shares
+    (:mod:`ckpt.resources.cow`).  A zombie's helper ends at once
     (:func:`tree.end_as_zombie`).  The trampoline sits where no process of
     the tree maps anything, so the clones keep it where it is.
     """
 
     def __init__(self, root: tree.Plan, layouts: Mapping[int, tuple[mm_pb2.MmEntry, Sequence[mm_pb2.Vma]]],
-                 *, detached: bool, on_ready: Callable[[_Workspace], None] | None = None) -> None:
+                 *, detached: bool, on_ready: Callable[[_Workspace], None] | None = None,
+                 fill_first: Callable[[_Workspace], None] | None = None) -> None:
         self.root, self.layouts, self.detached = root, layouts, detached
         #: Called with each helper once it is emptied, before its children are cloned (what they inherit).
         self.on_ready = on_ready
+        #: Maps and fills a helper whose children share pages with it, before they are cloned: they inherit
+        #: them copy-on-write (:mod:`ckpt.resources.cow`).  None: every child is cloned from an empty parent.
+        self.fill_first = fill_first
         #: Every helper made (zombies too), parents first: what :meth:`kill` ends.
         self.created: list[int] = []
         #: The root's helper and what ends every helper if we fail or die (None until it is made).
@@ -493,6 +524,9 @@ class _Helpers:
                 ws = _prepare_clone(self.procs[p.pid], parents.pop(p.pid), mm, vmas, own_fds=not p.shares_files)
             if self.on_ready is not None:
                 self.on_ready(ws)
+            if self.fill_first is not None and any(cow.inherits(self.layouts[c.pid][1]) for c in p.children
+                                                   if not c.zombie):
+                self.fill_first(ws)
             for c in p.children:
                 self.procs[c.pid] = tree.clone_helper(ws.inj, ws.scratch, c)
                 self.created.append(c.pid)
@@ -574,6 +608,8 @@ class _Workspace:
     kernel: vdso.Arrangement | None = None
     #: Resources whose hard limit was lowered (--allow-lower-limits): not compared by the self-check.
     lowered: list[int] = field(default_factory=list)
+    #: Kernel areas the image lacks (the process unmapped them), where they are until :func:`_release`.
+    gone: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     #: Trampoline page + scratch pages.
     AREA = (1 + _SCRATCH_PAGES) * PAGE_SIZE
@@ -619,7 +655,7 @@ def _prepare(proc: FrozenProcess, pid: int, mm: mm_pb2.MmEntry, vmas: Sequence[m
     other processes' of a tree: their helpers are cloned with it in place).
     Forks are traced too: a helper's children are cloned from it.
     """
-    ptrace.setoptions(pid, SEIZE_OPTIONS | ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACEFORK)
+    ptrace.setoptions(pid, seize_options() | ptrace.PTRACE_O_EXITKILL | ptrace.PTRACE_O_TRACEFORK)
     # Find the syscall instruction in the helper's vDSO from its mappings (a search of its own
     # would read them again).
     helper_maps = hint if hint is not None else read_maps(pid)
@@ -679,6 +715,8 @@ def _prepare_clone(proc: FrozenProcess, parent: _Workspace, mm: mm_pb2.MmEntry, 
     proc.use_syscall_insn(tramp)
     inj = Injector(proc.threads[proc.pid], syscall_insn=tramp)
     current = dict(parent.areas)
+    if cow.inherits(vmas):  # cloned from its filled parent: it keeps only the memory it shares with it
+        cow.unmap_rest(inj, vmas, [(tramp, tramp + _Workspace.AREA), *current.values()])
     taken = [(tramp, tramp + _Workspace.AREA), *current.values(), *((v.start, v.end) for v in vmas)]
     ws = _place_kernel_areas(proc, inj, tramp, parent.vdso_insn_off, current, taken, mm, vmas, own_fds)
     ws.relocate([(v.start, v.end) for v in vmas], [])  # not needed when the trampoline avoided the whole tree
@@ -705,7 +743,7 @@ def _place_kernel_areas(proc: FrozenProcess, inj: Injector, tramp: int, vdso_ins
     scratch = Scratch(tramp + PAGE_SIZE, _Workspace.AREA - PAGE_SIZE, proc.mem)
     return _Workspace(proc, proc.pid, inj, scratch, tramp, vdso_insn_off, dict(plan.areas), own_fds,
                       {**current, **plan.areas}, {k: (v.start, v.end) for k, v in recorded.items()},
-                      plan if plan.routed else None)
+                      plan if plan.routed else None, gone={k: plan.areas[k] for k in plan.gone})
 
 
 def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.Vma],
@@ -728,6 +766,7 @@ def _map_and_fill(ws: _Workspace, chain: Sequence[Image], vmas: Sequence[mm_pb2.
         memory.fill_shmem(chain[-1], owner, *shmem.first[owner])
     on_bytes = (lambda done, total: progress(ProgressEvent("memory", done, total))) if progress else None
     filled = memory.fill_pages(ws.pid, ws.proc.mem, chain, vmas, on_bytes=on_bytes, filler=filler)
+    memory.guards.install(ws.inj, vmas)  # once the pages around them are written
     if progress:
         progress(ProgressEvent("filled", filled.bytes_read))
     return nvmas, filled, time.monotonic() - t_mem
@@ -767,10 +806,12 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
             continue
         if ws.kernel is not None and ws.kernel.vdso_base is not None:  # AT_SYSINFO_EHDR: the new vDSO
             mm = _with_auxv(mm, vdso.auxv_with_vdso(bytes(mm.auxv), ws.kernel.vdso_base))
+        memory.vmflags.restore_def_flags(inj, mm, vmas)  # every mapping made: later ones locked, as they were
         memory.set_mm_map(inj, scratch, pid, mm, allow_changed=opts.allow_changed_files, ghosts=ghosts)
         ctx.injectors = threads.create_threads(proc, inj, scratch, cores, ws.tramp)
         for core in cores:
             ctx.notes.extend(threads.restore_thread_state(ctx.injectors[core.tid], scratch, core))
+        memory.vmflags.seal(inj, vmas)  # mseal'ed mappings: sealed once nothing changes them any more
     return ctx.notes
 
 
@@ -795,7 +836,7 @@ def _file_entries(image: Image, pids: Iterable[int]) -> list[files_pb2.FileEntry
 
 #: The lines of an inet socket's account (:func:`ckpt.resources.sockets.inet_lines`) that a connection
 #: restored closed (``--tcp-close``) lacks: all but the socket's kind.
-_TCP_CLOSED = ("state", "local", "peer", "inq", "outq", "outq_unsent")
+_TCP_CLOSED = ("state", "local", "peer", "inq", "outq", "outq_unsent", "rdhup")
 
 
 def _lost_inet(e: files_pb2.FileEntry) -> tuple[str, ...]:
@@ -808,6 +849,16 @@ def _lost_inet(e: files_pb2.FileEntry) -> tuple[str, ...]:
     if e.inet.queue_lost:
         lost += ("waiting",) if e.inet.state == 10 else ("queued",)  # TCP_LISTEN
     return lost
+
+
+def _lost_queue(e: files_pb2.FileEntry) -> str | None:
+    """The account section (``packet``, ``netlink``) whose ``queued`` line the user let the dump lose
+    (``--tolerate packet-queue`` / ``netlink-queue``), or None."""
+    if e.kind == files_pb2.FileEntry.PACKET and e.packet.queue_lost:
+        return "packet"
+    if e.kind == files_pb2.FileEntry.NETLINK and e.netlink.queue_lost:
+        return "netlink"
+    return None
 
 
 def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequence]], root: int,
@@ -826,7 +877,7 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
             notes.append(f"process {ws.pid}: the image holds no account of it by the kernel (an image of an "
                          "older ckpt): restored without the self-check")
             continue
-        hidden = [(ws.tramp, ws.tramp + ws.AREA)]
+        hidden = [(ws.tramp, ws.tramp + ws.AREA), *ws.gone.values()]  # (the areas gone are unmapped last)
         routed = ws.kernel is not None and ws.kernel.routed
         if routed:
             at, data, _prot = ws.kernel.proxy
@@ -842,6 +893,7 @@ def _self_check(built: Sequence[tuple[_Workspace, process_pb2.ProcessEntry, Sequ
         files = {e.id: e for e in image.file_entries()}
         lost = {(f"unix_diag/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_unix(files[f.file_id])}
         lost |= {(f"inet/{f.fd}", key) for f in image.fds(ws.pid) for key in _lost_inet(files[f.file_id])}
+        lost |= {(f"{kind}/{f.fd}", "queued") for f in image.fds(ws.pid) if (kind := _lost_queue(files[f.file_id]))}
         diffs = observed.differences(entry.observed, now, root=ws.pid == root, routed_vdso=routed,
                                      joins_restorer=outside,
                                      tolerated=lowered | lost, elsewhere=elsewhere)
@@ -887,7 +939,13 @@ def _release(ws: _Workspace, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
     main = proc.threads[pid]
     if ws.vdso_insn_off is None or memory.Kind.VDSO not in ws.placed:
         raise RestoreError("no syscall instruction in the vDSO to remove the trampoline with")
-    Injector(main, syscall_insn=ws.placed[memory.Kind.VDSO][0] + ws.vdso_insn_off).munmap(ws.tramp, ws.AREA)
+    last = ws.placed[memory.Kind.VDSO][0] + ws.vdso_insn_off
+    if ws.gone:  # the kernel areas the process had unmapped: gone too, the vDSO's last call then from its own code
+        if memory.Kind.VDSO in ws.gone:
+            last = vdso.syscall_insn_in(proc.mem, vmas)
+        for s, e in ws.gone.values():
+            ws.inj.munmap(s, e - s)
+    Injector(main, syscall_insn=last).munmap(ws.tramp, ws.AREA)
 
     stop = entry.job_stop if entry is not None and entry.HasField("job_stop") else None
     notes: list[str] = []
@@ -1201,6 +1259,7 @@ class StagedRestore:
                                     zero=False)
         on_bytes = (lambda done, total: self.progress(ProgressEvent("memory", done, total))) if self.progress else None
         filled = memory.fill_pages(pid, mem, chain, vmas, on_bytes=on_bytes, sources=sources, filler=filler)
+        memory.guards.install(ws.inj, diff.added)  # a kept range kept its guards (they are in its mapping key)
         self._took(st, chain, vmas, covered, zero)
         return nmapped, len(diff.removed), filled.pages_stored, filled.bytes_read, reset
 
@@ -1231,9 +1290,11 @@ def _layouts(image: Image) -> dict[int, tuple[mm_pb2.MmEntry, list[mm_pb2.Vma]]]
             raise StagingMismatch(f"{image.path}: records no memory layout for process {p.pid} "
                                   "(a pre-dump written before pre-dumps carried it)")
         mm, vmas = image.mm(p.pid)
+        if (why := cow.staged_refusal(p.pid, vmas)) is not None:
+            raise StagingMismatch(f"{image.path}: {why}")
         if any(memory.is_object_view(v) or aio.is_ring(v) for v in vmas):  # pre-dumps store no such objects
             raise StagingMismatch(f"{image.path}: process {p.pid} maps a memfd, System V shared memory, a "
-                                  "deleted file or an AIO ring, which only a plain restore recreates")
+                                  "deleted file, a tmpfs file or an AIO ring, which only a plain restore recreates")
         out[p.pid] = (mm, list(vmas))
     return out
 

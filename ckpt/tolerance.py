@@ -48,6 +48,18 @@ TABLE = MappingProxyType({t.name: t for t in (
               "datagrams queued on a UDP socket and not yet read",
               "a datagram can be queued again only by sending it, from a socket bound to its sender's address — "
               "which the sender may still hold"),
+    Tolerance("raw-queue", "dump",
+              "datagrams queued on a raw socket (IPv4, IPv6) and not yet read",
+              "a packet can be queued on a raw socket again only by sending it, from its sender's address, and "
+              "every raw socket of that protocol would receive it too"),
+    Tolerance("packet-queue", "dump",
+              "frames queued on a packet socket (AF_PACKET) and not yet read",
+              "a frame is queued only as it crosses an interface, and sending it again would reach every "
+              "other socket and host on that interface"),
+    Tolerance("netlink-queue", "dump",
+              "messages queued on a netlink socket and not yet read (replies, notifications of a group)",
+              "only the kernel (or the sending socket) puts a message on a netlink socket's queue; no call "
+              "queues one of the kernel's again"),
     Tolerance("datagram-senders", "dump",
               "the sender addresses of datagrams queued on a unix datagram socket, from a sender that is not a "
               "bound socket of the tree connected to it (they come back as sent from an unnamed socket)",

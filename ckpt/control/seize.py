@@ -29,6 +29,12 @@ raises is held back and re-sent on release (see :class:`FrozenThread`).
 Why a thread's registers are never at risk if ckpt dies meanwhile:
 :mod:`ckpt.control.guard`.
 
+seccomp: every thread is seized with PTRACE_O_SUSPEND_SECCOMP when the kernel
+grants it (:func:`seize_options`): while ckpt traces it, the calls it injects
+pass by its filters and strict mode, which would otherwise answer them with
+an error or kill it.  Where the kernel refuses it, a process with a thread
+under seccomp is refused before anything is injected.
+
 A thread stopped inside the vDSO's code is let run on and interrupted again
 until it is out of it (at most :data:`VDSO_TRIES` times, each run of a random
 length, so that the stops do not keep falling at one phase of a loop):
@@ -71,12 +77,64 @@ if TYPE_CHECKING:
 
 __all__ = [
     "require_our_pid_namespace",
-    "SEIZE_OPTIONS", "STOP_TIMEOUT", "ThreadSnapshot", "DeferredSignal", "FrozenThread", "FrozenProcess",
+    "SEIZE_OPTIONS", "seize_options", "suspend_granted", "STOP_TIMEOUT", "ThreadSnapshot", "DeferredSignal", "FrozenThread", "FrozenProcess",
     "freeze", "stop_sharing_cpu", "kill_and_collect", "hold_stopped", "unhold", "alive",
 ]
 
 #: Options for every seized thread: catch new threads, tell syscall stops apart.
 SEIZE_OPTIONS = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACESYSGOOD
+#: PTRACE_O_SUSPEND_SECCOMP is granted (None: not asked yet).  Every seize asks for it: while ckpt traces a
+#: thread, the syscalls it injects bypass the thread's seccomp filters and strict mode (which would kill the
+#: thread for any call but read, write, exit and sigreturn).  The kernel grants it to a tracer with
+#: CAP_SYS_ADMIN that is not under seccomp itself (and built with CONFIG_CHECKPOINT_RESTORE); it ends with
+#: the trace (PTRACE_DETACH, or ckpt's death).
+_suspend_granted: bool | None = None
+
+
+def seize_options() -> int:
+    """:data:`SEIZE_OPTIONS`, with PTRACE_O_SUSPEND_SECCOMP unless the kernel refused it to us."""
+    return SEIZE_OPTIONS | (0 if _suspend_granted is False else ptrace.PTRACE_O_SUSPEND_SECCOMP)
+
+
+def suspend_granted() -> bool:
+    """The threads seized so far bypass their seccomp filters and strict mode while ckpt traces them."""
+    return _suspend_granted is True
+
+
+def _seize_thread(tid: int) -> None:
+    """PTRACE_SEIZE ``tid`` with :func:`seize_options`; the first refusal of the seccomp suspension is
+    told from any other by seizing again without it (both say EPERM)."""
+    global _suspend_granted
+    if _suspend_granted is False:
+        ptrace.seize(tid, SEIZE_OPTIONS)
+        return
+    try:
+        ptrace.seize(tid, SEIZE_OPTIONS | ptrace.PTRACE_O_SUSPEND_SECCOMP)
+    except OSError as exc:
+        if _suspend_granted or exc.errno not in (errno.EPERM, errno.EINVAL):
+            raise
+        ptrace.seize(tid, SEIZE_OPTIONS)  # its own EPERM (traced already) goes to the caller
+        _suspend_granted = False
+        return
+    _suspend_granted = True
+
+
+def _refuse_unsuspended_seccomp(proc: "FrozenProcess") -> None:
+    """Without the suspension, a thread under seccomp would meet its filters (or strict mode's SIGKILL) in
+    the first injected call: refuse it while nothing has been injected yet."""
+    if _suspend_granted is not False:
+        return
+    for tid in proc.threads:
+        try:
+            mode = read_status_values(proc.pid, "Seccomp", tid=tid)[0]
+        except ValueError:  # a kernel without CONFIG_SECCOMP prints no such line
+            return
+        if mode != "0":
+            raise Unsupported(f"thread {tid} of process {proc.pid} runs under seccomp (mode {mode}) and the "
+                              "kernel refused ckpt PTRACE_O_SUSPEND_SECCOMP: the calls ckpt injects would meet "
+                              "its filters", hint="run ckpt as root with CAP_SYS_ADMIN, outside any seccomp sandbox")
+
+
 #: Seconds to wait for a thread to stop (one in uninterruptible sleep may not).
 STOP_TIMEOUT = 10.0
 #: Seconds of polling for stops with no sleep in between (see _Seizer._collect).
@@ -635,7 +693,7 @@ class _Seizer:
             self.zombies.add(tid)
             return
         try:
-            ptrace.seize(tid, SEIZE_OPTIONS)
+            _seize_thread(tid)
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 return  # exited meanwhile; it drops out of the next listing
@@ -774,6 +832,7 @@ def _seize(pid: int, start_time: int | None) -> FrozenProcess:
             proc.threads[tid] = FrozenThread(proc, snap, st)
         proc.zombies = frozenset(seizer.zombies)
         proc.sigtrap_ignored = _sigtrap_ignored(pid)
+        _refuse_unsuspended_seccomp(proc)
     except OSError as exc:
         seizer.abandon()
         raise translate_oserror(exc, pid, "seizing") from exc

@@ -61,6 +61,14 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("unix-unlinked-names", "a unix socket whose path was deleted since bind is bound, then its file "
                                    "deleted again (UnixSocket.name_unlinked); a reader that ignored it would leave "
                                    "a socket file at the path"),
+    Feature("cow-shared", "a child's pages still shared with its parent since fork are stored once, by the parent "
+                          "(Vma.shared_with_parent), and shared again by cloning the child from its filled parent; "
+                          "a reader that ignored them would restore the child without those pages"),
+    Feature("mm-default-flags", "what the mm gives every new mapping — mlockall(MCL_FUTURE), with MCL_ONFAULT, "
+                                "and prctl(PR_SET_MEMORY_MERGE) — is set again (MmEntry.def_flags); a reader that "
+                                "ignored it would restore a process whose later mappings are not locked or merged"),
+    Feature("guard-regions", "guard regions (MADV_GUARD_INSTALL) are installed again (Vma.guards); a reader that "
+                             "ignored them would restore those pages as ordinary memory"),
     Feature("aio-rings", "the ring of an io_setup context is made again by io_setup and moved to its address "
                          "(Vma.aio); a reader without it would refuse the mapping"),
 )}

@@ -118,6 +118,7 @@ class NR(enum.IntEnum):
     sched_getparam = 143
     sched_setscheduler = 144
     sched_getscheduler = 145
+    mlockall = 151
     prctl = 157
     arch_prctl = 158
     setrlimit = 160
@@ -179,10 +180,12 @@ class NR(enum.IntEnum):
     process_vm_writev = 311
     kcmp = 312
     renameat2 = 316
+    seccomp = 317
     getrandom = 318
     memfd_create = 319
     userfaultfd = 323
     membarrier = 324
+    mlock2 = 325
     rseq = 334
     pidfd_send_signal = 424
     pidfd_open = 434
@@ -191,6 +194,7 @@ class NR(enum.IntEnum):
     pidfd_getfd = 438
     process_madvise = 440
     epoll_pwait2 = 441
+    mseal = 462
 
 
 class user_regs_struct(ctypes.Structure):

@@ -47,7 +47,7 @@ __all__ = [
     "NFT_MSG_GETRULE", "NFT_MSG_DELRULE", "NFT_MSG_GETGEN", "NFT_TABLE_F_OWNER", "NFPROTO_INET", "NFPROTO_IPV4",
     "NFPROTO_IPV6", "NF_INET_PRE_ROUTING", "NF_IP_PRI_RAW", "NF_DROP", "NF_ACCEPT", "NFT_META_NFPROTO",
     "NFT_META_L4PROTO", "NFT_PAYLOAD_NETWORK_HEADER", "NFT_PAYLOAD_TRANSPORT_HEADER", "NFT_REG_VERDICT",
-    "NFT_REG_1", "NFT_CMP_EQ", "NFTNL_UDATA_RULE_COMMENT",
+    "NFT_REG_1", "NFT_CMP_EQ", "NFT_CMP_NEQ", "NFT_META_MARK", "NFTNL_UDATA_RULE_COMMENT",
     "attr", "parse_attrs", "meta", "payload", "cmp_eq", "verdict", "Message", "new_table", "del_table", "new_chain",
     "new_rule", "del_rule", "Table", "Rule", "NftSocket", "BatchError",
 ]
@@ -123,6 +123,8 @@ NFTA_VERDICT_CODE = 1
 NFT_REG_VERDICT = 0
 NFT_REG_1 = 1
 NFT_CMP_EQ = 0
+NFT_CMP_NEQ = 1
+NFT_META_MARK = 3  # skb->mark, 4 bytes in host order
 NFT_META_NFPROTO = 15
 NFT_META_L4PROTO = 16
 NFT_PAYLOAD_NETWORK_HEADER = 1
@@ -212,9 +214,10 @@ def payload(base: int, offset: int, length: int, dreg: int = NFT_REG_1) -> bytes
                  _u32(NFTA_PAYLOAD_OFFSET, offset), _u32(NFTA_PAYLOAD_LEN, length))
 
 
-def cmp_eq(data: bytes, sreg: int = NFT_REG_1) -> bytes:
-    """``cmp eq reg SREG DATA``: the rule goes on only if the register holds ``data``."""
-    return _expr("cmp", _u32(NFTA_CMP_SREG, sreg), _u32(NFTA_CMP_OP, NFT_CMP_EQ),
+def cmp_eq(data: bytes, sreg: int = NFT_REG_1, op: int = NFT_CMP_EQ) -> bytes:
+    """``cmp eq reg SREG DATA``: the rule goes on only if the register holds ``data`` (``op`` NFT_CMP_NEQ: only
+    if it does not)."""
+    return _expr("cmp", _u32(NFTA_CMP_SREG, sreg), _u32(NFTA_CMP_OP, op),
                  _nested(NFTA_CMP_DATA, attr(NFTA_DATA_VALUE, data)))
 
 

@@ -27,7 +27,7 @@ __all__ = [
     "PTRACE_GETEVENTMSG", "PTRACE_GETSIGINFO", "PTRACE_SETSIGINFO", "PTRACE_GETREGSET",
     "PTRACE_SETREGSET", "PTRACE_SEIZE", "PTRACE_INTERRUPT", "PTRACE_LISTEN",
     "PTRACE_GETSIGMASK", "PTRACE_SETSIGMASK", "PTRACE_GET_RSEQ_CONFIGURATION", "PTRACE_PEEKSIGINFO",
-    "PTRACE_PEEKSIGINFO_SHARED",
+    "PTRACE_PEEKSIGINFO_SHARED", "PTRACE_SECCOMP_GET_FILTER", "PTRACE_SECCOMP_GET_METADATA",
     # options and events
     "PTRACE_O_TRACESYSGOOD", "PTRACE_O_TRACEFORK", "PTRACE_O_TRACEVFORK", "PTRACE_O_TRACECLONE",
     "PTRACE_O_TRACEEXEC", "PTRACE_O_TRACEVFORKDONE", "PTRACE_O_TRACEEXIT", "PTRACE_O_TRACESECCOMP",
@@ -43,6 +43,7 @@ __all__ = [
     "getregs", "setregs", "getregset", "setregset", "xstate_size", "get_xstate", "set_xstate",
     "getsigmask", "setsigmask", "get_rseq_configuration", "get_syscall_user_dispatch_mode", "geteventmsg", "getsiginfo",
     "setsiginfo", "peeksiginfo", "peekdata", "pokedata", "waitpid",
+    "seccomp_get_filter", "seccomp_get_metadata",
 ]
 
 # --- requests (include/uapi/linux/ptrace.h, arch/x86/include/uapi/asm/ptrace-abi.h) ---
@@ -70,6 +71,8 @@ PTRACE_LISTEN = 0x4208
 PTRACE_PEEKSIGINFO = 0x4209  # Linux 3.10
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
+PTRACE_SECCOMP_GET_FILTER = 0x420C  # Linux 4.4; needs CAP_SYS_ADMIN and a tracer not under seccomp itself
+PTRACE_SECCOMP_GET_METADATA = 0x420D  # Linux 4.16
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # Linux 5.13
 PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG = 0x4211  # Linux 6.3
 
@@ -298,6 +301,32 @@ def get_syscall_user_dispatch_mode(tid: int) -> int:
     conf = (ctypes.c_uint64 * 4)()  # mode, selector, offset, len
     _call(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, tid, ctypes.sizeof(conf), ctypes.addressof(conf))
     return conf[0]
+
+
+# --- seccomp ---
+
+#: Size of one classic BPF instruction (struct sock_filter: u16 code, u8 jt, u8 jf, u32 k).
+_SOCK_FILTER_SIZE = 8
+
+
+def seccomp_get_filter(tid: int, index: int) -> bytes:
+    """The program of the ``index``-th filter of the thread's chain (0: the oldest), as its
+    ``struct sock_filter`` array; ENOENT past the oldest, EMEDIUMTYPE in strict mode or without a filter."""
+    n = _call(PTRACE_SECCOMP_GET_FILTER, tid, index, None)
+    buf = ctypes.create_string_buffer(n * _SOCK_FILTER_SIZE)
+    got = _call(PTRACE_SECCOMP_GET_FILTER, tid, index, ctypes.addressof(buf))
+    return buf.raw[: got * _SOCK_FILTER_SIZE]
+
+
+class _seccomp_metadata(ctypes.Structure):
+    _fields_ = [("filter_off", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def seccomp_get_metadata(tid: int, index: int) -> int:
+    """The flags the ``index``-th filter was installed with that the kernel keeps (SECCOMP_FILTER_FLAG_LOG)."""
+    md = _seccomp_metadata(index, 0)
+    _call(PTRACE_SECCOMP_GET_METADATA, tid, ctypes.sizeof(md), ctypes.addressof(md))
+    return md.flags
 
 
 # --- memory words ---

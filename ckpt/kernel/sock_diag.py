@@ -285,3 +285,188 @@ def unix_sockets(inode: int = 0, *, states: int = 0xFFFFFFFF) -> dict[int, UnixD
             return {}
         raise
     return out
+
+
+# --- inet: the shutdown bits of one socket ----------------------------------------------------
+
+INET_DIAG_SHUTDOWN = 8
+#: inet_diag_req_raw: a raw socket's request names its protocol in the byte after idiag_ext.
+IPPROTO_RAW = 255
+
+
+def inet_shutdown(family: int, stype: int, protocol: int, inode: int) -> int | None:
+    """The RCV_SHUTDOWN (1) / SEND_SHUTDOWN (2) bits of the UDP or raw socket of ``inode`` (INET_DIAG_SHUTDOWN,
+    which every reply carries); None when it is not found.  getsockopt cannot read them.  A UDP dump asks
+    ``IPPROTO_UDP``; a raw one ``IPPROTO_RAW`` with the socket's own protocol in ``sdiag_raw_protocol``
+    (``inet_diag_req_raw``, raw_diag).  Raises OSError when the kernel has no handler (ENOENT)."""
+    raw = stype == socket.SOCK_RAW
+    req = inet_diag_req_v2(sdiag_family=family, sdiag_protocol=IPPROTO_RAW if raw else socket.IPPROTO_UDP,
+                           idiag_states=0xFFFFFFFF)
+    if raw:
+        req.pad = protocol  # sdiag_raw_protocol
+    req.id.idiag_cookie[0] = req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE
+    call = f"sock_diag(family={family}, type={stype}, protocol={protocol})"
+    for body in _request(req, dump=True, call=call):
+        m = inet_diag_msg.from_buffer_copy(body.ljust(ctypes.sizeof(inet_diag_msg), b"\0"))
+        if m.idiag_inode == inode:
+            bits = _attrs(body, ctypes.sizeof(inet_diag_msg)).get(INET_DIAG_SHUTDOWN, b"\0")
+            return bits[0] if bits else 0
+    return None
+
+
+# --- packet sockets (net/packet/diag.c) --------------------------------------------------------
+
+PACKET_SHOW_INFO, PACKET_SHOW_MCLIST, PACKET_SHOW_RING_CFG, PACKET_SHOW_FANOUT = 0x1, 0x2, 0x4, 0x8
+PACKET_SHOW_MEMINFO, PACKET_SHOW_FILTER = 0x10, 0x20
+PACKET_DIAG_INFO, PACKET_DIAG_MCLIST, PACKET_DIAG_RX_RING, PACKET_DIAG_TX_RING = 0, 1, 2, 3
+PACKET_DIAG_FANOUT, PACKET_DIAG_MEMINFO, PACKET_DIAG_FILTER = 4, 6, 7
+PDI_RUNNING, PDI_AUXDATA, PDI_ORIGDEV, PDI_VNETHDR, PDI_LOSS = 0x1, 0x2, 0x4, 0x8, 0x10
+#: SK_MEMINFO_RMEM_ALLOC: the first u32 of a MEMINFO attribute, the memory the receive queue holds.
+SK_MEMINFO_RMEM_ALLOC = 0
+
+
+class packet_diag_req(ctypes.Structure):
+    _fields_ = [("sdiag_family", ctypes.c_uint8), ("sdiag_protocol", ctypes.c_uint8), ("pad", ctypes.c_uint16),
+                ("pdiag_ino", ctypes.c_uint32), ("pdiag_show", ctypes.c_uint32), ("pdiag_cookie", ctypes.c_uint32 * 2)]
+
+
+class packet_diag_msg(ctypes.Structure):
+    _fields_ = [("pdiag_family", ctypes.c_uint8), ("pdiag_type", ctypes.c_uint8), ("pdiag_num", ctypes.c_uint16),
+                ("pdiag_ino", ctypes.c_uint32), ("pdiag_cookie", ctypes.c_uint32 * 2)]
+
+
+class packet_diag_info(ctypes.Structure):
+    _fields_ = [("pdi_index", ctypes.c_uint32), ("pdi_version", ctypes.c_uint32), ("pdi_reserve", ctypes.c_uint32),
+                ("pdi_copy_thresh", ctypes.c_uint32), ("pdi_tstamp", ctypes.c_uint32), ("pdi_flags", ctypes.c_uint32)]
+
+
+class packet_diag_mclist(ctypes.Structure):
+    _fields_ = [("pdmc_index", ctypes.c_uint32), ("pdmc_count", ctypes.c_uint32), ("pdmc_type", ctypes.c_uint16),
+                ("pdmc_alen", ctypes.c_uint16), ("pdmc_addr", ctypes.c_uint8 * 32)]
+
+
+class packet_diag_ring(ctypes.Structure):
+    _fields_ = [("pdr_block_size", ctypes.c_uint32), ("pdr_block_nr", ctypes.c_uint32),
+                ("pdr_frame_size", ctypes.c_uint32), ("pdr_frame_nr", ctypes.c_uint32),
+                ("pdr_retire_tmo", ctypes.c_uint32), ("pdr_sizeof_priv", ctypes.c_uint32),
+                ("pdr_features", ctypes.c_uint32)]
+
+
+@dataclass(frozen=True)
+class PacketMembership:
+    """One PACKET_ADD_MEMBERSHIP (struct packet_mclist): interface, PACKET_MR_* type, address, times added."""
+
+    ifindex: int
+    type: int
+    address: bytes
+    count: int
+
+
+@dataclass(frozen=True)
+class PacketDiag:
+    """One packet socket as packet_diag reports it.  ``num``: the bound protocol (po->num, host order: what
+    the socket receives); ``ifindex``: the bound interface (0: every one); ``flags``: PDI_*; ``fanout``: the
+    PACKET_FANOUT value (0: none); ``rx_ring`` / ``tx_ring``: whether a mapped ring is set up; ``rmem``: bytes
+    its receive queue holds."""
+
+    ino: int
+    type: int
+    num: int
+    ifindex: int
+    version: int
+    reserve: int
+    copy_thresh: int
+    tstamp: int
+    flags: int
+    memberships: tuple[PacketMembership, ...]
+    rx_ring: bool
+    tx_ring: bool
+    fanout: int
+    filter: bool
+    rmem: int
+
+
+def packet_sockets() -> dict[int, PacketDiag]:
+    """Every packet socket of this network namespace, by inode (packet_diag answers dumps only)."""
+    req = packet_diag_req(sdiag_family=socket.AF_PACKET,
+                          pdiag_show=PACKET_SHOW_INFO | PACKET_SHOW_MCLIST | PACKET_SHOW_RING_CFG | PACKET_SHOW_FANOUT
+                          | PACKET_SHOW_MEMINFO | PACKET_SHOW_FILTER)
+    req.pdiag_cookie[0] = req.pdiag_cookie[1] = INET_DIAG_NOCOOKIE
+    out: dict[int, PacketDiag] = {}
+    for body in _request(req, dump=True, call="sock_diag(family=AF_PACKET)"):
+        m = packet_diag_msg.from_buffer_copy(body.ljust(ctypes.sizeof(packet_diag_msg), b"\0"))
+        a = _attrs(body, ctypes.sizeof(packet_diag_msg))
+        info = packet_diag_info.from_buffer_copy(a.get(PACKET_DIAG_INFO, b"").ljust(ctypes.sizeof(packet_diag_info),
+                                                                                    b"\0"))
+        raw, size = a.get(PACKET_DIAG_MCLIST, b""), ctypes.sizeof(packet_diag_mclist)
+        mcs = []
+        for off in range(0, len(raw) - size + 1, size):
+            mc = packet_diag_mclist.from_buffer_copy(raw, off)
+            mcs.append(PacketMembership(mc.pdmc_index, mc.pdmc_type, bytes(mc.pdmc_addr)[:mc.pdmc_alen],
+                                        mc.pdmc_count))
+        fan = a.get(PACKET_DIAG_FANOUT, b"")
+        mem = a.get(PACKET_DIAG_MEMINFO, b"")
+        out[m.pdiag_ino] = PacketDiag(
+            ino=m.pdiag_ino, type=m.pdiag_type, num=m.pdiag_num, ifindex=info.pdi_index, version=info.pdi_version,
+            reserve=info.pdi_reserve, copy_thresh=info.pdi_copy_thresh, tstamp=info.pdi_tstamp, flags=info.pdi_flags,
+            memberships=tuple(mcs), rx_ring=PACKET_DIAG_RX_RING in a, tx_ring=PACKET_DIAG_TX_RING in a,
+            fanout=int.from_bytes(fan[:4], "little") if len(fan) >= 4 else 0, filter=PACKET_DIAG_FILTER in a,
+            rmem=int.from_bytes(mem[:4], "little") if len(mem) >= 4 else 0)
+    return out
+
+
+# --- netlink sockets (net/netlink/diag.c) ------------------------------------------------------
+
+NDIAG_PROTO_ALL = 255
+NDIAG_SHOW_MEMINFO, NDIAG_SHOW_GROUPS, NDIAG_SHOW_FLAGS = 0x1, 0x2, 0x8
+NETLINK_DIAG_MEMINFO, NETLINK_DIAG_GROUPS, NETLINK_DIAG_FLAGS = 0, 1, 4
+NDIAG_FLAG_CB_RUNNING = 0x1
+
+
+class netlink_diag_req(ctypes.Structure):
+    _fields_ = [("sdiag_family", ctypes.c_uint8), ("sdiag_protocol", ctypes.c_uint8), ("pad", ctypes.c_uint16),
+                ("ndiag_ino", ctypes.c_uint32), ("ndiag_show", ctypes.c_uint32), ("ndiag_cookie", ctypes.c_uint32 * 2)]
+
+
+class netlink_diag_msg(ctypes.Structure):
+    _fields_ = [("ndiag_family", ctypes.c_uint8), ("ndiag_type", ctypes.c_uint8), ("ndiag_protocol", ctypes.c_uint8),
+                ("ndiag_state", ctypes.c_uint8), ("ndiag_portid", ctypes.c_uint32),
+                ("ndiag_dst_portid", ctypes.c_uint32), ("ndiag_dst_group", ctypes.c_uint32),
+                ("ndiag_ino", ctypes.c_uint32), ("ndiag_cookie", ctypes.c_uint32 * 2)]
+
+
+@dataclass(frozen=True)
+class NetlinkDiag:
+    """One netlink socket as netlink_diag reports it.  ``state``: 1 (NETLINK_CONNECTED) once connected to
+    ``dst_portid`` / ``dst_group``; ``groups``: the multicast groups it listens to (group N is bit N-1);
+    ``flags``: NDIAG_FLAG_*; ``rmem``: bytes of messages queued to be read."""
+
+    ino: int
+    type: int
+    protocol: int
+    state: int
+    portid: int
+    dst_portid: int
+    dst_group: int
+    groups: int
+    flags: int
+    rmem: int
+
+
+def netlink_sockets(protocol: int = NDIAG_PROTO_ALL) -> dict[int, NetlinkDiag]:
+    """Every netlink socket of this network namespace (of ``protocol``, or all), by inode."""
+    req = netlink_diag_req(sdiag_family=socket.AF_NETLINK, sdiag_protocol=protocol,
+                           ndiag_show=NDIAG_SHOW_MEMINFO | NDIAG_SHOW_GROUPS | NDIAG_SHOW_FLAGS)
+    req.ndiag_cookie[0] = req.ndiag_cookie[1] = INET_DIAG_NOCOOKIE
+    out: dict[int, NetlinkDiag] = {}
+    for body in _request(req, dump=True, call=f"sock_diag(family=AF_NETLINK, protocol={protocol})"):
+        m = netlink_diag_msg.from_buffer_copy(body.ljust(ctypes.sizeof(netlink_diag_msg), b"\0"))
+        a = _attrs(body, ctypes.sizeof(netlink_diag_msg))
+        mem, flags = a.get(NETLINK_DIAG_MEMINFO, b""), a.get(NETLINK_DIAG_FLAGS, b"")
+        out[m.ndiag_ino] = NetlinkDiag(
+            ino=m.ndiag_ino, type=m.ndiag_type, protocol=m.ndiag_protocol, state=m.ndiag_state,
+            portid=m.ndiag_portid, dst_portid=m.ndiag_dst_portid, dst_group=m.ndiag_dst_group,
+            groups=int.from_bytes(a.get(NETLINK_DIAG_GROUPS, b""), "little"),
+            flags=int.from_bytes(flags[:4], "little") if len(flags) >= 4 else 0,
+            rmem=int.from_bytes(mem[:4], "little") if len(mem) >= 4 else 0)
+    return out

@@ -11,18 +11,22 @@ those a program changed (:mod:`ckpt.resources.sockets`).
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .libc import libc
 
-__all__ = ["SockOption", "OPTIONS", "label", "applies", "read_all", "filter_length", "SO_BUF_LOCK", "SO_SNDBUFFORCE",
-           "SO_RCVBUFFORCE"]
+__all__ = ["SockOption", "OPTIONS", "label", "applies", "read_all", "filter_length", "get_filter", "sock_fprog",
+           "attach_filter", "SO_BUF_LOCK", "SO_SNDBUFFORCE", "SO_RCVBUFFORCE", "SO_ATTACH_FILTER", "BPF_INSN_SIZE"]
 
 SOL_SOCKET, SOL_IP, SOL_TCP, SOL_IPV6 = socket.SOL_SOCKET, socket.IPPROTO_IP, socket.IPPROTO_TCP, socket.IPPROTO_IPV6
 SO_SNDBUFFORCE, SO_RCVBUFFORCE, SO_BUF_LOCK = 32, 33, 72
-_SO_GET_FILTER = 26  # SO_ATTACH_FILTER's getsockopt: the classic filter's length
+SO_ATTACH_FILTER = 26  # its getsockopt (SO_GET_FILTER) reads the classic program back
+_SO_GET_FILTER = SO_ATTACH_FILTER
+BPF_INSN_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 _INET = frozenset({socket.AF_INET, socket.AF_INET6})
 #: Multicast options: a stream socket neither has them nor takes them (EINVAL).
 _NOT_STREAM = frozenset({socket.SOCK_DGRAM, socket.SOCK_RAW})
@@ -53,6 +57,12 @@ def _so(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
 
 def _ip(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
     return SockOption(SOL_IP, name, label, size, families=frozenset({socket.AF_INET}), **kw)  # type: ignore[arg-type]
+
+
+def _ip46(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
+    """An IP option an IPv6 socket has too (``ipv6_setsockopt`` hands SOL_IP to ``ip_setsockopt``): it
+    governs the socket's IPv4 (v4-mapped) traffic, or a flag both levels share (FREEBIND, TRANSPARENT)."""
+    return SockOption(SOL_IP, name, label, size, families=_INET, **kw)  # type: ignore[arg-type]
 
 
 def _ip6(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
@@ -89,13 +99,13 @@ OPTIONS: tuple[SockOption, ...] = (
     _so(71, "SO_NETNS_COOKIE", 8, skip="a number the kernel gives each network namespace"),
     _so(55, "SO_MEMINFO", 36, skip=_DYNAMIC),
     _so(17, "SO_PEERCRED", 12, skip="the peer's identity, not an option (the README says what it becomes)"),
-    _ip(1, "IP_TOS"), _ip(2, "IP_TTL"), _ip(3, "IP_HDRINCL"), _ip(6, "IP_RECVOPTS"), _ip(7, "IP_RETOPTS"),
-    _ip(8, "IP_PKTINFO"), _ip(10, "IP_MTU_DISCOVER"), _ip(11, "IP_RECVERR"), _ip(12, "IP_RECVTTL"),
-    _ip(13, "IP_RECVTOS"), _ip(15, "IP_FREEBIND"), _ip(18, "IP_PASSSEC"), _ip(19, "IP_TRANSPARENT"),
-    _ip(21, "IP_MINTTL"), _ip(22, "IP_NODEFRAG"), _ip(23, "IP_CHECKSUM"), _ip(24, "IP_BIND_ADDRESS_NO_PORT"),
+    _ip46(1, "IP_TOS"), _ip46(2, "IP_TTL"), _ip(3, "IP_HDRINCL"), _ip(6, "IP_RECVOPTS"), _ip(7, "IP_RETOPTS"),
+    _ip(8, "IP_PKTINFO"), _ip46(10, "IP_MTU_DISCOVER"), _ip(11, "IP_RECVERR"), _ip(12, "IP_RECVTTL"),
+    _ip(13, "IP_RECVTOS"), _ip46(15, "IP_FREEBIND"), _ip(18, "IP_PASSSEC"), _ip46(19, "IP_TRANSPARENT"),
+    _ip46(21, "IP_MINTTL"), _ip(22, "IP_NODEFRAG"), _ip(23, "IP_CHECKSUM"), _ip46(24, "IP_BIND_ADDRESS_NO_PORT"),
     _ip(25, "IP_RECVFRAGSIZE"), _ip(26, "IP_RECVERR_RFC4884"), _ip(32, "IP_MULTICAST_IF", types=_NOT_STREAM),
     _ip(33, "IP_MULTICAST_TTL", types=_NOT_STREAM), _ip(34, "IP_MULTICAST_LOOP", types=_NOT_STREAM), _ip(49, "IP_MULTICAST_ALL", types=_NOT_STREAM),
-    _ip(51, "IP_LOCAL_PORT_RANGE"), _ip(14, "IP_MTU", skip="the path's MTU, learned from the route"),
+    _ip46(51, "IP_LOCAL_PORT_RANGE"), _ip(14, "IP_MTU", skip="the path's MTU, learned from the route"),
     _ip6(26, "IPV6_V6ONLY"), _ip6(16, "IPV6_UNICAST_HOPS"), _ip6(17, "IPV6_MULTICAST_IF", types=_NOT_STREAM),
     _ip6(18, "IPV6_MULTICAST_HOPS", types=_NOT_STREAM), _ip6(19, "IPV6_MULTICAST_LOOP", types=_NOT_STREAM), _ip6(23, "IPV6_MTU_DISCOVER"),
     _ip6(25, "IPV6_RECVERR"), _ip6(29, "IPV6_MULTICAST_ALL", types=_NOT_STREAM), _ip6(49, "IPV6_RECVPKTINFO"),
@@ -114,9 +124,42 @@ OPTIONS: tuple[SockOption, ...] = (
     _so(12, "SO_PRIORITY"),  # after IP_TOS, which sets the priority too
 )
 
+SOL_RAW, SOL_ICMPV6, SOL_PACKET, SOL_NETLINK = 255, 58, 263, 270
+_RAW = frozenset({socket.SOCK_RAW})
+
+
+def _pk(name: int, label: str, size: int = 4, **kw: object) -> SockOption:
+    return SockOption(SOL_PACKET, name, label, size, families=frozenset({socket.AF_PACKET}),
+                      **kw)  # type: ignore[arg-type]
+
+
+def _nl(name: int, label: str) -> SockOption:
+    return SockOption(SOL_NETLINK, name, label, families=frozenset({socket.AF_NETLINK}))
+
+
+#: Options of raw sockets (IPv4: ICMP_FILTER of an IPPROTO_ICMP socket; IPv6: the checksum offset, header
+#: included, ICMPV6_FILTER), of packet sockets (SOL_PACKET) and of netlink sockets (SOL_NETLINK).
+OPTIONS += (
+    SockOption(SOL_RAW, 1, "ICMP_FILTER", families=frozenset({socket.AF_INET}), types=_RAW,
+               protocols=frozenset({socket.IPPROTO_ICMP})),
+    _ip6(7, "IPV6_CHECKSUM", types=_RAW), _ip6(36, "IPV6_HDRINCL", types=_RAW),
+    SockOption(SOL_ICMPV6, 1, "ICMPV6_FILTER", 32, families=frozenset({socket.AF_INET6}), types=_RAW,
+               protocols=frozenset({socket.IPPROTO_ICMPV6})),
+    _pk(10, "PACKET_VERSION"), _pk(12, "PACKET_RESERVE"), _pk(8, "PACKET_AUXDATA"), _pk(9, "PACKET_ORIGDEV"),
+    _pk(15, "PACKET_VNET_HDR"), _pk(24, "PACKET_VNET_HDR_SZ"), _pk(17, "PACKET_TIMESTAMP"), _pk(14, "PACKET_LOSS"),
+    _pk(19, "PACKET_TX_HAS_OFF"), _pk(20, "PACKET_QDISC_BYPASS"), _pk(23, "PACKET_IGNORE_OUTGOING"),
+    _pk(18, "PACKET_FANOUT", settable=False),  # refused at dump when set
+    _pk(6, "PACKET_STATISTICS", 8, skip="reading it resets the counters"),
+    _pk(21, "PACKET_ROLLOVER_STATS", 24, skip=_DYNAMIC),
+    _nl(3, "NETLINK_PKTINFO"), _nl(4, "NETLINK_BROADCAST_ERROR"), _nl(5, "NETLINK_NO_ENOBUFS"),
+    _nl(8, "NETLINK_LISTEN_ALL_NSID"), _nl(10, "NETLINK_CAP_ACK"), _nl(11, "NETLINK_EXT_ACK"),
+    _nl(12, "NETLINK_GET_STRICT_CHK"),
+)
+
 
 _BY_NUMBER = {(o.level, o.name): o.label for o in OPTIONS} | {(SOL_SOCKET, SO_SNDBUFFORCE): "SO_SNDBUFFORCE",
-                                                              (SOL_SOCKET, SO_RCVBUFFORCE): "SO_RCVBUFFORCE"}
+                                                              (SOL_SOCKET, SO_RCVBUFFORCE): "SO_RCVBUFFORCE",
+                                                              (SOL_SOCKET, SO_ATTACH_FILTER): "SO_ATTACH_FILTER"}
 
 
 def label(level: int, name: int) -> str:
@@ -170,3 +213,26 @@ def filter_length(fd: int) -> int:
     if libc.getsockopt(fd, SOL_SOCKET, _SO_GET_FILTER, None, ctypes.byref(n)) != 0:
         return -1 if ctypes.get_errno() == 13 else 0  # EACCES: a filter that is not classic
     return n.value
+
+
+def get_filter(fd: int, count: int) -> bytes:
+    """The classic BPF program attached to socket ``fd`` (``count`` instructions, :func:`filter_length`), as
+    SO_ATTACH_FILTER took it.  SO_GET_FILTER counts its length in instructions, not bytes (``sk_get_filter``):
+    a buffer of ``count`` bytes would be overrun, so the call is made here with the right one."""
+    buf = ctypes.create_string_buffer(count * BPF_INSN_SIZE)
+    n = ctypes.c_uint32(count)
+    if libc.getsockopt(fd, SOL_SOCKET, _SO_GET_FILTER, buf, ctypes.byref(n)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"getsockopt(SO_GET_FILTER): {os.strerror(err)}")
+    return buf.raw[:n.value * BPF_INSN_SIZE]
+
+
+def sock_fprog(count: int, address: int) -> bytes:
+    """struct sock_fprog: u16 len (instructions), the pointer to them 8-aligned."""
+    return struct.pack("=H6xQ", count, address)
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    """SO_ATTACH_FILTER of ``program`` (classic BPF instructions) on ``sock``."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    sock.setsockopt(SOL_SOCKET, SO_ATTACH_FILTER, sock_fprog(len(program) // BPF_INSN_SIZE, ctypes.addressof(buf)))

@@ -83,6 +83,7 @@ VMFLAG_NAMES: Mapping[str, str] = MappingProxyType({
     "sd": "VM_SOFTDIRTY", "mm": "VM_MIXEDMAP", "hg": "VM_HUGEPAGE", "nh": "VM_NOHUGEPAGE",
     "mg": "VM_MERGEABLE", "um": "VM_UFFD_MISSING", "uw": "VM_UFFD_WP", "ui": "VM_UFFD_MINOR",
     "ss": "VM_SHADOW_STACK", "sl": "VM_SEALED", "bt": "VM_ARM64_BTI", "mt": "VM_MTE",
+    "lf": "VM_LOCKONFAULT", "dp": "VM_DROPPABLE", "gu": "VM_MAYBE_GUARD",
 })
 
 

@@ -26,7 +26,7 @@ from .auxv import Auxv, read_auxv
 from .fdinfo import FdInfo, list_fds, read_fdinfo
 from .maps import SmapsVma, Vma, read_maps, read_smaps, read_smaps_vmflags
 from .stat import Stat, read_stat, read_task_stat
-from .status import Status, read_status, read_task_status
+from .status import Status, read_status, read_status_values, read_task_status
 from .task import ProcessRef, list_tids
 from .timers import PosixTimerInfo, read_timers
 
@@ -89,7 +89,17 @@ class Snapshot:
         """The maps with VmFlags (read from smaps, its counters skipped: a dump needs only the flags)."""
         if "smaps" in self.__dict__:  # read already: no second walk of the page tables
             return [e.vma for e in self.smaps]
-        return [v for v in read_smaps_vmflags(self.pid, proc=self._proc) if not self._is_hidden(v)]
+        return [v for v in self._all_vmas if not self._is_hidden(v)]
+
+    @cached_property
+    def hidden_vmas(self) -> list[Vma]:
+        """The controller's own areas, with their VmFlags: what the process's mm gives a new mapping
+        (``mm->def_flags``, e.g. VM_LOCKED after ``mlockall(MCL_FUTURE)``)."""
+        return [v for v in self._all_vmas if self._is_hidden(v)]
+
+    @cached_property
+    def _all_vmas(self) -> list[Vma]:
+        return read_smaps_vmflags(self.pid, proc=self._proc)
 
     def _is_hidden(self, vma: Vma) -> bool:
         return any(start <= vma.start and vma.end <= end for start, end in self.hidden)
@@ -132,6 +142,10 @@ class Snapshot:
         if tid not in self._task_status:
             self._task_status[tid] = read_task_status(self.pid, tid, proc=self._proc)
         return self._task_status[tid]
+
+    def task_status_values(self, tid: int, *keys: str) -> list[str]:
+        """A few lines of the thread's status, unparsed otherwise (:func:`read_status_values`; not cached)."""
+        return read_status_values(self.pid, *keys, tid=tid, proc=self._proc)
 
 
 def snapshot(target: int | ProcessRef, *, hidden: Sequence[tuple[int, int]] = ()) -> Snapshot:

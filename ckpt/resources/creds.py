@@ -36,7 +36,7 @@ import ctypes
 
 from ..control.inject import Injector, Query, Scratch
 from ..control.seize import FrozenProcess
-from ..errors import RestoreError, Unsupported
+from ..errors import RestoreError
 from ..image.pb import process_pb2
 from ..kernel.arch_x86_64 import NR
 from ..kernel.prctl import (
@@ -64,13 +64,8 @@ QUERIES = (SECUREBITS,)
 
 
 def dump_creds(proc: FrozenProcess, snap: Snapshot) -> process_pb2.Creds:
-    """The Creds record of the frozen process (securebits by an injected prctl); a process under seccomp is
-    refused here, before anything is written (a restore could not put its filters back)."""
+    """The Creds record of the frozen process (securebits by an injected prctl)."""
     st = snap.status
-    if st.seccomp:
-        n = f", {st.seccomp_filters} filter(s)" if st.seccomp_filters else ""
-        raise Unsupported(f"process {proc.pid} runs under seccomp (mode {st.seccomp}{n}): ckpt cannot restore "
-                          "seccomp filters yet, and the process would come back without them")
     return _creds_of(st, proc.injector().ask(SECUREBITS)[0])
 
 

@@ -55,8 +55,8 @@ from ..kernel.pidfd import dup_from, pidfd_getfd, pidfd_open
 from ..procfs.fdinfo import read_fdinfo
 from ..procfs.holders import holders
 from ..procfs.snapshot import Snapshot
-from . import (epoll, eventfd, fileid, ghost, inotify, locks, memfd, opath, paths, pidfd, pipes, procfiles, signalfd,
-               sockets, statusflags, tcp, timerfd, tty, unix)
+from . import (epoll, eventfd, fileid, ghost, inotify, locks, memfd, netlink, opath, packet, paths, pidfd, pipes,
+               procfiles, signalfd, sockets, statusflags, tcp, timerfd, tty, unix)
 from .fdkind import DumpOptions, FdDump, FdKind, OpenFd, Opener, StdioPolicy, refuse
 from .paths import SIMPLE_DEVICES
 from ._scratch import scratch_for
@@ -84,7 +84,7 @@ _STDIO = (0, 1, 2)
 KINDS: tuple[FdKind, ...] = (
     procfiles.KIND, opath.KIND, pipes.PIPE_KIND, sockets.KIND, unix.KIND, epoll.KIND, eventfd.KIND, timerfd.KIND,
     signalfd.KIND, inotify.KIND, pidfd.KIND, memfd.KIND, paths.REG_KIND, paths.DIR_KIND, pipes.FIFO_KIND, tty.KIND,
-    paths.CHR_KIND,
+    paths.CHR_KIND, packet.KIND, netlink.KIND,
 )
 _BY_KIND = MappingProxyType({k.kind: k for k in KINDS})
 

@@ -32,8 +32,8 @@ the descriptor's FD_CLOEXEC; MFD_ALLOW_SEALING is F_GET_SEALS without
 F_SEAL_SEAL (an object made without it reads F_SEAL_SEAL; made sealable and
 given that seal, it reads the same); MFD_NOEXEC_SEAL (Linux 6.3) leaves mode
 0666 and F_SEAL_EXEC, MFD_EXEC mode 0777: the mode and the seals are given
-back.  Not kept: MFD_HUGETLB (refused with hugetlbfs memory), and seals of
-an object only mapped, never held by a descriptor.
+back.  MFD_HUGETLB is kept with its page size (:mod:`ckpt.resources.hugetlb`).  Not kept: seals of an
+object only mapped, never held by a descriptor.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from ..errors import RestoreError
 from ..image.pb import files_pb2
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE
 from ..kernel.pidfd import dup_from
+from . import hugetlb
 from .fdkind import FdDump, FdKind, Opener
 
 __all__ = ["PREFIX", "OWNER", "KIND", "owner_of", "name_of", "dump", "restore", "open_unseen", "data_ranges",
@@ -102,6 +103,12 @@ def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     finally:
         os.close(ours)
     entry.content.owner, entry.content.size = owner_of(st.st_ino), st.st_size
+    ours = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if hugetlb.is_hugetlbfs(ours):  # MFD_HUGETLB: its files' block size is the huge page size
+            entry.memfd.huge_page_size = st.st_blksize
+    finally:
+        os.close(ours)
 
 
 def open_unseen(path: str) -> int:
@@ -173,6 +180,8 @@ class MemfdObjects:
     seals: dict[str, int] = field(default_factory=dict)
     #: {owner: (mode, uid, gid)} of each object a descriptor recorded (:meth:`learn`); uid None: not recorded.
     inodes: dict[str, tuple[int, int | None, int | None]] = field(default_factory=dict)
+    #: {owner: huge page size} of each MFD_HUGETLB object a descriptor recorded.
+    huge: dict[str, int] = field(default_factory=dict)
 
     def learn(self, entries: Iterable[files_pb2.FileEntry]) -> None:
         """The seals, mode and owner of every object the image's descriptors recorded."""
@@ -182,6 +191,8 @@ class MemfdObjects:
             if e.memfd.seals:
                 self.seals[e.content.owner] = e.memfd.seals
             m = e.memfd
+            if m.huge_page_size:
+                self.huge[e.content.owner] = m.huge_page_size
             self.inodes[e.content.owner] = (e.identity.mode, m.uid if m.HasField("uid") else None,
                                             m.gid if m.HasField("gid") else None)
 
@@ -195,7 +206,8 @@ class MemfdObjects:
         if want and stat.S_IMODE(want) != stat.S_IMODE(st.st_mode):
             os.fchmod(ours, stat.S_IMODE(want))
 
-    def open_in(self, inj: Injector, s: Scratch, owner: str, name: str, size: int, flags: int, mode: int = 0) -> int:
+    def open_in(self, inj: Injector, s: Scratch, owner: str, name: str, size: int, flags: int, mode: int = 0, *,
+                huge: int = 0) -> int:
         """A new fd of ``inj``'s process on the object ``owner`` (O_CLOEXEC), an open file with ``flags``: the
         access mode and the status flags (O_APPEND, O_NONBLOCK, O_NOATIME, O_DIRECT …) a descriptor had.
         ``mode``: the object's st_mode as the caller's record has it (its permission bits are given back)."""
@@ -206,7 +218,14 @@ class MemfdObjects:
             return inj.call(NR.openat, -100 & ((1 << 64) - 1), s.addr, flags, 0, name=f"openat(memfd {name!r})")
         raw = name.encode(errors="surrogateescape")[:249] + b"\0"
         s.write(0, raw)
-        fd = inj.call(NR.memfd_create, s.addr, _MFD_CLOEXEC | _MFD_ALLOW_SEALING, name=f"memfd_create({name!r})")
+        huge = huge or self.huge.get(owner, 0)  # MFD_HUGETLB: its page size, from a mapping or a descriptor
+        try:
+            fd = inj.call(NR.memfd_create, s.addr, _MFD_CLOEXEC | _MFD_ALLOW_SEALING | hugetlb.memfd_flags(huge),
+                          name=f"memfd_create({name!r})")
+        except OSError as exc:
+            if not huge:
+                raise
+            raise hugetlb.refusal(exc, size) from exc
         inj.call(NR.ftruncate, fd, size, name=f"ftruncate(memfd, {size})")
         ours = dup_from(inj.pid, fd)
         self.held[owner] = ours

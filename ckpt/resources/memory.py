@@ -16,7 +16,10 @@ Dump (target frozen):
   chunk buffers, reused for the whole dump (fresh destination memory is
   slower, DESIGN §3: each is faulted in once, by its first read);
   PROT_NONE and exec-only areas through ``/proc/PID/mem`` (process_vm_readv
-  gives EFAULT there).
+  gives EFAULT there), and so are pages shared with another process since
+  fork when the process runs on (process_vm_readv would copy them) — and a
+  child's pages still shared with its parent are not stored at all
+  (:mod:`ckpt.resources.cow`).
 
 Restore (helper stopped, its own mappings gone, DESIGN §4): :func:`check_files`
 refuses changed files before anything is created (a mapped file's pages that
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import errno
 import hashlib
 import os
 import stat
@@ -60,8 +64,8 @@ from ..image.records import PageSource, PageState
 from ..image.store import PageWriter
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, TASK_SIZE_MAX
 from ..kernel.mman import (
-    MADV_DONTDUMP, MADV_DONTFORK, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_WIPEONFORK,
-    MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
+    MADV_DONTNEED, MADV_DONTNEED_LOCKED,
+    MAP_ANONYMOUS, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, MREMAP_FIXED,
     MREMAP_MAYMOVE, PROT_READ, PROT_WRITE,
 )
 from ..features import pagemap_scan_works, zero_pfns
@@ -71,9 +75,9 @@ from ..kernel.pagemap import (
 from ..kernel.prctl import PR_SET_MM
 from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
-from ..procfs.maps import Vma as ProcVma
+from ..procfs.maps import Vma as ProcVma, read_maps
 from ..procfs.snapshot import Snapshot
-from . import aio, fileid, ghost, memfd, sysvshm
+from . import aio, cow, fileid, ghost, guards, hugetlb, memfd, shmfile, sysvshm, vmflags
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -111,8 +115,11 @@ def classify(vma: ProcVma) -> int:
         return _SPECIAL_NAMES[name]
     if name == "[uprobes]":
         raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} is [uprobes] (a uprobe is attached to the target)")
-    if "ht" in vma.vmflags:
-        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is hugetlbfs memory")
+    if "io" in vma.vmflags or "pf" in vma.vmflags:
+        raise Unsupported(f"mapping {vma.start:#x}-{vma.end:#x} ({name or 'anonymous'}) is device memory (VM_IO/"
+                          "VM_PFNMAP): its contents are the device's, which a restore cannot give back")
+    if "ht" in vma.vmflags and name == hugetlb.ANON_NAME:  # MAP_HUGETLB: a file of the kernel's own hugetlbfs
+        return Kind.ANON_SHARED if vma.shared else Kind.ANON_PRIVATE
     if name.startswith("/SYSV"):
         return Kind.SYSV_SHM  # before the inode test: the inode is the shmid, and shmid 0 exists
     if vma.inode == 0 or name.startswith("[anon"):
@@ -155,6 +162,7 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
     """
     out: list[mm_pb2.Vma] = []
     ghosts: dict[tuple[int, int, int], common_pb2.Ghost] = {}
+    shm_files: dict[tuple[int, int, int], common_pb2.Ghost | None] = {}  # None: not on a tmpfs
     segments: dict | None = None
     # A file is mapped in several VMAs (a library: 4-5): look at it once, by the (dev, inode) maps shows.
     idents: dict[tuple[int, int, int], common_pb2.FileIdentity] = {}
@@ -167,6 +175,9 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
             flags |= MAP_GROWSDOWN
         if "nr" in vma.vmflags:
             flags |= MAP_NORESERVE
+        flags = vmflags.map_type(vma.vmflags, flags)
+        if "ht" in vma.vmflags:  # its huge page size, as mmap takes it (memfd_create too, see memfd.open_in)
+            flags |= hugetlb.map_flags(hugetlb.page_size_of(snap, vma.start))
         rec = mm_pb2.Vma(start=vma.start, end=vma.end, prot=vma.prot, flags=flags, kind=kind, name=vma.path,
                          pgoff=vma.offset, vm_flags=" ".join(sorted(vma.vmflags)))
         if kind in _FILE_KINDS:
@@ -191,6 +202,14 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
                                             deleted_max)
                 rec.ghost.CopyFrom(ghosts[key])
                 rec.content_owner = rec.ghost.owner
+            else:  # a file of a tmpfs (POSIX shared memory): its content travels with the image
+                if key not in shm_files:
+                    link = map_files_path(pid, rec)
+                    shm_files[key] = (shmfile.record(link, vma.path, f"process {pid}: the mapping at {vma.start:#x}",
+                                                     deleted_max) if shmfile.on_tmpfs(link) else None)
+                if shm_files[key] is not None:
+                    rec.shm_file.CopyFrom(shm_files[key])
+                    rec.content_owner = rec.shm_file.owner
         if kind is Kind.SYSV_SHM:  # the segment's bytes are stored once, by its owner (sysv-<shmid>)
             segments = segments if segments is not None else sysvshm.read_segments()
             rec.sysv.CopyFrom(sysvshm.describe(pid, vma.start, vma.inode, segments))
@@ -200,6 +219,7 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
             if vma.inode:  # the shmem object: two VMAs with one inode are two views of the same pages
                 rec.file.CopyFrom(common_pb2.FileIdentity(ino=vma.inode))
         out.append(rec)
+    guards.dump(pid, out, SPECIAL_KINDS)
     return out
 
 
@@ -244,6 +264,7 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
                               "so its content is not saved", hint="dump before the executable is deleted")
     else:
         mm.exe.CopyFrom(file_identity(f"/proc/{pid}/exe", exe_path))
+    mm.def_flags = vmflags.dump_def_flags(snap, inj)
     if inj is not None:  # the header of each AIO ring, refused if a restore cannot give it back
         aio.dump_rings(pid, inj, mem, vmas)
     for v in vmas:
@@ -299,7 +320,7 @@ def _scan_vmas(pagemap_fd: int, vmas: Sequence[mm_pb2.Vma]) -> Iterator[tuple[mm
             if v.kind == Kind.FILE_PRIVATE and r.categories & PAGE_IS_FILE:
                 continue  # still the file's page: restore maps the file
             runs.append((max(r.start, v.start), min(r.end, v.end), bool(r.categories & PAGE_IS_PFNZERO)))
-        yield v, runs
+        yield v, guards.readable_runs(v, runs)
 
 
 # --- shared anonymous memory between processes ---------------------------------------------
@@ -311,8 +332,8 @@ SHMEM_OWNER = "shmem-{ino}"
 
 def is_object_view(v: mm_pb2.Vma) -> bool:
     """A view of an object whose bytes a dump stores once, by its owner, not per process (memfd, SysV shm,
-    a deleted file)."""
-    return v.kind == Kind.SYSV_SHM or is_memfd_view(v) or is_ghost_view(v)
+    a deleted file, a file of a tmpfs)."""
+    return v.kind == Kind.SYSV_SHM or is_memfd_view(v) or is_ghost_view(v) or v.HasField("shm_file")
 
 
 def is_ghost_view(v: mm_pb2.Vma) -> bool:
@@ -330,33 +351,34 @@ def is_shmem_view(v: mm_pb2.Vma) -> bool:
     return v.content_owner.startswith("shmem-")
 
 
-def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]) -> dict[str, tuple[int, mm_pb2.Vma]]:
-    """Mark the shared anonymous VMAs whose object more than one process maps; {owner: a view to read it by}.
+def share_anon_objects(vmas_of: Mapping[int, Sequence[mm_pb2.Vma]]
+                       ) -> dict[str, tuple[int, mm_pb2.Vma, list[tuple[int, int]]]]:
+    """Mark every shared anonymous VMA as a view of its object; {owner: (pid, a view to read it by, the parts
+    of it mapped)}.
 
-    Their ``content_owner`` becomes ``shmem-INO`` and their ``file.size`` the
-    object's size: the restore creates the object once and maps it into every
-    process (as fork had), and its pages come from the one owner, read
-    through the object itself (:func:`dump_shmem`) — a process's page table
-    lacks the pages it never touched (fork does not copy a shared mapping's).
+    Their ``content_owner`` becomes ``shmem-INO`` and their ``file.size`` the object's size: the restore
+    creates the object once, of that size (also when the tree maps only parts of it: munmapped in part, or
+    each process its own part), and maps every view into every process at its offset (as fork and munmap
+    had left them), and its pages come from the one owner, read through the object itself
+    (:func:`dump_shmem`): a process's page table lacks the pages it never touched — written by a child
+    since exited, or by another process of the tree (fork does not copy a shared mapping's) — but only in
+    the parts some view maps: the rest no process can reach any more.
     """
-    users: dict[int, set[int]] = {}
+    views_of: dict[int, list[tuple[int, mm_pb2.Vma]]] = {}
     for pid, vmas in vmas_of.items():
         for v in vmas:
             if v.kind == Kind.ANON_SHARED and v.file.ino:
-                users.setdefault(v.file.ino, set()).add(pid)
-    shared = {ino for ino, pids in users.items() if len(pids) > 1}
-    views: dict[str, tuple[int, mm_pb2.Vma]] = {}
-    for pid, vmas in vmas_of.items():
-        for v in vmas:
-            if v.kind == Kind.ANON_SHARED and v.file.ino in shared:
-                owner = SHMEM_OWNER.format(ino=v.file.ino)
-                v.content_owner = owner
-                if owner not in views:
-                    views[owner] = (pid, v)
-                    v.file.size = os.stat(map_files_path(pid, v)).st_size
-                else:
-                    v.file.size = views[owner][1].file.size
-    return views
+                views_of.setdefault(v.file.ino, []).append((pid, v))
+    out: dict[str, tuple[int, mm_pb2.Vma, list[tuple[int, int]]]] = {}
+    for ino, views in views_of.items():
+        pid, first = views[0]
+        size = os.stat(map_files_path(pid, first)).st_size
+        owner = SHMEM_OWNER.format(ino=ino)
+        for _, v in views:
+            v.content_owner = owner
+            v.file.size = size
+        out[owner] = (pid, first, merge_intervals((v.pgoff, v.pgoff + v.end - v.start) for _, v in views))
+    return out
 
 
 def map_files_path(pid: int, v: mm_pb2.Vma) -> str:
@@ -364,8 +386,10 @@ def map_files_path(pid: int, v: mm_pb2.Vma) -> str:
     return f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}"
 
 
-def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter) -> PageStats:
-    """Every populated page of the shmem object behind ``v`` of ``pid``, by offset in the object.
+def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter, parts: Sequence[tuple[int, int]] = ((0, 1 << 63),)
+               ) -> PageStats:
+    """Every populated page of the shmem object behind ``v`` of ``pid`` inside ``parts`` (sorted, disjoint
+    object offsets: the parts some process maps), by offset in the object.
 
     Read through ``/proc/PID/map_files`` (the object itself, so pages no process
     has faulted in count too), skipping holes (:func:`ckpt.resources.memfd.read_content`).
@@ -373,9 +397,10 @@ def dump_shmem(pid: int, v: mm_pb2.Vma, pages: PageWriter) -> PageStats:
     t0 = time.monotonic()
     stored = nbytes = 0
     for offset, data in memfd.read_content(map_files_path(pid, v)):
-        pages.add(offset, data)
-        stored += len(data) // PAGE_SIZE
-        nbytes += len(data)
+        for s, e in intersect(((offset, offset + len(data)),), parts):
+            pages.add(s, data if e - s == len(data) else memoryview(data)[s - offset:e - offset])
+            stored += (e - s) // PAGE_SIZE
+            nbytes += e - s
     return PageStats(stored, 0, nbytes, time.monotonic() - t0)
 
 
@@ -384,11 +409,16 @@ def fill_shmem(image: Image, owner: str, pid: int, v: mm_pb2.Vma) -> PageStats:
     t0 = time.monotonic()
     stored = nbytes = 0
     fd = os.open(map_files_path(pid, v), os.O_RDWR | os.O_CLOEXEC)
-    try:
+
+    def counted() -> Iterator[tuple[int, bytes]]:
+        nonlocal stored, nbytes
         for offset, data in image.iter_pages(owner):
-            os.pwrite(fd, data, offset)
+            yield offset, data
             stored += len(data) // PAGE_SIZE
             nbytes += len(data)
+
+    try:
+        hugetlb.write_object(fd, counted())  # (pwrite, or through a mapping: hugetlbfs has no write())
     finally:
         os.close(fd)
     return PageStats(stored, 0, nbytes, time.monotonic() - t0)
@@ -406,14 +436,16 @@ class ShmemObjects:
 
 
 def dump_pages(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem,
-               on_bytes: Callable[[int], None] | None = None) -> PageStats:
+               on_bytes: Callable[[int], None] | None = None, *, keep_shared: bool = False) -> PageStats:
     """Stream the pages worth saving of every VMA into ``pages`` (bounded memory: its chunk buffers).
 
     A full dump is the delta case with every page dirty and no parent: one
     code path reads and stores pages for both.  ``on_bytes(total so far)``
     after each buffer handed to the writer: the CLI's progress line.
+    ``keep_shared``: as for :func:`dump_pages_delta`.
     """
-    d = dump_pages_delta(pid, vmas, pages, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes)
+    d = dump_pages_delta(pid, vmas, pages, mem, dirty=_EVERYTHING, in_parent=(), on_bytes=on_bytes,
+                         keep_shared=keep_shared)
     return PageStats(d.pages_stored, d.pages_zero, d.bytes_read, d.seconds)
 
 
@@ -554,14 +586,21 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
     creates it and records it in ``shmem_objects``.  ``own_fds`` False: the
     descriptor table is shared with a process restored already (CLONE_FILES):
     the files opened for mappings are closed one by one.  ``allow_changed``: as for :func:`check_files`.
+    A VMA inherited from the parent's helper (:func:`ckpt.resources.cow.is_inherited`) stays as it is,
+    with only its shared pages kept.
     """
     opener = _FileOpener(inj, scratch, pid, own_fds, allow_changed)
     n = 0
+    made: list[tuple[int, int]] = []  # whole shmem objects mapped for their parts: (address, size)
     shmem: dict[int, list[tuple[int, int, int]]] = {}  # shmem inode -> (start, end, pgoff) mapped fresh
     attached: set[int] = set()  # SysV attach bases done
     try:
         for v in vmas:
             if v.kind in SPECIAL_KINDS or v.kind == Kind.AIO_RING:  # a ring: aio.restore_rings, once all is mapped
+                continue
+            if cow.is_inherited(v):  # mapped and filled by the parent before it cloned us: kept as it is
+                cow.keep_inherited(inj, v)
+                n += 1
                 continue
             if v.kind == Kind.SYSV_SHM:
                 objects = shmem_objects if shmem_objects is not None else ShmemObjects()
@@ -578,7 +617,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 if is_memfd_view(v):
                     objects = shmem_objects if shmem_objects is not None else ShmemObjects()
                     fd = objects.memfds.open_in(inj, scratch, v.content_owner, memfd.name_of(v.name), v.file.size,
-                                                access, v.file.mode)
+                                                access, v.file.mode, huge=hugetlb.page_size_in(v.flags))
                     opener.fds[(f"memfd {v.content_owner} {v.start:#x}", access)] = fd  # closed with the others
                 elif is_ghost_view(v):  # the one copy of the deleted file, whoever else holds it
                     if shmem_objects is None:
@@ -592,10 +631,17 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                 raise Unsupported(f"restoring a {mm_pb2.Vma.Kind.Name(v.kind)} mapping at {v.start:#x}")
             if is_shmem_view(v):
                 first = (shmem_objects or ShmemObjects()).first.get(v.content_owner)
+                if first is None and (v.pgoff != 0 or length != v.file.size):
+                    # Part of a bigger object: made whole elsewhere, this part mapped from it (mremap with
+                    # old_size 0 makes a second view of shared pages), the whole unmapped once all is mapped.
+                    whole = _whole_object(inj, pid, vmas, v, flags & ~MAP_FIXED)
+                    made.append((whole, v.file.size))
+                    _map_view(inj, whole + v.pgoff, v)
+                    if shmem_objects is not None:
+                        shmem_objects.first[v.content_owner] = (pid, v)
+                    n += 1
+                    continue
                 if first is None:
-                    if v.pgoff != 0 or length != v.file.size:
-                        raise Unsupported(f"the shared memory at {v.start:#x}-{v.end:#x} is part of a bigger object "
-                                          f"({v.file.size} bytes) that its first mapping does not cover")
                     if shmem_objects is not None:
                         shmem_objects.first[v.content_owner] = (pid, v)
                 else:
@@ -605,8 +651,7 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
             if alias is not None:
                 # A second view of a shmem object mapped already (mremap old_size 0 makes one):
                 # a fresh MAP_SHARED|MAP_ANONYMOUS would split what the process shares with itself.
-                inj.call(NR.mremap, alias, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
-                inj.mprotect(v.start, length, v.prot)
+                _map_view(inj, alias, v)
                 n += 1
                 continue
             if v.kind == Kind.ANON_SHARED and v.file.ino:
@@ -625,24 +670,45 @@ def map_vmas(inj: Injector, scratch: Scratch, pid: int, vmas: Sequence[mm_pb2.Vm
                         inj.madvise(v.start, PAGE_SIZE, MADV_DONTNEED)
                     inj.mprotect(v.start, length, v.prot)
             except OSError as exc:
+                if hugetlb.page_size_in(flags):
+                    raise hugetlb.refusal(exc, length) from exc
                 raise RestoreError(f"mmap of {v.name or 'anonymous memory'} at {v.start:#x}-{v.end:#x} failed: "
                                    f"{os.strerror(exc.errno or 0)}") from exc
             if got != v.start:
                 raise RestoreError(f"mmap placed {v.start:#x} at {got:#x}")
-            for flag in v.vm_flags.split():
-                if flag in _MADVISED:  # per-VMA advice lives in vm_flags only: the image's smaps letters
-                    inj.madvise(v.start, length, _MADVISED[flag])
+            vmflags.restore_vma(inj, v, v.vm_flags.split())  # advice and locks live in the smaps letters only
             n += 1
     finally:
         opener.close_all()
+        for addr, size in made:
+            inj.munmap(addr, size)
     return n
+
+
+def _whole_object(inj: Injector, pid: int, vmas: Sequence[mm_pb2.Vma], v: mm_pb2.Vma, flags: int) -> int:
+    """Map a new shmem object of ``v.file.size`` bytes (``flags``: the view's, MAP_NORESERVE kept: the object's
+    accounting) where neither the image's mappings nor the helper's are; its address."""
+    taken = [(m.start, m.end) for m in read_maps(pid)] + [(m.start, m.end) for m in vmas]
+    align = hugetlb.page_size_in(flags) or PAGE_SIZE  # (hugetlb memory is mapped at its page size's multiples)
+    at = free_area(v.file.size + align - PAGE_SIZE, taken)
+    at = -(-at // align) * align
+    try:
+        return inj.mmap(at, v.file.size, PROT_READ | PROT_WRITE, flags | MAP_FIXED_NOREPLACE)
+    except OSError as exc:
+        raise RestoreError(f"cannot make the {v.file.size}-byte shared object of the mapping at {v.start:#x} again: "
+                           f"{os.strerror(exc.errno or 0)}") from exc
+
+
+def _map_view(inj: Injector, source: int, v: mm_pb2.Vma) -> None:
+    """Map ``v`` as a second view of the shared pages mapped at ``source`` (mremap with old_size 0)."""
+    length = v.end - v.start
+    inj.call(NR.mremap, source, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, v.start)
+    inj.mprotect(v.start, length, v.prot)
+    vmflags.restore_vma(inj, v, v.vm_flags.split())
 
 
 _ONE_ZERO = bytearray(1)
 
-#: VmFlags letters (smaps) set by madvise, and the advice that sets each again.
-_MADVISED = {"hg": MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, "dd": MADV_DONTDUMP, "dc": MADV_DONTFORK,
-             "wf": MADV_WIPEONFORK}
 
 
 def _shmem_alias(shmem: dict[int, list[tuple[int, int, int]]], v: mm_pb2.Vma) -> int | None:
@@ -855,7 +921,7 @@ def _mapping_key(v: mm_pb2.Vma) -> tuple | None:
     """
     if v.kind == Kind.ANON_SHARED or is_object_view(v):
         return None
-    letters = frozenset(f for f in v.vm_flags.split() if f in _MADVISED or f == "mw")
+    letters = (frozenset(f for f in v.vm_flags.split() if f in vmflags.KEPT or f == "mw"), tuple(v.guards))
     file: tuple = ()
     if v.kind in _FILE_KINDS:
         file = (v.name, v.file.dev, v.file.ino, v.file.size, v.file.mtime_ns, v.pgoff - v.start)
@@ -998,8 +1064,8 @@ def reset_pages(inj: Injector, mem: ProcMem, vmas: Sequence[mm_pb2.Vma], runs: I
                 raise RestoreError(f"cannot reset pages of a shared mapping at {start:#x}")
             if zero and v.kind == Kind.FILE_PRIVATE:
                 placer.write_zeros(start, stop)
-            else:
-                inj.madvise(start, stop - start, MADV_DONTNEED)
+            else:  # (a locked mapping refuses MADV_DONTNEED)
+                inj.madvise(start, stop - start, MADV_DONTNEED_LOCKED if "lo" in v.vm_flags.split() else MADV_DONTNEED)
             n += (stop - start) // PAGE_SIZE
     return n
 
@@ -1107,7 +1173,7 @@ def _split(start: int, end: int, intervals: Sequence[tuple[int, int]], starts: S
 
 def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, mem: ProcMem, *,
                      dirty: Sequence[tuple[int, int]], in_parent: Sequence[tuple[int, int]],
-                     running: bool = False,
+                     running: bool = False, keep_shared: bool | None = None,
                      on_copied: "Callable[[int, memoryview], None] | None" = None,
                      on_bytes: Callable[[int], None] | None = None) -> DeltaStats:
     """Like :func:`dump_pages`, but only pages in ``dirty`` are copied; the rest are PARENT.
@@ -1122,12 +1188,17 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
     out of the pagemap; the next delta copies it if it comes back) instead of
     failing the dump.  ``on_copied(vaddr, bytes)`` sees exactly what was stored;
     ``on_bytes(total so far)`` is called after each buffer-full (progress).
+    ``keep_shared`` (default: ``running``): the process runs on after the dump, so a page it shares with
+    another process (since fork) is read through ``/proc/PID/mem``, which leaves it shared
+    (:func:`ckpt.resources.cow.not_exclusive`; its pagemap read costs ~15 ms per GiB: skipped for a
+    process the dump ends).
 
     Pages are read straight into the PageWriter's chunk buffers, one
     process_vm_readv per buffer-full, across VMA boundaries: each buffer is
     one frame, and the page bytes are never copied in our address space.
     """
     t0 = time.monotonic()
+    keep_shared = running if keep_shared is None else keep_shared
     dstarts = [s for s, _ in dirty]
     pstarts = [s for s, _ in in_parent]
     st = {"here": 0, "parent": 0, "zero": 0, "skipped": 0, "bytes": 0}
@@ -1156,6 +1227,12 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
             scanned = []  # gone meanwhile (a VMA unmapped between maps and the scan is only left out)
         for v, runs in scanned:
             copy = _COPY if v.prot & PROT_READ else _COPY_FORCED
+            if v.shared_with_parent:  # the parent's pages (copy-on-write since fork): the parent stores them
+                runs = _without(runs, cow.shared_runs(v))
+            # Pages another process maps too go through /proc/PID/mem: process_vm_readv would copy them.
+            pinned = (cow.not_exclusive(fd, _spans(_copied(runs, dirty, dstarts, v)))
+                      if keep_shared and copy == _COPY and v.kind in _COW_KINDS else [])
+            pinstarts = [s for s, _ in pinned]
             for start, end, is_zero in runs:
                 if is_zero:
                     batch.append((start, end - start, _ZERO))
@@ -1171,19 +1248,53 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
                         if have:
                             batch.append((ps_, pe - ps_, _PARENT))
                             continue
-                        while ps_ < pe:
-                            take = min(pe - ps_, cap - fill)
-                            batch.append((ps_, take, copy))
-                            fill += take
-                            ps_ += take
-                            if fill == cap:
-                                flush()
+                        for qs, qe, forced in (_split(ps_, pe, pinned, pinstarts) if pinned else ((ps_, pe, False),)):
+                            how = _COPY_FORCED if forced else copy
+                            while qs < qe:
+                                take = min(qe - qs, cap - fill)
+                                batch.append((qs, take, how))
+                                fill += take
+                                qs += take
+                                if fill == cap:
+                                    flush()
             if len(batch) >= _MAX_BATCH:
                 flush()
         flush()
     finally:
         os.close(fd)
     return DeltaStats(st["here"], st["parent"], st["zero"], st["skipped"], st["bytes"], time.monotonic() - t0)
+
+
+#: VMA kinds whose stored pages are anonymous pages a forked process may share (a private file mapping's written ones).
+_COW_KINDS = frozenset({Kind.ANON_PRIVATE, Kind.HEAP, Kind.STACK, Kind.FILE_PRIVATE})
+#: Pages between two runs read along with them in one pagemap read (4 KiB of entries) rather than apart.
+_SPAN_GAP = 512 * PAGE_SIZE
+
+
+def _spans(runs: Iterable[Interval]) -> list[Interval]:
+    """Runs joined across small gaps: the pagemap of a VMA with scattered pages is read in few preads."""
+    out: list[list[int]] = []
+    for s, e in runs:
+        if out and s - out[-1][1] <= _SPAN_GAP:
+            out[-1][1] = e
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _copied(runs: Sequence[tuple[int, int, bool]], dirty: Sequence[Interval], dstarts: Sequence[int],
+            v: mm_pb2.Vma) -> list[Interval]:
+    """The parts of a VMA's (start, end, zero) page runs that may be copied: not zero, and dirty."""
+    data = [(s, e) for s, e, z in runs if not z]
+    if dirty is _EVERYTHING:
+        return data
+    lo = max(0, bisect.bisect_right(dstarts, v.start) - 1)
+    return intersect(data, dirty[lo:bisect.bisect_left(dstarts, v.end)])
+
+
+def _without(runs: Sequence[tuple[int, int, bool]], drop: Sequence[Interval]) -> list[tuple[int, int, bool]]:
+    """The (start, end, zero) page runs minus the sorted, disjoint intervals ``drop``."""
+    return [(s, e, z) for rs, re_, z in runs for s, e in subtract(((rs, re_),), drop)]
 
 
 #: What dump_pages_delta queues for each run: copy (with process_vm_readv, or through
@@ -1239,7 +1350,11 @@ def _flush_delta(pid: int, batch: Sequence[tuple[int, int, int]], pages: PageWri
                 try:
                     mem.readinto(vaddr + ok, view[off + ok:off + n])
                     ok = n
-                except OSError:
+                except OSError as exc:
+                    if not running and exc.errno == errno.EIO:
+                        raise Unsupported(f"process {pid}: the memory at {vaddr + ok:#x} cannot be read (EIO): a "
+                                          "guard region this kernel does not report (before Linux 6.15), or "
+                                          "device memory") from exc
                     if not running:
                         raise
                     while ok < n:

@@ -12,7 +12,8 @@ iptables or nft.
 
 Each rule sits in a base chain ``lock`` hooked at prerouting with priority
 raw (-300): before conntrack, so dropped packets leave no trace there.  It
-matches addresses and ports of both ends and carries a comment, the *tag*
+matches addresses and ports of both ends (and lets through packets marked
+:data:`REPAIR_MARK`, made up by a restore) and carries a comment, the *tag*
 (:func:`tag`), that names the dump — the ckpt run as (pid, start time), the
 connection's process as (pid, start time), its fd.  ckpt speaks nf_tables
 over netlink itself (:mod:`ckpt.kernel.nftables`); ``nft list ruleset``
@@ -69,13 +70,16 @@ from ..errors import CkptError, Unsupported
 from ..kernel import nftables as nft
 from ..procfs.task import read_starttime
 
-__all__ = ["TABLE", "CHAIN", "HELD", "Lock", "NetlockError", "Holder", "tag", "require", "unlock", "sweep",
+__all__ = ["TABLE", "CHAIN", "HELD", "REPAIR_MARK", "Lock", "NetlockError", "Holder", "tag", "require", "unlock", "sweep",
            "locked"]
 
 TABLE = "ckpt"
 CHAIN = "lock"
 #: What a held rule's comment adds to its tag when it cannot live in an owned table (kernels < 5.12).
 HELD = " held"
+#: The packet mark (SO_MARK) a lock lets through: the segments the restore itself makes up in the peer's name
+#: (a FIN or an ACK it had sent, :mod:`ckpt.resources.tcp_states`), which must reach the socket while it is locked.
+REPAIR_MARK = 0x636B7074  # "ckpt"
 _FAMILY = nft.NFPROTO_INET
 _LOCKFILE = "/run/ckpt-netlock.lock"
 _TAG_RE = re.compile(r"ckpt \S+ run (\d+)-(\d+) pid (\d+)-(\d+) fd \d+ pidns (\d+)")
@@ -122,13 +126,15 @@ class Lock:
                 nft.meta(nft.NFT_META_L4PROTO), nft.cmp_eq(bytes([socket.IPPROTO_TCP])),
                 nft.payload(l4, 0, 4),  # source and destination port, one 4-byte load as nft makes it
                 nft.cmp_eq(self.peer_port.to_bytes(2, "big") + self.local_port.to_bytes(2, "big")),
+                nft.meta(nft.NFT_META_MARK), nft.cmp_eq(REPAIR_MARK.to_bytes(4, "little"), op=nft.NFT_CMP_NEQ),
                 nft.verdict(nft.NF_DROP)]
 
     def rule(self, comment: str | None = None) -> str:
         """The rule as ``nft list`` shows it."""
         ip = "ip" if self.family == socket.AF_INET else "ip6"
         return (f"{ip} saddr {self.peer} {ip} daddr {self.local} tcp sport {self.peer_port} "
-                f"tcp dport {self.local_port} drop comment \"{self.tag if comment is None else comment}\"")
+                f"tcp dport {self.local_port} meta mark != 0x{REPAIR_MARK:08x} "
+                f"drop comment \"{self.tag if comment is None else comment}\"")
 
     def __str__(self) -> str:
         def at(host: str, port: int) -> str:

@@ -1,5 +1,5 @@
 """Process and thread attributes no other module holds: audit loginuid, membarrier registrations, MDWE,
-KSM merge-any, and the per-thread prctl flags PR_SET_TSC, PR_MCE_KILL and PR_SET_SPECULATION_CTRL.
+and the per-thread prctl flags PR_SET_TSC, PR_MCE_KILL and PR_SET_SPECULATION_CTRL.
 
 Dump (each only where the kernel lets it be read; what cannot be read is listed in the README's
 prctl table, not guessed):
@@ -13,7 +13,7 @@ prctl table, not guessed):
   EPERM in a process that did not register for it, so the command itself, injected, tells (a
   barrier among threads that are all frozen costs nothing).  The global expedited registration
   changes no call's answer: it cannot be read, and is not restored.
-* ``PR_GET_MDWE``, ``PR_GET_MEMORY_MERGE``; per thread ``PR_GET_TSC`` and ``PR_MCE_KILL_GET``
+* ``PR_GET_MDWE`` (PR_SET_MEMORY_MERGE is :mod:`.vmflags`'s); per thread ``PR_GET_TSC`` and ``PR_MCE_KILL_GET``
   (injected), the speculation controls a thread set from its ``status`` ("thread mitigated" …),
   and PR_SET_IO_FLUSHER from its ``stat`` flags (PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE): refused,
   since setting it needs CAP_SYS_RESOURCE.  Read from ckpt itself and refused when set: syscall user
@@ -42,8 +42,8 @@ from ..kernel.prctl import (
     MEMBARRIER_CMD_PRIVATE_EXPEDITED, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
     MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
     MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
-    PR_GET_MDWE, PR_GET_MEMORY_MERGE, PR_GET_TSC, PR_MCE_KILL, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_GET,
-    PR_MCE_KILL_SET, PR_SCHED_CORE, PR_SCHED_CORE_GET, PIDTYPE_PID, PR_SET_MDWE, PR_SET_MEMORY_MERGE, PR_SET_SPECULATION_CTRL, PR_SET_TSC, PR_SPEC_DISABLE,
+    PR_GET_MDWE, PR_GET_TSC, PR_MCE_KILL, PR_MCE_KILL_DEFAULT, PR_MCE_KILL_GET,
+    PR_MCE_KILL_SET, PR_SCHED_CORE, PR_SCHED_CORE_GET, PIDTYPE_PID, PR_SET_MDWE, PR_SET_SPECULATION_CTRL, PR_SET_TSC, PR_SPEC_DISABLE,
     PR_SPEC_ENABLE, PR_SPEC_FORCE_DISABLE, PR_SPEC_INDIRECT_BRANCH, PR_SPEC_STORE_BYPASS, PR_TSC_ENABLE,
 )
 from ..procfs.stat import read_task_stat
@@ -61,7 +61,6 @@ _AT_FDCWD = (1 << 64) - 100  # -100 as a syscall argument
 _PF_MEMALLOC_NOIO, _PF_LOCAL_THROTTLE = 0x00080000, 0x00100000
 
 MDWE = Query("prctl(PR_GET_MDWE)", NR.prctl, (PR_GET_MDWE, 0, 0, 0, 0))
-MEMORY_MERGE = Query("prctl(PR_GET_MEMORY_MERGE)", NR.prctl, (PR_GET_MEMORY_MERGE, 0, 0, 0, 0))
 #: (probe, the registration it proves): a private expedited command answers EPERM unless registered.
 _MEMBARRIER = tuple(
     (Query(f"membarrier({cmd:#x})", NR.membarrier, (cmd, 0, 0)), reg) for cmd, reg in (
@@ -71,7 +70,7 @@ _MEMBARRIER = tuple(
 TSC = Query("prctl(PR_GET_TSC)", NR.prctl, (PR_GET_TSC, OUT, 0, 0, 0), out=4)
 MCE_KILL = Query("prctl(PR_MCE_KILL_GET)", NR.prctl, (PR_MCE_KILL_GET, 0, 0, 0, 0))
 #: Asked of the main thread, and of every thread (a dump asks them of a tree at once: inject.ask_all).
-QUERIES = (MDWE, MEMORY_MERGE, *(q for q, _ in _MEMBARRIER))
+QUERIES = (MDWE, *(q for q, _ in _MEMBARRIER))
 THREAD_QUERIES = (TSC, MCE_KILL)
 
 #: What a thread's status says after it set a speculation control itself (arch/x86/kernel/cpu/bugs.c).
@@ -165,7 +164,6 @@ def dump(proc: FrozenProcess, scratch: Scratch, *, tolerate: frozenset[str] = fr
     inj = proc.injector()
     a.membarrier = _membarrier(inj, scratch)
     a.mdwe = _answer(inj, MDWE, scratch) or 0
-    a.memory_merge = bool(_answer(inj, MEMORY_MERGE, scratch))
     for tid in sorted(proc.threads):
         t = _thread(proc, tid, scratch)
         if t is not None:
@@ -231,7 +229,5 @@ def restore(injectors: dict[int, Injector], entry: process_pb2.ProcessEntry, *, 
     if got != a.membarrier:
         raise RestoreError(f"process {entry.pid}: membarrier registrations {got:#x} after the restore, "
                            f"{a.membarrier:#x} at the dump")
-    if a.memory_merge:
-        _prctl(inj, PR_SET_MEMORY_MERGE, 1, what="PR_SET_MEMORY_MERGE, 1")
     if a.mdwe:  # last: it refuses any later gain of PROT_EXEC
         _prctl(inj, PR_SET_MDWE, a.mdwe, what=f"PR_SET_MDWE, {a.mdwe:#x}")

@@ -45,9 +45,9 @@ killing its processes closes the sockets, which ends the connections.
 
 Not kept: out-of-order segments (not acknowledged, or SACKed and reneged:
 the peer sends them again), urgent data, ECN, the congestion state
-(congestion control starts afresh), TCP_CORK, the congestion algorithm,
-connections in any state but ESTABLISHED (half-closed ones are refused; use
-``--tcp-close``).  A send queue bigger than the new socket's buffer makes
+(congestion control starts afresh).  A connection one side began to close
+(FIN_WAIT1 … LAST_ACK, a SHUT_RD) is kept too: :mod:`ckpt.resources.tcp_states`
+says how; a handshake under way (SYN_SENT, SYN_RECV) is refused.  A send queue bigger than the new socket's buffer makes
 restore fix SO_SNDBUF at the size the dumped socket had (a note says so).
 """
 
@@ -71,10 +71,10 @@ from ..kernel import tcp_repair as tr
 from ..kernel.arch_x86_64 import NR
 from ..kernel.fileio import close_all_but
 from ..kernel.pidfd import dup_from
-from ..kernel.sockopts import SO_BUF_LOCK
+from ..kernel.sockopts import SO_ATTACH_FILTER, SO_BUF_LOCK, attach_filter
 from ..procfs.timens import read_boot_id
 from ..testpoint import point
-from . import netlock
+from . import netlock, tcp_states
 
 __all__ = ["TCP_STATES", "Session", "endpoint", "describe", "netns_id", "restore", "unlock_restored"]
 
@@ -259,7 +259,8 @@ class Session:
                             hint="the process runs on; check `nft list ruleset`")
 
     def dump(self, pid: int, fd: int, family: int, local: bytes, peer: bytes, inet: files_pb2.InetSocket) -> None:
-        """Lock the connection at ``fd`` of ``pid``, read it in repair mode into ``inet.tcp``, keep a duplicate."""
+        """Lock the connection at ``fd`` of ``pid`` (in state ``inet.state``), read it in repair mode into
+        ``inet.tcp``, keep a duplicate."""
         where = f"process {pid}: fd {fd} ({describe(family, local, peer)})"
         h = _Held(pid, fd, netlock.tag(self.token, pid, fd), self._netns_of(pid))
         lk = netlock.Lock.of(family, _addr(family, local)[:2], _addr(family, peer)[:2], h.tag)
@@ -284,7 +285,7 @@ class Session:
         tr.set_repair(s, tr.TCP_REPAIR_ON)
         h.repairing = True
         point("tcp.repairing")
-        inet.tcp.CopyFrom(_read(s, where))
+        inet.tcp.CopyFrom(_read(s, where, inet.state))
         inet.tcp.lock = h.tag
         inet.tcp.netns = netns_id(pid)
         _leave_repair(h)  # read: the socket is the program's again, the lock alone keeps the peer out
@@ -396,14 +397,20 @@ def _leave_repair(h: _Held) -> None:
     h.repairing = False
 
 
-def _read(s: socket.socket, where: str) -> files_pb2.TcpRepair:
-    """The state of the connection ``s`` (repair mode, peer locked out): seqs, queues, window, options."""
+def _read(s: socket.socket, where: str, state: int = _ESTABLISHED) -> files_pb2.TcpRepair:
+    """The state of the connection ``s`` (repair mode, peer locked out): seqs, queues, window, options.
+
+    ``state``: the one seen before the lock.  Our FIN, not yet acknowledged, counts in SIOCOUTQ (and, not
+    yet sent, in SIOCOUTQNSD) but is no byte of the queue (:mod:`ckpt.resources.tcp_states`)."""
     info = tr.info_options(s)
-    if info.state != _ESTABLISHED:
+    if info.state != state:
         raise Unsupported(f"{where}: the connection became {TCP_STATES.get(info.state, info.state)} while it was "
                           "being dumped", hint="dump again, or use --tcp-close")
+    f = tcp_states.fins(state)
     for _attempt in range(3):  # packets processed before the lock may still land: read until two reads agree
         inq, outq, notsent = tr.inq(s), tr.outq(s), tr.outq_notsent(s)
+        fin_queued = f.ours and notsent > 0
+        outq, notsent = outq - (f.ours and not f.ours_acked), notsent - fin_queued  # data bytes only
         tr.select_queue(s, tr.TCP_RECV_QUEUE)
         rcv_seq = tr.queue_seq(s)
         rq, rn = tr.peek(s, inq + 1) if inq else (b"", 0)
@@ -411,7 +418,7 @@ def _read(s: socket.socket, where: str) -> files_pb2.TcpRepair:
         snd_seq = tr.queue_seq(s)
         sq, sn = tr.peek(s, outq + 1) if outq else (b"", 0)
         tr.select_queue(s, tr.TCP_NO_QUEUE)
-        again = (tr.inq(s), tr.outq(s), tr.outq_notsent(s))
+        again = (tr.inq(s), tr.outq(s) - (f.ours and not f.ours_acked), tr.outq_notsent(s) - fin_queued)
         if rn == len(rq) == inq and sn == len(sq) == outq and again == (inq, outq, notsent):
             break
     else:
@@ -427,6 +434,12 @@ def _read(s: socket.socket, where: str) -> files_pb2.TcpRepair:
         t.snd_wscale, t.rcv_wscale = info.snd_wscale, info.rcv_wscale
     if info.options & tr.TCPI_OPT_TIMESTAMPS:
         t.timestamp = tr.timestamp(s)
+    why = tcp_states.refusal(state, fin_queued)
+    if why is not None:
+        raise Unsupported(f"{where}: a connection in state {TCP_STATES.get(state, state)}: {why}",
+                          hint="use --tcp-close to restore it closed")
+    t.fin_queued = fin_queued
+    t.shut_rd = tcp_states.rdhup(s) and not f.peers
     return t
 
 
@@ -533,20 +546,52 @@ def _unlock_restored(t: files_pb2.TcpRepair, what: str, notes: list[str]) -> Non
                      f"delete the rule with comment {t.lock!r} (`nft -a list table inet ckpt`)")
 
 
+def _before(seq: int, limit: int) -> int:
+    """``seq``, or ``limit`` if ``seq`` comes after it (u32 sequence space)."""
+    return limit if 0 < (seq - limit) & 0xFFFFFFFF < 1 << 31 else seq
+
+
+def _bind_address(sk: socket.socket, family: int, local: tuple, peer: tuple) -> tuple:
+    """Where to bind ``sk`` so that it comes back bound as the dumped socket was: ``local``, or the unspecified
+    address on its port when ``connect`` had bound it.
+
+    ``bind`` to an IPv6 address sets IPV6_V6ONLY (``__inet6_bind``); a socket that ``connect`` bound, or one
+    accepted from a listener on ``::``, keeps the value it had (0 by default), and so must the restored one.
+    Bound to ``::`` on the port (repair mode shares it with a listener), it takes the source address the route
+    gives at ``connect`` — used when that is the dumped one.
+    """
+    if family != socket.AF_INET6 or sk.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        return local
+    host = ipaddress.ip_address(local[0].split("%", 1)[0])
+    if host.is_unspecified or getattr(host, "ipv4_mapped", None):
+        return local
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            probe.connect(peer)  # no packet: it asks the route which source address it gives
+            routed = probe.getsockname()[0]
+    except OSError:
+        return local
+    return ("::", local[1], 0, local[3]) if routed == local[0] else local
+
+
 def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tuple, what: str,
              notes: list[str]) -> None:
     t = i.tcp
+    f = tcp_states.fins(i.state or _ESTABLISHED)
     tr.set_repair(sk, tr.TCP_REPAIR_ON)
     for o in i.options:
-        if (o.level, o.name) not in _AFTER_REPAIR:
+        if (o.level, o.name) == (socket.SOL_SOCKET, SO_ATTACH_FILTER):
+            attach_filter(sk, bytes(o.value))
+        elif (o.level, o.name) not in _AFTER_REPAIR:
             sk.setsockopt(o.level, o.name, bytes(o.value))
     sent = len(t.send_queue) - t.unsent
+    rcv_end, snd_end = (t.rcv_seq - f.peers) & 0xFFFFFFFF, (t.snd_seq - f.ours) & 0xFFFFFFFF  # data only: no FIN
     tr.select_queue(sk, tr.TCP_RECV_QUEUE)
-    tr.set_queue_seq(sk, t.rcv_seq - len(t.recv_queue))
+    tr.set_queue_seq(sk, rcv_end - len(t.recv_queue))
     tr.select_queue(sk, tr.TCP_SEND_QUEUE)
-    tr.set_queue_seq(sk, t.snd_seq - len(t.send_queue))
+    tr.set_queue_seq(sk, snd_end - len(t.send_queue))
     try:
-        sk.bind(local)
+        sk.bind(_bind_address(sk, i.family, local, peer))
     except OSError as exc:
         if exc.errno == errno.EADDRNOTAVAIL:
             raise RestoreError(f"cannot restore {what}: its local address {local[0]} does not exist on this host",
@@ -573,8 +618,11 @@ def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tup
     if sent:
         tr.select_queue(sk, tr.TCP_SEND_QUEUE)  # taken as sent: only the peer's ACK removes it
         w.write(bytes(t.send_queue[:sent]), "send")
-    tr.set_window(sk, tr.tcp_repair_window(t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup))
+    # the peer's FIN is not in yet: the window's marks may not pass it (the kernel checks them)
+    tr.set_window(sk, tr.tcp_repair_window(_before(t.snd_wl1, rcv_end), t.snd_wnd, t.max_window, t.rcv_wnd,
+                                           _before(t.rcv_wup, rcv_end)))
     tr.select_queue(sk, tr.TCP_NO_QUEUE)
+    _close_as_dumped(sk, i, f, local, peer, rcv_end, (snd_end - len(t.send_queue)) & 0xFFFFFFFF, what)
     tr.set_repair(sk, tr.TCP_REPAIR_OFF)
     try:
         for o in i.options:
@@ -582,9 +630,36 @@ def _rebuild(sk: socket.socket, i: files_pb2.InetSocket, local: tuple, peer: tup
                 sk.setsockopt(o.level, o.name, bytes(o.value))
         if t.unsent:
             w.write(bytes(t.send_queue[sent:]), "send")  # never sent: goes out like any write
+        tcp_states.shut_after(sk, t.fin_queued and f.ours, t.shut_rd)
         if w.forced:
             w.unfix(next((int.from_bytes(o.value, "little") for o in i.options
                           if (o.level, o.name) == (socket.SOL_SOCKET, SO_BUF_LOCK)), 0))
     except BaseException:
         tr.set_repair(sk, tr.TCP_REPAIR_ON)  # so that closing it sends nothing to the peer
         raise
+
+
+def _close_as_dumped(sk: socket.socket, i: files_pb2.InetSocket, f: tcp_states.Fins, local: tuple, peer: tuple,
+                     rcv_end: int, snd_una: int, what: str) -> None:
+    """The restored ESTABLISHED socket (repair mode) taken to the closing state it was dumped in: our FIN
+    counted sent, the peer's FIN or ACK of ours made up, in the order the state had them
+    (:mod:`ckpt.resources.tcp_states`).  A FIN still queued behind unsent data waits for :func:`shut_after`."""
+    t, ts = i.tcp, tcp_states
+    fin_sent = f.ours and not t.fin_queued
+    window = t.snd_wnd >> (t.snd_wscale if t.options & tr.TCPI_OPT_WSCALE else 0)
+
+    def peer_says(fin: bool, ack: int, want: int) -> None:
+        ts.peer_segment(sk, i.family, local, peer, fin=fin, ack=ack, seq=rcv_end, window=window, want=want,
+                        what=what)
+
+    if i.state == ts.LAST_ACK:  # the peer's FIN came first
+        peer_says(True, snd_una, ts.CLOSE_WAIT)
+        if fin_sent:
+            ts.shut_in_repair(sk)
+        return
+    if fin_sent:
+        ts.shut_in_repair(sk)
+    if f.peers:
+        peer_says(True, snd_una, ts.CLOSING if fin_sent else ts.CLOSE_WAIT)
+    elif f.ours_acked:
+        peer_says(False, t.snd_seq, ts.FIN_WAIT2)

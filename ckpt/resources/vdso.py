@@ -55,7 +55,7 @@ from ..procfs.auxv import AT
 
 __all__ = ["Symbol", "VdsoFormatError", "Unroutable", "Route", "symbols", "plan", "check_routable", "proxy_bytes",
            "place", "auxv_with_vdso", "SYSCALL_FALLBACKS", "same_layout", "why_unroutable", "Arrangement", "arrange",
-           "map_proxy"]
+           "map_proxy", "syscall_insn_in"]
 
 _ELFMAG = b"\x7fELF"
 _ELFCLASS64, _ELFDATA2LSB, _EM_X86_64 = 2, 1, 62
@@ -370,6 +370,9 @@ class Arrangement:
     areas: dict[int, tuple[int, int]]
     proxy: tuple[int, bytes, int] | None = None
     vdso_base: int | None = None
+    #: Kinds the image lacks (the process unmapped them): put out of the way in ``areas`` until the
+    #: restore's last step, which unmaps them (the helper's clones and its last call may still need them).
+    gone: frozenset[int] = frozenset()
 
     @property
     def routed(self) -> bool:
@@ -388,9 +391,17 @@ def arrange(recorded: Mapping[int, mm_pb2.Vma], current: Mapping[int, tuple[int,
     rec = {k: (v.start, v.end) for k, v in recorded.items()}
     if same_layout(rec, current, mm.vdso_sha256, current_vdso) and SAME_VDSO not in disabled():
         return Arrangement(rec)
-    if _VDSO not in recorded or _VDSO not in current:  # no vDSO to call into: the areas just go out of the way
-        near = min((s for s, _ in rec.values()), default=1 << 32)
-        return Arrangement(place(current, taken, near))
+    kept = {k: current[k] for k in rec if k in current}
+    if (set(rec) < set(current) and (_VDSO not in rec or SAME_VDSO not in disabled())
+            and same_layout(rec, kept, mm.vdso_sha256, current_vdso if _VDSO in rec else b"")):
+        # The process unmapped some (or all) of them, the rest are this kernel's: those where they were,
+        # the others out of the way until the release unmaps them.
+        others = {k: v for k, v in current.items() if k not in rec}
+        near = min((s for s, _ in rec.values()), default=min(s for s, _ in current.values()))
+        return Arrangement({**rec, **place(others, [*taken, *rec.values()], near)}, gone=frozenset(others))
+    if _VDSO not in recorded or _VDSO not in current:
+        raise Unroutable("the image's process unmapped its vDSO and kept vvar pages this kernel lays out otherwise"
+                         if _VDSO in current else "this kernel maps no vDSO, which the image's process calls")
     why = why_unroutable(mm, current_vdso)
     if why:
         raise Unroutable(why)
@@ -412,3 +423,16 @@ def map_proxy(inj: Injector, mem: ProcMem, at: int, data: bytes, prot: int) -> N
         inj.munmap(got, len(data))
         raise Unroutable(f"the old vDSO's place {at:#x} could not be mapped (the kernel gave {got:#x})")
     mem.write(at, data)
+
+
+def syscall_insn_in(mem: ProcMem, vmas: Iterable[mm_pb2.Vma]) -> int:
+    """Address of a ``syscall`` instruction (0f 05) in the image's executable mappings, now restored: the
+    restore's last call runs from there when the process had no vDSO to run it from."""
+    for v in vmas:
+        if v.prot & 0x4 and v.kind not in (mm_pb2.Vma.VDSO, mm_pb2.Vma.VVAR, mm_pb2.Vma.VVAR_VCLOCK,
+                                           mm_pb2.Vma.VSYSCALL):
+            at = mem.read(v.start, v.end - v.start).find(b"\x0f\x05")
+            if at >= 0:
+                return v.start + at
+    raise Unroutable("no syscall instruction in the process's executable mappings to end the restore with "
+                     "(it unmapped its vDSO)")

@@ -241,14 +241,16 @@ def test_restore_detached_with_pidfile(c_target, tmp_path: Path) -> None:  # noq
 
 
 def test_dump_refused_by_a_resource_leaves_target_running(tmp_path: Path) -> None:
-    """A socket ckpt cannot dump (netlink): Unsupported naming the fd, before anything is written."""
-    code = ("import socket, sys, time\n"
-            "s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\n"
+    """A socket ckpt cannot dump (a packet socket with a ring): Unsupported naming the fd, before anything is
+    written."""
+    code = ("import socket, struct, sys, time\n"
+            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\n"
+            "s.setsockopt(263, 5, struct.pack('4I', 4096, 1, 2048, 2))\n"  # PACKET_RX_RING
             "print('READY fd=%d' % s.fileno(), flush=True)\n"
             "while True:\n    time.sleep(0.01)\n    print('PASS', flush=True)\n")
     with spawn([sys.executable, "-c", code], stderr=subprocess.DEVNULL) as t:
         fd = t.ready()["fd"]
-        with pytest.raises(Unsupported, match=rf"fd {fd} is a socket"):
+        with pytest.raises(Unsupported, match=rf"fd {fd} is a packet socket with a mapped ring"):
             dump(t.pid, tmp_path / "img")
         _no_image_left(tmp_path)
         assert t.alive() and tracer_of(t.pid) == 0

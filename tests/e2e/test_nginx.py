@@ -39,7 +39,7 @@ class _Nginx:
     The workers run as root: pytest's tmp_path (0700, root's) is the prefix.
     """
 
-    def __init__(self, prefix: Path, port: int) -> None:
+    def __init__(self, prefix: Path, port: int, listen: str = "") -> None:
         self.prefix, self.port = prefix, port
         (prefix / "html").mkdir(parents=True)
         (prefix / "logs").mkdir()
@@ -55,7 +55,7 @@ events {{ worker_connections 64; }}
 http {{
   access_log off;
 {temp}
-  server {{ listen {port}; root {prefix}/html; }}
+  server {{ listen {port}{listen}; root {prefix}/html; }}
 }}
 """)
         self.proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
@@ -114,6 +114,29 @@ def test_nginx_dump_restore_keeps_serving(nginx: _Nginx, tmp_path: Path) -> None
     wait_until(lambda: len(nginx.workers()) == 2 and nginx.workers() != workers, "new workers after SIGHUP",
                timeout=20)
     assert nginx.serves("127.0.0.1", times=4)
+
+
+def _listeners(pid: int, port: int) -> int:
+    """How many of ``pid``'s descriptors are TCP sockets listening on ``port`` (from /proc/net/tcp)."""
+    inodes = {ln.split()[9] for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]
+              if ln.split()[1].endswith(f":{port:04X}") and ln.split()[3] == "0A"}
+    links = {f"socket:[{i}]" for i in inodes}
+    return sum(os.readlink(f"/proc/{pid}/fd/{fd}") in links for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_nginx_with_reuseport_listeners_dump_restore_keeps_serving(tmp_path: Path) -> None:
+    """``listen PORT reuseport``: one SO_REUSEPORT listener per worker on the same port, all in the master."""
+    n = _Nginx(tmp_path / "nginx", _free_port(), " reuseport")
+    workers = n.workers()
+    try:
+        assert _listeners(n.pid, n.port) == 2
+        api.dump(n.pid, tmp_path / "img")
+        n.proc.returncode = -signal.SIGKILL
+        r = api.restore(tmp_path / "img", detached=True)  # each listener re-bound to the port beside the other
+        assert r.pid == n.pid and n.workers() == workers and _listeners(n.pid, n.port) == 2
+        assert n.serves("127.0.0.1", times=10)
+    finally:
+        n.kill(workers)
 
 
 def test_nginx_dump_leave_running_keeps_serving(nginx: _Nginx, tmp_path: Path) -> None:

@@ -99,15 +99,44 @@ def test_descriptor_and_thread_state_that_used_to_be_dropped(py_target, tmp_path
     assert t.expect("PASS") == "PASS fdstate round=2"
 
 
-def test_a_process_under_seccomp_is_refused_at_dump(py_target, tmp_path: Path) -> None:  # noqa: ANN001
-    """Its filters cannot be restored yet: the dump says so and leaves it running (the self-check would
-    otherwise have refused only the restore, after the dump had ended it)."""
+def _rewrite_process(image_dir: Path, pid: int, edit) -> None:  # noqa: ANN001
+    """Apply ``edit`` to proc-PID.img's ProcessEntry and write it again, with its digest in the inventory."""
+    import hashlib
+
+    from ckpt.image import Image, framing, kinds
+    from inventory_edit import rewrite_inventory
+
+    img = Image.open(image_dir)
+    entry = img.process(pid)
+    edit(entry)
+    name = f"proc-{pid}.img"
+    data = framing.encode_file(kinds.PROCESS.magic, [entry.SerializeToString()],
+                               version=img.inventory.format_version)
+    (image_dir / name).write_bytes(data)
+
+    def digest(inv) -> None:  # noqa: ANN001
+        f = next(f for f in inv.files if f.name == name)
+        f.size, f.sha256 = len(data), hashlib.sha256(data).digest()
+    rewrite_inventory(image_dir, digest)
+
+
+def test_a_seccomp_filter_restored_other_than_dumped_is_refused(py_target, tmp_path: Path) -> None:  # noqa: ANN001
+    """The account holds a digest of each thread's filter programs: an image whose filter was changed
+    (getppid refused with EACCES instead of EPERM; mode and filter count the same) fails the check, naming it."""
+    from ckpt import api
+    from ckpt.errors import RestoreError
+
     t = py_target("py_seccomp.py", stderr=subprocess.DEVNULL)
     t.ready()
-    res = subprocess.run([*CKPT, "dump", "-t", str(t.pid), "-D", str(tmp_path / "img")], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
-    assert res.returncode == 1, res.stderr
-    assert f"process {t.pid} runs under seccomp (mode 2, 1 filter(s)): ckpt cannot restore" in res.stderr
-    assert not (tmp_path / "img").exists() and t.proc.poll() is None
-    with open(f"/proc/{t.pid}/status") as f:
-        assert "TracerPid:\t0" in f.read()
+    api.dump(t.pid, tmp_path / "img")
+    t.proc.returncode = -signal.SIGKILL  # killed and reaped by the dump
+
+    def edit(entry) -> None:  # noqa: ANN001
+        f = entry.seccomp.filters[0]
+        f.program = f.program.replace((0x50000 | 1).to_bytes(4, "little"), (0x50000 | 13).to_bytes(4, "little"))
+
+    _rewrite_process(tmp_path / "img", t.pid, edit)
+    with pytest.raises(RestoreError) as err:
+        api.restore(tmp_path / "img", inherit_fds=t.stdio_fds)
+    assert f"process {t.pid} came back different from the dump: task/{t.pid}/seccomp: filter 0" in str(err.value)
+    wait_until(lambda: not os.path.exists(f"/proc/{t.pid}"), f"nothing left under pid {t.pid}")

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ckpt.kernel import arch_x86_64, clone, mman, ptrace, uffd
+from ckpt.kernel import arch_x86_64, clone, mman, ptrace, seccomp, uffd
 from targets import build_c
 
 
@@ -21,7 +21,7 @@ def header_values() -> dict[str, int]:
     return {name: int(value) for name, value in (line.rsplit(" ", 1) for line in out.splitlines())}
 
 
-MODULES = (ptrace, mman, uffd, clone)
+MODULES = (ptrace, mman, uffd, clone, seccomp)
 
 
 def test_every_header_constant_matches(header_values: dict[str, int]) -> None:
@@ -43,5 +43,7 @@ def test_struct_layouts(header_values: dict[str, int]) -> None:
     assert ctypes.sizeof(uffd.uffdio_register) == header_values["sizeof(uffdio_register)"]
     assert ctypes.sizeof(uffd.uffdio_writeprotect) == header_values["sizeof(uffdio_writeprotect)"]
     assert ctypes.sizeof(clone.clone_args) == header_values["sizeof(clone_args)"]
+    assert ctypes.sizeof(seccomp.sock_fprog) == header_values["sizeof(sock_fprog)"]
+    assert seccomp.SOCK_FILTER_SIZE == header_values["sizeof(sock_filter)"]
     for field in ("set_tid", "set_tid_size", "cgroup"):
         assert getattr(clone.clone_args, field).offset == header_values[f"offsetof(clone_args.{field})"]

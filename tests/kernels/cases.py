@@ -18,6 +18,9 @@ CASE is one of:
   THP, then written or read, in a chain: every back-end × page listing this kernel has).
 * ``fd-kinds``: tests/e2e/test_fd_kinds.py (pidfds, O_PATH, /proc files, epoll watches of closed numbers,
   pipes whose other end is closed or that are open through two open files).
+* ``fidelity``: one test of each kind of file, terminal and socket state whose kernel side
+  differs between kernels (FIDELITY: locks, ptys, ghost files, AIO, status flags, socket
+  options, TCP queues, unix sockets), each restore checked by ckpt's self-check.
 
 Prints the ckpt commands run and their output, and last a line ``CASE-RESULT {json}`` (ok,
 detail, seconds, extra figures); exits 0 when the case passed.  Images go to a temp dir.
@@ -326,15 +329,15 @@ def case_merge(tmp: Path, track: str | None) -> dict:
     return extra
 
 
-def _pytest_file(tmp: Path, test: str) -> dict:
-    """One e2e test file run on this kernel: its pass and skip counts; CaseFailed if any failed (or none passed).
+def _pytest_file(tmp: Path, *tests: str) -> dict:
+    """E2e tests (files or node ids) run on this kernel: pass and skip counts; CaseFailed if any failed (or none passed).
 
     We are not a subreaper meanwhile: a test's dumped tree leaves orphans (its children, killed by the
     dump), which must go to init to be reaped, or their pids stay taken for the restore."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
     try:
-        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test], cwd=REPO,
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests], cwd=REPO,
                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=GUARD,
                            env={**os.environ, "TMPDIR": str(tmp)})
     finally:
@@ -345,7 +348,7 @@ def _pytest_file(tmp: Path, test: str) -> dict:
     counts = {w: int(n) for n, w in (pair.split()[:2] for pair in summary.split(" in ")[0].split(", ")
                                      if pair.split()[0].isdigit())}
     if p.returncode != 0 or not counts.get("passed"):
-        raise CaseFailed(f"{Path(test).name}: exit {p.returncode}: {summary or p.stderr.strip()[-300:]}")
+        raise CaseFailed(f"{' '.join(Path(t).name for t in tests)}: exit {p.returncode}: {summary or p.stderr.strip()[-300:]}")
     return {"passed": counts.get("passed", 0), "skipped": counts.get("skipped", 0)}
 
 
@@ -361,8 +364,32 @@ def case_fd_kinds(tmp: Path, track: str | None) -> dict:
     return _pytest_file(tmp, "tests/e2e/test_fd_kinds.py")
 
 
+#: A representative of each kind of state issue 16 restores whose kernel side differs between kernels:
+#: lock lists and OFD locks, pty ioctls (TIOCGPTPEER, packet mode, TIOCGPTLCK), ghost files' holes
+#: (SEEK_DATA), the AIO ring's layout, memfd seals and status flags, every socket option getsockopt has,
+#: TCP queues and listener backlogs (TCP_INFO, inet_diag), unix_diag of every unix socket kind.
+FIDELITY = (
+    "test_locks.py::test_every_kind_of_lock_round_trips_in_a_parent_and_its_child",
+    "test_tty.py::test_pty_pairs_and_controlling_terminal_round_trip[kill]",
+    "test_ghost.py::test_ghosts_round_trip",
+    "test_aio_flags.py::test_an_aio_context_comes_back_at_its_address_with_its_slot_and_head",
+    "test_aio_flags.py::test_every_descriptor_keeps_its_status_flags_fd_flags_seals_and_mode",
+    "test_sockopts.py::test_options_a_program_set_come_back",
+    "test_inet_check.py::test_what_the_dump_was_told_to_lose_is_allowed_exactly_that",
+    "test_unix_sockets.py::test_bound_and_connected_datagrams_unconnected_seqpackets_and_reused_paths",
+    "test_unix_sockets.py::test_listeners_with_accepted_and_waiting_connections_and_names",
+)
+
+
+def case_fidelity(tmp: Path, track: str | None) -> dict:
+    """FIDELITY's e2e tests on this kernel: each restore's self-check compares the kernel's own account
+    (fdinfo, /proc/locks, every sockopt, unix_diag, inet state and queues) with the dump's."""
+    return _pytest_file(tmp, *(f"tests/e2e/{t}" for t in FIDELITY))
+
+
 CASES = {"check": case_check, "c-threads": case_c_threads, "python": case_python, "chain": case_chain,
-         "merge": case_merge, "dropped": case_dropped, "fd-kinds": case_fd_kinds}
+         "merge": case_merge, "dropped": case_dropped, "fd-kinds": case_fd_kinds,
+         "fidelity": case_fidelity}
 
 
 def main() -> int:

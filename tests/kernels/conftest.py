@@ -18,7 +18,8 @@ def runner() -> Iterator[Runner]:
     global _runner
     from targets import build_c
 
-    for name in ("cr_target", "mig_writer", "vdso_clock"):  # on the host: the guests see the binaries
+    # On the host: the guests see the binaries (the cases' and those of the e2e tests they run).
+    for name in ("cr_target", "mig_writer", "vdso_clock", "locks", "pty_pair", "aio", "fdflags", "unix_pairs"):
         build_c(name)
     _runner = Runner()
     try:

@@ -67,8 +67,13 @@ _SUITES = {
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 _MIRROR = "http://deb.debian.org"
 #: Modules the initramfs loads (with what they depend on), in this order.  A module that
-#: is built into a kernel is simply not there and skipped.
-MODULES = ("virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay")
+#: is built into a kernel is simply not there and skipped.  After the devices and file
+#: systems: nf_tables (ckpt's network lock of TCP connections; its libcrc32c needs a crc32c
+#: algorithm, which the kernel would ask modprobe for) and the sock_diag families (unix,
+#: inet, netlink, packet) that the dump and the restore's self-check ask.
+MODULES = ("virtio_pci", "virtio_net", "9pnet_virtio", "9p", "overlay",
+           "crc32c_generic", "nf_tables", "unix_diag", "inet_diag", "tcp_diag", "udp_diag", "raw_diag",
+           "af_packet", "af_packet_diag", "netlink_diag")
 #: The QEMU settings DESIGN §8 measured: TCG, two vCPUs, 2 GiB.
 QEMU_BASE = (
     "qemu-system-x86_64", "-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max", "-smp", "2",

@@ -21,7 +21,7 @@ static volatile unsigned long counter;
 
 static void deny_memfd(void) {
     /* No descriptor left: RLIMIT_NOFILE just above the highest one open, so memfd_create fails (EMFILE).
-     * (A seccomp filter did this before ckpt refused processes under seccomp.) */
+     * (Not a seccomp filter: ckpt's injected calls pass by filters, PTRACE_O_SUSPEND_SECCOMP.) */
     int top = 2;
     for (int fd = 3; fd < 1024; fd++)
         if (fcntl(fd, F_GETFD) != -1) top = fd;

@@ -118,6 +118,18 @@ def test_an_inet_section_an_older_dump_did_not_record_is_not_compared() -> None:
     assert (d.section, d.dumped, d.restored) == ("inet/3", "present", None)
 
 
+def test_lines_an_older_dump_did_not_record_are_compared_only_when_it_did() -> None:
+    """rdhup and an IPv6 socket's IP_TOS are newer than the inet and sockopt sections: an older image lacks them."""
+    old = _obs(inet__3=[("state", "ESTABLISHED")], sockopt__3=[("IPV6_TCLASS", "default")])
+    now = _obs(inet__3=[("state", "ESTABLISHED"), ("rdhup", "no")],
+               sockopt__3=[("IPV6_TCLASS", "default"), ("IP_TOS", "default"), ("SO_GET_FILTER", "default")])
+    assert observed.differences(old, now, root=True) == []
+    shut = _obs(inet__3=[("state", "ESTABLISHED"), ("rdhup", "yes")],
+                sockopt__3=[("IPV6_TCLASS", "default"), ("IP_TOS", "8"), ("SO_GET_FILTER", "default")])
+    got = observed.differences(shut, now, root=True)
+    assert sorted((d.key, d.dumped, d.restored) for d in got) == [("IP_TOS", "8", "default"), ("rdhup", "yes", "no")]
+
+
 def test_tolerated_inet_lines_only() -> None:
     a = _obs(inet__4=[("state", "LISTEN"), ("waiting", "2"), ("backlog", "8")])
     b = _obs(inet__4=[("state", "LISTEN"), ("waiting", "0"), ("backlog", "9")])

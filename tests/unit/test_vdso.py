@@ -226,3 +226,21 @@ def test_same_kernel_is_not_routed() -> None:
     routed = vdso.arrange(recorded, current, mm, other, [(v.start, v.end) for v in recorded.values()])
     assert routed.routed and routed.proxy[0] == 0x5000_4000 and routed.vdso_base == routed.areas[K.VDSO][0]
     assert routed.areas[K.VVAR][0] >= 0x5000_4000 + len(code)
+
+
+def test_areas_the_process_unmapped_go_out_of_the_way_and_are_marked_gone() -> None:
+    """An image without [vvar] (or without any kernel area): the kept ones at their addresses, the rest put
+    where neither the image nor the kept ones are, and named ``gone`` for the release to unmap."""
+    _, code = _own_vdso()
+    current = {K.VVAR: (0x1000_0000, 0x1000_4000), K.VDSO: (0x1000_4000, 0x1000_4000 + len(code))}
+    mm = mm_pb2.MmEntry(vdso=code, vdso_sha256=hashlib.sha256(code).digest())
+    only_vdso = {K.VDSO: mm_pb2.Vma(start=0x5000_4000, end=0x5000_4000 + len(code), kind=K.VDSO, prot=5)}
+    taken = [(0x1000_0000, 0x2000_0000)]
+    got = vdso.arrange(only_vdso, current, mm, code, taken)
+    assert not got.routed and got.gone == {K.VVAR}
+    assert got.areas[K.VDSO] == (0x5000_4000, 0x5000_4000 + len(code))
+    s, e = got.areas[K.VVAR]
+    assert e - s == 0x4000 and not any(a < e and s < b for a, b in [*taken, got.areas[K.VDSO]])
+    none = vdso.arrange({}, current, mm_pb2.MmEntry(), code, taken)
+    assert none.gone == {K.VVAR, K.VDSO} and not none.routed
+    assert not any(a < none.areas[K.VDSO][1] and none.areas[K.VVAR][0] < b for a, b in taken)

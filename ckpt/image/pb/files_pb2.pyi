@@ -49,7 +49,7 @@ class FileLock(_message.Message):
     def __init__(self, kind: _Optional[_Union[FileLock.Kind, str]] = ..., type: _Optional[int] = ..., start: _Optional[int] = ..., length: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class FileEntry(_message.Message):
-    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty", "pidfd", "proc")
+    __slots__ = ("id", "kind", "path", "flags", "pos", "mnt_id", "identity", "deleted", "content", "fown", "external", "tty", "ghost", "pipe", "unix", "inet", "eventfd", "epoll", "timerfd", "signalfd", "inotify", "memfd", "pty", "pidfd", "proc", "packet", "netlink")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[FileEntry.Kind]
@@ -125,6 +125,8 @@ class FileEntry(_message.Message):
     PTY_FIELD_NUMBER: _ClassVar[int]
     PIDFD_FIELD_NUMBER: _ClassVar[int]
     PROC_FIELD_NUMBER: _ClassVar[int]
+    PACKET_FIELD_NUMBER: _ClassVar[int]
+    NETLINK_FIELD_NUMBER: _ClassVar[int]
     id: int
     kind: FileEntry.Kind
     path: str
@@ -150,7 +152,9 @@ class FileEntry(_message.Message):
     pty: Pty
     pidfd: PidFd
     proc: ProcFile
-    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ..., pidfd: _Optional[_Union[PidFd, _Mapping]] = ..., proc: _Optional[_Union[ProcFile, _Mapping]] = ...) -> None: ...
+    packet: PacketSocket
+    netlink: NetlinkSocket
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[_Union[FileEntry.Kind, str]] = ..., path: _Optional[str] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., mnt_id: _Optional[int] = ..., identity: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., deleted: _Optional[bool] = ..., content: _Optional[_Union[_common_pb2.ContentRef, _Mapping]] = ..., fown: _Optional[_Union[Fown, _Mapping]] = ..., external: _Optional[str] = ..., tty: _Optional[bool] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., pipe: _Optional[_Union[Pipe, _Mapping]] = ..., unix: _Optional[_Union[UnixSocket, _Mapping]] = ..., inet: _Optional[_Union[InetSocket, _Mapping]] = ..., eventfd: _Optional[_Union[EventFd, _Mapping]] = ..., epoll: _Optional[_Union[Epoll, _Mapping]] = ..., timerfd: _Optional[_Union[TimerFd, _Mapping]] = ..., signalfd: _Optional[_Union[SignalFd, _Mapping]] = ..., inotify: _Optional[_Union[Inotify, _Mapping]] = ..., memfd: _Optional[_Union[MemFd, _Mapping]] = ..., pty: _Optional[_Union[Pty, _Mapping]] = ..., pidfd: _Optional[_Union[PidFd, _Mapping]] = ..., proc: _Optional[_Union[ProcFile, _Mapping]] = ..., packet: _Optional[_Union[PacketSocket, _Mapping]] = ..., netlink: _Optional[_Union[NetlinkSocket, _Mapping]] = ...) -> None: ...
 
 class Fown(_message.Message):
     __slots__ = ("pid", "pid_type", "signum", "uid", "euid")
@@ -229,7 +233,7 @@ class InFlight(_message.Message):
     def __init__(self, index: _Optional[int] = ..., file_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InetSocket(_message.Message):
-    __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options", "tcp_closed", "queue_lost")
+    __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options", "tcp_closed", "queue_lost", "memberships")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +248,7 @@ class InetSocket(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     TCP_CLOSED_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LOST_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
     family: int
     type: int
     protocol: int
@@ -258,10 +263,25 @@ class InetSocket(_message.Message):
     options: _containers.RepeatedCompositeFieldContainer[SockOpt]
     tcp_closed: bool
     queue_lost: bool
-    def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., tcp_closed: _Optional[bool] = ..., queue_lost: _Optional[bool] = ...) -> None: ...
+    memberships: _containers.RepeatedCompositeFieldContainer[McastMembership]
+    def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., tcp_closed: _Optional[bool] = ..., queue_lost: _Optional[bool] = ..., memberships: _Optional[_Iterable[_Union[McastMembership, _Mapping]]] = ...) -> None: ...
+
+class McastMembership(_message.Message):
+    __slots__ = ("family", "ifname", "group", "mode", "sources")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    family: int
+    ifname: str
+    group: str
+    mode: int
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, family: _Optional[int] = ..., ifname: _Optional[str] = ..., group: _Optional[str] = ..., mode: _Optional[int] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TcpRepair(_message.Message):
-    __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd", "unsent", "snd_wl1", "max_window", "rcv_wup", "lock", "sndbuf", "rcvbuf", "netns")
+    __slots__ = ("snd_seq", "rcv_seq", "send_queue", "recv_queue", "mss", "snd_wscale", "rcv_wscale", "timestamp", "options", "snd_wnd", "rcv_wnd", "unsent", "snd_wl1", "max_window", "rcv_wup", "lock", "sndbuf", "rcvbuf", "netns", "fin_queued", "shut_rd")
     SND_SEQ_FIELD_NUMBER: _ClassVar[int]
     RCV_SEQ_FIELD_NUMBER: _ClassVar[int]
     SEND_QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +301,8 @@ class TcpRepair(_message.Message):
     SNDBUF_FIELD_NUMBER: _ClassVar[int]
     RCVBUF_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
+    FIN_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    SHUT_RD_FIELD_NUMBER: _ClassVar[int]
     snd_seq: int
     rcv_seq: int
     send_queue: bytes
@@ -300,7 +322,9 @@ class TcpRepair(_message.Message):
     sndbuf: int
     rcvbuf: int
     netns: str
-    def __init__(self, snd_seq: _Optional[int] = ..., rcv_seq: _Optional[int] = ..., send_queue: _Optional[bytes] = ..., recv_queue: _Optional[bytes] = ..., mss: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., options: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., rcv_wnd: _Optional[int] = ..., unsent: _Optional[int] = ..., snd_wl1: _Optional[int] = ..., max_window: _Optional[int] = ..., rcv_wup: _Optional[int] = ..., lock: _Optional[str] = ..., sndbuf: _Optional[int] = ..., rcvbuf: _Optional[int] = ..., netns: _Optional[str] = ...) -> None: ...
+    fin_queued: bool
+    shut_rd: bool
+    def __init__(self, snd_seq: _Optional[int] = ..., rcv_seq: _Optional[int] = ..., send_queue: _Optional[bytes] = ..., recv_queue: _Optional[bytes] = ..., mss: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., options: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., rcv_wnd: _Optional[int] = ..., unsent: _Optional[int] = ..., snd_wl1: _Optional[int] = ..., max_window: _Optional[int] = ..., rcv_wup: _Optional[int] = ..., lock: _Optional[str] = ..., sndbuf: _Optional[int] = ..., rcvbuf: _Optional[int] = ..., netns: _Optional[str] = ..., fin_queued: _Optional[bool] = ..., shut_rd: _Optional[bool] = ...) -> None: ...
 
 class SockOpt(_message.Message):
     __slots__ = ("level", "name", "value")
@@ -379,18 +403,20 @@ class InotifyWatch(_message.Message):
     def __init__(self, wd: _Optional[int] = ..., mask: _Optional[int] = ..., path: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ...) -> None: ...
 
 class MemFd(_message.Message):
-    __slots__ = ("name", "seals", "shmem_id", "uid", "gid")
+    __slots__ = ("name", "seals", "shmem_id", "uid", "gid", "huge_page_size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SEALS_FIELD_NUMBER: _ClassVar[int]
     SHMEM_ID_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
+    HUGE_PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     seals: int
     shmem_id: int
     uid: int
     gid: int
-    def __init__(self, name: _Optional[str] = ..., seals: _Optional[int] = ..., shmem_id: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+    huge_page_size: int
+    def __init__(self, name: _Optional[str] = ..., seals: _Optional[int] = ..., shmem_id: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., huge_page_size: _Optional[int] = ...) -> None: ...
 
 class Pty(_message.Message):
     __slots__ = ("index", "master", "pair", "via_ctty")
@@ -477,3 +503,59 @@ class ProcFile(_message.Message):
     PID_FIELD_NUMBER: _ClassVar[int]
     pid: int
     def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class PacketSocket(_message.Message):
+    __slots__ = ("type", "protocol", "ifindex", "ifname", "options", "memberships", "copy_thresh", "queue_lost")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    IFINDEX_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
+    COPY_THRESH_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LOST_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    protocol: int
+    ifindex: int
+    ifname: str
+    options: _containers.RepeatedCompositeFieldContainer[SockOpt]
+    memberships: _containers.RepeatedCompositeFieldContainer[PacketMembership]
+    copy_thresh: int
+    queue_lost: bool
+    def __init__(self, type: _Optional[int] = ..., protocol: _Optional[int] = ..., ifindex: _Optional[int] = ..., ifname: _Optional[str] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., memberships: _Optional[_Iterable[_Union[PacketMembership, _Mapping]]] = ..., copy_thresh: _Optional[int] = ..., queue_lost: _Optional[bool] = ...) -> None: ...
+
+class PacketMembership(_message.Message):
+    __slots__ = ("ifindex", "ifname", "type", "address", "count")
+    IFINDEX_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ifindex: int
+    ifname: str
+    type: int
+    address: bytes
+    count: int
+    def __init__(self, ifindex: _Optional[int] = ..., ifname: _Optional[str] = ..., type: _Optional[int] = ..., address: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
+
+class NetlinkSocket(_message.Message):
+    __slots__ = ("type", "protocol", "portid", "groups", "dst_portid", "dst_group", "state", "options", "queue_lost")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PORTID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    DST_PORTID_FIELD_NUMBER: _ClassVar[int]
+    DST_GROUP_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LOST_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    protocol: int
+    portid: int
+    groups: bytes
+    dst_portid: int
+    dst_group: int
+    state: int
+    options: _containers.RepeatedCompositeFieldContainer[SockOpt]
+    queue_lost: bool
+    def __init__(self, type: _Optional[int] = ..., protocol: _Optional[int] = ..., portid: _Optional[int] = ..., groups: _Optional[bytes] = ..., dst_portid: _Optional[int] = ..., dst_group: _Optional[int] = ..., state: _Optional[int] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., queue_lost: _Optional[bool] = ...) -> None: ...

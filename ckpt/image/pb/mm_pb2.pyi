@@ -1,16 +1,17 @@
 # Regenerate with `python -m ckpt.image.protogen` (or `make proto`); do not edit.
 from ckpt.image.pb import common_pb2 as _common_pb2
 from ckpt.image.pb import options_pb2 as _options_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MmEntry(_message.Message):
-    __slots__ = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv", "exe_path", "exe", "vdso_sha256", "vdso", "exe_ghost")
+    __slots__ = ("start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv", "exe_path", "exe", "vdso_sha256", "vdso", "exe_ghost", "def_flags")
     START_CODE_FIELD_NUMBER: _ClassVar[int]
     END_CODE_FIELD_NUMBER: _ClassVar[int]
     START_DATA_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +29,7 @@ class MmEntry(_message.Message):
     VDSO_SHA256_FIELD_NUMBER: _ClassVar[int]
     VDSO_FIELD_NUMBER: _ClassVar[int]
     EXE_GHOST_FIELD_NUMBER: _ClassVar[int]
+    DEF_FLAGS_FIELD_NUMBER: _ClassVar[int]
     start_code: int
     end_code: int
     start_data: int
@@ -45,10 +47,11 @@ class MmEntry(_message.Message):
     vdso_sha256: bytes
     vdso: bytes
     exe_ghost: _common_pb2.Ghost
-    def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ..., exe_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
+    def_flags: str
+    def __init__(self, start_code: _Optional[int] = ..., end_code: _Optional[int] = ..., start_data: _Optional[int] = ..., end_data: _Optional[int] = ..., start_brk: _Optional[int] = ..., brk: _Optional[int] = ..., start_stack: _Optional[int] = ..., arg_start: _Optional[int] = ..., arg_end: _Optional[int] = ..., env_start: _Optional[int] = ..., env_end: _Optional[int] = ..., auxv: _Optional[bytes] = ..., exe_path: _Optional[str] = ..., exe: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vdso_sha256: _Optional[bytes] = ..., vdso: _Optional[bytes] = ..., exe_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., def_flags: _Optional[str] = ...) -> None: ...
 
 class Vma(_message.Message):
-    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv", "ghost", "aio")
+    __slots__ = ("start", "end", "prot", "flags", "kind", "name", "pgoff", "file", "vm_flags", "content_owner", "tracked", "sysv", "ghost", "aio", "shared_with_parent", "guards", "shm_file")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Vma.Kind]
@@ -93,6 +96,9 @@ class Vma(_message.Message):
     SYSV_FIELD_NUMBER: _ClassVar[int]
     GHOST_FIELD_NUMBER: _ClassVar[int]
     AIO_FIELD_NUMBER: _ClassVar[int]
+    SHARED_WITH_PARENT_FIELD_NUMBER: _ClassVar[int]
+    GUARDS_FIELD_NUMBER: _ClassVar[int]
+    SHM_FILE_FIELD_NUMBER: _ClassVar[int]
     start: int
     end: int
     prot: int
@@ -107,7 +113,18 @@ class Vma(_message.Message):
     sysv: SysvShm
     ghost: _common_pb2.Ghost
     aio: AioRing
-    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., aio: _Optional[_Union[AioRing, _Mapping]] = ...) -> None: ...
+    shared_with_parent: _containers.RepeatedCompositeFieldContainer[PageRun]
+    guards: _containers.RepeatedScalarFieldContainer[int]
+    shm_file: _common_pb2.Ghost
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., prot: _Optional[int] = ..., flags: _Optional[int] = ..., kind: _Optional[_Union[Vma.Kind, str]] = ..., name: _Optional[str] = ..., pgoff: _Optional[int] = ..., file: _Optional[_Union[_common_pb2.FileIdentity, _Mapping]] = ..., vm_flags: _Optional[str] = ..., content_owner: _Optional[str] = ..., tracked: _Optional[bool] = ..., sysv: _Optional[_Union[SysvShm, _Mapping]] = ..., ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., aio: _Optional[_Union[AioRing, _Mapping]] = ..., shared_with_parent: _Optional[_Iterable[_Union[PageRun, _Mapping]]] = ..., guards: _Optional[_Iterable[int]] = ..., shm_file: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ...) -> None: ...
+
+class PageRun(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class AioRing(_message.Message):
     __slots__ = ("id", "nr", "head")

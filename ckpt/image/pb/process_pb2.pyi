@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProcessEntry(_message.Message):
-    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "ctty", "cwd_ghost", "root_ghost", "job_stop", "attrs", "thread_creds")
+    __slots__ = ("pid", "ppid", "pgid", "sid", "comm", "creds", "rlimits", "umask", "cwd", "root", "personality", "sigactions", "shared_pending", "start_time", "exit_signal", "oom_score_adj", "cgroup", "flags", "timers", "observed", "ctty", "cwd_ghost", "root_ghost", "seccomp", "job_stop", "attrs", "thread_creds")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     PGID_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class ProcessEntry(_message.Message):
     CTTY_FIELD_NUMBER: _ClassVar[int]
     CWD_GHOST_FIELD_NUMBER: _ClassVar[int]
     ROOT_GHOST_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_FIELD_NUMBER: _ClassVar[int]
     JOB_STOP_FIELD_NUMBER: _ClassVar[int]
     ATTRS_FIELD_NUMBER: _ClassVar[int]
     THREAD_CREDS_FIELD_NUMBER: _ClassVar[int]
@@ -60,10 +61,11 @@ class ProcessEntry(_message.Message):
     ctty: Ctty
     cwd_ghost: _common_pb2.Ghost
     root_ghost: _common_pb2.Ghost
+    seccomp: Seccomp
     job_stop: JobStop
     attrs: ProcAttrs
     thread_creds: _containers.RepeatedCompositeFieldContainer[ThreadCreds]
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., ctty: _Optional[_Union[Ctty, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., job_stop: _Optional[_Union[JobStop, _Mapping]] = ..., attrs: _Optional[_Union[ProcAttrs, _Mapping]] = ..., thread_creds: _Optional[_Iterable[_Union[ThreadCreds, _Mapping]]] = ...) -> None: ...
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., comm: _Optional[str] = ..., creds: _Optional[_Union[Creds, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[Rlimit, _Mapping]]] = ..., umask: _Optional[int] = ..., cwd: _Optional[str] = ..., root: _Optional[str] = ..., personality: _Optional[int] = ..., sigactions: _Optional[_Iterable[_Union[SigAction, _Mapping]]] = ..., shared_pending: _Optional[_Iterable[_Union[_common_pb2.PendingSignal, _Mapping]]] = ..., start_time: _Optional[int] = ..., exit_signal: _Optional[int] = ..., oom_score_adj: _Optional[int] = ..., cgroup: _Optional[str] = ..., flags: _Optional[_Union[ProcessFlags, _Mapping]] = ..., timers: _Optional[_Union[Timers, _Mapping]] = ..., observed: _Optional[_Union[Observed, _Mapping]] = ..., ctty: _Optional[_Union[Ctty, _Mapping]] = ..., cwd_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., root_ghost: _Optional[_Union[_common_pb2.Ghost, _Mapping]] = ..., seccomp: _Optional[_Union[Seccomp, _Mapping]] = ..., job_stop: _Optional[_Union[JobStop, _Mapping]] = ..., attrs: _Optional[_Union[ProcAttrs, _Mapping]] = ..., thread_creds: _Optional[_Iterable[_Union[ThreadCreds, _Mapping]]] = ...) -> None: ...
 
 class ThreadCreds(_message.Message):
     __slots__ = ("tid", "creds", "no_new_privs")
@@ -84,20 +86,18 @@ class JobStop(_message.Message):
     def __init__(self, signal: _Optional[int] = ..., unreported: _Optional[bool] = ...) -> None: ...
 
 class ProcAttrs(_message.Message):
-    __slots__ = ("has_loginuid", "loginuid", "membarrier", "mdwe", "memory_merge", "threads")
+    __slots__ = ("has_loginuid", "loginuid", "membarrier", "mdwe", "threads")
     HAS_LOGINUID_FIELD_NUMBER: _ClassVar[int]
     LOGINUID_FIELD_NUMBER: _ClassVar[int]
     MEMBARRIER_FIELD_NUMBER: _ClassVar[int]
     MDWE_FIELD_NUMBER: _ClassVar[int]
-    MEMORY_MERGE_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     has_loginuid: bool
     loginuid: int
     membarrier: int
     mdwe: int
-    memory_merge: bool
     threads: _containers.RepeatedCompositeFieldContainer[ThreadAttrs]
-    def __init__(self, has_loginuid: _Optional[bool] = ..., loginuid: _Optional[int] = ..., membarrier: _Optional[int] = ..., mdwe: _Optional[int] = ..., memory_merge: _Optional[bool] = ..., threads: _Optional[_Iterable[_Union[ThreadAttrs, _Mapping]]] = ...) -> None: ...
+    def __init__(self, has_loginuid: _Optional[bool] = ..., loginuid: _Optional[int] = ..., membarrier: _Optional[int] = ..., mdwe: _Optional[int] = ..., threads: _Optional[_Iterable[_Union[ThreadAttrs, _Mapping]]] = ...) -> None: ...
 
 class ThreadAttrs(_message.Message):
     __slots__ = ("tid", "tsc", "mce_kill", "spec_store_bypass", "spec_indirect_branch")
@@ -112,6 +112,34 @@ class ThreadAttrs(_message.Message):
     spec_store_bypass: int
     spec_indirect_branch: int
     def __init__(self, tid: _Optional[int] = ..., tsc: _Optional[int] = ..., mce_kill: _Optional[int] = ..., spec_store_bypass: _Optional[int] = ..., spec_indirect_branch: _Optional[int] = ...) -> None: ...
+
+class Seccomp(_message.Message):
+    __slots__ = ("filters", "threads")
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[SeccompFilter]
+    threads: _containers.RepeatedCompositeFieldContainer[ThreadSeccomp]
+    def __init__(self, filters: _Optional[_Iterable[_Union[SeccompFilter, _Mapping]]] = ..., threads: _Optional[_Iterable[_Union[ThreadSeccomp, _Mapping]]] = ...) -> None: ...
+
+class SeccompFilter(_message.Message):
+    __slots__ = ("program", "flags", "parent")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    program: bytes
+    flags: int
+    parent: int
+    def __init__(self, program: _Optional[bytes] = ..., flags: _Optional[int] = ..., parent: _Optional[int] = ...) -> None: ...
+
+class ThreadSeccomp(_message.Message):
+    __slots__ = ("tid", "mode", "filter")
+    TID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    tid: int
+    mode: int
+    filter: int
+    def __init__(self, tid: _Optional[int] = ..., mode: _Optional[int] = ..., filter: _Optional[int] = ...) -> None: ...
 
 class Ctty(_message.Message):
     __slots__ = ("index", "foreground")
