@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from mmap import PROT_READ
 
 from memareas import MAP_ANONYMOUS, MAP_PRIVATE, N, P, area, fill, libc, pattern
 
@@ -138,7 +139,9 @@ def check(*_: object) -> None:
             if got != want:
                 bad.append(f"{name} page {i} holds {got[:24]!r}")
                 break
-    fresh = area()  # a mapping made now is locked as mlockall(MCL_FUTURE) said, or not
+    # a mapping made now is locked as mlockall(MCL_FUTURE) said, or not; read-only, so that it merges with no
+    # neighbour (6.12 merges a new mapping into an unmergeable one before PR_SET_MEMORY_MERGE marks it)
+    fresh = libc.mmap(None, N * P, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     fresh_flags = smaps_flags().get(fresh, (set(), 0))[0]
     libc.munmap(fresh, N * P)
     if ("lo" in fresh_flags) != future or ("mg" in fresh_flags) != merge_any:
