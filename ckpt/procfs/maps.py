@@ -87,6 +87,19 @@ VMFLAG_NAMES: Mapping[str, str] = MappingProxyType({
 })
 
 
+_LOCKED_UNNAMED = frozenset({"lo", "??"})
+
+
+def _vmflags(line: bytes) -> frozenset[str]:
+    """The mnemonics of a ``VmFlags:`` line.  Older kernels (Debian 12's 6.1) have no mnemonic for VM_LOCKONFAULT
+    and print ``??`` for it (mlock2(MLOCK_ONFAULT) gives ``lo ??``, mlock ``lo``);
+    beside ``lo`` (x86's only flag without one there) it is named ``lf`` as later kernels print it."""
+    flags = frozenset(f.decode("ascii", "replace") for f in line.split())
+    if _LOCKED_UNNAMED <= flags:
+        return (flags - {"??"}) | {"lf"}
+    return flags
+
+
 @dataclass(frozen=True, slots=True)
 class Vma:
     """One line of ``/proc/PID/maps`` (``struct vm_area_struct`` as shown to users)."""
@@ -284,7 +297,7 @@ def parse_smaps(data: bytes) -> list[SmapsVma]:
         if k is None:
             k = keys[key] = key.decode("ascii", "replace")
         if k == "VmFlags":
-            flags = frozenset(f.decode("ascii", "replace") for f in rest.split())
+            flags = _vmflags(rest)
             continue
         words = rest.split()
         if not words:
@@ -329,7 +342,7 @@ def parse_smaps_vmflags(data: bytes) -> list[Vma]:
         else:
             if len(heads) == len(flags):
                 try:
-                    return [_parse_header(h, frozenset(f.decode("ascii", "replace") for f in line.split()))
+                    return [_parse_header(h, _vmflags(line))
                             for h, line in zip(heads, flags)]
                 except ValueError:
                     pass  # a malformed header: the full parse says where

@@ -26,6 +26,7 @@ The self-check compares every VMA's VmFlags (:mod:`ckpt.observed`), so a flag no
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 from ..control.inject import Injector
@@ -52,7 +53,7 @@ KEPT = frozenset({*ADVISED, *LOCKS, "dp", "gu", "sl"})
 
 #: prctl(PR_SET_MEMORY_MERGE) (Linux 6.4, include/uapi/linux/prctl.h): KSM for every mapping the mm has and makes
 #: (here and not in kernel/prctl.py while another branch extends that one)
-PR_SET_MEMORY_MERGE = 67
+PR_SET_MEMORY_MERGE, PR_GET_MEMORY_MERGE = 67, 68
 #: Mappings KSM may merge (private; a file's only once written): the ones PR_SET_MEMORY_MERGE marks.
 _KSM_KINDS = frozenset({mm_pb2.Vma.ANON_PRIVATE, mm_pb2.Vma.HEAP, mm_pb2.Vma.STACK, mm_pb2.Vma.FILE_PRIVATE})
 #: The image feature (ckpt.image.compat) of an image whose MmEntry.def_flags is set.
@@ -115,7 +116,7 @@ def dump_def_flags(snap: Snapshot, inj: Injector | None) -> str:
     as a program that called mlockall(MCL_FUTURE) and mapped nothing since cannot be told apart anyway
     from the maps.  ``inj`` None (a pre-dump): only the own area is looked at.
     """
-    merge = {"mg"} if _merge_any(snap.pid) else set()
+    merge = {"mg"} if _merge_any(snap.pid, inj) else set()
     own = snap.hidden_vmas
     if own:
         return " ".join(sorted((own[0].vmflags & LOCKS) | merge))
@@ -129,13 +130,23 @@ def dump_def_flags(snap: Snapshot, inj: Injector | None) -> str:
     return " ".join(sorted((probe.vmflags & LOCKS if probe is not None else set()) | merge))
 
 
-def _merge_any(pid: int) -> bool:
-    """prctl(PR_SET_MEMORY_MERGE) is on (``ksm_merge_any: yes`` in /proc/PID/ksm_stat; no file: no KSM)."""
+def _merge_any(pid: int, inj: Injector | None) -> bool:
+    """prctl(PR_SET_MEMORY_MERGE) is on (``ksm_merge_any: yes`` in /proc/PID/ksm_stat; no file: no KSM).  A
+    kernel whose ksm_stat has no such line (6.12 has not) is asked with PR_GET_MEMORY_MERGE in the process
+    (EINVAL: a kernel before 6.4); without ``inj`` (a pre-dump) it is taken as off, the final dump tells."""
     try:
         with open(f"/proc/{pid}/ksm_stat", "rb") as f:
-            return b"ksm_merge_any: yes" in f.read()
+            text = f.read()
     except FileNotFoundError:
         return False
+    if b"ksm_merge_any:" in text or inj is None:
+        return b"ksm_merge_any: yes" in text
+    try:
+        return inj.call(NR.prctl, PR_GET_MEMORY_MERGE, 0, 0, 0, 0, name="prctl(PR_GET_MEMORY_MERGE)") == 1
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
 
 
 def restore_def_flags(inj: Injector, mm: mm_pb2.MmEntry, vmas: Iterable[mm_pb2.Vma]) -> None:

@@ -38,6 +38,8 @@ def _round_trip(t, tmp_path: Path, restored: list[int], prefix: str) -> list[str
 def test_mapping_flags_round_trip(py_target, tmp_path: Path, restored: list[int], mode: str) -> None:  # noqa: ANN001
     t = py_target("py_vmflags.py", mode, stderr=subprocess.DEVNULL)
     areas = t.ready()["areas"].split(",")
+    if mode == "merge-any" and "merge-any" not in areas:
+        pytest.skip(f"no prctl(PR_SET_MEMORY_MERGE) on Linux {os.uname().release} (6.4+)")
     assert {"locked", "onfault", "madv-wf", "madv-dc", "madv-dd", "madv-sr", "madv-rr"} <= set(areas)
     required = _round_trip(t, tmp_path, restored, "PASS vmflags")
     assert ("mm-default-flags" in required) == (mode != "plain")  # no /proc file shows them: an older ckpt refuses
@@ -58,10 +60,12 @@ def test_self_check_catches_a_flag_not_set_again(py_target, tmp_path: Path, monk
 
 def test_unreadable_memory_round_trips(py_target, tmp_path: Path, restored: list[int]) -> None:  # noqa: ANN001
     """Guard regions come back as guard markers (not a failed dump: /proc/PID/mem gives EIO there); PROT_NONE
-    and exec-only pages with their bytes."""
+    and exec-only pages with their bytes.  Guards only where the kernel has them (6.13, a file's 6.15)."""
     t = py_target("py_unreadable.py", stderr=subprocess.DEVNULL)
-    assert set(t.ready()["areas"].split(",")) == {"guard", "none", "exec", "guard-file"}
-    assert "guard-regions" in _round_trip(t, tmp_path, restored, "PASS unreadable")
+    areas = set(t.ready()["areas"].split(","))
+    lacking = {line.split()[1] for line in t.lines if line.startswith("SKIP ")}  # the kernel refused them
+    assert areas | lacking == {"guard", "none", "exec", "guard-file"} and {"none", "exec"} <= areas
+    assert ("guard-regions" in _round_trip(t, tmp_path, restored, "PASS unreadable")) == ("guard" in areas)
 
 
 def test_self_check_catches_a_guard_region_lost(py_target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001

@@ -77,6 +77,8 @@ def test_stopped_children_stay_stopped_after_restore(c_target, tmp_path: Path, r
 @pytest.mark.parametrize("track", ["uffd-wp", "hash"])
 def test_stopped_process_stays_stopped_after_pre_dump(c_target, tmp_path: Path, track: str) -> None:  # noqa: ANN001
     """Pre-dumps (one process) of a stopped process leave it stopped, and its parent sees no new stop."""
+    from backends import need_method
+    need_method(track)
     t = c_target("sleeper", "600000", stderr=subprocess.DEVNULL)
     t.ready()
     try:

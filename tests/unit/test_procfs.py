@@ -511,3 +511,12 @@ def test_process_ref_detects_reuse() -> None:
     assert not stale.is_current()
     with pytest.raises(TargetGone, match="reused"):
         stale.check()
+
+
+def test_smaps_lock_on_fault_printed_as_unknown_is_named() -> None:
+    # Debian 12's 6.1 has no mnemonic for VM_LOCKONFAULT: mlock2(MLOCK_ONFAULT) shows "lo ??"
+    data = b"7f0000000000-7f0000010000 rw-p 00000000 00:00 0 \nRss: 0 kB\nVmFlags: rd wr mr mw me lo ?? ac sd \n"
+    assert parse_smaps(data)[0].vmflags == {"rd", "wr", "mr", "mw", "me", "lo", "lf", "ac", "sd"}
+    assert parse_smaps_vmflags(data)[0].vmflags == parse_smaps(data)[0].vmflags
+    unlocked = data.replace(b" lo ??", b" ??")  # not beside lo: left as printed
+    assert "??" in parse_smaps_vmflags(unlocked)[0].vmflags
