@@ -2,7 +2,9 @@
 
 Each collection reads every selected page with ``process_vm_readv`` into one
 reused, pre-faulted buffer (first touch of fresh memory runs at ~2 GB/s here,
-DESIGN §3) and compares a 64-bit digest per page with the previous one.
+DESIGN §3) and compares a 64-bit digest per page with the previous one.  Pages
+the target shares with a fork are read through ``/proc/PID/mem`` instead
+(:class:`~ckpt.kernel.cowread.SharingReader`): pinned, each would be copied.
 
 Digest: the first 8 bytes of SHA-1.  Measured per 4 KiB page from Python on
 this machine: sha1 3.0 µs (1.37 GB/s), blake2b-64 5.1 µs (0.80 GB/s), md5
@@ -33,8 +35,8 @@ from ..errors import CkptError, CorruptImage, TargetGone, translate_oserror
 from ..image import framing, kinds
 from ..image.pb import digests_pb2
 from ..kernel.arch_x86_64 import PAGE_SIZE
-from ..kernel.vm import buffer_address, process_vm_readv
-from ..procfs.maps import read_maps
+from ..kernel.cowread import SharingReader
+from ..procfs.maps import Vma, read_maps
 from ..procfs.task import read_starttime
 from .base import DirtySet, Interval, RangeSpec, Tracker, TrackingLost, TrackingState, VmaDirty, runs_from_pages, select_ranges
 
@@ -130,7 +132,7 @@ class HashTracker(Tracker):
         self._buf = mmap.mmap(-1, CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._buf.write(b"\0" * CHUNK)  # pre-fault once; every round reuses these pages
         self._view = memoryview(self._buf)
-        self._addr = buffer_address(self._view)
+        self._reader: SharingReader | None = None  # open during a collection
         self._running = False
 
     def start(self, ranges: RangeSpec | None = None) -> None:
@@ -160,13 +162,14 @@ class HashTracker(Tracker):
     def _read(self, start: int, npages: int) -> int:
         """Read ``npages`` from ``start`` into the buffer; the pages read before the first unreadable one.
 
-        ``process_vm_readv`` stops at the first page it cannot read: EFAULT when
-        that is the very first page, a short count otherwise.  Under mapping
-        churn this is routine — the maps were read a moment ago and the target
-        keeps unmapping and moving regions meanwhile.
+        A read stops at the first page it cannot read: EFAULT when that is the
+        very first page, a short count otherwise.  Under mapping churn this is
+        routine — the maps were read a moment ago and the target keeps unmapping
+        and moving regions meanwhile.
         """
+        assert self._reader is not None
         try:
-            got = process_vm_readv(self.pid, [(self._addr, npages * PAGE_SIZE)], [(start, npages * PAGE_SIZE)])
+            got = self._reader.readinto(start, self._view[:npages * PAGE_SIZE])
         except OSError as e:
             if not os.path.exists(f"/proc/{self.pid}"):
                 raise TargetGone(self.pid, f"process {self.pid} exited while its pages were hashed") from e
@@ -229,26 +232,36 @@ class HashTracker(Tracker):
         t0 = time.perf_counter()
         found: list[VmaDirty] = []
         new_ranges: list[DigestRange] = []
-        for (start, end), vma in selected:
-            now = self._hash_range(start, end)
-            old, known = self._old_digests(start, end)
-            new_ranges.append(DigestRange(start, end, now))
-            if known == 0:
-                found.append(VmaDirty(start, end, vma.path, ((start, (end - start) // PAGE_SIZE),), (), new=True))
-                continue
-            # The shortcut must not swallow unreadable pages: NO_DIGEST == NO_DIGEST, yet a
-            # page unreadable in two rounds (e.g. behind an unmapped page) may have been written.
-            if old == now and not _has_no_digest(now):
-                found.append(VmaDirty(start, end, vma.path))
-                continue
-            pages = [start + i * PAGE_SIZE for i in range(len(now) // DIGEST_SIZE)
-                     if now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] != old[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
-                     or now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] == NO_DIGEST]
-            found.append(VmaDirty(start, end, vma.path, runs_from_pages(pages)))
+        try:
+            self._reader = SharingReader(self.pid)
+        except OSError as e:
+            raise translate_oserror(e, self.pid, "reading the memory of") from e
+        try:
+            for (start, end), vma in selected:
+                found.append(self._one(start, end, vma, new_ranges))
+        finally:
+            self._reader.close()
+            self._reader = None
         self._ranges = new_ranges
         elapsed = time.perf_counter() - t0
         gone = self._previous.gone([r for r, _ in selected])
         return DirtySet(self.method, tuple(found), gone, elapsed, time.monotonic())
+
+    def _one(self, start: int, end: int, vma: Vma, new_ranges: list[DigestRange]) -> VmaDirty:
+        """One selected range: hashed now (appended to ``new_ranges``), compared with the last digests."""
+        now = self._hash_range(start, end)
+        old, known = self._old_digests(start, end)
+        new_ranges.append(DigestRange(start, end, now))
+        if known == 0:
+            return VmaDirty(start, end, vma.path, ((start, (end - start) // PAGE_SIZE),), (), new=True)
+        # The shortcut must not swallow unreadable pages: NO_DIGEST == NO_DIGEST, yet a
+        # page unreadable in two rounds (e.g. behind an unmapped page) may have been written.
+        if old == now and not _has_no_digest(now):
+            return VmaDirty(start, end, vma.path)
+        pages = [start + i * PAGE_SIZE for i in range(len(now) // DIGEST_SIZE)
+                 if now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] != old[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+                 or now[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE] == NO_DIGEST]
+        return VmaDirty(start, end, vma.path, runs_from_pages(pages))
 
     def note_copied(self, addr: int, data: bytes | memoryview) -> None:
         """Record the digests of pages as the caller copied them (closes the X → X' → X gap)."""

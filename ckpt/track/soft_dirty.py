@@ -58,8 +58,8 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
 
 from ..errors import CkptError, translate_oserror
@@ -67,7 +67,8 @@ from ..kernel import pagemap as pm
 from ..kernel.arch_x86_64 import HPAGE_PMD_SIZE, PAGE_SIZE
 from ..kernel.mman import MADV_COLD
 from ..kernel.pidfd import pidfd_open
-from ..kernel.vm import process_madvise, read_memory
+from ..kernel.cowread import SharingReader
+from ..kernel.vm import process_madvise
 from ..procfs.maps import Vma, read_maps
 from ..procfs.status import read_status
 from ..procfs.task import read_starttime
@@ -116,17 +117,23 @@ class ProcSoftDirty:
 
         self._zero = zero_pfns()
         self._buf = bytearray()
+        self._reader: SharingReader | None = None  # the frozen target's memory
 
     def read_maps(self, pid: int) -> Sequence[Vma]:
         return read_maps(pid)
 
-    def frozen(self, pid: int) -> AbstractContextManager[object]:
-        """Freeze the target, unless this process holds it stopped already (the final dump's freeze)."""
+    @contextmanager
+    def frozen(self, pid: int) -> Iterator[object]:
+        """Freeze the target, unless this process holds it stopped already (the final dump's freeze);
+        its memory stays open meanwhile for :meth:`read`."""
         from ..control.seize import freeze
 
-        if read_status(pid).tracerpid == os.getpid():
-            return nullcontext()
-        return freeze(pid)
+        with (nullcontext() if read_status(pid).tracerpid == os.getpid() else freeze(pid)) as held, \
+                SharingReader(pid) as self._reader:
+            try:
+                yield held
+            finally:
+                self._reader = None
 
     def scan(self, pid: int, start: int, end: int) -> Sequence[pm.PageRegion]:
         fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
@@ -151,9 +158,15 @@ class ProcSoftDirty:
             f.write(CLEAR_REFS_SOFT_DIRTY)
 
     def read(self, pid: int, addr: int, length: int) -> bytes | None:
-        """The target's bytes at ``addr`` (None when any of them cannot be read)."""
+        """The target's bytes at ``addr`` (None when any of them cannot be read).
+
+        Pages shared with a fork are read without a pin (:class:`~ckpt.kernel.cowread.SharingReader`):
+        the first collection hashes every block of a new VMA, and a pinned read would copy each page.
+        """
+        buf = bytearray(length)
         try:
-            return read_memory(pid, addr, length)
+            with nullcontext(self._reader) if self._reader and self._reader.pid == pid else SharingReader(pid) as r:
+                return bytes(buf) if r.readinto(addr, memoryview(buf)) == length else None
         except OSError:
             return None
 
