@@ -247,7 +247,7 @@ class RecordWriter:
             where = "first record (head)" if expected is self._kind.head else "record"
             raise TypeError(f"{self.name}: {where} must be {expected.__name__}, got {type(message).__name__}")
         payload = message.SerializeToString(deterministic=True)
-        self.cost.add_record(expected.DESCRIPTOR, payload)
+        self.cost.add_message(message)  # type: ignore[arg-type]
         excess = self.cost.excess()
         if excess:
             raise Unsupported(f"{self.name} {excess}", hint="a restore would refuse such an image; the process is too "
