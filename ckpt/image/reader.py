@@ -70,10 +70,17 @@ def read_file(path: str, size: int | None = None, *, max_size: int | None = None
         raise CorruptImage(path, missing) from None
 
 
-def decode_records_cost(path: str, kind: Kind, payloads: Sequence[memoryview]) -> tuple[list[Message], bounds.Cost]:
+#: (kind's magic, SHA-256 of a record file) -> the decode cost its bytes were walked to have (Image.decode_file).
+_COSTS: dict[tuple[bytes, bytes], bounds.Cost] = {}
+_COSTS_KEPT = 4096
+
+
+def decode_records_cost(path: str, kind: Kind, payloads: Sequence[memoryview],
+                        checked: bounds.Cost | None = None) -> tuple[list[Message], bounds.Cost]:
     """Decode record payloads as the kind's message types (head first when it has one), and their cost.
 
-    What decoding would allocate is bounded first (:mod:`ckpt.image.bounds`).
+    What decoding would allocate is bounded first (:mod:`ckpt.image.bounds`), unless ``checked`` is the
+    cost these very bytes were found to have before.
     """
     if kind.head is not None and not payloads:
         raise CorruptImage(path, f"no {kind.head.__name__} record: the file holds no records")
@@ -83,7 +90,9 @@ def decode_records_cost(path: str, kind: Kind, payloads: Sequence[memoryview]) -
         assert cls is not None
         return cls
 
-    cost = bounds.check_decode_cost(path, ((cls_of(i).DESCRIPTOR, p) for i, p in enumerate(payloads)))
+    if checked is not None and (excess := checked.excess()) is not None:  # the limits still apply
+        raise CorruptImage(path, excess)
+    cost = checked or bounds.check_decode_cost(path, ((cls_of(i).DESCRIPTOR, p) for i, p in enumerate(payloads)))
     return [_parse(path, index, cls_of(index), payload) for index, payload in enumerate(payloads)], cost
 
 
@@ -530,8 +539,17 @@ class Image:
 
     @staticmethod
     def decode_file(path: str, kind: Kind, digest: FileDigest) -> tuple[list[Message], bounds.Cost]:
-        """Read one record file of the recorded size, check header and SHA-256, decode it with its cost."""
-        return decode_records_cost(path, kind, Image.payloads(path, kind, digest))
+        """Read one record file of the recorded size, check header and SHA-256, decode it with its cost.
+
+        A restore reads most files twice (the chain's verification, then the restore itself): the cost of
+        bytes of the same kind and SHA-256 is walked once (:data:`_COSTS`)."""
+        payloads = Image.payloads(path, kind, digest)
+        key = (kind.magic, digest.sha256)
+        messages, cost = decode_records_cost(path, kind, payloads, _COSTS.get(key))
+        if len(_COSTS) >= _COSTS_KEPT:
+            _COSTS.pop(next(iter(_COSTS)))
+        _COSTS[key] = cost
+        return messages, cost
 
     @staticmethod
     def payloads(path: str, kind: Kind, digest: FileDigest) -> framing.RecordViews:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ckpt.errors import CorruptImage
 from ckpt.image import bounds, kinds
 from ckpt.image.pb import inventory_pb2, process_pb2
 from ckpt.image.reader import Image
@@ -44,3 +45,18 @@ def test_maps_nested_repeats_and_empty_singular_messages() -> None:
         s.lines.add(key=f"k{i}", value="v")
     _same(obs)
     _same(process_pb2.Observed())
+
+
+def test_a_file_read_again_is_not_walked_again_but_still_held_to_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image.decode_file keeps the cost of bytes it walked (by kind and SHA-256): a restore reads most files
+    twice.  The second read takes the kept cost, and the limits of that moment still apply to it."""
+    img = Image.open(IMAGES / "simple")
+    name = next(n for n in img.files if n.startswith("mm-"))
+    first = img.records(name)
+    walks = []
+    real = bounds.check_decode_cost
+    monkeypatch.setattr(bounds, "check_decode_cost", lambda *a: walks.append(1) or real(*a))
+    assert img.records(name) == first and walks == []
+    monkeypatch.setattr(bounds, "MAX_DECODE_COST", bounds.RECORD_COST)
+    with pytest.raises(CorruptImage, match="to decode"):
+        img.records(name)
