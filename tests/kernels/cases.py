@@ -336,12 +336,16 @@ def _pytest_file(tmp: Path, *tests: str) -> dict:
     dump), which must go to init to be reaped, or their pids stay taken for the restore."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    # The tests' tmp_path under /tmp, not under ``tmp``: a unix socket's path holds 107 bytes at most, and on
+    # this host ``tmp`` is already deep in the kernel suite's own pytest temp tree.
+    base = Path(tempfile.mkdtemp(prefix="ckpt-k-", dir="/tmp"))
     try:
-        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests], cwd=REPO,
-                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=GUARD,
-                           env={**os.environ, "TMPDIR": str(tmp)})
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                            f"--basetemp={base}", *tests], cwd=REPO, capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=GUARD, env={**os.environ, "TMPDIR": str(tmp)})
     finally:
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        shutil.rmtree(base, ignore_errors=True)
     print(p.stdout[-4000:], p.stderr[-2000:], sep="\n", flush=True)
     summary = next((ln for ln in reversed(p.stdout.splitlines()) if " in " in ln and ("passed" in ln or
                                                                                       "failed" in ln)), "")
