@@ -162,6 +162,9 @@ _NEWER_KEYS = {"inet": frozenset({"rdhup"}),
 #: Section kinds a kernel may be unable to give (unix_diag is a module a kernel may lack or not load): on
 #: another kernel, present on one side only is no difference (``fdinfo/N`` and ``sockopt/N`` still are).
 _OPTIONAL_ELSEWHERE = ("unix_diag", "guards", "ksm")
+#: Section kinds whose lines differ by kernel version: on another kernel only the keys both sides print are
+#: compared (status gains lines over the years; ksm_stat's ksm_merge_any and ksm_mergeable came after 6.12).
+_COMMON_KEYS_ELSEWHERE = ("status", "ksm")
 
 
 def _kind(section: str) -> str:
@@ -459,9 +462,10 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
         skip = {k for k, joined in zip(("NSsid", "NSpgid"), joins_restorer) if joined}
         skip |= {k for s, k in tolerated if s in (kind, name)}
         skip |= _NEWER_KEYS.get(kind, frozenset()) - {ln.key for ln in bl}
-        if elsewhere and kind == "status":
+        if elsewhere and kind in _COMMON_KEYS_ELSEWHERE:
             common = {ln.key for ln in bl} & {ln.key for ln in al}
             skip |= {ln.key for ln in (*bl, *al) if ln.key not in common}
+        if elsewhere and kind == "status":
             skip |= {k for k in _CPU_STATE if not any(ln.key == k and ln.value.startswith("thread")
                                                       for ln in (*bl, *al))}
         b = _normalized(kind, [ln for ln in bl if ln.key not in skip], root=root, masked_areas=masked_area)

@@ -147,3 +147,16 @@ def test_unix_diag_may_be_missing_on_one_side_only_on_another_kernel() -> None:
     assert observed.differences(without, with_diag, root=True, elsewhere=True) == []
     (d,) = observed.differences(with_diag, without, root=True)
     assert (d.section, d.dumped, d.restored) == ("unix_diag/3", "present", None)
+
+
+def test_ksm_lines_a_kernel_does_not_print_are_no_difference_on_another_kernel() -> None:
+    """6.12's ksm_stat has no ksm_merge_any / ksm_mergeable lines, 6.18's has: a process moved between them
+    compares the lines both print; on one kernel a line gone is a difference."""
+    newer = _obs(ksm=[("ksm_merge_any", "no"), ("ksm_mergeable", "no")])
+    older = _obs(ksm=[])
+    assert observed.differences(newer, older, root=True, elsewhere=True) == []
+    assert observed.differences(older, newer, root=True, elsewhere=True) == []
+    assert {d.key for d in observed.differences(newer, older, root=True)} == {"ksm_merge_any", "ksm_mergeable"}
+    on = _obs(ksm=[("ksm_merge_any", "yes"), ("ksm_mergeable", "yes")])
+    assert {d.key for d in observed.differences(on, newer, root=True, elsewhere=True)} == {"ksm_merge_any",
+                                                                                          "ksm_mergeable"}
