@@ -175,6 +175,7 @@ def main() -> int:
     lst.bind(("127.0.0.1", 0))
     lst.listen(4)
     cli = socket.create_connection(lst.getsockname())
+    cli.sendall(b"queued-to-server")  # before accept: a deferred accept (TCP_DEFER_ACCEPT) waits for data
     srv, _ = lst.accept()
     setting("client SO_KEEPALIVE", cli, socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     setting("client TCP_KEEPIDLE", cli, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33)
@@ -189,7 +190,6 @@ def main() -> int:
     setting("server TCP_NOTSENT_LOWAT", srv, socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, 65536)
     setting("server SO_RCVBUF", srv, socket.SOL_SOCKET, socket.SO_RCVBUF, 100000)
     setting("server SO_SNDTIMEO", srv, socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 3, 500000))
-    cli.sendall(b"queued-to-server")
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     setting("udp SO_BROADCAST", udp, socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     setting("udp IP_TTL", udp, socket.IPPROTO_IP, socket.IP_TTL, 17)
