@@ -16,11 +16,11 @@ CASE is one of:
   and a restore of the merged image alone (the chain removed).
 * ``dropped``: tests/e2e/test_dropped_pages.py (pages dropped with MADV_DONTNEED, small and a
   THP, then written or read, in a chain: every back-end × page listing this kernel has).
-* ``fd-kinds``: tests/e2e/test_fd_kinds.py (pidfds, O_PATH, /proc files, epoll watches of closed numbers,
-  pipes whose other end is closed or that are open through two open files).
-* ``fidelity``: one test of each kind of file, terminal and socket state whose kernel side
-  differs between kernels (FIDELITY: locks, ptys, ghost files, AIO, status flags, socket
-  options, TCP queues, unix sockets), each restore checked by ckpt's self-check.
+* ``fidelity``: tests/e2e/test_fd_kinds.py (pidfds, O_PATH, /proc files, epoll watches of closed
+  numbers, pipes whose other end is closed or open through two open files), and one test of each
+  kind of file, terminal and socket state whose kernel side differs between kernels (FIDELITY:
+  locks, ptys, ghost files, AIO, status flags, socket options, TCP queues, unix sockets), each
+  restore checked by ckpt's self-check; one pytest run.
 
 Prints the ckpt commands run and their output, and last a line ``CASE-RESULT {json}`` (ok,
 detail, seconds, extra figures); exits 0 when the case passed.  Images go to a temp dir.
@@ -362,12 +362,6 @@ def case_dropped(tmp: Path, track: str | None) -> dict:
     return _pytest_file(tmp, "tests/e2e/test_dropped_pages.py")
 
 
-def case_fd_kinds(tmp: Path, track: str | None) -> dict:
-    """tests/e2e/test_fd_kinds.py on this kernel: pipes whose other end is closed or reopened, pidfds (fdinfo
-    ``Pid:``, pidfs or not), O_PATH descriptors, /proc files, epoll watches found with KCMP_EPOLL_TFD."""
-    return _pytest_file(tmp, "tests/e2e/test_fd_kinds.py")
-
-
 #: A representative of each kind of state issue 16 restores whose kernel side differs between kernels:
 #: lock lists and OFD locks, pty ioctls (TIOCGPTPEER, packet mode, TIOCGPTLCK), ghost files' holes
 #: (SEEK_DATA), the AIO ring's layout, memfd seals and status flags, every socket option getsockopt has,
@@ -386,13 +380,16 @@ FIDELITY = (
 
 
 def case_fidelity(tmp: Path, track: str | None) -> dict:
-    """FIDELITY's e2e tests on this kernel: each restore's self-check compares the kernel's own account
-    (fdinfo, /proc/locks, every sockopt, unix_diag, inet state and queues) with the dump's."""
-    return _pytest_file(tmp, *(f"tests/e2e/{t}" for t in FIDELITY))
+    """tests/e2e/test_fd_kinds.py and FIDELITY's e2e tests on this kernel, in one pytest run (its start-up is
+    seconds in a guest): pipes whose other end is closed or reopened, pidfds (fdinfo ``Pid:``, pidfs or not),
+    O_PATH descriptors, /proc files, epoll watches found with KCMP_EPOLL_TFD; then each restore's self-check
+    compares the kernel's own account (fdinfo, /proc/locks, every sockopt, unix_diag, inet state and queues)
+    with the dump's."""
+    return _pytest_file(tmp, "tests/e2e/test_fd_kinds.py", *(f"tests/e2e/{t}" for t in FIDELITY))
 
 
 CASES = {"check": case_check, "c-threads": case_c_threads, "python": case_python, "chain": case_chain,
-         "merge": case_merge, "dropped": case_dropped, "fd-kinds": case_fd_kinds,
+         "merge": case_merge, "dropped": case_dropped,
          "fidelity": case_fidelity}
 
 

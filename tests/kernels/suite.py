@@ -161,9 +161,9 @@ def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
     """The summary table (markdown) and the JSON document."""
     tracks = ("uffd-wp", "soft-dirty", "hash")
     rows = ["| kernel | back-ends found | check | dump/restore (C threads, Python) | "
-            + " | ".join(f"chain {t}" for t in tracks) + " | merge | dropped pages | descriptor kinds | file, tty and socket state | to/from this host (restore, migrate) "
+            + " | ".join(f"chain {t}" for t in tracks) + " | merge | dropped pages | descriptors, files, ttys, sockets | to/from this host (restore, migrate) "
             "| boot | qemu RSS |",
-            "|---" * (11 + len(tracks)) + "|"]
+            "|---" * (10 + len(tracks)) + "|"]
     doc: dict = {"kernels": []}
     for run in runs.values():
         if not run.outcomes:
@@ -175,7 +175,7 @@ def table(runs: dict[str, KernelRun]) -> tuple[str, dict]:
                  _cell(dr) if len({o.ok for o in dr}) < 2 else
                  ", ".join(f"{o.case} {'pass' if o.ok else 'FAIL'}" for o in dr),
                  *(_cell(by("chain", t)) for t in tracks), _cell(by("merge")), _counted_cell(by("dropped")),
-                 _counted_cell(by("fd-kinds")), _counted_cell(by("fidelity")),
+                 _counted_cell(by("fidelity")),
                  _cell([o for o in run.outcomes if o.case.startswith("across:")]),
                  f"{run.boot_seconds:.0f} s" if run.boot_seconds else "-",
                  f"{run.qemu_rss_mib:.0f} MiB" if run.qemu_rss_mib else "-"]

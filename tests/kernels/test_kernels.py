@@ -4,7 +4,8 @@ Per kernel, in this order (one guest boot for all of them): ``ckpt check``; dump
 a multi-threaded C target and of a Python target; a pre-dump chain with every tracking back-end
 ``ckpt check`` found there, then a final delta dump and a restore; ``ckpt merge`` of a chain and
 a restore of the merged image; pages dropped (MADV_DONTNEED, a THP zap) inside chains; descriptor kinds
-(tests/e2e/test_fd_kinds.py); file, terminal and socket state (cases.FIDELITY).  What each case does is in cases.py.  Then, the guest still up,
+(tests/e2e/test_fd_kinds.py) with file, terminal and socket state (cases.FIDELITY), in one pytest
+run.  What each case does is in cases.py.  Then, the guest still up,
 the cases between it and this host (across.py): with 6.12, a C and a Python target dumped on one
 side and restored on the other, and migrated, both ways; with 6.1, a migration tracked with
 soft-dirty from the guest to this host.  A back-end the kernel lacks is skipped, saying so;
@@ -21,7 +22,7 @@ from suite import KERNELS, Runner
 
 TRACKS = ("uffd-wp", "soft-dirty", "hash")
 CASES = [("check", None), ("c-threads", None), ("python", None), *(("chain", t) for t in TRACKS), ("merge", None),
-         ("dropped", None), ("fd-kinds", None), ("fidelity", None)]
+         ("dropped", None), ("fidelity", None)]
 #: Every case of every kernel, a kernel's cases together (its guest is booted once): (kernel, case, track);
 #: a case between the guest and this host is "across:NAME".
 ITEMS = [(k, c, t) for k in KERNELS
