@@ -210,8 +210,8 @@ def _count(message: Message, cost: Cost) -> None:
             cost.bytes += n * VALUE_COST
         else:
             cost.bytes += n * MESSAGE_COST
-            if f.message_type.GetOptions().map_entry:  # a map: its entries' own fields are key and value
-                if _plan(f.message_type) and f.message_type.fields_by_name["value"].message_type is not None:
+            if f.message_type.GetOptions().map_entry:  # a map: planned only when its values are (keys never are)
+                if _plan(f.message_type):
                     for v in value.values():
                         _count(v, cost)
             elif _plan(f.message_type):

@@ -47,16 +47,19 @@ def restore(inj: Injector, s: Scratch, fd: int, inet: files_pb2.InetSocket) -> N
         m = km.Membership(km.Group(rec.family, 0, rec.ifname, rec.group), rec.mode, tuple(rec.sources))
         index = ifindex_in(inj, s, fd, rec.ifname, f"a socket joined multicast group {rec.group} on")
         level = km.level_of(rec.family)
-        for opt, value, label in ((km.MCAST_JOIN_GROUP, km.group_req(m, index), "MCAST_JOIN_GROUP"),
-                                  (km.MCAST_MSFILTER, km.group_filter(m, index), "MCAST_MSFILTER")):
-            if opt == km.MCAST_MSFILTER and m.mode == km.MCAST_EXCLUDE and not m.sources:
-                break  # joining gave that filter: every source
-            s.write(0, value)
-            try:
-                inj.call(NR.setsockopt, fd, level, opt, s.addr, len(value), name=f"setsockopt({fd}, {label})")
-            except OSError as exc:
-                raise RestoreError(f"cannot join multicast group {rec.group} on {rec.ifname} again ({label}): "
-                                   f"{exc.strerror}") from exc
+        _setopt(inj, s, fd, level, km.MCAST_JOIN_GROUP, km.group_req(m, index), "MCAST_JOIN_GROUP", rec)
+        if m.mode != km.MCAST_EXCLUDE or m.sources:  # joining gave "every source": another filter is set
+            _setopt(inj, s, fd, level, km.MCAST_MSFILTER, km.group_filter(m, index), "MCAST_MSFILTER", rec)
+
+
+def _setopt(inj: Injector, s: Scratch, fd: int, level: int, opt: int, value: bytes, label: str,
+            rec: files_pb2.McastMembership) -> None:
+    s.write(0, value)
+    try:
+        inj.call(NR.setsockopt, fd, level, opt, s.addr, len(value), name=f"setsockopt({fd}, {label})")
+    except OSError as exc:
+        raise RestoreError(f"cannot join multicast group {rec.group} on {rec.ifname} again ({label}): "
+                           f"{exc.strerror}") from exc
 
 
 def lines(pid: int, sock: socket.socket) -> list[tuple[str, str]]:
