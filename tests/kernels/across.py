@@ -43,6 +43,7 @@ REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from forked import run_forked  # noqa: E402
 from targets import build_c, python_argv  # noqa: E402
 
 CKPT = [sys.executable, "-m", "ckpt.cli"]
@@ -144,8 +145,13 @@ def _kill(pid: int) -> None:
 
 
 def _ckpt(*args: object, timeout: float = GUARD) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CKPT, "--debug", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+    """A ckpt command, in a fork of this step (forked.py: a guest's restore step runs up to three)."""
+    argv = ["--debug", *map(str, args)]
+    try:
+        rc, out, err = run_forked(argv, timeout=timeout)
+    except TimeoutError as e:
+        raise StepFailed(str(e)) from None
+    return subprocess.CompletedProcess([*CKPT, *argv], rc, out, err)
 
 
 def _error(p: subprocess.CompletedProcess[str]) -> str:

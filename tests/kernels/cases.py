@@ -46,6 +46,7 @@ TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
+from forked import run_forked  # noqa: E402
 from targets import build_c, python_argv  # noqa: E402
 
 CKPT = [sys.executable, "-m", "ckpt.cli"]
@@ -59,11 +60,14 @@ class CaseFailed(Exception):
 
 
 def ckpt(*args: object, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """Run a ckpt command; its output goes to our output, a failure raises with its error line."""
-    argv = [*CKPT, "--debug", *map(str, args)]  # an internal error comes with its traceback
+    """Run a ckpt command (:func:`forked.run_forked`); its output goes to our output, a failure raises with its error line."""
+    argv = ["--debug", *map(str, args)]  # an internal error comes with its traceback
     t0 = time.monotonic()
-    p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                       pass_fds=pass_fds, timeout=GUARD)
+    try:
+        rc, stdout, stderr = run_forked(argv, pass_fds, GUARD)
+    except TimeoutError as e:
+        raise CaseFailed(str(e)) from None
+    p = subprocess.CompletedProcess([*CKPT, *argv], rc, stdout, stderr)
     print(f"$ ckpt {' '.join(map(str, args))}  # exit {p.returncode}, {time.monotonic() - t0:.1f}s", flush=True)
     for stream in (p.stdout, p.stderr):
         if stream.strip():
