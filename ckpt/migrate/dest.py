@@ -282,8 +282,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
 
             if staged and not hello.get("dry_run"):
                 stager = _Stager(say, cpu_cap, allow_changed_files, allow_lower_limits)
-            # Protocol 2 says which images we restore: the source refuses what we would refuse, before sending it.
-            ch.send({"type": "ready", **({"images": image_support()} if ch.version >= 2 else {})})
+            # Which images we restore: the source refuses what we would refuse, before sending it.
+            ch.send({"type": "ready", "images": image_support()})
             say(f"migration of pid {result.source_pid} from {result.peer} (ckpt {result.source_ckpt or '?'}, "
                 f"protocol {result.protocol}) into {store}")
             while True:
@@ -310,7 +310,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                     image = os.path.join(store, str(msg["name"]))
                     testpoint.point("receive.restoring")
                     t0 = time.monotonic()
-                    commit = _Commit(ch) if ch.version >= 2 else None  # (protocol 1: no commit step)
+                    commit = _Commit(ch)
                     with interrupts.deferred():  # a commit must be answered: Ctrl-C waits for it
                         try:
                             r = stager.finish(image, commit) if stager is not None else None

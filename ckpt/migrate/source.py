@@ -71,11 +71,7 @@ class DestReads:
 
     @classmethod
     def of(cls, ch: Channel, ready: dict) -> DestReads:
-        from ..image import compat
-
         software = f"ckpt {ch.peer_software}" if ch.peer_software else "its ckpt"
-        if ch.version < 2:
-            return cls(software, (1, compat.PREVIOUS_FORMAT), compat.LISTLESS_FEATURES)
         images = ready.get("images")
         formats = images.get("formats") if isinstance(images, dict) else None
         features = images.get("features") if isinstance(images, dict) else None
@@ -294,8 +290,6 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 stats.final_bytes = send_image(final, final=True)
                 testpoint.point("migrate.final-sent")
                 ch.send({"type": "restore", "name": final})
-                if ch.version < 2:  # a ckpt 0.1.0 destination: no commit step, it runs its copy at once
-                    return _running(ch.expect("running", timeout=timeout))
                 ch.expect("restored", timeout=timeout)  # built there, held frozen
                 testpoint.point("migrate.restored")
                 committing.enter_context(interrupts.deferred())

@@ -1,13 +1,14 @@
-"""This ckpt and the previous release on one machine: migration both ways, images both ways.
+"""This ckpt and the previous release on one machine: images both ways; a migration between them is refused.
 
 The compatibility policy (README, "Versions"; docs/image-format.md,
-"Compatibility") promises that a ckpt speaks the previous release's migration
-protocol and reads its images, and that the previous release restores this
-one's images unless they need a feature it lacks — then it refuses them.  The
-previous release here is the package of :data:`BASE`, the last commit of main
-before the policy: ckpt 0.1.0, protocol 1 (no negotiation: it wanted its own
-version exactly), image format 2, no list of required features.  So this is
-where the policy starts; when a release follows, BASE moves to it.
+"Compatibility") promises that a ckpt reads the previous release's images, and
+that the previous release restores this one's images unless they need a feature
+it lacks — then it refuses them.  Migration is the exception since protocol 3
+(ckpt 0.3.0): its frames are sealed, and a release whose protocol sent memory
+in clear is refused by name before anything is frozen.  The
+previous release here is the package of :data:`BASE`, the last commit of ckpt
+0.2.0: migration protocols 1-2 (frames tagged, not sealed), image format 3 with
+its list of required features.  When a release follows, BASE moves to it.
 
 BASE is taken from this checkout's git history (``git archive``: a clean
 clone has it) and installed with its dependencies in a venv of its own under
@@ -33,13 +34,14 @@ import ckpt
 from ckpt.image import Image, compat
 from hosts import REPO, SecondHost, ckpt_argv
 from inventory_edit import rewrite_inventory
+from targets import wait_until
 from test_cli import assert_one_line_error
 from test_migrate import _free_port, _migrate, _Mutator, _Receiver, _token, mutator  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump, restore and migration need root")
 
-#: The previous release: main before the compatibility policy (ckpt 0.1.0, protocol 1, format 2).
-BASE = "fa6cf71e6c76e2606473104ed08337a8d23f6db6"
+#: The previous release: the last commit of ckpt 0.2.0 (protocols 1-2, format 3).
+BASE = "e4a18c2a64c02d566d9f36894fd1deb4a4c9a58e"
 CACHE = Path(os.environ.get("CKPT_COMPAT_CACHE") or Path.home() / ".cache" / "ckpt" / "compat")
 
 
@@ -99,7 +101,7 @@ def _build(commit: str) -> Release:
 def previous() -> Release:
     release = _build(BASE)
     version = subprocess.run(release.argv("--version"), capture_output=True, text=True, check=True).stdout
-    assert version.strip() == "ckpt 0.1.0", version
+    assert version.strip() == "ckpt 0.2.0", version
     return release
 
 
@@ -116,25 +118,27 @@ def _carries_on_there(host: SecondHost, t: _Mutator) -> None:
 
 
 @pytest.mark.parametrize("source", ["previous", "this"])
-def test_migration_between_releases(second_host: SecondHost, tmp_path: Path, mutator: _Mutator,
-                                    previous: Release, source: str) -> None:
-    """The previous release's `migrate` to this `receive`, and this `migrate` to the previous `receive`."""
+def test_migration_with_the_previous_release_is_refused_before_anything_is_frozen(
+        second_host: SecondHost, tmp_path: Path, mutator: _Mutator, previous: Release, source: str) -> None:
+    """This ckpt seals every frame (protocol 3); the previous release sent memory in clear (protocols 1-2).
+    Either way round, the handshake refuses, naming both versions, and the process runs on where it was."""
     host, port, token, t = second_host, _free_port(), _token(tmp_path), mutator
     src, dst = (previous.argv, _this) if source == "previous" else (_this, previous.argv)
     t.wait_for(r"GEN g=\d+")
     rx = _Receiver(host, tmp_path, token, port, ckpt=dst)
-    res, stats = _migrate(host, t.pid, port, token, tmp_path, "--max-downtime", "200", ckpt=src)
-    assert res.returncode == 0, res.stderr
-    result = rx.result()
-    assert result["outcome"] == "running" and result["source_pid"] == t.pid, result
-    if source == "previous":
-        assert (result["protocol"], result["source_ckpt"]) == (1, "0.1.0"), result
-        assert "(ckpt 0.1.0, protocol 1)" in rx.err.read_text()
-    else:
-        assert (stats["protocol"], stats["destination_ckpt"]) == (1, "0.1.0"), stats
-    t.proc.wait(timeout=10)
-    assert t.proc.returncode == -signal.SIGKILL  # the source ended once the destination ran it
-    _carries_on_there(host, t)
+    res, _ = _migrate(host, t.pid, port, token, tmp_path, "--max-downtime", "200", ckpt=src)
+    assert res.returncode != 0, res.stdout
+    refusal = f"speaks migration protocol versions 1-2 (ckpt 0.2.0), this ckpt {ckpt.__version__} speaks version 3"
+    if source == "this":
+        assert refusal in res.stderr, res.stderr
+    else:  # a receiver goes on listening after a refused connection
+        wait_until(lambda: refusal in rx.err.read_text(), "the receiver refuses the previous release", timeout=30)
+    rx.interrupt()
+    assert "Traceback" not in res.stderr + rx.err.read_text()
+    n = len(t.lines())
+    os.kill(t.pid, signal.SIGUSR1)  # never frozen, never moved: it answers here
+    m = t.wait_for(r"CHECK (PASS|FAIL)(.*)", after=n)
+    assert m.group(1) == "PASS", m.group(0)
 
 
 @pytest.mark.parametrize("writer", ["previous", "this"])
@@ -156,7 +160,7 @@ def test_images_between_releases(second_host: SecondHost, tmp_path: Path, mutato
 
 
 def test_an_image_needing_a_newer_feature_is_refused_by_both(tmp_path: Path, previous: Release) -> None:
-    """One the previous release lacks: it refuses the image by its format; a ckpt without it, by its name."""
+    """A feature neither release restores: each refuses the image, naming it."""
     sleeper = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True)
     img = tmp_path / "img"
@@ -172,7 +176,7 @@ def test_an_image_needing_a_newer_feature_is_refused_by_both(tmp_path: Path, pre
 
     rewrite_inventory(img, later)
     mine = ckpt.__version__
-    for release, says in ((previous.argv, "written by a newer ckpt (format 3), this ckpt reads ≤ 2"),
+    for release, says in ((previous.argv, f"needs warp-drive, which this ckpt 0.2.0 does not restore (written by ckpt {mine})"),
                           (_this, f"needs warp-drive, which this ckpt {mine} does not restore (written by ckpt {mine})")):
         res = subprocess.run(release("restore", "-d", "-D", img), capture_output=True, text=True, timeout=60,
                              stdin=subprocess.DEVNULL)

@@ -113,8 +113,7 @@ def test_a_source_refuses_to_send_what_the_destination_would_refuse(tmp_path: Pa
     assert ours.formats == (1, 3) and "warp-drive" in ours.features
     ours.check(plain.path)
     ours.check(newer.path)
-    old = DestReads.of(_Ch(1), {"type": "ready"})  # type: ignore[arg-type]  # protocol 1: ckpt 0.1.0 says nothing
-    assert old.formats == (1, 2) and old.features == compat.LISTLESS_FEATURES
+    old = DestReads.of(_Ch(3), {"type": "ready", "images": {"formats": [1, 3], "features": ["time-namespace"]}})  # type: ignore[arg-type]
     old.check(plain.path)
     with pytest.raises(Unsupported) as err:
         old.check(newer.path)

@@ -196,10 +196,10 @@ def test_a_short_token_is_refused_before_any_traffic() -> None:
         Channel.connect("127.0.0.1", 9, "secret", timeout=T)  # nothing listens on 9: the token is checked first
 
 
-class _Speaks1(Channel):
-    """A ckpt that speaks protocol 1 only, with a range in its hello."""
+class _Speaks1to2(Channel):
+    """ckpt 0.2.x: protocols 1 and 2, whose frames carried memory in clear."""
 
-    _protocol_versions = (1, 1)
+    _protocol_versions = (1, 2)
 
 
 class _Release010(Channel):
@@ -214,47 +214,46 @@ class _Release010(Channel):
         return hello
 
 
-class _Speaks3to4(Channel):
-    _protocol_versions = (3, 4)
+class _Speaks4to5(Channel):
+    _protocol_versions = (4, 5)
 
 
 def test_both_sides_use_the_newest_version_they_both_speak(chans: tuple[Channel, Channel]) -> None:
     client, server = chans
-    assert client.version == server.version == wire.PROTOCOL_VERSION == 2
+    assert client.version == server.version == wire.PROTOCOL_VERSION == 3
     assert client.peer_software == server.peer_software == ckpt.__version__
 
 
-@pytest.mark.parametrize("older", [_Speaks1, _Release010])
+@pytest.mark.parametrize("older", [_Speaks1to2, _Release010])
 @pytest.mark.parametrize("older_side", ["client", "server"])
-def test_the_previous_protocol_is_spoken_with_the_previous_release(older: type[Channel], older_side: str) -> None:
+def test_a_peer_that_sends_memory_in_clear_is_refused(older: type[Channel], older_side: str) -> None:
+    """Protocols 1 and 2 only tagged their frames: a ckpt that speaks no newer one is refused, before the proofs."""
     client, server = _pair(client_cls=older if older_side == "client" else Channel,
                            server_cls=older if older_side == "server" else Channel)
-    assert isinstance(client, Channel) and isinstance(server, Channel), (client, server)
-    with client, server:
-        assert client.version == server.version == 1
-        server.send({"type": "ready"})  # and the session works at that version
-        assert client.expect("ready") == {"type": "ready"}
+    ours = client if older_side == "server" else server
+    assert isinstance(ours, WireError) and not isinstance(ours, AuthError), ours
+    assert "this ckpt" in str(ours) and "speaks version 3" in str(ours), ours
+    assert ours.hint and "no longer speaks the protocols that sent memory in clear" in ours.hint
+    theirs = server if older_side == "server" else client
+    assert isinstance(theirs, WireError), theirs
 
 
 @pytest.mark.parametrize("newer", ["client", "server"])
 def test_versions_that_do_not_meet_are_refused_on_both_sides_naming_both(newer: str) -> None:
     client, server = _pair(
-        client_cls=_Speaks3to4 if newer == "client" else Channel,
-        server_cls=_Speaks3to4 if newer == "server" else Channel,
+        client_cls=_Speaks4to5 if newer == "client" else Channel,
+        server_cls=_Speaks4to5 if newer == "server" else Channel,
     )
     for exc, is_newer in ((client, newer == "client"), (server, newer == "server")):
         assert isinstance(exc, WireError) and not isinstance(exc, AuthError), exc
-        theirs, ours = ("versions 1-2", "versions 3-4") if is_newer else ("versions 3-4", "versions 1-2")
+        theirs, ours = ("version 3", "versions 4-5") if is_newer else ("versions 4-5", "version 3")
         assert f"speaks migration protocol {theirs} (ckpt {ckpt.__version__}), " \
                f"this ckpt {ckpt.__version__} speaks {ours}" in str(exc)
         assert "\n" not in str(exc) and exc.hint and "upgrade the older side" in exc.hint
 
 
-def test_a_release_0_1_0_peer_is_refused_when_we_no_longer_speak_1() -> None:
-    class Speaks2(Channel):
-        _protocol_versions = (2, 2)
-
-    client, server = _pair(client_cls=_Release010, server_cls=Speaks2)
+def test_a_release_0_1_0_peer_is_refused_naming_its_version() -> None:
+    client, server = _pair(client_cls=_Release010, server_cls=Channel)
     assert isinstance(server, WireError) and "protocol version 1 (ckpt 0.1.0)" in str(server), server
     assert isinstance(client, WireError), client
 
@@ -273,14 +272,14 @@ def test_a_malformed_version_range_is_refused(hello: dict[str, Any]) -> None:
 
 
 def test_the_test_aid_narrows_this_side_to_one_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(wire.PROTOCOL_ENV, "1")
+    monkeypatch.setenv(wire.PROTOCOL_ENV, "3")
     client, server = _pair()
     assert isinstance(client, Channel) and isinstance(server, Channel), (client, server)
     with client, server:
-        assert client.version == server.version == 1
-    monkeypatch.setenv(wire.PROTOCOL_ENV, "7")
+        assert client.version == server.version == 3
+    monkeypatch.setenv(wire.PROTOCOL_ENV, "2")
     client, server = _pair()
-    assert isinstance(client, UsageError) and "this ckpt speaks versions 1-2" in str(client), client
+    assert isinstance(client, UsageError) and "this ckpt speaks version 3" in str(client), client
 
 
 def test_two_clients_are_refused() -> None:
@@ -375,6 +374,34 @@ def test_a_man_in_the_middle_cannot_alter_the_stream(mangle: Mangle) -> None:
         client.close()
         server.close()
         relay.close()
+
+
+def test_nothing_sent_after_the_proofs_is_readable_on_the_wire(tmp_path: Path) -> None:
+    """What a listener on the network sees: no byte of a message, of a file's name or of its content."""
+    secret = os.urandom(48)
+    src = tmp_path / "img"
+    src.mkdir()
+    (src / "pages-1.img").write_bytes(secret * 4096)
+    relay = Relay()
+    client, server = _pair((relay.client_end, relay.server_end))
+    try:
+        assert isinstance(client, Channel) and isinstance(server, Channel), (client, server)
+        client.send({"type": "data", "x": secret})
+        assert server.recv()["x"] == secret
+        with ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(client.send_dir, src, "img")
+            (tmp_path / "rx").mkdir()
+            got = server.recv_dir(tmp_path / "rx")
+            sent.result()
+        assert Path(got, "pages-1.img").read_bytes() == secret * 4096
+    finally:
+        client.close()
+        server.close()
+        relay.close()
+    stream = bytes(relay.seen)
+    assert len(stream) > 4096
+    for clear in (secret[:12], b"pages-1.img", b"chunk", b"dir_end"):
+        assert clear not in stream, clear
 
 
 def test_an_oversize_length_prefix_is_refused_without_allocating(chans: tuple[Channel, Channel]) -> None:
