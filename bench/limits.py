@@ -12,6 +12,7 @@ Later rows compare against these keys:
 * ``limit.zstd1_py2``   zstd-1 in two Python threads compressing independent frames
 * ``limit.zstd1_{kind}``  zstd-1 on one region kind (heap-like, zero, random)
 * ``limit.unzstd1``     decompressing the level-1 frames into a pre-faulted buffer
+* ``limit.aead``        sealing and opening the workload as the migration wire does (AES-256-GCM, 1 MiB frames)
 * ``limit.write``/``limit.fsync``  writing the data to a file next to the repo, and with fsync
 
 Rates are input bytes per second; compression ratios are input/output.
@@ -191,6 +192,8 @@ def compression(ctx: Context) -> Iterator[Row]:
                   times, ratio=len(part) / sizes[-1], notes=f"{100 * len(part) / n:.0f}% of the workload")
         part.release()
 
+    yield _aead(ctx, data)
+
     # Decompression: a restore reads frames back.  Frames are compressed
     # one at a time (untimed) and decompressed into a pre-faulted buffer.
     dctx = zstandard.ZstdDecompressor()
@@ -211,6 +214,30 @@ def compression(ctx: Context) -> Iterator[Row]:
         out_view.release()
         target.close()
     data.release()
+
+
+#: What the migration wire's cipher must sustain on one core (issue 18): never its bottleneck.
+AEAD_GOAL = 1.5e9
+
+
+def _aead(ctx: Context, data: memoryview) -> Row:
+    """Seal then open every wire-sized frame of the workload, on one core, with the wire's own sealers."""
+    from ckpt.migrate import wire
+
+    key, frame, header = os.urandom(32), wire.CHUNK_SIZE, b"\0\0\0\0"
+    n = len(data)
+
+    def run() -> None:
+        seal, unseal = wire._Sealer(key), wire._Sealer(key)
+        for o in range(0, n, frame):
+            if unseal.open(seal.seal(data[o:o + frame], header), header) is None:
+                raise RuntimeError("a sealed frame did not open")
+
+    times = ctx.repeat(run)
+    rate = n / min(times)
+    return Row("limit.aead", "AES-256-GCM seal+open on one core (the migration wire)", n, times,
+               notes=f"{fmt_size(frame)} frames, each sealed then opened, their sum timed: goal ≥ "
+                     f"{AEAD_GOAL / 1e9:.1f} GB/s {'met' if rate >= AEAD_GOAL else 'MISSED'}")
 
 
 def _decompress_into(dctx: zstandard.ZstdDecompressor, blob: bytes, out: memoryview, want: int) -> None:
