@@ -242,6 +242,8 @@ class Injector:
                 out = self._run(label)
             finally:
                 stop_sharing_cpu(own_cpus)
+                if nr == NR.rseq:
+                    self.thread.forget_rseq()
         return self._result(out, label, args)
 
     def _run(self, label: str, *, started: bool = False) -> user_regs_struct:

@@ -230,6 +230,10 @@ class FrozenThread:
     call_open: bool = False
     #: ... and it reached its syscall-entry stop.
     entered: bool = False
+    #: Address of the ``rseq_cs`` field of the thread's ``struct rseq``: -1 not asked yet, 0 none.
+    rseq_cs_at: int = -1
+    #: The thread's own ``rseq_cs`` while :meth:`resume` hid it (None: nothing hidden).
+    rseq_cs_hidden: bytes | None = None
 
     @property
     def tid(self) -> int:
@@ -258,12 +262,65 @@ class FrozenThread:
         self.last_stop = st
         if st.gone:
             self.gone = True
+            self.rseq_cs_hidden = None
+        else:
+            self._show_rseq_cs()
         return st
 
     def resume(self, request: Callable[[int, int], None], sig: int = 0) -> None:
-        """Resume with ``request`` (ptrace.singlestep, cont, syscall_step); pair with :meth:`wait`."""
-        request(self.tid, sig)
+        """Resume with ``request`` (ptrace.singlestep, cont, syscall_step); pair with :meth:`wait`.
+
+        The thread's ``rseq_cs`` is hidden until the stop (:meth:`_hide_rseq_cs`).
+        """
+        self._hide_rseq_cs()
+        try:
+            request(self.tid, sig)
+        except BaseException:
+            self._show_rseq_cs()
+            raise
         self.running = True
+
+    def _hide_rseq_cs(self) -> None:
+        """Zero the thread's ``rseq_cs`` while it runs code of ours (put back by :meth:`wait`).
+
+        A thread that returns to user space inside the critical section its
+        ``rseq_cs`` points at is sent to the section's abort handler (after any
+        preemption, migration or ptrace stop: every injected call).  A section
+        over the instruction ckpt injects through — a hostile program can make
+        one cover all of libc and the vDSO — would run the program's code in
+        place of ckpt's calls.  Hidden, the kernel sees no section; put back at
+        each stop, the memory the dump copies holds the program's own pointer.
+        A ckpt killed while a call runs leaves it zero: the kernel's own lazy
+        clearing does the same to a thread that left its section.
+        """
+        if self.rseq_cs_hidden is not None:
+            return
+        if self.rseq_cs_at < 0:
+            try:
+                abi = ptrace.get_rseq_configuration(self.tid).rseq_abi_pointer
+            except OSError:  # before 5.13 (no PTRACE_GET_RSEQ_CONFIGURATION): nothing ckpt can see
+                abi = 0
+            self.rseq_cs_at = abi + _RSEQ_CS_OFFSET if abi else 0
+        if not self.rseq_cs_at:
+            return
+        mem = self.process.mem
+        try:
+            value = mem.read(self.rseq_cs_at, 8)
+            if value != _NO_RSEQ_CS:
+                mem.write(self.rseq_cs_at, _NO_RSEQ_CS)
+                self.rseq_cs_hidden = value
+        except OSError:  # its struct rseq is not mapped: the kernel kills the thread on its way out anyway
+            pass
+
+    def _show_rseq_cs(self) -> None:
+        """Put back the ``rseq_cs`` :meth:`_hide_rseq_cs` hid (the kernel may have cleared it meanwhile)."""
+        if self.rseq_cs_hidden is not None:
+            self.process.mem.write(self.rseq_cs_at, self.rseq_cs_hidden)
+            self.rseq_cs_hidden = None
+
+    def forget_rseq(self) -> None:
+        """The thread (un)registered its rseq area through an injected call: ask the kernel again."""
+        self.rseq_cs_at = -1
 
     def share_cpu(self) -> set[int] | None:
         """Put a helper's thread and the calling (controller) thread on one CPU, for one injected syscall.
@@ -361,6 +418,11 @@ class FrozenThread:
         for sig in pending:
             _requeue(self.pid, tid, sig)
         ptrace.detach(tid, detach_sig)
+
+
+#: Offset of ``rseq_cs`` in ``struct rseq`` (after the u32 cpu_id_start and cpu_id), and "no section".
+_RSEQ_CS_OFFSET = 8
+_NO_RSEQ_CS = bytes(8)
 
 
 def stop_sharing_cpu(own: set[int] | None) -> None:
