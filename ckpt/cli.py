@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, is_dataclass
 from typing import NoReturn
 
@@ -98,7 +99,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from . import api
 
-    report = api.verify(_image_arg(args))
+    where = _image_arg(args)
+    if args.verify_key:
+        from .image import signing
+
+        signing.verified_chain(where, signing.load_verify_key(args.verify_key))
+    report = api.verify(where)
     if report.ok:
         print(report.summary())
         return 0
@@ -191,7 +197,19 @@ def _size(text: str) -> int:
     return value
 
 
+def _signer(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """The images this command writes are signed with ``--sign-key`` (loaded, and checked, before anything)."""
+    from .image import signing
+
+    return signing.signing(signing.load_signing_key(args.sign_key) if args.sign_key else None)
+
+
 def _cmd_dump(args: argparse.Namespace) -> int:
+    with _signer(args):
+        return _dump(args)
+
+
+def _dump(args: argparse.Namespace) -> int:
     from . import api
 
     level = None if args.no_compress else args.compress
@@ -246,6 +264,18 @@ def _lower_limits_flag(sp: argparse.ArgumentParser) -> None:
                          "CAP_SYS_RESOURCE) is set to the restorer's, with a warning, instead of failing the restore")
 
 
+def _sign_key_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--sign-key", metavar="FILE",
+                    help="sign the image with this Ed25519 private key (`ckpt keygen`; mode 600): "
+                         "`restore --verify-key` then refuses it if anything in it changed")
+
+
+def _verify_key_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--verify-key", metavar="FILE",
+                    help="refuse the image unless every image of its chain is signed with this key (the public "
+                         "key `ckpt keygen` wrote, or the private one) and every file is as signed (read in full)")
+
+
 def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
                     help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
@@ -258,6 +288,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
     stats_out = _json_stats_file(args)
+    if args.verify_key:  # before anything is created: the signature, then every file against the signed inventory
+        from .image import signing
+
+        signing.verified_chain(args.images_dir, signing.load_verify_key(args.verify_key))
     bar = progress_for(sys.stderr, "restore: write")
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
@@ -437,6 +471,20 @@ def _delta_flags(sp: argparse.ArgumentParser) -> None:
 
 
 def _cmd_pre_dump(args: argparse.Namespace) -> int:
+    with _signer(args):
+        return _pre_dump(args)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .image import signing
+
+    private, public = signing.generate(args.key)
+    print(f"private key {private} (mode 600: keep it where dumps are made), public key {public} "
+          f"(give it to `restore --verify-key`)")
+    return 0
+
+
+def _pre_dump(args: argparse.Namespace) -> int:
     from . import api
     from .incremental import format_ranges
     from .track.base import RangeSpec, parse_ranges
@@ -554,6 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("verify", _cmd_verify, "check every file of an image and its whole parent chain")
     sp.add_argument("dir", metavar="DIR", nargs="?", help="image directory, or a store (its newest image)")
     sp.add_argument("-D", "--images-dir", metavar="DIR", help="the same, as restore and merge take it")
+    _verify_key_flag(sp)
+
+    sp = add("keygen", _cmd_keygen, "make an Ed25519 key pair to sign images with (dump --sign-key) and check them")
+    sp.add_argument("key", metavar="FILE",
+                    help="the private key (mode 600); the public key goes to FILE.pub; neither may exist")
 
     sp = add("dump", _cmd_dump, "checkpoint a running process into an image directory")
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process to dump")
@@ -580,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="save unix sockets connected to a process outside the dumped tree as sockets whose peer "
                          "closed instead of refusing them (waiting connections from outside are dropped)")
     _tolerate_flag(sp, "dump")
+    _sign_key_flag(sp)
     sp.add_argument("--deleted-max", "--ghost-limit", type=_size, default=None, metavar="SIZE",
                     help="most data of a deleted file still open or mapped that is saved (its data ranges: holes "
                          "do not count), in bytes or with K/M/G (default 64M); a file with more makes the dump "
@@ -604,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="accepted as CRIU spells it, and changes nothing: the locks an image holds are always taken again")
     _cpu_cap_flag(sp)
     _lower_limits_flag(sp)
+    _verify_key_flag(sp)
     sp.add_argument("--check", choices=("on", "off"), default="on",
                     help="compare the kernel's account of each restored process (procfs status, limits, fdinfo, "
                          "mappings ...) with the dump's before it runs, and fail on a difference (default on)")
@@ -645,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     level = sp.add_mutually_exclusive_group()
     level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
+    _sign_key_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("merge", _cmd_merge, "squash an image chain (base + deltas) into one standalone image", log_short=False)

@@ -62,7 +62,7 @@ import zstandard
 
 import ckpt
 from ckpt.errors import CkptError, ImageError, Unsupported, UsageError
-from ckpt.image import bounds, compat, dirs, framing, kinds
+from ckpt.image import bounds, compat, dirs, framing, kinds, signing
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import clocks_pb2, core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
@@ -1244,7 +1244,12 @@ class ImageWriter:
         writer = RecordWriter(sink, kinds.INVENTORY, version=inv.format_version)
         writer.write(inv)
         writer.close()
-        _sync_all([sink.path for sink in self._sinks.values()])
+        written = [sink.path for sink in self._sinks.values()]
+        signer = signing.current_signer()
+        if signer is not None:  # before the rename: a complete image is signed, or is no image at all
+            with open(sink.path, "rb") as f:
+                written.append(signing.sign_inventory(tmp, f.read(), signer))
+        _sync_all(written)
         try:
             fsync_dir(tmp)
         except OSError as exc:
