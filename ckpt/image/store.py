@@ -976,6 +976,8 @@ class ImageWriter:
     ) -> None:
         self.final_dir = os.path.abspath(os.fspath(final_dir))
         self.kind = ImageKind(kind)
+        #: The key the image is signed with (:func:`ckpt.image.signing.signing` around the command), or None.
+        self._signer = signing.current_signer()
         if page_size <= 0 or page_size & (page_size - 1):
             raise ValueError(f"page size {page_size} is not a power of two")
         if chunk_size <= 0 or chunk_size % page_size or chunk_size > bounds.MAX_CHUNK_SIZE:
@@ -1154,7 +1156,9 @@ class ImageWriter:
             self._new_sink(kinds.PAGEMAP.file_name(key)),
             # Chunks have CRCs (no digest).  Frames are written whole, mostly past any buffer: a small
             # one, as a tree's writers stay open side by side (a short last frame was copied into 1 MiB).
-            self._new_sink(kinds.PAGES.file_name(key), digest=False, writeback=WRITEBACK_BYTES, buffer=_FRAME_BUFFER),
+            # A signed image hashes its page data too: chunk CRCs are no proof against a forger.
+            self._new_sink(kinds.PAGES.file_name(key), digest=self._signer is not None,
+                           writeback=WRITEBACK_BYTES, buffer=_FRAME_BUFFER),
             page_size=self.page_size,
             chunk_size=self.chunk_size,
             compressor=self._cctx,
@@ -1245,10 +1249,9 @@ class ImageWriter:
         writer.write(inv)
         writer.close()
         written = [sink.path for sink in self._sinks.values()]
-        signer = signing.current_signer()
-        if signer is not None:  # before the rename: a complete image is signed, or is no image at all
+        if self._signer is not None:  # before the rename: a complete image is signed, or is no image at all
             with open(sink.path, "rb") as f:
-                written.append(signing.sign_inventory(tmp, f.read(), signer))
+                written.append(signing.sign_inventory(tmp, f.read(), self._signer))
         _sync_all(written)
         try:
             fsync_dir(tmp)

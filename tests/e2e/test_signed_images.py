@@ -134,6 +134,30 @@ def test_a_file_changed_after_signing_is_refused(tmp_path: Path, keys: tuple[Pat
     _refused(img, keys[1], sleeper.pid, pages.name)
 
 
+def test_signed_page_data_is_hashed_whole(tmp_path: Path, keys: tuple[Path, Path],
+                                          sleeper: subprocess.Popen[bytes]) -> None:
+    """A chunk's CRC-32 is no proof against a forger who recomputes it: a signed image lists the SHA-256
+    of its page data too."""
+    from ckpt.image.reader import Image
+
+    _dump(sleeper, tmp_path / "img", "--sign-key", keys[0])
+    files = {f.name: f for f in Image.open(tmp_path / "img").inventory.files}
+    pages = [name for name in files if name.startswith("pages-")]
+    assert pages and all(len(files[name].sha256) == 32 for name in pages), files
+
+
+def test_a_signed_chain_restores(tmp_path: Path, keys: tuple[Path, Path], sleeper: subprocess.Popen[bytes]) -> None:
+    res = _ckpt("pre-dump", "-t", sleeper.pid, "-D", tmp_path / "pre", "--sign-key", keys[0])
+    assert res.returncode == 0, res.stderr
+    _dump(sleeper, tmp_path / "img", "--prev-images-dir", "../pre", "--sign-key", keys[0])
+    res = _ckpt("restore", "-d", "-D", tmp_path / "img", "--verify-key", keys[1])
+    try:
+        assert res.returncode == 0, res.stderr
+        assert _alive(sleeper.pid)
+    finally:
+        _end(sleeper.pid)
+
+
 def test_a_chain_with_an_unsigned_link_is_refused(tmp_path: Path, keys: tuple[Path, Path],
                                                   sleeper: subprocess.Popen[bytes]) -> None:
     res = _ckpt("pre-dump", "-t", sleeper.pid, "-D", tmp_path / "pre")
