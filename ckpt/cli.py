@@ -103,7 +103,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.verify_key:
         from .image import signing
 
-        signing.verified_chain(where, signing.load_verify_key(args.verify_key))
+        signing.verified_chain(api.image_or_store(where), signing.load_verify_key(args.verify_key))
     report = api.verify(where)
     if report.ok:
         print(report.summary())
@@ -291,7 +291,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if args.verify_key:  # before anything is created: the signature, then every file against the signed inventory
         from .image import signing
 
-        signing.verified_chain(args.images_dir, signing.load_verify_key(args.verify_key))
+        signing.verified_chain(api.image_or_store(args.images_dir), signing.load_verify_key(args.verify_key))
     bar = progress_for(sys.stderr, "restore: write")
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
@@ -509,7 +509,12 @@ def _pre_dump(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from . import api
 
-    m = api.merge(args.images_dir, args.output)
+    if args.verify_key:
+        from .image import signing
+
+        signing.verified_chain(api.image_or_store(args.images_dir), signing.load_verify_key(args.verify_key))
+    with _signer(args):
+        m = api.merge(args.images_dir, args.output)
     print(f"merged {len(m.images)} image(s) into {m.out_dir}: {m.pages_stored} pages, {m.pages_zero} zero")
     return 0
 
@@ -707,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-D", "--images-dir", required=True, metavar="DIR", help="newest image of the chain (or a store)")
     sp.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="image directory to create (here -o is the output, as before; the log is --log-file)")
+    _verify_key_flag(sp)
+    _sign_key_flag(sp)
 
     add("demo", _cmd_demo, "a short real session with a sample process (what `make demo` runs)")
 

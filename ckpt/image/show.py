@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from ckpt.errors import CorruptImage
-from ckpt.image import bounds, framing, kinds
+from ckpt.image import bounds, framing, kinds, signing
 from ckpt.image.pb import options_pb2
 from ckpt.image.reader import Image, decode_pagemap, read_file, read_record_file
 from ckpt.image.records import PageChunk, Pagemap, PageState, TrackingInfo
@@ -307,6 +307,7 @@ def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, 
         "cpu": None if (rec := cpu_features.recorded(inv)) is None else cpu_features.describe(rec),
         "clocks": timens.describe(inv.clocks, inv.boot_id) if inv.HasField("clocks") else None,
         "parent": None if parent is None else {"path": parent.path, "image_id": parent.image_id},
+        "signed_by": signing.key_of(image.path),  # the signing key's fingerprint (not checked here: verify --verify-key)
         "processes": [
             {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid, "threads": list(p.threads),
              **({"zombie": {"wait_status": p.wait_status, "comm": p.comm}} if p.zombie else {}),
@@ -428,6 +429,9 @@ def _text_lines(d: dict[str, Any]) -> Iterator[str]:
             yield f"  boot {c['boot_id']}  time namespace: {c['time_ns']}"
         p = s["parent"]
         yield "  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})"
+        signer = s.get("signed_by")
+        yield ("  signed: no" if signer is None else
+               f"  signed: by key {signer}… (checked by verify/restore --verify-key, not here)")
         for proc in s["processes"]:
             ids = f"ppid {proc['ppid']}" + (f", pgid {proc['pgid']}, sid {proc['sid']}" if proc["sid"] else "")
             if "zombie" in proc:

@@ -89,6 +89,11 @@ def test_a_signed_image_restores_and_verifies(tmp_path: Path, keys: tuple[Path, 
     assert (img / "inventory.sig").stat().st_mode & 0o777 == 0o600
     res = _ckpt("verify", "-D", img, "--verify-key", pub)
     assert res.returncode == 0, res.stderr
+    shown = _ckpt("show", "-D", img)
+    assert shown.returncode == 0 and "  signed: by key " in shown.stdout, shown.stdout[:2000]
+    res = _ckpt("merge", "-D", img, "-o", tmp_path / "merged", "--verify-key", pub, "--sign-key", key)
+    assert res.returncode == 0, res.stderr
+    assert _ckpt("verify", "-D", tmp_path / "merged", "--verify-key", pub).returncode == 0
     res = _ckpt("restore", "-d", "-D", img, "--verify-key", key)  # the private key serves too
     try:
         assert res.returncode == 0, res.stderr
