@@ -456,6 +456,8 @@ def differences(dumped: process_pb2.Observed, restored: process_pb2.Observed, *,
             if kind not in _NEWER:
                 out.append(Difference(name, "", None, "present"))
             continue
+        if before[name] == after[name]:  # the same lines normalize alike: nothing to compare (most sections)
+            continue
         bl, al = before[name].lines, after[name].lines
         if kind == "maps":
             bl, al = _coalesced(bl), _coalesced(al)
