@@ -343,12 +343,13 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
         log.debug("%s", line)
 
-    stats = migrate(args.tree, host, port, token, max_downtime=args.max_downtime / 1e3,
-                    max_iterations=args.max_iterations,
-                    bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
-                    dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy, timeout=args.timeout,
-                    tcp_close=args.tcp_close, tcp_established=args.tcp_established,
-                    action_script=args.action_script, tolerate=tolerated, on_round=on_round)
+    with _signer(args):  # every image it sends is signed (receive --verify-key)
+        stats = migrate(args.tree, host, port, token, max_downtime=args.max_downtime / 1e3,
+                        max_iterations=args.max_iterations,
+                        bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
+                        dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy,
+                        timeout=args.timeout, tcp_close=args.tcp_close, tcp_established=args.tcp_established,
+                        action_script=args.action_script, tolerate=tolerated, on_round=on_round)
     if args.dry_run:
         print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
               f"predicted downtime {stats.predicted_downtime_ms:.0f} ms ({stats.reason}); the process runs on here")
@@ -368,6 +369,11 @@ def _cmd_receive(args: argparse.Namespace) -> int:
 
     host, port = _host_port("--listen", args.listen, any_port=True)
     token = load_token(args.token_file) if args.token_file else None
+    verify_key = None
+    if args.verify_key:
+        from .image import signing
+
+        verify_key = signing.load_verify_key(args.verify_key)
     stats_out = _json_stats_file(args)
     check_dir_to_write(args.images_dir)
     # Listening comes first: an address that cannot be used is refused before any file is written.
@@ -385,7 +391,7 @@ def _cmd_receive(args: argparse.Namespace) -> int:
         say(f"listening on {where[0]}:{where[1]}")
         results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap,
                            allow_changed_files=args.allow_changed_files,
-                           allow_lower_limits=args.allow_lower_limits)
+                           allow_lower_limits=args.allow_lower_limits, verify_key=verify_key)
     last = results[-1] if results else None
     if last is not None:
         _write_json_stats(stats_out, last)
@@ -579,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run SCRIPT with CKPT_SCRIPT_ACTION=post-migrate once the destination runs the process, "
                          "before the source ends it (e.g. to move a service address there)")
     sp.add_argument("--verbose", action="store_true", help="a line per round even when not on a terminal (as -v)")
+    _sign_key_flag(sp)
     sp.add_argument("-l", "--file-locks", action="store_true",
                     help="accepted as CRIU spells it, and changes nothing: file locks are always migrated when they can be "
                          "restored exactly (a lock that cannot be is refused, naming it)")
@@ -591,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
     sp.add_argument("--once", action="store_true",
                     help="exit after one migration (from a source that authenticated: strangers do not count)")
+    _verify_key_flag(sp)
     _allow_changed_flag(sp)
     _lower_limits_flag(sp)
     _cpu_cap_flag(sp)

@@ -51,6 +51,8 @@ from ..resources.tree import kill as kill_helpers
 from .wire import DEFAULT_TIMEOUT, Channel, WireError, listen
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from ..restore import RestoreStats, StagedRestore
 
 __all__ = ["BACKLOG", "HANDSHAKE_TIMEOUT", "MAX_PENDING", "ReceiveResult", "open_listener", "serve", "serve_on"]
@@ -247,14 +249,15 @@ class _Stager:
 
 def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool = True,
              cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
-             allow_lower_limits: bool = False) -> ReceiveResult:
+             allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None) -> ReceiveResult:
     """Serve one migration over an authenticated channel (closed on return); see the module docstring.
 
     ``staged``: restore while the images arrive (the default); False restores
     the final image in one go at the switch-over (the downtime baseline).
     ``cpu_cap``: the CPU checks (:func:`ckpt.resources.cpu.parse_cpu_cap`) of
     the handshake and the restores.  ``allow_changed_files``, ``allow_lower_limits``: as for
-    :func:`ckpt.api.restore` (``receive --allow-changed-files``).
+    :func:`ckpt.api.restore` (``receive --allow-changed-files``).  ``verify_key``: every image must be
+    signed with it, and be as signed (:func:`_check_signed`), before it is staged or restored.
     """
     from .. import api
 
@@ -292,6 +295,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                 if kind == "image":
                     name = ch.recv_dir(store)
                     result.images += 1
+                    if verify_key is not None:
+                        _check_signed(ch, name, verify_key)
                     if stager is not None and staging is not None and not msg.get("final"):
                         # The previous image is applied before this one is acknowledged: staging
                         # overlaps the next transfer, and when it is the slower side the source's
@@ -416,6 +421,29 @@ def _check_source_cpu(ch: Channel, record: object, cpu_cap: Iterable[str] | None
     except CkptError as exc:
         ch.send_error(f"{exc} (the receiver's --cpu-cap relaxes this check)")
         raise
+
+
+def _check_signed(ch: Channel, image_dir: str, key: "Ed25519PublicKey") -> None:
+    """Refuse a received image that is not signed with ``key``, or not as signed (its page data read in full)."""
+    from ..errors import CorruptImage
+    from ..image import signing
+    from ..image.reader import Image
+    from ..image.verify import check_chain
+
+    try:
+        image = Image.open(image_dir)
+        why = signing.check_signature(image, key)
+        if why is None:
+            problems = check_chain([image], read_chunks=True, parents=False)[0]
+            if problems:
+                why = f"{os.path.basename(problems[0].path)}: {problems[0].problem}"
+    except CkptError as exc:
+        why = str(exc)
+    if why is not None:
+        msg = f"the destination restores only images signed with its key (receive --verify-key): image " \
+              f"{os.path.basename(image_dir)}: {why}"
+        ch.send_error(msg)
+        raise CorruptImage(image_dir, why)
 
 
 def _check_source_boot(ch: Channel, boot_id: object) -> None:
@@ -621,13 +649,14 @@ def serve(host: str, port: int, root: str, token: str | bytes, *, once: bool = F
           on_event: Callable[[str], None] | None = None,
           on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True,
           cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
-          allow_lower_limits: bool = False) -> list[ReceiveResult]:
+          allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None) -> list[ReceiveResult]:
     """Listen on ``host:port`` (:func:`open_listener`), then :func:`serve_on` it."""
     with open_listener(host, port) as s:
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
         return serve_on(s, root, token, once=once, on_event=on_event, staged=staged, cpu_cap=cpu_cap,
-                        allow_changed_files=allow_changed_files, allow_lower_limits=allow_lower_limits)
+                        allow_changed_files=allow_changed_files, allow_lower_limits=allow_lower_limits,
+                        verify_key=verify_key)
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -638,7 +667,7 @@ def open_listener(host: str, port: int) -> socket.socket:
 def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bool = False,
              on_event: Callable[[str], None] | None = None, staged: bool = True,
              cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
-             allow_lower_limits: bool = False) -> list[ReceiveResult]:
+             allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None) -> list[ReceiveResult]:
     """Accept migrations on a listening socket into ``root``: one with ``once``, else until interrupted.
 
     Only authenticated sources count: strangers (:class:`_Door`) neither
@@ -646,7 +675,7 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
     time, on this thread; with ``once`` the listener is closed as soon as it
     starts, so the restored process can bind the same address and port (a
     server migrated to the receiver's own port).  ``staged``, ``cpu_cap``, ``allow_changed_files``,
-    ``allow_lower_limits``: see
+    ``allow_lower_limits``, ``verify_key``: see
     :func:`_receive`.
     """
     os.makedirs(root, mode=0o700, exist_ok=True)
@@ -667,7 +696,7 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
             try:
                 results.append(_receive(ch, root, say=say, staged=staged, cpu_cap=cpu_cap,
                                         allow_changed_files=allow_changed_files,
-                                        allow_lower_limits=allow_lower_limits))
+                                        allow_lower_limits=allow_lower_limits, verify_key=verify_key))
             finally:
                 door.done()
             if once:
