@@ -100,10 +100,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from . import api
 
     where = _image_arg(args)
-    if args.verify_key:
-        from .image import signing
-
-        signing.verified_chain(api.image_or_store(where), signing.load_verify_key(args.verify_key))
+    _check_signed(args, where)
     report = api.verify(where)
     if report.ok:
         print(report.summary())
@@ -204,6 +201,15 @@ def _signer(args: argparse.Namespace) -> AbstractContextManager[None]:
     return signing.signing(signing.load_signing_key(args.sign_key) if args.sign_key else None)
 
 
+def _check_signed(args: argparse.Namespace, where: str) -> None:
+    """With ``--verify-key``: refuse the image (or store) unless its chain is signed with it, every file as signed."""
+    if args.verify_key:
+        from . import api
+        from .image import signing
+
+        signing.verified_chain(api.image_or_store(where), signing.load_verify_key(args.verify_key))
+
+
 def _cmd_dump(args: argparse.Namespace) -> int:
     with _signer(args):
         return _dump(args)
@@ -288,10 +294,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
     stats_out = _json_stats_file(args)
-    if args.verify_key:  # before anything is created: the signature, then every file against the signed inventory
-        from .image import signing
-
-        signing.verified_chain(api.image_or_store(args.images_dir), signing.load_verify_key(args.verify_key))
+    _check_signed(args, args.images_dir)  # before anything is created
     bar = progress_for(sys.stderr, "restore: write")
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
@@ -515,10 +518,7 @@ def _pre_dump(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from . import api
 
-    if args.verify_key:
-        from .image import signing
-
-        signing.verified_chain(api.image_or_store(args.images_dir), signing.load_verify_key(args.verify_key))
+    _check_signed(args, args.images_dir)
     with _signer(args):
         m = api.merge(args.images_dir, args.output)
     print(f"merged {len(m.images)} image(s) into {m.out_dir}: {m.pages_stored} pages, {m.pages_zero} zero")

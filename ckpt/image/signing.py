@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .reader import Image
 
 __all__ = ["SIGNATURE_FILE", "generate", "load_signing_key", "load_verify_key", "signing", "current_signer",
-           "sign_inventory", "check_signature", "verified_chain", "fingerprint"]
+           "sign_inventory", "check_signature", "image_problem", "verified_chain", "fingerprint", "key_of"]
 
 SIGNATURE_FILE = "inventory.sig"
 _MAGIC = b"CKPTSIG1"
@@ -230,6 +230,24 @@ def verified_chain(path: str | os.PathLike[str], public: "Ed25519PublicKey") -> 
     for problems in check_chain(images, read_chunks=True):
         if problems:
             raise CorruptImage(problems[0].path, f"{problems[0].problem} (after its signature was checked)")
+
+
+def image_problem(image_dir: str | os.PathLike[str], public: "Ed25519PublicKey") -> str | None:
+    """Why one image (its parents not opened) is not signed by ``public``, or not as signed; None when it is."""
+    from ..errors import CkptError
+    from .reader import Image
+    from .verify import check_chain
+
+    try:
+        image = Image.open(image_dir)
+        why = check_signature(image, public)
+        if why is None:
+            problems = check_chain([image], read_chunks=True, parents=False)[0]
+            if problems:
+                why = f"{os.path.basename(problems[0].path)}: {problems[0].problem}"
+    except CkptError as exc:
+        why = str(exc)
+    return why
 
 
 def key_of(image_dir: str | os.PathLike[str]) -> str | None:

@@ -427,22 +427,11 @@ def _check_signed(ch: Channel, image_dir: str, key: "Ed25519PublicKey") -> None:
     """Refuse a received image that is not signed with ``key``, or not as signed (its page data read in full)."""
     from ..errors import CorruptImage
     from ..image import signing
-    from ..image.reader import Image
-    from ..image.verify import check_chain
 
-    try:
-        image = Image.open(image_dir)
-        why = signing.check_signature(image, key)
-        if why is None:
-            problems = check_chain([image], read_chunks=True, parents=False)[0]
-            if problems:
-                why = f"{os.path.basename(problems[0].path)}: {problems[0].problem}"
-    except CkptError as exc:
-        why = str(exc)
+    why = signing.image_problem(image_dir, key)
     if why is not None:
-        msg = f"the destination restores only images signed with its key (receive --verify-key): image " \
-              f"{os.path.basename(image_dir)}: {why}"
-        ch.send_error(msg)
+        ch.send_error(f"the destination restores only images signed with its key (receive --verify-key): image "
+                      f"{os.path.basename(image_dir)}: {why}")
         raise CorruptImage(image_dir, why)
 
 
