@@ -30,12 +30,12 @@ import contextlib
 import contextvars
 import hashlib
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptImage, ImageError, UsageError
+from ..secretfile import read_secret_file
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -101,29 +101,10 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
 
 
 def _read_key_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a key file, once its owner and mode are safe for what it holds (a private key: 0600)."""
-    p = os.fspath(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise UsageError(f"cannot open the key file {p}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"the key file {p} is not a regular file")
-        if st.st_uid not in (0, os.geteuid()):
-            raise UsageError(f"the key file {p} belongs to uid {st.st_uid}, another user")
-        if st.st_mode & 0o022:
-            raise UsageError(f"the key file {p} is writable by other users (mode {st.st_mode & 0o777:o})",
-                             hint=f"chmod go-w {p}")
-        data = os.read(fd, _MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_KEY_FILE:
-        raise UsageError(f"the key file {p} is too large to be a key")
-    if b"PRIVATE KEY" in data and st.st_mode & 0o077:
-        raise UsageError(f"the private key {p} is readable by other users (mode {st.st_mode & 0o777:o})",
-                         hint=f"chmod 600 {p}")
+    """The bytes of a key file (:func:`ckpt.secretfile.read_secret_file`): a private key is a secret."""
+    data = read_secret_file(path, "key file", max_size=_MAX_KEY_FILE, secret=False)
+    if b"PRIVATE KEY" in data:
+        data = read_secret_file(path, "private key", max_size=_MAX_KEY_FILE)
     return data
 
 

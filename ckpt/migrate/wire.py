@@ -83,7 +83,6 @@ import secrets
 import select
 import shutil
 import socket
-import stat
 import struct
 import tempfile
 import threading
@@ -99,6 +98,7 @@ import zstandard
 import ckpt
 from ckpt.errors import CkptError, ImageError, UsageError
 from ckpt.kernel.fileio import fsync_dir
+from ckpt.secretfile import read_secret_file
 
 __all__ = [
     "CHUNK_SIZE",
@@ -214,33 +214,9 @@ def load_token(path: str | os.PathLike[str]) -> str:
     image, so the file gets the care of an SSH private key.
     """
     where = os.fspath(path)
-    try:
-        fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise UsageError(
-            f"{where}: token file does not exist",
-            hint="put the same random token (e.g. 64 hex digits) in a file of mode 0600 on both hosts",
-        ) from None
-    except OSError as exc:
-        raise UsageError(f"{where}: cannot open the token file: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"{where}: token file is not a regular file")
-        if st.st_mode & 0o077:
-            raise UsageError(
-                f"{where}: token file is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
-                hint=f"chmod 600 {where}",
-            )
-        if st.st_uid not in (os.geteuid(), 0):
-            raise UsageError(f"{where}: token file belongs to uid {st.st_uid}, not to this user or root")
-        data = os.read(fd, _MAX_TOKEN_FILE + 1)
-    except OSError as exc:
-        raise UsageError(f"{where}: cannot read the token file: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_TOKEN_FILE:
-        raise UsageError(f"{where}: too large to be a token file (over {_MAX_TOKEN_FILE} bytes)")
+    data = read_secret_file(where, "token file", max_size=_MAX_TOKEN_FILE,
+                            missing_hint="put the same random token (e.g. 64 hex digits) in a file of mode 0600 "
+                                         "on both hosts")
     try:
         token = data.decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -73,6 +73,16 @@ def _dump(p: subprocess.Popen[bytes], img: Path, *extra: object) -> None:
     p.wait(timeout=10)
 
 
+def _restores(img: Path, key: Path, pid: int) -> None:
+    """``restore -d --verify-key`` brings the process back (ended again after)."""
+    res = _ckpt("restore", "-d", "-D", img, "--verify-key", key)
+    try:
+        assert res.returncode == 0, res.stderr
+        assert _alive(pid)
+    finally:
+        _end(pid)
+
+
 def _refused(img: Path, pub: Path, pid: int, *words: str) -> None:
     res = _ckpt("restore", "-d", "-D", img, "--verify-key", pub)
     assert_one_line_error(res, 2, *words)
@@ -94,12 +104,7 @@ def test_a_signed_image_restores_and_verifies(tmp_path: Path, keys: tuple[Path, 
     res = _ckpt("merge", "-D", img, "-o", tmp_path / "merged", "--verify-key", pub, "--sign-key", key)
     assert res.returncode == 0, res.stderr
     assert _ckpt("verify", "-D", tmp_path / "merged", "--verify-key", pub).returncode == 0
-    res = _ckpt("restore", "-d", "-D", img, "--verify-key", key)  # the private key serves too
-    try:
-        assert res.returncode == 0, res.stderr
-        assert _alive(sleeper.pid)
-    finally:
-        _end(sleeper.pid)
+    _restores(img, key, sleeper.pid)  # the private key serves too
 
 
 def test_an_unsigned_image_is_refused(tmp_path: Path, keys: tuple[Path, Path],
@@ -155,12 +160,7 @@ def test_a_signed_chain_restores(tmp_path: Path, keys: tuple[Path, Path], sleepe
     res = _ckpt("pre-dump", "-t", sleeper.pid, "-D", tmp_path / "pre", "--sign-key", keys[0])
     assert res.returncode == 0, res.stderr
     _dump(sleeper, tmp_path / "img", "--prev-images-dir", "../pre", "--sign-key", keys[0])
-    res = _ckpt("restore", "-d", "-D", tmp_path / "img", "--verify-key", keys[1])
-    try:
-        assert res.returncode == 0, res.stderr
-        assert _alive(sleeper.pid)
-    finally:
-        _end(sleeper.pid)
+    _restores(tmp_path / "img", keys[1], sleeper.pid)
 
 
 def test_a_chain_with_an_unsigned_link_is_refused(tmp_path: Path, keys: tuple[Path, Path],
@@ -175,7 +175,7 @@ def test_a_key_others_can_read_is_refused_before_the_dump_touches_the_process(
         tmp_path: Path, keys: tuple[Path, Path], sleeper: subprocess.Popen[bytes]) -> None:
     os.chmod(keys[0], 0o644)
     res = _ckpt("dump", "-t", sleeper.pid, "-D", tmp_path / "img", "--sign-key", keys[0])
-    assert_one_line_error(res, 2, "readable by other users")
+    assert_one_line_error(res, 2, "private key is accessible by group or others")
     assert not (tmp_path / "img").exists()
     assert sleeper.poll() is None and _alive(sleeper.pid)
     with open(f"/proc/{sleeper.pid}/status") as f:
