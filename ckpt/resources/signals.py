@@ -51,11 +51,12 @@ from collections.abc import Sequence
 
 from ..control.inject import OUT, Injector, Query, Scratch
 from ..control.seize import FrozenProcess
+from ..errors import TargetError
 from ..image.pb import common_pb2, core_pb2, process_pb2
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR
 from ..kernel.signals import (
-    NSIG, SIG_DFL, SIGCHLD, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction,
+    NSIG, SIG_DFL, SIG_IGN, SIGCHLD, SIGINFO_SIZE, SIGKILL, SIGSET_SIZE, SIGSTOP, SIGTRAP, SI_USER, kernel_sigaction,
     make_siginfo, sigbit, siginfo_signo,
 )
 from ..procfs.snapshot import Snapshot
@@ -127,9 +128,29 @@ def dump_sigactions(proc: FrozenProcess, *, scratch: Scratch | None = None,
             out.append(process_pb2.SigAction(signo=signo))
             continue
         act = kernel_sigaction.from_buffer_copy(raw)
+        _check_against_status(proc.pid, signo, act.sa_handler, st)
         out.append(process_pb2.SigAction(signo=signo, handler=act.sa_handler, flags=act.sa_flags,
                                          restorer=act.sa_restorer, mask=act.sa_mask))
     return out
+
+
+def _disposition(handler: int) -> str:
+    return "default" if handler == SIG_DFL else "ignored" if handler == SIG_IGN else "caught"
+
+
+def _check_against_status(pid: int, signo: int, handler: int, st: Status) -> None:
+    """Refuse an injected answer that the kernel's own account (SigCgt, SigIgn of /proc/PID/status) denies.
+
+    The process cannot shape ckpt's calls today (seccomp suspended, rseq hidden); if it ever could, the
+    dump refuses rather than record what it was told.
+    """
+    bit = sigbit(signo)
+    kernel = "caught" if st.sigcgt & bit else "ignored" if st.sigign & bit else "default"
+    told = _disposition(handler)
+    if told != kernel:
+        raise TargetError(pid, f"process {pid}: signal {signo} is {kernel} by the kernel's account (/proc status), "
+                          f"but the injected rt_sigaction answered {told} ({handler:#x}): refusing to record an "
+                          "answer the process may have shaped")
 
 
 def _pending(tid: int, bits: int, *, shared: bool) -> list[common_pb2.PendingSignal]:
