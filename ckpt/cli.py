@@ -332,6 +332,13 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from .migrate.wire import load_token
     from .tolerance import parse as parse_tolerate
 
+    if args.recover:
+        return _recover(args)
+    if args.outcome:
+        raise UsageError("--outcome goes with --recover")
+    for flag, value in (("--to", args.to), ("--token-file", args.token_file)):
+        if not value:
+            raise UsageError(f"ckpt migrate needs {flag}")
     tolerated = parse_tolerate(args.tolerate, "dump")
     api.check_process(args.tree)
     stats_out = _json_stats_file(args)
@@ -365,11 +372,47 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover(args: argparse.Namespace) -> int:
+    """``migrate --recover``: a switch-over left in doubt is finished one way or the other (migrate/journal.py)."""
+    from .migrate.source import recover
+    from .migrate.wire import load_token
+
+    token = load_token(args.token_file) if args.token_file else None
+    to = _host_port("--to", args.to) if args.to else None
+    known = {"running": "running", "not-running": "not running", None: None}[args.outcome]
+    r = recover(args.tree, token, to=to, known=known, timeout=args.timeout)
+    if r.outcome == "gone":
+        print(f"pid {args.tree}: no process the migration held is left; its record is removed")
+    elif r.outcome == "running":
+        print(f"migration {r.migration}: the destination runs pid {args.tree}; ended the original "
+              f"({', '.join(map(str, r.ended))})")
+    else:
+        print(f"migration {r.migration}: the destination does not run pid {args.tree}; resumed the original "
+              f"({', '.join(map(str, r.resumed))})")
+    return 0
+
+
+def _receive_outcome(args: argparse.Namespace) -> int:
+    """``receive --outcome ID``: what this directory's journal says of a migration (for ``migrate --recover``)."""
+    from .migrate import journal
+
+    if not journal.valid_id(args.outcome):
+        raise UsageError(f"--outcome {args.outcome!r}: a migration id is 32 hex digits (the source's error names it)")
+    state, _ = journal.outcome(args.images_dir, args.outcome)
+    print(state)
+    if state in ("running", "not running"):
+        print(f"on the source: ckpt migrate --recover -t PID --outcome {state.replace(' ', '-')}", file=sys.stderr)
+        return 0
+    return 1
+
+
 def _cmd_receive(args: argparse.Namespace) -> int:
     from .image.dirs import check_dir_to_write
     from .migrate.dest import open_listener, serve_on
     from .migrate.wire import load_token, save_token
 
+    if args.outcome:
+        return _receive_outcome(args)
     host, port = _host_port("--listen", args.listen, any_port=True)
     token = load_token(args.token_file) if args.token_file else None
     verify_key = None
@@ -562,8 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("migrate", _cmd_migrate, "move a running process to a `ckpt receive` elsewhere, with pre-copy rounds")
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process")
-    sp.add_argument("--to", required=True, metavar="ADDR:PORT", help="where `ckpt receive` listens")
-    sp.add_argument("--token-file", required=True, metavar="F", help="the shared token (both peers prove they know it)")
+    sp.add_argument("--to", metavar="ADDR:PORT", help="where `ckpt receive` listens")
+    sp.add_argument("--token-file", metavar="F", help="the shared token (both peers prove they know it)")
+    sp.add_argument("--recover", action="store_true",
+                    help="finish a switch-over left in doubt: ask the receiver whether it runs the process, then "
+                         "end (it does) or resume (it does not) the original held stopped here")
+    sp.add_argument("--outcome", choices=("running", "not-running"),
+                    help="with --recover: the answer, when the receiver cannot be asked (`ckpt receive --outcome ID`)")
     sp.add_argument("--max-downtime", type=float, default=100.0, metavar="MS",
                     help="switch over once the predicted downtime fits (default 100 ms)")
     sp.add_argument("--max-iterations", type=int, default=30, metavar="N", help="pre-copy rounds at most (default 30)")
@@ -598,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token-file", metavar="F", help="the shared token (default: a new one, written to DIR)")
     sp.add_argument("--once", action="store_true",
                     help="exit after one migration (from a source that authenticated: strangers do not count)")
+    sp.add_argument("--outcome", metavar="ID",
+                    help="print what became of migration ID (from DIR's journal) and exit: running, not running, "
+                         "in progress or unknown (for `ckpt migrate --recover --outcome`)")
     _verify_key_flag(sp)
     _allow_changed_flag(sp)
     _lower_limits_flag(sp)

@@ -48,6 +48,7 @@ from .. import interrupts, testpoint
 from ..errors import CkptError
 from ..image.store import hold_dir
 from ..resources.tree import kill as kill_helpers
+from . import journal
 from .wire import DEFAULT_TIMEOUT, Channel, WireError, listen
 
 if TYPE_CHECKING:
@@ -94,10 +95,14 @@ class ReceiveResult:
 
 
 class _Commit:
-    """The restore's ``before_hand_over``: say "restored", wait for the source's "commit" (else raise)."""
+    """The restore's ``before_hand_over``: say "restored", wait for the source's "commit" (else raise).
 
-    def __init__(self, ch: Channel) -> None:
+    ``record``: called with the commit, before the process is let go (the journal's "committed").
+    """
+
+    def __init__(self, ch: Channel, record: Callable[[], None] = lambda: None) -> None:
         self.ch = ch
+        self.record = record
         self.asked = False    # "restored" was said: no second attempt at a restore after this
         self.granted = False  # "commit" came: the process is let go
 
@@ -109,6 +114,7 @@ class _Commit:
             raise WireError(f"the source gave the migration up: {msg.get('reason', '')}")
         if msg.get("type") != "commit":
             raise WireError(f"protocol error: expected a 'commit' message, got {msg.get('type')!r}")
+        self.record()
         self.granted = True
         testpoint.point("receive.committed")
 
@@ -247,10 +253,12 @@ class _Stager:
             self.say(f"{why}; the switch-over restores plainly")
 
 
-def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool = True,
+def _receive(ch: Channel, hello: dict, root: str, *, say: Callable[[str], None], staged: bool = True,
              cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
              allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None) -> ReceiveResult:
     """Serve one migration over an authenticated channel (closed on return); see the module docstring.
+
+    ``hello``: its first message, "migrate" (:class:`_Door` reads it).
 
     ``staged``: restore while the images arrive (the default); False restores
     the final image in one go at the switch-over (the downtime baseline).
@@ -267,9 +275,9 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
     confirmed = False
     stager: _Stager | None = None
     staging: Future[None] | None = None  # the newest pre-copy image being staged
+    entry: journal.Journal | None = None  # what --recover at the source may ask about (journal.py)
     try:
         with ch:
-            hello = ch.expect("migrate", timeout=IDLE_TIMEOUT)
             result.source_pid = int(hello["pid"])
             if "cpu" in hello:  # sources before ckpt recorded CPUs send none: their images are checked
                 _check_source_cpu(ch, hello["cpu"], cpu_cap)
@@ -281,6 +289,9 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             os.makedirs(store, mode=0o700)
             store_lock = hold_dir(store)
             result.store = store
+            if journal.valid_id(hello.get("migration")) and not hello.get("dry_run"):
+                entry = journal.Journal(hello["migration"], result.source_pid, store)
+                entry.set(root, "receiving")
             import ckpt.restore  # noqa: F401 - imported now, not inside the downtime (~80 ms)
 
             if staged and not hello.get("dry_run"):
@@ -315,7 +326,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                     image = os.path.join(store, str(msg["name"]))
                     testpoint.point("receive.restoring")
                     t0 = time.monotonic()
-                    commit = _Commit(ch)
+                    commit = _Commit(ch, record=(lambda: entry.set(root, "committed", pid=result.source_pid))
+                                     if entry is not None else (lambda: None))
                     with interrupts.deferred():  # a commit must be answered: Ctrl-C waits for it
                         try:
                             r = stager.finish(image, commit) if stager is not None else None
@@ -329,6 +341,8 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
                             ch.send_error(f"restore failed at the destination: {exc}")
                             raise
                         confirmed = True
+                        if entry is not None:
+                            entry.set(root, "running")
                         _mark_running(store)
                         testpoint.point("receive.running")
                         result.restore_ms = round((time.monotonic() - t0) * 1e3, 1)
@@ -358,6 +372,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
             stager.close(kill=not confirmed)
             stager = None
         if not confirmed:
+            _abort(root, entry)
             _clean(store)
             result.store = ""
         if isinstance(exc, (CkptError, OSError)):
@@ -370,6 +385,7 @@ def _receive(ch: Channel, root: str, *, say: Callable[[str], None], staged: bool
     if stager is not None:
         stager.close(kill=not confirmed)
     if not confirmed:
+        _abort(root, entry)
         _clean(store)
         result.store = ""
     say(f"migration from {result.peer}: {result.outcome}")
@@ -446,6 +462,16 @@ def _check_source_boot(ch: Channel, boot_id: object) -> None:
         raise
 
 
+def _abort(root: str, entry: journal.Journal | None) -> None:
+    """The copy was not confirmed: record it gone — unless the commit came, when whether it was let go is
+    for :func:`journal.outcome` to find out (it looks for the copy once this receiver is gone)."""
+    if entry is not None and entry.state == "receiving":
+        try:
+            entry.set(root, "aborted")
+        except OSError:
+            pass  # a gone receiver's "receiving" reads the same
+
+
 def _clean(store: str) -> None:
     if store:
         shutil.rmtree(store, ignore_errors=True)
@@ -467,8 +493,10 @@ class _Door:
     """
 
     def __init__(self, listener: socket.socket, token: str | bytes, say: Callable[[str], None], *,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = MAX_PENDING) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = MAX_PENDING,
+                 root: str | None = None) -> None:
         self._listener = listener
+        self._root = root
         self._token = token
         self._say = say
         self._handshake_timeout = handshake_timeout
@@ -478,15 +506,16 @@ class _Door:
         self._handshakes: set[threading.Thread] = set()
         self._busy = False    # a source was handed over and its migration is not over
         self._closed = False
-        self._sources: queue.Queue[Channel] = queue.Queue()
+        self._sources: queue.Queue[tuple[Channel, dict]] = queue.Queue()
         self._wake, self._waker = socket.socketpair()
         listener.setblocking(False)
         self._acceptor: threading.Thread | None = threading.Thread(target=self._accept_loop, name="ckpt-accept",
                                                                    daemon=True)
         self._acceptor.start()
 
-    def next_source(self) -> Channel:
-        """Wait for an authenticated source; the door counts a migration as running until :meth:`done`."""
+    def next_source(self) -> tuple[Channel, dict]:
+        """Wait for an authenticated source and its "migrate"; the door counts a migration as running until
+        :meth:`done`."""
         while True:
             try:
                 return self._sources.get(timeout=1.0)  # (a timeout: Ctrl-C is seen within a second)
@@ -520,7 +549,7 @@ class _Door:
             self._pending.clear()  # their threads close them, quietly
             threads = list(self._handshakes)
         while not self._sources.empty():
-            self._sources.get_nowait().close()
+            self._sources.get_nowait()[0].close()
         deadline = time.monotonic() + 2.0
         for t in threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -602,12 +631,21 @@ class _Door:
         if dropped:
             ch.close()
             return
+        try:
+            first = ch.recv(timeout=self._handshake_timeout)
+        except (CkptError, OSError) as exc:
+            self._say(f"{ch.peer} authenticated, then: {exc}")
+            ch.close()
+            return
+        if first.get("type") == "outcome":
+            self._answer_outcome(ch, first)
+            return
         ch.timeout = DEFAULT_TIMEOUT  # authenticated: the migration's own timeouts from now on
         with self._lock:
             closed, busy = self._closed, self._busy
             if not closed and not busy:
                 self._busy = True
-                self._sources.put(ch)
+                self._sources.put((ch, first))
                 return
         if busy and not closed:
             ch.send_error("another migration is in progress at this destination; try again once it is over")
@@ -615,6 +653,26 @@ class _Door:
         else:
             ch.send_error("this destination is shutting down")
         ch.close()
+
+
+    def _answer_outcome(self, ch: Channel, msg: dict) -> None:
+        """``ckpt migrate --recover`` asks what became of a migration: the journal says (even while one runs)."""
+        migration = msg.get("migration")
+        try:
+            if self._root is None or not journal.valid_id(migration):
+                state = "unknown"
+            else:
+                state, _ = journal.outcome(self._root, str(migration))
+            ch.send({"type": "outcome", "state": state})
+            self._say(f"{ch.peer} asked what became of migration {_printable_id(migration)}: {state}")
+        except (CkptError, OSError) as exc:
+            self._say(f"answering {ch.peer} about migration {_printable_id(migration)} failed: {exc}")
+        finally:
+            ch.close()
+
+
+def _printable_id(migration: object) -> str:
+    return migration if journal.valid_id(migration) else "(malformed id)"  # type: ignore[return-value]
 
 
 @dataclass(eq=False)
@@ -676,14 +734,19 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
                 on_event(msg)
 
     results: list[ReceiveResult] = []
-    door = _Door(listener, token, say)
+    journal.prune(root)
+    door = _Door(listener, token, say, root=root)
     try:
         while True:
-            ch = door.next_source()
+            ch, hello = door.next_source()
             if once:
                 door.stop_accepting()
             try:
-                results.append(_receive(ch, root, say=say, staged=staged, cpu_cap=cpu_cap,
+                if hello.get("type") != "migrate":
+                    ch.send_error(f"protocol error: expected 'migrate', got {hello.get('type')!r}")
+                    ch.close()
+                    continue
+                results.append(_receive(ch, hello, root, say=say, staged=staged, cpu_cap=cpu_cap,
                                         allow_changed_files=allow_changed_files,
                                         allow_lower_limits=allow_lower_limits, verify_key=verify_key))
             finally:

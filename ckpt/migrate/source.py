@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -46,10 +47,11 @@ from ..errors import CkptError, MigrationInDoubt, Unsupported, UsageError
 from ..image.store import make_held_tmp
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from ..procfs.timens import read_boot_id
+from .journal import OUTCOMES, SourceRecord, new_migration_id, starttime
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, PeerError, WireError
 
-__all__ = ["DestReads", "MigrateStats", "RoundReport", "migrate"]
+__all__ = ["DestReads", "MigrateStats", "RoundReport", "migrate", "recover"]
 
 #: Inside the downtime besides the source's frozen state dump (measured by a probe) and the
 #: last delta: the destination's staged finish (13-30 ms for 1 GiB here) and the last round
@@ -214,12 +216,14 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     # The rounds' images: a temporary directory that the next run in the same place removes if we are killed.
     work, work_lock = make_held_tmp(work_dir or tempfile.gettempdir(), f"ckpt-migrate-{pid}")
     tracking = False
+    migration = new_migration_id()  # names it in both sides' records (journal.py)
+    record_lock: int | None = None  # the flock of our record, from the hold on (--recover waits for us)
     try:
         with Channel.connect(host, port, token, timeout=timeout) as ch:
             # Our CPU and boot: the destination refuses at once when it lacks a feature the process may use,
             # or the time namespace that carries its clocks on from another boot.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here()),
-                     "boot_id": read_boot_id()})
+                     "boot_id": read_boot_id(), "migration": migration})
             stats.protocol, stats.destination_ckpt = ch.version, ch.peer_software
             reads = DestReads.of(ch, ch.expect("ready"))
             # Every record of a final dump, no page, no image: whether the process can be moved
@@ -287,6 +291,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
 
             def switch_over(image_dir: str) -> bool:
                 """With the source frozen: the last image goes over, then the commit (module docstring)."""
+                nonlocal record_lock
                 stats.final_bytes = send_image(final, final=True)
                 testpoint.point("migrate.final-sent")
                 ch.send({"type": "restore", "name": final})
@@ -294,25 +299,32 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 testpoint.point("migrate.restored")
                 committing.enter_context(interrupts.deferred())
                 held = tree.descendants(pid, include_root=True)  # (frozen: it cannot change)
+                # On disk before the hold: whenever the original is held, a record says for which migration.
+                record = SourceRecord(migration, pid, f"{host}:{port}", [(p, starttime(p) or 0) for p in held],
+                                      time.time())
+                record_lock = record.save()
                 hold_stopped(held)
                 try:
                     testpoint.point("migrate.held")
                     ch.send({"type": "commit"})
                 except BaseException:
                     unhold(held)  # the commit did not leave: the destination kills its copy, ours runs on
+                    SourceRecord.remove(pid)
                     raise
                 testpoint.point("migrate.committed")
                 try:
                     running = ch.expect("running", timeout=timeout)
                 except PeerError:
                     unhold(held)  # its copy failed after the commit, and it killed it: ours runs on
+                    SourceRecord.remove(pid)
                     raise
                 except WireError as exc:
                     raise MigrationInDoubt(
-                        f"the switch-over of pid {pid} is in doubt: {exc}; the destination may run the process. "
+                        f"the switch-over of pid {pid} (migration {migration}) is in doubt: {exc}; the destination "
+                        f"may run the process. "
                         f"The original is kept stopped (SIGSTOP) so that it never runs twice",
-                        hint=f"if {host} runs it, end this one (kill -KILL {pid}); "
-                             f"if not, resume it (kill -CONT {pid})") from exc
+                        hint=f"`ckpt migrate --recover -t {pid} --token-file F` asks the destination's receiver "
+                             f"(running, on the same directory) and ends or resumes the original") from exc
                 return _running(running)
 
             def _running(running: dict) -> bool:
@@ -345,6 +357,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                     pass
                 raise
             tracking = False
+            SourceRecord.remove(pid)  # the original is ended: nothing is left to resolve
             stats.final_pages = last.pages_stored
             stats.switched = True
             stats.downtime_ms = round((marks["running"] - marks["frozen"]) * 1e3, 1)
@@ -364,5 +377,81 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
         shutil.rmtree(work, ignore_errors=True)
         if work_lock is not None:
             os.close(work_lock)
+        if record_lock is not None:
+            os.close(record_lock)
         stats.total_ms = round((time.monotonic() - t_start) * 1e3, 1)
     return stats
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``ckpt migrate --recover`` found and did."""
+
+    pid: int
+    migration: str
+    outcome: str      # "running" (the destination runs it), "not running", or "gone" (nothing held was left)
+    ended: tuple[int, ...] = ()
+    resumed: tuple[int, ...] = ()
+
+
+def recover(pid: int, token: bytes | str | None, *, to: tuple[str, int] | None = None, known: str | None = None,
+            timeout: float = 60.0) -> Recovery:
+    """Resolve a switch-over left in doubt: ask the destination's receiver, then end or resume the original.
+
+    ``known``: the outcome ("running" or "not running") when the user has it
+    from the destination (``ckpt receive --outcome``); nothing is asked then.
+    ``to``: the receiver, when it listens elsewhere than the record says.
+    Raises CkptError when the receiver cannot tell yet or knows nothing of the
+    migration: the original then stays held.
+    """
+    lock = SourceRecord.lock(pid)
+    try:
+        rec = SourceRecord.load(pid)
+        if rec is None:
+            raise UsageError(f"no migration of pid {pid} is in doubt here")
+        live = rec.live()
+        if not live:
+            SourceRecord.remove(pid)
+            return Recovery(pid, rec.migration, "gone")
+        state = known
+        if state is None:
+            if token is None:
+                raise UsageError("--recover asks the destination: give --token-file (or --outcome, if you know it)")
+            host, port = to or _split(rec.destination)
+            with Channel.connect(host, port, token, timeout=timeout) as ch:
+                ch.send({"type": "outcome", "migration": rec.migration})
+                state = str(ch.expect("outcome", timeout=timeout).get("state", ""))
+        where = f"{to[0]}:{to[1]}" if to else rec.destination
+        if state == "running":
+            for p in reversed(live):  # children first, as a dump ends a tree
+                _signal(p, signal.SIGKILL)
+            SourceRecord.remove(pid)
+            return Recovery(pid, rec.migration, state, ended=tuple(live))
+        if state == "not running":
+            for p in live:
+                _signal(p, signal.SIGCONT)
+            SourceRecord.remove(pid)
+            return Recovery(pid, rec.migration, state, resumed=tuple(live))
+        if state == "in progress":
+            raise CkptError(f"the receiver at {where} is still finishing migration {rec.migration} of pid {pid}; "
+                            "the original stays stopped", hint="run --recover again in a moment")
+        if state == "unknown":
+            raise CkptError(f"the receiver at {where} knows nothing of migration {rec.migration} of pid {pid}; "
+                            "the original stays stopped",
+                            hint="ask the receiver that took it (its -D directory keeps the journal), or run "
+                                 "`ckpt receive -D DIR --outcome ID` there and pass its answer with --outcome")
+        raise CkptError(f"the receiver at {where} answered {state!r}, not one of {', '.join(OUTCOMES)}")
+    finally:
+        os.close(lock)
+
+
+def _split(destination: str) -> tuple[str, int]:
+    host, _, port = destination.rpartition(":")
+    return host, int(port)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

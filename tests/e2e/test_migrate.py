@@ -120,6 +120,11 @@ def _migrate(host: SecondHost, pid: int, port: int, token: Path, tmp_path: Path,
     return res, (json.loads(stats.read_text()) if res.returncode == 0 and stats.exists() else {})
 
 
+def _stores(root: Path) -> list[Path]:
+    """The migrations' stores a receiver keeps in ``root`` (not its journal, ``.journal``)."""
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
 def _untracked(pid: int) -> bool:
     """No userfaultfd left in the process (ckpt's tracker was removed)."""
     return not [f for f in os.listdir(f"/proc/{pid}/fd") if "userfaultfd" in os.readlink(f"/proc/{pid}/fd/{f}")]
@@ -135,7 +140,7 @@ def _slow_migration(host: SecondHost, pid: int, port: int, token: Path, *extra: 
 
 
 def _wait_first_image(rx: "_Receiver") -> None:
-    wait_until(lambda: rx.store.exists() and any(p.is_dir() for p in rx.store.iterdir()), "the first image arrives",
+    wait_until(lambda: rx.store.exists() and _stores(rx.store), "the first image arrives",
                timeout=30)
 
 
@@ -233,7 +238,7 @@ def test_failed_restore_at_the_destination_thaws_the_source(tmp_path: Path, muta
     assert "Traceback" not in res.stderr
     assert rx.wait(timeout=30) != 0
     _source_runs_on(t)  # thawed, with its state intact
-    assert not [p for p in (tmp_path / "rx").iterdir() if p.is_dir()]  # the receiver cleaned up
+    assert not _stores(tmp_path / "rx")  # the receiver cleaned up
 
 
 def test_dry_run_predicts_and_switches_nothing(second_host: SecondHost, tmp_path: Path, mutator: _Mutator) -> None:
@@ -272,7 +277,7 @@ def test_ctrl_c_during_the_rounds(second_host: SecondHost, tmp_path: Path, mutat
     assert mig.returncode != 0 and "interrupted" in err and "Traceback" not in err, err
     result = rx.result()
     assert result["outcome"] != "running", result
-    assert not [p for p in rx.store.iterdir() if p.is_dir()]  # the receiver removed what it stored
+    assert not _stores(rx.store)  # the receiver removed what it stored
     _source_runs_on(t)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from hosts import SecondHost, ckpt_argv
 from targets import tracer_of, wait_until
-from test_migrate import _free_port, _Mutator, _Receiver, _token, _untracked
+from test_migrate import _free_port, _Mutator, _Receiver, _stores, _token, _untracked
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="migration needs root (ptrace, clone3, namespaces)")
 
@@ -80,6 +80,32 @@ def _original_held(t: _Mutator) -> None:
     wait_until(lambda: _state(t.pid) == "T" and tracer_of(t.pid) == 0, "the original is held stopped, untraced")
 
 
+def _receiver_again(host: SecondHost, tmp_path: Path, token: Path, port: int) -> subprocess.Popen:
+    """A receiver started anew on the directory (and port) of the one that took the migration: its journal
+    answers ``migrate --recover``."""
+    err = tmp_path / "receive-again.err"
+    with open(err, "wb") as e:
+        proc = host.run(ckpt_argv("receive", "--listen", f"{host.address}:{port}", "-D", tmp_path / "received",
+                                  "--token-file", token), stdout=subprocess.DEVNULL, stderr=e)
+    wait_until(lambda: "listening on" in err.read_text() or proc.poll() is not None, "the receiver listens", timeout=20)
+    assert proc.poll() is None, err.read_text()
+    return proc
+
+
+def recover(pid: int, token: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``ckpt migrate --recover`` of ``pid``; it must end cleanly and leave no record of the migration."""
+    res = subprocess.run(ckpt_argv("migrate", "--recover", "-t", pid, "--token-file", token, *extra),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, close_fds=True, timeout=120)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert not Path(f"/run/ckpt/migrate/{pid}.json").exists()
+    return res
+
+
+def _original_ended(t: _Mutator) -> None:
+    t.proc.wait(timeout=30)
+    assert t.proc.returncode == -signal.SIGKILL
+
+
 def _original_runs(t: _Mutator, *, tracker_left: bool = False) -> None:
     """The original runs, untraced, and checks out; untracked unless its ckpt was killed (``tracker_left``:
     a parked tracker is a killed run's leftover, which the next ckpt run on it removes)."""
@@ -116,7 +142,7 @@ def test_source_killed_before_the_commit_runs_on(second_host: SecondHost, tmp_pa
     assert rx.result()["outcome"].startswith("failed"), rx.err.read_text()
     _nothing_inside(host)  # the copy it had built (and held) died with the link
     _original_runs(mutator, tracker_left=True)
-    assert not [p for p in rx.store.iterdir() if p.is_dir()]
+    assert not _stores(rx.store)
 
 
 @pytest.mark.parametrize("point", ["migrate.committed", "migrate.running"])
@@ -129,6 +155,10 @@ def test_source_killed_after_the_commit_leaves_the_copy_running(second_host: Sec
     assert rx.result()["outcome"] == "running", rx.err.read_text()
     _copy_runs_inside(host, mutator)
     _original_held(mutator)
+    _receiver_again(host, tmp_path, token, port)
+    assert "the destination runs pid" in recover(mutator.pid, token).stdout
+    _original_ended(mutator)
+    _copy_runs_inside(host, mutator)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -171,7 +201,7 @@ def test_receiver_killed_before_the_commit_leaves_the_source_running(second_host
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     _nothing_inside(host)
     _original_runs(mutator)
-    left = [p for p in (tmp_path / "received").iterdir() if p.is_dir()]
+    left = _stores(tmp_path / "received")
     assert len(left) == 1  # the killed receiver's store: the next receiver removes it
     port = _free_port()
     rx = _Receiver(host, tmp_path, token, port)
@@ -183,16 +213,21 @@ def test_receiver_killed_before_the_commit_leaves_the_source_running(second_host
 @pytest.mark.parametrize("point, copy_runs", [("receive.committed", False), ("receive.running", True)])
 def test_receiver_killed_after_the_commit_is_in_doubt(second_host: SecondHost, tmp_path: Path, mutator: _Mutator,
                                                       point: str, copy_runs: bool) -> None:
-    """The source cannot tell whether the copy was let go: it says so and keeps the original stopped."""
+    """The source cannot tell whether the copy was let go: it keeps the original stopped, and ``--recover``
+    (a receiver started again on the directory) ends or resumes it as the destination's journal says."""
     host, port, token = second_host, _free_port(), _token(tmp_path)
     _receiver_with_hook(host, tmp_path, token, port, f"{point}:kill")
     res = _migrate(host, mutator, port, token)
     assert res.returncode == 1 and "in doubt" in res.stderr and "Traceback" not in res.stderr, res.stderr
-    assert f"kill -CONT {mutator.pid}" in res.stderr
+    assert f"ckpt migrate --recover -t {mutator.pid}" in res.stderr
     _original_held(mutator)
+    _receiver_again(host, tmp_path, token, port)
+    out = recover(mutator.pid, token).stdout
     if copy_runs:
+        assert "ended the original" in out, out
+        _original_ended(mutator)
         _copy_runs_inside(host, mutator)
     else:
+        assert "resumed the original" in out, out
         _nothing_inside(host)
-        os.kill(mutator.pid, signal.SIGCONT)  # what the hint says to do when the destination does not run it
         _original_runs(mutator)

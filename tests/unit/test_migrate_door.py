@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,7 @@ GUARD = 30.0  # seconds: a hang guard, never a measurement
 class _Front:
     """A door on 127.0.0.1 and what it said."""
 
-    def __init__(self, **kw: float) -> None:
+    def __init__(self, **kw: object) -> None:
         self.listener = wire.listen("127.0.0.1", 0)
         self.port = self.listener.getsockname()[1]
         self.said: list[str] = []
@@ -46,10 +47,15 @@ class _Front:
         return s
 
     def source(self) -> Channel:
-        return Channel.connect("127.0.0.1", self.port, TOKEN, timeout=GUARD)
+        """A source, authenticated, that said "migrate" (its first message)."""
+        ch = Channel.connect("127.0.0.1", self.port, TOKEN, timeout=GUARD)
+        ch.send({"type": "migrate", "pid": 1})
+        return ch
 
     def handed_over(self) -> Channel:
-        return self.door._sources.get(timeout=GUARD)
+        ch, hello = self.door._sources.get(timeout=GUARD)
+        assert hello["type"] == "migrate"
+        return ch
 
     def wait_said(self, text: str) -> None:
         deadline = time.monotonic() + GUARD
@@ -105,8 +111,8 @@ def test_strangers_do_not_hold_up_a_source(door: _Front) -> None:
     with half, idle, http:
         src = door.source()
         with src, door.handed_over() as ch:
-            src.send({"type": "migrate", "pid": 1})
-            assert ch.recv()["type"] == "migrate"
+            src.send({"type": "image"})
+            assert ch.recv()["type"] == "image"
             assert ch.timeout == wire.DEFAULT_TIMEOUT  # not the handshake's short deadline
         assert _closed(http)
         door.wait_said("did not answer with a ckpt handshake")
@@ -172,3 +178,22 @@ def test_close_cuts_handshakes_and_frees_the_port(door: _Front) -> None:
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", door.port), timeout=GUARD)
     assert not any("refused a connection" in m for m in door.said)  # cut quietly
+
+
+def test_outcome_queries_are_answered_from_the_journal_even_during_a_migration(tmp_path: Path) -> None:
+    """``migrate --recover`` gets its answer while another migration holds the receiver."""
+    from ckpt.migrate import journal
+
+    done = journal.Journal(journal.new_migration_id(), 1, str(tmp_path / "gone-store"))
+    done.set(str(tmp_path), "running")
+    d = _Front(root=str(tmp_path))
+    try:
+        with d.source(), d.handed_over():  # a migration runs
+            for migration, state in [(done.migration, "running"), (journal.new_migration_id(), "unknown"),
+                                     ("../../etc/passwd", "unknown")]:
+                with Channel.connect("127.0.0.1", d.port, TOKEN, timeout=GUARD) as ch:
+                    ch.send({"type": "outcome", "migration": migration})
+                    assert ch.expect("outcome")["state"] == state
+        d.wait_said(f"what became of migration {done.migration}: running")
+    finally:
+        d.door.close()
