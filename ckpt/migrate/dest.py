@@ -16,6 +16,9 @@ the process is built and held frozen — it dies with the receiver — and
 runs on.  From the commit on, the restored process is the live one and
 stays, whatever happens to the link (the source's original is held in a
 stop that outlives its ckpt); Ctrl-C and SIGTERM wait for the answer.
+Each step is recorded in DIR's journal before it is taken
+(:mod:`ckpt.migrate.journal`), and the door answers a source's
+``--recover`` ("outcome": what became of a migration) from it at any time.
 
 The restore is staged (:class:`~ckpt.restore.StagedRestore`): each pre-copy
 image is applied to a frozen helper as soon as it is stored, on a thread of

@@ -16,17 +16,21 @@ a source killed between that and ending its original leaves two copies):
    lets the source run on (the dump's hook raises and the dump thaws it, or
    ckpt's death ends the ptrace stop), and the destination kills what it built
    when the link ends without a commit;
-2. the source queues SIGSTOP to its frozen original (a hold that survives
-   ckpt's death, unlike the ptrace stop), then sends "commit"; the
-   destination lets its copy go and says "running"; the source kills its
-   original.  Ctrl-C and SIGTERM wait for the end of this step.  If "commit"
-   cannot be sent, the hold is taken back and the source runs on; if the
-   destination reports its copy failed, likewise.  If the link ends after the
-   commit without an answer, the outcome is in doubt: the original stays
-   stopped (:class:`~ckpt.errors.MigrationInDoubt`, exit 1) and the user
-   resumes it or ends it depending on whether the destination runs the
-   process.  A SIGKILLed source after its hold leaves the same: the original
-   stopped, the destination's copy running if the commit reached it.
+2. the source writes its record of the switch-over to disk
+   (:class:`~ckpt.migrate.journal.SourceRecord`), queues SIGSTOP to its frozen
+   original (a hold that survives ckpt's death, unlike the ptrace stop), then
+   sends "commit"; the destination records the commit in its journal, lets
+   its copy go, records that, and says "running"; the source kills its
+   original and removes its record.  Ctrl-C and SIGTERM wait for the end of
+   this step.  If "commit" cannot be sent, the hold is taken back and the
+   source runs on; if the destination reports its copy failed, likewise.  If
+   the link ends after the commit without an answer, the outcome is in doubt:
+   the original stays stopped (:class:`~ckpt.errors.MigrationInDoubt`, exit
+   1) and :func:`recover` (``ckpt migrate --recover``) later asks the
+   receiver's journal whether its copy runs, then ends or resumes the
+   original.  A SIGKILLed source after its hold leaves the same: the original
+   stopped, its record on disk, the destination's copy running if the commit
+   reached it.
 """
 
 from __future__ import annotations
