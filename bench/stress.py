@@ -41,8 +41,9 @@ One outcome is *held* rather than harmed — the switch-over was committed and
 its outcome is in doubt (a source SIGKILLed after its hold, or a receiver
 killed after the commit): the original is in a group stop, untraced, so at
 most the copy runs (ckpt.migrate.source, DESIGN §6); the stress resolves it
-as the error's hint says (ends the original if the copy runs, else resumes
-it) and checks the survivor.  *Leftovers* of a migration are a parked
+as a user would — ``ckpt receive --outcome ID`` on the receiver's directory,
+whose answer must be what runs in the second host, then ``ckpt migrate
+--recover --outcome`` — and checks the survivor.  *Leftovers* of a migration are a parked
 tracker or injection area in a surviving original, the source's temporary
 work directory, and a receiver's store of a migration that did not
 complete; an unkilled migration (the next run) must then work and remove
@@ -656,8 +657,8 @@ class Stress:
         except Harm:
             raise Harm(f"{what}: processes left in the second host: {self._describe(copy)}") from None
         found = self._real_leftovers(orig, copy is not None)
-        if held:  # in doubt: resolved as the error's hint says
-            os.kill(orig, signal.SIGKILL if copy is not None else signal.SIGCONT)
+        if held:  # in doubt: resolved by --recover, whose answer must be what runs in the second host
+            self._recover(what, orig, copy is not None)
         if copy is None:
             self.target.check(what)
         else:
@@ -672,6 +673,28 @@ class Stress:
                 if (p / ".running").exists():
                     shutil.rmtree(p, ignore_errors=True)
         return outcome, found
+
+    def _recover(self, what: str, orig: int, copy_runs: bool) -> None:
+        """Resolve an in-doubt switch-over as a user would: the receiver's journal read where it ran
+        (`receive --outcome ID`: the round's receiver is gone), its answer given to `migrate --recover`."""
+        from ckpt.track.base import state_dir
+        from hosts import ckpt_argv
+
+        record = Path(state_dir()) / "migrate" / f"{orig}.json"
+        if not record.exists():
+            raise Harm(f"{what}: the original is held stopped, but no record of its migration is left")
+        migration = json.loads(record.read_text())["migration"]
+        asked = self.host.run(ckpt_argv("receive", "-D", self.work / "received", "--outcome", migration),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = asked.communicate(timeout=PATIENCE)
+        answer = out.strip()
+        if answer != ("running" if copy_runs else "not running"):
+            raise Harm(f"{what}: the receiver's journal says {answer!r} ({err.strip()}) but the copy "
+                       f"{'runs' if copy_runs else 'does not run'}")
+        res = subprocess.run([*CKPT, "migrate", "--recover", "-t", str(orig), "--outcome", answer.replace(" ", "-")],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PATIENCE)
+        if res.returncode != 0 or record.exists():
+            raise Harm(f"{what}: migrate --recover failed: {res.stderr.strip()}")
 
     def _sized(self, npages: int) -> None:
         """The target, with ``npages`` pages (a new one if it has another size)."""

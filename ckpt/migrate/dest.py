@@ -344,8 +344,6 @@ def _receive(ch: Channel, hello: dict, root: str, *, say: Callable[[str], None],
                             ch.send_error(f"restore failed at the destination: {exc}")
                             raise
                         confirmed = True
-                        if entry is not None:
-                            entry.set(root, "running")
                         _mark_running(store)
                         testpoint.point("receive.running")
                         result.restore_ms = round((time.monotonic() - t0) * 1e3, 1)
@@ -354,6 +352,8 @@ def _receive(ch: Channel, hello: dict, root: str, *, say: Callable[[str], None],
                             ch.send({"type": "running", "pid": r.pid, "restore_ms": result.restore_ms})
                         except (WireError, OSError):
                             pass  # ours is the live copy: the source's original stays held (source.py)
+                        if entry is not None:  # (after the answer, outside the downtime: "committed" and
+                            entry.set(root, "running")  # a live copy read the same until then)
                     say(f"restored as pid {r.pid} in {result.restore_ms:.0f} ms"
                         + (" (staged)" if result.staged else ""))
                     try:

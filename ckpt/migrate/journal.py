@@ -10,15 +10,16 @@ without guessing.
 
 * The **source record** (:class:`SourceRecord`), ``$CKPT_STATE_DIR/migrate/PID.json``
   (0600 in a 0700 directory): the migration's id, the destination, and the
-  processes held with their start times.  It is on disk, fsynced, before the
-  hold and the commit, and removed once the outcome is clear (the original
+  processes held with their start times.  It is written before the hold and
+  the commit, and removed once the outcome is clear (the original
   ended, or resumed).  The ``ckpt migrate`` that wrote it holds an flock on it
   as long as it lives, so ``--recover`` never acts beside it.
 * The **destination journal** (:class:`Journal`), ``DIR/.journal/ID.json`` in
   the receiver's directory: ``receiving`` from the first message, ``committed``
   (with the restored root's pid and start time) on the commit and before the
   copy is let go, ``running`` once it is, ``aborted`` when the copy was
-  removed.  Each state is fsynced before the step it names is taken.
+  removed.  Each state is written before the step it names is taken
+  (atomically; not fsynced: :func:`_write_record` says why).
 
 A receiver answers "outcome" queries for an id from its journal
 (:func:`outcome`), even while another migration runs:
@@ -53,7 +54,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import CkptError, UsageError
-from ..kernel.fileio import fsync_dir
 
 __all__ = ["OUTCOMES", "Journal", "SourceRecord", "new_migration_id", "outcome", "prune", "starttime"]
 
@@ -73,17 +73,21 @@ def valid_id(text: object) -> bool:
     return isinstance(text, str) and _ID.fullmatch(text) is not None
 
 
-def _write_durably(path: str, data: dict) -> None:
-    """``data`` as JSON at ``path`` (0600), replacing it atomically, on disk when this returns."""
+def _write_record(path: str, data: dict) -> None:
+    """``data`` as JSON at ``path`` (0600), replacing it atomically: a reader sees the old or the new.
+
+    Not fsynced (it would sit inside the downtime): what a record must outlive is
+    the death of the ckpt that wrote it, and the page cache does; a crash of the
+    host ends the copy — or the original — it speaks of too, and then a
+    record's last state before the crash reads as the process having died.
+    """
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, json.dumps(data, sort_keys=True).encode() + b"\n")
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path))
 
 
 def _read_json(path: str) -> dict | None:
@@ -145,7 +149,7 @@ class SourceRecord:
         return os.path.join(source_dir(), f"{pid}.json")
 
     def save(self) -> int:
-        """Write it durably; returns the fd of the flock that tells ``--recover`` this migration still runs."""
+        """Write it; returns the fd of the flock that tells ``--recover`` this migration still runs."""
         fd = self._lock_fd(self.pid, create=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -153,7 +157,7 @@ class SourceRecord:
             os.close(fd)
             raise CkptError(f"another ckpt is migrating or recovering pid {self.pid}") from None
         try:
-            _write_durably(self.path_of(self.pid), asdict(self))
+            _write_record(self.path_of(self.pid), asdict(self))
         except BaseException:
             os.close(fd)
             raise
@@ -200,7 +204,6 @@ class SourceRecord:
                 os.unlink(os.path.join(source_dir(), name))
             except FileNotFoundError:
                 pass
-        fsync_dir(source_dir())
 
     def live(self) -> list[int]:
         """The held processes that are still the ones held (same start time)."""
@@ -230,12 +233,12 @@ class Journal:
         return os.path.join(journal_dir(root), f"{self.migration}.json")
 
     def set(self, root: str, state: str, *, pid: int = 0) -> None:
-        """Record ``state`` durably before the step it names is taken."""
+        """Record ``state`` before the step it names is taken."""
         self.state, self.time = state, time.time()
         if pid:
             self.pid, self.starttime = pid, starttime(pid) or 0
         _private_dir(journal_dir(root))
-        _write_durably(self.path(root), asdict(self))
+        _write_record(self.path(root), asdict(self))
 
     @classmethod
     def load(cls, root: str, migration: str) -> Journal | None:
