@@ -630,7 +630,8 @@ class Stress:
                 for fd in os.listdir(f"/proc/{orig}/fd") if os.path.lexists(f"/proc/{orig}/fd/{fd}"))
         found["migrate work dir"] = sum(1 for p in self.work.glob(f".ckpt-migrate-{orig}.*.tmp"))
         store = self.work / "received"
-        stores = [p for p in store.iterdir() if p.is_dir()] if store.exists() else []
+        stores = ([p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")]  # (not .journal)
+                  if store.exists() else [])
         found["receiver store"] += sum(1 for p in stores if not (p / ".running").exists())
         return +found
 

@@ -144,7 +144,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
             progress: "Callable[[ProgressEvent], None] | None" = None,
             allow_changed_files: bool = False, cpu_cap: str | Iterable[str] | None = None,
             before_hand_over: "Callable[[], None] | None" = None, check: bool = True,
-            allow_lower_limits: bool = False) -> "RestoreStats":
+            allow_lower_limits: bool = False, handed_sockets: "Mapping[int, int] | None" = None) -> "RestoreStats":
     """Recreate the process saved in ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the caller is its parent and should :func:`wait_restored`.
@@ -160,6 +160,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
     ``allow_lower_limits``: lower a hard rlimit this restorer cannot raise, with a note, rather than fail.
     ``check``: the self-check (:mod:`ckpt.observed`): the restored processes must look to the kernel as
     the dumped ones did, or the restore fails and leaves nothing (``--check=off``: False).
+    ``handed_sockets``: file id → our descriptor of each socket a migration's source handed over.
     ``pidfile`` is checked before anything is created and written whole (renamed into place).
     An image directory another user could have changed is refused (ckpt.image.dirs).
     """
@@ -175,7 +176,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
     mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(resolved, inherit_fds)
     stats = _restore(resolved, detached=detached, shell_job=shell_job, inherit_fds=mapping,
                      progress=progress, allow_changed_files=allow_changed_files, cpu_cap=caps,
-                     before_hand_over=before_hand_over, check=check, allow_lower_limits=allow_lower_limits)
+                     before_hand_over=before_hand_over, check=check, allow_lower_limits=allow_lower_limits,
+                     handed_sockets=handed_sockets)
     if out is not None:
         out.write(f"{stats.pid}\n")
     return stats

@@ -157,6 +157,7 @@ def dump(
     track_method: str | None = None,
     end_target: Callable[[str], bool] | None = None,
     probe: bool = False,
+    hand_over_sockets: bool = False,
 ) -> DumpStats:
     """Checkpoint process ``pid`` into the new directory ``image_dir`` (a FULL image).
 
@@ -191,6 +192,9 @@ def dump(
     go and write no image: what a final dump's non-memory part costs (its
     frozen time) and whether every resource can be dumped — a migration asks
     before its first round instead of failing after its last.
+    ``hand_over_sockets``: bound inet sockets are marked to be handed to the
+    restore as they are (a migration within one network namespace,
+    :mod:`ckpt.migrate.handover`) rather than bound again.
     """
     if leave_running and leave_stopped:
         raise UsageError("leave_running and leave_stopped exclude each other (-R / -s)")
@@ -241,10 +245,13 @@ def dump(
                 fdump = files.dump_tree([(proc, snap_of[p], skip_of[p]) for p, proc in ftree.procs.items()],
                                 policy=files.StdioPolicy(shell_job=shell_job), tcp_close=tcp_close,
                                 ext_unix_close=ext_unix_close, tcp_session=conns,
-                                deleted_max=cap, notes=notes, tolerate=frozenset(tolerate))
+                                deleted_max=cap, notes=notes, tolerate=frozenset(tolerate),
+                                hand_over=hand_over_sockets)
                 fdump.write(w)
                 if any(e.HasField("ghost") for e in fdump.files):
                     w.require(ghost.FEATURE)
+                if any(e.inet.handed_over for e in fdump.files):
+                    w.require(sockets.HANDED_FEATURE)
                 cttys = tty.controlling(fdump.files, {p: sn.stat for p, sn in snap_of.items()})
                 vmas_of = {p: memory.dump_vmas(p, snap_of[p], cap) for p in ftree.procs}  # before any scratch area
                 shmem = memory.share_anon_objects(vmas_of)

@@ -48,7 +48,7 @@ import signal
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import observed, testpoint
 from .control.inject import Injector, Scratch
@@ -91,7 +91,7 @@ def restore_files(ctx: RestoreContext) -> None:
     if ctx.files_shared:
         return
     policy = files.StdioPolicy(shell_job=ctx.shell_job, inherit=dict(ctx.inherit_fds),
-                               allow_changed=ctx.allow_changed_files,
+                               allow_changed=ctx.allow_changed_files, handed=dict(ctx.handed_sockets),
                                same_boot=fileid.same_boot(ctx.image.inventory.boot_id))
     ctx.notes.extend(files.restore(ctx.inj, ctx.image.fds(ctx.pid), ctx.image.file_entries(),
                                    content=files.content_from_image(ctx.image), policy=policy, scratch=ctx.scratch,
@@ -311,7 +311,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
             progress: Callable[[ProgressEvent], None] | None = None,
             allow_changed_files: bool = False, cpu_cap: Iterable[str] | None = None,
             before_hand_over: Callable[[], None] | None = None, check: bool = True,
-            allow_lower_limits: bool = False) -> RestoreStats:
+            allow_lower_limits: bool = False, handed_sockets: Mapping[int, int] | None = None) -> RestoreStats:
     """Recreate the process of the image at ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the process is a child of the caller, who should
@@ -333,6 +333,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
     note, instead of failing the restore.
     ``check``: compare the kernel's account of each restored process with the dump's (:mod:`ckpt.observed`)
     before any of them runs; a difference fails the restore (the processes are killed, the pids free).
+    ``handed_sockets``: file id → our descriptor of each socket the image marks as handed over (a
+    migration within one network namespace, :mod:`ckpt.migrate.handover`), installed as it is.
     """
     t_start = time.monotonic()
     chain = _open_chain(image_dir)
@@ -361,7 +363,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False, pidfil
 
     helpers = _Helpers(root, {m.pid: (m.mm, m.vmas) for m in live}, detached=detached,
                        on_ready=lambda ws: ptys.take_ctty(ws.inj, members[ws.pid].entry), fill_first=fill_first)
-    opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files, allow_lower_limits)
+    opts = _FinishOptions(shell_job, dict(inherit_fds or {}), allow_changed_files, allow_lower_limits,
+                          dict(handed_sockets or {}))
     shared = (files.SharedFiles({m.pid: image.fds(m.pid) for m in live}, image.file_entries())
               if len(live) > 1 else None)
     shmem = memory.ShmemObjects()
@@ -780,6 +783,7 @@ class _FinishOptions:
     inherit_fds: Mapping[int, int] = field(default_factory=dict)
     allow_changed_files: bool = False
     allow_lower_limits: bool = False
+    handed_sockets: Mapping[int, int] = field(default_factory=dict)
 
 
 def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Sequence[mm_pb2.Vma], cores: Sequence,
@@ -797,6 +801,7 @@ def _finish(ws: _Workspace, chain: Sequence[Image], mm: mm_pb2.MmEntry, vmas: Se
         clocks.enter(pid, inj, scratch)
     ctx = RestoreContext(pid=pid, chain=list(chain), entry=entry, proc=proc, inj=inj, scratch=scratch,
                          shell_job=opts.shell_job, inherit_fds=dict(opts.inherit_fds), cores=list(cores),
+                         handed_sockets=dict(opts.handed_sockets),
                          allow_changed_files=opts.allow_changed_files, shared_files=shared, memfds=memfds,
                          ghosts=ghosts, files_shared=not ws.own_fds,
                          lowered_limits=ws.lowered if opts.allow_lower_limits else None, ptys=ptys)
@@ -846,7 +851,7 @@ def _lost_inet(e: files_pb2.FileEntry) -> tuple[str, ...]:
     if e.kind != files_pb2.FileEntry.INET:
         return ()
     lost = _TCP_CLOSED if e.inet.tcp_closed else ()
-    if e.inet.queue_lost:
+    if e.inet.queue_lost or e.inet.handed_over:  # (handed over: its queue ran on in the kernel meanwhile)
         lost += ("waiting",) if e.inet.state == 10 else ("queued",)  # TCP_LISTEN
     return lost
 
@@ -1090,13 +1095,15 @@ class StagedRestore:
             self._chain = list(chain)
             return self._stage(image_dir, *totals, t0)
 
-    def finish(self, image_dir: str | os.PathLike[str],
-               before_hand_over: Callable[[], None] | None = None) -> RestoreStats:
+    def finish(self, image_dir: str | os.PathLike[str], before_hand_over: Callable[[], None] | None = None,
+               handed_sockets: Mapping[int, int] | None = None) -> RestoreStats:
         """Sync to the final image, then everything after memory: the processes run on return.
 
-        ``before_hand_over``: as :func:`restore`'s.
+        ``before_hand_over``, ``handed_sockets``: as :func:`restore`'s.
         """
         t0 = time.monotonic()
+        if handed_sockets:
+            self._opts = replace(self._opts, handed_sockets=dict(handed_sockets))
         chain, layouts = self._next(image_dir)
         image = chain[-1]
         records = {pid: _process_records(image, pid) for pid in layouts}

@@ -99,7 +99,10 @@ class SecondHost:
     the namespaces or the veth cannot be created here.
     """
 
-    def __init__(self, subnet: int | None = None) -> None:
+    def __init__(self, subnet: int | None = None, *, same_network: bool = False) -> None:
+        """``same_network``: a PID and mount namespace only, in this host's network namespace (a restart
+        on the same host: no veth, :attr:`address` is 127.0.0.1)."""
+        self.same_network = same_network
         self._want_subnet = subnet
         self.subnet: int | None = None
         self.address = ""
@@ -139,8 +142,11 @@ class SecondHost:
             pytest.skip("second host: creating namespaces and a veth pair needs root")
         try:
             self._start_init(detached)
-            self._start_network()
-            self._remount_sys()
+            if self.same_network:
+                self.address = self.host_address = "127.0.0.1"
+            else:
+                self._start_network()
+                self._remount_sys()
         except _Unavailable as exc:
             self.close()
             pytest.skip(f"second host: {exc}")
@@ -150,8 +156,8 @@ class SecondHost:
         return self
 
     def _start_init(self, detached: bool) -> None:
-        argv = ["unshare", "--pid", "--net", "--mount-proc", "--fork", "--kill-child",
-                sys.executable, "-c", _INIT_CODE]
+        argv = ["unshare", "--pid", *([] if self.same_network else ["--net"]), "--mount-proc", "--fork",
+                "--kill-child", sys.executable, "-c", _INIT_CODE]
         how: dict[str, object] = {"start_new_session": True} if detached else {"preexec_fn": _pdeathsig}
         with tempfile.TemporaryFile() as err:  # not a pipe: nothing long-lived may write into one we closed
             self._unshare = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -276,7 +282,8 @@ class SecondHost:
         if not self.init_pid or self._closed:
             raise RuntimeError("second host is not running")
         wd = os.fspath(cwd) if cwd is not None else os.getcwd()
-        return ["nsenter", "-t", str(self.init_pid), "-p", "-m", "-n", f"--wd={wd}", *(os.fspath(a) for a in argv)]
+        return ["nsenter", "-t", str(self.init_pid), "-p", "-m", *([] if self.same_network else ["-n"]), f"--wd={wd}",
+                *(os.fspath(a) for a in argv)]
 
     def run(self, argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] | None = None,
             **popen_kwargs: object) -> subprocess.Popen:
@@ -400,8 +407,9 @@ class SecondHost:
             for f in (proc.stdin, proc.stdout, proc.stderr):
                 if f is not None:
                     f.close()
-        subprocess.run(["ip", "link", "del", self.veth_host], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+        if not self.same_network:
+            subprocess.run(["ip", "link", "del", self.veth_host], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
         if self.init_pid:
             deadline = time.monotonic() + 10
             while os.path.exists(f"/proc/{self.init_pid}") and time.monotonic() < deadline:
@@ -438,8 +446,9 @@ class SecondHost:
             os.kill(self.init_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        subprocess.run(["ip", "link", "del", self.veth_host], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+        if not self.same_network:
+            subprocess.run(["ip", "link", "del", self.veth_host], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{self.init_pid}") and time.monotonic() < deadline:
             time.sleep(0.005)

@@ -69,6 +69,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
                                 "ignored it would restore a process whose later mappings are not locked or merged"),
     Feature("guard-regions", "guard regions (MADV_GUARD_INSTALL) are installed again (Vma.guards); a reader that "
                              "ignored them would restore those pages as ordinary memory"),
+    Feature("handed-sockets", "bound inet sockets are not made again but handed over by a migration's source in "
+                              "the same network namespace (InetSocket.handed_over); a reader without it would bind "
+                              "them again, which fails while the source holds them"),
     Feature("aio-rings", "the ring of an io_setup context is made again by io_setup and moved to its address "
                          "(Vma.aio); a reader without it would refuse the mapping"),
 )}

@@ -51,7 +51,7 @@ from .. import interrupts, testpoint
 from ..errors import CkptError
 from ..image.store import hold_dir
 from ..resources.tree import kill as kill_helpers
-from . import journal
+from . import handover, journal
 from .wire import DEFAULT_TIMEOUT, Channel, WireError, listen
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ class _Stager:
         self.note = ""
         self._staged: StagedRestore | None = None
         self._commit: _Commit | None = None
+        self._handed: dict[int, int] | None = None
         self._jobs: queue.Queue[tuple[str, str, Future | None]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="ckpt-stage", daemon=True)
         self._thread.start()
@@ -152,15 +153,18 @@ class _Stager:
         self._jobs.put(("add", image_dir, fut))
         return fut
 
-    def finish(self, image_dir: str, commit: _Commit | None = None) -> "RestoreStats | None":
+    def finish(self, image_dir: str, commit: _Commit | None = None,
+               handed: dict[int, int] | None = None) -> "RestoreStats | None":
         """Finish the staged restore with the final image: its stats, or None if staging was dropped.
 
         ``commit``: asked before the process is let go; once asked, a failure is final (raised).
+        ``handed``: the sockets the source handed over (:mod:`ckpt.migrate.handover`).
         """
         if self.note:
             return None  # given up already: not behind a stage that may still hang
         fut: Future[RestoreStats | None] = Future()
         self._commit = commit
+        self._handed = handed
         self._jobs.put(("finish", image_dir, fut))
         try:
             r = fut.result(timeout=STAGE_TIMEOUT)
@@ -240,7 +244,7 @@ class _Stager:
             self.note = self.note or "nothing was staged"
             return None
         try:
-            return staged.finish(path, before_hand_over=self._commit)
+            return staged.finish(path, before_hand_over=self._commit, handed_sockets=self._handed)
         except Exception as exc:  # noqa: BLE001 - the plain restore after it reports a real problem
             if self._commit is not None and self._commit.asked:
                 raise  # the source was told it is built: this is the outcome, no second restore
@@ -279,6 +283,8 @@ def _receive(ch: Channel, hello: dict, root: str, *, say: Callable[[str], None],
     stager: _Stager | None = None
     staging: Future[None] | None = None  # the newest pre-copy image being staged
     entry: journal.Journal | None = None  # what --recover at the source may ask about (journal.py)
+    port: handover.HandoverPort | None = None
+    handed: dict[int, int] = {}
     try:
         with ch:
             result.source_pid = int(hello["pid"])
@@ -299,8 +305,9 @@ def _receive(ch: Channel, hello: dict, root: str, *, say: Callable[[str], None],
 
             if staged and not hello.get("dry_run"):
                 stager = _Stager(say, cpu_cap, allow_changed_files, allow_lower_limits)
+            port = handover.offer(hello)  # from our network namespace: its bound sockets come as they are
             # Which images we restore: the source refuses what we would refuse, before sending it.
-            ch.send({"type": "ready", "images": image_support()})
+            ch.send({"type": "ready", "images": image_support(), **({"handover": port.offer()} if port else {})})
             say(f"migration of pid {result.source_pid} from {result.peer} (ckpt {result.source_ckpt or '?'}, "
                 f"protocol {result.protocol}) into {store}")
             while True:
@@ -329,17 +336,22 @@ def _receive(ch: Channel, hello: dict, root: str, *, say: Callable[[str], None],
                     image = os.path.join(store, str(msg["name"]))
                     testpoint.point("receive.restoring")
                     t0 = time.monotonic()
+                    ids = [int(i) for i in msg.get("handover") or ()]
+                    if ids and port is None:
+                        raise WireError("protocol error: sockets handed over to a receiver that offered no port")
+                    if ids:
+                        handed = port.receive(ids, timeout=COMMIT_TIMEOUT)  # type: ignore[union-attr]
                     commit = _Commit(ch, record=(lambda: entry.set(root, "committed", pid=result.source_pid))
                                      if entry is not None else (lambda: None))
                     with interrupts.deferred():  # a commit must be answered: Ctrl-C waits for it
                         try:
-                            r = stager.finish(image, commit) if stager is not None else None
+                            r = stager.finish(image, commit, handed) if stager is not None else None
                             result.staged = r is not None
                             result.staging = stager.note if stager is not None else "not asked for"
                             if r is None:
                                 r = api.restore(image, detached=True, cpu_cap=cpu_cap, before_hand_over=commit,
                                                 allow_changed_files=allow_changed_files,
-                                                allow_lower_limits=allow_lower_limits)
+                                                allow_lower_limits=allow_lower_limits, handed_sockets=handed)
                         except CkptError as exc:
                             ch.send_error(f"restore failed at the destination: {exc}")
                             raise
@@ -385,6 +397,10 @@ def _receive(ch: Channel, hello: dict, root: str, *, say: Callable[[str], None],
     finally:
         if store_lock is not None:
             os.close(store_lock)
+        for fd in handed.values():  # (the restored process has its own descriptors of them)
+            os.close(fd)
+        if port is not None:
+            port.close()
     if stager is not None:
         stager.close(kill=not confirmed)
     if not confirmed:

@@ -51,6 +51,7 @@ from ..errors import CkptError, MigrationInDoubt, Unsupported, UsageError
 from ..image.store import make_held_tmp
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from ..procfs.timens import read_boot_id
+from . import handover
 from .journal import OUTCOMES, SourceRecord, new_migration_id, starttime
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, PeerError, WireError
@@ -227,13 +228,16 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             # Our CPU and boot: the destination refuses at once when it lacks a feature the process may use,
             # or the time namespace that carries its clocks on from another boot.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here()),
-                     "boot_id": read_boot_id(), "migration": migration})
+                     "boot_id": read_boot_id(), "migration": migration, "netns": handover.netns_of(pid)})
             stats.protocol, stats.destination_ckpt = ch.version, ch.peer_software
-            reads = DestReads.of(ch, ch.expect("ready"))
+            ready = ch.expect("ready")
+            reads = DestReads.of(ch, ready)
+            # A receiver in our network namespace takes the bound sockets as they are (handover.py).
+            offered = ready.get("handover") if isinstance(ready.get("handover"), dict) else None
             # Every record of a final dump, no page, no image: whether the process can be moved
             # at all (before any round is sent), and what its state costs inside the downtime.
             probe = _dump(pid, os.path.join(work, "probe"), probe=True, tcp_close=tcp_close,
-                          tcp_established=tcp_established, tolerate=tolerate)
+                          tcp_established=tcp_established, tolerate=tolerate, hand_over_sockets=offered is not None)
             stats.state_ms = round(probe.frozen_seconds * 1e3, 1)
             policy.fixed_cost = probe.frozen_seconds + FINISH_ESTIMATE
 
@@ -297,8 +301,11 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 """With the source frozen: the last image goes over, then the commit (module docstring)."""
                 nonlocal record_lock
                 stats.final_bytes = send_image(final, final=True)
+                handed = handover.sockets_of(image_dir) if offered is not None else []
+                if handed:
+                    handover.send(offered, handed)  # type: ignore[arg-type]
                 testpoint.point("migrate.final-sent")
-                ch.send({"type": "restore", "name": final})
+                ch.send({"type": "restore", "name": final, "handover": [i for i, _, _ in handed]})
                 ch.expect("restored", timeout=timeout)  # built there, held frozen
                 testpoint.point("migrate.restored")
                 committing.enter_context(interrupts.deferred())
@@ -349,7 +356,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
                 with committing:
                     last = _dump(pid, os.path.join(work, final), parent=parent, progress=frozen,
                                  end_target=switch_over, tcp_close=tcp_close, tcp_established=tcp_established,
-                                 tolerate=tolerate)
+                                 tolerate=tolerate, hand_over_sockets=offered is not None)
                     late = interrupts.take()  # a Ctrl-C the commit held off (none outside it)
                 if late is not None:
                     stats.notes.append("interrupted during the commit: the switch-over was finished first")

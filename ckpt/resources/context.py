@@ -75,6 +75,8 @@ class RestoreContext:
     shell_job: bool = False
     #: Image fd → restorer fd to install for a stdio pipe whose peer was outside the image (--inherit-fd).
     inherit_fds: Mapping[int, int] = field(default_factory=dict)
+    #: File id → restorer fd of a socket handed over as it is (a migration within one network namespace).
+    handed_sockets: Mapping[int, int] = field(default_factory=dict)
     #: Reopen files whose size/mtime/inode changed since the dump, with a note (--allow-changed-files).
     allow_changed_files: bool = False
     #: Lower a hard rlimit that cannot be raised here, with a note (--allow-lower-limits); None: fail instead.

@@ -67,6 +67,9 @@ class StdioPolicy:
     #: The image was taken on this machine since its boot: device and inode numbers name the same files
     #: (an inotify watch is checked by its inode on the filesystem it was on).
     same_boot: bool = False
+    #: File id → the restorer's descriptor of a socket handed over as it is (``InetSocket.handed_over``:
+    #: a migration within one network namespace).
+    handed: Mapping[int, int] = field(default_factory=dict)
 
     def terminal(self) -> str:
         if self.tty:
@@ -115,6 +118,9 @@ class DumpOptions:
     #: The live processes of the dumped tree (a kind naming a process, a pidfd or a /proc file, checks that a
     #: restore can name it again).
     tree: frozenset[int] = frozenset()
+    #: A migration within one network namespace: bound inet sockets go to the restore as they are
+    #: (:func:`ckpt.resources.sockets.describe`).
+    hand_over: bool = False
 
 
 @dataclass(frozen=True)

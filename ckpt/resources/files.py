@@ -255,7 +255,8 @@ def dump(proc: FrozenProcess, snap: Snapshot, *, policy: StdioPolicy = StdioPoli
 def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]], *,
               policy: StdioPolicy = StdioPolicy(), first_id: int = 1, deleted_max: int = DELETED_MAX,
               tcp_close: bool = False, ext_unix_close: bool = False, notes: list[str] | None = None,
-              tcp_session: "tcp.Session | None" = None, tolerate: frozenset[str] = frozenset()) -> FilesDump:
+              tcp_session: "tcp.Session | None" = None, tolerate: frozenset[str] = frozenset(),
+              hand_over: bool = False) -> FilesDump:
     """Classify and record every fd of the frozen processes; refuses (Unsupported) before touching anything.
 
     ``members``: (process, its snapshot, fds to leave out) — the fds that are
@@ -264,12 +265,14 @@ def dump_tree(members: Sequence[tuple[FrozenProcess, Snapshot, frozenset[int]]],
     fork) is one FileEntry, and a pipe is dumped when no process outside the
     tree holds an end of it.  ``notes`` collects what was saved less than
     exactly (see sockets.dump); ``tolerate``, the losses the user lets through
-    (:mod:`ckpt.tolerance`).
+    (:mod:`ckpt.tolerance`); ``hand_over``: bound inet sockets are handed to the restore (a migration
+    within one network namespace, :class:`~ckpt.resources.fdkind.DumpOptions`).
     """
     opens = [(proc.pid, o) for proc, snap, skip in members for o in _open_fds(proc.pid, snap, skip)]
     carried = _Carried.collect(opens)
     opts = DumpOptions(policy=policy, deleted_max=deleted_max, tcp_close=tcp_close, tcp_session=tcp_session,
-                       notes=notes, tolerate=tolerate, tree=frozenset(proc.pid for proc, _, _ in members))
+                       notes=notes, tolerate=tolerate, tree=frozenset(proc.pid for proc, _, _ in members),
+                       hand_over=hand_over)
     try:
         out = _dump_tree(members, opens, carried, opts, first_id=first_id, ext_unix_close=ext_unix_close)
     finally:

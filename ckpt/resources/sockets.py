@@ -183,6 +183,15 @@ def peek(pid: int, fd: int) -> tuple[Peek, list[files_pb2.SockOpt]]:
 _MAX_FILTER = 1024
 
 
+#: The image feature of sockets handed over (:mod:`ckpt.image.compat`).
+HANDED_FEATURE = "handed-sockets"
+
+
+def _port(sockaddr: bytes) -> int:
+    """The port of a raw ``sockaddr_in``/``sockaddr_in6`` (0: unbound)."""
+    return int.from_bytes(sockaddr[2:4], "big") if len(sockaddr) >= 4 else 0
+
+
 def _filter(pid: int, fd: int, ours: int) -> files_pb2.SockOpt | None:
     """The classic BPF filter of the socket (SO_GET_FILTER), as the option that attaches it again; None for no
     filter.  An eBPF program (SO_ATTACH_BPF) is refused: the kernel gives no way to read it back from a socket."""
@@ -303,7 +312,7 @@ def account_agrees(pid: int, account: process_pb2.Observed, fds: "tuple[files_pb
 #: Account sections whose queues :func:`account_agrees` checks: the entry kind, and whether the image lets the
 #: queue go.
 _QUEUE_LOST: dict[str, tuple[int, Callable[[files_pb2.FileEntry], bool]]] = {
-    "inet": (K.INET, lambda e: e.inet.queue_lost or e.inet.tcp_closed),
+    "inet": (K.INET, lambda e: e.inet.queue_lost or e.inet.tcp_closed or e.inet.handed_over),  # (handed: kept)
     "packet": (K.PACKET, lambda e: e.packet.queue_lost),
     "netlink": (K.NETLINK, lambda e: e.netlink.queue_lost),
 }
@@ -393,7 +402,8 @@ def _unix_backlog(pid: int, fd: int, p: Peek, notes: list[str] | None, tolerate:
 def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
     """The socket's entry (:func:`describe`); one only a unix socket's queue holds cannot be a live connection."""
     describe(d.pid, d.fd, entry, tcp_close=d.opts.tcp_close, notes=d.opts.notes,
-             tcp_session=None if d.in_flight_only else d.opts.tcp_session, tolerate=d.opts.tolerate)
+             tcp_session=None if d.in_flight_only else d.opts.tcp_session, tolerate=d.opts.tolerate,
+             hand_over=d.opts.hand_over and not d.in_flight_only)
     if d.in_flight_only and entry.inet.HasField("tcp"):
         raise d.refuse("an established TCP connection", "ckpt keeps a connection only while a process holds it: "
                        "dump once the program has received it")
@@ -401,7 +411,7 @@ def dump(d: FdDump, entry: files_pb2.FileEntry) -> None:
 
 def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool = False,
              notes: list[str] | None = None, tcp_session: "tcp.Session | None" = None,
-             tolerate: frozenset[str] = frozenset()) -> None:
+             tolerate: frozenset[str] = frozenset(), hand_over: bool = False) -> None:
     """Fill ``entry`` (kind, inet/unix details) for the socket at ``fd``; Unsupported for what cannot be re-created.
 
     A loss the user tolerates (``tolerate``, :mod:`ckpt.tolerance`: a TCP
@@ -410,6 +420,9 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
     is refused.
     ``tcp_session`` (``--tcp-established``): an established TCP connection is
     locked and read in repair mode by :mod:`ckpt.resources.tcp`, to come back alive.
+    ``hand_over`` (a migration within one network namespace): a bound TCP or UDP
+    socket that is not a connection is marked to be handed to the restore as it
+    is (``InetSocket.handed_over``), its queues with it: nothing of them is lost.
     """
     p, opts = peek(pid, fd)
     if p.family in (socket.AF_PACKET, socket.AF_NETLINK):
@@ -446,6 +459,10 @@ def describe(pid: int, fd: int, entry: files_pb2.FileEntry, *, tcp_close: bool =
             inet.tcp_closed = True
         elif p.type not in (socket.SOCK_STREAM, *_DATAGRAM):
             raise refuse(pid, fd, f"an {fam} socket of type {p.type}")
+        elif hand_over and p.type in (socket.SOCK_STREAM, socket.SOCK_DGRAM) and _port(p.local):
+            inet.handed_over = True  # the same socket goes over: its waiting connections or datagrams with it
+            if p.listening and p.max_backlog >= 0:
+                inet.backlog = p.max_backlog
         elif p.listening and p.max_backlog >= 0:
             inet.backlog = p.max_backlog
             if p.accept_queue > 0:
@@ -529,9 +546,19 @@ def set_status_flags(r: Opener, fd: int, entry: files_pb2.FileEntry) -> int:
 
 def restore(r: Opener, entry: files_pb2.FileEntry, fds: list[int]) -> int:
     """The inet socket of ``entry`` made again in the target: an established connection by
-    :mod:`ckpt.resources.tcp`, the rest here.  Unix sockets are :mod:`ckpt.resources.unix`'s."""
-    fd = (tcp.restore(r.inj, r.s, entry, r.warnings) if entry.inet.HasField("tcp")
-          else _create_inet(r.inj, r.s, entry, r.warnings))
+    :mod:`ckpt.resources.tcp`, one handed over by a migration's source as it is, the rest here.  Unix
+    sockets are :mod:`ckpt.resources.unix`'s."""
+    if entry.inet.handed_over:
+        ours = r.policy.handed.get(entry.id)
+        if ours is None:
+            raise RestoreError(f"the socket of file {entry.id} ({tcp.endpoint(entry.inet.family, entry.inet.src_addr)}) "
+                               "was to be handed over by the migration's source, which did not",
+                               hint="this image is restored only by the `ckpt receive` its source migrated it to")
+        fd = r.inj.receive(ours, f"file {entry.id}")
+    elif entry.inet.HasField("tcp"):
+        fd = tcp.restore(r.inj, r.s, entry, r.warnings)
+    else:
+        fd = _create_inet(r.inj, r.s, entry, r.warnings)
     return set_status_flags(r, fd, entry)
 
 

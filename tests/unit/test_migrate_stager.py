@@ -58,7 +58,7 @@ class _Fake:
         self._call("apply", path)
         return self._stage()
 
-    def finish(self, path: str, before_hand_over=None) -> SimpleNamespace:  # noqa: ANN001
+    def finish(self, path: str, before_hand_over=None, handed_sockets=None) -> SimpleNamespace:  # noqa: ANN001
         self._call("finish", path)
         self.state = "done"
         self._stage()

@@ -233,7 +233,7 @@ class InFlight(_message.Message):
     def __init__(self, index: _Optional[int] = ..., file_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InetSocket(_message.Message):
-    __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options", "tcp_closed", "queue_lost", "memberships")
+    __slots__ = ("family", "type", "protocol", "state", "src_addr", "src_port", "dst_addr", "dst_port", "backlog", "shutdown", "tcp", "options", "tcp_closed", "queue_lost", "memberships", "handed_over")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class InetSocket(_message.Message):
     TCP_CLOSED_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LOST_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
+    HANDED_OVER_FIELD_NUMBER: _ClassVar[int]
     family: int
     type: int
     protocol: int
@@ -264,7 +265,8 @@ class InetSocket(_message.Message):
     tcp_closed: bool
     queue_lost: bool
     memberships: _containers.RepeatedCompositeFieldContainer[McastMembership]
-    def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., tcp_closed: _Optional[bool] = ..., queue_lost: _Optional[bool] = ..., memberships: _Optional[_Iterable[_Union[McastMembership, _Mapping]]] = ...) -> None: ...
+    handed_over: bool
+    def __init__(self, family: _Optional[int] = ..., type: _Optional[int] = ..., protocol: _Optional[int] = ..., state: _Optional[int] = ..., src_addr: _Optional[bytes] = ..., src_port: _Optional[int] = ..., dst_addr: _Optional[bytes] = ..., dst_port: _Optional[int] = ..., backlog: _Optional[int] = ..., shutdown: _Optional[int] = ..., tcp: _Optional[_Union[TcpRepair, _Mapping]] = ..., options: _Optional[_Iterable[_Union[SockOpt, _Mapping]]] = ..., tcp_closed: _Optional[bool] = ..., queue_lost: _Optional[bool] = ..., memberships: _Optional[_Iterable[_Union[McastMembership, _Mapping]]] = ..., handed_over: _Optional[bool] = ...) -> None: ...
 
 class McastMembership(_message.Message):
     __slots__ = ("family", "ifname", "group", "mode", "sources")
