@@ -203,14 +203,14 @@ class TlsStream:
 
     def _refusal(self, exc: ssl.SSLError) -> WireError:
         """A failed handshake, in words: which side refused what."""
-        peer = "the source" if self._server_side else "the destination"
+        peer = f"the {'source' if self._server_side else 'destination'} ({self._who})"
         if isinstance(exc, ssl.SSLCertVerificationError):
             why = exc.verify_message or _reason(exc)
             if exc.verify_code in _NAME_MISMATCH:
-                return AuthError(f"{peer}'s TLS certificate does not name the address connected to: {why}",
+                return AuthError(f"the TLS certificate of {peer} does not name the address connected to: {why}",
                                  hint="its certificate needs that name or IP address as a subjectAltName "
                                       "(or migrate --tls-no-cn-verify)")
-            return AuthError(f"{peer}'s TLS certificate was refused: {why}",
+            return AuthError(f"the TLS certificate of {peer} was refused: {why}",
                              hint="both certificates must be signed by the CA of --tls-cacert")
         reason = getattr(exc, "reason", None) or ""
         if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
