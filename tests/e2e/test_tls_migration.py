@@ -94,33 +94,31 @@ def test_a_migration_in_tls_with_certificates_on_both_sides(second_host: SecondH
     assert m.group(1) == "PASS", m.group(0)
 
 
+def _refused(tmp_path: Path, t: _Mutator, receiver: list[str], source: list[str], says: str, logs: str) -> None:
+    """A --once receiver refuses the source, which ``says`` why, runs on; the receiver ``logs`` why and waits on."""
+    port, token = _free_port(), _token(tmp_path)
+    rx = _LoopbackReceiver(tmp_path, token, port, *receiver)
+    _one_line(_migrate(t.pid, port, token, *source), 1, says)
+    _source_runs_on(t)
+    wait_until(lambda: "refused a connection" in rx.log(), "the receiver logs the refusal", timeout=20)
+    assert logs in rx.log(), rx.log()
+    assert rx.proc.poll() is None  # a refused peer is no migration: even with --once it waits on
+    assert rx.stop() == 130
+
+
 def test_a_source_with_a_certificate_of_another_ca_is_refused(tmp_path: Path, mutator: _Mutator,
                                                               pki: tuple[Pair, Pair, CA]) -> None:
     _, receiver, _ = pki
     stranger = CA(tmp_path, "other").issue("source")
-    port, token, t = _free_port(), _token(tmp_path), mutator
-    rx = _LoopbackReceiver(tmp_path, token, port, *receiver.flags())
     mixed = Pair(stranger.cert, stranger.key, receiver.cacert)  # it trusts the receiver, the receiver not it
-    res = _migrate(t.pid, port, token, *mixed.flags())
-    _one_line(res, 1, "refused the TLS connection (alert: unknown ca)")
-    _source_runs_on(t)
-    wait_until(lambda: "refused a connection" in rx.log(), "the receiver logs the refusal", timeout=20)
-    assert "the TLS certificate of the source (peer 127.0.0.1:" in rx.log(), rx.log()
-    assert rx.proc.poll() is None  # a refused peer is no migration: even with --once it waits on
-    assert rx.stop() == 130
+    _refused(tmp_path, mutator, receiver.flags(), mixed.flags(), "refused the TLS connection (alert: unknown ca)",
+             "the TLS certificate of the source (peer 127.0.0.1:")
 
 
 def test_a_source_without_tls_is_refused_by_a_tls_receiver(tmp_path: Path, mutator: _Mutator,
                                                            pki: tuple[Pair, Pair, CA]) -> None:
     _, receiver, _ = pki
-    port, token, t = _free_port(), _token(tmp_path), mutator
-    rx = _LoopbackReceiver(tmp_path, token, port, *receiver.flags())
-    res = _migrate(t.pid, port, token)
-    _one_line(res, 1, "takes only TLS connections")
-    _source_runs_on(t)
-    wait_until(lambda: "refused a connection" in rx.log(), "the receiver logs the refusal", timeout=20)
-    assert "did not start TLS" in rx.log(), rx.log()
-    assert rx.stop() == 130
+    _refused(tmp_path, mutator, receiver.flags(), [], "takes only TLS connections", "did not start TLS")
 
 
 def test_a_key_others_may_read_is_refused_before_anything_else(tmp_path: Path, mutator: _Mutator,

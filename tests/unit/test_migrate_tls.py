@@ -19,6 +19,7 @@ from ckpt.migrate import tls
 from ckpt.migrate.peers import parse_allow
 from ckpt.migrate.wire import AuthError, Channel, PeerError, Role, WireError, generate_token
 from test_migrate_wire import _both
+from test_migrate_wire import test_one_thread_may_send_while_another_receives as _send_while_receiving
 from tlscerts import CA, Pair
 
 TOKEN = generate_token()
@@ -74,26 +75,12 @@ def test_tls_carries_messages_and_replaces_the_frame_sealing(pki: tuple[Pair, Pa
 
 
 def test_one_thread_may_send_while_another_receives_in_tls(pki: tuple[Pair, Pair, CA]) -> None:
+    """One lock keeps OpenSSL to one thread at a time; the wire's own test, in TLS."""
     source, receiver, _ = pki
     client, server = _connect(_config(source, server_side=False), _config(receiver, server_side=True))
-    n = 48
     try:
-        def stream() -> None:
-            for i in range(n):
-                client.send({"type": "chunk", "i": i, "data": bytes(256 << 10)})
-
-        def ack() -> None:
-            for i in range(n):
-                assert server.recv()["i"] == i
-                server.send({"type": "ack", "i": i})
-
-        threads = [threading.Thread(target=stream), threading.Thread(target=ack)]
-        for t in threads:
-            t.start()
-        acks = [client.expect("ack")["i"] for _ in range(n)]
-        for t in threads:
-            t.join(T)
-        assert acks == list(range(n))
+        assert client.tls and server.tls
+        _send_while_receiving((client, server))
     finally:
         _close(client, server)
 
