@@ -57,10 +57,9 @@ from .wire import DEFAULT_TIMEOUT, Channel, WireError, _address, listen
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from ..restore import RestoreStats, StagedRestore
     from .peers import Allow
     from .tls import TlsConfig
-
-    from ..restore import RestoreStats, StagedRestore
 
 __all__ = ["BACKLOG", "HANDSHAKE_TIMEOUT", "MAX_PENDING", "ReceiveResult", "open_listener", "serve", "serve_on"]
 
