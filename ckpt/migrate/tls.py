@@ -276,7 +276,9 @@ class TlsStream:
                 except ssl.SSLError as exc:
                     # In TLS 1.3 the client has finished its handshake before the server checked its
                     # certificate: the refusal comes as an alert on the first read.
-                    raise self._refusal(exc) from None
+                    if "ALERT" in (getattr(exc, "reason", None) or ""):
+                        raise self._refusal(exc) from None
+                    raise WireError(f"TLS from {self._who} failed: {_reason(exc)} (altered in transit?)") from None
             n = self._sock.recv_into(self._rbuf)  # BlockingIOError: the caller waits for the socket
             if not n:
                 return 0

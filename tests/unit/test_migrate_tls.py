@@ -143,6 +143,61 @@ def test_tls_on_one_side_only_is_refused_in_words_on_both_sides(pki: tuple[Pair,
     assert isinstance(server, WireError) and "speaks TLS and this side does not" in str(server), server
 
 
+def test_a_record_altered_in_transit_breaks_the_channel(pki: tuple[Pair, Pair, CA]) -> None:
+    """Without the wire's own sealing, TLS alone must catch a flipped bit."""
+    source, receiver, _ = pki
+    a, a_inner = socket.socketpair()
+    b, b_inner = socket.socketpair()
+    flip_at = 300_000  # well past the handshakes, inside the big frame
+
+    def pump(src: socket.socket, dst: socket.socket, flip: bool) -> None:
+        seen = 0
+        try:
+            while data := src.recv(65536):
+                if flip and seen <= flip_at < seen + len(data):
+                    data = bytearray(data)
+                    data[flip_at - seen] ^= 0x01
+                seen += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    pumps = [threading.Thread(target=pump, args=(a_inner, b_inner, True), daemon=True),
+             threading.Thread(target=pump, args=(b_inner, a_inner, False), daemon=True)]
+    for t in pumps:
+        t.start()
+    client, server = _both(
+        lambda: Channel(a, TOKEN, Role.CLIENT, timeout=T, tls=_config(source, server_side=False),
+                        server_hostname="127.0.0.1"),
+        lambda: Channel(b, TOKEN, Role.SERVER, timeout=T, tls=_config(receiver, server_side=True)))
+    try:
+        assert isinstance(client, Channel) and isinstance(server, Channel), (client, server)
+        sent: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                client.send({"type": "chunk", "data": os.urandom(1 << 20)})
+            except WireError as exc:  # the receiver hung up on it
+                sent.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        with pytest.raises(WireError, match=r"TLS from .* failed: .*\(altered in transit\?\)"):
+            server.recv()
+        assert server.broken
+        server.close()
+        sender.join(T)
+    finally:
+        _close(client, server)
+        for s in (a_inner, b_inner):
+            s.close()
+
+
 class _TlsRelay:
     """A man in the middle with a certificate of the CA, but no token: TLS ended towards each side, bytes relayed."""
 
