@@ -6,9 +6,11 @@ Real sockets (socketpairs, loopback TCP), the peer in a thread; a throwaway PKI 
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,22 @@ def test_tls_on_one_side_only_is_refused_in_words_on_both_sides(pki: tuple[Pair,
     assert isinstance(server, WireError) and "speaks TLS and this side does not" in str(server), server
 
 
+def _pump(src: socket.socket, dst: socket.socket, change: Callable[[int, bytes], bytes] = lambda seen, d: d) -> None:
+    """Forward ``src`` to ``dst`` (``change(bytes before, data)`` on the way) until either ends, then end both."""
+    seen = 0
+    try:
+        while data := src.recv(65536):
+            dst.sendall(change(seen, data))
+            seen += len(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def test_a_record_altered_in_transit_breaks_the_channel(pki: tuple[Pair, Pair, CA]) -> None:
     """Without the wire's own sealing, TLS alone must catch a flipped bit."""
     source, receiver, _ = pki
@@ -150,25 +168,15 @@ def test_a_record_altered_in_transit_breaks_the_channel(pki: tuple[Pair, Pair, C
     b, b_inner = socket.socketpair()
     flip_at = 300_000  # well past the handshakes, inside the big frame
 
-    def pump(src: socket.socket, dst: socket.socket, flip: bool) -> None:
-        seen = 0
-        try:
-            while data := src.recv(65536):
-                if flip and seen <= flip_at < seen + len(data):
-                    data = bytearray(data)
-                    data[flip_at - seen] ^= 0x01
-                seen += len(data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    def flip(seen: int, data: bytes) -> bytes:
+        if not seen <= flip_at < seen + len(data):
+            return data
+        out = bytearray(data)
+        out[flip_at - seen] ^= 0x01
+        return bytes(out)
 
-    pumps = [threading.Thread(target=pump, args=(a_inner, b_inner, True), daemon=True),
-             threading.Thread(target=pump, args=(b_inner, a_inner, False), daemon=True)]
+    pumps = [threading.Thread(target=_pump, args=(a_inner, b_inner, flip), daemon=True),
+             threading.Thread(target=_pump, args=(b_inner, a_inner), daemon=True)]
     for t in pumps:
         t.start()
     client, server = _both(
@@ -223,25 +231,28 @@ class _TlsRelay:
                                          server_hostname="127.0.0.1")
         except (OSError, ssl.SSLError):
             return
-        lock = threading.Lock()  # one thread in each SSL object at a time
-
-        def pump(src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
-            try:
-                while data := src.recv(65536):
-                    with lock:
-                        dst.sendall(data)
-            except OSError:
-                pass
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        back_pump = threading.Thread(target=pump, args=(back, front), daemon=True)
-        back_pump.start()
-        pump(front, back)
-        back_pump.join(T)
+        # One thread for both TLS sessions: an SSL object must not be used from two threads at once.
+        other = {front: back, back: front}
+        for s in other:
+            s.setblocking(False)
+        try:
+            while True:
+                ready = [s for s in other if s.pending()] or select.select(list(other), [], [], T)[0]
+                if not ready:
+                    return
+                for s in ready:
+                    try:
+                        data = s.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue
+                    if not data:
+                        return
+                    other[s].sendall(data)  # (handshake-sized: the socket takes it at once)
+        except OSError:
+            pass
+        finally:
+            for s in other:
+                s.close()
 
 
 def test_a_relay_holding_a_certificate_but_not_the_token_cannot_join_two_sessions(
