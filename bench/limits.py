@@ -13,6 +13,8 @@ Later rows compare against these keys:
 * ``limit.zstd1_{kind}``  zstd-1 on one region kind (heap-like, zero, random)
 * ``limit.unzstd1``     decompressing the level-1 frames into a pre-faulted buffer
 * ``limit.aead``        sealing and opening the workload as the migration wire does (AES-256-GCM, 1 MiB frames)
+* ``limit.tls``         the same through TLS 1.3 (``--tls``: AES-256-GCM records) over a loopback socketpair
+* ``limit.ed25519_sign``/``limit.ed25519_verify``  signing and checking an inventory (``--sign-key``)
 * ``limit.write``/``limit.fsync``  writing the data to a file next to the repo, and with fsync
 
 Rates are input bytes per second; compression ratios are input/output.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import statistics
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +35,7 @@ import zstandard
 from bench.framework import Context, PrefaultedBuffer, Row, bench, fmt_size
 from ckpt.kernel import vm
 
-__all__ = ["memory_reads", "memory_copies", "compression", "disk"]
+__all__ = ["memory_reads", "memory_copies", "compression", "crypto", "disk"]
 
 #: Fresh-memory rows use at most this much, so the bench's own peak stays bounded.
 FRESH_CAP = 256 << 20
@@ -238,6 +241,98 @@ def _aead(ctx: Context, data: memoryview) -> Row:
     return Row("limit.aead", "AES-256-GCM seal+open on one core (the migration wire)", n, times,
                notes=f"{fmt_size(frame)} frames, each sealed then opened, their sum timed: goal ≥ "
                      f"{AEAD_GOAL / 1e9:.1f} GB/s {'met' if rate >= AEAD_GOAL else 'MISSED'}")
+
+
+#: Bytes of the TLS row's stream; of the message the signature rows sign (an inventory listing ~60 files).
+TLS_BYTES, INVENTORY_BYTES = 256 << 20, 4096
+#: Signatures per timed run of a signature row.
+SIGNATURES = 2000
+
+
+@bench("limits", order=25, workload=False)
+def crypto(ctx: Context) -> Iterator[Row]:
+    """TLS 1.3 on one core as the wire runs it, and Ed25519 as image signing uses it."""
+    yield _tls(ctx)
+    yield from _ed25519(ctx)
+
+
+def _tls(ctx: Context) -> Row:
+    """The wire's TLS streams (ckpt/migrate/tls.py) at both ends of a socketpair, on one thread: seal+open."""
+    import socket
+    import tempfile
+
+    from ckpt.migrate import tls
+    from tests.tlscerts import CA
+
+    frame = 1 << 20
+    data = memoryview(os.urandom(frame))
+    with tempfile.TemporaryDirectory() as d:
+        ca = CA(Path(d))
+        a, b = ca.issue("source"), ca.issue("receiver")
+        client = tls.load(server_side=False, cacert=str(a.cacert), cert=str(a.cert), key=str(a.key))
+        server = tls.load(server_side=True, cacert=str(b.cacert), cert=str(b.cert), key=str(b.key))
+    s1, s2 = socket.socketpair()
+    for s in (s1, s2):
+        s.setblocking(False)
+    streams: dict[str, tls.TlsStream] = {}
+
+    def side(name: str, config: tls.TlsConfig, sock: socket.socket) -> None:
+        streams[name] = config.wrap(sock, "127.0.0.1", lambda readable: True, name)
+
+    threads = [threading.Thread(target=side, args=("client", client, s1)),
+               threading.Thread(target=side, args=("server", server, s2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tx, rx = streams["client"], streams["server"]
+    sink = bytearray(frame)
+
+    def run() -> None:
+        for _ in range(TLS_BYTES // frame):
+            views, got = [data], 0
+            while views or tx.unsent:
+                try:
+                    n = tx.send(views)
+                except BlockingIOError:
+                    n = 0
+                views = [views[0][n:]] if views and n < views[0].nbytes else []
+                while got < frame:  # drain what arrived, so the socket never fills
+                    try:
+                        got += rx.recv_into(memoryview(sink)[got:])
+                    except BlockingIOError:
+                        break
+            while got < frame:
+                try:
+                    got += rx.recv_into(memoryview(sink)[got:])
+                except BlockingIOError:
+                    pass
+
+    try:
+        times = ctx.repeat(run)
+    finally:
+        s1.close()
+        s2.close()
+    return Row("limit.tls", "TLS 1.3 AES-256-GCM seal+open on one core (migrate --tls)", TLS_BYTES, times,
+               baseline="limit.aead", notes=f"{fmt_size(frame)} writes through a socketpair, both ends "
+                                            "on one thread (records of 16 KiB, memory BIOs as the wire)")
+
+
+def _ed25519(ctx: Context) -> Iterator[Row]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    public, message = key.public_key(), os.urandom(INVENTORY_BYTES)
+    signature = key.sign(message)
+    times = ctx.repeat(lambda: [key.sign(message) for _ in range(SIGNATURES)])
+    per = statistics.median(times) / SIGNATURES
+    yield Row("limit.ed25519_sign", "Ed25519 sign of an inventory (dump --sign-key)", INVENTORY_BYTES * SIGNATURES,
+              times, notes=f"{fmt_size(INVENTORY_BYTES)} message: {per * 1e6:.0f} µs a signature")
+    times = ctx.repeat(lambda: [public.verify(signature, message) for _ in range(SIGNATURES)])
+    per = statistics.median(times) / SIGNATURES
+    yield Row("limit.ed25519_verify", "Ed25519 verify of an inventory (restore --verify-key)",
+              INVENTORY_BYTES * SIGNATURES, times,
+              notes=f"{fmt_size(INVENTORY_BYTES)} message: {per * 1e6:.0f} µs a check")
 
 
 def _decompress_into(dctx: zstandard.ZstdDecompressor, blob: bytes, out: memoryview, want: int) -> None:

@@ -21,12 +21,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, is_dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__, interrupts
 from .errors import EXIT_FAILURE, EXIT_USAGE, CkptError, UsageError, describe_oserror
 from .outfile import OutputFile
 from .progress import ProgressEvent, progress_for
+
+if TYPE_CHECKING:
+    from .migrate.tls import TlsConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -282,6 +285,35 @@ def _verify_key_flag(sp: argparse.ArgumentParser) -> None:
                          "key `ckpt keygen` wrote, or the private one) and every file is as signed (read in full)")
 
 
+def _tls_flags(sp: argparse.ArgumentParser, *, source: bool) -> None:
+    """CRIU's TLS flags (ckpt/migrate/tls.py); without the file flags, CRIU's default paths."""
+    sp.add_argument("--tls", action="store_true",
+                    help="TLS 1.3 with a certificate on each side, both checked against --tls-cacert "
+                         "(and the token still); the other side needs --tls too")
+    sp.add_argument("--tls-cacert", metavar="FILE", help="the CA certificate the peer's must chain to "
+                    "(default /etc/pki/CA/cacert.pem)")
+    sp.add_argument("--tls-cert", metavar="FILE", help="this host's certificate (default /etc/pki/criu/cert.pem)")
+    sp.add_argument("--tls-key", metavar="FILE",
+                    help="its private key, mode 600 (default /etc/pki/criu/private/key.pem)")
+    if source:
+        sp.add_argument("--tls-no-cn-verify", action="store_true",
+                        help="do not require the destination's certificate to name the address of --to")
+
+
+def _tls_config(args: argparse.Namespace, *, server_side: bool) -> TlsConfig | None:
+    """The TLS of --tls and its files (their checks: before anything else is done), or None."""
+    files = [f"--{n.replace('_', '-')}" for n in ("tls_cacert", "tls_cert", "tls_key", "tls_no_cn_verify")
+             if getattr(args, n, None)]
+    if not args.tls:
+        if files:
+            raise UsageError(f"{', '.join(files)} without --tls: give --tls to run the migration in TLS")
+        return None
+    from .migrate import tls
+
+    return tls.load(server_side=server_side, cacert=args.tls_cacert, cert=args.tls_cert, key=args.tls_key,
+                    check_hostname=not getattr(args, "tls_no_cn_verify", False))
+
+
 def _cpu_cap_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cpu-cap", type=_cpu_cap, nargs="?", const="", default=None, metavar="CAP[,CAP...]",
                     help="the checks that refuse a process from another CPU, as CRIU names them: fpu (vector state: "
@@ -340,6 +372,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         if not value:
             raise UsageError(f"ckpt migrate needs {flag}")
     tolerated = parse_tolerate(args.tolerate, "dump")
+    tls = _tls_config(args, server_side=False)
     api.check_process(args.tree)
     stats_out = _json_stats_file(args)
     host, port = _host_port("--to", args.to)
@@ -359,7 +392,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
                         bandwidth_limit=args.bandwidth_limit * 1e6 if args.bandwidth_limit else None,
                         dry_run=args.dry_run, track=args.track, stop_and_copy=args.stop_and_copy,
                         timeout=args.timeout, tcp_close=args.tcp_close, tcp_established=args.tcp_established,
-                        action_script=args.action_script, tolerate=tolerated, on_round=on_round)
+                        action_script=args.action_script, tolerate=tolerated, on_round=on_round, tls=tls)
     if args.dry_run:
         print(f"dry run: {stats.iterations} rounds, {stats.bytes_sent / 1e6:.1f} MB sent; switch-over now: "
               f"predicted downtime {stats.predicted_downtime_ms:.0f} ms ({stats.reason}); the process runs on here")
@@ -377,10 +410,11 @@ def _recover(args: argparse.Namespace) -> int:
     from .migrate.source import recover
     from .migrate.wire import load_token
 
+    tls = _tls_config(args, server_side=False)
     token = load_token(args.token_file) if args.token_file else None
     to = _host_port("--to", args.to) if args.to else None
     known = {"running": "running", "not-running": "not running", None: None}[args.outcome]
-    r = recover(args.tree, token, to=to, known=known, timeout=args.timeout)
+    r = recover(args.tree, token, to=to, known=known, timeout=args.timeout, tls=tls)
     if r.outcome == "gone":
         print(f"pid {args.tree}: no process the migration held is left; its record is removed")
     elif r.outcome == "running":
@@ -409,11 +443,14 @@ def _receive_outcome(args: argparse.Namespace) -> int:
 def _cmd_receive(args: argparse.Namespace) -> int:
     from .image.dirs import check_dir_to_write
     from .migrate.dest import open_listener, serve_on
+    from .migrate.peers import parse_allow
     from .migrate.wire import load_token, save_token
 
     if args.outcome:
         return _receive_outcome(args)
     host, port = _host_port("--listen", args.listen, any_port=True)
+    tls = _tls_config(args, server_side=True)
+    allow = parse_allow(args.allow) if args.allow is not None else None
     token = load_token(args.token_file) if args.token_file else None
     verify_key = None
     if args.verify_key:
@@ -437,7 +474,7 @@ def _cmd_receive(args: argparse.Namespace) -> int:
         say(f"listening on {where[0]}:{where[1]}")
         results = serve_on(listener, args.images_dir, token, once=args.once, on_event=say, cpu_cap=args.cpu_cap,
                            allow_changed_files=args.allow_changed_files,
-                           allow_lower_limits=args.allow_lower_limits, verify_key=verify_key)
+                           allow_lower_limits=args.allow_lower_limits, verify_key=verify_key, tls=tls, allow=allow)
     last = results[-1] if results else None
     if last is not None:
         _write_json_stats(stats_out, last)
@@ -638,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="accepted as CRIU spells it, and changes nothing: file locks are always migrated when they can be "
                          "restored exactly (a lock that cannot be is refused, naming it)")
     sp.add_argument("--json-stats", metavar="FILE", help="write downtime, rounds and bytes as JSON")
+    _tls_flags(sp, source=True)
 
     sp = add("receive", _cmd_receive, "accept migrations (`ckpt migrate`) and restore them here")
     sp.add_argument("--listen", default="127.0.0.1:7070", metavar="ADDR:PORT",
@@ -654,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
     _lower_limits_flag(sp)
     _cpu_cap_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write the last migration's result as JSON")
+    _tls_flags(sp, source=False)
+    sp.add_argument("--allow", metavar="CIDR[,CIDR…]",
+                    help="accept sources from these addresses only (e.g. 10.0.0.0/8,192.0.2.7); "
+                         "others are closed at once, and logged")
 
     sp = add("check", _cmd_check, "probe every kernel facility ckpt relies on, by trying it")
     sp.add_argument("--json", action="store_true", help="print the report as JSON")

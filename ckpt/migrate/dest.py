@@ -52,12 +52,14 @@ from ..errors import CkptError
 from ..image.store import hold_dir
 from ..resources.tree import kill as kill_helpers
 from . import handover, journal
-from .wire import DEFAULT_TIMEOUT, Channel, WireError, listen
+from .wire import DEFAULT_TIMEOUT, Channel, WireError, _address, listen
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from ..restore import RestoreStats, StagedRestore
+    from .peers import Allow
+    from .tls import TlsConfig
 
 __all__ = ["BACKLOG", "HANDSHAKE_TIMEOUT", "MAX_PENDING", "ReceiveResult", "open_listener", "serve", "serve_on"]
 
@@ -513,10 +515,12 @@ class _Door:
 
     def __init__(self, listener: socket.socket, token: str | bytes, say: Callable[[str], None], *,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = MAX_PENDING,
-                 root: str | None = None) -> None:
+                 root: str | None = None, tls: TlsConfig | None = None, allow: Allow | None = None) -> None:
         self._listener = listener
         self._root = root
         self._token = token
+        self._tls = tls      # receive --tls: a source must be in TLS, with a certificate of our CA
+        self._allow = allow  # receive --allow: the source addresses let in
         self._say = say
         self._handshake_timeout = handshake_timeout
         self._max_pending = max_pending
@@ -594,6 +598,10 @@ class _Door:
                 continue
             pause = -1
             host, port = addr[:2]
+            if self._allow is not None and not self._allow.admits(host):
+                conn.close()  # before any byte of the protocol
+                self._say(f"refused a connection from {_address(addr)}: not an address of --allow {self._allow}")
+                continue
             self._admit(_Pending(conn, host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
 
     def _admit(self, entry: _Pending) -> None:
@@ -634,7 +642,7 @@ class _Door:
         why: object = ""
         try:
             # The channel gets a duplicate: this socket stays open (for _shut) until we leave _pending.
-            ch = Channel.accept(entry.conn.dup(), self._token, io_timeout=self._handshake_timeout)
+            ch = Channel.accept(entry.conn.dup(), self._token, io_timeout=self._handshake_timeout, tls=self._tls)
         except (CkptError, OSError) as exc:
             why = exc
         except Exception as exc:  # noqa: BLE001 - a stranger's bytes must never take the receiver down
@@ -715,14 +723,15 @@ def serve(host: str, port: int, root: str, token: str | bytes, *, once: bool = F
           on_event: Callable[[str], None] | None = None,
           on_listening: Callable[[tuple[str, int]], None] | None = None, staged: bool = True,
           cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
-          allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None) -> list[ReceiveResult]:
+          allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None,
+          tls: TlsConfig | None = None, allow: Allow | None = None) -> list[ReceiveResult]:
     """Listen on ``host:port`` (:func:`open_listener`), then :func:`serve_on` it."""
     with open_listener(host, port) as s:
         if on_listening is not None:
             on_listening(s.getsockname()[:2])
         return serve_on(s, root, token, once=once, on_event=on_event, staged=staged, cpu_cap=cpu_cap,
                         allow_changed_files=allow_changed_files, allow_lower_limits=allow_lower_limits,
-                        verify_key=verify_key)
+                        verify_key=verify_key, tls=tls, allow=allow)
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -733,7 +742,8 @@ def open_listener(host: str, port: int) -> socket.socket:
 def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bool = False,
              on_event: Callable[[str], None] | None = None, staged: bool = True,
              cpu_cap: Iterable[str] | None = None, allow_changed_files: bool = False,
-             allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None) -> list[ReceiveResult]:
+             allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None,
+             tls: TlsConfig | None = None, allow: Allow | None = None) -> list[ReceiveResult]:
     """Accept migrations on a listening socket into ``root``: one with ``once``, else until interrupted.
 
     Only authenticated sources count: strangers (:class:`_Door`) neither
@@ -742,7 +752,8 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
     starts, so the restored process can bind the same address and port (a
     server migrated to the receiver's own port).  ``staged``, ``cpu_cap``, ``allow_changed_files``,
     ``allow_lower_limits``, ``verify_key``: see
-    :func:`_receive`.
+    :func:`_receive`.  ``tls``: sources must come in TLS (:mod:`ckpt.migrate.tls`); ``allow``: only
+    from these addresses (others are closed at accept).
     """
     os.makedirs(root, mode=0o700, exist_ok=True)
     lock = threading.Lock()  # one line at a time from the door's threads and ours
@@ -754,7 +765,7 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
 
     results: list[ReceiveResult] = []
     journal.prune(root)
-    door = _Door(listener, token, say, root=root)
+    door = _Door(listener, token, say, root=root, tls=tls, allow=allow)
     try:
         while True:
             ch, hello = door.next_source()

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import interrupts, testpoint
 from ..control.seize import hold_stopped, unhold
@@ -55,6 +56,9 @@ from . import handover
 from .journal import OUTCOMES, SourceRecord, new_migration_id, starttime
 from .policy import Iteration, SwitchPolicy
 from .wire import Channel, PeerError, WireError
+
+if TYPE_CHECKING:
+    from .tls import TlsConfig
 
 __all__ = ["DestReads", "MigrateStats", "RoundReport", "migrate", "recover"]
 
@@ -179,7 +183,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             track: str | None = None, work_dir: str | None = None, timeout: float = 60.0,
             stop_and_copy: bool = False, tcp_close: bool = False, tcp_established: bool = False,
             action_script: str | None = None, tolerate: frozenset[str] = frozenset(),
-            on_round: Callable[[RoundReport], None] | None = None) -> MigrateStats:
+            on_round: Callable[[RoundReport], None] | None = None, tls: TlsConfig | None = None) -> MigrateStats:
     """Move process ``pid`` to the ``ckpt receive`` at ``host:port``; see the module docstring.
 
     ``timeout``: seconds the destination may stay silent (an answer, a
@@ -198,6 +202,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     destination must have their local addresses (else its restore fails,
     naming the address, and the process runs on here with its connections).
     ``tolerate``: the losses the dumps may take (:mod:`ckpt.tolerance`).
+    ``tls``: the connection runs in TLS (``migrate --tls``, :mod:`ckpt.migrate.tls`).
     ``action_script``: run (CRIU's ``--action-script``) with
     ``CKPT_SCRIPT_ACTION=post-migrate`` once the destination runs the process
     and before the source ends its copy and lifts its connections' lock —
@@ -224,7 +229,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     migration = new_migration_id()  # names it in both sides' records (journal.py)
     record_lock: int | None = None  # the flock of our record, from the hold on (--recover waits for us)
     try:
-        with Channel.connect(host, port, token, timeout=timeout) as ch:
+        with Channel.connect(host, port, token, timeout=timeout, tls=tls) as ch:
             # Our CPU and boot: the destination refuses at once when it lacks a feature the process may use,
             # or the time namespace that carries its clocks on from another boot.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here()),
@@ -406,12 +411,12 @@ class Recovery:
 
 
 def recover(pid: int, token: bytes | str | None, *, to: tuple[str, int] | None = None, known: str | None = None,
-            timeout: float = 60.0) -> Recovery:
+            timeout: float = 60.0, tls: TlsConfig | None = None) -> Recovery:
     """Resolve a switch-over left in doubt: ask the destination's receiver, then end or resume the original.
 
     ``known``: the outcome ("running" or "not running") when the user has it
     from the destination (``ckpt receive --outcome``); nothing is asked then.
-    ``to``: the receiver, when it listens elsewhere than the record says.
+    ``to``: the receiver, when it listens elsewhere than the record says.  ``tls``: as for :func:`migrate`.
     Raises CkptError when the receiver cannot tell yet or knows nothing of the
     migration: the original then stays held.
     """
@@ -429,7 +434,7 @@ def recover(pid: int, token: bytes | str | None, *, to: tuple[str, int] | None =
             if token is None:
                 raise UsageError("--recover asks the destination: give --token-file (or --outcome, if you know it)")
             host, port = to or _split(rec.destination)
-            with Channel.connect(host, port, token, timeout=timeout) as ch:
+            with Channel.connect(host, port, token, timeout=timeout, tls=tls) as ch:
                 ch.send({"type": "outcome", "migration": rec.migration})
                 state = str(ch.expect("outcome", timeout=timeout).get("state", ""))
         where = f"{to[0]}:{to[1]}" if to else rec.destination

@@ -42,6 +42,19 @@ Handshake (the only frames in clear; both peers hold the same secret token):
    handshake with a sealed ``auth_ok``, the first proof that both sides
    derived the same keys.
 
+TLS (``--tls`` on both sides, :mod:`ckpt.migrate.tls`): the connection is
+TLS 1.3 with a certificate on each side before the first frame, and the
+handshake above runs inside it unchanged, but for two things.  Each hello
+says ``"tls": true``; when both do, ``T`` also covers the TLS session's
+``tls-unique`` channel binding, so the proofs hold only inside that one TLS
+session (a holder of a CA certificate who terminates TLS towards each side
+and relays the frames has two sessions, two bindings: the proofs fail), and
+the frames are not sealed a second time — TLS already encrypts and
+authenticates them, and AES-GCM twice halves the throughput.  When either
+hello lacks it (e.g. TLS ended by a proxy in front of a plain receiver), the
+frames are sealed as above.  A plain peer facing a TLS one is refused at
+once, in words, on both sides.
+
 The token never crosses the wire, and nothing of the process (its memory, its
 secrets) travels in clear: a peer that does not seal its frames (protocol 2 and
 older, ckpt 0.2.x) is refused, naming both versions.  A fake destination that
@@ -90,7 +103,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import msgpack
 import zstandard
@@ -99,6 +112,9 @@ import ckpt
 from ckpt.errors import CkptError, ImageError, UsageError
 from ckpt.kernel.fileio import fsync_dir
 from ckpt.secretfile import read_secret_file
+
+if TYPE_CHECKING:
+    from .tls import TlsConfig, TlsStream
 
 __all__ = [
     "CHUNK_SIZE",
@@ -282,12 +298,17 @@ class Role(enum.Enum):
         return Role.SERVER if self is Role.CLIENT else Role.CLIENT
 
 
-def _transcript(client_hello: bytes, server_hello: bytes) -> bytes:
-    """SHA-256 of both hellos as sent, each length-prefixed: what proofs and keys are bound to."""
+def _transcript(client_hello: bytes, server_hello: bytes, tls_binding: bytes = b"") -> bytes:
+    """SHA-256 of both hellos as sent, each length-prefixed: what proofs and keys are bound to.
+
+    ``tls_binding``: the TLS session's channel binding when both sides run in TLS (see "TLS" above).
+    """
     h = hashlib.sha256(PROTOCOL_NAME.encode() + b" transcript\0")
     for hello in (client_hello, server_hello):
         h.update(_HEADER.pack(len(hello)))
         h.update(hello)
+    if tls_binding:
+        h.update(b"tls-unique\0" + tls_binding)
     return h.digest()
 
 
@@ -514,6 +535,8 @@ class Channel:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         peer: str | None = None,
+        tls: TlsConfig | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.role = role
         self.timeout = timeout
@@ -530,6 +553,8 @@ class Channel:
         self._broken: str | None = None
         self._send_seal: _Sealer | None = None  # keyed for our direction, once authenticated
         self._recv_seal: _Sealer | None = None
+        self._tls: TlsStream | None = None  # with --tls: what frames go through (module docstring, "TLS")
+        self._peer_tls = False  # the peer's hello says it runs in TLS too
         self._recv_lock = threading.Lock()  # one receiver at a time (and the salvage of a reset)
         self._send_lock = threading.Lock()  # frames never interleave, even with send_error from the receiver
         try:
@@ -548,7 +573,12 @@ class Channel:
             self._rpoll.register(sock.fileno(), select.POLLIN)
             self._wpoll = select.poll()
             self._wpoll.register(sock.fileno(), select.POLLOUT)
-            self._handshake(key, _Deadline.start(timeout))
+            deadline = _Deadline.start(timeout)
+            if tls is not None:
+                self._tls = tls.wrap(sock, server_hostname,
+                                     lambda readable: self._wait(self._rpoll if readable else self._wpoll, deadline),
+                                     self.who)
+            self._handshake(key, deadline)
         except BaseException:
             self.close()
             raise
@@ -556,10 +586,12 @@ class Channel:
     # -- opening -------------------------------------------------------------
 
     @classmethod
-    def connect(cls, host: str, port: int, token: str | bytes, *, timeout: float | None = DEFAULT_TIMEOUT) -> Channel:
+    def connect(cls, host: str, port: int, token: str | bytes, *, timeout: float | None = DEFAULT_TIMEOUT,
+                tls: TlsConfig | None = None) -> Channel:
         """Connect to a listening destination and authenticate (client side).
 
         ``timeout`` bounds the connection, the handshake, and is the channel's default.
+        ``tls``: run in TLS (:mod:`ckpt.migrate.tls`), its certificate checked against ``host``.
         """
         _token_bytes(token)  # a bad token is the user's mistake: say so before any traffic
         where = _address((host, port))
@@ -576,7 +608,7 @@ class Channel:
             ) from None
         except OSError as exc:
             raise WireError(f"cannot connect to {where}: {exc.strerror or exc}") from None
-        return cls(sock, token, Role.CLIENT, timeout=timeout, peer=where)
+        return cls(sock, token, Role.CLIENT, timeout=timeout, peer=where, tls=tls, server_hostname=host)
 
     @classmethod
     def accept(
@@ -586,16 +618,18 @@ class Channel:
         *,
         timeout: float | None = None,
         io_timeout: float | None = DEFAULT_TIMEOUT,
+        tls: TlsConfig | None = None,
     ) -> Channel:
         """Authenticate an incoming source (server side).
 
         ``sock`` is a listening socket (one connection is accepted, waiting at
         most ``timeout`` seconds, None for ever) or a connection already
         accepted.  ``io_timeout`` bounds the handshake and is the channel's default.
+        ``tls``: only a source in TLS with a certificate of our CA gets to the handshake.
         """
         _token_bytes(token)
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            return cls(sock, token, Role.SERVER, timeout=io_timeout)
+            return cls(sock, token, Role.SERVER, timeout=io_timeout, tls=tls)
         previous = sock.gettimeout()
         sock.settimeout(timeout)
         try:
@@ -606,7 +640,7 @@ class Channel:
             raise WireError(f"accepting a connection failed: {exc.strerror or exc}") from None
         finally:
             sock.settimeout(previous)
-        return cls(conn, token, Role.SERVER, timeout=io_timeout, peer=_address(addr))
+        return cls(conn, token, Role.SERVER, timeout=io_timeout, peer=_address(addr), tls=tls)
 
     # -- state ---------------------------------------------------------------
 
@@ -614,6 +648,11 @@ class Channel:
     def who(self) -> str:
         """The peer as named in messages."""
         return f"peer {self.peer}" if self.peer else "the peer"
+
+    @property
+    def tls(self) -> bool:
+        """Both sides run in TLS, which protects the frames instead of the wire's own sealing."""
+        return self._tls is not None and self._peer_tls
 
     @property
     def closed(self) -> bool:
@@ -720,9 +759,10 @@ class Channel:
     def _write(self, parts: list[bytes], deadline: _Deadline) -> None:
         views = [memoryview(p) for p in parts if p]
         sent = 0
-        while views:
+        tls = self._tls
+        while views or (tls is not None and tls.unsent):
             try:
-                n = self._sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
+                n = tls.send(views) if tls is not None else self._sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 if self._wait(self._wpoll, deadline):
                     continue
@@ -735,6 +775,8 @@ class Channel:
             except OSError as err:
                 peer_error = self._peer_error_after_reset() if err.errno in (errno.EPIPE, errno.ECONNRESET) else None
                 raise self._break(peer_error or self._io_error("sending to", err)) from None
+            except WireError as err:  # TLS failed
+                raise self._break(err) from None
             sent += n
             self.bytes_sent += n
             while n:
@@ -758,6 +800,12 @@ class Channel:
         if err.errno in (errno.EPIPE, errno.ECONNRESET):
             return WireError(f"connection {'reset' if err.errno == errno.ECONNRESET else 'closed'} by {self.who}")
         return WireError(f"{doing} {self.who} failed: {err.strerror or err}")
+
+    def _hint_refused(self) -> str | None:
+        """Why a destination may end a connection before its hello: it does not admit us."""
+        if self.version == 0 and self.role is Role.CLIENT:
+            return "the destination ended the connection before its handshake: does its receive --allow admit this host?"
+        return None
 
     def _peer_error_after_reset(self) -> PeerError | None:
         """The reason a peer sent just before it dropped the connection under our feet, if it is still readable.
@@ -784,7 +832,7 @@ class Channel:
         got = 0
         while got < len(view):
             try:
-                n = self._sock.recv_into(view[got:])
+                n = self._tls.recv_into(view[got:]) if self._tls is not None else self._sock.recv_into(view[got:])
             except (BlockingIOError, InterruptedError):
                 if self._wait(self._rpoll, deadline):
                     continue
@@ -794,11 +842,16 @@ class Channel:
                     WireTimeout(f"{self.who} stalled in the middle of a frame for {deadline.timeout:g} s")
                 ) from None
             except OSError as err:
-                raise self._break(self._io_error("receiving from", err)) from None
+                exc = self._io_error("receiving from", err)
+                if err.errno == errno.ECONNRESET:
+                    exc.hint = self._hint_refused()
+                raise self._break(exc) from None
+            except WireError as err:  # TLS failed (in TLS 1.3, also: the peer refused our certificate)
+                raise self._break(err) from None
             if n == 0:
                 at = frame_pos + got
                 if at == 0:
-                    raise self._break(WireError(f"connection closed by {self.who}"))
+                    raise self._break(WireError(f"connection closed by {self.who}", hint=self._hint_refused()))
                 of = f" of {frame_size}" if frame_size is not None else ""
                 raise self._break(
                     WireError(f"connection closed by {self.who} in the middle of a frame ({at}{of} bytes received)")
@@ -812,6 +865,9 @@ class Channel:
         self._fill(memoryview(header), deadline, 0, None)
         (length,) = _HEADER.unpack(header)
         if length > limit:
+            if self._recv_seal is None and header[0] == 0x16 and header[1] == 3:  # a TLS handshake record
+                raise self._break(WireError(f"{self.who} speaks TLS and this side does not (--tls on one side only?)",
+                                            hint="give --tls, and its certificate files, on both sides or neither"))
             if self._recv_seal is None:
                 raise self._break(
                     WireError(
@@ -870,6 +926,7 @@ class Channel:
             "role": self.role.value,
             "nonce": secrets.token_bytes(NONCE_SIZE),
             "software": ckpt.__version__,
+            **({"tls": True} if self._tls is not None else {}),
         }
 
     def _handshake(self, token: bytes, deadline: _Deadline) -> None:
@@ -878,7 +935,9 @@ class Channel:
         theirs = bytes(self._recv_frame(deadline, MAX_HANDSHAKE_FRAME))
         hello = self._handshake_message(theirs, "hello")
         self._check_hello(hello)
-        transcript = _transcript(ours, theirs) if self.role is Role.CLIENT else _transcript(theirs, ours)
+        binding = self._tls.channel_binding() if self.tls and self._tls is not None else b""
+        hellos = (ours, theirs) if self.role is Role.CLIENT else (theirs, ours)
+        transcript = _transcript(*hellos, binding)
         expected_proof = _proof(token, self.role.other, transcript)
         refused = AuthError(f"{self.who} failed authentication (wrong token?)", hint=_TOKEN_HINT)
         if self.role is Role.CLIENT:
@@ -963,6 +1022,7 @@ class Channel:
         nonce = hello.get("nonce")
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
             raise self._refuse(WireError(f"{self.who} sent a malformed hello"), "malformed hello")
+        self._peer_tls = hello.get("tls") is True
 
     def _proof_of(self, msg: dict[str, Any]) -> bytes:
         proof = msg.get("proof")
@@ -971,6 +1031,8 @@ class Channel:
         return proof
 
     def _start_session(self, token: bytes, transcript: bytes) -> None:
+        if self.tls:
+            return  # TLS protects every frame: no second AES-GCM (module docstring, "TLS")
         to_server, to_client = _direction_keys(token, transcript)
         send_key, recv_key = (to_server, to_client) if self.role is Role.CLIENT else (to_client, to_server)
         self._send_seal, self._recv_seal = _Sealer(send_key), _Sealer(recv_key)
