@@ -69,6 +69,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
                                 "ignored it would restore a process whose later mappings are not locked or merged"),
     Feature("guard-regions", "guard regions (MADV_GUARD_INSTALL) are installed again (Vma.guards); a reader that "
                              "ignored them would restore those pages as ordinary memory"),
+    Feature("encrypted", "every file but the inventory is sealed with AES-256-GCM under a key of the image "
+                         "(Inventory.encryption, ckpt/image/sealing.py); a reader without it would take sealed "
+                         "bytes for records and pages"),
     Feature("aio-rings", "the ring of an io_setup context is made again by io_setup and moved to its address "
                          "(Vma.aio); a reader without it would refuse the mapping"),
 )}

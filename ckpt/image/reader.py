@@ -25,7 +25,7 @@ import zstandard
 from google.protobuf.message import DecodeError, Message
 
 from ckpt.errors import CorruptImage, NotAnImage
-from ckpt.image import bounds, compat, framing, kinds
+from ckpt.image import bounds, compat, framing, kinds, sealing
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import (
@@ -109,7 +109,7 @@ def read_record_file(path: str, kind: Kind, data: bytes | bytearray | None = Non
     if data is None:
         data = read_file(path, max_size=framing.MAX_RECORD_SIZE, missing="no such file")
     _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
-    return version, decode_records(path, kind, framing.split_records(path, data))
+    return version, decode_records(path, kind, framing.split_records(path, sealing.plain(path, data)))
 
 
 class ChunkReader:
@@ -133,6 +133,8 @@ class ChunkReader:
         try:
             head = os.pread(self._fd, framing.HEADER_SIZE, 0)
             framing.parse_header(path, head, kinds.PAGES.magic, names=kinds.MAGIC_NAMES)
+            # An encrypted image's chunks are opened with this (resolved here: _fetch runs on other threads).
+            self._cipher = sealing.chunk_cipher(path, head)
             self.size = os.fstat(self._fd).st_size
             if expected_size is not None and self.size != expected_size:
                 raise CorruptImage(path, f"size is {self.size} bytes, inventory.img says {expected_size} (truncated or extended)")
@@ -170,6 +172,8 @@ class ChunkReader:
         if chunk.offset < framing.HEADER_SIZE or chunk.offset + chunk.length > self.size:
             raise CorruptImage(self.path, f"{where}: {chunk.length} bytes past the end of the file ({self.size} bytes)")
         stored_max = chunk.raw_length if chunk.codec is Codec.NONE else zstd_bound(chunk.raw_length)
+        if self._cipher is not None:
+            stored_max += sealing.TAG_SIZE
         if chunk.length > stored_max:
             raise CorruptImage(self.path, f"{where}: {chunk.length} bytes stored for {chunk.raw_length} raw, more than "
                                           f"{chunk.codec.name} ever stores")
@@ -264,6 +268,8 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: truncated, read {got} of {chunk.length} bytes")
         if zlib.crc32(stored) != chunk.crc32:
             raise CorruptImage(self.path, f"{where}: CRC-32 mismatch, the stored bytes were altered")
+        if self._cipher is not None:
+            stored = memoryview(self._cipher.open_chunk(self.path, index, stored))
         if chunk.codec is Codec.NONE:
             if chunk.length != chunk.raw_length:
                 raise CorruptImage(self.path, f"{where}: uncompressed chunk of {chunk.length} bytes, pagemap says {chunk.raw_length}")
@@ -451,6 +457,7 @@ class Image:
         if inv.format_version != version:
             raise CorruptImage(inv_path, f"records format {inv.format_version} but its header says {version}")
         compat.check_required(inv_path, inv)
+        sealing.note_image(path, inv, data)  # an encrypted image needs its key; with a key, every image must be
         if inv.kind not in (k.value for k in ImageKind):
             raise CorruptImage(inv_path, f"invalid image kind {inv.kind}")
         if inv.page_size <= 0 or inv.page_size & (inv.page_size - 1):
@@ -557,7 +564,7 @@ class Image:
         data = read_file(path, digest.size, kind=kind)
         if hashlib.sha256(data).digest() != digest.sha256:
             raise CorruptImage(path, "SHA-256 does not match inventory.img: the file was altered")
-        return framing.split_records(path, data)
+        return framing.split_records(path, sealing.plain(path, data))
 
     def process(self, pid: int) -> process_pb2.ProcessEntry:
         return cast(process_pb2.ProcessEntry, self.records(kinds.PROCESS.file_name(pid))[0])
