@@ -202,6 +202,16 @@ class FileCipher:
             raise CorruptImage(path, f"chunk {index}: does not decrypt under this image's key (altered, moved "
                                      "or from another file or image)") from None
 
+    def open_chunk_into(self, path: str, index: int, data: memoryview, out: memoryview) -> None:
+        """:meth:`open_chunk` into ``out`` (``len(data) - TAG_SIZE`` bytes, not overlapping ``data``): no new buffer."""
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            self._aead.decrypt_into(nonce(index), data, chunk_aad(self.name, index), out)
+        except InvalidTag:
+            raise CorruptImage(path, f"chunk {index}: does not decrypt under this image's key (altered, moved "
+                                     "or from another file or image)") from None
+
     def seal_segment(self, index: int, data: bytes | bytearray | memoryview, last: bool) -> bytes:
         return self._aead.encrypt(nonce(index), data, segment_aad(self.name, index, last))
 

@@ -104,15 +104,18 @@ def test_record_segments_round_trip_and_a_cut_file_does_not_open(size: int) -> N
         _image(segment=segment).file("core-2.img").open_records("f", sealed, segment)
 
 
-def test_a_sealed_record_file_round_trips_through_the_writer_and_reader(tmp_path: Path) -> None:
-    """RecordWriter seals, the reader's plain() opens (the image found by its inventory)."""
+@pytest.mark.parametrize("level", [1, None])
+def test_a_sealed_image_round_trips_through_the_writer_and_reader(tmp_path: Path, level: int | None) -> None:
+    """RecordWriter and PageWriter seal (zstd frames, or raw pages), the reader opens (the image found by its
+    inventory)."""
     from ckpt.image import ImageKind, ImageWriter, ProcessInfo
     from ckpt.image.reader import Image
 
     key_file = tmp_path / "k"
     sealing.generate_key_file(key_file)
     with sealing.encrypting(sealing.load_key(key_file)):
-        with ImageWriter(tmp_path / "img", kind=ImageKind.PRE_DUMP, cpu=None, kernel=None) as w:
+        with ImageWriter(tmp_path / "img", kind=ImageKind.PRE_DUMP, cpu=None, kernel=None, compress_level=level,
+                         chunk_size=2 * 4096) as w:
             w.write_process(7, process_pb2.ProcessEntry(pid=7, comm="secret-comm"))
             with w.pages(7) as pw:
                 pw.add(0x10000, b"secret-page!" * 1024 + b"\0" * (3 * 4096 - 12 * 1024))
