@@ -145,6 +145,7 @@ def load_key(path: str | os.PathLike[str]) -> EncryptionKey:
 
 _KEY: EncryptionKey | None = None
 _LOCK = threading.Lock()
+_IMAGES_KEPT = 4096
 #: realpath of an image directory -> its cipher (an encrypted image opened with the key), or None (plain).
 _IMAGES: dict[str, ImageCipher | None] = {}
 
@@ -343,6 +344,8 @@ def note_image(path: str, inventory, data: bytes | bytearray | memoryview) -> No
     """
     where = os.path.realpath(path)
     key = _KEY
+    if len(_IMAGES) >= _IMAGES_KEPT:  # a long-running receiver opens images for ever: entries are made again on demand
+        _IMAGES.clear()
     if not inventory.HasField("encryption"):
         if key is not None:
             raise ImageError(path, f"not encrypted, but --encrypt-key {key.path} was given: an encrypted chain has no "
