@@ -134,7 +134,8 @@ class ChunkReader:
             head = os.pread(self._fd, framing.HEADER_SIZE, 0)
             framing.parse_header(path, head, kinds.PAGES.magic, names=kinds.MAGIC_NAMES)
             # An encrypted image's chunks are opened with this (resolved here: _fetch runs on other threads).
-            self._cipher = sealing.chunk_cipher(path, head)
+            sealed = sealing.chunk_cipher(path, head)
+            self._cipher = sealed[0] if sealed is not None else None
             self.size = os.fstat(self._fd).st_size
             if expected_size is not None and self.size != expected_size:
                 raise CorruptImage(path, f"size is {self.size} bytes, inventory.img says {expected_size} (truncated or extended)")

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from ..errors import CorruptImage, ImageError, UsageError
 from ..secretfile import read_secret_file
 from . import framing
+from .signing import _write_new
 
 __all__ = ["KEY_FILE_PREFIX", "MAC_FILE", "TAG_SIZE", "CIPHER", "EncryptionKey", "FileCipher", "ImageCipher",
            "SealedRecords", "generate_key_file", "load_key", "encrypting", "current_key", "new_image_cipher",
@@ -106,19 +107,9 @@ def key_id_of(secret: bytes) -> bytes:
 def generate_key_file(path: str | os.PathLike[str]) -> str:
     """Write a new key file at ``path`` (0600, O_EXCL: never over an existing file); its path."""
     where = os.fspath(path)
-    body = KEY_FILE_PREFIX + secrets.token_bytes(_KEY_SIZE).hex().encode() + b"\n"
-    try:
-        fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{where} already exists: a key is never overwritten") from None
-    except OSError as exc:
-        raise UsageError(f"cannot create {where}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if os.path.lexists(where):
+        raise UsageError(f"{where} already exists: a key is never overwritten")
+    _write_new(where, KEY_FILE_PREFIX + secrets.token_bytes(_KEY_SIZE).hex().encode() + b"\n", 0o600)
     return where
 
 
@@ -391,21 +382,17 @@ def plain(path: str, data: bytearray) -> bytearray:
 
     A file of an encrypted image must be sealed, and a sealed one must open.
     """
-    sealed = framing.is_sealed(data)
-    if not sealed and os.path.basename(path) == "inventory.img":
+    if os.path.basename(path) == "inventory.img" and not framing.is_sealed(data):
         return data
-    if not sealed and _IMAGES.get(os.path.realpath(os.path.dirname(path))) is None:
+    found = chunk_cipher(path, data)
+    if found is None:
         return data
-    cipher = _cipher_of(path)
-    if cipher is None:
-        raise CorruptImage(path, "sealed (encrypted) in an image that is not encrypted")
-    if not sealed:
-        raise CorruptImage(path, "not encrypted, in an encrypted image (put there after it was written)")
-    return cipher.file(os.path.basename(path)).open_records(path, data, cipher.segment_size)
+    return found[0].open_records(path, data, found[1])
 
 
-def chunk_cipher(path: str, header: bytes) -> FileCipher | None:
-    """The cipher of the pages file ``path`` whose header is ``header``; None for a plain one of a plain image."""
+def chunk_cipher(path: str, header: bytes | bytearray) -> tuple[FileCipher, int] | None:
+    """(the cipher, the segment size) of the file ``path`` whose header starts ``header``; None for a plain
+    file of a plain image.  A file of an encrypted image must be sealed, a sealed one in an encrypted image."""
     sealed = framing.is_sealed(header)
     if not sealed and _IMAGES.get(os.path.realpath(os.path.dirname(path))) is None:
         return None
@@ -414,4 +401,4 @@ def chunk_cipher(path: str, header: bytes) -> FileCipher | None:
         raise CorruptImage(path, "sealed (encrypted) in an image that is not encrypted")
     if not sealed:
         raise CorruptImage(path, "not encrypted, in an encrypted image (put there after it was written)")
-    return cipher.file(os.path.basename(path))
+    return cipher.file(os.path.basename(path)), cipher.segment_size

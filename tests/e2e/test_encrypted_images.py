@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_cli import assert_one_line_error
+from test_signed_images import _alive
 
 REPO = Path(__file__).resolve().parents[2]
 CKPT = [sys.executable, "-m", "ckpt.cli"]
@@ -37,14 +38,6 @@ def _ok(*args: object) -> subprocess.CompletedProcess[str]:
     res = _ckpt(*args)
     assert res.returncode == 0, (args, res.stderr)
     return res
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _wait(cond: object, what: str, timeout: float = 60) -> None:
