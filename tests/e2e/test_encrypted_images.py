@@ -181,6 +181,30 @@ def test_a_mixed_chain_is_refused(tmp_path: Path, key: Path, target: Secret) -> 
     assert target.proc.poll() is None and not (tmp_path / "img").exists()
 
 
+def test_a_plain_delta_of_an_encrypted_parent_is_refused(tmp_path: Path, key: Path, target: Secret) -> None:
+    """The reverse: without the key, an encrypted parent cannot be read, and the dump says which key it needs."""
+    _ok("pre-dump", "-t", target.pid, "-D", tmp_path / "pre", "--encrypt-key", key)
+    res = _ckpt("dump", "-t", target.pid, "-D", tmp_path / "img", "--prev-images-dir", "../pre")
+    assert_one_line_error(res, 2, "pre", f"key id {_key_id(key)}")
+    assert target.proc.poll() is None and not (tmp_path / "img").exists()
+
+
+def test_a_resealed_inventory_is_refused(tmp_path: Path, key: Path, target: Secret) -> None:
+    """The inventory is in clear with unkeyed checksums; inventory.mac binds it to the key."""
+    from ckpt.image import sealing
+    from inventory_edit import rewrite_inventory
+
+    img = tmp_path / "img"
+    _dump(target, img, "--encrypt-key", key)
+
+    def elsewhere(inv: object) -> None:
+        inv.hostname = "elsewhere"  # type: ignore[attr-defined]
+
+    with sealing.encrypting(sealing.load_key(key)):
+        rewrite_inventory(img, elsewhere)
+    _refused(img, target.pid, "inventory.img", f"does not match {sealing.MAC_FILE}", args=("--encrypt-key", key))
+
+
 def _flip(path: Path, at: int) -> None:
     data = bytearray(path.read_bytes())
     data[at] ^= 0x01
