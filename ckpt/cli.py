@@ -641,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     _verify_key_flag(sp)
     _encrypt_key_flag(sp)
 
-    sp = add("keygen", _cmd_keygen, "make an Ed25519 key pair to sign images with (dump --sign-key) and check them")
+    sp = add("keygen", _cmd_keygen, "make an Ed25519 key pair to sign images with (dump --sign-key) and check them, "
+                                    "or (--encryption) a key to encrypt images with (--encrypt-key)")
     sp.add_argument("key", metavar="FILE",
                     help="the private key (mode 600); the public key goes to FILE.pub; neither may exist")
     sp.add_argument("--encryption", action="store_true",

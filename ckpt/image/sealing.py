@@ -184,6 +184,10 @@ class FileCipher:
     def seal_chunk(self, index: int, data: bytes | bytearray | memoryview) -> bytes:
         return self._aead.encrypt(nonce(index), data, chunk_aad(self.name, index))
 
+    def seal_chunk_into(self, index: int, data: memoryview, out: memoryview) -> None:
+        """:meth:`seal_chunk` into ``out`` (``len(data) + TAG_SIZE`` bytes): a buffer reused chunk after chunk."""
+        self._aead.encrypt_into(nonce(index), data, chunk_aad(self.name, index), out)
+
     def open_chunk(self, path: str, index: int, data: bytes | bytearray | memoryview) -> bytes:
         """The plaintext of sealed chunk ``index``; CorruptImage naming ``path`` if it does not authenticate."""
         from cryptography.exceptions import InvalidTag

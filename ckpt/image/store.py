@@ -471,6 +471,7 @@ class PageWriter:
         self._sealer = sealer
         self._chunk_cipher = sealer.file(pages.name) if sealer is not None else None
         self._frames = 0  # chunks handed on so far: the next one's index
+        self._seal_buf: bytearray | None = None  # see _frame_now
         self._pagemap = pagemap
         self._pages = pages
         self._ps = page_size
@@ -714,10 +715,17 @@ class PageWriter:
         self._frames += 1
         self._last_frame = self._writer.submit(self._store_frame, self._cctx.submit(view, seal), buf, n)
 
-    def _frame_now(self, raw: memoryview) -> tuple[bytes | memoryview, int]:
-        """An uncompressed chunk as stored (sealed in an encrypted image) and its CRC-32."""
+    def _frame_now(self, raw: memoryview) -> tuple[memoryview, int]:
+        """An uncompressed chunk as stored (sealed in an encrypted image) and its CRC-32.
+
+        Written at once, so a sealed chunk goes through one buffer, reused (a new 4 MiB per
+        chunk costs its page faults)."""
         if self._chunk_cipher is not None:
-            raw = self._chunk_cipher.seal_chunk(self._frames, raw)  # type: ignore[assignment]
+            if self._seal_buf is None:
+                self._seal_buf = bytearray(self._chunk_size + sealing.TAG_SIZE)
+            out = memoryview(self._seal_buf)[: raw.nbytes + sealing.TAG_SIZE]
+            self._chunk_cipher.seal_chunk_into(self._frames, raw, out)
+            raw = out
         self._frames += 1
         return raw, zlib.crc32(raw)
 
