@@ -13,7 +13,10 @@ Rows: a dump with ``-R`` of the shared workload; then, on a fresh workload of
 the same size (it must end to free its pid), a dump that ends it and a restore
 of that image under the same pid; the same pair for an 8-thread workload, and
 for an image stored with ``--no-compress`` (the case CRIU's restore figure is
-for; its restore is compared with faulting in fresh memory).
+for; its restore is compared with faulting in fresh memory).  ``dump.encrypted``/``restore.encrypted``
+(``--only dump.dump_encrypted``): the same pair for incompressible memory, the image sealed with
+``--encrypt-key`` (AES-256-GCM, ckpt/image/sealing.py), beside ``dump.random``/``restore.random``, the same
+memory stored in clear: the cost of encryption at rest.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def _notes(stats: dict, rss: int, image: int | None = None) -> str:
 
 
 def _dump_restore_pair(ctx: Context, key: str, label: str, workload: Workload, *dump_args: str,
-                       restore_limit: str = "limit.unzstd1") -> Iterator[Row]:
+                       restore_limit: str = "limit.unzstd1", restore_args: tuple[str, ...] = ()) -> Iterator[Row]:
     """Dump (ending it) and restore one workload; the restored process is killed afterwards."""
     image = ctx.tmpdir / f"dump-{key}"
     shutil.rmtree(image, ignore_errors=True)
@@ -89,7 +92,7 @@ def _dump_restore_pair(ctx: Context, key: str, label: str, workload: Workload, *
     yield Row(f"dump.{key}", f"ckpt dump, {label}", total, (wall,), baseline="limit.zstd1_t1",
               notes=_notes(stats, rss, size))
     try:
-        wall, rss, stats = _ckpt("restore", "-D", str(image), "-d")
+        wall, rss, stats = _ckpt("restore", "-D", str(image), "-d", *restore_args)
         yield Row(f"restore.{key}", f"ckpt restore, {label}", total, (wall,), baseline=restore_limit,
                   notes=f"memory {stats['memory_seconds'] * 1e3:.0f} ms, pid wait {stats['pid_wait_seconds'] * 1e3:.0f} ms, "
                         f"self-check {stats.get('check_seconds', 0) * 1e3:.1f} ms "
@@ -122,3 +125,27 @@ def dump_and_restore(ctx: Context) -> Iterator[Row]:
     # by faulting in fresh memory, not by zstd).
     yield from _dump_restore_pair(ctx, "raw", "1 thread, --no-compress", Workload(size_mib), "--no-compress",
                                   restore_limit="limit.fault")
+
+
+@bench("dump", order=210)
+def dump_encrypted(ctx: Context) -> Iterator[Row]:
+    """Incompressible memory dumped and restored in clear, then encrypted at rest (issue 18)."""
+    size_mib = max(1, ctx.workload.total >> 20)
+    yield from _dump_restore_pair(ctx, "random", "1 thread, random memory", Workload(size_mib, mix=(0, 0, 100)))
+    key = ctx.tmpdir / "image.key"
+    key.unlink(missing_ok=True)
+    _ckpt_plain("keygen", "--encryption", str(key))
+    try:
+        yield from _dump_restore_pair(ctx, "encrypted", "1 thread, random memory, --encrypt-key",
+                                      Workload(size_mib, mix=(0, 0, 100)), "--encrypt-key", str(key),
+                                      restore_args=("--encrypt-key", str(key)))
+    finally:
+        key.unlink(missing_ok=True)
+
+
+def _ckpt_plain(*args: str) -> None:
+    """Run ``ckpt ARGS`` (no stats); raise with its error if it fails."""
+    res = subprocess.run([sys.executable, "-m", "ckpt.cli", *args], capture_output=True, text=True, cwd=REPO,
+                         stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise RuntimeError(f"ckpt {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")

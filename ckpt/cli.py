@@ -279,6 +279,20 @@ def _sign_key_flag(sp: argparse.ArgumentParser) -> None:
                          "`restore --verify-key` then refuses it if anything in it changed")
 
 
+def _encrypt_key_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--encrypt-key", metavar="FILE",
+                    help="images are encrypted at rest with this key (`ckpt keygen --encryption FILE`; mode 600): "
+                         "the images written are sealed with it, the images read must be")
+
+
+def _encryption(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """The images this command writes are sealed, and those it reads opened, with ``--encrypt-key`` (loaded now)."""
+    from .image import sealing
+
+    path = getattr(args, "encrypt_key", None)
+    return sealing.encrypting(sealing.load_key(path) if path else None)
+
+
 def _verify_key_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--verify-key", metavar="FILE",
                     help="refuse the image unless every image of its chain is signed with this key (the public "
@@ -565,8 +579,14 @@ def _cmd_pre_dump(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from .image import signing
+    from .image import sealing, signing
 
+    if args.encryption:
+        path = sealing.generate_key_file(args.key)
+        key = sealing.load_key(path)
+        print(f"encryption key {path} (mode 600, key id {key.key_id.hex()}): give it to --encrypt-key of dump, "
+              f"restore, show, verify, merge; whoever reads it can read the images")
+        return 0
     private, public = signing.generate(args.key)
     print(f"private key {private} (mode 600: keep it where dumps are made), public key {public} "
           f"(give it to `restore --verify-key`)")
@@ -671,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "before the source ends it (e.g. to move a service address there)")
     sp.add_argument("--verbose", action="store_true", help="a line per round even when not on a terminal (as -v)")
     _sign_key_flag(sp)
+    _encrypt_key_flag(sp)
     sp.add_argument("-l", "--file-locks", action="store_true",
                     help="accepted as CRIU spells it, and changes nothing: file locks are always migrated when they can be "
                          "restored exactly (a lock that cannot be is refused, naming it)")
@@ -688,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print what became of migration ID (from DIR's journal) and exit: running, not running, "
                          "in progress or unknown (for `ckpt migrate --recover --outcome`)")
     _verify_key_flag(sp)
+    _encrypt_key_flag(sp)
     _allow_changed_flag(sp)
     _lower_limits_flag(sp)
     _cpu_cap_flag(sp)
@@ -704,15 +726,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", metavar="DIR", nargs="?", help="image directory, or a store (its newest image)")
     sp.add_argument("-D", "--images-dir", metavar="DIR", help="the same, as restore and merge take it")
     sp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _encrypt_key_flag(sp)
 
     sp = add("verify", _cmd_verify, "check every file of an image and its whole parent chain")
     sp.add_argument("dir", metavar="DIR", nargs="?", help="image directory, or a store (its newest image)")
     sp.add_argument("-D", "--images-dir", metavar="DIR", help="the same, as restore and merge take it")
     _verify_key_flag(sp)
+    _encrypt_key_flag(sp)
 
-    sp = add("keygen", _cmd_keygen, "make an Ed25519 key pair to sign images with (dump --sign-key) and check them")
+    sp = add("keygen", _cmd_keygen, "make an Ed25519 key pair to sign images with (dump --sign-key) and check them, "
+                                    "or (--encryption) a key to encrypt images with (--encrypt-key)")
     sp.add_argument("key", metavar="FILE",
                     help="the private key (mode 600); the public key goes to FILE.pub; neither may exist")
+    sp.add_argument("--encryption", action="store_true",
+                    help="make a key to encrypt images with (--encrypt-key) instead: 32 random bytes in FILE, mode 600")
 
     sp = add("dump", _cmd_dump, "checkpoint a running process into an image directory")
     sp.add_argument("-t", "--tree", type=int, required=True, metavar="PID", help="the process to dump")
@@ -740,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "closed instead of refusing them (waiting connections from outside are dropped)")
     _tolerate_flag(sp, "dump")
     _sign_key_flag(sp)
+    _encrypt_key_flag(sp)
     sp.add_argument("--deleted-max", "--ghost-limit", type=_size, default=None, metavar="SIZE",
                     help="most data of a deleted file still open or mapped that is saved (its data ranges: holes "
                          "do not count), in bytes or with K/M/G (default 64M); a file with more makes the dump "
@@ -765,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cpu_cap_flag(sp)
     _lower_limits_flag(sp)
     _verify_key_flag(sp)
+    _encrypt_key_flag(sp)
     sp.add_argument("--check", choices=("on", "off"), default="on",
                     help="compare the kernel's account of each restored process (procfs status, limits, fdinfo, "
                          "mappings ...) with the dump's before it runs, and fail on a difference (default on)")
@@ -807,6 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
     _sign_key_flag(sp)
+    _encrypt_key_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
 
     sp = add("merge", _cmd_merge, "squash an image chain (base + deltas) into one standalone image", log_short=False)
@@ -815,6 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image directory to create (here -o is the output, as before; the log is --log-file)")
     _verify_key_flag(sp)
     _sign_key_flag(sp)
+    _encrypt_key_flag(sp)
 
     add("demo", _cmd_demo, "a short real session with a sample process (what `make demo` runs)")
 
@@ -926,7 +957,8 @@ def _run(args: argparse.Namespace, line: list[str], verbosity: int | None) -> in
     for signo in (*_ENDING_SIGNALS, signal.SIGINT):  # until here their default action ends ckpt: nothing to undo
         signal.signal(signo, _end)
     try:
-        code = int(args.func(args) or 0)
+        with _encryption(args):
+            code = int(args.func(args) or 0)
         log.info("exit %d after %.3f s", code, time.monotonic() - t0)
         return code
     except CkptError as e:

@@ -72,6 +72,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("handed-sockets", "bound inet sockets are not made again but handed over by a migration's source in "
                               "the same network namespace (InetSocket.handed_over); a reader without it would bind "
                               "them again, which fails while the source holds them"),
+    Feature("encrypted", "every file but the inventory is sealed with AES-256-GCM under a key of the image "
+                         "(Inventory.encryption, ckpt/image/sealing.py); a reader without it would take sealed "
+                         "bytes for records and pages"),
     Feature("aio-rings", "the ring of an io_setup context is made again by io_setup and moved to its address "
                          "(Vma.aio); a reader without it would refuse the mapping"),
 )}

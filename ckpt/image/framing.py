@@ -55,6 +55,8 @@ __all__ = [
     "open_image_file",
     "require_regular",
     "read_image_file",
+    "SEALED",
+    "is_sealed",
 ]
 
 #: First four bytes of every ckpt image file.
@@ -73,6 +75,9 @@ FORMAT_VERSION = 3
 FILE_FORMAT_VERSION = 2
 #: The oldest format this ckpt still reads.
 MIN_FORMAT_VERSION = 1
+#: Set in the version word of a file sealed with the image's key (ckpt/image/sealing.py).  A reader
+#: that predates it sees a format number from the future and refuses the file.
+SEALED = 0x100
 
 _HEADER = struct.Struct("<4s4sI")
 _LEN = struct.Struct("<I")
@@ -114,6 +119,7 @@ def parse_header(
     if len(data) < HEADER_SIZE:
         raise CorruptImage(path, f"truncated: {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
     common, magic, version = _HEADER.unpack_from(data, 0)
+    version &= ~SEALED
     if common != FILE_MAGIC:
         raise CorruptImage(
             path, f"wrong magic {_show_magic(common)!s} (expected {FILE_MAGIC.decode()}): not a ckpt image file"
@@ -135,6 +141,11 @@ def parse_header(
     if version < MIN_FORMAT_VERSION:
         raise CorruptImage(path, f"invalid format version {version} (this ckpt reads {MIN_FORMAT_VERSION}..{FORMAT_VERSION})")
     return magic, version
+
+
+def is_sealed(data: bytes | bytearray | memoryview) -> bool:
+    """Whether the file whose header starts ``data`` (checked by :func:`parse_header`) is sealed."""
+    return len(data) >= HEADER_SIZE and bool(_HEADER.unpack_from(data, 0)[2] & SEALED)
 
 
 def pack_record(payload: bytes) -> bytes:

@@ -25,7 +25,7 @@ import zstandard
 from google.protobuf.message import DecodeError, Message
 
 from ckpt.errors import CorruptImage, NotAnImage
-from ckpt.image import bounds, compat, framing, kinds
+from ckpt.image import bounds, compat, framing, kinds, sealing
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import core_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import (
@@ -109,7 +109,7 @@ def read_record_file(path: str, kind: Kind, data: bytes | bytearray | None = Non
     if data is None:
         data = read_file(path, max_size=framing.MAX_RECORD_SIZE, missing="no such file")
     _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
-    return version, decode_records(path, kind, framing.split_records(path, data))
+    return version, decode_records(path, kind, framing.split_records(path, sealing.plain(path, data)))
 
 
 class ChunkReader:
@@ -133,6 +133,9 @@ class ChunkReader:
         try:
             head = os.pread(self._fd, framing.HEADER_SIZE, 0)
             framing.parse_header(path, head, kinds.PAGES.magic, names=kinds.MAGIC_NAMES)
+            # An encrypted image's chunks are opened with this (resolved here: _fetch runs on other threads).
+            sealed = sealing.chunk_cipher(path, head)
+            self._cipher = sealed[0] if sealed is not None else None
             self.size = os.fstat(self._fd).st_size
             if expected_size is not None and self.size != expected_size:
                 raise CorruptImage(path, f"size is {self.size} bytes, inventory.img says {expected_size} (truncated or extended)")
@@ -141,7 +144,7 @@ class ChunkReader:
             for index, chunk in enumerate(pagemap.chunks):
                 self._check_chunk(index, chunk)
                 self._in_size = max(self._in_size, chunk.length)
-                if chunk.codec is Codec.ZSTD:
+                if chunk.codec is Codec.ZSTD or self._cipher is not None:  # sealed: opened into the out buffer
                     self._out_size = max(self._out_size, chunk.raw_length)
         except OSError as exc:
             os.close(self._fd)
@@ -170,6 +173,10 @@ class ChunkReader:
         if chunk.offset < framing.HEADER_SIZE or chunk.offset + chunk.length > self.size:
             raise CorruptImage(self.path, f"{where}: {chunk.length} bytes past the end of the file ({self.size} bytes)")
         stored_max = chunk.raw_length if chunk.codec is Codec.NONE else zstd_bound(chunk.raw_length)
+        if self._cipher is not None:
+            stored_max += sealing.TAG_SIZE
+            if chunk.length <= sealing.TAG_SIZE:
+                raise CorruptImage(self.path, f"{where}: {chunk.length} bytes, too short to be sealed")
         if chunk.length > stored_max:
             raise CorruptImage(self.path, f"{where}: {chunk.length} bytes stored for {chunk.raw_length} raw, more than "
                                           f"{chunk.codec.name} ever stores")
@@ -264,9 +271,11 @@ class ChunkReader:
             raise CorruptImage(self.path, f"{where}: truncated, read {got} of {chunk.length} bytes")
         if zlib.crc32(stored) != chunk.crc32:
             raise CorruptImage(self.path, f"{where}: CRC-32 mismatch, the stored bytes were altered")
+        if self._cipher is not None:
+            stored = self._open(index, chunk, stored, outbuf)
         if chunk.codec is Codec.NONE:
-            if chunk.length != chunk.raw_length:
-                raise CorruptImage(self.path, f"{where}: uncompressed chunk of {chunk.length} bytes, pagemap says {chunk.raw_length}")
+            if stored.nbytes != chunk.raw_length:
+                raise CorruptImage(self.path, f"{where}: uncompressed chunk of {stored.nbytes} bytes, pagemap says {chunk.raw_length}")
             return stored  # already the raw bytes: no copy
         if chunk.codec is Codec.ZSTD:
             out = memoryview(outbuf)[: chunk.raw_length]
@@ -274,6 +283,23 @@ class ChunkReader:
             return out
         # pragma: no cover - Pagemap construction rejects other codecs
         raise CorruptImage(self.path, f"{where}: unknown codec {chunk.codec}")
+
+    def _open(self, index: int, chunk: PageChunk, stored: memoryview, outbuf: bytearray) -> memoryview:
+        """The plaintext of a sealed chunk: in ``outbuf`` when stored raw, else in this thread's scratch buffer
+        (zstd then decompresses it into ``outbuf``).  Opened in place of a new 4 MiB buffer per chunk."""
+        assert self._cipher is not None
+        n = chunk.length - sealing.TAG_SIZE
+        if chunk.codec is Codec.NONE:
+            if n > len(outbuf):
+                raise CorruptImage(self.path, f"chunk {index}: {n} bytes sealed for {chunk.raw_length} raw")
+            plain = memoryview(outbuf)[:n]
+        else:
+            scratch = getattr(self._local, "plain", None)
+            if scratch is None or len(scratch) < n:
+                scratch = self._local.plain = bytearray(max(n, self._in_size))
+            plain = memoryview(scratch)[:n]
+        self._cipher.open_chunk_into(self.path, index, stored, plain)
+        return plain
 
     def _decompress(self, where: str, stored: memoryview, out: memoryview) -> None:
         try:
@@ -451,6 +477,7 @@ class Image:
         if inv.format_version != version:
             raise CorruptImage(inv_path, f"records format {inv.format_version} but its header says {version}")
         compat.check_required(inv_path, inv)
+        sealing.note_image(path, inv, data)  # an encrypted image needs its key; with a key, every image must be
         if inv.kind not in (k.value for k in ImageKind):
             raise CorruptImage(inv_path, f"invalid image kind {inv.kind}")
         if inv.page_size <= 0 or inv.page_size & (inv.page_size - 1):
@@ -557,7 +584,7 @@ class Image:
         data = read_file(path, digest.size, kind=kind)
         if hashlib.sha256(data).digest() != digest.sha256:
             raise CorruptImage(path, "SHA-256 does not match inventory.img: the file was altered")
-        return framing.split_records(path, data)
+        return framing.split_records(path, sealing.plain(path, data))
 
     def process(self, pid: int) -> process_pb2.ProcessEntry:
         return cast(process_pb2.ProcessEntry, self.records(kinds.PROCESS.file_name(pid))[0])

@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from ckpt.errors import CorruptImage
-from ckpt.image import bounds, framing, kinds, signing
+from ckpt.image import bounds, framing, kinds, sealing, signing
 from ckpt.image.pb import options_pb2
 from ckpt.image.reader import Image, decode_pagemap, read_file, read_record_file
 from ckpt.image.records import PageChunk, Pagemap, PageState, TrackingInfo
@@ -143,7 +143,7 @@ def _chunk_line(i: int, c: dict[str, Any]) -> str:
 
 def _decode_pagemap(path: str, kind: kinds.Kind, data: bytes, text: bool, lazy: bool) -> dict[str, Any]:
     _, version = framing.parse_header(path, data, kind.magic, names=kinds.MAGIC_NAMES)
-    pm, head_pb, _ = decode_pagemap(path, framing.split_records(path, data))
+    pm, head_pb, _ = decode_pagemap(path, framing.split_records(path, sealing.plain(path, data)))
     head = message_to_dict(head_pb, text=text)
     head.pop("chunks", None)
     head.pop("ranges", None)  # format 2's table: listed below, one line per range
@@ -307,6 +307,7 @@ def _show(path: str | os.PathLike[str], *, text: bool, lazy: bool) -> dict[str, 
         "cpu": None if (rec := cpu_features.recorded(inv)) is None else cpu_features.describe(rec),
         "clocks": timens.describe(inv.clocks, inv.boot_id) if inv.HasField("clocks") else None,
         "parent": None if parent is None else {"path": parent.path, "image_id": parent.image_id},
+        "encrypted_with": inv.encryption.key_id.hex() if inv.HasField("encryption") else None,  # a key id
         "signed_by": signing.key_of(image.path),  # the signing key's fingerprint (not checked here: verify --verify-key)
         "processes": [
             {"pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid, "threads": list(p.threads),
@@ -429,6 +430,8 @@ def _text_lines(d: dict[str, Any]) -> Iterator[str]:
             yield f"  boot {c['boot_id']}  time namespace: {c['time_ns']}"
         p = s["parent"]
         yield "  parent: none (base image)" if p is None else f"  parent: {p['path']} (id {p['image_id']})"
+        sealed_with = s.get("encrypted_with")
+        yield "  encrypted: no" if sealed_with is None else f"  encrypted: {sealing.CIPHER}, key id {sealed_with}"
         signer = s.get("signed_by")
         yield ("  signed: no" if signer is None else
                f"  signed: by key {signer}… (checked by verify/restore --verify-key, not here)")

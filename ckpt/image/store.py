@@ -62,7 +62,7 @@ import zstandard
 
 import ckpt
 from ckpt.errors import CkptError, ImageError, Unsupported, UsageError
-from ckpt.image import bounds, compat, dirs, framing, kinds, signing
+from ckpt.image import bounds, compat, dirs, framing, kinds, sealing, signing
 from ckpt.image.kinds import Kind
 from ckpt.image.pb import clocks_pb2, core_pb2, cpu_pb2, files_pb2, inventory_pb2, mm_pb2, pagemap_pb2, process_pb2
 from ckpt.image.records import Codec, FileDigest, ImageKind, PageState, ProcessInfo
@@ -222,12 +222,15 @@ class RecordWriter:
     refused here, with ``Unsupported``, so ckpt never writes an image it cannot read.
     """
 
-    def __init__(self, sink: _Sink, kind: Kind, *, version: int = framing.FILE_FORMAT_VERSION) -> None:
-        self._sink = sink
+    def __init__(self, sink: _Sink, kind: Kind, *, version: int = framing.FILE_FORMAT_VERSION,
+                 sealer: sealing.ImageCipher | None = None) -> None:
+        # ``sealer``: the file is sealed with the image's key (ckpt/image/sealing.py).
+        self._sink: _Sink | sealing.SealedRecords = sink if sealer is None else sealing.SealedRecords(
+            sink, sealer.file(sink.name), sealer.segment_size)
         self._kind = kind
         self._count = 0
         self.cost = bounds.Cost()
-        sink.write(framing.pack_header(kind.magic, version))
+        self._sink.write(framing.pack_header(kind.magic, version | (framing.SEALED if sealer is not None else 0)))
 
     @property
     def name(self) -> str:
@@ -291,20 +294,22 @@ class ChunkCompressor:
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
 
-    def _compress(self, raw: memoryview) -> tuple[bytes, int]:
+    def _compress(self, raw: memoryview, seal: Callable[[bytes], bytes] | None) -> tuple[bytes, int]:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
             cctx = self._local.cctx = zstandard.ZstdCompressor(
                 level=self.level, write_checksum=False, write_content_size=True
             )
         stored = cctx.compress(raw)
+        if seal is not None:  # an encrypted image: sealed here too, on this thread (AES-GCM drops the GIL)
+            stored = seal(stored)
         return stored, zlib.crc32(stored)
 
-    def submit(self, raw: memoryview) -> Future[tuple[bytes, int]]:
-        """Start compressing ``raw`` (which must stay untouched until the future is done)."""
+    def submit(self, raw: memoryview, seal: Callable[[bytes], bytes] | None = None) -> Future[tuple[bytes, int]]:
+        """Start compressing ``raw`` (which must stay untouched until the future is done), then ``seal`` it."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckpt-zstd")
-        return self._pool.submit(self._compress, raw)
+        return self._pool.submit(self._compress, raw, seal)
 
     def shutdown(self) -> None:
         """Stop the threads (waits for the frames being compressed; drops queued ones)."""
@@ -459,8 +464,14 @@ class PageWriter:
         detect_zero: bool,
         buffers: "_BufferPool | None" = None,
         frame_writer: ThreadPoolExecutor | None = None,
+        sealer: sealing.ImageCipher | None = None,
     ) -> None:
         self.owner = owner
+        # An encrypted image: every chunk sealed under the pages file's key, its index as nonce.
+        self._sealer = sealer
+        self._chunk_cipher = sealer.file(pages.name) if sealer is not None else None
+        self._frames = 0  # chunks handed on so far: the next one's index
+        self._seal_buf: bytearray | None = None  # see _frame_now
         self._pagemap = pagemap
         self._pages = pages
         self._ps = page_size
@@ -500,7 +511,8 @@ class PageWriter:
         self._stats: PagemapStats | None = None
         #: What decoding the pagemap will cost a reader (bounds.Cost.bytes), once closed.
         self.decode_cost = 0
-        pages.write(framing.pack_header(kinds.PAGES.magic))
+        pages.write(framing.pack_header(kinds.PAGES.magic, framing.FILE_FORMAT_VERSION
+                                        | (framing.SEALED if sealer is not None else 0)))
 
     # -- adding ranges -------------------------------------------------------
 
@@ -666,7 +678,7 @@ class PageWriter:
             if self._cctx is None and self._fill == 0 and size - pos >= cs:
                 # Stored as is and written now: straight from the caller's buffer, no copy.
                 raw = view[pos : pos + cs]
-                self._write_chunk(raw, raw.nbytes, zlib.crc32(raw))
+                self._write_chunk(*self._frame_now(raw), raw.nbytes)
                 pos += cs
                 continue
             if self._buf is None:
@@ -691,20 +703,38 @@ class PageWriter:
         view = memoryview(buf)[:n]
         if self._cctx is None:
             try:
-                self._write_chunk(view, n, zlib.crc32(view))
+                self._write_chunk(*self._frame_now(view), n)
             finally:
                 self._pool.put(buf)
             return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ckpt-write-{self.owner}")
-        self._last_frame = self._writer.submit(self._store_frame, self._cctx.submit(view), buf, n)
+        seal = None
+        if self._chunk_cipher is not None:
+            seal = functools.partial(self._chunk_cipher.seal_chunk, self._frames)
+        self._frames += 1
+        self._last_frame = self._writer.submit(self._store_frame, self._cctx.submit(view, seal), buf, n)
+
+    def _frame_now(self, raw: memoryview) -> tuple[memoryview, int]:
+        """An uncompressed chunk as stored (sealed in an encrypted image) and its CRC-32.
+
+        Written at once, so a sealed chunk goes through one buffer, reused (a new 4 MiB per
+        chunk costs its page faults)."""
+        if self._chunk_cipher is not None:
+            if self._seal_buf is None:
+                self._seal_buf = bytearray(self._chunk_size + sealing.TAG_SIZE)
+            out = memoryview(self._seal_buf)[: raw.nbytes + sealing.TAG_SIZE]
+            self._chunk_cipher.seal_chunk_into(self._frames, raw, out)
+            raw = out
+        self._frames += 1
+        return raw, zlib.crc32(raw)
 
     def _store_frame(self, frame: Future[tuple[bytes, int]], buf: mmap.mmap, n: int) -> None:
         """Writer thread: wait for one compressed frame and write it (file order = stream order)."""
         try:
             stored, crc = frame.result()
             if self._failed is None:
-                self._write_chunk(stored, n, crc)
+                self._write_chunk(stored, crc, n)
         except BaseException as exc:  # kept for the caller's thread: raised by its next call
             if self._failed is None:
                 self._failed = exc
@@ -715,7 +745,7 @@ class PageWriter:
         if self._failed is not None:
             raise self._failed
 
-    def _write_chunk(self, stored: bytes | memoryview, raw_length: int, crc: int) -> None:
+    def _write_chunk(self, stored: bytes | memoryview, crc: int, raw_length: int) -> None:
         self._chunks.append(
             pagemap_pb2.PageChunk(
                 offset=self._pages.size,
@@ -783,7 +813,7 @@ class PageWriter:
         t.nr_pages.extend(r[1::4])
         t.state.extend(r[2::4])
         t.data_offset.extend(r[3::4])
-        writer = RecordWriter(self._pagemap, kinds.PAGEMAP)
+        writer = RecordWriter(self._pagemap, kinds.PAGEMAP, sealer=self._sealer)
         writer.write(head)
         writer.close()
         self.decode_cost = writer.cost.bytes
@@ -992,6 +1022,8 @@ class ImageWriter:
         if len(self.image_id) != 32 or any(c not in "0123456789abcdef" for c in self.image_id):
             raise ValueError(f"image id must be 32 lower-case hex digits, got {self.image_id!r}")
         self._created_ns = created_ns
+        #: The image's keys when it is encrypted (:func:`ckpt.image.sealing.encrypting` around the command), or None.
+        self._sealer = sealing.new_image_cipher(self.image_id)
         uname = os.uname()
         self._kernel_release = uname.release if kernel_release is None else kernel_release
         self._hostname = uname.nodename if hostname is None else hostname
@@ -1114,7 +1146,7 @@ class ImageWriter:
             raise ValueError(f"{kind.name} files are not written with records() (use pages() / commit())")
         if kind.match(name) is None:
             raise ValueError(f"file name {name!r} does not fit kind {kind.name} ({kind.template})")
-        writer = RecordWriter(self._new_sink(name), kind)
+        writer = RecordWriter(self._new_sink(name), kind, sealer=self._sealer)
         self._record_writers.append(writer)
         return writer
 
@@ -1166,6 +1198,7 @@ class ImageWriter:
             detect_zero=self.detect_zero if detect_zero is None else detect_zero,
             buffers=self._buffers,
             frame_writer=self._frame_writer,
+            sealer=self._sealer,
         )
         self._page_writers[key] = writer
         return writer
@@ -1241,6 +1274,9 @@ class ImageWriter:
                 inv.kernel_areas.CopyFrom(self._kernel.to_pb())
         if clocks is not None:
             inv.clocks.CopyFrom(clocks)
+        if self._sealer is not None:
+            inv.encryption.CopyFrom(self._sealer.to_pb())
+            self._required.add("encrypted")
         inv.required_features.extend(compat.required_features(inv, self._required))
         inv.format_version = compat.format_for(inv.required_features)
         sink = _Sink(os.path.join(tmp, kinds.INVENTORY.template))
@@ -1249,9 +1285,13 @@ class ImageWriter:
         writer.write(inv)
         writer.close()
         written = [sink.path for sink in self._sinks.values()]
-        if self._signer is not None:  # before the rename: a complete image is signed, or is no image at all
+        if self._signer is not None or self._sealer is not None:
             with open(sink.path, "rb") as f:
-                written.append(signing.sign_inventory(tmp, f.read(), self._signer))
+                inventory = f.read()
+            if self._sealer is not None:  # the inventory, in clear, is bound to the key too
+                written.append(self._sealer.write_mac(tmp, inventory))
+            if self._signer is not None:  # before the rename: a complete image is signed, or is no image at all
+                written.append(signing.sign_inventory(tmp, inventory, self._signer))
         _sync_all(written)
         try:
             fsync_dir(tmp)

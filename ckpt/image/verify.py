@@ -54,7 +54,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 
 from ckpt.errors import ChainError, CorruptImage, ImageError, NotAnImage
-from ckpt.image import bounds, framing, kinds, signing
+from ckpt.image import bounds, framing, kinds, sealing, signing
 from ckpt.image.chain import walk_chain
 from ckpt.image.kinds import Kind, Scope
 from ckpt.image.pb import core_pb2, digests_pb2, files_pb2, mm_pb2, pagemap_pb2, process_pb2
@@ -302,7 +302,7 @@ class _ImageCheck:
             self.add(image.path, f"cannot list the directory: {exc.strerror}")
             return None
         names = {f.name for f in image.inventory.files}
-        for name in sorted(present - names - {kinds.INVENTORY.template, signing.SIGNATURE_FILE}):
+        for name in sorted(present - names - {kinds.INVENTORY.template, signing.SIGNATURE_FILE, sealing.MAC_FILE}):
             self.add(image.file_path(name), "not listed in inventory.img (left over, or added after the image was written)")
         complete = True
         order = {k.name: i for i, k in enumerate(kinds.KINDS)}
@@ -610,6 +610,8 @@ class _ImageCheck:
                 self.add(path, f"{where}: raw length {c.raw_length} is not a multiple of {ps} up to the chunk size "
                                f"{pm.chunk_size}")
             stored_max = c.raw_length if c.codec is Codec.NONE else zstd_bound(c.raw_length)
+            if self.image.inventory.HasField("encryption"):
+                stored_max += sealing.TAG_SIZE
             if not 0 < c.length <= stored_max:
                 self.add(path, f"{where}: {c.length} bytes stored for {c.raw_length} raw, which {c.codec.name} "
                                "never stores")

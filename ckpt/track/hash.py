@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import CkptError, CorruptImage, TargetGone, translate_oserror
-from ..image import framing, kinds
+from ..image import framing, kinds, sealing
 from ..image.pb import digests_pb2
 from ..kernel.arch_x86_64 import PAGE_SIZE
 from ..kernel.cowread import SharingReader
@@ -103,7 +103,7 @@ def load_digests(path: str | os.PathLike[str]) -> tuple[str, list[DigestRange]]:
     with open(path, "rb") as f:
         data = f.read()
     framing.parse_header(path, data, kinds.DIGESTS.magic, names=kinds.MAGIC_NAMES)
-    recs = framing.split_records(path, data)
+    recs = framing.split_records(path, sealing.plain(os.fspath(path), bytearray(data)))
     if not recs:
         raise CorruptImage(path, "no DigestHead record")
     head = digests_pb2.DigestHead.FromString(bytes(recs[0]))

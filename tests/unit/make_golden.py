@@ -17,6 +17,9 @@ with another library version, which the tests do not depend on).
 * ``images/v2``: format 2 (2026-11) — a PRE_DUMP whose zstd chunks carry no
   CRC-32 and whose pages file has no SHA-256 in the inventory, tracking a
   selection of address ranges (``pre-dump --ranges/--exclude-ranges``).
+* ``images/encrypted`` (2026-12): a PRE_DUMP encrypted at rest (ckpt/image/sealing.py) with the key in
+  ``images/encrypted.key`` — public test data, never a key to use.  Its salt is random: rewriting it
+  gives other bytes that decode the same.
 
 Images that exist are left alone (``--force`` rewrites them all).
 """
@@ -38,6 +41,9 @@ SIMPLE_ID = "5e" * 16
 CHAIN0_ID = "c0" * 16
 CHAIN1_ID = "c1" * 16
 V2_ID = "f2" * 16
+ENCRYPTED_ID = "e5" * 16
+#: The golden encrypted image's key: public test data (images/encrypted.key), never a key to use.
+GOLDEN_KEY = bytes(range(0x40, 0x60))
 FIXED = dict(kernel_release="6.18.0-golden", hostname="golden", boot_id="00000000-0000-4000-8000-000000000000",
              cpu=None, kernel=None)  # the golden images predate the CPU and kernel records
 EXE = "/usr/bin/golden-sample"
@@ -204,12 +210,31 @@ def write_v2(root: str) -> None:
         w.commit(processes=[ProcessInfo(pid, 1, (pid,), start_time=888, tracking=tracking)])
 
 
+def write_encrypted(root: str) -> None:
+    from ckpt.image import sealing
+
+    pid = 4000
+    key_path = os.path.join(root, "encrypted.key")
+    with open(key_path, "wb") as f:
+        f.write(sealing.KEY_FILE_PREFIX + GOLDEN_KEY.hex().encode() + b"\n")
+    os.chmod(key_path, 0o600)
+    with sealing.encrypting(sealing.EncryptionKey(GOLDEN_KEY, key_path)):
+        with ImageWriter(os.path.join(root, "encrypted"), kind=ImageKind.PRE_DUMP, tracking="uffd-wp",
+                         chunk_size=2 * PAGE, image_id=ENCRYPTED_ID, created_ns=1_765_000_000_000_000_000,
+                         **FIXED) as w:
+            with w.pages(pid) as pw:
+                pw.add(0x10000, page("K") + page("L") + page("M"))
+                pw.add(0x13000, bytes(PAGE))  # detected as ZERO
+                pw.add(0x14000, page("N"))
+            w.commit(processes=[ProcessInfo(pid, 1, (pid,), start_time=999)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="replace existing golden images")
     parser.add_argument("--out", default=IMAGES, help="directory to write into (default: images/)")
     args = parser.parse_args(argv)
-    writers = {"simple": write_simple, "chain": write_chain, "v2": write_v2}
+    writers = {"simple": write_simple, "chain": write_chain, "v2": write_v2, "encrypted": write_encrypted}
     os.makedirs(args.out, exist_ok=True)
     wrote = []
     for name, write in writers.items():

@@ -213,3 +213,35 @@ def test_format_2_image() -> None:
     assert got == page("G") + page("H") + page("I") + page("J")
     assert verify(IMAGES / "v2").ok
     assert "tracked ranges 10000-20000 minus 14000-15000" in show(IMAGES / "v2")
+
+
+def test_encrypted_image(tmp_path: Path) -> None:
+    """An image encrypted at rest (ckpt/image/sealing.py) with the public test key images/encrypted.key:
+    the inventory in clear names the key, every other file is sealed, and the key opens them."""
+    from ckpt.errors import ImageError
+    from ckpt.image import sealing
+
+    image_dir = IMAGES / "encrypted"
+    for path in sorted(image_dir.iterdir()):
+        if path.name == sealing.MAC_FILE:
+            assert path.read_bytes()[:8] == b"CKPTMAC1" and path.stat().st_size == 40
+            continue
+        kind, _ = kinds.kind_of_file(path.name)  # type: ignore[misc]
+        version = 3 if kind is kinds.INVENTORY else 2 | framing.SEALED  # 3: it lists a required feature
+        assert path.read_bytes()[:12] == b"CKPT" + kind.magic + struct.pack("<I", version), path.name
+        assert b"golden page" not in path.read_bytes(), path.name
+    key_file = tmp_path / "encrypted.key"  # git keeps no mode: the key file is made 0600 here
+    key_file.write_bytes((IMAGES / "encrypted.key").read_bytes())
+    key_file.chmod(0o600)
+    key = sealing.load_key(key_file)
+    with pytest.raises(ImageError, match=f"encrypted \\(key id {key.key_id.hex()}\\)"):
+        Image.open(image_dir)
+    with sealing.encrypting(key):
+        image = Image.open(image_dir)
+        enc = image.inventory.encryption
+        assert (image.id, enc.cipher, enc.key_id, enc.segment_size) == ("e5" * 16, "aes-256-gcm", key.key_id, 1 << 20)
+        assert "encrypted" in image.inventory.required_features and image.format_version == 3
+        got = b"".join(bytes(v) for _, v in image.iter_pages(4000))
+        assert got == page("K") + page("L") + page("M") + page("N")
+        assert verify(image_dir).ok
+        assert f"encrypted: aes-256-gcm, key id {key.key_id.hex()}" in show(image_dir)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Inventory(_message.Message):
-    __slots__ = ("format_version", "ckpt_version", "kernel_release", "created_ns", "image_id", "kind", "tracking", "processes", "parent", "files", "arch", "page_size", "hostname", "boot_id", "extra", "cpu", "kernel_version", "kernel_areas", "clocks", "required_features")
+    __slots__ = ("format_version", "ckpt_version", "kernel_release", "created_ns", "image_id", "kind", "tracking", "processes", "parent", "files", "arch", "page_size", "hostname", "boot_id", "extra", "cpu", "kernel_version", "kernel_areas", "clocks", "required_features", "encryption")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Inventory.Kind]
@@ -50,6 +50,7 @@ class Inventory(_message.Message):
     KERNEL_AREAS_FIELD_NUMBER: _ClassVar[int]
     CLOCKS_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     ckpt_version: str
     kernel_release: str
@@ -70,7 +71,20 @@ class Inventory(_message.Message):
     kernel_areas: KernelAreas
     clocks: _clocks_pb2.Clocks
     required_features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[_Union[_cpu_pb2.CpuFeatures, _Mapping]] = ..., kernel_version: _Optional[str] = ..., kernel_areas: _Optional[_Union[KernelAreas, _Mapping]] = ..., clocks: _Optional[_Union[_clocks_pb2.Clocks, _Mapping]] = ..., required_features: _Optional[_Iterable[str]] = ...) -> None: ...
+    encryption: Encryption
+    def __init__(self, format_version: _Optional[int] = ..., ckpt_version: _Optional[str] = ..., kernel_release: _Optional[str] = ..., created_ns: _Optional[int] = ..., image_id: _Optional[str] = ..., kind: _Optional[_Union[Inventory.Kind, str]] = ..., tracking: _Optional[str] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ..., parent: _Optional[_Union[ParentLink, _Mapping]] = ..., files: _Optional[_Iterable[_Union[FileDigest, _Mapping]]] = ..., arch: _Optional[str] = ..., page_size: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[_Union[_cpu_pb2.CpuFeatures, _Mapping]] = ..., kernel_version: _Optional[str] = ..., kernel_areas: _Optional[_Union[KernelAreas, _Mapping]] = ..., clocks: _Optional[_Union[_clocks_pb2.Clocks, _Mapping]] = ..., required_features: _Optional[_Iterable[str]] = ..., encryption: _Optional[_Union[Encryption, _Mapping]] = ...) -> None: ...
+
+class Encryption(_message.Message):
+    __slots__ = ("cipher", "key_id", "salt", "segment_size")
+    CIPHER_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    cipher: str
+    key_id: bytes
+    salt: bytes
+    segment_size: int
+    def __init__(self, cipher: _Optional[str] = ..., key_id: _Optional[bytes] = ..., salt: _Optional[bytes] = ..., segment_size: _Optional[int] = ...) -> None: ...
 
 class KernelAreas(_message.Message):
     __slots__ = ("areas", "vdso_build_id", "vdso_sha256")
