@@ -64,3 +64,42 @@ def test_unsigned_images_are_refused_and_the_process_runs_on(second_host: Second
     assert "failed" in rx.result().get("outcome", "failed"), rx.err.read_text()
     assert t.proc.poll() is None
     _checks(t)
+
+
+def _encryption_key(tmp_path: Path) -> Path:
+    res = subprocess.run([sys.executable, "-m", "ckpt.cli", "keygen", "--encryption", tmp_path / "enc"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return tmp_path / "enc"
+
+
+def test_encrypted_and_signed_images_are_restored(second_host: SecondHost, tmp_path: Path,
+                                                  mutator: _Mutator) -> None:
+    """`migrate --encrypt-key --sign-key` to `receive --encrypt-key --verify-key`: the images the receiver keeps
+    are sealed, and the process checks out there."""
+    key, pub = _keys(tmp_path)
+    enc = _encryption_key(tmp_path)
+    host, port, token, t = second_host, _free_port(), _token(tmp_path), mutator
+    t.wait_for(r"GEN g=\d+")
+    rx = _Receiver(host, tmp_path, token, port, "--verify-key", pub, "--encrypt-key", enc)
+    res, _ = _migrate(host, t.pid, port, token, tmp_path, "--sign-key", key, "--encrypt-key", enc)
+    assert res.returncode == 0, res.stderr
+    assert rx.result()["outcome"] == "running", rx.err.read_text()
+    t.proc.wait(timeout=10)
+    _checks(t, host=host)
+    kept = [p for p in rx.store.rglob("pages-*.img")]
+    assert kept, list(rx.store.rglob("*"))
+    assert b"mutator" not in b"".join(p.read_bytes() for p in kept)
+
+
+def test_a_receiver_with_a_key_refuses_plain_images(second_host: SecondHost, tmp_path: Path,
+                                                   mutator: _Mutator) -> None:
+    enc = _encryption_key(tmp_path)
+    host, port, token, t = second_host, _free_port(), _token(tmp_path), mutator
+    t.wait_for(r"GEN g=\d+")
+    rx = _Receiver(host, tmp_path, token, port, "--encrypt-key", enc)
+    res, _ = _migrate(host, t.pid, port, token, tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert "failed" in rx.result().get("outcome", "failed"), rx.err.read_text()
+    assert t.proc.poll() is None
+    _checks(t)
