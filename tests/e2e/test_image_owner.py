@@ -22,6 +22,7 @@ from ckpt.image.pb import process_pb2
 from inventory_edit import rewrite_inventory
 from targets import HANG_GUARD
 from test_cli import assert_one_line_error
+from test_signed_images import flip_a_page_byte
 from test_track_leftovers import CKPT, REPO, Writer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dump and restore as root, chown to another user")
@@ -96,10 +97,7 @@ def test_a_signed_image_another_user_changed_is_refused(tmp_path: Path, writer: 
                                                         keys: tuple[Path, Path]) -> None:
     img = tmp_path / "img"
     _dump(writer, img, "--sign-key", keys[0])
-    pages = next(p for p in img.iterdir() if p.name.startswith("pages-"))
-    data = bytearray(pages.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    pages.write_bytes(data)
+    pages = flip_a_page_byte(img)
     _chown_tree(img, STRANGER)
     assert_one_line_error(_ckpt("restore", "-d", "-D", img, "--verify-key", keys[1]), 2, pages.name)
     assert not os.path.exists(f"/proc/{writer.pid}")
