@@ -24,13 +24,16 @@ restores them):
   no_new_privs and seccomp only take privileges away; whatever the owner
   claims of them gives the process nothing its owner could not have given
   itself.  A signature by a key the restorer trusts (``--verify-key``) lifts
-  the rule: the signer vouches for every record.
+  the rule: the signer vouches for every record.  When the owner itself
+  restores, its own groups and permitted capabilities count as the owner's
+  (the kernel would let it hand those on in any case).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import threading
 from collections.abc import Iterable, Iterator
 
 from ..control.seize import FrozenProcess
@@ -107,8 +110,9 @@ def _who(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _claims(c: process_pb2.Creds, owner: int, groups: frozenset[int]) -> Iterator[str]:
-    """What record ``c`` claims beyond what user ``owner`` (member of ``groups``) could have had."""
+def _claims(c: process_pb2.Creds, owner: int, groups: frozenset[int], held: int) -> Iterator[str]:
+    """What record ``c`` claims beyond what user ``owner`` (member of ``groups``, holding capabilities ``held``)
+    could have had."""
     uids = sorted({c.uid, c.euid, c.suid, c.fsuid} - {owner})
     if uids:
         yield f"uid {', '.join(map(str, uids))}"
@@ -117,8 +121,8 @@ def _claims(c: process_pb2.Creds, owner: int, groups: frozenset[int]) -> Iterato
         yield f"gid {', '.join(map(str, gids))} (not groups of the owner)"
     for name, mask in (("CapInh", c.cap_inheritable), ("CapPrm", c.cap_permitted), ("CapEff", c.cap_effective),
                        ("CapAmb", c.cap_ambient)):
-        if mask:
-            yield f"{name} capabilities {caps(mask)}"
+        if mask & ~held:
+            yield f"{name} capabilities {caps(mask & ~held)}"
 
 
 def refuse_beyond_owner(image_dir: str, entries: Iterable[tuple[int, process_pb2.ProcessEntry]], owner: int) -> None:
@@ -128,11 +132,14 @@ def refuse_beyond_owner(image_dir: str, entries: Iterable[tuple[int, process_pb2
     """
     if owner == 0:
         return
-    groups = owner_groups(owner)
+    groups, held = owner_groups(owner), 0
+    if owner == os.geteuid():  # the owner restores: what it has itself, the kernel lets it hand on anyway
+        groups |= {os.getgid(), os.getegid(), *os.getgroups()}
+        held = read_task_status(os.getpid(), threading.get_native_id()).capprm
     for pid, entry in entries:
         threads = [(pid, entry.creds), *((t.tid, t.creds) for t in entry.thread_creds)]
         for tid, c in threads:
-            claims = list(_claims(c, owner, groups))
+            claims = list(_claims(c, owner, groups, held))
             if claims:
                 who = f"process {pid}" + (f", thread {tid}," if tid != pid else "")
                 raise ImageError(image_dir, f"{who} claims {'; '.join(claims)}, but the image directory is owned by "
