@@ -190,7 +190,7 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
 def _trusted(image_dir: str | os.PathLike[str], resolved: str, verify_key: "Ed25519PublicKey | None") -> Iterator[str]:
     """The image to restore: signed by ``verify_key`` (maybe a private copy), or unsigned and claiming no more
     credentials than its owner had; refused otherwise, before anything is created."""
-    from .image import Image, trust
+    from .image import Image, trust, walk_chain
     from .resources import creds_check
 
     if verify_key is not None:
@@ -199,6 +199,8 @@ def _trusted(image_dir: str | os.PathLike[str], resolved: str, verify_key: "Ed25
         return
     if resolved != os.fspath(image_dir):
         check_dir_to_read(resolved)
+    for parent in walk_chain(resolved, check_sizes=False)[0][:-1]:  # its memory is theirs too
+        check_dir_to_read(parent.path)
     owner = trust.owner_of(resolved)
     if owner != 0:  # root's image is root's word: nothing to open here (a migration's downtime)
         image = Image.open(resolved)

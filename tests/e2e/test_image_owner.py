@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,14 +84,30 @@ def test_root_refuses_another_users_unsigned_image_with_a_hint(tmp_path: Path, w
     assert not os.path.exists(f"/proc/{writer.pid}")
 
 
+def test_a_parent_image_another_user_owns_is_refused(tmp_path: Path, writer: Writer) -> None:
+    """The newest image is root's, but its memory comes from a parent another user could have changed."""
+    res = _ckpt("pre-dump", "-t", writer.pid, "-D", tmp_path / "pre")
+    assert res.returncode == 0, res.stderr
+    _dump(writer, tmp_path / "img", "--prev-images-dir", "../pre")
+    _chown_tree(tmp_path / "pre", STRANGER)
+    assert_one_line_error(_ckpt("restore", "-d", "-D", tmp_path / "img"), 2, str(tmp_path / "pre"),
+                          f"owned by uid {STRANGER}, another user")
+    assert not os.path.exists(f"/proc/{writer.pid}")
+
+
+@pytest.mark.parametrize("chain", [False, True])
 def test_a_trusted_signature_lifts_the_refusal(tmp_path: Path, writer: Writer, keys: tuple[Path, Path],
-                                              restored: list[int]) -> None:
+                                              restored: list[int], chain: bool) -> None:
     img = tmp_path / "img"
-    _dump(writer, img, "--sign-key", keys[0])
+    if chain:
+        res = _ckpt("pre-dump", "-t", writer.pid, "-D", tmp_path / "pre", "--sign-key", keys[0])
+        assert res.returncode == 0, res.stderr
+        _chown_tree(tmp_path / "pre", STRANGER)
+    copies = set(Path(tempfile.gettempdir()).glob("ckpt-signed-*"))
+    _dump(writer, img, "--sign-key", keys[0], *(("--prev-images-dir", "../pre") if chain else ()))
     _chown_tree(img, STRANGER)
     _restore_and_check(writer, restored, tmp_path, "-D", img, "--verify-key", keys[1])
-    assert not [p for p in Path("/tmp").glob("ckpt-signed-*") if p.stat().st_uid == 0 and
-                str(writer.pid) in "".join(os.listdir(p))], "the private copy is removed"
+    assert set(Path(tempfile.gettempdir()).glob("ckpt-signed-*")) == copies, "the private copy is removed"
 
 
 def test_a_signed_image_another_user_changed_is_refused(tmp_path: Path, writer: Writer,
