@@ -12,7 +12,7 @@ injected call              the kernel's own view, compared
 =========================  ==================================================
 rt_sigaction               SigCgt/SigIgn of /proc/PID/status (signals.py)
 prctl(PR_GET_THP_DISABLE)  ``THP_enabled`` of /proc/PID/status
-prctl(PR_GET_DUMPABLE)     the owner of /proc/PID (root's unless dumpable 1)
+prctl(PR_GET_DUMPABLE)     the owner of /proc/PID/status (root's unless 1)
 brk(0)                     which anonymous VMA maps calls ``[heap]``
 PR_GET_MEMORY_MERGE        ``ksm_merge_any`` of ksm_stat (vmflags.py; the
                            call is made only where that line is missing)
@@ -58,9 +58,11 @@ def check_flags(pid: int, entry: process_pb2.ProcessEntry) -> None:
     euid = entry.creds.euid
     same_userns = os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user")
     if euid != 0 and same_userns:
-        owner = os.stat(f"/proc/{pid}").st_uid  # task_dump_owner(): the euid only while dumpable is 1
+        # task_dump_owner(): a file of /proc/PID (not the directory, which stays the euid's for ps) is
+        # the euid's only while dumpable is SUID_DUMP_USER, else root's
+        owner = os.stat(f"/proc/{pid}/status").st_uid
         if (owner == euid) != (f.dumpable == _SUID_DUMP_USER):
-            _refuse(pid, "prctl(PR_GET_DUMPABLE)", f"{f.dumpable}, but /proc/{pid} is owned by uid {owner} "
+            _refuse(pid, "prctl(PR_GET_DUMPABLE)", f"{f.dumpable}, but /proc/{pid}/status is owned by uid {owner} "
                                                    f"(the process's euid is {euid})")
 
 

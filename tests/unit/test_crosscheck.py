@@ -82,10 +82,10 @@ def test_dumpable_is_told_by_the_owner_of_proc_pid() -> None:
 
     p = subprocess.Popen(["sleep", "1000"], preexec_fn=become)
     try:
-        while os.stat(f"/proc/{p.pid}").st_uid != nobody or open(f"/proc/{p.pid}/comm").read() != "sleep\n":
+        while os.stat(f"/proc/{p.pid}/status").st_uid != nobody or open(f"/proc/{p.pid}/comm").read() != "sleep\n":
             time.sleep(0.01)  # until it has exec'ed as nobody
         crosscheck.check_flags(p.pid, _entry(nobody, dumpable=1, thp_disabled=False))
-        with pytest.raises(TargetError, match=rf"PR_GET_DUMPABLE\) answered 0, but /proc/{p.pid} is owned by uid {nobody}"):
+        with pytest.raises(TargetError, match=rf"PR_GET_DUMPABLE\) answered 0, but /proc/{p.pid}/status is owned by uid {nobody}"):
             crosscheck.check_flags(p.pid, _entry(nobody, dumpable=0, thp_disabled=False))
     finally:
         p.kill()
