@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,6 +64,15 @@ def _dump(t: Writer, img: Path, *extra: object) -> None:
     t.proc.wait(timeout=HANG_GUARD)
 
 
+def _refused_and_gone(res: subprocess.CompletedProcess[str], pid: int, *words: str) -> None:
+    """The restore was refused with one line, exit 2, and made no process (one it made anyway is ended)."""
+    made = os.path.exists(f"/proc/{pid}")
+    if made:
+        os.kill(pid, signal.SIGKILL)
+    assert_one_line_error(res, 2, *words)
+    assert not made, f"a refused restore left process {pid}"
+
+
 def _restore_and_check(t: Writer, restored: list[int], tmp_path: Path, *args: object,
                        pass_fds: tuple[int, ...] = ()) -> None:
     pidfile = tmp_path / "pid"
@@ -79,9 +88,8 @@ def test_root_refuses_another_users_unsigned_image_with_a_hint(tmp_path: Path, w
     _dump(writer, img)
     _chown_tree(img, STRANGER)
     res = _ckpt("restore", "-d", "-D", img)
-    assert_one_line_error(res, 2, str(img), f"owned by uid {STRANGER}, another user")
+    _refused_and_gone(res, writer.pid, str(img), f"owned by uid {STRANGER}, another user")
     assert "--verify-key" in res.stderr, res.stderr
-    assert not os.path.exists(f"/proc/{writer.pid}")
 
 
 def test_a_parent_image_another_user_owns_is_refused(tmp_path: Path, writer: Writer) -> None:
@@ -90,9 +98,8 @@ def test_a_parent_image_another_user_owns_is_refused(tmp_path: Path, writer: Wri
     assert res.returncode == 0, res.stderr
     _dump(writer, tmp_path / "img", "--prev-images-dir", "../pre")
     _chown_tree(tmp_path / "pre", STRANGER)
-    assert_one_line_error(_ckpt("restore", "-d", "-D", tmp_path / "img"), 2, str(tmp_path / "pre"),
-                          f"owned by uid {STRANGER}, another user")
-    assert not os.path.exists(f"/proc/{writer.pid}")
+    _refused_and_gone(_ckpt("restore", "-d", "-D", tmp_path / "img"), writer.pid, str(tmp_path / "pre"),
+                      f"owned by uid {STRANGER}, another user")
 
 
 @pytest.mark.parametrize("chain", [False, True])
@@ -103,11 +110,11 @@ def test_a_trusted_signature_lifts_the_refusal(tmp_path: Path, writer: Writer, k
         res = _ckpt("pre-dump", "-t", writer.pid, "-D", tmp_path / "pre", "--sign-key", keys[0])
         assert res.returncode == 0, res.stderr
         _chown_tree(tmp_path / "pre", STRANGER)
-    copies = set(Path(tempfile.gettempdir()).glob("ckpt-signed-*"))
+    scratch = Path(os.environ["TMPDIR"])  # the ckpt command's (conftest: one per test)
     _dump(writer, img, "--sign-key", keys[0], *(("--prev-images-dir", "../pre") if chain else ()))
     _chown_tree(img, STRANGER)
     _restore_and_check(writer, restored, tmp_path, "-D", img, "--verify-key", keys[1])
-    assert set(Path(tempfile.gettempdir()).glob("ckpt-signed-*")) == copies, "the private copy is removed"
+    assert not list(scratch.glob("ckpt-signed-*")), "the private copy is removed"
 
 
 def test_a_signed_image_another_user_changed_is_refused(tmp_path: Path, writer: Writer,
@@ -116,8 +123,7 @@ def test_a_signed_image_another_user_changed_is_refused(tmp_path: Path, writer: 
     _dump(writer, img, "--sign-key", keys[0])
     pages = flip_a_page_byte(img)
     _chown_tree(img, STRANGER)
-    assert_one_line_error(_ckpt("restore", "-d", "-D", img, "--verify-key", keys[1]), 2, pages.name)
-    assert not os.path.exists(f"/proc/{writer.pid}")
+    _refused_and_gone(_ckpt("restore", "-d", "-D", img, "--verify-key", keys[1]), writer.pid, pages.name)
 
 
 def test_a_link_or_a_parent_others_can_write_refuses_even_signed(tmp_path: Path, writer: Writer,
@@ -129,12 +135,11 @@ def test_a_link_or_a_parent_others_can_write_refuses_even_signed(tmp_path: Path,
     _chown_tree(img, STRANGER)
     link = tmp_path / "link"
     link.symlink_to(img)
-    assert_one_line_error(_ckpt("restore", "-d", "-D", link, "--verify-key", keys[1]), 2, str(link),
-                          "symbolic link")
+    _refused_and_gone(_ckpt("restore", "-d", "-D", link, "--verify-key", keys[1]), writer.pid, str(link),
+                      "symbolic link")
     os.chmod(shared, 0o777)
-    assert_one_line_error(_ckpt("restore", "-d", "-D", img, "--verify-key", keys[1]), 2, str(shared),
-                          "writable by its group and others")
-    assert not os.path.exists(f"/proc/{writer.pid}")
+    _refused_and_gone(_ckpt("restore", "-d", "-D", img, "--verify-key", keys[1]), writer.pid, str(shared),
+                      "writable by its group and others")
 
 
 def _reseal_process(img: Path, pid: int, edit) -> None:  # noqa: ANN001
@@ -189,7 +194,6 @@ def test_records_claiming_more_than_the_owner_had_are_refused(tmp_path: Path, wr
         res = _ckpt("restore", "-d", "-D", f"/proc/self/fd/{fd}", pass_fds=(fd,))
     finally:
         os.close(fd)
-    assert_one_line_error(res, 2, f"process {writer.pid} claims",
-                          "uid 0" if claim == "root" else "CapPrm capabilities [0, 1,")
+    _refused_and_gone(res, writer.pid, f"process {writer.pid} claims",
+                      "uid 0" if claim == "root" else "CapPrm capabilities [0, 1,")
     assert "nobody (uid 65534)" in res.stderr and "--sign-key" in res.stderr, res.stderr
-    assert not os.path.exists(f"/proc/{writer.pid}")
