@@ -6,6 +6,7 @@ user can cause (no such process, corrupt image, unsupported resource).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -22,6 +23,8 @@ from .track import watch as _watch
 from .track.watch import WatchRange, WatchSample, tracking_state_path
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from .dump import DumpStats, RestoreStats
     from .image.verify import Report
     from .track.base import TrackingState
@@ -144,7 +147,8 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
             progress: "Callable[[ProgressEvent], None] | None" = None,
             allow_changed_files: bool = False, cpu_cap: str | Iterable[str] | None = None,
             before_hand_over: "Callable[[], None] | None" = None, check: bool = True,
-            allow_lower_limits: bool = False, handed_sockets: "Mapping[int, int] | None" = None) -> "RestoreStats":
+            allow_lower_limits: bool = False, verify_key: "Ed25519PublicKey | None" = None,
+            handed_sockets: "Mapping[int, int] | None" = None) -> "RestoreStats":
     """Recreate the process saved in ``image_dir`` with its pid and tids; it runs on return.
 
     Not ``detached``: the caller is its parent and should :func:`wait_restored`.
@@ -162,25 +166,50 @@ def restore(image_dir: str | os.PathLike[str], *, detached: bool = False,
     the dumped ones did, or the restore fails and leaves nothing (``--check=off``: False).
     ``handed_sockets``: file id → our descriptor of each socket a migration's source handed over.
     ``pidfile`` is checked before anything is created and written whole (renamed into place).
-    An image directory another user could have changed is refused (ckpt.image.dirs).
+    An image directory another user could have changed is refused (ckpt.image.dirs) unless ``verify_key``
+    (a public key, :func:`ckpt.image.signing.load_verify_key`) signed every image of its chain: then it is
+    restored from a checked private copy (ckpt.image.trust).  Unsigned, its records may claim no more
+    credentials than its owner had (ckpt.resources.creds_check).
     """
     from .resources.cpu import parse_cpu_cap
     from .restore import restore as _restore
 
     out = OutputFile.checked(pidfile, "--pidfile")
     caps = parse_cpu_cap(cpu_cap)  # a bad value is refused before anything is read
-    check_dir_to_read(image_dir)
+    check_dir_to_read(image_dir, any_owner=verify_key is not None)
     resolved = resolve_image_dir(image_dir)  # a numbered store: its newest checkpoint
-    if resolved != os.fspath(image_dir):
-        check_dir_to_read(resolved)
-    mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(resolved, inherit_fds)
-    stats = _restore(resolved, detached=detached, shell_job=shell_job, inherit_fds=mapping,
-                     progress=progress, allow_changed_files=allow_changed_files, cpu_cap=caps,
-                     before_hand_over=before_hand_over, check=check, allow_lower_limits=allow_lower_limits,
-                     handed_sockets=handed_sockets)
+    with _trusted(image_dir, resolved, verify_key) as resolved:
+        mapping = inherit_fds if isinstance(inherit_fds, Mapping) else resolve_inherit_fds(resolved, inherit_fds)
+        stats = _restore(resolved, detached=detached, shell_job=shell_job, inherit_fds=mapping,
+                         progress=progress, allow_changed_files=allow_changed_files, cpu_cap=caps,
+                         before_hand_over=before_hand_over, check=check, allow_lower_limits=allow_lower_limits,
+                         handed_sockets=handed_sockets)
     if out is not None:
         out.write(f"{stats.pid}\n")
     return stats
+
+
+@contextlib.contextmanager
+def _trusted(image_dir: str | os.PathLike[str], resolved: str, verify_key: "Ed25519PublicKey | None") -> Iterator[str]:
+    """The image to restore: signed by ``verify_key`` (maybe a private copy), or unsigned and claiming no more
+    credentials than its owner had; refused otherwise, before anything is created."""
+    from .image import Image, trust, walk_chain
+    from .resources import creds_check
+
+    if verify_key is not None:
+        with trust.signed_for_restore(image_dir, resolved, verify_key) as checked:
+            yield checked
+        return
+    if resolved != os.fspath(image_dir):
+        check_dir_to_read(resolved)
+    for parent in walk_chain(resolved, check_sizes=False)[0][:-1]:  # its memory is theirs too
+        check_dir_to_read(parent.path)
+    owner = trust.owner_of(resolved)
+    if owner != 0:  # root's image is root's word: nothing to open here (a migration's downtime)
+        image = Image.open(resolved)
+        creds_check.refuse_beyond_owner(resolved, [(p.pid, image.process(p.pid)) for p in image.processes
+                                                   if not p.zombie], owner)
+    yield resolved
 
 
 _INHERIT_RE = re.compile(r"fd\[(\d+)\]:(.+)")

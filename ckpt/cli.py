@@ -340,13 +340,18 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from . import api
 
     stats_out = _json_stats_file(args)
-    _check_signed(args, args.images_dir)  # before anything is created
+    verify_key = None
+    if args.verify_key:  # checked before anything is created; it lifts the refusal of another user's image
+        from .image import signing
+
+        verify_key = signing.load_verify_key(args.verify_key)
     bar = progress_for(sys.stderr, "restore: write")
     try:
         stats = api.restore(args.images_dir, detached=args.restore_detached, pidfile=args.pidfile,
                             shell_job=args.shell_job, inherit_fds=args.inherit_fd, progress=_logged(bar),
                             allow_changed_files=args.allow_changed_files, cpu_cap=args.cpu_cap,
-                            check=args.check == "on", allow_lower_limits=args.allow_lower_limits)
+                            check=args.check == "on", allow_lower_limits=args.allow_lower_limits,
+                            verify_key=verify_key)
     finally:
         if bar is not None:
             bar.close()

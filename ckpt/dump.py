@@ -32,7 +32,7 @@ from .procfs.stat import Stat, read_stat
 from .progress import ProgressEvent
 from . import incremental, observed
 from .resources import aio, blocked, creds, files, ghost, limits, memfd, memory, seccomp, signals, sockets, tcp
-from .resources import cow, guards, jobstop, procattrs, threads, timens, timers, tree, tty, vmflags
+from .resources import cow, crosscheck, guards, jobstop, procattrs, threads, timens, timers, tree, tty, vmflags
 from .resources.context import DumpContext
 from .restore import RestoreStats, restore, wait_restored
 
@@ -72,6 +72,7 @@ def dump_attrs(ctx: DumpContext) -> None:
 def dump_seccomp(ctx: DumpContext) -> None:
     """Each thread's seccomp mode and filters (read with ptrace; a user-notification filter is refused)."""
     ctx.entry.MergeFrom(seccomp.dump(ctx.proc, ctx.snap))
+    crosscheck.check_dump(ctx.proc, ctx.entry)  # what the kernel also shows must agree (creds, flags)
 
 
 def dump_timers(ctx: DumpContext) -> None:

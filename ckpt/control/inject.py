@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import interrupts, testpoint
-from ..errors import CkptError
+from ..errors import CkptError, TargetError
 from ..kernel import ptrace
 from ..kernel.arch_x86_64 import NR, PAGE_SIZE, SYSCALL_ARG_REGS, SYSCALL_INSN, TASK_SIZE_MAX, user_regs_struct
 from ..kernel.mman import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE
@@ -211,6 +211,10 @@ class Injector:
         self.single_step = not self.guarded and not thread.process.sigtrap_ignored
         #: Answers of queries asked ahead by :func:`ask_all`, taken by :meth:`ask` (once each).
         self.answers: dict[str, tuple[int, bytes] | OSError] = {}
+        #: The loaded call as the kernel should report its entry: (nr, args, address after the instruction).
+        self.expected: tuple[int, tuple[int, ...], int] = (-1, (), 0)
+        #: Why the call that ran was not the one loaded (None: it was), see :meth:`_check_entry`.
+        self.foreign: str | None = None
 
     @property
     def pid(self) -> int:
@@ -290,6 +294,8 @@ class Injector:
         regs.orig_rax = _NO_SYSCALL
         for reg, value in zip(SYSCALL_ARG_REGS, args):
             setattr(regs, reg, value & _U64)
+        self.expected = (nr, tuple(a & _U64 for a in args), regs.rip + len(SYSCALL_INSN))
+        self.foreign = None
         ptrace.setregs(self.tid, regs)
         t.regs_changed = True
         if chain is not None and frame is not None:
@@ -328,6 +334,30 @@ class Injector:
             raise ValueError(f"{q.name} needs {q.out} bytes of scratch")
         result = self.call(q.nr, *q.resolve(scratch.addr), name=q.name)
         return result, scratch.read(0, q.out)
+
+    def _check_entry(self, label: str) -> None:
+        """At the call's syscall-entry stop: is it the call loaded, entered from our instruction?
+
+        PTRACE_GET_SYSCALL_INFO is the kernel's own account of what the thread
+        entered.  Anything else (the target's code ran first: an rseq abort
+        handler, a signal handler, a syscall user dispatch) would answer in
+        our call's place; the call is still taken to its exit stop, so the
+        thread is where a finished call leaves it, and then refused
+        (:meth:`_refuse_foreign`).
+        """
+        got = ptrace.get_syscall_entry(self.tid)
+        nr, args, ip = self.expected
+        if got.op != ptrace.PTRACE_SYSCALL_INFO_ENTRY:
+            self.foreign = f"the stop after it is not a syscall entry (op {got.op})"
+        elif got.nr != nr or got.args[:len(args)] != args or got.instruction_pointer != ip:
+            self.foreign = (f"the kernel entered syscall {_syscall_name(got.nr)} from {got.instruction_pointer:#x} "
+                            f"with {[hex(a) for a in got.args[:len(args)]]}")
+
+    def _refuse_foreign(self, label: str) -> None:
+        if self.foreign is not None:
+            raise TargetError(self.pid, f"process {self.pid}, thread {self.tid}: injected {label}, but "
+                                        f"{self.foreign}: the process ran its own code in place of ckpt's call; "
+                                        "refusing to record what it answered")
 
     def _stopped(self, label: str) -> ptrace.WaitStatus:
         st = self.thread.wait()
@@ -374,7 +404,9 @@ class Injector:
                 if t.entered:
                     t.call_open = False
                     testpoint.point("inject.done")
+                    self._refuse_foreign(label)
                     return ptrace.getregs(self.tid)
+                self._check_entry(label)
                 t.entered = True
                 testpoint.point("inject.entered")
             elif kind is StopKind.SIGNAL_DELIVERY:  # SIGSTOP or a fault's signal: the rest are blocked
@@ -397,6 +429,7 @@ class Injector:
                 if entered:
                     regs = ptrace.getregs(self.tid)
                     break
+                self._check_entry(label)
                 entered = True
             elif kind is StopKind.SIGNAL_DELIVERY:
                 self._defer(st)
@@ -408,6 +441,7 @@ class Injector:
             self.thread.resume(ptrace.cont)
             st = self._stopped(label)
             if st.kind in (StopKind.EVENT_STOP, StopKind.GROUP_STOP):
+                self._refuse_foreign(label)
                 return regs
             if st.kind is StopKind.SIGNAL_DELIVERY:
                 self._defer(st)
@@ -565,11 +599,16 @@ def _ask_all(lanes: Sequence[tuple[Injector, Scratch, Sequence[Query]]]) -> None
                     continue
                 started.append((inj, q, off, args, label))
         finally:
+            refused: TargetError | None = None
             for inj, q, off, args, label in started:  # every resumed thread is waited for, whatever happens
                 try:
                     results[(inj.tid, q.name)] = (inj._result(inj._run(label, started=True), label, args), off)
                 except OSError as exc:
                     inj.answers[q.name] = exc
+                except TargetError as exc:  # a call the process answered itself: the others are still waited for
+                    refused = refused or exc
+            if refused is not None:
+                raise refused
     outs: dict[tuple[int, int], bytes] = {}
     for inj, scratch, plan in plans:
         area = (inj.pid, scratch.addr)

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _MAX_LINKS = 40
 _HANDED_OVER = re.compile(r"/(?:proc/(?:self|thread-self|\d+)|dev)/fd/\d+(?:/.*)?")
 _HINT = "use a directory only you (and root) can write, e.g. a new one made with `mkdir -m 700`"
+_SIGNED_HINT = ("restore it with --verify-key FILE if it is signed by a key you trust (ckpt dump --sign-key), "
+                "or run as the user who owns it")
 
 
 def _who(uid: int) -> str:
@@ -53,9 +55,10 @@ def _trusted(uid: int) -> bool:
     return uid in (0, os.geteuid())
 
 
-def _problem(st: os.stat_result, *, sticky_ok: bool) -> str | None:
-    """Why another user could change what ``st`` describes (None: nobody can but root and us)."""
-    if not _trusted(st.st_uid):
+def _problem(st: os.stat_result, *, sticky_ok: bool, any_owner: bool = False) -> str | None:
+    """Why another user could change what ``st`` describes (None: nobody can but root and us, or its owner
+    when ``any_owner``)."""
+    if not any_owner and not _trusted(st.st_uid):
         return f"owned by {_who(st.st_uid)}, another user"
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o022 and not (sticky_ok and mode & stat.S_ISVTX):
@@ -64,12 +67,13 @@ def _problem(st: os.stat_result, *, sticky_ok: bool) -> str | None:
     return None
 
 
-def _check_stat(path: str, st: os.stat_result, *, image: bool) -> None:
+def _check_stat(path: str, st: os.stat_result, *, image: bool, any_owner: bool = False,
+                owner_hint: str = _HINT) -> None:
     """Refuse a directory another user owns or can write (on the way: a trusted sticky one is fine)."""
-    problem = _problem(st, sticky_ok=not image)
+    problem = _problem(st, sticky_ok=not image, any_owner=any_owner)
     if problem is not None:
         raise UnsafeDirectory(path, f"{problem}, who could swap in a crafted image",
-                              hint=_HINT if problem.startswith("owned") else f"chmod go-w {path}, or {_HINT}")
+                              hint=owner_hint if problem.startswith("owned") else f"chmod go-w {path}, or {_HINT}")
 
 
 def _walk(path: str) -> tuple[str, list[str]]:
@@ -143,12 +147,15 @@ def _examine(path: str | os.PathLike[str], hint: str) -> tuple[str, os.stat_resu
         raise ImageError(os.fspath(path), f"cannot look at {exc.filename}: permission denied", hint=hint) from exc
 
 
-def check_dir_to_read(path: str | os.PathLike[str]) -> None:
+def check_dir_to_read(path: str | os.PathLike[str], *, any_owner: bool = False) -> None:
     """Refuse to read an image (or a store) from ``path`` when another user could have changed it.
 
     ``path`` must be a directory, not reached through a link of its own, owned
     by root or us and written by nobody else, like every directory above it;
     so must each file in it.  NotAnImage when it does not exist.
+    ``any_owner``: the directory and its files may be another user's (still
+    written by nobody else, the directories above it as before): a restore
+    whose trusted signature covers every byte (:mod:`ckpt.image.trust`).
     """
     found = _examine(path, "run as root, or as the user who owns the image")
     if found is None:
@@ -159,13 +166,13 @@ def check_dir_to_read(path: str | os.PathLike[str]) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise NotAnImage(path, "not a directory (an image is a directory holding inventory.img)",
                          hint="give -D the image directory, not a file in it")
-    _check_stat(path, st, image=True)
+    _check_stat(path, st, image=True, any_owner=any_owner, owner_hint=_SIGNED_HINT)
     with os.scandir(path) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 continue  # a store's images: each is checked when it is the one read
             problem = ("a symbolic link, where an image holds files" if entry.is_symlink()
-                       else _problem(entry.stat(follow_symlinks=False), sticky_ok=False))
+                       else _problem(entry.stat(follow_symlinks=False), sticky_ok=False, any_owner=any_owner))
             if problem is not None:
                 raise UnsafeDirectory(entry.path, f"{problem}, who could have changed it",
                                       hint=f"chmod go-w {entry.path}, or keep images where only you (and root) write")

@@ -28,6 +28,8 @@ __all__ = [
     "PTRACE_SETREGSET", "PTRACE_SEIZE", "PTRACE_INTERRUPT", "PTRACE_LISTEN",
     "PTRACE_GETSIGMASK", "PTRACE_SETSIGMASK", "PTRACE_GET_RSEQ_CONFIGURATION", "PTRACE_PEEKSIGINFO",
     "PTRACE_PEEKSIGINFO_SHARED", "PTRACE_SECCOMP_GET_FILTER", "PTRACE_SECCOMP_GET_METADATA",
+    "PTRACE_GET_SYSCALL_INFO", "PTRACE_SYSCALL_INFO_ENTRY", "PTRACE_SYSCALL_INFO_EXIT", "SyscallEntry",
+    "get_syscall_entry",
     # options and events
     "PTRACE_O_TRACESYSGOOD", "PTRACE_O_TRACEFORK", "PTRACE_O_TRACEVFORK", "PTRACE_O_TRACECLONE",
     "PTRACE_O_TRACEEXEC", "PTRACE_O_TRACEVFORKDONE", "PTRACE_O_TRACEEXIT", "PTRACE_O_TRACESECCOMP",
@@ -73,6 +75,7 @@ PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_SECCOMP_GET_FILTER = 0x420C  # Linux 4.4; needs CAP_SYS_ADMIN and a tracer not under seccomp itself
 PTRACE_SECCOMP_GET_METADATA = 0x420D  # Linux 4.16
+PTRACE_GET_SYSCALL_INFO = 0x420E  # Linux 5.3
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # Linux 5.13
 PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG = 0x4211  # Linux 6.3
 
@@ -294,6 +297,48 @@ def get_rseq_configuration(tid: int) -> RseqConfiguration:
     conf = _ptrace_rseq_configuration()
     _call(PTRACE_GET_RSEQ_CONFIGURATION, tid, ctypes.sizeof(conf), ctypes.addressof(conf))
     return RseqConfiguration(conf.rseq_abi_pointer, conf.rseq_abi_size, conf.signature, conf.flags)
+
+
+# --- the syscall a stop is in ---
+
+#: ``op`` of struct ptrace_syscall_info (include/uapi/linux/ptrace.h).
+PTRACE_SYSCALL_INFO_NONE = 0
+PTRACE_SYSCALL_INFO_ENTRY = 1
+PTRACE_SYSCALL_INFO_EXIT = 2
+PTRACE_SYSCALL_INFO_SECCOMP = 3
+
+
+class _ptrace_syscall_info(ctypes.Structure):
+    """struct ptrace_syscall_info with its ``entry`` member (``seccomp`` begins the same way)."""
+
+    _fields_ = [
+        ("op", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("stack_pointer", ctypes.c_uint64),
+        ("nr", ctypes.c_uint64),
+        ("args", ctypes.c_uint64 * 6),
+        ("ret_data", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class SyscallEntry:
+    """The kernel's account of the syscall a thread is in at a syscall-entry stop (``op`` ENTRY), else ``op``."""
+
+    op: int
+    instruction_pointer: int  # the address after the ``syscall`` instruction
+    nr: int
+    args: tuple[int, ...]
+
+
+def get_syscall_entry(tid: int) -> SyscallEntry:
+    """PTRACE_GET_SYSCALL_INFO of a thread in a ptrace stop; ``nr``/``args`` mean something only for op ENTRY."""
+    info = _ptrace_syscall_info()
+    _call(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(info), ctypes.addressof(info))
+    return SyscallEntry(info.op, info.instruction_pointer, info.nr, tuple(info.args))
 
 
 def get_syscall_user_dispatch_mode(tid: int) -> int:

@@ -77,7 +77,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma, read_maps
 from ..procfs.snapshot import Snapshot
-from . import aio, cow, fileid, ghost, guards, hugetlb, memfd, shmfile, sysvshm, vmflags
+from . import aio, cow, crosscheck, fileid, ghost, guards, hugetlb, memfd, shmfile, sysvshm, vmflags
 
 __all__ = [
     "Kind", "SPECIAL_KINDS", "UNSTORED_KINDS", "PageStats", "classify", "file_identity", "map_files_path",
@@ -245,6 +245,8 @@ def dump_mm(pid: int, snap: Snapshot, inj: Injector | None, mem: ProcMem, vmas: 
     """
     st = snap.stat
     brk = inj.ask(BRK)[0] if inj is not None else 0
+    if inj is not None:
+        crosscheck.check_brk(pid, brk, st.start_brk, snap.vmas)
     exe_path = os.readlink(f"/proc/{pid}/exe")
     exe = os.stat(f"/proc/{pid}/exe")
     exe_ghost = ghost.is_deleted(exe_path, exe)

@@ -83,6 +83,15 @@ def _restores(img: Path, key: Path, pid: int) -> None:
         _end(pid)
 
 
+def flip_a_page_byte(img: Path) -> Path:
+    """Change one byte in the middle of the image's page data, as a forger would; the file changed."""
+    pages = next(p for p in img.iterdir() if p.name.startswith("pages-"))
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pages.write_bytes(data)
+    return pages
+
+
 def _refused(img: Path, pub: Path, pid: int, *words: str) -> None:
     res = _ckpt("restore", "-d", "-D", img, "--verify-key", pub)
     assert_one_line_error(res, 2, *words)
@@ -137,11 +146,7 @@ def test_a_file_changed_after_signing_is_refused(tmp_path: Path, keys: tuple[Pat
                                                  sleeper: subprocess.Popen[bytes]) -> None:
     img = tmp_path / "img"
     _dump(sleeper, img, "--sign-key", keys[0])
-    pages = next(p for p in img.iterdir() if p.name.startswith("pages-"))
-    data = bytearray(pages.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    pages.write_bytes(data)
-    _refused(img, keys[1], sleeper.pid, pages.name)
+    _refused(img, keys[1], sleeper.pid, flip_a_page_byte(img).name)
 
 
 def test_signed_page_data_is_hashed_whole(tmp_path: Path, keys: tuple[Path, Path],

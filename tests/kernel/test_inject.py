@@ -366,3 +366,28 @@ def test_target_without_the_code_sequences_gets_unguarded_calls(c_target, monkey
             assert ptrace.getsigmask(tid) == proc.thread(tid).snapshot.sigmask
     os.kill(t.pid, signal.SIGUSR1)
     t.expect("PASS")
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_call_the_process_answers_in_ckpts_place_is_refused(c_target, monkeypatch, guarded: bool) -> None:  # noqa: ANN001
+    """The thread enters another syscall than the one loaded (as if its own code ran first: an rseq abort
+    handler, a signal handler): PTRACE_GET_SYSCALL_INFO tells, the call is refused naming both, and the
+    target is left as it was (the next call is ours again, and it checks its own state)."""
+    from ckpt.control import guard
+    from ckpt.errors import TargetError
+    if not guarded:
+        monkeypatch.setattr(guard, "find_chain", lambda mem, vmas: None)
+    t = c_target("spin", "2")
+    t.ready()
+    with freeze(t.pid) as proc:
+        inj = proc.injector()
+        label = inj._load(NR.getppid, (), None)
+        regs = ptrace.getregs(inj.tid)
+        regs.rax = NR.getpid  # what runs is not what ckpt loaded
+        ptrace.setregs(inj.tid, regs)
+        with pytest.raises(TargetError, match=rf"injected getppid, but the kernel entered syscall getpid"):
+            inj._run(label)
+        assert inj.getpid() == t.pid
+    assert tracer_of(t.pid) == 0
+    os.kill(t.pid, signal.SIGUSR1)
+    t.expect("PASS")
