@@ -105,15 +105,13 @@ def _read_json(path: str) -> dict | None:
 
 def starttime(pid: int) -> int | None:
     """The start time of ``pid`` (clock ticks after boot), None when there is no such process or a zombie."""
+    from ..procfs.stat import read_stat
+
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read()
-    except OSError:
+        st = read_stat(pid)
+    except (CkptError, OSError):
         return None
-    fields = text[text.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
+    return None if st.state in ("Z", "X") else st.starttime
 
 
 def _private_dir(path: str) -> str:

@@ -139,6 +139,20 @@ def _migrate_through(proxy: _CuttingProxy, t: _Mutator, token: Path, point: str,
     return subprocess.CompletedProcess(mig.args, mig.returncode, out, err)
 
 
+def _cut(host: SecondHost, tmp_path: Path, t: _Mutator, point: str, direction: str
+         ) -> tuple[SecondHost, int, Path, _Receiver, subprocess.CompletedProcess[str]]:
+    """A receiver in the second host, and a migration of ``t`` to it through a proxy that loses the next frame
+    going ``direction`` once the source is at ``point``: (host, port, token, receiver, the migration)."""
+    port, token = _free_port(), _token(tmp_path)
+    rx = _Receiver(host, tmp_path, token, port)
+    proxy = _CuttingProxy((host.address, port))
+    try:
+        res = _migrate_through(proxy, t, token, point, direction)
+    finally:
+        proxy.close()
+    return host, port, token, rx, res
+
+
 @pytest.mark.parametrize("message, point, direction", [
     ("restore", "migrate.final-sent", "up"),
     ("restored", "migrate.final-sent", "down"),
@@ -146,13 +160,7 @@ def _migrate_through(proxy: _CuttingProxy, t: _Mutator, token: Path, point: str,
 def test_a_link_lost_before_the_commit_leaves_the_original_running(second_host: SecondHost, tmp_path: Path,
                                                                    mutator: _Mutator, message: str, point: str,
                                                                    direction: str) -> None:
-    host, port, token = second_host, _free_port(), _token(tmp_path)
-    rx = _Receiver(host, tmp_path, token, port)
-    proxy = _CuttingProxy((host.address, port))
-    try:
-        res = _migrate_through(proxy, mutator, token, point, direction)
-    finally:
-        proxy.close()
+    host, port, token, rx, res = _cut(second_host, tmp_path, mutator, point, direction)
     assert res.returncode == 1 and "in doubt" not in res.stderr, res.stderr
     assert rx.result()["outcome"].startswith("failed"), rx.err.read_text()
     _nothing_inside(host)
@@ -165,13 +173,7 @@ def test_a_lost_commit_holds_both_until_recover_resumes_the_original(second_host
                                                                      mutator: _Mutator) -> None:
     """Neither copy runs while in doubt; with no receiver to ask, the journal is read on the destination
     (`receive --outcome ID`) and its answer given to `--recover --outcome`."""
-    host, port, token = second_host, _free_port(), _token(tmp_path)
-    rx = _Receiver(host, tmp_path, token, port)
-    proxy = _CuttingProxy((host.address, port))
-    try:
-        res = _migrate_through(proxy, mutator, token, "migrate.held", "up")
-    finally:
-        proxy.close()
+    host, port, token, rx, res = _cut(second_host, tmp_path, mutator, "migrate.held", "up")
     assert res.returncode == 1 and "in doubt" in res.stderr, res.stderr
     rx.result()
     _nothing_inside(host)  # the copy never had its commit: killed
@@ -187,13 +189,7 @@ def test_a_lost_commit_holds_both_until_recover_resumes_the_original(second_host
 
 def test_a_lost_running_leaves_the_copy_and_recover_ends_the_original(second_host: SecondHost, tmp_path: Path,
                                                                       mutator: _Mutator) -> None:
-    host, port, token = second_host, _free_port(), _token(tmp_path)
-    rx = _Receiver(host, tmp_path, token, port)
-    proxy = _CuttingProxy((host.address, port))
-    try:
-        res = _migrate_through(proxy, mutator, token, "migrate.held", "down")
-    finally:
-        proxy.close()
+    host, port, token, rx, res = _cut(second_host, tmp_path, mutator, "migrate.held", "down")
     assert res.returncode == 1 and "in doubt" in res.stderr, res.stderr
     assert rx.result()["outcome"] == "running", rx.err.read_text()
     _original_held(mutator)
@@ -206,13 +202,7 @@ def test_a_lost_running_leaves_the_copy_and_recover_ends_the_original(second_hos
 
 
 def test_a_lost_done_changes_nothing(second_host: SecondHost, tmp_path: Path, mutator: _Mutator) -> None:
-    host, port, token = second_host, _free_port(), _token(tmp_path)
-    rx = _Receiver(host, tmp_path, token, port)
-    proxy = _CuttingProxy((host.address, port))
-    try:
-        res = _migrate_through(proxy, mutator, token, "migrate.running", "up")
-    finally:
-        proxy.close()
+    host, port, token, rx, res = _cut(second_host, tmp_path, mutator, "migrate.running", "up")
     assert res.returncode == 0, res.stderr
     assert rx.result()["outcome"] == "running", rx.err.read_text()
     _original_ended(mutator)
