@@ -293,6 +293,19 @@ def _encryption(args: argparse.Namespace) -> AbstractContextManager[None]:
     return sealing.encrypting(sealing.load_key(path) if path else None)
 
 
+def _fsync_policy(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """The images this command writes are synced as ``--fsync`` says (ckpt.image.store.fsync_wanted)."""
+    from .image.store import fsync_policy
+
+    return fsync_policy(getattr(args, "fsync", None))
+
+
+def _fsync_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--fsync", choices=("never", "end", "always"), default=None,  # (store.FSYNC_POLICIES)
+                    help="when the image is synced to disk: `end` (default) when the dump ends the process — its "
+                         "only copy is then the image; `always`, also for -R, -s and pre-dumps; `never`")
+
+
 def _verify_key_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--verify-key", metavar="FILE",
                     help="refuse the image unless every image of its chain is signed with this key (the public "
@@ -760,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     level = sp.add_mutually_exclusive_group()
     level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
+    _fsync_flag(sp)
     sp.add_argument("--shell-job", action="store_true",
                     help="the process is attached to a terminal (it is re-attached to the restoring one)")
     sp.add_argument("--tcp-close", action="store_true",
@@ -840,6 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     level = sp.add_mutually_exclusive_group()
     level.add_argument("--compress", type=int, default=1, metavar="N", help="zstd level for page data (default 1)")
     level.add_argument("--no-compress", action="store_true", help="store page data uncompressed")
+    _fsync_flag(sp)
     _sign_key_flag(sp)
     _encrypt_key_flag(sp)
     sp.add_argument("--json-stats", metavar="FILE", help="write timings and counts as JSON")
@@ -962,7 +977,7 @@ def _run(args: argparse.Namespace, line: list[str], verbosity: int | None) -> in
     for signo in (*_ENDING_SIGNALS, signal.SIGINT):  # until here their default action ends ckpt: nothing to undo
         signal.signal(signo, _end)
     try:
-        with _encryption(args):
+        with _encryption(args), _fsync_policy(args):
             code = int(args.func(args) or 0)
         log.info("exit %d after %.3f s", code, time.monotonic() - t0)
         return code

@@ -25,7 +25,7 @@ from .control.seize import FrozenProcess, alive, hold_stopped, kill_and_collect,
 from .errors import TargetGone, UsageError, translate_oserror
 from .image.pb import process_pb2
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
-from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter
+from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter, fsync_wanted
 from .kernel.arch_x86_64 import PAGE_SIZE
 from .procfs.snapshot import snapshot
 from .procfs.stat import Stat, read_stat
@@ -237,7 +237,8 @@ def dump(
             shares_files = tree.shared_tables(ftree) if len(ftree.procs) > 1 else set()
             with ExitStack() as snaps, ImageWriter(
                     image_dir, kind=ImageKind.INCREMENTAL if delta_parent else ImageKind.FULL,
-                    parent=delta_parent, compress_level=compress_level) as w:
+                    parent=delta_parent, compress_level=compress_level,
+                    sync=fsync_wanted(ends_target=not (leave_running or leave_stopped or end_target is not None))) as w:
                 t_rec = time.monotonic()
                 snap_of = {p: snaps.enter_context(snapshot(p, hidden=proc.own_areas())) for p, proc in ftree.procs.items()}
                 skip_of = {p: incremental.parked_tracker_fds(p, incs[p].tracker if p in incs else None)

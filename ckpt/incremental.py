@@ -49,7 +49,7 @@ from .image.chain import open_chain
 from .image.pb import mm_pb2
 from .image.reader import Image
 from .image.records import ImageKind, ProcessInfo, TrackingInfo
-from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter, PageWriter
+from .image.store import DEFAULT_COMPRESS_LEVEL, ImageWriter, PageWriter, fsync_wanted
 from .kernel.arch_x86_64 import PAGE_SIZE, TASK_SIZE_MAX
 from .kernel.mman import PROT_EXEC, PROT_READ, PROT_WRITE
 from .kernel.vm import ProcMem
@@ -675,7 +675,7 @@ def pre_dump(pid: int, image_dir: str | os.PathLike[str], *, parent: str | os.Pa
         delta_parent = next((sess.parent_dir for sess in sessions.values() if sess.delta), None)
         t_copy = time.monotonic()
         with ImageWriter(image_dir, kind=ImageKind.PRE_DUMP, parent=delta_parent, tracking=sessions[pid].method,
-                         compress_level=compress_level) as w:
+                         compress_level=compress_level, sync=fsync_wanted(ends_target=False)) as w:
             infos = []
             writers = {p: _pre_dump_one(p, sess, w) for p, sess in sessions.items()}
             # Closed once all are copied: each one's last frames are compressed while the next

@@ -37,6 +37,8 @@ Example::
 from __future__ import annotations
 
 import array
+import contextlib
+import contextvars
 import errno
 import fcntl
 import functools
@@ -52,7 +54,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass
 from types import TracebackType
@@ -117,8 +119,10 @@ def _io_error(path: str, doing: str, exc: OSError) -> CkptError:
 class _Sink:
     """One file being written: counts its size and SHA-256 as the bytes go out."""
 
-    def __init__(self, path: str, *, digest: bool = True, writeback: int = 0, buffer: int = 1 << 20) -> None:
+    def __init__(self, path: str, *, digest: bool = True, writeback: int = 0, buffer: int = 1 << 20,
+                 sync: bool = True) -> None:
         self.path = path
+        self._sync = sync  # False: the image is not synced, so no writeback is started either
         self.name = os.path.basename(path)
         # Page data: start writeback every `writeback` bytes, so the disk works while zstd
         # does and the commit's fsync (done with the target still frozen when it is to be
@@ -177,7 +181,7 @@ class _Sink:
         if self.digest is None:
             try:
                 self._file.flush()
-                if self.size - self._written_back >= _FINISH_WRITEBACK_MIN:
+                if self._sync and self.size - self._written_back >= _FINISH_WRITEBACK_MIN:
                     sync_file_range(self._file.fileno(), self._written_back, self.size - self._written_back)
                 self._file.close()
             except OSError as exc:
@@ -859,6 +863,33 @@ class PageWriter:
 MIN_COMPRESS_LEVEL = -(1 << 17)
 
 
+#: ``--fsync``: when an image is synced to disk before ckpt says it is done.
+FSYNC_POLICIES = ("never", "end", "always")
+_FSYNC: contextvars.ContextVar[str] = contextvars.ContextVar("ckpt_fsync", default="end")
+
+
+@contextlib.contextmanager
+def fsync_policy(policy: str | None) -> Iterator[None]:
+    """Dumps and pre-dumps inside follow ``policy`` (``--fsync``; None: the default, ``end``)."""
+    if policy is not None and policy not in FSYNC_POLICIES:
+        raise UsageError(f"--fsync {policy!r}: one of {', '.join(FSYNC_POLICIES)}")
+    token = _FSYNC.set(policy or "end")
+    try:
+        yield
+    finally:
+        _FSYNC.reset(token)
+
+
+def fsync_wanted(*, ends_target: bool) -> bool:
+    """Whether an image is fsynced under the ``--fsync`` policy in force: ``always``; ``never``; ``end`` (the
+    default) only when the dump ends the target, whose only copy is then the image — ``-R``, ``-s``,
+    pre-dumps and a migration's images (sent on, or its rounds) stay in the page cache, as CRIU leaves
+    them.  An image a crash tore is refused at restore (its files' sizes, digests and chunk CRCs), never
+    taken as complete."""
+    policy = _FSYNC.get()
+    return policy == "always" or (policy == "end" and ends_target)
+
+
 def check_compress_level(level: int | None) -> None:
     """UsageError for a zstd level out of range (None: uncompressed); checked before any work."""
     if level is not None and not MIN_COMPRESS_LEVEL <= level <= zstandard.MAX_COMPRESSION_LEVEL:
@@ -1003,8 +1034,12 @@ class ImageWriter:
         boot_id: str | None = None,
         cpu: cpu_pb2.CpuFeatures | Literal["here"] | None = "here",
         kernel: Kernel | Literal["here"] | None = "here",
+        sync: bool = True,
     ) -> None:
         self.final_dir = os.path.abspath(os.fspath(final_dir))
+        #: fsync the files and directories at commit (``--fsync``, :func:`fsync_wanted`); False: the page
+        #: cache only, and no writeback started while writing.
+        self.sync = sync
         self.kind = ImageKind(kind)
         #: The key the image is signed with (:func:`ckpt.image.signing.signing` around the command), or None.
         self._signer = signing.current_signer()
@@ -1122,7 +1157,8 @@ class ImageWriter:
         tmp = self._require_open()
         if name in self._sinks or name == kinds.INVENTORY.template:
             raise ValueError(f"{name} is already written (or reserved)")
-        sink = _Sink(os.path.join(tmp, name), digest=digest, writeback=writeback, buffer=buffer)
+        sink = _Sink(os.path.join(tmp, name), digest=digest, writeback=writeback if self.sync else 0, buffer=buffer,
+                     sync=self.sync)
         self._sinks[name] = sink
         return sink
 
@@ -1292,11 +1328,12 @@ class ImageWriter:
                 written.append(self._sealer.write_mac(tmp, inventory))
             if self._signer is not None:  # before the rename: a complete image is signed, or is no image at all
                 written.append(signing.sign_inventory(tmp, inventory, self._signer))
-        _sync_all(written)
-        try:
-            fsync_dir(tmp)
-        except OSError as exc:
-            raise _io_error(tmp, "sync", exc) from exc
+        if self.sync:
+            _sync_all(written)
+            try:
+                fsync_dir(tmp)
+            except OSError as exc:
+                raise _io_error(tmp, "sync", exc) from exc
         try:
             os.rename(tmp, self.final_dir)
         except OSError as exc:
@@ -1308,8 +1345,9 @@ class ImageWriter:
         self._done = True
         self.tmp_dir = None
         self._release_tmp()
-        try:
-            fsync_dir(os.path.dirname(self.final_dir))
-        except OSError as exc:
-            raise _io_error(os.path.dirname(self.final_dir), "sync", exc) from exc
+        if self.sync:
+            try:
+                fsync_dir(os.path.dirname(self.final_dir))
+            except OSError as exc:
+                raise _io_error(os.path.dirname(self.final_dir), "sync", exc) from exc
         return self.final_dir
