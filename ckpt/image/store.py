@@ -292,25 +292,34 @@ class ChunkCompressor:
     frame costs a third of that and checks the same stored bytes.
     """
 
-    def __init__(self, level: int, workers: int = COMPRESS_WORKERS) -> None:
+    def __init__(self, level: int, workers: int = COMPRESS_WORKERS, *, adaptive: bool = True) -> None:
         self.level = level
         self.workers = max(1, workers)
+        #: A chunk whose samples do not shrink is stored raw (codec NONE): see :func:`_incompressible`.
+        self.adaptive = adaptive
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
 
-    def _compress(self, raw: memoryview, seal: Callable[[bytes], bytes] | None) -> tuple[bytes, int]:
+    def _compress(self, raw: memoryview, seal: Callable[[bytes], bytes] | None
+                  ) -> tuple[bytes | memoryview, int, Codec]:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
             cctx = self._local.cctx = zstandard.ZstdCompressor(
                 level=self.level, write_checksum=False, write_content_size=True
             )
-        stored = cctx.compress(raw)
+        stored: bytes | memoryview
+        if self.adaptive and _incompressible(raw, self._local):
+            stored, codec = raw, Codec.NONE  # (a view of the caller's buffer: written before it is reused)
+        else:
+            stored, codec = cctx.compress(raw), Codec.ZSTD
         if seal is not None:  # an encrypted image: sealed here too, on this thread (AES-GCM drops the GIL)
             stored = seal(stored)
-        return stored, zlib.crc32(stored)
+        return stored, zlib.crc32(stored), codec
 
-    def submit(self, raw: memoryview, seal: Callable[[bytes], bytes] | None = None) -> Future[tuple[bytes, int]]:
-        """Start compressing ``raw`` (which must stay untouched until the future is done), then ``seal`` it."""
+    def submit(self, raw: memoryview, seal: Callable[[bytes], bytes] | None = None
+               ) -> Future[tuple[bytes | memoryview, int, Codec]]:
+        """Start compressing ``raw`` (which must stay untouched until the future is done and its result
+        written: an incompressible chunk's result is ``raw`` itself), then ``seal`` it."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ckpt-zstd")
         return self._pool.submit(self._compress, raw, seal)
@@ -320,6 +329,32 @@ class ChunkCompressor:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+#: :func:`_incompressible` compresses this many bytes from each of 3 places of a chunk ...
+_SAMPLE = 16 << 10
+#: ... and stores the chunk raw when they shrink to no less than this share of their size.
+_RAW_RATIO = 0.92
+
+
+def _incompressible(raw: memoryview, local: threading.local) -> bool:
+    """Whether zstd would gain (almost) nothing on the chunk ``raw``, judged from 48 KiB of it at level 1.
+
+    Compressing random bytes costs zstd -1 ~0.2 s a GiB for nothing, and
+    the restore then decompresses them; three samples (start, middle, end)
+    cost ~1 % of that.  A chunk mixing random and compressible pages is
+    judged by its samples: it may be stored raw while a little could have
+    been saved, or compressed for little — never wrong, only less tight.
+    """
+    n = raw.nbytes
+    if n < 4 * _SAMPLE:
+        return False
+    probe = getattr(local, "probe", None)
+    if probe is None:
+        probe = local.probe = zstandard.ZstdCompressor(level=1, write_checksum=False, write_content_size=False)
+    mid = (n // 2) & ~4095
+    sample = b"".join((raw[:_SAMPLE], raw[mid:mid + _SAMPLE], raw[n - _SAMPLE:]))
+    return len(probe.compress(sample)) >= _RAW_RATIO * len(sample)
 
 
 #: Views of at most this many pages are tested page by page in _zero_runs.
@@ -736,9 +771,9 @@ class PageWriter:
     def _store_frame(self, frame: Future[tuple[bytes, int]], buf: mmap.mmap, n: int) -> None:
         """Writer thread: wait for one compressed frame and write it (file order = stream order)."""
         try:
-            stored, crc = frame.result()
+            stored, crc, codec = frame.result()
             if self._failed is None:
-                self._write_chunk(stored, crc, n)
+                self._write_chunk(stored, crc, n, codec)
         except BaseException as exc:  # kept for the caller's thread: raised by its next call
             if self._failed is None:
                 self._failed = exc
@@ -749,14 +784,14 @@ class PageWriter:
         if self._failed is not None:
             raise self._failed
 
-    def _write_chunk(self, stored: bytes | memoryview, crc: int, raw_length: int) -> None:
+    def _write_chunk(self, stored: bytes | memoryview, crc: int, raw_length: int, codec: Codec | None = None) -> None:
         self._chunks.append(
             pagemap_pb2.PageChunk(
                 offset=self._pages.size,
-                length=len(stored),
+                length=len(stored) if isinstance(stored, bytes) else stored.nbytes,
                 data_offset=self._written,
                 raw_length=raw_length,
-                codec=int(self._codec),
+                codec=int(self._codec if codec is None else codec),
                 crc32=crc,
             )
         )

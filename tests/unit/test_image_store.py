@@ -141,6 +141,25 @@ def test_no_compress_stores_raw_chunks(tmp_path: Path) -> None:
     assert verify(final).ok
 
 
+def test_chunks_that_do_not_shrink_are_stored_raw(tmp_path: Path) -> None:
+    """Adaptive compression: a chunk of random bytes is stored as it is (codec NONE, no zstd spent on it, none
+    at restore) beside zstd chunks of compressible pages, in one pages file; all read back, and verify."""
+    final = tmp_path / "img"
+    rnd = os.urandom(64 * PS)
+    heap = b"".join(_page(i % 7 + 1) for i in range(64))
+    with _writer(final, chunk_size=64 * PS) as w:
+        with w.pages(5) as pw:
+            pw.add(0, rnd + heap + rnd)
+        w.commit(processes=[ProcessInfo(5, 1, (5,))])
+    image = Image.open(final)
+    pm = image.pagemap(5)
+    assert [c.codec.name for c in pm.chunks] == ["NONE", "ZSTD", "NONE"]
+    assert pm.chunks[0].length == 64 * PS and pm.chunks[1].length < 64 * PS // 2
+    pages = _read_all_pages(image, 5)
+    assert b"".join(pages[a] for a in sorted(pages)) == rnd + heap + rnd
+    assert verify(final).ok
+
+
 def test_adjacent_ranges_merge(tmp_path: Path) -> None:
     final = tmp_path / "img"
     with _writer(final) as w:
