@@ -224,9 +224,13 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 data = f.read()
-            state = data[data.rindex(b")") + 2:].split()[0].decode()
+            fields = data[data.rindex(b")") + 2:].split()
+            state, ppid = fields[0].decode(), int(fields[1])
             comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
         except (OSError, ValueError):
+            continue
+        if state == "Z" and ppid == os.getpid():
+            _reap_zombie(pid)  # ours: a helper of an earlier attempt, or an orphan reparented to us (we are init)
             continue
         if state not in ("Z", "X") or time.monotonic() - t0 > timeout:
             raise RestoreError(f"pid {pid} is taken by a running process ({comm}, state {state})" if state not in ("Z", "X")
@@ -234,6 +238,17 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
                                hint="stop that process, or restore into a new pid namespace (not implemented yet)")
         time.sleep(0.01)
     return time.monotonic() - t0
+
+
+def _reap_zombie(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG | _WALL)
+    except ChildProcessError:
+        pass  # reaped meanwhile (by the thread that made it)
+
+
+#: waitpid(2) __WALL: any child, cloned or not (a helper is made with clone3).
+_WALL = 0x40000000
 
 
 def _kill_helper(proc: FrozenProcess) -> None:
