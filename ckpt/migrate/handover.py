@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import struct
+import time
 
 from ..errors import CkptError
 from ..procfs.timens import read_boot_id
@@ -53,22 +54,35 @@ class HandoverPort:
         return {"socket": self.name, "nonce": self.nonce.hex()}
 
     def receive(self, ids: list[int], timeout: float) -> dict[int, int]:
-        """The sockets the source sent, as file id → our descriptor (the caller closes them)."""
-        self._sock.settimeout(timeout)
-        try:
-            conn, _ = self._sock.accept()
-        except TimeoutError:
-            raise CkptError(f"the source did not hand its {len(ids)} bound socket(s) over within {timeout:.0f} s") \
-                from None
-        with conn:
-            conn.settimeout(timeout)
-            data, fds, _flags, _addr = socket.recv_fds(conn, 16 + _ID.size * MAX_SOCKETS, MAX_SOCKETS)
-        got = [_ID.unpack_from(data, 16 + i * _ID.size)[0] for i in range((len(data) - 16) // _ID.size)]
-        if data[:16] != self.nonce or got != list(ids) or len(fds) != len(ids):
-            for fd in fds:
-                os.close(fd)
-            raise CkptError("the sockets handed over are not the ones the source announced")
-        return dict(zip(ids, fds, strict=True))
+        """The sockets the source sent, as file id → our descriptor (the caller closes them).
+
+        Anyone in the network namespace can connect to the port: a connection
+        without the nonce is dropped and the next one awaited, until ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._sock.settimeout(max(0.0, deadline - time.monotonic()))
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                raise CkptError(f"the source did not hand its {len(ids)} bound socket(s) over within "
+                                f"{timeout:.0f} s") from None
+            with conn:
+                conn.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    data, fds, _flags, _addr = socket.recv_fds(conn, 16 + _ID.size * MAX_SOCKETS, MAX_SOCKETS)
+                except OSError:
+                    continue
+            if data[:16] != self.nonce:
+                for fd in fds:
+                    os.close(fd)
+                continue  # not the source
+            got = [_ID.unpack_from(data, 16 + i * _ID.size)[0] for i in range((len(data) - 16) // _ID.size)]
+            if got != list(ids) or len(fds) != len(ids):
+                for fd in fds:
+                    os.close(fd)
+                raise CkptError("the sockets handed over are not the ones the source announced")
+            return dict(zip(ids, fds, strict=True))
 
     def close(self) -> None:
         self._sock.close()
