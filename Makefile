@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need; installed only when missing.
 SYSPKGS := gcc make libc6-dev python3-venv redis-server nginx-light postgresql nftables iproute2 procps util-linux tmux screen
 
-.PHONY: all sysdeps venv install proto test test-fast test-kernels demo bench stress second-host second-host-down clean
+.PHONY: all sysdeps venv install proto test test-fast test-kernels demo bench bench-deps stress second-host second-host-down clean
 
 all: install
 
@@ -86,8 +86,14 @@ demo: install
 	$(PY) -m ckpt.demo
 
 # Its last group (bench/kernels.py) boots a 6.12 guest as make test-kernels does: the same packages and kernels.
-bench: install
-	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(KERNEL_SYSPKGS)"
+# The criu group (bench/criu.py) builds CRIU 4.2 from ../shared/peers into a cache outside the repo
+# (/var/cache/ckpt-bench) and runs it beside ckpt: its build packages and iptables (its network lock).
+CRIU_SYSPKGS := pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf \
+	libcap-dev libnl-3-dev libnet1-dev libaio-dev libgnutls28-dev libbsd-dev libdrm-dev uuid-dev iptables
+bench-deps: install
+	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(KERNEL_SYSPKGS) $(CRIU_SYSPKGS)"
+
+bench: bench-deps
 	$(PY) tests/kernels/guest.py fetch
 	$(PY) bench/run.py
 
