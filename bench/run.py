@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{args.runs} run(s) per row", file=sys.stderr, flush=True)
             ctx = Context(size=args.size_mib << 20, runs=args.runs, quick=args.quick,
                           frame_size=args.frame_mib << 20, workload=wl, buffer=buffer, tmpdir=args.disk_dir,
-                          tree_mib=args.tree_mib)
+                          tree_mib=args.tree_mib, only=frozenset(groups))
             for row in run_all(ctx, benches):
                 status = f"FAILED {row.error}" if row.error else f"{row.rate / 1e9:.2f} GB/s"
                 print(f"#   {row.what}: {status}", file=sys.stderr, flush=True)
