@@ -22,7 +22,7 @@ CRIU runs with ``--network-lock skip``):
 * ``writer``: bench/workload.c, 1 GiB of random (incompressible) pages, 2 writer
   threads dirtying 20 MB/s of them.
 * ``redis``: redis-server holding ``REDIS_KEYS`` values of ``REDIS_VALUE``
-  random bytes (~1.3 GB), loaded through a pipelined connection that is closed
+  random bytes (~1.3 GB), loaded by ``redis-cli --pipe``, which has exited
   before any dump.  The row's size is the server's RSS at the first dump.
 * ``tree``: bench/tree.c, 16 processes × ``--tree-mib`` (64) MiB, the tree
   group's target (85 % heap-like, 15 % random content).
@@ -40,12 +40,12 @@ so a drift of the machine hits both; rows give the median of ``--runs``.
 before its full dump and its memory digested (SHA-256 through /proc/PID/mem);
 it must come back stopped with the same digest, then (SIGCONT) its pages-written
 counter must go on from the dumped value.  Redis: DBSIZE and a GET of sampled
-keys against the values loaded.  The tree: every pid back under its parent and
+keys against the values loaded (SHA-1s computed by the server).  The tree: every pid back under its parent and
 every process's own memory checksum (tree.c's SIGUSR2 check).
 
 **Frozen time.**  ckpt: ``frozen_seconds`` of ``--json-stats`` (first thread
-stopped to last let go).  CRIU: its ``stats-dump`` image (a 8-byte magic, a
-32-bit length, then a protobuf message of µs fields, decoded here):
+stopped to last let go).  CRIU: its ``stats-dump`` image (two 32-bit magics, a
+32-bit length, then a protobuf message of µs fields, read without CRIU's schema):
 ``freezing_time`` (from starting to seize the tree until all of it is stopped)
 + ``frozen_time`` (until it is let go) — an upper bound, as it includes the
 seize of the first thread.  Image sizes count every file of the image
@@ -60,9 +60,9 @@ the interpreter's start (~0.1 s), and ckpt syncs its image where CRIU does not.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
-import fcntl
 import shutil
 import signal
 import socket
@@ -75,6 +75,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from google.protobuf import empty_pb2
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from bench.dump import _ckpt
 from bench.framework import Context, Row, bench, fmt_size
@@ -214,34 +217,11 @@ def criu_binary() -> Path:
 # --------------------------------------------------------------------------- CRIU's stats image
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
 def _fields(buf: bytes) -> dict[int, int | bytes]:
-    """The top-level fields of a protobuf message: varints as ints, length-delimited ones as bytes."""
-    out: dict[int, int | bytes] = {}
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            out[number], i = _varint(buf, i)
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            out[number], i = buf[i:i + n], i + n
-        elif wire in (1, 5):  # fixed64 / fixed32: none in stats.proto, skipped
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-    return out
+    """The top-level fields of a protobuf message, read without its schema (protobuf's unknown fields)."""
+    msg = empty_pb2.Empty()
+    msg.ParseFromString(buf)
+    return {f.field_number: f.data for f in UnknownFieldSet(msg)}
 
 
 def criu_dump_stats(path: Path) -> dict[str, int]:
@@ -489,58 +469,38 @@ class WriterTarget:
             self.wl._close_log()
 
 
-class _Resp:
-    """A minimal Redis client: commands in RESP, replies parsed (what the checks need)."""
+def _wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Until something accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s") from None
+            time.sleep(0.01)
 
-    def __init__(self, port: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis does not listen on port {port}") from None
-                time.sleep(0.01)
-        self.file = self.sock.makefile("rb")
 
-    @staticmethod
-    def encode(*args: bytes) -> bytes:
-        return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+def _resp(*args: bytes) -> bytes:
+    """One command in Redis's wire protocol (for ``redis-cli --pipe``)."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
-    def reply(self) -> bytes | int | None:
-        line = self.file.readline()
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.file.read(n + 2)
-            return data[:-2]
-        raise RuntimeError(f"redis replied {line[:200]!r}")
 
-    def call(self, *args: bytes) -> bytes | int | None:
-        self.sock.sendall(self.encode(*args))
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+#: The SHA-1 of each key's value, computed by the server (its Lua): binary values need no parsing here.
+_DIGESTS = "local t = {} for i, k in ipairs(KEYS) do t[i] = redis.sha1hex(redis.call('GET', k)) end return t"
 
 
 class RedisTarget:
-    """redis-server with REDIS_KEYS random values of REDIS_VALUE bytes, loaded pipelined; no connection at a dump."""
+    """redis-server with ``keys`` random values of REDIS_VALUE bytes, loaded by ``redis-cli --pipe``; no connection
+    is open at a dump (redis-cli has exited)."""
 
     def __init__(self, scratch: Path, keys: int = REDIS_KEYS) -> None:
         self.keys = keys
         self.label = f"redis-server, {keys * REDIS_VALUE / 1e9:.2f} GB of random values"
-        exe = shutil.which(REDIS_SERVER)
-        if exe is None:
-            raise RuntimeError(f"{REDIS_SERVER} not found (make install installs it)")
+        exe, self.cli = shutil.which(REDIS_SERVER), shutil.which("redis-cli")
+        if exe is None or self.cli is None:
+            raise RuntimeError("redis-server or redis-cli not found (make install installs them)")
         self.exe = exe
         with socket.socket() as s:  # a free port (redis binds with SO_REUSEADDR)
             s.bind(("127.0.0.1", 0))
@@ -556,17 +516,24 @@ class RedisTarget:
         finally:
             os.close(fd)
         self.pid = self.proc.pid
-        self.samples: dict[bytes, bytes] = {}
+        self.samples: dict[bytes, str] = {}  # key -> SHA-1 of its value
         try:
+            _wait_listening(self.port)
             self._load()
             self.total = self._rss()
         except BaseException:
             self.stop()
             raise
 
+    def _cli(self, *args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+        assert self.cli is not None
+        return subprocess.Popen([self.cli, "-h", "127.0.0.1", "-p", str(self.port), *args], stdin=stdin,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True)
+
     def _load(self) -> None:
         step = max(1, self.keys // REDIS_SAMPLES)
-        c = _Resp(self.port)
+        cli = self._cli("--pipe", stdin=subprocess.PIPE)
+        assert cli.stdin is not None and cli.stdout is not None
         try:
             for start in range(0, self.keys, REDIS_BATCH):
                 n = min(REDIS_BATCH, self.keys - start)
@@ -574,15 +541,17 @@ class RedisTarget:
                 out = []
                 for i in range(n):
                     key, value = b"key:%08d" % (start + i), blob[i * REDIS_VALUE:(i + 1) * REDIS_VALUE]
-                    out.append(_Resp.encode(b"SET", key, value))
+                    out.append(_resp(b"SET", key, value))
                     if (start + i) % step == 0:
-                        self.samples[key] = value
-                c.sock.sendall(b"".join(out))
-                for _ in range(n):
-                    if c.reply() != b"OK":
-                        raise RuntimeError("redis refused a SET")
+                        self.samples[key] = hashlib.sha1(value).hexdigest()
+                cli.stdin.write(b"".join(out))
+            cli.stdin.close()
+            said = cli.stdout.read().decode(errors="replace")
         finally:
-            c.close()
+            cli.kill()
+            cli.wait()
+        if f"errors: 0, replies: {self.keys}" not in said:
+            raise RuntimeError(f"redis-cli --pipe said {said.strip()[-200:]!r}")
 
     def _rss(self) -> int:
         with open(f"/proc/{self.pid}/status") as f:
@@ -591,17 +560,22 @@ class RedisTarget:
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
 
+    def _ask(self, *args: str) -> list[str]:
+        cli = self._cli("--raw", *args)
+        out, _ = cli.communicate(timeout=60)
+        if cli.returncode != 0:
+            raise RuntimeError(f"redis-cli {args[0]} failed: {out.decode(errors='replace').strip()[:200]}")
+        return out.decode().split()
+
     def _check(self) -> None:
-        c = _Resp(self.port)
-        try:
-            keys = c.call(b"DBSIZE")
-            if keys != self.keys:
-                raise RuntimeError(f"DBSIZE {keys}, loaded {self.keys}")
-            for key, value in self.samples.items():
-                if c.call(b"GET", key) != value:
-                    raise RuntimeError(f"GET {key.decode()} differs from the value loaded")
-        finally:
-            c.close()
+        _wait_listening(self.port)
+        keys = self._ask("DBSIZE")
+        if keys != [str(self.keys)]:
+            raise RuntimeError(f"DBSIZE {' '.join(keys)}, loaded {self.keys}")
+        names = list(self.samples)
+        got = self._ask("EVAL", _DIGESTS, str(len(names)), *(k.decode() for k in names))
+        if got != [self.samples[k] for k in names]:
+            raise RuntimeError("a sampled value differs from the one loaded (SHA-1)")
 
     def check_running(self) -> None:
         self._check()
@@ -617,7 +591,7 @@ class RedisTarget:
 
     def check_restored(self) -> str:
         self._check()
-        return f"DBSIZE {self.keys} and GET of {len(self.samples)} sampled keys right"
+        return f"DBSIZE {self.keys}, the values of {len(self.samples)} sampled keys right (SHA-1 by the server)"
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -714,6 +688,7 @@ def _compare(ctx: Context, key: str, start: Callable[[Path], Target]) -> Iterato
     cycles: dict[str, list[Cycle]] = {t.name: [] for t in tools}
     errors: dict[str, str] = {"CRIU": unavailable} if unavailable else {}
     label, nbytes = "", 0
+    load = os.getloadavg()[0]  # other work on the machine is part of the figures: said in the notes
     scratch = Path(tempfile.mkdtemp(prefix="bench-criu-", dir=ctx.tmpdir))
     try:
         for run in range(ctx.runs):
@@ -730,14 +705,16 @@ def _compare(ctx: Context, key: str, start: Callable[[Path], Target]) -> Iterato
                       + (f"FAILED {errors[tool.name]}" if tool.name in errors else "done"), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    yield from _rows(key, label or key, nbytes, cycles, errors)
+    yield from _rows(key, label or key, nbytes, cycles, errors,
+                     load=f"load average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
 
 
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def _rows(key: str, label: str, nbytes: int, cycles: dict[str, list[Cycle]], errors: dict[str, str]) -> Iterator[Row]:
+def _rows(key: str, label: str, nbytes: int, cycles: dict[str, list[Cycle]], errors: dict[str, str],
+          load: str = "") -> Iterator[Row]:
     phases: list[tuple[str, str, Callable[[Cycle], float]]] = [
         ("dump", "dump (ends it)", lambda c: c.dump.wall),
         ("dump_R", "dump -R (keeps running)", lambda c: c.dump_r.wall),
@@ -757,6 +734,8 @@ def _rows(key: str, label: str, nbytes: int, cycles: dict[str, list[Cycle]], err
                                 + f", frozen {_ms(ck_fr)}")
             if cr:
                 extra_cr.append(f"image {fmt_size(cr_img)}, frozen {_ms(cr_fr)} (freezing + frozen of its stats)")
+            if phase == "dump" and load:
+                extra_cr.append(load)
         if phase == "restore":
             for c_list, extra in ((ck, extra_ck), (cr, extra_cr)):
                 if c_list:
