@@ -2,6 +2,8 @@
 #   make demo    virtualenv + install + a real checkpoint of a sample process
 #   make test    the whole test suite
 #   make bench   benchmarks (markdown table + bench/results.json)
+#   make bench-deps
+#                the benchmarks' Debian packages (QEMU for a guest, CRIU 4.2's build packages)
 #   make test-kernels
 #                the main cases on Debian 12's and 13's kernels (6.1, 6.12) in QEMU guests and on this one
 #   make stress  ckpt killed at 200 random moments of its commands; the target must never be harmed
