@@ -2,6 +2,8 @@
 #   make demo    virtualenv + install + a real checkpoint of a sample process
 #   make test    the whole test suite
 #   make bench   benchmarks (markdown table + bench/results.json)
+#   make bench-deps
+#                the benchmarks' Debian packages (QEMU for a guest, CRIU 4.2's build packages)
 #   make test-kernels
 #                the main cases on Debian 12's and 13's kernels (6.1, 6.12) in QEMU guests and on this one
 #   make stress  ckpt killed at 200 random moments of its commands; the target must never be harmed
@@ -16,7 +18,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests and the demo need; installed only when missing.
 SYSPKGS := gcc make libc6-dev python3-venv redis-server nginx-light postgresql nftables iproute2 procps util-linux tmux screen
 
-.PHONY: all sysdeps venv install proto test test-fast test-kernels demo bench stress second-host second-host-down clean
+.PHONY: all sysdeps venv install proto test test-fast test-kernels demo bench bench-deps stress second-host second-host-down clean
 
 all: install
 
@@ -86,8 +88,14 @@ demo: install
 	$(PY) -m ckpt.demo
 
 # Its last group (bench/kernels.py) boots a 6.12 guest as make test-kernels does: the same packages and kernels.
-bench: install
-	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(KERNEL_SYSPKGS)"
+# The criu group (bench/criu.py) builds CRIU 4.2 from ../shared/peers into a cache outside the repo
+# (/var/cache/ckpt-bench) and runs it beside ckpt: its build packages and iptables (its network lock).
+CRIU_SYSPKGS := pkg-config libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler python3-protobuf \
+	libcap-dev libnl-3-dev libnet1-dev libaio-dev libgnutls28-dev libbsd-dev libdrm-dev uuid-dev iptables
+bench-deps: install
+	@$(MAKE) --no-print-directory sysdeps SYSPKGS="$(KERNEL_SYSPKGS) $(CRIU_SYSPKGS)"
+
+bench: bench-deps
 	$(PY) tests/kernels/guest.py fetch
 	$(PY) bench/run.py
 

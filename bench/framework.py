@@ -192,6 +192,8 @@ class Context:
     tree_mib: int = 64
     #: Whether the shared buffer holds a copy of the workload's memory.
     loaded: bool = False
+    #: The groups (or GROUP.FUNCTION) named by ``--only``; empty: all of them.
+    only: frozenset[str] = frozenset()
 
     def repeat(self, fn: Callable[[], object], runs: int | None = None) -> tuple[float, ...]:
         """Wall-clock seconds of ``runs`` calls of ``fn``."""

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--size-mib 1024] [--json bench/results.json] [--quick]
     .venv/bin/python bench/run.py --only tree [--tree-mib 64]     # one group (here: the process tree)
+    .venv/bin/python bench/run.py --only criu --runs 3            # ckpt beside CRIU 4.2 (bench/criu.py)
 
 The first rows are the physical limits of this machine measured in the same
 run (bench/limits.py); rows added by later issues compare against them.  The
@@ -38,7 +39,7 @@ from bench.workload import Workload, build_workload  # noqa: E402
 
 #: Modules holding @bench functions; later issues append theirs (dump, restore, pre-dump, migration).
 BENCH_MODULES = ("bench.limits", "bench.track", "bench.incremental", "bench.dump", "bench.tree", "bench.cow", "bench.migrate",
-                 "bench.kernels")
+                 "bench.criu", "bench.kernels")
 
 QUICK_SIZE_MIB = 64
 #: Memory of each of the tree benchmark's 16 processes (bench/tree.py): the issue's 64 MiB, 4 with --quick.
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{args.runs} run(s) per row", file=sys.stderr, flush=True)
             ctx = Context(size=args.size_mib << 20, runs=args.runs, quick=args.quick,
                           frame_size=args.frame_mib << 20, workload=wl, buffer=buffer, tmpdir=args.disk_dir,
-                          tree_mib=args.tree_mib)
+                          tree_mib=args.tree_mib, only=frozenset(groups))
             for row in run_all(ctx, benches):
                 status = f"FAILED {row.error}" if row.error else f"{row.rate / 1e9:.2f} GB/s"
                 print(f"#   {row.what}: {status}", file=sys.stderr, flush=True)

@@ -43,7 +43,11 @@
  * process also exits when its parent changes (it looks once a second), so
  * killing a restored R ends the whole tree.
  *
- * Usage: tree [-c CHILDREN] [-g GRANDCHILDREN] [-s SIZE_MIB] [-m H,R]
+ * -k: R does not ask for SIGKILL when its parent dies (the others still do, from their
+ * parents): CRIU re-arms a restored root's setting before its `restore -d` exits, which
+ * would kill it; whoever starts R with -k kills it (bench/criu.py does, on every exit path).
+ *
+ * Usage: tree [-c CHILDREN] [-g GRANDCHILDREN] [-s SIZE_MIB] [-m H,R] [-k]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -255,14 +259,15 @@ static void serve(void)
 
 int main(int argc, char **argv)
 {
-    int children = 3, grandchildren = 4, opt;
+    int children = 3, grandchildren = 4, keep = 0, opt;
     size_t size_mib = 64;
     unsigned pct[2] = {85, 15};
-    while ((opt = getopt(argc, argv, "c:g:s:m:")) != -1) {
+    while ((opt = getopt(argc, argv, "c:g:s:m:k")) != -1) {
         switch (opt) {
         case 'c': children = atoi(optarg); break;
         case 'g': grandchildren = atoi(optarg); break;
         case 's': size_mib = strtoull(optarg, NULL, 0); break;
+        case 'k': keep = 1; break;
         case 'm':
             if (sscanf(optarg, "%u,%u", &pct[0], &pct[1]) != 2 || pct[0] + pct[1] != 100) {
                 fprintf(stderr, "tree: -m wants two percentages summing to 100\n");
@@ -270,7 +275,7 @@ int main(int argc, char **argv)
             }
             break;
         default:
-            fprintf(stderr, "usage: %s [-c CHILDREN] [-g GRANDCHILDREN] [-s SIZE_MIB] [-m H,R]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-c CHILDREN] [-g GRANDCHILDREN] [-s SIZE_MIB] [-m H,R] [-k]\n", argv[0]);
             return 2;
         }
     }
@@ -279,7 +284,7 @@ int main(int argc, char **argv)
         return 2;
     }
     pid_t parent = getppid();
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
+    if (!keep && prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
         die("prctl(PR_SET_PDEATHSIG)");
     if (getppid() != parent)
         return 1;

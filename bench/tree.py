@@ -143,8 +143,9 @@ class Tree(BenchChild):
     what = "process tree"
 
     def __init__(self, size_mib: int, children: int = CHILDREN, grandchildren: int = GRANDCHILDREN,
-                 ready_timeout: float = 300.0) -> None:
+                 ready_timeout: float = 300.0, *, die_with_parent: bool = True) -> None:
         self.size_mib = size_mib
+        self.die_with_parent = die_with_parent  # False: tree.c -k (the root survives us; stop() kills it)
         self.children = children
         self.grandchildren = grandchildren
         self.ready_timeout = ready_timeout
@@ -160,6 +161,8 @@ class Tree(BenchChild):
     def start(self) -> "Tree":
         binary = build_tree()
         argv = [str(binary), "-c", str(self.children), "-g", str(self.grandchildren), "-s", str(self.size_mib)]
+        if not self.die_with_parent:
+            argv.append("-k")
         self._spawn_logged(argv)
         self._alive = True
         try:

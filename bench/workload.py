@@ -79,6 +79,9 @@ class BenchChild:
 
     what = "process"
     proc: "subprocess.Popen[bytes] | None" = None
+    #: Start it in a session of its own (setsid), without a controlling terminal: CRIU refuses a
+    #: tree whose session leader it does not dump unless told ``--shell-job`` (bench/criu.py).
+    own_session: bool = False
     #: The stdout file of a process started by :meth:`_spawn_logged`, our read side of it, and what
     #: was read from it but not yet taken as a line.
     log_path: str | None = None
@@ -96,7 +99,8 @@ class BenchChild:
         try:
             self._log = os.open(self.log_path, os.O_RDONLY | os.O_CLOEXEC)
             self._started(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.DEVNULL,
-                                           close_fds=True))  # no stdio pipe to us: a restore reopens each fd
+                                           close_fds=True,  # no stdio pipe to us: a restore reopens each fd
+                                           start_new_session=self.own_session))
         finally:
             os.close(fd)
 
@@ -181,15 +185,17 @@ class Workload(BenchChild):
 
     ``rate_mbs`` > 0 starts ``threads`` writer threads that dirty that many
     MB/s of pages (for incremental and migration benches); ``mix`` is the
-    heap/zero/random split in percent.
+    heap/zero/random split in percent.  ``die_with_parent=False`` (``-k``): for a restore
+    that re-arms PR_SET_PDEATHSIG under a parent that then exits (CRIU's ``restore -d``).
     """
 
     what = "workload"
 
     def __init__(self, size_mib: int, *, rate_mbs: float = 0, threads: int = 1,
                  mix: tuple[int, int, int] = (60, 25, 15), seed: int = 0x5EED,
-                 ready_timeout: float = 300.0) -> None:
+                 ready_timeout: float = 300.0, die_with_parent: bool = True) -> None:
         self.size_mib = size_mib
+        self.die_with_parent = die_with_parent  # False: workload.c -k (it survives us; stop() kills it)
         self.rate_mbs = rate_mbs
         self.threads = threads
         self.mix = mix
@@ -203,7 +209,7 @@ class Workload(BenchChild):
     def start(self) -> "Workload":
         binary = build_workload()
         argv = [str(binary), "-s", str(self.size_mib), "-r", str(self.rate_mbs), "-t", str(self.threads),
-                "-m", ",".join(map(str, self.mix)), "-S", str(self.seed)]
+                "-m", ",".join(map(str, self.mix)), "-S", str(self.seed)] + ([] if self.die_with_parent else ["-k"])
         self._spawn_logged(argv)  # only fds 0, 1, 2: the workload refuses anything else too
         try:
             deadline = time.monotonic() + self.ready_timeout
