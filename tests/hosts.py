@@ -203,6 +203,7 @@ class SecondHost:
         return 0
 
     def _start_network(self) -> None:
+        os.makedirs(os.path.dirname(_LOCK), exist_ok=True)  # (a kernel guest's /run has no lock/)
         fd = os.open(_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
