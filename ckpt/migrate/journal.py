@@ -51,7 +51,7 @@ import re
 import secrets
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import CkptError, UsageError
 
@@ -232,11 +232,11 @@ class Journal:
 
     def set(self, root: str, state: str, *, pid: int = 0) -> None:
         """Record ``state`` before the step it names is taken."""
-        self.state, self.time = state, time.time()
-        if pid:
-            self.pid, self.starttime = pid, starttime(pid) or 0
+        new = replace(self, state=state, time=time.time(),
+                      **({"pid": pid, "starttime": starttime(pid) or 0} if pid else {}))
         _private_dir(journal_dir(root))
-        _write_record(self.path(root), asdict(self))
+        _write_record(self.path(root), asdict(new))
+        self.state, self.time, self.pid, self.starttime = new.state, new.time, new.pid, new.starttime  # (once on disk)
 
     @classmethod
     def load(cls, root: str, migration: str) -> Journal | None:
