@@ -9,9 +9,9 @@ from the PARENT image, not from a side file.
 The rules of DESIGN §2 ("Tracking lifecycle") that this module obeys:
 
 * clear, then copy — ``collect()`` (get+clear) runs before any page is read;
-* the tracker re-registers every VMA before each scan, and a new VMA is wholly
-  dirty (done by the back-end); VMAs nobody tracks (read-only, refused) are
-  copied every time;
+* every VMA not registered before a scan is registered, and a new VMA is wholly
+  dirty (done by the back-end, which asks the kernel which ones those are); VMAs
+  nobody tracks (read-only, refused) are copied every time;
 * a page is marked PARENT only when it is clean *and* the parent chain really
   holds it (:func:`ckpt.resources.memory.dump_pages_delta`); otherwise it is copied.
 

@@ -418,9 +418,20 @@ class _Previous:
     ranges: list[Interval] = field(default_factory=list)
 
     def gone(self, now: Sequence[Interval]) -> tuple[Interval, ...]:
+        """The parts of the previous ranges outside ``now``: one sweep over both (each sorted, disjoint)."""
         out: list[Interval] = []
-        for r in self.ranges:
-            out.extend(subtract_intervals(r, now))
+        j = 0
+        for s, e in self.ranges:
+            while j < len(now) and now[j][1] <= s:
+                j += 1
+            pos, k = s, j
+            while k < len(now) and now[k][0] < e:
+                if now[k][0] > pos:
+                    out.append((pos, now[k][0]))
+                pos = max(pos, now[k][1])
+                k += 1
+            if pos < e:
+                out.append((pos, e))
         self.ranges = list(now)
         return tuple(out)
 

@@ -1,7 +1,7 @@
 /* vma_maze: tens of thousands of small mappings, some pages written between pre-dumps, the layout
  * changed on request; the process checks every page it owns against what it wrote.
  *
- * usage: vma_maze NMAPS PAGES
+ * usage: vma_maze NMAPS PAGES    (PAGES >= 2 for every kind of change; 3 splits a chunk too)
  *
  * One anonymous area of NMAPS * PAGES pages, every page written; every other chunk of PAGES pages
  * gets PROT_EXEC too, so rw- and rwx chunks alternate and cannot merge: NMAPS writable VMAs, all
@@ -102,11 +102,13 @@ static void change(void) {
     if (mmap(at, chunk * PG, chunk_prot(c), MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != at) die("mmap fixed");
     for (long i = 0; i < chunk; i++) stamp(a, c * chunk + i);
     /* munmap of a chunk's middle page: two VMAs and a hole */
-    c = pick(s + 3, 0);
-    mid = c * chunk + chunk / 2;
-    if (munmap(a->addr + mid * PG, PG)) die("munmap");
-    a->ver[mid] = 0;
-    stamp(a, c * chunk + chunk - 1);
+    if (chunk >= 2) {
+        c = pick(s + 3, 0);
+        mid = c * chunk + chunk / 2;
+        if (munmap(a->addr + mid * PG, PG)) die("munmap");
+        a->ver[mid] = 0;
+        stamp(a, c * chunk);
+    }
     /* mremap a chunk out of the area (to wherever the kernel likes), write one of its pages; the
      * chunk moved out last round goes back into the hole, unwritten */
     c = pick(s + 4, 0);
