@@ -296,7 +296,8 @@ def _dirty_intervals(ds: DirtySet, vmas: Sequence[mm_pb2.Vma]) -> list[Interval]
     """
     runs: list[Interval] = []
     for v in ds.vmas:
-        runs.extend((s, s + n * PAGE_SIZE) for s, n in v.written + v.holes)
+        if v.written or v.holes:
+            runs.extend((s, s + n * PAGE_SIZE) for s, n in v.written + v.holes)
         if v.untracked:
             runs.append((v.start, v.end))
     tracked = _union(sorted((v.start, v.end) for v in ds.vmas if not v.untracked))

@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..control.inject import Injector, Query, Scratch
 
@@ -86,7 +87,20 @@ __all__ = [
     "LayoutDiff", "diff_layout", "merge_intervals", "intersect", "subtract", "clip_sources", "reset_pages",
 ]
 
-Kind = mm_pb2.Vma.Kind
+class _Kinds:
+    """``mm_pb2.Vma.Kind`` with its values as plain attributes: the protobuf wrapper looks each one up
+    in Python, and a dump of 30,000 VMAs asks hundreds of thousands of times."""
+
+    def __init__(self, wrapper) -> None:  # noqa: ANN001 - protobuf's EnumTypeWrapper
+        self.Name, self.Value = wrapper.Name, wrapper.Value
+        for name, number in wrapper.items():
+            setattr(self, name, number)
+
+    def __getattr__(self, name: str) -> int:  # only for a name the enum does not have: the same error
+        raise AttributeError(f"Vma.Kind has no value {name}")
+
+
+Kind: Any = _Kinds(mm_pb2.Vma.Kind)
 #: Areas the kernel installs: never stored, never mapped by us.
 SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL})
 # The kind sets tested in loops over VMAs, once: each ``Kind.X`` goes through the protobuf enum

@@ -146,6 +146,10 @@ def select_ranges(maps: Sequence[Vma], include: Sequence[Interval] | None = None
     never a piece spanning two VMAs, because a uffd-wp scan must cover one VMA
     at a time.
     """
+    if include is None and not exclude:  # the whole process: one piece per trackable VMA, in maps order
+        whole = [((v.start, v.end), v) for v in maps if _trackable(v)]
+        if all(a[0][1] <= b[0][0] for a, b in zip(whole, whole[1:])):
+            return whole
     out: list[tuple[Interval, Vma]] = []
     for v in maps:
         if not _trackable(v):
