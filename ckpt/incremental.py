@@ -300,7 +300,7 @@ def _dirty_intervals(ds: DirtySet, vmas: Sequence[mm_pb2.Vma]) -> list[Interval]
             runs.extend((s, s + n * PAGE_SIZE) for s, n in v.written + v.holes)
         if v.untracked:
             runs.append((v.start, v.end))
-    tracked = _union(sorted((v.start, v.end) for v in ds.vmas if not v.untracked))
+    tracked = memory.merge_intervals((v.start, v.end) for v in ds.vmas if not v.untracked)
     ends = [e for _, e in tracked]
     for vma in vmas:
         pos = vma.start
@@ -313,19 +313,7 @@ def _dirty_intervals(ds: DirtySet, vmas: Sequence[mm_pb2.Vma]) -> list[Interval]
             k += 1
         if pos < vma.end:
             runs.append((pos, vma.end))
-    runs.sort()
-    return _union(runs)
-
-
-def _union(intervals: Sequence[Interval]) -> list[Interval]:
-    """Sorted intervals with overlapping or touching ones joined."""
-    out: list[list[int]] = []
-    for s, e in intervals:
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
+    return memory.merge_intervals(runs)
 
 
 def _vmas_now(pid: int) -> list[mm_pb2.Vma]:

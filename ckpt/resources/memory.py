@@ -78,6 +78,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma, read_maps
 from ..procfs.snapshot import Snapshot
+from ..track.base import subtract_sorted
 from . import aio, cow, crosscheck, fileid, ghost, guards, hugetlb, memfd, shmfile, sysvshm, vmflags
 
 __all__ = [
@@ -1016,22 +1017,8 @@ def intersect(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
     return out
 
 
-def subtract(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
-    """``a`` minus ``b``, both sorted lists of disjoint intervals (one linear sweep)."""
-    out: list[Interval] = []
-    j = 0
-    for s, e in a:
-        while j < len(b) and b[j][1] <= s:
-            j += 1
-        k, pos = j, s
-        while k < len(b) and b[k][0] < e:
-            if b[k][0] > pos:
-                out.append((pos, b[k][0]))
-            pos = max(pos, b[k][1])
-            k += 1
-        if pos < e:
-            out.append((pos, e))
-    return out
+#: ``a`` minus ``b``, both sorted lists of disjoint intervals (one linear sweep).
+subtract = subtract_sorted
 
 
 def clip_sources(sources: Sequence[PageSource], within: Sequence[Interval]) -> list[PageSource]:

@@ -30,6 +30,7 @@ from ..procfs.task import read_starttime
 __all__ = [
     "Run", "Interval", "VmaKey", "vma_key", "RangeSpec", "VmaDirty", "DirtySet", "TrackingState", "TrackingLost", "Tracker",
     "select_ranges", "parse_ranges", "format_ranges", "runs_from_pages", "merge_runs", "subtract_intervals",
+    "subtract_sorted",
     "STATE_DIR_DEFAULT", "UNFINISHED", "state_dir", "tracking_state_path", "tracking_states", "load_tracking_state",
     "forget_the_dead",
 ]
@@ -122,6 +123,24 @@ def subtract_intervals(base: Interval, holes: Iterable[Interval]) -> list[Interv
                 nxt.append((he, e))
         pieces = nxt
     return pieces
+
+
+def subtract_sorted(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
+    """``a`` minus ``b``, both sorted lists of disjoint intervals (one linear sweep)."""
+    out: list[Interval] = []
+    j = 0
+    for s, e in a:
+        while j < len(b) and b[j][1] <= s:
+            j += 1
+        k, pos = j, s
+        while k < len(b) and b[k][0] < e:
+            if b[k][0] > pos:
+                out.append((pos, b[k][0]))
+            pos = max(pos, b[k][1])
+            k += 1
+        if pos < e:
+            out.append((pos, e))
+    return out
 
 
 def _trackable(v: Vma) -> bool:
@@ -422,20 +441,8 @@ class _Previous:
     ranges: list[Interval] = field(default_factory=list)
 
     def gone(self, now: Sequence[Interval]) -> tuple[Interval, ...]:
-        """The parts of the previous ranges outside ``now``: one sweep over both (each sorted, disjoint)."""
-        out: list[Interval] = []
-        j = 0
-        for s, e in self.ranges:
-            while j < len(now) and now[j][1] <= s:
-                j += 1
-            pos, k = s, j
-            while k < len(now) and now[k][0] < e:
-                if now[k][0] > pos:
-                    out.append((pos, now[k][0]))
-                pos = max(pos, now[k][1])
-                k += 1
-            if pos < e:
-                out.append((pos, e))
+        """The parts of the previous ranges outside ``now`` (both sorted, disjoint: one sweep)."""
+        out = subtract_sorted(self.ranges, now)
         self.ranges = list(now)
         return tuple(out)
 
