@@ -266,17 +266,18 @@ class DirtySet:
     #: CLOCK_MONOTONIC at the end of the collection.
     timestamp: float = 0.0
 
+    # (one generator over all the runs: 30,000 mostly clean VMAs must not cost two sums each)
     @property
     def written_pages(self) -> int:
-        return sum(v.written_pages for v in self.vmas)
+        return sum(n for v in self.vmas for _, n in v.written)
 
     @property
     def hole_pages(self) -> int:
-        return sum(v.hole_pages for v in self.vmas)
+        return sum(n for v in self.vmas for _, n in v.holes)
 
     @property
     def dirty_pages(self) -> int:
-        return sum(v.dirty_pages for v in self.vmas)
+        return self.written_pages + self.hole_pages
 
     @property
     def new_vmas(self) -> tuple[VmaDirty, ...]:
