@@ -16,11 +16,21 @@ pre-dump), never by a delta: each row's notes give that frozen time.
 from __future__ import annotations
 
 import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bench.framework import Context, Row, bench
 from bench.track import _dirty
+from bench.workload import BenchChild, build_c
+
+REPO = Path(__file__).resolve().parent.parent
+MAZE_SRC = REPO / "tests" / "scenarios" / "vma_maze.c"
+MAZE_BIN = Path(__file__).resolve().parent / "bin" / "vma_maze"
+#: The issue's process of 30,744 mappings: 30,720 writable ones of 4 pages, rw- and rwx alternating
+#: (they cannot merge), beside the program's own (30,745 lines of maps here).
+MAZE_MAPS, MAZE_PAGES = 30720, 4
 
 
 def _size(path: Path) -> int:
@@ -70,4 +80,77 @@ def predump_chain(ctx: Context) -> Iterator[Row]:
             api.track_stop(wl.pid)  # whatever happened, leave the shared workload untracked
         except Exception:
             pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Maze(BenchChild):
+    """A running tests/scenarios/vma_maze.c: MAZE_MAPS small writable mappings, every page written once."""
+
+    what = "vma maze"
+
+    def __init__(self, ready_timeout: float = 120.0) -> None:
+        self.ready_timeout = ready_timeout
+        self.area = self.npages = 0
+
+    def start(self) -> "Maze":
+        self._spawn_logged([str(build_c(MAZE_SRC, MAZE_BIN)), str(MAZE_MAPS), str(MAZE_PAGES)])
+        try:
+            words = self._readline(time.monotonic() + self.ready_timeout).split()
+            if words[:1] != ["READY"]:
+                raise RuntimeError(f"vma_maze said {' '.join(words)!r}")
+            self.area = int(words[1].removeprefix("area="), 16)
+            self.npages = int(words[2].removeprefix("npages="))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        self._close_log()
+
+
+@bench("incremental", order=160, workload=False)
+def many_mappings(ctx: Context) -> Iterator[Row]:
+    """Issue 19: a pre-dump costs what was written, not how many mappings there are.  30,720 mappings,
+    1 % of their pages written from outside between rounds, then the final delta dump (``-R``)."""
+    from ckpt import api
+
+    root = Path(tempfile.mkdtemp(prefix="bench-maze-", dir=ctx.tmpdir))
+    try:
+        with Maze() as m:
+            try:
+                nmaps = sum(1 for _ in open(f"/proc/{m.pid}/maps"))
+                area = [(m.area, m.npages * 4096)]
+                nbytes = m.npages * 4096
+                first = api.pre_dump(m.pid, root / "0")
+                yield Row("predump.maps_full", f"ckpt pre-dump, {MAZE_MAPS:,} mappings (first: all pages)", nbytes,
+                          (first.total_seconds,),
+                          notes=f"{nmaps:,} lines of maps; {first.pages_stored} pages; tracker start "
+                                f"{first.collect_seconds * 1e3:.0f} ms, target frozen {first.frozen_seconds * 1e3:.1f} ms")
+                times, last, parent, written = [], None, root / "0", 0
+                for n in range(1, ctx.runs + 1):
+                    written = _dirty(m.pid, area, 0.01)
+                    last = api.pre_dump(m.pid, root / str(n), prev_images_dir=parent)
+                    times.append(last.total_seconds)
+                    parent = root / str(n)
+                assert last is not None
+                yield Row("predump.maps_delta_1pct", f"ckpt pre-dump, {MAZE_MAPS:,} mappings, 1 % dirty (second)",
+                          nbytes, tuple(times),
+                          notes=f"goal ≤ 0.5 s; {written} pages written, {last.pages_stored} copied; get+clear "
+                                f"{last.collect_seconds * 1e3:.0f} ms, copy {last.copy_seconds * 1e3:.0f} ms",
+                          error=None if last.pages_stored >= written and not last.full else
+                          f"{'full copy' if last.full else 'copied fewer pages than written'}")
+                written = _dirty(m.pid, area, 0.01)
+                final = api.dump_delta(m.pid, root / "final", prev_images_dir=parent, leave_running=True)
+                yield Row("dump.maps_delta_1pct", f"ckpt dump --prev-images-dir -R, {MAZE_MAPS:,} mappings, 1 % dirty",
+                          nbytes, (final.total_seconds,),
+                          notes=f"{written} pages written, {final.pages_stored} stored; frozen "
+                                f"{final.frozen_seconds * 1e3:.0f} ms")
+            finally:
+                try:
+                    api.track_stop(m.pid)
+                except Exception:  # noqa: BLE001 - best effort: the maze dies next
+                    pass
+    finally:
         shutil.rmtree(root, ignore_errors=True)

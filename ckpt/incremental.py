@@ -9,9 +9,9 @@ from the PARENT image, not from a side file.
 The rules of DESIGN §2 ("Tracking lifecycle") that this module obeys:
 
 * clear, then copy — ``collect()`` (get+clear) runs before any page is read;
-* the tracker re-registers every VMA before each scan, and a new VMA is wholly
-  dirty (done by the back-end); VMAs nobody tracks (read-only, refused) are
-  copied every time;
+* every VMA not registered before a scan is registered, and a new VMA is wholly
+  dirty (done by the back-end, which asks the kernel which ones those are); VMAs
+  nobody tracks (read-only, refused) are copied every time;
 * a page is marked PARENT only when it is clean *and* the parent chain really
   holds it (:func:`ckpt.resources.memory.dump_pages_delta`); otherwise it is copied.
 
@@ -36,6 +36,7 @@ from that parent is a full one, with the warning.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import time
@@ -289,31 +290,30 @@ def _in_parent(chain: Sequence[Image], pid: int) -> list[Interval]:
 
 
 def _dirty_intervals(ds: DirtySet, vmas: Sequence[mm_pb2.Vma]) -> list[Interval]:
-    """Written (and dropped) runs, plus every part of a VMA that no tracker watched: copy all of that."""
+    """Written (and dropped) runs, plus every part of a VMA that no tracker watched: copy all of that.
+
+    Linear in VMAs and runs (a bisect per VMA): 30,000 mappings must not cost 30,000² steps.
+    """
     runs: list[Interval] = []
     for v in ds.vmas:
-        runs.extend((s, s + n * PAGE_SIZE) for s, n in v.written + v.holes)
+        if v.written or v.holes:
+            runs.extend((s, s + n * PAGE_SIZE) for s, n in v.written + v.holes)
         if v.untracked:
             runs.append((v.start, v.end))
-    tracked = sorted((v.start, v.end) for v in ds.vmas if not v.untracked)
+    tracked = memory.merge_intervals((v.start, v.end) for v in ds.vmas if not v.untracked)
+    ends = [e for _, e in tracked]
     for vma in vmas:
         pos = vma.start
-        for s, e in tracked:
-            if e <= pos or s >= vma.end:
-                continue
+        k = bisect.bisect_right(ends, pos)  # the first tracked interval ending after pos
+        while k < len(tracked) and tracked[k][0] < vma.end and pos < vma.end:
+            s, e = tracked[k]
             if s > pos:
                 runs.append((pos, s))
             pos = max(pos, e)
+            k += 1
         if pos < vma.end:
             runs.append((pos, vma.end))
-    runs.sort()
-    out: list[list[int]] = []
-    for s, e in runs:
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
+    return memory.merge_intervals(runs)
 
 
 def _vmas_now(pid: int) -> list[mm_pb2.Vma]:

@@ -90,13 +90,22 @@ VMFLAG_NAMES: Mapping[str, str] = MappingProxyType({
 _LOCKED_UNNAMED = frozenset({"lo", "??"})
 
 
+#: VmFlags lines seen, parsed (a process has a handful of distinct ones, in 30,000 VMAs as in 20).
+_VMFLAGS_SEEN: dict[bytes, frozenset[str]] = {}
+
+
 def _vmflags(line: bytes) -> frozenset[str]:
     """The mnemonics of a ``VmFlags:`` line.  Older kernels (Debian 12's 6.1) have no mnemonic for VM_LOCKONFAULT
     and print ``??`` for it (mlock2(MLOCK_ONFAULT) gives ``lo ??``, mlock ``lo``);
     beside ``lo`` (x86's only flag without one there) it is named ``lf`` as later kernels print it."""
+    got = _VMFLAGS_SEEN.get(line)
+    if got is not None:
+        return got
     flags = frozenset(f.decode("ascii", "replace") for f in line.split())
     if _LOCKED_UNNAMED <= flags:
-        return (flags - {"??"}) | {"lf"}
+        flags = (flags - {"??"}) | {"lf"}
+    if len(_VMFLAGS_SEEN) < 4096:  # bounded: a hostile layout cannot grow it without end
+        _VMFLAGS_SEEN[line] = flags
     return flags
 
 
@@ -179,8 +188,47 @@ class Vma:
 
 
 
+#: A maps line as the kernel prints it (``show_map_vma``); anything else takes the general parse below.
+_MAPS_LINE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) ([r-])([w-])([x-])([sp]) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) "
+                        rb"([0-9]+)(?: +(.*))?\Z", re.S)
+#: Names seen (bytes as maps prints them → path, deleted); bounded like _VMFLAGS_SEEN.
+_NAMES_SEEN: dict[bytes, tuple[str, bool]] = {}
+
+
+def _name(raw: bytes) -> tuple[str, bool]:
+    """(path, deleted) of the name field of a maps line (module doc: ``\\012``, `` (deleted)``)."""
+    got = _NAMES_SEEN.get(raw)
+    if got is not None:
+        return got
+    name, deleted = raw, False
+    if b"\\012" in name:
+        name = name.replace(b"\\012", b"\n")
+    if name.endswith(b" (deleted)"):
+        deleted = True
+        name = name[: -len(b" (deleted)")]
+    got = (os.fsdecode(name), deleted)
+    if len(_NAMES_SEEN) < 4096:
+        _NAMES_SEEN[raw] = got
+    return got
+
+
 def _parse_header(line: bytes, vmflags: frozenset[str] = frozenset()) -> Vma:
-    """Parse one maps line (without its newline); ``vmflags`` from its smaps block."""
+    """Parse one maps line (without its newline); ``vmflags`` from its smaps block.
+
+    One regular-expression match for the lines the kernel prints, names looked up once:
+    a process may have 30,000 VMAs, and every collection and dump reads them all.
+    """
+    m = _MAPS_LINE.match(line)
+    if m is not None:
+        lo, hi, r, w, x, sh, off, major, minor, ino, raw = m.groups()
+        path, deleted = _name(raw or b"")
+        return Vma(int(lo, 16), int(hi, 16), r == b"r", w == b"w", x == b"x", sh == b"s", int(off, 16),
+                   int(major, 16), int(minor, 16), int(ino), path, deleted, vmflags)
+    return _parse_header_slowly(line, vmflags)
+
+
+def _parse_header_slowly(line: bytes, vmflags: frozenset[str]) -> Vma:
+    """Any line :data:`_MAPS_LINE` does not match (odd spacing, other permission letters), or an error."""
     # maxsplit=5 keeps the name whole, spaces and trailing spaces included;
     # the padding before it is swallowed as separator whitespace.
     parts = line.split(None, 5)

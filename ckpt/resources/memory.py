@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait as futures_wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..control.inject import Injector, Query, Scratch
 
@@ -77,6 +78,7 @@ from ..kernel.task_abi import PR_SET_MM_MAP, prctl_mm_map
 from ..kernel.vm import ProcMem, buffer_address, process_vm_readv, process_vm_writev
 from ..procfs.maps import Vma as ProcVma, read_maps
 from ..procfs.snapshot import Snapshot
+from ..track.base import subtract_sorted
 from . import aio, cow, crosscheck, fileid, ghost, guards, hugetlb, memfd, shmfile, sysvshm, vmflags
 
 __all__ = [
@@ -86,7 +88,20 @@ __all__ = [
     "LayoutDiff", "diff_layout", "merge_intervals", "intersect", "subtract", "clip_sources", "reset_pages",
 ]
 
-Kind = mm_pb2.Vma.Kind
+class _Kinds:
+    """``mm_pb2.Vma.Kind`` with its values as plain attributes: the protobuf wrapper looks each one up
+    in Python, and a dump of 30,000 VMAs asks hundreds of thousands of times."""
+
+    def __init__(self, wrapper) -> None:  # noqa: ANN001 - protobuf's EnumTypeWrapper
+        self.Name, self.Value = wrapper.Name, wrapper.Value
+        for name, number in wrapper.items():
+            setattr(self, name, number)
+
+    def __getattr__(self, name: str) -> int:  # only for a name the enum does not have: the same error
+        raise AttributeError(f"Vma.Kind has no value {name}")
+
+
+Kind: Any = _Kinds(mm_pb2.Vma.Kind)
 #: Areas the kernel installs: never stored, never mapped by us.
 SPECIAL_KINDS = frozenset({Kind.VDSO, Kind.VVAR, Kind.VVAR_VCLOCK, Kind.VSYSCALL})
 # The kind sets tested in loops over VMAs, once: each ``Kind.X`` goes through the protobuf enum
@@ -166,20 +181,26 @@ def dump_vmas(pid: int, snap: Snapshot, deleted_max: int = ghost.DELETED_MAX) ->
     segments: dict | None = None
     # A file is mapped in several VMAs (a library: 4-5): look at it once, by the (dev, inode) maps shows.
     idents: dict[tuple[int, int, int], common_pb2.FileIdentity] = {}
+    # (mmap flags, VmFlags text) by (VmFlags, shared, anonymous): a handful of distinct ones in 30,000 VMAs.
+    seen: dict[tuple[frozenset[str], bool, bool], tuple[int, str]] = {}
     for vma in snap.vmas:
         kind = classify(vma)
-        flags = MAP_SHARED if vma.shared else MAP_PRIVATE
-        if kind in _ANON_KINDS:
-            flags |= MAP_ANONYMOUS
-        if "gd" in vma.vmflags:
-            flags |= MAP_GROWSDOWN
-        if "nr" in vma.vmflags:
-            flags |= MAP_NORESERVE
-        flags = vmflags.map_type(vma.vmflags, flags)
+        key = (vma.vmflags, vma.shared, kind in _ANON_KINDS)
+        got = seen.get(key)
+        if got is None:
+            flags = MAP_SHARED if vma.shared else MAP_PRIVATE
+            if kind in _ANON_KINDS:
+                flags |= MAP_ANONYMOUS
+            if "gd" in vma.vmflags:
+                flags |= MAP_GROWSDOWN
+            if "nr" in vma.vmflags:
+                flags |= MAP_NORESERVE
+            got = seen[key] = (vmflags.map_type(vma.vmflags, flags), " ".join(sorted(vma.vmflags)))
+        flags, letters = got
         if "ht" in vma.vmflags:  # its huge page size, as mmap takes it (memfd_create too, see memfd.open_in)
             flags |= hugetlb.map_flags(hugetlb.page_size_of(snap, vma.start))
         rec = mm_pb2.Vma(start=vma.start, end=vma.end, prot=vma.prot, flags=flags, kind=kind, name=vma.path,
-                         pgoff=vma.offset, vm_flags=" ".join(sorted(vma.vmflags)))
+                         pgoff=vma.offset, vm_flags=letters)
         if kind in _FILE_KINDS:
             key = (vma.dev_major, vma.dev_minor, vma.inode)
             ident = idents.get(key)
@@ -1002,22 +1023,8 @@ def intersect(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
     return out
 
 
-def subtract(a: Sequence[Interval], b: Sequence[Interval]) -> list[Interval]:
-    """``a`` minus ``b``, both sorted lists of disjoint intervals (one linear sweep)."""
-    out: list[Interval] = []
-    j = 0
-    for s, e in a:
-        while j < len(b) and b[j][1] <= s:
-            j += 1
-        k, pos = j, s
-        while k < len(b) and b[k][0] < e:
-            if b[k][0] > pos:
-                out.append((pos, b[k][0]))
-            pos = max(pos, b[k][1])
-            k += 1
-        if pos < e:
-            out.append((pos, e))
-    return out
+#: ``a`` minus ``b``, both sorted lists of disjoint intervals (one linear sweep).
+subtract = subtract_sorted
 
 
 def clip_sources(sources: Sequence[PageSource], within: Sequence[Interval]) -> list[PageSource]:
@@ -1231,15 +1238,18 @@ def dump_pages_delta(pid: int, vmas: Sequence[mm_pb2.Vma], pages: PageWriter, me
             copy = _COPY if v.prot & PROT_READ else _COPY_FORCED
             if v.shared_with_parent:  # the parent's pages (copy-on-write since fork): the parent stores them
                 runs = _without(runs, cow.shared_runs(v))
+            # No dirty interval reaches into it (most VMAs of a delta): no run needs cutting by them.
+            k = bisect.bisect_left(dstarts, v.end)
+            clean = k == 0 or dirty[k - 1][1] <= v.start
             # Pages another process maps too go through /proc/PID/mem: process_vm_readv would copy them.
             pinned = (cow.not_exclusive(fd, _spans(_copied(runs, dirty, dstarts, v)))
-                      if keep_shared and copy == _COPY and v.kind in _COW_KINDS else [])
+                      if keep_shared and copy == _COPY and v.kind in _COW_KINDS and not clean else [])
             pinstarts = [s for s, _ in pinned]
             for start, end, is_zero in runs:
                 if is_zero:
                     batch.append((start, end - start, _ZERO))
                     continue
-                for ds, de, is_dirty in _split(start, end, dirty, dstarts):
+                for ds, de, is_dirty in ((start, end, False),) if clean else _split(start, end, dirty, dstarts):
                     if is_dirty:
                         pieces: Iterable[tuple[int, int, bool]] = ((ds, de, False),)
                     else:  # mostly inside one interval the parent holds: skip the second split

@@ -24,15 +24,26 @@ How a target is tracked, and why each step is as it is:
    state file a killed run never wrote (:func:`clean_leftovers`).  For the few
    microseconds between the injected ``userfaultfd()`` and the mark, a journal
    in the state directory names the descriptor it gets (the lowest free one).
-4. Each collection walks ``/proc/PID/maps`` and scans ONE VMA at a time with
-   ``PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC``.  The kernel is asked, not
-   our memory, whether a VMA is registered: CHECK_WPASYNC fails with EPERM on an
-   unregistered one (new mmap, brk growth, thread stack, moved by mremap,
-   replaced by MAP_FIXED).  Such a VMA is registered (re-registering an already
+4. Each collection reads ``/proc/PID/maps`` for the selected ranges and asks
+   the *kernel*, not our memory nor a diff of maps, which of them are not
+   registered: one PAGEMAP_SCAN (no clearing) for pages of VMAs without
+   PAGE_IS_WPALLOWED.  Unregistered ones appear all the time — new mmap, brk
+   growth, thread stack, moved by mremap, replaced by MAP_FIXED (whose maps line
+   may be the old one's letter for letter).  Only those are registered (one
+   UFFDIO_REGISTER per run of touching ones; re-registering an already
    registered range with the same userfaultfd succeeds and keeps its
-   protection: measured) and reported wholly dirty.  A scan that failed after
-   clearing part of a range that changed under us is covered the same way: the
-   whole range is reported dirty, so the writes it cleared are not lost.
+   protection: measured) and reported wholly dirty.  Then ONE
+   ``PM_SCAN_WP_MATCHING`` scan *without* CHECK_WPASYNC gets and clears the whole
+   span: it skips an unregistered VMA instead of failing with EPERM after
+   clearing what it walked before it.  A VMA replaced between the two scans is
+   skipped this time and found unregistered — wholly dirty — by the next
+   collection, like one replaced just after a collection; a frozen target (the
+   final dump) has neither.  So a collection costs a few ioctls however many
+   mappings the process has (30,745 here), plus one per changed run.  A run the
+   kernel will not register goes range by range through the per-VMA path
+   (``CHECK_WPASYNC`` scan, register, scan), which ``peek`` uses throughout;
+   a scan that failed there after clearing part of a range that changed under
+   us is covered the same way: the whole range is reported dirty.
 5. Written-but-not-present pages (MADV_DONTNEED) are reported as holes.
    The get+clear asks with masks that are exactly PAGE_IS_WRITTEN: that is the
    kernel's fast path, right on every kernel, whereas its generic path (any
@@ -85,7 +96,7 @@ from ..procfs.maps import Vma, read_maps
 from ..procfs.task import read_starttime
 from .. import testpoint
 from .base import (
-    DirtySet, RangeSpec, Run, Tracker, TrackingLost, TrackingState, VmaDirty, forget_the_dead, select_ranges,
+    DirtySet, Interval, RangeSpec, Run, Tracker, TrackingLost, TrackingState, VmaDirty, forget_the_dead, select_ranges,
     state_dir, subtract_intervals, tracking_states,
 )
 
@@ -488,10 +499,81 @@ class UffdWpTracker(Tracker):
         maps = self._maps()
         selected = select_ranges(maps, self.ranges.include, self.ranges.exclude)
         t0 = time.perf_counter()
-        out = [self._one(start, end, vma, clear) for (start, end), vma in selected]
+        if clear:
+            out = self._collect(selected)
+        else:
+            out = [self._one(start, end, vma, clear) for (start, end), vma in selected]
         elapsed = time.perf_counter() - t0
         gone = self._previous.gone([r for r, _ in selected])
         return DirtySet(self.method, tuple(v for v in out if v is not None), gone, elapsed, time.monotonic())
+
+    def _collect(self, selected: list[tuple[Interval, Vma]]) -> list[VmaDirty | None]:
+        """Get+clear every selected range with a handful of scans, however many VMAs there are (module doc, 4).
+
+        The kernel says which ranges are not registered (one scan for VMAs without
+        PAGE_IS_WPALLOWED); only those go one by one through :meth:`_one` (register,
+        protect, wholly dirty).  Then one WP_MATCHING scan without CHECK_WPASYNC
+        clears the whole span: an unregistered VMA in it is skipped, never failed on
+        half-way.  One that appears between the two scans is skipped this time and
+        found unregistered — wholly dirty — by the next collection, as one that
+        appears after the collection is; a frozen target (the final dump) has none.
+        """
+        if not selected:
+            return []
+        lo, hi = selected[0][0][0], selected[-1][0][1]
+        try:
+            unregistered = [(r.start, r.end) for r in pm.pagemap_scan(
+                self._pagemap, lo, hi, category_inverted=pm.PAGE_IS_WPALLOWED, category_mask=pm.PAGE_IS_WPALLOWED,
+                return_mask=pm.PAGE_IS_WPALLOWED, vec_len=512)]
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise self._lost_or_gone(e) from e
+            raise translate_oserror(e, self.pid, "scanning the pagemap of") from e
+        ranges = [r for r, _ in selected]
+        changed = _overlapping(ranges, unregistered)
+        out: dict[int, VmaDirty | None] = {}
+        fresh = self._register_runs(sorted(changed), ranges)
+        for i in sorted(changed - fresh):  # refused as a run: one by one, each with its own verdict
+            (start, end), vma = selected[i]
+            out[i] = self._one(start, end, vma, True)
+        try:
+            written, holes = self._scan(lo, hi, pm.PM_SCAN_WP_MATCHING)
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                raise self._lost_or_gone(e) from e
+            raise translate_oserror(e, self.pid, "scanning the pagemap of") from e
+        w_by = _runs_by_range(ranges, written)
+        h_by = _runs_by_range(ranges, holes)
+        for i in fresh:
+            # Registered just now: every page is dirty; copy what is not a hole (as _one does).
+            (start, end), vma = selected[i]
+            h = h_by.get(i, ())
+            w = [(a, (b - a) // PAGE_SIZE) for a, b in
+                 subtract_intervals((start, end), [(x, x + n * PAGE_SIZE) for x, n in h]) if b > a]
+            out[i] = VmaDirty(start, end, vma.path, tuple(w), h, new=True)
+        return [out[i] if i in out else VmaDirty(start, end, vma.path, w_by.get(i, ()), h_by.get(i, ()))
+                for i, ((start, end), vma) in enumerate(selected)]
+
+    def _register_runs(self, indexes: list[int], ranges: list[Interval]) -> set[int]:
+        """Register the ranges at ``indexes`` (sorted), one UFFDIO_REGISTER per run of touching ones;
+        the indexes registered (a run the kernel refuses is left to :meth:`_one`, range by range)."""
+        done: set[int] = set()
+        runs: list[list[int]] = []
+        for i in indexes:
+            if runs and ranges[runs[-1][-1]][1] == ranges[i][0]:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        for run in runs:
+            start, end = ranges[run[0]][0], ranges[run[-1]][1]
+            try:
+                uffd.register(self.uffd, start, end - start, uffd.UFFDIO_REGISTER_MODE_WP)
+            except OSError as e:
+                if e.errno == errno.ESRCH:
+                    raise self._lost_or_gone(e) from e
+                continue
+            done.update(run)
+        return done
 
     def _scan(self, start: int, end: int, flags: int) -> tuple[list[Run], list[Run]]:
         """(written and populated, written and dropped) runs of ``[start, end)``; masks exactly
@@ -572,16 +654,34 @@ class UffdWpTracker(Tracker):
         """
         if self.uffd >= 0:
             try:
-                for (start, end), _ in select_ranges(read_maps(self.pid), self.ranges.include, self.ranges.exclude):
-                    try:
-                        uffd.unregister(self.uffd, start, end - start)
-                    except OSError:
-                        pass  # not ours, or gone meanwhile
+                self._unregister([r for r, _ in select_ranges(read_maps(self.pid), self.ranges.include,
+                                                                self.ranges.exclude)])
             except (TargetGone, OSError):
                 pass
         if self.parked_fd >= 0 and not self.own:
             self._close_parked()
         self._close_ours()
+
+    def _unregister(self, ranges: list[Interval]) -> None:
+        """Unregister ``ranges`` (sorted): one call per run of touching ones, one per range where that fails
+        (a range of another userfaultfd's, or changed meanwhile, refuses the whole call)."""
+        spans: list[list[Interval]] = []
+        for r in ranges:
+            if spans and spans[-1][-1][1] == r[0]:
+                spans[-1].append(r)
+            else:
+                spans.append([r])
+        for span in spans:
+            try:
+                uffd.unregister(self.uffd, span[0][0], span[-1][1] - span[0][0])
+                continue
+            except OSError:
+                pass
+            for start, end in span:
+                try:
+                    uffd.unregister(self.uffd, start, end - start)
+                except OSError:
+                    pass  # not ours, or gone meanwhile
 
     def _close_parked(self) -> None:
         t0 = time.monotonic()
@@ -638,3 +738,34 @@ def _split_by(runs: list[tuple[int, int]], inside: list[tuple[int, int]]) -> tup
             if inside[k][1] <= e:
                 k += 1
     return ins, out
+
+
+def _overlapping(ranges: list[Interval], others: list[Interval]) -> set[int]:
+    """Indexes of the sorted, disjoint ``ranges`` that overlap any of the sorted, disjoint ``others``."""
+    hit: set[int] = set()
+    j = 0
+    for i, (s, e) in enumerate(ranges):
+        while j < len(others) and others[j][1] <= s:
+            j += 1
+        if j < len(others) and others[j][0] < e:
+            hit.add(i)
+    return hit
+
+
+def _runs_by_range(ranges: list[Interval], runs: list[Run]) -> dict[int, tuple[Run, ...]]:
+    """Sorted ``(start, npages)`` runs cut at the bounds of the sorted, disjoint ``ranges``, by range index;
+    parts outside every range are dropped (a scan spans the gaps between ranges)."""
+    out: dict[int, list[Run]] = {}
+    i = 0
+    for s, n in runs:
+        e = s + n * PAGE_SIZE
+        while i < len(ranges) and ranges[i][1] <= s:
+            i += 1
+        k = i
+        while k < len(ranges) and ranges[k][0] < e:
+            lo, hi = max(s, ranges[k][0]), min(e, ranges[k][1])
+            out.setdefault(k, []).append((lo, (hi - lo) // PAGE_SIZE))
+            if ranges[k][1] > e:
+                break
+            k += 1
+    return {k: tuple(v) for k, v in out.items()}
