@@ -207,6 +207,36 @@ class SourceRecord:
         """The held processes that are still the ones held (same start time)."""
         return [p for p, start in self.held if starttime(p) == start]
 
+    @classmethod
+    def sweep(cls) -> list[int]:
+        """Remove the records no one needs any more: their ``ckpt migrate`` is gone (the flock is free) and so is
+        every process they held (ended, by ``--recover`` or by hand).  Returns their pids."""
+        try:
+            names = os.listdir(source_dir())
+        except FileNotFoundError:
+            return []
+        removed = []
+        for name in names:
+            stem, _, ext = name.partition(".")
+            if ext != "json" or not stem.isdigit():
+                continue
+            pid = int(stem)
+            try:
+                fd = cls._lock_fd(pid, create=False)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                rec = cls.load(pid)
+                if rec is not None and not rec.live():
+                    cls.remove(pid)
+                    removed.append(pid)
+            except (OSError, CkptError):
+                pass  # still in use, or not ours to judge
+            finally:
+                os.close(fd)
+        return removed
+
 
 # --- the destination's journal ----------------------------------------------------------------------------------
 

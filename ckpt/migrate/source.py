@@ -227,6 +227,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     work, work_lock = make_held_tmp(work_dir or tempfile.gettempdir(), f"ckpt-migrate-{pid}")
     tracking = False
     migration = new_migration_id()  # names it in both sides' records (journal.py)
+    SourceRecord.sweep()  # those of migrations resolved since (their processes gone)
     record_lock: int | None = None  # the flock of our record, from the hold on (--recover waits for us)
     try:
         with Channel.connect(host, port, token, timeout=timeout, tls=tls) as ch:

@@ -92,3 +92,21 @@ def test_a_source_record_is_locked_while_its_migrate_runs(tmp_path: Path, monkey
     SourceRecord.remove(sleeper.pid)
     with pytest.raises(UsageError, match="no migration of pid"):
         SourceRecord.lock(sleeper.pid)
+
+
+def test_records_of_gone_processes_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            sleeper: subprocess.Popen) -> None:
+    monkeypatch.setenv("CKPT_STATE_DIR", str(tmp_path))
+    alive = SourceRecord(journal.new_migration_id(), sleeper.pid, "127.0.0.1:1",
+                         [(sleeper.pid, journal.starttime(sleeper.pid) or 0)])
+    os.close(alive.save())
+    gone = SourceRecord(journal.new_migration_id(), 4194304, "127.0.0.1:1", [(4194304, 1)])  # (above pid_max)
+    os.close(gone.save())
+    held = SourceRecord(journal.new_migration_id(), 4194303, "127.0.0.1:1", [(4194303, 1)])
+    lock = held.save()  # its ckpt migrate still runs
+    try:
+        assert SourceRecord.sweep() == [4194304]
+        assert SourceRecord.load(sleeper.pid) is not None and SourceRecord.load(4194303) is not None
+        assert not os.path.exists(SourceRecord.path_of(4194304))
+    finally:
+        os.close(lock)
