@@ -67,6 +67,7 @@ from .kernel.prctl import PR_SET_PDEATHSIG
 from .kernel.task_abi import RSEQ_FLAG_UNREGISTER
 from .kernel.vm import ProcMem
 from .procfs.maps import read_maps
+from .procfs.stat import read_stat
 from .procfs.timens import read_boot_id
 from .progress import ProgressEvent
 from .resources import cpu as cpu_features
@@ -222,19 +223,16 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
     t0 = time.monotonic()
     while os.path.exists(f"/proc/{pid}"):
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-            fields = data[data.rindex(b")") + 2:].split()
-            state, ppid = fields[0].decode(), int(fields[1])
-            comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
-        except (OSError, ValueError):
+            st = read_stat(pid)
+        except (CkptError, OSError, ValueError):
             continue
-        if state == "Z" and ppid == os.getpid():
+        if st.state == "Z" and st.ppid == os.getpid():
             _reap_zombie(pid)  # ours: a helper of an earlier attempt, or an orphan reparented to us (we are init)
             continue
-        if state not in ("Z", "X") or time.monotonic() - t0 > timeout:
-            raise RestoreError(f"pid {pid} is taken by a running process ({comm}, state {state})" if state not in ("Z", "X")
-                               else f"pid {pid} is still held by an unreaped zombie ({comm}) after {timeout:.0f}s",
+        if st.state not in ("Z", "X") or time.monotonic() - t0 > timeout:
+            raise RestoreError(f"pid {pid} is taken by a running process ({st.comm}, state {st.state})"
+                               if st.state not in ("Z", "X")
+                               else f"pid {pid} is still held by an unreaped zombie ({st.comm}) after {timeout:.0f}s",
                                hint="stop that process, or restore into a new pid namespace (not implemented yet)")
         time.sleep(0.01)
     return time.monotonic() - t0
@@ -242,13 +240,11 @@ def wait_pid_free(pid: int, timeout: float = PID_FREE_TIMEOUT) -> float:
 
 def _reap_zombie(pid: int) -> None:
     try:
-        os.waitpid(pid, os.WNOHANG | _WALL)
-    except ChildProcessError:
-        pass  # reaped meanwhile (by the thread that made it)
-
-
-#: waitpid(2) __WALL: any child, cloned or not (a helper is made with clone3).
-_WALL = 0x40000000
+        ptrace.waitpid(pid, os.WNOHANG)
+    except OSError as exc:
+        if exc.errno != errno.ECHILD:
+            raise
+        # reaped meanwhile (by the thread that made it)
 
 
 def _kill_helper(proc: FrozenProcess) -> None:

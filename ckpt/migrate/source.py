@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -421,6 +420,8 @@ def recover(pid: int, token: bytes | str | None, *, to: tuple[str, int] | None =
     Raises CkptError when the receiver cannot tell yet or knows nothing of the
     migration: the original then stays held.
     """
+    from ..resources.tree import kill as kill_tree
+
     lock = SourceRecord.lock(pid)
     try:
         rec = SourceRecord.load(pid)
@@ -440,13 +441,11 @@ def recover(pid: int, token: bytes | str | None, *, to: tuple[str, int] | None =
                 state = str(ch.expect("outcome", timeout=timeout).get("state", ""))
         where = f"{to[0]}:{to[1]}" if to else rec.destination
         if state == "running":
-            for p in reversed(live):  # children first, as a dump ends a tree
-                _signal(p, signal.SIGKILL)
+            kill_tree(live)  # children first, as a dump ends a tree
             SourceRecord.remove(pid)
             return Recovery(pid, rec.migration, state, ended=tuple(live))
         if state == "not running":
-            for p in live:
-                _signal(p, signal.SIGCONT)
+            unhold(live)
             SourceRecord.remove(pid)
             return Recovery(pid, rec.migration, state, resumed=tuple(live))
         if state == "in progress":
@@ -466,9 +465,3 @@ def _split(destination: str) -> tuple[str, int]:
     host, _, port = destination.rpartition(":")
     return host, int(port)
 
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
