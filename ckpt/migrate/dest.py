@@ -667,6 +667,10 @@ class _Door:
         if first.get("type") == "outcome":
             self._answer_outcome(ch, first)
             return
+        if first.get("type") != "migrate":  # (refused here: a --once receiver has stopped listening by the time
+            ch.send_error(f"protocol error: expected 'migrate', got {first.get('type')!r}")  # it is handed over)
+            ch.close()
+            return
         ch.timeout = DEFAULT_TIMEOUT  # authenticated: the migration's own timeouts from now on
         with self._lock:
             closed, busy = self._closed, self._busy
@@ -772,10 +776,6 @@ def serve_on(listener: socket.socket, root: str, token: str | bytes, *, once: bo
             if once:
                 door.stop_accepting()
             try:
-                if hello.get("type") != "migrate":
-                    ch.send_error(f"protocol error: expected 'migrate', got {hello.get('type')!r}")
-                    ch.close()
-                    continue
                 results.append(_receive(ch, hello, root, say=say, staged=staged, cpu_cap=cpu_cap,
                                         allow_changed_files=allow_changed_files,
                                         allow_lower_limits=allow_lower_limits, verify_key=verify_key))

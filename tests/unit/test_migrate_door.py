@@ -197,3 +197,14 @@ def test_outcome_queries_are_answered_from_the_journal_even_during_a_migration(t
         d.wait_said(f"what became of migration {done.migration}: running")
     finally:
         d.door.close()
+
+
+def test_a_source_that_does_not_say_migrate_is_refused_at_the_door(door: _Front) -> None:
+    """Refused before the serving thread sees it: a --once receiver, no longer listening, would wait for ever."""
+    with Channel.connect("127.0.0.1", door.port, TOKEN, timeout=GUARD) as ch:
+        ch.send({"type": "image"})
+        with pytest.raises(PeerError, match="expected 'migrate'"):
+            ch.recv()
+    assert door.door._sources.empty()
+    with door.source(), door.handed_over():  # the next real source comes in
+        pass
