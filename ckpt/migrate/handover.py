@@ -25,18 +25,13 @@ import struct
 import time
 
 from ..errors import CkptError
-from ..procfs.timens import read_boot_id
+from ..resources.tcp import netns_id
 
-__all__ = ["HandoverPort", "netns_of", "offer", "send", "sockets_of"]
+__all__ = ["HandoverPort", "offer", "send", "sockets_of"]
 
 #: The most sockets one migration hands over (one message; SCM_RIGHTS takes up to 253 descriptors).
 MAX_SOCKETS = 250
 _ID = struct.Struct("<I")
-
-
-def netns_of(pid: int | str = "self") -> int:
-    """The inode of the network namespace of ``pid``: equal on both sides only within one namespace."""
-    return os.stat(f"/proc/{pid}/ns/net").st_ino
 
 
 class HandoverPort:
@@ -90,7 +85,7 @@ class HandoverPort:
 
 def offer(hello: dict) -> HandoverPort | None:
     """A port for the migration ``hello`` announces when it comes from this network namespace (else None)."""
-    if hello.get("dry_run") or hello.get("boot_id") != read_boot_id() or hello.get("netns") != netns_of():
+    if hello.get("dry_run") or hello.get("netns") != netns_id(os.getpid()):  # (names the boot too)
         return None
     return HandoverPort()
 

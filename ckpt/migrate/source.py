@@ -213,6 +213,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
     from .. import api
     from ..dump import dump as _dump
     from ..resources import cpu, tree
+    from ..resources.tcp import netns_id
 
     if max_downtime <= 0 or max_iterations < 1:
         raise UsageError("--max-downtime must be > 0 and --max-iterations ≥ 1")
@@ -233,7 +234,7 @@ def migrate(pid: int, host: str, port: int, token: bytes, *, max_downtime: float
             # Our CPU and boot: the destination refuses at once when it lacks a feature the process may use,
             # or the time namespace that carries its clocks on from another boot.
             ch.send({"type": "migrate", "pid": pid, "dry_run": dry_run, "cpu": cpu.to_wire(cpu.here()),
-                     "boot_id": read_boot_id(), "migration": migration, "netns": handover.netns_of(pid)})
+                     "boot_id": read_boot_id(), "migration": migration, "netns": netns_id(pid)})
             stats.protocol, stats.destination_ckpt = ch.version, ch.peer_software
             ready = ch.expect("ready")
             reads = DestReads.of(ch, ready)

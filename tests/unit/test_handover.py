@@ -10,7 +10,7 @@ import pytest
 
 from ckpt.errors import CkptError
 from ckpt.migrate import handover
-from ckpt.procfs.timens import read_boot_id
+from ckpt.resources.tcp import netns_id
 
 
 def test_the_sockets_go_over_and_a_stranger_is_ignored() -> None:
@@ -47,10 +47,11 @@ def test_other_sockets_than_announced_are_refused() -> None:
 
 
 def test_a_port_is_offered_only_within_this_network_namespace() -> None:
-    here = {"boot_id": read_boot_id(), "netns": handover.netns_of()}
+    here = {"netns": netns_id(os.getpid())}
     port = handover.offer(here)
     assert port is not None
     port.close()
-    assert handover.offer({**here, "netns": here["netns"] + 1}) is None
-    assert handover.offer({**here, "boot_id": "another boot"}) is None
+    boot, ino = here["netns"].rsplit(":", 1)
+    assert handover.offer({"netns": f"{boot}:{int(ino) + 1}"}) is None
+    assert handover.offer({"netns": f"another boot:{ino}"}) is None
     assert handover.offer({**here, "dry_run": True}) is None
